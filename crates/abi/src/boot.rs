@@ -1,0 +1,55 @@
+//! The boot info: written by the VMM into guest memory before the first instruction runs, read by the library OS.
+
+/// `BootInfo::magic`: "KILNBOOT".
+pub const BOOT_MAGIC: u64 = u64::from_le_bytes(*b"KILNBOOT");
+pub const BOOT_VERSION: u32 = 1;
+
+/// `BootInfo::flags`: send every syscall to the VMM for `--trace-syscalls`.
+pub const BOOT_FLAG_TRACE_SYSCALLS: u64 = 1 << 0;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BootInfo {
+    pub magic: u64,
+    pub version: u32,
+    pub vcpu_count: u32,
+    pub flags: u64,
+    /// Bytes of guest-physical RAM, starting at physical 0.
+    pub mem_size: u64,
+    /// First guest-physical byte the VMM left unused; from here to `mem_size` belongs to the library OS's allocator.
+    pub free_phys_start: u64,
+    /// Guest-physical address of the PML4 (also the value of CR3).
+    pub pml4_phys: u64,
+    /// Guest-physical address of the boot vCPU's [`crate::HypercallBlock`] (below 4 GiB).
+    pub hypercall_block_phys: u64,
+    /// Guest-physical address and size of the library OS's first thread stack.
+    pub kernel_stack_phys: u64,
+    pub kernel_stack_size: u64,
+    /// Where the application starts: its entry point and its initial stack pointer (argc, argv, envp, auxv).
+    pub app_entry: u64,
+    pub app_stack_pointer: u64,
+    /// Lowest and highest address of the main thread's stack mapping.
+    pub app_stack_bottom: u64,
+    pub app_stack_top: u64,
+    /// First address after the application's highest segment: the initial program break.
+    pub brk_start: u64,
+    /// Guest-virtual address and length of the executable's path, for `readlink("/proc/self/exe")`.
+    pub exe_path_addr: u64,
+    pub exe_path_len: u64,
+    /// Time: the guest TSC counts `tsc_hz` per second and read `boot_tsc` at `boot_realtime_ns` (Unix epoch).
+    pub tsc_hz: u64,
+    pub boot_tsc: u64,
+    pub boot_realtime_ns: u64,
+    /// Seed for the library OS's random number generator (`getrandom`).
+    pub random_seed: [u8; 32],
+}
+
+impl BootInfo {
+    pub fn is_valid(&self) -> bool {
+        self.magic == BOOT_MAGIC && self.version == BOOT_VERSION
+    }
+
+    pub fn traces_syscalls(&self) -> bool {
+        self.flags & BOOT_FLAG_TRACE_SYSCALLS != 0
+    }
+}

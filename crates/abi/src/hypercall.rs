@@ -1,0 +1,92 @@
+//! Hypercalls: the library OS fills the calling vCPU's [`HypercallBlock`] and executes `out %eax, %dx` with `%dx` =
+//! [`HYPERCALL_PORT`] and `%eax` = a [`Hypercall`] number. The VMM handles it, writes `ret` and resumes the vCPU: one VM
+//! exit per hypercall. Every address in a block is guest-physical and is checked by the VMM.
+
+/// I/O port of the hypercall `out`.
+pub const HYPERCALL_PORT: u16 = 0x4b0;
+/// I/O port written by the code at LSTAR: a `syscall` instruction the VMM did not rewrite ran (on hosts where
+/// `syscall` reaches CPL 0). The VMM reads the site from `%rcx`.
+pub const UNREWRITTEN_SYSCALL_PORT: u16 = 0x4b1;
+
+/// Most bytes one `Write` hypercall moves; the library OS reports a short write beyond it, as Linux may.
+pub const MAX_WRITE_BYTES: u64 = 1 << 20;
+/// Most segments one `Write` hypercall may name.
+pub const MAX_IO_SEGMENTS: u64 = 256;
+/// Syscall numbers counted one by one in [`SyscallStats`]; higher numbers share the last slot.
+pub const SYSCALL_SLOTS: usize = 512;
+/// Longest message of a `Panic` hypercall the VMM reads.
+pub const MAX_PANIC_MESSAGE: u64 = 4096;
+
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hypercall {
+    /// args: fd (1 = stdout, 2 = stderr), guest-physical address of an [`IoSegment`] array, segment count.
+    /// ret: bytes written or a negative errno.
+    Write = 1,
+    /// args: exit code, guest-physical address of the [`SyscallStats`] (0 if none). Does not return.
+    Exit = 2,
+    /// args: guest-physical address of a [`TraceRecord`]. Sent after each syscall when tracing is on.
+    Trace = 3,
+    /// args: guest-physical address and length of a UTF-8 message. The library OS hit a bug. Does not return.
+    Panic = 4,
+}
+
+impl Hypercall {
+    pub fn from_u32(n: u32) -> Option<Self> {
+        Some(match n {
+            1 => Self::Write,
+            2 => Self::Exit,
+            3 => Self::Trace,
+            4 => Self::Panic,
+            _ => return None,
+        })
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HypercallBlock {
+    pub args: [u64; 6],
+    pub ret: i64,
+}
+
+/// A guest-physical byte range.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoSegment {
+    pub phys: u64,
+    pub len: u64,
+}
+
+/// One finished syscall, as `--trace-syscalls` prints it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TraceRecord {
+    pub nr: u64,
+    pub args: [u64; 6],
+    pub ret: i64,
+}
+
+/// Per-number syscall counters kept by the library OS and read by the VMM when the program exits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SyscallStats {
+    pub calls: [u32; SYSCALL_SLOTS],
+    pub enosys: [u32; SYSCALL_SLOTS],
+}
+
+impl SyscallStats {
+    pub const fn new() -> Self {
+        Self { calls: [0; SYSCALL_SLOTS], enosys: [0; SYSCALL_SLOTS] }
+    }
+
+    pub fn slot(nr: u64) -> usize {
+        (nr as usize).min(SYSCALL_SLOTS - 1)
+    }
+}
+
+impl Default for SyscallStats {
+    fn default() -> Self {
+        Self::new()
+    }
+}

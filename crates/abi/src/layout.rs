@@ -1,0 +1,34 @@
+//! Where things live in the guest. Guest-physical RAM starts at 0; all of it is also mapped at [`DIRECT_MAP_BASE`], where
+//! the library OS itself runs and where it hands out anonymous memory. The application keeps the virtual addresses its
+//! ELF asks for.
+
+pub const PAGE_SIZE: u64 = 4096;
+pub const HUGE_PAGE_SIZE: u64 = 2 << 20;
+
+/// Virtual page 0 holds the syscall trampoline: `call *%rax` with the syscall number in `%rax` lands on the NOP slide.
+pub const TRAMPOLINE_VADDR: u64 = 0;
+/// Offset in the trampoline page of the `jmp *DISPATCH_POINTER(%rip)` that ends the slide. Numbers below it return to
+/// the dispatcher; it is far above the highest Linux x86-64 syscall number.
+pub const TRAMPOLINE_SLIDE_END: u64 = 0xf00;
+/// Offset in the trampoline page of the 64-bit address of the library OS's syscall entry.
+pub const TRAMPOLINE_DISPATCH_POINTER: u64 = 0xff0;
+
+/// All guest-physical RAM, mapped read-write with 2 MiB pages: guest physical `p` is virtual `DIRECT_MAP_BASE + p`.
+pub const DIRECT_MAP_BASE: u64 = 0x4000_0000_0000;
+/// Load base of static-pie (`ET_DYN`) applications.
+pub const PIE_BASE: u64 = 0x5555_5555_4000;
+/// Top of the main thread's stack (exclusive).
+pub const STACK_TOP: u64 = 0x7fff_ffff_f000;
+
+/// Guest-virtual address of guest-physical `phys` in the direct map.
+pub const fn direct_map(phys: u64) -> u64 {
+    DIRECT_MAP_BASE + phys
+}
+
+pub const fn page_align_down(addr: u64) -> u64 {
+    addr & !(PAGE_SIZE - 1)
+}
+
+pub const fn page_align_up(addr: u64) -> u64 {
+    addr.saturating_add(PAGE_SIZE - 1) & !(PAGE_SIZE - 1)
+}

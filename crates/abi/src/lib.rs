@@ -1,0 +1,12 @@
+//! The contract between kiln-vmm (host) and the Kiln library OS (guest): the guest's memory layout, the boot info the
+//! VMM hands the library OS, and the hypercalls the library OS makes. Both sides compile this crate; nothing here may
+//! depend on `std`.
+#![no_std]
+
+pub mod boot;
+pub mod hypercall;
+pub mod layout;
+pub mod paging;
+
+pub use boot::BootInfo;
+pub use hypercall::{Hypercall, HypercallBlock, IoSegment};

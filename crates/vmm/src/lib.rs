@@ -1,0 +1,7 @@
+//! kiln-vmm: boots one static Linux x86-64 program as a KVM guest on the Kiln library OS.
+//!
+//! Everything a boot needs is done here on the host (see docs/architecture.md): the ELF is loaded and its `syscall`
+//! instructions rewritten, page tables, GDT and the initial stack are built, and the vCPU starts at CPL 3 in the
+//! library OS. At run time the VMM only answers hypercalls and turns a dead vCPU into a crash report.
+
+pub mod rewrite;
