@@ -1,1 +1,281 @@
+//! Boot tests: real programs, built from source in `tests/guests/`, booted through the real VMM with `kiln run`, checked
+//! for stdout, stderr and exit code. Tests that need a VM skip (and say so) where `/dev/kvm` cannot be opened; tests of
+//! bad input that `kiln` must reject before it creates a VM always run.
 
+mod harness;
+
+use harness::{guests, inputs, kiln, kvm, HOST_ONLY_VAR};
+use std::path::Path;
+
+/// What both `hello` guests (C and Rust) print to stdout for this argv and environment.
+fn hello_stdout(argv: &[&str], env: &[&str]) -> String {
+    let mut s = format!("hello from kiln\nargc={}\n", argv.len());
+    for (i, a) in argv.iter().enumerate() {
+        s += &format!("argv[{i}]={a}\n");
+    }
+    for (i, e) in env.iter().enumerate() {
+        s += &format!("env[{i}]={e}\n");
+    }
+    s += &format!("envc={}\n", env.len());
+    let greeting = env.iter().find_map(|e| e.strip_prefix("KILN_GREETING=")).unwrap_or("(unset)");
+    s += &format!("KILN_GREETING={greeting}\n");
+    s
+}
+
+const HELLO_STDERR: &str = "hello: this line goes to stderr\n";
+
+/// Boots `hello` with two `--env` flags and arguments, and checks every byte of its output and its exit code.
+fn check_hello(binary: &Path) {
+    let path = binary.to_str().expect("UTF-8 path");
+    kiln()
+        .args(["run", "--env", "KILN_GREETING=hi there", "--env", "LANG=C"])
+        .arg(binary)
+        .args(["7", "two words", ""])
+        .run()
+        .assert_code(7)
+        .assert_stdout(&hello_stdout(&[path, "7", "two words", ""], &["KILN_GREETING=hi there", "LANG=C"]))
+        .assert_stderr(HELLO_STDERR);
+}
+
+// ---- programs that run -------------------------------------------------------------------------------------------
+
+#[test]
+fn c_hello_prints_argv_env_and_exits_with_its_code() {
+    if !kvm::available() {
+        return;
+    }
+    check_hello(&guests::c("hello"));
+}
+
+#[test]
+fn c_static_pie_hello() {
+    if !kvm::available() {
+        return;
+    }
+    check_hello(&guests::c("hello-pie"));
+}
+
+#[test]
+fn rust_hello_prints_argv_env_and_exits_with_its_code() {
+    if !kvm::available() {
+        return;
+    }
+    check_hello(&guests::rust("hello"));
+}
+
+#[test]
+fn exit_codes_pass_through() {
+    if !kvm::available() {
+        return;
+    }
+    let (c_hello, rust_hello) = (guests::c("hello"), guests::rust("hello"));
+    for (binary, code) in [(&c_hello, 0), (&c_hello, 1), (&c_hello, 255), (&rust_hello, 42)] {
+        kiln().arg("run").arg(binary).arg(code.to_string()).run().assert_code(code);
+    }
+}
+
+#[test]
+fn environment_is_only_the_env_flags() {
+    if !kvm::available() {
+        return;
+    }
+    // kiln itself runs with HOST_ONLY_VAR (and PATH, HOME, ...) set; the program must see none of it.
+    let hello = guests::c("hello");
+    let run = kiln().arg("run").arg(&hello).run();
+    run.assert_code(0).assert_stdout(&hello_stdout(&[hello.to_str().unwrap()], &[]));
+    assert!(!run.stdout_text().contains(HOST_ONLY_VAR), "host environment leaked into the guest\n{run}");
+}
+
+#[test]
+fn argv0_is_the_path_as_given() {
+    if !kvm::available() {
+        return;
+    }
+    let hello = guests::c("hello");
+    kiln()
+        .current_dir(hello.parent().unwrap())
+        .args(["run", "./hello"])
+        .run()
+        .assert_code(0)
+        .assert_stdout(&hello_stdout(&["./hello"], &[]));
+}
+
+#[test]
+fn memory_sizes_with_suffixes_are_accepted() {
+    if !kvm::available() {
+        return;
+    }
+    let hello = guests::c("hello");
+    for size in ["128M", "1G", "65536K", "64m"] {
+        kiln().args(["run", "--memory", size]).arg(&hello).arg("3").run().assert_code(3);
+    }
+}
+
+/// Byte i of the `bigout` guests' stdout (the same function as in tests/guests/c/bigout.c).
+fn bigout_expected() -> Vec<u8> {
+    (0..2u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect()
+}
+
+fn check_bigout(binary: &Path) {
+    let run = kiln().arg("run").arg(binary).run();
+    run.assert_code(0).assert_stderr("bigout: wrote 2097152 bytes\n");
+    let expected = bigout_expected();
+    if run.stdout != expected {
+        let first = run.stdout.iter().zip(&expected).position(|(a, b)| a != b);
+        panic!(
+            "stdout differs from the expected 2 MiB: got {} bytes, first difference at {:?}\n{run}",
+            run.stdout.len(),
+            first.or(Some(run.stdout.len().min(expected.len())))
+        );
+    }
+}
+
+#[test]
+fn c_two_mib_of_stdout_is_byte_exact() {
+    if !kvm::available() {
+        return;
+    }
+    check_bigout(&guests::c("bigout"));
+}
+
+#[test]
+fn rust_two_mib_of_stdout_is_byte_exact() {
+    if !kvm::available() {
+        return;
+    }
+    check_bigout(&guests::rust("bigout"));
+}
+
+#[test]
+fn rust_allocates_and_checks_64_mib() {
+    if !kvm::available() {
+        return;
+    }
+    kiln()
+        .args(["run", "--memory", "256M"])
+        .arg(guests::rust("alloc"))
+        .run()
+        .assert_code(0)
+        .assert_stdout("alloc: ok, 80 MiB allocated, 64 MiB live at peak\n");
+}
+
+#[test]
+fn unsupported_syscalls_return_enosys() {
+    if !kvm::available() {
+        return;
+    }
+    let run = kiln().arg("run").arg(guests::c("enosys")).arg("--kiln").run();
+    run.assert_code(0);
+    assert!(run.stdout_text().ends_with("enosys: ok\n"), "{run}");
+}
+
+#[test]
+fn syscall_in_a_leaf_keeps_the_red_zone() {
+    if !kvm::available() {
+        return;
+    }
+    kiln().arg("run").arg(guests::c("redzone")).run().assert_code(0).assert_stdout("redzone: intact\n");
+}
+
+#[test]
+fn trace_syscalls_prints_calls_and_a_summary() {
+    if !kvm::available() {
+        return;
+    }
+    let hello = guests::c("hello");
+    let run = kiln().args(["run", "--trace-syscalls"]).arg(&hello).arg("5").run();
+    // Tracing goes to stderr only: stdout and the exit code are the program's, unchanged.
+    run.assert_code(5).assert_stdout(&hello_stdout(&[hello.to_str().unwrap(), "5"], &[]));
+    run.assert_stderr_contains(HELLO_STDERR).assert_stderr_contains("write").assert_stderr_contains("exit_group");
+}
+
+// ---- programs that crash -----------------------------------------------------------------------------------------
+
+#[test]
+fn crash_is_reported_as_sigsegv_with_exit_code_139() {
+    if !kvm::available() {
+        return;
+    }
+    let run = kiln().arg("run").arg(guests::c("crash")).run();
+    run.assert_code(139).assert_stdout("about to crash\n");
+    let stderr = run.stderr_text();
+    let line = stderr.lines().find(|l| l.starts_with("kiln: program crashed: SIGSEGV"));
+    let line = line.unwrap_or_else(|| panic!("no `kiln: program crashed: SIGSEGV` line\n{run}"));
+    assert!(line.contains("0x10"), "the crash line does not name the faulting address 0x10\n{run}");
+    assert!(line.contains("rip 0x"), "the crash line does not name the instruction address\n{run}");
+}
+
+// ---- bad input: a one-line `kiln: ` error and a non-zero exit, no VM needed ---------------------------------------
+
+#[test]
+fn help_and_version() {
+    let help = kiln().arg("--help").run();
+    help.assert_code(0);
+    assert!(help.stdout_text().contains("run"), "--help does not mention `run`\n{help}");
+    let run_help = kiln().args(["run", "--help"]).run();
+    run_help.assert_code(0);
+    for flag in ["--memory", "--env", "--trace-syscalls"] {
+        assert!(run_help.stdout_text().contains(flag), "`kiln run --help` does not mention {flag}\n{run_help}");
+    }
+    let version = kiln().arg("--version").run();
+    version.assert_code(0);
+    assert!(version.stdout_text().contains(env!("CARGO_PKG_VERSION")), "{version}");
+}
+
+#[test]
+fn unknown_flag_is_rejected() {
+    let run = kiln().args(["run", "--no-such-flag"]).arg(guests::c("hello")).run();
+    let code = run.code.unwrap_or_else(|| panic!("kiln was killed\n{run}"));
+    assert!(code != 0 && code != 139 && code != 101, "{run}");
+    run.assert_stderr_contains("--no-such-flag");
+}
+
+#[test]
+fn missing_file_is_reported() {
+    let path = inputs::missing_file();
+    let line = kiln().arg("run").arg(&path).run().assert_kiln_error();
+    assert!(line.contains("no-such-program"), "the error does not name the file: {line}");
+}
+
+#[test]
+fn text_file_is_not_an_elf() {
+    let path = inputs::text_file();
+    let line = kiln().arg("run").arg(&path).run().assert_kiln_error();
+    assert!(line.contains("script.sh"), "the error does not name the file: {line}");
+    assert!(line.contains("ELF"), "the error does not say the file is not an ELF: {line}");
+}
+
+#[test]
+fn aarch64_elf_is_not_x86_64() {
+    let path = inputs::aarch64_elf();
+    let line = kiln().arg("run").arg(&path).run().assert_kiln_error();
+    assert!(line.contains("aarch64-ret"), "the error does not name the file: {line}");
+    assert!(line.contains("x86-64") || line.contains("x86_64"), "the error does not say what is expected: {line}");
+}
+
+#[test]
+fn dynamic_binary_is_refused() {
+    let path = guests::c("hello-dynamic");
+    let line = kiln().arg("run").arg(&path).run().assert_kiln_error();
+    assert!(line.contains("dynamic"), "the error does not say the binary is dynamically linked: {line}");
+    assert!(line.contains("static"), "the error does not say how to fix it (link statically): {line}");
+}
+
+#[test]
+fn memory_too_small_is_reported() {
+    let run = kiln().args(["run", "--memory", "2M"]).arg(guests::c("hello")).run();
+    let line = run.assert_kiln_error();
+    // Without KVM, kiln may stop at /dev/kvm before it sizes memory; with KVM the reason must be the memory.
+    if kvm::usable() {
+        assert!(line.to_lowercase().contains("memory"), "the error does not mention memory: {line}");
+    }
+}
+
+#[test]
+fn malformed_memory_size_is_rejected() {
+    let run = kiln().args(["run", "--memory", "lots"]).arg(guests::c("hello")).run();
+    let code = run.code.unwrap_or_else(|| panic!("kiln was killed\n{run}"));
+    assert!(code != 0 && code != 139 && code != 101, "{run}");
+    assert!(!run.stderr_text().contains("panicked"), "{run}");
+    run.assert_stderr_contains("lots");
+}

@@ -7,11 +7,18 @@ pub const HUGE_PAGE_SIZE: u64 = 2 << 20;
 
 /// Virtual page 0 holds the syscall trampoline: `call *%rax` with the syscall number in `%rax` lands on the NOP slide.
 pub const TRAMPOLINE_VADDR: u64 = 0;
-/// Offset in the trampoline page of the `jmp *DISPATCH_POINTER(%rip)` that ends the slide. Numbers below it return to
-/// the dispatcher; it is far above the highest Linux x86-64 syscall number.
-pub const TRAMPOLINE_SLIDE_END: u64 = 0xf00;
+/// Offset in the trampoline page of the `jmp *DISPATCH_POINTER(%rip)` that ends the NOP slide. It is just above the
+/// highest Linux x86-64 syscall number, so that a call slides over as few NOPs as possible.
+pub const TRAMPOLINE_SLIDE_END: u64 = 0x200;
+/// A second slide from here to [`TRAMPOLINE_SECOND_JUMP`] catches larger (invalid) numbers, which the dispatcher
+/// answers with -ENOSYS. Only the five numbers landing inside the first jump's bytes cannot be caught.
+pub const TRAMPOLINE_SECOND_SLIDE: u64 = TRAMPOLINE_SLIDE_END + 6;
+pub const TRAMPOLINE_SECOND_JUMP: u64 = 0xf00;
 /// Offset in the trampoline page of the 64-bit address of the library OS's syscall entry.
 pub const TRAMPOLINE_DISPATCH_POINTER: u64 = 0xff0;
+
+/// Virtual page 1: a supervisor page holding the code `syscall` jumps to (LSTAR) if one was not rewritten.
+pub const SYSCALL_TRAP_VADDR: u64 = 0x1000;
 
 /// All guest-physical RAM, mapped read-write with 2 MiB pages: guest physical `p` is virtual `DIRECT_MAP_BASE + p`.
 pub const DIRECT_MAP_BASE: u64 = 0x4000_0000_0000;

@@ -77,7 +77,7 @@ pub fn map_page<M: PhysMemory, F: FrameSource>(
     phys: u64,
     flags: u64,
 ) -> Result<(), MapError> {
-    if vaddr % PAGE_SIZE != 0 || phys % PAGE_SIZE != 0 || !is_lower_canonical(vaddr) {
+    if !vaddr.is_multiple_of(PAGE_SIZE) || !phys.is_multiple_of(PAGE_SIZE) || !is_lower_canonical(vaddr) {
         return Err(MapError::BadAddress(vaddr));
     }
     let table = walk_create(mem, frames, pml4, vaddr, 1)?;
@@ -98,7 +98,7 @@ pub fn map_huge_page<M: PhysMemory, F: FrameSource>(
     phys: u64,
     flags: u64,
 ) -> Result<(), MapError> {
-    if vaddr % HUGE_PAGE_SIZE != 0 || phys % HUGE_PAGE_SIZE != 0 || !is_lower_canonical(vaddr) {
+    if !vaddr.is_multiple_of(HUGE_PAGE_SIZE) || !phys.is_multiple_of(HUGE_PAGE_SIZE) || !is_lower_canonical(vaddr) {
         return Err(MapError::BadAddress(vaddr));
     }
     let table = walk_create(mem, frames, pml4, vaddr, 2)?;

@@ -4,4 +4,17 @@
 //! instructions rewritten, page tables, GDT and the initial stack are built, and the vCPU starts at CPL 3 in the
 //! library OS. At run time the VMM only answers hypercalls and turns a dead vCPU into a crash report.
 
+pub mod arch;
+pub mod boot;
+pub mod elf;
+pub mod fault;
+pub mod hypercall;
+pub mod loader;
+pub mod memory;
 pub mod rewrite;
+pub mod stack;
+pub mod syscall_names;
+pub mod vm;
+
+pub use fault::{CrashReport, Signal};
+pub use vm::{Console, Outcome, RunStats, Vm, VmConfig, VmError};

@@ -1,0 +1,32 @@
+//! Builds the library OS (kernel/, target x86_64-unknown-none) and hands its ELF to the `kiln` binary, which embeds it:
+//! users need no second toolchain at run time.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn main() {
+    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let root = manifest_dir.join("../..");
+    let kernel = root.join("kernel");
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let target_dir = out.join("kernel-target");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--release", "--locked", "--target", "x86_64-unknown-none", "--manifest-path"])
+        .arg(kernel.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target_dir);
+    // The host build's flags (coverage, sanitizers, target-cpu) must not leak into the guest build.
+    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_TARGET", "CARGO_TARGET_DIR", "RUSTC_WRAPPER"] {
+        cmd.env_remove(var);
+    }
+    let status = cmd.status().expect("run cargo to build the library OS");
+    assert!(status.success(), "building the library OS (kernel/) failed");
+    let elf = target_dir.join("x86_64-unknown-none/release/kiln-kernel");
+    std::fs::copy(&elf, out.join("kiln-kernel.elf")).expect("copy the library OS image");
+
+    for path in ["kernel/src", "kernel/Cargo.toml", "kernel/Cargo.lock", "crates/abi/src"] {
+        println!("cargo:rerun-if-changed={}", root.join(path).display());
+    }
+}

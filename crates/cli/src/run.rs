@@ -1,0 +1,149 @@
+//! `kiln run`: boot one program, stream its output, exit with its exit code.
+
+use crate::size::parse_size;
+use anyhow::{anyhow, Context, Result};
+use kiln_vmm::boot::BootError;
+use kiln_vmm::loader::LoaderError;
+use kiln_vmm::syscall_names::syscall_name;
+use kiln_vmm::{Console, Outcome, RunStats, Vm, VmConfig, VmError};
+use std::io::Write;
+use std::path::PathBuf;
+
+/// The library OS, built by build.rs from kernel/.
+static KERNEL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kiln-kernel.elf"));
+
+/// Exit code for Kiln's own failures (as `docker run` uses 125), distinct from the program's codes.
+pub const KILN_ERROR: u8 = 125;
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Guest memory (K, M or G suffix)
+    #[arg(long, short = 'm', default_value = "64M", value_parser = parse_size)]
+    memory: u64,
+    /// Set an environment variable in the program (repeatable); the program sees only these
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = parse_env)]
+    env: Vec<String>,
+    /// Print every syscall with its arguments and result to stderr, and a summary at exit
+    #[arg(long)]
+    trace_syscalls: bool,
+    /// Print VM exits and syscall counts to stderr at exit
+    #[arg(long)]
+    stats: bool,
+    /// The static Linux x86-64 executable to run
+    path: PathBuf,
+    /// Arguments passed to the program
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+fn parse_env(s: &str) -> Result<String, String> {
+    match s.split_once('=') {
+        Some((k, _)) if !k.is_empty() && !s.contains('\0') => Ok(s.to_string()),
+        _ => Err(format!("'{s}' is not KEY=VALUE")),
+    }
+}
+
+struct Terminal;
+
+impl Console for Terminal {
+    fn write(&mut self, fd: u64, bytes: &[u8]) -> std::io::Result<()> {
+        if fd == 1 {
+            let mut out = std::io::stdout().lock();
+            out.write_all(bytes)?;
+            out.flush()
+        } else {
+            std::io::stderr().lock().write_all(bytes)
+        }
+    }
+
+    fn trace(&mut self, line: &str) {
+        eprintln!("[kiln] {line}");
+    }
+}
+
+pub fn run(args: RunArgs) -> Result<u8> {
+    let shown = args.path.display().to_string();
+    let program = std::fs::read(&args.path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => anyhow!("{shown}: no such file"),
+        std::io::ErrorKind::PermissionDenied => anyhow!("{shown}: permission denied"),
+        _ if args.path.is_dir() => anyhow!("{shown}: is a directory, not a program"),
+        _ => anyhow!(e).context(format!("cannot read {shown}")),
+    })?;
+    let name = args.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "program".into());
+    let mut argv = vec![shown.clone()];
+    argv.extend(args.args.iter().cloned());
+    let config = VmConfig {
+        memory: args.memory,
+        argv,
+        env: args.env.clone(),
+        exe_path: format!("/{name}"),
+        trace_syscalls: args.trace_syscalls,
+    };
+
+    let mut vm = Vm::new(KERNEL, &program, &config).map_err(|e| explain(e, &shown, args.memory))?;
+    let report = vm.rewrite_report();
+    tracing::debug!(
+        sites = report.rewritten.len(),
+        relocated = report.relocated.len(),
+        "rewrote syscall instructions in {shown}"
+    );
+    for site in &report.unsafe_sites {
+        tracing::warn!("{shown}: the syscall at {site:#x} may clobber its function's red zone (rewritten in place)");
+    }
+    if args.trace_syscalls {
+        eprintln!(
+            "[kiln] rewrote {} syscall sites ({} moved out of a red zone)",
+            report.rewritten.len() + report.relocated.len(),
+            report.relocated.len()
+        );
+    }
+
+    let (outcome, stats) = vm.run(&mut Terminal).context("running the VM failed")?;
+    for &(nr, _, enosys) in stats.syscalls.iter().filter(|s| s.2 > 0) {
+        tracing::info!("unsupported syscall {} ({nr}) returned -ENOSYS {enosys} times", syscall_name(nr));
+    }
+    if args.trace_syscalls {
+        print_summary(&stats);
+    }
+    if args.stats {
+        let calls: u64 = stats.syscalls.iter().map(|s| u64::from(s.1)).sum();
+        eprintln!("[kiln] {} VM exits, {calls} syscalls", stats.vm_exits);
+    }
+    match outcome {
+        Outcome::Exited(code) => Ok(code as u8),
+        Outcome::Crashed(crash) => {
+            eprintln!("kiln: program crashed: {crash}");
+            Ok(crash.signal.exit_code() as u8)
+        }
+        Outcome::Stopped(why) => Err(anyhow!("stopped the VM: {why}")),
+    }
+}
+
+fn print_summary(stats: &RunStats) {
+    let calls: u64 = stats.syscalls.iter().map(|s| u64::from(s.1)).sum();
+    let enosys: u64 = stats.syscalls.iter().map(|s| u64::from(s.2)).sum();
+    eprintln!("[kiln] summary: {calls} syscalls, {enosys} unsupported (-ENOSYS), {} VM exits", stats.vm_exits);
+    eprintln!("[kiln] {:>8} {:>8}  syscall", "calls", "ENOSYS");
+    for &(nr, count, unsupported) in &stats.syscalls {
+        eprintln!("[kiln] {count:>8} {unsupported:>8}  {} ({nr})", syscall_name(nr));
+    }
+}
+
+fn mebibytes(bytes: u64) -> String {
+    format!("{} MiB", bytes.div_ceil(1 << 20))
+}
+
+/// Puts the error in the user's terms: the subject first, then what to do.
+fn explain(e: VmError, shown: &str, memory: u64) -> anyhow::Error {
+    match e {
+        VmError::Program(e) => anyhow!("{shown}: {e}"),
+        VmError::MemoryTooSmall { minimum, .. } => {
+            anyhow!("--memory {} is too small: Kiln needs at least {}", mebibytes(memory), mebibytes(minimum))
+        }
+        VmError::Boot(BootError::Memory(_) | BootError::Loader(LoaderError::Memory(_))) => anyhow!(
+            "{shown} does not fit in {} of guest memory; give it more with --memory (e.g. --memory 256M)",
+            mebibytes(memory)
+        ),
+        other => anyhow!(other),
+    }
+}

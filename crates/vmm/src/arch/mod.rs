@@ -1,0 +1,84 @@
+//! x86-64 CPU state for a Kiln guest: 64-bit mode, paging on, CPL 3 from the first instruction. Everything that
+//! depends on what the host's KVM can do lives in this folder (see `host.rs`).
+
+pub mod gdt;
+pub mod host;
+
+use kvm_bindings::{kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, Msrs};
+
+const CR0_PE: u64 = 1 << 0;
+const CR0_MP: u64 = 1 << 1;
+const CR0_ET: u64 = 1 << 4;
+const CR0_NE: u64 = 1 << 5;
+const CR0_WP: u64 = 1 << 16;
+const CR0_PG: u64 = 1 << 31;
+const CR4_PAE: u64 = 1 << 5;
+const CR4_OSFXSR: u64 = 1 << 9;
+const CR4_OSXMMEXCPT: u64 = 1 << 10;
+const CR4_FSGSBASE: u64 = 1 << 16;
+const EFER_SCE: u64 = 1 << 0;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+/// RFLAGS: bit 1 is always set. IOPL stays 0: the TSS I/O bitmap opens exactly the hypercall ports to CPL 3.
+const RFLAGS_INITIAL: u64 = 0x2;
+
+pub const MSR_IA32_TSC: u32 = 0x10;
+const MSR_STAR: u32 = 0xc000_0081;
+const MSR_LSTAR: u32 = 0xc000_0082;
+const MSR_SFMASK: u32 = 0xc000_0084;
+
+fn segment(selector: u16, code: bool) -> kvm_segment {
+    kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector,
+        type_: if code { 11 } else { 3 },
+        present: 1,
+        dpl: (selector & 3) as u8,
+        db: u8::from(!code),
+        s: 1,
+        l: u8::from(code),
+        g: 1,
+        ..Default::default()
+    }
+}
+
+/// Special registers: long mode with our page tables and GDT, user segments loaded (CPL 3).
+pub fn sregs(mut s: kvm_sregs, pml4: u64, gdt_vaddr: u64, tss_vaddr: u64) -> kvm_sregs {
+    s.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
+    s.cr3 = pml4;
+    s.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT | CR4_FSGSBASE;
+    s.efer = EFER_LME | EFER_LMA | EFER_SCE;
+    s.gdt.base = gdt_vaddr;
+    s.gdt.limit = (gdt::ENTRIES * 8 - 1) as u16;
+    s.idt.base = 0;
+    s.idt.limit = 0;
+    s.cs = segment(gdt::USER_CODE, true);
+    let data = segment(gdt::USER_DATA, false);
+    (s.ds, s.es, s.fs, s.gs, s.ss) = (data, data, data, data, data);
+    s.tr = kvm_segment {
+        base: tss_vaddr,
+        limit: (gdt::TSS_SIZE - 1) as u32,
+        selector: gdt::TSS,
+        type_: 11, // busy 64-bit TSS, as after `ltr`
+        present: 1,
+        ..Default::default()
+    };
+    s
+}
+
+pub fn regs(entry: u64, stack_pointer: u64, first_arg: u64) -> kvm_regs {
+    kvm_regs { rip: entry, rsp: stack_pointer, rdi: first_arg, rflags: RFLAGS_INITIAL, ..Default::default() }
+}
+
+/// `syscall` jumps to the trap page with the kernel selectors; nothing is masked.
+pub fn msrs(lstar: u64) -> Msrs {
+    let entry = |index, data| kvm_msr_entry { index, data, ..Default::default() };
+    Msrs::from_entries(&[
+        // sysret derives the user selectors from STAR[63:48]: +8 for SS, +16 for the 64-bit CS.
+        entry(MSR_STAR, u64::from(gdt::KERNEL_CODE) << 32 | u64::from(gdt::KERNEL_DATA) << 48),
+        entry(MSR_LSTAR, lstar),
+        entry(MSR_SFMASK, 0),
+    ])
+    .expect("three MSR entries fit")
+}

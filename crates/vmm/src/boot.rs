@@ -1,0 +1,222 @@
+//! The boot layout, built entirely on the host: page tables (all RAM in the direct map, the program at its own
+//! addresses, the trampoline at page 0), GDT and TSS, the library OS and the program, the initial stack and the boot
+//! info. When this is done the vCPU only has to start at CPL 3 in the library OS: no guest instruction runs at CPL 0.
+
+use crate::arch::gdt;
+use crate::elf::ElfImage;
+use crate::loader::{self, LoadedProgram, LoaderError};
+use crate::memory::{BootAllocator, GuestRam, MemoryError};
+use crate::stack::{self, ProgramInfo, StackError};
+use kiln_abi::boot::{BootInfo, BOOT_FLAG_TRACE_SYSCALLS, BOOT_MAGIC, BOOT_VERSION};
+use kiln_abi::hypercall::UNREWRITTEN_SYSCALL_PORT;
+use kiln_abi::layout::*;
+use kiln_abi::paging::{self, PTE_USER, PTE_WRITABLE};
+
+/// The library OS's stack for syscalls and its own start-up.
+pub const KERNEL_STACK_SIZE: u64 = 64 << 10;
+/// Smallest guest RAM Kiln accepts.
+pub const MIN_MEMORY: u64 = 4 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("guest memory is too small for the library OS and the program")]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    #[error(transparent)]
+    Stack(#[from] StackError),
+    #[error("the library OS image is broken: {0}")]
+    Kernel(&'static str),
+    #[error("boot mapping failed at {0:#x}: {1:?}")]
+    Map(u64, paging::MapError),
+}
+
+/// What the program's boot needs besides the two ELF images.
+#[derive(Clone, Debug)]
+pub struct BootParams {
+    pub argv: Vec<String>,
+    pub env: Vec<String>,
+    /// The path `/proc/self/exe` names inside the guest.
+    pub exe_path: String,
+    pub vcpus: u32,
+    pub trace_syscalls: bool,
+    pub random_seed: [u8; 32],
+    pub at_random: [u8; 16],
+    pub hwcap: u64,
+    pub tsc_hz: u64,
+    pub boot_tsc: u64,
+    pub boot_realtime_ns: u64,
+}
+
+/// Where the vCPU starts and what the VMM needs to know afterwards.
+#[derive(Debug)]
+pub struct BootState {
+    pub pml4: u64,
+    pub gdt_phys: u64,
+    pub tss_phys: u64,
+    pub entry: u64,
+    pub stack_pointer: u64,
+    pub boot_info_vaddr: u64,
+    pub hypercall_block_phys: u64,
+    pub program: LoadedProgram,
+}
+
+/// Stack size of the program's main thread: 8 MiB as Linux's default limit, less in small VMs.
+pub fn main_stack_size(memory: u64) -> u64 {
+    (memory / 8).clamp(256 << 10, 8 << 20)
+}
+
+fn trampoline_page(syscall_entry: u64) -> Vec<u8> {
+    let mut page = vec![0x90u8; PAGE_SIZE as usize];
+    for jump_at in [TRAMPOLINE_SLIDE_END, TRAMPOLINE_SECOND_JUMP] {
+        // jmp *disp32(%rip), reading the dispatcher's address from the end of the page.
+        let disp = (TRAMPOLINE_DISPATCH_POINTER - (jump_at + 6)) as u32;
+        let at = jump_at as usize;
+        page[at..at + 2].copy_from_slice(&[0xff, 0x25]);
+        page[at + 2..at + 6].copy_from_slice(&disp.to_le_bytes());
+    }
+    let ptr = TRAMPOLINE_DISPATCH_POINTER as usize;
+    page[TRAMPOLINE_SECOND_JUMP as usize + 6..ptr].fill(0xcc);
+    page[ptr..ptr + 8].copy_from_slice(&syscall_entry.to_le_bytes());
+    page
+}
+
+/// LSTAR's target. On hosts where `syscall` reaches CPL 0 this reports the site through a port; on hosts where it does
+/// not, the vCPU dies at this address and the VMM recognises it (see `fault.rs`).
+fn syscall_trap_page() -> Vec<u8> {
+    let mut page = vec![0xccu8; PAGE_SIZE as usize];
+    let port = UNREWRITTEN_SYSCALL_PORT.to_le_bytes();
+    // mov $port, %dx; out %al, %dx; hlt; jmp .-1
+    page[..8].copy_from_slice(&[0x66, 0xba, port[0], port[1], 0xee, 0xf4, 0xeb, 0xfd]);
+    page
+}
+
+pub fn build(
+    ram: &mut GuestRam,
+    kernel: (&ElfImage, &[u8]),
+    program: (&ElfImage, &[u8]),
+    params: &BootParams,
+) -> Result<BootState, BootError> {
+    let mut alloc = BootAllocator::new(PAGE_SIZE, ram.size());
+    let pml4 = alloc.alloc(PAGE_SIZE)?;
+
+    for phys in (0..ram.size()).step_by(HUGE_PAGE_SIZE as usize) {
+        paging::map_huge_page(ram, &mut alloc, pml4, direct_map(phys), phys, PTE_WRITABLE | PTE_USER)
+            .map_err(|e| BootError::Map(direct_map(phys), e))?;
+    }
+
+    let gdt_phys = alloc.alloc(PAGE_SIZE)?;
+    let tss_phys = gdt_phys + 0x800;
+    let exception_stack = alloc.alloc(PAGE_SIZE)?;
+    ram.write(gdt_phys, &gdt::table(direct_map(tss_phys)))?;
+    ram.write(tss_phys, &gdt::tss(direct_map(exception_stack + PAGE_SIZE)))?;
+
+    let kernel = loader::load_kernel(ram, &mut alloc, kernel.0, kernel.1)?;
+    if kernel.syscall_entry == kernel.entry || kernel.syscall_entry < DIRECT_MAP_BASE {
+        return Err(BootError::Kernel("no kiln_syscall_entry symbol"));
+    }
+    let kernel_stack = alloc.alloc(KERNEL_STACK_SIZE)?;
+    let hypercall_block = alloc.alloc(PAGE_SIZE)?;
+
+    let trampoline = alloc.alloc(PAGE_SIZE)?;
+    ram.write(trampoline, &trampoline_page(kernel.syscall_entry))?;
+    paging::map_page(ram, &mut alloc, pml4, TRAMPOLINE_VADDR, trampoline, PTE_USER)
+        .map_err(|e| BootError::Map(TRAMPOLINE_VADDR, e))?;
+    let trap = alloc.alloc(PAGE_SIZE)?;
+    ram.write(trap, &syscall_trap_page())?;
+    paging::map_page(ram, &mut alloc, pml4, SYSCALL_TRAP_VADDR, trap, 0)
+        .map_err(|e| BootError::Map(SYSCALL_TRAP_VADDR, e))?;
+
+    let loaded = loader::load_program(ram, &mut alloc, pml4, program.0, program.1)?;
+
+    let stack_size = main_stack_size(ram.size());
+    let stack_bottom = STACK_TOP - stack_size;
+    let initial = stack::build(
+        STACK_TOP,
+        stack_size,
+        &ProgramInfo {
+            argv: &params.argv,
+            envp: &params.env,
+            exe_path: &params.exe_path,
+            phdr: loaded.phdr,
+            phent: program.0.phent,
+            phnum: program.0.phnum,
+            entry: loaded.entry,
+            hwcap: params.hwcap,
+            random: params.at_random,
+        },
+    )?;
+    let stack_phys = alloc.alloc(stack_size)?;
+    ram.write(stack_phys + (initial.stack_pointer - stack_bottom), &initial.bytes)?;
+    loader::map_range(ram, &mut alloc, pml4, stack_bottom, stack_phys, stack_size, |_| PTE_USER | PTE_WRITABLE)?;
+
+    let boot_info_phys = alloc.alloc(PAGE_SIZE)?;
+    let info = BootInfo {
+        magic: BOOT_MAGIC,
+        version: BOOT_VERSION,
+        vcpu_count: params.vcpus,
+        flags: if params.trace_syscalls { BOOT_FLAG_TRACE_SYSCALLS } else { 0 },
+        mem_size: ram.size(),
+        // Page tables for the break are allocated later by the library OS, from here on.
+        free_phys_start: alloc.next_free(),
+        pml4_phys: pml4,
+        hypercall_block_phys: hypercall_block,
+        kernel_stack_phys: kernel_stack,
+        kernel_stack_size: KERNEL_STACK_SIZE,
+        app_entry: loaded.entry,
+        app_stack_pointer: initial.stack_pointer,
+        app_stack_bottom: stack_bottom,
+        app_stack_top: STACK_TOP,
+        brk_start: loaded.end,
+        exe_path_addr: initial.exe_path_addr,
+        exe_path_len: initial.exe_path_len,
+        tsc_hz: params.tsc_hz,
+        boot_tsc: params.boot_tsc,
+        boot_realtime_ns: params.boot_realtime_ns,
+        random_seed: params.random_seed,
+    };
+    ram.write(boot_info_phys, boot_info_bytes(&info))?;
+
+    Ok(BootState {
+        pml4,
+        gdt_phys,
+        tss_phys,
+        entry: kernel.entry,
+        stack_pointer: direct_map(kernel_stack + KERNEL_STACK_SIZE),
+        boot_info_vaddr: direct_map(boot_info_phys),
+        hypercall_block_phys: hypercall_block,
+        program: loaded,
+    })
+}
+
+fn boot_info_bytes(info: &BootInfo) -> &[u8] {
+    // SAFETY: BootInfo is repr(C) of u64/u32 pairs and a byte array, with no padding, so every byte is initialised.
+    unsafe { std::slice::from_raw_parts((info as *const BootInfo).cast::<u8>(), std::mem::size_of::<BootInfo>()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trampoline_slides_into_jumps_to_the_dispatcher() {
+        let page = trampoline_page(0x4000_0000_1ab7);
+        assert!(page[..TRAMPOLINE_SLIDE_END as usize].iter().all(|&b| b == 0x90));
+        assert!(page[TRAMPOLINE_SECOND_SLIDE as usize..TRAMPOLINE_SECOND_JUMP as usize].iter().all(|&b| b == 0x90));
+        for jump in [TRAMPOLINE_SLIDE_END, TRAMPOLINE_SECOND_JUMP] {
+            let at = jump as usize;
+            assert_eq!(&page[at..at + 2], &[0xff, 0x25]);
+            let disp = u32::from_le_bytes(page[at + 2..at + 6].try_into().unwrap()) as u64;
+            assert_eq!(jump + 6 + disp, TRAMPOLINE_DISPATCH_POINTER);
+        }
+        let p = TRAMPOLINE_DISPATCH_POINTER as usize;
+        assert_eq!(u64::from_le_bytes(page[p..p + 8].try_into().unwrap()), 0x4000_0000_1ab7);
+    }
+
+    #[test]
+    fn stack_size_follows_memory() {
+        assert_eq!(main_stack_size(64 << 20), 8 << 20);
+        assert_eq!(main_stack_size(1 << 30), 8 << 20);
+        assert_eq!(main_stack_size(4 << 20), 512 << 10);
+    }
+}

@@ -1,0 +1,190 @@
+//! The VMM's side of the hypercalls. The guest is not trusted: every address, length and count in a block is checked
+//! against guest RAM and against the limits in kiln-abi before the host acts on it.
+
+use crate::memory::GuestRam;
+use crate::syscall_names::syscall_name;
+use crate::vm::{Console, RunStats};
+use kiln_abi::hypercall::{Hypercall, MAX_IO_SEGMENTS, MAX_PANIC_MESSAGE, MAX_WRITE_BYTES, SYSCALL_SLOTS};
+
+/// What the run loop does next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    Resume,
+    Exit(i32),
+    Stop(String),
+}
+
+const EIO: i64 = 5;
+const EBADF: i64 = 9;
+const EFAULT: i64 = 14;
+const EINVAL: i64 = 22;
+const EPIPE: i64 = 32;
+
+fn read_u64s(ram: &GuestRam, addr: u64, n: usize) -> Option<Vec<u64>> {
+    let bytes = ram.read_vec(addr, (n * 8) as u64).ok()?;
+    Some(bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default())).collect())
+}
+
+pub fn handle(ram: &GuestRam, block: u64, nr: u32, console: &mut dyn Console, stats: &mut RunStats) -> Action {
+    let Some(args) = read_u64s(ram, block, 6) else {
+        return Action::Stop(format!("the hypercall block at {block:#x} is outside guest memory"));
+    };
+    let ret = match Hypercall::from_u32(nr) {
+        Some(Hypercall::Write) => write(ram, args[0], args[1], args[2], console),
+        Some(Hypercall::Exit) => {
+            stats.syscalls = read_stats(ram, args[1]);
+            return Action::Exit((args[0] & 0xff) as i32);
+        }
+        Some(Hypercall::Trace) => match read_u64s(ram, args[0], 8) {
+            Some(r) => {
+                let line = format!(
+                    "{}({:#x}, {:#x}, {:#x}, {:#x}, {:#x}, {:#x}) = {}",
+                    syscall_name(r[0]),
+                    r[1],
+                    r[2],
+                    r[3],
+                    r[4],
+                    r[5],
+                    r[6],
+                    r[7] as i64
+                );
+                console.trace(&line);
+                0
+            }
+            None => -EFAULT,
+        },
+        Some(Hypercall::Panic) => {
+            let len = args[1].min(MAX_PANIC_MESSAGE);
+            let message = ram.read_vec(args[0], len).map(|b| String::from_utf8_lossy(&b).into_owned());
+            return Action::Stop(format!(
+                "the library OS failed: {}",
+                message.unwrap_or_else(|_| "(message outside guest memory)".into())
+            ));
+        }
+        None => return Action::Stop(format!("the guest made an unknown hypercall {nr}")),
+    };
+    if ram.write(block + 48, &ret.to_le_bytes()).is_err() {
+        return Action::Stop(format!("the hypercall block at {block:#x} is outside guest memory"));
+    }
+    Action::Resume
+}
+
+/// The program's write to fd 1 or 2: at most `MAX_IO_SEGMENTS` segments and `MAX_WRITE_BYTES` bytes, all inside RAM.
+fn write(ram: &GuestRam, fd: u64, segments: u64, count: u64, console: &mut dyn Console) -> i64 {
+    if fd != 1 && fd != 2 {
+        return -EBADF;
+    }
+    if count > MAX_IO_SEGMENTS {
+        return -EINVAL;
+    }
+    let Some(raw) = read_u64s(ram, segments, count as usize * 2) else { return -EFAULT };
+    let mut total = 0u64;
+    let mut bytes = Vec::new();
+    for seg in raw.chunks_exact(2) {
+        let (phys, len) = (seg[0], seg[1]);
+        total = match total.checked_add(len) {
+            Some(t) if t <= MAX_WRITE_BYTES => t,
+            _ => return -EINVAL,
+        };
+        match ram.read_vec(phys, len) {
+            Ok(b) => bytes.extend_from_slice(&b),
+            Err(_) => return -EFAULT,
+        }
+    }
+    match console.write(fd, &bytes) {
+        Ok(()) => total as i64,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => -EPIPE,
+        Err(_) => -EIO,
+    }
+}
+
+fn read_stats(ram: &GuestRam, addr: u64) -> Vec<(u64, u32, u32)> {
+    if addr == 0 {
+        return Vec::new();
+    }
+    let Ok(bytes) = ram.read_vec(addr, (SYSCALL_SLOTS * 8) as u64) else { return Vec::new() };
+    let word = |i: usize| u32::from_le_bytes(bytes[i * 4..i * 4 + 4].try_into().unwrap_or_default());
+    (0..SYSCALL_SLOTS).filter(|&nr| word(nr) != 0).map(|nr| (nr as u64, word(nr), word(SYSCALL_SLOTS + nr))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Captured {
+        out: Vec<(u64, Vec<u8>)>,
+        traces: Vec<String>,
+    }
+
+    impl Console for Captured {
+        fn write(&mut self, fd: u64, bytes: &[u8]) -> std::io::Result<()> {
+            self.out.push((fd, bytes.to_vec()));
+            Ok(())
+        }
+        fn trace(&mut self, line: &str) {
+            self.traces.push(line.to_string());
+        }
+    }
+
+    fn put_u64s(ram: &GuestRam, addr: u64, values: &[u64]) {
+        for (i, v) in values.iter().enumerate() {
+            ram.write(addr + i as u64 * 8, &v.to_le_bytes()).unwrap();
+        }
+    }
+
+    fn ret(ram: &GuestRam) -> i64 {
+        read_u64s(ram, 0x1000 + 48, 1).unwrap()[0] as i64
+    }
+
+    #[test]
+    fn write_gathers_segments() {
+        let ram = GuestRam::new(1 << 20).unwrap();
+        ram.write(0x3000, b"hello ").unwrap();
+        ram.write(0x5000, b"world").unwrap();
+        put_u64s(&ram, 0x2000, &[0x3000, 6, 0x5000, 5]);
+        put_u64s(&ram, 0x1000, &[1, 0x2000, 2]);
+        let mut c = Captured::default();
+        assert_eq!(handle(&ram, 0x1000, 1, &mut c, &mut RunStats::default()), Action::Resume);
+        assert_eq!(c.out, vec![(1, b"hello world".to_vec())]);
+        assert_eq!(ret(&ram), 11);
+    }
+
+    #[test]
+    fn hostile_arguments_fail_without_touching_the_host() {
+        let ram = GuestRam::new(1 << 20).unwrap();
+        let mut c = Captured::default();
+        let mut s = RunStats::default();
+        // A segment beyond RAM, a huge count, a length that overflows, a bad fd.
+        for (args, errno) in [
+            ([1, 0x2000, 1], EFAULT),
+            ([1, 0x2000, 1 << 40], EINVAL),
+            ([2, 0x2000, 2], EINVAL),
+            ([7, 0x2000, 1], EBADF),
+            ([1, u64::MAX - 4, 1], EFAULT),
+        ] {
+            put_u64s(&ram, 0x2000, &[1 << 30, 8, 0x3000, u64::MAX]);
+            if errno == EINVAL && args[2] == 2 {
+                put_u64s(&ram, 0x2000, &[0x3000, 8, 0x3000, u64::MAX]);
+            }
+            put_u64s(&ram, 0x1000, &args);
+            assert_eq!(handle(&ram, 0x1000, 1, &mut c, &mut s), Action::Resume);
+            assert_eq!(ret(&ram), -errno, "{args:?}");
+        }
+        assert!(c.out.is_empty());
+        assert!(matches!(handle(&ram, 0x1000, 99, &mut c, &mut s), Action::Stop(_)));
+        assert!(matches!(handle(&ram, 1 << 30, 1, &mut c, &mut s), Action::Stop(_)));
+    }
+
+    #[test]
+    fn exit_reads_the_counters() {
+        let ram = GuestRam::new(1 << 20).unwrap();
+        let stats = 0x4000;
+        ram.write(stats + 4, &3u32.to_le_bytes()).unwrap(); // write called 3 times
+        ram.write(stats + 999 * 4 % (SYSCALL_SLOTS as u64 * 4), &1u32.to_le_bytes()).unwrap();
+        put_u64s(&ram, 0x1000, &[300, stats]);
+        let mut s = RunStats::default();
+        assert_eq!(handle(&ram, 0x1000, 2, &mut Captured::default(), &mut s), Action::Exit(300 & 0xff));
+        assert!(s.syscalls.contains(&(1, 3, 0)));
+    }
+}

@@ -1,0 +1,158 @@
+//! Guest RAM: anonymous `MAP_NORESERVE` host memory (a page costs the host only once touched), reached only through
+//! vm-memory's checked accessors, plus the boot-time frame allocator that lays out everything the VMM puts in it.
+
+use kiln_abi::layout::PAGE_SIZE;
+use kiln_abi::paging::{FrameSource, PhysMemory};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error("cannot reserve {size} bytes of guest memory")]
+    Reserve {
+        size: u64,
+        #[source]
+        source: vm_memory::mmap::FromRangesError,
+    },
+    #[error("guest memory access at {addr:#x} (+{len}) is outside guest RAM")]
+    OutOfRange { addr: u64, len: u64 },
+    #[error("guest memory is full: {needed} bytes were needed, {available} were left")]
+    Full { needed: u64, available: u64 },
+}
+
+pub struct GuestRam {
+    mem: GuestMemoryMmap,
+    size: u64,
+}
+
+impl GuestRam {
+    pub fn new(size: u64) -> Result<Self, MemoryError> {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size as usize)])
+            .map_err(|source| MemoryError::Reserve { size, source })?;
+        Ok(Self { mem, size })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn inner(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    /// Host address of guest-physical 0, for KVM_SET_USER_MEMORY_REGION.
+    pub fn host_base(&self) -> u64 {
+        self.mem.get_host_address(GuestAddress(0)).map(|p| p as u64).unwrap_or_default()
+    }
+
+    fn check(&self, addr: u64, len: u64) -> Result<(), MemoryError> {
+        match addr.checked_add(len) {
+            Some(end) if end <= self.size => Ok(()),
+            _ => Err(MemoryError::OutOfRange { addr, len }),
+        }
+    }
+
+    pub fn write(&self, addr: u64, bytes: &[u8]) -> Result<(), MemoryError> {
+        self.check(addr, bytes.len() as u64)?;
+        self.mem
+            .write_slice(bytes, GuestAddress(addr))
+            .map_err(|_| MemoryError::OutOfRange { addr, len: bytes.len() as u64 })
+    }
+
+    pub fn read(&self, addr: u64, bytes: &mut [u8]) -> Result<(), MemoryError> {
+        self.check(addr, bytes.len() as u64)?;
+        self.mem
+            .read_slice(bytes, GuestAddress(addr))
+            .map_err(|_| MemoryError::OutOfRange { addr, len: bytes.len() as u64 })
+    }
+
+    pub fn read_vec(&self, addr: u64, len: u64) -> Result<Vec<u8>, MemoryError> {
+        self.check(addr, len)?;
+        let mut v = vec![0; len as usize];
+        self.read(addr, &mut v)?;
+        Ok(v)
+    }
+
+    pub fn read_obj<T: vm_memory::ByteValued>(&self, addr: u64) -> Result<T, MemoryError> {
+        self.check(addr, std::mem::size_of::<T>() as u64)?;
+        self.mem
+            .read_obj(GuestAddress(addr))
+            .map_err(|_| MemoryError::OutOfRange { addr, len: std::mem::size_of::<T>() as u64 })
+    }
+
+    pub fn write_obj<T: vm_memory::ByteValued>(&self, addr: u64, value: T) -> Result<(), MemoryError> {
+        self.check(addr, std::mem::size_of::<T>() as u64)?;
+        self.mem
+            .write_obj(value, GuestAddress(addr))
+            .map_err(|_| MemoryError::OutOfRange { addr, len: std::mem::size_of::<T>() as u64 })
+    }
+}
+
+/// Page-table code reaches guest RAM through this; the page-table builder only touches frames it allocated, so an
+/// access outside RAM is a VMM bug and panics.
+impl PhysMemory for GuestRam {
+    fn read_u64(&self, phys: u64) -> u64 {
+        self.read_obj(phys).expect("page table frame inside guest RAM")
+    }
+    fn write_u64(&mut self, phys: u64, value: u64) {
+        self.write_obj(phys, value).expect("page table frame inside guest RAM")
+    }
+}
+
+/// Hands out guest-physical memory from the bottom of RAM while the VMM builds the boot layout. What it has not handed
+/// out when the guest starts belongs to the library OS.
+#[derive(Debug)]
+pub struct BootAllocator {
+    next: u64,
+    end: u64,
+}
+
+impl BootAllocator {
+    pub fn new(start: u64, end: u64) -> Self {
+        Self { next: start, end }
+    }
+
+    /// `size` bytes, page-aligned, zero (guest RAM starts zeroed and nothing is handed out twice).
+    pub fn alloc(&mut self, size: u64) -> Result<u64, MemoryError> {
+        let size = kiln_abi::layout::page_align_up(size.max(1));
+        let start = self.next;
+        match start.checked_add(size) {
+            Some(end) if end <= self.end => {
+                self.next = end;
+                Ok(start)
+            }
+            _ => Err(MemoryError::Full { needed: size, available: self.end.saturating_sub(start) }),
+        }
+    }
+
+    pub fn next_free(&self) -> u64 {
+        self.next
+    }
+}
+
+impl FrameSource for BootAllocator {
+    fn alloc_zeroed_frame(&mut self) -> Option<u64> {
+        self.alloc(PAGE_SIZE).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocator_is_page_granular_and_bounded() {
+        let mut a = BootAllocator::new(0x1000, 0x5000);
+        assert_eq!(a.alloc(1).unwrap(), 0x1000);
+        assert_eq!(a.alloc(0x1001).unwrap(), 0x2000);
+        assert!(matches!(a.alloc(0x2000), Err(MemoryError::Full { .. })));
+        assert_eq!(a.alloc(0x1000).unwrap(), 0x4000);
+    }
+
+    #[test]
+    fn ram_refuses_out_of_range_access() {
+        let ram = GuestRam::new(0x10000).unwrap();
+        ram.write(0xfff8, &[1; 8]).unwrap();
+        assert!(ram.write(0xfff9, &[1; 8]).is_err());
+        assert!(ram.read_vec(u64::MAX - 2, 8).is_err());
+    }
+}

@@ -1,1 +1,0 @@
-//! Placeholder: the syscall rewriter is being written.

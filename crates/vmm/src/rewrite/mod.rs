@@ -1,0 +1,235 @@
+//! Syscall-site rewriter: before boot, decode the application's executable code with a real x86 decoder and turn each
+//! `syscall` (`0f 05`) into `call *%rax` (`ff d0`), which lands in the library OS's page-0 NOP slide. Sites whose
+//! function keeps data in the red zone below `%rsp` are moved to stubs that step over the red zone before the call.
+
+mod analysis;
+mod relocate;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeSet;
+
+use iced_x86::{Code, Decoder, DecoderOptions, IcedError, Instruction, Mnemonic, OpKind};
+
+/// `call *%rax`: same length as `syscall`, so a plain site is patched without moving anything.
+const CALL_RAX: [u8; 2] = [0xff, 0xd0];
+/// Stubs start on this boundary; the gaps are `int3`.
+const STUB_ALIGN: usize = 16;
+const INT3: u8 = 0xcc;
+const NOP: u8 = 0x90;
+
+/// An executable `PT_LOAD`'s in-memory bytes, patched in place.
+pub struct ExecSegment<'a> {
+    pub vaddr: u64,
+    pub bytes: &'a mut [u8],
+}
+
+/// An `STT_FUNC` symbol from `.symtab`; gives exact function bounds for the red-zone check.
+pub struct FunctionSymbol {
+    pub vaddr: u64,
+    pub size: u64,
+}
+
+pub struct RewriteInput<'a> {
+    pub segments: Vec<ExecSegment<'a>>,
+    /// vaddr ranges [start,end) of executable sections (SHF_EXECINSTR) to decode; empty = decode whole segments.
+    pub code_ranges: Vec<(u64, u64)>,
+    pub functions: Vec<FunctionSymbol>,
+    /// Virtual address where `RewriteOutput::stubs` will be mapped (read+execute), within +-2 GiB of the code.
+    pub stub_base: u64,
+}
+
+pub struct RewriteOutput {
+    pub report: RewriteReport,
+    /// Relocation stubs, to be mapped read+execute at `RewriteInput::stub_base`; empty if nothing was relocated.
+    pub stubs: Vec<u8>,
+}
+
+/// Addresses of the `syscall` instructions found, by how they were handled.
+#[derive(Debug, Default, Clone)]
+pub struct RewriteReport {
+    /// Sites turned into `call *%rax` in place, including the `unsafe_sites`.
+    pub rewritten: Vec<u64>,
+    /// Red-zone sites moved to a stub behind a `jmp rel32`.
+    pub relocated: Vec<u64>,
+    /// Red-zone sites that could not be relocated and were rewritten in place anyway (a subset of `rewritten`):
+    /// the pushed return address may clobber live data there, so the caller should warn.
+    pub unsafe_sites: Vec<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RewriteError {
+    #[error("code range {start:#x}..{end:#x} is empty or inverted")]
+    EmptyCodeRange { start: u64, end: u64 },
+    #[error("code range {start:#x}..{end:#x} does not lie inside one executable segment")]
+    CodeRangeOutsideSegments { start: u64, end: u64 },
+    #[error("segment at {vaddr:#x} with {len:#x} bytes wraps the address space")]
+    SegmentOverflow { vaddr: u64, len: usize },
+    #[error("code at {first:#x} and {second:#x} overlaps")]
+    OverlappingCode { first: u64, second: u64 },
+    #[error("stub for the syscall at {site:#x} would be at {stub:#x}, out of reach of a rel32 jump")]
+    StubOutOfRange { site: u64, stub: u64 },
+    #[error("cannot encode the relocation stub for the syscall at {site:#x}")]
+    StubEncoding {
+        site: u64,
+        #[source]
+        source: IcedError,
+    },
+}
+
+/// A stretch of decoded code inside one segment: instructions in address order, invalid bytes left out.
+struct Region {
+    segment: usize,
+    instrs: Vec<Instruction>,
+}
+
+/// Bytes to write over the original code at `addr`.
+struct Patch {
+    segment: usize,
+    addr: u64,
+    bytes: Vec<u8>,
+}
+
+/// Rewrites every `syscall` in the given code; see the module doc. All sites are analysed on the original bytes
+/// before any byte is patched.
+pub fn rewrite_syscalls(input: RewriteInput<'_>) -> Result<RewriteOutput, RewriteError> {
+    let RewriteInput { mut segments, code_ranges, functions, stub_base } = input;
+    let regions = decode_regions(&segments, &code_ranges)?;
+    let targets = branch_targets(&regions);
+
+    let mut report = RewriteReport::default();
+    let mut stubs = Vec::new();
+    let mut patches = Vec::new();
+    for region in &regions {
+        // A relocated window must not overlap an earlier one in the same region.
+        let mut floor = 0;
+        for (site, ins) in region.instrs.iter().enumerate() {
+            if ins.mnemonic() != Mnemonic::Syscall {
+                continue;
+            }
+            let addr = ins.ip();
+            let span = analysis::function_span(&region.instrs, site, &functions);
+            if !analysis::uses_red_zone(&region.instrs[span.clone()]) {
+                patches.push(Patch { segment: region.segment, addr, bytes: in_place(ins) });
+                report.rewritten.push(addr);
+                continue;
+            }
+            let lo = span.start.max(floor);
+            let Some(window) = relocate::find_window(&region.instrs, lo..span.end, site, &targets) else {
+                patches.push(Patch { segment: region.segment, addr, bytes: in_place(ins) });
+                report.rewritten.push(addr);
+                report.unsafe_sites.push(addr);
+                continue;
+            };
+            stubs.resize(stubs.len().next_multiple_of(STUB_ALIGN), INT3);
+            let stub_addr = u64::try_from(stubs.len())
+                .ok()
+                .and_then(|off| stub_base.checked_add(off))
+                .ok_or(RewriteError::StubOutOfRange { site: addr, stub: stub_base })?;
+            let stub = relocate::build_stub(&region.instrs, &window, site, stub_addr)
+                .map_err(|source| RewriteError::StubEncoding { site: addr, source })?;
+            let bytes = relocate::jump_patch(&region.instrs, &window, stub_addr)
+                .ok_or(RewriteError::StubOutOfRange { site: addr, stub: stub_addr })?;
+            stubs.extend_from_slice(&stub);
+            patches.push(Patch { segment: region.segment, addr: region.instrs[window.first].ip(), bytes });
+            report.relocated.push(addr);
+            floor = window.last + 1;
+        }
+    }
+
+    for patch in patches {
+        let segment = &mut segments[patch.segment];
+        // In bounds: the decoder read these instructions from this very segment.
+        let off = (patch.addr - segment.vaddr) as usize;
+        segment.bytes[off..off + patch.bytes.len()].copy_from_slice(&patch.bytes);
+    }
+    Ok(RewriteOutput { report, stubs })
+}
+
+/// `call *%rax` over the site. A `syscall` with (meaningless) prefixes is longer than 2 bytes: `nop`s fill the front,
+/// because a prefix in front of `ff d0` could change the call (`66` makes it a 16-bit call).
+fn in_place(site: &Instruction) -> Vec<u8> {
+    let mut bytes = vec![NOP; site.len() - CALL_RAX.len()];
+    bytes.extend_from_slice(&CALL_RAX);
+    bytes
+}
+
+/// Resolves the code ranges (or whole segments) to slices and decodes them linearly.
+fn decode_regions(segments: &[ExecSegment<'_>], code_ranges: &[(u64, u64)]) -> Result<Vec<Region>, RewriteError> {
+    // (segment index, start, end)
+    let mut spans = Vec::new();
+    let seg_end = |seg: &ExecSegment<'_>| {
+        u64::try_from(seg.bytes.len())
+            .ok()
+            .and_then(|len| seg.vaddr.checked_add(len))
+            .ok_or(RewriteError::SegmentOverflow { vaddr: seg.vaddr, len: seg.bytes.len() })
+    };
+    if code_ranges.is_empty() {
+        for (i, seg) in segments.iter().enumerate() {
+            spans.push((i, seg.vaddr, seg_end(seg)?));
+        }
+    } else {
+        for &(start, end) in code_ranges {
+            if start >= end {
+                return Err(RewriteError::EmptyCodeRange { start, end });
+            }
+            let mut found = None;
+            for (i, seg) in segments.iter().enumerate() {
+                if seg.vaddr <= start && end <= seg_end(seg)? {
+                    found = Some(i);
+                }
+            }
+            let i = found.ok_or(RewriteError::CodeRangeOutsideSegments { start, end })?;
+            spans.push((i, start, end));
+        }
+    }
+    // Overlapping spans would find (and patch) the same sites twice.
+    spans.sort_by_key(|&(_, start, _)| start);
+    for pair in spans.windows(2) {
+        if pair[0].2 > pair[1].1 {
+            return Err(RewriteError::OverlappingCode { first: pair[0].1, second: pair[1].1 });
+        }
+    }
+
+    Ok(spans
+        .into_iter()
+        .map(|(segment, start, end)| {
+            let seg = &segments[segment];
+            let off = (start - seg.vaddr) as usize;
+            let bytes = &seg.bytes[off..off + (end - start) as usize];
+            Region { segment, instrs: decode_linear(bytes, start) }
+        })
+        .collect())
+}
+
+/// Decodes `bytes` front to back. An invalid or truncated instruction is taken for padding or data: skip one byte
+/// and resynchronise.
+fn decode_linear(bytes: &[u8], ip: u64) -> Vec<Instruction> {
+    let mut decoder = Decoder::with_ip(64, bytes, ip, DecoderOptions::NONE);
+    let mut instrs = Vec::new();
+    let mut ins = Instruction::default();
+    while decoder.can_decode() {
+        let pos = decoder.position();
+        decoder.decode_out(&mut ins);
+        if ins.code() == Code::INVALID {
+            // `pos + 1 <= bytes.len()` since the decoder had a byte to read, so this cannot fail.
+            if decoder.set_position(pos + 1).is_err() {
+                break;
+            }
+            decoder.set_ip(ip + pos as u64 + 1);
+        } else {
+            instrs.push(ins);
+        }
+    }
+    instrs
+}
+
+/// Targets of every direct branch or call in the decoded code: a relocation window must not swallow one.
+fn branch_targets(regions: &[Region]) -> BTreeSet<u64> {
+    regions
+        .iter()
+        .flat_map(|r| &r.instrs)
+        .filter(|ins| ins.op0_kind() == OpKind::NearBranch64)
+        .map(Instruction::near_branch_target)
+        .collect()
+}

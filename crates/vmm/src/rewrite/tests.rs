@@ -1,0 +1,288 @@
+use iced_x86::code_asm::*;
+use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Register};
+
+use super::*;
+
+const BASE: u64 = 0x40_1000;
+/// Where the tests map stubs: close enough for rel32.
+const STUBS: u64 = 0x80_0000;
+
+fn asm(build: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Vec<u8> {
+    let mut a = CodeAssembler::new(64).unwrap();
+    build(&mut a).unwrap();
+    a.assemble(BASE).unwrap()
+}
+
+fn rewrite(code: &mut [u8], functions: Vec<FunctionSymbol>) -> RewriteOutput {
+    let segments = vec![ExecSegment { vaddr: BASE, bytes: code }];
+    rewrite_syscalls(RewriteInput { segments, code_ranges: Vec::new(), functions, stub_base: STUBS }).unwrap()
+}
+
+fn decode(bytes: &[u8], ip: u64) -> Vec<Instruction> {
+    Decoder::with_ip(64, bytes, ip, DecoderOptions::NONE).into_iter().collect()
+}
+
+fn codes(bytes: &[u8], ip: u64) -> Vec<Code> {
+    decode(bytes, ip).iter().map(Instruction::code).collect()
+}
+
+/// Asserts `ins` is `lea delta(%rsp),%rsp`.
+fn assert_rsp_adjust(ins: &Instruction, delta: i64) {
+    assert_eq!(ins.code(), Code::Lea_r64_m);
+    assert_eq!(ins.op0_register(), Register::RSP);
+    assert_eq!(ins.memory_base(), Register::RSP);
+    assert_eq!(ins.memory_displacement64() as i64, delta);
+}
+
+/// Asserts the window at `at` is `jmp stub` padded with int3 to `len` bytes.
+fn assert_jump_to(code: &[u8], at: usize, len: usize, stub: u64) {
+    let jmp = &decode(&code[at..at + 5], BASE + at as u64)[0];
+    assert_eq!(jmp.code(), Code::Jmp_rel32_64);
+    assert_eq!(jmp.near_branch_target(), stub);
+    assert!(code[at + 5..at + len].iter().all(|&b| b == INT3));
+}
+
+#[test]
+fn plain_musl_site_becomes_call_rax() {
+    let mut code = asm(|a| {
+        a.mov(eax, 1)?;
+        a.syscall()?;
+        a.ret()
+    });
+    let out = rewrite(&mut code, Vec::new());
+    assert_eq!(code, [0xb8, 1, 0, 0, 0, 0xff, 0xd0, 0xc3]);
+    assert_eq!(out.report.rewritten, [BASE + 5]);
+    assert!(out.report.relocated.is_empty() && out.report.unsafe_sites.is_empty() && out.stubs.is_empty());
+}
+
+#[test]
+fn prefixed_site_keeps_its_length() {
+    // `66 0f 05`: a prefix the CPU ignores; `66 ff d0` would be a 16-bit call.
+    let mut code = vec![0x66, 0x0f, 0x05, 0xc3];
+    let out = rewrite(&mut code, Vec::new());
+    assert_eq!(out.report.rewritten, [BASE]);
+    assert_eq!(code, [NOP, 0xff, 0xd0, 0xc3]);
+}
+
+#[test]
+fn syscall_bytes_inside_other_instructions_are_left_alone() {
+    let mut code = asm(|a| {
+        a.mov(eax, 0x050f)?; // immediate
+        a.mov(eax, dword_ptr(rax + 0x050f))?; // displacement
+        a.mov(dword_ptr(rdi), ecx)?; // ModRM 0x0f, then `05 imm32` (add): `0f 05` straddles two instructions
+        a.add(eax, 0x1234_5678)?;
+        a.ret()
+    });
+    assert_eq!(code.windows(2).filter(|w| w == &[0x0f, 0x05]).count(), 3);
+    let before = code.clone();
+    let out = rewrite(&mut code, Vec::new());
+    assert_eq!(code, before);
+    assert!(out.report.rewritten.is_empty());
+}
+
+#[test]
+fn two_sites() {
+    let mut code = asm(|a| {
+        a.mov(eax, 39)?;
+        a.syscall()?;
+        a.mov(edi, eax)?;
+        a.mov(eax, 60)?;
+        a.syscall()?;
+        a.hlt()
+    });
+    let out = rewrite(&mut code, Vec::new());
+    assert_eq!(out.report.rewritten, [BASE + 5, BASE + 14]);
+    assert_eq!(codes(&code, BASE)[1], Code::Call_rm64);
+    assert_eq!(codes(&code, BASE)[4], Code::Call_rm64);
+}
+
+#[test]
+fn invalid_bytes_are_skipped_one_at_a_time() {
+    // `06` (push es) and `27` (daa) are invalid in 64-bit mode; a lone trailing `0f` is truncated.
+    let mut code = vec![0x06, 0x27, 0xb8, 0x3c, 0, 0, 0, 0x0f, 0x05, 0x0f];
+    let out = rewrite(&mut code, Vec::new());
+    assert_eq!(out.report.rewritten, [BASE + 7]);
+    assert_eq!(code, [0x06, 0x27, 0xb8, 0x3c, 0, 0, 0, 0xff, 0xd0, 0x0f]);
+}
+
+#[test]
+fn red_zone_leaf_is_relocated_to_a_stub() {
+    let mut code = asm(|a| {
+        a.mov(qword_ptr(rsp - 8), rdi)?;
+        a.mov(eax, 39)?;
+        a.syscall()?;
+        a.mov(rdi, qword_ptr(rsp - 8))?;
+        a.ret()
+    });
+    let out = rewrite(&mut code, Vec::new());
+    let site = BASE + 10; // 5-byte store, 5-byte mov
+    assert_eq!(out.report.relocated, [site]);
+    assert!(out.report.rewritten.is_empty() && out.report.unsafe_sites.is_empty());
+
+    // `mov $39,%eax; syscall` (7 bytes) became `jmp stub; int3; int3`.
+    assert_jump_to(&code, 5, 7, STUBS);
+    assert_eq!(codes(&code[12..], BASE + 12), [Code::Mov_r64_rm64, Code::Retnq]);
+
+    let stub = decode(&out.stubs, STUBS);
+    assert_eq!(stub.len(), 5);
+    assert_rsp_adjust(&stub[0], -128);
+    assert_eq!((stub[1].code(), stub[1].immediate32()), (Code::Mov_r32_imm32, 39));
+    assert_eq!((stub[2].code(), stub[2].op0_register()), (Code::Call_rm64, Register::RAX));
+    assert_rsp_adjust(&stub[3], 128);
+    assert_eq!(stub[4].flow_control(), iced_x86::FlowControl::UnconditionalBranch);
+    assert_eq!(stub[4].near_branch_target(), site + 2);
+    assert_eq!(stub[4].next_ip(), STUBS + out.stubs.len() as u64);
+}
+
+#[test]
+fn relocation_moves_instructions_after_the_site_and_retargets_rip_relative_ones() {
+    let mut code = asm(|a| {
+        let mut data = a.create_label();
+        a.mov(qword_ptr(rsp - 16), rsi)?;
+        a.mov(eax, dword_ptr(rsp + 8))?; // touches %rsp: cannot move
+        a.syscall()?;
+        a.mov(rdx, qword_ptr(data))?; // RIP-relative, moved after the call
+        a.mov(rsi, qword_ptr(rsp - 16))?;
+        a.ret()?;
+        a.set_label(&mut data)?;
+        a.dq(&[0])
+    });
+    let data = decode(&code[11..18], BASE + 11)[0].ip_rel_memory_address();
+    assert_eq!(data, BASE + 24);
+    let out = rewrite(&mut code, Vec::new());
+    let site = BASE + 9;
+    assert_eq!(out.report.relocated, [site]);
+    assert_jump_to(&code, 9, 9, STUBS);
+
+    let stub = decode(&out.stubs, STUBS);
+    let stub_codes: Vec<Code> = stub.iter().map(Instruction::code).collect();
+    assert_eq!(stub_codes[..4], [Code::Lea_r64_m, Code::Call_rm64, Code::Lea_r64_m, Code::Mov_r64_rm64]);
+    assert!(stub[3].is_ip_rel_memory_operand());
+    assert_eq!(stub[3].ip_rel_memory_address(), data);
+    assert_eq!(stub[4].near_branch_target(), site + 9);
+}
+
+#[test]
+fn red_zone_site_that_is_a_branch_target_is_unsafe() {
+    let mut code = asm(|a| {
+        let mut again = a.create_label();
+        a.mov(qword_ptr(rsp - 8), rdi)?;
+        a.mov(eax, 39)?;
+        a.set_label(&mut again)?;
+        a.syscall()?; // a loop target: nothing before it may move
+        a.mov(rdi, qword_ptr(rsp - 8))?; // touches %rsp: nothing after it may move
+        a.test(eax, eax)?;
+        a.jne(again)?;
+        a.ret()
+    });
+    let out = rewrite(&mut code, Vec::new());
+    assert_eq!(out.report.unsafe_sites, [BASE + 10]);
+    assert_eq!(out.report.rewritten, [BASE + 10]);
+    assert!(out.report.relocated.is_empty() && out.stubs.is_empty());
+    assert_eq!(code[10..12], CALL_RAX);
+}
+
+#[test]
+fn two_red_zone_sites_get_separate_stubs() {
+    let mut code = asm(|a| {
+        a.mov(qword_ptr(rsp - 8), rdi)?;
+        a.mov(eax, 1)?;
+        a.syscall()?;
+        a.mov(eax, 2)?;
+        a.syscall()?;
+        a.mov(rdi, qword_ptr(rsp - 8))?;
+        a.ret()
+    });
+    let out = rewrite(&mut code, Vec::new());
+    assert_eq!(out.report.relocated, [BASE + 10, BASE + 17]);
+    assert_jump_to(&code, 5, 7, STUBS);
+    // Each stub is 28 bytes, the next starts on a 16-byte boundary.
+    assert_jump_to(&code, 12, 7, STUBS + 32);
+    let second = decode(&out.stubs[32..], STUBS + 32);
+    assert_eq!(second[1].immediate32(), 2);
+}
+
+#[test]
+fn rbp_frame_leaf_is_flagged_but_a_function_with_a_frame_is_not() {
+    let leaf = |a: &mut CodeAssembler| {
+        a.push(rbp)?;
+        a.mov(rbp, rsp)?;
+        a.mov(qword_ptr(rbp - 8), rdi)?;
+        a.mov(eax, 1)?;
+        a.syscall()?;
+        a.pop(rbp)?;
+        a.ret()
+    };
+    let mut code = asm(leaf);
+    assert_eq!(rewrite(&mut code, Vec::new()).report.relocated.len(), 1);
+
+    let mut code = asm(|a| {
+        a.push(rbp)?;
+        a.mov(rbp, rsp)?;
+        a.sub(rsp, 16)?;
+        a.mov(qword_ptr(rbp - 8), rdi)?;
+        a.mov(eax, 1)?;
+        a.syscall()?;
+        a.leave()?;
+        a.ret()
+    });
+    let out = rewrite(&mut code, Vec::new());
+    assert_eq!(out.report.rewritten.len(), 1);
+    assert!(out.report.relocated.is_empty());
+}
+
+#[test]
+fn symbols_bound_the_function() {
+    // Without symbols the window heuristic sees one function (no `ret` between), so the site is flagged; the
+    // symbol table says the red-zone store belongs to a different function.
+    let build = |a: &mut CodeAssembler| {
+        a.mov(qword_ptr(rsp - 8), rdi)?;
+        a.nop()?;
+        a.mov(eax, 1)?; // second function starts here, at BASE + 6
+        a.syscall()?;
+        a.ret()
+    };
+    let mut code = asm(build);
+    assert_eq!(rewrite(&mut code, Vec::new()).report.relocated, [BASE + 11]);
+
+    let mut code = asm(build);
+    let functions = vec![FunctionSymbol { vaddr: BASE, size: 6 }, FunctionSymbol { vaddr: BASE + 6, size: 8 }];
+    let out = rewrite(&mut code, functions);
+    assert_eq!(out.report.rewritten, [BASE + 11]);
+    assert!(out.report.relocated.is_empty());
+}
+
+#[test]
+fn only_code_ranges_are_decoded() {
+    let mut bytes = asm(|a| {
+        a.mov(eax, 1)?;
+        a.syscall()?;
+        a.ret()
+    });
+    bytes.extend_from_slice(&[0x0f, 0x05]); // data after .text, e.g. a constant in the same segment
+    let code_end = BASE + 8;
+    let segments = vec![ExecSegment { vaddr: BASE, bytes: &mut bytes }];
+    let input = RewriteInput { segments, code_ranges: vec![(BASE, code_end)], functions: Vec::new(), stub_base: STUBS };
+    let out = rewrite_syscalls(input).unwrap();
+    assert_eq!(out.report.rewritten, [BASE + 5]);
+    assert_eq!(bytes[8..], [0x0f, 0x05]);
+}
+
+#[test]
+fn bad_inputs_are_errors() {
+    let run = |code_ranges: Vec<(u64, u64)>, stub_base| {
+        let mut bytes = asm(|a| {
+            a.mov(qword_ptr(rsp - 8), rdi)?;
+            a.mov(eax, 1)?;
+            a.syscall()?;
+            a.ret()
+        });
+        let segments = vec![ExecSegment { vaddr: BASE, bytes: &mut bytes }];
+        rewrite_syscalls(RewriteInput { segments, code_ranges, functions: Vec::new(), stub_base }).err()
+    };
+    assert!(matches!(run(vec![(BASE, BASE + 0x100)], STUBS), Some(RewriteError::CodeRangeOutsideSegments { .. })));
+    assert!(matches!(run(vec![(BASE + 4, BASE)], STUBS), Some(RewriteError::EmptyCodeRange { .. })));
+    let overlap = vec![(BASE, BASE + 8), (BASE + 4, BASE + 12)];
+    assert!(matches!(run(overlap, STUBS), Some(RewriteError::OverlappingCode { .. })));
+    assert!(matches!(run(Vec::new(), 1 << 40), Some(RewriteError::StubOutOfRange { .. })));
+}

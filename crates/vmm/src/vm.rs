@@ -1,0 +1,211 @@
+//! One VM: KVM objects, guest RAM and the vCPU, from boot to the program's end.
+
+use crate::arch;
+use crate::boot::{self, BootError, BootParams, BootState, MIN_MEMORY};
+use crate::elf::{ElfError, ElfImage};
+use crate::fault::{self, CrashReport};
+use crate::hypercall::{self, Action};
+use crate::memory::{GuestRam, MemoryError};
+use crate::rewrite::RewriteReport;
+use kiln_abi::hypercall::{HYPERCALL_PORT, UNREWRITTEN_SYSCALL_PORT};
+use kiln_abi::layout::{direct_map, HUGE_PAGE_SIZE, SYSCALL_TRAP_VADDR};
+use kvm_bindings::{kvm_userspace_memory_region, Msrs, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("cannot open /dev/kvm: it does not exist; KVM is not available here (load the kvm module, or use a host or VM with virtualization enabled)")]
+    KvmMissing,
+    #[error("cannot open /dev/kvm: permission denied; add yourself to its group (e.g. `sudo usermod -aG kvm $USER`, then log in again)")]
+    KvmDenied,
+    #[error("cannot open /dev/kvm")]
+    KvmOpen(#[source] kvm_ioctls::Error),
+    #[error("KVM refused to {what}")]
+    Kvm {
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("the program: {0}")]
+    Program(#[source] ElfError),
+    #[error("the built-in library OS: {0}")]
+    Kernel(#[source] ElfError),
+    #[error("--memory {requested} is too small: Kiln needs at least {minimum} bytes")]
+    MemoryTooSmall { requested: u64, minimum: u64 },
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Boot(#[from] BootError),
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+/// Where the program's standard output and error and the trace go.
+pub trait Console {
+    /// Writes the program's bytes to its fd 1 or 2; an error is returned to the program as a failed write.
+    fn write(&mut self, fd: u64, bytes: &[u8]) -> std::io::Result<()>;
+    /// One line of `--trace-syscalls` output.
+    fn trace(&mut self, line: &str);
+}
+
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    pub memory: u64,
+    pub argv: Vec<String>,
+    pub env: Vec<String>,
+    pub exe_path: String,
+    pub trace_syscalls: bool,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The program called exit/exit_group.
+    Exited(i32),
+    /// The vCPU died on a fault or an unrewritten syscall.
+    Crashed(CrashReport),
+    /// The VMM stopped a guest that broke the hypercall contract, or the library OS reported a bug.
+    Stopped(String),
+}
+
+/// What a finished run reports besides its outcome.
+#[derive(Debug, Default)]
+pub struct RunStats {
+    pub vm_exits: u64,
+    /// (number, calls, of which -ENOSYS), only numbers that were called.
+    pub syscalls: Vec<(u64, u32, u32)>,
+}
+
+pub struct Vm {
+    _kvm: Kvm,
+    _vm: VmFd,
+    vcpu: VcpuFd,
+    ram: GuestRam,
+    boot: BootState,
+}
+
+fn open_kvm() -> Result<Kvm, VmError> {
+    Kvm::new().map_err(|e| match e.errno() {
+        libc::ENOENT | libc::ENODEV | libc::ENXIO => VmError::KvmMissing,
+        libc::EACCES | libc::EPERM => VmError::KvmDenied,
+        _ => VmError::KvmOpen(e),
+    })
+}
+
+fn host_random<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    let mut filled = 0;
+    while filled < N {
+        // SAFETY: the pointer and length describe the unfilled tail of `bytes`.
+        let n = unsafe { libc::getrandom(bytes[filled..].as_mut_ptr().cast(), N - filled, 0) };
+        if n > 0 {
+            filled += n as usize;
+        }
+    }
+    bytes
+}
+
+impl Vm {
+    /// Checks the program, builds the VM and everything in it; the program has not run yet.
+    pub fn new(kernel_elf: &[u8], program_elf: &[u8], config: &VmConfig) -> Result<Vm, VmError> {
+        let program = ElfImage::parse(program_elf).map_err(VmError::Program)?;
+        let kernel = ElfImage::parse(kernel_elf).map_err(VmError::Kernel)?;
+        if config.memory < MIN_MEMORY {
+            return Err(VmError::MemoryTooSmall { requested: config.memory, minimum: MIN_MEMORY });
+        }
+        let memory = config.memory.div_ceil(HUGE_PAGE_SIZE) * HUGE_PAGE_SIZE;
+
+        let kvm = open_kvm()?;
+        let vm = kvm.create_vm().map_err(kvm_err("create a VM"))?;
+        let mut ram = GuestRam::new(memory)?;
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            guest_phys_addr: 0,
+            memory_size: memory,
+            userspace_addr: ram.host_base(),
+            flags: 0,
+        };
+        // SAFETY: the region is `ram`'s own mapping, which lives as long as the VM (both are fields of `Vm`).
+        unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("register guest memory"))?;
+        let vcpu = vm.create_vcpu(0).map_err(kvm_err("create a vCPU"))?;
+        let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("report CPUID"))?;
+        vcpu.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
+        let hwcap = cpuid.as_slice().iter().find(|e| e.function == 1 && e.index == 0).map_or(0, |e| u64::from(e.edx));
+
+        let tsc_hz = u64::from(vcpu.get_tsc_khz().map_err(kvm_err("report the TSC frequency"))?) * 1000;
+        let mut tsc =
+            Msrs::from_entries(&[kvm_bindings::kvm_msr_entry { index: arch::MSR_IA32_TSC, ..Default::default() }])
+                .expect("one MSR entry fits");
+        vcpu.get_msrs(&mut tsc).map_err(kvm_err("read the guest TSC"))?;
+        let realtime = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+
+        let params = BootParams {
+            argv: config.argv.clone(),
+            env: config.env.clone(),
+            exe_path: config.exe_path.clone(),
+            vcpus: 1,
+            trace_syscalls: config.trace_syscalls,
+            random_seed: host_random(),
+            at_random: host_random(),
+            hwcap,
+            tsc_hz,
+            boot_tsc: tsc.as_slice()[0].data,
+            boot_realtime_ns: realtime,
+        };
+        let boot = boot::build(&mut ram, (&kernel, kernel_elf), (&program, program_elf), &params)?;
+
+        let sregs = vcpu.get_sregs().map_err(kvm_err("read special registers"))?;
+        let sregs = arch::sregs(sregs, boot.pml4, direct_map(boot.gdt_phys), direct_map(boot.tss_phys));
+        vcpu.set_sregs(&sregs).map_err(kvm_err("set special registers"))?;
+        vcpu.set_msrs(&arch::msrs(SYSCALL_TRAP_VADDR)).map_err(kvm_err("set MSRs"))?;
+        vcpu.set_regs(&arch::regs(boot.entry, boot.stack_pointer, boot.boot_info_vaddr))
+            .map_err(kvm_err("set registers"))?;
+        Ok(Vm { _kvm: kvm, _vm: vm, vcpu, ram, boot })
+    }
+
+    pub fn rewrite_report(&self) -> &RewriteReport {
+        &self.boot.program.report
+    }
+
+    /// Runs the program to its end.
+    pub fn run(&mut self, console: &mut dyn Console) -> Result<(Outcome, RunStats), VmError> {
+        let mut stats = RunStats::default();
+        loop {
+            let exit = self.vcpu.run();
+            stats.vm_exits += 1;
+            let exit = match exit {
+                Ok(exit) => exit,
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+                Err(e) => return Err(VmError::Kvm { what: "run the vCPU", source: e }),
+            };
+            let outcome = match exit {
+                VcpuExit::IoOut(HYPERCALL_PORT, data) => {
+                    let nr = data.iter().rev().fold(0u32, |acc, &b| acc << 8 | u32::from(b));
+                    match hypercall::handle(&self.ram, self.boot.hypercall_block_phys, nr, console, &mut stats) {
+                        Action::Resume => continue,
+                        Action::Exit(code) => Outcome::Exited(code),
+                        Action::Stop(why) => Outcome::Stopped(why),
+                    }
+                }
+                VcpuExit::IoOut(UNREWRITTEN_SYSCALL_PORT, _) => Outcome::Crashed(self.crash("unrewritten syscall")),
+                VcpuExit::IoOut(port, _) | VcpuExit::IoIn(port, _) => {
+                    Outcome::Stopped(format!("the guest used I/O port {port:#x}, which Kiln does not provide"))
+                }
+                VcpuExit::Shutdown => Outcome::Crashed(self.crash("shutdown")),
+                VcpuExit::Hlt => Outcome::Crashed(self.crash("hlt")),
+                other => Outcome::Stopped(format!("the vCPU stopped unexpectedly ({other:?})")),
+            };
+            return Ok((outcome, stats));
+        }
+    }
+
+    fn crash(&self, how: &'static str) -> CrashReport {
+        let regs = self.vcpu.get_regs().unwrap_or_default();
+        let sregs = self.vcpu.get_sregs().unwrap_or_default();
+        tracing::debug!(?regs, ?sregs, "vCPU state at the crash ({how})");
+        fault::diagnose(&self.ram, self.boot.pml4, how, &regs, &sregs)
+    }
+}

@@ -1,0 +1,90 @@
+//! The ways in and out of the library OS: `_start` (the VMM starts the vCPU here with %rdi = boot info and %rsp on a
+//! library OS stack), the syscall entry that the page-0 trampoline jumps to, and the jump into the program.
+//!
+//! Syscall entry contract (the Linux x86-64 syscall ABI, reached by `call *%rax` instead of `syscall`): %rax = number,
+//! arguments in %rdi %rsi %rdx %r10 %r8 %r9, the return address on the program's stack. We return the result in %rax
+//! and preserve every other register; flags are not preserved (Linux's `syscall` restores them, but compilers treat
+//! an asm `syscall` as clobbering them).
+
+use core::arch::global_asm;
+
+/// The saved syscall registers, as `kiln_syscall_entry` pushes them.
+#[repr(C)]
+pub struct SyscallFrame {
+    pub nr: u64,
+    pub args: [u64; 6],
+}
+
+global_asm!(
+    ".globl _start",
+    "_start:",
+    "    call {main}",
+    "    ud2",
+    "",
+    ".globl kiln_syscall_entry",
+    "kiln_syscall_entry:",
+    // Switch to the library OS stack; the program's stack may be a few KiB of goroutine stack.
+    "    mov gs:[0], rsp",
+    "    mov rsp, gs:[8]",
+    "    push qword ptr gs:[0]",
+    // %rcx and %r11 are saved only to keep the stack 16-byte aligned at the call. RFLAGS is deliberately not saved:
+    // a `popfq` at CPL 3 loses RFLAGS.IOPL on kvm_pvm, which would turn the next hypercall into a #GP.
+    "    push rcx",
+    "    push r11",
+    "    push r9",
+    "    push r8",
+    "    push r10",
+    "    push rdx",
+    "    push rsi",
+    "    push rdi",
+    "    push rax",
+    "    cld",
+    "    mov rdi, rsp",
+    "    call {dispatch}",
+    "    add rsp, 8",
+    "    pop rdi",
+    "    pop rsi",
+    "    pop rdx",
+    "    pop r10",
+    "    pop r8",
+    "    pop r9",
+    "    pop r11",
+    "    pop rcx",
+    "    pop rsp",
+    "    ret",
+    main = sym crate::kiln_main,
+    dispatch = sym crate::syscalls::dispatch,
+);
+
+/// Starts the program with Linux's initial register state: all zero but %rsp.
+///
+/// # Safety
+/// `stack_pointer` must point at a valid initial stack (argc, argv, envp, auxv) and `entry` at the program's code.
+pub unsafe fn enter_program(entry: u64, stack_pointer: u64) -> ! {
+    // SAFETY: the caller vouches for the entry and stack; nothing of ours is used after the jump.
+    unsafe {
+        core::arch::asm!(
+            "mov rsp, {sp}",
+            "push {entry}",
+            "xor eax, eax",
+            "xor ebx, ebx",
+            "xor ecx, ecx",
+            "xor edx, edx",
+            "xor esi, esi",
+            "xor edi, edi",
+            "xor ebp, ebp",
+            "xor r8d, r8d",
+            "xor r9d, r9d",
+            "xor r10d, r10d",
+            "xor r11d, r11d",
+            "xor r12d, r12d",
+            "xor r13d, r13d",
+            "xor r14d, r14d",
+            "xor r15d, r15d",
+            "ret",
+            sp = in(reg) stack_pointer,
+            entry = in(reg) entry,
+            options(noreturn)
+        )
+    }
+}

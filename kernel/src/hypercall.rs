@@ -1,0 +1,60 @@
+//! Calls into the VMM: fill this vCPU's hypercall block, `out` the number to the hypercall port. One VM exit each, so
+//! they are kept off every path that can do without them.
+
+use crate::{cpu, percpu};
+use core::fmt::Write;
+use kiln_abi::hypercall::{Hypercall, HypercallBlock, HYPERCALL_PORT, MAX_PANIC_MESSAGE};
+
+pub fn call(nr: Hypercall, args: &[u64]) -> i64 {
+    let block = percpu::current().hypercall_block as *mut HypercallBlock;
+    // SAFETY: the block is this vCPU's own frame in the direct map, set up by the VMM and named in the boot info.
+    unsafe {
+        let b = &mut *block;
+        b.args = [0; 6];
+        b.args[..args.len()].copy_from_slice(args);
+        b.ret = 0;
+    }
+    cpu::port_out(HYPERCALL_PORT, nr as u32);
+    // SAFETY: as above; the VMM wrote `ret` before resuming us.
+    unsafe { core::ptr::read_volatile(&(*block).ret) }
+}
+
+pub fn exit(code: u64, stats_phys: u64) -> ! {
+    call(Hypercall::Exit, &[code, stats_phys]);
+    // The VMM never resumes an exited vCPU; if one did, stay put rather than run on.
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+struct MessageBuffer {
+    bytes: [u8; MAX_PANIC_MESSAGE as usize],
+    len: usize,
+}
+
+impl Write for MessageBuffer {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let n = s.len().min(self.bytes.len() - self.len);
+        self.bytes[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
+pub fn panic_message(message: &str) -> ! {
+    send_panic(message.as_bytes())
+}
+
+pub fn panic(info: &core::panic::PanicInfo) -> ! {
+    let mut buffer = MessageBuffer { bytes: [0; MAX_PANIC_MESSAGE as usize], len: 0 };
+    let _ = write!(buffer, "{info}");
+    send_panic(&buffer.bytes[..buffer.len])
+}
+
+fn send_panic(message: &[u8]) -> ! {
+    let phys = crate::mm::virt_to_phys(message.as_ptr() as u64).unwrap_or(0);
+    call(Hypercall::Panic, &[phys, message.len() as u64]);
+    loop {
+        core::hint::spin_loop();
+    }
+}

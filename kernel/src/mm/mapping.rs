@@ -1,0 +1,111 @@
+//! Anonymous mappings and the program break.
+//!
+//! Anonymous memory is handed out physically contiguous through the direct map, which the VMM mapped at boot: an
+//! `mmap` changes no page table and needs no TLB work on any host. The break grows by mapping fresh pages after the
+//! program's data (new entries only, which no TLB has cached). What this does not do yet: enforce `mprotect`
+//! (PROT_NONE guard pages stay accessible), fault on access after `munmap`, or map at a caller-chosen address.
+
+use super::{memory, pml4, ram_size, DirectMap};
+use crate::errno::Errno;
+use kiln_abi::layout::{direct_map, page_align_up, DIRECT_MAP_BASE, PAGE_SIZE};
+use kiln_abi::paging::{self, PTE_USER, PTE_WRITABLE};
+
+/// The guest-physical range behind `[addr, addr+len)` if all of it is anonymous memory we handed out.
+fn anonymous_range(addr: u64, len: u64) -> Option<u64> {
+    let m = memory();
+    let phys = addr.checked_sub(DIRECT_MAP_BASE)?;
+    let end = phys.checked_add(len)?;
+    (phys >= m.managed_start && end <= ram_size() && addr % PAGE_SIZE == 0).then_some(phys)
+}
+
+fn zero(phys: u64, len: u64) {
+    // SAFETY: [phys, phys+len) is guest RAM (checked by the callers) and reached through the direct map.
+    unsafe { core::ptr::write_bytes(direct_map(phys) as *mut u8, 0, len as usize) };
+}
+
+pub fn map_anonymous(len: u64) -> Result<u64, Errno> {
+    if len == 0 {
+        return Err(Errno::EINVAL);
+    }
+    let size = page_align_up(len);
+    let phys = memory().frames.alloc(size).ok_or(Errno::ENOMEM)?;
+    Ok(direct_map(phys))
+}
+
+pub fn unmap(addr: u64, len: u64) -> Result<(), Errno> {
+    if addr % PAGE_SIZE != 0 || len == 0 {
+        return Err(Errno::EINVAL);
+    }
+    let size = page_align_up(len);
+    // Linux lets a program unmap what it never mapped; only memory we handed out goes back to the allocator.
+    if let Some(phys) = anonymous_range(addr, size) {
+        zero(phys, size);
+        memory().frames.free_zeroed(phys, size);
+    }
+    Ok(())
+}
+
+/// `madvise(MADV_DONTNEED)`: the range reads as zero afterwards.
+pub fn discard(addr: u64, len: u64) -> Result<(), Errno> {
+    if let Some(phys) = anonymous_range(addr, page_align_up(len)) {
+        zero(phys, page_align_up(len));
+    }
+    Ok(())
+}
+
+pub fn remap(old: u64, old_len: u64, new_len: u64, may_move: bool) -> Result<u64, Errno> {
+    if old % PAGE_SIZE != 0 || new_len == 0 {
+        return Err(Errno::EINVAL);
+    }
+    let (old_size, new_size) = (page_align_up(old_len), page_align_up(new_len));
+    let Some(phys) = anonymous_range(old, old_size.max(PAGE_SIZE)) else {
+        // Memory we did not hand out (the stack, the program's segments) cannot move; tell "mapped" from "not mapped"
+        // as Linux does, which musl relies on to find the main thread's stack size.
+        return Err(if super::translate(old).is_some() { Errno::ENOMEM } else { Errno::EFAULT });
+    };
+    if new_size <= old_size {
+        if new_size < old_size {
+            zero(phys + new_size, old_size - new_size);
+            memory().frames.free_zeroed(phys + new_size, old_size - new_size);
+        }
+        return Ok(old);
+    }
+    if memory().frames.alloc_at(phys + old_size, new_size - old_size) {
+        return Ok(old);
+    }
+    if !may_move {
+        return Err(Errno::ENOMEM);
+    }
+    let new = map_anonymous(new_size)?;
+    // SAFETY: both ranges are ours, in the direct map, and do not overlap (the new one was free).
+    unsafe { core::ptr::copy_nonoverlapping(old as *const u8, new as *mut u8, old_size as usize) };
+    unmap(old, old_size)?;
+    Ok(new)
+}
+
+/// `brk(addr)`: moves the break if it can and returns the break in force, as Linux does.
+pub fn set_break(addr: u64) -> u64 {
+    let m = memory();
+    if addr < m.brk_start {
+        return m.brk;
+    }
+    let wanted_end = page_align_up(addr);
+    while m.brk_mapped_end < wanted_end {
+        let Some(frame) = m.frames.alloc(PAGE_SIZE) else { return m.brk };
+        let mapped =
+            paging::map_page(&mut DirectMap, &mut m.frames, pml4(), m.brk_mapped_end, frame, PTE_WRITABLE | PTE_USER);
+        if mapped.is_err() {
+            m.frames.free_zeroed(frame, PAGE_SIZE);
+            return m.brk;
+        }
+        m.brk_mapped_end += PAGE_SIZE;
+    }
+    // Shrinking keeps the pages mapped: a later growth reuses them. Linux would unmap them, so zero what lies above
+    // the new break to keep "memory from growing the break reads as zero".
+    if addr < m.brk {
+        // SAFETY: [addr, old brk) is mapped writable break memory.
+        unsafe { core::ptr::write_bytes(addr as *mut u8, 0, (m.brk - addr) as usize) };
+    }
+    m.brk = addr;
+    addr
+}

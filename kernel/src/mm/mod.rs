@@ -1,0 +1,94 @@
+//! Memory: the frame allocator over free guest-physical RAM, the page tables (through the direct map), and the
+//! program break.
+
+pub mod frames;
+pub mod mapping;
+
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicU64, Ordering};
+use frames::FrameAllocator;
+use kiln_abi::layout::{direct_map, page_align_up, DIRECT_MAP_BASE, PAGE_SIZE};
+use kiln_abi::paging::{self, FrameSource, PhysMemory};
+use kiln_abi::BootInfo;
+
+pub struct Memory {
+    pub frames: FrameAllocator,
+    /// Lowest physical address the allocator manages; below it is the boot layout, never freed.
+    pub managed_start: u64,
+    pub brk_start: u64,
+    pub brk: u64,
+    /// End of the pages currently mapped for the break.
+    pub brk_mapped_end: u64,
+}
+
+struct Global(UnsafeCell<Memory>);
+// SAFETY: one vCPU, and the library OS is never re-entered while it runs (no interrupts, no signals mid-syscall).
+unsafe impl Sync for Global {}
+
+static MEMORY: Global = Global(UnsafeCell::new(Memory {
+    frames: FrameAllocator::empty(),
+    managed_start: 0,
+    brk_start: 0,
+    brk: 0,
+    brk_mapped_end: 0,
+}));
+
+/// Set once at boot, read by every address check: kept apart from `Memory` so a check never aliases it.
+static PML4: AtomicU64 = AtomicU64::new(0);
+static RAM_SIZE: AtomicU64 = AtomicU64::new(0);
+
+pub fn pml4() -> u64 {
+    PML4.load(Ordering::Relaxed)
+}
+
+pub fn ram_size() -> u64 {
+    RAM_SIZE.load(Ordering::Relaxed)
+}
+
+pub fn init(boot: &BootInfo) {
+    PML4.store(boot.pml4_phys, Ordering::Relaxed);
+    RAM_SIZE.store(boot.mem_size, Ordering::Relaxed);
+    let m = memory();
+    m.managed_start = page_align_up(boot.free_phys_start);
+    m.frames.add(m.managed_start, boot.mem_size & !(PAGE_SIZE - 1));
+    m.brk_start = boot.brk_start;
+    m.brk = boot.brk_start;
+    m.brk_mapped_end = page_align_up(boot.brk_start);
+}
+
+/// The library OS's memory state. Callers must not hold two of these at once.
+pub fn memory() -> &'static mut Memory {
+    // SAFETY: see `Global`: single-threaded, never re-entered, and no caller keeps the reference across another call.
+    unsafe { &mut *MEMORY.0.get() }
+}
+
+/// Page tables are reached through the direct map.
+pub struct DirectMap;
+
+impl PhysMemory for DirectMap {
+    fn read_u64(&self, phys: u64) -> u64 {
+        // SAFETY: page-table frames are guest RAM, all of which the direct map covers.
+        unsafe { core::ptr::read_volatile(direct_map(phys) as *const u64) }
+    }
+    fn write_u64(&mut self, phys: u64, value: u64) {
+        // SAFETY: as above; the page-table code only writes entries of tables it walked or just allocated.
+        unsafe { core::ptr::write_volatile(direct_map(phys) as *mut u64, value) }
+    }
+}
+
+impl FrameSource for FrameAllocator {
+    fn alloc_zeroed_frame(&mut self) -> Option<u64> {
+        self.alloc(PAGE_SIZE)
+    }
+}
+
+pub fn translate(vaddr: u64) -> Option<paging::Translation> {
+    paging::translate(&DirectMap, pml4(), vaddr)
+}
+
+pub fn virt_to_phys(vaddr: u64) -> Option<u64> {
+    if vaddr >= DIRECT_MAP_BASE && vaddr - DIRECT_MAP_BASE < ram_size() {
+        return Some(vaddr - DIRECT_MAP_BASE);
+    }
+    translate(vaddr).map(|t| t.phys)
+}

@@ -1,0 +1,120 @@
+//! The Linux syscall layer: one table indexed by the syscall number, one file per family. A number without a handler
+//! returns -ENOSYS and is counted; the counts reach the VMM when the program exits.
+
+mod fs;
+mod mm;
+mod process;
+mod random;
+mod signal;
+mod time;
+
+use crate::entry::SyscallFrame;
+use crate::errno::{Errno, SysResult};
+use crate::hypercall;
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, Ordering};
+use kiln_abi::hypercall::{Hypercall, SyscallStats, TraceRecord, SYSCALL_SLOTS};
+use kiln_abi::BootInfo;
+
+pub type Args = [u64; 6];
+type Handler = fn(&Args) -> SysResult;
+
+const fn table() -> [Option<Handler>; SYSCALL_SLOTS] {
+    let mut t: [Option<Handler>; SYSCALL_SLOTS] = [None; SYSCALL_SLOTS];
+    t[0] = Some(fs::read);
+    t[1] = Some(fs::write);
+    t[7] = Some(fs::poll);
+    t[9] = Some(mm::mmap);
+    t[10] = Some(mm::mprotect);
+    t[11] = Some(mm::munmap);
+    t[12] = Some(mm::brk);
+    t[13] = Some(signal::rt_sigaction);
+    t[14] = Some(signal::rt_sigprocmask);
+    t[16] = Some(fs::ioctl);
+    t[19] = Some(fs::readv);
+    t[20] = Some(fs::writev);
+    t[24] = Some(process::sched_yield);
+    t[25] = Some(mm::mremap);
+    t[28] = Some(mm::madvise);
+    t[39] = Some(process::getpid);
+    t[60] = Some(process::exit);
+    t[63] = Some(process::uname);
+    t[72] = Some(fs::fcntl);
+    t[89] = Some(fs::readlink);
+    t[96] = Some(time::gettimeofday);
+    t[97] = Some(process::getrlimit);
+    t[102] = Some(process::getuid);
+    t[104] = Some(process::getuid);
+    t[107] = Some(process::getuid);
+    t[108] = Some(process::getuid);
+    t[110] = Some(process::getppid);
+    t[118] = Some(process::getresuid);
+    t[120] = Some(process::getresuid);
+    t[131] = Some(signal::sigaltstack);
+    t[158] = Some(process::arch_prctl);
+    t[186] = Some(process::getpid);
+    t[201] = Some(time::time);
+    t[204] = Some(process::sched_getaffinity);
+    t[218] = Some(process::set_tid_address);
+    t[228] = Some(time::clock_gettime);
+    t[229] = Some(time::clock_getres);
+    t[231] = Some(process::exit);
+    t[267] = Some(fs::readlinkat);
+    t[271] = Some(fs::ppoll);
+    t[273] = Some(process::set_robust_list);
+    t[302] = Some(process::prlimit64);
+    t[318] = Some(random::getrandom);
+    t
+}
+
+static TABLE: [Option<Handler>; SYSCALL_SLOTS] = table();
+
+struct Stats(UnsafeCell<SyscallStats>);
+// SAFETY: one vCPU and no re-entry: only `dispatch` touches the counters, one call at a time.
+unsafe impl Sync for Stats {}
+static STATS: Stats = Stats(UnsafeCell::new(SyscallStats::new()));
+static TRACING: AtomicBool = AtomicBool::new(false);
+
+pub fn init(boot: &BootInfo) {
+    TRACING.store(boot.traces_syscalls(), Ordering::Relaxed);
+    random::init(boot);
+    fs::init(boot);
+    process::init(boot);
+}
+
+/// Guest-physical address of the counters, for the exit hypercall.
+pub fn stats_phys() -> u64 {
+    crate::mm::virt_to_phys(STATS.0.get() as u64).unwrap_or(0)
+}
+
+/// Called by `kiln_syscall_entry` with the program's registers; the return value goes to the program's %rax.
+pub extern "C" fn dispatch(frame: &mut SyscallFrame) -> i64 {
+    let nr = frame.nr;
+    let handler = if nr < SYSCALL_SLOTS as u64 { TABLE[nr as usize] } else { None };
+    let ret = match handler {
+        Some(h) => match h(&frame.args) {
+            Ok(v) => v as i64,
+            Err(Errno(e)) => -e,
+        },
+        None => -Errno::ENOSYS.0,
+    };
+    {
+        // SAFETY: see `Stats`.
+        let stats = unsafe { &mut *STATS.0.get() };
+        let slot = SyscallStats::slot(nr);
+        stats.calls[slot] = stats.calls[slot].wrapping_add(1);
+        if handler.is_none() {
+            stats.enosys[slot] = stats.enosys[slot].wrapping_add(1);
+        }
+    }
+    if TRACING.load(Ordering::Relaxed) {
+        trace(nr, &frame.args, ret);
+    }
+    ret
+}
+
+fn trace(nr: u64, args: &Args, ret: i64) {
+    let record = TraceRecord { nr, args: *args, ret };
+    let phys = crate::mm::virt_to_phys(&record as *const TraceRecord as u64).unwrap_or(0);
+    hypercall::call(Hypercall::Trace, &[phys]);
+}

@@ -1,0 +1,153 @@
+//! The process and its identity: one process, one thread (pid = tid = 1), root, on a Linux-compatible "kernel".
+
+use super::Args;
+use crate::errno::{Errno, SysResult};
+use crate::{cpu, hypercall, user};
+use core::sync::atomic::{AtomicU64, Ordering};
+use kiln_abi::BootInfo;
+
+const PID: u64 = 1;
+const ARCH_SET_GS: u64 = 0x1001;
+const ARCH_SET_FS: u64 = 0x1002;
+const ARCH_GET_FS: u64 = 0x1003;
+const ARCH_GET_GS: u64 = 0x1004;
+const RLIMIT_STACK: u64 = 3;
+const RLIMIT_NOFILE: u64 = 7;
+const RLIM_INFINITY: u64 = u64::MAX;
+
+static VCPUS: AtomicU64 = AtomicU64::new(1);
+static STACK_SIZE: AtomicU64 = AtomicU64::new(0);
+static CLEAR_CHILD_TID: AtomicU64 = AtomicU64::new(0);
+
+pub fn init(boot: &BootInfo) {
+    VCPUS.store(u64::from(boot.vcpu_count.max(1)), Ordering::Relaxed);
+    STACK_SIZE.store(boot.app_stack_top - boot.app_stack_bottom, Ordering::Relaxed);
+}
+
+pub fn exit(a: &Args) -> SysResult {
+    hypercall::exit(a[0] & 0xff, super::stats_phys())
+}
+
+pub fn getpid(_: &Args) -> SysResult {
+    Ok(PID)
+}
+
+pub fn getppid(_: &Args) -> SysResult {
+    Ok(0)
+}
+
+pub fn getuid(_: &Args) -> SysResult {
+    Ok(0)
+}
+
+pub fn getresuid(a: &Args) -> SysResult {
+    for addr in &a[..3] {
+        user::write::<u32>(*addr, 0)?;
+    }
+    Ok(0)
+}
+
+pub fn sched_yield(_: &Args) -> SysResult {
+    Ok(0)
+}
+
+pub fn set_tid_address(a: &Args) -> SysResult {
+    CLEAR_CHILD_TID.store(a[0], Ordering::Relaxed);
+    Ok(PID)
+}
+
+pub fn set_robust_list(a: &Args) -> SysResult {
+    if a[1] != 24 {
+        return Err(Errno::EINVAL);
+    }
+    Ok(0)
+}
+
+pub fn arch_prctl(a: &Args) -> SysResult {
+    match a[0] {
+        ARCH_SET_FS => {
+            if a[1] >= 1 << 47 {
+                return Err(Errno::EPERM);
+            }
+            cpu::write_fs_base(a[1]);
+            Ok(0)
+        }
+        ARCH_GET_FS => user::write(a[1], cpu::read_fs_base()).map(|()| 0),
+        ARCH_GET_GS => user::write(a[1], 0u64).map(|()| 0),
+        // GS belongs to the library OS (it finds its per-vCPU data there).
+        ARCH_SET_GS => Err(Errno::EPERM),
+        _ => Err(Errno::EINVAL),
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Utsname {
+    fields: [[u8; 65]; 6],
+}
+
+pub fn uname(a: &Args) -> SysResult {
+    let mut u = Utsname { fields: [[0; 65]; 6] };
+    let values: [&[u8]; 6] = [b"Linux", b"kiln", b"6.1.0-kiln", b"#1 SMP Kiln", b"x86_64", b"(none)"];
+    for (field, value) in u.fields.iter_mut().zip(values) {
+        field[..value.len()].copy_from_slice(value);
+    }
+    user::write(a[0], u).map(|()| 0)
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Rlimit {
+    cur: u64,
+    max: u64,
+}
+
+fn limit(resource: u64) -> Rlimit {
+    match resource {
+        RLIMIT_STACK => {
+            let s = STACK_SIZE.load(Ordering::Relaxed);
+            Rlimit { cur: s, max: s }
+        }
+        RLIMIT_NOFILE => Rlimit { cur: 1024, max: 1024 },
+        _ => Rlimit { cur: RLIM_INFINITY, max: RLIM_INFINITY },
+    }
+}
+
+pub fn getrlimit(a: &Args) -> SysResult {
+    if a[0] >= 16 {
+        return Err(Errno::EINVAL);
+    }
+    user::write(a[1], limit(a[0])).map(|()| 0)
+}
+
+/// New limits are accepted and not enforced: nothing here grows with them.
+pub fn prlimit64(a: &Args) -> SysResult {
+    let (pid, resource, new, old) = (a[0], a[1], a[2], a[3]);
+    if pid != 0 && pid != PID {
+        return Err(Errno::ESRCH);
+    }
+    if resource >= 16 {
+        return Err(Errno::EINVAL);
+    }
+    if new != 0 {
+        user::read::<Rlimit>(new)?;
+    }
+    if old != 0 {
+        user::write(old, limit(resource))?;
+    }
+    Ok(0)
+}
+
+pub fn sched_getaffinity(a: &Args) -> SysResult {
+    let (pid, len, mask) = (a[0], a[1], a[2]);
+    if pid != 0 && pid != PID {
+        return Err(Errno::ESRCH);
+    }
+    if len < 8 || len % 8 != 0 {
+        return Err(Errno::EINVAL);
+    }
+    let vcpus = VCPUS.load(Ordering::Relaxed).min(64);
+    let bits = if vcpus == 64 { u64::MAX } else { (1u64 << vcpus) - 1 };
+    user::write(mask, bits)?;
+    Ok(8)
+}

@@ -1,0 +1,41 @@
+//! getrandom: a ChaCha20 generator seeded by the VMM from the host's randomness. It never blocks and needs no exit.
+
+use super::Args;
+use crate::errno::{Errno, SysResult};
+use crate::user;
+use core::cell::UnsafeCell;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+const GRND_NONBLOCK: u64 = 1;
+const GRND_RANDOM: u64 = 2;
+const GRND_INSECURE: u64 = 4;
+
+struct Generator(UnsafeCell<Option<ChaCha20Rng>>);
+// SAFETY: one vCPU, never re-entered.
+unsafe impl Sync for Generator {}
+static GENERATOR: Generator = Generator(UnsafeCell::new(None));
+
+pub fn init(boot: &kiln_abi::BootInfo) {
+    // SAFETY: runs once at boot, before any syscall.
+    unsafe { *GENERATOR.0.get() = Some(ChaCha20Rng::from_seed(boot.random_seed)) };
+}
+
+pub fn getrandom(a: &Args) -> SysResult {
+    let (buf, len, flags) = (a[0], a[1], a[2]);
+    if flags & !(GRND_NONBLOCK | GRND_RANDOM | GRND_INSECURE) != 0 {
+        return Err(Errno::EINVAL);
+    }
+    // SAFETY: see `Generator`.
+    let rng = unsafe { &mut *GENERATOR.0.get() }.as_mut().ok_or(Errno::EAGAIN)?;
+    let len = len.min(1 << 25);
+    let mut chunk = [0u8; 256];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(chunk.len() as u64) as usize;
+        rng.fill_bytes(&mut chunk[..n]);
+        user::write_bytes(buf + done, &chunk[..n])?;
+        done += n as u64;
+    }
+    Ok(len)
+}

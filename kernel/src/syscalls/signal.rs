@@ -1,0 +1,114 @@
+//! Signal dispositions, masks and alternate stacks are recorded and reported back; nothing delivers signals yet (a
+//! program alone in its VM gets none, and faults end the VM).
+
+use super::Args;
+use crate::errno::{Errno, SysResult};
+use crate::user;
+use core::cell::UnsafeCell;
+
+const NSIG: u64 = 64;
+const SIGKILL: u64 = 9;
+const SIGSTOP: u64 = 19;
+const SIG_BLOCK: u64 = 0;
+const SIG_UNBLOCK: u64 = 1;
+const SIG_SETMASK: u64 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct SigAction {
+    handler: u64,
+    flags: u64,
+    restorer: u64,
+    mask: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct StackT {
+    sp: u64,
+    flags: i32,
+    _pad: i32,
+    size: u64,
+}
+
+const SS_DISABLE: i32 = 2;
+
+struct State {
+    actions: [SigAction; NSIG as usize],
+    mask: u64,
+    altstack: StackT,
+}
+
+struct Signals(UnsafeCell<State>);
+// SAFETY: one vCPU, one thread, never re-entered.
+unsafe impl Sync for Signals {}
+static SIGNALS: Signals = Signals(UnsafeCell::new(State {
+    actions: [SigAction { handler: 0, flags: 0, restorer: 0, mask: 0 }; NSIG as usize],
+    mask: 0,
+    altstack: StackT { sp: 0, flags: SS_DISABLE, _pad: 0, size: 0 },
+}));
+
+fn state() -> &'static mut State {
+    // SAFETY: see `Signals`; each syscall takes the reference once and drops it before returning.
+    unsafe { &mut *SIGNALS.0.get() }
+}
+
+pub fn rt_sigaction(a: &Args) -> SysResult {
+    let (sig, new, old, size) = (a[0], a[1], a[2], a[3]);
+    if sig == 0 || sig > NSIG || size != 8 {
+        return Err(Errno::EINVAL);
+    }
+    let s = state();
+    let slot = (sig - 1) as usize;
+    let previous = s.actions[slot];
+    if new != 0 {
+        if sig == SIGKILL || sig == SIGSTOP {
+            return Err(Errno::EINVAL);
+        }
+        s.actions[slot] = user::read(new)?;
+    }
+    if old != 0 {
+        user::write(old, previous)?;
+    }
+    Ok(0)
+}
+
+pub fn rt_sigprocmask(a: &Args) -> SysResult {
+    let (how, new, old, size) = (a[0], a[1], a[2], a[3]);
+    if size != 8 {
+        return Err(Errno::EINVAL);
+    }
+    let s = state();
+    let previous = s.mask;
+    if new != 0 {
+        let set: u64 = user::read(new)?;
+        let unblockable = (1 << (SIGKILL - 1)) | (1 << (SIGSTOP - 1));
+        s.mask = match how {
+            SIG_BLOCK => previous | set,
+            SIG_UNBLOCK => previous & !set,
+            SIG_SETMASK => set,
+            _ => return Err(Errno::EINVAL),
+        } & !unblockable;
+    }
+    if old != 0 {
+        user::write(old, previous)?;
+    }
+    Ok(0)
+}
+
+pub fn sigaltstack(a: &Args) -> SysResult {
+    let (new, old) = (a[0], a[1]);
+    let s = state();
+    let previous = s.altstack;
+    if new != 0 {
+        let stack: StackT = user::read(new)?;
+        if stack.flags & !SS_DISABLE != 0 {
+            return Err(Errno::EINVAL);
+        }
+        s.altstack = stack;
+    }
+    if old != 0 {
+        user::write(old, previous)?;
+    }
+    Ok(0)
+}

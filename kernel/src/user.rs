@@ -1,0 +1,77 @@
+//! Access to memory the program hands us. The program shares our address space, so a checked pointer is used as is;
+//! the check (a page-table walk per page) turns a bad pointer into EFAULT instead of a fault that would end the VM.
+
+use crate::errno::Errno;
+use crate::mm;
+use kiln_abi::hypercall::IoSegment;
+
+/// Checks that `[addr, addr+len)` is mapped for the program (and writable if `write`).
+pub fn check(addr: u64, len: u64, write: bool) -> Result<(), Errno> {
+    let end = addr.checked_add(len).ok_or(Errno::EFAULT)?;
+    let mut at = addr;
+    while at < end {
+        let t = mm::translate(at).ok_or(Errno::EFAULT)?;
+        if !t.user || (write && !t.writable) {
+            return Err(Errno::EFAULT);
+        }
+        at = at.saturating_add(t.bytes_left_in_page);
+    }
+    Ok(())
+}
+
+pub fn read<T: Copy>(addr: u64) -> Result<T, Errno> {
+    check(addr, core::mem::size_of::<T>() as u64, false)?;
+    // SAFETY: the range is mapped (checked above); unaligned reads are fine on x86.
+    Ok(unsafe { core::ptr::read_unaligned(addr as *const T) })
+}
+
+pub fn write<T: Copy>(addr: u64, value: T) -> Result<(), Errno> {
+    check(addr, core::mem::size_of::<T>() as u64, true)?;
+    // SAFETY: the range is mapped writable (checked above).
+    unsafe { core::ptr::write_unaligned(addr as *mut T, value) };
+    Ok(())
+}
+
+pub fn write_bytes(addr: u64, bytes: &[u8]) -> Result<(), Errno> {
+    check(addr, bytes.len() as u64, true)?;
+    // SAFETY: the range is mapped writable (checked above) and cannot overlap our own data.
+    unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), addr as *mut u8, bytes.len()) };
+    Ok(())
+}
+
+/// A NUL-terminated string of at most `N - 1` bytes, copied out of the program.
+pub fn read_c_string<const N: usize>(addr: u64, buf: &mut [u8; N]) -> Result<usize, Errno> {
+    for i in 0..N {
+        let b: u8 = read(addr.checked_add(i as u64).ok_or(Errno::EFAULT)?)?;
+        if b == 0 {
+            return Ok(i);
+        }
+        buf[i] = b;
+    }
+    Err(Errno::ENAMETOOLONG)
+}
+
+/// Appends the guest-physical pieces of `[addr, addr+len)` to `out`, merging physically adjacent pages. Returns how
+/// many bytes were described (less than `len` when `out` fills up).
+pub fn physical_segments(addr: u64, len: u64, out: &mut [IoSegment], used: &mut usize) -> Result<u64, Errno> {
+    let end = addr.checked_add(len).ok_or(Errno::EFAULT)?;
+    let mut at = addr;
+    while at < end {
+        let t = mm::translate(at).ok_or(Errno::EFAULT)?;
+        if !t.user {
+            return Err(Errno::EFAULT);
+        }
+        let n = t.bytes_left_in_page.min(end - at);
+        let capacity = out.len();
+        match out[..*used].last_mut() {
+            Some(last) if last.phys + last.len == t.phys => last.len += n,
+            _ if *used == capacity => break,
+            _ => {
+                out[*used] = IoSegment { phys: t.phys, len: n };
+                *used += 1;
+            }
+        }
+        at += n;
+    }
+    Ok(at - addr)
+}

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Installs what building and testing Kiln needs on a Debian or Ubuntu machine, and nothing that is already there:
+#   - apt: build-essential (cc, for the host build and the dynamically linked test program), musl-tools (musl-gcc, for
+#     the C test programs), curl and ca-certificates (only when rustup itself must be installed);
+#   - rustup and the toolchain pinned in rust-toolchain.toml, with its components and targets (x86_64-unknown-none for
+#     the library OS, x86_64-unknown-linux-musl for the Rust test programs).
+# Safe to run again: a second run changes nothing and needs no network. It ends by saying whether /dev/kvm is usable.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+say() { printf 'setup: %s\n' "$*"; }
+
+# ---- system packages ---------------------------------------------------------------------------------------------
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"
+  elif command -v sudo >/dev/null; then sudo "$@"
+  else say "need root for: $*  (run as root or install sudo)"; exit 1
+  fi
+}
+
+missing=()
+for pkg in build-essential musl-tools; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+done
+if ! command -v rustup >/dev/null && ! [ -x "$HOME/.cargo/bin/rustup" ]; then
+  for pkg in curl ca-certificates; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+  done
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  # Refresh the package lists only when there are none, or when installing from the present ones fails.
+  if ! compgen -G '/var/lib/apt/lists/*_Packages' >/dev/null; then as_root apt-get update -q; fi
+  if ! as_root apt-get install -y -q --no-install-recommends "${missing[@]}"; then
+    as_root apt-get update -q
+    as_root apt-get install -y -q --no-install-recommends "${missing[@]}"
+  fi
+else
+  say "system packages present (build-essential, musl-tools)"
+fi
+
+# ---- Rust --------------------------------------------------------------------------------------------------------
+if ! command -v rustup >/dev/null; then
+  if [ -x "$HOME/.cargo/bin/rustup" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  else
+    say "installing rustup"
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --default-toolchain none
+    export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+fi
+
+# The pinned toolchain and what it must carry, read from rust-toolchain.toml.
+toml="$repo/rust-toolchain.toml"
+toml_list() { sed -n "s/^$1 *= *\[\(.*\)\]/\1/p" "$toml" | tr -d '" ' | tr ',' ' '; }
+channel=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' "$toml")
+read -r -a targets <<<"$(toml_list targets)"
+read -r -a components <<<"$(toml_list components)"
+
+if ! rustup toolchain list | grep -q "^$channel"; then
+  say "installing Rust $channel"
+  rustup toolchain install "$channel" --profile minimal
+fi
+have_targets=$(rustup target list --installed --toolchain "$channel")
+for t in "${targets[@]}"; do
+  grep -qx "$t" <<<"$have_targets" || { say "adding target $t"; rustup target add --toolchain "$channel" "$t"; }
+done
+have_components=$(rustup component list --installed --toolchain "$channel")
+for c in "${components[@]}"; do
+  grep -q "^$c" <<<"$have_components" || { say "adding component $c"; rustup component add --toolchain "$channel" "$c"; }
+done
+say "Rust $channel with ${targets[*]} and ${components[*]}"
+
+# ---- KVM ---------------------------------------------------------------------------------------------------------
+if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
+  say "/dev/kvm is usable: the boot tests will run"
+elif [ -e /dev/kvm ]; then
+  say "/dev/kvm exists but $(id -un) cannot open it read-write: 'sudo usermod -aG kvm $(id -un)', then log in again"
+else
+  say "no /dev/kvm on this machine: tests that boot a VM will be skipped (enable KVM or nested virtualization)"
+fi

@@ -1,0 +1,195 @@
+//! Test harness for the boot tests: builds the guest programs ([`guests`]), decides whether KVM tests can run
+//! ([`kvm`]), crafts bad inputs ([`inputs`]) and runs `kiln` as a whole process with a time limit ([`Kiln`]).
+
+pub mod guests;
+pub mod inputs;
+pub mod kvm;
+
+use std::ffi::OsStr;
+use std::fmt;
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long one `kiln run` may take before the test kills it and fails: a hang must fail the test, not stall CI.
+/// `KILN_TEST_TIMEOUT_SECS` overrides it.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A host environment variable set on every `kiln` process; the guest must never see it (its environment is only the
+/// `--env` flags).
+pub const HOST_ONLY_VAR: &str = "KILN_TEST_HOST_ONLY";
+
+/// A `kiln` command line being built.
+pub struct Kiln {
+    cmd: Command,
+    shown: Vec<String>,
+}
+
+/// Starts a `kiln` command line: the binary built from this workspace, or `$KILN_TEST_BIN` when set (to test an
+/// installed or release build with the same tests).
+pub fn kiln() -> Kiln {
+    let binary = std::env::var_os("KILN_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_kiln").into());
+    let mut cmd = Command::new(binary);
+    cmd.env(HOST_ONLY_VAR, "leaked").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    Kiln { cmd, shown: vec!["kiln".into()] }
+}
+
+impl Kiln {
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
+        let shown = arg.as_ref().to_string_lossy();
+        let plain = !shown.is_empty() && !shown.contains(|c: char| c.is_whitespace() || c == '\'' || c == '"');
+        self.shown.push(if plain { shown.into_owned() } else { format!("{shown:?}") });
+        self.cmd.arg(arg);
+        self
+    }
+
+    pub fn args<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(self, args: I) -> Self {
+        args.into_iter().fold(self, Kiln::arg)
+    }
+
+    pub fn current_dir(mut self, dir: &Path) -> Self {
+        self.cmd.current_dir(dir);
+        self
+    }
+
+    /// Runs `kiln` to completion (or kills it at the time limit and fails the test) and returns what it did.
+    pub fn run(mut self) -> Outcome {
+        let command = self.shown.join(" ");
+        let timeout = std::env::var("KILN_TEST_TIMEOUT_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map_or(DEFAULT_TIMEOUT, Duration::from_secs);
+        let start = Instant::now();
+        let mut child = self.cmd.spawn().unwrap_or_else(|e| panic!("cannot start `{command}`: {e}"));
+        let stdout = drain(child.stdout.take().expect("stdout is piped"));
+        let stderr = drain(child.stderr.take().expect("stderr is piped"));
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for kiln") {
+                break status;
+            }
+            if start.elapsed() > timeout {
+                let _ = child.kill();
+                let _ = child.wait();
+                let stdout = stdout.join().expect("stdout reader");
+                let stderr = stderr.join().expect("stderr reader");
+                panic!(
+                    "`{command}` did not finish within {timeout:?}; killed it.\n--- stderr ---\n{}\n--- stdout ---\n{}",
+                    excerpt(&stderr),
+                    excerpt(&stdout)
+                );
+            }
+            thread::sleep(Duration::from_millis(5));
+        };
+        let elapsed = start.elapsed();
+        Outcome {
+            command,
+            code: status.code(),
+            signal: std::os::unix::process::ExitStatusExt::signal(&status),
+            stdout: stdout.join().expect("stdout reader"),
+            stderr: stderr.join().expect("stderr reader"),
+            elapsed,
+        }
+    }
+}
+
+fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        bytes
+    })
+}
+
+/// The beginning and end of a long output, for failure messages.
+fn excerpt(bytes: &[u8]) -> String {
+    const KEEP: usize = 2048;
+    if bytes.len() <= 2 * KEEP {
+        return String::from_utf8_lossy(bytes).into_owned();
+    }
+    format!(
+        "{}\n[... {} bytes left out ...]\n{}",
+        String::from_utf8_lossy(&bytes[..KEEP]),
+        bytes.len() - 2 * KEEP,
+        String::from_utf8_lossy(&bytes[bytes.len() - KEEP..])
+    )
+}
+
+/// What one `kiln` process did.
+pub struct Outcome {
+    pub command: String,
+    /// The exit code, or `None` when `kiln` itself was killed by a signal.
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub elapsed: Duration,
+}
+
+impl Outcome {
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+
+    /// Fails the test unless `kiln` exited with `code`.
+    #[track_caller]
+    pub fn assert_code(&self, code: i32) -> &Self {
+        assert_eq!(self.code, Some(code), "wrong exit code\n{self}");
+        self
+    }
+
+    #[track_caller]
+    pub fn assert_stdout(&self, expected: &str) -> &Self {
+        assert!(self.stdout == expected.as_bytes(), "wrong stdout; expected:\n{expected}\n{self}");
+        self
+    }
+
+    #[track_caller]
+    pub fn assert_stderr(&self, expected: &str) -> &Self {
+        assert!(self.stderr == expected.as_bytes(), "wrong stderr; expected:\n{expected}\n{self}");
+        self
+    }
+
+    #[track_caller]
+    pub fn assert_stderr_contains(&self, needle: &str) -> &Self {
+        assert!(self.stderr_text().contains(needle), "stderr does not mention {needle:?}\n{self}");
+        self
+    }
+
+    /// Fails the test unless this is how `kiln` rejects bad input: a clean non-zero exit (not a crash code, not a
+    /// panic, not killed by a signal) with exactly one line on stderr that starts with `kiln: `. Returns that line.
+    #[track_caller]
+    pub fn assert_kiln_error(&self) -> String {
+        let code = self.code.unwrap_or_else(|| panic!("kiln was killed by signal {:?}\n{self}", self.signal));
+        assert_ne!(code, 0, "bad input was accepted\n{self}");
+        assert!(![132, 136, 139].contains(&code), "bad input got a program-crash exit code\n{self}");
+        assert_ne!(code, 101, "exit code 101 is a Rust panic\n{self}");
+        let stderr = self.stderr_text();
+        assert!(!stderr.contains("panicked"), "kiln panicked\n{self}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "expected a one-line error on stderr\n{self}");
+        assert!(lines[0].starts_with("kiln: "), "the error line does not start with `kiln: `\n{self}");
+        assert!(self.stdout.is_empty(), "nothing belongs on stdout for bad input\n{self}");
+        lines[0].to_string()
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "--- command: {}", self.command)?;
+        writeln!(f, "--- exit code: {:?}, signal: {:?}, took {:?}", self.code, self.signal, self.elapsed)?;
+        writeln!(f, "--- stderr ({} bytes):\n{}", self.stderr.len(), excerpt(&self.stderr))?;
+        write!(f, "--- stdout ({} bytes):\n{}", self.stdout.len(), excerpt(&self.stdout))
+    }
+}
+
+impl fmt::Debug for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
