@@ -157,7 +157,7 @@ pub fn diagnose(ram: &GuestRam, pml4: u64, how: &str, regs: &kvm_regs, sregs: &k
                 None => return report(Signal::Sigsegv, format!("page fault {verb} {a:#x}"), regs.rip),
                 Some(t) if !t.user => return report(Signal::Sigsegv, format!("page fault {verb} {a:#x}"), regs.rip),
                 Some(t) if writes && !t.writable => {
-                    return report(Signal::Sigsegv, format!("page fault writing read-only {a:#x}"), regs.rip)
+                    return report(Signal::Sigsegv, format!("page fault writing {a:#x}"), regs.rip)
                 }
                 Some(_) => {}
             }

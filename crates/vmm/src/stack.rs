@@ -204,8 +204,17 @@ mod tests {
     #[test]
     fn refuses_what_does_not_fit_or_cannot_be_a_c_string() {
         let argv = vec!["x".repeat(5000)];
-        let info =
-            ProgramInfo { argv: &argv, envp: &[], phdr: 0, phent: 0, phnum: 0, entry: 0, hwcap: 0, random: [0; 16] };
+        let info = ProgramInfo {
+            argv: &argv,
+            envp: &[],
+            exe_path: "/x",
+            phdr: 0,
+            phent: 0,
+            phnum: 0,
+            entry: 0,
+            hwcap: 0,
+            random: [0; 16],
+        };
         assert!(matches!(build(0x10000, 4096, &info), Err(StackError::TooBig(_, 4096))));
         let argv = vec!["a\0b".to_string()];
         let info = ProgramInfo { argv: &argv, ..info };

@@ -17,6 +17,8 @@ use kiln_abi::hypercall::{Hypercall, SyscallStats, TraceRecord, SYSCALL_SLOTS};
 use kiln_abi::BootInfo;
 
 pub type Args = [u64; 6];
+const SYS_EXIT: u64 = 60;
+const SYS_EXIT_GROUP: u64 = 231;
 type Handler = fn(&Args) -> SysResult;
 
 const fn table() -> [Option<Handler>; SYSCALL_SLOTS] {
@@ -37,7 +39,7 @@ const fn table() -> [Option<Handler>; SYSCALL_SLOTS] {
     t[25] = Some(mm::mremap);
     t[28] = Some(mm::madvise);
     t[39] = Some(process::getpid);
-    t[60] = Some(process::exit);
+    t[SYS_EXIT as usize] = Some(process::exit);
     t[63] = Some(process::uname);
     t[72] = Some(fs::fcntl);
     t[89] = Some(fs::readlink);
@@ -58,7 +60,7 @@ const fn table() -> [Option<Handler>; SYSCALL_SLOTS] {
     t[218] = Some(process::set_tid_address);
     t[228] = Some(time::clock_gettime);
     t[229] = Some(time::clock_getres);
-    t[231] = Some(process::exit);
+    t[SYS_EXIT_GROUP as usize] = Some(process::exit);
     t[267] = Some(fs::readlinkat);
     t[271] = Some(fs::ppoll);
     t[273] = Some(process::set_robust_list);
@@ -91,13 +93,6 @@ pub fn stats_phys() -> u64 {
 pub extern "C" fn dispatch(frame: &mut SyscallFrame) -> i64 {
     let nr = frame.nr;
     let handler = if nr < SYSCALL_SLOTS as u64 { TABLE[nr as usize] } else { None };
-    let ret = match handler {
-        Some(h) => match h(&frame.args) {
-            Ok(v) => v as i64,
-            Err(Errno(e)) => -e,
-        },
-        None => -Errno::ENOSYS.0,
-    };
     {
         // SAFETY: see `Stats`.
         let stats = unsafe { &mut *STATS.0.get() };
@@ -107,7 +102,19 @@ pub extern "C" fn dispatch(frame: &mut SyscallFrame) -> i64 {
             stats.enosys[slot] = stats.enosys[slot].wrapping_add(1);
         }
     }
-    if TRACING.load(Ordering::Relaxed) {
+    let tracing = TRACING.load(Ordering::Relaxed);
+    if tracing && (nr == SYS_EXIT || nr == SYS_EXIT_GROUP) {
+        // These do not return: trace them on the way in.
+        trace(nr, &frame.args, 0);
+    }
+    let ret = match handler {
+        Some(h) => match h(&frame.args) {
+            Ok(v) => v as i64,
+            Err(Errno(e)) => -e,
+        },
+        None => -Errno::ENOSYS.0,
+    };
+    if tracing {
         trace(nr, &frame.args, ret);
     }
     ret

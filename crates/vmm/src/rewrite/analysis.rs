@@ -50,10 +50,20 @@ fn ends_code_run(ins: &Instruction) -> bool {
 ///   register), or
 /// - it addresses memory at `%rbp` minus something while never moving `%rsp` down (no `push` other than the
 ///   frame's `push %rbp`, no `call`, no `sub`/`and`/`lea`/negative `add` on `%rsp`): a leaf with `%rbp == %rsp`,
-///   as `-O0` code builds it, whose locals all live in the red zone.
+///   as `-O0` code builds it, whose locals all live in the red zone, or
+/// - it addresses memory at `%rsp` or `%rbp` plus an index register (whose sign we cannot know) while never moving
+///   `%rsp` down: hand-written leaves walk the red zone that way.
 pub(super) fn uses_red_zone(function: &[Instruction]) -> bool {
     let below = |base| function.iter().any(|ins| addresses_below(ins, base));
-    below(Register::RSP) || (below(Register::RBP) && !function.iter().any(lowers_rsp))
+    let indexed = |base| function.iter().any(|ins| indexes_from(ins, base));
+    let leaf_without_frame = || !function.iter().any(lowers_rsp);
+    below(Register::RSP)
+        || ((below(Register::RBP) || indexed(Register::RSP) || indexed(Register::RBP)) && leaf_without_frame())
+}
+
+fn indexes_from(ins: &Instruction, base: Register) -> bool {
+    let has_memory = (0..ins.op_count()).any(|n| ins.op_kind(n) == OpKind::Memory);
+    has_memory && ins.memory_base() == base && ins.memory_index() != Register::None
 }
 
 fn addresses_below(ins: &Instruction, base: Register) -> bool {

@@ -286,3 +286,18 @@ fn bad_inputs_are_errors() {
     assert!(matches!(run(overlap, STUBS), Some(RewriteError::OverlappingCode { .. })));
     assert!(matches!(run(Vec::new(), 1 << 40), Some(RewriteError::StubOutOfRange { .. })));
 }
+
+#[test]
+fn indexed_red_zone_walk_in_a_frameless_leaf_is_relocated() {
+    // mov %r10,(%rsp,%r9); mov $39,%eax; syscall; mov (%rsp,%r9),%r10; ret
+    let mut code = vec![0x4e, 0x89, 0x14, 0x0c, 0xb8, 0x27, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x4e, 0x8b, 0x14, 0x0c, 0xc3];
+    let out = rewrite_syscalls(RewriteInput {
+        segments: vec![ExecSegment { vaddr: 0x401000, bytes: &mut code }],
+        code_ranges: vec![],
+        functions: vec![],
+        stub_base: 0x500000,
+    })
+    .unwrap();
+    assert_eq!(out.report.relocated, vec![0x401009]);
+    assert_eq!(code[4], 0xe9, "the window now jumps to the stub");
+}
