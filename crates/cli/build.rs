@@ -18,7 +18,17 @@ fn main() {
         .arg("--target-dir")
         .arg(&target_dir);
     // The host build's flags (coverage, sanitizers, target-cpu) must not leak into the guest build.
-    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_TARGET", "CARGO_TARGET_DIR", "RUSTC_WRAPPER"] {
+    // Under `cargo clippy` the wrapper variables would lint the library OS as part of the host crate; CI lints it
+    // separately.
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CLIPPY_ARGS",
+    ] {
         cmd.env_remove(var);
     }
     let status = cmd.status().expect("run cargo to build the library OS");

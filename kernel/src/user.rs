@@ -41,12 +41,12 @@ pub fn write_bytes(addr: u64, bytes: &[u8]) -> Result<(), Errno> {
 
 /// A NUL-terminated string of at most `N - 1` bytes, copied out of the program.
 pub fn read_c_string<const N: usize>(addr: u64, buf: &mut [u8; N]) -> Result<usize, Errno> {
-    for i in 0..N {
+    for (i, slot) in buf.iter_mut().enumerate() {
         let b: u8 = read(addr.checked_add(i as u64).ok_or(Errno::EFAULT)?)?;
         if b == 0 {
             return Ok(i);
         }
-        buf[i] = b;
+        *slot = b;
     }
     Err(Errno::ENAMETOOLONG)
 }

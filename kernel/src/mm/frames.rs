@@ -69,7 +69,7 @@ impl FrameAllocator {
     }
 
     fn insert(&mut self, start: u64, end: u64) {
-        debug_assert!(start % PAGE_SIZE == 0 && end % PAGE_SIZE == 0 && start < end);
+        debug_assert!(start.is_multiple_of(PAGE_SIZE) && end.is_multiple_of(PAGE_SIZE) && start < end);
         let i = self.ranges[..self.count].partition_point(|r| r.start < start);
         let joins_prev = i > 0 && self.ranges[i - 1].end == start;
         let joins_next = i < self.count && self.ranges[i].start == end;

@@ -15,7 +15,7 @@ fn anonymous_range(addr: u64, len: u64) -> Option<u64> {
     let m = memory();
     let phys = addr.checked_sub(DIRECT_MAP_BASE)?;
     let end = phys.checked_add(len)?;
-    (phys >= m.managed_start && end <= ram_size() && addr % PAGE_SIZE == 0).then_some(phys)
+    (phys >= m.managed_start && end <= ram_size() && addr.is_multiple_of(PAGE_SIZE)).then_some(phys)
 }
 
 fn zero(phys: u64, len: u64) {
@@ -33,7 +33,7 @@ pub fn map_anonymous(len: u64) -> Result<u64, Errno> {
 }
 
 pub fn unmap(addr: u64, len: u64) -> Result<(), Errno> {
-    if addr % PAGE_SIZE != 0 || len == 0 {
+    if !addr.is_multiple_of(PAGE_SIZE) || len == 0 {
         return Err(Errno::EINVAL);
     }
     let size = page_align_up(len);
@@ -54,7 +54,7 @@ pub fn discard(addr: u64, len: u64) -> Result<(), Errno> {
 }
 
 pub fn remap(old: u64, old_len: u64, new_len: u64, may_move: bool) -> Result<u64, Errno> {
-    if old % PAGE_SIZE != 0 || new_len == 0 {
+    if !old.is_multiple_of(PAGE_SIZE) || new_len == 0 {
         return Err(Errno::EINVAL);
     }
     let (old_size, new_size) = (page_align_up(old_len), page_align_up(new_len));

@@ -33,7 +33,7 @@ pub fn munmap(a: &Args) -> SysResult {
 
 /// Accepted but not enforced yet: every mapping stays readable, writable and executable.
 pub fn mprotect(a: &Args) -> SysResult {
-    if a[0] % kiln_abi::layout::PAGE_SIZE != 0 {
+    if !a[0].is_multiple_of(kiln_abi::layout::PAGE_SIZE) {
         return Err(Errno::EINVAL);
     }
     Ok(0)
