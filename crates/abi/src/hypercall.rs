@@ -23,7 +23,8 @@ pub enum Hypercall {
     /// args: fd (1 = stdout, 2 = stderr), guest-physical address of an [`IoSegment`] array, segment count.
     /// ret: bytes written or a negative errno.
     Write = 1,
-    /// args: exit code, guest-physical address of the [`SyscallStats`] (0 if none). Does not return.
+    /// args: exit code, guest-physical address of the [`SyscallStats`] (0 if none), and the number of the signal that
+    /// killed the program (0 for a normal exit). Does not return.
     Exit = 2,
     /// args: guest-physical address of a [`TraceRecord`]. Sent after each syscall when tracing is on.
     Trace = 3,

@@ -111,6 +111,10 @@ pub fn run(args: RunArgs) -> Result<u8> {
     }
     match outcome {
         Outcome::Exited(code) => Ok(code as u8),
+        Outcome::Killed(signal) => {
+            eprintln!("kiln: program killed by {}", kiln_vmm::signal::signal_name(signal));
+            Ok((128 + signal.min(127)) as u8)
+        }
         Outcome::Crashed(crash) => {
             eprintln!("kiln: program crashed: {crash}");
             Ok(crash.signal.exit_code() as u8)

@@ -19,15 +19,8 @@ pub enum Signal {
 }
 
 impl Signal {
-    pub fn name(self) -> &'static str {
-        match self {
-            Signal::Sigill => "SIGILL",
-            Signal::Sigtrap => "SIGTRAP",
-            Signal::Sigbus => "SIGBUS",
-            Signal::Sigfpe => "SIGFPE",
-            Signal::Sigsegv => "SIGSEGV",
-            Signal::Sigsys => "SIGSYS",
-        }
+    pub fn name(self) -> String {
+        crate::signal::signal_name(self as u32)
     }
 
     /// The exit status a shell reports for a process killed by this signal.

@@ -11,6 +11,8 @@ use kiln_abi::hypercall::{Hypercall, MAX_IO_SEGMENTS, MAX_PANIC_MESSAGE, MAX_WRI
 pub enum Action {
     Resume,
     Exit(i32),
+    /// The program was ended by this signal's default action.
+    Killed(u32),
     Stop(String),
 }
 
@@ -33,7 +35,11 @@ pub fn handle(ram: &GuestRam, block: u64, nr: u32, console: &mut dyn Console, st
         Some(Hypercall::Write) => write(ram, args[0], args[1], args[2], console),
         Some(Hypercall::Exit) => {
             stats.syscalls = read_stats(ram, args[1]);
-            return Action::Exit((args[0] & 0xff) as i32);
+            return match args[2] {
+                0 => Action::Exit((args[0] & 0xff) as i32),
+                signal @ 1..=64 => Action::Killed(signal as u32),
+                other => Action::Stop(format!("the guest reported an exit by signal {other}, which does not exist")),
+            };
         }
         Some(Hypercall::Trace) => match read_u64s(ram, args[0], 8) {
             Some(r) => {

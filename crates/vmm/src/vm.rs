@@ -65,6 +65,8 @@ pub struct VmConfig {
 pub enum Outcome {
     /// The program called exit/exit_group.
     Exited(i32),
+    /// The program was ended by a signal it sent itself (e.g. SIGABRT from `abort()`).
+    Killed(u32),
     /// The vCPU died on a fault or an unrewritten syscall.
     Crashed(CrashReport),
     /// The VMM stopped a guest that broke the hypercall contract, or the library OS reported a bug.
@@ -187,6 +189,7 @@ impl Vm {
                     match hypercall::handle(&self.ram, self.boot.hypercall_block_phys, nr, console, &mut stats) {
                         Action::Resume => continue,
                         Action::Exit(code) => Outcome::Exited(code),
+                        Action::Killed(signal) => Outcome::Killed(signal),
                         Action::Stop(why) => Outcome::Stopped(why),
                     }
                 }

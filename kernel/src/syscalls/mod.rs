@@ -40,6 +40,7 @@ const fn table() -> [Option<Handler>; SYSCALL_SLOTS] {
     t[28] = Some(mm::madvise);
     t[39] = Some(process::getpid);
     t[SYS_EXIT as usize] = Some(process::exit);
+    t[62] = Some(signal::kill);
     t[63] = Some(process::uname);
     t[72] = Some(fs::fcntl);
     t[89] = Some(fs::readlink);
@@ -55,12 +56,14 @@ const fn table() -> [Option<Handler>; SYSCALL_SLOTS] {
     t[131] = Some(signal::sigaltstack);
     t[158] = Some(process::arch_prctl);
     t[186] = Some(process::getpid);
+    t[200] = Some(signal::tkill);
     t[201] = Some(time::time);
     t[204] = Some(process::sched_getaffinity);
     t[218] = Some(process::set_tid_address);
     t[228] = Some(time::clock_gettime);
     t[229] = Some(time::clock_getres);
     t[SYS_EXIT_GROUP as usize] = Some(process::exit);
+    t[234] = Some(signal::tgkill);
     t[267] = Some(fs::readlinkat);
     t[271] = Some(fs::ppoll);
     t[273] = Some(process::set_robust_list);

@@ -1,14 +1,22 @@
-//! Signal dispositions, masks and alternate stacks are recorded and reported back; nothing delivers signals yet (a
-//! program alone in its VM gets none, and faults end the VM).
+//! Signal dispositions, masks and alternate stacks are recorded and reported back. A signal a program sends itself
+//! takes its default action (ending the program, as `abort()` needs); running an installed handler is not done yet,
+//! so such a send fails with ENOSYS. Faults end the VM (see the VMM's crash report).
 
 use super::Args;
 use crate::errno::{Errno, SysResult};
-use crate::user;
+use crate::{hypercall, user};
 use core::cell::UnsafeCell;
 
 const NSIG: u64 = 64;
 const SIGKILL: u64 = 9;
 const SIGSTOP: u64 = 19;
+const SIGCHLD: u64 = 17;
+const SIGCONT: u64 = 18;
+const SIGURG: u64 = 23;
+const SIGWINCH: u64 = 28;
+const SIG_DFL: u64 = 0;
+const SIG_IGN: u64 = 1;
+const PID: u64 = 1;
 const SIG_BLOCK: u64 = 0;
 const SIG_UNBLOCK: u64 = 1;
 const SIG_SETMASK: u64 = 2;
@@ -111,4 +119,42 @@ pub fn sigaltstack(a: &Args) -> SysResult {
         user::write(old, previous)?;
     }
     Ok(0)
+}
+
+/// Delivers `sig` to the program itself.
+fn send_to_self(sig: u64) -> SysResult {
+    if sig > NSIG {
+        return Err(Errno::EINVAL);
+    }
+    if sig == 0 {
+        return Ok(0);
+    }
+    match state().actions[(sig - 1) as usize].handler {
+        SIG_IGN => Ok(0),
+        SIG_DFL if matches!(sig, SIGCHLD | SIGCONT | SIGURG | SIGWINCH) => Ok(0),
+        SIG_DFL => hypercall::exit(128 + sig, sig, super::stats_phys()),
+        _ => Err(Errno::ENOSYS),
+    }
+}
+
+pub fn kill(a: &Args) -> SysResult {
+    match a[0] as i64 {
+        0 | -1 => send_to_self(a[1]),
+        pid if pid as u64 == PID => send_to_self(a[1]),
+        _ => Err(Errno::ESRCH),
+    }
+}
+
+pub fn tkill(a: &Args) -> SysResult {
+    if a[0] != PID {
+        return Err(Errno::ESRCH);
+    }
+    send_to_self(a[1])
+}
+
+pub fn tgkill(a: &Args) -> SysResult {
+    if a[0] != PID || a[1] != PID {
+        return Err(Errno::ESRCH);
+    }
+    send_to_self(a[2])
 }
