@@ -8,9 +8,8 @@
 # 64 MiB and one vCPU, enter CPL 3, one port-I/O exit, exit). Set KILN=/path/to/kiln to time a prebuilt binary instead
 # of building `cargo build --release -p kiln`. Results belong in docs/benchmarks.md.
 #
-# VM exits: `kiln` reports them when its environment has KILN_STATS=1 (override the variable with KILN_STATS_ENV): it
-# prints to stderr a line with `exits: N` or `exits=N`, e.g. `kiln: stats: vm exits: 7, syscalls: 5`; the script
-# takes the first such number.
+# VM exits: `kiln run --stats` prints `[kiln] N VM exits, M syscalls` to stderr at exit; the script reads N from one
+# extra run (not timed).
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 rounds=${1:-30}
@@ -36,12 +35,11 @@ echo "kiln: $("$KILN" --version 2>/dev/null || echo unknown)"
 echo
 "$out/timeit" "$rounds" "kiln=$KILN run $out/hello" "native=$out/hello" "floor=$out/floor"
 
-stats_env=${KILN_STATS_ENV:-KILN_STATS=1}
-stats=$(env "$stats_env" "$KILN" run "$out/hello" 2>&1 >/dev/null | grep -ioE 'exits *[:=] *[0-9]+' | head -n1 || true)
-exits=$(grep -o '[0-9]*$' <<<"$stats" || true)
+stats=$("$KILN" run --stats "$out/hello" 2>&1 >/dev/null | grep -oE '[0-9]+ VM exits' | head -n1 || true)
+exits=${stats%% *}
 echo
 if [ -n "$exits" ]; then
   echo "VM exits per 'kiln run hello': $exits"
 else
-  echo "VM exits per 'kiln run hello': not reported (kiln printed no 'exits: N' line on stderr with $stats_env)"
+  echo "VM exits per 'kiln run hello': not reported (no '[kiln] N VM exits' line from 'kiln run --stats')"
 fi

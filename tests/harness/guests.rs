@@ -24,7 +24,8 @@ fn out_root() -> PathBuf {
 enum Link {
     /// `musl-gcc -static`: an `ET_EXEC` static binary.
     Static,
-    /// `musl-gcc -static-pie`: an `ET_DYN` static binary, relocated at load.
+    /// Static-pie: an `ET_DYN` static binary that relocates itself. musl-gcc's specs file ignores `-static-pie` (it
+    /// links Scrt1.o, libc.so and an interpreter), so the harness names musl's rcrt1.o and the static libc itself.
     StaticPie,
     /// The host `cc` without `-static`: dynamically linked against glibc, which `kiln` must refuse.
     Dynamic,
@@ -79,18 +80,38 @@ fn build_c() -> Result<PathBuf, String> {
     let host_cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     for &(name, source, link) in C_GUESTS {
         let tmp = out.join(format!(".{name}.{}.tmp", std::process::id()));
-        let (compiler, flags): (&str, &[&str]) = match link {
-            Link::Static => (&musl_gcc, &["-static"]),
-            Link::StaticPie => (&musl_gcc, &["-static-pie", "-fPIE"]),
-            Link::Dynamic => (&host_cc, &[]),
-        };
-        let mut cmd = Command::new(compiler);
-        cmd.args(flags).args(["-O2", "-Wall", "-Wextra", "-Werror", "-o"]).arg(&tmp).arg(src.join(source));
+        let mut cmd = Command::new(if link == Link::Dynamic { &host_cc } else { &musl_gcc });
+        cmd.args(["-O2", "-Wall", "-Wextra", "-Werror", "-o"]).arg(&tmp);
+        match link {
+            Link::Static => {
+                cmd.arg("-static").arg(src.join(source));
+            }
+            Link::StaticPie => {
+                let lib = musl_lib_dir(&musl_gcc)?;
+                let gcc_file = |f: &str| gcc_file_name(&host_cc, f);
+                cmd.args(["-static-pie", "-fPIE", "-nostartfiles"])
+                    .args([lib.join("rcrt1.o"), lib.join("crti.o"), gcc_file("crtbeginS.o")?])
+                    .arg(src.join(source))
+                    .args([gcc_file("crtendS.o")?, lib.join("crtn.o")])
+                    .args(["-Wl,--no-dynamic-linker", "-Wl,-Bstatic"]);
+            }
+            Link::Dynamic => {
+                cmd.arg(src.join(source));
+            }
+        }
         run_build(&mut cmd)?;
-        let want = if link == Link::Static { ET_EXEC } else { ET_DYN };
-        let got = elf_type(&tmp)?;
-        if got != want {
-            return Err(format!("{name}: expected ELF type {want}, the compiler produced {got}"));
+        let (want_type, want_interp) = match link {
+            Link::Static => (ET_EXEC, false),
+            Link::StaticPie => (ET_DYN, false),
+            Link::Dynamic => (ET_DYN, true),
+        };
+        let (got_type, got_interp) = elf_kind(&tmp)?;
+        if (got_type, got_interp) != (want_type, want_interp) {
+            return Err(format!(
+                "{name}: expected ELF type {want_type} {} an interpreter; the compiler produced type {got_type} {}",
+                if want_interp { "with" } else { "without" },
+                if got_interp { "with" } else { "without" }
+            ));
         }
         let dest = out.join(name);
         std::fs::rename(&tmp, &dest)
@@ -118,7 +139,9 @@ fn build_rust() -> Result<PathBuf, String> {
     run_build(&mut cmd)?;
     let dir = target_dir.join(TARGET).join("release");
     for name in RUST_GUESTS {
-        elf_type(&dir.join(name))?;
+        if elf_kind(&dir.join(name))?.1 {
+            return Err(format!("{name} has an interpreter: not a static binary"));
+        }
     }
     Ok(dir)
 }
@@ -137,11 +160,55 @@ fn run_build(cmd: &mut Command) -> Result<(), String> {
     ))
 }
 
-/// `e_type` of an x86-64 ELF file, after checking that it is one.
-fn elf_type(path: &Path) -> Result<u16, String> {
+/// musl's library directory (rcrt1.o, libc.a), from the `-specs` path in the `musl-gcc` wrapper script.
+fn musl_lib_dir(musl_gcc: &str) -> Result<PathBuf, String> {
+    let script = std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(musl_gcc))
+        .chain([PathBuf::from(musl_gcc)])
+        .find(|p| p.is_file())
+        .ok_or_else(|| format!("{musl_gcc} is not on PATH"))?;
+    let text = std::fs::read_to_string(&script).map_err(|e| format!("cannot read {}: {e}", script.display()))?;
+    let specs = text
+        .split("-specs")
+        .nth(1)
+        .and_then(|rest| rest.split('"').nth(1))
+        .ok_or_else(|| format!("cannot find the -specs path in {}", script.display()))?;
+    let dir = Path::new(specs).parent().unwrap_or(Path::new("/")).to_path_buf();
+    if dir.join("rcrt1.o").is_file() {
+        Ok(dir)
+    } else {
+        Err(format!("no rcrt1.o beside {specs}: this musl cannot link static-pie programs"))
+    }
+}
+
+/// Where the host compiler keeps one of its own files (crtbeginS.o).
+fn gcc_file_name(cc: &str, file: &str) -> Result<PathBuf, String> {
+    let output = Command::new(cc)
+        .arg(format!("-print-file-name={file}"))
+        .output()
+        .map_err(|e| format!("cannot run {cc}: {e}"))?;
+    let path = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!("{cc} does not know where {file} is"))
+    }
+}
+
+/// `e_type` of an x86-64 ELF file and whether it names an interpreter (`PT_INTERP`), after checking that it is one.
+fn elf_kind(path: &Path) -> Result<(u16, bool), String> {
+    const PT_INTERP: u32 = 3;
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" || u16::from_le_bytes([bytes[18], bytes[19]]) != 62 {
+    let u16_at = |at: usize| bytes.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |at: usize| bytes.get(at..at + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()));
+    let u64_at = |at: usize| bytes.get(at..at + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()));
+    if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" || u16_at(18) != Some(62) {
         return Err(format!("{} is not an x86-64 ELF file", path.display()));
     }
-    Ok(u16::from_le_bytes([bytes[16], bytes[17]]))
+    let (phoff, phentsize, phnum) =
+        (u64_at(32).unwrap_or(0) as usize, u16_at(54).unwrap_or(0), u16_at(56).unwrap_or(0));
+    let interp = (0..phnum as usize).any(|i| u32_at(phoff + i * phentsize as usize) == Some(PT_INTERP));
+    Ok((u16_at(16).unwrap_or(0), interp))
 }

@@ -10,12 +10,16 @@ use std::fmt;
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 /// How long one `kiln run` may take before the test kills it and fails: a hang must fail the test, not stall CI.
 /// `KILN_TEST_TIMEOUT_SECS` overrides it.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long to wait, once `kiln` is gone, for its output pipes to close.
+const GRACE: Duration = Duration::from_secs(5);
 
 /// A host environment variable set on every `kiln` process; the guest must never see it (its environment is only the
 /// `--env` flags).
@@ -72,34 +76,60 @@ impl Kiln {
             if start.elapsed() > timeout {
                 let _ = child.kill();
                 let _ = child.wait();
-                let stdout = stdout.join().expect("stdout reader");
-                let stderr = stderr.join().expect("stderr reader");
+                let grace = Instant::now() + GRACE;
                 panic!(
                     "`{command}` did not finish within {timeout:?}; killed it.\n--- stderr ---\n{}\n--- stdout ---\n{}",
-                    excerpt(&stderr),
-                    excerpt(&stdout)
+                    excerpt(&stderr.collect(grace)),
+                    excerpt(&stdout.collect(grace))
                 );
             }
             thread::sleep(Duration::from_millis(5));
         };
         let elapsed = start.elapsed();
+        let grace = Instant::now() + GRACE;
         Outcome {
             command,
             code: status.code(),
             signal: std::os::unix::process::ExitStatusExt::signal(&status),
-            stdout: stdout.join().expect("stdout reader"),
-            stderr: stderr.join().expect("stderr reader"),
+            stdout: stdout.collect(grace),
+            stderr: stderr.collect(grace),
             elapsed,
         }
     }
 }
 
-fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<Vec<u8>> {
-    thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = pipe.read_to_end(&mut bytes);
-        bytes
-    })
+/// Reads a pipe to its end on a thread of its own.
+struct Drain {
+    bytes: Arc<Mutex<Vec<u8>>>,
+    reader: thread::JoinHandle<()>,
+}
+
+fn drain(mut pipe: impl Read + Send + 'static) -> Drain {
+    let bytes = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&bytes);
+    let reader = thread::spawn(move || {
+        let mut chunk = [0u8; 64 * 1024];
+        loop {
+            match pipe.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => sink.lock().expect("output buffer").extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+    });
+    Drain { bytes, reader }
+}
+
+impl Drain {
+    /// Everything read once the pipe closed, or what was read by `deadline`: a process `kiln` left behind may hold
+    /// the pipe open, and the test must not wait for it.
+    fn collect(self, deadline: Instant) -> Vec<u8> {
+        while !self.reader.is_finished() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(2));
+        }
+        std::mem::take(&mut *self.bytes.lock().expect("output buffer"))
+    }
 }
 
 /// The beginning and end of a long output, for failure messages.
