@@ -4,7 +4,7 @@
 
 use crate::arch::gdt;
 use crate::elf::ElfImage;
-use crate::loader::{self, LoadedProgram, LoaderError};
+use crate::loader::{self, LoadedProgram, LoaderError, PreparedProgram};
 use crate::memory::{BootAllocator, GuestRam, MemoryError};
 use crate::stack::{self, ProgramInfo, StackError};
 use kiln_abi::boot::{BootInfo, BOOT_FLAG_TRACE_SYSCALLS, BOOT_MAGIC, BOOT_VERSION};
@@ -94,7 +94,7 @@ fn syscall_trap_page() -> Vec<u8> {
 pub fn build(
     ram: &mut GuestRam,
     kernel: (&ElfImage, &[u8]),
-    program: (&ElfImage, &[u8]),
+    program: (&ElfImage, PreparedProgram),
     params: &BootParams,
 ) -> Result<BootState, BootError> {
     let mut alloc = BootAllocator::new(PAGE_SIZE, ram.size());

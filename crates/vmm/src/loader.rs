@@ -93,24 +93,29 @@ pub fn map_range(
     Ok(())
 }
 
-pub fn load_program(
-    ram: &mut GuestRam,
-    alloc: &mut BootAllocator,
-    pml4: u64,
-    elf: &ElfImage,
-    file: &[u8],
-) -> Result<LoadedProgram, LoaderError> {
+/// The program's memory image with its syscalls rewritten: host work that needs no guest memory, so it can run while
+/// KVM builds the VM.
+#[derive(Debug)]
+pub struct PreparedProgram {
+    /// Added to every address in the ELF (0 for `ET_EXEC`).
+    base: u64,
+    span_start: u64,
+    bytes: Vec<u8>,
+    stubs: Vec<u8>,
+    report: RewriteReport,
+}
+
+pub fn prepare_program(elf: &ElfImage, file: &[u8]) -> Result<PreparedProgram, LoaderError> {
     let base = match elf.kind {
         ElfKind::Exec => 0,
         ElfKind::StaticPie => PIE_BASE,
     };
     let (span_start, mut bytes) = memory_image(elf, file);
-    let span_end = span_start + bytes.len() as u64;
     // Page 0 (the trampoline) and page 1 (the unrewritten-syscall trap) are Kiln's.
     if base + span_start < 2 * PAGE_SIZE {
         return Err(LoaderError::Overlap(base + span_start));
     }
-    let stub_base = base + span_end;
+    let stub_base = base + span_start + bytes.len() as u64;
     let code_ranges: Vec<(u64, u64)> = if elf.code_ranges.is_empty() {
         elf.segments.iter().filter(|s| s.executable).map(|s| (base + s.vaddr, base + s.vaddr + s.mem_size)).collect()
     } else {
@@ -124,7 +129,18 @@ pub fn load_program(
         stub_base,
     })
     .map_err(LoaderError::Rewrite)?;
+    Ok(PreparedProgram { base, span_start, bytes, stubs: rewritten.stubs, report: rewritten.report })
+}
 
+/// Copies the prepared program into guest memory and maps it (and its relocation stubs) at its addresses.
+pub fn load_program(
+    ram: &mut GuestRam,
+    alloc: &mut BootAllocator,
+    pml4: u64,
+    elf: &ElfImage,
+    program: PreparedProgram,
+) -> Result<LoadedProgram, LoaderError> {
+    let PreparedProgram { base, span_start, bytes, stubs, report } = program;
     let phys = alloc.alloc(bytes.len() as u64)?;
     ram.write(phys, &bytes)?;
     let writable = |vaddr: u64| {
@@ -136,12 +152,13 @@ pub fn load_program(
         PTE_USER | if writable(v) { PTE_WRITABLE } else { 0 }
     })?;
 
+    let stub_base = base + span_start + bytes.len() as u64;
     let mut end = stub_base;
-    if !rewritten.stubs.is_empty() {
-        let stub_phys = alloc.alloc(rewritten.stubs.len() as u64)?;
-        ram.write(stub_phys, &rewritten.stubs)?;
-        map_range(ram, alloc, pml4, stub_base, stub_phys, rewritten.stubs.len() as u64, |_| PTE_USER)?;
-        end = stub_base + page_align_up(rewritten.stubs.len() as u64);
+    if !stubs.is_empty() {
+        let stub_phys = alloc.alloc(stubs.len() as u64)?;
+        ram.write(stub_phys, &stubs)?;
+        map_range(ram, alloc, pml4, stub_base, stub_phys, stubs.len() as u64, |_| PTE_USER)?;
+        end = stub_base + page_align_up(stubs.len() as u64);
     }
-    Ok(LoadedProgram { base, entry: base + elf.entry, phdr: base + elf.phdr_vaddr, end, report: rewritten.report })
+    Ok(LoadedProgram { base, entry: base + elf.entry, phdr: base + elf.phdr_vaddr, end, report })
 }

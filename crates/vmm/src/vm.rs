@@ -5,6 +5,7 @@ use crate::boot::{self, BootError, BootParams, BootState, MIN_MEMORY};
 use crate::elf::{ElfError, ElfImage};
 use crate::fault::{self, CrashReport};
 use crate::hypercall::{self, Action};
+use crate::loader::{self, PreparedProgram};
 use crate::memory::{GuestRam, MemoryError};
 use crate::rewrite::RewriteReport;
 use kiln_abi::hypercall::{HYPERCALL_PORT, UNREWRITTEN_SYSCALL_PORT};
@@ -110,39 +111,68 @@ fn host_random<const N: usize>() -> [u8; N] {
     bytes
 }
 
+/// The KVM side of a VM, before anything is loaded into it.
+struct Machine {
+    kvm: Kvm,
+    vm: VmFd,
+    vcpu: VcpuFd,
+    ram: GuestRam,
+    hwcap: u64,
+    tsc_hz: u64,
+    boot_tsc: u64,
+    boot_realtime_ns: u64,
+}
+
+fn create_machine(memory: u64) -> Result<Machine, VmError> {
+    let kvm = open_kvm()?;
+    let vm = kvm.create_vm().map_err(kvm_err("create a VM"))?;
+    let ram = GuestRam::new(memory)?;
+    let region = kvm_userspace_memory_region {
+        slot: 0,
+        guest_phys_addr: 0,
+        memory_size: memory,
+        userspace_addr: ram.host_base(),
+        flags: 0,
+    };
+    // SAFETY: the region is `ram`'s own mapping, which lives as long as the VM (both end up as fields of `Vm`, and
+    // the VM fd is closed before the memory is unmapped: fields drop in declaration order).
+    unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("register guest memory"))?;
+    let vcpu = vm.create_vcpu(0).map_err(kvm_err("create a vCPU"))?;
+    let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("report CPUID"))?;
+    vcpu.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
+    let hwcap = cpuid.as_slice().iter().find(|e| e.function == 1 && e.index == 0).map_or(0, |e| u64::from(e.edx));
+
+    let tsc_hz = u64::from(vcpu.get_tsc_khz().map_err(kvm_err("report the TSC frequency"))?) * 1000;
+    let mut tsc =
+        Msrs::from_entries(&[kvm_bindings::kvm_msr_entry { index: arch::MSR_IA32_TSC, ..Default::default() }])
+            .expect("one MSR entry fits");
+    vcpu.get_msrs(&mut tsc).map_err(kvm_err("read the guest TSC"))?;
+    let boot_realtime_ns = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    Ok(Machine { kvm, vm, vcpu, ram, hwcap, tsc_hz, boot_tsc: tsc.as_slice()[0].data, boot_realtime_ns })
+}
+
+/// Parses both ELF images and prepares the program.
+fn prepare(kernel_elf: &[u8], program_elf: &[u8]) -> Result<(ElfImage, ElfImage, PreparedProgram), VmError> {
+    let program = ElfImage::parse(program_elf).map_err(VmError::Program)?;
+    let prepared = loader::prepare_program(&program, program_elf).map_err(BootError::from)?;
+    let kernel = ElfImage::parse(kernel_elf).map_err(VmError::Kernel)?;
+    Ok((kernel, program, prepared))
+}
+
 impl Vm {
     /// Checks the program, builds the VM and everything in it; the program has not run yet.
     pub fn new(kernel_elf: &[u8], program_elf: &[u8], config: &VmConfig) -> Result<Vm, VmError> {
-        let program = ElfImage::parse(program_elf).map_err(VmError::Program)?;
-        let kernel = ElfImage::parse(kernel_elf).map_err(VmError::Kernel)?;
         if config.memory < MIN_MEMORY {
             return Err(VmError::MemoryTooSmall { requested: config.memory, minimum: MIN_MEMORY });
         }
         let memory = config.memory.div_ceil(HUGE_PAGE_SIZE) * HUGE_PAGE_SIZE;
-
-        let kvm = open_kvm()?;
-        let vm = kvm.create_vm().map_err(kvm_err("create a VM"))?;
-        let mut ram = GuestRam::new(memory)?;
-        let region = kvm_userspace_memory_region {
-            slot: 0,
-            guest_phys_addr: 0,
-            memory_size: memory,
-            userspace_addr: ram.host_base(),
-            flags: 0,
-        };
-        // SAFETY: the region is `ram`'s own mapping, which lives as long as the VM (both are fields of `Vm`).
-        unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("register guest memory"))?;
-        let vcpu = vm.create_vcpu(0).map_err(kvm_err("create a vCPU"))?;
-        let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("report CPUID"))?;
-        vcpu.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
-        let hwcap = cpuid.as_slice().iter().find(|e| e.function == 1 && e.index == 0).map_or(0, |e| u64::from(e.edx));
-
-        let tsc_hz = u64::from(vcpu.get_tsc_khz().map_err(kvm_err("report the TSC frequency"))?) * 1000;
-        let mut tsc =
-            Msrs::from_entries(&[kvm_bindings::kvm_msr_entry { index: arch::MSR_IA32_TSC, ..Default::default() }])
-                .expect("one MSR entry fits");
-        vcpu.get_msrs(&mut tsc).map_err(kvm_err("read the guest TSC"))?;
-        let realtime = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+        let started = std::time::Instant::now();
+        // The program's own errors come first, before any KVM work: they are what the user can fix. (Preparing it on
+        // a second thread while KVM builds the VM was measured slower: creating a VM sends IPIs to every host CPU.)
+        let (kernel, program, prepared) = prepare(kernel_elf, program_elf)?;
+        let prepared_at = started.elapsed();
+        let Machine { kvm, vm, vcpu, mut ram, hwcap, tsc_hz, boot_tsc, boot_realtime_ns } = create_machine(memory)?;
+        let machine_ready = started.elapsed();
 
         let params = BootParams {
             argv: config.argv.clone(),
@@ -154,10 +184,11 @@ impl Vm {
             at_random: host_random(),
             hwcap,
             tsc_hz,
-            boot_tsc: tsc.as_slice()[0].data,
-            boot_realtime_ns: realtime,
+            boot_tsc,
+            boot_realtime_ns,
         };
-        let boot = boot::build(&mut ram, (&kernel, kernel_elf), (&program, program_elf), &params)?;
+        let boot = boot::build(&mut ram, (&kernel, kernel_elf), (&program, prepared), &params)?;
+        let built = started.elapsed();
 
         let sregs = vcpu.get_sregs().map_err(kvm_err("read special registers"))?;
         let sregs = arch::sregs(sregs, boot.pml4, direct_map(boot.gdt_phys), direct_map(boot.tss_phys));
@@ -165,6 +196,7 @@ impl Vm {
         vcpu.set_msrs(&arch::msrs(SYSCALL_TRAP_VADDR)).map_err(kvm_err("set MSRs"))?;
         vcpu.set_regs(&arch::regs(boot.entry, boot.stack_pointer, boot.boot_info_vaddr))
             .map_err(kvm_err("set registers"))?;
+        tracing::debug!(?prepared_at, ?machine_ready, ?built, total = ?started.elapsed(), "VM ready");
         Ok(Vm { _kvm: kvm, _vm: vm, vcpu, ram, boot })
     }
 
