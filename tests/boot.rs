@@ -189,7 +189,52 @@ fn trace_syscalls_prints_calls_and_a_summary() {
     run.assert_stderr_contains(HELLO_STDERR).assert_stderr_contains("write").assert_stderr_contains("exit_group");
 }
 
+#[test]
+fn syscalls_behave_as_on_linux() {
+    if !kvm::available() {
+        return;
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let run = kiln().arg("run").arg("--env").arg(format!("NOW={now}")).arg(guests::c("syscalls")).run();
+    run.assert_code(0);
+    assert!(run.stdout_text().ends_with("syscalls: ok\n"), "{run}");
+}
+
 // ---- programs that crash -----------------------------------------------------------------------------------------
+
+#[test]
+fn unrewritten_syscall_is_reported_with_its_address() {
+    if !kvm::available() {
+        return;
+    }
+    let run = kiln().arg("run").arg(guests::c("jit")).run();
+    run.assert_code(159);
+    let stdout = run.stdout_text();
+    let code_at = stdout.trim().rsplit(' ').next().unwrap_or_default().to_string();
+    let site = format!("{:#x}", u64::from_str_radix(code_at.trim_start_matches("0x"), 16).unwrap() + 5);
+    run.assert_stderr_contains("kiln: program crashed: SIGSYS")
+        .assert_stderr_contains(&format!("at {site} was not rewritten"));
+}
+
+#[test]
+fn abort_ends_the_program_with_sigabrt() {
+    if !kvm::available() {
+        return;
+    }
+    let run = kiln().arg("run").arg(guests::c("abort")).run();
+    run.assert_code(134).assert_stdout("abort: aborting\n").assert_stderr("kiln: program killed by SIGABRT\n");
+}
+
+#[test]
+fn hostile_port_io_stops_the_vm_with_a_message() {
+    if !kvm::available() {
+        return;
+    }
+    for (what, message) in [("unknown", "unknown hypercall"), ("port", "I/O port 0x4b1")] {
+        let run = kiln().arg("run").arg(guests::c("hostile")).arg(what).run();
+        run.assert_code(125).assert_stdout(&format!("hostile: {what}\n")).assert_stderr_contains(message);
+    }
+}
 
 #[test]
 fn crash_is_reported_as_sigsegv_with_exit_code_139() {

@@ -2,9 +2,9 @@
 //! register the program owns.
 
 use crate::cpu;
+use core::cell::UnsafeCell;
 use kiln_abi::layout::direct_map;
 use kiln_abi::BootInfo;
-use core::cell::UnsafeCell;
 
 /// The layout is shared with the assembly in `entry.rs`: keep the offsets in step.
 #[repr(C)]

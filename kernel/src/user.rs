@@ -4,10 +4,14 @@
 use crate::errno::Errno;
 use crate::mm;
 use kiln_abi::hypercall::IoSegment;
+use kiln_abi::layout::PROGRAM_MIN_ADDR;
 
 /// Checks that `[addr, addr+len)` is mapped for the program (and writable if `write`).
 pub fn check(addr: u64, len: u64, write: bool) -> Result<(), Errno> {
     let end = addr.checked_add(len).ok_or(Errno::EFAULT)?;
+    if addr < PROGRAM_MIN_ADDR && len != 0 {
+        return Err(Errno::EFAULT);
+    }
     let mut at = addr;
     while at < end {
         let t = mm::translate(at).ok_or(Errno::EFAULT)?;
@@ -55,6 +59,9 @@ pub fn read_c_string<const N: usize>(addr: u64, buf: &mut [u8; N]) -> Result<usi
 /// many bytes were described (less than `len` when `out` fills up).
 pub fn physical_segments(addr: u64, len: u64, out: &mut [IoSegment], used: &mut usize) -> Result<u64, Errno> {
     let end = addr.checked_add(len).ok_or(Errno::EFAULT)?;
+    if addr < PROGRAM_MIN_ADDR && len != 0 {
+        return Err(Errno::EFAULT);
+    }
     let mut at = addr;
     while at < end {
         let t = mm::translate(at).ok_or(Errno::EFAULT)?;

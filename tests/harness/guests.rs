@@ -40,6 +40,10 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("crash", "crash.c", Link::Static),
     ("enosys", "enosys.c", Link::Static),
     ("redzone", "redzone.c", Link::Static),
+    ("syscalls", "syscalls.c", Link::Static),
+    ("jit", "jit.c", Link::Static),
+    ("abort", "abort.c", Link::Static),
+    ("hostile", "hostile.c", Link::Static),
 ];
 
 /// The binaries of tests/guests/rust (each `src/bin/NAME.rs`).

@@ -20,6 +20,10 @@ pub const TRAMPOLINE_DISPATCH_POINTER: u64 = 0xff0;
 /// Virtual page 1: a supervisor page holding the code `syscall` jumps to (LSTAR) if one was not rewritten.
 pub const SYSCALL_TRAP_VADDR: u64 = 0x1000;
 
+/// Lowest address that can belong to the program: pages 0 and 1 are Kiln's. A syscall given a pointer below it fails
+/// with EFAULT, as a NULL pointer does on Linux, even though page 0 is readable.
+pub const PROGRAM_MIN_ADDR: u64 = 2 * PAGE_SIZE;
+
 /// All guest-physical RAM, mapped read-write with 2 MiB pages: guest physical `p` is virtual `DIRECT_MAP_BASE + p`.
 pub const DIRECT_MAP_BASE: u64 = 0x4000_0000_0000;
 /// Load base of static-pie (`ET_DYN`) applications.

@@ -5,7 +5,7 @@
 use crate::elf::{ElfImage, ElfKind};
 use crate::memory::{BootAllocator, GuestRam, MemoryError};
 use crate::rewrite::{self, ExecSegment, FunctionSymbol, RewriteInput, RewriteReport};
-use kiln_abi::layout::{direct_map, page_align_down, page_align_up, PAGE_SIZE, PIE_BASE};
+use kiln_abi::layout::{direct_map, page_align_down, page_align_up, PAGE_SIZE, PIE_BASE, PROGRAM_MIN_ADDR};
 use kiln_abi::paging::{self, MapError, PTE_USER, PTE_WRITABLE};
 
 #[derive(Debug, thiserror::Error)]
@@ -111,8 +111,7 @@ pub fn prepare_program(elf: &ElfImage, file: &[u8]) -> Result<PreparedProgram, L
         ElfKind::StaticPie => PIE_BASE,
     };
     let (span_start, mut bytes) = memory_image(elf, file);
-    // Page 0 (the trampoline) and page 1 (the unrewritten-syscall trap) are Kiln's.
-    if base + span_start < 2 * PAGE_SIZE {
+    if base + span_start < PROGRAM_MIN_ADDR {
         return Err(LoaderError::Overlap(base + span_start));
     }
     let stub_base = base + span_start + bytes.len() as u64;
