@@ -200,6 +200,22 @@ fn syscalls_behave_as_on_linux() {
     assert!(run.stdout_text().ends_with("syscalls: ok\n"), "{run}");
 }
 
+#[test]
+fn closed_stdout_ends_a_c_program_with_sigpipe() {
+    if !kvm::available() {
+        return;
+    }
+    use std::io::Read;
+    let mut child = kiln().arg("run").arg(guests::c("bigout")).into_command().spawn().expect("start kiln");
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let mut first = [0u8; 16];
+    stdout.read_exact(&mut first).expect("read the first bytes");
+    drop(stdout);
+    let status = child.wait().expect("wait for kiln");
+    // As natively: the write after the reader left raises SIGPIPE, whose default action ends the program (128 + 13).
+    assert_eq!(status.code(), Some(141), "{status:?}");
+}
+
 // ---- programs that crash -----------------------------------------------------------------------------------------
 
 #[test]

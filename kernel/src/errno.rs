@@ -14,6 +14,7 @@ impl Errno {
     pub const ENODEV: Errno = Errno(19);
     pub const EINVAL: Errno = Errno(22);
     pub const ENOTTY: Errno = Errno(25);
+    pub const EPIPE: Errno = Errno(32);
     pub const ENOSYS: Errno = Errno(38);
     pub const ENAMETOOLONG: Errno = Errno(36);
 }

@@ -53,6 +53,11 @@ impl Kiln {
         args.into_iter().fold(self, Kiln::arg)
     }
 
+    /// The command itself, for tests that drive the process by hand (e.g. close its stdout early).
+    pub fn into_command(self) -> Command {
+        self.cmd
+    }
+
     pub fn current_dir(mut self, dir: &Path) -> Self {
         self.cmd.current_dir(dir);
         self

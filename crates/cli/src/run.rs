@@ -14,6 +14,7 @@ static KERNEL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kiln-kernel.elf
 
 /// Exit code for Kiln's own failures (as `docker run` uses 125), distinct from the program's codes.
 pub const KILN_ERROR: u8 = 125;
+const SIGPIPE: u32 = 13;
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -112,7 +113,10 @@ pub fn run(args: RunArgs) -> Result<u8> {
     match outcome {
         Outcome::Exited(code) => Ok(code as u8),
         Outcome::Killed(signal) => {
-            eprintln!("kiln: program killed by {}", kiln_vmm::signal::signal_name(signal));
+            // As shells do, say nothing when a program dies of a closed pipe (`kiln run ... | head`).
+            if signal != SIGPIPE {
+                eprintln!("kiln: program killed by {}", kiln_vmm::signal::signal_name(signal));
+            }
             Ok((128 + signal.min(127)) as u8)
         }
         Outcome::Crashed(crash) => {

@@ -83,6 +83,11 @@ fn write_buffers(fd: u64, buffers: impl Iterator<Item = Result<IoVec, Errno>>) -
     }
     let segs_phys = crate::mm::virt_to_phys(segments.as_ptr() as u64).ok_or(Errno::EFAULT)?;
     let ret = hypercall::call(Hypercall::Write, &[fd, segs_phys, used as u64]);
+    if ret == -Errno::EPIPE.0 {
+        // The reader went away: Linux sends SIGPIPE, which ends the program unless it ignores or handles it; if the
+        // program survives it, the write fails with EPIPE.
+        let _ = super::signal::send_to_self(super::signal::SIGPIPE);
+    }
     if ret < 0 {
         Err(Errno(-ret))
     } else {

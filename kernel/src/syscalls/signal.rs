@@ -121,8 +121,10 @@ pub fn sigaltstack(a: &Args) -> SysResult {
     Ok(0)
 }
 
+pub const SIGPIPE: u64 = 13;
+
 /// Delivers `sig` to the program itself.
-fn send_to_self(sig: u64) -> SysResult {
+pub fn send_to_self(sig: u64) -> SysResult {
     if sig > NSIG {
         return Err(Errno::EINVAL);
     }
