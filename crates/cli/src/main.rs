@@ -1,5 +1,7 @@
 //! `kiln`: run static Linux x86-64 programs as unikernel VMs.
 
+#[cfg(test)]
+mod boot_layout_tests;
 mod run;
 mod size;
 

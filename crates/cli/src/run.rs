@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 /// The library OS, built by build.rs from kernel/.
-static KERNEL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kiln-kernel.elf"));
+pub(crate) static KERNEL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kiln-kernel.elf"));
 
 /// Exit code for Kiln's own failures (as `docker run` uses 125), distinct from the program's codes.
 pub const KILN_ERROR: u8 = 125;
