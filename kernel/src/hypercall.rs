@@ -20,8 +20,8 @@ pub fn call(nr: Hypercall, args: &[u64]) -> i64 {
 }
 
 /// Ends the VM: the program exited with `code`, or was killed by `signal` if it is not 0.
-pub fn exit(code: u64, signal: u64, stats_phys: u64) -> ! {
-    call(Hypercall::Exit, &[code, stats_phys, signal]);
+pub fn exit(code: u64, signal: u64) -> ! {
+    call(Hypercall::Exit, &[code, signal]);
     // The VMM never resumes an exited vCPU; if one did, stay put rather than run on.
     loop {
         core::hint::spin_loop();

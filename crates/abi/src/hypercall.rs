@@ -23,8 +23,7 @@ pub enum Hypercall {
     /// args: fd (1 = stdout, 2 = stderr), guest-physical address of an [`IoSegment`] array, segment count.
     /// ret: bytes written or a negative errno.
     Write = 1,
-    /// args: exit code, guest-physical address of the [`SyscallStats`] (0 if none), and the number of the signal that
-    /// killed the program (0 for a normal exit). Does not return.
+    /// args: exit code, and the number of the signal that killed the program (0 for a normal exit). Does not return.
     Exit = 2,
     /// args: guest-physical address of a [`TraceRecord`]. Sent after each syscall when tracing is on.
     Trace = 3,
@@ -68,7 +67,8 @@ pub struct TraceRecord {
     pub ret: i64,
 }
 
-/// Per-number syscall counters kept by the library OS and read by the VMM when the program exits.
+/// Per-number syscall counters kept by the library OS at its symbol `KILN_SYSCALL_STATS`, read by the VMM when the
+/// program has ended, however it ended.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct SyscallStats {

@@ -58,6 +58,7 @@ pub struct BootState {
     pub stack_pointer: u64,
     pub boot_info_vaddr: u64,
     pub hypercall_block_phys: u64,
+    pub stats_phys: u64,
     pub program: LoadedProgram,
 }
 
@@ -185,6 +186,7 @@ pub fn build(
         stack_pointer: direct_map(kernel_stack + KERNEL_STACK_SIZE),
         boot_info_vaddr: direct_map(boot_info_phys),
         hypercall_block_phys: hypercall_block,
+        stats_phys: kernel.stats_phys,
         program: loaded,
     })
 }

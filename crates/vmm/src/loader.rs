@@ -42,6 +42,8 @@ fn memory_image(elf: &ElfImage, file: &[u8]) -> (u64, Vec<u8>) {
 pub struct LoadedKernel {
     pub entry: u64,
     pub syscall_entry: u64,
+    /// Guest-physical address of the syscall counters (`KILN_SYSCALL_STATS`), 0 if the image has none.
+    pub stats_phys: u64,
 }
 
 /// Loads the library OS at a free physical block and relocates it to run from the direct map.
@@ -62,7 +64,12 @@ pub fn load_kernel(
     }
     ram.write(phys, &bytes)?;
     let syscall_entry = elf.symbol("kiln_syscall_entry").unwrap_or(0);
-    Ok(LoadedKernel { entry: bias.wrapping_add(elf.entry), syscall_entry: bias.wrapping_add(syscall_entry) })
+    let stats_phys = elf.symbol("KILN_SYSCALL_STATS").map_or(0, |s| phys + (s - span_start));
+    Ok(LoadedKernel {
+        entry: bias.wrapping_add(elf.entry),
+        syscall_entry: bias.wrapping_add(syscall_entry),
+        stats_phys,
+    })
 }
 
 #[derive(Debug)]

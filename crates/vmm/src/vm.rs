@@ -218,7 +218,7 @@ impl Vm {
             let outcome = match exit {
                 VcpuExit::IoOut(HYPERCALL_PORT, data) => {
                     let nr = data.iter().rev().fold(0u32, |acc, &b| acc << 8 | u32::from(b));
-                    match hypercall::handle(&self.ram, self.boot.hypercall_block_phys, nr, console, &mut stats) {
+                    match hypercall::handle(&self.ram, self.boot.hypercall_block_phys, nr, console) {
                         Action::Resume => continue,
                         Action::Exit(code) => Outcome::Exited(code),
                         Action::Killed(signal) => Outcome::Killed(signal),
@@ -233,6 +233,7 @@ impl Vm {
                 VcpuExit::Hlt => Outcome::Crashed(self.crash("hlt")),
                 other => Outcome::Stopped(format!("the vCPU stopped unexpectedly ({other:?})")),
             };
+            stats.syscalls = hypercall::read_stats(&self.ram, self.boot.stats_phys);
             return Ok((outcome, stats));
         }
     }

@@ -77,7 +77,9 @@ static TABLE: [Option<Handler>; SYSCALL_SLOTS] = table();
 struct Stats(UnsafeCell<SyscallStats>);
 // SAFETY: one vCPU and no re-entry: only `dispatch` touches the counters, one call at a time.
 unsafe impl Sync for Stats {}
-static STATS: Stats = Stats(UnsafeCell::new(SyscallStats::new()));
+/// The VMM finds the counters by this symbol and reads them however the program ends (exit, signal or crash).
+#[no_mangle]
+static KILN_SYSCALL_STATS: Stats = Stats(UnsafeCell::new(SyscallStats::new()));
 static TRACING: AtomicBool = AtomicBool::new(false);
 
 pub fn init(boot: &BootInfo) {
@@ -87,18 +89,13 @@ pub fn init(boot: &BootInfo) {
     process::init(boot);
 }
 
-/// Guest-physical address of the counters, for the exit hypercall.
-pub fn stats_phys() -> u64 {
-    crate::mm::virt_to_phys(STATS.0.get() as u64).unwrap_or(0)
-}
-
 /// Called by `kiln_syscall_entry` with the program's registers; the return value goes to the program's %rax.
 pub extern "C" fn dispatch(frame: &mut SyscallFrame) -> i64 {
     let nr = frame.nr;
     let handler = if nr < SYSCALL_SLOTS as u64 { TABLE[nr as usize] } else { None };
     {
         // SAFETY: see `Stats`.
-        let stats = unsafe { &mut *STATS.0.get() };
+        let stats = unsafe { &mut *KILN_SYSCALL_STATS.0.get() };
         let slot = SyscallStats::slot(nr);
         stats.calls[slot] = stats.calls[slot].wrapping_add(1);
         if handler.is_none() {

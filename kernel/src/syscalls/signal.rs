@@ -134,7 +134,7 @@ pub fn send_to_self(sig: u64) -> SysResult {
     match state().actions[(sig - 1) as usize].handler {
         SIG_IGN => Ok(0),
         SIG_DFL if matches!(sig, SIGCHLD | SIGCONT | SIGURG | SIGWINCH) => Ok(0),
-        SIG_DFL => hypercall::exit(128 + sig, sig, super::stats_phys()),
+        SIG_DFL => hypercall::exit(128 + sig, sig),
         _ => Err(Errno::ENOSYS),
     }
 }
