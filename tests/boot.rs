@@ -333,6 +333,18 @@ fn memory_too_small_is_reported() {
 }
 
 #[test]
+fn program_larger_than_memory_is_refused_before_boot() {
+    if !kvm::available() {
+        return;
+    }
+    let bigbss = guests::c("bigbss");
+    kiln().arg("run").arg(&bigbss).run().assert_code(0).assert_stdout("bigbss: touched 32 MiB\n");
+    let run = kiln().args(["run", "--memory", "16M"]).arg(&bigbss).run();
+    let line = run.assert_kiln_error();
+    assert!(line.contains("does not fit in 16 MiB") && line.contains("--memory"), "{run}");
+}
+
+#[test]
 fn malformed_memory_size_is_rejected() {
     let run = kiln().args(["run", "--memory", "lots"]).arg(guests::c("hello")).run();
     let code = run.code.unwrap_or_else(|| panic!("kiln was killed\n{run}"));

@@ -44,6 +44,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("jit", "jit.c", Link::Static),
     ("abort", "abort.c", Link::Static),
     ("hostile", "hostile.c", Link::Static),
+    ("bigbss", "bigbss.c", Link::Static),
 ];
 
 /// The binaries of tests/guests/rust (each `src/bin/NAME.rs`).

@@ -18,7 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub enum VmError {
     #[error("cannot open /dev/kvm: it does not exist; KVM is not available here (load the kvm module, or use a host or VM with virtualization enabled)")]
     KvmMissing,
-    #[error("cannot open /dev/kvm: permission denied; add yourself to its group (e.g. `sudo usermod -aG kvm $USER`, then log in again)")]
+    #[error("cannot open /dev/kvm: permission denied; add yourself to the kvm group (e.g. `sudo usermod -aG kvm $USER`, then log in again)")]
     KvmDenied,
     #[error("cannot open /dev/kvm")]
     KvmOpen(#[source] kvm_ioctls::Error),
@@ -91,11 +91,16 @@ pub struct Vm {
 }
 
 fn open_kvm() -> Result<Kvm, VmError> {
-    Kvm::new().map_err(|e| match e.errno() {
+    Kvm::new().map_err(kvm_open_error)
+}
+
+/// Says which of the usual reasons kept `/dev/kvm` closed, and what to do about it.
+fn kvm_open_error(e: kvm_ioctls::Error) -> VmError {
+    match e.errno() {
         libc::ENOENT | libc::ENODEV | libc::ENXIO => VmError::KvmMissing,
         libc::EACCES | libc::EPERM => VmError::KvmDenied,
         _ => VmError::KvmOpen(e),
-    })
+    }
 }
 
 fn host_random<const N: usize>() -> [u8; N] {
@@ -243,5 +248,19 @@ impl Vm {
         let sregs = self.vcpu.get_sregs().unwrap_or_default();
         tracing::debug!(?regs, ?sregs, "vCPU state at the crash ({how})");
         fault::diagnose(&self.ram, self.boot.pml4, how, &regs, &sregs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kvm_open_errors_say_what_to_do() {
+        let err = |errno| kvm_open_error(kvm_ioctls::Error::new(errno)).to_string();
+        assert!(err(libc::ENOENT).contains("does not exist"));
+        assert!(err(libc::EACCES).contains("permission denied") && err(libc::EACCES).contains("kvm group"));
+        assert!(err(libc::EPERM).contains("usermod"));
+        assert!(matches!(kvm_open_error(kvm_ioctls::Error::new(libc::EBUSY)), VmError::KvmOpen(_)));
     }
 }
