@@ -6,8 +6,10 @@ use crate::mm;
 use kiln_abi::hypercall::IoSegment;
 use kiln_abi::layout::PROGRAM_MIN_ADDR;
 
-/// Checks that `[addr, addr+len)` is mapped for the program (and writable if `write`).
-pub fn check(addr: u64, len: u64, write: bool) -> Result<(), Errno> {
+/// Walks `[addr, addr+len)` page by page, checking that each piece is the program's memory (and writable if
+/// `write`), and hands each piece's guest-physical address and length to `visit`, which stops the walk by returning
+/// false. Returns how many bytes were visited.
+fn walk(addr: u64, len: u64, write: bool, mut visit: impl FnMut(u64, u64) -> bool) -> Result<u64, Errno> {
     let end = addr.checked_add(len).ok_or(Errno::EFAULT)?;
     if addr < PROGRAM_MIN_ADDR && len != 0 {
         return Err(Errno::EFAULT);
@@ -18,9 +20,18 @@ pub fn check(addr: u64, len: u64, write: bool) -> Result<(), Errno> {
         if !t.user || (write && !t.writable) {
             return Err(Errno::EFAULT);
         }
-        at = at.saturating_add(t.bytes_left_in_page);
+        let n = t.bytes_left_in_page.min(end - at);
+        if !visit(t.phys, n) {
+            break;
+        }
+        at += n;
     }
-    Ok(())
+    Ok(at - addr)
+}
+
+/// Checks that `[addr, addr+len)` is mapped for the program (and writable if `write`).
+pub fn check(addr: u64, len: u64, write: bool) -> Result<(), Errno> {
+    walk(addr, len, write, |_, _| true).map(|_| ())
 }
 
 pub fn read<T: Copy>(addr: u64) -> Result<T, Errno> {
@@ -58,27 +69,16 @@ pub fn read_c_string<const N: usize>(addr: u64, buf: &mut [u8; N]) -> Result<usi
 /// Appends the guest-physical pieces of `[addr, addr+len)` to `out`, merging physically adjacent pages. Returns how
 /// many bytes were described (less than `len` when `out` fills up).
 pub fn physical_segments(addr: u64, len: u64, out: &mut [IoSegment], used: &mut usize) -> Result<u64, Errno> {
-    let end = addr.checked_add(len).ok_or(Errno::EFAULT)?;
-    if addr < PROGRAM_MIN_ADDR && len != 0 {
-        return Err(Errno::EFAULT);
-    }
-    let mut at = addr;
-    while at < end {
-        let t = mm::translate(at).ok_or(Errno::EFAULT)?;
-        if !t.user {
-            return Err(Errno::EFAULT);
-        }
-        let n = t.bytes_left_in_page.min(end - at);
-        let capacity = out.len();
+    let capacity = out.len();
+    walk(addr, len, false, |phys, n| {
         match out[..*used].last_mut() {
-            Some(last) if last.phys + last.len == t.phys => last.len += n,
-            _ if *used == capacity => break,
+            Some(last) if last.phys + last.len == phys => last.len += n,
+            _ if *used == capacity => return false,
             _ => {
-                out[*used] = IoSegment { phys: t.phys, len: n };
+                out[*used] = IoSegment { phys, len: n };
                 *used += 1;
             }
         }
-        at += n;
-    }
-    Ok(at - addr)
+        true
+    })
 }
