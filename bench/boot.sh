@@ -19,7 +19,7 @@ mkdir -p "$out"
 if [ -z "${KILN:-}" ]; then
   echo "bench: building kiln (release)" >&2
   cargo build --release --locked -p kiln --manifest-path "$repo/Cargo.toml" >&2
-  KILN="${CARGO_TARGET_DIR:-$repo/target}/release/kiln"
+  KILN="${CARGO_TARGET_DIR:-$repo/target}/x86_64-unknown-linux-musl/release/kiln"  # musl: .cargo/config.toml
 fi
 musl-gcc -static -O2 -o "$out/hello" "$repo/tests/guests/c/hello.c"
 cc -O2 -Wall -o "$out/floor" "$repo/bench/floor.c"

@@ -14,7 +14,7 @@ musl-gcc -static -O2 -o "$out/hello-c" tests/guests/c/hello.c
 cargo build --release --locked --quiet --target x86_64-unknown-linux-musl \
   --manifest-path tests/guests/rust/Cargo.toml --target-dir "$out/rust"
 cp "$out/rust/x86_64-unknown-linux-musl/release/hello" "$out/hello-rust"
-kiln="$target/release/kiln"
+kiln="$target/x86_64-unknown-linux-musl/release/kiln"  # .cargo/config.toml builds kiln for musl
 
 for program in "$out/hello-c" "$out/hello-rust"; do
   echo

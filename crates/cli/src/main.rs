@@ -8,6 +8,11 @@ mod size;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+/// musl's allocator is slow for the many small allocations of kiln's start-up (the x86 decoder's tables): dlmalloc, in
+/// Rust, is as fast as glibc's.
+#[global_allocator]
+static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+
 #[derive(Parser)]
 #[command(
     name = "kiln",
