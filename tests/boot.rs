@@ -216,6 +216,30 @@ fn closed_stdout_ends_a_c_program_with_sigpipe() {
     assert_eq!(status.code(), Some(141), "{status:?}");
 }
 
+#[test]
+fn rewritten_programs_are_cached_and_damaged_entries_ignored() {
+    if !kvm::available() {
+        return;
+    }
+    let home = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cache-test-home");
+    let _ = std::fs::remove_dir_all(&home);
+    let hello = guests::c("hello");
+    let run = || kiln().env("KILN_HOME", &home).env("KILN_LOG", "kiln_vmm=debug").arg("run").arg(&hello).arg("3").run();
+    let expected = hello_stdout(&[hello.to_str().unwrap(), "3"], &[]);
+
+    run().assert_code(3).assert_stdout(&expected).assert_stderr_contains("hit=false");
+    run().assert_code(3).assert_stdout(&expected).assert_stderr_contains("hit=true");
+
+    let dir = home.join("cache/rewrite");
+    let entry = std::fs::read_dir(&dir).unwrap().next().expect("one cache entry").unwrap().path();
+    let mut bytes = std::fs::read(&entry).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&entry, &bytes).unwrap();
+    run().assert_code(3).assert_stdout(&expected).assert_stderr_contains("hit=false");
+    run().assert_code(3).assert_stdout(&expected).assert_stderr_contains("hit=true");
+}
+
 // ---- programs that crash -----------------------------------------------------------------------------------------
 
 #[test]

@@ -36,6 +36,8 @@ pub struct Kiln {
 pub fn kiln() -> Kiln {
     let binary = std::env::var_os("KILN_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_kiln").into());
     let mut cmd = Command::new(binary);
+    // Keep kiln's cache (rewritten programs) inside the target directory, away from the user's home.
+    cmd.env("KILN_HOME", Path::new(env!("CARGO_TARGET_TMPDIR")).join("kiln-home"));
     cmd.env(HOST_ONLY_VAR, "leaked").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     Kiln { cmd, shown: vec!["kiln".into()] }
 }
@@ -51,6 +53,11 @@ impl Kiln {
 
     pub fn args<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(self, args: I) -> Self {
         args.into_iter().fold(self, Kiln::arg)
+    }
+
+    pub fn env(mut self, key: &str, value: impl AsRef<OsStr>) -> Self {
+        self.cmd.env(key, value);
+        self
     }
 
     /// The command itself, for tests that drive the process by hand (e.g. close its stdout early).

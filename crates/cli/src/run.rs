@@ -79,6 +79,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
         env: args.env.clone(),
         exe_path: format!("/{name}"),
         trace_syscalls: args.trace_syscalls,
+        rewrite_cache: rewrite_cache_dir(),
     };
 
     let mut vm = Vm::new(KERNEL, &program, &config).map_err(|e| explain(e, &shown, args.memory))?;
@@ -125,6 +126,16 @@ pub fn run(args: RunArgs) -> Result<u8> {
         }
         Outcome::Stopped(why) => Err(anyhow!("stopped the VM: {why}")),
     }
+}
+
+/// `$KILN_HOME/cache/rewrite`, else the XDG cache (`~/.cache/kiln/rewrite`); none if there is no home to use.
+fn rewrite_cache_dir() -> Option<PathBuf> {
+    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(home) = var("KILN_HOME") {
+        return Some(home.join("cache/rewrite"));
+    }
+    let cache = var("XDG_CACHE_HOME").or_else(|| var("HOME").map(|h| h.join(".cache")))?;
+    Some(cache.join("kiln/rewrite"))
 }
 
 fn print_summary(stats: &RunStats) {

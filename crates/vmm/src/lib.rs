@@ -12,6 +12,7 @@ pub mod hypercall;
 pub mod loader;
 pub mod memory;
 pub mod rewrite;
+pub mod rewrite_cache;
 pub mod signal;
 pub mod stack;
 pub mod syscall_names;

@@ -105,18 +105,33 @@ pub fn map_range(
 #[derive(Debug)]
 pub struct PreparedProgram {
     /// Added to every address in the ELF (0 for `ET_EXEC`).
-    base: u64,
-    span_start: u64,
-    bytes: Vec<u8>,
-    stubs: Vec<u8>,
-    report: RewriteReport,
+    pub(crate) base: u64,
+    pub(crate) span_start: u64,
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) stubs: Vec<u8>,
+    pub(crate) report: RewriteReport,
+}
+
+impl PreparedProgram {
+    /// Whether this could be `elf`'s preparation: same load base and same span (a check on cached entries).
+    pub(crate) fn fits(&self, elf: &ElfImage) -> bool {
+        let (start, end) = elf.span();
+        let span_start = page_align_down(start);
+        self.base == load_base(elf)
+            && self.span_start == span_start
+            && self.bytes.len() as u64 == page_align_up(end) - span_start
+    }
+}
+
+fn load_base(elf: &ElfImage) -> u64 {
+    match elf.kind {
+        ElfKind::Exec => 0,
+        ElfKind::StaticPie => PIE_BASE,
+    }
 }
 
 pub fn prepare_program(elf: &ElfImage, file: &[u8]) -> Result<PreparedProgram, LoaderError> {
-    let base = match elf.kind {
-        ElfKind::Exec => 0,
-        ElfKind::StaticPie => PIE_BASE,
-    };
+    let base = load_base(elf);
     let (span_start, mut bytes) = memory_image(elf, file);
     if base + span_start < PROGRAM_MIN_ADDR {
         return Err(LoaderError::Overlap(base + span_start));

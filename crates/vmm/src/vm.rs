@@ -8,10 +8,12 @@ use crate::hypercall::{self, Action};
 use crate::loader::{self, PreparedProgram};
 use crate::memory::{GuestRam, MemoryError};
 use crate::rewrite::RewriteReport;
+use crate::rewrite_cache::RewriteCache;
 use kiln_abi::hypercall::{HYPERCALL_PORT, UNREWRITTEN_SYSCALL_PORT};
 use kiln_abi::layout::{direct_map, HUGE_PAGE_SIZE, SYSCALL_TRAP_VADDR};
 use kvm_bindings::{kvm_userspace_memory_region, Msrs, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +61,8 @@ pub struct VmConfig {
     pub env: Vec<String>,
     pub exe_path: String,
     pub trace_syscalls: bool,
+    /// Where rewritten programs are kept between runs; `None` rewrites every time.
+    pub rewrite_cache: Option<PathBuf>,
 }
 
 /// How a run ended.
@@ -156,10 +160,21 @@ fn create_machine(memory: u64) -> Result<Machine, VmError> {
     Ok(Machine { kvm, vm, vcpu, ram, hwcap, tsc_hz, boot_tsc: tsc.as_slice()[0].data, boot_realtime_ns })
 }
 
-/// Parses both ELF images and prepares the program.
-fn prepare(kernel_elf: &[u8], program_elf: &[u8]) -> Result<(ElfImage, ElfImage, PreparedProgram), VmError> {
+/// Parses both ELF images and prepares the program (from the cache when it has it).
+fn prepare(
+    kernel_elf: &[u8],
+    program_elf: &[u8],
+    cache: Option<&std::path::Path>,
+) -> Result<(ElfImage, ElfImage, PreparedProgram), VmError> {
     let program = ElfImage::parse(program_elf).map_err(VmError::Program)?;
-    let prepared = loader::prepare_program(&program, program_elf).map_err(BootError::from)?;
+    let prepared = match cache {
+        Some(dir) => {
+            let (prepared, hit) = RewriteCache::new(dir).prepare(&program, program_elf).map_err(BootError::from)?;
+            tracing::debug!(hit, "rewrite cache at {}", dir.display());
+            prepared
+        }
+        None => loader::prepare_program(&program, program_elf).map_err(BootError::from)?,
+    };
     let kernel = ElfImage::parse(kernel_elf).map_err(VmError::Kernel)?;
     Ok((kernel, program, prepared))
 }
@@ -174,7 +189,7 @@ impl Vm {
         let started = std::time::Instant::now();
         // The program's own errors come first, before any KVM work: they are what the user can fix. (Preparing it on
         // a second thread while KVM builds the VM was measured slower: creating a VM sends IPIs to every host CPU.)
-        let (kernel, program, prepared) = prepare(kernel_elf, program_elf)?;
+        let (kernel, program, prepared) = prepare(kernel_elf, program_elf, config.rewrite_cache.as_deref())?;
         let prepared_at = started.elapsed();
         let Machine { kvm, vm, vcpu, mut ram, hwcap, tsc_hz, boot_tsc, boot_realtime_ns } = create_machine(memory)?;
         let machine_ready = started.elapsed();
