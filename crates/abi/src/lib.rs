@@ -4,6 +4,7 @@
 #![no_std]
 
 pub mod boot;
+pub mod frames;
 pub mod hypercall;
 pub mod layout;
 pub mod paging;

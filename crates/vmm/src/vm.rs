@@ -40,6 +40,8 @@ pub enum VmError {
     Memory(#[from] MemoryError),
     #[error(transparent)]
     Boot(#[from] BootError),
+    #[error("cannot get random bytes from the host for the guest")]
+    Random(#[source] std::io::Error),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -107,17 +109,22 @@ fn kvm_open_error(e: kvm_ioctls::Error) -> VmError {
     }
 }
 
-fn host_random<const N: usize>() -> [u8; N] {
+fn host_random<const N: usize>() -> Result<[u8; N], VmError> {
     let mut bytes = [0u8; N];
     let mut filled = 0;
     while filled < N {
         // SAFETY: the pointer and length describe the unfilled tail of `bytes`.
         let n = unsafe { libc::getrandom(bytes[filled..].as_mut_ptr().cast(), N - filled, 0) };
-        if n > 0 {
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(VmError::Random(e));
+            }
+        } else {
             filled += n as usize;
         }
     }
-    bytes
+    Ok(bytes)
 }
 
 /// The KVM side of a VM, before anything is loaded into it.
@@ -200,8 +207,8 @@ impl Vm {
             exe_path: config.exe_path.clone(),
             vcpus: 1,
             trace_syscalls: config.trace_syscalls,
-            random_seed: host_random(),
-            at_random: host_random(),
+            random_seed: host_random()?,
+            at_random: host_random()?,
             hwcap,
             tsc_hz,
             boot_tsc,

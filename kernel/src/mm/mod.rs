@@ -1,14 +1,13 @@
 //! Memory: the frame allocator over free guest-physical RAM, the page tables (through the direct map), and the
 //! program break.
 
-pub mod frames;
 pub mod mapping;
 
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU64, Ordering};
-use frames::FrameAllocator;
+use kiln_abi::frames::FrameAllocator;
 use kiln_abi::layout::{direct_map, page_align_up, DIRECT_MAP_BASE, PAGE_SIZE};
-use kiln_abi::paging::{self, FrameSource, PhysMemory};
+use kiln_abi::paging::{self, PhysMemory};
 use kiln_abi::BootInfo;
 
 pub struct Memory {
@@ -50,7 +49,10 @@ pub fn init(boot: &BootInfo) {
     RAM_SIZE.store(boot.mem_size, Ordering::Relaxed);
     let m = memory();
     m.managed_start = page_align_up(boot.free_phys_start);
-    m.frames.add(m.managed_start, boot.mem_size & !(PAGE_SIZE - 1));
+    let end = boot.mem_size & !(PAGE_SIZE - 1);
+    if m.managed_start < end {
+        m.frames.add(m.managed_start, end);
+    }
     m.brk_start = boot.brk_start;
     m.brk = boot.brk_start;
     m.brk_mapped_end = page_align_up(boot.brk_start);
@@ -73,12 +75,6 @@ impl PhysMemory for DirectMap {
     fn write_u64(&mut self, phys: u64, value: u64) {
         // SAFETY: as above; the page-table code only writes entries of tables it walked or just allocated.
         unsafe { core::ptr::write_volatile(direct_map(phys) as *mut u64, value) }
-    }
-}
-
-impl FrameSource for FrameAllocator {
-    fn alloc_zeroed_frame(&mut self) -> Option<u64> {
-        self.alloc(PAGE_SIZE)
     }
 }
 

@@ -1,8 +1,10 @@
-//! Guest-physical memory not used by the boot layout, as a sorted list of free page ranges. Anonymous mappings are
+//! The library OS's allocator of guest-physical memory: what the boot layout left free, as a sorted list of free page
+//! ranges. It lives here, beside the page tables, so that its logic is unit-tested on the host. Anonymous mappings are
 //! physically contiguous (they are handed out through the direct map), so allocation is first-fit over ranges. Free
 //! memory is kept zeroed: a range is cleared when it comes back, so fresh allocations need no work.
 
-use kiln_abi::layout::PAGE_SIZE;
+use crate::layout::PAGE_SIZE;
+use crate::paging::FrameSource;
 
 const MAX_RANGES: usize = 1024;
 
@@ -90,5 +92,63 @@ impl FrameAllocator {
                 self.count += 1;
             }
         }
+    }
+}
+
+/// New page tables come from the same free memory (it is kept zeroed).
+impl FrameSource for FrameAllocator {
+    fn alloc_zeroed_frame(&mut self) -> Option<u64> {
+        self.alloc(PAGE_SIZE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::vec::Vec;
+
+    const P: u64 = PAGE_SIZE;
+
+    #[test]
+    fn first_fit_then_coalescing_frees() {
+        let mut f = FrameAllocator::empty();
+        f.add(0x10 * P, 0x20 * P);
+        let a = f.alloc(4 * P).unwrap();
+        let b = f.alloc(4 * P).unwrap();
+        let c = f.alloc(8 * P).unwrap();
+        assert_eq!((a, b, c), (0x10 * P, 0x14 * P, 0x18 * P));
+        assert_eq!(f.alloc(P), None, "all taken");
+        f.free_zeroed(b, 4 * P);
+        f.free_zeroed(a, 4 * P);
+        assert_eq!(f.alloc(8 * P), Some(a), "the two freed neighbours merged");
+        f.free_zeroed(a, 8 * P);
+        f.free_zeroed(c, 8 * P);
+        assert_eq!(f.alloc(16 * P), Some(0x10 * P), "everything merged back into one range");
+    }
+
+    #[test]
+    fn alloc_at_takes_exactly_the_range_if_free() {
+        let mut f = FrameAllocator::empty();
+        f.add(0, 16 * P);
+        assert!(f.alloc_at(4 * P, 4 * P), "from the middle");
+        assert!(!f.alloc_at(6 * P, P), "already taken");
+        assert!(!f.alloc_at(15 * P, 2 * P), "runs past the end");
+        assert!(f.alloc_at(0, 4 * P) && f.alloc_at(12 * P, 4 * P), "the ends");
+        assert_eq!(f.alloc(4 * P), Some(8 * P));
+        assert_eq!(f.alloc(P), None);
+    }
+
+    #[test]
+    fn a_full_range_list_leaks_instead_of_corrupting() {
+        let mut f = FrameAllocator::empty();
+        f.add(0, (4 * MAX_RANGES as u64 + 2) * P);
+        let blocks: Vec<u64> = (0..=2 * MAX_RANGES).map(|_| f.alloc(2 * P).unwrap()).collect();
+        // Freeing every other block makes separate ranges: MAX_RANGES fit, the one after them cannot be recorded.
+        for b in blocks.iter().step_by(2) {
+            f.free_zeroed(*b, 2 * P);
+        }
+        assert_eq!(f.leaked, 2 * P);
+        assert!(f.alloc(2 * P).is_some());
     }
 }
