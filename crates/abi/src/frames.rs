@@ -65,6 +65,10 @@ impl FrameAllocator {
         self.insert(start, start + size);
     }
 
+    pub fn free_bytes(&self) -> u64 {
+        self.ranges[..self.count].iter().map(|r| r.end - r.start).sum()
+    }
+
     fn remove(&mut self, i: usize) {
         self.ranges.copy_within(i + 1..self.count, i);
         self.count -= 1;
@@ -124,7 +128,9 @@ mod tests {
         assert_eq!(f.alloc(8 * P), Some(a), "the two freed neighbours merged");
         f.free_zeroed(a, 8 * P);
         f.free_zeroed(c, 8 * P);
+        assert_eq!(f.free_bytes(), 16 * P);
         assert_eq!(f.alloc(16 * P), Some(0x10 * P), "everything merged back into one range");
+        assert_eq!(f.free_bytes(), 0);
     }
 
     #[test]

@@ -54,11 +54,11 @@ pub fn discard(addr: u64, len: u64) -> Result<(), Errno> {
 }
 
 pub fn remap(old: u64, old_len: u64, new_len: u64, may_move: bool) -> Result<u64, Errno> {
-    if !old.is_multiple_of(PAGE_SIZE) || new_len == 0 {
+    if !old.is_multiple_of(PAGE_SIZE) || new_len == 0 || old_len == 0 {
         return Err(Errno::EINVAL);
     }
     let (old_size, new_size) = (page_align_up(old_len), page_align_up(new_len));
-    let Some(phys) = anonymous_range(old, old_size.max(PAGE_SIZE)) else {
+    let Some(phys) = anonymous_range(old, old_size) else {
         // Memory we did not hand out (the stack, the program's segments) cannot move; tell "mapped" from "not mapped"
         // as Linux does, which musl relies on to find the main thread's stack size.
         return Err(if super::translate(old).is_some() { Errno::ENOMEM } else { Errno::EFAULT });
@@ -90,6 +90,10 @@ pub fn set_break(addr: u64) -> u64 {
         return m.brk;
     }
     let wanted_end = page_align_up(addr);
+    // A break that cannot be had fails up front, rather than after taking all free memory page by page.
+    if wanted_end.saturating_sub(m.brk_mapped_end) > m.frames.free_bytes() {
+        return m.brk;
+    }
     while m.brk_mapped_end < wanted_end {
         let Some(frame) = m.frames.alloc(PAGE_SIZE) else { return m.brk };
         let mapped =

@@ -81,6 +81,9 @@ int main(void) {
     memset(b0, 1, 1 << 20);
     check(b0[(1 << 20) - 1] == 1 && (char *)syscall(SYS_brk, 0) == b1, "brk memory is usable");
   }
+  check((char *)syscall(SYS_brk, (char *)0x600000000000) == b1, "an impossible break fails and keeps the old one");
+  void *small = mmap(0, 1 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  check(small != MAP_FAILED, "memory is still there after a failed break");
 
   printf("syscalls: %s\n", failures ? "FAILED" : "ok");
   return failures != 0;
