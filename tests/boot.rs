@@ -257,6 +257,16 @@ fn unrewritten_syscall_is_reported_with_its_address() {
 }
 
 #[test]
+fn stack_overflow_is_named_in_the_crash_report() {
+    if !kvm::available() {
+        return;
+    }
+    let run = kiln().arg("run").arg(guests::c("overflow")).run();
+    run.assert_code(139).assert_stdout("overflow: recursing\n");
+    run.assert_stderr_contains("kiln: program crashed: SIGSEGV (stack overflow: page fault writing 0x7fff");
+}
+
+#[test]
 fn abort_ends_the_program_with_sigabrt() {
     if !kvm::available() {
         return;

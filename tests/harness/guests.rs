@@ -45,6 +45,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("abort", "abort.c", Link::Static),
     ("hostile", "hostile.c", Link::Static),
     ("bigbss", "bigbss.c", Link::Static),
+    ("overflow", "overflow.c", Link::Static),
 ];
 
 /// The binaries of tests/guests/rust (each `src/bin/NAME.rs`).

@@ -59,6 +59,8 @@ pub struct BootState {
     pub boot_info_vaddr: u64,
     pub hypercall_block_phys: u64,
     pub stats_phys: u64,
+    /// Lowest address of the program's main stack.
+    pub stack_bottom: u64,
     pub program: LoadedProgram,
 }
 
@@ -187,6 +189,7 @@ pub fn build(
         boot_info_vaddr: direct_map(boot_info_phys),
         hypercall_block_phys: hypercall_block,
         stats_phys: kernel.stats_phys,
+        stack_bottom,
         program: loaded,
     })
 }

@@ -4,7 +4,7 @@
 
 use crate::memory::GuestRam;
 use iced_x86::{Decoder, DecoderOptions, Instruction, InstructionInfoFactory, Mnemonic, OpAccess, Register};
-use kiln_abi::layout::SYSCALL_TRAP_VADDR;
+use kiln_abi::layout::{STACK_TOP, SYSCALL_TRAP_VADDR};
 use kiln_abi::paging;
 use kvm_bindings::{kvm_regs, kvm_sregs};
 
@@ -95,7 +95,18 @@ fn code_at(ram: &GuestRam, pml4: u64, rip: u64) -> Vec<u8> {
     bytes
 }
 
-pub fn diagnose(ram: &GuestRam, pml4: u64, how: &str, regs: &kvm_regs, sregs: &kvm_sregs) -> CrashReport {
+/// How far below the main thread's stack a fault still counts as running off its end.
+const STACK_GUARD: u64 = 1 << 20;
+
+/// What the VMM knows about the guest that helps explain a fault.
+pub struct GuestLayout {
+    pub pml4: u64,
+    /// Lowest address of the main thread's stack.
+    pub stack_bottom: u64,
+}
+
+pub fn diagnose(ram: &GuestRam, layout: &GuestLayout, how: &str, regs: &kvm_regs, sregs: &kvm_sregs) -> CrashReport {
+    let pml4 = layout.pml4;
     let report = |signal, reason: String, rip| CrashReport { signal, reason, rip, rsp: regs.rsp };
     // An unrewritten `syscall` ends at LSTAR (or runs the trap page there); %rcx holds the address after it.
     let at_trap = (SYSCALL_TRAP_VADDR..SYSCALL_TRAP_VADDR + 16).contains(&regs.rip);
@@ -147,6 +158,14 @@ pub fn diagnose(ram: &GuestRam, pml4: u64, how: &str, regs: &kvm_regs, sregs: &k
         let end = addr.saturating_add(u64::from(mem.memory_size().size().max(1) as u32) - 1);
         for a in [addr, end] {
             match paging::translate(&pt, pml4, a) {
+                None if (layout.stack_bottom.saturating_sub(STACK_GUARD)..layout.stack_bottom).contains(&a) => {
+                    let size = STACK_TOP - layout.stack_bottom;
+                    return report(
+                        Signal::Sigsegv,
+                        format!("stack overflow: page fault {verb} {a:#x}, below the {} KiB main stack", size >> 10),
+                        regs.rip,
+                    );
+                }
                 None => return report(Signal::Sigsegv, format!("page fault {verb} {a:#x}"), regs.rip),
                 Some(t) if !t.user => return report(Signal::Sigsegv, format!("page fault {verb} {a:#x}"), regs.rip),
                 Some(t) if writes && !t.writable => {

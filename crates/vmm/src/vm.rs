@@ -269,7 +269,8 @@ impl Vm {
         let regs = self.vcpu.get_regs().unwrap_or_default();
         let sregs = self.vcpu.get_sregs().unwrap_or_default();
         tracing::debug!(?regs, ?sregs, "vCPU state at the crash ({how})");
-        fault::diagnose(&self.ram, self.boot.pml4, how, &regs, &sregs)
+        let layout = fault::GuestLayout { pml4: self.boot.pml4, stack_bottom: self.boot.stack_bottom };
+        fault::diagnose(&self.ram, &layout, how, &regs, &sregs)
     }
 }
 
