@@ -64,7 +64,8 @@ pub fn load_kernel(
     }
     ram.write(phys, &bytes)?;
     let syscall_entry = elf.symbol("kiln_syscall_entry").unwrap_or(0);
-    let stats_phys = elf.symbol("KILN_SYSCALL_STATS").map_or(0, |s| phys + (s - span_start));
+    let stats_phys =
+        elf.symbol("KILN_SYSCALL_STATS").and_then(|s| s.checked_sub(span_start)).map_or(0, |off| phys + off);
     Ok(LoadedKernel {
         entry: bias.wrapping_add(elf.entry),
         syscall_entry: bias.wrapping_add(syscall_entry),

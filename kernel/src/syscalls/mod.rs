@@ -1,5 +1,5 @@
 //! The Linux syscall layer: one table indexed by the syscall number, one file per family. A number without a handler
-//! returns -ENOSYS and is counted; the counts reach the VMM when the program exits.
+//! returns -ENOSYS and is counted; the VMM reads the counts (`KILN_SYSCALL_STATS`) when the program has ended.
 
 mod fs;
 mod mm;
