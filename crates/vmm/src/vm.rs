@@ -234,6 +234,7 @@ impl Vm {
     /// Runs the program to its end.
     pub fn run(&mut self, console: &mut dyn Console) -> Result<(Outcome, RunStats), VmError> {
         let mut stats = RunStats::default();
+        let started = std::time::Instant::now();
         loop {
             let exit = self.vcpu.run();
             stats.vm_exits += 1;
@@ -261,6 +262,7 @@ impl Vm {
                 other => Outcome::Stopped(format!("the vCPU stopped unexpectedly ({other:?})")),
             };
             stats.syscalls = hypercall::read_stats(&self.ram, self.boot.stats_phys);
+            tracing::debug!(took = ?started.elapsed(), exits = stats.vm_exits, "VM ran");
             return Ok((outcome, stats));
         }
     }
