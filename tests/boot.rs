@@ -267,6 +267,16 @@ fn stack_overflow_is_named_in_the_crash_report() {
 }
 
 #[test]
+fn syscall_number_beyond_the_trampoline_is_named() {
+    if !kvm::available() {
+        return;
+    }
+    let run = kiln().arg("run").arg(guests::c("bignr")).run();
+    run.assert_code(159).assert_stdout("bignr: calling syscall 100000\n");
+    run.assert_stderr_contains("kiln: program crashed: SIGSYS (syscall number 0x186a0 is outside");
+}
+
+#[test]
 fn abort_ends_the_program_with_sigabrt() {
     if !kvm::available() {
         return;

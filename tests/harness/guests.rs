@@ -46,6 +46,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("hostile", "hostile.c", Link::Static),
     ("bigbss", "bigbss.c", Link::Static),
     ("overflow", "overflow.c", Link::Static),
+    ("bignr", "bignr.c", Link::Static),
 ];
 
 /// The binaries of tests/guests/rust (each `src/bin/NAME.rs`).

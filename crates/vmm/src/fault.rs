@@ -4,7 +4,7 @@
 
 use crate::memory::GuestRam;
 use iced_x86::{Decoder, DecoderOptions, Instruction, InstructionInfoFactory, Mnemonic, OpAccess, Register};
-use kiln_abi::layout::{STACK_TOP, SYSCALL_TRAP_VADDR};
+use kiln_abi::layout::{STACK_TOP, SYSCALL_TRAP_VADDR, TRAMPOLINE_SECOND_JUMP};
 use kiln_abi::paging;
 use kvm_bindings::{kvm_regs, kvm_sregs};
 
@@ -99,10 +99,19 @@ fn code_at(ram: &GuestRam, pml4: u64, rip: u64) -> Vec<u8> {
 const STACK_GUARD: u64 = 1 << 20;
 
 /// What the VMM knows about the guest that helps explain a fault.
-pub struct GuestLayout {
+pub struct GuestLayout<'a> {
     pub pml4: u64,
     /// Lowest address of the main thread's stack.
     pub stack_bottom: u64,
+    /// Addresses of the rewritten `syscall` instructions, sorted.
+    pub syscall_sites: &'a [u64],
+}
+
+/// Whether the return address on top of the stack follows a rewritten `syscall` (2 bytes long, as is `call *%rax`).
+fn called_from_syscall_site(ram: &GuestRam, layout: &GuestLayout, regs: &kvm_regs) -> bool {
+    let Some(t) = paging::translate(&Ram(ram), layout.pml4, regs.rsp) else { return false };
+    let Ok(ret) = ram.read_obj::<u64>(t.phys) else { return false };
+    layout.syscall_sites.binary_search(&ret.wrapping_sub(2)).is_ok()
 }
 
 pub fn diagnose(ram: &GuestRam, layout: &GuestLayout, how: &str, regs: &kvm_regs, sregs: &kvm_sregs) -> CrashReport {
@@ -122,6 +131,17 @@ pub fn diagnose(ram: &GuestRam, layout: &GuestLayout, how: &str, regs: &kvm_regs
     }
     let pt = Ram(ram);
     let executable = paging::translate(&pt, pml4, regs.rip).is_some_and(|t| t.user);
+    if !executable && called_from_syscall_site(ram, layout, regs) {
+        // `call *%rax` with a number past the trampoline page: Linux would answer -ENOSYS.
+        return report(
+            Signal::Sigsys,
+            format!(
+                "syscall number {:#x} is outside what Kiln can dispatch (below {TRAMPOLINE_SECOND_JUMP:#x})",
+                regs.rax
+            ),
+            regs.rip,
+        );
+    }
     if !executable {
         return report(Signal::Sigsegv, format!("page fault executing {:#x}", regs.rip), regs.rip);
     }

@@ -271,7 +271,11 @@ impl Vm {
         let regs = self.vcpu.get_regs().unwrap_or_default();
         let sregs = self.vcpu.get_sregs().unwrap_or_default();
         tracing::debug!(?regs, ?sregs, "vCPU state at the crash ({how})");
-        let layout = fault::GuestLayout { pml4: self.boot.pml4, stack_bottom: self.boot.stack_bottom };
+        let report = &self.boot.program.report;
+        let mut sites: Vec<u64> = report.rewritten.clone();
+        sites.sort_unstable();
+        let layout =
+            fault::GuestLayout { pml4: self.boot.pml4, stack_bottom: self.boot.stack_bottom, syscall_sites: &sites };
         fault::diagnose(&self.ram, &layout, how, &regs, &sregs)
     }
 }
