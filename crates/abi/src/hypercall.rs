@@ -14,6 +14,9 @@ pub const MAX_WRITE_BYTES: u64 = 1 << 20;
 pub const MAX_IO_SEGMENTS: u64 = 256;
 /// Syscall numbers counted one by one in [`SyscallStats`]; higher numbers share the last slot.
 pub const SYSCALL_SLOTS: usize = 512;
+/// Longest single `Wait`; the library OS waits again for longer sleeps, so that a guest can never park a host thread
+/// for an unbounded time in one exit.
+pub const MAX_WAIT_NS: u64 = 1_000_000_000;
 /// Longest message of a `Panic` hypercall the VMM reads.
 pub const MAX_PANIC_MESSAGE: u64 = 4096;
 
@@ -29,6 +32,9 @@ pub enum Hypercall {
     Trace = 3,
     /// args: guest-physical address and length of a UTF-8 message. The library OS hit a bug. Does not return.
     Panic = 4,
+    /// args: nanoseconds to wait (at most [`MAX_WAIT_NS`]). The vCPU has nothing to run until then: the VMM sleeps it
+    /// without burning host CPU. ret: 0.
+    Wait = 5,
 }
 
 impl Hypercall {
@@ -38,6 +44,7 @@ impl Hypercall {
             2 => Self::Exit,
             3 => Self::Trace,
             4 => Self::Panic,
+            5 => Self::Wait,
             _ => return None,
         })
     }

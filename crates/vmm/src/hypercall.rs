@@ -4,7 +4,7 @@
 use crate::memory::GuestRam;
 use crate::syscall_names::syscall_name;
 use crate::vm::Console;
-use kiln_abi::hypercall::{Hypercall, MAX_IO_SEGMENTS, MAX_PANIC_MESSAGE, MAX_WRITE_BYTES, SYSCALL_SLOTS};
+use kiln_abi::hypercall::{Hypercall, MAX_IO_SEGMENTS, MAX_PANIC_MESSAGE, MAX_WAIT_NS, MAX_WRITE_BYTES, SYSCALL_SLOTS};
 
 /// What the run loop does next.
 #[derive(Debug, PartialEq, Eq)]
@@ -65,6 +65,10 @@ pub fn handle(ram: &GuestRam, block: u64, nr: u32, console: &mut dyn Console) ->
                 "the library OS failed: {}",
                 message.unwrap_or_else(|_| "(message outside guest memory)".into())
             ));
+        }
+        Some(Hypercall::Wait) => {
+            std::thread::sleep(std::time::Duration::from_nanos(args[0].min(MAX_WAIT_NS)));
+            0
         }
         None => return Action::Stop(format!("the guest made an unknown hypercall {nr}")),
     };
@@ -190,6 +194,16 @@ mod tests {
         assert_eq!(handle(&ram, 0x1000, 2, &mut Captured::default()), Action::Killed(6));
         put_u64s(&ram, 0x1000, &[0, 1000]);
         assert!(matches!(handle(&ram, 0x1000, 2, &mut Captured::default()), Action::Stop(_)));
+    }
+
+    #[test]
+    fn waits_are_bounded() {
+        let ram = GuestRam::new(1 << 20).unwrap();
+        put_u64s(&ram, 0x1000, &[2_000_000]);
+        let t = std::time::Instant::now();
+        assert_eq!(handle(&ram, 0x1000, 5, &mut Captured::default()), Action::Resume);
+        assert!(t.elapsed() >= std::time::Duration::from_millis(2));
+        assert_eq!(ret(&ram), 0);
     }
 
     #[test]

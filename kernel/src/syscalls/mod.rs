@@ -37,6 +37,7 @@ const fn table() -> [Option<Handler>; SYSCALL_SLOTS] {
     t[20] = Some(fs::writev);
     t[24] = Some(process::sched_yield);
     t[25] = Some(mm::mremap);
+    t[35] = Some(time::nanosleep);
     t[28] = Some(mm::madvise);
     t[39] = Some(process::getpid);
     t[SYS_EXIT as usize] = Some(process::exit);
@@ -62,6 +63,7 @@ const fn table() -> [Option<Handler>; SYSCALL_SLOTS] {
     t[218] = Some(process::set_tid_address);
     t[228] = Some(time::clock_gettime);
     t[229] = Some(time::clock_getres);
+    t[230] = Some(time::clock_nanosleep);
     t[SYS_EXIT_GROUP as usize] = Some(process::exit);
     t[234] = Some(signal::tgkill);
     t[267] = Some(fs::readlinkat);

@@ -40,6 +40,25 @@ int main(void) {
   check(m2.tv_sec > m1.tv_sec || (m2.tv_sec == m1.tv_sec && m2.tv_nsec > m1.tv_nsec), "CLOCK_MONOTONIC advances");
   check(clock_gettime(12345, &m1) == -1 && errno == EINVAL, "an unknown clock is EINVAL");
 
+  struct timespec nap = {0, 20 * 1000 * 1000}, t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  int slept = nanosleep(&nap, 0);
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  long ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+  check(slept == 0 && ms >= 20 && ms < 2000, "nanosleep sleeps 20 ms");
+  struct timespec until = t1;
+  until.tv_nsec += 10 * 1000 * 1000;
+  if (until.tv_nsec >= 1000000000) {
+    until.tv_sec++;
+    until.tv_nsec -= 1000000000;
+  }
+  int abs = clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &until, 0);
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  check(abs == 0 && (t0.tv_sec > until.tv_sec || (t0.tv_sec == until.tv_sec && t0.tv_nsec >= until.tv_nsec)),
+        "clock_nanosleep to an absolute time");
+  struct timespec bad = {0, 2000000000};
+  check(nanosleep(&bad, 0) == -1 && errno == EINVAL, "nanosleep with tv_nsec >= 1e9 is EINVAL");
+
   unsigned char r1[32] = {0}, r2[32] = {0};
   check(getrandom(r1, sizeof r1, 0) == 32 && getrandom(r2, sizeof r2, 0) == 32 && memcmp(r1, r2, 32) != 0,
         "getrandom fills and differs");
