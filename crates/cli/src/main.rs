@@ -4,6 +4,8 @@
 mod boot_layout_tests;
 mod run;
 mod size;
+#[cfg(test)]
+mod syscall_docs;
 
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;

@@ -74,7 +74,9 @@ const fn table() -> [Option<Handler>; SYSCALL_SLOTS] {
     t
 }
 
-static TABLE: [Option<Handler>; SYSCALL_SLOTS] = table();
+/// Exported so that the host can read which numbers have a handler (docs/syscalls.md is generated from it).
+#[no_mangle]
+static KILN_SYSCALL_TABLE: [Option<Handler>; SYSCALL_SLOTS] = table();
 
 struct Stats(UnsafeCell<SyscallStats>);
 // SAFETY: one vCPU and no re-entry: only `dispatch` touches the counters, one call at a time.
@@ -94,7 +96,7 @@ pub fn init(boot: &BootInfo) {
 /// Called by `kiln_syscall_entry` with the program's registers; the return value goes to the program's %rax.
 pub extern "C" fn dispatch(frame: &mut SyscallFrame) -> i64 {
     let nr = frame.nr;
-    let handler = if nr < SYSCALL_SLOTS as u64 { TABLE[nr as usize] } else { None };
+    let handler = if nr < SYSCALL_SLOTS as u64 { KILN_SYSCALL_TABLE[nr as usize] } else { None };
     {
         // SAFETY: see `Stats`.
         let stats = unsafe { &mut *KILN_SYSCALL_STATS.0.get() };

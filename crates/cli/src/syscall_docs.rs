@@ -1,0 +1,139 @@
+//! `docs/syscalls.md` is generated from the library OS that `kiln` embeds: which numbers have a handler is read from
+//! its `KILN_SYSCALL_TABLE` (the very table the dispatcher indexes), and the notes below say what is partial and what
+//! is refused by design. A test fails when the file and the library OS disagree, so the document cannot drift;
+//! `KILN_BLESS=1 cargo test -p kiln syscall_docs` rewrites it.
+
+use crate::run::KERNEL;
+use kiln_abi::hypercall::SYSCALL_SLOTS;
+use kiln_vmm::elf::ElfImage;
+use kiln_vmm::syscall_names::syscall_name;
+
+/// What an implemented syscall does not do yet (`partial: ...`), or why an unimplemented one never will (`by design:
+/// ...`). An implemented number without a note is complete.
+const NOTES: &[(u64, &str)] = &[
+    (0, "partial: stdin reads as end-of-file; no other descriptors yet"),
+    (1, "partial: stdout and stderr (fds 1 and 2) only"),
+    (7, "partial: fds 0-2, which are always ready"),
+    (9, "partial: anonymous memory only; MAP_FIXED and file mappings refused; protections not enforced"),
+    (10, "partial: accepted, not enforced"),
+    (11, "partial: the memory is reused, but stays accessible until then"),
+    (13, "partial: recorded and reported back; handlers are not run yet"),
+    (14, "partial: recorded; nothing is delivered yet"),
+    (16, "partial: fds 0-2 answer ENOTTY"),
+    (19, "partial: stdin only (end-of-file)"),
+    (20, "partial: stdout and stderr only"),
+    (25, "partial: anonymous mappings; MREMAP_FIXED refused"),
+    (28, "partial: MADV_DONTNEED zeroes; other advice is accepted"),
+    (56, "not yet: threads arrive with issue 3"),
+    (57, "by design: one program per VM, no new processes"),
+    (58, "by design: one program per VM, no new processes"),
+    (59, "by design for now: one program per VM"),
+    (60, "partial: ends the whole program (one thread)"),
+    (62, "partial: to the program itself only; default actions; a handled signal fails with ENOSYS"),
+    (72, "partial: fds 0-2: F_GETFD, F_SETFD, F_GETFL, F_SETFL"),
+    (89, "partial: /proc/self/exe only"),
+    (97, "partial: reported, not enforced"),
+    (101, "by design: no debugging of one guest process by another"),
+    (131, "partial: recorded; no signal runs on it yet"),
+    (158, "partial: ARCH_SET_GS refused (GS belongs to the library OS)"),
+    (200, "partial: to the program's own thread; as kill"),
+    (218, "partial: recorded (one thread)"),
+    (234, "partial: to the program's own thread; as kill"),
+    (267, "partial: /proc/self/exe only"),
+    (271, "partial: fds 0-2, which are always ready"),
+    (273, "partial: recorded (one thread)"),
+    (302, "partial: new limits are accepted, not enforced"),
+    (310, "by design: one process"),
+    (311, "by design: one process"),
+    (322, "by design for now: one program per VM"),
+    (435, "by design: libcs fall back to clone"),
+];
+
+/// Numbers the embedded library OS has a handler for, read from `KILN_SYSCALL_TABLE` in its ELF: the table holds
+/// `Option<fn>`, 8 bytes each, 0 for none; in a position-independent image every non-null entry has a relocation.
+fn implemented() -> Vec<u64> {
+    let elf = ElfImage::parse(KERNEL).expect("the embedded library OS parses");
+    let table = elf.symbol("KILN_SYSCALL_TABLE").expect("the library OS exports KILN_SYSCALL_TABLE");
+    let end = table + 8 * SYSCALL_SLOTS as u64;
+    let mut numbers: Vec<u64> = elf
+        .relative_relocations
+        .iter()
+        .filter(|&&(offset, addend)| (table..end).contains(&offset) && addend != 0)
+        .map(|&(offset, _)| (offset - table) / 8)
+        .collect();
+    numbers.sort_unstable();
+    numbers
+}
+
+fn status(nr: u64, implemented: bool) -> String {
+    let note = NOTES.iter().find(|(n, _)| *n == nr).map(|(_, note)| *note);
+    match (implemented, note) {
+        (true, None) => "full".into(),
+        (true, Some(note)) => note.into(),
+        (false, Some(note)) => format!("ENOSYS, {note}"),
+        (false, None) => "ENOSYS (not yet)".into(),
+    }
+}
+
+/// The whole of docs/syscalls.md.
+fn render() -> String {
+    let have = implemented();
+    let highest = 462;
+    let mut out = String::from(
+        "# Linux syscalls in Kiln\n\n\
+         Generated from the library OS's dispatch table by `crates/cli/src/syscall_docs.rs` (a test keeps it in step;\n\
+         `KILN_BLESS=1 cargo test -p kiln syscall_docs` rewrites it). Every number without a handler returns `-ENOSYS`\n\
+         to the program, is counted, and shows in `kiln run --trace-syscalls`.\n\n",
+    );
+    out += &format!(
+        "{} of {} numbers have a handler.\n\n| nr | syscall | status |\n|---:|---|---|\n",
+        have.len(),
+        highest + 1
+    );
+    for nr in 0..=highest {
+        let name = syscall_name(nr);
+        if name.starts_with("syscall_") {
+            continue;
+        }
+        out += &format!("| {nr} | `{name}` | {} |\n", status(nr, have.contains(&nr)));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syscall_docs_match_the_library_os() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/syscalls.md");
+        let expected = render();
+        if std::env::var_os("KILN_BLESS").is_some() {
+            std::fs::write(&path, &expected).expect("write docs/syscalls.md");
+            return;
+        }
+        let actual = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            actual == expected,
+            "docs/syscalls.md is out of date with the library OS; run `KILN_BLESS=1 cargo test -p kiln syscall_docs`"
+        );
+    }
+
+    #[test]
+    fn the_table_is_read_from_the_binary() {
+        let have = implemented();
+        for nr in [0, 1, 9, 60, 231, 318] {
+            assert!(have.contains(&nr), "{} has a handler", syscall_name(nr));
+        }
+        assert!(!have.contains(&56) && !have.contains(&435), "clone and clone3 have none yet");
+    }
+
+    #[test]
+    fn notes_agree_with_the_table() {
+        let have = implemented();
+        for (nr, note) in NOTES {
+            let implemented = have.contains(nr);
+            assert_eq!(implemented, note.starts_with("partial"), "note for {}: {note}", syscall_name(*nr));
+        }
+    }
+}
