@@ -240,6 +240,34 @@ fn rewritten_programs_are_cached_and_damaged_entries_ignored() {
     run().assert_code(3).assert_stdout(&expected).assert_stderr_contains("hit=true");
 }
 
+#[test]
+fn c_pthreads_run_on_the_library_os_scheduler() {
+    if !kvm::available() {
+        return;
+    }
+    kiln().arg("run").arg(guests::c("threads")).run().assert_code(0).assert_stdout("threads: counter=16000 sum=240\n");
+}
+
+#[test]
+fn rust_std_threads_run_on_the_library_os_scheduler() {
+    if !kvm::available() {
+        return;
+    }
+    // 64 threads with 2 MiB stacks each need more than the default 64 MiB.
+    let run = kiln().args(["run", "--memory", "512M"]).arg(guests::rust("threads")).run();
+    run.assert_code(0).assert_stdout("threads: counter=6400 messages=2016 returned=4032 scoped=60 panicked=true\n");
+}
+
+#[test]
+fn deadlock_is_reported_instead_of_hanging() {
+    if !kvm::available() {
+        return;
+    }
+    let run = kiln().arg("run").arg(guests::c("deadlock")).run();
+    run.assert_code(124).assert_stdout("deadlock: taking the second lock\n");
+    run.assert_stderr_contains("kiln: program deadlocked: all 2 threads wait");
+}
+
 // ---- programs that crash -----------------------------------------------------------------------------------------
 
 #[test]

@@ -8,11 +8,22 @@
 
 use core::arch::global_asm;
 
-/// The saved syscall registers, as `kiln_syscall_entry` pushes them.
+/// The program's registers at a syscall, as `kiln_syscall_entry` pushes them. A new thread starts from a copy.
 #[repr(C)]
+#[derive(Clone, Copy)]
 pub struct SyscallFrame {
     pub nr: u64,
     pub args: [u64; 6],
+    pub r11: u64,
+    pub rcx: u64,
+    pub rbx: u64,
+    pub rbp: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+    /// The program's %rsp: it points at the return address `call *%rax` pushed.
+    pub user_rsp: u64,
 }
 
 global_asm!(
@@ -27,8 +38,15 @@ global_asm!(
     "    mov gs:[0], rsp",
     "    mov rsp, gs:[8]",
     "    push qword ptr gs:[0]",
-    // %rcx and %r11 are saved only to keep the stack 16-byte aligned at the call. RFLAGS is deliberately not saved:
-    // a `popfq` at CPL 3 loses RFLAGS.IOPL on kvm_pvm, which would turn the next hypercall into a #GP.
+    // The callee-saved registers are saved too (Rust would preserve them anyway) so that `clone` can give the new
+    // thread the caller's registers. RFLAGS is deliberately not saved: a `popfq` at CPL 3 loses RFLAGS.IOPL on
+    // kvm_pvm.
+    "    push r15",
+    "    push r14",
+    "    push r13",
+    "    push r12",
+    "    push rbp",
+    "    push rbx",
     "    push rcx",
     "    push r11",
     "    push r9",
@@ -41,6 +59,7 @@ global_asm!(
     "    cld",
     "    mov rdi, rsp",
     "    call {dispatch}",
+    "kiln_syscall_return:",
     "    add rsp, 8",
     "    pop rdi",
     "    pop rsi",
@@ -50,11 +69,29 @@ global_asm!(
     "    pop r9",
     "    pop r11",
     "    pop rcx",
+    "    pop rbx",
+    "    pop rbp",
+    "    pop r12",
+    "    pop r13",
+    "    pop r14",
+    "    pop r15",
     "    pop rsp",
     "    ret",
+    "",
+    // A new thread's first run: its kernel stack holds a `SyscallFrame` whose user %rsp points at the return address
+    // (one word below the stack `clone` was given); it returns 0 from `clone`.
+    ".globl kiln_thread_start",
+    "kiln_thread_start:",
+    "    xor eax, eax",
+    "    jmp kiln_syscall_return",
     main = sym crate::kiln_main,
     dispatch = sym crate::syscalls::dispatch,
 );
+
+extern "C" {
+    /// See the assembly above; only ever "returned to" by a context switch.
+    pub fn kiln_thread_start();
+}
 
 /// Starts the program with Linux's initial register state: all zero but %rsp.
 ///

@@ -17,6 +17,7 @@ impl Errno {
     pub const EPIPE: Errno = Errno(32);
     pub const ENOSYS: Errno = Errno(38);
     pub const ENAMETOOLONG: Errno = Errno(36);
+    pub const ETIMEDOUT: Errno = Errno(110);
 }
 
 pub type SysResult = Result<u64, Errno>;

@@ -28,6 +28,14 @@ pub fn exit(code: u64, signal: u64) -> ! {
     }
 }
 
+/// Every thread waits and nothing can ever wake one: tell the VMM rather than hang. Does not return.
+pub fn deadlock(threads: u64) -> ! {
+    call(Hypercall::Deadlock, &[threads]);
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
 struct MessageBuffer {
     bytes: [u8; MAX_PANIC_MESSAGE as usize],
     len: usize,

@@ -10,6 +10,7 @@ mod errno;
 mod hypercall;
 mod mm;
 mod percpu;
+mod sched;
 mod syscalls;
 mod time;
 mod user;
@@ -25,6 +26,7 @@ extern "C" fn kiln_main(boot: &'static BootInfo) -> ! {
     percpu::init(boot);
     mm::init(boot);
     time::init(boot);
+    sched::init(boot);
     syscalls::init(boot);
     // SAFETY: the VMM built the program's initial stack at `app_stack_pointer` and loaded it at `app_entry`.
     unsafe { entry::enter_program(boot.app_entry, boot.app_stack_pointer) }

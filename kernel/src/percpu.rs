@@ -2,6 +2,7 @@
 //! register the program owns.
 
 use crate::cpu;
+use crate::entry::SyscallFrame;
 use core::cell::UnsafeCell;
 use kiln_abi::layout::direct_map;
 use kiln_abi::BootInfo;
@@ -15,13 +16,16 @@ pub struct PerCpu {
     pub kernel_stack_top: u64,
     /// Direct-map address of this vCPU's hypercall block.
     pub hypercall_block: u64,
+    /// The registers of the syscall being handled (for `clone`).
+    pub frame: u64,
 }
 
 struct Cpus(UnsafeCell<PerCpu>);
 // SAFETY: one vCPU for now; each vCPU will own its own slot when more arrive.
 unsafe impl Sync for Cpus {}
 
-static BOOT_CPU: Cpus = Cpus(UnsafeCell::new(PerCpu { user_rsp: 0, kernel_stack_top: 0, hypercall_block: 0 }));
+static BOOT_CPU: Cpus =
+    Cpus(UnsafeCell::new(PerCpu { user_rsp: 0, kernel_stack_top: 0, hypercall_block: 0, frame: 0 }));
 
 pub fn init(boot: &BootInfo) {
     // SAFETY: runs once, before anything else reads the per-CPU data.
@@ -34,4 +38,24 @@ pub fn init(boot: &BootInfo) {
 pub fn current() -> &'static PerCpu {
     // SAFETY: initialised by `init` before the program runs; only read afterwards.
     unsafe { &*BOOT_CPU.0.get() }
+}
+
+fn current_mut() -> &'static mut PerCpu {
+    // SAFETY: one vCPU; the fields are plain words and no reference to them is kept across calls.
+    unsafe { &mut *BOOT_CPU.0.get() }
+}
+
+/// The stack the next syscall entry switches to: the running thread's.
+pub fn set_kernel_stack_top(top: u64) {
+    current_mut().kernel_stack_top = top;
+}
+
+pub fn set_syscall_frame(frame: &SyscallFrame) {
+    current_mut().frame = frame as *const SyscallFrame as u64;
+}
+
+/// The registers of the syscall being handled on this vCPU.
+pub fn syscall_frame() -> &'static SyscallFrame {
+    // SAFETY: set by `dispatch` from the frame on the running thread's kernel stack, which outlives the syscall.
+    unsafe { &*(current().frame as *const SyscallFrame) }
 }

@@ -29,14 +29,11 @@ pub fn cputime_ns() -> u64 {
     since_boot_ns()
 }
 
-/// Sleeps until `since_boot_ns()` reaches `deadline`: nothing else can run on this vCPU yet, so the vCPU waits in the
-/// VMM (one exit per second of sleep at most) instead of spinning.
-pub fn sleep_until(deadline: u64) {
-    loop {
-        let now = since_boot_ns();
-        if now >= deadline {
-            return;
-        }
+/// Waits in the VMM until `since_boot_ns()` reaches `deadline` (the scheduler's idle: nothing can run before then),
+/// at most `MAX_WAIT_NS` per exit.
+pub fn wait_until(deadline: u64) {
+    let now = since_boot_ns();
+    if now < deadline {
         let wait = (deadline - now).min(kiln_abi::hypercall::MAX_WAIT_NS);
         crate::hypercall::call(kiln_abi::Hypercall::Wait, &[wait]);
     }

@@ -47,10 +47,12 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("bigbss", "bigbss.c", Link::Static),
     ("overflow", "overflow.c", Link::Static),
     ("bignr", "bignr.c", Link::Static),
+    ("threads", "threads.c", Link::Static),
+    ("deadlock", "deadlock.c", Link::Static),
 ];
 
 /// The binaries of tests/guests/rust (each `src/bin/NAME.rs`).
-const RUST_GUESTS: &[&str] = &["hello", "alloc", "bigout"];
+const RUST_GUESTS: &[&str] = &["hello", "alloc", "bigout", "threads"];
 
 const ET_EXEC: u16 = 2;
 const ET_DYN: u16 = 3;

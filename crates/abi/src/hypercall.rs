@@ -35,6 +35,9 @@ pub enum Hypercall {
     /// args: nanoseconds to wait (at most [`MAX_WAIT_NS`]). The vCPU has nothing to run until then: the VMM sleeps it
     /// without burning host CPU. ret: 0.
     Wait = 5,
+    /// args: how many threads there are. Every one of them waits (on a futex, without a deadline) and nothing can
+    /// wake any: the program is deadlocked. Does not return.
+    Deadlock = 6,
 }
 
 impl Hypercall {
@@ -45,6 +48,7 @@ impl Hypercall {
             3 => Self::Trace,
             4 => Self::Panic,
             5 => Self::Wait,
+            6 => Self::Deadlock,
             _ => return None,
         })
     }

@@ -15,6 +15,8 @@ pub(crate) static KERNEL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kiln
 /// Exit code for Kiln's own failures (as `docker run` uses 125), distinct from the program's codes.
 pub const KILN_ERROR: u8 = 125;
 const SIGPIPE: u32 = 13;
+/// Exit code for a program that deadlocked (as `timeout` reports a command it had to stop).
+const DEADLOCK_EXIT: u8 = 124;
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -119,6 +121,12 @@ pub fn run(args: RunArgs) -> Result<u8> {
                 eprintln!("kiln: program killed by {}", kiln_vmm::signal::signal_name(signal));
             }
             Ok((128 + signal.min(127)) as u8)
+        }
+        Outcome::Deadlocked(threads) => {
+            let who =
+                if threads == 1 { "its only thread waits".to_string() } else { format!("all {threads} threads wait") };
+            eprintln!("kiln: program deadlocked: {who} on a futex with no deadline, and nothing can wake them");
+            Ok(DEADLOCK_EXIT)
         }
         Outcome::Crashed(crash) => {
             eprintln!("kiln: program crashed: {crash}");

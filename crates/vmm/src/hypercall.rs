@@ -13,6 +13,8 @@ pub enum Action {
     Exit(i32),
     /// The program was ended by this signal's default action.
     Killed(u32),
+    /// Every one of this many threads waits and nothing can wake any.
+    Deadlocked(u64),
     Stop(String),
 }
 
@@ -66,6 +68,7 @@ pub fn handle(ram: &GuestRam, block: u64, nr: u32, console: &mut dyn Console) ->
                 message.unwrap_or_else(|_| "(message outside guest memory)".into())
             ));
         }
+        Some(Hypercall::Deadlock) => return Action::Deadlocked(args[0]),
         Some(Hypercall::Wait) => {
             std::thread::sleep(std::time::Duration::from_nanos(args[0].min(MAX_WAIT_NS)));
             0

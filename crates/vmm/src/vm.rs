@@ -74,6 +74,8 @@ pub enum Outcome {
     Exited(i32),
     /// The program was ended by a signal it sent itself (e.g. SIGABRT from `abort()`).
     Killed(u32),
+    /// Every thread of the program waits and nothing can wake any (natively it would hang forever).
+    Deadlocked(u64),
     /// The vCPU died on a fault or an unrewritten syscall.
     Crashed(CrashReport),
     /// The VMM stopped a guest that broke the hypercall contract, or the library OS reported a bug.
@@ -250,6 +252,7 @@ impl Vm {
                         Action::Resume => continue,
                         Action::Exit(code) => Outcome::Exited(code),
                         Action::Killed(signal) => Outcome::Killed(signal),
+                        Action::Deadlocked(threads) => Outcome::Deadlocked(threads),
                         Action::Stop(why) => Outcome::Stopped(why),
                     }
                 }

@@ -38,11 +38,22 @@ pub fn unmap(addr: u64, len: u64) -> Result<(), Errno> {
     }
     let size = page_align_up(len);
     // Linux lets a program unmap what it never mapped; only memory we handed out goes back to the allocator.
-    if let Some(phys) = anonymous_range(addr, size) {
-        zero(phys, size);
-        memory().frames.free_zeroed(phys, size);
+    let Some(phys) = anonymous_range(addr, size) else { return Ok(()) };
+    // A thread that unmaps the stack it runs on (musl's detached threads do, right before `exit`) still needs the
+    // return address our `call` left there: free that memory when the thread is gone.
+    let user_rsp = crate::percpu::syscall_frame().user_rsp;
+    if (addr..addr + size).contains(&user_rsp) {
+        crate::sched::free_at_exit(phys, size);
+    } else {
+        release(phys, size);
     }
     Ok(())
+}
+
+/// Hands `[phys, phys+size)` back, zeroed.
+pub fn release(phys: u64, size: u64) {
+    zero(phys, size);
+    memory().frames.free_zeroed(phys, size);
 }
 
 /// `madvise(MADV_DONTNEED)`: the range reads as zero afterwards.

@@ -6,6 +6,7 @@ mod mm;
 mod process;
 mod random;
 mod signal;
+mod thread;
 mod time;
 
 use crate::entry::SyscallFrame;
@@ -35,12 +36,13 @@ const fn table() -> [Option<Handler>; SYSCALL_SLOTS] {
     t[16] = Some(fs::ioctl);
     t[19] = Some(fs::readv);
     t[20] = Some(fs::writev);
-    t[24] = Some(process::sched_yield);
+    t[24] = Some(thread::sched_yield);
     t[25] = Some(mm::mremap);
     t[35] = Some(time::nanosleep);
     t[28] = Some(mm::madvise);
     t[39] = Some(process::getpid);
-    t[SYS_EXIT as usize] = Some(process::exit);
+    t[56] = Some(thread::clone);
+    t[SYS_EXIT as usize] = Some(thread::exit);
     t[62] = Some(signal::kill);
     t[63] = Some(process::uname);
     t[72] = Some(fs::fcntl);
@@ -56,11 +58,12 @@ const fn table() -> [Option<Handler>; SYSCALL_SLOTS] {
     t[120] = Some(process::getresuid);
     t[131] = Some(signal::sigaltstack);
     t[158] = Some(process::arch_prctl);
-    t[186] = Some(process::getpid);
+    t[186] = Some(thread::gettid);
     t[200] = Some(signal::tkill);
     t[201] = Some(time::time);
     t[204] = Some(process::sched_getaffinity);
-    t[218] = Some(process::set_tid_address);
+    t[202] = Some(thread::futex);
+    t[218] = Some(thread::set_tid_address);
     t[228] = Some(time::clock_gettime);
     t[229] = Some(time::clock_getres);
     t[230] = Some(time::clock_nanosleep);
@@ -96,6 +99,7 @@ pub fn init(boot: &BootInfo) {
 /// Called by `kiln_syscall_entry` with the program's registers; the return value goes to the program's %rax.
 pub extern "C" fn dispatch(frame: &mut SyscallFrame) -> i64 {
     let nr = frame.nr;
+    crate::percpu::set_syscall_frame(frame);
     let handler = if nr < SYSCALL_SLOTS as u64 { KILN_SYSCALL_TABLE[nr as usize] } else { None };
     {
         // SAFETY: see `Stats`.

@@ -1,4 +1,5 @@
-//! The process and its identity: one process, one thread (pid = tid = 1), root, on a Linux-compatible "kernel".
+//! The process and its identity: one process (pid 1, also the main thread's id), root, on a Linux-compatible
+//! "kernel".
 
 use super::Args;
 use crate::errno::{Errno, SysResult};
@@ -17,7 +18,6 @@ const RLIM_INFINITY: u64 = u64::MAX;
 
 static VCPUS: AtomicU64 = AtomicU64::new(1);
 static STACK_SIZE: AtomicU64 = AtomicU64::new(0);
-static CLEAR_CHILD_TID: AtomicU64 = AtomicU64::new(0);
 
 pub fn init(boot: &BootInfo) {
     VCPUS.store(u64::from(boot.vcpu_count.max(1)), Ordering::Relaxed);
@@ -45,15 +45,6 @@ pub fn getresuid(a: &Args) -> SysResult {
         user::write::<u32>(*addr, 0)?;
     }
     Ok(0)
-}
-
-pub fn sched_yield(_: &Args) -> SysResult {
-    Ok(0)
-}
-
-pub fn set_tid_address(a: &Args) -> SysResult {
-    CLEAR_CHILD_TID.store(a[0], Ordering::Relaxed);
-    Ok(PID)
 }
 
 pub fn set_robust_list(a: &Args) -> SysResult {

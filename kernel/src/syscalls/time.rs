@@ -81,7 +81,7 @@ fn read_duration(addr: u64) -> Result<u64, Errno> {
 
 pub fn nanosleep(a: &Args) -> SysResult {
     let duration = read_duration(a[0])?;
-    time::sleep_until(time::since_boot_ns().saturating_add(duration));
+    sleep(duration);
     if a[1] != 0 {
         user::write(a[1], Timespec { sec: 0, nsec: 0 })?;
     }
@@ -97,9 +97,14 @@ pub fn clock_nanosleep(a: &Args) -> SysResult {
     };
     let value = read_duration(request)?;
     let duration = if flags & TIMER_ABSTIME != 0 { value.saturating_sub(now) } else { value };
-    time::sleep_until(time::since_boot_ns().saturating_add(duration));
+    sleep(duration);
     if remain != 0 && flags & TIMER_ABSTIME == 0 {
         user::write(remain, Timespec { sec: 0, nsec: 0 })?;
     }
     Ok(0)
+}
+
+/// Other threads run meanwhile; with none, the vCPU waits in the VMM.
+fn sleep(duration: u64) {
+    crate::sched::block(crate::sched::Wait::Sleep, time::since_boot_ns().saturating_add(duration));
 }
