@@ -245,7 +245,10 @@ fn c_pthreads_run_on_the_library_os_scheduler() {
     if !kvm::available() {
         return;
     }
-    kiln().arg("run").arg(guests::c("threads")).run().assert_code(0).assert_stdout("threads: counter=16000 sum=240\n");
+    for cpus in ["1", "2"] {
+        let run = kiln().args(["run", "--cpus", cpus]).arg(guests::c("threads")).run();
+        run.assert_code(0).assert_stdout("threads: counter=16000 sum=240\n");
+    }
 }
 
 #[test]
@@ -254,8 +257,10 @@ fn rust_std_threads_run_on_the_library_os_scheduler() {
         return;
     }
     // 64 threads with 2 MiB stacks each need more than the default 64 MiB.
-    let run = kiln().args(["run", "--memory", "512M"]).arg(guests::rust("threads")).run();
-    run.assert_code(0).assert_stdout("threads: counter=6400 messages=2016 returned=4032 scoped=60 panicked=true\n");
+    for cpus in ["1", "2"] {
+        let run = kiln().args(["run", "--memory", "512M", "--cpus", cpus]).arg(guests::rust("threads")).run();
+        run.assert_code(0).assert_stdout("threads: counter=6400 messages=2016 returned=4032 scoped=60 panicked=true\n");
+    }
 }
 
 #[test]
@@ -263,9 +268,11 @@ fn deadlock_is_reported_instead_of_hanging() {
     if !kvm::available() {
         return;
     }
-    let run = kiln().arg("run").arg(guests::c("deadlock")).run();
-    run.assert_code(124).assert_stdout("deadlock: taking the second lock\n");
-    run.assert_stderr_contains("kiln: program deadlocked: all 2 threads wait");
+    for cpus in ["1", "2"] {
+        let run = kiln().args(["run", "--cpus", cpus]).arg(guests::c("deadlock")).run();
+        run.assert_code(124).assert_stdout("deadlock: taking the second lock\n");
+        run.assert_stderr_contains("kiln: program deadlocked: all 2 threads wait");
+    }
 }
 
 // ---- programs that crash -----------------------------------------------------------------------------------------
@@ -414,6 +421,15 @@ fn program_larger_than_memory_is_refused_before_boot() {
     let run = kiln().args(["run", "--memory", "16M"]).arg(&bigbss).run();
     let line = run.assert_kiln_error();
     assert!(line.contains("does not fit in 16 MiB") && line.contains("--memory"), "{run}");
+}
+
+#[test]
+fn cpus_out_of_range_are_rejected() {
+    for cpus in ["0", "65", "two"] {
+        let run = kiln().args(["run", "--cpus", cpus]).arg(guests::c("hello")).run();
+        assert_eq!(run.code, Some(2), "clap rejects --cpus {cpus}\n{run}");
+        run.assert_stderr_contains("--cpus");
+    }
 }
 
 #[test]

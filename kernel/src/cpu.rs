@@ -22,6 +22,13 @@ pub fn read_fs_base() -> u64 {
     base
 }
 
+pub fn read_gs_base() -> u64 {
+    let base: u64;
+    // SAFETY: reads a register.
+    unsafe { asm!("rdgsbase {}", out(reg) base, options(nomem, nostack, preserves_flags)) };
+    base
+}
+
 pub fn write_gs_base(base: u64) {
     // SAFETY: GS belongs to the library OS (per-vCPU data); the program is not given it (arch_prctl refuses SET_GS).
     unsafe { asm!("wrgsbase {}", in(reg) base, options(nostack, preserves_flags)) };

@@ -32,6 +32,12 @@ global_asm!(
     "    call {main}",
     "    ud2",
     "",
+    // A secondary vCPU: %rdi = boot info, %rsi = its index, %rsp on its own boot stack.
+    ".globl kiln_secondary_start",
+    "kiln_secondary_start:",
+    "    call {secondary}",
+    "    ud2",
+    "",
     ".globl kiln_syscall_entry",
     "kiln_syscall_entry:",
     // Switch to the library OS stack; the program's stack may be a few KiB of goroutine stack.
@@ -85,13 +91,9 @@ global_asm!(
     "    xor eax, eax",
     "    jmp kiln_syscall_return",
     main = sym crate::kiln_main,
+    secondary = sym crate::kiln_secondary_main,
     dispatch = sym crate::syscalls::dispatch,
 );
-
-extern "C" {
-    /// See the assembly above; only ever "returned to" by a context switch.
-    pub fn kiln_thread_start();
-}
 
 /// Starts the program with Linux's initial register state: all zero but %rsp.
 ///

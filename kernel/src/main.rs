@@ -11,11 +11,16 @@ mod hypercall;
 mod mm;
 mod percpu;
 mod sched;
+mod sync;
 mod syscalls;
 mod time;
 mod user;
 
+use core::sync::atomic::{AtomicBool, Ordering};
 use kiln_abi::BootInfo;
+
+/// Set by the boot vCPU once the library OS is ready for the others.
+static BOOTED: AtomicBool = AtomicBool::new(false);
 
 /// Called from `_start` on the first library OS stack.
 #[no_mangle]
@@ -23,13 +28,25 @@ extern "C" fn kiln_main(boot: &'static BootInfo) -> ! {
     if !boot.is_valid() {
         hypercall::panic_message("boot info has the wrong magic or version");
     }
-    percpu::init(boot);
+    percpu::init(boot, 0);
     mm::init(boot);
     time::init(boot);
     sched::init(boot);
     syscalls::init(boot);
+    BOOTED.store(true, Ordering::Release);
     // SAFETY: the VMM built the program's initial stack at `app_stack_pointer` and loaded it at `app_entry`.
     unsafe { entry::enter_program(boot.app_entry, boot.app_stack_pointer) }
+}
+
+/// Called from `kiln_secondary_start` on vCPU `cpu`'s boot stack.
+#[no_mangle]
+extern "C" fn kiln_secondary_main(boot: &'static BootInfo, cpu: usize) -> ! {
+    percpu::init(boot, cpu);
+    // The boot vCPU sets up memory and the scheduler first; that takes microseconds.
+    while !BOOTED.load(Ordering::Acquire) {
+        core::hint::spin_loop();
+    }
+    sched::run_secondary()
 }
 
 #[panic_handler]

@@ -4,50 +4,73 @@
 use crate::cpu;
 use crate::entry::SyscallFrame;
 use core::cell::UnsafeCell;
-use kiln_abi::layout::direct_map;
+use kiln_abi::layout::{direct_map, PAGE_SIZE};
 use kiln_abi::BootInfo;
+
+pub const MAX_CPUS: usize = 64;
 
 /// The layout is shared with the assembly in `entry.rs`: keep the offsets in step.
 #[repr(C)]
 pub struct PerCpu {
     /// The program's %rsp at syscall entry (offset 0).
     pub user_rsp: u64,
-    /// Top of the library OS stack the entry switches to (offset 8).
+    /// Top of the library OS stack the entry switches to: the running thread's (offset 8).
     pub kernel_stack_top: u64,
     /// Direct-map address of this vCPU's hypercall block.
     pub hypercall_block: u64,
     /// The registers of the syscall being handled (for `clone`).
     pub frame: u64,
+    /// This vCPU's index, 0 for the boot vCPU.
+    pub id: usize,
+    /// Slot in the thread table of the thread this vCPU runs.
+    pub thread: usize,
 }
 
-struct Cpus(UnsafeCell<PerCpu>);
-// SAFETY: one vCPU for now; each vCPU will own its own slot when more arrive.
-unsafe impl Sync for Cpus {}
+struct Slot(UnsafeCell<PerCpu>);
+// SAFETY: each vCPU uses only its own slot (found through its own GS base).
+unsafe impl Sync for Slot {}
 
-static BOOT_CPU: Cpus =
-    Cpus(UnsafeCell::new(PerCpu { user_rsp: 0, kernel_stack_top: 0, hypercall_block: 0, frame: 0 }));
+static CPUS: [Slot; MAX_CPUS] = [const {
+    Slot(UnsafeCell::new(PerCpu { user_rsp: 0, kernel_stack_top: 0, hypercall_block: 0, frame: 0, id: 0, thread: 0 }))
+}; MAX_CPUS];
 
-pub fn init(boot: &BootInfo) {
-    // SAFETY: runs once, before anything else reads the per-CPU data.
-    let cpu = unsafe { &mut *BOOT_CPU.0.get() };
-    cpu.kernel_stack_top = direct_map(boot.kernel_stack_phys + boot.kernel_stack_size);
-    cpu.hypercall_block = direct_map(boot.hypercall_block_phys);
-    cpu::write_gs_base(BOOT_CPU.0.get() as u64);
+/// Sets up vCPU `id`'s slot and points its GS base at it. Each vCPU runs this once, first.
+pub fn init(boot: &BootInfo, id: usize) {
+    let slot = CPUS[id].0.get();
+    // SAFETY: only vCPU `id` touches its slot, and it does nothing else yet.
+    let cpu = unsafe { &mut *slot };
+    cpu.id = id;
+    let stack = boot.kernel_stack_phys + id as u64 * boot.kernel_stack_size;
+    cpu.kernel_stack_top = direct_map(stack + boot.kernel_stack_size);
+    cpu.hypercall_block = direct_map(boot.hypercall_block_phys + id as u64 * PAGE_SIZE);
+    cpu::write_gs_base(slot as u64);
+}
+
+fn this() -> *mut PerCpu {
+    cpu::read_gs_base() as *mut PerCpu
 }
 
 pub fn current() -> &'static PerCpu {
-    // SAFETY: initialised by `init` before the program runs; only read afterwards.
-    unsafe { &*BOOT_CPU.0.get() }
+    // SAFETY: the GS base points at this vCPU's own slot, set by `init` before anything runs.
+    unsafe { &*this() }
 }
 
 fn current_mut() -> &'static mut PerCpu {
-    // SAFETY: one vCPU; the fields are plain words and no reference to them is kept across calls.
-    unsafe { &mut *BOOT_CPU.0.get() }
+    // SAFETY: as above; the fields are plain words and no reference to them is kept across calls.
+    unsafe { &mut *this() }
+}
+
+pub fn id() -> usize {
+    current().id
 }
 
 /// The stack the next syscall entry switches to: the running thread's.
 pub fn set_kernel_stack_top(top: u64) {
     current_mut().kernel_stack_top = top;
+}
+
+pub fn set_thread(slot: usize) {
+    current_mut().thread = slot;
 }
 
 pub fn set_syscall_frame(frame: &SyscallFrame) {

@@ -20,9 +20,9 @@ pub struct BootInfo {
     pub free_phys_start: u64,
     /// Guest-physical address of the PML4 (also the value of CR3).
     pub pml4_phys: u64,
-    /// Guest-physical address of the boot vCPU's [`crate::HypercallBlock`] (below 4 GiB).
+    /// Guest-physical address of vCPU 0's [`crate::HypercallBlock`]; vCPU `i`'s is `i` pages further.
     pub hypercall_block_phys: u64,
-    /// Guest-physical address and size of the library OS's first thread stack.
+    /// Guest-physical address and size of vCPU 0's library OS stack; vCPU `i`'s is `i` sizes further.
     pub kernel_stack_phys: u64,
     pub kernel_stack_size: u64,
     /// Where the application starts: its entry point and its initial stack pointer (argc, argv, envp, auxv).

@@ -38,6 +38,8 @@ pub enum Hypercall {
     /// args: how many threads there are. Every one of them waits (on a futex, without a deadline) and nothing can
     /// wake any: the program is deadlocked. Does not return.
     Deadlock = 6,
+    /// args: a vCPU index. That vCPU has work: end its `Wait` now, or skip its next one. ret: 0.
+    Kick = 7,
 }
 
 impl Hypercall {
@@ -49,6 +51,7 @@ impl Hypercall {
             4 => Self::Panic,
             5 => Self::Wait,
             6 => Self::Deadlock,
+            7 => Self::Kick,
             _ => return None,
         })
     }

@@ -85,10 +85,11 @@ fn boot_layout_maps_what_the_library_os_and_program_need() {
     let last = t(direct_map((64 << 20) - 1)).unwrap();
     assert!(last.writable && last.phys == (64 << 20) - 1);
     assert!(t(direct_map(64 << 20)).is_none());
-    assert!(state.entry > DIRECT_MAP_BASE && state.stack_pointer > DIRECT_MAP_BASE);
+    let boot_vcpu = state.vcpus[0];
+    assert!(boot_vcpu.rip > DIRECT_MAP_BASE && boot_vcpu.rsp > DIRECT_MAP_BASE);
 
     // The boot info, and the program's stack: argc, argv, envp as given.
-    let info_phys = state.boot_info_vaddr - DIRECT_MAP_BASE;
+    let info_phys = boot_vcpu.rdi - DIRECT_MAP_BASE;
     let info: [u8; std::mem::size_of::<BootInfo>()] =
         ram.read_vec(info_phys, std::mem::size_of::<BootInfo>() as u64).unwrap().try_into().unwrap();
     // SAFETY: BootInfo is plain old data; every bit pattern is a valid value.

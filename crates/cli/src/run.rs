@@ -8,6 +8,7 @@ use kiln_vmm::syscall_names::syscall_name;
 use kiln_vmm::{Console, Outcome, RunStats, Vm, VmConfig, VmError};
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// The library OS, built by build.rs from kernel/.
 pub(crate) static KERNEL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kiln-kernel.elf"));
@@ -23,6 +24,9 @@ pub struct RunArgs {
     /// Guest memory (K, M or G suffix)
     #[arg(long, short = 'm', default_value = "64M", value_parser = parse_size)]
     memory: u64,
+    /// vCPUs: the program's threads run on this many host threads in parallel
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=i64::from(kiln_vmm::vm::MAX_VCPUS)))]
+    cpus: u32,
     /// Set an environment variable in the program (repeatable); the program sees only these
     #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = parse_env)]
     env: Vec<String>,
@@ -49,7 +53,7 @@ fn parse_env(s: &str) -> Result<String, String> {
 struct Terminal;
 
 impl Console for Terminal {
-    fn write(&mut self, fd: u64, bytes: &[u8]) -> std::io::Result<()> {
+    fn write(&self, fd: u64, bytes: &[u8]) -> std::io::Result<()> {
         if fd == 1 {
             let mut out = std::io::stdout().lock();
             out.write_all(bytes)?;
@@ -59,7 +63,7 @@ impl Console for Terminal {
         }
     }
 
-    fn trace(&mut self, line: &str) {
+    fn trace(&self, line: &str) {
         eprintln!("[kiln] {line}");
     }
 }
@@ -77,6 +81,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
     argv.extend(args.args.iter().cloned());
     let config = VmConfig {
         memory: args.memory,
+        cpus: args.cpus,
         argv,
         env: args.env.clone(),
         exe_path: format!("/{name}"),
@@ -84,7 +89,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
         rewrite_cache: rewrite_cache_dir(),
     };
 
-    let mut vm = Vm::new(KERNEL, &program, &config).map_err(|e| explain(e, &shown, args.memory))?;
+    let vm = Vm::new(KERNEL, &program, &config).map_err(|e| explain(e, &shown, args.memory))?;
     let report = vm.rewrite_report();
     tracing::debug!(
         sites = report.rewritten.len(),
@@ -102,7 +107,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
         );
     }
 
-    let (outcome, stats) = vm.run(&mut Terminal).context("running the VM failed")?;
+    let (outcome, stats) = vm.run(Arc::new(Terminal)).context("running the VM failed")?;
     for &(nr, _, enosys) in stats.syscalls.iter().filter(|s| s.2 > 0) {
         tracing::info!("unsupported syscall {} ({nr}) returned -ENOSYS {enosys} times", syscall_name(nr));
     }

@@ -48,16 +48,25 @@ pub struct BootParams {
     pub boot_realtime_ns: u64,
 }
 
-/// Where the vCPU starts and what the VMM needs to know afterwards.
+/// Where one vCPU starts: %rip, %rsp, and the two arguments in %rdi and %rsi.
+#[derive(Clone, Copy, Debug)]
+pub struct VcpuStart {
+    pub rip: u64,
+    pub rsp: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    /// Guest-physical address of this vCPU's hypercall block.
+    pub hypercall_block_phys: u64,
+}
+
+/// Where the vCPUs start and what the VMM needs to know afterwards.
 #[derive(Debug)]
 pub struct BootState {
     pub pml4: u64,
     pub gdt_phys: u64,
     pub tss_phys: u64,
-    pub entry: u64,
-    pub stack_pointer: u64,
-    pub boot_info_vaddr: u64,
-    pub hypercall_block_phys: u64,
+    /// One per vCPU; vCPU 0 starts the program, the others join its scheduler.
+    pub vcpus: Vec<VcpuStart>,
     pub stats_phys: u64,
     /// Lowest address of the program's main stack.
     pub stack_bottom: u64,
@@ -118,8 +127,12 @@ pub fn build(
     if kernel.syscall_entry == kernel.entry || kernel.syscall_entry < DIRECT_MAP_BASE {
         return Err(BootError::Kernel("no kiln_syscall_entry symbol"));
     }
-    let kernel_stack = alloc.alloc(KERNEL_STACK_SIZE)?;
-    let hypercall_block = alloc.alloc(PAGE_SIZE)?;
+    if kernel.secondary_entry < DIRECT_MAP_BASE {
+        return Err(BootError::Kernel("no kiln_secondary_start symbol"));
+    }
+    let vcpus = u64::from(params.vcpus.max(1));
+    let kernel_stack = alloc.alloc(vcpus * KERNEL_STACK_SIZE)?;
+    let hypercall_block = alloc.alloc(vcpus * PAGE_SIZE)?;
 
     let trampoline = alloc.alloc(PAGE_SIZE)?;
     ram.write(trampoline, &trampoline_page(kernel.syscall_entry))?;
@@ -184,10 +197,15 @@ pub fn build(
         pml4,
         gdt_phys,
         tss_phys,
-        entry: kernel.entry,
-        stack_pointer: direct_map(kernel_stack + KERNEL_STACK_SIZE),
-        boot_info_vaddr: direct_map(boot_info_phys),
-        hypercall_block_phys: hypercall_block,
+        vcpus: (0..vcpus)
+            .map(|i| VcpuStart {
+                rip: if i == 0 { kernel.entry } else { kernel.secondary_entry },
+                rsp: direct_map(kernel_stack + (i + 1) * KERNEL_STACK_SIZE),
+                rdi: direct_map(boot_info_phys),
+                rsi: i,
+                hypercall_block_phys: hypercall_block + i * PAGE_SIZE,
+            })
+            .collect(),
         stats_phys: kernel.stats_phys,
         stack_bottom,
         program: loaded,

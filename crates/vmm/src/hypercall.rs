@@ -2,6 +2,7 @@
 //! against guest RAM and against the limits in kiln-abi before the host acts on it.
 
 use crate::memory::GuestRam;
+use crate::park::Parker;
 use crate::syscall_names::syscall_name;
 use crate::vm::Console;
 use kiln_abi::hypercall::{Hypercall, MAX_IO_SEGMENTS, MAX_PANIC_MESSAGE, MAX_WAIT_NS, MAX_WRITE_BYTES, SYSCALL_SLOTS};
@@ -29,7 +30,8 @@ fn read_u64s(ram: &GuestRam, addr: u64, n: usize) -> Option<Vec<u64>> {
     Some(bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default())).collect())
 }
 
-pub fn handle(ram: &GuestRam, block: u64, nr: u32, console: &mut dyn Console) -> Action {
+/// Handles hypercall `nr` of vCPU `cpu` (of `parkers.len()`), whose block is at `block`.
+pub fn handle(ram: &GuestRam, block: u64, nr: u32, console: &dyn Console, cpu: usize, parkers: &[Parker]) -> Action {
     let Some(args) = read_u64s(ram, block, 6) else {
         return Action::Stop(format!("the hypercall block at {block:#x} is outside guest memory"));
     };
@@ -70,9 +72,18 @@ pub fn handle(ram: &GuestRam, block: u64, nr: u32, console: &mut dyn Console) ->
         }
         Some(Hypercall::Deadlock) => return Action::Deadlocked(args[0]),
         Some(Hypercall::Wait) => {
-            std::thread::sleep(std::time::Duration::from_nanos(args[0].min(MAX_WAIT_NS)));
+            if let Some(parker) = parkers.get(cpu) {
+                parker.park(std::time::Duration::from_nanos(args[0].min(MAX_WAIT_NS)));
+            }
             0
         }
+        Some(Hypercall::Kick) => match parkers.get(args[0] as usize) {
+            Some(parker) => {
+                parker.unpark();
+                0
+            }
+            None => return Action::Stop(format!("the guest kicked vCPU {}, which does not exist", args[0])),
+        },
         None => return Action::Stop(format!("the guest made an unknown hypercall {nr}")),
     };
     if ram.write(block + 48, &ret.to_le_bytes()).is_err() {
@@ -82,7 +93,7 @@ pub fn handle(ram: &GuestRam, block: u64, nr: u32, console: &mut dyn Console) ->
 }
 
 /// The program's write to fd 1 or 2: at most `MAX_IO_SEGMENTS` segments and `MAX_WRITE_BYTES` bytes, all inside RAM.
-fn write(ram: &GuestRam, fd: u64, segments: u64, count: u64, console: &mut dyn Console) -> i64 {
+fn write(ram: &GuestRam, fd: u64, segments: u64, count: u64, console: &dyn Console) -> i64 {
     if fd != 1 && fd != 2 {
         return -EBADF;
     }
@@ -126,18 +137,19 @@ mod tests {
 
     #[derive(Default)]
     struct Captured {
-        out: Vec<(u64, Vec<u8>)>,
-        traces: Vec<String>,
+        out: std::sync::Mutex<Vec<(u64, Vec<u8>)>>,
     }
 
     impl Console for Captured {
-        fn write(&mut self, fd: u64, bytes: &[u8]) -> std::io::Result<()> {
-            self.out.push((fd, bytes.to_vec()));
+        fn write(&self, fd: u64, bytes: &[u8]) -> std::io::Result<()> {
+            self.out.lock().unwrap().push((fd, bytes.to_vec()));
             Ok(())
         }
-        fn trace(&mut self, line: &str) {
-            self.traces.push(line.to_string());
-        }
+        fn trace(&self, _line: &str) {}
+    }
+
+    fn handle(ram: &GuestRam, block: u64, nr: u32, console: &Captured) -> Action {
+        super::handle(ram, block, nr, console, 0, &[Parker::default(), Parker::default()])
     }
 
     fn put_u64s(ram: &GuestRam, addr: u64, values: &[u64]) {
@@ -157,16 +169,16 @@ mod tests {
         ram.write(0x5000, b"world").unwrap();
         put_u64s(&ram, 0x2000, &[0x3000, 6, 0x5000, 5]);
         put_u64s(&ram, 0x1000, &[1, 0x2000, 2]);
-        let mut c = Captured::default();
-        assert_eq!(handle(&ram, 0x1000, 1, &mut c), Action::Resume);
-        assert_eq!(c.out, vec![(1, b"hello world".to_vec())]);
+        let c = Captured::default();
+        assert_eq!(handle(&ram, 0x1000, 1, &c), Action::Resume);
+        assert_eq!(*c.out.lock().unwrap(), vec![(1, b"hello world".to_vec())]);
         assert_eq!(ret(&ram), 11);
     }
 
     #[test]
     fn hostile_arguments_fail_without_touching_the_host() {
         let ram = GuestRam::new(1 << 20).unwrap();
-        let mut c = Captured::default();
+        let c = Captured::default();
         // A segment beyond RAM, a huge count, a length that overflows, a bad fd.
         for (args, errno) in [
             ([1, 0x2000, 1], EFAULT),
@@ -180,23 +192,23 @@ mod tests {
                 put_u64s(&ram, 0x2000, &[0x3000, 8, 0x3000, u64::MAX]);
             }
             put_u64s(&ram, 0x1000, &args);
-            assert_eq!(handle(&ram, 0x1000, 1, &mut c), Action::Resume);
+            assert_eq!(handle(&ram, 0x1000, 1, &c), Action::Resume);
             assert_eq!(ret(&ram), -errno, "{args:?}");
         }
-        assert!(c.out.is_empty());
-        assert!(matches!(handle(&ram, 0x1000, 99, &mut c), Action::Stop(_)));
-        assert!(matches!(handle(&ram, 1 << 30, 1, &mut c), Action::Stop(_)));
+        assert!(c.out.lock().unwrap().is_empty());
+        assert!(matches!(handle(&ram, 0x1000, 99, &c), Action::Stop(_)));
+        assert!(matches!(handle(&ram, 1 << 30, 1, &c), Action::Stop(_)));
     }
 
     #[test]
     fn exit_by_code_or_signal() {
         let ram = GuestRam::new(1 << 20).unwrap();
         put_u64s(&ram, 0x1000, &[300, 0]);
-        assert_eq!(handle(&ram, 0x1000, 2, &mut Captured::default()), Action::Exit(300 & 0xff));
+        assert_eq!(handle(&ram, 0x1000, 2, &Captured::default()), Action::Exit(300 & 0xff));
         put_u64s(&ram, 0x1000, &[134, 6]);
-        assert_eq!(handle(&ram, 0x1000, 2, &mut Captured::default()), Action::Killed(6));
+        assert_eq!(handle(&ram, 0x1000, 2, &Captured::default()), Action::Killed(6));
         put_u64s(&ram, 0x1000, &[0, 1000]);
-        assert!(matches!(handle(&ram, 0x1000, 2, &mut Captured::default()), Action::Stop(_)));
+        assert!(matches!(handle(&ram, 0x1000, 2, &Captured::default()), Action::Stop(_)));
     }
 
     #[test]
@@ -204,9 +216,18 @@ mod tests {
         let ram = GuestRam::new(1 << 20).unwrap();
         put_u64s(&ram, 0x1000, &[2_000_000]);
         let t = std::time::Instant::now();
-        assert_eq!(handle(&ram, 0x1000, 5, &mut Captured::default()), Action::Resume);
+        assert_eq!(handle(&ram, 0x1000, 5, &Captured::default()), Action::Resume);
         assert!(t.elapsed() >= std::time::Duration::from_millis(2));
         assert_eq!(ret(&ram), 0);
+    }
+
+    #[test]
+    fn kicks_reach_existing_vcpus_only() {
+        let ram = GuestRam::new(1 << 20).unwrap();
+        put_u64s(&ram, 0x1000, &[1]);
+        assert_eq!(handle(&ram, 0x1000, 7, &Captured::default()), Action::Resume);
+        put_u64s(&ram, 0x1000, &[2]);
+        assert!(matches!(handle(&ram, 0x1000, 7, &Captured::default()), Action::Stop(_)));
     }
 
     #[test]

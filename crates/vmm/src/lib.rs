@@ -11,6 +11,7 @@ pub mod fault;
 pub mod hypercall;
 pub mod loader;
 pub mod memory;
+pub mod park;
 pub mod rewrite;
 pub mod rewrite_cache;
 pub mod signal;

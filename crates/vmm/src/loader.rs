@@ -41,6 +41,8 @@ fn memory_image(elf: &ElfImage, file: &[u8]) -> (u64, Vec<u8>) {
 
 pub struct LoadedKernel {
     pub entry: u64,
+    /// Where secondary vCPUs start (`kiln_secondary_start`).
+    pub secondary_entry: u64,
     pub syscall_entry: u64,
     /// Guest-physical address of the syscall counters (`KILN_SYSCALL_STATS`), 0 if the image has none.
     pub stats_phys: u64,
@@ -66,8 +68,10 @@ pub fn load_kernel(
     let syscall_entry = elf.symbol("kiln_syscall_entry").unwrap_or(0);
     let stats_phys =
         elf.symbol("KILN_SYSCALL_STATS").and_then(|s| s.checked_sub(span_start)).map_or(0, |off| phys + off);
+    let secondary_entry = elf.symbol("kiln_secondary_start").unwrap_or(0);
     Ok(LoadedKernel {
         entry: bias.wrapping_add(elf.entry),
+        secondary_entry: bias.wrapping_add(secondary_entry),
         syscall_entry: bias.wrapping_add(syscall_entry),
         stats_phys,
     })

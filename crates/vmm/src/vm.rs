@@ -1,4 +1,5 @@
-//! One VM: KVM objects, guest RAM and the vCPU, from boot to the program's end.
+//! One VM: KVM objects, guest RAM and the vCPUs, from boot to the program's end. Each vCPU runs on its own host
+//! thread; the first to see the program end (exit, crash, deadlock) decides the outcome.
 
 use crate::arch;
 use crate::boot::{self, BootError, BootParams, BootState, MIN_MEMORY};
@@ -7,6 +8,7 @@ use crate::fault::{self, CrashReport};
 use crate::hypercall::{self, Action};
 use crate::loader::{self, PreparedProgram};
 use crate::memory::{GuestRam, MemoryError};
+use crate::park::Parker;
 use crate::rewrite::RewriteReport;
 use crate::rewrite_cache::RewriteCache;
 use kiln_abi::hypercall::{HYPERCALL_PORT, UNREWRITTEN_SYSCALL_PORT};
@@ -14,6 +16,8 @@ use kiln_abi::layout::{direct_map, HUGE_PAGE_SIZE, SYSCALL_TRAP_VADDR};
 use kvm_bindings::{kvm_userspace_memory_region, Msrs, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, thiserror::Error)]
@@ -42,23 +46,32 @@ pub enum VmError {
     Boot(#[from] BootError),
     #[error("cannot get random bytes from the host for the guest")]
     Random(#[source] std::io::Error),
+    #[error("--cpus {0} is out of range: Kiln runs 1 to {MAX_VCPUS} vCPUs")]
+    Cpus(u32),
+    #[error("cannot start a host thread for a vCPU")]
+    Thread(#[source] std::io::Error),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { what, source }
 }
 
-/// Where the program's standard output and error and the trace go.
-pub trait Console {
+/// Where the program's standard output and error and the trace go. Shared by the vCPUs' threads.
+pub trait Console: Send + Sync {
     /// Writes the program's bytes to its fd 1 or 2; an error is returned to the program as a failed write.
-    fn write(&mut self, fd: u64, bytes: &[u8]) -> std::io::Result<()>;
+    fn write(&self, fd: u64, bytes: &[u8]) -> std::io::Result<()>;
     /// One line of `--trace-syscalls` output.
-    fn trace(&mut self, line: &str);
+    fn trace(&self, line: &str);
 }
+
+/// Most vCPUs one VM can have (the library OS's per-vCPU table).
+pub const MAX_VCPUS: u32 = 64;
 
 #[derive(Clone, Debug)]
 pub struct VmConfig {
     pub memory: u64,
+    /// vCPUs, each a host thread (at most [`MAX_VCPUS`]).
+    pub cpus: u32,
     pub argv: Vec<String>,
     pub env: Vec<String>,
     pub exe_path: String,
@@ -93,9 +106,23 @@ pub struct RunStats {
 pub struct Vm {
     _kvm: Kvm,
     _vm: VmFd,
-    vcpu: VcpuFd,
-    ram: GuestRam,
+    vcpus: Vec<VcpuFd>,
+    shared: Arc<Shared>,
     boot: BootState,
+}
+
+/// What every vCPU thread needs. Guest RAM lives here, in an `Arc` that each vCPU thread holds with its vCPU, so the
+/// memory outlives every vCPU that could touch it.
+struct Shared {
+    ram: GuestRam,
+    parkers: Vec<Parker>,
+    /// Set once the outcome is known; vCPUs stop at their next exit.
+    done: AtomicBool,
+    exits: AtomicU64,
+    pml4: u64,
+    stack_bottom: u64,
+    /// Rewritten syscall sites, sorted, for crash reports.
+    syscall_sites: Vec<u64>,
 }
 
 fn open_kvm() -> Result<Kvm, VmError> {
@@ -133,7 +160,7 @@ fn host_random<const N: usize>() -> Result<[u8; N], VmError> {
 struct Machine {
     kvm: Kvm,
     vm: VmFd,
-    vcpu: VcpuFd,
+    vcpus: Vec<VcpuFd>,
     ram: GuestRam,
     hwcap: u64,
     tsc_hz: u64,
@@ -141,7 +168,7 @@ struct Machine {
     boot_realtime_ns: u64,
 }
 
-fn create_machine(memory: u64) -> Result<Machine, VmError> {
+fn create_machine(memory: u64, cpus: u32) -> Result<Machine, VmError> {
     let kvm = open_kvm()?;
     let vm = kvm.create_vm().map_err(kvm_err("create a VM"))?;
     let ram = GuestRam::new(memory)?;
@@ -155,9 +182,14 @@ fn create_machine(memory: u64) -> Result<Machine, VmError> {
     // SAFETY: the region is `ram`'s own mapping, which lives as long as the VM (both end up as fields of `Vm`, and
     // the VM fd is closed before the memory is unmapped: fields drop in declaration order).
     unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("register guest memory"))?;
-    let vcpu = vm.create_vcpu(0).map_err(kvm_err("create a vCPU"))?;
     let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("report CPUID"))?;
-    vcpu.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
+    let mut vcpus = Vec::new();
+    for id in 0..cpus {
+        let vcpu = vm.create_vcpu(u64::from(id)).map_err(kvm_err("create a vCPU"))?;
+        vcpu.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
+        vcpus.push(vcpu);
+    }
+    let vcpu = &vcpus[0];
     let hwcap = cpuid.as_slice().iter().find(|e| e.function == 1 && e.index == 0).map_or(0, |e| u64::from(e.edx));
 
     let tsc_hz = u64::from(vcpu.get_tsc_khz().map_err(kvm_err("report the TSC frequency"))?) * 1000;
@@ -166,7 +198,8 @@ fn create_machine(memory: u64) -> Result<Machine, VmError> {
             .expect("one MSR entry fits");
     vcpu.get_msrs(&mut tsc).map_err(kvm_err("read the guest TSC"))?;
     let boot_realtime_ns = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
-    Ok(Machine { kvm, vm, vcpu, ram, hwcap, tsc_hz, boot_tsc: tsc.as_slice()[0].data, boot_realtime_ns })
+    let boot_tsc = tsc.as_slice()[0].data;
+    Ok(Machine { kvm, vm, vcpus, ram, hwcap, tsc_hz, boot_tsc, boot_realtime_ns })
 }
 
 /// Parses both ELF images and prepares the program (from the cache when it has it).
@@ -194,20 +227,24 @@ impl Vm {
         if config.memory < MIN_MEMORY {
             return Err(VmError::MemoryTooSmall { requested: config.memory, minimum: MIN_MEMORY });
         }
+        if config.cpus == 0 || config.cpus > MAX_VCPUS {
+            return Err(VmError::Cpus(config.cpus));
+        }
         let memory = config.memory.div_ceil(HUGE_PAGE_SIZE) * HUGE_PAGE_SIZE;
         let started = std::time::Instant::now();
         // The program's own errors come first, before any KVM work: they are what the user can fix. (Preparing it on
         // a second thread while KVM builds the VM was measured slower: creating a VM sends IPIs to every host CPU.)
         let (kernel, program, prepared) = prepare(kernel_elf, program_elf, config.rewrite_cache.as_deref())?;
         let prepared_at = started.elapsed();
-        let Machine { kvm, vm, vcpu, mut ram, hwcap, tsc_hz, boot_tsc, boot_realtime_ns } = create_machine(memory)?;
+        let Machine { kvm, vm, vcpus, mut ram, hwcap, tsc_hz, boot_tsc, boot_realtime_ns } =
+            create_machine(memory, config.cpus)?;
         let machine_ready = started.elapsed();
 
         let params = BootParams {
             argv: config.argv.clone(),
             env: config.env.clone(),
             exe_path: config.exe_path.clone(),
-            vcpus: 1,
+            vcpus: config.cpus,
             trace_syscalls: config.trace_syscalls,
             random_seed: host_random()?,
             at_random: host_random()?,
@@ -219,68 +256,117 @@ impl Vm {
         let boot = boot::build(&mut ram, (&kernel, kernel_elf), (&program, prepared), &params)?;
         let built = started.elapsed();
 
-        let sregs = vcpu.get_sregs().map_err(kvm_err("read special registers"))?;
-        let sregs = arch::sregs(sregs, boot.pml4, direct_map(boot.gdt_phys), direct_map(boot.tss_phys));
-        vcpu.set_sregs(&sregs).map_err(kvm_err("set special registers"))?;
-        vcpu.set_msrs(&arch::msrs(SYSCALL_TRAP_VADDR)).map_err(kvm_err("set MSRs"))?;
-        vcpu.set_regs(&arch::regs(boot.entry, boot.stack_pointer, boot.boot_info_vaddr))
-            .map_err(kvm_err("set registers"))?;
+        for (vcpu, start) in vcpus.iter().zip(&boot.vcpus) {
+            let sregs = vcpu.get_sregs().map_err(kvm_err("read special registers"))?;
+            let sregs = arch::sregs(sregs, boot.pml4, direct_map(boot.gdt_phys), direct_map(boot.tss_phys));
+            vcpu.set_sregs(&sregs).map_err(kvm_err("set special registers"))?;
+            vcpu.set_msrs(&arch::msrs(SYSCALL_TRAP_VADDR)).map_err(kvm_err("set MSRs"))?;
+            vcpu.set_regs(&arch::regs(start.rip, start.rsp, start.rdi, start.rsi)).map_err(kvm_err("set registers"))?;
+        }
         tracing::debug!(?prepared_at, ?machine_ready, ?built, total = ?started.elapsed(), "VM ready");
-        Ok(Vm { _kvm: kvm, _vm: vm, vcpu, ram, boot })
+        let mut syscall_sites = boot.program.report.rewritten.clone();
+        syscall_sites.sort_unstable();
+        let shared = Arc::new(Shared {
+            ram,
+            parkers: (0..config.cpus).map(|_| Parker::default()).collect(),
+            done: AtomicBool::new(false),
+            exits: AtomicU64::new(0),
+            pml4: boot.pml4,
+            stack_bottom: boot.stack_bottom,
+            syscall_sites,
+        });
+        Ok(Vm { _kvm: kvm, _vm: vm, vcpus, shared, boot })
     }
 
     pub fn rewrite_report(&self) -> &RewriteReport {
         &self.boot.program.report
     }
 
-    /// Runs the program to its end.
-    pub fn run(&mut self, console: &mut dyn Console) -> Result<(Outcome, RunStats), VmError> {
-        let mut stats = RunStats::default();
+    /// Runs the program to its end: each vCPU on a host thread of its own; returns the first outcome. vCPUs still
+    /// running then stop at their next exit; one VM per process, so the caller ends the process soon after.
+    pub fn run(self, console: Arc<dyn Console>) -> Result<(Outcome, RunStats), VmError> {
         let started = std::time::Instant::now();
-        loop {
-            let exit = self.vcpu.run();
-            stats.vm_exits += 1;
-            let exit = match exit {
-                Ok(exit) => exit,
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
-                Err(e) => return Err(VmError::Kvm { what: "run the vCPU", source: e }),
-            };
-            let outcome = match exit {
-                VcpuExit::IoOut(HYPERCALL_PORT, data) => {
-                    let nr = data.iter().rev().fold(0u32, |acc, &b| acc << 8 | u32::from(b));
-                    match hypercall::handle(&self.ram, self.boot.hypercall_block_phys, nr, console) {
-                        Action::Resume => continue,
-                        Action::Exit(code) => Outcome::Exited(code),
-                        Action::Killed(signal) => Outcome::Killed(signal),
-                        Action::Deadlocked(threads) => Outcome::Deadlocked(threads),
-                        Action::Stop(why) => Outcome::Stopped(why),
+        let (tx, rx) = std::sync::mpsc::channel();
+        for (id, vcpu) in self.vcpus.into_iter().enumerate() {
+            let (shared, console, tx) = (self.shared.clone(), console.clone(), tx.clone());
+            let start = self.boot.vcpus[id];
+            std::thread::Builder::new()
+                .name(format!("vcpu{id}"))
+                .spawn(move || {
+                    let result = run_vcpu(vcpu, id, start.hypercall_block_phys, &shared, &*console);
+                    if !shared.done.swap(true, Ordering::SeqCst) {
+                        shared.parkers.iter().for_each(Parker::unpark);
+                        let _ = tx.send(result);
                     }
-                }
-                VcpuExit::IoOut(UNREWRITTEN_SYSCALL_PORT, _) => Outcome::Crashed(self.crash("unrewritten syscall")),
-                VcpuExit::IoOut(port, _) | VcpuExit::IoIn(port, _) => {
-                    Outcome::Stopped(format!("the guest used I/O port {port:#x}, which Kiln does not provide"))
-                }
-                VcpuExit::Shutdown => Outcome::Crashed(self.crash("shutdown")),
-                VcpuExit::Hlt => Outcome::Crashed(self.crash("hlt")),
-                other => Outcome::Stopped(format!("the vCPU stopped unexpectedly ({other:?})")),
-            };
-            stats.syscalls = hypercall::read_stats(&self.ram, self.boot.stats_phys);
-            tracing::debug!(took = ?started.elapsed(), exits = stats.vm_exits, "VM ran");
-            return Ok((outcome, stats));
+                })
+                .map_err(VmError::Thread)?;
         }
+        drop(tx);
+        let outcome =
+            rx.recv().unwrap_or_else(|_| Ok(Outcome::Stopped("every vCPU stopped without an outcome".into())))?;
+        let stats = RunStats {
+            vm_exits: self.shared.exits.load(Ordering::SeqCst),
+            syscalls: hypercall::read_stats(&self.shared.ram, self.boot.stats_phys),
+        };
+        tracing::debug!(took = ?started.elapsed(), exits = stats.vm_exits, "VM ran");
+        Ok((outcome, stats))
     }
+}
 
-    fn crash(&self, how: &'static str) -> CrashReport {
-        let regs = self.vcpu.get_regs().unwrap_or_default();
-        let sregs = self.vcpu.get_sregs().unwrap_or_default();
-        tracing::debug!(?regs, ?sregs, "vCPU state at the crash ({how})");
-        let report = &self.boot.program.report;
-        let mut sites: Vec<u64> = report.rewritten.clone();
-        sites.sort_unstable();
-        let layout =
-            fault::GuestLayout { pml4: self.boot.pml4, stack_bottom: self.boot.stack_bottom, syscall_sites: &sites };
-        fault::diagnose(&self.ram, &layout, how, &regs, &sregs)
+/// One vCPU's loop: run it, answer its hypercalls, until the program ends here or elsewhere.
+fn run_vcpu(
+    mut vcpu: VcpuFd,
+    id: usize,
+    block: u64,
+    shared: &Shared,
+    console: &dyn Console,
+) -> Result<Outcome, VmError> {
+    loop {
+        if shared.done.load(Ordering::SeqCst) {
+            return Ok(Outcome::Stopped("another vCPU ended the VM".into()));
+        }
+        let exit = vcpu.run();
+        shared.exits.fetch_add(1, Ordering::Relaxed);
+        let exit = match exit {
+            Ok(exit) => exit,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+            Err(e) => return Err(VmError::Kvm { what: "run a vCPU", source: e }),
+        };
+        let outcome = match exit {
+            VcpuExit::IoOut(HYPERCALL_PORT, data) => {
+                let nr = data.iter().rev().fold(0u32, |acc, &b| acc << 8 | u32::from(b));
+                match hypercall::handle(&shared.ram, block, nr, console, id, &shared.parkers) {
+                    Action::Resume => continue,
+                    Action::Exit(code) => Outcome::Exited(code),
+                    Action::Killed(signal) => Outcome::Killed(signal),
+                    Action::Deadlocked(threads) => Outcome::Deadlocked(threads),
+                    Action::Stop(why) => Outcome::Stopped(why),
+                }
+            }
+            VcpuExit::IoOut(UNREWRITTEN_SYSCALL_PORT, _) => {
+                Outcome::Crashed(crash(&vcpu, shared, "unrewritten syscall"))
+            }
+            VcpuExit::IoOut(port, _) | VcpuExit::IoIn(port, _) => {
+                Outcome::Stopped(format!("the guest used I/O port {port:#x}, which Kiln does not provide"))
+            }
+            VcpuExit::Shutdown => Outcome::Crashed(crash(&vcpu, shared, "shutdown")),
+            VcpuExit::Hlt => Outcome::Crashed(crash(&vcpu, shared, "hlt")),
+            other => Outcome::Stopped(format!("vCPU {id} stopped unexpectedly ({other:?})")),
+        };
+        return Ok(outcome);
     }
+}
+
+fn crash(vcpu: &VcpuFd, shared: &Shared, how: &'static str) -> CrashReport {
+    let regs = vcpu.get_regs().unwrap_or_default();
+    let sregs = vcpu.get_sregs().unwrap_or_default();
+    tracing::debug!(?regs, ?sregs, "vCPU state at the crash ({how})");
+    let layout = fault::GuestLayout {
+        pml4: shared.pml4,
+        stack_bottom: shared.stack_bottom,
+        syscall_sites: &shared.syscall_sites,
+    };
+    fault::diagnose(&shared.ram, &layout, how, &regs, &sregs)
 }
 
 #[cfg(test)]

@@ -5,14 +5,13 @@
 //! program's data (new entries only, which no TLB has cached). What this does not do yet: enforce `mprotect`
 //! (PROT_NONE guard pages stay accessible), fault on access after `munmap`, or map at a caller-chosen address.
 
-use super::{memory, pml4, ram_size, DirectMap};
+use super::{memory, pml4, ram_size, DirectMap, Memory};
 use crate::errno::Errno;
 use kiln_abi::layout::{direct_map, page_align_up, DIRECT_MAP_BASE, PAGE_SIZE};
 use kiln_abi::paging::{self, PTE_USER, PTE_WRITABLE};
 
 /// The guest-physical range behind `[addr, addr+len)` if all of it is anonymous memory we handed out.
-fn anonymous_range(addr: u64, len: u64) -> Option<u64> {
-    let m = memory();
+fn anonymous_range(m: &Memory, addr: u64, len: u64) -> Option<u64> {
     let phys = addr.checked_sub(DIRECT_MAP_BASE)?;
     let end = phys.checked_add(len)?;
     (phys >= m.managed_start && end <= ram_size() && addr.is_multiple_of(PAGE_SIZE)).then_some(phys)
@@ -38,7 +37,7 @@ pub fn unmap(addr: u64, len: u64) -> Result<(), Errno> {
     }
     let size = page_align_up(len);
     // Linux lets a program unmap what it never mapped; only memory we handed out goes back to the allocator.
-    let Some(phys) = anonymous_range(addr, size) else { return Ok(()) };
+    let Some(phys) = anonymous_range(&memory(), addr, size) else { return Ok(()) };
     // A thread that unmaps the stack it runs on (musl's detached threads do, right before `exit`) still needs the
     // return address our `call` left there: free that memory when the thread is gone.
     let user_rsp = crate::percpu::syscall_frame().user_rsp;
@@ -58,8 +57,9 @@ pub fn release(phys: u64, size: u64) {
 
 /// `madvise(MADV_DONTNEED)`: the range reads as zero afterwards.
 pub fn discard(addr: u64, len: u64) -> Result<(), Errno> {
-    if let Some(phys) = anonymous_range(addr, page_align_up(len)) {
-        zero(phys, page_align_up(len));
+    let size = page_align_up(len);
+    if let Some(phys) = anonymous_range(&memory(), addr, size) {
+        zero(phys, size);
     }
     Ok(())
 }
@@ -69,7 +69,9 @@ pub fn remap(old: u64, old_len: u64, new_len: u64, may_move: bool) -> Result<u64
         return Err(Errno::EINVAL);
     }
     let (old_size, new_size) = (page_align_up(old_len), page_align_up(new_len));
-    let Some(phys) = anonymous_range(old, old_size) else {
+    let mut m = memory();
+    let Some(phys) = anonymous_range(&m, old, old_size) else {
+        drop(m);
         // Memory we did not hand out (the stack, the program's segments) cannot move; tell "mapped" from "not mapped"
         // as Linux does, which musl relies on to find the main thread's stack size.
         return Err(if super::translate(old).is_some() { Errno::ENOMEM } else { Errno::EFAULT });
@@ -77,26 +79,28 @@ pub fn remap(old: u64, old_len: u64, new_len: u64, may_move: bool) -> Result<u64
     if new_size <= old_size {
         if new_size < old_size {
             zero(phys + new_size, old_size - new_size);
-            memory().frames.free_zeroed(phys + new_size, old_size - new_size);
+            m.frames.free_zeroed(phys + new_size, old_size - new_size);
         }
         return Ok(old);
     }
-    if memory().frames.alloc_at(phys + old_size, new_size - old_size) {
+    if m.frames.alloc_at(phys + old_size, new_size - old_size) {
         return Ok(old);
     }
     if !may_move {
         return Err(Errno::ENOMEM);
     }
-    let new = map_anonymous(new_size)?;
+    let new_phys = m.frames.alloc(new_size).ok_or(Errno::ENOMEM)?;
+    drop(m);
     // SAFETY: both ranges are ours, in the direct map, and do not overlap (the new one was free).
-    unsafe { core::ptr::copy_nonoverlapping(old as *const u8, new as *mut u8, old_size as usize) };
-    unmap(old, old_size)?;
-    Ok(new)
+    unsafe { core::ptr::copy_nonoverlapping(old as *const u8, direct_map(new_phys) as *mut u8, old_size as usize) };
+    release(phys, old_size);
+    Ok(direct_map(new_phys))
 }
 
 /// `brk(addr)`: moves the break if it can and returns the break in force, as Linux does.
 pub fn set_break(addr: u64) -> u64 {
-    let m = memory();
+    let mut guard = memory();
+    let m = &mut *guard;
     if addr < m.brk_start {
         return m.brk;
     }

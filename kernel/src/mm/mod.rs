@@ -3,7 +3,7 @@
 
 pub mod mapping;
 
-use core::cell::UnsafeCell;
+use crate::sync::{SpinGuard, SpinLock};
 use core::sync::atomic::{AtomicU64, Ordering};
 use kiln_abi::frames::FrameAllocator;
 use kiln_abi::layout::{direct_map, page_align_up, DIRECT_MAP_BASE, PAGE_SIZE};
@@ -20,17 +20,13 @@ pub struct Memory {
     pub brk_mapped_end: u64,
 }
 
-struct Global(UnsafeCell<Memory>);
-// SAFETY: one vCPU, and the library OS is never re-entered while it runs (no interrupts, no signals mid-syscall).
-unsafe impl Sync for Global {}
-
-static MEMORY: Global = Global(UnsafeCell::new(Memory {
+static MEMORY: SpinLock<Memory> = SpinLock::new(Memory {
     frames: FrameAllocator::empty(),
     managed_start: 0,
     brk_start: 0,
     brk: 0,
     brk_mapped_end: 0,
-}));
+});
 
 /// Set once at boot, read by every address check: kept apart from `Memory` so a check never aliases it.
 static PML4: AtomicU64 = AtomicU64::new(0);
@@ -47,21 +43,21 @@ pub fn ram_size() -> u64 {
 pub fn init(boot: &BootInfo) {
     PML4.store(boot.pml4_phys, Ordering::Relaxed);
     RAM_SIZE.store(boot.mem_size, Ordering::Relaxed);
-    let m = memory();
+    let mut m = memory();
     m.managed_start = page_align_up(boot.free_phys_start);
     let end = boot.mem_size & !(PAGE_SIZE - 1);
-    if m.managed_start < end {
-        m.frames.add(m.managed_start, end);
+    let start = m.managed_start;
+    if start < end {
+        m.frames.add(start, end);
     }
     m.brk_start = boot.brk_start;
     m.brk = boot.brk_start;
     m.brk_mapped_end = page_align_up(boot.brk_start);
 }
 
-/// The library OS's memory state. Callers must not hold two of these at once.
-pub fn memory() -> &'static mut Memory {
-    // SAFETY: see `Global`: single-threaded, never re-entered, and no caller keeps the reference across another call.
-    unsafe { &mut *MEMORY.0.get() }
+/// The library OS's memory state, locked: hold it only for the operation at hand (never across a context switch).
+pub fn memory() -> SpinGuard<'static, Memory> {
+    MEMORY.lock()
 }
 
 /// Page tables are reached through the direct map.

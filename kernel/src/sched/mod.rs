@@ -1,23 +1,25 @@
-//! Threads, and the scheduler that runs them without interrupts: a thread runs until it blocks in a syscall (a futex
-//! wait, a sleep) or exits; then the next runnable thread runs. When none can run, the vCPU waits in the VMM until the
-//! earliest deadline; when none ever could (every thread waits on a futex without a deadline), the program is
-//! deadlocked and the VMM is told instead of hanging silently.
+//! Threads, and the scheduler that runs them on every vCPU without interrupts: a thread runs until it blocks in a
+//! syscall (a futex wait, a sleep), yields or exits; then its vCPU runs the next runnable thread. A vCPU with nothing
+//! to run waits in the VMM until the earliest deadline or until another vCPU kicks it (after making a thread
+//! runnable). When no thread could ever run again (every one waits on a futex without a deadline), the program is
+//! deadlocked and the VMM is told, instead of hanging silently.
 //!
-//! One vCPU for now: the scheduler is never entered twice at once (no interrupts, no preemption). A thread that
-//! computes without syscalls keeps the vCPU until it makes one.
+//! One lock guards the thread table. A context switch happens with it held and the thread switched to releases it,
+//! so that a thread's saved stack pointer is complete before any other vCPU can pick it. A thread that computes
+//! without syscalls keeps its vCPU until it makes one (no preemption).
 
 mod switch;
 
-use crate::entry::{kiln_thread_start, SyscallFrame};
+use crate::entry::SyscallFrame;
 use crate::errno::Errno;
+use crate::sync::SpinLock;
 use crate::{cpu, hypercall, mm, percpu, time};
-use core::cell::UnsafeCell;
 use kiln_abi::layout::direct_map;
 use kiln_abi::BootInfo;
 use switch::{kiln_switch_stacks, SWITCH_FRAME_WORDS};
 
 pub const MAX_THREADS: usize = 512;
-/// The library OS stack of each thread after the first (which runs on the boot stack).
+/// The library OS stack of each thread after the first (which runs on the boot vCPU's stack).
 const THREAD_STACK_SIZE: u64 = 32 << 10;
 /// Thread ids start at 1, the main thread, which is also the process id.
 const MAIN_TID: u32 = 1;
@@ -50,6 +52,9 @@ pub enum Woken {
 struct Thread {
     tid: u32,
     state: State,
+    /// The vCPU executing on this thread's kernel stack, if any: running it, or still switching away from it (or
+    /// idling on it). No other vCPU may run the thread, or reuse its slot, meanwhile.
+    on_cpu: Option<usize>,
     /// The kernel stack pointer saved by the last switch away from this thread.
     saved_sp: u64,
     kernel_stack_top: u64,
@@ -67,6 +72,7 @@ struct Thread {
 const FREE: Thread = Thread {
     tid: 0,
     state: State::Free,
+    on_cpu: None,
     saved_sp: 0,
     kernel_stack_top: 0,
     fs_base: 0,
@@ -79,120 +85,152 @@ const FREE: Thread = Thread {
 
 struct Scheduler {
     threads: [Thread; MAX_THREADS],
-    current: usize,
     next_tid: u32,
+    /// vCPUs waiting in the VMM for work (bit per vCPU).
+    idle: u64,
 }
 
-struct Global(UnsafeCell<Scheduler>);
-// SAFETY: one vCPU, no interrupts: the scheduler is only ever used by the one thread running the library OS.
-unsafe impl Sync for Global {}
+static SCHEDULER: SpinLock<Scheduler> =
+    SpinLock::new(Scheduler { threads: [FREE; MAX_THREADS], next_tid: MAIN_TID + 1, idle: 0 });
 
-static SCHEDULER: Global =
-    Global(UnsafeCell::new(Scheduler { threads: [FREE; MAX_THREADS], current: 0, next_tid: MAIN_TID + 1 }));
-
-fn scheduler() -> &'static mut Scheduler {
-    // SAFETY: see `Global`; callers do not keep the reference across a context switch.
-    unsafe { &mut *SCHEDULER.0.get() }
-}
-
+/// The boot vCPU's main thread, which the program starts on.
 pub fn init(boot: &BootInfo) {
-    let s = scheduler();
+    let mut s = SCHEDULER.lock();
     s.threads[0] = Thread {
         tid: MAIN_TID,
         state: State::Running,
+        on_cpu: Some(0),
         kernel_stack_top: direct_map(boot.kernel_stack_phys + boot.kernel_stack_size),
         ..FREE
     };
+    percpu::set_thread(0);
+}
+
+/// A secondary vCPU's life: wait for threads to run. Never returns.
+pub fn run_secondary() -> ! {
+    let guard = SCHEDULER.lock();
+    core::mem::forget(guard);
+    // This vCPU's boot stack is a context of its own, never switched back to.
+    let mut boot_context = 0u64;
+    let next = idle_until_runnable();
+    // SAFETY: we hold the scheduler lock (forgotten guard above; released by the thread we switch to).
+    let s = unsafe { SCHEDULER.get_locked() };
+    let load = start_running(s, next);
+    // SAFETY: `load` was saved by a switch away from `next` or prepared by `spawn`; the thread releases the lock.
+    unsafe { kiln_switch_stacks(&mut boot_context, load) };
+    unreachable!("a vCPU's boot context was resumed")
 }
 
 pub fn current_tid() -> u32 {
-    let s = scheduler();
-    s.threads[s.current].tid
+    SCHEDULER.lock().threads[percpu::current().thread].tid
+}
+
+pub fn set_clear_child_tid(addr: u64) {
+    SCHEDULER.lock().threads[percpu::current().thread].clear_child_tid = addr;
 }
 
 /// See `Thread::free_at_exit`. A second request releases the first at once (it cannot be the stack in use too).
 pub fn free_at_exit(phys: u64, size: u64) {
-    let s = scheduler();
-    if let Some((p, n)) = s.threads[s.current].free_at_exit.replace((phys, size)) {
+    let previous = SCHEDULER.lock().threads[percpu::current().thread].free_at_exit.replace((phys, size));
+    if let Some((p, n)) = previous {
         mm::mapping::release(p, n);
     }
 }
 
-pub fn set_clear_child_tid(addr: u64) {
-    let s = scheduler();
-    s.threads[s.current].clear_child_tid = addr;
-}
-
-/// How many threads exist (for `/proc`-like answers and the deadlock report).
-pub fn live_threads() -> usize {
-    scheduler().threads.iter().filter(|t| t.state != State::Free).count()
+fn live_threads(s: &Scheduler) -> usize {
+    s.threads.iter().filter(|t| t.state != State::Free).count()
 }
 
 /// Starts a thread that resumes the program where `parent` made its `clone`, on `stack`, with `clone` returning 0.
 pub fn spawn(parent: &SyscallFrame, stack: u64, tls: Option<u64>, clear_child_tid: u64) -> Result<u32, Errno> {
-    let s = scheduler();
-    let slot = s.threads.iter().position(|t| t.state == State::Free).ok_or(Errno::EAGAIN)?;
-    let kernel_stack_top = match s.threads[slot].kernel_stack_top {
-        0 => direct_map(mm::memory().frames.alloc(THREAD_STACK_SIZE).ok_or(Errno::ENOMEM)?) + THREAD_STACK_SIZE,
-        // A slot keeps the stack of the thread that used it before.
-        top => top,
-    };
     // The child returns like its parent would, through `ret`, so its return address goes just below its stack.
     let return_address: u64 = crate::user::read(parent.user_rsp)?;
     let child_rsp = stack.checked_sub(8).ok_or(Errno::EINVAL)?;
     crate::user::write(child_rsp, return_address)?;
+    let fs_base = tls.unwrap_or_else(cpu::read_fs_base);
 
+    let mut s = SCHEDULER.lock();
+    let slot = s.threads.iter().position(|t| t.state == State::Free && t.on_cpu.is_none()).ok_or(Errno::EAGAIN)?;
+    let kernel_stack_top = match s.threads[slot].kernel_stack_top {
+        0 => {
+            let phys = mm::memory().frames.alloc(THREAD_STACK_SIZE).ok_or(Errno::ENOMEM)?;
+            direct_map(phys) + THREAD_STACK_SIZE
+        }
+        // A slot keeps the stack of the thread that used it before.
+        top => top,
+    };
     let frame = SyscallFrame { nr: 0, user_rsp: child_rsp, ..*parent };
     let frame_at = kernel_stack_top - core::mem::size_of::<SyscallFrame>() as u64;
     let switch_at = frame_at - 8 * SWITCH_FRAME_WORDS as u64;
-    // SAFETY: the stack is ours (just allocated, or left by an exited thread), in the direct map, and large enough.
+    // SAFETY: the stack is ours (just allocated, or left by an exited thread no vCPU runs on), in the direct map, and
+    // large enough.
     unsafe {
         (frame_at as *mut SyscallFrame).write(frame);
         let words = switch_at as *mut u64;
         for i in 0..SWITCH_FRAME_WORDS - 1 {
             words.add(i).write(0);
         }
-        words.add(SWITCH_FRAME_WORDS - 1).write(kiln_thread_start as *const () as u64);
+        words.add(SWITCH_FRAME_WORDS - 1).write(thread_first_run as *const () as u64);
     }
     let tid = s.next_tid;
     s.next_tid += 1;
-    s.threads[slot] = Thread {
-        tid,
-        state: State::Runnable,
-        saved_sp: switch_at,
-        kernel_stack_top,
-        fs_base: tls.unwrap_or_else(cpu::read_fs_base),
-        clear_child_tid,
-        ..FREE
-    };
+    s.threads[slot] =
+        Thread { tid, state: State::Runnable, saved_sp: switch_at, kernel_stack_top, fs_base, clear_child_tid, ..FREE };
+    let idle = take_idle(&mut s, 1);
+    drop(s);
+    kick(idle);
     Ok(tid)
 }
 
-/// Blocks the current thread until a wake (for `Wait::Futex`) or `deadline`, whichever comes first.
-pub fn block(wait: Wait, deadline: u64) -> Woken {
-    {
-        let s = scheduler();
-        let me = &mut s.threads[s.current];
-        me.state = State::Blocked;
-        me.wait = Some(wait);
-        me.deadline = deadline;
+/// A new thread's first instructions, reached by the switch that picked it: release the lock the switching vCPU
+/// holds, then return from `clone` with 0 (see `entry.rs`).
+#[unsafe(naked)]
+extern "C" fn thread_first_run() {
+    core::arch::naked_asm!("call {release}", "jmp kiln_thread_start", release = sym release_after_switch);
+}
+
+extern "C" fn release_after_switch() {
+    // SAFETY: the vCPU that switched to this thread holds the lock for us (see `schedule`).
+    unsafe { SCHEDULER.force_unlock() };
+}
+
+/// Blocks the current thread until a wake (for `Wait::Futex`) or `deadline`, whichever comes first. `still` is checked
+/// under the scheduler lock first: if it fails the thread does not block (`None`), so that no wake can be lost
+/// between a futex's value check and the wait.
+pub fn block(wait: Wait, deadline: u64, still: impl FnOnce() -> bool) -> Option<Woken> {
+    let mut s = SCHEDULER.lock();
+    if !still() {
+        return None;
     }
+    let me = percpu::current().thread;
+    let t = &mut s.threads[me];
+    t.state = State::Blocked;
+    t.wait = Some(wait);
+    t.deadline = deadline;
+    core::mem::forget(s);
     schedule();
-    let s = scheduler();
-    s.threads[s.current].woken
+    Some(SCHEDULER.lock().threads[me].woken)
 }
 
 /// Lets other runnable threads run first.
 pub fn yield_now() {
-    let s = scheduler();
-    s.threads[s.current].state = State::Runnable;
+    let s = SCHEDULER.lock();
+    // Nothing else to run: carry on without touching the thread table.
+    if !s.threads.iter().any(|t| t.state == State::Runnable) {
+        return;
+    }
+    let mut s = s;
+    s.threads[percpu::current().thread].state = State::Runnable;
+    core::mem::forget(s);
     schedule();
 }
 
 /// Wakes up to `count` threads waiting on `addr` whose bitset meets `bitset`; returns how many.
 pub fn wake(addr: u64, bitset: u32, count: usize) -> usize {
-    let s = scheduler();
+    let mut s = SCHEDULER.lock();
     let mut woken = 0;
+    // A woken thread whose stack a vCPU still idles on can only run there: kick that one; others can run anywhere.
+    let mut pinned = 0u64;
     for t in s.threads.iter_mut() {
         if woken == count {
             break;
@@ -203,15 +241,22 @@ pub fn wake(addr: u64, bitset: u32, count: usize) -> usize {
                 t.wait = None;
                 t.woken = Woken::ByWake;
                 woken += 1;
+                pinned |= t.on_cpu.map_or(0, |c| 1 << c);
             }
         }
     }
+    let free = woken - pinned.count_ones() as usize;
+    let pinned = pinned & s.idle & !(1 << percpu::id());
+    s.idle &= !pinned;
+    let idle = pinned | take_idle(&mut s, free);
+    drop(s);
+    kick(idle);
     woken
 }
 
 /// Moves up to `count` waiters from `from` to `to` without waking them; returns how many.
 pub fn requeue(from: u64, to: u64, count: usize) -> usize {
-    let s = scheduler();
+    let mut s = SCHEDULER.lock();
     let mut moved = 0;
     for t in s.threads.iter_mut() {
         if moved == count {
@@ -230,12 +275,14 @@ pub fn requeue(from: u64, to: u64, count: usize) -> usize {
 /// Ends the current thread: clears and wakes its `clear_child_tid` (how `pthread_join` learns of it), then runs
 /// another thread. The last thread's exit ends the program.
 pub fn exit_current(code: u64) -> ! {
-    let (clear, free) = {
-        let s = scheduler();
-        let me = &mut s.threads[s.current];
-        (me.clear_child_tid, me.free_at_exit.take())
+    let me = percpu::current().thread;
+    let (clear, free, last) = {
+        let mut s = SCHEDULER.lock();
+        let last = live_threads(&s) == 1;
+        let t = &mut s.threads[me];
+        (t.clear_child_tid, t.free_at_exit.take(), last)
     };
-    if live_threads() == 1 {
+    if last {
         hypercall::exit(code, 0);
     }
     if clear != 0 && crate::user::write(clear, 0u32).is_ok() {
@@ -245,67 +292,112 @@ pub fn exit_current(code: u64) -> ! {
     if let Some((phys, size)) = free {
         mm::mapping::release(phys, size);
     }
-    {
-        let s = scheduler();
-        let me = &mut s.threads[s.current];
-        // The slot (and its kernel stack, which we are still running on) is reused only by a later `spawn`, which
-        // cannot happen before we have switched away.
-        me.state = State::Free;
-        me.wait = None;
-    }
+    let mut s = SCHEDULER.lock();
+    // The slot (and the kernel stack we still run on) is not reused while `on_cpu` names us.
+    s.threads[me].state = State::Free;
+    s.threads[me].wait = None;
+    core::mem::forget(s);
     schedule();
     unreachable!("an exited thread was scheduled again")
 }
 
-/// Picks the next thread to run and switches to it; returns when the current thread runs again.
+/// With the scheduler lock held (guard forgotten): runs the next runnable thread, waiting for one if need be. Returns
+/// when the current thread runs again, with the lock released.
 fn schedule() {
-    let next = loop {
-        if let Some(next) = pick_runnable() {
-            break next;
-        }
-        let s = scheduler();
-        let earliest = s.threads.iter().filter(|t| t.state == State::Blocked).map(|t| t.deadline).min();
-        match earliest {
-            Some(deadline) if deadline != u64::MAX => {
-                time::wait_until(deadline);
-                expire_deadlines();
-            }
-            _ => hypercall::deadlock(live_threads() as u64),
-        }
-    };
-    let s = scheduler();
-    let prev = s.current;
-    if next == prev {
-        s.threads[prev].state = State::Running;
+    let me = percpu::current().thread;
+    let next = idle_until_runnable();
+    // SAFETY: we hold the lock (the caller forgot its guard; `idle_until_runnable` returns with it held).
+    let s = unsafe { SCHEDULER.get_locked() };
+    if next == me {
+        s.threads[me].state = State::Running;
+        // SAFETY: held since the caller's forgotten guard; nothing obtained under it is used after this.
+        unsafe { SCHEDULER.force_unlock() };
         return;
     }
-    s.threads[prev].fs_base = cpu::read_fs_base();
-    s.current = next;
+    s.threads[me].fs_base = cpu::read_fs_base();
+    let save = &mut s.threads[me].saved_sp as *mut u64;
+    let load = start_running(s, next);
+    // Another vCPU may run `me` (once it is runnable) only after the switch has saved its stack pointer: the lock,
+    // which the next thread releases, keeps it from looking before then.
+    s.threads[me].on_cpu = None;
+    // SAFETY: `load` was saved by a switch away from `next` or prepared by `spawn`; `save` is in the static table.
+    unsafe { kiln_switch_stacks(save, load) };
+    // We run again: whoever switched to us holds the lock for us.
+    release_after_switch();
+}
+
+/// Makes `next` this vCPU's running thread and returns the stack pointer to switch to. Lock held.
+fn start_running(s: &mut Scheduler, next: usize) -> u64 {
+    let cpu_id = percpu::id();
     let t = &mut s.threads[next];
     t.state = State::Running;
+    t.on_cpu = Some(cpu_id);
     cpu::write_fs_base(t.fs_base);
     percpu::set_kernel_stack_top(t.kernel_stack_top);
-    let load = t.saved_sp;
-    let save = &mut s.threads[prev].saved_sp as *mut u64;
-    // SAFETY: `load` was saved by a switch away from `next` (or prepared by `spawn`); `save` outlives the switch
-    // (the thread table is static). An exited `prev` never runs again, so its saved pointer is never used.
-    unsafe { kiln_switch_stacks(save, load) };
+    percpu::set_thread(next);
+    t.saved_sp
 }
 
-/// The next runnable thread after the current one (round robin), the current one last; expired deadlines count.
-fn pick_runnable() -> Option<usize> {
-    expire_deadlines();
-    let s = scheduler();
-    (1..=MAX_THREADS).map(|i| (s.current + i) % MAX_THREADS).find(|&i| s.threads[i].state == State::Runnable)
+/// With the lock held: the slot of a runnable thread this vCPU may run, waiting in the VMM (lock released meanwhile)
+/// until there is one. Returns with the lock held.
+fn idle_until_runnable() -> usize {
+    let cpu_id = percpu::id();
+    loop {
+        // SAFETY: the lock is held on entry and at the top of every round.
+        let s = unsafe { SCHEDULER.get_locked() };
+        expire_deadlines(s);
+        let current = percpu::current().thread;
+        let mine = |t: &Thread| t.state == State::Runnable && t.on_cpu.is_none_or(|c| c == cpu_id);
+        let found = (1..=MAX_THREADS).map(|i| (current + i) % MAX_THREADS).find(|&i| mine(&s.threads[i]));
+        if let Some(next) = found {
+            s.idle &= !(1 << cpu_id);
+            return next;
+        }
+        let runnable_elsewhere = s.threads.iter().any(|t| matches!(t.state, State::Running | State::Runnable));
+        let deadline = s.threads.iter().filter(|t| t.state == State::Blocked).map(|t| t.deadline).min();
+        if !runnable_elsewhere && deadline.is_none_or(|d| d == u64::MAX) {
+            let threads = live_threads(s) as u64;
+            hypercall::deadlock(threads);
+        }
+        s.idle |= 1 << cpu_id;
+        // SAFETY: nothing obtained under the lock is used while it is released.
+        unsafe { SCHEDULER.force_unlock() };
+        time::wait_until(deadline.unwrap_or(u64::MAX));
+        core::mem::forget(SCHEDULER.lock());
+    }
 }
 
-fn expire_deadlines() {
+fn expire_deadlines(s: &mut Scheduler) {
     let now = time::since_boot_ns();
-    for t in scheduler().threads.iter_mut() {
+    for t in s.threads.iter_mut() {
         if t.state == State::Blocked && t.deadline <= now {
             t.state = State::Runnable;
             t.wait = None;
             t.woken = Woken::ByDeadline;
+        }
+    }
+}
+
+/// Takes up to `count` idle vCPUs (other than this one) off the idle set, to be kicked once the lock is released.
+fn take_idle(s: &mut Scheduler, count: usize) -> u64 {
+    let mut picked = 0u64;
+    let others = s.idle & !(1 << percpu::id());
+    for cpu_id in 0..64 {
+        if picked.count_ones() as usize == count {
+            break;
+        }
+        if others & (1 << cpu_id) != 0 {
+            picked |= 1 << cpu_id;
+        }
+    }
+    s.idle &= !picked;
+    picked
+}
+
+fn kick(cpus: u64) {
+    for cpu_id in 0..64 {
+        if cpus & (1 << cpu_id) != 0 {
+            hypercall::call(kiln_abi::Hypercall::Kick, &[cpu_id]);
         }
     }
 }

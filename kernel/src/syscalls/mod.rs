@@ -12,8 +12,7 @@ mod time;
 use crate::entry::SyscallFrame;
 use crate::errno::{Errno, SysResult};
 use crate::hypercall;
-use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use kiln_abi::hypercall::{Hypercall, SyscallStats, TraceRecord, SYSCALL_SLOTS};
 use kiln_abi::BootInfo;
 
@@ -81,12 +80,10 @@ const fn table() -> [Option<Handler>; SYSCALL_SLOTS] {
 #[no_mangle]
 static KILN_SYSCALL_TABLE: [Option<Handler>; SYSCALL_SLOTS] = table();
 
-struct Stats(UnsafeCell<SyscallStats>);
-// SAFETY: one vCPU and no re-entry: only `dispatch` touches the counters, one call at a time.
-unsafe impl Sync for Stats {}
-/// The VMM finds the counters by this symbol and reads them however the program ends (exit, signal or crash).
+/// The VMM finds the counters by this symbol and reads them however the program ends (exit, signal or crash). The
+/// layout is `kiln_abi::hypercall::SyscallStats`: calls per number, then -ENOSYS answers per number.
 #[no_mangle]
-static KILN_SYSCALL_STATS: Stats = Stats(UnsafeCell::new(SyscallStats::new()));
+static KILN_SYSCALL_STATS: [AtomicU32; 2 * SYSCALL_SLOTS] = [const { AtomicU32::new(0) }; 2 * SYSCALL_SLOTS];
 static TRACING: AtomicBool = AtomicBool::new(false);
 
 pub fn init(boot: &BootInfo) {
@@ -101,14 +98,10 @@ pub extern "C" fn dispatch(frame: &mut SyscallFrame) -> i64 {
     let nr = frame.nr;
     crate::percpu::set_syscall_frame(frame);
     let handler = if nr < SYSCALL_SLOTS as u64 { KILN_SYSCALL_TABLE[nr as usize] } else { None };
-    {
-        // SAFETY: see `Stats`.
-        let stats = unsafe { &mut *KILN_SYSCALL_STATS.0.get() };
-        let slot = SyscallStats::slot(nr);
-        stats.calls[slot] = stats.calls[slot].wrapping_add(1);
-        if handler.is_none() {
-            stats.enosys[slot] = stats.enosys[slot].wrapping_add(1);
-        }
+    let slot = SyscallStats::slot(nr);
+    KILN_SYSCALL_STATS[slot].fetch_add(1, Ordering::Relaxed);
+    if handler.is_none() {
+        KILN_SYSCALL_STATS[SYSCALL_SLOTS + slot].fetch_add(1, Ordering::Relaxed);
     }
     let tracing = TRACING.load(Ordering::Relaxed);
     if tracing && (nr == SYS_EXIT || nr == SYS_EXIT_GROUP) {

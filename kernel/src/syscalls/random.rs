@@ -2,8 +2,8 @@
 
 use super::Args;
 use crate::errno::{Errno, SysResult};
+use crate::sync::SpinLock;
 use crate::user;
-use core::cell::UnsafeCell;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
@@ -11,14 +11,10 @@ const GRND_NONBLOCK: u64 = 1;
 const GRND_RANDOM: u64 = 2;
 const GRND_INSECURE: u64 = 4;
 
-struct Generator(UnsafeCell<Option<ChaCha20Rng>>);
-// SAFETY: one vCPU, never re-entered.
-unsafe impl Sync for Generator {}
-static GENERATOR: Generator = Generator(UnsafeCell::new(None));
+static GENERATOR: SpinLock<Option<ChaCha20Rng>> = SpinLock::new(None);
 
 pub fn init(boot: &kiln_abi::BootInfo) {
-    // SAFETY: runs once at boot, before any syscall.
-    unsafe { *GENERATOR.0.get() = Some(ChaCha20Rng::from_seed(boot.random_seed)) };
+    *GENERATOR.lock() = Some(ChaCha20Rng::from_seed(boot.random_seed));
 }
 
 pub fn getrandom(a: &Args) -> SysResult {
@@ -26,14 +22,12 @@ pub fn getrandom(a: &Args) -> SysResult {
     if flags & !(GRND_NONBLOCK | GRND_RANDOM | GRND_INSECURE) != 0 {
         return Err(Errno::EINVAL);
     }
-    // SAFETY: see `Generator`.
-    let rng = unsafe { &mut *GENERATOR.0.get() }.as_mut().ok_or(Errno::EAGAIN)?;
     let len = len.min(1 << 25);
     let mut chunk = [0u8; 256];
     let mut done = 0;
     while done < len {
         let n = (len - done).min(chunk.len() as u64) as usize;
-        rng.fill_bytes(&mut chunk[..n]);
+        GENERATOR.lock().as_mut().ok_or(Errno::EAGAIN)?.fill_bytes(&mut chunk[..n]);
         user::write_bytes(buf + done, &chunk[..n])?;
         done += n as u64;
     }

@@ -4,8 +4,8 @@
 
 use super::Args;
 use crate::errno::{Errno, SysResult};
+use crate::sync::{SpinGuard, SpinLock};
 use crate::{hypercall, user};
-use core::cell::UnsafeCell;
 
 const NSIG: u64 = 64;
 const SIGKILL: u64 = 9;
@@ -47,18 +47,16 @@ struct State {
     altstack: StackT,
 }
 
-struct Signals(UnsafeCell<State>);
-// SAFETY: one vCPU, one thread, never re-entered.
-unsafe impl Sync for Signals {}
-static SIGNALS: Signals = Signals(UnsafeCell::new(State {
+/// Process-wide for now, the mask and the alternate stack too (Linux keeps those per thread): nothing is delivered yet,
+/// so only what programs read back matters.
+static SIGNALS: SpinLock<State> = SpinLock::new(State {
     actions: [SigAction { handler: 0, flags: 0, restorer: 0, mask: 0 }; NSIG as usize],
     mask: 0,
     altstack: StackT { sp: 0, flags: SS_DISABLE, _pad: 0, size: 0 },
-}));
+});
 
-fn state() -> &'static mut State {
-    // SAFETY: see `Signals`; each syscall takes the reference once and drops it before returning.
-    unsafe { &mut *SIGNALS.0.get() }
+fn state() -> SpinGuard<'static, State> {
+    SIGNALS.lock()
 }
 
 pub fn rt_sigaction(a: &Args) -> SysResult {
@@ -66,7 +64,7 @@ pub fn rt_sigaction(a: &Args) -> SysResult {
     if sig == 0 || sig > NSIG || size != 8 {
         return Err(Errno::EINVAL);
     }
-    let s = state();
+    let mut s = state();
     let slot = (sig - 1) as usize;
     let previous = s.actions[slot];
     if new != 0 {
@@ -86,7 +84,7 @@ pub fn rt_sigprocmask(a: &Args) -> SysResult {
     if size != 8 {
         return Err(Errno::EINVAL);
     }
-    let s = state();
+    let mut s = state();
     let previous = s.mask;
     if new != 0 {
         let set: u64 = user::read(new)?;
@@ -106,7 +104,7 @@ pub fn rt_sigprocmask(a: &Args) -> SysResult {
 
 pub fn sigaltstack(a: &Args) -> SysResult {
     let (new, old) = (a[0], a[1]);
-    let s = state();
+    let mut s = state();
     let previous = s.altstack;
     if new != 0 {
         let stack: StackT = user::read(new)?;

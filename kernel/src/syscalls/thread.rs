@@ -124,13 +124,14 @@ pub fn futex(a: &Args) -> SysResult {
                 }
                 t => timespec_ns(t)?,
             };
-            // Nothing runs between this check and blocking (one vCPU, no preemption): no wake can be lost.
-            if user::read::<u32>(uaddr)? != val {
-                return Err(Errno::EAGAIN);
-            }
-            match sched::block(Wait::Futex { addr: uaddr, bitset }, deadline) {
-                Woken::ByWake => Ok(0),
-                Woken::ByDeadline => Err(Errno::ETIMEDOUT),
+            // The value is compared under the scheduler lock, which a waker on another vCPU takes too: no wake can
+            // fall between the check and the wait.
+            user::check(uaddr, 4, false)?;
+            let unchanged = || user::read::<u32>(uaddr).is_ok_and(|v| v == val);
+            match sched::block(Wait::Futex { addr: uaddr, bitset }, deadline, unchanged) {
+                None => Err(Errno::EAGAIN),
+                Some(Woken::ByWake) => Ok(0),
+                Some(Woken::ByDeadline) => Err(Errno::ETIMEDOUT),
             }
         }
         FUTEX_WAKE | FUTEX_WAKE_BITSET => {

@@ -106,5 +106,5 @@ pub fn clock_nanosleep(a: &Args) -> SysResult {
 
 /// Other threads run meanwhile; with none, the vCPU waits in the VMM.
 fn sleep(duration: u64) {
-    crate::sched::block(crate::sched::Wait::Sleep, time::since_boot_ns().saturating_add(duration));
+    crate::sched::block(crate::sched::Wait::Sleep, time::since_boot_ns().saturating_add(duration), || true);
 }

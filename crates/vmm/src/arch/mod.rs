@@ -67,8 +67,15 @@ pub fn sregs(mut s: kvm_sregs, pml4: u64, gdt_vaddr: u64, tss_vaddr: u64) -> kvm
     s
 }
 
-pub fn regs(entry: u64, stack_pointer: u64, first_arg: u64) -> kvm_regs {
-    kvm_regs { rip: entry, rsp: stack_pointer, rdi: first_arg, rflags: RFLAGS_INITIAL, ..Default::default() }
+pub fn regs(entry: u64, stack_pointer: u64, first_arg: u64, second_arg: u64) -> kvm_regs {
+    kvm_regs {
+        rip: entry,
+        rsp: stack_pointer,
+        rdi: first_arg,
+        rsi: second_arg,
+        rflags: RFLAGS_INITIAL,
+        ..Default::default()
+    }
 }
 
 /// `syscall` jumps to the trap page with the kernel selectors; nothing is masked.
