@@ -264,6 +264,20 @@ fn rust_std_threads_run_on_the_library_os_scheduler() {
 }
 
 #[test]
+fn threads_spread_over_vcpus_compute_what_they_do_natively() {
+    if !kvm::available() {
+        return;
+    }
+    let spin = guests::rust("spin");
+    let native = std::process::Command::new(&spin).args(["4", "100000"]).output().expect("run spin natively");
+    let native = String::from_utf8_lossy(&native.stdout).split(" in ").next().unwrap_or_default().to_string();
+    assert!(native.starts_with("spin: 4 threads x 100000 steps = 0x"), "{native}");
+    let run = kiln().args(["run", "--cpus", "2"]).arg(&spin).args(["4", "100000"]).run();
+    run.assert_code(0);
+    assert!(run.stdout_text().starts_with(&native), "{run}");
+}
+
+#[test]
 fn deadlock_is_reported_instead_of_hanging() {
     if !kvm::available() {
         return;

@@ -52,7 +52,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
 ];
 
 /// The binaries of tests/guests/rust (each `src/bin/NAME.rs`).
-const RUST_GUESTS: &[&str] = &["hello", "alloc", "bigout", "threads"];
+const RUST_GUESTS: &[&str] = &["hello", "alloc", "bigout", "threads", "spin"];
 
 const ET_EXEC: u16 = 2;
 const ET_DYN: u16 = 3;
