@@ -15,6 +15,8 @@ impl Errno {
     pub const EINVAL: Errno = Errno(22);
     pub const ENOTTY: Errno = Errno(25);
     pub const EPIPE: Errno = Errno(32);
+    pub const ESPIPE: Errno = Errno(29);
+    pub const EMFILE: Errno = Errno(24);
     pub const ENOSYS: Errno = Errno(38);
     pub const ENAMETOOLONG: Errno = Errno(36);
     pub const ETIMEDOUT: Errno = Errno(110);

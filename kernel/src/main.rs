@@ -4,9 +4,13 @@
 #![no_std]
 #![no_main]
 
+extern crate alloc;
+
 mod cpu;
 mod entry;
 mod errno;
+mod file;
+mod heap;
 mod hypercall;
 mod mm;
 mod percpu;
@@ -30,6 +34,7 @@ extern "C" fn kiln_main(boot: &'static BootInfo) -> ! {
     }
     percpu::init(boot, 0);
     mm::init(boot);
+    heap::init(boot.mem_size);
     time::init(boot);
     sched::init(boot);
     syscalls::init(boot);

@@ -54,6 +54,13 @@ pub fn write_bytes(addr: u64, bytes: &[u8]) -> Result<(), Errno> {
     Ok(())
 }
 
+pub fn read_bytes(addr: u64, out: &mut [u8]) -> Result<(), Errno> {
+    check(addr, out.len() as u64, false)?;
+    // SAFETY: the range is mapped (checked above) and cannot overlap our own buffer.
+    unsafe { core::ptr::copy_nonoverlapping(addr as *const u8, out.as_mut_ptr(), out.len()) };
+    Ok(())
+}
+
 /// A NUL-terminated string of at most `N - 1` bytes, copied out of the program.
 pub fn read_c_string<const N: usize>(addr: u64, buf: &mut [u8; N]) -> Result<usize, Errno> {
     for (i, slot) in buf.iter_mut().enumerate() {

@@ -49,6 +49,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("bignr", "bignr.c", Link::Static),
     ("threads", "threads.c", Link::Static),
     ("deadlock", "deadlock.c", Link::Static),
+    ("fds", "fds.c", Link::Static),
 ];
 
 /// The binaries of tests/guests/rust (each `src/bin/NAME.rs`).

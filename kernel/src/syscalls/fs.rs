@@ -1,23 +1,31 @@
-//! File descriptors. For now a program has its three standard streams: stdin reads as end-of-file, stdout and
-//! stderr go to the VMM's stdout and stderr, one VM exit per `write`/`writev`.
+//! File descriptor syscalls over `crate::file`: read/write and their vector and positional forms, open of the device
+//! files, close, dup, fcntl, ioctl, fstat, pipes, eventfds, poll. No filesystem yet: only `/dev/*` paths open.
 
 use super::Args;
 use crate::errno::{Errno, SysResult};
-use crate::{hypercall, user};
+use crate::file::console::{self, IoVec};
+use crate::file::eventfd::EventFd;
+use crate::file::pipe::{self, Pipe};
+use crate::file::{self, File, Object, O_ACCMODE, O_APPEND, O_CLOEXEC, O_NONBLOCK, O_RDONLY, O_RDWR, O_WRONLY};
+use crate::{time, user};
+use alloc::vec;
 use core::sync::atomic::{AtomicU64, Ordering};
-use kiln_abi::hypercall::{Hypercall, IoSegment, MAX_IO_SEGMENTS, MAX_WRITE_BYTES};
 use kiln_abi::BootInfo;
 
-const O_RDONLY: u64 = 0;
-const O_WRONLY: u64 = 1;
+const F_DUPFD: u64 = 0;
 const F_GETFD: u64 = 1;
 const F_SETFD: u64 = 2;
 const F_GETFL: u64 = 3;
 const F_SETFL: u64 = 4;
-const POLLIN: u16 = 0x1;
-const POLLOUT: u16 = 0x4;
+const F_DUPFD_CLOEXEC: u64 = 1030;
+const FD_CLOEXEC: u64 = 1;
+const FIONREAD: u64 = 0x541b;
+const FIONBIO: u64 = 0x5421;
 const POLLNVAL: u16 = 0x20;
 const MAX_IOV: u64 = 1024;
+const AT_FDCWD: i64 = -100;
+/// Bytes moved through a kernel buffer per step (pipes, /dev/zero, /dev/urandom).
+const CHUNK: usize = 16 << 10;
 
 static EXE_PATH_ADDR: AtomicU64 = AtomicU64::new(0);
 static EXE_PATH_LEN: AtomicU64 = AtomicU64::new(0);
@@ -25,105 +33,327 @@ static EXE_PATH_LEN: AtomicU64 = AtomicU64::new(0);
 pub fn init(boot: &BootInfo) {
     EXE_PATH_ADDR.store(boot.exe_path_addr, Ordering::Relaxed);
     EXE_PATH_LEN.store(boot.exe_path_len, Ordering::Relaxed);
+    file::init();
 }
 
-fn check_std_fd(fd: u64) -> Result<(), Errno> {
-    if fd <= 2 {
-        Ok(())
-    } else {
-        Err(Errno::EBADF)
-    }
+fn readable(f: &File) -> bool {
+    f.flags.load(Ordering::Relaxed) & O_ACCMODE != O_WRONLY
 }
 
-pub fn read(a: &Args) -> SysResult {
-    match a[0] {
-        0 => {
-            user::check(a[1], a[2], true)?;
-            Ok(0)
-        }
-        _ => Err(Errno::EBADF),
-    }
+fn writable(f: &File) -> bool {
+    f.flags.load(Ordering::Relaxed) & O_ACCMODE != O_RDONLY
 }
 
-pub fn readv(a: &Args) -> SysResult {
-    match a[0] {
-        0 => Ok(0),
-        _ => Err(Errno::EBADF),
-    }
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct IoVec {
-    base: u64,
-    len: u64,
-}
-
-/// Writes the program's buffers to the VMM in one hypercall, up to the segment and byte limits (a short write then,
-/// which callers of `write` handle).
-fn write_buffers(fd: u64, buffers: impl Iterator<Item = Result<IoVec, Errno>>) -> SysResult {
-    if fd != 1 && fd != 2 {
+/// Reads into one program buffer.
+fn read_into(f: &File, buf: u64, len: u64) -> SysResult {
+    if !readable(f) {
         return Err(Errno::EBADF);
     }
-    let mut segments = [IoSegment::default(); MAX_IO_SEGMENTS as usize];
-    let mut used = 0;
-    let mut total = 0u64;
-    for iov in buffers {
-        let iov = iov?;
-        let room = MAX_WRITE_BYTES - total;
-        let want = iov.len.min(room);
-        let described = user::physical_segments(iov.base, want, &mut segments, &mut used)?;
-        total += described;
-        if described < iov.len || total == MAX_WRITE_BYTES {
-            break;
+    user::check(buf, len, true)?;
+    match &f.object {
+        Object::Stdin | Object::Null => Ok(0),
+        Object::Zero | Object::Random => {
+            let mut chunk = vec![0u8; CHUNK];
+            let mut done = 0;
+            while done < len {
+                let n = (len - done).min(CHUNK as u64) as usize;
+                if matches!(f.object, Object::Random) {
+                    super::random::fill(&mut chunk[..n]);
+                }
+                user::write_bytes(buf + done, &chunk[..n])?;
+                done += n as u64;
+            }
+            Ok(len)
         }
+        Object::PipeReader(p) => {
+            let mut chunk = vec![0u8; (len as usize).min(pipe::CAPACITY)];
+            let n = p.0.read(&mut chunk, f.nonblocking())?;
+            user::write_bytes(buf, &chunk[..n])?;
+            Ok(n as u64)
+        }
+        Object::EventFd(e) => {
+            if len < 8 {
+                return Err(Errno::EINVAL);
+            }
+            user::write(buf, e.read(f.nonblocking())?)?;
+            Ok(8)
+        }
+        Object::Console(_) | Object::PipeWriter(_) => Err(Errno::EBADF),
     }
-    if total == 0 {
-        return Ok(0);
+}
+
+/// Writes the program's buffers to `f`.
+fn write_from(f: &File, buffers: &mut dyn Iterator<Item = Result<IoVec, Errno>>) -> SysResult {
+    if !writable(f) {
+        return Err(Errno::EBADF);
     }
-    let segs_phys = crate::mm::virt_to_phys(segments.as_ptr() as u64).ok_or(Errno::EFAULT)?;
-    let ret = hypercall::call(Hypercall::Write, &[fd, segs_phys, used as u64]);
-    if ret == -Errno::EPIPE.0 {
+    let result = match &f.object {
+        Object::Console(fd) => console::write(*fd, buffers),
+        Object::Null | Object::Zero | Object::Random => {
+            let mut total = 0;
+            for iov in buffers {
+                let iov = iov?;
+                user::check(iov.base, iov.len, false)?;
+                total += iov.len;
+            }
+            Ok(total)
+        }
+        Object::PipeWriter(p) => {
+            let mut total = 0u64;
+            let mut chunk = vec![0u8; CHUNK];
+            for iov in buffers {
+                let iov = iov?;
+                let mut done = 0;
+                while done < iov.len {
+                    let n = (iov.len - done).min(CHUNK as u64) as usize;
+                    user::read_bytes(iov.base + done, &mut chunk[..n])?;
+                    match p.0.write(&chunk[..n], f.nonblocking()) {
+                        Ok(w) => {
+                            done += w as u64;
+                            total += w as u64;
+                            if w < n {
+                                return Ok(total);
+                            }
+                        }
+                        Err(e) if total > 0 && e == Errno::EAGAIN => return Ok(total),
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            Ok(total)
+        }
+        Object::EventFd(e) => {
+            let iov = buffers.next().ok_or(Errno::EINVAL)??;
+            if iov.len < 8 {
+                return Err(Errno::EINVAL);
+            }
+            e.write(user::read(iov.base)?, f.nonblocking())?;
+            Ok(8)
+        }
+        Object::Stdin | Object::PipeReader(_) => Err(Errno::EBADF),
+    };
+    if result == Err(Errno::EPIPE) {
         // The reader went away: Linux sends SIGPIPE, which ends the program unless it ignores or handles it; if the
         // program survives it, the write fails with EPIPE.
         let _ = super::signal::send_to_self(super::signal::SIGPIPE);
     }
-    if ret < 0 {
-        Err(Errno(-ret))
-    } else {
-        Ok(ret as u64)
-    }
+    result
 }
 
-pub fn write(a: &Args) -> SysResult {
-    write_buffers(a[0], core::iter::once(Ok(IoVec { base: a[1], len: a[2] })))
-}
-
-pub fn writev(a: &Args) -> SysResult {
-    let (fd, iov, count) = (a[0], a[1], a[2]);
+fn iovecs(addr: u64, count: u64) -> Result<impl Iterator<Item = Result<IoVec, Errno>>, Errno> {
     if count > MAX_IOV {
         return Err(Errno::EINVAL);
     }
     let size = core::mem::size_of::<IoVec>() as u64;
-    write_buffers(fd, (0..count).map(|i| user::read::<IoVec>(iov + i * size)))
+    Ok((0..count).map(move |i| user::read::<IoVec>(addr + i * size)))
 }
 
-pub fn ioctl(a: &Args) -> SysResult {
-    check_std_fd(a[0])?;
-    // The streams are pipes or files as far as the program can tell: no terminal (TCGETS, TIOCGWINSZ), no others.
-    let _request = a[1];
-    Err(Errno::ENOTTY)
+pub fn read(a: &Args) -> SysResult {
+    read_into(&*file::get(a[0])?, a[1], a[2])
+}
+
+pub fn readv(a: &Args) -> SysResult {
+    let f = file::get(a[0])?;
+    let mut total = 0;
+    for iov in iovecs(a[1], a[2])? {
+        let iov = iov?;
+        let n = read_into(&f, iov.base, iov.len)?;
+        total += n;
+        if n < iov.len {
+            break;
+        }
+    }
+    Ok(total)
+}
+
+pub fn write(a: &Args) -> SysResult {
+    write_from(&*file::get(a[0])?, &mut core::iter::once(Ok(IoVec { base: a[1], len: a[2] })))
+}
+
+pub fn writev(a: &Args) -> SysResult {
+    write_from(&*file::get(a[0])?, &mut iovecs(a[1], a[2])?)
+}
+
+/// Positional I/O needs a seekable file; none of ours is one yet.
+pub fn pread_pwrite(a: &Args) -> SysResult {
+    file::get(a[0])?;
+    Err(Errno::ESPIPE)
+}
+
+pub fn lseek(a: &Args) -> SysResult {
+    match file::get(a[0])?.object {
+        // Linux lets these seek and always answers 0.
+        Object::Null | Object::Zero | Object::Random => Ok(0),
+        _ => Err(Errno::ESPIPE),
+    }
+}
+
+pub fn close(a: &Args) -> SysResult {
+    file::close(a[0]).map(|()| 0)
+}
+
+pub fn dup(a: &Args) -> SysResult {
+    file::install(file::get(a[0])?, false)
+}
+
+pub fn dup2(a: &Args) -> SysResult {
+    let f = file::get(a[0])?;
+    if a[0] == a[1] {
+        return Ok(a[1]);
+    }
+    file::install_at(a[1], f, false)
+}
+
+pub fn dup3(a: &Args) -> SysResult {
+    if a[0] == a[1] || a[2] & !u64::from(O_CLOEXEC) != 0 {
+        return Err(Errno::EINVAL);
+    }
+    file::install_at(a[1], file::get(a[0])?, a[2] & u64::from(O_CLOEXEC) != 0)
 }
 
 pub fn fcntl(a: &Args) -> SysResult {
-    check_std_fd(a[0])?;
-    match a[1] {
-        F_GETFD => Ok(0),
-        F_SETFD | F_SETFL => Ok(0),
-        F_GETFL => Ok(if a[0] == 0 { O_RDONLY } else { O_WRONLY }),
-        // F_DUPFD and the rest need a descriptor table, which arrives with files.
+    let (fd, cmd, arg) = (a[0], a[1], a[2]);
+    let f = file::get(fd)?;
+    match cmd {
+        F_DUPFD | F_DUPFD_CLOEXEC => {
+            let from = usize::try_from(arg).ok().filter(|&n| n < file::MAX_FDS).ok_or(Errno::EINVAL)?;
+            file::install_from(f, cmd == F_DUPFD_CLOEXEC, from)
+        }
+        F_GETFD => Ok(if file::cloexec(fd)? { FD_CLOEXEC } else { 0 }),
+        F_SETFD => file::set_cloexec(fd, arg & FD_CLOEXEC != 0).map(|()| 0),
+        F_GETFL => Ok(u64::from(f.flags.load(Ordering::Relaxed))),
+        F_SETFL => {
+            // Only the status flags change; the access mode stays.
+            let settable = O_NONBLOCK | O_APPEND;
+            let old = f.flags.load(Ordering::Relaxed);
+            f.flags.store((old & !settable) | (arg as u32 & settable), Ordering::Relaxed);
+            Ok(0)
+        }
         _ => Err(Errno::EINVAL),
     }
+}
+
+pub fn ioctl(a: &Args) -> SysResult {
+    let f = file::get(a[0])?;
+    match a[1] {
+        FIONBIO => {
+            let on: i32 = user::read(a[2])?;
+            let flags = f.flags.load(Ordering::Relaxed);
+            f.flags.store(if on != 0 { flags | O_NONBLOCK } else { flags & !O_NONBLOCK }, Ordering::Relaxed);
+            Ok(0)
+        }
+        FIONREAD => {
+            let n = match &f.object {
+                Object::PipeReader(p) => p.0.available(),
+                _ => 0,
+            };
+            user::write(a[2], n as i32).map(|()| 0)
+        }
+        // No descriptor is a terminal (TCGETS, TIOCGWINSZ, ...).
+        _ => Err(Errno::ENOTTY),
+    }
+}
+
+pub fn pipe2(a: &Args) -> SysResult {
+    let flags = a[1] as u32;
+    if flags & !(O_CLOEXEC | O_NONBLOCK) != 0 {
+        return Err(Errno::EINVAL);
+    }
+    user::check(a[0], 8, true)?;
+    let pipe = Pipe::new();
+    let cloexec = flags & O_CLOEXEC != 0;
+    let status = flags & O_NONBLOCK;
+    let r = file::install(File::new(Object::PipeReader(pipe::Reader(pipe.clone())), O_RDONLY | status), cloexec)?;
+    let w = match file::install(File::new(Object::PipeWriter(pipe::Writer(pipe)), O_WRONLY | status), cloexec) {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = file::close(r);
+            return Err(e);
+        }
+    };
+    user::write(a[0], [r as i32, w as i32]).map(|()| 0)
+}
+
+pub fn pipe(a: &Args) -> SysResult {
+    pipe2(&[a[0], 0, 0, 0, 0, 0])
+}
+
+const EFD_SEMAPHORE: u64 = 1;
+
+pub fn eventfd2(a: &Args) -> SysResult {
+    let (initial, flags) = (a[0] as u32, a[1]);
+    let known = EFD_SEMAPHORE | u64::from(O_NONBLOCK | O_CLOEXEC);
+    if flags & !known != 0 {
+        return Err(Errno::EINVAL);
+    }
+    let event = EventFd::new(u64::from(initial), flags & EFD_SEMAPHORE != 0);
+    let status = flags as u32 & O_NONBLOCK;
+    file::install(File::new(Object::EventFd(event), O_RDWR | status), flags & u64::from(O_CLOEXEC) != 0)
+}
+
+pub fn eventfd(a: &Args) -> SysResult {
+    eventfd2(&[a[0], 0, 0, 0, 0, 0])
+}
+
+/// The device files; everything else does not exist yet.
+fn open_path(path: u64, flags: u32) -> SysResult {
+    let mut name = [0u8; 256];
+    let len = user::read_c_string(path, &mut name)?;
+    let object = match &name[..len] {
+        b"/dev/null" => Object::Null,
+        b"/dev/zero" => Object::Zero,
+        b"/dev/urandom" | b"/dev/random" => Object::Random,
+        b"/dev/stdin" | b"/proc/self/fd/0" => return file::install(file::get(0)?, flags & O_CLOEXEC != 0),
+        b"/dev/stdout" | b"/proc/self/fd/1" => return file::install(file::get(1)?, flags & O_CLOEXEC != 0),
+        b"/dev/stderr" | b"/proc/self/fd/2" => return file::install(file::get(2)?, flags & O_CLOEXEC != 0),
+        _ => return Err(Errno::ENOENT),
+    };
+    let status = flags & (O_ACCMODE | O_NONBLOCK | O_APPEND);
+    file::install(File::new(object, status), flags & O_CLOEXEC != 0)
+}
+
+pub fn open(a: &Args) -> SysResult {
+    open_path(a[0], a[1] as u32)
+}
+
+pub fn openat(a: &Args) -> SysResult {
+    let _absolute_only = a[0] as i64 == AT_FDCWD;
+    open_path(a[1], a[2] as u32)
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct Stat {
+    dev: u64,
+    ino: u64,
+    nlink: u64,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    _pad: u32,
+    rdev: u64,
+    size: i64,
+    blksize: i64,
+    blocks: i64,
+    times: [i64; 6],
+    _unused: [i64; 3],
+}
+
+const S_IFIFO: u32 = 0o010000;
+const S_IFCHR: u32 = 0o020000;
+
+pub fn fstat(a: &Args) -> SysResult {
+    let f = file::get(a[0])?;
+    let (mode, rdev) = match &f.object {
+        Object::Stdin | Object::Console(_) => (S_IFIFO | 0o600, 0),
+        Object::Null => (S_IFCHR | 0o666, (1 << 8) | 3),
+        Object::Zero => (S_IFCHR | 0o666, (1 << 8) | 5),
+        Object::Random => (S_IFCHR | 0o666, (1 << 8) | 9),
+        Object::PipeReader(_) | Object::PipeWriter(_) => (S_IFIFO | 0o600, 0),
+        Object::EventFd(_) => (0o600, 0),
+    };
+    let st = Stat { nlink: 1, mode, rdev, blksize: 4096, ino: a[0] + 1, ..Default::default() };
+    user::write(a[1], st).map(|()| 0)
 }
 
 #[repr(C)]
@@ -134,11 +364,8 @@ struct PollFd {
     revents: u16,
 }
 
-/// The standard streams never block: stdin is at end-of-file, stdout and stderr always take data.
-fn poll_fds(fds: u64, count: u64) -> SysResult {
-    if count > 4096 {
-        return Err(Errno::EINVAL);
-    }
+/// Fills in `revents`; returns how many descriptors have some.
+fn poll_once(fds: u64, count: u64) -> SysResult {
     let size = core::mem::size_of::<PollFd>() as u64;
     let mut ready = 0;
     for i in 0..count {
@@ -146,9 +373,7 @@ fn poll_fds(fds: u64, count: u64) -> SysResult {
         let mut p: PollFd = user::read(addr)?;
         p.revents = match p.fd {
             fd if fd < 0 => 0,
-            0 => p.events & POLLIN,
-            1 | 2 => p.events & POLLOUT,
-            _ => POLLNVAL,
+            fd => file::get(fd as u64).map_or(POLLNVAL, |f| f.ready(p.events)),
         };
         if p.revents != 0 {
             ready += 1;
@@ -158,12 +383,43 @@ fn poll_fds(fds: u64, count: u64) -> SysResult {
     Ok(ready)
 }
 
+/// Polls until something is ready or `deadline` (ns since boot; `u64::MAX` for never) passes.
+fn poll_until(fds: u64, count: u64, deadline: u64) -> SysResult {
+    if count > file::MAX_FDS as u64 {
+        return Err(Errno::EINVAL);
+    }
+    loop {
+        let seen = file::io_generation();
+        let ready = poll_once(fds, count)?;
+        if ready > 0 || time::since_boot_ns() >= deadline {
+            return Ok(ready);
+        }
+        file::wait_io(seen, deadline);
+    }
+}
+
 pub fn poll(a: &Args) -> SysResult {
-    poll_fds(a[0], a[1])
+    let timeout_ms = a[2] as i32;
+    let deadline = match timeout_ms {
+        t if t < 0 => u64::MAX,
+        t => time::since_boot_ns().saturating_add(t as u64 * 1_000_000),
+    };
+    poll_until(a[0], a[1], deadline)
 }
 
 pub fn ppoll(a: &Args) -> SysResult {
-    poll_fds(a[0], a[1])
+    let deadline = match a[2] {
+        0 => u64::MAX,
+        t => {
+            let ts: [i64; 2] = user::read(t)?;
+            if ts[0] < 0 || !(0..1_000_000_000).contains(&ts[1]) {
+                return Err(Errno::EINVAL);
+            }
+            let ns = (ts[0] as u64).saturating_mul(1_000_000_000).saturating_add(ts[1] as u64);
+            time::since_boot_ns().saturating_add(ns)
+        }
+    };
+    poll_until(a[0], a[1], deadline)
 }
 
 fn readlink_path(path: u64, buf: u64, size: u64) -> SysResult {

@@ -25,7 +25,11 @@ const fn table() -> [Option<Handler>; SYSCALL_SLOTS] {
     let mut t: [Option<Handler>; SYSCALL_SLOTS] = [None; SYSCALL_SLOTS];
     t[0] = Some(fs::read);
     t[1] = Some(fs::write);
+    t[2] = Some(fs::open);
+    t[3] = Some(fs::close);
+    t[5] = Some(fs::fstat);
     t[7] = Some(fs::poll);
+    t[8] = Some(fs::lseek);
     t[9] = Some(mm::mmap);
     t[10] = Some(mm::mprotect);
     t[11] = Some(mm::munmap);
@@ -33,12 +37,17 @@ const fn table() -> [Option<Handler>; SYSCALL_SLOTS] {
     t[13] = Some(signal::rt_sigaction);
     t[14] = Some(signal::rt_sigprocmask);
     t[16] = Some(fs::ioctl);
+    t[17] = Some(fs::pread_pwrite);
+    t[18] = Some(fs::pread_pwrite);
     t[19] = Some(fs::readv);
     t[20] = Some(fs::writev);
+    t[22] = Some(fs::pipe);
     t[24] = Some(thread::sched_yield);
     t[25] = Some(mm::mremap);
     t[35] = Some(time::nanosleep);
     t[28] = Some(mm::madvise);
+    t[32] = Some(fs::dup);
+    t[33] = Some(fs::dup2);
     t[39] = Some(process::getpid);
     t[56] = Some(thread::clone);
     t[SYS_EXIT as usize] = Some(thread::exit);
@@ -68,9 +77,14 @@ const fn table() -> [Option<Handler>; SYSCALL_SLOTS] {
     t[230] = Some(time::clock_nanosleep);
     t[SYS_EXIT_GROUP as usize] = Some(process::exit);
     t[234] = Some(signal::tgkill);
+    t[257] = Some(fs::openat);
     t[267] = Some(fs::readlinkat);
     t[271] = Some(fs::ppoll);
     t[273] = Some(process::set_robust_list);
+    t[284] = Some(fs::eventfd);
+    t[290] = Some(fs::eventfd2);
+    t[292] = Some(fs::dup3);
+    t[293] = Some(fs::pipe2);
     t[302] = Some(process::prlimit64);
     t[318] = Some(random::getrandom);
     t

@@ -17,6 +17,13 @@ pub fn init(boot: &kiln_abi::BootInfo) {
     *GENERATOR.lock() = Some(ChaCha20Rng::from_seed(boot.random_seed));
 }
 
+/// Random bytes for `/dev/urandom` too.
+pub fn fill(out: &mut [u8]) {
+    if let Some(rng) = GENERATOR.lock().as_mut() {
+        rng.fill_bytes(out);
+    }
+}
+
 pub fn getrandom(a: &Args) -> SysResult {
     let (buf, len, flags) = (a[0], a[1], a[2]);
     if flags & !(GRND_NONBLOCK | GRND_RANDOM | GRND_INSECURE) != 0 {

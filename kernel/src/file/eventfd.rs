@@ -1,0 +1,69 @@
+//! eventfd: a 64-bit counter. Writes add to it (blocking before it would overflow); reads take it all, or one in
+//! semaphore mode, blocking while it is zero.
+
+use super::{notify, wait_on, POLLIN, POLLOUT};
+use crate::errno::Errno;
+use crate::sync::SpinLock;
+use alloc::sync::Arc;
+
+const MAX: u64 = u64::MAX - 1;
+
+pub struct EventFd {
+    value: SpinLock<u64>,
+    semaphore: bool,
+}
+
+impl EventFd {
+    pub fn new(initial: u64, semaphore: bool) -> Arc<EventFd> {
+        Arc::new(EventFd { value: SpinLock::new(initial), semaphore })
+    }
+
+    fn key(&self) -> u64 {
+        self as *const EventFd as u64
+    }
+
+    pub fn events(&self) -> u16 {
+        let v = *self.value.lock();
+        (if v > 0 { POLLIN } else { 0 }) | if v < MAX { POLLOUT } else { 0 }
+    }
+
+    pub fn read(&self, nonblocking: bool) -> Result<u64, Errno> {
+        loop {
+            {
+                let mut v = self.value.lock();
+                if *v > 0 {
+                    let taken = if self.semaphore { 1 } else { *v };
+                    *v -= taken;
+                    drop(v);
+                    notify(self.key());
+                    return Ok(taken);
+                }
+                if nonblocking {
+                    return Err(Errno::EAGAIN);
+                }
+            }
+            wait_on(self.key(), || *self.value.lock() == 0);
+        }
+    }
+
+    pub fn write(&self, add: u64, nonblocking: bool) -> Result<(), Errno> {
+        if add == u64::MAX {
+            return Err(Errno::EINVAL);
+        }
+        loop {
+            {
+                let mut v = self.value.lock();
+                if MAX - *v >= add {
+                    *v += add;
+                    drop(v);
+                    notify(self.key());
+                    return Ok(());
+                }
+                if nonblocking {
+                    return Err(Errno::EAGAIN);
+                }
+            }
+            wait_on(self.key(), || MAX - *self.value.lock() < add);
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! Open files: the descriptor table and the objects behind descriptors (the standard streams, `/dev/null`-like
+//! devices, pipes, eventfds). Blocking operations put the thread to sleep in the scheduler; every change that could
+//! make a descriptor ready bumps one I/O generation, which `poll` waits on.
+
+pub mod console;
+pub mod eventfd;
+pub mod pipe;
+
+use crate::errno::Errno;
+use crate::sched::{self, Wait, Woken};
+use crate::sync::SpinLock;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use eventfd::EventFd;
+
+pub const O_ACCMODE: u32 = 3;
+pub const O_RDONLY: u32 = 0;
+pub const O_WRONLY: u32 = 1;
+pub const O_RDWR: u32 = 2;
+pub const O_NONBLOCK: u32 = 0o4000;
+pub const O_APPEND: u32 = 0o2000;
+pub const O_CLOEXEC: u32 = 0o2000000;
+
+pub const POLLIN: u16 = 0x1;
+pub const POLLOUT: u16 = 0x4;
+pub const POLLERR: u16 = 0x8;
+pub const POLLHUP: u16 = 0x10;
+
+/// Descriptors a program may have open (RLIMIT_NOFILE).
+pub const MAX_FDS: usize = 1024;
+
+pub enum Object {
+    Stdin,
+    /// fd 1 or 2 of the VMM.
+    Console(u64),
+    Null,
+    Zero,
+    Random,
+    PipeReader(pipe::Reader),
+    PipeWriter(pipe::Writer),
+    EventFd(Arc<EventFd>),
+}
+
+pub struct File {
+    pub object: Object,
+    /// Access mode and status flags (O_NONBLOCK, O_APPEND), as F_GETFL reports them.
+    pub flags: AtomicU32,
+}
+
+impl File {
+    pub fn new(object: Object, flags: u32) -> Arc<File> {
+        Arc::new(File { object, flags: AtomicU32::new(flags) })
+    }
+
+    pub fn nonblocking(&self) -> bool {
+        self.flags.load(Ordering::Relaxed) & O_NONBLOCK != 0
+    }
+
+    /// The `poll` events this file has now, out of `wanted` (POLLHUP and POLLERR always count).
+    pub fn ready(&self, wanted: u16) -> u16 {
+        let has = match &self.object {
+            Object::Stdin => POLLIN,
+            Object::Console(_) => POLLOUT,
+            Object::Null | Object::Zero | Object::Random => POLLIN | POLLOUT,
+            Object::PipeReader(p) => p.0.reader_events(),
+            Object::PipeWriter(p) => p.0.writer_events(),
+            Object::EventFd(e) => e.events(),
+        };
+        has & (wanted | POLLHUP | POLLERR)
+    }
+}
+
+/// A descriptor's file and its close-on-exec flag.
+#[derive(Clone)]
+struct Slot {
+    file: Arc<File>,
+    cloexec: bool,
+}
+
+static TABLE: SpinLock<Vec<Option<Slot>>> = SpinLock::new(Vec::new());
+
+/// Opens the three standard streams.
+pub fn init() {
+    let mut t = TABLE.lock();
+    t.push(Some(Slot { file: File::new(Object::Stdin, O_RDONLY), cloexec: false }));
+    t.push(Some(Slot { file: File::new(Object::Console(1), O_WRONLY), cloexec: false }));
+    t.push(Some(Slot { file: File::new(Object::Console(2), O_WRONLY), cloexec: false }));
+}
+
+pub fn get(fd: u64) -> Result<Arc<File>, Errno> {
+    let t = TABLE.lock();
+    let slot = usize::try_from(fd).ok().and_then(|fd| t.get(fd)).and_then(Option::as_ref);
+    slot.map(|s| s.file.clone()).ok_or(Errno::EBADF)
+}
+
+/// Installs `file` at the lowest free descriptor not below `from`.
+pub fn install_from(file: Arc<File>, cloexec: bool, from: usize) -> Result<u64, Errno> {
+    let mut t = TABLE.lock();
+    let fd = (from..MAX_FDS).find(|&fd| t.get(fd).is_none_or(Option::is_none)).ok_or(Errno::EMFILE)?;
+    if t.len() <= fd {
+        t.resize(fd + 1, None);
+    }
+    t[fd] = Some(Slot { file, cloexec });
+    Ok(fd as u64)
+}
+
+pub fn install(file: Arc<File>, cloexec: bool) -> Result<u64, Errno> {
+    install_from(file, cloexec, 0)
+}
+
+/// Puts `file` at `fd`, closing what was there (dup2).
+pub fn install_at(fd: u64, file: Arc<File>, cloexec: bool) -> Result<u64, Errno> {
+    let fd = usize::try_from(fd).ok().filter(|&fd| fd < MAX_FDS).ok_or(Errno::EBADF)?;
+    let old = {
+        let mut t = TABLE.lock();
+        if t.len() <= fd {
+            t.resize(fd + 1, None);
+        }
+        t[fd].replace(Slot { file, cloexec })
+    };
+    // Dropped outside the lock: closing a pipe end wakes the other side.
+    drop(old);
+    Ok(fd as u64)
+}
+
+pub fn close(fd: u64) -> Result<(), Errno> {
+    let old = {
+        let mut t = TABLE.lock();
+        let slot = usize::try_from(fd).ok().and_then(|fd| t.get_mut(fd)).ok_or(Errno::EBADF)?;
+        slot.take().ok_or(Errno::EBADF)?
+    };
+    drop(old);
+    Ok(())
+}
+
+pub fn cloexec(fd: u64) -> Result<bool, Errno> {
+    let t = TABLE.lock();
+    let slot = usize::try_from(fd).ok().and_then(|fd| t.get(fd)).and_then(Option::as_ref);
+    slot.map(|s| s.cloexec).ok_or(Errno::EBADF)
+}
+
+pub fn set_cloexec(fd: u64, on: bool) -> Result<(), Errno> {
+    let mut t = TABLE.lock();
+    let slot = usize::try_from(fd).ok().and_then(|fd| t.get_mut(fd)).and_then(Option::as_mut);
+    slot.map(|s| s.cloexec = on).ok_or(Errno::EBADF)
+}
+
+/// Bumped on every change that could make a descriptor ready; `poll` sleeps until it moves.
+static IO_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+fn io_key() -> u64 {
+    &IO_GENERATION as *const AtomicU64 as u64
+}
+
+/// Something became readable, writable or hung up: wake whoever polls or blocks on `key` (0 for pollers only).
+pub fn notify(key: u64) {
+    IO_GENERATION.fetch_add(1, Ordering::SeqCst);
+    sched::wake(io_key(), u32::MAX, usize::MAX);
+    if key != 0 {
+        sched::wake(key, u32::MAX, usize::MAX);
+    }
+}
+
+pub fn io_generation() -> u64 {
+    IO_GENERATION.load(Ordering::SeqCst)
+}
+
+/// Sleeps until the I/O generation moves past `seen` or `deadline` passes. Returns false on the deadline.
+pub fn wait_io(seen: u64, deadline: u64) -> bool {
+    let woken = sched::block(Wait::Futex { addr: io_key(), bitset: u32::MAX }, deadline, || io_generation() == seen);
+    woken != Some(Woken::ByDeadline)
+}
+
+/// Blocks the thread on `key` while `still()` holds (checked under the scheduler lock, so a `notify` in between is
+/// not lost).
+pub fn wait_on(key: u64, still: impl FnOnce() -> bool) {
+    sched::block(Wait::Futex { addr: key, bitset: u32::MAX }, u64::MAX, still);
+}

@@ -1,0 +1,127 @@
+//! Pipes: a 64 KiB buffer between a read end and a write end, shared by threads. Reading an empty pipe blocks while
+//! a writer exists; writing a full one blocks while a reader exists; writing with no reader is EPIPE (and SIGPIPE).
+
+use super::{notify, wait_on, POLLERR, POLLHUP, POLLIN, POLLOUT};
+use crate::errno::Errno;
+use crate::sync::SpinLock;
+use alloc::collections::VecDeque;
+use alloc::sync::Arc;
+
+pub const CAPACITY: usize = 64 << 10;
+
+pub struct Pipe {
+    state: SpinLock<State>,
+}
+
+struct State {
+    buffer: VecDeque<u8>,
+    readers: usize,
+    writers: usize,
+}
+
+/// The two ends of a pipe; dropping an end closes it.
+pub struct Reader(pub Arc<Pipe>);
+pub struct Writer(pub Arc<Pipe>);
+
+impl Pipe {
+    pub fn new() -> Arc<Pipe> {
+        Arc::new(Pipe { state: SpinLock::new(State { buffer: VecDeque::new(), readers: 1, writers: 1 }) })
+    }
+
+    fn key(&self) -> u64 {
+        self as *const Pipe as u64
+    }
+
+    pub fn reader_events(&self) -> u16 {
+        let s = self.state.lock();
+        (if s.buffer.is_empty() { 0 } else { POLLIN }) | if s.writers == 0 { POLLHUP } else { 0 }
+    }
+
+    pub fn writer_events(&self) -> u16 {
+        let s = self.state.lock();
+        if s.readers == 0 {
+            POLLERR
+        } else if s.buffer.len() < CAPACITY {
+            POLLOUT
+        } else {
+            0
+        }
+    }
+
+    pub fn available(&self) -> usize {
+        self.state.lock().buffer.len()
+    }
+
+    /// Reads up to `out.len()` bytes; 0 at end-of-file (no writers left).
+    pub fn read(&self, out: &mut [u8], nonblocking: bool) -> Result<usize, Errno> {
+        loop {
+            {
+                let mut s = self.state.lock();
+                if !s.buffer.is_empty() {
+                    let n = out.len().min(s.buffer.len());
+                    for (dst, src) in out.iter_mut().zip(s.buffer.drain(..n)) {
+                        *dst = src;
+                    }
+                    drop(s);
+                    notify(self.key());
+                    return Ok(n);
+                }
+                if s.writers == 0 || out.is_empty() {
+                    return Ok(0);
+                }
+                if nonblocking {
+                    return Err(Errno::EAGAIN);
+                }
+            }
+            wait_on(self.key(), || {
+                let s = self.state.lock();
+                s.buffer.is_empty() && s.writers > 0
+            });
+        }
+    }
+
+    /// Writes all of `data` (blocking while the pipe is full), or as much as fits if non-blocking.
+    pub fn write(&self, data: &[u8], nonblocking: bool) -> Result<usize, Errno> {
+        let mut done = 0;
+        loop {
+            {
+                let mut s = self.state.lock();
+                if s.readers == 0 {
+                    return Err(Errno::EPIPE);
+                }
+                let room = CAPACITY - s.buffer.len();
+                let n = room.min(data.len() - done);
+                s.buffer.extend(&data[done..done + n]);
+                done += n;
+                drop(s);
+                if n > 0 {
+                    notify(self.key());
+                }
+                if done == data.len() {
+                    return Ok(done);
+                }
+                if nonblocking {
+                    return if done > 0 { Ok(done) } else { Err(Errno::EAGAIN) };
+                }
+            }
+            wait_on(self.key(), || {
+                let s = self.state.lock();
+                s.buffer.len() == CAPACITY && s.readers > 0
+            });
+        }
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.0.state.lock().readers -= 1;
+        notify(self.0.key());
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.0.state.lock().writers -= 1;
+        notify(self.0.key());
+    }
+}
