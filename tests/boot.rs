@@ -278,14 +278,16 @@ fn threads_spread_over_vcpus_compute_what_they_do_natively() {
 }
 
 #[test]
-fn pipes_eventfds_poll_and_device_files_work() {
+fn pipes_eventfds_poll_epoll_select_and_device_files_work() {
     if !kvm::available() {
         return;
     }
     for cpus in ["1", "2"] {
-        let run = kiln().args(["run", "--cpus", cpus]).arg(guests::c("fds")).run();
-        run.assert_code(0);
-        assert!(run.stdout_text().ends_with("fds: ok\n"), "{run}");
+        for guest in ["fds", "epoll"] {
+            let run = kiln().args(["run", "--cpus", cpus]).arg(guests::c(guest)).run();
+            run.assert_code(0);
+            assert!(run.stdout_text().ends_with(&format!("{guest}: ok\n")), "{run}");
+        }
     }
 }
 

@@ -6,6 +6,7 @@ pub struct Errno(pub i64);
 impl Errno {
     pub const EPERM: Errno = Errno(1);
     pub const ENOENT: Errno = Errno(2);
+    pub const EEXIST: Errno = Errno(17);
     pub const ESRCH: Errno = Errno(3);
     pub const EBADF: Errno = Errno(9);
     pub const EAGAIN: Errno = Errno(11);

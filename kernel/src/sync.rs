@@ -48,6 +48,12 @@ impl<T> SpinLock<T> {
     }
 }
 
+impl<T: Default> Default for SpinLock<T> {
+    fn default() -> Self {
+        Self::new(T::default())
+    }
+}
+
 pub struct SpinGuard<'a, T> {
     lock: &'a SpinLock<T>,
 }

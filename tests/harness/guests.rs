@@ -50,6 +50,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("threads", "threads.c", Link::Static),
     ("deadlock", "deadlock.c", Link::Static),
     ("fds", "fds.c", Link::Static),
+    ("epoll", "epoll.c", Link::Static),
 ];
 
 /// The binaries of tests/guests/rust (each `src/bin/NAME.rs`).

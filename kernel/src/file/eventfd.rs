@@ -5,21 +5,32 @@ use super::{notify, wait_on, POLLIN, POLLOUT};
 use crate::errno::Errno;
 use crate::sync::SpinLock;
 use alloc::sync::Arc;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 const MAX: u64 = u64::MAX - 1;
 
 pub struct EventFd {
     value: SpinLock<u64>,
     semaphore: bool,
+    changes: AtomicU64,
 }
 
 impl EventFd {
     pub fn new(initial: u64, semaphore: bool) -> Arc<EventFd> {
-        Arc::new(EventFd { value: SpinLock::new(initial), semaphore })
+        Arc::new(EventFd { value: SpinLock::new(initial), semaphore, changes: AtomicU64::new(0) })
     }
 
     fn key(&self) -> u64 {
         self as *const EventFd as u64
+    }
+
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::SeqCst)
+    }
+
+    fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::SeqCst);
+        notify(self.key());
     }
 
     pub fn events(&self) -> u16 {
@@ -35,7 +46,7 @@ impl EventFd {
                     let taken = if self.semaphore { 1 } else { *v };
                     *v -= taken;
                     drop(v);
-                    notify(self.key());
+                    self.changed();
                     return Ok(taken);
                 }
                 if nonblocking {
@@ -56,7 +67,7 @@ impl EventFd {
                 if MAX - *v >= add {
                     *v += add;
                     drop(v);
-                    notify(self.key());
+                    self.changed();
                     return Ok(());
                 }
                 if nonblocking {

@@ -3,6 +3,7 @@
 //! make a descriptor ready bumps one I/O generation, which `poll` waits on.
 
 pub mod console;
+pub mod epoll;
 pub mod eventfd;
 pub mod pipe;
 
@@ -40,6 +41,7 @@ pub enum Object {
     PipeReader(pipe::Reader),
     PipeWriter(pipe::Writer),
     EventFd(Arc<EventFd>),
+    Epoll(epoll::Epoll),
 }
 
 pub struct File {
@@ -57,6 +59,16 @@ impl File {
         self.flags.load(Ordering::Relaxed) & O_NONBLOCK != 0
     }
 
+    /// How often the object behind this file has changed state (for edge-triggered epoll).
+    pub fn changes(&self) -> u64 {
+        match &self.object {
+            Object::PipeReader(p) => p.0.changes(),
+            Object::PipeWriter(p) => p.0.changes(),
+            Object::EventFd(e) => e.changes(),
+            _ => 0,
+        }
+    }
+
     /// The `poll` events this file has now, out of `wanted` (POLLHUP and POLLERR always count).
     pub fn ready(&self, wanted: u16) -> u16 {
         let has = match &self.object {
@@ -66,6 +78,13 @@ impl File {
             Object::PipeReader(p) => p.0.reader_events(),
             Object::PipeWriter(p) => p.0.writer_events(),
             Object::EventFd(e) => e.events(),
+            Object::Epoll(e) => {
+                if e.any_ready() {
+                    POLLIN
+                } else {
+                    0
+                }
+            }
         };
         has & (wanted | POLLHUP | POLLERR)
     }

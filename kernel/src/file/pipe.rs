@@ -6,11 +6,13 @@ use crate::errno::Errno;
 use crate::sync::SpinLock;
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 pub const CAPACITY: usize = 64 << 10;
 
 pub struct Pipe {
     state: SpinLock<State>,
+    changes: AtomicU64,
 }
 
 struct State {
@@ -25,11 +27,22 @@ pub struct Writer(pub Arc<Pipe>);
 
 impl Pipe {
     pub fn new() -> Arc<Pipe> {
-        Arc::new(Pipe { state: SpinLock::new(State { buffer: VecDeque::new(), readers: 1, writers: 1 }) })
+        let state = SpinLock::new(State { buffer: VecDeque::new(), readers: 1, writers: 1 });
+        Arc::new(Pipe { state, changes: AtomicU64::new(0) })
     }
 
     fn key(&self) -> u64 {
         self as *const Pipe as u64
+    }
+
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::SeqCst)
+    }
+
+    /// Records a change of state and wakes whoever waits for one.
+    fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::SeqCst);
+        notify(self.key());
     }
 
     pub fn reader_events(&self) -> u16 {
@@ -63,7 +76,7 @@ impl Pipe {
                         *dst = src;
                     }
                     drop(s);
-                    notify(self.key());
+                    self.changed();
                     return Ok(n);
                 }
                 if s.writers == 0 || out.is_empty() {
@@ -95,7 +108,7 @@ impl Pipe {
                 done += n;
                 drop(s);
                 if n > 0 {
-                    notify(self.key());
+                    self.changed();
                 }
                 if done == data.len() {
                     return Ok(done);
@@ -115,13 +128,13 @@ impl Pipe {
 impl Drop for Reader {
     fn drop(&mut self) {
         self.0.state.lock().readers -= 1;
-        notify(self.0.key());
+        self.0.changed();
     }
 }
 
 impl Drop for Writer {
     fn drop(&mut self) {
         self.0.state.lock().writers -= 1;
-        notify(self.0.key());
+        self.0.changed();
     }
 }

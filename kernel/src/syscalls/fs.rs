@@ -4,6 +4,7 @@
 use super::Args;
 use crate::errno::{Errno, SysResult};
 use crate::file::console::{self, IoVec};
+use crate::file::epoll::{Ctl, Epoll, EPOLLEXCLUSIVE};
 use crate::file::eventfd::EventFd;
 use crate::file::pipe::{self, Pipe};
 use crate::file::{self, File, Object, O_ACCMODE, O_APPEND, O_CLOEXEC, O_NONBLOCK, O_RDONLY, O_RDWR, O_WRONLY};
@@ -79,6 +80,7 @@ fn read_into(f: &File, buf: u64, len: u64) -> SysResult {
             Ok(8)
         }
         Object::Console(_) | Object::PipeWriter(_) => Err(Errno::EBADF),
+        Object::Epoll(_) => Err(Errno::EINVAL),
     }
 }
 
@@ -131,6 +133,7 @@ fn write_from(f: &File, buffers: &mut dyn Iterator<Item = Result<IoVec, Errno>>)
             Ok(8)
         }
         Object::Stdin | Object::PipeReader(_) => Err(Errno::EBADF),
+        Object::Epoll(_) => Err(Errno::EINVAL),
     };
     if result == Err(Errno::EPIPE) {
         // The reader went away: Linux sends SIGPIPE, which ends the program unless it ignores or handles it; if the
@@ -350,7 +353,7 @@ pub fn fstat(a: &Args) -> SysResult {
         Object::Zero => (S_IFCHR | 0o666, (1 << 8) | 5),
         Object::Random => (S_IFCHR | 0o666, (1 << 8) | 9),
         Object::PipeReader(_) | Object::PipeWriter(_) => (S_IFIFO | 0o600, 0),
-        Object::EventFd(_) => (0o600, 0),
+        Object::EventFd(_) | Object::Epoll(_) => (0o600, 0),
     };
     let st = Stat { nlink: 1, mode, rdev, blksize: 4096, ino: a[0] + 1, ..Default::default() };
     user::write(a[1], st).map(|()| 0)
@@ -399,25 +402,13 @@ fn poll_until(fds: u64, count: u64, deadline: u64) -> SysResult {
 }
 
 pub fn poll(a: &Args) -> SysResult {
-    let timeout_ms = a[2] as i32;
-    let deadline = match timeout_ms {
-        t if t < 0 => u64::MAX,
-        t => time::since_boot_ns().saturating_add(t as u64 * 1_000_000),
-    };
-    poll_until(a[0], a[1], deadline)
+    poll_until(a[0], a[1], deadline_ms(a[2] as i32))
 }
 
 pub fn ppoll(a: &Args) -> SysResult {
     let deadline = match a[2] {
         0 => u64::MAX,
-        t => {
-            let ts: [i64; 2] = user::read(t)?;
-            if ts[0] < 0 || !(0..1_000_000_000).contains(&ts[1]) {
-                return Err(Errno::EINVAL);
-            }
-            let ns = (ts[0] as u64).saturating_mul(1_000_000_000).saturating_add(ts[1] as u64);
-            time::since_boot_ns().saturating_add(ns)
-        }
+        t => time::since_boot_ns().saturating_add(timespec_ns(t)?),
     };
     poll_until(a[0], a[1], deadline)
 }
@@ -446,4 +437,190 @@ pub fn readlink(a: &Args) -> SysResult {
 /// Only absolute paths exist so far, for which the directory descriptor does not matter.
 pub fn readlinkat(a: &Args) -> SysResult {
     readlink_path(a[1], a[2], a[3])
+}
+
+const EPOLL_CTL_ADD: u64 = 1;
+const EPOLL_CTL_DEL: u64 = 2;
+const EPOLL_CTL_MOD: u64 = 3;
+
+pub fn epoll_create1(a: &Args) -> SysResult {
+    let flags = a[0] as u32;
+    if flags & !O_CLOEXEC != 0 {
+        return Err(Errno::EINVAL);
+    }
+    file::install(File::new(Object::Epoll(Epoll::default()), O_RDWR), flags & O_CLOEXEC != 0)
+}
+
+pub fn epoll_create(a: &Args) -> SysResult {
+    if a[0] as i32 <= 0 {
+        return Err(Errno::EINVAL);
+    }
+    epoll_create1(&[0; 6])
+}
+
+/// `struct epoll_event` is packed on x86-64: 4 bytes of events, then 8 of data.
+#[repr(C, packed)]
+#[derive(Clone, Copy)]
+struct EpollEvent {
+    events: u32,
+    data: u64,
+}
+
+pub fn epoll_ctl(a: &Args) -> SysResult {
+    let (epfd, op, fd, event) = (a[0], a[1], a[2], a[3]);
+    let ep = file::get(epfd)?;
+    let Object::Epoll(epoll) = &ep.object else { return Err(Errno::EINVAL) };
+    let target = file::get(fd)?;
+    // Nesting epoll descriptors (and with it loops) is not supported.
+    if matches!(target.object, Object::Epoll(_)) {
+        return Err(Errno::EINVAL);
+    }
+    let op = match op {
+        EPOLL_CTL_ADD => Ctl::Add,
+        EPOLL_CTL_MOD => Ctl::Mod,
+        EPOLL_CTL_DEL => Ctl::Del,
+        _ => return Err(Errno::EINVAL),
+    };
+    let (events, data) = match op {
+        Ctl::Del => (0, 0),
+        _ => {
+            let e: EpollEvent = user::read(event)?;
+            (e.events, e.data)
+        }
+    };
+    if events & EPOLLEXCLUSIVE != 0 && !matches!(op, Ctl::Add) {
+        return Err(Errno::EINVAL);
+    }
+    epoll.ctl(op, fd, &target, events, data).map(|()| 0)
+}
+
+fn epoll_wait_until(epfd: u64, events: u64, max: u64, deadline: u64) -> SysResult {
+    if max == 0 || max > (i32::MAX as u64) / 12 {
+        return Err(Errno::EINVAL);
+    }
+    let ep = file::get(epfd)?;
+    let Object::Epoll(epoll) = &ep.object else { return Err(Errno::EINVAL) };
+    user::check(events, max * 12, true)?;
+    let max = (max as usize).min(file::MAX_FDS);
+    let mut ready = alloc::vec::Vec::new();
+    loop {
+        let seen = file::io_generation();
+        epoll.collect(&mut ready, max);
+        if !ready.is_empty() || time::since_boot_ns() >= deadline {
+            break;
+        }
+        file::wait_io(seen, deadline);
+    }
+    for (i, &(events_ready, data)) in ready.iter().enumerate() {
+        user::write(events + i as u64 * 12, EpollEvent { events: events_ready, data })?;
+    }
+    Ok(ready.len() as u64)
+}
+
+fn deadline_ms(timeout_ms: i32) -> u64 {
+    match timeout_ms {
+        t if t < 0 => u64::MAX,
+        t => time::since_boot_ns().saturating_add(t as u64 * 1_000_000),
+    }
+}
+
+pub fn epoll_wait(a: &Args) -> SysResult {
+    epoll_wait_until(a[0], a[1], a[2], deadline_ms(a[3] as i32))
+}
+
+/// The signal mask is ignored: nothing delivers signals yet.
+pub fn epoll_pwait(a: &Args) -> SysResult {
+    epoll_wait(a)
+}
+
+pub fn epoll_pwait2(a: &Args) -> SysResult {
+    let deadline = match a[3] {
+        0 => u64::MAX,
+        t => time::since_boot_ns().saturating_add(timespec_ns(t)?),
+    };
+    epoll_wait_until(a[0], a[1], a[2], deadline)
+}
+
+fn timespec_ns(addr: u64) -> Result<u64, Errno> {
+    let ts: [i64; 2] = user::read(addr)?;
+    if ts[0] < 0 || !(0..1_000_000_000).contains(&ts[1]) {
+        return Err(Errno::EINVAL);
+    }
+    Ok((ts[0] as u64).saturating_mul(1_000_000_000).saturating_add(ts[1] as u64))
+}
+
+/// select and pselect6 over `poll`'s readiness: fd_sets of up to 1024 bits for read, write and exceptions.
+fn select_until(nfds: u64, sets: [u64; 3], deadline: u64) -> SysResult {
+    if nfds > file::MAX_FDS as u64 {
+        return Err(Errno::EINVAL);
+    }
+    let words = nfds.div_ceil(64) as usize;
+    let mut wanted = [[0u64; 16]; 3];
+    for (set, &addr) in wanted.iter_mut().zip(&sets) {
+        if addr != 0 {
+            for (w, word) in set[..words].iter_mut().enumerate() {
+                *word = user::read(addr + 8 * w as u64)?;
+            }
+        }
+    }
+    loop {
+        let seen = file::io_generation();
+        let mut result = [[0u64; 16]; 3];
+        let mut count = 0;
+        for fd in 0..nfds {
+            let (w, bit) = ((fd / 64) as usize, 1u64 << (fd % 64));
+            let asked = [wanted[0][w] & bit != 0, wanted[1][w] & bit != 0, wanted[2][w] & bit != 0];
+            if !asked.iter().any(|&x| x) {
+                continue;
+            }
+            let f = file::get(fd)?;
+            let ready = f.ready(POLLIN_OUT);
+            let hits = [
+                asked[0] && ready & (file::POLLIN | file::POLLHUP | file::POLLERR) != 0,
+                asked[1] && ready & (file::POLLOUT | file::POLLERR) != 0,
+                false,
+            ];
+            for (set, hit) in result.iter_mut().zip(hits) {
+                if hit {
+                    set[w] |= bit;
+                    count += 1;
+                }
+            }
+        }
+        if count > 0 || time::since_boot_ns() >= deadline {
+            for (set, &addr) in result.iter().zip(&sets) {
+                if addr != 0 {
+                    for (w, &word) in set[..words].iter().enumerate() {
+                        user::write(addr + 8 * w as u64, word)?;
+                    }
+                }
+            }
+            return Ok(count);
+        }
+        file::wait_io(seen, deadline);
+    }
+}
+
+const POLLIN_OUT: u16 = file::POLLIN | file::POLLOUT;
+
+pub fn select(a: &Args) -> SysResult {
+    let deadline = match a[4] {
+        0 => u64::MAX,
+        t => {
+            let tv: [i64; 2] = user::read(t)?;
+            if tv[0] < 0 || !(0..1_000_000).contains(&tv[1]) {
+                return Err(Errno::EINVAL);
+            }
+            time::since_boot_ns().saturating_add((tv[0] as u64) * 1_000_000_000 + tv[1] as u64 * 1000)
+        }
+    };
+    select_until(a[0], [a[1], a[2], a[3]], deadline)
+}
+
+pub fn pselect6(a: &Args) -> SysResult {
+    let deadline = match a[4] {
+        0 => u64::MAX,
+        t => time::since_boot_ns().saturating_add(timespec_ns(t)?),
+    };
+    select_until(a[0], [a[1], a[2], a[3]], deadline)
 }

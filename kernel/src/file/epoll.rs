@@ -1,0 +1,102 @@
+//! epoll: an interest list of descriptors, checked for readiness when waited on. Level-triggered by default;
+//! EPOLLET reports a descriptor again only after its object changed since the last report; EPOLLONESHOT disarms an
+//! entry once reported, until EPOLL_CTL_MOD.
+
+use super::{File, POLLERR, POLLHUP};
+use crate::errno::Errno;
+use crate::sync::SpinLock;
+use alloc::sync::{Arc, Weak};
+use alloc::vec::Vec;
+
+pub const EPOLLEXCLUSIVE: u32 = 1 << 28;
+pub const EPOLLONESHOT: u32 = 1 << 30;
+pub const EPOLLET: u32 = 1 << 31;
+
+struct Entry {
+    fd: u64,
+    /// The open file the descriptor referred to when added: closing every descriptor of it removes the entry, as
+    /// on Linux.
+    file: Weak<File>,
+    events: u32,
+    data: u64,
+    armed: bool,
+    /// The file's change count when this entry was last reported (edge-triggered entries).
+    reported_at: Option<u64>,
+}
+
+#[derive(Default)]
+pub struct Epoll {
+    entries: SpinLock<Vec<Entry>>,
+}
+
+pub enum Ctl {
+    Add,
+    Mod,
+    Del,
+}
+
+impl Epoll {
+    pub fn ctl(&self, op: Ctl, fd: u64, file: &Arc<File>, events: u32, data: u64) -> Result<(), Errno> {
+        let mut entries = self.entries.lock();
+        entries.retain(|e| e.file.strong_count() > 0);
+        let at = entries.iter().position(|e| e.fd == fd && e.file.ptr_eq(&Arc::downgrade(file)));
+        match (op, at) {
+            (Ctl::Add, Some(_)) => Err(Errno::EEXIST),
+            (Ctl::Add, None) => {
+                let file = Arc::downgrade(file);
+                entries.push(Entry { fd, file, events, data, armed: true, reported_at: None });
+                Ok(())
+            }
+            (Ctl::Mod, Some(i)) => {
+                let e = &mut entries[i];
+                (e.events, e.data, e.armed, e.reported_at) = (events, data, true, None);
+                Ok(())
+            }
+            (Ctl::Del, Some(i)) => {
+                entries.remove(i);
+                Ok(())
+            }
+            (Ctl::Mod | Ctl::Del, None) => Err(Errno::ENOENT),
+        }
+    }
+
+    /// Appends up to `max` ready (events, data) pairs to `out`.
+    pub fn collect(&self, out: &mut Vec<(u32, u64)>, max: usize) {
+        let mut entries = self.entries.lock();
+        entries.retain(|e| e.file.strong_count() > 0);
+        for e in entries.iter_mut() {
+            if out.len() == max {
+                break;
+            }
+            let Some(file) = e.file.upgrade() else { continue };
+            if !e.armed {
+                continue;
+            }
+            let wanted = (e.events & 0xffff) as u16;
+            let ready = u32::from(file.ready(wanted | POLLERR | POLLHUP));
+            if ready == 0 {
+                continue;
+            }
+            if e.events & EPOLLET != 0 {
+                let changes = file.changes();
+                if e.reported_at == Some(changes) {
+                    continue;
+                }
+                e.reported_at = Some(changes);
+            }
+            if e.events & EPOLLONESHOT != 0 {
+                e.armed = false;
+            }
+            out.push((ready, e.data));
+        }
+    }
+
+    /// Whether a wait would report something now (an epoll descriptor polled in turn). Looks without consuming
+    /// edge-triggered or one-shot reports.
+    pub fn any_ready(&self) -> bool {
+        self.entries
+            .lock()
+            .iter()
+            .any(|e| e.armed && e.file.upgrade().is_some_and(|f| f.ready((e.events & 0xffff) as u16) != 0))
+    }
+}

@@ -1,0 +1,90 @@
+/* epoll: readiness through epoll and select: level-triggered reports while data waits, edge-triggered reports once
+ * per change, one-shot disarms until EPOLL_CTL_MOD, a wait woken by another thread's eventfd write, timeouts, and
+ * select on a pipe. Each check prints one line; exits 0 when all held. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/select.h>
+#include <time.h>
+#include <unistd.h>
+
+static int failures;
+
+static void check(int ok, const char *what) {
+  printf("%s: %s\n", ok ? "ok" : "FAILED", what);
+  if (!ok) failures++;
+}
+
+static int efd;
+
+static void *poster(void *arg) {
+  (void)arg;
+  struct timespec nap = {0, 20 * 1000 * 1000};
+  nanosleep(&nap, 0);
+  uint64_t one = 1;
+  write(efd, &one, sizeof one);
+  return 0;
+}
+
+int main(void) {
+  int ep = epoll_create1(EPOLL_CLOEXEC);
+  int p[2];
+  pipe(p);
+  struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 42}, out[4];
+  check(ep > 2 && epoll_ctl(ep, EPOLL_CTL_ADD, p[0], &ev) == 0, "epoll_create1 and EPOLL_CTL_ADD");
+  check(epoll_ctl(ep, EPOLL_CTL_ADD, p[0], &ev) == -1 && errno == EEXIST, "adding twice is EEXIST");
+  check(epoll_wait(ep, out, 4, 0) == 0, "nothing ready yet");
+  write(p[1], "ab", 2);
+  check(epoll_wait(ep, out, 4, 0) == 1 && out[0].data.u64 == 42 && (out[0].events & EPOLLIN), "level: ready");
+  check(epoll_wait(ep, out, 4, 0) == 1, "level: still ready while data waits");
+
+  ev.events = EPOLLIN | EPOLLET;
+  epoll_ctl(ep, EPOLL_CTL_MOD, p[0], &ev);
+  check(epoll_wait(ep, out, 4, 0) == 1, "edge: reported once");
+  check(epoll_wait(ep, out, 4, 0) == 0, "edge: not again without a change");
+  write(p[1], "c", 1);
+  check(epoll_wait(ep, out, 4, 0) == 1, "edge: again after new data");
+
+  ev.events = EPOLLIN | EPOLLONESHOT;
+  epoll_ctl(ep, EPOLL_CTL_MOD, p[0], &ev);
+  check(epoll_wait(ep, out, 4, 0) == 1 && epoll_wait(ep, out, 4, 0) == 0, "one-shot: disarmed after one report");
+  epoll_ctl(ep, EPOLL_CTL_MOD, p[0], &ev);
+  check(epoll_wait(ep, out, 4, 0) == 1, "one-shot: re-armed by EPOLL_CTL_MOD");
+  check(epoll_ctl(ep, EPOLL_CTL_DEL, p[0], 0) == 0 && epoll_wait(ep, out, 4, 0) == 0, "EPOLL_CTL_DEL");
+
+  efd = eventfd(0, EFD_NONBLOCK);
+  struct epoll_event eev = {.events = EPOLLIN, .data.u64 = 7};
+  epoll_ctl(ep, EPOLL_CTL_ADD, efd, &eev);
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  check(epoll_wait(ep, out, 4, 25) == 0, "epoll_wait times out");
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  check((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000 >= 25, "after 25 ms");
+  pthread_t t;
+  pthread_create(&t, 0, poster, 0);
+  check(epoll_wait(ep, out, 4, -1) == 1 && out[0].data.u64 == 7, "a write from another thread wakes epoll_wait");
+  pthread_join(t, 0);
+  uint64_t drained;
+  check(read(efd, &drained, sizeof drained) == 8 && drained == 1, "the eventfd held the write");
+
+  fd_set r;
+  FD_ZERO(&r);
+  FD_SET(p[0], &r);
+  struct timeval tv = {0, 0};
+  check(select(p[0] + 1, &r, 0, 0, &tv) == 1 && FD_ISSET(p[0], &r), "select sees the pipe's data");
+  char buf[8];
+  read(p[0], buf, sizeof buf);
+  FD_ZERO(&r);
+  FD_SET(p[0], &r);
+  tv.tv_usec = 10000;
+  check(select(p[0] + 1, &r, 0, 0, &tv) == 0 && !FD_ISSET(p[0], &r), "select times out on an empty pipe");
+  close(p[1]);
+  check(epoll_ctl(ep, EPOLL_CTL_ADD, p[0], &ev) == 0 && epoll_wait(ep, out, 4, 0) == 1 && (out[0].events & EPOLLHUP),
+        "a pipe without writers reports EPOLLHUP");
+
+  printf("epoll: %s\n", failures ? "FAILED" : "ok");
+  return failures != 0;
+}
