@@ -264,6 +264,18 @@ fn rust_std_threads_run_on_the_library_os_scheduler() {
 }
 
 #[test]
+fn tokio_multi_thread_runtime_runs() {
+    if !kvm::available() {
+        return;
+    }
+    for cpus in ["1", "2"] {
+        let run = kiln().args(["run", "--memory", "256M", "--cpus", cpus]).arg(guests::rust("tokio")).run();
+        run.assert_code(0)
+            .assert_stdout("tokio: received=49995000 joined=49995000 blocking=499500 slept=true timed_out=true\n");
+    }
+}
+
+#[test]
 fn threads_spread_over_vcpus_compute_what_they_do_natively() {
     if !kvm::available() {
         return;

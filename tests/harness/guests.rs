@@ -54,7 +54,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
 ];
 
 /// The binaries of tests/guests/rust (each `src/bin/NAME.rs`).
-const RUST_GUESTS: &[&str] = &["hello", "alloc", "bigout", "threads", "spin"];
+const RUST_GUESTS: &[&str] = &["hello", "alloc", "bigout", "threads", "spin", "tokio"];
 
 const ET_EXEC: u16 = 2;
 const ET_DYN: u16 = 3;
@@ -137,7 +137,7 @@ fn build_rust() -> Result<PathBuf, String> {
     // `cargo test` sets CARGO to the cargo that runs it; the rustup toolchain it came from has the musl target.
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--release", "--locked", "--offline", "--target", TARGET, "--manifest-path"])
+    cmd.args(["build", "--release", "--locked", "--target", TARGET, "--manifest-path"])
         .arg(repo_root().join("tests/guests/rust/Cargo.toml"))
         .arg("--target-dir")
         .arg(&target_dir);
