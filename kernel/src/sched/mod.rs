@@ -67,6 +67,8 @@ struct Thread {
     /// Nanoseconds since boot; `u64::MAX` for none.
     deadline: u64,
     woken: Woken,
+    /// `prctl(PR_SET_NAME)`, NUL-padded.
+    name: [u8; 16],
 }
 
 const FREE: Thread = Thread {
@@ -81,6 +83,7 @@ const FREE: Thread = Thread {
     free_at_exit: None,
     deadline: u64::MAX,
     woken: Woken::ByWake,
+    name: [0; 16],
 };
 
 struct Scheduler {
@@ -123,6 +126,14 @@ pub fn run_secondary() -> ! {
 
 pub fn current_tid() -> u32 {
     SCHEDULER.lock().threads[percpu::current().thread].tid
+}
+
+pub fn set_name(name: [u8; 16]) {
+    SCHEDULER.lock().threads[percpu::current().thread].name = name;
+}
+
+pub fn name() -> [u8; 16] {
+    SCHEDULER.lock().threads[percpu::current().thread].name
 }
 
 pub fn set_clear_child_tid(addr: u64) {

@@ -55,9 +55,12 @@ const fn table() -> [Option<Handler>; SYSCALL_SLOTS] {
     t[62] = Some(signal::kill);
     t[63] = Some(process::uname);
     t[72] = Some(fs::fcntl);
+    t[95] = Some(process::umask);
     t[89] = Some(fs::readlink);
     t[96] = Some(time::gettimeofday);
     t[97] = Some(process::getrlimit);
+    t[98] = Some(process::getrusage);
+    t[99] = Some(process::sysinfo);
     t[102] = Some(process::getuid);
     t[104] = Some(process::getuid);
     t[107] = Some(process::getuid);
@@ -66,7 +69,9 @@ const fn table() -> [Option<Handler>; SYSCALL_SLOTS] {
     t[118] = Some(process::getresuid);
     t[120] = Some(process::getresuid);
     t[131] = Some(signal::sigaltstack);
+    t[157] = Some(process::prctl);
     t[158] = Some(process::arch_prctl);
+    t[160] = Some(process::setrlimit);
     t[186] = Some(thread::gettid);
     t[200] = Some(signal::tkill);
     t[201] = Some(time::time);
@@ -94,6 +99,7 @@ const fn table() -> [Option<Handler>; SYSCALL_SLOTS] {
     t[292] = Some(fs::dup3);
     t[293] = Some(fs::pipe2);
     t[302] = Some(process::prlimit64);
+    t[309] = Some(process::getcpu);
     t[318] = Some(random::getrandom);
     t
 }

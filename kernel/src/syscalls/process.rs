@@ -3,7 +3,7 @@
 
 use super::Args;
 use crate::errno::{Errno, SysResult};
-use crate::{cpu, hypercall, user};
+use crate::{cpu, hypercall, time, user};
 use core::sync::atomic::{AtomicU64, Ordering};
 use kiln_abi::BootInfo;
 
@@ -141,4 +141,105 @@ pub fn sched_getaffinity(a: &Args) -> SysResult {
     let bits = if vcpus == 64 { u64::MAX } else { (1u64 << vcpus) - 1 };
     user::write(mask, bits)?;
     Ok(8)
+}
+
+/// New limits are accepted and not enforced, as with prlimit64.
+pub fn setrlimit(a: &Args) -> SysResult {
+    if a[0] >= 16 {
+        return Err(Errno::EINVAL);
+    }
+    user::read::<Rlimit>(a[1]).map(|_| 0)
+}
+
+static UMASK: AtomicU64 = AtomicU64::new(0o022);
+
+pub fn umask(a: &Args) -> SysResult {
+    Ok(UMASK.swap(a[0] & 0o777, Ordering::Relaxed))
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct Sysinfo {
+    uptime: i64,
+    loads: [u64; 3],
+    totalram: u64,
+    freeram: u64,
+    sharedram: u64,
+    bufferram: u64,
+    totalswap: u64,
+    freeswap: u64,
+    procs: u16,
+    _pad: [u16; 3],
+    totalhigh: u64,
+    freehigh: u64,
+    mem_unit: u32,
+    _pad2: u32,
+}
+
+pub fn sysinfo(a: &Args) -> SysResult {
+    let info = Sysinfo {
+        uptime: (time::since_boot_ns() / 1_000_000_000) as i64,
+        totalram: crate::mm::ram_size(),
+        freeram: crate::mm::memory().frames.free_bytes(),
+        procs: 1,
+        mem_unit: 1,
+        ..Default::default()
+    };
+    user::write(a[0], info).map(|()| 0)
+}
+
+const RUSAGE_SELF: i64 = 0;
+const RUSAGE_CHILDREN: i64 = -1;
+const RUSAGE_THREAD: i64 = 1;
+
+/// CPU time is approximated by the time since boot (the program has the vCPUs to itself); the other counters are 0.
+pub fn getrusage(a: &Args) -> SysResult {
+    let ns = match a[0] as i64 {
+        RUSAGE_SELF | RUSAGE_THREAD => time::cputime_ns(),
+        RUSAGE_CHILDREN => 0,
+        _ => return Err(Errno::EINVAL),
+    };
+    let mut usage = [0i64; 18];
+    usage[0] = (ns / 1_000_000_000) as i64;
+    usage[1] = ((ns % 1_000_000_000) / 1000) as i64;
+    user::write(a[1], usage).map(|()| 0)
+}
+
+pub fn getcpu(a: &Args) -> SysResult {
+    if a[0] != 0 {
+        user::write(a[0], crate::percpu::id() as u32)?;
+    }
+    if a[1] != 0 {
+        user::write(a[1], 0u32)?;
+    }
+    Ok(0)
+}
+
+const PR_SET_PDEATHSIG: u64 = 1;
+const PR_GET_DUMPABLE: u64 = 3;
+const PR_SET_DUMPABLE: u64 = 4;
+const PR_SET_NAME: u64 = 15;
+const PR_GET_NAME: u64 = 16;
+const PR_SET_NO_NEW_PRIVS: u64 = 38;
+const PR_GET_NO_NEW_PRIVS: u64 = 39;
+
+pub fn prctl(a: &Args) -> SysResult {
+    match a[0] {
+        PR_SET_NAME => {
+            let mut name = [0u8; 16];
+            match user::read_c_string(a[1], &mut name) {
+                Ok(_) | Err(Errno::ENAMETOOLONG) => {}
+                Err(e) => return Err(e),
+            }
+            name[15] = 0;
+            crate::sched::set_name(name);
+            Ok(0)
+        }
+        PR_GET_NAME => user::write(a[1], crate::sched::name()).map(|()| 0),
+        // No parent to die, nothing to dump, no privileges to gain: accepted.
+        PR_SET_PDEATHSIG | PR_SET_DUMPABLE | PR_SET_NO_NEW_PRIVS => Ok(0),
+        PR_GET_DUMPABLE => Ok(1),
+        PR_GET_NO_NEW_PRIVS => Ok(0),
+        _ => Err(Errno::EINVAL),
+    }
 }

@@ -9,6 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/sysinfo.h>
 #include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -103,6 +106,20 @@ int main(void) {
   check((char *)syscall(SYS_brk, (char *)0x600000000000) == b1, "an impossible break fails and keeps the old one");
   void *small = mmap(0, 1 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   check(small != MAP_FAILED, "memory is still there after a failed break");
+
+  struct sysinfo si;
+  check(sysinfo(&si) == 0 && si.totalram > 0 && si.freeram <= si.totalram, "sysinfo");
+  check(umask(027) == 022 && umask(022) == 027, "umask");
+  struct rusage ru;
+  check(getrusage(RUSAGE_SELF, &ru) == 0, "getrusage");
+  char thread_name[16] = {0};
+  check(prctl(PR_SET_NAME, "worker-1") == 0 && prctl(PR_GET_NAME, thread_name) == 0 &&
+            strcmp(thread_name, "worker-1") == 0,
+        "prctl names the thread");
+  unsigned cpu = 99;
+  check(syscall(SYS_getcpu, &cpu, 0, 0) == 0 && cpu < 64, "getcpu");
+  struct rlimit nofile = {1024, 1024};
+  check(setrlimit(RLIMIT_NOFILE, &nofile) == 0, "setrlimit");
 
   printf("syscalls: %s\n", failures ? "FAILED" : "ok");
   return failures != 0;
