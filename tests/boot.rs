@@ -304,6 +304,42 @@ fn pipes_eventfds_poll_epoll_select_and_device_files_work() {
 }
 
 #[test]
+fn files_live_in_memory_and_come_from_the_host() {
+    if !kvm::available() {
+        return;
+    }
+    let host = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("files-test-data");
+    let _ = std::fs::remove_dir_all(&host);
+    std::fs::create_dir_all(host.join("sub")).unwrap();
+    std::fs::write(host.join("hello.txt"), "from the host\n").unwrap();
+    std::fs::write(host.join("sub/deep.txt"), "deep\n").unwrap();
+    let run = kiln()
+        .arg("run")
+        .arg("--dir")
+        .arg(format!("{}:/srv/data", host.display()))
+        .arg(guests::c("files"))
+        .arg("with-host-files")
+        .run();
+    run.assert_code(0);
+    assert!(run.stdout_text().ends_with("files: ok\n"), "{run}");
+    // The guest's change stays in the guest.
+    assert_eq!(std::fs::read_to_string(host.join("hello.txt")).unwrap(), "from the host\n");
+
+    let run = kiln().arg("run").arg(guests::rust("fs")).run();
+    run.assert_code(0);
+    run.assert_stdout("fs: size=790 names=[\"logs\", \"settings.toml\"] missing=true removed=true\n");
+}
+
+#[test]
+fn bad_file_mappings_are_refused() {
+    let run = kiln().args(["run", "--file", "/definitely/missing:/x"]).arg(guests::c("hello")).run();
+    let line = run.assert_kiln_error();
+    assert!(line.contains("/definitely/missing") && line.contains("no such file"), "{run}");
+    let run = kiln().args(["run", "--file", "relative-guest:x"]).arg(guests::c("hello")).run();
+    assert_eq!(run.code, Some(2), "{run}");
+}
+
+#[test]
 fn deadlock_is_reported_instead_of_hanging() {
     if !kvm::available() {
         return;

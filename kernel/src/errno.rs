@@ -6,20 +6,27 @@ pub struct Errno(pub i64);
 impl Errno {
     pub const EPERM: Errno = Errno(1);
     pub const ENOENT: Errno = Errno(2);
-    pub const EEXIST: Errno = Errno(17);
     pub const ESRCH: Errno = Errno(3);
     pub const EBADF: Errno = Errno(9);
     pub const EAGAIN: Errno = Errno(11);
     pub const ENOMEM: Errno = Errno(12);
     pub const EFAULT: Errno = Errno(14);
+    pub const EBUSY: Errno = Errno(16);
+    pub const EEXIST: Errno = Errno(17);
     pub const ENODEV: Errno = Errno(19);
+    pub const ENOTDIR: Errno = Errno(20);
+    pub const EISDIR: Errno = Errno(21);
     pub const EINVAL: Errno = Errno(22);
-    pub const ENOTTY: Errno = Errno(25);
-    pub const EPIPE: Errno = Errno(32);
-    pub const ESPIPE: Errno = Errno(29);
     pub const EMFILE: Errno = Errno(24);
-    pub const ENOSYS: Errno = Errno(38);
+    pub const ENOTTY: Errno = Errno(25);
+    pub const EFBIG: Errno = Errno(27);
+    pub const ENOSPC: Errno = Errno(28);
+    pub const ESPIPE: Errno = Errno(29);
+    pub const EPIPE: Errno = Errno(32);
+    pub const ERANGE: Errno = Errno(34);
     pub const ENAMETOOLONG: Errno = Errno(36);
+    pub const ENOSYS: Errno = Errno(38);
+    pub const ENOTEMPTY: Errno = Errno(39);
     pub const ETIMEDOUT: Errno = Errno(110);
 }
 

@@ -19,6 +19,7 @@ mod sync;
 mod syscalls;
 mod time;
 mod user;
+mod vfs;
 
 use core::sync::atomic::{AtomicBool, Ordering};
 use kiln_abi::BootInfo;
@@ -37,6 +38,16 @@ extern "C" fn kiln_main(boot: &'static BootInfo) -> ! {
     heap::init(boot.mem_size);
     time::init(boot);
     sched::init(boot);
+    let rootfs = (boot.rootfs_len != 0).then(|| {
+        // SAFETY: the VMM placed the image in guest RAM below `free_phys_start`, which nothing else uses.
+        unsafe {
+            core::slice::from_raw_parts(
+                kiln_abi::layout::direct_map(boot.rootfs_phys) as *const u8,
+                boot.rootfs_len as usize,
+            )
+        }
+    });
+    vfs::init(rootfs);
     syscalls::init(boot);
     BOOTED.store(true, Ordering::Release);
     // SAFETY: the VMM built the program's initial stack at `app_stack_pointer` and loaded it at `app_entry`.

@@ -51,10 +51,11 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("deadlock", "deadlock.c", Link::Static),
     ("fds", "fds.c", Link::Static),
     ("epoll", "epoll.c", Link::Static),
+    ("files", "files.c", Link::Static),
 ];
 
 /// The binaries of tests/guests/rust (each `src/bin/NAME.rs`).
-const RUST_GUESTS: &[&str] = &["hello", "alloc", "bigout", "threads", "spin", "tokio"];
+const RUST_GUESTS: &[&str] = &["hello", "alloc", "bigout", "threads", "spin", "tokio", "fs"];
 
 const ET_EXEC: u16 = 2;
 const ET_DYN: u16 = 3;

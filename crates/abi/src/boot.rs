@@ -2,7 +2,7 @@
 
 /// `BootInfo::magic`: "KILNBOOT".
 pub const BOOT_MAGIC: u64 = u64::from_le_bytes(*b"KILNBOOT");
-pub const BOOT_VERSION: u32 = 1;
+pub const BOOT_VERSION: u32 = 2;
 
 /// `BootInfo::flags`: send every syscall to the VMM for `--trace-syscalls`.
 pub const BOOT_FLAG_TRACE_SYSCALLS: u64 = 1 << 0;
@@ -42,6 +42,9 @@ pub struct BootInfo {
     pub boot_realtime_ns: u64,
     /// Seed for the library OS's random number generator (`getrandom`).
     pub random_seed: [u8; 32],
+    /// Guest-physical address and length of the root filesystem image (`kiln_abi::rootfs`); length 0 for none.
+    pub rootfs_phys: u64,
+    pub rootfs_len: u64,
 }
 
 impl BootInfo {

@@ -8,6 +8,7 @@ pub mod frames;
 pub mod hypercall;
 pub mod layout;
 pub mod paging;
+pub mod rootfs;
 
 pub use boot::BootInfo;
 pub use hypercall::{Hypercall, HypercallBlock, IoSegment};

@@ -4,6 +4,7 @@ use crate::size::parse_size;
 use anyhow::{anyhow, Context, Result};
 use kiln_vmm::boot::BootError;
 use kiln_vmm::loader::LoaderError;
+use kiln_vmm::rootfs::RootfsBuilder;
 use kiln_vmm::syscall_names::syscall_name;
 use kiln_vmm::{Console, Outcome, RunStats, Vm, VmConfig, VmError};
 use std::io::Write;
@@ -30,6 +31,12 @@ pub struct RunArgs {
     /// Set an environment variable in the program (repeatable); the program sees only these
     #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = parse_env)]
     env: Vec<String>,
+    /// Put a host file into the guest's filesystem (repeatable)
+    #[arg(long = "file", value_name = "HOST:GUEST", value_parser = parse_mapping)]
+    files: Vec<(PathBuf, String)>,
+    /// Put a host directory, recursively, into the guest's filesystem (repeatable)
+    #[arg(long = "dir", value_name = "HOST:GUEST", value_parser = parse_mapping)]
+    dirs: Vec<(PathBuf, String)>,
     /// Print every syscall with its arguments and result to stderr, and a summary at exit
     #[arg(long)]
     trace_syscalls: bool,
@@ -41,6 +48,28 @@ pub struct RunArgs {
     /// Arguments passed to the program
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<String>,
+}
+
+fn parse_mapping(s: &str) -> Result<(PathBuf, String), String> {
+    match s.split_once(':') {
+        Some((host, guest)) if !host.is_empty() && guest.starts_with('/') => Ok((host.into(), guest.to_string())),
+        _ => Err(format!("'{s}' is not HOST:GUEST with an absolute GUEST path")),
+    }
+}
+
+/// The guest's filesystem image from --file and --dir.
+fn rootfs(args: &RunArgs) -> Result<Vec<u8>> {
+    if args.files.is_empty() && args.dirs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut builder = RootfsBuilder::default();
+    for (host, guest) in &args.dirs {
+        builder.add_host_dir(host, guest).with_context(|| format!("--dir {}:{guest}", host.display()))?;
+    }
+    for (host, guest) in &args.files {
+        builder.add_host_file(host, guest).with_context(|| format!("--file {}:{guest}", host.display()))?;
+    }
+    Ok(builder.finish())
 }
 
 fn parse_env(s: &str) -> Result<String, String> {
@@ -87,6 +116,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
         exe_path: format!("/{name}"),
         trace_syscalls: args.trace_syscalls,
         rewrite_cache: rewrite_cache_dir(),
+        rootfs: rootfs(&args)?,
     };
 
     let vm = Vm::new(KERNEL, &program, &config).map_err(|e| explain(e, &shown, args.memory))?;

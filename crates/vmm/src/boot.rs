@@ -46,6 +46,8 @@ pub struct BootParams {
     pub tsc_hz: u64,
     pub boot_tsc: u64,
     pub boot_realtime_ns: u64,
+    /// The root filesystem image (`kiln_abi::rootfs`), empty for none.
+    pub rootfs: Vec<u8>,
 }
 
 /// Where one vCPU starts: %rip, %rsp, and the two arguments in %rdi and %rsi.
@@ -166,6 +168,13 @@ pub fn build(
     ram.write(stack_phys + (initial.stack_pointer - stack_bottom), &initial.bytes)?;
     loader::map_range(ram, &mut alloc, pml4, stack_bottom, stack_phys, stack_size, |_| PTE_USER | PTE_WRITABLE)?;
 
+    let (rootfs_phys, rootfs_len) = if params.rootfs.is_empty() {
+        (0, 0)
+    } else {
+        let phys = alloc.alloc(params.rootfs.len() as u64)?;
+        ram.write(phys, &params.rootfs)?;
+        (phys, params.rootfs.len() as u64)
+    };
     let boot_info_phys = alloc.alloc(PAGE_SIZE)?;
     let info = BootInfo {
         magic: BOOT_MAGIC,
@@ -190,6 +199,8 @@ pub fn build(
         boot_tsc: params.boot_tsc,
         boot_realtime_ns: params.boot_realtime_ns,
         random_seed: params.random_seed,
+        rootfs_phys,
+        rootfs_len,
     };
     ram.write(boot_info_phys, boot_info_bytes(&info))?;
 

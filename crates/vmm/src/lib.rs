@@ -14,6 +14,7 @@ pub mod memory;
 pub mod park;
 pub mod rewrite;
 pub mod rewrite_cache;
+pub mod rootfs;
 pub mod signal;
 pub mod stack;
 pub mod syscall_names;

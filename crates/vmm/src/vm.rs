@@ -76,6 +76,8 @@ pub struct VmConfig {
     pub env: Vec<String>,
     pub exe_path: String,
     pub trace_syscalls: bool,
+    /// The root filesystem image (`kiln_vmm::rootfs::Builder`); empty for none.
+    pub rootfs: Vec<u8>,
     /// Where rewritten programs are kept between runs; `None` rewrites every time.
     pub rewrite_cache: Option<PathBuf>,
 }
@@ -252,6 +254,7 @@ impl Vm {
             tsc_hz,
             boot_tsc,
             boot_realtime_ns,
+            rootfs: config.rootfs.clone(),
         };
         let boot = boot::build(&mut ram, (&kernel, kernel_elf), (&program, prepared), &params)?;
         let built = started.elapsed();

@@ -10,6 +10,8 @@ pub mod pipe;
 use crate::errno::Errno;
 use crate::sched::{self, Wait, Woken};
 use crate::sync::SpinLock;
+use crate::vfs::Inode;
+use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -42,6 +44,17 @@ pub enum Object {
     PipeWriter(pipe::Writer),
     EventFd(Arc<EventFd>),
     Epoll(epoll::Epoll),
+    /// A file of the filesystem and the descriptor's offset in it.
+    Regular {
+        inode: Arc<Inode>,
+        offset: SpinLock<u64>,
+    },
+    /// A directory, its absolute path (for `*at` calls relative to it) and the `getdents64` position.
+    Directory {
+        inode: Arc<Inode>,
+        path: String,
+        position: SpinLock<usize>,
+    },
 }
 
 pub struct File {
@@ -74,7 +87,8 @@ impl File {
         let has = match &self.object {
             Object::Stdin => POLLIN,
             Object::Console(_) => POLLOUT,
-            Object::Null | Object::Zero | Object::Random => POLLIN | POLLOUT,
+            Object::Null | Object::Zero | Object::Random | Object::Regular { .. } => POLLIN | POLLOUT,
+            Object::Directory { .. } => POLLIN,
             Object::PipeReader(p) => p.0.reader_events(),
             Object::PipeWriter(p) => p.0.writer_events(),
             Object::EventFd(e) => e.events(),

@@ -8,6 +8,8 @@ use crate::file::epoll::{Ctl, Epoll, EPOLLEXCLUSIVE};
 use crate::file::eventfd::EventFd;
 use crate::file::pipe::{self, Pipe};
 use crate::file::{self, File, Object, O_ACCMODE, O_APPEND, O_CLOEXEC, O_NONBLOCK, O_RDONLY, O_RDWR, O_WRONLY};
+use crate::sync::SpinLock;
+use crate::vfs::{self, Inode};
 use crate::{time, user};
 use alloc::vec;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -24,7 +26,7 @@ const FIONREAD: u64 = 0x541b;
 const FIONBIO: u64 = 0x5421;
 const POLLNVAL: u16 = 0x20;
 const MAX_IOV: u64 = 1024;
-const AT_FDCWD: i64 = -100;
+pub const AT_FDCWD: i64 = -100;
 /// Bytes moved through a kernel buffer per step (pipes, /dev/zero, /dev/urandom).
 const CHUNK: usize = 16 << 10;
 
@@ -79,9 +81,55 @@ fn read_into(f: &File, buf: u64, len: u64) -> SysResult {
             user::write(buf, e.read(f.nonblocking())?)?;
             Ok(8)
         }
+        Object::Regular { inode, offset } => {
+            let mut at = offset.lock();
+            let n = read_file_at(inode, *at, buf, len)?;
+            *at += n;
+            Ok(n)
+        }
+        Object::Directory { .. } => Err(Errno::EISDIR),
         Object::Console(_) | Object::PipeWriter(_) => Err(Errno::EBADF),
         Object::Epoll(_) => Err(Errno::EINVAL),
     }
+}
+
+/// Copies file bytes from `at` into the program's buffer, a chunk at a time.
+fn read_file_at(inode: &Inode, at: u64, buf: u64, len: u64) -> SysResult {
+    let mut chunk = vec![0u8; (len as usize).min(CHUNK)];
+    let mut done = 0u64;
+    while done < len {
+        let want = ((len - done) as usize).min(CHUNK);
+        let n = inode.read_at(at + done, &mut chunk[..want])?;
+        if n == 0 {
+            break;
+        }
+        user::write_bytes(buf + done, &chunk[..n])?;
+        done += n as u64;
+    }
+    Ok(done)
+}
+
+/// Copies the program's buffers into the file from `at` (or its end); returns the bytes written and the new offset.
+fn write_file_at(
+    inode: &Inode,
+    mut at: u64,
+    append: bool,
+    buffers: &mut dyn Iterator<Item = Result<IoVec, Errno>>,
+) -> Result<(u64, u64), Errno> {
+    let mut chunk = vec![0u8; CHUNK];
+    let mut total = 0u64;
+    for iov in buffers {
+        let iov = iov?;
+        let mut done = 0;
+        while done < iov.len {
+            let n = (iov.len - done).min(CHUNK as u64) as usize;
+            user::read_bytes(iov.base + done, &mut chunk[..n])?;
+            at = inode.write_at(at, &chunk[..n], append)?;
+            done += n as u64;
+            total += n as u64;
+        }
+    }
+    Ok((total, at))
 }
 
 /// Writes the program's buffers to `f`.
@@ -132,6 +180,14 @@ fn write_from(f: &File, buffers: &mut dyn Iterator<Item = Result<IoVec, Errno>>)
             e.write(user::read(iov.base)?, f.nonblocking())?;
             Ok(8)
         }
+        Object::Regular { inode, offset } => {
+            let append = f.flags.load(Ordering::Relaxed) & O_APPEND != 0;
+            let mut at = offset.lock();
+            let (written, end) = write_file_at(inode, *at, append, buffers)?;
+            *at = end;
+            Ok(written)
+        }
+        Object::Directory { .. } => Err(Errno::EISDIR),
         Object::Stdin | Object::PipeReader(_) => Err(Errno::EBADF),
         Object::Epoll(_) => Err(Errno::EINVAL),
     };
@@ -177,16 +233,65 @@ pub fn writev(a: &Args) -> SysResult {
     write_from(&*file::get(a[0])?, &mut iovecs(a[1], a[2])?)
 }
 
-/// Positional I/O needs a seekable file; none of ours is one yet.
-pub fn pread_pwrite(a: &Args) -> SysResult {
-    file::get(a[0])?;
-    Err(Errno::ESPIPE)
+pub fn pread64(a: &Args) -> SysResult {
+    let f = file::get(a[0])?;
+    match &f.object {
+        _ if !readable(&f) => Err(Errno::EBADF),
+        Object::Regular { inode, .. } => {
+            user::check(a[1], a[2], true)?;
+            read_file_at(inode, offset_arg(a[3])?, a[1], a[2])
+        }
+        Object::Directory { .. } => Err(Errno::EISDIR),
+        _ => Err(Errno::ESPIPE),
+    }
 }
 
+pub fn pwrite64(a: &Args) -> SysResult {
+    let f = file::get(a[0])?;
+    match &f.object {
+        _ if !writable(&f) => Err(Errno::EBADF),
+        Object::Regular { inode, .. } => {
+            let iov = IoVec { base: a[1], len: a[2] };
+            write_file_at(inode, offset_arg(a[3])?, false, &mut core::iter::once(Ok(iov))).map(|(n, _)| n)
+        }
+        _ => Err(Errno::ESPIPE),
+    }
+}
+
+fn offset_arg(offset: u64) -> Result<u64, Errno> {
+    if (offset as i64) < 0 {
+        Err(Errno::EINVAL)
+    } else {
+        Ok(offset)
+    }
+}
+
+const SEEK_SET: u64 = 0;
+const SEEK_CUR: u64 = 1;
+const SEEK_END: u64 = 2;
+
 pub fn lseek(a: &Args) -> SysResult {
-    match file::get(a[0])?.object {
+    let f = file::get(a[0])?;
+    let (delta, whence) = (a[1] as i64, a[2]);
+    match &f.object {
         // Linux lets these seek and always answers 0.
         Object::Null | Object::Zero | Object::Random => Ok(0),
+        Object::Regular { inode, offset } => {
+            let mut at = offset.lock();
+            let base = match whence {
+                SEEK_SET => 0,
+                SEEK_CUR => *at as i64,
+                SEEK_END => inode.stat().1 as i64,
+                _ => return Err(Errno::EINVAL),
+            };
+            let new = base.checked_add(delta).filter(|&n| n >= 0).ok_or(Errno::EINVAL)?;
+            *at = new as u64;
+            Ok(new as u64)
+        }
+        Object::Directory { position, .. } if whence == SEEK_SET && delta >= 0 => {
+            *position.lock() = delta as usize;
+            Ok(delta as u64)
+        }
         _ => Err(Errno::ESPIPE),
     }
 }
@@ -298,65 +403,186 @@ pub fn eventfd(a: &Args) -> SysResult {
     eventfd2(&[a[0], 0, 0, 0, 0, 0])
 }
 
-/// The device files; everything else does not exist yet.
-fn open_path(path: u64, flags: u32) -> SysResult {
-    let mut name = [0u8; 256];
-    let len = user::read_c_string(path, &mut name)?;
-    let object = match &name[..len] {
-        b"/dev/null" => Object::Null,
-        b"/dev/zero" => Object::Zero,
-        b"/dev/urandom" | b"/dev/random" => Object::Random,
-        b"/dev/stdin" | b"/proc/self/fd/0" => return file::install(file::get(0)?, flags & O_CLOEXEC != 0),
-        b"/dev/stdout" | b"/proc/self/fd/1" => return file::install(file::get(1)?, flags & O_CLOEXEC != 0),
-        b"/dev/stderr" | b"/proc/self/fd/2" => return file::install(file::get(2)?, flags & O_CLOEXEC != 0),
-        _ => return Err(Errno::ENOENT),
-    };
+const O_CREAT: u32 = 0o100;
+const O_EXCL: u32 = 0o200;
+const O_TRUNC: u32 = 0o1000;
+const O_DIRECTORY: u32 = 0o200000;
+
+/// Opens `path` (absolute, as `super::path::resolve` makes it): a device file, or one of the filesystem.
+fn open_path(path: &str, flags: u32, mode: u32) -> SysResult {
+    let cloexec = flags & O_CLOEXEC != 0;
     let status = flags & (O_ACCMODE | O_NONBLOCK | O_APPEND);
-    file::install(File::new(object, status), flags & O_CLOEXEC != 0)
+    let device = match path {
+        "/dev/null" => Some(Object::Null),
+        "/dev/zero" => Some(Object::Zero),
+        "/dev/urandom" | "/dev/random" => Some(Object::Random),
+        "/dev/stdin" | "/proc/self/fd/0" => return file::install(file::get(0)?, cloexec),
+        "/dev/stdout" | "/proc/self/fd/1" => return file::install(file::get(1)?, cloexec),
+        "/dev/stderr" | "/proc/self/fd/2" => return file::install(file::get(2)?, cloexec),
+        _ => None,
+    };
+    if let Some(object) = device {
+        return file::install(File::new(object, status), cloexec);
+    }
+    let create = (flags & O_CREAT != 0).then_some(mode);
+    let inode = vfs::open(path, create, flags & O_EXCL != 0)?;
+    let object = if inode.is_dir() {
+        if flags & O_ACCMODE != O_RDONLY || flags & O_CREAT != 0 {
+            return Err(Errno::EISDIR);
+        }
+        Object::Directory { inode, path: path.into(), position: SpinLock::new(0) }
+    } else {
+        if flags & O_DIRECTORY != 0 {
+            return Err(Errno::ENOTDIR);
+        }
+        if flags & O_TRUNC != 0 && flags & O_ACCMODE != O_RDONLY {
+            inode.truncate(0)?;
+        }
+        Object::Regular { inode, offset: SpinLock::new(0) }
+    };
+    file::install(File::new(object, status), cloexec)
 }
 
 pub fn open(a: &Args) -> SysResult {
-    open_path(a[0], a[1] as u32)
+    open_path(&super::path::resolve(AT_FDCWD as u64, a[0])?, a[1] as u32, a[2] as u32)
 }
 
 pub fn openat(a: &Args) -> SysResult {
-    let _absolute_only = a[0] as i64 == AT_FDCWD;
-    open_path(a[1], a[2] as u32)
+    open_path(&super::path::resolve(a[0], a[1])?, a[2] as u32, a[3] as u32)
+}
+
+pub fn creat(a: &Args) -> SysResult {
+    open(&[a[0], u64::from(O_CREAT | O_WRONLY | O_TRUNC), a[1], 0, 0, 0])
 }
 
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
-struct Stat {
-    dev: u64,
-    ino: u64,
-    nlink: u64,
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    _pad: u32,
-    rdev: u64,
-    size: i64,
-    blksize: i64,
-    blocks: i64,
-    times: [i64; 6],
-    _unused: [i64; 3],
+pub struct Stat {
+    pub dev: u64,
+    pub ino: u64,
+    pub nlink: u64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub _pad: u32,
+    pub rdev: u64,
+    pub size: i64,
+    pub blksize: i64,
+    pub blocks: i64,
+    /// atime, mtime, ctime: seconds and nanoseconds each.
+    pub times: [i64; 6],
+    pub _unused: [i64; 3],
 }
 
 const S_IFIFO: u32 = 0o010000;
 const S_IFCHR: u32 = 0o020000;
 
-pub fn fstat(a: &Args) -> SysResult {
-    let f = file::get(a[0])?;
+/// The `struct stat` of an open file.
+fn stat_of(f: &File, fd: u64) -> Stat {
+    if let Object::Regular { inode, .. } | Object::Directory { inode, .. } = &f.object {
+        return stat_of_inode(inode);
+    }
     let (mode, rdev) = match &f.object {
         Object::Stdin | Object::Console(_) => (S_IFIFO | 0o600, 0),
         Object::Null => (S_IFCHR | 0o666, (1 << 8) | 3),
         Object::Zero => (S_IFCHR | 0o666, (1 << 8) | 5),
         Object::Random => (S_IFCHR | 0o666, (1 << 8) | 9),
         Object::PipeReader(_) | Object::PipeWriter(_) => (S_IFIFO | 0o600, 0),
-        Object::EventFd(_) | Object::Epoll(_) => (0o600, 0),
+        Object::EventFd(_) | Object::Epoll(_) | Object::Regular { .. } | Object::Directory { .. } => (0o600, 0),
     };
-    let st = Stat { nlink: 1, mode, rdev, blksize: 4096, ino: a[0] + 1, ..Default::default() };
-    user::write(a[1], st).map(|()| 0)
+    Stat { nlink: 1, mode, rdev, blksize: 4096, ino: fd + 1, ..Default::default() }
+}
+
+pub fn stat_of_inode(inode: &Inode) -> Stat {
+    let (mode, size, mtime) = inode.stat();
+    let (sec, nsec) = ((mtime / 1_000_000_000) as i64, (mtime % 1_000_000_000) as i64);
+    Stat {
+        dev: 1,
+        ino: inode.ino,
+        nlink: 1,
+        mode,
+        size: size as i64,
+        blksize: 4096,
+        blocks: size.div_ceil(512) as i64,
+        times: [sec, nsec, sec, nsec, sec, nsec],
+        ..Default::default()
+    }
+}
+
+pub fn fstat(a: &Args) -> SysResult {
+    let f = file::get(a[0])?;
+    user::write(a[1], stat_of(&f, a[0])).map(|()| 0)
+}
+
+pub fn ftruncate(a: &Args) -> SysResult {
+    let f = file::get(a[0])?;
+    match &f.object {
+        Object::Regular { inode, .. } if writable(&f) => inode.truncate(offset_arg(a[1])?).map(|()| 0),
+        Object::Directory { .. } => Err(Errno::EISDIR),
+        _ => Err(Errno::EINVAL),
+    }
+}
+
+/// Everything is in memory: there is nothing to flush (volumes will change that).
+pub fn fsync(a: &Args) -> SysResult {
+    file::get(a[0]).map(|_| 0)
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct DirentHeader {
+    ino: u64,
+    off: i64,
+    reclen: u16,
+    kind: u8,
+}
+
+const DT_DIR: u8 = 4;
+const DT_REG: u8 = 8;
+
+pub fn getdents64(a: &Args) -> SysResult {
+    let (fd, buf, size) = (a[0], a[1], a[2]);
+    let f = file::get(fd)?;
+    let Object::Directory { inode, position, .. } = &f.object else { return Err(Errno::ENOTDIR) };
+    let mut pos = position.lock();
+    // "." and ".." come first, as positions 0 and 1.
+    let mut listing: alloc::vec::Vec<(alloc::string::String, u64, bool)> =
+        alloc::vec![(".".into(), inode.ino, true), ("..".into(), inode.ino, true)];
+    listing.extend(inode.entries_from(0)?);
+    let mut written = 0u64;
+    for (name, ino, is_dir) in listing.iter().skip(*pos) {
+        let reclen = (19 + name.len() + 1).next_multiple_of(8) as u64;
+        if written + reclen > size {
+            if written == 0 {
+                return Err(Errno::EINVAL);
+            }
+            break;
+        }
+        let at = buf + written;
+        let header = DirentHeader {
+            ino: *ino,
+            off: (*pos + 1) as i64,
+            reclen: reclen as u16,
+            kind: if *is_dir { DT_DIR } else { DT_REG },
+        };
+        user::write_bytes(at, &header_bytes(&header))?;
+        let mut name_bytes = alloc::vec![0u8; reclen as usize - 19];
+        name_bytes[..name.len()].copy_from_slice(name.as_bytes());
+        user::write_bytes(at + 19, &name_bytes)?;
+        written += reclen;
+        *pos += 1;
+    }
+    Ok(written)
+}
+
+/// The 19 bytes of a `linux_dirent64` before its name.
+fn header_bytes(h: &DirentHeader) -> [u8; 19] {
+    let mut b = [0u8; 19];
+    b[..8].copy_from_slice(&h.ino.to_le_bytes());
+    b[8..16].copy_from_slice(&h.off.to_le_bytes());
+    b[16..18].copy_from_slice(&h.reclen.to_le_bytes());
+    b[18] = h.kind;
+    b
 }
 
 #[repr(C)]

@@ -3,6 +3,7 @@
 
 mod fs;
 mod mm;
+mod path;
 mod process;
 mod random;
 mod signal;
@@ -27,7 +28,9 @@ const fn table() -> [Option<Handler>; SYSCALL_SLOTS] {
     t[1] = Some(fs::write);
     t[2] = Some(fs::open);
     t[3] = Some(fs::close);
+    t[4] = Some(path::stat);
     t[5] = Some(fs::fstat);
+    t[6] = Some(path::stat);
     t[7] = Some(fs::poll);
     t[8] = Some(fs::lseek);
     t[9] = Some(mm::mmap);
@@ -37,10 +40,11 @@ const fn table() -> [Option<Handler>; SYSCALL_SLOTS] {
     t[13] = Some(signal::rt_sigaction);
     t[14] = Some(signal::rt_sigprocmask);
     t[16] = Some(fs::ioctl);
-    t[17] = Some(fs::pread_pwrite);
-    t[18] = Some(fs::pread_pwrite);
+    t[17] = Some(fs::pread64);
+    t[18] = Some(fs::pwrite64);
     t[19] = Some(fs::readv);
     t[20] = Some(fs::writev);
+    t[21] = Some(path::access);
     t[22] = Some(fs::pipe);
     t[23] = Some(fs::select);
     t[24] = Some(thread::sched_yield);
@@ -55,8 +59,22 @@ const fn table() -> [Option<Handler>; SYSCALL_SLOTS] {
     t[62] = Some(signal::kill);
     t[63] = Some(process::uname);
     t[72] = Some(fs::fcntl);
+    t[74] = Some(fs::fsync);
+    t[75] = Some(fs::fsync);
+    t[76] = Some(path::truncate);
+    t[77] = Some(fs::ftruncate);
+    t[79] = Some(path::getcwd);
+    t[80] = Some(path::chdir);
+    t[81] = Some(path::fchdir);
+    t[82] = Some(path::rename);
+    t[83] = Some(path::mkdir);
+    t[84] = Some(path::rmdir);
+    t[85] = Some(fs::creat);
+    t[87] = Some(path::unlink);
     t[95] = Some(process::umask);
     t[89] = Some(fs::readlink);
+    t[90] = Some(path::chmod);
+    t[91] = Some(path::fchmod);
     t[96] = Some(time::gettimeofday);
     t[97] = Some(process::getrlimit);
     t[98] = Some(process::getrusage);
@@ -78,6 +96,7 @@ const fn table() -> [Option<Handler>; SYSCALL_SLOTS] {
     t[204] = Some(process::sched_getaffinity);
     t[202] = Some(thread::futex);
     t[213] = Some(fs::epoll_create);
+    t[217] = Some(fs::getdents64);
     t[218] = Some(thread::set_tid_address);
     t[228] = Some(time::clock_gettime);
     t[229] = Some(time::clock_getres);
@@ -88,7 +107,13 @@ const fn table() -> [Option<Handler>; SYSCALL_SLOTS] {
     t[233] = Some(fs::epoll_ctl);
     t[234] = Some(signal::tgkill);
     t[257] = Some(fs::openat);
+    t[258] = Some(path::mkdirat);
+    t[262] = Some(path::newfstatat);
+    t[263] = Some(path::unlinkat);
+    t[264] = Some(path::renameat);
     t[267] = Some(fs::readlinkat);
+    t[268] = Some(path::fchmodat);
+    t[269] = Some(path::faccessat);
     t[270] = Some(fs::pselect6);
     t[271] = Some(fs::ppoll);
     t[273] = Some(process::set_robust_list);
@@ -99,7 +124,11 @@ const fn table() -> [Option<Handler>; SYSCALL_SLOTS] {
     t[292] = Some(fs::dup3);
     t[293] = Some(fs::pipe2);
     t[302] = Some(process::prlimit64);
+    t[306] = Some(fs::fsync);
     t[309] = Some(process::getcpu);
+    t[316] = Some(path::renameat2);
+    t[332] = Some(path::statx);
+    t[439] = Some(path::faccessat);
     t[318] = Some(random::getrandom);
     t
 }

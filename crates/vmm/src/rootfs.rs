@@ -1,0 +1,164 @@
+//! Builds the root filesystem image the library OS reads its files from (format: `kiln_abi::rootfs`), from host
+//! files and directories. Directories are walked in name order, so the same tree always gives the same image.
+
+use kiln_abi::rootfs::{padded, KIND_DIR, KIND_FILE, MAGIC};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    #[error("{0}: no such file or directory")]
+    Missing(PathBuf),
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0} is neither a regular file nor a directory")]
+    Special(PathBuf),
+    #[error("guest path {0:?} must be absolute, without `.` or `..`")]
+    GuestPath(String),
+    #[error("{0} is a directory; use --dir")]
+    IsDir(PathBuf),
+    #[error("{0} is not a directory; use --file")]
+    NotDir(PathBuf),
+}
+
+pub struct RootfsBuilder {
+    image: Vec<u8>,
+}
+
+impl Default for RootfsBuilder {
+    fn default() -> Self {
+        Self { image: MAGIC.to_vec() }
+    }
+}
+
+fn check_guest_path(path: &str) -> Result<(), RootfsError> {
+    let ok = path.starts_with('/') && path.split('/').skip(1).all(|c| !c.is_empty() && c != "." && c != "..");
+    if ok && path.len() < 4096 {
+        Ok(())
+    } else {
+        Err(RootfsError::GuestPath(path.to_string()))
+    }
+}
+
+fn read_err(path: &Path) -> impl FnOnce(std::io::Error) -> RootfsError + '_ {
+    move |source| match source.kind() {
+        std::io::ErrorKind::NotFound => RootfsError::Missing(path.to_path_buf()),
+        _ => RootfsError::Read { path: path.to_path_buf(), source },
+    }
+}
+
+impl RootfsBuilder {
+    fn entry(&mut self, kind: u32, path: &str, perm: u32, data: &[u8]) {
+        self.image.extend(kind.to_le_bytes());
+        self.image.extend(perm.to_le_bytes());
+        self.image.extend((path.len() as u32).to_le_bytes());
+        self.image.extend(0u32.to_le_bytes());
+        self.image.extend((data.len() as u64).to_le_bytes());
+        self.image.extend(path.as_bytes());
+        self.image.resize(padded(self.image.len()), 0);
+        self.image.extend(data);
+        self.image.resize(padded(self.image.len()), 0);
+    }
+
+    pub fn add_file(&mut self, guest: &str, perm: u32, data: &[u8]) -> Result<(), RootfsError> {
+        check_guest_path(guest)?;
+        self.entry(KIND_FILE, guest, perm, data);
+        Ok(())
+    }
+
+    pub fn add_dir(&mut self, guest: &str, perm: u32) -> Result<(), RootfsError> {
+        check_guest_path(guest)?;
+        self.entry(KIND_DIR, guest, perm, &[]);
+        Ok(())
+    }
+
+    /// `kiln run --file HOST:GUEST`: one regular file.
+    pub fn add_host_file(&mut self, host: &Path, guest: &str) -> Result<(), RootfsError> {
+        let meta = std::fs::metadata(host).map_err(read_err(host))?;
+        if meta.is_dir() {
+            return Err(RootfsError::IsDir(host.to_path_buf()));
+        }
+        if !meta.is_file() {
+            return Err(RootfsError::Special(host.to_path_buf()));
+        }
+        let data = std::fs::read(host).map_err(read_err(host))?;
+        self.add_file(guest, meta.permissions().mode() & 0o7777, &data)
+    }
+
+    /// `kiln run --dir HOST:GUEST`: a directory and everything below it (symbolic links followed).
+    pub fn add_host_dir(&mut self, host: &Path, guest: &str) -> Result<(), RootfsError> {
+        let meta = std::fs::metadata(host).map_err(read_err(host))?;
+        if !meta.is_dir() {
+            return Err(RootfsError::NotDir(host.to_path_buf()));
+        }
+        self.add_dir(guest, meta.permissions().mode() & 0o7777)?;
+        let mut children: Vec<_> = std::fs::read_dir(host)
+            .map_err(read_err(host))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()
+            .map_err(read_err(host))?;
+        children.sort();
+        for name in children {
+            let child = host.join(&name);
+            let guest_child = format!("{}/{}", guest.trim_end_matches('/'), name.to_string_lossy());
+            if std::fs::metadata(&child).map_err(read_err(&child))?.is_dir() {
+                self.add_host_dir(&child, &guest_child)?;
+            } else {
+                self.add_host_file(&child, &guest_child)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn finish(self) -> Vec<u8> {
+        self.image
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_abi::rootfs::entries;
+
+    #[test]
+    fn builds_what_the_library_os_parses() {
+        let mut b = RootfsBuilder::default();
+        b.add_dir("/etc", 0o755).unwrap();
+        b.add_file("/etc/app.toml", 0o644, b"port = 80\n").unwrap();
+        let image = b.finish();
+        let all: Vec<_> = entries(&image).unwrap().collect::<Result<_, _>>().unwrap();
+        assert_eq!(all.len(), 2);
+        let f = all[1];
+        assert_eq!((f.path, f.perm), ("/etc/app.toml", 0o644));
+        assert_eq!(&image[f.data_offset..f.data_offset + f.data_len], b"port = 80\n");
+    }
+
+    #[test]
+    fn host_trees_are_added_in_name_order() {
+        let dir = std::env::temp_dir().join(format!("kiln-rootfs-test-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("b.txt"), "b").unwrap();
+        std::fs::write(dir.join("a.txt"), "a").unwrap();
+        std::fs::write(dir.join("sub/c.txt"), "c").unwrap();
+        let mut b = RootfsBuilder::default();
+        b.add_host_dir(&dir, "/data").unwrap();
+        let image = b.finish();
+        let paths: Vec<_> = entries(&image).unwrap().map(|e| e.unwrap().path.to_string()).collect();
+        assert_eq!(paths, ["/data", "/data/a.txt", "/data/b.txt", "/data/sub", "/data/sub/c.txt"]);
+        assert!(matches!(b_err(&dir, "relative"), RootfsError::GuestPath(_)));
+        assert!(matches!(RootfsBuilder::default().add_host_file(&dir, "/x").unwrap_err(), RootfsError::IsDir(_)));
+        assert!(matches!(
+            RootfsBuilder::default().add_host_file(&dir.join("missing"), "/x").unwrap_err(),
+            RootfsError::Missing(_)
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn b_err(dir: &Path, guest: &str) -> RootfsError {
+        RootfsBuilder::default().add_host_dir(dir, guest).unwrap_err()
+    }
+}

@@ -1,0 +1,243 @@
+//! Syscalls that name files by path: stat and friends, access, the working directory, mkdir, unlink, rmdir, rename,
+//! truncate, chmod. `*at` forms resolve relative paths against a directory descriptor.
+
+use super::fs::{stat_of_inode, Stat, AT_FDCWD};
+use super::Args;
+use crate::errno::{Errno, SysResult};
+use crate::file::{self, Object};
+use crate::{user, vfs};
+use alloc::string::String;
+
+const AT_EMPTY_PATH: u64 = 0x1000;
+const AT_REMOVEDIR: u64 = 0x200;
+
+/// The program's path argument made absolute, relative to `dirfd` (or the working directory for AT_FDCWD).
+pub fn resolve(dirfd: u64, path: u64) -> Result<String, Errno> {
+    let path = read_path(path)?;
+    if path.starts_with('/') || dirfd as i64 == AT_FDCWD {
+        return vfs::absolute(&path);
+    }
+    match &file::get(dirfd)?.object {
+        Object::Directory { path: dir, .. } => vfs::absolute(&alloc::format!("{dir}/{path}")),
+        _ => Err(Errno::ENOTDIR),
+    }
+}
+
+fn read_path(addr: u64) -> Result<String, Errno> {
+    let mut buf = alloc::vec![0u8; vfs::PATH_MAX];
+    let mut fixed = [0u8; 256];
+    // Most paths are short: read them into the small buffer first.
+    let bytes = match user::read_c_string(addr, &mut fixed) {
+        Ok(n) => &fixed[..n],
+        Err(Errno::ENAMETOOLONG) => {
+            let n = read_long(addr, &mut buf)?;
+            &buf[..n]
+        }
+        Err(e) => return Err(e),
+    };
+    String::from_utf8(bytes.to_vec()).map_err(|_| Errno::EINVAL)
+}
+
+fn read_long(addr: u64, buf: &mut [u8]) -> Result<usize, Errno> {
+    for (i, slot) in buf.iter_mut().enumerate() {
+        let b: u8 = user::read(addr + i as u64)?;
+        if b == 0 {
+            return Ok(i);
+        }
+        *slot = b;
+    }
+    Err(Errno::ENAMETOOLONG)
+}
+
+const S_IFCHR: u32 = 0o020000;
+
+/// What `stat` says about `path`: the device files are not in the tree but exist.
+fn stat_path(path: &str) -> Result<Stat, Errno> {
+    let rdev = match path {
+        "/dev/null" => Some((1 << 8) | 3),
+        "/dev/zero" => Some((1 << 8) | 5),
+        "/dev/urandom" | "/dev/random" => Some((1 << 8) | 9),
+        _ => None,
+    };
+    if let Some(rdev) = rdev {
+        return Ok(Stat { nlink: 1, mode: S_IFCHR | 0o666, rdev, blksize: 4096, ..Default::default() });
+    }
+    Ok(stat_of_inode(&*vfs::lookup(path)?))
+}
+
+pub fn stat(a: &Args) -> SysResult {
+    let st = stat_path(&resolve(AT_FDCWD as u64, a[0])?)?;
+    user::write(a[1], st).map(|()| 0)
+}
+
+pub fn newfstatat(a: &Args) -> SysResult {
+    let (dirfd, path, buf, flags) = (a[0], a[1], a[2], a[3]);
+    if flags & AT_EMPTY_PATH != 0 && user::read::<u8>(path)? == 0 {
+        return super::fs::fstat(&[dirfd, buf, 0, 0, 0, 0]);
+    }
+    let st = stat_path(&resolve(dirfd, path)?)?;
+    user::write(buf, st).map(|()| 0)
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct StatxTime {
+    sec: i64,
+    nsec: u32,
+    _pad: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct Statx {
+    mask: u32,
+    blksize: u32,
+    attributes: u64,
+    nlink: u32,
+    uid: u32,
+    gid: u32,
+    mode: u16,
+    _pad: u16,
+    ino: u64,
+    size: u64,
+    blocks: u64,
+    attributes_mask: u64,
+    atime: StatxTime,
+    btime: StatxTime,
+    ctime: StatxTime,
+    mtime: StatxTime,
+    rdev_major: u32,
+    rdev_minor: u32,
+    dev_major: u32,
+    dev_minor: u32,
+    _rest: [u64; 14],
+}
+
+/// STATX_BASIC_STATS: type, mode, nlink, uid, gid, times, ino, size, blocks.
+const STATX_BASIC_STATS: u32 = 0x7ff;
+
+pub fn statx(a: &Args) -> SysResult {
+    let (dirfd, path, flags, buf) = (a[0], a[1], a[2], a[4]);
+    let st = if flags & AT_EMPTY_PATH != 0 && user::read::<u8>(path)? == 0 {
+        let f = file::get(dirfd)?;
+        match &f.object {
+            Object::Regular { inode, .. } | Object::Directory { inode, .. } => stat_of_inode(inode),
+            _ => return Err(Errno::ENOSYS),
+        }
+    } else {
+        stat_path(&resolve(dirfd, path)?)?
+    };
+    let time = |sec: i64, nsec: i64| StatxTime { sec, nsec: nsec as u32, _pad: 0 };
+    let sx = Statx {
+        mask: STATX_BASIC_STATS,
+        blksize: st.blksize as u32,
+        nlink: st.nlink as u32,
+        mode: st.mode as u16,
+        ino: st.ino,
+        size: st.size as u64,
+        blocks: st.blocks as u64,
+        atime: time(st.times[0], st.times[1]),
+        mtime: time(st.times[2], st.times[3]),
+        ctime: time(st.times[4], st.times[5]),
+        rdev_major: (st.rdev >> 8) as u32,
+        rdev_minor: (st.rdev & 0xff) as u32,
+        ..Default::default()
+    };
+    user::write(buf, sx).map(|()| 0)
+}
+
+/// Everyone is root: a path that exists is accessible in every way.
+pub fn access(a: &Args) -> SysResult {
+    stat_path(&resolve(AT_FDCWD as u64, a[0])?).map(|_| 0)
+}
+
+pub fn faccessat(a: &Args) -> SysResult {
+    stat_path(&resolve(a[0], a[1])?).map(|_| 0)
+}
+
+pub fn getcwd(a: &Args) -> SysResult {
+    let cwd = vfs::cwd();
+    let len = cwd.len() as u64 + 1;
+    if a[1] < len {
+        return Err(Errno::ERANGE);
+    }
+    user::write_bytes(a[0], cwd.as_bytes())?;
+    user::write(a[0] + cwd.len() as u64, 0u8)?;
+    Ok(len)
+}
+
+pub fn chdir(a: &Args) -> SysResult {
+    vfs::chdir(&resolve(AT_FDCWD as u64, a[0])?).map(|()| 0)
+}
+
+pub fn fchdir(a: &Args) -> SysResult {
+    match &file::get(a[0])?.object {
+        Object::Directory { path, .. } => vfs::chdir(path).map(|()| 0),
+        _ => Err(Errno::ENOTDIR),
+    }
+}
+
+pub fn mkdir(a: &Args) -> SysResult {
+    vfs::mkdir(&resolve(AT_FDCWD as u64, a[0])?, a[1] as u32).map(|()| 0)
+}
+
+pub fn mkdirat(a: &Args) -> SysResult {
+    vfs::mkdir(&resolve(a[0], a[1])?, a[2] as u32).map(|()| 0)
+}
+
+pub fn unlink(a: &Args) -> SysResult {
+    vfs::remove(&resolve(AT_FDCWD as u64, a[0])?, false).map(|()| 0)
+}
+
+pub fn rmdir(a: &Args) -> SysResult {
+    vfs::remove(&resolve(AT_FDCWD as u64, a[0])?, true).map(|()| 0)
+}
+
+pub fn unlinkat(a: &Args) -> SysResult {
+    if a[2] & !AT_REMOVEDIR != 0 {
+        return Err(Errno::EINVAL);
+    }
+    vfs::remove(&resolve(a[0], a[1])?, a[2] & AT_REMOVEDIR != 0).map(|()| 0)
+}
+
+pub fn rename(a: &Args) -> SysResult {
+    vfs::rename(&resolve(AT_FDCWD as u64, a[0])?, &resolve(AT_FDCWD as u64, a[1])?).map(|()| 0)
+}
+
+pub fn renameat(a: &Args) -> SysResult {
+    vfs::rename(&resolve(a[0], a[1])?, &resolve(a[2], a[3])?).map(|()| 0)
+}
+
+/// renameat2 without flags is renameat; RENAME_NOREPLACE and the rest are not supported yet.
+pub fn renameat2(a: &Args) -> SysResult {
+    if a[4] != 0 {
+        return Err(Errno::EINVAL);
+    }
+    renameat(a)
+}
+
+pub fn truncate(a: &Args) -> SysResult {
+    if (a[1] as i64) < 0 {
+        return Err(Errno::EINVAL);
+    }
+    vfs::lookup(&resolve(AT_FDCWD as u64, a[0])?)?.truncate(a[1]).map(|()| 0)
+}
+
+/// Permission bits are recorded for `stat`; nothing enforces them (everyone is root).
+pub fn chmod(a: &Args) -> SysResult {
+    vfs::lookup(&resolve(AT_FDCWD as u64, a[0])?)?.set_perm(a[1] as u32);
+    Ok(0)
+}
+
+pub fn fchmodat(a: &Args) -> SysResult {
+    vfs::lookup(&resolve(a[0], a[1])?)?.set_perm(a[2] as u32);
+    Ok(0)
+}
+
+pub fn fchmod(a: &Args) -> SysResult {
+    match &file::get(a[0])?.object {
+        Object::Regular { inode, .. } | Object::Directory { inode, .. } => inode.set_perm(a[1] as u32),
+        _ => {}
+    }
+    Ok(0)
+}

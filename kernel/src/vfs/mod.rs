@@ -1,0 +1,328 @@
+//! The filesystem the program sees: one tree in memory. Files packed into the image (`kiln run --file/--dir`) are
+//! read from where the VMM put them until first written, when they are copied (the image itself never changes, as a
+//! container's writable layer over its image); everything created at run time lives in the library OS heap. No
+//! symbolic links, so paths resolve lexically.
+
+pub mod image;
+
+use crate::errno::Errno;
+use crate::sync::SpinLock;
+use crate::time;
+use alloc::collections::BTreeMap;
+use alloc::string::{String, ToString};
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+pub const S_IFDIR: u32 = 0o040000;
+pub const S_IFREG: u32 = 0o100000;
+/// Longest path accepted (PATH_MAX).
+pub const PATH_MAX: usize = 4096;
+
+pub enum Data {
+    /// Bytes the program wrote (or copied on first write).
+    Owned(Vec<u8>),
+    /// `len` bytes of the image at this direct-map address: read in place, copied on first write.
+    Image { addr: u64, len: u64 },
+}
+
+impl Data {
+    pub fn len(&self) -> u64 {
+        match self {
+            Data::Owned(v) => v.len() as u64,
+            Data::Image { len, .. } => *len,
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Data::Owned(v) => v,
+            // SAFETY: the VMM placed the image in guest RAM, which the library OS never reuses; it stays mapped.
+            Data::Image { addr, len } => unsafe { core::slice::from_raw_parts(*addr as *const u8, *len as usize) },
+        }
+    }
+
+    fn owned(&mut self) -> &mut Vec<u8> {
+        if let Data::Image { .. } = self {
+            *self = Data::Owned(self.bytes().to_vec());
+        }
+        match self {
+            Data::Owned(v) => v,
+            Data::Image { .. } => unreachable!("just converted"),
+        }
+    }
+}
+
+pub enum Kind {
+    Dir(BTreeMap<String, Arc<Inode>>),
+    File(Data),
+}
+
+pub struct Inode {
+    pub ino: u64,
+    pub state: SpinLock<State>,
+}
+
+pub struct State {
+    pub kind: Kind,
+    /// Permission bits (the type comes from `kind`).
+    pub perm: u32,
+    pub mtime_ns: u64,
+}
+
+impl Inode {
+    fn new(kind: Kind, perm: u32) -> Arc<Inode> {
+        static NEXT_INO: AtomicU64 = AtomicU64::new(2);
+        let ino = NEXT_INO.fetch_add(1, Ordering::Relaxed);
+        Arc::new(Inode { ino, state: SpinLock::new(State { kind, perm, mtime_ns: time::realtime_ns() }) })
+    }
+
+    pub fn is_dir(&self) -> bool {
+        matches!(self.state.lock().kind, Kind::Dir(_))
+    }
+
+    /// `st_mode`, `st_size`, mtime.
+    pub fn stat(&self) -> (u32, u64, u64) {
+        let s = self.state.lock();
+        match &s.kind {
+            Kind::Dir(entries) => (S_IFDIR | s.perm, entries.len() as u64, s.mtime_ns),
+            Kind::File(d) => (S_IFREG | s.perm, d.len(), s.mtime_ns),
+        }
+    }
+
+    pub fn set_perm(&self, perm: u32) {
+        self.state.lock().perm = perm & 0o7777;
+    }
+
+    pub fn read_at(&self, offset: u64, out: &mut [u8]) -> Result<usize, Errno> {
+        let s = self.state.lock();
+        let Kind::File(d) = &s.kind else { return Err(Errno::EISDIR) };
+        let bytes = d.bytes();
+        let start = (offset as usize).min(bytes.len());
+        let n = out.len().min(bytes.len() - start);
+        out[..n].copy_from_slice(&bytes[start..start + n]);
+        Ok(n)
+    }
+
+    /// Writes at `offset` (at the end if `append`); returns the offset after the write.
+    pub fn write_at(&self, offset: u64, data: &[u8], append: bool) -> Result<u64, Errno> {
+        let mut s = self.state.lock();
+        let Kind::File(d) = &mut s.kind else { return Err(Errno::EISDIR) };
+        let v = d.owned();
+        let at = if append { v.len() } else { usize::try_from(offset).map_err(|_| Errno::EFBIG)? };
+        let end = at.checked_add(data.len()).ok_or(Errno::EFBIG)?;
+        if end > v.len() {
+            v.try_reserve(end - v.len()).map_err(|_| Errno::ENOSPC)?;
+            v.resize(end, 0);
+        }
+        v[at..end].copy_from_slice(data);
+        s.mtime_ns = time::realtime_ns();
+        Ok(end as u64)
+    }
+
+    pub fn truncate(&self, len: u64) -> Result<(), Errno> {
+        let mut s = self.state.lock();
+        let Kind::File(d) = &mut s.kind else { return Err(Errno::EISDIR) };
+        let v = d.owned();
+        let len = usize::try_from(len).map_err(|_| Errno::EFBIG)?;
+        if len > v.len() {
+            v.try_reserve(len - v.len()).map_err(|_| Errno::ENOSPC)?;
+        }
+        v.resize(len, 0);
+        s.mtime_ns = time::realtime_ns();
+        Ok(())
+    }
+
+    /// Directory entries from position `from` on: (name, inode number, is a directory).
+    pub fn entries_from(&self, from: usize) -> Result<Vec<(String, u64, bool)>, Errno> {
+        let s = self.state.lock();
+        let Kind::Dir(entries) = &s.kind else { return Err(Errno::ENOTDIR) };
+        Ok(entries.iter().skip(from).map(|(name, inode)| (name.clone(), inode.ino, inode.is_dir())).collect())
+    }
+}
+
+static ROOT: SpinLock<Option<Arc<Inode>>> = SpinLock::new(None);
+/// The working directory, as an absolute, normalised path.
+static CWD: SpinLock<String> = SpinLock::new(String::new());
+
+pub fn root() -> Arc<Inode> {
+    ROOT.lock().clone().expect("the filesystem is set up at boot")
+}
+
+/// Creates the root with the directories programs expect, then adds the image's files.
+pub fn init(image: Option<&'static [u8]>) {
+    *ROOT.lock() = Some(Inode::new(Kind::Dir(BTreeMap::new()), 0o755));
+    *CWD.lock() = "/".to_string();
+    for dir in ["/tmp", "/etc", "/dev", "/proc"] {
+        let _ = mkdir(dir, 0o755);
+    }
+    let _ = create_file("/etc/hosts", b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    let _ = create_file("/etc/resolv.conf", b"nameserver 10.0.2.3\n");
+    if let Some(image) = image {
+        image::load(image);
+    }
+}
+
+fn create_file(path: &str, contents: &[u8]) -> Result<(), Errno> {
+    let inode = create(path, 0o644, false)?;
+    inode.write_at(0, contents, false).map(|_| ())
+}
+
+/// `path` made absolute and normalised: no `.`, `..` or empty components.
+pub fn absolute(path: &str) -> Result<String, Errno> {
+    if path.is_empty() {
+        return Err(Errno::ENOENT);
+    }
+    if path.len() >= PATH_MAX {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    let mut parts: Vec<String> =
+        if path.starts_with('/') { Vec::new() } else { components(&CWD.lock()).map(String::from).collect() };
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            name if name.len() > 255 => return Err(Errno::ENAMETOOLONG),
+            name => parts.push(name.to_string()),
+        }
+    }
+    let mut out = String::from("/");
+    out.push_str(&parts.join("/"));
+    Ok(out)
+}
+
+fn components(abs: &str) -> impl Iterator<Item = &str> {
+    abs.split('/').filter(|p| !p.is_empty())
+}
+
+pub fn lookup(path: &str) -> Result<Arc<Inode>, Errno> {
+    let abs = absolute(path)?;
+    let mut node = root();
+    for name in components(&abs) {
+        let next = {
+            let s = node.state.lock();
+            let Kind::Dir(entries) = &s.kind else { return Err(Errno::ENOTDIR) };
+            entries.get(name).cloned().ok_or(Errno::ENOENT)?
+        };
+        node = next;
+    }
+    Ok(node)
+}
+
+/// The directory that holds `path`, and the last component's name.
+fn parent(path: &str) -> Result<(Arc<Inode>, String), Errno> {
+    let abs = absolute(path)?;
+    let (dir, name) = abs.rsplit_once('/').ok_or(Errno::ENOENT)?;
+    if name.is_empty() {
+        // The root has no parent to create it in or remove it from.
+        return Err(Errno::EBUSY);
+    }
+    let dir = lookup(if dir.is_empty() { "/" } else { dir })?;
+    if !dir.is_dir() {
+        return Err(Errno::ENOTDIR);
+    }
+    Ok((dir, name.to_string()))
+}
+
+/// Opens `path`, creating an empty file first if it does not exist and `create` (failing if it exists and
+/// `exclusive`).
+pub fn open(path: &str, create_mode: Option<u32>, exclusive: bool) -> Result<Arc<Inode>, Errno> {
+    match (lookup(path), create_mode) {
+        (Ok(_), Some(_)) if exclusive => Err(Errno::EEXIST),
+        (Ok(inode), _) => Ok(inode),
+        (Err(Errno::ENOENT), Some(mode)) => create(path, mode, exclusive),
+        (Err(e), _) => Err(e),
+    }
+}
+
+fn create(path: &str, perm: u32, exclusive: bool) -> Result<Arc<Inode>, Errno> {
+    let (dir, name) = parent(path)?;
+    let mut s = dir.state.lock();
+    let Kind::Dir(entries) = &mut s.kind else { return Err(Errno::ENOTDIR) };
+    if let Some(existing) = entries.get(&name) {
+        return if exclusive { Err(Errno::EEXIST) } else { Ok(existing.clone()) };
+    }
+    let inode = Inode::new(Kind::File(Data::Owned(Vec::new())), perm & 0o7777);
+    entries.insert(name, inode.clone());
+    s.mtime_ns = time::realtime_ns();
+    Ok(inode)
+}
+
+pub fn mkdir(path: &str, perm: u32) -> Result<(), Errno> {
+    let (dir, name) = parent(path)?;
+    let mut s = dir.state.lock();
+    let Kind::Dir(entries) = &mut s.kind else { return Err(Errno::ENOTDIR) };
+    if entries.contains_key(&name) {
+        return Err(Errno::EEXIST);
+    }
+    entries.insert(name, Inode::new(Kind::Dir(BTreeMap::new()), perm & 0o7777));
+    Ok(())
+}
+
+/// unlink (`dir == false`) or rmdir (`dir == true`).
+pub fn remove(path: &str, dir: bool) -> Result<(), Errno> {
+    let (parent_dir, name) = parent(path)?;
+    let mut s = parent_dir.state.lock();
+    let Kind::Dir(entries) = &mut s.kind else { return Err(Errno::ENOTDIR) };
+    let target = entries.get(&name).ok_or(Errno::ENOENT)?;
+    {
+        let t = target.state.lock();
+        match (&t.kind, dir) {
+            (Kind::Dir(_), false) => return Err(Errno::EISDIR),
+            (Kind::File(_), true) => return Err(Errno::ENOTDIR),
+            (Kind::Dir(children), true) if !children.is_empty() => return Err(Errno::ENOTEMPTY),
+            _ => {}
+        }
+    }
+    entries.remove(&name);
+    Ok(())
+}
+
+pub fn rename(from: &str, to: &str) -> Result<(), Errno> {
+    let (from_dir, from_name) = parent(from)?;
+    let (to_dir, to_name) = parent(to)?;
+    let moving = {
+        let s = from_dir.state.lock();
+        let Kind::Dir(entries) = &s.kind else { return Err(Errno::ENOTDIR) };
+        entries.get(&from_name).cloned().ok_or(Errno::ENOENT)?
+    };
+    // A directory cannot move into itself or below itself.
+    let (from_abs, to_abs) = (absolute(from)?, absolute(to)?);
+    if moving.is_dir() && (to_abs == from_abs || to_abs.starts_with(&(from_abs.clone() + "/"))) {
+        return Err(Errno::EINVAL);
+    }
+    {
+        let mut s = to_dir.state.lock();
+        let Kind::Dir(entries) = &mut s.kind else { return Err(Errno::ENOTDIR) };
+        if let Some(existing) = entries.get(&to_name) {
+            match (existing.is_dir(), moving.is_dir()) {
+                (true, false) => return Err(Errno::EISDIR),
+                (false, true) => return Err(Errno::ENOTDIR),
+                (true, true) if !existing.entries_from(0)?.is_empty() => return Err(Errno::ENOTEMPTY),
+                _ => {}
+            }
+        }
+        entries.insert(to_name, moving);
+    }
+    if from_abs != to_abs {
+        if let Kind::Dir(entries) = &mut from_dir.state.lock().kind {
+            entries.remove(&from_name);
+        }
+    }
+    Ok(())
+}
+
+pub fn cwd() -> String {
+    CWD.lock().clone()
+}
+
+pub fn chdir(path: &str) -> Result<(), Errno> {
+    let abs = absolute(path)?;
+    if !lookup(&abs)?.is_dir() {
+        return Err(Errno::ENOTDIR);
+    }
+    *CWD.lock() = abs;
+    Ok(())
+}
