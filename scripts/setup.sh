@@ -19,7 +19,7 @@ as_root() {
 }
 
 missing=()
-for pkg in build-essential musl-tools; do
+for pkg in build-essential musl-tools golang-go; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
 done
 if ! command -v rustup >/dev/null && ! [ -x "$HOME/.cargo/bin/rustup" ]; then
@@ -37,7 +37,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     as_root apt-get install -y -q --no-install-recommends "${missing[@]}"
   fi
 else
-  say "system packages present (build-essential, musl-tools)"
+  say "system packages present (build-essential, musl-tools, golang-go)"
 fi
 
 # ---- Rust --------------------------------------------------------------------------------------------------------

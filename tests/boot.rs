@@ -276,6 +276,17 @@ fn tokio_multi_thread_runtime_runs() {
 }
 
 #[test]
+fn go_runtime_runs() {
+    if !kvm::available() {
+        return;
+    }
+    for cpus in ["1", "2"] {
+        let run = kiln().args(["run", "--memory", "256M", "--cpus", cpus]).arg(guests::go()).run();
+        run.assert_code(0).assert_stdout("go: sum=328350 keys=100 slept=true hosts=true err=<nil>\n");
+    }
+}
+
+#[test]
 fn threads_spread_over_vcpus_compute_what_they_do_natively() {
     if !kvm::available() {
         return;

@@ -57,6 +57,34 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
 /// The binaries of tests/guests/rust (each `src/bin/NAME.rs`).
 const RUST_GUESTS: &[&str] = &["hello", "alloc", "bigout", "threads", "spin", "tokio", "fs"];
 
+/// Path of the Go guest (tests/guests/go), built with the host's `go` (Debian's golang-go) and CGO_ENABLED=0.
+#[track_caller]
+pub fn go() -> PathBuf {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match BUILT.get_or_init(build_go) {
+        Ok(path) => path.clone(),
+        Err(e) => panic!("building the Go guest failed (run scripts/setup.sh to install golang-go):\n{e}"),
+    }
+}
+
+fn build_go() -> Result<PathBuf, String> {
+    let out = out_root().join("go");
+    std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    let binary = out.join("hello");
+    let mut cmd = Command::new("go");
+    cmd.args(["build", "-o"])
+        .arg(&binary)
+        .arg(".")
+        .current_dir(repo_root().join("tests/guests/go"))
+        .env("CGO_ENABLED", "0")
+        .env("GOCACHE", out.join("cache"))
+        .env("GOPATH", out.join("path"))
+        .env("GOFLAGS", "-mod=mod")
+        .env("GOPROXY", "off");
+    run_build(&mut cmd)?;
+    Ok(binary)
+}
+
 const ET_EXEC: u16 = 2;
 const ET_DYN: u16 = 3;
 

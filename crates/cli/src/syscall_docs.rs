@@ -14,9 +14,13 @@ const NOTES: &[(u64, &str)] = &[
     (2, "partial: the in-memory filesystem and /dev/null|zero|urandom|std*; no O_PATH, O_TMPFILE, symbolic links"),
     (7, "partial: no signal interrupts it"),
     (8, "partial: SEEK_SET/CUR/END; no SEEK_DATA/SEEK_HOLE"),
-    (9, "partial: anonymous memory only; MAP_FIXED and file mappings refused; protections not enforced"),
-    (10, "partial: accepted, not enforced"),
-    (11, "partial: the memory is reused, but stays accessible until then"),
+    (
+        9,
+        "partial: anonymous memory only (file mappings are ENODEV); PROT_NONE reserves without memory; protections \
+          are not enforced once memory is committed",
+    ),
+    (10, "partial: commits reserved memory; taking access away is not enforced"),
+    (11, "partial: memory stays accessible; at chosen addresses it is zeroed and not yet reused"),
     (13, "partial: recorded and reported back; handlers are not run yet"),
     (14, "partial: recorded; nothing is delivered yet"),
     (16, "partial: FIONBIO, FIONREAD; no descriptor is a terminal (ENOTTY)"),

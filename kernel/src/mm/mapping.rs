@@ -42,7 +42,7 @@ pub fn unmap(addr: u64, len: u64) -> Result<(), Errno> {
     // return address our `call` left there: free that memory when the thread is gone.
     let user_rsp = crate::percpu::syscall_frame().user_rsp;
     if (addr..addr + size).contains(&user_rsp) {
-        crate::sched::free_at_exit(phys, size);
+        crate::sched::free_at_exit(crate::sched::Unmapped::Direct(phys, size));
     } else {
         release(phys, size);
     }

@@ -2,6 +2,7 @@
 //! program break.
 
 pub mod mapping;
+pub mod vma;
 
 use crate::sync::{SpinGuard, SpinLock};
 use core::sync::atomic::{AtomicU64, Ordering};

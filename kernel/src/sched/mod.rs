@@ -62,8 +62,8 @@ struct Thread {
     /// `CLONE_CHILD_CLEARTID` / `set_tid_address`: zeroed and woken when the thread exits.
     clear_child_tid: u64,
     wait: Option<Wait>,
-    /// Memory (guest-physical start, size) to release when the thread exits: its own stack, unmapped while in use.
-    free_at_exit: Option<(u64, u64)>,
+    /// Its own stack, unmapped while in use: released when the thread exits.
+    free_at_exit: Option<Unmapped>,
     /// Nanoseconds since boot; `u64::MAX` for none.
     deadline: u64,
     woken: Woken,
@@ -140,11 +140,29 @@ pub fn set_clear_child_tid(addr: u64) {
     SCHEDULER.lock().threads[percpu::current().thread].clear_child_tid = addr;
 }
 
+/// Memory a thread unmapped while running on it.
+#[derive(Clone, Copy)]
+pub enum Unmapped {
+    /// Guest-physical start and size of direct-map memory.
+    Direct(u64, u64),
+    /// Virtual start and length of chosen-address memory.
+    Chosen(u64, u64),
+}
+
+impl Unmapped {
+    fn release(self) {
+        match self {
+            Unmapped::Direct(phys, size) => mm::mapping::release(phys, size),
+            Unmapped::Chosen(addr, len) => mm::vma::release(addr, len),
+        }
+    }
+}
+
 /// See `Thread::free_at_exit`. A second request releases the first at once (it cannot be the stack in use too).
-pub fn free_at_exit(phys: u64, size: u64) {
-    let previous = SCHEDULER.lock().threads[percpu::current().thread].free_at_exit.replace((phys, size));
-    if let Some((p, n)) = previous {
-        mm::mapping::release(p, n);
+pub fn free_at_exit(memory: Unmapped) {
+    let previous = SCHEDULER.lock().threads[percpu::current().thread].free_at_exit.replace(memory);
+    if let Some(previous) = previous {
+        previous.release();
     }
 }
 
@@ -300,8 +318,8 @@ pub fn exit_current(code: u64) -> ! {
         wake(clear, u32::MAX, 1);
     }
     // We run on our kernel stack: the program's stack can go now.
-    if let Some((phys, size)) = free {
-        mm::mapping::release(phys, size);
+    if let Some(memory) = free {
+        memory.release();
     }
     let mut s = SCHEDULER.lock();
     // The slot (and the kernel stack we still run on) is not reused while `on_cpu` names us.

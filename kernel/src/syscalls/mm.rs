@@ -1,8 +1,11 @@
 //! mmap, munmap, mprotect, mremap, madvise, brk.
+//!
+//! Anonymous memory the program lets us place comes physically contiguous from the direct map (`mm::mapping`);
+//! memory at an address the program chooses, and PROT_NONE reservations, go through `mm::vma`.
 
 use super::Args;
 use crate::errno::{Errno, SysResult};
-use crate::mm::mapping;
+use crate::mm::{mapping, vma};
 
 const MAP_SHARED: u64 = 0x01;
 const MAP_FIXED: u64 = 0x10;
@@ -11,30 +14,81 @@ const MAP_FIXED_NOREPLACE: u64 = 0x10_0000;
 const MREMAP_MAYMOVE: u64 = 1;
 const MADV_DONTNEED: u64 = 4;
 
+const PROT_NONE: u64 = 0;
+
 pub fn mmap(a: &Args) -> SysResult {
-    let (addr, len, flags) = (a[0], a[1], a[3]);
+    let (addr, len, prot, flags) = (a[0], a[1], a[2], a[3]);
     if flags & MAP_ANONYMOUS == 0 {
-        // File mappings arrive with files.
+        // File mappings arrive later.
         return Err(Errno::ENODEV);
     }
-    if flags & (MAP_FIXED | MAP_FIXED_NOREPLACE) != 0 {
-        // Placing memory at a chosen address needs page-table changes we do not make yet.
-        let _ = addr;
-        return Err(Errno::ENOMEM);
+    if len == 0 {
+        return Err(Errno::EINVAL);
     }
     // MAP_SHARED and MAP_PRIVATE are the same thing without fork.
     let _ = flags & MAP_SHARED;
+    let fixed = flags & MAP_FIXED != 0;
+    if fixed && !addr.is_multiple_of(kiln_abi::layout::PAGE_SIZE) {
+        return Err(Errno::EINVAL);
+    }
+    if fixed && addr >= kiln_abi::layout::DIRECT_MAP_BASE {
+        // Over memory we handed out from the direct map: it reads as fresh zeros.
+        mapping::discard(addr, len)?;
+        return Ok(addr);
+    }
+    if fixed {
+        // Over whatever is there: a reservation stays one; memory reads as fresh zeros. Where part of the range is
+        // mapped already, there is nothing to reserve, only pages to commit.
+        if !vma::in_reservation(addr, addr.saturating_add(len)) {
+            let _ = vma::reserve(addr, len, true);
+        }
+        if prot != PROT_NONE {
+            vma::commit(addr, len)?;
+        }
+        return Ok(addr);
+    }
+    let chosen = addr != 0 || flags & MAP_FIXED_NOREPLACE != 0;
+    if prot == PROT_NONE || chosen {
+        let at = vma::reserve(addr, len, flags & MAP_FIXED_NOREPLACE != 0)?;
+        if prot != PROT_NONE {
+            vma::commit(at, len)?;
+        }
+        return Ok(at);
+    }
     mapping::map_anonymous(len)
 }
 
 pub fn munmap(a: &Args) -> SysResult {
+    if vma::owns(a[0]) {
+        if !a[0].is_multiple_of(kiln_abi::layout::PAGE_SIZE) || a[1] == 0 {
+            return Err(Errno::EINVAL);
+        }
+        // As for direct-map memory: a thread unmapping its own stack keeps it until it exits.
+        let user_rsp = crate::percpu::syscall_frame().user_rsp;
+        if (a[0]..a[0].saturating_add(a[1])).contains(&user_rsp) {
+            crate::sched::free_at_exit(crate::sched::Unmapped::Chosen(a[0], a[1]));
+        } else {
+            vma::release(a[0], a[1]);
+        }
+        return Ok(0);
+    }
     mapping::unmap(a[0], a[1]).map(|()| 0)
 }
 
-/// Accepted but not enforced yet: every mapping stays readable, writable and executable.
+/// Making reserved memory accessible commits it; other protection changes are accepted but not enforced yet
+/// (taking access away needs a TLB flush CPL 3 cannot do on hardware KVM).
 pub fn mprotect(a: &Args) -> SysResult {
-    if !a[0].is_multiple_of(kiln_abi::layout::PAGE_SIZE) {
+    let (addr, len, prot) = (a[0], a[1], a[2]);
+    if !addr.is_multiple_of(kiln_abi::layout::PAGE_SIZE) {
         return Err(Errno::EINVAL);
+    }
+    if prot != PROT_NONE && vma::owns(addr) {
+        let end = addr.saturating_add(len);
+        for page in (addr..end).step_by(kiln_abi::layout::PAGE_SIZE as usize) {
+            if crate::mm::translate(page).is_none() {
+                vma::commit(page, kiln_abi::layout::PAGE_SIZE)?;
+            }
+        }
     }
     Ok(0)
 }
@@ -49,6 +103,16 @@ pub fn mremap(a: &Args) -> SysResult {
 
 pub fn madvise(a: &Args) -> SysResult {
     match a[2] {
+        MADV_DONTNEED if vma::owns(a[0]) => {
+            // Zero what is committed; what is not stays uncommitted.
+            let end = a[0].saturating_add(a[1]);
+            for page in (a[0]..end).step_by(kiln_abi::layout::PAGE_SIZE as usize) {
+                if crate::mm::translate(page).is_some() {
+                    vma::commit(page, kiln_abi::layout::PAGE_SIZE)?;
+                }
+            }
+            Ok(0)
+        }
         MADV_DONTNEED => mapping::discard(a[0], a[1]).map(|()| 0),
         _ => Ok(0),
     }

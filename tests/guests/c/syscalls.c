@@ -95,6 +95,25 @@ int main(void) {
   unsigned char *again = mmap(0, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   check(again != MAP_FAILED && again[0] == 0 && again[len - 1] == 0, "memory handed back is zero again");
 
+  /* Address space reserved without memory, committed in parts, as Go's runtime does. */
+  size_t arena = (size_t)1 << 30;
+  unsigned char *hint = (unsigned char *)0xc000000000UL;
+  unsigned char *res = mmap(hint, arena, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  check(res == hint, "a 1 GiB PROT_NONE reservation at the hinted address");
+  unsigned char *part = mmap(res + (4 << 20), 1 << 20, PROT_READ | PROT_WRITE, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  check(part == res + (4 << 20) && part[0] == 0 && part[(1 << 20) - 1] == 0, "MAP_FIXED commits part of it, zeroed");
+  memset(part, 0x5a, 1 << 20);
+  check(mprotect(res + (8 << 20), 8192, PROT_READ | PROT_WRITE) == 0, "mprotect commits more");
+  res[(8 << 20) + 100] = 7;
+  check(res[(8 << 20) + 100] == 7 && part[12345] == 0x5a, "committed memory holds its data");
+  check(mmap(res, 4096, PROT_READ, MAP_FIXED_NOREPLACE | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) == MAP_FAILED &&
+            errno == EEXIST,
+        "MAP_FIXED_NOREPLACE over a reservation is EEXIST");
+  check(madvise(part, 1 << 20, MADV_DONTNEED) == 0 && part[777] == 0, "MADV_DONTNEED zeroes committed memory");
+  check(munmap(res, arena) == 0, "munmap of the reservation");
+  unsigned char *again2 = mmap(hint, 1 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  check(again2 == hint && again2[4 << 10] == 0, "the hint is free again after munmap");
+
   /* musl's sbrk() refuses to grow, so ask brk directly. */
   char *b0 = (char *)syscall(SYS_brk, 0);
   char *b1 = (char *)syscall(SYS_brk, b0 + (1 << 20));

@@ -1,0 +1,121 @@
+//! Memory at addresses the program chooses, and address space reserved without memory behind it — what Go's
+//! runtime does with its heap arenas: `mmap(hint, PROT_NONE)` reserves, `mmap(MAP_FIXED, PROT_READ|PROT_WRITE)` or
+//! `mprotect` commits pages inside.
+//!
+//! A reservation is only a recorded range: it costs no memory. Committing maps fresh zeroed frames where no page is
+//! present (new entries only, which no TLB caches) and zeroes pages that are present. Released pages are zeroed but
+//! stay mapped, to be committed again in place: taking a present entry away needs a TLB flush that CPL 3 cannot do
+//! on hardware KVM (see docs/architecture.md), so their memory is not reused yet. Access to reserved, uncommitted
+//! pages faults, as PROT_NONE memory does on Linux.
+
+use super::{memory, pml4, translate, DirectMap};
+use crate::errno::Errno;
+use crate::sync::SpinLock;
+use alloc::vec::Vec;
+use kiln_abi::layout::{page_align_up, DIRECT_MAP_BASE, PAGE_SIZE, PROGRAM_MIN_ADDR};
+use kiln_abi::paging::{self, PTE_USER, PTE_WRITABLE};
+
+/// Reservations without a usable hint are placed from here up (far from the program, its break and the direct map).
+const RESERVE_BASE: u64 = 0x2000_0000_0000;
+const RESERVE_END: u64 = DIRECT_MAP_BASE;
+
+struct Reservations {
+    ranges: Vec<(u64, u64)>,
+    next: u64,
+}
+
+static RESERVED: SpinLock<Reservations> = SpinLock::new(Reservations { ranges: Vec::new(), next: RESERVE_BASE });
+
+fn overlaps(ranges: &[(u64, u64)], start: u64, end: u64) -> bool {
+    ranges.iter().any(|&(s, e)| s < end && start < e)
+}
+
+/// Whether `[start, end)` is free for the program: in its part of the address space, no page mapped, no reservation.
+fn is_free(ranges: &[(u64, u64)], start: u64, end: u64) -> bool {
+    let in_bounds = start >= PROGRAM_MIN_ADDR && end <= RESERVE_END && start < end;
+    in_bounds
+        && !overlaps(ranges, start, end)
+        && (start..end).step_by(PAGE_SIZE as usize).all(|p| translate(p).is_none())
+}
+
+pub fn in_reservation(start: u64, end: u64) -> bool {
+    RESERVED.lock().ranges.iter().any(|&(s, e)| s <= start && end <= e)
+}
+
+/// Reserves `len` bytes at `hint` if that range is free, else wherever there is room. `fixed`: at `hint` or fail.
+pub fn reserve(hint: u64, len: u64, fixed: bool) -> Result<u64, Errno> {
+    let size = page_align_up(len);
+    let mut r = RESERVED.lock();
+    let at_hint = hint != 0 && hint.is_multiple_of(PAGE_SIZE) && is_free(&r.ranges, hint, hint.saturating_add(size));
+    let start = if at_hint {
+        hint
+    } else if fixed {
+        return Err(Errno::EEXIST);
+    } else {
+        let start = r.next;
+        let end = start.checked_add(size).filter(|&e| e <= RESERVE_END).ok_or(Errno::ENOMEM)?;
+        r.next = end + PAGE_SIZE;
+        start
+    };
+    r.ranges.push((start, start + size));
+    Ok(start)
+}
+
+/// Backs every page of `[start, start+len)` with zeroed memory, mapped writable.
+pub fn commit(start: u64, len: u64) -> Result<(), Errno> {
+    let end = start.checked_add(page_align_up(len)).ok_or(Errno::ENOMEM)?;
+    if start < PROGRAM_MIN_ADDR || end > RESERVE_END || !start.is_multiple_of(PAGE_SIZE) {
+        return Err(Errno::EINVAL);
+    }
+    let mut m = memory();
+    let m = &mut *m;
+    for page in (start..end).step_by(PAGE_SIZE as usize) {
+        match translate(page) {
+            Some(t) => {
+                if !t.writable || !t.user {
+                    // The program's own code or something of Kiln's: not memory MAP_FIXED may replace here.
+                    return Err(Errno::EINVAL);
+                }
+                // SAFETY: a present, user-writable page: zeroing it is what a fresh mapping would read as.
+                unsafe { core::ptr::write_bytes(page as *mut u8, 0, PAGE_SIZE as usize) };
+            }
+            None => {
+                let frame = m.frames.alloc(PAGE_SIZE).ok_or(Errno::ENOMEM)?;
+                paging::map_page(&mut DirectMap, &mut m.frames, pml4(), page, frame, PTE_WRITABLE | PTE_USER)
+                    .map_err(|_| Errno::ENOMEM)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// munmap of chosen-address memory: the range stops being reserved; its committed pages are zeroed and stay mapped.
+pub fn release(start: u64, len: u64) {
+    let end = start.saturating_add(page_align_up(len));
+    for page in (start..end).step_by(PAGE_SIZE as usize) {
+        if translate(page).is_some_and(|t| t.writable && t.user) {
+            // SAFETY: a present, user-writable page of the program's.
+            unsafe { core::ptr::write_bytes(page as *mut u8, 0, PAGE_SIZE as usize) };
+        }
+    }
+    let mut r = RESERVED.lock();
+    let mut kept = Vec::with_capacity(r.ranges.len() + 1);
+    for &(s, e) in &r.ranges {
+        if e <= start || end <= s {
+            kept.push((s, e));
+        } else {
+            if s < start {
+                kept.push((s, start));
+            }
+            if end < e {
+                kept.push((end, e));
+            }
+        }
+    }
+    r.ranges = kept;
+}
+
+/// Whether `addr` is chosen-address memory (a reservation) rather than the direct map.
+pub fn owns(addr: u64) -> bool {
+    addr < DIRECT_MAP_BASE && RESERVED.lock().ranges.iter().any(|&(s, e)| s <= addr && addr < e)
+}

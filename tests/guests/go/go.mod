@@ -1,0 +1,3 @@
+module kiln.test/guests
+
+go 1.19

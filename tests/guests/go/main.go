@@ -1,0 +1,45 @@
+// A Go program on Kiln: goroutines, channels, sync.WaitGroup, time.Sleep, maps, GOMAXPROCS(2) and os.ReadFile, built
+// with CGO_ENABLED=0. Prints a summary and exits 0 when every result is right.
+package main
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"sync"
+	"time"
+)
+
+func main() {
+	runtime.GOMAXPROCS(2)
+	var wg sync.WaitGroup
+	results := make(chan int, 100)
+	for i := 0; i < 100; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			if i%10 == 0 {
+				time.Sleep(5 * time.Millisecond)
+			}
+			results <- i * i
+		}(i)
+	}
+	wg.Wait()
+	close(results)
+	sum := 0
+	for r := range results {
+		sum += r
+	}
+	m := map[string]int{}
+	for i := 0; i < 10000; i++ {
+		m[fmt.Sprintf("k%d", i%100)] += i
+	}
+	start := time.Now()
+	time.Sleep(20 * time.Millisecond)
+	slept := time.Since(start) >= 20*time.Millisecond
+	data, err := os.ReadFile("/etc/hosts")
+	fmt.Printf("go: sum=%d keys=%d slept=%v hosts=%v err=%v\n", sum, len(m), slept, len(data) > 0, err)
+	if sum != 328350 || len(m) != 100 || !slept || err != nil {
+		os.Exit(1)
+	}
+}
