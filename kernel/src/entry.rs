@@ -2,9 +2,13 @@
 //! library OS stack), the syscall entry that the page-0 trampoline jumps to, and the jump into the program.
 //!
 //! Syscall entry contract (the Linux x86-64 syscall ABI, reached by `call *%rax` instead of `syscall`): %rax = number,
-//! arguments in %rdi %rsi %rdx %r10 %r8 %r9, the return address on the program's stack. We return the result in %rax
-//! and preserve every other register; flags are not preserved (Linux's `syscall` restores them, but compilers treat
-//! an asm `syscall` as clobbering them).
+//! arguments in %rdi %rsi %rdx %r10 %r8 %r9, the return address on the program's stack. We return the result in %rax,
+//! the return address in %rcx (as Linux's `syscall` leaves it there) and preserve every other register; flags are not
+//! preserved (Linux's `syscall` restores them, but compilers treat an asm `syscall` as clobbering them).
+//!
+//! The return address is read off the program's stack on the way in and the way out is a `jmp`, not a `ret`: by the
+//! time a syscall returns, another thread may have unmapped that stack (musl's `pthread_join` does, as soon as the
+//! exiting thread's last futex wake), which Linux allows because `sysret` needs no stack.
 
 use core::arch::global_asm;
 
@@ -22,7 +26,8 @@ pub struct SyscallFrame {
     pub r13: u64,
     pub r14: u64,
     pub r15: u64,
-    /// The program's %rsp: it points at the return address `call *%rax` pushed.
+    /// The program's %rsp at the entry: it points at the return address `call *%rax` pushed (which is also in
+    /// `rcx`); the syscall returns with %rsp 8 bytes above it.
     pub user_rsp: u64,
 }
 
@@ -42,6 +47,7 @@ global_asm!(
     "kiln_syscall_entry:",
     // Switch to the library OS stack; the program's stack may be a few KiB of goroutine stack.
     "    mov gs:[0], rsp",
+    "    mov rcx, [rsp]",
     "    mov rsp, gs:[8]",
     "    push qword ptr gs:[0]",
     // The callee-saved registers are saved too (Rust would preserve them anyway) so that `clone` can give the new
@@ -82,10 +88,11 @@ global_asm!(
     "    pop r14",
     "    pop r15",
     "    pop rsp",
-    "    ret",
+    "    lea rsp, [rsp + 8]",
+    "    jmp rcx",
     "",
-    // A new thread's first run: its kernel stack holds a `SyscallFrame` whose user %rsp points at the return address
-    // (one word below the stack `clone` was given); it returns 0 from `clone`.
+    // A new thread's first run: its kernel stack holds a `SyscallFrame` whose %rcx is where `clone` returns to and
+    // whose user %rsp is one word below the stack `clone` was given; it returns 0 from `clone`.
     ".globl kiln_thread_start",
     "kiln_thread_start:",
     "    xor eax, eax",

@@ -172,10 +172,9 @@ fn live_threads(s: &Scheduler) -> usize {
 
 /// Starts a thread that resumes the program where `parent` made its `clone`, on `stack`, with `clone` returning 0.
 pub fn spawn(parent: &SyscallFrame, stack: u64, tls: Option<u64>, clear_child_tid: u64) -> Result<u32, Errno> {
-    // The child returns like its parent would, through `ret`, so its return address goes just below its stack.
-    let return_address: u64 = crate::user::read(parent.user_rsp)?;
+    // The child returns where its parent does (the return address is in the parent's saved %rcx) with %rsp = `stack`;
+    // the way out adds 8 to the saved %rsp.
     let child_rsp = stack.checked_sub(8).ok_or(Errno::EINVAL)?;
-    crate::user::write(child_rsp, return_address)?;
     let fs_base = tls.unwrap_or_else(cpu::read_fs_base);
 
     let mut s = SCHEDULER.lock();

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# What common syscalls cost natively and in Kiln, in one run: bench/syscalls.c (getppid round trip, clock_gettime,
+# thread create+join, futex ping-pong, sequential read of a SIZE file: 256 MiB by default, from the root filesystem
+# in Kiln via --file, from the host's page cache natively). Medians of N runs (default 3).
+#
+#   bench/syscalls.sh [N] [SIZE_MIB]
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+rounds=${1:-3}
+size_mib=${2:-256}
+out="${CARGO_TARGET_DIR:-$repo/target}/bench"
+mkdir -p "$out"
+if [ -z "${KILN:-}" ]; then
+  cargo build --release --locked -p kiln --manifest-path "$repo/Cargo.toml" >&2
+  KILN="${CARGO_TARGET_DIR:-$repo/target}/x86_64-unknown-linux-musl/release/kiln"
+fi
+musl-gcc -static -O2 -o "$out/syscalls" "$repo/bench/syscalls.c" -lpthread
+data="$out/data-${size_mib}M"
+[ -f "$data" ] || head -c "$((size_mib << 20))" /dev/urandom > "$data"
+export KILN_HOME="$out/kiln-home"
+memory="$((size_mib * 2 + 256))M"
+
+echo "host: $(uname -r), $(nproc) CPUs; file: ${size_mib} MiB"
+for _ in $(seq "$rounds"); do
+  "$out/syscalls" "$data" | sed 's/^/native /'
+  "$KILN" run --memory "$memory" --cpus 2 --file "$data:/data" "$out/syscalls" /data | sed 's/^/kiln /'
+done | python3 -c '
+import statistics, sys
+runs = {}
+for line in sys.stdin:
+    who, case, value = line.split()
+    runs.setdefault((case, who), []).append(float(value))
+cases = []
+for case, _ in runs:
+    if case not in cases:
+        cases.append(case)
+print("%-22s %12s %12s %8s" % ("case", "native", "kiln", "ratio"))
+for case in cases:
+    n, k = statistics.median(runs[(case, "native")]), statistics.median(runs[(case, "kiln")])
+    unit = "MiB/s" if "MiB" in case else "ns/op"
+    print("%-22s %12.1f %12.1f %7.2fx  %s" % (case, n, k, k / n, unit))
+'
