@@ -399,6 +399,16 @@ fn syscall_number_beyond_the_trampoline_is_named() {
 }
 
 #[test]
+fn a_thread_overflowing_its_stack_is_a_crash_not_a_hang() {
+    if !kvm::available() {
+        return;
+    }
+    let run = kiln().arg("run").arg(guests::rust("overflow")).run();
+    run.assert_code(139).assert_stdout("overflow: spawning\n");
+    run.assert_stderr_contains("kiln: program crashed: SIGSEGV (stack overflow: page fault writing");
+}
+
+#[test]
 fn abort_ends_the_program_with_sigabrt() {
     if !kvm::available() {
         return;

@@ -97,6 +97,8 @@ fn code_at(ram: &GuestRam, pml4: u64, rip: u64) -> Vec<u8> {
 
 /// How far below the main thread's stack a fault still counts as running off its end.
 const STACK_GUARD: u64 = 1 << 20;
+/// How far below the stack pointer an unmapped access counts as a thread's stack overflow (a push, a call, a frame).
+const STACK_NEAR: u64 = 64 << 10;
 
 /// What the VMM knows about the guest that helps explain a fault.
 pub struct GuestLayout<'a> {
@@ -183,6 +185,14 @@ pub fn diagnose(ram: &GuestRam, layout: &GuestLayout, how: &str, regs: &kvm_regs
                     return report(
                         Signal::Sigsegv,
                         format!("stack overflow: page fault {verb} {a:#x}, below the {} KiB main stack", size >> 10),
+                        regs.rip,
+                    );
+                }
+                // Just below the stack pointer, where a thread's stack meets its guard page.
+                None if a < regs.rsp && regs.rsp - a <= STACK_NEAR => {
+                    return report(
+                        Signal::Sigsegv,
+                        format!("stack overflow: page fault {verb} {a:#x}, just below the stack pointer"),
                         regs.rip,
                     );
                 }
