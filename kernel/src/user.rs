@@ -61,6 +61,15 @@ pub fn read_bytes(addr: u64, out: &mut [u8]) -> Result<(), Errno> {
     Ok(())
 }
 
+/// A `struct timespec` the program passed, in nanoseconds: EINVAL unless 0 <= tv_nsec < 1e9 and tv_sec >= 0.
+pub fn read_timespec(addr: u64) -> Result<u64, Errno> {
+    let [sec, nsec]: [i64; 2] = read(addr)?;
+    if sec < 0 || !(0..1_000_000_000).contains(&nsec) {
+        return Err(Errno::EINVAL);
+    }
+    Ok((sec as u64).saturating_mul(1_000_000_000).saturating_add(nsec as u64))
+}
+
 /// A NUL-terminated string of at most `N - 1` bytes, copied out of the program.
 pub fn read_c_string<const N: usize>(addr: u64, buf: &mut [u8; N]) -> Result<usize, Errno> {
     for (i, slot) in buf.iter_mut().enumerate() {

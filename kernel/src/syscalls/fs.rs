@@ -116,6 +116,20 @@ fn write_file_at(
     append: bool,
     buffers: &mut dyn Iterator<Item = Result<IoVec, Errno>>,
 ) -> Result<(u64, u64), Errno> {
+    let total = copy_in(buffers, |chunk| {
+        at = inode.write_at(at, chunk, append)?;
+        Ok(chunk.len())
+    })?;
+    Ok((total, at))
+}
+
+/// Hands the program's buffers to `sink` a kernel-buffered chunk at a time; `sink` says how much it took, and
+/// taking less than offered ends the copy (a short write). Returns the bytes taken; an error after some bytes were
+/// taken counts as a short write when it is EAGAIN.
+fn copy_in(
+    buffers: &mut dyn Iterator<Item = Result<IoVec, Errno>>,
+    mut sink: impl FnMut(&[u8]) -> Result<usize, Errno>,
+) -> SysResult {
     let mut chunk = vec![0u8; CHUNK];
     let mut total = 0u64;
     for iov in buffers {
@@ -124,12 +138,19 @@ fn write_file_at(
         while done < iov.len {
             let n = (iov.len - done).min(CHUNK as u64) as usize;
             user::read_bytes(iov.base + done, &mut chunk[..n])?;
-            at = inode.write_at(at, &chunk[..n], append)?;
-            done += n as u64;
-            total += n as u64;
+            let taken = match sink(&chunk[..n]) {
+                Ok(taken) => taken,
+                Err(Errno::EAGAIN) if total > 0 => return Ok(total),
+                Err(e) => return Err(e),
+            };
+            done += taken as u64;
+            total += taken as u64;
+            if taken < n {
+                return Ok(total);
+            }
         }
     }
-    Ok((total, at))
+    Ok(total)
 }
 
 /// Writes the program's buffers to `f`.
@@ -148,30 +169,7 @@ fn write_from(f: &File, buffers: &mut dyn Iterator<Item = Result<IoVec, Errno>>)
             }
             Ok(total)
         }
-        Object::PipeWriter(p) => {
-            let mut total = 0u64;
-            let mut chunk = vec![0u8; CHUNK];
-            for iov in buffers {
-                let iov = iov?;
-                let mut done = 0;
-                while done < iov.len {
-                    let n = (iov.len - done).min(CHUNK as u64) as usize;
-                    user::read_bytes(iov.base + done, &mut chunk[..n])?;
-                    match p.0.write(&chunk[..n], f.nonblocking()) {
-                        Ok(w) => {
-                            done += w as u64;
-                            total += w as u64;
-                            if w < n {
-                                return Ok(total);
-                            }
-                        }
-                        Err(e) if total > 0 && e == Errno::EAGAIN => return Ok(total),
-                        Err(e) => return Err(e),
-                    }
-                }
-            }
-            Ok(total)
-        }
+        Object::PipeWriter(p) => copy_in(buffers, |chunk| p.0.write(chunk, f.nonblocking())),
         Object::EventFd(e) => {
             let iov = buffers.next().ok_or(Errno::EINVAL)??;
             if iov.len < 8 {
@@ -634,7 +632,7 @@ pub fn poll(a: &Args) -> SysResult {
 pub fn ppoll(a: &Args) -> SysResult {
     let deadline = match a[2] {
         0 => u64::MAX,
-        t => time::since_boot_ns().saturating_add(timespec_ns(t)?),
+        t => time::since_boot_ns().saturating_add(user::read_timespec(t)?),
     };
     poll_until(a[0], a[1], deadline)
 }
@@ -762,17 +760,9 @@ pub fn epoll_pwait(a: &Args) -> SysResult {
 pub fn epoll_pwait2(a: &Args) -> SysResult {
     let deadline = match a[3] {
         0 => u64::MAX,
-        t => time::since_boot_ns().saturating_add(timespec_ns(t)?),
+        t => time::since_boot_ns().saturating_add(user::read_timespec(t)?),
     };
     epoll_wait_until(a[0], a[1], a[2], deadline)
-}
-
-fn timespec_ns(addr: u64) -> Result<u64, Errno> {
-    let ts: [i64; 2] = user::read(addr)?;
-    if ts[0] < 0 || !(0..1_000_000_000).contains(&ts[1]) {
-        return Err(Errno::EINVAL);
-    }
-    Ok((ts[0] as u64).saturating_mul(1_000_000_000).saturating_add(ts[1] as u64))
 }
 
 /// select and pselect6 over `poll`'s readiness: fd_sets of up to 1024 bits for read, write and exceptions.
@@ -846,7 +836,7 @@ pub fn select(a: &Args) -> SysResult {
 pub fn pselect6(a: &Args) -> SysResult {
     let deadline = match a[4] {
         0 => u64::MAX,
-        t => time::since_boot_ns().saturating_add(timespec_ns(t)?),
+        t => time::since_boot_ns().saturating_add(user::read_timespec(t)?),
     };
     select_until(a[0], [a[1], a[2], a[3]], deadline)
 }

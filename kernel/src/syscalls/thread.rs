@@ -86,21 +86,6 @@ const FUTEX_PRIVATE_FLAG: u64 = 128;
 const FUTEX_CLOCK_REALTIME: u64 = 256;
 const FUTEX_BITSET_MATCH_ANY: u32 = u32::MAX;
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Timespec {
-    sec: i64,
-    nsec: i64,
-}
-
-fn timespec_ns(addr: u64) -> Result<u64, Errno> {
-    let t: Timespec = user::read(addr)?;
-    if t.sec < 0 || !(0..1_000_000_000).contains(&t.nsec) {
-        return Err(Errno::EINVAL);
-    }
-    Ok((t.sec as u64).saturating_mul(1_000_000_000).saturating_add(t.nsec as u64))
-}
-
 /// futex(uaddr, op, val, timeout|val2, uaddr2, val3). One address space, so PRIVATE changes nothing.
 pub fn futex(a: &Args) -> SysResult {
     let (uaddr, op, val, timeout, uaddr2, val3) = (a[0], a[1], a[2] as u32, a[3], a[4], a[5] as u32);
@@ -117,12 +102,12 @@ pub fn futex(a: &Args) -> SysResult {
             // FUTEX_WAIT takes a relative timeout; FUTEX_WAIT_BITSET an absolute one on the chosen clock.
             let deadline = match timeout {
                 0 => u64::MAX,
-                t if cmd == FUTEX_WAIT => time::since_boot_ns().saturating_add(timespec_ns(t)?),
+                t if cmd == FUTEX_WAIT => time::since_boot_ns().saturating_add(user::read_timespec(t)?),
                 t if op & FUTEX_CLOCK_REALTIME != 0 => {
-                    let at = timespec_ns(t)?;
+                    let at = user::read_timespec(t)?;
                     time::since_boot_ns().saturating_add(at.saturating_sub(time::realtime_ns()))
                 }
-                t => timespec_ns(t)?,
+                t => user::read_timespec(t)?,
             };
             // The value is compared under the scheduler lock, which a waker on another vCPU takes too: no wake can
             // fall between the check and the wait.

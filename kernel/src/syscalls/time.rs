@@ -68,19 +68,9 @@ pub fn time(a: &Args) -> SysResult {
 }
 
 const TIMER_ABSTIME: u64 = 1;
-const NSEC_PER_SEC: u64 = 1_000_000_000;
-
-/// A `struct timespec` the program passed: valid only with 0 <= tv_nsec < 1e9 and tv_sec >= 0.
-fn read_duration(addr: u64) -> Result<u64, Errno> {
-    let t: Timespec = user::read(addr)?;
-    if t.sec < 0 || !(0..NSEC_PER_SEC as i64).contains(&t.nsec) {
-        return Err(Errno::EINVAL);
-    }
-    Ok((t.sec as u64).saturating_mul(NSEC_PER_SEC).saturating_add(t.nsec as u64))
-}
 
 pub fn nanosleep(a: &Args) -> SysResult {
-    let duration = read_duration(a[0])?;
+    let duration = user::read_timespec(a[0])?;
     sleep(duration);
     if a[1] != 0 {
         user::write(a[1], Timespec { sec: 0, nsec: 0 })?;
@@ -95,7 +85,7 @@ pub fn clock_nanosleep(a: &Args) -> SysResult {
         // Sleeping on CPU time, or on a clock that does not exist, is not something Linux does either.
         _ => return Err(Errno::EINVAL),
     };
-    let value = read_duration(request)?;
+    let value = user::read_timespec(request)?;
     let duration = if flags & TIMER_ABSTIME != 0 { value.saturating_sub(now) } else { value };
     sleep(duration);
     if remain != 0 && flags & TIMER_ABSTIME == 0 {
