@@ -11,16 +11,8 @@
 # VM exits: `kiln run --stats` prints `[kiln] N VM exits, M syscalls` to stderr at exit; the script reads N from one
 # extra run (not timed).
 set -euo pipefail
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 rounds=${1:-30}
-out="${CARGO_TARGET_DIR:-$repo/target}/bench"
-mkdir -p "$out"
-
-if [ -z "${KILN:-}" ]; then
-  echo "bench: building kiln (release)" >&2
-  cargo build --release --locked -p kiln --manifest-path "$repo/Cargo.toml" >&2
-  KILN="${CARGO_TARGET_DIR:-$repo/target}/x86_64-unknown-linux-musl/release/kiln"  # musl: .cargo/config.toml
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 musl-gcc -static -O2 -o "$out/hello" "$repo/tests/guests/c/hello.c"
 cc -O2 -Wall -o "$out/floor" "$repo/bench/floor.c"
 cc -O2 -Wall -o "$out/timeit" "$repo/bench/timeit.c"
@@ -35,7 +27,6 @@ echo "kiln: $("$KILN" --version 2>/dev/null || echo unknown)"
 echo
 # kiln keeps rewritten programs in $KILN_HOME/cache; the timed runs after the warm-up round find hello there, as any
 # repeated run of a binary does. The breakdown below shows a first (cold) run too.
-export KILN_HOME="$out/kiln-home"
 rm -rf "$KILN_HOME"
 "$out/timeit" "$rounds" "kiln=$KILN run $out/hello" "native=$out/hello" "floor=$out/floor"
 

@@ -5,19 +5,12 @@
 #
 #   bench/syscalls.sh [N] [SIZE_MIB]
 set -euo pipefail
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 rounds=${1:-3}
 size_mib=${2:-256}
-out="${CARGO_TARGET_DIR:-$repo/target}/bench"
-mkdir -p "$out"
-if [ -z "${KILN:-}" ]; then
-  cargo build --release --locked -p kiln --manifest-path "$repo/Cargo.toml" >&2
-  KILN="${CARGO_TARGET_DIR:-$repo/target}/x86_64-unknown-linux-musl/release/kiln"
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 musl-gcc -static -O2 -o "$out/syscalls" "$repo/bench/syscalls.c" -lpthread
 data="$out/data-${size_mib}M"
 [ -f "$data" ] || head -c "$((size_mib << 20))" /dev/urandom > "$data"
-export KILN_HOME="$out/kiln-home"
 memory="$((size_mib * 2 + 256))M"
 
 echo "host: $(uname -r), $(nproc) CPUs; file: ${size_mib} MiB"

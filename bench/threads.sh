@@ -5,18 +5,11 @@
 #
 #   bench/threads.sh [N]
 set -euo pipefail
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 rounds=${1:-5}
-out="${CARGO_TARGET_DIR:-$repo/target}/bench"
-mkdir -p "$out"
-if [ -z "${KILN:-}" ]; then
-  cargo build --release --locked -p kiln --manifest-path "$repo/Cargo.toml" >&2
-  KILN="${CARGO_TARGET_DIR:-$repo/target}/x86_64-unknown-linux-musl/release/kiln"
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cargo build --release --locked --quiet --target x86_64-unknown-linux-musl \
   --manifest-path "$repo/tests/guests/rust/Cargo.toml" --target-dir "$out/guests" >&2
 spin="$out/guests/x86_64-unknown-linux-musl/release/spin"
-export KILN_HOME="$out/kiln-home"
 
 echo "host: $(uname -r), $(nproc) CPUs"
 for _ in $(seq "$rounds"); do
