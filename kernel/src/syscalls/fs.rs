@@ -93,20 +93,9 @@ fn read_into(f: &File, buf: u64, len: u64) -> SysResult {
     }
 }
 
-/// Copies file bytes from `at` into the program's buffer, a chunk at a time.
+/// Copies file bytes from `at` straight into the program's buffer.
 fn read_file_at(inode: &Inode, at: u64, buf: u64, len: u64) -> SysResult {
-    let mut chunk = vec![0u8; (len as usize).min(CHUNK)];
-    let mut done = 0u64;
-    while done < len {
-        let want = ((len - done) as usize).min(CHUNK);
-        let n = inode.read_at(at + done, &mut chunk[..want])?;
-        if n == 0 {
-            break;
-        }
-        user::write_bytes(buf + done, &chunk[..n])?;
-        done += n as u64;
-    }
-    Ok(done)
+    inode.read_with(at, len, |bytes| user::write_bytes(buf, bytes).map(|()| bytes.len() as u64))?
 }
 
 /// Copies the program's buffers into the file from `at` (or its end); returns the bytes written and the new offset.

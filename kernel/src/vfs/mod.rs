@@ -94,14 +94,14 @@ impl Inode {
         self.state.lock().perm = perm & 0o7777;
     }
 
-    pub fn read_at(&self, offset: u64, out: &mut [u8]) -> Result<usize, Errno> {
+    /// Hands `f` the file's bytes from `offset`, at most `len` of them (fewer at the end, none past it).
+    pub fn read_with<R>(&self, offset: u64, len: u64, f: impl FnOnce(&[u8]) -> R) -> Result<R, Errno> {
         let s = self.state.lock();
         let Kind::File(d) = &s.kind else { return Err(Errno::EISDIR) };
         let bytes = d.bytes();
-        let start = (offset as usize).min(bytes.len());
-        let n = out.len().min(bytes.len() - start);
-        out[..n].copy_from_slice(&bytes[start..start + n]);
-        Ok(n)
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(bytes.len());
+        let n = usize::try_from(len).unwrap_or(usize::MAX).min(bytes.len() - start);
+        Ok(f(&bytes[start..start + n]))
     }
 
     /// Writes at `offset` (at the end if `append`); returns the offset after the write.
