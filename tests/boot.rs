@@ -409,6 +409,18 @@ fn a_thread_overflowing_its_stack_is_a_crash_not_a_hang() {
 }
 
 #[test]
+fn signal_handlers_run() {
+    if !kvm::available() {
+        return;
+    }
+    for cpus in ["1", "2"] {
+        let run = kiln().args(["run", "--cpus", cpus]).arg(guests::c("signals")).run();
+        run.assert_code(0);
+        assert!(run.stdout_text().ends_with("signals: ok\n"), "{run}");
+    }
+}
+
+#[test]
 fn abort_ends_the_program_with_sigabrt() {
     if !kvm::available() {
         return;

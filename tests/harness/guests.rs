@@ -52,6 +52,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("fds", "fds.c", Link::Static),
     ("epoll", "epoll.c", Link::Static),
     ("files", "files.c", Link::Static),
+    ("signals", "signals.c", Link::Static),
 ];
 
 /// The binaries of tests/guests/rust (each `src/bin/NAME.rs`).

@@ -53,7 +53,7 @@ impl EventFd {
                     return Err(Errno::EAGAIN);
                 }
             }
-            wait_on(self.key(), || *self.value.lock() == 0);
+            wait_on(self.key(), || *self.value.lock() == 0)?;
         }
     }
 
@@ -74,7 +74,7 @@ impl EventFd {
                     return Err(Errno::EAGAIN);
                 }
             }
-            wait_on(self.key(), || MAX - *self.value.lock() < add);
+            wait_on(self.key(), || MAX - *self.value.lock() < add)?;
         }
     }
 }

@@ -199,14 +199,19 @@ pub fn io_generation() -> u64 {
     IO_GENERATION.load(Ordering::SeqCst)
 }
 
-/// Sleeps until the I/O generation moves past `seen` or `deadline` passes. Returns false on the deadline.
-pub fn wait_io(seen: u64, deadline: u64) -> bool {
-    let woken = sched::block(Wait::Futex { addr: io_key(), bitset: u32::MAX }, deadline, || io_generation() == seen);
-    woken != Some(Woken::ByDeadline)
+/// Sleeps until the I/O generation moves past `seen` or `deadline` passes; EINTR if a signal arrives.
+pub fn wait_io(seen: u64, deadline: u64) -> Result<(), Errno> {
+    match sched::block(Wait::Futex { addr: io_key(), bitset: u32::MAX }, deadline, || io_generation() == seen) {
+        Some(Woken::Signal) => Err(Errno::EINTR),
+        _ => Ok(()),
+    }
 }
 
 /// Blocks the thread on `key` while `still()` holds (checked under the scheduler lock, so a `notify` in between is
-/// not lost).
-pub fn wait_on(key: u64, still: impl FnOnce() -> bool) {
-    sched::block(Wait::Futex { addr: key, bitset: u32::MAX }, u64::MAX, still);
+/// not lost); EINTR if a signal arrives.
+pub fn wait_on(key: u64, still: impl FnOnce() -> bool) -> Result<(), Errno> {
+    match sched::block(Wait::Futex { addr: key, bitset: u32::MAX }, u64::MAX, still) {
+        Some(Woken::Signal) => Err(Errno::EINTR),
+        _ => Ok(()),
+    }
 }

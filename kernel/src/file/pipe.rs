@@ -89,7 +89,7 @@ impl Pipe {
             wait_on(self.key(), || {
                 let s = self.state.lock();
                 s.buffer.is_empty() && s.writers > 0
-            });
+            })?;
         }
     }
 
@@ -117,10 +117,13 @@ impl Pipe {
                     return if done > 0 { Ok(done) } else { Err(Errno::EAGAIN) };
                 }
             }
-            wait_on(self.key(), || {
+            if let Err(e) = wait_on(self.key(), || {
                 let s = self.state.lock();
                 s.buffer.len() == CAPACITY && s.readers > 0
-            });
+            }) {
+                // Interrupted after writing some: a short write, as Linux reports it.
+                return if done > 0 { Ok(done) } else { Err(e) };
+            }
         }
     }
 }

@@ -13,7 +13,9 @@ mod switch;
 use crate::entry::SyscallFrame;
 use crate::errno::Errno;
 use crate::sync::SpinLock;
+use crate::syscalls::signal::{StackT, SS_DISABLE};
 use crate::{cpu, hypercall, mm, percpu, time};
+use core::sync::atomic::{AtomicU64, Ordering};
 use kiln_abi::layout::direct_map;
 use kiln_abi::BootInfo;
 use switch::{kiln_switch_stacks, SWITCH_FRAME_WORDS};
@@ -44,8 +46,10 @@ pub enum Wait {
 /// Why a blocked thread runs again.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Woken {
-    ByWake,
-    ByDeadline,
+    Wake,
+    Deadline,
+    /// A signal arrived for it: the syscall returns EINTR and the signal is delivered on the way out.
+    Signal,
 }
 
 #[derive(Clone, Copy)]
@@ -69,7 +73,15 @@ struct Thread {
     woken: Woken,
     /// `prctl(PR_SET_NAME)`, NUL-padded.
     name: [u8; 16],
+    /// Signals this thread blocks (rt_sigprocmask).
+    blocked: u64,
+    /// Its alternate signal stack (sigaltstack).
+    altstack: StackT,
 }
+
+/// Signals sent to the thread in each slot and not yet delivered (bit `n - 1` for signal `n`). Outside the locked
+/// table so that every syscall's exit can look without taking the lock.
+static PENDING: [AtomicU64; MAX_THREADS] = [const { AtomicU64::new(0) }; MAX_THREADS];
 
 const FREE: Thread = Thread {
     tid: 0,
@@ -82,8 +94,10 @@ const FREE: Thread = Thread {
     wait: None,
     free_at_exit: None,
     deadline: u64::MAX,
-    woken: Woken::ByWake,
+    woken: Woken::Wake,
     name: [0; 16],
+    blocked: 0,
+    altstack: StackT { sp: 0, flags: SS_DISABLE, _pad: 0, size: 0 },
 };
 
 struct Scheduler {
@@ -202,8 +216,18 @@ pub fn spawn(parent: &SyscallFrame, stack: u64, tls: Option<u64>, clear_child_ti
     }
     let tid = s.next_tid;
     s.next_tid += 1;
-    s.threads[slot] =
-        Thread { tid, state: State::Runnable, saved_sp: switch_at, kernel_stack_top, fs_base, clear_child_tid, ..FREE };
+    let blocked = s.threads[percpu::current().thread].blocked;
+    PENDING[slot].store(0, Ordering::SeqCst);
+    s.threads[slot] = Thread {
+        tid,
+        state: State::Runnable,
+        saved_sp: switch_at,
+        kernel_stack_top,
+        fs_base,
+        clear_child_tid,
+        blocked,
+        ..FREE
+    };
     let idle = take_idle(&mut s, 1);
     drop(s);
     kick(idle);
@@ -232,12 +256,77 @@ pub fn block(wait: Wait, deadline: u64, still: impl FnOnce() -> bool) -> Option<
     }
     let me = percpu::current().thread;
     let t = &mut s.threads[me];
+    if PENDING[me].load(Ordering::SeqCst) & !t.blocked != 0 {
+        return Some(Woken::Signal);
+    }
     t.state = State::Blocked;
     t.wait = Some(wait);
     t.deadline = deadline;
     core::mem::forget(s);
     schedule();
     Some(SCHEDULER.lock().threads[me].woken)
+}
+
+/// The current thread's blocked-signal mask.
+pub fn blocked_signals() -> u64 {
+    SCHEDULER.lock().threads[percpu::current().thread].blocked
+}
+
+pub fn set_blocked_signals(mask: u64) {
+    SCHEDULER.lock().threads[percpu::current().thread].blocked = mask;
+}
+
+/// Marks signal `sig` (1-64) pending for thread `tid`, or for the current thread if `tid` is `None`, and wakes that
+/// thread from a blocking syscall if it does not block the signal. Returns false if there is no such thread.
+pub fn post_signal(tid: Option<u32>, sig: u32) -> bool {
+    let bit = 1u64 << (sig - 1);
+    let mut s = SCHEDULER.lock();
+    let current = percpu::current().thread;
+    let slot = match tid {
+        None => Some(current),
+        Some(tid) => s.threads.iter().position(|t| t.state != State::Free && t.tid == tid),
+    };
+    let Some(slot) = slot else { return false };
+    PENDING[slot].fetch_or(bit, Ordering::SeqCst);
+    let t = &mut s.threads[slot];
+    if t.state != State::Blocked || t.blocked & bit != 0 {
+        return true;
+    }
+    t.state = State::Runnable;
+    t.wait = None;
+    t.woken = Woken::Signal;
+    // Its vCPU idles on its stack (only that one can run it), or any idle vCPU can.
+    let cpus = match t.on_cpu {
+        Some(c) => s.idle & (1 << c) & !(1 << percpu::id()),
+        None => take_idle(&mut s, 1),
+    };
+    drop(s);
+    kick(cpus);
+    true
+}
+
+/// Takes the lowest pending signal the current thread does not block, if any. Cheap when none is pending.
+pub fn take_signal() -> Option<u32> {
+    let me = percpu::current().thread;
+    if PENDING[me].load(Ordering::Relaxed) == 0 {
+        return None;
+    }
+    let s = SCHEDULER.lock();
+    let deliverable = PENDING[me].load(Ordering::SeqCst) & !s.threads[me].blocked;
+    if deliverable == 0 {
+        return None;
+    }
+    let sig = deliverable.trailing_zeros();
+    PENDING[me].fetch_and(!(1 << sig), Ordering::SeqCst);
+    Some(sig + 1)
+}
+
+pub fn altstack() -> StackT {
+    SCHEDULER.lock().threads[percpu::current().thread].altstack
+}
+
+pub fn set_altstack(stack: StackT) {
+    SCHEDULER.lock().threads[percpu::current().thread].altstack = stack;
 }
 
 /// Lets other runnable threads run first.
@@ -267,7 +356,7 @@ pub fn wake(addr: u64, bitset: u32, count: usize) -> usize {
             if a == addr && b & bitset != 0 {
                 t.state = State::Runnable;
                 t.wait = None;
-                t.woken = Woken::ByWake;
+                t.woken = Woken::Wake;
                 woken += 1;
                 pinned |= t.on_cpu.map_or(0, |c| 1 << c);
             }
@@ -401,7 +490,7 @@ fn expire_deadlines(s: &mut Scheduler) {
         if t.state == State::Blocked && t.deadline <= now {
             t.state = State::Runnable;
             t.wait = None;
-            t.woken = Woken::ByDeadline;
+            t.woken = Woken::Deadline;
         }
     }
 }

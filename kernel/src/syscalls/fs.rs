@@ -610,7 +610,7 @@ fn poll_until(fds: u64, count: u64, deadline: u64) -> SysResult {
         if ready > 0 || time::since_boot_ns() >= deadline {
             return Ok(ready);
         }
-        file::wait_io(seen, deadline);
+        file::wait_io(seen, deadline)?;
     }
 }
 
@@ -722,7 +722,7 @@ fn epoll_wait_until(epfd: u64, events: u64, max: u64, deadline: u64) -> SysResul
         if !ready.is_empty() || time::since_boot_ns() >= deadline {
             break;
         }
-        file::wait_io(seen, deadline);
+        file::wait_io(seen, deadline)?;
     }
     for (i, &(events_ready, data)) in ready.iter().enumerate() {
         user::write(events + i as u64 * 12, EpollEvent { events: events_ready, data })?;
@@ -802,7 +802,7 @@ fn select_until(nfds: u64, sets: [u64; 3], deadline: u64) -> SysResult {
             }
             return Ok(count);
         }
-        file::wait_io(seen, deadline);
+        file::wait_io(seen, deadline)?;
     }
 }
 

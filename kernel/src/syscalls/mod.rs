@@ -6,7 +6,7 @@ mod mm;
 mod path;
 mod process;
 mod random;
-mod signal;
+pub mod signal;
 mod thread;
 mod time;
 
@@ -18,6 +18,7 @@ use kiln_abi::hypercall::{Hypercall, SyscallStats, TraceRecord, SYSCALL_SLOTS};
 use kiln_abi::BootInfo;
 
 pub type Args = [u64; 6];
+const SYS_RT_SIGRETURN: u64 = 15;
 const SYS_EXIT: u64 = 60;
 const SYS_EXIT_GROUP: u64 = 231;
 type Handler = fn(&Args) -> SysResult;
@@ -39,6 +40,7 @@ const fn table() -> [Option<Handler>; SYSCALL_SLOTS] {
     t[12] = Some(mm::brk);
     t[13] = Some(signal::rt_sigaction);
     t[14] = Some(signal::rt_sigprocmask);
+    t[SYS_RT_SIGRETURN as usize] = Some(signal::rt_sigreturn_marker);
     t[16] = Some(fs::ioctl);
     t[17] = Some(fs::pread64);
     t[18] = Some(fs::pwrite64);
@@ -154,6 +156,10 @@ pub fn init(boot: &BootInfo) {
 pub extern "C" fn dispatch(frame: &mut SyscallFrame) -> i64 {
     let nr = frame.nr;
     crate::percpu::set_syscall_frame(frame);
+    if nr == SYS_RT_SIGRETURN {
+        KILN_SYSCALL_STATS[nr as usize].fetch_add(1, Ordering::Relaxed);
+        return signal::rt_sigreturn(frame);
+    }
     let handler = if nr < SYSCALL_SLOTS as u64 { KILN_SYSCALL_TABLE[nr as usize] } else { None };
     let slot = SyscallStats::slot(nr);
     KILN_SYSCALL_STATS[slot].fetch_add(1, Ordering::Relaxed);
@@ -175,7 +181,11 @@ pub extern "C" fn dispatch(frame: &mut SyscallFrame) -> i64 {
     if tracing {
         trace(nr, &frame.args, ret);
     }
-    ret
+    // A signal for this thread runs its handler now, on the way out.
+    match crate::sched::take_signal() {
+        Some(sig) => signal::deliver(frame, sig, ret),
+        None => ret,
+    }
 }
 
 fn trace(nr: u64, args: &Args, ret: i64) {

@@ -1,11 +1,15 @@
-//! Signal dispositions, masks and alternate stacks are recorded and reported back. A signal a program sends itself
-//! takes its default action (ending the program, as `abort()` needs); running an installed handler is not done yet,
-//! so such a send fails with ENOSYS. Faults end the VM (see the VMM's crash report).
+//! Signals. Dispositions are process-wide; the blocked mask, pending set and alternate stack are per thread. A signal
+//! sent to a thread that has a handler for it is marked pending (waking the thread from a blocking syscall with
+//! EINTR) and delivered when that thread next leaves a syscall: `deliver` builds Linux's x86-64 signal frame on its
+//! stack (or alternate stack) and the syscall "returns" into the handler; `rt_sigreturn` restores what the frame
+//! saved. Default actions end the program (128 + n) or are ignored. A thread computing without syscalls sees its
+//! signal at its next syscall (there are no interrupts). Faults end the VM instead (see the VMM's crash report).
 
 use super::Args;
+use crate::entry::SyscallFrame;
 use crate::errno::{Errno, SysResult};
 use crate::sync::{SpinGuard, SpinLock};
-use crate::{hypercall, user};
+use crate::{hypercall, sched, user};
 
 const NSIG: u64 = 64;
 const SIGKILL: u64 = 9;
@@ -14,12 +18,20 @@ const SIGCHLD: u64 = 17;
 const SIGCONT: u64 = 18;
 const SIGURG: u64 = 23;
 const SIGWINCH: u64 = 28;
+pub const SIGPIPE: u64 = 13;
 const SIG_DFL: u64 = 0;
 const SIG_IGN: u64 = 1;
 const PID: u64 = 1;
 const SIG_BLOCK: u64 = 0;
 const SIG_UNBLOCK: u64 = 1;
 const SIG_SETMASK: u64 = 2;
+const SA_ONSTACK: u64 = 0x0800_0000;
+const SA_RESTORER: u64 = 0x0400_0000;
+const SA_NODEFER: u64 = 0x4000_0000;
+const SA_RESETHAND: u64 = 0x8000_0000;
+const SI_USER: i32 = 0;
+const SI_TKILL: i32 = -6;
+const UNBLOCKABLE: u64 = (1 << (SIGKILL - 1)) | (1 << (SIGSTOP - 1));
 
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
@@ -31,28 +43,26 @@ struct SigAction {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct StackT {
-    sp: u64,
-    flags: i32,
-    _pad: i32,
-    size: u64,
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct StackT {
+    pub sp: u64,
+    pub flags: i32,
+    pub _pad: i32,
+    pub size: u64,
 }
 
-const SS_DISABLE: i32 = 2;
+pub const SS_ONSTACK: i32 = 1;
+pub const SS_DISABLE: i32 = 2;
 
 struct State {
     actions: [SigAction; NSIG as usize],
-    mask: u64,
-    altstack: StackT,
+    /// si_code of the last send per signal (SI_USER for kill, SI_TKILL for tkill/tgkill).
+    codes: [i32; NSIG as usize],
 }
 
-/// Process-wide for now, the mask and the alternate stack too (Linux keeps those per thread): nothing is delivered yet,
-/// so only what programs read back matters.
 static SIGNALS: SpinLock<State> = SpinLock::new(State {
     actions: [SigAction { handler: 0, flags: 0, restorer: 0, mask: 0 }; NSIG as usize],
-    mask: 0,
-    altstack: StackT { sp: 0, flags: SS_DISABLE, _pad: 0, size: 0 },
+    codes: [SI_USER; NSIG as usize],
 });
 
 fn state() -> SpinGuard<'static, State> {
@@ -84,17 +94,16 @@ pub fn rt_sigprocmask(a: &Args) -> SysResult {
     if size != 8 {
         return Err(Errno::EINVAL);
     }
-    let mut s = state();
-    let previous = s.mask;
+    let previous = sched::blocked_signals();
     if new != 0 {
         let set: u64 = user::read(new)?;
-        let unblockable = (1 << (SIGKILL - 1)) | (1 << (SIGSTOP - 1));
-        s.mask = match how {
+        let mask = match how {
             SIG_BLOCK => previous | set,
             SIG_UNBLOCK => previous & !set,
             SIG_SETMASK => set,
             _ => return Err(Errno::EINVAL),
-        } & !unblockable;
+        };
+        sched::set_blocked_signals(mask & !UNBLOCKABLE);
     }
     if old != 0 {
         user::write(old, previous)?;
@@ -104,14 +113,13 @@ pub fn rt_sigprocmask(a: &Args) -> SysResult {
 
 pub fn sigaltstack(a: &Args) -> SysResult {
     let (new, old) = (a[0], a[1]);
-    let mut s = state();
-    let previous = s.altstack;
+    let previous = sched::altstack();
     if new != 0 {
         let stack: StackT = user::read(new)?;
         if stack.flags & !SS_DISABLE != 0 {
             return Err(Errno::EINVAL);
         }
-        s.altstack = stack;
+        sched::set_altstack(stack);
     }
     if old != 0 {
         user::write(old, previous)?;
@@ -119,42 +127,182 @@ pub fn sigaltstack(a: &Args) -> SysResult {
     Ok(0)
 }
 
-pub const SIGPIPE: u64 = 13;
-
-/// Delivers `sig` to the program itself.
-pub fn send_to_self(sig: u64) -> SysResult {
+/// What sending `sig` to thread `tid` (None: the current one) does now: the default action, nothing, or pending it
+/// for delivery.
+fn send(tid: Option<u32>, sig: u64, code: i32) -> SysResult {
     if sig > NSIG {
         return Err(Errno::EINVAL);
     }
     if sig == 0 {
         return Ok(0);
     }
-    match state().actions[(sig - 1) as usize].handler {
+    let action = {
+        let mut s = state();
+        s.codes[(sig - 1) as usize] = code;
+        s.actions[(sig - 1) as usize]
+    };
+    match action.handler {
         SIG_IGN => Ok(0),
-        SIG_DFL if matches!(sig, SIGCHLD | SIGCONT | SIGURG | SIGWINCH) => Ok(0),
+        SIG_DFL if default_is_ignore(sig) => Ok(0),
         SIG_DFL => hypercall::exit(128 + sig, sig),
-        _ => Err(Errno::ENOSYS),
+        _ if sched::post_signal(tid, sig as u32) => Ok(0),
+        _ => Err(Errno::ESRCH),
     }
+}
+
+fn default_is_ignore(sig: u64) -> bool {
+    matches!(sig, SIGCHLD | SIGCONT | SIGURG | SIGWINCH)
+}
+
+/// A signal the library OS raises in the current thread (SIGPIPE after a write to a closed pipe).
+pub fn send_to_self(sig: u64) -> SysResult {
+    send(None, sig, SI_USER)
 }
 
 pub fn kill(a: &Args) -> SysResult {
     match a[0] as i64 {
-        0 | -1 => send_to_self(a[1]),
-        pid if pid as u64 == PID => send_to_self(a[1]),
+        0 | -1 => send(None, a[1], SI_USER),
+        pid if pid as u64 == PID => send(None, a[1], SI_USER),
         _ => Err(Errno::ESRCH),
     }
 }
 
 pub fn tkill(a: &Args) -> SysResult {
-    if a[0] != PID {
-        return Err(Errno::ESRCH);
-    }
-    send_to_self(a[1])
+    send(Some(u32::try_from(a[0]).map_err(|_| Errno::ESRCH)?), a[1], SI_TKILL)
 }
 
 pub fn tgkill(a: &Args) -> SysResult {
-    if a[0] != PID || a[1] != PID {
+    if a[0] != PID {
         return Err(Errno::ESRCH);
     }
-    send_to_self(a[2])
+    send(Some(u32::try_from(a[1]).map_err(|_| Errno::ESRCH)?), a[2], SI_TKILL)
+}
+
+// The x86-64 signal frame, as Linux lays it out: the handler's return address (the restorer), a `ucontext`, a
+// `siginfo`; the FPU state (512 bytes, `fxsave`) sits below it, pointed to from the `ucontext`.
+const UC: u64 = 8;
+const UC_STACK: u64 = UC + 16;
+const UC_MCONTEXT: u64 = UC + 40;
+const UC_SIGMASK: u64 = UC_MCONTEXT + 256;
+const INFO: u64 = UC_SIGMASK + 8;
+const FRAME_SIZE: u64 = INFO + 128;
+const FPSTATE_SIZE: u64 = 512;
+const RED_ZONE: u64 = 128;
+
+/// Registers in `struct sigcontext` order.
+fn gregs(f: &SyscallFrame, rax: u64, rip: u64, rsp: u64) -> [u64; 23] {
+    let [rdi, rsi, rdx, r10, r8, r9] = f.args;
+    [
+        r8, r9, r10, f.r11, f.r12, f.r13, f.r14, f.r15, rdi, rsi, f.rbp, f.rbx, rdx, rax, rip, rsp, rip, 0x2,
+        0x2b_0033, 0, 0, 0, 0,
+    ]
+}
+
+/// Delivers the current thread's pending signal `sig` as it leaves a syscall whose result is `ret`: builds the frame
+/// and points `frame` at the handler. Returns what the program's %rax should be now.
+pub fn deliver(frame: &mut SyscallFrame, sig: u32, ret: i64) -> i64 {
+    let slot = (sig - 1) as usize;
+    let (action, code) = {
+        let mut s = state();
+        let action = s.actions[slot];
+        if action.flags & SA_RESETHAND != 0 && action.handler > SIG_IGN {
+            s.actions[slot] = SigAction::default();
+        }
+        (action, s.codes[slot])
+    };
+    match action.handler {
+        SIG_IGN => return ret,
+        SIG_DFL if default_is_ignore(u64::from(sig)) => return ret,
+        SIG_DFL => hypercall::exit(128 + u64::from(sig), u64::from(sig)),
+        _ if action.flags & SA_RESTORER == 0 => hypercall::exit(128 + u64::from(sig), u64::from(sig)),
+        _ => {}
+    }
+    let rip = frame.rcx;
+    let rsp = frame.user_rsp + 8;
+    let alt = sched::altstack();
+    let on_alt = alt.flags & SS_DISABLE == 0 && (alt.sp..alt.sp + alt.size).contains(&rsp);
+    let top = if action.flags & SA_ONSTACK != 0 && alt.flags & SS_DISABLE == 0 && !on_alt {
+        alt.sp + alt.size
+    } else {
+        rsp - RED_ZONE
+    };
+    let fpstate = (top - FPSTATE_SIZE) & !63;
+    // At the handler's first instruction %rsp + 8 is 16-byte aligned, as after a call.
+    let at = ((fpstate - FRAME_SIZE) & !15) - 8;
+    let blocked = sched::blocked_signals();
+    if write_frame(frame, at, fpstate, &action, sig, code, ret, rip, rsp, blocked, alt, on_alt).is_err() {
+        // No room for the frame: Linux kills the program with SIGSEGV.
+        hypercall::exit(128 + 11, 11);
+    }
+    let mut mask = blocked | action.mask;
+    if action.flags & SA_NODEFER == 0 {
+        mask |= 1 << (sig - 1);
+    }
+    sched::set_blocked_signals(mask & !UNBLOCKABLE);
+    frame.args[0] = u64::from(sig);
+    frame.args[1] = at + INFO;
+    frame.args[2] = at + UC;
+    frame.rcx = action.handler;
+    frame.user_rsp = at - 8;
+    0
+}
+
+#[allow(clippy::too_many_arguments, reason = "the parts of one frame, laid out in one place")]
+fn write_frame(
+    frame: &SyscallFrame,
+    at: u64,
+    fpstate: u64,
+    action: &SigAction,
+    sig: u32,
+    code: i32,
+    ret: i64,
+    rip: u64,
+    rsp: u64,
+    blocked: u64,
+    alt: StackT,
+    on_alt: bool,
+) -> Result<(), Errno> {
+    user::check(at, fpstate + FPSTATE_SIZE - at, true)?;
+    // SAFETY: the 512 bytes at `fpstate` are the program's, writable (checked above) and 64-byte aligned; fxsave
+    // stores the x87/SSE state the program had at the syscall (the library OS itself never touches it).
+    unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) fpstate, options(nostack)) };
+    user::write(at, action.restorer)?;
+    user::write(at + UC, [0u64, 0])?;
+    let stack = StackT { flags: if on_alt { SS_ONSTACK } else { alt.flags }, ..alt };
+    user::write(at + UC_STACK, stack)?;
+    user::write(at + UC_MCONTEXT, gregs(frame, ret as u64, rip, rsp))?;
+    user::write(at + UC_MCONTEXT + 23 * 8, fpstate)?;
+    user::write(at + UC_MCONTEXT + 24 * 8, [0u64; 8])?;
+    user::write(at + UC_SIGMASK, blocked)?;
+    let mut info = [0u8; 128];
+    info[..4].copy_from_slice(&(sig as i32).to_le_bytes());
+    info[8..12].copy_from_slice(&code.to_le_bytes());
+    info[16..20].copy_from_slice(&(PID as i32).to_le_bytes());
+    user::write_bytes(at + INFO, &info)
+}
+
+/// rt_sigreturn: back to where the signal interrupted, with the registers (possibly changed by the handler), mask and
+/// FPU state the frame holds. The frame's `ucontext` is just above the restorer's return address.
+pub fn rt_sigreturn(frame: &mut SyscallFrame) -> i64 {
+    let uc = frame.user_rsp + 8;
+    let Ok(g) = user::read::<[u64; 23]>(uc + (UC_MCONTEXT - UC)) else { hypercall::exit(128 + 11, 11) };
+    let fpstate: u64 = user::read(uc + (UC_MCONTEXT - UC) + 23 * 8).unwrap_or(0);
+    let mask: u64 = user::read(uc + (UC_SIGMASK - UC)).unwrap_or(0);
+    if fpstate != 0 && fpstate.is_multiple_of(16) && user::check(fpstate, FPSTATE_SIZE, false).is_ok() {
+        // SAFETY: 512 readable, 16-byte aligned bytes of the program's: its own saved FPU state (possibly edited).
+        unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) fpstate, options(nostack)) };
+    }
+    sched::set_blocked_signals(mask & !UNBLOCKABLE);
+    let [r8, r9, r10, r11, r12, r13, r14, r15, rdi, rsi, rbp, rbx, rdx, rax, _rcx, rsp, rip, ..] = g;
+    frame.args = [rdi, rsi, rdx, r10, r8, r9];
+    (frame.r11, frame.r12, frame.r13, frame.r14, frame.r15, frame.rbp, frame.rbx) = (r11, r12, r13, r14, r15, rbp, rbx);
+    frame.rcx = rip;
+    frame.user_rsp = rsp.wrapping_sub(8);
+    rax as i64
+}
+
+/// The table's entry for rt_sigreturn, which `dispatch` handles before the table (it needs the saved registers); never
+/// called.
+pub fn rt_sigreturn_marker(_: &Args) -> SysResult {
+    Err(Errno::ENOSYS)
 }

@@ -115,8 +115,9 @@ pub fn futex(a: &Args) -> SysResult {
             let unchanged = || user::read::<u32>(uaddr).is_ok_and(|v| v == val);
             match sched::block(Wait::Futex { addr: uaddr, bitset }, deadline, unchanged) {
                 None => Err(Errno::EAGAIN),
-                Some(Woken::ByWake) => Ok(0),
-                Some(Woken::ByDeadline) => Err(Errno::ETIMEDOUT),
+                Some(Woken::Wake) => Ok(0),
+                Some(Woken::Deadline) => Err(Errno::ETIMEDOUT),
+                Some(Woken::Signal) => Err(Errno::EINTR),
             }
         }
         FUTEX_WAKE | FUTEX_WAKE_BITSET => {

@@ -71,9 +71,8 @@ const TIMER_ABSTIME: u64 = 1;
 
 pub fn nanosleep(a: &Args) -> SysResult {
     let duration = user::read_timespec(a[0])?;
-    sleep(duration);
-    if a[1] != 0 {
-        user::write(a[1], Timespec { sec: 0, nsec: 0 })?;
+    if let Err(left) = sleep(duration) {
+        return interrupted(a[1], left);
     }
     Ok(0)
 }
@@ -87,14 +86,25 @@ pub fn clock_nanosleep(a: &Args) -> SysResult {
     };
     let value = user::read_timespec(request)?;
     let duration = if flags & TIMER_ABSTIME != 0 { value.saturating_sub(now) } else { value };
-    sleep(duration);
-    if remain != 0 && flags & TIMER_ABSTIME == 0 {
-        user::write(remain, Timespec { sec: 0, nsec: 0 })?;
+    if let Err(left) = sleep(duration) {
+        return interrupted(if flags & TIMER_ABSTIME == 0 { remain } else { 0 }, left);
     }
     Ok(0)
 }
 
-/// Other threads run meanwhile; with none, the vCPU waits in the VMM.
-fn sleep(duration: u64) {
-    crate::sched::block(crate::sched::Wait::Sleep, time::since_boot_ns().saturating_add(duration), || true);
+/// Other threads run meanwhile; with none, the vCPU waits in the VMM. A signal cuts it short: the time left.
+fn sleep(duration: u64) -> Result<(), u64> {
+    let deadline = time::since_boot_ns().saturating_add(duration);
+    match crate::sched::block(crate::sched::Wait::Sleep, deadline, || true) {
+        Some(crate::sched::Woken::Signal) => Err(deadline.saturating_sub(time::since_boot_ns())),
+        _ => Ok(()),
+    }
+}
+
+/// What a sleep interrupted by a signal answers: EINTR, with the time left in `remain` if given.
+fn interrupted(remain: u64, left: u64) -> SysResult {
+    if remain != 0 {
+        user::write(remain, Timespec::from_ns(left))?;
+    }
+    Err(Errno::EINTR)
 }
