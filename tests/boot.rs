@@ -420,6 +420,39 @@ fn signal_handlers_run() {
     }
 }
 
+/// Starts `kiln run ARGS`, waits for the program's first line, sends kiln `signal`, returns the rest of stdout and
+/// the exit code.
+fn run_and_signal(args: &[&str], signal: i32) -> (String, Option<i32>) {
+    use std::io::{BufRead, BufReader, Read};
+    let mut child = kiln().arg("run").args(args).into_command().spawn().expect("start kiln");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
+    let mut first = String::new();
+    stdout.read_line(&mut first).expect("the program's first line");
+    assert_eq!(first, "waiter: ready\n");
+    // SAFETY: kill(2) on the child's pid, which is alive (it has not been waited for).
+    unsafe { libc::kill(child.id() as i32, signal) };
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).expect("the rest of stdout");
+    (rest, child.wait().expect("wait for kiln").code())
+}
+
+#[test]
+fn host_signals_reach_the_program() {
+    if !kvm::available() {
+        return;
+    }
+    let waiter = guests::c("waiter");
+    let waiter = waiter.to_str().unwrap();
+    // Handled: the program stops cleanly, as a server does on `docker stop`.
+    let (out, code) = run_and_signal(&["--cpus", "2", waiter, "graceful"], libc::SIGTERM);
+    assert_eq!((out.as_str(), code), ("waiter: stopped by signal 15\n", Some(0)));
+    let (out, code) = run_and_signal(&[waiter, "graceful"], libc::SIGINT);
+    assert_eq!((out.as_str(), code), ("waiter: stopped by signal 2\n", Some(0)));
+    // Not handled: the default action ends the program, and kiln exits as a shell reports it.
+    let (out, code) = run_and_signal(&[waiter], libc::SIGTERM);
+    assert_eq!((out.as_str(), code), ("", Some(143)));
+}
+
 #[test]
 fn abort_ends_the_program_with_sigabrt() {
     if !kvm::available() {

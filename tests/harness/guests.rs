@@ -53,6 +53,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("epoll", "epoll.c", Link::Static),
     ("files", "files.c", Link::Static),
     ("signals", "signals.c", Link::Static),
+    ("waiter", "waiter.c", Link::Static),
 ];
 
 /// The binaries of tests/guests/rust (each `src/bin/NAME.rs`).

@@ -2,7 +2,7 @@
 
 /// `BootInfo::magic`: "KILNBOOT".
 pub const BOOT_MAGIC: u64 = u64::from_le_bytes(*b"KILNBOOT");
-pub const BOOT_VERSION: u32 = 2;
+pub const BOOT_VERSION: u32 = 3;
 
 /// `BootInfo::flags`: send every syscall to the VMM for `--trace-syscalls`.
 pub const BOOT_FLAG_TRACE_SYSCALLS: u64 = 1 << 0;
@@ -42,6 +42,10 @@ pub struct BootInfo {
     pub boot_realtime_ns: u64,
     /// Seed for the library OS's random number generator (`getrandom`).
     pub random_seed: [u8; 32],
+    /// Guest-physical address of the host-signal page: signals the host forwards to the program (Ctrl-C, `kill` of
+    /// kiln). Word 0 is a generation the VMM bumps after bumping word `n` for signal `n` (1-63); the VMM only writes
+    /// it and the library OS only reads it.
+    pub host_signals_phys: u64,
     /// Guest-physical address and length of the root filesystem image (`kiln_abi::rootfs`); length 0 for none.
     pub rootfs_phys: u64,
     pub rootfs_len: u64,

@@ -2,6 +2,7 @@
 
 #[cfg(test)]
 mod boot_layout_tests;
+mod host_signals;
 mod run;
 mod size;
 #[cfg(test)]

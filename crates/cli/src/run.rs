@@ -1,5 +1,6 @@
 //! `kiln run`: boot one program, stream its output, exit with its exit code.
 
+use crate::host_signals;
 use crate::size::parse_size;
 use anyhow::{anyhow, Context, Result};
 use kiln_vmm::boot::BootError;
@@ -17,6 +18,7 @@ pub(crate) static KERNEL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kiln
 /// Exit code for Kiln's own failures (as `docker run` uses 125), distinct from the program's codes.
 pub const KILN_ERROR: u8 = 125;
 const SIGPIPE: u32 = 13;
+const SIGINT: u32 = 2;
 /// Exit code for a program that deadlocked (as `timeout` reports a command it had to stop).
 const DEADLOCK_EXIT: u8 = 124;
 
@@ -137,7 +139,8 @@ pub fn run(args: RunArgs) -> Result<u8> {
         );
     }
 
-    let (outcome, stats) = vm.run(Arc::new(Terminal)).context("running the VM failed")?;
+    host_signals::install();
+    let (outcome, stats) = vm.run(Arc::new(Terminal), &host_signals::take).context("running the VM failed")?;
     for &(nr, _, enosys) in stats.syscalls.iter().filter(|s| s.2 > 0) {
         tracing::info!("unsupported syscall {} ({nr}) returned -ENOSYS {enosys} times", syscall_name(nr));
     }
@@ -151,8 +154,8 @@ pub fn run(args: RunArgs) -> Result<u8> {
     match outcome {
         Outcome::Exited(code) => Ok(code as u8),
         Outcome::Killed(signal) => {
-            // As shells do, say nothing when a program dies of a closed pipe (`kiln run ... | head`).
-            if signal != SIGPIPE {
+            // As shells do, say nothing when a program dies of a closed pipe (`kiln run ... | head`) or of Ctrl-C.
+            if signal != SIGPIPE && signal != SIGINT {
                 eprintln!("kiln: program killed by {}", kiln_vmm::signal::signal_name(signal));
             }
             Ok((128 + signal.min(127)) as u8)

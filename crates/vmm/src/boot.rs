@@ -72,6 +72,8 @@ pub struct BootState {
     pub stats_phys: u64,
     /// Lowest address of the program's main stack.
     pub stack_bottom: u64,
+    /// The host-signal page (`BootInfo::host_signals_phys`).
+    pub host_signals_phys: u64,
     pub program: LoadedProgram,
 }
 
@@ -175,6 +177,7 @@ pub fn build(
         ram.write(phys, &params.rootfs)?;
         (phys, params.rootfs.len() as u64)
     };
+    let host_signals = alloc.alloc(PAGE_SIZE)?;
     let boot_info_phys = alloc.alloc(PAGE_SIZE)?;
     let info = BootInfo {
         magic: BOOT_MAGIC,
@@ -201,6 +204,7 @@ pub fn build(
         random_seed: params.random_seed,
         rootfs_phys,
         rootfs_len,
+        host_signals_phys: host_signals,
     };
     ram.write(boot_info_phys, boot_info_bytes(&info))?;
 
@@ -219,6 +223,7 @@ pub fn build(
             .collect(),
         stats_phys: kernel.stats_phys,
         stack_bottom,
+        host_signals_phys: host_signals,
         program: loaded,
     })
 }

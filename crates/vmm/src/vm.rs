@@ -281,13 +281,35 @@ impl Vm {
         Ok(Vm { _kvm: kvm, _vm: vm, vcpus, shared, boot })
     }
 
+    /// Tells the library OS that the host sends `sig` (see `BootInfo::host_signals_phys`), and wakes idle vCPUs so
+    /// that one of them passes it on.
+    fn forward_signal(shared: &Shared, page: u64, sig: u32) {
+        if !(1..64).contains(&sig) {
+            return;
+        }
+        let bump = |at: u64| {
+            let n: u64 = shared.ram.read_obj(at).unwrap_or(0);
+            let _ = shared.ram.write_obj(at, n.wrapping_add(1));
+        };
+        // The count first, then the generation the library OS watches (x86 keeps stores in order).
+        bump(page + 8 * u64::from(sig));
+        bump(page);
+        shared.parkers.iter().for_each(Parker::unpark);
+    }
+
     pub fn rewrite_report(&self) -> &RewriteReport {
         &self.boot.program.report
     }
 
     /// Runs the program to its end: each vCPU on a host thread of its own; returns the first outcome. vCPUs still
     /// running then stop at their next exit; one VM per process, so the caller ends the process soon after.
-    pub fn run(self, console: Arc<dyn Console>) -> Result<(Outcome, RunStats), VmError> {
+    /// `host_signals` is polled meanwhile: each signal number it returns is forwarded to the program (as Docker
+    /// forwards SIGINT and SIGTERM to a container's process).
+    pub fn run(
+        self,
+        console: Arc<dyn Console>,
+        host_signals: &dyn Fn() -> Vec<u32>,
+    ) -> Result<(Outcome, RunStats), VmError> {
         let started = std::time::Instant::now();
         let (tx, rx) = std::sync::mpsc::channel();
         for (id, vcpu) in self.vcpus.into_iter().enumerate() {
@@ -305,8 +327,19 @@ impl Vm {
                 .map_err(VmError::Thread)?;
         }
         drop(tx);
-        let outcome =
-            rx.recv().unwrap_or_else(|_| Ok(Outcome::Stopped("every vCPU stopped without an outcome".into())))?;
+        let outcome = loop {
+            match rx.recv_timeout(std::time::Duration::from_millis(20)) {
+                Ok(outcome) => break outcome?,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    for sig in host_signals() {
+                        Self::forward_signal(&self.shared, self.boot.host_signals_phys, sig);
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    break Outcome::Stopped("every vCPU stopped without an outcome".into())
+                }
+            }
+        };
         let stats = RunStats {
             vm_exits: self.shared.exits.load(Ordering::SeqCst),
             syscalls: hypercall::read_stats(&self.shared.ram, self.boot.stats_phys),

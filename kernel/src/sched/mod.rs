@@ -41,6 +41,8 @@ pub enum Wait {
     Futex { addr: u64, bitset: u32 },
     /// Only its deadline.
     Sleep,
+    /// A signal (pause, sigsuspend): one may come from the host at any time, so such a wait is never a deadlock.
+    Signal,
 }
 
 /// Why a blocked thread runs again.
@@ -77,6 +79,8 @@ struct Thread {
     blocked: u64,
     /// Its alternate signal stack (sigaltstack).
     altstack: StackT,
+    /// The mask to restore after the next signal's handler (sigsuspend's caller's mask).
+    saved_blocked: Option<u64>,
 }
 
 /// Signals sent to the thread in each slot and not yet delivered (bit `n - 1` for signal `n`). Outside the locked
@@ -98,6 +102,7 @@ const FREE: Thread = Thread {
     name: [0; 16],
     blocked: 0,
     altstack: StackT { sp: 0, flags: SS_DISABLE, _pad: 0, size: 0 },
+    saved_blocked: None,
 };
 
 struct Scheduler {
@@ -321,6 +326,21 @@ pub fn take_signal() -> Option<u32> {
     Some(sig + 1)
 }
 
+/// Whether the current thread has a pending signal it does not block.
+pub fn signal_deliverable() -> bool {
+    let me = percpu::current().thread;
+    PENDING[me].load(Ordering::SeqCst) & !SCHEDULER.lock().threads[me].blocked != 0
+}
+
+/// sigsuspend: the mask to give back once the signal's handler returns.
+pub fn set_saved_blocked(mask: Option<u64>) {
+    SCHEDULER.lock().threads[percpu::current().thread].saved_blocked = mask;
+}
+
+pub fn take_saved_blocked() -> Option<u64> {
+    SCHEDULER.lock().threads[percpu::current().thread].saved_blocked.take()
+}
+
 pub fn altstack() -> StackT {
     SCHEDULER.lock().threads[percpu::current().thread].altstack
 }
@@ -470,7 +490,10 @@ fn idle_until_runnable() -> usize {
             s.idle &= !(1 << cpu_id);
             return next;
         }
-        let runnable_elsewhere = s.threads.iter().any(|t| matches!(t.state, State::Running | State::Runnable));
+        let runnable_elsewhere = s
+            .threads
+            .iter()
+            .any(|t| matches!(t.state, State::Running | State::Runnable) || t.wait == Some(Wait::Signal));
         let deadline = s.threads.iter().filter(|t| t.state == State::Blocked).map(|t| t.deadline).min();
         if !runnable_elsewhere && deadline.is_none_or(|d| d == u64::MAX) {
             let threads = live_threads(s) as u64;
@@ -480,6 +503,8 @@ fn idle_until_runnable() -> usize {
         // SAFETY: nothing obtained under the lock is used while it is released.
         unsafe { SCHEDULER.force_unlock() };
         time::wait_until(deadline.unwrap_or(u64::MAX));
+        // A signal from the host may be what woke us: it goes to the thread whose stack this vCPU idles on.
+        crate::syscalls::signal::poll_host_signals();
         core::mem::forget(SCHEDULER.lock());
     }
 }

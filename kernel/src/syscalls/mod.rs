@@ -51,6 +51,7 @@ const fn table() -> [Option<Handler>; SYSCALL_SLOTS] {
     t[23] = Some(fs::select);
     t[24] = Some(thread::sched_yield);
     t[25] = Some(mm::mremap);
+    t[34] = Some(signal::pause);
     t[35] = Some(time::nanosleep);
     t[28] = Some(mm::madvise);
     t[32] = Some(fs::dup);
@@ -88,6 +89,7 @@ const fn table() -> [Option<Handler>; SYSCALL_SLOTS] {
     t[110] = Some(process::getppid);
     t[118] = Some(process::getresuid);
     t[120] = Some(process::getresuid);
+    t[130] = Some(signal::rt_sigsuspend);
     t[131] = Some(signal::sigaltstack);
     t[157] = Some(process::prctl);
     t[158] = Some(process::arch_prctl);
@@ -148,6 +150,7 @@ static TRACING: AtomicBool = AtomicBool::new(false);
 pub fn init(boot: &BootInfo) {
     TRACING.store(boot.traces_syscalls(), Ordering::Relaxed);
     random::init(boot);
+    signal::init(boot);
     fs::init(boot);
     process::init(boot);
 }
@@ -182,6 +185,7 @@ pub extern "C" fn dispatch(frame: &mut SyscallFrame) -> i64 {
         trace(nr, &frame.args, ret);
     }
     // A signal for this thread runs its handler now, on the way out.
+    signal::poll_host_signals();
     match crate::sched::take_signal() {
         Some(sig) => signal::deliver(frame, sig, ret),
         None => ret,

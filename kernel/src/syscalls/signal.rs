@@ -10,6 +10,7 @@ use crate::entry::SyscallFrame;
 use crate::errno::{Errno, SysResult};
 use crate::sync::{SpinGuard, SpinLock};
 use crate::{hypercall, sched, user};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 const NSIG: u64 = 64;
 const SIGKILL: u64 = 9;
@@ -22,6 +23,8 @@ pub const SIGPIPE: u64 = 13;
 const SIG_DFL: u64 = 0;
 const SIG_IGN: u64 = 1;
 const PID: u64 = 1;
+/// The main thread's id (also the process id).
+const MAIN_TID: u32 = 1;
 const SIG_BLOCK: u64 = 0;
 const SIG_UNBLOCK: u64 = 1;
 const SIG_SETMASK: u64 = 2;
@@ -146,6 +149,8 @@ fn send(tid: Option<u32>, sig: u64, code: i32) -> SysResult {
         SIG_DFL if default_is_ignore(sig) => Ok(0),
         SIG_DFL => hypercall::exit(128 + sig, sig),
         _ if sched::post_signal(tid, sig as u32) => Ok(0),
+        // A signal for the process goes to its main thread while that lives (as Linux prefers), else to the caller.
+        _ if tid == Some(MAIN_TID) && code == SI_USER => Ok(u64::from(sched::post_signal(None, sig as u32))),
         _ => Err(Errno::ESRCH),
     }
 }
@@ -159,10 +164,15 @@ pub fn send_to_self(sig: u64) -> SysResult {
     send(None, sig, SI_USER)
 }
 
+/// A signal for the whole process (kill, the host).
+fn send_to_process(sig: u64) -> SysResult {
+    send(Some(MAIN_TID), sig, SI_USER).map(|_| 0)
+}
+
 pub fn kill(a: &Args) -> SysResult {
     match a[0] as i64 {
-        0 | -1 => send(None, a[1], SI_USER),
-        pid if pid as u64 == PID => send(None, a[1], SI_USER),
+        0 | -1 => send_to_process(a[1]),
+        pid if pid as u64 == PID => send_to_process(a[1]),
         _ => Err(Errno::ESRCH),
     }
 }
@@ -229,8 +239,11 @@ pub fn deliver(frame: &mut SyscallFrame, sig: u32, ret: i64) -> i64 {
     let fpstate = (top - FPSTATE_SIZE) & !63;
     // At the handler's first instruction %rsp + 8 is 16-byte aligned, as after a call.
     let at = ((fpstate - FRAME_SIZE) & !15) - 8;
+    // The handler runs with the current mask plus its own; sigreturn gives back what the program had (for
+    // sigsuspend: the mask from before the call).
     let blocked = sched::blocked_signals();
-    if write_frame(frame, at, fpstate, &action, sig, code, ret, rip, rsp, blocked, alt, on_alt).is_err() {
+    let restore = sched::take_saved_blocked().unwrap_or(blocked);
+    if write_frame(frame, at, fpstate, &action, sig, code, ret, rip, rsp, restore, alt, on_alt).is_err() {
         // No room for the frame: Linux kills the program with SIGSEGV.
         hypercall::exit(128 + 11, 11);
     }
@@ -305,4 +318,64 @@ pub fn rt_sigreturn(frame: &mut SyscallFrame) -> i64 {
 /// called.
 pub fn rt_sigreturn_marker(_: &Args) -> SysResult {
     Err(Errno::ENOSYS)
+}
+
+/// Where the VMM counts the signals the host sends (see `BootInfo::host_signals_phys`), and what we have passed on.
+static HOST_PAGE: AtomicU64 = AtomicU64::new(0);
+static HOST_SEEN_GENERATION: AtomicU64 = AtomicU64::new(0);
+static HOST_SEEN: [AtomicU64; NSIG as usize] = [const { AtomicU64::new(0) }; NSIG as usize];
+
+pub fn init(boot: &kiln_abi::BootInfo) {
+    HOST_PAGE.store(kiln_abi::layout::direct_map(boot.host_signals_phys), Ordering::Relaxed);
+}
+
+fn host_word(index: u64) -> u64 {
+    let page = HOST_PAGE.load(Ordering::Relaxed);
+    // SAFETY: the host-signal page is guest RAM the VMM set aside for this; it is only read here.
+    unsafe { (*((page + 8 * index) as *const AtomicU64)).load(Ordering::Acquire) }
+}
+
+/// Passes on the signals the host sent since the last look (Ctrl-C or `kill` of kiln) as signals to the process:
+/// they go to the current thread. Cheap when nothing is new: one load.
+pub fn poll_host_signals() {
+    if HOST_PAGE.load(Ordering::Relaxed) == 0 {
+        return;
+    }
+    let generation = host_word(0);
+    let seen = HOST_SEEN_GENERATION.load(Ordering::Acquire);
+    if generation == seen
+        || HOST_SEEN_GENERATION.compare_exchange(seen, generation, Ordering::AcqRel, Ordering::Acquire).is_err()
+    {
+        return;
+    }
+    for sig in 1..NSIG {
+        let count = host_word(sig);
+        if HOST_SEEN[sig as usize].swap(count, Ordering::AcqRel) != count {
+            let _ = send_to_process(sig);
+        }
+    }
+}
+
+/// pause: sleeps until a signal is delivered; always EINTR.
+pub fn pause(_: &Args) -> SysResult {
+    sched::block(sched::Wait::Signal, u64::MAX, || true);
+    Err(Errno::EINTR)
+}
+
+/// rt_sigsuspend: waits for a signal with `mask` blocked meanwhile; the handler runs, then the old mask is back.
+pub fn rt_sigsuspend(a: &Args) -> SysResult {
+    if a[1] != 8 {
+        return Err(Errno::EINVAL);
+    }
+    let mask: u64 = user::read(a[0])?;
+    let old = sched::blocked_signals();
+    sched::set_blocked_signals(mask & !UNBLOCKABLE);
+    sched::set_saved_blocked(Some(old));
+    sched::block(sched::Wait::Signal, u64::MAX, || true);
+    if !sched::signal_deliverable() {
+        // Woken without a handler to run (an ignored signal): the old mask is back now.
+        sched::set_saved_blocked(None);
+        sched::set_blocked_signals(old);
+    }
+    Err(Errno::EINTR)
 }
