@@ -252,6 +252,17 @@ fn c_pthreads_run_on_the_library_os_scheduler() {
 }
 
 #[test]
+fn thread_stacks_are_reused_across_thousands_of_threads() {
+    if !kvm::available() {
+        return;
+    }
+    for cpus in ["1", "2"] {
+        let run = kiln().args(["run", "--cpus", cpus]).arg(guests::c("churn")).run();
+        run.assert_code(0).assert_stdout("churn: 3000 threads\n");
+    }
+}
+
+#[test]
 fn rust_std_threads_run_on_the_library_os_scheduler() {
     if !kvm::available() {
         return;

@@ -54,6 +54,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("files", "files.c", Link::Static),
     ("signals", "signals.c", Link::Static),
     ("waiter", "waiter.c", Link::Static),
+    ("churn", "churn.c", Link::Static),
 ];
 
 /// The binaries of tests/guests/rust (each `src/bin/NAME.rs`).

@@ -4,9 +4,11 @@
 //!
 //! A reservation is only a recorded range: it costs no memory. Committing maps fresh zeroed frames where no page is
 //! present (new entries only, which no TLB caches) and zeroes pages that are present. Released pages are zeroed but
-//! stay mapped, to be committed again in place: taking a present entry away needs a TLB flush that CPL 3 cannot do
-//! on hardware KVM (see docs/architecture.md), so their memory is not reused yet. Access to reserved, uncommitted
-//! pages faults, as PROT_NONE memory does on Linux.
+//! stay mapped: taking a present entry away needs a TLB flush that CPL 3 cannot do on hardware KVM (see
+//! docs/architecture.md). Released ranges are handed out again, first, to reservations without a hint, so memory that
+//! a program maps and unmaps over and over (thread stacks) is reused rather than leaked; pages already committed there
+//! read as zero but do not fault until committed. Access to reserved, never-committed pages faults, as PROT_NONE
+//! memory does on Linux.
 
 use super::{memory, pml4, translate, DirectMap};
 use crate::errno::Errno;
@@ -21,10 +23,13 @@ const RESERVE_END: u64 = DIRECT_MAP_BASE;
 
 struct Reservations {
     ranges: Vec<(u64, u64)>,
+    /// Ranges given back by munmap, reused before fresh address space.
+    released: Vec<(u64, u64)>,
     next: u64,
 }
 
-static RESERVED: SpinLock<Reservations> = SpinLock::new(Reservations { ranges: Vec::new(), next: RESERVE_BASE });
+static RESERVED: SpinLock<Reservations> =
+    SpinLock::new(Reservations { ranges: Vec::new(), released: Vec::new(), next: RESERVE_BASE });
 
 fn overlaps(ranges: &[(u64, u64)], start: u64, end: u64) -> bool {
     ranges.iter().any(|&(s, e)| s < end && start < e)
@@ -47,10 +52,19 @@ pub fn reserve(hint: u64, len: u64, fixed: bool) -> Result<u64, Errno> {
     let size = page_align_up(len);
     let mut r = RESERVED.lock();
     let at_hint = hint != 0 && hint.is_multiple_of(PAGE_SIZE) && is_free(&r.ranges, hint, hint.saturating_add(size));
+    let reusable = r.released.iter().position(|&(s, e)| e - s >= size);
     let start = if at_hint {
         hint
     } else if fixed {
         return Err(Errno::EEXIST);
+    } else if let Some(i) = reusable {
+        let (s, e) = r.released[i];
+        if e - s == size {
+            r.released.swap_remove(i);
+        } else {
+            r.released[i] = (s + size, e);
+        }
+        s
     } else {
         let start = r.next;
         let end = start.checked_add(size).filter(|&e| e <= RESERVE_END).ok_or(Errno::ENOMEM)?;
@@ -100,10 +114,12 @@ pub fn release(start: u64, len: u64) {
     }
     let mut r = RESERVED.lock();
     let mut kept = Vec::with_capacity(r.ranges.len() + 1);
+    let mut freed = Vec::new();
     for &(s, e) in &r.ranges {
         if e <= start || end <= s {
             kept.push((s, e));
         } else {
+            freed.push((s.max(start), e.min(end)));
             if s < start {
                 kept.push((s, start));
             }
@@ -113,6 +129,7 @@ pub fn release(start: u64, len: u64) {
         }
     }
     r.ranges = kept;
+    r.released.extend(freed);
 }
 
 /// Whether `addr` is chosen-address memory (a reservation) rather than the direct map.
