@@ -21,7 +21,7 @@ const NOTES: &[(u64, &str)] = &[
     ),
     (10, "partial: commits reserved memory; taking access away is not enforced"),
     (11, "partial: memory stays accessible; at chosen addresses it is zeroed and not yet reused"),
-    (13, "partial: handlers run at the target thread's next syscall exit (no interrupts); no SA_RESTART"),
+    (13, "partial: handlers run at the target thread's next syscall exit (no interrupts); SA_RESTART for read, write, readv, writev, futex"),
     (34, "partial: as on Linux; a program waiting here is never reported as deadlocked"),
     (16, "partial: FIONBIO, FIONREAD; no descriptor is a terminal (ENOTTY)"),
     (4, "partial: no symbolic links exist, so stat and lstat agree"),

@@ -30,6 +30,11 @@ const SIG_UNBLOCK: u64 = 1;
 const SIG_SETMASK: u64 = 2;
 const SA_ONSTACK: u64 = 0x0800_0000;
 const SA_RESTORER: u64 = 0x0400_0000;
+const SA_RESTART: u64 = 0x1000_0000;
+/// Syscalls a handler with SA_RESTART resumes rather than failing with EINTR (read, write, readv, writev, futex);
+/// as on Linux, sleeps and poll/select/epoll waits are never restarted.
+const RESTARTABLE: [u64; 5] = [0, 1, 19, 20, 202];
+const EINTR: i64 = 4;
 const SA_NODEFER: u64 = 0x4000_0000;
 const SA_RESETHAND: u64 = 0x8000_0000;
 const SI_USER: i32 = 0;
@@ -227,8 +232,14 @@ pub fn deliver(frame: &mut SyscallFrame, sig: u32, ret: i64) -> i64 {
         _ if action.flags & SA_RESTORER == 0 => hypercall::exit(128 + u64::from(sig), u64::from(sig)),
         _ => {}
     }
-    let rip = frame.rcx;
-    let rsp = frame.user_rsp + 8;
+    let (mut rip, rsp) = (frame.rcx, frame.user_rsp + 8);
+    // SA_RESTART: once the handler returns, the syscall runs again: the saved state points back at the 2-byte
+    // `call *%rax` with the syscall number in %rax.
+    let mut ret = ret;
+    if ret == -EINTR && action.flags & SA_RESTART != 0 && RESTARTABLE.contains(&frame.nr) {
+        rip -= 2;
+        ret = frame.nr as i64;
+    }
     let alt = sched::altstack();
     let on_alt = alt.flags & SS_DISABLE == 0 && (alt.sp..alt.sp + alt.size).contains(&rsp);
     let top = if action.flags & SA_ONSTACK != 0 && alt.flags & SS_DISABLE == 0 && !on_alt {

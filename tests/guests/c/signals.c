@@ -1,7 +1,7 @@
 /* signals: handlers run for signals a program sends itself and its threads: SA_SIGINFO with si_signo/si_code, the
  * interrupted code's registers and FPU state intact afterwards, a masked signal held until unblocked, SA_ONSTACK on
- * a sigaltstack, a sleeping thread woken by pthread_kill with EINTR, SA_RESETHAND, and SIG_IGN. Each check prints
- * one line; exits 0 when all held. */
+ * a sigaltstack, a sleeping thread woken by pthread_kill with EINTR, SA_RESTART resuming an interrupted read (and
+ * EINTR without it), SA_RESETHAND, and SIG_IGN. Each check prints one line; exits 0 when all held. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
@@ -38,6 +38,41 @@ static void on_usr1(int sig, siginfo_t *info, void *uc) {
 static void on_usr2(int sig) {
   (void)sig;
   got++;
+}
+
+static int pipe_fds[2];
+static pthread_t reader;
+
+/* Interrupts the reader after 20 ms, then writes to its pipe after 60 ms. */
+static void *interrupter(void *arg) {
+  (void)arg;
+  struct timespec nap = {0, 20 * 1000 * 1000};
+  nanosleep(&nap, 0);
+  pthread_kill(reader, SIGUSR2);
+  nap.tv_nsec = 40 * 1000 * 1000;
+  nanosleep(&nap, 0);
+  write(pipe_fds[1], "x", 1);
+  return 0;
+}
+
+/* A blocking read interrupted by a handler installed with `flags`: returns what read returned (or -errno). */
+static long read_interrupted(int flags) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_usr2;
+  sa.sa_flags = flags;
+  sigaction(SIGUSR2, &sa, 0);
+  pipe(pipe_fds);
+  reader = pthread_self();
+  pthread_t t;
+  pthread_create(&t, 0, interrupter, 0);
+  char c;
+  long r = read(pipe_fds[0], &c, 1);
+  if (r < 0) r = -errno;
+  pthread_join(t, 0);
+  close(pipe_fds[0]);
+  close(pipe_fds[1]);
+  return r;
 }
 
 static void *sleeper(void *arg) {
@@ -98,6 +133,9 @@ int main(void) {
   signal(SIGUSR2, SIG_IGN);
   raise(SIGUSR2);
   check(got == 5, "SIG_IGN ignores");
+
+  check(read_interrupted(SA_RESTART) == 1 && got == 6, "SA_RESTART: the handler runs and the read carries on");
+  check(read_interrupted(0) == -EINTR && got == 7, "without SA_RESTART the read fails with EINTR");
 
   printf("signals: %s\n", failures ? "FAILED" : "ok");
   return failures != 0;
