@@ -11,6 +11,7 @@ impl Errno {
     pub const EBADF: Errno = Errno(9);
     pub const EAGAIN: Errno = Errno(11);
     pub const ENOMEM: Errno = Errno(12);
+    pub const EACCES: Errno = Errno(13);
     pub const EFAULT: Errno = Errno(14);
     pub const EBUSY: Errno = Errno(16);
     pub const EEXIST: Errno = Errno(17);

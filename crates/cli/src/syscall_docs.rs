@@ -16,8 +16,9 @@ const NOTES: &[(u64, &str)] = &[
     (8, "partial: SEEK_SET/CUR/END; no SEEK_DATA/SEEK_HOLE"),
     (
         9,
-        "partial: anonymous memory only (file mappings are ENODEV); PROT_NONE reserves without memory; protections \
-          are not enforced once memory is committed",
+        "partial: a file mapping is a copy of the file (MAP_SHARED does not see later writes; shared writable file \
+          mappings are ENODEV); PROT_NONE reserves without memory; protections are not enforced once memory is \
+          committed",
     ),
     (10, "partial: commits reserved memory; taking access away is not enforced"),
     (11, "partial: memory stays accessible; at chosen addresses it is zeroed and not yet reused"),

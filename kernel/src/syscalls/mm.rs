@@ -1,11 +1,16 @@
 //! mmap, munmap, mprotect, mremap, madvise, brk.
 //!
 //! Anonymous memory the program lets us place comes physically contiguous from the direct map (`mm::mapping`);
-//! memory at an address the program chooses, and PROT_NONE reservations, go through `mm::vma`.
+//! memory at an address the program chooses, and PROT_NONE reservations, go through `mm::vma`. A file mapping is
+//! anonymous memory holding a copy of the file's bytes: the files live in memory already and there is no fork, so a
+//! private mapping behaves as on Linux; a shared one does not see later writes to the file, and shared *writable*
+//! file mappings are refused.
 
 use super::Args;
 use crate::errno::{Errno, SysResult};
+use crate::file::{self, Object, O_ACCMODE, O_RDWR, O_WRONLY};
 use crate::mm::{mapping, vma};
+use core::sync::atomic::Ordering;
 
 const MAP_SHARED: u64 = 0x01;
 const MAP_FIXED: u64 = 0x10;
@@ -15,12 +20,12 @@ const MREMAP_MAYMOVE: u64 = 1;
 const MADV_DONTNEED: u64 = 4;
 
 const PROT_NONE: u64 = 0;
+const PROT_WRITE: u64 = 2;
 
 pub fn mmap(a: &Args) -> SysResult {
     let (addr, len, prot, flags) = (a[0], a[1], a[2], a[3]);
     if flags & MAP_ANONYMOUS == 0 {
-        // File mappings arrive later.
-        return Err(Errno::ENODEV);
+        return mmap_file(a);
     }
     if len == 0 {
         return Err(Errno::EINVAL);
@@ -56,6 +61,40 @@ pub fn mmap(a: &Args) -> SysResult {
         return Ok(at);
     }
     mapping::map_anonymous(len)
+}
+
+/// `mmap` of descriptor `a[4]` from offset `a[5]`: the file's bytes copied into fresh anonymous memory (zeros past
+/// the end of the file); `/dev/zero` gives plain anonymous memory.
+fn mmap_file(a: &Args) -> SysResult {
+    let (len, prot, flags, offset) = (a[1], a[2], a[3], a[5]);
+    let f = file::get(a[4])?;
+    let inode = match &f.object {
+        Object::Regular { inode, .. } => inode.clone(),
+        Object::Zero => return mmap(&[a[0], len, prot, flags | MAP_ANONYMOUS, u64::MAX, 0]),
+        // Pipes, eventfds, directories, the console: as on Linux.
+        _ => return Err(Errno::ENODEV),
+    };
+    if !offset.is_multiple_of(kiln_abi::layout::PAGE_SIZE) || len == 0 {
+        return Err(Errno::EINVAL);
+    }
+    let mode = f.flags.load(Ordering::Relaxed) & O_ACCMODE;
+    let shared_writable = flags & MAP_SHARED != 0 && prot & PROT_WRITE != 0;
+    match mode {
+        O_WRONLY => return Err(Errno::EACCES),
+        m if shared_writable && m != O_RDWR => return Err(Errno::EACCES),
+        // Writes through the mapping would never reach the file.
+        _ if shared_writable => return Err(Errno::ENODEV),
+        _ => {}
+    }
+    let at = mmap(&[a[0], len, prot, flags | MAP_ANONYMOUS, u64::MAX, 0])?;
+    if prot != PROT_NONE {
+        let copied = inode.read_with(offset, len, |bytes| crate::user::write_bytes(at, bytes));
+        if let Err(e) = copied.and_then(|r| r) {
+            let _ = munmap(&[at, len, 0, 0, 0, 0]);
+            return Err(e);
+        }
+    }
+    Ok(at)
 }
 
 pub fn munmap(a: &Args) -> SysResult {

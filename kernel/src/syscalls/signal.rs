@@ -34,7 +34,6 @@ const SA_RESTART: u64 = 0x1000_0000;
 /// Syscalls a handler with SA_RESTART resumes rather than failing with EINTR (read, write, readv, writev, futex);
 /// as on Linux, sleeps and poll/select/epoll waits are never restarted.
 const RESTARTABLE: [u64; 5] = [0, 1, 19, 20, 202];
-const EINTR: i64 = 4;
 const SA_NODEFER: u64 = 0x4000_0000;
 const SA_RESETHAND: u64 = 0x8000_0000;
 const SI_USER: i32 = 0;
@@ -236,7 +235,7 @@ pub fn deliver(frame: &mut SyscallFrame, sig: u32, ret: i64) -> i64 {
     // SA_RESTART: once the handler returns, the syscall runs again: the saved state points back at the 2-byte
     // `call *%rax` with the syscall number in %rax.
     let mut ret = ret;
-    if ret == -EINTR && action.flags & SA_RESTART != 0 && RESTARTABLE.contains(&frame.nr) {
+    if ret == -Errno::EINTR.0 && action.flags & SA_RESTART != 0 && RESTARTABLE.contains(&frame.nr) {
         rip -= 2;
         ret = frame.nr as i64;
     }

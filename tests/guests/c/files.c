@@ -1,6 +1,7 @@
 /* files: the in-memory filesystem through libc: create, write, append, read back, stat, lseek, pread, ftruncate,
  * chdir/getcwd, rename, O_EXCL, readdir, rmdir/unlink errors, /etc/hosts. With an argument, also the files kiln put in
  * from the host (--dir HOST:/srv/data): /srv/data/hello.txt holds "from the host" and can be changed in the guest.
+ * Also mmap of files: private copies (zeros past the end), offsets, /dev/zero, and the errors Linux gives.
  * Each check prints one line; exits 0 when all held. */
 #include <dirent.h>
 #include <errno.h>
@@ -8,12 +9,56 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 static int failures;
 static void check(int ok, const char *what) { printf("%s: %s\n", ok ? "ok" : "FAILED", what); if (!ok) failures++; }
+static void mappings(void) {
+  char pattern[5000];
+  for (size_t i = 0; i < sizeof pattern; i++) pattern[i] = (char)(i * 7 + i / 251);
+  int fd = open("/tmp/mapped.bin", O_CREAT | O_RDWR | O_TRUNC, 0644);
+  check(fd >= 0 && write(fd, pattern, sizeof pattern) == (ssize_t)sizeof pattern, "write a file to map");
+  close(fd);
+  fd = open("/tmp/mapped.bin", O_RDONLY);
+  unsigned char *p = mmap(NULL, 8192, PROT_READ, MAP_PRIVATE, fd, 0);
+  int zeros = p != MAP_FAILED;
+  for (int i = 5000; zeros && i < 8192; i++) zeros = p[i] == 0;
+  check(p != MAP_FAILED && memcmp(p, pattern, sizeof pattern) == 0 && zeros, "mmap a file: its bytes, then zeros");
+  unsigned char *q = mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd, 4096);
+  check(q != MAP_FAILED && memcmp(q, pattern + 4096, 5000 - 4096) == 0 && q[5000 - 4096] == 0, "mmap at an offset");
+  check(munmap(p, 8192) == 0 && munmap(q, 4096) == 0, "munmap file mappings");
+  p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+  char back = 0;
+  check(p != MAP_FAILED && (p[0] = 'X', pread(fd, &back, 1, 0) == 1) && back == pattern[0] && p[1] == (unsigned char)pattern[1],
+        "a private mapping's writes stay private");
+  errno = 0;
+  check(mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) == MAP_FAILED && errno == EACCES,
+        "shared writable mapping of a read-only descriptor is EACCES");
+  errno = 0;
+  check(mmap(NULL, 4096, PROT_READ, MAP_PRIVATE, fd, 100) == MAP_FAILED && errno == EINVAL, "unaligned offset is EINVAL");
+  close(fd);
+  fd = open("/tmp/mapped.bin", O_WRONLY);
+  errno = 0;
+  check(mmap(NULL, 4096, PROT_READ, MAP_PRIVATE, fd, 0) == MAP_FAILED && errno == EACCES, "write-only descriptor is EACCES");
+  close(fd);
+  int pipefd[2];
+  errno = 0;
+  check(pipe(pipefd) == 0 && mmap(NULL, 4096, PROT_READ, MAP_PRIVATE, pipefd[0], 0) == MAP_FAILED && errno == ENODEV,
+        "mmap of a pipe is ENODEV");
+  close(pipefd[0]);
+  close(pipefd[1]);
+  fd = open("/dev/zero", O_RDWR);
+  p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+  check(p != MAP_FAILED && p[0] == 0 && p[4095] == 0 && (p[10] = 1) == 1, "mmap of /dev/zero");
+  close(fd);
+  errno = 0;
+  check(mmap(NULL, 4096, PROT_READ, MAP_PRIVATE, 99, 0) == MAP_FAILED && errno == EBADF, "mmap of a closed descriptor is EBADF");
+}
+
 int main(int argc, char **argv) {
   (void)argv;
+  mappings();
   check(mkdir("/tmp/work", 0755) == 0, "mkdir");
   check(mkdir("/tmp/work", 0755) == -1 && errno == EEXIST, "mkdir twice is EEXIST");
   int fd = open("/tmp/work/a.txt", O_CREAT | O_WRONLY | O_TRUNC, 0644);
@@ -54,6 +99,10 @@ int main(int argc, char **argv) {
     fd = open("/srv/data/hello.txt", O_WRONLY | O_APPEND);
     check(fd >= 0 && write(fd, "changed\n", 8) == 8 && close(fd) == 0, "a host file can be changed in the guest");
     check(stat("/srv/data/hello.txt", &st) == 0 && st.st_size == 22, "the change shows");
+    fd = open("/srv/data/hello.txt", O_RDONLY);
+    char *m = mmap(NULL, 22, PROT_READ, MAP_PRIVATE, fd, 0);
+    check(m != MAP_FAILED && memcmp(m, "from the host\nchanged\n", 22) == 0, "mmap a host file");
+    close(fd);
   }
   printf("files: %s\n", failures ? "FAILED" : "ok");
   return failures != 0;
