@@ -147,6 +147,58 @@ pub fn translate<M: PhysMemory>(mem: &M, pml4: u64, vaddr: u64) -> Option<Transl
     None
 }
 
+/// A run of consecutive mapped user pages with the same write permission, as `/proc/self/maps` lists them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Region {
+    pub start: u64,
+    pub end: u64,
+    pub writable: bool,
+}
+
+/// Calls `f` for every region of user-accessible pages in the lower half, in address order, merging neighbours
+/// with the same permission.
+pub fn user_regions<M: PhysMemory>(mem: &M, pml4: u64, mut f: impl FnMut(Region)) {
+    let mut current: Option<Region> = None;
+    walk_leaves(mem, pml4, 4, 0, true, &mut |start, size, writable| match &mut current {
+        Some(r) if r.end == start && r.writable == writable => r.end += size,
+        _ => {
+            if let Some(done) = current.replace(Region { start, end: start + size, writable }) {
+                f(done);
+            }
+        }
+    });
+    if let Some(done) = current {
+        f(done);
+    }
+}
+
+/// Visits the present user leaves under the table at `level` that maps from `base`.
+fn walk_leaves<M: PhysMemory>(
+    mem: &M,
+    table: u64,
+    level: u32,
+    base: u64,
+    writable: bool,
+    visit: &mut impl FnMut(u64, u64, bool),
+) {
+    let span = 1u64 << (12 + 9 * (level - 1));
+    // Only the lower half (the first 256 PML4 entries) is ever mapped.
+    let entries = if level == 4 { 256 } else { 512 };
+    for index in 0..entries {
+        let entry = mem.read_u64(table + index * 8);
+        if entry & PTE_PRESENT == 0 || entry & PTE_USER == 0 {
+            continue;
+        }
+        let start = base + index * span;
+        let writable = writable && entry & PTE_WRITABLE != 0;
+        if level == 1 || (entry & PTE_HUGE != 0 && level <= 3) {
+            visit(start, span, writable);
+        } else {
+            walk_leaves(mem, entry & PTE_ADDR_MASK, level - 1, start, writable, visit);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;
@@ -216,5 +268,31 @@ mod tests {
         assert_eq!(map_page(&mut ram, &mut frames, pml4, 0x1000, 0xa000, 0), Err(MapError::AlreadyMapped(0x1000)));
         assert_eq!(map_page(&mut ram, &mut frames, pml4, 0x1001, 0xa000, 0), Err(MapError::BadAddress(0x1001)));
         assert_eq!(map_page(&mut ram, &mut frames, pml4, 1 << 40, 0xa000, 0), Err(MapError::OutOfFrames));
+    }
+
+    #[test]
+    fn user_regions_merge_neighbours_and_split_on_permission() {
+        let mut ram = Ram::new(1 << 20);
+        let mut frames = Bump(0x2000, 0x40000);
+        let pml4 = ram.next_frame;
+        for (i, vaddr) in [0x40_0000u64, 0x40_1000, 0x40_2000].into_iter().enumerate() {
+            let flags = if i == 2 { PTE_USER | PTE_WRITABLE } else { PTE_USER };
+            map_page(&mut ram, &mut frames, pml4, vaddr, 0x8_0000 + i as u64 * PAGE_SIZE, flags).unwrap();
+        }
+        map_page(&mut ram, &mut frames, pml4, 0x50_0000, 0x9_0000, PTE_USER | PTE_WRITABLE).unwrap();
+        map_page(&mut ram, &mut frames, pml4, 0x60_0000, 0xa_0000, PTE_WRITABLE).unwrap();
+        map_huge_page(&mut ram, &mut frames, pml4, 1 << 39, 0, PTE_USER | PTE_WRITABLE).unwrap();
+        let mut seen = Vec::new();
+        user_regions(&ram, pml4, |r| seen.push(r));
+        let region = |start, end, writable| Region { start, end, writable };
+        assert_eq!(
+            seen,
+            [
+                region(0x40_0000, 0x40_2000, false),
+                region(0x40_2000, 0x40_3000, true),
+                region(0x50_0000, 0x50_1000, true),
+                region(1 << 39, (1 << 39) + (2 << 20), true),
+            ]
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! program break.
 
 pub mod mapping;
+pub mod maps;
 pub mod vma;
 
 use crate::sync::{SpinGuard, SpinLock};
@@ -54,6 +55,8 @@ pub fn init(boot: &BootInfo) {
     m.brk_start = boot.brk_start;
     m.brk = boot.brk_start;
     m.brk_mapped_end = page_align_up(boot.brk_start);
+    drop(m);
+    maps::init(boot);
 }
 
 /// The library OS's memory state, locked: hold it only for the operation at hand (never across a context switch).

@@ -403,6 +403,11 @@ fn open_path(path: &str, flags: u32, mode: u32) -> SysResult {
         "/dev/null" => Some(Object::Null),
         "/dev/zero" => Some(Object::Zero),
         "/dev/urandom" | "/dev/random" => Some(Object::Random),
+        "/proc/self/maps" if flags & O_ACCMODE != O_RDONLY => return Err(Errno::EACCES),
+        "/proc/self/maps" => {
+            let inode = vfs::Inode::detached(crate::mm::maps::render());
+            Some(Object::Regular { inode, offset: SpinLock::new(0) })
+        }
         "/dev/stdin" | "/proc/self/fd/0" => return file::install(file::get(0)?, cloexec),
         "/dev/stdout" | "/proc/self/fd/1" => return file::install(file::get(1)?, cloexec),
         "/dev/stderr" | "/proc/self/fd/2" => return file::install(file::get(2)?, cloexec),

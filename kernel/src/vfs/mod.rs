@@ -77,6 +77,11 @@ impl Inode {
         Arc::new(Inode { ino, state: SpinLock::new(State { kind, perm, mtime_ns: time::realtime_ns() }) })
     }
 
+    /// A read-only file in no directory, holding `bytes` (what `/proc/self/maps` opens).
+    pub fn detached(bytes: Vec<u8>) -> Arc<Inode> {
+        Inode::new(Kind::File(Data::Owned(bytes)), 0o444)
+    }
+
     pub fn is_dir(&self) -> bool {
         matches!(self.state.lock().kind, Kind::Dir(_))
     }

@@ -1,7 +1,7 @@
 /* files: the in-memory filesystem through libc: create, write, append, read back, stat, lseek, pread, ftruncate,
  * chdir/getcwd, rename, O_EXCL, readdir, rmdir/unlink errors, /etc/hosts. With an argument, also the files kiln put in
  * from the host (--dir HOST:/srv/data): /srv/data/hello.txt holds "from the host" and can be changed in the guest.
- * Also mmap of files: private copies (zeros past the end), offsets, /dev/zero, and the errors Linux gives.
+ * Also /proc/self/maps (the stack, a fresh mapping and the heap are where it says), mmap of files: private copies (zeros past the end), offsets, /dev/zero, and the errors Linux gives.
  * Each check prints one line; exits 0 when all held. */
 #include <dirent.h>
 #include <errno.h>
@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 static int failures;
 static void check(int ok, const char *what) { printf("%s: %s\n", ok ? "ok" : "FAILED", what); if (!ok) failures++; }
@@ -56,8 +57,37 @@ static void mappings(void) {
   check(mmap(NULL, 4096, PROT_READ, MAP_PRIVATE, 99, 0) == MAP_FAILED && errno == EBADF, "mmap of a closed descriptor is EBADF");
 }
 
+/* Whether /proc/self/maps has a line covering `addr` with permissions starting `perms` and (if given) this name. */
+static int listed(const void *addr, const char *perms, const char *name) {
+  FILE *f = fopen("/proc/self/maps", "r");
+  char line[256];
+  int found = 0;
+  while (f && !found && fgets(line, sizeof line, f)) {
+    unsigned long start, end;
+    char p[5];
+    if (sscanf(line, "%lx-%lx %4s", &start, &end, p) != 3) return 0;
+    found = (unsigned long)addr >= start && (unsigned long)addr < end && strncmp(p, perms, strlen(perms)) == 0 &&
+            (!name || strstr(line, name));
+  }
+  if (f) fclose(f);
+  return found;
+}
+
+static void proc_maps(void) {
+  int local = 0;
+  check(listed(&local, "rw", "[stack]"), "/proc/self/maps: the stack");
+  void *m = mmap(NULL, 1 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  check(m != MAP_FAILED && listed((char *)m + 4096, "rw", NULL), "/proc/self/maps: a fresh mapping");
+  munmap(m, 1 << 20);
+  /* musl's sbrk only reports the break; move it with the syscall. */
+  char *top = (char *)syscall(SYS_brk, 0);
+  check((char *)syscall(SYS_brk, top + 8192) == top + 8192 && listed(top + 4096, "rw", "[heap]"), "/proc/self/maps: the heap");
+  check(listed((const void *)proc_maps, "r", NULL), "/proc/self/maps: the program's code");
+}
+
 int main(int argc, char **argv) {
   (void)argv;
+  proc_maps();
   mappings();
   check(mkdir("/tmp/work", 0755) == 0, "mkdir");
   check(mkdir("/tmp/work", 0755) == -1 && errno == EEXIST, "mkdir twice is EEXIST");

@@ -1,0 +1,64 @@
+//! `/proc/self/maps`, rendered from the page tables at the moment the program opens it.
+//!
+//! Every user-accessible run of pages is listed with its write permission; nothing is marked non-executable, since
+//! Kiln's page tables set no NX bit. The program's stack and break are named as Linux names them. Reservations
+//! without memory behind them (PROT_NONE) are not listed; the direct map, through which anonymous `mmap` memory is
+//! handed out, is one line.
+
+use super::{memory, pml4, DirectMap};
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt::Write;
+use core::sync::atomic::{AtomicU64, Ordering};
+use kiln_abi::layout::page_align_up;
+use kiln_abi::paging::{self, Region};
+use kiln_abi::BootInfo;
+
+static STACK_BOTTOM: AtomicU64 = AtomicU64::new(0);
+static STACK_TOP: AtomicU64 = AtomicU64::new(0);
+
+pub fn init(boot: &BootInfo) {
+    STACK_BOTTOM.store(boot.app_stack_bottom, Ordering::Relaxed);
+    STACK_TOP.store(boot.app_stack_top, Ordering::Relaxed);
+}
+
+/// Column at which Linux starts a mapping's name.
+const NAME_COLUMN: usize = 73;
+
+pub fn render() -> Vec<u8> {
+    let (brk_start, brk_end) = {
+        let m = memory();
+        (page_align_up(m.brk_start), m.brk_mapped_end)
+    };
+    let (stack_bottom, stack_top) = (STACK_BOTTOM.load(Ordering::Relaxed), STACK_TOP.load(Ordering::Relaxed));
+    // Collected first: the walk must not allocate while it reads tables another vCPU may be extending.
+    let mut regions = Vec::with_capacity(64);
+    paging::user_regions(&DirectMap, pml4(), |r| regions.push(r));
+    let named = [(brk_start, brk_end, "[heap]"), (stack_bottom, stack_top, "[stack]")];
+    let mut out = String::new();
+    for region in regions {
+        let mut start = region.start;
+        // Split where a named range begins or ends, so that the program's data and its break are separate lines.
+        let mut cuts: Vec<u64> =
+            named.iter().flat_map(|&(s, e, _)| [s, e]).filter(|&c| c > region.start && c < region.end).collect();
+        cuts.sort_unstable();
+        cuts.push(region.end);
+        for end in cuts {
+            let name = named.iter().find(|&&(s, e, _)| s <= start && end <= e && s < e).map_or("", |n| n.2);
+            line(&mut out, Region { start, end, writable: region.writable }, name);
+            start = end;
+        }
+    }
+    out.into_bytes()
+}
+
+fn line(out: &mut String, r: Region, name: &str) {
+    let before = out.len();
+    let w = if r.writable { 'w' } else { '-' };
+    let _ = write!(out, "{:08x}-{:08x} r{w}xp 00000000 00:00 0", r.start, r.end);
+    if !name.is_empty() {
+        let width = out.len() - before;
+        let _ = write!(out, "{:pad$}{name}", "", pad = NAME_COLUMN.saturating_sub(width).max(1));
+    }
+    out.push('\n');
+}
