@@ -190,7 +190,14 @@ fn live_threads(s: &Scheduler) -> usize {
 }
 
 /// Starts a thread that resumes the program where `parent` made its `clone`, on `stack`, with `clone` returning 0.
-pub fn spawn(parent: &SyscallFrame, stack: u64, tls: Option<u64>, clear_child_tid: u64) -> Result<u32, Errno> {
+/// Its tid is stored at each `set_tid` address before it can run (a bad address is skipped, as Linux does).
+pub fn spawn(
+    parent: &SyscallFrame,
+    stack: u64,
+    tls: Option<u64>,
+    clear_child_tid: u64,
+    set_tid: [Option<u64>; 2],
+) -> Result<u32, Errno> {
     // The child returns where its parent does (the return address is in the parent's saved %rcx) with %rsp = `stack`;
     // the way out adds 8 to the saved %rsp.
     let child_rsp = stack.checked_sub(8).ok_or(Errno::EINVAL)?;
@@ -221,6 +228,9 @@ pub fn spawn(parent: &SyscallFrame, stack: u64, tls: Option<u64>, clear_child_ti
     }
     let tid = s.next_tid;
     s.next_tid += 1;
+    for at in set_tid.into_iter().flatten() {
+        let _ = crate::user::write(at, tid);
+    }
     let blocked = s.threads[percpu::current().thread].blocked;
     PENDING[slot].store(0, Ordering::SeqCst);
     s.threads[slot] = Thread {

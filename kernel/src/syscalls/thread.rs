@@ -46,13 +46,11 @@ pub fn clone(a: &Args) -> SysResult {
     if tls.is_some_and(|t| t >= 1 << 47) {
         return Err(Errno::EPERM);
     }
-    let tid = sched::spawn(percpu::syscall_frame(), stack, tls, clear)?;
-    if flags & CLONE_PARENT_SETTID != 0 {
-        user::write(parent_tid, tid)?;
-    }
-    if flags & CLONE_CHILD_SETTID != 0 {
-        user::write(child_tid, tid)?;
-    }
+    // Both are written before the child can run: musl's thread-list lock takes the child's tid from
+    // CLONE_PARENT_SETTID's word, and a child that read 0 there would think it held the lock already.
+    let set_tid = [(CLONE_PARENT_SETTID, parent_tid), (CLONE_CHILD_SETTID, child_tid)]
+        .map(|(f, at)| (flags & f != 0).then_some(at));
+    let tid = sched::spawn(percpu::syscall_frame(), stack, tls, clear, set_tid)?;
     Ok(u64::from(tid))
 }
 
