@@ -1,7 +1,12 @@
 /* threads: pthreads on Kiln's scheduler: 16 threads contend for a mutex, signal a condition variable, return values
- * through pthread_join, and sleep; a detached thread and a thread-local variable too. Exits 0 when every result is
- * right. */
+ * through pthread_join, and sleep; a detached thread and a thread-local variable too. A raw clone checks that the
+ * child's tid is in the PARENT_SETTID and CHILD_SETTID words by the time the child runs (musl's thread-list lock
+ * depends on it). Exits 0 when every result is right. */
+#define _GNU_SOURCE
 #include <pthread.h>
+#include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <time.h>
 
@@ -33,8 +38,33 @@ static void *detached(void *arg) {
   return 0;
 }
 
+static volatile pid_t parent_word, child_word;
+static volatile int child_saw = -1;
+static char raw_stack[64 << 10] __attribute__((aligned(16)));
+
+static int raw_child(void *arg) {
+  (void)arg;
+  pid_t me = (pid_t)syscall(SYS_gettid);
+  child_saw = parent_word == me && child_word == me;
+  return 0;
+}
+
+/* 1 if the raw clone's child saw its tid in both words. */
+static int settid_before_start(void) {
+  int flags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM | CLONE_PARENT_SETTID |
+              CLONE_CHILD_SETTID;
+  pid_t tid = clone(raw_child, raw_stack + sizeof raw_stack, flags, 0, &parent_word, 0, &child_word);
+  if (tid <= 0) return 0;
+  while (child_saw == -1) sched_yield();
+  return child_saw == 1 && parent_word == tid;
+}
+
 int main(void) {
   enum { N = 16 };
+  if (!settid_before_start()) {
+    printf("threads: a cloned child did not see its tid in the SETTID words\n");
+    return 1;
+  }
   pthread_t t[N], d;
   for (long i = 0; i < N; i++) {
     if (pthread_create(&t[i], 0, worker, (void *)i) != 0) {
