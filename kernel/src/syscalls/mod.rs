@@ -127,10 +127,14 @@ const fn table() -> [Option<Handler>; SYSCALL_SLOTS] {
     t[291] = Some(fs::epoll_create1);
     t[292] = Some(fs::dup3);
     t[293] = Some(fs::pipe2);
+    t[295] = Some(fs::preadv);
+    t[296] = Some(fs::pwritev);
     t[302] = Some(process::prlimit64);
     t[306] = Some(fs::fsync);
     t[309] = Some(process::getcpu);
     t[316] = Some(path::renameat2);
+    t[327] = Some(fs::preadv2);
+    t[328] = Some(fs::pwritev2);
     t[332] = Some(path::statx);
     t[439] = Some(path::faccessat);
     t[318] = Some(random::getrandom);

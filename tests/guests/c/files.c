@@ -1,7 +1,7 @@
 /* files: the in-memory filesystem through libc: create, write, append, read back, stat, lseek, pread, ftruncate,
  * chdir/getcwd, rename, O_EXCL, readdir, rmdir/unlink errors, /etc/hosts. With an argument, also the files kiln put in
  * from the host (--dir HOST:/srv/data): /srv/data/hello.txt holds "from the host" and can be changed in the guest.
- * Also /proc/self/maps (the stack, a fresh mapping and the heap are where it says), mmap of files: private copies (zeros past the end), offsets, /dev/zero, and the errors Linux gives.
+ * Also preadv/pwritev (and the *v2 forms), /proc/self/maps (the stack, a fresh mapping and the heap are where it says), mmap of files: private copies (zeros past the end), offsets, /dev/zero, and the errors Linux gives.
  * Each check prints one line; exits 0 when all held. */
 #include <dirent.h>
 #include <errno.h>
@@ -12,6 +12,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 static int failures;
 static void check(int ok, const char *what) { printf("%s: %s\n", ok ? "ok" : "FAILED", what); if (!ok) failures++; }
@@ -85,8 +86,33 @@ static void proc_maps(void) {
   check(listed((const void *)proc_maps, "r", NULL), "/proc/self/maps: the program's code");
 }
 
+static void vectors(void) {
+  int fd = open("/tmp/vectors.txt", O_CREAT | O_RDWR | O_TRUNC, 0644);
+  char a[4] = "abcd", b[3] = "efg", x[3], y[4];
+  struct iovec out[2] = {{a, 4}, {b, 3}}, in[2] = {{x, 3}, {y, 4}};
+  check(fd >= 0 && pwritev(fd, out, 2, 10) == 7 && lseek(fd, 0, SEEK_CUR) == 0, "pwritev at an offset");
+  check(preadv(fd, in, 2, 10) == 7 && memcmp(x, "abc", 3) == 0 && memcmp(y, "defg", 4) == 0, "preadv at an offset");
+  check(preadv(fd, in, 2, 15) == 2 && memcmp(x, "fg", 2) == 0, "preadv stops at the end of the file");
+  check(lseek(fd, 12, SEEK_SET) == 12 && syscall(SYS_preadv2, fd, in, 1, -1L, 0L, 0) == 3 && memcmp(x, "cde", 3) == 0 &&
+            lseek(fd, 0, SEEK_CUR) == 15,
+        "preadv2 at offset -1 reads at and moves the file's offset");
+  errno = 0;
+  check(syscall(SYS_preadv2, fd, in, 1, 0L, 0L, 0x10000) == -1 && errno == EOPNOTSUPP,
+        "preadv2 with an unknown flag is EOPNOTSUPP");
+  struct stat st;
+  check(syscall(SYS_pwritev2, fd, out, 1, 0L, 0L, 0x10 /* RWF_APPEND */) == 4 && fstat(fd, &st) == 0 && st.st_size == 21,
+        "pwritev2 with RWF_APPEND appends");
+  close(fd);
+  int pipefd[2];
+  errno = 0;
+  check(pipe(pipefd) == 0 && preadv(pipefd[0], in, 1, 0) == -1 && errno == ESPIPE, "preadv of a pipe is ESPIPE");
+  close(pipefd[0]);
+  close(pipefd[1]);
+}
+
 int main(int argc, char **argv) {
   (void)argv;
+  vectors();
   proc_maps();
   mappings();
   check(mkdir("/tmp/work", 0755) == 0, "mkdir");
