@@ -2,6 +2,7 @@
 //! returns -ENOSYS and is counted; the VMM reads the counts (`KILN_SYSCALL_STATS`) when the program has ended.
 
 mod fs;
+mod identity;
 mod mm;
 mod path;
 mod process;
@@ -82,13 +83,26 @@ const fn table() -> [Option<Handler>; SYSCALL_SLOTS] {
     t[97] = Some(process::getrlimit);
     t[98] = Some(process::getrusage);
     t[99] = Some(process::sysinfo);
-    t[102] = Some(process::getuid);
-    t[104] = Some(process::getuid);
-    t[107] = Some(process::getuid);
-    t[108] = Some(process::getuid);
+    t[102] = Some(identity::getuid);
+    t[104] = Some(identity::getgid);
+    t[105] = Some(identity::setuid);
+    t[106] = Some(identity::setgid);
+    t[107] = Some(identity::geteuid);
+    t[108] = Some(identity::getegid);
+    t[109] = Some(identity::setpgid);
     t[110] = Some(process::getppid);
-    t[118] = Some(process::getresuid);
-    t[120] = Some(process::getresuid);
+    t[111] = Some(identity::getpgrp);
+    t[112] = Some(identity::setsid);
+    t[113] = Some(identity::setreuid);
+    t[114] = Some(identity::setregid);
+    t[115] = Some(identity::getgroups);
+    t[116] = Some(identity::setgroups);
+    t[117] = Some(identity::setresuid);
+    t[118] = Some(identity::getresuid);
+    t[119] = Some(identity::setresgid);
+    t[120] = Some(identity::getresgid);
+    t[121] = Some(identity::getpgid);
+    t[124] = Some(identity::getpgid);
     t[130] = Some(signal::rt_sigsuspend);
     t[131] = Some(signal::sigaltstack);
     t[157] = Some(process::prctl);

@@ -36,17 +36,6 @@ pub fn getppid(_: &Args) -> SysResult {
     Ok(0)
 }
 
-pub fn getuid(_: &Args) -> SysResult {
-    Ok(0)
-}
-
-pub fn getresuid(a: &Args) -> SysResult {
-    for addr in &a[..3] {
-        user::write::<u32>(*addr, 0)?;
-    }
-    Ok(0)
-}
-
 pub fn set_robust_list(a: &Args) -> SysResult {
     if a[1] != 24 {
         return Err(Errno::EINVAL);

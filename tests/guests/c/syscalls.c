@@ -2,6 +2,7 @@
  * one line; the program exits 0 only if all held. Natively it passes too (run it with NOW=$(date +%s)). */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <grp.h>
 #include <poll.h>
 #include <sched.h>
 #include <stdint.h>
@@ -24,6 +25,30 @@ static int failures;
 static void check(int ok, const char *what) {
   printf("%s: %s\n", ok ? "ok" : "FAILED", what);
   if (!ok) failures++;
+}
+
+/* Ids as root changes them, then as an ordinary user who cannot change them back. Natively it needs root. */
+static void credentials(void) {
+  uid_t r, e, s;
+  gid_t groups[4] = {10, 20}, got[4] = {0};
+  check(setpgid(0, 0) == 0 && getpgrp() == getpid() && getpgid(0) == getpid() && getsid(0) > 0,
+        "process group and session");
+  errno = 0;
+  check(setsid() == -1 && errno == EPERM, "setsid as a group leader is EPERM");
+  check(setgroups(2, groups) == 0 && getgroups(0, NULL) == 2 && getgroups(4, got) == 2 && got[0] == 10 && got[1] == 20,
+        "setgroups and getgroups");
+  errno = 0;
+  check(getgroups(1, got) == -1 && errno == EINVAL, "getgroups with too small a list is EINVAL");
+  check(setresgid(100, 100, 100) == 0 && getgid() == 100 && getegid() == 100, "setresgid as root");
+  check(setreuid(-1, 1000) == 0 && getresuid(&r, &e, &s) == 0 && r == 0 && e == 1000 && s == 1000,
+        "setreuid moves the saved id with the effective one");
+  check(seteuid(0) == 0 && geteuid() == 0, "the real id lets the effective one go back to root");
+  check(setresuid(1000, 1000, 1000) == 0 && getuid() == 1000 && geteuid() == 1000, "setresuid drops root");
+  errno = 0;
+  check(setuid(0) == -1 && errno == EPERM, "an ordinary user cannot become root again");
+  errno = 0;
+  check(setgroups(0, NULL) == -1 && errno == EPERM, "nor set groups");
+  check(setuid(1000) == 0, "setuid to its own id");
 }
 
 int main(void) {
@@ -139,6 +164,11 @@ int main(void) {
   check(syscall(SYS_getcpu, &cpu, 0, 0) == 0 && cpu < 64, "getcpu");
   struct rlimit nofile = {1024, 1024};
   check(setrlimit(RLIMIT_NOFILE, &nofile) == 0, "setrlimit");
+  /* Last: it gives up root. Kiln starts every program as root. */
+  if (getuid() == 0 && geteuid() == 0 && getgid() == 0)
+    credentials();
+  else
+    check(0, "starts as root");
 
   printf("syscalls: %s\n", failures ? "FAILED" : "ok");
   return failures != 0;
