@@ -336,6 +336,11 @@ pub fn take_signal() -> Option<u32> {
     Some(sig + 1)
 }
 
+/// The current thread's pending signals.
+pub fn pending_signals() -> u64 {
+    PENDING[percpu::current().thread].load(Ordering::SeqCst)
+}
+
 /// Whether the current thread has a pending signal it does not block.
 pub fn signal_deliverable() -> bool {
     let me = percpu::current().thread;

@@ -157,6 +157,26 @@ pub fn madvise(a: &Args) -> SysResult {
     }
 }
 
+/// mlock, munlock, munlockall: guest memory is never paged out by the library OS, so everything is locked already.
+pub fn mlock(a: &Args) -> SysResult {
+    crate::user::check(kiln_abi::layout::page_align_down(a[0]), a[1], false).map(|()| 0).map_err(|_| Errno::ENOMEM)
+}
+
+pub fn munlockall(_: &Args) -> SysResult {
+    Ok(0)
+}
+
+const MCL_CURRENT: u64 = 1;
+const MCL_FUTURE: u64 = 2;
+const MCL_ONFAULT: u64 = 4;
+
+pub fn mlockall(a: &Args) -> SysResult {
+    if a[0] & (MCL_CURRENT | MCL_FUTURE) == 0 || a[0] & !(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) != 0 {
+        return Err(Errno::EINVAL);
+    }
+    Ok(0)
+}
+
 pub fn brk(a: &Args) -> SysResult {
     Ok(mapping::set_break(a[0]))
 }

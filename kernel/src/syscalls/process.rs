@@ -194,6 +194,15 @@ pub fn getrusage(a: &Args) -> SysResult {
     user::write(a[1], usage).map(|()| 0)
 }
 
+/// times: clock ticks (USER_HZ, 100 a second) of CPU time, counted as for getrusage, and since boot.
+pub fn times(a: &Args) -> SysResult {
+    const NS_PER_TICK: u64 = 10_000_000;
+    if a[0] != 0 {
+        user::write(a[0], [time::cputime_ns() / NS_PER_TICK, 0, 0, 0])?;
+    }
+    Ok(time::since_boot_ns() / NS_PER_TICK)
+}
+
 pub fn getcpu(a: &Args) -> SysResult {
     if a[0] != 0 {
         user::write(a[0], crate::percpu::id() as u32)?;

@@ -118,6 +118,14 @@ pub fn rt_sigprocmask(a: &Args) -> SysResult {
     Ok(0)
 }
 
+/// rt_sigpending: the signals sent to this thread and not yet delivered (those it blocks).
+pub fn rt_sigpending(a: &Args) -> SysResult {
+    if a[1] != 8 {
+        return Err(Errno::EINVAL);
+    }
+    user::write(a[0], sched::pending_signals()).map(|()| 0)
+}
+
 pub fn sigaltstack(a: &Args) -> SysResult {
     let (new, old) = (a[0], a[1]);
     let previous = sched::altstack();

@@ -2,6 +2,9 @@
  * one line; the program exits 0 only if all held. Natively it passes too (run it with NOW=$(date +%s)). */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <sys/times.h>
+#include <signal.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <poll.h>
 #include <sched.h>
@@ -25,6 +28,52 @@ static int failures;
 static void check(int ok, const char *what) {
   printf("%s: %s\n", ok ? "ok" : "FAILED", what);
   if (!ok) failures++;
+}
+
+static volatile sig_atomic_t usr1_seen;
+static void on_usr1(int sig) { usr1_seen = sig; }
+
+/* Priorities, policies, memory locks, advice, times and a pending signal. */
+static void odds_and_ends(void) {
+  errno = 0;
+  check(setpriority(PRIO_PROCESS, 0, 5) == 0 && getpriority(PRIO_PROCESS, 0) == 5 && errno == 0 &&
+            setpriority(PRIO_PROCESS, 0, 0) == 0,
+        "setpriority and getpriority");
+  struct sched_param param;
+  param.sched_priority = 1;
+  check(syscall(SYS_sched_getscheduler, 0) == SCHED_OTHER && syscall(SYS_sched_getparam, 0, &param) == 0 &&
+            param.sched_priority == 0,
+        "sched_getscheduler and sched_getparam");
+  check(sched_get_priority_max(SCHED_FIFO) == 99 && sched_get_priority_min(SCHED_FIFO) == 1 &&
+            sched_get_priority_max(SCHED_OTHER) == 0,
+        "sched_get_priority_max and _min");
+  static char locked[8192];
+  check(mlock(locked, sizeof locked) == 0 && munlock(locked, sizeof locked) == 0 && mlockall(MCL_CURRENT) == 0 &&
+            munlockall() == 0,
+        "mlock, munlock, mlockall, munlockall");
+  errno = 0;
+  check(mlockall(0) == -1 && errno == EINVAL, "mlockall without flags is EINVAL");
+  int fd = open("/tmp/advised", O_CREAT | O_RDWR, 0600), pipefd[2];
+  check(fd >= 0 && posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL) == 0 && pipe(pipefd) == 0 &&
+            posix_fadvise(pipefd[0], 0, 0, POSIX_FADV_SEQUENTIAL) == ESPIPE,
+        "posix_fadvise");
+  close(fd);
+  close(pipefd[0]);
+  close(pipefd[1]);
+  unlink("/tmp/advised");
+  sync();
+  struct tms t;
+  check(times(&t) != (clock_t)-1 && t.tms_cutime == 0, "times");
+  sigset_t usr1, pending;
+  sigemptyset(&usr1);
+  sigaddset(&usr1, SIGUSR1);
+  signal(SIGUSR1, on_usr1);
+  sigprocmask(SIG_BLOCK, &usr1, NULL);
+  raise(SIGUSR1);
+  check(sigpending(&pending) == 0 && sigismember(&pending, SIGUSR1) && !usr1_seen, "a blocked signal is pending");
+  sigprocmask(SIG_UNBLOCK, &usr1, NULL);
+  check(usr1_seen == SIGUSR1 && sigpending(&pending) == 0 && !sigismember(&pending, SIGUSR1),
+        "unblocked, it is delivered");
 }
 
 /* Ids as root changes them, then as an ordinary user who cannot change them back. Natively it needs root. */
@@ -164,6 +213,7 @@ int main(void) {
   check(syscall(SYS_getcpu, &cpu, 0, 0) == 0 && cpu < 64, "getcpu");
   struct rlimit nofile = {1024, 1024};
   check(setrlimit(RLIMIT_NOFILE, &nofile) == 0, "setrlimit");
+  odds_and_ends();
   /* Last: it gives up root. Kiln starts every program as root. */
   if (getuid() == 0 && geteuid() == 0 && getgid() == 0)
     credentials();
