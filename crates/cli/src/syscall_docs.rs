@@ -10,6 +10,13 @@ use kiln_vmm::syscall_names::syscall_name;
 
 /// What an implemented syscall does not do yet (`partial: ...`), or why an unimplemented one never will (`by design:
 /// ...`). An implemented number without a note is complete.
+/// Why whole families of syscalls stay ENOSYS.
+const MACHINE_ADMIN: &str = "by design: the VM has no kernel modules, swap, reboot, kexec or process accounting";
+const HOST_CLOCK: &str = "by design: the guest's clock follows the host's; a program cannot set it";
+const PORT_IO: &str = "by design: port I/O and descriptor tables belong to the library OS and the VMM";
+const OBSOLETE: &str = "by design: obsolete, or never implemented by Linux on x86-64 either";
+const LEGACY_TLS: &str = "by design: 32-bit TLS; x86-64 programs use arch_prctl";
+
 const NOTES: &[(u64, &str)] = &[
     (2, "partial: the in-memory filesystem and /dev/null|zero|urandom|std*; no O_PATH, O_TMPFILE, symbolic links"),
     (7, "partial: no signal interrupts it"),
@@ -95,6 +102,41 @@ const NOTES: &[(u64, &str)] = &[
     (311, "by design: one process"),
     (322, "by design for now: one program per VM"),
     (435, "by design: libcs fall back to clone"),
+    (167, MACHINE_ADMIN),
+    (168, MACHINE_ADMIN),
+    (169, MACHINE_ADMIN),
+    (174, MACHINE_ADMIN),
+    (175, MACHINE_ADMIN),
+    (176, MACHINE_ADMIN),
+    (177, MACHINE_ADMIN),
+    (178, MACHINE_ADMIN),
+    (246, MACHINE_ADMIN),
+    (313, MACHINE_ADMIN),
+    (320, MACHINE_ADMIN),
+    (163, MACHINE_ADMIN),
+    (159, HOST_CLOCK),
+    (164, HOST_CLOCK),
+    (227, HOST_CLOCK),
+    (305, HOST_CLOCK),
+    (172, PORT_IO),
+    (173, PORT_IO),
+    (154, PORT_IO),
+    (134, OBSOLETE),
+    (136, OBSOLETE),
+    (139, OBSOLETE),
+    (156, OBSOLETE),
+    (180, OBSOLETE),
+    (181, OBSOLETE),
+    (182, OBSOLETE),
+    (183, OBSOLETE),
+    (184, OBSOLETE),
+    (185, OBSOLETE),
+    (212, OBSOLETE),
+    (214, OBSOLETE),
+    (215, OBSOLETE),
+    (236, OBSOLETE),
+    (205, LEGACY_TLS),
+    (211, LEGACY_TLS),
 ];
 
 /// Numbers the embedded library OS has a handler for, read from `KILN_SYSCALL_TABLE` in its ELF: the table holds
