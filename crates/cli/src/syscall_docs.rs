@@ -64,6 +64,8 @@ const NOTES: &[(u64, &str)] = &[
     (98, "partial: CPU time is the time since boot; the other counters are 0"),
     (99, "partial: no load averages or swap"),
     (100, "partial: CPU time is the time since boot, as for getrusage"),
+    (137, "partial: one tmpfs-like filesystem sized by the VM's RAM"),
+    (138, "partial: one tmpfs-like filesystem sized by the VM's RAM"),
     (140, "partial: one nice value for the process, reported, not acted on (no preemption)"),
     (141, "partial: one nice value for the process, reported, not acted on (no preemption)"),
     (142, "partial: priority 0 only"),

@@ -9,6 +9,7 @@ mod priority;
 mod process;
 mod random;
 pub mod signal;
+mod statfs;
 mod thread;
 mod time;
 
@@ -108,6 +109,8 @@ const fn table() -> [Option<Handler>; SYSCALL_SLOTS] {
     t[130] = Some(signal::rt_sigsuspend);
     t[127] = Some(signal::rt_sigpending);
     t[131] = Some(signal::sigaltstack);
+    t[137] = Some(statfs::statfs);
+    t[138] = Some(statfs::fstatfs);
     t[140] = Some(priority::getpriority);
     t[141] = Some(priority::setpriority);
     t[142] = Some(priority::sched_setparam);

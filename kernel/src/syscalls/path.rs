@@ -65,6 +65,11 @@ fn stat_path(path: &str) -> Result<Stat, Errno> {
     Ok(stat_of_inode(&*vfs::lookup(path)?))
 }
 
+/// Whether the program's `path` names something (statfs only needs it to exist).
+pub(super) fn stat_of(path: u64) -> Result<(), Errno> {
+    stat_path(&resolve(AT_FDCWD as u64, path)?).map(|_| ())
+}
+
 pub fn stat(a: &Args) -> SysResult {
     let st = stat_path(&resolve(AT_FDCWD as u64, a[0])?)?;
     user::write(a[1], st).map(|()| 0)

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -110,8 +111,20 @@ static void vectors(void) {
   close(pipefd[1]);
 }
 
+static void filesystem_sizes(void) {
+  struct statfs fs, by_fd;
+  int fd = open("/tmp", O_RDONLY | O_DIRECTORY);
+  check(statfs("/tmp", &fs) == 0 && fs.f_bsize > 0 && fs.f_blocks > 0 && fs.f_bavail <= fs.f_blocks &&
+            fstatfs(fd, &by_fd) == 0 && by_fd.f_blocks == fs.f_blocks && by_fd.f_namelen == fs.f_namelen,
+        "statfs and fstatfs");
+  close(fd);
+  errno = 0;
+  check(statfs("/no/such/dir", &fs) == -1 && errno == ENOENT, "statfs of a missing path is ENOENT");
+}
+
 int main(int argc, char **argv) {
   (void)argv;
+  filesystem_sizes();
   vectors();
   proc_maps();
   mappings();
