@@ -6,9 +6,9 @@
 //! the return address in %rcx (as Linux's `syscall` leaves it there) and preserve every other register; flags are not
 //! preserved (Linux's `syscall` restores them, but compilers treat an asm `syscall` as clobbering them).
 //!
-//! The return address is read off the program's stack on the way in and the way out is a `jmp`, not a `ret`: by the
-//! time a syscall returns, another thread may have unmapped that stack (musl's `pthread_join` does, as soon as the
-//! exiting thread's last futex wake), which Linux allows because `sysret` needs no stack.
+//! The return address is read off the program's stack on the way in and the way out is a `jmp`, not a `ret`: Linux's
+//! `sysret` needs no stack, so programs may make syscalls while they have none (musl's detached threads unmap their
+//! own stack and then call `exit`), and the way out must not read the program's stack either.
 
 use core::arch::global_asm;
 
