@@ -198,18 +198,23 @@ pub fn read(a: &Args) -> SysResult {
     read_into(&*file::get(a[0])?, a[1], a[2])
 }
 
-pub fn readv(a: &Args) -> SysResult {
-    let f = file::get(a[0])?;
+/// Fills the program's buffers in order with `read(buffer, len)`, stopping after the first short read.
+fn read_vectored(addr: u64, count: u64, mut read: impl FnMut(u64, u64) -> SysResult) -> SysResult {
     let mut total = 0;
-    for iov in iovecs(a[1], a[2])? {
+    for iov in iovecs(addr, count)? {
         let iov = iov?;
-        let n = read_into(&f, iov.base, iov.len)?;
+        let n = read(iov.base, iov.len)?;
         total += n;
         if n < iov.len {
             break;
         }
     }
     Ok(total)
+}
+
+pub fn readv(a: &Args) -> SysResult {
+    let f = file::get(a[0])?;
+    read_vectored(a[1], a[2], |buf, len| read_into(&f, buf, len))
 }
 
 pub fn write(a: &Args) -> SysResult {
@@ -250,18 +255,12 @@ pub fn preadv(a: &Args) -> SysResult {
     let f = file::get(a[0])?;
     let inode = positional(&f, readable(&f))?;
     let mut at = offset_arg(a[3])?;
-    let mut total = 0;
-    for iov in iovecs(a[1], a[2])? {
-        let iov = iov?;
-        user::check(iov.base, iov.len, true)?;
-        let n = read_file_at(inode, at, iov.base, iov.len)?;
-        total += n;
+    read_vectored(a[1], a[2], |buf, len| {
+        user::check(buf, len, true)?;
+        let n = read_file_at(inode, at, buf, len)?;
         at += n;
-        if n < iov.len {
-            break;
-        }
-    }
-    Ok(total)
+        Ok(n)
+    })
 }
 
 pub fn pwritev(a: &Args) -> SysResult {

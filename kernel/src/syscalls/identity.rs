@@ -5,12 +5,11 @@
 //! enforced: there is one user in the VM, and files are not permission-checked. The process is its own process group
 //! and session (pid 1), as a container's first process is.
 
-use super::Args;
+use super::{this_process, Args, PID};
 use crate::errno::{Errno, SysResult};
 use crate::sync::SpinLock;
 use crate::user;
 
-const PID: u64 = 1;
 /// Supplementary groups kept; Linux allows 65,536, programs that drop privileges set zero or a few.
 const MAX_GROUPS: usize = 64;
 /// `-1` as a 32-bit id argument: leave this id unchanged.
@@ -76,12 +75,11 @@ fn set_one(ids: &mut Ids, privileged: bool, id: u32) -> Result<(), Errno> {
 /// setreuid/setregid: as setresuid, and the saved id follows the effective one when the real id is set or the
 /// effective id changes to something other than the real id.
 fn set_real_effective(ids: &mut Ids, privileged: bool, real: u32, effective: u32) -> Result<(), Errno> {
-    let before = *ids;
-    set_ids(ids, privileged, real, effective, UNCHANGED)?;
-    if !privileged && real != UNCHANGED && real != before.real && real != before.effective {
-        *ids = before;
+    if !privileged && real != UNCHANGED && real != ids.real && real != ids.effective {
         return Err(Errno::EPERM);
     }
+    let before = *ids;
+    set_ids(ids, privileged, real, effective, UNCHANGED)?;
     if real != UNCHANGED || (effective != UNCHANGED && effective != before.real) {
         ids.saved = ids.effective;
     }
@@ -167,19 +165,19 @@ pub fn getgroups(a: &Args) -> SysResult {
         0 => Ok(count as u64),
         s if s < 0 || (s as usize) < count => Err(Errno::EINVAL),
         _ => {
-            for (i, g) in groups[..count].iter().enumerate() {
-                user::write::<u32>(list + 4 * i as u64, *g)?;
-            }
-            Ok(count as u64)
+            let bytes: alloc::vec::Vec<u8> = groups[..count].iter().flat_map(|g| g.to_ne_bytes()).collect();
+            user::write_bytes(list, &bytes).map(|()| count as u64)
         }
     }
 }
 
 pub fn setgroups(a: &Args) -> SysResult {
     let count = usize::try_from(a[0]).ok().filter(|&n| n <= MAX_GROUPS).ok_or(Errno::EINVAL)?;
+    let mut bytes = [0u8; 4 * MAX_GROUPS];
+    user::read_bytes(a[1], &mut bytes[..4 * count])?;
     let mut groups = [0u32; MAX_GROUPS];
-    for (i, g) in groups[..count].iter_mut().enumerate() {
-        *g = user::read::<u32>(a[1] + 4 * i as u64)?;
+    for (g, b) in groups.iter_mut().zip(bytes.chunks_exact(4)) {
+        *g = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
     }
     let mut c = CREDENTIALS.lock();
     if !privileged(&c) {
@@ -192,10 +190,7 @@ pub fn setgroups(a: &Args) -> SysResult {
 
 /// getpgid and getsid: only this process (0 or its pid) exists.
 pub fn getpgid(a: &Args) -> SysResult {
-    match a[0] {
-        0 | PID => Ok(PID),
-        _ => Err(Errno::ESRCH),
-    }
+    this_process(a[0]).map(|()| PID)
 }
 
 pub fn getpgrp(_: &Args) -> SysResult {
@@ -204,10 +199,10 @@ pub fn getpgrp(_: &Args) -> SysResult {
 
 /// setpgid: the process already leads its own group; moving it anywhere else is not possible.
 pub fn setpgid(a: &Args) -> SysResult {
-    match (a[0], a[1] as i64) {
-        (0 | PID, 0 | 1) => Ok(0),
-        (0 | PID, _) => Err(Errno::EPERM),
-        _ => Err(Errno::ESRCH),
+    this_process(a[0])?;
+    match a[1] {
+        0 | PID => Ok(0),
+        _ => Err(Errno::EPERM),
     }
 }
 

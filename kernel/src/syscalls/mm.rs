@@ -67,10 +67,11 @@ pub fn mmap(a: &Args) -> SysResult {
 /// the end of the file); `/dev/zero` gives plain anonymous memory.
 fn mmap_file(a: &Args) -> SysResult {
     let (len, prot, flags, offset) = (a[1], a[2], a[3], a[5]);
+    let anonymous = [a[0], len, prot, flags | MAP_ANONYMOUS, u64::MAX, 0];
     let f = file::get(a[4])?;
     let inode = match &f.object {
         Object::Regular { inode, .. } => inode.clone(),
-        Object::Zero => return mmap(&[a[0], len, prot, flags | MAP_ANONYMOUS, u64::MAX, 0]),
+        Object::Zero => return mmap(&anonymous),
         // Pipes, eventfds, directories, the console: as on Linux.
         _ => return Err(Errno::ENODEV),
     };
@@ -86,7 +87,7 @@ fn mmap_file(a: &Args) -> SysResult {
         _ if shared_writable => return Err(Errno::ENODEV),
         _ => {}
     }
-    let at = mmap(&[a[0], len, prot, flags | MAP_ANONYMOUS, u64::MAX, 0])?;
+    let at = mmap(&anonymous)?;
     if prot != PROT_NONE {
         let copied = inode.read_with(offset, len, |bytes| crate::user::write_bytes(at, bytes));
         if let Err(e) = copied.and_then(|r| r) {

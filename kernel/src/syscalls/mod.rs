@@ -21,6 +21,17 @@ use kiln_abi::hypercall::{Hypercall, SyscallStats, TraceRecord, SYSCALL_SLOTS};
 use kiln_abi::BootInfo;
 
 pub type Args = [u64; 6];
+/// The process id: the program is the only process, and its main thread's id is the same.
+pub const PID: u64 = 1;
+
+/// A pid argument that names this process (0 means the caller); ESRCH for any other.
+pub fn this_process(pid: u64) -> Result<(), Errno> {
+    if pid == 0 || pid == PID {
+        Ok(())
+    } else {
+        Err(Errno::ESRCH)
+    }
+}
 const SYS_RT_SIGRETURN: u64 = 15;
 const SYS_EXIT: u64 = 60;
 const SYS_EXIT_GROUP: u64 = 231;

@@ -1,7 +1,7 @@
 //! Scheduling priority and policy: the nice value is recorded and reported; the library OS's scheduler runs every
 //! thread alike (SCHED_OTHER), so real-time policies are refused.
 
-use super::Args;
+use super::{this_process, Args};
 use crate::errno::{Errno, SysResult};
 use crate::user;
 use core::sync::atomic::{AtomicI64, Ordering};
@@ -21,9 +21,9 @@ static NICE: AtomicI64 = AtomicI64::new(0);
 /// `who` 0 means the caller; otherwise only our own process, group or user (all are 1 or root's 0) exist.
 fn check_target(which: u64, who: u64) -> Result<(), Errno> {
     match which {
-        PRIO_PROCESS | PRIO_PGRP if who == 0 || who == 1 || who == u64::from(crate::sched::current_tid()) => Ok(()),
+        PRIO_PROCESS | PRIO_PGRP => check_pid(who),
         PRIO_USER if who == 0 => Ok(()),
-        PRIO_PROCESS | PRIO_PGRP | PRIO_USER => Err(Errno::ESRCH),
+        PRIO_USER => Err(Errno::ESRCH),
         _ => Err(Errno::EINVAL),
     }
 }
@@ -40,12 +40,12 @@ pub fn setpriority(a: &Args) -> SysResult {
     Ok(0)
 }
 
+/// This process, or the calling thread by its id; a negative pid is EINVAL.
 fn check_pid(pid: u64) -> Result<(), Errno> {
     match pid as i64 {
-        0 | 1 => Ok(()),
         p if p < 0 => Err(Errno::EINVAL),
-        p if p == i64::from(crate::sched::current_tid()) => Ok(()),
-        _ => Err(Errno::ESRCH),
+        _ if pid == u64::from(crate::sched::current_tid()) => Ok(()),
+        _ => this_process(pid),
     }
 }
 

@@ -1,13 +1,12 @@
 //! The process and its identity: one process (pid 1, also the main thread's id), root, on a Linux-compatible
 //! "kernel".
 
-use super::Args;
+use super::{this_process, Args, PID};
 use crate::errno::{Errno, SysResult};
 use crate::{cpu, hypercall, time, user};
 use core::sync::atomic::{AtomicU64, Ordering};
 use kiln_abi::BootInfo;
 
-const PID: u64 = 1;
 const ARCH_SET_GS: u64 = 0x1001;
 const ARCH_SET_FS: u64 = 0x1002;
 const ARCH_GET_FS: u64 = 0x1003;
@@ -103,9 +102,7 @@ pub fn getrlimit(a: &Args) -> SysResult {
 /// New limits are accepted and not enforced: nothing here grows with them.
 pub fn prlimit64(a: &Args) -> SysResult {
     let (pid, resource, new, old) = (a[0], a[1], a[2], a[3]);
-    if pid != 0 && pid != PID {
-        return Err(Errno::ESRCH);
-    }
+    this_process(pid)?;
     if resource >= 16 {
         return Err(Errno::EINVAL);
     }
@@ -120,9 +117,7 @@ pub fn prlimit64(a: &Args) -> SysResult {
 
 pub fn sched_getaffinity(a: &Args) -> SysResult {
     let (pid, len, mask) = (a[0], a[1], a[2]);
-    if pid != 0 && pid != PID {
-        return Err(Errno::ESRCH);
-    }
+    this_process(pid)?;
     if len < 8 || len % 8 != 0 {
         return Err(Errno::EINVAL);
     }

@@ -5,7 +5,7 @@
 //! saved. Default actions end the program (128 + n) or are ignored. A thread computing without syscalls sees its
 //! signal at its next syscall (there are no interrupts). Faults end the VM instead (see the VMM's crash report).
 
-use super::Args;
+use super::{Args, PID};
 use crate::entry::SyscallFrame;
 use crate::errno::{Errno, SysResult};
 use crate::sync::{SpinGuard, SpinLock};
@@ -22,7 +22,6 @@ const SIGWINCH: u64 = 28;
 pub const SIGPIPE: u64 = 13;
 const SIG_DFL: u64 = 0;
 const SIG_IGN: u64 = 1;
-const PID: u64 = 1;
 /// The main thread's id (also the process id).
 const MAIN_TID: u32 = 1;
 const SIG_BLOCK: u64 = 0;
