@@ -485,6 +485,42 @@ fn hostile_port_io_stops_the_vm_with_a_message() {
 }
 
 #[test]
+fn mprotect_is_enforced_and_keeps_the_bytes() {
+    if !kvm::available() {
+        return;
+    }
+    for cpus in ["1", "2"] {
+        let run = kiln().args(["run", "--cpus", cpus]).arg(guests::c("mprotect")).run();
+        run.assert_code(0);
+        assert!(run.stdout_text().ends_with("mprotect: 0 failed\n"), "--cpus {cpus}\n{run}");
+    }
+    let run = kiln().args(["run", "--cpus", "2"]).arg(guests::c("mprotect")).arg("beside-a-spinner").run();
+    run.assert_code(0);
+    assert!(run.stdout_text().ends_with("mprotect: 0 failed\n"), "beside a spinning thread\n{run}");
+}
+
+#[test]
+fn access_that_mprotect_took_away_is_a_crash() {
+    if !kvm::available() {
+        return;
+    }
+    let cases = [
+        ("read-none", "1", "reading a PROT_NONE page\n", "reading"),
+        ("write-ro", "1", "writing a read-only page\n", "writing"),
+        // The page is in the other vCPU's TLB when it is taken away: the flush must reach that vCPU.
+        ("other-cpu", "2", "the other thread reads the page; taking it away\n", "reading"),
+    ];
+    for (mode, cpus, stdout, access) in cases {
+        let run = kiln().args(["run", "--cpus", cpus]).arg(guests::c("mprotect")).arg(mode).run();
+        run.assert_code(139).assert_stdout(stdout);
+        let stderr = run.stderr_text();
+        let line = stderr.lines().find(|l| l.starts_with("kiln: program crashed: SIGSEGV"));
+        let line = line.unwrap_or_else(|| panic!("{mode}: no `kiln: program crashed: SIGSEGV` line\n{run}"));
+        assert!(line.contains(access), "{mode}: the crash line does not say {access}\n{run}");
+    }
+}
+
+#[test]
 fn crash_is_reported_as_sigsegv_with_exit_code_139() {
     if !kvm::available() {
         return;

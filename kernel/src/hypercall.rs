@@ -67,3 +67,9 @@ fn send_panic(message: &[u8]) -> ! {
         core::hint::spin_loop();
     }
 }
+
+/// Every vCPU drops its cached translations before this returns: page-table entries that were present and changed
+/// (access taken away, or given back) apply everywhere from now on.
+pub fn flush_tlb() {
+    call(Hypercall::FlushTlb, &[]);
+}

@@ -55,6 +55,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("signals", "signals.c", Link::Static),
     ("waiter", "waiter.c", Link::Static),
     ("churn", "churn.c", Link::Static),
+    ("mprotect", "mprotect.c", Link::Static),
 ];
 
 /// The binaries of tests/guests/rust (each `src/bin/NAME.rs`).

@@ -40,6 +40,9 @@ pub enum Hypercall {
     Deadlock = 6,
     /// args: a vCPU index. That vCPU has work: end its `Wait` now, or skip its next one. ret: 0.
     Kick = 7,
+    /// The library OS changed page-table entries that were present (mprotect): before this returns, every vCPU has
+    /// dropped the translations it cached, so that none uses the old permissions. ret: 0.
+    FlushTlb = 8,
 }
 
 impl Hypercall {
@@ -52,6 +55,7 @@ impl Hypercall {
             5 => Self::Wait,
             6 => Self::Deadlock,
             7 => Self::Kick,
+            8 => Self::FlushTlb,
             _ => return None,
         })
     }

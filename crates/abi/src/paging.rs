@@ -2,12 +2,16 @@
 //! memory later, e.g. for `brk`). The memory holding the tables is reached through [`PhysMemory`], so the same code runs
 //! on the host against guest RAM and in the guest against the direct map.
 
+pub mod protect;
+
 use crate::layout::{HUGE_PAGE_SIZE, PAGE_SIZE};
 
 pub const PTE_PRESENT: u64 = 1 << 0;
 pub const PTE_WRITABLE: u64 = 1 << 1;
 pub const PTE_USER: u64 = 1 << 2;
 pub const PTE_HUGE: u64 = 1 << 7;
+/// Software-defined (the CPU ignores it): a not-present entry that keeps its frame, i.e. PROT_NONE memory.
+pub const PTE_PROT_NONE: u64 = 1 << 9;
 pub const PTE_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 
 /// Guest-physical memory as the page-table code needs it.
@@ -29,6 +33,8 @@ pub enum MapError {
     AlreadyMapped(u64),
     /// The address is not canonical or not aligned as the page size requires.
     BadAddress(u64),
+    /// Nothing maps the address.
+    NotMapped(u64),
 }
 
 /// Index into the table at `level` (4 = PML4 .. 1 = PT) for `vaddr`.
@@ -82,7 +88,7 @@ pub fn map_page<M: PhysMemory, F: FrameSource>(
     }
     let table = walk_create(mem, frames, pml4, vaddr, 1)?;
     let entry_addr = table + table_index(vaddr, 1) * 8;
-    if mem.read_u64(entry_addr) & PTE_PRESENT != 0 {
+    if mem.read_u64(entry_addr) & (PTE_PRESENT | PTE_PROT_NONE) != 0 {
         return Err(MapError::AlreadyMapped(vaddr));
     }
     mem.write_u64(entry_addr, phys | flags | PTE_PRESENT);
@@ -205,13 +211,13 @@ mod tests {
     use super::*;
     use std::vec::Vec;
 
-    struct Ram {
+    pub(crate) struct Ram {
         bytes: Vec<u8>,
-        next_frame: u64,
+        pub(crate) next_frame: u64,
     }
 
     impl Ram {
-        fn new(size: usize) -> Self {
+        pub(crate) fn new(size: usize) -> Self {
             Self { bytes: std::vec![0; size], next_frame: 0x1000 }
         }
     }
@@ -227,7 +233,7 @@ mod tests {
         }
     }
 
-    struct Bump(u64, u64);
+    pub(crate) struct Bump(pub(crate) u64, pub(crate) u64);
     impl FrameSource for Bump {
         fn alloc_zeroed_frame(&mut self) -> Option<u64> {
             (self.0 < self.1).then(|| {

@@ -24,11 +24,10 @@ const NOTES: &[(u64, &str)] = &[
     (
         9,
         "partial: a file mapping is a copy of the file (MAP_SHARED does not see later writes; shared writable file \
-          mappings are ENODEV); PROT_NONE reserves without memory; protections are not enforced once memory is \
-          committed",
+          mappings are ENODEV); PROT_NONE reserves without memory",
     ),
-    (10, "partial: commits reserved memory; taking access away is not enforced"),
-    (11, "partial: memory stays accessible (zeroed); released ranges are handed out again first"),
+    (10, "partial: no NX (PROT_EXEC is not enforced); each change of a page that was accessible costs a VM exit"),
+    (11, "partial: unmapped memory stays accessible (zeroed) until it is mapped again"),
     (13, "partial: handlers run at the target thread's next syscall exit (no interrupts); SA_RESTART for read, write, readv, writev, futex"),
     (34, "partial: as on Linux; a program waiting here is never reported as deadlocked"),
     (16, "partial: FIONBIO, FIONREAD; no descriptor is a terminal (ENOTTY)"),
@@ -50,7 +49,7 @@ const NOTES: &[(u64, &str)] = &[
     (328, "partial: RWF_APPEND appends; other RWF_* hints change nothing; unknown flags are EOPNOTSUPP"),
     (332, "partial: the basic fields (STATX_BASIC_STATS)"),
     (439, "partial: everyone is root: an existing path is accessible"),
-    (25, "partial: anonymous mappings; MREMAP_FIXED refused"),
+    (25, "partial: anonymous mappings; MREMAP_FIXED refused; moved memory loses its mprotect protection"),
     (28, "partial: MADV_DONTNEED zeroes; other advice is accepted"),
     (56, "partial: threads only (CLONE_VM, CLONE_THREAD, CLONE_SIGHAND); process-creating clones are ENOSYS"),
     (57, "by design: one program per VM, no new processes"),

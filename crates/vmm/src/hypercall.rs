@@ -16,6 +16,8 @@ pub enum Action {
     Killed(u32),
     /// Every one of this many threads waits and nothing can wake any.
     Deadlocked(u64),
+    /// Every vCPU must drop its cached translations; then the caller gets [`answer`]ed.
+    FlushTlb,
     Stop(String),
 }
 
@@ -84,8 +86,14 @@ pub fn handle(ram: &GuestRam, block: u64, nr: u32, console: &dyn Console, cpu: u
             }
             None => return Action::Stop(format!("the guest kicked vCPU {}, which does not exist", args[0])),
         },
+        Some(Hypercall::FlushTlb) => return Action::FlushTlb,
         None => return Action::Stop(format!("the guest made an unknown hypercall {nr}")),
     };
+    answer(ram, block, ret)
+}
+
+/// Writes the result of the hypercall whose block is at `block`; the vCPU resumes.
+pub fn answer(ram: &GuestRam, block: u64, ret: i64) -> Action {
     if ram.write(block + 48, &ret.to_le_bytes()).is_err() {
         return Action::Stop(format!("the hypercall block at {block:#x} is outside guest memory"));
     }

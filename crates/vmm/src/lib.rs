@@ -15,6 +15,7 @@ pub mod park;
 pub mod rewrite;
 pub mod rewrite_cache;
 pub mod rootfs;
+pub mod shootdown;
 pub mod signal;
 pub mod stack;
 pub mod syscall_names;

@@ -11,6 +11,7 @@ use crate::memory::{GuestRam, MemoryError};
 use crate::park::Parker;
 use crate::rewrite::RewriteReport;
 use crate::rewrite_cache::RewriteCache;
+use crate::shootdown::Shootdown;
 use kiln_abi::hypercall::{HYPERCALL_PORT, UNREWRITTEN_SYSCALL_PORT};
 use kiln_abi::layout::{direct_map, HUGE_PAGE_SIZE, SYSCALL_TRAP_VADDR};
 use kvm_bindings::{kvm_userspace_memory_region, Msrs, KVM_MAX_CPUID_ENTRIES};
@@ -118,6 +119,7 @@ pub struct Vm {
 struct Shared {
     ram: GuestRam,
     parkers: Vec<Parker>,
+    tlb: Shootdown,
     /// Set once the outcome is known; vCPUs stop at their next exit.
     done: AtomicBool,
     exits: AtomicU64,
@@ -272,6 +274,7 @@ impl Vm {
         let shared = Arc::new(Shared {
             ram,
             parkers: (0..config.cpus).map(|_| Parker::default()).collect(),
+            tlb: Shootdown::new(config.cpus as usize),
             done: AtomicBool::new(false),
             exits: AtomicU64::new(0),
             pml4: boot.pml4,
@@ -357,11 +360,14 @@ fn run_vcpu(
     shared: &Shared,
     console: &dyn Console,
 ) -> Result<Outcome, VmError> {
+    shared.tlb.register(id);
     loop {
         if shared.done.load(Ordering::SeqCst) {
             return Ok(Outcome::Stopped("another vCPU ended the VM".into()));
         }
+        shared.tlb.enter(id, || arch::flush_tlb(&vcpu)).map_err(kvm_err("flush a vCPU's TLB"))?;
         let exit = vcpu.run();
+        shared.tlb.leave(id);
         shared.exits.fetch_add(1, Ordering::Relaxed);
         let exit = match exit {
             Ok(exit) => exit,
@@ -371,8 +377,14 @@ fn run_vcpu(
         let outcome = match exit {
             VcpuExit::IoOut(HYPERCALL_PORT, data) => {
                 let nr = data.iter().rev().fold(0u32, |acc, &b| acc << 8 | u32::from(b));
-                match hypercall::handle(&shared.ram, block, nr, console, id, &shared.parkers) {
-                    Action::Resume => continue,
+                let mut action = hypercall::handle(&shared.ram, block, nr, console, id, &shared.parkers);
+                if action == Action::FlushTlb {
+                    let own = || arch::flush_tlb(&vcpu);
+                    shared.tlb.flush_all(id, own, &shared.done).map_err(kvm_err("flush the vCPUs' TLBs"))?;
+                    action = hypercall::answer(&shared.ram, block, 0);
+                }
+                match action {
+                    Action::Resume | Action::FlushTlb => continue,
                     Action::Exit(code) => Outcome::Exited(code),
                     Action::Killed(signal) => Outcome::Killed(signal),
                     Action::Deadlocked(threads) => Outcome::Deadlocked(threads),

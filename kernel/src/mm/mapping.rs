@@ -2,9 +2,11 @@
 //!
 //! Anonymous memory is handed out physically contiguous through the direct map, which the VMM mapped at boot: an
 //! `mmap` changes no page table and needs no TLB work on any host. The break grows by mapping fresh pages after the
-//! program's data (new entries only, which no TLB has cached). What this does not do yet: enforce `mprotect`
-//! (PROT_NONE guard pages stay accessible), fault on access after `munmap`, or map at a caller-chosen address.
+//! program's data (new entries only, which no TLB has cached). Memory the program protected (`mm::protect`) gets full
+//! access back before the library OS frees or writes it. What this does not do: fault on access after `munmap` (the
+//! library OS reaches free memory through the same addresses), or map at a caller-chosen address (`mm::vma` does).
 
+use super::protect::{unprotect, with_write_access};
 use super::{memory, pml4, ram_size, DirectMap, Memory};
 use crate::errno::Errno;
 use kiln_abi::layout::{direct_map, page_align_up, DIRECT_MAP_BASE, PAGE_SIZE};
@@ -51,6 +53,7 @@ pub fn unmap(addr: u64, len: u64) -> Result<(), Errno> {
 
 /// Hands `[phys, phys+size)` back, zeroed.
 pub fn release(phys: u64, size: u64) {
+    unprotect(direct_map(phys), direct_map(phys + size));
     zero(phys, size);
     memory().frames.free_zeroed(phys, size);
 }
@@ -58,8 +61,9 @@ pub fn release(phys: u64, size: u64) {
 /// `madvise(MADV_DONTNEED)`: the range reads as zero afterwards.
 pub fn discard(addr: u64, len: u64) -> Result<(), Errno> {
     let size = page_align_up(len);
-    if let Some(phys) = anonymous_range(&memory(), addr, size) {
-        zero(phys, size);
+    let range = anonymous_range(&memory(), addr, size);
+    if let Some(phys) = range {
+        with_write_access(addr, addr + size, || zero(phys, size));
     }
     Ok(())
 }
@@ -69,6 +73,11 @@ pub fn remap(old: u64, old_len: u64, new_len: u64, may_move: bool) -> Result<u64
         return Err(Errno::EINVAL);
     }
     let (old_size, new_size) = (page_align_up(old_len), page_align_up(new_len));
+    // Moved or resized memory keeps no protection the program had set (Linux would carry it along).
+    let anonymous = anonymous_range(&memory(), old, old_size).is_some();
+    if anonymous {
+        unprotect(old, old + old_size);
+    }
     let mut m = memory();
     let Some(phys) = anonymous_range(&m, old, old_size) else {
         drop(m);

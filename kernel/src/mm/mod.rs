@@ -3,6 +3,7 @@
 
 pub mod mapping;
 pub mod maps;
+pub mod protect;
 pub mod vma;
 
 use crate::sync::{SpinGuard, SpinLock};

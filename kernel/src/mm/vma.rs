@@ -3,18 +3,19 @@
 //! `mprotect` commits pages inside.
 //!
 //! A reservation is only a recorded range: it costs no memory. Committing maps fresh zeroed frames where no page is
-//! present (new entries only, which no TLB caches) and zeroes pages that are present. Released pages are zeroed but
-//! stay mapped: taking a present entry away needs a TLB flush that CPL 3 cannot do on hardware KVM (see
-//! docs/architecture.md). Released ranges are handed out again, first, to reservations without a hint, so memory that
+//! mapped (new entries only, which no TLB caches) and zeroes pages that are, with full access. Released pages are
+//! zeroed but stay mapped: unmapping them would cost a TLB flush (a VM exit) on every munmap, which musl makes for
+//! every thread's stack. Released ranges are handed out again, first, to reservations without a hint, so memory that
 //! a program maps and unmaps over and over (thread stacks) is reused rather than leaked; pages already committed there
 //! read as zero but do not fault until committed. Access to reserved, never-committed pages faults, as PROT_NONE
 //! memory does on Linux.
 
-use super::{memory, pml4, translate, DirectMap};
+use super::protect::{self, Access};
+use super::{memory, pml4, DirectMap};
 use crate::errno::Errno;
 use crate::sync::SpinLock;
 use alloc::vec::Vec;
-use kiln_abi::layout::{page_align_up, DIRECT_MAP_BASE, PAGE_SIZE, PROGRAM_MIN_ADDR};
+use kiln_abi::layout::{direct_map, page_align_up, DIRECT_MAP_BASE, PAGE_SIZE, PROGRAM_MIN_ADDR};
 use kiln_abi::paging::{self, PTE_USER, PTE_WRITABLE};
 
 /// Reservations without a usable hint are placed from here up (far from the program, its break and the direct map).
@@ -40,7 +41,7 @@ fn is_free(ranges: &[(u64, u64)], start: u64, end: u64) -> bool {
     let in_bounds = start >= PROGRAM_MIN_ADDR && end <= RESERVE_END && start < end;
     in_bounds
         && !overlaps(ranges, start, end)
-        && (start..end).step_by(PAGE_SIZE as usize).all(|p| translate(p).is_none())
+        && (start..end).step_by(PAGE_SIZE as usize).all(|p| protect::leaf(p).is_none())
 }
 
 pub fn in_reservation(start: u64, end: u64) -> bool {
@@ -81,37 +82,63 @@ pub fn commit(start: u64, len: u64) -> Result<(), Errno> {
     if start < PROGRAM_MIN_ADDR || end > RESERVE_END || !start.is_multiple_of(PAGE_SIZE) {
         return Err(Errno::EINVAL);
     }
-    let mut m = memory();
-    let m = &mut *m;
-    for page in (start..end).step_by(PAGE_SIZE as usize) {
-        match translate(page) {
-            Some(t) => {
-                if !t.writable || !t.user {
-                    // The program's own code or something of Kiln's: not memory MAP_FIXED may replace here.
-                    return Err(Errno::EINVAL);
-                }
-                // SAFETY: a present, user-writable page: zeroing it is what a fresh mapping would read as.
-                unsafe { core::ptr::write_bytes(page as *mut u8, 0, PAGE_SIZE as usize) };
-            }
-            None => {
-                let frame = m.frames.alloc(PAGE_SIZE).ok_or(Errno::ENOMEM)?;
-                paging::map_page(&mut DirectMap, &mut m.frames, pml4(), page, frame, PTE_WRITABLE | PTE_USER)
+    let reserved = in_reservation(start, end);
+    let mut reload = false;
+    {
+        let mut m = memory();
+        let m = &mut *m;
+        for page in (start..end).step_by(PAGE_SIZE as usize) {
+            match protect::leaf(page) {
+                Some(l) => {
+                    // Only the program's memory, and read-only or PROT_NONE pages only where it reserved them: the
+                    // program's code is not memory MAP_FIXED may replace here.
+                    if !l.user() || (l.access() != Access::ReadWrite && !reserved) {
+                        return Err(Errno::EINVAL);
+                    }
+                    reload |= kiln_abi::paging::protect::protect(
+                        &mut DirectMap,
+                        &mut m.frames,
+                        pml4(),
+                        page,
+                        Access::ReadWrite,
+                    )
                     .map_err(|_| Errno::ENOMEM)?;
+                    zero_frame(l.phys());
+                }
+                None => {
+                    let frame = m.frames.alloc(PAGE_SIZE).ok_or(Errno::ENOMEM)?;
+                    paging::map_page(&mut DirectMap, &mut m.frames, pml4(), page, frame, PTE_WRITABLE | PTE_USER)
+                        .map_err(|_| Errno::ENOMEM)?;
+                }
             }
         }
     }
+    if reload {
+        crate::hypercall::flush_tlb();
+    }
     Ok(())
+}
+
+fn zero_frame(phys: u64) {
+    // SAFETY: a frame of the program's memory, reached through the direct map (whatever the program's protection).
+    unsafe { core::ptr::write_bytes(direct_map(phys) as *mut u8, 0, PAGE_SIZE as usize) };
+}
+
+/// Zeroes the pages of `[start, start+len)` that have memory behind them, keeping their protection: what
+/// MADV_DONTNEED leaves.
+pub fn zero_committed(start: u64, len: u64) {
+    let end = start.saturating_add(page_align_up(len));
+    for page in (start..end).step_by(PAGE_SIZE as usize) {
+        if let Some(l) = protect::leaf(page).filter(|l| l.user() && l.size == PAGE_SIZE) {
+            zero_frame(l.phys());
+        }
+    }
 }
 
 /// munmap of chosen-address memory: the range stops being reserved; its committed pages are zeroed and stay mapped.
 pub fn release(start: u64, len: u64) {
     let end = start.saturating_add(page_align_up(len));
-    for page in (start..end).step_by(PAGE_SIZE as usize) {
-        if translate(page).is_some_and(|t| t.writable && t.user) {
-            // SAFETY: a present, user-writable page of the program's.
-            unsafe { core::ptr::write_bytes(page as *mut u8, 0, PAGE_SIZE as usize) };
-        }
-    }
+    zero_committed(start, len);
     let mut r = RESERVED.lock();
     let mut kept = Vec::with_capacity(r.ranges.len() + 1);
     let mut freed = Vec::new();

@@ -9,8 +9,10 @@
 use super::Args;
 use crate::errno::{Errno, SysResult};
 use crate::file::{self, Object, O_ACCMODE, O_RDWR, O_WRONLY};
+use crate::mm::protect::{self, Access};
 use crate::mm::{mapping, vma};
 use core::sync::atomic::Ordering;
+use kiln_abi::layout::{page_align_up, PAGE_SIZE};
 
 const MAP_SHARED: u64 = 0x01;
 const MAP_FIXED: u64 = 0x10;
@@ -20,20 +22,32 @@ const MREMAP_MAYMOVE: u64 = 1;
 const MADV_DONTNEED: u64 = 4;
 
 const PROT_NONE: u64 = 0;
+const PROT_READ: u64 = 1;
 const PROT_WRITE: u64 = 2;
+const PROT_EXEC: u64 = 4;
+const PROT_GROWSDOWN: u64 = 0x0100_0000;
+const PROT_GROWSUP: u64 = 0x0200_0000;
 
 pub fn mmap(a: &Args) -> SysResult {
-    let (addr, len, prot, flags) = (a[0], a[1], a[2], a[3]);
+    let (len, prot, flags) = (a[1], a[2], a[3]);
     if flags & MAP_ANONYMOUS == 0 {
         return mmap_file(a);
     }
+    let at = map_writable(a)?;
+    apply_protection(at, len, prot, flags & MAP_FIXED != 0)?;
+    Ok(at)
+}
+
+/// Anonymous memory for `mmap` with arguments `a`: writable, unless it is a PROT_NONE reservation.
+fn map_writable(a: &Args) -> SysResult {
+    let (addr, len, prot, flags) = (a[0], a[1], a[2], a[3]);
     if len == 0 {
         return Err(Errno::EINVAL);
     }
     // MAP_SHARED and MAP_PRIVATE are the same thing without fork.
     let _ = flags & MAP_SHARED;
     let fixed = flags & MAP_FIXED != 0;
-    if fixed && !addr.is_multiple_of(kiln_abi::layout::PAGE_SIZE) {
+    if fixed && !addr.is_multiple_of(PAGE_SIZE) {
         return Err(Errno::EINVAL);
     }
     if fixed && addr >= kiln_abi::layout::DIRECT_MAP_BASE {
@@ -49,6 +63,8 @@ pub fn mmap(a: &Args) -> SysResult {
         }
         if prot != PROT_NONE {
             vma::commit(addr, len)?;
+        } else {
+            vma::zero_committed(addr, len);
         }
         return Ok(addr);
     }
@@ -75,7 +91,7 @@ fn mmap_file(a: &Args) -> SysResult {
         // Pipes, eventfds, directories, the console: as on Linux.
         _ => return Err(Errno::ENODEV),
     };
-    if !offset.is_multiple_of(kiln_abi::layout::PAGE_SIZE) || len == 0 {
+    if !offset.is_multiple_of(PAGE_SIZE) || len == 0 {
         return Err(Errno::EINVAL);
     }
     let mode = f.flags.load(Ordering::Relaxed) & O_ACCMODE;
@@ -87,7 +103,7 @@ fn mmap_file(a: &Args) -> SysResult {
         _ if shared_writable => return Err(Errno::ENODEV),
         _ => {}
     }
-    let at = mmap(&anonymous)?;
+    let at = map_writable(&anonymous)?;
     if prot != PROT_NONE {
         let copied = inode.read_with(offset, len, |bytes| crate::user::write_bytes(at, bytes));
         if let Err(e) = copied.and_then(|r| r) {
@@ -95,12 +111,23 @@ fn mmap_file(a: &Args) -> SysResult {
             return Err(e);
         }
     }
+    apply_protection(at, len, prot, flags & MAP_FIXED != 0)?;
     Ok(at)
+}
+
+/// Gives a new mapping the protection `prot` asks for, if that is less than read-write. A PROT_NONE mapping that is
+/// not MAP_FIXED is a fresh reservation, inaccessible already.
+fn apply_protection(at: u64, len: u64, prot: u64, fixed: bool) -> Result<(), Errno> {
+    let access = access(prot);
+    if access == Access::ReadWrite || (access == Access::None && !fixed) {
+        return Ok(());
+    }
+    protect::protect(at, at.saturating_add(page_align_up(len)), access, true)
 }
 
 pub fn munmap(a: &Args) -> SysResult {
     if vma::owns(a[0]) {
-        if !a[0].is_multiple_of(kiln_abi::layout::PAGE_SIZE) || a[1] == 0 {
+        if !a[0].is_multiple_of(PAGE_SIZE) || a[1] == 0 {
             return Err(Errno::EINVAL);
         }
         // As for direct-map memory: a thread unmapping its own stack keeps it until it exits.
@@ -115,22 +142,37 @@ pub fn munmap(a: &Args) -> SysResult {
     mapping::unmap(a[0], a[1]).map(|()| 0)
 }
 
-/// Making reserved memory accessible commits it; other protection changes are accepted but not enforced yet
-/// (taking access away needs a TLB flush CPL 3 cannot do on hardware KVM).
+/// Protection changes apply to every vCPU before the call returns (`mm::protect`). PROT_EXEC alone reads as
+/// PROT_READ, as on x86 without protection keys; nothing is made non-executable (Kiln's page tables set no NX bit).
+/// Making reserved memory accessible commits it.
 pub fn mprotect(a: &Args) -> SysResult {
     let (addr, len, prot) = (a[0], a[1], a[2]);
-    if !addr.is_multiple_of(kiln_abi::layout::PAGE_SIZE) {
+    if !addr.is_multiple_of(PAGE_SIZE)
+        || prot & !(PROT_READ | PROT_WRITE | PROT_EXEC | PROT_GROWSDOWN | PROT_GROWSUP) != 0
+    {
         return Err(Errno::EINVAL);
     }
-    if prot != PROT_NONE && vma::owns(addr) {
-        let end = addr.saturating_add(len);
-        for page in (addr..end).step_by(kiln_abi::layout::PAGE_SIZE as usize) {
-            if crate::mm::translate(page).is_none() {
-                vma::commit(page, kiln_abi::layout::PAGE_SIZE)?;
+    let end = addr.checked_add(page_align_up(len)).ok_or(Errno::ENOMEM)?;
+    let access = access(prot);
+    let reserved = vma::in_reservation(addr, end);
+    if reserved && access != Access::None {
+        for page in (addr..end).step_by(PAGE_SIZE as usize) {
+            if protect::leaf(page).is_none() {
+                vma::commit(page, PAGE_SIZE)?;
             }
         }
     }
-    Ok(0)
+    protect::protect(addr, end, access, reserved).map(|()| 0)
+}
+
+fn access(prot: u64) -> Access {
+    if prot & PROT_WRITE != 0 {
+        Access::ReadWrite
+    } else if prot & (PROT_READ | PROT_EXEC) != 0 {
+        Access::Read
+    } else {
+        Access::None
+    }
 }
 
 pub fn mremap(a: &Args) -> SysResult {
@@ -145,12 +187,7 @@ pub fn madvise(a: &Args) -> SysResult {
     match a[2] {
         MADV_DONTNEED if vma::owns(a[0]) => {
             // Zero what is committed; what is not stays uncommitted.
-            let end = a[0].saturating_add(a[1]);
-            for page in (a[0]..end).step_by(kiln_abi::layout::PAGE_SIZE as usize) {
-                if crate::mm::translate(page).is_some() {
-                    vma::commit(page, kiln_abi::layout::PAGE_SIZE)?;
-                }
-            }
+            vma::zero_committed(a[0], a[1]);
             Ok(0)
         }
         MADV_DONTNEED => mapping::discard(a[0], a[1]).map(|()| 0),

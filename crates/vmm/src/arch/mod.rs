@@ -5,6 +5,7 @@ pub mod gdt;
 pub mod host;
 
 use kvm_bindings::{kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, Msrs};
+use kvm_ioctls::VcpuFd;
 
 const CR0_PE: u64 = 1 << 0;
 const CR0_MP: u64 = 1 << 1;
@@ -12,6 +13,8 @@ const CR0_ET: u64 = 1 << 4;
 const CR0_NE: u64 = 1 << 5;
 const CR0_WP: u64 = 1 << 16;
 const CR0_PG: u64 = 1 << 31;
+/// CR3's page-level write-through bit: it only sets the caching type of the PML4 fetch.
+const CR3_PWT: u64 = 1 << 3;
 const CR4_PAE: u64 = 1 << 5;
 const CR4_OSFXSR: u64 = 1 << 9;
 const CR4_OSXMMEXCPT: u64 = 1 << 10;
@@ -88,4 +91,13 @@ pub fn msrs(lstar: u64) -> Msrs {
         entry(MSR_SFMASK, 0),
     ])
     .expect("three MSR entries fit")
+}
+
+/// Drops every translation `vcpu` has cached. When KVM_SET_SREGS changes CR3, KVM resets the vCPU's MMU and requests
+/// a flush of its guest TLB (`__set_sregs` in Linux's arch/x86/kvm/x86.c); flipping CR3's write-through bit changes
+/// CR3 while the page tables stay the same.
+pub fn flush_tlb(vcpu: &VcpuFd) -> Result<(), kvm_ioctls::Error> {
+    let mut s = vcpu.get_sregs()?;
+    s.cr3 ^= CR3_PWT;
+    vcpu.set_sregs(&s)
 }

@@ -1,0 +1,186 @@
+//! Changing what the program may do with pages that are already mapped (mprotect).
+//!
+//! Permissions live in 4 KiB entries: a 2 MiB page is split first. A PROT_NONE page is a not-present entry marked
+//! [`PTE_PROT_NONE`] that keeps its frame, so that giving access back finds the same bytes, as Linux keeps them.
+//! A change to an entry that was present may be cached in any vCPU's TLB: [`protect`] says when the caller must have
+//! every TLB reloaded before the change is certain to apply.
+
+use super::{
+    table_index, FrameSource, MapError, PhysMemory, PTE_ADDR_MASK, PTE_HUGE, PTE_PRESENT, PTE_PROT_NONE, PTE_USER,
+    PTE_WRITABLE,
+};
+use crate::layout::{HUGE_PAGE_SIZE, PAGE_SIZE};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    None,
+    Read,
+    ReadWrite,
+}
+
+/// The entry that maps an address: a present 4 KiB or 2 MiB page, or a PROT_NONE 4 KiB page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Leaf {
+    /// Guest-physical address of the entry itself.
+    pub entry_addr: u64,
+    pub entry: u64,
+    pub size: u64,
+}
+
+impl Leaf {
+    /// The frame behind the page, also while it is PROT_NONE.
+    pub fn phys(&self) -> u64 {
+        self.entry & PTE_ADDR_MASK & !(self.size - 1)
+    }
+
+    pub fn access(&self) -> Access {
+        match (self.entry & PTE_PRESENT != 0, self.entry & PTE_WRITABLE != 0) {
+            (false, _) => Access::None,
+            (true, false) => Access::Read,
+            (true, true) => Access::ReadWrite,
+        }
+    }
+
+    pub fn user(&self) -> bool {
+        self.entry & PTE_USER != 0
+    }
+}
+
+/// Finds the entry mapping `vaddr`, present or PROT_NONE, without changing anything.
+pub fn leaf<M: PhysMemory>(mem: &M, pml4: u64, vaddr: u64) -> Option<Leaf> {
+    if !super::is_lower_canonical(vaddr) {
+        return None;
+    }
+    let mut table = pml4;
+    for level in (1..=4).rev() {
+        let entry_addr = table + table_index(vaddr, level) * 8;
+        let entry = mem.read_u64(entry_addr);
+        let size = 1u64 << (12 + 9 * (level - 1));
+        if level == 1 {
+            return (entry & (PTE_PRESENT | PTE_PROT_NONE) != 0).then_some(Leaf { entry_addr, entry, size });
+        }
+        if entry & PTE_PRESENT == 0 {
+            return None;
+        }
+        if entry & PTE_HUGE != 0 {
+            return Some(Leaf { entry_addr, entry, size });
+        }
+        table = entry & PTE_ADDR_MASK;
+    }
+    None
+}
+
+/// Turns the 2 MiB page mapping `vaddr`, if that is what maps it, into 512 4 KiB entries for the same frames with the
+/// same permissions: every translation stays what it was, so no TLB needs reloading.
+pub fn split_huge<M: PhysMemory, F: FrameSource>(
+    mem: &mut M,
+    frames: &mut F,
+    pml4: u64,
+    vaddr: u64,
+) -> Result<(), MapError> {
+    let Some(l) = leaf(mem, pml4, vaddr) else { return Err(MapError::NotMapped(vaddr)) };
+    match l.size {
+        PAGE_SIZE => return Ok(()),
+        HUGE_PAGE_SIZE => {}
+        // 1 GiB pages: Kiln never maps any.
+        _ => return Err(MapError::BadAddress(vaddr)),
+    }
+    let table = frames.alloc_zeroed_frame().ok_or(MapError::OutOfFrames)?;
+    let flags = l.entry & (PTE_PRESENT | PTE_WRITABLE | PTE_USER);
+    for i in 0..512 {
+        mem.write_u64(table + i * 8, (l.phys() + i * PAGE_SIZE) | flags);
+    }
+    // The entries first, then the pointer to them: a walk on another vCPU sees the old page or the whole table.
+    mem.write_u64(l.entry_addr, table | PTE_PRESENT | PTE_WRITABLE | PTE_USER);
+    Ok(())
+}
+
+/// Gives the 4 KiB page at `vaddr` `access` (splitting a 2 MiB page first). Returns whether an entry that was present
+/// changed, in which case the TLBs must be reloaded before the change is certain to apply.
+pub fn protect<M: PhysMemory, F: FrameSource>(
+    mem: &mut M,
+    frames: &mut F,
+    pml4: u64,
+    vaddr: u64,
+    access: Access,
+) -> Result<bool, MapError> {
+    if !vaddr.is_multiple_of(PAGE_SIZE) {
+        return Err(MapError::BadAddress(vaddr));
+    }
+    let l = leaf(mem, pml4, vaddr).ok_or(MapError::NotMapped(vaddr))?;
+    if l.access() == access {
+        return Ok(false);
+    }
+    split_huge(mem, frames, pml4, vaddr)?;
+    let l = leaf(mem, pml4, vaddr).ok_or(MapError::NotMapped(vaddr))?;
+    let kept = l.phys() | (l.entry & PTE_USER);
+    let entry = match access {
+        Access::None => kept | PTE_PROT_NONE,
+        Access::Read => kept | PTE_PRESENT,
+        Access::ReadWrite => kept | PTE_PRESENT | PTE_WRITABLE,
+    };
+    if entry == l.entry {
+        return Ok(false);
+    }
+    mem.write_u64(l.entry_addr, entry);
+    Ok(l.entry & PTE_PRESENT != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{Bump, Ram};
+    use super::super::{map_huge_page, map_page, translate};
+    use super::*;
+
+    const PML4: u64 = 0x1000;
+
+    #[test]
+    fn prot_none_keeps_the_frame_and_read_write_brings_it_back() {
+        let mut ram = Ram::new(1 << 20);
+        let mut frames = Bump(0x2000, 0x20000);
+        map_page(&mut ram, &mut frames, PML4, 0x40_0000, 0x9000, PTE_USER | PTE_WRITABLE).unwrap();
+        assert_eq!(protect(&mut ram, &mut frames, PML4, 0x40_0000, Access::None), Ok(true));
+        assert_eq!(translate(&ram, PML4, 0x40_0000), None);
+        let l = leaf(&ram, PML4, 0x40_0000).unwrap();
+        assert_eq!((l.phys(), l.access(), l.user()), (0x9000, Access::None, true));
+        // A PROT_NONE page is still mapped: nothing may map over it.
+        assert_eq!(
+            map_page(&mut ram, &mut frames, PML4, 0x40_0000, 0xa000, 0),
+            Err(MapError::AlreadyMapped(0x40_0000))
+        );
+        // Giving access back to a not-present entry needs no TLB reload; changing a present one does.
+        assert_eq!(protect(&mut ram, &mut frames, PML4, 0x40_0000, Access::Read), Ok(false));
+        let t = translate(&ram, PML4, 0x40_0123).unwrap();
+        assert_eq!((t.phys, t.writable), (0x9123, false));
+        assert_eq!(protect(&mut ram, &mut frames, PML4, 0x40_0000, Access::Read), Ok(false));
+        assert_eq!(protect(&mut ram, &mut frames, PML4, 0x40_0000, Access::ReadWrite), Ok(true));
+        assert!(translate(&ram, PML4, 0x40_0000).unwrap().writable);
+    }
+
+    #[test]
+    fn a_huge_page_is_split_into_the_same_translations() {
+        let mut ram = Ram::new(1 << 20);
+        let mut frames = Bump(0x2000, 0x20000);
+        map_huge_page(&mut ram, &mut frames, PML4, 0x20_0000, 0x40_0000, PTE_USER | PTE_WRITABLE).unwrap();
+        // Asking for what a huge page has already changes nothing.
+        assert_eq!(protect(&mut ram, &mut frames, PML4, 0x20_5000, Access::ReadWrite), Ok(false));
+        assert_eq!(leaf(&ram, PML4, 0x20_5000).unwrap().size, HUGE_PAGE_SIZE);
+        assert_eq!(protect(&mut ram, &mut frames, PML4, 0x20_5000, Access::Read), Ok(true));
+        assert_eq!(leaf(&ram, PML4, 0x20_5000).unwrap().size, PAGE_SIZE);
+        for (vaddr, writable) in [(0x20_0000, true), (0x20_4fff, true), (0x20_5000, false), (0x3f_f000, true)] {
+            let t = translate(&ram, PML4, vaddr).unwrap();
+            assert_eq!((t.phys, t.writable, t.user), (vaddr + 0x20_0000, writable, true), "{vaddr:#x}");
+        }
+    }
+
+    #[test]
+    fn unmapped_and_misaligned_pages_are_refused() {
+        let mut ram = Ram::new(1 << 20);
+        let mut frames = Bump(0x2000, 0x20000);
+        assert_eq!(protect(&mut ram, &mut frames, PML4, 0x40_0000, Access::Read), Err(MapError::NotMapped(0x40_0000)));
+        assert_eq!(protect(&mut ram, &mut frames, PML4, 0x40_0010, Access::Read), Err(MapError::BadAddress(0x40_0010)));
+        map_huge_page(&mut ram, &mut frames, PML4, 0x20_0000, 0x40_0000, PTE_USER).unwrap();
+        let mut empty = Bump(0, 0);
+        assert_eq!(protect(&mut ram, &mut empty, PML4, 0x20_0000, Access::None), Err(MapError::OutOfFrames));
+    }
+}

@@ -1,0 +1,113 @@
+//! mprotect: the permissions of pages the program has mapped, in 4 KiB steps (`kiln_abi::paging::protect`).
+//!
+//! Changing an entry that was present (taking access away, or giving write access back to a read-only page) is
+//! followed by the `FlushTlb` hypercall, after which no vCPU uses the old permission: one VM exit on the calling vCPU,
+//! plus a kick out of the guest for each other vCPU running the program. Entries that were not present need none.
+//!
+//! Anonymous memory from the direct map is split into 4 KiB pages where the program protects it. The library OS
+//! reaches that memory through the same addresses, so it gives it full access back before freeing it (munmap) and
+//! around its own writes to it (MADV_DONTNEED, mremap).
+
+use super::{memory, pml4, ram_size, DirectMap};
+use crate::errno::Errno;
+use crate::hypercall;
+use alloc::vec::Vec;
+use kiln_abi::layout::{DIRECT_MAP_BASE, PAGE_SIZE, PROGRAM_MIN_ADDR};
+use kiln_abi::paging::protect::{self as paging, Leaf};
+
+pub use kiln_abi::paging::protect::Access;
+
+pub fn leaf(page: u64) -> Option<Leaf> {
+    paging::leaf(&DirectMap, pml4(), page)
+}
+
+/// Whether the program may change the protection of `page`: its own part of the address space, or anonymous memory
+/// handed out from the direct map; never Kiln's pages or the boot layout under the library OS.
+fn is_programs(page: u64, managed_start: u64) -> bool {
+    match page.checked_sub(DIRECT_MAP_BASE) {
+        Some(phys) => phys >= managed_start && phys < ram_size(),
+        None => page >= PROGRAM_MIN_ADDR,
+    }
+}
+
+/// Gives every page of `[start, end)` `access`, all or nothing: a page that is not mapped fails the call with ENOMEM
+/// (as on Linux) unless `reserved` says the range is a PROT_NONE reservation, whose uncommitted pages stay as they are.
+pub fn protect(start: u64, end: u64, access: Access, reserved: bool) -> Result<(), Errno> {
+    let managed_start = memory().managed_start;
+    let pages = || (start..end).step_by(PAGE_SIZE as usize);
+    for page in pages() {
+        let mapped = leaf(page).is_some_and(|l| l.user());
+        if !is_programs(page, managed_start) || !(mapped || reserved) {
+            return Err(Errno::ENOMEM);
+        }
+    }
+    let mut reload = false;
+    {
+        let mut m = memory();
+        for page in pages().filter(|&p| leaf(p).is_some()) {
+            reload |=
+                paging::protect(&mut DirectMap, &mut m.frames, pml4(), page, access).map_err(|_| Errno::ENOMEM)?;
+        }
+    }
+    if reload {
+        hypercall::flush_tlb();
+    }
+    Ok(())
+}
+
+/// Sets each of `pages` to its access; flushes the TLBs if that changed a present entry.
+fn set_all(pages: &[(u64, Access)]) {
+    let mut reload = false;
+    {
+        let mut m = memory();
+        for &(page, access) in pages {
+            // These pages were just found mapped in 4 KiB entries, so nothing can fail.
+            reload |= paging::protect(&mut DirectMap, &mut m.frames, pml4(), page, access).unwrap_or(true);
+        }
+    }
+    if reload {
+        hypercall::flush_tlb();
+    }
+}
+
+/// The pages of `[start, end)` in direct-map memory that the program took some access away from, with that access.
+fn protected_pages(start: u64, end: u64) -> Vec<(u64, Access)> {
+    let mut found = Vec::new();
+    let mut at = start;
+    while at < end {
+        match leaf(at) {
+            Some(l) if l.size == PAGE_SIZE => {
+                if l.access() != Access::ReadWrite {
+                    found.push((at, l.access()));
+                }
+                at += PAGE_SIZE;
+            }
+            // Huge pages are never protected: step over the rest of one.
+            Some(l) => at = (at & !(l.size - 1)) + l.size,
+            None => at += PAGE_SIZE,
+        }
+    }
+    found
+}
+
+/// Gives `[start, end)` full access for good: before it goes back to the frame allocator.
+pub fn unprotect(start: u64, end: u64) {
+    let pages: Vec<_> = protected_pages(start, end).into_iter().map(|(p, _)| (p, Access::ReadWrite)).collect();
+    if !pages.is_empty() {
+        set_all(&pages);
+    }
+}
+
+/// Runs `write` (the library OS writing to program memory in `[start, end)`) with full access to the range, then puts
+/// back the protection the program had set.
+pub fn with_write_access<R>(start: u64, end: u64, write: impl FnOnce() -> R) -> R {
+    let protected = protected_pages(start, end);
+    if protected.is_empty() {
+        return write();
+    }
+    let open: Vec<_> = protected.iter().map(|&(p, _)| (p, Access::ReadWrite)).collect();
+    set_all(&open);
+    let result = write();
+    set_all(&protected);
+    result
+}
