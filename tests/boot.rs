@@ -293,7 +293,10 @@ fn go_runtime_runs() {
     }
     for cpus in ["1", "2"] {
         let run = kiln().args(["run", "--memory", "256M", "--cpus", cpus]).arg(guests::go()).run();
-        run.assert_code(0).assert_stdout("go: sum=328350 keys=100 slept=true hosts=true err=<nil>\n");
+        run.assert_code(0).assert_stdout(
+            "go: sum=328350 keys=100 slept=true hosts=true err=<nil>\n\
+             go: recovered \"runtime error: invalid memory address or nil pointer dereference\"\n",
+        );
     }
 }
 
@@ -414,9 +417,35 @@ fn a_thread_overflowing_its_stack_is_a_crash_not_a_hang() {
     if !kvm::available() {
         return;
     }
-    let run = kiln().arg("run").arg(guests::rust("overflow")).run();
-    run.assert_code(139).assert_stdout("overflow: spawning\n");
-    run.assert_stderr_contains("kiln: program crashed: SIGSEGV (stack overflow: page fault writing");
+    // As natively: Rust std's SIGSEGV handler, on its alternate stack, finds the fault in the thread's guard page.
+    for cpus in ["1", "2"] {
+        let run = kiln().args(["run", "--cpus", cpus]).arg(guests::rust("overflow")).run();
+        run.assert_code(134).assert_stdout("overflow: spawning\n");
+        run.assert_stderr_contains("has overflowed its stack\nfatal runtime error: stack overflow");
+        run.assert_stderr_contains("kiln: program killed by SIGABRT");
+    }
+}
+
+#[test]
+fn programs_handle_their_own_faults() {
+    if !kvm::available() {
+        return;
+    }
+    for cpus in ["1", "2"] {
+        let run = kiln().args(["run", "--cpus", cpus]).arg(guests::c("faults")).run();
+        run.assert_code(0);
+        assert!(run.stdout_text().ends_with("faults: 0 failed\n"), "--cpus {cpus}\n{run}");
+    }
+}
+
+#[test]
+fn a_breakpoint_without_a_handler_is_sigtrap() {
+    if !kvm::available() {
+        return;
+    }
+    let run = kiln().arg("run").arg(guests::c("faults")).arg("breakpoint").run();
+    run.assert_code(133).assert_stdout("faults: a breakpoint without a handler\n");
+    run.assert_stderr_contains("kiln: program crashed: SIGTRAP (breakpoint) at rip 0x");
 }
 
 #[test]

@@ -19,13 +19,19 @@ pub struct SyscallFrame {
     pub nr: u64,
     pub args: [u64; 6],
     pub r11: u64,
+    /// Where the program resumes: the return address for a syscall.
     pub rcx: u64,
+    /// The program's %rcx when it resumes: for a syscall, the return address too, as Linux's `syscall` leaves it.
+    pub user_rcx: u64,
     pub rbx: u64,
     pub rbp: u64,
     pub r12: u64,
     pub r13: u64,
     pub r14: u64,
     pub r15: u64,
+    /// RFLAGS to resume with, or 0 to leave the flags as they are (a syscall: Linux programs treat the flags as
+    /// clobbered). Set only when resuming from a fault's signal handler, whose context holds the flags.
+    pub rflags: u64,
     /// The program's %rsp at the entry: it points at the return address `call *%rax` pushed (which is also in
     /// `rcx`); the syscall returns with %rsp 8 bytes above it.
     pub user_rsp: u64,
@@ -50,15 +56,16 @@ global_asm!(
     "    mov rcx, [rsp]",
     "    mov rsp, gs:[8]",
     "    push qword ptr gs:[0]",
+    "    push 0",
     // The callee-saved registers are saved too (Rust would preserve them anyway) so that `clone` can give the new
-    // thread the caller's registers. RFLAGS is deliberately not saved: a `popfq` at CPL 3 loses RFLAGS.IOPL on
-    // kvm_pvm.
+    // thread the caller's registers.
     "    push r15",
     "    push r14",
     "    push r13",
     "    push r12",
     "    push rbp",
     "    push rbx",
+    "    push rcx",
     "    push rcx",
     "    push r11",
     "    push r9",
@@ -80,6 +87,9 @@ global_asm!(
     "    pop r8",
     "    pop r9",
     "    pop r11",
+    // The resume address goes to this vCPU's slot, so that every register can be the program's when we jump.
+    "    pop rcx",
+    "    mov gs:[48], rcx",
     "    pop rcx",
     "    pop rbx",
     "    pop rbp",
@@ -87,12 +97,31 @@ global_asm!(
     "    pop r13",
     "    pop r14",
     "    pop r15",
+    "    cmp qword ptr [rsp], 0",
+    "    je 2f",
+    "    popfq",
+    "    jmp 3f",
+    "2:",
+    "    lea rsp, [rsp + 8]",
+    "3:",
     "    pop rsp",
     "    lea rsp, [rsp + 8]",
-    "    jmp rcx",
+    "    jmp qword ptr gs:[48]",
     "",
     // A new thread's first run: its kernel stack holds a `SyscallFrame` whose %rcx is where `clone` returns to and
     // whose user %rsp is one word below the stack `clone` was given; it returns 0 from `clone`.
+    // The VMM resumes a vCPU here after the program faulted, with the fault in its `FaultRecord`: the program's
+    // registers are in the record, none of them is needed here. The thread's library OS stack is empty (the program
+    // was running), so a frame for the way out is built on it.
+    ".globl kiln_fault_entry",
+    "kiln_fault_entry:",
+    "    mov rsp, gs:[8]",
+    "    sub rsp, {frame_size}",
+    "    cld",
+    "    mov rdi, rsp",
+    "    call {fault}",
+    "    jmp kiln_syscall_return",
+    "",
     ".globl kiln_thread_start",
     "kiln_thread_start:",
     "    xor eax, eax",
@@ -100,6 +129,8 @@ global_asm!(
     main = sym crate::kiln_main,
     secondary = sym crate::kiln_secondary_main,
     dispatch = sym crate::syscalls::dispatch,
+    fault = sym crate::fault::entered,
+    frame_size = const core::mem::size_of::<SyscallFrame>(),
 );
 
 /// Starts the program with Linux's initial register state: all zero but %rsp.

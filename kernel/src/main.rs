@@ -9,6 +9,7 @@ extern crate alloc;
 mod cpu;
 mod entry;
 mod errno;
+mod fault;
 mod file;
 mod heap;
 mod hypercall;

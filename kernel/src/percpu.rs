@@ -24,6 +24,8 @@ pub struct PerCpu {
     pub id: usize,
     /// Slot in the thread table of the thread this vCPU runs.
     pub thread: usize,
+    /// Where the way out of the library OS jumps to (offset 48): written right before the jump.
+    pub resume_rip: u64,
 }
 
 struct Slot(UnsafeCell<PerCpu>);
@@ -31,7 +33,15 @@ struct Slot(UnsafeCell<PerCpu>);
 unsafe impl Sync for Slot {}
 
 static CPUS: [Slot; MAX_CPUS] = [const {
-    Slot(UnsafeCell::new(PerCpu { user_rsp: 0, kernel_stack_top: 0, hypercall_block: 0, frame: 0, id: 0, thread: 0 }))
+    Slot(UnsafeCell::new(PerCpu {
+        user_rsp: 0,
+        kernel_stack_top: 0,
+        hypercall_block: 0,
+        frame: 0,
+        id: 0,
+        thread: 0,
+        resume_rip: 0,
+    }))
 }; MAX_CPUS];
 
 /// Sets up vCPU `id`'s slot and points its GS base at it. Each vCPU runs this once, first.

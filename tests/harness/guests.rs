@@ -56,6 +56,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("waiter", "waiter.c", Link::Static),
     ("churn", "churn.c", Link::Static),
     ("mprotect", "mprotect.c", Link::Static),
+    ("faults", "faults.c", Link::Static),
 ];
 
 /// The binaries of tests/guests/rust (each `src/bin/NAME.rs`).

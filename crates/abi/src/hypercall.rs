@@ -43,6 +43,9 @@ pub enum Hypercall {
     /// The library OS changed page-table entries that were present (mprotect): before this returns, every vCPU has
     /// dropped the translations it cached, so that none uses the old permissions. ret: 0.
     FlushTlb = 8,
+    /// The program's fault in the vCPU's [`FaultRecord`] cannot go to a handler (none installed, or the signal is
+    /// blocked or ignored): the program dies of it, with the crash report the VMM made. Does not return.
+    FaultUnhandled = 9,
 }
 
 impl Hypercall {
@@ -56,6 +59,7 @@ impl Hypercall {
             6 => Self::Deadlock,
             7 => Self::Kick,
             8 => Self::FlushTlb,
+            9 => Self::FaultUnhandled,
             _ => return None,
         })
     }
@@ -66,6 +70,48 @@ impl Hypercall {
 pub struct HypercallBlock {
     pub args: [u64; 6],
     pub ret: i64,
+}
+
+/// Where in a vCPU's hypercall block page the VMM writes the [`FaultRecord`] of the program's fault before it
+/// resumes the vCPU at the library OS's `kiln_fault_entry`.
+pub const FAULT_RECORD_OFFSET: u64 = 512;
+
+/// A fault (exception) of the program, as the VMM diagnosed it, and the registers at the faulting instruction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultRecord {
+    pub signal: u64,
+    /// `si_code` as Linux sets it (SEGV_MAPERR, SEGV_ACCERR, ILL_ILLOPN, FPE_INTDIV, SI_KERNEL).
+    pub code: i64,
+    /// `si_addr`: the address accessed for SIGSEGV, the instruction's for the others.
+    pub addr: u64,
+    /// The x86 exception vector (14 for a page fault) and its error code, as `ucontext`'s `trapno` and `err`.
+    pub trapno: u64,
+    pub error: u64,
+    pub regs: FaultRegs,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultRegs {
+    pub rax: u64,
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub rbp: u64,
+    pub rsp: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+    pub rip: u64,
+    pub rflags: u64,
 }
 
 /// A guest-physical byte range.

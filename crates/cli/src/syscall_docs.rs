@@ -28,7 +28,11 @@ const NOTES: &[(u64, &str)] = &[
     ),
     (10, "partial: no NX (PROT_EXEC is not enforced); each change of a page that was accessible costs a VM exit"),
     (11, "partial: unmapped memory stays accessible (zeroed) until it is mapped again"),
-    (13, "partial: handlers run at the target thread's next syscall exit (no interrupts); SA_RESTART for read, write, readv, writev, futex"),
+    (
+        13,
+        "partial: a sent signal's handler runs at the target thread's next syscall exit (no interrupts), a fault's at \
+          once; SA_RESTART for read, write, readv, writev, futex",
+    ),
     (34, "partial: as on Linux; a program waiting here is never reported as deadlocked"),
     (16, "partial: FIONBIO, FIONREAD; no descriptor is a terminal (ENOTTY)"),
     (4, "partial: no symbolic links exist, so stat and lstat agree"),

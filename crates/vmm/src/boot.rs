@@ -74,6 +74,9 @@ pub struct BootState {
     pub stack_bottom: u64,
     /// The host-signal page (`BootInfo::host_signals_phys`).
     pub host_signals_phys: u64,
+    /// `kiln_fault_entry` (0 if the library OS has none) and the library OS's address range.
+    pub fault_entry: u64,
+    pub kernel_span: std::ops::Range<u64>,
     pub program: LoadedProgram,
 }
 
@@ -224,6 +227,8 @@ pub fn build(
         stats_phys: kernel.stats_phys,
         stack_bottom,
         host_signals_phys: host_signals,
+        fault_entry: kernel.fault_entry,
+        kernel_span: kernel.span.clone(),
         program: loaded,
     })
 }

@@ -1,9 +1,11 @@
-//! Turns a dead vCPU into the crash report a user reads: which signal Linux would have sent and why. Our hosts do not
-//! tell us the exception vector (see `arch/host.rs`), so the report is derived from the vCPU state: the instruction at
-//! %rip is decoded and its memory operands are checked against the page tables.
+//! Turns a faulted vCPU into what Linux would have sent: which signal, why, `si_code` and `si_addr`. Our hosts do not
+//! tell us the exception vector (see `arch/host.rs`), so it is derived from the vCPU state: the instruction at %rip is
+//! decoded and its memory operands are checked against the page tables. The result goes to a handler of the
+//! program's if it has one (as a [`FaultRecord`]), else it is the crash report the user reads.
 
 use crate::memory::GuestRam;
 use iced_x86::{Decoder, DecoderOptions, Instruction, InstructionInfoFactory, Mnemonic, OpAccess, Register};
+use kiln_abi::hypercall::{FaultRecord, FaultRegs};
 use kiln_abi::layout::{STACK_TOP, SYSCALL_TRAP_VADDR, TRAMPOLINE_SECOND_JUMP};
 use kiln_abi::paging;
 use kvm_bindings::{kvm_regs, kvm_sregs};
@@ -36,6 +38,61 @@ pub struct CrashReport {
     pub reason: String,
     pub rip: u64,
     pub rsp: u64,
+    /// What a handler of the program's would be told; None for what no handler may see (SIGSYS from Kiln's
+    /// trampoline).
+    pub fault: Option<FaultInfo>,
+}
+
+/// A fault as Linux describes it to a signal handler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FaultInfo {
+    /// `si_code`.
+    pub code: i64,
+    /// `si_addr`.
+    pub addr: u64,
+    /// The exception vector and error code (`ucontext`'s `trapno` and `err`).
+    pub trapno: u64,
+    pub error: u64,
+    /// Where the program resumes if the handler returns: the faulting instruction, or the one after a breakpoint.
+    pub resume_rip: u64,
+}
+
+const SEGV_MAPERR: i64 = 1;
+const SEGV_ACCERR: i64 = 2;
+const ILL_ILLOPC: i64 = 1;
+const ILL_ILLOPN: i64 = 2;
+const FPE_INTDIV: i64 = 1;
+const SI_KERNEL: i64 = 0x80;
+const TRAP_DIVIDE: u64 = 0;
+const TRAP_BREAKPOINT: u64 = 3;
+const TRAP_INVALID_OPCODE: u64 = 6;
+const TRAP_GENERAL_PROTECTION: u64 = 13;
+const TRAP_PAGE_FAULT: u64 = 14;
+/// Page-fault error code bits.
+const PF_PRESENT: u64 = 1;
+const PF_WRITE: u64 = 2;
+const PF_USER: u64 = 4;
+const PF_FETCH: u64 = 16;
+
+impl CrashReport {
+    fn with_fault(mut self, code: i64, addr: u64, trapno: u64, error: u64) -> Self {
+        self.fault = Some(FaultInfo { code, addr, trapno, error, resume_rip: self.rip });
+        self
+    }
+
+    fn resuming_at(mut self, rip: u64) -> Self {
+        if let Some(f) = &mut self.fault {
+            f.resume_rip = rip;
+        }
+        self
+    }
+
+    /// A page fault at `addr`: SEGV_ACCERR where a page is mapped but does not allow the access.
+    fn page_fault(self, addr: u64, present: bool, error: u64) -> Self {
+        let code = if present { SEGV_ACCERR } else { SEGV_MAPERR };
+        let present_bit = if present { PF_PRESENT } else { 0 };
+        self.with_fault(code, addr, TRAP_PAGE_FAULT, error | present_bit | PF_USER)
+    }
 }
 
 impl std::fmt::Display for CrashReport {
@@ -118,7 +175,7 @@ fn called_from_syscall_site(ram: &GuestRam, layout: &GuestLayout, regs: &kvm_reg
 
 pub fn diagnose(ram: &GuestRam, layout: &GuestLayout, how: &str, regs: &kvm_regs, sregs: &kvm_sregs) -> CrashReport {
     let pml4 = layout.pml4;
-    let report = |signal, reason: String, rip| CrashReport { signal, reason, rip, rsp: regs.rsp };
+    let report = |signal, reason: String, rip| CrashReport { signal, reason, rip, rsp: regs.rsp, fault: None };
     // An unrewritten `syscall` ends at LSTAR (or runs the trap page there); %rcx holds the address after it.
     let at_trap = (SYSCALL_TRAP_VADDR..SYSCALL_TRAP_VADDR + 16).contains(&regs.rip);
     if how == "unrewritten syscall" || at_trap {
@@ -132,7 +189,8 @@ pub fn diagnose(ram: &GuestRam, layout: &GuestLayout, how: &str, regs: &kvm_regs
         );
     }
     let pt = Ram(ram);
-    let executable = paging::translate(&pt, pml4, regs.rip).is_some_and(|t| t.user);
+    let fetched = paging::translate(&pt, pml4, regs.rip);
+    let executable = fetched.is_some_and(|t| t.user);
     if !executable && called_from_syscall_site(ram, layout, regs) {
         // `call *%rax` with a number past the trampoline page: Linux would answer -ENOSYS.
         return report(
@@ -145,20 +203,33 @@ pub fn diagnose(ram: &GuestRam, layout: &GuestLayout, how: &str, regs: &kvm_regs
         );
     }
     if !executable {
-        return report(Signal::Sigsegv, format!("page fault executing {:#x}", regs.rip), regs.rip);
+        return report(Signal::Sigsegv, format!("page fault executing {:#x}", regs.rip), regs.rip).page_fault(
+            regs.rip,
+            fetched.is_some(),
+            PF_FETCH,
+        );
     }
     let code = code_at(ram, pml4, regs.rip);
     let mut decoder = Decoder::with_ip(64, &code, regs.rip, DecoderOptions::NONE);
     let instr: Instruction = decoder.decode();
     if instr.is_invalid() {
-        return report(Signal::Sigill, "invalid instruction".into(), regs.rip);
+        let r = report(Signal::Sigill, "invalid instruction".into(), regs.rip);
+        return r.with_fault(ILL_ILLOPC, regs.rip, TRAP_INVALID_OPCODE, 0);
     }
     match instr.mnemonic() {
         Mnemonic::Ud0 | Mnemonic::Ud1 | Mnemonic::Ud2 => {
-            return report(Signal::Sigill, "ud2: the program aborted".into(), regs.rip)
+            let r = report(Signal::Sigill, "ud2: the program aborted".into(), regs.rip);
+            return r.with_fault(ILL_ILLOPN, regs.rip, TRAP_INVALID_OPCODE, 0);
         }
-        Mnemonic::Int3 => return report(Signal::Sigtrap, "breakpoint".into(), regs.rip),
-        Mnemonic::Div | Mnemonic::Idiv => return report(Signal::Sigfpe, "integer divide error".into(), regs.rip),
+        Mnemonic::Int3 => {
+            // A trap, not a fault: the program resumes after the instruction.
+            let r = report(Signal::Sigtrap, "breakpoint".into(), regs.rip);
+            return r.with_fault(SI_KERNEL, 0, TRAP_BREAKPOINT, 0).resuming_at(instr.next_ip());
+        }
+        Mnemonic::Div | Mnemonic::Idiv => {
+            let r = report(Signal::Sigfpe, "integer divide error".into(), regs.rip);
+            return r.with_fault(FPE_INTDIV, regs.rip, TRAP_DIVIDE, 0);
+        }
         _ => {}
     }
     let mut factory = InstructionInfoFactory::new();
@@ -170,12 +241,14 @@ pub fn diagnose(ram: &GuestRam, layout: &GuestLayout, how: &str, regs: &kvm_regs
             OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite
         );
         let verb = if writes { "writing" } else { "reading" };
+        let error = if writes { PF_WRITE } else { 0 };
         if !paging::is_lower_canonical(addr) && addr < 0xffff_8000_0000_0000 {
             return report(
                 Signal::Sigsegv,
                 format!("general protection fault: non-canonical address {addr:#x}"),
                 regs.rip,
-            );
+            )
+            .with_fault(SI_KERNEL, 0, TRAP_GENERAL_PROTECTION, 0);
         }
         let end = addr.saturating_add(u64::from(mem.memory_size().size().max(1) as u32) - 1);
         for a in [addr, end] {
@@ -186,7 +259,8 @@ pub fn diagnose(ram: &GuestRam, layout: &GuestLayout, how: &str, regs: &kvm_regs
                         Signal::Sigsegv,
                         format!("stack overflow: page fault {verb} {a:#x}, below the {} KiB main stack", size >> 10),
                         regs.rip,
-                    );
+                    )
+                    .page_fault(a, false, error);
                 }
                 // Just below the stack pointer, where a thread's stack meets its guard page.
                 None if a < regs.rsp && regs.rsp - a <= STACK_NEAR => {
@@ -194,25 +268,75 @@ pub fn diagnose(ram: &GuestRam, layout: &GuestLayout, how: &str, regs: &kvm_regs
                         Signal::Sigsegv,
                         format!("stack overflow: page fault {verb} {a:#x}, just below the stack pointer"),
                         regs.rip,
-                    );
+                    )
+                    .page_fault(a, false, error);
                 }
-                None => return report(Signal::Sigsegv, format!("page fault {verb} {a:#x}"), regs.rip),
-                Some(t) if !t.user => return report(Signal::Sigsegv, format!("page fault {verb} {a:#x}"), regs.rip),
+                None => {
+                    let r = report(Signal::Sigsegv, format!("page fault {verb} {a:#x}"), regs.rip);
+                    return r.page_fault(a, false, error);
+                }
+                Some(t) if !t.user => {
+                    let r = report(Signal::Sigsegv, format!("page fault {verb} {a:#x}"), regs.rip);
+                    return r.page_fault(a, true, error);
+                }
                 Some(t) if writes && !t.writable => {
-                    return report(Signal::Sigsegv, format!("page fault writing {a:#x}"), regs.rip)
+                    let r = report(Signal::Sigsegv, format!("page fault writing {a:#x}"), regs.rip);
+                    return r.page_fault(a, true, error);
                 }
                 Some(_) => {}
             }
         }
     }
     if instr.mnemonic() == Mnemonic::Hlt || matches!(instr.mnemonic(), Mnemonic::Cli | Mnemonic::Sti | Mnemonic::In) {
-        return report(Signal::Sigsegv, format!("privileged instruction {}", instr.mnemonic_str()), regs.rip);
+        let r = report(Signal::Sigsegv, format!("privileged instruction {}", instr.mnemonic_str()), regs.rip);
+        return r.with_fault(SI_KERNEL, 0, TRAP_GENERAL_PROTECTION, 0);
+    }
+    // Nothing at %rip faults: a trap ended the instruction before it, and `int3` is the one a program uses.
+    let before = regs.rip.checked_sub(1).map(|at| code_at(ram, pml4, at));
+    if before.is_some_and(|code| code.first() == Some(&INT3)) {
+        let r = report(Signal::Sigtrap, "breakpoint".into(), regs.rip - 1);
+        return r.with_fault(SI_KERNEL, 0, TRAP_BREAKPOINT, 0).resuming_at(regs.rip);
     }
     report(
         Signal::Sigsegv,
         format!("general protection fault in {} ({how}; cr2 {:#x})", instr.mnemonic_str(), sregs.cr2),
         regs.rip,
     )
+    .with_fault(SI_KERNEL, 0, TRAP_GENERAL_PROTECTION, 0)
+}
+
+const INT3: u8 = 0xcc;
+
+/// The record the library OS's `kiln_fault_entry` reads: the fault and the registers it happened with.
+pub fn record(signal: Signal, fault: &FaultInfo, regs: &kvm_regs) -> FaultRecord {
+    let r = regs;
+    FaultRecord {
+        signal: signal as u64,
+        code: fault.code,
+        addr: fault.addr,
+        trapno: fault.trapno,
+        error: fault.error,
+        regs: FaultRegs {
+            rax: r.rax,
+            rbx: r.rbx,
+            rcx: r.rcx,
+            rdx: r.rdx,
+            rsi: r.rsi,
+            rdi: r.rdi,
+            rbp: r.rbp,
+            rsp: r.rsp,
+            r8: r.r8,
+            r9: r.r9,
+            r10: r.r10,
+            r11: r.r11,
+            r12: r.r12,
+            r13: r.r13,
+            r14: r.r14,
+            r15: r.r15,
+            rip: fault.resume_rip,
+            rflags: r.rflags,
+        },
+    }
 }
 
 trait MnemonicStr {

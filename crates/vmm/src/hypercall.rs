@@ -18,6 +18,8 @@ pub enum Action {
     Deadlocked(u64),
     /// Every vCPU must drop its cached translations; then the caller gets [`answer`]ed.
     FlushTlb,
+    /// The program's fault has no handler: it dies of it.
+    FaultUnhandled,
     Stop(String),
 }
 
@@ -87,6 +89,7 @@ pub fn handle(ram: &GuestRam, block: u64, nr: u32, console: &dyn Console, cpu: u
             None => return Action::Stop(format!("the guest kicked vCPU {}, which does not exist", args[0])),
         },
         Some(Hypercall::FlushTlb) => return Action::FlushTlb,
+        Some(Hypercall::FaultUnhandled) => return Action::FaultUnhandled,
         None => return Action::Stop(format!("the guest made an unknown hypercall {nr}")),
     };
     answer(ram, block, ret)

@@ -12,7 +12,7 @@ use crate::park::Parker;
 use crate::rewrite::RewriteReport;
 use crate::rewrite_cache::RewriteCache;
 use crate::shootdown::Shootdown;
-use kiln_abi::hypercall::{HYPERCALL_PORT, UNREWRITTEN_SYSCALL_PORT};
+use kiln_abi::hypercall::{FaultRecord, FAULT_RECORD_OFFSET, HYPERCALL_PORT, UNREWRITTEN_SYSCALL_PORT};
 use kiln_abi::layout::{direct_map, HUGE_PAGE_SIZE, SYSCALL_TRAP_VADDR};
 use kvm_bindings::{kvm_userspace_memory_region, Msrs, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
@@ -125,6 +125,9 @@ struct Shared {
     exits: AtomicU64,
     pml4: u64,
     stack_bottom: u64,
+    /// `kiln_fault_entry`, 0 if the library OS has none, and where the library OS's code lies.
+    fault_entry: u64,
+    kernel_span: std::ops::Range<u64>,
     /// Rewritten syscall sites, sorted, for crash reports.
     syscall_sites: Vec<u64>,
 }
@@ -279,6 +282,8 @@ impl Vm {
             exits: AtomicU64::new(0),
             pml4: boot.pml4,
             stack_bottom: boot.stack_bottom,
+            fault_entry: boot.fault_entry,
+            kernel_span: boot.kernel_span.clone(),
             syscall_sites,
         });
         Ok(Vm { _kvm: kvm, _vm: vm, vcpus, shared, boot })
@@ -361,6 +366,8 @@ fn run_vcpu(
     console: &dyn Console,
 ) -> Result<Outcome, VmError> {
     shared.tlb.register(id);
+    // The fault the library OS is deciding about (whether the program has a handler for it).
+    let mut pending_fault: Option<CrashReport> = None;
     loop {
         if shared.done.load(Ordering::SeqCst) {
             return Ok(Outcome::Stopped("another vCPU ended the VM".into()));
@@ -385,6 +392,10 @@ fn run_vcpu(
                 }
                 match action {
                     Action::Resume | Action::FlushTlb => continue,
+                    Action::FaultUnhandled => match pending_fault.take() {
+                        Some(report) => Outcome::Crashed(report),
+                        None => Outcome::Stopped("the library OS reported a fault that did not happen".into()),
+                    },
                     Action::Exit(code) => Outcome::Exited(code),
                     Action::Killed(signal) => Outcome::Killed(signal),
                     Action::Deadlocked(threads) => Outcome::Deadlocked(threads),
@@ -397,12 +408,42 @@ fn run_vcpu(
             VcpuExit::IoOut(port, _) | VcpuExit::IoIn(port, _) => {
                 Outcome::Stopped(format!("the guest used I/O port {port:#x}, which Kiln does not provide"))
             }
-            VcpuExit::Shutdown => Outcome::Crashed(crash(&vcpu, shared, "shutdown")),
+            VcpuExit::Shutdown => {
+                let report = crash(&vcpu, shared, "shutdown");
+                if to_fault_entry(&vcpu, shared, block, &report)? {
+                    pending_fault = Some(report);
+                    continue;
+                }
+                Outcome::Crashed(report)
+            }
             VcpuExit::Hlt => Outcome::Crashed(crash(&vcpu, shared, "hlt")),
             other => Outcome::Stopped(format!("vCPU {id} stopped unexpectedly ({other:?})")),
         };
         return Ok(outcome);
     }
+}
+
+/// Hands the program's fault to the library OS, which runs the program's handler for it if it has one: writes the
+/// fault next to the vCPU's hypercall block (`block`) and resumes the vCPU at `kiln_fault_entry`. Returns false,
+/// changing nothing, for a fault no handler may see or one in the library OS itself.
+fn to_fault_entry(vcpu: &VcpuFd, shared: &Shared, block: u64, report: &CrashReport) -> Result<bool, VmError> {
+    let regs = vcpu.get_regs().map_err(kvm_err("read registers"))?;
+    let Some(fault) = &report.fault else { return Ok(false) };
+    if shared.fault_entry == 0 || shared.kernel_span.contains(&regs.rip) {
+        return Ok(false);
+    }
+    let record = fault::record(report.signal, fault, &regs);
+    // SAFETY: FaultRecord is repr(C) and made of u64/i64 fields only (no padding), so all its bytes are initialised.
+    let bytes = unsafe {
+        std::slice::from_raw_parts((&record as *const FaultRecord).cast::<u8>(), std::mem::size_of::<FaultRecord>())
+    };
+    let page = block & !(kiln_abi::layout::PAGE_SIZE - 1);
+    if shared.ram.write(page + FAULT_RECORD_OFFSET, bytes).is_err() {
+        return Ok(false);
+    }
+    let entry = kvm_bindings::kvm_regs { rip: shared.fault_entry, rsp: regs.rsp, rflags: 0x2, ..Default::default() };
+    vcpu.set_regs(&entry).map_err(kvm_err("set registers"))?;
+    Ok(true)
 }
 
 fn crash(vcpu: &VcpuFd, shared: &Shared, how: &'static str) -> CrashReport {

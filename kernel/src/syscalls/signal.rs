@@ -3,7 +3,8 @@
 //! EINTR) and delivered when that thread next leaves a syscall: `deliver` builds Linux's x86-64 signal frame on its
 //! stack (or alternate stack) and the syscall "returns" into the handler; `rt_sigreturn` restores what the frame
 //! saved. Default actions end the program (128 + n) or are ignored. A thread computing without syscalls sees its
-//! signal at its next syscall (there are no interrupts). Faults end the VM instead (see the VMM's crash report).
+//! signal at its next syscall (there are no interrupts). A fault goes to the program's handler when the VMM can resume
+//! the vCPU after it (`crate::fault`); without a handler the VM ends with the VMM's crash report.
 
 use super::{Args, PID};
 use crate::entry::SyscallFrame;
@@ -209,28 +210,44 @@ const INFO: u64 = UC_SIGMASK + 8;
 const FRAME_SIZE: u64 = INFO + 128;
 const FPSTATE_SIZE: u64 = 512;
 const RED_ZONE: u64 = 128;
+/// CF, PF, AF, ZF, SF, DF, OF.
+const RESTORED_FLAGS: u64 = 0xcd5;
 
-/// Registers in `struct sigcontext` order.
-fn gregs(f: &SyscallFrame, rax: u64, rip: u64, rsp: u64) -> [u64; 23] {
+/// What the handler's `siginfo` says beyond the signal number: who sent it, or which fault raised it.
+#[derive(Clone, Copy)]
+enum Cause {
+    /// kill, tkill, tgkill, or the library OS (SIGPIPE): the `si_code` of the send.
+    Sent(i32),
+    Fault(Fault),
+}
+
+/// A fault of the program's, as `crate::fault` hands it over.
+#[derive(Clone, Copy)]
+pub struct Fault {
+    pub code: i32,
+    pub addr: u64,
+    pub trapno: u64,
+    pub error: u64,
+}
+
+/// Registers in `struct sigcontext` order, then err, trapno, oldmask, cr2.
+fn gregs(f: &SyscallFrame, rax: u64, rip: u64, rsp: u64, cause: Cause) -> [u64; 23] {
     let [rdi, rsi, rdx, r10, r8, r9] = f.args;
+    let eflags = if f.rflags != 0 { f.rflags } else { 0x2 };
+    let (error, trapno, cr2) = match cause {
+        Cause::Fault(fault) => (fault.error, fault.trapno, fault.addr),
+        Cause::Sent(_) => (0, 0, 0),
+    };
     [
-        r8, r9, r10, f.r11, f.r12, f.r13, f.r14, f.r15, rdi, rsi, f.rbp, f.rbx, rdx, rax, rip, rsp, rip, 0x2,
-        0x2b_0033, 0, 0, 0, 0,
+        r8, r9, r10, f.r11, f.r12, f.r13, f.r14, f.r15, rdi, rsi, f.rbp, f.rbx, rdx, rax, f.user_rcx, rsp, rip, eflags,
+        0x2b_0033, error, trapno, 0, cr2,
     ]
 }
 
 /// Delivers the current thread's pending signal `sig` as it leaves a syscall whose result is `ret`: builds the frame
 /// and points `frame` at the handler. Returns what the program's %rax should be now.
 pub fn deliver(frame: &mut SyscallFrame, sig: u32, ret: i64) -> i64 {
-    let slot = (sig - 1) as usize;
-    let (action, code) = {
-        let mut s = state();
-        let action = s.actions[slot];
-        if action.flags & SA_RESETHAND != 0 && action.handler > SIG_IGN {
-            s.actions[slot] = SigAction::default();
-        }
-        (action, s.codes[slot])
-    };
+    let (action, code) = take_action(sig);
     match action.handler {
         SIG_IGN => return ret,
         SIG_DFL if default_is_ignore(u64::from(sig)) => return ret,
@@ -246,25 +263,68 @@ pub fn deliver(frame: &mut SyscallFrame, sig: u32, ret: i64) -> i64 {
         rip -= 2;
         ret = frame.nr as i64;
     }
+    let restore = sched::take_saved_blocked().unwrap_or_else(sched::blocked_signals);
+    if enter_handler(frame, sig, &action, Cause::Sent(code), ret, rip, rsp, restore).is_err() {
+        // No room for the frame: Linux kills the program with SIGSEGV.
+        hypercall::exit(128 + 11, 11);
+    }
+    0
+}
+
+/// The disposition of `sig` and the `si_code` of its last send; a one-shot handler (SA_RESETHAND) is used up.
+fn take_action(sig: u32) -> (SigAction, i32) {
+    let slot = (sig - 1) as usize;
+    let mut s = state();
+    let action = s.actions[slot];
+    if action.flags & SA_RESETHAND != 0 && action.handler > SIG_IGN {
+        s.actions[slot] = SigAction::default();
+    }
+    (action, s.codes[slot])
+}
+
+/// Runs the program's handler for the fault it made, whose registers `frame` holds (the faulting instruction in `rcx`,
+/// the stack pointer minus 8 in `user_rsp`) but for %rax, which is `rax`. Returns None, changing nothing, when the fault cannot go to a handler:
+/// none is installed, or the signal is blocked (Linux then kills the program), or the frame does not fit.
+pub fn deliver_fault(frame: &mut SyscallFrame, sig: u32, fault: Fault, rax: u64) -> Option<i64> {
+    let blocked = sched::blocked_signals();
+    let action = state().actions[(sig - 1) as usize];
+    if action.handler <= SIG_IGN || action.flags & SA_RESTORER == 0 || blocked & (1 << (sig - 1)) != 0 {
+        return None;
+    }
+    let (action, _) = take_action(sig);
+    let (rip, rsp) = (frame.rcx, frame.user_rsp.wrapping_add(8));
+    enter_handler(frame, sig, &action, Cause::Fault(fault), rax as i64, rip, rsp, blocked).ok()?;
+    Some(0)
+}
+
+/// Builds the signal frame for `sig` (the program to resume at `rip` with `rsp` and %rax = `rax`, mask `restore`)
+/// and points `frame` at the handler, with the handler's mask in force.
+#[allow(clippy::too_many_arguments, reason = "the state one frame saves")]
+fn enter_handler(
+    frame: &mut SyscallFrame,
+    sig: u32,
+    action: &SigAction,
+    cause: Cause,
+    rax: i64,
+    rip: u64,
+    rsp: u64,
+    restore: u64,
+) -> Result<(), Errno> {
     let alt = sched::altstack();
     let on_alt = alt.flags & SS_DISABLE == 0 && (alt.sp..alt.sp + alt.size).contains(&rsp);
     let top = if action.flags & SA_ONSTACK != 0 && alt.flags & SS_DISABLE == 0 && !on_alt {
         alt.sp + alt.size
     } else {
-        rsp - RED_ZONE
+        rsp.wrapping_sub(RED_ZONE)
     };
-    let fpstate = (top - FPSTATE_SIZE) & !63;
+    let fpstate = (top.wrapping_sub(FPSTATE_SIZE)) & !63;
     // At the handler's first instruction %rsp + 8 is 16-byte aligned, as after a call.
-    let at = ((fpstate - FRAME_SIZE) & !15) - 8;
-    // The handler runs with the current mask plus its own; sigreturn gives back what the program had (for
-    // sigsuspend: the mask from before the call).
-    let blocked = sched::blocked_signals();
-    let restore = sched::take_saved_blocked().unwrap_or(blocked);
-    if write_frame(frame, at, fpstate, &action, sig, code, ret, rip, rsp, restore, alt, on_alt).is_err() {
-        // No room for the frame: Linux kills the program with SIGSEGV.
-        hypercall::exit(128 + 11, 11);
-    }
-    let mut mask = blocked | action.mask;
+    let at = ((fpstate.wrapping_sub(FRAME_SIZE)) & !15).wrapping_sub(8);
+    let stack = StackT { flags: if on_alt { SS_ONSTACK } else { alt.flags }, ..alt };
+    write_frame(at, fpstate, action.restorer, sig, cause, gregs(frame, rax as u64, rip, rsp, cause), restore, stack)?;
+    // The handler runs with the mask the program had plus its own; sigreturn gives back `restore` (for sigsuspend:
+    // the mask from before the call).
+    let mut mask = sched::blocked_signals() | action.mask;
     if action.flags & SA_NODEFER == 0 {
         mask |= 1 << (sig - 1);
     }
@@ -274,40 +334,45 @@ pub fn deliver(frame: &mut SyscallFrame, sig: u32, ret: i64) -> i64 {
     frame.args[2] = at + UC;
     frame.rcx = action.handler;
     frame.user_rsp = at - 8;
-    0
+    // Flags as a function call expects them (DF clear); the interrupted ones are in the frame.
+    frame.rflags = 0x2;
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments, reason = "the parts of one frame, laid out in one place")]
 fn write_frame(
-    frame: &SyscallFrame,
     at: u64,
     fpstate: u64,
-    action: &SigAction,
+    restorer: u64,
     sig: u32,
-    code: i32,
-    ret: i64,
-    rip: u64,
-    rsp: u64,
+    cause: Cause,
+    gregs: [u64; 23],
     blocked: u64,
-    alt: StackT,
-    on_alt: bool,
+    stack: StackT,
 ) -> Result<(), Errno> {
-    user::check(at, fpstate + FPSTATE_SIZE - at, true)?;
+    user::check(at, fpstate.wrapping_add(FPSTATE_SIZE).wrapping_sub(at), true)?;
     // SAFETY: the 512 bytes at `fpstate` are the program's, writable (checked above) and 64-byte aligned; fxsave
-    // stores the x87/SSE state the program had at the syscall (the library OS itself never touches it).
+    // stores the x87/SSE state the program had at the syscall or fault (the library OS itself never touches it).
     unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) fpstate, options(nostack)) };
-    user::write(at, action.restorer)?;
+    user::write(at, restorer)?;
     user::write(at + UC, [0u64, 0])?;
-    let stack = StackT { flags: if on_alt { SS_ONSTACK } else { alt.flags }, ..alt };
     user::write(at + UC_STACK, stack)?;
-    user::write(at + UC_MCONTEXT, gregs(frame, ret as u64, rip, rsp))?;
+    user::write(at + UC_MCONTEXT, gregs)?;
     user::write(at + UC_MCONTEXT + 23 * 8, fpstate)?;
     user::write(at + UC_MCONTEXT + 24 * 8, [0u64; 8])?;
     user::write(at + UC_SIGMASK, blocked)?;
     let mut info = [0u8; 128];
     info[..4].copy_from_slice(&(sig as i32).to_le_bytes());
-    info[8..12].copy_from_slice(&code.to_le_bytes());
-    info[16..20].copy_from_slice(&(PID as i32).to_le_bytes());
+    match cause {
+        Cause::Sent(code) => {
+            info[8..12].copy_from_slice(&code.to_le_bytes());
+            info[16..20].copy_from_slice(&(PID as i32).to_le_bytes());
+        }
+        Cause::Fault(fault) => {
+            info[8..12].copy_from_slice(&fault.code.to_le_bytes());
+            info[16..24].copy_from_slice(&fault.addr.to_le_bytes());
+        }
+    }
     user::write_bytes(at + INFO, &info)
 }
 
@@ -323,10 +388,13 @@ pub fn rt_sigreturn(frame: &mut SyscallFrame) -> i64 {
         unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) fpstate, options(nostack)) };
     }
     sched::set_blocked_signals(mask & !UNBLOCKABLE);
-    let [r8, r9, r10, r11, r12, r13, r14, r15, rdi, rsi, rbp, rbx, rdx, rax, _rcx, rsp, rip, ..] = g;
+    let [r8, r9, r10, r11, r12, r13, r14, r15, rdi, rsi, rbp, rbx, rdx, rax, rcx, rsp, rip, eflags, ..] = g;
     frame.args = [rdi, rsi, rdx, r10, r8, r9];
     (frame.r11, frame.r12, frame.r13, frame.r14, frame.r15, frame.rbp, frame.rbx) = (r11, r12, r13, r14, r15, rbp, rbx);
     frame.rcx = rip;
+    frame.user_rcx = rcx;
+    // The arithmetic flags and DF: the program's own. Nothing that changes how the CPU runs it (TF, AC, IOPL).
+    frame.rflags = (eflags & RESTORED_FLAGS) | 0x2;
     frame.user_rsp = rsp.wrapping_sub(8);
     rax as i64
 }

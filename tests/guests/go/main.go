@@ -1,5 +1,6 @@
-// A Go program on Kiln: goroutines, channels, sync.WaitGroup, time.Sleep, maps, GOMAXPROCS(2) and os.ReadFile, built
-// with CGO_ENABLED=0. Prints a summary and exits 0 when every result is right.
+// A Go program on Kiln: goroutines, channels, sync.WaitGroup, time.Sleep, maps, GOMAXPROCS(2), os.ReadFile, and a nil
+// pointer write that the runtime's SIGSEGV handler turns into a recovered panic, built with CGO_ENABLED=0. Prints a
+// summary and exits 0 when every result is right.
 package main
 
 import (
@@ -39,7 +40,23 @@ func main() {
 	slept := time.Since(start) >= 20*time.Millisecond
 	data, err := os.ReadFile("/etc/hosts")
 	fmt.Printf("go: sum=%d keys=%d slept=%v hosts=%v err=%v\n", sum, len(m), slept, len(data) > 0, err)
-	if sum != 328350 || len(m) != 100 || !slept || err != nil {
+	recovered := nilWrite()
+	fmt.Printf("go: recovered %q\n", recovered)
+	if sum != 328350 || len(m) != 100 || !slept || err != nil || recovered == "" {
 		os.Exit(1)
 	}
+}
+
+var target *int
+
+// nilWrite writes through a nil pointer (a write: on Kiln, page 0 holds the syscall trampoline and reads from it do
+// not fault) and returns the panic that the write became.
+func nilWrite() (recovered string) {
+	defer func() {
+		if r := recover(); r != nil {
+			recovered = fmt.Sprint(r)
+		}
+	}()
+	*target = 1
+	return ""
 }

@@ -6,6 +6,11 @@
 //! two events end in a triple fault too, because the IDT is empty, except that an unrewritten `syscall` runs the trap
 //! page at CPL 0 and reports itself through `UNREWRITTEN_SYSCALL_PORT`.
 //!
+//! A vCPU that shut down this way can be run again: KVM leaves its state as it was, so the VMM sets new registers and
+//! resumes it in the library OS, which runs the program's handler for the fault (`crate::fault`, `vm.rs`). After a
+//! trap-type exception (`int3`) %rip already points past the instruction. On hardware KVM a triple fault also leaves
+//! the vCPU resumable (QEMU resets it, but need not).
+//!
 //! Port I/O from CPL 3 (our hypercalls) is checked against the TSS I/O permission bitmap on kvm_pvm even when
 //! RFLAGS.IOPL is 3, and a 4-byte `out` needs all four ports' bits clear. So Kiln runs with IOPL 0 and a bitmap that
 //! opens only the hypercall ports; this is also what hardware does, so one setup serves both.

@@ -1,6 +1,5 @@
-//! A thread that recurses until it runs off its stack. Natively Rust's guard-page handler prints "has overflowed its
-//! stack" and aborts; on Kiln (which cannot deliver the SIGSEGV to a handler yet) the VM ends with a crash report
-//! naming a stack overflow. Either way: a crash, never a hang.
+//! A thread that recurses until it runs off its stack. Rust std's SIGSEGV handler finds the fault in the thread's guard
+//! page, prints "has overflowed its stack" and aborts (SIGABRT), on Kiln as natively: a crash, never a hang.
 
 use std::hint::black_box;
 
