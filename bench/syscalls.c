@@ -1,6 +1,7 @@
 /* syscalls: what common system calls cost, printed as "name ns_per_op" lines, run natively and under kiln by
  * bench/syscalls.sh. Cases: getppid (a syscall round trip), clock_gettime, pthread create+join, a futex ping-pong
- * between two threads (one round = two wakes), and a sequential read of FILE (argument 1) in 1 MiB chunks. */
+ * between two threads (one round = two wakes), mprotect of a touched page to read-only and back (each a TLB flush),
+ * and a sequential read of FILE (argument 1) in 1 MiB chunks. */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <pthread.h>
@@ -8,6 +9,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -71,6 +73,16 @@ int main(int argc, char **argv) {
   }
   printf("futex_pingpong_round %.1f\n", (now_ns() - t0) / ROUNDS);
   pthread_join(p, 0);
+
+  const int flips = 2000;
+  volatile char *page = mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  t0 = now_ns();
+  for (int i = 0; i < flips; i++) {
+    page[0] = (char)i;
+    mprotect((void *)page, 4096, PROT_READ);
+    mprotect((void *)page, 4096, PROT_READ | PROT_WRITE);
+  }
+  printf("mprotect_pair %.1f\n", (now_ns() - t0) / flips);
 
   if (argc > 1) {
     int fd = open(argv[1], O_RDONLY);

@@ -514,6 +514,23 @@ fn hostile_port_io_stops_the_vm_with_a_message() {
 }
 
 #[test]
+fn the_clock_is_read_through_the_vdso_without_syscalls() {
+    if !kvm::available() {
+        return;
+    }
+    for cpus in ["1", "2"] {
+        let run = kiln().args(["run", "--trace-syscalls", "--cpus", cpus]).arg(guests::c("vdso")).run();
+        run.assert_code(0);
+        assert!(run.stdout_text().ends_with("vdso: 0 failed\n"), "--cpus {cpus}\n{run}");
+        // 100,000 readings and more, and only the one syscall the program makes on purpose.
+        let stderr = run.stderr_text();
+        let counted = stderr.lines().find(|l| l.ends_with("clock_gettime (228)"));
+        let calls = counted.and_then(|l| l.trim_start_matches("[kiln]").split_whitespace().next());
+        assert_eq!(calls, Some("1"), "--cpus {cpus}\n{run}");
+    }
+}
+
+#[test]
 fn mprotect_is_enforced_and_keeps_the_bytes() {
     if !kvm::available() {
         return;

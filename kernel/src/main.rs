@@ -20,6 +20,7 @@ mod sync;
 mod syscalls;
 mod time;
 mod user;
+mod vdso;
 mod vfs;
 
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -38,6 +39,7 @@ extern "C" fn kiln_main(boot: &'static BootInfo) -> ! {
     mm::init(boot);
     heap::init(boot.mem_size);
     time::init(boot);
+    core::hint::black_box(&vdso::EXPORTED);
     sched::init(boot);
     let rootfs = (boot.rootfs_len != 0).then(|| {
         // SAFETY: the VMM placed the image in guest RAM below `free_phys_start`, which nothing else uses.

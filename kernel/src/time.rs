@@ -31,6 +31,39 @@ pub fn cputime_ns() -> u64 {
     since_boot_ns()
 }
 
+pub const CLOCK_REALTIME: u64 = 0;
+pub const CLOCK_MONOTONIC: u64 = 1;
+const CLOCK_PROCESS_CPUTIME_ID: u64 = 2;
+const CLOCK_THREAD_CPUTIME_ID: u64 = 3;
+const CLOCK_MONOTONIC_RAW: u64 = 4;
+const CLOCK_REALTIME_COARSE: u64 = 5;
+const CLOCK_MONOTONIC_COARSE: u64 = 6;
+pub const CLOCK_BOOTTIME: u64 = 7;
+
+/// Nanoseconds on `clock` now, or None for a clock Linux does not have. Reads no state but the time base set at boot,
+/// so that the vDSO (`crate::vdso`) can call it on the program's stack.
+pub fn clock_ns(clock: u64) -> Option<u64> {
+    match clock {
+        CLOCK_REALTIME | CLOCK_REALTIME_COARSE => Some(realtime_ns()),
+        CLOCK_MONOTONIC | CLOCK_MONOTONIC_RAW | CLOCK_MONOTONIC_COARSE | CLOCK_BOOTTIME => Some(since_boot_ns()),
+        CLOCK_PROCESS_CPUTIME_ID | CLOCK_THREAD_CPUTIME_ID => Some(cputime_ns()),
+        _ => None,
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Timespec {
+    pub sec: i64,
+    pub nsec: i64,
+}
+
+impl Timespec {
+    pub fn from_ns(ns: u64) -> Self {
+        Self { sec: (ns / 1_000_000_000) as i64, nsec: (ns % 1_000_000_000) as i64 }
+    }
+}
+
 /// Waits in the VMM until `since_boot_ns()` reaches `deadline` (the scheduler's idle: nothing can run before then),
 /// at most `MAX_WAIT_NS` per exit.
 pub fn wait_until(deadline: u64) {

@@ -57,6 +57,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("churn", "churn.c", Link::Static),
     ("mprotect", "mprotect.c", Link::Static),
     ("faults", "faults.c", Link::Static),
+    ("vdso", "vdso.c", Link::Static),
 ];
 
 /// The binaries of tests/guests/rust (each `src/bin/NAME.rs`).

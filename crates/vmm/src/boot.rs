@@ -7,6 +7,7 @@ use crate::elf::ElfImage;
 use crate::loader::{self, LoadedProgram, LoaderError, PreparedProgram};
 use crate::memory::{BootAllocator, GuestRam, MemoryError};
 use crate::stack::{self, ProgramInfo, StackError};
+use crate::vdso;
 use kiln_abi::boot::{BootInfo, BOOT_FLAG_TRACE_SYSCALLS, BOOT_MAGIC, BOOT_VERSION};
 use kiln_abi::hypercall::UNREWRITTEN_SYSCALL_PORT;
 use kiln_abi::layout::*;
@@ -77,6 +78,8 @@ pub struct BootState {
     /// `kiln_fault_entry` (0 if the library OS has none) and the library OS's address range.
     pub fault_entry: u64,
     pub kernel_span: std::ops::Range<u64>,
+    /// The vDSO's functions in the library OS: the program's code as far as faults go.
+    pub vdso_code: Vec<std::ops::Range<u64>>,
     pub program: LoadedProgram,
 }
 
@@ -130,7 +133,16 @@ pub fn build(
     ram.write(gdt_phys, &gdt::table(direct_map(tss_phys)))?;
     ram.write(tss_phys, &gdt::tss(direct_map(exception_stack + PAGE_SIZE)))?;
 
+    // Below the library OS, so that the vDSO's symbols (offsets from it to the library OS's functions) are positive.
+    let vdso_phys = alloc.alloc(PAGE_SIZE)?;
     let kernel = loader::load_kernel(ram, &mut alloc, kernel.0, kernel.1)?;
+    let sysinfo_ehdr = if kernel.vdso.iter().all(|f| !f.is_empty()) {
+        let targets: [u64; vdso::FUNCTIONS.len()] = std::array::from_fn(|i| kernel.vdso[i].start);
+        ram.write(vdso_phys, &vdso::image(direct_map(vdso_phys), &targets))?;
+        direct_map(vdso_phys)
+    } else {
+        0
+    };
     if kernel.syscall_entry == kernel.entry || kernel.syscall_entry < DIRECT_MAP_BASE {
         return Err(BootError::Kernel("no kiln_syscall_entry symbol"));
     }
@@ -167,6 +179,7 @@ pub fn build(
             entry: loaded.entry,
             hwcap: params.hwcap,
             random: params.at_random,
+            sysinfo_ehdr,
         },
     )?;
     let stack_phys = alloc.alloc(stack_size)?;
@@ -229,6 +242,7 @@ pub fn build(
         host_signals_phys: host_signals,
         fault_entry: kernel.fault_entry,
         kernel_span: kernel.span.clone(),
+        vdso_code: if sysinfo_ehdr != 0 { kernel.vdso.clone() } else { Vec::new() },
         program: loaded,
     })
 }

@@ -59,8 +59,8 @@ pub struct ElfImage {
     pub functions: Vec<(u64, u64)>,
     /// `R_X86_64_RELATIVE` relocations as (offset, addend); other kinds are refused.
     pub relative_relocations: Vec<(u64, u64)>,
-    /// Named symbols the VMM looks up in the library OS (name, address).
-    pub symbols: Vec<(String, u64)>,
+    /// Named symbols the VMM looks up in the library OS (name, address, size).
+    pub symbols: Vec<(String, u64, u64)>,
 }
 
 impl ElfImage {
@@ -113,7 +113,7 @@ impl ElfImage {
             .syms
             .iter()
             .filter(|s| s.st_name != 0 && s.st_value != 0)
-            .filter_map(|s| elf.strtab.get_at(s.st_name).map(|n| (n.to_string(), s.st_value)))
+            .filter_map(|s| elf.strtab.get_at(s.st_name).map(|n| (n.to_string(), s.st_value, s.st_size)))
             .collect();
         Ok(Self {
             kind,
@@ -137,7 +137,12 @@ impl ElfImage {
     }
 
     pub fn symbol(&self, name: &str) -> Option<u64> {
-        self.symbols.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+        self.symbol_extent(name).map(|(at, _)| at)
+    }
+
+    /// A symbol's address and size.
+    pub fn symbol_extent(&self, name: &str) -> Option<(u64, u64)> {
+        self.symbols.iter().find(|(n, ..)| n == name).map(|&(_, at, size)| (at, size))
     }
 }
 

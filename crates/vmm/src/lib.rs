@@ -19,6 +19,7 @@ pub mod shootdown;
 pub mod signal;
 pub mod stack;
 pub mod syscall_names;
+pub mod vdso;
 pub mod vm;
 
 pub use fault::{CrashReport, Signal};

@@ -20,6 +20,7 @@ pub const AT_SECURE: u64 = 23;
 pub const AT_RANDOM: u64 = 25;
 pub const AT_HWCAP2: u64 = 26;
 pub const AT_EXECFN: u64 = 31;
+pub const AT_SYSINFO_EHDR: u64 = 33;
 
 /// What the program learns about itself at start-up.
 #[derive(Clone, Debug)]
@@ -34,6 +35,8 @@ pub struct ProgramInfo<'a> {
     pub entry: u64,
     pub hwcap: u64,
     pub random: [u8; 16],
+    /// The vDSO's address, 0 for none.
+    pub sysinfo_ehdr: u64,
 }
 
 /// The top of the initial stack: `bytes` go at `stack_pointer`, ending exactly at the stack top.
@@ -89,7 +92,7 @@ pub fn build(top: u64, limit: u64, info: &ProgramInfo) -> Result<InitialStack, S
     }
     argv.reverse();
 
-    let auxv: [(u64, u64); 20] = [
+    let auxv: [(u64, u64); 19] = [
         (AT_PHDR, info.phdr),
         (AT_PHENT, info.phent),
         (AT_PHNUM, info.phnum),
@@ -108,17 +111,18 @@ pub fn build(top: u64, limit: u64, info: &ProgramInfo) -> Result<InitialStack, S
         (AT_SECURE, 0),
         (AT_RANDOM, random),
         (AT_EXECFN, execfn),
-        (AT_NULL, 0),
-        (AT_NULL, 0),
+        if info.sysinfo_ehdr != 0 { (AT_SYSINFO_EHDR, info.sysinfo_ehdr) } else { (AT_NULL, 0) },
     ];
     let mut words: Vec<u64> = vec![info.argv.len() as u64];
     words.extend(&argv);
     words.push(0);
     words.extend(&envp);
     words.push(0);
-    for (k, v) in &auxv[..auxv.len() - 1] {
+    // One AT_NULL ends the vector; an entry that does not apply here is AT_NULL too, and left out.
+    for (k, v) in auxv.iter().filter(|(k, _)| *k != AT_NULL) {
         words.extend([*k, *v]);
     }
+    words.extend([AT_NULL, 0]);
     // The ABI wants %rsp 16-byte aligned at the entry point, where it points at argc.
     let words_len = words.len() as u64 * 8;
     let stack_pointer = (cursor - words_len) & !15;
@@ -167,6 +171,7 @@ mod tests {
             entry: 0x401000,
             hwcap: 0x178bfbff,
             random: [7; 16],
+            sysinfo_ehdr: 0x4000_0010_0000,
         };
         let top = 0x7fff_ffff_f000;
         let s = build(top, 1 << 20, &info).unwrap();
@@ -193,6 +198,7 @@ mod tests {
         assert_eq!(aux[&AT_CLKTCK], 100);
         assert_eq!(aux[&AT_SECURE], 0);
         assert_eq!(aux[&AT_HWCAP], 0x178bfbff);
+        assert_eq!(aux[&AT_SYSINFO_EHDR], 0x4000_0010_0000);
         assert_eq!(cstring(&s, aux[&AT_EXECFN]), "/bin/app");
         assert_eq!(cstring(&s, aux[&AT_PLATFORM]), "x86_64");
         let r = (aux[&AT_RANDOM] - sp) as usize;
@@ -214,6 +220,7 @@ mod tests {
             entry: 0,
             hwcap: 0,
             random: [0; 16],
+            sysinfo_ehdr: 0,
         };
         assert!(matches!(build(0x10000, 4096, &info), Err(StackError::TooBig(_, 4096))));
         let argv = vec!["a\0b".to_string()];

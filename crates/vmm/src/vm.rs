@@ -128,6 +128,7 @@ struct Shared {
     /// `kiln_fault_entry`, 0 if the library OS has none, and where the library OS's code lies.
     fault_entry: u64,
     kernel_span: std::ops::Range<u64>,
+    vdso_code: Vec<std::ops::Range<u64>>,
     /// Rewritten syscall sites, sorted, for crash reports.
     syscall_sites: Vec<u64>,
 }
@@ -284,6 +285,7 @@ impl Vm {
             stack_bottom: boot.stack_bottom,
             fault_entry: boot.fault_entry,
             kernel_span: boot.kernel_span.clone(),
+            vdso_code: boot.vdso_code.clone(),
             syscall_sites,
         });
         Ok(Vm { _kvm: kvm, _vm: vm, vcpus, shared, boot })
@@ -429,7 +431,9 @@ fn run_vcpu(
 fn to_fault_entry(vcpu: &VcpuFd, shared: &Shared, block: u64, report: &CrashReport) -> Result<bool, VmError> {
     let regs = vcpu.get_regs().map_err(kvm_err("read registers"))?;
     let Some(fault) = &report.fault else { return Ok(false) };
-    if shared.fault_entry == 0 || shared.kernel_span.contains(&regs.rip) {
+    let in_library_os =
+        shared.kernel_span.contains(&regs.rip) && !shared.vdso_code.iter().any(|f| f.contains(&regs.rip));
+    if shared.fault_entry == 0 || in_library_os {
         return Ok(false);
     }
     let record = fault::record(report.signal, fault, &regs);

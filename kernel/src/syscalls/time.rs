@@ -4,35 +4,10 @@ use super::Args;
 use crate::errno::{Errno, SysResult};
 use crate::{time, user};
 
-const CLOCK_REALTIME: u64 = 0;
-const CLOCK_MONOTONIC: u64 = 1;
-const CLOCK_PROCESS_CPUTIME_ID: u64 = 2;
-const CLOCK_THREAD_CPUTIME_ID: u64 = 3;
-const CLOCK_MONOTONIC_RAW: u64 = 4;
-const CLOCK_REALTIME_COARSE: u64 = 5;
-const CLOCK_MONOTONIC_COARSE: u64 = 6;
-const CLOCK_BOOTTIME: u64 = 7;
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Timespec {
-    sec: i64,
-    nsec: i64,
-}
-
-impl Timespec {
-    fn from_ns(ns: u64) -> Self {
-        Self { sec: (ns / 1_000_000_000) as i64, nsec: (ns % 1_000_000_000) as i64 }
-    }
-}
+use crate::time::{Timespec, CLOCK_BOOTTIME, CLOCK_MONOTONIC, CLOCK_REALTIME};
 
 fn clock_ns(clock: u64) -> Result<u64, Errno> {
-    match clock {
-        CLOCK_REALTIME | CLOCK_REALTIME_COARSE => Ok(time::realtime_ns()),
-        CLOCK_MONOTONIC | CLOCK_MONOTONIC_RAW | CLOCK_MONOTONIC_COARSE | CLOCK_BOOTTIME => Ok(time::since_boot_ns()),
-        CLOCK_PROCESS_CPUTIME_ID | CLOCK_THREAD_CPUTIME_ID => Ok(time::cputime_ns()),
-        _ => Err(Errno::EINVAL),
-    }
+    time::clock_ns(clock).ok_or(Errno::EINVAL)
 }
 
 pub fn clock_gettime(a: &Args) -> SysResult {
