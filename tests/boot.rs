@@ -531,6 +531,18 @@ fn the_clock_is_read_through_the_vdso_without_syscalls() {
 }
 
 #[test]
+fn tcp_and_udp_sockets_work_over_the_loopback() {
+    if !kvm::available() {
+        return;
+    }
+    for cpus in ["1", "2"] {
+        let run = kiln().args(["run", "--cpus", cpus]).arg(guests::c("sockets")).run();
+        run.assert_code(0);
+        assert!(run.stdout_text().ends_with("sockets: 0 failed\n"), "--cpus {cpus}\n{run}");
+    }
+}
+
+#[test]
 fn mprotect_is_enforced_and_keeps_the_bytes() {
     if !kvm::available() {
         return;

@@ -1,5 +1,7 @@
-//! The library OS's own heap (for file tables, pipes and the like), carved out of guest RAM at boot: a sixteenth of
-//! it, between 1 and 16 MiB. The program's memory never comes from here.
+//! The library OS's own heap (file tables, pipes, in-memory files, socket buffers), carved out of guest RAM: a first
+//! region of a sixteenth of RAM (1 to 16 MiB) at boot, and more regions from the frame allocator when those are full,
+//! so that what the program asks of the library OS (many connections, big files in /tmp) is bounded by the VM's
+//! memory, not by a fixed heap. The program's memory never comes from here.
 
 use crate::mm;
 use crate::sync::SpinLock;
@@ -8,30 +10,70 @@ use core::ptr::NonNull;
 use kiln_abi::layout::{direct_map, page_align_up};
 use linked_list_allocator::Heap;
 
-struct KernelHeap(SpinLock<Heap>);
+/// Most regions the heap grows to.
+const MAX_REGIONS: usize = 64;
+/// Smallest region added when the heap grows.
+const GROWTH: u64 = 8 << 20;
 
-// SAFETY: `Heap` hands out each block once and takes it back once; the lock serialises vCPUs.
+struct Regions {
+    heaps: [Heap; MAX_REGIONS],
+    used: usize,
+}
+
+struct KernelHeap(SpinLock<Regions>);
+
+impl Regions {
+    /// Adds a region of at least `size` bytes from the frame allocator; false if there is no memory for one.
+    fn grow(&mut self, size: u64) -> bool {
+        if self.used == MAX_REGIONS {
+            return false;
+        }
+        let size = page_align_up(size);
+        let Some(phys) = mm::memory().frames.alloc(size) else { return false };
+        // SAFETY: the range was just taken from the frame allocator, is zeroed, and is used by nothing else.
+        unsafe { self.heaps[self.used].init(direct_map(phys) as *mut u8, size as usize) };
+        self.used += 1;
+        true
+    }
+}
+
+// SAFETY: each `Heap` hands out each block once and takes it back once; a block goes back to the region that holds
+// it; the lock serialises vCPUs.
 unsafe impl GlobalAlloc for KernelHeap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        self.0.lock().allocate_first_fit(layout).map_or(core::ptr::null_mut(), NonNull::as_ptr)
+        let mut r = self.0.lock();
+        let used = r.used;
+        for heap in &mut r.heaps[..used] {
+            if let Ok(block) = heap.allocate_first_fit(layout) {
+                return block.as_ptr();
+            }
+        }
+        // Room for the block and the allocator's bookkeeping, whatever the alignment.
+        let need = (layout.size() + layout.align() + 4096) as u64;
+        if !r.grow(need.max(GROWTH)) && !r.grow(need) {
+            return core::ptr::null_mut();
+        }
+        let last = r.used - 1;
+        r.heaps[last].allocate_first_fit(layout).map_or(core::ptr::null_mut(), NonNull::as_ptr)
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if let Some(ptr) = NonNull::new(ptr) {
-            // SAFETY: the caller passes a block this allocator returned, with its layout.
-            unsafe { self.0.lock().deallocate(ptr, layout) };
+        let Some(block) = NonNull::new(ptr) else { return };
+        let mut r = self.0.lock();
+        let used = r.used;
+        let at = ptr as usize;
+        if let Some(heap) = r.heaps[..used].iter_mut().find(|h| (h.bottom() as usize..h.top() as usize).contains(&at)) {
+            // SAFETY: the caller passes a block this allocator returned, with its layout; it lies in this region.
+            unsafe { heap.deallocate(block, layout) };
         }
     }
 }
 
 #[global_allocator]
-static HEAP: KernelHeap = KernelHeap(SpinLock::new(Heap::empty()));
+static HEAP: KernelHeap = KernelHeap(SpinLock::new(Regions { heaps: [const { Heap::empty() }; MAX_REGIONS], used: 0 }));
 
 pub fn init(ram_size: u64) {
-    let size = page_align_up((ram_size / 16).clamp(1 << 20, 16 << 20));
-    let Some(phys) = mm::memory().frames.alloc(size) else {
+    if !HEAP.0.lock().grow((ram_size / 16).clamp(1 << 20, 16 << 20)) {
         crate::hypercall::panic_message("no memory for the library OS heap");
-    };
-    // SAFETY: the range was just taken from the frame allocator, is zeroed, and is used by nothing else.
-    unsafe { HEAP.0.lock().init(direct_map(phys) as *mut u8, size as usize) };
+    }
 }

@@ -14,6 +14,7 @@ mod file;
 mod heap;
 mod hypercall;
 mod mm;
+mod net;
 mod percpu;
 mod sched;
 mod sync;

@@ -58,6 +58,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("mprotect", "mprotect.c", Link::Static),
     ("faults", "faults.c", Link::Static),
     ("vdso", "vdso.c", Link::Static),
+    ("sockets", "sockets.c", Link::Static),
 ];
 
 /// The binaries of tests/guests/rust (each `src/bin/NAME.rs`).

@@ -15,6 +15,9 @@ const MACHINE_ADMIN: &str = "by design: the VM has no kernel modules, swap, rebo
 const HOST_CLOCK: &str = "by design: the guest's clock follows the host's; a program cannot set it";
 const PORT_IO: &str = "by design: port I/O and descriptor tables belong to the library OS and the VMM";
 const OBSOLETE: &str = "by design: obsolete, or never implemented by Linux on x86-64 either";
+const NET_FAMILIES: &str =
+    "partial: AF_INET and AF_INET6, SOCK_STREAM and SOCK_DGRAM; no AF_UNIX, raw or packet sockets";
+const LOOPBACK_ONLY: &str = "partial: the loopback only (no network device yet)";
 const LEGACY_TLS: &str = "by design: 32-bit TLS; x86-64 programs use arch_prctl";
 
 const NOTES: &[(u64, &str)] = &[
@@ -55,6 +58,21 @@ const NOTES: &[(u64, &str)] = &[
     (439, "partial: everyone is root: an existing path is accessible"),
     (25, "partial: anonymous mappings; MREMAP_FIXED refused; moved memory loses its mprotect protection"),
     (28, "partial: MADV_DONTNEED zeroes; other advice is accepted"),
+    (41, NET_FAMILIES),
+    (42, LOOPBACK_ONLY),
+    (43, LOOPBACK_ONLY),
+    (44, LOOPBACK_ONLY),
+    (45, LOOPBACK_ONLY),
+    (46, "partial: the loopback only (no network device yet); no ancillary data (msg_control)"),
+    (47, "partial: the loopback only (no network device yet); no ancillary data (msg_control)"),
+    (48, LOOPBACK_ONLY),
+    (49, "partial: loopback addresses and the unspecified address only (no network device yet)"),
+    (50, "partial: the backlog is capped at 128"),
+    (51, LOOPBACK_ONLY),
+    (52, LOOPBACK_ONLY),
+    (54, "partial: TCP_NODELAY; other SOL_SOCKET, IP, IPV6, TCP and UDP options are accepted and change nothing"),
+    (55, "partial: SO_ERROR, SO_TYPE, SO_DOMAIN, SO_PROTOCOL, SO_ACCEPTCONN, buffer sizes; other options read as 0"),
+    (288, LOOPBACK_ONLY),
     (56, "partial: threads only (CLONE_VM, CLONE_THREAD, CLONE_SIGHAND); process-creating clones are ENOSYS"),
     (57, "by design: one program per VM, no new processes"),
     (58, "by design: one program per VM, no new processes"),

@@ -49,6 +49,7 @@ pub enum Object {
         inode: Arc<Inode>,
         offset: SpinLock<u64>,
     },
+    Socket(crate::net::socket::Socket),
     /// A directory, its absolute path (for `*at` calls relative to it) and the `getdents64` position.
     Directory {
         inode: Arc<Inode>,
@@ -78,6 +79,7 @@ impl File {
             Object::PipeReader(p) => p.0.changes(),
             Object::PipeWriter(p) => p.0.changes(),
             Object::EventFd(e) => e.changes(),
+            Object::Socket(_) => io_generation(),
             _ => 0,
         }
     }
@@ -92,6 +94,7 @@ impl File {
             Object::PipeReader(p) => p.0.reader_events(),
             Object::PipeWriter(p) => p.0.writer_events(),
             Object::EventFd(e) => e.events(),
+            Object::Socket(s) => s.events(),
             Object::Epoll(e) => {
                 if e.any_ready() {
                     POLLIN
@@ -201,7 +204,14 @@ pub fn io_generation() -> u64 {
 
 /// Sleeps until the I/O generation moves past `seen` or `deadline` passes; EINTR if a signal arrives.
 pub fn wait_io(seen: u64, deadline: u64) -> Result<(), Errno> {
-    match sched::block(Wait::Futex { addr: io_key(), bitset: u32::MAX }, deadline, || io_generation() == seen) {
+    // The network stack's timers run only when it is polled: wake up for the next one, and poll.
+    let net_deadline = crate::net::next_deadline();
+    let deadline = deadline.min(net_deadline.unwrap_or(u64::MAX));
+    let woken = sched::block(Wait::Futex { addr: io_key(), bitset: u32::MAX }, deadline, || io_generation() == seen);
+    if net_deadline.is_some() {
+        crate::net::poll();
+    }
+    match woken {
         Some(Woken::Signal) => Err(Errno::EINTR),
         _ => Ok(()),
     }

@@ -87,6 +87,7 @@ fn read_into(f: &File, buf: u64, len: u64) -> SysResult {
             *at += n;
             Ok(n)
         }
+        Object::Socket(_) => super::net::read(f, buf, len),
         Object::Directory { .. } => Err(Errno::EISDIR),
         Object::Console(_) | Object::PipeWriter(_) => Err(Errno::EBADF),
         Object::Epoll(_) => Err(Errno::EINVAL),
@@ -159,6 +160,7 @@ fn write_from(f: &File, buffers: &mut dyn Iterator<Item = Result<IoVec, Errno>>)
             Ok(total)
         }
         Object::PipeWriter(p) => copy_in(buffers, |chunk| p.0.write(chunk, f.nonblocking())),
+        Object::Socket(_) => copy_in(buffers, |chunk| super::net::write(f, chunk)),
         Object::EventFd(e) => {
             let iov = buffers.next().ok_or(Errno::EINVAL)??;
             if iov.len < 8 {
@@ -391,6 +393,7 @@ pub fn ioctl(a: &Args) -> SysResult {
         FIONREAD => {
             let n = match &f.object {
                 Object::PipeReader(p) => p.0.available(),
+                Object::Socket(s) => s.available(),
                 _ => 0,
             };
             user::write(a[2], n as i32).map(|()| 0)
@@ -518,6 +521,7 @@ pub struct Stat {
 }
 
 const S_IFIFO: u32 = 0o010000;
+const S_IFSOCK: u32 = 0o140000;
 const S_IFCHR: u32 = 0o020000;
 
 /// The `struct stat` of an open file.
@@ -531,6 +535,7 @@ fn stat_of(f: &File, fd: u64) -> Stat {
         Object::Zero => (S_IFCHR | 0o666, (1 << 8) | 5),
         Object::Random => (S_IFCHR | 0o666, (1 << 8) | 9),
         Object::PipeReader(_) | Object::PipeWriter(_) => (S_IFIFO | 0o600, 0),
+        Object::Socket(_) => (S_IFSOCK | 0o777, 0),
         Object::EventFd(_) | Object::Epoll(_) | Object::Regular { .. } | Object::Directory { .. } => (0o600, 0),
     };
     Stat { nlink: 1, mode, rdev, blksize: 4096, ino: fd + 1, ..Default::default() }
@@ -580,7 +585,7 @@ pub fn sync(_: &Args) -> SysResult {
 pub fn fadvise64(a: &Args) -> SysResult {
     let f = file::get(a[0])?;
     match (&f.object, a[3]) {
-        (Object::PipeReader(_) | Object::PipeWriter(_), _) => Err(Errno::ESPIPE),
+        (Object::PipeReader(_) | Object::PipeWriter(_) | Object::Socket(_), _) => Err(Errno::ESPIPE),
         (_, 0..=5) if (a[2] as i64) >= 0 => Ok(0),
         _ => Err(Errno::EINVAL),
     }

@@ -4,6 +4,7 @@
 mod fs;
 mod identity;
 mod mm;
+pub mod net;
 mod path;
 mod priority;
 mod process;
@@ -71,6 +72,20 @@ const fn table() -> [Option<Handler>; SYSCALL_SLOTS] {
     t[32] = Some(fs::dup);
     t[33] = Some(fs::dup2);
     t[39] = Some(process::getpid);
+    t[41] = Some(net::socket_syscall);
+    t[42] = Some(net::connect);
+    t[43] = Some(net::accept);
+    t[44] = Some(net::sendto);
+    t[45] = Some(net::recvfrom);
+    t[46] = Some(net::sendmsg);
+    t[47] = Some(net::recvmsg);
+    t[48] = Some(net::shutdown);
+    t[49] = Some(net::bind);
+    t[50] = Some(net::listen);
+    t[51] = Some(net::getsockname);
+    t[52] = Some(net::getpeername);
+    t[54] = Some(net::setsockopt);
+    t[55] = Some(net::getsockopt);
     t[56] = Some(thread::clone);
     t[SYS_EXIT as usize] = Some(thread::exit);
     t[62] = Some(signal::kill);
@@ -151,6 +166,7 @@ const fn table() -> [Option<Handler>; SYSCALL_SLOTS] {
     t[229] = Some(time::clock_getres);
     t[230] = Some(time::clock_nanosleep);
     t[441] = Some(fs::epoll_pwait2);
+    t[288] = Some(net::accept4);
     t[SYS_EXIT_GROUP as usize] = Some(process::exit);
     t[232] = Some(fs::epoll_wait);
     t[233] = Some(fs::epoll_ctl);

@@ -1,0 +1,471 @@
+//! A socket descriptor: a TCP connection, a TCP listener with its backlog, or a UDP socket, over the smoltcp
+//! sockets of `net::Stack`.
+//!
+//! smoltcp's TCP socket is one connection; a listener with a backlog of N is N smoltcp sockets listening on the port.
+//! `accept` hands out one that has a connection and puts a fresh listening socket in its place. Blocking operations
+//! wait for the I/O generation to move (`file::wait_io`), which every poll of the stack that changes a socket bumps.
+
+use super::addr::{self, AF_INET6};
+use super::{with, Protocol, Stack};
+use crate::errno::Errno;
+use crate::file::{self, POLLERR, POLLHUP, POLLIN, POLLOUT};
+use crate::sync::SpinLock;
+use alloc::vec;
+use alloc::vec::Vec;
+use smoltcp::iface::SocketHandle;
+use smoltcp::socket::{tcp, udp};
+use smoltcp::wire::{IpAddress, IpEndpoint, IpListenEndpoint};
+
+pub const POLLRDHUP: u16 = 0x2000;
+/// Bytes each direction of a TCP connection buffers.
+pub const TCP_BUFFER: usize = 64 << 10;
+/// Datagrams and bytes a UDP socket buffers each way.
+const UDP_PACKETS: usize = 64;
+const UDP_BUFFER: usize = 64 << 10;
+/// Most connections a listener keeps waiting for `accept`.
+pub const MAX_BACKLOG: usize = 128;
+
+enum Role {
+    /// TCP before `connect` or `listen`.
+    Fresh,
+    Connecting(SocketHandle),
+    Connected(SocketHandle),
+    Listening(Vec<SocketHandle>),
+    Datagram(SocketHandle),
+}
+
+struct State {
+    role: Role,
+    /// The bound address (None: any) and port (0: none yet).
+    local: (Option<IpAddress>, u16),
+    /// Whether this socket claimed `local`'s port (an accepted connection shares its listener's).
+    owns_port: bool,
+    /// UDP: where `send` without an address goes.
+    peer: Option<IpEndpoint>,
+    shut_read: bool,
+    /// A failed non-blocking connect, reported once by SO_ERROR.
+    error: Option<Errno>,
+}
+
+pub struct Socket {
+    pub family: u16,
+    pub protocol: Protocol,
+    state: SpinLock<State>,
+}
+
+fn tcp_socket() -> tcp::Socket<'static> {
+    let mut socket =
+        tcp::Socket::new(tcp::SocketBuffer::new(vec![0; TCP_BUFFER]), tcp::SocketBuffer::new(vec![0; TCP_BUFFER]));
+    // ACK at once: a delayed ACK only helps on a real network, and on the loopback it holds each window update back
+    // until its timer (10 ms), which throttled a bulk transfer to 6 MB/s.
+    socket.set_ack_delay(None);
+    socket
+}
+
+fn udp_socket() -> udp::Socket<'static> {
+    let buffer = || udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; UDP_PACKETS], vec![0; UDP_BUFFER]);
+    udp::Socket::new(buffer(), buffer())
+}
+
+/// Waits for the stack to change, after `attempt` found nothing to do: EAGAIN for a non-blocking socket.
+fn wait_or_again(nonblocking: bool, seen: u64) -> Result<(), Errno> {
+    if nonblocking {
+        return Err(Errno::EAGAIN);
+    }
+    file::wait_io(seen, u64::MAX)
+}
+
+/// Repeats `attempt` (on the stack, polled after it) until it gives an answer, waiting in between unless
+/// `nonblocking`.
+fn until<R>(nonblocking: bool, mut attempt: impl FnMut(&mut Stack) -> Option<Result<R, Errno>>) -> Result<R, Errno> {
+    loop {
+        let seen = file::io_generation();
+        if let Some(answer) = with(&mut attempt) {
+            return answer;
+        }
+        wait_or_again(nonblocking, seen)?;
+    }
+}
+
+impl Socket {
+    pub fn new(family: u16, protocol: Protocol) -> Socket {
+        let role = match protocol {
+            Protocol::Tcp => Role::Fresh,
+            Protocol::Udp => Role::Datagram(with(|s| s.sockets.add(udp_socket()))),
+        };
+        let state = State { role, local: (None, 0), owns_port: false, peer: None, shut_read: false, error: None };
+        Socket { family, protocol, state: SpinLock::new(state) }
+    }
+
+    pub fn bind(&self, address: Option<IpAddress>, port: u16) -> Result<(), Errno> {
+        let loopback = |a: IpAddress| match a {
+            IpAddress::Ipv4(v4) => v4.is_loopback(),
+            IpAddress::Ipv6(v6) => v6.is_loopback(),
+        };
+        if address.is_some_and(|a| !loopback(a)) {
+            return Err(Errno::EADDRNOTAVAIL);
+        }
+        let protocol = self.protocol;
+        with(|s| {
+            let mut st = self.state.lock();
+            if st.local.1 != 0 {
+                return Err(Errno::EINVAL);
+            }
+            let port = s.claim_port(protocol, port)?;
+            if let Role::Datagram(h) = st.role {
+                let endpoint = IpListenEndpoint { addr: address, port };
+                if s.sockets.get_mut::<udp::Socket>(h).bind(endpoint).is_err() {
+                    s.release_port(protocol, port);
+                    return Err(Errno::EINVAL);
+                }
+            }
+            (st.local, st.owns_port) = ((address, port), true);
+            Ok(())
+        })
+    }
+
+    /// Binds to an ephemeral port if the socket has none yet.
+    fn ensure_bound(&self) -> Result<(), Errno> {
+        let bound = self.state.lock().local.1 != 0;
+        if bound {
+            return Ok(());
+        }
+        self.bind(None, 0)
+    }
+
+    pub fn listen(&self, backlog: i32) -> Result<(), Errno> {
+        if self.protocol != Protocol::Tcp {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        self.ensure_bound()?;
+        let want = (backlog.max(1) as usize).min(MAX_BACKLOG);
+        with(|s| {
+            let mut st = self.state.lock();
+            let endpoint = IpListenEndpoint { addr: st.local.0, port: st.local.1 };
+            match &mut st.role {
+                Role::Fresh => {
+                    let handles = (0..want).map(|_| listening(s, endpoint)).collect::<Result<Vec<_>, _>>()?;
+                    st.role = Role::Listening(handles);
+                    Ok(())
+                }
+                // listen again: only the backlog changes.
+                Role::Listening(handles) => {
+                    while handles.len() < want {
+                        handles.push(listening(s, endpoint)?);
+                    }
+                    Ok(())
+                }
+                _ => Err(Errno::EINVAL),
+            }
+        })
+    }
+
+    /// The next connection a listener has, as a new socket (None: none yet).
+    pub fn accept(&self, nonblocking: bool) -> Result<(Socket, IpEndpoint), Errno> {
+        until(nonblocking, |s| {
+            let mut st = self.state.lock();
+            let endpoint = IpListenEndpoint { addr: st.local.0, port: st.local.1 };
+            let Role::Listening(handles) = &mut st.role else { return Some(Err(Errno::EINVAL)) };
+            let ready = handles.iter().position(|&h| {
+                matches!(s.sockets.get::<tcp::Socket>(h).state(), tcp::State::Established | tcp::State::CloseWait)
+            })?;
+            let fresh = match listening(s, endpoint) {
+                Ok(fresh) => fresh,
+                Err(e) => return Some(Err(e)),
+            };
+            let connection = core::mem::replace(&mut handles[ready], fresh);
+            let tcp = s.sockets.get::<tcp::Socket>(connection);
+            let peer = tcp.remote_endpoint().unwrap_or(IpEndpoint::new(addr::unspecified(self.family), 0));
+            let local = tcp.local_endpoint().map(|e| (Some(e.addr), e.port)).unwrap_or(st.local);
+            let state = State {
+                role: Role::Connected(connection),
+                local,
+                owns_port: false,
+                peer: None,
+                shut_read: false,
+                error: None,
+            };
+            Some(Ok((Socket { family: self.family, protocol: Protocol::Tcp, state: SpinLock::new(state) }, peer)))
+        })
+    }
+
+    pub fn connect(&self, remote: IpEndpoint, nonblocking: bool) -> Result<(), Errno> {
+        self.ensure_bound()?;
+        if self.protocol == Protocol::Udp {
+            self.state.lock().peer = Some(remote);
+            return Ok(());
+        }
+        with(|s| {
+            let mut st = self.state.lock();
+            match st.role {
+                Role::Fresh => {}
+                Role::Connecting(_) => return Err(Errno::EALREADY),
+                Role::Connected(_) => return Err(Errno::EISCONN),
+                _ => return Err(Errno::EINVAL),
+            }
+            let local = IpListenEndpoint { addr: st.local.0, port: st.local.1 };
+            let mut socket = tcp_socket();
+            socket.connect(s.iface.context(), remote, local).map_err(|_| Errno::ECONNREFUSED)?;
+            st.role = Role::Connecting(s.sockets.add(socket));
+            Ok(())
+        })?;
+        let result = until(nonblocking, |s| {
+            let mut st = self.state.lock();
+            refresh(&mut st, s);
+            match st.role {
+                Role::Connected(_) => Some(Ok(())),
+                Role::Connecting(_) => None,
+                _ => Some(Err(st.error.take().unwrap_or(Errno::ECONNREFUSED))),
+            }
+        });
+        if result == Err(Errno::EAGAIN) {
+            return Err(Errno::EINPROGRESS);
+        }
+        result
+    }
+
+    /// Sends what it can of `data` (all of it unless `nonblocking`), to `to` for UDP.
+    pub fn send(&self, data: &[u8], to: Option<IpEndpoint>, nonblocking: bool) -> Result<usize, Errno> {
+        if self.protocol == Protocol::Udp {
+            self.ensure_bound()?;
+            let target = to.or(self.state.lock().peer).ok_or(Errno::EDESTADDRREQ)?;
+            if data.len() > UDP_BUFFER {
+                return Err(Errno::EMSGSIZE);
+            }
+            return until(nonblocking, |s| {
+                let Role::Datagram(h) = self.state.lock().role else { return Some(Err(Errno::EINVAL)) };
+                match s.sockets.get_mut::<udp::Socket>(h).send_slice(data, target) {
+                    Ok(()) => Some(Ok(data.len())),
+                    Err(udp::SendError::BufferFull) => None,
+                    Err(udp::SendError::Unaddressable) => Some(Err(Errno::ENETUNREACH)),
+                }
+            });
+        }
+        let mut sent = 0;
+        while sent < data.len() {
+            let step = until(nonblocking && sent == 0, |s| {
+                let mut st = self.state.lock();
+                refresh(&mut st, s);
+                let Role::Connected(h) = st.role else { return Some(Err(Errno::ENOTCONN)) };
+                let tcp = s.sockets.get_mut::<tcp::Socket>(h);
+                if !tcp.may_send() {
+                    return Some(Err(Errno::EPIPE));
+                }
+                if !tcp.can_send() {
+                    return (nonblocking && sent > 0).then_some(Ok(0));
+                }
+                Some(tcp.send_slice(&data[sent..]).map_err(|_| Errno::EPIPE))
+            });
+            match step {
+                Ok(0) => break,
+                Ok(n) => sent += n,
+                Err(e) if sent > 0 && e != Errno::EPIPE => break,
+                Err(e) => return if sent > 0 { Ok(sent) } else { Err(e) },
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Receives into `out`: the byte count and, for UDP, the sender. 0 bytes: the peer closed (TCP).
+    pub fn recv(&self, out: &mut [u8], peek: bool, nonblocking: bool) -> Result<(usize, Option<IpEndpoint>), Errno> {
+        until(nonblocking, |s| {
+            let mut st = self.state.lock();
+            refresh(&mut st, s);
+            match st.role {
+                Role::Datagram(h) => {
+                    let udp = s.sockets.get_mut::<udp::Socket>(h);
+                    let got = if peek {
+                        udp.peek_slice(out).map(|(n, meta)| (n, meta.endpoint))
+                    } else {
+                        udp.recv_slice(out).map(|(n, meta)| (n, meta.endpoint))
+                    };
+                    got.ok().map(|(n, from)| Ok((n, Some(from))))
+                }
+                Role::Connected(h) => {
+                    let tcp = s.sockets.get_mut::<tcp::Socket>(h);
+                    if st.shut_read || (!tcp.can_recv() && !tcp.may_recv()) {
+                        return Some(Ok((0, None)));
+                    }
+                    if !tcp.can_recv() {
+                        return None;
+                    }
+                    let n = if peek { tcp.peek_slice(out) } else { tcp.recv_slice(out) };
+                    Some(n.map(|n| (n, None)).map_err(|_| Errno::ECONNRESET))
+                }
+                _ => Some(Err(Errno::ENOTCONN)),
+            }
+        })
+    }
+
+    pub fn shutdown(&self, read: bool, write: bool) -> Result<(), Errno> {
+        with(|s| {
+            let mut st = self.state.lock();
+            let Role::Connected(h) = st.role else { return Err(Errno::ENOTCONN) };
+            st.shut_read |= read;
+            if write {
+                s.sockets.get_mut::<tcp::Socket>(h).close();
+            }
+            Ok(())
+        })?;
+        file::notify(0);
+        Ok(())
+    }
+
+    /// The local address (the bound one until connected).
+    pub fn local(&self) -> IpEndpoint {
+        with(|s| {
+            let st = self.state.lock();
+            let bound = IpEndpoint::new(st.local.0.unwrap_or(addr::unspecified(self.family)), st.local.1);
+            match st.role {
+                Role::Connected(h) => s.sockets.get::<tcp::Socket>(h).local_endpoint().unwrap_or(bound),
+                _ => bound,
+            }
+        })
+    }
+
+    pub fn peer(&self) -> Result<IpEndpoint, Errno> {
+        with(|s| {
+            let st = self.state.lock();
+            match st.role {
+                Role::Connected(h) => s.sockets.get::<tcp::Socket>(h).remote_endpoint().ok_or(Errno::ENOTCONN),
+                Role::Datagram(_) => st.peer.ok_or(Errno::ENOTCONN),
+                _ => Err(Errno::ENOTCONN),
+            }
+        })
+    }
+
+    /// SO_ERROR: a failed connect's error, once.
+    pub fn take_error(&self) -> Option<Errno> {
+        with(|s| {
+            let mut st = self.state.lock();
+            refresh(&mut st, s);
+            st.error.take()
+        })
+    }
+
+    pub fn is_listening(&self) -> bool {
+        matches!(self.state.lock().role, Role::Listening(_))
+    }
+
+    /// TCP_NODELAY: Nagle's algorithm off.
+    pub fn set_nodelay(&self, on: bool) {
+        with(|s| {
+            if let Role::Connected(h) | Role::Connecting(h) = self.state.lock().role {
+                s.sockets.get_mut::<tcp::Socket>(h).set_nagle_enabled(!on);
+            }
+        });
+    }
+
+    /// Bytes waiting to be read (FIONREAD).
+    pub fn available(&self) -> usize {
+        let mut guard = super::stack();
+        let Some(s) = guard.as_mut() else { return 0 };
+        let st = self.state.lock();
+        match st.role {
+            Role::Connected(h) => s.sockets.get::<tcp::Socket>(h).recv_queue(),
+            Role::Datagram(h) => s.sockets.get_mut::<udp::Socket>(h).peek().map_or(0, |(d, _)| d.len()),
+            _ => 0,
+        }
+    }
+
+    /// The `poll` events the socket has now.
+    pub fn events(&self) -> u16 {
+        let mut guard = super::stack();
+        let Some(s) = guard.as_mut() else { return 0 };
+        let mut st = self.state.lock();
+        refresh(&mut st, s);
+        match st.role {
+            // Linux's answer for a socket that is not connected; a failed connect adds its error.
+            Role::Fresh if st.error.is_some() => POLLOUT | POLLHUP | POLLERR,
+            Role::Fresh => POLLOUT | POLLHUP,
+            Role::Connecting(_) => 0,
+            Role::Listening(ref handles) => {
+                let ready = handles.iter().any(|&h| {
+                    matches!(s.sockets.get::<tcp::Socket>(h).state(), tcp::State::Established | tcp::State::CloseWait)
+                });
+                if ready {
+                    POLLIN
+                } else {
+                    0
+                }
+            }
+            Role::Connected(h) => {
+                let tcp = s.sockets.get::<tcp::Socket>(h);
+                let mut events = 0;
+                if tcp.can_recv() || !tcp.may_recv() || st.shut_read {
+                    events |= POLLIN;
+                }
+                if !tcp.may_recv() {
+                    events |= POLLRDHUP;
+                }
+                if tcp.can_send() {
+                    events |= POLLOUT;
+                }
+                if !tcp.may_recv() && !tcp.may_send() {
+                    events |= POLLHUP;
+                }
+                events
+            }
+            Role::Datagram(h) => {
+                let udp = s.sockets.get::<udp::Socket>(h);
+                (if udp.can_recv() { POLLIN } else { 0 }) | if udp.can_send() { POLLOUT } else { 0 }
+            }
+        }
+    }
+}
+
+/// A fresh socket listening on `endpoint`, in the stack.
+fn listening(s: &mut Stack, endpoint: IpListenEndpoint) -> Result<SocketHandle, Errno> {
+    let mut socket = tcp_socket();
+    socket.listen(endpoint).map_err(|_| Errno::EADDRINUSE)?;
+    Ok(s.sockets.add(socket))
+}
+
+/// Moves a connecting socket on once smoltcp has answered: connected, or refused (the error kept for SO_ERROR).
+fn refresh(st: &mut State, s: &mut Stack) {
+    let Role::Connecting(h) = st.role else { return };
+    match s.sockets.get::<tcp::Socket>(h).state() {
+        tcp::State::SynSent | tcp::State::SynReceived => {}
+        tcp::State::Closed | tcp::State::TimeWait => {
+            s.sockets.remove(h);
+            st.role = Role::Fresh;
+            st.error = Some(Errno::ECONNREFUSED);
+        }
+        _ => st.role = Role::Connected(h),
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        let protocol = self.protocol;
+        with(|s| {
+            let st = self.state.lock();
+            match &st.role {
+                Role::Fresh => {}
+                Role::Connected(h) => s.close_later(*h),
+                Role::Connecting(h) | Role::Datagram(h) => {
+                    s.sockets.remove(*h);
+                }
+                Role::Listening(handles) => {
+                    for &h in handles {
+                        s.sockets.get_mut::<tcp::Socket>(h).abort();
+                    }
+                    // The aborts send their resets at this poll; the sockets go with the next reap.
+                    for &h in handles {
+                        s.close_later(h);
+                    }
+                }
+            }
+            if st.owns_port {
+                s.release_port(protocol, st.local.1);
+            }
+        });
+        file::notify(0);
+    }
+}
+
+impl core::fmt::Debug for Socket {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "socket({}, {:?})", if self.family == AF_INET6 { "inet6" } else { "inet" }, self.protocol)
+    }
+}
