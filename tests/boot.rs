@@ -295,7 +295,8 @@ fn go_runtime_runs() {
         let run = kiln().args(["run", "--memory", "256M", "--cpus", cpus]).arg(guests::go()).run();
         run.assert_code(0).assert_stdout(
             "go: sum=328350 keys=100 slept=true hosts=true err=<nil>\n\
-             go: recovered \"runtime error: invalid memory address or nil pointer dereference\"\n",
+             go: recovered \"runtime error: invalid memory address or nil pointer dereference\"\n\
+             go: http \"hello from 19\" err=<nil>\n",
         );
     }
 }
@@ -539,6 +540,22 @@ fn tcp_and_udp_sockets_work_over_the_loopback() {
         let run = kiln().args(["run", "--cpus", cpus]).arg(guests::c("sockets")).run();
         run.assert_code(0);
         assert!(run.stdout_text().ends_with("sockets: 0 failed\n"), "--cpus {cpus}\n{run}");
+    }
+}
+
+#[test]
+fn rust_std_and_tokio_sockets_work_over_the_loopback() {
+    if !kvm::available() {
+        return;
+    }
+    for cpus in ["1", "2"] {
+        let run = kiln().args(["run", "--memory", "256M", "--cpus", cpus]).arg(guests::rust("net")).run();
+        run.assert_code(0).assert_stdout(
+            "net: std tcp echo, 8 clients x 100 kB: true\n\
+             net: read timeout: true\n\
+             net: std udp: true\n\
+             net: tokio tcp echo, 100 tasks x 10 rounds: true\n",
+        );
     }
 }
 

@@ -70,8 +70,16 @@ const NOTES: &[(u64, &str)] = &[
     (50, "partial: the backlog is capped at 128"),
     (51, LOOPBACK_ONLY),
     (52, LOOPBACK_ONLY),
-    (54, "partial: TCP_NODELAY; other SOL_SOCKET, IP, IPV6, TCP and UDP options are accepted and change nothing"),
-    (55, "partial: SO_ERROR, SO_TYPE, SO_DOMAIN, SO_PROTOCOL, SO_ACCEPTCONN, buffer sizes; other options read as 0"),
+    (
+        54,
+        "partial: TCP_NODELAY, SO_RCVTIMEO, SO_SNDTIMEO; other SOL_SOCKET, IP, IPV6, TCP and UDP options are accepted \
+          and change nothing",
+    ),
+    (
+        55,
+        "partial: SO_ERROR, SO_TYPE, SO_DOMAIN, SO_PROTOCOL, SO_ACCEPTCONN, SO_RCVTIMEO, SO_SNDTIMEO, buffer sizes; \
+          other options read as 0",
+    ),
     (288, LOOPBACK_ONLY),
     (56, "partial: threads only (CLONE_VM, CLONE_THREAD, CLONE_SIGHAND); process-creating clones are ENOSYS"),
     (57, "by design: one program per VM, no new processes"),

@@ -73,12 +73,14 @@ impl Epoll {
                 continue;
             }
             let wanted = (e.events & 0xffff) as u16;
+            // The change count first: a change between the two reads is then reported again next time, not lost
+            // (read after, it would mark as reported a change whose readiness this report does not include).
+            let changes = file.changes();
             let ready = u32::from(file.ready(wanted | POLLERR | POLLHUP));
             if ready == 0 {
                 continue;
             }
             if e.events & EPOLLET != 0 {
-                let changes = file.changes();
                 if e.reported_at == Some(changes) {
                     continue;
                 }

@@ -10,6 +10,7 @@ use super::{with, Protocol, Stack};
 use crate::errno::Errno;
 use crate::file::{self, POLLERR, POLLHUP, POLLIN, POLLOUT};
 use crate::sync::SpinLock;
+use crate::time;
 use alloc::vec;
 use alloc::vec::Vec;
 use smoltcp::iface::SocketHandle;
@@ -45,6 +46,8 @@ struct State {
     shut_read: bool,
     /// A failed non-blocking connect, reported once by SO_ERROR.
     error: Option<Errno>,
+    /// SO_RCVTIMEO and SO_SNDTIMEO in nanoseconds, 0 for none.
+    timeouts: [u64; 2],
 }
 
 pub struct Socket {
@@ -67,23 +70,36 @@ fn udp_socket() -> udp::Socket<'static> {
     udp::Socket::new(buffer(), buffer())
 }
 
-/// Waits for the stack to change, after `attempt` found nothing to do: EAGAIN for a non-blocking socket.
-fn wait_or_again(nonblocking: bool, seen: u64) -> Result<(), Errno> {
-    if nonblocking {
-        return Err(Errno::EAGAIN);
-    }
-    file::wait_io(seen, u64::MAX)
+/// How long an operation may wait: not at all, or until a deadline (nanoseconds since boot; `u64::MAX`: forever).
+#[derive(Clone, Copy)]
+pub enum Patience {
+    None,
+    Until(u64),
 }
 
-/// Repeats `attempt` (on the stack, polled after it) until it gives an answer, waiting in between unless
-/// `nonblocking`.
-fn until<R>(nonblocking: bool, mut attempt: impl FnMut(&mut Stack) -> Option<Result<R, Errno>>) -> Result<R, Errno> {
+impl Patience {
+    /// A socket's blocking mode and timeout (SO_RCVTIMEO or SO_SNDTIMEO; 0 for none).
+    pub fn new(nonblocking: bool, timeout_ns: u64) -> Patience {
+        match (nonblocking, timeout_ns) {
+            (true, _) => Patience::None,
+            (false, 0) => Patience::Until(u64::MAX),
+            (false, t) => Patience::Until(time::since_boot_ns().saturating_add(t)),
+        }
+    }
+}
+
+/// Repeats `attempt` (on the stack, polled after it) until it gives an answer, waiting for the stack to change in
+/// between; EAGAIN once `patience` runs out, as Linux answers a non-blocking socket or an expired timeout.
+fn until<R>(patience: Patience, mut attempt: impl FnMut(&mut Stack) -> Option<Result<R, Errno>>) -> Result<R, Errno> {
     loop {
         let seen = file::io_generation();
         if let Some(answer) = with(&mut attempt) {
             return answer;
         }
-        wait_or_again(nonblocking, seen)?;
+        match patience {
+            Patience::Until(deadline) if time::since_boot_ns() < deadline => file::wait_io(seen, deadline)?,
+            _ => return Err(Errno::EAGAIN),
+        }
     }
 }
 
@@ -93,7 +109,15 @@ impl Socket {
             Protocol::Tcp => Role::Fresh,
             Protocol::Udp => Role::Datagram(with(|s| s.sockets.add(udp_socket()))),
         };
-        let state = State { role, local: (None, 0), owns_port: false, peer: None, shut_read: false, error: None };
+        let state = State {
+            role,
+            local: (None, 0),
+            owns_port: false,
+            peer: None,
+            shut_read: false,
+            error: None,
+            timeouts: [0; 2],
+        };
         Socket { family, protocol, state: SpinLock::new(state) }
     }
 
@@ -161,8 +185,8 @@ impl Socket {
     }
 
     /// The next connection a listener has, as a new socket (None: none yet).
-    pub fn accept(&self, nonblocking: bool) -> Result<(Socket, IpEndpoint), Errno> {
-        until(nonblocking, |s| {
+    pub fn accept(&self, patience: Patience) -> Result<(Socket, IpEndpoint), Errno> {
+        until(patience, |s| {
             let mut st = self.state.lock();
             let endpoint = IpListenEndpoint { addr: st.local.0, port: st.local.1 };
             let Role::Listening(handles) = &mut st.role else { return Some(Err(Errno::EINVAL)) };
@@ -184,12 +208,13 @@ impl Socket {
                 peer: None,
                 shut_read: false,
                 error: None,
+                timeouts: st.timeouts,
             };
             Some(Ok((Socket { family: self.family, protocol: Protocol::Tcp, state: SpinLock::new(state) }, peer)))
         })
     }
 
-    pub fn connect(&self, remote: IpEndpoint, nonblocking: bool) -> Result<(), Errno> {
+    pub fn connect(&self, remote: IpEndpoint, patience: Patience) -> Result<(), Errno> {
         self.ensure_bound()?;
         if self.protocol == Protocol::Udp {
             self.state.lock().peer = Some(remote);
@@ -209,7 +234,7 @@ impl Socket {
             st.role = Role::Connecting(s.sockets.add(socket));
             Ok(())
         })?;
-        let result = until(nonblocking, |s| {
+        let result = until(patience, |s| {
             let mut st = self.state.lock();
             refresh(&mut st, s);
             match st.role {
@@ -219,20 +244,21 @@ impl Socket {
             }
         });
         if result == Err(Errno::EAGAIN) {
+            // Linux's answer for a non-blocking connect, and for one whose SO_SNDTIMEO ran out.
             return Err(Errno::EINPROGRESS);
         }
         result
     }
 
     /// Sends what it can of `data` (all of it unless `nonblocking`), to `to` for UDP.
-    pub fn send(&self, data: &[u8], to: Option<IpEndpoint>, nonblocking: bool) -> Result<usize, Errno> {
+    pub fn send(&self, data: &[u8], to: Option<IpEndpoint>, patience: Patience) -> Result<usize, Errno> {
         if self.protocol == Protocol::Udp {
             self.ensure_bound()?;
             let target = to.or(self.state.lock().peer).ok_or(Errno::EDESTADDRREQ)?;
             if data.len() > UDP_BUFFER {
                 return Err(Errno::EMSGSIZE);
             }
-            return until(nonblocking, |s| {
+            return until(patience, |s| {
                 let Role::Datagram(h) = self.state.lock().role else { return Some(Err(Errno::EINVAL)) };
                 match s.sockets.get_mut::<udp::Socket>(h).send_slice(data, target) {
                     Ok(()) => Some(Ok(data.len())),
@@ -241,9 +267,10 @@ impl Socket {
                 }
             });
         }
+        let nonblocking = matches!(patience, Patience::None);
         let mut sent = 0;
         while sent < data.len() {
-            let step = until(nonblocking && sent == 0, |s| {
+            let step = until(patience, |s| {
                 let mut st = self.state.lock();
                 refresh(&mut st, s);
                 let Role::Connected(h) = st.role else { return Some(Err(Errno::ENOTCONN)) };
@@ -267,8 +294,8 @@ impl Socket {
     }
 
     /// Receives into `out`: the byte count and, for UDP, the sender. 0 bytes: the peer closed (TCP).
-    pub fn recv(&self, out: &mut [u8], peek: bool, nonblocking: bool) -> Result<(usize, Option<IpEndpoint>), Errno> {
-        until(nonblocking, |s| {
+    pub fn recv(&self, out: &mut [u8], peek: bool, patience: Patience) -> Result<(usize, Option<IpEndpoint>), Errno> {
+        until(patience, |s| {
             let mut st = self.state.lock();
             refresh(&mut st, s);
             match st.role {
@@ -341,6 +368,15 @@ impl Socket {
             refresh(&mut st, s);
             st.error.take()
         })
+    }
+
+    /// SO_RCVTIMEO (`send` false) or SO_SNDTIMEO, in nanoseconds (0: none).
+    pub fn timeout(&self, send: bool) -> u64 {
+        self.state.lock().timeouts[usize::from(send)]
+    }
+
+    pub fn set_timeout(&self, send: bool, ns: u64) {
+        self.state.lock().timeouts[usize::from(send)] = ns;
     }
 
     pub fn is_listening(&self) -> bool {

@@ -6,7 +6,7 @@ use crate::errno::{Errno, SysResult};
 use crate::file::console::IoVec;
 use crate::file::{self, File, Object, O_CLOEXEC, O_NONBLOCK, O_RDWR};
 use crate::net::addr::{self, AF_INET, AF_INET6};
-use crate::net::socket::{Socket, MAX_BACKLOG, TCP_BUFFER};
+use crate::net::socket::{Patience, Socket, MAX_BACKLOG, TCP_BUFFER};
 use crate::net::Protocol;
 use crate::user;
 use alloc::sync::Arc;
@@ -28,6 +28,8 @@ const SO_TYPE: u64 = 3;
 const SO_ERROR: u64 = 4;
 const SO_SNDBUF: u64 = 7;
 const SO_RCVBUF: u64 = 8;
+const SO_RCVTIMEO: u64 = 20;
+const SO_SNDTIMEO: u64 = 21;
 const SO_ACCEPTCONN: u64 = 30;
 const SO_DOMAIN: u64 = 39;
 const SO_PROTOCOL: u64 = 38;
@@ -99,7 +101,7 @@ pub fn accept4(a: &Args) -> SysResult {
     if a[3] & !(SOCK_NONBLOCK | SOCK_CLOEXEC) != 0 {
         return Err(Errno::EINVAL);
     }
-    let (connection, peer) = listener.accept(f.nonblocking())?;
+    let (connection, peer) = listener.accept(patience(&f, false, 0))?;
     addr::write(listener.family, peer, a[1], a[2])?;
     let flags = O_RDWR | if a[3] & SOCK_NONBLOCK != 0 { O_NONBLOCK } else { 0 };
     file::install(File::new(Object::Socket(connection), flags), a[3] & SOCK_CLOEXEC != 0)
@@ -111,7 +113,7 @@ pub fn connect(a: &Args) -> SysResult {
     let (address, port) = addr::read(s.family, a[1], a[2])?;
     // Connecting to "any" address means this host, as on Linux.
     let address = address.unwrap_or(smoltcp::wire::IpAddress::v4(127, 0, 0, 1));
-    s.connect(IpEndpoint::new(address, port), f.nonblocking()).map(|()| 0)
+    s.connect(IpEndpoint::new(address, port), patience(&f, true, 0)).map(|()| 0)
 }
 
 pub fn getsockname(a: &Args) -> SysResult {
@@ -137,6 +139,12 @@ pub fn shutdown(a: &Args) -> SysResult {
     socket(&f).shutdown(read, write).map(|()| 0)
 }
 
+/// How long an operation on `f` may wait: its blocking mode, MSG_DONTWAIT in `flags`, and SO_SNDTIMEO (`send`) or
+/// SO_RCVTIMEO.
+fn patience(f: &File, send: bool, flags: u64) -> Patience {
+    Patience::new(f.nonblocking() || flags & MSG_DONTWAIT != 0, socket(f).timeout(send))
+}
+
 /// Sends the bytes of `buffers` on `f` (to `to` for UDP). A TCP peer that is gone is EPIPE, with SIGPIPE unless
 /// MSG_NOSIGNAL.
 fn send_on(f: &File, buffers: &[IoVec], to: Option<IpEndpoint>, flags: u64) -> SysResult {
@@ -147,8 +155,7 @@ fn send_on(f: &File, buffers: &[IoVec], to: Option<IpEndpoint>, flags: u64) -> S
         data.resize(at + iov.len as usize, 0);
         user::read_bytes(iov.base, &mut data[at..])?;
     }
-    let nonblocking = f.nonblocking() || flags & MSG_DONTWAIT != 0;
-    match s.send(&data, to, nonblocking) {
+    match s.send(&data, to, patience(f, true, flags)) {
         Err(Errno::EPIPE) if flags & MSG_NOSIGNAL == 0 => {
             let _ = super::signal::send_to_self(super::signal::SIGPIPE);
             Err(Errno::EPIPE)
@@ -162,8 +169,7 @@ fn recv_on(f: &File, buffers: &[IoVec], from: u64, from_len: u64, flags: u64) ->
     let s = socket(f);
     let want = buffers.iter().map(|b| b.len as usize).sum::<usize>().min(MAX_TRANSFER.max(TCP_BUFFER));
     let mut data = vec![0u8; want];
-    let nonblocking = f.nonblocking() || flags & MSG_DONTWAIT != 0;
-    let (n, sender) = s.recv(&mut data, flags & MSG_PEEK != 0, nonblocking)?;
+    let (n, sender) = s.recv(&mut data, flags & MSG_PEEK != 0, patience(f, false, flags))?;
     let mut done = 0;
     for iov in buffers {
         let take = (n - done).min(iov.len as usize);
@@ -242,6 +248,17 @@ pub fn setsockopt(a: &Args) -> SysResult {
     let s = socket(&f);
     let value: i32 = if a[4] >= 4 { user::read(a[3])? } else { 0 };
     match (a[1], a[2]) {
+        (SOL_SOCKET, which @ (SO_RCVTIMEO | SO_SNDTIMEO)) => {
+            if a[4] < 16 {
+                return Err(Errno::EINVAL);
+            }
+            let [sec, usec]: [i64; 2] = user::read(a[3])?;
+            if sec < 0 || !(0..1_000_000).contains(&usec) {
+                return Err(Errno::EDOM);
+            }
+            s.set_timeout(which == SO_SNDTIMEO, (sec as u64).saturating_mul(1_000_000_000) + usec as u64 * 1000);
+            Ok(0)
+        }
         (IPPROTO_TCP, TCP_NODELAY) => {
             s.set_nodelay(value != 0);
             Ok(0)
@@ -256,6 +273,14 @@ pub fn setsockopt(a: &Args) -> SysResult {
 pub fn getsockopt(a: &Args) -> SysResult {
     let f = socket_of(a[0])?;
     let s = socket(&f);
+    if let (SOL_SOCKET, which @ (SO_RCVTIMEO | SO_SNDTIMEO)) = (a[1], a[2]) {
+        let ns = s.timeout(which == SO_SNDTIMEO);
+        let value = [(ns / 1_000_000_000) as i64, ((ns % 1_000_000_000) / 1000) as i64];
+        let room: u32 = user::read(a[4])?;
+        let bytes: [u8; 16] = timeval_bytes(value);
+        user::write_bytes(a[3], &bytes[..(room as usize).min(16)])?;
+        return user::write(a[4], 16u32).map(|()| 0);
+    }
     let value: i32 = match (a[1], a[2]) {
         (SOL_SOCKET, SO_ERROR) => s.take_error().map_or(0, |e| e.0 as i32),
         (SOL_SOCKET, SO_TYPE) => {
@@ -288,6 +313,13 @@ pub fn getsockopt(a: &Args) -> SysResult {
     Ok(0)
 }
 
+fn timeval_bytes(value: [i64; 2]) -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&value[0].to_le_bytes());
+    bytes[8..].copy_from_slice(&value[1].to_le_bytes());
+    bytes
+}
+
 /// `read` on a socket.
 pub fn read(f: &File, buf: u64, len: u64) -> SysResult {
     recv_on(f, &[IoVec { base: buf, len }], 0, 0, 0)
@@ -295,5 +327,5 @@ pub fn read(f: &File, buf: u64, len: u64) -> SysResult {
 
 /// `write` of one chunk to a socket: how much was taken.
 pub fn write(f: &File, chunk: &[u8]) -> Result<usize, Errno> {
-    socket(f).send(chunk, None, f.nonblocking())
+    socket(f).send(chunk, None, patience(f, true, 0))
 }

@@ -1,10 +1,13 @@
-// A Go program on Kiln: goroutines, channels, sync.WaitGroup, time.Sleep, maps, GOMAXPROCS(2), os.ReadFile, and a nil
-// pointer write that the runtime's SIGSEGV handler turns into a recovered panic, built with CGO_ENABLED=0. Prints a
-// summary and exits 0 when every result is right.
+// A Go program on Kiln: goroutines, channels, sync.WaitGroup, time.Sleep, maps, GOMAXPROCS(2), os.ReadFile, a nil
+// pointer write that the runtime's SIGSEGV handler turns into a recovered panic, and a net/http server and client
+// talking over 127.0.0.1, built with CGO_ENABLED=0. Prints a summary and exits 0 when every result is right.
 package main
 
 import (
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"runtime"
 	"sync"
@@ -42,9 +45,39 @@ func main() {
 	fmt.Printf("go: sum=%d keys=%d slept=%v hosts=%v err=%v\n", sum, len(m), slept, len(data) > 0, err)
 	recovered := nilWrite()
 	fmt.Printf("go: recovered %q\n", recovered)
+	body, err := httpLoopback()
+	fmt.Printf("go: http %q err=%v\n", body, err)
 	if sum != 328350 || len(m) != 100 || !slept || err != nil || recovered == "" {
 		os.Exit(1)
 	}
+}
+
+// httpLoopback serves HTTP on a port of 127.0.0.1 and fetches a page from itself: 20 requests on one client.
+func httpLoopback() (string, error) {
+	listener, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer listener.Close()
+	mux := http.NewServeMux()
+	mux.HandleFunc("/hello", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello from %s", r.URL.Query().Get("n"))
+	})
+	go http.Serve(listener, mux)
+	url := fmt.Sprintf("http://%s/hello", listener.Addr())
+	var body []byte
+	for i := 0; i < 20; i++ {
+		resp, err := http.Get(fmt.Sprintf("%s?n=%d", url, i))
+		if err != nil {
+			return "", err
+		}
+		body, err = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			return "", err
+		}
+	}
+	return string(body), nil
 }
 
 var target *int
