@@ -20,6 +20,7 @@ pub mod signal;
 pub mod stack;
 pub mod syscall_names;
 pub mod vdso;
+pub mod virtio;
 pub mod vm;
 
 pub use fault::{CrashReport, Signal};
