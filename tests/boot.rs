@@ -560,6 +560,21 @@ fn rust_std_and_tokio_sockets_work_over_the_loopback() {
 }
 
 #[test]
+fn interval_and_posix_timers_deliver_their_signals() {
+    if !kvm::available() {
+        return;
+    }
+    for cpus in ["1", "2"] {
+        let run = kiln().args(["run", "--cpus", cpus]).arg(guests::c("timers")).run();
+        run.assert_code(0);
+        assert!(run.stdout_text().ends_with("timers: 0 failed\n"), "--cpus {cpus}\n{run}");
+    }
+    let run = kiln().arg("run").arg(guests::c("timers")).arg("unhandled").run();
+    run.assert_code(142).assert_stdout("timers: waiting for an unhandled SIGALRM\n");
+    run.assert_stderr_contains("kiln: program killed by SIGALRM");
+}
+
+#[test]
 fn mprotect_is_enforced_and_keeps_the_bytes() {
     if !kvm::available() {
         return;

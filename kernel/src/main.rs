@@ -20,6 +20,7 @@ mod sched;
 mod sync;
 mod syscalls;
 mod time;
+mod timers;
 mod user;
 mod vdso;
 mod vfs;

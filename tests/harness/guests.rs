@@ -59,6 +59,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("faults", "faults.c", Link::Static),
     ("vdso", "vdso.c", Link::Static),
     ("sockets", "sockets.c", Link::Static),
+    ("timers", "timers.c", Link::Static),
 ];
 
 /// The binaries of tests/guests/rust (each `src/bin/NAME.rs`).

@@ -17,6 +17,8 @@ const PORT_IO: &str = "by design: port I/O and descriptor tables belong to the l
 const OBSOLETE: &str = "by design: obsolete, or never implemented by Linux on x86-64 either";
 const NET_FAMILIES: &str =
     "partial: AF_INET and AF_INET6, SOCK_STREAM and SOCK_DGRAM; no AF_UNIX, raw or packet sockets";
+const ITIMER_CPU: &str = "partial: ITIMER_VIRTUAL and ITIMER_PROF run at the real clock's rate (the program has its \
+     vCPUs to itself); an expiry is noticed at a syscall or by an idle vCPU";
 const LOOPBACK_ONLY: &str = "partial: the loopback only (no network device yet)";
 const LEGACY_TLS: &str = "by design: 32-bit TLS; x86-64 programs use arch_prctl";
 
@@ -58,6 +60,9 @@ const NOTES: &[(u64, &str)] = &[
     (439, "partial: everyone is root: an existing path is accessible"),
     (25, "partial: anonymous mappings; MREMAP_FIXED refused; moved memory loses its mprotect protection"),
     (28, "partial: MADV_DONTNEED zeroes; other advice is accepted"),
+    (36, ITIMER_CPU),
+    (38, ITIMER_CPU),
+    (222, "partial: SIGEV_SIGNAL, SIGEV_THREAD_ID, SIGEV_NONE; the signal's siginfo carries no sigev_value"),
     (41, NET_FAMILIES),
     (42, LOOPBACK_ONLY),
     (43, LOOPBACK_ONLY),

@@ -291,6 +291,11 @@ pub fn set_blocked_signals(mask: u64) {
     SCHEDULER.lock().threads[percpu::current().thread].blocked = mask;
 }
 
+/// Whether thread `tid` exists.
+pub fn thread_exists(tid: u32) -> bool {
+    SCHEDULER.lock().threads.iter().any(|t| t.state != State::Free && t.tid == tid)
+}
+
 /// Marks signal `sig` (1-64) pending for thread `tid`, or for the current thread if `tid` is `None`, and wakes that
 /// thread from a blocking syscall if it does not block the signal. Returns false if there is no such thread.
 pub fn post_signal(tid: Option<u32>, sig: u32) -> bool {
@@ -509,7 +514,12 @@ fn idle_until_runnable() -> usize {
             .threads
             .iter()
             .any(|t| matches!(t.state, State::Running | State::Runnable) || t.wait == Some(Wait::Signal));
-        let deadline = s.threads.iter().filter(|t| t.state == State::Blocked).map(|t| t.deadline).min();
+        let blocked = s.threads.iter().filter(|t| t.state == State::Blocked).map(|t| t.deadline).min();
+        // A timer that will expire can wake a thread (its signal), so it is a deadline too.
+        let deadline = match (blocked, crate::timers::next_expiry()) {
+            (Some(d), Some(t)) => Some(d.min(t)),
+            (d, t) => d.or(t),
+        };
         if !runnable_elsewhere && deadline.is_none_or(|d| d == u64::MAX) {
             let threads = live_threads(s) as u64;
             hypercall::deadlock(threads);
@@ -518,8 +528,9 @@ fn idle_until_runnable() -> usize {
         // SAFETY: nothing obtained under the lock is used while it is released.
         unsafe { SCHEDULER.force_unlock() };
         time::wait_until(deadline.unwrap_or(u64::MAX));
-        // A signal from the host may be what woke us: it goes to the thread whose stack this vCPU idles on.
+        // A signal from the host or a timer may be what woke us.
         crate::syscalls::signal::poll_host_signals();
+        crate::timers::fire_due();
         core::mem::forget(SCHEDULER.lock());
     }
 }

@@ -13,6 +13,7 @@ pub mod signal;
 mod statfs;
 mod thread;
 mod time;
+pub mod timer;
 
 use crate::entry::SyscallFrame;
 use crate::errno::{Errno, SysResult};
@@ -71,6 +72,9 @@ const fn table() -> [Option<Handler>; SYSCALL_SLOTS] {
     t[28] = Some(mm::madvise);
     t[32] = Some(fs::dup);
     t[33] = Some(fs::dup2);
+    t[36] = Some(timer::getitimer);
+    t[37] = Some(timer::alarm);
+    t[38] = Some(timer::setitimer);
     t[39] = Some(process::getpid);
     t[41] = Some(net::socket_syscall);
     t[42] = Some(net::connect);
@@ -167,6 +171,11 @@ const fn table() -> [Option<Handler>; SYSCALL_SLOTS] {
     t[230] = Some(time::clock_nanosleep);
     t[441] = Some(fs::epoll_pwait2);
     t[288] = Some(net::accept4);
+    t[222] = Some(timer::timer_create);
+    t[223] = Some(timer::timer_settime);
+    t[224] = Some(timer::timer_gettime);
+    t[225] = Some(timer::timer_getoverrun);
+    t[226] = Some(timer::timer_delete);
     t[SYS_EXIT_GROUP as usize] = Some(process::exit);
     t[232] = Some(fs::epoll_wait);
     t[233] = Some(fs::epoll_ctl);
@@ -251,6 +260,7 @@ pub extern "C" fn dispatch(frame: &mut SyscallFrame) -> i64 {
     }
     // A signal for this thread runs its handler now, on the way out.
     signal::poll_host_signals();
+    crate::timers::fire_due();
     match crate::sched::take_signal() {
         Some(sig) => signal::deliver(frame, sig, ret),
         None => ret,

@@ -171,6 +171,11 @@ fn default_is_ignore(sig: u64) -> bool {
     matches!(sig, SIGCHLD | SIGCONT | SIGURG | SIGWINCH)
 }
 
+/// A timer's signal: to thread `thread`, or to the process; `code` is its `si_code`.
+pub fn raise(sig: u32, thread: Option<u32>, code: i32) {
+    let _ = send(Some(thread.unwrap_or(MAIN_TID)), u64::from(sig), code);
+}
+
 /// A signal the library OS raises in the current thread (SIGPIPE after a write to a closed pipe).
 pub fn send_to_self(sig: u64) -> SysResult {
     send(None, sig, SI_USER)
