@@ -19,6 +19,9 @@ const NET_FAMILIES: &str =
     "partial: AF_INET and AF_INET6, SOCK_STREAM and SOCK_DGRAM; no AF_UNIX, raw or packet sockets";
 const ITIMER_CPU: &str = "partial: ITIMER_VIRTUAL and ITIMER_PROF run at the real clock's rate (the program has its \
      vCPUs to itself); an expiry is noticed at a syscall or by an idle vCPU";
+const NO_CHILDREN: &str = "partial: ECHILD: a program never has children (no fork)";
+const OWNERS: &str = "partial: accepted and not kept: one user, root";
+const TIMES: &str = "partial: sets the modification time, the one time files keep";
 const LOOPBACK_ONLY: &str = "partial: the loopback only (no network device yet)";
 const LEGACY_TLS: &str = "by design: 32-bit TLS; x86-64 programs use arch_prctl";
 
@@ -60,6 +63,21 @@ const NOTES: &[(u64, &str)] = &[
     (439, "partial: everyone is root: an existing path is accessible"),
     (25, "partial: anonymous mappings; MREMAP_FIXED refused; moved memory loses its mprotect protection"),
     (28, "partial: MADV_DONTNEED zeroes; other advice is accepted"),
+    (26, "partial: file mappings are private copies (see mmap): nothing to write back"),
+    (40, "partial: from a regular file to a socket, a pipe or a regular file"),
+    (53, "partial: AF_UNIX SOCK_STREAM, a pipe each way: read, write, send, recv, poll and close work on it"),
+    (61, NO_CHILDREN),
+    (247, NO_CHILDREN),
+    (73, "partial: always granted: the program is the only process"),
+    (92, OWNERS),
+    (93, OWNERS),
+    (94, OWNERS),
+    (260, OWNERS),
+    (132, TIMES),
+    (235, TIMES),
+    (261, TIMES),
+    (280, TIMES),
+    (203, "partial: accepted; threads still run on every vCPU"),
     (36, ITIMER_CPU),
     (38, ITIMER_CPU),
     (222, "partial: SIGEV_SIGNAL, SIGEV_THREAD_ID, SIGEV_NONE; the signal's siginfo carries no sigev_value"),

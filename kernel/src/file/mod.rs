@@ -50,6 +50,8 @@ pub enum Object {
         offset: SpinLock<u64>,
     },
     Socket(crate::net::socket::Socket),
+    /// One end of a `socketpair(AF_UNIX, SOCK_STREAM)`: a pipe each way.
+    UnixStream(pipe::Reader, pipe::Writer),
     /// A directory, its absolute path (for `*at` calls relative to it) and the `getdents64` position.
     Directory {
         inode: Arc<Inode>,
@@ -80,6 +82,7 @@ impl File {
             Object::PipeWriter(p) => p.0.changes(),
             Object::EventFd(e) => e.changes(),
             Object::Socket(_) => io_generation(),
+            Object::UnixStream(rx, tx) => rx.0.changes() + tx.0.changes(),
             _ => 0,
         }
     }
@@ -95,6 +98,7 @@ impl File {
             Object::PipeWriter(p) => p.0.writer_events(),
             Object::EventFd(e) => e.events(),
             Object::Socket(s) => s.events(),
+            Object::UnixStream(rx, tx) => rx.0.reader_events() | (tx.0.writer_events() & POLLOUT),
             Object::Epoll(e) => {
                 if e.any_ready() {
                     POLLIN

@@ -68,9 +68,9 @@ fn read_into(f: &File, buf: u64, len: u64) -> SysResult {
             }
             Ok(len)
         }
-        Object::PipeReader(p) => {
+        Object::PipeReader(pipe::Reader(p)) | Object::UnixStream(pipe::Reader(p), _) => {
             let mut chunk = vec![0u8; (len as usize).min(pipe::CAPACITY)];
-            let n = p.0.read(&mut chunk, f.nonblocking())?;
+            let n = p.read(&mut chunk, f.nonblocking())?;
             user::write_bytes(buf, &chunk[..n])?;
             Ok(n as u64)
         }
@@ -159,7 +159,9 @@ fn write_from(f: &File, buffers: &mut dyn Iterator<Item = Result<IoVec, Errno>>)
             }
             Ok(total)
         }
-        Object::PipeWriter(p) => copy_in(buffers, |chunk| p.0.write(chunk, f.nonblocking())),
+        Object::PipeWriter(pipe::Writer(p)) | Object::UnixStream(_, pipe::Writer(p)) => {
+            copy_in(buffers, |chunk| p.write(chunk, f.nonblocking()))
+        }
         Object::Socket(_) => copy_in(buffers, |chunk| super::net::write(f, chunk)),
         Object::EventFd(e) => {
             let iov = buffers.next().ok_or(Errno::EINVAL)??;
@@ -392,7 +394,7 @@ pub fn ioctl(a: &Args) -> SysResult {
         }
         FIONREAD => {
             let n = match &f.object {
-                Object::PipeReader(p) => p.0.available(),
+                Object::PipeReader(pipe::Reader(p)) | Object::UnixStream(pipe::Reader(p), _) => p.available(),
                 Object::Socket(s) => s.available(),
                 _ => 0,
             };
@@ -535,7 +537,7 @@ fn stat_of(f: &File, fd: u64) -> Stat {
         Object::Zero => (S_IFCHR | 0o666, (1 << 8) | 5),
         Object::Random => (S_IFCHR | 0o666, (1 << 8) | 9),
         Object::PipeReader(_) | Object::PipeWriter(_) => (S_IFIFO | 0o600, 0),
-        Object::Socket(_) => (S_IFSOCK | 0o777, 0),
+        Object::Socket(_) | Object::UnixStream(..) => (S_IFSOCK | 0o777, 0),
         Object::EventFd(_) | Object::Epoll(_) | Object::Regular { .. } | Object::Directory { .. } => (0o600, 0),
     };
     Stat { nlink: 1, mode, rdev, blksize: 4096, ino: fd + 1, ..Default::default() }
@@ -585,7 +587,9 @@ pub fn sync(_: &Args) -> SysResult {
 pub fn fadvise64(a: &Args) -> SysResult {
     let f = file::get(a[0])?;
     match (&f.object, a[3]) {
-        (Object::PipeReader(_) | Object::PipeWriter(_) | Object::Socket(_), _) => Err(Errno::ESPIPE),
+        (Object::PipeReader(_) | Object::PipeWriter(_) | Object::Socket(_) | Object::UnixStream(..), _) => {
+            Err(Errno::ESPIPE)
+        }
         (_, 0..=5) if (a[2] as i64) >= 0 => Ok(0),
         _ => Err(Errno::EINVAL),
     }

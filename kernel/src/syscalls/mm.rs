@@ -11,6 +11,7 @@ use crate::errno::{Errno, SysResult};
 use crate::file::{self, Object, O_ACCMODE, O_RDWR, O_WRONLY};
 use crate::mm::protect::{self, Access};
 use crate::mm::{mapping, vma};
+use crate::user;
 use core::sync::atomic::Ordering;
 use kiln_abi::layout::{page_align_up, PAGE_SIZE};
 
@@ -193,6 +194,47 @@ pub fn madvise(a: &Args) -> SysResult {
         MADV_DONTNEED => mapping::discard(a[0], a[1]).map(|()| 0),
         _ => Ok(0),
     }
+}
+
+const MS_ASYNC: u64 = 1;
+const MS_INVALIDATE: u64 = 2;
+const MS_SYNC: u64 = 4;
+
+/// Whether every page of `[addr, addr+len)` is mapped (PROT_NONE and reserved pages count, as on Linux).
+fn mapped(addr: u64, len: u64) -> Result<(), Errno> {
+    let end = addr.checked_add(page_align_up(len)).ok_or(Errno::ENOMEM)?;
+    let reserved = vma::in_reservation(addr, end);
+    for page in (addr..end).step_by(PAGE_SIZE as usize) {
+        if protect::leaf(page).is_none() && !reserved {
+            return Err(Errno::ENOMEM);
+        }
+    }
+    Ok(())
+}
+
+/// msync: a file mapping is a private copy (see mmap), so there is nothing to write back.
+pub fn msync(a: &Args) -> SysResult {
+    let (addr, len, flags) = (a[0], a[1], a[2]);
+    let both = MS_ASYNC | MS_SYNC;
+    if !addr.is_multiple_of(PAGE_SIZE) || flags & !(both | MS_INVALIDATE) != 0 || flags & both == both {
+        return Err(Errno::EINVAL);
+    }
+    mapped(addr, len).map(|()| 0)
+}
+
+/// mincore: guest memory is never paged out, so every mapped page is resident.
+pub fn mincore(a: &Args) -> SysResult {
+    let (addr, len, vec) = (a[0], a[1], a[2]);
+    if !addr.is_multiple_of(PAGE_SIZE) {
+        return Err(Errno::EINVAL);
+    }
+    mapped(addr, len)?;
+    let pages = page_align_up(len) / PAGE_SIZE;
+    user::check(vec, pages, true)?;
+    for i in 0..pages {
+        user::write(vec + i, 1u8)?;
+    }
+    Ok(0)
 }
 
 /// mlock, munlock, munlockall: guest memory is never paged out by the library OS, so everything is locked already.

@@ -1,14 +1,17 @@
 //! The Linux syscall layer: one table indexed by the syscall number, one file per family. A number without a handler
 //! returns -ENOSYS and is counted; the VMM reads the counts (`KILN_SYSCALL_STATS`) when the program has ended.
 
+pub mod attrs;
 mod fs;
 mod identity;
+pub mod lock;
 mod mm;
 pub mod net;
 mod path;
 mod priority;
 mod process;
 mod random;
+pub mod sendfile;
 pub mod signal;
 mod statfs;
 mod thread;
@@ -69,6 +72,8 @@ const fn table() -> [Option<Handler>; SYSCALL_SLOTS] {
     t[25] = Some(mm::mremap);
     t[34] = Some(signal::pause);
     t[35] = Some(time::nanosleep);
+    t[26] = Some(mm::msync);
+    t[27] = Some(mm::mincore);
     t[28] = Some(mm::madvise);
     t[32] = Some(fs::dup);
     t[33] = Some(fs::dup2);
@@ -76,6 +81,19 @@ const fn table() -> [Option<Handler>; SYSCALL_SLOTS] {
     t[37] = Some(timer::alarm);
     t[38] = Some(timer::setitimer);
     t[39] = Some(process::getpid);
+    t[40] = Some(sendfile::sendfile);
+    t[61] = Some(process::wait);
+    t[73] = Some(lock::flock);
+    t[92] = Some(attrs::chown);
+    t[93] = Some(attrs::fchown);
+    t[94] = Some(attrs::chown);
+    t[132] = Some(attrs::utime);
+    t[203] = Some(process::sched_setaffinity);
+    t[235] = Some(attrs::utimes);
+    t[247] = Some(process::wait);
+    t[260] = Some(attrs::fchownat);
+    t[261] = Some(attrs::futimesat);
+    t[280] = Some(attrs::utimensat);
     t[41] = Some(net::socket_syscall);
     t[42] = Some(net::connect);
     t[43] = Some(net::accept);
@@ -88,6 +106,7 @@ const fn table() -> [Option<Handler>; SYSCALL_SLOTS] {
     t[50] = Some(net::listen);
     t[51] = Some(net::getsockname);
     t[52] = Some(net::getpeername);
+    t[53] = Some(net::socketpair);
     t[54] = Some(net::setsockopt);
     t[55] = Some(net::getsockopt);
     t[56] = Some(thread::clone);

@@ -4,6 +4,7 @@
 use super::Args;
 use crate::errno::{Errno, SysResult};
 use crate::file::console::IoVec;
+use crate::file::pipe::{self, Pipe};
 use crate::file::{self, File, Object, O_CLOEXEC, O_NONBLOCK, O_RDWR};
 use crate::net::addr::{self, AF_INET, AF_INET6};
 use crate::net::socket::{Patience, Socket, MAX_BACKLOG, TCP_BUFFER};
@@ -43,13 +44,21 @@ const SHUT_RDWR: u64 = 2;
 /// Most bytes one datagram or one `recv` moves through the library OS at a time.
 const MAX_TRANSFER: usize = 64 << 10;
 
-/// The socket behind descriptor `fd`: EBADF if none, ENOTSOCK if it is something else.
+/// The socket behind descriptor `fd`: EBADF if none, ENOTSOCK if it is something else, EOPNOTSUPP for the AF_UNIX
+/// pairs (which only read, write, send and recv).
 fn socket_of(fd: u64) -> Result<Arc<File>, Errno> {
     let f = file::get(fd)?;
     match f.object {
         Object::Socket(_) => Ok(f),
+        Object::UnixStream(..) => Err(Errno::EOPNOTSUPP),
         _ => Err(Errno::ENOTSOCK),
     }
+}
+
+/// send and recv on an AF_UNIX pair: its pipes, as read and write.
+fn unix_pair(fd: u64) -> Result<Option<Arc<File>>, Errno> {
+    let f = file::get(fd)?;
+    Ok(matches!(f.object, Object::UnixStream(..)).then_some(f))
 }
 
 fn socket(f: &File) -> &Socket {
@@ -77,6 +86,41 @@ pub fn socket_syscall(a: &Args) -> SysResult {
     };
     let flags = O_RDWR | if kind & SOCK_NONBLOCK != 0 { O_NONBLOCK } else { 0 };
     file::install(File::new(Object::Socket(Socket::new(family, protocol)), flags), kind & SOCK_CLOEXEC != 0)
+}
+
+const AF_UNIX: u64 = 1;
+
+/// socketpair(AF_UNIX, SOCK_STREAM): two connected descriptors, a pipe each way. Other kinds are EOPNOTSUPP.
+pub fn socketpair(a: &Args) -> SysResult {
+    let (domain, kind, sv) = (a[0], a[1], a[3]);
+    if domain != AF_UNIX {
+        return Err(if domain == u64::from(AF_INET) || domain == u64::from(AF_INET6) {
+            Errno::EOPNOTSUPP
+        } else {
+            Errno::EAFNOSUPPORT
+        });
+    }
+    if kind & !(SOCK_TYPE_MASK | SOCK_NONBLOCK | SOCK_CLOEXEC) != 0 || a[2] != 0 {
+        return Err(Errno::EINVAL);
+    }
+    if kind & SOCK_TYPE_MASK != SOCK_STREAM {
+        return Err(Errno::EOPNOTSUPP);
+    }
+    user::check(sv, 8, true)?;
+    let (there, back) = (Pipe::new(), Pipe::new());
+    let flags = O_RDWR | if kind & SOCK_NONBLOCK != 0 { O_NONBLOCK } else { 0 };
+    let cloexec = kind & SOCK_CLOEXEC != 0;
+    let first = Object::UnixStream(pipe::Reader(back.clone()), pipe::Writer(there.clone()));
+    let second = Object::UnixStream(pipe::Reader(there), pipe::Writer(back));
+    let a_fd = file::install(File::new(first, flags), cloexec)?;
+    let b_fd = match file::install(File::new(second, flags), cloexec) {
+        Ok(fd) => fd,
+        Err(e) => {
+            let _ = file::close(a_fd);
+            return Err(e);
+        }
+    };
+    user::write(sv, [a_fd as i32, b_fd as i32]).map(|()| 0)
 }
 
 pub fn bind(a: &Args) -> SysResult {
@@ -193,12 +237,18 @@ fn destination(s: &Socket, addr: u64, len: u64) -> Result<Option<IpEndpoint>, Er
 }
 
 pub fn sendto(a: &Args) -> SysResult {
+    if unix_pair(a[0])?.is_some() {
+        return super::fs::write(&[a[0], a[1], a[2], 0, 0, 0]);
+    }
     let f = socket_of(a[0])?;
     let to = destination(socket(&f), a[4], a[5])?;
     send_on(&f, &[IoVec { base: a[1], len: a[2] }], to, a[3])
 }
 
 pub fn recvfrom(a: &Args) -> SysResult {
+    if unix_pair(a[0])?.is_some() {
+        return super::fs::read(&[a[0], a[1], a[2], 0, 0, 0]);
+    }
     let f = socket_of(a[0])?;
     recv_on(&f, &[IoVec { base: a[1], len: a[2] }], a[4], a[5], a[3])
 }

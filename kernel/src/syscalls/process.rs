@@ -127,6 +127,29 @@ pub fn sched_getaffinity(a: &Args) -> SysResult {
     Ok(8)
 }
 
+/// The program's threads run on every vCPU: a mask that names at least one of them is accepted and changes nothing.
+pub fn sched_setaffinity(a: &Args) -> SysResult {
+    let (pid, len, mask) = (a[0], a[1], a[2]);
+    if pid != 0 && !crate::sched::thread_exists(pid as u32) {
+        return Err(Errno::ESRCH);
+    }
+    if len < 8 {
+        return Err(Errno::EINVAL);
+    }
+    let vcpus = VCPUS.load(Ordering::Relaxed).min(64);
+    let bits = if vcpus == 64 { u64::MAX } else { (1u64 << vcpus) - 1 };
+    let wanted: u64 = user::read(mask)?;
+    if wanted & bits == 0 {
+        return Err(Errno::EINVAL);
+    }
+    Ok(0)
+}
+
+/// wait4 and waitid: the program never has children (no fork), as Linux answers a process without any.
+pub fn wait(_: &Args) -> SysResult {
+    Err(Errno::ECHILD)
+}
+
 /// New limits are accepted and not enforced, as with prlimit64.
 pub fn setrlimit(a: &Args) -> SysResult {
     if a[0] >= 16 {

@@ -99,6 +99,11 @@ impl Inode {
         self.state.lock().perm = perm & 0o7777;
     }
 
+    /// Sets the modification time (nanoseconds since the epoch); there is one time for all three stat times.
+    pub fn set_mtime(&self, ns: u64) {
+        self.state.lock().mtime_ns = ns;
+    }
+
     /// Hands `f` the file's bytes from `offset`, at most `len` of them (fewer at the end, none past it).
     pub fn read_with<R>(&self, offset: u64, len: u64, f: impl FnOnce(&[u8]) -> R) -> Result<R, Errno> {
         let s = self.state.lock();

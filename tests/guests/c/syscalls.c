@@ -12,9 +12,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/sysinfo.h>
 #include <sys/random.h>
 #include <sys/resource.h>
@@ -77,6 +82,58 @@ static void odds_and_ends(void) {
 }
 
 /* Ids as root changes them, then as an ordinary user who cannot change them back. Natively it needs root. */
+/* No children, locks, owners and times of files, affinity, msync/mincore, sendfile, socketpair. */
+static void files_and_processes(void) {
+  int status;
+  errno = 0;
+  check(wait4(-1, &status, WNOHANG, NULL) == -1 && errno == ECHILD, "wait4 without children: ECHILD");
+  int fd = open("/tmp/sendfile.txt", O_CREAT | O_RDWR | O_TRUNC, 0644);
+  check(fd >= 0 && write(fd, "hello world", 11) == 11, "a file to work on");
+  errno = 0;
+  check(flock(fd, LOCK_EX) == 0 && flock(fd, LOCK_UN) == 0 && flock(fd, 0) == -1 && errno == EINVAL, "flock");
+  errno = 0;
+  check(chown("/tmp/sendfile.txt", 0, 0) == 0 && fchown(fd, 0, 0) == 0 && chown("/tmp/missing", 0, 0) == -1 &&
+            errno == ENOENT,
+        "chown and fchown");
+  struct timespec times[2] = {{0, UTIME_OMIT}, {1000000000, 0}};
+  struct stat st;
+  check(utimensat(AT_FDCWD, "/tmp/sendfile.txt", times, 0) == 0 && stat("/tmp/sendfile.txt", &st) == 0 &&
+            st.st_mtime == 1000000000,
+        "utimensat sets the modification time");
+  struct timeval tv[2] = {{0, 0}, {1200000000, 0}};
+  check(utimes("/tmp/sendfile.txt", tv) == 0 && fstat(fd, &st) == 0 && st.st_mtime == 1200000000, "utimes");
+  check(futimens(fd, NULL) == 0 && fstat(fd, &st) == 0 && st.st_mtime > 1600000000, "futimens: now");
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(0, &set);
+  check(sched_setaffinity(0, sizeof set, &set) == 0, "sched_setaffinity to CPU 0");
+  CPU_ZERO(&set);
+  errno = 0;
+  check(sched_setaffinity(0, sizeof set, &set) == -1 && errno == EINVAL, "sched_setaffinity to no CPU: EINVAL");
+  char *page = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  page[0] = page[4096] = 1;
+  unsigned char resident[2] = {0, 0};
+  check(msync(page, 8192, MS_SYNC) == 0 && mincore(page, 8192, resident) == 0 && resident[0] & resident[1] & 1,
+        "msync and mincore");
+  int pipefd[2];
+  off_t offset = 6;
+  char got[8] = {0};
+  check(pipe(pipefd) == 0 && sendfile(pipefd[1], fd, &offset, 5) == 5 && offset == 11 && read(pipefd[0], got, 5) == 5 &&
+            strcmp(got, "world") == 0,
+        "sendfile from a file to a pipe");
+  close(fd);
+  int sv[2];
+  char c = 0;
+  check(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0 && write(sv[0], "a", 1) == 1 &&
+            read(sv[1], &c, 1) == 1 && c == 'a' && send(sv[1], "b", 1, 0) == 1 && recv(sv[0], &c, 1, 0) == 1 &&
+            c == 'b',
+        "socketpair: both ways");
+  struct pollfd p = {.fd = sv[0], .events = POLLIN};
+  close(sv[1]);
+  check(poll(&p, 1, 1000) == 1 && read(sv[0], &c, 1) == 0, "socketpair: the other end closed, end-of-file");
+  close(sv[0]);
+}
+
 static void credentials(void) {
   uid_t r, e, s;
   gid_t groups[4] = {10, 20}, got[4] = {0};
@@ -214,6 +271,7 @@ int main(void) {
   struct rlimit nofile = {1024, 1024};
   check(setrlimit(RLIMIT_NOFILE, &nofile) == 0, "setrlimit");
   odds_and_ends();
+  files_and_processes();
   /* Last: it gives up root. Kiln starts every program as root. */
   if (getuid() == 0 && geteuid() == 0 && getgid() == 0)
     credentials();
