@@ -91,26 +91,21 @@ pub fn fire_due() {
         return;
     }
     let now = time::since_boot_ns();
-    let mut due = Vec::new();
-    {
-        let mut timers = TIMERS.lock();
-        for t in timers.iter_mut().flatten().filter(|t| t.expires != 0 && t.expires <= now) {
-            due.push(t.notify);
-            match (now - t.expires).checked_div(t.interval) {
-                // Periodic: the next expiry after now; those skipped are its overrun.
-                Some(missed) => {
-                    t.overrun = missed;
-                    t.expires += (missed + 1) * t.interval;
-                }
-                None => t.expires = 0,
-            }
-        }
-        recompute(&timers);
-    }
-    // Outside the lock: a signal's default action may end the program here.
-    for notify in due {
-        if let Notify::Signal { signal, thread, code } = notify {
+    let mut timers = TIMERS.lock();
+    for t in timers.iter_mut().flatten().filter(|t| t.expires != 0 && t.expires <= now) {
+        // Sent before the timer stops counting as a deadline (`recompute` below): an idle vCPU that looks in between
+        // must not take a thread waiting for this signal for deadlocked.
+        if let Notify::Signal { signal, thread, code } = t.notify {
             crate::syscalls::signal::raise(signal, thread, code);
         }
+        match (now - t.expires).checked_div(t.interval) {
+            // Periodic: the next expiry after now; those skipped are its overrun.
+            Some(missed) => {
+                t.overrun = missed;
+                t.expires += (missed + 1) * t.interval;
+            }
+            None => t.expires = 0,
+        }
     }
+    recompute(&timers);
 }

@@ -3,7 +3,7 @@
 //! delivered inside the library OS (a virtio-net device to the outside is issue 4's next step).
 //!
 //! There are no interrupts: the stack makes progress when a thread polls it, which every socket operation does, and
-//! which `file::wait_io` makes sure happens when smoltcp's next timer (a retransmission, a delayed ACK) is due while
+//! which `file::wait_io` and idle vCPUs make sure happens when smoltcp's next timer (a retransmission) is due while
 //! threads wait. A poll that changes any socket's state bumps the I/O generation, which wakes every thread blocked on
 //! a socket, `poll`, `select` or `epoll_wait` to look again.
 
@@ -23,7 +23,8 @@ use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
 const EPHEMERAL_FIRST: u16 = 32768;
 const EPHEMERAL_LAST: u16 = 60999;
 /// How many polls one call may make while they keep changing state (each moves packets one hop on the loopback).
-const POLL_ROUNDS: usize = 16;
+/// Reaching it leaves packets queued: the stack is then due for another poll at once (`next_deadline`).
+const POLL_ROUNDS: usize = 1024;
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 pub enum Protocol {
@@ -40,6 +41,8 @@ pub struct Stack {
     next_ephemeral: u16,
     /// Closed TCP connections still finishing their FIN exchange; removed once smoltcp is done with them.
     closing: Vec<SocketHandle>,
+    /// The last poll stopped before the stack was quiet: packets may wait on the loopback.
+    unfinished: bool,
 }
 
 static STACK: SpinLock<Option<Stack>> = SpinLock::new(None);
@@ -65,6 +68,7 @@ pub fn stack() -> SpinGuard<'static, Option<Stack>> {
             ports: BTreeSet::new(),
             next_ephemeral: EPHEMERAL_FIRST,
             closing: Vec::new(),
+            unfinished: false,
         });
     }
     guard
@@ -92,6 +96,9 @@ pub fn poll() {
 pub fn next_deadline() -> Option<u64> {
     let mut guard = STACK.lock();
     let s = guard.as_mut()?;
+    if s.unfinished {
+        return Some(time::since_boot_ns());
+    }
     let delay = s.iface.poll_delay(now(), &s.sockets)?;
     Some(time::since_boot_ns().saturating_add(delay.total_micros() * 1000))
 }
@@ -101,10 +108,12 @@ impl Stack {
     /// row mean done); returns whether anything did.
     fn poll(&mut self) -> bool {
         let (mut changed, mut quiet) = (false, 0);
+        self.unfinished = true;
         for _ in 0..POLL_ROUNDS {
             if self.iface.poll(now(), &mut self.device, &mut self.sockets) == PollResult::None {
                 quiet += 1;
                 if quiet == 2 {
+                    self.unfinished = false;
                     break;
                 }
             } else {

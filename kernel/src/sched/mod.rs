@@ -515,11 +515,10 @@ fn idle_until_runnable() -> usize {
             .iter()
             .any(|t| matches!(t.state, State::Running | State::Runnable) || t.wait == Some(Wait::Signal));
         let blocked = s.threads.iter().filter(|t| t.state == State::Blocked).map(|t| t.deadline).min();
-        // A timer that will expire can wake a thread (its signal), so it is a deadline too.
-        let deadline = match (blocked, crate::timers::next_expiry()) {
-            (Some(d), Some(t)) => Some(d.min(t)),
-            (d, t) => d.or(t),
-        };
+        // A timer that will expire can wake a thread (its signal), and so can the network stack's next timer (a
+        // retransmission): deadlines too.
+        let net = crate::net::next_deadline();
+        let deadline = [blocked, crate::timers::next_expiry(), net].into_iter().flatten().min();
         if !runnable_elsewhere && deadline.is_none_or(|d| d == u64::MAX) {
             let threads = live_threads(s) as u64;
             hypercall::deadlock(threads);
@@ -528,9 +527,12 @@ fn idle_until_runnable() -> usize {
         // SAFETY: nothing obtained under the lock is used while it is released.
         unsafe { SCHEDULER.force_unlock() };
         time::wait_until(deadline.unwrap_or(u64::MAX));
-        // A signal from the host or a timer may be what woke us.
+        // A signal from the host, a timer or the network may be what woke us.
         crate::syscalls::signal::poll_host_signals();
         crate::timers::fire_due();
+        if net.is_some() {
+            crate::net::poll();
+        }
         core::mem::forget(SCHEDULER.lock());
     }
 }
