@@ -78,6 +78,7 @@ const NOTES: &[(u64, &str)] = &[
     (261, TIMES),
     (280, TIMES),
     (203, "partial: accepted; threads still run on every vCPU"),
+    (128, "partial: a signal for the process is taken from what waits at the main thread"),
     (36, ITIMER_CPU),
     (38, ITIMER_CPU),
     (222, "partial: SIGEV_SIGNAL, SIGEV_THREAD_ID, SIGEV_NONE; the signal's siginfo carries no sigev_value"),
@@ -104,6 +105,12 @@ const NOTES: &[(u64, &str)] = &[
           other options read as 0",
     ),
     (288, LOOPBACK_ONLY),
+    (307, LOOPBACK_ONLY),
+    (
+        299,
+        "partial: the loopback only; with MSG_WAITFORONE or a timeout, only the first message is waited for (the \
+          timeout bounds nothing more)",
+    ),
     (56, "partial: threads only (CLONE_VM, CLONE_THREAD, CLONE_SIGHAND); process-creating clones are ENOSYS"),
     (57, "by design: one program per VM, no new processes"),
     (58, "by design: one program per VM, no new processes"),

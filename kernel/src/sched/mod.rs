@@ -43,6 +43,8 @@ pub enum Wait {
     Sleep,
     /// A signal (pause, sigsuspend): one may come from the host at any time, so such a wait is never a deadlock.
     Signal,
+    /// One of these signals, blocked or not (sigwait), or any signal the thread does not block.
+    SignalIn(u64),
 }
 
 /// Why a blocked thread runs again.
@@ -270,8 +272,14 @@ pub fn block(wait: Wait, deadline: u64, still: impl FnOnce() -> bool) -> Option<
         return None;
     }
     let me = percpu::current().thread;
+    // sigwait also takes its signals while blocked, and those pending for the process at the main thread (slot 0).
+    let awaited = match wait {
+        Wait::SignalIn(set) => set,
+        _ => 0,
+    };
+    let for_process = if me == 0 { 0 } else { PENDING[0].load(Ordering::SeqCst) & s.threads[0].blocked };
     let t = &mut s.threads[me];
-    if PENDING[me].load(Ordering::SeqCst) & !t.blocked != 0 {
+    if PENDING[me].load(Ordering::SeqCst) & (!t.blocked | awaited) != 0 || for_process & awaited != 0 {
         return Some(Woken::Signal);
     }
     t.state = State::Blocked;
@@ -309,7 +317,8 @@ pub fn post_signal(tid: Option<u32>, sig: u32) -> bool {
     let Some(slot) = slot else { return false };
     PENDING[slot].fetch_or(bit, Ordering::SeqCst);
     let t = &mut s.threads[slot];
-    if t.state != State::Blocked || t.blocked & bit != 0 {
+    let awaited = matches!(t.wait, Some(Wait::SignalIn(set)) if set & bit != 0);
+    if t.state != State::Blocked || (t.blocked & bit != 0 && !awaited) {
         return true;
     }
     t.state = State::Runnable;
@@ -323,6 +332,41 @@ pub fn post_signal(tid: Option<u32>, sig: u32) -> bool {
     drop(s);
     kick(cpus);
     true
+}
+
+/// A thread waiting in sigwait for `sig`, which a signal for the whole process goes to first.
+pub fn sigwaiter_for(sig: u32) -> Option<u32> {
+    let bit = 1u64 << (sig - 1);
+    let s = SCHEDULER.lock();
+    s.threads
+        .iter()
+        .find(|t| t.state == State::Blocked && matches!(t.wait, Some(Wait::SignalIn(set)) if set & bit != 0))
+        .map(|t| t.tid)
+}
+
+/// Whether thread `tid` blocks `sig`.
+pub fn blocks(tid: u32, sig: u32) -> bool {
+    let s = SCHEDULER.lock();
+    s.threads.iter().any(|t| t.state != State::Free && t.tid == tid && t.blocked & (1 << (sig - 1)) != 0)
+}
+
+/// sigwait: takes the lowest pending signal of `set` for the current thread, or one pending for the process (at the
+/// main thread, which blocks it).
+pub fn take_signal_in(set: u64) -> Option<u32> {
+    let me = percpu::current().thread;
+    let s = SCHEDULER.lock();
+    let main = s.threads.iter().position(|t| t.state != State::Free && t.tid == MAIN_TID);
+    let from_main = main.filter(|&m| m != me).map_or(0, |m| PENDING[m].load(Ordering::SeqCst) & s.threads[m].blocked);
+    let (slot, pending) = match PENDING[me].load(Ordering::SeqCst) & set {
+        0 => (main?, from_main & set),
+        own => (me, own),
+    };
+    if pending == 0 {
+        return None;
+    }
+    let sig = pending.trailing_zeros();
+    PENDING[slot].fetch_and(!(1 << sig), Ordering::SeqCst);
+    Some(sig + 1)
 }
 
 /// Takes the lowest pending signal the current thread does not block, if any. Cheap when none is pending.
@@ -510,10 +554,10 @@ fn idle_until_runnable() -> usize {
             s.idle &= !(1 << cpu_id);
             return next;
         }
-        let runnable_elsewhere = s
-            .threads
-            .iter()
-            .any(|t| matches!(t.state, State::Running | State::Runnable) || t.wait == Some(Wait::Signal));
+        let runnable_elsewhere = s.threads.iter().any(|t| {
+            matches!(t.state, State::Running | State::Runnable)
+                || matches!(t.wait, Some(Wait::Signal | Wait::SignalIn(_)))
+        });
         let blocked = s.threads.iter().filter(|t| t.state == State::Blocked).map(|t| t.deadline).min();
         // A timer that will expire can wake a thread (its signal), and so can the network stack's next timer (a
         // retransmission): deadlines too.

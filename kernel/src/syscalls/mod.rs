@@ -155,6 +155,7 @@ const fn table() -> [Option<Handler>; SYSCALL_SLOTS] {
     t[120] = Some(identity::getresgid);
     t[121] = Some(identity::getpgid);
     t[124] = Some(identity::getpgid);
+    t[128] = Some(signal::rt_sigtimedwait);
     t[130] = Some(signal::rt_sigsuspend);
     t[127] = Some(signal::rt_sigpending);
     t[131] = Some(signal::sigaltstack);
@@ -190,6 +191,8 @@ const fn table() -> [Option<Handler>; SYSCALL_SLOTS] {
     t[230] = Some(time::clock_nanosleep);
     t[441] = Some(fs::epoll_pwait2);
     t[288] = Some(net::accept4);
+    t[299] = Some(net::recvmmsg);
+    t[307] = Some(net::sendmmsg);
     t[222] = Some(timer::timer_create);
     t[223] = Some(timer::timer_settime);
     t[224] = Some(timer::timer_gettime);

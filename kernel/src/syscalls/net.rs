@@ -275,22 +275,63 @@ fn iovecs(h: &MsgHdr) -> Result<Vec<IoVec>, Errno> {
     (0..h.iov_len).map(|i| user::read::<IoVec>(h.iov + i * 16)).collect()
 }
 
+fn send_msghdr(f: &File, at: u64, flags: u64) -> SysResult {
+    let h: MsgHdr = user::read(at)?;
+    let to = destination(socket(f), h.name, u64::from(h.name_len))?;
+    send_on(f, &iovecs(&h)?, to, flags)
+}
+
+fn recv_msghdr(f: &File, at: u64, flags: u64) -> SysResult {
+    let h: MsgHdr = user::read(at)?;
+    let name_len_at = if h.name != 0 { at + 8 } else { 0 };
+    let n = recv_on(f, &iovecs(&h)?, h.name, name_len_at, flags)?;
+    // No ancillary data, nothing truncated.
+    user::write(at + 40, 0u64)?;
+    user::write(at + 48, 0i32)?;
+    Ok(n)
+}
+
 pub fn sendmsg(a: &Args) -> SysResult {
-    let f = socket_of(a[0])?;
-    let h: MsgHdr = user::read(a[1])?;
-    let to = destination(socket(&f), h.name, u64::from(h.name_len))?;
-    send_on(&f, &iovecs(&h)?, to, a[2])
+    send_msghdr(&*socket_of(a[0])?, a[1], a[2])
 }
 
 pub fn recvmsg(a: &Args) -> SysResult {
+    recv_msghdr(&*socket_of(a[0])?, a[1], a[2])
+}
+
+/// `struct mmsghdr`: a `msghdr` and the byte count of its message.
+const MMSGHDR_SIZE: u64 = 64;
+const MSG_LEN_OFFSET: u64 = 56;
+const MAX_MMSG: u64 = 1024;
+const MSG_WAITFORONE: u64 = 0x10000;
+
+/// Runs `one` on each `mmsghdr` of the vector at `vec`, recording each message's length, until one fails: the count
+/// done, or that failure if it was the first.
+fn each_message(vec: u64, count: u64, mut one: impl FnMut(u64, bool) -> SysResult) -> SysResult {
+    let mut done = 0;
+    while done < count.min(MAX_MMSG) {
+        let at = vec + done * MMSGHDR_SIZE;
+        match one(at, done == 0) {
+            Ok(n) => user::write(at + MSG_LEN_OFFSET, n as u32)?,
+            Err(e) if done == 0 => return Err(e),
+            Err(_) => break,
+        }
+        done += 1;
+    }
+    Ok(done)
+}
+
+pub fn sendmmsg(a: &Args) -> SysResult {
     let f = socket_of(a[0])?;
-    let h: MsgHdr = user::read(a[1])?;
-    let name_len_at = if h.name != 0 { a[1] + 8 } else { 0 };
-    let n = recv_on(&f, &iovecs(&h)?, h.name, name_len_at, a[2])?;
-    // No ancillary data, nothing truncated.
-    user::write(a[1] + 40, 0u64)?;
-    user::write(a[1] + 48, 0i32)?;
-    Ok(n)
+    each_message(a[1], a[2], |at, _| send_msghdr(&f, at, a[3]))
+}
+
+/// recvmmsg: the first message as the flags say; the rest without waiting once one arrived, with MSG_WAITFORONE or a
+/// timeout (the timeout itself bounds nothing more).
+pub fn recvmmsg(a: &Args) -> SysResult {
+    let f = socket_of(a[0])?;
+    let later = if a[3] & MSG_WAITFORONE != 0 || a[4] != 0 { a[3] | MSG_DONTWAIT } else { a[3] };
+    each_message(a[1], a[2], |at, first| recv_msghdr(&f, at, if first { a[3] } else { later }))
 }
 
 pub fn setsockopt(a: &Args) -> SysResult {

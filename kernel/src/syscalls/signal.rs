@@ -156,9 +156,20 @@ fn send(tid: Option<u32>, sig: u64, code: i32) -> SysResult {
         s.codes[(sig - 1) as usize] = code;
         s.actions[(sig - 1) as usize]
     };
+    // A signal for the whole process goes first to a thread waiting for it in sigwait.
+    let tid = match tid {
+        Some(MAIN_TID) if code != SI_TKILL => sched::sigwaiter_for(sig as u32).or(tid),
+        other => other,
+    };
+    // A blocked signal waits, even one whose default action ends the program: sigwait may take it.
+    let held = match tid {
+        Some(t) => sched::blocks(t, sig as u32) || sched::sigwaiter_for(sig as u32) == Some(t),
+        None => false,
+    };
     match action.handler {
         SIG_IGN => Ok(0),
         SIG_DFL if default_is_ignore(sig) => Ok(0),
+        SIG_DFL if held => Ok(u64::from(sched::post_signal(tid, sig as u32))),
         SIG_DFL => hypercall::exit(128 + sig, sig),
         _ if sched::post_signal(tid, sig as u32) => Ok(0),
         // A signal for the process goes to its main thread while that lives (as Linux prefers), else to the caller.
@@ -447,6 +458,39 @@ pub fn poll_host_signals() {
 }
 
 /// pause: sleeps until a signal is delivered; always EINTR.
+/// rt_sigtimedwait (sigwait, sigwaitinfo, sigtimedwait): takes a pending signal of the set, waiting for one until
+/// the timeout; EAGAIN when it passes, EINTR when a signal outside the set runs its handler.
+pub fn rt_sigtimedwait(a: &Args) -> SysResult {
+    if a[3] != 8 {
+        return Err(Errno::EINVAL);
+    }
+    let set: u64 = user::read::<u64>(a[0])? & !UNBLOCKABLE;
+    let deadline = match a[2] {
+        0 => u64::MAX,
+        t => crate::time::since_boot_ns().saturating_add(user::read_timespec(t)?),
+    };
+    loop {
+        if let Some(sig) = sched::take_signal_in(set) {
+            if a[1] != 0 {
+                let code = state().codes[(sig - 1) as usize];
+                let mut info = [0u8; 128];
+                info[..4].copy_from_slice(&(sig as i32).to_le_bytes());
+                info[8..12].copy_from_slice(&code.to_le_bytes());
+                info[16..20].copy_from_slice(&(PID as i32).to_le_bytes());
+                user::write_bytes(a[1], &info)?;
+            }
+            return Ok(u64::from(sig));
+        }
+        if crate::time::since_boot_ns() >= deadline {
+            return Err(Errno::EAGAIN);
+        }
+        if sched::signal_deliverable() {
+            return Err(Errno::EINTR);
+        }
+        sched::block(sched::Wait::SignalIn(set), deadline, || true);
+    }
+}
+
 pub fn pause(_: &Args) -> SysResult {
     sched::block(sched::Wait::Signal, u64::MAX, || true);
     Err(Errno::EINTR)

@@ -212,6 +212,22 @@ static void ipv6_and_udp(void) {
   check(connect(u2, (struct sockaddr *)&a1, sizeof a1) == 0 && send(u2, "pong!", 5, 0) == 5 &&
             recv(u1, buf, sizeof buf, 0) == 5 && memcmp(buf, "pong!", 5) == 0,
         "UDP: connect, then send and recv");
+  struct mmsghdr out[3], in[3];
+  struct iovec out_iov[3], in_iov[3];
+  char in_buf[3][16];
+  const char *words[3] = {"one", "three", "seven"};
+  memset(out, 0, sizeof out);
+  memset(in, 0, sizeof in);
+  for (int i = 0; i < 3; i++) {
+    out_iov[i] = (struct iovec){(void *)words[i], strlen(words[i])};
+    out[i].msg_hdr = (struct msghdr){.msg_name = &a1, .msg_namelen = sizeof a1, .msg_iov = &out_iov[i], .msg_iovlen = 1};
+    in_iov[i] = (struct iovec){in_buf[i], sizeof in_buf[i]};
+    in[i].msg_hdr = (struct msghdr){.msg_iov = &in_iov[i], .msg_iovlen = 1};
+  }
+  check(sendmmsg(u2, out, 3, 0) == 3 && out[2].msg_len == 5, "UDP: sendmmsg sends three datagrams");
+  check(recvmmsg(u1, in, 3, MSG_WAITFORONE, NULL) == 3 && in[0].msg_len == 3 && in[1].msg_len == 5 &&
+            in[2].msg_len == 5 && memcmp(in_buf[2], "seven", 5) == 0,
+        "UDP: recvmmsg receives them, each with its length");
   close(u1), close(u2);
 }
 

@@ -1,9 +1,12 @@
 /* timers: alarm, setitimer/getitimer and POSIX timers (timer_create ... timer_delete): one-shot and periodic
  * expiries reach their handlers with the right si_code, interrupt a blocking read, and the remaining times read back.
+ * Also sigwait: a thread takes a blocked signal sent to the process, sigtimedwait times out, a timer's signal is
+ * taken with sigwaitinfo, and musl's SIGEV_THREAD timers (a helper thread in sigwaitinfo) run their function.
  * Each check prints one line; exits 0 when all held. With the argument `unhandled`, a timer's SIGALRM ends the
  * program (exit 142). */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -42,6 +45,61 @@ static void handle(int sig, void (*handler)(int)) {
   sa.sa_handler = handler;
   sigemptyset(&sa.sa_mask);
   sigaction(sig, &sa, NULL);
+}
+
+static void *waiter(void *arg) {
+  sigset_t *set = arg;
+  int sig = 0;
+  sigwait(set, &sig);
+  return (void *)(long)sig;
+}
+
+static volatile int thread_expiries;
+static void on_expiry(union sigval value) {
+  (void)value;
+  thread_expiries++;
+}
+
+static void sigwait_family(void) {
+  sigset_t usr2;
+  sigemptyset(&usr2);
+  sigaddset(&usr2, SIGUSR2);
+  pthread_sigmask(SIG_BLOCK, &usr2, NULL);
+  pthread_t t;
+  void *got;
+  pthread_create(&t, NULL, waiter, &usr2);
+  struct timespec pause_a_little = {0, 20000000};
+  nanosleep(&pause_a_little, NULL);
+  kill(getpid(), SIGUSR2);
+  pthread_join(t, &got);
+  check((long)got == SIGUSR2, "sigwait in a thread takes a blocked signal sent to the process");
+
+  struct timespec wait = {0, 20000000};
+  double t0 = now();
+  errno = 0;
+  check(sigtimedwait(&usr2, NULL, &wait) == -1 && errno == EAGAIN && now() - t0 >= 0.019,
+        "sigtimedwait with nothing pending: EAGAIN after the timeout");
+
+  sigset_t rt;
+  sigemptyset(&rt);
+  sigaddset(&rt, SIGRTMIN);
+  pthread_sigmask(SIG_BLOCK, &rt, NULL);
+  struct sigevent ev = {.sigev_notify = SIGEV_SIGNAL, .sigev_signo = SIGRTMIN};
+  timer_t timer;
+  struct itimerspec soon = {.it_value = {0, 10000000}};
+  siginfo_t info;
+  check(timer_create(CLOCK_MONOTONIC, &ev, &timer) == 0 && timer_settime(timer, 0, &soon, NULL) == 0 &&
+            sigwaitinfo(&rt, &info) == SIGRTMIN && info.si_code == SI_TIMER,
+        "sigwaitinfo takes a timer's signal (SI_TIMER)");
+  timer_delete(timer);
+
+  struct sigevent threaded = {.sigev_notify = SIGEV_THREAD, .sigev_notify_function = on_expiry};
+  struct itimerspec twice = {.it_interval = {0, 10000000}, .it_value = {0, 10000000}};
+  check(timer_create(CLOCK_MONOTONIC, &threaded, &timer) == 0 && timer_settime(timer, 0, &twice, NULL) == 0,
+        "a SIGEV_THREAD timer");
+  for (int i = 0; i < 200 && thread_expiries < 2; i++) nanosleep(&pause_a_little, NULL);
+  check(thread_expiries >= 2, "its function runs on each expiry");
+  timer_delete(timer);
 }
 
 int main(int argc, char **argv) {
@@ -113,6 +171,7 @@ int main(int argc, char **argv) {
   errno = 0;
   check(timer_gettime(timer, &left) == -1 && errno == EINVAL, "a deleted timer is EINVAL");
 
+  sigwait_family();
   printf("timers: %d failed\n", failures);
   return failures != 0;
 }
