@@ -427,16 +427,21 @@ fn a_thread_overflowing_its_stack_is_a_crash_not_a_hang() {
     }
 }
 
+/// Runs a self-checking guest, which prints "NAME: 0 failed" last when all its checks held, on one and on two vCPUs.
+fn passes_on_one_and_two_vcpus(binary: &Path, name: &str) {
+    for cpus in ["1", "2"] {
+        let run = kiln().args(["run", "--cpus", cpus]).arg(binary).run();
+        run.assert_code(0);
+        assert!(run.stdout_text().ends_with(&format!("{name}: 0 failed\n")), "--cpus {cpus}\n{run}");
+    }
+}
+
 #[test]
 fn programs_handle_their_own_faults() {
     if !kvm::available() {
         return;
     }
-    for cpus in ["1", "2"] {
-        let run = kiln().args(["run", "--cpus", cpus]).arg(guests::c("faults")).run();
-        run.assert_code(0);
-        assert!(run.stdout_text().ends_with("faults: 0 failed\n"), "--cpus {cpus}\n{run}");
-    }
+    passes_on_one_and_two_vcpus(&guests::c("faults"), "faults");
 }
 
 #[test]
@@ -536,11 +541,7 @@ fn tcp_and_udp_sockets_work_over_the_loopback() {
     if !kvm::available() {
         return;
     }
-    for cpus in ["1", "2"] {
-        let run = kiln().args(["run", "--cpus", cpus]).arg(guests::c("sockets")).run();
-        run.assert_code(0);
-        assert!(run.stdout_text().ends_with("sockets: 0 failed\n"), "--cpus {cpus}\n{run}");
-    }
+    passes_on_one_and_two_vcpus(&guests::c("sockets"), "sockets");
 }
 
 #[test]
@@ -564,11 +565,7 @@ fn interval_and_posix_timers_deliver_their_signals() {
     if !kvm::available() {
         return;
     }
-    for cpus in ["1", "2"] {
-        let run = kiln().args(["run", "--cpus", cpus]).arg(guests::c("timers")).run();
-        run.assert_code(0);
-        assert!(run.stdout_text().ends_with("timers: 0 failed\n"), "--cpus {cpus}\n{run}");
-    }
+    passes_on_one_and_two_vcpus(&guests::c("timers"), "timers");
     let run = kiln().arg("run").arg(guests::c("timers")).arg("unhandled").run();
     run.assert_code(142).assert_stdout("timers: waiting for an unhandled SIGALRM\n");
     run.assert_stderr_contains("kiln: program killed by SIGALRM");
@@ -579,11 +576,7 @@ fn mprotect_is_enforced_and_keeps_the_bytes() {
     if !kvm::available() {
         return;
     }
-    for cpus in ["1", "2"] {
-        let run = kiln().args(["run", "--cpus", cpus]).arg(guests::c("mprotect")).run();
-        run.assert_code(0);
-        assert!(run.stdout_text().ends_with("mprotect: 0 failed\n"), "--cpus {cpus}\n{run}");
-    }
+    passes_on_one_and_two_vcpus(&guests::c("mprotect"), "mprotect");
     let run = kiln().args(["run", "--cpus", "2"]).arg(guests::c("mprotect")).arg("beside-a-spinner").run();
     run.assert_code(0);
     assert!(run.stdout_text().ends_with("mprotect: 0 failed\n"), "beside a spinning thread\n{run}");

@@ -10,13 +10,7 @@
 #include <sys/select.h>
 #include <time.h>
 #include <unistd.h>
-
-static int failures;
-
-static void check(int ok, const char *what) {
-  printf("%s: %s\n", ok ? "ok" : "FAILED", what);
-  if (!ok) failures++;
-}
+#include "check.h"
 
 static int efd;
 

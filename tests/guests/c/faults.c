@@ -12,13 +12,9 @@
 #include <sys/mman.h>
 #include <ucontext.h>
 #include <unistd.h>
+#include "check.h"
 
 #define PAGE 4096
-static int failures;
-static void check(int ok, const char *what) {
-  printf("%s: %s\n", ok ? "ok" : "FAILED", what);
-  if (!ok) failures++;
-}
 
 static volatile sig_atomic_t faults;
 static volatile int last_signal, last_code;

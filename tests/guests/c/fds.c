@@ -15,13 +15,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-
-static int failures;
-
-static void check(int ok, const char *what) {
-  printf("%s: %s\n", ok ? "ok" : "FAILED", what);
-  if (!ok) failures++;
-}
+#include "check.h"
 
 enum { BIG = 200 * 1000 };
 static int pipe_fds[2];

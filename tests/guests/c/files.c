@@ -15,8 +15,7 @@
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
-static int failures;
-static void check(int ok, const char *what) { printf("%s: %s\n", ok ? "ok" : "FAILED", what); if (!ok) failures++; }
+#include "check.h"
 static void mappings(void) {
   char pattern[5000];
   for (size_t i = 0; i < sizeof pattern; i++) pattern[i] = (char)(i * 7 + i / 251);

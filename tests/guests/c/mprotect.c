@@ -23,13 +23,9 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+#include "check.h"
 
 #define PAGE 4096
-static int failures;
-static void check(int ok, const char *what) {
-  printf("%s: %s\n", ok ? "ok" : "FAILED", what);
-  if (!ok) failures++;
-}
 
 static int pipefd[2];
 

@@ -12,13 +12,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-
-static int failures;
-
-static void check(int ok, const char *what) {
-  printf("%s: %s\n", ok ? "ok" : "FAILED", what);
-  if (!ok) failures++;
-}
+#include "check.h"
 
 static volatile sig_atomic_t got, got_code, got_signo, on_alt;
 static char altstack[64 * 1024];

@@ -14,12 +14,7 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
-
-static int failures;
-static void check(int ok, const char *what) {
-  printf("%s: %s\n", ok ? "ok" : "FAILED", what);
-  if (!ok) failures++;
-}
+#include "check.h"
 
 /* A TCP listener on 127.0.0.1 at a port the system picks; returns the socket and sets *port. */
 static int listener(int type, uint16_t *port) {

@@ -27,13 +27,7 @@
 #include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
-
-static int failures;
-
-static void check(int ok, const char *what) {
-  printf("%s: %s\n", ok ? "ok" : "FAILED", what);
-  if (!ok) failures++;
-}
+#include "check.h"
 
 static volatile sig_atomic_t usr1_seen;
 static void on_usr1(int sig) { usr1_seen = sig; }

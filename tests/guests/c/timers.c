@@ -13,12 +13,7 @@
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
-
-static int failures;
-static void check(int ok, const char *what) {
-  printf("%s: %s\n", ok ? "ok" : "FAILED", what);
-  if (!ok) failures++;
-}
+#include "check.h"
 
 static volatile sig_atomic_t alarms, usr1, last_code;
 

@@ -14,12 +14,7 @@
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
-
-static int failures;
-static void check(int ok, const char *what) {
-  printf("%s: %s\n", ok ? "ok" : "FAILED", what);
-  if (!ok) failures++;
-}
+#include "check.h"
 
 static long long ns(struct timespec t) { return t.tv_sec * 1000000000LL + t.tv_nsec; }
 
