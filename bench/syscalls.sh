@@ -19,20 +19,4 @@ for _ in $(seq "$rounds"); do
   "$out/syscalls" "$data" | sed 's/^/native /'
   "$KILN" run --memory "$memory" --cpus 1 --file "$data:/data" "$out/syscalls" /data | sed 's/^/kiln1 /'
   "$KILN" run --memory "$memory" --cpus 2 --file "$data:/data" "$out/syscalls" /data | sed 's/^/kiln2 /'
-done | python3 -c '
-import statistics, sys
-runs = {}
-for line in sys.stdin:
-    who, case, value = line.split()
-    runs.setdefault((case, who), []).append(float(value))
-cases = []
-for case, _ in runs:
-    if case not in cases:
-        cases.append(case)
-print("%-22s %12s %12s %12s  %s" % ("case", "native", "kiln 1 vCPU", "kiln 2 vCPUs", "unit"))
-for case in cases:
-    n = statistics.median(runs[(case, "native")])
-    k1, k2 = statistics.median(runs[(case, "kiln1")]), statistics.median(runs[(case, "kiln2")])
-    unit = "MiB/s" if "MiB" in case else "ns/op"
-    print("%-22s %12.1f %12.1f %12.1f  %s" % (case, n, k1, k2, unit))
-'
+done | python3 "$repo/bench/medians.py"

@@ -12,7 +12,7 @@ pub mod socket;
 
 use crate::sync::{SpinGuard, SpinLock};
 use crate::{file, time};
-use alloc::collections::BTreeSet;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
 use smoltcp::phy::{Loopback, Medium};
@@ -43,6 +43,10 @@ pub struct Stack {
     closing: Vec<SocketHandle>,
     /// The last poll stopped before the stack was quiet: packets may wait on the loopback.
     unfinished: bool,
+    /// TCP ports with a listener, and how many listeners each has.
+    pub listeners: BTreeMap<u16, usize>,
+    /// Connections taken by `accept`, ever: a connect refused by a full backlog tries again once this moves.
+    pub accepts: u64,
 }
 
 static STACK: SpinLock<Option<Stack>> = SpinLock::new(None);
@@ -69,6 +73,8 @@ pub fn stack() -> SpinGuard<'static, Option<Stack>> {
             next_ephemeral: EPHEMERAL_FIRST,
             closing: Vec::new(),
             unfinished: false,
+            listeners: BTreeMap::new(),
+            accepts: 0,
         });
     }
     guard

@@ -48,6 +48,8 @@ struct State {
     error: Option<Errno>,
     /// SO_RCVTIMEO and SO_SNDTIMEO in nanoseconds, 0 for none.
     timeouts: [u64; 2],
+    /// TCP while connecting: where to, and `Stack::accepts` when the connection was last tried.
+    connecting_to: Option<(IpEndpoint, u64)>,
 }
 
 pub struct Socket {
@@ -117,6 +119,7 @@ impl Socket {
             shut_read: false,
             error: None,
             timeouts: [0; 2],
+            connecting_to: None,
         };
         Socket { family, protocol, state: SpinLock::new(state) }
     }
@@ -170,6 +173,7 @@ impl Socket {
                 Role::Fresh => {
                     let handles = (0..want).map(|_| listening(s, endpoint)).collect::<Result<Vec<_>, _>>()?;
                     st.role = Role::Listening(handles);
+                    *s.listeners.entry(endpoint.port).or_insert(0) += 1;
                     Ok(())
                 }
                 // listen again: only the backlog changes.
@@ -186,7 +190,7 @@ impl Socket {
 
     /// The next connection a listener has, as a new socket (None: none yet).
     pub fn accept(&self, patience: Patience) -> Result<(Socket, IpEndpoint), Errno> {
-        until(patience, |s| {
+        let accepted = until(patience, |s| {
             let mut st = self.state.lock();
             let endpoint = IpListenEndpoint { addr: st.local.0, port: st.local.1 };
             let Role::Listening(handles) = &mut st.role else { return Some(Err(Errno::EINVAL)) };
@@ -198,6 +202,7 @@ impl Socket {
                 Err(e) => return Some(Err(e)),
             };
             let connection = core::mem::replace(&mut handles[ready], fresh);
+            s.accepts += 1;
             let tcp = s.sockets.get::<tcp::Socket>(connection);
             let peer = tcp.remote_endpoint().unwrap_or(IpEndpoint::new(addr::unspecified(self.family), 0));
             let local = tcp.local_endpoint().map(|e| (Some(e.addr), e.port)).unwrap_or(st.local);
@@ -209,9 +214,15 @@ impl Socket {
                 shut_read: false,
                 error: None,
                 timeouts: st.timeouts,
+                connecting_to: None,
             };
             Some(Ok((Socket { family: self.family, protocol: Protocol::Tcp, state: SpinLock::new(state) }, peer)))
-        })
+        });
+        if accepted.is_ok() {
+            // Room in the backlog: a connect refused for lack of it may try again.
+            file::notify(0);
+        }
+        accepted
     }
 
     pub fn connect(&self, remote: IpEndpoint, patience: Patience) -> Result<(), Errno> {
@@ -228,10 +239,8 @@ impl Socket {
                 Role::Connected(_) => return Err(Errno::EISCONN),
                 _ => return Err(Errno::EINVAL),
             }
-            let local = IpListenEndpoint { addr: st.local.0, port: st.local.1 };
-            let mut socket = tcp_socket();
-            socket.connect(s.iface.context(), remote, local).map_err(|_| Errno::ECONNREFUSED)?;
-            st.role = Role::Connecting(s.sockets.add(socket));
+            st.role = Role::Connecting(dial(s, remote, st.local)?);
+            st.connecting_to = Some((remote, s.accepts));
             Ok(())
         })?;
         let result = until(patience, |s| {
@@ -457,17 +466,42 @@ fn listening(s: &mut Stack, endpoint: IpListenEndpoint) -> Result<SocketHandle, 
     Ok(s.sockets.add(socket))
 }
 
+/// A new smoltcp socket connecting from `local` to `remote`, in the stack.
+fn dial(s: &mut Stack, remote: IpEndpoint, local: (Option<IpAddress>, u16)) -> Result<SocketHandle, Errno> {
+    let mut socket = tcp_socket();
+    let local = IpListenEndpoint { addr: local.0, port: local.1 };
+    socket.connect(s.iface.context(), remote, local).map_err(|_| Errno::ECONNREFUSED)?;
+    Ok(s.sockets.add(socket))
+}
+
 /// Moves a connecting socket on once smoltcp has answered: connected, or refused (the error kept for SO_ERROR).
+/// Refused by a listener whose backlog was full, it stays connecting and tries again once an `accept` made room, as
+/// a Linux client's SYN is retried rather than refused.
 fn refresh(st: &mut State, s: &mut Stack) {
     let Role::Connecting(h) = st.role else { return };
     match s.sockets.get::<tcp::Socket>(h).state() {
         tcp::State::SynSent | tcp::State::SynReceived => {}
-        tcp::State::Closed | tcp::State::TimeWait => {
-            s.sockets.remove(h);
-            st.role = Role::Fresh;
-            st.error = Some(Errno::ECONNREFUSED);
+        tcp::State::Closed | tcp::State::TimeWait => match st.connecting_to {
+            Some((remote, seen)) if s.listeners.contains_key(&remote.port) => {
+                if s.accepts != seen {
+                    if let Ok(again) = dial(s, remote, st.local) {
+                        s.sockets.remove(h);
+                        st.role = Role::Connecting(again);
+                        st.connecting_to = Some((remote, s.accepts));
+                    }
+                }
+            }
+            _ => {
+                s.sockets.remove(h);
+                st.role = Role::Fresh;
+                st.connecting_to = None;
+                st.error = Some(Errno::ECONNREFUSED);
+            }
+        },
+        _ => {
+            st.role = Role::Connected(h);
+            st.connecting_to = None;
         }
-        _ => st.role = Role::Connected(h),
     }
 }
 
@@ -483,6 +517,12 @@ impl Drop for Socket {
                     s.sockets.remove(*h);
                 }
                 Role::Listening(handles) => {
+                    if let Some(count) = s.listeners.get_mut(&st.local.1) {
+                        *count -= 1;
+                        if *count == 0 {
+                            s.listeners.remove(&st.local.1);
+                        }
+                    }
                     for &h in handles {
                         s.sockets.get_mut::<tcp::Socket>(h).abort();
                     }

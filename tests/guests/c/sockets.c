@@ -1,5 +1,5 @@
 /* sockets: TCP and UDP over the loopback, as a server and its clients in one program: an echo between threads, a
- * 4 MiB transfer, 64 connections open at once, non-blocking connect/accept/recv with epoll, IPv6, UDP datagrams with
+ * 4 MiB transfer, 64 connections open at once, more connects than the backlog holds, non-blocking connect/accept/recv with epoll, IPv6, UDP datagrams with
  * their senders, and the errors Linux gives. Each check prints one line; exits 0 when all held. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -136,6 +136,39 @@ static void tcp_basics(void) {
   check(connect_to(port, 0) == -1 && errno == ECONNREFUSED, "connecting to a closed port is ECONNREFUSED");
 }
 
+static void *accept_ten(void *arg) {
+  int l = *(int *)arg, got = 0;
+  for (int i = 0; i < 10; i++) {
+    int s = accept(l, NULL, NULL);
+    got += s >= 0;
+    close(s);
+  }
+  return (void *)(long)got;
+}
+
+/* More connections than the backlog holds, made before they are accepted: connect waits for room, as Linux retries
+ * the SYN, instead of being refused. */
+static void backlog_full(void) {
+  int l = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t len = sizeof a;
+  bind(l, (struct sockaddr *)&a, sizeof a);
+  listen(l, 2);
+  getsockname(l, (struct sockaddr *)&a, &len);
+  int clients[10], connected = 0;
+  pthread_t t;
+  pthread_create(&t, NULL, accept_ten, &l);
+  for (int i = 0; i < 10; i++) {
+    clients[i] = connect_to(ntohs(a.sin_port), 0);
+    connected += clients[i] >= 0;
+  }
+  void *accepted;
+  pthread_join(t, &accepted);
+  check(connected == 10 && (long)accepted == 10, "ten connects to a listener with a backlog of 2 all succeed");
+  for (int i = 0; i < 10; i++) close(clients[i]);
+  close(l);
+}
+
 static void nonblocking_with_epoll(void) {
   uint16_t port;
   int l = listener(SOCK_NONBLOCK, &port);
@@ -243,6 +276,7 @@ static void errors(void) {
 
 int main(void) {
   tcp_basics();
+  backlog_full();
   nonblocking_with_epoll();
   ipv6_and_udp();
   errors();
