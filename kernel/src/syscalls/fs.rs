@@ -784,7 +784,14 @@ pub fn epoll_ctl(a: &Args) -> SysResult {
     if events & EPOLLEXCLUSIVE != 0 && !matches!(op, Ctl::Add) {
         return Err(Errno::EINVAL);
     }
-    epoll.ctl(op, fd, &target, events, data).map(|()| 0)
+    let interest_changed = !matches!(op, Ctl::Del);
+    epoll.ctl(op, fd, &target, events, data)?;
+    if interest_changed {
+        // A thread already in epoll_wait must look at the new interest: the descriptor may be ready now, and no
+        // change of it will come to wake that thread (tokio registers a connected socket while another worker waits).
+        file::notify(0);
+    }
+    Ok(0)
 }
 
 fn epoll_wait_until(epfd: u64, events: u64, max: u64, deadline: u64) -> SysResult {

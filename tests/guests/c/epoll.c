@@ -1,6 +1,6 @@
 /* epoll: readiness through epoll and select: level-triggered reports while data waits, edge-triggered reports once
- * per change, one-shot disarms until EPOLL_CTL_MOD, a wait woken by another thread's eventfd write, timeouts, and
- * select on a pipe. Each check prints one line; exits 0 when all held. */
+ * per change, one-shot disarms until EPOLL_CTL_MOD, a wait woken by another thread's eventfd write, a wait woken by
+ * another thread adding a descriptor that is ready already, timeouts, and select on a pipe. Each check prints one line; exits 0 when all held. */
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -21,6 +21,32 @@ static void *poster(void *arg) {
   uint64_t one = 1;
   write(efd, &one, sizeof one);
   return 0;
+}
+
+static int waiting_epoll;
+
+static void *wait_for_one(void *arg) {
+  (void)arg;
+  struct epoll_event got;
+  return (void *)(long)epoll_wait(waiting_epoll, &got, 1, -1);
+}
+
+/* Another thread adds a descriptor that is ready already, while this one waits with nothing to wait for. */
+static void added_while_waiting(void) {
+  waiting_epoll = epoll_create1(0);
+  int p[2];
+  pipe(p);
+  write(p[1], "x", 1);
+  pthread_t t;
+  pthread_create(&t, 0, wait_for_one, 0);
+  struct timespec later = {0, 20000000};
+  nanosleep(&later, 0);
+  struct epoll_event ev = {.events = EPOLLIN | EPOLLET, .data.fd = p[0]};
+  epoll_ctl(waiting_epoll, EPOLL_CTL_ADD, p[0], &ev);
+  void *got;
+  pthread_join(t, &got);
+  check((long)got == 1, "epoll_wait wakes for a ready descriptor another thread adds");
+  close(p[0]), close(p[1]), close(waiting_epoll);
 }
 
 int main(void) {
@@ -79,6 +105,7 @@ int main(void) {
   check(epoll_ctl(ep, EPOLL_CTL_ADD, p[0], &ev) == 0 && epoll_wait(ep, out, 4, 0) == 1 && (out[0].events & EPOLLHUP),
         "a pipe without writers reports EPOLLHUP");
 
+  added_while_waiting();
   printf("epoll: %s\n", failures ? "FAILED" : "ok");
   return failures != 0;
 }
