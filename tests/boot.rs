@@ -374,6 +374,9 @@ fn deadlock_is_reported_instead_of_hanging() {
         let run = kiln().args(["run", "--cpus", cpus]).arg(guests::c("deadlock")).run();
         run.assert_code(124).assert_stdout("deadlock: taking the second lock\n");
         run.assert_stderr_contains("kiln: program deadlocked: all 2 threads wait");
+        // Each names the futex it waits on: the two mutexes.
+        run.assert_stderr_contains("(thread 1 on futex 0x");
+        run.assert_stderr_contains(", thread 2 on futex 0x");
     }
 }
 

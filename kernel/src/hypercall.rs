@@ -28,9 +28,12 @@ pub fn exit(code: u64, signal: u64) -> ! {
     }
 }
 
-/// Every thread waits and nothing can ever wake one: tell the VMM rather than hang. Does not return.
-pub fn deadlock(threads: u64) -> ! {
-    call(Hypercall::Deadlock, &[threads]);
+/// Every thread waits and nothing can ever wake one: tell the VMM rather than hang, with `waits` saying on what.
+/// Does not return.
+pub fn deadlock(threads: u64, waits: &str) -> ! {
+    let len = (waits.len() as u64).min(MAX_PANIC_MESSAGE);
+    let phys = crate::mm::virt_to_phys(waits.as_ptr() as u64).unwrap_or(0);
+    call(Hypercall::Deadlock, &[threads, phys, len]);
     loop {
         core::hint::spin_loop();
     }

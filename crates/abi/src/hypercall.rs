@@ -35,8 +35,9 @@ pub enum Hypercall {
     /// args: nanoseconds to wait (at most [`MAX_WAIT_NS`]). The vCPU has nothing to run until then: the VMM sleeps it
     /// without burning host CPU. ret: 0.
     Wait = 5,
-    /// args: how many threads there are. Every one of them waits (on a futex, without a deadline) and nothing can
-    /// wake any: the program is deadlocked. Does not return.
+    /// args: how many threads there are, and the guest-physical address and length (at most [`MAX_PANIC_MESSAGE`])
+    /// of a UTF-8 line saying what each waits on. Every one of them waits (on a futex, without a deadline) and
+    /// nothing can wake any: the program is deadlocked. Does not return.
     Deadlock = 6,
     /// args: a vCPU index. That vCPU has work: end its `Wait` now, or skip its next one. ret: 0.
     Kick = 7,

@@ -160,10 +160,11 @@ pub fn run(args: RunArgs) -> Result<u8> {
             }
             Ok((128 + signal.min(127)) as u8)
         }
-        Outcome::Deadlocked(threads) => {
+        Outcome::Deadlocked { threads, waits } => {
             let who =
                 if threads == 1 { "its only thread waits".to_string() } else { format!("all {threads} threads wait") };
-            eprintln!("kiln: program deadlocked: {who} on a futex with no deadline, and nothing can wake them");
+            let waits = if waits.is_empty() { String::new() } else { format!(" ({waits})") };
+            eprintln!("kiln: program deadlocked: {who} with no deadline, and nothing can wake them{waits}");
             Ok(DEADLOCK_EXIT)
         }
         Outcome::Crashed(crash) => {

@@ -14,8 +14,8 @@ pub enum Action {
     Exit(i32),
     /// The program was ended by this signal's default action.
     Killed(u32),
-    /// Every one of this many threads waits and nothing can wake any.
-    Deadlocked(u64),
+    /// Every one of this many threads waits and nothing can wake any; what each waits on.
+    Deadlocked(u64, String),
     /// Every vCPU must drop its cached translations; then the caller gets [`answer`]ed.
     FlushTlb,
     /// The program's fault has no handler: it dies of it.
@@ -74,7 +74,12 @@ pub fn handle(ram: &GuestRam, block: u64, nr: u32, console: &dyn Console, cpu: u
                 message.unwrap_or_else(|_| "(message outside guest memory)".into())
             ));
         }
-        Some(Hypercall::Deadlock) => return Action::Deadlocked(args[0]),
+        Some(Hypercall::Deadlock) => {
+            let len = args[2].min(MAX_PANIC_MESSAGE);
+            let waits =
+                ram.read_vec(args[1], len).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+            return Action::Deadlocked(args[0], waits);
+        }
         Some(Hypercall::Wait) => {
             if let Some(parker) = parkers.get(cpu) {
                 parker.park(std::time::Duration::from_nanos(args[0].min(MAX_WAIT_NS)));

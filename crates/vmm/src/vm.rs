@@ -90,8 +90,9 @@ pub enum Outcome {
     Exited(i32),
     /// The program was ended by a signal it sent itself (e.g. SIGABRT from `abort()`).
     Killed(u32),
-    /// Every thread of the program waits and nothing can wake any (natively it would hang forever).
-    Deadlocked(u64),
+    /// Every thread of the program waits and nothing can wake any (natively it would hang forever): how many threads
+    /// and what each waits on.
+    Deadlocked { threads: u64, waits: String },
     /// The vCPU died on a fault or an unrewritten syscall.
     Crashed(CrashReport),
     /// The VMM stopped a guest that broke the hypercall contract, or the library OS reported a bug.
@@ -400,7 +401,7 @@ fn run_vcpu(
                     },
                     Action::Exit(code) => Outcome::Exited(code),
                     Action::Killed(signal) => Outcome::Killed(signal),
-                    Action::Deadlocked(threads) => Outcome::Deadlocked(threads),
+                    Action::Deadlocked(threads, waits) => Outcome::Deadlocked { threads, waits },
                     Action::Stop(why) => Outcome::Stopped(why),
                 }
             }

@@ -189,7 +189,8 @@ pub fn set_cloexec(fd: u64, on: bool) -> Result<(), Errno> {
 /// Bumped on every change that could make a descriptor ready; `poll` sleeps until it moves.
 static IO_GENERATION: AtomicU64 = AtomicU64::new(0);
 
-fn io_key() -> u64 {
+/// What threads waiting for I/O (a blocking read, accept, poll, select, epoll_wait) wait on.
+pub fn io_key() -> u64 {
     &IO_GENERATION as *const AtomicU64 as u64
 }
 

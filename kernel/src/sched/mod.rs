@@ -564,8 +564,7 @@ fn idle_until_runnable() -> usize {
         let net = crate::net::next_deadline();
         let deadline = [blocked, crate::timers::next_expiry(), net].into_iter().flatten().min();
         if !runnable_elsewhere && deadline.is_none_or(|d| d == u64::MAX) {
-            let threads = live_threads(s) as u64;
-            hypercall::deadlock(threads);
+            hypercall::deadlock(live_threads(s) as u64, &waits(s));
         }
         s.idle |= 1 << cpu_id;
         // SAFETY: nothing obtained under the lock is used while it is released.
@@ -579,6 +578,23 @@ fn idle_until_runnable() -> usize {
         }
         core::mem::forget(SCHEDULER.lock());
     }
+}
+
+/// What each live thread waits on, for a deadlock report: "thread 1 on futex 0x404a20, thread 2 on I/O".
+fn waits(s: &Scheduler) -> alloc::string::String {
+    use core::fmt::Write;
+    let mut out = alloc::string::String::new();
+    for t in s.threads.iter().filter(|t| t.state != State::Free) {
+        let sep = if out.is_empty() { "" } else { ", " };
+        let _ = match t.wait {
+            Some(Wait::Futex { addr, .. }) if addr == crate::file::io_key() => {
+                write!(out, "{sep}thread {} on I/O", t.tid)
+            }
+            Some(Wait::Futex { addr, .. }) => write!(out, "{sep}thread {} on futex {addr:#x}", t.tid),
+            _ => write!(out, "{sep}thread {} waiting", t.tid),
+        };
+    }
+    out
 }
 
 fn expire_deadlines(s: &mut Scheduler) {
