@@ -15,7 +15,7 @@ use crate::errno::Errno;
 use crate::sync::SpinLock;
 use crate::syscalls::signal::{StackT, SS_DISABLE};
 use crate::{cpu, hypercall, mm, percpu, time};
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use kiln_abi::layout::direct_map;
 use kiln_abi::BootInfo;
 use switch::{kiln_switch_stacks, SWITCH_FRAME_WORDS};
@@ -119,6 +119,7 @@ static SCHEDULER: SpinLock<Scheduler> =
 
 /// The boot vCPU's main thread, which the program starts on.
 pub fn init(boot: &BootInfo) {
+    SMP.store(boot.vcpu_count > 1, Ordering::Relaxed);
     let mut s = SCHEDULER.lock();
     s.threads[0] = Thread {
         tid: MAIN_TID,
@@ -569,7 +570,7 @@ fn idle_until_runnable() -> usize {
         s.idle |= 1 << cpu_id;
         // SAFETY: nothing obtained under the lock is used while it is released.
         unsafe { SCHEDULER.force_unlock() };
-        time::wait_until(deadline.unwrap_or(u64::MAX));
+        idle_wait(cpu_id, deadline.unwrap_or(u64::MAX));
         // A signal from the host, a timer or the network may be what woke us.
         crate::syscalls::signal::poll_host_signals();
         crate::timers::fire_due();
@@ -624,10 +625,39 @@ fn take_idle(s: &mut Scheduler, count: usize) -> u64 {
     picked
 }
 
+/// How long an idle vCPU spins, watching for work another vCPU hands it, before it parks in the VMM. A hand-over
+/// within it costs no VM exit on either side (each costs 35-77 us on our hosts). Like KVM's halt polling, it trades a
+/// little host CPU after each idle moment for latency; a VM with one vCPU never spins, as nothing could hand it work.
+const IDLE_SPIN_NS: u64 = 50_000;
+/// Per vCPU: spinning in `idle_wait` (a kick needs no hypercall), and kicked since it last looked.
+static SPINNING: [AtomicBool; 64] = [const { AtomicBool::new(false) }; 64];
+static KICKED: [AtomicBool; 64] = [const { AtomicBool::new(false) }; 64];
+static SMP: AtomicBool = AtomicBool::new(false);
+
+/// An idle vCPU waits for work or `deadline`: spinning a moment, then parked in the VMM.
+fn idle_wait(cpu_id: usize, deadline: u64) {
+    if SMP.load(Ordering::Relaxed) {
+        SPINNING[cpu_id].store(true, Ordering::SeqCst);
+        let until = time::since_boot_ns().saturating_add(IDLE_SPIN_NS).min(deadline);
+        while !KICKED[cpu_id].load(Ordering::SeqCst) && time::since_boot_ns() < until {
+            core::hint::spin_loop();
+        }
+        // Stop spinning, then look: a kicker that saw us spinning set KICKED before it looked (see `kick`).
+        SPINNING[cpu_id].store(false, Ordering::SeqCst);
+        if KICKED[cpu_id].swap(false, Ordering::SeqCst) || time::since_boot_ns() >= deadline {
+            return;
+        }
+    }
+    time::wait_until(deadline);
+}
+
 fn kick(cpus: u64) {
     for cpu_id in 0..64 {
         if cpus & (1 << cpu_id) != 0 {
-            hypercall::call(kiln_abi::Hypercall::Kick, &[cpu_id]);
+            KICKED[cpu_id].store(true, Ordering::SeqCst);
+            if !SPINNING[cpu_id].load(Ordering::SeqCst) {
+                hypercall::call(kiln_abi::Hypercall::Kick, &[cpu_id as u64]);
+            }
         }
     }
 }
