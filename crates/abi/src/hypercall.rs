@@ -47,6 +47,11 @@ pub enum Hypercall {
     /// The program's fault in the vCPU's [`FaultRecord`] cannot go to a handler (none installed, or the signal is
     /// blocked or ignored): the program dies of it, with the crash report the VMM made. Does not return.
     FaultUnhandled = 9,
+    /// args: guest-physical address of an [`IoSegment`] array, segment count (at most [`MAX_IO_SEGMENTS`]). The
+    /// library OS no longer uses these page-aligned ranges: the host drops their pages, which read as zero from then
+    /// on and cost the host nothing until written again. ret: 0, or -EINVAL for a range that is not page-aligned
+    /// guest RAM (nothing is dropped then).
+    Discard = 10,
 }
 
 impl Hypercall {
@@ -61,6 +66,7 @@ impl Hypercall {
             7 => Self::Kick,
             8 => Self::FlushTlb,
             9 => Self::FaultUnhandled,
+            10 => Self::Discard,
             _ => return None,
         })
     }

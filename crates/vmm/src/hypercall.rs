@@ -94,6 +94,7 @@ pub fn handle(ram: &GuestRam, block: u64, nr: u32, console: &dyn Console, cpu: u
             None => return Action::Stop(format!("the guest kicked vCPU {}, which does not exist", args[0])),
         },
         Some(Hypercall::FlushTlb) => return Action::FlushTlb,
+        Some(Hypercall::Discard) => discard(ram, args[0], args[1]),
         Some(Hypercall::FaultUnhandled) => return Action::FaultUnhandled,
         None => return Action::Stop(format!("the guest made an unknown hypercall {nr}")),
     };
@@ -135,6 +136,29 @@ fn write(ram: &GuestRam, fd: u64, segments: u64, count: u64, console: &dyn Conso
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => -EPIPE,
         Err(_) => -EIO,
     }
+}
+
+/// Drops the host pages of `count` page-aligned guest ranges listed at `segments`; all are checked first.
+fn discard(ram: &GuestRam, segments: u64, count: u64) -> i64 {
+    if count > MAX_IO_SEGMENTS {
+        return -EINVAL;
+    }
+    let Some(raw) = read_u64s(ram, segments, count as usize * 2) else { return -EFAULT };
+    let page = kiln_abi::layout::PAGE_SIZE;
+    let valid = |s: &[u64]| {
+        s[0].is_multiple_of(page)
+            && s[1].is_multiple_of(page)
+            && s[0].checked_add(s[1]).is_some_and(|e| e <= ram.size())
+    };
+    if !raw.chunks_exact(2).all(valid) {
+        return -EINVAL;
+    }
+    for s in raw.chunks_exact(2) {
+        if ram.discard(s[0], s[1]).is_err() {
+            return -EINVAL;
+        }
+    }
+    0
 }
 
 /// The library OS's syscall counters: (number, calls, of which -ENOSYS) for each number that was called.
@@ -244,6 +268,26 @@ mod tests {
         assert_eq!(handle(&ram, 0x1000, 7, &Captured::default()), Action::Resume);
         put_u64s(&ram, 0x1000, &[2]);
         assert!(matches!(handle(&ram, 0x1000, 7, &Captured::default()), Action::Stop(_)));
+    }
+
+    #[test]
+    fn discarded_ranges_read_as_zero_and_bad_ones_change_nothing() {
+        let ram = GuestRam::new(1 << 20).unwrap();
+        ram.write(0x4000, &[7u8; 0x2000]).unwrap();
+        put_u64s(&ram, 0x2000, &[0x4000, 0x1000]);
+        put_u64s(&ram, 0x1000, &[0x2000, 1]);
+        assert_eq!(handle(&ram, 0x1000, 10, &Captured::default()), Action::Resume);
+        assert_eq!(ret(&ram), 0);
+        assert_eq!(ram.read_vec(0x4000, 0x1000).unwrap(), vec![0u8; 0x1000]);
+        assert_eq!(ram.read_vec(0x5000, 0x1000).unwrap(), vec![7u8; 0x1000]);
+        // Unaligned, or past RAM: refused, and the valid range before it is kept too.
+        for bad in [[0x5000, 0x800], [0x5001, 0x1000], [1 << 20, 0x1000], [u64::MAX - 0xfff, 0x1000]] {
+            put_u64s(&ram, 0x2000, &[0x5000, 0x1000, bad[0], bad[1]]);
+            put_u64s(&ram, 0x1000, &[0x2000, 2]);
+            assert_eq!(handle(&ram, 0x1000, 10, &Captured::default()), Action::Resume);
+            assert_eq!(ret(&ram), -EINVAL, "{bad:x?}");
+            assert_eq!(ram.read_vec(0x5000, 0x1000).unwrap(), vec![7u8; 0x1000]);
+        }
     }
 
     #[test]

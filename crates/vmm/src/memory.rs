@@ -51,6 +51,27 @@ impl GuestRam {
         }
     }
 
+    /// Drops the host pages behind the page-aligned guest range `[addr, addr+len)`: it reads as zero afterwards and
+    /// costs the host nothing until written (MADV_DONTNEED on private anonymous memory).
+    pub fn discard(&self, addr: u64, len: u64) -> Result<(), MemoryError> {
+        self.check(addr, len)?;
+        let page = kiln_abi::layout::PAGE_SIZE;
+        if !addr.is_multiple_of(page) || !len.is_multiple_of(page) {
+            return Err(MemoryError::OutOfRange { addr, len });
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let host = self.host_base() + addr;
+        // SAFETY: [host, host+len) lies inside the guest RAM mapping (checked above), which this object owns; the
+        // guest said it no longer uses it, and zero pages are what both sides expect there.
+        let r = unsafe { libc::madvise(host as *mut libc::c_void, len as usize, libc::MADV_DONTNEED) };
+        if r != 0 {
+            return Err(MemoryError::OutOfRange { addr, len });
+        }
+        Ok(())
+    }
+
     pub fn write(&self, addr: u64, bytes: &[u8]) -> Result<(), MemoryError> {
         self.check(addr, bytes.len() as u64)?;
         self.mem

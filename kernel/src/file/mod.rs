@@ -30,8 +30,9 @@ pub const POLLOUT: u16 = 0x4;
 pub const POLLERR: u16 = 0x8;
 pub const POLLHUP: u16 = 0x10;
 
-/// Descriptors a program may have open (RLIMIT_NOFILE).
-pub const MAX_FDS: usize = 1024;
+/// Descriptors a program may have open (the hard RLIMIT_NOFILE): enough for a server with tens of thousands of
+/// connections.
+pub const MAX_FDS: usize = 65536;
 
 pub enum Object {
     Stdin,

@@ -58,18 +58,32 @@ pub struct Socket {
     state: SpinLock<State>,
 }
 
-fn tcp_socket() -> tcp::Socket<'static> {
-    let mut socket =
-        tcp::Socket::new(tcp::SocketBuffer::new(vec![0; TCP_BUFFER]), tcp::SocketBuffer::new(vec![0; TCP_BUFFER]));
+/// `n` zero bytes, or ENOMEM when the library OS is out of memory (a socket call then fails, as Linux's would,
+/// rather than the VM). Large buffers come from untouched zeroed frames (see `heap.rs`).
+fn zeroed(n: usize) -> Result<Vec<u8>, Errno> {
+    let layout = core::alloc::Layout::array::<u8>(n).map_err(|_| Errno::ENOMEM)?;
+    // SAFETY: a non-zero size (the buffers are constants above zero).
+    let ptr = unsafe { alloc::alloc::alloc_zeroed(layout) };
+    if ptr.is_null() {
+        return Err(Errno::ENOMEM);
+    }
+    // SAFETY: `ptr` holds `n` initialised (zero) bytes from the global allocator with `u8`'s array layout, which
+    // is what a Vec of this length and capacity frees with.
+    Ok(unsafe { Vec::from_raw_parts(ptr, n, n) })
+}
+
+fn tcp_socket() -> Result<tcp::Socket<'static>, Errno> {
+    let rx = tcp::SocketBuffer::new(zeroed(TCP_BUFFER)?);
+    let mut socket = tcp::Socket::new(rx, tcp::SocketBuffer::new(zeroed(TCP_BUFFER)?));
     // ACK at once: a delayed ACK only helps on a real network, and on the loopback it holds each window update back
     // until its timer (10 ms), which throttled a bulk transfer to 6 MB/s.
     socket.set_ack_delay(None);
-    socket
+    Ok(socket)
 }
 
-fn udp_socket() -> udp::Socket<'static> {
-    let buffer = || udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; UDP_PACKETS], vec![0; UDP_BUFFER]);
-    udp::Socket::new(buffer(), buffer())
+fn udp_socket() -> Result<udp::Socket<'static>, Errno> {
+    let buffer = || Ok(udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; UDP_PACKETS], zeroed(UDP_BUFFER)?));
+    Ok(udp::Socket::new(buffer()?, buffer()?))
 }
 
 /// How long an operation may wait: not at all, or until a deadline (nanoseconds since boot; `u64::MAX`: forever).
@@ -106,10 +120,13 @@ fn until<R>(patience: Patience, mut attempt: impl FnMut(&mut Stack) -> Option<Re
 }
 
 impl Socket {
-    pub fn new(family: u16, protocol: Protocol) -> Socket {
+    pub fn new(family: u16, protocol: Protocol) -> Result<Socket, Errno> {
         let role = match protocol {
             Protocol::Tcp => Role::Fresh,
-            Protocol::Udp => Role::Datagram(with(|s| s.sockets.add(udp_socket()))),
+            Protocol::Udp => {
+                let socket = udp_socket()?;
+                Role::Datagram(with(|s| s.sockets.add(socket)))
+            }
         };
         let state = State {
             role,
@@ -121,7 +138,7 @@ impl Socket {
             timeouts: [0; 2],
             connecting_to: None,
         };
-        Socket { family, protocol, state: SpinLock::new(state) }
+        Ok(Socket { family, protocol, state: SpinLock::new(state) })
     }
 
     pub fn bind(&self, address: Option<IpAddress>, port: u16) -> Result<(), Errno> {
@@ -461,14 +478,14 @@ impl Socket {
 
 /// A fresh socket listening on `endpoint`, in the stack.
 fn listening(s: &mut Stack, endpoint: IpListenEndpoint) -> Result<SocketHandle, Errno> {
-    let mut socket = tcp_socket();
+    let mut socket = tcp_socket()?;
     socket.listen(endpoint).map_err(|_| Errno::EADDRINUSE)?;
     Ok(s.sockets.add(socket))
 }
 
 /// A new smoltcp socket connecting from `local` to `remote`, in the stack.
 fn dial(s: &mut Stack, remote: IpEndpoint, local: (Option<IpAddress>, u16)) -> Result<SocketHandle, Errno> {
-    let mut socket = tcp_socket();
+    let mut socket = tcp_socket()?;
     let local = IpListenEndpoint { addr: local.0, port: local.1 };
     socket.connect(s.iface.context(), remote, local).map_err(|_| Errno::ECONNREFUSED)?;
     Ok(s.sockets.add(socket))

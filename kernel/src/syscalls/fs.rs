@@ -841,9 +841,12 @@ pub fn epoll_pwait2(a: &Args) -> SysResult {
     epoll_wait_until(a[0], a[1], a[2], deadline)
 }
 
+/// Descriptors an `fd_set` holds.
+const FD_SETSIZE: u64 = 1024;
+
 /// select and pselect6 over `poll`'s readiness: fd_sets of up to 1024 bits for read, write and exceptions.
 fn select_until(nfds: u64, sets: [u64; 3], deadline: u64) -> SysResult {
-    if nfds > file::MAX_FDS as u64 {
+    if nfds > FD_SETSIZE {
         return Err(Errno::EINVAL);
     }
     let words = nfds.div_ceil(64) as usize;

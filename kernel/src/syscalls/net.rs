@@ -85,7 +85,7 @@ pub fn socket_syscall(a: &Args) -> SysResult {
         _ => return Err(Errno::EINVAL),
     };
     let flags = O_RDWR | if kind & SOCK_NONBLOCK != 0 { O_NONBLOCK } else { 0 };
-    file::install(File::new(Object::Socket(Socket::new(family, protocol)), flags), kind & SOCK_CLOEXEC != 0)
+    file::install(File::new(Object::Socket(Socket::new(family, protocol)?), flags), kind & SOCK_CLOEXEC != 0)
 }
 
 const AF_UNIX: u64 = 1;

@@ -87,7 +87,7 @@ fn limit(resource: u64) -> Rlimit {
             let s = STACK_SIZE.load(Ordering::Relaxed);
             Rlimit { cur: s, max: s }
         }
-        RLIMIT_NOFILE => Rlimit { cur: 1024, max: 1024 },
+        RLIMIT_NOFILE => Rlimit { cur: 1024, max: crate::file::MAX_FDS as u64 },
         _ => Rlimit { cur: RLIM_INFINITY, max: RLIM_INFINITY },
     }
 }
