@@ -3,95 +3,20 @@
 //! so that what the program asks of the library OS (many connections, big files in /tmp) is bounded by the VM's
 //! memory, not by a fixed heap. The program's memory never comes from here.
 //!
-//! Blocks of [`LARGE`] bytes or more (socket buffers, 64 KiB each way per connection) come straight from the frame
+//! Blocks of 32 KiB or more (socket buffers, 64 KiB each way per connection) come straight from the frame
 //! allocator in whole pages, which it keeps zeroed: a zeroed block is handed out without writing it, so its pages
 //! cost the host nothing until data goes through them, and freed ones are given back to the host (`Discard`) rather
 //! than zeroed by writing. 10,000 idle connections then cost what they hold, not 1.25 GiB.
+
+mod large;
 
 use crate::mm;
 use crate::sync::SpinLock;
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::NonNull;
-use kiln_abi::hypercall::{Hypercall, IoSegment};
-use kiln_abi::layout::{direct_map, page_align_up, DIRECT_MAP_BASE, PAGE_SIZE};
+use kiln_abi::layout::{direct_map, page_align_up};
+use large::{alloc_large, free_large, is_large};
 use linked_list_allocator::Heap;
-
-/// Blocks this big or bigger come from the frame allocator in whole pages.
-const LARGE: usize = 32 << 10;
-
-fn is_large(layout: Layout) -> bool {
-    layout.size() >= LARGE && layout.align() <= PAGE_SIZE as usize
-}
-
-/// Freed large blocks waiting to go back to the frame allocator. They are not zeroed by writing (which would make
-/// the host commit every page of a buffer that data went through only a little of): once [`PENDING_BYTES`] have
-/// gathered, one `Discard` hypercall has the host drop their pages, which then read as zero as the frame allocator
-/// keeps its memory.
-struct Pending {
-    blocks: [(u64, u64); PENDING_BLOCKS],
-    count: usize,
-    bytes: u64,
-}
-
-const PENDING_BLOCKS: usize = 256;
-const PENDING_BYTES: u64 = 8 << 20;
-static PENDING: SpinLock<Pending> = SpinLock::new(Pending { blocks: [(0, 0); PENDING_BLOCKS], count: 0, bytes: 0 });
-
-/// A large block of whole zeroed pages, from the frame allocator: untouched, so free for the host until written.
-fn alloc_large(layout: Layout) -> *mut u8 {
-    let size = page_align_up(layout.size() as u64);
-    if let Some(phys) = mm::memory().frames.alloc(size) {
-        return direct_map(phys) as *mut u8;
-    }
-    // Out of frames: what waits to be discarded may be enough.
-    flush_pending();
-    mm::memory().frames.alloc(size).map_or(core::ptr::null_mut(), |phys| direct_map(phys) as *mut u8)
-}
-
-/// Takes a large block back; every [`PENDING_BYTES`], discards what gathered.
-fn free_large(ptr: *mut u8, layout: Layout) {
-    let size = page_align_up(layout.size() as u64);
-    let full = {
-        let mut p = PENDING.lock();
-        let at = p.count;
-        p.blocks[at] = (ptr as u64 - DIRECT_MAP_BASE, size);
-        p.count += 1;
-        p.bytes += size;
-        p.count == PENDING_BLOCKS || p.bytes >= PENDING_BYTES
-    };
-    if full {
-        flush_pending();
-    }
-}
-
-/// Has the host drop the pending blocks' pages, then gives them to the frame allocator (zero, as it keeps them).
-fn flush_pending() {
-    let batch: [IoSegment; PENDING_BLOCKS] = {
-        let mut p = PENDING.lock();
-        let mut batch = [IoSegment::default(); PENDING_BLOCKS];
-        for (segment, &(phys, len)) in batch.iter_mut().zip(&p.blocks[..p.count]) {
-            *segment = IoSegment { phys, len };
-        }
-        (p.count, p.bytes) = (0, 0);
-        batch
-    };
-    let used = batch.iter().take_while(|s| s.len != 0).count();
-    if used == 0 {
-        return;
-    }
-    let at = mm::virt_to_phys(batch.as_ptr() as u64).unwrap_or(0);
-    if crate::hypercall::call(Hypercall::Discard, &[at, used as u64]) != 0 {
-        // The host kept the pages: zero them here instead.
-        for s in &batch[..used] {
-            // SAFETY: a freed block of ours, `len` bytes, which nothing uses.
-            unsafe { core::ptr::write_bytes(direct_map(s.phys) as *mut u8, 0, s.len as usize) };
-        }
-    }
-    let mut m = mm::memory();
-    for s in &batch[..used] {
-        m.frames.free_zeroed(s.phys, s.len);
-    }
-}
 
 /// Most regions the heap grows to.
 const MAX_REGIONS: usize = 64;
