@@ -448,6 +448,13 @@ fn to_fault_entry(vcpu: &VcpuFd, shared: &Shared, block: u64, report: &CrashRepo
     }
     let entry = kvm_bindings::kvm_regs { rip: shared.fault_entry, rsp: regs.rsp, rflags: 0x2, ..Default::default() };
     vcpu.set_regs(&entry).map_err(kvm_err("set registers"))?;
+    // Nothing of the exception may stay pending, or the vCPU would raise it again on entry (our hosts keep none;
+    // hardware KVM might).
+    let mut events = vcpu.get_vcpu_events().map_err(kvm_err("read vCPU events"))?;
+    if events.exception.injected != 0 || events.exception.pending != 0 {
+        events.exception = Default::default();
+        vcpu.set_vcpu_events(&events).map_err(kvm_err("clear a pending exception"))?;
+    }
     Ok(true)
 }
 
