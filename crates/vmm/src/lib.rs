@@ -2,7 +2,9 @@
 //!
 //! Everything a boot needs is done here on the host (see docs/architecture.md): the ELF is loaded and its `syscall`
 //! instructions rewritten, page tables, GDT and the initial stack are built, and the vCPU starts at CPL 3 in the
-//! library OS. At run time the VMM only answers hypercalls and turns a dead vCPU into a crash report.
+//! library OS. At run time the VMM answers hypercalls (output, waits, TLB shootdowns, discarded memory), hands a
+//! program's fault back to the library OS for its signal handler, and turns a fault nobody handles into a crash
+//! report. The virtio devices (`virtio`) are not attached to a VM yet.
 
 pub mod arch;
 pub mod boot;
