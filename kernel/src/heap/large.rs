@@ -56,16 +56,16 @@ pub fn free_large(ptr: *mut u8, layout: Layout) {
 
 /// Has the host drop the pending blocks' pages, then gives them to the frame allocator (zero, as it keeps them).
 fn flush_pending() {
-    let batch: [IoSegment; PENDING_BLOCKS] = {
+    let (batch, used) = {
         let mut p = PENDING.lock();
         let mut batch = [IoSegment::default(); PENDING_BLOCKS];
         for (segment, &(phys, len)) in batch.iter_mut().zip(&p.blocks[..p.count]) {
             *segment = IoSegment { phys, len };
         }
+        let used = p.count;
         (p.count, p.bytes) = (0, 0);
-        batch
+        (batch, used)
     };
-    let used = batch.iter().take_while(|s| s.len != 0).count();
     if used == 0 {
         return;
     }
