@@ -93,6 +93,12 @@ pub fn with<R>(f: impl FnOnce(&mut Stack) -> R) -> R {
     result
 }
 
+/// Runs `f` on the stack without polling it: for questions (addresses, readiness, options), which move no packets.
+pub fn inspect<R>(f: impl FnOnce(&mut Stack) -> R) -> R {
+    let mut guard = stack();
+    f(guard.as_mut().expect("set up by stack()"))
+}
+
 /// Moves packets and runs timers; wakes waiting threads if any socket changed.
 pub fn poll() {
     with(|_| ());

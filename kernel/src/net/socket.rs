@@ -6,7 +6,7 @@
 //! wait for the I/O generation to move (`file::wait_io`), which every poll of the stack that changes a socket bumps.
 
 use super::addr::{self, AF_INET6};
-use super::{with, Protocol, Stack};
+use super::{inspect, with, Protocol, Stack};
 use crate::errno::Errno;
 use crate::file::{self, POLLERR, POLLHUP, POLLIN, POLLOUT};
 use crate::sync::SpinLock;
@@ -366,7 +366,7 @@ impl Socket {
 
     /// The local address (the bound one until connected).
     pub fn local(&self) -> IpEndpoint {
-        with(|s| {
+        inspect(|s| {
             let st = self.state.lock();
             let bound = IpEndpoint::new(st.local.0.unwrap_or(addr::unspecified(self.family)), st.local.1);
             match st.role {
@@ -377,7 +377,7 @@ impl Socket {
     }
 
     pub fn peer(&self) -> Result<IpEndpoint, Errno> {
-        with(|s| {
+        inspect(|s| {
             let st = self.state.lock();
             match st.role {
                 Role::Connected(h) => s.sockets.get::<tcp::Socket>(h).remote_endpoint().ok_or(Errno::ENOTCONN),
@@ -389,7 +389,7 @@ impl Socket {
 
     /// SO_ERROR: a failed connect's error, once.
     pub fn take_error(&self) -> Option<Errno> {
-        with(|s| {
+        inspect(|s| {
             let mut st = self.state.lock();
             refresh(&mut st, s);
             st.error.take()
@@ -411,7 +411,7 @@ impl Socket {
 
     /// TCP_NODELAY: Nagle's algorithm off.
     pub fn set_nodelay(&self, on: bool) {
-        with(|s| {
+        inspect(|s| {
             if let Role::Connected(h) | Role::Connecting(h) = self.state.lock().role {
                 s.sockets.get_mut::<tcp::Socket>(h).set_nagle_enabled(!on);
             }
@@ -420,59 +420,59 @@ impl Socket {
 
     /// Bytes waiting to be read (FIONREAD).
     pub fn available(&self) -> usize {
-        let mut guard = super::stack();
-        let Some(s) = guard.as_mut() else { return 0 };
-        let st = self.state.lock();
-        match st.role {
+        inspect(|s| match self.state.lock().role {
             Role::Connected(h) => s.sockets.get::<tcp::Socket>(h).recv_queue(),
             Role::Datagram(h) => s.sockets.get_mut::<udp::Socket>(h).peek().map_or(0, |(d, _)| d.len()),
             _ => 0,
-        }
+        })
     }
 
     /// The `poll` events the socket has now.
     pub fn events(&self) -> u16 {
-        let mut guard = super::stack();
-        let Some(s) = guard.as_mut() else { return 0 };
-        let mut st = self.state.lock();
-        refresh(&mut st, s);
-        match st.role {
-            // Linux's answer for a socket that is not connected; a failed connect adds its error.
-            Role::Fresh if st.error.is_some() => POLLOUT | POLLHUP | POLLERR,
-            Role::Fresh => POLLOUT | POLLHUP,
-            Role::Connecting(_) => 0,
-            Role::Listening(ref handles) => {
-                let ready = handles.iter().any(|&h| {
-                    matches!(s.sockets.get::<tcp::Socket>(h).state(), tcp::State::Established | tcp::State::CloseWait)
-                });
-                if ready {
-                    POLLIN
-                } else {
-                    0
+        inspect(|s| {
+            let mut st = self.state.lock();
+            refresh(&mut st, s);
+            match st.role {
+                // Linux's answer for a socket that is not connected; a failed connect adds its error.
+                Role::Fresh if st.error.is_some() => POLLOUT | POLLHUP | POLLERR,
+                Role::Fresh => POLLOUT | POLLHUP,
+                Role::Connecting(_) => 0,
+                Role::Listening(ref handles) => {
+                    let ready = handles.iter().any(|&h| {
+                        matches!(
+                            s.sockets.get::<tcp::Socket>(h).state(),
+                            tcp::State::Established | tcp::State::CloseWait
+                        )
+                    });
+                    if ready {
+                        POLLIN
+                    } else {
+                        0
+                    }
+                }
+                Role::Connected(h) => {
+                    let tcp = s.sockets.get::<tcp::Socket>(h);
+                    let mut events = 0;
+                    if tcp.can_recv() || !tcp.may_recv() || st.shut_read {
+                        events |= POLLIN;
+                    }
+                    if !tcp.may_recv() {
+                        events |= POLLRDHUP;
+                    }
+                    if tcp.can_send() {
+                        events |= POLLOUT;
+                    }
+                    if !tcp.may_recv() && !tcp.may_send() {
+                        events |= POLLHUP;
+                    }
+                    events
+                }
+                Role::Datagram(h) => {
+                    let udp = s.sockets.get::<udp::Socket>(h);
+                    (if udp.can_recv() { POLLIN } else { 0 }) | if udp.can_send() { POLLOUT } else { 0 }
                 }
             }
-            Role::Connected(h) => {
-                let tcp = s.sockets.get::<tcp::Socket>(h);
-                let mut events = 0;
-                if tcp.can_recv() || !tcp.may_recv() || st.shut_read {
-                    events |= POLLIN;
-                }
-                if !tcp.may_recv() {
-                    events |= POLLRDHUP;
-                }
-                if tcp.can_send() {
-                    events |= POLLOUT;
-                }
-                if !tcp.may_recv() && !tcp.may_send() {
-                    events |= POLLHUP;
-                }
-                events
-            }
-            Role::Datagram(h) => {
-                let udp = s.sockets.get::<udp::Socket>(h);
-                (if udp.can_recv() { POLLIN } else { 0 }) | if udp.can_send() { POLLOUT } else { 0 }
-            }
-        }
+        })
     }
 }
 
