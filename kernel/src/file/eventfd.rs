@@ -1,23 +1,22 @@
 //! eventfd: a 64-bit counter. Writes add to it (blocking before it would overflow); reads take it all, or one in
 //! semaphore mode, blocking while it is zero.
 
-use super::{notify, wait_on, POLLIN, POLLOUT};
+use super::{wait_on, Changes, POLLIN, POLLOUT};
 use crate::errno::Errno;
 use crate::sync::SpinLock;
 use alloc::sync::Arc;
-use core::sync::atomic::{AtomicU64, Ordering};
 
 const MAX: u64 = u64::MAX - 1;
 
 pub struct EventFd {
     value: SpinLock<u64>,
     semaphore: bool,
-    changes: AtomicU64,
+    changes: Changes,
 }
 
 impl EventFd {
     pub fn new(initial: u64, semaphore: bool) -> Arc<EventFd> {
-        Arc::new(EventFd { value: SpinLock::new(initial), semaphore, changes: AtomicU64::new(0) })
+        Arc::new(EventFd { value: SpinLock::new(initial), semaphore, changes: Changes::default() })
     }
 
     fn key(&self) -> u64 {
@@ -25,12 +24,11 @@ impl EventFd {
     }
 
     pub fn changes(&self) -> u64 {
-        self.changes.load(Ordering::SeqCst)
+        self.changes.count()
     }
 
     fn changed(&self) {
-        self.changes.fetch_add(1, Ordering::SeqCst);
-        notify(self.key());
+        self.changes.record(self.key());
     }
 
     pub fn events(&self) -> u16 {

@@ -195,6 +195,22 @@ pub fn io_key() -> u64 {
     &IO_GENERATION as *const AtomicU64 as u64
 }
 
+/// How often an object's state changed, which edge-triggered epoll compares; each change wakes the object's waiters.
+#[derive(Default)]
+pub struct Changes(AtomicU64);
+
+impl Changes {
+    pub fn count(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// Records a change and wakes whoever waits on `key` (the object) or polls.
+    pub fn record(&self, key: u64) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        notify(key);
+    }
+}
+
 /// Something became readable, writable or hung up: wake whoever polls or blocks on `key` (0 for pollers only).
 pub fn notify(key: u64) {
     IO_GENERATION.fetch_add(1, Ordering::SeqCst);

@@ -1,18 +1,17 @@
 //! Pipes: a 64 KiB buffer between a read end and a write end, shared by threads. Reading an empty pipe blocks while
 //! a writer exists; writing a full one blocks while a reader exists; writing with no reader is EPIPE (and SIGPIPE).
 
-use super::{notify, wait_on, POLLERR, POLLHUP, POLLIN, POLLOUT};
+use super::{wait_on, Changes, POLLERR, POLLHUP, POLLIN, POLLOUT};
 use crate::errno::Errno;
 use crate::sync::SpinLock;
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
-use core::sync::atomic::{AtomicU64, Ordering};
 
 pub const CAPACITY: usize = 64 << 10;
 
 pub struct Pipe {
     state: SpinLock<State>,
-    changes: AtomicU64,
+    changes: Changes,
 }
 
 struct State {
@@ -28,7 +27,7 @@ pub struct Writer(pub Arc<Pipe>);
 impl Pipe {
     pub fn new() -> Arc<Pipe> {
         let state = SpinLock::new(State { buffer: VecDeque::new(), readers: 1, writers: 1 });
-        Arc::new(Pipe { state, changes: AtomicU64::new(0) })
+        Arc::new(Pipe { state, changes: Changes::default() })
     }
 
     fn key(&self) -> u64 {
@@ -36,13 +35,12 @@ impl Pipe {
     }
 
     pub fn changes(&self) -> u64 {
-        self.changes.load(Ordering::SeqCst)
+        self.changes.count()
     }
 
     /// Records a change of state and wakes whoever waits for one.
     fn changed(&self) {
-        self.changes.fetch_add(1, Ordering::SeqCst);
-        notify(self.key());
+        self.changes.record(self.key());
     }
 
     pub fn reader_events(&self) -> u16 {
