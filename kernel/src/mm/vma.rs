@@ -78,6 +78,16 @@ pub fn reserve(hint: u64, len: u64, fixed: bool) -> Result<u64, Errno> {
 
 /// Backs every page of `[start, start+len)` with zeroed memory, mapped writable.
 pub fn commit(start: u64, len: u64) -> Result<(), Errno> {
+    back(start, len, false)
+}
+
+/// Backs the pages of `[start, start+len)` that have no memory yet with zeroed, writable memory; the others keep
+/// their bytes and protection (mprotect of a reservation).
+pub fn commit_missing(start: u64, len: u64) -> Result<(), Errno> {
+    back(start, len, true)
+}
+
+fn back(start: u64, len: u64, keep_existing: bool) -> Result<(), Errno> {
     let end = start.checked_add(page_align_up(len)).ok_or(Errno::ENOMEM)?;
     if start < PROGRAM_MIN_ADDR || end > RESERVE_END || !start.is_multiple_of(PAGE_SIZE) {
         return Err(Errno::EINVAL);
@@ -89,6 +99,7 @@ pub fn commit(start: u64, len: u64) -> Result<(), Errno> {
         let m = &mut *m;
         for page in (start..end).step_by(PAGE_SIZE as usize) {
             match protect::leaf(page) {
+                Some(_) if keep_existing => {}
                 Some(l) => {
                     // Only the program's memory, and read-only or PROT_NONE pages only where it reserved them: the
                     // program's code is not memory MAP_FIXED may replace here.

@@ -157,11 +157,7 @@ pub fn mprotect(a: &Args) -> SysResult {
     let access = access(prot);
     let reserved = vma::in_reservation(addr, end);
     if reserved && access != Access::None {
-        for page in (addr..end).step_by(PAGE_SIZE as usize) {
-            if protect::leaf(page).is_none() {
-                vma::commit(page, PAGE_SIZE)?;
-            }
-        }
+        vma::commit_missing(addr, end - addr)?;
     }
     protect::protect(addr, end, access, reserved).map(|()| 0)
 }
