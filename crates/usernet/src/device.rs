@@ -1,0 +1,71 @@
+//! The smoltcp `Device` the host-side stack runs on: it receives the guest frames the engine chose to hand it
+//! (`inject`) and transmits straight into the queue the guest reads. When that queue is full it offers no TX
+//! token, which is how a slow guest pushes back on the stack.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
+use smoltcp::time::Instant;
+
+use crate::queue::{Counters, Shared};
+
+/// Ethernet header plus the guest's 1500-byte MTU.
+pub(crate) const FRAME_MTU: usize = 1514;
+
+pub(crate) struct FrameDevice {
+    rx: VecDeque<Vec<u8>>,
+    shared: Arc<Shared>,
+}
+
+impl FrameDevice {
+    pub fn new(shared: Arc<Shared>) -> FrameDevice {
+        FrameDevice { rx: VecDeque::new(), shared }
+    }
+
+    /// Queues a guest frame for the stack's next `poll`.
+    pub fn inject(&mut self, frame: Vec<u8>) {
+        self.rx.push_back(frame);
+    }
+}
+
+pub(crate) struct RxToken(Vec<u8>);
+pub(crate) struct TxToken<'a>(&'a Shared);
+
+impl phy::RxToken for RxToken {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl phy::TxToken for TxToken<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut frame = vec![0; len];
+        let r = f(&mut frame);
+        if !self.0.push_to_guest(frame) {
+            Counters::bump(&self.0.stats.dropped);
+        }
+        r
+    }
+}
+
+impl Device for FrameDevice {
+    type RxToken<'a> = RxToken;
+    type TxToken<'a> = TxToken<'a>;
+
+    fn receive(&mut self, _: Instant) -> Option<(RxToken, TxToken<'_>)> {
+        let frame = self.rx.pop_front()?;
+        Some((RxToken(frame), TxToken(&self.shared)))
+    }
+
+    fn transmit(&mut self, _: Instant) -> Option<TxToken<'_>> {
+        self.shared.to_guest_has_room().then_some(TxToken(&self.shared))
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = FRAME_MTU;
+        caps
+    }
+}

@@ -1,0 +1,222 @@
+//! The relay thread: one loop that takes the guest's frames, runs the smoltcp interface, moves bytes between
+//! smoltcp sockets and host sockets, and sleeps in poll(2) on every host socket plus the kick eventfd until
+//! something happens or smoltcp's next timer is due.
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use smoltcp::iface::{Config, Interface, SocketSet};
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
+
+use crate::config::UserNetConfig;
+use crate::device::FrameDevice;
+use crate::forward::{PortForward, Proto};
+use crate::frame::{classify, GuestFrame, HOST_MAC};
+use crate::poller::poll;
+use crate::queue::{Counters, Shared};
+use crate::tcp::{TcpRelay, TcpToken};
+use crate::udp::{UdpForward, UdpRelay, UdpToken};
+use crate::{dns, UserNetError};
+
+/// The longest the loop sleeps: UDP flow expiry and host connects are checked at least this often.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+
+enum Token {
+    Kick,
+    Tcp(TcpToken),
+    Udp(UdpToken),
+}
+
+pub(crate) struct Engine {
+    net: UserNetConfig,
+    shared: Arc<Shared>,
+    iface: Interface,
+    device: FrameDevice,
+    sockets: SocketSet<'static>,
+    tcp: TcpRelay,
+    udp: UdpRelay,
+    epoch: Instant,
+    last_expiry: Instant,
+}
+
+fn bind_error(spec: &PortForward, addr: SocketAddr, source: std::io::Error) -> UserNetError {
+    let spec = spec.clone();
+    match source.kind() {
+        std::io::ErrorKind::AddrInUse => UserNetError::PortInUse { spec, addr, source },
+        std::io::ErrorKind::PermissionDenied if addr.port() < 1024 => {
+            UserNetError::PrivilegedPort { spec, addr, source }
+        }
+        _ => UserNetError::Bind { spec, addr, source },
+    }
+}
+
+fn check_addresses(net: &UserNetConfig) -> Result<(), UserNetError> {
+    let bad = |m: String| Err(UserNetError::BadAddresses(m));
+    if !(8..=30).contains(&net.prefix_len) {
+        return bad(format!("prefix length /{} must be between /8 and /30", net.prefix_len));
+    }
+    for (name, ip) in [("gateway", net.gateway), ("DNS", net.dns)] {
+        if !net.in_subnet(ip) {
+            return bad(format!(
+                "the {name} address {ip} is outside the guest's subnet {}/{}",
+                net.guest_ip, net.prefix_len
+            ));
+        }
+        if ip == net.guest_ip {
+            return bad(format!("the {name} address {ip} is the guest's own address"));
+        }
+    }
+    if net.guest_mac[0] & 1 != 0 {
+        return bad("the guest MAC address is a multicast address".into());
+    }
+    Ok(())
+}
+
+impl Engine {
+    pub fn new(net: UserNetConfig, shared: Arc<Shared>) -> Result<Engine, UserNetError> {
+        check_addresses(&net)?;
+        let mut tcp_listeners = Vec::new();
+        let mut udp_forwards = Vec::new();
+        for f in &net.forwards {
+            let addr = SocketAddr::new(f.host_ip, f.host_port);
+            match f.proto {
+                Proto::Tcp => {
+                    let l = TcpListener::bind(addr).map_err(|e| bind_error(f, addr, e))?;
+                    l.set_nonblocking(true).map_err(|e| bind_error(f, addr, e))?;
+                    tcp_listeners.push((f.clone(), l));
+                }
+                Proto::Udp => {
+                    let sock = UdpSocket::bind(addr).map_err(|e| bind_error(f, addr, e))?;
+                    sock.set_nonblocking(true).map_err(|e| bind_error(f, addr, e))?;
+                    udp_forwards.push(UdpForward { spec: f.clone(), sock });
+                }
+            }
+        }
+        let upstream = net.dns_upstream.unwrap_or_else(dns::host_resolver);
+
+        let epoch = Instant::now();
+        let mut device = FrameDevice::new(shared.clone());
+        let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(HOST_MAC)));
+        config.random_seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0x6b696c6e, |d| d.as_nanos() as u64);
+        let mut iface = Interface::new(config, &mut device, smoltcp::time::Instant::from_micros(0));
+        iface.update_ip_addrs(|addrs| {
+            let _ = addrs.push(IpCidr::new(net.gateway.into(), net.prefix_len));
+            if net.dns != net.gateway {
+                let _ = addrs.push(IpCidr::new(net.dns.into(), net.prefix_len));
+            }
+        });
+        // With any_ip and a default route through one of our own addresses, smoltcp accepts packets for every
+        // destination: the stack impersonates the whole outside world.
+        iface.set_any_ip(true);
+        let _ = iface.routes_mut().add_default_ipv4_route(net.gateway);
+
+        Ok(Engine {
+            tcp: TcpRelay::new(net.clone(), upstream, shared.clone(), tcp_listeners),
+            udp: UdpRelay::new(net.clone(), upstream, shared.clone(), udp_forwards),
+            net,
+            shared,
+            iface,
+            device,
+            sockets: SocketSet::new(Vec::new()),
+            epoch,
+            last_expiry: epoch,
+        })
+    }
+
+    fn now(&self) -> smoltcp::time::Instant {
+        smoltcp::time::Instant::from_micros(self.epoch.elapsed().as_micros() as i64)
+    }
+
+    pub fn run(mut self) {
+        let mut fds: Vec<libc::pollfd> = Vec::new();
+        let mut tokens: Vec<Token> = Vec::new();
+        while !self.shared.stop.load(Ordering::SeqCst) {
+            let now = Instant::now();
+            for frame in self.shared.take_from_guest() {
+                self.on_guest_frame(frame, now);
+            }
+            let t = self.now();
+            self.iface.poll(t, &mut self.device, &mut self.sockets);
+            self.tcp.pump_all(&mut self.sockets);
+            self.iface.poll(t, &mut self.device, &mut self.sockets);
+            self.tcp.reap(&mut self.sockets);
+            if now.duration_since(self.last_expiry) >= MAX_SLEEP {
+                self.udp.expire(now);
+                self.last_expiry = now;
+            }
+
+            fds.clear();
+            tokens.clear();
+            let mut add = |fd: i32, events: i16, token: Token| {
+                fds.push(libc::pollfd { fd, events, revents: 0 });
+                tokens.push(token);
+            };
+            add(self.shared.kick.as_raw_fd(), libc::POLLIN, Token::Kick);
+            self.tcp.poll_fds(&self.sockets, |fd, ev, t| add(fd, ev, Token::Tcp(t)));
+            self.udp.poll_fds(|fd, t| add(fd, libc::POLLIN, Token::Udp(t)));
+
+            // While the guest's queue is full smoltcp keeps asking to be polled now; the guest draining the
+            // queue kicks us instead.
+            let timeout = match self.iface.poll_delay(self.now(), &self.sockets) {
+                Some(_) if !self.shared.to_guest_has_room() => MAX_SLEEP,
+                Some(d) => Duration::from_micros(d.total_micros()).min(MAX_SLEEP),
+                None => MAX_SLEEP,
+            };
+            if poll(&mut fds, Some(timeout)).is_err() {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            let now = Instant::now();
+            for (pfd, token) in fds.iter().zip(&tokens) {
+                if pfd.revents == 0 {
+                    continue;
+                }
+                match *token {
+                    Token::Kick => self.shared.kick.clear(),
+                    Token::Tcp(TcpToken::Listener(i)) => self.tcp.accept(i, &mut self.iface, &mut self.sockets),
+                    Token::Tcp(TcpToken::Connecting(key)) => {
+                        self.tcp.on_connect_ready(key, &mut self.sockets, &mut self.device)
+                    }
+                    Token::Tcp(TcpToken::Conn(h)) => self.tcp.on_conn_events(h, pfd.revents),
+                    Token::Udp(t) => self.udp.on_readable(t, now),
+                }
+            }
+        }
+    }
+
+    fn on_guest_frame(&mut self, frame: Vec<u8>, now: Instant) {
+        enum Then {
+            Stack,
+            Reply(Vec<u8>),
+            Syn(u16, std::net::SocketAddrV4),
+            Done,
+            Drop,
+        }
+        let then = match classify(&frame, &self.net) {
+            GuestFrame::Stack => Then::Stack,
+            GuestFrame::ArpReply(r) => Then::Reply(r),
+            GuestFrame::Udp { src_port, dst, payload } => {
+                self.udp.relay_from_guest(src_port, dst, payload, now);
+                Then::Done
+            }
+            GuestFrame::TcpSyn { src_port, dst } => Then::Syn(src_port, dst),
+            GuestFrame::Drop => Then::Drop,
+        };
+        match then {
+            Then::Stack => self.device.inject(frame),
+            Then::Reply(r) => {
+                if !self.shared.push_to_guest(r) {
+                    Counters::bump(&self.shared.stats.dropped);
+                }
+            }
+            Then::Syn(port, dst) => self.tcp.on_syn(port, dst, frame, &mut self.device),
+            Then::Done => {}
+            Then::Drop => Counters::bump(&self.shared.stats.dropped),
+        }
+    }
+}

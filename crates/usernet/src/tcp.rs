@@ -1,0 +1,353 @@
+//! TCP relaying between host sockets and the host-side smoltcp stack. Inbound (`-p`): an accepted host
+//! connection becomes a smoltcp connect to the guest from the gateway address. Outbound: a guest SYN is held
+//! while the host connect it started runs; on success a socket listening on exactly that destination is made
+//! and the SYN replayed into it, on failure the SYN is replayed with no listener and smoltcp answers with a
+//! reset. Bytes move only while the other side has room (both smoltcp buffers are 64 KiB), FINs are relayed
+//! as shutdowns and resets as resets.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use smoltcp::iface::{Interface, SocketHandle, SocketSet};
+use smoltcp::socket::tcp::{self, State};
+use smoltcp::wire::IpListenEndpoint;
+
+use crate::config::{host_target, UserNetConfig};
+use crate::device::FrameDevice;
+use crate::forward::PortForward;
+use crate::poller::{close_with_reset, connect_nonblocking, connect_result};
+use crate::queue::{Counters, Shared};
+
+/// Per-direction buffer of each relayed connection.
+const TCP_BUFFER: usize = 64 * 1024;
+/// Connections (open or being connected) beyond which new guest SYNs are refused.
+const MAX_CONNS: usize = 16 * 1024;
+/// A connection whose peer in the guest stops acknowledging for this long is aborted.
+const GUEST_TIMEOUT: smoltcp::time::Duration = smoltcp::time::Duration::from_secs(120);
+
+/// One guest connection: the guest's source port and where it connected to.
+type FlowKey = (u16, SocketAddrV4);
+
+struct Conn {
+    /// The host side; `None` once it is closed.
+    stream: Option<TcpStream>,
+    /// For outbound connections, the key in `TcpRelay::outbound`; for inbound ones, the gateway port.
+    origin: Origin,
+    /// The host socket said it is readable and we have not seen EAGAIN since.
+    readable: bool,
+    /// The last write to the host socket hit EAGAIN; wait for POLLOUT.
+    write_blocked: bool,
+    host_eof: bool,
+    host_write_shut: bool,
+    /// The guest side got past the handshake at least once.
+    established: bool,
+    /// Seen closed by an earlier reap pass (its reset, if any, has had an egress poll to go out).
+    closed_before: bool,
+}
+
+enum Origin {
+    Outbound(FlowKey),
+    Inbound(u16),
+}
+
+struct Pending {
+    stream: TcpStream,
+    syn: Vec<u8>,
+}
+
+/// What a pollfd registered by `poll_fds` stands for.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum TcpToken {
+    Listener(usize),
+    Conn(SocketHandle),
+    Connecting(FlowKey),
+}
+
+pub(crate) struct TcpRelay {
+    net: UserNetConfig,
+    upstream: SocketAddr,
+    shared: Arc<Shared>,
+    listeners: Vec<(PortForward, TcpListener)>,
+    conns: HashMap<SocketHandle, Conn>,
+    outbound: HashMap<FlowKey, SocketHandle>,
+    pending: HashMap<FlowKey, Pending>,
+    inbound_ports: HashSet<u16>,
+    next_port: u16,
+}
+
+fn new_socket() -> tcp::Socket<'static> {
+    let mut s =
+        tcp::Socket::new(tcp::SocketBuffer::new(vec![0; TCP_BUFFER]), tcp::SocketBuffer::new(vec![0; TCP_BUFFER]));
+    // The host side already coalesces; smoltcp should forward what it is given without waiting.
+    s.set_nagle_enabled(false);
+    s.set_timeout(Some(GUEST_TIMEOUT));
+    s
+}
+
+impl TcpRelay {
+    pub fn new(
+        net: UserNetConfig,
+        upstream: SocketAddr,
+        shared: Arc<Shared>,
+        listeners: Vec<(PortForward, TcpListener)>,
+    ) -> Self {
+        TcpRelay {
+            net,
+            upstream,
+            shared,
+            listeners,
+            conns: HashMap::new(),
+            outbound: HashMap::new(),
+            pending: HashMap::new(),
+            inbound_ports: HashSet::new(),
+            next_port: 49152,
+        }
+    }
+
+    /// A guest SYN to `dst`: replay it into an existing connection, or start the host connect it asks for.
+    pub fn on_syn(&mut self, src_port: u16, dst: SocketAddrV4, syn: Vec<u8>, device: &mut FrameDevice) {
+        let key = (src_port, dst);
+        if self.outbound.contains_key(&key) {
+            return device.inject(syn);
+        }
+        if self.pending.contains_key(&key) {
+            return; // a retransmission while the host connect is still running
+        }
+        let target = match host_target(&self.net, self.upstream, dst) {
+            Some(SocketAddr::V4(t)) if self.conns.len() + self.pending.len() < MAX_CONNS => t,
+            // No listener: smoltcp refuses the SYN with a reset.
+            _ => return device.inject(syn),
+        };
+        match connect_nonblocking(target) {
+            Ok(stream) => {
+                self.pending.insert(key, Pending { stream, syn });
+            }
+            Err(_) => device.inject(syn),
+        }
+    }
+
+    /// The host connect for `key` made progress: accept or refuse the guest's SYN.
+    pub fn on_connect_ready(&mut self, key: FlowKey, sockets: &mut SocketSet<'static>, device: &mut FrameDevice) {
+        let Some(p) = self.pending.get(&key) else { return };
+        match connect_result(&p.stream) {
+            None => {}
+            Some(false) => {
+                if let Some(p) = self.pending.remove(&key) {
+                    device.inject(p.syn);
+                }
+            }
+            Some(true) => {
+                let Some(p) = self.pending.remove(&key) else { return };
+                let _ = p.stream.set_nodelay(true);
+                let mut socket = new_socket();
+                let endpoint = IpListenEndpoint { addr: Some((*key.1.ip()).into()), port: key.1.port() };
+                if socket.listen(endpoint).is_err() {
+                    return device.inject(p.syn);
+                }
+                let handle = sockets.add(socket);
+                self.conns.insert(handle, Conn::new(p.stream, Origin::Outbound(key)));
+                self.outbound.insert(key, handle);
+                Counters::bump(&self.shared.stats.tcp_outbound);
+                device.inject(p.syn);
+            }
+        }
+    }
+
+    /// Accepts every waiting host connection on forward `i` and connects each to the guest.
+    pub fn accept(&mut self, i: usize, iface: &mut Interface, sockets: &mut SocketSet<'static>) {
+        loop {
+            let Ok((stream, _)) = self.listeners[i].1.accept() else { return };
+            if self.conns.len() >= MAX_CONNS || stream.set_nonblocking(true).is_err() {
+                close_with_reset(stream);
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            let Some(port) = self.alloc_port() else {
+                close_with_reset(stream);
+                continue;
+            };
+            let mut socket = new_socket();
+            let remote = (self.net.guest_ip, self.listeners[i].0.guest_port);
+            if socket.connect(iface.context(), remote, (self.net.gateway, port)).is_err() {
+                close_with_reset(stream);
+                continue;
+            }
+            self.inbound_ports.insert(port);
+            let handle = sockets.add(socket);
+            self.conns.insert(handle, Conn::new(stream, Origin::Inbound(port)));
+            Counters::bump(&self.shared.stats.tcp_inbound);
+        }
+    }
+
+    fn alloc_port(&mut self) -> Option<u16> {
+        for _ in 0..=(u16::MAX - 49152) {
+            let p = self.next_port;
+            self.next_port = if p == u16::MAX { 49152 } else { p + 1 };
+            if !self.inbound_ports.contains(&p) {
+                return Some(p);
+            }
+        }
+        None
+    }
+
+    /// Registers what each host socket is waited on for: POLLIN only while the guest side has buffer room
+    /// (backpressure), POLLOUT only while a write is blocked or a connect runs.
+    pub fn poll_fds(&self, sockets: &SocketSet<'static>, mut add: impl FnMut(i32, i16, TcpToken)) {
+        for (i, (_, l)) in self.listeners.iter().enumerate() {
+            add(l.as_raw_fd(), libc::POLLIN, TcpToken::Listener(i));
+        }
+        for (key, p) in &self.pending {
+            add(p.stream.as_raw_fd(), libc::POLLOUT, TcpToken::Connecting(*key));
+        }
+        for (handle, c) in &self.conns {
+            let Some(stream) = &c.stream else { continue };
+            let s = sockets.get::<tcp::Socket>(*handle);
+            let mut events = 0;
+            if !c.readable && !c.host_eof && s.can_send() {
+                events |= libc::POLLIN;
+            }
+            if c.write_blocked {
+                events |= libc::POLLOUT;
+            }
+            if events != 0 {
+                add(stream.as_raw_fd(), events, TcpToken::Conn(*handle));
+            }
+        }
+    }
+
+    pub fn on_conn_events(&mut self, handle: SocketHandle, revents: i16) {
+        if let Some(c) = self.conns.get_mut(&handle) {
+            if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+                c.readable = true;
+            }
+            if revents & (libc::POLLOUT | libc::POLLHUP | libc::POLLERR) != 0 {
+                c.write_blocked = false;
+            }
+        }
+    }
+
+    /// Moves bytes both ways on every connection as far as buffers allow, and relays FINs and resets.
+    pub fn pump_all(&mut self, sockets: &mut SocketSet<'static>) {
+        for (handle, c) in self.conns.iter_mut() {
+            c.pump(sockets.get_mut::<tcp::Socket>(*handle));
+        }
+    }
+
+    /// Removes connections whose guest side is closed (after an egress poll, so a final reset went out).
+    pub fn reap(&mut self, sockets: &mut SocketSet<'static>) {
+        let mut dead = Vec::new();
+        for (handle, c) in self.conns.iter_mut() {
+            let s = sockets.get::<tcp::Socket>(*handle);
+            if s.state() != State::Closed {
+                continue;
+            }
+            if let Some(stream) = c.stream.take() {
+                if c.host_eof && c.host_write_shut {
+                    drop(stream);
+                } else {
+                    close_with_reset(stream);
+                }
+            }
+            if s.remote_endpoint().is_none() || c.closed_before {
+                dead.push(*handle);
+            }
+            c.closed_before = true;
+        }
+        for handle in dead {
+            sockets.remove(handle);
+            match self.conns.remove(&handle).map(|c| c.origin) {
+                Some(Origin::Outbound(key)) => {
+                    self.outbound.remove(&key);
+                }
+                Some(Origin::Inbound(port)) => {
+                    self.inbound_ports.remove(&port);
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+impl Conn {
+    fn new(stream: TcpStream, origin: Origin) -> Conn {
+        Conn {
+            stream: Some(stream),
+            origin,
+            readable: false,
+            write_blocked: false,
+            host_eof: false,
+            host_write_shut: false,
+            established: false,
+            closed_before: false,
+        }
+    }
+
+    fn pump(&mut self, s: &mut tcp::Socket<'static>) {
+        if !matches!(s.state(), State::Closed | State::Listen | State::SynSent | State::SynReceived) {
+            self.established = true;
+        }
+        let Some(stream) = &self.stream else { return };
+        let mut host_failed = false;
+
+        // Guest → host.
+        while !self.write_blocked && s.can_recv() {
+            let r = s.recv(|buf| match (&*stream).write(buf) {
+                Ok(n) => (n, Ok(n)),
+                Err(e) => (0, Err(e)),
+            });
+            match r {
+                Ok(Ok(0)) | Err(_) => break,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => self.write_blocked = true,
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(Err(_)) => {
+                    host_failed = true;
+                    break;
+                }
+            }
+        }
+        // The guest's FIN, once everything before it is written.
+        if self.established && !self.host_write_shut && !s.may_recv() && s.recv_queue() == 0 && !host_failed {
+            let _ = stream.shutdown(Shutdown::Write);
+            self.host_write_shut = true;
+        }
+
+        // Host → guest, only into the room the send buffer has.
+        while self.readable && !self.host_eof && !host_failed && s.can_send() {
+            let r = s.send(|buf| {
+                if buf.is_empty() {
+                    return (0, Ok(None));
+                }
+                match (&*stream).read(buf) {
+                    Ok(n) => (n, Ok(Some(n))),
+                    Err(e) => (0, Err(e)),
+                }
+            });
+            match r {
+                Ok(Ok(Some(0))) => {
+                    self.host_eof = true;
+                    s.close();
+                }
+                Ok(Ok(Some(_))) => {}
+                Ok(Ok(None)) | Err(_) => break,
+                Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => self.readable = false,
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(Err(_)) => host_failed = true,
+            }
+        }
+
+        if host_failed {
+            // The host side reset or broke: reset the guest side too.
+            s.abort();
+            if let Some(stream) = self.stream.take() {
+                close_with_reset(stream);
+            }
+        } else if self.host_eof && self.host_write_shut {
+            // Both directions finished: the host socket has nothing left to do.
+            self.stream = None;
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Hostile frames: random bytes, every truncation and bit flip of valid ARP/UDP/TCP frames, and lying length
+//! fields. Nothing may panic; the relay must keep working afterwards and count what it dropped.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpAddress,
+    IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+};
+
+use super::pattern;
+use crate::frame::{classify, udp_frame, HOST_MAC};
+use crate::{UserNet, UserNetConfig};
+
+fn eth(ethertype: EthernetProtocol, payload_len: usize) -> Vec<u8> {
+    let mut f = vec![0; 14 + payload_len];
+    EthernetRepr {
+        src_addr: EthernetAddress(UserNetConfig::default().guest_mac),
+        dst_addr: EthernetAddress(HOST_MAC),
+        ethertype,
+    }
+    .emit(&mut EthernetFrame::new_unchecked(&mut f[..]));
+    f
+}
+
+fn arp_request(target: Ipv4Addr) -> Vec<u8> {
+    let net = UserNetConfig::default();
+    let repr = ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Request,
+        source_hardware_addr: EthernetAddress(net.guest_mac),
+        source_protocol_addr: net.guest_ip,
+        target_hardware_addr: EthernetAddress([0; 6]),
+        target_protocol_addr: target,
+    };
+    let mut f = eth(EthernetProtocol::Arp, repr.buffer_len());
+    repr.emit(&mut ArpPacket::new_unchecked(&mut f[14..]));
+    f
+}
+
+fn tcp_syn(dst: SocketAddrV4) -> Vec<u8> {
+    let net = UserNetConfig::default();
+    let caps = ChecksumCapabilities::default();
+    let tcp = TcpRepr {
+        src_port: 41000,
+        dst_port: dst.port(),
+        control: TcpControl::Syn,
+        seq_number: TcpSeqNumber(1234),
+        ack_number: None,
+        window_len: 1024,
+        window_scale: None,
+        max_seg_size: Some(1460),
+        sack_permitted: false,
+        sack_ranges: [None, None, None],
+        timestamp: None,
+        payload: &[],
+    };
+    let ip = Ipv4Repr {
+        src_addr: net.guest_ip,
+        dst_addr: *dst.ip(),
+        next_header: IpProtocol::Tcp,
+        payload_len: tcp.buffer_len(),
+        hop_limit: 64,
+    };
+    let mut f = eth(EthernetProtocol::Ipv4, 20 + tcp.buffer_len());
+    let mut p = Ipv4Packet::new_unchecked(&mut f[14..]);
+    ip.emit(&mut p, &caps);
+    tcp.emit(
+        &mut TcpPacket::new_unchecked(p.payload_mut()),
+        &IpAddress::Ipv4(net.guest_ip),
+        &IpAddress::Ipv4(*dst.ip()),
+        &caps,
+    );
+    f
+}
+
+fn valid_frames() -> Vec<Vec<u8>> {
+    let net = UserNetConfig::default();
+    let guest = SocketAddrV4::new(net.guest_ip, 4444);
+    vec![
+        arp_request(Ipv4Addr::new(10, 0, 2, 77)),
+        arp_request(net.gateway),
+        // To TEST-NET addresses and the discard port on the gateway: harmless if they do get relayed.
+        udp_frame(HOST_MAC, guest, SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 9), b"payload"),
+        udp_frame(HOST_MAC, guest, SocketAddrV4::new(net.dns, 53), &[0; 12]),
+        tcp_syn(SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 9)),
+        tcp_syn(SocketAddrV4::new(net.gateway, 9)),
+    ]
+}
+
+/// Every mutation the tests try, on top of some random frames.
+fn hostile_frames() -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for f in valid_frames() {
+        for len in 0..f.len() {
+            out.push(f[..len].to_vec());
+        }
+        for bit in 0..f.len() * 8 {
+            let mut g = f.clone();
+            g[bit / 8] ^= 1 << (bit % 8);
+            out.push(g);
+        }
+        // Lying length fields: IPv4 header length, total length, UDP/TCP length or offset set to extremes.
+        for (at, value) in
+            [(14, 0x4f), (14, 0x40), (16, 0xff), (17, 0xff), (16, 0), (17, 0), (38, 0xff), (39, 0), (46, 0xff)]
+        {
+            if at < f.len() {
+                let mut g = f.clone();
+                g[at] = value;
+                out.push(g);
+            }
+        }
+        let mut long = f.clone();
+        long.extend(pattern(70_000, 9));
+        out.push(long);
+    }
+    for i in 0..2000u64 {
+        let bytes = pattern((i as usize * 7919) % 1600, i);
+        out.push(bytes.clone());
+        let mut with_ip_header = eth(EthernetProtocol::Ipv4, 0);
+        with_ip_header.extend_from_slice(&bytes);
+        out.push(with_ip_header);
+    }
+    out
+}
+
+#[test]
+fn classify_survives_hostile_frames() {
+    let net = UserNetConfig::default();
+    for f in hostile_frames() {
+        let _ = classify(&f, &net);
+    }
+}
+
+#[test]
+fn relay_survives_hostile_frames_and_keeps_working() {
+    let net = UserNet::new(UserNetConfig::default()).unwrap();
+    let mut buf = vec![0; 65550];
+    for (i, f) in hostile_frames().iter().enumerate() {
+        net.send(f);
+        if i % 512 == 0 {
+            while net.recv(&mut buf).is_some() {}
+        }
+    }
+    // Still alive: an ARP question for another subnet host is answered.
+    std::thread::sleep(Duration::from_millis(100));
+    while net.recv(&mut buf).is_some() {}
+    net.send(&arp_request(Ipv4Addr::new(10, 0, 2, 99)));
+    let reply = (0..200).find_map(|_| {
+        std::thread::sleep(Duration::from_millis(5));
+        net.recv(&mut buf)
+    });
+    let n = reply.expect("no ARP reply after the fuzzing");
+    let frame = EthernetFrame::new_checked(&buf[..n]).unwrap();
+    assert_eq!(frame.ethertype(), EthernetProtocol::Arp);
+    assert!(net.stats().dropped > 1000, "{:?}", net.stats());
+}
+
+#[test]
+fn ready_fd_stays_readable_while_frames_wait() {
+    let net = UserNet::new(UserNetConfig::default()).unwrap();
+    let readable = |ms| {
+        let mut p = [libc::pollfd { fd: net.ready_fd(), events: libc::POLLIN, revents: 0 }];
+        crate::poller::poll(&mut p, Some(Duration::from_millis(ms))).unwrap() == 1
+    };
+    assert!(!readable(50));
+    net.send(&arp_request(Ipv4Addr::new(10, 0, 2, 50)));
+    net.send(&arp_request(Ipv4Addr::new(10, 0, 2, 51)));
+    assert!(readable(2000));
+    std::thread::sleep(Duration::from_millis(50));
+    let mut buf = vec![0; 2048];
+    assert!(net.recv(&mut buf).is_some());
+    assert!(readable(0), "one frame still waits");
+    assert!(readable(0), "polling does not clear it");
+    assert!(net.recv(&mut buf).is_some());
+    assert!(!readable(0), "the queue is empty");
+    assert!(net.recv(&mut buf).is_none());
+    // A too-small buffer drops the frame rather than truncating it.
+    net.send(&arp_request(Ipv4Addr::new(10, 0, 2, 52)));
+    assert!(readable(2000));
+    assert!(net.recv(&mut [0; 10]).is_none());
+    assert!(!readable(0));
+}

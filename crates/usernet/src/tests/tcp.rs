@@ -1,0 +1,316 @@
+//! TCP through the relay: inbound `-p` forwards, outbound connections via the gateway, refusals, many at once.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use smoltcp::socket::tcp::{self, State};
+
+use super::guest::Guest;
+use super::{free_tcp_port, fwd, localhost, pattern};
+use crate::{UserNet, UserNetConfig, UserNetError};
+
+const LIMIT: Duration = Duration::from_secs(15);
+
+fn guest_socket() -> tcp::Socket<'static> {
+    tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 65536]), tcp::SocketBuffer::new(vec![0; 65536]))
+}
+
+/// Per-connection echo state for a guest server: bytes received but not yet sent back.
+#[derive(Default)]
+struct Echo {
+    pending: Vec<u8>,
+    closed: bool,
+}
+
+impl Echo {
+    /// Echoes what it can; closes after the peer's FIN once everything went back. True when done.
+    fn step(&mut self, s: &mut tcp::Socket) -> bool {
+        if !self.pending.is_empty() && s.can_send() {
+            let n = s.send_slice(&self.pending).unwrap_or(0);
+            self.pending.drain(..n);
+        }
+        if self.pending.is_empty() && s.can_recv() {
+            let _ = s.recv(|b| {
+                self.pending.extend_from_slice(b);
+                (b.len(), ())
+            });
+        }
+        if !self.closed && self.pending.is_empty() && s.state() == State::CloseWait && s.recv_queue() == 0 {
+            s.close();
+            self.closed = true;
+        }
+        self.closed && matches!(s.state(), State::Closed | State::TimeWait)
+    }
+}
+
+/// Writes `data` on one thread while reading everything back on this one; returns what came back.
+fn echo_through(mut stream: TcpStream, data: Vec<u8>) -> Vec<u8> {
+    stream.set_read_timeout(Some(LIMIT)).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let w = std::thread::spawn(move || {
+        writer.write_all(&data).unwrap();
+        writer.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut back = Vec::new();
+    stream.read_to_end(&mut back).unwrap();
+    w.join().unwrap();
+    back
+}
+
+#[test]
+fn inbound_forward_echoes_multi_mib_byte_exact() {
+    let port = free_tcp_port();
+    let config = UserNetConfig { forwards: vec![fwd(&format!("127.0.0.1:{port}:80"))], ..Default::default() };
+    let net = Arc::new(UserNet::new(config).unwrap());
+    let mut listening = None;
+    let mut echo = Echo::default();
+    let guest = Guest::spawn(net.clone(), LIMIT, move |g| {
+        let h = *listening.get_or_insert_with(|| {
+            let mut s = guest_socket();
+            s.listen(80).unwrap();
+            g.sockets.add(s)
+        });
+        echo.step(g.sockets.get_mut::<tcp::Socket>(h))
+    });
+    let data = pattern(4 << 20, 1);
+    let back = echo_through(TcpStream::connect(localhost(port)).unwrap(), data.clone());
+    assert_eq!(back.len(), data.len());
+    assert!(back == data, "echoed bytes differ");
+    guest.join().unwrap();
+    let stats = net.stats();
+    assert_eq!(stats.tcp_inbound, 1);
+    assert!(stats.frames_in > 1000 && stats.frames_out > 1000, "{stats:?}");
+}
+
+#[test]
+fn outbound_via_gateway_reaches_host_listener_both_ways() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let net = Arc::new(UserNet::new(UserNetConfig::default()).unwrap());
+    let up = pattern(3 << 20, 2);
+    let down = pattern(3 << 20, 3);
+    let host = {
+        let (up, down) = (up.clone(), down.clone());
+        std::thread::spawn(move || {
+            let (mut s, peer) = listener.accept().unwrap();
+            assert!(peer.ip().is_loopback());
+            s.set_read_timeout(Some(LIMIT)).unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).unwrap();
+            assert!(got == up, "guest->host bytes differ ({} of {})", got.len(), up.len());
+            s.write_all(&down).unwrap();
+        })
+    };
+    let (mut h, mut sent, mut got) = (None, 0, Vec::new());
+    let guest = Guest::spawn(net.clone(), LIMIT, move |g| {
+        let handle = *h.get_or_insert_with(|| {
+            let mut s = guest_socket();
+            s.connect(g.iface.context(), (crate::config::UserNetConfig::default().gateway, port), 40000).unwrap();
+            g.sockets.add(s)
+        });
+        let s = g.sockets.get_mut::<tcp::Socket>(handle);
+        if sent < up.len() && s.can_send() {
+            sent += s.send_slice(&up[sent..]).unwrap();
+            if sent == up.len() {
+                s.close();
+            }
+        }
+        while s.can_recv() {
+            s.recv(|b| {
+                got.extend_from_slice(b);
+                (b.len(), ())
+            })
+            .unwrap();
+        }
+        if !s.may_recv() && sent == up.len() && s.state() != State::SynSent {
+            assert!(got == down, "host->guest bytes differ ({} of {})", got.len(), down.len());
+            return true;
+        }
+        false
+    });
+    host.join().unwrap();
+    guest.join().unwrap();
+    assert_eq!(net.stats().tcp_outbound, 1);
+}
+
+#[test]
+fn refused_host_connect_resets_the_guest() {
+    let port = free_tcp_port(); // nothing listens there any more
+    let net = Arc::new(UserNet::new(UserNetConfig::default()).unwrap());
+    let mut h = None;
+    let guest = Guest::spawn(net.clone(), LIMIT, move |g| {
+        let handle = *h.get_or_insert_with(|| {
+            let mut s = guest_socket();
+            s.connect(g.iface.context(), (UserNetConfig::default().gateway, port), 40001).unwrap();
+            g.sockets.add(s)
+        });
+        let s = g.sockets.get::<tcp::Socket>(handle);
+        assert!(matches!(s.state(), State::SynSent | State::Closed), "{}", s.state());
+        s.state() == State::Closed
+    });
+    guest.join().unwrap();
+    assert_eq!(net.stats().tcp_outbound, 0);
+}
+
+#[test]
+fn guest_refusing_an_inbound_connection_closes_the_host_one() {
+    let port = free_tcp_port();
+    let config = UserNetConfig { forwards: vec![fwd(&format!("127.0.0.1:{port}:81"))], ..Default::default() };
+    let net = Arc::new(UserNet::new(config).unwrap());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    // The guest listens on nothing, so its stack answers the relay's SYN with a reset.
+    let guest = Guest::spawn(net.clone(), LIMIT, move |_| stop2.load(std::sync::atomic::Ordering::SeqCst));
+    let mut s = TcpStream::connect(localhost(port)).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    let mut buf = [0; 16];
+    match s.read(&mut buf) {
+        Ok(0) | Err(_) => {}
+        Ok(n) => panic!("read {n} bytes from a refused connection"),
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    guest.join().unwrap();
+}
+
+#[test]
+fn many_concurrent_inbound_connections() {
+    const N: usize = 250;
+    let port = free_tcp_port();
+    let config = UserNetConfig { forwards: vec![fwd(&format!("127.0.0.1:{port}:80"))], ..Default::default() };
+    let net = Arc::new(UserNet::new(config).unwrap());
+    let mut servers: Vec<(smoltcp::iface::SocketHandle, Echo)> = Vec::new();
+    let mut done = 0;
+    let guest = Guest::spawn(net.clone(), LIMIT, move |g| {
+        if servers.is_empty() {
+            for _ in 0..N {
+                let mut s = guest_socket();
+                s.listen(80).unwrap();
+                servers.push((g.sockets.add(s), Echo::default()));
+            }
+        }
+        servers.retain_mut(|(h, e)| {
+            let finished = e.step(g.sockets.get_mut::<tcp::Socket>(*h));
+            if finished {
+                g.sockets.remove(*h);
+                done += 1;
+            }
+            !finished
+        });
+        done == N
+    });
+    // Open all of them before sending anything, so they really are concurrent.
+    let streams: Vec<TcpStream> = (0..N).map(|_| TcpStream::connect(localhost(port)).unwrap()).collect();
+    let clients: Vec<_> = streams
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            std::thread::spawn(move || {
+                let data = pattern(16 * 1024 + i, i as u64 + 10);
+                assert!(echo_through(s, data.clone()) == data, "connection {i} garbled");
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    guest.join().unwrap();
+    assert_eq!(net.stats().tcp_inbound, N as u64);
+}
+
+#[test]
+fn many_concurrent_outbound_connections() {
+    const N: u16 = 200;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let host = std::thread::spawn(move || {
+        let mut handlers = Vec::new();
+        for _ in 0..N {
+            let (mut s, _) = listener.accept().unwrap();
+            handlers.push(std::thread::spawn(move || {
+                let mut buf = [0; 4096];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => s.write_all(&buf[..n]).unwrap(),
+                    }
+                }
+            }));
+        }
+        for h in handlers {
+            h.join().unwrap();
+        }
+    });
+    let mut conns = Vec::new();
+    let mut finished = 0;
+    let guest = Guest::spawn(net_for_outbound(), LIMIT, move |g| {
+        if conns.is_empty() {
+            for i in 0..N {
+                let mut s = guest_socket();
+                s.connect(g.iface.context(), (UserNetConfig::default().gateway, port), 20000 + i).unwrap();
+                conns.push((g.sockets.add(s), false, Vec::new(), pattern(3000, i.into())));
+            }
+        }
+        for (h, sent, got, data) in conns.iter_mut() {
+            let s = g.sockets.get_mut::<tcp::Socket>(*h);
+            if !*sent && s.can_send() {
+                assert_eq!(s.send_slice(data).unwrap(), data.len());
+                *sent = true;
+            }
+            if s.can_recv() {
+                s.recv(|b| {
+                    got.extend_from_slice(b);
+                    (b.len(), ())
+                })
+                .unwrap();
+                if got.len() == data.len() {
+                    assert!(got == data);
+                    s.close();
+                    finished += 1;
+                }
+            }
+        }
+        finished == N as usize
+    });
+    let g = guest.join().unwrap();
+    drop(g);
+    host.join().unwrap();
+}
+
+fn net_for_outbound() -> Arc<UserNet> {
+    Arc::new(UserNet::new(UserNetConfig::default()).unwrap())
+}
+
+#[test]
+fn port_in_use_names_the_spec_and_address() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let spec = format!("127.0.0.1:{port}:80");
+    let config = UserNetConfig { forwards: vec![fwd(&spec)], ..Default::default() };
+    let err = UserNet::new(config).err().expect("binding a used port must fail");
+    assert!(matches!(err, UserNetError::PortInUse { .. }), "{err:?}");
+    let text = err.to_string();
+    assert_eq!(
+        text,
+        format!("-p {spec}/tcp: 127.0.0.1:{port} is already in use by another program; choose another host port")
+    );
+    assert!(std::error::Error::source(&err).is_some());
+}
+
+#[test]
+fn privileged_port_error_says_how_to_fix_it() {
+    // Only meaningful without root/CAP_NET_BIND_SERVICE, and where unprivileged ports start at 1024.
+    let spec = "127.0.0.1:1:80";
+    match UserNet::new(UserNetConfig { forwards: vec![fwd(spec)], ..Default::default() }) {
+        Ok(_) => {} // privileged test runner
+        Err(UserNetError::PrivilegedPort { .. }) => {}
+        Err(e) => panic!("unexpected error: {e}"),
+    }
+    let e = UserNetError::PrivilegedPort {
+        spec: fwd("80:80"),
+        addr: "0.0.0.0:80".parse().unwrap(),
+        source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+    };
+    assert!(e.to_string().starts_with("-p 80:80/tcp: binding 0.0.0.0:80 needs root or CAP_NET_BIND_SERVICE"));
+}

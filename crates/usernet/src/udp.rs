@@ -1,0 +1,215 @@
+//! UDP relaying. Outbound: one host socket per guest source port, sending wherever the guest sends (rewritten
+//! by `host_target`), with replies delivered from the address the guest originally used. Inbound (`-p .../udp`):
+//! each host peer of a forward gets its own gateway port, so the guest's replies find their way back.
+//! Idle flows expire. Datagrams are built into frames here directly; smoltcp is not involved.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::{host_target, UserNetConfig};
+use crate::forward::PortForward;
+use crate::frame::{udp_frame, UDP_MAX_PAYLOAD};
+use crate::queue::{Counters, Shared};
+
+/// A flow nobody used for this long is forgotten and its host socket closed.
+const UDP_IDLE: Duration = Duration::from_secs(120);
+/// Caps on what a guest (or the peers of a forward) can make the relay hold.
+const MAX_OUTBOUND_FLOWS: usize = 4096;
+const MAX_PEERS: usize = 4096;
+const MAX_DESTS_PER_FLOW: usize = 256;
+
+struct OutFlow {
+    sock: UdpSocket,
+    last_used: Instant,
+    /// Host address sent to → the address the guest used for it, so replies come from where the guest expects.
+    dests: HashMap<SocketAddr, SocketAddrV4>,
+}
+
+pub(crate) struct UdpForward {
+    pub spec: PortForward,
+    pub sock: UdpSocket,
+}
+
+struct Peer {
+    forward: usize,
+    addr: SocketAddr,
+    last_used: Instant,
+}
+
+pub(crate) struct UdpRelay {
+    net: UserNetConfig,
+    upstream: SocketAddr,
+    shared: Arc<Shared>,
+    outbound: HashMap<u16, OutFlow>,
+    forwards: Vec<UdpForward>,
+    /// Gateway port → the forward peer it stands for; `peer_ports` is the reverse index.
+    peers: HashMap<u16, Peer>,
+    peer_ports: HashMap<(usize, SocketAddr), u16>,
+    next_port: u16,
+    buf: Vec<u8>,
+}
+
+impl UdpRelay {
+    pub fn new(net: UserNetConfig, upstream: SocketAddr, shared: Arc<Shared>, forwards: Vec<UdpForward>) -> Self {
+        UdpRelay {
+            net,
+            upstream,
+            shared,
+            outbound: HashMap::new(),
+            forwards,
+            peers: HashMap::new(),
+            peer_ports: HashMap::new(),
+            next_port: 49152,
+            buf: vec![0; 65536],
+        }
+    }
+
+    fn drop_one(&self) {
+        Counters::bump(&self.shared.stats.dropped);
+    }
+
+    /// A datagram the guest sent from `src_port` to `dst`.
+    pub fn relay_from_guest(&mut self, src_port: u16, dst: SocketAddrV4, payload: &[u8], now: Instant) {
+        if *dst.ip() == self.net.gateway {
+            if let Some(peer) = self.peers.get_mut(&dst.port()) {
+                peer.last_used = now;
+                let _ = self.forwards[peer.forward].sock.send_to(payload, peer.addr);
+                return;
+            }
+        }
+        let Some(target) = host_target(&self.net, self.upstream, dst) else { return self.drop_one() };
+        if !self.outbound.contains_key(&src_port) {
+            if self.outbound.len() >= MAX_OUTBOUND_FLOWS {
+                return self.drop_one();
+            }
+            let bind: SocketAddr = match target {
+                SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+                SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+            };
+            let Ok(sock) = UdpSocket::bind(bind).and_then(|s| s.set_nonblocking(true).map(|()| s)) else {
+                return self.drop_one();
+            };
+            Counters::bump(&self.shared.stats.udp_flows);
+            self.outbound.insert(src_port, OutFlow { sock, last_used: now, dests: HashMap::new() });
+        }
+        let Some(flow) = self.outbound.get_mut(&src_port) else { return };
+        flow.last_used = now;
+        if flow.dests.len() >= MAX_DESTS_PER_FLOW && !flow.dests.contains_key(&target) {
+            flow.dests.clear();
+        }
+        flow.dests.insert(target, dst);
+        if flow.sock.send_to(payload, target).is_err() {
+            self.drop_one();
+        }
+    }
+
+    /// Adds (fd, token) pairs for every socket that may become readable.
+    pub fn poll_fds(&self, mut add: impl FnMut(i32, UdpToken)) {
+        for (i, f) in self.forwards.iter().enumerate() {
+            add(f.sock.as_raw_fd(), UdpToken::Forward(i));
+        }
+        for (port, flow) in &self.outbound {
+            add(flow.sock.as_raw_fd(), UdpToken::Outbound(*port));
+        }
+    }
+
+    pub fn on_readable(&mut self, token: UdpToken, now: Instant) {
+        match token {
+            UdpToken::Forward(i) => self.drain_forward(i, now),
+            UdpToken::Outbound(port) => self.drain_outbound(port, now),
+        }
+    }
+
+    fn deliver(&self, src: SocketAddrV4, guest_port: u16, len: usize) {
+        if len > UDP_MAX_PAYLOAD {
+            return self.drop_one();
+        }
+        let dst = SocketAddrV4::new(self.net.guest_ip, guest_port);
+        if !self.shared.push_to_guest(udp_frame(self.net.guest_mac, src, dst, &self.buf[..len])) {
+            self.drop_one();
+        }
+    }
+
+    fn drain_outbound(&mut self, port: u16, now: Instant) {
+        loop {
+            let Some(flow) = self.outbound.get_mut(&port) else { return };
+            let (len, from) = match flow.sock.recv_from(&mut self.buf) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => return,
+            };
+            flow.last_used = now;
+            let seen_as = flow.dests.get(&from).copied().or_else(|| match from {
+                SocketAddr::V4(a) if a.ip().is_loopback() => Some(SocketAddrV4::new(self.net.gateway, a.port())),
+                SocketAddr::V4(a) if !self.net.in_subnet(*a.ip()) => Some(a),
+                _ => None,
+            });
+            match seen_as {
+                Some(src) => self.deliver(src, port, len),
+                None => self.drop_one(),
+            }
+        }
+    }
+
+    fn drain_forward(&mut self, i: usize, now: Instant) {
+        loop {
+            let (len, from) = match self.forwards[i].sock.recv_from(&mut self.buf) {
+                Ok(r) => r,
+                Err(_) => return,
+            };
+            let Some(port) = self.peer_port(i, from, now) else {
+                self.drop_one();
+                continue;
+            };
+            let guest_port = self.forwards[i].spec.guest_port;
+            self.deliver(SocketAddrV4::new(self.net.gateway, port), guest_port, len);
+        }
+    }
+
+    /// The gateway port that stands for `peer` of forward `i`, allocated on first use.
+    fn peer_port(&mut self, i: usize, peer: SocketAddr, now: Instant) -> Option<u16> {
+        if let Some(port) = self.peer_ports.get(&(i, peer)) {
+            if let Some(p) = self.peers.get_mut(port) {
+                p.last_used = now;
+            }
+            return Some(*port);
+        }
+        if self.peers.len() >= MAX_PEERS {
+            return None;
+        }
+        let port = loop {
+            let p = self.next_port;
+            self.next_port = if p == u16::MAX { 49152 } else { p + 1 };
+            if !self.peers.contains_key(&p) {
+                break p;
+            }
+        };
+        Counters::bump(&self.shared.stats.udp_flows);
+        self.peers.insert(port, Peer { forward: i, addr: peer, last_used: now });
+        self.peer_ports.insert((i, peer), port);
+        Some(port)
+    }
+
+    /// Forgets flows idle for `UDP_IDLE`.
+    pub fn expire(&mut self, now: Instant) {
+        self.outbound.retain(|_, f| now.duration_since(f.last_used) < UDP_IDLE);
+        let peer_ports = &mut self.peer_ports;
+        self.peers.retain(|_, p| {
+            let keep = now.duration_since(p.last_used) < UDP_IDLE;
+            if !keep {
+                peer_ports.remove(&(p.forward, p.addr));
+            }
+            keep
+        });
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum UdpToken {
+    Forward(usize),
+    Outbound(u16),
+}
