@@ -53,6 +53,7 @@ extern "C" fn kiln_main(boot: &'static BootInfo) -> ! {
         }
     });
     vfs::init(rootfs);
+    net::init(boot);
     syscalls::init(boot);
     BOOTED.store(true, Ordering::Release);
     // SAFETY: the VMM built the program's initial stack at `app_stack_pointer` and loaded it at `app_entry`.

@@ -2,7 +2,7 @@
 
 /// `BootInfo::magic`: "KILNBOOT".
 pub const BOOT_MAGIC: u64 = u64::from_le_bytes(*b"KILNBOOT");
-pub const BOOT_VERSION: u32 = 3;
+pub const BOOT_VERSION: u32 = 4;
 
 /// `BootInfo::flags`: send every syscall to the VMM for `--trace-syscalls`.
 pub const BOOT_FLAG_TRACE_SYSCALLS: u64 = 1 << 0;
@@ -49,7 +49,27 @@ pub struct BootInfo {
     /// Guest-physical address and length of the root filesystem image (`kiln_abi::rootfs`); length 0 for none.
     pub rootfs_phys: u64,
     pub rootfs_len: u64,
+    pub net: NetInfo,
 }
+
+/// The network card, if the VM has one: a virtio-net device behind a virtio-mmio register window, and the IPv4
+/// address the library OS takes on it (no DHCP: the VMM decides, as it decides everything else about the VM).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NetInfo {
+    /// Guest-physical address of the register window ([`NET_MMIO_SIZE`] bytes); 0 for no card.
+    pub mmio_phys: u64,
+    pub mac: [u8; 6],
+    /// Largest IP packet the link carries.
+    pub mtu: u16,
+    pub ipv4: [u8; 4],
+    pub gateway: [u8; 4],
+    pub prefix_len: u8,
+    pub _reserved: [u8; 7],
+}
+
+/// Size of the card's register window.
+pub const NET_MMIO_SIZE: u64 = 0x1000;
 
 impl BootInfo {
     pub fn is_valid(&self) -> bool {

@@ -3,6 +3,7 @@
 #[cfg(test)]
 mod boot_layout_tests;
 mod host_signals;
+mod net;
 mod run;
 mod size;
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! `kiln run`: boot one program, stream its output, exit with its exit code.
 
 use crate::host_signals;
+use crate::net;
 use crate::size::parse_size;
 use anyhow::{anyhow, Context, Result};
 use kiln_vmm::boot::BootError;
@@ -45,6 +46,15 @@ pub struct RunArgs {
     /// Print VM exits and syscall counts to stderr at exit
     #[arg(long)]
     stats: bool,
+    /// The network: none (loopback only) or tap:NAME (an existing tap device)
+    #[arg(long, value_name = "MODE", default_value = "none", value_parser = net::parse_net)]
+    net: net::NetMode,
+    /// The program's IPv4 address and prefix length on the network (default 10.0.2.15/24)
+    #[arg(long, value_name = "ADDR/PREFIX", value_parser = net::parse_cidr)]
+    ip: Option<(std::net::Ipv4Addr, u8)>,
+    /// The program's default gateway (default: the first address of its network)
+    #[arg(long, value_name = "ADDR")]
+    gateway: Option<std::net::Ipv4Addr>,
     /// The static Linux x86-64 executable to run
     path: PathBuf,
     /// Arguments passed to the program
@@ -119,9 +129,10 @@ pub fn run(args: RunArgs) -> Result<u8> {
         trace_syscalls: args.trace_syscalls,
         rewrite_cache: rewrite_cache_dir(),
         rootfs: rootfs(&args)?,
+        net: net::card(&args.net, args.ip, args.gateway)?,
     };
 
-    let vm = Vm::new(KERNEL, &program, &config).map_err(|e| explain(e, &shown, args.memory))?;
+    let vm = Vm::new(KERNEL, &program, config).map_err(|e| explain(e, &shown, args.memory))?;
     let report = vm.rewrite_report();
     tracing::debug!(
         sites = report.rewritten.len(),
@@ -150,6 +161,12 @@ pub fn run(args: RunArgs) -> Result<u8> {
     if args.stats {
         let calls: u64 = stats.syscalls.iter().map(|s| u64::from(s.1)).sum();
         eprintln!("[kiln] {} VM exits, {calls} syscalls", stats.vm_exits);
+        if let Some(n) = &stats.net {
+            eprintln!(
+                "[kiln] network: {} frames out ({} bytes), {} in ({} bytes), {} notifications, {} dropped out, {} dropped in",
+                n.tx_frames, n.tx_bytes, n.rx_frames, n.rx_bytes, n.notifications, n.tx_dropped, n.rx_dropped
+            );
+        }
     }
     match outcome {
         Outcome::Exited(code) => Ok(code as u8),

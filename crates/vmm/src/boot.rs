@@ -8,7 +8,7 @@ use crate::loader::{self, LoadedProgram, LoaderError, PreparedProgram};
 use crate::memory::{BootAllocator, GuestRam, MemoryError};
 use crate::stack::{self, ProgramInfo, StackError};
 use crate::vdso;
-use kiln_abi::boot::{BootInfo, BOOT_FLAG_TRACE_SYSCALLS, BOOT_MAGIC, BOOT_VERSION};
+use kiln_abi::boot::{BootInfo, NetInfo, BOOT_FLAG_TRACE_SYSCALLS, BOOT_MAGIC, BOOT_VERSION, NET_MMIO_SIZE};
 use kiln_abi::hypercall::UNREWRITTEN_SYSCALL_PORT;
 use kiln_abi::layout::*;
 use kiln_abi::paging::{self, PTE_USER, PTE_WRITABLE};
@@ -49,6 +49,14 @@ pub struct BootParams {
     pub boot_realtime_ns: u64,
     /// The root filesystem image (`kiln_abi::rootfs`), empty for none.
     pub rootfs: Vec<u8>,
+    /// The network card's addresses, if the VM has one (its register window is placed by [`build`]).
+    pub net: Option<NetInfo>,
+}
+
+/// Where a VM with `ram_size` bytes of RAM has its network card's registers: just above RAM, where no memory slot
+/// is, so that every access exits to the VMM.
+pub const fn net_mmio_phys(ram_size: u64) -> u64 {
+    ram_size
 }
 
 /// Where one vCPU starts: %rip, %rsp, and the two arguments in %rdi and %rsi.
@@ -193,6 +201,17 @@ pub fn build(
         ram.write(phys, &params.rootfs)?;
         (phys, params.rootfs.len() as u64)
     };
+    let net = match params.net {
+        Some(net) => {
+            let mmio = net_mmio_phys(ram.size());
+            for page in (0..NET_MMIO_SIZE).step_by(PAGE_SIZE as usize) {
+                paging::map_page(ram, &mut alloc, pml4, direct_map(mmio + page), mmio + page, PTE_WRITABLE | PTE_USER)
+                    .map_err(|e| BootError::Map(direct_map(mmio + page), e))?;
+            }
+            NetInfo { mmio_phys: mmio, ..net }
+        }
+        None => NetInfo::default(),
+    };
     let host_signals = alloc.alloc(PAGE_SIZE)?;
     let boot_info_phys = alloc.alloc(PAGE_SIZE)?;
     let info = BootInfo {
@@ -221,6 +240,7 @@ pub fn build(
         rootfs_phys,
         rootfs_len,
         host_signals_phys: host_signals,
+        net,
     };
     ram.write(boot_info_phys, boot_info_bytes(&info))?;
 

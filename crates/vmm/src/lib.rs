@@ -4,7 +4,7 @@
 //! instructions rewritten, page tables, GDT and the initial stack are built, and the vCPU starts at CPL 3 in the
 //! library OS. At run time the VMM answers hypercalls (output, waits, TLB shootdowns, discarded memory), hands a
 //! program's fault back to the library OS for its signal handler, and turns a fault nobody handles into a crash
-//! report. The virtio devices (`virtio`) are not attached to a VM yet.
+//! report. A network card (`netcard`, over `virtio`) connects the guest to a tap device or a user-mode network.
 
 pub mod arch;
 pub mod boot;
@@ -13,6 +13,7 @@ pub mod fault;
 pub mod hypercall;
 pub mod loader;
 pub mod memory;
+pub mod netcard;
 pub mod park;
 pub mod rewrite;
 pub mod rewrite_cache;
@@ -26,4 +27,5 @@ pub mod virtio;
 pub mod vm;
 
 pub use fault::{CrashReport, Signal};
+pub use netcard::NetConfig;
 pub use vm::{Console, Outcome, RunStats, Vm, VmConfig, VmError};

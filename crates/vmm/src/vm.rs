@@ -8,10 +8,13 @@ use crate::fault::{self, CrashReport};
 use crate::hypercall::{self, Action};
 use crate::loader::{self, PreparedProgram};
 use crate::memory::{GuestRam, MemoryError};
+use crate::netcard::{NetCard, NetConfig};
 use crate::park::Parker;
 use crate::rewrite::RewriteReport;
 use crate::rewrite_cache::RewriteCache;
 use crate::shootdown::Shootdown;
+use crate::virtio::net::NetStats;
+use kiln_abi::boot::NetInfo;
 use kiln_abi::hypercall::{FaultRecord, FAULT_RECORD_OFFSET, HYPERCALL_PORT, UNREWRITTEN_SYSCALL_PORT};
 use kiln_abi::layout::{direct_map, HUGE_PAGE_SIZE, SYSCALL_TRAP_VADDR};
 use kvm_bindings::{kvm_userspace_memory_region, Msrs, KVM_MAX_CPUID_ENTRIES};
@@ -68,7 +71,7 @@ pub trait Console: Send + Sync {
 /// Most vCPUs one VM can have (the library OS's per-vCPU table).
 pub const MAX_VCPUS: u32 = 64;
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct VmConfig {
     pub memory: u64,
     /// vCPUs, each a host thread (at most [`MAX_VCPUS`]).
@@ -81,6 +84,8 @@ pub struct VmConfig {
     pub rootfs: Vec<u8>,
     /// Where rewritten programs are kept between runs; `None` rewrites every time.
     pub rewrite_cache: Option<PathBuf>,
+    /// The network card, if the VM has one.
+    pub net: Option<NetConfig>,
 }
 
 /// How a run ended.
@@ -103,6 +108,8 @@ pub enum Outcome {
 #[derive(Debug, Default)]
 pub struct RunStats {
     pub vm_exits: u64,
+    /// What the network card moved, if the VM had one.
+    pub net: Option<NetStats>,
     /// (number, calls, of which -ENOSYS), only numbers that were called.
     pub syscalls: Vec<(u64, u32, u32)>,
 }
@@ -132,6 +139,7 @@ struct Shared {
     vdso_code: Vec<std::ops::Range<u64>>,
     /// Rewritten syscall sites, sorted, for crash reports.
     syscall_sites: Vec<u64>,
+    net: Option<NetCard>,
 }
 
 fn open_kvm() -> Result<Kvm, VmError> {
@@ -232,7 +240,7 @@ fn prepare(
 
 impl Vm {
     /// Checks the program, builds the VM and everything in it; the program has not run yet.
-    pub fn new(kernel_elf: &[u8], program_elf: &[u8], config: &VmConfig) -> Result<Vm, VmError> {
+    pub fn new(kernel_elf: &[u8], program_elf: &[u8], mut config: VmConfig) -> Result<Vm, VmError> {
         if config.memory < MIN_MEMORY {
             return Err(VmError::MemoryTooSmall { requested: config.memory, minimum: MIN_MEMORY });
         }
@@ -261,7 +269,15 @@ impl Vm {
             tsc_hz,
             boot_tsc,
             boot_realtime_ns,
-            rootfs: config.rootfs.clone(),
+            rootfs: std::mem::take(&mut config.rootfs),
+            net: config.net.as_ref().map(|n| NetInfo {
+                mac: n.mac,
+                mtu: n.mtu,
+                ipv4: n.ipv4.octets(),
+                gateway: n.gateway.octets(),
+                prefix_len: n.prefix_len,
+                ..NetInfo::default()
+            }),
         };
         let boot = boot::build(&mut ram, (&kernel, kernel_elf), (&program, prepared), &params)?;
         let built = started.elapsed();
@@ -288,6 +304,7 @@ impl Vm {
             kernel_span: boot.kernel_span.clone(),
             vdso_code: boot.vdso_code.clone(),
             syscall_sites,
+            net: config.net.map(|n| NetCard::new(n.backend, n.mac, boot::net_mmio_phys(memory))),
         });
         Ok(Vm { _kvm: kvm, _vm: vm, vcpus, shared, boot })
     }
@@ -338,6 +355,17 @@ impl Vm {
                 .map_err(VmError::Thread)?;
         }
         drop(tx);
+        if self.shared.net.is_some() {
+            let shared = self.shared.clone();
+            std::thread::Builder::new()
+                .name("net-rx".into())
+                .spawn(move || {
+                    if let Some(card) = &shared.net {
+                        card.pump(shared.ram.inner(), &shared.done, || shared.parkers.iter().for_each(Parker::unpark));
+                    }
+                })
+                .map_err(VmError::Thread)?;
+        }
         let outcome = loop {
             match rx.recv_timeout(std::time::Duration::from_millis(20)) {
                 Ok(outcome) => break outcome?,
@@ -353,6 +381,7 @@ impl Vm {
         };
         let stats = RunStats {
             vm_exits: self.shared.exits.load(Ordering::SeqCst),
+            net: self.shared.net.as_ref().map(NetCard::stats),
             syscalls: hypercall::read_stats(&self.shared.ram, self.boot.stats_phys),
         };
         tracing::debug!(took = ?started.elapsed(), exits = stats.vm_exits, "VM ran");
@@ -405,6 +434,20 @@ fn run_vcpu(
                     Action::Stop(why) => Outcome::Stopped(why),
                 }
             }
+            VcpuExit::MmioRead(addr, data) => match &shared.net {
+                Some(card) if card.claims(addr) => {
+                    card.read(addr, data);
+                    continue;
+                }
+                _ => Outcome::Stopped(format!("the guest read physical address {addr:#x}, where nothing is")),
+            },
+            VcpuExit::MmioWrite(addr, data) => match &shared.net {
+                Some(card) if card.claims(addr) => {
+                    card.write(addr, data, shared.ram.inner());
+                    continue;
+                }
+                _ => Outcome::Stopped(format!("the guest wrote physical address {addr:#x}, where nothing is")),
+            },
             VcpuExit::IoOut(UNREWRITTEN_SYSCALL_PORT, _) => {
                 Outcome::Crashed(crash(&vcpu, shared, "unrewritten syscall"))
             }

@@ -1,6 +1,7 @@
-//! TCP/IP for the program's sockets: one smoltcp interface with the loopback addresses (127.0.0.1/8 and ::1), its
-//! sockets, and the ports they use. The network device is a loopback: everything the program sends to itself is
-//! delivered inside the library OS (a virtio-net device to the outside is issue 4's next step).
+//! TCP/IP for the program's sockets: one smoltcp interface with the loopback addresses (127.0.0.1/8 and ::1) and,
+//! when the VM has a network card, the address the VMM gave it, with a default route through the gateway; its
+//! sockets, and the ports they use. Its device (`link`) keeps what the program sends to itself inside the library
+//! OS and sends the rest out on the card (`virtio`), which is set up when the stack is first used.
 //!
 //! There are no interrupts: the stack makes progress when a thread polls it, which every socket operation does, and
 //! which `file::wait_io` and idle vCPUs make sure happens when smoltcp's next timer (a retransmission) is due while
@@ -8,16 +9,19 @@
 //! a socket, `poll`, `select` or `epoll_wait` to look again.
 
 pub mod addr;
+pub mod link;
 pub mod socket;
+pub mod virtio;
 
 use crate::sync::{SpinGuard, SpinLock};
 use crate::{file, time};
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
+use kiln_abi::boot::NetInfo;
+use link::Link;
 use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
-use smoltcp::phy::{Loopback, Medium};
 use smoltcp::socket::tcp;
-use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
+use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, Ipv4Address, Ipv6Address};
 
 /// First port handed out to sockets that did not bind one (Linux's default ephemeral range).
 const EPHEMERAL_FIRST: u16 = 32768;
@@ -34,7 +38,9 @@ pub enum Protocol {
 
 pub struct Stack {
     pub iface: Interface,
-    device: Loopback,
+    device: Link,
+    /// The card's address, if the VM has one that works.
+    external: Option<Ipv4Address>,
     pub sockets: SocketSet<'static>,
     /// Ports in use, per protocol.
     ports: BTreeSet<(Protocol, u16)>,
@@ -50,6 +56,14 @@ pub struct Stack {
 }
 
 static STACK: SpinLock<Option<Stack>> = SpinLock::new(None);
+/// The network card the VMM described, for the stack to set up on first use.
+static CARD: SpinLock<Option<NetInfo>> = SpinLock::new(None);
+
+pub fn init(boot: &kiln_abi::BootInfo) {
+    if boot.net.mmio_phys != 0 {
+        *CARD.lock() = Some(boot.net);
+    }
+}
 
 pub fn now() -> smoltcp::time::Instant {
     smoltcp::time::Instant::from_micros((time::since_boot_ns() / 1000) as i64)
@@ -59,15 +73,23 @@ pub fn now() -> smoltcp::time::Instant {
 pub fn stack() -> SpinGuard<'static, Option<Stack>> {
     let mut guard = STACK.lock();
     if guard.is_none() {
-        let mut device = Loopback::new(Medium::Ip);
+        let mut device = Link::new();
+        let external = CARD.lock().take().map(|card| attach(&mut device, &card));
         let mut iface = Interface::new(Config::new(HardwareAddress::Ip), &mut device, now());
         iface.update_ip_addrs(|addrs| {
             let _ = addrs.push(IpCidr::new(IpAddress::v4(127, 0, 0, 1), 8));
             let _ = addrs.push(IpCidr::new(IpAddress::v6(0, 0, 0, 0, 0, 0, 0, 1), 128));
+            if let Some((ip, prefix, _)) = external {
+                let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(ip), prefix));
+            }
         });
+        if let Some((_, _, gateway)) = external {
+            let _ = iface.routes_mut().add_default_ipv4_route(gateway);
+        }
         *guard = Some(Stack {
             iface,
             device,
+            external: external.map(|e| e.0),
             sockets: SocketSet::new(Vec::new()),
             ports: BTreeSet::new(),
             next_ephemeral: EPHEMERAL_FIRST,
@@ -78,6 +100,28 @@ pub fn stack() -> SpinGuard<'static, Option<Stack>> {
         });
     }
     guard
+}
+
+/// Sets the network card up and puts it on the link: its address, prefix length and gateway. A card that does not
+/// start stops the VM with the reason (the VMM offered it, so this is a bug or a VM too small for its buffers).
+fn attach(device: &mut Link, card: &NetInfo) -> (Ipv4Address, u8, Ipv4Address) {
+    let address = link::Address {
+        mac: card.mac,
+        ip: Ipv4Address::from(card.ipv4),
+        prefix_len: card.prefix_len.clamp(1, 30),
+        gateway: Ipv4Address::from(card.gateway),
+        mtu: card.mtu.clamp(576, 65520),
+    };
+    match virtio::setup(card.mmio_phys, address.mtu) {
+        Ok((rx, tx)) => device.attach(rx, tx, address),
+        Err(virtio::SetupError::OutOfMemory) => {
+            crate::hypercall::panic_message("no memory left for the network card's buffers; give the VM more --memory")
+        }
+        Err(virtio::SetupError::Features) => {
+            crate::hypercall::panic_message("the network card refused the features the library OS needs")
+        }
+    }
+    (address.ip, address.prefix_len, address.gateway)
 }
 
 /// Runs `f` on the stack, then polls it so that what `f` queued is sent and answered.
@@ -104,11 +148,22 @@ pub fn poll() {
     with(|_| ());
 }
 
+/// Whether the network can wake a waiting thread without any deadline: the VM has a card, on which packets may come
+/// at any time.
+pub fn can_wake() -> bool {
+    STACK.lock().as_ref().is_some_and(|s| s.external.is_some() && s.sockets.iter().next().is_some())
+}
+
+/// Whether frames from the card wait for a poll.
+pub fn has_frames() -> bool {
+    STACK.lock().as_ref().is_some_and(|s| s.device.has_frames())
+}
+
 /// When smoltcp next needs a poll (a timer), in nanoseconds since boot; None without sockets or timers.
 pub fn next_deadline() -> Option<u64> {
     let mut guard = STACK.lock();
     let s = guard.as_mut()?;
-    if s.unfinished {
+    if s.unfinished || s.device.has_frames() {
         return Some(time::since_boot_ns());
     }
     let delay = s.iface.poll_delay(now(), &s.sockets)?;
@@ -132,8 +187,29 @@ impl Stack {
                 (changed, quiet) = (true, 0);
             }
         }
+        self.device.flush();
         self.reap();
         changed
+    }
+
+    /// The source address for packets to `remote`: a loopback address for the loopback, the card's otherwise;
+    /// ENETUNREACH where the VM has no way there.
+    pub fn source_for(&self, remote: IpAddress) -> Result<IpAddress, crate::errno::Errno> {
+        match remote {
+            IpAddress::Ipv4(v4) if v4.is_loopback() => Ok(IpAddress::v4(127, 0, 0, 1)),
+            IpAddress::Ipv4(v4) if Some(v4) == self.external => Ok(remote),
+            IpAddress::Ipv6(v6) if v6.is_loopback() => Ok(IpAddress::Ipv6(Ipv6Address::LOCALHOST)),
+            IpAddress::Ipv4(_) => self.external.map(IpAddress::Ipv4).ok_or(crate::errno::Errno::ENETUNREACH),
+            IpAddress::Ipv6(_) => Err(crate::errno::Errno::ENETUNREACH),
+        }
+    }
+
+    /// Whether the program may bind `address` (one of the stack's own).
+    pub fn is_own(&self, address: IpAddress) -> bool {
+        match address {
+            IpAddress::Ipv4(v4) => v4.is_loopback() || Some(v4) == self.external,
+            IpAddress::Ipv6(v6) => v6.is_loopback(),
+        }
     }
 
     /// Forgets connections that finished closing.

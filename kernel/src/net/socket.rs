@@ -142,15 +142,11 @@ impl Socket {
     }
 
     pub fn bind(&self, address: Option<IpAddress>, port: u16) -> Result<(), Errno> {
-        let loopback = |a: IpAddress| match a {
-            IpAddress::Ipv4(v4) => v4.is_loopback(),
-            IpAddress::Ipv6(v6) => v6.is_loopback(),
-        };
-        if address.is_some_and(|a| !loopback(a)) {
-            return Err(Errno::EADDRNOTAVAIL);
-        }
         let protocol = self.protocol;
         with(|s| {
+            if address.is_some_and(|a| !s.is_own(a)) {
+                return Err(Errno::EADDRNOTAVAIL);
+            }
             let mut st = self.state.lock();
             if st.local.1 != 0 {
                 return Err(Errno::EINVAL);
@@ -286,7 +282,15 @@ impl Socket {
             }
             return until(patience, |s| {
                 let Role::Datagram(h) = self.state.lock().role else { return Some(Err(Errno::EINVAL)) };
-                match s.sockets.get_mut::<udp::Socket>(h).send_slice(data, target) {
+                let mut meta = udp::UdpMetadata::from(target);
+                meta.local_address = match self.state.lock().local.0 {
+                    Some(bound) => Some(bound),
+                    None => match s.source_for(target.addr) {
+                        Ok(source) => Some(source),
+                        Err(e) => return Some(Err(e)),
+                    },
+                };
+                match s.sockets.get_mut::<udp::Socket>(h).send_slice(data, meta) {
                     Ok(()) => Some(Ok(data.len())),
                     Err(udp::SendError::BufferFull) => None,
                     Err(udp::SendError::Unaddressable) => Some(Err(Errno::ENETUNREACH)),
@@ -483,10 +487,15 @@ fn listening(s: &mut Stack, endpoint: IpListenEndpoint) -> Result<SocketHandle, 
     Ok(s.sockets.add(socket))
 }
 
-/// A new smoltcp socket connecting from `local` to `remote`, in the stack.
+/// A new smoltcp socket connecting from `local` to `remote`, in the stack; an unbound address becomes the one the
+/// way to `remote` leaves from.
 fn dial(s: &mut Stack, remote: IpEndpoint, local: (Option<IpAddress>, u16)) -> Result<SocketHandle, Errno> {
+    let source = match local.0 {
+        Some(bound) => bound,
+        None => s.source_for(remote.addr)?,
+    };
     let mut socket = tcp_socket()?;
-    let local = IpListenEndpoint { addr: local.0, port: local.1 };
+    let local = IpListenEndpoint { addr: Some(source), port: local.1 };
     socket.connect(s.iface.context(), remote, local).map_err(|_| Errno::ECONNREFUSED)?;
     Ok(s.sockets.add(socket))
 }

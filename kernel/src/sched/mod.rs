@@ -564,7 +564,9 @@ fn idle_until_runnable() -> usize {
         // retransmission): deadlines too.
         let net = crate::net::next_deadline();
         let deadline = [blocked, crate::timers::next_expiry(), net].into_iter().flatten().min();
-        if !runnable_elsewhere && deadline.is_none_or(|d| d == u64::MAX) {
+        // Packets from the network card can come at any time: no deadline then is no deadlock.
+        let net_wakes = crate::net::can_wake();
+        if !runnable_elsewhere && !net_wakes && deadline.is_none_or(|d| d == u64::MAX) {
             hypercall::deadlock(live_threads(s) as u64, &waits(s));
         }
         s.idle |= 1 << cpu_id;
@@ -574,7 +576,7 @@ fn idle_until_runnable() -> usize {
         // A signal from the host, a timer or the network may be what woke us.
         crate::syscalls::signal::poll_host_signals();
         crate::timers::fire_due();
-        if net.is_some() {
+        if net.is_some() || (net_wakes && crate::net::has_frames()) {
             crate::net::poll();
         }
         core::mem::forget(SCHEDULER.lock());

@@ -4,6 +4,7 @@
 //! bad address is never used, and nothing a driver writes can panic the VMM.
 
 pub mod net;
+pub mod tap;
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;

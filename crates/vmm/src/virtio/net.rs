@@ -26,11 +26,25 @@ const LINK_UP: u16 = 1;
 pub const MTU: u16 = 1500;
 
 /// Where frames go and come from.
-pub trait Backend {
+pub trait Backend: Send {
     /// Sends one Ethernet frame.
     fn send(&mut self, frame: &[u8]) -> std::io::Result<()>;
     /// Receives one frame into `buf` if one is waiting (never blocks): its length.
     fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<Option<usize>>;
+    /// A descriptor that polls readable while `recv` may have a frame (level-triggered).
+    fn ready_fd(&self) -> std::os::fd::RawFd;
+}
+
+impl<B: Backend + ?Sized> Backend for Box<B> {
+    fn send(&mut self, frame: &[u8]) -> std::io::Result<()> {
+        (**self).send(frame)
+    }
+    fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
+        (**self).recv(buf)
+    }
+    fn ready_fd(&self) -> std::os::fd::RawFd {
+        (**self).ready_fd()
+    }
 }
 
 /// What the device did, for `docs/benchmarks.md` and for finding a misbehaving guest.
@@ -51,26 +65,42 @@ pub struct NetStats {
 pub struct Net<B> {
     mac: [u8; 6],
     backend: B,
-    /// A received frame waiting for a receive buffer.
-    pending: Option<Vec<u8>>,
+    /// The frame being received, after room for its header; `pending` bytes of it wait for a receive buffer.
+    scratch: Vec<u8>,
+    pending: usize,
+    /// Where a transmitted chain is gathered (kept between frames).
+    tx_buffer: Vec<u8>,
     pub stats: NetStats,
 }
 
 impl<B: Backend> Net<B> {
     pub fn new(mac: [u8; 6], backend: B) -> Self {
-        Self { mac, backend, pending: None, stats: NetStats::default() }
+        Self {
+            mac,
+            backend,
+            scratch: vec![0; HEADER_LEN + MAX_FRAME],
+            pending: 0,
+            tx_buffer: Vec::new(),
+            stats: NetStats::default(),
+        }
     }
 
     pub fn backend(&mut self) -> &mut B {
         &mut self.backend
     }
 
+    /// Whether a received frame waits for the driver to add a receive buffer.
+    pub fn is_waiting_for_buffers(&self) -> bool {
+        self.pending != 0
+    }
+
     /// Sends every frame the driver queued for transmission; returns whether any chain went back to it.
     fn transmit(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
         let mut used = false;
+        let mut frame = std::mem::take(&mut self.tx_buffer);
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
-            let mut frame = Vec::new();
+            frame.clear();
             let mut valid = true;
             for desc in chain {
                 let len = desc.len() as usize;
@@ -92,40 +122,37 @@ impl<B: Backend> Net<B> {
                 self.stats.tx_dropped += 1;
             }
             if queue.add_used(mem, head, 0).is_err() {
-                return used;
+                break;
             }
             used = true;
         }
+        self.tx_buffer = frame;
         used
     }
 
     /// Moves frames from the backend into the driver's receive buffers while both have some; returns whether any
-    /// buffer went back to the driver.
+    /// buffer went back to the driver. Out of buffers, it asks the driver to notify the receive queue when it adds
+    /// some (EVENT_IDX), and keeps the frame until then.
     pub fn receive(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
         let mut used = false;
         loop {
-            let frame = match self.pending.take() {
-                Some(frame) => frame,
-                None => {
-                    let mut buf = vec![0u8; MAX_FRAME];
-                    match self.backend.recv(&mut buf) {
-                        Ok(Some(n)) => {
-                            buf.truncate(n);
-                            buf
-                        }
-                        _ => return used,
-                    }
+            if self.pending == 0 {
+                match self.backend.recv(&mut self.scratch[HEADER_LEN..]) {
+                    Ok(Some(n)) if (1..=MAX_FRAME).contains(&n) => self.pending = n,
+                    Ok(Some(_)) => continue,
+                    _ => return used,
                 }
-            };
+            }
             let Some(chain) = queue.pop_descriptor_chain(mem) else {
-                // No buffer yet: keep the frame for when the driver adds one.
-                self.pending = Some(frame);
+                if matches!(queue.enable_notification(mem), Ok(true)) {
+                    continue;
+                }
                 return used;
             };
             let head = chain.head_index();
-            let mut packet = vec![0u8; HEADER_LEN];
+            let packet = &mut self.scratch[..HEADER_LEN + self.pending];
+            packet[..HEADER_LEN].fill(0);
             packet[10..12].copy_from_slice(&1u16.to_le_bytes()); // num_buffers
-            packet.extend_from_slice(&frame);
             let mut written = 0usize;
             let mut valid = true;
             for desc in chain {
@@ -146,10 +173,11 @@ impl<B: Backend> Net<B> {
             let delivered = valid && written == packet.len();
             if delivered {
                 self.stats.rx_frames += 1;
-                self.stats.rx_bytes += frame.len() as u64;
+                self.stats.rx_bytes += self.pending as u64;
             } else {
                 self.stats.rx_dropped += 1;
             }
+            self.pending = 0;
             if queue.add_used(mem, head, if delivered { written as u32 } else { 0 }).is_err() {
                 return used;
             }
@@ -208,7 +236,7 @@ impl<B: Backend> VirtioDevice for Net<B> {
     }
 
     fn reset(&mut self) {
-        self.pending = None;
+        self.pending = 0;
     }
 }
 
@@ -235,6 +263,9 @@ mod tests {
                 buf[..f.len()].copy_from_slice(&f);
                 f.len()
             }))
+        }
+        fn ready_fd(&self) -> std::os::fd::RawFd {
+            -1
         }
     }
 

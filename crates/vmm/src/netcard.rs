@@ -1,0 +1,123 @@
+//! The VM's network card at run time: the virtio-net device behind its register window, shared by the vCPUs (whose
+//! MMIO exits program it and notify its queues) and a host thread, the receive pump, which moves frames arriving
+//! from the backend into the guest's receive queue and wakes idle vCPUs to take them. The guest has no interrupts:
+//! the library OS finds received frames in the used ring when it polls its network stack, which an idle vCPU does
+//! when woken.
+
+use crate::virtio::net::{Backend, Net, NetStats, RX_QUEUE};
+use crate::virtio::MmioTransport;
+use kiln_abi::boot::NET_MMIO_SIZE;
+use std::ops::Range;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+use vm_memory::GuestMemoryMmap;
+
+/// What the VMM attaches: a backend, and the addresses the guest takes on it.
+pub struct NetConfig {
+    pub backend: Box<dyn Backend>,
+    pub mac: [u8; 6],
+    pub ipv4: std::net::Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: std::net::Ipv4Addr,
+    /// Largest IP packet the backend takes (1500 for a tap; a user-mode network has no wire and takes 64 KiB).
+    pub mtu: u16,
+}
+
+impl std::fmt::Debug for NetConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NetConfig({}/{} via {}, mtu {})", self.ipv4, self.prefix_len, self.gateway, self.mtu)
+    }
+}
+
+/// How long the pump sleeps at most between looks at whether the VM ended.
+const PUMP_TICK: Duration = Duration::from_millis(100);
+/// How long it waits for the guest to add receive buffers before trying again.
+const BUFFER_WAIT: Duration = Duration::from_millis(1);
+
+type Device = MmioTransport<Net<Box<dyn Backend>>>;
+
+pub struct NetCard {
+    window: Range<u64>,
+    device: Mutex<Device>,
+    ready_fd: RawFd,
+}
+
+impl NetCard {
+    pub fn new(backend: Box<dyn Backend>, mac: [u8; 6], mmio_phys: u64) -> NetCard {
+        let ready_fd = backend.ready_fd();
+        NetCard {
+            window: mmio_phys..mmio_phys + NET_MMIO_SIZE,
+            device: Mutex::new(MmioTransport::new(Net::new(mac, backend))),
+            ready_fd,
+        }
+    }
+
+    fn device(&self) -> MutexGuard<'_, Device> {
+        self.device.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether guest-physical `addr` is in the card's register window.
+    pub fn claims(&self, addr: u64) -> bool {
+        self.window.contains(&addr)
+    }
+
+    /// A vCPU's read of its registers.
+    pub fn read(&self, addr: u64, data: &mut [u8]) {
+        self.device().read(addr - self.window.start, data);
+    }
+
+    /// A vCPU's write to its registers (a queue notification sends what the driver queued).
+    pub fn write(&self, addr: u64, data: &[u8], mem: &GuestMemoryMmap) {
+        self.device().write(addr - self.window.start, data, mem);
+    }
+
+    pub fn stats(&self) -> NetStats {
+        self.device().device.stats
+    }
+
+    /// The receive pump: until `done`, waits for the backend to have frames, moves them into the receive queue and
+    /// calls `wake` when the guest got any.
+    pub fn pump(&self, mem: &GuestMemoryMmap, done: &AtomicBool, wake: impl Fn()) {
+        while !done.load(Ordering::SeqCst) {
+            let waiting = self.device().device.is_waiting_for_buffers();
+            // With a frame waiting for buffers, the backend may stay readable: do not spin on it.
+            let ready = if waiting {
+                std::thread::sleep(BUFFER_WAIT);
+                true
+            } else {
+                poll_readable(self.ready_fd, PUMP_TICK)
+            };
+            if !ready {
+                continue;
+            }
+            let delivered = {
+                let mut device = self.device();
+                if !device.is_active() {
+                    drop(device);
+                    std::thread::sleep(BUFFER_WAIT);
+                    continue;
+                }
+                let Device { device, queues, .. } = &mut *device;
+                queues.get_mut(RX_QUEUE).is_some_and(|q| device.receive(q, mem))
+            };
+            if delivered {
+                wake();
+            }
+        }
+    }
+}
+
+/// Waits up to `timeout` for `fd` to poll readable.
+fn poll_readable(fd: RawFd, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd, for the duration of the call.
+    let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
+    if n > 0 && pfd.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+        // A backend gone bad (a deleted tap device): frames will not come, but do not spin on it.
+        std::thread::sleep(timeout);
+        return false;
+    }
+    n > 0 && pfd.revents & libc::POLLIN != 0
+}

@@ -1,0 +1,129 @@
+/* netpeer: the guest side of the network card tests; the test drives the other side from the host.
+ *   netpeer serve PORT COUNT        accept COUNT TCP connections on 0.0.0.0:PORT, one at a time, echo each until
+ *                                   its peer half-closes; print "listening" first
+ *   netpeer fetch IP PORT BYTES     connect, send BYTES bytes of a pattern, half-close, read the echo, check it
+ *   netpeer udp PORT COUNT          echo COUNT datagrams received on 0.0.0.0:PORT; print "listening" first
+ *   netpeer refused IP PORT         connect to a closed port: expect ECONNREFUSED
+ * Exits 0 when everything matched. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static void die(const char *what) {
+  printf("netpeer: %s: %s\n", what, strerror(errno));
+  exit(1);
+}
+
+static struct sockaddr_in address(const char *ip, int port) {
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+  if (inet_pton(AF_INET, ip, &a.sin_addr) != 1) {
+    printf("netpeer: bad address %s\n", ip);
+    exit(2);
+  }
+  return a;
+}
+
+static unsigned char pattern(size_t i) { return (unsigned char)(i * 7 + i / 251); }
+
+static int serve(int port, int count) {
+  int s = socket(AF_INET, SOCK_STREAM, 0);
+  int one = 1;
+  setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  struct sockaddr_in a = address("0.0.0.0", port);
+  if (bind(s, (struct sockaddr *)&a, sizeof a) < 0) die("bind");
+  if (listen(s, 16) < 0) die("listen");
+  printf("listening on %d\n", port);
+  fflush(stdout);
+  static char buf[65536];
+  for (int i = 0; i < count; i++) {
+    struct sockaddr_in peer;
+    socklen_t len = sizeof peer;
+    int c = accept(s, (struct sockaddr *)&peer, &len);
+    if (c < 0) die("accept");
+    long total = 0;
+    for (;;) {
+      ssize_t n = read(c, buf, sizeof buf);
+      if (n < 0) die("read");
+      if (n == 0) break;
+      for (ssize_t off = 0; off < n;) {
+        ssize_t w = write(c, buf + off, n - off);
+        if (w < 0) die("write");
+        off += w;
+      }
+      total += n;
+    }
+    close(c);
+    char ip[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, &peer.sin_addr, ip, sizeof ip);
+    printf("echoed %ld bytes to %s\n", total, ip);
+    fflush(stdout);
+  }
+  return 0;
+}
+
+static int fetch(const char *ip, int port, long bytes) {
+  int s = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = address(ip, port);
+  if (connect(s, (struct sockaddr *)&a, sizeof a) < 0) die("connect");
+  static unsigned char buf[65536];
+  long sent = 0, got = 0, bad = 0;
+  /* Send and receive in turns, so that neither side's buffers have to hold everything. */
+  while (got < bytes) {
+    if (sent < bytes) {
+      size_t n = bytes - sent < 16384 ? (size_t)(bytes - sent) : 16384;
+      for (size_t i = 0; i < n; i++) buf[i] = pattern(sent + i);
+      ssize_t w = write(s, buf, n);
+      if (w < 0) die("write");
+      sent += w;
+      if (sent == bytes) shutdown(s, SHUT_WR);
+    }
+    ssize_t r = read(s, buf, sizeof buf);
+    if (r < 0) die("read");
+    if (r == 0) break;
+    for (ssize_t i = 0; i < r; i++) bad += buf[i] != pattern(got + i);
+    got += r;
+  }
+  printf("fetched %ld of %ld bytes, %ld wrong\n", got, bytes, bad);
+  return got == bytes && bad == 0 ? 0 : 1;
+}
+
+static int udp(int port, int count) {
+  int s = socket(AF_INET, SOCK_DGRAM, 0);
+  struct sockaddr_in a = address("0.0.0.0", port);
+  if (bind(s, (struct sockaddr *)&a, sizeof a) < 0) die("bind");
+  printf("listening on %d\n", port);
+  fflush(stdout);
+  char buf[2048];
+  for (int i = 0; i < count; i++) {
+    struct sockaddr_in peer;
+    socklen_t len = sizeof peer;
+    ssize_t n = recvfrom(s, buf, sizeof buf, 0, (struct sockaddr *)&peer, &len);
+    if (n < 0) die("recvfrom");
+    if (sendto(s, buf, n, 0, (struct sockaddr *)&peer, len) != n) die("sendto");
+  }
+  printf("echoed %d datagrams\n", count);
+  return 0;
+}
+
+static int refused(const char *ip, int port) {
+  int s = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = address(ip, port);
+  int r = connect(s, (struct sockaddr *)&a, sizeof a);
+  printf("connect: %s\n", r == 0 ? "connected" : strerror(errno));
+  return r < 0 && errno == ECONNREFUSED ? 0 : 1;
+}
+
+int main(int argc, char **argv) {
+  setvbuf(stdout, NULL, _IOLBF, 0);
+  if (argc == 4 && !strcmp(argv[1], "serve")) return serve(atoi(argv[2]), atoi(argv[3]));
+  if (argc == 5 && !strcmp(argv[1], "fetch")) return fetch(argv[2], atoi(argv[3]), atol(argv[4]));
+  if (argc == 4 && !strcmp(argv[1], "udp")) return udp(atoi(argv[2]), atoi(argv[3]));
+  if (argc == 4 && !strcmp(argv[1], "refused")) return refused(argv[2], atoi(argv[3]));
+  printf("usage: netpeer serve PORT COUNT | fetch IP PORT BYTES | udp PORT COUNT | refused IP PORT\n");
+  return 2;
+}
