@@ -144,7 +144,7 @@ impl Engine {
             self.iface.poll(t, &mut self.device, &mut self.sockets);
             self.tcp.pump_all(&mut self.sockets);
             self.iface.poll(t, &mut self.device, &mut self.sockets);
-            self.tcp.reap(&mut self.sockets);
+            self.tcp.reap(&mut self.sockets, now);
             if now.duration_since(self.last_expiry) >= MAX_SLEEP {
                 self.udp.expire(now);
                 self.last_expiry = now;
@@ -214,7 +214,7 @@ impl Engine {
                     Counters::bump(&self.shared.stats.dropped);
                 }
             }
-            Then::Syn(port, dst) => self.tcp.on_syn(port, dst, frame, &mut self.device),
+            Then::Syn(port, dst) => self.tcp.on_syn(port, dst, frame, &mut self.sockets, &mut self.device),
             Then::Done => {}
             Then::Drop => Counters::bump(&self.shared.stats.dropped),
         }

@@ -23,6 +23,8 @@ pub(crate) struct Counters {
     pub tcp_outbound: AtomicU64,
     pub udp_flows: AtomicU64,
     pub dropped: AtomicU64,
+    /// TCP connections currently held (not part of `UserNetStats`; the tests watch reaping with it).
+    pub tcp_live: AtomicU64,
 }
 
 impl Counters {

@@ -9,7 +9,9 @@ use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use smoltcp::iface::{Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp::{self, State};
@@ -21,6 +23,10 @@ use crate::forward::PortForward;
 use crate::poller::{close_with_reset, connect_nonblocking, connect_result};
 use crate::queue::{Counters, Shared};
 
+/// How long a connection lingers in TIME-WAIT so a retransmitted guest FIN is still acknowledged.
+const TIME_WAIT: Duration = Duration::from_secs(1);
+/// A listener made for a guest SYN that never arrived (the guest's own stack dropped it) is given up after this.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Per-direction buffer of each relayed connection.
 const TCP_BUFFER: usize = 64 * 1024;
 /// Connections (open or being connected) beyond which new guest SYNs are refused.
@@ -42,10 +48,10 @@ struct Conn {
     write_blocked: bool,
     host_eof: bool,
     host_write_shut: bool,
-    /// The guest side got past the handshake at least once.
-    established: bool,
     /// Seen closed by an earlier reap pass (its reset, if any, has had an egress poll to go out).
     closed_before: bool,
+    created: Instant,
+    time_wait_since: Option<Instant>,
 }
 
 enum Origin {
@@ -108,10 +114,21 @@ impl TcpRelay {
     }
 
     /// A guest SYN to `dst`: replay it into an existing connection, or start the host connect it asks for.
-    pub fn on_syn(&mut self, src_port: u16, dst: SocketAddrV4, syn: Vec<u8>, device: &mut FrameDevice) {
+    pub fn on_syn(
+        &mut self,
+        src_port: u16,
+        dst: SocketAddrV4,
+        syn: Vec<u8>,
+        sockets: &mut SocketSet<'static>,
+        device: &mut FrameDevice,
+    ) {
         let key = (src_port, dst);
-        if self.outbound.contains_key(&key) {
-            return device.inject(syn);
+        if let Some(&handle) = self.outbound.get(&key) {
+            // The guest reusing a finished connection's ports starts a new connection.
+            if !matches!(sockets.get::<tcp::Socket>(handle).state(), State::TimeWait | State::Closed) {
+                return device.inject(syn);
+            }
+            self.remove(handle, sockets);
         }
         if self.pending.contains_key(&key) {
             return; // a retransmission while the host connect is still running
@@ -148,7 +165,7 @@ impl TcpRelay {
                     return device.inject(p.syn);
                 }
                 let handle = sockets.add(socket);
-                self.conns.insert(handle, Conn::new(p.stream, Origin::Outbound(key)));
+                self.insert(handle, p.stream, Origin::Outbound(key));
                 self.outbound.insert(key, handle);
                 Counters::bump(&self.shared.stats.tcp_outbound);
                 device.inject(p.syn);
@@ -177,7 +194,7 @@ impl TcpRelay {
             }
             self.inbound_ports.insert(port);
             let handle = sockets.add(socket);
-            self.conns.insert(handle, Conn::new(stream, Origin::Inbound(port)));
+            self.insert(handle, stream, Origin::Inbound(port));
             Counters::bump(&self.shared.stats.tcp_inbound);
         }
     }
@@ -236,13 +253,26 @@ impl TcpRelay {
         }
     }
 
-    /// Removes connections whose guest side is closed (after an egress poll, so a final reset went out).
-    pub fn reap(&mut self, sockets: &mut SocketSet<'static>) {
+    /// Removes connections whose guest side is closed (after an egress poll, so a final reset went out),
+    /// has lingered in TIME-WAIT, or whose listener never saw its SYN.
+    pub fn reap(&mut self, sockets: &mut SocketSet<'static>, now: Instant) {
         let mut dead = Vec::new();
         for (handle, c) in self.conns.iter_mut() {
             let s = sockets.get::<tcp::Socket>(*handle);
-            if s.state() != State::Closed {
-                continue;
+            match s.state() {
+                State::Closed => {}
+                State::TimeWait => {
+                    let since = *c.time_wait_since.get_or_insert(now);
+                    if now.duration_since(since) >= TIME_WAIT {
+                        dead.push(*handle);
+                    }
+                    continue;
+                }
+                State::Listen if now.duration_since(c.created) >= LISTEN_TIMEOUT => {
+                    dead.push(*handle);
+                    continue;
+                }
+                _ => continue,
             }
             if let Some(stream) = c.stream.take() {
                 if c.host_eof && c.host_write_shut {
@@ -257,17 +287,27 @@ impl TcpRelay {
             c.closed_before = true;
         }
         for handle in dead {
-            sockets.remove(handle);
-            match self.conns.remove(&handle).map(|c| c.origin) {
-                Some(Origin::Outbound(key)) => {
-                    self.outbound.remove(&key);
-                }
-                Some(Origin::Inbound(port)) => {
-                    self.inbound_ports.remove(&port);
-                }
-                None => {}
+            self.remove(handle, sockets);
+        }
+    }
+
+    fn remove(&mut self, handle: SocketHandle, sockets: &mut SocketSet<'static>) {
+        sockets.remove(handle);
+        let Some(c) = self.conns.remove(&handle) else { return };
+        self.shared.stats.tcp_live.fetch_sub(1, Ordering::Relaxed);
+        match c.origin {
+            Origin::Outbound(key) => {
+                self.outbound.remove(&key);
+            }
+            Origin::Inbound(port) => {
+                self.inbound_ports.remove(&port);
             }
         }
+    }
+
+    fn insert(&mut self, handle: SocketHandle, stream: TcpStream, origin: Origin) {
+        self.shared.stats.tcp_live.fetch_add(1, Ordering::Relaxed);
+        self.conns.insert(handle, Conn::new(stream, origin));
     }
 }
 
@@ -280,15 +320,13 @@ impl Conn {
             write_blocked: false,
             host_eof: false,
             host_write_shut: false,
-            established: false,
             closed_before: false,
+            created: Instant::now(),
+            time_wait_since: None,
         }
     }
 
     fn pump(&mut self, s: &mut tcp::Socket<'static>) {
-        if !matches!(s.state(), State::Closed | State::Listen | State::SynSent | State::SynReceived) {
-            self.established = true;
-        }
         let Some(stream) = &self.stream else { return };
         let mut host_failed = false;
 
@@ -310,7 +348,8 @@ impl Conn {
             }
         }
         // The guest's FIN, once everything before it is written.
-        if self.established && !self.host_write_shut && !s.may_recv() && s.recv_queue() == 0 && !host_failed {
+        let fin_received = matches!(s.state(), State::CloseWait | State::LastAck | State::Closing | State::TimeWait);
+        if fin_received && !self.host_write_shut && s.recv_queue() == 0 && !host_failed {
             let _ = stream.shutdown(Shutdown::Write);
             self.host_write_shut = true;
         }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
+use smoltcp::socket::tcp::State;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address};
 
 use crate::{UserNet, UserNetConfig};
@@ -95,6 +96,26 @@ impl Guest {
         }
     }
 
+    /// How many guest TCP sockets are in each state, for timeout messages.
+    fn census(&self) -> String {
+        let mut states = std::collections::BTreeMap::new();
+        for (_, s) in self.sockets.iter() {
+            if let smoltcp::socket::Socket::Tcp(t) = s {
+                *states.entry(t.state().to_string()).or_insert(0) += 1;
+            }
+        }
+        format!("guest TCP sockets: {states:?}; relay stats: {:?}", self.net.stats())
+    }
+
+    fn all_closed(&self) -> bool {
+        self.sockets.iter().all(|(_, s)| match s {
+            smoltcp::socket::Socket::Tcp(t) => {
+                matches!(t.state(), State::Closed | State::TimeWait | State::Listen)
+            }
+            _ => true,
+        })
+    }
+
     /// Runs `app` after every step on a thread of its own until it returns true; panics after `limit`.
     pub fn spawn(
         net: Arc<UserNet>,
@@ -107,13 +128,17 @@ impl Guest {
             loop {
                 g.step();
                 if app(&mut g) {
-                    // Let the last frames (FIN, ACK) go out.
+                    // Keep answering until every connection has finished closing, as a real guest would.
+                    let linger = Instant::now() + Duration::from_secs(5);
+                    while !g.all_closed() && Instant::now() < linger {
+                        g.step();
+                    }
                     for _ in 0..20 {
                         g.step();
                     }
                     return g;
                 }
-                assert!(Instant::now() < deadline, "the fake guest timed out");
+                assert!(Instant::now() < deadline, "the fake guest timed out; {}", g.census());
             }
         })
     }

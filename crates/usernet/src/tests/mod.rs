@@ -3,6 +3,8 @@
 
 mod fuzz;
 mod guest;
+mod lifecycle;
+mod scale;
 mod tcp;
 mod udp;
 
@@ -36,4 +38,17 @@ pub(crate) fn fwd(spec: &str) -> crate::PortForward {
 
 pub(crate) fn localhost(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Lifts the soft open-files limit to at least `want` (up to the hard limit): the scale tests hold
+/// thousands of sockets in this one process.
+pub(crate) fn raise_fd_limit(want: u64) {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit into the live local above.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 || lim.rlim_cur >= want {
+        return;
+    }
+    lim.rlim_cur = want.min(lim.rlim_max);
+    // SAFETY: setrlimit reads one rlimit from the live local above.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
 }

@@ -11,22 +11,22 @@ use super::guest::Guest;
 use super::{free_tcp_port, fwd, localhost, pattern};
 use crate::{UserNet, UserNetConfig, UserNetError};
 
-const LIMIT: Duration = Duration::from_secs(15);
+pub(crate) const LIMIT: Duration = Duration::from_secs(15);
 
-fn guest_socket() -> tcp::Socket<'static> {
+pub(crate) fn guest_socket() -> tcp::Socket<'static> {
     tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 65536]), tcp::SocketBuffer::new(vec![0; 65536]))
 }
 
 /// Per-connection echo state for a guest server: bytes received but not yet sent back.
 #[derive(Default)]
-struct Echo {
+pub(crate) struct Echo {
     pending: Vec<u8>,
     closed: bool,
 }
 
 impl Echo {
     /// Echoes what it can; closes after the peer's FIN once everything went back. True when done.
-    fn step(&mut self, s: &mut tcp::Socket) -> bool {
+    pub(crate) fn step(&mut self, s: &mut tcp::Socket) -> bool {
         if !self.pending.is_empty() && s.can_send() {
             let n = s.send_slice(&self.pending).unwrap_or(0);
             self.pending.drain(..n);
@@ -46,7 +46,7 @@ impl Echo {
 }
 
 /// Writes `data` on one thread while reading everything back on this one; returns what came back.
-fn echo_through(mut stream: TcpStream, data: Vec<u8>) -> Vec<u8> {
+pub(crate) fn echo_through(mut stream: TcpStream, data: Vec<u8>) -> Vec<u8> {
     stream.set_read_timeout(Some(LIMIT)).unwrap();
     let mut writer = stream.try_clone().unwrap();
     let w = std::thread::spawn(move || {
@@ -172,114 +172,6 @@ fn guest_refusing_an_inbound_connection_closes_the_host_one() {
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     guest.join().unwrap();
-}
-
-#[test]
-fn many_concurrent_inbound_connections() {
-    const N: usize = 250;
-    let port = free_tcp_port();
-    let config = UserNetConfig { forwards: vec![fwd(&format!("127.0.0.1:{port}:80"))], ..Default::default() };
-    let net = Arc::new(UserNet::new(config).unwrap());
-    let mut servers: Vec<(smoltcp::iface::SocketHandle, Echo)> = Vec::new();
-    let mut done = 0;
-    let guest = Guest::spawn(net.clone(), LIMIT, move |g| {
-        if servers.is_empty() {
-            for _ in 0..N {
-                let mut s = guest_socket();
-                s.listen(80).unwrap();
-                servers.push((g.sockets.add(s), Echo::default()));
-            }
-        }
-        servers.retain_mut(|(h, e)| {
-            let finished = e.step(g.sockets.get_mut::<tcp::Socket>(*h));
-            if finished {
-                g.sockets.remove(*h);
-                done += 1;
-            }
-            !finished
-        });
-        done == N
-    });
-    // Open all of them before sending anything, so they really are concurrent.
-    let streams: Vec<TcpStream> = (0..N).map(|_| TcpStream::connect(localhost(port)).unwrap()).collect();
-    let clients: Vec<_> = streams
-        .into_iter()
-        .enumerate()
-        .map(|(i, s)| {
-            std::thread::spawn(move || {
-                let data = pattern(16 * 1024 + i, i as u64 + 10);
-                assert!(echo_through(s, data.clone()) == data, "connection {i} garbled");
-            })
-        })
-        .collect();
-    for c in clients {
-        c.join().unwrap();
-    }
-    guest.join().unwrap();
-    assert_eq!(net.stats().tcp_inbound, N as u64);
-}
-
-#[test]
-fn many_concurrent_outbound_connections() {
-    const N: u16 = 200;
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let host = std::thread::spawn(move || {
-        let mut handlers = Vec::new();
-        for _ in 0..N {
-            let (mut s, _) = listener.accept().unwrap();
-            handlers.push(std::thread::spawn(move || {
-                let mut buf = [0; 4096];
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => s.write_all(&buf[..n]).unwrap(),
-                    }
-                }
-            }));
-        }
-        for h in handlers {
-            h.join().unwrap();
-        }
-    });
-    let mut conns = Vec::new();
-    let mut finished = 0;
-    let guest = Guest::spawn(net_for_outbound(), LIMIT, move |g| {
-        if conns.is_empty() {
-            for i in 0..N {
-                let mut s = guest_socket();
-                s.connect(g.iface.context(), (UserNetConfig::default().gateway, port), 20000 + i).unwrap();
-                conns.push((g.sockets.add(s), false, Vec::new(), pattern(3000, i.into())));
-            }
-        }
-        for (h, sent, got, data) in conns.iter_mut() {
-            let s = g.sockets.get_mut::<tcp::Socket>(*h);
-            if !*sent && s.can_send() {
-                assert_eq!(s.send_slice(data).unwrap(), data.len());
-                *sent = true;
-            }
-            if s.can_recv() {
-                s.recv(|b| {
-                    got.extend_from_slice(b);
-                    (b.len(), ())
-                })
-                .unwrap();
-                if got.len() == data.len() {
-                    assert!(got == data);
-                    s.close();
-                    finished += 1;
-                }
-            }
-        }
-        finished == N as usize
-    });
-    let g = guest.join().unwrap();
-    drop(g);
-    host.join().unwrap();
-}
-
-fn net_for_outbound() -> Arc<UserNet> {
-    Arc::new(UserNet::new(UserNetConfig::default()).unwrap())
 }
 
 #[test]
