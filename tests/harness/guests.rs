@@ -60,6 +60,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("vdso", "vdso.c", Link::Static),
     ("sockets", "sockets.c", Link::Static),
     ("timers", "timers.c", Link::Static),
+    ("netpeer", "netpeer.c", Link::Static),
 ];
 
 /// The binaries of tests/guests/rust (each `src/bin/NAME.rs`).

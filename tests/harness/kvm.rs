@@ -41,16 +41,20 @@ pub fn available() -> bool {
             record(&test, "ran");
             true
         }
-        Err(why) => {
-            if std::env::var("KILN_TEST_REQUIRE_KVM").is_ok_and(|v| v == "1") {
-                panic!("KILN_TEST_REQUIRE_KVM=1 but {why}");
-            }
-            record(&test, "skipped");
-            // Written to the process's stderr directly, so `cargo test` shows it even though it captures `eprintln!`.
-            let _ = writeln!(std::io::stderr(), "{test}: skipped: /dev/kvm not available ({why})");
-            false
-        }
+        Err(why) => skip(&format!("/dev/kvm not available ({why})")),
     }
+}
+
+/// Reports that this test cannot run here and why (or fails under `KILN_TEST_REQUIRE_KVM=1`); false.
+pub fn skip(why: &str) -> bool {
+    let test = std::thread::current().name().unwrap_or("unnamed").replace("::", "-");
+    if std::env::var("KILN_TEST_REQUIRE_KVM").is_ok_and(|v| v == "1") {
+        panic!("KILN_TEST_REQUIRE_KVM=1 but {why}");
+    }
+    record(&test, "skipped");
+    // Written to the process's stderr directly, so `cargo test` shows it even though it captures `eprintln!`.
+    let _ = writeln!(std::io::stderr(), "{test}: skipped: {why}");
+    false
 }
 
 fn record(test: &str, what: &str) {

@@ -4,6 +4,9 @@
 pub mod guests;
 pub mod inputs;
 pub mod kvm;
+/// Used by the network tests only.
+#[allow(dead_code)]
+pub mod netns;
 
 use std::ffi::OsStr;
 use std::fmt;

@@ -55,11 +55,7 @@ pub fn card(mode: &NetMode, ip: Option<(Ipv4Addr, u8)>, gateway: Option<Ipv4Addr
         bail!("--gateway {gateway} is not another address on {ipv4}/{prefix_len}'s network");
     }
     let backend = Tap::attach(name).with_context(|| format!("--net tap:{name}"))?;
-    let mtu = std::fs::read_to_string(format!("/sys/class/net/{name}/mtu"))
-        .ok()
-        .and_then(|m| m.trim().parse::<u16>().ok())
-        .filter(|&m| m >= 576)
-        .unwrap_or(1500);
+    let mtu = Tap::mtu(name);
     Ok(Some(NetConfig { backend: Box::new(backend), mac: random_mac()?, ipv4, prefix_len, gateway, mtu }))
 }
 

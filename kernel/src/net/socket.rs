@@ -44,6 +44,10 @@ struct State {
     /// UDP: where `send` without an address goes.
     peer: Option<IpEndpoint>,
     shut_read: bool,
+    /// The program closed its sending side (shutdown): a connection that ends up closed then ended normally; one
+    /// that closes without it was reset, which the next read reports once.
+    shut_write: bool,
+    reset_reported: bool,
     /// A failed non-blocking connect, reported once by SO_ERROR.
     error: Option<Errno>,
     /// SO_RCVTIMEO and SO_SNDTIMEO in nanoseconds, 0 for none.
@@ -134,6 +138,8 @@ impl Socket {
             owns_port: false,
             peer: None,
             shut_read: false,
+            shut_write: false,
+            reset_reported: false,
             error: None,
             timeouts: [0; 2],
             connecting_to: None,
@@ -207,6 +213,9 @@ impl Socket {
             let mut st = self.state.lock();
             let endpoint = IpListenEndpoint { addr: st.local.0, port: st.local.1 };
             let Role::Listening(handles) = &mut st.role else { return Some(Err(Errno::EINVAL)) };
+            if let Err(e) = replace_reset(s, handles, endpoint) {
+                return Some(Err(e));
+            }
             let ready = handles.iter().position(|&h| {
                 matches!(s.sockets.get::<tcp::Socket>(h).state(), tcp::State::Established | tcp::State::CloseWait)
             })?;
@@ -225,6 +234,8 @@ impl Socket {
                 owns_port: false,
                 peer: None,
                 shut_read: false,
+                shut_write: false,
+                reset_reported: false,
                 error: None,
                 timeouts: st.timeouts,
                 connecting_to: None,
@@ -340,6 +351,11 @@ impl Socket {
                 }
                 Role::Connected(h) => {
                     let tcp = s.sockets.get_mut::<tcp::Socket>(h);
+                    let reset = tcp.state() == tcp::State::Closed && !st.shut_write && !tcp.can_recv();
+                    if reset && !st.reset_reported {
+                        st.reset_reported = true;
+                        return Some(Err(Errno::ECONNRESET));
+                    }
                     if st.shut_read || (!tcp.can_recv() && !tcp.may_recv()) {
                         return Some(Ok((0, None)));
                     }
@@ -360,6 +376,7 @@ impl Socket {
             let Role::Connected(h) = st.role else { return Err(Errno::ENOTCONN) };
             st.shut_read |= read;
             if write {
+                st.shut_write = true;
                 s.sockets.get_mut::<tcp::Socket>(h).close();
             }
             Ok(())
@@ -478,6 +495,18 @@ impl Socket {
             }
         })
     }
+}
+
+/// Puts fresh listening sockets in the place of backlog connections that were reset before `accept` took them (a
+/// client that gave up), so that the listener keeps its backlog.
+fn replace_reset(s: &mut Stack, handles: &mut [SocketHandle], endpoint: IpListenEndpoint) -> Result<(), Errno> {
+    for h in handles.iter_mut() {
+        if s.sockets.get::<tcp::Socket>(*h).state() == tcp::State::Closed {
+            let fresh = listening(s, endpoint)?;
+            s.sockets.remove(core::mem::replace(h, fresh));
+        }
+    }
+    Ok(())
 }
 
 /// A fresh socket listening on `endpoint`, in the stack.

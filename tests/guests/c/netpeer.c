@@ -1,6 +1,7 @@
 /* netpeer: the guest side of the network card tests; the test drives the other side from the host.
- *   netpeer serve PORT COUNT        accept COUNT TCP connections on 0.0.0.0:PORT, one at a time, echo each until
- *                                   its peer half-closes; print "listening" first
+ *   netpeer serve PORT COUNT        accept TCP connections on 0.0.0.0:PORT, one at a time, echo each until its
+ *                                   peer half-closes, until COUNT ended so (reset ones do not count); print
+ *                                   "listening" first
  *   netpeer fetch IP PORT BYTES     connect, send BYTES bytes of a pattern, half-close, read the echo, check it
  *   netpeer udp PORT COUNT          echo COUNT datagrams received on 0.0.0.0:PORT; print "listening" first
  *   netpeer refused IP PORT         connect to a closed port: expect ECONNREFUSED
@@ -40,15 +41,19 @@ static int serve(int port, int count) {
   printf("listening on %d\n", port);
   fflush(stdout);
   static char buf[65536];
-  for (int i = 0; i < count; i++) {
+  for (int i = 0; i < count;) {
     struct sockaddr_in peer;
     socklen_t len = sizeof peer;
     int c = accept(s, (struct sockaddr *)&peer, &len);
     if (c < 0) die("accept");
     long total = 0;
+    const char *ended = "closed";
     for (;;) {
       ssize_t n = read(c, buf, sizeof buf);
-      if (n < 0) die("read");
+      if (n < 0) {
+        ended = strerror(errno);
+        break;
+      }
       if (n == 0) break;
       for (ssize_t off = 0; off < n;) {
         ssize_t w = write(c, buf + off, n - off);
@@ -60,7 +65,8 @@ static int serve(int port, int count) {
     close(c);
     char ip[INET_ADDRSTRLEN];
     inet_ntop(AF_INET, &peer.sin_addr, ip, sizeof ip);
-    printf("echoed %ld bytes to %s\n", total, ip);
+    printf("echoed %ld bytes to %s (%s)\n", total, ip, ended);
+    if (!strcmp(ended, "closed")) i++;
     fflush(stdout);
   }
   return 0;

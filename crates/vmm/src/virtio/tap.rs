@@ -7,7 +7,6 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TapError {
@@ -54,12 +53,12 @@ impl Tap {
         if name.is_empty() || name.len() >= IFNAMSIZ || name.contains(['/', ' ', '\0']) || name == "." || name == ".." {
             return Err(TapError::BadName(name.into()));
         }
-        let sys = Path::new("/sys/class/net").join(name);
-        if !sys.exists() {
+        // The interface index, not /sys/class/net: sysfs shows the network namespace that mounted it, which need
+        // not be ours. Without this check TUNSETIFF would create a device of that name.
+        let c_name = std::ffi::CString::new(name).map_err(|_| TapError::BadName(name.into()))?;
+        // SAFETY: a NUL-terminated name.
+        if unsafe { libc::if_nametoindex(c_name.as_ptr()) } == 0 {
             return Err(TapError::Missing(name.into()));
-        }
-        if !sys.join("tun_flags").exists() {
-            return Err(TapError::NotTap(name.into()));
         }
         let file = OpenOptions::new()
             .read(true)
@@ -77,10 +76,34 @@ impl Tap {
             return Err(match source.raw_os_error() {
                 Some(libc::EPERM | libc::EACCES) => TapError::Denied { name },
                 Some(libc::EBUSY) => TapError::Busy { name },
+                Some(libc::EINVAL) => TapError::NotTap(name),
                 _ => TapError::Attach { name, source },
             });
         }
         Ok(Tap { file })
+    }
+
+    /// The device's MTU (SIOCGIFMTU), 1500 if it cannot be read.
+    pub fn mtu(name: &str) -> u16 {
+        let mut req = IfReq { name: [0; IFNAMSIZ], flags: 0, _pad: [0; 22] };
+        let len = name.len().min(IFNAMSIZ - 1);
+        req.name[..len].copy_from_slice(&name.as_bytes()[..len]);
+        // SAFETY: a plain socket, closed below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return 1500;
+        }
+        // SAFETY: SIOCGIFMTU writes the MTU as an int over the flags field of one `struct ifreq`, which `req` is.
+        let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFMTU as _, &mut req as *mut IfReq) };
+        // SAFETY: `fd` is the socket opened above.
+        unsafe { libc::close(fd) };
+        let mtu =
+            i32::from_ne_bytes([req.flags.to_ne_bytes()[0], req.flags.to_ne_bytes()[1], req._pad[0], req._pad[1]]);
+        if rc == 0 && (576..=65535).contains(&mtu) {
+            mtu as u16
+        } else {
+            1500
+        }
     }
 }
 
@@ -118,8 +141,10 @@ mod tests {
         assert!(matches!(Tap::attach("sixteen-bytes-xx"), Err(TapError::BadName(_))));
         let missing = Tap::attach("kilnnosuchtap0").err().unwrap().to_string();
         assert!(missing.contains("no such network device") && missing.contains("ip tuntap add"), "{missing}");
-        if Path::new("/sys/class/net/lo").exists() {
-            assert!(matches!(Tap::attach("lo"), Err(TapError::NotTap(_))));
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            assert!(matches!(Tap::attach("lo"), Err(TapError::NotTap(_))), "{:?}", Tap::attach("lo").err());
         }
+        assert_eq!(Tap::mtu("kilnnosuchtap0"), 1500);
     }
 }

@@ -1,0 +1,191 @@
+//! Network tests: programs built from source in `tests/guests/` talk, through the VM's network card, to clients and
+//! servers this test runs on the host. Tap tests run the VM in a network namespace of their own with a tap device
+//! (`harness::netns`); they need root and skip, saying so, without it.
+
+#[allow(dead_code)]
+mod harness;
+
+use harness::netns::{NetNs, TAP};
+use harness::{guests, kiln, kvm};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::Child;
+use std::time::Duration;
+
+const HOST: &str = "10.0.3.1";
+const GUEST: &str = "10.0.3.2";
+
+fn byte(i: usize) -> u8 {
+    (i * 7 + i / 251) as u8
+}
+
+/// A VM and a namespace with a tap to run it on, or None where the test cannot run.
+fn tap_namespace() -> Option<NetNs> {
+    if !kvm::available() {
+        return None;
+    }
+    NetNs::with_tap(&format!("{HOST}/24"))
+}
+
+/// A `kiln` running in the background: killed if the test ends without waiting for it.
+struct Running(Child);
+
+impl Running {
+    /// Its exit code, after at most a minute (then it is killed and the test fails).
+    fn wait(&mut self) -> Option<i32> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(std::time::Instant::now() < deadline, "kiln did not finish within a minute");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `netpeer` in the namespace on the tap, and waits for its "listening" line.
+fn start_guest(ns: &NetNs, cpus: &str, args: &[&str]) -> (Running, BufReader<std::process::ChildStdout>) {
+    let mut child = kiln()
+        .netns(ns)
+        .args(["run", "--cpus", cpus, "--net", &format!("tap:{TAP}"), "--ip", &format!("{GUEST}/24")])
+        .arg(guests::c("netpeer"))
+        .args(args)
+        .into_command()
+        .spawn()
+        .expect("start kiln");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("netpeer's first line");
+    assert!(line.starts_with("listening"), "netpeer said {line:?}");
+    (Running(child), stdout)
+}
+
+/// Sends `len` bytes to `addr` and checks they come back byte for byte.
+fn echo(addr: SocketAddr, len: usize) {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).expect("connect to the guest");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut reader = stream.try_clone().unwrap();
+    let receiver = std::thread::spawn(move || {
+        let mut back = Vec::with_capacity(len);
+        reader.read_to_end(&mut back).expect("read the echo");
+        back
+    });
+    let data: Vec<u8> = (0..len).map(byte).collect();
+    stream.write_all(&data).expect("send to the guest");
+    stream.shutdown(Shutdown::Write).unwrap();
+    let back = receiver.join().unwrap();
+    assert_eq!(back.len(), len);
+    assert!(back == data, "the echo differs from what was sent");
+}
+
+/// SO_LINGER with a zero timeout: closing the socket sends a reset instead of a FIN, as a client that gives up does.
+fn reset_on_close(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: setsockopt reads one `struct linger` from the pointer, for an open socket.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+}
+
+#[test]
+fn tap_guest_server_echoes_host_clients_byte_exact() {
+    let Some(ns) = tap_namespace() else { return };
+    let (mut child, stdout) = start_guest(&ns, "2", &["serve", "8080", "2"]);
+    let addr: SocketAddr = format!("{GUEST}:8080").parse().unwrap();
+    ns.enter(|| {
+        echo(addr, 5);
+        // A client that gives up mid-request: its reset ends that connection (the server sees ECONNRESET, or never
+        // sees it if the reset came before `accept`), not the server.
+        let mut aborted = TcpStream::connect(addr).unwrap();
+        aborted.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+        reset_on_close(&aborted);
+        drop(aborted);
+        echo(addr, 20 << 20);
+    });
+    let status = child.wait();
+    let lines: Vec<String> = stdout.lines().map(Result::unwrap).collect();
+    let closed: Vec<&String> = lines.iter().filter(|l| l.ends_with("(closed)")).collect();
+    assert_eq!(
+        closed,
+        [&format!("echoed 5 bytes to {HOST} (closed)"), &format!("echoed {} bytes to {HOST} (closed)", 20 << 20)]
+    );
+    for line in lines.iter().filter(|l| !l.ends_with("(closed)")) {
+        assert!(line.ends_with("bytes to 10.0.3.1 (Connection reset by peer)"), "{lines:?}");
+    }
+    assert_eq!(status, Some(0));
+}
+
+#[test]
+fn tap_guest_client_reaches_a_host_server() {
+    let Some(ns) = tap_namespace() else { return };
+    let listener = ns.enter(|| TcpListener::bind(format!("{HOST}:9000")).expect("bind in the namespace"));
+    let server = std::thread::spawn(move || {
+        let (mut conn, peer) = listener.accept().unwrap();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = conn.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            conn.write_all(&buf[..n]).unwrap();
+        }
+        peer
+    });
+    let netpeer = guests::c("netpeer");
+    let tap = format!("tap:{TAP}");
+    let ip = format!("{GUEST}/24");
+    let run =
+        |args: &[&str]| kiln().netns(&ns).args(["run", "--net", &tap, "--ip", &ip]).arg(&netpeer).args(args).run();
+    run(&["fetch", HOST, "9000", "10000000"])
+        .assert_code(0)
+        .assert_stdout("fetched 10000000 of 10000000 bytes, 0 wrong\n");
+    assert_eq!(server.join().unwrap().ip().to_string(), GUEST);
+    run(&["refused", HOST, "9001"]).assert_code(0).assert_stdout("connect: Connection refused\n");
+}
+
+#[test]
+fn tap_guest_echoes_udp() {
+    let Some(ns) = tap_namespace() else { return };
+    let (mut child, stdout) = start_guest(&ns, "1", &["udp", "5300", "3"]);
+    ns.enter(|| {
+        let socket = UdpSocket::bind(format!("{HOST}:0")).unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        for size in [1usize, 512, 1400] {
+            let data: Vec<u8> = (0..size).map(byte).collect();
+            socket.send_to(&data, format!("{GUEST}:5300")).unwrap();
+            let mut back = vec![0u8; 2048];
+            let (n, from) = socket.recv_from(&mut back).expect("the echo");
+            assert_eq!((&back[..n], from.to_string()), (&data[..], format!("{GUEST}:5300")));
+        }
+    });
+    assert_eq!(child.wait(), Some(0));
+    assert_eq!(stdout.lines().map(Result::unwrap).collect::<Vec<_>>(), ["echoed 3 datagrams"]);
+}
+
+#[test]
+fn network_options_are_checked_before_boot() {
+    let hello = guests::c("hello");
+    let err = kiln().args(["run", "--net", "tap:kilnnosuch0"]).arg(&hello).run().assert_kiln_error();
+    assert!(err.contains("kilnnosuch0") && err.contains("no such network device"), "{err}");
+    let err = kiln().args(["run", "--ip", "10.0.0.2/24"]).arg(&hello).run().assert_kiln_error();
+    assert!(err.contains("need a network card"), "{err}");
+    let out = kiln().args(["run", "--net", "bridge"]).arg(&hello).run();
+    assert_ne!(out.code, Some(0));
+    assert!(out.stderr_text().contains("'bridge' is not a network"), "{}", out.stderr_text());
+}
