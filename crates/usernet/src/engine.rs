@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use smoltcp::iface::{Config, Interface, SocketSet};
+use smoltcp::iface::{Config, Interface, PollIngressSingleResult, SocketSet};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
 
 use crate::config::UserNetConfig;
@@ -180,7 +180,14 @@ impl Engine {
                     Token::Kick => self.shared.kick.clear(),
                     Token::Tcp(TcpToken::Listener(i)) => self.tcp.accept(i, &mut self.iface, &mut self.sockets),
                     Token::Tcp(TcpToken::Connecting(key)) => {
-                        self.tcp.on_connect_ready(key, &mut self.sockets, &mut self.device)
+                        self.tcp.on_connect_ready(key, &mut self.sockets, &mut self.device);
+                        // Let the replayed SYN reach its listener now: a second listener on the same
+                        // destination made before then could take it and cross the two connections.
+                        let t = self.now();
+                        while !matches!(
+                            self.iface.poll_ingress_single(t, &mut self.device, &mut self.sockets),
+                            PollIngressSingleResult::None
+                        ) {}
                     }
                     Token::Tcp(TcpToken::Conn(h)) => self.tcp.on_conn_events(h, pfd.revents),
                     Token::Udp(t) => self.udp.on_readable(t, now),

@@ -112,3 +112,17 @@ fn half_close_from_the_host_still_delivers_the_guest_reply() {
     guest.join().unwrap();
     assert_reaped(&net);
 }
+
+#[test]
+fn drop_stops_the_relay_and_frees_forward_ports() {
+    let (net, port) = forwarded(93);
+    let _idle = TcpStream::connect(localhost(port)).unwrap();
+    drop(Arc::try_unwrap(net).ok().expect("no other owner"));
+    std::net::TcpListener::bind(localhost(port)).expect("the forward's port is still bound after drop");
+}
+
+#[test]
+fn user_net_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<UserNet>();
+}
