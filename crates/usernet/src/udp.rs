@@ -17,6 +17,8 @@ use crate::queue::{Counters, Shared};
 
 /// A flow nobody used for this long is forgotten and its host socket closed.
 const UDP_IDLE: Duration = Duration::from_secs(120);
+/// DNS lookups use a fresh source port each, so their flows are forgotten much sooner.
+const DNS_IDLE: Duration = Duration::from_secs(10);
 /// Caps on what a guest (or the peers of a forward) can make the relay hold.
 const MAX_OUTBOUND_FLOWS: usize = 4096;
 const MAX_PEERS: usize = 4096;
@@ -25,6 +27,7 @@ const MAX_DESTS_PER_FLOW: usize = 256;
 struct OutFlow {
     sock: UdpSocket,
     last_used: Instant,
+    idle_limit: Duration,
     /// Host address sent to → the address the guest used for it, so replies come from where the guest expects.
     dests: HashMap<SocketAddr, SocketAddrV4>,
 }
@@ -84,7 +87,10 @@ impl UdpRelay {
         let Some(target) = host_target(&self.net, self.upstream, dst) else { return self.drop_one() };
         if !self.outbound.contains_key(&src_port) {
             if self.outbound.len() >= MAX_OUTBOUND_FLOWS {
-                return self.drop_one();
+                // Full: the least recently used flow makes room (a linear scan, only at the cap).
+                if let Some(oldest) = self.outbound.iter().min_by_key(|(_, f)| f.last_used).map(|(p, _)| *p) {
+                    self.outbound.remove(&oldest);
+                }
             }
             let bind: SocketAddr = match target {
                 SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
@@ -94,7 +100,8 @@ impl UdpRelay {
                 return self.drop_one();
             };
             Counters::bump(&self.shared.stats.udp_flows);
-            self.outbound.insert(src_port, OutFlow { sock, last_used: now, dests: HashMap::new() });
+            let idle_limit = if dst.port() == 53 { DNS_IDLE } else { UDP_IDLE };
+            self.outbound.insert(src_port, OutFlow { sock, last_used: now, idle_limit, dests: HashMap::new() });
         }
         let Some(flow) = self.outbound.get_mut(&src_port) else { return };
         flow.last_used = now;
@@ -179,7 +186,11 @@ impl UdpRelay {
             return Some(*port);
         }
         if self.peers.len() >= MAX_PEERS {
-            return None;
+            let oldest = self.peers.iter().min_by_key(|(_, p)| p.last_used).map(|(port, p)| (*port, p.forward, p.addr));
+            if let Some((port, forward, addr)) = oldest {
+                self.peers.remove(&port);
+                self.peer_ports.remove(&(forward, addr));
+            }
         }
         let port = loop {
             let p = self.next_port;
@@ -194,9 +205,9 @@ impl UdpRelay {
         Some(port)
     }
 
-    /// Forgets flows idle for `UDP_IDLE`.
+    /// Forgets idle flows.
     pub fn expire(&mut self, now: Instant) {
-        self.outbound.retain(|_, f| now.duration_since(f.last_used) < UDP_IDLE);
+        self.outbound.retain(|_, f| now.duration_since(f.last_used) < f.idle_limit);
         let peer_ports = &mut self.peer_ports;
         self.peers.retain(|_, p| {
             let keep = now.duration_since(p.last_used) < UDP_IDLE;
@@ -212,4 +223,32 @@ impl UdpRelay {
 pub(crate) enum UdpToken {
     Forward(usize),
     Outbound(u16),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_flows_expire_sooner_than_others() {
+        let shared = Arc::new(Shared::new().unwrap());
+        let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = sink.local_addr().unwrap().port();
+        let net = UserNetConfig::default();
+        let mut relay = UdpRelay::new(net.clone(), sink.local_addr().unwrap(), shared, Vec::new());
+        let t0 = Instant::now();
+        relay.relay_from_guest(1000, SocketAddrV4::new(net.dns, 53), b"q", t0);
+        relay.relay_from_guest(1001, SocketAddrV4::new(net.gateway, port), b"x", t0);
+        // Inside the subnet but neither gateway nor DNS: nobody is there.
+        relay.relay_from_guest(1002, SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 9), port), b"x", t0);
+        assert_eq!(relay.outbound.len(), 2);
+        relay.expire(t0 + DNS_IDLE + Duration::from_secs(1));
+        assert!(relay.outbound.contains_key(&1001) && !relay.outbound.contains_key(&1000));
+        relay.expire(t0 + UDP_IDLE + Duration::from_secs(1));
+        assert!(relay.outbound.is_empty());
+        let mut buf = [0; 8];
+        sink.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        assert_eq!(sink.recv_from(&mut buf).unwrap().0, 1);
+        assert_eq!(sink.recv_from(&mut buf).unwrap().0, 1);
+    }
 }
