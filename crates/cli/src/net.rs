@@ -2,6 +2,8 @@
 //! (`--ip`, `--gateway`), and the ports published from the host (`-p`).
 
 use anyhow::{anyhow, bail, Context, Result};
+use kiln_usernet::{PortForward, UserNet, UserNetConfig};
+use kiln_vmm::virtio::net::Backend;
 use kiln_vmm::virtio::tap::Tap;
 use kiln_vmm::NetConfig;
 use std::net::Ipv4Addr;
@@ -9,6 +11,9 @@ use std::net::Ipv4Addr;
 /// `--net`: where the VM's network card leads.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NetMode {
+    /// The user-mode network (the default): no root needed; outbound connections go through host sockets, and `-p`
+    /// publishes the program's ports on the host.
+    User,
     /// No card: the program has the loopback only.
     None,
     /// An existing tap device on the host.
@@ -17,13 +22,44 @@ pub enum NetMode {
 
 pub fn parse_net(s: &str) -> Result<NetMode, String> {
     match s {
+        "user" => Ok(NetMode::User),
         "none" => Ok(NetMode::None),
         _ => match s.strip_prefix("tap:") {
             Some(name) if !name.is_empty() => Ok(NetMode::Tap(name.to_string())),
-            _ => Err(format!("'{s}' is not a network: use none or tap:NAME")),
+            _ => Err(format!("'{s}' is not a network: use user, none or tap:NAME")),
         },
     }
 }
+
+/// `-p [HOST_IP:]HOST_PORT:GUEST_PORT[/tcp|/udp]`.
+pub fn parse_publish(s: &str) -> Result<PortForward, String> {
+    s.parse().map_err(|e: kiln_usernet::ForwardParseError| e.problem)
+}
+
+/// The user-mode network as the card's backend.
+struct UserBackend(UserNet);
+
+impl Backend for UserBackend {
+    fn send(&mut self, frame: &[u8]) -> std::io::Result<()> {
+        self.0.send(frame);
+        Ok(())
+    }
+
+    fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
+        Ok(self.0.recv(buf))
+    }
+
+    fn ready_fd(&self) -> std::os::fd::RawFd {
+        self.0.ready_fd()
+    }
+}
+
+/// The user-mode network's addresses: slirp's plan (10.0.2.15/24, gateway .2, DNS .3) unless `--ip`/`--gateway`
+/// say otherwise.
+const USER_GATEWAY: u32 = 2;
+const USER_DNS: u32 = 3;
+/// No wire: frames are as big as the guest's buffers hold.
+const USER_MTU: u16 = 1500;
 
 /// `--ip ADDR/PREFIX`.
 pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
@@ -40,23 +76,83 @@ pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
 /// The address and gateway the program gets when `--ip` and `--gateway` do not say.
 const DEFAULT_IP: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 0, 2, 15), 24);
 
-/// The network card for the VM, or None for `--net none`.
-pub fn card(mode: &NetMode, ip: Option<(Ipv4Addr, u8)>, gateway: Option<Ipv4Addr>) -> Result<Option<NetConfig>> {
-    let NetMode::Tap(name) = mode else {
+/// The network card for the VM, or None for `--net none`. Host ports for `-p` are bound here, before the VM boots.
+pub fn card(
+    mode: &NetMode,
+    ip: Option<(Ipv4Addr, u8)>,
+    gateway: Option<Ipv4Addr>,
+    publish: &[PortForward],
+) -> Result<Option<NetConfig>> {
+    if !publish.is_empty() && *mode != NetMode::User {
+        bail!("-p publishes ports through the user-mode network: it cannot be used with --net {}", shown(mode));
+    }
+    if *mode == NetMode::None {
         if ip.is_some() || gateway.is_some() {
-            bail!("--ip and --gateway need a network card: use them with --net tap:NAME");
+            bail!("--ip and --gateway need a network card: they cannot be used with --net none");
         }
         return Ok(None);
-    };
+    }
     let (ipv4, prefix_len) = ip.unwrap_or(DEFAULT_IP);
     let network = u32::from(ipv4) & (u32::MAX << (32 - prefix_len));
-    let gateway = gateway.unwrap_or(Ipv4Addr::from(network + 1));
+    let default_gateway = if *mode == NetMode::User { USER_GATEWAY } else { 1 };
+    let gateway = gateway.unwrap_or(Ipv4Addr::from(network + default_gateway));
     if u32::from(gateway) & (u32::MAX << (32 - prefix_len)) != network || gateway == ipv4 {
         bail!("--gateway {gateway} is not another address on {ipv4}/{prefix_len}'s network");
     }
-    let backend = Tap::attach(name).with_context(|| format!("--net tap:{name}"))?;
-    let mtu = Tap::mtu(name);
-    Ok(Some(NetConfig { backend: Box::new(backend), mac: random_mac()?, ipv4, prefix_len, gateway, mtu }))
+    let mac = random_mac()?;
+    let (backend, mtu): (Box<dyn Backend>, u16) = match mode {
+        NetMode::Tap(name) => {
+            let tap = Tap::attach(name).with_context(|| format!("--net tap:{name}"))?;
+            (Box::new(tap), Tap::mtu(name))
+        }
+        _ => {
+            let dns = Ipv4Addr::from(network + USER_DNS);
+            if dns == ipv4 || dns == gateway {
+                bail!("--ip {ipv4}/{prefix_len}: the user-mode network keeps {dns} for its DNS forwarder");
+            }
+            let config = UserNetConfig {
+                guest_mac: mac,
+                guest_ip: ipv4,
+                gateway,
+                prefix_len,
+                dns,
+                dns_upstream: None,
+                forwards: publish.to_vec(),
+            };
+            (Box::new(UserBackend(UserNet::new(config)?)), USER_MTU)
+        }
+    };
+    Ok(Some(NetConfig { backend, mac, ipv4, prefix_len, gateway, mtu }))
+}
+
+fn shown(mode: &NetMode) -> String {
+    match mode {
+        NetMode::User => "user".into(),
+        NetMode::None => "none".into(),
+        NetMode::Tap(name) => format!("tap:{name}"),
+    }
+}
+
+/// The DNS server the program's resolver asks: the user-mode network's forwarder; on a tap, the host's own
+/// resolvers (the network behind the tap is the operator's; a loopback resolver there is not reachable).
+pub fn resolv_conf(mode: &NetMode, ip: Option<(Ipv4Addr, u8)>) -> Option<String> {
+    match mode {
+        NetMode::User => {
+            let (ipv4, prefix_len) = ip.unwrap_or(DEFAULT_IP);
+            let network = u32::from(ipv4) & (u32::MAX << (32 - prefix_len));
+            Some(format!("nameserver {}\n", Ipv4Addr::from(network + USER_DNS)))
+        }
+        NetMode::Tap(_) => {
+            let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+            let servers: String = host
+                .lines()
+                .filter(|l| l.starts_with("nameserver") && !l.contains("127.") && !l.contains("::1"))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            (!servers.is_empty()).then_some(servers)
+        }
+        NetMode::None => None,
+    }
 }
 
 /// A random locally administered unicast MAC, so that VMs on one bridge never share one.
@@ -78,6 +174,7 @@ mod tests {
     #[test]
     fn net_modes_parse() {
         assert_eq!(parse_net("none"), Ok(NetMode::None));
+        assert_eq!(parse_net("user"), Ok(NetMode::User));
         assert_eq!(parse_net("tap:tap0"), Ok(NetMode::Tap("tap0".into())));
         assert!(parse_net("tap:").unwrap_err().contains("tap:NAME"));
         assert!(parse_net("bridge").is_err());
@@ -93,12 +190,25 @@ mod tests {
 
     #[test]
     fn gateways_must_be_on_the_network() {
-        let err = |ip, gw| format!("{:#}", card(&NetMode::Tap("kilnnosuch0".into()), ip, gw).unwrap_err());
+        let err = |ip, gw| format!("{:#}", card(&NetMode::Tap("kilnnosuch0".into()), ip, gw, &[]).unwrap_err());
         assert!(err(Some((Ipv4Addr::new(10, 0, 0, 2), 24)), Some(Ipv4Addr::new(10, 0, 1, 1))).contains("--gateway"));
         assert!(err(None, Some(Ipv4Addr::new(10, 0, 2, 15))).contains("another address"));
         assert!(err(None, None).contains("no such network device"));
-        assert!(card(&NetMode::None, None, Some(Ipv4Addr::LOCALHOST)).is_err());
-        assert!(card(&NetMode::None, None, None).unwrap().is_none());
+        assert!(card(&NetMode::None, None, Some(Ipv4Addr::LOCALHOST), &[]).is_err());
+        assert!(card(&NetMode::None, None, None, &[]).unwrap().is_none());
+        let publish = [parse_publish("8080:80").unwrap()];
+        let err = card(&NetMode::None, None, None, &publish).unwrap_err().to_string();
+        assert!(err.contains("-p") && err.contains("--net none"), "{err}");
+        let user = card(&NetMode::User, None, None, &[]).unwrap().unwrap();
+        assert_eq!((user.ipv4, user.gateway), (Ipv4Addr::new(10, 0, 2, 15), Ipv4Addr::new(10, 0, 2, 2)));
+        let err = card(&NetMode::User, Some((Ipv4Addr::new(10, 0, 2, 3), 24)), None, &[]).unwrap_err().to_string();
+        assert!(err.contains("DNS forwarder"), "{err}");
+    }
+
+    #[test]
+    fn resolvers_follow_the_network() {
+        assert_eq!(resolv_conf(&NetMode::User, None).as_deref(), Some("nameserver 10.0.2.3\n"));
+        assert_eq!(resolv_conf(&NetMode::None, None), None);
     }
 
     #[test]

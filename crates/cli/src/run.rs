@@ -46,9 +46,12 @@ pub struct RunArgs {
     /// Print VM exits and syscall counts to stderr at exit
     #[arg(long)]
     stats: bool,
-    /// The network: none (loopback only) or tap:NAME (an existing tap device)
-    #[arg(long, value_name = "MODE", default_value = "none", value_parser = net::parse_net)]
+    /// The network: user (user-mode, no root needed), none (loopback only) or tap:NAME (an existing tap device)
+    #[arg(long, value_name = "MODE", default_value = "user", value_parser = net::parse_net)]
     net: net::NetMode,
+    /// Publish a port of the program on the host (repeatable), as docker run -p
+    #[arg(long = "publish", short = 'p', value_name = "[HOST_IP:]HOST_PORT:PORT[/tcp|/udp]", value_parser = net::parse_publish)]
+    publish: Vec<kiln_usernet::PortForward>,
     /// The program's IPv4 address and prefix length on the network (default 10.0.2.15/24)
     #[arg(long, value_name = "ADDR/PREFIX", value_parser = net::parse_cidr)]
     ip: Option<(std::net::Ipv4Addr, u8)>,
@@ -69,12 +72,20 @@ fn parse_mapping(s: &str) -> Result<(PathBuf, String), String> {
     }
 }
 
-/// The guest's filesystem image from --file and --dir.
+/// The library OS's own /etc/resolv.conf names this server.
+const BUILT_IN_RESOLV_CONF: &str = "nameserver 10.0.2.3\n";
+
+/// The guest's filesystem image from --file and --dir, and the resolver configuration the network needs.
 fn rootfs(args: &RunArgs) -> Result<Vec<u8>> {
-    if args.files.is_empty() && args.dirs.is_empty() {
+    let resolv_conf = net::resolv_conf(&args.net, args.ip).filter(|r| r != BUILT_IN_RESOLV_CONF);
+    if args.files.is_empty() && args.dirs.is_empty() && resolv_conf.is_none() {
         return Ok(Vec::new());
     }
     let mut builder = RootfsBuilder::default();
+    if let Some(resolv_conf) = resolv_conf {
+        // First, so that a --file or --dir of the user's own replaces it.
+        builder.add_file("/etc/resolv.conf", 0o644, resolv_conf.as_bytes())?;
+    }
     for (host, guest) in &args.dirs {
         builder.add_host_dir(host, guest).with_context(|| format!("--dir {}:{guest}", host.display()))?;
     }
@@ -129,7 +140,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
         trace_syscalls: args.trace_syscalls,
         rewrite_cache: rewrite_cache_dir(),
         rootfs: rootfs(&args)?,
-        net: net::card(&args.net, args.ip, args.gateway)?,
+        net: net::card(&args.net, args.ip, args.gateway, &args.publish)?,
     };
 
     let vm = Vm::new(KERNEL, &program, config).map_err(|e| explain(e, &shown, args.memory))?;

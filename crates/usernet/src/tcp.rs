@@ -48,6 +48,8 @@ struct Conn {
     write_blocked: bool,
     host_eof: bool,
     host_write_shut: bool,
+    /// The guest's FIN arrived: a connection closed after it ended cleanly.
+    saw_fin: bool,
     /// Seen closed by an earlier reap pass (its reset, if any, has had an egress poll to go out).
     closed_before: bool,
     created: Instant,
@@ -260,7 +262,11 @@ impl TcpRelay {
         for (handle, c) in self.conns.iter_mut() {
             let s = sockets.get::<tcp::Socket>(*handle);
             match s.state() {
+                // The guest finished cleanly but the host peer still reads: deliver the rest first.
+                State::Closed if c.saw_fin && c.stream.is_some() && !c.host_write_shut => continue,
                 State::Closed => {}
+                // Still writing what the guest sent to a host peer that reads slowly: not done yet.
+                State::TimeWait if c.stream.is_some() && !c.host_write_shut => continue,
                 State::TimeWait => {
                     let since = *c.time_wait_since.get_or_insert(now);
                     if now.duration_since(since) >= TIME_WAIT {
@@ -321,6 +327,7 @@ impl Conn {
             host_eof: false,
             host_write_shut: false,
             closed_before: false,
+            saw_fin: false,
             created: Instant::now(),
             time_wait_since: None,
         }
@@ -348,8 +355,8 @@ impl Conn {
             }
         }
         // The guest's FIN, once everything before it is written.
-        let fin_received = matches!(s.state(), State::CloseWait | State::LastAck | State::Closing | State::TimeWait);
-        if fin_received && !self.host_write_shut && s.recv_queue() == 0 && !host_failed {
+        self.saw_fin |= matches!(s.state(), State::CloseWait | State::LastAck | State::Closing | State::TimeWait);
+        if self.saw_fin && !self.host_write_shut && s.recv_queue() == 0 && !host_failed {
             let _ = stream.shutdown(Shutdown::Write);
             self.host_write_shut = true;
         }

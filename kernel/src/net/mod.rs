@@ -148,6 +148,45 @@ pub fn poll() {
     with(|_| ());
 }
 
+/// Most time the program's end waits for its connections to deliver what they hold.
+const LINGER_NS: u64 = 2_000_000_000;
+
+/// The program is ending: as the kernel does for a process's sockets at exit, closes its TCP connections and gives
+/// them up to [`LINGER_NS`] to send what they still hold and their FIN, before the VM (and so the connections) goes.
+pub fn linger() {
+    if STACK.lock().is_none() {
+        return;
+    }
+    with(|s| {
+        for (_, socket) in s.sockets.iter_mut() {
+            if let smoltcp::socket::Socket::Tcp(tcp) = socket {
+                if matches!(tcp.state(), tcp::State::Established | tcp::State::CloseWait) {
+                    tcp.close();
+                }
+            }
+        }
+    });
+    let deadline = time::since_boot_ns().saturating_add(LINGER_NS);
+    loop {
+        let busy = inspect(|s| {
+            s.sockets.iter().any(|(_, socket)| match socket {
+                smoltcp::socket::Socket::Tcp(tcp) => {
+                    tcp.send_queue() > 0
+                        || matches!(tcp.state(), tcp::State::FinWait1 | tcp::State::Closing | tcp::State::LastAck)
+                }
+                _ => false,
+            })
+        });
+        let now = time::since_boot_ns();
+        if !busy || now >= deadline {
+            return;
+        }
+        let next = next_deadline().unwrap_or(u64::MAX).min(now + 1_000_000).min(deadline);
+        time::wait_until(next);
+        poll();
+    }
+}
+
 /// Whether the network can wake a waiting thread without any deadline: the VM has a card, on which packets may come
 /// at any time.
 pub fn can_wake() -> bool {

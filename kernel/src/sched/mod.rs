@@ -485,6 +485,7 @@ pub fn exit_current(code: u64) -> ! {
         (t.clear_child_tid, t.free_at_exit.take(), last)
     };
     if last {
+        crate::net::linger();
         hypercall::exit(code, 0);
     }
     if clear != 0 && crate::user::write(clear, 0u32).is_ok() {

@@ -24,6 +24,7 @@ pub fn init(boot: &BootInfo) {
 }
 
 pub fn exit(a: &Args) -> SysResult {
+    crate::net::linger();
     hypercall::exit(a[0] & 0xff, 0)
 }
 

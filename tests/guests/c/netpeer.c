@@ -9,6 +9,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,12 +56,17 @@ static int serve(int port, int count) {
         break;
       }
       if (n == 0) break;
-      for (ssize_t off = 0; off < n;) {
+      ssize_t off = 0;
+      while (off < n) {
         ssize_t w = write(c, buf + off, n - off);
-        if (w < 0) die("write");
+        if (w < 0) break;
         off += w;
       }
-      total += n;
+      total += off;
+      if (off < n) {
+        ended = strerror(errno);
+        break;
+      }
     }
     close(c);
     char ip[INET_ADDRSTRLEN];
@@ -126,6 +132,7 @@ static int refused(const char *ip, int port) {
 
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
+  signal(SIGPIPE, SIG_IGN); /* a peer that resets mid-echo is reported, not fatal */
   if (argc == 4 && !strcmp(argv[1], "serve")) return serve(atoi(argv[2]), atoi(argv[3]));
   if (argc == 5 && !strcmp(argv[1], "fetch")) return fetch(argv[2], atoi(argv[3]), atol(argv[4]));
   if (argc == 4 && !strcmp(argv[1], "udp")) return udp(atoi(argv[2]), atoi(argv[3]));
