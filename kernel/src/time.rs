@@ -70,6 +70,7 @@ pub fn wait_until(deadline: u64) {
     let now = since_boot_ns();
     if now < deadline {
         let wait = (deadline - now).min(kiln_abi::hypercall::MAX_WAIT_NS);
+        crate::net::before_wait();
         crate::hypercall::call(kiln_abi::Hypercall::Wait, &[wait]);
     }
 }

@@ -33,7 +33,8 @@ pub enum Hypercall {
     /// args: guest-physical address and length of a UTF-8 message. The library OS hit a bug. Does not return.
     Panic = 4,
     /// args: nanoseconds to wait (at most [`MAX_WAIT_NS`]). The vCPU has nothing to run until then: the VMM sleeps it
-    /// without burning host CPU. ret: 0.
+    /// without burning host CPU. Before it does, it sends the frames queued on the network card (the library OS
+    /// counts on this instead of notifying the card for them). ret: 0.
     Wait = 5,
     /// args: how many threads there are, and the guest-physical address and length (at most [`MAX_PANIC_MESSAGE`])
     /// of a UTF-8 line saying what each waits on. Every one of them waits (on a futex, without a deadline) and

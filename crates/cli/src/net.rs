@@ -52,6 +52,11 @@ impl Backend for UserBackend {
     fn ready_fd(&self) -> std::os::fd::RawFd {
         self.0.ready_fd()
     }
+
+    fn set_waker(&mut self, wake: Box<dyn Fn() + Send + Sync>) -> bool {
+        self.0.set_waker(wake);
+        true
+    }
 }
 
 /// The user-mode network's addresses: slirp's plan (10.0.2.15/24, gateway .2, DNS .3) unless `--ip`/`--gateway`

@@ -145,6 +145,7 @@ impl Engine {
             self.tcp.pump_all(&mut self.sockets);
             self.iface.poll(t, &mut self.device, &mut self.sockets);
             self.tcp.reap(&mut self.sockets, now);
+            self.shared.wake_if_pushed();
             if now.duration_since(self.last_expiry) >= MAX_SLEEP {
                 self.udp.expire(now);
                 self.last_expiry = now;

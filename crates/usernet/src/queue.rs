@@ -54,6 +54,10 @@ pub(crate) struct Shared {
     pub ready: EventFd,
     pub stop: AtomicBool,
     pub stats: Counters,
+    /// Frames were queued for the guest since the relay last called the waker.
+    pub pushed: AtomicBool,
+    /// Called by the relay thread after a round that queued frames for the guest (see `UserNet::set_waker`).
+    pub waker: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -70,6 +74,8 @@ impl Shared {
             ready: EventFd::new()?,
             stop: AtomicBool::new(false),
             stats: Counters::default(),
+            pushed: AtomicBool::new(false),
+            waker: Mutex::new(None),
         })
     }
 
@@ -109,7 +115,17 @@ impl Shared {
         if q.len() == 1 {
             self.ready.signal();
         }
+        self.pushed.store(true, Ordering::Release);
         true
+    }
+
+    /// Calls the waker if frames were queued for the guest since the last call.
+    pub fn wake_if_pushed(&self) {
+        if self.pushed.swap(false, Ordering::AcqRel) {
+            if let Some(wake) = &*lock(&self.waker) {
+                wake();
+            }
+        }
     }
 
     pub fn to_guest(&self, buf: &mut [u8]) -> Option<usize> {

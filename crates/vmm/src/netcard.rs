@@ -4,7 +4,7 @@
 //! the library OS finds received frames in the used ring when it polls its network stack, which an idle vCPU does
 //! when woken.
 
-use crate::virtio::net::{Backend, Net, NetStats, RX_QUEUE};
+use crate::virtio::net::{Backend, Net, NetStats, RX_QUEUE, TX_QUEUE};
 use crate::virtio::MmioTransport;
 use kiln_abi::boot::NET_MMIO_SIZE;
 use std::ops::Range;
@@ -73,8 +73,39 @@ impl NetCard {
         self.device().write(addr - self.window.start, data, mem);
     }
 
+    /// Sends what the driver queued without notifying: a vCPU is about to wait, and the driver counts on this.
+    pub fn send_queued(&self, mem: &GuestMemoryMmap) {
+        let mut device = self.device();
+        if device.is_active() {
+            let Device { device, queues, .. } = &mut *device;
+            if let Some(q) = queues.get_mut(TX_QUEUE) {
+                device.send_queued(q, mem);
+            }
+        }
+    }
+
     pub fn stats(&self) -> NetStats {
         self.device().device.stats
+    }
+
+    /// Moves what the backend has into the receive queue; calls `wake` if the guest got any.
+    pub fn deliver(&self, mem: &GuestMemoryMmap, wake: impl Fn()) {
+        let delivered = {
+            let mut device = self.device();
+            if !device.is_active() {
+                return;
+            }
+            let Device { device, queues, .. } = &mut *device;
+            queues.get_mut(RX_QUEUE).is_some_and(|q| device.receive(q, mem))
+        };
+        if delivered {
+            wake();
+        }
+    }
+
+    /// Has the backend call `deliver` itself when it has frames; false if it cannot (then run [`NetCard::pump`]).
+    pub fn set_waker(&self, deliver: Box<dyn Fn() + Send + Sync>) -> bool {
+        self.device().device.backend().set_waker(deliver)
     }
 
     /// The receive pump: until `done`, waits for the backend to have frames, moves them into the receive queue and
@@ -92,19 +123,11 @@ impl NetCard {
             if !ready {
                 continue;
             }
-            let delivered = {
-                let mut device = self.device();
-                if !device.is_active() {
-                    drop(device);
-                    std::thread::sleep(BUFFER_WAIT);
-                    continue;
-                }
-                let Device { device, queues, .. } = &mut *device;
-                queues.get_mut(RX_QUEUE).is_some_and(|q| device.receive(q, mem))
-            };
-            if delivered {
-                wake();
+            if !self.device().is_active() {
+                std::thread::sleep(BUFFER_WAIT);
+                continue;
             }
+            self.deliver(mem, &wake);
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::rewrite_cache::RewriteCache;
 use crate::shootdown::Shootdown;
 use crate::virtio::net::NetStats;
 use kiln_abi::boot::NetInfo;
-use kiln_abi::hypercall::{FaultRecord, FAULT_RECORD_OFFSET, HYPERCALL_PORT, UNREWRITTEN_SYSCALL_PORT};
+use kiln_abi::hypercall::{FaultRecord, Hypercall, FAULT_RECORD_OFFSET, HYPERCALL_PORT, UNREWRITTEN_SYSCALL_PORT};
 use kiln_abi::layout::{direct_map, HUGE_PAGE_SIZE, SYSCALL_TRAP_VADDR};
 use kvm_bindings::{kvm_userspace_memory_region, Msrs, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
@@ -355,7 +355,15 @@ impl Vm {
                 .map_err(VmError::Thread)?;
         }
         drop(tx);
-        if self.shared.net.is_some() {
+        let weak = Arc::downgrade(&self.shared);
+        let deliver = Box::new(move || {
+            if let Some(shared) = weak.upgrade() {
+                if let Some(card) = &shared.net {
+                    card.deliver(shared.ram.inner(), || shared.parkers.iter().for_each(Parker::unpark));
+                }
+            }
+        });
+        if self.shared.net.as_ref().is_some_and(|card| !card.set_waker(deliver)) {
             let shared = self.shared.clone();
             std::thread::Builder::new()
                 .name("net-rx".into())
@@ -416,6 +424,11 @@ fn run_vcpu(
         let outcome = match exit {
             VcpuExit::IoOut(HYPERCALL_PORT, data) => {
                 let nr = data.iter().rev().fold(0u32, |acc, &b| acc << 8 | u32::from(b));
+                if nr == Hypercall::Wait as u32 {
+                    if let Some(card) = &shared.net {
+                        card.send_queued(shared.ram.inner());
+                    }
+                }
                 let mut action = hypercall::handle(&shared.ram, block, nr, console, id, &shared.parkers);
                 if action == Action::FlushTlb {
                     let own = || arch::flush_tlb(&vcpu);

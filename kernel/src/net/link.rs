@@ -88,11 +88,18 @@ impl Link {
         self.card_rx.as_ref().is_some_and(Receiver::has_frames)
     }
 
-    /// Tells the card about what a poll queued (one VM exit at most per queue, only where the card asked).
-    pub fn flush(&mut self) {
-        if let (Some(rx), Some(card)) = (&mut self.card_rx, &mut self.out.card) {
-            card.tx.flush();
-            rx.flush();
+    /// Tells the card about receive buffers given back, where it asked (a VM exit); returns whether it asked to
+    /// hear of frames queued for sending (see [`Link::kick`]).
+    pub fn flush(&mut self) -> bool {
+        let (Some(rx), Some(card)) = (&mut self.card_rx, &mut self.out.card) else { return false };
+        rx.flush();
+        card.tx.owes_kick()
+    }
+
+    /// Notifies the card of frames queued for sending.
+    pub fn kick(&self) {
+        if let Some(card) = &self.out.card {
+            card.tx.kick();
         }
     }
 }

@@ -17,6 +17,7 @@ use crate::sync::{SpinGuard, SpinLock};
 use crate::{file, time};
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
 use kiln_abi::boot::NetInfo;
 use link::Link;
 use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
@@ -148,6 +149,35 @@ pub fn poll() {
     with(|_| ());
 }
 
+/// When the network card was first owed a notification of frames to send (nanoseconds since boot; 0: none owed).
+/// The notification is a VM exit, and Kiln's VMM sends queued frames anyway whenever a vCPU waits: so a vCPU about to
+/// wait drops the debt ([`before_wait`]), and one that keeps running pays it at a syscall's end once it is
+/// [`KICK_DELAY_NS`] old ([`pay_late_kick`]), batching what a busy server sends meanwhile into one exit.
+static KICK_OWED: AtomicU64 = AtomicU64::new(0);
+const KICK_DELAY_NS: u64 = 20_000;
+
+/// A vCPU is about to wait in the VMM, which first sends what the card has queued.
+pub fn before_wait() {
+    KICK_OWED.store(0, Ordering::SeqCst);
+}
+
+/// At a syscall's end: notifies the card of frames queued more than [`KICK_DELAY_NS`] ago.
+pub fn pay_late_kick() {
+    let since = KICK_OWED.load(Ordering::Relaxed);
+    if since != 0 && time::since_boot_ns().saturating_sub(since) >= KICK_DELAY_NS {
+        kick_now();
+    }
+}
+
+fn kick_now() {
+    let guard = STACK.lock();
+    if KICK_OWED.swap(0, Ordering::SeqCst) != 0 {
+        if let Some(s) = guard.as_ref() {
+            s.device.kick();
+        }
+    }
+}
+
 /// Most time the program's end waits for its connections to deliver what they hold.
 const LINGER_NS: u64 = 2_000_000_000;
 
@@ -179,6 +209,8 @@ pub fn linger() {
         });
         let now = time::since_boot_ns();
         if !busy || now >= deadline {
+            // The VM ends next: what is queued must go now.
+            kick_now();
             return;
         }
         let next = next_deadline().unwrap_or(u64::MAX).min(now + 1_000_000).min(deadline);
@@ -226,7 +258,9 @@ impl Stack {
                 (changed, quiet) = (true, 0);
             }
         }
-        self.device.flush();
+        if self.device.flush() {
+            let _ = KICK_OWED.compare_exchange(0, time::since_boot_ns().max(1), Ordering::SeqCst, Ordering::SeqCst);
+        }
         self.reap();
         changed
     }

@@ -8,7 +8,9 @@
 //! Every register access is a VM exit, so the driver touches them as little as it can: setup writes only what the
 //! transport needs, and with VIRTIO_RING_F_EVENT_IDX a queue is notified only when the device asked for it (when
 //! it ran out of receive buffers, or once it finished sending what it had). The device handles a notification before
-//! the exit returns, so a full transmit ring empties with one notification.
+//! the exit returns, so a full transmit ring empties with one notification. Frames to send need not pay an exit of
+//! their own at all: Kiln's VMM sends what is queued whenever a vCPU waits, so the stack defers the notification
+//! (see `net::KICK_OWED`).
 
 use alloc::vec::Vec;
 use core::ptr::{read_volatile, write_volatile};
@@ -323,10 +325,15 @@ impl Transmitter {
         }
     }
 
-    /// Tells the device about queued frames, if it asked.
-    pub fn flush(&mut self) {
-        if self.queue.needs_notification() {
-            self.regs.write(REG_QUEUE_NOTIFY, u32::from(TX));
-        }
+    /// Whether the device asked to hear of the frames queued since it last looked. It then hears of them from
+    /// [`Transmitter::kick`] or, with no exit of their own, when a vCPU next waits in the VMM (which sends what is
+    /// queued before it parks the vCPU).
+    pub fn owes_kick(&mut self) -> bool {
+        self.queue.needs_notification()
+    }
+
+    /// Notifies the device (a VM exit; it sends everything queued before the exit returns).
+    pub fn kick(&self) {
+        self.regs.write(REG_QUEUE_NOTIFY, u32::from(TX));
     }
 }

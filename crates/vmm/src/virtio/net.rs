@@ -33,6 +33,11 @@ pub trait Backend: Send {
     fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<Option<usize>>;
     /// A descriptor that polls readable while `recv` may have a frame (level-triggered).
     fn ready_fd(&self) -> std::os::fd::RawFd;
+    /// Has the backend call `wake` from a thread of its own whenever it has frames for `recv`, instead of the VMM
+    /// polling [`Backend::ready_fd`]; false if it cannot.
+    fn set_waker(&mut self, _wake: Box<dyn Fn() + Send + Sync>) -> bool {
+        false
+    }
 }
 
 impl<B: Backend + ?Sized> Backend for Box<B> {
@@ -44,6 +49,9 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     }
     fn ready_fd(&self) -> std::os::fd::RawFd {
         (**self).ready_fd()
+    }
+    fn set_waker(&mut self, wake: Box<dyn Fn() + Send + Sync>) -> bool {
+        (**self).set_waker(wake)
     }
 }
 
@@ -92,6 +100,20 @@ impl<B: Backend> Net<B> {
     /// Whether a received frame waits for the driver to add a receive buffer.
     pub fn is_waiting_for_buffers(&self) -> bool {
         self.pending != 0
+    }
+
+    /// Sends what the driver queued, then asks to be told about more; a frame queued in between is taken now rather
+    /// than waiting for a notification that will not come. Also called without a notification, when a vCPU is about
+    /// to wait: the driver leaves frames for then rather than paying an exit for them (see the library OS's
+    /// `net::virtio`).
+    pub fn send_queued(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) {
+        loop {
+            let _ = queue.disable_notification(mem);
+            self.transmit(queue, mem);
+            if !matches!(queue.enable_notification(mem), Ok(true)) {
+                break;
+            }
+        }
     }
 
     /// Sends every frame the driver queued for transmission; returns whether any chain went back to it.
@@ -216,18 +238,7 @@ impl<B: Backend> VirtioDevice for Net<B> {
     fn notify(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemoryMmap) {
         self.stats.notifications += 1;
         match index {
-            TX_QUEUE => {
-                // Take what was queued, then ask to be told about more; a frame queued in between is taken now
-                // rather than waiting for a notification that will not come.
-                loop {
-                    let q = &mut queues[TX_QUEUE];
-                    let _ = q.disable_notification(mem);
-                    self.transmit(q, mem);
-                    if !matches!(q.enable_notification(mem), Ok(true)) {
-                        break;
-                    }
-                }
-            }
+            TX_QUEUE => self.send_queued(&mut queues[TX_QUEUE], mem),
             RX_QUEUE => {
                 self.receive(&mut queues[RX_QUEUE], mem);
             }
