@@ -22,7 +22,7 @@ const ITIMER_CPU: &str = "partial: ITIMER_VIRTUAL and ITIMER_PROF run at the rea
 const NO_CHILDREN: &str = "partial: ECHILD: a program never has children (no fork)";
 const OWNERS: &str = "partial: accepted and not kept: one user, root";
 const TIMES: &str = "partial: sets the modification time, the one time files keep";
-const LOOPBACK_ONLY: &str = "partial: the loopback only (no network device yet)";
+const INET: &str = "partial: IPv4 on the network card, IPv6 on the loopback only";
 const LEGACY_TLS: &str = "by design: 32-bit TLS; x86-64 programs use arch_prctl";
 
 const NOTES: &[(u64, &str)] = &[
@@ -83,17 +83,17 @@ const NOTES: &[(u64, &str)] = &[
     (38, ITIMER_CPU),
     (222, "partial: SIGEV_SIGNAL, SIGEV_THREAD_ID, SIGEV_NONE; the signal's siginfo carries no sigev_value"),
     (41, NET_FAMILIES),
-    (42, LOOPBACK_ONLY),
-    (43, LOOPBACK_ONLY),
-    (44, LOOPBACK_ONLY),
-    (45, LOOPBACK_ONLY),
-    (46, "partial: the loopback only (no network device yet); no ancillary data (msg_control)"),
-    (47, "partial: the loopback only (no network device yet); no ancillary data (msg_control)"),
-    (48, LOOPBACK_ONLY),
-    (49, "partial: loopback addresses and the unspecified address only (no network device yet)"),
+    (42, INET),
+    (43, INET),
+    (44, INET),
+    (45, INET),
+    (46, "partial: IPv6 on the loopback only; no ancillary data (msg_control)"),
+    (47, "partial: IPv6 on the loopback only; no ancillary data (msg_control)"),
+    (48, INET),
+    (49, "partial: the VM's own addresses (loopback, the card's) and the unspecified address"),
     (50, "partial: the backlog is capped at 128"),
-    (51, LOOPBACK_ONLY),
-    (52, LOOPBACK_ONLY),
+    (51, INET),
+    (52, INET),
     (
         54,
         "partial: TCP_NODELAY, SO_RCVTIMEO, SO_SNDTIMEO; other SOL_SOCKET, IP, IPV6, TCP and UDP options are accepted \
@@ -104,11 +104,11 @@ const NOTES: &[(u64, &str)] = &[
         "partial: SO_ERROR, SO_TYPE, SO_DOMAIN, SO_PROTOCOL, SO_ACCEPTCONN, SO_RCVTIMEO, SO_SNDTIMEO, buffer sizes; \
           other options read as 0",
     ),
-    (288, LOOPBACK_ONLY),
-    (307, LOOPBACK_ONLY),
+    (288, INET),
+    (307, INET),
     (
         299,
-        "partial: the loopback only; with MSG_WAITFORONE or a timeout, only the first message is waited for (the \
+        "partial: with MSG_WAITFORONE or a timeout, only the first message is waited for (the \
           timeout bounds nothing more)",
     ),
     (56, "partial: threads only (CLONE_VM, CLONE_THREAD, CLONE_SIGHAND); process-creating clones are ENOSYS"),
