@@ -63,8 +63,10 @@ impl Backend for UserBackend {
 /// say otherwise.
 const USER_GATEWAY: u32 = 2;
 const USER_DNS: u32 = 3;
-/// No wire: frames are as big as the guest's buffers hold.
-const USER_MTU: u16 = 1500;
+/// No wire, so no need for Ethernet's 1500: bigger frames cost fewer wake-ups and exits per byte. Echoing 100 MiB
+/// through -p took 0.7 s at 16,000 and 0.85 s at 65,520 (one segment then fills a 64 KiB window); 1,500 made 5x the
+/// exits.
+const USER_MTU: u16 = 16000;
 
 /// `--ip ADDR/PREFIX`.
 pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
@@ -123,6 +125,7 @@ pub fn card(
                 dns,
                 dns_upstream: None,
                 forwards: publish.to_vec(),
+                mtu: USER_MTU,
             };
             (Box::new(UserBackend(UserNet::new(config)?)), USER_MTU)
         }

@@ -10,17 +10,19 @@ use smoltcp::time::Instant;
 
 use crate::queue::{Counters, Shared};
 
-/// Ethernet header plus the guest's 1500-byte MTU.
-pub(crate) const FRAME_MTU: usize = 1514;
+/// The Ethernet header, which smoltcp counts in an Ethernet device's MTU.
+const ETHERNET_HEADER: usize = 14;
 
 pub(crate) struct FrameDevice {
     rx: VecDeque<Vec<u8>>,
     shared: Arc<Shared>,
+    /// The link's IP MTU.
+    mtu: u16,
 }
 
 impl FrameDevice {
-    pub fn new(shared: Arc<Shared>) -> FrameDevice {
-        FrameDevice { rx: VecDeque::new(), shared }
+    pub fn new(shared: Arc<Shared>, mtu: u16) -> FrameDevice {
+        FrameDevice { rx: VecDeque::new(), shared, mtu }
     }
 
     /// Queues a guest frame for the stack's next `poll`.
@@ -65,7 +67,7 @@ impl Device for FrameDevice {
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
-        caps.max_transmission_unit = FRAME_MTU;
+        caps.max_transmission_unit = usize::from(self.mtu) + ETHERNET_HEADER;
         caps
     }
 }

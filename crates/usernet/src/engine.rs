@@ -98,7 +98,7 @@ impl Engine {
         let upstream = net.dns_upstream.unwrap_or_else(dns::host_resolver);
 
         let epoch = Instant::now();
-        let mut device = FrameDevice::new(shared.clone());
+        let mut device = FrameDevice::new(shared.clone(), net.mtu);
         let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(HOST_MAC)));
         config.random_seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

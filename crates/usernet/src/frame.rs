@@ -16,8 +16,10 @@ use crate::config::UserNetConfig;
 const ETH_HEADER: usize = 14;
 const IPV4_HEADER: usize = 20;
 const UDP_HEADER: usize = 8;
-/// The largest UDP payload that fits one frame at the guest's 1500-byte MTU (the relay never fragments).
-pub(crate) const UDP_MAX_PAYLOAD: usize = 1500 - IPV4_HEADER - UDP_HEADER;
+/// The largest UDP payload that fits one frame at the link's MTU (the relay never fragments).
+pub(crate) const fn udp_max_payload(mtu: u16) -> usize {
+    mtu as usize - IPV4_HEADER - UDP_HEADER
+}
 
 /// The MAC address the whole outside world has, as seen by the guest.
 pub(crate) const HOST_MAC: [u8; 6] = [0x52, 0x55, 0x0a, 0x00, 0x02, 0x02];
@@ -124,7 +126,7 @@ fn arp_reply(guest_mac: EthernetAddress, guest_ip: Ipv4Addr, asked: Ipv4Addr) ->
     frame
 }
 
-/// An Ethernet/IPv4/UDP frame to the guest. `payload` must be at most `UDP_MAX_PAYLOAD` bytes.
+/// An Ethernet/IPv4/UDP frame to the guest. `payload` must be at most `udp_max_payload(mtu)` bytes.
 pub(crate) fn udp_frame(guest_mac: [u8; 6], src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
     let caps = ChecksumCapabilities::default();
     let ip = Ipv4Repr {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{host_target, UserNetConfig};
 use crate::forward::PortForward;
-use crate::frame::{udp_frame, UDP_MAX_PAYLOAD};
+use crate::frame::{udp_frame, udp_max_payload};
 use crate::queue::{Counters, Shared};
 
 /// A flow nobody used for this long is forgotten and its host socket closed.
@@ -132,7 +132,7 @@ impl UdpRelay {
     }
 
     fn deliver(&self, src: SocketAddrV4, guest_port: u16, len: usize) {
-        if len > UDP_MAX_PAYLOAD {
+        if len > udp_max_payload(self.net.mtu) {
             return self.drop_one();
         }
         let dst = SocketAddrV4::new(self.net.guest_ip, guest_port);
