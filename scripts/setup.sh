@@ -2,7 +2,7 @@
 # Installs what building and testing Kiln needs on a Debian or Ubuntu machine, and nothing that is already there:
 #   - apt: build-essential (cc, for the host build and the dynamically linked test program), musl-tools (musl-gcc, for
 #     the C test programs), golang-go (the Go test program), iproute2 (`ip`, for the network tests' namespaces and tap
-#     devices), curl and ca-certificates (only when rustup itself must be installed);
+#     devices), curl (the HTTP tests' host client; and, with ca-certificates, to install rustup);
 #   - rustup and the toolchain pinned in rust-toolchain.toml, with its components and targets (x86_64-unknown-none for
 #     the library OS, x86_64-unknown-linux-musl for the Rust test programs).
 # Safe to run again: a second run changes nothing and needs no network. It ends by saying whether /dev/kvm is usable.
@@ -20,11 +20,11 @@ as_root() {
 }
 
 missing=()
-for pkg in build-essential musl-tools golang-go iproute2; do
+for pkg in build-essential musl-tools golang-go iproute2 curl; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
 done
 if ! command -v rustup >/dev/null && ! [ -x "$HOME/.cargo/bin/rustup" ]; then
-  for pkg in curl ca-certificates; do
+  for pkg in ca-certificates; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
   done
 fi
@@ -38,7 +38,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     as_root apt-get install -y -q --no-install-recommends "${missing[@]}"
   fi
 else
-  say "system packages present (build-essential, musl-tools, golang-go, iproute2)"
+  say "system packages present (build-essential, musl-tools, golang-go, iproute2, curl)"
 fi
 
 # ---- Rust --------------------------------------------------------------------------------------------------------

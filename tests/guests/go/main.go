@@ -1,6 +1,11 @@
 // A Go program on Kiln: goroutines, channels, sync.WaitGroup, time.Sleep, maps, GOMAXPROCS(2), os.ReadFile, a nil
 // pointer write that the runtime's SIGSEGV handler turns into a recovered panic, and a net/http server and client
 // talking over 127.0.0.1, built with CGO_ENABLED=0. Prints a summary and exits 0 when every result is right.
+//
+// With arguments it is an HTTP program for the HTTP tests and benchmark instead (see http.go):
+//
+//	hello serve [PORT]  serves the test routes on 0.0.0.0:PORT (default 8080)
+//	hello get URL       fetches URL and prints "status N bytes N fnv1a HASH"
 package main
 
 import (
@@ -15,6 +20,9 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 {
+		os.Exit(httpMode(os.Args[1:]))
+	}
 	runtime.GOMAXPROCS(2)
 	var wg sync.WaitGroup
 	results := make(chan int, 100)
