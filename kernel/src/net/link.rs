@@ -6,7 +6,7 @@
 //! IPv6 stays on the loopback: the card carries IPv4 only (no neighbour discovery yet).
 
 use super::virtio::{Receiver, Transmitter};
-use alloc::collections::VecDeque;
+use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec;
 use alloc::vec::Vec;
 use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
@@ -49,6 +49,10 @@ impl Address {
 pub struct Link {
     card_rx: Option<Receiver>,
     out: Egress,
+    /// TCP ports with listeners, and how many more connection requests (SYNs) from the card their free backlog
+    /// sockets can take this round. A SYN beyond that is dropped, as Linux drops one for a full accept queue, so the
+    /// client sends it again later instead of being refused (smoltcp would answer it with a reset).
+    pub syn_room: BTreeMap<u16, usize>,
 }
 
 /// Where transmitted packets go: what a transmit token needs, apart from the receive side.
@@ -73,7 +77,11 @@ struct Card {
 
 impl Link {
     pub fn new() -> Link {
-        Link { card_rx: None, out: Egress { loopback: VecDeque::new(), card: None, now: Instant::ZERO } }
+        Link {
+            card_rx: None,
+            out: Egress { loopback: VecDeque::new(), card: None, now: Instant::ZERO },
+            syn_room: BTreeMap::new(),
+        }
     }
 
     /// Puts the network card on the link.
@@ -126,7 +134,7 @@ impl Device for Link {
             let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
             let for_us = dst == card.address.mac || dst == BROADCAST;
             match ethertype {
-                ETHERTYPE_IPV4 if for_us => {
+                ETHERTYPE_IPV4 if for_us && admit_syn(&mut self.syn_room, &frame[ETHERNET_HEADER..]) => {
                     return Some((RxToken::Card { rx, slot, len }, TxToken(&mut self.out)));
                 }
                 ETHERTYPE_ARP => card.arp(&frame[ETHERNET_HEADER..]),
@@ -280,6 +288,30 @@ impl Card {
                 None => self.held.push_back((hop, packet)),
             }
         }
+    }
+}
+
+/// Whether an IPv4 packet from the card may go to the stack: anything but a connection request (SYN) to a port
+/// whose listeners have no free backlog socket left this round (see `Link::syn_room`).
+fn admit_syn(room: &mut BTreeMap<u16, usize>, packet: &[u8]) -> bool {
+    const TCP: u8 = 6;
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    if room.is_empty() || packet.len() < 20 || packet[9] != TCP {
+        return true;
+    }
+    let header = usize::from(packet[0] & 0x0f) * 4;
+    let Some(tcp) = packet.get(header..header + 14) else { return true };
+    if tcp[13] & (SYN | ACK) != SYN {
+        return true;
+    }
+    match room.get_mut(&u16::from_be_bytes([tcp[2], tcp[3]])) {
+        Some(0) => false,
+        Some(n) => {
+            *n -= 1;
+            true
+        }
+        None => true,
     }
 }
 

@@ -248,6 +248,7 @@ impl Stack {
         let (mut changed, mut quiet) = (false, 0);
         self.unfinished = true;
         for _ in 0..POLL_ROUNDS {
+            self.count_syn_room();
             if self.iface.poll(now(), &mut self.device, &mut self.sockets) == PollResult::None {
                 quiet += 1;
                 if quiet == 2 {
@@ -282,6 +283,28 @@ impl Stack {
         match address {
             IpAddress::Ipv4(v4) => v4.is_loopback() || Some(v4) == self.external,
             IpAddress::Ipv6(v6) => v6.is_loopback(),
+        }
+    }
+
+    /// How many connection requests each listening port can take now: its sockets still listening (see
+    /// `Link::syn_room`). Only with a card: the loopback retries refused connects itself (`socket::refresh`).
+    fn count_syn_room(&mut self) {
+        let room = &mut self.device.syn_room;
+        room.clear();
+        if self.external.is_none() || self.listeners.is_empty() {
+            return;
+        }
+        for &port in self.listeners.keys() {
+            room.insert(port, 0);
+        }
+        for (_, socket) in self.sockets.iter() {
+            if let smoltcp::socket::Socket::Tcp(tcp) = socket {
+                if tcp.state() == tcp::State::Listen {
+                    if let Some(n) = room.get_mut(&tcp.listen_endpoint().port) {
+                        *n += 1;
+                    }
+                }
+            }
         }
     }
 
