@@ -113,32 +113,57 @@ fn write_file_at(
     Ok((total, at))
 }
 
-/// Hands the program's buffers to `sink` a kernel-buffered chunk at a time; `sink` says how much it took, and
-/// taking less than offered ends the copy (a short write). Returns the bytes taken; an error after some bytes were
-/// taken counts as a short write when it is EAGAIN.
+/// Feeds the program's buffers to `sink` in chunks of up to [`CHUNK`] bytes, gathered across buffer boundaries (so a
+/// `writev` of a header and a body reaches a socket as one send, one TCP segment, as on Linux: sent apart, Nagle's
+/// algorithm would hold the body back until the peer's delayed ACK). Stops at a short write; returns the bytes taken.
 fn copy_in(
     buffers: &mut dyn Iterator<Item = Result<IoVec, Errno>>,
     mut sink: impl FnMut(&[u8]) -> Result<usize, Errno>,
 ) -> SysResult {
     let mut chunk = vec![0u8; CHUNK];
     let mut total = 0u64;
+    let mut filled = 0usize;
+    // Hands the gathered bytes over: whether all were taken.
+    let mut flush = |chunk: &[u8], total: &mut u64| -> Result<bool, Errno> {
+        let taken = match sink(chunk) {
+            Ok(taken) => taken,
+            Err(Errno::EAGAIN) if *total > 0 => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        *total += taken as u64;
+        Ok(taken == chunk.len())
+    };
     for iov in buffers {
-        let iov = iov?;
+        let iov = match iov {
+            Ok(iov) => iov,
+            Err(e) if filled == 0 && total == 0 => return Err(e),
+            Err(_) => break,
+        };
         let mut done = 0;
         while done < iov.len {
-            let n = (iov.len - done).min(CHUNK as u64) as usize;
-            user::read_bytes(iov.base + done, &mut chunk[..n])?;
-            let taken = match sink(&chunk[..n]) {
-                Ok(taken) => taken,
-                Err(Errno::EAGAIN) if total > 0 => return Ok(total),
-                Err(e) => return Err(e),
-            };
-            done += taken as u64;
-            total += taken as u64;
-            if taken < n {
+            let n = (iov.len - done).min((CHUNK - filled) as u64) as usize;
+            if let Err(e) = user::read_bytes(iov.base + done, &mut chunk[filled..filled + n]) {
+                if filled == 0 && total == 0 {
+                    return Err(e);
+                }
+                if filled > 0 {
+                    flush(&chunk[..filled], &mut total)?;
+                }
                 return Ok(total);
             }
+            filled += n;
+            done += n as u64;
+            if filled == CHUNK {
+                let all = flush(&chunk[..filled], &mut total)?;
+                filled = 0;
+                if !all {
+                    return Ok(total);
+                }
+            }
         }
+    }
+    if filled > 0 {
+        flush(&chunk[..filled], &mut total)?;
     }
     Ok(total)
 }
