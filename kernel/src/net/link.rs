@@ -50,10 +50,17 @@ pub struct Link {
     card_rx: Option<Receiver>,
     out: Egress,
     /// TCP ports with listeners, and how many more connection requests (SYNs) from the card their free backlog
-    /// sockets can take this round. A SYN beyond that is dropped, as Linux drops one for a full accept queue, so the
-    /// client sends it again later instead of being refused (smoltcp would answer it with a reset).
+    /// sockets can take this round. A SYN beyond that waits in `held_syns` for a later round (as in Linux's SYN
+    /// queue), and one that waited too long is dropped, so the client sends it again instead of being refused
+    /// (smoltcp would answer a SYN no socket takes with a reset).
     pub syn_room: BTreeMap<u16, usize>,
+    held_syns: VecDeque<(Vec<u8>, Instant)>,
 }
+
+/// Most SYNs held for a full backlog, and for how long: less than a client's first retransmission (1 s), so that
+/// a held SYN and its retransmission never both reach the stack.
+const HELD_SYNS: usize = 4096;
+const SYN_HOLD_US: i64 = 500_000;
 
 /// Where transmitted packets go: what a transmit token needs, apart from the receive side.
 struct Egress {
@@ -81,6 +88,7 @@ impl Link {
             card_rx: None,
             out: Egress { loopback: VecDeque::new(), card: None, now: Instant::ZERO },
             syn_room: BTreeMap::new(),
+            held_syns: VecDeque::new(),
         }
     }
 
@@ -121,6 +129,17 @@ impl Device for Link {
         if let Some(packet) = self.out.loopback.pop_front() {
             return Some((RxToken::Owned(packet), TxToken(&mut self.out)));
         }
+        while let Some((packet, since)) = self.held_syns.front() {
+            if (now - *since).total_micros() > SYN_HOLD_US as u64 {
+                self.held_syns.pop_front();
+                continue;
+            }
+            if syn_verdict(&mut self.syn_room, packet) == Syn::Hold {
+                break;
+            }
+            let (packet, _) = self.held_syns.pop_front()?;
+            return Some((RxToken::Owned(packet), TxToken(&mut self.out)));
+        }
         let rx = self.card_rx.as_mut()?;
         let card = self.out.card.as_mut()?;
         loop {
@@ -134,8 +153,20 @@ impl Device for Link {
             let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
             let for_us = dst == card.address.mac || dst == BROADCAST;
             match ethertype {
-                ETHERTYPE_IPV4 if for_us && admit_syn(&mut self.syn_room, &frame[ETHERNET_HEADER..]) => {
-                    return Some((RxToken::Card { rx, slot, len }, TxToken(&mut self.out)));
+                ETHERTYPE_IPV4 if for_us => {
+                    let packet = &frame[ETHERNET_HEADER..];
+                    // Behind held SYNs, a new one waits its turn.
+                    let verdict = if !self.held_syns.is_empty() && is_syn(packet) {
+                        Syn::Hold
+                    } else {
+                        syn_verdict(&mut self.syn_room, packet)
+                    };
+                    if verdict == Syn::Admit {
+                        return Some((RxToken::Card { rx, slot, len }, TxToken(&mut self.out)));
+                    }
+                    if self.held_syns.len() < HELD_SYNS {
+                        self.held_syns.push_back((packet.to_vec(), now));
+                    }
                 }
                 ETHERTYPE_ARP => card.arp(&frame[ETHERNET_HEADER..]),
                 _ => {}
@@ -291,27 +322,40 @@ impl Card {
     }
 }
 
-/// Whether an IPv4 packet from the card may go to the stack: anything but a connection request (SYN) to a port
-/// whose listeners have no free backlog socket left this round (see `Link::syn_room`).
-fn admit_syn(room: &mut BTreeMap<u16, usize>, packet: &[u8]) -> bool {
+#[derive(PartialEq, Eq)]
+enum Syn {
+    Admit,
+    Hold,
+}
+
+/// The destination port of an IPv4 TCP connection request (SYN without ACK).
+fn syn_port(packet: &[u8]) -> Option<u16> {
     const TCP: u8 = 6;
     const SYN: u8 = 0x02;
     const ACK: u8 = 0x10;
-    if room.is_empty() || packet.len() < 20 || packet[9] != TCP {
-        return true;
+    if packet.len() < 20 || packet[9] != TCP {
+        return None;
     }
     let header = usize::from(packet[0] & 0x0f) * 4;
-    let Some(tcp) = packet.get(header..header + 14) else { return true };
-    if tcp[13] & (SYN | ACK) != SYN {
-        return true;
-    }
-    match room.get_mut(&u16::from_be_bytes([tcp[2], tcp[3]])) {
-        Some(0) => false,
+    let tcp = packet.get(header..header + 14)?;
+    (tcp[13] & (SYN | ACK) == SYN).then(|| u16::from_be_bytes([tcp[2], tcp[3]]))
+}
+
+fn is_syn(packet: &[u8]) -> bool {
+    syn_port(packet).is_some()
+}
+
+/// Whether an IPv4 packet from the card may go to the stack now: anything but a connection request (SYN) to a port
+/// whose listeners have no free backlog socket left this round (see `Link::syn_room`), which is held.
+fn syn_verdict(room: &mut BTreeMap<u16, usize>, packet: &[u8]) -> Syn {
+    let Some(port) = syn_port(packet) else { return Syn::Admit };
+    match room.get_mut(&port) {
+        Some(0) => Syn::Hold,
         Some(n) => {
             *n -= 1;
-            true
+            Syn::Admit
         }
-        None => true,
+        None => Syn::Admit,
     }
 }
 
