@@ -36,25 +36,69 @@ pub fn parse_publish(s: &str) -> Result<PortForward, String> {
     s.parse().map_err(|e: kiln_usernet::ForwardParseError| e.problem)
 }
 
-/// The user-mode network as the card's backend.
-struct UserBackend(UserNet);
+/// The user-mode network as the card's backend. Without `-p` it starts with the guest's first frame: a program that
+/// never uses the network does not pay for its thread (a tenth of a `kiln run hello`).
+enum UserBackend {
+    Running(UserNet),
+    Waiting(UserNetConfig, Option<Box<dyn Fn() + Send + Sync>>),
+    Failed,
+}
+
+impl UserBackend {
+    fn start(config: UserNetConfig, lazily: bool) -> Result<UserBackend> {
+        Ok(if lazily { UserBackend::Waiting(config, None) } else { UserBackend::Running(UserNet::new(config)?) })
+    }
+
+    fn running(&mut self) -> Option<&UserNet> {
+        if let UserBackend::Waiting(..) = self {
+            let UserBackend::Waiting(config, waker) = std::mem::replace(self, UserBackend::Failed) else {
+                unreachable!("matched above")
+            };
+            match UserNet::new(config) {
+                Ok(net) => {
+                    if let Some(waker) = waker {
+                        net.set_waker(waker);
+                    }
+                    *self = UserBackend::Running(net);
+                }
+                Err(e) => eprintln!("kiln: the user-mode network did not start: {e}"),
+            }
+        }
+        match self {
+            UserBackend::Running(net) => Some(net),
+            _ => None,
+        }
+    }
+}
 
 impl Backend for UserBackend {
     fn send(&mut self, frame: &[u8]) -> std::io::Result<()> {
-        self.0.send(frame);
+        if let Some(net) = self.running() {
+            net.send(frame);
+        }
         Ok(())
     }
 
     fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
-        Ok(self.0.recv(buf))
+        Ok(match self {
+            UserBackend::Running(net) => net.recv(buf),
+            _ => None,
+        })
     }
 
     fn ready_fd(&self) -> std::os::fd::RawFd {
-        self.0.ready_fd()
+        match self {
+            UserBackend::Running(net) => net.ready_fd(),
+            _ => -1,
+        }
     }
 
     fn set_waker(&mut self, wake: Box<dyn Fn() + Send + Sync>) -> bool {
-        self.0.set_waker(wake);
+        match self {
+            UserBackend::Running(net) => net.set_waker(wake),
+            UserBackend::Waiting(_, waker) => *waker = Some(wake),
+            UserBackend::Failed => {}
+        }
         true
     }
 }
@@ -127,7 +171,7 @@ pub fn card(
                 forwards: publish.to_vec(),
                 mtu: USER_MTU,
             };
-            (Box::new(UserBackend(UserNet::new(config)?)), USER_MTU)
+            (Box::new(UserBackend::start(config, publish.is_empty())?), USER_MTU)
         }
     };
     Ok(Some(NetConfig { backend, mac, ipv4, prefix_len, gateway, mtu }))

@@ -41,16 +41,13 @@ type Device = MmioTransport<Net<Box<dyn Backend>>>;
 pub struct NetCard {
     window: Range<u64>,
     device: Mutex<Device>,
-    ready_fd: RawFd,
 }
 
 impl NetCard {
     pub fn new(backend: Box<dyn Backend>, mac: [u8; 6], mmio_phys: u64) -> NetCard {
-        let ready_fd = backend.ready_fd();
         NetCard {
             window: mmio_phys..mmio_phys + NET_MMIO_SIZE,
             device: Mutex::new(MmioTransport::new(Net::new(mac, backend))),
-            ready_fd,
         }
     }
 
@@ -111,6 +108,7 @@ impl NetCard {
     /// The receive pump: until `done`, waits for the backend to have frames, moves them into the receive queue and
     /// calls `wake` when the guest got any.
     pub fn pump(&self, mem: &GuestMemoryMmap, done: &AtomicBool, wake: impl Fn()) {
+        let ready_fd: RawFd = self.device().device.backend().ready_fd();
         while !done.load(Ordering::SeqCst) {
             let waiting = self.device().device.is_waiting_for_buffers();
             // With a frame waiting for buffers, the backend may stay readable: do not spin on it.
@@ -118,7 +116,7 @@ impl NetCard {
                 std::thread::sleep(BUFFER_WAIT);
                 true
             } else {
-                poll_readable(self.ready_fd, PUMP_TICK)
+                poll_readable(ready_fd, PUMP_TICK)
             };
             if !ready {
                 continue;
