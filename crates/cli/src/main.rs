@@ -1,5 +1,6 @@
 //! `kiln`: run static Linux x86-64 programs as unikernel VMs.
 
+mod allocator;
 #[cfg(test)]
 mod boot_layout_tests;
 mod host_signals;
@@ -13,10 +14,8 @@ use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-/// musl's allocator is slow for the many small allocations of kiln's start-up (the x86 decoder's tables): dlmalloc, in
-/// Rust, is as fast as glibc's.
 #[global_allocator]
-static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+static ALLOCATOR: allocator::KilnAllocator = allocator::KilnAllocator;
 
 #[derive(Parser)]
 #[command(
