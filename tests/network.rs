@@ -171,6 +171,51 @@ fn tap_guest_client_reaches_a_host_server() {
     run(&["refused", HOST, "9001"]).assert_code(0).assert_stdout("connect: Connection refused\n");
 }
 
+/// The Internet checksum of `data`.
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Sends an ICMP echo request to `to` from a raw socket (root only) and waits for the matching reply.
+fn ping(to: std::net::Ipv4Addr) -> bool {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: plain socket creation; the descriptor is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+    assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let socket = UdpSocket::from(socket); // only for its send_to/recv and timeouts, which raw sockets share
+    socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut request = vec![8u8, 0, 0, 0, 0x4b, 0x49, 0, 1];
+    request.extend_from_slice(b"kiln ping payload");
+    let sum = checksum(&request);
+    request[2..4].copy_from_slice(&sum.to_be_bytes());
+    socket.send_to(&request, (to, 0)).unwrap();
+    let mut reply = [0u8; 1500];
+    while let Ok((n, from)) = socket.recv_from(&mut reply) {
+        let header = usize::from(reply[0] & 0x0f) * 4;
+        let icmp = &reply[header..n];
+        if from.ip() == to && icmp.len() >= 8 && icmp[0] == 0 && icmp[4..8] == request[4..8] {
+            return icmp[8..] == request[8..];
+        }
+    }
+    false
+}
+
+#[test]
+fn tap_guest_answers_ping() {
+    let Some(ns) = tap_namespace() else { return };
+    // The stack is set up (and the card with it) by the program's first socket.
+    let (mut child, _stdout) = start_guest(&ns, "1", &["udp", "5301", "1"]);
+    assert!(ns.enter(|| ping(GUEST.parse().unwrap())), "no echo reply from {GUEST}");
+    ns.enter(|| UdpSocket::bind(format!("{HOST}:0")).unwrap().send_to(b"bye", format!("{GUEST}:5301")).unwrap());
+    assert_eq!(child.wait(), Some(0));
+}
+
 #[test]
 fn tap_guest_echoes_udp() {
     let Some(ns) = tap_namespace() else { return };
