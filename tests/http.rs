@@ -6,6 +6,8 @@
 #[allow(dead_code)]
 mod harness;
 
+use harness::tcp::reset_on_close;
+
 use harness::{guests, kiln, kvm};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -260,23 +262,6 @@ fn upload_100mib(addr: SocketAddr) {
     let mut body = String::new();
     reader.take(length.unwrap_or(0)).read_to_string(&mut body).unwrap();
     assert_eq!((status, body), (200, format!("{MIB_100} {:016x}\n", hash.0)));
-}
-
-/// SO_LINGER with a zero timeout: closing the socket sends a reset instead of a FIN, as a client that gives up does.
-fn reset_on_close(stream: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-    // SAFETY: setsockopt reads one `struct linger` from the pointer, for an open socket.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0);
 }
 
 /// Clients that give up mid-request (half a head; half a body) and reset: the server must go on answering.

@@ -5,6 +5,8 @@
 #[allow(dead_code)]
 mod harness;
 
+use harness::tcp::reset_on_close;
+
 use harness::netns::{NetNs, TAP};
 use harness::{guests, kiln, kvm};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -98,21 +100,27 @@ fn echo(addr: SocketAddr, len: usize) {
     assert!(back == data, "the echo differs from what was sent");
 }
 
-/// SO_LINGER with a zero timeout: closing the socket sends a reset instead of a FIN, as a client that gives up does.
-fn reset_on_close(stream: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-    // SAFETY: setsockopt reads one `struct linger` from the pointer, for an open socket.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0);
+/// Two echoes with a client that gives up mid-request between them: its reset ends that connection (the server sees
+/// ECONNRESET, or never sees it if the reset came before `accept`), not the server.
+fn echo_around_an_abort(addr: SocketAddr) {
+    echo(addr, 5);
+    let mut aborted = TcpStream::connect(addr).unwrap();
+    aborted.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+    reset_on_close(&aborted);
+    drop(aborted);
+    echo(addr, 20 << 20);
+}
+
+/// netpeer's report of [`echo_around_an_abort`], the connections coming from `peer`.
+fn check_echo_lines(stdout: BufReader<std::process::ChildStdout>, peer: &str) {
+    let lines: Vec<String> = stdout.lines().map(Result::unwrap).collect();
+    let closed: Vec<&String> = lines.iter().filter(|l| l.ends_with("(closed)")).collect();
+    let expected =
+        [format!("echoed 5 bytes to {peer} (closed)"), format!("echoed {} bytes to {peer} (closed)", 20 << 20)];
+    assert_eq!(closed, [&expected[0], &expected[1]], "{lines:?}");
+    for line in lines.iter().filter(|l| !l.ends_with("(closed)")) {
+        assert!(line.contains(&format!("bytes to {peer} (")), "{lines:?}");
+    }
 }
 
 #[test]
@@ -120,27 +128,9 @@ fn tap_guest_server_echoes_host_clients_byte_exact() {
     let Some(ns) = tap_namespace() else { return };
     let (mut child, stdout) = start_guest(&ns, "2", &["serve", "8080", "2"]);
     let addr: SocketAddr = format!("{GUEST}:8080").parse().unwrap();
-    ns.enter(|| {
-        echo(addr, 5);
-        // A client that gives up mid-request: its reset ends that connection (the server sees ECONNRESET, or never
-        // sees it if the reset came before `accept`), not the server.
-        let mut aborted = TcpStream::connect(addr).unwrap();
-        aborted.write_all(b"GET / HTTP/1.1\r\n").unwrap();
-        reset_on_close(&aborted);
-        drop(aborted);
-        echo(addr, 20 << 20);
-    });
-    let status = child.wait();
-    let lines: Vec<String> = stdout.lines().map(Result::unwrap).collect();
-    let closed: Vec<&String> = lines.iter().filter(|l| l.ends_with("(closed)")).collect();
-    assert_eq!(
-        closed,
-        [&format!("echoed 5 bytes to {HOST} (closed)"), &format!("echoed {} bytes to {HOST} (closed)", 20 << 20)]
-    );
-    for line in lines.iter().filter(|l| !l.ends_with("(closed)")) {
-        assert!(line.contains("bytes to 10.0.3.1 (") && !line.ends_with("(closed)"), "{lines:?}");
-    }
-    assert_eq!(status, Some(0));
+    ns.enter(|| echo_around_an_abort(addr));
+    assert_eq!(child.wait(), Some(0));
+    check_echo_lines(stdout, HOST);
 }
 
 #[test]
@@ -275,27 +265,10 @@ fn user_network_publishes_a_guest_server() {
     let port = free_port();
     let publish = format!("127.0.0.1:{port}:8080");
     let (mut child, stdout) = start_netpeer(kiln(), &["--cpus", "2", "-p", &publish], &["serve", "8080", "2"]);
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    echo(addr, 5);
-    let mut aborted = TcpStream::connect(addr).unwrap();
-    aborted.write_all(b"GET / HTTP/1.1\r\n").unwrap();
-    reset_on_close(&aborted);
-    drop(aborted);
-    echo(addr, 20 << 20);
+    echo_around_an_abort(format!("127.0.0.1:{port}").parse().unwrap());
     assert_eq!(child.wait(), Some(0));
-    let lines: Vec<String> = stdout.lines().map(Result::unwrap).collect();
     // Connections arrive from the gateway, as through a NAT.
-    let closed: Vec<&String> = lines.iter().filter(|l| l.ends_with("(closed)")).collect();
-    assert_eq!(
-        closed,
-        [
-            &"echoed 5 bytes to 10.0.2.2 (closed)".to_string(),
-            &format!("echoed {} bytes to 10.0.2.2 (closed)", 20 << 20)
-        ]
-    );
-    for line in lines.iter().filter(|l| !l.ends_with("(closed)")) {
-        assert!(line.contains("bytes to 10.0.2.2 ("), "{lines:?}");
-    }
+    check_echo_lines(stdout, "10.0.2.2");
 }
 
 #[test]

@@ -7,6 +7,9 @@ pub mod kvm;
 /// Used by the network tests only.
 #[allow(dead_code)]
 pub mod netns;
+/// Used by the network and HTTP tests only.
+#[allow(dead_code)]
+pub mod tcp;
 
 use std::ffi::OsStr;
 use std::fmt;
