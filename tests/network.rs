@@ -226,6 +226,21 @@ fn tap_guest_echoes_udp() {
 }
 
 #[test]
+fn a_tap_device_needs_permission() {
+    let Some(ns) = tap_namespace() else { return };
+    // `nobody` may not open /dev/net/tun here, or, where it may, not attach a device it does not own.
+    let nobody = 65534;
+    let err = kiln()
+        .netns(&ns)
+        .unprivileged(nobody)
+        .args(["run", "--net", &format!("tap:{TAP}")])
+        .arg(guests::c("hello"))
+        .run()
+        .assert_kiln_error();
+    assert!(err.contains("permission denied") && err.contains("user $USER"), "{err}");
+}
+
+#[test]
 fn network_options_are_checked_before_boot() {
     let hello = guests::c("hello");
     let err = kiln().args(["run", "--net", "tap:kilnnosuch0"]).arg(&hello).run().assert_kiln_error();

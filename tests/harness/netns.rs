@@ -109,4 +109,22 @@ impl super::Kiln {
         self.shown.insert(0, format!("ip netns exec {}", ns.name));
         self
     }
+
+    /// Runs `kiln` as the unprivileged user and group `id`, after joining the namespace (which needs root: std's own
+    /// `uid` would drop privileges before `netns`'s setns).
+    pub fn unprivileged(mut self, id: u32) -> Self {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: between fork and exec the child only calls setgroups, setgid and setuid, which are
+        // async-signal-safe and touch no memory of the parent's.
+        unsafe {
+            self.cmd.pre_exec(move || {
+                if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(id) != 0 || libc::setuid(id) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        self.shown.insert(0, format!("setpriv --reuid {id} --regid {id} --clear-groups"));
+        self
+    }
 }

@@ -16,10 +16,10 @@ pub enum TapError {
     NotTap(String),
     #[error("{0:?} is not a valid network device name (1 to 15 bytes, no '/' or spaces)")]
     BadName(String),
-    #[error("cannot open /dev/net/tun: {0}")]
+    #[error("cannot open /dev/net/tun")]
     Open(#[source] std::io::Error),
-    #[error("tap device {name:?}: permission denied; run as root, or create the device for your user (`ip tuntap add dev {name} mode tap user $USER`)")]
-    Denied { name: String },
+    #[error("tap device {name:?}: permission denied ({what}); run as root, or create the device for your user (`ip tuntap add dev {name} mode tap user $USER`) with /dev/net/tun usable by it")]
+    Denied { name: String, what: &'static str },
     #[error("tap device {name:?} is busy: another process has it attached")]
     Busy { name: String },
     #[error("cannot attach tap device {name:?}")]
@@ -65,7 +65,12 @@ impl Tap {
             .write(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open("/dev/net/tun")
-            .map_err(TapError::Open)?;
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::EACCES | libc::EPERM) => {
+                    TapError::Denied { name: name.into(), what: "opening /dev/net/tun" }
+                }
+                _ => TapError::Open(e),
+            })?;
         let mut req = IfReq { name: [0; IFNAMSIZ], flags: IFF_TAP | IFF_NO_PI, _pad: [0; 22] };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
         // SAFETY: TUNSETIFF reads (and may write back) one `struct ifreq`, which `IfReq` lays out and `req` holds.
@@ -74,7 +79,7 @@ impl Tap {
             let source = std::io::Error::last_os_error();
             let name = name.to_string();
             return Err(match source.raw_os_error() {
-                Some(libc::EPERM | libc::EACCES) => TapError::Denied { name },
+                Some(libc::EPERM | libc::EACCES) => TapError::Denied { name, what: "attaching the device" },
                 Some(libc::EBUSY) => TapError::Busy { name },
                 Some(libc::EINVAL) => TapError::NotTap(name),
                 _ => TapError::Attach { name, source },
