@@ -412,3 +412,63 @@ fn go_client_fetches_from_a_host_server() {
     // The guest's request reached the host's loopback unchanged, addressed to the gateway it dialled.
     assert!(head.contains(&format!("Host: 10.0.2.2:{port}\r\n")), "{head:?}");
 }
+
+/// A DNS server for one test: answers every A question with `answer` and every other question with no records, until
+/// `queries` questions came; returns the names asked.
+fn serve_dns(socket: std::net::UdpSocket, answer: [u8; 4], queries: usize) -> Vec<String> {
+    socket.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut names = Vec::new();
+    let mut buf = [0u8; 1500];
+    while names.len() < queries {
+        let Ok((n, from)) = socket.recv_from(&mut buf) else { break };
+        let query = &buf[..n];
+        // The question: labels, then type and class.
+        let mut at = 12;
+        let mut labels = Vec::new();
+        while at < n && query[at] != 0 {
+            let len = usize::from(query[at]);
+            labels.push(String::from_utf8_lossy(&query[at + 1..at + 1 + len]).into_owned());
+            at += 1 + len;
+        }
+        let question_end = at + 5;
+        let qtype = u16::from_be_bytes([query[at + 1], query[at + 2]]);
+        names.push(labels.join("."));
+        let mut reply = query[..question_end].to_vec();
+        reply[2..4].copy_from_slice(&[0x81, 0x80]); // a response, recursion available, no error
+        let a = qtype == 1;
+        reply[6..12].copy_from_slice(&[0, u8::from(a), 0, 0, 0, 0]); // answers; no authority or additional records
+        if a {
+            reply.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+            reply.extend_from_slice(&answer);
+        }
+        socket.send_to(&reply, from).unwrap();
+    }
+    names
+}
+
+#[test]
+fn go_client_resolves_a_name_through_the_dns_forwarder() {
+    if !kvm::available() {
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || serve_one_download(listener));
+    let dns = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dns_addr = dns.local_addr().unwrap();
+    // The name stands for the gateway, which is the host's loopback; Go asks for A and AAAA.
+    let resolver = std::thread::spawn(move || serve_dns(dns, [10, 0, 2, 2], 2));
+    kiln()
+        .args(["run", "--dns", &dns_addr.to_string()])
+        .arg(guests::go())
+        .args(["get", &format!("http://files.kiln.test:{port}/bytes/1000")])
+        .run()
+        .assert_code(0)
+        .assert_stdout(&format!("status 200 bytes 1000 fnv1a {:016x}\n", {
+            let mut hash = Fnv1a::new();
+            hash.update(&(0..1000u64).map(pattern_byte).collect::<Vec<u8>>());
+            hash.0
+        }));
+    assert!(server.join().unwrap().contains(&format!("Host: files.kiln.test:{port}\r\n")));
+    assert!(resolver.join().unwrap().iter().all(|name| name == "files.kiln.test"));
+}

@@ -6,7 +6,7 @@ use kiln_usernet::{PortForward, UserNet, UserNetConfig};
 use kiln_vmm::virtio::net::Backend;
 use kiln_vmm::virtio::tap::Tap;
 use kiln_vmm::NetConfig;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 /// `--net`: where the VM's network card leads.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -124,24 +124,52 @@ pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
     Ok((addr, prefix))
 }
 
+/// `kiln run`'s network flags.
+#[derive(clap::Args)]
+pub struct NetArgs {
+    /// The network: user (user-mode, no root needed), none (loopback only) or tap:NAME (an existing tap device)
+    #[arg(long, value_name = "MODE", default_value = "user", value_parser = parse_net)]
+    pub net: NetMode,
+    /// Publish a port of the program on the host (repeatable), as docker run -p
+    #[arg(long = "publish", short = 'p', value_name = "[HOST_IP:]HOST_PORT:PORT[/tcp|/udp]", value_parser = parse_publish)]
+    pub publish: Vec<PortForward>,
+    /// The program's IPv4 address and prefix length on the network (default 10.0.2.15/24)
+    #[arg(long, value_name = "ADDR/PREFIX", value_parser = parse_cidr)]
+    pub ip: Option<(Ipv4Addr, u8)>,
+    /// The program's default gateway (default: the first address of its network; 10.0.2.2 on the user network)
+    #[arg(long, value_name = "ADDR")]
+    pub gateway: Option<Ipv4Addr>,
+    /// The DNS server the program's names go to (default: the host's); on the user network, ADDR:PORT also works
+    #[arg(long, value_name = "ADDR")]
+    pub dns: Option<String>,
+}
+
+/// `--dns`: an address, with port 53 unless given.
+fn parse_dns(s: &str) -> Result<SocketAddr> {
+    s.parse::<SocketAddr>()
+        .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+        .map_err(|_| anyhow!("--dns {s}: not an IP address (or ADDR:PORT)"))
+}
+
 /// The address and gateway the program gets when `--ip` and `--gateway` do not say.
 const DEFAULT_IP: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 0, 2, 15), 24);
 
 /// The network card for the VM, or None for `--net none`. Host ports for `-p` are bound here, before the VM boots.
-pub fn card(
-    mode: &NetMode,
-    ip: Option<(Ipv4Addr, u8)>,
-    gateway: Option<Ipv4Addr>,
-    publish: &[PortForward],
-) -> Result<Option<NetConfig>> {
+pub fn card(args: &NetArgs) -> Result<Option<NetConfig>> {
+    let NetArgs { net: mode, publish, ip, gateway, dns } = args;
+    let (ip, gateway) = (*ip, *gateway);
     if !publish.is_empty() && *mode != NetMode::User {
         bail!("-p publishes ports through the user-mode network: it cannot be used with --net {}", shown(mode));
     }
+    let dns = dns.as_deref().map(parse_dns).transpose()?;
     if *mode == NetMode::None {
-        if ip.is_some() || gateway.is_some() {
-            bail!("--ip and --gateway need a network card: they cannot be used with --net none");
+        if ip.is_some() || gateway.is_some() || dns.is_some() {
+            bail!("--ip, --gateway and --dns need a network card: they cannot be used with --net none");
         }
         return Ok(None);
+    }
+    if matches!(mode, NetMode::Tap(_)) && dns.is_some_and(|d| d.port() != 53) {
+        bail!("--dns with a port works on the user network only: a resolver on a tap asks port 53");
     }
     let (ipv4, prefix_len) = ip.unwrap_or(DEFAULT_IP);
     let network = u32::from(ipv4) & (u32::MAX << (32 - prefix_len));
@@ -157,17 +185,17 @@ pub fn card(
             (Box::new(tap), Tap::mtu(name))
         }
         _ => {
-            let dns = Ipv4Addr::from(network + USER_DNS);
-            if dns == ipv4 || dns == gateway {
-                bail!("--ip {ipv4}/{prefix_len}: the user-mode network keeps {dns} for its DNS forwarder");
+            let forwarder = Ipv4Addr::from(network + USER_DNS);
+            if forwarder == ipv4 || forwarder == gateway {
+                bail!("--ip {ipv4}/{prefix_len}: the user-mode network keeps {forwarder} for its DNS forwarder");
             }
             let config = UserNetConfig {
                 guest_mac: mac,
                 guest_ip: ipv4,
                 gateway,
                 prefix_len,
-                dns,
-                dns_upstream: None,
+                dns: forwarder,
+                dns_upstream: dns,
                 forwards: publish.to_vec(),
                 mtu: USER_MTU,
             };
@@ -187,8 +215,12 @@ fn shown(mode: &NetMode) -> String {
 
 /// The DNS server the program's resolver asks: the user-mode network's forwarder; on a tap, the host's own
 /// resolvers (the network behind the tap is the operator's; a loopback resolver there is not reachable).
-pub fn resolv_conf(mode: &NetMode, ip: Option<(Ipv4Addr, u8)>) -> Option<String> {
+pub fn resolv_conf(args: &NetArgs) -> Option<String> {
+    let (mode, ip) = (&args.net, args.ip);
     match mode {
+        NetMode::Tap(_) if args.dns.is_some() => {
+            Some(format!("nameserver {}\n", parse_dns(args.dns.as_deref()?).ok()?.ip()))
+        }
         NetMode::User => {
             let (ipv4, prefix_len) = ip.unwrap_or(DEFAULT_IP);
             let network = u32::from(ipv4) & (u32::MAX << (32 - prefix_len));
@@ -240,27 +272,37 @@ mod tests {
         assert!(parse_cidr("10.1.2.3/33").unwrap_err().contains("1 to 30"));
     }
 
+    fn args(net: NetMode, ip: Option<(Ipv4Addr, u8)>, gateway: Option<Ipv4Addr>, publish: &[&str]) -> NetArgs {
+        let publish = publish.iter().map(|p| parse_publish(p).unwrap()).collect();
+        NetArgs { net, publish, ip, gateway, dns: None }
+    }
+
     #[test]
     fn gateways_must_be_on_the_network() {
-        let err = |ip, gw| format!("{:#}", card(&NetMode::Tap("kilnnosuch0".into()), ip, gw, &[]).unwrap_err());
+        let err = |ip, gw| format!("{:#}", card(&args(NetMode::Tap("kilnnosuch0".into()), ip, gw, &[])).unwrap_err());
         assert!(err(Some((Ipv4Addr::new(10, 0, 0, 2), 24)), Some(Ipv4Addr::new(10, 0, 1, 1))).contains("--gateway"));
         assert!(err(None, Some(Ipv4Addr::new(10, 0, 2, 15))).contains("another address"));
         assert!(err(None, None).contains("no such network device"));
-        assert!(card(&NetMode::None, None, Some(Ipv4Addr::LOCALHOST), &[]).is_err());
-        assert!(card(&NetMode::None, None, None, &[]).unwrap().is_none());
-        let publish = [parse_publish("8080:80").unwrap()];
-        let err = card(&NetMode::None, None, None, &publish).unwrap_err().to_string();
+        assert!(card(&args(NetMode::None, None, Some(Ipv4Addr::LOCALHOST), &[])).is_err());
+        assert!(card(&args(NetMode::None, None, None, &[])).unwrap().is_none());
+        let err = card(&args(NetMode::None, None, None, &["8080:80"])).unwrap_err().to_string();
         assert!(err.contains("-p") && err.contains("--net none"), "{err}");
-        let user = card(&NetMode::User, None, None, &[]).unwrap().unwrap();
+        let user = card(&args(NetMode::User, None, None, &[])).unwrap().unwrap();
         assert_eq!((user.ipv4, user.gateway), (Ipv4Addr::new(10, 0, 2, 15), Ipv4Addr::new(10, 0, 2, 2)));
-        let err = card(&NetMode::User, Some((Ipv4Addr::new(10, 0, 2, 3), 24)), None, &[]).unwrap_err().to_string();
-        assert!(err.contains("DNS forwarder"), "{err}");
+        let err = card(&args(NetMode::User, Some((Ipv4Addr::new(10, 0, 2, 3), 24)), None, &[])).unwrap_err();
+        assert!(err.to_string().contains("DNS forwarder"), "{err}");
     }
 
     #[test]
     fn resolvers_follow_the_network() {
-        assert_eq!(resolv_conf(&NetMode::User, None).as_deref(), Some("nameserver 10.0.2.3\n"));
-        assert_eq!(resolv_conf(&NetMode::None, None), None);
+        assert_eq!(resolv_conf(&args(NetMode::User, None, None, &[])).as_deref(), Some("nameserver 10.0.2.3\n"));
+        assert_eq!(resolv_conf(&args(NetMode::None, None, None, &[])), None);
+        let mut tap = args(NetMode::Tap("t0".into()), None, None, &[]);
+        tap.dns = Some("192.0.2.53".into());
+        assert_eq!(resolv_conf(&tap).as_deref(), Some("nameserver 192.0.2.53\n"));
+        assert_eq!(parse_dns("10.0.0.1").unwrap().port(), 53);
+        assert_eq!(parse_dns("127.0.0.1:5353").unwrap().port(), 5353);
+        assert!(parse_dns("dns.example").unwrap_err().to_string().contains("not an IP address"));
     }
 
     #[test]

@@ -46,18 +46,8 @@ pub struct RunArgs {
     /// Print VM exits and syscall counts to stderr at exit
     #[arg(long)]
     stats: bool,
-    /// The network: user (user-mode, no root needed), none (loopback only) or tap:NAME (an existing tap device)
-    #[arg(long, value_name = "MODE", default_value = "user", value_parser = net::parse_net)]
-    net: net::NetMode,
-    /// Publish a port of the program on the host (repeatable), as docker run -p
-    #[arg(long = "publish", short = 'p', value_name = "[HOST_IP:]HOST_PORT:PORT[/tcp|/udp]", value_parser = net::parse_publish)]
-    publish: Vec<kiln_usernet::PortForward>,
-    /// The program's IPv4 address and prefix length on the network (default 10.0.2.15/24)
-    #[arg(long, value_name = "ADDR/PREFIX", value_parser = net::parse_cidr)]
-    ip: Option<(std::net::Ipv4Addr, u8)>,
-    /// The program's default gateway (default: the first address of its network)
-    #[arg(long, value_name = "ADDR")]
-    gateway: Option<std::net::Ipv4Addr>,
+    #[command(flatten)]
+    network: net::NetArgs,
     /// The static Linux x86-64 executable to run
     path: PathBuf,
     /// Arguments passed to the program
@@ -77,7 +67,7 @@ const BUILT_IN_RESOLV_CONF: &str = "nameserver 10.0.2.3\n";
 
 /// The guest's filesystem image from --file and --dir, and the resolver configuration the network needs.
 fn rootfs(args: &RunArgs) -> Result<Vec<u8>> {
-    let resolv_conf = net::resolv_conf(&args.net, args.ip).filter(|r| r != BUILT_IN_RESOLV_CONF);
+    let resolv_conf = net::resolv_conf(&args.network).filter(|r| r != BUILT_IN_RESOLV_CONF);
     if args.files.is_empty() && args.dirs.is_empty() && resolv_conf.is_none() {
         return Ok(Vec::new());
     }
@@ -140,7 +130,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
         trace_syscalls: args.trace_syscalls,
         rewrite_cache: rewrite_cache_dir(),
         rootfs: rootfs(&args)?,
-        net: net::card(&args.net, args.ip, args.gateway, &args.publish)?,
+        net: net::card(&args.network)?,
     };
 
     let vm = Vm::new(KERNEL, &program, config).map_err(|e| explain(e, &shown, args.memory))?;

@@ -21,7 +21,7 @@ use kiln_abi::layout::{direct_map, page_align_up, DIRECT_MAP_BASE};
 pub const HEADER_LEN: usize = 12;
 const QUEUE_SIZE_MAX: u16 = 256;
 /// Memory the slots of one queue may take, together (big frames mean fewer slots).
-const SLOT_BUDGET: usize = 2 << 20;
+const SLOT_BUDGET: usize = 1 << 20;
 
 const REG_DRIVER_FEATURES: usize = 0x020;
 const REG_DRIVER_FEATURES_SEL: usize = 0x024;
