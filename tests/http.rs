@@ -54,12 +54,14 @@ struct Server {
 }
 
 impl Server {
-    /// Boots `program ARGS` with 2 vCPUs and 256 MiB and waits (at most 30 s) until `GET /` answers through the port.
+    /// Boots `program ARGS` with 2 vCPUs and 256 MiB (unless `kiln_args` say `--memory`) and waits (at most 30 s) until `GET /` answers through the port.
     fn start(name: &str, kiln_args: &[&str], program: &Path, args: &[&str]) -> Server {
         let port = free_port();
         let stderr = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("http-{name}-{port}.stderr"));
+        let memory = if kiln_args.contains(&"--memory") { &[][..] } else { &["--memory", "256M"][..] };
         let mut command = kiln()
-            .args(["run", "--cpus", "2", "--memory", "256M", "-p", &format!("127.0.0.1:{port}:8080")])
+            .args(["run", "--cpus", "2", "-p", &format!("127.0.0.1:{port}:8080")])
+            .args(memory)
             .args(kiln_args)
             .arg(program)
             .args(args)
@@ -471,4 +473,34 @@ fn go_client_resolves_a_name_through_the_dns_forwarder() {
         }));
     assert!(server.join().unwrap().contains(&format!("Host: files.kiln.test:{port}\r\n")));
     assert!(resolver.join().unwrap().iter().all(|name| name == "files.kiln.test"));
+}
+
+/// Ten thousand connections open at once, each then making one `GET /`: the bar for connection limits and
+/// buffer sizes. Connected one after another (kiln's listener accepts them as they come), all requests sent, then all
+/// answers read; no threads, so the test process holds 10,000 sockets and nothing more.
+#[test]
+fn axum_holds_ten_thousand_connections() {
+    if !kvm::available() {
+        return;
+    }
+    const N: usize = 10_000;
+    raise_open_file_limit();
+    let server = Server::start("http_axum", &["--memory", "4G"], &guests::rust("http_axum"), &[]);
+    let mut streams: Vec<TcpStream> = (0..N)
+        .map(|i| connect(server.addr, Duration::from_secs(30)).unwrap_or_else(|e| panic!("connection {i}: {e}")))
+        .collect();
+    for stream in &mut streams {
+        stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: kiln\r\nConnection: close\r\n\r\n").unwrap();
+    }
+    let mut failures = 0;
+    for stream in streams {
+        let mut reader = BufReader::new(stream);
+        match read_head(&mut reader) {
+            Ok((200, _)) => {}
+            _ => failures += 1,
+        }
+    }
+    assert_eq!(failures, 0, "{failures} of {N} requests failed");
+    server.stop();
 }
