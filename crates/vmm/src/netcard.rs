@@ -12,6 +12,7 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
+use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
 
 /// What the VMM attaches: a backend, and the addresses the guest takes on it.
@@ -75,7 +76,8 @@ impl NetCard {
         let mut device = self.device();
         if device.is_active() {
             let Device { device, queues, .. } = &mut *device;
-            if let Some(q) = queues.get_mut(TX_QUEUE) {
+            // A queue the driver set up at bad addresses is never used (as a notification of it would not be).
+            if let Some(q) = queues.get_mut(TX_QUEUE).filter(|q| q.is_valid(mem)) {
                 device.send_queued(q, mem);
             }
         }
@@ -93,7 +95,7 @@ impl NetCard {
                 return;
             }
             let Device { device, queues, .. } = &mut *device;
-            queues.get_mut(RX_QUEUE).is_some_and(|q| device.receive(q, mem))
+            queues.get_mut(RX_QUEUE).filter(|q| q.is_valid(mem)).is_some_and(|q| device.receive(q, mem))
         };
         if delivered {
             wake();
