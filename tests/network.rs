@@ -326,6 +326,17 @@ fn user_network_reaches_host_loopback_through_the_gateway() {
 }
 
 #[test]
+fn a_program_waiting_only_on_loopback_sockets_is_still_reported_deadlocked() {
+    if !kvm::available() {
+        return;
+    }
+    // Nothing from the card can reach a listener on 127.0.0.1: waiting in its accept is a deadlock, as without a
+    // card. (One on 0.0.0.0 can be reached, and waits.)
+    let out = kiln().arg("run").arg(guests::c("netpeer")).args(["stuck", "127.0.0.1", "9999"]).run();
+    out.assert_code(124).assert_stderr_contains("program deadlocked");
+}
+
+#[test]
 fn user_network_publishes_udp() {
     if !kvm::available() {
         return;

@@ -220,9 +220,28 @@ pub fn linger() {
 }
 
 /// Whether the network can wake a waiting thread without any deadline: the VM has a card, on which packets may come
-/// at any time.
+/// at any time, for a socket that can hear them.
 pub fn can_wake() -> bool {
-    STACK.lock().as_ref().is_some_and(|s| s.external.is_some() && s.sockets.iter().next().is_some())
+    STACK.lock().as_ref().is_some_and(|s| s.external.is_some() && s.sockets.iter().any(|(_, socket)| reachable(socket)))
+}
+
+/// Whether packets from the card can reach `socket`: it listens or is bound beyond the loopback, or talks to a peer
+/// there. (A program whose sockets are all on the loopback can still be reported as deadlocked.)
+fn reachable(socket: &smoltcp::socket::Socket<'_>) -> bool {
+    let outside = |addr: Option<IpAddress>| match addr {
+        None => true,
+        Some(IpAddress::Ipv4(v4)) => !v4.is_loopback(),
+        Some(IpAddress::Ipv6(v6)) => !v6.is_loopback(),
+    };
+    match socket {
+        smoltcp::socket::Socket::Tcp(tcp) => match tcp.remote_endpoint() {
+            Some(peer) => outside(Some(peer.addr)),
+            None => tcp.state() == tcp::State::Listen && outside(tcp.listen_endpoint().addr),
+        },
+        smoltcp::socket::Socket::Udp(udp) => udp.is_open() && outside(udp.endpoint().addr),
+        #[allow(unreachable_patterns)]
+        _ => false,
+    }
 }
 
 /// Whether frames from the card wait for a poll.

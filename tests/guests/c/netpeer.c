@@ -5,6 +5,7 @@
  *   netpeer fetch IP PORT BYTES     connect, send BYTES bytes of a pattern, half-close, read the echo, check it
  *   netpeer udp PORT COUNT          echo COUNT datagrams received on 0.0.0.0:PORT; print "listening" first
  *   netpeer refused IP PORT         connect to a closed port: expect ECONNREFUSED
+ *   netpeer stuck IP PORT           listen on IP:PORT and wait in accept for good
  * Exits 0 when everything matched. */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -130,6 +131,15 @@ static int refused(const char *ip, int port) {
   return r < 0 && errno == ECONNREFUSED ? 0 : 1;
 }
 
+static int stuck(const char *ip, int port) {
+  int s = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = address(ip, port);
+  if (bind(s, (struct sockaddr *)&a, sizeof a) < 0) die("bind");
+  if (listen(s, 4) < 0) die("listen");
+  accept(s, NULL, NULL);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   signal(SIGPIPE, SIG_IGN); /* a peer that resets mid-echo is reported, not fatal */
@@ -137,6 +147,7 @@ int main(int argc, char **argv) {
   if (argc == 5 && !strcmp(argv[1], "fetch")) return fetch(argv[2], atoi(argv[3]), atol(argv[4]));
   if (argc == 4 && !strcmp(argv[1], "udp")) return udp(atoi(argv[2]), atoi(argv[3]));
   if (argc == 4 && !strcmp(argv[1], "refused")) return refused(argv[2], atoi(argv[3]));
-  printf("usage: netpeer serve PORT COUNT | fetch IP PORT BYTES | udp PORT COUNT | refused IP PORT\n");
+  if (argc == 4 && !strcmp(argv[1], "stuck")) return stuck(argv[2], atoi(argv[3]));
+  printf("usage: netpeer serve PORT COUNT | fetch IP PORT BYTES | udp PORT COUNT | refused IP PORT | stuck IP PORT\n");
   return 2;
 }
