@@ -68,7 +68,17 @@ impl NetCard {
 
     /// A vCPU's write to its registers (a queue notification sends what the driver queued).
     pub fn write(&self, addr: u64, data: &[u8], mem: &GuestMemoryMmap) {
-        self.device().write(addr - self.window.start, data, mem);
+        let mut device = self.device();
+        let was_active = device.is_active();
+        device.write(addr - self.window.start, data, mem);
+        if !was_active && device.is_active() {
+            // Frames may have come before the driver was ready (a -p client that connected early): take them now,
+            // since the backend tells of new frames only.
+            let Device { device, queues, .. } = &mut *device;
+            if let Some(q) = queues.get_mut(RX_QUEUE).filter(|q| q.is_valid(mem)) {
+                device.receive(q, mem);
+            }
+        }
     }
 
     /// Sends what the driver queued without notifying: a vCPU is about to wait, and the driver counts on this.

@@ -339,22 +339,7 @@ impl Vm {
         host_signals: &dyn Fn() -> Vec<u32>,
     ) -> Result<(Outcome, RunStats), VmError> {
         let started = std::time::Instant::now();
-        let (tx, rx) = std::sync::mpsc::channel();
-        for (id, vcpu) in self.vcpus.into_iter().enumerate() {
-            let (shared, console, tx) = (self.shared.clone(), console.clone(), tx.clone());
-            let start = self.boot.vcpus[id];
-            std::thread::Builder::new()
-                .name(format!("vcpu{id}"))
-                .spawn(move || {
-                    let result = run_vcpu(vcpu, id, start.hypercall_block_phys, &shared, &*console);
-                    if !shared.done.swap(true, Ordering::SeqCst) {
-                        shared.parkers.iter().for_each(Parker::unpark);
-                        let _ = tx.send(result);
-                    }
-                })
-                .map_err(VmError::Thread)?;
-        }
-        drop(tx);
+        // The card's receive side first, so that no frame comes before anything would take it to the guest.
         let weak = Arc::downgrade(&self.shared);
         let deliver = Box::new(move || {
             if let Some(shared) = weak.upgrade() {
@@ -374,6 +359,22 @@ impl Vm {
                 })
                 .map_err(VmError::Thread)?;
         }
+        let (tx, rx) = std::sync::mpsc::channel();
+        for (id, vcpu) in self.vcpus.into_iter().enumerate() {
+            let (shared, console, tx) = (self.shared.clone(), console.clone(), tx.clone());
+            let start = self.boot.vcpus[id];
+            std::thread::Builder::new()
+                .name(format!("vcpu{id}"))
+                .spawn(move || {
+                    let result = run_vcpu(vcpu, id, start.hypercall_block_phys, &shared, &*console);
+                    if !shared.done.swap(true, Ordering::SeqCst) {
+                        shared.parkers.iter().for_each(Parker::unpark);
+                        let _ = tx.send(result);
+                    }
+                })
+                .map_err(VmError::Thread)?;
+        }
+        drop(tx);
         let outcome = loop {
             match rx.recv_timeout(std::time::Duration::from_millis(20)) {
                 Ok(outcome) => break outcome?,
