@@ -78,8 +78,6 @@ struct Card {
     asked: Vec<(Ipv4Address, Instant)>,
     /// Packets waiting for their next hop's hardware address.
     held: VecDeque<(Ipv4Address, Vec<u8>)>,
-    /// Frames the link refused (too long, or the card had no room).
-    pub dropped: u64,
 }
 
 impl Link {
@@ -95,8 +93,7 @@ impl Link {
     /// Puts the network card on the link.
     pub fn attach(&mut self, rx: Receiver, tx: Transmitter, address: Address) {
         self.card_rx = Some(rx);
-        self.out.card =
-            Some(Card { tx, address, neighbours: Vec::new(), asked: Vec::new(), held: VecDeque::new(), dropped: 0 });
+        self.out.card = Some(Card { tx, address, neighbours: Vec::new(), asked: Vec::new(), held: VecDeque::new() });
     }
 
     /// Whether frames from the card wait to be read.
@@ -247,7 +244,6 @@ impl Card {
             None => {
                 if self.held.len() == HELD_PACKETS {
                     self.held.pop_front();
-                    self.dropped += 1;
                 }
                 self.held.push_back((hop, packet));
                 self.ask(hop, now);
@@ -261,15 +257,12 @@ impl Card {
 
     fn frame(&mut self, to: [u8; 6], ethertype: u16, payload: &[u8]) {
         let from = self.address.mac;
-        let sent = self.tx.send(ETHERNET_HEADER + payload.len(), |buf| {
+        self.tx.send(ETHERNET_HEADER + payload.len(), |buf| {
             buf[..6].copy_from_slice(&to);
             buf[6..12].copy_from_slice(&from);
             buf[12..14].copy_from_slice(&ethertype.to_be_bytes());
             buf[ETHERNET_HEADER..].copy_from_slice(payload);
         });
-        if !sent {
-            self.dropped += 1;
-        }
     }
 
     /// Broadcasts "who has `ip`?", at most every [`ARP_RETRY_US`].

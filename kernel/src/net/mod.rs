@@ -266,8 +266,10 @@ impl Stack {
     fn poll(&mut self) -> bool {
         let (mut changed, mut quiet) = (false, 0);
         self.unfinished = true;
+        // Once per poll, not per round: within one, backlog sockets only leave the listening state, each by a SYN
+        // the room was counted down for.
+        self.count_syn_room();
         for _ in 0..POLL_ROUNDS {
-            self.count_syn_room();
             if self.iface.poll(now(), &mut self.device, &mut self.sockets) == PollResult::None {
                 quiet += 1;
                 if quiet == 2 {

@@ -56,6 +56,24 @@ struct State {
     connecting_to: Option<(IpEndpoint, u64)>,
 }
 
+impl State {
+    /// A socket in `role`, at `local`, not yet shut down, bound by its own port or sent to.
+    fn new(role: Role, local: (Option<IpAddress>, u16), timeouts: [u64; 2]) -> State {
+        State {
+            role,
+            local,
+            owns_port: false,
+            peer: None,
+            shut_read: false,
+            shut_write: false,
+            reset_reported: false,
+            error: None,
+            timeouts,
+            connecting_to: None,
+        }
+    }
+}
+
 pub struct Socket {
     pub family: u16,
     pub protocol: Protocol,
@@ -132,19 +150,7 @@ impl Socket {
                 Role::Datagram(with(|s| s.sockets.add(socket)))
             }
         };
-        let state = State {
-            role,
-            local: (None, 0),
-            owns_port: false,
-            peer: None,
-            shut_read: false,
-            shut_write: false,
-            reset_reported: false,
-            error: None,
-            timeouts: [0; 2],
-            connecting_to: None,
-        };
-        Ok(Socket { family, protocol, state: SpinLock::new(state) })
+        Ok(Socket { family, protocol, state: SpinLock::new(State::new(role, (None, 0), [0; 2])) })
     }
 
     pub fn bind(&self, address: Option<IpAddress>, port: u16) -> Result<(), Errno> {
@@ -228,18 +234,7 @@ impl Socket {
             let tcp = s.sockets.get::<tcp::Socket>(connection);
             let peer = tcp.remote_endpoint().unwrap_or(IpEndpoint::new(addr::unspecified(self.family), 0));
             let local = tcp.local_endpoint().map(|e| (Some(e.addr), e.port)).unwrap_or(st.local);
-            let state = State {
-                role: Role::Connected(connection),
-                local,
-                owns_port: false,
-                peer: None,
-                shut_read: false,
-                shut_write: false,
-                reset_reported: false,
-                error: None,
-                timeouts: st.timeouts,
-                connecting_to: None,
-            };
+            let state = State::new(Role::Connected(connection), local, st.timeouts);
             Some(Ok((Socket { family: self.family, protocol: Protocol::Tcp, state: SpinLock::new(state) }, peer)))
         });
         if accepted.is_ok() {

@@ -291,12 +291,13 @@ impl Transmitter {
         self.queue.slot_size - HEADER_LEN
     }
 
-    /// Queues a frame of `len` bytes that `fill` writes; false (nothing queued) if it is too long.
-    pub fn send(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) -> bool {
+    /// Queues a frame of `len` bytes that `fill` writes. One longer than a slot is dropped, as a wire would (the
+    /// stack keeps to the MTU, so only ARP's own frames come here unchecked, and they are short).
+    pub fn send(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) {
         if len > self.max_frame() {
-            return false;
+            return;
         }
-        let Some(slot) = self.free_slot() else { return false };
+        let Some(slot) = self.free_slot() else { return };
         let at = self.queue.slot(slot);
         // SAFETY: a free slot is the driver's alone until offered, and holds a header and `max_frame` bytes.
         let buf = unsafe { core::slice::from_raw_parts_mut(at as *mut u8, HEADER_LEN + len) };
@@ -304,7 +305,6 @@ impl Transmitter {
         fill(&mut buf[HEADER_LEN..]);
         self.queue.offer(slot, HEADER_LEN + len);
         self.queue.publish();
-        true
     }
 
     /// A slot the device is done with. With all of them in its hands, notifies it: it sends them before the exit
