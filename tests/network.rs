@@ -16,6 +16,8 @@ use std::time::Duration;
 
 const HOST: &str = "10.0.3.1";
 const GUEST: &str = "10.0.3.2";
+const HOST6: &str = "fd00:3::1";
+const GUEST6: &str = "fd00:3::2";
 
 fn byte(i: usize) -> u8 {
     (i * 7 + i / 251) as u8
@@ -58,6 +60,20 @@ fn start_guest(ns: &NetNs, cpus: &str, args: &[&str]) -> (Running, BufReader<std
     let tap = format!("tap:{TAP}");
     let ip = format!("{GUEST}/24");
     start_netpeer(kiln().netns(ns), &["--cpus", cpus, "--net", &tap, "--ip", &ip], args)
+}
+
+/// A namespace whose tap also has [`HOST6`], for a VM at [`GUEST6`].
+fn tap_namespace6() -> Option<NetNs> {
+    let ns = tap_namespace()?;
+    ns.add_address(&format!("{HOST6}/64"));
+    Some(ns)
+}
+
+/// `kiln run` on the tap with IPv4 and IPv6 addresses.
+fn dual_stack_args() -> Vec<String> {
+    ["--net", &format!("tap:{TAP}"), "--ip", &format!("{GUEST}/24"), "--ip6", &format!("{GUEST6}/64")]
+        .map(String::from)
+        .to_vec()
 }
 
 /// Starts `kiln run KILN_ARGS netpeer ARGS` and waits for netpeer's "listening" line.
@@ -223,6 +239,92 @@ fn tap_guest_echoes_udp() {
     });
     assert_eq!(child.wait(), Some(0));
     assert_eq!(stdout.lines().map(Result::unwrap).collect::<Vec<_>>(), ["echoed 3 datagrams"]);
+}
+
+/// Sends an ICMPv6 echo request to `to` from a raw socket (root only; the host kernel sums ICMPv6 itself) and waits
+/// for the matching reply.
+fn ping6(to: std::net::Ipv6Addr) -> bool {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: plain socket creation; the descriptor is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6) };
+    assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let socket = UdpSocket::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut request = vec![128u8, 0, 0, 0, 0x4b, 0x49, 0, 1];
+    request.extend_from_slice(b"kiln ping6 payload");
+    socket.send_to(&request, (to, 0)).unwrap();
+    let mut reply = [0u8; 1500];
+    while let Ok((n, from)) = socket.recv_from(&mut reply) {
+        let icmp = &reply[..n];
+        if from.ip() == to && icmp.len() >= 8 && icmp[0] == 129 && icmp[4..8] == request[4..8] {
+            return icmp[8..] == request[8..];
+        }
+    }
+    false
+}
+
+#[test]
+fn tap_guest_serves_ipv6_and_ipv4_clients_on_one_listener() {
+    let Some(ns) = tap_namespace6() else { return };
+    let args = dual_stack_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (mut child, stdout) = start_netpeer(kiln().netns(&ns), &args, &["serve", "8086", "3", "::"]);
+    // Neighbour discovery both ways: the host asks where the guest is, and the guest where the host is.
+    assert!(ns.enter(|| ping6(GUEST6.parse().unwrap())), "no ICMPv6 echo reply from {GUEST6}");
+    ns.enter(|| {
+        echo(format!("[{GUEST6}]:8086").parse().unwrap(), 5);
+        echo(format!("[{GUEST6}]:8086").parse().unwrap(), 20 << 20);
+        echo(format!("{GUEST}:8086").parse().unwrap(), 5);
+    });
+    assert_eq!(child.wait(), Some(0));
+    let lines: Vec<String> = stdout.lines().map(Result::unwrap).collect();
+    let expected = [
+        format!("echoed 5 bytes to {HOST6} (closed)"),
+        format!("echoed {} bytes to {HOST6} (closed)", 20 << 20),
+        format!("echoed 5 bytes to ::ffff:{HOST} (closed)"),
+    ];
+    assert_eq!(lines, expected);
+}
+
+#[test]
+fn tap_guest_reaches_host_over_ipv6_tcp_and_udp() {
+    let Some(ns) = tap_namespace6() else { return };
+    let listener = ns.enter(|| TcpListener::bind(format!("[{HOST6}]:9006")).expect("bind in the namespace"));
+    let server = std::thread::spawn(move || {
+        let (mut conn, peer) = listener.accept().unwrap();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match conn.read(&mut buf).unwrap() {
+                0 => break,
+                n => conn.write_all(&buf[..n]).unwrap(),
+            }
+        }
+        peer
+    });
+    let netpeer = guests::c("netpeer");
+    let run = |args: &[&str]| kiln().netns(&ns).arg("run").args(dual_stack_args()).arg(&netpeer).args(args).run();
+    run(&["fetch", HOST6, "9006", "3000000"])
+        .assert_code(0)
+        .assert_stdout("fetched 3000000 of 3000000 bytes, 0 wrong\n");
+    assert_eq!(server.join().unwrap().ip().to_string(), GUEST6);
+    run(&["refused", HOST6, "9007"]).assert_code(0).assert_stdout("connect: Connection refused\n");
+
+    let args = dual_stack_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (mut child, _stdout) = start_netpeer(kiln().netns(&ns), &args, &["udp", "5306", "2", "::"]);
+    ns.enter(|| {
+        let socket = UdpSocket::bind(format!("[{HOST6}]:0")).unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        for size in [1usize, 1200] {
+            let data: Vec<u8> = (0..size).map(byte).collect();
+            socket.send_to(&data, format!("[{GUEST6}]:5306")).unwrap();
+            let mut back = vec![0u8; 2048];
+            let (n, from) = socket.recv_from(&mut back).expect("the echo");
+            assert_eq!((&back[..n], from.to_string()), (&data[..], format!("[{GUEST6}]:5306")));
+        }
+    });
+    assert_eq!(child.wait(), Some(0));
 }
 
 #[test]

@@ -65,6 +65,11 @@ impl NetNs {
         }
     }
 
+    /// Gives the tap another address (`fd00::1/64`, say), usable at once: no duplicate address detection.
+    pub fn add_address(&self, cidr: &str) {
+        ip(&["-n", &self.name, "addr", "add", cidr, "dev", TAP, "nodad"]).expect("add an address to the tap");
+    }
+
     /// Runs `f` on a thread inside the namespace: sockets it makes live there.
     pub fn enter<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         let fd = self.file.as_raw_fd();

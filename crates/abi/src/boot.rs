@@ -2,7 +2,7 @@
 
 /// `BootInfo::magic`: "KILNBOOT".
 pub const BOOT_MAGIC: u64 = u64::from_le_bytes(*b"KILNBOOT");
-pub const BOOT_VERSION: u32 = 4;
+pub const BOOT_VERSION: u32 = 5;
 
 /// `BootInfo::flags`: send every syscall to the VMM for `--trace-syscalls`.
 pub const BOOT_FLAG_TRACE_SYSCALLS: u64 = 1 << 0;
@@ -52,8 +52,9 @@ pub struct BootInfo {
     pub net: NetInfo,
 }
 
-/// The network card, if the VM has one: a virtio-net device behind a virtio-mmio register window, and the IPv4
-/// address the library OS takes on it (no DHCP: the VMM decides, as it decides everything else about the VM).
+/// The network card, if the VM has one: a virtio-net device behind a virtio-mmio register window, and the addresses
+/// the library OS takes on it (no DHCP or router advertisements: the VMM decides, as it decides everything else about
+/// the VM).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NetInfo {
@@ -65,7 +66,12 @@ pub struct NetInfo {
     pub ipv4: [u8; 4],
     pub gateway: [u8; 4],
     pub prefix_len: u8,
-    pub _reserved: [u8; 7],
+    /// Prefix length of `ipv6`; 0 when the card carries no IPv6.
+    pub ipv6_prefix_len: u8,
+    pub _reserved: [u8; 6],
+    pub ipv6: [u8; 16],
+    /// The IPv6 default router; all zero for none (only the prefix is then reachable).
+    pub gateway6: [u8; 16],
 }
 
 /// Size of the card's register window.

@@ -6,7 +6,7 @@ use kiln_usernet::{PortForward, UserNet, UserNetConfig};
 use kiln_vmm::virtio::net::Backend;
 use kiln_vmm::virtio::tap::Tap;
 use kiln_vmm::NetConfig;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// `--net`: where the VM's network card leads.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -124,6 +124,35 @@ pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
     Ok((addr, prefix))
 }
 
+/// An IPv6 address and its prefix length.
+type Cidr6 = (Ipv6Addr, u8);
+
+/// `--ip6 ADDR/PREFIX`.
+pub fn parse_cidr6(s: &str) -> Result<Cidr6, String> {
+    let (addr, prefix) = s.split_once('/').ok_or_else(|| format!("'{s}' is not ADDR/PREFIX (e.g. fd00::2/64)"))?;
+    let addr: Ipv6Addr = addr.parse().map_err(|_| format!("'{addr}' is not an IPv6 address"))?;
+    let prefix: u8 = prefix
+        .parse()
+        .ok()
+        .filter(|p| (1..=127).contains(p))
+        .ok_or_else(|| format!("'/{prefix}' is not a prefix length for a host address (1 to 127)"))?;
+    if !is_unicast6(addr) {
+        return Err(format!("'{addr}' is not a unicast address the program can have"));
+    }
+    Ok((addr, prefix))
+}
+
+/// Whether `ip` can be a host's address: not unspecified, loopback, multicast or link-local (the VM takes no
+/// link-local address of its own).
+fn is_unicast6(ip: Ipv6Addr) -> bool {
+    !(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_unicast_link_local())
+}
+
+/// The network `ip` is in, as a number.
+fn network6(ip: Ipv6Addr, prefix_len: u8) -> u128 {
+    u128::from(ip) & (u128::MAX << (128 - prefix_len))
+}
+
 /// `kiln run`'s network flags.
 #[derive(clap::Args)]
 pub struct NetArgs {
@@ -139,6 +168,12 @@ pub struct NetArgs {
     /// The program's default gateway (default: the first address of its network; 10.0.2.2 on the user network)
     #[arg(long, value_name = "ADDR")]
     pub gateway: Option<Ipv4Addr>,
+    /// The program's IPv6 address and prefix length (on a tap: no IPv6 unless given)
+    #[arg(long, value_name = "ADDR/PREFIX", value_parser = parse_cidr6)]
+    pub ip6: Option<Cidr6>,
+    /// The program's IPv6 default router (default: the first address of its --ip6 network); may be link-local
+    #[arg(long, value_name = "ADDR")]
+    pub gateway6: Option<Ipv6Addr>,
     /// The DNS server the program's names go to (default: the host's); on the user network, ADDR:PORT also works
     #[arg(long, value_name = "ADDR")]
     pub dns: Option<String>,
@@ -156,15 +191,17 @@ const DEFAULT_IP: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 0, 2, 15), 24);
 
 /// The network card for the VM, or None for `--net none`. Host ports for `-p` are bound here, before the VM boots.
 pub fn card(args: &NetArgs) -> Result<Option<NetConfig>> {
-    let NetArgs { net: mode, publish, ip, gateway, dns } = args;
+    let NetArgs { net: mode, publish, ip, gateway, ip6, gateway6, dns } = args;
     let (ip, gateway) = (*ip, *gateway);
     if !publish.is_empty() && *mode != NetMode::User {
         bail!("-p publishes ports through the user-mode network: it cannot be used with --net {}", shown(mode));
     }
     let dns = dns.as_deref().map(parse_dns).transpose()?;
     if *mode == NetMode::None {
-        if ip.is_some() || gateway.is_some() || dns.is_some() {
-            bail!("--ip, --gateway and --dns need a network card: they cannot be used with --net none");
+        if ip.is_some() || gateway.is_some() || ip6.is_some() || gateway6.is_some() || dns.is_some() {
+            bail!(
+                "--ip, --gateway, --ip6, --gateway6 and --dns need a network card: they cannot be used with --net none"
+            );
         }
         return Ok(None);
     }
@@ -178,6 +215,7 @@ pub fn card(args: &NetArgs) -> Result<Option<NetConfig>> {
     if u32::from(gateway) & (u32::MAX << (32 - prefix_len)) != network || gateway == ipv4 {
         bail!("--gateway {gateway} is not another address on {ipv4}/{prefix_len}'s network");
     }
+    let (ipv6, gateway6) = ipv6_plan(ip6.as_ref(), gateway6.as_ref())?;
     let mac = random_mac()?;
     let (backend, mtu): (Box<dyn Backend>, u16) = match mode {
         NetMode::Tap(name) => {
@@ -202,7 +240,25 @@ pub fn card(args: &NetArgs) -> Result<Option<NetConfig>> {
             (Box::new(UserBackend::start(config, publish.is_empty())?), USER_MTU)
         }
     };
-    Ok(Some(NetConfig { backend, mac, ipv4, prefix_len, gateway, mtu }))
+    Ok(Some(NetConfig { backend, mac, ipv4, prefix_len, gateway, ipv6, gateway6, mtu }))
+}
+
+/// The program's IPv6 address and router from `--ip6` and `--gateway6`: none without `--ip6`, and the first address
+/// of its network as the router unless `--gateway6` names one (on the network, or link-local).
+fn ipv6_plan(ip6: Option<&Cidr6>, gateway6: Option<&Ipv6Addr>) -> Result<(Option<Cidr6>, Option<Ipv6Addr>)> {
+    let Some(&(ip, prefix_len)) = ip6 else {
+        if let Some(gateway) = gateway6 {
+            bail!("--gateway6 {gateway} needs --ip6: the program has no IPv6 address to reach it from");
+        }
+        return Ok((None, None));
+    };
+    let network = network6(ip, prefix_len);
+    let gateway = gateway6.copied().unwrap_or(Ipv6Addr::from(network + 1));
+    let on_network = network6(gateway, prefix_len) == network;
+    if gateway == ip || !(on_network || gateway.is_unicast_link_local()) || gateway.is_multicast() {
+        bail!("--gateway6 {gateway} is not another address on {ip}/{prefix_len}'s network (or a link-local one)");
+    }
+    Ok((Some((ip, prefix_len)), Some(gateway)))
 }
 
 fn shown(mode: &NetMode) -> String {
@@ -274,7 +330,7 @@ mod tests {
 
     fn args(net: NetMode, ip: Option<(Ipv4Addr, u8)>, gateway: Option<Ipv4Addr>, publish: &[&str]) -> NetArgs {
         let publish = publish.iter().map(|p| parse_publish(p).unwrap()).collect();
-        NetArgs { net, publish, ip, gateway, dns: None }
+        NetArgs { net, publish, ip, gateway, ip6: None, gateway6: None, dns: None }
     }
 
     #[test]
@@ -291,6 +347,25 @@ mod tests {
         assert_eq!((user.ipv4, user.gateway), (Ipv4Addr::new(10, 0, 2, 15), Ipv4Addr::new(10, 0, 2, 2)));
         let err = card(&args(NetMode::User, Some((Ipv4Addr::new(10, 0, 2, 3), 24)), None, &[])).unwrap_err();
         assert!(err.to_string().contains("DNS forwarder"), "{err}");
+    }
+
+    #[test]
+    fn ipv6_addresses_parse_and_plan() {
+        let ip: Ipv6Addr = "fd00::2".parse().unwrap();
+        assert_eq!(parse_cidr6("fd00::2/64"), Ok((ip, 64)));
+        assert!(parse_cidr6("fd00::2").unwrap_err().contains("ADDR/PREFIX"));
+        assert!(parse_cidr6("10.0.0.1/24").unwrap_err().contains("not an IPv6"));
+        assert!(parse_cidr6("fd00::2/128").unwrap_err().contains("1 to 127"));
+        assert!(parse_cidr6("fe80::2/64").unwrap_err().contains("unicast"));
+        assert_eq!(ipv6_plan(None, None).unwrap(), (None, None));
+        assert!(ipv6_plan(None, Some(&ip)).unwrap_err().to_string().contains("needs --ip6"));
+        let (addr, gateway) = ipv6_plan(Some(&(ip, 64)), None).unwrap();
+        assert_eq!((addr, gateway), (Some((ip, 64)), Some("fd00::1".parse().unwrap())));
+        let link_local: Ipv6Addr = "fe80::1".parse().unwrap();
+        assert_eq!(ipv6_plan(Some(&(ip, 64)), Some(&link_local)).unwrap().1, Some(link_local));
+        let elsewhere: Ipv6Addr = "fd01::1".parse().unwrap();
+        assert!(ipv6_plan(Some(&(ip, 64)), Some(&elsewhere)).unwrap_err().to_string().contains("--gateway6"));
+        assert!(ipv6_plan(Some(&(ip, 64)), Some(&ip)).is_err());
     }
 
     #[test]

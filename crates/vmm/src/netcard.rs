@@ -22,13 +22,23 @@ pub struct NetConfig {
     pub ipv4: std::net::Ipv4Addr,
     pub prefix_len: u8,
     pub gateway: std::net::Ipv4Addr,
+    /// The IPv6 address and prefix length, and the default router, if the network carries IPv6.
+    pub ipv6: Option<(std::net::Ipv6Addr, u8)>,
+    pub gateway6: Option<std::net::Ipv6Addr>,
     /// Largest IP packet the backend takes (1500 for a tap; a user-mode network has no wire and takes 64 KiB).
     pub mtu: u16,
 }
 
 impl std::fmt::Debug for NetConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "NetConfig({}/{} via {}, mtu {})", self.ipv4, self.prefix_len, self.gateway, self.mtu)
+        write!(f, "NetConfig({}/{} via {}", self.ipv4, self.prefix_len, self.gateway)?;
+        if let Some((ip, prefix)) = self.ipv6 {
+            write!(f, ", {ip}/{prefix}")?;
+        }
+        if let Some(gateway) = self.gateway6 {
+            write!(f, " via {gateway}")?;
+        }
+        write!(f, ", mtu {})", self.mtu)
     }
 }
 

@@ -276,6 +276,9 @@ impl Vm {
                 ipv4: n.ipv4.octets(),
                 gateway: n.gateway.octets(),
                 prefix_len: n.prefix_len,
+                ipv6: n.ipv6.map_or([0; 16], |(ip, _)| ip.octets()),
+                ipv6_prefix_len: n.ipv6.map_or(0, |(_, prefix)| prefix),
+                gateway6: n.gateway6.map_or([0; 16], |g| g.octets()),
                 ..NetInfo::default()
             }),
         };

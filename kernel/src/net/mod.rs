@@ -1,5 +1,6 @@
 //! TCP/IP for the program's sockets: one smoltcp interface with the loopback addresses (127.0.0.1/8 and ::1) and,
-//! when the VM has a network card, the address the VMM gave it, with a default route through the gateway; its
+//! when the VM has a network card, the addresses the VMM gave it (IPv4, and IPv6 where the network carries it), with
+//! default routes through the gateways; its
 //! sockets, and the ports they use. Its device (`link`) keeps what the program sends to itself inside the library
 //! OS and sends the rest out on the card (`virtio`), which is set up when the stack is first used.
 //!
@@ -9,6 +10,7 @@
 //! a socket, `poll`, `select` or `epoll_wait` to look again.
 
 pub mod addr;
+pub mod card;
 pub mod link;
 pub mod socket;
 pub mod virtio;
@@ -40,8 +42,9 @@ pub enum Protocol {
 pub struct Stack {
     pub iface: Interface,
     device: Link,
-    /// The card's address, if the VM has one that works.
+    /// The card's addresses, if the VM has one that works.
     external: Option<Ipv4Address>,
+    external6: Option<Ipv6Address>,
     pub sockets: SocketSet<'static>,
     /// Ports in use, per protocol.
     ports: BTreeSet<(Protocol, u16)>,
@@ -80,17 +83,24 @@ pub fn stack() -> SpinGuard<'static, Option<Stack>> {
         iface.update_ip_addrs(|addrs| {
             let _ = addrs.push(IpCidr::new(IpAddress::v4(127, 0, 0, 1), 8));
             let _ = addrs.push(IpCidr::new(IpAddress::v6(0, 0, 0, 0, 0, 0, 0, 1), 128));
-            if let Some((ip, prefix, _)) = external {
-                let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(ip), prefix));
+            if let Some(card) = external {
+                let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(card.ip), card.prefix_len));
+                if let Some(v6) = card.ip6 {
+                    let _ = addrs.push(IpCidr::new(IpAddress::Ipv6(v6.ip), v6.prefix_len));
+                }
             }
         });
-        if let Some((_, _, gateway)) = external {
-            let _ = iface.routes_mut().add_default_ipv4_route(gateway);
+        if let Some(card) = external {
+            let _ = iface.routes_mut().add_default_ipv4_route(card.gateway);
+            if let Some(gateway) = card.ip6.and_then(|v6| v6.gateway) {
+                let _ = iface.routes_mut().add_default_ipv6_route(gateway);
+            }
         }
         *guard = Some(Stack {
             iface,
             device,
-            external: external.map(|e| e.0),
+            external: external.map(|card| card.ip),
+            external6: external.and_then(|card| card.ip6).map(|v6| v6.ip),
             sockets: SocketSet::new(Vec::new()),
             ports: BTreeSet::new(),
             next_ephemeral: EPHEMERAL_FIRST,
@@ -103,14 +113,20 @@ pub fn stack() -> SpinGuard<'static, Option<Stack>> {
     guard
 }
 
-/// Sets the network card up and puts it on the link: its address, prefix length and gateway. A card that does not
-/// start stops the VM with the reason (the VMM offered it, so this is a bug or a VM too small for its buffers).
-fn attach(device: &mut Link, card: &NetInfo) -> (Ipv4Address, u8, Ipv4Address) {
-    let address = link::Address {
+/// Sets the network card up and puts it on the link with the addresses the VMM gave it. A card that does not start
+/// stops the VM with the reason (the VMM offered it, so this is a bug or a VM too small for its buffers).
+fn attach(device: &mut Link, card: &NetInfo) -> card::Address {
+    let ip6 = (card.ipv6_prefix_len != 0).then(|| card::Ipv6Net {
+        ip: Ipv6Address::from(card.ipv6),
+        prefix_len: card.ipv6_prefix_len.clamp(1, 128),
+        gateway: Some(Ipv6Address::from(card.gateway6)).filter(|g| !g.is_unspecified()),
+    });
+    let address = card::Address {
         mac: card.mac,
         ip: Ipv4Address::from(card.ipv4),
         prefix_len: card.prefix_len.clamp(1, 30),
         gateway: Ipv4Address::from(card.gateway),
+        ip6,
         mtu: card.mtu.clamp(576, 65520),
     };
     match virtio::setup(card.mmio_phys, address.mtu) {
@@ -122,7 +138,7 @@ fn attach(device: &mut Link, card: &NetInfo) -> (Ipv4Address, u8, Ipv4Address) {
             crate::hypercall::panic_message("the network card refused the features the library OS needs")
         }
     }
-    (address.ip, address.prefix_len, address.gateway)
+    address
 }
 
 /// Runs `f` on the stack, then polls it so that what `f` queued is sent and answered.
@@ -294,8 +310,9 @@ impl Stack {
             IpAddress::Ipv4(v4) if v4.is_loopback() => Ok(IpAddress::v4(127, 0, 0, 1)),
             IpAddress::Ipv4(v4) if Some(v4) == self.external => Ok(remote),
             IpAddress::Ipv6(v6) if v6.is_loopback() => Ok(IpAddress::Ipv6(Ipv6Address::LOCALHOST)),
+            IpAddress::Ipv6(v6) if Some(v6) == self.external6 => Ok(remote),
             IpAddress::Ipv4(_) => self.external.map(IpAddress::Ipv4).ok_or(crate::errno::Errno::ENETUNREACH),
-            IpAddress::Ipv6(_) => Err(crate::errno::Errno::ENETUNREACH),
+            IpAddress::Ipv6(_) => self.external6.map(IpAddress::Ipv6).ok_or(crate::errno::Errno::ENETUNREACH),
         }
     }
 
@@ -303,7 +320,7 @@ impl Stack {
     pub fn is_own(&self, address: IpAddress) -> bool {
         match address {
             IpAddress::Ipv4(v4) => v4.is_loopback() || Some(v4) == self.external,
-            IpAddress::Ipv6(v6) => v6.is_loopback(),
+            IpAddress::Ipv6(v6) => v6.is_loopback() || Some(v6) == self.external6,
         }
     }
 
