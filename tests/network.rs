@@ -390,10 +390,21 @@ fn user_network_publishes_a_guest_server() {
 
 #[test]
 fn user_network_reaches_host_loopback_through_the_gateway() {
+    reach_host_loopback("127.0.0.1", "10.0.2.2");
+}
+
+#[test]
+fn user_network_reaches_host_ipv6_loopback_through_the_ipv6_gateway() {
+    reach_host_loopback("::1", "fd00::2");
+}
+
+/// A guest client echoes 10 MB through the user network's `gateway` with a host server on `loopback`, and a connect
+/// to a closed host port there is refused.
+fn reach_host_loopback(loopback: &str, gateway: &str) {
     if !kvm::available() {
         return;
     }
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let listener = TcpListener::bind((loopback, 0)).unwrap();
     let port = listener.local_addr().unwrap().port().to_string();
     let server = std::thread::spawn(move || {
         let (mut conn, _) = listener.accept().unwrap();
@@ -412,7 +423,7 @@ fn user_network_reaches_host_loopback_through_the_gateway() {
     kiln()
         .arg("run")
         .arg(&netpeer)
-        .args(["fetch", "10.0.2.2", &port, "10000000"])
+        .args(["fetch", gateway, &port, "10000000"])
         .run()
         .assert_code(0)
         .assert_stdout("fetched 10000000 of 10000000 bytes, 0 wrong\n");
@@ -421,7 +432,7 @@ fn user_network_reaches_host_loopback_through_the_gateway() {
     kiln()
         .arg("run")
         .arg(&netpeer)
-        .args(["refused", "10.0.2.2", &closed])
+        .args(["refused", gateway, &closed])
         .run()
         .assert_code(0)
         .assert_stdout("connect: Connection refused\n");

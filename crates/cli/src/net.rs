@@ -2,7 +2,7 @@
 //! (`--ip`, `--gateway`), and the ports published from the host (`-p`).
 
 use anyhow::{anyhow, bail, Context, Result};
-use kiln_usernet::{PortForward, UserNet, UserNetConfig};
+use kiln_usernet::{PortForward, UserNet, UserNet6, UserNetConfig};
 use kiln_vmm::virtio::net::Backend;
 use kiln_vmm::virtio::tap::Tap;
 use kiln_vmm::NetConfig;
@@ -188,6 +188,8 @@ fn parse_dns(s: &str) -> Result<SocketAddr> {
 
 /// The address and gateway the program gets when `--ip` and `--gateway` do not say.
 const DEFAULT_IP: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 0, 2, 15), 24);
+/// The IPv6 address the program gets on the user network (slirp4netns's network, fd00::/64).
+const DEFAULT_IP6: Cidr6 = (Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x15), 64);
 
 /// The network card for the VM, or None for `--net none`. Host ports for `-p` are bound here, before the VM boots.
 pub fn card(args: &NetArgs) -> Result<Option<NetConfig>> {
@@ -215,7 +217,8 @@ pub fn card(args: &NetArgs) -> Result<Option<NetConfig>> {
     if u32::from(gateway) & (u32::MAX << (32 - prefix_len)) != network || gateway == ipv4 {
         bail!("--gateway {gateway} is not another address on {ipv4}/{prefix_len}'s network");
     }
-    let (ipv6, gateway6) = ipv6_plan(ip6.as_ref(), gateway6.as_ref())?;
+    let user = *mode == NetMode::User;
+    let (ipv6, gateway6) = ipv6_plan(user, ip6.as_ref(), gateway6.as_ref())?;
     let mac = random_mac()?;
     let (backend, mtu): (Box<dyn Backend>, u16) = match mode {
         NetMode::Tap(name) => {
@@ -227,6 +230,16 @@ pub fn card(args: &NetArgs) -> Result<Option<NetConfig>> {
             if forwarder == ipv4 || forwarder == gateway {
                 bail!("--ip {ipv4}/{prefix_len}: the user-mode network keeps {forwarder} for its DNS forwarder");
             }
+            let ipv6 = match (ipv6, gateway6) {
+                (Some((guest_ip, prefix_len)), Some(gateway)) => {
+                    let dns = Ipv6Addr::from(network6(guest_ip, prefix_len) + u128::from(USER_DNS));
+                    if dns == guest_ip || dns == gateway {
+                        bail!("--ip6 {guest_ip}/{prefix_len}: the user-mode network keeps {dns} for its DNS forwarder");
+                    }
+                    Some(UserNet6 { guest_ip, gateway, dns, prefix_len })
+                }
+                _ => None,
+            };
             let config = UserNetConfig {
                 guest_mac: mac,
                 guest_ip: ipv4,
@@ -236,6 +249,7 @@ pub fn card(args: &NetArgs) -> Result<Option<NetConfig>> {
                 dns_upstream: dns,
                 forwards: publish.to_vec(),
                 mtu: USER_MTU,
+                ipv6,
             };
             (Box::new(UserBackend::start(config, publish.is_empty())?), USER_MTU)
         }
@@ -243,9 +257,16 @@ pub fn card(args: &NetArgs) -> Result<Option<NetConfig>> {
     Ok(Some(NetConfig { backend, mac, ipv4, prefix_len, gateway, ipv6, gateway6, mtu }))
 }
 
-/// The program's IPv6 address and router from `--ip6` and `--gateway6`: none without `--ip6`, and the first address
-/// of its network as the router unless `--gateway6` names one (on the network, or link-local).
-fn ipv6_plan(ip6: Option<&Cidr6>, gateway6: Option<&Ipv6Addr>) -> Result<(Option<Cidr6>, Option<Ipv6Addr>)> {
+/// The program's IPv6 address and router from `--ip6` and `--gateway6`. On the user network the address defaults to
+/// [`DEFAULT_IP6`] and the router to the network's second address (as on IPv4, and as slirp4netns does); elsewhere
+/// there is no IPv6 without `--ip6`, and the router is the network's first address unless `--gateway6` names one (on
+/// the network, or link-local).
+fn ipv6_plan(
+    user: bool,
+    ip6: Option<&Cidr6>,
+    gateway6: Option<&Ipv6Addr>,
+) -> Result<(Option<Cidr6>, Option<Ipv6Addr>)> {
+    let ip6 = ip6.or(user.then_some(&DEFAULT_IP6));
     let Some(&(ip, prefix_len)) = ip6 else {
         if let Some(gateway) = gateway6 {
             bail!("--gateway6 {gateway} needs --ip6: the program has no IPv6 address to reach it from");
@@ -253,7 +274,8 @@ fn ipv6_plan(ip6: Option<&Cidr6>, gateway6: Option<&Ipv6Addr>) -> Result<(Option
         return Ok((None, None));
     };
     let network = network6(ip, prefix_len);
-    let gateway = gateway6.copied().unwrap_or(Ipv6Addr::from(network + 1));
+    let default_gateway = if user { USER_GATEWAY } else { 1 };
+    let gateway = gateway6.copied().unwrap_or(Ipv6Addr::from(network + u128::from(default_gateway)));
     let on_network = network6(gateway, prefix_len) == network;
     if gateway == ip || !(on_network || gateway.is_unicast_link_local()) || gateway.is_multicast() {
         bail!("--gateway6 {gateway} is not another address on {ip}/{prefix_len}'s network (or a link-local one)");
@@ -357,15 +379,23 @@ mod tests {
         assert!(parse_cidr6("10.0.0.1/24").unwrap_err().contains("not an IPv6"));
         assert!(parse_cidr6("fd00::2/128").unwrap_err().contains("1 to 127"));
         assert!(parse_cidr6("fe80::2/64").unwrap_err().contains("unicast"));
-        assert_eq!(ipv6_plan(None, None).unwrap(), (None, None));
-        assert!(ipv6_plan(None, Some(&ip)).unwrap_err().to_string().contains("needs --ip6"));
-        let (addr, gateway) = ipv6_plan(Some(&(ip, 64)), None).unwrap();
+        assert_eq!(ipv6_plan(false, None, None).unwrap(), (None, None));
+        assert!(ipv6_plan(false, None, Some(&ip)).unwrap_err().to_string().contains("needs --ip6"));
+        let (addr, gateway) = ipv6_plan(false, Some(&(ip, 64)), None).unwrap();
         assert_eq!((addr, gateway), (Some((ip, 64)), Some("fd00::1".parse().unwrap())));
         let link_local: Ipv6Addr = "fe80::1".parse().unwrap();
-        assert_eq!(ipv6_plan(Some(&(ip, 64)), Some(&link_local)).unwrap().1, Some(link_local));
+        assert_eq!(ipv6_plan(false, Some(&(ip, 64)), Some(&link_local)).unwrap().1, Some(link_local));
         let elsewhere: Ipv6Addr = "fd01::1".parse().unwrap();
-        assert!(ipv6_plan(Some(&(ip, 64)), Some(&elsewhere)).unwrap_err().to_string().contains("--gateway6"));
-        assert!(ipv6_plan(Some(&(ip, 64)), Some(&ip)).is_err());
+        let err = ipv6_plan(false, Some(&(ip, 64)), Some(&elsewhere)).unwrap_err();
+        assert!(err.to_string().contains("--gateway6"));
+        assert!(ipv6_plan(false, Some(&(ip, 64)), Some(&ip)).is_err());
+        let user = ipv6_plan(true, None, None).unwrap();
+        assert_eq!(user, (Some(DEFAULT_IP6), Some("fd00::2".parse().unwrap())));
+        let user = card(&args(NetMode::User, None, None, &[])).unwrap().unwrap();
+        assert_eq!(user.ipv6, Some(DEFAULT_IP6));
+        let mut taken = args(NetMode::User, None, None, &[]);
+        taken.ip6 = Some(("fd00::3".parse().unwrap(), 64));
+        assert!(format!("{:#}", card(&taken).unwrap_err()).contains("DNS forwarder"));
     }
 
     #[test]

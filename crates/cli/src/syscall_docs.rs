@@ -22,7 +22,7 @@ const ITIMER_CPU: &str = "partial: ITIMER_VIRTUAL and ITIMER_PROF run at the rea
 const NO_CHILDREN: &str = "partial: ECHILD: a program never has children (no fork)";
 const OWNERS: &str = "partial: accepted and not kept: one user, root";
 const TIMES: &str = "partial: sets the modification time, the one time files keep";
-const INET: &str = "partial: IPv4 on the network card, IPv6 on the loopback only";
+const INET: &str = "partial: TCP and UDP over IPv4 and IPv6 (AF_INET, AF_INET6)";
 const LEGACY_TLS: &str = "by design: 32-bit TLS; x86-64 programs use arch_prctl";
 
 const NOTES: &[(u64, &str)] = &[
@@ -87,8 +87,8 @@ const NOTES: &[(u64, &str)] = &[
     (43, INET),
     (44, INET),
     (45, INET),
-    (46, "partial: IPv6 on the loopback only; no ancillary data (msg_control)"),
-    (47, "partial: IPv6 on the loopback only; no ancillary data (msg_control)"),
+    (46, "partial: no ancillary data (msg_control)"),
+    (47, "partial: no ancillary data (msg_control)"),
     (48, INET),
     (49, "partial: the VM's own addresses (loopback, the card's) and the unspecified address"),
     (50, "partial: the backlog is capped at 128"),

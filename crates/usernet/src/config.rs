@@ -1,7 +1,7 @@
-//! `UserNetConfig`: the addresses of the virtual network the guest sees (slirp's 10.0.2.0/24 plan by default)
-//! and the `-p` forwards. Plain data; `UserNet::new` validates and applies it.
+//! `UserNetConfig`: the addresses of the virtual network the guest sees (slirp's 10.0.2.0/24 plan by default, and
+//! an IPv6 network beside it) and the `-p` forwards. Plain data; `UserNet::new` validates and applies it.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::forward::PortForward;
 
@@ -22,6 +22,25 @@ pub struct UserNetConfig {
     /// Largest IP packet on the link (the guest's MTU). There is no wire, so it may be far above Ethernet's 1500:
     /// fewer, larger frames cost fewer wake-ups and VM exits per byte.
     pub mtu: u16,
+    /// The IPv6 side of the network, if the guest has one.
+    pub ipv6: Option<UserNet6>,
+}
+
+/// The guest's IPv6 network: its address, the gateway (the host's `::1`) and the DNS forwarder, all in one prefix.
+#[derive(Clone, Copy, Debug)]
+pub struct UserNet6 {
+    pub guest_ip: Ipv6Addr,
+    pub gateway: Ipv6Addr,
+    pub dns: Ipv6Addr,
+    pub prefix_len: u8,
+}
+
+impl UserNet6 {
+    /// Whether `ip` is inside the guest's prefix.
+    pub(crate) fn in_subnet(&self, ip: Ipv6Addr) -> bool {
+        let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix_len)).unwrap_or(0);
+        u128::from(ip) & mask == u128::from(self.guest_ip) & mask
+    }
 }
 
 impl Default for UserNetConfig {
@@ -35,6 +54,12 @@ impl Default for UserNetConfig {
             dns_upstream: None,
             forwards: Vec::new(),
             mtu: 1500,
+            ipv6: Some(UserNet6 {
+                guest_ip: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x15),
+                gateway: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2),
+                dns: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 3),
+                prefix_len: 64,
+            }),
         }
     }
 }
@@ -50,19 +75,39 @@ impl UserNetConfig {
 /// Where the guest's traffic to `dst` goes on the host, or `None` when nothing is there.
 /// The gateway is the host's loopback; the DNS address is the upstream resolver (port 53 only);
 /// other addresses inside the virtual subnet do not exist.
-pub(crate) fn host_target(
-    net: &UserNetConfig,
-    upstream: SocketAddr,
-    dst: std::net::SocketAddrV4,
-) -> Option<SocketAddr> {
-    let ip = *dst.ip();
-    if ip == net.gateway {
-        Some(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), dst.port()))
-    } else if ip == net.dns {
+pub(crate) fn host_target(net: &UserNetConfig, upstream: SocketAddr, dst: SocketAddr) -> Option<SocketAddr> {
+    let (gateway, dns, in_subnet, loopback): (IpAddr, IpAddr, bool, IpAddr) = match dst.ip() {
+        IpAddr::V4(ip) => (net.gateway.into(), net.dns.into(), net.in_subnet(ip), Ipv4Addr::LOCALHOST.into()),
+        IpAddr::V6(ip) => {
+            let v6 = net.ipv6?;
+            (v6.gateway.into(), v6.dns.into(), v6.in_subnet(ip), Ipv6Addr::LOCALHOST.into())
+        }
+    };
+    if dst.ip() == gateway {
+        Some(SocketAddr::new(loopback, dst.port()))
+    } else if dst.ip() == dns {
         (dst.port() == 53).then_some(upstream)
-    } else if net.in_subnet(ip) {
+    } else if in_subnet {
         None
     } else {
-        Some(SocketAddr::V4(dst))
+        Some(dst)
+    }
+}
+
+/// The address the guest knows a host peer by: the gateway for the host's loopback, and any address outside the
+/// virtual network as itself.
+pub(crate) fn seen_as(net: &UserNetConfig, from: SocketAddr) -> Option<SocketAddr> {
+    match from {
+        SocketAddr::V4(a) if a.ip().is_loopback() => Some(SocketAddr::new(net.gateway.into(), a.port())),
+        SocketAddr::V4(a) if !net.in_subnet(*a.ip()) => Some(from),
+        SocketAddr::V6(a) => {
+            let v6 = net.ipv6?;
+            if a.ip().is_loopback() {
+                Some(SocketAddr::new(v6.gateway.into(), a.port()))
+            } else {
+                (!v6.in_subnet(*a.ip())).then_some(from)
+            }
+        }
+        _ => None,
     }
 }

@@ -69,6 +69,19 @@ fn check_addresses(net: &UserNetConfig) -> Result<(), UserNetError> {
             return bad(format!("the {name} address {ip} is the guest's own address"));
         }
     }
+    if let Some(v6) = net.ipv6 {
+        if !(8..=126).contains(&v6.prefix_len) {
+            return bad(format!("IPv6 prefix length /{} must be between /8 and /126", v6.prefix_len));
+        }
+        for (name, ip) in [("IPv6 gateway", v6.gateway), ("IPv6 DNS", v6.dns)] {
+            if !v6.in_subnet(ip) || ip == v6.guest_ip {
+                return bad(format!(
+                    "the {name} address {ip} is not another address in the guest's prefix {}/{}",
+                    v6.guest_ip, v6.prefix_len
+                ));
+            }
+        }
+    }
     if net.guest_mac[0] & 1 != 0 {
         return bad("the guest MAC address is a multicast address".into());
     }
@@ -109,11 +122,20 @@ impl Engine {
             if net.dns != net.gateway {
                 let _ = addrs.push(IpCidr::new(net.dns.into(), net.prefix_len));
             }
+            if let Some(v6) = net.ipv6 {
+                let _ = addrs.push(IpCidr::new(v6.gateway.into(), v6.prefix_len));
+                if v6.dns != v6.gateway {
+                    let _ = addrs.push(IpCidr::new(v6.dns.into(), v6.prefix_len));
+                }
+            }
         });
         // With any_ip and a default route through one of our own addresses, smoltcp accepts packets for every
         // destination: the stack impersonates the whole outside world.
         iface.set_any_ip(true);
         let _ = iface.routes_mut().add_default_ipv4_route(net.gateway);
+        if let Some(v6) = net.ipv6 {
+            let _ = iface.routes_mut().add_default_ipv6_route(v6.gateway);
+        }
 
         Ok(Engine {
             tcp: TcpRelay::new(net.clone(), upstream, shared.clone(), tcp_listeners),
@@ -201,7 +223,7 @@ impl Engine {
         enum Then {
             Stack,
             Reply(Vec<u8>),
-            Syn(u16, std::net::SocketAddrV4),
+            Syn(u16, SocketAddr),
             Done,
             Drop,
         }

@@ -1,24 +1,26 @@
 //! Reading guest frames before the stack sees them, and writing the frames the relay builds itself.
 //! `classify` decides per frame: hand it to smoltcp, answer it here (ARP for the rest of the subnet), relay it
 //! as UDP, or hold it (a TCP SYN, until the host connect it triggers has an answer). Every length and checksum
-//! is checked through `smoltcp::wire`'s checked constructors: the frame comes from a hostile guest.
+//! is checked through `smoltcp::wire`'s checked constructors: the frame comes from a hostile guest. IPv6 neighbour
+//! discovery and ICMPv6 go to smoltcp, which owns the gateway and DNS addresses.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpAddress,
-    IpProtocol, Ipv4Packet, Ipv4Repr, TcpPacket, UdpPacket, UdpRepr,
+    IpProtocol, IpRepr, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpPacket, UdpPacket, UdpRepr,
 };
 
 use crate::config::UserNetConfig;
 
 const ETH_HEADER: usize = 14;
 const IPV4_HEADER: usize = 20;
+const IPV6_HEADER: usize = 40;
 const UDP_HEADER: usize = 8;
 /// The largest UDP payload that fits one frame at the link's MTU (the relay never fragments).
-pub(crate) const fn udp_max_payload(mtu: u16) -> usize {
-    mtu as usize - IPV4_HEADER - UDP_HEADER
+pub(crate) const fn udp_max_payload(mtu: u16, ipv6: bool) -> usize {
+    mtu as usize - if ipv6 { IPV6_HEADER } else { IPV4_HEADER } - UDP_HEADER
 }
 
 /// The MAC address the whole outside world has, as seen by the guest.
@@ -32,9 +34,9 @@ pub(crate) enum GuestFrame<'a> {
     /// Send this ARP reply back to the guest.
     ArpReply(Vec<u8>),
     /// A UDP datagram to relay.
-    Udp { src_port: u16, dst: SocketAddrV4, payload: &'a [u8] },
+    Udp { src_port: u16, dst: SocketAddr, payload: &'a [u8] },
     /// A TCP connection request (SYN without ACK) to `dst`.
-    TcpSyn { src_port: u16, dst: SocketAddrV4 },
+    TcpSyn { src_port: u16, dst: SocketAddr },
     /// Malformed, spoofed, or a protocol the relay does not carry.
     Drop,
 }
@@ -44,6 +46,7 @@ pub(crate) fn classify<'a>(frame: &'a [u8], net: &UserNetConfig) -> GuestFrame<'
     match eth.ethertype() {
         EthernetProtocol::Arp => classify_arp(frame, net),
         EthernetProtocol::Ipv4 => classify_ipv4(&frame[ETH_HEADER..], net),
+        EthernetProtocol::Ipv6 => classify_ipv6(&frame[ETH_HEADER..], net),
         _ => GuestFrame::Drop,
     }
 }
@@ -82,8 +85,34 @@ fn classify_ipv4<'a>(packet: &'a [u8], net: &UserNetConfig) -> GuestFrame<'a> {
     let d = repr.dst_addr;
     let dst_ok = !(d.is_broadcast() || d.is_multicast() || d.is_unspecified() || d.is_loopback() || d == net.guest_ip);
     let payload = &packet[usize::from(ip.header_len())..usize::from(ip.total_len())];
-    let (src, dst) = (IpAddress::Ipv4(repr.src_addr), IpAddress::Ipv4(repr.dst_addr));
     match repr.next_header {
+        IpProtocol::Icmp => GuestFrame::Stack,
+        protocol => classify_transport(IpRepr::Ipv4(repr), protocol, payload, dst_ok),
+    }
+}
+
+fn classify_ipv6<'a>(packet: &'a [u8], net: &UserNetConfig) -> GuestFrame<'a> {
+    let Some(v6) = net.ipv6 else { return GuestFrame::Drop };
+    let Ok(ip) = Ipv6Packet::new_checked(packet) else { return GuestFrame::Drop };
+    let Ok(repr) = Ipv6Repr::parse(&ip) else { return GuestFrame::Drop };
+    if repr.src_addr != v6.guest_ip {
+        return GuestFrame::Drop;
+    }
+    let d = repr.dst_addr;
+    let dst_ok = !(d.is_multicast() || d.is_unspecified() || d.is_loopback() || d == v6.guest_ip);
+    let payload = &packet[IPV6_HEADER..ip.total_len()];
+    match repr.next_header {
+        // Neighbour discovery (to multicast groups too) and echo requests are the stack's.
+        IpProtocol::Icmpv6 => GuestFrame::Stack,
+        protocol => classify_transport(IpRepr::Ipv6(repr), protocol, payload, dst_ok),
+    }
+}
+
+/// A guest's TCP or UDP packet in `ip`: what to do with it. `dst_ok`: its destination can be relayed to.
+fn classify_transport(ip: IpRepr, protocol: IpProtocol, payload: &[u8], dst_ok: bool) -> GuestFrame<'_> {
+    let (src, dst) = (ip.src_addr(), ip.dst_addr());
+    let to = |port| SocketAddr::new(IpAddr::from(dst), port);
+    match protocol {
         IpProtocol::Udp => {
             let Ok(udp) = UdpPacket::new_checked(payload) else { return GuestFrame::Drop };
             let Ok(u) = UdpRepr::parse(&udp, &src, &dst, &ChecksumCapabilities::default()) else {
@@ -92,8 +121,11 @@ fn classify_ipv4<'a>(packet: &'a [u8], net: &UserNetConfig) -> GuestFrame<'a> {
             if !dst_ok || u.src_port == 0 || u.dst_port == 0 {
                 return GuestFrame::Drop;
             }
-            let dst = SocketAddrV4::new(repr.dst_addr, u.dst_port);
-            GuestFrame::Udp { src_port: u.src_port, dst, payload: &payload[UDP_HEADER..usize::from(udp.len())] }
+            GuestFrame::Udp {
+                src_port: u.src_port,
+                dst: to(u.dst_port),
+                payload: &payload[UDP_HEADER..usize::from(udp.len())],
+            }
         }
         IpProtocol::Tcp => {
             let Ok(tcp) = TcpPacket::new_checked(payload) else { return GuestFrame::Drop };
@@ -103,9 +135,8 @@ fn classify_ipv4<'a>(packet: &'a [u8], net: &UserNetConfig) -> GuestFrame<'a> {
             if !dst_ok || !tcp.verify_checksum(&src, &dst) || tcp.src_port() == 0 || tcp.dst_port() == 0 {
                 return GuestFrame::Drop;
             }
-            GuestFrame::TcpSyn { src_port: tcp.src_port(), dst: SocketAddrV4::new(repr.dst_addr, tcp.dst_port()) }
+            GuestFrame::TcpSyn { src_port: tcp.src_port(), dst: to(tcp.dst_port()) }
         }
-        IpProtocol::Icmp => GuestFrame::Stack,
         _ => GuestFrame::Drop,
     }
 }
@@ -126,36 +157,41 @@ fn arp_reply(guest_mac: EthernetAddress, guest_ip: Ipv4Addr, asked: Ipv4Addr) ->
     frame
 }
 
-/// An Ethernet/IPv4/UDP frame to the guest. `payload` must be at most `udp_max_payload(mtu)` bytes.
-pub(crate) fn udp_frame(guest_mac: [u8; 6], src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
+/// An Ethernet/IP/UDP frame to the guest; None if `src` and `dst` are not of one family. `payload` must be at most
+/// `udp_max_payload(mtu, ..)` bytes.
+pub(crate) fn udp_frame(guest_mac: [u8; 6], src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
     let caps = ChecksumCapabilities::default();
-    let ip = Ipv4Repr {
-        src_addr: *src.ip(),
-        dst_addr: *dst.ip(),
-        next_header: IpProtocol::Udp,
-        payload_len: UDP_HEADER + payload.len(),
-        hop_limit: 64,
+    let (src_ip, dst_ip) = (IpAddress::from(src.ip()), IpAddress::from(dst.ip()));
+    let payload_len = UDP_HEADER + payload.len();
+    let ip = match (src.ip(), dst.ip()) {
+        (IpAddr::V4(src_addr), IpAddr::V4(dst_addr)) => {
+            IpRepr::Ipv4(Ipv4Repr { src_addr, dst_addr, next_header: IpProtocol::Udp, payload_len, hop_limit: 64 })
+        }
+        (IpAddr::V6(src_addr), IpAddr::V6(dst_addr)) => {
+            IpRepr::Ipv6(Ipv6Repr { src_addr, dst_addr, next_header: IpProtocol::Udp, payload_len, hop_limit: 64 })
+        }
+        _ => return None,
     };
-    let mut frame = vec![0; ETH_HEADER + IPV4_HEADER + UDP_HEADER + payload.len()];
+    let ethertype = match ip {
+        IpRepr::Ipv4(_) => EthernetProtocol::Ipv4,
+        IpRepr::Ipv6(_) => EthernetProtocol::Ipv6,
+    };
+    let mut frame = vec![0; ETH_HEADER + ip.header_len() + UDP_HEADER + payload.len()];
     let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
-    EthernetRepr {
-        src_addr: EthernetAddress(HOST_MAC),
-        dst_addr: EthernetAddress(guest_mac),
-        ethertype: EthernetProtocol::Ipv4,
-    }
-    .emit(&mut eth);
-    let mut ip_packet = Ipv4Packet::new_unchecked(eth.payload_mut());
-    ip.emit(&mut ip_packet, &caps);
-    let mut udp = UdpPacket::new_unchecked(ip_packet.payload_mut());
+    EthernetRepr { src_addr: EthernetAddress(HOST_MAC), dst_addr: EthernetAddress(guest_mac), ethertype }
+        .emit(&mut eth);
+    let packet = eth.payload_mut();
+    ip.emit(&mut *packet, &caps);
+    let mut udp = UdpPacket::new_unchecked(&mut packet[ip.header_len()..]);
     UdpRepr { src_port: src.port(), dst_port: dst.port() }.emit(
         &mut udp,
-        &IpAddress::Ipv4(*src.ip()),
-        &IpAddress::Ipv4(*dst.ip()),
+        &src_ip,
+        &dst_ip,
         payload.len(),
         |b| b.copy_from_slice(payload),
         &caps,
     );
-    frame
+    Some(frame)
 }
 
 #[cfg(test)]
@@ -166,14 +202,40 @@ mod tests {
     fn udp_frame_round_trips_through_classify() {
         let net = UserNetConfig::default();
         // A frame as the guest would send it: guest -> 8.8.8.8:53.
-        let frame = udp_frame(HOST_MAC, SocketAddrV4::new(net.guest_ip, 4000), "8.8.8.8:53".parse().unwrap(), b"hi");
+        let guest = SocketAddr::new(net.guest_ip.into(), 4000);
+        let frame = udp_frame(HOST_MAC, guest, "8.8.8.8:53".parse().unwrap(), b"hi").unwrap();
         assert_eq!(
             classify(&frame, &net),
             GuestFrame::Udp { src_port: 4000, dst: "8.8.8.8:53".parse().unwrap(), payload: b"hi" }
         );
         // Spoofed source: dropped.
-        let frame = udp_frame(HOST_MAC, "10.0.2.99:4000".parse().unwrap(), "8.8.8.8:53".parse().unwrap(), b"hi");
+        let frame =
+            udp_frame(HOST_MAC, "10.0.2.99:4000".parse().unwrap(), "8.8.8.8:53".parse().unwrap(), b"hi").unwrap();
         assert_eq!(classify(&frame, &net), GuestFrame::Drop);
+    }
+
+    #[test]
+    fn ipv6_udp_frames_round_trip_through_classify() {
+        let net = UserNetConfig::default();
+        let v6 = net.ipv6.unwrap();
+        let guest = SocketAddr::new(v6.guest_ip.into(), 4000);
+        let far: SocketAddr = "[2001:db8::1]:53".parse().unwrap();
+        let frame = udp_frame(HOST_MAC, guest, far, b"hi").unwrap();
+        assert_eq!(classify(&frame, &net), GuestFrame::Udp { src_port: 4000, dst: far, payload: b"hi" });
+        // Spoofed source, or multicast destination: dropped.
+        let frame = udp_frame(HOST_MAC, "[fd00::99]:4000".parse().unwrap(), far, b"hi").unwrap();
+        assert_eq!(classify(&frame, &net), GuestFrame::Drop);
+        let frame = udp_frame(HOST_MAC, guest, "[ff02::1]:53".parse().unwrap(), b"hi").unwrap();
+        assert_eq!(classify(&frame, &net), GuestFrame::Drop);
+        // A damaged checksum: dropped.
+        let mut frame = udp_frame(HOST_MAC, guest, far, b"hi").unwrap();
+        let last = frame.len() - 1;
+        frame[last] ^= 1;
+        assert_eq!(classify(&frame, &net), GuestFrame::Drop);
+        // No IPv6 on this network: dropped.
+        let v4_only = UserNetConfig { ipv6: None, ..UserNetConfig::default() };
+        assert_eq!(classify(&udp_frame(HOST_MAC, guest, far, b"hi").unwrap(), &v4_only), GuestFrame::Drop);
+        assert_eq!(udp_frame(HOST_MAC, guest, "8.8.8.8:53".parse().unwrap(), b"hi"), None);
     }
 
     #[test]

@@ -27,7 +27,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-pub use config::UserNetConfig;
+pub use config::{UserNet6, UserNetConfig};
 pub use forward::{ForwardParseError, PortForward, Proto};
 
 use queue::Shared;

@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -35,7 +35,7 @@ const MAX_CONNS: usize = 16 * 1024;
 const GUEST_TIMEOUT: smoltcp::time::Duration = smoltcp::time::Duration::from_secs(120);
 
 /// One guest connection: the guest's source port and where it connected to.
-type FlowKey = (u16, SocketAddrV4);
+type FlowKey = (u16, SocketAddr);
 
 struct Conn {
     /// The host side; `None` once it is closed.
@@ -119,7 +119,7 @@ impl TcpRelay {
     pub fn on_syn(
         &mut self,
         src_port: u16,
-        dst: SocketAddrV4,
+        dst: SocketAddr,
         syn: Vec<u8>,
         sockets: &mut SocketSet<'static>,
         device: &mut FrameDevice,
@@ -136,7 +136,7 @@ impl TcpRelay {
             return; // a retransmission while the host connect is still running
         }
         let target = match host_target(&self.net, self.upstream, dst) {
-            Some(SocketAddr::V4(t)) if self.conns.len() + self.pending.len() < MAX_CONNS => t,
+            Some(t) if self.conns.len() + self.pending.len() < MAX_CONNS => t,
             // No listener: smoltcp refuses the SYN with a reset.
             _ => return device.inject(syn),
         };
@@ -162,7 +162,7 @@ impl TcpRelay {
                 let Some(p) = self.pending.remove(&key) else { return };
                 let _ = p.stream.set_nodelay(true);
                 let mut socket = new_socket();
-                let endpoint = IpListenEndpoint { addr: Some((*key.1.ip()).into()), port: key.1.port() };
+                let endpoint = IpListenEndpoint { addr: Some(key.1.ip().into()), port: key.1.port() };
                 if socket.listen(endpoint).is_err() {
                     return device.inject(p.syn);
                 }

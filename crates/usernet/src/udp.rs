@@ -1,16 +1,17 @@
 //! UDP relaying. Outbound: one host socket per guest source port, sending wherever the guest sends (rewritten
 //! by `host_target`), with replies delivered from the address the guest originally used. Inbound (`-p .../udp`):
 //! each host peer of a forward gets its own gateway port, so the guest's replies find their way back.
-//! Idle flows expire. Datagrams are built into frames here directly; smoltcp is not involved.
+//! Idle flows expire. Datagrams are built into frames here directly; smoltcp is not involved. A flow is keyed by the
+//! guest's source address and port, so the guest's IPv4 and IPv6 flows from one port stay apart.
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{host_target, UserNetConfig};
+use crate::config::{host_target, seen_as, UserNetConfig};
 use crate::forward::PortForward;
 use crate::frame::{udp_frame, udp_max_payload};
 use crate::queue::{Counters, Shared};
@@ -29,7 +30,7 @@ struct OutFlow {
     last_used: Instant,
     idle_limit: Duration,
     /// Host address sent to → the address the guest used for it, so replies come from where the guest expects.
-    dests: HashMap<SocketAddr, SocketAddrV4>,
+    dests: HashMap<SocketAddr, SocketAddr>,
 }
 
 pub(crate) struct UdpForward {
@@ -47,7 +48,8 @@ pub(crate) struct UdpRelay {
     net: UserNetConfig,
     upstream: SocketAddr,
     shared: Arc<Shared>,
-    outbound: HashMap<u16, OutFlow>,
+    /// By the guest's source (address, port).
+    outbound: HashMap<SocketAddr, OutFlow>,
     forwards: Vec<UdpForward>,
     /// Gateway port → the forward peer it stands for; `peer_ports` is the reverse index.
     peers: HashMap<u16, Peer>,
@@ -75,9 +77,19 @@ impl UdpRelay {
         Counters::bump(&self.shared.stats.dropped);
     }
 
+    /// The guest's own address in `dst`'s family, if it has one.
+    fn guest_ip(&self, dst: IpAddr) -> Option<IpAddr> {
+        match dst {
+            IpAddr::V4(_) => Some(self.net.guest_ip.into()),
+            IpAddr::V6(_) => self.net.ipv6.map(|v6| v6.guest_ip.into()),
+        }
+    }
+
     /// A datagram the guest sent from `src_port` to `dst`.
-    pub fn relay_from_guest(&mut self, src_port: u16, dst: SocketAddrV4, payload: &[u8], now: Instant) {
-        if *dst.ip() == self.net.gateway {
+    pub fn relay_from_guest(&mut self, src_port: u16, dst: SocketAddr, payload: &[u8], now: Instant) {
+        let Some(guest_ip) = self.guest_ip(dst.ip()) else { return self.drop_one() };
+        let src = SocketAddr::new(guest_ip, src_port);
+        if dst.ip() == IpAddr::V4(self.net.gateway) {
             if let Some(peer) = self.peers.get_mut(&dst.port()) {
                 peer.last_used = now;
                 let _ = self.forwards[peer.forward].sock.send_to(payload, peer.addr);
@@ -85,7 +97,7 @@ impl UdpRelay {
             }
         }
         let Some(target) = host_target(&self.net, self.upstream, dst) else { return self.drop_one() };
-        if !self.outbound.contains_key(&src_port) {
+        if !self.outbound.contains_key(&src) {
             if self.outbound.len() >= MAX_OUTBOUND_FLOWS {
                 // Full: the least recently used flow makes room (a linear scan, only at the cap).
                 if let Some(oldest) = self.outbound.iter().min_by_key(|(_, f)| f.last_used).map(|(p, _)| *p) {
@@ -101,9 +113,9 @@ impl UdpRelay {
             };
             Counters::bump(&self.shared.stats.udp_flows);
             let idle_limit = if dst.port() == 53 { DNS_IDLE } else { UDP_IDLE };
-            self.outbound.insert(src_port, OutFlow { sock, last_used: now, idle_limit, dests: HashMap::new() });
+            self.outbound.insert(src, OutFlow { sock, last_used: now, idle_limit, dests: HashMap::new() });
         }
-        let Some(flow) = self.outbound.get_mut(&src_port) else { return };
+        let Some(flow) = self.outbound.get_mut(&src) else { return };
         flow.last_used = now;
         if flow.dests.len() >= MAX_DESTS_PER_FLOW && !flow.dests.contains_key(&target) {
             flow.dests.clear();
@@ -119,45 +131,43 @@ impl UdpRelay {
         for (i, f) in self.forwards.iter().enumerate() {
             add(f.sock.as_raw_fd(), UdpToken::Forward(i));
         }
-        for (port, flow) in &self.outbound {
-            add(flow.sock.as_raw_fd(), UdpToken::Outbound(*port));
+        for (guest, flow) in &self.outbound {
+            add(flow.sock.as_raw_fd(), UdpToken::Outbound(*guest));
         }
     }
 
     pub fn on_readable(&mut self, token: UdpToken, now: Instant) {
         match token {
             UdpToken::Forward(i) => self.drain_forward(i, now),
-            UdpToken::Outbound(port) => self.drain_outbound(port, now),
+            UdpToken::Outbound(guest) => self.drain_outbound(guest, now),
         }
     }
 
-    fn deliver(&self, src: SocketAddrV4, guest_port: u16, len: usize) {
-        if len > udp_max_payload(self.net.mtu) {
+    /// Sends the guest `len` bytes of `buf` from `src` to its address and port `dst`.
+    fn deliver(&self, src: SocketAddr, dst: SocketAddr, len: usize) {
+        if len > udp_max_payload(self.net.mtu, dst.is_ipv6()) {
             return self.drop_one();
         }
-        let dst = SocketAddrV4::new(self.net.guest_ip, guest_port);
-        if !self.shared.push_to_guest(udp_frame(self.net.guest_mac, src, dst, &self.buf[..len])) {
+        let Some(frame) = udp_frame(self.net.guest_mac, src, dst, &self.buf[..len]) else { return self.drop_one() };
+        if !self.shared.push_to_guest(frame) {
             self.drop_one();
         }
     }
 
-    fn drain_outbound(&mut self, port: u16, now: Instant) {
+    fn drain_outbound(&mut self, guest: SocketAddr, now: Instant) {
         loop {
-            let Some(flow) = self.outbound.get_mut(&port) else { return };
+            let Some(flow) = self.outbound.get_mut(&guest) else { return };
             let (len, from) = match flow.sock.recv_from(&mut self.buf) {
                 Ok(r) => r,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(_) => return,
             };
             flow.last_used = now;
-            let seen_as = flow.dests.get(&from).copied().or_else(|| match from {
-                SocketAddr::V4(a) if a.ip().is_loopback() => Some(SocketAddrV4::new(self.net.gateway, a.port())),
-                SocketAddr::V4(a) if !self.net.in_subnet(*a.ip()) => Some(a),
-                _ => None,
-            });
-            match seen_as {
-                Some(src) => self.deliver(src, port, len),
-                None => self.drop_one(),
+            // A reply comes from where the guest sent; a v4-mapped peer of an IPv6 socket is the IPv4 one.
+            let from = SocketAddr::new(from.ip().to_canonical(), from.port());
+            match flow.dests.get(&from).copied().or_else(|| seen_as(&self.net, from)) {
+                Some(src) if src.is_ipv4() == guest.is_ipv4() => self.deliver(src, guest, len),
+                _ => self.drop_one(),
             }
         }
     }
@@ -172,8 +182,8 @@ impl UdpRelay {
                 self.drop_one();
                 continue;
             };
-            let guest_port = self.forwards[i].spec.guest_port;
-            self.deliver(SocketAddrV4::new(self.net.gateway, port), guest_port, len);
+            let guest = SocketAddr::new(self.net.guest_ip.into(), self.forwards[i].spec.guest_port);
+            self.deliver(SocketAddr::new(self.net.gateway.into(), port), guest, len);
         }
     }
 
@@ -222,7 +232,7 @@ impl UdpRelay {
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum UdpToken {
     Forward(usize),
-    Outbound(u16),
+    Outbound(SocketAddr),
 }
 
 #[cfg(test)]
@@ -237,13 +247,15 @@ mod tests {
         let net = UserNetConfig::default();
         let mut relay = UdpRelay::new(net.clone(), sink.local_addr().unwrap(), shared, Vec::new());
         let t0 = Instant::now();
-        relay.relay_from_guest(1000, SocketAddrV4::new(net.dns, 53), b"q", t0);
-        relay.relay_from_guest(1001, SocketAddrV4::new(net.gateway, port), b"x", t0);
+        let at = |ip: Ipv4Addr, port| SocketAddr::new(ip.into(), port);
+        relay.relay_from_guest(1000, at(net.dns, 53), b"q", t0);
+        relay.relay_from_guest(1001, at(net.gateway, port), b"x", t0);
         // Inside the subnet but neither gateway nor DNS: nobody is there.
-        relay.relay_from_guest(1002, SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 9), port), b"x", t0);
+        relay.relay_from_guest(1002, at(Ipv4Addr::new(10, 0, 2, 9), port), b"x", t0);
         assert_eq!(relay.outbound.len(), 2);
         relay.expire(t0 + DNS_IDLE + Duration::from_secs(1));
-        assert!(relay.outbound.contains_key(&1001) && !relay.outbound.contains_key(&1000));
+        let flow = |port| relay.outbound.contains_key(&at(net.guest_ip, port));
+        assert!(flow(1001) && !flow(1000));
         relay.expire(t0 + UDP_IDLE + Duration::from_secs(1));
         assert!(relay.outbound.is_empty());
         let mut buf = [0; 8];

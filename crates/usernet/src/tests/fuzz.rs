@@ -1,7 +1,7 @@
 //! Hostile frames: random bytes, every truncation and bit flip of valid ARP/UDP/TCP frames, and lying length
 //! fields. Nothing may panic; the relay must keep working afterwards and count what it dropped.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use smoltcp::phy::ChecksumCapabilities;
@@ -77,13 +77,17 @@ fn tcp_syn(dst: SocketAddrV4) -> Vec<u8> {
 
 fn valid_frames() -> Vec<Vec<u8>> {
     let net = UserNetConfig::default();
-    let guest = SocketAddrV4::new(net.guest_ip, 4444);
+    let guest = SocketAddr::V4(SocketAddrV4::new(net.guest_ip, 4444));
+    let guest6 = SocketAddr::new(net.ipv6.unwrap().guest_ip.into(), 4444);
+    let to = |ip: Ipv4Addr, port| SocketAddr::V4(SocketAddrV4::new(ip, port));
     vec![
         arp_request(Ipv4Addr::new(10, 0, 2, 77)),
         arp_request(net.gateway),
         // To TEST-NET addresses and the discard port on the gateway: harmless if they do get relayed.
-        udp_frame(HOST_MAC, guest, SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 9), b"payload"),
-        udp_frame(HOST_MAC, guest, SocketAddrV4::new(net.dns, 53), &[0; 12]),
+        udp_frame(HOST_MAC, guest, to(Ipv4Addr::new(192, 0, 2, 1), 9), b"payload").unwrap(),
+        udp_frame(HOST_MAC, guest, to(net.dns, 53), &[0; 12]).unwrap(),
+        udp_frame(HOST_MAC, guest6, "[2001:db8::1]:9".parse().unwrap(), b"payload").unwrap(),
+        udp_frame(HOST_MAC, guest6, SocketAddr::new(net.ipv6.unwrap().dns.into(), 53), &[0; 12]).unwrap(),
         tcp_syn(SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 9)),
         tcp_syn(SocketAddrV4::new(net.gateway, 9)),
     ]

@@ -1,4 +1,4 @@
-//! The fake guest: a smoltcp interface at 10.0.2.15 whose device is a `UserNet`, run on its own thread with
+//! The fake guest: a smoltcp interface at 10.0.2.15 and fd00::15 whose device is a `UserNet`, run on its own thread with
 //! an application closure that is called after every poll until it reports done.
 
 use std::collections::VecDeque;
@@ -71,8 +71,13 @@ impl Guest {
             &mut dev,
             smoltcp::time::Instant::from_micros(0),
         );
-        iface.update_ip_addrs(|a| a.push(IpCidr::new(cfg.guest_ip.into(), 24)).unwrap());
+        let v6 = cfg.ipv6.expect("the default network has IPv6");
+        iface.update_ip_addrs(|a| {
+            a.push(IpCidr::new(cfg.guest_ip.into(), 24)).unwrap();
+            a.push(IpCidr::new(v6.guest_ip.into(), v6.prefix_len)).unwrap();
+        });
         iface.routes_mut().add_default_ipv4_route(Ipv4Address::new(10, 0, 2, 2)).unwrap();
+        iface.routes_mut().add_default_ipv6_route(v6.gateway).unwrap();
         Guest { net, iface, sockets: SocketSet::new(Vec::new()), dev, epoch: Instant::now() }
     }
 

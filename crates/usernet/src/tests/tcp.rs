@@ -86,7 +86,17 @@ fn inbound_forward_echoes_multi_mib_byte_exact() {
 
 #[test]
 fn outbound_via_gateway_reaches_host_listener_both_ways() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    outbound_echo(UserNetConfig::default().gateway.into(), "127.0.0.1:0");
+}
+
+#[test]
+fn outbound_via_ipv6_gateway_reaches_host_ipv6_loopback() {
+    outbound_echo(UserNetConfig::default().ipv6.unwrap().gateway.into(), "[::1]:0");
+}
+
+/// A guest connection to `gateway` reaches a host listener on `host` (that family's loopback), 3 MiB each way.
+fn outbound_echo(gateway: std::net::IpAddr, host: &str) {
+    let listener = TcpListener::bind(host).unwrap();
     let port = listener.local_addr().unwrap().port();
     let net = Arc::new(UserNet::new(UserNetConfig::default()).unwrap());
     let up = pattern(3 << 20, 2);
@@ -107,7 +117,7 @@ fn outbound_via_gateway_reaches_host_listener_both_ways() {
     let guest = Guest::spawn(net.clone(), LIMIT, move |g| {
         let handle = *h.get_or_insert_with(|| {
             let mut s = guest_socket();
-            s.connect(g.iface.context(), (crate::config::UserNetConfig::default().gateway, port), 40000).unwrap();
+            s.connect(g.iface.context(), (gateway, port), 40000).unwrap();
             g.sockets.add(s)
         });
         let s = g.sockets.get_mut::<tcp::Socket>(handle);

@@ -84,7 +84,18 @@ fn guest_udp_exchange(net: Arc<UserNet>, from: u16, to: IpEndpoint, msg: Vec<u8>
 
 #[test]
 fn outbound_udp_via_gateway_gets_replies_from_the_gateway() {
-    let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+    outbound_udp(UserNetConfig::default().gateway.into(), "127.0.0.1:0");
+}
+
+#[test]
+fn outbound_udp_via_ipv6_gateway_reaches_host_ipv6_loopback() {
+    outbound_udp(UserNetConfig::default().ipv6.unwrap().gateway.into(), "[::1]:0");
+}
+
+/// A datagram from the guest to `gw` reaches a host server on `host` (that family's loopback), and its answer comes
+/// back from `gw`.
+fn outbound_udp(gw: std::net::IpAddr, host: &str) {
+    let server = UdpSocket::bind(host).unwrap();
     let port = server.local_addr().unwrap().port();
     std::thread::spawn(move || {
         let mut buf = [0; 2048];
@@ -93,7 +104,6 @@ fn outbound_udp_via_gateway_gets_replies_from_the_gateway() {
         }
     });
     let net = Arc::new(UserNet::new(UserNetConfig::default()).unwrap());
-    let gw = UserNetConfig::default().gateway;
     let (reply, from) = guest_udp_exchange(net.clone(), 5555, (gw, port).into(), b"ping".to_vec());
     assert_eq!(reply, b"pong:ping");
     assert_eq!(from, (gw, port).into());
