@@ -1,7 +1,7 @@
 //! Builds the root filesystem image the library OS reads its files from (format: `kiln_abi::rootfs`), from host
 //! files and directories. Directories are walked in name order, so the same tree always gives the same image.
 
-use kiln_abi::rootfs::{padded, KIND_DIR, KIND_FILE, MAGIC};
+use kiln_abi::rootfs::{entries, padded, KIND_DIR, KIND_FILE, MAGIC};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -23,15 +23,20 @@ pub enum RootfsError {
     IsDir(PathBuf),
     #[error("{0} is not a directory; use --file")]
     NotDir(PathBuf),
+    #[error("the root filesystem image is malformed")]
+    BadImage,
 }
 
 pub struct RootfsBuilder {
     image: Vec<u8>,
+    /// Host permission bits become 0755 or 0644 (by whether any execute bit is set), so that an image does not
+    /// depend on the umask of whoever checked the files out.
+    normalise_modes: bool,
 }
 
 impl Default for RootfsBuilder {
     fn default() -> Self {
-        Self { image: MAGIC.to_vec() }
+        Self { image: MAGIC.to_vec(), normalise_modes: false }
     }
 }
 
@@ -52,6 +57,20 @@ fn read_err(path: &Path) -> impl FnOnce(std::io::Error) -> RootfsError + '_ {
 }
 
 impl RootfsBuilder {
+    /// A builder whose output depends only on the host files' contents, names and execute bits (`kiln build`).
+    pub fn reproducible() -> Self {
+        Self { normalise_modes: true, ..Self::default() }
+    }
+
+    fn host_mode(&self, meta: &std::fs::Metadata) -> u32 {
+        let mode = meta.permissions().mode() & 0o7777;
+        match self.normalise_modes {
+            false => mode,
+            true if meta.is_dir() || mode & 0o111 != 0 => 0o755,
+            true => 0o644,
+        }
+    }
+
     fn entry(&mut self, kind: u32, path: &str, perm: u32, data: &[u8]) {
         self.image.extend(kind.to_le_bytes());
         self.image.extend(perm.to_le_bytes());
@@ -86,7 +105,7 @@ impl RootfsBuilder {
             return Err(RootfsError::Special(host.to_path_buf()));
         }
         let data = std::fs::read(host).map_err(read_err(host))?;
-        self.add_file(guest, meta.permissions().mode() & 0o7777, &data)
+        self.add_file(guest, self.host_mode(&meta), &data)
     }
 
     /// `kiln run --dir HOST:GUEST`: a directory and everything below it (symbolic links followed).
@@ -95,7 +114,7 @@ impl RootfsBuilder {
         if !meta.is_dir() {
             return Err(RootfsError::NotDir(host.to_path_buf()));
         }
-        self.add_dir(guest, meta.permissions().mode() & 0o7777)?;
+        self.add_dir(guest, self.host_mode(&meta))?;
         let mut children: Vec<_> = std::fs::read_dir(host)
             .map_err(read_err(host))?
             .map(|e| e.map(|e| e.file_name()))
@@ -114,6 +133,16 @@ impl RootfsBuilder {
         Ok(())
     }
 
+    /// Every entry of a built image (an image's root filesystem), after those already added.
+    pub fn add_image(&mut self, image: &[u8]) -> Result<(), RootfsError> {
+        let all_valid = entries(image).map_err(|_| RootfsError::BadImage)?.all(|e| e.is_ok());
+        if !all_valid {
+            return Err(RootfsError::BadImage);
+        }
+        self.image.extend(&image[MAGIC.len()..]);
+        Ok(())
+    }
+
     pub fn finish(self) -> Vec<u8> {
         self.image
     }
@@ -122,7 +151,6 @@ impl RootfsBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_abi::rootfs::entries;
 
     #[test]
     fn builds_what_the_library_os_parses() {
@@ -156,6 +184,38 @@ mod tests {
             RootfsError::Missing(_)
         ));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn reproducible_builders_normalise_modes() {
+        let dir = std::env::temp_dir().join(format!("kiln-rootfs-modes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("run.sh"), "x").unwrap();
+        std::fs::write(dir.join("data"), "y").unwrap();
+        std::fs::set_permissions(dir.join("run.sh"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(dir.join("data"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut b = RootfsBuilder::reproducible();
+        b.add_host_dir(&dir, "/app").unwrap();
+        let image = b.finish();
+        let modes: Vec<_> = entries(&image).unwrap().map(|e| e.unwrap().perm).collect();
+        assert_eq!(modes, [0o755, 0o644, 0o755]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn images_append_whole() {
+        let mut base = RootfsBuilder::default();
+        base.add_file("/a", 0o644, b"a").unwrap();
+        let base = base.finish();
+        let mut b = RootfsBuilder::default();
+        b.add_file("/etc/resolv.conf", 0o644, b"x").unwrap();
+        b.add_image(&base).unwrap();
+        b.add_file("/b", 0o644, b"b").unwrap();
+        let image = b.finish();
+        let paths: Vec<_> = entries(&image).unwrap().map(|e| e.unwrap().path.to_string()).collect();
+        assert_eq!(paths, ["/etc/resolv.conf", "/a", "/b"]);
+        assert!(matches!(RootfsBuilder::default().add_image(b"junk"), Err(RootfsError::BadImage)));
+        assert!(matches!(RootfsBuilder::default().add_image(&base[..base.len() - 8]), Err(RootfsError::BadImage)));
     }
 
     fn b_err(dir: &Path, guest: &str) -> RootfsError {

@@ -1,0 +1,132 @@
+//! Making an image from a checked [`Project`]: its root filesystem (the project's files and directories, with
+//! normalised modes and in a fixed order), its blobs in the store, and the manifest that names them.
+
+use crate::kiln_toml::Project;
+use crate::manifest::{BlobRef, Manifest, RunConfig, SCHEMA};
+use crate::reference::Reference;
+use crate::store::{Store, StoreError};
+use crate::Digest;
+use kiln_vmm::rootfs::{RootfsBuilder, RootfsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("{key} \"{host}\"")]
+    Rootfs {
+        key: &'static str,
+        host: String,
+        #[source]
+        source: RootfsError,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The root filesystem: `dirs` first, then `files` (so a file can replace one a directory brought), each in host
+/// path order. Host paths are relative to the project directory.
+pub fn rootfs(project: &Project) -> Result<Vec<u8>, BuildError> {
+    let mut builder = RootfsBuilder::reproducible();
+    for (host, guest) in &project.dirs {
+        builder.add_host_dir(&project.dir.join(host), guest).map_err(|source| BuildError::Rootfs {
+            key: "dirs",
+            host: host.clone(),
+            source,
+        })?;
+    }
+    for (host, guest) in &project.files {
+        builder.add_host_file(&project.dir.join(host), guest).map_err(|source| BuildError::Rootfs {
+            key: "files",
+            host: host.clone(),
+            source,
+        })?;
+    }
+    Ok(builder.finish())
+}
+
+/// The parts of an image, before they are stored.
+pub struct Parts<'a> {
+    pub kernel: &'a [u8],
+    pub program: &'a [u8],
+    /// The program's file name; it runs as `/<name>`.
+    pub program_name: &'a str,
+    pub rootfs: &'a [u8],
+    pub kiln_version: &'a str,
+}
+
+/// Stores the parts and the manifest, tags the image, and returns its id. `stored` is told each blob's size once it
+/// is in the store (for a progress bar).
+pub fn store_image(
+    store: &Store,
+    project: &Project,
+    parts: &Parts<'_>,
+    tag: &Reference,
+    mut stored: impl FnMut(u64),
+) -> Result<(Digest, Manifest), BuildError> {
+    let mut put = |bytes: &[u8]| -> Result<BlobRef, StoreError> {
+        let digest = store.put_blob(bytes)?;
+        stored(bytes.len() as u64);
+        Ok(BlobRef { digest, size: bytes.len() as u64 })
+    };
+    let manifest = Manifest {
+        schema: SCHEMA,
+        name: project.name.clone(),
+        kiln_version: parts.kiln_version.to_string(),
+        kernel: put(parts.kernel)?,
+        program: put(parts.program)?,
+        rootfs: put(parts.rootfs)?,
+        config: RunConfig {
+            program_path: format!("/{}", parts.program_name),
+            args: project.args.clone(),
+            env: project.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            memory: project.memory,
+            cpus: project.cpus,
+            ports: project.ports.clone(),
+            volumes: project.volumes.clone(),
+        },
+    };
+    let digest = put(&manifest.to_bytes())?.digest;
+    let _lock = store.lock()?;
+    store.tag(tag, &digest)?;
+    Ok((digest, manifest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kiln_toml::parse;
+
+    #[test]
+    fn the_same_inputs_give_the_same_image_wherever_they_are() {
+        let base = std::env::temp_dir().join(format!("kiln-build-{}", std::process::id()));
+        let store = Store::new(base.join("store"));
+        let mut ids = Vec::new();
+        for (copy, mode) in [("one", 0o600), ("two", 0o664)] {
+            let dir = base.join(copy);
+            std::fs::create_dir_all(dir.join("static/css")).unwrap();
+            std::fs::write(dir.join("static/index.html"), "<h1>hi</h1>").unwrap();
+            std::fs::write(dir.join("static/css/site.css"), "h1{}").unwrap();
+            std::fs::write(dir.join("app.toml"), "port = 80").unwrap();
+            let mode = std::os::unix::fs::PermissionsExt::from_mode(mode);
+            std::fs::set_permissions(dir.join("app.toml"), mode).unwrap();
+            let src = "name = \"web\"\nbinary = \"app\"\nfiles = { \"app.toml\" = \"/etc/app.toml\" }\ndirs = { static = \"/srv\" }\n";
+            let project = parse(src, "Kiln.toml", dir).unwrap();
+            let fs = rootfs(&project).unwrap();
+            let parts = Parts { kernel: b"k", program: b"p", program_name: "app", rootfs: &fs, kiln_version: "0" };
+            let (digest, manifest) = store_image(&store, &project, &parts, &"web".parse().unwrap(), |_| {}).unwrap();
+            assert_eq!(manifest.config.program_path, "/app");
+            ids.push(digest);
+        }
+        assert_eq!(ids[0], ids[1]);
+        assert_eq!(store.resolve("web").unwrap(), ids[0]);
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn missing_files_name_their_key() {
+        let project =
+            parse("name = \"a\"\nbinary = \"a\"\nfiles = { nope = \"/x\" }\n", "Kiln.toml", "/nonexistent".into())
+                .unwrap();
+        let err = rootfs(&project).unwrap_err();
+        assert_eq!(err.to_string(), "files \"nope\"");
+        assert!(matches!(err, BuildError::Rootfs { source: RootfsError::Missing(_), .. }));
+    }
+}

@@ -1,0 +1,333 @@
+//! Instance records (`$KILN_HOME/instances/<id>/record.json`, the output in `log` beside it): what `kiln run -d`
+//! started, and what became of it. The VMM process writes its own record when it starts and when it ends; a VMM that
+//! dies without writing (SIGKILL, a crash) is noticed by [`Instances::observe`], which checks that the recorded pid
+//! still runs *and* started when the record says (pids are reused), and records why it ended.
+
+use crate::store::{write_atomically, Store, StoreError};
+use crate::Digest;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Recorded, its VMM not yet booted.
+    Created,
+    Running,
+    Exited,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    pub id: String,
+    pub name: String,
+    /// The image as it was named (`web:latest`) or the program's path.
+    pub image: String,
+    /// The image's id; none for a program run from a path.
+    pub image_id: Option<Digest>,
+    /// The program's argv.
+    pub command: Vec<String>,
+    /// Host ports published, in `-p` syntax.
+    pub ports: Vec<String>,
+    pub state: State,
+    /// The VMM process, and its start time in clock ticks after boot (`/proc/PID/stat` field 22).
+    pub pid: Option<u32>,
+    pub pid_start: Option<u64>,
+    /// Seconds since the Unix epoch.
+    pub created: u64,
+    pub started: Option<u64>,
+    pub finished: Option<u64>,
+    pub exit_code: Option<i32>,
+    /// Why it ended, in words (`exited`, `killed by SIGTERM`, `the VMM process died without recording an exit`).
+    pub reason: Option<String>,
+    /// `--rm`: the record goes when the instance ends.
+    pub auto_remove: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    #[error("no such instance: {0}")]
+    NoSuch(String),
+    #[error("{0} names more than one instance; give more of its id")]
+    Ambiguous(String),
+    #[error("the name {name:?} is already used by instance {id}; remove it (kiln rm {name}) or choose another --name")]
+    NameTaken { name: String, id: String },
+    #[error(
+        "{name:?} is not an instance name: use letters, digits, '.', '_' and '-', starting with a letter or digit"
+    )]
+    BadName { name: String },
+    #[error("host port {port} is already published by instance {name} ({id})")]
+    PortTaken { port: String, name: String, id: String },
+    #[error("instance record {path} is damaged")]
+    Damaged {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// A process's start time (clock ticks after boot), or `None` if it is gone or a zombie.
+pub fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses; the fields after its last ')' do not.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = fields.next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    // Fields 4..=21 come before the start time (field 22); `state` was field 3.
+    fields.nth(18)?.parse().ok()
+}
+
+pub fn valid_name(name: &str) -> bool {
+    name.len() <= 128
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// 12 random hex digits.
+pub fn new_id() -> String {
+    let mut bytes = [0u8; 6];
+    // SAFETY: the pointer and length describe `bytes`.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n != bytes.len() as isize {
+        // Unique enough without the random source: time and pid.
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let mixed = (t.as_nanos() as u64) ^ (u64::from(std::process::id()) << 32);
+        bytes.copy_from_slice(&mixed.to_le_bytes()[..6]);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Instance {
+    /// Whether its VMM process is still the one recorded.
+    pub fn vmm_alive(&self) -> bool {
+        match (self.pid, self.pid_start) {
+            (Some(pid), Some(start)) => process_start(pid) == Some(start),
+            _ => false,
+        }
+    }
+
+    /// The host port part of each published port (`127.0.0.1:8080:80/tcp` → `127.0.0.1:8080/tcp`), for conflicts.
+    fn host_ports(&self) -> Vec<(u16, String)> {
+        self.ports
+            .iter()
+            .filter_map(|p| p.parse::<kiln_usernet::PortForward>().ok())
+            .map(|f| (f.host_port, f.proto.to_string()))
+            .collect()
+    }
+}
+
+/// The instances in a store.
+pub struct Instances<'a> {
+    store: &'a Store,
+}
+
+impl<'a> Instances<'a> {
+    pub fn new(store: &'a Store) -> Self {
+        Instances { store }
+    }
+
+    pub fn dir(&self, id: &str) -> PathBuf {
+        self.store.root().join("instances").join(id)
+    }
+
+    pub fn log_path(&self, id: &str) -> PathBuf {
+        self.dir(id).join("log")
+    }
+
+    fn record_path(&self, id: &str) -> PathBuf {
+        self.dir(id).join("record.json")
+    }
+
+    pub fn save(&self, instance: &Instance) -> Result<(), InstanceError> {
+        let mut bytes = serde_json::to_vec_pretty(instance).expect("a record always serialises");
+        bytes.push(b'\n');
+        Ok(write_atomically(&self.record_path(&instance.id), &bytes)?)
+    }
+
+    pub fn load(&self, id: &str) -> Result<Instance, InstanceError> {
+        let path = self.record_path(id);
+        let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => InstanceError::NoSuch(id.to_string()),
+            _ => InstanceError::Store(StoreError::Io { path: path.clone(), source: e }),
+        })?;
+        serde_json::from_slice(&bytes).map_err(|source| InstanceError::Damaged { path, source })
+    }
+
+    /// Every instance, oldest first, as [`Instances::observe`] sees it.
+    pub fn list(&self) -> Result<Vec<Instance>, InstanceError> {
+        self.records()?.into_iter().map(|i| self.observe(i)).collect()
+    }
+
+    /// Every record as written, oldest first.
+    fn records(&self) -> Result<Vec<Instance>, InstanceError> {
+        let dir = self.store.root().join("instances");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(StoreError::Io { path: dir, source }.into()),
+        };
+        let mut all = Vec::new();
+        for entry in entries.flatten() {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            match self.load(&id) {
+                Ok(instance) => all.push(instance),
+                // Removed meanwhile (`--rm`), or not written yet.
+                Err(InstanceError::NoSuch(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        all.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+        Ok(all)
+    }
+
+    /// The record, corrected if it says running but its VMM is gone: it is then exited, with the reason.
+    pub fn observe(&self, instance: Instance) -> Result<Instance, InstanceError> {
+        if instance.state != State::Running || instance.vmm_alive() {
+            return Ok(instance);
+        }
+        let _lock = self.store.lock()?;
+        // The VMM may have recorded its exit between the first read and the liveness check.
+        let mut fresh = match self.load(&instance.id) {
+            Ok(fresh) => fresh,
+            Err(InstanceError::NoSuch(_)) => return Ok(instance),
+            Err(e) => return Err(e),
+        };
+        if fresh.state == State::Running && !fresh.vmm_alive() {
+            fresh.state = State::Exited;
+            fresh.finished = Some(now());
+            fresh.reason = Some("the VMM process died without recording an exit (killed, or it crashed)".into());
+            self.save(&fresh)?;
+        }
+        Ok(fresh)
+    }
+
+    /// The instance `what` names: a name, an id, or a unique prefix of an id.
+    pub fn find(&self, what: &str) -> Result<Instance, InstanceError> {
+        let all = self.list()?;
+        if let Some(found) = all.iter().find(|i| i.name == what || i.id == what) {
+            return Ok(found.clone());
+        }
+        let mut prefixed = all.into_iter().filter(|i| what.len() >= 3 && i.id.starts_with(what));
+        match (prefixed.next(), prefixed.next()) {
+            (Some(found), None) => Ok(found),
+            (Some(_), Some(_)) => Err(InstanceError::Ambiguous(what.to_string())),
+            _ => Err(InstanceError::NoSuch(what.to_string())),
+        }
+    }
+
+    /// Records a new instance, after checking under the store's lock that its name is free and that no running
+    /// instance publishes one of its host ports.
+    pub fn create(&self, instance: &Instance) -> Result<(), InstanceError> {
+        if !valid_name(&instance.name) {
+            return Err(InstanceError::BadName { name: instance.name.clone() });
+        }
+        let _lock = self.store.lock()?;
+        for other in self.records()? {
+            if other.name == instance.name {
+                return Err(InstanceError::NameTaken { name: other.name.clone(), id: other.id.clone() });
+            }
+            if other.state == State::Exited || (other.state == State::Running && !other.vmm_alive()) {
+                continue;
+            }
+            for (port, proto) in instance.host_ports() {
+                if other.host_ports().contains(&(port, proto.clone())) {
+                    return Err(InstanceError::PortTaken {
+                        port: format!("{port}/{proto}"),
+                        name: other.name.clone(),
+                        id: other.id.clone(),
+                    });
+                }
+            }
+        }
+        self.save(instance)
+    }
+
+    /// Changes a record under the store's lock (so that `kiln stop` and the VMM do not overwrite each other).
+    pub fn update(&self, id: &str, change: impl FnOnce(&mut Instance)) -> Result<Instance, InstanceError> {
+        let _lock = self.store.lock()?;
+        let mut instance = self.load(id)?;
+        change(&mut instance);
+        self.save(&instance)?;
+        Ok(instance)
+    }
+
+    pub fn remove(&self, id: &str) -> Result<(), InstanceError> {
+        let dir = self.dir(id);
+        std::fs::remove_dir_all(&dir).map_err(|source| StoreError::Io { path: dir, source })?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::temp_store;
+
+    fn sample(id: &str, name: &str, ports: &[&str]) -> Instance {
+        Instance {
+            id: id.into(),
+            name: name.into(),
+            image: "web".into(),
+            image_id: None,
+            command: vec!["/web".into()],
+            ports: ports.iter().map(|p| p.to_string()).collect(),
+            state: State::Created,
+            pid: None,
+            pid_start: None,
+            created: now(),
+            started: None,
+            finished: None,
+            exit_code: None,
+            reason: None,
+            auto_remove: false,
+        }
+    }
+
+    #[test]
+    fn the_start_time_tells_a_live_process_from_a_reused_pid() {
+        let me = std::process::id();
+        let start = process_start(me).expect("this process runs");
+        let mut i = sample("a", "a", &[]);
+        (i.pid, i.pid_start) = (Some(me), Some(start));
+        assert!(i.vmm_alive());
+        i.pid_start = Some(start + 1);
+        assert!(!i.vmm_alive());
+        assert_eq!(process_start(u32::MAX), None);
+    }
+
+    #[test]
+    fn names_and_host_ports_are_unique() {
+        let store = temp_store("instances");
+        let instances = Instances::new(&store);
+        let mut web = sample("aaaaaaaaaaaa", "web", &["8080:80"]);
+        instances.create(&web).unwrap();
+        let err = instances.create(&sample("bbbbbbbbbbbb", "web", &[])).unwrap_err();
+        assert!(matches!(err, InstanceError::NameTaken { .. }), "{err}");
+        let err = instances.create(&sample("bbbbbbbbbbbb", "api", &["127.0.0.1:8080:81"])).unwrap_err();
+        assert_eq!(err.to_string(), "host port 8080/tcp is already published by instance web (aaaaaaaaaaaa)");
+        instances.create(&sample("bbbbbbbbbbbb", "dns", &["8080:53/udp"])).unwrap();
+        assert!(matches!(instances.create(&sample("c", "bad name", &[])), Err(InstanceError::BadName { .. })));
+        // A running record whose process is gone is seen as exited, with the reason, and frees its ports.
+        web.state = State::Running;
+        (web.pid, web.pid_start) = (Some(std::process::id()), Some(1));
+        instances.save(&web).unwrap();
+        let seen = instances.find("web").unwrap();
+        assert_eq!(seen.state, State::Exited);
+        assert!(seen.reason.unwrap().contains("died without recording an exit"));
+        instances.create(&sample("cccccccccccc", "web2", &["8080:80"])).unwrap();
+        assert_eq!(instances.find("aaaa").unwrap().name, "web");
+        assert!(matches!(instances.find("zzz"), Err(InstanceError::NoSuch(_))));
+        assert_eq!(instances.list().unwrap().len(), 3);
+        instances.remove("aaaaaaaaaaaa").unwrap();
+        assert_eq!(instances.list().unwrap().len(), 2);
+        std::fs::remove_dir_all(store.root()).unwrap();
+    }
+}

@@ -1,0 +1,280 @@
+//! The local store under `$KILN_HOME`: content-addressed blobs (`blobs/sha256/<hex>`), tags (`refs/<name>:<tag>`,
+//! each holding a manifest digest, with `/` in names kept as `+`) and instance records (`instances/`, see
+//! [`crate::instance`]). Every write goes to a temporary file first and is renamed into place, so a reader sees a
+//! whole file or none; blobs are checked against their digest on every read.
+
+use crate::manifest::{Manifest, ManifestError};
+use crate::reference::{Reference, ReferenceError};
+use crate::Digest;
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the store is damaged: blob {digest} ({path}) does not match its digest; remove the image (kiln rmi) and build it again")]
+    Corrupt { digest: Digest, path: PathBuf },
+    #[error("the store is damaged: blob {0} is missing; remove the image (kiln rmi) and build it again")]
+    MissingBlob(Digest),
+    #[error("no such image: {0}")]
+    NoSuchImage(String),
+    #[error("{0} names more than one image; give more of its id")]
+    Ambiguous(String),
+    #[error("image {digest} has a bad manifest")]
+    Manifest {
+        digest: Digest,
+        #[source]
+        source: ManifestError,
+    },
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io { path: path.to_path_buf(), source }
+}
+
+pub struct Store {
+    root: PathBuf,
+}
+
+/// Held while a command changes tags or removes blobs, so that two `kiln` processes never interleave those.
+pub struct StoreLock {
+    _file: std::fs::File,
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".tmp.{}.{name}", std::process::id()));
+    let result =
+        std::fs::File::create(&tmp).and_then(|mut f| f.write_all(bytes)).and_then(|()| std::fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io(path))
+}
+
+fn ref_file_name(r: &Reference) -> String {
+    format!("{}:{}", r.name.replace('/', "+"), r.tag)
+}
+
+fn ref_from_file_name(name: &str) -> Option<Reference> {
+    let (n, tag) = name.rsplit_once(':')?;
+    Reference::new(&n.replace('+', "/"), tag).ok()
+}
+
+impl Store {
+    pub fn new(root: impl Into<PathBuf>) -> Store {
+        Store { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn lock(&self) -> Result<StoreLock, StoreError> {
+        std::fs::create_dir_all(&self.root).map_err(io(&self.root))?;
+        let path = self.root.join("lock");
+        let file =
+            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io(&path))?;
+        // SAFETY: flock on a file descriptor this function owns; the lock is released when the file is closed.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(io(&path)(std::io::Error::last_os_error()));
+        }
+        Ok(StoreLock { _file: file })
+    }
+
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(digest.hex())
+    }
+
+    /// Stores `bytes` (a no-op when the store already has them) and returns their digest.
+    pub fn put_blob(&self, bytes: &[u8]) -> Result<Digest, StoreError> {
+        let digest = Digest::of(bytes);
+        let path = self.blob_path(&digest);
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() == bytes.len() as u64) && self.blob(&digest).is_ok() {
+            return Ok(digest);
+        }
+        write_atomically(&path, bytes)?;
+        Ok(digest)
+    }
+
+    /// The blob's bytes, checked against its digest.
+    pub fn blob(&self, digest: &Digest) -> Result<Vec<u8>, StoreError> {
+        let path = self.blob_path(digest);
+        let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => StoreError::MissingBlob(digest.clone()),
+            _ => io(&path)(e),
+        })?;
+        if Digest::of(&bytes) != *digest {
+            return Err(StoreError::Corrupt { digest: digest.clone(), path });
+        }
+        Ok(bytes)
+    }
+
+    pub fn manifest(&self, digest: &Digest) -> Result<Manifest, StoreError> {
+        let bytes = self.blob(digest)?;
+        Manifest::from_bytes(&bytes).map_err(|source| StoreError::Manifest { digest: digest.clone(), source })
+    }
+
+    pub fn tag(&self, reference: &Reference, digest: &Digest) -> Result<(), StoreError> {
+        write_atomically(&self.root.join("refs").join(ref_file_name(reference)), format!("{digest}\n").as_bytes())
+    }
+
+    /// Removes the tag and returns the image it named.
+    pub fn untag(&self, reference: &Reference) -> Result<Digest, StoreError> {
+        let digest = self.tagged(reference)?.ok_or_else(|| StoreError::NoSuchImage(reference.to_string()))?;
+        let path = self.root.join("refs").join(ref_file_name(reference));
+        std::fs::remove_file(&path).map_err(io(&path))?;
+        Ok(digest)
+    }
+
+    fn tagged(&self, reference: &Reference) -> Result<Option<Digest>, StoreError> {
+        let path = self.root.join("refs").join(ref_file_name(reference));
+        match std::fs::read_to_string(&path) {
+            Ok(s) => Ok(s.trim().parse().ok()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+
+    /// Every tag and the image it names, sorted by name and tag.
+    pub fn tags(&self) -> Result<Vec<(Reference, Digest)>, StoreError> {
+        let dir = self.root.join("refs");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io(&dir)(e)),
+        };
+        let mut tags = Vec::new();
+        for entry in entries {
+            let name = entry.map_err(io(&dir))?.file_name();
+            if let Some(reference) = ref_from_file_name(&name.to_string_lossy()) {
+                if let Some(digest) = self.tagged(&reference)? {
+                    tags.push((reference, digest));
+                }
+            }
+        }
+        tags.sort();
+        Ok(tags)
+    }
+
+    /// The image `what` names: `NAME[:TAG]`, a full digest, or a unique prefix (at least 4 hex digits) of an id.
+    pub fn resolve(&self, what: &str) -> Result<Digest, StoreError> {
+        if let Ok(digest) = what.parse::<Digest>() {
+            return self
+                .tags()?
+                .into_iter()
+                .any(|(_, d)| d == digest)
+                .then_some(digest)
+                .ok_or_else(|| StoreError::NoSuchImage(what.to_string()));
+        }
+        if let Ok(reference) = what.parse::<Reference>() {
+            if let Some(digest) = self.tagged(&reference)? {
+                return Ok(digest);
+            }
+        }
+        let prefix = what.strip_prefix("sha256:").unwrap_or(what);
+        if prefix.len() >= 4 && prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let matches: BTreeSet<Digest> =
+                self.tags()?.into_iter().map(|(_, d)| d).filter(|d| d.hex().starts_with(prefix)).collect();
+            match matches.len() {
+                1 => return Ok(matches.into_iter().next().expect("one match")),
+                0 => {}
+                _ => return Err(StoreError::Ambiguous(what.to_string())),
+            }
+        }
+        Err(StoreError::NoSuchImage(what.to_string()))
+    }
+
+    /// Removes every blob no tagged image needs (`keep` names more to keep); returns the bytes freed. A manifest that
+    /// cannot be read keeps only itself, so damage never widens into deletion.
+    pub fn collect_garbage(&self, keep: &[Digest]) -> Result<u64, StoreError> {
+        let mut live: BTreeSet<Digest> = keep.iter().cloned().collect();
+        for (_, digest) in self.tags()? {
+            if let Ok(manifest) = self.manifest(&digest) {
+                live.extend(manifest.blobs().iter().map(|(_, b)| b.digest.clone()));
+            }
+            live.insert(digest);
+        }
+        let dir = self.root.join("blobs/sha256");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(io(&dir)(e)),
+        };
+        let mut freed = 0;
+        for entry in entries {
+            let entry = entry.map_err(io(&dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Ok(digest) = format!("sha256:{name}").parse::<Digest>() else { continue };
+            if !live.contains(&digest) {
+                freed += entry.metadata().map(|m| m.len()).unwrap_or(0);
+                std::fs::remove_file(entry.path()).map_err(io(&entry.path()))?;
+            }
+        }
+        Ok(freed)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn temp_store(name: &str) -> Store {
+        let dir = std::env::temp_dir().join(format!("kiln-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Store::new(dir)
+    }
+
+    #[test]
+    fn blobs_are_checked_on_every_read() {
+        let store = temp_store("blobs");
+        let d = store.put_blob(b"hello").unwrap();
+        assert_eq!(d, Digest::of(b"hello"));
+        assert_eq!(store.blob(&d).unwrap(), b"hello");
+        std::fs::write(store.blob_path(&d), b"hellp").unwrap();
+        let err = store.blob(&d).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }));
+        assert!(err.to_string().contains("does not match its digest"), "{err}");
+        // Storing the same bytes again repairs it.
+        store.put_blob(b"hello").unwrap();
+        assert_eq!(store.blob(&d).unwrap(), b"hello");
+        std::fs::remove_file(store.blob_path(&d)).unwrap();
+        assert!(matches!(store.blob(&d), Err(StoreError::MissingBlob(_))));
+        std::fs::remove_dir_all(store.root()).unwrap();
+    }
+
+    #[test]
+    fn tags_resolve_by_name_digest_and_prefix() {
+        let store = temp_store("tags");
+        let a = store.put_blob(b"a").unwrap();
+        let b = store.put_blob(b"b").unwrap();
+        store.tag(&"web".parse().unwrap(), &a).unwrap();
+        store.tag(&"team/web:2".parse().unwrap(), &b).unwrap();
+        assert_eq!(store.resolve("web").unwrap(), a);
+        assert_eq!(store.resolve("web:latest").unwrap(), a);
+        assert_eq!(store.resolve("team/web:2").unwrap(), b);
+        assert_eq!(store.resolve(&b.to_string()).unwrap(), b);
+        assert_eq!(store.resolve(&a.hex()[..6]).unwrap(), a);
+        assert!(matches!(store.resolve("web:3"), Err(StoreError::NoSuchImage(_))));
+        let names: Vec<_> = store.tags().unwrap().into_iter().map(|(r, _)| r.to_string()).collect();
+        assert_eq!(names, ["team/web:2", "web:latest"]);
+        assert_eq!(store.untag(&"web".parse().unwrap()).unwrap(), a);
+        assert!(store.resolve("web").is_err());
+        // Only b is tagged now (its "manifest" is junk, so only the blob itself is kept).
+        assert_eq!(store.collect_garbage(&[]).unwrap(), 1);
+        assert!(store.blob(&b).is_ok() && matches!(store.blob(&a), Err(StoreError::MissingBlob(_))));
+        std::fs::remove_dir_all(store.root()).unwrap();
+    }
+}
