@@ -3,12 +3,20 @@
 mod allocator;
 #[cfg(test)]
 mod boot_layout_tests;
+mod detach;
+mod home;
 mod host_signals;
+mod image_build;
+mod images;
+mod inspect;
+mod instances;
 mod net;
+mod output;
 mod run;
 mod size;
 #[cfg(test)]
 mod syscall_docs;
+mod target;
 
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
@@ -31,8 +39,28 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Boot a static Linux x86-64 program in its own VM; exits with the program's exit code.
-    Run(run::RunArgs),
+    /// Boot an image or a static Linux x86-64 program in its own VM; exits with the program's exit code.
+    Run(Box<run::RunArgs>),
+    /// Build an image from a Kiln.toml
+    Build(image_build::BuildArgs),
+    /// List images
+    Images(images::ImagesArgs),
+    /// Give an image another name
+    Tag(images::TagArgs),
+    /// Remove images (their blobs go when no image needs them)
+    Rmi(images::RmiArgs),
+    /// Show an instance or an image as JSON
+    Inspect(inspect::InspectArgs),
+    /// List running instances (-a: all)
+    Ps(instances::PsArgs),
+    /// Print an instance's output
+    Logs(instances::LogsArgs),
+    /// Send SIGTERM to instances' programs, then kill those still running after a timeout
+    Stop(instances::StopArgs),
+    /// Kill instances at once
+    Kill(instances::KillArgs),
+    /// Remove instances' records and logs
+    Rm(instances::RmArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,7 +72,17 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(*args),
+        Command::Build(args) => image_build::build(args),
+        Command::Images(args) => images::images(args),
+        Command::Tag(args) => images::tag(args),
+        Command::Rmi(args) => images::rmi(args),
+        Command::Inspect(args) => inspect::inspect(args),
+        Command::Ps(args) => instances::ps(args),
+        Command::Logs(args) => instances::logs(args),
+        Command::Stop(args) => instances::stop(args),
+        Command::Kill(args) => instances::kill(args),
+        Command::Rm(args) => instances::rm(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -56,6 +94,6 @@ fn main() -> ExitCode {
 }
 
 /// "what: why: root cause", on one line.
-fn chain(e: &anyhow::Error) -> String {
+pub(crate) fn chain(e: &anyhow::Error) -> String {
     e.chain().map(ToString::to_string).collect::<Vec<_>>().join(": ")
 }

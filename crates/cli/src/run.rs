@@ -1,8 +1,11 @@
-//! `kiln run`: boot one program, stream its output, exit with its exit code.
+//! `kiln run`: boot one program (a static executable, or an image from `kiln build`), stream its output, exit with
+//! its exit code; with `-d`, as a detached instance (see `detach`).
 
+use crate::detach;
 use crate::host_signals;
 use crate::net;
 use crate::size::parse_size;
+use crate::target::{self, Target};
 use anyhow::{anyhow, Context, Result};
 use kiln_vmm::boot::BootError;
 use kiln_vmm::loader::LoaderError;
@@ -20,17 +23,28 @@ pub(crate) static KERNEL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kiln
 pub const KILN_ERROR: u8 = 125;
 const SIGPIPE: u32 = 13;
 const SIGINT: u32 = 2;
+/// Guest memory when neither `--memory` nor the image says.
+const DEFAULT_MEMORY: u64 = 64 << 20;
 /// Exit code for a program that deadlocked (as `timeout` reports a command it had to stop).
 const DEADLOCK_EXIT: u8 = 124;
 
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// Guest memory (K, M or G suffix)
-    #[arg(long, short = 'm', default_value = "64M", value_parser = parse_size)]
-    memory: u64,
-    /// vCPUs: the program's threads run on this many host threads in parallel
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=i64::from(kiln_vmm::vm::MAX_VCPUS)))]
-    cpus: u32,
+    /// Run in the background as an instance (see kiln ps, logs, stop); prints its id
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// The instance's name (default: the image's name and a few letters of its id)
+    #[arg(long, requires = "detach")]
+    pub name: Option<String>,
+    /// Remove the instance's record and logs when it ends
+    #[arg(long, requires = "detach")]
+    pub rm: bool,
+    /// Guest memory (K, M or G suffix; default 64M, or the image's)
+    #[arg(long, short = 'm', value_parser = parse_size)]
+    pub memory: Option<u64>,
+    /// vCPUs: the program's threads run on this many host threads in parallel (default 1, or the image's)
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(kiln_vmm::vm::MAX_VCPUS)))]
+    pub cpus: Option<u32>,
     /// Set an environment variable in the program (repeatable); the program sees only these
     #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = parse_env)]
     env: Vec<String>,
@@ -47,12 +61,13 @@ pub struct RunArgs {
     #[arg(long)]
     stats: bool,
     #[command(flatten)]
-    network: net::NetArgs,
-    /// The static Linux x86-64 executable to run
-    path: PathBuf,
-    /// Arguments passed to the program
+    pub network: net::NetArgs,
+    /// An image (NAME[:TAG] or id, from kiln build) or the static Linux x86-64 executable to run
+    #[arg(value_name = "IMAGE|PROGRAM")]
+    pub target: String,
+    /// Arguments passed to the program (for an image: instead of its args)
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    args: Vec<String>,
+    pub args: Vec<String>,
 }
 
 fn parse_mapping(s: &str) -> Result<(PathBuf, String), String> {
@@ -65,16 +80,21 @@ fn parse_mapping(s: &str) -> Result<(PathBuf, String), String> {
 /// The library OS's own /etc/resolv.conf names this server.
 const BUILT_IN_RESOLV_CONF: &str = "nameserver 10.0.2.3\n";
 
-/// The guest's filesystem image from --file and --dir, and the resolver configuration the network needs.
-fn rootfs(args: &RunArgs) -> Result<Vec<u8>> {
+/// The guest's filesystem image: the resolver configuration the network needs, the image's files, then --dir and
+/// --file (a later entry replaces an earlier one at the same path).
+fn rootfs(args: &RunArgs, image_rootfs: &[u8]) -> Result<Vec<u8>> {
     let resolv_conf = net::resolv_conf(&args.network).filter(|r| r != BUILT_IN_RESOLV_CONF);
-    if args.files.is_empty() && args.dirs.is_empty() && resolv_conf.is_none() {
+    let image_empty = image_rootfs.len() <= kiln_abi::rootfs::MAGIC.len();
+    if args.files.is_empty() && args.dirs.is_empty() && resolv_conf.is_none() && image_empty {
         return Ok(Vec::new());
     }
     let mut builder = RootfsBuilder::default();
     if let Some(resolv_conf) = resolv_conf {
-        // First, so that a --file or --dir of the user's own replaces it.
+        // First, so that the image's or the user's own replaces it.
         builder.add_file("/etc/resolv.conf", 0o644, resolv_conf.as_bytes())?;
+    }
+    if !image_empty {
+        builder.add_image(image_rootfs).context("the image's root filesystem")?;
     }
     for (host, guest) in &args.dirs {
         builder.add_host_dir(host, guest).with_context(|| format!("--dir {}:{guest}", host.display()))?;
@@ -110,54 +130,58 @@ impl Console for Terminal {
     }
 }
 
-pub fn run(args: RunArgs) -> Result<u8> {
-    let shown = args.path.display().to_string();
-    let program = std::fs::read(&args.path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => anyhow!("{shown}: no such file"),
-        std::io::ErrorKind::PermissionDenied => anyhow!("{shown}: permission denied"),
-        _ if args.path.is_dir() => anyhow!("{shown}: is a directory, not a program"),
-        _ => anyhow!(e).context(format!("cannot read {shown}")),
-    })?;
-    let name = args.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "program".into());
-    let mut argv = vec![shown.clone()];
-    argv.extend(args.args.iter().cloned());
+pub fn run(mut args: RunArgs) -> Result<u8> {
+    let instance = detach::instance_of_this_process(&args);
+    if args.detach && instance.is_none() {
+        return detach::start(&args);
+    }
+    let target = target::resolve(&args)?;
+    let shown = target.shown.clone();
+    if args.network.publish.is_empty() {
+        args.network.publish = target.ports.clone();
+    }
+    let memory = args.memory.or(target.memory).unwrap_or(DEFAULT_MEMORY);
     let config = VmConfig {
-        memory: args.memory,
-        cpus: args.cpus,
-        argv,
-        env: args.env.clone(),
-        exe_path: format!("/{name}"),
+        memory,
+        cpus: args.cpus.or(target.cpus).unwrap_or(1),
+        argv: target.argv.clone(),
+        env: target::merged_env(&target.env, &args.env),
+        exe_path: target.exe_path.clone(),
         trace_syscalls: args.trace_syscalls,
         rewrite_cache: rewrite_cache_dir(),
-        rootfs: rootfs(&args)?,
+        rootfs: rootfs(&args, &target.rootfs)?,
         net: net::card(&args.network)?,
     };
 
-    let vm = Vm::new(KERNEL, &program, config).map_err(|e| explain(e, &shown, args.memory))?;
-    let report = vm.rewrite_report();
-    tracing::debug!(
-        sites = report.rewritten.len(),
-        relocated = report.relocated.len(),
-        "rewrote syscall instructions in {shown}"
-    );
-    for site in &report.unsafe_sites {
-        tracing::warn!("{shown}: the syscall at {site:#x} may clobber its function's red zone (rewritten in place)");
-    }
-    if args.trace_syscalls {
-        eprintln!(
-            "[kiln] rewrote {} syscall sites ({} moved out of a red zone)",
-            report.rewritten.len() + report.relocated.len(),
-            report.relocated.len()
-        );
-    }
-
+    let Target { kernel, program, .. } = target;
+    let vm = Vm::new(&kernel, &program, config).map_err(|e| explain(e, &shown, memory))?;
+    drop(program);
     host_signals::install();
-    let (outcome, stats) = vm.run(Arc::new(Terminal), &host_signals::take).context("running the VM failed")?;
+    if let Some(instance) = &instance {
+        instance.running()?;
+    }
+    let result = vm.run(Arc::new(Terminal), &host_signals::take).context("running the VM failed");
+    let (code, reason) = match result {
+        Ok((outcome, stats)) => report(&args, outcome, &stats),
+        Err(e) => Err(e),
+    }
+    .unwrap_or_else(|e| {
+        eprintln!("kiln: {}", crate::chain(&e));
+        (KILN_ERROR, format!("kiln failed: {}", crate::chain(&e)))
+    });
+    if let Some(instance) = &instance {
+        instance.exited(code, &reason)?;
+    }
+    Ok(code)
+}
+
+/// The exit code and, in words, why the program ended; prints the trace summary and statistics asked for.
+fn report(args: &RunArgs, outcome: Outcome, stats: &RunStats) -> Result<(u8, String)> {
     for &(nr, _, enosys) in stats.syscalls.iter().filter(|s| s.2 > 0) {
         tracing::info!("unsupported syscall {} ({nr}) returned -ENOSYS {enosys} times", syscall_name(nr));
     }
     if args.trace_syscalls {
-        print_summary(&stats);
+        print_summary(stats);
     }
     if args.stats {
         let calls: u64 = stats.syscalls.iter().map(|s| u64::from(s.1)).sum();
@@ -170,24 +194,26 @@ pub fn run(args: RunArgs) -> Result<u8> {
         }
     }
     match outcome {
-        Outcome::Exited(code) => Ok(code as u8),
+        Outcome::Exited(code) => Ok((code as u8, "exited".into())),
         Outcome::Killed(signal) => {
+            let killed = format!("killed by {}", kiln_vmm::signal::signal_name(signal));
             // As shells do, say nothing when a program dies of a closed pipe (`kiln run ... | head`) or of Ctrl-C.
             if signal != SIGPIPE && signal != SIGINT {
-                eprintln!("kiln: program killed by {}", kiln_vmm::signal::signal_name(signal));
+                eprintln!("kiln: program {killed}");
             }
-            Ok((128 + signal.min(127)) as u8)
+            Ok(((128 + signal.min(127)) as u8, killed))
         }
         Outcome::Deadlocked { threads, waits } => {
             let who =
                 if threads == 1 { "its only thread waits".to_string() } else { format!("all {threads} threads wait") };
             let waits = if waits.is_empty() { String::new() } else { format!(" ({waits})") };
-            eprintln!("kiln: program deadlocked: {who} with no deadline, and nothing can wake them{waits}");
-            Ok(DEADLOCK_EXIT)
+            let why = format!("deadlocked: {who} with no deadline, and nothing can wake them{waits}");
+            eprintln!("kiln: program {why}");
+            Ok((DEADLOCK_EXIT, why))
         }
         Outcome::Crashed(crash) => {
             eprintln!("kiln: program crashed: {crash}");
-            Ok(crash.signal.exit_code() as u8)
+            Ok((crash.signal.exit_code() as u8, format!("crashed: {crash}")))
         }
         Outcome::Stopped(why) => Err(anyhow!("stopped the VM: {why}")),
     }

@@ -1,0 +1,187 @@
+//! `kiln run -d`: an instance is one `kiln` process running one VM, detached from the terminal, its output in the
+//! instance's log. `kiln run -d` records the instance, starts that process (the same command line, with
+//! `KILN_INSTANCE` naming the record) in its own session, and waits until the VM has booted (the process writes a
+//! byte to an inherited pipe) or failed (the pipe closes first; its error is in the log). The instance process keeps
+//! its record up to date: running with its pid when booted, exited with the code and reason at the end.
+
+use crate::home;
+use crate::run::RunArgs;
+use crate::target;
+use anyhow::{anyhow, bail, Context, Result};
+use kiln_image::instance::{new_id, now, process_start, Instance, Instances, State};
+use kiln_image::Store;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+
+/// Names the instance record to the process that runs it.
+const INSTANCE_ENV: &str = "KILN_INSTANCE";
+/// The descriptor the instance process tells its starter "booted" on.
+const READY_FD: i32 = 3;
+
+/// The instance process's view of its record.
+pub struct ThisInstance {
+    store: Store,
+    id: String,
+}
+
+/// The record this process runs, if it is an instance process (`kiln run -d` started it).
+pub fn instance_of_this_process(args: &RunArgs) -> Option<ThisInstance> {
+    let id = std::env::var(INSTANCE_ENV).ok().filter(|_| args.detach)?;
+    Some(ThisInstance { store: home::store().ok()?, id })
+}
+
+impl ThisInstance {
+    /// The VM has booted: record the pid, and let `kiln run -d` return.
+    pub fn running(&self) -> Result<()> {
+        let pid = std::process::id();
+        let start = process_start(pid).ok_or_else(|| anyhow!("cannot read this process's start time"))?;
+        Instances::new(&self.store).update(&self.id, |i| {
+            i.state = State::Running;
+            (i.pid, i.pid_start, i.started) = (Some(pid), Some(start), Some(now()));
+        })?;
+        let byte = [b'R'];
+        // SAFETY: writes one byte from a live buffer to the descriptor the starter passed; a closed or bad one only
+        // makes write fail.
+        unsafe { libc::write(READY_FD, byte.as_ptr().cast(), 1) };
+        // SAFETY: the descriptor is this process's to close; it is not used again.
+        unsafe { libc::close(READY_FD) };
+        Ok(())
+    }
+
+    /// The program has ended: record how, or remove the record for `--rm`.
+    pub fn exited(&self, code: u8, reason: &str) -> Result<()> {
+        let instances = Instances::new(&self.store);
+        let record = instances.update(&self.id, |i| {
+            i.state = State::Exited;
+            (i.exit_code, i.reason, i.finished) = (Some(i32::from(code)), Some(reason.to_string()), Some(now()));
+        })?;
+        if record.auto_remove {
+            instances.remove(&self.id)?;
+        }
+        Ok(())
+    }
+}
+
+/// `kiln run -d`: records the instance, starts its process, and prints its id once the VM has booted.
+pub fn start(args: &RunArgs) -> Result<u8> {
+    // Resolving here finds a missing image or a damaged store before anything is recorded.
+    let target = target::resolve(args)?;
+    let store = home::store()?;
+    let instances = Instances::new(&store);
+    let id = new_id();
+    let name = args.name.clone().unwrap_or_else(|| format!("{}-{}", sanitised(&target.base_name), &id[..4]));
+    let ports = if args.network.publish.is_empty() { &target.ports } else { &args.network.publish };
+    let mut command = target.argv.clone();
+    command.truncate(64);
+    let record = Instance {
+        id: id.clone(),
+        name,
+        image: args.target.clone(),
+        image_id: target.image_id.clone(),
+        command,
+        ports: ports.iter().map(ToString::to_string).collect(),
+        state: State::Created,
+        pid: None,
+        pid_start: None,
+        created: now(),
+        started: None,
+        finished: None,
+        exit_code: None,
+        reason: None,
+        auto_remove: args.rm,
+    };
+    drop(target);
+    instances.create(&record)?;
+    match spawn(&instances, &id) {
+        Ok(()) => {
+            println!("{id}");
+            Ok(0)
+        }
+        Err(e) => {
+            let _ = instances.remove(&id);
+            Err(e)
+        }
+    }
+}
+
+/// A name from a file or image name: letters, digits, `.`, `_`, `-`.
+fn sanitised(name: &str) -> String {
+    let s: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' }).collect();
+    if s.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        s
+    } else {
+        format!("i{s}")
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("cannot make a pipe");
+    }
+    // SAFETY: pipe2 succeeded, so both are open descriptors that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn spawn(instances: &Instances<'_>, id: &str) -> Result<()> {
+    let log_path = instances.log_path(id);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("cannot create the instance's log {}", log_path.display()))?;
+    let (ready_read, ready_write) = pipe()?;
+    let write_fd = ready_write.as_raw_fd();
+    let exe = std::env::current_exe().context("cannot find the kiln executable to start the instance")?;
+    let mut command = Command::new(exe);
+    command
+        .args(std::env::args_os().skip(1))
+        .env(INSTANCE_ENV, id)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: between fork and exec the closure calls only async-signal-safe functions (setsid, dup2, fcntl).
+    unsafe {
+        command.pre_exec(move || {
+            // Its own session: no terminal's signals, and it outlives this process.
+            libc::setsid();
+            if write_fd == READY_FD {
+                libc::fcntl(READY_FD, libc::F_SETFD, 0);
+            } else if libc::dup2(write_fd, READY_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().context("cannot start the instance's process")?;
+    drop(ready_write);
+    let mut byte = [0u8; 1];
+    let booted = std::fs::File::from(ready_read).read(&mut byte).is_ok_and(|n| n == 1);
+    if booted {
+        // The instance process goes on alone; init reaps it.
+        return Ok(());
+    }
+    let status = child.wait()?;
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let why = log.lines().rev().find_map(|l| l.strip_prefix("kiln: ")).map(str::to_string);
+    match why {
+        Some(why) => bail!("{why}"),
+        None => bail!("the instance's process ended before the VM booted ({status}); its output: {log:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sanitised;
+
+    #[test]
+    fn names_come_from_files_and_images() {
+        assert_eq!(sanitised("hello"), "hello");
+        assert_eq!(sanitised("my app"), "my-app");
+        assert_eq!(sanitised(".hidden"), "i.hidden");
+    }
+}

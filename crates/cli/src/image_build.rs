@@ -1,0 +1,129 @@
+//! `kiln build`: a `Kiln.toml` project → an image in the store.
+
+use crate::home;
+use crate::run::KERNEL;
+use anyhow::{anyhow, bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use kiln_image::build::{rootfs, store_image, Parts};
+use kiln_image::kiln_toml::{self, Binary, Project};
+use kiln_image::size::human;
+use kiln_image::Reference;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+#[derive(clap::Args)]
+pub struct BuildArgs {
+    /// The project file
+    #[arg(short = 'f', long = "file", value_name = "PATH", default_value = kiln_toml::FILE_NAME)]
+    file: PathBuf,
+    /// Name and tag for the image (default: Kiln.toml's name, tag latest)
+    #[arg(short = 't', long = "tag", value_name = "NAME[:TAG]", value_parser = parse_reference)]
+    tag: Option<Reference>,
+    /// Print only the image id
+    #[arg(short = 'q', long)]
+    quiet: bool,
+}
+
+fn parse_reference(s: &str) -> Result<Reference, String> {
+    s.parse().map_err(|e: kiln_image::reference::ReferenceError| e.to_string())
+}
+
+/// The musl target cargo builds projects' packages for: static binaries, as Kiln runs.
+const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
+
+pub fn build(args: BuildArgs) -> Result<u8> {
+    let project = kiln_toml::load(&args.file)?;
+    let tag = match args.tag {
+        Some(tag) => tag,
+        None => Reference::new(&project.name, kiln_image::reference::DEFAULT_TAG)?,
+    };
+    let store = home::store()?;
+    let (program_path, program) = program(&project)?;
+    kiln_vmm::elf::ElfImage::parse(&program).map_err(|e| anyhow!("{}: {e}", program_path.display()))?;
+    let program_name = program_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let fs = rootfs(&project)?;
+
+    let total = (KERNEL.len() + program.len() + fs.len()) as u64;
+    let bar = bar(total, "storing");
+    let parts = Parts {
+        kernel: KERNEL,
+        program: &program,
+        program_name: &program_name,
+        rootfs: &fs,
+        kiln_version: env!("CARGO_PKG_VERSION"),
+    };
+    let (digest, manifest) = store_image(&store, &project, &parts, &tag, |n| bar.inc(n))?;
+    bar.finish_and_clear();
+    if args.quiet {
+        println!("{digest}");
+    } else {
+        let size = manifest.to_bytes().len() as u64 + manifest.blobs().iter().map(|(_, b)| b.size).sum::<u64>();
+        println!("built {tag} {} ({})", digest.short(), human(size));
+    }
+    Ok(0)
+}
+
+fn bar(total: u64, what: &'static str) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what);
+    bar
+}
+
+/// The program's path and bytes: the file `binary` names, or what cargo builds.
+fn program(project: &Project) -> Result<(PathBuf, Vec<u8>)> {
+    let path = match &project.binary {
+        Binary::Path(path) => project.dir.join(path),
+        Binary::Cargo { package, bin } => cargo_build(&project.dir, package, bin.as_deref())?,
+    };
+    let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => anyhow!("binary {}: no such file", path.display()),
+        _ => anyhow!(e).context(format!("cannot read binary {}", path.display())),
+    })?;
+    Ok((path, bytes))
+}
+
+/// `cargo build --release --target x86_64-unknown-linux-musl -p PACKAGE`, in the project's directory; the executable
+/// is the one cargo's JSON messages name.
+fn cargo_build(dir: &Path, package: &str, bin: Option<&str>) -> Result<PathBuf> {
+    let bin = bin.unwrap_or(package);
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let spinner = ProgressBar::new_spinner().with_message(format!("cargo build -p {package} --bin {bin}"));
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    let mut child = Command::new(cargo)
+        .args(["build", "--release", "--message-format=json-render-diagnostics", "--target", MUSL_TARGET])
+        .args(["-p", package, "--bin", bin])
+        .current_dir(if dir.as_os_str().is_empty() { Path::new(".") } else { dir })
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot run cargo to build the binary")?;
+    let stderr = child.stderr.take().expect("piped");
+    let errors = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    let mut executable = None;
+    for line in std::io::BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let message: serde_json::Value = match serde_json::from_str(&line?) {
+            Ok(m) => m,
+            Err(_) => continue,
+        };
+        let is_bin = message["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "bin"));
+        if message["reason"] == "compiler-artifact" && is_bin && message["target"]["name"] == bin {
+            executable = message["executable"].as_str().map(PathBuf::from);
+        }
+    }
+    let status = child.wait()?;
+    spinner.finish_and_clear();
+    let errors = errors.join().unwrap_or_default();
+    if !status.success() {
+        eprint!("{errors}");
+        bail!("binary: cargo could not build package {package} for {MUSL_TARGET} (its errors are above)");
+    }
+    executable.ok_or_else(|| anyhow!("binary: cargo built package {package} but no executable named {bin}"))
+}

@@ -1,0 +1,199 @@
+//! `kiln images`, `kiln tag`, `kiln rmi`, and `kiln inspect` of an image.
+
+use crate::home;
+use crate::output::{print_table, Format};
+use anyhow::{bail, Result};
+use kiln_abi::rootfs::{entries, KIND_DIR};
+use kiln_image::instance::Instances;
+use kiln_image::size::human;
+use kiln_image::{Digest, Manifest, Reference, Store};
+use serde::Serialize;
+
+#[derive(clap::Args)]
+pub struct ImagesArgs {
+    /// Output format
+    #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+    format: Format,
+}
+
+#[derive(Serialize)]
+struct ImageRow {
+    name: String,
+    tag: String,
+    id: Digest,
+    /// All its blobs and the manifest, in bytes; none when the manifest cannot be read.
+    size: Option<u64>,
+}
+
+fn total_size(store: &Store, digest: &Digest) -> Option<u64> {
+    let manifest = store.manifest(digest).ok()?;
+    let manifest_size = std::fs::metadata(store.blob_path(digest)).ok()?.len();
+    Some(manifest.blobs().iter().map(|(_, b)| b.size).sum::<u64>() + manifest_size)
+}
+
+pub fn images(args: ImagesArgs) -> Result<u8> {
+    let store = home::store()?;
+    let rows: Vec<ImageRow> = store
+        .tags()?
+        .into_iter()
+        .map(|(r, digest)| ImageRow { size: total_size(&store, &digest), name: r.name, tag: r.tag, id: digest })
+        .collect();
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        Format::Table => {
+            let cells = rows
+                .iter()
+                .map(|r| {
+                    let size = r.size.map(human).unwrap_or_else(|| "damaged (kiln inspect says why)".into());
+                    vec![r.name.clone(), r.tag.clone(), r.id.short().to_string(), size]
+                })
+                .collect::<Vec<_>>();
+            print_table(&["NAME", "TAG", "ID", "SIZE"], &cells);
+        }
+    }
+    Ok(0)
+}
+
+#[derive(clap::Args)]
+pub struct TagArgs {
+    /// The image: NAME[:TAG] or id
+    source: String,
+    /// The new name
+    #[arg(value_name = "NAME[:TAG]")]
+    target: String,
+}
+
+pub fn tag(args: TagArgs) -> Result<u8> {
+    let store = home::store()?;
+    let target: Reference = args.target.parse()?;
+    let _lock = store.lock()?;
+    let digest = store.resolve(&args.source)?;
+    store.tag(&target, &digest)?;
+    Ok(0)
+}
+
+#[derive(clap::Args)]
+pub struct RmiArgs {
+    /// Remove it even if instances were started from it
+    #[arg(short, long)]
+    force: bool,
+    /// Images: NAME[:TAG] removes that tag (the image goes with its last tag); an id removes every tag
+    #[arg(required = true, value_name = "IMAGE")]
+    images: Vec<String>,
+}
+
+pub fn rmi(args: RmiArgs) -> Result<u8> {
+    let store = home::store()?;
+    let instances = Instances::new(&store).list()?;
+    let _lock = store.lock()?;
+    for what in &args.images {
+        let digest = store.resolve(what)?;
+        let tags: Vec<Reference> = store.tags()?.into_iter().filter(|(_, d)| *d == digest).map(|(r, _)| r).collect();
+        let by_tag = what.parse::<Reference>().ok().filter(|r| tags.contains(r));
+        let removing: Vec<Reference> = match by_tag {
+            Some(r) => vec![r],
+            None => tags.clone(),
+        };
+        if removing.len() == tags.len() && !args.force {
+            if let Some(user) = instances.iter().find(|i| i.image_id.as_ref() == Some(&digest)) {
+                bail!(
+                    "{what}: instance {} ({}) was started from it; remove the instance first (kiln rm) or use --force",
+                    user.name,
+                    user.id
+                );
+            }
+        }
+        for r in &removing {
+            store.untag(r)?;
+            println!("untagged {r}");
+        }
+        if removing.len() == tags.len() {
+            println!("deleted {digest}");
+        }
+    }
+    let freed = store.collect_garbage(&[])?;
+    if freed > 0 {
+        println!("freed {}", human(freed));
+    }
+    Ok(0)
+}
+
+#[derive(Serialize)]
+struct ImageReport {
+    id: Digest,
+    tags: Vec<String>,
+    name: String,
+    kiln_version: String,
+    size: Sizes,
+    kernel: kiln_image::manifest::BlobRef,
+    program: kiln_image::manifest::BlobRef,
+    rootfs: kiln_image::manifest::BlobRef,
+    config: kiln_image::manifest::RunConfig,
+    files: Vec<FileRow>,
+}
+
+#[derive(Serialize)]
+struct Sizes {
+    total: u64,
+    manifest: u64,
+    kernel: u64,
+    program: u64,
+    rootfs: u64,
+}
+
+#[derive(Serialize)]
+struct FileRow {
+    path: String,
+    kind: &'static str,
+    mode: String,
+    size: u64,
+}
+
+/// The image, every blob of it checked against its digest: a damaged one is refused with the store's message.
+pub fn report(store: &Store, digest: &Digest) -> Result<serde_json::Value> {
+    let manifest_bytes = store.blob(digest)?;
+    let manifest = Manifest::from_bytes(&manifest_bytes)?;
+    for (_, blob) in manifest.blobs() {
+        store.blob(&blob.digest)?;
+    }
+    let rootfs = store.blob(&manifest.rootfs.digest)?;
+    let mut files = vec![FileRow {
+        path: manifest.config.program_path.clone(),
+        kind: "program",
+        mode: "0755".into(),
+        size: manifest.program.size,
+    }];
+    if rootfs.len() > kiln_abi::rootfs::MAGIC.len() {
+        for entry in entries(&rootfs).map_err(|_| anyhow::anyhow!("the image's root filesystem is malformed"))? {
+            let e = entry.map_err(|_| anyhow::anyhow!("the image's root filesystem is malformed"))?;
+            let kind = if e.kind == KIND_DIR { "dir" } else { "file" };
+            files.push(FileRow {
+                path: e.path.to_string(),
+                kind,
+                mode: format!("{:04o}", e.perm),
+                size: e.data_len as u64,
+            });
+        }
+    }
+    let tags = store.tags()?.into_iter().filter(|(_, d)| d == digest).map(|(r, _)| r.to_string()).collect();
+    let size = Sizes {
+        total: manifest_bytes.len() as u64 + manifest.blobs().iter().map(|(_, b)| b.size).sum::<u64>(),
+        manifest: manifest_bytes.len() as u64,
+        kernel: manifest.kernel.size,
+        program: manifest.program.size,
+        rootfs: manifest.rootfs.size,
+    };
+    let report = ImageReport {
+        id: digest.clone(),
+        tags,
+        name: manifest.name,
+        kiln_version: manifest.kiln_version,
+        size,
+        kernel: manifest.kernel,
+        program: manifest.program,
+        rootfs: manifest.rootfs,
+        config: manifest.config,
+        files,
+    };
+    Ok(serde_json::to_value(report)?)
+}

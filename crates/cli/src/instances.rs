@@ -1,0 +1,248 @@
+//! `kiln ps`, `kiln logs`, `kiln stop`, `kiln kill`, `kiln rm`: the instances `kiln run -d` started.
+
+use crate::home;
+use crate::output::{duration, print_table, Format};
+use anyhow::{bail, Context, Result};
+use kiln_image::instance::{now, Instance, Instances, State};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args)]
+pub struct PsArgs {
+    /// Show exited instances too
+    #[arg(short, long)]
+    all: bool,
+    /// Output format
+    #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+    format: Format,
+}
+
+fn status(i: &Instance) -> String {
+    let t = now();
+    match i.state {
+        State::Created => "created".into(),
+        State::Running => format!("running for {}", duration(t.saturating_sub(i.started.unwrap_or(t)))),
+        State::Exited => {
+            let code = i.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "?".into());
+            let ago = duration(t.saturating_sub(i.finished.unwrap_or(t)));
+            let reason = i.reason.as_deref().unwrap_or("exited");
+            format!("exited ({code}) {ago} ago: {reason}")
+        }
+    }
+}
+
+pub fn ps(args: PsArgs) -> Result<u8> {
+    let store = home::store()?;
+    let shown: Vec<Instance> =
+        Instances::new(&store).list()?.into_iter().filter(|i| args.all || i.state != State::Exited).collect();
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&shown)?),
+        Format::Table => {
+            let rows: Vec<Vec<String>> = shown
+                .iter()
+                .map(|i| vec![i.id.clone(), i.name.clone(), i.image.clone(), i.ports.join(","), status(i)])
+                .collect();
+            print_table(&["ID", "NAME", "IMAGE", "PORTS", "STATUS"], &rows);
+        }
+    }
+    Ok(0)
+}
+
+#[derive(clap::Args)]
+pub struct LogsArgs {
+    /// Keep printing new output until the instance ends
+    #[arg(short, long)]
+    follow: bool,
+    /// Only the last N lines
+    #[arg(short = 'n', long, value_name = "N")]
+    tail: Option<usize>,
+    /// The instance: name or id
+    instance: String,
+}
+
+/// Where the last `n` lines of `bytes` start.
+fn tail_start(bytes: &[u8], n: usize) -> usize {
+    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    if n == 0 {
+        return bytes.len();
+    }
+    body.iter().enumerate().rev().filter(|(_, &b)| b == b'\n').nth(n - 1).map_or(0, |(i, _)| i + 1)
+}
+
+pub fn logs(args: LogsArgs) -> Result<u8> {
+    let store = home::store()?;
+    let instances = Instances::new(&store);
+    let instance = instances.find(&args.instance)?;
+    let path = instances.log_path(&instance.id);
+    let mut file = std::fs::File::open(&path).with_context(|| format!("the log of {}", instance.name))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    let start = args.tail.map_or(0, |n| tail_start(&bytes, n));
+    let mut out = std::io::stdout().lock();
+    out.write_all(&bytes[start..])?;
+    out.flush()?;
+    if !args.follow {
+        return Ok(0);
+    }
+    let mut at = bytes.len() as u64;
+    loop {
+        let ended = match instances.load(&instance.id) {
+            Ok(i) => instances.observe(i)?.state == State::Exited,
+            Err(_) => true,
+        };
+        file.seek(SeekFrom::Start(at))?;
+        let mut more = Vec::new();
+        file.read_to_end(&mut more)?;
+        at += more.len() as u64;
+        out.write_all(&more)?;
+        out.flush()?;
+        if ended {
+            return Ok(0);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[derive(clap::Args)]
+pub struct StopArgs {
+    /// Seconds to wait after SIGTERM before killing the VM
+    #[arg(short = 't', long = "time", value_name = "SECS", default_value_t = 10)]
+    time: u64,
+    /// Instances: names or ids
+    #[arg(required = true, value_name = "INSTANCE")]
+    instances: Vec<String>,
+}
+
+/// Waits up to `limit` for the instance's VMM process to end.
+fn wait_for_end(instance: &Instance, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while instance.vmm_alive() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+fn signal(instance: &Instance, sig: i32) -> Result<()> {
+    let pid = instance.pid.context("the instance has no process")?;
+    // SAFETY: kill(2) with a pid whose start time was checked just before (vmm_alive), so it is the instance's VMM.
+    if unsafe { libc::kill(pid as i32, sig) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ESRCH) {
+            return Err(e).with_context(|| format!("cannot signal instance {}", instance.name));
+        }
+    }
+    Ok(())
+}
+
+/// SIGKILLs the VMM and records why, since it cannot.
+fn kill_and_record(instances: &Instances<'_>, instance: &Instance, reason: String) -> Result<()> {
+    if instance.vmm_alive() {
+        signal(instance, libc::SIGKILL)?;
+    }
+    if !wait_for_end(instance, Duration::from_secs(10)) {
+        bail!("instance {} did not die of SIGKILL within 10 s", instance.name);
+    }
+    let result = instances.update(&instance.id, |i| {
+        if i.state != State::Exited {
+            i.state = State::Exited;
+            (i.exit_code, i.reason, i.finished) = (Some(128 + libc::SIGKILL), Some(reason), Some(now()));
+        }
+    });
+    match result {
+        Ok(record) if record.auto_remove => Ok(instances.remove(&record.id)?),
+        Ok(_) | Err(kiln_image::instance::InstanceError::NoSuch(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub fn stop(args: StopArgs) -> Result<u8> {
+    let store = home::store()?;
+    let instances = Instances::new(&store);
+    for what in &args.instances {
+        let instance = instances.find(what)?;
+        if instance.state == State::Running && instance.vmm_alive() {
+            signal(&instance, libc::SIGTERM)?;
+            if !wait_for_end(&instance, Duration::from_secs(args.time)) {
+                let why = format!("killed by kiln stop: still running {} s after SIGTERM", args.time);
+                kill_and_record(&instances, &instance, why)?;
+            }
+        }
+        println!("{}", instance.name);
+    }
+    Ok(0)
+}
+
+#[derive(clap::Args)]
+pub struct KillArgs {
+    /// Instances: names or ids
+    #[arg(required = true, value_name = "INSTANCE")]
+    instances: Vec<String>,
+}
+
+pub fn kill(args: KillArgs) -> Result<u8> {
+    let store = home::store()?;
+    let instances = Instances::new(&store);
+    for what in &args.instances {
+        let instance = instances.find(what)?;
+        if instance.state != State::Running {
+            bail!("instance {} is not running", instance.name);
+        }
+        kill_and_record(&instances, &instance, "killed by kiln kill (SIGKILL)".into())?;
+        println!("{}", instance.name);
+    }
+    Ok(0)
+}
+
+#[derive(clap::Args)]
+pub struct RmArgs {
+    /// Kill running instances first
+    #[arg(short, long)]
+    force: bool,
+    /// Instances: names or ids
+    #[arg(required = true, value_name = "INSTANCE")]
+    instances: Vec<String>,
+}
+
+pub fn rm(args: RmArgs) -> Result<u8> {
+    let store = home::store()?;
+    let instances = Instances::new(&store);
+    for what in &args.instances {
+        let instance = instances.find(what)?;
+        if instance.state == State::Running {
+            if !args.force {
+                bail!(
+                    "instance {} is running; stop it first (kiln stop {}) or use --force",
+                    instance.name,
+                    instance.name
+                );
+            }
+            kill_and_record(&instances, &instance, "killed by kiln rm --force".into())?;
+        }
+        match instances.remove(&instance.id) {
+            Ok(()) => {}
+            // Its own `--rm` removed it meanwhile.
+            Err(_) if !instances.dir(&instance.id).exists() => {}
+            Err(e) => return Err(e.into()),
+        }
+        println!("{}", instance.name);
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tail_start;
+
+    #[test]
+    fn tails_count_lines_from_the_end() {
+        let log = b"one\ntwo\nthree\n";
+        assert_eq!(&log[tail_start(log, 1)..], b"three\n");
+        assert_eq!(&log[tail_start(log, 2)..], b"two\nthree\n");
+        assert_eq!(&log[tail_start(log, 9)..], log);
+        assert_eq!(&log[tail_start(log, 0)..], b"");
+        assert_eq!(&b"a\nb"[tail_start(b"a\nb", 1)..], b"b");
+    }
+}

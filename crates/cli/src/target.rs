@@ -1,0 +1,122 @@
+//! What `kiln run IMAGE|PROGRAM` boots: an image from the store (its library OS, program, files and settings, every
+//! blob checked against its digest), or a static executable on the host with the library OS built into `kiln`.
+
+use crate::home;
+use crate::run::{RunArgs, KERNEL};
+use anyhow::{anyhow, bail, Context, Result};
+use kiln_image::{Digest, StoreError};
+use kiln_usernet::PortForward;
+use std::borrow::Cow;
+use std::path::Path;
+
+pub struct Target {
+    /// How the user named it, for messages.
+    pub shown: String,
+    /// A short name for instances of it: the image's name, or the program's file name.
+    pub base_name: String,
+    pub image_id: Option<Digest>,
+    pub kernel: Cow<'static, [u8]>,
+    pub program: Vec<u8>,
+    pub argv: Vec<String>,
+    pub env: Vec<String>,
+    pub exe_path: String,
+    pub memory: Option<u64>,
+    pub cpus: Option<u32>,
+    /// The image's root filesystem; empty for a program.
+    pub rootfs: Vec<u8>,
+    /// The image's published ports (`-p` replaces them).
+    pub ports: Vec<PortForward>,
+}
+
+/// A name that starts with `/` or `.` is a program; anything else is an image if the store has one by that name, and
+/// a program otherwise (`kiln run hello` in a project directory runs the image, as the user just built it).
+pub fn resolve(args: &RunArgs) -> Result<Target> {
+    let what = &args.target;
+    let path = Path::new(what);
+    if what.starts_with(['/', '.']) {
+        return program(args, path);
+    }
+    let Ok(store) = home::store() else { return program(args, path) };
+    match store.resolve(what) {
+        Ok(digest) => image(args, &store, digest).with_context(|| format!("image {what}")),
+        Err(StoreError::NoSuchImage(_)) if path.exists() || what.contains('/') => program(args, path),
+        Err(StoreError::NoSuchImage(_)) => bail!("{what}: no such image (kiln images lists them) or file"),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn program(args: &RunArgs, path: &Path) -> Result<Target> {
+    let shown = path.display().to_string();
+    let program = std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => anyhow!("{shown}: no such file"),
+        std::io::ErrorKind::PermissionDenied => anyhow!("{shown}: permission denied"),
+        _ if path.is_dir() => anyhow!("{shown}: is a directory, not a program"),
+        _ => anyhow!(e).context(format!("cannot read {shown}")),
+    })?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "program".into());
+    let mut argv = vec![shown.clone()];
+    argv.extend(args.args.iter().cloned());
+    Ok(Target {
+        shown,
+        base_name: name.clone(),
+        image_id: None,
+        kernel: Cow::Borrowed(KERNEL),
+        program,
+        argv,
+        env: Vec::new(),
+        exe_path: format!("/{name}"),
+        memory: None,
+        cpus: None,
+        rootfs: Vec::new(),
+        ports: Vec::new(),
+    })
+}
+
+fn image(args: &RunArgs, store: &kiln_image::Store, digest: Digest) -> Result<Target> {
+    let manifest = store.manifest(&digest)?;
+    let config = &manifest.config;
+    if !config.volumes.is_empty() {
+        let volumes: Vec<_> = config.volumes.iter().map(|(name, path)| format!("{name} → {path}")).collect();
+        bail!("it declares volumes ({}), which this kiln cannot mount yet", volumes.join(", "));
+    }
+    let ports = config
+        .ports
+        .iter()
+        .map(|p| p.parse::<PortForward>().map_err(|e| anyhow!("its port {p}: {}", e.problem)))
+        .collect::<Result<_>>()?;
+    let mut argv = vec![config.program_path.clone()];
+    argv.extend(if args.args.is_empty() { config.args.iter() } else { args.args.iter() }.cloned());
+    Ok(Target {
+        shown: args.target.clone(),
+        base_name: manifest.name.rsplit('/').next().unwrap_or(&manifest.name).to_string(),
+        image_id: Some(digest),
+        kernel: Cow::Owned(store.blob(&manifest.kernel.digest)?),
+        program: store.blob(&manifest.program.digest)?,
+        argv,
+        env: config.env.clone(),
+        exe_path: config.program_path.clone(),
+        memory: Some(config.memory),
+        cpus: Some(config.cpus),
+        rootfs: store.blob(&manifest.rootfs.digest)?,
+        ports,
+    })
+}
+
+/// The image's environment with `--env` on top: a variable set by both has the `--env` value.
+pub fn merged_env(image: &[String], flags: &[String]) -> Vec<String> {
+    let key = |kv: &String| kv.split_once('=').map(|(k, _)| k.to_string()).unwrap_or_default();
+    let overridden: Vec<String> = flags.iter().map(key).collect();
+    image.iter().filter(|kv| !overridden.contains(&key(kv))).chain(flags).cloned().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merged_env;
+
+    #[test]
+    fn flags_override_the_images_environment() {
+        let image = ["A=1".to_string(), "B=2".to_string()];
+        let flags = ["B=3".to_string(), "C=4".to_string()];
+        assert_eq!(merged_env(&image, &flags), ["A=1", "B=3", "C=4"]);
+    }
+}
