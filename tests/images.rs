@@ -262,8 +262,17 @@ fn instances_go_from_run_to_rm() {
     let line = kiln_in(&home).args(["run", "-d", "--name", "w1", "waiter"]).run().assert_kiln_error();
     assert!(line.contains("the name \"w1\" is already used"), "{line}");
 
-    // stop: SIGTERM reaches the program, which exits cleanly.
+    let inspected = &json(&kiln_in(&home).args(["inspect", "w1"]).run())[0];
+    assert_eq!((inspected["id"].as_str(), inspected["state"].as_str()), (Some(instance_id.as_str()), Some("running")));
+    assert!(Path::new(inspected["log"].as_str().unwrap()).is_file(), "{inspected}");
+
+    // stop: SIGTERM reaches the program, which exits cleanly; `logs -f` follows the output until then.
+    let follower = {
+        let home = home.clone();
+        std::thread::spawn(move || kiln_in(&home).args(["logs", "-f", "w1"]).run())
+    };
     kiln_in(&home).args(["stop", "w1"]).run().assert_code(0);
+    follower.join().unwrap().assert_code(0).assert_stdout("waiter: ready\nwaiter: stopped by signal 15\n");
     let w1 = instance(&home, "w1");
     assert_eq!(
         (w1["state"].as_str(), w1["exit_code"].as_i64(), w1["reason"].as_str()),
@@ -298,6 +307,15 @@ fn a_program_that_ignores_sigterm_is_killed_and_a_dead_vmm_is_noticed() {
     assert_eq!((i["state"].as_str(), i["exit_code"].as_i64()), (Some("exited"), Some(137)), "{i}");
     assert!(i["reason"].as_str().unwrap().contains("still running 1 s after SIGTERM"), "{i}");
 
+    // kill: at once, and recorded as such.
+    kiln_in(&home).args(["run", "-d", "--name", "killed", waiter, "graceful"]).run().assert_code(0);
+    kiln_in(&home).args(["kill", "killed"]).run().assert_code(0);
+    let i = instance(&home, "killed");
+    assert_eq!((i["state"].as_str(), i["exit_code"].as_i64()), (Some("exited"), Some(137)), "{i}");
+    assert_eq!(i["reason"], "killed by kiln kill (SIGKILL)");
+    let line = kiln_in(&home).args(["kill", "killed"]).run().assert_kiln_error();
+    assert_eq!(line, "kiln: instance killed is not running");
+
     // A VMM killed behind kiln's back: ps shows it exited, and why.
     kiln_in(&home).args(["run", "-d", "--name", "victim", waiter]).run().assert_code(0);
     let pid = instance(&home, "victim")["pid"].as_i64().unwrap();
@@ -320,7 +338,7 @@ fn a_program_that_ignores_sigterm_is_killed_and_a_dead_vmm_is_noticed() {
         .iter()
         .map(|i| i["name"].clone())
         .collect();
-    assert_eq!(names, ["stubborn", "victim"]);
+    assert_eq!(names, ["stubborn", "killed", "victim"]);
 }
 
 #[test]

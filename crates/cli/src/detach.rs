@@ -39,7 +39,7 @@ impl ThisInstance {
         let start = process_start(pid).ok_or_else(|| anyhow!("cannot read this process's start time"))?;
         Instances::new(&self.store).update(&self.id, |i| {
             i.state = State::Running;
-            (i.pid, i.pid_start, i.started) = (Some(pid), Some(start), Some(now()));
+            (i.pid, i.pid_start, i.started_ms) = (Some(pid), Some(start), Some(now()));
         })?;
         let byte = [b'R'];
         // SAFETY: writes one byte from a live buffer to the descriptor the starter passed; a closed or bad one only
@@ -55,7 +55,7 @@ impl ThisInstance {
         let instances = Instances::new(&self.store);
         let record = instances.update(&self.id, |i| {
             i.state = State::Exited;
-            (i.exit_code, i.reason, i.finished) = (Some(i32::from(code)), Some(reason.to_string()), Some(now()));
+            (i.exit_code, i.reason, i.finished_ms) = (Some(i32::from(code)), Some(reason.to_string()), Some(now()));
         })?;
         if record.auto_remove {
             instances.remove(&self.id)?;
@@ -85,9 +85,9 @@ pub fn start(args: &RunArgs) -> Result<u8> {
         state: State::Created,
         pid: None,
         pid_start: None,
-        created: now(),
-        started: None,
-        finished: None,
+        created_ms: now(),
+        started_ms: None,
+        finished_ms: None,
         exit_code: None,
         reason: None,
         auto_remove: args.rm,

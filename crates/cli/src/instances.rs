@@ -21,10 +21,10 @@ fn status(i: &Instance) -> String {
     let t = now();
     match i.state {
         State::Created => "created".into(),
-        State::Running => format!("running for {}", duration(t.saturating_sub(i.started.unwrap_or(t)))),
+        State::Running => format!("running for {}", duration(t.saturating_sub(i.started_ms.unwrap_or(t)) / 1000)),
         State::Exited => {
             let code = i.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "?".into());
-            let ago = duration(t.saturating_sub(i.finished.unwrap_or(t)));
+            let ago = duration(t.saturating_sub(i.finished_ms.unwrap_or(t)) / 1000);
             let reason = i.reason.as_deref().unwrap_or("exited");
             format!("exited ({code}) {ago} ago: {reason}")
         }
@@ -148,7 +148,7 @@ fn kill_and_record(instances: &Instances<'_>, instance: &Instance, reason: Strin
     let result = instances.update(&instance.id, |i| {
         if i.state != State::Exited {
             i.state = State::Exited;
-            (i.exit_code, i.reason, i.finished) = (Some(128 + libc::SIGKILL), Some(reason), Some(now()));
+            (i.exit_code, i.reason, i.finished_ms) = (Some(128 + libc::SIGKILL), Some(reason), Some(now()));
         }
     });
     match result {

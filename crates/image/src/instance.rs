@@ -33,10 +33,10 @@ pub struct Instance {
     /// The VMM process, and its start time in clock ticks after boot (`/proc/PID/stat` field 22).
     pub pid: Option<u32>,
     pub pid_start: Option<u64>,
-    /// Seconds since the Unix epoch.
-    pub created: u64,
-    pub started: Option<u64>,
-    pub finished: Option<u64>,
+    /// Milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    pub started_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
     pub exit_code: Option<i32>,
     /// Why it ended, in words (`exited`, `killed by SIGTERM`, `the VMM process died without recording an exit`).
     pub reason: Option<String>,
@@ -68,8 +68,9 @@ pub enum InstanceError {
     Store(#[from] StoreError),
 }
 
+/// Milliseconds since the Unix epoch.
 pub fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// A process's start time (clock ticks after boot), or `None` if it is gone or a zombie.
@@ -184,7 +185,7 @@ impl<'a> Instances<'a> {
                 Err(e) => return Err(e),
             }
         }
-        all.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+        all.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
         Ok(all)
     }
 
@@ -202,7 +203,7 @@ impl<'a> Instances<'a> {
         };
         if fresh.state == State::Running && !fresh.vmm_alive() {
             fresh.state = State::Exited;
-            fresh.finished = Some(now());
+            fresh.finished_ms = Some(now());
             fresh.reason = Some("the VMM process died without recording an exit (killed, or it crashed)".into());
             self.save(&fresh)?;
         }
@@ -282,9 +283,9 @@ mod tests {
             state: State::Created,
             pid: None,
             pid_start: None,
-            created: now(),
-            started: None,
-            finished: None,
+            created_ms: now(),
+            started_ms: None,
+            finished_ms: None,
             exit_code: None,
             reason: None,
             auto_remove: false,
