@@ -26,10 +26,13 @@ pub struct ThisInstance {
     id: String,
 }
 
-/// The record this process runs, if it is an instance process (`kiln run -d` started it).
-pub fn instance_of_this_process(args: &RunArgs) -> Option<ThisInstance> {
-    let id = std::env::var(INSTANCE_ENV).ok().filter(|_| args.detach)?;
-    Some(ThisInstance { store: home::store().ok()?, id })
+/// The record this process runs, if it is an instance process (`kiln run -d` started it). An error, never `None`,
+/// when it is one but cannot reach its store: it must not start yet another instance process.
+pub fn instance_of_this_process(args: &RunArgs) -> Result<Option<ThisInstance>> {
+    match std::env::var(INSTANCE_ENV) {
+        Ok(id) if args.detach => Ok(Some(ThisInstance { store: home::store()?, id })),
+        _ => Ok(None),
+    }
 }
 
 impl ThisInstance {
@@ -159,6 +162,12 @@ fn spawn(instances: &Instances<'_>, id: &str) -> Result<()> {
     }
     let mut child = command.spawn().context("cannot start the instance's process")?;
     drop(ready_write);
+    // Recorded now, so that an instance whose process dies while this one is gone (Ctrl-C) is not "created" forever.
+    let pid = child.id();
+    if let Some(start) = process_start(pid) {
+        // Best effort: the record may be gone already (a program that ended at once, with --rm).
+        let _ = instances.update(id, |i| (i.pid, i.pid_start) = (Some(pid), Some(start)));
+    }
     let mut byte = [0u8; 1];
     let booted = std::fs::File::from(ready_read).read(&mut byte).is_ok_and(|n| n == 1);
     if booted {

@@ -131,7 +131,7 @@ impl Console for Terminal {
 }
 
 pub fn run(mut args: RunArgs) -> Result<u8> {
-    let instance = detach::instance_of_this_process(&args);
+    let instance = detach::instance_of_this_process(&args)?;
     if args.detach && instance.is_none() {
         return detach::start(&args);
     }

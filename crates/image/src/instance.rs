@@ -11,7 +11,7 @@ use std::path::PathBuf;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
-    /// Recorded, its VMM not yet booted.
+    /// Recorded, its VMM not yet booted (`pid` is set once its process runs).
     Created,
     Running,
     Exited,
@@ -115,6 +115,15 @@ impl Instance {
         }
     }
 
+    /// Whether the record says running (or starting, with a process) but that process is gone.
+    fn lost(&self) -> bool {
+        match self.state {
+            State::Running => !self.vmm_alive(),
+            State::Created => self.pid.is_some() && !self.vmm_alive(),
+            State::Exited => false,
+        }
+    }
+
     /// The host port part of each published port (`127.0.0.1:8080:80/tcp` → `127.0.0.1:8080/tcp`), for conflicts.
     fn host_ports(&self) -> Vec<(u16, String)> {
         self.ports
@@ -191,7 +200,7 @@ impl<'a> Instances<'a> {
 
     /// The record, corrected if it says running but its VMM is gone: it is then exited, with the reason.
     pub fn observe(&self, instance: Instance) -> Result<Instance, InstanceError> {
-        if instance.state != State::Running || instance.vmm_alive() {
+        if !instance.lost() {
             return Ok(instance);
         }
         let _lock = self.store.lock()?;
@@ -201,10 +210,13 @@ impl<'a> Instances<'a> {
             Err(InstanceError::NoSuch(_)) => return Ok(instance),
             Err(e) => return Err(e),
         };
-        if fresh.state == State::Running && !fresh.vmm_alive() {
+        if fresh.lost() {
+            fresh.reason = Some(match fresh.state {
+                State::Created => "its process ended before the VM booted".into(),
+                _ => "the VMM process died without recording an exit (killed, or it crashed)".into(),
+            });
             fresh.state = State::Exited;
             fresh.finished_ms = Some(now());
-            fresh.reason = Some("the VMM process died without recording an exit (killed, or it crashed)".into());
             self.save(&fresh)?;
         }
         Ok(fresh)
@@ -235,7 +247,7 @@ impl<'a> Instances<'a> {
             if other.name == instance.name {
                 return Err(InstanceError::NameTaken { name: other.name.clone(), id: other.id.clone() });
             }
-            if other.state == State::Exited || (other.state == State::Running && !other.vmm_alive()) {
+            if other.state == State::Exited || other.lost() {
                 continue;
             }
             for (port, proto) in instance.host_ports() {
@@ -324,6 +336,16 @@ mod tests {
         assert_eq!(seen.state, State::Exited);
         assert!(seen.reason.unwrap().contains("died without recording an exit"));
         instances.create(&sample("cccccccccccc", "web2", &["8080:80"])).unwrap();
+        // So is one still starting whose process is gone.
+        let mut starting = sample("dddddddddddd", "starting", &[]);
+        (starting.pid, starting.pid_start) = (Some(std::process::id()), Some(1));
+        instances.create(&starting).unwrap();
+        let seen = instances.find("starting").unwrap();
+        assert_eq!(
+            (seen.state, seen.reason.as_deref()),
+            (State::Exited, Some("its process ended before the VM booted"))
+        );
+        instances.remove("dddddddddddd").unwrap();
         assert_eq!(instances.find("aaaa").unwrap().name, "web");
         assert!(matches!(instances.find("zzz"), Err(InstanceError::NoSuch(_))));
         assert_eq!(instances.list().unwrap().len(), 3);
