@@ -411,3 +411,28 @@ fn a_cargo_package_is_built_for_the_musl_target() {
         kiln_in(&home).args(["run", "tiny"]).run().assert_code(0).assert_stdout("other\n");
     }
 }
+
+/// An image whose library OS speaks another boot protocol than this kiln's VMM is refused, with what to do.
+#[test]
+fn an_image_for_another_boot_protocol_is_refused() {
+    let base = scratch("boot-protocol");
+    let home = base.join("home");
+    let id = build(&home, &project(&base.join("p"), &guests::c("hello"), HELLO_TOML), &[]);
+    let manifest = std::fs::read_to_string(home.join("blobs/sha256").join(&id["sha256:".len()..])).unwrap();
+    let ours =
+        format!("\"boot_version\": {}", json(&kiln_in(&home).args(["inspect", "hello"]).run())[0]["boot_version"]);
+    assert!(manifest.contains(&ours), "{manifest}");
+    let old = manifest.replace(&ours, "\"boot_version\": 1");
+    let scratch_file = base.join("old-manifest");
+    std::fs::write(&scratch_file, &old).unwrap();
+    let sum = std::process::Command::new("sha256sum").arg(&scratch_file).output().unwrap();
+    let hex = String::from_utf8(sum.stdout).unwrap()[..64].to_string();
+    std::fs::rename(&scratch_file, home.join("blobs/sha256").join(&hex)).unwrap();
+    std::fs::write(home.join("refs/old:v1"), format!("sha256:{hex}\n")).unwrap();
+    let line = kiln_in(&home).args(["run", "old:v1"]).run().assert_kiln_error();
+    assert!(
+        line.starts_with("kiln: image old:v1: it was built by kiln ") && line.contains("for boot protocol 1,"),
+        "{line}"
+    );
+    assert!(line.ends_with("; build it again"), "{line}");
+}

@@ -74,6 +74,14 @@ fn program(args: &RunArgs, path: &Path) -> Result<Target> {
 
 fn image(args: &RunArgs, store: &kiln_image::Store, digest: Digest) -> Result<Target> {
     let manifest = store.manifest(&digest)?;
+    let ours = kiln_abi::boot::BOOT_VERSION;
+    if manifest.boot_version != ours {
+        bail!(
+            "it was built by kiln {} for boot protocol {}, and this kiln boots protocol {ours}; build it again",
+            manifest.kiln_version,
+            manifest.boot_version
+        );
+    }
     let config = &manifest.config;
     if !config.volumes.is_empty() {
         let volumes: Vec<_> = config.volumes.iter().map(|(name, path)| format!("{name} → {path}")).collect();

@@ -70,6 +70,7 @@ pub fn store_image(
         schema: SCHEMA,
         name: project.name.clone(),
         kiln_version: parts.kiln_version.to_string(),
+        boot_version: kiln_abi::boot::BOOT_VERSION,
         kernel: put(parts.kernel)?,
         program: put(parts.program)?,
         rootfs: put(parts.rootfs)?,

@@ -16,6 +16,9 @@ pub struct Manifest {
     pub name: String,
     /// The kiln version that built it (its library OS is the `kernel` blob).
     pub kiln_version: String,
+    /// The boot protocol (`kiln_abi::boot::BOOT_VERSION`) between `kernel` and the VMM that built the image: another
+    /// VMM cannot boot that kernel.
+    pub boot_version: u32,
     /// The library OS the program runs on.
     pub kernel: BlobRef,
     /// The static executable, as built (the VMM rewrites it at boot, through its rewrite cache).
@@ -92,6 +95,7 @@ mod tests {
             schema: SCHEMA,
             name: "hello".into(),
             kiln_version: "0.1.0".into(),
+            boot_version: 5,
             kernel: blob(b"kernel"),
             program: blob(b"program"),
             rootfs: blob(b"rootfs"),
