@@ -1,0 +1,213 @@
+//! The filesystem against real ext2 volumes: `mkfs.ext2` (e2fsprogs) makes them, Kiln's code changes them, and
+//! `e2fsck -fn` must call the result clean and `debugfs` must read back what was written.
+
+use crate::{BlockDevice, Ext2, Ext2Error, FileType, IoError, ROOT_INO};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::string::String;
+use std::vec::Vec;
+use std::{format, vec};
+
+pub struct FileDevice(pub File, pub Vec<(u64, usize, bool)>);
+
+impl BlockDevice for FileDevice {
+    fn read(&mut self, offset: u64, buf: &mut [u8]) -> std::result::Result<(), IoError> {
+        self.0.read_exact_at(buf, offset).map_err(|_| IoError)
+    }
+    fn write(&mut self, writes: &[(u64, &[u8])], flush: bool) -> std::result::Result<(), IoError> {
+        for (i, (offset, bytes)) in writes.iter().enumerate() {
+            self.0.write_all_at(bytes, *offset).map_err(|_| IoError)?;
+            self.1.push((*offset, bytes.len(), flush && i + 1 == writes.len()));
+        }
+        Ok(())
+    }
+}
+
+fn clock() -> u32 {
+    1_700_000_000
+}
+
+/// A fresh volume of `mib` MiB made by mkfs.ext2 as `kiln volume create` makes one.
+pub fn mkfs(name: &str, mib: u64) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kiln-ext2-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    let f = File::create(&path).unwrap();
+    f.set_len(mib << 20).unwrap();
+    let out = Command::new("mkfs.ext2")
+        .args(["-q", "-F", "-b", "4096", "-I", "256", "-O", "^dir_index", "-E", "root_owner=0:0"])
+        .arg(&path)
+        .output()
+        .expect("mkfs.ext2 (e2fsprogs, installed by scripts/setup.sh)");
+    assert!(out.status.success(), "mkfs.ext2: {}", String::from_utf8_lossy(&out.stderr));
+    path
+}
+
+fn mount(path: &Path) -> Ext2<FileDevice> {
+    let f = File::options().read(true).write(true).open(path).unwrap();
+    let len = f.metadata().unwrap().len();
+    Ext2::mount(FileDevice(f, Vec::new()), len, 256, clock).unwrap()
+}
+
+pub fn fsck_clean(path: &Path) {
+    let out = Command::new("e2fsck").args(["-fn"]).arg(path).output().expect("e2fsck");
+    assert!(
+        out.status.success(),
+        "e2fsck -fn: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn debugfs_cat(path: &Path, file: &str) -> Vec<u8> {
+    let out = Command::new("debugfs").arg("-R").arg(format!("cat {file}")).arg(path).output().expect("debugfs");
+    out.stdout
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u32).wrapping_mul(31).wrapping_add(u32::from(seed)) as u8).collect()
+}
+
+#[test]
+fn files_and_directories_survive_e2fsck_and_debugfs() {
+    let path = mkfs("ops.img", 32);
+    let mut fs = mount(&path);
+    let dir = fs.mkdir(ROOT_INO, "data", 0o755).unwrap();
+    let sub = fs.mkdir(dir, "sub", 0o700).unwrap();
+    let small = fs.create(dir, "small.txt", 0o644).unwrap();
+    assert_eq!(fs.write(small, 0, b"hello, volume\n").unwrap(), 14);
+    // Past the direct and the single indirect blocks (12 + 1024 of 4 KiB): double indirect.
+    let big_bytes = pattern(5 << 20, 7);
+    let big = fs.create(sub, "big.bin", 0o600).unwrap();
+    for (i, chunk) in big_bytes.chunks(100_000).enumerate() {
+        fs.write(big, (i * 100_000) as u64, chunk).unwrap();
+    }
+    // A sparse file: one byte far out.
+    let sparse = fs.create(dir, "sparse", 0o644).unwrap();
+    fs.write(sparse, 9 << 20, b"x").unwrap();
+    // Many names: the directory grows past one block.
+    for i in 0..300 {
+        fs.create(dir, &format!("file-with-a-longish-name-{i:04}"), 0o644).unwrap();
+    }
+    for i in (0..300).step_by(2) {
+        fs.unlink(dir, &format!("file-with-a-longish-name-{i:04}")).unwrap();
+    }
+    fs.rename(dir, "small.txt", sub, "moved.txt").unwrap();
+    let gone = fs.mkdir(dir, "gone", 0o755).unwrap();
+    fs.rename(dir, "gone", sub, "gone2").unwrap();
+    assert_eq!(fs.lookup(sub, "gone2").unwrap(), gone);
+    fs.rmdir(sub, "gone2").unwrap();
+    assert_eq!(fs.rmdir(ROOT_INO, "data"), Err(Ext2Error::NotEmpty));
+    assert_eq!(fs.create(dir, "sub", 0o644), Err(Ext2Error::Exists));
+    fs.sync().unwrap();
+    fsck_clean(&path);
+    assert_eq!(debugfs_cat(&path, "/data/sub/moved.txt"), b"hello, volume\n");
+    assert_eq!(debugfs_cat(&path, "/data/sub/big.bin"), big_bytes);
+
+    // Mounted again: the same files.
+    let mut fs = mount(&path);
+    let dir = fs.lookup(ROOT_INO, "data").unwrap();
+    let sub = fs.lookup(dir, "sub").unwrap();
+    let big = fs.lookup(sub, "big.bin").unwrap();
+    let mut back = vec![0u8; big_bytes.len() + 10];
+    assert_eq!(fs.read(big, 0, &mut back).unwrap(), big_bytes.len());
+    assert_eq!(&back[..big_bytes.len()], &big_bytes[..]);
+    let sparse = fs.lookup(dir, "sparse").unwrap();
+    let mut one = [1u8; 2];
+    assert_eq!(fs.read(sparse, 4096, &mut one).unwrap(), 2);
+    assert_eq!(one, [0, 0]);
+    let names: Vec<_> = fs.read_dir(dir).unwrap().into_iter().map(|(n, _, t)| (n, t)).collect();
+    assert_eq!(names.len(), 1 + 1 + 150);
+    assert!(names.contains(&("sub".into(), FileType::Directory)));
+    assert!(names.contains(&("file-with-a-longish-name-0001".into(), FileType::Regular)));
+
+    // Shrinking frees the indirect trees; deleting frees everything.
+    fs.truncate(big, 10_000).unwrap();
+    assert_eq!(fs.stat(big).unwrap().size, 10_000);
+    fs.write(big, 20_000, b"tail").unwrap();
+    let mut gap = [9u8; 100];
+    fs.read(big, 9_990, &mut gap).unwrap();
+    assert_eq!(&gap[..10], &big_bytes[9_990..10_000]);
+    assert!(gap[10..].iter().all(|&b| b == 0), "bytes past a truncation read as zeros");
+    fs.unlink(dir, "sparse").unwrap();
+    fs.sync().unwrap();
+    fsck_clean(&path);
+    let (_, free_before, _, _) = fs.usage();
+    fs.unlink(sub, "big.bin").unwrap();
+    assert!(fs.usage().1 > free_before);
+    fs.sync().unwrap();
+    fsck_clean(&path);
+}
+
+#[test]
+fn an_open_unlinked_file_lives_until_closed() {
+    let path = mkfs("orphan.img", 8);
+    let mut fs = mount(&path);
+    let f = fs.create(ROOT_INO, "tmp", 0o644).unwrap();
+    fs.write(f, 0, &pattern(50_000, 1)).unwrap();
+    fs.open(f);
+    fs.unlink(ROOT_INO, "tmp").unwrap();
+    let mut back = vec![0u8; 50_000];
+    assert_eq!(fs.read(f, 0, &mut back).unwrap(), 50_000);
+    assert_eq!(back, pattern(50_000, 1));
+    let other = fs.create(ROOT_INO, "other", 0o644).unwrap();
+    assert_ne!(other, f, "an open inode is not handed out again");
+    fs.close(f).unwrap();
+    fs.sync().unwrap();
+    fsck_clean(&path);
+}
+
+#[test]
+fn a_full_volume_says_so() {
+    let path = mkfs("full.img", 2);
+    let mut fs = mount(&path);
+    let f = fs.create(ROOT_INO, "fill", 0o644).unwrap();
+    let chunk = vec![0xaa; 64 << 10];
+    let mut at = 0u64;
+    loop {
+        match fs.write(f, at, &chunk) {
+            Ok(n) => at += n as u64,
+            Err(e) => {
+                assert_eq!(e, Ext2Error::NoSpace);
+                break;
+            }
+        }
+    }
+    assert!(at > 1 << 20);
+    fs.sync().unwrap();
+    fsck_clean(&path);
+}
+
+#[test]
+fn a_sync_writes_data_then_metadata_each_flushed() {
+    let path = mkfs("order.img", 8);
+    let mut fs = mount(&path);
+    let f = fs.create(ROOT_INO, "log", 0o644).unwrap();
+    fs.sync().unwrap();
+    fs.cache.dev.1.clear();
+    fs.write(f, 0, b"record 1\n").unwrap();
+    fs.sync().unwrap();
+    // The file's data block, flushed; then its inode block, bitmap, descriptors, superblock, flushed.
+    let data_block = {
+        let mut inode = fs.read_inode(f).unwrap();
+        fs.map_block(&mut inode, 0, false, 0).unwrap().unwrap()
+    };
+    let writes = &fs.cache.dev.1;
+    assert_eq!(writes[0], (u64::from(data_block) * 4096, 4096, true));
+    assert!(writes.len() > 2 && writes.last().unwrap().2);
+    assert!(writes[1..].iter().all(|w| w.0 != u64::from(data_block) * 4096));
+}
+
+#[test]
+fn volumes_kiln_cannot_write_are_refused() {
+    let path = mkfs("ext4.img", 8);
+    let out = Command::new("tune2fs").args(["-O", "extents"]).arg(&path).output().expect("tune2fs");
+    assert!(out.status.success());
+    let f = File::options().read(true).write(true).open(&path).unwrap();
+    let err = Ext2::mount(FileDevice(f, Vec::new()), 8 << 20, 64, clock).err().unwrap();
+    assert!(matches!(err, Ext2Error::Unsupported(_)), "{err:?}");
+    let f = File::open("/dev/zero").unwrap();
+    assert!(matches!(Ext2::mount(FileDevice(f, Vec::new()), 1 << 20, 64, clock).err(), Some(Ext2Error::Corrupt(_))));
+}
