@@ -2,7 +2,8 @@
 # Installs what building and testing Kiln needs on a Debian or Ubuntu machine, and nothing that is already there:
 #   - apt: build-essential (cc, for the host build and the dynamically linked test program), musl-tools (musl-gcc, for
 #     the C test programs), golang-go (the Go test program), iproute2 (`ip`, for the network tests' namespaces and tap
-#     devices), curl (the HTTP tests' host client; and, with ca-certificates, to install rustup);
+#     devices), curl (the HTTP tests' host client; and, with ca-certificates, to install rustup), e2fsprogs
+#     (mkfs.ext2 for `kiln volume create`; e2fsck and debugfs, with which the volume tests check volumes);
 #   - rustup and the toolchain pinned in rust-toolchain.toml, with its components and targets (x86_64-unknown-none for
 #     the library OS, x86_64-unknown-linux-musl for the Rust test programs).
 # Safe to run again: a second run changes nothing and needs no network. It ends by saying whether /dev/kvm is usable.
@@ -20,7 +21,7 @@ as_root() {
 }
 
 missing=()
-for pkg in build-essential musl-tools golang-go iproute2 curl; do
+for pkg in build-essential musl-tools golang-go iproute2 curl e2fsprogs; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
 done
 if ! command -v rustup >/dev/null && ! [ -x "$HOME/.cargo/bin/rustup" ]; then
@@ -38,7 +39,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     as_root apt-get install -y -q --no-install-recommends "${missing[@]}"
   fi
 else
-  say "system packages present (build-essential, musl-tools, golang-go, iproute2, curl)"
+  say "system packages present (build-essential, musl-tools, golang-go, iproute2, curl, e2fsprogs)"
 fi
 
 # ---- Rust --------------------------------------------------------------------------------------------------------

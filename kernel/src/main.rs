@@ -24,6 +24,7 @@ mod timers;
 mod user;
 mod vdso;
 mod vfs;
+mod volume;
 
 use core::sync::atomic::{AtomicBool, Ordering};
 use kiln_abi::BootInfo;
@@ -53,6 +54,7 @@ extern "C" fn kiln_main(boot: &'static BootInfo) -> ! {
         }
     });
     vfs::init(rootfs);
+    volume::init(boot);
     net::init(boot);
     syscalls::init(boot);
     BOOTED.store(true, Ordering::Release);

@@ -61,6 +61,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("sockets", "sockets.c", Link::Static),
     ("timers", "timers.c", Link::Static),
     ("netpeer", "netpeer.c", Link::Static),
+    ("volume", "volume.c", Link::Static),
 ];
 
 /// The binaries of tests/guests/rust (each `src/bin/NAME.rs`).

@@ -2,7 +2,7 @@
 
 /// `BootInfo::magic`: "KILNBOOT".
 pub const BOOT_MAGIC: u64 = u64::from_le_bytes(*b"KILNBOOT");
-pub const BOOT_VERSION: u32 = 5;
+pub const BOOT_VERSION: u32 = 6;
 
 /// `BootInfo::flags`: send every syscall to the VMM for `--trace-syscalls`.
 pub const BOOT_FLAG_TRACE_SYSCALLS: u64 = 1 << 0;
@@ -50,6 +50,8 @@ pub struct BootInfo {
     pub rootfs_phys: u64,
     pub rootfs_len: u64,
     pub net: NetInfo,
+    /// Volumes to mount (`kiln run -v`), in the order given; unused entries have `mmio_phys` 0.
+    pub volumes: [VolumeInfo; MAX_VOLUMES],
 }
 
 /// The network card, if the VM has one: a virtio-net device behind a virtio-mmio register window, and the addresses
@@ -76,6 +78,41 @@ pub struct NetInfo {
 
 /// Size of the card's register window.
 pub const NET_MMIO_SIZE: u64 = 0x1000;
+
+/// Most volumes one VM mounts.
+pub const MAX_VOLUMES: usize = 4;
+/// Longest mount path, in bytes.
+pub const MOUNT_PATH_MAX: usize = 112;
+/// Size of a volume's register window; volume `i`'s is `i + 1` windows above the network card's.
+pub const BLK_MMIO_SIZE: u64 = 0x1000;
+
+/// A volume: a virtio-blk device behind a virtio-mmio register window, and where the library OS mounts the ext2
+/// filesystem on it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct VolumeInfo {
+    /// Guest-physical address of the register window ([`BLK_MMIO_SIZE`] bytes); 0 for none.
+    pub mmio_phys: u64,
+    /// Bytes on the device.
+    pub capacity: u64,
+    pub mount_len: u32,
+    pub _reserved: u32,
+    /// An absolute, normalised path (not "/"), `mount_len` bytes of UTF-8.
+    pub mount: [u8; MOUNT_PATH_MAX],
+}
+
+impl Default for VolumeInfo {
+    fn default() -> Self {
+        VolumeInfo { mmio_phys: 0, capacity: 0, mount_len: 0, _reserved: 0, mount: [0; MOUNT_PATH_MAX] }
+    }
+}
+
+impl VolumeInfo {
+    pub fn mount_path(&self) -> Option<&str> {
+        let len = (self.mount_len as usize).min(MOUNT_PATH_MAX);
+        core::str::from_utf8(&self.mount[..len]).ok()
+    }
+}
 
 impl BootInfo {
     pub fn is_valid(&self) -> bool {

@@ -65,6 +65,7 @@ fn boot_layout_maps_what_the_library_os_and_program_need() {
         boot_realtime_ns: 0,
         rootfs: Vec::new(),
         net: None,
+        volumes: Vec::new(),
     };
     let state = boot::build(&mut ram, (&kernel, KERNEL), (&program, prepared), &params).unwrap();
     let mem = Ram(&ram);

@@ -17,6 +17,7 @@ mod size;
 #[cfg(test)]
 mod syscall_docs;
 mod target;
+mod volume;
 
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
@@ -61,6 +62,9 @@ enum Command {
     Kill(instances::KillArgs),
     /// Remove instances' records and logs
     Rm(instances::RmArgs),
+    /// Manage volumes: files with an ext2 filesystem that `kiln run -v NAME:/path` mounts
+    #[command(subcommand)]
+    Volume(volume::VolumeCommand),
 }
 
 fn main() -> ExitCode {
@@ -83,6 +87,7 @@ fn main() -> ExitCode {
         Command::Stop(args) => instances::stop(args),
         Command::Kill(args) => instances::kill(args),
         Command::Rm(args) => instances::rm(args),
+        Command::Volume(command) => volume::run(command),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -60,6 +60,9 @@ pub struct RunArgs {
     /// Print VM exits and syscall counts to stderr at exit
     #[arg(long)]
     stats: bool,
+    /// Attach volume NAME (`kiln volume create`) and mount it at /path (repeatable, up to 4)
+    #[arg(long = "volume", short = 'v', value_name = "NAME:/path", value_parser = crate::volume::parse_mount)]
+    volumes: Vec<(String, String)>,
     #[command(flatten)]
     pub network: net::NetArgs,
     /// An image (NAME[:TAG] or id, from kiln build) or the static Linux x86-64 executable to run
@@ -151,6 +154,7 @@ pub fn run(mut args: RunArgs) -> Result<u8> {
         rewrite_cache: rewrite_cache_dir(),
         rootfs: rootfs(&args, &target.rootfs)?,
         net: net::card(&args.network)?,
+        volumes: crate::volume::attach_all(&args.volumes)?,
     };
 
     let Target { kernel, program, .. } = target;
@@ -190,6 +194,12 @@ fn report(args: &RunArgs, outcome: Outcome, stats: &RunStats) -> Result<(u8, Str
             eprintln!(
                 "[kiln] network: {} frames out ({} bytes), {} in ({} bytes), {} notifications, {} dropped out, {} dropped in",
                 n.tx_frames, n.tx_bytes, n.rx_frames, n.rx_bytes, n.notifications, n.tx_dropped, n.rx_dropped
+            );
+        }
+        for (name, v) in &stats.volumes {
+            eprintln!(
+                "[kiln] volume {name}: {} reads ({} bytes), {} writes ({} bytes), {} flushes, {} notifications, {} errors",
+                v.reads, v.bytes_read, v.writes, v.bytes_written, v.flushes, v.notifications, v.errors
             );
         }
     }

@@ -8,7 +8,10 @@ use crate::loader::{self, LoadedProgram, LoaderError, PreparedProgram};
 use crate::memory::{BootAllocator, GuestRam, MemoryError};
 use crate::stack::{self, ProgramInfo, StackError};
 use crate::vdso;
-use kiln_abi::boot::{BootInfo, NetInfo, BOOT_FLAG_TRACE_SYSCALLS, BOOT_MAGIC, BOOT_VERSION, NET_MMIO_SIZE};
+use kiln_abi::boot::{
+    BootInfo, NetInfo, VolumeInfo, BLK_MMIO_SIZE, BOOT_FLAG_TRACE_SYSCALLS, BOOT_MAGIC, BOOT_VERSION, MAX_VOLUMES,
+    NET_MMIO_SIZE,
+};
 use kiln_abi::hypercall::UNREWRITTEN_SYSCALL_PORT;
 use kiln_abi::layout::*;
 use kiln_abi::paging::{self, PTE_USER, PTE_WRITABLE};
@@ -51,12 +54,20 @@ pub struct BootParams {
     pub rootfs: Vec<u8>,
     /// The network card's addresses, if the VM has one (its register window is placed by [`build`]).
     pub net: Option<NetInfo>,
+    /// The volumes' sizes and mount paths (their register windows are placed by [`build`]); at most
+    /// [`MAX_VOLUMES`].
+    pub volumes: Vec<VolumeInfo>,
 }
 
 /// Where a VM with `ram_size` bytes of RAM has its network card's registers: just above RAM, where no memory slot
 /// is, so that every access exits to the VMM.
 pub const fn net_mmio_phys(ram_size: u64) -> u64 {
     ram_size
+}
+
+/// Where volume `index`'s registers are: in the windows after the network card's.
+pub const fn volume_mmio_phys(ram_size: u64, index: usize) -> u64 {
+    net_mmio_phys(ram_size) + NET_MMIO_SIZE + index as u64 * BLK_MMIO_SIZE
 }
 
 /// Where one vCPU starts: %rip, %rsp, and the two arguments in %rdi and %rsi.
@@ -212,6 +223,15 @@ pub fn build(
         }
         None => NetInfo::default(),
     };
+    let mut volumes = [VolumeInfo::default(); MAX_VOLUMES];
+    for (i, volume) in params.volumes.iter().enumerate().take(MAX_VOLUMES) {
+        let mmio = volume_mmio_phys(ram.size(), i);
+        for page in (0..BLK_MMIO_SIZE).step_by(PAGE_SIZE as usize) {
+            paging::map_page(ram, &mut alloc, pml4, direct_map(mmio + page), mmio + page, PTE_WRITABLE | PTE_USER)
+                .map_err(|e| BootError::Map(direct_map(mmio + page), e))?;
+        }
+        volumes[i] = VolumeInfo { mmio_phys: mmio, ..*volume };
+    }
     let host_signals = alloc.alloc(PAGE_SIZE)?;
     let boot_info_phys = alloc.alloc(PAGE_SIZE)?;
     let info = BootInfo {
@@ -241,6 +261,7 @@ pub fn build(
         rootfs_len,
         host_signals_phys: host_signals,
         net,
+        volumes,
     };
     ram.write(boot_info_phys, boot_info_bytes(&info))?;
 

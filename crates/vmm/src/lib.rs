@@ -8,6 +8,7 @@
 
 pub mod arch;
 pub mod boot;
+pub mod disk;
 pub mod elf;
 pub mod fault;
 pub mod hypercall;
@@ -26,6 +27,7 @@ pub mod vdso;
 pub mod virtio;
 pub mod vm;
 
+pub use disk::VolumeConfig;
 pub use fault::{CrashReport, Signal};
 pub use netcard::NetConfig;
 pub use vm::{Console, Outcome, RunStats, Vm, VmConfig, VmError};

@@ -3,6 +3,7 @@
 
 use crate::arch;
 use crate::boot::{self, BootError, BootParams, BootState, MIN_MEMORY};
+use crate::disk::{Disk, VolumeConfig};
 use crate::elf::{ElfError, ElfImage};
 use crate::fault::{self, CrashReport};
 use crate::hypercall::{self, Action};
@@ -13,8 +14,9 @@ use crate::park::Parker;
 use crate::rewrite::RewriteReport;
 use crate::rewrite_cache::RewriteCache;
 use crate::shootdown::Shootdown;
+use crate::virtio::blk::{Blk, BlkStats};
 use crate::virtio::net::NetStats;
-use kiln_abi::boot::NetInfo;
+use kiln_abi::boot::{NetInfo, VolumeInfo, MAX_VOLUMES, MOUNT_PATH_MAX};
 use kiln_abi::hypercall::{FaultRecord, Hypercall, FAULT_RECORD_OFFSET, HYPERCALL_PORT, UNREWRITTEN_SYSCALL_PORT};
 use kiln_abi::layout::{direct_map, HUGE_PAGE_SIZE, SYSCALL_TRAP_VADDR};
 use kvm_bindings::{kvm_userspace_memory_region, Msrs, KVM_MAX_CPUID_ENTRIES};
@@ -52,6 +54,14 @@ pub enum VmError {
     Random(#[source] std::io::Error),
     #[error("--cpus {0} is out of range: Kiln runs 1 to {MAX_VCPUS} vCPUs")]
     Cpus(u32),
+    #[error("too many volumes: Kiln mounts at most {MAX_VOLUMES}")]
+    TooManyVolumes,
+    #[error("volume {name}: cannot use its file")]
+    Volume {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot start a host thread for a vCPU")]
     Thread(#[source] std::io::Error),
 }
@@ -86,6 +96,8 @@ pub struct VmConfig {
     pub rewrite_cache: Option<PathBuf>,
     /// The network card, if the VM has one.
     pub net: Option<NetConfig>,
+    /// Volumes, mounted in this order (at most [`MAX_VOLUMES`]).
+    pub volumes: Vec<VolumeConfig>,
 }
 
 /// How a run ended.
@@ -110,6 +122,8 @@ pub struct RunStats {
     pub vm_exits: u64,
     /// What the network card moved, if the VM had one.
     pub net: Option<NetStats>,
+    /// What each volume's device did, by name.
+    pub volumes: Vec<(String, BlkStats)>,
     /// (number, calls, of which -ENOSYS), only numbers that were called.
     pub syscalls: Vec<(u64, u32, u32)>,
 }
@@ -140,6 +154,7 @@ struct Shared {
     /// Rewritten syscall sites, sorted, for crash reports.
     syscall_sites: Vec<u64>,
     net: Option<NetCard>,
+    disks: Vec<(String, Disk)>,
 }
 
 fn open_kvm() -> Result<Kvm, VmError> {
@@ -247,6 +262,14 @@ impl Vm {
         if config.cpus == 0 || config.cpus > MAX_VCPUS {
             return Err(VmError::Cpus(config.cpus));
         }
+        if config.volumes.len() > MAX_VOLUMES {
+            return Err(VmError::TooManyVolumes);
+        }
+        let mut blks = Vec::new();
+        for v in std::mem::take(&mut config.volumes) {
+            let blk = Blk::new(v.file, &v.name).map_err(|source| VmError::Volume { name: v.name.clone(), source })?;
+            blks.push((v.name, v.mount, blk));
+        }
         let memory = config.memory.div_ceil(HUGE_PAGE_SIZE) * HUGE_PAGE_SIZE;
         let started = std::time::Instant::now();
         // The program's own errors come first, before any KVM work: they are what the user can fix. (Preparing it on
@@ -281,6 +304,7 @@ impl Vm {
                 gateway6: n.gateway6.map_or([0; 16], |g| g.octets()),
                 ..NetInfo::default()
             }),
+            volumes: blks.iter().map(|(_, mount, blk)| volume_info(mount, blk.capacity())).collect(),
         };
         let boot = boot::build(&mut ram, (&kernel, kernel_elf), (&program, prepared), &params)?;
         let built = started.elapsed();
@@ -308,6 +332,11 @@ impl Vm {
             vdso_code: boot.vdso_code.clone(),
             syscall_sites,
             net: config.net.map(|n| NetCard::new(n.backend, n.mac, boot::net_mmio_phys(memory))),
+            disks: blks
+                .into_iter()
+                .enumerate()
+                .map(|(i, (name, _, blk))| (name, Disk::new(blk, boot::volume_mmio_phys(memory, i))))
+                .collect(),
         });
         Ok(Vm { _kvm: kvm, _vm: vm, vcpus, shared, boot })
     }
@@ -394,6 +423,7 @@ impl Vm {
         let stats = RunStats {
             vm_exits: self.shared.exits.load(Ordering::SeqCst),
             net: self.shared.net.as_ref().map(NetCard::stats),
+            volumes: self.shared.disks.iter().map(|(name, d)| (name.clone(), d.stats())).collect(),
             syscalls: hypercall::read_stats(&self.shared.ram, self.boot.stats_phys),
         };
         tracing::debug!(took = ?started.elapsed(), exits = stats.vm_exits, "VM ran");
@@ -451,20 +481,28 @@ fn run_vcpu(
                     Action::Stop(why) => Outcome::Stopped(why),
                 }
             }
-            VcpuExit::MmioRead(addr, data) => match &shared.net {
-                Some(card) if card.claims(addr) => {
+            VcpuExit::MmioRead(addr, data) => {
+                if let Some(card) = shared.net.as_ref().filter(|c| c.claims(addr)) {
                     card.read(addr, data);
                     continue;
                 }
-                _ => Outcome::Stopped(format!("the guest read physical address {addr:#x}, where nothing is")),
-            },
-            VcpuExit::MmioWrite(addr, data) => match &shared.net {
-                Some(card) if card.claims(addr) => {
+                if let Some((_, disk)) = shared.disks.iter().find(|(_, d)| d.claims(addr)) {
+                    disk.read(addr, data);
+                    continue;
+                }
+                Outcome::Stopped(format!("the guest read physical address {addr:#x}, where nothing is"))
+            }
+            VcpuExit::MmioWrite(addr, data) => {
+                if let Some(card) = shared.net.as_ref().filter(|c| c.claims(addr)) {
                     card.write(addr, data, shared.ram.inner());
                     continue;
                 }
-                _ => Outcome::Stopped(format!("the guest wrote physical address {addr:#x}, where nothing is")),
-            },
+                if let Some((_, disk)) = shared.disks.iter().find(|(_, d)| d.claims(addr)) {
+                    disk.write(addr, data, shared.ram.inner());
+                    continue;
+                }
+                Outcome::Stopped(format!("the guest wrote physical address {addr:#x}, where nothing is"))
+            }
             VcpuExit::IoOut(UNREWRITTEN_SYSCALL_PORT, _) => {
                 Outcome::Crashed(crash(&vcpu, shared, "unrewritten syscall"))
             }
@@ -516,6 +554,15 @@ fn to_fault_entry(vcpu: &VcpuFd, shared: &Shared, block: u64, report: &CrashRepo
         vcpu.set_vcpu_events(&events).map_err(kvm_err("clear a pending exception"))?;
     }
     Ok(true)
+}
+
+/// A volume's entry in the boot info (its register window is placed by the boot builder).
+fn volume_info(mount: &str, capacity: u64) -> VolumeInfo {
+    let mut info = VolumeInfo { capacity, ..VolumeInfo::default() };
+    let n = mount.len().min(MOUNT_PATH_MAX);
+    info.mount[..n].copy_from_slice(&mount.as_bytes()[..n]);
+    info.mount_len = n as u32;
+    info
 }
 
 fn crash(vcpu: &VcpuFd, shared: &Shared, how: &'static str) -> CrashReport {

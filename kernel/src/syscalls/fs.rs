@@ -599,13 +599,18 @@ pub fn ftruncate(a: &Args) -> SysResult {
 }
 
 /// Everything is in memory: there is nothing to flush (volumes will change that).
+/// fsync, fdatasync, sync_file_range: a file on a volume is written back (its volume's changes, flushed on the
+/// host); the in-memory tree has nothing to write.
 pub fn fsync(a: &Args) -> SysResult {
-    file::get(a[0]).map(|_| 0)
+    match &file::get(a[0])?.object {
+        Object::Regular { inode, .. } | Object::Directory { inode, .. } => inode.sync().map(|()| 0),
+        _ => Ok(0),
+    }
 }
 
-/// sync: the filesystem is in memory; there is nothing to write back.
+/// sync, syncfs: every volume is written back.
 pub fn sync(_: &Args) -> SysResult {
-    Ok(0)
+    crate::volume::sync_all().map(|()| 0)
 }
 
 /// fadvise64: every file is in memory already, so each advice (0..=5) is accepted and changes nothing.

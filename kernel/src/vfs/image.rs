@@ -25,8 +25,10 @@ pub fn load(image: &'static [u8]) {
             KIND_FILE => {
                 let data = Data::Image { addr: base + entry.data_offset as u64, len: entry.data_len as u64 };
                 if let Ok((dir, name)) = parent(entry.path) {
-                    if let Kind::Dir(children) = &mut dir.state.lock().kind {
-                        children.insert(name, Inode::new(Kind::File(data), entry.perm & 0o7777));
+                    if let Some(state) = dir.memory() {
+                        if let Kind::Dir(children) = &mut state.lock().kind {
+                            children.insert(name, Inode::new(Kind::File(data), entry.perm & 0o7777));
+                        }
                     }
                 }
             }

@@ -1,13 +1,15 @@
 //! The filesystem the program sees: one tree in memory. Files packed into the image (`kiln run --file/--dir`) are
 //! read from where the VMM put them until first written, when they are copied (the image itself never changes, as a
 //! container's writable layer over its image); everything created at run time lives in the library OS heap. No
-//! symbolic links, so paths resolve lexically.
+//! symbolic links, so paths resolve lexically. Paths at or below a volume's mount point go to the volume
+//! (`crate::volume`), whose files are inodes of another backing.
 
 pub mod image;
 
 use crate::errno::Errno;
 use crate::sync::SpinLock;
 use crate::time;
+use crate::volume::{self, Node};
 use alloc::collections::BTreeMap;
 use alloc::string::{String, ToString};
 use alloc::sync::Arc;
@@ -60,7 +62,12 @@ pub enum Kind {
 
 pub struct Inode {
     pub ino: u64,
-    pub state: SpinLock<State>,
+    backing: Backing,
+}
+
+enum Backing {
+    Memory(SpinLock<State>),
+    Volume(Node),
 }
 
 pub struct State {
@@ -74,7 +81,28 @@ impl Inode {
     fn new(kind: Kind, perm: u32) -> Arc<Inode> {
         static NEXT_INO: AtomicU64 = AtomicU64::new(2);
         let ino = NEXT_INO.fetch_add(1, Ordering::Relaxed);
-        Arc::new(Inode { ino, state: SpinLock::new(State { kind, perm, mtime_ns: time::realtime_ns() }) })
+        let state = SpinLock::new(State { kind, perm, mtime_ns: time::realtime_ns() });
+        Arc::new(Inode { ino, backing: Backing::Memory(state) })
+    }
+
+    fn on_volume(node: Node) -> Arc<Inode> {
+        Arc::new(Inode { ino: node.ino(), backing: Backing::Volume(node) })
+    }
+
+    /// The in-memory state; `None` for a file on a volume.
+    pub(super) fn memory(&self) -> Option<&SpinLock<State>> {
+        match &self.backing {
+            Backing::Memory(state) => Some(state),
+            Backing::Volume(_) => None,
+        }
+    }
+
+    /// Writes the file back to its volume (fsync); nothing to do in memory.
+    pub fn sync(&self) -> Result<(), Errno> {
+        match &self.backing {
+            Backing::Memory(_) => Ok(()),
+            Backing::Volume(node) => node.sync(),
+        }
     }
 
     /// A read-only file in no directory, holding `bytes` (what `/proc/self/maps` opens).
@@ -83,12 +111,19 @@ impl Inode {
     }
 
     pub fn is_dir(&self) -> bool {
-        matches!(self.state.lock().kind, Kind::Dir(_))
+        match &self.backing {
+            Backing::Memory(state) => matches!(state.lock().kind, Kind::Dir(_)),
+            Backing::Volume(node) => node.is_dir(),
+        }
     }
 
     /// `st_mode`, `st_size`, mtime.
     pub fn stat(&self) -> (u32, u64, u64) {
-        let s = self.state.lock();
+        let state = match &self.backing {
+            Backing::Memory(state) => state,
+            Backing::Volume(node) => return node.stat(),
+        };
+        let s = state.lock();
         match &s.kind {
             Kind::Dir(entries) => (S_IFDIR | s.perm, entries.len() as u64, s.mtime_ns),
             Kind::File(d) => (S_IFREG | s.perm, d.len(), s.mtime_ns),
@@ -96,17 +131,27 @@ impl Inode {
     }
 
     pub fn set_perm(&self, perm: u32) {
-        self.state.lock().perm = perm & 0o7777;
+        match &self.backing {
+            Backing::Memory(state) => state.lock().perm = perm & 0o7777,
+            Backing::Volume(node) => node.set_perm(perm),
+        }
     }
 
     /// Sets the modification time (nanoseconds since the epoch); there is one time for all three stat times.
     pub fn set_mtime(&self, ns: u64) {
-        self.state.lock().mtime_ns = ns;
+        match &self.backing {
+            Backing::Memory(state) => state.lock().mtime_ns = ns,
+            Backing::Volume(node) => node.set_mtime(ns),
+        }
     }
 
     /// Hands `f` the file's bytes from `offset`, at most `len` of them (fewer at the end, none past it).
     pub fn read_with<R>(&self, offset: u64, len: u64, f: impl FnOnce(&[u8]) -> R) -> Result<R, Errno> {
-        let s = self.state.lock();
+        let state = match &self.backing {
+            Backing::Memory(state) => state,
+            Backing::Volume(node) => return node.read_with(offset, len, f),
+        };
+        let s = state.lock();
         let Kind::File(d) = &s.kind else { return Err(Errno::EISDIR) };
         let bytes = d.bytes();
         let start = usize::try_from(offset).unwrap_or(usize::MAX).min(bytes.len());
@@ -116,7 +161,11 @@ impl Inode {
 
     /// Writes at `offset` (at the end if `append`); returns the offset after the write.
     pub fn write_at(&self, offset: u64, data: &[u8], append: bool) -> Result<u64, Errno> {
-        let mut s = self.state.lock();
+        let state = match &self.backing {
+            Backing::Memory(state) => state,
+            Backing::Volume(node) => return node.write_at(offset, data, append),
+        };
+        let mut s = state.lock();
         let Kind::File(d) = &mut s.kind else { return Err(Errno::EISDIR) };
         let v = d.owned();
         let at = if append { v.len() } else { usize::try_from(offset).map_err(|_| Errno::EFBIG)? };
@@ -131,7 +180,11 @@ impl Inode {
     }
 
     pub fn truncate(&self, len: u64) -> Result<(), Errno> {
-        let mut s = self.state.lock();
+        let state = match &self.backing {
+            Backing::Memory(state) => state,
+            Backing::Volume(node) => return node.truncate(len),
+        };
+        let mut s = state.lock();
         let Kind::File(d) = &mut s.kind else { return Err(Errno::EISDIR) };
         let v = d.owned();
         let len = usize::try_from(len).map_err(|_| Errno::EFBIG)?;
@@ -145,7 +198,11 @@ impl Inode {
 
     /// Directory entries from position `from` on: (name, inode number, is a directory).
     pub fn entries_from(&self, from: usize) -> Result<Vec<(String, u64, bool)>, Errno> {
-        let s = self.state.lock();
+        let state = match &self.backing {
+            Backing::Memory(state) => state,
+            Backing::Volume(node) => return node.entries_from(from),
+        };
+        let s = state.lock();
         let Kind::Dir(entries) = &s.kind else { return Err(Errno::ENOTDIR) };
         Ok(entries.iter().skip(from).map(|(name, inode)| (name.clone(), inode.ino, inode.is_dir())).collect())
     }
@@ -209,10 +266,13 @@ fn components(abs: &str) -> impl Iterator<Item = &str> {
 
 pub fn lookup(path: &str) -> Result<Arc<Inode>, Errno> {
     let abs = absolute(path)?;
+    if let Some((volume, rest)) = volume::find(&abs) {
+        return volume.lookup(&rest).map(Inode::on_volume);
+    }
     let mut node = root();
     for name in components(&abs) {
         let next = {
-            let s = node.state.lock();
+            let s = node.memory().ok_or(Errno::ENOTDIR)?.lock();
             let Kind::Dir(entries) = &s.kind else { return Err(Errno::ENOTDIR) };
             entries.get(name).cloned().ok_or(Errno::ENOENT)?
         };
@@ -239,6 +299,9 @@ fn parent(path: &str) -> Result<(Arc<Inode>, String), Errno> {
 /// Opens `path`, creating an empty file first if it does not exist and `create` (failing if it exists and
 /// `exclusive`).
 pub fn open(path: &str, create_mode: Option<u32>, exclusive: bool) -> Result<Arc<Inode>, Errno> {
+    if let Some((volume, rest)) = volume::find(&absolute(path)?) {
+        return volume.open(&rest, create_mode, exclusive).map(Inode::on_volume);
+    }
     match (lookup(path), create_mode) {
         (Ok(_), Some(_)) if exclusive => Err(Errno::EEXIST),
         (Ok(inode), _) => Ok(inode),
@@ -249,7 +312,7 @@ pub fn open(path: &str, create_mode: Option<u32>, exclusive: bool) -> Result<Arc
 
 fn create(path: &str, perm: u32, exclusive: bool) -> Result<Arc<Inode>, Errno> {
     let (dir, name) = parent(path)?;
-    let mut s = dir.state.lock();
+    let mut s = dir.memory().ok_or(Errno::ENOTDIR)?.lock();
     let Kind::Dir(entries) = &mut s.kind else { return Err(Errno::ENOTDIR) };
     if let Some(existing) = entries.get(&name) {
         return if exclusive { Err(Errno::EEXIST) } else { Ok(existing.clone()) };
@@ -261,8 +324,11 @@ fn create(path: &str, perm: u32, exclusive: bool) -> Result<Arc<Inode>, Errno> {
 }
 
 pub fn mkdir(path: &str, perm: u32) -> Result<(), Errno> {
+    if let Some((volume, rest)) = volume::find(&absolute(path)?) {
+        return volume.mkdir(&rest, perm);
+    }
     let (dir, name) = parent(path)?;
-    let mut s = dir.state.lock();
+    let mut s = dir.memory().ok_or(Errno::ENOTDIR)?.lock();
     let Kind::Dir(entries) = &mut s.kind else { return Err(Errno::ENOTDIR) };
     if entries.contains_key(&name) {
         return Err(Errno::EEXIST);
@@ -273,12 +339,20 @@ pub fn mkdir(path: &str, perm: u32) -> Result<(), Errno> {
 
 /// unlink (`dir == false`) or rmdir (`dir == true`).
 pub fn remove(path: &str, dir: bool) -> Result<(), Errno> {
+    if let Some((volume, rest)) = volume::find(&absolute(path)?) {
+        return volume.remove(&rest, dir);
+    }
     let (parent_dir, name) = parent(path)?;
-    let mut s = parent_dir.state.lock();
+    let mut s = parent_dir.memory().ok_or(Errno::ENOTDIR)?.lock();
     let Kind::Dir(entries) = &mut s.kind else { return Err(Errno::ENOTDIR) };
     let target = entries.get(&name).ok_or(Errno::ENOENT)?;
+    if volume::find(&(absolute(path)? + "/")).is_some() {
+        // A mount point.
+        return Err(Errno::EBUSY);
+    }
     {
-        let t = target.state.lock();
+        let Some(t) = target.memory() else { return Err(Errno::EBUSY) };
+        let t = t.lock();
         match (&t.kind, dir) {
             (Kind::Dir(_), false) => return Err(Errno::EISDIR),
             (Kind::File(_), true) => return Err(Errno::ENOTDIR),
@@ -291,20 +365,33 @@ pub fn remove(path: &str, dir: bool) -> Result<(), Errno> {
 }
 
 pub fn rename(from: &str, to: &str) -> Result<(), Errno> {
+    let (from_abs, to_abs) = (absolute(from)?, absolute(to)?);
+    match (volume::find(&from_abs), volume::find(&to_abs)) {
+        (None, None) => {}
+        (Some((a, from_rest)), Some((b, to_rest))) if Arc::ptr_eq(&a, &b) => {
+            if to_abs.starts_with(&(from_abs.clone() + "/")) {
+                return Err(Errno::EINVAL);
+            }
+            return a.rename(&from_rest, &to_rest);
+        }
+        _ => return Err(Errno::EXDEV),
+    }
+    if volume::find(&(from_abs.clone() + "/")).is_some() {
+        return Err(Errno::EBUSY);
+    }
     let (from_dir, from_name) = parent(from)?;
     let (to_dir, to_name) = parent(to)?;
     let moving = {
-        let s = from_dir.state.lock();
+        let s = from_dir.memory().ok_or(Errno::ENOTDIR)?.lock();
         let Kind::Dir(entries) = &s.kind else { return Err(Errno::ENOTDIR) };
         entries.get(&from_name).cloned().ok_or(Errno::ENOENT)?
     };
     // A directory cannot move into itself or below itself.
-    let (from_abs, to_abs) = (absolute(from)?, absolute(to)?);
     if moving.is_dir() && (to_abs == from_abs || to_abs.starts_with(&(from_abs.clone() + "/"))) {
         return Err(Errno::EINVAL);
     }
     {
-        let mut s = to_dir.state.lock();
+        let mut s = to_dir.memory().ok_or(Errno::ENOTDIR)?.lock();
         let Kind::Dir(entries) = &mut s.kind else { return Err(Errno::ENOTDIR) };
         if let Some(existing) = entries.get(&to_name) {
             match (existing.is_dir(), moving.is_dir()) {
@@ -317,8 +404,10 @@ pub fn rename(from: &str, to: &str) -> Result<(), Errno> {
         entries.insert(to_name, moving);
     }
     if from_abs != to_abs {
-        if let Kind::Dir(entries) = &mut from_dir.state.lock().kind {
-            entries.remove(&from_name);
+        if let Some(state) = from_dir.memory() {
+            if let Kind::Dir(entries) = &mut state.lock().kind {
+                entries.remove(&from_name);
+            }
         }
     }
     Ok(())

@@ -3,6 +3,7 @@
 //! hands over against guest memory). The guest is not trusted: a bad register value is ignored, a queue set up at a
 //! bad address is never used, and nothing a driver writes can panic the VMM.
 
+pub mod blk;
 pub mod net;
 pub mod tap;
 

@@ -1,0 +1,314 @@
+//! `kiln volume`: named volumes in `$KILN_HOME/volumes/` (default `~/.local/share/kiln/volumes/`), each one file
+//! holding an ext2 filesystem made by `mkfs.ext2` from e2fsprogs, so that host tools (`e2fsck`, `debugfs`) check and
+//! read it. `kiln run -v NAME:/path` attaches one: the file is locked (`flock`, exclusive) for as long as the VM
+//! runs, so a second instance cannot attach it, and `rm` will not delete it meanwhile.
+
+use crate::size::parse_size;
+use anyhow::{anyhow, bail, Context, Result};
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::process::Command;
+
+const DEFAULT_SIZE: &str = "1G";
+const MIN_SIZE: u64 = 4 << 20;
+/// ext2 with 4 KiB blocks addresses at most 2^32 blocks.
+const MAX_SIZE: u64 = 16 << 40;
+const BLOCK: u64 = 4096;
+
+#[derive(clap::Subcommand)]
+pub enum VolumeCommand {
+    /// Create a volume: a file holding an empty ext2 filesystem
+    Create {
+        name: String,
+        /// Size (K, M or G suffix); the file is sparse, so unused space costs nothing
+        #[arg(long, default_value = DEFAULT_SIZE, value_parser = parse_size)]
+        size: u64,
+    },
+    /// List volumes
+    Ls,
+    /// Delete a volume and everything on it
+    Rm { name: String },
+    /// Show a volume's file, size, space used and whether an instance has it attached
+    Inspect { name: String },
+}
+
+pub fn run(command: VolumeCommand) -> Result<u8> {
+    match command {
+        VolumeCommand::Create { name, size } => create(&name, size),
+        VolumeCommand::Ls => list(),
+        VolumeCommand::Rm { name } => remove(&name),
+        VolumeCommand::Inspect { name } => inspect(&name),
+    }
+    .map(|()| 0)
+}
+
+/// `$KILN_HOME`, else `$XDG_DATA_HOME/kiln`, else `~/.local/share/kiln`.
+fn kiln_home() -> Result<PathBuf> {
+    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(home) = var("KILN_HOME") {
+        return Ok(home);
+    }
+    let data = var("XDG_DATA_HOME").or_else(|| var("HOME").map(|h| h.join(".local/share")));
+    data.map(|d| d.join("kiln")).ok_or_else(|| anyhow!("no place for volumes: set KILN_HOME or HOME"))
+}
+
+fn volumes_dir() -> Result<PathBuf> {
+    Ok(kiln_home()?.join("volumes"))
+}
+
+/// Names as Docker allows them: a letter or digit, then letters, digits, `_`, `.`, `-`; at most 64.
+pub fn check_name(name: &str) -> Result<()> {
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if !first_ok || name.len() > 64 || !chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) {
+        bail!("'{name}' is not a volume name: use letters, digits, '_', '.' and '-', starting with a letter or digit (at most 64)");
+    }
+    Ok(())
+}
+
+fn volume_path(name: &str) -> Result<PathBuf> {
+    check_name(name)?;
+    Ok(volumes_dir()?.join(format!("{name}.ext2")))
+}
+
+fn create(name: &str, size: u64) -> Result<()> {
+    let path = volume_path(name)?;
+    if !(MIN_SIZE..=MAX_SIZE).contains(&size) {
+        bail!("--size {size} is out of range: a volume has 4M to 16T");
+    }
+    let size = size.next_multiple_of(BLOCK);
+    if path.exists() {
+        bail!("volume {name} already exists");
+    }
+    let dir = path.parent().expect("a volume path has a folder");
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // Made under a temporary name and renamed into place: a failure leaves no half-made volume.
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let made = make_filesystem(&tmp, size).and_then(|()| {
+        std::fs::hard_link(&tmp, &path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => anyhow!("volume {name} already exists"),
+            _ => anyhow!(e).context(format!("cannot create {}", path.display())),
+        })
+    });
+    let _ = std::fs::remove_file(&tmp);
+    made?;
+    println!("{name}");
+    Ok(())
+}
+
+fn make_filesystem(path: &std::path::Path, size: u64) -> Result<()> {
+    let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    file.set_len(size).with_context(|| format!("cannot make {} {size} bytes long", path.display()))?;
+    drop(file);
+    // ext2 revision 1 with 4 KiB blocks and 256-byte inodes; no hashed directories (Kiln keeps directories linear).
+    let out = Command::new("mkfs.ext2")
+        .args(["-q", "-F", "-t", "ext2", "-b", "4096", "-I", "256", "-O", "^dir_index", "-E", "root_owner=0:0"])
+        .arg(path)
+        .output()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                anyhow!("mkfs.ext2 is not installed; install e2fsprogs (e.g. `sudo apt-get install e2fsprogs`)")
+            }
+            _ => anyhow!(e).context("cannot run mkfs.ext2"),
+        })?;
+    if !out.status.success() {
+        bail!("mkfs.ext2 failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// What the superblock says: total and free bytes.
+fn usage(file: &File) -> Option<(u64, u64)> {
+    let mut sb = [0u8; 1024];
+    file.read_exact_at(&mut sb, 1024).ok()?;
+    let word = |at: usize| u64::from(u32::from_le_bytes(sb[at..at + 4].try_into().expect("4 bytes")));
+    if u16::from_le_bytes([sb[56], sb[57]]) != 0xef53 {
+        return None;
+    }
+    let block = 1024u64 << word(24).min(6);
+    Some((word(4) * block, word(12) * block))
+}
+
+/// Whether a running instance holds the volume's lock.
+fn attached(file: &File) -> bool {
+    // SAFETY: flock on a descriptor this function's caller keeps open; no memory is involved.
+    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+    if r == 0 {
+        // SAFETY: as above; releases the shared lock just taken.
+        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+    }
+    r != 0
+}
+
+fn open_existing(name: &str) -> Result<(PathBuf, File)> {
+    let path = volume_path(name)?;
+    match File::options().read(true).write(true).open(&path) {
+        Ok(f) => Ok((path, f)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("no such volume {name}; create it with `kiln volume create {name}`")
+        }
+        Err(e) => Err(anyhow!(e).context(format!("cannot open volume {name} ({})", path.display()))),
+    }
+}
+
+/// Reads a volume file for the check before boot (the VM does the writing).
+struct HostFile<'a>(&'a File);
+
+impl kiln_ext2::BlockDevice for HostFile<'_> {
+    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), kiln_ext2::IoError> {
+        self.0.read_exact_at(buf, offset).map_err(|_| kiln_ext2::IoError)
+    }
+    fn write(&mut self, _: &[(u64, &[u8])], _: bool) -> Result<(), kiln_ext2::IoError> {
+        Err(kiln_ext2::IoError)
+    }
+}
+
+/// Opens volume `name` for an instance and locks it for as long as the file stays open; checks first that the
+/// library OS will be able to mount it.
+pub fn attach(name: &str) -> Result<File> {
+    let (path, file) = open_existing(name)?;
+    // SAFETY: flock on the descriptor `file` owns; the lock lives as long as the open file.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            bail!("volume {name} is attached to another running instance; a volume can be attached to one at a time");
+        }
+        return Err(anyhow!(e).context(format!("cannot lock volume {name}")));
+    }
+    let len = file.metadata().with_context(|| format!("cannot read volume {name}"))?.len();
+    if let Err(e) = kiln_ext2::Ext2::mount(HostFile(&file), len, 64, || 0) {
+        bail!("volume {name}: {e}; check it with `e2fsck -f {}`", path.display());
+    }
+    Ok(file)
+}
+
+fn list() -> Result<()> {
+    let dir = volumes_dir()?;
+    let mut names: Vec<String> = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter_map(|n| n.strip_suffix(".ext2").map(String::from))
+            .filter(|n| check_name(n).is_ok())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(anyhow!(e).context(format!("cannot list {}", dir.display()))),
+    };
+    names.sort();
+    println!("{:<24} {:>10} {:>10} ATTACHED", "NAME", "SIZE", "USED");
+    for name in names {
+        let Ok((_, file)) = open_existing(&name) else { continue };
+        let (size, used) = usage(&file).map_or(("?".into(), "?".into()), |(t, f)| (human(t), human(t - f)));
+        println!("{name:<24} {size:>10} {used:>10} {}", if attached(&file) { "yes" } else { "no" });
+    }
+    Ok(())
+}
+
+fn remove(name: &str) -> Result<()> {
+    let (path, file) = open_existing(name)?;
+    // SAFETY: flock on the descriptor `file` owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!("volume {name} is attached to a running instance; stop it first");
+    }
+    std::fs::remove_file(&path).with_context(|| format!("cannot delete {}", path.display()))?;
+    println!("{name}");
+    Ok(())
+}
+
+fn inspect(name: &str) -> Result<()> {
+    let (path, file) = open_existing(name)?;
+    let file_size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    println!("name:       {name}");
+    println!("file:       {}", path.display());
+    println!("filesystem: ext2");
+    println!("size:       {} ({file_size} bytes)", human(file_size));
+    match usage(&file) {
+        Some((total, free)) => println!("used:       {} of {}", human(total - free), human(total)),
+        None => println!("used:       unknown (no ext2 superblock: check it with e2fsck)"),
+    }
+    println!("attached:   {}", if attached(&file) { "yes" } else { "no" });
+    Ok(())
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// A `-v NAME:/path` argument: the volume's name and where the guest mounts it (absolute, normalised, not "/").
+pub fn parse_mount(s: &str) -> Result<(String, String), String> {
+    let Some((name, path)) = s.split_once(':') else {
+        return Err(format!("'{s}' is not NAME:/path"));
+    };
+    check_name(name).map_err(|e| e.to_string())?;
+    let normal = path.starts_with('/')
+        && path.len() > 1
+        && !path.ends_with('/')
+        && path[1..].split('/').all(|c| !c.is_empty() && c != "." && c != "..");
+    if !normal {
+        return Err(format!("'{path}' is not a mount path: use an absolute path other than / (e.g. /data)"));
+    }
+    if path.len() > kiln_abi::boot::MOUNT_PATH_MAX {
+        return Err(format!("'{path}' is longer than {} bytes", kiln_abi::boot::MOUNT_PATH_MAX));
+    }
+    Ok((name.to_string(), path.to_string()))
+}
+
+/// Checks the `-v` list as a whole and opens and locks each volume.
+pub fn attach_all(mounts: &[(String, String)]) -> Result<Vec<kiln_vmm::VolumeConfig>> {
+    if mounts.len() > kiln_abi::boot::MAX_VOLUMES {
+        bail!("-v: at most {} volumes per instance", kiln_abi::boot::MAX_VOLUMES);
+    }
+    for (i, (name, path)) in mounts.iter().enumerate() {
+        for (other_name, other_path) in &mounts[..i] {
+            if other_name == name {
+                bail!("-v: volume {name} is given twice");
+            }
+            let nested = |a: &str, b: &str| a == b || a.starts_with(&format!("{b}/"));
+            if nested(path, other_path) || nested(other_path, path) {
+                bail!("-v: mount paths {other_path} and {path} overlap");
+            }
+        }
+    }
+    mounts
+        .iter()
+        .map(|(name, mount)| {
+            Ok(kiln_vmm::VolumeConfig { file: attach(name)?, name: name.clone(), mount: mount.clone() })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_arguments_are_checked() {
+        assert_eq!(parse_mount("data:/data"), Ok(("data".into(), "/data".into())));
+        assert_eq!(parse_mount("db-1:/var/lib/db"), Ok(("db-1".into(), "/var/lib/db".into())));
+        for bad in
+            ["data", "data:relative", "data:/", "data:/a/../b", "data:/a//b", "data:/a/", ":/x", "-x:/x", "a b:/x"]
+        {
+            assert!(parse_mount(bad).is_err(), "{bad}");
+        }
+        assert!(parse_mount(&format!("v:/{}", "x".repeat(200))).is_err());
+    }
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(human(512), "512 B");
+        assert_eq!(human(1 << 30), "1.0 GiB");
+        assert_eq!(human(3 << 19), "1.5 MiB");
+    }
+}

@@ -1,0 +1,51 @@
+//! A volume at run time: the virtio-blk device over its host file behind its register window. vCPUs' MMIO exits
+//! program it and notify its queue; the requests are handled on the notifying vCPU's thread before it resumes, so
+//! the guest finds them done in the used ring without an interrupt.
+
+use crate::virtio::blk::{Blk, BlkStats};
+use crate::virtio::MmioTransport;
+use kiln_abi::boot::BLK_MMIO_SIZE;
+use std::fs::File;
+use std::ops::Range;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use vm_memory::GuestMemoryMmap;
+
+/// What the VMM attaches: the volume's file, opened read-write (and locked by the caller for the VM's lifetime),
+/// its name, and where the library OS mounts it.
+#[derive(Debug)]
+pub struct VolumeConfig {
+    pub file: File,
+    pub name: String,
+    pub mount: String,
+}
+
+pub struct Disk {
+    window: Range<u64>,
+    device: Mutex<MmioTransport<Blk>>,
+}
+
+impl Disk {
+    pub fn new(blk: Blk, mmio_phys: u64) -> Disk {
+        Disk { window: mmio_phys..mmio_phys + BLK_MMIO_SIZE, device: Mutex::new(MmioTransport::new(blk)) }
+    }
+
+    fn device(&self) -> MutexGuard<'_, MmioTransport<Blk>> {
+        self.device.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn claims(&self, addr: u64) -> bool {
+        self.window.contains(&addr)
+    }
+
+    pub fn read(&self, addr: u64, data: &mut [u8]) {
+        self.device().read(addr - self.window.start, data);
+    }
+
+    pub fn write(&self, addr: u64, data: &[u8], mem: &GuestMemoryMmap) {
+        self.device().write(addr - self.window.start, data, mem);
+    }
+
+    pub fn stats(&self) -> BlkStats {
+        self.device().device.stats
+    }
+}

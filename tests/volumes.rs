@@ -1,0 +1,156 @@
+//! Volume tests: `kiln volume` manages ext2 volumes in `$KILN_HOME/volumes`, `kiln run -v NAME:/path` mounts one,
+//! and what one instance writes the next reads; the host's e2fsck calls the volume clean afterwards and debugfs
+//! reads the files. Each test has a `$KILN_HOME` of its own.
+
+#[allow(dead_code)]
+mod harness;
+
+use harness::{guests, kiln, kvm, Kiln};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// A fresh `$KILN_HOME` for one test.
+fn home(test: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("volume-homes").join(test);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn kiln_in(home: &Path) -> Kiln {
+    kiln().env("KILN_HOME", home)
+}
+
+fn volume_file(home: &Path, name: &str) -> PathBuf {
+    home.join("volumes").join(format!("{name}.ext2"))
+}
+
+fn e2fsck_clean(file: &Path) {
+    let out = Command::new("e2fsck").arg("-fn").arg(file).output().expect("e2fsck (e2fsprogs)");
+    assert!(
+        out.status.success(),
+        "e2fsck -fn {}:\n{}{}",
+        file.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn debugfs_cat(file: &Path, path: &str) -> String {
+    let out = Command::new("debugfs").arg("-R").arg(format!("cat {path}")).arg(file).output().expect("debugfs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn volume_commands_create_list_inspect_and_remove() {
+    let home = home("commands");
+    kiln_in(&home).args(["volume", "create", "data", "--size", "16M"]).run().assert_code(0).assert_stdout("data\n");
+    let file = volume_file(&home, "data");
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 16 << 20);
+    e2fsck_clean(&file);
+    let ls = kiln_in(&home).args(["volume", "ls"]).run();
+    ls.assert_code(0);
+    let lines: Vec<String> = ls.stdout_text().lines().map(String::from).collect();
+    assert_eq!(lines.len(), 2, "{ls}");
+    assert!(lines[1].starts_with("data ") && lines[1].ends_with(" no") && lines[1].contains("16.0 MiB"), "{ls}");
+    let inspect = kiln_in(&home).args(["volume", "inspect", "data"]).run();
+    inspect.assert_code(0);
+    let text = inspect.stdout_text();
+    assert!(text.contains("filesystem: ext2") && text.contains("attached:   no"), "{inspect}");
+    assert!(text.contains(&format!("file:       {}", file.display())), "{inspect}");
+
+    let err = kiln_in(&home).args(["volume", "create", "data"]).run().assert_kiln_error();
+    assert_eq!(err, "kiln: volume data already exists");
+    let err = kiln_in(&home).args(["volume", "create", "../x"]).run().assert_kiln_error();
+    assert!(err.contains("is not a volume name"), "{err}");
+    let err = kiln_in(&home).args(["volume", "create", "tiny", "--size", "1M"]).run().assert_kiln_error();
+    assert!(err.contains("out of range"), "{err}");
+    assert!(!volume_file(&home, "tiny").exists());
+    let err = kiln_in(&home).args(["volume", "inspect", "nope"]).run().assert_kiln_error();
+    assert_eq!(err, "kiln: no such volume nope; create it with `kiln volume create nope`");
+
+    kiln_in(&home).args(["volume", "rm", "data"]).run().assert_code(0).assert_stdout("data\n");
+    assert!(!file.exists());
+    kiln_in(&home).args(["volume", "rm", "data"]).run().assert_kiln_error();
+    let leftovers: Vec<_> = std::fs::read_dir(home.join("volumes")).unwrap().collect();
+    assert!(leftovers.is_empty(), "nothing half-made is left: {leftovers:?}");
+}
+
+#[test]
+fn bad_volume_arguments_to_run_get_one_line() {
+    let home = home("bad-run-args");
+    let hello = guests::c("hello");
+    let err = kiln_in(&home).args(["run", "-v", "missing:/data"]).arg(&hello).run().assert_kiln_error();
+    assert_eq!(err, "kiln: no such volume missing; create it with `kiln volume create missing`");
+    for (arg, says) in [("data", "is not NAME:/path"), ("data:/", "not a mount path"), ("data:rel", "not a mount path")]
+    {
+        let out = kiln_in(&home).args(["run", "-v", arg]).arg(&hello).run();
+        assert_ne!(out.code, Some(0));
+        assert!(out.stderr_text().contains(says), "{arg}: {out}");
+    }
+    // A file that is not ext2 where a volume should be.
+    std::fs::create_dir_all(home.join("volumes")).unwrap();
+    std::fs::write(volume_file(&home, "junk"), vec![0u8; 4 << 20]).unwrap();
+    let err = kiln_in(&home).args(["run", "-v", "junk:/data"]).arg(&hello).run().assert_kiln_error();
+    assert!(err.starts_with("kiln: volume junk: ") && err.contains("e2fsck -f"), "{err}");
+}
+
+#[test]
+fn a_volume_written_by_one_instance_is_read_by_the_next() {
+    if !kvm::available() {
+        return;
+    }
+    let home = home("round-trip");
+    kiln_in(&home).args(["volume", "create", "data", "--size", "64M"]).run().assert_code(0);
+    let guest = guests::c("volume");
+    let write = kiln_in(&home).args(["run", "--stats", "-v", "data:/data"]).arg(&guest).args(["write", "/data"]).run();
+    write.assert_code(0);
+    assert!(write.stdout_text().ends_with("0 failures\n"), "{write}");
+    assert!(write.stderr_text().contains("[kiln] volume data: "), "{write}");
+    let file = volume_file(&home, "data");
+    e2fsck_clean(&file);
+    assert_eq!(debugfs_cat(&file, "/dir/sub/hello.txt"), "hello, volume\n");
+    assert_eq!(debugfs_cat(&file, "/unsynced"), "written at exit\n");
+
+    // The next instance, at another mount path.
+    let read = kiln_in(&home).args(["run", "-v", "data:/mnt/vol"]).arg(&guest).args(["read", "/mnt/vol"]).run();
+    read.assert_code(0);
+    assert!(read.stdout_text().ends_with("0 failures\n"), "{read}");
+    e2fsck_clean(&file);
+}
+
+#[test]
+fn a_volume_attached_to_a_running_instance_cannot_be_attached_again() {
+    if !kvm::available() {
+        return;
+    }
+    let home = home("exclusive");
+    kiln_in(&home).args(["volume", "create", "shared", "--size", "8M"]).run().assert_code(0);
+    let mut first = kiln_in(&home)
+        .args(["run", "-v", "shared:/data"])
+        .arg(guests::c("waiter"))
+        .into_command()
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(first.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line, "waiter: ready\n");
+
+    let err = kiln_in(&home).args(["run", "-v", "shared:/data"]).arg(guests::c("hello")).run().assert_kiln_error();
+    assert_eq!(
+        err,
+        "kiln: volume shared is attached to another running instance; a volume can be attached to one at a time"
+    );
+    let inspect = kiln_in(&home).args(["volume", "inspect", "shared"]).run();
+    assert!(inspect.stdout_text().contains("attached:   yes"), "{inspect}");
+    let err = kiln_in(&home).args(["volume", "rm", "shared"]).run().assert_kiln_error();
+    assert!(err.contains("is attached to a running instance"), "{err}");
+
+    // SAFETY: kill(2) on the child this test started and has not yet waited for.
+    unsafe { libc::kill(first.id() as i32, libc::SIGTERM) };
+    first.wait().unwrap();
+    kiln_in(&home).args(["run", "-v", "shared:/data"]).arg(guests::c("hello")).run().assert_code(0);
+    kiln_in(&home).args(["volume", "rm", "shared"]).run().assert_code(0);
+}
