@@ -22,7 +22,7 @@ pub fn call(nr: Hypercall, args: &[u64]) -> i64 {
 /// Ends the VM: the program exited with `code`, or was killed by `signal` if it is not 0.
 pub fn exit(code: u64, signal: u64) -> ! {
     // Volumes are written back as an unmount would: what the program wrote outlives it even without fsync.
-    let _ = crate::volume::sync_all();
+    crate::volume::unmount_all();
     call(Hypercall::Exit, &[code, signal]);
     // The VMM never resumes an exited vCPU; if one did, stay put rather than run on.
     loop {

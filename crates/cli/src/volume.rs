@@ -178,10 +178,37 @@ pub fn attach(name: &str) -> Result<File> {
         return Err(anyhow!(e).context(format!("cannot lock volume {name}")));
     }
     let len = file.metadata().with_context(|| format!("cannot read volume {name}"))?.len();
-    if let Err(e) = kiln_ext2::Ext2::mount(HostFile(&file), len, 64, || 0) {
-        bail!("volume {name}: {e}; check it with `e2fsck -f {}`", path.display());
+    let clean = match kiln_ext2::Ext2::mount(HostFile(&file), len, 64, || 0) {
+        Ok(fs) => fs.was_clean(),
+        Err(e) => bail!("volume {name}: {e}; check it with `e2fsck -f {}`", path.display()),
+    };
+    if !clean {
+        repair(name, &path)?;
     }
     Ok(file)
+}
+
+/// Has `e2fsck -p` check and repair a volume whose last VM did not unmount it (killed, or the host crashed), as a
+/// Linux boot does for a filesystem not cleanly unmounted: writing to it unchecked could spread the damage.
+fn repair(name: &str, path: &std::path::Path) -> Result<()> {
+    let out = Command::new("e2fsck").arg("-p").arg(path).output().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => anyhow!(
+            "volume {name} was not detached cleanly and needs a check, but e2fsck is not installed; install e2fsprogs"
+        ),
+        _ => anyhow!(e).context("cannot run e2fsck"),
+    })?;
+    // 0: clean; 1: errors corrected. Anything else needs a person.
+    match out.status.code() {
+        Some(0) => Ok(()),
+        Some(1) => {
+            eprintln!("kiln: volume {name} was not detached cleanly (its VM was killed?); e2fsck repaired it");
+            Ok(())
+        }
+        _ => bail!(
+            "volume {name} was not detached cleanly and e2fsck -p cannot repair it alone; run `e2fsck -f {}`",
+            path.display()
+        ),
+    }
 }
 
 fn list() -> Result<()> {

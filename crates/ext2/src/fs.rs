@@ -510,6 +510,28 @@ impl<D: BlockDevice> Ext2<D> {
         self.free_inode(ino, dir)
     }
 
+    /// Whether the volume was cleanly unmounted when it was mounted: if not, whoever wrote it last stopped without
+    /// [`Ext2::unmount`] (a killed VM), and `e2fsck` should check it before it is written again.
+    pub fn was_clean(&self) -> bool {
+        self.sb.state & STATE_VALID != 0
+    }
+
+    /// Records on the device that the volume is in use (as Linux does at mount): until [`Ext2::unmount`], e2fsck
+    /// and the next mount see that it was not cleanly unmounted.
+    pub fn mark_in_use(&mut self) -> Result<()> {
+        self.sb.state &= !STATE_VALID;
+        self.meta_changed = true;
+        self.sync()
+    }
+
+    /// Syncs and records a clean unmount.
+    pub fn unmount(&mut self) -> Result<()> {
+        self.sync()?;
+        self.sb.state |= STATE_VALID;
+        self.meta_changed = true;
+        self.sync()
+    }
+
     /// Writes everything changed to the device, data before metadata, each followed by a flush: when this returns,
     /// every file is on the device as the program left it.
     pub fn sync(&mut self) -> Result<()> {

@@ -54,7 +54,12 @@ pub struct Superblock {
     pub inodes_per_group: u32,
     pub first_ino: u32,
     pub inode_size: u16,
+    /// `s_state`: [`STATE_VALID`] while no one has the volume mounted for writing (or after a clean unmount).
+    pub state: u16,
 }
+
+/// `s_state`: cleanly unmounted.
+pub const STATE_VALID: u16 = 1;
 
 impl Superblock {
     /// Parses and checks the superblock: ext2 revision 1 with no feature Kiln would break by writing.
@@ -95,6 +100,7 @@ impl Superblock {
             inodes_per_group: u32_at(raw, 40),
             first_ino: u32_at(raw, 84),
             inode_size: u16_at(raw, 88),
+            state: u16_at(raw, 58),
         };
         let sane = sb.blocks_per_group != 0
             && sb.blocks_per_group <= sb.block_size * 8
@@ -121,6 +127,7 @@ impl Superblock {
         let mut raw = self.raw;
         put_u32(&mut raw, 12, self.free_blocks);
         put_u32(&mut raw, 16, self.free_inodes);
+        put_u16(&mut raw, 58, self.state);
         raw
     }
 

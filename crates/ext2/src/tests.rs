@@ -201,6 +201,21 @@ fn a_sync_writes_data_then_metadata_each_flushed() {
 }
 
 #[test]
+fn a_mounted_volume_is_marked_in_use_until_unmounted() {
+    let path = mkfs("state.img", 8);
+    let mut fs = mount(&path);
+    assert!(fs.was_clean());
+    fs.mark_in_use().unwrap();
+    let f = fs.create(ROOT_INO, "f", 0o644).unwrap();
+    fs.write(f, 0, b"x").unwrap();
+    fs.sync().unwrap();
+    assert!(!mount(&path).was_clean(), "a volume whose VM was killed now");
+    fs.unmount().unwrap();
+    assert!(mount(&path).was_clean());
+    fsck_clean(&path);
+}
+
+#[test]
 fn volumes_kiln_cannot_write_are_refused() {
     let path = mkfs("ext4.img", 8);
     let out = Command::new("tune2fs").args(["-O", "extents"]).arg(&path).output().expect("tune2fs");

@@ -62,10 +62,13 @@ pub fn init(boot: &BootInfo) {
             Err(_) => crate::hypercall::panic_message("cannot set up a volume's virtio-blk device"),
         };
         let cache_blocks = (CACHE_BYTES.min(boot.mem_size / 8) / 4096) as usize;
-        let fs = match Ext2::mount(blk, info.capacity, cache_blocks, clock) {
+        let mut fs = match Ext2::mount(blk, info.capacity, cache_blocks, clock) {
             Ok(fs) => fs,
             Err(_) => crate::hypercall::panic_message("cannot mount a volume's ext2 filesystem"),
         };
+        if fs.mark_in_use().is_err() {
+            crate::hypercall::panic_message("cannot write a volume's superblock");
+        }
         let mut at = String::new();
         for part in mount.split('/').filter(|p| !p.is_empty()) {
             at.push('/');
@@ -85,13 +88,22 @@ pub fn find(abs: &str) -> Option<(Arc<Volume>, Vec<String>)> {
     Some((volume, rest))
 }
 
-/// Writes back every volume (sync(2), and the program's end, as an unmount would).
+/// Writes back every volume (sync(2), syncfs).
 pub fn sync_all() -> Result<(), Errno> {
     let volumes: Vec<Arc<Volume>> = VOLUMES.lock().clone();
     for v in volumes {
         v.fs.lock().sync().map_err(errno)?;
     }
     Ok(())
+}
+
+/// The program's end: every volume written back and marked cleanly unmounted, so that the next `kiln run` needs no
+/// check. (A VM killed instead leaves it marked in use, and the next attach has e2fsck check it.)
+pub fn unmount_all() {
+    let volumes: Vec<Arc<Volume>> = VOLUMES.lock().clone();
+    for v in volumes {
+        let _ = v.fs.lock().unmount();
+    }
 }
 
 /// A file or directory on a volume, while something (a descriptor, a lookup) holds it: its inode is not freed
