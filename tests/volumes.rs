@@ -118,6 +118,17 @@ fn a_volume_written_by_one_instance_is_read_by_the_next() {
     read.assert_code(0);
     assert!(read.stdout_text().ends_with("0 failures\n"), "{read}");
     e2fsck_clean(&file);
+
+    // An image whose Kiln.toml names the volume mounts it without -v.
+    let project = home.join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    std::fs::copy(&guest, project.join("app")).unwrap();
+    let toml = "name = \"reader\"\nbinary = \"app\"\nargs = [\"read\", \"/srv\"]\nvolumes = { data = \"/srv\" }\n";
+    std::fs::write(project.join("Kiln.toml"), toml).unwrap();
+    kiln_in(&home).args(["build", "-q", "-f"]).arg(project.join("Kiln.toml")).run().assert_code(0);
+    let image = kiln_in(&home).args(["run", "reader"]).run();
+    image.assert_code(0);
+    assert!(image.stdout_text().ends_with("0 failures\n"), "{image}");
 }
 
 #[test]

@@ -154,7 +154,7 @@ pub fn run(mut args: RunArgs) -> Result<u8> {
         rewrite_cache: rewrite_cache_dir(),
         rootfs: rootfs(&args, &target.rootfs)?,
         net: net::card(&args.network)?,
-        volumes: crate::volume::attach_all(&args.volumes)?,
+        volumes: crate::volume::attach_all(&target::merged_volumes(&target.volumes, &args.volumes))?,
     };
 
     let Target { kernel, program, .. } = target;

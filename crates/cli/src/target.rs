@@ -26,6 +26,8 @@ pub struct Target {
     pub rootfs: Vec<u8>,
     /// The image's published ports (`-p` replaces them).
     pub ports: Vec<PortForward>,
+    /// The image's volumes: (name, mount path); `-v` adds to them and replaces one with the same name or path.
+    pub volumes: Vec<(String, String)>,
 }
 
 /// A name that starts with `/` or `.` is a program; anything else is an image if the store has one by that name, and
@@ -69,6 +71,7 @@ fn program(args: &RunArgs, path: &Path) -> Result<Target> {
         cpus: None,
         rootfs: Vec::new(),
         ports: Vec::new(),
+        volumes: Vec::new(),
     })
 }
 
@@ -83,10 +86,13 @@ fn image(args: &RunArgs, store: &kiln_image::Store, digest: Digest) -> Result<Ta
         );
     }
     let config = &manifest.config;
-    if !config.volumes.is_empty() {
-        let volumes: Vec<_> = config.volumes.iter().map(|(name, path)| format!("{name} → {path}")).collect();
-        bail!("it declares volumes ({}), which this kiln cannot mount yet", volumes.join(", "));
-    }
+    let volumes = config
+        .volumes
+        .iter()
+        .map(|(name, path)| {
+            crate::volume::parse_mount(&format!("{name}:{path}")).map_err(|e| anyhow!("its volume: {e}"))
+        })
+        .collect::<Result<_>>()?;
     let ports = config
         .ports
         .iter()
@@ -107,7 +113,14 @@ fn image(args: &RunArgs, store: &kiln_image::Store, digest: Digest) -> Result<Ta
         cpus: Some(config.cpus),
         rootfs: store.blob(&manifest.rootfs.digest)?,
         ports,
+        volumes,
     })
+}
+
+/// The image's volumes with `-v` on top: a flag replaces the image's volume of the same name or mount path.
+pub fn merged_volumes(image: &[(String, String)], flags: &[(String, String)]) -> Vec<(String, String)> {
+    let replaced = |(name, path): &&(String, String)| flags.iter().any(|(n, p)| n == name || p == path);
+    image.iter().filter(|v| !replaced(v)).chain(flags).cloned().collect()
 }
 
 /// The image's environment with `--env` on top: a variable set by both has the `--env` value.
@@ -119,7 +132,18 @@ pub fn merged_env(image: &[String], flags: &[String]) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::merged_env;
+    use super::{merged_env, merged_volumes};
+
+    #[test]
+    fn volume_flags_add_to_the_images_and_replace_by_name_or_path() {
+        let v = |n: &str, p: &str| (n.to_string(), p.to_string());
+        let image = [v("db", "/var/db"), v("logs", "/logs"), v("cache", "/cache")];
+        let flags = [v("db2", "/var/db"), v("logs", "/other"), v("extra", "/x")];
+        assert_eq!(
+            merged_volumes(&image, &flags),
+            [v("cache", "/cache"), v("db2", "/var/db"), v("logs", "/other"), v("extra", "/x")]
+        );
+    }
 
     #[test]
     fn flags_override_the_images_environment() {

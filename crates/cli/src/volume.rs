@@ -44,18 +44,9 @@ pub fn run(command: VolumeCommand) -> Result<u8> {
     .map(|()| 0)
 }
 
-/// `$KILN_HOME`, else `$XDG_DATA_HOME/kiln`, else `~/.local/share/kiln`.
-fn kiln_home() -> Result<PathBuf> {
-    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
-    if let Some(home) = var("KILN_HOME") {
-        return Ok(home);
-    }
-    let data = var("XDG_DATA_HOME").or_else(|| var("HOME").map(|h| h.join(".local/share")));
-    data.map(|d| d.join("kiln")).ok_or_else(|| anyhow!("no place for volumes: set KILN_HOME or HOME"))
-}
-
 fn volumes_dir() -> Result<PathBuf> {
-    Ok(kiln_home()?.join("volumes"))
+    let home = crate::home::kiln_home().ok_or_else(|| anyhow!("no place for volumes: set KILN_HOME (or HOME)"))?;
+    Ok(home.join("volumes"))
 }
 
 /// Names as Docker allows them: a letter or digit, then letters, digits, `_`, `.`, `-`; at most 64.
