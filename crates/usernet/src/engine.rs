@@ -1,9 +1,12 @@
 //! The relay thread: one loop that takes the guest's frames, runs the smoltcp interface, moves bytes between
-//! smoltcp sockets and host sockets, and sleeps in poll(2) on every host socket plus the kick eventfd until
-//! something happens or smoltcp's next timer is due.
+//! smoltcp sockets and host sockets, and sleeps in epoll (`sources`) on every host socket plus the kick eventfd
+//! until something happens or smoltcp's next timer is due.
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::AsRawFd;
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,24 +18,22 @@ use crate::config::UserNetConfig;
 use crate::device::FrameDevice;
 use crate::forward::{PortForward, Proto};
 use crate::frame::{classify, GuestFrame, HOST_MAC};
-use crate::poller::poll;
 use crate::queue::{Counters, Shared};
+use crate::sources::{Owner, Sources};
 use crate::tcp::{TcpRelay, TcpToken};
-use crate::udp::{UdpForward, UdpRelay, UdpToken};
+use crate::udp::{UdpForward, UdpRelay};
 use crate::{dns, UserNetError};
 
 /// The longest the loop sleeps: UDP flow expiry and host connects are checked at least this often.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 
-enum Token {
-    Kick,
-    Tcp(TcpToken),
-    Udp(UdpToken),
-}
+/// How many readiness events one wait takes at most (more wait for the next turn).
+const EVENTS: usize = 1024;
 
 pub(crate) struct Engine {
     net: UserNetConfig,
     shared: Arc<Shared>,
+    poll: Poll,
     iface: Interface,
     device: FrameDevice,
     sockets: SocketSet<'static>,
@@ -137,11 +138,22 @@ impl Engine {
             let _ = iface.routes_mut().add_default_ipv6_route(v6.gateway);
         }
 
+        let poll = Poll::new().map_err(UserNetError::Epoll)?;
+        let registry = || poll.registry().try_clone().map_err(UserNetError::Epoll);
+        let kick = shared.kick.as_raw_fd();
+        poll.registry()
+            .register(&mut SourceFd(&kick), Owner::engine_token(0), Interest::READABLE)
+            .map_err(UserNetError::Epoll)?;
+        let tcp_sources = Sources::new(registry()?, Owner::Tcp);
+        let udp_sources = Sources::new(registry()?, Owner::Udp);
         Ok(Engine {
-            tcp: TcpRelay::new(net.clone(), upstream, shared.clone(), tcp_listeners),
-            udp: UdpRelay::new(net.clone(), upstream, shared.clone(), udp_forwards),
+            tcp: TcpRelay::new(net.clone(), upstream, shared.clone(), tcp_listeners, tcp_sources)
+                .map_err(UserNetError::Epoll)?,
+            udp: UdpRelay::new(net.clone(), upstream, shared.clone(), udp_forwards, udp_sources)
+                .map_err(UserNetError::Epoll)?,
             net,
             shared,
+            poll,
             iface,
             device,
             sockets: SocketSet::new(Vec::new()),
@@ -155,8 +167,7 @@ impl Engine {
     }
 
     pub fn run(mut self) {
-        let mut fds: Vec<libc::pollfd> = Vec::new();
-        let mut tokens: Vec<Token> = Vec::new();
+        let mut events = Events::with_capacity(EVENTS);
         while !self.shared.stop.load(Ordering::SeqCst) {
             let now = Instant::now();
             for frame in self.shared.take_from_guest() {
@@ -173,16 +184,6 @@ impl Engine {
                 self.last_expiry = now;
             }
 
-            fds.clear();
-            tokens.clear();
-            let mut add = |fd: i32, events: i16, token: Token| {
-                fds.push(libc::pollfd { fd, events, revents: 0 });
-                tokens.push(token);
-            };
-            add(self.shared.kick.as_raw_fd(), libc::POLLIN, Token::Kick);
-            self.tcp.poll_fds(&self.sockets, |fd, ev, t| add(fd, ev, Token::Tcp(t)));
-            self.udp.poll_fds(|fd, t| add(fd, libc::POLLIN, Token::Udp(t)));
-
             // While the guest's queue is full smoltcp keeps asking to be polled now; the guest draining the
             // queue kicks us instead.
             let timeout = match self.iface.poll_delay(self.now(), &self.sockets) {
@@ -190,30 +191,45 @@ impl Engine {
                 Some(d) => Duration::from_micros(d.total_micros()).min(MAX_SLEEP),
                 None => MAX_SLEEP,
             };
-            if poll(&mut fds, Some(timeout)).is_err() {
-                std::thread::sleep(Duration::from_millis(1));
+            // Round up, so that a 0.4 ms smoltcp deadline does not become a busy loop of 0 ms waits.
+            let timeout = Duration::from_millis(timeout.as_micros().div_ceil(1000) as u64);
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
                 continue;
             }
             let now = Instant::now();
-            for (pfd, token) in fds.iter().zip(&tokens) {
-                if pfd.revents == 0 {
-                    continue;
-                }
-                match *token {
-                    Token::Kick => self.shared.kick.clear(),
-                    Token::Tcp(TcpToken::Listener(i)) => self.tcp.accept(i, &mut self.iface, &mut self.sockets),
-                    Token::Tcp(TcpToken::Connecting(key)) => {
-                        self.tcp.on_connect_ready(key, &mut self.sockets, &mut self.device);
-                        // Let the replayed SYN reach its listener now: a second listener on the same
-                        // destination made before then could take it and cross the two connections.
-                        let t = self.now();
-                        while !matches!(
-                            self.iface.poll_ingress_single(t, &mut self.device, &mut self.sockets),
-                            PollIngressSingleResult::None
-                        ) {}
+            for event in events.iter() {
+                let token = event.token();
+                match Owner::of(token) {
+                    Some(Owner::Engine) => self.shared.kick.clear(),
+                    Some(Owner::Tcp) => match self.tcp.lookup(token) {
+                        Some(TcpToken::Listener(i)) => self.tcp.accept(i, &mut self.iface, &mut self.sockets),
+                        Some(TcpToken::Connecting(key)) => {
+                            self.tcp.on_connect_ready(key, &mut self.sockets, &mut self.device);
+                            // Let the replayed SYN reach its listener now: a second listener on the same
+                            // destination made before then could take it and cross the two connections.
+                            let t = self.now();
+                            while !matches!(
+                                self.iface.poll_ingress_single(t, &mut self.device, &mut self.sockets),
+                                PollIngressSingleResult::None
+                            ) {}
+                        }
+                        Some(TcpToken::Conn(h)) => {
+                            let broken = event.is_error() || event.is_read_closed();
+                            let readable = event.is_readable() || broken;
+                            let writable = event.is_writable() || event.is_write_closed() || event.is_error();
+                            self.tcp.on_conn_events(h, readable, writable);
+                        }
+                        None => {}
+                    },
+                    Some(Owner::Udp) => {
+                        if let Some(t) = self.udp.lookup(token) {
+                            self.udp.on_readable(t, now);
+                        }
                     }
-                    Token::Tcp(TcpToken::Conn(h)) => self.tcp.on_conn_events(h, pfd.revents),
-                    Token::Udp(t) => self.udp.on_readable(t, now),
+                    None => {}
                 }
             }
         }

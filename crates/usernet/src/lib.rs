@@ -14,6 +14,7 @@ mod forward;
 mod frame;
 mod poller;
 mod queue;
+mod sources;
 mod tcp;
 mod udp;
 
@@ -60,6 +61,8 @@ pub enum UserNetError {
     BadAddresses(String),
     #[error("cannot create the user-mode network's eventfd")]
     EventFd(#[source] io::Error),
+    #[error("cannot wait on the user-mode network's sockets (epoll)")]
+    Epoll(#[source] io::Error),
     #[error("cannot start the user-mode network thread")]
     Thread(#[source] io::Error),
 }

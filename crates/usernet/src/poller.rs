@@ -1,10 +1,9 @@
-//! The few system calls std does not offer: eventfds, poll(2), a non-blocking TCP connect, and an abortive
+//! The few system calls std does not offer: eventfds, poll(2) for the tests, a non-blocking TCP connect, and an abortive
 //! close (SO_LINGER 0, so the peer sees a reset). Each wraps one libc call and its error handling.
 
 use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::time::Duration;
 
 /// A non-blocking eventfd used as a level-triggered flag: readable after `signal` until `clear`.
 pub(crate) struct EventFd(OwnedFd);
@@ -40,8 +39,9 @@ impl AsRawFd for EventFd {
     }
 }
 
-/// poll(2) over `fds`, retrying on EINTR; `None` waits forever.
-pub(crate) fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<usize> {
+/// poll(2) over `fds`, retrying on EINTR; `None` waits forever. (The relay itself waits in epoll: `sources`.)
+#[cfg(test)]
+pub(crate) fn poll(fds: &mut [libc::pollfd], timeout: Option<std::time::Duration>) -> io::Result<usize> {
     let ms = match timeout {
         None => -1,
         // Round up so a 0.4 ms smoltcp deadline does not become a busy loop of 0 ms polls.
@@ -149,6 +149,7 @@ pub(crate) fn close_with_reset(stream: TcpStream) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn eventfd_is_a_level_flag() {

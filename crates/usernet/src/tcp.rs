@@ -13,6 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mio::Interest;
 use smoltcp::iface::{Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp::{self, State};
 use smoltcp::wire::IpListenEndpoint;
@@ -22,6 +23,7 @@ use crate::device::FrameDevice;
 use crate::forward::PortForward;
 use crate::poller::{close_with_reset, connect_nonblocking, connect_result};
 use crate::queue::{Counters, Shared};
+use crate::sources::Sources;
 
 /// How long a connection lingers in TIME-WAIT so a retransmitted guest FIN is still acknowledged.
 const TIME_WAIT: Duration = Duration::from_secs(1);
@@ -40,6 +42,8 @@ type FlowKey = (u16, SocketAddr);
 struct Conn {
     /// The host side; `None` once it is closed.
     stream: Option<TcpStream>,
+    /// Its id in `TcpRelay::sources`.
+    source: usize,
     /// For outbound connections, the key in `TcpRelay::outbound`; for inbound ones, the gateway port.
     origin: Origin,
     /// The host socket said it is readable and we have not seen EAGAIN since.
@@ -64,9 +68,10 @@ enum Origin {
 struct Pending {
     stream: TcpStream,
     syn: Vec<u8>,
+    source: usize,
 }
 
-/// What a pollfd registered by `poll_fds` stands for.
+/// What a registered host socket stands for.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum TcpToken {
     Listener(usize),
@@ -79,6 +84,7 @@ pub(crate) struct TcpRelay {
     upstream: SocketAddr,
     shared: Arc<Shared>,
     listeners: Vec<(PortForward, TcpListener)>,
+    sources: Sources<TcpToken>,
     conns: HashMap<SocketHandle, Conn>,
     outbound: HashMap<FlowKey, SocketHandle>,
     pending: HashMap<FlowKey, Pending>,
@@ -96,23 +102,34 @@ fn new_socket() -> tcp::Socket<'static> {
 }
 
 impl TcpRelay {
+    /// The relay, waiting on the `-p` listeners through `sources`; None if they cannot be waited on.
     pub fn new(
         net: UserNetConfig,
         upstream: SocketAddr,
         shared: Arc<Shared>,
         listeners: Vec<(PortForward, TcpListener)>,
-    ) -> Self {
-        TcpRelay {
+        mut sources: Sources<TcpToken>,
+    ) -> std::io::Result<Self> {
+        for (i, (_, listener)) in listeners.iter().enumerate() {
+            sources.add(listener.as_raw_fd(), Interest::READABLE, TcpToken::Listener(i))?;
+        }
+        Ok(TcpRelay {
             net,
             upstream,
             shared,
             listeners,
+            sources,
             conns: HashMap::new(),
             outbound: HashMap::new(),
             pending: HashMap::new(),
             inbound_ports: HashSet::new(),
             next_port: 49152,
-        }
+        })
+    }
+
+    /// What `token` (one of the TCP relay's) stands for.
+    pub fn lookup(&self, token: mio::Token) -> Option<TcpToken> {
+        self.sources.lookup(token)
     }
 
     /// A guest SYN to `dst`: replay it into an existing connection, or start the host connect it asks for.
@@ -140,9 +157,10 @@ impl TcpRelay {
             // No listener: smoltcp refuses the SYN with a reset.
             _ => return device.inject(syn),
         };
-        match connect_nonblocking(target) {
-            Ok(stream) => {
-                self.pending.insert(key, Pending { stream, syn });
+        let Ok(stream) = connect_nonblocking(target) else { return device.inject(syn) };
+        match self.sources.add(stream.as_raw_fd(), Interest::WRITABLE, TcpToken::Connecting(key)) {
+            Ok(source) => {
+                self.pending.insert(key, Pending { stream, syn, source });
             }
             Err(_) => device.inject(syn),
         }
@@ -155,6 +173,7 @@ impl TcpRelay {
             None => {}
             Some(false) => {
                 if let Some(p) = self.pending.remove(&key) {
+                    self.sources.forget(p.source);
                     device.inject(p.syn);
                 }
             }
@@ -164,10 +183,18 @@ impl TcpRelay {
                 let mut socket = new_socket();
                 let endpoint = IpListenEndpoint { addr: Some(key.1.ip().into()), port: key.1.port() };
                 if socket.listen(endpoint).is_err() {
+                    self.sources.forget(p.source);
                     return device.inject(p.syn);
                 }
                 let handle = sockets.add(socket);
-                self.insert(handle, p.stream, Origin::Outbound(key));
+                let both = Interest::READABLE | Interest::WRITABLE;
+                if !self.sources.change(p.source, p.stream.as_raw_fd(), both, TcpToken::Conn(handle)) {
+                    self.sources.forget(p.source);
+                    sockets.remove(handle);
+                    close_with_reset(p.stream);
+                    return device.inject(p.syn);
+                }
+                self.insert(handle, p.stream, p.source, Origin::Outbound(key));
                 self.outbound.insert(key, handle);
                 Counters::bump(&self.shared.stats.tcp_outbound);
                 device.inject(p.syn);
@@ -194,9 +221,15 @@ impl TcpRelay {
                 close_with_reset(stream);
                 continue;
             }
-            self.inbound_ports.insert(port);
             let handle = sockets.add(socket);
-            self.insert(handle, stream, Origin::Inbound(port));
+            let both = Interest::READABLE | Interest::WRITABLE;
+            let Ok(source) = self.sources.add(stream.as_raw_fd(), both, TcpToken::Conn(handle)) else {
+                sockets.remove(handle);
+                close_with_reset(stream);
+                continue;
+            };
+            self.inbound_ports.insert(port);
+            self.insert(handle, stream, source, Origin::Inbound(port));
             Counters::bump(&self.shared.stats.tcp_inbound);
         }
     }
@@ -212,39 +245,11 @@ impl TcpRelay {
         None
     }
 
-    /// Registers what each host socket is waited on for: POLLIN only while the guest side has buffer room
-    /// (backpressure), POLLOUT only while a write is blocked or a connect runs.
-    pub fn poll_fds(&self, sockets: &SocketSet<'static>, mut add: impl FnMut(i32, i16, TcpToken)) {
-        for (i, (_, l)) in self.listeners.iter().enumerate() {
-            add(l.as_raw_fd(), libc::POLLIN, TcpToken::Listener(i));
-        }
-        for (key, p) in &self.pending {
-            add(p.stream.as_raw_fd(), libc::POLLOUT, TcpToken::Connecting(*key));
-        }
-        for (handle, c) in &self.conns {
-            let Some(stream) = &c.stream else { continue };
-            let s = sockets.get::<tcp::Socket>(*handle);
-            let mut events = 0;
-            if !c.readable && !c.host_eof && s.can_send() {
-                events |= libc::POLLIN;
-            }
-            if c.write_blocked {
-                events |= libc::POLLOUT;
-            }
-            if events != 0 {
-                add(stream.as_raw_fd(), events, TcpToken::Conn(*handle));
-            }
-        }
-    }
-
-    pub fn on_conn_events(&mut self, handle: SocketHandle, revents: i16) {
+    /// The host socket of `handle` became readable (or closed, or failed) and/or writable.
+    pub fn on_conn_events(&mut self, handle: SocketHandle, readable: bool, writable: bool) {
         if let Some(c) = self.conns.get_mut(&handle) {
-            if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
-                c.readable = true;
-            }
-            if revents & (libc::POLLOUT | libc::POLLHUP | libc::POLLERR) != 0 {
-                c.write_blocked = false;
-            }
+            c.readable |= readable;
+            c.write_blocked &= !writable;
         }
     }
 
@@ -300,6 +305,7 @@ impl TcpRelay {
     fn remove(&mut self, handle: SocketHandle, sockets: &mut SocketSet<'static>) {
         sockets.remove(handle);
         let Some(c) = self.conns.remove(&handle) else { return };
+        self.sources.forget(c.source);
         self.shared.stats.tcp_live.fetch_sub(1, Ordering::Relaxed);
         match c.origin {
             Origin::Outbound(key) => {
@@ -311,16 +317,17 @@ impl TcpRelay {
         }
     }
 
-    fn insert(&mut self, handle: SocketHandle, stream: TcpStream, origin: Origin) {
+    fn insert(&mut self, handle: SocketHandle, stream: TcpStream, source: usize, origin: Origin) {
         self.shared.stats.tcp_live.fetch_add(1, Ordering::Relaxed);
-        self.conns.insert(handle, Conn::new(stream, origin));
+        self.conns.insert(handle, Conn::new(stream, source, origin));
     }
 }
 
 impl Conn {
-    fn new(stream: TcpStream, origin: Origin) -> Conn {
+    fn new(stream: TcpStream, source: usize, origin: Origin) -> Conn {
         Conn {
             stream: Some(stream),
+            source,
             origin,
             readable: false,
             write_blocked: false,

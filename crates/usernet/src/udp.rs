@@ -15,6 +15,8 @@ use crate::config::{host_target, seen_as, UserNetConfig};
 use crate::forward::PortForward;
 use crate::frame::{udp_frame, udp_max_payload};
 use crate::queue::{Counters, Shared};
+use crate::sources::Sources;
+use mio::Interest;
 
 /// A flow nobody used for this long is forgotten and its host socket closed.
 const UDP_IDLE: Duration = Duration::from_secs(120);
@@ -27,6 +29,8 @@ const MAX_DESTS_PER_FLOW: usize = 256;
 
 struct OutFlow {
     sock: UdpSocket,
+    /// Its id in `UdpRelay::sources`.
+    source: usize,
     last_used: Instant,
     idle_limit: Duration,
     /// Host address sent to → the address the guest used for it, so replies come from where the guest expects.
@@ -51,6 +55,7 @@ pub(crate) struct UdpRelay {
     /// By the guest's source (address, port).
     outbound: HashMap<SocketAddr, OutFlow>,
     forwards: Vec<UdpForward>,
+    sources: Sources<UdpToken>,
     /// Gateway port → the forward peer it stands for; `peer_ports` is the reverse index.
     peers: HashMap<u16, Peer>,
     peer_ports: HashMap<(usize, SocketAddr), u16>,
@@ -59,18 +64,34 @@ pub(crate) struct UdpRelay {
 }
 
 impl UdpRelay {
-    pub fn new(net: UserNetConfig, upstream: SocketAddr, shared: Arc<Shared>, forwards: Vec<UdpForward>) -> Self {
-        UdpRelay {
+    /// The relay, waiting on the `-p .../udp` sockets through `sources`.
+    pub fn new(
+        net: UserNetConfig,
+        upstream: SocketAddr,
+        shared: Arc<Shared>,
+        forwards: Vec<UdpForward>,
+        mut sources: Sources<UdpToken>,
+    ) -> io::Result<Self> {
+        for (i, forward) in forwards.iter().enumerate() {
+            sources.add(forward.sock.as_raw_fd(), Interest::READABLE, UdpToken::Forward(i))?;
+        }
+        Ok(UdpRelay {
             net,
             upstream,
             shared,
             outbound: HashMap::new(),
             forwards,
+            sources,
             peers: HashMap::new(),
             peer_ports: HashMap::new(),
             next_port: 49152,
             buf: vec![0; 65536],
-        }
+        })
+    }
+
+    /// What `token` (one of the UDP relay's) stands for.
+    pub fn lookup(&self, token: mio::Token) -> Option<UdpToken> {
+        self.sources.lookup(token)
     }
 
     fn drop_one(&self) {
@@ -101,7 +122,9 @@ impl UdpRelay {
             if self.outbound.len() >= MAX_OUTBOUND_FLOWS {
                 // Full: the least recently used flow makes room (a linear scan, only at the cap).
                 if let Some(oldest) = self.outbound.iter().min_by_key(|(_, f)| f.last_used).map(|(p, _)| *p) {
-                    self.outbound.remove(&oldest);
+                    if let Some(flow) = self.outbound.remove(&oldest) {
+                        self.sources.forget(flow.source);
+                    }
                 }
             }
             let bind: SocketAddr = match target {
@@ -111,9 +134,13 @@ impl UdpRelay {
             let Ok(sock) = UdpSocket::bind(bind).and_then(|s| s.set_nonblocking(true).map(|()| s)) else {
                 return self.drop_one();
             };
+            let Ok(source) = self.sources.add(sock.as_raw_fd(), Interest::READABLE, UdpToken::Outbound(src)) else {
+                return self.drop_one();
+            };
             Counters::bump(&self.shared.stats.udp_flows);
             let idle_limit = if dst.port() == 53 { DNS_IDLE } else { UDP_IDLE };
-            self.outbound.insert(src, OutFlow { sock, last_used: now, idle_limit, dests: HashMap::new() });
+            let flow = OutFlow { sock, source, last_used: now, idle_limit, dests: HashMap::new() };
+            self.outbound.insert(src, flow);
         }
         let Some(flow) = self.outbound.get_mut(&src) else { return };
         flow.last_used = now;
@@ -123,16 +150,6 @@ impl UdpRelay {
         flow.dests.insert(target, dst);
         if flow.sock.send_to(payload, target).is_err() {
             self.drop_one();
-        }
-    }
-
-    /// Adds (fd, token) pairs for every socket that may become readable.
-    pub fn poll_fds(&self, mut add: impl FnMut(i32, UdpToken)) {
-        for (i, f) in self.forwards.iter().enumerate() {
-            add(f.sock.as_raw_fd(), UdpToken::Forward(i));
-        }
-        for (guest, flow) in &self.outbound {
-            add(flow.sock.as_raw_fd(), UdpToken::Outbound(*guest));
         }
     }
 
@@ -217,7 +234,14 @@ impl UdpRelay {
 
     /// Forgets idle flows.
     pub fn expire(&mut self, now: Instant) {
-        self.outbound.retain(|_, f| now.duration_since(f.last_used) < f.idle_limit);
+        let sources = &mut self.sources;
+        self.outbound.retain(|_, f| {
+            let keep = now.duration_since(f.last_used) < f.idle_limit;
+            if !keep {
+                sources.forget(f.source);
+            }
+            keep
+        });
         let peer_ports = &mut self.peer_ports;
         self.peers.retain(|_, p| {
             let keep = now.duration_since(p.last_used) < UDP_IDLE;
@@ -245,7 +269,9 @@ mod tests {
         let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
         let port = sink.local_addr().unwrap().port();
         let net = UserNetConfig::default();
-        let mut relay = UdpRelay::new(net.clone(), sink.local_addr().unwrap(), shared, Vec::new());
+        let poll = mio::Poll::new().unwrap();
+        let sources = Sources::new(poll.registry().try_clone().unwrap(), crate::sources::Owner::Udp);
+        let mut relay = UdpRelay::new(net.clone(), sink.local_addr().unwrap(), shared, Vec::new(), sources).unwrap();
         let t0 = Instant::now();
         let at = |ip: Ipv4Addr, port| SocketAddr::new(ip.into(), port);
         relay.relay_from_guest(1000, at(net.dns, 53), b"q", t0);
@@ -258,6 +284,7 @@ mod tests {
         assert!(flow(1001) && !flow(1000));
         relay.expire(t0 + UDP_IDLE + Duration::from_secs(1));
         assert!(relay.outbound.is_empty());
+        assert_eq!(relay.sources.len(), 0, "expired flows are no longer waited on");
         let mut buf = [0; 8];
         sink.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         assert_eq!(sink.recv_from(&mut buf).unwrap().0, 1);
