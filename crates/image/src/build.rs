@@ -61,6 +61,9 @@ pub fn store_image(
     tag: &Reference,
     mut stored: impl FnMut(u64),
 ) -> Result<(Digest, Manifest), BuildError> {
+    // Held until the tag is written: `kiln rmi` collects garbage under the same lock, and would otherwise see these
+    // blobs as needed by no image.
+    let _lock = store.lock()?;
     let mut put = |bytes: &[u8]| -> Result<BlobRef, StoreError> {
         let digest = store.put_blob(bytes)?;
         stored(bytes.len() as u64);
@@ -85,7 +88,6 @@ pub fn store_image(
         },
     };
     let digest = put(&manifest.to_bytes())?.digest;
-    let _lock = store.lock()?;
     store.tag(tag, &digest)?;
     Ok((digest, manifest))
 }
