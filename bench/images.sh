@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Images: `kiln build` time for a 5 MiB static binary (against sha256sum and cp of the same file, in the same run),
-# the sizes of images of hello and of an HTTP server (tiny_http) against a Docker-style image of the same binary
-# (FROM scratch + COPY: one layer tarball), and the time from `kiln run -d` to the server's first HTTP answer,
-# against the native server's. Prints markdown tables.
+# the sizes of images of hello (C and Rust) and of an HTTP server (tiny_http) against a Docker-style image of the
+# same binary (FROM scratch + COPY: one layer tarball), a first run of an image (its program comes rewritten) against
+# a first run of the binary, and the time from `kiln run -d` to the server's first HTTP answer, against the native
+# server's. Prints markdown tables.
 #
 #   bench/images.sh [ROUNDS]      (default 20)
 set -euo pipefail
@@ -22,12 +23,13 @@ musl-gcc -static -O2 -o "$work/big" "$work/big.c"
 (
   cd "$repo/tests/guests/rust"
   env -u RUSTFLAGS -u CARGO_BUILD_TARGET cargo build --release --locked --target x86_64-unknown-linux-musl \
-    --target-dir "$out/guests" --bin http_tiny >&2
+    --target-dir "$out/guests" --bin http_tiny --bin hello >&2
 )
 cp "$out/guests/x86_64-unknown-linux-musl/release/http_tiny" "$work/http_tiny"
+cp "$out/guests/x86_64-unknown-linux-musl/release/hello" "$work/rust_hello"
 
 # One project per program: the binary beside its Kiln.toml.
-for name in hello big http_tiny; do
+for name in hello big http_tiny rust_hello; do
   mkdir -p "$work/$name.d"
   cp "$work/$name" "$work/$name.d/$name"
   args=$([ "$name" = http_tiny ] && echo '["8080"]' || echo '[]')
@@ -58,18 +60,46 @@ echo "### Image sizes (bytes)"
 echo
 echo "| program | binary | kiln image | kiln image, gzip | Docker-style layer tar | layer tar, gzip |"
 echo "|---|---:|---:|---:|---:|---:|"
-for name in hello http_tiny; do
+for name in hello rust_hello http_tiny; do
   "$KILN" build -q -f "$work/$name.d/Kiln.toml" >/dev/null
   total=$("$KILN" inspect "$name" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["size"]["total"])')
   blobs=$("$KILN" inspect "$name" | python3 -c '
 import json, sys
 r = json.load(sys.stdin)[0]
-print(" ".join(r[k]["digest"].split(":")[1] for k in ("kernel", "program", "rootfs")), r["id"].split(":")[1])')
+print(" ".join(r[k]["digest"].split(":")[1] for k in ("kernel", "program", "prepared", "rootfs")), r["id"].split(":")[1])')
   kiln_gz=$(for b in $blobs; do cat "$KILN_HOME/blobs/sha256/$b"; done | gzip -9 | wc -c)
   tar_size=$(tar -C "$work/$name.d" --owner=0 --group=0 --mtime=@0 -cf - "$name" | wc -c)
   tar_gz=$(tar -C "$work/$name.d" --owner=0 --group=0 --mtime=@0 -cf - "$name" | gzip -9 | wc -c)
   echo "| $name | $(stat -c %s "$work/$name") | $total | $kiln_gz | $tar_size | $tar_gz |"
 done
+
+echo
+echo "### A first run: the image's prepared program against a rewrite of the binary ($rounds rounds, ms)"
+echo
+"$KILN" build -q -f "$work/rust_hello.d/Kiln.toml" >/dev/null
+python3 - "$KILN" "$work/rust_hello" "$rounds" <<'PY'
+import os, shutil, statistics, subprocess, sys, time
+
+kiln, program, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+cache = os.path.join(os.environ["KILN_HOME"], "cache")
+cases = {"kiln run IMAGE, empty rewrite cache": ["rust_hello"],
+         "kiln run PROGRAM, empty rewrite cache": [program],
+         "kiln run PROGRAM, rewrite cached": [program]}
+times = {name: [] for name in cases}
+for _ in range(rounds):
+    for name, target in cases.items():
+        if "empty" in name:
+            shutil.rmtree(cache, ignore_errors=True)
+        start = time.monotonic()
+        subprocess.run([kiln, "run", "--net", "none", *target], check=True, capture_output=True)
+        times[name].append((time.monotonic() - start) * 1000)
+print(f"Rust hello ({os.path.getsize(program)} bytes):")
+print()
+print("| | median | min | max |")
+print("|---|---:|---:|---:|")
+for name, ms in times.items():
+    print(f"| {name} | {statistics.median(ms):.1f} | {min(ms):.1f} | {max(ms):.1f} |")
+PY
 
 echo
 echo "### kiln run -d to the first HTTP answer (tiny_http, $rounds rounds, ms)"

@@ -84,7 +84,8 @@ fn the_same_project_builds_the_same_image_anywhere() {
     // inspect: the size breakdown adds up, and it lists what is inside.
     let report = &json(&kiln_in(&home).args(["inspect", "hello"]).run())[0];
     let size = &report["size"];
-    let parts: u64 = ["manifest", "kernel", "program", "rootfs"].iter().map(|k| size[k].as_u64().unwrap()).sum();
+    let parts: u64 =
+        ["manifest", "kernel", "program", "prepared", "rootfs"].iter().map(|k| size[k].as_u64().unwrap()).sum();
     assert_eq!(size["total"].as_u64(), Some(parts));
     assert_eq!(size["program"].as_u64(), Some(std::fs::metadata(&hello).unwrap().len()));
     let paths: Vec<&str> = report["files"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap()).collect();
@@ -186,6 +187,7 @@ fn an_image_runs_with_its_settings_and_files() {
         run.stdout_text().contains("argc=2\n") && run.stdout_text().contains("env[0]=KILN_GREETING=flag\nenv[1]=B=2\n"),
         "{run}"
     );
+    assert!(!home.join("cache/rewrite").exists(), "an image's program comes rewritten: the rewrite cache is not used");
     let line = kiln_in(&home).args(["run", "nosuchimage"]).run().assert_kiln_error();
     assert_eq!(line, "kiln: nosuchimage: no such image (kiln images lists them) or file");
 

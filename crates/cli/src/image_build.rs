@@ -41,15 +41,19 @@ pub fn build(args: BuildArgs) -> Result<u8> {
     };
     let store = home::store()?;
     let (program_path, program) = program(&project)?;
-    kiln_vmm::elf::ElfImage::parse(&program).map_err(|e| anyhow!("{}: {e}", program_path.display()))?;
+    let elf = kiln_vmm::elf::ElfImage::parse(&program).map_err(|e| anyhow!("{}: {e}", program_path.display()))?;
+    let prepared =
+        kiln_vmm::loader::prepare_program(&elf, &program).map_err(|e| anyhow!("{}: {e}", program_path.display()))?;
+    let prepared = kiln_vmm::rewrite_cache::encode(&prepared);
     let program_name = program_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let fs = rootfs(&project)?;
 
-    let total = (KERNEL.len() + program.len() + fs.len()) as u64;
+    let total = (KERNEL.len() + program.len() + prepared.len() + fs.len()) as u64;
     let bar = bar(total, "storing");
     let parts = Parts {
         kernel: KERNEL,
         program: &program,
+        prepared: &prepared,
         program_name: &program_name,
         rootfs: &fs,
         kiln_version: env!("CARGO_PKG_VERSION"),

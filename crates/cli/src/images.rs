@@ -128,6 +128,7 @@ struct ImageReport {
     size: Sizes,
     kernel: kiln_image::manifest::BlobRef,
     program: kiln_image::manifest::BlobRef,
+    prepared: kiln_image::manifest::BlobRef,
     rootfs: kiln_image::manifest::BlobRef,
     config: kiln_image::manifest::RunConfig,
     files: Vec<FileRow>,
@@ -139,6 +140,7 @@ struct Sizes {
     manifest: u64,
     kernel: u64,
     program: u64,
+    prepared: u64,
     rootfs: u64,
 }
 
@@ -182,6 +184,7 @@ pub fn report(store: &Store, digest: &Digest) -> Result<serde_json::Value> {
         manifest: manifest_bytes.len() as u64,
         kernel: manifest.kernel.size,
         program: manifest.program.size,
+        prepared: manifest.prepared.size,
         rootfs: manifest.rootfs.size,
     };
     let report = ImageReport {
@@ -193,6 +196,7 @@ pub fn report(store: &Store, digest: &Digest) -> Result<serde_json::Value> {
         size,
         kernel: manifest.kernel,
         program: manifest.program,
+        prepared: manifest.prepared,
         rootfs: manifest.rootfs,
         config: manifest.config,
         files,

@@ -138,7 +138,7 @@ pub fn run(mut args: RunArgs) -> Result<u8> {
     if args.detach && instance.is_none() {
         return detach::start(&args);
     }
-    let target = target::resolve(&args)?;
+    let mut target = target::resolve(&args)?;
     let shown = target.shown.clone();
     if args.network.publish.is_empty() {
         args.network.publish = target.ports.clone();
@@ -152,6 +152,7 @@ pub fn run(mut args: RunArgs) -> Result<u8> {
         exe_path: target.exe_path.clone(),
         trace_syscalls: args.trace_syscalls,
         rewrite_cache: rewrite_cache_dir(),
+        prepared: target.prepared.take(),
         rootfs: rootfs(&args, &target.rootfs)?,
         net: net::card(&args.network)?,
         volumes: crate::volume::attach_all(&target::merged_volumes(&target.volumes, &args.volumes))?,

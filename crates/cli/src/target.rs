@@ -17,6 +17,8 @@ pub struct Target {
     pub image_id: Option<Digest>,
     pub kernel: Cow<'static, [u8]>,
     pub program: Vec<u8>,
+    /// The image's prepared program, when this kiln's version built it (another's rewriter may differ).
+    pub prepared: Option<Vec<u8>>,
     pub argv: Vec<String>,
     pub env: Vec<String>,
     pub exe_path: String,
@@ -64,6 +66,7 @@ fn program(args: &RunArgs, path: &Path) -> Result<Target> {
         image_id: None,
         kernel: Cow::Borrowed(KERNEL),
         program,
+        prepared: None,
         argv,
         env: Vec::new(),
         exe_path: format!("/{name}"),
@@ -106,6 +109,10 @@ fn image(args: &RunArgs, store: &kiln_image::Store, digest: Digest) -> Result<Ta
         image_id: Some(digest),
         kernel: Cow::Owned(store.blob(&manifest.kernel.digest)?),
         program: store.blob(&manifest.program.digest)?,
+        prepared: match manifest.kiln_version == env!("CARGO_PKG_VERSION") {
+            true => Some(store.blob(&manifest.prepared.digest)?),
+            false => None,
+        },
         argv,
         env: config.env.clone(),
         exe_path: config.program_path.clone(),

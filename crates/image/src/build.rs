@@ -46,6 +46,8 @@ pub fn rootfs(project: &Project) -> Result<Vec<u8>, BuildError> {
 pub struct Parts<'a> {
     pub kernel: &'a [u8],
     pub program: &'a [u8],
+    /// The program as the VMM prepared it (`kiln_vmm::rewrite_cache::encode`).
+    pub prepared: &'a [u8],
     /// The program's file name; it runs as `/<name>`.
     pub program_name: &'a str,
     pub rootfs: &'a [u8],
@@ -76,6 +78,7 @@ pub fn store_image(
         boot_version: kiln_abi::boot::BOOT_VERSION,
         kernel: put(parts.kernel)?,
         program: put(parts.program)?,
+        prepared: put(parts.prepared)?,
         rootfs: put(parts.rootfs)?,
         config: RunConfig {
             program_path: format!("/{}", parts.program_name),
@@ -113,7 +116,14 @@ mod tests {
             let src = "name = \"web\"\nbinary = \"app\"\nfiles = { \"app.toml\" = \"/etc/app.toml\" }\ndirs = { static = \"/srv\" }\n";
             let project = parse(src, "Kiln.toml", dir).unwrap();
             let fs = rootfs(&project).unwrap();
-            let parts = Parts { kernel: b"k", program: b"p", program_name: "app", rootfs: &fs, kiln_version: "0" };
+            let parts = Parts {
+                kernel: b"k",
+                program: b"p",
+                prepared: b"q",
+                program_name: "app",
+                rootfs: &fs,
+                kiln_version: "0",
+            };
             let (digest, manifest) = store_image(&store, &project, &parts, &"web".parse().unwrap(), |_| {}).unwrap();
             assert_eq!(manifest.config.program_path, "/app");
             ids.push(digest);

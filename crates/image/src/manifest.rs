@@ -21,8 +21,11 @@ pub struct Manifest {
     pub boot_version: u32,
     /// The library OS the program runs on.
     pub kernel: BlobRef,
-    /// The static executable, as built (the VMM rewrites it at boot, through its rewrite cache).
+    /// The static executable, as built.
     pub program: BlobRef,
+    /// The program with its syscalls rewritten, as the VMM loads it (`kiln_vmm::rewrite_cache::encode`), so that
+    /// booting the image skips the rewrite; a kiln of another version ignores it and rewrites `program`.
+    pub prepared: BlobRef,
     /// The read-only root filesystem (`kiln_abi::rootfs` format): the project's files and directories.
     pub rootfs: BlobRef,
     pub config: RunConfig,
@@ -80,8 +83,8 @@ impl Manifest {
     }
 
     /// Every blob the image needs, with what it is for.
-    pub fn blobs(&self) -> [(&'static str, &BlobRef); 3] {
-        [("kernel", &self.kernel), ("program", &self.program), ("rootfs", &self.rootfs)]
+    pub fn blobs(&self) -> [(&'static str, &BlobRef); 4] {
+        [("kernel", &self.kernel), ("program", &self.program), ("prepared", &self.prepared), ("rootfs", &self.rootfs)]
     }
 }
 
@@ -98,6 +101,7 @@ mod tests {
             boot_version: 5,
             kernel: blob(b"kernel"),
             program: blob(b"program"),
+            prepared: blob(b"prepared"),
             rootfs: blob(b"rootfs"),
             config: RunConfig { program_path: "/hello".into(), memory: 64 << 20, cpus: 1, ..Default::default() },
         }

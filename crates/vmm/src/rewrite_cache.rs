@@ -69,8 +69,8 @@ fn put_addrs(out: &mut Vec<u8>, addrs: &[u64]) {
     addrs.iter().for_each(|a| out.extend(a.to_le_bytes()));
 }
 
-/// Magic, format, payload, then the SHA-256 of the payload.
-fn encode(p: &PreparedProgram) -> Vec<u8> {
+/// Magic, format, payload, then the SHA-256 of the payload. Also how an image stores its prepared program.
+pub fn encode(p: &PreparedProgram) -> Vec<u8> {
     let mut payload = Vec::with_capacity(p.bytes.len() + p.stubs.len() + 128);
     payload.extend(p.base.to_le_bytes());
     payload.extend(p.span_start.to_le_bytes());
@@ -87,7 +87,7 @@ fn encode(p: &PreparedProgram) -> Vec<u8> {
     out
 }
 
-/// Reads what `encode` wrote; `None` for anything else.
+/// Reads what `encode` wrote, field by field.
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
@@ -110,7 +110,8 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn decode(entry: &[u8]) -> Option<PreparedProgram> {
+/// Reads what [`encode`] wrote (by this kiln's format); `None` for anything else.
+pub fn decode(entry: &[u8]) -> Option<PreparedProgram> {
     let body = entry.strip_prefix(MAGIC)?;
     let (format, rest) = body.split_at_checked(4)?;
     if format != FORMAT.to_le_bytes() || rest.len() < 32 {

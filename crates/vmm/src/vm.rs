@@ -94,6 +94,10 @@ pub struct VmConfig {
     pub rootfs: Vec<u8>,
     /// Where rewritten programs are kept between runs; `None` rewrites every time.
     pub rewrite_cache: Option<PathBuf>,
+    /// The program already prepared (an image's, in [`crate::rewrite_cache::encode`]'s format; the caller vouches that
+    /// it was prepared from this program): used when it decodes and fits the program's layout, which is then not
+    /// rewritten at all; otherwise ignored.
+    pub prepared: Option<Vec<u8>>,
     /// The network card, if the VM has one.
     pub net: Option<NetConfig>,
     /// Volumes, mounted in this order (at most [`MAX_VOLUMES`]).
@@ -234,13 +238,20 @@ fn create_machine(memory: u64, cpus: u32) -> Result<Machine, VmError> {
     Ok(Machine { kvm, vm, vcpus, ram, hwcap, tsc_hz, boot_tsc, boot_realtime_ns })
 }
 
-/// Parses both ELF images and prepares the program (from the cache when it has it).
+/// Parses both ELF images and prepares the program (the image's preparation or the cache's when there is one).
 fn prepare(
     kernel_elf: &[u8],
     program_elf: &[u8],
     cache: Option<&std::path::Path>,
+    given: Option<&[u8]>,
 ) -> Result<(ElfImage, ElfImage, PreparedProgram), VmError> {
     let program = ElfImage::parse(program_elf).map_err(VmError::Program)?;
+    let given = given.and_then(crate::rewrite_cache::decode).filter(|p| p.fits(&program));
+    if let Some(prepared) = given {
+        tracing::debug!("the program comes prepared (an image's)");
+        let kernel = ElfImage::parse(kernel_elf).map_err(VmError::Kernel)?;
+        return Ok((kernel, program, prepared));
+    }
     let prepared = match cache {
         Some(dir) => {
             let (prepared, hit) = RewriteCache::new(dir).prepare(&program, program_elf).map_err(BootError::from)?;
@@ -274,7 +285,8 @@ impl Vm {
         let started = std::time::Instant::now();
         // The program's own errors come first, before any KVM work: they are what the user can fix. (Preparing it on
         // a second thread while KVM builds the VM was measured slower: creating a VM sends IPIs to every host CPU.)
-        let (kernel, program, prepared) = prepare(kernel_elf, program_elf, config.rewrite_cache.as_deref())?;
+        let (kernel, program, prepared) =
+            prepare(kernel_elf, program_elf, config.rewrite_cache.as_deref(), config.prepared.as_deref())?;
         let prepared_at = started.elapsed();
         let Machine { kvm, vm, vcpus, mut ram, hwcap, tsc_hz, boot_tsc, boot_realtime_ns } =
             create_machine(memory, config.cpus)?;
