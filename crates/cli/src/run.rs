@@ -36,8 +36,8 @@ pub struct RunArgs {
     /// The instance's name (default: the image's name and a few letters of its id)
     #[arg(long, requires = "detach")]
     pub name: Option<String>,
-    /// Remove the instance's record and logs when it ends
-    #[arg(long, requires = "detach")]
+    /// Remove the instance's record and logs when it ends (a run without -d leaves none anyway)
+    #[arg(long)]
     pub rm: bool,
     /// Guest memory (K, M or G suffix; default 64M, or the image's)
     #[arg(long, short = 'm', value_parser = parse_size)]
