@@ -76,8 +76,7 @@ pub fn start(args: &RunArgs) -> Result<u8> {
     let id = new_id();
     let name = args.name.clone().unwrap_or_else(|| format!("{}-{}", sanitised(&target.base_name), &id[..4]));
     let ports = if args.network.publish.is_empty() { &target.ports } else { &args.network.publish };
-    let mut command = target.argv.clone();
-    command.truncate(64);
+    let command = target.argv.clone();
     let record = Instance {
         id: id.clone(),
         name,
@@ -109,10 +108,13 @@ pub fn start(args: &RunArgs) -> Result<u8> {
     }
 }
 
-/// A name from a file or image name: letters, digits, `.`, `_`, `-`.
+/// A name from a file or image name: letters, digits, `.`, `_`, `-`, at most 64 of them.
 fn sanitised(name: &str) -> String {
-    let s: String =
-        name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' }).collect();
+    let s: String = name
+        .chars()
+        .take(64)
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' })
+        .collect();
     if s.starts_with(|c: char| c.is_ascii_alphanumeric()) {
         s
     } else {
@@ -192,5 +194,6 @@ mod tests {
         assert_eq!(sanitised("hello"), "hello");
         assert_eq!(sanitised("my app"), "my-app");
         assert_eq!(sanitised(".hidden"), "i.hidden");
+        assert_eq!(sanitised(&"x".repeat(300)).len(), 64);
     }
 }
