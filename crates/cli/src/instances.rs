@@ -70,6 +70,16 @@ fn tail_start(bytes: &[u8], n: usize) -> usize {
 }
 
 pub fn logs(args: LogsArgs) -> Result<u8> {
+    match print_logs(args) {
+        // `kiln logs web | head`: the reader has all it wanted.
+        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) => {
+            Ok(0)
+        }
+        other => other,
+    }
+}
+
+fn print_logs(args: LogsArgs) -> Result<u8> {
     let store = home::store()?;
     let instances = Instances::new(&store);
     let instance = instances.find(&args.instance)?;
