@@ -377,6 +377,25 @@ volumes = { data = "/data" }
         assert!(parsed("name = \"a\"\nbinary = \n").unwrap_err().starts_with("Kiln.toml:2: "));
     }
 
+    /// Every prefix of a full file, and the file with each byte replaced by characters that break TOML: an error or
+    /// a project, never a panic (the parser is fed user files).
+    #[test]
+    fn damaged_files_give_errors_not_panics() {
+        let full = "name = \"web\"\nbinary = { cargo = \"server\" }\nargs = [\"a\"]\nenv = { A = \"1\" }\n\
+                    files = { \"a\" = \"/a\" }\nmemory = 1048576\ncpus = 2\nports = [\"80:80\"]\nvolumes = { d = \"/d\" }\n";
+        for end in 0..=full.len() {
+            let _ = parse(&full[..end], "Kiln.toml", PathBuf::new());
+        }
+        for at in 0..full.len() {
+            for c in ["\"", "[", "{", "=", "\n", "0", "é", "-"] {
+                let damaged = format!("{}{c}{}", &full[..at], &full[at + 1..]);
+                if let Err(KilnTomlError::At { line, .. }) = parse(&damaged, "Kiln.toml", PathBuf::new()) {
+                    assert!((1..=damaged.lines().count() + 1).contains(&line), "line {line} of {damaged:?}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn suggestions_are_close_keys_only() {
         assert_eq!(closest("memroy", KEYS), Some("memory"));
