@@ -54,6 +54,12 @@ impl Link {
         self.out.card = Some(Card::new(tx, address));
     }
 
+    /// Whether nothing waits for the stack's next poll inside the link: no packet on the loopback. (Held SYNs that
+    /// could go in went in during the poll; frames the card receives meanwhile are found by `has_frames`.)
+    pub fn is_idle(&self) -> bool {
+        self.out.loopback.is_empty()
+    }
+
     /// Whether frames from the card wait to be read.
     pub fn has_frames(&self) -> bool {
         self.card_rx.as_ref().is_some_and(Receiver::has_frames)

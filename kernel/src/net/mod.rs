@@ -277,23 +277,22 @@ pub fn next_deadline() -> Option<u64> {
 }
 
 impl Stack {
-    /// Polls until nothing changes (a packet sent on the loopback arrives at the next poll, so two quiet polls in a
-    /// row mean done); returns whether anything did.
+    /// Polls until nothing changes: a poll that changed no socket and left no packet on the loopback (which
+    /// arrives only at the next poll); returns whether anything did.
     fn poll(&mut self) -> bool {
-        let (mut changed, mut quiet) = (false, 0);
+        let mut changed = false;
         self.unfinished = true;
         // Once per poll, not per round: within one, backlog sockets only leave the listening state, each by a SYN
         // the room was counted down for.
         self.count_syn_room();
         for _ in 0..POLL_ROUNDS {
             if self.iface.poll(now(), &mut self.device, &mut self.sockets) == PollResult::None {
-                quiet += 1;
-                if quiet == 2 {
+                if self.device.is_idle() {
                     self.unfinished = false;
                     break;
                 }
             } else {
-                (changed, quiet) = (true, 0);
+                changed = true;
             }
         }
         if self.device.flush() {
