@@ -1,7 +1,9 @@
 //! epoll: an interest list of descriptors, checked for readiness when waited on. Level-triggered by default;
 //! EPOLLET reports a descriptor again only after its object changed since the last report; EPOLLONESHOT disarms an
-//! entry once reported, until EPOLL_CTL_MOD.
+//! entry once reported, until EPOLL_CTL_MOD. An instance watches the objects of its entries (`wait::Waitable`), so
+//! that `epoll_wait` sleeps until one of them changes, whatever else changes meanwhile.
 
+use super::wait::Waitable;
 use super::{File, POLLERR, POLLHUP};
 use crate::errno::Errno;
 use crate::sync::SpinLock;
@@ -27,6 +29,9 @@ struct Entry {
 #[derive(Default)]
 pub struct Epoll {
     entries: SpinLock<Vec<Entry>>,
+    /// Changes with every change of an entry's object, and with every ADD and MOD (a thread already in
+    /// `epoll_wait` must look at a descriptor added while ready: no change of it may come to wake that thread).
+    pub waitable: Arc<Waitable>,
 }
 
 pub enum Ctl {
@@ -43,17 +48,22 @@ impl Epoll {
         match (op, at) {
             (Ctl::Add, Some(_)) => Err(Errno::EEXIST),
             (Ctl::Add, None) => {
-                let file = Arc::downgrade(file);
-                entries.push(Entry { fd, file, events, data, armed: true, reported_at: None });
+                file.watch(&self.waitable);
+                entries.push(Entry { fd, file: Arc::downgrade(file), events, data, armed: true, reported_at: None });
+                drop(entries);
+                self.waitable.changed();
                 Ok(())
             }
             (Ctl::Mod, Some(i)) => {
                 let e = &mut entries[i];
                 (e.events, e.data, e.armed, e.reported_at) = (events, data, true, None);
+                drop(entries);
+                self.waitable.changed();
                 Ok(())
             }
             (Ctl::Del, Some(i)) => {
                 entries.remove(i);
+                file.unwatch(&self.waitable);
                 Ok(())
             }
             (Ctl::Mod | Ctl::Del, None) => Err(Errno::ENOENT),
@@ -100,5 +110,13 @@ impl Epoll {
             .lock()
             .iter()
             .any(|e| e.armed && e.file.upgrade().is_some_and(|f| f.ready((e.events & 0xffff) as u16) != 0))
+    }
+}
+
+impl Drop for Epoll {
+    fn drop(&mut self) {
+        for file in self.entries.lock().iter().filter_map(|e| e.file.upgrade()) {
+            file.unwatch(&self.waitable);
+        }
     }
 }

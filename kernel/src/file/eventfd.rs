@@ -1,7 +1,8 @@
 //! eventfd: a 64-bit counter. Writes add to it (blocking before it would overflow); reads take it all, or one in
 //! semaphore mode, blocking while it is zero.
 
-use super::{wait_on, Changes, POLLIN, POLLOUT};
+use super::wait::Waitable;
+use super::{POLLIN, POLLOUT};
 use crate::errno::Errno;
 use crate::sync::SpinLock;
 use alloc::sync::Arc;
@@ -11,24 +12,17 @@ const MAX: u64 = u64::MAX - 1;
 pub struct EventFd {
     value: SpinLock<u64>,
     semaphore: bool,
-    changes: Changes,
+    pub waitable: Arc<Waitable>,
 }
 
 impl EventFd {
     pub fn new(initial: u64, semaphore: bool) -> Arc<EventFd> {
-        Arc::new(EventFd { value: SpinLock::new(initial), semaphore, changes: Changes::default() })
+        Arc::new(EventFd { value: SpinLock::new(initial), semaphore, waitable: Waitable::new() })
     }
 
-    fn key(&self) -> u64 {
-        self as *const EventFd as u64
-    }
-
-    pub fn changes(&self) -> u64 {
-        self.changes.count()
-    }
 
     fn changed(&self) {
-        self.changes.record(self.key());
+        self.waitable.changed();
     }
 
     pub fn events(&self) -> u16 {
@@ -51,7 +45,7 @@ impl EventFd {
                     return Err(Errno::EAGAIN);
                 }
             }
-            wait_on(self.key(), || *self.value.lock() == 0)?;
+            self.waitable.wait_while(|| *self.value.lock() == 0)?;
         }
     }
 
@@ -72,7 +66,7 @@ impl EventFd {
                     return Err(Errno::EAGAIN);
                 }
             }
-            wait_on(self.key(), || MAX - *self.value.lock() < add)?;
+            self.waitable.wait_while(|| MAX - *self.value.lock() < add)?;
         }
     }
 }

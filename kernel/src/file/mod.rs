@@ -1,21 +1,22 @@
 //! Open files: the descriptor table and the objects behind descriptors (the standard streams, `/dev/null`-like
-//! devices, pipes, eventfds). Blocking operations put the thread to sleep in the scheduler; every change that could
-//! make a descriptor ready bumps one I/O generation, which `poll` waits on.
+//! devices, pipes, eventfds). Blocking operations put the thread to sleep in the scheduler on the object's
+//! `wait::Waitable`; a change wakes only that object's waiters and watchers (see `wait`).
 
 pub mod console;
 pub mod epoll;
 pub mod eventfd;
 pub mod pipe;
+pub mod wait;
 
 use crate::errno::Errno;
-use crate::sched::{self, Wait, Woken};
 use crate::sync::SpinLock;
 use crate::vfs::Inode;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, Ordering};
 use eventfd::EventFd;
+use wait::Waitable;
 
 pub const O_ACCMODE: u32 = 3;
 pub const O_RDONLY: u32 = 0;
@@ -76,15 +77,34 @@ impl File {
         self.flags.load(Ordering::Relaxed) & O_NONBLOCK != 0
     }
 
+    /// The waitables whose changes can change this file's readiness: none for files that are always ready.
+    fn waitables(&self) -> [Option<&Arc<Waitable>>; 2] {
+        match &self.object {
+            Object::PipeReader(p) => [Some(&p.0.waitable), None],
+            Object::PipeWriter(p) => [Some(&p.0.waitable), None],
+            Object::EventFd(e) => [Some(&e.waitable), None],
+            Object::Socket(s) => [Some(&s.waitable), None],
+            Object::UnixStream(rx, tx) => [Some(&rx.0.waitable), Some(&tx.0.waitable)],
+            Object::Epoll(e) => [Some(&e.waitable), None],
+            _ => [None, None],
+        }
+    }
+
     /// How often the object behind this file has changed state (for edge-triggered epoll).
     pub fn changes(&self) -> u64 {
-        match &self.object {
-            Object::PipeReader(p) => p.0.changes(),
-            Object::PipeWriter(p) => p.0.changes(),
-            Object::EventFd(e) => e.changes(),
-            Object::Socket(_) => io_generation(),
-            Object::UnixStream(rx, tx) => rx.0.changes() + tx.0.changes(),
-            _ => 0,
+        self.waitables().into_iter().flatten().map(|w| w.count()).sum()
+    }
+
+    /// Tells `watcher` (an epoll instance, a `poll` call) of every change of this file's object until `unwatch`.
+    pub fn watch(&self, watcher: &Arc<Waitable>) {
+        for w in self.waitables().into_iter().flatten() {
+            w.watch(watcher);
+        }
+    }
+
+    pub fn unwatch(&self, watcher: &Arc<Waitable>) {
+        for w in self.waitables().into_iter().flatten() {
+            w.unwatch(watcher);
         }
     }
 
@@ -185,65 +205,4 @@ pub fn set_cloexec(fd: u64, on: bool) -> Result<(), Errno> {
     let mut t = TABLE.lock();
     let slot = usize::try_from(fd).ok().and_then(|fd| t.get_mut(fd)).and_then(Option::as_mut);
     slot.map(|s| s.cloexec = on).ok_or(Errno::EBADF)
-}
-
-/// Bumped on every change that could make a descriptor ready; `poll` sleeps until it moves.
-static IO_GENERATION: AtomicU64 = AtomicU64::new(0);
-
-/// What threads waiting for I/O (a blocking read, accept, poll, select, epoll_wait) wait on.
-pub fn io_key() -> u64 {
-    &IO_GENERATION as *const AtomicU64 as u64
-}
-
-/// How often an object's state changed, which edge-triggered epoll compares; each change wakes the object's waiters.
-#[derive(Default)]
-pub struct Changes(AtomicU64);
-
-impl Changes {
-    pub fn count(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-
-    /// Records a change and wakes whoever waits on `key` (the object) or polls.
-    pub fn record(&self, key: u64) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        notify(key);
-    }
-}
-
-/// Something became readable, writable or hung up: wake whoever polls or blocks on `key` (0 for pollers only).
-pub fn notify(key: u64) {
-    IO_GENERATION.fetch_add(1, Ordering::SeqCst);
-    sched::wake(io_key(), u32::MAX, usize::MAX);
-    if key != 0 {
-        sched::wake(key, u32::MAX, usize::MAX);
-    }
-}
-
-pub fn io_generation() -> u64 {
-    IO_GENERATION.load(Ordering::SeqCst)
-}
-
-/// Sleeps until the I/O generation moves past `seen` or `deadline` passes; EINTR if a signal arrives.
-pub fn wait_io(seen: u64, deadline: u64) -> Result<(), Errno> {
-    // The network stack's timers run only when it is polled: wake up for the next one, and poll.
-    let net_deadline = crate::net::next_deadline();
-    let deadline = deadline.min(net_deadline.unwrap_or(u64::MAX));
-    let woken = sched::block(Wait::Futex { addr: io_key(), bitset: u32::MAX }, deadline, || io_generation() == seen);
-    if net_deadline.is_some() {
-        crate::net::poll();
-    }
-    match woken {
-        Some(Woken::Signal) => Err(Errno::EINTR),
-        _ => Ok(()),
-    }
-}
-
-/// Blocks the thread on `key` while `still()` holds (checked under the scheduler lock, so a `notify` in between is
-/// not lost); EINTR if a signal arrives.
-pub fn wait_on(key: u64, still: impl FnOnce() -> bool) -> Result<(), Errno> {
-    match sched::block(Wait::Futex { addr: key, bitset: u32::MAX }, u64::MAX, still) {
-        Some(Woken::Signal) => Err(Errno::EINTR),
-        _ => Ok(()),
-    }
 }

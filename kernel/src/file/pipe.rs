@@ -1,7 +1,8 @@
 //! Pipes: a 64 KiB buffer between a read end and a write end, shared by threads. Reading an empty pipe blocks while
 //! a writer exists; writing a full one blocks while a reader exists; writing with no reader is EPIPE (and SIGPIPE).
 
-use super::{wait_on, Changes, POLLERR, POLLHUP, POLLIN, POLLOUT};
+use super::wait::Waitable;
+use super::{POLLERR, POLLHUP, POLLIN, POLLOUT};
 use crate::errno::Errno;
 use crate::sync::SpinLock;
 use alloc::collections::VecDeque;
@@ -11,7 +12,7 @@ pub const CAPACITY: usize = 64 << 10;
 
 pub struct Pipe {
     state: SpinLock<State>,
-    changes: Changes,
+    pub waitable: Arc<Waitable>,
 }
 
 struct State {
@@ -27,20 +28,13 @@ pub struct Writer(pub Arc<Pipe>);
 impl Pipe {
     pub fn new() -> Arc<Pipe> {
         let state = SpinLock::new(State { buffer: VecDeque::new(), readers: 1, writers: 1 });
-        Arc::new(Pipe { state, changes: Changes::default() })
+        Arc::new(Pipe { state, waitable: Waitable::new() })
     }
 
-    fn key(&self) -> u64 {
-        self as *const Pipe as u64
-    }
-
-    pub fn changes(&self) -> u64 {
-        self.changes.count()
-    }
 
     /// Records a change of state and wakes whoever waits for one.
     fn changed(&self) {
-        self.changes.record(self.key());
+        self.waitable.changed();
     }
 
     pub fn reader_events(&self) -> u16 {
@@ -84,7 +78,7 @@ impl Pipe {
                     return Err(Errno::EAGAIN);
                 }
             }
-            wait_on(self.key(), || {
+            self.waitable.wait_while(|| {
                 let s = self.state.lock();
                 s.buffer.is_empty() && s.writers > 0
             })?;
@@ -115,7 +109,7 @@ impl Pipe {
                     return if done > 0 { Ok(done) } else { Err(Errno::EAGAIN) };
                 }
             }
-            if let Err(e) = wait_on(self.key(), || {
+            if let Err(e) = self.waitable.wait_while(|| {
                 let s = self.state.lock();
                 s.buffer.len() == CAPACITY && s.readers > 0
             }) {

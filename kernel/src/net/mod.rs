@@ -5,9 +5,9 @@
 //! OS and sends the rest out on the card (`virtio`), which is set up when the stack is first used.
 //!
 //! There are no interrupts: the stack makes progress when a thread polls it, which every socket operation does, and
-//! which `file::wait_io` and idle vCPUs make sure happens when smoltcp's next timer (a retransmission) is due while
-//! threads wait. A poll that changes any socket's state bumps the I/O generation, which wakes every thread blocked on
-//! a socket, `poll`, `select` or `epoll_wait` to look again.
+//! which idle vCPUs and syscall exits make sure happens when smoltcp's next timer (a retransmission) is due. After a
+//! poll, the sockets whose state, queued bytes or buffer room changed are told (`file::wait::Waitable::changed`),
+//! which wakes only the threads waiting on them.
 
 pub mod addr;
 pub mod card;
@@ -15,15 +15,17 @@ pub mod link;
 pub mod socket;
 pub mod virtio;
 
+use crate::file::wait::Waitable;
 use crate::sync::{SpinGuard, SpinLock};
-use crate::{file, time};
+use crate::time;
 use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 use kiln_abi::boot::NetInfo;
 use link::Link;
 use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
-use smoltcp::socket::tcp;
+use smoltcp::socket::{tcp, udp};
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, Ipv4Address, Ipv6Address};
 
 /// First port handed out to sockets that did not bind one (Linux's default ephemeral range).
@@ -57,6 +59,40 @@ pub struct Stack {
     pub listeners: BTreeMap<u16, usize>,
     /// Connections taken by `accept`, ever: a connect refused by a full backlog tries again once this moves.
     pub accepts: u64,
+    /// Connects waiting for an `accept` to make room in a backlog: told of the next.
+    pub room_waiters: Vec<Arc<Waitable>>,
+    /// The smoltcp sockets of descriptors: whose waitable a change of each tells, and what it looked like after the
+    /// last poll or the program's last use of it.
+    tracked: BTreeMap<SocketHandle, Tracked>,
+    /// Waitables to tell once the stack's lock is released (telling wakes threads, under the scheduler's lock, which
+    /// is taken before the stack's elsewhere).
+    to_tell: Vec<Arc<Waitable>>,
+}
+
+struct Tracked {
+    waitable: Arc<Waitable>,
+    tcp: bool,
+    seen: Look,
+}
+
+/// What about a smoltcp socket can make it ready: its state and the bytes it holds each way. Between two looks, the
+/// stack only adds received bytes and removes acknowledged ones, and the program's reads and writes are looked at
+/// as they happen, so any difference is a change a waiter must hear of.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Look {
+    state: Option<tcp::State>,
+    received: usize,
+    unsent: usize,
+}
+
+fn look(sockets: &SocketSet<'_>, handle: SocketHandle, is_tcp: bool) -> Look {
+    if is_tcp {
+        let tcp = sockets.get::<tcp::Socket>(handle);
+        Look { state: Some(tcp.state()), received: tcp.recv_queue(), unsent: tcp.send_queue() }
+    } else {
+        let udp = sockets.get::<udp::Socket>(handle);
+        Look { state: None, received: udp.recv_queue(), unsent: udp.send_queue() }
+    }
 }
 
 static STACK: SpinLock<Option<Stack>> = SpinLock::new(None);
@@ -108,6 +144,9 @@ pub fn stack() -> SpinGuard<'static, Option<Stack>> {
             unfinished: false,
             listeners: BTreeMap::new(),
             accepts: 0,
+            room_waiters: Vec::new(),
+            tracked: BTreeMap::new(),
+            to_tell: Vec::new(),
         });
     }
     guard
@@ -146,10 +185,11 @@ pub fn with<R>(f: impl FnOnce(&mut Stack) -> R) -> R {
     let mut guard = stack();
     let s = guard.as_mut().expect("set up by stack()");
     let result = f(s);
-    let changed = s.poll();
+    s.poll();
+    let to_tell = core::mem::take(&mut s.to_tell);
     drop(guard);
-    if changed {
-        file::notify(0);
+    for waitable in to_tell {
+        waitable.changed();
     }
     result
 }
@@ -160,9 +200,22 @@ pub fn inspect<R>(f: impl FnOnce(&mut Stack) -> R) -> R {
     f(guard.as_mut().expect("set up by stack()"))
 }
 
-/// Moves packets and runs timers; wakes waiting threads if any socket changed.
+/// Moves packets and runs timers; wakes the threads waiting on sockets that changed.
 pub fn poll() {
     with(|_| ());
+}
+
+/// When the stack next needs a poll for a timer (ns since boot; `u64::MAX`: none), as of its last poll.
+static TIMER_DUE: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// At a syscall's end: polls the stack if a timer of it (a retransmission, a keep-alive) is due. Threads waiting on
+/// sockets do not wake up for the stack's timers themselves (that would wake them all at each); idle vCPUs poll when
+/// they are due, and this covers vCPUs that never idle.
+pub fn poll_if_due() {
+    let due = TIMER_DUE.load(Ordering::Relaxed);
+    if due != u64::MAX && time::since_boot_ns() >= due {
+        poll();
+    }
 }
 
 /// When the network card was first owed a notification of frames to send (nanoseconds since boot; 0: none owed).
@@ -278,8 +331,8 @@ pub fn next_deadline() -> Option<u64> {
 
 impl Stack {
     /// Polls until nothing changes: a poll that changed no socket and left no packet on the loopback (which
-    /// arrives only at the next poll); returns whether anything did.
-    fn poll(&mut self) -> bool {
+    /// arrives only at the next poll); then notes which sockets changed, to be told.
+    fn poll(&mut self) {
         let mut changed = false;
         self.unfinished = true;
         // Once per poll, not per round: within one, backlog sockets only leave the listening state, each by a SYN
@@ -299,7 +352,70 @@ impl Stack {
             let _ = KICK_OWED.compare_exchange(0, time::since_boot_ns().max(1), Ordering::SeqCst, Ordering::SeqCst);
         }
         self.reap();
-        changed
+        if changed {
+            self.note_changes();
+        }
+        let due = match self.unfinished {
+            true => time::since_boot_ns(),
+            false => self.iface.poll_delay(now(), &self.sockets).map_or(u64::MAX, |d| {
+                time::since_boot_ns().saturating_add(d.total_micros() * 1000)
+            }),
+        };
+        TIMER_DUE.store(due, Ordering::Relaxed);
+    }
+
+    /// Queues the waitables of the sockets that look different from the last look to be told.
+    fn note_changes(&mut self) {
+        for (&handle, tracked) in self.tracked.iter_mut() {
+            let now = look(&self.sockets, handle, tracked.tcp);
+            if now != tracked.seen {
+                tracked.seen = now;
+                if !self.to_tell.iter().any(|w| Arc::ptr_eq(w, &tracked.waitable)) {
+                    self.to_tell.push(tracked.waitable.clone());
+                }
+            }
+        }
+    }
+
+    /// Adds a TCP socket whose changes `waitable` is told of.
+    pub fn add_tcp(&mut self, socket: tcp::Socket<'static>, waitable: &Arc<Waitable>) -> SocketHandle {
+        let handle = self.sockets.add(socket);
+        self.track(handle, waitable);
+        handle
+    }
+
+    /// Adds a UDP socket whose changes `waitable` is told of.
+    pub fn add_udp(&mut self, socket: udp::Socket<'static>, waitable: &Arc<Waitable>) -> SocketHandle {
+        let handle = self.sockets.add(socket);
+        let seen = look(&self.sockets, handle, false);
+        self.tracked.insert(handle, Tracked { waitable: waitable.clone(), tcp: false, seen });
+        handle
+    }
+
+    /// From now on, changes of TCP socket `handle` tell `waitable` (an accepted connection's, no longer its
+    /// listener's).
+    pub fn track(&mut self, handle: SocketHandle, waitable: &Arc<Waitable>) {
+        let seen = look(&self.sockets, handle, true);
+        self.tracked.insert(handle, Tracked { waitable: waitable.clone(), tcp: true, seen });
+    }
+
+    /// The program read from or wrote to `handle`: that is no change for anyone to hear of, so the next poll
+    /// compares with how it looks now.
+    pub fn looked_at(&mut self, handle: SocketHandle) {
+        if let Some(tracked) = self.tracked.get_mut(&handle) {
+            tracked.seen = look(&self.sockets, handle, tracked.tcp);
+        }
+    }
+
+    /// Removes a smoltcp socket at once.
+    pub fn remove(&mut self, handle: SocketHandle) {
+        self.tracked.remove(&handle);
+        self.sockets.remove(handle);
+    }
+
+    /// Queues `waitable` to be told when the stack's lock is released.
+    pub fn tell(&mut self, waitable: Arc<Waitable>) {
+        self.to_tell.push(waitable);
     }
 
     /// The source address for packets to `remote`: a loopback address for the loopback, the card's otherwise;
@@ -348,10 +464,12 @@ impl Stack {
     /// Forgets connections that finished closing.
     fn reap(&mut self) {
         let sockets = &mut self.sockets;
+        let tracked = &mut self.tracked;
         self.closing.retain(|&h| {
             let done = matches!(sockets.get::<tcp::Socket>(h).state(), tcp::State::Closed | tcp::State::TimeWait);
             if done {
                 sockets.remove(h);
+                tracked.remove(&h);
             }
             !done
         });
@@ -379,6 +497,7 @@ impl Stack {
     /// A TCP connection the program closed: it finishes its FIN exchange in the background.
     pub fn close_later(&mut self, handle: SocketHandle) {
         self.sockets.get_mut::<tcp::Socket>(handle).close();
+        self.tracked.remove(&handle);
         self.closing.push(handle);
     }
 }

@@ -3,14 +3,16 @@
 //!
 //! smoltcp's TCP socket is one connection; a listener with a backlog of N is N smoltcp sockets listening on the port.
 //! `accept` hands out one that has a connection and puts a fresh listening socket in its place. Blocking operations
-//! wait for the I/O generation to move (`file::wait_io`), which every poll of the stack that changes a socket bumps.
+//! wait on the descriptor's waitable, which a poll of the stack that changes one of its smoltcp sockets tells.
 
 use super::addr::{self, AF_INET6};
 use super::{inspect, with, Protocol, Stack};
 use crate::errno::Errno;
-use crate::file::{self, POLLERR, POLLHUP, POLLIN, POLLOUT};
+use crate::file::wait::Waitable;
+use crate::file::{POLLERR, POLLHUP, POLLIN, POLLOUT};
 use crate::sync::SpinLock;
 use crate::time;
+use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 use smoltcp::iface::SocketHandle;
@@ -78,6 +80,8 @@ pub struct Socket {
     pub family: u16,
     pub protocol: Protocol,
     state: SpinLock<State>,
+    /// Told of every change of its smoltcp sockets (see `Stack::tracked`).
+    pub waitable: Arc<Waitable>,
 }
 
 /// `n` zero bytes, or ENOMEM when the library OS is out of memory (a socket call then fails, as Linux's would,
@@ -126,16 +130,20 @@ impl Patience {
     }
 }
 
-/// Repeats `attempt` (on the stack, polled after it) until it gives an answer, waiting for the stack to change in
+/// Repeats `attempt` (on the stack, polled after it) until it gives an answer, waiting for `waitable` to change in
 /// between; EAGAIN once `patience` runs out, as Linux answers a non-blocking socket or an expired timeout.
-fn until<R>(patience: Patience, mut attempt: impl FnMut(&mut Stack) -> Option<Result<R, Errno>>) -> Result<R, Errno> {
+fn until<R>(
+    waitable: &Waitable,
+    patience: Patience,
+    mut attempt: impl FnMut(&mut Stack) -> Option<Result<R, Errno>>,
+) -> Result<R, Errno> {
     loop {
-        let seen = file::io_generation();
+        let seen = waitable.count();
         if let Some(answer) = with(&mut attempt) {
             return answer;
         }
         match patience {
-            Patience::Until(deadline) if time::since_boot_ns() < deadline => file::wait_io(seen, deadline)?,
+            Patience::Until(deadline) if time::since_boot_ns() < deadline => waitable.wait(seen, deadline)?,
             _ => return Err(Errno::EAGAIN),
         }
     }
@@ -143,14 +151,15 @@ fn until<R>(patience: Patience, mut attempt: impl FnMut(&mut Stack) -> Option<Re
 
 impl Socket {
     pub fn new(family: u16, protocol: Protocol) -> Result<Socket, Errno> {
+        let waitable = Waitable::new();
         let role = match protocol {
             Protocol::Tcp => Role::Fresh,
             Protocol::Udp => {
                 let socket = udp_socket()?;
-                Role::Datagram(with(|s| s.sockets.add(socket)))
+                Role::Datagram(with(|s| s.add_udp(socket, &waitable)))
             }
         };
-        Ok(Socket { family, protocol, state: SpinLock::new(State::new(role, (None, 0), [0; 2])) })
+        Ok(Socket { family, protocol, state: SpinLock::new(State::new(role, (None, 0), [0; 2])), waitable })
     }
 
     pub fn bind(&self, address: Option<IpAddress>, port: u16) -> Result<(), Errno> {
@@ -196,7 +205,8 @@ impl Socket {
             let endpoint = IpListenEndpoint { addr: st.local.0, port: st.local.1 };
             match &mut st.role {
                 Role::Fresh => {
-                    let handles = (0..want).map(|_| listening(s, endpoint)).collect::<Result<Vec<_>, _>>()?;
+                    let handles =
+                        (0..want).map(|_| listening(s, endpoint, &self.waitable)).collect::<Result<Vec<_>, _>>()?;
                     st.role = Role::Listening(handles);
                     *s.listeners.entry(endpoint.port).or_insert(0) += 1;
                     Ok(())
@@ -204,7 +214,7 @@ impl Socket {
                 // listen again: only the backlog changes.
                 Role::Listening(handles) => {
                     while handles.len() < want {
-                        handles.push(listening(s, endpoint)?);
+                        handles.push(listening(s, endpoint, &self.waitable)?);
                     }
                     Ok(())
                 }
@@ -215,33 +225,35 @@ impl Socket {
 
     /// The next connection a listener has, as a new socket (None: none yet).
     pub fn accept(&self, patience: Patience) -> Result<(Socket, IpEndpoint), Errno> {
-        let accepted = until(patience, |s| {
+        until(&self.waitable, patience, |s| {
             let mut st = self.state.lock();
             let endpoint = IpListenEndpoint { addr: st.local.0, port: st.local.1 };
             let Role::Listening(handles) = &mut st.role else { return Some(Err(Errno::EINVAL)) };
-            if let Err(e) = replace_reset(s, handles, endpoint) {
+            if let Err(e) = replace_reset(s, handles, endpoint, &self.waitable) {
                 return Some(Err(e));
             }
             let ready = handles.iter().position(|&h| {
                 matches!(s.sockets.get::<tcp::Socket>(h).state(), tcp::State::Established | tcp::State::CloseWait)
             })?;
-            let fresh = match listening(s, endpoint) {
+            let fresh = match listening(s, endpoint, &self.waitable) {
                 Ok(fresh) => fresh,
                 Err(e) => return Some(Err(e)),
             };
             let connection = core::mem::replace(&mut handles[ready], fresh);
             s.accepts += 1;
+            // Room in the backlog: a connect refused for lack of it may try again.
+            for waiter in core::mem::take(&mut s.room_waiters) {
+                s.tell(waiter);
+            }
             let tcp = s.sockets.get::<tcp::Socket>(connection);
             let peer = tcp.remote_endpoint().unwrap_or(IpEndpoint::new(addr::unspecified(self.family), 0));
             let local = tcp.local_endpoint().map(|e| (Some(e.addr), e.port)).unwrap_or(st.local);
             let state = State::new(Role::Connected(connection), local, st.timeouts);
-            Some(Ok((Socket { family: self.family, protocol: Protocol::Tcp, state: SpinLock::new(state) }, peer)))
-        });
-        if accepted.is_ok() {
-            // Room in the backlog: a connect refused for lack of it may try again.
-            file::notify(0);
-        }
-        accepted
+            let waitable = Waitable::new();
+            s.track(connection, &waitable);
+            let socket = Socket { family: self.family, protocol: Protocol::Tcp, state: SpinLock::new(state), waitable };
+            Some(Ok((socket, peer)))
+        })
     }
 
     pub fn connect(&self, remote: IpEndpoint, patience: Patience) -> Result<(), Errno> {
@@ -258,13 +270,13 @@ impl Socket {
                 Role::Connected(_) => return Err(Errno::EISCONN),
                 _ => return Err(Errno::EINVAL),
             }
-            st.role = Role::Connecting(dial(s, remote, st.local)?);
+            st.role = Role::Connecting(dial(s, remote, st.local, &self.waitable)?);
             st.connecting_to = Some((remote, s.accepts));
             Ok(())
         })?;
-        let result = until(patience, |s| {
+        let result = until(&self.waitable, patience, |s| {
             let mut st = self.state.lock();
-            refresh(&mut st, s);
+            refresh(&mut st, s, &self.waitable);
             match st.role {
                 Role::Connected(_) => Some(Ok(())),
                 Role::Connecting(_) => None,
@@ -286,7 +298,7 @@ impl Socket {
             if data.len() > UDP_BUFFER {
                 return Err(Errno::EMSGSIZE);
             }
-            return until(patience, |s| {
+            return until(&self.waitable, patience, |s| {
                 let Role::Datagram(h) = self.state.lock().role else { return Some(Err(Errno::EINVAL)) };
                 let mut meta = udp::UdpMetadata::from(target);
                 meta.local_address = match self.state.lock().local.0 {
@@ -297,7 +309,10 @@ impl Socket {
                     },
                 };
                 match s.sockets.get_mut::<udp::Socket>(h).send_slice(data, meta) {
-                    Ok(()) => Some(Ok(data.len())),
+                    Ok(()) => {
+                        s.looked_at(h);
+                        Some(Ok(data.len()))
+                    }
                     Err(udp::SendError::BufferFull) => None,
                     Err(udp::SendError::Unaddressable) => Some(Err(Errno::ENETUNREACH)),
                 }
@@ -306,9 +321,9 @@ impl Socket {
         let nonblocking = matches!(patience, Patience::None);
         let mut sent = 0;
         while sent < data.len() {
-            let step = until(patience, |s| {
+            let step = until(&self.waitable, patience, |s| {
                 let mut st = self.state.lock();
-                refresh(&mut st, s);
+                refresh(&mut st, s, &self.waitable);
                 let Role::Connected(h) = st.role else { return Some(Err(Errno::ENOTCONN)) };
                 let tcp = s.sockets.get_mut::<tcp::Socket>(h);
                 if !tcp.may_send() {
@@ -317,7 +332,9 @@ impl Socket {
                 if !tcp.can_send() {
                     return (nonblocking && sent > 0).then_some(Ok(0));
                 }
-                Some(tcp.send_slice(&data[sent..]).map_err(|_| Errno::EPIPE))
+                let result = tcp.send_slice(&data[sent..]).map_err(|_| Errno::EPIPE);
+                s.looked_at(h);
+                Some(result)
             });
             match step {
                 Ok(0) => break,
@@ -331,9 +348,9 @@ impl Socket {
 
     /// Receives into `out`: the byte count and, for UDP, the sender. 0 bytes: the peer closed (TCP).
     pub fn recv(&self, out: &mut [u8], peek: bool, patience: Patience) -> Result<(usize, Option<IpEndpoint>), Errno> {
-        until(patience, |s| {
+        until(&self.waitable, patience, |s| {
             let mut st = self.state.lock();
-            refresh(&mut st, s);
+            refresh(&mut st, s, &self.waitable);
             match st.role {
                 Role::Datagram(h) => {
                     let udp = s.sockets.get_mut::<udp::Socket>(h);
@@ -342,6 +359,7 @@ impl Socket {
                     } else {
                         udp.recv_slice(out).map(|(n, meta)| (n, meta.endpoint))
                     };
+                    s.looked_at(h);
                     got.ok().map(|(n, from)| Ok((n, Some(from))))
                 }
                 Role::Connected(h) => {
@@ -358,6 +376,7 @@ impl Socket {
                         return None;
                     }
                     let n = if peek { tcp.peek_slice(out) } else { tcp.recv_slice(out) };
+                    s.looked_at(h);
                     Some(n.map(|n| (n, None)).map_err(|_| Errno::ECONNRESET))
                 }
                 _ => Some(Err(Errno::ENOTCONN)),
@@ -376,7 +395,8 @@ impl Socket {
             }
             Ok(())
         })?;
-        file::notify(0);
+        // Threads reading it see end-of-file now.
+        self.waitable.changed();
         Ok(())
     }
 
@@ -407,7 +427,7 @@ impl Socket {
     pub fn take_error(&self) -> Option<Errno> {
         inspect(|s| {
             let mut st = self.state.lock();
-            refresh(&mut st, s);
+            refresh(&mut st, s, &self.waitable);
             st.error.take()
         })
     }
@@ -447,7 +467,7 @@ impl Socket {
     pub fn events(&self) -> u16 {
         inspect(|s| {
             let mut st = self.state.lock();
-            refresh(&mut st, s);
+            refresh(&mut st, s, &self.waitable);
             match st.role {
                 // Linux's answer for a socket that is not connected; a failed connect adds its error.
                 Role::Fresh if st.error.is_some() => POLLOUT | POLLHUP | POLLERR,
@@ -494,26 +514,36 @@ impl Socket {
 
 /// Puts fresh listening sockets in the place of backlog connections that were reset before `accept` took them (a
 /// client that gave up), so that the listener keeps its backlog.
-fn replace_reset(s: &mut Stack, handles: &mut [SocketHandle], endpoint: IpListenEndpoint) -> Result<(), Errno> {
+fn replace_reset(
+    s: &mut Stack,
+    handles: &mut [SocketHandle],
+    endpoint: IpListenEndpoint,
+    waitable: &Arc<Waitable>,
+) -> Result<(), Errno> {
     for h in handles.iter_mut() {
         if s.sockets.get::<tcp::Socket>(*h).state() == tcp::State::Closed {
-            let fresh = listening(s, endpoint)?;
-            s.sockets.remove(core::mem::replace(h, fresh));
+            let fresh = listening(s, endpoint, waitable)?;
+            s.remove(core::mem::replace(h, fresh));
         }
     }
     Ok(())
 }
 
-/// A fresh socket listening on `endpoint`, in the stack.
-fn listening(s: &mut Stack, endpoint: IpListenEndpoint) -> Result<SocketHandle, Errno> {
+/// A fresh socket listening on `endpoint`, in the stack, whose changes tell the listener's `waitable`.
+fn listening(s: &mut Stack, endpoint: IpListenEndpoint, waitable: &Arc<Waitable>) -> Result<SocketHandle, Errno> {
     let mut socket = tcp_socket()?;
     socket.listen(endpoint).map_err(|_| Errno::EADDRINUSE)?;
-    Ok(s.sockets.add(socket))
+    Ok(s.add_tcp(socket, waitable))
 }
 
 /// A new smoltcp socket connecting from `local` to `remote`, in the stack; an unbound address becomes the one the
 /// way to `remote` leaves from.
-fn dial(s: &mut Stack, remote: IpEndpoint, local: (Option<IpAddress>, u16)) -> Result<SocketHandle, Errno> {
+fn dial(
+    s: &mut Stack,
+    remote: IpEndpoint,
+    local: (Option<IpAddress>, u16),
+    waitable: &Arc<Waitable>,
+) -> Result<SocketHandle, Errno> {
     let source = match local.0 {
         Some(bound) => bound,
         None => s.source_for(remote.addr)?,
@@ -521,28 +551,30 @@ fn dial(s: &mut Stack, remote: IpEndpoint, local: (Option<IpAddress>, u16)) -> R
     let mut socket = tcp_socket()?;
     let local = IpListenEndpoint { addr: Some(source), port: local.1 };
     socket.connect(s.iface.context(), remote, local).map_err(|_| Errno::ECONNREFUSED)?;
-    Ok(s.sockets.add(socket))
+    Ok(s.add_tcp(socket, waitable))
 }
 
 /// Moves a connecting socket on once smoltcp has answered: connected, or refused (the error kept for SO_ERROR).
 /// Refused by a listener whose backlog was full, it stays connecting and tries again once an `accept` made room, as
-/// a Linux client's SYN is retried rather than refused.
-fn refresh(st: &mut State, s: &mut Stack) {
+/// a Linux client's SYN is retried rather than refused; `waitable` is told when an `accept` makes room.
+fn refresh(st: &mut State, s: &mut Stack, waitable: &Arc<Waitable>) {
     let Role::Connecting(h) = st.role else { return };
     match s.sockets.get::<tcp::Socket>(h).state() {
         tcp::State::SynSent | tcp::State::SynReceived => {}
         tcp::State::Closed | tcp::State::TimeWait => match st.connecting_to {
             Some((remote, seen)) if s.listeners.contains_key(&remote.port) => {
                 if s.accepts != seen {
-                    if let Ok(again) = dial(s, remote, st.local) {
-                        s.sockets.remove(h);
+                    if let Ok(again) = dial(s, remote, st.local, waitable) {
+                        s.remove(h);
                         st.role = Role::Connecting(again);
                         st.connecting_to = Some((remote, s.accepts));
                     }
+                } else if !s.room_waiters.iter().any(|w| Arc::ptr_eq(w, waitable)) {
+                    s.room_waiters.push(waitable.clone());
                 }
             }
             _ => {
-                s.sockets.remove(h);
+                s.remove(h);
                 st.role = Role::Fresh;
                 st.connecting_to = None;
                 st.error = Some(Errno::ECONNREFUSED);
@@ -563,9 +595,7 @@ impl Drop for Socket {
             match &st.role {
                 Role::Fresh => {}
                 Role::Connected(h) => s.close_later(*h),
-                Role::Connecting(h) | Role::Datagram(h) => {
-                    s.sockets.remove(*h);
-                }
+                Role::Connecting(h) | Role::Datagram(h) => s.remove(*h),
                 Role::Listening(handles) => {
                     if let Some(count) = s.listeners.get_mut(&st.local.1) {
                         *count -= 1;
@@ -585,8 +615,8 @@ impl Drop for Socket {
             if st.owns_port {
                 s.release_port(protocol, st.local.1);
             }
+            s.room_waiters.retain(|w| !Arc::ptr_eq(w, &self.waitable));
         });
-        file::notify(0);
     }
 }
 

@@ -7,7 +7,14 @@
 //! One lock guards the thread table. A context switch happens with it held and the thread switched to releases it,
 //! so that a thread's saved stack pointer is complete before any other vCPU can pick it. A thread that computes
 //! without syscalls keeps its vCPU until it makes one (no preemption).
+//!
+//! The table grows on demand up to [`MAX_THREADS`]; `queues` index it (run queue, wait queues, deadlines) so that
+//! switching, waking and expiring cost the same with ten threads or ten thousand. Invariants, under the lock: a
+//! thread is on the run queue exactly when it is `Runnable`; a `Blocked` thread is on the wait queue of its wait's
+//! key (if it has one) and among the deadlines (if it has one), and no other thread is; a `Free` slot is on the free
+//! list.
 
+mod queues;
 mod switch;
 
 use crate::entry::SyscallFrame;
@@ -15,12 +22,18 @@ use crate::errno::Errno;
 use crate::sync::SpinLock;
 use crate::syscalls::signal::{StackT, SS_DISABLE};
 use crate::{cpu, hypercall, mm, percpu, time};
+use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use kiln_abi::layout::direct_map;
 use kiln_abi::BootInfo;
+use queues::{Key, Queues};
 use switch::{kiln_switch_stacks, SWITCH_FRAME_WORDS};
 
-pub const MAX_THREADS: usize = 512;
+/// Threads a program may have at once. A slot costs nothing until used (the table grows) but 8 bytes of pending
+/// signals; a thread in use costs its 32 KiB library OS stack and whatever stack the program gives it, which guest
+/// RAM backs whole, so memory, not this limit, bounds a program first (16,384 threads would need 512 MiB of library
+/// OS stacks alone). Linux's default limit on a machine of a few GiB is of the same order.
+pub const MAX_THREADS: usize = 16384;
 /// The library OS stack of each thread after the first (which runs on the boot vCPU's stack).
 const THREAD_STACK_SIZE: u64 = 32 << 10;
 /// Thread ids start at 1, the main thread, which is also the process id.
@@ -39,12 +52,24 @@ enum State {
 pub enum Wait {
     /// A `futex` wake on this address matching this bitset.
     Futex { addr: u64, bitset: u32 },
+    /// A change of a library OS object (a socket, pipe, eventfd, epoll instance, poll call), named by its address.
+    Object(u64),
     /// Only its deadline.
     Sleep,
     /// A signal (pause, sigsuspend): one may come from the host at any time, so such a wait is never a deadlock.
     Signal,
     /// One of these signals, blocked or not (sigwait), or any signal the thread does not block.
     SignalIn(u64),
+}
+
+impl Wait {
+    fn key(self) -> Option<Key> {
+        match self {
+            Wait::Futex { addr, .. } => Some(Key::Futex(addr)),
+            Wait::Object(key) => Some(Key::Object(key)),
+            Wait::Sleep | Wait::Signal | Wait::SignalIn(_) => None,
+        }
+    }
 }
 
 /// Why a blocked thread runs again.
@@ -108,26 +133,62 @@ const FREE: Thread = Thread {
 };
 
 struct Scheduler {
-    threads: [Thread; MAX_THREADS],
+    /// Grows by a slot when no free one is left, up to `MAX_THREADS`; never shrinks (a slot keeps its stack).
+    threads: Vec<Thread>,
+    /// Free slots, most recently freed last.
+    free: Vec<usize>,
+    /// Threads not `Free`.
+    live: usize,
+    queues: Queues,
     next_tid: u32,
     /// vCPUs waiting in the VMM for work (bit per vCPU).
     idle: u64,
 }
 
-static SCHEDULER: SpinLock<Scheduler> =
-    SpinLock::new(Scheduler { threads: [FREE; MAX_THREADS], next_tid: MAIN_TID + 1, idle: 0 });
+static SCHEDULER: SpinLock<Scheduler> = SpinLock::new(Scheduler {
+    threads: Vec::new(),
+    free: Vec::new(),
+    live: 0,
+    queues: Queues::new(),
+    next_tid: MAIN_TID + 1,
+    idle: 0,
+});
+
+impl Scheduler {
+    /// Makes a blocked thread runnable, woken for `woken`, taking it off its wait queue and deadline.
+    fn unblock(&mut self, slot: usize, woken: Woken) {
+        let t = &mut self.threads[slot];
+        self.queues.unblock(slot, t.wait.and_then(Wait::key), t.deadline);
+        self.make_runnable(slot, woken);
+    }
+
+    /// Makes a thread that is on no wait queue and has no recorded deadline (any more) runnable.
+    fn make_runnable(&mut self, slot: usize, woken: Woken) {
+        let t = &mut self.threads[slot];
+        t.state = State::Runnable;
+        t.wait = None;
+        t.deadline = u64::MAX;
+        t.woken = woken;
+        self.queues.push_runnable(slot);
+    }
+
+    fn slot_of(&self, tid: u32) -> Option<usize> {
+        self.threads.iter().position(|t| t.state != State::Free && t.tid == tid)
+    }
+}
 
 /// The boot vCPU's main thread, which the program starts on.
 pub fn init(boot: &BootInfo) {
     SMP.store(boot.vcpu_count > 1, Ordering::Relaxed);
     let mut s = SCHEDULER.lock();
-    s.threads[0] = Thread {
+    s.threads.push(Thread {
         tid: MAIN_TID,
         state: State::Running,
         on_cpu: Some(0),
         kernel_stack_top: direct_map(boot.kernel_stack_phys + boot.kernel_stack_size),
         ..FREE
-    };
+    });
+    s.live = 1;
     percpu::set_thread(0);
 }
 
@@ -188,10 +249,6 @@ pub fn free_at_exit(memory: Unmapped) {
     }
 }
 
-fn live_threads(s: &Scheduler) -> usize {
-    s.threads.iter().filter(|t| t.state != State::Free).count()
-}
-
 /// Starts a thread that resumes the program where `parent` made its `clone`, on `stack`, with `clone` returning 0.
 /// Its tid is stored at each `set_tid` address before it can run (a bad address is skipped, as Linux does).
 pub fn spawn(
@@ -207,12 +264,25 @@ pub fn spawn(
     let fs_base = tls.unwrap_or_else(cpu::read_fs_base);
 
     let mut s = SCHEDULER.lock();
-    let slot = s.threads.iter().position(|t| t.state == State::Free && t.on_cpu.is_none()).ok_or(Errno::EAGAIN)?;
-    let kernel_stack_top = match s.threads[slot].kernel_stack_top {
-        0 => {
-            let phys = mm::memory().frames.alloc(THREAD_STACK_SIZE).ok_or(Errno::ENOMEM)?;
-            direct_map(phys) + THREAD_STACK_SIZE
+    // A freed slot no vCPU still runs on (an exited thread's vCPU may idle on its stack), else a new one.
+    let reusable = s.free.iter().rposition(|&i| s.threads[i].on_cpu.is_none());
+    let slot = match reusable {
+        Some(at) => s.free.swap_remove(at),
+        None if s.threads.len() < MAX_THREADS => {
+            s.threads.try_reserve(1).map_err(|_| Errno::ENOMEM)?;
+            s.threads.push(FREE);
+            s.threads.len() - 1
         }
+        None => return Err(Errno::EAGAIN),
+    };
+    let kernel_stack_top = match s.threads[slot].kernel_stack_top {
+        0 => match mm::memory().frames.alloc(THREAD_STACK_SIZE) {
+            Some(phys) => direct_map(phys) + THREAD_STACK_SIZE,
+            None => {
+                s.free.push(slot);
+                return Err(Errno::ENOMEM);
+            }
+        },
         // A slot keeps the stack of the thread that used it before.
         top => top,
     };
@@ -236,16 +306,9 @@ pub fn spawn(
     }
     let blocked = s.threads[percpu::current().thread].blocked;
     PENDING[slot].store(0, Ordering::SeqCst);
-    s.threads[slot] = Thread {
-        tid,
-        state: State::Runnable,
-        saved_sp: switch_at,
-        kernel_stack_top,
-        fs_base,
-        clear_child_tid,
-        blocked,
-        ..FREE
-    };
+    s.threads[slot] = Thread { tid, saved_sp: switch_at, kernel_stack_top, fs_base, clear_child_tid, blocked, ..FREE };
+    s.make_runnable(slot, Woken::Wake);
+    s.live += 1;
     let idle = take_idle(&mut s, 1);
     drop(s);
     kick(idle);
@@ -286,6 +349,7 @@ pub fn block(wait: Wait, deadline: u64, still: impl FnOnce() -> bool) -> Option<
     t.state = State::Blocked;
     t.wait = Some(wait);
     t.deadline = deadline;
+    s.queues.block(me, wait.key(), deadline);
     core::mem::forget(s);
     schedule();
     Some(SCHEDULER.lock().threads[me].woken)
@@ -302,7 +366,7 @@ pub fn set_blocked_signals(mask: u64) {
 
 /// Whether thread `tid` exists.
 pub fn thread_exists(tid: u32) -> bool {
-    SCHEDULER.lock().threads.iter().any(|t| t.state != State::Free && t.tid == tid)
+    SCHEDULER.lock().slot_of(tid).is_some()
 }
 
 /// Marks signal `sig` (1-64) pending for thread `tid`, or for the current thread if `tid` is `None`, and wakes that
@@ -313,7 +377,7 @@ pub fn post_signal(tid: Option<u32>, sig: u32) -> bool {
     let current = percpu::current().thread;
     let slot = match tid {
         None => Some(current),
-        Some(tid) => s.threads.iter().position(|t| t.state != State::Free && t.tid == tid),
+        Some(tid) => s.slot_of(tid),
     };
     let Some(slot) = slot else { return false };
     PENDING[slot].fetch_or(bit, Ordering::SeqCst);
@@ -322,11 +386,10 @@ pub fn post_signal(tid: Option<u32>, sig: u32) -> bool {
     if t.state != State::Blocked || (t.blocked & bit != 0 && !awaited) {
         return true;
     }
-    t.state = State::Runnable;
-    t.wait = None;
-    t.woken = Woken::Signal;
+    let on_cpu = t.on_cpu;
+    s.unblock(slot, Woken::Signal);
     // Its vCPU idles on its stack (only that one can run it), or any idle vCPU can.
-    let cpus = match t.on_cpu {
+    let cpus = match on_cpu {
         Some(c) => s.idle & (1 << c) & !(1 << percpu::id()),
         None => take_idle(&mut s, 1),
     };
@@ -356,7 +419,7 @@ pub fn blocks(tid: u32, sig: u32) -> bool {
 pub fn take_signal_in(set: u64) -> Option<u32> {
     let me = percpu::current().thread;
     let s = SCHEDULER.lock();
-    let main = s.threads.iter().position(|t| t.state != State::Free && t.tid == MAIN_TID);
+    let main = s.slot_of(MAIN_TID);
     let from_main = main.filter(|&m| m != me).map_or(0, |m| PENDING[m].load(Ordering::SeqCst) & s.threads[m].blocked);
     let (slot, pending) = match PENDING[me].load(Ordering::SeqCst) & set {
         0 => (main?, from_main & set),
@@ -418,60 +481,65 @@ pub fn set_altstack(stack: StackT) {
 pub fn yield_now() {
     let s = SCHEDULER.lock();
     // Nothing else to run: carry on without touching the thread table.
-    if !s.threads.iter().any(|t| t.state == State::Runnable) {
+    if !s.queues.any_runnable() {
         return;
     }
     let mut s = s;
-    s.threads[percpu::current().thread].state = State::Runnable;
+    s.make_runnable(percpu::current().thread, Woken::Wake);
     core::mem::forget(s);
     schedule();
 }
 
-/// Wakes up to `count` threads waiting on `addr` whose bitset meets `bitset`; returns how many.
+/// Wakes up to `count` threads waiting on futex `addr` whose bitset meets `bitset`, first come first woken; returns
+/// how many.
 pub fn wake(addr: u64, bitset: u32, count: usize) -> usize {
+    let mut guard = SCHEDULER.lock();
+    let s = &mut *guard;
+    let threads = &s.threads;
+    let meets = |slot: usize| matches!(threads[slot].wait, Some(Wait::Futex { bitset: b, .. }) if b & bitset != 0);
+    let woken = s.queues.take_waiters(Key::Futex(addr), count, meets);
+    make_woken_run(guard, woken)
+}
+
+/// Wakes every thread waiting for a change of the library OS object `key` (see `file::wait`).
+pub fn wake_object(key: u64) {
     let mut s = SCHEDULER.lock();
-    let mut woken = 0;
+    let woken = s.queues.take_waiters(Key::Object(key), usize::MAX, |_| true);
+    make_woken_run(s, woken);
+}
+
+/// Makes the threads just taken off a wait queue runnable and kicks idle vCPUs to run them; returns how many.
+fn make_woken_run(mut s: crate::sync::SpinGuard<'_, Scheduler>, woken: alloc::collections::VecDeque<usize>) -> usize {
+    if woken.is_empty() {
+        return 0;
+    }
     // A woken thread whose stack a vCPU still idles on can only run there: kick that one; others can run anywhere.
     let mut pinned = 0u64;
-    for t in s.threads.iter_mut() {
-        if woken == count {
-            break;
-        }
-        if let (State::Blocked, Some(Wait::Futex { addr: a, bitset: b })) = (t.state, t.wait) {
-            if a == addr && b & bitset != 0 {
-                t.state = State::Runnable;
-                t.wait = None;
-                t.woken = Woken::Wake;
-                woken += 1;
-                pinned |= t.on_cpu.map_or(0, |c| 1 << c);
-            }
-        }
+    for &slot in &woken {
+        let deadline = s.threads[slot].deadline;
+        s.queues.unblock(slot, None, deadline);
+        s.make_runnable(slot, Woken::Wake);
+        pinned |= s.threads[slot].on_cpu.map_or(0, |c| 1 << c);
     }
-    let free = woken - pinned.count_ones() as usize;
+    let free = woken.len() - pinned.count_ones() as usize;
     let pinned = pinned & s.idle & !(1 << percpu::id());
     s.idle &= !pinned;
     let idle = pinned | take_idle(&mut s, free);
     drop(s);
     kick(idle);
-    woken
+    woken.len()
 }
 
-/// Moves up to `count` waiters from `from` to `to` without waking them; returns how many.
+/// Moves up to `count` waiters from futex `from` to futex `to` without waking them; returns how many.
 pub fn requeue(from: u64, to: u64, count: usize) -> usize {
     let mut s = SCHEDULER.lock();
-    let mut moved = 0;
-    for t in s.threads.iter_mut() {
-        if moved == count {
-            break;
-        }
-        if let (State::Blocked, Some(Wait::Futex { addr, bitset })) = (t.state, t.wait) {
-            if addr == from {
-                t.wait = Some(Wait::Futex { addr: to, bitset });
-                moved += 1;
-            }
+    let moved = s.queues.requeue(Key::Futex(from), Key::Futex(to), count);
+    for &slot in &moved {
+        if let Some(Wait::Futex { addr, .. }) = &mut s.threads[slot].wait {
+            *addr = to;
         }
     }
-    moved
+    moved.len()
 }
 
 /// Ends the current thread: clears and wakes its `clear_child_tid` (how `pthread_join` learns of it), then runs
@@ -480,7 +548,7 @@ pub fn exit_current(code: u64) -> ! {
     let me = percpu::current().thread;
     let (clear, free, last) = {
         let mut s = SCHEDULER.lock();
-        let last = live_threads(&s) == 1;
+        let last = s.live == 1;
         let t = &mut s.threads[me];
         (t.clear_child_tid, t.free_at_exit.take(), last)
     };
@@ -499,6 +567,8 @@ pub fn exit_current(code: u64) -> ! {
     // The slot (and the kernel stack we still run on) is not reused while `on_cpu` names us.
     s.threads[me].state = State::Free;
     s.threads[me].wait = None;
+    s.free.push(me);
+    s.live -= 1;
     core::mem::forget(s);
     schedule();
     unreachable!("an exited thread was scheduled again")
@@ -549,18 +619,18 @@ fn idle_until_runnable() -> usize {
         // SAFETY: the lock is held on entry and at the top of every round.
         let s = unsafe { SCHEDULER.get_locked() };
         expire_deadlines(s);
-        let current = percpu::current().thread;
-        let mine = |t: &Thread| t.state == State::Runnable && t.on_cpu.is_none_or(|c| c == cpu_id);
-        let found = (1..=MAX_THREADS).map(|i| (current + i) % MAX_THREADS).find(|&i| mine(&s.threads[i]));
-        if let Some(next) = found {
+        let threads = &s.threads;
+        if let Some(next) = s.queues.take_runnable(|slot| threads[slot].on_cpu.is_none_or(|c| c == cpu_id)) {
             s.idle &= !(1 << cpu_id);
             return next;
         }
-        let runnable_elsewhere = s.threads.iter().any(|t| {
-            matches!(t.state, State::Running | State::Runnable)
-                || matches!(t.wait, Some(Wait::Signal | Wait::SignalIn(_)))
-        });
-        let blocked = s.threads.iter().filter(|t| t.state == State::Blocked).map(|t| t.deadline).min();
+        // Nothing for this vCPU: it is about to wait in the VMM (tens of microseconds), so a look at every thread
+        // costs little here.
+        let runnable_elsewhere = s.queues.any_runnable()
+            || s.threads.iter().any(|t| {
+                t.state == State::Running || matches!(t.wait, Some(Wait::Signal | Wait::SignalIn(_)))
+            });
+        let blocked = s.queues.next_deadline();
         // A timer that will expire can wake a thread (its signal), and so can the network stack's next timer (a
         // retransmission): deadlines too.
         let net = crate::net::next_deadline();
@@ -568,7 +638,7 @@ fn idle_until_runnable() -> usize {
         // Packets from the network card can come at any time: no deadline then is no deadlock.
         let net_wakes = crate::net::can_wake();
         if !runnable_elsewhere && !net_wakes && deadline.is_none_or(|d| d == u64::MAX) {
-            hypercall::deadlock(live_threads(s) as u64, &waits(s));
+            hypercall::deadlock(s.live as u64, &waits(s));
         }
         s.idle |= 1 << cpu_id;
         // SAFETY: nothing obtained under the lock is used while it is released.
@@ -591,9 +661,7 @@ fn waits(s: &Scheduler) -> alloc::string::String {
     for t in s.threads.iter().filter(|t| t.state != State::Free) {
         let sep = if out.is_empty() { "" } else { ", " };
         let _ = match t.wait {
-            Some(Wait::Futex { addr, .. }) if addr == crate::file::io_key() => {
-                write!(out, "{sep}thread {} on I/O", t.tid)
-            }
+            Some(Wait::Object(_)) => write!(out, "{sep}thread {} on I/O", t.tid),
             Some(Wait::Futex { addr, .. }) => write!(out, "{sep}thread {} on futex {addr:#x}", t.tid),
             _ => write!(out, "{sep}thread {} waiting", t.tid),
         };
@@ -603,12 +671,8 @@ fn waits(s: &Scheduler) -> alloc::string::String {
 
 fn expire_deadlines(s: &mut Scheduler) {
     let now = time::since_boot_ns();
-    for t in s.threads.iter_mut() {
-        if t.state == State::Blocked && t.deadline <= now {
-            t.state = State::Runnable;
-            t.wait = None;
-            t.woken = Woken::Deadline;
-        }
+    while let Some(slot) = s.queues.expired(now) {
+        s.unblock(slot, Woken::Deadline);
     }
 }
 

@@ -7,6 +7,7 @@ use crate::file::console::{self, IoVec};
 use crate::file::epoll::{Ctl, Epoll, EPOLLEXCLUSIVE};
 use crate::file::eventfd::EventFd;
 use crate::file::pipe::{self, Pipe};
+use crate::file::wait::PollSet;
 use crate::file::{self, File, Object, O_ACCMODE, O_APPEND, O_CLOEXEC, O_NONBLOCK, O_RDONLY, O_RDWR, O_WRONLY};
 use crate::sync::SpinLock;
 use crate::vfs::{self, Inode};
@@ -714,13 +715,24 @@ fn poll_until(fds: u64, count: u64, deadline: u64) -> SysResult {
     if count > file::MAX_FDS as u64 {
         return Err(Errno::EINVAL);
     }
+    // Watched before the first look, so that no change after it goes unseen.
+    let mut watching = PollSet::new();
+    if deadline > time::since_boot_ns() {
+        let size = core::mem::size_of::<PollFd>() as u64;
+        for i in 0..count {
+            let p: PollFd = user::read(fds + i * size)?;
+            if let Ok(f) = u64::try_from(p.fd).map_err(|_| Errno::EBADF).and_then(file::get) {
+                watching.watch(f);
+            }
+        }
+    }
     loop {
-        let seen = file::io_generation();
+        let seen = watching.waitable.count();
         let ready = poll_once(fds, count)?;
         if ready > 0 || time::since_boot_ns() >= deadline {
             return Ok(ready);
         }
-        file::wait_io(seen, deadline)?;
+        watching.waitable.wait(seen, deadline)?;
     }
 }
 
@@ -814,13 +826,9 @@ pub fn epoll_ctl(a: &Args) -> SysResult {
     if events & EPOLLEXCLUSIVE != 0 && !matches!(op, Ctl::Add) {
         return Err(Errno::EINVAL);
     }
-    let interest_changed = !matches!(op, Ctl::Del);
+    // ADD and MOD wake a thread already in epoll_wait, to look at the new interest (tokio registers a connected
+    // socket while another worker waits).
     epoll.ctl(op, fd, &target, events, data)?;
-    if interest_changed {
-        // A thread already in epoll_wait must look at the new interest: the descriptor may be ready now, and no
-        // change of it will come to wake that thread (tokio registers a connected socket while another worker waits).
-        file::notify(0);
-    }
     Ok(0)
 }
 
@@ -834,12 +842,12 @@ fn epoll_wait_until(epfd: u64, events: u64, max: u64, deadline: u64) -> SysResul
     let max = (max as usize).min(file::MAX_FDS);
     let mut ready = alloc::vec::Vec::new();
     loop {
-        let seen = file::io_generation();
+        let seen = epoll.waitable.count();
         epoll.collect(&mut ready, max);
         if !ready.is_empty() || time::since_boot_ns() >= deadline {
             break;
         }
-        file::wait_io(seen, deadline)?;
+        epoll.waitable.wait(seen, deadline)?;
     }
     for (i, &(events_ready, data)) in ready.iter().enumerate() {
         user::write(events + i as u64 * 12, EpollEvent { events: events_ready, data })?;
@@ -888,8 +896,17 @@ fn select_until(nfds: u64, sets: [u64; 3], deadline: u64) -> SysResult {
             }
         }
     }
+    let mut watching = PollSet::new();
+    if deadline > time::since_boot_ns() {
+        for fd in 0..nfds {
+            let (w, bit) = ((fd / 64) as usize, 1u64 << (fd % 64));
+            if wanted.iter().any(|set| set[w] & bit != 0) {
+                watching.watch(file::get(fd)?);
+            }
+        }
+    }
     loop {
-        let seen = file::io_generation();
+        let seen = watching.waitable.count();
         let mut result = [[0u64; 16]; 3];
         let mut count = 0;
         for fd in 0..nfds {
@@ -922,7 +939,7 @@ fn select_until(nfds: u64, sets: [u64; 3], deadline: u64) -> SysResult {
             }
             return Ok(count);
         }
-        file::wait_io(seen, deadline)?;
+        watching.waitable.wait(seen, deadline)?;
     }
 }
 

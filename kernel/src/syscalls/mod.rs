@@ -283,6 +283,7 @@ pub extern "C" fn dispatch(frame: &mut SyscallFrame) -> i64 {
     // A signal for this thread runs its handler now, on the way out.
     signal::poll_host_signals();
     crate::timers::fire_due();
+    crate::net::poll_if_due();
     crate::net::pay_late_kick();
     match crate::sched::take_signal() {
         Some(sig) => signal::deliver(frame, sig, ret),
