@@ -469,3 +469,52 @@ fn user_network_publishes_udp() {
     assert_eq!(child.wait(), Some(0));
     assert_eq!(stdout.lines().map(Result::unwrap).collect::<Vec<_>>(), ["echoed 3 datagrams"]);
 }
+
+/// SO_RCVBUF/SO_SNDBUF, SO_LINGER and the keep-alive options on the loopback, each checked by its effect inside the
+/// guest (see tests/guests/c/sockopts.c).
+#[test]
+fn socket_options_change_what_connections_do() {
+    if !kvm::available() {
+        return;
+    }
+    let out = kiln().args(["run", "--cpus", "2"]).arg(guests::c("sockopts")).arg("local").run();
+    out.assert_code(0);
+    assert!(!out.stdout_text().contains("FAILED"), "{}", out.stdout_text());
+}
+
+/// A guest connection with keep-alive (probes after 1 s of silence, 1 s apart, 2 of them) fails once the host stops
+/// answering (its address is taken off the tap, so Linux drops what the guest sends), while a connection without
+/// keep-alive to the same host stays open.
+#[test]
+fn tap_keep_alive_finds_a_silent_peer() {
+    let Some(ns) = tap_namespace() else { return };
+    let listener = ns.enter(|| TcpListener::bind(format!("{HOST}:9002")).expect("bind in the namespace"));
+    let server = std::thread::spawn(move || (listener.accept().unwrap(), listener.accept().unwrap()));
+    let tap = format!("tap:{TAP}");
+    let ip = format!("{GUEST}/24");
+    let mut child = kiln()
+        .netns(&ns)
+        .args(["run", "--net", &tap, "--ip", &ip])
+        .arg(guests::c("sockopts"))
+        .args(["keepalive", HOST, "9002"])
+        .into_command()
+        .spawn()
+        .expect("start kiln");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
+    let mut child = Running(child);
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("sockopts' first line");
+    assert_eq!(line, "connected\n");
+    // Both connections were accepted: keep them open on the host while the address goes.
+    let _connections = server.join().unwrap();
+    let status = std::process::Command::new("ip")
+        .args(["-n", &ns.name, "addr", "del", &format!("{HOST}/24"), "dev", TAP])
+        .status()
+        .expect("run ip");
+    assert!(status.success(), "ip addr del failed");
+    let code = child.wait();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    assert_eq!(code, Some(0), "{rest}");
+    assert!(rest.contains("ok: a connection with keep-alive fails") && !rest.contains("FAILED"), "{rest}");
+}

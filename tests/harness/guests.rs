@@ -62,6 +62,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("timers", "timers.c", Link::Static),
     ("netpeer", "netpeer.c", Link::Static),
     ("volume", "volume.c", Link::Static),
+    ("sockopts", "sockopts.c", Link::Static),
 ];
 
 /// The binaries of tests/guests/rust (each `src/bin/NAME.rs`).

@@ -96,13 +96,14 @@ const NOTES: &[(u64, &str)] = &[
     (52, INET),
     (
         54,
-        "partial: TCP_NODELAY, SO_RCVTIMEO, SO_SNDTIMEO; other SOL_SOCKET, IP, IPV6, TCP and UDP options are accepted \
-          and change nothing",
+        "partial: TCP_NODELAY, SO_RCVTIMEO, SO_SNDTIMEO, SO_RCVBUF, SO_SNDBUF (TCP; from the next connect or \
+          backlog socket), SO_KEEPALIVE, TCP_KEEPIDLE/KEEPINTVL/KEEPCNT, SO_LINGER; other SOL_SOCKET, IP, IPV6, TCP \
+          and UDP options are accepted and change nothing",
     ),
     (
         55,
-        "partial: SO_ERROR, SO_TYPE, SO_DOMAIN, SO_PROTOCOL, SO_ACCEPTCONN, SO_RCVTIMEO, SO_SNDTIMEO, buffer sizes; \
-          other options read as 0",
+        "partial: SO_ERROR, SO_TYPE, SO_DOMAIN, SO_PROTOCOL, SO_ACCEPTCONN, SO_RCVTIMEO, SO_SNDTIMEO, SO_RCVBUF, \
+          SO_SNDBUF, SO_KEEPALIVE, TCP_KEEP*, SO_LINGER; other options read as 0",
     ),
     (288, INET),
     (307, INET),

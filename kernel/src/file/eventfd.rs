@@ -20,7 +20,6 @@ impl EventFd {
         Arc::new(EventFd { value: SpinLock::new(initial), semaphore, waitable: Waitable::new() })
     }
 
-
     fn changed(&self) {
         self.waitable.changed();
     }

@@ -31,7 +31,6 @@ impl Pipe {
         Arc::new(Pipe { state, waitable: Waitable::new() })
     }
 
-
     /// Records a change of state and wakes whoever waits for one.
     fn changed(&self) {
         self.waitable.changed();

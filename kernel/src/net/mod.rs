@@ -12,6 +12,7 @@
 pub mod addr;
 pub mod card;
 pub mod link;
+pub mod options;
 pub mod socket;
 pub mod virtio;
 
@@ -186,8 +187,11 @@ pub fn with<R>(f: impl FnOnce(&mut Stack) -> R) -> R {
     let s = guard.as_mut().expect("set up by stack()");
     let result = f(s);
     s.poll();
-    let to_tell = core::mem::take(&mut s.to_tell);
+    let mut to_tell = core::mem::take(&mut s.to_tell);
     drop(guard);
+    // Once each (a listener's backlog sockets share its waitable).
+    to_tell.sort_unstable_by_key(Arc::as_ptr);
+    to_tell.dedup_by(|a, b| Arc::ptr_eq(a, b));
     for waitable in to_tell {
         waitable.changed();
     }
@@ -205,15 +209,25 @@ pub fn poll() {
     with(|_| ());
 }
 
-/// When the stack next needs a poll for a timer (ns since boot; `u64::MAX`: none), as of its last poll.
-static TIMER_DUE: AtomicU64 = AtomicU64::new(u64::MAX);
+/// When a syscall's end last looked whether the stack's timers were due (ns since boot).
+static TIMERS_LOOKED: AtomicU64 = AtomicU64::new(0);
+/// How often a syscall's end looks: smoltcp's timers (retransmissions, keep-alive) are hundreds of milliseconds and
+/// more apart, and a look visits every socket.
+const TIMERS_EVERY_NS: u64 = 10_000_000;
 
-/// At a syscall's end: polls the stack if a timer of it (a retransmission, a keep-alive) is due. Threads waiting on
-/// sockets do not wake up for the stack's timers themselves (that would wake them all at each); idle vCPUs poll when
-/// they are due, and this covers vCPUs that never idle.
+/// At a syscall's end: polls the stack if a timer of it (a retransmission, a keep-alive) is due, looking at most
+/// every [`TIMERS_EVERY_NS`], on one vCPU at a time. Threads waiting on sockets do not wake up for the stack's timers
+/// themselves (that would wake them all at each); idle vCPUs poll when they are due, and this covers vCPUs that never
+/// idle.
 pub fn poll_if_due() {
-    let due = TIMER_DUE.load(Ordering::Relaxed);
-    if due != u64::MAX && time::since_boot_ns() >= due {
+    let looked = TIMERS_LOOKED.load(Ordering::Relaxed);
+    let now = time::since_boot_ns();
+    if now < looked.saturating_add(TIMERS_EVERY_NS)
+        || TIMERS_LOOKED.compare_exchange(looked, now, Ordering::Relaxed, Ordering::Relaxed).is_err()
+    {
+        return;
+    }
+    if next_deadline().is_some_and(|due| due <= now) {
         poll();
     }
 }
@@ -352,16 +366,10 @@ impl Stack {
             let _ = KICK_OWED.compare_exchange(0, time::since_boot_ns().max(1), Ordering::SeqCst, Ordering::SeqCst);
         }
         self.reap();
+        // A poll whose every round was quiet changed no socket: every look is as it was.
         if changed {
             self.note_changes();
         }
-        let due = match self.unfinished {
-            true => time::since_boot_ns(),
-            false => self.iface.poll_delay(now(), &self.sockets).map_or(u64::MAX, |d| {
-                time::since_boot_ns().saturating_add(d.total_micros() * 1000)
-            }),
-        };
-        TIMER_DUE.store(due, Ordering::Relaxed);
     }
 
     /// Queues the waitables of the sockets that look different from the last look to be told.
@@ -370,9 +378,7 @@ impl Stack {
             let now = look(&self.sockets, handle, tracked.tcp);
             if now != tracked.seen {
                 tracked.seen = now;
-                if !self.to_tell.iter().any(|w| Arc::ptr_eq(w, &tracked.waitable)) {
-                    self.to_tell.push(tracked.waitable.clone());
-                }
+                self.to_tell.push(tracked.waitable.clone());
             }
         }
     }
@@ -492,6 +498,14 @@ impl Stack {
 
     pub fn release_port(&mut self, protocol: Protocol, port: u16) {
         self.ports.remove(&(protocol, port));
+    }
+
+    /// A TCP connection the program closed with SO_LINGER's zero timeout: it is reset (at the next poll), then
+    /// forgotten.
+    pub fn abort_later(&mut self, handle: SocketHandle) {
+        self.sockets.get_mut::<tcp::Socket>(handle).abort();
+        self.tracked.remove(&handle);
+        self.closing.push(handle);
     }
 
     /// A TCP connection the program closed: it finishes its FIN exchange in the background.

@@ -6,6 +6,7 @@
 //! wait on the descriptor's waitable, which a poll of the stack that changes one of its smoltcp sockets tells.
 
 use super::addr::{self, AF_INET6};
+use super::options::{Direction, Options, DEFAULT_BUFFER};
 use super::{inspect, with, Protocol, Stack};
 use crate::errno::Errno;
 use crate::file::wait::Waitable;
@@ -20,8 +21,8 @@ use smoltcp::socket::{tcp, udp};
 use smoltcp::wire::{IpAddress, IpEndpoint, IpListenEndpoint};
 
 pub const POLLRDHUP: u16 = 0x2000;
-/// Bytes each direction of a TCP connection buffers.
-pub const TCP_BUFFER: usize = 64 << 10;
+/// Bytes each direction of a TCP connection buffers by default.
+pub const TCP_BUFFER: usize = DEFAULT_BUFFER;
 /// Datagrams and bytes a UDP socket buffers each way.
 const UDP_PACKETS: usize = 64;
 const UDP_BUFFER: usize = 64 << 10;
@@ -54,13 +55,14 @@ struct State {
     error: Option<Errno>,
     /// SO_RCVTIMEO and SO_SNDTIMEO in nanoseconds, 0 for none.
     timeouts: [u64; 2],
+    options: Options,
     /// TCP while connecting: where to, and `Stack::accepts` when the connection was last tried.
     connecting_to: Option<(IpEndpoint, u64)>,
 }
 
 impl State {
     /// A socket in `role`, at `local`, not yet shut down, bound by its own port or sent to.
-    fn new(role: Role, local: (Option<IpAddress>, u16), timeouts: [u64; 2]) -> State {
+    fn new(role: Role, local: (Option<IpAddress>, u16), timeouts: [u64; 2], options: Options) -> State {
         State {
             role,
             local,
@@ -71,6 +73,7 @@ impl State {
             reset_reported: false,
             error: None,
             timeouts,
+            options,
             connecting_to: None,
         }
     }
@@ -98,9 +101,11 @@ fn zeroed(n: usize) -> Result<Vec<u8>, Errno> {
     Ok(unsafe { Vec::from_raw_parts(ptr, n, n) })
 }
 
-fn tcp_socket() -> Result<tcp::Socket<'static>, Errno> {
-    let rx = tcp::SocketBuffer::new(zeroed(TCP_BUFFER)?);
-    let mut socket = tcp::Socket::new(rx, tcp::SocketBuffer::new(zeroed(TCP_BUFFER)?));
+fn tcp_socket(options: &Options) -> Result<tcp::Socket<'static>, Errno> {
+    let rx = tcp::SocketBuffer::new(zeroed(options.buffer(Direction::Receive))?);
+    let tx = tcp::SocketBuffer::new(zeroed(options.buffer(Direction::Send))?);
+    let mut socket = tcp::Socket::new(rx, tx);
+    options.configure(&mut socket);
     // ACK at once: a delayed ACK only helps on a real network, and on the loopback it holds each window update back
     // until its timer (10 ms), which throttled a bulk transfer to 6 MB/s.
     socket.set_ack_delay(None);
@@ -159,7 +164,8 @@ impl Socket {
                 Role::Datagram(with(|s| s.add_udp(socket, &waitable)))
             }
         };
-        Ok(Socket { family, protocol, state: SpinLock::new(State::new(role, (None, 0), [0; 2])), waitable })
+        let state = State::new(role, (None, 0), [0; 2], Options::default());
+        Ok(Socket { family, protocol, state: SpinLock::new(state), waitable })
     }
 
     pub fn bind(&self, address: Option<IpAddress>, port: u16) -> Result<(), Errno> {
@@ -203,10 +209,12 @@ impl Socket {
         with(|s| {
             let mut st = self.state.lock();
             let endpoint = IpListenEndpoint { addr: st.local.0, port: st.local.1 };
+            let options = st.options;
             match &mut st.role {
                 Role::Fresh => {
-                    let handles =
-                        (0..want).map(|_| listening(s, endpoint, &self.waitable)).collect::<Result<Vec<_>, _>>()?;
+                    let handles = (0..want)
+                        .map(|_| listening(s, endpoint, &self.waitable, &options))
+                        .collect::<Result<Vec<_>, _>>()?;
                     st.role = Role::Listening(handles);
                     *s.listeners.entry(endpoint.port).or_insert(0) += 1;
                     Ok(())
@@ -214,7 +222,7 @@ impl Socket {
                 // listen again: only the backlog changes.
                 Role::Listening(handles) => {
                     while handles.len() < want {
-                        handles.push(listening(s, endpoint, &self.waitable)?);
+                        handles.push(listening(s, endpoint, &self.waitable, &options)?);
                     }
                     Ok(())
                 }
@@ -228,14 +236,15 @@ impl Socket {
         until(&self.waitable, patience, |s| {
             let mut st = self.state.lock();
             let endpoint = IpListenEndpoint { addr: st.local.0, port: st.local.1 };
+            let options = st.options;
             let Role::Listening(handles) = &mut st.role else { return Some(Err(Errno::EINVAL)) };
-            if let Err(e) = replace_reset(s, handles, endpoint, &self.waitable) {
+            if let Err(e) = replace_reset(s, handles, endpoint, &self.waitable, &options) {
                 return Some(Err(e));
             }
             let ready = handles.iter().position(|&h| {
                 matches!(s.sockets.get::<tcp::Socket>(h).state(), tcp::State::Established | tcp::State::CloseWait)
             })?;
-            let fresh = match listening(s, endpoint, &self.waitable) {
+            let fresh = match listening(s, endpoint, &self.waitable, &options) {
                 Ok(fresh) => fresh,
                 Err(e) => return Some(Err(e)),
             };
@@ -248,7 +257,7 @@ impl Socket {
             let tcp = s.sockets.get::<tcp::Socket>(connection);
             let peer = tcp.remote_endpoint().unwrap_or(IpEndpoint::new(addr::unspecified(self.family), 0));
             let local = tcp.local_endpoint().map(|e| (Some(e.addr), e.port)).unwrap_or(st.local);
-            let state = State::new(Role::Connected(connection), local, st.timeouts);
+            let state = State::new(Role::Connected(connection), local, st.timeouts, options);
             let waitable = Waitable::new();
             s.track(connection, &waitable);
             let socket = Socket { family: self.family, protocol: Protocol::Tcp, state: SpinLock::new(state), waitable };
@@ -270,7 +279,7 @@ impl Socket {
                 Role::Connected(_) => return Err(Errno::EISCONN),
                 _ => return Err(Errno::EINVAL),
             }
-            st.role = Role::Connecting(dial(s, remote, st.local, &self.waitable)?);
+            st.role = Role::Connecting(dial(s, remote, st.local, &self.waitable, &st.options)?);
             st.connecting_to = Some((remote, s.accepts));
             Ok(())
         })?;
@@ -441,6 +450,39 @@ impl Socket {
         self.state.lock().timeouts[usize::from(send)] = ns;
     }
 
+    /// The socket's options, as set or inherited from its listener.
+    pub fn options(&self) -> Options {
+        self.state.lock().options
+    }
+
+    /// Changes the socket's options with `change`. Keep-alive applies to the connection at once; buffer sizes to the
+    /// smoltcp sockets made from now on (a connect's, a listener's next backlog sockets), since smoltcp cannot resize
+    /// a socket's buffers.
+    pub fn set_options(&self, change: impl FnOnce(&mut Options) -> Result<(), Errno>) -> Result<(), Errno> {
+        inspect(|s| {
+            let mut st = self.state.lock();
+            change(&mut st.options)?;
+            let options = st.options;
+            let handles = match &st.role {
+                Role::Connected(h) | Role::Connecting(h) => core::slice::from_ref(h),
+                Role::Listening(handles) => &handles[..],
+                Role::Fresh | Role::Datagram(_) => &[],
+            };
+            for &h in handles {
+                options.configure(s.sockets.get_mut::<tcp::Socket>(h));
+            }
+            Ok(())
+        })
+    }
+
+    /// [`Socket::set_options`] for a change that cannot fail.
+    pub fn update_options(&self, change: impl FnOnce(&mut Options)) {
+        let _ = self.set_options(|o| {
+            change(o);
+            Ok(())
+        });
+    }
+
     pub fn is_listening(&self) -> bool {
         matches!(self.state.lock().role, Role::Listening(_))
     }
@@ -519,10 +561,11 @@ fn replace_reset(
     handles: &mut [SocketHandle],
     endpoint: IpListenEndpoint,
     waitable: &Arc<Waitable>,
+    options: &Options,
 ) -> Result<(), Errno> {
     for h in handles.iter_mut() {
         if s.sockets.get::<tcp::Socket>(*h).state() == tcp::State::Closed {
-            let fresh = listening(s, endpoint, waitable)?;
+            let fresh = listening(s, endpoint, waitable, options)?;
             s.remove(core::mem::replace(h, fresh));
         }
     }
@@ -530,8 +573,13 @@ fn replace_reset(
 }
 
 /// A fresh socket listening on `endpoint`, in the stack, whose changes tell the listener's `waitable`.
-fn listening(s: &mut Stack, endpoint: IpListenEndpoint, waitable: &Arc<Waitable>) -> Result<SocketHandle, Errno> {
-    let mut socket = tcp_socket()?;
+fn listening(
+    s: &mut Stack,
+    endpoint: IpListenEndpoint,
+    waitable: &Arc<Waitable>,
+    options: &Options,
+) -> Result<SocketHandle, Errno> {
+    let mut socket = tcp_socket(options)?;
     socket.listen(endpoint).map_err(|_| Errno::EADDRINUSE)?;
     Ok(s.add_tcp(socket, waitable))
 }
@@ -543,12 +591,13 @@ fn dial(
     remote: IpEndpoint,
     local: (Option<IpAddress>, u16),
     waitable: &Arc<Waitable>,
+    options: &Options,
 ) -> Result<SocketHandle, Errno> {
     let source = match local.0 {
         Some(bound) => bound,
         None => s.source_for(remote.addr)?,
     };
-    let mut socket = tcp_socket()?;
+    let mut socket = tcp_socket(options)?;
     let local = IpListenEndpoint { addr: Some(source), port: local.1 };
     socket.connect(s.iface.context(), remote, local).map_err(|_| Errno::ECONNREFUSED)?;
     Ok(s.add_tcp(socket, waitable))
@@ -564,7 +613,7 @@ fn refresh(st: &mut State, s: &mut Stack, waitable: &Arc<Waitable>) {
         tcp::State::Closed | tcp::State::TimeWait => match st.connecting_to {
             Some((remote, seen)) if s.listeners.contains_key(&remote.port) => {
                 if s.accepts != seen {
-                    if let Ok(again) = dial(s, remote, st.local, waitable) {
+                    if let Ok(again) = dial(s, remote, st.local, waitable, &st.options) {
                         s.remove(h);
                         st.role = Role::Connecting(again);
                         st.connecting_to = Some((remote, s.accepts));
@@ -587,13 +636,44 @@ fn refresh(st: &mut State, s: &mut Stack, waitable: &Arc<Waitable>) {
     }
 }
 
+impl Socket {
+    /// SO_LINGER with a timeout, on close: sends the FIN and waits until the peer has acknowledged it and all data
+    /// before it, or until the timeout passes (then the connection finishes closing in the background, as on Linux).
+    /// A signal ends the wait early.
+    fn linger(&self) {
+        let (handle, seconds) = {
+            let st = self.state.lock();
+            match (&st.role, st.options.linger_s) {
+                (Role::Connected(h), Some(seconds)) if seconds > 0 => (*h, seconds),
+                _ => return,
+            }
+        };
+        with(|s| s.sockets.get_mut::<tcp::Socket>(handle).close());
+        let deadline = time::since_boot_ns().saturating_add(u64::from(seconds) * 1_000_000_000);
+        loop {
+            let seen = self.waitable.count();
+            let delivered = inspect(|s| {
+                let tcp = s.sockets.get::<tcp::Socket>(handle);
+                tcp.send_queue() == 0
+                    && matches!(tcp.state(), tcp::State::FinWait2 | tcp::State::TimeWait | tcp::State::Closed)
+            });
+            if delivered || time::since_boot_ns() >= deadline || self.waitable.wait(seen, deadline).is_err() {
+                return;
+            }
+        }
+    }
+}
+
 impl Drop for Socket {
     fn drop(&mut self) {
+        self.linger();
         let protocol = self.protocol;
         with(|s| {
             let st = self.state.lock();
             match &st.role {
                 Role::Fresh => {}
+                // SO_LINGER with a zero timeout: the connection is reset, and what it held is dropped.
+                Role::Connected(h) if st.options.linger_s == Some(0) => s.abort_later(*h),
                 Role::Connected(h) => s.close_later(*h),
                 Role::Connecting(h) | Role::Datagram(h) => s.remove(*h),
                 Role::Listening(handles) => {

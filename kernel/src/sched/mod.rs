@@ -627,9 +627,9 @@ fn idle_until_runnable() -> usize {
         // Nothing for this vCPU: it is about to wait in the VMM (tens of microseconds), so a look at every thread
         // costs little here.
         let runnable_elsewhere = s.queues.any_runnable()
-            || s.threads.iter().any(|t| {
-                t.state == State::Running || matches!(t.wait, Some(Wait::Signal | Wait::SignalIn(_)))
-            });
+            || s.threads
+                .iter()
+                .any(|t| t.state == State::Running || matches!(t.wait, Some(Wait::Signal | Wait::SignalIn(_))));
         let blocked = s.queues.next_deadline();
         // A timer that will expire can wake a thread (its signal), and so can the network stack's next timer (a
         // retransmission): deadlines too.

@@ -7,6 +7,7 @@ use crate::file::console::IoVec;
 use crate::file::pipe::{self, Pipe};
 use crate::file::{self, File, Object, O_CLOEXEC, O_NONBLOCK, O_RDWR};
 use crate::net::addr::{self, AF_INET, AF_INET6};
+use crate::net::options::{Direction, Keep};
 use crate::net::socket::{Patience, Socket, MAX_BACKLOG, TCP_BUFFER};
 use crate::net::Protocol;
 use crate::user;
@@ -29,12 +30,17 @@ const SO_TYPE: u64 = 3;
 const SO_ERROR: u64 = 4;
 const SO_SNDBUF: u64 = 7;
 const SO_RCVBUF: u64 = 8;
+const SO_KEEPALIVE: u64 = 9;
+const SO_LINGER: u64 = 13;
 const SO_RCVTIMEO: u64 = 20;
 const SO_SNDTIMEO: u64 = 21;
 const SO_ACCEPTCONN: u64 = 30;
 const SO_DOMAIN: u64 = 39;
 const SO_PROTOCOL: u64 = 38;
 const TCP_NODELAY: u64 = 1;
+const TCP_KEEPIDLE: u64 = 4;
+const TCP_KEEPINTVL: u64 = 5;
+const TCP_KEEPCNT: u64 = 6;
 const MSG_PEEK: u64 = 0x2;
 const MSG_DONTWAIT: u64 = 0x40;
 const MSG_NOSIGNAL: u64 = 0x4000;
@@ -354,16 +360,62 @@ pub fn setsockopt(a: &Args) -> SysResult {
             s.set_nodelay(value != 0);
             Ok(0)
         }
+        (SOL_SOCKET, SO_LINGER) => {
+            if a[4] < 8 {
+                return Err(Errno::EINVAL);
+            }
+            let [on, seconds]: [i32; 2] = user::read(a[3])?;
+            // A negative time is a huge one, as Linux takes it.
+            let seconds = u32::try_from(seconds).unwrap_or(u32::MAX);
+            s.update_options(|o| o.linger_s = (on != 0).then_some(seconds));
+            Ok(0)
+        }
+        (SOL_SOCKET, SO_RCVBUF | SO_SNDBUF | SO_KEEPALIVE)
+        | (IPPROTO_TCP, TCP_KEEPIDLE | TCP_KEEPINTVL | TCP_KEEPCNT)
+            if a[4] < 4 =>
+        {
+            Err(Errno::EINVAL)
+        }
+        (SOL_SOCKET, which @ (SO_RCVBUF | SO_SNDBUF)) => {
+            let direction = if which == SO_RCVBUF { Direction::Receive } else { Direction::Send };
+            s.update_options(|o| o.set_buffer(direction, value));
+            Ok(0)
+        }
+        (SOL_SOCKET, SO_KEEPALIVE) => {
+            s.update_options(|o| o.set_keep_alive(value != 0));
+            Ok(0)
+        }
+        (IPPROTO_TCP, which @ (TCP_KEEPIDLE | TCP_KEEPINTVL | TCP_KEEPCNT)) => {
+            s.set_options(|o| o.set_keep(keep_option(which), value)).map(|()| 0)
+        }
         // Accepted: what they ask for is what Kiln does anyway, or has no effect on a loopback (SO_REUSEADDR,
-        // SO_REUSEPORT, SO_KEEPALIVE, SO_LINGER, buffer sizes, TCP keep-alive timing, IPV6_V6ONLY, TOS, ...).
+        // SO_REUSEPORT, IPV6_V6ONLY, TOS, ...).
         (SOL_SOCKET | IPPROTO_TCP | IPPROTO_IP | IPPROTO_IPV6 | IPPROTO_UDP, _) => Ok(0),
         _ => Err(Errno::ENOPROTOOPT),
+    }
+}
+
+fn keep_option(which: u64) -> Keep {
+    match which {
+        TCP_KEEPIDLE => Keep::Idle,
+        TCP_KEEPINTVL => Keep::Interval,
+        _ => Keep::Count,
     }
 }
 
 pub fn getsockopt(a: &Args) -> SysResult {
     let f = socket_of(a[0])?;
     let s = socket(&f);
+    if let (SOL_SOCKET, SO_LINGER) = (a[1], a[2]) {
+        let linger = s.options().linger_s;
+        let value = [i32::from(linger.is_some()), linger.map_or(0, |t| t.min(i32::MAX as u32) as i32)];
+        let room: u32 = user::read(a[4])?;
+        let mut bytes = [0u8; 8];
+        bytes[..4].copy_from_slice(&value[0].to_le_bytes());
+        bytes[4..].copy_from_slice(&value[1].to_le_bytes());
+        user::write_bytes(a[3], &bytes[..(room as usize).min(8)])?;
+        return user::write(a[4], 8u32).map(|()| 0);
+    }
     if let (SOL_SOCKET, which @ (SO_RCVTIMEO | SO_SNDTIMEO)) = (a[1], a[2]) {
         let ns = s.timeout(which == SO_SNDTIMEO);
         let value = [(ns / 1_000_000_000) as i64, ((ns % 1_000_000_000) / 1000) as i64];
@@ -390,7 +442,12 @@ pub fn getsockopt(a: &Args) -> SysResult {
             }
         }
         (SOL_SOCKET, SO_ACCEPTCONN) => i32::from(s.is_listening()),
-        (SOL_SOCKET, SO_SNDBUF | SO_RCVBUF) => TCP_BUFFER as i32,
+        (SOL_SOCKET, SO_RCVBUF) => s.options().reported_buffer(Direction::Receive) as i32,
+        (SOL_SOCKET, SO_SNDBUF) => s.options().reported_buffer(Direction::Send) as i32,
+        (SOL_SOCKET, SO_KEEPALIVE) => i32::from(s.options().keep_alive()),
+        (IPPROTO_TCP, which @ (TCP_KEEPIDLE | TCP_KEEPINTVL | TCP_KEEPCNT)) => {
+            s.options().keep(keep_option(which)) as i32
+        }
         (SOL_SOCKET | IPPROTO_TCP | IPPROTO_IP | IPPROTO_IPV6 | IPPROTO_UDP, _) => 0,
         _ => return Err(Errno::ENOPROTOOPT),
     };

@@ -1,0 +1,118 @@
+//! Socket options that change what a TCP connection does: buffer sizes (SO_RCVBUF, SO_SNDBUF), keep-alive
+//! (SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT) and lingering on close (SO_LINGER), with Linux's limits
+//! and reporting. A connection accepted from a listener starts with the listener's options, as on Linux.
+
+use crate::errno::Errno;
+use smoltcp::socket::tcp;
+use smoltcp::time::Duration;
+
+/// Bytes each direction of a TCP connection buffers unless SO_RCVBUF/SO_SNDBUF say otherwise.
+pub const DEFAULT_BUFFER: usize = 64 << 10;
+/// Linux's `net.core.rmem_max` and `wmem_max` defaults: the most SO_RCVBUF/SO_SNDBUF may ask for.
+const MAX_BUFFER: usize = 212_992;
+/// The least Linux reports for SO_RCVBUF and SO_SNDBUF (SOCK_MIN_RCVBUF, SOCK_MIN_SNDBUF on x86-64).
+const MIN_REPORTED: [usize; 2] = [2304, 4608];
+/// Linux's keep-alive defaults (tcp_keepalive_time, _intvl, _probes) and the limits of the TCP_KEEP* options.
+const KEEP_IDLE_S: u32 = 7200;
+const KEEP_INTERVAL_S: u32 = 75;
+const KEEP_COUNT: u32 = 9;
+const MAX_KEEP_S: u32 = 32767;
+const MAX_KEEP_COUNT: u32 = 127;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Receive = 0,
+    Send = 1,
+}
+
+#[derive(Clone, Copy)]
+pub struct Options {
+    /// What SO_RCVBUF and SO_SNDBUF report: twice the bytes buffered, as Linux reports (it counts its bookkeeping).
+    reported: [usize; 2],
+    keep_alive: bool,
+    keep_idle_s: u32,
+    keep_interval_s: u32,
+    keep_count: u32,
+    /// SO_LINGER's seconds when on.
+    pub linger_s: Option<u32>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            reported: [2 * DEFAULT_BUFFER; 2],
+            keep_alive: false,
+            keep_idle_s: KEEP_IDLE_S,
+            keep_interval_s: KEEP_INTERVAL_S,
+            keep_count: KEEP_COUNT,
+            linger_s: None,
+        }
+    }
+}
+
+impl Options {
+    /// SO_RCVBUF / SO_SNDBUF as Linux takes them: capped at the maximum, doubled, raised to the minimum.
+    pub fn set_buffer(&mut self, which: Direction, asked: i32) {
+        let asked = usize::try_from(asked).unwrap_or(0).min(MAX_BUFFER);
+        self.reported[which as usize] = (2 * asked).max(MIN_REPORTED[which as usize]);
+    }
+
+    pub fn reported_buffer(&self, which: Direction) -> usize {
+        self.reported[which as usize]
+    }
+
+    /// The bytes a new smoltcp socket buffers that way.
+    pub fn buffer(&self, which: Direction) -> usize {
+        self.reported[which as usize] / 2
+    }
+
+    pub fn set_keep_alive(&mut self, on: bool) {
+        self.keep_alive = on;
+    }
+
+    pub fn keep_alive(&self) -> bool {
+        self.keep_alive
+    }
+
+    /// TCP_KEEPIDLE, TCP_KEEPINTVL (seconds) or TCP_KEEPCNT; EINVAL outside Linux's range.
+    pub fn set_keep(&mut self, which: Keep, value: i32) -> Result<(), Errno> {
+        let max = if which == Keep::Count { MAX_KEEP_COUNT } else { MAX_KEEP_S };
+        let value = u32::try_from(value).ok().filter(|v| (1..=max).contains(v)).ok_or(Errno::EINVAL)?;
+        match which {
+            Keep::Idle => self.keep_idle_s = value,
+            Keep::Interval => self.keep_interval_s = value,
+            Keep::Count => self.keep_count = value,
+        }
+        Ok(())
+    }
+
+    pub fn keep(&self, which: Keep) -> u32 {
+        match which {
+            Keep::Idle => self.keep_idle_s,
+            Keep::Interval => self.keep_interval_s,
+            Keep::Count => self.keep_count,
+        }
+    }
+
+    /// Gives `socket` the keep-alive these options ask for. smoltcp has one interval: a probe goes after each
+    /// TCP_KEEPIDLE seconds of silence; the connection is aborted when the peer has said nothing for as long as
+    /// Linux would have waited for its last probe (idle + interval x count).
+    pub fn configure(&self, socket: &mut tcp::Socket<'_>) {
+        if self.keep_alive {
+            let idle = u64::from(self.keep_idle_s);
+            let give_up = idle + u64::from(self.keep_interval_s) * u64::from(self.keep_count);
+            socket.set_keep_alive(Some(Duration::from_secs(idle)));
+            socket.set_timeout(Some(Duration::from_secs(give_up)));
+        } else {
+            socket.set_keep_alive(None);
+            socket.set_timeout(None);
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    Idle,
+    Interval,
+    Count,
+}
