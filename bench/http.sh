@@ -5,13 +5,16 @@
 # latency percentiles, errors, VM exits per request (kiln --stats) and host CPU seconds per 1,000 requests
 # (utime + stime of the kiln or native process).
 #
-#   bench/http.sh [SECONDS]      (default 30 per server and place; CONNECTIONS=64 THREADS=2 override wrk's)
+#   bench/http.sh [SECONDS]      (default 30 per server and place; CONNECTIONS=64 THREADS=2 override wrk's,
+#                                 MEMORY=256M kiln's --memory, SERVERS="tiny_http axum go" which servers run)
 #
 # Needs root for the tap rows (skipped without it) and installs wrk with apt-get when it is missing.
 set -euo pipefail
 duration=${1:-30}
 connections=${CONNECTIONS:-64}
 threads=${THREADS:-2}
+memory=${MEMORY:-256M}
+only=${SERVERS:-tiny_http axum go}
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 if ! command -v wrk >/dev/null; then
@@ -35,7 +38,7 @@ servers=("tiny_http|$rust_bin/http_tiny|" "axum|$rust_bin/http_axum|" "go net/ht
 # tiny_http runs a thread per connection; Kiln backs whole thread stacks with guest memory, so keep them small (the
 # same everywhere, so that the three places run the same program).
 program_env=(--env RUST_MIN_STACK=131072)
-kiln_flags=(run --stats --cpus 2 --memory 256M "${program_env[@]}")
+kiln_flags=(run --stats --cpus 2 --memory "$memory" "${program_env[@]}")
 
 ns=kiln-bench-$$
 tap=kbtap0
@@ -117,12 +120,13 @@ print(f"| {name} | {where} | {rps:,.0f} | {p50} | {p99} | {errors} | {non2xx} | 
 EOF
 }
 
-echo "host: $(uname -r), $(nproc) CPUs; wrk -t$threads -c$connections -d${duration}s --latency, GET /; kiln --cpus 2 --memory 256M"
+echo "host: $(uname -r), $(nproc) CPUs; wrk -t$threads -c$connections -d${duration}s --latency, GET /; kiln --cpus 2 --memory $memory"
 echo
 echo "| server | where | req/s | p50 | p99 | socket errors | non-2xx | VM exits/request | host CPU s/1k requests |"
 echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
 for entry in "${servers[@]}"; do
   IFS='|' read -r name program pre <<<"$entry"
+  case " $only " in *" ${name%% *} "*) ;; *) continue ;; esac
   pre_args=()
   [ -n "$pre" ] && pre_args=("$pre")
 
