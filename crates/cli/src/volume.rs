@@ -179,10 +179,12 @@ pub fn attach(name: &str) -> Result<File> {
     Ok(file)
 }
 
-/// Has `e2fsck -p` check and repair a volume whose last VM did not unmount it (killed, or the host crashed), as a
-/// Linux boot does for a filesystem not cleanly unmounted: writing to it unchecked could spread the damage.
+/// Has e2fsck check and repair a volume whose last VM did not unmount it (killed, or the host crashed), as a Linux
+/// boot does for a filesystem not cleanly unmounted: writing to it unchecked could spread the damage. `-y`, not
+/// `-p`: a VM killed between a sync's two batches can leave an inode that a deleted or renamed-over name no longer
+/// reaches, which preen mode leaves to a person; `-y` puts it in lost+found, and nothing that was synced is lost.
 fn repair(name: &str, path: &std::path::Path) -> Result<()> {
-    let out = Command::new("e2fsck").arg("-p").arg(path).output().map_err(|e| match e.kind() {
+    let out = Command::new("e2fsck").arg("-fy").arg(path).output().map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => anyhow!(
             "volume {name} was not detached cleanly and needs a check, but e2fsck is not installed; install e2fsprogs"
         ),
@@ -196,7 +198,7 @@ fn repair(name: &str, path: &std::path::Path) -> Result<()> {
             Ok(())
         }
         _ => bail!(
-            "volume {name} was not detached cleanly and e2fsck -p cannot repair it alone; run `e2fsck -f {}`",
+            "volume {name} was not detached cleanly and e2fsck cannot repair it; run `e2fsck -f {}`",
             path.display()
         ),
     }
