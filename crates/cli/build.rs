@@ -36,7 +36,7 @@ fn main() {
     let elf = target_dir.join("x86_64-unknown-none/release/kiln-kernel");
     std::fs::copy(&elf, out.join("kiln-kernel.elf")).expect("copy the library OS image");
 
-    for path in ["kernel/src", "kernel/Cargo.toml", "kernel/Cargo.lock", "crates/abi/src"] {
+    for path in ["kernel/src", "kernel/Cargo.toml", "kernel/Cargo.lock", "crates/abi/src", "crates/ext2/src"] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
 }

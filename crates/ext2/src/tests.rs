@@ -198,6 +198,12 @@ fn a_sync_writes_data_then_metadata_each_flushed() {
     assert_eq!(writes[0], (u64::from(data_block) * 4096, 4096, true));
     assert!(writes.len() > 2 && writes.last().unwrap().2);
     assert!(writes[1..].iter().all(|w| w.0 != u64::from(data_block) * 4096));
+
+    // Overwriting in the same second: the data block alone, flushed once.
+    fs.cache.dev.1.clear();
+    fs.write(f, 0, b"record 2\n").unwrap();
+    fs.sync().unwrap();
+    assert_eq!(fs.cache.dev.1, [(u64::from(data_block) * 4096, 4096, true)]);
 }
 
 #[test]
