@@ -21,13 +21,20 @@ impl<D: BlockDevice> Ext2<D> {
             let base = self.sb.first_data_block + g * self.sb.blocks_per_group;
             let count = self.sb.blocks_per_group.min(self.sb.blocks_count - base);
             let bitmap = self.groups[g as usize].block_bitmap;
-            let Some(bit) = take_bit(self.cache.modify(bitmap, Class::Meta)?, count) else { continue };
+            let freed = &self.freed_since_sync;
+            let reusable = |bit: u32| !freed.contains(&(base + bit));
+            let Some(bit) = take_bit(self.cache.modify(bitmap, Class::Meta)?, count, reusable) else { continue };
             self.groups[g as usize].free_blocks -= 1;
             self.sb.free_blocks -= 1;
             self.meta_changed = true;
             let block = base + bit;
             self.cache.fresh(block, class);
             return Ok(block);
+        }
+        if !self.freed_since_sync.is_empty() {
+            // Every free block was freed since the last sync: sync, and they may be used again.
+            self.sync()?;
+            return self.alloc_block(goal, class);
         }
         Err(Ext2Error::NoSpace)
     }
@@ -40,6 +47,7 @@ impl<D: BlockDevice> Ext2<D> {
         let (g, bit) = ((rel / self.sb.blocks_per_group) as usize, rel % self.sb.blocks_per_group);
         let bitmap = self.groups[g].block_bitmap;
         if clear_bit(self.cache.modify(bitmap, Class::Meta)?, bit) {
+            self.freed_since_sync.insert(block);
             self.groups[g].free_blocks += 1;
             self.sb.free_blocks += 1;
             self.meta_changed = true;
@@ -59,10 +67,8 @@ impl<D: BlockDevice> Ext2<D> {
             if self.groups[g as usize].free_inodes == 0 {
                 continue;
             }
-            let bitmap = self.groups[g as usize].inode_bitmap;
-            let Some(bit) = take_bit(self.cache.modify(bitmap, Class::Meta)?, self.sb.inodes_per_group) else {
-                continue;
-            };
+            let (bitmap, count) = (self.groups[g as usize].inode_bitmap, self.sb.inodes_per_group);
+            let Some(bit) = take_bit(self.cache.modify(bitmap, Class::Meta)?, count, |_| true) else { continue };
             let ino = g * self.sb.inodes_per_group + bit + 1;
             if ino < self.sb.first_ino {
                 // A reserved inode marked free: leave it to e2fsck rather than hand it out.
@@ -96,20 +102,23 @@ impl<D: BlockDevice> Ext2<D> {
     }
 }
 
-/// Sets the first clear bit among the first `count`; its index.
-fn take_bit(bitmap: &mut [u8], count: u32) -> Option<u32> {
+/// Sets the first clear bit among the first `count` that `usable` accepts; its index.
+fn take_bit(bitmap: &mut [u8], count: u32, usable: impl Fn(u32) -> bool) -> Option<u32> {
     let bytes = (count as usize).div_ceil(8).min(bitmap.len());
     for (i, byte) in bitmap[..bytes].iter_mut().enumerate() {
         if *byte == 0xff {
             continue;
         }
-        let bit = byte.trailing_ones();
-        let index = i as u32 * 8 + bit;
-        if index >= count {
-            return None;
+        for bit in 0..8 {
+            let index = i as u32 * 8 + bit;
+            if index >= count {
+                return None;
+            }
+            if *byte & (1 << bit) == 0 && usable(index) {
+                *byte |= 1 << bit;
+                return Some(index);
+            }
         }
-        *byte |= 1 << bit;
-        return Some(index);
     }
     None
 }
@@ -129,11 +138,12 @@ mod tests {
     #[test]
     fn bits_are_taken_in_order_and_within_the_count() {
         let mut map = [0b0000_0111u8, 0];
-        assert_eq!(take_bit(&mut map, 16), Some(3));
+        assert_eq!(take_bit(&mut map, 16, |_| true), Some(3));
         assert_eq!(map[0], 0b0000_1111);
+        assert_eq!(take_bit(&mut map, 16, |i| i != 4 && i != 5), Some(6), "bits refused are skipped");
         let mut full = [0xffu8, 0b0000_0001];
-        assert_eq!(take_bit(&mut full, 9), None);
-        assert_eq!(take_bit(&mut full, 10), Some(9));
+        assert_eq!(take_bit(&mut full, 9, |_| true), None);
+        assert_eq!(take_bit(&mut full, 10, |_| true), Some(9));
         assert!(clear_bit(&mut full, 9));
         assert!(!clear_bit(&mut full, 9));
     }

@@ -42,6 +42,10 @@ pub struct Ext2<D> {
     /// Open handles per inode, and inodes unlinked while open (freed when the last handle goes).
     open: BTreeMap<u32, u32>,
     orphans: BTreeSet<u32>,
+    /// Blocks freed since the last sync, not handed out again before it: until then the metadata on the device may
+    /// still point at them, and new data written there first (data goes before metadata) would land in a file that
+    /// has not yet let go of them.
+    pub(crate) freed_since_sync: BTreeSet<u32>,
 }
 
 fn check_name(name: &str) -> Result<&[u8]> {
@@ -73,6 +77,7 @@ impl<D: BlockDevice> Ext2<D> {
             clock,
             open: BTreeMap::new(),
             orphans: BTreeSet::new(),
+            freed_since_sync: BTreeSet::new(),
         };
         let count = fs.sb.groups() as usize;
         let bs = fs.sb.block_size as usize;
@@ -553,7 +558,9 @@ impl<D: BlockDevice> Ext2<D> {
             self.cache.modify(block, Class::Meta)?[at..at + SUPERBLOCK_SIZE].copy_from_slice(&raw);
             self.meta_changed = false;
         }
-        self.cache.sync()
+        self.cache.sync()?;
+        self.freed_since_sync.clear();
+        Ok(())
     }
 
     /// Total and free bytes, and total and free inodes (for statfs).

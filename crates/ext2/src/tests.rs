@@ -222,6 +222,28 @@ fn a_mounted_volume_is_marked_in_use_until_unmounted() {
 }
 
 #[test]
+fn blocks_freed_since_the_last_sync_are_not_reused_before_it() {
+    let path = mkfs("reuse.img", 8);
+    let mut fs = mount(&path);
+    let old = fs.create(ROOT_INO, "old", 0o644).unwrap();
+    fs.write(old, 0, &pattern(8192, 3)).unwrap();
+    fs.sync().unwrap();
+    let blocks_of = |fs: &mut Ext2<FileDevice>, ino| {
+        let mut inode = fs.read_inode(ino).unwrap();
+        (0..2).map(|fb| fs.map_block(&mut inode, fb, false, 0).unwrap().unwrap()).collect::<Vec<_>>()
+    };
+    let freed = blocks_of(&mut fs, old);
+    fs.truncate(old, 0).unwrap();
+    let new = fs.create(ROOT_INO, "new", 0o644).unwrap();
+    fs.write(new, 0, &pattern(8192, 4)).unwrap();
+    assert!(blocks_of(&mut fs, new).iter().all(|b| !freed.contains(b)), "reused before the truncate was synced");
+    fs.sync().unwrap();
+    fsck_clean(&path);
+    // After the sync they are free for anyone.
+    assert!(fs.freed_since_sync.is_empty());
+}
+
+#[test]
 fn volumes_kiln_cannot_write_are_refused() {
     let path = mkfs("ext4.img", 8);
     let out = Command::new("tune2fs").args(["-O", "extents"]).arg(&path).output().expect("tune2fs");
