@@ -80,15 +80,20 @@ impl<D: BlockDevice> Ext2<D> {
             freed_since_sync: BTreeSet::new(),
         };
         let count = fs.sb.groups() as usize;
+        if u64::from(fs.sb.inodes_count) > count as u64 * u64::from(fs.sb.inodes_per_group) {
+            return Err(Ext2Error::Corrupt("more inodes than the groups hold"));
+        }
         let bs = fs.sb.block_size as usize;
         let per_block = bs / GROUP_DESC_SIZE;
         for i in 0..count {
             let block = fs.gdt_block(i / per_block);
             let at = (i % per_block) * GROUP_DESC_SIZE;
             let g = GroupDesc::parse(&fs.cache.read(block)?[at..at + GROUP_DESC_SIZE]);
-            let inside = |b: u32| b >= fs.sb.first_data_block && b < fs.sb.blocks_count;
-            let table_blocks = (fs.sb.inodes_per_group * u32::from(fs.sb.inode_size)).div_ceil(fs.sb.block_size);
-            if !inside(g.block_bitmap) || !inside(g.inode_bitmap) || !inside(g.inode_table + table_blocks - 1) {
+            let inside = |b: u64| b >= u64::from(fs.sb.first_data_block) && b < u64::from(fs.sb.blocks_count);
+            let table_bytes = u64::from(fs.sb.inodes_per_group) * u64::from(fs.sb.inode_size);
+            let table_end = u64::from(g.inode_table) + table_bytes.div_ceil(u64::from(fs.sb.block_size));
+            let fits = inside(g.block_bitmap.into()) && inside(g.inode_bitmap.into()) && inside(table_end - 1);
+            if !fits || g.inode_table == 0 {
                 return Err(Ext2Error::Corrupt("a group descriptor points outside the volume"));
             }
             fs.groups.push(g);

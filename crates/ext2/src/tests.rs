@@ -243,6 +243,58 @@ fn blocks_freed_since_the_last_sync_are_not_reused_before_it() {
     assert!(fs.freed_since_sync.is_empty());
 }
 
+/// Damaged volumes (the host checks a user's file with this code, and a guest could write anything to its own
+/// volume): every operation fails with an error or succeeds, and nothing panics.
+#[test]
+fn damaged_volumes_give_errors_not_panics() {
+    let path = mkfs("damaged.img", 4);
+    let mut fs = mount(&path);
+    let dir = fs.mkdir(ROOT_INO, "d", 0o755).unwrap();
+    for i in 0..40 {
+        let f = fs.create(dir, &format!("f{i}"), 0o644).unwrap();
+        fs.write(f, 0, &pattern(5000 + i * 3000, i as u8)).unwrap();
+    }
+    fs.sync().unwrap();
+    drop(fs);
+    let pristine = std::fs::read(&path).unwrap();
+    // Metadata lives in the first blocks: superblock, descriptors, bitmaps, inode table, the directories' blocks.
+    let span = pristine.len().min(64 * 4096);
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut mounted = 0;
+    for round in 0..300 {
+        let mut image = pristine.clone();
+        for _ in 0..1 + round % 8 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let at = (seed % span as u64) as usize;
+            image[at] = (seed >> 32) as u8;
+        }
+        std::fs::write(&path, &image).unwrap();
+        let f = File::options().read(true).write(true).open(&path).unwrap();
+        let Ok(mut fs) = Ext2::mount(FileDevice(f, Vec::new()), image.len() as u64, 64, clock) else { continue };
+        mounted += 1;
+        let mut buf = vec![0u8; 64 << 10];
+        if let Ok(entries) = fs.read_dir(ROOT_INO) {
+            for (_, ino, _) in entries {
+                if let Ok(list) = fs.read_dir(ino) {
+                    for (name, f, _) in list.into_iter().take(10) {
+                        let _ = fs.read(f, 0, &mut buf);
+                        let _ = fs.write(f, 100, b"more");
+                        let _ = fs.truncate(f, 1000);
+                        let _ = fs.unlink(ino, &name);
+                    }
+                }
+                let _ = fs.create(ino, "new", 0o644);
+            }
+        }
+        let _ = fs.mkdir(ROOT_INO, "x", 0o755);
+        let _ = fs.rename(ROOT_INO, "d", ROOT_INO, "e");
+        let _ = fs.sync();
+    }
+    assert!(mounted > 150, "most damaged volumes still mount, so the operations ran: {mounted} of 300");
+}
+
 #[test]
 fn volumes_kiln_cannot_write_are_refused() {
     let path = mkfs("ext4.img", 8);
