@@ -97,6 +97,15 @@ impl Inode {
         }
     }
 
+    /// For a file on a volume, the volume's size and use (statfs): bytes, free bytes, inodes, free inodes, block
+    /// size.
+    pub fn volume_usage(&self) -> Option<(u64, u64, u64, u64, u32)> {
+        match &self.backing {
+            Backing::Memory(_) => None,
+            Backing::Volume(node) => Some(node.usage()),
+        }
+    }
+
     /// Writes the file back to its volume (fsync); nothing to do in memory.
     pub fn sync(&self) -> Result<(), Errno> {
         match &self.backing {

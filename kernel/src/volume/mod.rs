@@ -245,6 +245,13 @@ impl Node {
             .collect())
     }
 
+    /// The volume's size and use, for statfs: bytes, free bytes, inodes, free inodes, block size.
+    pub fn usage(&self) -> (u64, u64, u64, u64, u32) {
+        let fs = self.volume.fs.lock();
+        let (bytes, free, inodes, free_inodes) = fs.usage();
+        (bytes, free, inodes, free_inodes, fs.block_size())
+    }
+
     /// fsync: everything the volume changed reaches the host file (this file's data and metadata among it).
     pub fn sync(&self) -> Result<(), Errno> {
         self.volume.fs.lock().sync().map_err(errno)

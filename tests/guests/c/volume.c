@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <unistd.h>
 
 #define BIG (3 << 20)
@@ -124,6 +125,11 @@ static void do_read(const char *root) {
   check(stat(at(0, root, "dir"), &st) == 0 && S_ISDIR(st.st_mode), "dir is a directory");
   check(chdir(at(0, root, "dir/sub")) == 0 && read_file("hello.txt", small, sizeof small) == 14,
         "chdir into the volume and open a relative path");
+  struct statfs sfs;
+  check(statfs(root, &sfs) == 0 && sfs.f_type == 0xEF53 && sfs.f_bsize == 4096 && sfs.f_blocks == (64 << 20) / 4096 &&
+            sfs.f_bfree > 0 && sfs.f_bfree < sfs.f_blocks,
+        "statfs on the volume: ext2, 64 MiB, partly used");
+  check(statfs("/tmp", &sfs) == 0 && sfs.f_type == 0x01021994, "statfs off the volume: tmpfs");
 }
 
 int main(int argc, char **argv) {
