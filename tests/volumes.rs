@@ -131,6 +131,20 @@ fn a_volume_written_by_one_instance_is_read_by_the_next() {
     assert!(image.stdout_text().ends_with("0 failures\n"), "{image}");
 }
 
+/// Rust's std::fs (tests/guests/rust fs, written for /tmp) passes with a volume mounted over /tmp, on two vCPUs.
+#[test]
+fn rust_std_fs_passes_on_a_volume() {
+    if !kvm::available() {
+        return;
+    }
+    let home = home("rust-fs");
+    kiln_in(&home).args(["volume", "create", "tmp", "--size", "16M"]).run().assert_code(0);
+    let run = kiln_in(&home).args(["run", "--cpus", "2", "-v", "tmp:/tmp"]).arg(guests::rust("fs")).run();
+    run.assert_code(0);
+    assert!(run.stdout_text().starts_with("fs: size=790 "), "{run}");
+    e2fsck_clean(&volume_file(&home, "tmp"));
+}
+
 #[test]
 fn a_volume_attached_to_a_running_instance_cannot_be_attached_again() {
     if !kvm::available() {

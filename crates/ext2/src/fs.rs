@@ -538,8 +538,13 @@ impl<D: BlockDevice> Ext2<D> {
         self.sync()
     }
 
-    /// Syncs and records a clean unmount.
+    /// Frees the files unlinked while still open (as the end of the program closes everything), syncs, and records
+    /// a clean unmount.
     pub fn unmount(&mut self) -> Result<()> {
+        for ino in core::mem::take(&mut self.orphans) {
+            self.release(ino)?;
+        }
+        self.open.clear();
         self.sync()?;
         self.sb.state |= STATE_VALID;
         self.meta_changed = true;

@@ -157,6 +157,13 @@ fn an_open_unlinked_file_lives_until_closed() {
     fs.close(f).unwrap();
     fs.sync().unwrap();
     fsck_clean(&path);
+    // Still open when the volume is unmounted (the program ended without closing it): freed then.
+    let g = fs.create(ROOT_INO, "tmp2", 0o644).unwrap();
+    fs.write(g, 0, b"bytes").unwrap();
+    fs.open(g);
+    fs.unlink(ROOT_INO, "tmp2").unwrap();
+    fs.unmount().unwrap();
+    fsck_clean(&path);
 }
 
 #[test]
