@@ -21,6 +21,9 @@ pub const ETHERNET_HEADER: usize = 14;
 pub const BROADCAST: [u8; 6] = [0xff; 6];
 /// Packets kept while the next hop's address is asked for; older ones are dropped (TCP sends again).
 const HELD_PACKETS: usize = 32;
+/// Most neighbours remembered, and most addresses remembered as asked about; beyond, the oldest is forgotten (it is
+/// asked for again when needed), so that a busy or hostile link cannot grow the tables without end.
+const NEIGHBOURS: usize = 256;
 /// Least time between two questions (ARP requests, neighbour solicitations) for one address.
 const ASK_RETRY_US: u64 = 500_000;
 /// Neighbour discovery's messages carry the largest hop limit, so that a receiver knows they came from the link.
@@ -150,7 +153,7 @@ impl Card {
         match self.asked.iter_mut().find(|a| a.0 == ip) {
             Some(a) if (now - a.1).total_micros() < ASK_RETRY_US => return,
             Some(a) => a.1 = now,
-            None => self.asked.push((ip, now)),
+            None => remember(&mut self.asked, (ip, now)),
         }
         let mac = self.address.mac;
         match ip {
@@ -171,7 +174,7 @@ impl Card {
         }
         match self.neighbours.iter_mut().find(|n| n.0 == ip) {
             Some(n) => n.1 = mac,
-            None if asked_us || self.asked.iter().any(|a| a.0 == ip) => self.neighbours.push((ip, mac)),
+            None if asked_us || self.asked.iter().any(|a| a.0 == ip) => remember(&mut self.neighbours, (ip, mac)),
             None => {}
         }
         self.release_held();
@@ -282,6 +285,14 @@ impl Card {
             }
         }
     }
+}
+
+/// Adds `entry` to a table of at most [`NEIGHBOURS`], forgetting the oldest to make room.
+fn remember<T>(table: &mut Vec<T>, entry: T) {
+    if table.len() == NEIGHBOURS {
+        table.remove(0);
+    }
+    table.push(entry);
 }
 
 fn hardware(mac: [u8; 6]) -> RawHardwareAddress {
