@@ -325,6 +325,17 @@ fn pipes_eventfds_poll_epoll_select_and_device_files_work() {
     }
 }
 
+/// Threads wake for exactly what they wait on: 15 pairs play ping-pong over pipes, eventfds and loopback TCP, each
+/// side waiting its own way (blocking read, poll, select, level- and edge-triggered epoll), while 32 threads wait on
+/// a pipe nobody writes. A lost wake-up would leave a pair waiting for good (reported as a deadlock).
+#[test]
+fn waits_on_objects_lose_no_wakeups() {
+    if !kvm::available() {
+        return;
+    }
+    passes_on_one_and_two_vcpus(&guests::c("wakeups"), "wakeups: ok", &[]);
+}
+
 #[test]
 fn files_live_in_memory_and_come_from_the_host() {
     if !kvm::available() {

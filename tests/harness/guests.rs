@@ -63,6 +63,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("netpeer", "netpeer.c", Link::Static),
     ("volume", "volume.c", Link::Static),
     ("sockopts", "sockopts.c", Link::Static),
+    ("wakeups", "wakeups.c", Link::Static),
     ("fsyncer", "fsyncer.c", Link::Static),
 ];
 
