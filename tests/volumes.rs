@@ -131,6 +131,32 @@ fn a_volume_written_by_one_instance_is_read_by_the_next() {
     assert!(image.stdout_text().ends_with("0 failures\n"), "{image}");
 }
 
+/// Two volumes side by side, one at a nested path: each keeps its own files.
+#[test]
+fn volumes_mount_side_by_side() {
+    if !kvm::available() {
+        return;
+    }
+    let home = home("side-by-side");
+    for name in ["one", "two"] {
+        kiln_in(&home).args(["volume", "create", name, "--size", "64M"]).run().assert_code(0);
+    }
+    let guest = guests::c("volume");
+    let write = kiln_in(&home)
+        .args(["run", "-v", "one:/one", "-v", "two:/srv/two"])
+        .arg(&guest)
+        .args(["write", "/srv/two"])
+        .run();
+    write.assert_code(0);
+    let read = kiln_in(&home).args(["run", "-v", "two:/two"]).arg(&guest).args(["read", "/two"]).run();
+    read.assert_code(0);
+    assert!(read.stdout_text().ends_with("0 failures\n"), "{read}");
+    for name in ["one", "two"] {
+        e2fsck_clean(&volume_file(&home, name));
+    }
+    assert_eq!(debugfs_cat(&volume_file(&home, "one"), "/dir/sub/hello.txt"), "", "volume one was not written");
+}
+
 /// Rust's std::fs (tests/guests/rust fs, written for /tmp) passes with a volume mounted over /tmp, on two vCPUs.
 #[test]
 fn rust_std_fs_passes_on_a_volume() {
