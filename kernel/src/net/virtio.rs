@@ -220,13 +220,15 @@ pub fn setup(mmio_phys: u64, mtu: u16) -> Result<(Receiver, Transmitter), SetupE
         }
         regs.write(REG_QUEUE_READY, 1);
     }
-    regs.write(REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
-    // Every receive slot goes to the device. No notification: the device looks when a frame comes.
+    // Every receive slot goes to the device before the card starts, so that frames that came before (a -p client
+    // that connected early) go into them at once. No notification: the device looks when a frame comes, and on
+    // starting. (Offered after the start, they waited for the next frame: a second.)
     for i in 0..size {
         rx.offer(i, slot);
     }
     rx.publish();
     rx.decided_at = rx.next_avail;
+    regs.write(REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
     Ok((Receiver { regs, queue: rx }, Transmitter { regs, queue: tx, free: (0..size).collect() }))
 }
 
