@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -50,18 +51,34 @@ pub struct StoreLock {
     _file: std::fs::File,
 }
 
+/// Temporary files are `.tmp.<pid>.<n>`: the pid tells a live writer's from one a killed process left.
+const TMP_PREFIX: &str = ".tmp.";
+
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    static WRITES: AtomicU64 = AtomicU64::new(0);
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!(".tmp.{}.{name}", std::process::id()));
+    let n = WRITES.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!("{TMP_PREFIX}{}.{n}", std::process::id()));
     let result =
         std::fs::File::create(&tmp).and_then(|mut f| f.write_all(bytes)).and_then(|()| std::fs::rename(&tmp, path));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     result.map_err(io(path))
+}
+
+/// Whether `name` is a temporary file whose writer is gone (killed while storing a blob).
+fn left_by_dead_writer(name: &str) -> bool {
+    let pid = name.strip_prefix(TMP_PREFIX).and_then(|rest| rest.split_once('.')).map(|(pid, _)| pid);
+    pid.and_then(|pid| pid.parse::<u32>().ok()).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// Every `sha256:<64 hex digits>` in `bytes`, however damaged the JSON around them is.
+fn digests_in(bytes: &[u8]) -> impl Iterator<Item = Digest> + '_ {
+    const LEN: usize = "sha256:".len() + 64;
+    bytes.windows(LEN).filter_map(|w| std::str::from_utf8(w).ok()?.parse().ok())
 }
 
 fn ref_file_name(r: &Reference) -> String {
@@ -197,13 +214,20 @@ impl Store {
         Err(StoreError::NoSuchImage(what.to_string()))
     }
 
-    /// Removes every blob no tagged image needs (`keep` names more to keep); returns the bytes freed. A manifest that
-    /// cannot be read keeps only itself, so damage never widens into deletion.
+    /// Removes every blob no tagged image needs (`keep` names more to keep); returns the bytes freed. A damaged
+    /// manifest, or one of another schema (a newer kiln's), keeps every digest written in it, and a manifest that
+    /// cannot be read just now stops the collection: an image is never collected because it could not be read.
     pub fn collect_garbage(&self, keep: &[Digest]) -> Result<u64, StoreError> {
         let mut live: BTreeSet<Digest> = keep.iter().cloned().collect();
         for (_, digest) in self.tags()? {
-            if let Ok(manifest) = self.manifest(&digest) {
-                live.extend(manifest.blobs().iter().map(|(_, b)| b.digest.clone()));
+            match self.manifest(&digest) {
+                Ok(manifest) => live.extend(manifest.blobs().iter().map(|(_, b)| b.digest.clone())),
+                Err(StoreError::Corrupt { .. } | StoreError::Manifest { .. }) => {
+                    let path = self.blob_path(&digest);
+                    live.extend(digests_in(&std::fs::read(&path).map_err(io(&path))?));
+                }
+                Err(StoreError::MissingBlob(_)) => {}
+                Err(e) => return Err(e),
             }
             live.insert(digest);
         }
@@ -217,8 +241,11 @@ impl Store {
         for entry in entries {
             let entry = entry.map_err(io(&dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Ok(digest) = format!("sha256:{name}").parse::<Digest>() else { continue };
-            if !live.contains(&digest) {
+            let unneeded = match format!("sha256:{name}").parse::<Digest>() {
+                Ok(digest) => !live.contains(&digest),
+                Err(_) => left_by_dead_writer(&name),
+            };
+            if unneeded {
                 freed += entry.metadata().map(|m| m.len()).unwrap_or(0);
                 std::fs::remove_file(entry.path()).map_err(io(&entry.path()))?;
             }
@@ -275,6 +302,40 @@ pub(crate) mod tests {
         // Only b is tagged now (its "manifest" is junk, so only the blob itself is kept).
         assert_eq!(store.collect_garbage(&[]).unwrap(), 1);
         assert!(store.blob(&b).is_ok() && matches!(store.blob(&a), Err(StoreError::MissingBlob(_))));
+        std::fs::remove_dir_all(store.root()).unwrap();
+    }
+
+    /// A manifest that fails its digest check, or that a newer kiln wrote, still keeps the blobs it names; one that
+    /// cannot be read at all stops the collection rather than freeing its image's blobs.
+    #[test]
+    fn garbage_collection_keeps_what_unreadable_manifests_name() {
+        let store = temp_store("gc");
+        let program = store.put_blob(b"program").unwrap();
+        let junk = store.put_blob(b"junk").unwrap();
+        let newer = format!("{{\"schema\": 99, \"program\": {{\"digest\": \"{program}\"}}}}\n");
+        let manifest = store.put_blob(newer.as_bytes()).unwrap();
+        store.tag(&"newer".parse().unwrap(), &manifest).unwrap();
+        assert_eq!(store.collect_garbage(&[]).unwrap(), 4, "only the junk goes");
+        assert!(store.blob(&program).is_ok() && matches!(store.blob(&junk), Err(StoreError::MissingBlob(_))));
+
+        std::fs::write(store.blob_path(&manifest), newer.replace("schema", "schemb")).unwrap();
+        assert_eq!(store.collect_garbage(&[]).unwrap(), 0, "a damaged manifest keeps what it names");
+        assert!(store.blob(&program).is_ok());
+
+        std::fs::remove_file(store.blob_path(&manifest)).unwrap();
+        std::fs::create_dir(store.blob_path(&manifest)).unwrap();
+        assert!(matches!(store.collect_garbage(&[]), Err(StoreError::Io { .. })));
+        assert!(store.blob(&program).is_ok(), "an unreadable manifest stops the collection");
+        std::fs::remove_dir(store.blob_path(&manifest)).unwrap();
+
+        // What a writer killed mid-blob left is junk once it is gone; a live writer's file is not.
+        let blobs = store.root().join("blobs/sha256");
+        std::fs::write(blobs.join(format!(".tmp.{}.7", u32::MAX)), b"half").unwrap();
+        std::fs::write(blobs.join(format!(".tmp.{}.8", std::process::id())), b"being written").unwrap();
+        assert_eq!(store.collect_garbage(&[]).unwrap(), 4 + "program".len() as u64);
+        let left: Vec<String> =
+            std::fs::read_dir(&blobs).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(left, [format!(".tmp.{}.8", std::process::id())]);
         std::fs::remove_dir_all(store.root()).unwrap();
     }
 }
