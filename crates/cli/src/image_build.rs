@@ -63,7 +63,7 @@ pub fn build(args: BuildArgs) -> Result<u8> {
     if args.quiet {
         println!("{digest}");
     } else {
-        let size = manifest.to_bytes().len() as u64 + manifest.blobs().iter().map(|(_, b)| b.size).sum::<u64>();
+        let size = manifest.total_size(manifest.to_bytes().len() as u64);
         println!("built {tag} {} ({})", digest.short(), human(size));
     }
     Ok(0)

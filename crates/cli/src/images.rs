@@ -28,7 +28,7 @@ struct ImageRow {
 fn total_size(store: &Store, digest: &Digest) -> Option<u64> {
     let manifest = store.manifest(digest).ok()?;
     let manifest_size = std::fs::metadata(store.blob_path(digest)).ok()?.len();
-    Some(manifest.blobs().iter().map(|(_, b)| b.size).sum::<u64>() + manifest_size)
+    Some(manifest.total_size(manifest_size))
 }
 
 pub fn images(args: ImagesArgs) -> Result<u8> {
@@ -156,10 +156,12 @@ struct FileRow {
 pub fn report(store: &Store, digest: &Digest) -> Result<serde_json::Value> {
     let manifest_bytes = store.blob(digest)?;
     let manifest = Manifest::from_bytes(&manifest_bytes)?;
-    for (_, blob) in manifest.blobs() {
-        store.blob(&blob.digest)?;
+    for (what, blob) in manifest.blobs() {
+        if what != "rootfs" {
+            store.image_blob(blob)?;
+        }
     }
-    let rootfs = store.blob(&manifest.rootfs.digest)?;
+    let rootfs = store.image_blob(&manifest.rootfs)?;
     let mut files = vec![FileRow {
         path: manifest.config.program_path.clone(),
         kind: "program",
@@ -180,7 +182,7 @@ pub fn report(store: &Store, digest: &Digest) -> Result<serde_json::Value> {
     }
     let tags = store.tags()?.into_iter().filter(|(_, d)| d == digest).map(|(r, _)| r.to_string()).collect();
     let size = Sizes {
-        total: manifest_bytes.len() as u64 + manifest.blobs().iter().map(|(_, b)| b.size).sum::<u64>(),
+        total: manifest.total_size(manifest_bytes.len() as u64),
         manifest: manifest_bytes.len() as u64,
         kernel: manifest.kernel.size,
         program: manifest.program.size,

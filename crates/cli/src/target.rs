@@ -107,10 +107,10 @@ fn image(args: &RunArgs, store: &kiln_image::Store, digest: Digest) -> Result<Ta
         shown: args.target.clone(),
         base_name: manifest.name.rsplit('/').next().unwrap_or(&manifest.name).to_string(),
         image_id: Some(digest),
-        kernel: Cow::Owned(store.blob(&manifest.kernel.digest)?),
-        program: store.blob(&manifest.program.digest)?,
+        kernel: Cow::Owned(store.image_blob(&manifest.kernel)?),
+        program: store.image_blob(&manifest.program)?,
         prepared: match manifest.kiln_version == env!("CARGO_PKG_VERSION") {
-            true => Some(store.blob(&manifest.prepared.digest)?),
+            true => Some(store.image_blob(&manifest.prepared)?),
             false => None,
         },
         argv,
@@ -118,7 +118,7 @@ fn image(args: &RunArgs, store: &kiln_image::Store, digest: Digest) -> Result<Ta
         exe_path: config.program_path.clone(),
         memory: Some(config.memory),
         cpus: Some(config.cpus),
-        rootfs: store.blob(&manifest.rootfs.digest)?,
+        rootfs: store.image_blob(&manifest.rootfs)?,
         ports,
         volumes,
     })

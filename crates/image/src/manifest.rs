@@ -82,6 +82,12 @@ impl Manifest {
         serde_json::from_slice(bytes).map_err(ManifestError::Json)
     }
 
+    /// The image's size in bytes: its blobs as the manifest gives them, and the manifest's own `manifest_len`
+    /// (saturating: a hostile manifest's sizes must not overflow).
+    pub fn total_size(&self, manifest_len: u64) -> u64 {
+        self.blobs().iter().fold(manifest_len, |total, (_, b)| total.saturating_add(b.size))
+    }
+
     /// Every blob the image needs, with what it is for.
     pub fn blobs(&self) -> [(&'static str, &BlobRef); 4] {
         [("kernel", &self.kernel), ("program", &self.program), ("prepared", &self.prepared), ("rootfs", &self.rootfs)]
@@ -113,6 +119,14 @@ mod tests {
         let back = Manifest::from_bytes(&bytes).unwrap();
         assert_eq!(back, sample());
         assert_eq!(back.to_bytes(), bytes);
+    }
+
+    #[test]
+    fn sizes_add_up_without_overflowing() {
+        let mut m = sample();
+        assert_eq!(m.total_size(100), 100 + "kernelprogrampreparedrootfs".len() as u64);
+        m.program.size = u64::MAX;
+        assert_eq!(m.total_size(100), u64::MAX);
     }
 
     #[test]

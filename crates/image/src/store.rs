@@ -3,7 +3,7 @@
 //! [`crate::instance`]). Every write goes to a temporary file first and is renamed into place, so a reader sees a
 //! whole file or none; blobs are checked against their digest on every read.
 
-use crate::manifest::{Manifest, ManifestError};
+use crate::manifest::{BlobRef, Manifest, ManifestError};
 use crate::reference::{Reference, ReferenceError};
 use crate::Digest;
 use std::collections::BTreeSet;
@@ -24,6 +24,8 @@ pub enum StoreError {
     Corrupt { digest: Digest, path: PathBuf },
     #[error("the store is damaged: blob {0} is missing; remove the image (kiln rmi) and build it again")]
     MissingBlob(Digest),
+    #[error("the store is damaged: blob {digest} holds {actual} bytes, and its image's manifest says {expected}; remove the image (kiln rmi) and build it again")]
+    WrongSize { digest: Digest, actual: u64, expected: u64 },
     #[error("no such image: {0}")]
     NoSuchImage(String),
     #[error("{0} names more than one image; give more of its id")]
@@ -135,6 +137,19 @@ impl Store {
         })?;
         if Digest::of(&bytes) != *digest {
             return Err(StoreError::Corrupt { digest: digest.clone(), path });
+        }
+        Ok(bytes)
+    }
+
+    /// A blob a manifest names, checked against its digest and against the size the manifest gives.
+    pub fn image_blob(&self, blob: &BlobRef) -> Result<Vec<u8>, StoreError> {
+        let bytes = self.blob(&blob.digest)?;
+        if bytes.len() as u64 != blob.size {
+            return Err(StoreError::WrongSize {
+                digest: blob.digest.clone(),
+                actual: bytes.len() as u64,
+                expected: blob.size,
+            });
         }
         Ok(bytes)
     }
@@ -277,6 +292,10 @@ pub(crate) mod tests {
         // Storing the same bytes again repairs it.
         store.put_blob(b"hello").unwrap();
         assert_eq!(store.blob(&d).unwrap(), b"hello");
+        // A manifest that gives another size for the blob is refused.
+        let wrong = BlobRef { digest: d.clone(), size: 4 };
+        assert!(matches!(store.image_blob(&wrong), Err(StoreError::WrongSize { actual: 5, expected: 4, .. })));
+        assert_eq!(store.image_blob(&BlobRef { digest: d.clone(), size: 5 }).unwrap(), b"hello");
         std::fs::remove_file(store.blob_path(&d)).unwrap();
         assert!(matches!(store.blob(&d), Err(StoreError::MissingBlob(_))));
         std::fs::remove_dir_all(store.root()).unwrap();
