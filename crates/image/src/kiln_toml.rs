@@ -228,8 +228,10 @@ pub fn parse(src: &str, file: &str, dir: PathBuf) -> Result<Project, KilnTomlErr
                     return Err(p.err(
                         v.span(),
                         format!(
-                            "name {:?} is not an image name: use lower-case letters, digits, '.', '_', '-' and '/'",
-                            project.name
+                            "name {:?} is not an image name: use at most {} lower-case letters, digits, '.', '_', '-' \
+                             and '/'",
+                            project.name,
+                            crate::reference::MAX_NAME
                         ),
                     ));
                 }

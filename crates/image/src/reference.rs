@@ -12,7 +12,7 @@ pub struct Reference {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ReferenceError {
-    #[error("{0:?} is not an image name: use lower-case letters, digits, '.', '_', '-' and '/', starting with a letter or digit")]
+    #[error("{0:?} is not an image name: use at most {MAX_NAME} lower-case letters, digits, '.', '_', '-' and '/', starting with a letter or digit")]
     Name(String),
     #[error("{0:?} is not a tag: use letters, digits, '.', '_' and '-', at most 128")]
     Tag(String),
@@ -20,8 +20,12 @@ pub enum ReferenceError {
 
 pub const DEFAULT_TAG: &str = "latest";
 
+/// The longest name: a tag is stored as the file `NAME:TAG`, which must fit a file name (255 bytes) with the
+/// longest tag (128).
+pub const MAX_NAME: usize = 126;
+
 fn valid_name(name: &str) -> bool {
-    name.len() <= 255
+    name.len() <= MAX_NAME
         && name.split('/').all(|part| {
             part.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
                 && part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
@@ -81,5 +85,8 @@ mod tests {
         assert!(matches!("../etc:x".parse::<Reference>(), Err(ReferenceError::Name(_))));
         assert!(matches!("a//b".parse::<Reference>(), Err(ReferenceError::Name(_))));
         assert!(matches!("web:../x".parse::<Reference>(), Err(ReferenceError::Tag(_))));
+        let longest = Reference::new(&"n".repeat(MAX_NAME), &"t".repeat(128)).unwrap();
+        assert_eq!(longest.to_string().len(), 255, "a tag's file name fits NAME_MAX");
+        assert!(matches!(Reference::new(&"n".repeat(MAX_NAME + 1), "t"), Err(ReferenceError::Name(_))));
     }
 }
