@@ -167,6 +167,28 @@ fn a_damaged_blob_is_refused() {
     assert!(json(&kiln_in(&home).args(["ps", "-a", "-o", "json"]).run()).as_array().unwrap().is_empty());
 }
 
+/// A record that cannot be read (or that names another directory) is shown as damaged by `ps`, stops nothing else,
+/// and `kiln rm ID` removes it.
+#[test]
+fn a_damaged_instance_record_is_reported_and_removable() {
+    let home = scratch("damaged-record");
+    std::fs::create_dir_all(home.join("instances/0123456789ab")).unwrap();
+    std::fs::write(home.join("instances/0123456789ab/record.json"), "{\"id\": \"0123").unwrap();
+    let ps = kiln_in(&home).args(["ps", "-a", "-o", "json"]).run();
+    ps.assert_code(0);
+    assert!(json(&ps).as_array().unwrap().is_empty(), "{ps}");
+    assert!(
+        ps.stderr_text().starts_with("kiln: instance record ")
+            && ps.stderr_text().contains("is damaged (kiln rm 0123456789ab removes it)"),
+        "{ps}"
+    );
+    let line = kiln_in(&home).args(["inspect", "0123456789ab"]).run().assert_kiln_error();
+    assert!(line.contains("is damaged (kiln rm 0123456789ab removes it)"), "{line}");
+    kiln_in(&home).args(["rm", "0123456789ab"]).run().assert_code(0).assert_stdout("0123456789ab\n");
+    assert!(!home.join("instances/0123456789ab").exists());
+    kiln_in(&home).args(["ps", "-a"]).run().assert_code(0).assert_stderr("");
+}
+
 #[test]
 fn an_image_runs_with_its_settings_and_files() {
     if !kvm::available() {

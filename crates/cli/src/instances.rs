@@ -33,8 +33,11 @@ fn status(i: &Instance) -> String {
 
 pub fn ps(args: PsArgs) -> Result<u8> {
     let store = home::store()?;
-    let shown: Vec<Instance> =
-        Instances::new(&store).list()?.into_iter().filter(|i| args.all || i.state != State::Exited).collect();
+    let instances = Instances::new(&store);
+    for damaged in instances.damaged()? {
+        eprintln!("kiln: {}", crate::chain(&damaged.into()));
+    }
+    let shown: Vec<Instance> = instances.list()?.into_iter().filter(|i| args.all || i.state != State::Exited).collect();
     match args.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&shown)?),
         Format::Table => {
@@ -220,7 +223,15 @@ pub fn rm(args: RmArgs) -> Result<u8> {
     let store = home::store()?;
     let instances = Instances::new(&store);
     for what in &args.instances {
-        let instance = instances.find(what)?;
+        let instance = match instances.find(what) {
+            Ok(instance) => instance,
+            Err(e) if e.damaged_id().is_some() => {
+                instances.remove(what)?;
+                println!("{what}");
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         if instance.state == State::Running {
             if !args.force {
                 bail!(

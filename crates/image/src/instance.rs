@@ -58,12 +58,15 @@ pub enum InstanceError {
     BadName { name: String },
     #[error("host port {port} is already published by instance {name} ({id})")]
     PortTaken { port: String, name: String, id: String },
-    #[error("instance record {path} is damaged")]
+    #[error("instance record {path} is damaged (kiln rm {id} removes it)")]
     Damaged {
+        id: String,
         path: PathBuf,
         #[source]
         source: serde_json::Error,
     },
+    #[error("instance record {path} is damaged (kiln rm {id} removes it): it names instance {named:?}")]
+    NotItsDirectory { id: String, path: PathBuf, named: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -104,6 +107,16 @@ pub fn new_id() -> String {
         bytes.copy_from_slice(&mixed.to_le_bytes()[..6]);
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl InstanceError {
+    /// The id of the record, when this says that the record is damaged.
+    pub fn damaged_id(&self) -> Option<&str> {
+        match self {
+            InstanceError::Damaged { id, .. } | InstanceError::NotItsDirectory { id, .. } => Some(id),
+            _ => None,
+        }
+    }
 }
 
 impl Instance {
@@ -168,7 +181,16 @@ impl<'a> Instances<'a> {
             std::io::ErrorKind::NotFound => InstanceError::NoSuch(id.to_string()),
             _ => InstanceError::Store(StoreError::Io { path: path.clone(), source: e }),
         })?;
-        serde_json::from_slice(&bytes).map_err(|source| InstanceError::Damaged { path, source })
+        let instance: Instance = serde_json::from_slice(&bytes).map_err(|source| InstanceError::Damaged {
+            id: id.to_string(),
+            path: path.clone(),
+            source,
+        })?;
+        // The id names the directory `kiln rm` removes: one that is not this record's own could be any path.
+        if instance.id != id {
+            return Err(InstanceError::NotItsDirectory { id: id.to_string(), path, named: instance.id });
+        }
+        Ok(instance)
     }
 
     /// Every instance, oldest first, as [`Instances::observe`] sees it.
@@ -178,24 +200,35 @@ impl<'a> Instances<'a> {
 
     /// Every record as written, oldest first.
     fn records(&self) -> Result<Vec<Instance>, InstanceError> {
+        Ok(self.records_and_damaged()?.0)
+    }
+
+    /// The ids of records that cannot be read (see [`InstanceError::Damaged`]): left out of [`Instances::list`], so
+    /// that one damaged record stops neither `kiln ps` nor `kiln run -d`, and removable by `kiln rm ID`.
+    pub fn damaged(&self) -> Result<Vec<InstanceError>, InstanceError> {
+        Ok(self.records_and_damaged()?.1)
+    }
+
+    fn records_and_damaged(&self) -> Result<(Vec<Instance>, Vec<InstanceError>), InstanceError> {
         let dir = self.store.root().join("instances");
         let entries = match std::fs::read_dir(&dir) {
             Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
             Err(source) => return Err(StoreError::Io { path: dir, source }.into()),
         };
-        let mut all = Vec::new();
+        let (mut all, mut damaged) = (Vec::new(), Vec::new());
         for entry in entries.flatten() {
             let id = entry.file_name().to_string_lossy().into_owned();
             match self.load(&id) {
                 Ok(instance) => all.push(instance),
                 // Removed meanwhile (`--rm`), or not written yet.
                 Err(InstanceError::NoSuch(_)) => {}
+                Err(e @ (InstanceError::Damaged { .. } | InstanceError::NotItsDirectory { .. })) => damaged.push(e),
                 Err(e) => return Err(e),
             }
         }
         all.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
-        Ok(all)
+        Ok((all, damaged))
     }
 
     /// The record, corrected if it says running but its VMM is gone: it is then exited, with the reason.
@@ -222,8 +255,12 @@ impl<'a> Instances<'a> {
         Ok(fresh)
     }
 
-    /// The instance `what` names: a name, an id, or a unique prefix of an id.
+    /// The instance `what` names: a name, an id, or a unique prefix of an id. The exact id of a damaged record
+    /// gives its [`InstanceError::Damaged`] error.
     pub fn find(&self, what: &str) -> Result<Instance, InstanceError> {
+        if let Some(damaged) = self.damaged()?.into_iter().find(|e| e.damaged_id() == Some(what)) {
+            return Err(damaged);
+        }
         let all = self.list()?;
         if let Some(found) = all.iter().find(|i| i.name == what || i.id == what) {
             return Ok(found.clone());
@@ -351,6 +388,23 @@ mod tests {
         assert_eq!(instances.list().unwrap().len(), 3);
         instances.remove("aaaaaaaaaaaa").unwrap();
         assert_eq!(instances.list().unwrap().len(), 2);
+
+        // A damaged record, or one whose id is not its directory's, is left out of the list, not fatal to it, and
+        // found only by its exact id, as damaged.
+        std::fs::create_dir_all(instances.dir("eeeeeeeeeeee")).unwrap();
+        std::fs::write(instances.record_path("eeeeeeeeeeee"), b"{\"id\": ").unwrap();
+        let escape = serde_json::to_vec(&sample("../../..", "escape", &[])).unwrap();
+        std::fs::create_dir_all(instances.dir("ffffffffffff")).unwrap();
+        std::fs::write(instances.record_path("ffffffffffff"), escape).unwrap();
+        assert_eq!(instances.list().unwrap().len(), 2);
+        let mut damaged: Vec<_> =
+            instances.damaged().unwrap().iter().map(|e| e.damaged_id().unwrap().to_string()).collect();
+        damaged.sort();
+        assert_eq!(damaged, ["eeeeeeeeeeee", "ffffffffffff"]);
+        let err = instances.find("eeeeeeeeeeee").unwrap_err();
+        assert!(err.to_string().ends_with("is damaged (kiln rm eeeeeeeeeeee removes it)"), "{err}");
+        assert!(matches!(instances.find("ffffffffffff"), Err(InstanceError::NotItsDirectory { .. })));
+        instances.create(&sample("gggggggggggg", "after", &[])).unwrap();
         std::fs::remove_dir_all(store.root()).unwrap();
     }
 }
