@@ -105,8 +105,9 @@ fn the_same_project_builds_the_same_image_anywhere() {
     kiln_in(&home).args(["tag", "hello:changed", "other:v1"]).run().assert_code(0);
     kiln_in(&home).args(["rmi", "hello:changed"]).run().assert_code(0);
     kiln_in(&home).args(["inspect", "other:v1"]).run().assert_code(0);
-    let run = kiln_in(&home).args(["rmi", "other:v1"]).run();
-    run.assert_code(0);
+    // An error on a later name still frees what the earlier ones removed.
+    let run = kiln_in(&home).args(["rmi", "other:v1", "nosuch"]).run();
+    run.assert_code(125).assert_stderr("kiln: no such image: nosuch\n");
     assert!(run.stdout_text().contains("deleted sha256:") && run.stdout_text().contains("freed"), "{run}");
     kiln_in(&home).args(["rmi", "hello:copy", "hello"]).run().assert_code(0);
     let left = std::fs::read_dir(home.join("blobs/sha256")).unwrap().count();

@@ -4,7 +4,7 @@ use crate::home;
 use crate::output::{print_table, Format};
 use anyhow::{bail, Result};
 use kiln_abi::rootfs::{entries, KIND_DIR};
-use kiln_image::instance::Instances;
+use kiln_image::instance::{Instance, Instances};
 use kiln_image::size::human;
 use kiln_image::{Digest, Manifest, Reference, Store};
 use serde::Serialize;
@@ -86,36 +86,41 @@ pub fn rmi(args: RmiArgs) -> Result<u8> {
     let store = home::store()?;
     let instances = Instances::new(&store).list()?;
     let _lock = store.lock()?;
-    for what in &args.images {
-        let digest = store.resolve(what)?;
-        let tags: Vec<Reference> = store.tags()?.into_iter().filter(|(_, d)| *d == digest).map(|(r, _)| r).collect();
-        let by_tag = what.parse::<Reference>().ok().filter(|r| tags.contains(r));
-        let removing: Vec<Reference> = match by_tag {
-            Some(r) => vec![r],
-            None => tags.clone(),
-        };
-        if removing.len() == tags.len() && !args.force {
-            if let Some(user) = instances.iter().find(|i| i.image_id.as_ref() == Some(&digest)) {
-                bail!(
-                    "{what}: instance {} ({}) was started from it; remove the instance first (kiln rm) or use --force",
-                    user.name,
-                    user.id
-                );
-            }
-        }
-        for r in &removing {
-            store.untag(r)?;
-            println!("untagged {r}");
-        }
-        if removing.len() == tags.len() {
-            println!("deleted {digest}");
-        }
-    }
+    let removed = args.images.iter().try_for_each(|what| untag_image(&store, what, &instances, args.force));
+    // Also after an error: the images removed before it must not leave their blobs behind.
     let freed = store.collect_garbage(&[])?;
     if freed > 0 {
         println!("freed {}", human(freed));
     }
-    Ok(0)
+    removed.map(|()| 0)
+}
+
+/// Removes the tag `what` names, or every tag of the image an id names; says which, and whether the image went.
+fn untag_image(store: &Store, what: &str, instances: &[Instance], force: bool) -> Result<()> {
+    let digest = store.resolve(what)?;
+    let tags: Vec<Reference> = store.tags()?.into_iter().filter(|(_, d)| *d == digest).map(|(r, _)| r).collect();
+    let by_tag = what.parse::<Reference>().ok().filter(|r| tags.contains(r));
+    let removing: Vec<Reference> = match by_tag {
+        Some(r) => vec![r],
+        None => tags.clone(),
+    };
+    if removing.len() == tags.len() && !force {
+        if let Some(user) = instances.iter().find(|i| i.image_id.as_ref() == Some(&digest)) {
+            bail!(
+                "{what}: instance {} ({}) was started from it; remove the instance first (kiln rm) or use --force",
+                user.name,
+                user.id
+            );
+        }
+    }
+    for r in &removing {
+        store.untag(r)?;
+        println!("untagged {r}");
+    }
+    if removing.len() == tags.len() {
+        println!("deleted {digest}");
+    }
+    Ok(())
 }
 
 #[derive(Serialize)]
