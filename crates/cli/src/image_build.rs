@@ -40,7 +40,7 @@ pub fn build(args: BuildArgs) -> Result<u8> {
         None => Reference::new(&project.name, kiln_image::reference::DEFAULT_TAG)?,
     };
     let store = home::store()?;
-    let (program_path, program) = program(&project)?;
+    let (program_path, program) = program(&project, args.quiet)?;
     let elf = kiln_vmm::elf::ElfImage::parse(&program).map_err(|e| anyhow!("{}: {e}", program_path.display()))?;
     let prepared =
         kiln_vmm::loader::prepare_program(&elf, &program).map_err(|e| anyhow!("{}: {e}", program_path.display()))?;
@@ -49,7 +49,7 @@ pub fn build(args: BuildArgs) -> Result<u8> {
     let fs = rootfs(&project)?;
 
     let total = (KERNEL.len() + program.len() + prepared.len() + fs.len()) as u64;
-    let bar = bar(total, "storing");
+    let bar = if args.quiet { ProgressBar::hidden() } else { bar(total, "storing") };
     let parts = Parts {
         kernel: KERNEL,
         program: &program,
@@ -80,11 +80,11 @@ fn bar(total: u64, what: &'static str) -> ProgressBar {
     bar
 }
 
-/// The program's path and bytes: the file `binary` names, or what cargo builds.
-fn program(project: &Project) -> Result<(PathBuf, Vec<u8>)> {
+/// The program's path and bytes: the file `binary` names, or what cargo builds (with a spinner unless `quiet`).
+fn program(project: &Project, quiet: bool) -> Result<(PathBuf, Vec<u8>)> {
     let path = match &project.binary {
         Binary::Path(path) => project.dir.join(path),
-        Binary::Cargo { package, bin } => cargo_build(&project.dir, package, bin.as_deref())?,
+        Binary::Cargo { package, bin } => cargo_build(&project.dir, package, bin.as_deref(), quiet)?,
     };
     let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => anyhow!("binary {}: no such file", path.display()),
@@ -95,10 +95,11 @@ fn program(project: &Project) -> Result<(PathBuf, Vec<u8>)> {
 
 /// `cargo build --release --target x86_64-unknown-linux-musl -p PACKAGE`, in the project's directory; the executable
 /// is the one cargo's JSON messages name.
-fn cargo_build(dir: &Path, package: &str, bin: Option<&str>) -> Result<PathBuf> {
+fn cargo_build(dir: &Path, package: &str, bin: Option<&str>, quiet: bool) -> Result<PathBuf> {
     let bin = bin.unwrap_or(package);
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let spinner = ProgressBar::new_spinner().with_message(format!("cargo build -p {package} --bin {bin}"));
+    let spinner = if quiet { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
+    let spinner = spinner.with_message(format!("cargo build -p {package} --bin {bin}"));
     spinner.enable_steady_tick(Duration::from_millis(120));
     let mut child = Command::new(cargo)
         .args(["build", "--release", "--message-format=json-render-diagnostics", "--target", MUSL_TARGET])
