@@ -77,22 +77,11 @@ pub fn start(args: &RunArgs) -> Result<u8> {
     let name = args.name.clone().unwrap_or_else(|| format!("{}-{}", sanitised(&target.base_name), &id[..4]));
     let ports = if args.network.publish.is_empty() { &target.ports } else { &args.network.publish };
     let command = target.argv.clone();
+    let ports = ports.iter().map(ToString::to_string).collect();
     let record = Instance {
-        id: id.clone(),
-        name,
-        image: args.target.clone(),
         image_id: target.image_id.clone(),
-        command,
-        ports: ports.iter().map(ToString::to_string).collect(),
-        state: State::Created,
-        pid: None,
-        pid_start: None,
-        created_ms: now(),
-        started_ms: None,
-        finished_ms: None,
-        exit_code: None,
-        reason: None,
         auto_remove: args.rm,
+        ..Instance::created(&id, &name, &args.target, command, ports)
     };
     drop(target);
     instances.create(&record)?;

@@ -120,6 +120,27 @@ impl InstanceError {
 }
 
 impl Instance {
+    /// A record of an instance not yet started (no process, no image id, kept when it ends), made now.
+    pub fn created(id: &str, name: &str, image: &str, command: Vec<String>, ports: Vec<String>) -> Instance {
+        Instance {
+            id: id.to_string(),
+            name: name.to_string(),
+            image: image.to_string(),
+            image_id: None,
+            command,
+            ports,
+            state: State::Created,
+            pid: None,
+            pid_start: None,
+            created_ms: now(),
+            started_ms: None,
+            finished_ms: None,
+            exit_code: None,
+            reason: None,
+            auto_remove: false,
+        }
+    }
+
     /// Whether its VMM process is still the one recorded.
     pub fn vmm_alive(&self) -> bool {
         match (self.pid, self.pid_start) {
@@ -322,23 +343,7 @@ mod tests {
     use crate::store::tests::temp_store;
 
     fn sample(id: &str, name: &str, ports: &[&str]) -> Instance {
-        Instance {
-            id: id.into(),
-            name: name.into(),
-            image: "web".into(),
-            image_id: None,
-            command: vec!["/web".into()],
-            ports: ports.iter().map(|p| p.to_string()).collect(),
-            state: State::Created,
-            pid: None,
-            pid_start: None,
-            created_ms: now(),
-            started_ms: None,
-            finished_ms: None,
-            exit_code: None,
-            reason: None,
-            auto_remove: false,
-        }
+        Instance::created(id, name, "web", vec!["/web".into()], ports.iter().map(|p| p.to_string()).collect())
     }
 
     #[test]
