@@ -165,7 +165,7 @@ fn a_damaged_blob_is_refused() {
     }
     let images = kiln_in(&home).args(["images"]).run();
     images.assert_code(0);
-    assert!(json(&kiln_in(&home).args(["ps", "-a", "-o", "json"]).run()).as_array().unwrap().is_empty());
+    assert!(instances(&home).is_empty());
 }
 
 /// A record that cannot be read (or that names another directory) is shown as damaged by `ps`, stops nothing else,
@@ -241,14 +241,21 @@ impl Drop for Cleanup {
     }
 }
 
+/// Every instance, as `kiln ps -a -o json` lists them.
+fn instances(home: &Path) -> Vec<Value> {
+    match json(&kiln_in(home).args(["ps", "-a", "-o", "json"]).run()) {
+        Value::Array(all) => all,
+        other => panic!("ps -o json printed no array: {other}"),
+    }
+}
+
+fn names(home: &Path) -> Vec<String> {
+    instances(home).iter().map(|i| i["name"].as_str().unwrap_or_default().to_string()).collect()
+}
+
 fn instance(home: &Path, name: &str) -> Value {
-    let all = json(&kiln_in(home).args(["ps", "-a", "-o", "json"]).run());
-    all.as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["name"] == name)
-        .cloned()
-        .unwrap_or_else(|| panic!("no instance {name}: {all}"))
+    let all = instances(home);
+    all.iter().find(|i| i["name"] == name).cloned().unwrap_or_else(|| panic!("no instance {name}: {all:?}"))
 }
 
 /// Polls `kiln logs` until it holds `text` (a booted program may take a while to print on a loaded machine).
@@ -311,7 +318,7 @@ fn instances_go_from_run_to_rm() {
     );
 
     kiln_in(&home).args(["rm", "w1"]).run().assert_code(0);
-    assert!(json(&kiln_in(&home).args(["ps", "-a", "-o", "json"]).run()).as_array().unwrap().is_empty());
+    assert!(instances(&home).is_empty());
     assert!(kiln_in(&home).args(["logs", "w1"]).run().assert_kiln_error().contains("no such instance: w1"));
 }
 
@@ -357,13 +364,7 @@ fn a_program_that_ignores_sigterm_is_killed_and_a_dead_vmm_is_noticed() {
     // --rm: the record goes with the instance.
     kiln_in(&home).args(["run", "-d", "--rm", "--name", "brief", waiter]).run().assert_code(0);
     kiln_in(&home).args(["stop", "brief"]).run().assert_code(0);
-    let names: Vec<Value> = json(&kiln_in(&home).args(["ps", "-a", "-o", "json"]).run())
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["name"].clone())
-        .collect();
-    assert_eq!(names, ["stubborn", "killed", "victim"]);
+    assert_eq!(names(&home), ["stubborn", "killed", "victim"]);
 }
 
 #[test]
@@ -394,13 +395,7 @@ fn two_instances_cannot_publish_the_same_host_port() {
     let taken = format!("127.0.0.1:{}:80", other.local_addr().unwrap().port());
     let line = kiln_in(&home).args(["run", "-d", "--name", "third", "-p", &taken, waiter]).run().assert_kiln_error();
     assert!(line.contains("already in use"), "{line}");
-    let names: Vec<Value> = json(&kiln_in(&home).args(["ps", "-a", "-o", "json"]).run())
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["name"].clone())
-        .collect();
-    assert_eq!(names, ["first"]);
+    assert_eq!(names(&home), ["first"]);
 }
 
 /// `binary = { cargo = ... }`: kiln builds the package for the musl target and takes the executable cargo names.
