@@ -73,7 +73,9 @@ type Value<'i> = Spanned<DeValue<'i>>;
 
 impl Parser<'_> {
     fn err(&self, span: Range<usize>, message: impl Into<String>) -> KilnTomlError {
-        let line = self.src[..span.start.min(self.src.len())].matches('\n').count() + 1;
+        // Bytes, not a str slice: a span that starts inside a multi-byte character must not panic.
+        let before = &self.src.as_bytes()[..span.start.min(self.src.len())];
+        let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
         KilnTomlError::At { file: self.file.to_string(), line, message: message.into() }
     }
 
@@ -396,6 +398,13 @@ volumes = { data = "/data" }
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_span_inside_a_character_still_has_a_line() {
+        let p = Parser { src: "a = 1\né = 2\n", file: "Kiln.toml" };
+        assert_eq!(p.err(7..8, "x").to_string(), "Kiln.toml:2: x");
+        assert_eq!(p.err(99..99, "x").to_string(), "Kiln.toml:3: x");
     }
 
     #[test]
