@@ -40,6 +40,7 @@ pub fn inspect(args: InspectArgs) -> Result<u8> {
             }
         }
         if args.kind != Some(Kind::Instance) {
+            let _reading = store.read_lock()?;
             match store.resolve(what) {
                 Ok(digest) => {
                     reports.push(images::report(&store, &digest).map_err(|e| e.context(format!("image {what}")))?);

@@ -41,6 +41,8 @@ pub fn resolve(args: &RunArgs) -> Result<Target> {
         return program(args, path);
     }
     let Ok(store) = home::store() else { return program(args, path) };
+    // Shared with other readers; a concurrent `kiln rmi` waits, or has finished and the image is gone.
+    let _reading = store.read_lock()?;
     match store.resolve(what) {
         Ok(digest) => image(args, &store, digest).with_context(|| format!("image {what}")),
         Err(StoreError::NoSuchImage(_)) if path.exists() || what.contains('/') => program(args, path),

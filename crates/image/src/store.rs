@@ -48,7 +48,10 @@ pub struct Store {
     root: PathBuf,
 }
 
-/// Held while a command changes tags or removes blobs, so that two `kiln` processes never interleave those.
+/// Held while a command changes tags or removes blobs ([`Store::lock`], exclusive), so that two `kiln` processes
+/// never interleave those, or while one reads an image ([`Store::read_lock`], shared), so that `kiln rmi` never
+/// removes its blobs halfway through. A process must drop one before it takes another: `flock` locks of two
+/// descriptors of one process exclude each other too.
 pub struct StoreLock {
     _file: std::fs::File,
 }
@@ -103,11 +106,23 @@ impl Store {
 
     pub fn lock(&self) -> Result<StoreLock, StoreError> {
         std::fs::create_dir_all(&self.root).map_err(io(&self.root))?;
+        self.flock(libc::LOCK_EX)
+    }
+
+    /// A shared lock for reading an image, none when there is no store yet (so nothing to read).
+    pub fn read_lock(&self) -> Result<Option<StoreLock>, StoreError> {
+        if !self.root.is_dir() {
+            return Ok(None);
+        }
+        self.flock(libc::LOCK_SH).map(Some)
+    }
+
+    fn flock(&self, operation: libc::c_int) -> Result<StoreLock, StoreError> {
         let path = self.root.join("lock");
         let file =
             std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io(&path))?;
         // SAFETY: flock on a file descriptor this function owns; the lock is released when the file is closed.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        if unsafe { libc::flock(file.as_raw_fd(), operation) } != 0 {
             return Err(io(&path)(std::io::Error::last_os_error()));
         }
         Ok(StoreLock { _file: file })
@@ -321,6 +336,27 @@ pub(crate) mod tests {
         // Only b is tagged now (its "manifest" is junk, so only the blob itself is kept).
         assert_eq!(store.collect_garbage(&[]).unwrap(), 1);
         assert!(store.blob(&b).is_ok() && matches!(store.blob(&a), Err(StoreError::MissingBlob(_))));
+        std::fs::remove_dir_all(store.root()).unwrap();
+    }
+
+    #[test]
+    fn readers_share_the_lock_and_keep_a_writer_waiting() {
+        let store = temp_store("locks");
+        assert!(store.read_lock().unwrap().is_none(), "no store yet: nothing to lock");
+        drop(store.lock().unwrap());
+        let reading = store.read_lock().unwrap().expect("a store now");
+        let also_reading = store.read_lock().unwrap().expect("shared");
+        let (done, writer_done) = std::sync::mpsc::channel();
+        let root = store.root().to_path_buf();
+        let writer = std::thread::spawn(move || {
+            let _lock = Store::new(root).lock().unwrap();
+            done.send(()).unwrap();
+        });
+        let timeout = std::time::Duration::from_millis(200);
+        assert!(writer_done.recv_timeout(timeout).is_err(), "the writer waits for the readers");
+        drop((reading, also_reading));
+        writer_done.recv_timeout(std::time::Duration::from_secs(30)).expect("the writer goes on");
+        writer.join().unwrap();
         std::fs::remove_dir_all(store.root()).unwrap();
     }
 
