@@ -41,12 +41,20 @@ pub fn build(args: BuildArgs) -> Result<u8> {
     };
     let store = home::store()?;
     let (program_path, program) = program(&project, args.quiet)?;
-    let elf = kiln_vmm::elf::ElfImage::parse(&program).map_err(|e| anyhow!("{}: {e}", program_path.display()))?;
-    let prepared =
-        kiln_vmm::loader::prepare_program(&elf, &program).map_err(|e| anyhow!("{}: {e}", program_path.display()))?;
-    let prepared = kiln_vmm::rewrite_cache::encode(&prepared);
+    // Rewriting a large program and packing large directories take a while: a spinner says which is going on.
+    let step = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
+    step.enable_steady_tick(Duration::from_millis(120));
+    let steps = || -> Result<(Vec<u8>, Vec<u8>)> {
+        step.set_message(format!("preparing {}", program_path.display()));
+        let prepared = prepare(&program_path, &program)?;
+        step.set_message("packing files and directories");
+        Ok((prepared, rootfs(&project)?))
+    };
+    let result = steps();
+    // Cleared before an error is printed, too.
+    step.finish_and_clear();
+    let (prepared, fs) = result?;
     let program_name = program_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let fs = rootfs(&project)?;
 
     let total = (KERNEL.len() + program.len() + prepared.len() + fs.len()) as u64;
     let bar = if args.quiet { ProgressBar::hidden() } else { bar(total, "storing") };
@@ -58,8 +66,9 @@ pub fn build(args: BuildArgs) -> Result<u8> {
         rootfs: &fs,
         kiln_version: env!("CARGO_PKG_VERSION"),
     };
-    let (digest, manifest) = store_image(&store, &project, &parts, &tag, |n| bar.inc(n))?;
+    let stored = store_image(&store, &project, &parts, &tag, |n| bar.inc(n));
     bar.finish_and_clear();
+    let (digest, manifest) = stored?;
     if args.quiet {
         println!("{digest}");
     } else {
@@ -67,6 +76,13 @@ pub fn build(args: BuildArgs) -> Result<u8> {
         println!("built {tag} {} ({})", digest.short(), human(size));
     }
     Ok(0)
+}
+
+/// The program with its syscalls rewritten, as the VMM loads it (`kiln_vmm::rewrite_cache` format).
+fn prepare(path: &Path, program: &[u8]) -> Result<Vec<u8>> {
+    let elf = kiln_vmm::elf::ElfImage::parse(program).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let prepared = kiln_vmm::loader::prepare_program(&elf, program).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    Ok(kiln_vmm::rewrite_cache::encode(&prepared))
 }
 
 fn bar(total: u64, what: &'static str) -> ProgressBar {
