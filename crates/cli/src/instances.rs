@@ -126,11 +126,11 @@ pub struct StopArgs {
     instances: Vec<String>,
 }
 
-/// Waits up to `limit` for the instance's VMM process to end.
+/// Waits up to `limit` for the instance's VMM process to end (forever, for a limit past the end of time).
 fn wait_for_end(instance: &Instance, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
+    let deadline = Instant::now().checked_add(limit);
     while instance.vmm_alive() {
-        if Instant::now() >= deadline {
+        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
             return false;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -140,8 +140,13 @@ fn wait_for_end(instance: &Instance, limit: Duration) -> bool {
 
 fn signal(instance: &Instance, sig: i32) -> Result<()> {
     let pid = instance.pid.context("the instance has no process")?;
+    // 0 and negative pids name process groups, or every process (-1): never what a record means.
+    let pid = i32::try_from(pid)
+        .ok()
+        .filter(|&pid| pid > 0)
+        .with_context(|| format!("instance {} records pid {pid}, which is no process", instance.name))?;
     // SAFETY: kill(2) with a pid whose start time was checked just before (vmm_alive), so it is the instance's VMM.
-    if unsafe { libc::kill(pid as i32, sig) } != 0 {
+    if unsafe { libc::kill(pid, sig) } != 0 {
         let e = std::io::Error::last_os_error();
         if e.raw_os_error() != Some(libc::ESRCH) {
             return Err(e).with_context(|| format!("cannot signal instance {}", instance.name));
@@ -255,7 +260,27 @@ pub fn rm(args: RmArgs) -> Result<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::tail_start;
+    use super::{signal, tail_start, wait_for_end};
+    use kiln_image::instance::{process_start, Instance};
+    use std::time::Duration;
+
+    #[test]
+    fn a_record_never_signals_a_group_or_everyone() {
+        let mut record = Instance::created("aaaaaaaaaaaa", "web", "web", Vec::new(), Vec::new());
+        for pid in [0, u32::MAX, 1 << 31] {
+            record.pid = Some(pid);
+            let err = signal(&record, 0).unwrap_err().to_string();
+            assert!(err.ends_with("which is no process"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_limit_past_the_end_of_time_waits_without_overflowing() {
+        let mut gone = Instance::created("aaaaaaaaaaaa", "web", "web", Vec::new(), Vec::new());
+        assert!(wait_for_end(&gone, Duration::MAX), "no process: ended");
+        (gone.pid, gone.pid_start) = (Some(std::process::id()), process_start(std::process::id()));
+        assert!(!wait_for_end(&gone, Duration::ZERO), "this process runs");
+    }
 
     #[test]
     fn tails_count_lines_from_the_end() {
