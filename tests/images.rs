@@ -165,6 +165,17 @@ fn a_damaged_blob_is_refused() {
     }
     let images = kiln_in(&home).args(["images"]).run();
     images.assert_code(0);
+
+    // A tag whose file holds no image id: images says so and lists the rest, and rmi removes it.
+    std::fs::write(home.join("refs/broken:1"), "sha256:0\n").unwrap();
+    let images = kiln_in(&home).args(["images"]).run();
+    images.assert_code(0);
+    assert!(images.stdout_text().contains("hello"), "{images}");
+    assert!(images.stderr_text().ends_with("holds no image id; kiln rmi broken:1 removes it\n"), "{images}");
+    let line = kiln_in(&home).args(["run", "broken:1"]).run().assert_kiln_error();
+    assert!(line.starts_with("kiln: the store is damaged: tag broken:1 ("), "{line}");
+    kiln_in(&home).args(["rmi", "broken:1"]).run().assert_code(0).assert_stdout("untagged broken:1\n");
+    kiln_in(&home).args(["images"]).run().assert_code(0).assert_stderr("");
     assert!(instances(&home).is_empty());
 }
 

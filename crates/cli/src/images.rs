@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use kiln_abi::rootfs::{entries, KIND_DIR};
 use kiln_image::instance::{Instance, Instances};
 use kiln_image::size::human;
-use kiln_image::{Digest, Manifest, Reference, Store};
+use kiln_image::{Digest, Manifest, Reference, Store, StoreError};
 use serde::Serialize;
 
 #[derive(clap::Args)]
@@ -33,6 +33,9 @@ fn total_size(store: &Store, digest: &Digest) -> Option<u64> {
 
 pub fn images(args: ImagesArgs) -> Result<u8> {
     let store = home::store()?;
+    for damaged in store.damaged_tags()? {
+        eprintln!("kiln: {damaged}");
+    }
     let rows: Vec<ImageRow> = store
         .tags()?
         .into_iter()
@@ -97,7 +100,15 @@ pub fn rmi(args: RmiArgs) -> Result<u8> {
 
 /// Removes the tag `what` names, or every tag of the image an id names; says which, and whether the image went.
 fn untag_image(store: &Store, what: &str, instances: &[Instance], force: bool) -> Result<()> {
-    let digest = store.resolve(what)?;
+    let digest = match store.resolve(what) {
+        Ok(digest) => digest,
+        Err(StoreError::DamagedTag { reference, .. }) => {
+            store.remove_tag(&reference)?;
+            println!("untagged {reference}");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
     let tags: Vec<Reference> = store.tags()?.into_iter().filter(|(_, d)| *d == digest).map(|(r, _)| r).collect();
     let by_tag = what.parse::<Reference>().ok().filter(|r| tags.contains(r));
     let removing: Vec<Reference> = match by_tag {

@@ -26,6 +26,8 @@ pub enum StoreError {
     MissingBlob(Digest),
     #[error("the store is damaged: blob {digest} holds {actual} bytes, and its image's manifest says {expected}; remove the image (kiln rmi) and build it again")]
     WrongSize { digest: Digest, actual: u64, expected: u64 },
+    #[error("the store is damaged: tag {reference} ({path}) holds no image id; kiln rmi {reference} removes it")]
+    DamagedTag { reference: Reference, path: PathBuf },
     #[error("no such image: {0}")]
     NoSuchImage(String),
     #[error("{0} names more than one image; give more of its id")]
@@ -181,39 +183,68 @@ impl Store {
     /// Removes the tag and returns the image it named.
     pub fn untag(&self, reference: &Reference) -> Result<Digest, StoreError> {
         let digest = self.tagged(reference)?.ok_or_else(|| StoreError::NoSuchImage(reference.to_string()))?;
-        let path = self.root.join("refs").join(ref_file_name(reference));
-        std::fs::remove_file(&path).map_err(io(&path))?;
+        self.remove_tag(reference)?;
         Ok(digest)
     }
 
+    /// Removes the tag's file, whatever it holds (`kiln rmi` of a damaged tag).
+    pub fn remove_tag(&self, reference: &Reference) -> Result<(), StoreError> {
+        let path = self.root.join("refs").join(ref_file_name(reference));
+        std::fs::remove_file(&path).map_err(io(&path))
+    }
+
+    /// The image the tag names; none when there is no such tag, an error when its file holds no image id.
     fn tagged(&self, reference: &Reference) -> Result<Option<Digest>, StoreError> {
         let path = self.root.join("refs").join(ref_file_name(reference));
-        match std::fs::read_to_string(&path) {
-            Ok(s) => Ok(s.trim().parse().ok()),
+        match std::fs::read(&path) {
+            Ok(bytes) => match String::from_utf8_lossy(&bytes).trim().parse() {
+                Ok(digest) => Ok(Some(digest)),
+                Err(_) => Err(StoreError::DamagedTag { reference: reference.clone(), path }),
+            },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io(&path)(e)),
         }
     }
 
-    /// Every tag and the image it names, sorted by name and tag.
+    /// Every tag and the image it names, sorted by name and tag; damaged tags are left out (see
+    /// [`Store::damaged_tags`]), so that one of them hides only its own image.
     pub fn tags(&self) -> Result<Vec<(Reference, Digest)>, StoreError> {
+        let mut tags = Vec::new();
+        for reference in self.tag_names()? {
+            match self.tagged(&reference) {
+                Ok(Some(digest)) => tags.push((reference, digest)),
+                Ok(None) | Err(StoreError::DamagedTag { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        tags.sort();
+        Ok(tags)
+    }
+
+    /// The errors of the tags whose files hold no image id.
+    pub fn damaged_tags(&self) -> Result<Vec<StoreError>, StoreError> {
+        let mut damaged = Vec::new();
+        for reference in self.tag_names()? {
+            if let Err(e @ StoreError::DamagedTag { .. }) = self.tagged(&reference) {
+                damaged.push(e);
+            }
+        }
+        Ok(damaged)
+    }
+
+    fn tag_names(&self) -> Result<Vec<Reference>, StoreError> {
         let dir = self.root.join("refs");
         let entries = match std::fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(io(&dir)(e)),
         };
-        let mut tags = Vec::new();
+        let mut names = Vec::new();
         for entry in entries {
             let name = entry.map_err(io(&dir))?.file_name();
-            if let Some(reference) = ref_from_file_name(&name.to_string_lossy()) {
-                if let Some(digest) = self.tagged(&reference)? {
-                    tags.push((reference, digest));
-                }
-            }
+            names.extend(ref_from_file_name(&name.to_string_lossy()));
         }
-        tags.sort();
-        Ok(tags)
+        Ok(names)
     }
 
     /// The image `what` names: `NAME[:TAG]`, a full digest, or a unique prefix (at least 4 hex digits) of an id.
@@ -331,6 +362,14 @@ pub(crate) mod tests {
         assert!(matches!(store.resolve("web:3"), Err(StoreError::NoSuchImage(_))));
         let names: Vec<_> = store.tags().unwrap().into_iter().map(|(r, _)| r.to_string()).collect();
         assert_eq!(names, ["team/web:2", "web:latest"]);
+        // A damaged tag hides only its own image, and says so when it is named.
+        std::fs::write(store.root().join("refs/bad:1"), b"sha256:\xff\n").unwrap();
+        assert_eq!(store.tags().unwrap().len(), 2);
+        let err = store.resolve("bad:1").unwrap_err();
+        assert!(err.to_string().ends_with("holds no image id; kiln rmi bad:1 removes it"), "{err}");
+        assert_eq!(store.damaged_tags().unwrap().len(), 1);
+        store.remove_tag(&"bad:1".parse().unwrap()).unwrap();
+        assert!(store.damaged_tags().unwrap().is_empty());
         assert_eq!(store.untag(&"web".parse().unwrap()).unwrap(), a);
         assert!(store.resolve("web").is_err());
         // Only b is tagged now (its "manifest" is junk, so only the blob itself is kept).
