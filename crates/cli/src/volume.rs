@@ -7,8 +7,8 @@ use crate::size::parse_size;
 use anyhow::{anyhow, bail, Context, Result};
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const DEFAULT_SIZE: &str = "1G";
@@ -89,7 +89,7 @@ fn create(name: &str, size: u64) -> Result<()> {
     Ok(())
 }
 
-fn make_filesystem(path: &std::path::Path, size: u64) -> Result<()> {
+fn make_filesystem(path: &Path, size: u64) -> Result<()> {
     let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     file.set_len(size).with_context(|| format!("cannot make {} {size} bytes long", path.display()))?;
     drop(file);
@@ -159,15 +159,9 @@ impl kiln_ext2::BlockDevice for HostFile<'_> {
 /// Opens volume `name` for an instance and locks it for as long as the file stays open; checks first that the
 /// library OS will be able to mount it.
 pub fn attach(name: &str) -> Result<File> {
-    let (path, file) = open_existing(name)?;
-    // SAFETY: flock on the descriptor `file` owns; the lock lives as long as the open file.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            bail!("volume {name} is attached to another running instance; a volume can be attached to one at a time");
-        }
-        return Err(anyhow!(e).context(format!("cannot lock volume {name}")));
-    }
+    let (path, file) = open_locked(name)?.ok_or_else(|| {
+        anyhow!("volume {name} is attached to another running instance; a volume can be attached to one at a time")
+    })?;
     let len = file.metadata().with_context(|| format!("cannot read volume {name}"))?.len();
     let clean = match kiln_ext2::Ext2::mount(HostFile(&file), len, 64, || 0) {
         Ok(fs) => fs.was_clean(),
@@ -179,11 +173,55 @@ pub fn attach(name: &str) -> Result<File> {
     Ok(file)
 }
 
+/// Opens volume `name` and takes its exclusive lock; `None` if an instance holds it. The lock is taken on what was
+/// opened, so the name is checked again afterwards: a `kiln volume rm` that deleted the file between the open and the
+/// lock must not leave us attaching (or deleting) a file no name reaches, or a newer volume of the same name unlocked.
+fn open_locked(name: &str) -> Result<Option<(PathBuf, File)>> {
+    for _ in 0..3 {
+        let (path, file) = open_existing(name)?;
+        if !lock_exclusive(&file).with_context(|| format!("cannot lock volume {name}"))? {
+            return Ok(None);
+        }
+        if names(&path, &file) {
+            return Ok(Some((path, file)));
+        }
+    }
+    bail!("volume {name} keeps being deleted and created again; try again")
+}
+
+/// Whether `path` still names the open file `file`.
+fn names(path: &Path, file: &File) -> bool {
+    match (std::fs::metadata(path), file.metadata()) {
+        (Ok(at_path), Ok(open)) => at_path.dev() == open.dev() && at_path.ino() == open.ino(),
+        _ => false,
+    }
+}
+
+/// Takes `file`'s exclusive lock; false if someone keeps holding it. `ls` and `inspect` take a shared lock for a
+/// moment to see whether a volume is attached, so a busy lock is tried again for a while before it counts as an
+/// instance's, which holds it for as long as it runs.
+fn lock_exclusive(file: &File) -> std::io::Result<bool> {
+    for attempt in 0..50 {
+        // SAFETY: flock on the descriptor `file` owns; the lock lives as long as the open file.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(true);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(e);
+        }
+        if attempt < 49 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+    Ok(false)
+}
+
 /// Has e2fsck check and repair a volume whose last VM did not unmount it (killed, or the host crashed), as a Linux
 /// boot does for a filesystem not cleanly unmounted: writing to it unchecked could spread the damage. `-y`, not
 /// `-p`: a VM killed between a sync's two batches can leave an inode that a deleted or renamed-over name no longer
 /// reaches, which preen mode leaves to a person; `-y` puts it in lost+found, and nothing that was synced is lost.
-fn repair(name: &str, path: &std::path::Path) -> Result<()> {
+fn repair(name: &str, path: &Path) -> Result<()> {
     let out = Command::new("e2fsck").arg("-fy").arg(path).output().map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => anyhow!(
             "volume {name} was not detached cleanly and needs a check, but e2fsck is not installed; install e2fsprogs"
@@ -226,11 +264,10 @@ fn list() -> Result<()> {
 }
 
 fn remove(name: &str) -> Result<()> {
-    let (path, file) = open_existing(name)?;
-    // SAFETY: flock on the descriptor `file` owns.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    let Some((path, _locked)) = open_locked(name)? else {
         bail!("volume {name} is attached to a running instance; stop it first");
-    }
+    };
+    // Deleted while locked: an attach that opened the file before this checks the name once it has the lock.
     std::fs::remove_file(&path).with_context(|| format!("cannot delete {}", path.display()))?;
     println!("{name}");
     Ok(())
@@ -323,6 +360,23 @@ mod tests {
             assert!(parse_mount(bad).is_err(), "{bad}");
         }
         assert!(parse_mount(&format!("v:/{}", "x".repeat(200))).is_err());
+    }
+
+    fn scratch(test: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("kiln-volume-{test}-{}", std::process::id()))
+    }
+
+    #[test]
+    fn a_file_deleted_and_created_again_is_not_the_one_opened() {
+        let path = scratch("names");
+        std::fs::write(&path, b"first").unwrap();
+        let first = File::open(&path).unwrap();
+        assert!(names(&path, &first));
+        std::fs::remove_file(&path).unwrap();
+        assert!(!names(&path, &first), "deleted");
+        std::fs::write(&path, b"second").unwrap();
+        assert!(!names(&path, &first), "deleted and created again");
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
