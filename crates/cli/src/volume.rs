@@ -110,7 +110,7 @@ fn make_filesystem(path: &Path, size: u64) -> Result<()> {
     Ok(())
 }
 
-/// What the superblock says: total and free bytes.
+/// What the superblock says: total and free bytes (none if it is not an ext2 superblock, or not a sane one).
 fn usage(file: &File) -> Option<(u64, u64)> {
     let mut sb = [0u8; 1024];
     file.read_exact_at(&mut sb, 1024).ok()?;
@@ -119,7 +119,9 @@ fn usage(file: &File) -> Option<(u64, u64)> {
         return None;
     }
     let block = 1024u64 << word(24).min(6);
-    Some((word(4) * block, word(12) * block))
+    let (total, free) = (word(4) * block, word(12) * block);
+    // A damaged superblock can claim more free blocks than blocks.
+    (free <= total).then_some((total, free))
 }
 
 /// Whether a running instance holds the volume's lock.
@@ -364,6 +366,21 @@ mod tests {
 
     fn scratch(test: &str) -> PathBuf {
         std::env::temp_dir().join(format!("kiln-volume-{test}-{}", std::process::id()))
+    }
+
+    #[test]
+    fn a_superblock_with_more_free_blocks_than_blocks_has_no_usage() {
+        let path = scratch("usage");
+        let mut sb = vec![0u8; 2048];
+        sb[1024 + 4..1024 + 8].copy_from_slice(&100u32.to_le_bytes());
+        sb[1024 + 12..1024 + 16].copy_from_slice(&101u32.to_le_bytes());
+        sb[1024 + 56..1024 + 58].copy_from_slice(&0xef53u16.to_le_bytes());
+        std::fs::write(&path, &sb).unwrap();
+        assert_eq!(usage(&File::open(&path).unwrap()), None);
+        sb[1024 + 12..1024 + 16].copy_from_slice(&40u32.to_le_bytes());
+        std::fs::write(&path, &sb).unwrap();
+        assert_eq!(usage(&File::open(&path).unwrap()), Some((100 << 10, 40 << 10)));
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
