@@ -378,6 +378,61 @@ mod tests {
     }
 
     #[test]
+    fn oversized_requests_and_buffers_outside_guest_memory_are_refused() {
+        let mem = mem();
+        let (mut t, q, file) = device(&mem);
+        mem.write_slice(&[0x66; 4096], GuestAddress(DATA)).unwrap();
+        for (i, at) in (0..4).map(|i| (i, HDR + 16 * i)) {
+            header(&mem, at, if i == 2 { T_IN } else { T_OUT }, 0);
+        }
+        // Two buffers of 2 GiB: their sum must size no allocation (virtio-queue ends a chain past 4 GiB itself).
+        q.add_desc_chains(
+            &[
+                desc(HDR, 16, NEXT, 1),
+                desc(DATA, 0x7fff_fe00, NEXT, 2),
+                desc(DATA, 0x7fff_fe00, NEXT, 3),
+                desc(STATUS, 1, WRITE, 0),
+                desc(HDR + 16, 16, NEXT, 5),
+                desc(DATA, (MAX_REQUEST + 512) as u32, NEXT, 6),
+                desc(STATUS + 1, 1, WRITE, 0),
+                desc(HDR + 32, 16, NEXT, 8),
+                desc(1 << 40, 512, WRITE | NEXT, 9),
+                desc(STATUS + 2, 1, WRITE, 0),
+                desc(HDR + 48, 16, NEXT, 11),
+                desc((1 << 20) - 256, 512, NEXT, 12), // straddles the end of guest memory
+                desc(u64::MAX - 100, 512, NEXT, 13),  // an address whose end wraps
+                desc(STATUS + 3, 1, WRITE, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        notify(&mut t, &mem);
+        assert_eq!(q.used().idx().load(), 4);
+        let codes: Vec<u8> = (0..4).map(|i| status(&mem, STATUS + i)).collect();
+        assert_eq!(codes, [S_IOERR; 4]);
+        assert_eq!((t.device.stats.errors, t.device.stats.writes), (4, 0));
+        assert!(t.device.buffer.capacity() <= MAX_REQUEST, "no guest-sized allocation");
+        let mut whole = vec![0u8; 64 << 10];
+        file.read_exact_at(&mut whole, 0).unwrap();
+        assert!(whole.iter().all(|&b| b == 0), "nothing reached the file");
+    }
+
+    #[test]
+    fn get_id_answers_the_volume_name_within_the_buffer() {
+        let mem = mem();
+        let (mut t, q, _) = device(&mem);
+        header(&mem, HDR, T_GET_ID, 0);
+        mem.write_slice(&[0xee; 32], GuestAddress(DATA)).unwrap();
+        q.add_desc_chains(&[desc(HDR, 16, NEXT, 1), desc(DATA, 2, WRITE | NEXT, 2), desc(STATUS, 1, WRITE, 0)], 0)
+            .unwrap();
+        notify(&mut t, &mem);
+        assert_eq!(status(&mem, STATUS), S_OK);
+        let mut id = [0u8; 4];
+        mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
+        assert_eq!(&id, b"vo\xee\xee", "two bytes asked for, two written");
+    }
+
+    #[test]
     fn chains_without_a_header_or_status_are_returned_unused() {
         let mem = mem();
         let (mut t, q, _) = device(&mem);
