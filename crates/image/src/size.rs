@@ -19,7 +19,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 /// `bytes` for people: `5.2 MiB`, `812 KiB`, `96 B`.
 pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;
     let mut unit = 0;
     while value >= 1024.0 && unit + 1 < UNITS.len() {
@@ -53,5 +53,6 @@ mod tests {
         assert_eq!(human(96), "96 B");
         assert_eq!(human(5 << 20), "5.0 MiB");
         assert_eq!(human(1536), "1.5 KiB");
+        assert_eq!(human(16 << 40), "16.0 TiB");
     }
 }
