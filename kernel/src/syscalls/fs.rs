@@ -599,7 +599,6 @@ pub fn ftruncate(a: &Args) -> SysResult {
     }
 }
 
-/// Everything is in memory: there is nothing to flush (volumes will change that).
 /// fsync, fdatasync, sync_file_range: a file on a volume is written back (its volume's changes, flushed on the
 /// host); the in-memory tree has nothing to write.
 pub fn fsync(a: &Args) -> SysResult {
