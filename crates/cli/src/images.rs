@@ -1,12 +1,11 @@
-//! `kiln images`, `kiln tag`, `kiln rmi`, and `kiln inspect` of an image.
+//! `kiln images`, `kiln tag`, `kiln rmi`.
 
 use crate::home;
 use crate::output::{print_table, Format};
 use anyhow::{bail, Result};
-use kiln_abi::rootfs::{entries, KIND_DIR};
 use kiln_image::instance::{Instance, Instances};
 use kiln_image::size::human;
-use kiln_image::{Digest, Manifest, Reference, Store, StoreError};
+use kiln_image::{Digest, Reference, Store, StoreError};
 use serde::Serialize;
 
 #[derive(clap::Args)]
@@ -132,92 +131,4 @@ fn untag_image(store: &Store, what: &str, instances: &[Instance], force: bool) -
         println!("deleted {digest}");
     }
     Ok(())
-}
-
-#[derive(Serialize)]
-struct ImageReport {
-    id: Digest,
-    tags: Vec<String>,
-    name: String,
-    kiln_version: String,
-    boot_version: u32,
-    size: Sizes,
-    kernel: kiln_image::manifest::BlobRef,
-    program: kiln_image::manifest::BlobRef,
-    prepared: kiln_image::manifest::BlobRef,
-    rootfs: kiln_image::manifest::BlobRef,
-    config: kiln_image::manifest::RunConfig,
-    files: Vec<FileRow>,
-}
-
-#[derive(Serialize)]
-struct Sizes {
-    total: u64,
-    manifest: u64,
-    kernel: u64,
-    program: u64,
-    prepared: u64,
-    rootfs: u64,
-}
-
-#[derive(Serialize)]
-struct FileRow {
-    path: String,
-    kind: &'static str,
-    mode: String,
-    size: u64,
-}
-
-/// The image, every blob of it checked against its digest: a damaged one is refused with the store's message.
-pub fn report(store: &Store, digest: &Digest) -> Result<serde_json::Value> {
-    let manifest_bytes = store.blob(digest)?;
-    let manifest = Manifest::from_bytes(&manifest_bytes)?;
-    for (what, blob) in manifest.blobs() {
-        if what != "rootfs" {
-            store.image_blob(blob)?;
-        }
-    }
-    let rootfs = store.image_blob(&manifest.rootfs)?;
-    let mut files = vec![FileRow {
-        path: manifest.config.program_path.clone(),
-        kind: "program",
-        mode: "0755".into(),
-        size: manifest.program.size,
-    }];
-    if rootfs.len() > kiln_abi::rootfs::MAGIC.len() {
-        for entry in entries(&rootfs).map_err(|_| anyhow::anyhow!("the image's root filesystem is malformed"))? {
-            let e = entry.map_err(|_| anyhow::anyhow!("the image's root filesystem is malformed"))?;
-            let kind = if e.kind == KIND_DIR { "dir" } else { "file" };
-            files.push(FileRow {
-                path: e.path.to_string(),
-                kind,
-                mode: format!("{:04o}", e.perm),
-                size: e.data_len as u64,
-            });
-        }
-    }
-    let tags = store.tags()?.into_iter().filter(|(_, d)| d == digest).map(|(r, _)| r.to_string()).collect();
-    let size = Sizes {
-        total: manifest.total_size(manifest_bytes.len() as u64),
-        manifest: manifest_bytes.len() as u64,
-        kernel: manifest.kernel.size,
-        program: manifest.program.size,
-        prepared: manifest.prepared.size,
-        rootfs: manifest.rootfs.size,
-    };
-    let report = ImageReport {
-        id: digest.clone(),
-        tags,
-        name: manifest.name,
-        kiln_version: manifest.kiln_version,
-        boot_version: manifest.boot_version,
-        size,
-        kernel: manifest.kernel,
-        program: manifest.program,
-        prepared: manifest.prepared,
-        rootfs: manifest.rootfs,
-        config: manifest.config,
-        files,
-    };
-    Ok(serde_json::to_value(report)?)
 }
