@@ -10,7 +10,7 @@ use crate::target;
 use anyhow::{anyhow, bail, Context, Result};
 use kiln_image::instance::{new_id, now, process_start, Instance, Instances, State};
 use kiln_image::Store;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -24,32 +24,52 @@ const READY_FD: i32 = 3;
 pub struct ThisInstance {
     store: Store,
     id: String,
+    /// The pipe to the starter, until the VM has booted.
+    ready: Option<std::fs::File>,
 }
 
 /// The record this process runs, if it is an instance process (`kiln run -d` started it). An error, never `None`,
-/// when it is one but cannot reach its store: it must not start yet another instance process.
+/// when it is one but cannot reach its store: it must not start yet another instance process. Called before this
+/// process opens any file, so that the descriptor it takes as the starter's pipe is the inherited one.
 pub fn instance_of_this_process(args: &RunArgs) -> Result<Option<ThisInstance>> {
     match std::env::var(INSTANCE_ENV) {
-        Ok(id) if args.detach => Ok(Some(ThisInstance { store: home::store()?, id })),
+        Ok(id) if args.detach => Ok(Some(ThisInstance { ready: take_ready_pipe(), store: home::store()?, id })),
         _ => Ok(None),
     }
 }
 
+/// [`READY_FD`], if it is open and a pipe. Anything else there (nothing, when a process was started otherwise than
+/// by `kiln run -d`) is left alone: writing to or closing a descriptor that some other part of this process comes to
+/// own would corrupt that file or abort the process (Rust's I/O safety check).
+fn take_ready_pipe() -> Option<std::fs::File> {
+    let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat writes a `stat` into the buffer it is given; a closed descriptor only makes it fail.
+    if unsafe { libc::fstat(READY_FD, stat.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: fstat succeeded, so it filled the buffer.
+    let mode = unsafe { stat.assume_init() }.st_mode;
+    if mode & libc::S_IFMT != libc::S_IFIFO {
+        return None;
+    }
+    // SAFETY: the descriptor is open and a pipe, inherited from the starter; nothing in this process owns it, since
+    // this runs before the process opens anything (see instance_of_this_process), and from here the File does.
+    Some(unsafe { std::fs::File::from_raw_fd(READY_FD) })
+}
+
 impl ThisInstance {
     /// The VM has booted: record the pid, and let `kiln run -d` return.
-    pub fn running(&self) -> Result<()> {
+    pub fn running(&mut self) -> Result<()> {
         let pid = std::process::id();
         let start = process_start(pid).ok_or_else(|| anyhow!("cannot read this process's start time"))?;
         Instances::new(&self.store).update(&self.id, |i| {
             i.state = State::Running;
             (i.pid, i.pid_start, i.started_ms) = (Some(pid), Some(start), Some(now()));
         })?;
-        let byte = [b'R'];
-        // SAFETY: writes one byte from a live buffer to the descriptor the starter passed; a closed or bad one only
-        // makes write fail.
-        unsafe { libc::write(READY_FD, byte.as_ptr().cast(), 1) };
-        // SAFETY: the descriptor is this process's to close; it is not used again.
-        unsafe { libc::close(READY_FD) };
+        if let Some(mut ready) = self.ready.take() {
+            // A starter that is gone (Ctrl-C) has closed its end: nothing to tell.
+            let _ = ready.write_all(b"R");
+        }
         Ok(())
     }
 

@@ -134,7 +134,7 @@ impl Console for Terminal {
 }
 
 pub fn run(mut args: RunArgs) -> Result<u8> {
-    let instance = detach::instance_of_this_process(&args)?;
+    let mut instance = detach::instance_of_this_process(&args)?;
     if args.detach && instance.is_none() {
         return detach::start(&args);
     }
@@ -162,7 +162,7 @@ pub fn run(mut args: RunArgs) -> Result<u8> {
     let vm = Vm::new(&kernel, &program, config).map_err(|e| explain(e, &shown, memory))?;
     drop(program);
     host_signals::install();
-    if let Some(instance) = &instance {
+    if let Some(instance) = &mut instance {
         instance.running()?;
     }
     let result = vm.run(Arc::new(Terminal), &host_signals::take).context("running the VM failed");
