@@ -237,6 +237,32 @@ fn an_image_runs_with_its_settings_and_files() {
     assert!(run.stdout_text().ends_with("files: ok\n"), "{run}");
 }
 
+/// `kiln run -d NAME` resolves NAME, records the image's id, and starts an instance process with the same command
+/// line; if NAME is given to another image meanwhile, that process still boots the recorded one. (The process is
+/// started here by hand, with `KILN_INSTANCE` naming a record, as `kiln run -d` starts it.)
+#[test]
+fn an_instance_boots_the_image_its_record_names() {
+    if !kvm::available() {
+        return;
+    }
+    let base = scratch("recorded-image");
+    let home = base.join("home");
+    let hello = guests::c("hello");
+    let first = build(&home, &project(&base.join("a"), &hello, &HELLO_TOML.replace("\"one\"", "\"3\"")), &[]);
+    build(&home, &project(&base.join("b"), &hello, &HELLO_TOML.replace("\"one\"", "\"4\"")), &[]);
+    let id = "0123456789ab";
+    let record = serde_json::json!({
+        "id": id, "name": "recorded", "image": "hello", "image_id": first, "command": ["/app", "3", "two"],
+        "ports": [], "state": "created", "pid": null, "pid_start": null, "created_ms": 1, "started_ms": null,
+        "finished_ms": null, "exit_code": null, "reason": null, "auto_remove": false
+    });
+    std::fs::create_dir_all(home.join("instances").join(id)).unwrap();
+    std::fs::write(home.join("instances").join(id).join("record.json"), record.to_string()).unwrap();
+    kiln_in(&home).env("KILN_INSTANCE", id).args(["run", "-d", "hello"]).run().assert_code(3);
+    let i = instance(&home, "recorded");
+    assert_eq!((i["state"].as_str(), i["exit_code"].as_i64()), (Some("exited"), Some(3)), "{i}");
+}
+
 /// Removes every instance of a store when the test ends, passed or not: no VM outlives its test.
 struct Cleanup(PathBuf);
 

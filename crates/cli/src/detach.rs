@@ -9,7 +9,7 @@ use crate::run::RunArgs;
 use crate::target;
 use anyhow::{anyhow, bail, Context, Result};
 use kiln_image::instance::{new_id, now, process_start, Instance, Instances, State};
-use kiln_image::Store;
+use kiln_image::{Digest, Store};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
@@ -58,6 +58,11 @@ fn take_ready_pipe() -> Option<std::fs::File> {
 }
 
 impl ThisInstance {
+    /// The image the record names (none for a program run from a path).
+    pub fn image_id(&self) -> Result<Option<Digest>> {
+        Ok(Instances::new(&self.store).load(&self.id)?.image_id)
+    }
+
     /// The VM has booted: record the pid, and let `kiln run -d` return.
     pub fn running(&mut self) -> Result<()> {
         let pid = std::process::id();

@@ -138,7 +138,11 @@ pub fn run(mut args: RunArgs) -> Result<u8> {
     if args.detach && instance.is_none() {
         return detach::start(&args);
     }
-    let mut target = target::resolve(&args)?;
+    let recorded_image = instance.as_ref().map(detach::ThisInstance::image_id).transpose()?.flatten();
+    let mut target = match recorded_image {
+        Some(id) => target::resolve_image(&args, id)?,
+        None => target::resolve(&args)?,
+    };
     let shown = target.shown.clone();
     if args.network.publish.is_empty() {
         args.network.publish = target.ports.clone();

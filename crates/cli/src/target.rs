@@ -51,6 +51,14 @@ pub fn resolve(args: &RunArgs) -> Result<Target> {
     }
 }
 
+/// The image with this id, as `args` names it: an instance process boots the image its record names, even if the
+/// name it was started with has been given to another image since (its blobs stay until a `kiln rmi`).
+pub fn resolve_image(args: &RunArgs, id: Digest) -> Result<Target> {
+    let store = home::store()?;
+    let _reading = store.read_lock()?;
+    image(args, &store, id).with_context(|| format!("image {}", args.target))
+}
+
 fn program(args: &RunArgs, path: &Path) -> Result<Target> {
     let shown = path.display().to_string();
     let program = std::fs::read(path).map_err(|e| match e.kind() {
