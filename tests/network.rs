@@ -389,6 +389,22 @@ fn user_network_publishes_a_guest_server() {
 }
 
 #[test]
+fn user_network_publishes_a_guest_server_to_host_ipv6_clients() {
+    if !kvm::available() {
+        return;
+    }
+    let port = free_port();
+    let publish = format!("[::1]:{port}:8080");
+    let (mut child, stdout) = start_netpeer(kiln(), &["-p", &publish], &["serve", "8080", "1", "::"]);
+    echo(format!("[::1]:{port}").parse().unwrap(), 1 << 20);
+    assert_eq!(child.wait(), Some(0));
+    // The published port leads to the guest's IPv4 address, as Docker's do; the host's IPv6 client is behind the
+    // gateway.
+    let lines: Vec<String> = stdout.lines().map(Result::unwrap).collect();
+    assert_eq!(lines, [format!("echoed {} bytes to ::ffff:10.0.2.2 (closed)", 1 << 20)]);
+}
+
+#[test]
 fn user_network_reaches_host_loopback_through_the_gateway() {
     reach_host_loopback("127.0.0.1", "10.0.2.2");
 }
