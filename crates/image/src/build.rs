@@ -61,11 +61,27 @@ pub fn store_image(
     project: &Project,
     parts: &Parts<'_>,
     tag: &Reference,
-    mut stored: impl FnMut(u64),
+    stored: impl FnMut(u64),
 ) -> Result<(Digest, Manifest), BuildError> {
     // Held until the tag is written: `kiln rmi` collects garbage under the same lock, and would otherwise see these
     // blobs as needed by no image.
     let _lock = store.lock()?;
+    let stored = store_and_tag(store, project, parts, tag, stored);
+    if stored.is_err() {
+        // The blobs stored before the error are needed by no image: nothing half-built stays behind. (No other
+        // build is storing blobs: they all hold the lock.)
+        let _ = store.collect_garbage(&[]);
+    }
+    stored
+}
+
+fn store_and_tag(
+    store: &Store,
+    project: &Project,
+    parts: &Parts<'_>,
+    tag: &Reference,
+    mut stored: impl FnMut(u64),
+) -> Result<(Digest, Manifest), BuildError> {
     let mut put = |bytes: &[u8]| -> Result<BlobRef, StoreError> {
         let digest = store.put_blob(bytes)?;
         stored(bytes.len() as u64);
@@ -131,6 +147,21 @@ mod tests {
         assert_eq!(ids[0], ids[1]);
         assert_eq!(store.resolve("web").unwrap(), ids[0]);
         std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn a_build_that_fails_leaves_no_blobs() {
+        let store = crate::store::tests::temp_store("failed-build");
+        // The root filesystem, stored after the kernel and the program, cannot be: a directory is in its place.
+        std::fs::create_dir_all(store.blob_path(&Digest::of(b"fs"))).unwrap();
+        let project = parse("name = \"a\"\nbinary = \"a\"\n", "Kiln.toml", "/nonexistent".into()).unwrap();
+        let parts =
+            Parts { kernel: b"k", program: b"p", prepared: b"q", program_name: "a", rootfs: b"fs", kiln_version: "0" };
+        let err = store_image(&store, &project, &parts, &"a".parse().unwrap(), |_| {}).unwrap_err();
+        assert!(matches!(err, BuildError::Store(StoreError::Io { .. })), "{err}");
+        let left: Vec<_> = std::fs::read_dir(store.root().join("blobs/sha256")).unwrap().collect();
+        assert_eq!(left.len(), 1, "only the directory, which is not a blob: {left:?}");
+        std::fs::remove_dir_all(store.root()).unwrap();
     }
 
     #[test]

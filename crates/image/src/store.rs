@@ -302,6 +302,10 @@ impl Store {
         for entry in entries {
             let entry = entry.map_err(io(&dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
+            // Only files are blobs: anything else there is not the store's to remove.
+            if !entry.file_type().is_ok_and(|t| t.is_file()) {
+                continue;
+            }
             let unneeded = match format!("sha256:{name}").parse::<Digest>() {
                 Ok(digest) => !live.contains(&digest),
                 Err(_) => left_by_dead_writer(&name),
