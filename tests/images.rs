@@ -257,7 +257,8 @@ fn an_instance_boots_the_image_its_record_names() {
         "finished_ms": null, "exit_code": null, "reason": null, "auto_remove": false
     });
     std::fs::create_dir_all(home.join("instances").join(id)).unwrap();
-    std::fs::write(home.join("instances").join(id).join("record.json"), record.to_string()).unwrap();
+    let record_path = home.join("instances").join(id).join("record.json");
+    std::fs::write(&record_path, record.to_string()).unwrap();
     kiln_in(&home).env("KILN_INSTANCE", id).args(["run", "-d", "hello"]).run().assert_code(3);
     let i = instance(&home, "recorded");
     assert_eq!((i["state"].as_str(), i["exit_code"].as_i64()), (Some("exited"), Some(3)), "{i}");
@@ -330,6 +331,12 @@ fn instances_go_from_run_to_rm() {
     // Names are unique.
     let line = kiln_in(&home).args(["run", "-d", "--name", "w1", "waiter"]).run().assert_kiln_error();
     assert!(line.contains("the name \"w1\" is already used"), "{line}");
+    // An image an instance was started from stays.
+    let line = kiln_in(&home).args(["rmi", "waiter"]).run().assert_kiln_error();
+    assert_eq!(
+        line,
+        format!("kiln: waiter: instance w1 ({instance_id}) was started from it; remove the instance first (kiln rm) or use --force")
+    );
 
     let inspected = &json(&kiln_in(&home).args(["inspect", "w1"]).run())[0];
     assert_eq!((inspected["id"].as_str(), inspected["state"].as_str()), (Some(instance_id.as_str()), Some("running")));

@@ -86,8 +86,9 @@ pub struct RmiArgs {
 
 pub fn rmi(args: RmiArgs) -> Result<u8> {
     let store = home::store()?;
-    let instances = Instances::new(&store).list()?;
     let _lock = store.lock()?;
+    // Read under the lock (under which instances are created), so that none started meanwhile is missed.
+    let instances = Instances::new(&store).records()?;
     let removed = args.images.iter().try_for_each(|what| untag_image(&store, what, &instances, args.force));
     // Also after an error: the images removed before it must not leave their blobs behind.
     let freed = store.collect_garbage(&[])?;

@@ -219,8 +219,9 @@ impl<'a> Instances<'a> {
         self.records()?.into_iter().map(|i| self.observe(i)).collect()
     }
 
-    /// Every record as written, oldest first.
-    fn records(&self) -> Result<Vec<Instance>, InstanceError> {
+    /// Every record as written, oldest first: without [`Instances::observe`]'s corrections, which take the store's
+    /// lock, so that a command holding it can read them.
+    pub fn records(&self) -> Result<Vec<Instance>, InstanceError> {
         Ok(self.records_and_damaged()?.0)
     }
 
