@@ -262,6 +262,12 @@ fn an_instance_boots_the_image_its_record_names() {
     kiln_in(&home).env("KILN_INSTANCE", id).args(["run", "-d", "hello"]).run().assert_code(3);
     let i = instance(&home, "recorded");
     assert_eq!((i["state"].as_str(), i["exit_code"].as_i64()), (Some("exited"), Some(3)), "{i}");
+
+    // Once the recorded image is gone (the next rmi collects it, untagged as it is), that is what the process says.
+    kiln_in(&home).args(["rmi", "hello"]).run().assert_code(0);
+    std::fs::write(&record_path, record.to_string()).unwrap();
+    let line = kiln_in(&home).env("KILN_INSTANCE", id).args(["run", "-d", "hello"]).run().assert_kiln_error();
+    assert_eq!(line, "kiln: hello: no such image: it was removed after kiln run -d named it");
 }
 
 /// Removes every instance of a store when the test ends, passed or not: no VM outlives its test.

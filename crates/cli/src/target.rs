@@ -56,7 +56,12 @@ pub fn resolve(args: &RunArgs) -> Result<Target> {
 pub fn resolve_image(args: &RunArgs, id: Digest) -> Result<Target> {
     let store = home::store()?;
     let _reading = store.read_lock()?;
-    image(args, &store, id).with_context(|| format!("image {}", args.target))
+    match store.manifest(&id) {
+        Err(StoreError::MissingBlob(missing)) if missing == id => {
+            bail!("{}: no such image: it was removed after kiln run -d named it", args.target)
+        }
+        _ => image(args, &store, id).with_context(|| format!("image {}", args.target)),
+    }
 }
 
 fn program(args: &RunArgs, path: &Path) -> Result<Target> {
