@@ -206,6 +206,49 @@ fn a_volume_attached_to_a_running_instance_cannot_be_attached_again() {
     kiln_in(&home).args(["volume", "rm", "shared"]).run().assert_code(0);
 }
 
+/// Removes a detached instance however its test ends, so that no instance process outlives a failed test.
+struct Detached<'a>(&'a Path, &'static str);
+
+impl Drop for Detached<'_> {
+    fn drop(&mut self) {
+        kiln_in(self.0).args(["rm", "-f", self.1]).run();
+    }
+}
+
+/// `kiln run -d` returns at once, but its instance process holds the volume's lock for as long as the VM runs.
+#[test]
+fn a_detached_instance_holds_its_volume_until_it_stops() {
+    if !kvm::available() {
+        return;
+    }
+    let home = home("detached");
+    kiln_in(&home).args(["volume", "create", "held", "--size", "8M"]).run().assert_code(0);
+    let _cleanup = Detached(&home, "holder");
+    kiln_in(&home)
+        .args(["run", "-d", "--name", "holder", "-v", "held:/data"])
+        .arg(guests::c("waiter"))
+        .arg("graceful")
+        .run()
+        .assert_code(0);
+    let busy = "kiln: volume held is attached to another running instance; a volume can be attached to one at a time";
+    let hello = guests::c("hello");
+    for detach in [false, true] {
+        let mut second = kiln_in(&home).args(["run", "-v", "held:/data"]);
+        if detach {
+            second = second.arg("-d");
+        }
+        assert_eq!(second.arg(&hello).run().assert_kiln_error(), busy, "detached: {detach}");
+    }
+    let err = kiln_in(&home).args(["volume", "rm", "held"]).run().assert_kiln_error();
+    assert!(err.contains("is attached to a running instance"), "{err}");
+    let inspect = kiln_in(&home).args(["volume", "inspect", "held"]).run();
+    assert!(inspect.stdout_text().contains("attached:   yes"), "{inspect}");
+
+    kiln_in(&home).args(["stop", "holder"]).run().assert_code(0);
+    e2fsck_clean(&volume_file(&home, "held"));
+    kiln_in(&home).args(["volume", "rm", "held"]).run().assert_code(0);
+}
+
 /// Record `n` of the fsyncer guest's log, as it writes it.
 fn record(n: u32) -> String {
     let fill = 20 + (n.wrapping_mul(37) % 300) as usize;
