@@ -24,6 +24,7 @@ mod timers;
 mod user;
 mod vdso;
 mod vfs;
+mod virtio_mmio;
 mod volume;
 
 use core::sync::atomic::{AtomicBool, Ordering};

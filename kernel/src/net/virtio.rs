@@ -12,6 +12,7 @@
 //! their own at all: Kiln's VMM sends what is queued whenever a vCPU waits, so the stack defers the notification
 //! (see `net::KICK_OWED`).
 
+use crate::virtio_mmio::{Registers, DESC_F_WRITE};
 use alloc::vec::Vec;
 use core::ptr::{read_volatile, write_volatile};
 use core::sync::atomic::{fence, Ordering};
@@ -23,26 +24,7 @@ const QUEUE_SIZE_MAX: u16 = 256;
 /// Memory the slots of one queue may take, together (big frames mean fewer slots).
 const SLOT_BUDGET: usize = 1 << 20;
 
-const REG_DRIVER_FEATURES: usize = 0x020;
-const REG_DRIVER_FEATURES_SEL: usize = 0x024;
-const REG_QUEUE_SEL: usize = 0x030;
-const REG_QUEUE_NUM: usize = 0x038;
-const REG_QUEUE_READY: usize = 0x044;
-const REG_QUEUE_NOTIFY: usize = 0x050;
-const REG_STATUS: usize = 0x070;
-const REG_QUEUE_DESC: usize = 0x080;
-const REG_QUEUE_DRIVER: usize = 0x090;
-const REG_QUEUE_DEVICE: usize = 0x0a0;
-
-const STATUS_ACKNOWLEDGE: u32 = 1;
-const STATUS_DRIVER: u32 = 2;
-const STATUS_DRIVER_OK: u32 = 4;
-const STATUS_FEATURES_OK: u32 = 8;
 const F_EVENT_IDX: u32 = 1 << 29;
-/// VIRTIO_F_VERSION_1, in the upper feature word.
-const F_VERSION_1_HIGH: u32 = 1;
-
-const DESC_F_WRITE: u16 = 2;
 const RX: u16 = 0;
 const TX: u16 = 1;
 
@@ -178,47 +160,18 @@ fn queue_size(slot_size: usize) -> u16 {
     1 << fit.ilog2()
 }
 
-/// The card's register window.
-#[derive(Clone, Copy)]
-struct Registers(u64);
-
-impl Registers {
-    fn write(self, reg: usize, value: u32) {
-        // SAFETY: the VMM maps the register window at this address; each access exits to it.
-        unsafe { write_volatile((self.0 + reg as u64) as *mut u32, value) }
-    }
-
-    fn read(self, reg: usize) -> u32 {
-        // SAFETY: as in `write`.
-        unsafe { read_volatile((self.0 + reg as u64) as *const u32) }
-    }
-}
-
 /// Sets the card at guest-physical `mmio_phys` up for frames of `mtu`-byte packets: its receive and transmit sides.
 pub fn setup(mmio_phys: u64, mtu: u16) -> Result<(Receiver, Transmitter), SetupError> {
     let slot = slot_size(mtu);
     let size = queue_size(slot);
     let mut rx = Queue::new(RX, size, slot, true)?;
     let tx = Queue::new(TX, size, slot, false)?;
-    let regs = Registers(direct_map(mmio_phys));
-    regs.write(REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
-    regs.write(REG_DRIVER_FEATURES_SEL, 1);
-    regs.write(REG_DRIVER_FEATURES, F_VERSION_1_HIGH);
-    regs.write(REG_DRIVER_FEATURES_SEL, 0);
-    regs.write(REG_DRIVER_FEATURES, F_EVENT_IDX);
-    regs.write(REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
-    if regs.read(REG_STATUS) & STATUS_FEATURES_OK == 0 {
+    let regs = Registers::at(mmio_phys);
+    if !regs.negotiate(F_EVENT_IDX) {
         return Err(SetupError::Features);
     }
     for q in [&rx, &tx] {
-        regs.write(REG_QUEUE_SEL, u32::from(q.index));
-        regs.write(REG_QUEUE_NUM, u32::from(q.size));
-        for (reg, addr) in [(REG_QUEUE_DESC, q.desc), (REG_QUEUE_DRIVER, q.avail), (REG_QUEUE_DEVICE, q.used)] {
-            let phys = addr - DIRECT_MAP_BASE;
-            regs.write(reg, phys as u32);
-            regs.write(reg + 4, (phys >> 32) as u32);
-        }
-        regs.write(REG_QUEUE_READY, 1);
+        regs.set_queue(q.index, q.size, q.desc, q.avail, q.used);
     }
     // Every receive slot goes to the device before the card starts, so that frames that came before (a -p client
     // that connected early) go into them at once. No notification: the device looks when a frame comes, and on
@@ -228,7 +181,7 @@ pub fn setup(mmio_phys: u64, mtu: u16) -> Result<(Receiver, Transmitter), SetupE
     }
     rx.publish();
     rx.decided_at = rx.next_avail;
-    regs.write(REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+    regs.start();
     Ok((Receiver { regs, queue: rx }, Transmitter { regs, queue: tx, free: (0..size).collect() }))
 }
 
@@ -274,7 +227,7 @@ impl Receiver {
     /// Tells the device about slots given back, if it asked (it ran out).
     pub fn flush(&mut self) {
         if self.queue.needs_notification() {
-            self.regs.write(REG_QUEUE_NOTIFY, u32::from(RX));
+            self.regs.notify(RX);
         }
     }
 }
@@ -314,7 +267,7 @@ impl Transmitter {
     fn free_slot(&mut self) -> Option<u16> {
         self.reclaim();
         if self.free.is_empty() {
-            self.regs.write(REG_QUEUE_NOTIFY, u32::from(TX));
+            self.regs.notify(TX);
             self.queue.decided_at = self.queue.next_avail;
             self.reclaim();
         }
@@ -336,6 +289,6 @@ impl Transmitter {
 
     /// Notifies the device (a VM exit; it sends everything queued before the exit returns).
     pub fn kick(&self) {
-        self.regs.write(REG_QUEUE_NOTIFY, u32::from(TX));
+        self.regs.notify(TX);
     }
 }

@@ -4,6 +4,7 @@
 //! physically contiguous memory from the frame allocator (the filesystem's cache blocks live on the heap): a copy
 //! costs far less than the exits that more, smaller requests would.
 
+use crate::virtio_mmio::{Registers, DESC_F_NEXT, DESC_F_WRITE};
 use alloc::vec::Vec;
 use core::ptr::{read_volatile, write_volatile};
 use core::sync::atomic::{fence, Ordering};
@@ -16,26 +17,8 @@ const REQUESTS: usize = QUEUE_SIZE as usize / 3;
 /// Bytes of data one batch moves at most (the VMM takes up to 1 MiB per request).
 const STAGING: usize = 512 << 10;
 
-const REG_DRIVER_FEATURES: usize = 0x020;
-const REG_DRIVER_FEATURES_SEL: usize = 0x024;
-const REG_QUEUE_SEL: usize = 0x030;
-const REG_QUEUE_NUM: usize = 0x038;
-const REG_QUEUE_READY: usize = 0x044;
-const REG_QUEUE_NOTIFY: usize = 0x050;
-const REG_STATUS: usize = 0x070;
-const REG_QUEUE_DESC: usize = 0x080;
-const REG_QUEUE_DRIVER: usize = 0x090;
-const REG_QUEUE_DEVICE: usize = 0x0a0;
-
-const STATUS_ACKNOWLEDGE: u32 = 1;
-const STATUS_DRIVER: u32 = 2;
-const STATUS_DRIVER_OK: u32 = 4;
-const STATUS_FEATURES_OK: u32 = 8;
 const F_FLUSH: u32 = 1 << 9;
-const F_VERSION_1_HIGH: u32 = 1;
 
-const DESC_F_NEXT: u16 = 1;
-const DESC_F_WRITE: u16 = 2;
 const T_IN: u32 = 0;
 const T_OUT: u32 = 1;
 const T_FLUSH: u32 = 4;
@@ -56,7 +39,7 @@ struct Request {
 }
 
 pub struct VirtioBlk {
-    regs: u64,
+    regs: Registers,
     capacity: u64,
     /// Direct-map addresses: descriptor table, available ring, used ring, request headers (16 bytes each), status
     /// bytes (one each), staging area.
@@ -83,7 +66,7 @@ impl VirtioBlk {
         let phys = crate::mm::memory().frames.alloc(total).ok_or(SetupError::OutOfMemory)?;
         let base = direct_map(phys);
         let blk = VirtioBlk {
-            regs: direct_map(mmio_phys),
+            regs: Registers::at(mmio_phys),
             capacity,
             desc: base,
             avail: base + desc_bytes,
@@ -95,36 +78,13 @@ impl VirtioBlk {
             next_used: 0,
             notifications: 0,
         };
-        blk.write_reg(REG_STATUS, 0);
-        blk.write_reg(REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
-        blk.write_reg(REG_DRIVER_FEATURES_SEL, 1);
-        blk.write_reg(REG_DRIVER_FEATURES, F_VERSION_1_HIGH);
-        blk.write_reg(REG_DRIVER_FEATURES_SEL, 0);
-        blk.write_reg(REG_DRIVER_FEATURES, F_FLUSH);
-        blk.write_reg(REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
-        if blk.read_reg(REG_STATUS) & STATUS_FEATURES_OK == 0 {
+        blk.regs.reset();
+        if !blk.regs.negotiate(F_FLUSH) {
             return Err(SetupError::Features);
         }
-        blk.write_reg(REG_QUEUE_SEL, 0);
-        blk.write_reg(REG_QUEUE_NUM, u32::from(QUEUE_SIZE));
-        for (reg, addr) in [(REG_QUEUE_DESC, blk.desc), (REG_QUEUE_DRIVER, blk.avail), (REG_QUEUE_DEVICE, blk.used)] {
-            let phys = addr - DIRECT_MAP_BASE;
-            blk.write_reg(reg, phys as u32);
-            blk.write_reg(reg + 4, (phys >> 32) as u32);
-        }
-        blk.write_reg(REG_QUEUE_READY, 1);
-        blk.write_reg(REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+        blk.regs.set_queue(0, QUEUE_SIZE, blk.desc, blk.avail, blk.used);
+        blk.regs.start();
         Ok(blk)
-    }
-
-    fn write_reg(&self, reg: usize, value: u32) {
-        // SAFETY: the VMM maps the register window at this address; each access exits to it.
-        unsafe { write_volatile((self.regs + reg as u64) as *mut u32, value) }
-    }
-
-    fn read_reg(&self, reg: usize) -> u32 {
-        // SAFETY: as in `write_reg`.
-        unsafe { read_volatile((self.regs + reg as u64) as *const u32) }
     }
 
     fn staged(&mut self, at: usize, len: usize) -> &mut [u8] {
@@ -175,7 +135,7 @@ impl VirtioBlk {
         // SAFETY: `avail.idx`; x86 keeps the stores above before this one.
         unsafe { write_volatile((self.avail + 2) as *mut u16, self.next_avail) };
         fence(Ordering::SeqCst);
-        self.write_reg(REG_QUEUE_NOTIFY, 0);
+        self.regs.notify(0);
         self.notifications += 1;
         // SAFETY: `used.idx`, which the device wrote before the notification's exit returned.
         let used = unsafe { read_volatile((self.used + 2) as *const u16) };
