@@ -238,23 +238,13 @@ impl VirtioDevice for Blk {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::virtio::testing::{desc, mem, NEXT, WRITE};
     use crate::virtio::MmioTransport;
-    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
 
-    const WRITE: u16 = 2;
-    const NEXT: u16 = 1;
     const HDR: u64 = 0x3_0000;
     const DATA: u64 = 0x4_0000;
     const STATUS: u64 = 0x5_0000;
-
-    fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
-        RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
-    }
-
-    fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()
-    }
 
     /// A device over a fresh 64 KiB file, its queue set up through the registers as a driver would.
     fn device(mem: &GuestMemoryMmap) -> (MmioTransport<Blk>, MockSplitQueue<'_, GuestMemoryMmap>, File) {

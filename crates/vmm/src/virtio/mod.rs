@@ -6,6 +6,8 @@
 pub mod blk;
 pub mod net;
 pub mod tap;
+#[cfg(test)]
+mod testing;
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;

@@ -254,9 +254,9 @@ impl<B: Backend> VirtioDevice for Net<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::virtio::testing::{desc, mem, NEXT, WRITE};
     use crate::virtio::MmioTransport;
     use std::collections::VecDeque;
-    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::GuestAddress;
 
@@ -278,17 +278,6 @@ mod tests {
         fn ready_fd(&self) -> std::os::fd::RawFd {
             -1
         }
-    }
-
-    const WRITE: u16 = 2;
-    const NEXT: u16 = 1;
-
-    fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
-        RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
-    }
-
-    fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()
     }
 
     /// A transport whose two queues are the mock queues' rings, set up as a driver would through the registers.
