@@ -41,8 +41,12 @@ impl Disk {
         self.device().read(addr - self.window.start, data);
     }
 
-    pub fn write(&self, addr: u64, data: &[u8], mem: &GuestMemoryMmap) {
-        self.device().write(addr - self.window.start, data, mem);
+    /// A vCPU's write to the registers (a queue notification handles the queued requests); an error says how the
+    /// guest broke the queue, and the VM should stop.
+    pub fn write(&self, addr: u64, data: &[u8], mem: &GuestMemoryMmap) -> Result<(), String> {
+        let mut device = self.device();
+        device.write(addr - self.window.start, data, mem);
+        device.device.fault().map_or(Ok(()), |why| Err(why.to_string()))
     }
 
     pub fn stats(&self) -> BlkStats {

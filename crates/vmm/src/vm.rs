@@ -509,11 +509,15 @@ fn run_vcpu(
                     card.write(addr, data, shared.ram.inner());
                     continue;
                 }
-                if let Some((_, disk)) = shared.disks.iter().find(|(_, d)| d.claims(addr)) {
-                    disk.write(addr, data, shared.ram.inner());
-                    continue;
+                match shared.disks.iter().find(|(_, d)| d.claims(addr)) {
+                    Some((name, disk)) => match disk.write(addr, data, shared.ram.inner()) {
+                        Ok(()) => continue,
+                        Err(why) => {
+                            Outcome::Stopped(format!("the guest broke volume {name}'s virtio-blk queue: {why}"))
+                        }
+                    },
+                    None => Outcome::Stopped(format!("the guest wrote physical address {addr:#x}, where nothing is")),
                 }
-                Outcome::Stopped(format!("the guest wrote physical address {addr:#x}, where nothing is"))
             }
             VcpuExit::IoOut(UNREWRITTEN_SYSCALL_PORT, _) => {
                 Outcome::Crashed(crash(&vcpu, shared, "unrewritten syscall"))

@@ -2,7 +2,8 @@
 //! sector), data buffers and a one-byte status. Every request is checked before the file is touched: the header and
 //! status descriptors' lengths and directions, data buffers of the direction the type needs, whole sectors, at most
 //! [`MAX_REQUEST`] bytes, inside the file. A request that fails a check gets VIRTIO_BLK_S_IOERR (or, with no status
-//! byte to write, is returned unused) and is counted; nothing the guest sends reaches the file unchecked.
+//! byte to write, is returned unused) and is counted; nothing the guest sends reaches the file unchecked. A queue the
+//! guest broke (an available index too far ahead, a head outside the descriptor table) stops the VM with why.
 //!
 //! Requests are handled in ring order before the notification's exit returns, so a FLUSH after writes in one batch
 //! covers them. FLUSH is `fdatasync` on the host file: once the guest sees its status, the bytes are on the host's
@@ -11,7 +12,7 @@
 use super::{VirtioDevice, VIRTIO_F_VERSION_1};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use virtio_queue::{desc::split::Descriptor, Queue, QueueT};
+use virtio_queue::{desc::split::Descriptor, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 pub const DEVICE_TYPE: u32 = 2;
@@ -51,6 +52,9 @@ pub struct Blk {
     capacity_sectors: u64,
     buffer: Vec<u8>,
     pub stats: BlkStats,
+    /// Why the device stopped: the guest broke its queue (an available index too far ahead, a head no request can
+    /// be returned to), so nothing more it queues can be answered.
+    fault: Option<String>,
 }
 
 /// Why a request failed; its status byte.
@@ -60,26 +64,49 @@ impl Blk {
     /// A device over `file`, whose length (whole sectors of it) is the capacity; `id` is what GET_ID answers.
     pub fn new(file: File, id: &str) -> std::io::Result<Blk> {
         let capacity_sectors = file.metadata()?.len() / SECTOR;
-        Ok(Blk { file, id: id.to_string(), capacity_sectors, buffer: Vec::new(), stats: BlkStats::default() })
+        Ok(Blk {
+            file,
+            id: id.to_string(),
+            capacity_sectors,
+            buffer: Vec::new(),
+            stats: BlkStats::default(),
+            fault: None,
+        })
     }
 
     pub fn capacity(&self) -> u64 {
         self.capacity_sectors * SECTOR
     }
 
-    /// Handles every request the driver queued; whether any went back to it.
+    /// Handles every request the driver queued; whether any went back to it. A broken queue stops the device, with
+    /// the reason in [`Blk::fault`].
     pub fn process(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
         let mut used = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        while self.fault.is_none() {
+            let chain = match queue.iter(mem) {
+                Ok(mut heads) => heads.next(),
+                Err(e) => {
+                    self.fault = Some(format!("its available ring is invalid ({e})"));
+                    break;
+                }
+            };
+            let Some(chain) = chain else { break };
             let head = chain.head_index();
             let descs: Vec<Descriptor> = chain.collect();
             let written = self.request(&descs, mem);
-            if queue.add_used(mem, head, written).is_err() {
+            if let Err(e) = queue.add_used(mem, head, written) {
+                self.stats.errors += 1;
+                self.fault = Some(format!("request {head} cannot be returned ({e})"));
                 break;
             }
             used = true;
         }
         used
+    }
+
+    /// Why the device stopped, if the guest broke its queue.
+    pub fn fault(&self) -> Option<&str> {
+        self.fault.as_deref()
     }
 
     /// One request: the bytes written into the guest's buffers (data and status).
@@ -420,6 +447,28 @@ mod tests {
         let mut id = [0u8; 4];
         mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
         assert_eq!(&id, b"vo\xee\xee", "two bytes asked for, two written");
+    }
+
+    #[test]
+    fn an_available_index_too_far_ahead_stops_the_device() {
+        let mem = mem();
+        let (mut t, q, _) = device(&mem);
+        q.avail().idx().store(17);
+        notify(&mut t, &mem);
+        assert!(t.device.fault().is_some_and(|f| f.contains("available ring")), "{:?}", t.device.fault());
+        assert_eq!(q.used().idx().load(), 0);
+    }
+
+    #[test]
+    fn a_head_outside_the_descriptor_table_stops_the_device() {
+        let mem = mem();
+        let (mut t, q, _) = device(&mem);
+        header(&mem, HDR, T_FLUSH, 0);
+        q.add_desc_chains(&[desc(HDR, 16, NEXT, 1), desc(STATUS, 1, WRITE, 0)], 0).unwrap();
+        q.avail().ring().ref_at(0).unwrap().store(999);
+        notify(&mut t, &mem);
+        assert!(t.device.fault().is_some_and(|f| f.contains("request 999")), "{:?}", t.device.fault());
+        assert_eq!(q.used().idx().load(), 0);
     }
 
     #[test]
