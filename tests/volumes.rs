@@ -67,6 +67,9 @@ fn volume_commands_create_list_inspect_and_remove() {
     let err = kiln_in(&home).args(["volume", "create", "tiny", "--size", "1M"]).run().assert_kiln_error();
     assert!(err.contains("out of range"), "{err}");
     assert!(!volume_file(&home, "tiny").exists());
+    let err = kiln_in(&home).env("PATH", "/nonexistent").args(["volume", "create", "nomkfs"]).run().assert_kiln_error();
+    assert!(err.starts_with("kiln: mkfs.ext2 is not installed"), "{err}");
+    assert!(!volume_file(&home, "nomkfs").exists());
     let err = kiln_in(&home).args(["volume", "inspect", "nope"]).run().assert_kiln_error();
     assert_eq!(err, "kiln: no such volume nope; create it with `kiln volume create nope`");
 
