@@ -209,6 +209,37 @@ fn a_volume_attached_to_a_running_instance_cannot_be_attached_again() {
     kiln_in(&home).args(["volume", "rm", "shared"]).run().assert_code(0);
 }
 
+/// O_DSYNC, O_SYNC and pwritev2's RWF_DSYNC: a write that returned is in the host file without any fsync, so a VMM
+/// killed right after loses none of it.
+#[test]
+fn synchronous_writes_survive_a_kill_without_fsync() {
+    if !kvm::available() {
+        return;
+    }
+    let home = home("dsync");
+    kiln_in(&home).args(["volume", "create", "sync", "--size", "8M"]).run().assert_code(0);
+    let mut child = kiln_in(&home)
+        .args(["run", "-v", "sync:/data"])
+        .arg(guests::c("volume"))
+        .args(["dsync", "/data"])
+        .into_command()
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = String::new();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    while !out.ends_with("failures\n") && stdout.read_line(&mut out).is_ok_and(|n| n > 0) {}
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(out.ends_with("\n0 failures\n"), "{out}");
+    let file = volume_file(&home, "sync");
+    let fsck = Command::new("e2fsck").arg("-fy").arg(&file).output().expect("e2fsck");
+    assert!(matches!(fsck.status.code(), Some(0 | 1)), "{}", String::from_utf8_lossy(&fsck.stdout));
+    assert_eq!(debugfs_cat(&file, "/dsync"), "o_dsync\n");
+    assert_eq!(debugfs_cat(&file, "/osync"), "o_sync\n");
+    assert_eq!(debugfs_cat(&file, "/rwf"), "rwf_dsync\n");
+}
+
 /// Removes a detached instance however its test ends, so that no instance process outlives a failed test.
 struct Detached<'a>(&'a Path, &'static str);
 

@@ -58,7 +58,7 @@ const NOTES: &[(u64, &str)] = &[
     (306, "partial: the filesystem is in memory: nothing to flush"),
     (316, "partial: flags must be 0"),
     (327, "partial: RWF_* hints are accepted and change nothing (files are in memory); unknown flags are EOPNOTSUPP"),
-    (328, "partial: RWF_APPEND appends; other RWF_* hints change nothing; unknown flags are EOPNOTSUPP"),
+    (328, "partial: RWF_APPEND appends; RWF_DSYNC/RWF_SYNC write a volume file back before returning; other RWF_* hints change nothing; unknown flags are EOPNOTSUPP"),
     (332, "partial: the basic fields (STATX_BASIC_STATS)"),
     (439, "partial: everyone is root: an existing path is accessible"),
     (25, "partial: anonymous mappings; MREMAP_FIXED refused; moved memory loses its mprotect protection"),

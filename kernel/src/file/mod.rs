@@ -25,6 +25,10 @@ pub const O_RDWR: u32 = 2;
 pub const O_NONBLOCK: u32 = 0o4000;
 pub const O_APPEND: u32 = 0o2000;
 pub const O_CLOEXEC: u32 = 0o2000000;
+/// Each write reaches the disk before it returns, as if fdatasync followed it; O_SYNC (0o4010000) includes it.
+pub const O_DSYNC: u32 = 0o10000;
+/// O_SYNC's own bit, kept so that F_GETFL reports O_SYNC as it was given.
+pub const O_SYNC_ONLY: u32 = 0o4000000;
 
 pub const POLLIN: u16 = 0x1;
 pub const POLLOUT: u16 = 0x4;

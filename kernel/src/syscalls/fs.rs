@@ -8,7 +8,9 @@ use crate::file::epoll::{Ctl, Epoll, EPOLLEXCLUSIVE};
 use crate::file::eventfd::EventFd;
 use crate::file::pipe::{self, Pipe};
 use crate::file::wait::PollSet;
-use crate::file::{self, File, Object, O_ACCMODE, O_APPEND, O_CLOEXEC, O_NONBLOCK, O_RDONLY, O_RDWR, O_WRONLY};
+use crate::file::{
+    self, File, Object, O_ACCMODE, O_APPEND, O_CLOEXEC, O_DSYNC, O_NONBLOCK, O_RDONLY, O_RDWR, O_SYNC_ONLY, O_WRONLY,
+};
 use crate::sync::SpinLock;
 use crate::vfs::{self, Inode};
 use crate::{time, user};
@@ -202,6 +204,8 @@ fn write_from(f: &File, buffers: &mut dyn Iterator<Item = Result<IoVec, Errno>>)
             let mut at = offset.lock();
             let (written, end) = write_file_at(inode, *at, append, buffers)?;
             *at = end;
+            drop(at);
+            sync_if(dsync(f), inode)?;
             Ok(written)
         }
         Object::Directory { .. } => Err(Errno::EISDIR),
@@ -273,11 +277,26 @@ pub fn pread64(a: &Args) -> SysResult {
     read_file_at(inode, offset_arg(a[3])?, a[1], a[2])
 }
 
+/// Whether writes to `f` must reach the disk before they return (O_DSYNC, or O_SYNC which includes it).
+fn dsync(f: &File) -> bool {
+    f.flags.load(Ordering::Relaxed) & O_DSYNC != 0
+}
+
+/// After a write: writes `inode` back if `wanted` (a volume's file then waits for the host's flush, as fdatasync).
+fn sync_if(wanted: bool, inode: &Inode) -> Result<(), Errno> {
+    if wanted {
+        inode.sync()?;
+    }
+    Ok(())
+}
+
 pub fn pwrite64(a: &Args) -> SysResult {
     let f = file::get(a[0])?;
     let inode = positional(&f, writable(&f))?;
     let iov = IoVec { base: a[1], len: a[2] };
-    write_file_at(inode, offset_arg(a[3])?, false, &mut core::iter::once(Ok(iov))).map(|(n, _)| n)
+    let (written, _) = write_file_at(inode, offset_arg(a[3])?, false, &mut core::iter::once(Ok(iov)))?;
+    sync_if(dsync(&f), inode)?;
+    Ok(written)
 }
 
 /// preadv: readv at an offset (`a[3]`; on x86-64 the high half in `a[4]` is unused), leaving the file's offset alone.
@@ -296,12 +315,17 @@ pub fn preadv(a: &Args) -> SysResult {
 pub fn pwritev(a: &Args) -> SysResult {
     let f = file::get(a[0])?;
     let inode = positional(&f, writable(&f))?;
-    write_file_at(inode, offset_arg(a[3])?, false, &mut iovecs(a[1], a[2])?).map(|(n, _)| n)
+    let (written, _) = write_file_at(inode, offset_arg(a[3])?, false, &mut iovecs(a[1], a[2])?)?;
+    sync_if(dsync(&f), inode)?;
+    Ok(written)
 }
 
-/// RWF_HIPRI, RWF_DSYNC, RWF_SYNC and RWF_NOWAIT change nothing for files in memory; RWF_APPEND makes pwritev2
-/// append. Other flags are EOPNOTSUPP, as Linux says for flags it does not know.
+/// RWF_HIPRI and RWF_NOWAIT change nothing; RWF_DSYNC and RWF_SYNC make this write as O_DSYNC would (a file on a
+/// volume is written back before the call returns); RWF_APPEND makes pwritev2 append. Other flags are EOPNOTSUPP,
+/// as Linux says for flags it does not know.
 const RWF_KNOWN: u64 = 0x1f;
+const RWF_DSYNC: u64 = 0x2;
+const RWF_SYNC: u64 = 0x4;
 const RWF_APPEND: u64 = 0x10;
 
 pub fn preadv2(a: &Args) -> SysResult {
@@ -314,7 +338,7 @@ pub fn preadv2(a: &Args) -> SysResult {
 }
 
 pub fn pwritev2(a: &Args) -> SysResult {
-    match (a[5], a[3] as i64) {
+    let written = match (a[5], a[3] as i64) {
         (flags, _) if flags & !RWF_KNOWN != 0 => Err(Errno::EOPNOTSUPP),
         (flags, _) if flags & RWF_APPEND != 0 => {
             let f = file::get(a[0])?;
@@ -323,7 +347,13 @@ pub fn pwritev2(a: &Args) -> SysResult {
         }
         (_, -1) => writev(a),
         _ => pwritev(a),
+    }?;
+    if a[5] & (RWF_DSYNC | RWF_SYNC) != 0 {
+        if let Object::Regular { inode, .. } = &file::get(a[0])?.object {
+            inode.sync()?;
+        }
     }
+    Ok(written)
 }
 
 fn offset_arg(offset: u64) -> Result<u64, Errno> {
@@ -480,7 +510,7 @@ const O_DIRECTORY: u32 = 0o200000;
 /// Opens `path` (absolute, as `super::path::resolve` makes it): a device file, or one of the filesystem.
 fn open_path(path: &str, flags: u32, mode: u32) -> SysResult {
     let cloexec = flags & O_CLOEXEC != 0;
-    let status = flags & (O_ACCMODE | O_NONBLOCK | O_APPEND);
+    let status = flags & (O_ACCMODE | O_NONBLOCK | O_APPEND | O_DSYNC | O_SYNC_ONLY);
     let device = match path {
         "/dev/null" => Some(Object::Null),
         "/dev/zero" => Some(Object::Zero),

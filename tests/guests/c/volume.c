@@ -1,6 +1,8 @@
 /* volume.c: file syscalls on a mounted volume. "write ROOT" makes files and directories under ROOT (create, write,
  * pwrite, lseek, ftruncate, rename, unlink, rmdir, fsync, fdatasync); "read ROOT" (in the next instance) checks that
- * they are all there with their bytes. One "ok:"/"FAILED:" line per check; the exit code counts failures. */
+ * they are all there with their bytes. One "ok:"/"FAILED:" line per check; the exit code counts failures. "dsync ROOT"
+ * writes three files through O_DSYNC, O_SYNC and pwritev2's RWF_DSYNC, never fsyncs, reports, and waits to be
+ * killed: what it wrote must be on the host all the same. */
 #define _GNU_SOURCE
 #include "check.h"
 #include <dirent.h>
@@ -10,7 +12,13 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
+
+#ifndef RWF_DSYNC
+#define RWF_DSYNC 2
+#endif
 
 #define BIG (3 << 20)
 
@@ -132,11 +140,26 @@ static void do_read(const char *root) {
   check(statfs("/tmp", &sfs) == 0 && sfs.f_type == 0x01021994, "statfs off the volume: tmpfs");
 }
 
+static void do_dsync(const char *root) {
+  int fd = open(at(0, root, "dsync"), O_CREAT | O_WRONLY | O_DSYNC, 0644);
+  check(fd >= 0 && write_all(fd, "o_dsync\n", 8) == 0, "write with O_DSYNC");
+  int sfd = open(at(0, root, "osync"), O_CREAT | O_WRONLY | O_SYNC, 0644);
+  check(sfd >= 0 && pwrite(sfd, "o_sync\n", 7, 0) == 7, "pwrite with O_SYNC");
+  check(sfd >= 0 && (fcntl(sfd, F_GETFL) & O_SYNC) == O_SYNC, "F_GETFL reports O_SYNC");
+  int rfd = open(at(0, root, "rwf"), O_CREAT | O_WRONLY, 0644);
+  struct iovec iov = {"rwf_dsync\n", 10};
+  check(rfd >= 0 && syscall(SYS_pwritev2, rfd, &iov, 1, 0, 0, RWF_DSYNC) == 10, "pwritev2 with RWF_DSYNC");
+  printf("%d failures\n", failures);
+  fflush(stdout);
+  for (;;) sleep(1);
+}
+
 int main(int argc, char **argv) {
   if (argc != 3) {
-    fprintf(stderr, "usage: volume write|read ROOT\n");
+    fprintf(stderr, "usage: volume write|read|dsync ROOT\n");
     return 2;
   }
+  if (strcmp(argv[1], "dsync") == 0) do_dsync(argv[2]);
   if (strcmp(argv[1], "write") == 0)
     do_write(argv[2]);
   else
