@@ -29,6 +29,9 @@ const T_GET_ID: u32 = 8;
 const S_OK: u8 = 0;
 const S_IOERR: u8 = 1;
 const S_UNSUPP: u8 = 2;
+/// Descriptors one request may chain: a queue's worth. virtio-queue follows indirect tables (never offered here) of
+/// up to 65,535 descriptors, which must not size what the host collects.
+const MAX_CHAIN: usize = QUEUE_SIZE as usize;
 /// VIRTIO_BLK_ID_BYTES.
 const ID_LEN: usize = 20;
 
@@ -92,8 +95,13 @@ impl Blk {
             };
             let Some(chain) = chain else { break };
             let head = chain.head_index();
-            let descs: Vec<Descriptor> = chain.collect();
-            let written = self.request(&descs, mem);
+            let descs: Vec<Descriptor> = chain.take(MAX_CHAIN + 1).collect();
+            let written = if descs.len() > MAX_CHAIN {
+                self.stats.errors += 1;
+                0
+            } else {
+                self.request(&descs, mem)
+            };
             if let Err(e) = queue.add_used(mem, head, written) {
                 self.stats.errors += 1;
                 self.fault = Some(format!("request {head} cannot be returned ({e})"));
@@ -447,6 +455,33 @@ mod tests {
         let mut id = [0u8; 4];
         mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
         assert_eq!(&id, b"vo\xee\xee", "two bytes asked for, two written");
+    }
+
+    #[test]
+    fn a_chain_longer_than_a_queue_is_refused_unread() {
+        let mem = mem();
+        let (mut t, q, file) = device(&mem);
+        const TABLE: u64 = 0x6_0000;
+        // A header, 288 buffers of 16 bytes (nine sectors, within the device) and a status: 290 descriptors.
+        const LEN: u16 = 290;
+        header(&mem, HDR, T_OUT, 0);
+        mem.write_slice(&[0x42; 512], GuestAddress(DATA)).unwrap();
+        for i in 0..LEN {
+            let d = match i {
+                0 => desc(HDR, 16, NEXT, 1),
+                _ if i == LEN - 1 => desc(STATUS, 1, WRITE, 0),
+                _ => desc(DATA, 16, NEXT, i + 1),
+            };
+            mem.write_obj(d, GuestAddress(TABLE + 16 * u64::from(i))).unwrap();
+        }
+        const INDIRECT: u16 = 4;
+        q.add_desc_chains(&[desc(TABLE, 16 * u32::from(LEN), INDIRECT, 0)], 0).unwrap();
+        notify(&mut t, &mem);
+        assert_eq!(q.used().idx().load(), 1, "returned");
+        assert_eq!((t.device.stats.errors, t.device.stats.writes), (1, 0));
+        let mut first = [0u8; 512];
+        file.read_exact_at(&mut first, 0).unwrap();
+        assert_eq!(first, [0; 512], "nothing reached the file");
     }
 
     #[test]
