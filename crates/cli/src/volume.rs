@@ -135,9 +135,10 @@ fn attached(file: &File) -> bool {
     r != 0
 }
 
-fn open_existing(name: &str) -> Result<(PathBuf, File)> {
+/// Opens volume `name`, for writing if `write` (an instance's); `ls`, `inspect` and `rm` only read it and lock it.
+fn open_existing(name: &str, write: bool) -> Result<(PathBuf, File)> {
     let path = volume_path(name)?;
-    match File::options().read(true).write(true).open(&path) {
+    match File::options().read(true).write(write).open(&path) {
         Ok(f) => Ok((path, f)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             bail!("no such volume {name}; create it with `kiln volume create {name}`")
@@ -161,7 +162,7 @@ impl kiln_ext2::BlockDevice for HostFile<'_> {
 /// Opens volume `name` for an instance and locks it for as long as the file stays open; checks first that the
 /// library OS will be able to mount it.
 pub fn attach(name: &str) -> Result<File> {
-    let (path, file) = open_locked(name)?.ok_or_else(|| {
+    let (path, file) = open_locked(name, true)?.ok_or_else(|| {
         anyhow!("volume {name} is attached to another running instance; a volume can be attached to one at a time")
     })?;
     let len = file.metadata().with_context(|| format!("cannot read volume {name}"))?.len();
@@ -178,9 +179,9 @@ pub fn attach(name: &str) -> Result<File> {
 /// Opens volume `name` and takes its exclusive lock; `None` if an instance holds it. The lock is taken on what was
 /// opened, so the name is checked again afterwards: a `kiln volume rm` that deleted the file between the open and the
 /// lock must not leave us attaching (or deleting) a file no name reaches, or a newer volume of the same name unlocked.
-fn open_locked(name: &str) -> Result<Option<(PathBuf, File)>> {
+fn open_locked(name: &str, write: bool) -> Result<Option<(PathBuf, File)>> {
     for _ in 0..3 {
-        let (path, file) = open_existing(name)?;
+        let (path, file) = open_existing(name, write)?;
         if !lock_exclusive(&file).with_context(|| format!("cannot lock volume {name}"))? {
             return Ok(None);
         }
@@ -258,7 +259,8 @@ fn list() -> Result<()> {
     names.sort();
     println!("{:<24} {:>10} {:>10} ATTACHED", "NAME", "SIZE", "USED");
     for name in names {
-        let Ok((_, file)) = open_existing(&name) else { continue };
+        // Gone since the directory was read (a concurrent rm): not listed.
+        let Ok((_, file)) = open_existing(&name, false) else { continue };
         let (size, used) = usage(&file).map_or(("?".into(), "?".into()), |(t, f)| (human(t), human(t - f)));
         println!("{name:<24} {size:>10} {used:>10} {}", if attached(&file) { "yes" } else { "no" });
     }
@@ -266,7 +268,7 @@ fn list() -> Result<()> {
 }
 
 fn remove(name: &str) -> Result<()> {
-    let Some((path, _locked)) = open_locked(name)? else {
+    let Some((path, _locked)) = open_locked(name, false)? else {
         bail!("volume {name} is attached to a running instance; stop it first");
     };
     // Deleted while locked: an attach that opened the file before this checks the name once it has the lock.
@@ -276,7 +278,7 @@ fn remove(name: &str) -> Result<()> {
 }
 
 fn inspect(name: &str) -> Result<()> {
-    let (path, file) = open_existing(name)?;
+    let (path, file) = open_existing(name, false)?;
     let file_size = file.metadata().map(|m| m.len()).unwrap_or(0);
     println!("name:       {name}");
     println!("file:       {}", path.display());
