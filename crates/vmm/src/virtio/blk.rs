@@ -273,7 +273,7 @@ impl VirtioDevice for Blk {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::virtio::testing::{desc, mem, NEXT, WRITE};
+    use crate::virtio::testing::{desc, mem, start, NEXT, WRITE};
     use crate::virtio::MmioTransport;
     use virtio_queue::mock::MockSplitQueue;
 
@@ -289,21 +289,7 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         file.set_len(64 << 10).unwrap();
         let q = MockSplitQueue::create(mem, GuestAddress(0x1_0000), 16);
-        let mut t = MmioTransport::new(Blk::new(file.try_clone().unwrap(), "vol").unwrap());
-        let w = |t: &mut MmioTransport<Blk>, off: u64, v: u32| t.write(off, &v.to_le_bytes(), mem);
-        w(&mut t, 0x70, 1 | 2);
-        w(&mut t, 0x24, 1);
-        w(&mut t, 0x20, 1);
-        w(&mut t, 0x70, 1 | 2 | 8);
-        w(&mut t, 0x30, 0);
-        w(&mut t, 0x38, 16);
-        for (reg, addr) in [(0x80, q.desc_table_addr()), (0x90, q.avail_addr()), (0xa0, q.used_addr())] {
-            w(&mut t, reg, addr.0 as u32);
-            w(&mut t, reg + 4, (addr.0 >> 32) as u32);
-        }
-        w(&mut t, 0x44, 1);
-        w(&mut t, 0x70, 1 | 2 | 8 | 4);
-        assert!(t.is_active());
+        let t = start(Blk::new(file.try_clone().unwrap(), "vol").unwrap(), &[&q], mem);
         (t, q, file)
     }
 

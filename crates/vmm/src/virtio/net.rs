@@ -254,7 +254,7 @@ impl<B: Backend> VirtioDevice for Net<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::virtio::testing::{desc, mem, NEXT, WRITE};
+    use crate::virtio::testing::{desc, mem, start, NEXT, WRITE};
     use crate::virtio::MmioTransport;
     use std::collections::VecDeque;
     use virtio_queue::mock::MockSplitQueue;
@@ -286,23 +286,7 @@ mod tests {
     ) -> (MmioTransport<Net<Echo>>, MockSplitQueue<'a, GuestMemoryMmap>, MockSplitQueue<'a, GuestMemoryMmap>) {
         let rx = MockSplitQueue::create(mem, GuestAddress(0x1_0000), 16);
         let tx = MockSplitQueue::create(mem, GuestAddress(0x2_0000), 16);
-        let mut t = MmioTransport::new(Net::new([2, 0, 0, 0, 0, 1], Echo::default()));
-        let w = |t: &mut MmioTransport<Net<Echo>>, off: u64, v: u32| t.write(off, &v.to_le_bytes(), mem);
-        w(&mut t, 0x70, 1 | 2);
-        w(&mut t, 0x24, 1);
-        w(&mut t, 0x20, 1); // VIRTIO_F_VERSION_1
-        w(&mut t, 0x70, 1 | 2 | 8);
-        for (i, q) in [&rx, &tx].into_iter().enumerate() {
-            w(&mut t, 0x30, i as u32);
-            w(&mut t, 0x38, 16);
-            for (reg, addr) in [(0x80, q.desc_table_addr()), (0x90, q.avail_addr()), (0xa0, q.used_addr())] {
-                w(&mut t, reg, addr.0 as u32);
-                w(&mut t, reg + 4, (addr.0 >> 32) as u32);
-            }
-            w(&mut t, 0x44, 1);
-        }
-        w(&mut t, 0x70, 1 | 2 | 8 | 4);
-        assert!(t.is_active());
+        let t = start(Net::new([2, 0, 0, 0, 0, 1], Echo::default()), &[&rx, &tx], mem);
         (t, rx, tx)
     }
 
