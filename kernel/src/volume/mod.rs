@@ -98,11 +98,15 @@ pub fn sync_all() -> Result<(), Errno> {
 }
 
 /// The program's end: every volume written back and marked cleanly unmounted, so that the next `kiln run` needs no
-/// check. (A VM killed instead leaves it marked in use, and the next attach has e2fsck check it.)
+/// check. (A VM killed instead leaves it marked in use, and the next attach has e2fsck check it.) Each volume's lock
+/// stays taken: other vCPUs run on until the VM ends, and a write of theirs after the clean mark would leave a
+/// volume marked clean that is not (the next attach would not check it). They wait instead, and the VM ends.
 pub fn unmount_all() {
     let volumes: Vec<Arc<Volume>> = VOLUMES.lock().clone();
     for v in volumes {
-        let _ = v.fs.lock().unmount();
+        let mut fs = v.fs.lock();
+        let _ = fs.unmount();
+        core::mem::forget(fs);
     }
 }
 
