@@ -201,6 +201,46 @@ fn a_damaged_instance_record_is_reported_and_removable() {
     kiln_in(&home).args(["ps", "-a"]).run().assert_code(0).assert_stderr("");
 }
 
+/// An instance still starting (its process recorded, its VM not yet booted) can be stopped, killed and removed
+/// like a running one; before, stop printed its name and let it run on. A `sleep` stands in for its process.
+#[test]
+fn a_starting_instance_can_be_stopped() {
+    let home = scratch("starting");
+    /// Kills the stand-in when the test ends, failed or not: it holds the test's output pipes open.
+    struct Reaped(std::process::Child);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut starting = Reaped(std::process::Command::new("sleep").arg("120").spawn().unwrap());
+    let pid = starting.0.id();
+    let record = |id: &str, name: &str| {
+        serde_json::json!({
+            "id": id, "name": name, "image": "./app", "image_id": null, "command": ["./app"], "ports": [],
+            "state": "created", "pid": pid, "pid_start": kiln_image::instance::process_start(pid).unwrap(),
+            "created_ms": 1, "started_ms": null, "finished_ms": null, "exit_code": null, "reason": null,
+            "auto_remove": false
+        })
+    };
+    std::fs::create_dir_all(home.join("instances/0123456789ab")).unwrap();
+    std::fs::write(home.join("instances/0123456789ab/record.json"), record("0123456789ab", "starting").to_string())
+        .unwrap();
+    let line = kiln_in(&home).args(["rm", "starting"]).run().assert_kiln_error();
+    assert!(line.contains("is running; stop it first"), "{line}");
+    kiln_in(&home).args(["stop", "-t", "30", "starting"]).run().assert_code(0).assert_stdout("starting\n");
+    // stop returns once the process is gone, so it has ended by now; a stop that did nothing fails here, not hangs.
+    let status = starting.0.try_wait().unwrap();
+    let signal = status.and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s));
+    assert_eq!(signal, Some(libc::SIGTERM), "{status:?}");
+    let i = instance(&home, "starting");
+    assert_eq!(
+        (i["state"].as_str(), i["reason"].as_str()),
+        (Some("exited"), Some("its process ended before the VM booted"))
+    );
+}
+
 #[test]
 fn an_image_runs_with_its_settings_and_files() {
     if !kvm::available() {

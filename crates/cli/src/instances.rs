@@ -155,6 +155,12 @@ fn signal(instance: &Instance, sig: i32) -> Result<()> {
     Ok(())
 }
 
+/// Whether the instance runs, or is starting: its process is there (a record whose process is gone was marked
+/// exited when it was read).
+fn has_live_process(instance: &Instance) -> bool {
+    instance.state != State::Exited && instance.vmm_alive()
+}
+
 /// SIGKILLs the VMM and records why, since it cannot.
 fn kill_and_record(instances: &Instances<'_>, instance: &Instance, reason: String) -> Result<()> {
     if instance.vmm_alive() {
@@ -181,7 +187,7 @@ pub fn stop(args: StopArgs) -> Result<u8> {
     let instances = Instances::new(&store);
     for what in &args.instances {
         let instance = instances.find(what)?;
-        if instance.state == State::Running && instance.vmm_alive() {
+        if has_live_process(&instance) {
             signal(&instance, libc::SIGTERM)?;
             if !wait_for_end(&instance, Duration::from_secs(args.time)) {
                 let why = format!("killed by kiln stop: still running {} s after SIGTERM", args.time);
@@ -205,7 +211,7 @@ pub fn kill(args: KillArgs) -> Result<u8> {
     let instances = Instances::new(&store);
     for what in &args.instances {
         let instance = instances.find(what)?;
-        if instance.state != State::Running {
+        if !has_live_process(&instance) {
             bail!("instance {} is not running", instance.name);
         }
         kill_and_record(&instances, &instance, "killed by kiln kill (SIGKILL)".into())?;
@@ -237,7 +243,7 @@ pub fn rm(args: RmArgs) -> Result<u8> {
             }
             Err(e) => return Err(e.into()),
         };
-        if instance.state == State::Running {
+        if has_live_process(&instance) {
             if !args.force {
                 bail!(
                     "instance {} is running; stop it first (kiln stop {}) or use --force",
