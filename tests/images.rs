@@ -5,22 +5,15 @@
 #[allow(dead_code)]
 mod harness;
 
-use harness::{guests, kiln, kvm, Kiln, Outcome};
+use harness::store::kiln_in;
+use harness::{guests, kvm, Outcome};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// A fresh directory under the target directory for one test.
 fn scratch(test: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("images").join(test);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// `kiln` with this test's own store.
-fn kiln_in(home: &Path) -> Kiln {
-    kiln().env("KILN_HOME", home)
+    harness::store::scratch("images", test)
 }
 
 fn json(run: &Outcome) -> Value {

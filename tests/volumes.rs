@@ -5,21 +5,15 @@
 #[allow(dead_code)]
 mod harness;
 
-use harness::{guests, kiln, kvm, Kiln};
+use harness::store::kiln_in;
+use harness::{guests, kvm};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// A fresh `$KILN_HOME` for one test.
 fn home(test: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("volume-homes").join(test);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn kiln_in(home: &Path) -> Kiln {
-    kiln().env("KILN_HOME", home)
+    harness::store::scratch("volume-homes", test)
 }
 
 fn volume_file(home: &Path, name: &str) -> PathBuf {

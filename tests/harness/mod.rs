@@ -10,6 +10,9 @@ pub mod netns;
 /// Used by the network and HTTP tests only.
 #[allow(dead_code)]
 pub mod tcp;
+// The store tests' helpers (images, volumes).
+#[allow(dead_code)]
+pub mod store;
 
 use std::ffi::OsStr;
 use std::fmt;
