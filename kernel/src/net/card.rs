@@ -71,9 +71,11 @@ impl Address {
 }
 
 impl Ipv6Net {
-    /// The next hop towards `dst`: itself when on the link (its prefix, or link-local), else the router.
+    /// The next hop towards `dst`: itself when on the link (its prefix, link-local, or multicast), else the router.
     fn next_hop(&self, dst: Ipv6Address) -> Option<Ipv6Address> {
-        let on_link = Ipv6Cidr::new(self.ip, self.prefix_len).contains_addr(&dst) || dst.is_unicast_link_local();
+        let on_link = Ipv6Cidr::new(self.ip, self.prefix_len).contains_addr(&dst)
+            || dst.is_unicast_link_local()
+            || dst.is_multicast();
         if on_link {
             Some(dst)
         } else {
