@@ -269,7 +269,17 @@ pub fn spawn(
     let slot = match reusable {
         Some(at) => s.free.swap_remove(at),
         None if s.threads.len() < MAX_THREADS => {
-            s.threads.try_reserve(1).map_err(|_| Errno::ENOMEM)?;
+            // Everything a thread may need room for later is reserved now, when running out can still be answered
+            // (clone's EAGAIN, as Linux answers a thread it cannot make): its slot, its place on the free list (its
+            // exit, or a failed stack allocation below, puts it there) and on the run queue.
+            let slots = s.threads.len() + 1;
+            let freed = s.free.len();
+            let grown = s.threads.try_reserve(1).is_ok()
+                && s.free.try_reserve(slots - freed).is_ok()
+                && s.queues.reserve_runnable(slots);
+            if !grown {
+                return Err(Errno::EAGAIN);
+            }
             s.threads.push(FREE);
             s.threads.len() - 1
         }

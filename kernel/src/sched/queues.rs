@@ -29,6 +29,11 @@ impl Queues {
         self.run.push_back(slot);
     }
 
+    /// Makes room for `threads` runnable threads without allocating later; false if memory ran out.
+    pub fn reserve_runnable(&mut self, threads: usize) -> bool {
+        self.run.try_reserve(threads.saturating_sub(self.run.len())).is_ok()
+    }
+
     pub fn any_runnable(&self) -> bool {
         !self.run.is_empty()
     }
