@@ -103,13 +103,21 @@ impl Epoll {
         }
     }
 
-    /// Whether a wait would report something now (an epoll descriptor polled in turn). Looks without consuming
-    /// edge-triggered or one-shot reports.
+    /// Whether a wait would report something now (an epoll descriptor polled in turn): what `collect` would
+    /// report, errors and hang-ups included, an edge-triggered entry only for a change not yet reported. Looks
+    /// without consuming edge-triggered or one-shot reports.
     pub fn any_ready(&self) -> bool {
-        self.entries
-            .lock()
-            .iter()
-            .any(|e| e.armed && e.file.upgrade().is_some_and(|f| f.ready((e.events & 0xffff) as u16) != 0))
+        let mut files = Vec::new();
+        let ready = self.entries.lock().iter().any(|e| {
+            let Some(file) = e.file.upgrade().filter(|_| e.armed) else { return false };
+            let reported = e.events & EPOLLET != 0 && e.reported_at == Some(file.changes());
+            let ready = !reported && file.ready((e.events & 0xffff) as u16 | POLLERR | POLLHUP) != 0;
+            files.push(file);
+            ready
+        });
+        // Dropped without the lock: the last reference to a socket closes it, which may wait (SO_LINGER).
+        drop(files);
+        ready
     }
 }
 
