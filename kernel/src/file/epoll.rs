@@ -72,6 +72,9 @@ impl Epoll {
 
     /// Appends up to `max` ready (events, data) pairs to `out`.
     pub fn collect(&self, out: &mut Vec<(u32, u64)>, max: usize) {
+        // Declared before the guard, so dropped after it: the last reference to a socket (its descriptor closed
+        // meanwhile) closes it, which may wait (SO_LINGER) and must not do so holding the lock.
+        let mut files = Vec::new();
         let mut entries = self.entries.lock();
         entries.retain(|e| e.file.strong_count() > 0);
         for e in entries.iter_mut() {
@@ -79,6 +82,7 @@ impl Epoll {
                 break;
             }
             let Some(file) = e.file.upgrade() else { continue };
+            files.push(file.clone());
             if !e.armed {
                 continue;
             }
