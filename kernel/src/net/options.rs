@@ -51,9 +51,10 @@ impl Default for Options {
 }
 
 impl Options {
-    /// SO_RCVBUF / SO_SNDBUF as Linux takes them: capped at the maximum, doubled, raised to the minimum.
+    /// SO_RCVBUF / SO_SNDBUF as Linux takes them: capped at the maximum (a negative size, read as unsigned, is
+    /// huge), doubled, raised to the minimum.
     pub fn set_buffer(&mut self, which: Direction, asked: i32) {
-        let asked = usize::try_from(asked).unwrap_or(0).min(MAX_BUFFER);
+        let asked = (asked as u32 as usize).min(MAX_BUFFER);
         self.reported[which as usize] = (2 * asked).max(MIN_REPORTED[which as usize]);
     }
 

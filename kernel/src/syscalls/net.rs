@@ -41,6 +41,9 @@ const TCP_NODELAY: u64 = 1;
 const TCP_KEEPIDLE: u64 = 4;
 const TCP_KEEPINTVL: u64 = 5;
 const TCP_KEEPCNT: u64 = 6;
+const SO_BINDTODEVICE: u64 = 25;
+const TCP_CONGESTION: u64 = 13;
+const TCP_ULP: u64 = 31;
 const MSG_PEEK: u64 = 0x2;
 const MSG_DONTWAIT: u64 = 0x40;
 const MSG_NOSIGNAL: u64 = 0x4000;
@@ -343,17 +346,29 @@ pub fn recvmmsg(a: &Args) -> SysResult {
 pub fn setsockopt(a: &Args) -> SysResult {
     let f = socket_of(a[0])?;
     let s = socket(&f);
-    let value: i32 = if a[4] >= 4 { user::read(a[3])? } else { 0 };
+    // socklen_t: the register's upper half is not the program's.
+    let optlen = a[4] as u32;
+    // Linux takes at least an int for every socket and TCP option but those that name something (a device, a
+    // congestion control, an upper layer protocol).
+    let takes_int = match (a[1], a[2]) {
+        (SOL_SOCKET, SO_BINDTODEVICE) | (IPPROTO_TCP, TCP_CONGESTION | TCP_ULP) => false,
+        (level, _) => level == SOL_SOCKET || level == IPPROTO_TCP,
+    };
+    if takes_int && optlen < 4 {
+        return Err(Errno::EINVAL);
+    }
+    let value: i32 = if optlen >= 4 { user::read(a[3])? } else { 0 };
     match (a[1], a[2]) {
         (SOL_SOCKET, which @ (SO_RCVTIMEO | SO_SNDTIMEO)) => {
-            if a[4] < 16 {
+            if optlen < 16 {
                 return Err(Errno::EINVAL);
             }
             let [sec, usec]: [i64; 2] = user::read(a[3])?;
             if sec < 0 || !(0..1_000_000).contains(&usec) {
                 return Err(Errno::EDOM);
             }
-            s.set_timeout(which == SO_SNDTIMEO, (sec as u64).saturating_mul(1_000_000_000) + usec as u64 * 1000);
+            let ns = (sec as u64).saturating_mul(1_000_000_000).saturating_add(usec as u64 * 1000);
+            s.set_timeout(which == SO_SNDTIMEO, ns);
             Ok(0)
         }
         (IPPROTO_TCP, TCP_NODELAY) => {
@@ -361,7 +376,7 @@ pub fn setsockopt(a: &Args) -> SysResult {
             Ok(0)
         }
         (SOL_SOCKET, SO_LINGER) => {
-            if a[4] < 8 {
+            if optlen < 8 {
                 return Err(Errno::EINVAL);
             }
             let [on, seconds]: [i32; 2] = user::read(a[3])?;
@@ -369,12 +384,6 @@ pub fn setsockopt(a: &Args) -> SysResult {
             let seconds = u32::try_from(seconds).unwrap_or(u32::MAX);
             s.update_options(|o| o.linger_s = (on != 0).then_some(seconds));
             Ok(0)
-        }
-        (SOL_SOCKET, SO_RCVBUF | SO_SNDBUF | SO_KEEPALIVE)
-        | (IPPROTO_TCP, TCP_KEEPIDLE | TCP_KEEPINTVL | TCP_KEEPCNT)
-            if a[4] < 4 =>
-        {
-            Err(Errno::EINVAL)
         }
         (SOL_SOCKET, which @ (SO_RCVBUF | SO_SNDBUF)) => {
             let direction = if which == SO_RCVBUF { Direction::Receive } else { Direction::Send };
@@ -409,20 +418,15 @@ pub fn getsockopt(a: &Args) -> SysResult {
     if let (SOL_SOCKET, SO_LINGER) = (a[1], a[2]) {
         let linger = s.options().linger_s;
         let value = [i32::from(linger.is_some()), linger.map_or(0, |t| t.min(i32::MAX as u32) as i32)];
-        let room: u32 = user::read(a[4])?;
         let mut bytes = [0u8; 8];
         bytes[..4].copy_from_slice(&value[0].to_le_bytes());
         bytes[4..].copy_from_slice(&value[1].to_le_bytes());
-        user::write_bytes(a[3], &bytes[..(room as usize).min(8)])?;
-        return user::write(a[4], 8u32).map(|()| 0);
+        return put_option(a[3], a[4], &bytes, false);
     }
     if let (SOL_SOCKET, which @ (SO_RCVTIMEO | SO_SNDTIMEO)) = (a[1], a[2]) {
         let ns = s.timeout(which == SO_SNDTIMEO);
         let value = [(ns / 1_000_000_000) as i64, ((ns % 1_000_000_000) / 1000) as i64];
-        let room: u32 = user::read(a[4])?;
-        let bytes: [u8; 16] = timeval_bytes(value);
-        user::write_bytes(a[3], &bytes[..(room as usize).min(16)])?;
-        return user::write(a[4], 16u32).map(|()| 0);
+        return put_option(a[3], a[4], &timeval_bytes(value), false);
     }
     let value: i32 = match (a[1], a[2]) {
         (SOL_SOCKET, SO_ERROR) => s.take_error().map_or(0, |e| e.0 as i32),
@@ -451,13 +455,22 @@ pub fn getsockopt(a: &Args) -> SysResult {
         (SOL_SOCKET | IPPROTO_TCP | IPPROTO_IP | IPPROTO_IPV6 | IPPROTO_UDP, _) => 0,
         _ => return Err(Errno::ENOPROTOOPT),
     };
-    if a[4] != 0 {
-        let room: u32 = user::read(a[4])?;
-        let bytes = value.to_le_bytes();
-        let n = (room as usize).min(4);
-        user::write_bytes(a[3], &bytes[..n])?;
-        user::write(a[4], 4u32)?;
-    }
+    put_option(a[3], a[4], &value.to_le_bytes(), a[1] == IPPROTO_TCP)
+}
+
+/// Gives a getsockopt's caller as much of `value` as its `*optlen` has room for and sets `*optlen` to what it got,
+/// as Linux does. A negative `*optlen` is EINVAL, but for TCP's int options, which Linux reads as unsigned (room for
+/// the whole int).
+fn put_option(optval: u64, optlen: u64, value: &[u8], negative_is_room: bool) -> SysResult {
+    let room: i32 = user::read(optlen)?;
+    let room = match usize::try_from(room) {
+        Ok(room) => room,
+        Err(_) if negative_is_room => value.len(),
+        Err(_) => return Err(Errno::EINVAL),
+    };
+    let len = room.min(value.len());
+    user::write_bytes(optval, &value[..len])?;
+    user::write(optlen, len as u32)?;
     Ok(0)
 }
 

@@ -120,6 +120,23 @@ static void buffers(void) {
   check(get_int(s, SOL_SOCKET, SO_RCVBUF) == 425984 && get_int(s, SOL_SOCKET, SO_SNDBUF) == 4608,
         "buffer sizes are capped at rmem_max/wmem_max and raised to Linux's minimum");
   check(setsockopt(s, SOL_SOCKET, SO_RCVBUF, "", 1) < 0 && errno == EINVAL, "a short SO_RCVBUF is EINVAL");
+  set_int(s, SOL_SOCKET, SO_SNDBUF, -1);
+  check(get_int(s, SOL_SOCKET, SO_SNDBUF) == 425984, "a negative SO_SNDBUF, read as unsigned, is capped at wmem_max");
+  check(setsockopt(s, IPPROTO_TCP, TCP_NODELAY, "", 1) < 0 && errno == EINVAL, "a short TCP_NODELAY is EINVAL");
+  check(setsockopt(s, SOL_SOCKET, SO_REUSEADDR, "", 2) < 0 && errno == EINVAL, "a short SO_REUSEADDR is EINVAL");
+  /* getsockopt gives as much as optlen has room for, and says how much it gave. */
+  unsigned char two[4] = {0xee, 0xee, 0xee, 0xee};
+  socklen_t len = 2;
+  check(getsockopt(s, SOL_SOCKET, SO_SNDBUF, two, &len) == 0 && len == 2 && two[0] == 0x00 && two[1] == 0x80 &&
+            two[2] == 0xee,
+        "getsockopt with a 2-byte optlen writes 2 bytes and sets optlen to 2");
+  struct linger half = {7, 7};
+  len = 4;
+  check(getsockopt(s, SOL_SOCKET, SO_LINGER, &half, &len) == 0 && len == 4 && half.l_onoff == 0 && half.l_linger == 7,
+        "getsockopt SO_LINGER with a 4-byte optlen writes l_onoff only and sets optlen to 4");
+  len = (socklen_t)-1;
+  check(getsockopt(s, SOL_SOCKET, SO_SNDBUF, two, &len) < 0 && errno == EINVAL, "a negative optlen is EINVAL");
+  check(getsockopt(s, SOL_SOCKET, SO_SNDBUF, two, NULL) < 0 && errno == EFAULT, "a NULL optlen is EFAULT");
   close(s);
 
   int port;
