@@ -9,6 +9,7 @@ use crate::errno::Errno;
 use crate::sync::SpinLock;
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 pub const EPOLLEXCLUSIVE: u32 = 1 << 28;
 pub const EPOLLONESHOT: u32 = 1 << 30;
@@ -29,6 +30,9 @@ struct Entry {
 #[derive(Default)]
 pub struct Epoll {
     entries: SpinLock<Vec<Entry>>,
+    /// Where the next `collect` starts looking: after the last entry reported, so that a wait for fewer events than
+    /// are ready reports the others next time instead of the first ones again (Linux requeues reported entries).
+    next: AtomicUsize,
     /// Changes with every change of an entry's object, and with every ADD and MOD (a thread already in
     /// `epoll_wait` must look at a descriptor added while ready: no change of it may come to wake that thread).
     pub waitable: Arc<Waitable>,
@@ -77,10 +81,17 @@ impl Epoll {
         let mut files = Vec::new();
         let mut entries = self.entries.lock();
         entries.retain(|e| e.file.strong_count() > 0);
-        for e in entries.iter_mut() {
+        let count = entries.len();
+        files.reserve(count);
+        let start = match self.next.load(Ordering::Relaxed) {
+            at if at < count => at,
+            _ => 0,
+        };
+        for at in (start..count).chain(0..start) {
             if out.len() == max {
                 break;
             }
+            let e = &mut entries[at];
             let Some(file) = e.file.upgrade() else { continue };
             files.push(file.clone());
             if !e.armed {
@@ -104,6 +115,7 @@ impl Epoll {
                 e.armed = false;
             }
             out.push((ready, e.data));
+            self.next.store(at + 1, Ordering::Relaxed);
         }
     }
 

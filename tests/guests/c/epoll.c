@@ -2,6 +2,7 @@
  * per change, one-shot disarms until EPOLL_CTL_MOD, a wait woken by another thread's eventfd write, a wait woken by
  * another thread adding a descriptor that is ready already, timeouts, and select on a pipe. Each check prints one line; exits 0 when all held. */
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -47,6 +48,43 @@ static void added_while_waiting(void) {
   pthread_join(t, &got);
   check((long)got == 1, "epoll_wait wakes for a ready descriptor another thread adds");
   close(p[0]), close(p[1]), close(waiting_epoll);
+}
+
+/* Two descriptors always ready and room for one event per wait: each wait reports the other one (Linux requeues a
+ * reported entry behind the rest). An epoll descriptor polled in turn is readable only for what epoll_wait would
+ * report: not for an edge already reported, and for a hang-up whatever the interest. */
+static void fairness_and_polled_epoll(void) {
+  int ep = epoll_create1(0), a = eventfd(1, 0), b = eventfd(1, 0);
+  struct epoll_event ea = {.events = EPOLLIN, .data.u64 = 1}, eb = {.events = EPOLLIN, .data.u64 = 2}, out[1];
+  epoll_ctl(ep, EPOLL_CTL_ADD, a, &ea);
+  epoll_ctl(ep, EPOLL_CTL_ADD, b, &eb);
+  int first = epoll_wait(ep, out, 1, 0) == 1 ? (int)out[0].data.u64 : 0;
+  int second = epoll_wait(ep, out, 1, 0) == 1 ? (int)out[0].data.u64 : 0;
+  int third = epoll_wait(ep, out, 1, 0) == 1 ? (int)out[0].data.u64 : 0;
+  check(first && second && first != second && third == first, "maxevents 1: ready descriptors take turns");
+  close(ep);
+
+  ep = epoll_create1(0);
+  struct epoll_event edge = {.events = EPOLLIN | EPOLLET, .data.u64 = 1};
+  epoll_ctl(ep, EPOLL_CTL_ADD, a, &edge);
+  struct pollfd pe = {.fd = ep, .events = POLLIN};
+  check(poll(&pe, 1, 0) == 1, "a polled epoll descriptor is readable while an edge waits");
+  check(epoll_wait(ep, out, 1, 0) == 1 && poll(&pe, 1, 0) == 0,
+        "a polled epoll descriptor is not readable once the edge is reported");
+  close(ep);
+
+  ep = epoll_create1(0);
+  int p[2];
+  pipe(p);
+  struct epoll_event out_only = {.events = EPOLLOUT, .data.u64 = 3};
+  epoll_ctl(ep, EPOLL_CTL_ADD, p[0], &out_only);
+  close(p[1]);
+  pe.fd = ep;
+  check(poll(&pe, 1, 0) == 1, "a polled epoll descriptor is readable for a hang-up it was not asked about");
+  close(p[0]);
+  close(ep);
+  close(a);
+  close(b);
 }
 
 int main(void) {
@@ -106,6 +144,7 @@ int main(void) {
         "a pipe without writers reports EPOLLHUP");
 
   added_while_waiting();
+  fairness_and_polled_epoll();
   printf("epoll: %s\n", failures ? "FAILED" : "ok");
   return failures != 0;
 }
