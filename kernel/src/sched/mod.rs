@@ -489,12 +489,14 @@ pub fn set_altstack(stack: StackT) {
 
 /// Lets other runnable threads run first.
 pub fn yield_now() {
-    let s = SCHEDULER.lock();
+    let mut s = SCHEDULER.lock();
+    // A sleeper whose time has come is runnable too: a program may spin on sched_yield until it has run, and on a
+    // busy vCPU nothing else looks at the deadlines (only idle vCPUs do).
+    expire_deadlines(&mut s);
     // Nothing else to run: carry on without touching the thread table.
     if !s.queues.any_runnable() {
         return;
     }
-    let mut s = s;
     s.make_runnable(percpu::current().thread, Woken::Wake);
     core::mem::forget(s);
     schedule();

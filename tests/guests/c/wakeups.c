@@ -1,7 +1,8 @@
 /* wakeups: pairs of threads play ping-pong, many rounds, each side waiting its own way (a blocking read, poll,
  * select, level- or edge-triggered epoll) over a pipe, an eventfd or a TCP connection on the loopback. A lost
  * wake-up stalls a pair for good (kiln then reports a deadlock); a wrong one shows as a wrong byte. While the pairs
- * play, idle threads block on objects nobody touches, which must not disturb them. Prints "wakeups: ok" at the end. */
+ * play, idle threads block on objects nobody touches, which must not disturb them. First, a thread spins on
+ * sched_yield until a sleeping thread wakes. Prints "wakeups: ok" at the end. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -9,6 +10,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +19,7 @@
 #include <sys/eventfd.h>
 #include <sys/select.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #define ROUNDS 5000
@@ -137,8 +140,28 @@ static void channels(enum kind kind, int fds[2][2]) {
   }
 }
 
+static volatile int slept;
+
+static void *sleeper(void *arg) {
+  (void)arg;
+  struct timespec nap = {0, 20 * 1000 * 1000};
+  nanosleep(&nap, NULL);
+  slept = 1;
+  return NULL;
+}
+
+/* A thread that spins on sched_yield until a sleeping thread's time has come: on one vCPU, yield must run the
+ * sleeper once its deadline passed, or the spin never ends (nothing else would look at the clock). */
+static void yield_until_a_sleeper_wakes(void) {
+  pthread_t t;
+  pthread_create(&t, NULL, sleeper, NULL);
+  while (!slept) sched_yield();
+  pthread_join(t, NULL);
+}
+
 int main(void) {
   setvbuf(stdout, NULL, _IOLBF, 0);
+  yield_until_a_sleeper_wakes();
   int quiet[2];
   if (pipe(quiet) < 0) die("pipe");
   pthread_t idlers[IDLE];
