@@ -90,8 +90,12 @@ pub struct Socket {
 /// `n` zero bytes, or ENOMEM when the library OS is out of memory (a socket call then fails, as Linux's would,
 /// rather than the VM). Large buffers come from untouched zeroed frames (see `heap.rs`).
 fn zeroed(n: usize) -> Result<Vec<u8>, Errno> {
+    // SO_RCVBUF/SO_SNDBUF never ask for less than half Linux's minimum, but an empty buffer needs no allocation.
+    if n == 0 {
+        return Ok(Vec::new());
+    }
     let layout = core::alloc::Layout::array::<u8>(n).map_err(|_| Errno::ENOMEM)?;
-    // SAFETY: a non-zero size (the buffers are constants above zero).
+    // SAFETY: `layout` has a non-zero size (`n` > 0 above).
     let ptr = unsafe { alloc::alloc::alloc_zeroed(layout) };
     if ptr.is_null() {
         return Err(Errno::ENOMEM);
