@@ -982,7 +982,9 @@ pub fn select(a: &Args) -> SysResult {
             if tv[0] < 0 || !(0..1_000_000).contains(&tv[1]) {
                 return Err(Errno::EINVAL);
             }
-            time::since_boot_ns().saturating_add((tv[0] as u64) * 1_000_000_000 + tv[1] as u64 * 1000)
+            // Seconds a program gives can be huge (i64::MAX): a wait that long is a wait without end, not a wrap.
+            let ns = (tv[0] as u64).saturating_mul(1_000_000_000).saturating_add(tv[1] as u64 * 1000);
+            time::since_boot_ns().saturating_add(ns)
         }
     };
     select_until(a[0], [a[1], a[2], a[3]], deadline)

@@ -87,6 +87,16 @@ static void fairness_and_polled_epoll(void) {
   close(b);
 }
 
+static int late_fd;
+
+static void *write_late(void *arg) {
+  (void)arg;
+  struct timespec nap = {0, 500 * 1000 * 1000};
+  nanosleep(&nap, 0);
+  write(late_fd, "x", 1);
+  return 0;
+}
+
 int main(void) {
   int ep = epoll_create1(EPOLL_CLOEXEC);
   int p[2];
@@ -139,6 +149,16 @@ int main(void) {
   FD_SET(p[0], &r);
   tv.tv_usec = 10000;
   check(select(p[0] + 1, &r, 0, 0, &tv) == 0 && !FD_ISSET(p[0], &r), "select times out on an empty pipe");
+  /* 18,446,744,074 s in nanoseconds is 2^64 + 0.29 s: computed without saturating, the wait would end in 0.29 s. */
+  late_fd = p[1];
+  pthread_t late;
+  pthread_create(&late, 0, write_late, 0);
+  FD_SET(p[0], &r);
+  struct timeval huge = {18446744074LL, 0};
+  check(select(p[0] + 1, &r, 0, 0, &huge) == 1 && FD_ISSET(p[0], &r),
+        "select with a timeout beyond 2^64 ns waits (for a write 0.5 s later)");
+  pthread_join(late, 0);
+  read(p[0], buf, sizeof buf);
   close(p[1]);
   check(epoll_ctl(ep, EPOLL_CTL_ADD, p[0], &ev) == 0 && epoll_wait(ep, out, 4, 0) == 1 && (out[0].events & EPOLLHUP),
         "a pipe without writers reports EPOLLHUP");
