@@ -465,6 +465,21 @@ fn a_program_waiting_only_on_loopback_sockets_is_still_reported_deadlocked() {
     out.assert_code(124).assert_stderr_contains("program deadlocked");
 }
 
+/// A connection to the host that the program closed, still closing in the background (the host keeps its side
+/// open), can wake no thread: waiting on the loopback beside it is still reported as a deadlock (it hung before).
+#[test]
+fn a_connection_closing_in_the_background_hides_no_deadlock() {
+    if !kvm::available() {
+        return;
+    }
+    let listener = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let server = std::thread::spawn(move || listener.accept().unwrap());
+    let out = kiln().arg("run").arg(guests::c("netpeer")).args(["closed-then-stuck", "10.0.2.2", &port]).run();
+    let _open_until_now = server.join().unwrap();
+    out.assert_code(124).assert_stdout("closed\n").assert_stderr_contains("program deadlocked");
+}
+
 #[test]
 fn user_network_publishes_udp() {
     if !kvm::available() {

@@ -303,9 +303,13 @@ pub fn linger() {
 }
 
 /// Whether the network can wake a waiting thread without any deadline: the VM has a card, on which packets may come
-/// at any time, for a socket that can hear them.
+/// at any time, for a socket of a descriptor (one whose changes are told) that can hear them. A connection the
+/// program closed, finishing in the background, wakes nobody: it must not hide a deadlock of the rest.
 pub fn can_wake() -> bool {
-    STACK.lock().as_ref().is_some_and(|s| s.external.is_some() && s.sockets.iter().any(|(_, socket)| reachable(socket)))
+    STACK.lock().as_ref().is_some_and(|s| {
+        s.external.is_some()
+            && s.sockets.iter().any(|(handle, socket)| s.tracked.contains_key(&handle) && reachable(socket))
+    })
 }
 
 /// Whether packets from the card can reach `socket`: it listens or is bound beyond the loopback, or talks to a peer

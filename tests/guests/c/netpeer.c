@@ -7,6 +7,8 @@
  *   netpeer udp PORT COUNT [IP]     echo COUNT datagrams received on IP:PORT; print "listening" first
  *   netpeer refused IP PORT         connect to a closed port: expect ECONNREFUSED
  *   netpeer stuck IP PORT           listen on IP:PORT and wait in accept for good
+ *   netpeer closed-then-stuck IP PORT  connect to IP:PORT and close (the peer keeps its side open, so the
+ *                                   connection is still closing), then wait in accept on 127.0.0.1:9999 for good
  * Exits 0 when everything matched. */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -168,6 +170,15 @@ static int stuck(const char *ip, int port) {
   return 0;
 }
 
+static int closed_then_stuck(const char *ip, int port) {
+  struct address a = address(ip, port);
+  int c = socket(a.family, SOCK_STREAM, 0);
+  if (connect(c, (struct sockaddr *)&a.sa, a.len) < 0) die("connect");
+  close(c);
+  printf("closed\n");
+  return stuck("127.0.0.1", 9999);
+}
+
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   signal(SIGPIPE, SIG_IGN); /* a peer that resets mid-echo is reported, not fatal */
@@ -177,7 +188,8 @@ int main(int argc, char **argv) {
   if ((argc == 4 || argc == 5) && !strcmp(argv[1], "udp")) return udp(atoi(argv[2]), atoi(argv[3]), any);
   if (argc == 4 && !strcmp(argv[1], "refused")) return refused(argv[2], atoi(argv[3]));
   if (argc == 4 && !strcmp(argv[1], "stuck")) return stuck(argv[2], atoi(argv[3]));
+  if (argc == 4 && !strcmp(argv[1], "closed-then-stuck")) return closed_then_stuck(argv[2], atoi(argv[3]));
   printf("usage: netpeer serve PORT COUNT [IP] | fetch IP PORT BYTES | udp PORT COUNT [IP] | refused IP PORT | "
-         "stuck IP PORT\n");
+         "stuck IP PORT | closed-then-stuck IP PORT\n");
   return 2;
 }
