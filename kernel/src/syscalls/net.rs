@@ -421,12 +421,12 @@ pub fn getsockopt(a: &Args) -> SysResult {
         let mut bytes = [0u8; 8];
         bytes[..4].copy_from_slice(&value[0].to_le_bytes());
         bytes[4..].copy_from_slice(&value[1].to_le_bytes());
-        return put_option(a[3], a[4], &bytes, false);
+        return put_option(a[3], a[4], &bytes);
     }
     if let (SOL_SOCKET, which @ (SO_RCVTIMEO | SO_SNDTIMEO)) = (a[1], a[2]) {
         let ns = s.timeout(which == SO_SNDTIMEO);
         let value = [(ns / 1_000_000_000) as i64, ((ns % 1_000_000_000) / 1000) as i64];
-        return put_option(a[3], a[4], &timeval_bytes(value), false);
+        return put_option(a[3], a[4], &timeval_bytes(value));
     }
     let value: i32 = match (a[1], a[2]) {
         (SOL_SOCKET, SO_ERROR) => s.take_error().map_or(0, |e| e.0 as i32),
@@ -455,19 +455,14 @@ pub fn getsockopt(a: &Args) -> SysResult {
         (SOL_SOCKET | IPPROTO_TCP | IPPROTO_IP | IPPROTO_IPV6 | IPPROTO_UDP, _) => 0,
         _ => return Err(Errno::ENOPROTOOPT),
     };
-    put_option(a[3], a[4], &value.to_le_bytes(), a[1] == IPPROTO_TCP)
+    put_option(a[3], a[4], &value.to_le_bytes())
 }
 
 /// Gives a getsockopt's caller as much of `value` as its `*optlen` has room for and sets `*optlen` to what it got,
-/// as Linux does. A negative `*optlen` is EINVAL, but for TCP's int options, which Linux reads as unsigned (room for
-/// the whole int).
-fn put_option(optval: u64, optlen: u64, value: &[u8], negative_is_room: bool) -> SysResult {
+/// as Linux does; a negative `*optlen` is EINVAL (at every level, on Linux 6.18).
+fn put_option(optval: u64, optlen: u64, value: &[u8]) -> SysResult {
     let room: i32 = user::read(optlen)?;
-    let room = match usize::try_from(room) {
-        Ok(room) => room,
-        Err(_) if negative_is_room => value.len(),
-        Err(_) => return Err(Errno::EINVAL),
-    };
+    let room = usize::try_from(room).map_err(|_| Errno::EINVAL)?;
     let len = room.min(value.len());
     user::write_bytes(optval, &value[..len])?;
     user::write(optlen, len as u32)?;

@@ -136,6 +136,8 @@ static void buffers(void) {
         "getsockopt SO_LINGER with a 4-byte optlen writes l_onoff only and sets optlen to 4");
   len = (socklen_t)-1;
   check(getsockopt(s, SOL_SOCKET, SO_SNDBUF, two, &len) < 0 && errno == EINVAL, "a negative optlen is EINVAL");
+  check(getsockopt(s, IPPROTO_TCP, TCP_NODELAY, two, &len) < 0 && errno == EINVAL,
+        "a negative optlen is EINVAL for a TCP option too");
   check(getsockopt(s, SOL_SOCKET, SO_SNDBUF, two, NULL) < 0 && errno == EFAULT, "a NULL optlen is EFAULT");
   close(s);
 
