@@ -1,8 +1,12 @@
-"""Reads "WHO CASE VALUE" lines (WHO: native, kiln1, kiln2) and prints each case's medians side by side, in the order
-the cases first appear. The unit is the case name's last word when it is one (us, MiB_per_s), else ns/op."""
+"""Reads "WHO CASE VALUE" lines and prints each case's medians side by side, one column per WHO named on the command
+line (default: native kiln1 kiln2), in the order the cases first appear; "-" where a WHO has no runs of a case. The
+unit is read off the case name's end (_us, MiB_per_s, _per_s, _per_op), else ns/op.
+
+    ... | python3 bench/medians.py [WHO...]"""
 import statistics
 import sys
 
+columns = sys.argv[1:] or ["native", "kiln1", "kiln2"]
 runs = {}
 cases = []
 for line in sys.stdin:
@@ -10,8 +14,19 @@ for line in sys.stdin:
     runs.setdefault((case, who), []).append(float(value))
     if case not in cases:
         cases.append(case)
-print("%-28s %12s %12s %12s  %s" % ("case", "native", "kiln 1 vCPU", "kiln 2 vCPUs", "unit"))
+
+
+def unit(case):
+    for suffix, name in (("MiB_per_s", "MiB/s"), ("_per_s", "/s"), ("_per_op", "/op"), ("_us", "us")):
+        if case.endswith(suffix):
+            return name
+    return "ns/op"
+
+
+def cell(case, who):
+    return "%12.1f" % statistics.median(runs[(case, who)]) if (case, who) in runs else "%12s" % "-"
+
+
+print("%-32s %s  %s" % ("case (medians)", " ".join("%12s" % who for who in columns), "unit"))
 for case in cases:
-    medians = [statistics.median(runs[(case, who)]) for who in ("native", "kiln1", "kiln2")]
-    unit = "MiB/s" if case.endswith("MiB_per_s") else "us" if case.endswith("_us") else "ns/op"
-    print("%-28s %12.1f %12.1f %12.1f  %s" % (case, *medians, unit))
+    print("%-32s %s  %s" % (case, " ".join(cell(case, who) for who in columns), unit(case)))

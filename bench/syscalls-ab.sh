@@ -23,16 +23,4 @@ for _ in $(seq "$rounds"); do
       "$kiln" run --memory 384M --cpus "$cpus" --file "$data:/data" "$out/syscalls" /data | sed "s/^/$who-$cpus /"
     done
   done
-done | python3 -c '
-import statistics, sys
-runs, cases = {}, []
-for line in sys.stdin:
-    who, case, value = line.split()
-    runs.setdefault((case, who), []).append(float(value))
-    if case not in cases:
-        cases.append(case)
-columns = ("before-1", "after-1", "before-2", "after-2")
-print("%-24s %12s %12s %12s %12s" % ("case (medians)", "before 1 vCPU", "after 1 vCPU", "before 2 vCPU", "after 2 vCPU"))
-for case in cases:
-    print("%-24s %12.1f %12.1f %12.1f %12.1f" % (case, *(statistics.median(runs[(case, w)]) for w in columns)))
-'
+done | python3 "$repo/bench/medians.py" before-1 after-1 before-2 after-2

@@ -23,16 +23,4 @@ for _ in $(seq "$rounds"); do
   flushes=$(sed -n 's/^\[kiln\] volume bench: .* \([0-9]*\) flushes.*/\1/p' "$out/volume-stats")
   echo "kiln vm_exits_per_op $(python3 -c "print($exits / (2 * $count))")"
   echo "kiln host_flushes_per_op $(python3 -c "print($flushes / (2 * $count))")"
-done | python3 -c '
-import statistics, sys
-runs, cases = {}, []
-for line in sys.stdin:
-    who, case, value = line.split()
-    runs.setdefault((case, who), []).append(float(value))
-    if case not in cases:
-        cases.append(case)
-print("%-32s %12s %12s" % ("case", "native", "kiln"))
-for case in cases:
-    cell = lambda who: "%12.1f" % statistics.median(runs[(case, who)]) if (case, who) in runs else "%12s" % "-"
-    print("%-32s %s %s" % (case, cell("native"), cell("kiln")))
-'
+done | python3 "$repo/bench/medians.py" native kiln
