@@ -1,8 +1,8 @@
 //! TCP/IP for the program's sockets: one smoltcp interface with the loopback addresses (127.0.0.1/8 and ::1) and,
 //! when the VM has a network card, the addresses the VMM gave it (IPv4, and IPv6 where the network carries it), with
-//! default routes through the gateways; its
-//! sockets, and the ports they use. Its device (`link`) keeps what the program sends to itself inside the library
-//! OS and sends the rest out on the card (`virtio`), which is set up when the stack is first used.
+//! default routes through the gateways; its sockets, and the ports they use. Its device (`link`) keeps what the
+//! program sends to itself inside the library OS and sends the rest out on the card (`card`, `virtio`), which is set
+//! up when the stack is first used.
 //!
 //! There are no interrupts: the stack makes progress when a thread polls it, which every socket operation does, and
 //! which idle vCPUs and syscall exits make sure happens when smoltcp's next timer (a retransmission) is due. After a
@@ -397,16 +397,19 @@ impl Stack {
     /// Adds a UDP socket whose changes `waitable` is told of.
     pub fn add_udp(&mut self, socket: udp::Socket<'static>, waitable: &Arc<Waitable>) -> SocketHandle {
         let handle = self.sockets.add(socket);
-        let seen = look(&self.sockets, handle, false);
-        self.tracked.insert(handle, Tracked { waitable: waitable.clone(), tcp: false, seen });
+        self.track_as(handle, waitable, false);
         handle
     }
 
     /// From now on, changes of TCP socket `handle` tell `waitable` (an accepted connection's, no longer its
     /// listener's).
     pub fn track(&mut self, handle: SocketHandle, waitable: &Arc<Waitable>) {
-        let seen = look(&self.sockets, handle, true);
-        self.tracked.insert(handle, Tracked { waitable: waitable.clone(), tcp: true, seen });
+        self.track_as(handle, waitable, true);
+    }
+
+    fn track_as(&mut self, handle: SocketHandle, waitable: &Arc<Waitable>, tcp: bool) {
+        let seen = look(&self.sockets, handle, tcp);
+        self.tracked.insert(handle, Tracked { waitable: waitable.clone(), tcp, seen });
     }
 
     /// The program read from or wrote to `handle`: that is no change for anyone to hear of, so the next poll
