@@ -76,8 +76,9 @@ impl NetCard {
         self.device().read(addr - self.window.start, data);
     }
 
-    /// A vCPU's write to its registers (a queue notification sends what the driver queued).
-    pub fn write(&self, addr: u64, data: &[u8], mem: &GuestMemoryMmap) {
+    /// A vCPU's write to its registers (a queue notification sends what the driver queued); an error says how the
+    /// guest broke a queue, and the VM should stop.
+    pub fn write(&self, addr: u64, data: &[u8], mem: &GuestMemoryMmap) -> Result<(), String> {
         let mut device = self.device();
         let was_active = device.is_active();
         device.write(addr - self.window.start, data, mem);
@@ -89,10 +90,12 @@ impl NetCard {
                 device.receive(q, mem);
             }
         }
+        fault(&device)
     }
 
-    /// Sends what the driver queued without notifying: a vCPU is about to wait, and the driver counts on this.
-    pub fn send_queued(&self, mem: &GuestMemoryMmap) {
+    /// Sends what the driver queued without notifying: a vCPU is about to wait, and the driver counts on this. An
+    /// error says how the guest broke a queue.
+    pub fn send_queued(&self, mem: &GuestMemoryMmap) -> Result<(), String> {
         let mut device = self.device();
         if device.is_active() {
             let Device { device, queues, .. } = &mut *device;
@@ -101,25 +104,30 @@ impl NetCard {
                 device.send_queued(q, mem);
             }
         }
+        fault(&device)
     }
 
     pub fn stats(&self) -> NetStats {
         self.device().device.stats
     }
 
-    /// Moves what the backend has into the receive queue; calls `wake` if the guest got any.
-    pub fn deliver(&self, mem: &GuestMemoryMmap, wake: impl Fn()) {
+    /// Moves what the backend has into the receive queue; calls `wake` if the guest got any. An error says how the
+    /// guest broke a queue, and the VM should stop.
+    pub fn deliver(&self, mem: &GuestMemoryMmap, wake: impl Fn()) -> Result<(), String> {
         let delivered = {
             let mut device = self.device();
             if !device.is_active() {
-                return;
+                return Ok(());
             }
-            let Device { device, queues, .. } = &mut *device;
-            queues.get_mut(RX_QUEUE).filter(|q| q.is_valid(mem)).is_some_and(|q| device.receive(q, mem))
+            let Device { device: net, queues, .. } = &mut *device;
+            let delivered = queues.get_mut(RX_QUEUE).filter(|q| q.is_valid(mem)).is_some_and(|q| net.receive(q, mem));
+            fault(&device)?;
+            delivered
         };
         if delivered {
             wake();
         }
+        Ok(())
     }
 
     /// Has the backend call `deliver` itself when it has frames; false if it cannot (then run [`NetCard::pump`]).
@@ -128,8 +136,8 @@ impl NetCard {
     }
 
     /// The receive pump: until `done`, waits for the backend to have frames, moves them into the receive queue and
-    /// calls `wake` when the guest got any.
-    pub fn pump(&self, mem: &GuestMemoryMmap, done: &AtomicBool, wake: impl Fn()) {
+    /// calls `wake` when the guest got any. An error says how the guest broke a queue (and ends the pump).
+    pub fn pump(&self, mem: &GuestMemoryMmap, done: &AtomicBool, wake: impl Fn()) -> Result<(), String> {
         let ready_fd: RawFd = self.device().device.backend().ready_fd();
         while !done.load(Ordering::SeqCst) {
             let waiting = self.device().device.is_waiting_for_buffers();
@@ -147,9 +155,15 @@ impl NetCard {
                 std::thread::sleep(BUFFER_WAIT);
                 continue;
             }
-            self.deliver(mem, &wake);
+            self.deliver(mem, &wake)?;
         }
+        Ok(())
     }
+}
+
+/// How the guest broke the card's queues, if it did.
+fn fault(device: &Device) -> Result<(), String> {
+    device.device.fault().map_or(Ok(()), |why| Err(format!("the guest broke the network card's virtio-net {why}")))
 }
 
 /// Waits up to `timeout` for `fd` to poll readable.

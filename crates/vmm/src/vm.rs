@@ -383,27 +383,36 @@ impl Vm {
         host_signals: &dyn Fn() -> Vec<u32>,
     ) -> Result<(Outcome, RunStats), VmError> {
         let started = std::time::Instant::now();
-        // The card's receive side first, so that no frame comes before anything would take it to the guest.
+        let (tx, rx) = std::sync::mpsc::channel();
+        // The card's receive side first, so that no frame comes before anything would take it to the guest. A queue
+        // the guest broke stops the VM from there too: the guest may never make the exit that would find it.
         let weak = Arc::downgrade(&self.shared);
+        let stopped = tx.clone();
         let deliver = Box::new(move || {
             if let Some(shared) = weak.upgrade() {
                 if let Some(card) = &shared.net {
-                    card.deliver(shared.ram.inner(), || shared.parkers.iter().for_each(Parker::unpark));
+                    if let Err(why) =
+                        card.deliver(shared.ram.inner(), || shared.parkers.iter().for_each(Parker::unpark))
+                    {
+                        finish(&shared, &stopped, Ok(Outcome::Stopped(why)));
+                    }
                 }
             }
         });
         if self.shared.net.as_ref().is_some_and(|card| !card.set_waker(deliver)) {
-            let shared = self.shared.clone();
+            let (shared, stopped) = (self.shared.clone(), tx.clone());
             std::thread::Builder::new()
                 .name("net-rx".into())
                 .spawn(move || {
                     if let Some(card) = &shared.net {
-                        card.pump(shared.ram.inner(), &shared.done, || shared.parkers.iter().for_each(Parker::unpark));
+                        let wake = || shared.parkers.iter().for_each(Parker::unpark);
+                        if let Err(why) = card.pump(shared.ram.inner(), &shared.done, wake) {
+                            finish(&shared, &stopped, Ok(Outcome::Stopped(why)));
+                        }
                     }
                 })
                 .map_err(VmError::Thread)?;
         }
-        let (tx, rx) = std::sync::mpsc::channel();
         for (id, vcpu) in self.vcpus.into_iter().enumerate() {
             let (shared, console, tx) = (self.shared.clone(), console.clone(), tx.clone());
             let start = self.boot.vcpus[id];
@@ -411,10 +420,7 @@ impl Vm {
                 .name(format!("vcpu{id}"))
                 .spawn(move || {
                     let result = run_vcpu(vcpu, id, start.hypercall_block_phys, &shared, &*console);
-                    if !shared.done.swap(true, Ordering::SeqCst) {
-                        shared.parkers.iter().for_each(Parker::unpark);
-                        let _ = tx.send(result);
-                    }
+                    finish(&shared, &tx, result);
                 })
                 .map_err(VmError::Thread)?;
         }
@@ -440,6 +446,18 @@ impl Vm {
         };
         tracing::debug!(took = ?started.elapsed(), exits = stats.vm_exits, "VM ran");
         Ok((outcome, stats))
+    }
+}
+
+/// Ends the VM with `result` unless something ended it first: the vCPUs stop at their next exit.
+fn finish(
+    shared: &Shared,
+    outcomes: &std::sync::mpsc::Sender<Result<Outcome, VmError>>,
+    result: Result<Outcome, VmError>,
+) {
+    if !shared.done.swap(true, Ordering::SeqCst) {
+        shared.parkers.iter().for_each(Parker::unpark);
+        let _ = outcomes.send(result);
     }
 }
 
@@ -471,8 +489,8 @@ fn run_vcpu(
             VcpuExit::IoOut(HYPERCALL_PORT, data) => {
                 let nr = data.iter().rev().fold(0u32, |acc, &b| acc << 8 | u32::from(b));
                 if nr == Hypercall::Wait as u32 {
-                    if let Some(card) = &shared.net {
-                        card.send_queued(shared.ram.inner());
+                    if let Some(Err(why)) = shared.net.as_ref().map(|card| card.send_queued(shared.ram.inner())) {
+                        return Ok(Outcome::Stopped(why));
                     }
                 }
                 let mut action = hypercall::handle(&shared.ram, block, nr, console, id, &shared.parkers);
@@ -506,8 +524,10 @@ fn run_vcpu(
             }
             VcpuExit::MmioWrite(addr, data) => {
                 if let Some(card) = shared.net.as_ref().filter(|c| c.claims(addr)) {
-                    card.write(addr, data, shared.ram.inner());
-                    continue;
+                    match card.write(addr, data, shared.ram.inner()) {
+                        Ok(()) => continue,
+                        Err(why) => return Ok(Outcome::Stopped(why)),
+                    }
                 }
                 match shared.disks.iter().find(|(_, d)| d.claims(addr)) {
                     Some((name, disk)) => match disk.write(addr, data, shared.ram.inner()) {

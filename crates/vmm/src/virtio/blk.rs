@@ -2,14 +2,14 @@
 //! sector), data buffers and a one-byte status. Every request is checked before the file is touched: the header and
 //! status descriptors' lengths and directions, data buffers of the direction the type needs, whole sectors, at most
 //! [`MAX_REQUEST`] bytes, inside the file. A request that fails a check gets VIRTIO_BLK_S_IOERR (or, with no status
-//! byte to write, is returned unused) and is counted; nothing the guest sends reaches the file unchecked. A queue the
-//! guest broke (an available index too far ahead, a head outside the descriptor table) stops the VM with why.
+//! byte to write, or a chain that loops, is returned unused) and is counted; nothing the guest sends reaches the file
+//! unchecked. A queue the guest broke (an available index too far ahead, a head outside the descriptor table) stops the VM with why.
 //!
 //! Requests are handled in ring order before the notification's exit returns, so a FLUSH after writes in one batch
 //! covers them. FLUSH is `fdatasync` on the host file: once the guest sees its status, the bytes are on the host's
 //! disk.
 
-use super::{VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{collect_chain, VirtioDevice, VIRTIO_F_VERSION_1};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use virtio_queue::{desc::split::Descriptor, Queue, QueueOwnedT, QueueT};
@@ -54,6 +54,8 @@ pub struct Blk {
     id: String,
     capacity_sectors: u64,
     buffer: Vec<u8>,
+    /// The descriptors of the request at hand (kept between requests).
+    descs: Vec<Descriptor>,
     pub stats: BlkStats,
     /// Why the device stopped: the guest broke its queue (an available index too far ahead, a head no request can
     /// be returned to), so nothing more it queues can be answered.
@@ -72,6 +74,7 @@ impl Blk {
             id: id.to_string(),
             capacity_sectors,
             buffer: Vec::new(),
+            descs: Vec::new(),
             stats: BlkStats::default(),
             fault: None,
         })
@@ -95,13 +98,14 @@ impl Blk {
             };
             let Some(chain) = chain else { break };
             let head = chain.head_index();
-            let descs: Vec<Descriptor> = chain.take(MAX_CHAIN + 1).collect();
-            let written = if descs.len() > MAX_CHAIN {
+            let mut descs = std::mem::take(&mut self.descs);
+            let written = if collect_chain(chain, MAX_CHAIN, &mut descs) {
+                self.request(&descs, mem)
+            } else {
                 self.stats.errors += 1;
                 0
-            } else {
-                self.request(&descs, mem)
             };
+            self.descs = descs;
             if let Err(e) = queue.add_used(mem, head, written) {
                 self.stats.errors += 1;
                 self.fault = Some(format!("request {head} cannot be returned ({e})"));
@@ -468,6 +472,27 @@ mod tests {
         let mut first = [0u8; 512];
         file.read_exact_at(&mut first, 0).unwrap();
         assert_eq!(first, [0; 512], "nothing reached the file");
+    }
+
+    #[test]
+    fn a_looping_chain_is_refused_untouched() {
+        let mem = mem();
+        let (mut t, q, _) = device(&mem);
+        header(&mem, HDR, T_IN, 0);
+        mem.write_slice(&[0x42; 1024], GuestAddress(DATA)).unwrap();
+        // A read whose buffers point back at each other: walked as far as virtio-queue goes (a queue's worth), it
+        // would look like a read of 14 sectors into two buffers, the last taken for the status.
+        q.add_desc_chains(
+            &[desc(HDR, 16, NEXT, 1), desc(DATA, 512, WRITE | NEXT, 2), desc(DATA + 512, 512, WRITE | NEXT, 1)],
+            0,
+        )
+        .unwrap();
+        notify(&mut t, &mem);
+        assert_eq!(q.used().idx().load(), 1, "returned");
+        assert_eq!((t.device.stats.errors, t.device.stats.reads), (1, 0));
+        let mut data = [0u8; 1024];
+        mem.read_slice(&mut data, GuestAddress(DATA)).unwrap();
+        assert_eq!(data, [0x42; 1024], "nothing written into the buffers");
     }
 
     #[test]

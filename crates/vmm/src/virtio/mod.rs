@@ -9,7 +9,8 @@ pub mod tap;
 #[cfg(test)]
 mod testing;
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 /// Size of one device's register window.
@@ -52,6 +53,20 @@ const REG_QUEUE_DEVICE_LOW: u64 = 0x0a0;
 const REG_QUEUE_DEVICE_HIGH: u64 = 0x0a4;
 const REG_CONFIG_GENERATION: u64 = 0x0fc;
 const CONFIG: u64 = 0x100;
+
+/// Collects the descriptors of `chain` into `descs` (cleared first); false, with `descs` unusable, for a chain that
+/// does not end where its driver said: one whose last descriptor still points on (a loop, whose walk virtio-queue
+/// cuts off after a queue's worth, or a `next` outside the table or an unreadable descriptor), or one longer than
+/// `max` (virtio-queue follows indirect tables, never offered here, of up to 65,535 descriptors).
+pub fn collect_chain<M>(chain: DescriptorChain<M>, max: usize, descs: &mut Vec<Descriptor>) -> bool
+where
+    M: std::ops::Deref,
+    M::Target: vm_memory::GuestMemory,
+{
+    descs.clear();
+    descs.extend(chain.take(max + 1));
+    descs.len() <= max && descs.last().is_some_and(|d| !d.has_next())
+}
 
 /// What a device behind the transport provides.
 pub trait VirtioDevice {

@@ -4,11 +4,14 @@
 //!
 //! With VIRTIO_RING_F_EVENT_IDX the driver notifies only when the device asked to be (virtio-queue keeps the
 //! `avail_event` index), so a batch of frames costs one VM exit, not one per frame. Every chain the guest hands over is
-//! checked: one that is too short, too long, points outside guest memory or has buffers of the wrong direction is
-//! returned unused and counted in [`NetStats`], never trusted.
+//! checked: one that is too short, too long, loops, points outside guest memory or has buffers of the wrong direction
+//! is returned unused and counted in [`NetStats`], never trusted. A queue the guest broke (an available index more
+//! than a queue ahead, a head outside the descriptor table) stops the device, and the VM, with why ([`Net::fault`]).
 
-use super::{VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
-use virtio_queue::{Queue, QueueT};
+use super::{collect_chain, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+use std::sync::atomic::Ordering;
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 
 pub const DEVICE_TYPE: u32 = 1;
@@ -24,6 +27,8 @@ const VIRTIO_NET_F_MAC: u64 = 1 << 5;
 const VIRTIO_NET_F_STATUS: u64 = 1 << 16;
 const LINK_UP: u16 = 1;
 pub const MTU: u16 = 1500;
+/// Descriptors one frame may chain: a queue's worth.
+const MAX_CHAIN: usize = QUEUE_SIZE as usize;
 
 /// Where frames go and come from.
 pub trait Backend: Send {
@@ -78,7 +83,11 @@ pub struct Net<B> {
     pending: usize,
     /// Where a transmitted chain is gathered (kept between frames).
     tx_buffer: Vec<u8>,
+    /// The descriptors of the chain at hand (kept between chains).
+    descs: Vec<Descriptor>,
     pub stats: NetStats,
+    /// Why the device stopped: the guest broke a queue, so nothing more it queues can be answered.
+    fault: Option<String>,
 }
 
 impl<B: Backend> Net<B> {
@@ -89,8 +98,15 @@ impl<B: Backend> Net<B> {
             scratch: vec![0; HEADER_LEN + MAX_FRAME],
             pending: 0,
             tx_buffer: Vec::new(),
+            descs: Vec::new(),
             stats: NetStats::default(),
+            fault: None,
         }
+    }
+
+    /// Why the device stopped, if the guest broke a queue; the VM should stop too.
+    pub fn fault(&self) -> Option<&str> {
+        self.fault.as_deref()
     }
 
     pub fn backend(&mut self) -> &mut B {
@@ -107,10 +123,11 @@ impl<B: Backend> Net<B> {
     /// to wait: the driver leaves frames for then rather than paying an exit for them (see the library OS's
     /// `net::virtio`).
     pub fn send_queued(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) {
-        loop {
+        // Each round takes every chain available; one more follows only if the driver added some meanwhile.
+        while self.fault.is_none() {
             let _ = queue.disable_notification(mem);
             self.transmit(queue, mem);
-            if !matches!(queue.enable_notification(mem), Ok(true)) {
+            if self.fault.is_some() || !matches!(queue.enable_notification(mem), Ok(true)) {
                 break;
             }
         }
@@ -119,37 +136,88 @@ impl<B: Backend> Net<B> {
     /// Sends every frame the driver queued for transmission; returns whether any chain went back to it.
     fn transmit(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
         let mut used = false;
-        let mut frame = std::mem::take(&mut self.tx_buffer);
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        while let Some(chain) = self.next_chain("transmit", queue, mem) {
             let head = chain.head_index();
-            frame.clear();
-            let mut valid = true;
-            for desc in chain {
-                let len = desc.len() as usize;
-                if desc.is_write_only() || frame.len() + len > HEADER_LEN + MAX_FRAME {
-                    valid = false;
-                    break;
-                }
-                let at = frame.len();
-                frame.resize(at + len, 0);
-                if mem.read_slice(&mut frame[at..], desc.addr()).is_err() {
-                    valid = false;
-                    break;
-                }
-            }
-            if valid && frame.len() > HEADER_LEN && self.backend.send(&frame[HEADER_LEN..]).is_ok() {
+            let valid = collect_chain(chain, MAX_CHAIN, &mut self.descs) && self.gather(mem);
+            if valid && self.tx_buffer.len() > HEADER_LEN && self.backend.send(&self.tx_buffer[HEADER_LEN..]).is_ok() {
                 self.stats.tx_frames += 1;
-                self.stats.tx_bytes += (frame.len() - HEADER_LEN) as u64;
+                self.stats.tx_bytes += (self.tx_buffer.len() - HEADER_LEN) as u64;
             } else {
                 self.stats.tx_dropped += 1;
             }
-            if queue.add_used(mem, head, 0).is_err() {
+            if !self.give_back("transmit", queue, mem, head, 0) {
                 break;
             }
             used = true;
         }
-        self.tx_buffer = frame;
         used
+    }
+
+    /// Copies the driver-readable buffers of `self.descs` into `self.tx_buffer`; false for a device-writable buffer,
+    /// one outside guest memory, or more than a frame.
+    fn gather(&mut self, mem: &GuestMemoryMmap) -> bool {
+        let frame = &mut self.tx_buffer;
+        frame.clear();
+        for desc in &self.descs {
+            let len = desc.len() as usize;
+            if desc.is_write_only() || frame.len() + len > HEADER_LEN + MAX_FRAME {
+                return false;
+            }
+            let at = frame.len();
+            frame.resize(at + len, 0);
+            if mem.read_slice(&mut frame[at..], desc.addr()).is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The next chain the driver made available on `queue`; none when there is none, or when the queue is broken
+    /// (then [`Net::fault`] says how). virtio-queue's `pop_descriptor_chain` would say "none" for a broken queue and
+    /// "more are pending" after it, which is what a device must not loop on.
+    fn next_chain<'m>(
+        &mut self,
+        which: &str,
+        queue: &mut Queue,
+        mem: &'m GuestMemoryMmap,
+    ) -> Option<DescriptorChain<&'m GuestMemoryMmap>> {
+        if self.fault.is_some() {
+            return None;
+        }
+        let (size, taken) = (queue.size(), queue.next_avail());
+        match queue.iter(mem) {
+            Ok(mut heads) => heads.next(),
+            Err(virtio_queue::Error::InvalidAvailRingIndex) => {
+                let avail = queue.avail_idx(mem, Ordering::Relaxed).map_or(0, |i| i.0);
+                self.fault = Some(format!(
+                    "{which} queue: its available index ({avail}) is more than its size ({size}) ahead of the \
+                     device's ({taken})"
+                ));
+                None
+            }
+            Err(e) => {
+                self.fault = Some(format!("{which} queue: its available ring is unusable ({e})"));
+                None
+            }
+        }
+    }
+
+    /// Returns chain `head` to the driver with `len` bytes written; false, with [`Net::fault`] saying why, if it
+    /// cannot be (a head outside the descriptor table, a used ring outside guest memory).
+    fn give_back(&mut self, which: &str, queue: &mut Queue, mem: &GuestMemoryMmap, head: u16, len: u32) -> bool {
+        // Checked here rather than left to `add_used`, which would log an error of its own.
+        let result = if head < queue.size() {
+            queue.add_used(mem, head, len)
+        } else {
+            Err(virtio_queue::Error::InvalidDescriptorIndex)
+        };
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                self.fault = Some(format!("{which} queue: its chain {head} cannot be returned ({e})"));
+                false
+            }
+        }
     }
 
     /// Moves frames from the backend into the driver's receive buffers while both have some; returns whether any
@@ -157,7 +225,7 @@ impl<B: Backend> Net<B> {
     /// some (EVENT_IDX), and keeps the frame until then.
     pub fn receive(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
         let mut used = false;
-        loop {
+        while self.fault.is_none() {
             if self.pending == 0 {
                 match self.backend.recv(&mut self.scratch[HEADER_LEN..]) {
                     Ok(Some(n)) if (1..=MAX_FRAME).contains(&n) => self.pending = n,
@@ -165,46 +233,51 @@ impl<B: Backend> Net<B> {
                     _ => return used,
                 }
             }
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
-                if matches!(queue.enable_notification(mem), Ok(true)) {
+            let Some(chain) = self.next_chain("receive", queue, mem) else {
+                if self.fault.is_none() && matches!(queue.enable_notification(mem), Ok(true)) {
                     continue;
                 }
                 return used;
             };
             let head = chain.head_index();
-            let packet = &mut self.scratch[..HEADER_LEN + self.pending];
-            packet[..HEADER_LEN].fill(0);
-            packet[10..12].copy_from_slice(&1u16.to_le_bytes()); // num_buffers
-            let mut written = 0usize;
-            let mut valid = true;
-            for desc in chain {
-                if written == packet.len() {
-                    break;
-                }
-                if !desc.is_write_only() {
-                    valid = false;
-                    break;
-                }
-                let n = (desc.len() as usize).min(packet.len() - written);
-                if mem.write_slice(&packet[written..written + n], desc.addr()).is_err() {
-                    valid = false;
-                    break;
-                }
-                written += n;
-            }
-            let delivered = valid && written == packet.len();
+            let delivered = collect_chain(chain, MAX_CHAIN, &mut self.descs) && self.scatter(mem);
             if delivered {
                 self.stats.rx_frames += 1;
                 self.stats.rx_bytes += self.pending as u64;
             } else {
                 self.stats.rx_dropped += 1;
             }
+            let written = if delivered { (HEADER_LEN + self.pending) as u32 } else { 0 };
             self.pending = 0;
-            if queue.add_used(mem, head, if delivered { written as u32 } else { 0 }).is_err() {
+            if !self.give_back("receive", queue, mem, head, written) {
                 return used;
             }
             used = true;
         }
+        used
+    }
+
+    /// Writes the header and the pending frame into the device-writable buffers of `self.descs`; false if they are
+    /// too small, outside guest memory, or one the device may not write comes before the frame's end.
+    fn scatter(&mut self, mem: &GuestMemoryMmap) -> bool {
+        let packet = &mut self.scratch[..HEADER_LEN + self.pending];
+        packet[..HEADER_LEN].fill(0);
+        packet[10..12].copy_from_slice(&1u16.to_le_bytes()); // num_buffers
+        let mut written = 0usize;
+        for desc in &self.descs {
+            if written == packet.len() {
+                break;
+            }
+            if !desc.is_write_only() {
+                return false;
+            }
+            let n = (desc.len() as usize).min(packet.len() - written);
+            if mem.write_slice(&packet[written..written + n], desc.addr()).is_err() {
+                return false;
+            }
+            written += n;
+        }
+        written == packet.len()
     }
 }
 
@@ -257,6 +330,8 @@ mod tests {
     use crate::virtio::testing::{desc, mem, start, NEXT, WRITE};
     use crate::virtio::MmioTransport;
     use std::collections::VecDeque;
+
+    type Device = MmioTransport<Net<Echo>>;
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::GuestAddress;
 
@@ -372,6 +447,96 @@ mod tests {
         t.write(0x50, &(RX_QUEUE as u32).to_le_bytes(), &mem);
         assert_eq!(rx.used().idx().load(), 1);
         assert_eq!(t.device.stats.rx_frames, 1);
+    }
+
+    /// Runs `f` on a thread of its own and returns what it returns; fails the test if it does not return within
+    /// seconds (a device looping on a hostile queue), where running it inline would hang the test run.
+    fn promptly<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(f()));
+        rx.recv_timeout(std::time::Duration::from_secs(10)).expect("the device loops on the hostile queue")
+    }
+
+    #[test]
+    fn an_available_index_too_far_ahead_stops_the_transmit_side() {
+        let (fault, used, stats) = promptly(|| {
+            let mem = mem();
+            let (mut t, _, tx) = device(&mem);
+            tx.avail().idx().store(17);
+            // Reached by a vCPU's Wait hypercall, without a notification.
+            let Device { device, queues, .. } = &mut t;
+            device.send_queued(&mut queues[TX_QUEUE], &mem);
+            (t.device.fault().map(str::to_string), tx.used().idx().load(), t.device.stats)
+        });
+        let fault = fault.expect("the device stopped");
+        assert!(fault.contains("transmit queue") && fault.contains("(17)"), "{fault}");
+        assert_eq!((used, stats.tx_frames, stats.tx_dropped), (0, 0, 0));
+    }
+
+    #[test]
+    fn an_available_index_too_far_ahead_stops_the_receive_side() {
+        let (fault, used, stats) = promptly(|| {
+            let mem = mem();
+            let (mut t, rx, _) = device(&mem);
+            t.device.backend().0.push_back(vec![5u8; 60]);
+            rx.avail().idx().store(40_000);
+            t.write(0x50, &(RX_QUEUE as u32).to_le_bytes(), &mem);
+            // Further notifications find the device stopped.
+            t.write(0x50, &(RX_QUEUE as u32).to_le_bytes(), &mem);
+            (t.device.fault().map(str::to_string), rx.used().idx().load(), t.device.stats)
+        });
+        let fault = fault.expect("the device stopped");
+        assert!(fault.contains("receive queue") && fault.contains("(40000)"), "{fault}");
+        assert_eq!((used, stats.rx_frames, stats.rx_dropped), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_head_outside_the_descriptor_table_stops_the_device() {
+        let (fault, used) = promptly(|| {
+            let mem = mem();
+            let (mut t, _, tx) = device(&mem);
+            tx.add_desc_chains(&[desc(0x3_0000, 64, 0, 0)], 0).unwrap();
+            tx.avail().ring().ref_at(0).unwrap().store(999);
+            t.write(0x50, &(TX_QUEUE as u32).to_le_bytes(), &mem);
+            (t.device.fault().map(str::to_string), tx.used().idx().load())
+        });
+        assert!(fault.as_ref().is_some_and(|f| f.contains("chain 999")), "{fault:?}");
+        assert_eq!(used, 0);
+    }
+
+    #[test]
+    fn looping_chains_are_refused_in_both_directions() {
+        let (stats, sent, tx_used, rx_used, fault) = promptly(|| {
+            let mem = mem();
+            let (mut t, rx, tx) = device(&mem);
+            // Header and frame buffers whose last one points back at the first: as a frame, 16 times 76 bytes.
+            mem.write_slice(&[0u8; HEADER_LEN], GuestAddress(0x3_0000)).unwrap();
+            tx.add_desc_chains(&[desc(0x3_0000, 12, NEXT, 1), desc(0x3_1000, 64, NEXT, 0)], 0).unwrap();
+            t.write(0x50, &(TX_QUEUE as u32).to_le_bytes(), &mem);
+            let sent = t.device.backend().0.len();
+            // A receive buffer that points at itself: each pass would write the same 16 bytes.
+            t.device.backend().0.push_back(vec![6u8; 100]);
+            rx.add_desc_chains(&[desc(0x4_0000, 16, WRITE | NEXT, 0)], 0).unwrap();
+            t.write(0x50, &(RX_QUEUE as u32).to_le_bytes(), &mem);
+            let (tx_used, rx_used) = (tx.used().idx().load(), rx.used().idx().load());
+            (t.device.stats, sent, tx_used, rx_used, t.device.fault().map(str::to_string))
+        });
+        assert_eq!(sent, 0, "nothing reached the backend");
+        assert_eq!((stats.tx_frames, stats.tx_dropped, tx_used), (0, 1, 1), "returned unused");
+        assert_eq!((stats.rx_frames, stats.rx_dropped, rx_used), (0, 1, 1), "returned unused");
+        assert_eq!(fault, None, "a bad chain is the guest's loss, not a broken queue");
+    }
+
+    #[test]
+    fn a_chain_of_a_whole_queue_is_a_frame() {
+        let mem = mem();
+        let (mut t, _, tx) = device(&mem);
+        let mut chain = vec![desc(0x3_0000, 12, NEXT, 1)];
+        chain.extend((1..16).map(|i| desc(0x3_1000 + 64 * u64::from(i), 64, if i < 15 { NEXT } else { 0 }, i + 1)));
+        tx.add_desc_chains(&chain, 0).unwrap();
+        t.write(0x50, &(TX_QUEUE as u32).to_le_bytes(), &mem);
+        assert_eq!(t.device.backend().0.pop_front().map(|f| f.len()), Some(15 * 64));
+        assert_eq!(t.device.stats.tx_dropped, 0);
     }
 
     #[test]
