@@ -372,6 +372,30 @@ fn bad_file_mappings_are_refused() {
     assert_eq!(run.code, Some(2), "{run}");
 }
 
+/// Runs `binary ARGS` natively in a fresh temporary directory and under `kiln run`; both must exit 0 and print the same.
+fn same_as_native(binary: &Path, args: &[&str], last: &str) {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("native-{}", std::process::id()));
+    let dir = dir.join(binary.file_name().expect("a file name"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let native = std::process::Command::new(binary).args(args).current_dir(&dir).output().expect("run natively");
+    let _ = std::fs::remove_dir_all(&dir);
+    let native_out = String::from_utf8_lossy(&native.stdout);
+    assert!(native.status.success() && native_out.ends_with(last), "natively:\n{native_out}");
+    let run = kiln().arg("run").arg(binary).args(args).run();
+    run.assert_code(0);
+    assert_eq!(run.stdout_text(), native_out, "{run}");
+}
+
+#[test]
+fn relative_paths_and_narrowed_int_arguments_with_musl_and_glibc() {
+    if !kvm::available() {
+        return;
+    }
+    same_as_native(&guests::c("atcalls"), &["work"], "atcalls: ok\n");
+    same_as_native(&guests::c("atcalls-glibc"), &["work"], "atcalls: ok\n");
+}
+
 #[test]
 fn deadlock_is_reported_instead_of_hanging() {
     if !kvm::available() {

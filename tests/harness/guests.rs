@@ -1,6 +1,7 @@
 //! Builds the guest programs in `tests/guests/` from source, once per test process, into the target directory.
 //!
-//! C programs are built with `musl-gcc` (static, and one static-pie) plus one dynamically linked with the host `cc`;
+//! C programs are built with `musl-gcc` (static, and one static-pie), some also with the host `cc -static` (glibc), plus
+//! one dynamically linked with the host `cc`;
 //! Rust programs with `cargo build --release --target x86_64-unknown-linux-musl` in their own workspace. Each family is
 //! built behind a `OnceLock`, so concurrent test threads wait for one build instead of racing; C outputs are written
 //! under a temporary name and renamed, so concurrent test processes never see a half-written binary. A failed build
@@ -29,6 +30,9 @@ enum Link {
     StaticPie,
     /// The host `cc` without `-static`: dynamically linked against glibc, which `kiln` must refuse.
     Dynamic,
+    /// The host `cc -static`: an `ET_EXEC` static binary with glibc, whose wrappers pass `int` arguments with the
+    /// register's upper half zero (musl sign-extends them), among other differences.
+    Glibc,
 }
 
 /// (output name, source file in tests/guests/c, link mode)
@@ -65,6 +69,8 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("sockopts", "sockopts.c", Link::Static),
     ("wakeups", "wakeups.c", Link::Static),
     ("fsyncer", "fsyncer.c", Link::Static),
+    ("atcalls", "atcalls.c", Link::Static),
+    ("atcalls-glibc", "atcalls.c", Link::Glibc),
 ];
 
 /// The binaries of tests/guests/rust (each `src/bin/NAME.rs`).
@@ -134,10 +140,10 @@ fn build_c() -> Result<PathBuf, String> {
     let host_cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     for &(name, source, link) in C_GUESTS {
         let tmp = out.join(format!(".{name}.{}.tmp", std::process::id()));
-        let mut cmd = Command::new(if link == Link::Dynamic { &host_cc } else { &musl_gcc });
+        let mut cmd = Command::new(if matches!(link, Link::Dynamic | Link::Glibc) { &host_cc } else { &musl_gcc });
         cmd.args(["-O2", "-Wall", "-Wextra", "-Werror", "-o"]).arg(&tmp);
         match link {
-            Link::Static => {
+            Link::Static | Link::Glibc => {
                 cmd.arg("-static").arg(src.join(source));
             }
             Link::StaticPie => {
@@ -155,7 +161,7 @@ fn build_c() -> Result<PathBuf, String> {
         }
         run_build(&mut cmd)?;
         let (want_type, want_interp) = match link {
-            Link::Static => (ET_EXEC, false),
+            Link::Static | Link::Glibc => (ET_EXEC, false),
             Link::StaticPie => (ET_DYN, false),
             Link::Dynamic => (ET_DYN, true),
         };

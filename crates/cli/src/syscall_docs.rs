@@ -201,8 +201,9 @@ const NOTES: &[(u64, &str)] = &[
     (211, LEGACY_TLS),
 ];
 
-/// Numbers the embedded library OS has a handler for, read from `KILN_SYSCALL_TABLE` in its ELF: the table holds
-/// `Option<fn>`, 8 bytes each, 0 for none; in a position-independent image every non-null entry has a relocation.
+/// Numbers the embedded library OS has a handler for, read from `KILN_SYSCALL_TABLE` in its ELF: the table starts with
+/// its handlers, `Option<fn>`, 8 bytes each, 0 for none (the argument types follow); in a position-independent image
+/// every non-null entry has a relocation.
 fn implemented() -> Vec<u64> {
     let elf = ElfImage::parse(KERNEL).expect("the embedded library OS parses");
     let table = elf.symbol("KILN_SYSCALL_TABLE").expect("the library OS exports KILN_SYSCALL_TABLE");

@@ -1,6 +1,7 @@
 //! The Linux syscall layer: one table indexed by the syscall number, one file per family. A number without a handler
 //! returns -ENOSYS and is counted; the VMM reads the counts (`KILN_SYSCALL_STATS`) when the program has ended.
 
+mod args;
 pub mod attrs;
 mod fs;
 mod identity;
@@ -21,10 +22,12 @@ pub mod timer;
 use crate::entry::SyscallFrame;
 use crate::errno::{Errno, SysResult};
 use crate::hypercall;
+use args::Arg;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use kiln_abi::hypercall::{Hypercall, SyscallStats, TraceRecord, SYSCALL_SLOTS};
 use kiln_abi::BootInfo;
 
+/// A syscall's arguments as the handler sees them: narrowed to their C types by `args::decode`.
 pub type Args = [u64; 6];
 /// The process id: the program is the only process, and its main thread's id is the same.
 pub const PID: u64 = 1;
@@ -42,200 +45,224 @@ const SYS_EXIT: u64 = 60;
 const SYS_EXIT_GROUP: u64 = 231;
 type Handler = fn(&Args) -> SysResult;
 
-const fn table() -> [Option<Handler>; SYSCALL_SLOTS] {
-    let mut t: [Option<Handler>; SYSCALL_SLOTS] = [None; SYSCALL_SLOTS];
-    t[0] = Some(fs::read);
-    t[1] = Some(fs::write);
-    t[2] = Some(fs::open);
-    t[3] = Some(fs::close);
-    t[4] = Some(path::stat);
-    t[5] = Some(fs::fstat);
-    t[6] = Some(path::stat);
-    t[7] = Some(fs::poll);
-    t[8] = Some(fs::lseek);
-    t[9] = Some(mm::mmap);
-    t[10] = Some(mm::mprotect);
-    t[11] = Some(mm::munmap);
-    t[12] = Some(mm::brk);
-    t[13] = Some(signal::rt_sigaction);
-    t[14] = Some(signal::rt_sigprocmask);
-    t[SYS_RT_SIGRETURN as usize] = Some(signal::rt_sigreturn_marker);
-    t[16] = Some(fs::ioctl);
-    t[17] = Some(fs::pread64);
-    t[18] = Some(fs::pwrite64);
-    t[19] = Some(fs::readv);
-    t[20] = Some(fs::writev);
-    t[21] = Some(path::access);
-    t[22] = Some(fs::pipe);
-    t[23] = Some(fs::select);
-    t[24] = Some(thread::sched_yield);
-    t[25] = Some(mm::mremap);
-    t[34] = Some(signal::pause);
-    t[35] = Some(time::nanosleep);
-    t[26] = Some(mm::msync);
-    t[27] = Some(mm::mincore);
-    t[28] = Some(mm::madvise);
-    t[32] = Some(fs::dup);
-    t[33] = Some(fs::dup2);
-    t[36] = Some(timer::getitimer);
-    t[37] = Some(timer::alarm);
-    t[38] = Some(timer::setitimer);
-    t[39] = Some(process::getpid);
-    t[40] = Some(sendfile::sendfile);
-    t[61] = Some(process::wait);
-    t[73] = Some(lock::flock);
-    t[92] = Some(attrs::chown);
-    t[93] = Some(attrs::fchown);
-    t[94] = Some(attrs::chown);
-    t[132] = Some(attrs::utime);
-    t[203] = Some(process::sched_setaffinity);
-    t[235] = Some(attrs::utimes);
-    t[247] = Some(process::wait);
-    t[260] = Some(attrs::fchownat);
-    t[261] = Some(attrs::futimesat);
-    t[280] = Some(attrs::utimensat);
-    t[41] = Some(net::socket_syscall);
-    t[42] = Some(net::connect);
-    t[43] = Some(net::accept);
-    t[44] = Some(net::sendto);
-    t[45] = Some(net::recvfrom);
-    t[46] = Some(net::sendmsg);
-    t[47] = Some(net::recvmsg);
-    t[48] = Some(net::shutdown);
-    t[49] = Some(net::bind);
-    t[50] = Some(net::listen);
-    t[51] = Some(net::getsockname);
-    t[52] = Some(net::getpeername);
-    t[53] = Some(net::socketpair);
-    t[54] = Some(net::setsockopt);
-    t[55] = Some(net::getsockopt);
-    t[56] = Some(thread::clone);
-    t[SYS_EXIT as usize] = Some(thread::exit);
-    t[62] = Some(signal::kill);
-    t[63] = Some(process::uname);
-    t[72] = Some(fs::fcntl);
-    t[74] = Some(fs::fsync);
-    t[75] = Some(fs::fsync);
-    t[76] = Some(path::truncate);
-    t[77] = Some(fs::ftruncate);
-    t[79] = Some(path::getcwd);
-    t[80] = Some(path::chdir);
-    t[81] = Some(path::fchdir);
-    t[82] = Some(path::rename);
-    t[83] = Some(path::mkdir);
-    t[84] = Some(path::rmdir);
-    t[85] = Some(fs::creat);
-    t[87] = Some(path::unlink);
-    t[95] = Some(process::umask);
-    t[89] = Some(fs::readlink);
-    t[90] = Some(path::chmod);
-    t[91] = Some(path::fchmod);
-    t[96] = Some(time::gettimeofday);
-    t[97] = Some(process::getrlimit);
-    t[98] = Some(process::getrusage);
-    t[100] = Some(process::times);
-    t[99] = Some(process::sysinfo);
-    t[102] = Some(identity::getuid);
-    t[104] = Some(identity::getgid);
-    t[105] = Some(identity::setuid);
-    t[106] = Some(identity::setgid);
-    t[107] = Some(identity::geteuid);
-    t[108] = Some(identity::getegid);
-    t[109] = Some(identity::setpgid);
-    t[110] = Some(process::getppid);
-    t[111] = Some(identity::getpgrp);
-    t[112] = Some(identity::setsid);
-    t[113] = Some(identity::setreuid);
-    t[114] = Some(identity::setregid);
-    t[115] = Some(identity::getgroups);
-    t[116] = Some(identity::setgroups);
-    t[117] = Some(identity::setresuid);
-    t[118] = Some(identity::getresuid);
-    t[119] = Some(identity::setresgid);
-    t[120] = Some(identity::getresgid);
-    t[121] = Some(identity::getpgid);
-    t[124] = Some(identity::getpgid);
-    t[128] = Some(signal::rt_sigtimedwait);
-    t[130] = Some(signal::rt_sigsuspend);
-    t[127] = Some(signal::rt_sigpending);
-    t[131] = Some(signal::sigaltstack);
-    t[137] = Some(statfs::statfs);
-    t[138] = Some(statfs::fstatfs);
-    t[140] = Some(priority::getpriority);
-    t[141] = Some(priority::setpriority);
-    t[142] = Some(priority::sched_setparam);
-    t[143] = Some(priority::sched_getparam);
-    t[144] = Some(priority::sched_setscheduler);
-    t[145] = Some(priority::sched_getscheduler);
-    t[146] = Some(priority::sched_get_priority_max);
-    t[147] = Some(priority::sched_get_priority_min);
-    t[149] = Some(mm::mlock);
-    t[150] = Some(mm::mlock);
-    t[151] = Some(mm::mlockall);
-    t[152] = Some(mm::munlockall);
-    t[157] = Some(process::prctl);
-    t[162] = Some(fs::sync);
-    t[158] = Some(process::arch_prctl);
-    t[160] = Some(process::setrlimit);
-    t[186] = Some(thread::gettid);
-    t[200] = Some(signal::tkill);
-    t[201] = Some(time::time);
-    t[204] = Some(process::sched_getaffinity);
-    t[202] = Some(thread::futex);
-    t[213] = Some(fs::epoll_create);
-    t[217] = Some(fs::getdents64);
-    t[218] = Some(thread::set_tid_address);
-    t[221] = Some(fs::fadvise64);
-    t[228] = Some(time::clock_gettime);
-    t[229] = Some(time::clock_getres);
-    t[230] = Some(time::clock_nanosleep);
-    t[441] = Some(fs::epoll_pwait2);
-    t[288] = Some(net::accept4);
-    t[299] = Some(net::recvmmsg);
-    t[307] = Some(net::sendmmsg);
-    t[222] = Some(timer::timer_create);
-    t[223] = Some(timer::timer_settime);
-    t[224] = Some(timer::timer_gettime);
-    t[225] = Some(timer::timer_getoverrun);
-    t[226] = Some(timer::timer_delete);
-    t[SYS_EXIT_GROUP as usize] = Some(process::exit);
-    t[232] = Some(fs::epoll_wait);
-    t[233] = Some(fs::epoll_ctl);
-    t[234] = Some(signal::tgkill);
-    t[257] = Some(fs::openat);
-    t[258] = Some(path::mkdirat);
-    t[262] = Some(path::newfstatat);
-    t[263] = Some(path::unlinkat);
-    t[264] = Some(path::renameat);
-    t[267] = Some(fs::readlinkat);
-    t[268] = Some(path::fchmodat);
-    t[269] = Some(path::faccessat);
-    t[270] = Some(fs::pselect6);
-    t[271] = Some(fs::ppoll);
-    t[273] = Some(process::set_robust_list);
-    t[281] = Some(fs::epoll_pwait);
-    t[284] = Some(fs::eventfd);
-    t[290] = Some(fs::eventfd2);
-    t[291] = Some(fs::epoll_create1);
-    t[292] = Some(fs::dup3);
-    t[293] = Some(fs::pipe2);
-    t[295] = Some(fs::preadv);
-    t[296] = Some(fs::pwritev);
-    t[302] = Some(process::prlimit64);
-    t[306] = Some(fs::fsync);
-    t[309] = Some(process::getcpu);
-    t[316] = Some(path::renameat2);
-    t[327] = Some(fs::preadv2);
-    t[328] = Some(fs::pwritev2);
-    t[332] = Some(path::statx);
-    t[439] = Some(path::faccessat);
-    t[318] = Some(random::getrandom);
+/// Every handler and the C types of its arguments (Linux's prototype), by syscall number. `handlers` comes first so
+/// that the table's symbol is also the address of an array of `Option<fn>`, which the docs generator reads.
+#[repr(C)]
+pub struct SyscallTable {
+    handlers: [Option<Handler>; SYSCALL_SLOTS],
+    signatures: [&'static [Arg]; SYSCALL_SLOTS],
+}
+
+impl SyscallTable {
+    /// Registers `handler` for `nr`; a number registered twice or more than six arguments stop the build.
+    const fn set(&mut self, nr: u64, handler: Handler, signature: &'static [Arg]) {
+        assert!(self.handlers[nr as usize].is_none(), "a syscall number has two handlers");
+        assert!(signature.len() <= 6, "a syscall has at most six arguments");
+        self.handlers[nr as usize] = Some(handler);
+        self.signatures[nr as usize] = signature;
+    }
+
+    fn get(&self, nr: u64) -> Option<(Handler, &'static [Arg])> {
+        let nr = usize::try_from(nr).ok().filter(|&nr| nr < SYSCALL_SLOTS)?;
+        Some((self.handlers[nr]?, self.signatures[nr]))
+    }
+}
+
+const fn table() -> SyscallTable {
+    use Arg::{Int, Long, Mode, Ptr, UInt};
+    let mut t = SyscallTable { handlers: [None; SYSCALL_SLOTS], signatures: [&[]; SYSCALL_SLOTS] };
+    t.set(0, fs::read, &[UInt, Ptr, Long]);
+    t.set(1, fs::write, &[UInt, Ptr, Long]);
+    t.set(2, fs::open, &[Ptr, Int, Mode]);
+    t.set(3, fs::close, &[UInt]);
+    t.set(4, path::stat, &[Ptr, Ptr]);
+    t.set(5, fs::fstat, &[UInt, Ptr]);
+    t.set(6, path::stat, &[Ptr, Ptr]);
+    t.set(7, fs::poll, &[Ptr, UInt, Int]);
+    t.set(8, fs::lseek, &[UInt, Long, UInt]);
+    t.set(9, mm::mmap, &[Long, Long, Long, Long, UInt, Long]);
+    t.set(10, mm::mprotect, &[Long, Long, Long]);
+    t.set(11, mm::munmap, &[Long, Long]);
+    t.set(12, mm::brk, &[Long]);
+    t.set(13, signal::rt_sigaction, &[Int, Ptr, Ptr, Long]);
+    t.set(14, signal::rt_sigprocmask, &[Int, Ptr, Ptr, Long]);
+    t.set(SYS_RT_SIGRETURN, signal::rt_sigreturn_marker, &[]);
+    t.set(16, fs::ioctl, &[UInt, UInt, Long]);
+    t.set(17, fs::pread64, &[UInt, Ptr, Long, Long]);
+    t.set(18, fs::pwrite64, &[UInt, Ptr, Long, Long]);
+    t.set(19, fs::readv, &[UInt, Ptr, Long]);
+    t.set(20, fs::writev, &[UInt, Ptr, Long]);
+    t.set(21, path::access, &[Ptr, Int]);
+    t.set(22, fs::pipe, &[Ptr]);
+    t.set(23, fs::select, &[Int, Ptr, Ptr, Ptr, Ptr]);
+    t.set(24, thread::sched_yield, &[]);
+    t.set(25, mm::mremap, &[Long, Long, Long, Long, Long]);
+    t.set(34, signal::pause, &[]);
+    t.set(35, time::nanosleep, &[Ptr, Ptr]);
+    t.set(26, mm::msync, &[Long, Long, Int]);
+    t.set(27, mm::mincore, &[Long, Long, Ptr]);
+    t.set(28, mm::madvise, &[Long, Long, Int]);
+    t.set(32, fs::dup, &[UInt]);
+    t.set(33, fs::dup2, &[UInt, UInt]);
+    t.set(36, timer::getitimer, &[Int, Ptr]);
+    t.set(37, timer::alarm, &[UInt]);
+    t.set(38, timer::setitimer, &[Int, Ptr, Ptr]);
+    t.set(39, process::getpid, &[]);
+    t.set(40, sendfile::sendfile, &[Int, Int, Ptr, Long]);
+    t.set(61, process::wait, &[Int, Ptr, Int, Ptr]);
+    t.set(73, lock::flock, &[UInt, UInt]);
+    t.set(92, attrs::chown, &[Ptr, UInt, UInt]);
+    t.set(93, attrs::fchown, &[UInt, UInt, UInt]);
+    t.set(94, attrs::chown, &[Ptr, UInt, UInt]);
+    t.set(132, attrs::utime, &[Ptr, Ptr]);
+    t.set(203, process::sched_setaffinity, &[Int, UInt, Ptr]);
+    t.set(235, attrs::utimes, &[Ptr, Ptr]);
+    t.set(247, process::wait, &[Int, Int, Ptr, Int, Ptr]);
+    t.set(260, attrs::fchownat, &[Int, Ptr, UInt, UInt, Int]);
+    t.set(261, attrs::futimesat, &[Int, Ptr, Ptr]);
+    t.set(280, attrs::utimensat, &[Int, Ptr, Ptr, Int]);
+    t.set(41, net::socket_syscall, &[Int, Int, Int]);
+    t.set(42, net::connect, &[Int, Ptr, Int]);
+    t.set(43, net::accept, &[Int, Ptr, Ptr]);
+    t.set(44, net::sendto, &[Int, Ptr, Long, UInt, Ptr, Int]);
+    t.set(45, net::recvfrom, &[Int, Ptr, Long, UInt, Ptr, Ptr]);
+    t.set(46, net::sendmsg, &[Int, Ptr, UInt]);
+    t.set(47, net::recvmsg, &[Int, Ptr, UInt]);
+    t.set(48, net::shutdown, &[Int, Int]);
+    t.set(49, net::bind, &[Int, Ptr, Int]);
+    t.set(50, net::listen, &[Int, Int]);
+    t.set(51, net::getsockname, &[Int, Ptr, Ptr]);
+    t.set(52, net::getpeername, &[Int, Ptr, Ptr]);
+    t.set(53, net::socketpair, &[Int, Int, Int, Ptr]);
+    t.set(54, net::setsockopt, &[Int, Int, Int, Ptr, Int]);
+    t.set(55, net::getsockopt, &[Int, Int, Int, Ptr, Ptr]);
+    t.set(56, thread::clone, &[Long, Long, Ptr, Ptr, Long]);
+    t.set(SYS_EXIT, thread::exit, &[Int]);
+    t.set(62, signal::kill, &[Int, Int]);
+    t.set(63, process::uname, &[Ptr]);
+    t.set(72, fs::fcntl, &[UInt, UInt, Long]);
+    t.set(74, fs::fsync, &[UInt]);
+    t.set(75, fs::fsync, &[UInt]);
+    t.set(76, path::truncate, &[Ptr, Long]);
+    t.set(77, fs::ftruncate, &[UInt, Long]);
+    t.set(79, path::getcwd, &[Ptr, Long]);
+    t.set(80, path::chdir, &[Ptr]);
+    t.set(81, path::fchdir, &[UInt]);
+    t.set(82, path::rename, &[Ptr, Ptr]);
+    t.set(83, path::mkdir, &[Ptr, Mode]);
+    t.set(84, path::rmdir, &[Ptr]);
+    t.set(85, fs::creat, &[Ptr, Mode]);
+    t.set(87, path::unlink, &[Ptr]);
+    t.set(95, process::umask, &[Int]);
+    t.set(89, fs::readlink, &[Ptr, Ptr, Int]);
+    t.set(90, path::chmod, &[Ptr, Mode]);
+    t.set(91, path::fchmod, &[UInt, Mode]);
+    t.set(96, time::gettimeofday, &[Ptr, Ptr]);
+    t.set(97, process::getrlimit, &[UInt, Ptr]);
+    t.set(98, process::getrusage, &[Int, Ptr]);
+    t.set(100, process::times, &[Ptr]);
+    t.set(99, process::sysinfo, &[Ptr]);
+    t.set(102, identity::getuid, &[]);
+    t.set(104, identity::getgid, &[]);
+    t.set(105, identity::setuid, &[UInt]);
+    t.set(106, identity::setgid, &[UInt]);
+    t.set(107, identity::geteuid, &[]);
+    t.set(108, identity::getegid, &[]);
+    t.set(109, identity::setpgid, &[Int, Int]);
+    t.set(110, process::getppid, &[]);
+    t.set(111, identity::getpgrp, &[]);
+    t.set(112, identity::setsid, &[]);
+    t.set(113, identity::setreuid, &[UInt, UInt]);
+    t.set(114, identity::setregid, &[UInt, UInt]);
+    t.set(115, identity::getgroups, &[Int, Ptr]);
+    t.set(116, identity::setgroups, &[Int, Ptr]);
+    t.set(117, identity::setresuid, &[UInt, UInt, UInt]);
+    t.set(118, identity::getresuid, &[Ptr, Ptr, Ptr]);
+    t.set(119, identity::setresgid, &[UInt, UInt, UInt]);
+    t.set(120, identity::getresgid, &[Ptr, Ptr, Ptr]);
+    t.set(121, identity::getpgid, &[Int]);
+    t.set(124, identity::getpgid, &[Int]);
+    t.set(128, signal::rt_sigtimedwait, &[Ptr, Ptr, Ptr, Long]);
+    t.set(130, signal::rt_sigsuspend, &[Ptr, Long]);
+    t.set(127, signal::rt_sigpending, &[Ptr, Long]);
+    t.set(131, signal::sigaltstack, &[Ptr, Ptr]);
+    t.set(137, statfs::statfs, &[Ptr, Ptr]);
+    t.set(138, statfs::fstatfs, &[UInt, Ptr]);
+    t.set(140, priority::getpriority, &[Int, Int]);
+    t.set(141, priority::setpriority, &[Int, Int, Int]);
+    t.set(142, priority::sched_setparam, &[Int, Ptr]);
+    t.set(143, priority::sched_getparam, &[Int, Ptr]);
+    t.set(144, priority::sched_setscheduler, &[Int, Int, Ptr]);
+    t.set(145, priority::sched_getscheduler, &[Int]);
+    t.set(146, priority::sched_get_priority_max, &[Int]);
+    t.set(147, priority::sched_get_priority_min, &[Int]);
+    t.set(149, mm::mlock, &[Long, Long]);
+    t.set(150, mm::mlock, &[Long, Long]);
+    t.set(151, mm::mlockall, &[Int]);
+    t.set(152, mm::munlockall, &[]);
+    t.set(157, process::prctl, &[Int, Long, Long, Long, Long]);
+    t.set(162, fs::sync, &[]);
+    t.set(158, process::arch_prctl, &[Int, Long]);
+    t.set(160, process::setrlimit, &[UInt, Ptr]);
+    t.set(186, thread::gettid, &[]);
+    t.set(200, signal::tkill, &[Int, Int]);
+    t.set(201, time::time, &[Ptr]);
+    t.set(204, process::sched_getaffinity, &[Int, UInt, Ptr]);
+    t.set(202, thread::futex, &[Ptr, Int, UInt, Ptr, Ptr, UInt]);
+    t.set(213, fs::epoll_create, &[Int]);
+    t.set(217, fs::getdents64, &[UInt, Ptr, UInt]);
+    t.set(218, thread::set_tid_address, &[Ptr]);
+    t.set(221, fs::fadvise64, &[Int, Long, Long, Int]);
+    t.set(228, time::clock_gettime, &[Int, Ptr]);
+    t.set(229, time::clock_getres, &[Int, Ptr]);
+    t.set(230, time::clock_nanosleep, &[Int, Int, Ptr, Ptr]);
+    t.set(441, fs::epoll_pwait2, &[Int, Ptr, Int, Ptr, Ptr, Long]);
+    t.set(288, net::accept4, &[Int, Ptr, Ptr, Int]);
+    t.set(299, net::recvmmsg, &[Int, Ptr, UInt, UInt, Ptr]);
+    t.set(307, net::sendmmsg, &[Int, Ptr, UInt, UInt]);
+    t.set(222, timer::timer_create, &[Int, Ptr, Ptr]);
+    t.set(223, timer::timer_settime, &[Int, Int, Ptr, Ptr]);
+    t.set(224, timer::timer_gettime, &[Int, Ptr]);
+    t.set(225, timer::timer_getoverrun, &[Int]);
+    t.set(226, timer::timer_delete, &[Int]);
+    t.set(SYS_EXIT_GROUP, process::exit, &[Int]);
+    t.set(232, fs::epoll_wait, &[Int, Ptr, Int, Int]);
+    t.set(233, fs::epoll_ctl, &[Int, Int, Int, Ptr]);
+    t.set(234, signal::tgkill, &[Int, Int, Int]);
+    t.set(257, fs::openat, &[Int, Ptr, Int, Mode]);
+    t.set(258, path::mkdirat, &[Int, Ptr, Mode]);
+    t.set(262, path::newfstatat, &[Int, Ptr, Ptr, Int]);
+    t.set(263, path::unlinkat, &[Int, Ptr, Int]);
+    t.set(264, path::renameat, &[Int, Ptr, Int, Ptr]);
+    t.set(267, fs::readlinkat, &[Int, Ptr, Ptr, Int]);
+    t.set(268, path::fchmodat, &[Int, Ptr, Mode]);
+    t.set(269, path::faccessat, &[Int, Ptr, Int]);
+    t.set(270, fs::pselect6, &[Int, Ptr, Ptr, Ptr, Ptr, Ptr]);
+    t.set(271, fs::ppoll, &[Ptr, UInt, Ptr, Ptr, Long]);
+    t.set(273, process::set_robust_list, &[Ptr, Long]);
+    t.set(281, fs::epoll_pwait, &[Int, Ptr, Int, Int, Ptr, Long]);
+    t.set(284, fs::eventfd, &[UInt]);
+    t.set(290, fs::eventfd2, &[UInt, Int]);
+    t.set(291, fs::epoll_create1, &[Int]);
+    t.set(292, fs::dup3, &[UInt, UInt, Int]);
+    t.set(293, fs::pipe2, &[Ptr, Int]);
+    t.set(295, fs::preadv, &[UInt, Ptr, Long, Long, Long]);
+    t.set(296, fs::pwritev, &[UInt, Ptr, Long, Long, Long]);
+    t.set(302, process::prlimit64, &[Int, UInt, Ptr, Ptr]);
+    t.set(306, fs::fsync, &[Int]);
+    t.set(309, process::getcpu, &[Ptr, Ptr, Ptr]);
+    t.set(316, path::renameat2, &[Int, Ptr, Int, Ptr, UInt]);
+    t.set(327, fs::preadv2, &[UInt, Ptr, Long, Long, Long, Int]);
+    t.set(328, fs::pwritev2, &[UInt, Ptr, Long, Long, Long, Int]);
+    t.set(332, path::statx, &[Int, Ptr, UInt, UInt, Ptr]);
+    t.set(439, path::faccessat, &[Int, Ptr, Int, Int]);
+    t.set(318, random::getrandom, &[Ptr, Long, UInt]);
     t
 }
 
 /// Exported so that the host can read which numbers have a handler (docs/syscalls.md is generated from it).
 #[no_mangle]
-static KILN_SYSCALL_TABLE: [Option<Handler>; SYSCALL_SLOTS] = table();
+static KILN_SYSCALL_TABLE: SyscallTable = table();
 
 /// The VMM finds the counters by this symbol and reads them however the program ends (exit, signal or crash). The
 /// layout is `kiln_abi::hypercall::SyscallStats`: calls per number, then -ENOSYS answers per number.
@@ -259,26 +286,28 @@ pub extern "C" fn dispatch(frame: &mut SyscallFrame) -> i64 {
         KILN_SYSCALL_STATS[nr as usize].fetch_add(1, Ordering::Relaxed);
         return signal::rt_sigreturn(frame);
     }
-    let handler = if nr < SYSCALL_SLOTS as u64 { KILN_SYSCALL_TABLE[nr as usize] } else { None };
+    let handler = KILN_SYSCALL_TABLE.get(nr);
     let slot = SyscallStats::slot(nr);
     KILN_SYSCALL_STATS[slot].fetch_add(1, Ordering::Relaxed);
     if handler.is_none() {
         KILN_SYSCALL_STATS[SYSCALL_SLOTS + slot].fetch_add(1, Ordering::Relaxed);
     }
+    // An unknown number is traced with its registers as they are.
+    let args = handler.map_or(frame.args, |(_, signature)| args::decode(&frame.args, signature));
     let tracing = TRACING.load(Ordering::Relaxed);
     if tracing && (nr == SYS_EXIT || nr == SYS_EXIT_GROUP) {
         // These do not return: trace them on the way in.
-        trace(nr, &frame.args, 0);
+        trace(nr, &args, 0);
     }
     let ret = match handler {
-        Some(h) => match h(&frame.args) {
+        Some((h, _)) => match h(&args) {
             Ok(v) => v as i64,
             Err(Errno(e)) => -e,
         },
         None => -Errno::ENOSYS.0,
     };
     if tracing {
-        trace(nr, &frame.args, ret);
+        trace(nr, &args, ret);
     }
     // A signal for this thread runs its handler now, on the way out.
     signal::poll_host_signals();
