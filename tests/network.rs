@@ -549,3 +549,49 @@ fn tap_keep_alive_finds_a_silent_peer() {
     assert_eq!(code, Some(0), "{rest}");
     assert!(rest.contains("ok: a connection with keep-alive fails") && !rest.contains("FAILED"), "{rest}");
 }
+
+/// Runs `sockstate SECTION` natively and in Kiln (on two vCPUs) and compares their outputs line by line: each line is
+/// one fact about a loopback connection, a datagram or an option (see tests/guests/c/sockstate.c), as Linux reports it.
+fn sockstate_matches_linux(section: &str) {
+    if !kvm::available() {
+        return;
+    }
+    let guest = guests::c("sockstate");
+    let native = std::process::Command::new(&guest).arg(section).output().expect("run sockstate natively");
+    let native = String::from_utf8_lossy(&native.stdout).into_owned();
+    assert!(native.ends_with("sockstate: done\n"), "natively:\n{native}");
+    let run = kiln().args(["run", "--cpus", "2"]).arg(&guest).arg(section).run();
+    let kiln = run.stdout_text();
+    let differences: Vec<String> = native
+        .lines()
+        .zip(kiln.lines().chain(std::iter::repeat("(missing)")))
+        .filter(|(n, k)| n != k)
+        .map(|(n, k)| format!("  Linux: {n}\n  Kiln:  {k}"))
+        .collect();
+    assert!(differences.is_empty(), "{} lines differ:\n{}\n{run}", differences.len(), differences.join("\n"));
+    run.assert_code(0);
+}
+
+/// Issue 11, item 10: a peer's FIN is reported (EPOLLRDHUP, to edge-triggered epoll too) while data is unread.
+#[test]
+fn a_peers_fin_is_reported_while_data_is_unread() {
+    sockstate_matches_linux("fin");
+}
+
+/// Issue 11, item 11: closing with unread data resets the connection; the peer's reads, writes and SO_ERROR then.
+#[test]
+fn a_close_with_unread_data_resets_the_connection() {
+    sockstate_matches_linux("reset");
+}
+
+/// Issue 11, item 11: shutdown's events, reads and writes.
+#[test]
+fn shutdown_reports_its_events_as_linux_does() {
+    sockstate_matches_linux("shutdown");
+}
+
+/// Issue 11, item 12: a datagram read into a smaller buffer is truncated, not refused.
+#[test]
+fn udp_datagrams_are_truncated_to_the_buffer() {
+    sockstate_matches_linux("udp");
+}

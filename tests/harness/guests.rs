@@ -67,6 +67,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("netpeer", "netpeer.c", Link::Static),
     ("volume", "volume.c", Link::Static),
     ("sockopts", "sockopts.c", Link::Static),
+    ("sockstate", "sockstate.c", Link::Static),
     ("wakeups", "wakeups.c", Link::Static),
     ("fsyncer", "fsyncer.c", Link::Static),
     ("atcalls", "atcalls.c", Link::Static),

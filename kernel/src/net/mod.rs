@@ -74,6 +74,14 @@ struct Tracked {
     waitable: Arc<Waitable>,
     tcp: bool,
     seen: Look,
+    /// TCP: a look found the peer's FIN (a state after it). A connection that ends up closed then closed normally
+    /// if the program sent its FIN too; smoltcp's closed state no longer says whether a FIN came before.
+    peer_fin: bool,
+}
+
+/// Whether a TCP connection in `state` has received the peer's FIN.
+pub fn after_peer_fin(state: tcp::State) -> bool {
+    matches!(state, tcp::State::CloseWait | tcp::State::LastAck | tcp::State::Closing | tcp::State::TimeWait)
 }
 
 /// What about a smoltcp socket can make it ready: its state and the bytes it holds each way. Between two looks, the
@@ -352,10 +360,30 @@ impl Stack {
     /// arrives only at the next poll); then notes which sockets changed, to be told.
     fn poll(&mut self) {
         let mut changed = false;
-        self.unfinished = true;
         // Once per poll, not per round: within one, backlog sockets only leave the listening state, each by a SYN
         // the room was counted down for.
         self.count_syn_room();
+        // A second pass only to send the resets of closed connections that data came to (`reap`).
+        for _ in 0..2 {
+            changed |= self.rounds();
+            if self.device.flush() {
+                let _ = KICK_OWED.compare_exchange(0, time::since_boot_ns().max(1), Ordering::SeqCst, Ordering::SeqCst);
+            }
+            if !self.reap() {
+                break;
+            }
+        }
+        // A poll whose every round was quiet changed no socket: every look is as it was.
+        if changed {
+            self.note_changes();
+        }
+    }
+
+    /// Polls smoltcp until a round changes nothing and leaves nothing on the loopback, at most [`POLL_ROUNDS`]
+    /// times; whether any round changed something.
+    fn rounds(&mut self) -> bool {
+        let mut changed = false;
+        self.unfinished = true;
         for _ in 0..POLL_ROUNDS {
             if self.iface.poll(now(), &mut self.device, &mut self.sockets) == PollResult::None {
                 if self.device.is_idle() {
@@ -366,20 +394,14 @@ impl Stack {
                 changed = true;
             }
         }
-        if self.device.flush() {
-            let _ = KICK_OWED.compare_exchange(0, time::since_boot_ns().max(1), Ordering::SeqCst, Ordering::SeqCst);
-        }
-        self.reap();
-        // A poll whose every round was quiet changed no socket: every look is as it was.
-        if changed {
-            self.note_changes();
-        }
+        changed
     }
 
     /// Queues the waitables of the sockets that look different from the last look to be told.
     fn note_changes(&mut self) {
         for (&handle, tracked) in self.tracked.iter_mut() {
             let now = look(&self.sockets, handle, tracked.tcp);
+            tracked.peer_fin |= now.state.is_some_and(after_peer_fin);
             if now != tracked.seen {
                 tracked.seen = now;
                 self.to_tell.push(tracked.waitable.clone());
@@ -409,7 +431,9 @@ impl Stack {
 
     fn track_as(&mut self, handle: SocketHandle, waitable: &Arc<Waitable>, tcp: bool) {
         let seen = look(&self.sockets, handle, tcp);
-        self.tracked.insert(handle, Tracked { waitable: waitable.clone(), tcp, seen });
+        // A backlog connection handed to its own descriptor keeps what was seen of it.
+        let peer_fin = seen.state.is_some_and(after_peer_fin) || self.tracked.get(&handle).is_some_and(|t| t.peer_fin);
+        self.tracked.insert(handle, Tracked { waitable: waitable.clone(), tcp, seen, peer_fin });
     }
 
     /// The program read from or wrote to `handle`: that is no change for anyone to hear of, so the next poll
@@ -417,7 +441,15 @@ impl Stack {
     pub fn looked_at(&mut self, handle: SocketHandle) {
         if let Some(tracked) = self.tracked.get_mut(&handle) {
             tracked.seen = look(&self.sockets, handle, tracked.tcp);
+            tracked.peer_fin |= tracked.seen.state.is_some_and(after_peer_fin);
         }
+    }
+
+    /// Whether TCP socket `handle`'s peer has finished sending (its FIN came), even if the connection has closed
+    /// since.
+    pub fn peer_finished(&self, handle: SocketHandle) -> bool {
+        after_peer_fin(self.sockets.get::<tcp::Socket>(handle).state())
+            || self.tracked.get(&handle).is_some_and(|t| t.peer_fin)
     }
 
     /// Removes a smoltcp socket at once.
@@ -474,18 +506,29 @@ impl Stack {
         }
     }
 
-    /// Forgets connections that finished closing.
-    fn reap(&mut self) {
+    /// Forgets connections that finished closing. One that data came to after the program closed it, which nobody
+    /// will read, is reset, as Linux does; returns whether one was (its reset goes at the next poll).
+    fn reap(&mut self) -> bool {
         let sockets = &mut self.sockets;
         let tracked = &mut self.tracked;
+        let mut aborted = false;
         self.closing.retain(|&h| {
-            let done = matches!(sockets.get::<tcp::Socket>(h).state(), tcp::State::Closed | tcp::State::TimeWait);
+            let tcp = sockets.get_mut::<tcp::Socket>(h);
+            if tcp.recv_queue() > 0 && !matches!(tcp.state(), tcp::State::Closed | tcp::State::TimeWait) {
+                tcp.abort();
+                aborted = true;
+                return true;
+            }
+            let done = matches!(tcp.state(), tcp::State::Closed | tcp::State::TimeWait);
             if done {
                 sockets.remove(h);
                 tracked.remove(&h);
             }
             !done
         });
+        // Should no poll follow at once, the next is due now.
+        self.unfinished |= aborted;
+        aborted
     }
 
     /// Claims `port` for `protocol`, or a free ephemeral port for 0. EADDRINUSE if taken.

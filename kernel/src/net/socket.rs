@@ -47,11 +47,13 @@ struct State {
     /// UDP: where `send` without an address goes.
     peer: Option<IpEndpoint>,
     shut_read: bool,
-    /// The program closed its sending side (shutdown): a connection that ends up closed then ended normally; one
-    /// that closes without it was reset, which the next read reports once.
+    /// The program closed its sending side (shutdown): a connection that ends up closed after both FINs then ended
+    /// normally; any other that ends up closed was reset.
     shut_write: bool,
-    reset_reported: bool,
-    /// A failed non-blocking connect, reported once by SO_ERROR.
+    /// The connection's closed state was looked at (a reset sets `error` once).
+    closed_seen: bool,
+    /// The error Linux keeps on a socket (`sk_err`): a failed connect's, a reset's. SO_ERROR reports and clears it,
+    /// and so do the next read (once the data before it was read) and write.
     error: Option<Errno>,
     /// SO_RCVTIMEO and SO_SNDTIMEO in nanoseconds, 0 for none.
     timeouts: [u64; 2],
@@ -70,7 +72,7 @@ impl State {
             peer: None,
             shut_read: false,
             shut_write: false,
-            reset_reported: false,
+            closed_seen: false,
             error: None,
             timeouts,
             options,
@@ -119,6 +121,15 @@ fn tcp_socket(options: &Options) -> Result<tcp::Socket<'static>, Errno> {
 fn udp_socket() -> Result<udp::Socket<'static>, Errno> {
     let buffer = || Ok(udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; UDP_PACKETS], zeroed(UDP_BUFFER)?));
     Ok(udp::Socket::new(buffer()?, buffer()?))
+}
+
+/// What a `recv` got: `n` bytes into the buffer, of a message `full` bytes long (a datagram cut to the buffer is
+/// longer), from `from` (UDP).
+#[derive(Default)]
+pub struct Received {
+    pub n: usize,
+    pub full: usize,
+    pub from: Option<IpEndpoint>,
 }
 
 /// How long an operation may wait: not at all, or until a deadline (nanoseconds since boot; `u64::MAX`: forever).
@@ -338,6 +349,9 @@ impl Socket {
                 let mut st = self.state.lock();
                 refresh(&mut st, s, &self.waitable);
                 let Role::Connected(h) = st.role else { return Some(Err(Errno::ENOTCONN)) };
+                if let Some(error) = st.error.take() {
+                    return Some(Err(error));
+                }
                 let tcp = s.sockets.get_mut::<tcp::Socket>(h);
                 if !tcp.may_send() {
                     return Some(Err(Errno::EPIPE));
@@ -359,38 +373,46 @@ impl Socket {
         Ok(sent)
     }
 
-    /// Receives into `out`: the byte count and, for UDP, the sender. 0 bytes: the peer closed (TCP).
-    pub fn recv(&self, out: &mut [u8], peek: bool, patience: Patience) -> Result<(usize, Option<IpEndpoint>), Errno> {
+    /// Receives into `out`. 0 bytes: the peer closed (TCP). A datagram larger than `out` is cut to it (and gone
+    /// unless peeked), as on Linux; `Received::full` says how long it was.
+    pub fn recv(&self, out: &mut [u8], peek: bool, patience: Patience) -> Result<Received, Errno> {
         until(&self.waitable, patience, |s| {
             let mut st = self.state.lock();
             refresh(&mut st, s, &self.waitable);
             match st.role {
                 Role::Datagram(h) => {
                     let udp = s.sockets.get_mut::<udp::Socket>(h);
-                    let got = if peek {
-                        udp.peek_slice(out).map(|(n, meta)| (n, meta.endpoint))
-                    } else {
-                        udp.recv_slice(out).map(|(n, meta)| (n, meta.endpoint))
+                    // smoltcp refuses a buffer smaller than the datagram: copy what fits from the datagram itself.
+                    let (n, full, from) = match udp.peek() {
+                        Ok((payload, meta)) => {
+                            let n = payload.len().min(out.len());
+                            out[..n].copy_from_slice(&payload[..n]);
+                            (n, payload.len(), meta.endpoint)
+                        }
+                        Err(_) => return None,
                     };
+                    if !peek {
+                        let _ = udp.recv();
+                    }
                     s.looked_at(h);
-                    got.ok().map(|(n, from)| Ok((n, Some(from))))
+                    Some(Ok(Received { n, full, from: Some(from) }))
                 }
                 Role::Connected(h) => {
                     let tcp = s.sockets.get_mut::<tcp::Socket>(h);
-                    let reset = tcp.state() == tcp::State::Closed && !st.shut_write && !tcp.can_recv();
-                    if reset && !st.reset_reported {
-                        st.reset_reported = true;
-                        return Some(Err(Errno::ECONNRESET));
+                    // As Linux's order: the data, the peer's FIN, a pending error (a reset), our own shutdown.
+                    if tcp.can_recv() {
+                        let n = if peek { tcp.peek_slice(out) } else { tcp.recv_slice(out) };
+                        s.looked_at(h);
+                        return Some(n.map(|n| Received { n, full: n, from: None }).map_err(|_| Errno::ECONNRESET));
                     }
-                    if st.shut_read || (!tcp.can_recv() && !tcp.may_recv()) {
-                        return Some(Ok((0, None)));
+                    let closed = tcp.state() == tcp::State::Closed;
+                    if s.peer_finished(h) {
+                        return Some(Ok(Received::default()));
                     }
-                    if !tcp.can_recv() {
-                        return None;
+                    if let Some(error) = st.error.take() {
+                        return Some(Err(error));
                     }
-                    let n = if peek { tcp.peek_slice(out) } else { tcp.recv_slice(out) };
-                    s.looked_at(h);
-                    Some(n.map(|n| (n, None)).map_err(|_| Errno::ECONNRESET))
+                    (st.shut_read || closed).then_some(Ok(Received::default()))
                 }
                 _ => Some(Err(Errno::ENOTCONN)),
             }
@@ -400,6 +422,7 @@ impl Socket {
     pub fn shutdown(&self, read: bool, write: bool) -> Result<(), Errno> {
         with(|s| {
             let mut st = self.state.lock();
+            refresh(&mut st, s, &self.waitable);
             let Role::Connected(h) = st.role else { return Err(Errno::ENOTCONN) };
             st.shut_read |= read;
             if write {
@@ -408,7 +431,7 @@ impl Socket {
             }
             Ok(())
         })?;
-        // Threads reading it see end-of-file now.
+        // Threads reading it see end-of-file now, and edge-triggered epoll entries hear of the change.
         self.waitable.changed();
         Ok(())
     }
@@ -534,18 +557,26 @@ impl Socket {
                 }
                 Role::Connected(h) => {
                     let tcp = s.sockets.get::<tcp::Socket>(h);
+                    // As Linux: the receiving side is shut once the peer's FIN came (even with data unread), the
+                    // connection closed, or the program shut it; the sending side once the program closed it. A
+                    // shut side is ready (its calls return at once), and both shut is a hang-up.
+                    let read_shut = st.shut_read || tcp.state() == tcp::State::Closed || s.peer_finished(h);
+                    let write_shut = !tcp.may_send();
                     let mut events = 0;
-                    if tcp.can_recv() || !tcp.may_recv() || st.shut_read {
+                    if tcp.can_recv() || read_shut {
                         events |= POLLIN;
                     }
-                    if !tcp.may_recv() {
+                    if read_shut {
                         events |= POLLRDHUP;
                     }
-                    if tcp.can_send() {
+                    if tcp.can_send() || write_shut {
                         events |= POLLOUT;
                     }
-                    if !tcp.may_recv() && !tcp.may_send() {
+                    if read_shut && write_shut {
                         events |= POLLHUP;
+                    }
+                    if st.error.is_some() {
+                        events |= POLLERR;
                     }
                     events
                 }
@@ -611,6 +642,10 @@ fn dial(
 /// Refused by a listener whose backlog was full, it stays connecting and tries again once an `accept` made room, as
 /// a Linux client's SYN is retried rather than refused; `waitable` is told when an `accept` makes room.
 fn refresh(st: &mut State, s: &mut Stack, waitable: &Arc<Waitable>) {
+    if let Role::Connected(h) = st.role {
+        note_reset(st, s, h);
+        return;
+    }
     let Role::Connecting(h) = st.role else { return };
     match s.sockets.get::<tcp::Socket>(h).state() {
         tcp::State::SynSent | tcp::State::SynReceived => {}
@@ -640,6 +675,19 @@ fn refresh(st: &mut State, s: &mut Stack, waitable: &Arc<Waitable>) {
     }
 }
 
+/// Keeps the error of a connection that was reset, once: it closed without both FINs having gone (a reset, or
+/// keep-alive giving up). Linux's error: EPIPE if the peer had finished sending, ECONNRESET otherwise.
+fn note_reset(st: &mut State, s: &Stack, h: SocketHandle) {
+    if st.closed_seen || s.sockets.get::<tcp::Socket>(h).state() != tcp::State::Closed {
+        return;
+    }
+    st.closed_seen = true;
+    let peer_fin = s.peer_finished(h);
+    if !(peer_fin && st.shut_write) {
+        st.error = Some(if peer_fin { Errno::EPIPE } else { Errno::ECONNRESET });
+    }
+}
+
 impl Socket {
     /// SO_LINGER with a timeout, on close: sends the FIN and waits until the peer has acknowledged it and all data
     /// before it, or until the timeout passes (then the connection finishes closing in the background, as on Linux).
@@ -652,6 +700,9 @@ impl Socket {
                 _ => return,
             }
         };
+        if inspect(|s| s.sockets.get::<tcp::Socket>(handle).recv_queue() > 0) {
+            return;
+        }
         with(|s| s.sockets.get_mut::<tcp::Socket>(handle).close());
         let deadline = time::since_boot_ns().saturating_add(u64::from(seconds) * 1_000_000_000);
         loop {
@@ -676,8 +727,13 @@ impl Drop for Socket {
             let st = self.state.lock();
             match &st.role {
                 Role::Fresh => {}
-                // SO_LINGER with a zero timeout: the connection is reset, and what it held is dropped.
-                Role::Connected(h) if st.options.linger_s == Some(0) => s.abort_later(*h),
+                // Data the program never read, or SO_LINGER with a zero timeout: the connection is reset, and what it
+                // held is dropped, as on Linux (a FIN would tell the peer that all it sent was taken).
+                Role::Connected(h)
+                    if st.options.linger_s == Some(0) || s.sockets.get::<tcp::Socket>(*h).recv_queue() > 0 =>
+                {
+                    s.abort_later(*h)
+                }
                 Role::Connected(h) => s.close_later(*h),
                 Role::Connecting(h) | Role::Datagram(h) => s.remove(*h),
                 Role::Listening(handles) => {

@@ -45,6 +45,7 @@ const SO_BINDTODEVICE: u64 = 25;
 const TCP_CONGESTION: u64 = 13;
 const TCP_ULP: u64 = 31;
 const MSG_PEEK: u64 = 0x2;
+const MSG_TRUNC: u64 = 0x20;
 const MSG_DONTWAIT: u64 = 0x40;
 const MSG_NOSIGNAL: u64 = 0x4000;
 const SHUT_RD: u64 = 0;
@@ -217,24 +218,30 @@ fn send_on(f: &File, buffers: &[IoVec], to: Option<IpEndpoint>, flags: u64) -> S
     }
 }
 
-/// Receives into `buffers` from `f`; writes the sender (UDP) to `from`/`from_len`.
-fn recv_on(f: &File, buffers: &[IoVec], from: u64, from_len: u64, flags: u64) -> SysResult {
+/// Receives into `buffers` from `f`; writes the sender (UDP) to `from`/`from_len`. Returns what the call returns
+/// and whether a datagram was cut to fit (recvmsg's MSG_TRUNC). With MSG_TRUNC in `flags`, a datagram's full length
+/// is returned, and TCP bytes are dropped instead of copied, as on Linux.
+fn recv_on(f: &File, buffers: &[IoVec], from: u64, from_len: u64, flags: u64) -> Result<(u64, bool), Errno> {
     let s = socket(f);
     let want = buffers.iter().map(|b| b.len as usize).sum::<usize>().min(MAX_TRANSFER.max(TCP_BUFFER));
     let mut data = vec![0u8; want];
-    let (n, sender) = s.recv(&mut data, flags & MSG_PEEK != 0, patience(f, false, flags))?;
-    let mut done = 0;
-    for iov in buffers {
-        let take = (n - done).min(iov.len as usize);
-        user::write_bytes(iov.base, &data[done..done + take])?;
-        done += take;
+    let got = s.recv(&mut data, flags & MSG_PEEK != 0, patience(f, false, flags))?;
+    let n = got.n;
+    if !(flags & MSG_TRUNC != 0 && s.protocol == Protocol::Tcp) {
+        let mut done = 0;
+        for iov in buffers {
+            let take = (n - done).min(iov.len as usize);
+            user::write_bytes(iov.base, &data[done..done + take])?;
+            done += take;
+        }
     }
-    if let Some(sender) = sender {
+    if let Some(sender) = got.from {
         addr::write(s.family, sender, from, from_len)?;
     } else if from_len != 0 && from != 0 {
         user::write(from_len, 0u32)?;
     }
-    Ok(n as u64)
+    let returned = if flags & MSG_TRUNC != 0 { got.full } else { n };
+    Ok((returned as u64, got.full > n))
 }
 
 fn destination(s: &Socket, addr: u64, len: u64) -> Result<Option<IpEndpoint>, Errno> {
@@ -259,7 +266,7 @@ pub fn recvfrom(a: &Args) -> SysResult {
         return super::fs::read(&[a[0], a[1], a[2], 0, 0, 0]);
     }
     let f = socket_of(a[0])?;
-    recv_on(&f, &[IoVec { base: a[1], len: a[2] }], a[4], a[5], a[3])
+    recv_on(&f, &[IoVec { base: a[1], len: a[2] }], a[4], a[5], a[3]).map(|(n, _)| n)
 }
 
 /// `struct msghdr`.
@@ -293,10 +300,10 @@ fn send_msghdr(f: &File, at: u64, flags: u64) -> SysResult {
 fn recv_msghdr(f: &File, at: u64, flags: u64) -> SysResult {
     let h: MsgHdr = user::read(at)?;
     let name_len_at = if h.name != 0 { at + 8 } else { 0 };
-    let n = recv_on(f, &iovecs(&h)?, h.name, name_len_at, flags)?;
-    // No ancillary data, nothing truncated.
+    let (n, cut) = recv_on(f, &iovecs(&h)?, h.name, name_len_at, flags)?;
+    // No ancillary data.
     user::write(at + 40, 0u64)?;
-    user::write(at + 48, 0i32)?;
+    user::write(at + 48, if cut { MSG_TRUNC as i32 } else { 0 })?;
     Ok(n)
 }
 
@@ -478,7 +485,7 @@ fn timeval_bytes(value: [i64; 2]) -> [u8; 16] {
 
 /// `read` on a socket.
 pub fn read(f: &File, buf: u64, len: u64) -> SysResult {
-    recv_on(f, &[IoVec { base: buf, len }], 0, 0, 0)
+    recv_on(f, &[IoVec { base: buf, len }], 0, 0, 0).map(|(n, _)| n)
 }
 
 /// `write` of one chunk to a socket: how much was taken.
