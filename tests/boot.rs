@@ -732,6 +732,45 @@ fn program_larger_than_memory_is_refused_before_boot() {
     assert!(line.contains("does not fit in 16 MiB") && line.contains("--memory"), "{run}");
 }
 
+/// Files in `dir` and below (none if it does not exist).
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    entries.flatten().flat_map(|e| if e.path().is_dir() { files_under(&e.path()) } else { vec![e.path()] }).collect()
+}
+
+#[test]
+fn an_elf_claiming_a_huge_span_is_refused_at_once_without_a_cache_entry() {
+    // Each once cost host memory, CPU and a cache file in proportion to its span (minutes for 4 GiB; 32 GiB aborted
+    // kiln) before the same "does not fit" error. None of this needs KVM: the check comes first.
+    let home = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("wide-elf-home-{}", std::process::id()));
+    for (span, code_bss) in
+        [(256 << 20, true), (256 << 20, false), (4 << 30, true), (32 << 30, true), (32 << 30, false)]
+    {
+        let run = kiln().env("KILN_HOME", &home).arg("run").arg(inputs::wide_elf(span, code_bss)).run();
+        let line = run.assert_kiln_error();
+        assert!(line.contains("does not fit in 64 MiB") && line.contains("--memory"), "{run}");
+        // A bound far above an error's cost and far below the span-sized work: not a performance figure.
+        assert!(run.elapsed < std::time::Duration::from_secs(20), "{run}");
+    }
+    assert_eq!(files_under(&home.join("cache")), Vec::<std::path::PathBuf>::new(), "nothing was cached");
+}
+
+#[test]
+fn executable_bss_is_neither_rewritten_nor_cached() {
+    if !kvm::available() {
+        return;
+    }
+    let home = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("code-bss-home-{}", std::process::id()));
+    let program = inputs::wide_elf(256 << 20, true);
+    for _ in 0..2 {
+        kiln().env("KILN_HOME", &home).args(["run", "--memory", "512M"]).arg(&program).run().assert_code(7);
+    }
+    // The entry holds the file's 24 KiB of code, not the 256 MiB its segment spans.
+    let cached = files_under(&home.join("cache"));
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    assert!(std::fs::metadata(&cached[0]).unwrap().len() < 64 << 10, "{cached:?}");
+}
+
 #[test]
 fn cpus_out_of_range_are_rejected() {
     for cpus in ["0", "65", "two"] {

@@ -67,7 +67,7 @@ fn boot_layout_maps_what_the_library_os_and_program_need() {
         net: None,
         volumes: Vec::new(),
     };
-    let state = boot::build(&mut ram, (&kernel, KERNEL), (&program, prepared), &params).unwrap();
+    let state = boot::build(&mut ram, (&kernel, KERNEL), (&program, &program_file, prepared), &params).unwrap();
     let mem = Ram(&ram);
     let t = |v| translate(&mem, state.pml4, v);
 

@@ -135,7 +135,7 @@ fn syscall_trap_page() -> Vec<u8> {
 pub fn build(
     ram: &mut GuestRam,
     kernel: (&ElfImage, &[u8]),
-    program: (&ElfImage, PreparedProgram),
+    program: (&ElfImage, &[u8], PreparedProgram),
     params: &BootParams,
 ) -> Result<BootState, BootError> {
     let mut alloc = BootAllocator::new(PAGE_SIZE, ram.size());
@@ -181,7 +181,7 @@ pub fn build(
     paging::map_page(ram, &mut alloc, pml4, SYSCALL_TRAP_VADDR, trap, 0)
         .map_err(|e| BootError::Map(SYSCALL_TRAP_VADDR, e))?;
 
-    let loaded = loader::load_program(ram, &mut alloc, pml4, program.0, program.1)?;
+    let loaded = loader::load_program(ram, &mut alloc, pml4, (program.0, program.1), program.2)?;
 
     let stack_size = main_stack_size(ram.size());
     let stack_bottom = STACK_TOP - stack_size;

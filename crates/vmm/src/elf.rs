@@ -169,7 +169,23 @@ fn load_segments(elf: &Elf, file_len: u64) -> Result<Vec<LoadSegment>, ElfError>
     if segments.is_empty() {
         return Err(ElfError::Malformed("no loadable segment".into()));
     }
+    // Linkers never emit these; refusing them bounds what loading costs by the file and the span: the span's bytes
+    // are each one segment's, and the file's bytes each feed the rewriter's decoder at most once.
+    if let Some((a, b)) = first_overlap(segments.iter().map(|s| (s.vaddr, s.vaddr + s.mem_size))) {
+        return Err(ElfError::Malformed(format!("segments at {a:#x} and {b:#x} overlap")));
+    }
+    let code = segments.iter().filter(|s| s.executable);
+    if let Some((a, b)) = first_overlap(code.map(|s| (s.file_offset, s.file_offset + s.file_size))) {
+        return Err(ElfError::Malformed(format!("executable segments at file offsets {a:#x} and {b:#x} overlap")));
+    }
     Ok(segments)
+}
+
+/// The starts of two of the `[start, end)` ranges that share a byte, if any do.
+fn first_overlap(ranges: impl Iterator<Item = (u64, u64)>) -> Option<(u64, u64)> {
+    let mut sorted: Vec<(u64, u64)> = ranges.filter(|(start, end)| start < end).collect();
+    sorted.sort_unstable();
+    sorted.windows(2).find(|w| w[1].0 < w[0].1).map(|w| (w[0].0, w[1].0))
 }
 
 fn phdr_vaddr(elf: &Elf, segments: &[LoadSegment]) -> Result<u64, ElfError> {
@@ -259,6 +275,20 @@ mod tests {
         assert!(matches!(ElfImage::parse(&class32), Err(ElfError::WrongMachine(_))));
         class32[18..20].copy_from_slice(&header::EM_X86_64.to_le_bytes());
         assert!(matches!(ElfImage::parse(&class32), Err(ElfError::Not64Bit)));
+    }
+
+    #[test]
+    fn refuses_overlapping_segments() {
+        let exec =
+            |phdrs: &[(u32, u64, u64, u64, u64)]| ElfImage::parse(&tiny_elf(header::EM_X86_64, header::ET_EXEC, phdrs));
+        // Side by side in memory and in the file: fine, even on one page.
+        exec(&[(1, 0, 0x400000, 0x800, 0x800), (1, 0x800, 0x400800, 0x800, 0x1000)]).unwrap();
+        // One inside the other's bss.
+        let inside = exec(&[(1, 0, 0x400000, 0x1000, 0x10_0000), (1, 0x1000, 0x480000, 0x1000, 0x1000)]);
+        assert!(matches!(inside, Err(ElfError::Malformed(m)) if m.contains("overlap")));
+        // Two executable segments decoding the same file bytes at different addresses.
+        let shared = exec(&[(1, 0, 0x400000, 0x2000, 0x2000), (1, 0, 0x10000000, 0x2000, 0x2000)]);
+        assert!(matches!(shared, Err(ElfError::Malformed(m)) if m.contains("file offsets")));
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Puts an ELF image into guest memory: one physically contiguous block for its whole span, copied segment by segment.
 //! The library OS is relocated into the direct map; the program is mapped at its own addresses with its `syscall`
-//! instructions rewritten first.
+//! instructions rewritten first. The program is hostile input: its span is checked against guest memory before
+//! anything is done for it ([`check_fits`]), and nothing on the host is sized by its claims, only by its file.
 
-use crate::elf::{ElfImage, ElfKind};
+use crate::elf::{ElfImage, ElfKind, LoadSegment};
 use crate::memory::{BootAllocator, GuestRam, MemoryError};
 use crate::rewrite::{self, ExecSegment, FunctionSymbol, RewriteInput, RewriteReport};
 use kiln_abi::layout::{direct_map, page_align_down, page_align_up, PAGE_SIZE, PIE_BASE, PROGRAM_MIN_ADDR};
@@ -26,7 +27,8 @@ impl From<MemoryError> for LoaderError {
     }
 }
 
-/// The image's bytes as they must appear in memory from `span_start` (page-aligned) on.
+/// The image's bytes as they must appear in memory from `span_start` (page-aligned) on: for the library OS only (built
+/// in, so trusted; a program's span is never materialised on the host).
 fn memory_image(elf: &ElfImage, file: &[u8]) -> (u64, Vec<u8>) {
     let (start, end) = elf.span();
     let span_start = page_align_down(start);
@@ -122,26 +124,34 @@ pub fn map_range(
     Ok(())
 }
 
-/// The program's memory image with its syscalls rewritten: host work that needs no guest memory, so it can run while
-/// KVM builds the VM.
+/// The program's executable code with its syscalls rewritten: host work that needs no guest memory, so it can run
+/// while KVM builds the VM. Only bytes the file holds are kept: the rest of the span (bss, gaps) is zero in guest
+/// memory and costs nothing until touched, and the other segments are copied from the file when loading.
 #[derive(Debug)]
 pub struct PreparedProgram {
     /// Added to every address in the ELF (0 for `ET_EXEC`).
     pub(crate) base: u64,
     pub(crate) span_start: u64,
-    pub(crate) bytes: Vec<u8>,
+    /// Bytes from `span_start` to the page after the segments' end.
+    pub(crate) span_len: u64,
+    /// The file-backed bytes of each executable segment (in program-header order), rewritten: (vaddr before the
+    /// base, bytes).
+    pub(crate) code: Vec<(u64, Vec<u8>)>,
     pub(crate) stubs: Vec<u8>,
     pub(crate) report: RewriteReport,
 }
 
 impl PreparedProgram {
-    /// Whether this could be `elf`'s preparation: same load base and same span (a check on cached entries).
+    /// Whether this could be `elf`'s preparation: same load base, span and code segments (a check on cached
+    /// entries, which are then loaded by `elf`'s layout).
     pub(crate) fn fits(&self, elf: &ElfImage) -> bool {
-        let (start, end) = elf.span();
-        let span_start = page_align_down(start);
         self.base == load_base(elf)
-            && self.span_start == span_start
-            && self.bytes.len() as u64 == page_align_up(end) - span_start
+            && (self.span_start, self.span_len) == span(elf)
+            && self
+                .code
+                .iter()
+                .map(|(at, bytes)| (*at, bytes.len() as u64))
+                .eq(code_segments(elf).map(|s| (s.vaddr, s.file_size)))
     }
 }
 
@@ -152,50 +162,91 @@ fn load_base(elf: &ElfImage) -> u64 {
     }
 }
 
+/// Where the program's segments lie, page-aligned, before adding the load base: (start, length).
+fn span(elf: &ElfImage) -> (u64, u64) {
+    let (start, end) = elf.span();
+    let start = page_align_down(start);
+    (start, page_align_up(end) - start)
+}
+
+/// The executable segments that have bytes in the file: all the rewriter needs to see.
+fn code_segments(elf: &ElfImage) -> impl Iterator<Item = &LoadSegment> {
+    elf.segments.iter().filter(|s| s.executable && s.file_size != 0)
+}
+
+/// The file's bytes of `segment` (`ElfImage::parse` checked that they lie in the file).
+fn file_bytes<'f>(file: &'f [u8], segment: &LoadSegment) -> &'f [u8] {
+    &file[segment.file_offset as usize..][..segment.file_size as usize]
+}
+
+/// Refuses a program whose segments span more than `memory` bytes, before anything is allocated or rewritten for
+/// it: what the ELF claims is checked against what the user gave, never allocated first.
+pub fn check_fits(elf: &ElfImage, memory: u64) -> Result<(), LoaderError> {
+    let (_, len) = span(elf);
+    if len > memory {
+        return Err(LoaderError::Memory(MemoryError::Full { needed: len, available: memory }));
+    }
+    Ok(())
+}
+
+/// Rewrites the syscalls in the program's code. Costs host memory and time in proportion to the executable bytes
+/// in the file (`ElfImage::parse` refuses executable segments that share file bytes), whatever the ELF claims.
 pub fn prepare_program(elf: &ElfImage, file: &[u8]) -> Result<PreparedProgram, LoaderError> {
     let base = load_base(elf);
-    let (span_start, mut bytes) = memory_image(elf, file);
+    let (span_start, span_len) = span(elf);
     if base + span_start < PROGRAM_MIN_ADDR {
         return Err(LoaderError::Overlap(base + span_start));
     }
-    let stub_base = base + span_start + bytes.len() as u64;
+    let stub_base = base + span_start + span_len;
+    let mut code: Vec<(u64, Vec<u8>)> = code_segments(elf).map(|s| (s.vaddr, file_bytes(file, s).to_vec())).collect();
+    let pieces: Vec<(u64, u64)> = code.iter().map(|(at, bytes)| (base + at, base + at + bytes.len() as u64)).collect();
+    // The executable sections' parts that lie in the code the file holds (bss has no syscalls to rewrite).
     let code_ranges: Vec<(u64, u64)> = if elf.code_ranges.is_empty() {
-        elf.segments.iter().filter(|s| s.executable).map(|s| (base + s.vaddr, base + s.vaddr + s.mem_size)).collect()
+        pieces
     } else {
-        elf.code_ranges.iter().map(|&(s, e)| (base + s, base + e)).collect()
+        elf.code_ranges
+            .iter()
+            .flat_map(|&(start, end)| {
+                let (start, end) = (base.saturating_add(start), base.saturating_add(end));
+                pieces.iter().map(move |&(lo, hi)| (start.max(lo), end.min(hi))).filter(|(lo, hi)| lo < hi)
+            })
+            .collect()
     };
     let functions = elf.functions.iter().map(|&(v, size)| FunctionSymbol { vaddr: base + v, size }).collect();
-    let rewritten = rewrite::rewrite_syscalls(RewriteInput {
-        segments: vec![ExecSegment { vaddr: base + span_start, bytes: &mut bytes }],
-        code_ranges,
-        functions,
-        stub_base,
-    })
-    .map_err(LoaderError::Rewrite)?;
-    Ok(PreparedProgram { base, span_start, bytes, stubs: rewritten.stubs, report: rewritten.report })
+    let segments = code.iter_mut().map(|(at, bytes)| ExecSegment { vaddr: base + *at, bytes }).collect();
+    let rewritten = rewrite::rewrite_syscalls(RewriteInput { segments, code_ranges, functions, stub_base })
+        .map_err(LoaderError::Rewrite)?;
+    Ok(PreparedProgram { base, span_start, span_len, code, stubs: rewritten.stubs, report: rewritten.report })
 }
 
-/// Copies the prepared program into guest memory and maps it (and its relocation stubs) at its addresses.
+/// Copies the program (its segments from `file`, the prepared code over them) into guest memory and maps it (and its
+/// relocation stubs) at its addresses. Only the file's bytes are written: the rest of the span stays untouched zero
+/// pages.
 pub fn load_program(
     ram: &mut GuestRam,
     alloc: &mut BootAllocator,
     pml4: u64,
-    elf: &ElfImage,
+    (elf, file): (&ElfImage, &[u8]),
     program: PreparedProgram,
 ) -> Result<LoadedProgram, LoaderError> {
-    let PreparedProgram { base, span_start, bytes, stubs, report } = program;
-    let phys = alloc.alloc(bytes.len() as u64)?;
-    ram.write(phys, &bytes)?;
+    let PreparedProgram { base, span_start, span_len, code, stubs, report } = program;
+    let phys = alloc.alloc(span_len)?;
+    for segment in &elf.segments {
+        ram.write(phys + (segment.vaddr - span_start), file_bytes(file, segment))?;
+    }
+    for (at, bytes) in &code {
+        ram.write(phys + (at - span_start), bytes)?;
+    }
     let writable = |vaddr: u64| {
         elf.segments.iter().any(|s| {
             s.writable && page_align_down(base + s.vaddr) <= vaddr && vaddr < page_align_up(base + s.vaddr + s.mem_size)
         })
     };
-    map_range(ram, alloc, pml4, base + span_start, phys, bytes.len() as u64, |v| {
+    map_range(ram, alloc, pml4, base + span_start, phys, span_len, |v| {
         PTE_USER | if writable(v) { PTE_WRITABLE } else { 0 }
     })?;
 
-    let stub_base = base + span_start + bytes.len() as u64;
+    let stub_base = base + span_start + span_len;
     let mut end = stub_base;
     if !stubs.is_empty() {
         let stub_phys = alloc.alloc(stubs.len() as u64)?;
@@ -204,4 +255,146 @@ pub fn load_program(
         end = stub_base + page_align_up(stubs.len() as u64);
     }
     Ok(LoadedProgram { base, entry: base + elf.entry, phdr: base + elf.phdr_vaddr, end, report })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::elf::ElfError;
+
+    const TEXT: u64 = 0x40_0000;
+    /// `mov $60, %eax; mov $7, %edi; syscall`: exit(7).
+    const EXIT_7: [u8; 12] = [0xb8, 60, 0, 0, 0, 0xbf, 7, 0, 0, 0, 0x0f, 0x05];
+
+    /// A small static executable built by hand: a read+execute segment (headers and code, `text_mem` bytes in memory),
+    /// a writable one with bss, and section headers naming the code.
+    pub(crate) fn program(text_mem: u64) -> Vec<u8> {
+        let mut f = vec![0u8; 0x2000];
+        let mut put = |at: usize, bytes: &[u8]| f[at..at + bytes.len()].copy_from_slice(bytes);
+        put(0, b"\x7fELF\x02\x01\x01");
+        put(16, &2u16.to_le_bytes()); // ET_EXEC
+        put(18, &62u16.to_le_bytes()); // EM_X86_64
+        put(20, &1u32.to_le_bytes());
+        put(24, &(TEXT + 0x100).to_le_bytes()); // entry
+        put(32, &64u64.to_le_bytes()); // phoff
+        put(40, &0x1800u64.to_le_bytes()); // shoff
+        put(52, &[64, 0, 56, 0, 2, 0, 64, 0, 3, 0, 2, 0]); // ehsize, phentsize, phnum, shentsize, shnum, shstrndx
+                                                           // (flags, offset, vaddr, filesz, memsz)
+        for (i, (flags, offset, vaddr, filesz, memsz)) in [
+            (5u32, 0u64, TEXT, 0x1000u64, text_mem),
+            (6, 0x1000, TEXT + text_mem.next_multiple_of(0x1000), 0x100, 0x3000),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let at = 64 + 56 * i;
+            put(at, &1u32.to_le_bytes());
+            put(at + 4, &flags.to_le_bytes());
+            for (j, v) in [offset, vaddr, vaddr, filesz, memsz, 0x1000].into_iter().enumerate() {
+                put(at + 8 + 8 * j, &v.to_le_bytes());
+            }
+        }
+        for i in 0..8 {
+            put(0x100 + 16 * i, &EXIT_7);
+        }
+        put(0x1700, b"\0.text\0.shstrtab\0");
+        // Section 1: .text (PROGBITS, ALLOC|EXECINSTR); section 2: .shstrtab.
+        let section = |name: u32, kind: u32, flags: u64, addr: u64, offset: u64, size: u64| {
+            let mut s = [0u8; 64];
+            s[..4].copy_from_slice(&name.to_le_bytes());
+            s[4..8].copy_from_slice(&kind.to_le_bytes());
+            s[8..16].copy_from_slice(&flags.to_le_bytes());
+            s[16..24].copy_from_slice(&addr.to_le_bytes());
+            s[24..32].copy_from_slice(&offset.to_le_bytes());
+            s[32..40].copy_from_slice(&size.to_le_bytes());
+            s
+        };
+        put(0x1840, &section(1, 1, 6, TEXT + 0x100, 0x100, 0x80));
+        put(0x1880, &section(7, 3, 0, 0, 0x1700, 17));
+        f
+    }
+
+    /// Parses, checks against `memory`, prepares and loads `file` as a boot does, up to the first refusal.
+    fn load(file: &[u8], memory: u64) -> Result<LoadedProgram, String> {
+        let elf = ElfImage::parse(file).map_err(|e| e.to_string())?;
+        check_fits(&elf, memory).map_err(|e| e.to_string())?;
+        let prepared = prepare_program(&elf, file).map_err(|e| e.to_string())?;
+        let mut ram = GuestRam::new(memory).map_err(|e| e.to_string())?;
+        let mut alloc = BootAllocator::new(PAGE_SIZE, memory);
+        let pml4 = alloc.alloc(PAGE_SIZE).map_err(|e| e.to_string())?;
+        load_program(&mut ram, &mut alloc, pml4, (&elf, file), prepared).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_program_loads_with_its_syscalls_rewritten() {
+        let loaded = load(&program(0x1000), 16 << 20).unwrap();
+        assert_eq!(loaded.entry, TEXT + 0x100);
+        assert_eq!(loaded.report.rewritten.len(), 8);
+        assert_eq!(loaded.end, TEXT + 0x4000, "text, then data and bss");
+    }
+
+    #[test]
+    fn a_span_larger_than_memory_is_refused_before_anything_is_prepared() {
+        let elf = ElfImage::parse(&program(32 << 30)).unwrap();
+        let err = check_fits(&elf, 64 << 20).unwrap_err();
+        assert!(matches!(err, LoaderError::Memory(MemoryError::Full { available, .. }) if available == 64 << 20));
+        check_fits(&elf, 33 << 30).unwrap();
+    }
+
+    #[test]
+    fn only_the_code_the_file_holds_is_rewritten_and_kept() {
+        // 32 GiB of executable bss: the rewriter and the prepared program see the file's 4 KiB of code, no more.
+        let elf = ElfImage::parse(&program(32 << 30)).unwrap();
+        let prepared = prepare_program(&elf, &program(32 << 30)).unwrap();
+        assert_eq!(prepared.code.iter().map(|(at, b)| (*at, b.len())).collect::<Vec<_>>(), [(TEXT, 0x1000)]);
+        assert_eq!(prepared.span_len, (32 << 30) + 0x3000);
+        assert_eq!(prepared.report.rewritten.len(), 8);
+        assert!(prepared.fits(&elf));
+        // And it loads where memory allows, touching only what the file holds.
+        let loaded = load(&program(64 << 20), 128 << 20).unwrap();
+        assert_eq!(loaded.report.rewritten.len(), 8);
+    }
+
+    #[test]
+    fn mutated_programs_are_refused_or_loaded_never_a_panic() {
+        let original = program(0x1000);
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let (mut loaded, mut refused) = (0, 0);
+        for _ in 0..200 {
+            let mut file = original.clone();
+            for _ in 0..1 + next() % 8 {
+                // Mostly the headers (ELF, program and section headers), where a bad value does the most harm.
+                let at = match next() % 4 {
+                    0 => (next() % 0x100) as usize,
+                    1 => 0x1800 + (next() % 0xc0) as usize,
+                    _ => (next() % file.len() as u64) as usize,
+                };
+                if next() % 3 == 0 && at + 8 <= file.len() {
+                    let huge = [u64::MAX, 1 << 40, 1 << 47, 0x8000_0000, next()][(next() % 5) as usize];
+                    file[at..at + 8].copy_from_slice(&huge.to_le_bytes());
+                } else {
+                    file[at] = next() as u8;
+                }
+            }
+            match load(&file, 16 << 20) {
+                Ok(_) => loaded += 1,
+                Err(_) => refused += 1,
+            }
+        }
+        assert!(loaded > 0 && refused > 0, "{loaded} loaded, {refused} refused: the mutations should do both");
+    }
+
+    #[test]
+    fn what_parse_refuses_does_not_reach_the_loader() {
+        // Segments whose memory overlaps would make the span's bytes two segments'.
+        let mut file = program(0x1000);
+        file[64 + 56 + 16..64 + 56 + 24].copy_from_slice(&(TEXT + 0x800).to_le_bytes());
+        assert!(matches!(ElfImage::parse(&file), Err(ElfError::Malformed(m)) if m.contains("overlap")));
+    }
 }

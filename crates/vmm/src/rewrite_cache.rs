@@ -1,7 +1,9 @@
 //! A cache of prepared (rewritten) programs, keyed by the SHA-256 of the executable and of this kiln's version. The
 //! rewrite depends only on those, and decoding is the costliest part of a boot (the decoder builds its tables first),
 //! so `kiln run` of a binary it has run before skips it. Entries are checked on the way in: a damaged, truncated or
-//! mismatched entry is a miss, never an error, and is replaced.
+//! mismatched entry is a miss, never an error, and is replaced. The cache holds at most a limit of bytes (256 MiB
+//! by default): storing an entry deletes the least recently used ones beyond it (by modification time, which a hit
+//! renews). An entry holds only the program's executable bytes, so it is about as large as the file's code.
 
 use crate::elf::ElfImage;
 use crate::loader::{self, LoaderError, PreparedProgram};
@@ -9,31 +11,73 @@ use crate::rewrite::RewriteReport;
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 const MAGIC: &[u8; 8] = b"KILNPREP";
 /// Bumped whenever the entry layout or what the rewriter produces changes.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
+
+/// Bytes the cache keeps at most unless told otherwise.
+pub const DEFAULT_LIMIT: u64 = 256 << 20;
 
 pub struct RewriteCache {
     dir: PathBuf,
+    limit: u64,
 }
 
 impl RewriteCache {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        Self::with_limit(dir, DEFAULT_LIMIT)
+    }
+
+    /// A cache in `dir` that keeps at most `limit` bytes of entries.
+    pub fn with_limit(dir: impl Into<PathBuf>, limit: u64) -> Self {
+        Self { dir: dir.into(), limit }
     }
 
     /// The prepared program, from the cache if it has it (`true`), else freshly prepared and stored (`false`).
     pub fn prepare(&self, elf: &ElfImage, file: &[u8]) -> Result<(PreparedProgram, bool), LoaderError> {
         let path = self.dir.join(key(file));
         if let Some(prepared) = std::fs::read(&path).ok().and_then(|b| decode(&b)).filter(|p| p.fits(elf)) {
+            // Its modification time is its last use, which eviction goes by.
+            let _ = std::fs::File::options().write(true).open(&path).and_then(|f| f.set_modified(SystemTime::now()));
             return Ok((prepared, true));
         }
         let prepared = loader::prepare_program(elf, file)?;
-        if let Err(e) = store(&path, &encode(&prepared)) {
-            tracing::debug!("cannot store the rewritten program in {}: {e}", path.display());
+        let entry = encode(&prepared);
+        if entry.len() as u64 > self.limit {
+            return Ok((prepared, false));
+        }
+        match store(&path, &entry) {
+            Ok(()) => self.evict(&path),
+            Err(e) => tracing::debug!("cannot store the rewritten program in {}: {e}", path.display()),
         }
         Ok((prepared, false))
+    }
+
+    /// Deletes entries, least recently used first, until the cache holds at most its limit; `kept` (just stored)
+    /// stays. Another kiln may be doing the same: an entry already gone is simply not counted.
+    fn evict(&self, kept: &Path) {
+        let Ok(dir) = std::fs::read_dir(&self.dir) else { return };
+        let mut entries: Vec<(SystemTime, u64, PathBuf)> = dir
+            .filter_map(|e| {
+                let e = e.ok()?;
+                let is_key =
+                    e.file_name().to_str().is_some_and(|n| n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()));
+                let meta = e.metadata().ok().filter(|m| is_key && m.is_file())?;
+                Some((meta.modified().ok()?, meta.len(), e.path()))
+            })
+            .collect();
+        let mut total: u64 = entries.iter().map(|&(_, len, _)| len).sum();
+        entries.sort();
+        for (_, len, path) in entries {
+            if total <= self.limit {
+                break;
+            }
+            if path != kept && std::fs::remove_file(&path).is_ok() {
+                total -= len;
+            }
+        }
     }
 }
 
@@ -71,10 +115,16 @@ fn put_addrs(out: &mut Vec<u8>, addrs: &[u64]) {
 
 /// Magic, format, payload, then the SHA-256 of the payload. Also how an image stores its prepared program.
 pub fn encode(p: &PreparedProgram) -> Vec<u8> {
-    let mut payload = Vec::with_capacity(p.bytes.len() + p.stubs.len() + 128);
+    let code: usize = p.code.iter().map(|(_, bytes)| bytes.len() + 16).sum();
+    let mut payload = Vec::with_capacity(code + p.stubs.len() + 128);
     payload.extend(p.base.to_le_bytes());
     payload.extend(p.span_start.to_le_bytes());
-    put_bytes(&mut payload, &p.bytes);
+    payload.extend(p.span_len.to_le_bytes());
+    payload.extend((p.code.len() as u64).to_le_bytes());
+    for (at, bytes) in &p.code {
+        payload.extend(at.to_le_bytes());
+        put_bytes(&mut payload, bytes);
+    }
     put_bytes(&mut payload, &p.stubs);
     put_addrs(&mut payload, &p.report.rewritten);
     put_addrs(&mut payload, &p.report.relocated);
@@ -103,6 +153,11 @@ impl<'a> Reader<'a> {
         let n = usize::try_from(self.u64()?).ok()?;
         Some(self.take(n)?.to_vec())
     }
+    fn code(&mut self) -> Option<Vec<(u64, Vec<u8>)>> {
+        let n = usize::try_from(self.u64()?).ok()?;
+        // Each piece takes at least 16 bytes: a damaged count cannot ask for a huge allocation.
+        (n <= self.0.len() / 16).then(|| (0..n).map(|_| Some((self.u64()?, self.bytes()?))).collect::<Option<_>>())?
+    }
     fn addrs(&mut self) -> Option<Vec<u64>> {
         let n = usize::try_from(self.u64()?).ok()?;
         // Bounded by what is left, so a damaged count cannot ask for a huge allocation.
@@ -125,7 +180,8 @@ pub fn decode(entry: &[u8]) -> Option<PreparedProgram> {
     let prepared = PreparedProgram {
         base: r.u64()?,
         span_start: r.u64()?,
-        bytes: r.bytes()?,
+        span_len: r.u64()?,
+        code: r.code()?,
         stubs: r.bytes()?,
         report: RewriteReport { rewritten: r.addrs()?, relocated: r.addrs()?, unsafe_sites: r.addrs()? },
     };
@@ -140,7 +196,8 @@ mod tests {
         PreparedProgram {
             base: 0,
             span_start: 0x400000,
-            bytes: vec![0x90; 0x2000],
+            span_len: 0x3000,
+            code: vec![(0x401000, vec![0x90; 0x800]), (0x402000, vec![0x0f, 0x05])],
             stubs: vec![0xcc; 16],
             report: RewriteReport {
                 rewritten: vec![0x401000, 0x401010],
@@ -154,7 +211,10 @@ mod tests {
     fn entries_round_trip() {
         let p = decode(&encode(&sample())).unwrap();
         let s = sample();
-        assert_eq!((p.base, p.span_start, p.bytes, p.stubs), (s.base, s.span_start, s.bytes, s.stubs));
+        assert_eq!(
+            (p.base, p.span_start, p.span_len, p.code, p.stubs),
+            (s.base, s.span_start, s.span_len, s.code, s.stubs)
+        );
         assert_eq!(p.report.rewritten, s.report.rewritten);
         assert_eq!(p.report.relocated, s.report.relocated);
     }
@@ -170,6 +230,63 @@ mod tests {
         other_format[8] = 99;
         assert!(decode(&other_format).is_none(), "another format");
         assert!(decode(b"KILNPREP").is_none() && decode(b"").is_none());
+    }
+
+    /// A fresh directory for one test's cache.
+    fn cache_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("kiln-rewrite-cache-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    /// A small program, distinct for each `n` (a byte past its segments differs).
+    fn program(n: u8) -> (ElfImage, Vec<u8>) {
+        let mut file = crate::loader::tests::program(0x1000);
+        *file.last_mut().unwrap() = n;
+        (ElfImage::parse(&file).unwrap(), file)
+    }
+
+    fn set_age(path: &Path, seconds_ago: u64) {
+        let when = SystemTime::now() - std::time::Duration::from_secs(seconds_ago);
+        std::fs::File::options().write(true).open(path).unwrap().set_modified(when).unwrap();
+    }
+
+    #[test]
+    fn the_least_recently_used_entries_go_beyond_the_limit() {
+        let dir = cache_dir("lru");
+        let programs: Vec<_> = (0..3).map(program).collect();
+        let path = |i: usize| dir.join(key(&programs[i].1));
+        let entry_len = encode(&loader::prepare_program(&programs[0].0, &programs[0].1).unwrap()).len() as u64;
+        // Room for two entries and a half.
+        let cache = RewriteCache::with_limit(&dir, entry_len * 5 / 2);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("notes.txt"), vec![0u8; entry_len as usize]).unwrap();
+        for (i, (elf, file)) in programs.iter().enumerate().take(2) {
+            assert!(!cache.prepare(elf, file).unwrap().1, "a miss");
+            set_age(&path(i), 100 - 50 * i as u64);
+        }
+        // Program 0, the older, is used again: now program 1 is the least recently used.
+        assert!(cache.prepare(&programs[0].0, &programs[0].1).unwrap().1, "a hit");
+        assert!(
+            std::fs::metadata(path(0)).unwrap().modified().unwrap()
+                > std::fs::metadata(path(1)).unwrap().modified().unwrap()
+        );
+        cache.prepare(&programs[2].0, &programs[2].1).unwrap();
+        assert!(path(0).exists() && path(2).exists());
+        assert!(!path(1).exists(), "the least recently used entry was deleted");
+        assert!(dir.join("notes.txt").exists(), "what is not an entry is left alone");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_entry_larger_than_the_limit_is_not_stored() {
+        let dir = cache_dir("small");
+        let (elf, file) = program(0);
+        let cache = RewriteCache::with_limit(&dir, 1024);
+        assert!(!cache.prepare(&elf, &file).unwrap().1);
+        assert!(!cache.prepare(&elf, &file).unwrap().1, "still a miss");
+        assert!(!dir.join(key(&file)).exists());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -238,14 +238,17 @@ fn create_machine(memory: u64, cpus: u32) -> Result<Machine, VmError> {
     Ok(Machine { kvm, vm, vcpus, ram, hwcap, tsc_hz, boot_tsc, boot_realtime_ns })
 }
 
-/// Parses both ELF images and prepares the program (the image's preparation or the cache's when there is one).
+/// Parses both ELF images and prepares the program (the image's preparation or the cache's when there is one), once
+/// its segments are known to fit in `memory` bytes.
 fn prepare(
     kernel_elf: &[u8],
     program_elf: &[u8],
+    memory: u64,
     cache: Option<&std::path::Path>,
     given: Option<&[u8]>,
 ) -> Result<(ElfImage, ElfImage, PreparedProgram), VmError> {
     let program = ElfImage::parse(program_elf).map_err(VmError::Program)?;
+    loader::check_fits(&program, memory).map_err(BootError::from)?;
     let given = given.and_then(crate::rewrite_cache::decode).filter(|p| p.fits(&program));
     if let Some(prepared) = given {
         tracing::debug!("the program comes prepared (an image's)");
@@ -286,7 +289,7 @@ impl Vm {
         // The program's own errors come first, before any KVM work: they are what the user can fix. (Preparing it on
         // a second thread while KVM builds the VM was measured slower: creating a VM sends IPIs to every host CPU.)
         let (kernel, program, prepared) =
-            prepare(kernel_elf, program_elf, config.rewrite_cache.as_deref(), config.prepared.as_deref())?;
+            prepare(kernel_elf, program_elf, memory, config.rewrite_cache.as_deref(), config.prepared.as_deref())?;
         let prepared_at = started.elapsed();
         let Machine { kvm, vm, vcpus, mut ram, hwcap, tsc_hz, boot_tsc, boot_realtime_ns } =
             create_machine(memory, config.cpus)?;
@@ -318,7 +321,7 @@ impl Vm {
             }),
             volumes: blks.iter().map(|(_, mount, blk)| volume_info(mount, blk.capacity())).collect(),
         };
-        let boot = boot::build(&mut ram, (&kernel, kernel_elf), (&program, prepared), &params)?;
+        let boot = boot::build(&mut ram, (&kernel, kernel_elf), (&program, program_elf, prepared), &params)?;
         let built = started.elapsed();
 
         for (vcpu, start) in vcpus.iter().zip(&boot.vcpus) {
