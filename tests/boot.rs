@@ -216,6 +216,75 @@ fn closed_stdout_ends_a_c_program_with_sigpipe() {
     assert_eq!(status.code(), Some(141), "{status:?}");
 }
 
+/// Waits up to a minute for `child`; its exit code, or 128 + the signal that ended it (as a shell reports it).
+fn exit_code_of(mut child: std::process::Child) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("still running after a minute: {:?}", child.wait());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    status.code().unwrap_or_else(|| 128 + status.signal().expect("a code or a signal"))
+}
+
+/// Runs `command` with stdout and stderr into one pipe that is closed after its first bytes (`2>&1 | head -c 16`).
+fn closed_after_a_few_bytes(mut command: std::process::Command) -> i32 {
+    use std::io::Read;
+    let (mut reader, writer) = std::io::pipe().expect("a pipe");
+    command.stdout(writer.try_clone().expect("dup the pipe")).stderr(writer);
+    let child = command.spawn().expect("start it");
+    drop(command); // its copies of the write end
+    reader.read_exact(&mut [0u8; 16]).expect("read the first bytes");
+    drop(reader);
+    exit_code_of(child)
+}
+
+/// Runs `command` with stderr a pipe whose reader is gone before it starts (`2>&- ` as a pipe), reading all of
+/// stdout: its exit code and how many bytes it printed.
+fn stderr_closed(mut command: std::process::Command) -> (i32, usize) {
+    use std::io::Read;
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    command.stdout(std::process::Stdio::piped()).stderr(writer);
+    let mut child = command.spawn().expect("start it");
+    drop(command);
+    let mut out = Vec::new();
+    child.stdout.take().expect("stdout is piped").read_to_end(&mut out).expect("read stdout");
+    (exit_code_of(child), out.len())
+}
+
+#[test]
+fn a_closed_pipe_ends_a_traced_program_as_natively_and_kiln_quietly() {
+    if !kvm::available() {
+        return;
+    }
+    // `kiln run --trace-syscalls bigout 2>&1 | head -c 16`: the trace lines and the program's output share the pipe.
+    let bigout = guests::c("bigout");
+    let native = closed_after_a_few_bytes(std::process::Command::new(&bigout));
+    assert_eq!(native, 141, "natively, SIGPIPE");
+    let traced = kiln().args(["run", "--trace-syscalls"]).arg(&bigout).into_command();
+    assert_eq!(closed_after_a_few_bytes(traced), native, "as natively, and no panic (101)");
+    // Only stderr closed: the trace is lost, the program's 2 MiB are not, and its last line (to stderr) raises SIGPIPE.
+    let native = stderr_closed(std::process::Command::new(&bigout));
+    assert_eq!(native, (141, 2 << 20));
+    assert_eq!(stderr_closed(kiln().args(["run", "--trace-syscalls"]).arg(&bigout).into_command()), native);
+}
+
+#[test]
+fn a_guest_cannot_print_trace_lines_unasked() {
+    if !kvm::available() {
+        return;
+    }
+    let run = kiln().arg("run").arg(guests::c("hostile")).arg("trace").run();
+    run.assert_code(0).assert_stdout("hostile: trace\nhostile: still running\n").assert_stderr("");
+}
+
 #[test]
 fn rewritten_programs_are_cached_and_damaged_entries_ignored() {
     if !kvm::available() {

@@ -112,7 +112,7 @@ pub fn start(args: &RunArgs) -> Result<u8> {
     instances.create(&record)?;
     match spawn(&instances, &id) {
         Ok(()) => {
-            println!("{id}");
+            outln!("{id}");
             Ok(0)
         }
         Err(e) => {

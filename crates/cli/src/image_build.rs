@@ -70,10 +70,10 @@ pub fn build(args: BuildArgs) -> Result<u8> {
     bar.finish_and_clear();
     let (digest, manifest) = stored?;
     if args.quiet {
-        println!("{digest}");
+        outln!("{digest}");
     } else {
         let size = manifest.total_size(manifest.to_bytes().len() as u64);
-        println!("built {tag} {} ({})", digest.short(), human(size));
+        outln!("built {tag} {} ({})", digest.short(), human(size));
     }
     Ok(0)
 }
@@ -143,7 +143,10 @@ fn cargo_build(dir: &Path, package: &str, bin: Option<&str>, quiet: bool) -> Res
     spinner.finish_and_clear();
     let errors = errors.join().unwrap_or_default();
     if !status.success() {
-        eprint!("{errors}");
+        {
+            use std::io::Write as _;
+            let _ = write!(std::io::stderr(), "{errors}");
+        }
         bail!("binary: cargo could not build package {package} for {MUSL_TARGET} (its errors are above)");
     }
     executable.ok_or_else(|| anyhow!("binary: cargo built package {package} but no executable named {bin}"))

@@ -33,7 +33,7 @@ fn total_size(store: &Store, digest: &Digest) -> Option<u64> {
 pub fn images(args: ImagesArgs) -> Result<u8> {
     let store = home::store()?;
     for damaged in store.damaged_tags()? {
-        eprintln!("kiln: {damaged}");
+        errln!("kiln: {damaged}");
     }
     let rows: Vec<ImageRow> = store
         .tags()?
@@ -41,7 +41,7 @@ pub fn images(args: ImagesArgs) -> Result<u8> {
         .map(|(r, digest)| ImageRow { size: total_size(&store, &digest), name: r.name, tag: r.tag, id: digest })
         .collect();
     match args.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        Format::Json => outln!("{}", serde_json::to_string_pretty(&rows)?),
         Format::Table => {
             let cells = rows
                 .iter()
@@ -93,7 +93,7 @@ pub fn rmi(args: RmiArgs) -> Result<u8> {
     // Also after an error: the images removed before it must not leave their blobs behind.
     let freed = store.collect_garbage(&[])?;
     if freed > 0 {
-        println!("freed {}", human(freed));
+        outln!("freed {}", human(freed));
     }
     removed.map(|()| 0)
 }
@@ -104,7 +104,7 @@ fn untag_image(store: &Store, what: &str, instances: &[Instance], force: bool) -
         Ok(digest) => digest,
         Err(StoreError::DamagedTag { reference, .. }) => {
             store.remove_tag(&reference)?;
-            println!("untagged {reference}");
+            outln!("untagged {reference}");
             return Ok(());
         }
         Err(e) => return Err(e.into()),
@@ -126,10 +126,10 @@ fn untag_image(store: &Store, what: &str, instances: &[Instance], force: bool) -
     }
     for r in &removing {
         store.untag(r)?;
-        println!("untagged {r}");
+        outln!("untagged {r}");
     }
     if removing.len() == tags.len() {
-        println!("deleted {digest}");
+        outln!("deleted {digest}");
     }
     Ok(())
 }

@@ -53,7 +53,7 @@ pub fn inspect(args: InspectArgs) -> Result<u8> {
         }
         bail!("no such instance or image: {what}");
     }
-    println!("{}", serde_json::to_string_pretty(&reports)?);
+    outln!("{}", serde_json::to_string_pretty(&reports)?);
     Ok(0)
 }
 

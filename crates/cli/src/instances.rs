@@ -35,11 +35,11 @@ pub fn ps(args: PsArgs) -> Result<u8> {
     let store = home::store()?;
     let instances = Instances::new(&store);
     for damaged in instances.damaged()? {
-        eprintln!("kiln: {}", crate::chain(&damaged.into()));
+        errln!("kiln: {}", crate::chain(&damaged.into()));
     }
     let shown: Vec<Instance> = instances.list()?.into_iter().filter(|i| args.all || i.state != State::Exited).collect();
     match args.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&shown)?),
+        Format::Json => outln!("{}", serde_json::to_string_pretty(&shown)?),
         Format::Table => {
             let rows: Vec<Vec<String>> = shown
                 .iter()
@@ -194,7 +194,7 @@ pub fn stop(args: StopArgs) -> Result<u8> {
                 kill_and_record(&instances, &instance, why)?;
             }
         }
-        println!("{}", instance.name);
+        outln!("{}", instance.name);
     }
     Ok(0)
 }
@@ -215,7 +215,7 @@ pub fn kill(args: KillArgs) -> Result<u8> {
             bail!("instance {} is not running", instance.name);
         }
         kill_and_record(&instances, &instance, "killed by kiln kill (SIGKILL)".into())?;
-        println!("{}", instance.name);
+        outln!("{}", instance.name);
     }
     Ok(0)
 }
@@ -238,7 +238,7 @@ pub fn rm(args: RmArgs) -> Result<u8> {
             Ok(instance) => instance,
             Err(e) if e.damaged_id().is_some() => {
                 instances.remove(what)?;
-                println!("{what}");
+                outln!("{what}");
                 continue;
             }
             Err(e) => return Err(e.into()),
@@ -259,7 +259,7 @@ pub fn rm(args: RmArgs) -> Result<u8> {
             Err(_) if !instances.dir(&instance.id).exists() => {}
             Err(e) => return Err(e.into()),
         }
-        println!("{}", instance.name);
+        outln!("{}", instance.name);
     }
     Ok(0)
 }

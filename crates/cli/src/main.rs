@@ -1,5 +1,22 @@
 //! `kiln`: run static Linux x86-64 programs as unikernel VMs.
 
+/// `println!` that drops what a closed stdout cannot take instead of panicking: `kiln ... | head` closing the pipe is
+/// a normal event for a command-line tool. Kiln prints through this and [`errln!`] only.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that drops what a closed stderr cannot take instead of panicking (see [`outln!`]).
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod allocator;
 #[cfg(test)]
 mod boot_layout_tests;
@@ -73,6 +90,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .without_time()
+        // Its own complaint about a failed write would be an `eprintln!`, which panics on a closed stderr.
+        .log_internal_errors(false)
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -92,7 +111,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("kiln: {}", chain(&e));
+            errln!("kiln: {}", chain(&e));
             ExitCode::from(run::KILN_ERROR)
         }
     }

@@ -61,7 +61,7 @@ impl UserBackend {
                     }
                     *self = UserBackend::Running(net);
                 }
-                Err(e) => eprintln!("kiln: the user-mode network did not start: {e}"),
+                Err(e) => errln!("kiln: the user-mode network did not start: {e}"),
             }
         }
         match self {

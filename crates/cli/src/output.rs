@@ -21,7 +21,7 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
             .enumerate()
             .map(|(i, c)| if i == last { c.to_string() } else { format!("{c:<w$}", w = widths[i]) })
             .collect();
-        println!("{}", text.join("  "));
+        outln!("{}", text.join("  "));
     };
     line(header.to_vec());
     for row in rows {

@@ -128,8 +128,9 @@ impl Console for Terminal {
         }
     }
 
+    /// Lines that a closed stderr cannot take are dropped (`kiln run --trace-syscalls ... 2>&1 | head`).
     fn trace(&self, line: &str) {
-        eprintln!("[kiln] {line}");
+        errln!("[kiln] {line}");
     }
 }
 
@@ -175,7 +176,7 @@ pub fn run(mut args: RunArgs) -> Result<u8> {
         Err(e) => Err(e),
     }
     .unwrap_or_else(|e| {
-        eprintln!("kiln: {}", crate::chain(&e));
+        errln!("kiln: {}", crate::chain(&e));
         (KILN_ERROR, format!("kiln failed: {}", crate::chain(&e)))
     });
     if let Some(instance) = &instance {
@@ -194,15 +195,15 @@ fn report(args: &RunArgs, outcome: Outcome, stats: &RunStats) -> Result<(u8, Str
     }
     if args.stats {
         let calls: u64 = stats.syscalls.iter().map(|s| u64::from(s.1)).sum();
-        eprintln!("[kiln] {} VM exits, {calls} syscalls", stats.vm_exits);
+        errln!("[kiln] {} VM exits, {calls} syscalls", stats.vm_exits);
         if let Some(n) = &stats.net {
-            eprintln!(
+            errln!(
                 "[kiln] network: {} frames out ({} bytes), {} in ({} bytes), {} notifications, {} dropped out, {} dropped in",
                 n.tx_frames, n.tx_bytes, n.rx_frames, n.rx_bytes, n.notifications, n.tx_dropped, n.rx_dropped
             );
         }
         for (name, v) in &stats.volumes {
-            eprintln!(
+            errln!(
                 "[kiln] volume {name}: {} reads ({} bytes), {} writes ({} bytes), {} flushes, {} notifications, {} errors",
                 v.reads, v.bytes_read, v.writes, v.bytes_written, v.flushes, v.notifications, v.errors
             );
@@ -214,7 +215,7 @@ fn report(args: &RunArgs, outcome: Outcome, stats: &RunStats) -> Result<(u8, Str
             let killed = format!("killed by {}", kiln_vmm::signal::signal_name(signal));
             // As shells do, say nothing when a program dies of a closed pipe (`kiln run ... | head`) or of Ctrl-C.
             if signal != SIGPIPE && signal != SIGINT {
-                eprintln!("kiln: program {killed}");
+                errln!("kiln: program {killed}");
             }
             Ok(((128 + signal.min(127)) as u8, killed))
         }
@@ -223,11 +224,11 @@ fn report(args: &RunArgs, outcome: Outcome, stats: &RunStats) -> Result<(u8, Str
                 if threads == 1 { "its only thread waits".to_string() } else { format!("all {threads} threads wait") };
             let waits = if waits.is_empty() { String::new() } else { format!(" ({waits})") };
             let why = format!("deadlocked: {who} with no deadline, and nothing can wake them{waits}");
-            eprintln!("kiln: program {why}");
+            errln!("kiln: program {why}");
             Ok((DEADLOCK_EXIT, why))
         }
         Outcome::Crashed(crash) => {
-            eprintln!("kiln: program crashed: {crash}");
+            errln!("kiln: program crashed: {crash}");
             Ok((crash.signal.exit_code() as u8, format!("crashed: {crash}")))
         }
         Outcome::Stopped(why) => Err(anyhow!("stopped the VM: {why}")),
@@ -247,10 +248,10 @@ fn rewrite_cache_dir() -> Option<PathBuf> {
 fn print_summary(stats: &RunStats) {
     let calls: u64 = stats.syscalls.iter().map(|s| u64::from(s.1)).sum();
     let enosys: u64 = stats.syscalls.iter().map(|s| u64::from(s.2)).sum();
-    eprintln!("[kiln] summary: {calls} syscalls, {enosys} unsupported (-ENOSYS), {} VM exits", stats.vm_exits);
-    eprintln!("[kiln] {:>8} {:>8}  syscall", "calls", "ENOSYS");
+    errln!("[kiln] summary: {calls} syscalls, {enosys} unsupported (-ENOSYS), {} VM exits", stats.vm_exits);
+    errln!("[kiln] {:>8} {:>8}  syscall", "calls", "ENOSYS");
     for &(nr, count, unsupported) in &stats.syscalls {
-        eprintln!("[kiln] {count:>8} {unsupported:>8}  {} ({nr})", syscall_name(nr));
+        errln!("[kiln] {count:>8} {unsupported:>8}  {} ({nr})", syscall_name(nr));
     }
 }
 

@@ -85,7 +85,7 @@ fn create(name: &str, size: u64) -> Result<()> {
     });
     let _ = std::fs::remove_file(&tmp);
     made?;
-    println!("{name}");
+    outln!("{name}");
     Ok(())
 }
 
@@ -235,7 +235,7 @@ fn repair(name: &str, path: &Path) -> Result<()> {
     match out.status.code() {
         Some(0) => Ok(()),
         Some(1) => {
-            eprintln!("kiln: volume {name} was not detached cleanly (its VM was killed?); e2fsck repaired it");
+            errln!("kiln: volume {name} was not detached cleanly (its VM was killed?); e2fsck repaired it");
             Ok(())
         }
         _ => bail!(
@@ -257,12 +257,12 @@ fn list() -> Result<()> {
         Err(e) => return Err(anyhow!(e).context(format!("cannot list {}", dir.display()))),
     };
     names.sort();
-    println!("{:<24} {:>10} {:>10} ATTACHED", "NAME", "SIZE", "USED");
+    outln!("{:<24} {:>10} {:>10} ATTACHED", "NAME", "SIZE", "USED");
     for name in names {
         // Gone since the directory was read (a concurrent rm): not listed.
         let Ok((_, file)) = open_existing(&name, false) else { continue };
         let (size, used) = usage(&file).map_or(("?".into(), "?".into()), |(t, f)| (human(t), human(t - f)));
-        println!("{name:<24} {size:>10} {used:>10} {}", if attached(&file) { "yes" } else { "no" });
+        outln!("{name:<24} {size:>10} {used:>10} {}", if attached(&file) { "yes" } else { "no" });
     }
     Ok(())
 }
@@ -273,22 +273,22 @@ fn remove(name: &str) -> Result<()> {
     };
     // Deleted while locked: an attach that opened the file before this checks the name once it has the lock.
     std::fs::remove_file(&path).with_context(|| format!("cannot delete {}", path.display()))?;
-    println!("{name}");
+    outln!("{name}");
     Ok(())
 }
 
 fn inspect(name: &str) -> Result<()> {
     let (path, file) = open_existing(name, false)?;
     let file_size = file.metadata().map(|m| m.len()).unwrap_or(0);
-    println!("name:       {name}");
-    println!("file:       {}", path.display());
-    println!("filesystem: ext2");
-    println!("size:       {} ({file_size} bytes)", human(file_size));
+    outln!("name:       {name}");
+    outln!("file:       {}", path.display());
+    outln!("filesystem: ext2");
+    outln!("size:       {} ({file_size} bytes)", human(file_size));
     match usage(&file) {
-        Some((total, free)) => println!("used:       {} of {}", human(total - free), human(total)),
-        None => println!("used:       unknown (no ext2 superblock: check it with e2fsck)"),
+        Some((total, free)) => outln!("used:       {} of {}", human(total - free), human(total)),
+        None => outln!("used:       unknown (no ext2 superblock: check it with e2fsck)"),
     }
-    println!("attached:   {}", if attached(&file) { "yes" } else { "no" });
+    outln!("attached:   {}", if attached(&file) { "yes" } else { "no" });
     Ok(())
 }
 

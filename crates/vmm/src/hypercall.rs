@@ -27,6 +27,7 @@ const EIO: i64 = 5;
 const EBADF: i64 = 9;
 const EFAULT: i64 = 14;
 const EINVAL: i64 = 22;
+const EPERM: i64 = 1;
 const EPIPE: i64 = 32;
 
 fn read_u64s(ram: &GuestRam, addr: u64, n: usize) -> Option<Vec<u64>> {
@@ -34,8 +35,16 @@ fn read_u64s(ram: &GuestRam, addr: u64, n: usize) -> Option<Vec<u64>> {
     Some(bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default())).collect())
 }
 
-/// Handles hypercall `nr` of vCPU `cpu` (of `parkers.len()`), whose block is at `block`.
-pub fn handle(ram: &GuestRam, block: u64, nr: u32, console: &dyn Console, cpu: usize, parkers: &[Parker]) -> Action {
+/// Handles hypercall `nr` of vCPU `cpu` (of `parkers.len()`), whose block is at `block`; `tracing` says whether the
+/// user asked for `--trace-syscalls`.
+pub fn handle(
+    ram: &GuestRam,
+    block: u64,
+    nr: u32,
+    (console, tracing): (&dyn Console, bool),
+    cpu: usize,
+    parkers: &[Parker],
+) -> Action {
     let Some(args) = read_u64s(ram, block, 6) else {
         return Action::Stop(format!("the hypercall block at {block:#x} is outside guest memory"));
     };
@@ -48,6 +57,8 @@ pub fn handle(ram: &GuestRam, block: u64, nr: u32, console: &dyn Console, cpu: u
                 other => Action::Stop(format!("the guest reported an exit by signal {other}, which does not exist")),
             };
         }
+        // The library OS traces only when asked; a guest's own trace lines are refused, never printed.
+        Some(Hypercall::Trace) if !tracing => -EPERM,
         Some(Hypercall::Trace) => match read_u64s(ram, args[0], 8) {
             Some(r) => {
                 let line = format!(
@@ -178,6 +189,7 @@ mod tests {
     #[derive(Default)]
     struct Captured {
         out: std::sync::Mutex<Vec<(u64, Vec<u8>)>>,
+        traced: std::sync::Mutex<Vec<String>>,
     }
 
     impl Console for Captured {
@@ -185,11 +197,13 @@ mod tests {
             self.out.lock().unwrap().push((fd, bytes.to_vec()));
             Ok(())
         }
-        fn trace(&self, _line: &str) {}
+        fn trace(&self, line: &str) {
+            self.traced.lock().unwrap().push(line.to_string());
+        }
     }
 
     fn handle(ram: &GuestRam, block: u64, nr: u32, console: &Captured) -> Action {
-        super::handle(ram, block, nr, console, 0, &[Parker::default(), Parker::default()])
+        super::handle(ram, block, nr, (console, false), 0, &[Parker::default(), Parker::default()])
     }
 
     fn put_u64s(ram: &GuestRam, addr: u64, values: &[u64]) {
@@ -200,6 +214,23 @@ mod tests {
 
     fn ret(ram: &GuestRam) -> i64 {
         read_u64s(ram, 0x1000 + 48, 1).unwrap()[0] as i64
+    }
+
+    #[test]
+    fn trace_lines_are_printed_only_when_asked_for() {
+        let ram = GuestRam::new(1 << 20).unwrap();
+        // getpid() = 7, as the library OS reports it.
+        put_u64s(&ram, 0x2000, &[39, 0, 0, 0, 0, 0, 0, 7]);
+        put_u64s(&ram, 0x1000, &[0x2000]);
+        let c = Captured::default();
+        let trace = Hypercall::Trace as u32;
+        assert_eq!(handle(&ram, 0x1000, trace, &c), Action::Resume);
+        assert_eq!(ret(&ram), -EPERM, "refused without --trace-syscalls");
+        assert!(c.traced.lock().unwrap().is_empty());
+        let parkers = [Parker::default()];
+        assert_eq!(super::handle(&ram, 0x1000, trace, (&c, true), 0, &parkers), Action::Resume);
+        assert_eq!(ret(&ram), 0);
+        assert_eq!(*c.traced.lock().unwrap(), ["getpid(0x0, 0x0, 0x0, 0x0, 0x0, 0x0) = 7"]);
     }
 
     #[test]

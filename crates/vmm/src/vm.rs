@@ -159,6 +159,8 @@ struct Shared {
     syscall_sites: Vec<u64>,
     net: Option<NetCard>,
     disks: Vec<(String, Disk)>,
+    /// Whether the user asked for `--trace-syscalls` (else the guest's trace hypercalls are refused).
+    trace_syscalls: bool,
 }
 
 fn open_kvm() -> Result<Kvm, VmError> {
@@ -352,6 +354,7 @@ impl Vm {
                 .enumerate()
                 .map(|(i, (name, _, blk))| (name, Disk::new(blk, boot::volume_mmio_phys(memory, i))))
                 .collect(),
+            trace_syscalls: config.trace_syscalls,
         });
         Ok(Vm { _kvm: kvm, _vm: vm, vcpus, shared, boot })
     }
@@ -422,7 +425,12 @@ impl Vm {
             std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
                 .spawn(move || {
-                    let result = run_vcpu(vcpu, id, start.hypercall_block_phys, &shared, &*console);
+                    // A panic here is a bug in Kiln, but it must still end the VM: the receive side holds an outcome
+                    // sender too, so the channel would never report every vCPU gone.
+                    let run = || run_vcpu(vcpu, id, start.hypercall_block_phys, &shared, &*console);
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|_| {
+                        Ok(Outcome::Stopped(format!("vCPU {id}'s thread failed (a bug in Kiln: its message is above)")))
+                    });
                     finish(&shared, &tx, result);
                 })
                 .map_err(VmError::Thread)?;
@@ -496,7 +504,8 @@ fn run_vcpu(
                         return Ok(Outcome::Stopped(why));
                     }
                 }
-                let mut action = hypercall::handle(&shared.ram, block, nr, console, id, &shared.parkers);
+                let mut action =
+                    hypercall::handle(&shared.ram, block, nr, (console, shared.trace_syscalls), id, &shared.parkers);
                 if action == Action::FlushTlb {
                     let own = || arch::flush_tlb(&vcpu);
                     shared.tlb.flush_all(id, own, &shared.done).map_err(kvm_err("flush the vCPUs' TLBs"))?;
