@@ -466,6 +466,15 @@ fn relative_paths_and_narrowed_int_arguments_with_musl_and_glibc() {
 }
 
 #[test]
+fn errnos_times_and_the_alternate_stack_match_linux() {
+    if !kvm::available() {
+        return;
+    }
+    same_as_native(&guests::c("posix"), &["work"], "posix: ok\n");
+    same_as_native(&guests::c("posix-glibc"), &["work"], "posix: ok\n");
+}
+
+#[test]
 fn deadlock_is_reported_instead_of_hanging() {
     if !kvm::available() {
         return;

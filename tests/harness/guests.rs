@@ -72,6 +72,8 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("fsyncer", "fsyncer.c", Link::Static),
     ("atcalls", "atcalls.c", Link::Static),
     ("atcalls-glibc", "atcalls.c", Link::Glibc),
+    ("posix", "posix.c", Link::Static),
+    ("posix-glibc", "posix.c", Link::Glibc),
 ];
 
 /// The binaries of tests/guests/rust (each `src/bin/NAME.rs`).

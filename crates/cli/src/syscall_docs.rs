@@ -21,7 +21,8 @@ const ITIMER_CPU: &str = "partial: ITIMER_VIRTUAL and ITIMER_PROF run at the rea
      vCPUs to itself); an expiry is noticed at a syscall or by an idle vCPU";
 const NO_CHILDREN: &str = "partial: ECHILD: a program never has children (no fork)";
 const OWNERS: &str = "partial: accepted and not kept: one user, root";
-const TIMES: &str = "partial: sets the modification time, the one time files keep";
+const TIMES: &str =
+    "partial: access and modification times are kept (whole seconds on volumes); the change time reads as the latter";
 const INET: &str = "partial: TCP and UDP over IPv4 and IPv6 (AF_INET, AF_INET6)";
 const LEGACY_TLS: &str = "by design: 32-bit TLS; x86-64 programs use arch_prctl";
 
@@ -118,7 +119,7 @@ const NOTES: &[(u64, &str)] = &[
     (59, "by design for now: one program per VM"),
     (62, "partial: to the program itself only"),
     (72, "partial: F_DUPFD(_CLOEXEC), F_GETFD/SETFD, F_GETFL/SETFL; no locks or leases"),
-    (89, "partial: /proc/self/exe only"),
+    (89, "partial: /proc/self/exe is the one symbolic link; anything else that exists is EINVAL, as on Linux"),
     (95, "partial: recorded; no files are created yet"),
     (97, "partial: reported, not enforced"),
     (98, "partial: CPU time is the time since boot; the other counters are 0"),
@@ -150,7 +151,7 @@ const NOTES: &[(u64, &str)] = &[
     (101, "by design: no debugging of one guest process by another"),
     (158, "partial: ARCH_SET_GS refused (GS belongs to the library OS)"),
     (202, "partial: no priority-inheritance operations (LOCK_PI and friends are ENOSYS)"),
-    (267, "partial: /proc/self/exe only"),
+    (267, "partial: /proc/self/exe is the one symbolic link; anything else that exists is EINVAL, as on Linux"),
     (232, "partial: nested epoll descriptors are refused"),
     (233, "partial: nested epoll descriptors are refused; EPOLLET means: again after the object changed"),
     (270, "partial: the signal mask is ignored; exception sets are never set"),

@@ -27,6 +27,7 @@ pub struct Stat {
     pub mode: u32,
     pub size: u64,
     pub links: u32,
+    pub atime: u32,
     pub mtime: u32,
     /// 512-byte sectors held.
     pub sectors: u64,
@@ -170,6 +171,7 @@ impl<D: BlockDevice> Ext2<D> {
             mode: u32::from(i.mode()),
             size: i.size(),
             links: u32::from(i.links()),
+            atime: i.atime(),
             mtime: i.mtime(),
             sectors: u64::from(i.sectors()),
         })
@@ -476,9 +478,16 @@ impl<D: BlockDevice> Ext2<D> {
         self.write_inode(ino, &i)
     }
 
-    pub fn set_mtime(&mut self, ino: u32, secs: u32) -> Result<()> {
+    /// Sets the access and modification times that are `Some` (utimensat); the change time becomes now.
+    pub fn set_times(&mut self, ino: u32, atime: Option<u32>, mtime: Option<u32>) -> Result<()> {
         let mut i = self.read_inode(ino)?;
-        i.touch(secs);
+        if let Some(secs) = atime {
+            i.set_atime(secs);
+        }
+        if let Some(secs) = mtime {
+            i.set_mtime(secs);
+        }
+        i.set_ctime(self.now());
         self.write_inode(ino, &i)
     }
 

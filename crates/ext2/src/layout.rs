@@ -225,6 +225,18 @@ impl Inode {
     pub fn mtime(&self) -> u32 {
         u32_at(&self.raw, 16)
     }
+    pub fn atime(&self) -> u32 {
+        u32_at(&self.raw, 8)
+    }
+    pub fn set_atime(&mut self, secs: u32) {
+        put_u32(&mut self.raw, 8, secs)
+    }
+    pub fn set_mtime(&mut self, secs: u32) {
+        put_u32(&mut self.raw, 16, secs)
+    }
+    pub fn set_ctime(&mut self, secs: u32) {
+        put_u32(&mut self.raw, 12, secs)
+    }
     /// Sets modification and change time (access time too: nothing updates it separately).
     pub fn touch(&mut self, now: u32) {
         for at in [8, 12, 16] {

@@ -1,6 +1,6 @@
 //! Owners and times of files: the chown family and the utime family. There is one user (root) and no permission
-//! checks, so owners are accepted and not kept (stat reports root); times set the file's modification time, which
-//! is the one time the in-memory filesystem keeps.
+//! checks, so owners are accepted and not kept (stat reports root); files keep their access and modification times
+//! (the change time reads as the modification time).
 
 use super::fs::AT_FDCWD;
 use super::path::resolve;
@@ -60,12 +60,8 @@ pub fn fchownat(a: &Args) -> SysResult {
     target(a[0], a[1], 0).map(|_| 0)
 }
 
-/// The modification time a `[atime, mtime]` pair of timespecs asks for: None to leave it (UTIME_OMIT).
-fn requested(times: u64) -> Result<Option<u64>, Errno> {
-    if times == 0 {
-        return Ok(Some(time::realtime_ns()));
-    }
-    let [_, _, sec, nsec]: [i64; 4] = user::read(times)?;
+/// One time of a `[atime, mtime]` pair of timespecs: None to leave it (UTIME_OMIT).
+fn requested(sec: i64, nsec: i64) -> Result<Option<u64>, Errno> {
     match nsec {
         UTIME_NOW => Ok(Some(time::realtime_ns())),
         UTIME_OMIT => Ok(None),
@@ -78,26 +74,33 @@ pub fn utimensat(a: &Args) -> SysResult {
     if a[3] & !(AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0 {
         return Err(Errno::EINVAL);
     }
-    let mtime = requested(a[2])?;
-    let inode = target(a[0], a[1], a[3])?;
-    if let Some(ns) = mtime {
-        inode.set_mtime(ns);
-    }
+    let (atime, mtime) = if a[2] == 0 {
+        let now = time::realtime_ns();
+        (Some(now), Some(now))
+    } else {
+        let [asec, ansec, msec, mnsec]: [i64; 4] = user::read(a[2])?;
+        (requested(asec, ansec)?, requested(msec, mnsec)?)
+    };
+    target(a[0], a[1], a[3])?.set_times(atime, mtime);
     Ok(0)
 }
 
-/// utimes and futimesat: `struct timeval[2]`, or now for a null pointer.
+/// utimes and futimesat: `struct timeval[2]` (access, modification), or now for a null pointer.
 fn set_from_timevals(inode: &Arc<Inode>, times: u64) -> SysResult {
-    let ns = if times == 0 {
-        time::realtime_ns()
-    } else {
-        let [_, _, sec, usec]: [i64; 4] = user::read(times)?;
+    if times == 0 {
+        let now = time::realtime_ns();
+        inode.set_times(Some(now), Some(now));
+        return Ok(0);
+    }
+    let pair: [i64; 4] = user::read(times)?;
+    let mut ns = [0u64; 2];
+    for (ns, [sec, usec]) in ns.iter_mut().zip([[pair[0], pair[1]], [pair[2], pair[3]]]) {
         if sec < 0 || !(0..1_000_000).contains(&usec) {
             return Err(Errno::EINVAL);
         }
-        sec as u64 * 1_000_000_000 + usec as u64 * 1000
-    };
-    inode.set_mtime(ns);
+        *ns = sec as u64 * 1_000_000_000 + usec as u64 * 1000;
+    }
+    inode.set_times(Some(ns[0]), Some(ns[1]));
     Ok(0)
 }
 
@@ -109,15 +112,15 @@ pub fn futimesat(a: &Args) -> SysResult {
     set_from_timevals(&target(a[0], a[1], 0)?, a[2])
 }
 
-/// utime: `struct utimbuf` (seconds), or now for a null pointer.
+/// utime: `struct utimbuf` (access and modification seconds), or now for a null pointer.
 pub fn utime(a: &Args) -> SysResult {
     let inode = target(AT_FDCWD as u64, a[0], 0)?;
-    let ns = if a[1] == 0 {
-        time::realtime_ns()
+    let [atime, mtime] = if a[1] == 0 {
+        [time::realtime_ns(); 2]
     } else {
-        let [_, mtime]: [i64; 2] = user::read(a[1])?;
-        (mtime.max(0) as u64).saturating_mul(1_000_000_000)
+        let secs: [i64; 2] = user::read(a[1])?;
+        secs.map(|s| (s.max(0) as u64).saturating_mul(1_000_000_000))
     };
-    inode.set_mtime(ns);
+    inode.set_times(Some(atime), Some(mtime));
     Ok(0)
 }

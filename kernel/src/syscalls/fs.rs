@@ -379,7 +379,7 @@ pub fn lseek(a: &Args) -> SysResult {
             let base = match whence {
                 SEEK_SET => 0,
                 SEEK_CUR => *at as i64,
-                SEEK_END => inode.stat().1 as i64,
+                SEEK_END => inode.stat().size as i64,
                 _ => return Err(Errno::EINVAL),
             };
             let new = base.checked_add(delta).filter(|&n| n >= 0).ok_or(Errno::EINVAL)?;
@@ -512,9 +512,6 @@ fn open_path(path: &str, flags: u32, mode: u32) -> SysResult {
     let cloexec = flags & O_CLOEXEC != 0;
     let status = flags & (O_ACCMODE | O_NONBLOCK | O_APPEND | O_DSYNC | O_SYNC_ONLY);
     let device = match path {
-        "/dev/null" => Some(Object::Null),
-        "/dev/zero" => Some(Object::Zero),
-        "/dev/urandom" | "/dev/random" => Some(Object::Random),
         "/proc/self/maps" if flags & O_ACCMODE != O_RDONLY => return Err(Errno::EACCES),
         "/proc/self/maps" => {
             let inode = vfs::Inode::detached(crate::mm::maps::render());
@@ -530,7 +527,13 @@ fn open_path(path: &str, flags: u32, mode: u32) -> SysResult {
     }
     let create = (flags & O_CREAT != 0).then_some(mode);
     let inode = vfs::open(path, create, flags & O_EXCL != 0)?;
-    let object = if inode.is_dir() {
+    let object = if let Some(rdev) = inode.device() {
+        match rdev {
+            vfs::DEV_NULL => Object::Null,
+            vfs::DEV_ZERO => Object::Zero,
+            _ => Object::Random,
+        }
+    } else if inode.is_dir() {
         if flags & O_ACCMODE != O_RDONLY || flags & O_CREAT != 0 {
             return Err(Errno::EISDIR);
         }
@@ -580,7 +583,7 @@ pub struct Stat {
 
 const S_IFIFO: u32 = 0o010000;
 const S_IFSOCK: u32 = 0o140000;
-const S_IFCHR: u32 = 0o020000;
+use vfs::S_IFCHR;
 
 /// The `struct stat` of an open file.
 fn stat_of(f: &File, fd: u64) -> Stat {
@@ -589,9 +592,9 @@ fn stat_of(f: &File, fd: u64) -> Stat {
     }
     let (mode, rdev) = match &f.object {
         Object::Stdin | Object::Console(_) => (S_IFIFO | 0o600, 0),
-        Object::Null => (S_IFCHR | 0o666, (1 << 8) | 3),
-        Object::Zero => (S_IFCHR | 0o666, (1 << 8) | 5),
-        Object::Random => (S_IFCHR | 0o666, (1 << 8) | 9),
+        Object::Null => (S_IFCHR | 0o666, vfs::DEV_NULL),
+        Object::Zero => (S_IFCHR | 0o666, vfs::DEV_ZERO),
+        Object::Random => (S_IFCHR | 0o666, vfs::DEV_URANDOM),
         Object::PipeReader(_) | Object::PipeWriter(_) => (S_IFIFO | 0o600, 0),
         Object::Socket(_) | Object::UnixStream(..) => (S_IFSOCK | 0o777, 0),
         Object::EventFd(_) | Object::Epoll(_) | Object::Regular { .. } | Object::Directory { .. } => (0o600, 0),
@@ -600,17 +603,19 @@ fn stat_of(f: &File, fd: u64) -> Stat {
 }
 
 pub fn stat_of_inode(inode: &Inode) -> Stat {
-    let (mode, size, mtime) = inode.stat();
-    let (sec, nsec) = ((mtime / 1_000_000_000) as i64, (mtime % 1_000_000_000) as i64);
+    let vfs::Attrs { mode, size, atime_ns, mtime_ns } = inode.stat();
+    let split = |ns: u64| [(ns / 1_000_000_000) as i64, (ns % 1_000_000_000) as i64];
+    let ([asec, ansec], [sec, nsec]) = (split(atime_ns), split(mtime_ns));
     Stat {
         dev: 1,
         ino: inode.ino,
         nlink: 1,
         mode,
+        rdev: inode.device().unwrap_or(0),
         size: size as i64,
         blksize: 4096,
         blocks: size.div_ceil(512) as i64,
-        times: [sec, nsec, sec, nsec, sec, nsec],
+        times: [asec, ansec, sec, nsec, sec, nsec],
         ..Default::default()
     }
 }
@@ -777,13 +782,15 @@ pub fn ppoll(a: &Args) -> SysResult {
     poll_until(a[0], a[1], deadline)
 }
 
-fn readlink_path(path: u64, buf: u64, size: u64) -> SysResult {
-    let mut name = [0u8; 256];
-    let len = user::read_c_string(path, &mut name)?;
-    if &name[..len] != b"/proc/self/exe" {
-        return Err(Errno::ENOENT);
+/// readlinkat: the one symbolic link is `/proc/self/exe`; anything else that exists is not a link (EINVAL, which
+/// realpath() and `readlink -f` rely on), and a path that does not resolve gives the walk's error.
+fn readlink_path(dirfd: u64, path: u64, buf: u64, size: u64) -> SysResult {
+    if size as i32 <= 0 {
+        return Err(Errno::EINVAL);
     }
-    if size as i64 <= 0 {
+    let path = super::path::resolve(dirfd, path)?;
+    if path != "/proc/self/exe" {
+        super::path::stat_path(&path)?;
         return Err(Errno::EINVAL);
     }
     let (exe, exe_len) = (EXE_PATH_ADDR.load(Ordering::Relaxed), EXE_PATH_LEN.load(Ordering::Relaxed));
@@ -795,12 +802,11 @@ fn readlink_path(path: u64, buf: u64, size: u64) -> SysResult {
 }
 
 pub fn readlink(a: &Args) -> SysResult {
-    readlink_path(a[0], a[1], a[2])
+    readlink_path(AT_FDCWD as u64, a[0], a[1], a[2])
 }
 
-/// Only absolute paths exist so far, for which the directory descriptor does not matter.
 pub fn readlinkat(a: &Args) -> SysResult {
-    readlink_path(a[1], a[2], a[3])
+    readlink_path(a[0], a[1], a[2], a[3])
 }
 
 const EPOLL_CTL_ADD: u64 = 1;

@@ -126,18 +126,44 @@ pub fn rt_sigpending(a: &Args) -> SysResult {
     user::write(a[0], sched::pending_signals()).map(|()| 0)
 }
 
+/// Linux's MINSIGSTKSZ on x86-64: a smaller alternate stack is ENOMEM.
+const MINSIGSTKSZ: u64 = 2048;
+
+/// Whether `sp` is on the alternate stack `alt` (which grows down: its top is in, its bottom is not).
+fn on_stack(alt: &StackT, sp: u64) -> bool {
+    alt.flags & SS_DISABLE == 0 && sp > alt.sp && sp - alt.sp <= alt.size
+}
+
+/// As Linux: the old stack's flags say SS_ONSTACK while the caller runs on it, and a change is EPERM then.
 pub fn sigaltstack(a: &Args) -> SysResult {
     let (new, old) = (a[0], a[1]);
     let previous = sched::altstack();
+    // The program's %rsp before the `call` that made this syscall pushed its return address.
+    let sp = crate::percpu::syscall_frame().user_rsp + 8;
+    let onstack = on_stack(&previous, sp);
     if new != 0 {
         let stack: StackT = user::read(new)?;
-        if stack.flags & !SS_DISABLE != 0 {
-            return Err(Errno::EINVAL);
+        if onstack {
+            return Err(Errno::EPERM);
         }
+        // SS_ONSTACK is taken as 0, as Linux does for old programs; SS_AUTODISARM is not supported (EINVAL).
+        let stack = match stack.flags {
+            SS_DISABLE => StackT { sp: 0, size: 0, flags: SS_DISABLE, _pad: 0 },
+            0 | SS_ONSTACK if stack.size < MINSIGSTKSZ => return Err(Errno::ENOMEM),
+            0 | SS_ONSTACK => StackT { flags: 0, _pad: 0, ..stack },
+            _ => return Err(Errno::EINVAL),
+        };
         sched::set_altstack(stack);
     }
     if old != 0 {
-        user::write(old, previous)?;
+        let flags = if previous.flags & SS_DISABLE != 0 {
+            SS_DISABLE
+        } else if onstack {
+            SS_ONSTACK
+        } else {
+            0
+        };
+        user::write(old, StackT { flags, ..previous })?;
     }
     Ok(0)
 }
@@ -327,7 +353,7 @@ fn enter_handler(
     restore: u64,
 ) -> Result<(), Errno> {
     let alt = sched::altstack();
-    let on_alt = alt.flags & SS_DISABLE == 0 && (alt.sp..alt.sp + alt.size).contains(&rsp);
+    let on_alt = on_stack(&alt, rsp);
     let top = if action.flags & SA_ONSTACK != 0 && alt.flags & SS_DISABLE == 0 && !on_alt {
         alt.sp + alt.size
     } else {

@@ -18,6 +18,12 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 pub const S_IFDIR: u32 = 0o040000;
 pub const S_IFREG: u32 = 0o100000;
+pub const S_IFCHR: u32 = 0o020000;
+/// `st_rdev` of the device files: `makedev(1, minor)` as on Linux.
+pub const DEV_NULL: u64 = (1 << 8) | 3;
+pub const DEV_ZERO: u64 = (1 << 8) | 5;
+pub const DEV_RANDOM: u64 = (1 << 8) | 8;
+pub const DEV_URANDOM: u64 = (1 << 8) | 9;
 /// Longest path accepted (PATH_MAX).
 pub const PATH_MAX: usize = 4096;
 
@@ -58,6 +64,8 @@ impl Data {
 pub enum Kind {
     Dir(BTreeMap<String, Arc<Inode>>),
     File(Data),
+    /// A character device (`/dev/null`...), by its `st_rdev`: opening it gives the device, not this inode.
+    Device(u64),
 }
 
 pub struct Inode {
@@ -74,6 +82,17 @@ pub struct State {
     pub kind: Kind,
     /// Permission bits (the type comes from `kind`).
     pub perm: u32,
+    pub atime_ns: u64,
+    pub mtime_ns: u64,
+}
+
+/// What `stat` reports of an inode: `st_mode`, `st_size`, and the access and modification times in nanoseconds
+/// since the epoch (the change time is the modification time).
+#[derive(Clone, Copy, Default)]
+pub struct Attrs {
+    pub mode: u32,
+    pub size: u64,
+    pub atime_ns: u64,
     pub mtime_ns: u64,
 }
 
@@ -81,7 +100,8 @@ impl Inode {
     fn new(kind: Kind, perm: u32) -> Arc<Inode> {
         static NEXT_INO: AtomicU64 = AtomicU64::new(2);
         let ino = NEXT_INO.fetch_add(1, Ordering::Relaxed);
-        let state = SpinLock::new(State { kind, perm, mtime_ns: time::realtime_ns() });
+        let now = time::realtime_ns();
+        let state = SpinLock::new(State { kind, perm, atime_ns: now, mtime_ns: now });
         Arc::new(Inode { ino, backing: Backing::Memory(state) })
     }
 
@@ -126,16 +146,25 @@ impl Inode {
         }
     }
 
-    /// `st_mode`, `st_size`, mtime.
-    pub fn stat(&self) -> (u32, u64, u64) {
+    pub fn stat(&self) -> Attrs {
         let state = match &self.backing {
             Backing::Memory(state) => state,
             Backing::Volume(node) => return node.stat(),
         };
         let s = state.lock();
-        match &s.kind {
-            Kind::Dir(entries) => (S_IFDIR | s.perm, entries.len() as u64, s.mtime_ns),
-            Kind::File(d) => (S_IFREG | s.perm, d.len(), s.mtime_ns),
+        let (mode, size) = match &s.kind {
+            Kind::Dir(entries) => (S_IFDIR | s.perm, entries.len() as u64),
+            Kind::File(d) => (S_IFREG | s.perm, d.len()),
+            Kind::Device(_) => (S_IFCHR | s.perm, 0),
+        };
+        Attrs { mode, size, atime_ns: s.atime_ns, mtime_ns: s.mtime_ns }
+    }
+
+    /// For a device file, its `st_rdev`.
+    pub fn device(&self) -> Option<u64> {
+        match &self.memory()?.lock().kind {
+            Kind::Device(rdev) => Some(*rdev),
+            _ => None,
         }
     }
 
@@ -146,11 +175,15 @@ impl Inode {
         }
     }
 
-    /// Sets the modification time (nanoseconds since the epoch); there is one time for all three stat times.
-    pub fn set_mtime(&self, ns: u64) {
+    /// Sets the access and modification times that are `Some` (nanoseconds since the epoch).
+    pub fn set_times(&self, atime_ns: Option<u64>, mtime_ns: Option<u64>) {
         match &self.backing {
-            Backing::Memory(state) => state.lock().mtime_ns = ns,
-            Backing::Volume(node) => node.set_mtime(ns),
+            Backing::Memory(state) => {
+                let mut s = state.lock();
+                s.atime_ns = atime_ns.unwrap_or(s.atime_ns);
+                s.mtime_ns = mtime_ns.unwrap_or(s.mtime_ns);
+            }
+            Backing::Volume(node) => node.set_times(atime_ns, mtime_ns),
         }
     }
 
@@ -232,6 +265,11 @@ pub fn init(image: Option<&'static [u8]>) {
     for dir in ["/tmp", "/etc", "/dev", "/proc"] {
         let _ = mkdir(dir, 0o755);
     }
+    for (path, rdev) in
+        [("/dev/null", DEV_NULL), ("/dev/zero", DEV_ZERO), ("/dev/random", DEV_RANDOM), ("/dev/urandom", DEV_URANDOM)]
+    {
+        let _ = create_device(path, rdev);
+    }
     let _ = create_file("/etc/hosts", b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     let _ = create_file("/etc/resolv.conf", b"nameserver 10.0.2.3\n");
     if let Some(image) = image {
@@ -239,12 +277,23 @@ pub fn init(image: Option<&'static [u8]>) {
     }
 }
 
+/// Device files are in the tree like any other, so that walks through them and listings of /dev behave as on Linux.
+fn create_device(path: &str, rdev: u64) -> Result<(), Errno> {
+    let (dir, name) = parent(path)?;
+    let mut s = dir.memory().ok_or(Errno::ENOTDIR)?.lock();
+    let Kind::Dir(entries) = &mut s.kind else { return Err(Errno::ENOTDIR) };
+    entries.insert(name, Inode::new(Kind::Device(rdev), 0o666));
+    Ok(())
+}
+
 fn create_file(path: &str, contents: &[u8]) -> Result<(), Errno> {
     let inode = create(path, 0o644, false)?;
     inode.write_at(0, contents, false).map(|_| ())
 }
 
-/// `path` made absolute and normalised: no `.`, `..` or empty components.
+/// `path` made absolute and normalised: no `.`, `..` or empty components. As in Linux's walk, a name followed by
+/// `.`, `..` or a trailing slash must be a directory (ENOTDIR if it is something else, its lookup's error if it is
+/// missing; a missing last name with a trailing slash is fine: `mkdir("new/")`).
 pub fn absolute(path: &str) -> Result<String, Errno> {
     if path.is_empty() {
         return Err(Errno::ENOENT);
@@ -254,19 +303,44 @@ pub fn absolute(path: &str) -> Result<String, Errno> {
     }
     let mut parts: Vec<String> =
         if path.starts_with('/') { Vec::new() } else { components(&CWD.lock()).map(String::from).collect() };
+    // Whether the names in `parts` from this index on are yet to be checked as directories.
+    let mut unchecked = parts.len();
+    let check_dirs = |parts: &[String], unchecked: &mut usize| -> Result<(), Errno> {
+        if *unchecked < parts.len() {
+            let node = lookup_normalised(&join(parts))?;
+            if !node.is_dir() {
+                return Err(Errno::ENOTDIR);
+            }
+        }
+        *unchecked = parts.len();
+        Ok(())
+    };
     for part in path.split('/') {
         match part {
-            "" | "." => {}
+            "" => {}
+            "." => check_dirs(&parts, &mut unchecked)?,
             ".." => {
+                check_dirs(&parts, &mut unchecked)?;
                 parts.pop();
+                unchecked = parts.len();
             }
             name if name.len() > 255 => return Err(Errno::ENAMETOOLONG),
             name => parts.push(name.to_string()),
         }
     }
+    if path.ends_with('/') {
+        match check_dirs(&parts, &mut unchecked) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(join(&parts))
+}
+
+fn join(parts: &[String]) -> String {
     let mut out = String::from("/");
     out.push_str(&parts.join("/"));
-    Ok(out)
+    out
 }
 
 fn components(abs: &str) -> impl Iterator<Item = &str> {
@@ -274,12 +348,16 @@ fn components(abs: &str) -> impl Iterator<Item = &str> {
 }
 
 pub fn lookup(path: &str) -> Result<Arc<Inode>, Errno> {
-    let abs = absolute(path)?;
-    if let Some((volume, rest)) = volume::find(&abs) {
+    lookup_normalised(&absolute(path)?)
+}
+
+/// The inode at `abs`, an absolute path without `.`, `..` or empty components.
+fn lookup_normalised(abs: &str) -> Result<Arc<Inode>, Errno> {
+    if let Some((volume, rest)) = volume::find(abs) {
         return volume.lookup(&rest).map(Inode::on_volume);
     }
     let mut node = root();
-    for name in components(&abs) {
+    for name in components(abs) {
         let next = {
             let s = node.memory().ok_or(Errno::ENOTDIR)?.lock();
             let Kind::Dir(entries) = &s.kind else { return Err(Errno::ENOTDIR) };
@@ -336,7 +414,8 @@ pub fn mkdir(path: &str, perm: u32) -> Result<(), Errno> {
     if let Some((volume, rest)) = volume::find(&absolute(path)?) {
         return volume.mkdir(&rest, perm);
     }
-    let (dir, name) = parent(path)?;
+    // The root exists (and has no parent to make it in).
+    let (dir, name) = parent(path).map_err(|e| if e == Errno::EBUSY { Errno::EEXIST } else { e })?;
     let mut s = dir.memory().ok_or(Errno::ENOTDIR)?.lock();
     let Kind::Dir(entries) = &mut s.kind else { return Err(Errno::ENOTDIR) };
     if entries.contains_key(&name) {
@@ -364,7 +443,7 @@ pub fn remove(path: &str, dir: bool) -> Result<(), Errno> {
         let t = t.lock();
         match (&t.kind, dir) {
             (Kind::Dir(_), false) => return Err(Errno::EISDIR),
-            (Kind::File(_), true) => return Err(Errno::ENOTDIR),
+            (Kind::File(_) | Kind::Device(_), true) => return Err(Errno::ENOTDIR),
             (Kind::Dir(children), true) if !children.is_empty() => return Err(Errno::ENOTEMPTY),
             _ => {}
         }

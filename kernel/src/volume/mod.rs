@@ -11,6 +11,7 @@ mod virtio_blk;
 
 use crate::errno::Errno;
 use crate::sync::SpinLock;
+use crate::vfs::Attrs;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -200,11 +201,11 @@ impl Node {
         self.volume.fs.lock().file_type(self.ino) == Ok(FileType::Directory)
     }
 
-    /// `st_mode`, `st_size`, mtime in nanoseconds.
-    pub fn stat(&self) -> (u32, u64, u64) {
+    pub fn stat(&self) -> Attrs {
+        let secs = |s: u32| u64::from(s) * 1_000_000_000;
         match self.volume.fs.lock().stat(self.ino) {
-            Ok(s) => (s.mode, s.size, u64::from(s.mtime) * 1_000_000_000),
-            Err(_) => (0, 0, 0),
+            Ok(s) => Attrs { mode: s.mode, size: s.size, atime_ns: secs(s.atime), mtime_ns: secs(s.mtime) },
+            Err(_) => Attrs::default(),
         }
     }
 
@@ -212,8 +213,10 @@ impl Node {
         let _ = self.volume.fs.lock().set_perm(self.ino, perm);
     }
 
-    pub fn set_mtime(&self, ns: u64) {
-        let _ = self.volume.fs.lock().set_mtime(self.ino, (ns / 1_000_000_000) as u32);
+    /// The volume keeps whole seconds.
+    pub fn set_times(&self, atime_ns: Option<u64>, mtime_ns: Option<u64>) {
+        let secs = |ns: u64| (ns / 1_000_000_000) as u32;
+        let _ = self.volume.fs.lock().set_times(self.ino, atime_ns.map(secs), mtime_ns.map(secs));
     }
 
     pub fn read_with<R>(&self, offset: u64, len: u64, f: impl FnOnce(&[u8]) -> R) -> Result<R, Errno> {

@@ -76,6 +76,11 @@ static void do_write(const char *root) {
   check(rmdir(at(0, root, "dir")) == -1 && errno == ENOTEMPTY, "rmdir of a non-empty directory is ENOTEMPTY");
   check(rename(at(0, root, "short"), "/tmp/short") == -1 && errno == EXDEV, "rename off the volume is EXDEV");
   check(rmdir(root) == -1 && errno == EBUSY, "the mount point cannot be removed");
+  struct stat through;
+  check(stat(at(0, root, "short/x"), &through) == -1 && errno == ENOTDIR, "a path through a file is ENOTDIR");
+  check(mkdir(at(0, root, "short/x"), 0755) == -1 && errno == ENOTDIR, "mkdir through a file is ENOTDIR");
+  check(stat(at(0, root, "short/.."), &through) == -1 && errno == ENOTDIR, "short/.. is ENOTDIR");
+  check(mkdir(root, 0755) == -1 && errno == EEXIST, "mkdir of the mount point is EEXIST");
   /* No fsync for this one: the program's end writes it back. */
   fd = open(at(0, root, "unsynced"), O_CREAT | O_WRONLY, 0644);
   check(fd >= 0 && write_all(fd, "written at exit\n", 16) == 0, "write without fsync");
