@@ -277,6 +277,20 @@ fn a_closed_pipe_ends_a_traced_program_as_natively_and_kiln_quietly() {
 }
 
 #[test]
+fn a_guest_that_breaks_the_network_cards_queue_is_stopped_once() {
+    if !kvm::available() {
+        return;
+    }
+    // Its transmit queue's available index a queue and one ahead, then a Wait: the VMM once spun there for ever,
+    // holding the card's lock and logging megabytes a second.
+    let run = kiln().args(["run", "--memory", "64M"]).arg(guests::c("hostile")).args(["net", "64"]).run();
+    run.assert_code(125).assert_stdout("hostile: net\n");
+    let stderr = run.stderr_text();
+    assert_eq!(stderr.lines().count(), 1, "one message, no log flood\n{run}");
+    assert!(stderr.contains("network card's virtio-net transmit queue") && stderr.contains("(17)"), "{run}");
+}
+
+#[test]
 fn a_guest_cannot_print_trace_lines_unasked() {
     if !kvm::available() {
         return;

@@ -84,9 +84,16 @@ enum Command {
     Volume(volume::VolumeCommand),
 }
 
+/// What `kiln` logs unless `KILN_LOG` says otherwise. virtio-queue logs an error for each bad thing a guest does to a
+/// queue, at the guest's pace (megabytes a second into a detached instance's log file): the devices report what
+/// matters themselves, once.
+const DEFAULT_LOG_FILTER: &str = "warn,virtio_queue=off";
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KILN_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KILN_LOG").unwrap_or_else(|_| DEFAULT_LOG_FILTER.into()),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .without_time()
