@@ -178,3 +178,46 @@ fn poll_readable(fd: RawFd, timeout: Duration) -> bool {
     }
     n > 0 && pfd.revents & libc::POLLIN != 0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::testing::{mem, set_up};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::GuestAddress;
+
+    /// Always has a frame for the guest.
+    struct Chatty;
+
+    impl Backend for Chatty {
+        fn send(&mut self, _frame: &[u8]) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
+            buf[..60].fill(1);
+            Ok(Some(60))
+        }
+        fn ready_fd(&self) -> RawFd {
+            -1
+        }
+    }
+
+    const WINDOW: u64 = 0x10_0000;
+
+    #[test]
+    fn a_broken_receive_queue_is_reported_where_frames_are_delivered() {
+        let mem = mem();
+        let rx = MockSplitQueue::create(&mem, GuestAddress(0x1_0000), 16);
+        let tx = MockSplitQueue::create(&mem, GuestAddress(0x2_0000), 16);
+        let card = NetCard::new(Box::new(Chatty), [2, 0, 0, 0, 0, 1], WINDOW);
+        set_up(|off, v| card.write(WINDOW + off, &v.to_le_bytes(), &mem).unwrap(), &[&rx, &tx]);
+        rx.avail().idx().store(17);
+        let woken = std::sync::atomic::AtomicBool::new(false);
+        let why = card.deliver(&mem, || woken.store(true, Ordering::SeqCst)).unwrap_err();
+        assert!(why.contains("virtio-net receive queue") && why.contains("(17)"), "{why}");
+        assert!(!woken.load(Ordering::SeqCst));
+        // And from then on, wherever the card is used.
+        assert_eq!(card.send_queued(&mem), Err(why.clone()));
+        assert_eq!(card.write(WINDOW + 0x50, &0u32.to_le_bytes(), &mem), Err(why));
+    }
+}

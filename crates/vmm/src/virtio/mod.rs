@@ -7,7 +7,7 @@ pub mod blk;
 pub mod net;
 pub mod tap;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue, QueueT};

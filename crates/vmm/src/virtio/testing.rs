@@ -27,7 +27,13 @@ pub fn start<D: VirtioDevice>(
     mem: &GuestMemoryMmap,
 ) -> MmioTransport<D> {
     let mut t = MmioTransport::new(device);
-    let mut w = |off: u64, v: u32| t.write(off, &v.to_le_bytes(), mem);
+    set_up(|off, v| t.write(off, &v.to_le_bytes(), mem), queues);
+    assert!(t.is_active());
+    t
+}
+
+/// The register writes of [`start`], through `w(offset, value)`.
+pub fn set_up(mut w: impl FnMut(u64, u32), queues: &[&MockSplitQueue<'_, GuestMemoryMmap>]) {
     w(0x70, 1 | 2);
     w(0x24, 1);
     w(0x20, 1);
@@ -42,6 +48,4 @@ pub fn start<D: VirtioDevice>(
         w(0x44, 1);
     }
     w(0x70, 1 | 2 | 8 | 4);
-    assert!(t.is_active());
-    t
 }
