@@ -5,6 +5,7 @@
 pub mod console;
 pub mod epoll;
 pub mod eventfd;
+pub mod locks;
 pub mod pipe;
 pub mod wait;
 
@@ -35,9 +36,31 @@ pub const POLLOUT: u16 = 0x4;
 pub const POLLERR: u16 = 0x8;
 pub const POLLHUP: u16 = 0x10;
 
-/// Descriptors a program may have open (the hard RLIMIT_NOFILE): enough for a server with tens of thousands of
-/// connections.
+/// Descriptors a program may have open: enough for a server with tens of thousands of connections. The highest hard
+/// RLIMIT_NOFILE (what Linux's `nr_open` is to root), and where both limits start.
 pub const MAX_FDS: usize = 65536;
+
+/// RLIMIT_NOFILE, soft and hard. No descriptor at or above the soft limit is made: the lowest free one is EMFILE past
+/// it, dup2's target EBADF, F_DUPFD's start EINVAL. Descriptors already above a lowered limit stay open.
+static NOFILE: SpinLock<(usize, usize)> = SpinLock::new((MAX_FDS, MAX_FDS));
+
+pub fn nofile_limit() -> (usize, usize) {
+    *NOFILE.lock()
+}
+
+/// setrlimit(RLIMIT_NOFILE) with Linux's rules: soft <= hard, hard <= MAX_FDS (EPERM), and only a privileged caller
+/// raises the hard limit.
+pub fn set_nofile_limit(soft: u64, hard: u64, privileged: bool) -> Result<(), Errno> {
+    if soft > hard {
+        return Err(Errno::EINVAL);
+    }
+    let mut limit = NOFILE.lock();
+    if hard > MAX_FDS as u64 || (hard > limit.1 as u64 && !privileged) {
+        return Err(Errno::EPERM);
+    }
+    *limit = (soft as usize, hard as usize);
+    Ok(())
+}
 
 pub enum Object {
     Stdin,
@@ -75,6 +98,15 @@ pub struct File {
 impl File {
     pub fn new(object: Object, flags: u32) -> Arc<File> {
         Arc::new(File { object, flags: AtomicU32::new(flags) })
+    }
+
+    /// What record locks of this file are keyed by: the inode number for a file of the filesystem (so that separate
+    /// opens of it meet), else the description itself.
+    pub fn lock_key(&self) -> u64 {
+        match &self.object {
+            Object::Regular { inode, .. } | Object::Directory { inode, .. } => inode.ino,
+            _ => self as *const File as u64 | 1 << 63,
+        }
     }
 
     pub fn nonblocking(&self) -> bool {
@@ -136,6 +168,20 @@ impl File {
     }
 }
 
+/// An open file description ends when its last descriptor (or other holder) lets go: its OFD locks go with it.
+impl Drop for File {
+    fn drop(&mut self) {
+        locks::release(locks::Owner::Description(self as *const File as usize), None);
+    }
+}
+
+/// A closed descriptor's file: the process's POSIX locks of that file go, as Linux drops them on any close.
+fn closed(slot: Option<Slot>) {
+    if let Some(slot) = slot {
+        locks::release(locks::Owner::Process, Some(slot.file.lock_key()));
+    }
+}
+
 /// A descriptor's file and its close-on-exec flag.
 #[derive(Clone)]
 struct Slot {
@@ -159,10 +205,20 @@ pub fn get(fd: u64) -> Result<Arc<File>, Errno> {
     slot.map(|s| s.file.clone()).ok_or(Errno::EBADF)
 }
 
-/// Installs `file` at the lowest free descriptor not below `from`.
+/// Installs `file` at the lowest free descriptor not below `from` (F_DUPFD: EINVAL if `from` is not below the soft
+/// RLIMIT_NOFILE).
 pub fn install_from(file: Arc<File>, cloexec: bool, from: usize) -> Result<u64, Errno> {
+    if from >= nofile_limit().0 {
+        return Err(Errno::EINVAL);
+    }
+    install_lowest(file, cloexec, from)
+}
+
+/// Installs `file` at the lowest free descriptor not below `from`; EMFILE if none is below the soft limit.
+fn install_lowest(file: Arc<File>, cloexec: bool, from: usize) -> Result<u64, Errno> {
+    let soft = nofile_limit().0;
     let mut t = TABLE.lock();
-    let fd = (from..MAX_FDS).find(|&fd| t.get(fd).is_none_or(Option::is_none)).ok_or(Errno::EMFILE)?;
+    let fd = (from..soft).find(|&fd| t.get(fd).is_none_or(Option::is_none)).ok_or(Errno::EMFILE)?;
     if t.len() <= fd {
         t.resize(fd + 1, None);
     }
@@ -171,12 +227,13 @@ pub fn install_from(file: Arc<File>, cloexec: bool, from: usize) -> Result<u64, 
 }
 
 pub fn install(file: Arc<File>, cloexec: bool) -> Result<u64, Errno> {
-    install_from(file, cloexec, 0)
+    install_lowest(file, cloexec, 0)
 }
 
-/// Puts `file` at `fd`, closing what was there (dup2).
+/// Puts `file` at `fd`, closing what was there (dup2); EBADF for a descriptor the soft RLIMIT_NOFILE does not allow.
 pub fn install_at(fd: u64, file: Arc<File>, cloexec: bool) -> Result<u64, Errno> {
-    let fd = usize::try_from(fd).ok().filter(|&fd| fd < MAX_FDS).ok_or(Errno::EBADF)?;
+    let soft = nofile_limit().0;
+    let fd = usize::try_from(fd).ok().filter(|&fd| fd < soft).ok_or(Errno::EBADF)?;
     let old = {
         let mut t = TABLE.lock();
         if t.len() <= fd {
@@ -185,7 +242,7 @@ pub fn install_at(fd: u64, file: Arc<File>, cloexec: bool) -> Result<u64, Errno>
         t[fd].replace(Slot { file, cloexec })
     };
     // Dropped outside the lock: closing a pipe end wakes the other side.
-    drop(old);
+    closed(old);
     Ok(fd as u64)
 }
 
@@ -195,7 +252,7 @@ pub fn close(fd: u64) -> Result<(), Errno> {
         let slot = usize::try_from(fd).ok().and_then(|fd| t.get_mut(fd)).ok_or(Errno::EBADF)?;
         slot.take().ok_or(Errno::EBADF)?
     };
-    drop(old);
+    closed(Some(old));
     Ok(())
 }
 

@@ -28,6 +28,11 @@ impl Waitable {
         Arc::new(Waitable::default())
     }
 
+    /// A waitable that lives in a static.
+    pub const fn new_static() -> Waitable {
+        Waitable { changes: AtomicU64::new(0), waiting: AtomicUsize::new(0), watchers: SpinLock::new(Vec::new()) }
+    }
+
     fn key(&self) -> u64 {
         self as *const Waitable as u64
     }

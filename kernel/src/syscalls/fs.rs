@@ -422,7 +422,8 @@ pub fn fcntl(a: &Args) -> SysResult {
     let f = file::get(fd)?;
     match cmd {
         F_DUPFD | F_DUPFD_CLOEXEC => {
-            let from = usize::try_from(arg).ok().filter(|&n| n < file::MAX_FDS).ok_or(Errno::EINVAL)?;
+            // Linux takes the argument as an int, then as unsigned: a negative one is above every limit.
+            let from = usize::try_from(arg as i32 as u32).map_err(|_| Errno::EINVAL)?;
             file::install_from(f, cmd == F_DUPFD_CLOEXEC, from)
         }
         F_GETFD => Ok(if file::cloexec(fd)? { FD_CLOEXEC } else { 0 }),
@@ -435,6 +436,12 @@ pub fn fcntl(a: &Args) -> SysResult {
             f.flags.store((old & !settable) | (arg as u32 & settable), Ordering::Relaxed);
             Ok(0)
         }
+        super::lock::F_GETLK
+        | super::lock::F_SETLK
+        | super::lock::F_SETLKW
+        | super::lock::F_OFD_GETLK
+        | super::lock::F_OFD_SETLK
+        | super::lock::F_OFD_SETLKW => super::lock::record_lock(&f, cmd, arg),
         _ => Err(Errno::EINVAL),
     }
 }

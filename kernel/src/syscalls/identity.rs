@@ -40,6 +40,11 @@ fn privileged(c: &Credentials) -> bool {
     c.uid.effective == 0
 }
 
+/// Whether the program runs as root (effective uid 0), which stands for every capability.
+pub fn is_root() -> bool {
+    privileged(&CREDENTIALS.lock())
+}
+
 fn id_arg(arg: u64) -> u32 {
     arg as u32
 }

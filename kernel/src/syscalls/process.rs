@@ -88,7 +88,10 @@ fn limit(resource: u64) -> Rlimit {
             let s = STACK_SIZE.load(Ordering::Relaxed);
             Rlimit { cur: s, max: s }
         }
-        RLIMIT_NOFILE => Rlimit { cur: 1024, max: crate::file::MAX_FDS as u64 },
+        RLIMIT_NOFILE => {
+            let (soft, hard) = crate::file::nofile_limit();
+            Rlimit { cur: soft as u64, max: hard as u64 }
+        }
         _ => Rlimit { cur: RLIM_INFINITY, max: RLIM_INFINITY },
     }
 }
@@ -100,18 +103,30 @@ pub fn getrlimit(a: &Args) -> SysResult {
     user::write(a[1], limit(a[0])).map(|()| 0)
 }
 
-/// New limits are accepted and not enforced: nothing here grows with them.
+/// Sets `resource`, as Linux validates it (soft <= hard). RLIMIT_NOFILE is kept and enforced (`file`); other new
+/// limits are accepted and not kept: nothing here grows with them.
+fn set_limit(resource: u64, new: Rlimit) -> Result<(), Errno> {
+    if new.cur > new.max {
+        return Err(Errno::EINVAL);
+    }
+    match resource {
+        RLIMIT_NOFILE => crate::file::set_nofile_limit(new.cur, new.max, super::identity::is_root()),
+        _ => Ok(()),
+    }
+}
+
 pub fn prlimit64(a: &Args) -> SysResult {
     let (pid, resource, new, old) = (a[0], a[1], a[2], a[3]);
     this_process(pid)?;
     if resource >= 16 {
         return Err(Errno::EINVAL);
     }
+    let previous = limit(resource);
     if new != 0 {
-        user::read::<Rlimit>(new)?;
+        set_limit(resource, user::read(new)?)?;
     }
     if old != 0 {
-        user::write(old, limit(resource))?;
+        user::write(old, previous)?;
     }
     Ok(0)
 }
@@ -151,12 +166,11 @@ pub fn wait(_: &Args) -> SysResult {
     Err(Errno::ECHILD)
 }
 
-/// New limits are accepted and not enforced, as with prlimit64.
 pub fn setrlimit(a: &Args) -> SysResult {
     if a[0] >= 16 {
         return Err(Errno::EINVAL);
     }
-    user::read::<Rlimit>(a[1]).map(|_| 0)
+    set_limit(a[0], user::read(a[1])?).map(|()| 0)
 }
 
 static UMASK: AtomicU64 = AtomicU64::new(0o022);

@@ -1,12 +1,16 @@
 /* posix: answers of Linux that programs and libcs build on, each as the man pages give it: mkdir("/") is EEXIST,
  * readlink of a non-link EINVAL (realpath depends on it), a path through a non-directory ENOTDIR, utimensat and
  * futimens keep both times (UTIME_NOW, UTIME_OMIT), sigaltstack says SS_ONSTACK in a handler running on it and refuses
- * to change it there (EPERM). Built with musl and with glibc; works in the new directory argv[1]. Each check prints
- * one line; exits 0 when all held. */
+ * to change it there (EPERM), fcntl record locks (POSIX locks are the process's, OFD locks the open file
+ * description's, and the two kinds conflict), RLIMIT_NOFILE kept and enforced. Built with musl and with glibc; works
+ * in the new directory argv[1]. Each check prints one line; exits 0 when all held. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -140,6 +144,111 @@ static void alternate_stack(void) {
         "SS_DISABLE turns it off");
 }
 
+static struct flock range(short type, off_t start, off_t len) {
+  struct flock fl = {.l_type = type, .l_whence = SEEK_SET, .l_start = start, .l_len = len};
+  return fl;
+}
+
+static int lock(int fd, int cmd, struct flock fl) { return fcntl(fd, cmd, &fl); }
+
+static volatile int released;
+
+static void *release_later(void *fd) {
+  usleep(100000);
+  released = 1;
+  close(*(int *)fd);
+  return NULL;
+}
+
+static void record_locks(void) {
+  int a = open("lk", O_CREAT | O_RDWR, 0644), b = open("lk", O_RDWR), ro = open("lk", O_RDONLY);
+  check(a >= 0 && b >= 0 && ro >= 0, "open one file three times");
+  check(lock(a, F_SETLK, range(F_WRLCK, 0, 10)) == 0, "F_SETLK takes a write lock");
+  struct flock q = range(F_WRLCK, 0, 10);
+  check(fcntl(b, F_GETLK, &q) == 0 && q.l_type == F_UNLCK, "F_GETLK: the process's own locks do not conflict");
+  check(lock(b, F_SETLKW, range(F_WRLCK, 5, 10)) == 0, "F_SETLKW through another descriptor is granted");
+  q = range(F_WRLCK, 0, 4);
+  check(fcntl(b, F_OFD_GETLK, &q) == 0 && q.l_type == F_WRLCK && q.l_pid == getpid(),
+        "F_OFD_GETLK reports the process's POSIX lock, with its pid");
+  check(lock(b, F_OFD_SETLK, range(F_RDLCK, 0, 4)) == -1 && errno == EAGAIN, "an OFD lock conflicts with it");
+  check(close(ro) == 0 && lock(b, F_OFD_SETLK, range(F_RDLCK, 0, 4)) == 0,
+        "closing any descriptor of the file drops the process's POSIX locks");
+  check(lock(b, F_OFD_SETLK, range(F_UNLCK, 0, 0)) == 0, "F_UNLCK releases it");
+
+  check(lock(a, F_OFD_SETLK, range(F_WRLCK, 0, 10)) == 0, "F_OFD_SETLK takes a write lock");
+  q = range(F_RDLCK, 3, 1);
+  check(fcntl(b, F_OFD_GETLK, &q) == 0 && q.l_type == F_WRLCK && q.l_pid == -1 && q.l_start == 0 && q.l_len == 10,
+        "F_OFD_GETLK reports another description's lock, with l_pid -1");
+  check(lock(b, F_OFD_SETLK, range(F_RDLCK, 9, 1)) == -1 && errno == EAGAIN, "a conflicting OFD lock is EAGAIN");
+  q = range(F_WRLCK, 0, 1);
+  check(fcntl(b, F_GETLK, &q) == 0 && q.l_type == F_WRLCK && q.l_pid == -1, "F_GETLK sees the OFD lock too");
+  check(lock(b, F_OFD_SETLK, range(F_RDLCK, 10, 5)) == 0, "a lock beside it is granted");
+  struct flock back = {.l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = 25, .l_len = -5};
+  check(fcntl(b, F_OFD_SETLK, &back) == 0, "a negative length ends the range at l_start");
+  q = range(F_WRLCK, 21, 1);
+  check(fcntl(a, F_OFD_GETLK, &q) == 0 && q.l_type == F_RDLCK && q.l_start == 20 && q.l_len == 5,
+        "F_OFD_GETLK reports it as 20..25");
+  check(lseek(a, 100, SEEK_SET) == 100 && lock(a, F_OFD_SETLK, (struct flock){F_WRLCK, SEEK_CUR, -50, 0, 0}) == 0,
+        "SEEK_CUR ranges start at the offset; a length of 0 runs to the end");
+  q = range(F_RDLCK, 1000000, 1);
+  check(fcntl(b, F_OFD_GETLK, &q) == 0 && q.l_type == F_WRLCK && q.l_start == 50 && q.l_len == 0, "reported as 50..");
+
+  check(lock(a, F_OFD_SETLK, (struct flock){F_WRLCK, SEEK_SET, 0, 1, 5}) == -1 && errno == EINVAL,
+        "an OFD lock with l_pid set is EINVAL");
+  check(lock(a, F_SETLK, (struct flock){F_WRLCK, 7, 0, 1, 0}) == -1 && errno == EINVAL, "a bad l_whence is EINVAL");
+  check(lock(a, F_SETLK, range(9, 0, 1)) == -1 && errno == EINVAL, "a bad l_type is EINVAL");
+  check(lock(a, F_SETLK, range(F_WRLCK, -5, 1)) == -1 && errno == EINVAL, "a negative start is EINVAL");
+  check(lock(a, F_SETLK, range(F_WRLCK, 0, -1)) == -1 && errno == EINVAL, "a range before 0 is EINVAL");
+  q = range(F_UNLCK, 0, 1);
+  check(fcntl(a, F_GETLK, &q) == -1 && errno == EINVAL, "F_GETLK of F_UNLCK is EINVAL");
+  ro = open("lk", O_RDONLY);
+  check(lock(ro, F_SETLK, range(F_WRLCK, 200, 1)) == -1 && errno == EBADF, "a write lock needs a writable descriptor");
+  close(ro);
+
+  int copy = dup(a);
+  check(copy >= 0 && close(a) == 0 && lock(b, F_OFD_SETLK, range(F_WRLCK, 0, 1)) == -1 && errno == EAGAIN,
+        "an OFD lock outlives one of its description's descriptors");
+  pthread_t t;
+  check(pthread_create(&t, NULL, release_later, &copy) == 0, "a thread will close the last one");
+  check(lock(b, F_OFD_SETLKW, range(F_WRLCK, 0, 1)) == 0 && released, "F_OFD_SETLKW waits until then");
+  pthread_join(t, NULL);
+  close(b);
+}
+
+static void open_files_limit(void) {
+  struct rlimit old, rl;
+  check(getrlimit(RLIMIT_NOFILE, &old) == 0 && old.rlim_cur <= old.rlim_max, "getrlimit(RLIMIT_NOFILE)");
+  rl = (struct rlimit){16, old.rlim_max};
+  check(setrlimit(RLIMIT_NOFILE, &rl) == 0 && getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur == 16 &&
+            rl.rlim_max == old.rlim_max,
+        "a lower soft limit is kept");
+  int fds[16], n = 0, fd;
+  while (n < 16 && (fd = open("/dev/null", O_RDONLY)) >= 0) fds[n++] = fd;
+  check(n > 0 && n < 16 && fds[n - 1] == 15 && errno == EMFILE, "open is EMFILE at the soft limit");
+  check(dup(0) == -1 && errno == EMFILE, "dup is EMFILE");
+  check(socket(AF_INET, SOCK_DGRAM, 0) == -1 && errno == EMFILE, "socket is EMFILE");
+  check(fcntl(0, F_DUPFD, 3) == -1 && errno == EMFILE, "F_DUPFD is EMFILE");
+  close(fds[--n]);
+  int p[2];
+  check(pipe(p) == -1 && errno == EMFILE && (fd = open("/dev/null", O_RDONLY)) == 15 && close(fd) == 0,
+        "pipe needs two free descriptors, and takes none without them");
+  check(dup2(0, 16) == -1 && errno == EBADF, "dup2 to the soft limit is EBADF");
+  check(dup3(0, 100, 0) == -1 && errno == EBADF, "dup3 past it is EBADF");
+  check(fcntl(0, F_DUPFD, 16) == -1 && errno == EINVAL, "F_DUPFD from the soft limit is EINVAL");
+  check(dup2(0, 15) == 15 && close(15) == 0, "dup2 below it works");
+  while (n > 0) close(fds[--n]);
+  rl = (struct rlimit){old.rlim_max, old.rlim_max};
+  rl.rlim_cur = rl.rlim_max == RLIM_INFINITY ? RLIM_INFINITY : rl.rlim_max + 1;
+  check(rl.rlim_max == RLIM_INFINITY || (setrlimit(RLIMIT_NOFILE, &rl) == -1 && errno == EINVAL),
+        "a soft limit above the hard one is EINVAL");
+  rl = (struct rlimit){RLIM_INFINITY, RLIM_INFINITY};
+  check(setrlimit(RLIMIT_NOFILE, &rl) == -1 && errno == EPERM, "an unlimited RLIMIT_NOFILE is EPERM");
+  struct rlimit was;
+  check(prlimit(0, RLIMIT_NOFILE, &old, &was) == 0 && was.rlim_cur == 16 && getrlimit(RLIMIT_NOFILE, &rl) == 0 &&
+            rl.rlim_cur == old.rlim_cur,
+        "prlimit sets it back and reports the old one");
+}
+
 int main(int argc, char **argv) {
   check(argc == 2 && mkdir(argv[1], 0755) == 0 && chdir(argv[1]) == 0, "make and enter a directory");
   directories();
@@ -147,6 +256,8 @@ int main(int argc, char **argv) {
   not_directories();
   times();
   alternate_stack();
+  record_locks();
+  open_files_limit();
   printf("posix: %s\n", failures ? "FAILED" : "ok");
   return failures != 0;
 }
