@@ -74,6 +74,11 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("atcalls-glibc", "atcalls.c", Link::Glibc),
     ("posix", "posix.c", Link::Static),
     ("posix-glibc", "posix.c", Link::Glibc),
+    ("syscalls-glibc", "syscalls.c", Link::Glibc),
+    ("files-glibc", "files.c", Link::Glibc),
+    ("fds-glibc", "fds.c", Link::Glibc),
+    ("epoll-glibc", "epoll.c", Link::Glibc),
+    ("signals-glibc", "signals.c", Link::Glibc),
 ];
 
 /// The binaries of tests/guests/rust (each `src/bin/NAME.rs`).

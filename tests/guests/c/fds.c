@@ -2,6 +2,7 @@
  * end-of-file when the writer closes, EPIPE with SIGPIPE ignored, O_NONBLOCK and EAGAIN, an eventfd woken from
  * another thread, poll with and without a timeout, dup2 and fcntl, /dev/null, /dev/zero and /dev/urandom. Each check
  * prints one line; exits 0 when all held. */
+#define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
