@@ -8,6 +8,7 @@
 //! rate.
 
 use crate::sync::SpinLock;
+use crate::syscalls::signal::{Origin, TimerInfo};
 use crate::time;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -17,8 +18,9 @@ use core::sync::atomic::{AtomicU64, Ordering};
 pub enum Notify {
     /// No signal (SIGEV_NONE): the timer is only read.
     None,
-    /// This signal to the process (to a thread with `Some(tid)`), with this `si_code`.
-    Signal { signal: u32, thread: Option<u32>, code: i32 },
+    /// This signal to the process (to a thread with `Some(tid)`), with this `si_code`; a POSIX timer's carries its
+    /// `sigev_value`.
+    Signal { signal: u32, thread: Option<u32>, code: i32, value: Option<u64> },
 }
 
 #[derive(Clone, Copy)]
@@ -97,11 +99,15 @@ pub fn fire_due() {
         return;
     }
     let mut timers = TIMERS.lock();
-    for t in timers.iter_mut().flatten().filter(|t| t.expires != 0 && t.expires <= now) {
+    for (slot, t) in timers.iter_mut().enumerate().filter_map(|(slot, t)| Some((slot, t.as_mut()?))) {
+        if t.expires == 0 || t.expires > now {
+            continue;
+        }
         // Sent before the timer stops counting as a deadline (`recompute` below): an idle vCPU that looks in between
         // must not take a thread waiting for this signal for deadlocked.
-        if let Notify::Signal { signal, thread, code } = t.notify {
-            crate::syscalls::signal::raise(signal, thread, code);
+        if let Notify::Signal { signal, thread, code, value } = t.notify {
+            let timer = value.map(|value| TimerInfo { id: (slot - ITIMERS) as i32, overrun: t.overrun as i32, value });
+            crate::syscalls::signal::raise(signal, thread, Origin { code, timer });
         }
         match (now - t.expires).checked_div(t.interval) {
             // Periodic: the next expiry after now; those skipped are its overrun.

@@ -79,6 +79,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("fds-glibc", "fds.c", Link::Glibc),
     ("epoll-glibc", "epoll.c", Link::Glibc),
     ("signals-glibc", "signals.c", Link::Glibc),
+    ("timers-glibc", "timers.c", Link::Glibc),
 ];
 
 /// The binaries of tests/guests/rust (each `src/bin/NAME.rs`).

@@ -82,7 +82,7 @@ const NOTES: &[(u64, &str)] = &[
     (128, "partial: a signal for the process is taken from what waits at the main thread"),
     (36, ITIMER_CPU),
     (38, ITIMER_CPU),
-    (222, "partial: SIGEV_SIGNAL, SIGEV_THREAD_ID, SIGEV_NONE; the signal's siginfo carries no sigev_value"),
+    (222, "partial: SIGEV_SIGNAL, SIGEV_THREAD_ID, SIGEV_NONE (libcs build SIGEV_THREAD on SIGEV_THREAD_ID)"),
     (41, NET_FAMILIES),
     (42, INET),
     (43, INET),

@@ -61,15 +61,53 @@ pub struct StackT {
 pub const SS_ONSTACK: i32 = 1;
 pub const SS_DISABLE: i32 = 2;
 
+/// Who sent a signal, as its `siginfo` tells it: the `si_code` (SI_USER for kill, SI_TKILL for tkill/tgkill,
+/// SI_TIMER, SI_KERNEL), and for a POSIX timer's signal the timer's id, overrun and `sigev_value` (glibc's SIGEV_THREAD
+/// timers find their timer through it).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub code: i32,
+    pub timer: Option<TimerInfo>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct TimerInfo {
+    pub id: i32,
+    pub overrun: i32,
+    pub value: u64,
+}
+
+impl Origin {
+    pub const fn sent(code: i32) -> Origin {
+        Origin { code, timer: None }
+    }
+
+    /// The `siginfo_t` of signal `sig` sent this way: number, code, then the sender (pid, uid 0) or the timer.
+    fn siginfo(&self, sig: u32) -> [u8; 128] {
+        let mut info = [0u8; 128];
+        info[..4].copy_from_slice(&(sig as i32).to_le_bytes());
+        info[8..12].copy_from_slice(&self.code.to_le_bytes());
+        match self.timer {
+            None => info[16..20].copy_from_slice(&(PID as i32).to_le_bytes()),
+            Some(t) => {
+                info[16..20].copy_from_slice(&t.id.to_le_bytes());
+                info[20..24].copy_from_slice(&t.overrun.to_le_bytes());
+                info[24..32].copy_from_slice(&t.value.to_le_bytes());
+            }
+        }
+        info
+    }
+}
+
 struct State {
     actions: [SigAction; NSIG as usize],
-    /// si_code of the last send per signal (SI_USER for kill, SI_TKILL for tkill/tgkill).
-    codes: [i32; NSIG as usize],
+    /// Who sent each signal last.
+    origins: [Origin; NSIG as usize],
 }
 
 static SIGNALS: SpinLock<State> = SpinLock::new(State {
     actions: [SigAction { handler: 0, flags: 0, restorer: 0, mask: 0 }; NSIG as usize],
-    codes: [SI_USER; NSIG as usize],
+    origins: [Origin::sent(SI_USER); NSIG as usize],
 });
 
 fn state() -> SpinGuard<'static, State> {
@@ -170,7 +208,7 @@ pub fn sigaltstack(a: &Args) -> SysResult {
 
 /// What sending `sig` to thread `tid` (None: the current one) does now: the default action, nothing, or pending it
 /// for delivery.
-fn send(tid: Option<u32>, sig: u64, code: i32) -> SysResult {
+fn send(tid: Option<u32>, sig: u64, origin: Origin) -> SysResult {
     if sig > NSIG {
         return Err(Errno::EINVAL);
     }
@@ -179,12 +217,12 @@ fn send(tid: Option<u32>, sig: u64, code: i32) -> SysResult {
     }
     let action = {
         let mut s = state();
-        s.codes[(sig - 1) as usize] = code;
+        s.origins[(sig - 1) as usize] = origin;
         s.actions[(sig - 1) as usize]
     };
     // A signal for the whole process goes first to a thread waiting for it in sigwait.
     let tid = match tid {
-        Some(MAIN_TID) if code != SI_TKILL => sched::sigwaiter_for(sig as u32).or(tid),
+        Some(MAIN_TID) if origin.code != SI_TKILL => sched::sigwaiter_for(sig as u32).or(tid),
         other => other,
     };
     // A blocked signal waits, even one whose default action ends the program: sigwait may take it.
@@ -199,7 +237,7 @@ fn send(tid: Option<u32>, sig: u64, code: i32) -> SysResult {
         SIG_DFL => hypercall::exit(128 + sig, sig),
         _ if sched::post_signal(tid, sig as u32) => Ok(0),
         // A signal for the process goes to its main thread while that lives (as Linux prefers), else to the caller.
-        _ if tid == Some(MAIN_TID) && code == SI_USER => Ok(u64::from(sched::post_signal(None, sig as u32))),
+        _ if tid == Some(MAIN_TID) && origin.code == SI_USER => Ok(u64::from(sched::post_signal(None, sig as u32))),
         _ => Err(Errno::ESRCH),
     }
 }
@@ -208,19 +246,19 @@ fn default_is_ignore(sig: u64) -> bool {
     matches!(sig, SIGCHLD | SIGCONT | SIGURG | SIGWINCH)
 }
 
-/// A timer's signal: to thread `thread`, or to the process; `code` is its `si_code`.
-pub fn raise(sig: u32, thread: Option<u32>, code: i32) {
-    let _ = send(Some(thread.unwrap_or(MAIN_TID)), u64::from(sig), code);
+/// A timer's signal: to thread `thread`, or to the process.
+pub fn raise(sig: u32, thread: Option<u32>, origin: Origin) {
+    let _ = send(Some(thread.unwrap_or(MAIN_TID)), u64::from(sig), origin);
 }
 
 /// A signal the library OS raises in the current thread (SIGPIPE after a write to a closed pipe).
 pub fn send_to_self(sig: u64) -> SysResult {
-    send(None, sig, SI_USER)
+    send(None, sig, Origin::sent(SI_USER))
 }
 
 /// A signal for the whole process (kill, the host).
 fn send_to_process(sig: u64) -> SysResult {
-    send(Some(MAIN_TID), sig, SI_USER).map(|_| 0)
+    send(Some(MAIN_TID), sig, Origin::sent(SI_USER)).map(|_| 0)
 }
 
 pub fn kill(a: &Args) -> SysResult {
@@ -232,14 +270,14 @@ pub fn kill(a: &Args) -> SysResult {
 }
 
 pub fn tkill(a: &Args) -> SysResult {
-    send(Some(u32::try_from(a[0]).map_err(|_| Errno::ESRCH)?), a[1], SI_TKILL)
+    send(Some(u32::try_from(a[0]).map_err(|_| Errno::ESRCH)?), a[1], Origin::sent(SI_TKILL))
 }
 
 pub fn tgkill(a: &Args) -> SysResult {
     if a[0] != PID {
         return Err(Errno::ESRCH);
     }
-    send(Some(u32::try_from(a[1]).map_err(|_| Errno::ESRCH)?), a[2], SI_TKILL)
+    send(Some(u32::try_from(a[1]).map_err(|_| Errno::ESRCH)?), a[2], Origin::sent(SI_TKILL))
 }
 
 // The x86-64 signal frame, as Linux lays it out: the handler's return address (the restorer), a `ucontext`, a
@@ -259,7 +297,7 @@ const RESTORED_FLAGS: u64 = 0xcd5;
 #[derive(Clone, Copy)]
 enum Cause {
     /// kill, tkill, tgkill, or the library OS (SIGPIPE): the `si_code` of the send.
-    Sent(i32),
+    Sent(Origin),
     Fault(Fault),
 }
 
@@ -289,7 +327,7 @@ fn gregs(f: &SyscallFrame, rax: u64, rip: u64, rsp: u64, cause: Cause) -> [u64; 
 /// Delivers the current thread's pending signal `sig` as it leaves a syscall whose result is `ret`: builds the frame
 /// and points `frame` at the handler. Returns what the program's %rax should be now.
 pub fn deliver(frame: &mut SyscallFrame, sig: u32, ret: i64) -> i64 {
-    let (action, code) = take_action(sig);
+    let (action, origin) = take_action(sig);
     match action.handler {
         SIG_IGN => return ret,
         SIG_DFL if default_is_ignore(u64::from(sig)) => return ret,
@@ -306,7 +344,7 @@ pub fn deliver(frame: &mut SyscallFrame, sig: u32, ret: i64) -> i64 {
         ret = frame.nr as i64;
     }
     let restore = sched::take_saved_blocked().unwrap_or_else(sched::blocked_signals);
-    if enter_handler(frame, sig, &action, Cause::Sent(code), ret, rip, rsp, restore).is_err() {
+    if enter_handler(frame, sig, &action, Cause::Sent(origin), ret, rip, rsp, restore).is_err() {
         // No room for the frame: Linux kills the program with SIGSEGV.
         hypercall::exit(128 + 11, 11);
     }
@@ -314,14 +352,14 @@ pub fn deliver(frame: &mut SyscallFrame, sig: u32, ret: i64) -> i64 {
 }
 
 /// The disposition of `sig` and the `si_code` of its last send; a one-shot handler (SA_RESETHAND) is used up.
-fn take_action(sig: u32) -> (SigAction, i32) {
+fn take_action(sig: u32) -> (SigAction, Origin) {
     let slot = (sig - 1) as usize;
     let mut s = state();
     let action = s.actions[slot];
     if action.flags & SA_RESETHAND != 0 && action.handler > SIG_IGN {
         s.actions[slot] = SigAction::default();
     }
-    (action, s.codes[slot])
+    (action, s.origins[slot])
 }
 
 /// Runs the program's handler for the fault it made, whose registers `frame` holds (the faulting instruction in `rcx`,
@@ -403,18 +441,16 @@ fn write_frame(
     user::write(at + UC_MCONTEXT + 23 * 8, fpstate)?;
     user::write(at + UC_MCONTEXT + 24 * 8, [0u64; 8])?;
     user::write(at + UC_SIGMASK, blocked)?;
-    let mut info = [0u8; 128];
-    info[..4].copy_from_slice(&(sig as i32).to_le_bytes());
-    match cause {
-        Cause::Sent(code) => {
-            info[8..12].copy_from_slice(&code.to_le_bytes());
-            info[16..20].copy_from_slice(&(PID as i32).to_le_bytes());
-        }
+    let info = match cause {
+        Cause::Sent(origin) => origin.siginfo(sig),
         Cause::Fault(fault) => {
+            let mut info = [0u8; 128];
+            info[..4].copy_from_slice(&(sig as i32).to_le_bytes());
             info[8..12].copy_from_slice(&fault.code.to_le_bytes());
             info[16..24].copy_from_slice(&fault.addr.to_le_bytes());
+            info
         }
-    }
+    };
     user::write_bytes(at + INFO, &info)
 }
 
@@ -498,12 +534,8 @@ pub fn rt_sigtimedwait(a: &Args) -> SysResult {
     loop {
         if let Some(sig) = sched::take_signal_in(set) {
             if a[1] != 0 {
-                let code = state().codes[(sig - 1) as usize];
-                let mut info = [0u8; 128];
-                info[..4].copy_from_slice(&(sig as i32).to_le_bytes());
-                info[8..12].copy_from_slice(&code.to_le_bytes());
-                info[16..20].copy_from_slice(&(PID as i32).to_le_bytes());
-                user::write_bytes(a[1], &info)?;
+                let origin = state().origins[(sig - 1) as usize];
+                user::write_bytes(a[1], &origin.siginfo(sig))?;
             }
             return Ok(u64::from(sig));
         }

@@ -62,7 +62,7 @@ fn timespec(ns: u64) -> [i64; 2] {
 }
 
 pub fn alarm(a: &Args) -> SysResult {
-    let signal = Notify::Signal { signal: SIGALRM, thread: None, code: SI_KERNEL };
+    let signal = Notify::Signal { signal: SIGALRM, thread: None, code: SI_KERNEL, value: None };
     let (left, _) = arm(0, signal, (a[0] & 0xffff_ffff).saturating_mul(NSEC), 0);
     // Seconds left of the previous alarm, rounded to the nearest (at least 1 if one was pending).
     Ok(if left == 0 { 0 } else { (left.div_ceil(NSEC / 2) / 2).max(1) })
@@ -71,7 +71,7 @@ pub fn alarm(a: &Args) -> SysResult {
 pub fn setitimer(a: &Args) -> SysResult {
     let which = usize::try_from(a[0]).ok().filter(|&w| w < ITIMERS).ok_or(Errno::EINVAL)?;
     let (interval, value) = if a[1] == 0 { (0, 0) } else { (read_timeval(a[1])?, read_timeval(a[1] + 16)?) };
-    let signal = Notify::Signal { signal: itimer_signal(which), thread: None, code: SI_KERNEL };
+    let signal = Notify::Signal { signal: itimer_signal(which), thread: None, code: SI_KERNEL, value: None };
     let (left, old_interval) = arm(which, signal, value, interval);
     if a[2] != 0 {
         user::write(a[2], [timeval(old_interval), timeval(left)])?;
@@ -101,25 +101,37 @@ pub fn timer_create(a: &Args) -> SysResult {
         return Err(Errno::EINVAL);
     }
     let notify = if a[1] == 0 {
-        Notify::Signal { signal: SIGALRM, thread: None, code: SI_TIMER }
+        // Without a sigevent, the value is the timer's id (set below, once it has one).
+        Notify::Signal { signal: SIGALRM, thread: None, code: SI_TIMER, value: None }
     } else {
         let ev: SigEvent = user::read(a[1])?;
         let signal = u32::try_from(ev.signo).ok().filter(|s| (1..=64).contains(s));
         match ev.notify {
             SIGEV_NONE => Notify::None,
-            SIGEV_SIGNAL => Notify::Signal { signal: signal.ok_or(Errno::EINVAL)?, thread: None, code: SI_TIMER },
+            SIGEV_SIGNAL => Notify::Signal {
+                signal: signal.ok_or(Errno::EINVAL)?,
+                thread: None,
+                code: SI_TIMER,
+                value: Some(ev.value),
+            },
             SIGEV_THREAD_ID => {
                 let thread = u32::try_from(ev.thread).map_err(|_| Errno::EINVAL)?;
                 if !sched::thread_exists(thread) {
                     return Err(Errno::EINVAL);
                 }
-                Notify::Signal { signal: signal.ok_or(Errno::EINVAL)?, thread: Some(thread), code: SI_TIMER }
+                let signal = signal.ok_or(Errno::EINVAL)?;
+                Notify::Signal { signal, thread: Some(thread), code: SI_TIMER, value: Some(ev.value) }
             }
             _ => return Err(Errno::EINVAL),
         }
     };
     let realtime = a[0] == CLOCK_REALTIME;
     let id = timers::create(Timer { notify, expires: 0, interval: 0, overrun: 0, realtime }).ok_or(Errno::EAGAIN)?;
+    timers::with(id + ITIMERS, |t| {
+        if let Some(Timer { notify: Notify::Signal { value: value @ None, .. }, .. }) = t {
+            *value = Some(id as u64);
+        }
+    });
     user::write(a[2], id as i32)?;
     Ok(0)
 }

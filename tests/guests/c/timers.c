@@ -1,7 +1,8 @@
 /* timers: alarm, setitimer/getitimer and POSIX timers (timer_create ... timer_delete): one-shot and periodic
  * expiries reach their handlers with the right si_code, interrupt a blocking read, and the remaining times read back.
  * Also sigwait: a thread takes a blocked signal sent to the process, sigtimedwait times out, a timer's signal is
- * taken with sigwaitinfo, and musl's SIGEV_THREAD timers (a helper thread in sigwaitinfo) run their function.
+ * taken with sigwaitinfo (with its sigev_value), and SIGEV_THREAD timers (musl's and glibc's helper threads wait in
+ * sigwaitinfo; glibc's finds the timer through si_value) run their function.
  * Each check prints one line; exits 0 when all held. With the argument `unhandled`, a timer's SIGALRM ends the
  * program (exit 142). */
 #define _GNU_SOURCE
@@ -79,13 +80,15 @@ static void sigwait_family(void) {
   sigemptyset(&rt);
   sigaddset(&rt, SIGRTMIN);
   pthread_sigmask(SIG_BLOCK, &rt, NULL);
-  struct sigevent ev = {.sigev_notify = SIGEV_SIGNAL, .sigev_signo = SIGRTMIN};
+  static int marker;
+  struct sigevent ev = {.sigev_notify = SIGEV_SIGNAL, .sigev_signo = SIGRTMIN, .sigev_value.sival_ptr = &marker};
   timer_t timer;
   struct itimerspec soon = {.it_value = {0, 10000000}};
   siginfo_t info;
   check(timer_create(CLOCK_MONOTONIC, &ev, &timer) == 0 && timer_settime(timer, 0, &soon, NULL) == 0 &&
             sigwaitinfo(&rt, &info) == SIGRTMIN && info.si_code == SI_TIMER,
         "sigwaitinfo takes a timer's signal (SI_TIMER)");
+  check(info.si_value.sival_ptr == &marker, "with the timer's sigev_value");
   timer_delete(timer);
 
   struct sigevent threaded = {.sigev_notify = SIGEV_THREAD, .sigev_notify_function = on_expiry};
