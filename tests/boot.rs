@@ -705,6 +705,23 @@ fn rust_std_and_tokio_sockets_work_over_the_loopback() {
     }
 }
 
+/// Issue 11, item 10: an edge-triggered tokio server reads a client's few bytes (a short read, after which tokio
+/// waits for the next edge) and must still hear the FIN that came with them; it hung when the FIN was no event.
+#[test]
+fn an_edge_triggered_tokio_server_hears_a_fin_that_came_with_data() {
+    if !kvm::available() {
+        return;
+    }
+    let expected = "halfclose: shutdown: 3 of 3 connections read to end-of-file\n\
+                    halfclose: close: 3 of 3 connections read to end-of-file\n";
+    let native = std::process::Command::new(guests::rust("halfclose")).output().expect("run halfclose natively");
+    assert_eq!(String::from_utf8_lossy(&native.stdout), expected, "natively");
+    for cpus in ["1", "2"] {
+        let run = kiln().args(["run", "--cpus", cpus]).arg(guests::rust("halfclose")).run();
+        run.assert_code(0).assert_stdout(expected);
+    }
+}
+
 #[test]
 fn interval_and_posix_timers_deliver_their_signals() {
     if !kvm::available() {

@@ -595,3 +595,8 @@ fn shutdown_reports_its_events_as_linux_does() {
 fn udp_datagrams_are_truncated_to_the_buffer() {
     sockstate_matches_linux("udp");
 }
+/// Issue 11, item 13: socket options are kept, validated and inherited as on Linux, and timeouts act.
+#[test]
+fn socket_options_are_kept_and_validated_as_on_linux() {
+    sockstate_matches_linux("options");
+}

@@ -83,8 +83,20 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
 ];
 
 /// The binaries of tests/guests/rust (each `src/bin/NAME.rs`).
-const RUST_GUESTS: &[&str] =
-    &["hello", "alloc", "bigout", "threads", "spin", "tokio", "fs", "overflow", "net", "http_tiny", "http_axum"];
+const RUST_GUESTS: &[&str] = &[
+    "hello",
+    "alloc",
+    "bigout",
+    "threads",
+    "spin",
+    "tokio",
+    "fs",
+    "overflow",
+    "net",
+    "http_tiny",
+    "http_axum",
+    "halfclose",
+];
 
 /// Path of the Go guest (tests/guests/go), built with the host's `go` (Debian's golang-go) and CGO_ENABLED=0.
 #[track_caller]

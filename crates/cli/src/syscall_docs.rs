@@ -89,7 +89,7 @@ const NOTES: &[(u64, &str)] = &[
     (44, INET),
     (45, INET),
     (46, "partial: no ancillary data (msg_control)"),
-    (47, "partial: no ancillary data (msg_control)"),
+    (47, "partial: no ancillary data (msg_control); MSG_TRUNC for a datagram cut to the buffer"),
     (48, INET),
     (49, "partial: the VM's own addresses (loopback, the card's) and the unspecified address"),
     (50, "partial: the backlog is capped at 128"),
@@ -97,14 +97,16 @@ const NOTES: &[(u64, &str)] = &[
     (52, INET),
     (
         54,
-        "partial: TCP_NODELAY, SO_RCVTIMEO, SO_SNDTIMEO, SO_RCVBUF, SO_SNDBUF (TCP; from the next connect or \
-          backlog socket), SO_KEEPALIVE, TCP_KEEPIDLE/KEEPINTVL/KEEPCNT, SO_LINGER; other SOL_SOCKET, IP, IPV6, TCP \
-          and UDP options are accepted and change nothing",
+        "partial: SO_RCVTIMEO, SO_SNDTIMEO, SO_RCVBUF, SO_SNDBUF (TCP; from the next connect or backlog socket), \
+          SO_KEEPALIVE, TCP_KEEPIDLE/KEEPINTVL/KEEPCNT, SO_LINGER, and 49 integer options kept and validated as Linux \
+          does (IP_TTL and IPV6_UNICAST_HOPS set the hop limit, TCP_NODELAY Nagle, SO_REUSEPORT shares a port; \
+          IPV6_V6ONLY and the rest are kept only); others (multicast membership, SO_BINDTODEVICE) are accepted and \
+          change nothing",
     ),
     (
         55,
         "partial: SO_ERROR, SO_TYPE, SO_DOMAIN, SO_PROTOCOL, SO_ACCEPTCONN, SO_RCVTIMEO, SO_SNDTIMEO, SO_RCVBUF, \
-          SO_SNDBUF, SO_KEEPALIVE, TCP_KEEP*, SO_LINGER; other options read as 0",
+          SO_SNDBUF, SO_KEEPALIVE, TCP_KEEP*, SO_LINGER and the kept integer options; others read as 0",
     ),
     (288, INET),
     (307, INET),

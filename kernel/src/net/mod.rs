@@ -11,6 +11,7 @@
 
 pub mod addr;
 pub mod card;
+pub mod kept;
 pub mod link;
 pub mod options;
 pub mod socket;
@@ -19,7 +20,7 @@ pub mod virtio;
 use crate::file::wait::Waitable;
 use crate::sync::{SpinGuard, SpinLock};
 use crate::time;
-use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -42,6 +43,15 @@ pub enum Protocol {
     Udp,
 }
 
+/// A socket's hold on a port: whose (an id of the socket), and whether it shares the port with others that share it
+/// (SO_REUSEPORT; for UDP also SO_REUSEADDR, as on Linux). Several TCP listeners on one port each get some of its
+/// connections, several UDP sockets one of them its datagrams.
+#[derive(Clone, Copy)]
+pub struct PortClaim {
+    pub owner: usize,
+    pub shares: bool,
+}
+
 pub struct Stack {
     pub iface: Interface,
     device: Link,
@@ -49,8 +59,8 @@ pub struct Stack {
     external: Option<Ipv4Address>,
     external6: Option<Ipv6Address>,
     pub sockets: SocketSet<'static>,
-    /// Ports in use, per protocol.
-    ports: BTreeSet<(Protocol, u16)>,
+    /// Ports in use, per protocol, and who holds each (several, when they all share it).
+    ports: BTreeMap<(Protocol, u16), Vec<PortClaim>>,
     next_ephemeral: u16,
     /// Closed TCP connections still finishing their FIN exchange; removed once smoltcp is done with them.
     closing: Vec<SocketHandle>,
@@ -147,7 +157,7 @@ pub fn stack() -> SpinGuard<'static, Option<Stack>> {
             external: external.map(|card| card.ip),
             external6: external.and_then(|card| card.ip6).map(|v6| v6.ip),
             sockets: SocketSet::new(Vec::new()),
-            ports: BTreeSet::new(),
+            ports: BTreeMap::new(),
             next_ephemeral: EPHEMERAL_FIRST,
             closing: Vec::new(),
             unfinished: false,
@@ -531,23 +541,36 @@ impl Stack {
         aborted
     }
 
-    /// Claims `port` for `protocol`, or a free ephemeral port for 0. EADDRINUSE if taken.
-    pub fn claim_port(&mut self, protocol: Protocol, port: u16) -> Result<u16, crate::errno::Errno> {
+    /// Claims `port` for `protocol`, or a free ephemeral port for 0. EADDRINUSE if taken, unless the claim and all
+    /// those before it share the port.
+    pub fn claim_port(&mut self, protocol: Protocol, port: u16, claim: PortClaim) -> Result<u16, crate::errno::Errno> {
         if port != 0 {
-            return if self.ports.insert((protocol, port)) { Ok(port) } else { Err(crate::errno::Errno::EADDRINUSE) };
+            let holders = self.ports.entry((protocol, port)).or_default();
+            if !holders.iter().all(|h| h.shares && claim.shares) {
+                return Err(crate::errno::Errno::EADDRINUSE);
+            }
+            holders.push(claim);
+            return Ok(port);
         }
         for _ in EPHEMERAL_FIRST..=EPHEMERAL_LAST {
             let candidate = self.next_ephemeral;
             self.next_ephemeral = if candidate == EPHEMERAL_LAST { EPHEMERAL_FIRST } else { candidate + 1 };
-            if self.ports.insert((protocol, candidate)) {
+            if let alloc::collections::btree_map::Entry::Vacant(free) = self.ports.entry((protocol, candidate)) {
+                free.insert(alloc::vec![claim]);
                 return Ok(candidate);
             }
         }
         Err(crate::errno::Errno::EADDRINUSE)
     }
 
-    pub fn release_port(&mut self, protocol: Protocol, port: u16) {
-        self.ports.remove(&(protocol, port));
+    /// `owner` gives up its claim of `port`.
+    pub fn release_port(&mut self, protocol: Protocol, port: u16, owner: usize) {
+        if let Some(holders) = self.ports.get_mut(&(protocol, port)) {
+            holders.retain(|h| h.owner != owner);
+            if holders.is_empty() {
+                self.ports.remove(&(protocol, port));
+            }
+        }
     }
 
     /// A TCP connection the program closed with SO_LINGER's zero timeout: it is reset (at the next poll), then

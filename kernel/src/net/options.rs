@@ -1,9 +1,11 @@
 //! Socket options that change what a TCP connection does: buffer sizes (SO_RCVBUF, SO_SNDBUF), keep-alive
 //! (SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT) and lingering on close (SO_LINGER), with Linux's limits
-//! and reporting. A connection accepted from a listener starts with the listener's options, as on Linux.
+//! and reporting, and the integer options Linux keeps (`kept`), of which the hop limit and TCP_NODELAY reach
+//! smoltcp. A connection accepted from a listener starts with the listener's options, as on Linux.
 
+use super::kept::{self, Kept};
 use crate::errno::Errno;
-use smoltcp::socket::tcp;
+use smoltcp::socket::{tcp, udp};
 use smoltcp::time::Duration;
 
 /// Bytes each direction of a TCP connection buffers unless SO_RCVBUF/SO_SNDBUF say otherwise.
@@ -25,7 +27,7 @@ pub enum Direction {
     Send = 1,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct Options {
     /// What SO_RCVBUF and SO_SNDBUF report: twice the bytes buffered, as Linux reports (it counts its bookkeeping).
     reported: [usize; 2],
@@ -35,6 +37,10 @@ pub struct Options {
     keep_count: u32,
     /// SO_LINGER's seconds when on.
     pub linger_s: Option<u32>,
+    /// The options Linux keeps as integers.
+    pub kept: Kept,
+    /// The socket is IPv6 (its hop limit is IPV6_UNICAST_HOPS, not IP_TTL).
+    pub ipv6: bool,
 }
 
 impl Default for Options {
@@ -46,6 +52,8 @@ impl Default for Options {
             keep_interval_s: KEEP_INTERVAL_S,
             keep_count: KEEP_COUNT,
             linger_s: None,
+            kept: Kept::default(),
+            ipv6: false,
         }
     }
 }
@@ -99,6 +107,8 @@ impl Options {
     /// TCP_KEEPIDLE seconds of silence; the connection is aborted when the peer has said nothing for as long as
     /// Linux would have waited for its last probe (idle + interval x count).
     pub fn configure(&self, socket: &mut tcp::Socket<'_>) {
+        socket.set_nagle_enabled(!self.kept.is_on(kept::TCP_NODELAY));
+        socket.set_hop_limit(self.hop_limit());
         if self.keep_alive {
             let idle = u64::from(self.keep_idle_s);
             let give_up = idle + u64::from(self.keep_interval_s) * u64::from(self.keep_count);
@@ -108,6 +118,21 @@ impl Options {
             socket.set_keep_alive(None);
             socket.set_timeout(None);
         }
+    }
+}
+
+impl Options {
+    /// Gives a UDP socket the hop limit these options ask for.
+    pub fn configure_udp(&self, socket: &mut udp::Socket<'_>) {
+        socket.set_hop_limit(self.hop_limit());
+    }
+
+    /// IP_TTL (IPv4) or IPV6_UNICAST_HOPS (IPv6) when set; smoltcp's default, 64, is Linux's. smoltcp has one hop
+    /// limit per socket, so an IPv6 socket's IPv4 traffic uses IPV6_UNICAST_HOPS too. Linux lets IPv6 ask for 0,
+    /// which smoltcp refuses: such packets leave with 1.
+    fn hop_limit(&self) -> Option<u8> {
+        let which = if self.ipv6 { kept::IPV6_UNICAST_HOPS } else { kept::IP_TTL };
+        self.kept.set_value(which).map(|hops| hops.clamp(1, 255) as u8)
     }
 }
 

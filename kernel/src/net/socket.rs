@@ -6,8 +6,9 @@
 //! wait on the descriptor's waitable, which a poll of the stack that changes one of its smoltcp sockets tells.
 
 use super::addr::{self, AF_INET6};
+use super::kept;
 use super::options::{Direction, Options, DEFAULT_BUFFER};
-use super::{inspect, with, Protocol, Stack};
+use super::{inspect, with, PortClaim, Protocol, Stack};
 use crate::errno::Errno;
 use crate::file::wait::Waitable;
 use crate::file::{POLLERR, POLLHUP, POLLIN, POLLOUT};
@@ -118,9 +119,11 @@ fn tcp_socket(options: &Options) -> Result<tcp::Socket<'static>, Errno> {
     Ok(socket)
 }
 
-fn udp_socket() -> Result<udp::Socket<'static>, Errno> {
+fn udp_socket(options: &Options) -> Result<udp::Socket<'static>, Errno> {
     let buffer = || Ok(udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; UDP_PACKETS], zeroed(UDP_BUFFER)?));
-    Ok(udp::Socket::new(buffer()?, buffer()?))
+    let mut socket = udp::Socket::new(buffer()?, buffer()?);
+    options.configure_udp(&mut socket);
+    Ok(socket)
 }
 
 /// What a `recv` got: `n` bytes into the buffer, of a message `full` bytes long (a datagram cut to the buffer is
@@ -172,15 +175,22 @@ fn until<R>(
 impl Socket {
     pub fn new(family: u16, protocol: Protocol) -> Result<Socket, Errno> {
         let waitable = Waitable::new();
+        let mut options = Options::default();
+        options.ipv6 = family == AF_INET6;
         let role = match protocol {
             Protocol::Tcp => Role::Fresh,
             Protocol::Udp => {
-                let socket = udp_socket()?;
+                let socket = udp_socket(&options)?;
                 Role::Datagram(with(|s| s.add_udp(socket, &waitable)))
             }
         };
-        let state = State::new(role, (None, 0), [0; 2], Options::default());
+        let state = State::new(role, (None, 0), [0; 2], options);
         Ok(Socket { family, protocol, state: SpinLock::new(state), waitable })
+    }
+
+    /// Tells this socket from others (its port claims).
+    fn id(&self) -> usize {
+        Arc::as_ptr(&self.waitable) as usize
     }
 
     pub fn bind(&self, address: Option<IpAddress>, port: u16) -> Result<(), Errno> {
@@ -193,11 +203,15 @@ impl Socket {
             if st.local.1 != 0 {
                 return Err(Errno::EINVAL);
             }
-            let port = s.claim_port(protocol, port)?;
+            let kept = &st.options.kept;
+            let shares =
+                kept.is_on(kept::SO_REUSEPORT) || (protocol == Protocol::Udp && kept.is_on(kept::SO_REUSEADDR));
+            let claim = PortClaim { owner: self.id(), shares };
+            let port = s.claim_port(protocol, port, claim)?;
             if let Role::Datagram(h) = st.role {
                 let endpoint = IpListenEndpoint { addr: address, port };
                 if s.sockets.get_mut::<udp::Socket>(h).bind(endpoint).is_err() {
-                    s.release_port(protocol, port);
+                    s.release_port(protocol, port, self.id());
                     return Err(Errno::EINVAL);
                 }
             }
@@ -224,7 +238,7 @@ impl Socket {
         with(|s| {
             let mut st = self.state.lock();
             let endpoint = IpListenEndpoint { addr: st.local.0, port: st.local.1 };
-            let options = st.options;
+            let options = st.options.clone();
             match &mut st.role {
                 Role::Fresh => {
                     let handles = (0..want)
@@ -251,7 +265,7 @@ impl Socket {
         until(&self.waitable, patience, |s| {
             let mut st = self.state.lock();
             let endpoint = IpListenEndpoint { addr: st.local.0, port: st.local.1 };
-            let options = st.options;
+            let options = st.options.clone();
             let Role::Listening(handles) = &mut st.role else { return Some(Err(Errno::EINVAL)) };
             if let Err(e) = replace_reset(s, handles, endpoint, &self.waitable, &options) {
                 return Some(Err(e));
@@ -298,6 +312,11 @@ impl Socket {
             st.connecting_to = Some((remote, s.accepts));
             Ok(())
         })?;
+        // Linux's non-blocking connect says EINPROGRESS even where the answer came at once (the loopback): the
+        // outcome is for poll and SO_ERROR to tell.
+        if matches!(patience, Patience::None) {
+            return Err(Errno::EINPROGRESS);
+        }
         let result = until(&self.waitable, patience, |s| {
             let mut st = self.state.lock();
             refresh(&mut st, s, &self.waitable);
@@ -479,21 +498,25 @@ impl Socket {
 
     /// The socket's options, as set or inherited from its listener.
     pub fn options(&self) -> Options {
-        self.state.lock().options
+        self.state.lock().options.clone()
     }
 
-    /// Changes the socket's options with `change`. Keep-alive applies to the connection at once; buffer sizes to the
-    /// smoltcp sockets made from now on (a connect's, a listener's next backlog sockets), since smoltcp cannot resize
-    /// a socket's buffers.
+    /// Changes the socket's options with `change`. Keep-alive, Nagle and the hop limit apply to the connection at
+    /// once; buffer sizes to the smoltcp sockets made from now on (a connect's, a listener's next backlog sockets),
+    /// since smoltcp cannot resize a socket's buffers.
     pub fn set_options(&self, change: impl FnOnce(&mut Options) -> Result<(), Errno>) -> Result<(), Errno> {
         inspect(|s| {
             let mut st = self.state.lock();
             change(&mut st.options)?;
-            let options = st.options;
+            let options = st.options.clone();
             let handles = match &st.role {
                 Role::Connected(h) | Role::Connecting(h) => core::slice::from_ref(h),
                 Role::Listening(handles) => &handles[..],
-                Role::Fresh | Role::Datagram(_) => &[],
+                Role::Datagram(h) => {
+                    options.configure_udp(s.sockets.get_mut::<udp::Socket>(*h));
+                    &[]
+                }
+                Role::Fresh => &[],
             };
             for &h in handles {
                 options.configure(s.sockets.get_mut::<tcp::Socket>(h));
@@ -514,13 +537,9 @@ impl Socket {
         matches!(self.state.lock().role, Role::Listening(_))
     }
 
-    /// TCP_NODELAY: Nagle's algorithm off.
-    pub fn set_nodelay(&self, on: bool) {
-        inspect(|s| {
-            if let Role::Connected(h) | Role::Connecting(h) = self.state.lock().role {
-                s.sockets.get_mut::<tcp::Socket>(h).set_nagle_enabled(!on);
-            }
-        });
+    /// Whether the socket has an address (IPV6_V6ONLY can no longer change).
+    pub fn is_bound(&self) -> bool {
+        self.state.lock().local.1 != 0
     }
 
     /// Bytes waiting to be read (FIONREAD).
@@ -753,7 +772,7 @@ impl Drop for Socket {
                 }
             }
             if st.owns_port {
-                s.release_port(protocol, st.local.1);
+                s.release_port(protocol, st.local.1, self.id());
             }
             s.room_waiters.retain(|w| !Arc::ptr_eq(w, &self.waitable));
         });

@@ -7,6 +7,7 @@ use crate::file::console::IoVec;
 use crate::file::pipe::{self, Pipe};
 use crate::file::{self, File, Object, O_CLOEXEC, O_NONBLOCK, O_RDWR};
 use crate::net::addr::{self, AF_INET, AF_INET6};
+use crate::net::kept::{self, Kind};
 use crate::net::options::{Direction, Keep};
 use crate::net::socket::{Patience, Socket, MAX_BACKLOG, TCP_BUFFER};
 use crate::net::Protocol;
@@ -37,7 +38,6 @@ const SO_SNDTIMEO: u64 = 21;
 const SO_ACCEPTCONN: u64 = 30;
 const SO_DOMAIN: u64 = 39;
 const SO_PROTOCOL: u64 = 38;
-const TCP_NODELAY: u64 = 1;
 const TCP_KEEPIDLE: u64 = 4;
 const TCP_KEEPINTVL: u64 = 5;
 const TCP_KEEPCNT: u64 = 6;
@@ -350,9 +350,31 @@ pub fn recvmmsg(a: &Args) -> SysResult {
     each_message(a[1], a[2], |at, first| recv_msghdr(&f, at, if first { a[3] } else { later }))
 }
 
+/// Which socket asks, for the kept options' rules.
+fn kind(s: &Socket) -> Kind {
+    Kind { protocol: s.protocol, ipv6: s.family == AF_INET6 }
+}
+
+/// Linux's answer for an option of a protocol the socket is not: TCP options on UDP, UDP options on TCP, IPv6 options
+/// on IPv4. setsockopt says ENOPROTOOPT; getsockopt on an IPv4 socket says EOPNOTSUPP (its IP layer's answer).
+fn check_level(s: &Socket, level: u64, get: bool) -> Result<(), Errno> {
+    let foreign = match level {
+        IPPROTO_TCP => s.protocol != Protocol::Tcp,
+        IPPROTO_UDP => s.protocol != Protocol::Udp,
+        IPPROTO_IPV6 => s.family != AF_INET6,
+        _ => false,
+    };
+    match (foreign, get && s.family == AF_INET) {
+        (false, _) => Ok(()),
+        (true, true) => Err(Errno::EOPNOTSUPP),
+        (true, false) => Err(Errno::ENOPROTOOPT),
+    }
+}
+
 pub fn setsockopt(a: &Args) -> SysResult {
     let f = socket_of(a[0])?;
     let s = socket(&f);
+    check_level(s, a[1], false)?;
     // socklen_t: the register's upper half is not the program's.
     let optlen = a[4] as u32;
     // Linux takes at least an int for every socket and TCP option but those that name something (a device, a
@@ -364,7 +386,12 @@ pub fn setsockopt(a: &Args) -> SysResult {
     if takes_int && optlen < 4 {
         return Err(Errno::EINVAL);
     }
-    let value: i32 = if optlen >= 4 { user::read(a[3])? } else { 0 };
+    // The IP level also takes a byte.
+    let value: i32 = match optlen {
+        4.. => user::read(a[3])?,
+        1..=3 if a[1] == IPPROTO_IP => i32::from(user::read::<u8>(a[3])?),
+        _ => 0,
+    };
     match (a[1], a[2]) {
         (SOL_SOCKET, which @ (SO_RCVTIMEO | SO_SNDTIMEO)) => {
             if optlen < 16 {
@@ -376,10 +403,6 @@ pub fn setsockopt(a: &Args) -> SysResult {
             }
             let ns = (sec as u64).saturating_mul(1_000_000_000).saturating_add(usec as u64 * 1000);
             s.set_timeout(which == SO_SNDTIMEO, ns);
-            Ok(0)
-        }
-        (IPPROTO_TCP, TCP_NODELAY) => {
-            s.set_nodelay(value != 0);
             Ok(0)
         }
         (SOL_SOCKET, SO_LINGER) => {
@@ -404,10 +427,21 @@ pub fn setsockopt(a: &Args) -> SysResult {
         (IPPROTO_TCP, which @ (TCP_KEEPIDLE | TCP_KEEPINTVL | TCP_KEEPCNT)) => {
             s.set_options(|o| o.set_keep(keep_option(which), value)).map(|()| 0)
         }
-        // Accepted: what they ask for is what Kiln does anyway, or has no effect on a loopback (SO_REUSEADDR,
-        // SO_REUSEPORT, IPV6_V6ONLY, TOS, ...).
-        (SOL_SOCKET | IPPROTO_TCP | IPPROTO_IP | IPPROTO_IPV6 | IPPROTO_UDP, _) => Ok(0),
-        _ => Err(Errno::ENOPROTOOPT),
+        // Read only.
+        (SOL_SOCKET, SO_TYPE | SO_ERROR | SO_ACCEPTCONN | SO_DOMAIN | SO_PROTOCOL) => Err(Errno::ENOPROTOOPT),
+        (level, name) => match kept::find(level as u32, name as u32) {
+            Some(at) => {
+                let least = if level == IPPROTO_IP { 1 } else { 4 };
+                if optlen < least || (at == kept::IPV6_V6ONLY && s.is_bound()) {
+                    return Err(Errno::EINVAL);
+                }
+                s.set_options(|o| o.kept.set(at, kind(s), value)).map(|()| 0)
+            }
+            // Accepted and not kept: options that name something (a device, a congestion control), multicast
+            // membership, and others a program may set that change nothing Kiln does.
+            None if matches!(level, SOL_SOCKET | IPPROTO_TCP | IPPROTO_IP | IPPROTO_IPV6 | IPPROTO_UDP) => Ok(0),
+            None => Err(Errno::ENOPROTOOPT),
+        },
     }
 }
 
@@ -422,6 +456,7 @@ fn keep_option(which: u64) -> Keep {
 pub fn getsockopt(a: &Args) -> SysResult {
     let f = socket_of(a[0])?;
     let s = socket(&f);
+    check_level(s, a[1], true)?;
     if let (SOL_SOCKET, SO_LINGER) = (a[1], a[2]) {
         let linger = s.options().linger_s;
         let value = [i32::from(linger.is_some()), linger.map_or(0, |t| t.min(i32::MAX as u32) as i32)];
@@ -459,8 +494,20 @@ pub fn getsockopt(a: &Args) -> SysResult {
         (IPPROTO_TCP, which @ (TCP_KEEPIDLE | TCP_KEEPINTVL | TCP_KEEPCNT)) => {
             s.options().keep(keep_option(which)) as i32
         }
-        (SOL_SOCKET | IPPROTO_TCP | IPPROTO_IP | IPPROTO_IPV6 | IPPROTO_UDP, _) => 0,
-        _ => return Err(Errno::ENOPROTOOPT),
+        (level, name) => match kept::find(level as u32, name as u32) {
+            Some(at) => {
+                let value = s.options().kept.get(at, kind(s))?;
+                // Linux gives an IP-level value that fits a byte as one byte to a caller with room for less than an
+                // int.
+                let room: i32 = user::read(a[4])?;
+                if level == IPPROTO_IP && (1..4).contains(&room) && (0..=255).contains(&value) {
+                    return put_option(a[3], a[4], &[value as u8]);
+                }
+                value
+            }
+            None if matches!(level, SOL_SOCKET | IPPROTO_TCP | IPPROTO_IP | IPPROTO_IPV6 | IPPROTO_UDP) => 0,
+            None => return Err(Errno::ENOPROTOOPT),
+        },
     };
     put_option(a[3], a[4], &value.to_le_bytes())
 }

@@ -1,0 +1,247 @@
+//! The integer socket options Linux keeps per socket, each with the sockets it applies to, its default and the rule
+//! by which Linux takes a value (range, EINVAL, masks, "-1 means the default"). Kiln keeps them all, per socket, and
+//! reads them back as Linux does; the few that change what smoltcp does (the hop limit, Nagle) are applied by
+//! `options::Options::configure`, and IPV6_V6ONLY by `bind`. Options with their own semantics (buffers, keep-alive,
+//! linger, timeouts) live in `options`.
+
+use super::Protocol;
+use crate::errno::Errno;
+
+pub const SOL_SOCKET: u32 = 1;
+pub const IPPROTO_IP: u32 = 0;
+pub const IPPROTO_TCP: u32 = 6;
+pub const IPPROTO_UDP: u32 = 17;
+pub const IPPROTO_IPV6: u32 = 41;
+
+/// Which sockets an option applies to; Linux answers the others with ENOPROTOOPT (EOPNOTSUPP for getsockopt of an
+/// IPv6 option on an IPv4 socket).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Applies {
+    All,
+    Tcp,
+    Udp,
+    Ipv6,
+    /// IPv6 sockets; TCP ones keep the default and refuse to change it (ENOPROTOOPT), as multicast options do.
+    Ipv6Udp,
+}
+
+/// How Linux takes a value.
+#[derive(Clone, Copy)]
+enum Rule {
+    /// Any non-zero value is 1.
+    Bool,
+    /// `min..=max`, else EINVAL.
+    Range(i32, i32),
+    /// -1 means the default; otherwise `min..=max`, else EINVAL.
+    OrDefault(i32, i32),
+    /// A byte: TCP keeps the two ECN bits it had (IP_TOS).
+    Tos,
+    /// 0 means 1; a negative value is the most (SO_RCVLOWAT).
+    LowWater,
+    /// 0 (the default) or Linux's MSS range (TCP_MAXSEG).
+    Mss,
+    /// Negative: -1; capped at 120 s; 0 reads as the default (TCP_LINGER2).
+    FinTimeout,
+    /// At least half the least receive buffer (TCP_WINDOW_CLAMP).
+    WindowClamp,
+    /// Stored as is.
+    Any,
+    /// Read only: setsockopt is ENOPROTOOPT.
+    ReadOnly,
+    /// UDP only, TCP refuses with EINVAL (IP_MULTICAST_TTL): -1 means the default, `0..=255`.
+    MulticastTtl,
+}
+
+struct Spec {
+    level: u32,
+    name: u32,
+    applies: Applies,
+    default: i32,
+    rule: Rule,
+}
+
+const fn spec(level: u32, name: u32, applies: Applies, default: i32, rule: Rule) -> Spec {
+    Spec { level, name, applies, default, rule }
+}
+
+use Applies::*;
+use Rule::*;
+
+/// Half the most SO_RCVBUF reports: Linux caps a TCP SO_RCVLOWAT there.
+const MOST_TCP_LOW_WATER: i32 = 212_992;
+const DEFAULT_MSS: i32 = 536;
+const DEFAULT_FIN_TIMEOUT_S: i32 = 60;
+
+/// Every kept option.
+const SPECS: &[Spec] = &[
+    spec(SOL_SOCKET, 2, All, 0, Bool),                     // SO_REUSEADDR
+    spec(SOL_SOCKET, 15, All, 0, Bool),                    // SO_REUSEPORT
+    spec(SOL_SOCKET, 6, All, 0, Bool),                     // SO_BROADCAST
+    spec(SOL_SOCKET, 10, All, 0, Bool),                    // SO_OOBINLINE
+    spec(SOL_SOCKET, 5, All, 0, Bool),                     // SO_DONTROUTE
+    spec(SOL_SOCKET, 12, All, 0, Any),                     // SO_PRIORITY
+    spec(SOL_SOCKET, 18, All, 1, LowWater),                // SO_RCVLOWAT
+    spec(SOL_SOCKET, 19, All, 1, ReadOnly),                // SO_SNDLOWAT
+    spec(SOL_SOCKET, 36, All, 0, Any),                     // SO_MARK
+    spec(SOL_SOCKET, 49, All, -1, Any),                    // SO_INCOMING_CPU
+    spec(SOL_SOCKET, 16, All, 0, Bool),                    // SO_PASSCRED
+    spec(SOL_SOCKET, 29, All, 0, Bool),                    // SO_TIMESTAMP
+    spec(SOL_SOCKET, 35, All, 0, Bool),                    // SO_TIMESTAMPNS
+    spec(IPPROTO_IP, 2, All, 64, OrDefault(1, 255)),       // IP_TTL
+    spec(IPPROTO_IP, 1, All, 0, Tos),                      // IP_TOS
+    spec(IPPROTO_IP, 33, All, 1, MulticastTtl),            // IP_MULTICAST_TTL
+    spec(IPPROTO_IP, 34, All, 1, Bool),                    // IP_MULTICAST_LOOP
+    spec(IPPROTO_IP, 13, All, 0, Bool),                    // IP_RECVTOS
+    spec(IPPROTO_IP, 12, All, 0, Bool),                    // IP_RECVTTL
+    spec(IPPROTO_IP, 8, All, 0, Bool),                     // IP_PKTINFO
+    spec(IPPROTO_IP, 11, All, 0, Bool),                    // IP_RECVERR
+    spec(IPPROTO_IP, 15, All, 0, Bool),                    // IP_FREEBIND
+    spec(IPPROTO_IP, 19, All, 0, Bool),                    // IP_TRANSPARENT
+    spec(IPPROTO_IP, 24, All, 0, Bool),                    // IP_BIND_ADDRESS_NO_PORT
+    spec(IPPROTO_IP, 10, All, 1, Range(0, 5)),             // IP_MTU_DISCOVER
+    spec(IPPROTO_IPV6, 26, Ipv6, 0, Bool),                 // IPV6_V6ONLY
+    spec(IPPROTO_IPV6, 16, Ipv6, 64, OrDefault(0, 255)),   // IPV6_UNICAST_HOPS
+    spec(IPPROTO_IPV6, 18, Ipv6Udp, 1, OrDefault(0, 255)), // IPV6_MULTICAST_HOPS
+    spec(IPPROTO_IPV6, 19, Ipv6, 1, Range(0, 1)),          // IPV6_MULTICAST_LOOP
+    spec(IPPROTO_IPV6, 67, Ipv6, 0, OrDefault(0, 255)),    // IPV6_TCLASS
+    spec(IPPROTO_IPV6, 49, Ipv6, 0, Bool),                 // IPV6_RECVPKTINFO
+    spec(IPPROTO_IPV6, 51, Ipv6, 0, Bool),                 // IPV6_RECVHOPLIMIT
+    spec(IPPROTO_IPV6, 66, Ipv6, 0, Bool),                 // IPV6_RECVTCLASS
+    spec(IPPROTO_IPV6, 75, Ipv6, 0, Bool),                 // IPV6_TRANSPARENT
+    spec(IPPROTO_IPV6, 78, Ipv6, 0, Bool),                 // IPV6_FREEBIND
+    spec(IPPROTO_IPV6, 23, Ipv6, 1, Range(0, 5)),          // IPV6_MTU_DISCOVER
+    spec(IPPROTO_TCP, 1, Tcp, 0, Bool),                    // TCP_NODELAY
+    spec(IPPROTO_TCP, 2, Tcp, 0, Mss),                     // TCP_MAXSEG
+    spec(IPPROTO_TCP, 3, Tcp, 0, Bool),                    // TCP_CORK
+    spec(IPPROTO_TCP, 7, Tcp, 6, Range(1, 127)),           // TCP_SYNCNT
+    spec(IPPROTO_TCP, 8, Tcp, 0, FinTimeout),              // TCP_LINGER2
+    spec(IPPROTO_TCP, 10, Tcp, 0, WindowClamp),            // TCP_WINDOW_CLAMP
+    spec(IPPROTO_TCP, 12, Tcp, 1, Bool),                   // TCP_QUICKACK
+    spec(IPPROTO_TCP, 16, Tcp, 0, Range(0, 1)),            // TCP_THIN_LINEAR_TIMEOUTS
+    spec(IPPROTO_TCP, 18, Tcp, 0, Range(0, i32::MAX)),     // TCP_USER_TIMEOUT
+    spec(IPPROTO_TCP, 23, Tcp, 0, Range(0, i32::MAX)),     // TCP_FASTOPEN
+    spec(IPPROTO_TCP, 25, Tcp, -1, Any),                   // TCP_NOTSENT_LOWAT
+    spec(IPPROTO_UDP, 1, Udp, 0, Bool),                    // UDP_CORK
+    spec(IPPROTO_UDP, 104, Udp, 0, Bool),                  // UDP_GRO
+];
+const COUNT: usize = SPECS.len();
+
+/// Where `(level, name)` is in [`SPECS`], at compile time.
+const fn index(level: u32, name: u32) -> usize {
+    let mut i = 0;
+    while i < COUNT {
+        if SPECS[i].level == level && SPECS[i].name == name {
+            return i;
+        }
+        i += 1;
+    }
+    panic!("not a kept option")
+}
+
+/// The options whose values change what the stack does.
+pub const SO_REUSEADDR: usize = index(SOL_SOCKET, 2);
+pub const SO_REUSEPORT: usize = index(SOL_SOCKET, 15);
+pub const IP_TTL: usize = index(IPPROTO_IP, 2);
+pub const IPV6_V6ONLY: usize = index(IPPROTO_IPV6, 26);
+pub const IPV6_UNICAST_HOPS: usize = index(IPPROTO_IPV6, 16);
+pub const TCP_NODELAY: usize = index(IPPROTO_TCP, 1);
+
+/// The kept options of one socket: each value as Linux stores it (None: never set, the default). On the heap: a
+/// socket descriptor stays small.
+#[derive(Clone)]
+pub struct Kept {
+    values: alloc::boxed::Box<[Option<i32>; COUNT]>,
+}
+
+impl Default for Kept {
+    fn default() -> Kept {
+        Kept { values: alloc::boxed::Box::new([None; COUNT]) }
+    }
+}
+
+/// Which socket asks: its protocol and whether it is IPv6.
+#[derive(Clone, Copy)]
+pub struct Kind {
+    pub protocol: Protocol,
+    pub ipv6: bool,
+}
+
+/// Where `(level, name)` is in [`SPECS`]: None for an option that is not kept.
+pub fn find(level: u32, name: u32) -> Option<usize> {
+    SPECS.iter().position(|s| s.level == level && s.name == name)
+}
+
+fn applies(spec: &Spec, kind: Kind, get: bool) -> Result<(), Errno> {
+    let ok = match spec.applies {
+        All => true,
+        Tcp => kind.protocol == Protocol::Tcp,
+        Udp => kind.protocol == Protocol::Udp,
+        Ipv6 | Ipv6Udp => kind.ipv6,
+    };
+    match (ok, spec.applies) {
+        (true, _) => Ok(()),
+        (false, Ipv6 | Ipv6Udp) if get => Err(Errno::EOPNOTSUPP),
+        (false, _) => Err(Errno::ENOPROTOOPT),
+    }
+}
+
+impl Kept {
+    /// The value getsockopt reports.
+    pub fn get(&self, at: usize, kind: Kind) -> Result<i32, Errno> {
+        let spec = &SPECS[at];
+        applies(spec, kind, true)?;
+        let value = self.values[at].unwrap_or(spec.default);
+        Ok(match spec.rule {
+            Mss if value == 0 => DEFAULT_MSS,
+            FinTimeout if value == 0 => DEFAULT_FIN_TIMEOUT_S,
+            _ => value,
+        })
+    }
+
+    /// The value the program set, if it did (for the options that change what smoltcp does).
+    pub fn set_value(&self, at: usize) -> Option<i32> {
+        self.values[at]
+    }
+
+    /// Whether a boolean option is on.
+    pub fn is_on(&self, at: usize) -> bool {
+        self.values[at].unwrap_or(SPECS[at].default) != 0
+    }
+
+    /// setsockopt of `value`, validated and stored as Linux does.
+    pub fn set(&mut self, at: usize, kind: Kind, value: i32) -> Result<(), Errno> {
+        let spec = &SPECS[at];
+        if spec.applies == Ipv6Udp && kind.ipv6 && kind.protocol == Protocol::Tcp {
+            return Err(Errno::ENOPROTOOPT);
+        }
+        applies(spec, kind, false)?;
+        let tcp = kind.protocol == Protocol::Tcp;
+        let stored = match spec.rule {
+            Bool => Some(i32::from(value != 0)),
+            Range(min, max) => Some(value).filter(|v| (min..=max).contains(v)),
+            OrDefault(..) if value == -1 => {
+                self.values[at] = None;
+                return Ok(());
+            }
+            OrDefault(min, max) => Some(value).filter(|v| (min..=max).contains(v)),
+            Tos if tcp => {
+                let ecn = self.values[at].unwrap_or(0) & 3;
+                Some(((value & !3) | ecn) & 0xff)
+            }
+            Tos => Some(value & 0xff),
+            LowWater if value == 0 => Some(1),
+            LowWater if value < 0 => Some(if tcp { MOST_TCP_LOW_WATER } else { i32::MAX }),
+            LowWater => Some(if tcp { value.min(MOST_TCP_LOW_WATER) } else { value }),
+            Mss => Some(value).filter(|&v| v == 0 || (88..=32767).contains(&v)),
+            FinTimeout => Some(if value < 0 { -1 } else { value.min(120) }),
+            WindowClamp => Some(if value == 0 { 0 } else { value.max(1152) }),
+            Any => Some(value),
+            ReadOnly => return Err(Errno::ENOPROTOOPT),
+            MulticastTtl if tcp => None,
+            MulticastTtl if value == -1 => Some(1),
+            MulticastTtl => Some(value).filter(|v| (0..=255).contains(v)),
+        };
+        self.values[at] = Some(stored.ok_or(Errno::EINVAL)?);
+        Ok(())
+    }
+}
