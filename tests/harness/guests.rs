@@ -80,6 +80,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("epoll-glibc", "epoll.c", Link::Glibc),
     ("signals-glibc", "signals.c", Link::Glibc),
     ("timers-glibc", "timers.c", Link::Glibc),
+    ("reserve", "reserve.c", Link::Static),
 ];
 
 /// The binaries of tests/guests/rust (each `src/bin/NAME.rs`).

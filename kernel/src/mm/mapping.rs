@@ -118,6 +118,9 @@ pub fn set_break(addr: u64) -> u64 {
     if wanted_end.saturating_sub(m.brk_mapped_end) > m.frames.free_bytes() {
         return m.brk;
     }
+    if m.brk_mapped_end < wanted_end {
+        super::vma::settle_released(m.brk_mapped_end, wanted_end);
+    }
     while m.brk_mapped_end < wanted_end {
         let Some(frame) = m.frames.alloc(PAGE_SIZE) else { return m.brk };
         let mapped =

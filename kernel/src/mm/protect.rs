@@ -30,23 +30,56 @@ fn is_programs(page: u64, managed_start: u64) -> bool {
     }
 }
 
+/// The entries mapping `[start, end)` (present or PROT_NONE), with where each page starts: a walk of the tables
+/// that exist, so its cost follows what is mapped there, not the span.
+pub fn leaves(start: u64, end: u64) -> Vec<(u64, Leaf)> {
+    let mut found = Vec::new();
+    paging::leaves_in(&DirectMap, pml4(), start, end, &mut |at, l| found.push((at, l)));
+    found
+}
+
+/// Whether the program's pages cover all of `[start, end)` (page-aligned): no hole, nothing of Kiln's.
+pub fn covered(start: u64, end: u64) -> bool {
+    let mut next = start;
+    for (at, l) in leaves(start, end) {
+        if at > next || !l.user() {
+            return false;
+        }
+        next = at + l.size;
+    }
+    next >= end
+}
+
+/// Whether the program may change the protection of all of `[start, end)`: see `is_programs`.
+fn all_programs(start: u64, end: u64, managed_start: u64) -> bool {
+    // Both kinds of memory are contiguous ranges of addresses, so the ends decide (a range cannot straddle the
+    // direct map's base and be either).
+    start < end && is_programs(start, managed_start) && is_programs(end - 1, managed_start)
+        && (end <= DIRECT_MAP_BASE || start >= DIRECT_MAP_BASE)
+}
+
 /// Gives every page of `[start, end)` `access`, all or nothing: a page that is not mapped fails the call with ENOMEM
 /// (as on Linux) unless `reserved` says the range is a PROT_NONE reservation, whose uncommitted pages stay as they are.
+/// The cost follows the pages mapped in the range, not its size.
 pub fn protect(start: u64, end: u64, access: Access, reserved: bool) -> Result<(), Errno> {
+    if start >= end {
+        return Ok(());
+    }
     let managed_start = memory().managed_start;
-    let pages = || (start..end).step_by(PAGE_SIZE as usize);
-    for page in pages() {
-        let mapped = leaf(page).is_some_and(|l| l.user());
-        if !is_programs(page, managed_start) || !(mapped || reserved) {
-            return Err(Errno::ENOMEM);
-        }
+    if !all_programs(start, end, managed_start) || !(reserved || covered(start, end)) {
+        return Err(Errno::ENOMEM);
     }
     let mut reload = false;
+    // Collected before the memory lock is taken, and freed after: the heap takes it to grow and to give back.
+    let found = leaves(start, end);
     {
         let mut m = memory();
-        for page in pages().filter(|&p| leaf(p).is_some()) {
-            reload |=
-                paging::protect(&mut DirectMap, &mut m.frames, pml4(), page, access).map_err(|_| Errno::ENOMEM)?;
+        for &(at, l) in found.iter().filter(|(_, l)| l.user()) {
+            let (from, to) = (at.max(start), (at + l.size).min(end));
+            for page in (from..to).step_by(PAGE_SIZE as usize) {
+                reload |= paging::protect(&mut DirectMap, &mut m.frames, pml4(), page, access)
+                    .map_err(|_| Errno::ENOMEM)?;
+            }
         }
     }
     if reload {

@@ -3,20 +3,20 @@
 //! `mprotect` commits pages inside.
 //!
 //! A reservation is only a recorded range: it costs no memory. Committing maps fresh zeroed frames where no page is
-//! mapped (new entries only, which no TLB caches) and zeroes pages that are, with full access. Released pages are
-//! zeroed but stay mapped: unmapping them would cost a TLB flush (a VM exit) on every munmap, which musl makes for
-//! every thread's stack. Released ranges are handed out again, first, to reservations without a hint, so memory that
-//! a program maps and unmaps over and over (thread stacks) is reused rather than leaked; pages already committed there
-//! read as zero but do not fault until committed. Access to reserved, never-committed pages faults, as PROT_NONE
-//! memory does on Linux.
+//! mapped (new entries only, which no TLB caches) and zeroes pages that are, with full access. munmap unmaps the
+//! committed pages and frees their frames, finding them by a walk of the page tables that skips absent tables whole,
+//! so releasing a terabyte reservation costs what was committed in it, not its size. The TLB flush that freeing a
+//! present page needs is batched (see `UNFLUSHED`). Released ranges are handed out again, first, to reservations
+//! without a hint. Access to reserved, never-committed pages faults, as PROT_NONE memory does on Linux.
 
 use super::protect::{self, Access};
 use super::{memory, pml4, DirectMap};
 use crate::errno::Errno;
 use crate::sync::SpinLock;
+use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use kiln_abi::layout::{direct_map, page_align_up, DIRECT_MAP_BASE, PAGE_SIZE, PROGRAM_MIN_ADDR};
-use kiln_abi::paging::{self, PTE_USER, PTE_WRITABLE};
+use kiln_abi::paging::{self, PhysMemory, PTE_USER, PTE_WRITABLE};
 
 /// Reservations without a usable hint are placed from here up (far from the program, its break and the direct map).
 const RESERVE_BASE: u64 = 0x2000_0000_0000;
@@ -39,9 +39,7 @@ fn overlaps(ranges: &[(u64, u64)], start: u64, end: u64) -> bool {
 /// Whether `[start, end)` is free for the program: in its part of the address space, no page mapped, no reservation.
 fn is_free(ranges: &[(u64, u64)], start: u64, end: u64) -> bool {
     let in_bounds = start >= PROGRAM_MIN_ADDR && end <= RESERVE_END && start < end;
-    in_bounds
-        && !overlaps(ranges, start, end)
-        && (start..end).step_by(PAGE_SIZE as usize).all(|p| protect::leaf(p).is_none())
+    in_bounds && !overlaps(ranges, start, end) && protect::leaves(start, end).is_empty()
 }
 
 pub fn in_reservation(start: u64, end: u64) -> bool {
@@ -117,7 +115,9 @@ fn back(start: u64, len: u64, keep_existing: bool) -> Result<(), Errno> {
                     zero_frame(l.phys());
                 }
                 None => {
-                    let frame = m.frames.alloc(PAGE_SIZE).ok_or(Errno::ENOMEM)?;
+                    // A page released here and not yet flushed gets its frame back (see `UNFLUSHED`).
+                    let reused = UNFLUSHED.lock().remove(&page);
+                    let frame = reused.or_else(|| m.frames.alloc(PAGE_SIZE)).ok_or(Errno::ENOMEM)?;
                     paging::map_page(&mut DirectMap, &mut m.frames, pml4(), page, frame, PTE_WRITABLE | PTE_USER)
                         .map_err(|_| Errno::ENOMEM)?;
                 }
@@ -136,20 +136,90 @@ fn zero_frame(phys: u64) {
 }
 
 /// Zeroes the pages of `[start, start+len)` that have memory behind them, keeping their protection: what
-/// MADV_DONTNEED leaves.
+/// MADV_DONTNEED leaves. Only committed pages are looked at.
 pub fn zero_committed(start: u64, len: u64) {
     let end = start.saturating_add(page_align_up(len));
-    for page in (start..end).step_by(PAGE_SIZE as usize) {
-        if let Some(l) = protect::leaf(page).filter(|l| l.user() && l.size == PAGE_SIZE) {
+    for (_, l) in protect::leaves(start, end) {
+        if l.user() && l.size == PAGE_SIZE {
             zero_frame(l.phys());
         }
     }
 }
 
-/// munmap of chosen-address memory: the range stops being reserved; its committed pages are zeroed and stay mapped.
+/// Released pages whose entries were present, by address, with their frames: a vCPU's TLB may still map the address
+/// to the frame, so the frame goes back to the allocator only after the next TLB flush, made once [`FLUSH_BATCH`]
+/// pages wait rather than on every munmap (musl unmaps every thread's stack). Until then nobody else uses the frame,
+/// and a page committed again at the same address gets the same (zeroed) frame back, which keeps a stale TLB entry
+/// right.
+static UNFLUSHED: SpinLock<BTreeMap<u64, u64>> = SpinLock::new(BTreeMap::new());
+const FLUSH_BATCH: usize = 512;
+
+/// munmap of chosen-address memory: the range stops being reserved and its committed pages are unmapped and freed
+/// (their frames zeroed). The cost follows the committed pages, not the span: the walk skips absent tables whole.
 pub fn release(start: u64, len: u64) {
     let end = start.saturating_add(page_align_up(len));
-    zero_committed(start, len);
+    let mut read_only = false;
+    // Allocated before the memory lock is taken, and freed after: the heap takes it to grow and to give back.
+    let found = protect::leaves(start, end);
+    let mut cached = Vec::with_capacity(found.len());
+    {
+        let mut m = memory();
+        for &(at, l) in &found {
+            // Chosen-address memory is committed in 4 KiB pages; anything else here is not the program's to free.
+            if !l.user() || l.size != PAGE_SIZE || at < start {
+                continue;
+            }
+            zero_frame(l.phys());
+            DirectMap.write_u64(l.entry_addr, 0);
+            match l.access() {
+                // Not present: no TLB holds it.
+                Access::None => m.frames.free_zeroed(l.phys(), PAGE_SIZE),
+                access => {
+                    read_only |= access == Access::Read;
+                    cached.push((at, l.phys()));
+                }
+            }
+        }
+    }
+    forget_range(start, end);
+    if cached.is_empty() {
+        return;
+    }
+    let mut unflushed = UNFLUSHED.lock();
+    unflushed.extend(cached);
+    // A stale read-only entry would make a write to the page committed again there fault: flush those at once.
+    if read_only || unflushed.len() >= FLUSH_BATCH {
+        drop(unflushed);
+        flush_released();
+    }
+}
+
+/// Flushes every TLB and hands the frames of released pages back to the allocator.
+fn flush_released() {
+    let batch = core::mem::take(&mut *UNFLUSHED.lock());
+    if batch.is_empty() {
+        return;
+    }
+    crate::hypercall::flush_tlb();
+    // The map is gone before the memory lock is taken: the heap may take it to free.
+    let frames: Vec<u64> = batch.into_values().collect();
+    let mut m = memory();
+    for phys in frames.iter().copied() {
+        m.frames.free_zeroed(phys, PAGE_SIZE);
+    }
+    drop(m);
+}
+
+/// Before fresh pages are mapped in `[start, end)` other than by `commit` (the break): no TLB may still hold a
+/// released page there.
+pub fn settle_released(start: u64, end: u64) {
+    if UNFLUSHED.lock().range(start..end).next().is_some() {
+        flush_released();
+    }
+}
+
+/// `[start, end)` stops being reserved; its address space is handed out again first.
+fn forget_range(start: u64, end: u64) {
     let mut r = RESERVED.lock();
     let mut kept = Vec::with_capacity(r.ranges.len() + 1);
     let mut freed = Vec::new();

@@ -199,13 +199,11 @@ const MS_SYNC: u64 = 4;
 /// Whether every page of `[addr, addr+len)` is mapped (PROT_NONE and reserved pages count, as on Linux).
 fn mapped(addr: u64, len: u64) -> Result<(), Errno> {
     let end = addr.checked_add(page_align_up(len)).ok_or(Errno::ENOMEM)?;
-    let reserved = vma::in_reservation(addr, end);
-    for page in (addr..end).step_by(PAGE_SIZE as usize) {
-        if protect::leaf(page).is_none() && !reserved {
-            return Err(Errno::ENOMEM);
-        }
+    if vma::in_reservation(addr, end) || protect::covered(addr, end) {
+        Ok(())
+    } else {
+        Err(Errno::ENOMEM)
     }
-    Ok(())
 }
 
 /// msync: a file mapping is a private copy (see mmap), so there is nothing to write back.

@@ -70,6 +70,50 @@ pub fn leaf<M: PhysMemory>(mem: &M, pml4: u64, vaddr: u64) -> Option<Leaf> {
     None
 }
 
+/// Calls `visit(vaddr, leaf)` for every entry (present, or PROT_NONE at 4 KiB) that maps part of `[start, end)`, in
+/// address order; `vaddr` is where the leaf's page starts (before `start` for a 2 MiB page that straddles it). Tables
+/// that are not present are skipped whole, so the cost follows the tables that exist, not the span: releasing a
+/// terabyte-sized reservation with a few pages committed in it looks at a few entries per level.
+pub fn leaves_in<M: PhysMemory>(mem: &M, pml4: u64, start: u64, end: u64, visit: &mut impl FnMut(u64, Leaf)) {
+    let end = end.min(1 << 47);
+    if start < end {
+        leaves_under(mem, pml4, 4, 0, start, end, visit);
+    }
+}
+
+/// `leaves_in` below the table at `level` that maps from `base`.
+fn leaves_under<M: PhysMemory>(
+    mem: &M,
+    table: u64,
+    level: u32,
+    base: u64,
+    start: u64,
+    end: u64,
+    visit: &mut impl FnMut(u64, Leaf),
+) {
+    let size = 1u64 << (12 + 9 * (level - 1));
+    let first = start.saturating_sub(base) / size;
+    for index in first..512 {
+        let at = base + index * size;
+        if at >= end {
+            break;
+        }
+        let entry_addr = table + index * 8;
+        let entry = mem.read_u64(entry_addr);
+        if level == 1 {
+            if entry & (PTE_PRESENT | PTE_PROT_NONE) != 0 {
+                visit(at, Leaf { entry_addr, entry, size });
+            }
+        } else if entry & PTE_PRESENT == 0 {
+            continue;
+        } else if entry & PTE_HUGE != 0 {
+            visit(at, Leaf { entry_addr, entry, size });
+        } else {
+            leaves_under(mem, entry & PTE_ADDR_MASK, level - 1, at, start, end, visit);
+        }
+    }
+}
+
 /// Turns the 2 MiB page mapping `vaddr`, if that is what maps it, into 512 4 KiB entries for the same frames with the
 /// same permissions: every translation stays what it was, so no TLB needs reloading.
 pub fn split_huge<M: PhysMemory, F: FrameSource>(
@@ -133,6 +177,38 @@ mod tests {
     use super::*;
 
     const PML4: u64 = 0x1000;
+
+    extern crate std;
+    fn alloc_vec() -> std::vec::Vec<(u64, u64, u64)> {
+        std::vec::Vec::new()
+    }
+
+    #[test]
+    fn leaves_in_visits_only_what_is_mapped_in_the_range() {
+        let mut ram = Ram::new(1 << 20);
+        let mut frames = Bump(0x2000, 0x40000);
+        let far = 1u64 << 44;
+        map_page(&mut ram, &mut frames, PML4, 0x40_0000, 0x9000, PTE_USER).unwrap();
+        map_page(&mut ram, &mut frames, PML4, far + 0x5000, 0xa000, PTE_USER | PTE_WRITABLE).unwrap();
+        map_page(&mut ram, &mut frames, PML4, far + 0x6000, 0xb000, PTE_USER | PTE_WRITABLE).unwrap();
+        protect(&mut ram, &mut frames, PML4, far + 0x6000, Access::None).unwrap();
+        map_huge_page(&mut ram, &mut frames, PML4, far + (4 << 20), 0x20_0000, PTE_USER).unwrap();
+        let seen = |start, end| {
+            let mut seen = alloc_vec();
+            leaves_in(&ram, PML4, start, end, &mut |at, l: Leaf| seen.push((at, l.phys(), l.size)));
+            seen
+        };
+        // A PROT_NONE page counts; a huge page straddling the start is reported from where it starts.
+        assert_eq!(
+            seen(far, far + (1 << 40)),
+            [(far + 0x5000, 0xa000, PAGE_SIZE), (far + 0x6000, 0xb000, PAGE_SIZE), (far + (4 << 20), 0x20_0000, HUGE_PAGE_SIZE)]
+        );
+        assert_eq!(seen(far + 0x6000, far + (4 << 20) + 0x1000).len(), 2);
+        assert_eq!(seen(far + (4 << 20) + 0x3000, far + (5 << 20))[0].0, far + (4 << 20));
+        assert_eq!(seen(0, 1 << 47).len(), 4);
+        assert!(seen(far + 0x7000, far + (4 << 20)).is_empty());
+        assert!(seen(1 << 47, u64::MAX).is_empty());
+    }
 
     #[test]
     fn prot_none_keeps_the_frame_and_read_write_brings_it_back() {
