@@ -746,6 +746,29 @@ fn mprotect_is_enforced_and_keeps_the_bytes() {
     assert!(run.stdout_text().ends_with("mprotect: 0 failed\n"), "beside a spinning thread\n{run}");
 }
 
+/// Runs a self-checking C guest natively and in Kiln on one and two vCPUs: the output must be the same, ending in
+/// `LAST` (its "0 failed" line).
+fn same_as_natively(name: &str, last: &str) {
+    let binary = guests::c(name);
+    let native = std::process::Command::new(&binary).output().expect("run the guest natively");
+    let native = String::from_utf8_lossy(&native.stdout).into_owned();
+    assert!(native.ends_with(&format!("{last}\n")), "natively:\n{native}");
+    for cpus in ["1", "2"] {
+        let run = kiln().args(["run", "--cpus", cpus]).arg(&binary).run();
+        run.assert_code(0).assert_stdout(&native);
+    }
+}
+
+/// Robust mutexes (get_robust_list, the list walked when a thread exits, hostile lists) and priority-inheritance
+/// futexes (FUTEX_LOCK_PI, TRYLOCK_PI, UNLOCK_PI and their errors, hand-over, counting threads).
+#[test]
+fn robust_and_priority_inheritance_mutexes_work_as_natively() {
+    if !kvm::available() {
+        return;
+    }
+    same_as_natively("mutexes", "mutexes: 0 failed");
+}
+
 /// munmap, mprotect, msync and madvise of a 2^44-byte PROT_NONE reservation cost what is committed in it: 64 rounds
 /// of reserve, commit 2 MiB, munmap finish (they took seconds a round when munmap walked every page) and fit in
 /// 64 MiB (munmap frees the committed pages), with the same output as natively.

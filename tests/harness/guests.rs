@@ -81,6 +81,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("signals-glibc", "signals.c", Link::Glibc),
     ("timers-glibc", "timers.c", Link::Glibc),
     ("reserve", "reserve.c", Link::Static),
+    ("mutexes", "mutexes.c", Link::Static),
 ];
 
 /// The binaries of tests/guests/rust (each `src/bin/NAME.rs`).

@@ -54,7 +54,9 @@ pub fn covered(start: u64, end: u64) -> bool {
 fn all_programs(start: u64, end: u64, managed_start: u64) -> bool {
     // Both kinds of memory are contiguous ranges of addresses, so the ends decide (a range cannot straddle the
     // direct map's base and be either).
-    start < end && is_programs(start, managed_start) && is_programs(end - 1, managed_start)
+    start < end
+        && is_programs(start, managed_start)
+        && is_programs(end - 1, managed_start)
         && (end <= DIRECT_MAP_BASE || start >= DIRECT_MAP_BASE)
 }
 
@@ -77,8 +79,8 @@ pub fn protect(start: u64, end: u64, access: Access, reserved: bool) -> Result<(
         for &(at, l) in found.iter().filter(|(_, l)| l.user()) {
             let (from, to) = (at.max(start), (at + l.size).min(end));
             for page in (from..to).step_by(PAGE_SIZE as usize) {
-                reload |= paging::protect(&mut DirectMap, &mut m.frames, pml4(), page, access)
-                    .map_err(|_| Errno::ENOMEM)?;
+                reload |=
+                    paging::protect(&mut DirectMap, &mut m.frames, pml4(), page, access).map_err(|_| Errno::ENOMEM)?;
             }
         }
     }

@@ -14,8 +14,11 @@
 //! key (if it has one) and among the deadlines (if it has one), and no other thread is; a `Free` slot is on the free
 //! list.
 
+mod pi;
 mod queues;
 mod switch;
+
+pub use pi::{pi_futexes_waited, robust_list, set_robust_list, wake_pi_waiter, Peek};
 
 use crate::entry::SyscallFrame;
 use crate::errno::Errno;
@@ -52,6 +55,8 @@ enum State {
 pub enum Wait {
     /// A `futex` wake on this address matching this bitset.
     Futex { addr: u64, bitset: u32 },
+    /// The priority-inheritance futex at this address, handed over by its owner's FUTEX_UNLOCK_PI (or its death).
+    PiFutex(u64),
     /// A change of a library OS object (a socket, pipe, eventfd, epoll instance, poll call), named by its address.
     Object(u64),
     /// Only its deadline.
@@ -66,6 +71,7 @@ impl Wait {
     fn key(self) -> Option<Key> {
         match self {
             Wait::Futex { addr, .. } => Some(Key::Futex(addr)),
+            Wait::PiFutex(addr) => Some(Key::PiFutex(addr)),
             Wait::Object(key) => Some(Key::Object(key)),
             Wait::Sleep | Wait::Signal | Wait::SignalIn(_) => None,
         }
@@ -108,6 +114,8 @@ struct Thread {
     altstack: StackT,
     /// The mask to restore after the next signal's handler (sigsuspend's caller's mask).
     saved_blocked: Option<u64>,
+    /// `set_robust_list`: the program's list of robust futexes this thread holds, walked when it exits.
+    robust_list: u64,
 }
 
 /// Signals sent to the thread in each slot and not yet delivered (bit `n - 1` for signal `n`). Outside the locked
@@ -130,6 +138,7 @@ const FREE: Thread = Thread {
     blocked: 0,
     altstack: StackT { sp: 0, flags: SS_DISABLE, _pad: 0, size: 0 },
     saved_blocked: None,
+    robust_list: 0,
 };
 
 struct Scheduler {
@@ -341,9 +350,21 @@ extern "C" fn release_after_switch() {
 /// under the scheduler lock first: if it fails the thread does not block (`None`), so that no wake can be lost
 /// between a futex's value check and the wait.
 pub fn block(wait: Wait, deadline: u64, still: impl FnOnce() -> bool) -> Option<Woken> {
+    block_unless(wait, deadline, |_| if still() { Attempt::Block } else { Attempt::Done(()) }).err()
+}
+
+/// What a look under the scheduler lock decided: block, or not (with an answer).
+pub enum Attempt<R> {
+    Done(R),
+    Block,
+}
+
+/// Blocks the current thread as `block` does unless `attempt`, run under the scheduler lock (so no wake can fall
+/// between it and the wait), says it is done: `Ok` with its answer then, else `Err` with why the thread woke.
+pub fn block_unless<R>(wait: Wait, deadline: u64, attempt: impl FnOnce(&Peek) -> Attempt<R>) -> Result<R, Woken> {
     let mut s = SCHEDULER.lock();
-    if !still() {
-        return None;
+    if let Attempt::Done(answer) = attempt(&Peek(&s)) {
+        return Ok(answer);
     }
     let me = percpu::current().thread;
     // sigwait also takes its signals while blocked, and those pending for the process at the main thread (slot 0).
@@ -354,7 +375,7 @@ pub fn block(wait: Wait, deadline: u64, still: impl FnOnce() -> bool) -> Option<
     let for_process = if me == 0 { 0 } else { PENDING[0].load(Ordering::SeqCst) & s.threads[0].blocked };
     let t = &mut s.threads[me];
     if PENDING[me].load(Ordering::SeqCst) & (!t.blocked | awaited) != 0 || for_process & awaited != 0 {
-        return Some(Woken::Signal);
+        return Err(Woken::Signal);
     }
     t.state = State::Blocked;
     t.wait = Some(wait);
@@ -362,7 +383,7 @@ pub fn block(wait: Wait, deadline: u64, still: impl FnOnce() -> bool) -> Option<
     s.queues.block(me, wait.key(), deadline);
     core::mem::forget(s);
     schedule();
-    Some(SCHEDULER.lock().threads[me].woken)
+    Err(SCHEDULER.lock().threads[me].woken)
 }
 
 /// The current thread's blocked-signal mask.
@@ -675,6 +696,7 @@ fn waits(s: &Scheduler) -> alloc::string::String {
         let _ = match t.wait {
             Some(Wait::Object(_)) => write!(out, "{sep}thread {} on I/O", t.tid),
             Some(Wait::Futex { addr, .. }) => write!(out, "{sep}thread {} on futex {addr:#x}", t.tid),
+            Some(Wait::PiFutex(addr)) => write!(out, "{sep}thread {} on PI futex {addr:#x}", t.tid),
             _ => write!(out, "{sep}thread {} waiting", t.tid),
         };
     }

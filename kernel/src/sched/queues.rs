@@ -11,6 +11,8 @@ use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 pub enum Key {
     Futex(u64),
+    /// A priority-inheritance futex: its waiters are handed the lock one at a time, never woken by FUTEX_WAKE.
+    PiFutex(u64),
     Object(u64),
 }
 
@@ -88,6 +90,16 @@ impl Queues {
             self.waiting.remove(&key);
         }
         taken
+    }
+
+    /// The first thread waiting on `key`, and how many wait on it in all.
+    pub fn first_waiter(&self, key: Key) -> (Option<usize>, usize) {
+        self.waiting.get(&key).map_or((None, 0), |queue| (queue.front().copied(), queue.len()))
+    }
+
+    /// The keys in `from..=to` that threads wait on.
+    pub fn keys_waited(&self, from: Key, to: Key) -> impl Iterator<Item = Key> + '_ {
+        self.waiting.range(from..=to).map(|(&key, _)| key)
     }
 
     /// Moves up to `count` waiters of `from` to the end of `to`'s queue (FUTEX_REQUEUE); returns them.

@@ -4,6 +4,7 @@
 mod args;
 pub mod attrs;
 mod fs;
+mod futex_pi;
 mod identity;
 pub mod lock;
 mod mm;
@@ -239,7 +240,8 @@ const fn table() -> SyscallTable {
     t.set(269, path::faccessat, &[Int, Ptr, Int]);
     t.set(270, fs::pselect6, &[Int, Ptr, Ptr, Ptr, Ptr, Ptr]);
     t.set(271, fs::ppoll, &[Ptr, UInt, Ptr, Ptr, Long]);
-    t.set(273, process::set_robust_list, &[Ptr, Long]);
+    t.set(273, futex_pi::set_robust_list, &[Ptr, Long]);
+    t.set(274, futex_pi::get_robust_list, &[Int, Ptr, Ptr]);
     t.set(281, fs::epoll_pwait, &[Int, Ptr, Int, Int, Ptr, Long]);
     t.set(284, fs::eventfd, &[UInt]);
     t.set(290, fs::eventfd2, &[UInt, Int]);

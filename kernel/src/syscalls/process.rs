@@ -36,13 +36,6 @@ pub fn getppid(_: &Args) -> SysResult {
     Ok(0)
 }
 
-pub fn set_robust_list(a: &Args) -> SysResult {
-    if a[1] != 24 {
-        return Err(Errno::EINVAL);
-    }
-    Ok(0)
-}
-
 pub fn arch_prctl(a: &Args) -> SysResult {
     match a[0] {
         ARCH_SET_FS => {

@@ -213,7 +213,11 @@ fn send(tid: Option<u32>, sig: u64, origin: Origin) -> SysResult {
         return Err(Errno::EINVAL);
     }
     if sig == 0 {
-        return Ok(0);
+        // Only whether the thread exists (as Linux: ESRCH for one that has exited).
+        return match tid {
+            Some(t) if !sched::thread_exists(t) => Err(Errno::ESRCH),
+            _ => Ok(0),
+        };
     }
     let action = {
         let mut s = state();

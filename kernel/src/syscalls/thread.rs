@@ -1,6 +1,6 @@
 //! Threads: clone, exit, futex, and the thread-id calls.
 
-use super::Args;
+use super::{futex_pi, Args};
 use crate::errno::{Errno, SysResult};
 use crate::sched::{self, Wait, Woken};
 use crate::{percpu, time, user};
@@ -54,8 +54,9 @@ pub fn clone(a: &Args) -> SysResult {
     Ok(u64::from(tid))
 }
 
-/// exit: ends this thread only (exit_group ends the program).
+/// exit: ends this thread only (exit_group ends the program), leaving the robust and PI futexes it holds to others.
 pub fn exit(a: &Args) -> SysResult {
+    futex_pi::exiting(sched::current_tid());
     sched::exit_current(a[0] & 0xff)
 }
 
@@ -80,6 +81,10 @@ const FUTEX_CMP_REQUEUE: u64 = 4;
 const FUTEX_WAKE_OP: u64 = 5;
 const FUTEX_WAIT_BITSET: u64 = 9;
 const FUTEX_WAKE_BITSET: u64 = 10;
+const FUTEX_LOCK_PI: u64 = 6;
+const FUTEX_UNLOCK_PI: u64 = 7;
+const FUTEX_TRYLOCK_PI: u64 = 8;
+const FUTEX_LOCK_PI2: u64 = 13;
 const FUTEX_PRIVATE_FLAG: u64 = 128;
 const FUTEX_CLOCK_REALTIME: u64 = 256;
 const FUTEX_BITSET_MATCH_ANY: u32 = u32::MAX;
@@ -135,6 +140,25 @@ pub fn futex(a: &Args) -> SysResult {
             Ok((woken + moved) as u64)
         }
         FUTEX_WAKE_OP => wake_op(uaddr, val as usize, uaddr2, timeout as u32 as usize, val3),
+        FUTEX_LOCK_PI | FUTEX_LOCK_PI2 => {
+            // As Linux: FUTEX_LOCK_PI's timeout is absolute on CLOCK_REALTIME (the flag is refused), FUTEX_LOCK_PI2's
+            // on CLOCK_MONOTONIC unless the flag says CLOCK_REALTIME.
+            let realtime = op & FUTEX_CLOCK_REALTIME != 0;
+            if cmd == FUTEX_LOCK_PI && realtime {
+                return Err(Errno::ENOSYS);
+            }
+            let deadline = match timeout {
+                0 => u64::MAX,
+                t if cmd == FUTEX_LOCK_PI || realtime => {
+                    let at = user::read_timespec(t)?;
+                    time::since_boot_ns().saturating_add(at.saturating_sub(time::realtime_ns()))
+                }
+                t => user::read_timespec(t)?,
+            };
+            futex_pi::lock(uaddr, deadline, false)
+        }
+        FUTEX_TRYLOCK_PI => futex_pi::lock(uaddr, 0, true),
+        FUTEX_UNLOCK_PI => futex_pi::unlock(uaddr),
         _ => Err(Errno::ENOSYS),
     }
 }

@@ -201,7 +201,11 @@ mod tests {
         // A PROT_NONE page counts; a huge page straddling the start is reported from where it starts.
         assert_eq!(
             seen(far, far + (1 << 40)),
-            [(far + 0x5000, 0xa000, PAGE_SIZE), (far + 0x6000, 0xb000, PAGE_SIZE), (far + (4 << 20), 0x20_0000, HUGE_PAGE_SIZE)]
+            [
+                (far + 0x5000, 0xa000, PAGE_SIZE),
+                (far + 0x6000, 0xb000, PAGE_SIZE),
+                (far + (4 << 20), 0x20_0000, HUGE_PAGE_SIZE)
+            ]
         );
         assert_eq!(seen(far + 0x6000, far + (4 << 20) + 0x1000).len(), 2);
         assert_eq!(seen(far + (4 << 20) + 0x3000, far + (5 << 20))[0].0, far + (4 << 20));
