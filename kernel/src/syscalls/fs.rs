@@ -558,11 +558,27 @@ fn open_path(path: &str, flags: u32, mode: u32) -> SysResult {
 }
 
 pub fn open(a: &Args) -> SysResult {
-    open_path(&super::path::resolve(AT_FDCWD as u64, a[0])?, a[1] as u32, a[2] as u32)
+    openat(&[AT_FDCWD as u64, a[0], a[1], a[2], 0, 0])
 }
 
+/// A trailing slash names a directory: ENOTDIR for another existing file, EISDIR with O_CREAT (a regular file cannot
+/// be made by that name).
 pub fn openat(a: &Args) -> SysResult {
-    open_path(&super::path::resolve(a[0], a[1])?, a[2] as u32, a[3] as u32)
+    let flags = a[2] as u32;
+    let (path, slash) = super::path::resolve_slashed(a[0], a[1])?;
+    if slash {
+        if flags & O_CREAT == 0 {
+            vfs::must_be_dir(&path)?;
+        } else {
+            let parent = path.rsplit_once('/').map_or("/", |(dir, _)| if dir.is_empty() { "/" } else { dir });
+            return Err(match vfs::lookup(parent) {
+                Ok(dir) if !dir.is_dir() => Errno::ENOTDIR,
+                Ok(_) => Errno::EISDIR,
+                Err(e) => e,
+            });
+        }
+    }
+    open_path(&path, flags, a[3] as u32)
 }
 
 pub fn creat(a: &Args) -> SysResult {

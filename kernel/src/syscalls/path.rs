@@ -11,14 +11,24 @@ use alloc::string::String;
 const AT_EMPTY_PATH: u64 = 0x1000;
 const AT_REMOVEDIR: u64 = 0x200;
 
-/// The program's path argument made absolute, relative to `dirfd` (or the working directory for AT_FDCWD).
+/// The program's path argument made absolute, relative to `dirfd` (or the working directory for AT_FDCWD). A
+/// trailing slash asks for a directory (ENOTDIR for something else).
 pub fn resolve(dirfd: u64, path: u64) -> Result<String, Errno> {
+    let (abs, slash) = resolve_slashed(dirfd, path)?;
+    if slash {
+        vfs::must_be_dir(&abs)?;
+    }
+    Ok(abs)
+}
+
+/// [`resolve`] for calls that give a trailing slash their own meaning: the path and whether it had one.
+pub fn resolve_slashed(dirfd: u64, path: u64) -> Result<(String, bool), Errno> {
     let path = read_path(path)?;
     if path.starts_with('/') || dirfd as i64 == AT_FDCWD {
-        return vfs::absolute(&path);
+        return vfs::normalise(&path);
     }
     match &file::get(dirfd)?.object {
-        Object::Directory { path: dir, .. } => vfs::absolute(&alloc::format!("{dir}/{path}")),
+        Object::Directory { path: dir, .. } => vfs::normalise(&alloc::format!("{dir}/{path}")),
         _ => Err(Errno::ENOTDIR),
     }
 }
@@ -171,12 +181,13 @@ pub fn fchdir(a: &Args) -> SysResult {
     }
 }
 
+/// A trailing slash is allowed (it names the directory to make); an existing name is EEXIST whatever it is.
 pub fn mkdir(a: &Args) -> SysResult {
-    vfs::mkdir(&resolve(AT_FDCWD as u64, a[0])?, a[1] as u32).map(|()| 0)
+    mkdirat(&[AT_FDCWD as u64, a[0], a[1], 0, 0, 0])
 }
 
 pub fn mkdirat(a: &Args) -> SysResult {
-    vfs::mkdir(&resolve(a[0], a[1])?, a[2] as u32).map(|()| 0)
+    vfs::mkdir(&resolve_slashed(a[0], a[1])?.0, a[2] as u32).map(|()| 0)
 }
 
 pub fn unlink(a: &Args) -> SysResult {
@@ -195,11 +206,16 @@ pub fn unlinkat(a: &Args) -> SysResult {
 }
 
 pub fn rename(a: &Args) -> SysResult {
-    vfs::rename(&resolve(AT_FDCWD as u64, a[0])?, &resolve(AT_FDCWD as u64, a[1])?).map(|()| 0)
+    renameat(&[AT_FDCWD as u64, a[0], AT_FDCWD as u64, a[1], 0, 0])
 }
 
+/// A trailing slash on either name is allowed only for moving a directory (ENOTDIR otherwise).
 pub fn renameat(a: &Args) -> SysResult {
-    vfs::rename(&resolve(a[0], a[1])?, &resolve(a[2], a[3])?).map(|()| 0)
+    let ((from, from_slash), (to, to_slash)) = (resolve_slashed(a[0], a[1])?, resolve_slashed(a[2], a[3])?);
+    if (from_slash || to_slash) && !vfs::lookup(&from)?.is_dir() {
+        return Err(Errno::ENOTDIR);
+    }
+    vfs::rename(&from, &to).map(|()| 0)
 }
 
 /// renameat2 without flags is renameat; RENAME_NOREPLACE and the rest are not supported yet.

@@ -295,6 +295,26 @@ fn create_file(path: &str, contents: &[u8]) -> Result<(), Errno> {
 /// `.`, `..` or a trailing slash must be a directory (ENOTDIR if it is something else, its lookup's error if it is
 /// missing; a missing last name with a trailing slash is fine: `mkdir("new/")`).
 pub fn absolute(path: &str) -> Result<String, Errno> {
+    let (abs, slash) = normalise(path)?;
+    if slash {
+        must_be_dir(&abs)?;
+    }
+    Ok(abs)
+}
+
+/// What a trailing slash asks of `abs`: ENOTDIR if it names something other than a directory; a missing name is
+/// fine here (each call decides what a missing one with a slash means).
+pub fn must_be_dir(abs: &str) -> Result<(), Errno> {
+    match lookup_normalised(abs) {
+        Ok(node) if !node.is_dir() => Err(Errno::ENOTDIR),
+        Ok(_) | Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// [`absolute`] without the trailing slash's check: the path, and whether it ended with a slash (mkdir, open with
+/// O_CREAT and rename give a slash on the last name their own meaning).
+pub fn normalise(path: &str) -> Result<(String, bool), Errno> {
     if path.is_empty() {
         return Err(Errno::ENOENT);
     }
@@ -328,13 +348,7 @@ pub fn absolute(path: &str) -> Result<String, Errno> {
             name => parts.push(name.to_string()),
         }
     }
-    if path.ends_with('/') {
-        match check_dirs(&parts, &mut unchecked) {
-            Ok(()) | Err(Errno::ENOENT) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(join(&parts))
+    Ok((join(&parts), path.ends_with('/')))
 }
 
 fn join(parts: &[String]) -> String {

@@ -74,6 +74,15 @@ static void not_directories(void) {
   check(fails_with(open("f/", O_RDONLY), ENOTDIR), "open of a file with a trailing slash is ENOTDIR");
   check(stat("sub/", &st) == 0 && stat("sub/.", &st) == 0 && stat("sub/..", &st) == 0, "a directory's are fine");
   check(fails_with(chdir("f"), ENOTDIR), "chdir to a file is ENOTDIR");
+  check(fails_with(mkdir("f/", 0755), EEXIST), "mkdir(\"f/\") of a file is EEXIST");
+  check(fails_with(mkdir("/dev/null/", 0755), EEXIST), "mkdir(\"/dev/null/\") is EEXIST");
+  check(mkdir("d/", 0755) == 0 && rmdir("d/") == 0, "mkdir and rmdir with a trailing slash");
+  check(fails_with(open("new/", O_CREAT | O_WRONLY, 0644), EISDIR), "creating \"new/\" is EISDIR");
+  check(fails_with(open("f/", O_CREAT | O_WRONLY, 0644), EISDIR), "creating \"f/\" is EISDIR");
+  check(fails_with(open("missing/new/", O_CREAT | O_WRONLY, 0644), ENOENT), "creating below a missing name is ENOENT");
+  check(fails_with(rename("f", "g/"), ENOTDIR), "renaming a file to \"g/\" is ENOTDIR");
+  check(fails_with(rename("f/", "g"), ENOTDIR), "renaming \"f/\" is ENOTDIR");
+  check(rename("sub/", "sub2/") == 0 && rename("sub2", "sub") == 0, "a directory renames with trailing slashes");
   check(fails_with(stat("/dev/null/x", &st), ENOTDIR), "stat(/dev/null/x) is ENOTDIR");
   check(fails_with(open("/dev/null/x", O_RDONLY), ENOTDIR), "open(/dev/null/x) is ENOTDIR");
   check(fails_with(stat("/etc/hosts/x", &st), ENOTDIR), "stat(/etc/hosts/x) is ENOTDIR");
