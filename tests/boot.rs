@@ -642,6 +642,103 @@ fn host_signals_reach_the_program() {
     assert_eq!((out.as_str(), code), ("", Some(143)));
 }
 
+/// Starts `kiln run ARGS`, waits for the program's first line and half a second more (the program is past that
+/// line's `write` then, and not about to look at signals as it leaves it), sends kiln `signal`; returns the rest of
+/// stdout, the exit code, stderr, and how long kiln took to end after the signal. Kills kiln if it has not ended 60 s
+/// after it.
+fn run_and_signal_timed(args: &[&str], signal: i32) -> (String, Option<i32>, String, std::time::Duration) {
+    use std::io::{BufRead, BufReader, Read};
+    let mut child = kiln().arg("run").args(args).into_command().spawn().expect("start kiln");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
+    let mut first = String::new();
+    stdout.read_line(&mut first).expect("the program's first line");
+    assert_eq!(first, "waiter: ready\n");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let pid = child.id() as i32;
+    // SAFETY: kill(2) on the child's pid, which is alive (it has not been waited for).
+    unsafe { libc::kill(pid, signal) };
+    let sent = std::time::Instant::now();
+    let (ended, watch) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if watch.recv_timeout(std::time::Duration::from_secs(60)).is_err() {
+            // SAFETY: kill(2) on the child's pid, which is not waited for until this thread is joined.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).expect("the rest of stdout");
+    let took = sent.elapsed();
+    let _ = ended.send(());
+    watchdog.join().expect("the watchdog");
+    let code = child.wait().expect("wait for kiln").code();
+    let mut stderr = String::new();
+    child.stderr.take().expect("stderr is piped").read_to_string(&mut stderr).expect("stderr");
+    (rest, code, stderr, took)
+}
+
+#[test]
+fn an_untaken_sigterm_stops_the_vm_after_the_grace_period() {
+    if !kvm::available() {
+        return;
+    }
+    let waiter = guests::c("waiter");
+    let waiter = waiter.to_str().unwrap();
+    // The program computes without syscalls: the signal can never reach it, so the VM ends after --stop-timeout,
+    // as `docker stop` ends a container. On two vCPUs the idle one passes the signal on, but the thread that
+    // handles it spins and never takes it. (The bound is loose for a loaded host; without the grace kiln never
+    // ends.)
+    for (cpus, mode) in [("1", "spin"), ("2", "busy")] {
+        let (out, code, stderr, took) =
+            run_and_signal_timed(&["--stop-timeout", "1", "--cpus", cpus, waiter, mode], libc::SIGTERM);
+        assert_eq!((out.as_str(), code), ("", Some(143)), "{stderr}");
+        assert!(stderr.starts_with("kiln: the program did not take SIGTERM within 1 s"), "{stderr}");
+        assert!(took < std::time::Duration::from_secs(30), "took {took:?}");
+    }
+    // On two vCPUs with the default action, the idle vCPU ends the program at once, as Linux would.
+    let (out, code, stderr, _) = run_and_signal_timed(&["--cpus", "2", waiter, "spin"], libc::SIGTERM);
+    assert_eq!((out.as_str(), code, stderr.as_str()), ("", Some(143), "kiln: program killed by SIGTERM\n"));
+}
+
+#[test]
+fn a_taken_sigterm_gets_all_the_time_it_needs() {
+    if !kvm::available() {
+        return;
+    }
+    let waiter = guests::c("waiter");
+    let waiter = waiter.to_str().unwrap();
+    // Handled, and the program goes on making syscalls for 3 s, longer than the grace: it is not stopped, and exits
+    // with its own code.
+    let (out, code, stderr, _) = run_and_signal_timed(&["--stop-timeout", "1", waiter, "lingering"], libc::SIGTERM);
+    assert_eq!((out.as_str(), code), ("waiter: stopped by signal 15 after lingering\n", Some(7)), "{stderr}");
+    assert_eq!(stderr, "");
+}
+
+#[test]
+fn an_ignored_sigterm_is_taken() {
+    use std::io::{BufRead, BufReader};
+    if !kvm::available() {
+        return;
+    }
+    // SIG_IGN: the program took the signal (by ignoring it, as it asked), so the grace does not end it.
+    let mut child = kiln()
+        .args(["run", "--stop-timeout", "1"])
+        .arg(guests::c("waiter"))
+        .arg("stubborn")
+        .into_command()
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert_eq!(first, "waiter: ready\n");
+    // SAFETY: kill(2) on the child's pid, which is alive (it has not been waited for).
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let still_running = child.try_wait().unwrap().is_none();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(still_running, "a program that ignores SIGTERM was stopped");
+}
+
 #[test]
 fn abort_ends_the_program_with_sigabrt() {
     if !kvm::available() {

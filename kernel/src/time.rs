@@ -65,11 +65,11 @@ impl Timespec {
 }
 
 /// Waits in the VMM until `since_boot_ns()` reaches `deadline` (the scheduler's idle: nothing can run before then),
-/// at most `MAX_WAIT_NS` per exit.
+/// or until kicked; `u64::MAX` is no deadline: the vCPU sleeps until something kicks it, costing the host nothing.
 pub fn wait_until(deadline: u64) {
     let now = since_boot_ns();
     if now < deadline {
-        let wait = (deadline - now).min(kiln_abi::hypercall::MAX_WAIT_NS);
+        let wait = if deadline == u64::MAX { kiln_abi::hypercall::WAIT_FOREVER } else { deadline - now };
         crate::net::before_wait();
         crate::hypercall::call(kiln_abi::Hypercall::Wait, &[wait]);
     }

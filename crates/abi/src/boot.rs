@@ -6,6 +6,8 @@ pub const BOOT_VERSION: u32 = 6;
 
 /// `BootInfo::flags`: send every syscall to the VMM for `--trace-syscalls`.
 pub const BOOT_FLAG_TRACE_SYSCALLS: u64 = 1 << 0;
+/// Index of the first word of the host-signal page that the library OS writes (see `BootInfo::host_signals_phys`).
+pub const HOST_SIGNAL_TAKEN: u64 = 64;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -43,8 +45,9 @@ pub struct BootInfo {
     /// Seed for the library OS's random number generator (`getrandom`).
     pub random_seed: [u8; 32],
     /// Guest-physical address of the host-signal page: signals the host forwards to the program (Ctrl-C, `kill` of
-    /// kiln). Word 0 is a generation the VMM bumps after bumping word `n` for signal `n` (1-63); the VMM only writes
-    /// it and the library OS only reads it.
+    /// kiln). Word 0 is a generation the VMM bumps after bumping word `n` for signal `n` (1-63); the library OS only
+    /// reads those. Word [`HOST_SIGNAL_TAKEN`] + `n` is the library OS's: the count of signal `n` it has taken
+    /// (delivered, or acted on), which the VMM only compares with its own to stop a program that never takes one.
     pub host_signals_phys: u64,
     /// Guest-physical address and length of the root filesystem image (`kiln_abi::rootfs`); length 0 for none.
     pub rootfs_phys: u64,

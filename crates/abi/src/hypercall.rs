@@ -14,9 +14,9 @@ pub const MAX_WRITE_BYTES: u64 = 1 << 20;
 pub const MAX_IO_SEGMENTS: u64 = 256;
 /// Syscall numbers counted one by one in [`SyscallStats`]; higher numbers share the last slot.
 pub const SYSCALL_SLOTS: usize = 512;
-/// Longest single `Wait`; the library OS waits again for longer sleeps, so that a guest can never park a host thread
-/// for an unbounded time in one exit.
-pub const MAX_WAIT_NS: u64 = 1_000_000_000;
+/// A `Wait` this long has no deadline: the vCPU sleeps until kicked (another vCPU's `Kick`, a frame from the network,
+/// a host signal, the end of the VM). An idle VM then costs the host no CPU at all.
+pub const WAIT_FOREVER: u64 = u64::MAX;
 /// Longest message of a `Panic` hypercall the VMM reads.
 pub const MAX_PANIC_MESSAGE: u64 = 4096;
 
@@ -32,8 +32,8 @@ pub enum Hypercall {
     Trace = 3,
     /// args: guest-physical address and length of a UTF-8 message. The library OS hit a bug. Does not return.
     Panic = 4,
-    /// args: nanoseconds to wait (at most [`MAX_WAIT_NS`]). The vCPU has nothing to run until then: the VMM sleeps it
-    /// without burning host CPU. Before it does, it sends the frames queued on the network card (the library OS
+    /// args: nanoseconds to wait ([`WAIT_FOREVER`]: no deadline). The vCPU has nothing to run until then: the VMM
+    /// sleeps it without burning host CPU, until the time passes or something kicks it. Before it does, it sends the frames queued on the network card (the library OS
     /// counts on this instead of notifying the card for them). ret: 0.
     Wait = 5,
     /// args: how many threads there are, and the guest-physical address and length (at most [`MAX_PANIC_MESSAGE`])

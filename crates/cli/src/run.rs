@@ -11,10 +11,11 @@ use kiln_vmm::boot::BootError;
 use kiln_vmm::loader::LoaderError;
 use kiln_vmm::rootfs::RootfsBuilder;
 use kiln_vmm::syscall_names::syscall_name;
-use kiln_vmm::{Console, Outcome, RunStats, Vm, VmConfig, VmError};
+use kiln_vmm::{Console, HostSignals, Outcome, RunStats, Vm, VmConfig, VmError};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The library OS, built by build.rs from kernel/.
 pub(crate) static KERNEL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kiln-kernel.elf"));
@@ -60,6 +61,10 @@ pub struct RunArgs {
     /// Print VM exits and syscall counts to stderr at exit
     #[arg(long)]
     stats: bool,
+    /// Seconds the program has to take a SIGINT, SIGTERM or SIGQUIT sent to kiln before the VM is stopped (as
+    /// `docker stop` does; a program computing without syscalls never takes one)
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    stop_timeout: u32,
     /// Attach volume NAME (`kiln volume create`) and mount it at /path (repeatable, up to 4)
     #[arg(long = "volume", short = 'v', value_name = "NAME:/path", value_parser = crate::volume::parse_mount)]
     volumes: Vec<(String, String)>,
@@ -166,11 +171,13 @@ pub fn run(mut args: RunArgs) -> Result<u8> {
     let Target { kernel, program, .. } = target;
     let vm = Vm::new(&kernel, &program, config).map_err(|e| explain(e, &shown, memory))?;
     drop(program);
-    host_signals::install();
+    let mut signals = host_signals::install().context("cannot set up the forwarding of signals")?;
     if let Some(instance) = &mut instance {
         instance.running()?;
     }
-    let result = vm.run(Arc::new(Terminal), &host_signals::take).context("running the VM failed");
+    let host_signals =
+        HostSignals { wait: Box::new(move || signals.wait()), grace: Duration::from_secs(args.stop_timeout.into()) };
+    let result = vm.run(Arc::new(Terminal), host_signals).context("running the VM failed");
     let (code, reason) = match result {
         Ok((outcome, stats)) => report(&args, outcome, &stats),
         Err(e) => Err(e),
@@ -230,6 +237,12 @@ fn report(args: &RunArgs, outcome: Outcome, stats: &RunStats) -> Result<(u8, Str
         Outcome::Crashed(crash) => {
             errln!("kiln: program crashed: {crash}");
             Ok((crash.signal.exit_code() as u8, format!("crashed: {crash}")))
+        }
+        Outcome::SignalUntaken { signal, grace } => {
+            let name = kiln_vmm::signal::signal_name(signal);
+            let why = format!("did not take {name} within {} s", grace.as_secs());
+            eprintln!("kiln: the program {why} (a signal reaches it only at a system call): stopped the VM");
+            Ok(((128 + signal.min(127)) as u8, why))
         }
         Outcome::Stopped(why) => Err(anyhow!("stopped the VM: {why}")),
     }

@@ -24,9 +24,6 @@ use crate::tcp::{TcpRelay, TcpToken};
 use crate::udp::{UdpForward, UdpRelay};
 use crate::{dns, UserNetError};
 
-/// The longest the loop sleeps: UDP flow expiry and host connects are checked at least this often.
-const MAX_SLEEP: Duration = Duration::from_secs(1);
-
 /// How many readiness events one wait takes at most (more wait for the next turn).
 const EVENTS: usize = 1024;
 
@@ -40,7 +37,6 @@ pub(crate) struct Engine {
     tcp: TcpRelay,
     udp: UdpRelay,
     epoch: Instant,
-    last_expiry: Instant,
 }
 
 fn bind_error(spec: &PortForward, addr: SocketAddr, source: std::io::Error) -> UserNetError {
@@ -158,7 +154,6 @@ impl Engine {
             device,
             sockets: SocketSet::new(Vec::new()),
             epoch,
-            last_expiry: epoch,
         })
     }
 
@@ -177,23 +172,25 @@ impl Engine {
             self.iface.poll(t, &mut self.device, &mut self.sockets);
             self.tcp.pump_all(&mut self.sockets);
             self.iface.poll(t, &mut self.device, &mut self.sockets);
-            self.tcp.reap(&mut self.sockets, now);
+            let reap_due = self.tcp.reap(&mut self.sockets, now);
             self.shared.wake_if_pushed();
-            if now.duration_since(self.last_expiry) >= MAX_SLEEP {
+            if self.udp.next_expiry().is_some_and(|at| at <= now) {
                 self.udp.expire(now);
-                self.last_expiry = now;
             }
 
-            // While the guest's queue is full smoltcp keeps asking to be polled now; the guest draining the
-            // queue kicks us instead.
-            let timeout = match self.iface.poll_delay(self.now(), &self.sockets) {
-                Some(_) if !self.shared.to_guest_has_room() => MAX_SLEEP,
-                Some(d) => Duration::from_micros(d.total_micros()).min(MAX_SLEEP),
-                None => MAX_SLEEP,
+            // Sleep until an event, or the first timer: none at all when idle, so that an idle VM costs nothing.
+            // While the guest's queue is full smoltcp keeps asking to be polled now; the guest draining the queue
+            // kicks us instead.
+            let smoltcp_due = match self.iface.poll_delay(self.now(), &self.sockets) {
+                Some(d) if self.shared.to_guest_has_room() => Some(now + Duration::from_micros(d.total_micros())),
+                _ => None,
             };
+            let due = [smoltcp_due, reap_due, self.udp.next_expiry()].into_iter().flatten().min();
             // Round up, so that a 0.4 ms smoltcp deadline does not become a busy loop of 0 ms waits.
-            let timeout = Duration::from_millis(timeout.as_micros().div_ceil(1000) as u64);
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+            let timeout = due.map(|at| {
+                Duration::from_millis(at.saturating_duration_since(Instant::now()).as_micros().div_ceil(1000) as u64)
+            });
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     std::thread::sleep(Duration::from_millis(1));
                 }

@@ -261,9 +261,12 @@ impl TcpRelay {
     }
 
     /// Removes connections whose guest side is closed (after an egress poll, so a final reset went out),
-    /// has lingered in TIME-WAIT, or whose listener never saw its SYN.
-    pub fn reap(&mut self, sockets: &mut SocketSet<'static>, now: Instant) {
+    /// has lingered in TIME-WAIT, or whose listener never saw its SYN. Returns when it has something to do next
+    /// without any event (none: only events will give it work).
+    pub fn reap(&mut self, sockets: &mut SocketSet<'static>, now: Instant) -> Option<Instant> {
         let mut dead = Vec::new();
+        let mut next: Option<Instant> = None;
+        let mut due_at = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
         for (handle, c) in self.conns.iter_mut() {
             let s = sockets.get::<tcp::Socket>(*handle);
             match s.state() {
@@ -276,11 +279,17 @@ impl TcpRelay {
                     let since = *c.time_wait_since.get_or_insert(now);
                     if now.duration_since(since) >= TIME_WAIT {
                         dead.push(*handle);
+                    } else {
+                        due_at(since + TIME_WAIT);
                     }
                     continue;
                 }
                 State::Listen if now.duration_since(c.created) >= LISTEN_TIMEOUT => {
                     dead.push(*handle);
+                    continue;
+                }
+                State::Listen => {
+                    due_at(c.created + LISTEN_TIMEOUT);
                     continue;
                 }
                 _ => continue,
@@ -294,12 +303,16 @@ impl TcpRelay {
             }
             if s.remote_endpoint().is_none() || c.closed_before {
                 dead.push(*handle);
+            } else {
+                // Removed at the next round, once the egress poll between has sent the final reset.
+                due_at(now);
             }
             c.closed_before = true;
         }
         for handle in dead {
             self.remove(handle, sockets);
         }
+        next
     }
 
     fn remove(&mut self, handle: SocketHandle, sockets: &mut SocketSet<'static>) {

@@ -61,6 +61,8 @@ pub(crate) struct UdpRelay {
     peer_ports: HashMap<(usize, SocketAddr), u16>,
     next_port: u16,
     buf: Vec<u8>,
+    /// No flow or peer is forgotten before this (none: there are none): the relay thread sleeps until then at most.
+    next_expiry: Option<Instant>,
 }
 
 impl UdpRelay {
@@ -86,6 +88,7 @@ impl UdpRelay {
             peer_ports: HashMap::new(),
             next_port: 49152,
             buf: vec![0; 65536],
+            next_expiry: None,
         })
     }
 
@@ -141,6 +144,7 @@ impl UdpRelay {
             let idle_limit = if dst.port() == 53 { DNS_IDLE } else { UDP_IDLE };
             let flow = OutFlow { sock, source, last_used: now, idle_limit, dests: HashMap::new() };
             self.outbound.insert(src, flow);
+            self.expires_at(now + idle_limit);
         }
         let Some(flow) = self.outbound.get_mut(&src) else { return };
         flow.last_used = now;
@@ -229,15 +233,20 @@ impl UdpRelay {
         Counters::bump(&self.shared.stats.udp_flows);
         self.peers.insert(port, Peer { forward: i, addr: peer, last_used: now });
         self.peer_ports.insert((i, peer), port);
+        self.expires_at(now + UDP_IDLE);
         Some(port)
     }
 
-    /// Forgets idle flows.
+    /// Forgets idle flows, and notes when the next of the others may be forgotten.
     pub fn expire(&mut self, now: Instant) {
         let sources = &mut self.sources;
+        let mut next: Option<Instant> = None;
+        let mut keep_until = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
         self.outbound.retain(|_, f| {
             let keep = now.duration_since(f.last_used) < f.idle_limit;
-            if !keep {
+            if keep {
+                keep_until(f.last_used + f.idle_limit);
+            } else {
                 sources.forget(f.source);
             }
             keep
@@ -245,11 +254,23 @@ impl UdpRelay {
         let peer_ports = &mut self.peer_ports;
         self.peers.retain(|_, p| {
             let keep = now.duration_since(p.last_used) < UDP_IDLE;
-            if !keep {
+            if keep {
+                keep_until(p.last_used + UDP_IDLE);
+            } else {
                 peer_ports.remove(&(p.forward, p.addr));
             }
             keep
         });
+        self.next_expiry = next;
+    }
+
+    /// When [`UdpRelay::expire`] has something to look at next (a flow's use since then only makes it look early).
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.next_expiry
+    }
+
+    fn expires_at(&mut self, at: Instant) {
+        self.next_expiry = Some(self.next_expiry.map_or(at, |n| n.min(at)));
     }
 }
 
@@ -274,16 +295,20 @@ mod tests {
         let mut relay = UdpRelay::new(net.clone(), sink.local_addr().unwrap(), shared, Vec::new(), sources).unwrap();
         let t0 = Instant::now();
         let at = |ip: Ipv4Addr, port| SocketAddr::new(ip.into(), port);
+        assert_eq!(relay.next_expiry(), None, "no flow: nothing to wake up for");
         relay.relay_from_guest(1000, at(net.dns, 53), b"q", t0);
         relay.relay_from_guest(1001, at(net.gateway, port), b"x", t0);
         // Inside the subnet but neither gateway nor DNS: nobody is there.
         relay.relay_from_guest(1002, at(Ipv4Addr::new(10, 0, 2, 9), port), b"x", t0);
         assert_eq!(relay.outbound.len(), 2);
+        assert_eq!(relay.next_expiry(), Some(t0 + DNS_IDLE));
         relay.expire(t0 + DNS_IDLE + Duration::from_secs(1));
         let flow = |port| relay.outbound.contains_key(&at(net.guest_ip, port));
         assert!(flow(1001) && !flow(1000));
+        assert_eq!(relay.next_expiry(), Some(t0 + UDP_IDLE));
         relay.expire(t0 + UDP_IDLE + Duration::from_secs(1));
         assert!(relay.outbound.is_empty());
+        assert_eq!(relay.next_expiry(), None, "every flow forgotten: nothing to wake up for");
         assert_eq!(relay.sources.len(), 0, "expired flows are no longer waited on");
         let mut buf = [0; 8];
         sink.set_read_timeout(Some(Duration::from_secs(2))).unwrap();

@@ -5,7 +5,9 @@ use crate::memory::GuestRam;
 use crate::park::Parker;
 use crate::syscall_names::syscall_name;
 use crate::vm::Console;
-use kiln_abi::hypercall::{Hypercall, MAX_IO_SEGMENTS, MAX_PANIC_MESSAGE, MAX_WAIT_NS, MAX_WRITE_BYTES, SYSCALL_SLOTS};
+use kiln_abi::hypercall::{
+    Hypercall, MAX_IO_SEGMENTS, MAX_PANIC_MESSAGE, MAX_WRITE_BYTES, SYSCALL_SLOTS, WAIT_FOREVER,
+};
 
 /// What the run loop does next.
 #[derive(Debug, PartialEq, Eq)]
@@ -93,7 +95,8 @@ pub fn handle(
         }
         Some(Hypercall::Wait) => {
             if let Some(parker) = parkers.get(cpu) {
-                parker.park(std::time::Duration::from_nanos(args[0].min(MAX_WAIT_NS)));
+                let timeout = (args[0] != WAIT_FOREVER).then(|| std::time::Duration::from_nanos(args[0]));
+                parker.park(timeout);
             }
             0
         }

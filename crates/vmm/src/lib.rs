@@ -11,6 +11,7 @@ pub mod boot;
 pub mod disk;
 pub mod elf;
 pub mod fault;
+pub mod host_signals;
 pub mod hypercall;
 pub mod loader;
 pub mod memory;
@@ -29,5 +30,6 @@ pub mod vm;
 
 pub use disk::VolumeConfig;
 pub use fault::{CrashReport, Signal};
+pub use host_signals::HostSignals;
 pub use netcard::NetConfig;
 pub use vm::{Console, Outcome, RunStats, Vm, VmConfig, VmError};

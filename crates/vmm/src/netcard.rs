@@ -8,8 +8,7 @@ use crate::virtio::net::{Backend, Net, NetStats, RX_QUEUE, TX_QUEUE};
 use crate::virtio::MmioTransport;
 use kiln_abi::boot::NET_MMIO_SIZE;
 use std::ops::Range;
-use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use virtio_queue::QueueT;
@@ -42,8 +41,6 @@ impl std::fmt::Debug for NetConfig {
     }
 }
 
-/// How long the pump sleeps at most between looks at whether the VM ended.
-const PUMP_TICK: Duration = Duration::from_millis(100);
 /// How long it waits for the guest to add receive buffers before trying again.
 const BUFFER_WAIT: Duration = Duration::from_millis(1);
 
@@ -135,21 +132,28 @@ impl NetCard {
         self.device().device.backend().set_waker(deliver)
     }
 
-    /// The receive pump: until `done`, waits for the backend to have frames, moves them into the receive queue and
-    /// calls `wake` when the guest got any. An error says how the guest broke a queue (and ends the pump).
-    pub fn pump(&self, mem: &GuestMemoryMmap, done: &AtomicBool, wake: impl Fn()) -> Result<(), String> {
+    /// The receive pump: until `stop` (a pipe's read end) polls readable or hung up, waits for the backend to have
+    /// frames, moves them into the receive queue and calls `wake` when the guest got any. It sleeps only in poll:
+    /// an idle VM costs nothing here. An error says how the guest broke a queue (and ends the pump).
+    pub fn pump(&self, mem: &GuestMemoryMmap, stop: &impl AsRawFd, wake: impl Fn()) -> Result<(), String> {
         let ready_fd: RawFd = self.device().device.backend().ready_fd();
-        while !done.load(Ordering::SeqCst) {
+        loop {
             let waiting = self.device().device.is_waiting_for_buffers();
             // With a frame waiting for buffers, the backend may stay readable: do not spin on it.
             let ready = if waiting {
                 std::thread::sleep(BUFFER_WAIT);
-                true
+                Ready::Frames
             } else {
-                poll_readable(ready_fd, PUMP_TICK)
+                wait_readable(ready_fd, stop.as_raw_fd())
             };
-            if !ready {
-                continue;
+            match ready {
+                Ready::Stop => return Ok(()),
+                Ready::Broken => {
+                    // A backend gone bad (a deleted tap device): frames will not come.
+                    tracing::warn!("the network backend failed: no more frames will reach the program");
+                    return Ok(());
+                }
+                Ready::Frames => {}
             }
             if !self.device().is_active() {
                 std::thread::sleep(BUFFER_WAIT);
@@ -157,7 +161,6 @@ impl NetCard {
             }
             self.deliver(mem, &wake)?;
         }
-        Ok(())
     }
 }
 
@@ -166,23 +169,39 @@ fn fault(device: &Device) -> Result<(), String> {
     device.device.fault().map_or(Ok(()), |why| Err(format!("the guest broke the network card's virtio-net {why}")))
 }
 
-/// Waits up to `timeout` for `fd` to poll readable.
-fn poll_readable(fd: RawFd, timeout: Duration) -> bool {
-    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-    // SAFETY: one valid pollfd, for the duration of the call.
-    let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
-    if n > 0 && pfd.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
-        // A backend gone bad (a deleted tap device): frames will not come, but do not spin on it.
-        std::thread::sleep(timeout);
-        return false;
+enum Ready {
+    Frames,
+    Stop,
+    Broken,
+}
+
+/// Waits, without a timeout, for `fd` to poll readable or for `stop` to poll at all.
+fn wait_readable(fd: RawFd, stop: RawFd) -> Ready {
+    let mut pfds = [
+        libc::pollfd { fd, events: libc::POLLIN, revents: 0 },
+        libc::pollfd { fd: stop, events: libc::POLLIN, revents: 0 },
+    ];
+    loop {
+        // SAFETY: two valid pollfds, for the duration of the call.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), 2, -1) };
+        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        return if n < 0 || pfds[1].revents != 0 {
+            Ready::Stop
+        } else if pfds[0].revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+            Ready::Broken
+        } else {
+            Ready::Frames
+        };
     }
-    n > 0 && pfd.revents & libc::POLLIN != 0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::virtio::testing::{mem, set_up};
+    use std::sync::atomic::Ordering;
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::GuestAddress;
 

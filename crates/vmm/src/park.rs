@@ -1,6 +1,7 @@
-//! Where an idle vCPU sleeps: the library OS's `Wait` parks the vCPU's host thread until its deadline or until
-//! another vCPU's `Kick` (or the end of the VM) unparks it. A kick that arrives before the wait is kept, so that a
-//! wake-up between the library OS deciding to wait and the wait itself is never lost.
+//! Where an idle vCPU sleeps: the library OS's `Wait` parks the vCPU's host thread until its deadline (if it has one)
+//! or until another vCPU's `Kick`, a frame from the network, a host signal or the end of the VM unparks it. A kick
+//! that arrives before the wait is kept, so that a wake-up between the library OS deciding to wait and the wait
+//! itself is never lost.
 
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -12,16 +13,21 @@ pub struct Parker {
 }
 
 impl Parker {
-    /// Sleeps for at most `timeout`; returns early (or at once) if kicked since the last park.
-    pub fn park(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
+    /// Sleeps for at most `timeout` (`None`: until kicked); returns early (or at once) if kicked since the last park.
+    pub fn park(&self, timeout: Option<Duration>) {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut kicked = self.kicked.lock().unwrap_or_else(PoisonError::into_inner);
         while !*kicked {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            kicked = self.wake.wait_timeout(kicked, left).unwrap_or_else(PoisonError::into_inner).0;
+            kicked = match deadline {
+                None => self.wake.wait(kicked).unwrap_or_else(PoisonError::into_inner),
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    self.wake.wait_timeout(kicked, left).unwrap_or_else(PoisonError::into_inner).0
+                }
+            };
         }
         *kicked = false;
     }
@@ -42,7 +48,7 @@ mod tests {
         let p = Parker::default();
         p.unpark();
         let t = Instant::now();
-        p.park(Duration::from_secs(10));
+        p.park(Some(Duration::from_secs(10)));
         assert!(t.elapsed() < Duration::from_secs(5));
     }
 
@@ -50,7 +56,7 @@ mod tests {
     fn parks_until_the_timeout_or_a_kick() {
         let p = Arc::new(Parker::default());
         let t = Instant::now();
-        p.park(Duration::from_millis(20));
+        p.park(Some(Duration::from_millis(20)));
         assert!(t.elapsed() >= Duration::from_millis(20));
         let q = p.clone();
         let kicker = std::thread::spawn(move || {
@@ -58,8 +64,25 @@ mod tests {
             q.unpark();
         });
         let t = Instant::now();
-        p.park(Duration::from_secs(10));
+        p.park(Some(Duration::from_secs(10)));
         assert!(t.elapsed() < Duration::from_secs(5));
         kicker.join().unwrap();
+    }
+
+    #[test]
+    fn parks_without_a_timeout_until_kicked() {
+        let p = Arc::new(Parker::default());
+        let q = p.clone();
+        let kicker = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            q.unpark();
+        });
+        let t = Instant::now();
+        p.park(None);
+        assert!(t.elapsed() >= Duration::from_millis(50));
+        kicker.join().unwrap();
+        // A timeout beyond what an Instant can hold is no timeout either (the guest may ask for any u64).
+        p.unpark();
+        p.park(Some(Duration::from_nanos(u64::MAX)));
     }
 }

@@ -6,6 +6,7 @@ use crate::boot::{self, BootError, BootParams, BootState, MIN_MEMORY};
 use crate::disk::{Disk, VolumeConfig};
 use crate::elf::{ElfError, ElfImage};
 use crate::fault::{self, CrashReport};
+use crate::host_signals::{Forwarder, HostSignals};
 use crate::hypercall::{self, Action};
 use crate::loader::{self, PreparedProgram};
 use crate::memory::{GuestRam, MemoryError};
@@ -21,8 +22,10 @@ use kiln_abi::hypercall::{FaultRecord, Hypercall, FAULT_RECORD_OFFSET, HYPERCALL
 use kiln_abi::layout::{direct_map, HUGE_PAGE_SIZE, SYSCALL_TRAP_VADDR};
 use kvm_bindings::{kvm_userspace_memory_region, Msrs, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -62,8 +65,10 @@ pub enum VmError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot start a host thread for a vCPU")]
+    #[error("cannot start a host thread")]
     Thread(#[source] std::io::Error),
+    #[error("cannot make a pipe to stop the network's receive thread")]
+    Pipe(#[source] std::io::Error),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -116,6 +121,9 @@ pub enum Outcome {
     Deadlocked { threads: u64, waits: String },
     /// The vCPU died on a fault or an unrewritten syscall.
     Crashed(CrashReport),
+    /// The program did not take a stop signal from the host (SIGINT, SIGTERM, SIGQUIT) within the grace period
+    /// (see [`crate::host_signals`]), so the VMM ended it: the signal, and the grace it had.
+    SignalUntaken { signal: u32, grace: std::time::Duration },
     /// The VMM stopped a guest that broke the hypercall contract, or the library OS reported a bug.
     Stopped(String),
 }
@@ -359,35 +367,15 @@ impl Vm {
         Ok(Vm { _kvm: kvm, _vm: vm, vcpus, shared, boot })
     }
 
-    /// Tells the library OS that the host sends `sig` (see `BootInfo::host_signals_phys`), and wakes idle vCPUs so
-    /// that one of them passes it on.
-    fn forward_signal(shared: &Shared, page: u64, sig: u32) {
-        if !(1..64).contains(&sig) {
-            return;
-        }
-        let bump = |at: u64| {
-            let n: u64 = shared.ram.read_obj(at).unwrap_or(0);
-            let _ = shared.ram.write_obj(at, n.wrapping_add(1));
-        };
-        // The count first, then the generation the library OS watches (x86 keeps stores in order).
-        bump(page + 8 * u64::from(sig));
-        bump(page);
-        shared.parkers.iter().for_each(Parker::unpark);
-    }
-
     pub fn rewrite_report(&self) -> &RewriteReport {
         &self.boot.program.report
     }
 
     /// Runs the program to its end: each vCPU on a host thread of its own; returns the first outcome. vCPUs still
     /// running then stop at their next exit; one VM per process, so the caller ends the process soon after.
-    /// `host_signals` is polled meanwhile: each signal number it returns is forwarded to the program (as Docker
-    /// forwards SIGINT and SIGTERM to a container's process).
-    pub fn run(
-        self,
-        console: Arc<dyn Console>,
-        host_signals: &dyn Fn() -> Vec<u32>,
-    ) -> Result<(Outcome, RunStats), VmError> {
+    /// Meanwhile every signal `host_signals` reports is forwarded to the program (as Docker forwards SIGINT and
+    /// SIGTERM to a container's process). This thread blocks throughout: an idle VM costs the host no CPU.
+    pub fn run(self, console: Arc<dyn Console>, host_signals: HostSignals) -> Result<(Outcome, RunStats), VmError> {
         let started = std::time::Instant::now();
         let (tx, rx) = std::sync::mpsc::channel();
         // The card's receive side first, so that no frame comes before anything would take it to the guest. A queue
@@ -405,14 +393,18 @@ impl Vm {
                 }
             }
         });
+        // The pump stops when this function returns: the pipe's write end closes.
+        let mut _pump_stop = None;
         if self.shared.net.as_ref().is_some_and(|card| !card.set_waker(deliver)) {
+            let (stop, stop_write) = pipe().map_err(VmError::Pipe)?;
+            _pump_stop = Some(stop_write);
             let (shared, stopped) = (self.shared.clone(), tx.clone());
             std::thread::Builder::new()
                 .name("net-rx".into())
                 .spawn(move || {
                     if let Some(card) = &shared.net {
                         let wake = || shared.parkers.iter().for_each(Parker::unpark);
-                        if let Err(why) = card.pump(shared.ram.inner(), &shared.done, wake) {
+                        if let Err(why) = card.pump(shared.ram.inner(), &stop, wake) {
                             finish(&shared, &stopped, Ok(Outcome::Stopped(why)));
                         }
                     }
@@ -420,7 +412,8 @@ impl Vm {
                 .map_err(VmError::Thread)?;
         }
         for (id, vcpu) in self.vcpus.into_iter().enumerate() {
-            let (shared, console, tx) = (self.shared.clone(), console.clone(), tx.clone());
+            let (shared, console) = (self.shared.clone(), console.clone());
+            let tx = tx.clone();
             let start = self.boot.vcpus[id];
             std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
@@ -435,16 +428,41 @@ impl Vm {
                 })
                 .map_err(VmError::Thread)?;
         }
-        drop(tx);
+        let HostSignals { mut wait, grace } = host_signals;
+        let signals_tx = tx;
+        std::thread::Builder::new()
+            .name("host-signals".into())
+            .spawn(move || loop {
+                if signals_tx.send(Event::Signals(wait())).is_err() {
+                    return;
+                }
+            })
+            .map_err(VmError::Thread)?;
+        let mut forwarder = Forwarder::new(self.boot.host_signals_phys, grace);
         let outcome = loop {
-            match rx.recv_timeout(std::time::Duration::from_millis(20)) {
-                Ok(outcome) => break outcome?,
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    for sig in host_signals() {
-                        Self::forward_signal(&self.shared, self.boot.host_signals_phys, sig);
+            // Without a stop signal awaited, no deadline at all.
+            let event = match forwarder.next_deadline() {
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some(at) => rx.recv_timeout(at.saturating_duration_since(std::time::Instant::now())),
+            };
+            match event {
+                Ok(Event::Ended(outcome)) => break outcome?,
+                Ok(Event::Signals(signals)) => {
+                    for sig in signals {
+                        forwarder.forward(&self.shared.ram, sig, std::time::Instant::now());
+                    }
+                    // Idle vCPUs wake, and one of them passes the signals on.
+                    self.shared.parkers.iter().for_each(Parker::unpark);
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    let Some(signal) = forwarder.overdue(&self.shared.ram, std::time::Instant::now()) else { continue };
+                    // A vCPU that ended the VM meanwhile has sent its outcome: that one counts.
+                    if !self.shared.done.swap(true, Ordering::SeqCst) {
+                        self.shared.parkers.iter().for_each(Parker::unpark);
+                        break Outcome::SignalUntaken { signal, grace: forwarder.grace() };
                     }
                 }
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                Err(RecvTimeoutError::Disconnected) => {
                     break Outcome::Stopped("every vCPU stopped without an outcome".into())
                 }
             }
@@ -461,15 +479,30 @@ impl Vm {
 }
 
 /// Ends the VM with `result` unless something ended it first: the vCPUs stop at their next exit.
-fn finish(
-    shared: &Shared,
-    outcomes: &std::sync::mpsc::Sender<Result<Outcome, VmError>>,
-    result: Result<Outcome, VmError>,
-) {
+fn finish(shared: &Shared, outcomes: &Sender<Event>, result: Result<Outcome, VmError>) {
     if !shared.done.swap(true, Ordering::SeqCst) {
         shared.parkers.iter().for_each(Parker::unpark);
-        let _ = outcomes.send(result);
+        let _ = outcomes.send(Event::Ended(result));
     }
+}
+
+/// What the thread running [`Vm::run`] waits for.
+enum Event {
+    /// A vCPU saw the program end.
+    Ended(Result<Outcome, VmError>),
+    /// The host sent these signals to this process.
+    Signals(Vec<u32>),
+}
+
+/// A pipe (close-on-exec): (read end, write end).
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded, so both are open descriptors that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// One vCPU's loop: run it, answer its hypercalls, until the program ends here or elsewhere.

@@ -331,6 +331,7 @@ fn gregs(f: &SyscallFrame, rax: u64, rip: u64, rsp: u64, cause: Cause) -> [u64; 
 /// Delivers the current thread's pending signal `sig` as it leaves a syscall whose result is `ret`: builds the frame
 /// and points `frame` at the handler. Returns what the program's %rax should be now.
 pub fn deliver(frame: &mut SyscallFrame, sig: u32, ret: i64) -> i64 {
+    host_signal_taken(u64::from(sig));
     let (action, origin) = take_action(sig);
     match action.handler {
         SIG_IGN => return ret,
@@ -488,6 +489,9 @@ pub fn rt_sigreturn_marker(_: &Args) -> SysResult {
 }
 
 /// Where the VMM counts the signals the host sends (see `BootInfo::host_signals_phys`), and what we have passed on.
+/// The VMM stops a program that has not taken a SIGINT, SIGTERM or SIGQUIT of the host's within a grace period (a
+/// thread computing without syscalls never would): so each taking of a signal (delivered to a handler or by
+/// `sigwait`, or ignored) tells it, in the page's words from `HOST_SIGNAL_TAKEN`, how many of the host's it covers.
 static HOST_PAGE: AtomicU64 = AtomicU64::new(0);
 static HOST_SEEN_GENERATION: AtomicU64 = AtomicU64::new(0);
 static HOST_SEEN: [AtomicU64; NSIG as usize] = [const { AtomicU64::new(0) }; NSIG as usize];
@@ -496,10 +500,24 @@ pub fn init(boot: &kiln_abi::BootInfo) {
     HOST_PAGE.store(kiln_abi::layout::direct_map(boot.host_signals_phys), Ordering::Relaxed);
 }
 
-fn host_word(index: u64) -> u64 {
+fn host_word(index: u64) -> &'static AtomicU64 {
     let page = HOST_PAGE.load(Ordering::Relaxed);
-    // SAFETY: the host-signal page is guest RAM the VMM set aside for this; it is only read here.
-    unsafe { (*((page + 8 * index) as *const AtomicU64)).load(Ordering::Acquire) }
+    // SAFETY: the host-signal page is guest RAM the VMM set aside for this, mapped for the whole run; its words are
+    // only accessed atomically.
+    unsafe { &*((page + 8 * index) as *const AtomicU64) }
+}
+
+/// `sig` was taken (delivered, taken by `sigwait`, or ignored): every one the host sent that we have passed on.
+fn host_signal_taken(sig: u64) {
+    if HOST_PAGE.load(Ordering::Relaxed) != 0 && (1..NSIG).contains(&sig) {
+        let seen = HOST_SEEN[sig as usize].load(Ordering::Acquire);
+        host_word(kiln_abi::boot::HOST_SIGNAL_TAKEN + sig).store(seen, Ordering::Release);
+    }
+}
+
+fn ignored(sig: u64) -> bool {
+    let handler = state().actions[(sig - 1) as usize].handler;
+    handler == SIG_IGN || (handler == SIG_DFL && default_is_ignore(sig))
 }
 
 /// Passes on the signals the host sent since the last look (Ctrl-C or `kill` of kiln) as signals to the process:
@@ -508,7 +526,7 @@ pub fn poll_host_signals() {
     if HOST_PAGE.load(Ordering::Relaxed) == 0 {
         return;
     }
-    let generation = host_word(0);
+    let generation = host_word(0).load(Ordering::Acquire);
     let seen = HOST_SEEN_GENERATION.load(Ordering::Acquire);
     if generation == seen
         || HOST_SEEN_GENERATION.compare_exchange(seen, generation, Ordering::AcqRel, Ordering::Acquire).is_err()
@@ -516,9 +534,12 @@ pub fn poll_host_signals() {
         return;
     }
     for sig in 1..NSIG {
-        let count = host_word(sig);
+        let count = host_word(sig).load(Ordering::Acquire);
         if HOST_SEEN[sig as usize].swap(count, Ordering::AcqRel) != count {
             let _ = send_to_process(sig);
+            if ignored(sig) {
+                host_signal_taken(sig);
+            }
         }
     }
 }
@@ -537,6 +558,7 @@ pub fn rt_sigtimedwait(a: &Args) -> SysResult {
     };
     loop {
         if let Some(sig) = sched::take_signal_in(set) {
+            host_signal_taken(u64::from(sig));
             if a[1] != 0 {
                 let origin = state().origins[(sig - 1) as usize];
                 user::write_bytes(a[1], &origin.siginfo(sig))?;

@@ -1,7 +1,9 @@
 /* waiter: waits to be stopped. With the argument `graceful` it handles SIGTERM and SIGINT, says which arrived and
- * exits 0; with `stubborn` it ignores SIGTERM (only SIGKILL ends it); without, it keeps the default actions (ending
- * with 128 + n). Prints "waiter: ready" first. A thread is
- * blocked in a futex-based join meanwhile, so the signal must reach a waiting program. */
+ * exits 0; with `lingering` it handles them too but goes on making syscalls for 3 s more, then exits 7; with
+ * `stubborn` it ignores SIGTERM (only SIGKILL ends it); with `spin` it computes forever without a syscall, keeping
+ * the default actions, and with `busy` the same with SIGTERM and SIGINT handled; without, it keeps the default
+ * actions (ending with 128 + n). Prints "waiter: ready" first. A
+ * thread is blocked in a futex-based join meanwhile, so the signal must reach a waiting program. */
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -22,19 +24,36 @@ static void *idle(void *arg) {
   return 0;
 }
 
+/* Busy without syscalls: a signal can never reach this thread (under Kiln; natively, the default action ends it). */
+static void spin(void) {
+  volatile unsigned long x = 1;
+  for (;;) x = x * 6364136223846793005UL + 1442695040888963407UL;
+}
+
 int main(int argc, char **argv) {
-  if (argc > 1 && strcmp(argv[1], "graceful") == 0) {
+  const char *mode = argc > 1 ? argv[1] : "";
+  if (strcmp(mode, "graceful") == 0 || strcmp(mode, "lingering") == 0 || strcmp(mode, "busy") == 0) {
     signal(SIGTERM, on_stop);
     signal(SIGINT, on_stop);
-  } else if (argc > 1 && strcmp(argv[1], "stubborn") == 0) {
+  } else if (strcmp(mode, "stubborn") == 0) {
     signal(SIGTERM, SIG_IGN);
   }
   pthread_t t;
   pthread_create(&t, 0, idle, 0);
   printf("waiter: ready\n");
   fflush(stdout);
+  if (strcmp(mode, "spin") == 0 || strcmp(mode, "busy") == 0) spin();
   while (!stop) pause();
   pthread_join(t, 0);
+  if (strcmp(mode, "lingering") == 0) {
+    /* Shutting down slowly, but taking its time in syscalls: longer than a short grace period. */
+    for (int i = 0; i < 60; i++) {
+      struct timespec nap = {0, 50 * 1000 * 1000};
+      nanosleep(&nap, 0);
+    }
+    printf("waiter: stopped by signal %d after lingering\n", (int)stop);
+    return 7;
+  }
   printf("waiter: stopped by signal %d\n", (int)stop);
   return 0;
 }
