@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# What idle instances cost the host: starts N idle `kiln run -d` HTTP servers (tiny_http, the test guest of
+# tests/http.rs, each on its own published port), waits for them to settle, sums the kiln processes' utime + stime
+# (/proc/PID/stat) over SECONDS, and removes them; first with a kiln from before idle VMs stopped polling, then with
+# this tree's, in the same run. Prints a markdown table: CPU in all (% of one core) and per instance.
+#
+#   bench/idle.sh [N] [SECONDS]      (default 1000 instances, 60 s; KILN_OLD=/path/to/kiln instead of building
+#                                     OLD, a git revision, default the parent of the commit "Idle VMs block ...";
+#                                     MEMORY=64M each (guest RAM is reserved, not committed); PORT_BASE=21000;
+#                                     PARALLEL=4 starts at a time)
+#
+# Each instance holds a few threads, descriptors and ~15 MB of host memory: 1,000 need ~15 GB free and `ulimit -n`
+# well above 1,000 for nothing; the script refuses what the host's free memory cannot hold.
+set -euo pipefail
+count=${1:-1000}
+seconds=${2:-60}
+memory=${MEMORY:-64M}
+port_base=${PORT_BASE:-21000}
+parallel=${PARALLEL:-4}
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+new_kiln="$out/kiln-idle-new"
+cp "$KILN" "$new_kiln"
+
+free_kb=$(awk '/MemAvailable/ {print $2}' /proc/meminfo)
+if ((count * 16 * 1024 > free_kb)); then
+  echo "bench: $count instances need about $((count * 16)) MB; only $((free_kb / 1024)) MB are available" >&2
+  exit 1
+fi
+
+old_kiln=${KILN_OLD:-}
+if [ -z "$old_kiln" ]; then
+  rev=${OLD:-$(git -C "$repo" log -1 --format=%H --grep='^Idle VMs block instead of polling')^}
+  echo "bench: building the old kiln ($(git -C "$repo" rev-parse --short "$rev"))" >&2
+  src="$out/idle-old-src"
+  git -C "$repo" worktree remove --force "$src" 2>/dev/null || rm -rf "$src"
+  git -C "$repo" worktree add --detach "$src" "$rev" >&2
+  # Its own .cargo/config.toml applies from its directory; the shared target directory reuses the dependencies.
+  (cd "$src" && CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$repo/target}" cargo build --release --locked -p kiln >&2)
+  old_kiln="$out/kiln-idle-old"
+  cp "${CARGO_TARGET_DIR:-$repo/target}/x86_64-unknown-linux-musl/release/kiln" "$old_kiln"
+  git -C "$repo" worktree remove --force "$src"
+  # The shared target directory's kiln is the old one now: put this tree's back.
+  cp "$new_kiln" "$KILN"
+fi
+
+echo "bench: building the guest" >&2
+(
+  cd "$repo/tests/guests/rust"
+  env -u RUSTFLAGS -u CARGO_BUILD_TARGET cargo build --release --locked --target x86_64-unknown-linux-musl \
+    --target-dir "$out/guests" --bin http_tiny >&2
+)
+guest="$out/guests/x86_64-unknown-linux-musl/release/http_tiny"
+
+ids=()
+home=
+cleanup() {
+  if [ -n "$home" ] && [ ${#ids[@]} -gt 0 ]; then
+    printf '%s\n' "${ids[@]}" | KILN_HOME="$home" xargs -n 100 "$kiln" rm -f >/dev/null 2>&1 || true
+  fi
+}
+trap cleanup EXIT
+
+# utime + stime of every pid given, in clock ticks.
+ticks() {
+  local total=0 pid
+  for pid in "$@"; do
+    # Fields 14 and 15, counted after the command name (which may hold spaces) in parentheses.
+    if [ -r "/proc/$pid/stat" ]; then
+      read -r -a f <<<"$(sed 's/^.*) //' "/proc/$pid/stat")"
+      total=$((total + f[11] + f[12]))
+    fi
+  done
+  echo "$total"
+}
+
+# measure KILN LABEL: sets `row` to "LABEL|instances|seconds|ticks". (Not in a subshell: the trap must see `ids`.)
+measure() {
+  kiln=$1
+  home="$out/idle-home-$2"
+  rm -rf "$home"
+  mkdir -p "$home"
+  export KILN_HOME="$home"
+  echo "bench: starting $count instances with the $2 kiln" >&2
+  ids=()
+  local list="$out/idle-ids-$2"
+  seq 0 $((count - 1)) | xargs -P "$parallel" -I{} sh -c \
+    'p=$(('"$port_base"' + {})); "$0" run -d --memory "$1" -p "127.0.0.1:$p:8080" --env RUST_MIN_STACK=131072 "$2" 8080' \
+    "$kiln" "$memory" "$guest" >"$list" || true
+  mapfile -t ids <"$list"
+  if [ ${#ids[@]} -ne "$count" ]; then
+    echo "bench: only ${#ids[@]} of $count instances started" >&2
+    exit 1
+  fi
+  local pids=() id
+  for id in "${ids[@]}"; do
+    pids+=("$(sed -n 's/.*"pid": \([0-9]*\).*/\1/p' "$home/instances/$id/record.json")")
+  done
+  # Every server answers: the instances are up and idle, not still booting.
+  curl -sf -m 10 "http://127.0.0.1:$port_base/" >/dev/null
+  curl -sf -m 10 "http://127.0.0.1:$((port_base + count - 1))/" >/dev/null
+  sleep 5
+  echo "bench: measuring for $seconds s" >&2
+  local before after
+  before=$(ticks "${pids[@]}")
+  sleep "$seconds"
+  after=$(ticks "${pids[@]}")
+  local alive=0 pid
+  for pid in "${pids[@]}"; do [ -d "/proc/$pid" ] && alive=$((alive + 1)); done
+  if [ "$alive" -ne "$count" ]; then
+    echo "bench: only $alive of $count instances still run" >&2
+    exit 1
+  fi
+  row="$2|$count|$seconds|$((after - before))"
+  printf '%s\n' "${ids[@]}" | xargs -n 100 "$kiln" rm -f >/dev/null
+  ids=()
+}
+
+rows=()
+measure "$old_kiln" old
+rows+=("$row")
+measure "$new_kiln" new
+rows+=("$row")
+hz=$(getconf CLK_TCK)
+echo
+echo "| kiln | idle instances | measured | CPU (utime + stime) | of one core | per instance |"
+echo "|---|---:|---:|---:|---:|---:|"
+for row in "${rows[@]}"; do
+  IFS='|' read -r label n secs t <<<"$row"
+  awk -v l="$label" -v n="$n" -v s="$secs" -v t="$t" -v hz="$hz" 'BEGIN {
+    cpu = t / hz
+    printf "| %s | %d | %d s | %.2f s | %.2f%% | %.1f us/s |\n", l, n, s, cpu, 100 * cpu / s, 1e6 * cpu / s / n
+  }'
+done
