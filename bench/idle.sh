@@ -27,12 +27,25 @@ if ((count * 16 * 1024 > free_kb)); then
   exit 1
 fi
 
+src=
+ids=()
+home=
+cleanup() {
+  if [ -n "${src:-}" ] && [ -d "$src" ]; then
+    git -C "$repo" worktree remove --force "$src" 2>/dev/null || true
+  fi
+  if [ -n "$home" ] && [ ${#ids[@]} -gt 0 ]; then
+    printf '%s\n' "${ids[@]}" | KILN_HOME="$home" xargs -n 100 "$kiln" rm -f >/dev/null 2>&1 || true
+  fi
+}
+trap cleanup EXIT
+
 old_kiln=${KILN_OLD:-}
 if [ -z "$old_kiln" ]; then
   rev=${OLD:-$(git -C "$repo" log -1 --format=%H --grep='^Idle VMs block instead of polling')^}
   echo "bench: building the old kiln ($(git -C "$repo" rev-parse --short "$rev"))" >&2
-  src="$out/idle-old-src"
-  git -C "$repo" worktree remove --force "$src" 2>/dev/null || rm -rf "$src"
+  # Outside the repository, whose workspace would otherwise claim the old tree's kernel/.
+  src=$(mktemp -d "${TMPDIR:-/tmp}/kiln-idle-old.XXXXXX")
   git -C "$repo" worktree add --detach "$src" "$rev" >&2
   # Its own .cargo/config.toml applies from its directory; the shared target directory reuses the dependencies.
   (cd "$src" && CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$repo/target}" cargo build --release --locked -p kiln >&2)
@@ -51,26 +64,11 @@ echo "bench: building the guest" >&2
 )
 guest="$out/guests/x86_64-unknown-linux-musl/release/http_tiny"
 
-ids=()
-home=
-cleanup() {
-  if [ -n "$home" ] && [ ${#ids[@]} -gt 0 ]; then
-    printf '%s\n' "${ids[@]}" | KILN_HOME="$home" xargs -n 100 "$kiln" rm -f >/dev/null 2>&1 || true
-  fi
-}
-trap cleanup EXIT
-
-# utime + stime of every pid given, in clock ticks.
+# utime + stime of every pid given, in clock ticks: fields 14 and 15, counted after the command name (which may hold
+# spaces) in parentheses. One awk for all, so that the sample is quick and costs the measured processes nothing.
 ticks() {
-  local total=0 pid
-  for pid in "$@"; do
-    # Fields 14 and 15, counted after the command name (which may hold spaces) in parentheses.
-    if [ -r "/proc/$pid/stat" ]; then
-      read -r -a f <<<"$(sed 's/^.*) //' "/proc/$pid/stat")"
-      total=$((total + f[11] + f[12]))
-    fi
-  done
-  echo "$total"
+  printf '/proc/%s/stat\n' "$@" | xargs awk '{ sub(/^.*\) /, ""); t += $12 + $13 } END { print t + 0 }' 2>/dev/null |
+    awk '{ t += $1 } END { print t + 0 }'
 }
 
 # measure KILN LABEL: sets `row` to "LABEL|instances|seconds|ticks". (Not in a subshell: the trap must see `ids`.)
