@@ -226,6 +226,14 @@ fn install_lowest(file: Arc<File>, cloexec: bool, from: usize) -> Result<u64, Er
     Ok(fd as u64)
 }
 
+/// EMFILE if no descriptor is free below the soft limit: for calls that must not consume anything (a queued
+/// connection) before they know they can install it, as Linux reserves the descriptor first.
+pub fn check_free() -> Result<(), Errno> {
+    let soft = nofile_limit().0;
+    let t = TABLE.lock();
+    (0..soft).any(|fd| t.get(fd).is_none_or(Option::is_none)).then_some(()).ok_or(Errno::EMFILE)
+}
+
 pub fn install(file: Arc<File>, cloexec: bool) -> Result<u64, Errno> {
     install_lowest(file, cloexec, 0)
 }

@@ -155,6 +155,8 @@ pub fn accept4(a: &Args) -> SysResult {
     if a[3] & !(SOCK_NONBLOCK | SOCK_CLOEXEC) != 0 {
         return Err(Errno::EINVAL);
     }
+    // At the descriptor limit the connection stays queued (EMFILE), as on Linux.
+    file::check_free()?;
     let (connection, peer) = listener.accept(patience(&f, false, 0))?;
     addr::write(listener.family, peer, a[1], a[2])?;
     let flags = O_RDWR | if a[3] & SOCK_NONBLOCK != 0 { O_NONBLOCK } else { 0 };

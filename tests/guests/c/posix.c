@@ -10,6 +10,8 @@
 #include <limits.h>
 #include <pthread.h>
 #include <sys/resource.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -231,10 +233,22 @@ static void open_files_limit(void) {
   check(setrlimit(RLIMIT_NOFILE, &rl) == 0 && getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur == 16 &&
             rl.rlim_max == old.rlim_max,
         "a lower soft limit is kept");
+  int listener = socket(AF_INET, SOCK_STREAM, 0), client = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in at = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t len = sizeof at;
+  check(bind(listener, (struct sockaddr *)&at, sizeof at) == 0 && listen(listener, 4) == 0 &&
+            getsockname(listener, (struct sockaddr *)&at, &len) == 0 &&
+            connect(client, (struct sockaddr *)&at, sizeof at) == 0,
+        "a connection waits to be accepted");
   int fds[16], n = 0, fd;
   while (n < 16 && (fd = open("/dev/null", O_RDONLY)) >= 0) fds[n++] = fd;
   check(n > 0 && n < 16 && fds[n - 1] == 15 && errno == EMFILE, "open is EMFILE at the soft limit");
   check(dup(0) == -1 && errno == EMFILE, "dup is EMFILE");
+  check(accept(listener, NULL, NULL) == -1 && errno == EMFILE, "accept is EMFILE");
+  close(fds[--n]);
+  int accepted = accept(listener, NULL, NULL);
+  check(accepted == 15 && close(accepted) == 0, "the connection stayed queued: accepted once a descriptor is free");
+  fds[n++] = open("/dev/null", O_RDONLY);
   check(socket(AF_INET, SOCK_DGRAM, 0) == -1 && errno == EMFILE, "socket is EMFILE");
   check(fcntl(0, F_DUPFD, 3) == -1 && errno == EMFILE, "F_DUPFD is EMFILE");
   close(fds[--n]);
@@ -246,6 +260,8 @@ static void open_files_limit(void) {
   check(fcntl(0, F_DUPFD, 16) == -1 && errno == EINVAL, "F_DUPFD from the soft limit is EINVAL");
   check(dup2(0, 15) == 15 && close(15) == 0, "dup2 below it works");
   while (n > 0) close(fds[--n]);
+  close(listener);
+  close(client);
   rl = (struct rlimit){old.rlim_max, old.rlim_max};
   rl.rlim_cur = rl.rlim_max == RLIM_INFINITY ? RLIM_INFINITY : rl.rlim_max + 1;
   check(rl.rlim_max == RLIM_INFINITY || (setrlimit(RLIMIT_NOFILE, &rl) == -1 && errno == EINVAL),
