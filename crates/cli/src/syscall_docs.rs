@@ -99,8 +99,8 @@ const NOTES: &[(u64, &str)] = &[
         54,
         "partial: SO_RCVTIMEO, SO_SNDTIMEO, SO_RCVBUF, SO_SNDBUF (TCP; from the next connect or backlog socket), \
           SO_KEEPALIVE, TCP_KEEPIDLE/KEEPINTVL/KEEPCNT, SO_LINGER, and 49 integer options kept and validated as Linux \
-          does (IP_TTL and IPV6_UNICAST_HOPS set the hop limit, TCP_NODELAY Nagle, SO_REUSEPORT shares a port; \
-          IPV6_V6ONLY and the rest are kept only); others (multicast membership, SO_BINDTODEVICE) are accepted and \
+          does (IP_TTL and IPV6_UNICAST_HOPS set the hop limit, TCP_NODELAY Nagle, SO_REUSEPORT shares a port, \
+          IPV6_V6ONLY keeps IPv4 out; the rest are kept only); others (multicast membership, SO_BINDTODEVICE) are accepted and \
           change nothing",
     ),
     (

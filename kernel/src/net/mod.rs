@@ -28,7 +28,7 @@ use kiln_abi::boot::NetInfo;
 use link::Link;
 use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
 use smoltcp::socket::{tcp, udp};
-use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, Ipv4Address, Ipv6Address};
+use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint, Ipv4Address, Ipv6Address};
 
 /// First port handed out to sockets that did not bind one (Linux's default ephemeral range).
 const EPHEMERAL_FIRST: u16 = 32768;
@@ -43,13 +43,28 @@ pub enum Protocol {
     Udp,
 }
 
-/// A socket's hold on a port: whose (an id of the socket), and whether it shares the port with others that share it
-/// (SO_REUSEPORT; for UDP also SO_REUSEADDR, as on Linux). Several TCP listeners on one port each get some of its
-/// connections, several UDP sockets one of them its datagrams.
+/// A socket's hold on a port: whose (an id of the socket), for which families (an IPv6 socket holds IPv4's side of
+/// the port too unless IPV6_V6ONLY), and whether it shares the port with others that share it (SO_REUSEPORT; for UDP
+/// also SO_REUSEADDR, as on Linux). Several TCP listeners on one port each get some of its connections, several UDP
+/// sockets one of them its datagrams.
 #[derive(Clone, Copy)]
 pub struct PortClaim {
     pub owner: usize,
+    pub families: Families,
     pub shares: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Families {
+    pub v4: bool,
+    pub v6: bool,
+}
+
+impl PortClaim {
+    fn conflicts(&self, other: &PortClaim) -> bool {
+        let overlap = (self.families.v4 && other.families.v4) || (self.families.v6 && other.families.v6);
+        overlap && !(self.shares && other.shares)
+    }
 }
 
 pub struct Stack {
@@ -486,6 +501,25 @@ impl Stack {
         }
     }
 
+    /// Whether a listener hears connections to `local` (its backlog may be full): one on its port that listens on
+    /// its address or all (an IPv6-only listener does not hear IPv4).
+    pub fn listens_for(&self, local: IpEndpoint) -> bool {
+        self.listeners.contains_key(&local.port)
+            && self.sockets.iter().any(|(_, socket)| match socket {
+                smoltcp::socket::Socket::Tcp(tcp) => {
+                    let listened = tcp.listen_endpoint();
+                    listened.port == local.port && listened.addr.is_none_or(|a| a == local.addr)
+                }
+                #[allow(unreachable_patterns)]
+                _ => false,
+            })
+    }
+
+    /// The stack's own IPv6 addresses: what an IPv6-only socket on `::` hears.
+    pub fn own_v6(&self) -> Vec<IpAddress> {
+        core::iter::once(Ipv6Address::LOCALHOST).chain(self.external6).map(IpAddress::Ipv6).collect()
+    }
+
     /// Whether the program may bind `address` (one of the stack's own).
     pub fn is_own(&self, address: IpAddress) -> bool {
         match address {
@@ -546,7 +580,7 @@ impl Stack {
     pub fn claim_port(&mut self, protocol: Protocol, port: u16, claim: PortClaim) -> Result<u16, crate::errno::Errno> {
         if port != 0 {
             let holders = self.ports.entry((protocol, port)).or_default();
-            if !holders.iter().all(|h| h.shares && claim.shares) {
+            if holders.iter().any(|h| h.conflicts(&claim)) {
                 return Err(crate::errno::Errno::EADDRINUSE);
             }
             holders.push(claim);

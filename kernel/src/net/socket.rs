@@ -8,7 +8,7 @@
 use super::addr::{self, AF_INET6};
 use super::kept;
 use super::options::{Direction, Options, DEFAULT_BUFFER};
-use super::{inspect, with, PortClaim, Protocol, Stack};
+use super::{inspect, with, Families, PortClaim, Protocol, Stack};
 use crate::errno::Errno;
 use crate::file::wait::Waitable;
 use crate::file::{POLLERR, POLLHUP, POLLIN, POLLOUT};
@@ -206,10 +206,20 @@ impl Socket {
             let kept = &st.options.kept;
             let shares =
                 kept.is_on(kept::SO_REUSEPORT) || (protocol == Protocol::Udp && kept.is_on(kept::SO_REUSEADDR));
-            let claim = PortClaim { owner: self.id(), shares };
+            let v6_only = self.v6_only(&st);
+            let families = Families { v4: !v6_only, v6: self.family == AF_INET6 };
+            let claim = PortClaim { owner: self.id(), families, shares };
             let port = s.claim_port(protocol, port, claim)?;
             if let Role::Datagram(h) = st.role {
-                let endpoint = IpListenEndpoint { addr: address, port };
+                // smoltcp binds one address or all: an IPv6-only socket on `::` hears the one IPv6 address there is
+                // (the loopback's, without a card with IPv6), or all addresses if there are two (and drops what
+                // comes over IPv4, `drop_ipv4`).
+                let own = s.own_v6();
+                let addr = match address {
+                    None if v6_only && own.len() == 1 => Some(own[0]),
+                    _ => address,
+                };
+                let endpoint = IpListenEndpoint { addr, port };
                 if s.sockets.get_mut::<udp::Socket>(h).bind(endpoint).is_err() {
                     s.release_port(protocol, port, self.id());
                     return Err(Errno::EINVAL);
@@ -218,6 +228,23 @@ impl Socket {
             (st.local, st.owns_port) = ((address, port), true);
             Ok(())
         })
+    }
+
+    /// An IPv6 socket with IPV6_V6ONLY: it neither hears IPv4 nor holds IPv4's side of its port.
+    fn v6_only(&self, st: &State) -> bool {
+        self.family == AF_INET6 && st.options.kept.is_on(kept::IPV6_V6ONLY)
+    }
+
+    /// Where a listener's backlog sockets listen: its address, or for an IPv6-only listener on `::` each of the
+    /// stack's IPv6 addresses (smoltcp listens on one address or all), the backlog on each.
+    fn listen_endpoints(&self, st: &State, s: &Stack) -> Vec<IpListenEndpoint> {
+        let port = st.local.1;
+        match st.local.0 {
+            None if self.v6_only(st) => {
+                s.own_v6().into_iter().map(|a| IpListenEndpoint { addr: Some(a), port }).collect()
+            }
+            addr => vec![IpListenEndpoint { addr, port }],
+        }
     }
 
     /// Binds to an ephemeral port if the socket has none yet.
@@ -237,20 +264,23 @@ impl Socket {
         let want = (backlog.max(1) as usize).min(MAX_BACKLOG);
         with(|s| {
             let mut st = self.state.lock();
-            let endpoint = IpListenEndpoint { addr: st.local.0, port: st.local.1 };
+            let endpoints = self.listen_endpoints(&st, s);
+            let want = want * endpoints.len();
             let options = st.options.clone();
+            let port = st.local.1;
             match &mut st.role {
                 Role::Fresh => {
                     let handles = (0..want)
-                        .map(|_| listening(s, endpoint, &self.waitable, &options))
+                        .map(|i| listening(s, endpoints[i % endpoints.len()], &self.waitable, &options))
                         .collect::<Result<Vec<_>, _>>()?;
                     st.role = Role::Listening(handles);
-                    *s.listeners.entry(endpoint.port).or_insert(0) += 1;
+                    *s.listeners.entry(port).or_insert(0) += 1;
                     Ok(())
                 }
                 // listen again: only the backlog changes.
                 Role::Listening(handles) => {
                     while handles.len() < want {
+                        let endpoint = endpoints[handles.len() % endpoints.len()];
                         handles.push(listening(s, endpoint, &self.waitable, &options)?);
                     }
                     Ok(())
@@ -273,7 +303,7 @@ impl Socket {
             let ready = handles.iter().position(|&h| {
                 matches!(s.sockets.get::<tcp::Socket>(h).state(), tcp::State::Established | tcp::State::CloseWait)
             })?;
-            let fresh = match listening(s, endpoint, &self.waitable, &options) {
+            let fresh = match listening(s, listened_on(s, handles[ready], endpoint), &self.waitable, &options) {
                 Ok(fresh) => fresh,
                 Err(e) => return Some(Err(e)),
             };
@@ -544,10 +574,14 @@ impl Socket {
 
     /// Bytes waiting to be read (FIONREAD).
     pub fn available(&self) -> usize {
-        inspect(|s| match self.state.lock().role {
-            Role::Connected(h) => s.sockets.get::<tcp::Socket>(h).recv_queue(),
-            Role::Datagram(h) => s.sockets.get_mut::<udp::Socket>(h).peek().map_or(0, |(d, _)| d.len()),
-            _ => 0,
+        inspect(|s| {
+            let mut st = self.state.lock();
+            refresh(&mut st, s, &self.waitable);
+            match st.role {
+                Role::Connected(h) => s.sockets.get::<tcp::Socket>(h).recv_queue(),
+                Role::Datagram(h) => s.sockets.get_mut::<udp::Socket>(h).peek().map_or(0, |(d, _)| d.len()),
+                _ => 0,
+            }
         })
     }
 
@@ -619,11 +653,22 @@ fn replace_reset(
 ) -> Result<(), Errno> {
     for h in handles.iter_mut() {
         if s.sockets.get::<tcp::Socket>(*h).state() == tcp::State::Closed {
-            let fresh = listening(s, endpoint, waitable, options)?;
+            let fresh = listening(s, listened_on(s, *h, endpoint), waitable, options)?;
             s.remove(core::mem::replace(h, fresh));
         }
     }
     Ok(())
+}
+
+/// Where backlog socket `h` listened (an IPv6-only listener's sockets each listen on one address), for the socket
+/// that takes its place; `endpoint`, the listener's, if smoltcp forgot.
+fn listened_on(s: &Stack, h: SocketHandle, endpoint: IpListenEndpoint) -> IpListenEndpoint {
+    let listened = s.sockets.get::<tcp::Socket>(h).listen_endpoint();
+    if listened.port == 0 {
+        endpoint
+    } else {
+        listened
+    }
 }
 
 /// A fresh socket listening on `endpoint`, in the stack, whose changes tell the listener's `waitable`.
@@ -665,11 +710,17 @@ fn refresh(st: &mut State, s: &mut Stack, waitable: &Arc<Waitable>) {
         note_reset(st, s, h);
         return;
     }
+    if let Role::Datagram(h) = st.role {
+        if st.options.ipv6 && st.options.kept.is_on(kept::IPV6_V6ONLY) {
+            drop_ipv4(s, h);
+        }
+        return;
+    }
     let Role::Connecting(h) = st.role else { return };
     match s.sockets.get::<tcp::Socket>(h).state() {
         tcp::State::SynSent | tcp::State::SynReceived => {}
         tcp::State::Closed | tcp::State::TimeWait => match st.connecting_to {
-            Some((remote, seen)) if s.listeners.contains_key(&remote.port) => {
+            Some((remote, seen)) if s.listens_for(remote) => {
                 if s.accepts != seen {
                     if let Ok(again) = dial(s, remote, st.local, waitable, &st.options) {
                         s.remove(h);
@@ -692,6 +743,16 @@ fn refresh(st: &mut State, s: &mut Stack, waitable: &Arc<Waitable>) {
             st.connecting_to = None;
         }
     }
+}
+
+/// An IPv6-only UDP socket bound to every address (smoltcp binds one or all) may be handed IPv4 datagrams: they are
+/// dropped before the program can see them, as Linux never delivers them.
+fn drop_ipv4(s: &mut Stack, h: SocketHandle) {
+    let udp = s.sockets.get_mut::<udp::Socket>(h);
+    while udp.peek().is_ok_and(|(_, meta)| matches!(meta.endpoint.addr, IpAddress::Ipv4(_))) {
+        let _ = udp.recv();
+    }
+    s.looked_at(h);
 }
 
 /// Keeps the error of a connection that was reset, once: it closed without both FINs having gone (a reset, or

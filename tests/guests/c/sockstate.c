@@ -527,13 +527,62 @@ static void options_in_effect(void) {
   printf(" then %s\n", so_error(s));
   close(s);
 
-  /* Without IPV6_V6ONLY, a listener on :: holds the port for IPv4 too, and hears it. (With it, Linux leaves the
-   * port's IPv4 side to others; Kiln keeps the option but not that effect.) */
-  int l6;
+  /* IPV6_V6ONLY: a v6-only listener on :: does not hear IPv4, and leaves the port's IPv4 side to others. */
+  int l6 = socket(AF_INET6, SOCK_STREAM, 0);
+  set(l6, IPPROTO_IPV6, IPV6_V6ONLY, 1);
   struct sockaddr_in6 a6 = {.sin6_family = AF_INET6};
-  socklen_t len;
-  int l4;
-  struct sockaddr_in a4 = {.sin_family = AF_INET};
+  if (bind(l6, (struct sockaddr *)&a6, sizeof a6) < 0 || listen(l6, 4) < 0) die("v6 listener");
+  socklen_t len = sizeof a6;
+  getsockname(l6, (struct sockaddr *)&a6, &len);
+  port = ntohs(a6.sin6_port);
+  c = connect_loopback(AF_INET, port);
+  printf("IPV6_V6ONLY: an IPv4 connect to its port: %s\n", c < 0 ? strerror(-c) : "connected");
+  if (c >= 0) close(c);
+  c = connect_loopback(AF_INET6, port);
+  printf("IPV6_V6ONLY: an IPv6 connect to its port: %s\n", c < 0 ? strerror(-c) : "connected");
+  if (c >= 0) close(c);
+  int l4 = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a4 = {.sin_family = AF_INET, .sin_port = htons(port)};
+  printf("IPV6_V6ONLY: an IPv4 bind of the same port: %s\n", outcome(bind(l4, (struct sockaddr *)&a4, sizeof a4)));
+  listen(l4, 4);
+  c = connect_loopback(AF_INET, port);
+  printf("IPV6_V6ONLY: an IPv4 connect with an IPv4 listener beside: %s,", c < 0 ? strerror(-c) : "connected");
+  a = accept(l4, NULL, NULL);
+  printf(" accepted by the IPv4 listener: %s\n", a >= 0 ? "yes" : strerror(errno));
+  if (a >= 0) close(a);
+  if (c >= 0) close(c);
+  close(l4);
+  close(l6);
+
+  int u6 = socket(AF_INET6, SOCK_DGRAM, 0);
+  set(u6, IPPROTO_IPV6, IPV6_V6ONLY, 1);
+  a6.sin6_port = 0;
+  if (bind(u6, (struct sockaddr *)&a6, sizeof a6) < 0) die("v6 udp");
+  len = sizeof a6;
+  getsockname(u6, (struct sockaddr *)&a6, &len);
+  port = ntohs(a6.sin6_port);
+  int s4 = socket(AF_INET, SOCK_DGRAM, 0), s6 = socket(AF_INET6, SOCK_DGRAM, 0);
+  struct sockaddr_in to4 = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  struct sockaddr_in6 to6 = {.sin6_family = AF_INET6, .sin6_port = htons(port), .sin6_addr = in6addr_loopback};
+  sendto(s4, "v4", 2, 0, (struct sockaddr *)&to4, sizeof to4);
+  sendto(s6, "v6", 2, 0, (struct sockaddr *)&to6, sizeof to6);
+  char got[8] = {0};
+  struct pollfd p6 = {.fd = u6, .events = POLLIN};
+  poll(&p6, 1, 2000);
+  ssize_t n6 = recv(u6, got, sizeof got, MSG_DONTWAIT);
+  printf("IPV6_V6ONLY udp: receives %s \"%.*s\",", outcome(n6), n6 > 0 ? (int)n6 : 0, got);
+  printf(" then %s\n", recv_now(u6, sizeof got, 0));
+  int u4 = socket(AF_INET, SOCK_DGRAM, 0);
+  to4.sin_addr.s_addr = htonl(INADDR_ANY);
+  printf("IPV6_V6ONLY udp: an IPv4 bind of the same port: %s\n", outcome(bind(u4, (struct sockaddr *)&to4, sizeof to4)));
+  close(u4);
+  close(s4);
+  close(s6);
+  close(u6);
+
+  /* Without IPV6_V6ONLY, a listener on :: holds the port for IPv4 too, and hears it. */
+  a6.sin6_port = 0;
+  a4.sin_port = 0;
   l6 = socket(AF_INET6, SOCK_STREAM, 0);
   if (bind(l6, (struct sockaddr *)&a6, sizeof a6) < 0 || listen(l6, 4) < 0) die("v6 listener");
   len = sizeof a6;
