@@ -535,6 +535,9 @@ fn open_path(path: &str, flags: u32, mode: u32) -> SysResult {
     let create = (flags & O_CREAT != 0).then_some(mode);
     let inode = vfs::open(path, create, flags & O_EXCL != 0)?;
     let object = if let Some(rdev) = inode.device() {
+        if flags & O_DIRECTORY != 0 {
+            return Err(Errno::ENOTDIR);
+        }
         match rdev {
             vfs::DEV_NULL => Object::Null,
             vfs::DEV_ZERO => Object::Zero,

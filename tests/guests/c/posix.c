@@ -90,6 +90,10 @@ static void not_directories(void) {
   check(fails_with(stat("/etc/hosts/x", &st), ENOTDIR), "stat(/etc/hosts/x) is ENOTDIR");
   check(fails_with(stat("missing/x", &st), ENOENT), "through a missing name is still ENOENT");
   check(stat("/dev/null", &st) == 0 && S_ISCHR(st.st_mode) && st.st_rdev == makedev(1, 3), "/dev/null is 1,3");
+  check(fails_with(open("/dev/null", O_RDONLY | O_DIRECTORY), ENOTDIR), "/dev/null with O_DIRECTORY is ENOTDIR");
+  int dev = open("/dev/zero", O_RDONLY);
+  char zero = 1;
+  check(dev >= 0 && read(dev, &zero, 1) == 1 && zero == 0 && close(dev) == 0, "/dev/zero reads zeros");
 }
 
 static int same(struct timespec t, time_t sec, long nsec) { return t.tv_sec == sec && t.tv_nsec == nsec; }
