@@ -866,6 +866,16 @@ fn robust_and_priority_inheritance_mutexes_work_as_natively() {
     same_as_natively("mutexes", "mutexes: 0 failed");
 }
 
+/// System V message queues, semaphore sets and shared memory across threads: keys, errors, blocking calls woken by
+/// another thread, IPC_STAT/IPC_SET, IPC_RMID waking waiters.
+#[test]
+fn system_v_ipc_works_as_natively() {
+    if !kvm::available() {
+        return;
+    }
+    same_as_natively("sysv", "sysv: 0 failed");
+}
+
 /// munmap, mprotect, msync and madvise of a 2^44-byte PROT_NONE reservation cost what is committed in it: 64 rounds
 /// of reserve, commit 2 MiB, munmap finish (they took seconds a round when munmap walked every page) and fit in
 /// 64 MiB (munmap frees the committed pages), with the same output as natively.

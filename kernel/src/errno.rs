@@ -9,6 +9,7 @@ impl Errno {
     pub const ESRCH: Errno = Errno(3);
     pub const EINTR: Errno = Errno(4);
     pub const EIO: Errno = Errno(5);
+    pub const E2BIG: Errno = Errno(7);
     pub const EBADF: Errno = Errno(9);
     pub const ECHILD: Errno = Errno(10);
     pub const EAGAIN: Errno = Errno(11);
@@ -34,6 +35,8 @@ impl Errno {
     pub const ENAMETOOLONG: Errno = Errno(36);
     pub const ENOSYS: Errno = Errno(38);
     pub const ENOTEMPTY: Errno = Errno(39);
+    pub const ENOMSG: Errno = Errno(42);
+    pub const EIDRM: Errno = Errno(43);
     pub const EOVERFLOW: Errno = Errno(75);
     pub const ENOTSOCK: Errno = Errno(88);
     pub const EDESTADDRREQ: Errno = Errno(89);

@@ -82,6 +82,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("timers-glibc", "timers.c", Link::Glibc),
     ("reserve", "reserve.c", Link::Static),
     ("mutexes", "mutexes.c", Link::Static),
+    ("sysv", "sysv.c", Link::Static),
 ];
 
 /// The binaries of tests/guests/rust (each `src/bin/NAME.rs`).

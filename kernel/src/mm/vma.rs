@@ -24,13 +24,16 @@ const RESERVE_END: u64 = DIRECT_MAP_BASE;
 
 struct Reservations {
     ranges: Vec<(u64, u64)>,
+    /// Ranges mapping frames that something else owns (System V shared memory): munmap unmaps them but does not free
+    /// or zero their frames.
+    borrowed: Vec<(u64, u64)>,
     /// Ranges given back by munmap, reused before fresh address space.
     released: Vec<(u64, u64)>,
     next: u64,
 }
 
 static RESERVED: SpinLock<Reservations> =
-    SpinLock::new(Reservations { ranges: Vec::new(), released: Vec::new(), next: RESERVE_BASE });
+    SpinLock::new(Reservations { ranges: Vec::new(), borrowed: Vec::new(), released: Vec::new(), next: RESERVE_BASE });
 
 fn overlaps(ranges: &[(u64, u64)], start: u64, end: u64) -> bool {
     ranges.iter().any(|&(s, e)| s < end && start < e)
@@ -91,6 +94,10 @@ fn back(start: u64, len: u64, keep_existing: bool) -> Result<(), Errno> {
         return Err(Errno::EINVAL);
     }
     let reserved = in_reservation(start, end);
+    if !keep_existing && is_borrowed(start, end) {
+        // MAP_FIXED over shared memory replaces the mapping; the memory itself stays as it is.
+        drop_borrowed(start, end);
+    }
     let mut reload = false;
     {
         let mut m = memory();
@@ -139,8 +146,10 @@ fn zero_frame(phys: u64) {
 /// MADV_DONTNEED leaves. Only committed pages are looked at.
 pub fn zero_committed(start: u64, len: u64) {
     let end = start.saturating_add(page_align_up(len));
-    for (_, l) in protect::leaves(start, end) {
-        if l.user() && l.size == PAGE_SIZE {
+    let borrowed = RESERVED.lock().borrowed.clone();
+    for (at, l) in protect::leaves(start, end) {
+        // Shared memory keeps its bytes (on Linux, MADV_DONTNEED of it maps the same memory again).
+        if l.user() && l.size == PAGE_SIZE && !overlaps(&borrowed, at, at + PAGE_SIZE) {
             zero_frame(l.phys());
         }
     }
@@ -161,12 +170,19 @@ pub fn release(start: u64, len: u64) {
     let mut read_only = false;
     // Allocated before the memory lock is taken, and freed after: the heap takes it to grow and to give back.
     let found = protect::leaves(start, end);
+    let borrowed = take_borrowed(start, end);
     let mut cached = Vec::with_capacity(found.len());
     {
         let mut m = memory();
         for &(at, l) in &found {
             // Chosen-address memory is committed in 4 KiB pages; anything else here is not the program's to free.
             if !l.user() || l.size != PAGE_SIZE || at < start {
+                continue;
+            }
+            if overlaps(&borrowed, at, at + PAGE_SIZE) {
+                // Not ours to free: unmapped, then flushed at once (its owner may free it any time after).
+                DirectMap.write_u64(l.entry_addr, 0);
+                read_only |= l.access() != Access::None;
                 continue;
             }
             zero_frame(l.phys());
@@ -182,7 +198,7 @@ pub fn release(start: u64, len: u64) {
         }
     }
     forget_range(start, end);
-    if cached.is_empty() {
+    if cached.is_empty() && !read_only {
         return;
     }
     let mut unflushed = UNFLUSHED.lock();
@@ -197,9 +213,6 @@ pub fn release(start: u64, len: u64) {
 /// Flushes every TLB and hands the frames of released pages back to the allocator.
 fn flush_released() {
     let batch = core::mem::take(&mut *UNFLUSHED.lock());
-    if batch.is_empty() {
-        return;
-    }
     crate::hypercall::flush_tlb();
     // The map is gone before the memory lock is taken: the heap may take it to free.
     let frames: Vec<u64> = batch.into_values().collect();
@@ -216,6 +229,81 @@ pub fn settle_released(start: u64, end: u64) {
     if UNFLUSHED.lock().range(start..end).next().is_some() {
         flush_released();
     }
+}
+
+/// Maps `frames` (owned by the caller, e.g. a System V shared memory segment) at `hint` if that range is free (only
+/// there if `fixed`), else wherever there is room, writable or read-only. Returns the address. munmap or
+/// [`unmap_borrowed`] unmaps them without freeing them.
+pub fn map_borrowed(hint: u64, fixed: bool, frames: &[u64], writable: bool) -> Result<u64, Errno> {
+    let len = frames.len() as u64 * PAGE_SIZE;
+    let start = reserve(hint, len, fixed)?;
+    RESERVED.lock().borrowed.push((start, start + len));
+    settle_released(start, start + len);
+    let flags = PTE_USER | if writable { PTE_WRITABLE } else { 0 };
+    let mapped = {
+        let mut m = memory();
+        let m = &mut *m;
+        frames.iter().enumerate().try_for_each(|(i, &frame)| {
+            paging::map_page(&mut DirectMap, &mut m.frames, pml4(), start + i as u64 * PAGE_SIZE, frame, flags)
+        })
+    };
+    if mapped.is_err() {
+        unmap_borrowed(start, len);
+        return Err(Errno::ENOMEM);
+    }
+    Ok(start)
+}
+
+/// Unmaps borrowed frames mapped by [`map_borrowed`] (and whatever else is in the range, as munmap does).
+pub fn unmap_borrowed(start: u64, len: u64) {
+    release(start, len);
+}
+
+/// Takes the borrowed ranges overlapping `[start, end)` off the list (clipped to it; what lies outside stays).
+fn take_borrowed(start: u64, end: u64) -> Vec<(u64, u64)> {
+    let mut r = RESERVED.lock();
+    if !overlaps(&r.borrowed, start, end) {
+        return Vec::new();
+    }
+    let mut taken = Vec::new();
+    let mut kept = Vec::new();
+    for &(s, e) in &r.borrowed {
+        if e <= start || end <= s {
+            kept.push((s, e));
+            continue;
+        }
+        taken.push((s.max(start), e.min(end)));
+        if s < start {
+            kept.push((s, start));
+        }
+        if end < e {
+            kept.push((end, e));
+        }
+    }
+    r.borrowed = kept;
+    taken
+}
+
+/// Unmaps the borrowed pages of `[start, end)`, keeping the range reserved.
+fn drop_borrowed(start: u64, end: u64) {
+    let borrowed = take_borrowed(start, end);
+    let found: Vec<_> = borrowed.iter().flat_map(|&(s, e)| protect::leaves(s, e)).collect();
+    let mut present = false;
+    {
+        let _m = memory();
+        for (_, l) in found.iter().filter(|(_, l)| l.user() && l.size == PAGE_SIZE) {
+            DirectMap.write_u64(l.entry_addr, 0);
+            present |= l.access() != Access::None;
+        }
+    }
+    if present {
+        crate::hypercall::flush_tlb();
+    }
+}
+
+/// Whether any page of `[start, end)` maps borrowed frames.
+pub fn is_borrowed(start: u64, end: u64) -> bool {
+    overlaps(&RESERVED.lock().borrowed, start, end)
 }
 
 /// `[start, end)` stops being reserved; its address space is handed out again first.

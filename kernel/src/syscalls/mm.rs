@@ -131,6 +131,7 @@ pub fn munmap(a: &Args) -> SysResult {
         if !a[0].is_multiple_of(PAGE_SIZE) || a[1] == 0 {
             return Err(Errno::EINVAL);
         }
+        super::sysv::shm::unmapped(a[0], a[1]);
         // As for direct-map memory: a thread unmapping its own stack keeps it until it exits.
         let user_rsp = crate::percpu::syscall_frame().user_rsp;
         if (a[0]..a[0].saturating_add(a[1])).contains(&user_rsp) {
