@@ -1,7 +1,8 @@
 //! The ways in and out of the library OS: `_start` (the VMM starts the vCPU here with %rdi = boot info and %rsp on a
-//! library OS stack), the syscall entry that the page-0 trampoline jumps to, and the jump into the program.
+//! library OS stack), the syscall entry that the program's syscall stubs call (and the page-0 trampoline jumps to, for
+//! sites the VMM could not move to a stub), and the jump into the program.
 //!
-//! Syscall entry contract (the Linux x86-64 syscall ABI, reached by `call *%rax` instead of `syscall`): %rax = number,
+//! Syscall entry contract (the Linux x86-64 syscall ABI, reached by a `call` instead of `syscall`): %rax = number,
 //! arguments in %rdi %rsi %rdx %r10 %r8 %r9, the return address on the program's stack. We return the result in %rax,
 //! the return address in %rcx (as Linux's `syscall` leaves it there) and preserve every other register; flags are not
 //! preserved (Linux's `syscall` restores them, but compilers treat an asm `syscall` as clobbering them).
@@ -32,7 +33,7 @@ pub struct SyscallFrame {
     /// RFLAGS to resume with, or 0 to leave the flags as they are (a syscall: Linux programs treat the flags as
     /// clobbered). Set only when resuming from a fault's signal handler, whose context holds the flags.
     pub rflags: u64,
-    /// The program's %rsp at the entry: it points at the return address `call *%rax` pushed (which is also in
+    /// The program's %rsp at the entry: it points at the return address the site's `call` pushed (which is also in
     /// `rcx`); the syscall returns with %rsp 8 bytes above it.
     pub user_rsp: u64,
 }

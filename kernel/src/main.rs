@@ -1,6 +1,7 @@
 //! The Kiln library OS. The VMM has already built everything (page tables, the loaded and rewritten program, its
 //! stack, the boot info) and starts us at CPL 3 in [`entry`]; we set up our own state, then jump into the program.
-//! From then on we run only when the program calls a syscall (a plain `call` through the page-0 trampoline).
+//! From then on we run only when the program calls a syscall (a plain `call`, from its syscall stubs or through the
+//! page-0 trampoline).
 #![no_std]
 #![no_main]
 
@@ -18,6 +19,7 @@ mod net;
 mod percpu;
 mod sched;
 mod sync;
+mod syscall_site;
 mod syscalls;
 mod time;
 mod timers;
@@ -58,6 +60,7 @@ extern "C" fn kiln_main(boot: &'static BootInfo) -> ! {
     volume::init(boot);
     net::init(boot);
     syscalls::init(boot);
+    syscall_site::init(boot);
     BOOTED.store(true, Ordering::Release);
     // SAFETY: the VMM built the program's initial stack at `app_stack_pointer` and loaded it at `app_entry`.
     unsafe { entry::enter_program(boot.app_entry, boot.app_stack_pointer) }

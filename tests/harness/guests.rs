@@ -42,6 +42,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("hello-dynamic", "hello.c", Link::Dynamic),
     ("bigout", "bigout.c", Link::Static),
     ("crash", "crash.c", Link::Static),
+    ("nullread", "nullread.c", Link::Static),
     ("enosys", "enosys.c", Link::Static),
     ("redzone", "redzone.c", Link::Static),
     ("syscalls", "syscalls.c", Link::Static),

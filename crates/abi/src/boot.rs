@@ -2,7 +2,7 @@
 
 /// `BootInfo::magic`: "KILNBOOT".
 pub const BOOT_MAGIC: u64 = u64::from_le_bytes(*b"KILNBOOT");
-pub const BOOT_VERSION: u32 = 6;
+pub const BOOT_VERSION: u32 = 7;
 
 /// `BootInfo::flags`: send every syscall to the VMM for `--trace-syscalls`.
 pub const BOOT_FLAG_TRACE_SYSCALLS: u64 = 1 << 0;
@@ -55,6 +55,11 @@ pub struct BootInfo {
     pub net: NetInfo,
     /// Volumes to mount (`kiln run -v`), in the order given; unused entries have `mmio_phys` 0.
     pub volumes: [VolumeInfo; MAX_VOLUMES],
+    /// The program's syscall stub area `[start, end)` (empty for none): a syscall whose return address lies there was
+    /// made by a stub's [`crate::layout::STUB_CALL_LEN`]-byte call, any other by the 2-byte `call *%rax` into page 0.
+    /// The area starts with the syscall entry's address, then the offset in it of its restart table.
+    pub syscall_stubs_start: u64,
+    pub syscall_stubs_end: u64,
 }
 
 /// The network card, if the VM has one: a virtio-net device behind a virtio-mmio register window, and the addresses

@@ -6,7 +6,13 @@ pub const PAGE_SIZE: u64 = 4096;
 pub const HUGE_PAGE_SIZE: u64 = 2 << 20;
 
 /// Virtual page 0 holds the syscall trampoline: `call *%rax` with the syscall number in `%rax` lands on the NOP slide.
+/// It is mapped only for syscall sites the rewriter could not move to a stub; most programs have none, and then a
+/// NULL read faults as on Linux.
 pub const TRAMPOLINE_VADDR: u64 = 0;
+/// Length of `call *%rax`, the call an in-place site makes into the trampoline.
+pub const TRAMPOLINE_CALL_LEN: u64 = 2;
+/// Length of `call *disp32(%rip)`, the call a relocated site's stub makes to the syscall entry.
+pub const STUB_CALL_LEN: u64 = 6;
 /// Offset in the trampoline page of the `jmp *DISPATCH_POINTER(%rip)` that ends the NOP slide. It is just above the
 /// highest Linux x86-64 syscall number, so that a call slides over as few NOPs as possible.
 pub const TRAMPOLINE_SLIDE_END: u64 = 0x200;
@@ -21,7 +27,7 @@ pub const TRAMPOLINE_DISPATCH_POINTER: u64 = 0xff0;
 pub const SYSCALL_TRAP_VADDR: u64 = 0x1000;
 
 /// Lowest address that can belong to the program: pages 0 and 1 are Kiln's. A syscall given a pointer below it fails
-/// with EFAULT, as a NULL pointer does on Linux, even though page 0 is readable.
+/// with EFAULT, as a NULL pointer does on Linux, even where page 0 is mapped.
 pub const PROGRAM_MIN_ADDR: u64 = 2 * PAGE_SIZE;
 
 /// All guest-physical RAM, mapped read-write with 2 MiB pages: guest physical `p` is virtual `DIRECT_MAP_BASE + p`.

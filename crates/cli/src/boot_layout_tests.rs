@@ -10,9 +10,13 @@ use kiln_vmm::elf::ElfImage;
 use kiln_vmm::loader;
 use kiln_vmm::memory::GuestRam;
 
-/// A static ELF with one R+X segment at 0x400000: `mov $60,%eax; xor %edi,%edi; syscall`.
-fn tiny_program() -> Vec<u8> {
-    let code = [0xb8, 60, 0, 0, 0, 0x31, 0xff, 0x0f, 0x05];
+/// `mov $60,%eax; xor %edi,%edi; syscall`: the rewriter can move it to a stub.
+const EXIT: [u8; 9] = [0xb8, 60, 0, 0, 0, 0x31, 0xff, 0x0f, 0x05];
+/// `jmp .+2; syscall; ret`: a branch before the site, a `ret` after it: no room for a `jmp` to a stub.
+const CRAMPED: [u8; 5] = [0xeb, 0x00, 0x0f, 0x05, 0xc3];
+
+/// A static ELF with one R+X segment at 0x400000 and `code` at 0x400100, its entry point.
+fn tiny_program(code: &[u8]) -> Vec<u8> {
     let mut b = vec![0u8; 0x1000];
     b[..4].copy_from_slice(b"\x7fELF");
     b[4..7].copy_from_slice(&[2, 1, 1]);
@@ -30,7 +34,7 @@ fn tiny_program() -> Vec<u8> {
     ph[16..24].copy_from_slice(&0x400000u64.to_le_bytes());
     ph[32..40].copy_from_slice(&0x1000u64.to_le_bytes());
     ph[40..48].copy_from_slice(&0x1000u64.to_le_bytes());
-    b[0x100..0x100 + code.len()].copy_from_slice(&code);
+    b[0x100..0x100 + code.len()].copy_from_slice(code);
     b
 }
 
@@ -44,9 +48,8 @@ impl kiln_abi::paging::PhysMemory for Ram<'_> {
     }
 }
 
-#[test]
-fn boot_layout_maps_what_the_library_os_and_program_need() {
-    let program_file = tiny_program();
+fn boot(code: &[u8]) -> (GuestRam, boot::BootState) {
+    let program_file = tiny_program(code);
     let program = ElfImage::parse(&program_file).unwrap();
     let prepared = loader::prepare_program(&program, &program_file).unwrap();
     let kernel = ElfImage::parse(KERNEL).unwrap();
@@ -68,21 +71,52 @@ fn boot_layout_maps_what_the_library_os_and_program_need() {
         volumes: Vec::new(),
     };
     let state = boot::build(&mut ram, (&kernel, KERNEL), (&program, &program_file, prepared), &params).unwrap();
+    (ram, state)
+}
+
+fn boot_info(ram: &GuestRam, state: &boot::BootState) -> BootInfo {
+    let info_phys = state.vcpus[0].rdi - DIRECT_MAP_BASE;
+    let info: [u8; std::mem::size_of::<BootInfo>()] =
+        ram.read_vec(info_phys, std::mem::size_of::<BootInfo>() as u64).unwrap().try_into().unwrap();
+    // SAFETY: BootInfo is plain old data; every bit pattern is a valid value.
+    unsafe { std::mem::transmute(info) }
+}
+
+#[test]
+fn boot_layout_maps_what_the_library_os_and_program_need() {
+    let (ram, state) = boot(&EXIT);
     let mem = Ram(&ram);
     let t = |v| translate(&mem, state.pml4, v);
 
-    // Page 0: the trampoline, readable and not writable; page 1: the syscall trap, not for CPL 3.
-    let tramp = t(TRAMPOLINE_VADDR).unwrap();
-    assert!(tramp.user && !tramp.writable);
-    assert_eq!(ram.read_vec(tramp.phys, 2).unwrap(), vec![0x90, 0x90]);
+    // No page 0: every site went to a stub, so NULL reads fault. Page 1: the syscall trap, not for CPL 3.
+    assert!(t(TRAMPOLINE_VADDR).is_none());
     assert!(!t(SYSCALL_TRAP_VADDR).unwrap().user);
     assert!(t(2 * PAGE_SIZE).is_none(), "nothing else is mapped low");
 
-    // The program's code, rewritten: `syscall` became `call *%rax`, and it is not writable.
+    // The program's code, rewritten: the site's window became `jmp stub`, and it is not writable.
     let code = t(0x400100).unwrap();
     assert!(code.user && !code.writable);
-    assert_eq!(ram.read_vec(code.phys + 7, 2).unwrap(), vec![0xff, 0xd0]);
-    assert_eq!(state.program.report.rewritten, vec![0x400107]);
+    assert_eq!(state.program.report.relocated, vec![0x400107]);
+    assert!(state.program.report.in_place.is_empty());
+    let window = ram.read_vec(code.phys, 16).unwrap();
+    let at = window.iter().position(|&b| b == 0xe9).expect("a jmp rel32 to the stub");
+    let rel = i32::from_le_bytes(window[at + 1..at + 5].try_into().unwrap());
+    let stub_addr = (0x400100 + at as u64 + 5).wrapping_add_signed(rel.into());
+
+    // The stub area: after the program, read+execute, its first word the library OS's syscall entry, and the
+    // stub calling through it.
+    let stubs = state.program.stubs.clone();
+    assert!(stubs.start >= 0x401000 && stubs.contains(&stub_addr));
+    let area = t(stubs.start).unwrap();
+    assert!(area.user && !area.writable);
+    let entry = ram.read_obj::<u64>(area.phys).unwrap();
+    assert!(state.kernel_span.contains(&entry));
+    let stub = ram.read_vec(t(stub_addr).unwrap().phys, 32).unwrap();
+    let call = stub.windows(2).position(|w| w == [0xff, 0x15]).expect("call *disp32(%rip)");
+    let disp = i32::from_le_bytes(stub[call + 2..call + 6].try_into().unwrap());
+    assert_eq!((stub_addr + call as u64 + STUB_CALL_LEN).wrapping_add_signed(disp.into()), stubs.start);
+    let info = boot_info(&ram, &state);
+    assert_eq!((info.syscall_stubs_start, info.syscall_stubs_end), (stubs.start, stubs.end));
 
     // All RAM in the direct map, writable; the library OS's entry inside it.
     let last = t(direct_map((64 << 20) - 1)).unwrap();
@@ -92,11 +126,6 @@ fn boot_layout_maps_what_the_library_os_and_program_need() {
     assert!(boot_vcpu.rip > DIRECT_MAP_BASE && boot_vcpu.rsp > DIRECT_MAP_BASE);
 
     // The boot info, and the program's stack: argc, argv, envp as given.
-    let info_phys = boot_vcpu.rdi - DIRECT_MAP_BASE;
-    let info: [u8; std::mem::size_of::<BootInfo>()] =
-        ram.read_vec(info_phys, std::mem::size_of::<BootInfo>() as u64).unwrap().try_into().unwrap();
-    // SAFETY: BootInfo is plain old data; every bit pattern is a valid value.
-    let info: BootInfo = unsafe { std::mem::transmute(info) };
     assert!(info.is_valid());
     assert_eq!(info.app_entry, 0x400100);
     assert!(info.free_phys_start < info.mem_size && info.brk_start >= 0x401000);
@@ -106,4 +135,20 @@ fn boot_layout_maps_what_the_library_os_and_program_need() {
     let argv1 = ram.read_obj::<u64>(sp.phys + 16).unwrap();
     assert_eq!(ram.read_vec(t(argv1).unwrap().phys, 4).unwrap(), b"arg\0");
     assert!(t(STACK_TOP - 1).unwrap().writable && t(STACK_TOP).is_none());
+}
+
+#[test]
+fn page_0_is_mapped_only_for_sites_that_stay_in_place() {
+    let (ram, state) = boot(&CRAMPED);
+    let mem = Ram(&ram);
+    let t = |v| translate(&mem, state.pml4, v);
+    assert_eq!(state.program.report.in_place, vec![0x400102]);
+    assert!(state.program.report.relocated.is_empty() && state.program.stubs.is_empty());
+    // `syscall` became `call *%rax`, into the trampoline: page 0, readable and not writable.
+    assert_eq!(ram.read_vec(t(0x400100).unwrap().phys, 5).unwrap(), vec![0xeb, 0x00, 0xff, 0xd0, 0xc3]);
+    let tramp = t(TRAMPOLINE_VADDR).unwrap();
+    assert!(tramp.user && !tramp.writable);
+    assert_eq!(ram.read_vec(tramp.phys, 2).unwrap(), vec![0x90, 0x90]);
+    let info = boot_info(&ram, &state);
+    assert_eq!(info.syscall_stubs_start, info.syscall_stubs_end);
 }

@@ -1,5 +1,5 @@
 //! The boot layout, built entirely on the host: page tables (all RAM in the direct map, the program at its own
-//! addresses, the trampoline at page 0), GDT and TSS, the library OS and the program, the initial stack and the boot
+//! addresses and its syscall stubs after it, the trampoline at page 0 if some site needs it), GDT and TSS, the library OS and the program, the initial stack and the boot
 //! info. When this is done the vCPU only has to start at CPL 3 in the library OS: no guest instruction runs at CPL 0.
 
 use crate::arch::gdt;
@@ -172,16 +172,19 @@ pub fn build(
     let kernel_stack = alloc.alloc(vcpus * KERNEL_STACK_SIZE)?;
     let hypercall_block = alloc.alloc(vcpus * PAGE_SIZE)?;
 
-    let trampoline = alloc.alloc(PAGE_SIZE)?;
-    ram.write(trampoline, &trampoline_page(kernel.syscall_entry))?;
-    paging::map_page(ram, &mut alloc, pml4, TRAMPOLINE_VADDR, trampoline, PTE_USER)
-        .map_err(|e| BootError::Map(TRAMPOLINE_VADDR, e))?;
+    // Page 0 only for sites the rewriter could not relocate: without it, NULL reads fault as on Linux.
+    if !program.2.report.in_place.is_empty() {
+        let trampoline = alloc.alloc(PAGE_SIZE)?;
+        ram.write(trampoline, &trampoline_page(kernel.syscall_entry))?;
+        paging::map_page(ram, &mut alloc, pml4, TRAMPOLINE_VADDR, trampoline, PTE_USER)
+            .map_err(|e| BootError::Map(TRAMPOLINE_VADDR, e))?;
+    }
     let trap = alloc.alloc(PAGE_SIZE)?;
     ram.write(trap, &syscall_trap_page())?;
     paging::map_page(ram, &mut alloc, pml4, SYSCALL_TRAP_VADDR, trap, 0)
         .map_err(|e| BootError::Map(SYSCALL_TRAP_VADDR, e))?;
 
-    let loaded = loader::load_program(ram, &mut alloc, pml4, (program.0, program.1), program.2)?;
+    let loaded = loader::load_program(ram, &mut alloc, pml4, (program.0, program.1), program.2, kernel.syscall_entry)?;
 
     let stack_size = main_stack_size(ram.size());
     let stack_bottom = STACK_TOP - stack_size;
@@ -262,6 +265,8 @@ pub fn build(
         host_signals_phys: host_signals,
         net,
         volumes,
+        syscall_stubs_start: loaded.stubs.start,
+        syscall_stubs_end: loaded.stubs.end,
     };
     ram.write(boot_info_phys, boot_info_bytes(&info))?;
 

@@ -162,11 +162,12 @@ pub struct GuestLayout<'a> {
     pub pml4: u64,
     /// Lowest address of the main thread's stack.
     pub stack_bottom: u64,
-    /// Addresses of the rewritten `syscall` instructions, sorted.
+    /// Addresses of the `syscall` instructions rewritten in place into `call *%rax`, sorted: only these reach page 0.
     pub syscall_sites: &'a [u64],
 }
 
-/// Whether the return address on top of the stack follows a rewritten `syscall` (2 bytes long, as is `call *%rax`).
+/// Whether the return address on top of the stack follows a `syscall` rewritten in place (2 bytes long, as is
+/// `call *%rax`). Relocated sites call the library OS's entry directly, which answers any number.
 fn called_from_syscall_site(ram: &GuestRam, layout: &GuestLayout, regs: &kvm_regs) -> bool {
     let Some(t) = paging::translate(&Ram(ram), layout.pml4, regs.rsp) else { return false };
     let Ok(ret) = ram.read_obj::<u64>(t.phys) else { return false };

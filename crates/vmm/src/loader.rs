@@ -19,6 +19,8 @@ pub enum LoaderError {
     Rewrite(#[source] rewrite::RewriteError),
     #[error("the program's segments at {0:#x} overlap memory Kiln reserves")]
     Overlap(u64),
+    #[error("the syscall stub area at {0:#x} is too short for the entry's address")]
+    StubArea(u64),
 }
 
 impl From<MemoryError> for LoaderError {
@@ -104,6 +106,8 @@ pub struct LoadedProgram {
     pub phdr: u64,
     /// First page after everything mapped for the program: where the break starts.
     pub end: u64,
+    /// Where the relocated sites' stubs are mapped (empty if there are none).
+    pub stubs: std::ops::Range<u64>,
     pub report: RewriteReport,
 }
 
@@ -220,16 +224,17 @@ pub fn prepare_program(elf: &ElfImage, file: &[u8]) -> Result<PreparedProgram, L
 }
 
 /// Copies the program (its segments from `file`, the prepared code over them) into guest memory and maps it (and its
-/// relocation stubs) at its addresses. Only the file's bytes are written: the rest of the span stays untouched zero
-/// pages.
+/// relocation stubs, which call `syscall_entry`) at its addresses. Only the file's bytes are written: the rest of the
+/// span stays untouched zero pages.
 pub fn load_program(
     ram: &mut GuestRam,
     alloc: &mut BootAllocator,
     pml4: u64,
     (elf, file): (&ElfImage, &[u8]),
     program: PreparedProgram,
+    syscall_entry: u64,
 ) -> Result<LoadedProgram, LoaderError> {
-    let PreparedProgram { base, span_start, span_len, code, stubs, report } = program;
+    let PreparedProgram { base, span_start, span_len, code, mut stubs, report } = program;
     let phys = alloc.alloc(span_len)?;
     for segment in &elf.segments {
         ram.write(phys + (segment.vaddr - span_start), file_bytes(file, segment))?;
@@ -249,12 +254,15 @@ pub fn load_program(
     let stub_base = base + span_start + span_len;
     let mut end = stub_base;
     if !stubs.is_empty() {
+        let slot = stubs.get_mut(rewrite::ENTRY_SLOT).ok_or(LoaderError::StubArea(stub_base))?;
+        slot.copy_from_slice(&syscall_entry.to_le_bytes());
         let stub_phys = alloc.alloc(stubs.len() as u64)?;
         ram.write(stub_phys, &stubs)?;
         map_range(ram, alloc, pml4, stub_base, stub_phys, stubs.len() as u64, |_| PTE_USER)?;
         end = stub_base + page_align_up(stubs.len() as u64);
     }
-    Ok(LoadedProgram { base, entry: base + elf.entry, phdr: base + elf.phdr_vaddr, end, report })
+    let stubs = stub_base..stub_base + stubs.len() as u64;
+    Ok(LoadedProgram { base, entry: base + elf.entry, phdr: base + elf.phdr_vaddr, end, stubs, report })
 }
 
 #[cfg(test)]
@@ -263,6 +271,8 @@ pub(crate) mod tests {
     use crate::elf::ElfError;
 
     const TEXT: u64 = 0x40_0000;
+    /// Where the tests say the library OS's syscall entry is.
+    const ENTRY: u64 = 0x4000_0001_0000;
     /// `mov $60, %eax; mov $7, %edi; syscall`: exit(7).
     const EXIT_7: [u8; 12] = [0xb8, 60, 0, 0, 0, 0xbf, 7, 0, 0, 0, 0x0f, 0x05];
 
@@ -322,14 +332,14 @@ pub(crate) mod tests {
         let mut ram = GuestRam::new(memory).map_err(|e| e.to_string())?;
         let mut alloc = BootAllocator::new(PAGE_SIZE, memory);
         let pml4 = alloc.alloc(PAGE_SIZE).map_err(|e| e.to_string())?;
-        load_program(&mut ram, &mut alloc, pml4, (&elf, file), prepared).map_err(|e| e.to_string())
+        load_program(&mut ram, &mut alloc, pml4, (&elf, file), prepared, ENTRY).map_err(|e| e.to_string())
     }
 
     #[test]
     fn a_program_loads_with_its_syscalls_rewritten() {
         let loaded = load(&program(0x1000), 16 << 20).unwrap();
         assert_eq!(loaded.entry, TEXT + 0x100);
-        assert_eq!(loaded.report.rewritten.len(), 8);
+        assert_eq!(loaded.report.relocated.len(), 8);
         assert_eq!(loaded.end, TEXT + 0x4000, "text, then data and bss");
     }
 
@@ -348,11 +358,11 @@ pub(crate) mod tests {
         let prepared = prepare_program(&elf, &program(32 << 30)).unwrap();
         assert_eq!(prepared.code.iter().map(|(at, b)| (*at, b.len())).collect::<Vec<_>>(), [(TEXT, 0x1000)]);
         assert_eq!(prepared.span_len, (32 << 30) + 0x3000);
-        assert_eq!(prepared.report.rewritten.len(), 8);
+        assert_eq!(prepared.report.relocated.len(), 8);
         assert!(prepared.fits(&elf));
         // And it loads where memory allows, touching only what the file holds.
         let loaded = load(&program(64 << 20), 128 << 20).unwrap();
-        assert_eq!(loaded.report.rewritten.len(), 8);
+        assert_eq!(loaded.report.relocated.len(), 8);
     }
 
     #[test]

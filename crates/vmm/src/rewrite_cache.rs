@@ -15,7 +15,7 @@ use std::time::SystemTime;
 
 const MAGIC: &[u8; 8] = b"KILNPREP";
 /// Bumped whenever the entry layout or what the rewriter produces changes.
-const FORMAT: u32 = 2;
+const FORMAT: u32 = 3;
 
 /// Bytes the cache keeps at most unless told otherwise.
 pub const DEFAULT_LIMIT: u64 = 256 << 20;
@@ -126,8 +126,9 @@ pub fn encode(p: &PreparedProgram) -> Vec<u8> {
         put_bytes(&mut payload, bytes);
     }
     put_bytes(&mut payload, &p.stubs);
-    put_addrs(&mut payload, &p.report.rewritten);
     put_addrs(&mut payload, &p.report.relocated);
+    put_addrs(&mut payload, &p.report.red_zone);
+    put_addrs(&mut payload, &p.report.in_place);
     put_addrs(&mut payload, &p.report.unsafe_sites);
     let mut out = Vec::with_capacity(payload.len() + 44);
     out.extend(MAGIC);
@@ -183,7 +184,12 @@ pub fn decode(entry: &[u8]) -> Option<PreparedProgram> {
         span_len: r.u64()?,
         code: r.code()?,
         stubs: r.bytes()?,
-        report: RewriteReport { rewritten: r.addrs()?, relocated: r.addrs()?, unsafe_sites: r.addrs()? },
+        report: RewriteReport {
+            relocated: r.addrs()?,
+            red_zone: r.addrs()?,
+            in_place: r.addrs()?,
+            unsafe_sites: r.addrs()?,
+        },
     };
     r.0.is_empty().then_some(prepared)
 }
@@ -200,8 +206,9 @@ mod tests {
             code: vec![(0x401000, vec![0x90; 0x800]), (0x402000, vec![0x0f, 0x05])],
             stubs: vec![0xcc; 16],
             report: RewriteReport {
-                rewritten: vec![0x401000, 0x401010],
-                relocated: vec![0x401100],
+                relocated: vec![0x401000, 0x401010],
+                red_zone: vec![0x401010],
+                in_place: vec![0x401100],
                 unsafe_sites: vec![],
             },
         }
@@ -215,8 +222,9 @@ mod tests {
             (p.base, p.span_start, p.span_len, p.code, p.stubs),
             (s.base, s.span_start, s.span_len, s.code, s.stubs)
         );
-        assert_eq!(p.report.rewritten, s.report.rewritten);
         assert_eq!(p.report.relocated, s.report.relocated);
+        assert_eq!(p.report.red_zone, s.report.red_zone);
+        assert_eq!(p.report.in_place, s.report.in_place);
     }
 
     #[test]

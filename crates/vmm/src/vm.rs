@@ -12,7 +12,7 @@ use crate::loader::{self, PreparedProgram};
 use crate::memory::{GuestRam, MemoryError};
 use crate::netcard::{NetCard, NetConfig};
 use crate::park::Parker;
-use crate::rewrite::RewriteReport;
+use crate::rewrite::{RewriteReport, SiteCounts};
 use crate::rewrite_cache::RewriteCache;
 use crate::shootdown::Shootdown;
 use crate::virtio::blk::{Blk, BlkStats};
@@ -138,6 +138,8 @@ pub struct RunStats {
     pub volumes: Vec<(String, BlkStats)>,
     /// (number, calls, of which -ENOSYS), only numbers that were called.
     pub syscalls: Vec<(u64, u32, u32)>,
+    /// How the program's syscall sites were rewritten.
+    pub syscall_sites: SiteCounts,
 }
 
 pub struct Vm {
@@ -163,7 +165,7 @@ struct Shared {
     fault_entry: u64,
     kernel_span: std::ops::Range<u64>,
     vdso_code: Vec<std::ops::Range<u64>>,
-    /// Rewritten syscall sites, sorted, for crash reports.
+    /// Syscall sites rewritten in place (`call *%rax` into page 0), sorted, for crash reports.
     syscall_sites: Vec<u64>,
     net: Option<NetCard>,
     disks: Vec<(String, Disk)>,
@@ -342,7 +344,8 @@ impl Vm {
             vcpu.set_regs(&arch::regs(start.rip, start.rsp, start.rdi, start.rsi)).map_err(kvm_err("set registers"))?;
         }
         tracing::debug!(?prepared_at, ?machine_ready, ?built, total = ?started.elapsed(), "VM ready");
-        let mut syscall_sites = boot.program.report.rewritten.clone();
+        tracing::debug!("{}", boot.program.report.counts());
+        let mut syscall_sites = boot.program.report.in_place.clone();
         syscall_sites.sort_unstable();
         let shared = Arc::new(Shared {
             ram,
@@ -472,6 +475,7 @@ impl Vm {
             net: self.shared.net.as_ref().map(NetCard::stats),
             volumes: self.shared.disks.iter().map(|(name, d)| (name.clone(), d.stats())).collect(),
             syscalls: hypercall::read_stats(&self.shared.ram, self.boot.stats_phys),
+            syscall_sites: self.boot.program.report.counts(),
         };
         tracing::debug!(took = ?started.elapsed(), exits = stats.vm_exits, "VM ran");
         Ok((outcome, stats))

@@ -341,11 +341,11 @@ pub fn deliver(frame: &mut SyscallFrame, sig: u32, ret: i64) -> i64 {
         _ => {}
     }
     let (mut rip, rsp) = (frame.rcx, frame.user_rsp + 8);
-    // SA_RESTART: once the handler returns, the syscall runs again: the saved state points back at the 2-byte
-    // `call *%rax` with the syscall number in %rax.
+    // SA_RESTART: once the handler returns, the syscall runs again: the saved state points back at the site (or at
+    // the call that made it, in its stub or in place), with the syscall number in %rax.
     let mut ret = ret;
     if ret == -Errno::EINTR.0 && action.flags & SA_RESTART != 0 && RESTARTABLE.contains(&frame.nr) {
-        rip -= 2;
+        rip = crate::syscall_site::restart_address(rip);
         ret = frame.nr as i64;
     }
     let restore = sched::take_saved_blocked().unwrap_or_else(sched::blocked_signals);

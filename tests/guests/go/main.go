@@ -1,5 +1,6 @@
 // A Go program on Kiln: goroutines, channels, sync.WaitGroup, time.Sleep, maps, GOMAXPROCS(2), os.ReadFile, a nil
-// pointer write that the runtime's SIGSEGV handler turns into a recovered panic, and a net/http server and client
+// pointer write and a field read through a nil pointer that the runtime's SIGSEGV handler turns into recovered
+// panics, and a net/http server and client
 // talking over 127.0.0.1, built with CGO_ENABLED=0. Prints a summary and exits 0 when every result is right.
 //
 // With arguments it is an HTTP program for the HTTP tests and benchmark instead (see http.go):
@@ -53,9 +54,11 @@ func main() {
 	fmt.Printf("go: sum=%d keys=%d slept=%v hosts=%v err=%v\n", sum, len(m), slept, len(data) > 0, err)
 	recovered := nilWrite()
 	fmt.Printf("go: recovered %q\n", recovered)
+	value, readPanic := nilFieldRead()
+	fmt.Printf("go: nil field read gave %d, recovered %q\n", value, readPanic)
 	body, err := httpLoopback()
 	fmt.Printf("go: http %q err=%v\n", body, err)
-	if sum != 328350 || len(m) != 100 || !slept || err != nil || recovered == "" {
+	if sum != 328350 || len(m) != 100 || !slept || err != nil || recovered == "" || readPanic == "" {
 		os.Exit(1)
 	}
 }
@@ -90,8 +93,26 @@ func httpLoopback() (string, error) {
 
 var target *int
 
-// nilWrite writes through a nil pointer (a write: on Kiln, page 0 holds the syscall trampoline and reads from it do
-// not fault) and returns the panic that the write became.
+type record struct {
+	pad   int64
+	value int64
+}
+
+var nilRecord *record
+
+// nilFieldRead reads a field 8 bytes into a nil struct pointer: Go compiles no check for small offsets and relies on
+// the fault, which must become a recoverable panic (on Kiln page 0 once held the syscall trampoline, so the read
+// returned its bytes instead).
+func nilFieldRead() (value int64, recovered string) {
+	defer func() {
+		if r := recover(); r != nil {
+			recovered = fmt.Sprint(r)
+		}
+	}()
+	return nilRecord.value, ""
+}
+
+// nilWrite writes through a nil pointer and returns the panic that the write became.
 func nilWrite() (recovered string) {
 	defer func() {
 		if r := recover(); r != nil {

@@ -1,6 +1,9 @@
-//! Syscall-site rewriter: before boot, decode the application's executable code with a real x86 decoder and turn each
-//! `syscall` (`0f 05`) into `call *%rax` (`ff d0`), which lands in the library OS's page-0 NOP slide. Sites whose
-//! function keeps data in the red zone below `%rsp` are moved to stubs that step over the red zone before the call.
+//! Syscall-site rewriter: before boot, decode the application's executable code with a real x86 decoder and route
+//! each `syscall` (`0f 05`) into the library OS. A site is *relocated* where it can be: a window of whole instructions
+//! around it becomes a `jmp` to a stub that calls the library OS's syscall entry through the address in
+//! [`ENTRY_SLOT`], so that page 0 need not be mapped and NULL reads fault. A site that cannot be relocated becomes
+//! `call *%rax` (`ff d0`) in place, which lands in the page-0 NOP slide. Stubs of sites whose function keeps data in
+//! the red zone below `%rsp` step over it around the call.
 
 mod analysis;
 mod relocate;
@@ -15,6 +18,13 @@ use iced_x86::{Code, Decoder, DecoderOptions, IcedError, Instruction, Mnemonic, 
 const CALL_RAX: [u8; 2] = [0xff, 0xd0];
 /// Stubs start on this boundary; the gaps are `int3`.
 const STUB_ALIGN: usize = 16;
+/// The first bytes of the stub area: the 64-bit address of the library OS's syscall entry, which the stubs call
+/// through. The loader fills it (the rewrite, which is cached, does not know where the library OS will be).
+pub const ENTRY_SLOT: std::ops::Range<usize> = 0..8;
+/// Then the offset in the stub area of its restart table, which runs to the area's end: (return address of a stub's
+/// call, where a restarted syscall resumes) pairs of little-endian u64, sorted. A stub's call that is not in it
+/// restarts at the call itself (see `kiln_abi::boot::BootInfo::syscall_stubs_start`).
+pub const RESTART_TABLE_OFFSET: std::ops::Range<usize> = 8..16;
 const INT3: u8 = 0xcc;
 const NOP: u8 = 0x90;
 
@@ -41,20 +51,62 @@ pub struct RewriteInput<'a> {
 
 pub struct RewriteOutput {
     pub report: RewriteReport,
-    /// Relocation stubs, to be mapped read+execute at `RewriteInput::stub_base`; empty if nothing was relocated.
+    /// The stub area, to be mapped read+execute at `RewriteInput::stub_base` once the loader has written the syscall
+    /// entry's address into [`ENTRY_SLOT`]; empty if nothing was relocated.
     pub stubs: Vec<u8>,
 }
 
 /// Addresses of the `syscall` instructions found, by how they were handled.
 #[derive(Debug, Default, Clone)]
 pub struct RewriteReport {
-    /// Sites turned into `call *%rax` in place, including the `unsafe_sites`.
-    pub rewritten: Vec<u64>,
-    /// Red-zone sites moved to a stub behind a `jmp rel32`.
+    /// Sites moved to a stub behind a `jmp rel32`: they do not use page 0.
     pub relocated: Vec<u64>,
-    /// Red-zone sites that could not be relocated and were rewritten in place anyway (a subset of `rewritten`):
-    /// the pushed return address may clobber live data there, so the caller should warn.
+    /// The relocated sites whose stub steps over the red zone (a subset of `relocated`).
+    pub red_zone: Vec<u64>,
+    /// Sites that could not be relocated, turned into `call *%rax` in place: they need the page-0 trampoline.
+    pub in_place: Vec<u64>,
+    /// Red-zone sites that could not be relocated (a subset of `in_place`): the pushed return address may clobber
+    /// live data there, so the caller should warn.
     pub unsafe_sites: Vec<u64>,
+}
+
+impl RewriteReport {
+    pub fn counts(&self) -> SiteCounts {
+        SiteCounts {
+            relocated: self.relocated.len(),
+            red_zone: self.red_zone.len(),
+            in_place: self.in_place.len(),
+            unsafe_sites: self.unsafe_sites.len(),
+        }
+    }
+}
+
+/// How many syscall sites were handled which way (see [`RewriteReport`]); displays as one line for logs and
+/// `kiln run --stats`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SiteCounts {
+    pub relocated: usize,
+    pub red_zone: usize,
+    pub in_place: usize,
+    pub unsafe_sites: usize,
+}
+
+impl std::fmt::Display for SiteCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let total = self.relocated + self.in_place;
+        write!(
+            f,
+            "syscall sites: {total}, {} moved to stubs ({} stepping over the red zone), {} in place through page 0",
+            self.relocated, self.red_zone, self.in_place
+        )?;
+        if self.in_place > 0 {
+            f.write_str(" (NULL reads do not fault)")?;
+        }
+        if self.unsafe_sites > 0 {
+            write!(f, ", {} of them in red-zone functions", self.unsafe_sites)?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +152,7 @@ pub fn rewrite_syscalls(input: RewriteInput<'_>) -> Result<RewriteOutput, Rewrit
     let mut report = RewriteReport::default();
     let mut stubs = Vec::new();
     let mut patches = Vec::new();
+    let mut restarts = Vec::new();
     for region in &regions {
         // A relocated window must not overlap an earlier one in the same region.
         let mut floor = 0;
@@ -109,31 +162,51 @@ pub fn rewrite_syscalls(input: RewriteInput<'_>) -> Result<RewriteOutput, Rewrit
             }
             let addr = ins.ip();
             let span = analysis::function_span(&region.instrs, site, &functions);
-            if !analysis::uses_red_zone(&region.instrs[span.clone()]) {
-                patches.push(Patch { segment: region.segment, addr, bytes: in_place(ins) });
-                report.rewritten.push(addr);
-                continue;
-            }
+            let red_zone = analysis::uses_red_zone(&region.instrs[span.clone()]);
             let lo = span.start.max(floor);
-            let Some(window) = relocate::find_window(&region.instrs, lo..span.end, site, &targets) else {
+            let Some(window) = relocate::find_window(&region.instrs, lo..span.end, site, &targets, red_zone) else {
                 patches.push(Patch { segment: region.segment, addr, bytes: in_place(ins) });
-                report.rewritten.push(addr);
-                report.unsafe_sites.push(addr);
+                report.in_place.push(addr);
+                if red_zone {
+                    report.unsafe_sites.push(addr);
+                }
                 continue;
             };
+            if stubs.is_empty() {
+                stubs.resize(RESTART_TABLE_OFFSET.end, 0);
+            }
             stubs.resize(stubs.len().next_multiple_of(STUB_ALIGN), INT3);
-            let stub_addr = u64::try_from(stubs.len())
-                .ok()
-                .and_then(|off| stub_base.checked_add(off))
-                .ok_or(RewriteError::StubOutOfRange { site: addr, stub: stub_base })?;
-            let stub = relocate::build_stub(&region.instrs, &window, site, stub_addr)
+            let offset_addr = |off: usize| u64::try_from(off).ok().and_then(|off| stub_base.checked_add(off));
+            let (Some(stub_addr), Some(slot_addr)) = (offset_addr(stubs.len()), offset_addr(ENTRY_SLOT.start)) else {
+                return Err(RewriteError::StubOutOfRange { site: addr, stub: stub_base });
+            };
+            let (stub, ret) = relocate::build_stub(&region.instrs, &window, site, stub_addr, slot_addr, red_zone)
                 .map_err(|source| RewriteError::StubEncoding { site: addr, source })?;
+            // A red-zone stub has moved %rsp by the time it calls: only its call can be run again.
+            if !red_zone && relocate::can_run_again(&region.instrs[window.first..site]) {
+                restarts.push((stub_addr + ret as u64, region.instrs[window.first].ip()));
+            }
             let bytes = relocate::jump_patch(&region.instrs, &window, stub_addr)
                 .ok_or(RewriteError::StubOutOfRange { site: addr, stub: stub_addr })?;
             stubs.extend_from_slice(&stub);
             patches.push(Patch { segment: region.segment, addr: region.instrs[window.first].ip(), bytes });
             report.relocated.push(addr);
+            if red_zone {
+                report.red_zone.push(addr);
+            }
             floor = window.last + 1;
+        }
+    }
+
+    if !stubs.is_empty() {
+        stubs.resize(stubs.len().next_multiple_of(8), INT3);
+        let offset = stubs.len() as u64;
+        stubs[RESTART_TABLE_OFFSET].copy_from_slice(&offset.to_le_bytes());
+        // Sorted by return address, for the library OS's binary search.
+        restarts.sort_unstable();
+        for (ret, resume) in restarts {
+            stubs.extend(ret.to_le_bytes());
+            stubs.extend(resume.to_le_bytes());
         }
     }
 

@@ -6,6 +6,8 @@ use super::*;
 const BASE: u64 = 0x40_1000;
 /// Where the tests map stubs: close enough for rel32.
 const STUBS: u64 = 0x80_0000;
+/// Where the first stub starts: after the entry slot.
+const FIRST_STUB: u64 = STUBS + 16;
 
 fn asm(build: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Vec<u8> {
     let mut a = CodeAssembler::new(64).unwrap();
@@ -22,6 +24,27 @@ fn decode(bytes: &[u8], ip: u64) -> Vec<Instruction> {
     Decoder::with_ip(64, bytes, ip, DecoderOptions::NONE).into_iter().collect()
 }
 
+/// The stub at `addr`: its instructions up to the `jmp` back.
+fn decode_stub(out: &RewriteOutput, addr: u64) -> Vec<Instruction> {
+    let at = (addr - STUBS) as usize;
+    let mut stub = Vec::new();
+    for ins in Decoder::with_ip(64, &out.stubs[at..], addr, DecoderOptions::NONE) {
+        stub.push(ins);
+        if ins.code() == Code::Jmp_rel32_64 {
+            break;
+        }
+    }
+    stub
+}
+
+/// The restart table: (return address of a stub's call, where its syscall restarts).
+fn restarts(out: &RewriteOutput) -> Vec<(u64, u64)> {
+    let offset = u64::from_le_bytes(out.stubs[RESTART_TABLE_OFFSET].try_into().unwrap()) as usize;
+    assert!(offset.is_multiple_of(8) && offset <= out.stubs.len());
+    let word = |c: &[u8]| u64::from_le_bytes(c.try_into().unwrap());
+    out.stubs[offset..].chunks(16).map(|e| (word(&e[..8]), word(&e[8..]))).collect()
+}
+
 fn codes(bytes: &[u8], ip: u64) -> Vec<Code> {
     decode(bytes, ip).iter().map(Instruction::code).collect()
 }
@@ -34,6 +57,14 @@ fn assert_rsp_adjust(ins: &Instruction, delta: i64) {
     assert_eq!(ins.memory_displacement64() as i64, delta);
 }
 
+/// Asserts `ins` is `call *entry_slot(%rip)`, 6 bytes long.
+fn assert_calls_entry(ins: &Instruction) {
+    assert_eq!(ins.code(), Code::Call_rm64);
+    assert!(ins.is_ip_rel_memory_operand());
+    assert_eq!(ins.ip_rel_memory_address(), STUBS + ENTRY_SLOT.start as u64);
+    assert_eq!(ins.len() as u64, kiln_abi::layout::STUB_CALL_LEN);
+}
+
 /// Asserts the window at `at` is `jmp stub` padded with int3 to `len` bytes.
 fn assert_jump_to(code: &[u8], at: usize, len: usize, stub: u64) {
     let jmp = &decode(&code[at..at + 5], BASE + at as u64)[0];
@@ -43,25 +74,85 @@ fn assert_jump_to(code: &[u8], at: usize, len: usize, stub: u64) {
 }
 
 #[test]
-fn plain_musl_site_becomes_call_rax() {
+fn plain_musl_site_moves_to_a_stub_that_calls_the_entry() {
     let mut code = asm(|a| {
         a.mov(eax, 1)?;
         a.syscall()?;
         a.ret()
     });
     let out = rewrite(&mut code, Vec::new());
-    assert_eq!(code, [0xb8, 1, 0, 0, 0, 0xff, 0xd0, 0xc3]);
-    assert_eq!(out.report.rewritten, [BASE + 5]);
-    assert!(out.report.relocated.is_empty() && out.report.unsafe_sites.is_empty() && out.stubs.is_empty());
+    assert_eq!(out.report.relocated, [BASE + 5]);
+    assert!(out.report.in_place.is_empty() && out.report.red_zone.is_empty() && out.report.unsafe_sites.is_empty());
+    // `mov $1,%eax; syscall` (7 bytes) became `jmp stub; int3; int3`; the `ret` stays.
+    assert_jump_to(&code, 0, 7, FIRST_STUB);
+    assert_eq!(code[7], 0xc3);
+
+    // The entry slot, left for the loader, then the stub: no red-zone steps around the call.
+    assert_eq!(out.stubs[ENTRY_SLOT], [0; 8]);
+    let stub = decode_stub(&out, FIRST_STUB);
+    assert_eq!(stub.len(), 3);
+    assert_eq!((stub[0].code(), stub[0].immediate32()), (Code::Mov_r32_imm32, 1));
+    assert_calls_entry(&stub[1]);
+    assert_eq!(stub[2].near_branch_target(), BASE + 7);
+    // `mov $1,%eax` can run again: a restarted syscall resumes at the window, in the program's code.
+    assert_eq!(restarts(&out), [(stub[1].next_ip(), BASE)]);
 }
 
 #[test]
-fn prefixed_site_keeps_its_length() {
-    // `66 0f 05`: a prefix the CPU ignores; `66 ff d0` would be a 16-bit call.
+fn a_restart_resumes_at_the_stubs_call_when_the_moved_code_cannot_run_again() {
+    let not_again: [fn(&mut CodeAssembler) -> Result<(), IcedError>; 4] = [
+        |a| a.inc(rdi),                                                          // reads what it writes
+        |a| a.mov(rdi, rcx),                                                     // %rcx: the syscall clobbers it
+        |a| a.mov(edx, dword_ptr(rdi)).and_then(|_| a.mov(dword_ptr(rdi), esi)), // a load, then a store
+        |a| a.cmovne(rsi, rdx).and_then(|_| a.xor(edi, edi)),                    // reads flags the xor then sets
+    ];
+    for (i, before) in not_again.iter().enumerate() {
+        let mut code = asm(|a| {
+            before(a)?;
+            a.syscall()?;
+            a.ret()
+        });
+        let out = rewrite(&mut code, Vec::new());
+        assert_eq!(out.report.relocated.len(), 1, "case {i}");
+        assert!(restarts(&out).is_empty(), "case {i}");
+    }
+    // Go's way: the arguments from the caller's frame, the result back into it; %rsp is not moved by the stub.
+    let mut code = asm(|a| {
+        a.mov(rdi, qword_ptr(rsp + 16))?;
+        a.mov(rax, qword_ptr(rsp + 8))?;
+        a.syscall()?;
+        a.mov(qword_ptr(rsp + 40), rax)?;
+        a.ret()
+    });
+    let out = rewrite(&mut code, Vec::new());
+    assert_eq!(out.report.relocated, [BASE + 10]);
+    assert_eq!(restarts(&out)[0].1, BASE + 5);
+}
+
+#[test]
+fn prefixed_site_that_cannot_move_keeps_its_length() {
+    // `66 0f 05`: a prefix the CPU ignores; `66 ff d0` would be a 16-bit call. A `ret` follows and nothing precedes:
+    // 3 bytes are no room for a `jmp`, so the site stays, as `call *%rax` into page 0.
     let mut code = vec![0x66, 0x0f, 0x05, 0xc3];
     let out = rewrite(&mut code, Vec::new());
-    assert_eq!(out.report.rewritten, [BASE]);
+    assert_eq!(out.report.in_place, [BASE]);
+    assert!(out.report.relocated.is_empty() && out.report.unsafe_sites.is_empty() && out.stubs.is_empty());
     assert_eq!(code, [NOP, 0xff, 0xd0, 0xc3]);
+}
+
+#[test]
+fn a_site_between_branches_stays_in_place_and_is_safe_outside_the_red_zone() {
+    let mut code = asm(|a| {
+        let mut again = a.create_label();
+        a.set_label(&mut again)?;
+        a.syscall()?; // a loop target: nothing before it may move
+        a.jne(again)?; // a branch: nothing after it may move
+        a.ret()
+    });
+    let out = rewrite(&mut code, Vec::new());
+    assert_eq!(out.report.in_place, [BASE]);
+    assert!(out.report.unsafe_sites.is_empty() && out.report.relocated.is_empty());
+    assert_eq!(code[..2], CALL_RAX);
 }
 
 #[test]
@@ -77,7 +168,7 @@ fn syscall_bytes_inside_other_instructions_are_left_alone() {
     let before = code.clone();
     let out = rewrite(&mut code, Vec::new());
     assert_eq!(code, before);
-    assert!(out.report.rewritten.is_empty());
+    assert!(out.report.in_place.is_empty() && out.report.relocated.is_empty());
 }
 
 #[test]
@@ -91,9 +182,15 @@ fn two_sites() {
         a.hlt()
     });
     let out = rewrite(&mut code, Vec::new());
-    assert_eq!(out.report.rewritten, [BASE + 5, BASE + 14]);
-    assert_eq!(codes(&code, BASE)[1], Code::Call_rm64);
-    assert_eq!(codes(&code, BASE)[4], Code::Call_rm64);
+    assert_eq!(out.report.relocated, [BASE + 5, BASE + 14]);
+    // `mov $39,%eax; syscall`, then (after `mov %eax,%edi`) `mov $60,%eax; syscall`: each its own stub. The first
+    // is 16 bytes (mov 5, call 6, jmp 5), so the second starts 16 bytes later.
+    assert_jump_to(&code, 0, 7, FIRST_STUB);
+    assert_jump_to(&code, 9, 7, FIRST_STUB + 16);
+    let second = decode(&out.stubs[32..], FIRST_STUB + 16);
+    assert_eq!(second[0].immediate32(), 60);
+    assert_calls_entry(&second[1]);
+    assert_eq!(second[2].near_branch_target(), BASE + 16);
 }
 
 #[test]
@@ -101,8 +198,10 @@ fn invalid_bytes_are_skipped_one_at_a_time() {
     // `06` (push es) and `27` (daa) are invalid in 64-bit mode; a lone trailing `0f` is truncated.
     let mut code = vec![0x06, 0x27, 0xb8, 0x3c, 0, 0, 0, 0x0f, 0x05, 0x0f];
     let out = rewrite(&mut code, Vec::new());
-    assert_eq!(out.report.rewritten, [BASE + 7]);
-    assert_eq!(code, [0x06, 0x27, 0xb8, 0x3c, 0, 0, 0, 0xff, 0xd0, 0x0f]);
+    assert_eq!(out.report.relocated, [BASE + 7]);
+    assert_jump_to(&code, 2, 7, FIRST_STUB);
+    assert_eq!(code[..2], [0x06, 0x27]);
+    assert_eq!(code[9], 0x0f);
 }
 
 #[test]
@@ -117,21 +216,23 @@ fn red_zone_leaf_is_relocated_to_a_stub() {
     let out = rewrite(&mut code, Vec::new());
     let site = BASE + 10; // 5-byte store, 5-byte mov
     assert_eq!(out.report.relocated, [site]);
-    assert!(out.report.rewritten.is_empty() && out.report.unsafe_sites.is_empty());
+    assert_eq!(out.report.red_zone, [site]);
+    assert!(out.report.in_place.is_empty() && out.report.unsafe_sites.is_empty());
 
     // `mov $39,%eax; syscall` (7 bytes) became `jmp stub; int3; int3`.
-    assert_jump_to(&code, 5, 7, STUBS);
+    assert_jump_to(&code, 5, 7, FIRST_STUB);
     assert_eq!(codes(&code[12..], BASE + 12), [Code::Mov_r64_rm64, Code::Retnq]);
 
-    let stub = decode(&out.stubs, STUBS);
+    let stub = decode_stub(&out, FIRST_STUB);
     assert_eq!(stub.len(), 5);
     assert_rsp_adjust(&stub[0], -128);
     assert_eq!((stub[1].code(), stub[1].immediate32()), (Code::Mov_r32_imm32, 39));
-    assert_eq!((stub[2].code(), stub[2].op0_register()), (Code::Call_rm64, Register::RAX));
+    assert_calls_entry(&stub[2]);
     assert_rsp_adjust(&stub[3], 128);
     assert_eq!(stub[4].flow_control(), iced_x86::FlowControl::UnconditionalBranch);
     assert_eq!(stub[4].near_branch_target(), site + 2);
-    assert_eq!(stub[4].next_ip(), STUBS + out.stubs.len() as u64);
+    // %rsp has moved when it calls: a restart runs only the call again, so the table does not name it.
+    assert!(restarts(&out).is_empty());
 }
 
 #[test]
@@ -152,9 +253,9 @@ fn relocation_moves_instructions_after_the_site_and_retargets_rip_relative_ones(
     let out = rewrite(&mut code, Vec::new());
     let site = BASE + 9;
     assert_eq!(out.report.relocated, [site]);
-    assert_jump_to(&code, 9, 9, STUBS);
+    assert_jump_to(&code, 9, 9, FIRST_STUB);
 
-    let stub = decode(&out.stubs, STUBS);
+    let stub = decode_stub(&out, FIRST_STUB);
     let stub_codes: Vec<Code> = stub.iter().map(Instruction::code).collect();
     assert_eq!(stub_codes[..4], [Code::Lea_r64_m, Code::Call_rm64, Code::Lea_r64_m, Code::Mov_r64_rm64]);
     assert!(stub[3].is_ip_rel_memory_operand());
@@ -177,7 +278,7 @@ fn red_zone_site_that_is_a_branch_target_is_unsafe() {
     });
     let out = rewrite(&mut code, Vec::new());
     assert_eq!(out.report.unsafe_sites, [BASE + 10]);
-    assert_eq!(out.report.rewritten, [BASE + 10]);
+    assert_eq!(out.report.in_place, [BASE + 10]);
     assert!(out.report.relocated.is_empty() && out.stubs.is_empty());
     assert_eq!(code[10..12], CALL_RAX);
 }
@@ -195,10 +296,11 @@ fn two_red_zone_sites_get_separate_stubs() {
     });
     let out = rewrite(&mut code, Vec::new());
     assert_eq!(out.report.relocated, [BASE + 10, BASE + 17]);
-    assert_jump_to(&code, 5, 7, STUBS);
-    // Each stub is 28 bytes, the next starts on a 16-byte boundary.
-    assert_jump_to(&code, 12, 7, STUBS + 32);
-    let second = decode(&out.stubs[32..], STUBS + 32);
+    assert_eq!(out.report.red_zone, [BASE + 10, BASE + 17]);
+    assert_jump_to(&code, 5, 7, FIRST_STUB);
+    // Each stub is 26 bytes, the next starts on a 16-byte boundary.
+    assert_jump_to(&code, 12, 7, FIRST_STUB + 32);
+    let second = decode(&out.stubs[48..], FIRST_STUB + 32);
     assert_eq!(second[1].immediate32(), 2);
 }
 
@@ -214,7 +316,7 @@ fn rbp_frame_leaf_is_flagged_but_a_function_with_a_frame_is_not() {
         a.ret()
     };
     let mut code = asm(leaf);
-    assert_eq!(rewrite(&mut code, Vec::new()).report.relocated.len(), 1);
+    assert_eq!(rewrite(&mut code, Vec::new()).report.red_zone.len(), 1);
 
     let mut code = asm(|a| {
         a.push(rbp)?;
@@ -227,8 +329,8 @@ fn rbp_frame_leaf_is_flagged_but_a_function_with_a_frame_is_not() {
         a.ret()
     });
     let out = rewrite(&mut code, Vec::new());
-    assert_eq!(out.report.rewritten.len(), 1);
-    assert!(out.report.relocated.is_empty());
+    assert_eq!(out.report.relocated.len(), 1);
+    assert!(out.report.red_zone.is_empty());
 }
 
 #[test]
@@ -243,13 +345,13 @@ fn symbols_bound_the_function() {
         a.ret()
     };
     let mut code = asm(build);
-    assert_eq!(rewrite(&mut code, Vec::new()).report.relocated, [BASE + 11]);
+    assert_eq!(rewrite(&mut code, Vec::new()).report.red_zone, [BASE + 11]);
 
     let mut code = asm(build);
     let functions = vec![FunctionSymbol { vaddr: BASE, size: 6 }, FunctionSymbol { vaddr: BASE + 6, size: 8 }];
     let out = rewrite(&mut code, functions);
-    assert_eq!(out.report.rewritten, [BASE + 11]);
-    assert!(out.report.relocated.is_empty());
+    assert_eq!(out.report.relocated, [BASE + 11]);
+    assert!(out.report.red_zone.is_empty());
 }
 
 #[test]
@@ -264,7 +366,7 @@ fn only_code_ranges_are_decoded() {
     let segments = vec![ExecSegment { vaddr: BASE, bytes: &mut bytes }];
     let input = RewriteInput { segments, code_ranges: vec![(BASE, code_end)], functions: Vec::new(), stub_base: STUBS };
     let out = rewrite_syscalls(input).unwrap();
-    assert_eq!(out.report.rewritten, [BASE + 5]);
+    assert_eq!(out.report.relocated, [BASE + 5]);
     assert_eq!(bytes[8..], [0x0f, 0x05]);
 }
 
@@ -299,5 +401,6 @@ fn indexed_red_zone_walk_in_a_frameless_leaf_is_relocated() {
     })
     .unwrap();
     assert_eq!(out.report.relocated, vec![0x401009]);
+    assert_eq!(out.report.red_zone, vec![0x401009]);
     assert_eq!(code[4], 0xe9, "the window now jumps to the stub");
 }
