@@ -9,6 +9,9 @@ const STUBS: u64 = 0x80_0000;
 /// Where the first stub starts: after the entry slot.
 const FIRST_STUB: u64 = STUBS + 16;
 
+/// Emits some instructions.
+type Emit = fn(&mut CodeAssembler) -> Result<(), IcedError>;
+
 fn asm(build: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Vec<u8> {
     let mut a = CodeAssembler::new(64).unwrap();
     build(&mut a).unwrap();
@@ -100,7 +103,7 @@ fn plain_musl_site_moves_to_a_stub_that_calls_the_entry() {
 
 #[test]
 fn a_restart_resumes_at_the_stubs_call_when_the_moved_code_cannot_run_again() {
-    let not_again: [fn(&mut CodeAssembler) -> Result<(), IcedError>; 4] = [
+    let not_again: [Emit; 4] = [
         |a| a.inc(rdi),                                                          // reads what it writes
         |a| a.mov(rdi, rcx),                                                     // %rcx: the syscall clobbers it
         |a| a.mov(edx, dword_ptr(rdi)).and_then(|_| a.mov(dword_ptr(rdi), esi)), // a load, then a store
