@@ -12,7 +12,7 @@ mod tests;
 
 use std::collections::BTreeSet;
 
-use iced_x86::{Code, Decoder, DecoderOptions, IcedError, Instruction, Mnemonic, OpKind};
+use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind};
 
 /// `call *%rax`: same length as `syscall`, so a plain site is patched without moving anything.
 const CALL_RAX: [u8; 2] = [0xff, 0xd0];
@@ -119,14 +119,6 @@ pub enum RewriteError {
     SegmentOverflow { vaddr: u64, len: usize },
     #[error("code at {first:#x} and {second:#x} overlaps")]
     OverlappingCode { first: u64, second: u64 },
-    #[error("stub for the syscall at {site:#x} would be at {stub:#x}, out of reach of a rel32 jump")]
-    StubOutOfRange { site: u64, stub: u64 },
-    #[error("cannot encode the relocation stub for the syscall at {site:#x}")]
-    StubEncoding {
-        site: u64,
-        #[source]
-        source: IcedError,
-    },
 }
 
 /// A stretch of decoded code inside one segment: instructions in address order, invalid bytes left out.
@@ -164,7 +156,19 @@ pub fn rewrite_syscalls(input: RewriteInput<'_>) -> Result<RewriteOutput, Rewrit
             let span = analysis::function_span(&region.instrs, site, &functions);
             let red_zone = analysis::uses_red_zone(&region.instrs[span.clone()]);
             let lo = span.start.max(floor);
-            let Some(window) = relocate::find_window(&region.instrs, lo..span.end, site, &targets, red_zone) else {
+            // Where the stub would go, and it, and the `jmp` to it; none if the site has no window or the stub would
+            // be out of a rel32's reach (a span of over 2 GiB puts the stub area there) or cannot be encoded.
+            let next =
+                if stubs.is_empty() { RESTART_TABLE_OFFSET.end } else { stubs.len() }.next_multiple_of(STUB_ALIGN);
+            let moved = relocate::find_window(&region.instrs, lo..span.end, site, &targets, red_zone).and_then(|w| {
+                let stub_addr = stub_base.checked_add(next as u64)?;
+                let slot_addr = stub_base + ENTRY_SLOT.start as u64;
+                let (stub, ret) =
+                    relocate::build_stub(&region.instrs, &w, site, stub_addr, slot_addr, red_zone).ok()?;
+                let jump = relocate::jump_patch(&region.instrs, &w, stub_addr)?;
+                Some((w, stub_addr, stub, ret, jump))
+            });
+            let Some((window, stub_addr, stub, ret, jump)) = moved else {
                 patches.push(Patch { segment: region.segment, addr, bytes: in_place(ins) });
                 report.in_place.push(addr);
                 if red_zone {
@@ -175,21 +179,13 @@ pub fn rewrite_syscalls(input: RewriteInput<'_>) -> Result<RewriteOutput, Rewrit
             if stubs.is_empty() {
                 stubs.resize(RESTART_TABLE_OFFSET.end, 0);
             }
-            stubs.resize(stubs.len().next_multiple_of(STUB_ALIGN), INT3);
-            let offset_addr = |off: usize| u64::try_from(off).ok().and_then(|off| stub_base.checked_add(off));
-            let (Some(stub_addr), Some(slot_addr)) = (offset_addr(stubs.len()), offset_addr(ENTRY_SLOT.start)) else {
-                return Err(RewriteError::StubOutOfRange { site: addr, stub: stub_base });
-            };
-            let (stub, ret) = relocate::build_stub(&region.instrs, &window, site, stub_addr, slot_addr, red_zone)
-                .map_err(|source| RewriteError::StubEncoding { site: addr, source })?;
+            stubs.resize(next, INT3);
+            stubs.extend_from_slice(&stub);
             // A red-zone stub has moved %rsp by the time it calls: only its call can be run again.
             if !red_zone && relocate::can_run_again(&region.instrs[window.first..site]) {
                 restarts.push((stub_addr + ret as u64, region.instrs[window.first].ip()));
             }
-            let bytes = relocate::jump_patch(&region.instrs, &window, stub_addr)
-                .ok_or(RewriteError::StubOutOfRange { site: addr, stub: stub_addr })?;
-            stubs.extend_from_slice(&stub);
-            patches.push(Patch { segment: region.segment, addr: region.instrs[window.first].ip(), bytes });
+            patches.push(Patch { segment: region.segment, addr: region.instrs[window.first].ip(), bytes: jump });
             report.relocated.push(addr);
             if red_zone {
                 report.red_zone.push(addr);

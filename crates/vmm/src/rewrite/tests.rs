@@ -1,5 +1,5 @@
 use iced_x86::code_asm::*;
-use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Register};
+use iced_x86::{Code, Decoder, DecoderOptions, IcedError, Instruction, Register};
 
 use super::*;
 
@@ -389,7 +389,23 @@ fn bad_inputs_are_errors() {
     assert!(matches!(run(vec![(BASE + 4, BASE)], STUBS), Some(RewriteError::EmptyCodeRange { .. })));
     let overlap = vec![(BASE, BASE + 8), (BASE + 4, BASE + 12)];
     assert!(matches!(run(overlap, STUBS), Some(RewriteError::OverlappingCode { .. })));
-    assert!(matches!(run(Vec::new(), 1 << 40), Some(RewriteError::StubOutOfRange { .. })));
+}
+
+#[test]
+fn a_site_whose_stub_would_be_out_of_reach_stays_in_place() {
+    // A program spanning over 2 GiB (a huge bss) puts the stub area after it, beyond a rel32 `jmp`.
+    let mut code = asm(|a| {
+        a.mov(eax, 1)?;
+        a.syscall()?;
+        a.ret()
+    });
+    let segments = vec![ExecSegment { vaddr: BASE, bytes: &mut code }];
+    let far = BASE + (3 << 30);
+    let out =
+        rewrite_syscalls(RewriteInput { segments, code_ranges: vec![], functions: vec![], stub_base: far }).unwrap();
+    assert_eq!(out.report.in_place, [BASE + 5]);
+    assert!(out.report.relocated.is_empty() && out.stubs.is_empty());
+    assert_eq!(code[5..7], CALL_RAX);
 }
 
 #[test]
