@@ -1,7 +1,8 @@
-//! Record locks (fcntl F_SETLK and its kin): byte ranges of a file held by an owner. The program is one process, so
-//! its classic POSIX locks never conflict with one another; open file description (OFD) locks belong to the
-//! description and conflict with other descriptions' locks and with the process's POSIX locks, as on Linux. A wait
-//! for a lock sleeps until some lock is released, so that another thread can end it.
+//! File locks: byte ranges of a file held by an owner. The program is one process, so its classic POSIX record locks
+//! (fcntl F_SETLK) never conflict with one another; open file description (OFD) locks belong to the description and
+//! conflict with other descriptions' locks and with the process's POSIX locks, as on Linux. `flock` locks belong to
+//! the description too, cover the whole file, and meet only other `flock` locks. A wait for a lock sleeps until some
+//! lock is released, so that another thread can end it.
 
 use super::wait::Waitable;
 use crate::errno::Errno;
@@ -13,8 +14,17 @@ use core::sync::atomic::{AtomicBool, Ordering};
 pub enum Owner {
     /// The program's classic POSIX locks.
     Process,
-    /// The locks of one open file description (its `File`'s address while it lives).
+    /// The record locks of one open file description (its `File`'s address while it lives).
     Description(usize),
+    /// The `flock` lock of one open file description.
+    Flock(usize),
+}
+
+impl Owner {
+    /// `flock` locks and record locks are apart: neither kind conflicts with the other.
+    fn is_flock(self) -> bool {
+        matches!(self, Owner::Flock(_))
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -46,6 +56,7 @@ impl Lock {
     fn blocks(&self, wanted: &Lock) -> bool {
         self.file == wanted.file
             && self.owner != wanted.owner
+            && self.owner.is_flock() == wanted.owner.is_flock()
             && self.start < wanted.end
             && wanted.start < self.end
             && (self.kind == Kind::Write || wanted.kind == Kind::Write)

@@ -171,7 +171,9 @@ impl File {
 /// An open file description ends when its last descriptor (or other holder) lets go: its OFD locks go with it.
 impl Drop for File {
     fn drop(&mut self) {
-        locks::release(locks::Owner::Description(self as *const File as usize), None);
+        let description = self as *const File as usize;
+        locks::release(locks::Owner::Description(description), None);
+        locks::release(locks::Owner::Flock(description), None);
     }
 }
 

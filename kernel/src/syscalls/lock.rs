@@ -1,7 +1,6 @@
-//! flock and fcntl's record locks. flock is always granted: the program is the only process and nothing else opens
-//! its files (flock locks between two descriptors of one file within the program are not tracked). Record locks are
-//! kept (`file::locks`): POSIX locks belong to the process and never conflict with one another, OFD locks belong to
-//! the open file description and conflict with every other owner's, as on Linux.
+//! flock and fcntl's record locks, kept in `file::locks`: POSIX locks belong to the process and never conflict with
+//! one another, OFD locks and flock locks belong to the open file description and conflict with other owners'
+//! (flock locks only with flock locks), as on Linux.
 
 use super::{Args, PID};
 use crate::errno::{Errno, SysResult};
@@ -14,13 +13,24 @@ const LOCK_SH: u64 = 1;
 const LOCK_EX: u64 = 2;
 const LOCK_NB: u64 = 4;
 const LOCK_UN: u64 = 8;
+/// Samba's old mandatory flock, which Linux now accepts and ignores.
+const LOCK_MAND: u64 = 32;
 
+/// A conflicting lock is EWOULDBLOCK with LOCK_NB, else a wait; converting a lock is not atomic, as on Linux.
 pub fn flock(a: &Args) -> SysResult {
-    file::get(a[0])?;
-    match a[1] & !LOCK_NB {
-        LOCK_SH | LOCK_EX | LOCK_UN => Ok(0),
-        _ => Err(Errno::EINVAL),
+    let f = file::get(a[0])?;
+    if a[1] & LOCK_MAND != 0 {
+        return Ok(0);
     }
+    let kind = match a[1] & !LOCK_NB {
+        LOCK_SH => Some(Kind::Read),
+        LOCK_EX => Some(Kind::Write),
+        LOCK_UN => None,
+        _ => return Err(Errno::EINVAL),
+    };
+    let owner = Owner::Flock(alloc::sync::Arc::as_ptr(&f) as usize);
+    let whole = Lock { file: f.lock_key(), owner, start: 0, end: TO_END, kind: kind.unwrap_or(Kind::Read) };
+    locks::set(whole, kind.is_some(), a[1] & LOCK_NB == 0).map(|()| 0)
 }
 
 pub const F_GETLK: u64 = 5;

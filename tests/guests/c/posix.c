@@ -2,13 +2,14 @@
  * readlink of a non-link EINVAL (realpath depends on it), a path through a non-directory ENOTDIR, utimensat and
  * futimens keep both times (UTIME_NOW, UTIME_OMIT), sigaltstack says SS_ONSTACK in a handler running on it and refuses
  * to change it there (EPERM), fcntl record locks (POSIX locks are the process's, OFD locks the open file
- * description's, and the two kinds conflict), RLIMIT_NOFILE kept and enforced. Built with musl and with glibc; works
+ * description's, and the two kinds conflict), flock locks, RLIMIT_NOFILE kept and enforced. Built with musl and with glibc; works
  * in the new directory argv[1]. Each check prints one line; exits 0 when all held. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <sys/file.h>
 #include <sys/resource.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -230,6 +231,21 @@ static void record_locks(void) {
   close(b);
 }
 
+static void whole_file_locks(void) {
+  int a = open("fl", O_CREAT | O_RDWR, 0644), b = open("fl", O_RDWR);
+  check(flock(a, LOCK_EX) == 0, "flock takes an exclusive lock");
+  check(flock(b, LOCK_SH | LOCK_NB) == -1 && errno == EWOULDBLOCK, "another open file's flock conflicts");
+  check(lock(b, F_OFD_SETLK, range(F_WRLCK, 0, 0)) == 0 && lock(b, F_OFD_SETLK, range(F_UNLCK, 0, 0)) == 0,
+        "flock locks and record locks do not meet");
+  check(flock(a, LOCK_SH) == 0 && flock(b, LOCK_SH | LOCK_NB) == 0, "shared flock locks share");
+  int copy = dup(a);
+  check(close(a) == 0 && flock(b, LOCK_EX | LOCK_NB) == -1 && errno == EWOULDBLOCK,
+        "a flock lock outlives one of its description's descriptors");
+  check(close(copy) == 0 && flock(b, LOCK_EX | LOCK_NB) == 0, "and goes with the last one");
+  check(fails_with(flock(b, LOCK_SH | LOCK_EX), EINVAL), "an unknown operation is EINVAL");
+  close(b);
+}
+
 static void open_files_limit(void) {
   struct rlimit old, rl;
   check(getrlimit(RLIMIT_NOFILE, &old) == 0 && old.rlim_cur <= old.rlim_max, "getrlimit(RLIMIT_NOFILE)");
@@ -286,6 +302,7 @@ int main(int argc, char **argv) {
   times();
   alternate_stack();
   record_locks();
+  whole_file_locks();
   open_files_limit();
   printf("posix: %s\n", failures ? "FAILED" : "ok");
   return failures != 0;
