@@ -636,6 +636,21 @@ fn signal_handlers_run() {
     }
 }
 
+#[test]
+fn pthread_cancel_reaches_a_thread_blocked_in_read() {
+    if !kvm::available() {
+        return;
+    }
+    // The read is restarted into musl's cancellation handler's view: its resume address must be the program's.
+    let binary = guests::c("cancel");
+    let native = std::process::Command::new(&binary).output().expect("run cancel natively");
+    assert_eq!(native.status.code(), Some(0), "natively: {native:?}");
+    for cpus in ["1", "2"] {
+        let run = kiln().args(["run", "--cpus", cpus]).arg(&binary).run();
+        run.assert_code(0).assert_stdout(&String::from_utf8_lossy(&native.stdout));
+    }
+}
+
 /// Starts `kiln run ARGS`, waits for the program's first line, sends kiln `signal`, returns the rest of stdout and
 /// the exit code.
 fn run_and_signal(args: &[&str], signal: i32) -> (String, Option<i32>) {

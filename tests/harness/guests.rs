@@ -43,6 +43,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("bigout", "bigout.c", Link::Static),
     ("crash", "crash.c", Link::Static),
     ("nullread", "nullread.c", Link::Static),
+    ("cancel", "cancel.c", Link::Static),
     ("enosys", "enosys.c", Link::Static),
     ("redzone", "redzone.c", Link::Static),
     ("syscalls", "syscalls.c", Link::Static),
