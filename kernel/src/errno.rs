@@ -37,6 +37,7 @@ impl Errno {
     pub const ENOTEMPTY: Errno = Errno(39);
     pub const ENOMSG: Errno = Errno(42);
     pub const EIDRM: Errno = Errno(43);
+    pub const EPROTO: Errno = Errno(71);
     pub const EOVERFLOW: Errno = Errno(75);
     pub const ENOTSOCK: Errno = Errno(88);
     pub const EDESTADDRREQ: Errno = Errno(89);

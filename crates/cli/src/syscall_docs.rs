@@ -100,8 +100,8 @@ const NOTES: &[(u64, &str)] = &[
         "partial: SO_RCVTIMEO, SO_SNDTIMEO, SO_RCVBUF, SO_SNDBUF (TCP; from the next connect or backlog socket), \
           SO_KEEPALIVE, TCP_KEEPIDLE/KEEPINTVL/KEEPCNT, SO_LINGER, and 49 integer options kept and validated as Linux \
           does (IP_TTL and IPV6_UNICAST_HOPS set the hop limit, TCP_NODELAY Nagle, SO_REUSEPORT shares a port, \
-          IPV6_V6ONLY keeps IPv4 out; the rest are kept only); others (multicast membership, SO_BINDTODEVICE) are accepted and \
-          change nothing",
+          IPV6_V6ONLY keeps IPv4 out; the rest are kept only); multicast membership is kept (no group's datagrams \
+          arrive); others (SO_BINDTODEVICE, ...) are accepted and change nothing",
     ),
     (
         55,

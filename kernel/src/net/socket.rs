@@ -61,6 +61,8 @@ struct State {
     options: Options,
     /// TCP while connecting: where to, and `Stack::accepts` when the connection was last tried.
     connecting_to: Option<(IpEndpoint, u64)>,
+    /// The multicast groups joined (IP_ADD_MEMBERSHIP, IPV6_ADD_MEMBERSHIP).
+    groups: Vec<IpAddress>,
 }
 
 impl State {
@@ -78,6 +80,7 @@ impl State {
             timeouts,
             options,
             connecting_to: None,
+            groups: Vec::new(),
         }
     }
 }
@@ -565,6 +568,32 @@ impl Socket {
 
     pub fn is_listening(&self) -> bool {
         matches!(self.state.lock().role, Role::Listening(_))
+    }
+
+    /// Joins (`join`) or leaves multicast group `group`, with Linux's errors: EPROTO for TCP, EINVAL for an address
+    /// that is not multicast, EADDRINUSE to join twice, EADDRNOTAVAIL to leave a group not joined. Only the
+    /// membership is kept: smoltcp is built without multicast, so no group's datagrams arrive.
+    pub fn membership(&self, group: IpAddress, join: bool) -> Result<(), Errno> {
+        if self.protocol == Protocol::Tcp {
+            return Err(Errno::EPROTO);
+        }
+        if !group.is_multicast() {
+            return Err(Errno::EINVAL);
+        }
+        let groups = &mut self.state.lock().groups;
+        let at = groups.iter().position(|&g| g == group);
+        match (join, at) {
+            (true, Some(_)) => Err(Errno::EADDRINUSE),
+            (true, None) => {
+                groups.push(group);
+                Ok(())
+            }
+            (false, Some(at)) => {
+                groups.swap_remove(at);
+                Ok(())
+            }
+            (false, None) => Err(Errno::EADDRNOTAVAIL),
+        }
     }
 
     /// Whether the socket has an address (IPV6_V6ONLY can no longer change).

@@ -15,7 +15,7 @@ use crate::user;
 use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
-use smoltcp::wire::IpEndpoint;
+use smoltcp::wire::{IpAddress, IpEndpoint};
 
 const SOCK_STREAM: u64 = 1;
 const SOCK_DGRAM: u64 = 2;
@@ -42,6 +42,10 @@ const TCP_KEEPIDLE: u64 = 4;
 const TCP_KEEPINTVL: u64 = 5;
 const TCP_KEEPCNT: u64 = 6;
 const SO_BINDTODEVICE: u64 = 25;
+const IP_ADD_MEMBERSHIP: u64 = 35;
+const IP_DROP_MEMBERSHIP: u64 = 36;
+const IPV6_ADD_MEMBERSHIP: u64 = 20;
+const IPV6_DROP_MEMBERSHIP: u64 = 21;
 const TCP_CONGESTION: u64 = 13;
 const TCP_ULP: u64 = 31;
 const MSG_PEEK: u64 = 0x2;
@@ -406,6 +410,22 @@ pub fn setsockopt(a: &Args) -> SysResult {
             let ns = (sec as u64).saturating_mul(1_000_000_000).saturating_add(usec as u64 * 1000);
             s.set_timeout(which == SO_SNDTIMEO, ns);
             Ok(0)
+        }
+        (IPPROTO_IP, which @ (IP_ADD_MEMBERSHIP | IP_DROP_MEMBERSHIP)) => {
+            // struct ip_mreq or ip_mreqn: the group first.
+            if optlen < 8 {
+                return Err(Errno::EINVAL);
+            }
+            let group: [u8; 4] = user::read(a[3])?;
+            s.membership(IpAddress::Ipv4(group.into()), which == IP_ADD_MEMBERSHIP).map(|()| 0)
+        }
+        (IPPROTO_IPV6, which @ (IPV6_ADD_MEMBERSHIP | IPV6_DROP_MEMBERSHIP)) => {
+            // struct ipv6_mreq: the group, then the interface.
+            if optlen < 20 {
+                return Err(Errno::EINVAL);
+            }
+            let group: [u8; 16] = user::read(a[3])?;
+            s.membership(IpAddress::Ipv6(group.into()), which == IPV6_ADD_MEMBERSHIP).map(|()| 0)
         }
         (SOL_SOCKET, SO_LINGER) => {
             if optlen < 8 {

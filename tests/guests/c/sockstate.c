@@ -598,6 +598,32 @@ static void options_in_effect(void) {
   close(l4);
   close(l6);
 
+  /* Multicast membership: joined once, left once. */
+  int mu = socket(AF_INET, SOCK_DGRAM, 0), mt = socket(AF_INET, SOCK_STREAM, 0);
+  struct ip_mreqn group = {.imr_multiaddr.s_addr = htonl(0xe0000101)};
+  struct ip_mreq plain = {.imr_multiaddr.s_addr = htonl(0xe0000102)};
+  struct ip_mreq unicast = {.imr_multiaddr.s_addr = htonl(INADDR_LOOPBACK)};
+  printf("IP_DROP_MEMBERSHIP of a group not joined: %s\n",
+         outcome(setsockopt(mu, IPPROTO_IP, IP_DROP_MEMBERSHIP, &group, sizeof group)));
+  printf("IP_ADD_MEMBERSHIP: %s,", outcome(setsockopt(mu, IPPROTO_IP, IP_ADD_MEMBERSHIP, &group, sizeof group)));
+  printf(" again: %s,", outcome(setsockopt(mu, IPPROTO_IP, IP_ADD_MEMBERSHIP, &group, sizeof group)));
+  printf(" dropped: %s\n", outcome(setsockopt(mu, IPPROTO_IP, IP_DROP_MEMBERSHIP, &group, sizeof group)));
+  printf("IP_ADD_MEMBERSHIP with an ip_mreq: %s,",
+         outcome(setsockopt(mu, IPPROTO_IP, IP_ADD_MEMBERSHIP, &plain, sizeof plain)));
+  printf(" a short one: %s,", outcome(setsockopt(mu, IPPROTO_IP, IP_ADD_MEMBERSHIP, &plain, 4)));
+  printf(" a unicast group: %s,", outcome(setsockopt(mu, IPPROTO_IP, IP_ADD_MEMBERSHIP, &unicast, sizeof unicast)));
+  printf(" on TCP: %s\n", outcome(setsockopt(mt, IPPROTO_IP, IP_ADD_MEMBERSHIP, &group, sizeof group)));
+  close(mu);
+  close(mt);
+  mu = socket(AF_INET6, SOCK_DGRAM, 0);
+  struct ipv6_mreq group6 = {.ipv6mr_multiaddr = {{{0xff, 0x02, [13] = 1, [15] = 3}}}};
+  printf("IPV6_DROP_MEMBERSHIP of a group not joined: %s\n",
+         outcome(setsockopt(mu, IPPROTO_IPV6, IPV6_DROP_MEMBERSHIP, &group6, sizeof group6)));
+  printf("IPV6_ADD_MEMBERSHIP: %s,", outcome(setsockopt(mu, IPPROTO_IPV6, IPV6_ADD_MEMBERSHIP, &group6, sizeof group6)));
+  printf(" again: %s,", outcome(setsockopt(mu, IPPROTO_IPV6, IPV6_ADD_MEMBERSHIP, &group6, sizeof group6)));
+  printf(" dropped: %s\n", outcome(setsockopt(mu, IPPROTO_IPV6, IPV6_DROP_MEMBERSHIP, &group6, sizeof group6)));
+  close(mu);
+
   /* SO_REUSEPORT: two listeners on one port when both ask for it. */
   int r1 = socket(AF_INET, SOCK_STREAM, 0), r2 = socket(AF_INET, SOCK_STREAM, 0), r3 = socket(AF_INET, SOCK_STREAM, 0);
   set(r1, SOL_SOCKET, SO_REUSEPORT, 1);
