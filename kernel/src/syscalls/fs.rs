@@ -695,6 +695,8 @@ struct DirentHeader {
     kind: u8,
 }
 
+const DT_UNKNOWN: u8 = 0;
+const DT_CHR: u8 = 2;
 const DT_DIR: u8 = 4;
 const DT_REG: u8 = 8;
 
@@ -704,11 +706,13 @@ pub fn getdents64(a: &Args) -> SysResult {
     let Object::Directory { inode, position, .. } = &f.object else { return Err(Errno::ENOTDIR) };
     let mut pos = position.lock();
     // "." and ".." come first, as positions 0 and 1.
-    let mut listing: alloc::vec::Vec<(alloc::string::String, u64, bool)> =
-        alloc::vec![(".".into(), inode.ino, true), ("..".into(), inode.ino, true)];
+    let mut listing: alloc::vec::Vec<(alloc::string::String, u64, vfs::EntryType)> = alloc::vec![
+        (".".into(), inode.ino, vfs::EntryType::Directory),
+        ("..".into(), inode.ino, vfs::EntryType::Directory)
+    ];
     listing.extend(inode.entries_from(0)?);
     let mut written = 0u64;
-    for (name, ino, is_dir) in listing.iter().skip(*pos) {
+    for (name, ino, kind) in listing.iter().skip(*pos) {
         let reclen = (19 + name.len() + 1).next_multiple_of(8) as u64;
         if written + reclen > size {
             if written == 0 {
@@ -721,7 +725,12 @@ pub fn getdents64(a: &Args) -> SysResult {
             ino: *ino,
             off: (*pos + 1) as i64,
             reclen: reclen as u16,
-            kind: if *is_dir { DT_DIR } else { DT_REG },
+            kind: match kind {
+                vfs::EntryType::Directory => DT_DIR,
+                vfs::EntryType::Regular => DT_REG,
+                vfs::EntryType::CharDevice => DT_CHR,
+                vfs::EntryType::Other => DT_UNKNOWN,
+            },
         };
         user::write_bytes(at, &header_bytes(&header))?;
         let mut name_bytes = alloc::vec![0u8; reclen as usize - 19];

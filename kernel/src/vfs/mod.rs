@@ -86,6 +86,16 @@ pub struct State {
     pub mtime_ns: u64,
 }
 
+/// What a directory listing says an entry is (getdents64's `d_type`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum EntryType {
+    Directory,
+    Regular,
+    CharDevice,
+    /// Something a volume holds that the library OS does not open (a symbolic link, a device node).
+    Other,
+}
+
 /// What `stat` reports of an inode: `st_mode`, `st_size`, and the access and modification times in nanoseconds
 /// since the epoch (the change time is the modification time).
 #[derive(Clone, Copy, Default)]
@@ -238,15 +248,27 @@ impl Inode {
         Ok(())
     }
 
-    /// Directory entries from position `from` on: (name, inode number, is a directory).
-    pub fn entries_from(&self, from: usize) -> Result<Vec<(String, u64, bool)>, Errno> {
+    /// Directory entries from position `from` on: (name, inode number, type).
+    pub fn entries_from(&self, from: usize) -> Result<Vec<(String, u64, EntryType)>, Errno> {
         let state = match &self.backing {
             Backing::Memory(state) => state,
             Backing::Volume(node) => return node.entries_from(from),
         };
         let s = state.lock();
         let Kind::Dir(entries) = &s.kind else { return Err(Errno::ENOTDIR) };
-        Ok(entries.iter().skip(from).map(|(name, inode)| (name.clone(), inode.ino, inode.is_dir())).collect())
+        Ok(entries.iter().skip(from).map(|(name, inode)| (name.clone(), inode.ino, inode.entry_type())).collect())
+    }
+
+    fn entry_type(&self) -> EntryType {
+        match &self.backing {
+            Backing::Memory(state) => match state.lock().kind {
+                Kind::Dir(_) => EntryType::Directory,
+                Kind::File(_) => EntryType::Regular,
+                Kind::Device(_) => EntryType::CharDevice,
+            },
+            Backing::Volume(node) if node.is_dir() => EntryType::Directory,
+            Backing::Volume(_) => EntryType::Regular,
+        }
     }
 }
 

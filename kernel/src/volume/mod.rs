@@ -11,7 +11,7 @@ mod virtio_blk;
 
 use crate::errno::Errno;
 use crate::sync::SpinLock;
-use crate::vfs::Attrs;
+use crate::vfs::{Attrs, EntryType};
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -242,13 +242,20 @@ impl Node {
         self.volume.fs.lock().truncate(self.ino, len).map_err(errno)
     }
 
-    pub fn entries_from(&self, from: usize) -> Result<Vec<(String, u64, bool)>, Errno> {
+    pub fn entries_from(&self, from: usize) -> Result<Vec<(String, u64, EntryType)>, Errno> {
         let entries = self.volume.fs.lock().read_dir(self.ino).map_err(errno)?;
         let base = (self.volume.index + 1) << 40;
         Ok(entries
             .into_iter()
             .skip(from)
-            .map(|(name, ino, kind)| (name, base | u64::from(ino), kind == FileType::Directory))
+            .map(|(name, ino, kind)| {
+                let kind = match kind {
+                    FileType::Directory => EntryType::Directory,
+                    FileType::Regular => EntryType::Regular,
+                    FileType::Other => EntryType::Other,
+                };
+                (name, base | u64::from(ino), kind)
+            })
             .collect())
     }
 

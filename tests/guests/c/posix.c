@@ -5,6 +5,7 @@
  * description's, and the two kinds conflict), flock locks, RLIMIT_NOFILE kept and enforced. Built with musl and with glibc; works
  * in the new directory argv[1]. Each check prints one line; exits 0 when all held. */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -92,6 +93,10 @@ static void not_directories(void) {
   check(fails_with(stat("missing/x", &st), ENOENT), "through a missing name is still ENOENT");
   check(stat("/dev/null", &st) == 0 && S_ISCHR(st.st_mode) && st.st_rdev == makedev(1, 3), "/dev/null is 1,3");
   check(fails_with(open("/dev/null", O_RDONLY | O_DIRECTORY), ENOTDIR), "/dev/null with O_DIRECTORY is ENOTDIR");
+  DIR *devices = opendir("/dev");
+  int null_is_chr = 0;
+  for (struct dirent *e; devices && (e = readdir(devices));) null_is_chr |= !strcmp(e->d_name, "null") && e->d_type == DT_CHR;
+  check(devices && closedir(devices) == 0 && null_is_chr, "/dev lists null as a character device");
   int dev = open("/dev/zero", O_RDONLY);
   char zero = 1;
   check(dev >= 0 && read(dev, &zero, 1) == 1 && zero == 0 && close(dev) == 0, "/dev/zero reads zeros");
