@@ -7,6 +7,7 @@ use crate::errno::{Errno, SysResult};
 use crate::file::locks::{self, Kind, Lock, Owner, TO_END};
 use crate::file::{self, File, Object, O_ACCMODE, O_RDONLY, O_WRONLY};
 use crate::user;
+use alloc::sync::Arc;
 use core::sync::atomic::Ordering;
 
 const LOCK_SH: u64 = 1;
@@ -28,7 +29,7 @@ pub fn flock(a: &Args) -> SysResult {
         LOCK_UN => None,
         _ => return Err(Errno::EINVAL),
     };
-    let owner = Owner::Flock(alloc::sync::Arc::as_ptr(&f) as usize);
+    let owner = Owner::Flock(Arc::as_ptr(&f) as usize);
     let whole = Lock { file: f.lock_key(), owner, start: 0, end: TO_END, kind: kind.unwrap_or(Kind::Read) };
     locks::set(whole, kind.is_some(), a[1] & LOCK_NB == 0).map(|()| 0)
 }
@@ -75,7 +76,7 @@ fn range(f: &File, fl: &Flock) -> Result<(u64, u64), Errno> {
     let (start, end) = match fl.len {
         0 => (start, None),
         len if len > 0 => (start, Some(start.checked_add(len).ok_or(Errno::EOVERFLOW)?)),
-        len => (start + len, Some(start)),
+        len => (start.checked_add(len).ok_or(Errno::EINVAL)?, Some(start)),
     };
     if start < 0 {
         return Err(Errno::EINVAL);
@@ -84,7 +85,7 @@ fn range(f: &File, fl: &Flock) -> Result<(u64, u64), Errno> {
 }
 
 /// F_GETLK, F_SETLK, F_SETLKW and their OFD forms on descriptor `f`, `arg` the program's `struct flock`.
-pub fn record_lock(f: &alloc::sync::Arc<File>, cmd: u64, arg: u64) -> SysResult {
+pub fn record_lock(f: &Arc<File>, cmd: u64, arg: u64) -> SysResult {
     let ofd = matches!(cmd, F_OFD_GETLK | F_OFD_SETLK | F_OFD_SETLKW);
     let fl: Flock = user::read(arg)?;
     let kind = match fl.kind {
@@ -97,8 +98,8 @@ pub fn record_lock(f: &alloc::sync::Arc<File>, cmd: u64, arg: u64) -> SysResult 
     if ofd && fl.pid != 0 {
         return Err(Errno::EINVAL);
     }
-    let owner = if ofd { Owner::Description(alloc::sync::Arc::as_ptr(f) as usize) } else { Owner::Process };
-    let mut wanted = Lock { file: f.lock_key(), owner, start, end, kind: kind.unwrap_or(Kind::Read) };
+    let owner = if ofd { Owner::Description(Arc::as_ptr(f) as usize) } else { Owner::Process };
+    let wanted = Lock { file: f.lock_key(), owner, start, end, kind: kind.unwrap_or(Kind::Read) };
     if matches!(cmd, F_GETLK | F_OFD_GETLK) {
         if kind.is_none() {
             return Err(Errno::EINVAL);
@@ -123,6 +124,5 @@ pub fn record_lock(f: &alloc::sync::Arc<File>, cmd: u64, arg: u64) -> SysResult 
         Some(Kind::Write) if mode == O_RDONLY => return Err(Errno::EBADF),
         _ => {}
     }
-    wanted.kind = kind.unwrap_or(Kind::Read);
     locks::set(wanted, kind.is_some(), matches!(cmd, F_SETLKW | F_OFD_SETLKW)).map(|()| 0)
 }

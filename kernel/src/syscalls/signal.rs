@@ -398,7 +398,7 @@ fn enter_handler(
     let alt = sched::altstack();
     let on_alt = on_stack(&alt, rsp);
     let top = if action.flags & SA_ONSTACK != 0 && alt.flags & SS_DISABLE == 0 && !on_alt {
-        alt.sp + alt.size
+        alt.sp.wrapping_add(alt.size)
     } else {
         rsp.wrapping_sub(RED_ZONE)
     };
