@@ -918,6 +918,16 @@ fn system_v_ipc_works_as_natively() {
     same_as_natively("sysv", "sysv: 0 failed");
 }
 
+/// POSIX shared memory and named semaphores in /dev/shm, and MAP_SHARED mappings of in-memory files that share the
+/// file's pages with each other and with read() and write().
+#[test]
+fn shared_mappings_of_in_memory_files_share_their_pages() {
+    if !kvm::available() {
+        return;
+    }
+    same_as_natively("shm", "shm: 0 failed");
+}
+
 /// munmap, mprotect, msync and madvise of a 2^44-byte PROT_NONE reservation cost what is committed in it: 64 rounds
 /// of reserve, commit 2 MiB, munmap finish (they took seconds a round when munmap walked every page) and fit in
 /// 64 MiB (munmap frees the committed pages), with the same output as natively.

@@ -85,6 +85,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("reserve", "reserve.c", Link::Static),
     ("mutexes", "mutexes.c", Link::Static),
     ("sysv", "sysv.c", Link::Static),
+    ("shm", "shm.c", Link::Static),
 ];
 
 /// The binaries of tests/guests/rust (each `src/bin/NAME.rs`).

@@ -32,11 +32,11 @@ const NOTES: &[(u64, &str)] = &[
     (8, "partial: SEEK_SET/CUR/END; no SEEK_DATA/SEEK_HOLE"),
     (
         9,
-        "partial: a file mapping is a copy of the file (MAP_SHARED does not see later writes; shared writable file \
-          mappings are ENODEV); PROT_NONE reserves without memory",
+        "partial: MAP_SHARED of a file on a volume is a copy (ENODEV if writable); past the end of an in-memory \
+          file a shared mapping faults with SIGSEGV, not SIGBUS; PROT_NONE reserves without memory",
     ),
     (10, "partial: no NX (PROT_EXEC is not enforced); each change of a page that was accessible costs a VM exit"),
-    (11, "partial: unmapped memory stays accessible (zeroed) until it is mapped again"),
+    (11, "partial: unmapped memory the library OS placed stays accessible (zeroed) until mapped again"),
     (
         13,
         "partial: a sent signal's handler runs at the target thread's next syscall exit (no interrupts), a fault's at \
@@ -64,7 +64,9 @@ const NOTES: &[(u64, &str)] = &[
     (439, "partial: everyone is root: an existing path is accessible"),
     (25, "partial: anonymous mappings; MREMAP_FIXED refused; moved memory loses its mprotect protection"),
     (28, "partial: MADV_DONTNEED zeroes; other advice is accepted"),
-    (26, "partial: file mappings are private copies (see mmap): nothing to write back"),
+    (26, "partial: nothing to write back (shared mappings are of in-memory files; volumes refuse writable ones)"),
+    (86, "partial: in-memory files only; EPERM on a volume"),
+    (265, "partial: in-memory files only; EPERM on a volume; no AT_EMPTY_PATH"),
     (40, "partial: from a regular file to a socket, a pipe or a regular file"),
     (53, "partial: AF_UNIX SOCK_STREAM, a pipe each way: read, write, send, recv, poll and close work on it"),
     (61, NO_CHILDREN),

@@ -14,7 +14,9 @@ use super::{memory, pml4, DirectMap};
 use crate::errno::Errno;
 use crate::sync::SpinLock;
 use alloc::collections::BTreeMap;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::any::Any;
 use kiln_abi::layout::{direct_map, page_align_up, DIRECT_MAP_BASE, PAGE_SIZE, PROGRAM_MIN_ADDR};
 use kiln_abi::paging::{self, PhysMemory, PTE_USER, PTE_WRITABLE};
 
@@ -24,12 +26,23 @@ const RESERVE_END: u64 = DIRECT_MAP_BASE;
 
 struct Reservations {
     ranges: Vec<(u64, u64)>,
-    /// Ranges mapping frames that something else owns (System V shared memory): munmap unmaps them but does not free
-    /// or zero their frames.
-    borrowed: Vec<(u64, u64)>,
+    /// Ranges mapping frames that something else owns (System V shared memory, a file's pages), with what keeps
+    /// the frames alive, if anything: munmap unmaps them, drops that and does not free or zero the frames.
+    borrowed: Vec<Borrowed>,
     /// Ranges given back by munmap, reused before fresh address space.
     released: Vec<(u64, u64)>,
     next: u64,
+}
+
+#[derive(Clone)]
+struct Borrowed {
+    start: u64,
+    end: u64,
+    _owner: Option<Arc<dyn Any + Send + Sync>>,
+}
+
+fn ranges_of(borrowed: &[Borrowed]) -> Vec<(u64, u64)> {
+    borrowed.iter().map(|b| (b.start, b.end)).collect()
 }
 
 static RESERVED: SpinLock<Reservations> =
@@ -146,7 +159,7 @@ fn zero_frame(phys: u64) {
 /// MADV_DONTNEED leaves. Only committed pages are looked at.
 pub fn zero_committed(start: u64, len: u64) {
     let end = start.saturating_add(page_align_up(len));
-    let borrowed = RESERVED.lock().borrowed.clone();
+    let borrowed = ranges_of(&RESERVED.lock().borrowed);
     for (at, l) in protect::leaves(start, end) {
         // Shared memory keeps its bytes (on Linux, MADV_DONTNEED of it maps the same memory again).
         if l.user() && l.size == PAGE_SIZE && !overlaps(&borrowed, at, at + PAGE_SIZE) {
@@ -170,7 +183,9 @@ pub fn release(start: u64, len: u64) {
     let mut read_only = false;
     // Allocated before the memory lock is taken, and freed after: the heap takes it to grow and to give back.
     let found = protect::leaves(start, end);
-    let borrowed = take_borrowed(start, end);
+    // Dropped last, after the flush: what they hold may free the frames.
+    let borrowed_owners = take_borrowed(start, end);
+    let borrowed = ranges_of(&borrowed_owners);
     let mut cached = Vec::with_capacity(found.len());
     {
         let mut m = memory();
@@ -203,11 +218,13 @@ pub fn release(start: u64, len: u64) {
     }
     let mut unflushed = UNFLUSHED.lock();
     unflushed.extend(cached);
-    // A stale read-only entry would make a write to the page committed again there fault: flush those at once.
+    // A stale read-only entry would make a write to the page committed again there fault, and a borrowed frame may be
+    // freed by its owner: flush those at once.
     if read_only || unflushed.len() >= FLUSH_BATCH {
         drop(unflushed);
         flush_released();
     }
+    drop(borrowed_owners);
 }
 
 /// Flushes every TLB and hands the frames of released pages back to the allocator.
@@ -231,13 +248,21 @@ pub fn settle_released(start: u64, end: u64) {
     }
 }
 
-/// Maps `frames` (owned by the caller, e.g. a System V shared memory segment) at `hint` if that range is free (only
-/// there if `fixed`), else wherever there is room, writable or read-only. Returns the address. munmap or
-/// [`unmap_borrowed`] unmaps them without freeing them.
-pub fn map_borrowed(hint: u64, fixed: bool, frames: &[u64], writable: bool) -> Result<u64, Errno> {
-    let len = frames.len() as u64 * PAGE_SIZE;
+/// Reserves `len` bytes at `hint` if that range is free (only there if `fixed`), else wherever there is room, and
+/// maps `frames` (owned by something else: a System V shared memory segment, a file's pages) at its start, writable
+/// or read-only; the rest stays reserved. `owner`, if any, is kept until the pages are unmapped. munmap or
+/// [`unmap_borrowed`] unmaps the frames without freeing them. Returns the address.
+pub fn map_borrowed(
+    hint: u64,
+    fixed: bool,
+    len: u64,
+    frames: &[u64],
+    writable: bool,
+    owner: Option<Arc<dyn Any + Send + Sync>>,
+) -> Result<u64, Errno> {
+    let len = page_align_up(len).max(frames.len() as u64 * PAGE_SIZE);
     let start = reserve(hint, len, fixed)?;
-    RESERVED.lock().borrowed.push((start, start + len));
+    RESERVED.lock().borrowed.push(Borrowed { start, end: start + len, _owner: owner });
     settle_released(start, start + len);
     let flags = PTE_USER | if writable { PTE_WRITABLE } else { 0 };
     let mapped = {
@@ -259,26 +284,27 @@ pub fn unmap_borrowed(start: u64, len: u64) {
     release(start, len);
 }
 
-/// Takes the borrowed ranges overlapping `[start, end)` off the list (clipped to it; what lies outside stays).
-fn take_borrowed(start: u64, end: u64) -> Vec<(u64, u64)> {
+/// Takes the borrowed ranges overlapping `[start, end)` off the list (clipped to it; what lies outside stays, holding
+/// the owner too).
+fn take_borrowed(start: u64, end: u64) -> Vec<Borrowed> {
     let mut r = RESERVED.lock();
-    if !overlaps(&r.borrowed, start, end) {
+    if !overlaps(&ranges_of(&r.borrowed), start, end) {
         return Vec::new();
     }
     let mut taken = Vec::new();
     let mut kept = Vec::new();
-    for &(s, e) in &r.borrowed {
-        if e <= start || end <= s {
-            kept.push((s, e));
+    for b in core::mem::take(&mut r.borrowed) {
+        if b.end <= start || end <= b.start {
+            kept.push(b);
             continue;
         }
-        taken.push((s.max(start), e.min(end)));
-        if s < start {
-            kept.push((s, start));
+        if b.start < start {
+            kept.push(Borrowed { end: start, ..b.clone() });
         }
-        if end < e {
-            kept.push((end, e));
+        if end < b.end {
+            kept.push(Borrowed { start: end, ..b.clone() });
         }
+        taken.push(Borrowed { start: b.start.max(start), end: b.end.min(end), ..b });
     }
     r.borrowed = kept;
     taken
@@ -287,7 +313,7 @@ fn take_borrowed(start: u64, end: u64) -> Vec<(u64, u64)> {
 /// Unmaps the borrowed pages of `[start, end)`, keeping the range reserved.
 fn drop_borrowed(start: u64, end: u64) {
     let borrowed = take_borrowed(start, end);
-    let found: Vec<_> = borrowed.iter().flat_map(|&(s, e)| protect::leaves(s, e)).collect();
+    let found: Vec<_> = borrowed.iter().flat_map(|b| protect::leaves(b.start, b.end)).collect();
     let mut present = false;
     {
         let _m = memory();
@@ -299,11 +325,12 @@ fn drop_borrowed(start: u64, end: u64) {
     if present {
         crate::hypercall::flush_tlb();
     }
+    drop(borrowed);
 }
 
 /// Whether any page of `[start, end)` maps borrowed frames.
 pub fn is_borrowed(start: u64, end: u64) -> bool {
-    overlaps(&RESERVED.lock().borrowed, start, end)
+    overlaps(&ranges_of(&RESERVED.lock().borrowed), start, end)
 }
 
 /// `[start, end)` stops being reserved; its address space is handed out again first.

@@ -99,7 +99,18 @@ fn read_into(f: &File, buf: u64, len: u64) -> SysResult {
 
 /// Copies file bytes from `at` straight into the program's buffer.
 fn read_file_at(inode: &Inode, at: u64, buf: u64, len: u64) -> SysResult {
-    inode.read_with(at, len, |bytes| user::write_bytes(buf, bytes).map(|()| bytes.len() as u64))?
+    // A file in pages (shared-mapped) hands its bytes over in pieces: ask until the end or enough.
+    let mut done = 0;
+    while done < len {
+        let n = inode.read_with(at + done, len - done, |bytes| {
+            user::write_bytes(buf + done, bytes).map(|()| bytes.len() as u64)
+        })??;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    Ok(done)
 }
 
 /// Copies the program's buffers into the file from `at` (or its end); returns the bytes written and the new offset.

@@ -12,6 +12,8 @@ use crate::file::{self, Object, O_ACCMODE, O_RDWR, O_WRONLY};
 use crate::mm::protect::{self, Access};
 use crate::mm::{mapping, vma};
 use crate::user;
+use crate::vfs::pages::Pages;
+use alloc::sync::Arc;
 use core::sync::atomic::Ordering;
 use kiln_abi::layout::{page_align_up, PAGE_SIZE};
 
@@ -100,19 +102,66 @@ fn mmap_file(a: &Args) -> SysResult {
     match mode {
         O_WRONLY => return Err(Errno::EACCES),
         m if shared_writable && m != O_RDWR => return Err(Errno::EACCES),
-        // Writes through the mapping would never reach the file.
-        _ if shared_writable => return Err(Errno::ENODEV),
         _ => {}
+    }
+    if flags & MAP_SHARED != 0 {
+        match inode.shared_pages() {
+            Ok((pages, size)) => return map_shared(a, pages, size),
+            // A file on a volume: a read-only shared mapping is a copy (it does not see later writes); writes
+            // through a writable one would never reach the file.
+            Err(Errno::ENODEV) if !shared_writable => {}
+            Err(e) => return Err(e),
+        }
     }
     let at = map_writable(&anonymous)?;
     if prot != PROT_NONE {
-        let copied = inode.read_with(offset, len, |bytes| crate::user::write_bytes(at, bytes));
-        if let Err(e) = copied.and_then(|r| r) {
-            let _ = munmap(&[at, len, 0, 0, 0, 0]);
-            return Err(e);
+        let mut done = 0;
+        while done < len {
+            let copied = inode.read_with(offset + done, len - done, |bytes| {
+                crate::user::write_bytes(at + done, bytes).map(|()| bytes.len() as u64)
+            });
+            match copied.and_then(|r| r) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) => {
+                    let _ = munmap(&[at, len, 0, 0, 0, 0]);
+                    return Err(e);
+                }
+            }
         }
     }
     apply_protection(at, len, prot, flags & MAP_FIXED != 0)?;
+    Ok(at)
+}
+
+/// MAP_SHARED of an in-memory file: its pages mapped where the program asked (over whatever is there with
+/// MAP_FIXED), so that every shared mapping, read and write see the same bytes. Pages past the end of the file stay
+/// unmapped (Linux raises SIGBUS there; here it is SIGSEGV).
+fn map_shared(a: &Args, pages: Arc<Pages>, size: u64) -> SysResult {
+    let (addr, len, prot, flags, offset) = (a[0], a[1], a[2], a[3], a[5]);
+    let fixed = flags & MAP_FIXED != 0;
+    if fixed {
+        if !addr.is_multiple_of(PAGE_SIZE) || addr >= kiln_abi::layout::DIRECT_MAP_BASE {
+            return Err(Errno::EINVAL);
+        }
+        if vma::owns(addr) {
+            super::sysv::shm::unmapped(addr, len);
+            vma::release(addr, len);
+        }
+    }
+    let in_file = page_align_up(size).saturating_sub(offset).min(page_align_up(len)) / PAGE_SIZE;
+    let frames = pages.frames(offset / PAGE_SIZE, in_file);
+    let exact = fixed || flags & MAP_FIXED_NOREPLACE != 0;
+    let at = vma::map_borrowed(addr, exact, len, &frames, prot & PROT_WRITE != 0, Some(pages)).map_err(|e| {
+        if e == Errno::EEXIST && fixed {
+            Errno::ENOMEM
+        } else {
+            e
+        }
+    })?;
+    if access(prot) == Access::None {
+        protect::protect(at, at.saturating_add(page_align_up(len)), Access::None, true)?;
+    }
     Ok(at)
 }
 

@@ -154,6 +154,7 @@ const fn table() -> SyscallTable {
     t.set(83, path::mkdir, &[Ptr, Mode]);
     t.set(84, path::rmdir, &[Ptr]);
     t.set(85, fs::creat, &[Ptr, Mode]);
+    t.set(86, path::link, &[Ptr, Ptr]);
     t.set(87, path::unlink, &[Ptr]);
     t.set(95, process::umask, &[Int]);
     t.set(89, fs::readlink, &[Ptr, Ptr, Int]);
@@ -235,6 +236,7 @@ const fn table() -> SyscallTable {
     t.set(258, path::mkdirat, &[Int, Ptr, Mode]);
     t.set(262, path::newfstatat, &[Int, Ptr, Ptr, Int]);
     t.set(263, path::unlinkat, &[Int, Ptr, Int]);
+    t.set(265, path::linkat, &[Int, Ptr, Int, Ptr, Int]);
     t.set(264, path::renameat, &[Int, Ptr, Int, Ptr]);
     t.set(267, fs::readlinkat, &[Int, Ptr, Ptr, Int]);
     t.set(268, path::fchmodat, &[Int, Ptr, Mode]);

@@ -218,6 +218,20 @@ pub fn renameat(a: &Args) -> SysResult {
     vfs::rename(&from, &to).map(|()| 0)
 }
 
+pub fn link(a: &Args) -> SysResult {
+    linkat(&[AT_FDCWD as u64, a[0], AT_FDCWD as u64, a[1], 0, 0])
+}
+
+/// linkat: no symbolic links, so AT_SYMLINK_FOLLOW changes nothing; AT_EMPTY_PATH is not supported.
+pub fn linkat(a: &Args) -> SysResult {
+    const AT_SYMLINK_FOLLOW: u64 = 0x400;
+    if a[4] & !AT_SYMLINK_FOLLOW != 0 {
+        return Err(Errno::EINVAL);
+    }
+    let (from, to) = (resolve(a[0], a[1])?, resolve(a[2], a[3])?);
+    vfs::link(&from, &to).map(|()| 0)
+}
+
 /// renameat2 without flags is renameat; RENAME_NOREPLACE and the rest are not supported yet.
 pub fn renameat2(a: &Args) -> SysResult {
     if a[4] != 0 {

@@ -5,6 +5,7 @@
 //! (`crate::volume`), whose files are inodes of another backing.
 
 pub mod image;
+pub mod pages;
 
 use crate::errno::Errno;
 use crate::sync::SpinLock;
@@ -15,6 +16,7 @@ use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
+use pages::Pages;
 
 pub const S_IFDIR: u32 = 0o040000;
 pub const S_IFREG: u32 = 0o100000;
@@ -26,38 +28,58 @@ pub const DEV_RANDOM: u64 = (1 << 8) | 8;
 pub const DEV_URANDOM: u64 = (1 << 8) | 9;
 /// Longest path accepted (PATH_MAX).
 pub const PATH_MAX: usize = 4096;
+/// The most a read of a file in pages copies at once.
+const PAGES_READ_CHUNK: u64 = 64 << 10;
 
 pub enum Data {
     /// Bytes the program wrote (or copied on first write).
     Owned(Vec<u8>),
     /// `len` bytes of the image at this direct-map address: read in place, copied on first write.
     Image { addr: u64, len: u64 },
+    /// `len` bytes in page frames that shared mappings map too (see `pages`).
+    Pages { pages: Arc<Pages>, len: u64 },
 }
 
 impl Data {
     pub fn len(&self) -> u64 {
         match self {
             Data::Owned(v) => v.len() as u64,
-            Data::Image { len, .. } => *len,
+            Data::Image { len, .. } | Data::Pages { len, .. } => *len,
         }
     }
 
-    fn bytes(&self) -> &[u8] {
+    /// The bytes, where they are contiguous (not in pages).
+    fn bytes(&self) -> Option<&[u8]> {
         match self {
-            Data::Owned(v) => v,
-            // SAFETY: the VMM placed the image in guest RAM, which the library OS never reuses; it stays mapped.
-            Data::Image { addr, len } => unsafe { core::slice::from_raw_parts(*addr as *const u8, *len as usize) },
+            Data::Owned(v) => Some(v),
+            Data::Image { addr, len } => {
+                // SAFETY: the VMM placed the image in guest RAM, which the library OS never reuses; it stays mapped.
+                Some(unsafe { core::slice::from_raw_parts(*addr as *const u8, *len as usize) })
+            }
+            Data::Pages { .. } => None,
         }
     }
 
-    fn owned(&mut self) -> &mut Vec<u8> {
-        if let Data::Image { .. } = self {
-            *self = Data::Owned(self.bytes().to_vec());
+    /// The bytes as a vector the file owns; `None` for pages, which are written in place.
+    fn owned(&mut self) -> Option<&mut Vec<u8>> {
+        if let Data::Image { addr, len } = *self {
+            // SAFETY: as in `bytes`.
+            *self = Data::Owned(unsafe { core::slice::from_raw_parts(addr as *const u8, len as usize) }.to_vec());
         }
         match self {
-            Data::Owned(v) => v,
-            Data::Image { .. } => unreachable!("just converted"),
+            Data::Owned(v) => Some(v),
+            _ => None,
         }
+    }
+
+    /// The pages, the bytes moved into them first if need be (a shared mapping's first).
+    fn pages(&mut self) -> Result<Arc<Pages>, Errno> {
+        if let Data::Pages { pages, .. } = self {
+            return Ok(pages.clone());
+        }
+        let pages = Pages::from_bytes(self.bytes().unwrap_or_default())?;
+        *self = Data::Pages { pages: pages.clone(), len: self.len() };
+        Ok(pages)
     }
 }
 
@@ -205,7 +227,19 @@ impl Inode {
         };
         let s = state.lock();
         let Kind::File(d) = &s.kind else { return Err(Errno::EISDIR) };
-        let bytes = d.bytes();
+        if let Data::Pages { pages, len: size } = d {
+            // Pages are not contiguous: the bytes go through a buffer, at most PAGES_READ_CHUNK at a time (callers
+            // take a short read as regular files give one at their end, and ask again).
+            let start = offset.min(*size);
+            let n = len.min(size - start).min(PAGES_READ_CHUNK);
+            let mut buffer = Vec::new();
+            buffer.try_reserve_exact(n as usize).map_err(|_| Errno::ENOMEM)?;
+            buffer.resize(n as usize, 0);
+            pages.read(start, &mut buffer);
+            drop(s);
+            return Ok(f(&buffer));
+        }
+        let bytes = d.bytes().unwrap_or_default();
         let start = usize::try_from(offset).unwrap_or(usize::MAX).min(bytes.len());
         let n = usize::try_from(len).unwrap_or(usize::MAX).min(bytes.len() - start);
         Ok(f(&bytes[start..start + n]))
@@ -219,7 +253,15 @@ impl Inode {
         };
         let mut s = state.lock();
         let Kind::File(d) = &mut s.kind else { return Err(Errno::EISDIR) };
-        let v = d.owned();
+        if let Data::Pages { pages, len } = d {
+            let at = if append { *len } else { offset };
+            let end = at.checked_add(data.len() as u64).ok_or(Errno::EFBIG)?;
+            pages.write(at, data)?;
+            *len = (*len).max(end);
+            s.mtime_ns = time::realtime_ns();
+            return Ok(end);
+        }
+        let Some(v) = d.owned() else { return Err(Errno::EIO) };
         let at = if append { v.len() } else { usize::try_from(offset).map_err(|_| Errno::EFBIG)? };
         let end = at.checked_add(data.len()).ok_or(Errno::EFBIG)?;
         if end > v.len() {
@@ -238,7 +280,18 @@ impl Inode {
         };
         let mut s = state.lock();
         let Kind::File(d) = &mut s.kind else { return Err(Errno::EISDIR) };
-        let v = d.owned();
+        if let Data::Pages { pages, len: size } = d {
+            // Frames stay (a mapping may reach them); what lies past the new end reads as zero, now and after a
+            // later growth.
+            if len < *size {
+                pages.zero_from(len);
+            }
+            pages.cover(len)?;
+            *size = len;
+            s.mtime_ns = time::realtime_ns();
+            return Ok(());
+        }
+        let Some(v) = d.owned() else { return Err(Errno::EIO) };
         let len = usize::try_from(len).map_err(|_| Errno::EFBIG)?;
         if len > v.len() {
             v.try_reserve(len - v.len()).map_err(|_| Errno::ENOSPC)?;
@@ -246,6 +299,18 @@ impl Inode {
         v.resize(len, 0);
         s.mtime_ns = time::realtime_ns();
         Ok(())
+    }
+
+    /// For a shared mapping: the file's pages (its bytes moved into them on the first), covering at least its first
+    /// `len` bytes, and its size. ENODEV for a file on a volume, whose shared writable mappings are not supported.
+    pub fn shared_pages(&self) -> Result<(Arc<Pages>, u64), Errno> {
+        let Backing::Memory(state) = &self.backing else { return Err(Errno::ENODEV) };
+        let mut s = state.lock();
+        let Kind::File(d) = &mut s.kind else { return Err(Errno::ENODEV) };
+        let size = d.len();
+        let pages = d.pages()?;
+        pages.cover(size)?;
+        Ok((pages, size))
     }
 
     /// Directory entries from position `from` on: (name, inode number, type).
@@ -287,6 +352,8 @@ pub fn init(image: Option<&'static [u8]>) {
     for dir in ["/tmp", "/etc", "/dev", "/proc"] {
         let _ = mkdir(dir, 0o755);
     }
+    // POSIX shared memory and named semaphores (shm_open, sem_open) live here, as in Linux's tmpfs.
+    let _ = mkdir("/dev/shm", 0o1777);
     for (path, rdev) in
         [("/dev/null", DEV_NULL), ("/dev/zero", DEV_ZERO), ("/dev/random", DEV_RANDOM), ("/dev/urandom", DEV_URANDOM)]
     {
@@ -458,6 +525,30 @@ pub fn mkdir(path: &str, perm: u32) -> Result<(), Errno> {
         return Err(Errno::EEXIST);
     }
     entries.insert(name, Inode::new(Kind::Dir(BTreeMap::new()), perm & 0o7777));
+    Ok(())
+}
+
+/// link: `to` names the file `from` names (a hard link), in the in-memory tree. A directory is EPERM, as on Linux;
+/// so is a link on a volume (not supported there), and one between a volume and memory is EXDEV.
+pub fn link(from: &str, to: &str) -> Result<(), Errno> {
+    let (from_abs, to_abs) = (absolute(from)?, absolute(to)?);
+    match (volume::find(&from_abs), volume::find(&to_abs)) {
+        (None, None) => {}
+        (Some(_), Some(_)) => return Err(Errno::EPERM),
+        _ => return Err(Errno::EXDEV),
+    }
+    let target = lookup(&from_abs)?;
+    if target.is_dir() {
+        return Err(Errno::EPERM);
+    }
+    let (dir, name) = parent(&to_abs)?;
+    let mut s = dir.memory().ok_or(Errno::ENOTDIR)?.lock();
+    let Kind::Dir(entries) = &mut s.kind else { return Err(Errno::ENOTDIR) };
+    if entries.contains_key(&name) {
+        return Err(Errno::EEXIST);
+    }
+    entries.insert(name, target);
+    s.mtime_ns = time::realtime_ns();
     Ok(())
 }
 

@@ -132,10 +132,13 @@ pub fn shmat(a: &Args) -> SysResult {
         vma::release(addr, len);
     }
     // An address given is where it must go (EINVAL if taken, as Linux).
-    let at = vma::map_borrowed(addr, addr != 0, &segment.frames, flags & SHM_RDONLY == 0).map_err(|e| match e {
-        Errno::EEXIST => Errno::EINVAL,
-        e => e,
-    })?;
+    let at =
+        vma::map_borrowed(addr, addr != 0, len, &segment.frames, flags & SHM_RDONLY == 0, None).map_err(
+            |e| match e {
+                Errno::EEXIST => Errno::EINVAL,
+                e => e,
+            },
+        )?;
     {
         let mut s = segment.state.lock();
         s.attached += 1;
