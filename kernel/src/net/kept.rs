@@ -141,6 +141,7 @@ const fn index(level: u32, name: u32) -> usize {
 /// The options whose values change what the stack does.
 pub const SO_REUSEADDR: usize = index(SOL_SOCKET, 2);
 pub const SO_REUSEPORT: usize = index(SOL_SOCKET, 15);
+pub const SO_RCVLOWAT: usize = index(SOL_SOCKET, 18);
 pub const IP_TTL: usize = index(IPPROTO_IP, 2);
 pub const IPV6_V6ONLY: usize = index(IPPROTO_IPV6, 26);
 pub const IPV6_UNICAST_HOPS: usize = index(IPPROTO_IPV6, 16);
@@ -201,6 +202,11 @@ impl Kept {
     /// The value the program set, if it did (for the options that change what smoltcp does).
     pub fn set_value(&self, at: usize) -> Option<i32> {
         self.values[at]
+    }
+
+    /// The value in force (the default if never set).
+    pub fn value(&self, at: usize) -> i32 {
+        self.values[at].unwrap_or(SPECS[at].default)
     }
 
     /// Whether a boolean option is on.

@@ -450,14 +450,25 @@ impl Socket {
                     Some(Ok(Received { n, full, from: Some(from) }))
                 }
                 Role::Connected(h) => {
+                    let low_water = low_water(&st, s, h).min(out.len());
+                    let read_shut = st.shut_read || s.peer_finished(h) || st.error.is_some();
                     let tcp = s.sockets.get_mut::<tcp::Socket>(h);
+                    // SO_RCVLOWAT: a read that may still wait waits for that many bytes (or the end); one that may
+                    // not takes what there is, as Linux's does.
+                    let may_wait = match patience {
+                        Patience::None => false,
+                        Patience::Until(deadline) => time::since_boot_ns() < deadline,
+                    };
+                    let closed = tcp.state() == tcp::State::Closed;
+                    if tcp.recv_queue() < low_water && may_wait && !read_shut && !closed {
+                        return None;
+                    }
                     // As Linux's order: the data, the peer's FIN, a pending error (a reset), our own shutdown.
                     if tcp.can_recv() {
                         let n = if peek { tcp.peek_slice(out) } else { tcp.recv_slice(out) };
                         s.looked_at(h);
                         return Some(n.map(|n| Received { n, full: n, from: None }).map_err(|_| Errno::ECONNRESET));
                     }
-                    let closed = tcp.state() == tcp::State::Closed;
                     if s.peer_finished(h) {
                         return Some(Ok(Received::default()));
                     }
@@ -645,7 +656,7 @@ impl Socket {
                     let read_shut = st.shut_read || tcp.state() == tcp::State::Closed || s.peer_finished(h);
                     let write_shut = !tcp.may_send();
                     let mut events = 0;
-                    if tcp.can_recv() || read_shut {
+                    if (tcp.can_recv() && tcp.recv_queue() >= low_water(&st, s, h)) || read_shut {
                         events |= POLLIN;
                     }
                     if read_shut {
@@ -687,6 +698,12 @@ fn replace_reset(
         }
     }
     Ok(())
+}
+
+/// SO_RCVLOWAT of connection `h`: the bytes that make it readable, at most what its buffer holds.
+fn low_water(st: &State, s: &Stack, h: SocketHandle) -> usize {
+    let asked = usize::try_from(st.options.kept.value(kept::SO_RCVLOWAT)).unwrap_or(1);
+    asked.clamp(1, s.sockets.get::<tcp::Socket>(h).recv_capacity())
 }
 
 /// Where backlog socket `h` listened (an IPv6-only listener's sockets each listen on one address), for the socket

@@ -487,6 +487,34 @@ static void options_in_effect(void) {
   waited = now_s() - start;
   printf("an accept with SO_RCVTIMEO 0.1 s: %s, waited %s\n", outcome(r), waited >= 0.09 && waited < 1 ? "0.1 s" : "wrong");
 
+  /* SO_RCVLOWAT: readable once that many bytes wait; a read waits for them, up to its timeout. */
+  pair(&c, &a);
+  set(a, SOL_SOCKET, SO_RCVLOWAT, 5);
+  write_all(c, "abc");
+  usleep(20000);
+  printf("SO_RCVLOWAT 5 with 3 bytes: poll %s,", poll_now(a));
+  printf(" a non-blocking read %s\n", recv_now(a, 100, 0));
+  write_all(c, "abcde");
+  usleep(20000);
+  printf("SO_RCVLOWAT 5 with 5 bytes: poll %s\n", poll_now(a));
+  char low[16];
+  recv(a, low, sizeof low, 0);
+  write_all(c, "ab");
+  timeval_option(a, SO_RCVTIMEO, "SO_RCVTIMEO with SO_RCVLOWAT", 0, 100000);
+  start = now_s();
+  n = read(a, low, sizeof low);
+  waited = now_s() - start;
+  printf("a read of 2 bytes under SO_RCVLOWAT 5: %s, waited %s\n", outcome(n),
+         waited >= 0.09 && waited < 1 ? "0.1 s" : "wrong");
+  write_all(c, "ab");
+  usleep(20000);
+  printf("a read of at most 2 under SO_RCVLOWAT 5: %s\n", outcome(read(a, low, 2)));
+  shutdown(c, SHUT_WR);
+  usleep(20000);
+  printf("after the peer's FIN under SO_RCVLOWAT 5: poll %s\n", poll_now(a));
+  close(a);
+  close(c);
+
   /* Accepted connections start with their listener's options. */
   set(l, IPPROTO_IP, IP_TTL, 33);
   set(l, IPPROTO_IP, IP_TOS, 0x20);
