@@ -2,7 +2,8 @@
 # What idle instances cost the host: starts N idle `kiln run -d` HTTP servers (tiny_http, the test guest of
 # tests/http.rs, each on its own published port), waits for them to settle, sums the kiln processes' utime + stime
 # (/proc/PID/stat) over SECONDS, and removes them; first with a kiln from before idle VMs stopped polling, then with
-# this tree's, in the same run. Prints a markdown table: CPU in all (% of one core) and per instance.
+# this tree's, in the same run. Prints a markdown table: CPU in all (% of one core) and per instance, and how often
+# their threads woke up (voluntary context switches).
 #
 #   bench/idle.sh [N] [SECONDS]      (default 1000 instances, 60 s; KILN_OLD=/path/to/kiln instead of building
 #                                     OLD, a git revision, default the parent of the commit "Idle VMs block ...";
@@ -47,13 +48,24 @@ if [ -z "$old_kiln" ]; then
   # Outside the repository, whose workspace would otherwise claim the old tree's kernel/.
   src=$(mktemp -d "${TMPDIR:-/tmp}/kiln-idle-old.XXXXXX")
   git -C "$repo" worktree add --detach "$src" "$rev" >&2
-  # Its own .cargo/config.toml applies from its directory; the shared target directory reuses the dependencies.
-  (cd "$src" && CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$repo/target}" cargo build --release --locked -p kiln >&2)
+  # A target directory of its own: Kiln's crates have the same artifact names in both trees, so cargo could take one
+  # tree's for the other's. It starts from a copy of this tree's dependencies, without Kiln's crates' fingerprints.
+  target="${CARGO_TARGET_DIR:-$repo/target}"
+  old_target="$out/idle-old-target"
+  rm -rf "$old_target"
+  for d in release x86_64-unknown-linux-musl/release; do
+    if [ -d "$target/$d" ]; then
+      mkdir -p "$old_target/$d"
+      cp -a "$target/$d/." "$old_target/$d/"
+      rm -rf "$old_target/$d/.fingerprint"/kiln*
+    fi
+  done
+  # Its own .cargo/config.toml applies from its directory.
+  (cd "$src" && CARGO_TARGET_DIR="$old_target" cargo build --release --locked -p kiln >&2)
   old_kiln="$out/kiln-idle-old"
-  cp "${CARGO_TARGET_DIR:-$repo/target}/x86_64-unknown-linux-musl/release/kiln" "$old_kiln"
+  cp "$old_target/x86_64-unknown-linux-musl/release/kiln" "$old_kiln"
   git -C "$repo" worktree remove --force "$src"
-  # The shared target directory's kiln is the old one now: put this tree's back.
-  cp "$new_kiln" "$KILN"
+  rm -rf "$old_target"
 fi
 
 echo "bench: building the guest" >&2
@@ -71,6 +83,13 @@ ticks() {
     awk '{ t += $1 } END { print t + 0 }'
 }
 
+# Wake-ups of every thread of every pid given: a thread that sleeps again after waking has switched out voluntarily.
+wakeups() {
+  local pid
+  for pid in "$@"; do printf '/proc/%s/task/*/status\n' "$pid"; done | xargs sh -c 'cat $@ 2>/dev/null' sh |
+    awk '/^voluntary_ctxt_switches/ { t += $2 } END { print t + 0 }'
+}
+
 # measure KILN LABEL: sets `row` to "LABEL|instances|seconds|ticks". (Not in a subshell: the trap must see `ids`.)
 measure() {
   kiln=$1
@@ -82,7 +101,8 @@ measure() {
   ids=()
   local list="$out/idle-ids-$2"
   seq 0 $((count - 1)) | xargs -P "$parallel" -I{} sh -c \
-    'p=$(('"$port_base"' + {})); "$0" run -d --memory "$1" -p "127.0.0.1:$p:8080" --env RUST_MIN_STACK=131072 "$2" 8080' \
+    'p=$(('"$port_base"' + {})); "$0" run -d --name "idle-{}" --memory "$1" -p "127.0.0.1:$p:8080" \
+      --env RUST_MIN_STACK=131072 "$2" 8080' \
     "$kiln" "$memory" "$guest" >"$list" || true
   mapfile -t ids <"$list"
   if [ ${#ids[@]} -ne "$count" ]; then
@@ -98,17 +118,19 @@ measure() {
   curl -sf -m 10 "http://127.0.0.1:$((port_base + count - 1))/" >/dev/null
   sleep 5
   echo "bench: measuring for $seconds s" >&2
-  local before after
+  local before after woken
+  woken=$(wakeups "${pids[@]}")
   before=$(ticks "${pids[@]}")
   sleep "$seconds"
   after=$(ticks "${pids[@]}")
+  woken=$(($(wakeups "${pids[@]}") - woken))
   local alive=0 pid
   for pid in "${pids[@]}"; do [ -d "/proc/$pid" ] && alive=$((alive + 1)); done
   if [ "$alive" -ne "$count" ]; then
     echo "bench: only $alive of $count instances still run" >&2
     exit 1
   fi
-  row="$2|$count|$seconds|$((after - before))"
+  row="$2|$count|$seconds|$((after - before))|$woken"
   printf '%s\n' "${ids[@]}" | xargs -n 100 "$kiln" rm -f >/dev/null
   ids=()
 }
@@ -120,12 +142,12 @@ measure "$new_kiln" new
 rows+=("$row")
 hz=$(getconf CLK_TCK)
 echo
-echo "| kiln | idle instances | measured | CPU (utime + stime) | of one core | per instance |"
-echo "|---|---:|---:|---:|---:|---:|"
+echo "| kiln | idle instances | measured | CPU (utime + stime) | of one core | per instance | thread wake-ups per s |"
+echo "|---|---:|---:|---:|---:|---:|---:|"
 for row in "${rows[@]}"; do
-  IFS='|' read -r label n secs t <<<"$row"
-  awk -v l="$label" -v n="$n" -v s="$secs" -v t="$t" -v hz="$hz" 'BEGIN {
+  IFS='|' read -r label n secs t w <<<"$row"
+  awk -v l="$label" -v n="$n" -v s="$secs" -v t="$t" -v w="$w" -v hz="$hz" 'BEGIN {
     cpu = t / hz
-    printf "| %s | %d | %d s | %.2f s | %.2f%% | %.1f us/s |\n", l, n, s, cpu, 100 * cpu / s, 1e6 * cpu / s / n
+    printf "| %s | %d | %d s | %.2f s | %.2f%% | %.1f us/s | %.1f |\n", l, n, s, cpu, 100 * cpu / s, 1e6 * cpu / s / n, w / s
   }'
 done
