@@ -10,8 +10,8 @@
 #                                     MEMORY=64M each (guest RAM is reserved, not committed); PORT_BASE=21000;
 #                                     PARALLEL=4 starts at a time)
 #
-# Each instance holds a few threads, descriptors and ~15 MB of host memory: 1,000 need ~15 GB free and `ulimit -n`
-# well above 1,000 for nothing; the script refuses what the host's free memory cannot hold.
+# Each instance is a process with a few threads and ~7 MB of host memory (the script counts 16 MB each and refuses a
+# count the host's available memory cannot hold).
 set -euo pipefail
 count=${1:-1000}
 seconds=${2:-60}
