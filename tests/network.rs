@@ -241,6 +241,59 @@ fn tap_guest_echoes_udp() {
     assert_eq!(stdout.lines().map(Result::unwrap).collect::<Vec<_>>(), ["echoed 3 datagrams"]);
 }
 
+/// The TTL a datagram arrives with (IP_RECVTTL), and its length, received on `socket`.
+fn recv_with_ttl(socket: &UdpSocket) -> (usize, Option<i32>) {
+    use std::os::fd::AsRawFd;
+    let fd = socket.as_raw_fd();
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt reads an int from `one`, which lives across the call.
+    let r = unsafe { libc::setsockopt(fd, libc::IPPROTO_IP, libc::IP_RECVTTL, (&one as *const libc::c_int).cast(), 4) };
+    assert_eq!(r, 0, "IP_RECVTTL");
+    let mut data = [0u8; 2048];
+    let mut control = [0u64; 16];
+    let mut iov = libc::iovec { iov_base: data.as_mut_ptr().cast(), iov_len: data.len() };
+    // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the recvmsg call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: `msg` describes buffers that live across the call.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
+    assert!(n >= 0, "recvmsg: {}", std::io::Error::last_os_error());
+    let mut ttl = None;
+    // SAFETY: the CMSG_* walk stays within `msg_controllen` bytes of `control`, which recvmsg filled.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::IPPROTO_IP && (*cmsg).cmsg_type == libc::IP_TTL {
+                ttl = Some(std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>()));
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    (n as usize, ttl)
+}
+
+/// Issue 11, item 13: IP_TTL reaches the packets: the guest echoes with IP_TTL 33, and the host reads that TTL off
+/// each echo (the tap is one hop, so nothing lowers it); without the option the guest's packets carry 64.
+#[test]
+fn tap_guest_sends_with_the_ttl_it_set() {
+    let Some(ns) = tap_namespace() else { return };
+    for (args, expected) in [(&["udp-ttl", "5301", "2", "33"][..], 33), (&["udp", "5301", "2"][..], 64)] {
+        let (mut child, _stdout) = start_guest(&ns, "1", args);
+        ns.enter(|| {
+            let socket = UdpSocket::bind(format!("{HOST}:0")).unwrap();
+            socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            for size in [1usize, 100] {
+                socket.send_to(&vec![7u8; size], format!("{GUEST}:5301")).unwrap();
+                assert_eq!(recv_with_ttl(&socket), (size, Some(expected)), "{args:?}");
+            }
+        });
+        assert_eq!(child.wait(), Some(0));
+    }
+}
+
 /// Sends an ICMPv6 echo request to `to` from a raw socket (root only; the host kernel sums ICMPv6 itself) and waits
 /// for the matching reply.
 fn ping6(to: std::net::Ipv6Addr) -> bool {

@@ -5,6 +5,7 @@
  *                                   print "listening" first
  *   netpeer fetch IP PORT BYTES     connect, send BYTES bytes of a pattern, half-close, read the echo, check it
  *   netpeer udp PORT COUNT [IP]     echo COUNT datagrams received on IP:PORT; print "listening" first
+ *   netpeer udp-ttl PORT COUNT TTL  the same on 0.0.0.0:PORT, the echoes sent with IP_TTL TTL
  *   netpeer refused IP PORT         connect to a closed port: expect ECONNREFUSED
  *   netpeer stuck IP PORT           listen on IP:PORT and wait in accept for good
  *   netpeer closed-then-stuck IP PORT  connect to IP:PORT and close (the peer keeps its side open, so the
@@ -135,9 +136,10 @@ static int fetch(const char *ip, int port, long bytes) {
   return got == bytes && bad == 0 ? 0 : 1;
 }
 
-static int udp(int port, int count, const char *ip) {
+static int udp(int port, int count, const char *ip, int ttl) {
   struct address a = address(ip, port);
   int s = socket(a.family, SOCK_DGRAM, 0);
+  if (ttl && setsockopt(s, IPPROTO_IP, IP_TTL, &ttl, sizeof ttl) < 0) die("IP_TTL");
   if (bind(s, (struct sockaddr *)&a.sa, a.len) < 0) die("bind");
   printf("listening on %d\n", port);
   fflush(stdout);
@@ -185,11 +187,13 @@ int main(int argc, char **argv) {
   const char *any = argc == 5 ? argv[4] : "0.0.0.0";
   if ((argc == 4 || argc == 5) && !strcmp(argv[1], "serve")) return serve(atoi(argv[2]), atoi(argv[3]), any);
   if (argc == 5 && !strcmp(argv[1], "fetch")) return fetch(argv[2], atoi(argv[3]), atol(argv[4]));
-  if ((argc == 4 || argc == 5) && !strcmp(argv[1], "udp")) return udp(atoi(argv[2]), atoi(argv[3]), any);
+  if ((argc == 4 || argc == 5) && !strcmp(argv[1], "udp")) return udp(atoi(argv[2]), atoi(argv[3]), any, 0);
+  if (argc == 5 && !strcmp(argv[1], "udp-ttl")) return udp(atoi(argv[2]), atoi(argv[3]), "0.0.0.0", atoi(argv[4]));
   if (argc == 4 && !strcmp(argv[1], "refused")) return refused(argv[2], atoi(argv[3]));
   if (argc == 4 && !strcmp(argv[1], "stuck")) return stuck(argv[2], atoi(argv[3]));
   if (argc == 4 && !strcmp(argv[1], "closed-then-stuck")) return closed_then_stuck(argv[2], atoi(argv[3]));
-  printf("usage: netpeer serve PORT COUNT [IP] | fetch IP PORT BYTES | udp PORT COUNT [IP] | refused IP PORT | "
+  printf("usage: netpeer serve PORT COUNT [IP] | fetch IP PORT BYTES | udp PORT COUNT [IP] | udp-ttl PORT COUNT TTL | "
+         "refused IP PORT | "
          "stuck IP PORT | closed-then-stuck IP PORT\n");
   return 2;
 }
