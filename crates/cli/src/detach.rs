@@ -8,7 +8,7 @@ use crate::home;
 use crate::run::RunArgs;
 use crate::target;
 use anyhow::{anyhow, bail, Context, Result};
-use kiln_image::instance::{new_id, now, process_start, Instance, Instances, State};
+use kiln_image::instance::{new_id, now, process_start, Instance, InstanceError, Instances, State};
 use kiln_image::{Digest, Store};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -99,17 +99,22 @@ pub fn start(args: &RunArgs) -> Result<u8> {
     let store = home::store()?;
     let instances = Instances::new(&store);
     let id = new_id();
-    let name = args.name.clone().unwrap_or_else(|| format!("{}-{}", sanitised(&target.base_name), &id[..4]));
     let ports = if args.network.publish.is_empty() { &target.ports } else { &args.network.publish };
     let command = target.argv.clone();
-    let ports = ports.iter().map(ToString::to_string).collect();
-    let record = Instance {
-        image_id: target.image_id.clone(),
-        auto_remove: args.rm,
-        ..Instance::created(&id, &name, &args.target, command, ports)
+    let ports: Vec<String> = ports.iter().map(ToString::to_string).collect();
+    let create = |name: &str| {
+        let record = Instance {
+            image_id: target.image_id.clone(),
+            auto_remove: args.rm,
+            ..Instance::created(&id, name, &args.target, command.clone(), ports.clone())
+        };
+        instances.create(&record)
     };
+    match &args.name {
+        Some(name) => create(name)?,
+        None => create_with_default_name(&sanitised(&target.base_name), &id, create)?,
+    }
     drop(target);
-    instances.create(&record)?;
     match spawn(&instances, &id) {
         Ok(()) => {
             outln!("{id}");
@@ -118,6 +123,22 @@ pub fn start(args: &RunArgs) -> Result<u8> {
         Err(e) => {
             let _ = instances.remove(&id);
             Err(e)
+        }
+    }
+}
+
+/// Creates the record under the default name, the base and a few letters of the id: more of them if another
+/// instance has that name (4 letters collide among a thousand instances), the whole id at worst.
+fn create_with_default_name(
+    base: &str,
+    id: &str,
+    mut create: impl FnMut(&str) -> Result<(), InstanceError>,
+) -> Result<(), InstanceError> {
+    let mut letters = 4.min(id.len());
+    loop {
+        match create(&format!("{base}-{}", &id[..letters])) {
+            Err(InstanceError::NameTaken { .. }) if letters < id.len() => letters = (letters + 2).min(id.len()),
+            other => return other,
         }
     }
 }
@@ -201,7 +222,30 @@ fn spawn(instances: &Instances<'_>, id: &str) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::sanitised;
+    use super::{create_with_default_name, sanitised};
+    use kiln_image::instance::InstanceError;
+
+    #[test]
+    fn a_default_name_in_use_takes_more_of_the_id() {
+        let taken = ["web-abcd", "web-abcdef"];
+        let mut tried = Vec::new();
+        let result = create_with_default_name("web", "abcdef123456", |name| {
+            tried.push(name.to_string());
+            match taken.contains(&name) {
+                true => Err(InstanceError::NameTaken { name: name.into(), id: "other".into() }),
+                false => Ok(()),
+            }
+        });
+        assert!(result.is_ok());
+        assert_eq!(tried, ["web-abcd", "web-abcdef", "web-abcdef12"]);
+        // Another error is no reason to try another name.
+        let mut calls = 0;
+        let result = create_with_default_name("web", "abcdef123456", |_| {
+            calls += 1;
+            Err(InstanceError::BadName { name: "x".into() })
+        });
+        assert!(matches!(result, Err(InstanceError::BadName { .. })) && calls == 1);
+    }
 
     #[test]
     fn names_come_from_files_and_images() {
