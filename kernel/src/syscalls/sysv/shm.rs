@@ -127,7 +127,8 @@ pub fn shmat(a: &Args) -> SysResult {
         return Err(Errno::EINVAL);
     }
     let len = segment.frames.len() as u64 * PAGE_SIZE;
-    if addr != 0 && flags & SHM_REMAP != 0 {
+    if addr != 0 && flags & SHM_REMAP != 0 && vma::owns(addr) {
+        // Over memory at a chosen address: it goes, as munmap would take it.
         unmapped(addr, len);
         vma::release(addr, len);
     }
