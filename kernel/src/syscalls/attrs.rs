@@ -17,16 +17,16 @@ const UTIME_NOW: i64 = (1 << 30) - 1;
 const UTIME_OMIT: i64 = (1 << 30) - 2;
 
 /// The file a path or descriptor argument names: `path` relative to `dirfd`, or `dirfd` itself for an empty path
-/// with AT_EMPTY_PATH (or a null path, as utimensat allows).
-fn target(dirfd: u64, path: u64, flags: u64) -> Result<Arc<Inode>, Errno> {
+/// with AT_EMPTY_PATH (or a null path, as utimensat allows). None for a descriptor of a pipe, socket or device, which
+/// has no inode of ours: the call succeeds, as on Linux, with nothing to record.
+fn target(dirfd: u64, path: u64, flags: u64) -> Result<Option<Arc<Inode>>, Errno> {
     let empty = path == 0 || (flags & AT_EMPTY_PATH != 0 && user::read::<u8>(path)? == 0);
     if !empty {
-        return vfs::lookup(&resolve(dirfd, path)?);
+        return vfs::lookup(&resolve(dirfd, path)?).map(Some);
     }
     match &file::get(dirfd)?.object {
-        Object::Regular { inode, .. } | Object::Directory { inode, .. } => Ok(inode.clone()),
-        // Pipes, sockets and devices have no inode of ours: nothing to record.
-        _ => Err(Errno::EPERM),
+        Object::Regular { inode, .. } | Object::Directory { inode, .. } => Ok(Some(inode.clone())),
+        _ => Ok(None),
     }
 }
 
@@ -81,12 +81,15 @@ pub fn utimensat(a: &Args) -> SysResult {
         let [asec, ansec, msec, mnsec]: [i64; 4] = user::read(a[2])?;
         (requested(asec, ansec)?, requested(msec, mnsec)?)
     };
-    target(a[0], a[1], a[3])?.set_times(atime, mtime);
+    if let Some(inode) = target(a[0], a[1], a[3])? {
+        inode.set_times(atime, mtime);
+    }
     Ok(0)
 }
 
 /// utimes and futimesat: `struct timeval[2]` (access, modification), or now for a null pointer.
-fn set_from_timevals(inode: &Arc<Inode>, times: u64) -> SysResult {
+fn set_from_timevals(inode: Option<Arc<Inode>>, times: u64) -> SysResult {
+    let Some(inode) = inode else { return Ok(0) };
     if times == 0 {
         let now = time::realtime_ns();
         inode.set_times(Some(now), Some(now));
@@ -105,16 +108,16 @@ fn set_from_timevals(inode: &Arc<Inode>, times: u64) -> SysResult {
 }
 
 pub fn utimes(a: &Args) -> SysResult {
-    set_from_timevals(&target(AT_FDCWD as u64, a[0], 0)?, a[1])
+    set_from_timevals(target(AT_FDCWD as u64, a[0], 0)?, a[1])
 }
 
 pub fn futimesat(a: &Args) -> SysResult {
-    set_from_timevals(&target(a[0], a[1], 0)?, a[2])
+    set_from_timevals(target(a[0], a[1], 0)?, a[2])
 }
 
 /// utime: `struct utimbuf` (access and modification seconds), or now for a null pointer.
 pub fn utime(a: &Args) -> SysResult {
-    let inode = target(AT_FDCWD as u64, a[0], 0)?;
+    let Some(inode) = target(AT_FDCWD as u64, a[0], 0)? else { return Ok(0) };
     let [atime, mtime] = if a[1] == 0 {
         [time::realtime_ns(); 2]
     } else {

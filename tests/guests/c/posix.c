@@ -128,6 +128,12 @@ static void times(void) {
   struct timeval tv[2] = {{500, 0}, {600, 0}};
   check(utimes("f", tv) == 0 && stat("f", &st) == 0 && same(st.st_atim, 500, 0) && same(st.st_mtim, 600, 0),
         "utimes sets both times");
+  int p[2];
+  fd = open("/dev/null", O_RDONLY);
+  check(pipe(p) == 0 && futimens(p[0], NULL) == 0 && futimens(fd, NULL) == 0, "futimens of a pipe and a device");
+  close(p[0]);
+  close(p[1]);
+  close(fd);
   struct timespec bad[2] = {{0, 1000000000}, {0, 0}};
   check(fails_with(utimensat(AT_FDCWD, "f", bad, 0), EINVAL), "a bad nanosecond count is EINVAL");
 }
