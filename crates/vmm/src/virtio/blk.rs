@@ -9,10 +9,10 @@
 //! covers them. FLUSH is `fdatasync` on the host file: once the guest sees its status, the bytes are on the host's
 //! disk.
 
-use super::{collect_chain, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{collect_chain, give_back, next_chain, VirtioDevice, VIRTIO_F_VERSION_1};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use virtio_queue::{desc::split::Descriptor, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{desc::split::Descriptor, Queue};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 pub const DEVICE_TYPE: u32 = 2;
@@ -89,10 +89,10 @@ impl Blk {
     pub fn process(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
         let mut used = false;
         while self.fault.is_none() {
-            let chain = match queue.iter(mem) {
-                Ok(mut heads) => heads.next(),
-                Err(e) => {
-                    self.fault = Some(format!("its available ring is invalid ({e})"));
+            let chain = match next_chain(queue, mem) {
+                Ok(chain) => chain,
+                Err(why) => {
+                    self.fault = Some(why);
                     break;
                 }
             };
@@ -106,7 +106,7 @@ impl Blk {
                 0
             };
             self.descs = descs;
-            if let Err(e) = queue.add_used(mem, head, written) {
+            if let Err(e) = give_back(queue, mem, head, written) {
                 self.stats.errors += 1;
                 self.fault = Some(format!("request {head} cannot be returned ({e})"));
                 break;

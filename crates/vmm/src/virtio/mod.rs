@@ -9,8 +9,9 @@ pub mod tap;
 #[cfg(test)]
 pub(crate) mod testing;
 
+use std::sync::atomic::Ordering;
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 /// Size of one device's register window.
@@ -66,6 +67,35 @@ where
     descs.clear();
     descs.extend(chain.take(max + 1));
     descs.len() <= max && descs.last().is_some_and(|d| !d.has_next())
+}
+
+/// The next chain the driver made available on `queue`, if any; an error says how the driver broke the queue.
+/// virtio-queue's `pop_descriptor_chain` would say "none" for a broken queue and "more are pending" after it, which is
+/// what a device must not loop on.
+pub fn next_chain<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestMemoryMmap,
+) -> Result<Option<DescriptorChain<&'m GuestMemoryMmap>>, String> {
+    let (size, taken) = (queue.size(), queue.next_avail());
+    match queue.iter(mem) {
+        Ok(mut heads) => Ok(heads.next()),
+        Err(virtio_queue::Error::InvalidAvailRingIndex) => {
+            let avail = queue.avail_idx(mem, Ordering::Relaxed).map_or(0, |i| i.0);
+            Err(format!(
+                "its available ring's index ({avail}) is more than its size ({size}) ahead of the device's ({taken})"
+            ))
+        }
+        Err(e) => Err(format!("its available ring is unusable ({e})")),
+    }
+}
+
+/// Returns chain `head` to the driver with `len` bytes written. A head outside the descriptor table is refused here
+/// rather than left to `add_used`, which would log an error of its own.
+pub fn give_back(queue: &mut Queue, mem: &GuestMemoryMmap, head: u16, len: u32) -> Result<(), virtio_queue::Error> {
+    if head >= queue.size() {
+        return Err(virtio_queue::Error::InvalidDescriptorIndex);
+    }
+    queue.add_used(mem, head, len)
 }
 
 /// What a device behind the transport provides.

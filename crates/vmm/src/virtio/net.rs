@@ -8,10 +8,9 @@
 //! is returned unused and counted in [`NetStats`], never trusted. A queue the guest broke (an available index more
 //! than a queue ahead, a head outside the descriptor table) stops the device, and the VM, with why ([`Net::fault`]).
 
-use super::{collect_chain, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
-use std::sync::atomic::Ordering;
+use super::{collect_chain, give_back, next_chain, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 
 pub const DEVICE_TYPE: u32 = 1;
@@ -173,8 +172,7 @@ impl<B: Backend> Net<B> {
     }
 
     /// The next chain the driver made available on `queue`; none when there is none, or when the queue is broken
-    /// (then [`Net::fault`] says how). virtio-queue's `pop_descriptor_chain` would say "none" for a broken queue and
-    /// "more are pending" after it, which is what a device must not loop on.
+    /// (then [`Net::fault`] says how).
     fn next_chain<'m>(
         &mut self,
         which: &str,
@@ -184,40 +182,20 @@ impl<B: Backend> Net<B> {
         if self.fault.is_some() {
             return None;
         }
-        let (size, taken) = (queue.size(), queue.next_avail());
-        match queue.iter(mem) {
-            Ok(mut heads) => heads.next(),
-            Err(virtio_queue::Error::InvalidAvailRingIndex) => {
-                let avail = queue.avail_idx(mem, Ordering::Relaxed).map_or(0, |i| i.0);
-                self.fault = Some(format!(
-                    "{which} queue: its available index ({avail}) is more than its size ({size}) ahead of the \
-                     device's ({taken})"
-                ));
-                None
-            }
-            Err(e) => {
-                self.fault = Some(format!("{which} queue: its available ring is unusable ({e})"));
-                None
-            }
-        }
+        next_chain(queue, mem).unwrap_or_else(|why| {
+            self.fault = Some(format!("{which} queue: {why}"));
+            None
+        })
     }
 
     /// Returns chain `head` to the driver with `len` bytes written; false, with [`Net::fault`] saying why, if it
     /// cannot be (a head outside the descriptor table, a used ring outside guest memory).
     fn give_back(&mut self, which: &str, queue: &mut Queue, mem: &GuestMemoryMmap, head: u16, len: u32) -> bool {
-        // Checked here rather than left to `add_used`, which would log an error of its own.
-        let result = if head < queue.size() {
-            queue.add_used(mem, head, len)
-        } else {
-            Err(virtio_queue::Error::InvalidDescriptorIndex)
-        };
-        match result {
-            Ok(()) => true,
-            Err(e) => {
-                self.fault = Some(format!("{which} queue: its chain {head} cannot be returned ({e})"));
-                false
-            }
+        let result = give_back(queue, mem, head, len);
+        if let Err(e) = &result {
+            self.fault = Some(format!("{which} queue: its chain {head} cannot be returned ({e})"));
         }
+        result.is_ok()
     }
 
     /// Moves frames from the backend into the driver's receive buffers while both have some; returns whether any
