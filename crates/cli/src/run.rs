@@ -242,7 +242,7 @@ fn report(args: &RunArgs, outcome: Outcome, stats: &RunStats) -> Result<(u8, Str
         Outcome::SignalUntaken { signal, grace } => {
             let name = kiln_vmm::signal::signal_name(signal);
             let why = format!("did not take {name} within {} s", grace.as_secs());
-            eprintln!("kiln: the program {why} (a signal reaches it only at a system call): stopped the VM");
+            errln!("kiln: the program {why} (a signal reaches it only at a system call): stopped the VM");
             Ok(((128 + signal.min(127)) as u8, why))
         }
         Outcome::Stopped(why) => Err(anyhow!("stopped the VM: {why}")),
