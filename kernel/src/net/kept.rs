@@ -126,16 +126,24 @@ const SPECS: &[Spec] = &[
 ];
 const COUNT: usize = SPECS.len();
 
-/// Where `(level, name)` is in [`SPECS`], at compile time.
-const fn index(level: u32, name: u32) -> usize {
+/// Where `(level, name)` is in [`SPECS`]: None for an option that is not kept. `const`, so the named options below
+/// are found at compile time.
+pub const fn find(level: u32, name: u32) -> Option<usize> {
     let mut i = 0;
     while i < COUNT {
         if SPECS[i].level == level && SPECS[i].name == name {
-            return i;
+            return Some(i);
         }
         i += 1;
     }
-    panic!("not a kept option")
+    None
+}
+
+const fn index(level: u32, name: u32) -> usize {
+    match find(level, name) {
+        Some(at) => at,
+        None => panic!("not a kept option"),
+    }
 }
 
 /// The options whose values change what the stack does.
@@ -165,11 +173,6 @@ impl Default for Kept {
 pub struct Kind {
     pub protocol: Protocol,
     pub ipv6: bool,
-}
-
-/// Where `(level, name)` is in [`SPECS`]: None for an option that is not kept.
-pub fn find(level: u32, name: u32) -> Option<usize> {
-    SPECS.iter().position(|s| s.level == level && s.name == name)
 }
 
 fn applies(spec: &Spec, kind: Kind, get: bool) -> Result<(), Errno> {
@@ -211,7 +214,7 @@ impl Kept {
 
     /// Whether a boolean option is on.
     pub fn is_on(&self, at: usize) -> bool {
-        self.values[at].unwrap_or(SPECS[at].default) != 0
+        self.value(at) != 0
     }
 
     /// setsockopt of `value`, validated and stored as Linux does.
