@@ -122,6 +122,11 @@ impl Options {
 }
 
 impl Options {
+    /// An IPv6 socket with IPV6_V6ONLY: it neither hears IPv4 nor holds IPv4's side of its port.
+    pub fn v6_only(&self) -> bool {
+        self.ipv6 && self.kept.is_on(kept::IPV6_V6ONLY)
+    }
+
     /// Gives a UDP socket the hop limit these options ask for.
     pub fn configure_udp(&self, socket: &mut udp::Socket<'_>) {
         socket.set_hop_limit(self.hop_limit());

@@ -209,7 +209,7 @@ impl Socket {
             let kept = &st.options.kept;
             let shares =
                 kept.is_on(kept::SO_REUSEPORT) || (protocol == Protocol::Udp && kept.is_on(kept::SO_REUSEADDR));
-            let v6_only = self.v6_only(&st);
+            let v6_only = st.options.v6_only();
             let families = Families { v4: !v6_only, v6: self.family == AF_INET6 };
             let claim = PortClaim { owner: self.id(), families, shares };
             let port = s.claim_port(protocol, port, claim)?;
@@ -233,17 +233,12 @@ impl Socket {
         })
     }
 
-    /// An IPv6 socket with IPV6_V6ONLY: it neither hears IPv4 nor holds IPv4's side of its port.
-    fn v6_only(&self, st: &State) -> bool {
-        self.family == AF_INET6 && st.options.kept.is_on(kept::IPV6_V6ONLY)
-    }
-
     /// Where a listener's backlog sockets listen: its address, or for an IPv6-only listener on `::` each of the
     /// stack's IPv6 addresses (smoltcp listens on one address or all), the backlog on each.
     fn listen_endpoints(&self, st: &State, s: &Stack) -> Vec<IpListenEndpoint> {
         let port = st.local.1;
         match st.local.0 {
-            None if self.v6_only(st) => {
+            None if st.options.v6_only() => {
                 s.own_v6().into_iter().map(|a| IpListenEndpoint { addr: Some(a), port }).collect()
             }
             addr => vec![IpListenEndpoint { addr, port }],
@@ -757,7 +752,7 @@ fn refresh(st: &mut State, s: &mut Stack, waitable: &Arc<Waitable>) {
         return;
     }
     if let Role::Datagram(h) = st.role {
-        if st.options.ipv6 && st.options.kept.is_on(kept::IPV6_V6ONLY) {
+        if st.options.v6_only() {
             drop_ipv4(s, h);
         }
         return;
