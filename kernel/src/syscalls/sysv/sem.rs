@@ -63,12 +63,20 @@ struct SemidDs {
 }
 
 /// `struct sembuf`.
-#[repr(C)]
 #[derive(Clone, Copy)]
 struct SemBuf {
     num: u16,
     op: i16,
     flags: i16,
+}
+
+const SEMBUF_SIZE: usize = 6;
+
+impl SemBuf {
+    fn from_bytes(b: &[u8]) -> SemBuf {
+        let half = |i: usize| [b[i], b[i + 1]];
+        SemBuf { num: u16::from_ne_bytes(half(0)), op: i16::from_ne_bytes(half(2)), flags: i16::from_ne_bytes(half(4)) }
+    }
 }
 
 pub fn semget(a: &Args) -> SysResult {
@@ -139,10 +147,10 @@ pub fn semtimedop(a: &Args) -> SysResult {
         return Err(Errno::E2BIG);
     }
     let deadline = deadline_after(timeout)?;
-    let mut ops = Vec::with_capacity(nsops as usize);
-    for i in 0..nsops {
-        ops.push(user::read::<SemBuf>(at + i * 6)?);
-    }
+    // One check of the whole array (at most SEMOPM entries), not a page walk per entry.
+    let mut raw = alloc::vec![0u8; nsops as usize * SEMBUF_SIZE];
+    user::read_bytes(at, &mut raw)?;
+    let ops: Vec<SemBuf> = raw.chunks_exact(SEMBUF_SIZE).map(SemBuf::from_bytes).collect();
     let s = SETS.lock().get(id)?;
     if ops.iter().any(|op| usize::from(op.num) >= s.set.lock().sems.len()) {
         return Err(Errno::EFBIG);
@@ -228,9 +236,9 @@ pub fn semctl(a: &Args) -> SysResult {
         GETNCNT => u64::from(set.sems[one()?].ncnt),
         GETZCNT => u64::from(set.sems[one()?].zcnt),
         GETALL => {
-            for (i, sem) in set.sems.iter().enumerate() {
-                user::write(arg + 2 * i as u64, sem.value as u16)?;
-            }
+            // One check of the whole array, not a page walk per semaphore.
+            let values: Vec<u8> = set.sems.iter().flat_map(|sem| (sem.value as u16).to_ne_bytes()).collect();
+            user::write_bytes(arg, &values)?;
             0
         }
         SETVAL => {
@@ -246,13 +254,11 @@ pub fn semctl(a: &Args) -> SysResult {
             return Ok(0);
         }
         SETALL => {
-            let mut values = Vec::with_capacity(count);
-            for i in 0..count {
-                let v: u16 = user::read(arg + 2 * i as u64)?;
-                if i32::from(v) > SEMVMX {
-                    return Err(Errno::ERANGE);
-                }
-                values.push(i32::from(v));
+            let mut raw = alloc::vec![0u8; 2 * count];
+            user::read_bytes(arg, &mut raw)?;
+            let values = raw.chunks_exact(2).map(|v| i32::from(u16::from_ne_bytes([v[0], v[1]])));
+            if values.clone().any(|v| v > SEMVMX) {
+                return Err(Errno::ERANGE);
             }
             for (sem, v) in set.sems.iter_mut().zip(values) {
                 sem.value = v;
