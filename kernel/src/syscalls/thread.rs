@@ -54,6 +54,13 @@ pub fn clone(a: &Args) -> SysResult {
     Ok(u64::from(tid))
 }
 
+/// The absolute `struct timespec` at `at`, on CLOCK_REALTIME if `realtime` else CLOCK_MONOTONIC, as a deadline in
+/// ns since boot (the monotonic clock's own scale).
+fn absolute_deadline(at: u64, realtime: bool) -> Result<u64, Errno> {
+    let at = user::read_timespec(at)?;
+    Ok(if realtime { time::since_boot_ns().saturating_add(at.saturating_sub(time::realtime_ns())) } else { at })
+}
+
 /// exit: ends this thread only (exit_group ends the program), leaving the robust and PI futexes it holds to others.
 pub fn exit(a: &Args) -> SysResult {
     futex_pi::exiting(sched::current_tid());
@@ -106,11 +113,7 @@ pub fn futex(a: &Args) -> SysResult {
             let deadline = match timeout {
                 0 => u64::MAX,
                 t if cmd == FUTEX_WAIT => time::since_boot_ns().saturating_add(user::read_timespec(t)?),
-                t if op & FUTEX_CLOCK_REALTIME != 0 => {
-                    let at = user::read_timespec(t)?;
-                    time::since_boot_ns().saturating_add(at.saturating_sub(time::realtime_ns()))
-                }
-                t => user::read_timespec(t)?,
+                t => absolute_deadline(t, op & FUTEX_CLOCK_REALTIME != 0)?,
             };
             // The value is compared under the scheduler lock, which a waker on another vCPU takes too: no wake can
             // fall between the check and the wait.
@@ -149,11 +152,7 @@ pub fn futex(a: &Args) -> SysResult {
             }
             let deadline = match timeout {
                 0 => u64::MAX,
-                t if cmd == FUTEX_LOCK_PI || realtime => {
-                    let at = user::read_timespec(t)?;
-                    time::since_boot_ns().saturating_add(at.saturating_sub(time::realtime_ns()))
-                }
-                t => user::read_timespec(t)?,
+                t => absolute_deadline(t, cmd == FUTEX_LOCK_PI || realtime)?,
             };
             futex_pi::lock(uaddr, deadline, false)
         }
