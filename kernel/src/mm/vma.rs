@@ -45,6 +45,11 @@ fn ranges_of(borrowed: &[Borrowed]) -> Vec<(u64, u64)> {
     borrowed.iter().map(|b| (b.start, b.end)).collect()
 }
 
+/// Whether any of `borrowed` overlaps `[start, end)` (without copying the ranges out, as `mmap` asks every time).
+fn overlaps_borrowed(borrowed: &[Borrowed], start: u64, end: u64) -> bool {
+    borrowed.iter().any(|b| b.start < end && start < b.end)
+}
+
 static RESERVED: SpinLock<Reservations> =
     SpinLock::new(Reservations { ranges: Vec::new(), borrowed: Vec::new(), released: Vec::new(), next: RESERVE_BASE });
 
@@ -184,8 +189,7 @@ pub fn release(start: u64, len: u64) {
     // Allocated before the memory lock is taken, and freed after: the heap takes it to grow and to give back.
     let found = protect::leaves(start, end);
     // Dropped last, after the flush: what they hold may free the frames.
-    let borrowed_owners = take_borrowed(start, end);
-    let borrowed = ranges_of(&borrowed_owners);
+    let borrowed = take_borrowed(start, end);
     let mut cached = Vec::with_capacity(found.len());
     {
         let mut m = memory();
@@ -194,7 +198,7 @@ pub fn release(start: u64, len: u64) {
             if !l.user() || l.size != PAGE_SIZE || at < start {
                 continue;
             }
-            if overlaps(&borrowed, at, at + PAGE_SIZE) {
+            if overlaps_borrowed(&borrowed, at, at + PAGE_SIZE) {
                 // Not ours to free: unmapped, then flushed at once (its owner may free it any time after).
                 DirectMap.write_u64(l.entry_addr, 0);
                 read_only |= l.access() != Access::None;
@@ -224,7 +228,7 @@ pub fn release(start: u64, len: u64) {
         drop(unflushed);
         flush_released();
     }
-    drop(borrowed_owners);
+    drop(borrowed);
 }
 
 /// Flushes every TLB and hands the frames of released pages back to the allocator.
@@ -288,7 +292,7 @@ pub fn unmap_borrowed(start: u64, len: u64) {
 /// the owner too).
 fn take_borrowed(start: u64, end: u64) -> Vec<Borrowed> {
     let mut r = RESERVED.lock();
-    if !overlaps(&ranges_of(&r.borrowed), start, end) {
+    if !overlaps_borrowed(&r.borrowed, start, end) {
         return Vec::new();
     }
     let mut taken = Vec::new();
@@ -330,7 +334,7 @@ fn drop_borrowed(start: u64, end: u64) {
 
 /// Whether any page of `[start, end)` maps borrowed frames.
 pub fn is_borrowed(start: u64, end: u64) -> bool {
-    overlaps(&ranges_of(&RESERVED.lock().borrowed), start, end)
+    overlaps_borrowed(&RESERVED.lock().borrowed, start, end)
 }
 
 /// `[start, end)` stops being reserved; its address space is handed out again first.
