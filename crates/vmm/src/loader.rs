@@ -175,7 +175,11 @@ fn span(elf: &ElfImage) -> (u64, u64) {
 
 /// The executable segments that have bytes in the file: all the rewriter needs to see.
 fn code_segments(elf: &ElfImage) -> impl Iterator<Item = &LoadSegment> {
-    elf.segments.iter().filter(|s| s.executable && s.file_size != 0)
+    elf.segments.iter().filter(|s| is_code(s))
+}
+
+fn is_code(segment: &LoadSegment) -> bool {
+    segment.executable && segment.file_size != 0
 }
 
 /// The file's bytes of `segment` (`ElfImage::parse` checked that they lie in the file).
@@ -236,7 +240,8 @@ pub fn load_program(
 ) -> Result<LoadedProgram, LoaderError> {
     let PreparedProgram { base, span_start, span_len, code, mut stubs, report } = program;
     let phys = alloc.alloc(span_len)?;
-    for segment in &elf.segments {
+    // The code segments' bytes come from the preparation (`fits` checked they are these segments'), not the file.
+    for segment in elf.segments.iter().filter(|s| !is_code(s)) {
         ram.write(phys + (segment.vaddr - span_start), file_bytes(file, segment))?;
     }
     for (at, bytes) in &code {
