@@ -137,13 +137,11 @@ impl<T> Table<T> {
     }
 }
 
-/// IPC_SET: the owner and mode bits from the program's `struct ipc64_perm` at `at`.
-pub fn set_perm(perm: &mut Perm, at: u64) -> Result<(), Errno> {
-    let new: Perm = user::read(at)?;
+/// IPC_SET: the owner and mode bits from `new`, the program's `struct ipc64_perm` (read before the object is locked).
+pub fn set_perm(perm: &mut Perm, new: &Perm) {
     perm.uid = new.uid;
     perm.gid = new.gid;
     perm.mode = (perm.mode & !0o777) | (new.mode & 0o777);
-    Ok(())
 }
 
 /// A relative `struct timespec` timeout (null: none) as a deadline in ns since boot.

@@ -206,7 +206,7 @@ pub fn msgctl(a: &Args) -> SysResult {
             let q = QUEUES.lock().get(id)?;
             let new: MsqidDs = user::read(buf)?;
             let mut s = q.queue.lock();
-            set_perm(&mut s.perm, buf)?;
+            set_perm(&mut s.perm, &new.perm);
             // The program runs as root, whom Linux lets raise a queue's size past MSGMNB.
             s.qbytes = new.qbytes;
             s.ctime = now();

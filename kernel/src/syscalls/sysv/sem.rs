@@ -227,7 +227,7 @@ pub fn semctl(a: &Args) -> SysResult {
             0
         }
         IPC_SET => {
-            set_perm(&mut set.perm, arg)?;
+            set_perm(&mut set.perm, &user::read(arg)?);
             set.ctime = now();
             0
         }

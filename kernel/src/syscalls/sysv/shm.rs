@@ -221,8 +221,9 @@ pub fn shmctl(a: &Args) -> SysResult {
         }
         IPC_SET => {
             let segment = SEGMENTS.lock().get(id)?;
+            let new: Perm = user::read(buf)?;
             let mut s = segment.state.lock();
-            set_perm(&mut s.perm, buf)?;
+            set_perm(&mut s.perm, &new);
             s.ctime = now();
             Ok(0)
         }
