@@ -41,15 +41,20 @@ pub struct Segment {
 
 impl Segment {
     /// Once removed and no longer attached: the id goes, and the frames go back to the allocator.
+    /// The table's lock is held from the check to the removal, and `shmat` counts an attachment under it too, so
+    /// no attachment can start on frames being freed (another vCPU's `shmat` racing the last `shmdt`).
     fn free_if_unused(&self) {
-        let s = self.state.lock();
-        if !(s.removed && s.attached == 0) {
-            return;
-        }
-        drop(s);
-        if SEGMENTS.lock().remove(self.id).is_err() {
-            // Freed already.
-            return;
+        {
+            let mut segments = SEGMENTS.lock();
+            let s = self.state.lock();
+            if !(s.removed && s.attached == 0) {
+                return;
+            }
+            drop(s);
+            if segments.remove(self.id).is_err() {
+                // Freed already.
+                return;
+            }
         }
         for &frame in &self.frames {
             // SAFETY: the segment's own frame, reached through the direct map; no attachment maps it any more.
@@ -116,7 +121,6 @@ pub fn shmget(a: &Args) -> SysResult {
 
 pub fn shmat(a: &Args) -> SysResult {
     let (id, mut addr, flags) = (a[0], a[1], a[2]);
-    let segment = SEGMENTS.lock().get(id)?;
     if addr != 0 {
         if flags & SHM_RND != 0 {
             addr &= !(PAGE_SIZE - 1);
@@ -126,6 +130,13 @@ pub fn shmat(a: &Args) -> SysResult {
     } else if flags & SHM_REMAP != 0 {
         return Err(Errno::EINVAL);
     }
+    // Counted as attached before it is mapped, under the table's lock (see `free_if_unused`); a failed map detaches.
+    let segment = {
+        let segments = SEGMENTS.lock();
+        let segment = segments.get(id)?;
+        segment.state.lock().attached += 1;
+        segment
+    };
     let len = segment.frames.len() as u64 * PAGE_SIZE;
     if addr != 0 && flags & SHM_REMAP != 0 && vma::owns(addr) {
         // Over memory at a chosen address: it goes, as munmap would take it.
@@ -133,16 +144,16 @@ pub fn shmat(a: &Args) -> SysResult {
         vma::release(addr, len);
     }
     // An address given is where it must go (EINVAL if taken, as Linux).
-    let at =
-        vma::map_borrowed(addr, addr != 0, len, &segment.frames, flags & SHM_RDONLY == 0, None).map_err(
-            |e| match e {
-                Errno::EEXIST => Errno::EINVAL,
-                e => e,
-            },
-        )?;
+    let at = match vma::map_borrowed(addr, addr != 0, len, &segment.frames, flags & SHM_RDONLY == 0, None) {
+        Ok(at) => at,
+        Err(e) => {
+            segment.state.lock().attached -= 1;
+            segment.free_if_unused();
+            return Err(if e == Errno::EEXIST { Errno::EINVAL } else { e });
+        }
+    };
     {
         let mut s = segment.state.lock();
-        s.attached += 1;
         s.atime = now();
         s.lpid = PID as i32;
     }
