@@ -1,5 +1,6 @@
-//! The integer socket options Linux keeps per socket, each with the sockets it applies to, its default and the rule
-//! by which Linux takes a value (range, EINVAL, masks, "-1 means the default"). Kiln keeps them all, per socket, and
+//! The integer socket options Linux keeps per socket, each with its default and the rule by which Linux takes a value
+//! (range, EINVAL, masks, "-1 means the default"). Which sockets an option applies to follows from its level, which
+//! `syscalls::net::check_level` checks before an option is looked up here. Kiln keeps them all, per socket, and
 //! reads them back as Linux does; the few that change what smoltcp does (the hop limit, Nagle) are applied by
 //! `options::Options::configure`, and IPV6_V6ONLY by `bind`. Options with their own semantics (buffers, keep-alive,
 //! linger, timeouts) live in `options`.
@@ -12,18 +13,6 @@ pub const IPPROTO_IP: u32 = 0;
 pub const IPPROTO_TCP: u32 = 6;
 pub const IPPROTO_UDP: u32 = 17;
 pub const IPPROTO_IPV6: u32 = 41;
-
-/// Which sockets an option applies to; Linux answers the others with ENOPROTOOPT (EOPNOTSUPP for getsockopt of an
-/// IPv6 option on an IPv4 socket).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Applies {
-    All,
-    Tcp,
-    Udp,
-    Ipv6,
-    /// IPv6 sockets; TCP ones keep the default and refuse to change it (ENOPROTOOPT), as multicast options do.
-    Ipv6Udp,
-}
 
 /// How Linux takes a value.
 #[derive(Clone, Copy)]
@@ -50,21 +39,22 @@ enum Rule {
     ReadOnly,
     /// UDP only, TCP refuses with EINVAL (IP_MULTICAST_TTL): -1 means the default, `0..=255`.
     MulticastTtl,
+    /// UDP only, TCP keeps the default and refuses with ENOPROTOOPT (IPV6_MULTICAST_HOPS): -1 means the default,
+    /// `0..=255`.
+    MulticastHops,
 }
 
 struct Spec {
     level: u32,
     name: u32,
-    applies: Applies,
     default: i32,
     rule: Rule,
 }
 
-const fn spec(level: u32, name: u32, applies: Applies, default: i32, rule: Rule) -> Spec {
-    Spec { level, name, applies, default, rule }
+const fn spec(level: u32, name: u32, default: i32, rule: Rule) -> Spec {
+    Spec { level, name, default, rule }
 }
 
-use Applies::*;
 use Rule::*;
 
 /// Half the most SO_RCVBUF reports: Linux caps a TCP SO_RCVLOWAT there.
@@ -74,55 +64,55 @@ const DEFAULT_FIN_TIMEOUT_S: i32 = 60;
 
 /// Every kept option.
 const SPECS: &[Spec] = &[
-    spec(SOL_SOCKET, 2, All, 0, Bool),                     // SO_REUSEADDR
-    spec(SOL_SOCKET, 15, All, 0, Bool),                    // SO_REUSEPORT
-    spec(SOL_SOCKET, 6, All, 0, Bool),                     // SO_BROADCAST
-    spec(SOL_SOCKET, 10, All, 0, Bool),                    // SO_OOBINLINE
-    spec(SOL_SOCKET, 5, All, 0, Bool),                     // SO_DONTROUTE
-    spec(SOL_SOCKET, 12, All, 0, Any),                     // SO_PRIORITY
-    spec(SOL_SOCKET, 18, All, 1, LowWater),                // SO_RCVLOWAT
-    spec(SOL_SOCKET, 19, All, 1, ReadOnly),                // SO_SNDLOWAT
-    spec(SOL_SOCKET, 36, All, 0, Any),                     // SO_MARK
-    spec(SOL_SOCKET, 49, All, -1, Any),                    // SO_INCOMING_CPU
-    spec(SOL_SOCKET, 16, All, 0, Bool),                    // SO_PASSCRED
-    spec(SOL_SOCKET, 29, All, 0, Bool),                    // SO_TIMESTAMP
-    spec(SOL_SOCKET, 35, All, 0, Bool),                    // SO_TIMESTAMPNS
-    spec(IPPROTO_IP, 2, All, 64, OrDefault(1, 255)),       // IP_TTL
-    spec(IPPROTO_IP, 1, All, 0, Tos),                      // IP_TOS
-    spec(IPPROTO_IP, 33, All, 1, MulticastTtl),            // IP_MULTICAST_TTL
-    spec(IPPROTO_IP, 34, All, 1, Bool),                    // IP_MULTICAST_LOOP
-    spec(IPPROTO_IP, 13, All, 0, Bool),                    // IP_RECVTOS
-    spec(IPPROTO_IP, 12, All, 0, Bool),                    // IP_RECVTTL
-    spec(IPPROTO_IP, 8, All, 0, Bool),                     // IP_PKTINFO
-    spec(IPPROTO_IP, 11, All, 0, Bool),                    // IP_RECVERR
-    spec(IPPROTO_IP, 15, All, 0, Bool),                    // IP_FREEBIND
-    spec(IPPROTO_IP, 19, All, 0, Bool),                    // IP_TRANSPARENT
-    spec(IPPROTO_IP, 24, All, 0, Bool),                    // IP_BIND_ADDRESS_NO_PORT
-    spec(IPPROTO_IP, 10, All, 1, Range(0, 5)),             // IP_MTU_DISCOVER
-    spec(IPPROTO_IPV6, 26, Ipv6, 0, Bool),                 // IPV6_V6ONLY
-    spec(IPPROTO_IPV6, 16, Ipv6, 64, OrDefault(0, 255)),   // IPV6_UNICAST_HOPS
-    spec(IPPROTO_IPV6, 18, Ipv6Udp, 1, OrDefault(0, 255)), // IPV6_MULTICAST_HOPS
-    spec(IPPROTO_IPV6, 19, Ipv6, 1, Range(0, 1)),          // IPV6_MULTICAST_LOOP
-    spec(IPPROTO_IPV6, 67, Ipv6, 0, OrDefault(0, 255)),    // IPV6_TCLASS
-    spec(IPPROTO_IPV6, 49, Ipv6, 0, Bool),                 // IPV6_RECVPKTINFO
-    spec(IPPROTO_IPV6, 51, Ipv6, 0, Bool),                 // IPV6_RECVHOPLIMIT
-    spec(IPPROTO_IPV6, 66, Ipv6, 0, Bool),                 // IPV6_RECVTCLASS
-    spec(IPPROTO_IPV6, 75, Ipv6, 0, Bool),                 // IPV6_TRANSPARENT
-    spec(IPPROTO_IPV6, 78, Ipv6, 0, Bool),                 // IPV6_FREEBIND
-    spec(IPPROTO_IPV6, 23, Ipv6, 1, Range(0, 5)),          // IPV6_MTU_DISCOVER
-    spec(IPPROTO_TCP, 1, Tcp, 0, Bool),                    // TCP_NODELAY
-    spec(IPPROTO_TCP, 2, Tcp, 0, Mss),                     // TCP_MAXSEG
-    spec(IPPROTO_TCP, 3, Tcp, 0, Bool),                    // TCP_CORK
-    spec(IPPROTO_TCP, 7, Tcp, 6, Range(1, 127)),           // TCP_SYNCNT
-    spec(IPPROTO_TCP, 8, Tcp, 0, FinTimeout),              // TCP_LINGER2
-    spec(IPPROTO_TCP, 10, Tcp, 0, WindowClamp),            // TCP_WINDOW_CLAMP
-    spec(IPPROTO_TCP, 12, Tcp, 1, Bool),                   // TCP_QUICKACK
-    spec(IPPROTO_TCP, 16, Tcp, 0, Range(0, 1)),            // TCP_THIN_LINEAR_TIMEOUTS
-    spec(IPPROTO_TCP, 18, Tcp, 0, Range(0, i32::MAX)),     // TCP_USER_TIMEOUT
-    spec(IPPROTO_TCP, 23, Tcp, 0, Range(0, i32::MAX)),     // TCP_FASTOPEN
-    spec(IPPROTO_TCP, 25, Tcp, -1, Any),                   // TCP_NOTSENT_LOWAT
-    spec(IPPROTO_UDP, 1, Udp, 0, Bool),                    // UDP_CORK
-    spec(IPPROTO_UDP, 104, Udp, 0, Bool),                  // UDP_GRO
+    spec(SOL_SOCKET, 2, 0, Bool),                  // SO_REUSEADDR
+    spec(SOL_SOCKET, 15, 0, Bool),                 // SO_REUSEPORT
+    spec(SOL_SOCKET, 6, 0, Bool),                  // SO_BROADCAST
+    spec(SOL_SOCKET, 10, 0, Bool),                 // SO_OOBINLINE
+    spec(SOL_SOCKET, 5, 0, Bool),                  // SO_DONTROUTE
+    spec(SOL_SOCKET, 12, 0, Any),                  // SO_PRIORITY
+    spec(SOL_SOCKET, 18, 1, LowWater),             // SO_RCVLOWAT
+    spec(SOL_SOCKET, 19, 1, ReadOnly),             // SO_SNDLOWAT
+    spec(SOL_SOCKET, 36, 0, Any),                  // SO_MARK
+    spec(SOL_SOCKET, 49, -1, Any),                 // SO_INCOMING_CPU
+    spec(SOL_SOCKET, 16, 0, Bool),                 // SO_PASSCRED
+    spec(SOL_SOCKET, 29, 0, Bool),                 // SO_TIMESTAMP
+    spec(SOL_SOCKET, 35, 0, Bool),                 // SO_TIMESTAMPNS
+    spec(IPPROTO_IP, 2, 64, OrDefault(1, 255)),    // IP_TTL
+    spec(IPPROTO_IP, 1, 0, Tos),                   // IP_TOS
+    spec(IPPROTO_IP, 33, 1, MulticastTtl),         // IP_MULTICAST_TTL
+    spec(IPPROTO_IP, 34, 1, Bool),                 // IP_MULTICAST_LOOP
+    spec(IPPROTO_IP, 13, 0, Bool),                 // IP_RECVTOS
+    spec(IPPROTO_IP, 12, 0, Bool),                 // IP_RECVTTL
+    spec(IPPROTO_IP, 8, 0, Bool),                  // IP_PKTINFO
+    spec(IPPROTO_IP, 11, 0, Bool),                 // IP_RECVERR
+    spec(IPPROTO_IP, 15, 0, Bool),                 // IP_FREEBIND
+    spec(IPPROTO_IP, 19, 0, Bool),                 // IP_TRANSPARENT
+    spec(IPPROTO_IP, 24, 0, Bool),                 // IP_BIND_ADDRESS_NO_PORT
+    spec(IPPROTO_IP, 10, 1, Range(0, 5)),          // IP_MTU_DISCOVER
+    spec(IPPROTO_IPV6, 26, 0, Bool),               // IPV6_V6ONLY
+    spec(IPPROTO_IPV6, 16, 64, OrDefault(0, 255)), // IPV6_UNICAST_HOPS
+    spec(IPPROTO_IPV6, 18, 1, MulticastHops),      // IPV6_MULTICAST_HOPS
+    spec(IPPROTO_IPV6, 19, 1, Range(0, 1)),        // IPV6_MULTICAST_LOOP
+    spec(IPPROTO_IPV6, 67, 0, OrDefault(0, 255)),  // IPV6_TCLASS
+    spec(IPPROTO_IPV6, 49, 0, Bool),               // IPV6_RECVPKTINFO
+    spec(IPPROTO_IPV6, 51, 0, Bool),               // IPV6_RECVHOPLIMIT
+    spec(IPPROTO_IPV6, 66, 0, Bool),               // IPV6_RECVTCLASS
+    spec(IPPROTO_IPV6, 75, 0, Bool),               // IPV6_TRANSPARENT
+    spec(IPPROTO_IPV6, 78, 0, Bool),               // IPV6_FREEBIND
+    spec(IPPROTO_IPV6, 23, 1, Range(0, 5)),        // IPV6_MTU_DISCOVER
+    spec(IPPROTO_TCP, 1, 0, Bool),                 // TCP_NODELAY
+    spec(IPPROTO_TCP, 2, 0, Mss),                  // TCP_MAXSEG
+    spec(IPPROTO_TCP, 3, 0, Bool),                 // TCP_CORK
+    spec(IPPROTO_TCP, 7, 6, Range(1, 127)),        // TCP_SYNCNT
+    spec(IPPROTO_TCP, 8, 0, FinTimeout),           // TCP_LINGER2
+    spec(IPPROTO_TCP, 10, 0, WindowClamp),         // TCP_WINDOW_CLAMP
+    spec(IPPROTO_TCP, 12, 1, Bool),                // TCP_QUICKACK
+    spec(IPPROTO_TCP, 16, 0, Range(0, 1)),         // TCP_THIN_LINEAR_TIMEOUTS
+    spec(IPPROTO_TCP, 18, 0, Range(0, i32::MAX)),  // TCP_USER_TIMEOUT
+    spec(IPPROTO_TCP, 23, 0, Range(0, i32::MAX)),  // TCP_FASTOPEN
+    spec(IPPROTO_TCP, 25, -1, Any),                // TCP_NOTSENT_LOWAT
+    spec(IPPROTO_UDP, 1, 0, Bool),                 // UDP_CORK
+    spec(IPPROTO_UDP, 104, 0, Bool),               // UDP_GRO
 ];
 const COUNT: usize = SPECS.len();
 
@@ -168,38 +158,16 @@ impl Default for Kept {
     }
 }
 
-/// Which socket asks: its protocol and whether it is IPv6.
-#[derive(Clone, Copy)]
-pub struct Kind {
-    pub protocol: Protocol,
-    pub ipv6: bool,
-}
-
-fn applies(spec: &Spec, kind: Kind, get: bool) -> Result<(), Errno> {
-    let ok = match spec.applies {
-        All => true,
-        Tcp => kind.protocol == Protocol::Tcp,
-        Udp => kind.protocol == Protocol::Udp,
-        Ipv6 | Ipv6Udp => kind.ipv6,
-    };
-    match (ok, spec.applies) {
-        (true, _) => Ok(()),
-        (false, Ipv6 | Ipv6Udp) if get => Err(Errno::EOPNOTSUPP),
-        (false, _) => Err(Errno::ENOPROTOOPT),
-    }
-}
-
 impl Kept {
     /// The value getsockopt reports.
-    pub fn get(&self, at: usize, kind: Kind) -> Result<i32, Errno> {
+    pub fn get(&self, at: usize) -> i32 {
         let spec = &SPECS[at];
-        applies(spec, kind, true)?;
         let value = self.values[at].unwrap_or(spec.default);
-        Ok(match spec.rule {
+        match spec.rule {
             Mss if value == 0 => DEFAULT_MSS,
             FinTimeout if value == 0 => DEFAULT_FIN_TIMEOUT_S,
             _ => value,
-        })
+        }
     }
 
     /// The value the program set, if it did (for the options that change what smoltcp does).
@@ -218,21 +186,19 @@ impl Kept {
     }
 
     /// setsockopt of `value`, validated and stored as Linux does.
-    pub fn set(&mut self, at: usize, kind: Kind, value: i32) -> Result<(), Errno> {
+    pub fn set(&mut self, at: usize, protocol: Protocol, value: i32) -> Result<(), Errno> {
         let spec = &SPECS[at];
-        if spec.applies == Ipv6Udp && kind.ipv6 && kind.protocol == Protocol::Tcp {
-            return Err(Errno::ENOPROTOOPT);
-        }
-        applies(spec, kind, false)?;
-        let tcp = kind.protocol == Protocol::Tcp;
+        let tcp = protocol == Protocol::Tcp;
         let stored = match spec.rule {
             Bool => Some(i32::from(value != 0)),
             Range(min, max) => Some(value).filter(|v| (min..=max).contains(v)),
-            OrDefault(..) if value == -1 => {
+            MulticastHops if tcp => return Err(Errno::ENOPROTOOPT),
+            OrDefault(..) | MulticastHops if value == -1 => {
                 self.values[at] = None;
                 return Ok(());
             }
             OrDefault(min, max) => Some(value).filter(|v| (min..=max).contains(v)),
+            MulticastHops => Some(value).filter(|v| (0..=255).contains(v)),
             Tos if tcp => {
                 let ecn = self.values[at].unwrap_or(0) & 3;
                 Some(((value & !3) | ecn) & 0xff)

@@ -7,7 +7,7 @@ use crate::file::console::IoVec;
 use crate::file::pipe::{self, Pipe};
 use crate::file::{self, File, Object, O_CLOEXEC, O_NONBLOCK, O_RDWR};
 use crate::net::addr::{self, AF_INET, AF_INET6};
-use crate::net::kept::{self, Kind};
+use crate::net::kept;
 use crate::net::options::{Direction, Keep};
 use crate::net::socket::{Patience, Socket, MAX_BACKLOG, TCP_BUFFER};
 use crate::net::Protocol;
@@ -356,11 +356,6 @@ pub fn recvmmsg(a: &Args) -> SysResult {
     each_message(a[1], a[2], |at, first| recv_msghdr(&f, at, if first { a[3] } else { later }))
 }
 
-/// Which socket asks, for the kept options' rules.
-fn kind(s: &Socket) -> Kind {
-    Kind { protocol: s.protocol, ipv6: s.family == AF_INET6 }
-}
-
 /// Linux's answer for an option of a protocol the socket is not: TCP options on UDP, UDP options on TCP, IPv6 options
 /// on IPv4. setsockopt says ENOPROTOOPT; getsockopt on an IPv4 socket says EOPNOTSUPP (its IP layer's answer).
 fn check_level(s: &Socket, level: u64, get: bool) -> Result<(), Errno> {
@@ -457,7 +452,7 @@ pub fn setsockopt(a: &Args) -> SysResult {
                 if optlen < least || (at == kept::IPV6_V6ONLY && s.is_bound()) {
                     return Err(Errno::EINVAL);
                 }
-                s.set_options(|o| o.kept.set(at, kind(s), value)).map(|()| 0)
+                s.set_options(|o| o.kept.set(at, s.protocol, value)).map(|()| 0)
             }
             // Accepted and not kept: options that name something (a device, a congestion control), multicast
             // membership, and others a program may set that change nothing Kiln does.
@@ -518,7 +513,7 @@ pub fn getsockopt(a: &Args) -> SysResult {
         }
         (level, name) => match kept::find(level as u32, name as u32) {
             Some(at) => {
-                let value = s.options().kept.get(at, kind(s))?;
+                let value = s.options().kept.get(at);
                 // Linux gives an IP-level value that fits a byte as one byte to a caller with room for less than an
                 // int.
                 let room: i32 = user::read(a[4])?;
