@@ -790,10 +790,15 @@ fn refresh(st: &mut State, s: &mut Stack, waitable: &Arc<Waitable>) {
 /// dropped before the program can see them, as Linux never delivers them.
 fn drop_ipv4(s: &mut Stack, h: SocketHandle) {
     let udp = s.sockets.get_mut::<udp::Socket>(h);
+    let mut dropped = false;
     while udp.peek().is_ok_and(|(_, meta)| matches!(meta.endpoint.addr, IpAddress::Ipv4(_))) {
         let _ = udp.recv();
+        dropped = true;
     }
-    s.looked_at(h);
+    // Every call on the socket comes here: only a drop changed what a look would see.
+    if dropped {
+        s.looked_at(h);
+    }
 }
 
 /// Keeps the error of a connection that was reset, once: it closed without both FINs having gone (a reset, or
