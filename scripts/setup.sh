@@ -4,6 +4,8 @@
 #     the C test programs), golang-go (the Go test program), iproute2 (`ip`, for the network tests' namespaces and tap
 #     devices), curl (the HTTP tests' host client; and, with ca-certificates, to install rustup), e2fsprogs
 #     (mkfs.ext2 for `kiln volume create`; e2fsck and debugfs, with which the volume tests check volumes);
+#   - apt, for the nested-KVM check (tests/nested-kvm/run.sh; it skips without them): qemu-system-x86,
+#     linux-image-amd64 (Debian's kernel, booted in QEMU to load kvm-amd), busybox-static (its init), cpio;
 #   - rustup and the toolchain pinned in rust-toolchain.toml, with its components and targets (x86_64-unknown-none for
 #     the library OS, x86_64-unknown-linux-musl for the Rust test programs).
 # Safe to run again: a second run changes nothing and needs no network. It ends by saying whether /dev/kvm is usable.
@@ -40,6 +42,31 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 else
   say "system packages present (build-essential, musl-tools, golang-go, iproute2, curl, e2fsprogs)"
+fi
+
+# The nested-KVM check's packages: where they cannot be installed (linux-image-amd64 is Debian's), that check skips.
+nested_missing=()
+for pkg in qemu-system-x86 linux-image-amd64 busybox-static cpio; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || nested_missing+=("$pkg")
+done
+if [ ${#nested_missing[@]} -gt 0 ]; then
+  say "installing ${nested_missing[*]} (for tests/nested-kvm/run.sh)"
+  # Installing QEMU re-applies udev's rules, which can narrow who may open /dev/kvm and /dev/net/tun: keep their modes.
+  modes=()
+  for dev in /dev/kvm /dev/net/tun; do [ -e "$dev" ] && modes+=("$(stat -c %a "$dev") $dev"); done
+  export DEBIAN_FRONTEND=noninteractive
+  if ! as_root apt-get install -y -q --no-install-recommends "${nested_missing[@]}"; then
+    as_root apt-get update -q || true
+    as_root apt-get install -y -q --no-install-recommends "${nested_missing[@]}" ||
+      say "cannot install ${nested_missing[*]}: tests/nested-kvm/run.sh will skip"
+  fi
+  if command -v udevadm >/dev/null; then as_root udevadm settle || true; fi
+  for entry in "${modes[@]}"; do
+    read -r mode dev <<<"$entry"
+    [ "$(stat -c %a "$dev")" = "$mode" ] || { say "putting $dev back to mode $mode"; as_root chmod "$mode" "$dev"; }
+  done
+else
+  say "nested-KVM check packages present (qemu-system-x86, linux-image-amd64, busybox-static, cpio)"
 fi
 
 # ---- Rust --------------------------------------------------------------------------------------------------------

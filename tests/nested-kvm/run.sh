@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# Kiln on ordinary (hardware-virtualised) KVM: boots the host's Debian kernel in QEMU TCG with an emulated AMD CPU that
+# has SVM and nested paging, loads kvm-amd in it, and there runs test programs natively and under the release `kiln
+# run` (tests/nested-kvm/init, all in one boot), comparing stdout, stderr and exit codes. Prints one PASS/FAIL line
+# per case and a summary; exits non-zero when a case failed, the VM did not finish in time, or kvm-amd did not load.
+# Where QEMU, a kernel with kvm-amd or a static busybox is missing (scripts/setup.sh installs them), it skips: exit 0
+# and one line saying why; with KILN_TEST_REQUIRE_KVM=1 a skip fails instead. Timings under TCG mean nothing.
+#   KILN_BIN=PATH      test this kiln binary instead of building the release one
+#   NESTED_TIMEOUT=S   QEMU's time limit (default 240 s)
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$repo"
+export PATH="$HOME/.cargo/bin:$PATH"
+target=${CARGO_TARGET_DIR:-$repo/target}
+work=$target/nested-kvm
+# Where the cargo test harness builds the guests (tests/harness/guests.rs): the Rust and Go builds share its caches.
+harness=$target/x86_64-unknown-linux-musl/tmp/guests
+start=$SECONDS
+
+say() { printf 'nested-kvm: %s\n' "$*"; }
+# Records in .ci/run's ledger (as the boot tests do) whether this check ran.
+record() { if [ -n "${KILN_TEST_LEDGER:-}" ]; then : >"$KILN_TEST_LEDGER/nested-kvm.$1"; fi; }
+skip() {
+  record skipped
+  if [ "${KILN_TEST_REQUIRE_KVM:-}" = 1 ]; then
+    say "FAILED: KILN_TEST_REQUIRE_KVM=1 but $*"
+    exit 1
+  fi
+  say "skipped: $*"
+  exit 0
+}
+
+# ---- what the machine must have --------------------------------------------------------------------------------
+command -v qemu-system-x86_64 >/dev/null || skip "no qemu-system-x86_64 (apt-get install qemu-system-x86)"
+busybox=$(command -v busybox) || skip "no busybox (apt-get install busybox-static)"
+if readelf -l "$busybox" | grep -q 'program interpreter'; then
+  skip "$busybox is not statically linked (apt-get install busybox-static)"
+fi
+command -v cpio >/dev/null || skip "no cpio (apt-get install cpio)"
+# The newest kernel in /boot whose modules include kvm-amd.
+kernel=""
+for vmlinuz in $(printf '%s\n' /boot/vmlinuz-* | sort -rV); do
+  version=${vmlinuz#/boot/vmlinuz-}
+  if [ -r "$vmlinuz" ] && compgen -G "/lib/modules/$version/kernel/arch/x86/kvm/kvm-amd.ko*" >/dev/null; then
+    kernel=$version
+    break
+  fi
+done
+[ -n "$kernel" ] || skip "no readable /boot/vmlinuz-* with kvm-amd in /lib/modules (apt-get install linux-image-amd64)"
+record ran
+
+# ---- kiln and the test programs ----------------------------------------------------------------------------------
+if [ -n "${KILN_BIN:-}" ]; then
+  kiln=$KILN_BIN
+else
+  cargo build --release -p kiln --locked -q
+  kiln=$target/x86_64-unknown-linux-musl/release/kiln
+fi
+mkdir -p "$work/guests/c" "$work/guests/rust" "$work/guests/go"
+for guest in hello crash nullread faults threads mprotect jit netpeer volume; do
+  "${KILN_MUSL_GCC:-musl-gcc}" -O2 -Wall -Wextra -Werror -static -o "$work/guests/c/$guest" "tests/guests/c/$guest.c"
+done
+env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS -u CARGO_BUILD_TARGET -u CARGO_TARGET_DIR \
+  cargo build -q --release --locked --target x86_64-unknown-linux-musl --bin hello \
+  --manifest-path tests/guests/rust/Cargo.toml --target-dir "$harness/rust-target"
+cp "$harness/rust-target/x86_64-unknown-linux-musl/release/hello" "$work/guests/rust/hello"
+(cd tests/guests/go && CGO_ENABLED=0 GOCACHE="$harness/go/cache" GOPATH="$harness/go/path" GOFLAGS=-mod=mod \
+  GOPROXY=off go build -o "$work/guests/go/hello" .)
+
+# ---- the initramfs -----------------------------------------------------------------------------------------------
+root=$work/root
+rm -rf "$root"
+mkdir -p "$root"/{bin,mods,proc,sys,dev,tmp,etc}
+cp "$busybox" "$root/bin/busybox"
+for applet in $("$busybox" --list); do [ "$applet" = busybox ] || ln -s busybox "$root/bin/$applet"; done
+cp "$kiln" "$root/bin/kiln"
+cp -r "$work/guests" "$root/g"
+cp tests/nested-kvm/init "$root/init"
+echo "127.0.0.1 localhost" >"$root/etc/hosts"
+# kvm-amd and what it needs, in the order modprobe would load them: modules.dep names a module, then what it needs,
+# each before what that one needs; read backwards, that is the order to load them in.
+modules=/lib/modules/$kernel
+read -r -a needs <<<"$(sed -n -E 's#^(kernel/arch/x86/kvm/kvm-amd\.ko[^:]*):(.*)#\1 \2#p' "$modules/modules.dep")"
+for ((i = ${#needs[@]} - 1; i >= 0; i--)); do
+  file=${needs[i]}
+  name=$(basename "$file")
+  name=${name%%.ko*}
+  case $file in
+  *.ko) cat "$modules/$file" ;;
+  *.ko.xz) xz -dc "$modules/$file" ;;
+  *.ko.zst) zstd -qdc "$modules/$file" ;;
+  *.ko.gz) gzip -dc "$modules/$file" ;;
+  esac >"$root/mods/$name.ko"
+  # The last one, kvm-amd itself, allows its guests SVM of their own (harmless here, and what a host would set).
+  echo "$name$([ "$i" -eq 0 ] && echo ' nested=1')"
+done >"$root/mods/order"
+[ "$(tail -n 1 "$root/mods/order")" = "kvm-amd nested=1" ] || {
+  say "FAILED: cannot find kvm-amd in $modules/modules.dep"
+  exit 1
+}
+# The volume, made by kiln (with the host's mkfs.ext2) as a user would make it.
+KILN_HOME=$root/kiln-home "$kiln" volume create data --size 64M >/dev/null
+(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/initramfs.gz"
+
+# ---- boot it -----------------------------------------------------------------------------------------------------
+limit=${NESTED_TIMEOUT:-240}
+say "booting Linux $kernel in QEMU TCG (EPYC with SVM and NPT), at most $limit s"
+booted=$SECONDS
+qemu=0
+timeout "$limit" qemu-system-x86_64 -accel tcg -cpu EPYC,+svm,+npt -m 4G -smp 2 \
+  -kernel "/boot/vmlinuz-$kernel" -initrd "$work/initramfs.gz" \
+  -append 'console=ttyS0 panic=-1 quiet loglevel=4' -nographic -no-reboot \
+  </dev/null >"$work/serial.log" 2>"$work/qemu.err" || qemu=$?
+tr -d '\r' <"$work/serial.log" >"$work/serial.txt"
+log=$work/serial.txt
+
+# ---- what it said ------------------------------------------------------------------------------------------------
+if ! grep -q '@@ KVM ' "$log"; then
+  if grep -q '@@ NOKVM' "$log"; then
+    say "FAILED: kvm-amd did not load in the L1 guest:"
+    sed -n 's/^@@| /    /p' "$log"
+  else
+    say "FAILED: the L1 guest never reported on KVM (QEMU exit $qemu); the end of $work/serial.log:"
+    tail -n 30 "$log" | sed 's/^/    /'
+    sed 's/^/    qemu: /' "$work/qemu.err" | grep -v "TCG doesn't support requested feature" || true
+  fi
+  exit 1
+fi
+passed=0 failed=0
+while IFS= read -r line; do
+  case $line in
+  "@@ PASS "*)
+    echo "PASS ${line#@@ PASS }"
+    passed=$((passed + 1))
+    ;;
+  "@@ FAIL "*)
+    echo "FAIL ${line#@@ FAIL }"
+    failed=$((failed + 1))
+    ;;
+  "@@| "*) echo "    ${line#@@| }" ;;
+  "@@ INFO "*) echo "     (${line#@@ INFO })" ;;
+  esac
+done <"$log"
+status=0
+if ! grep -q '^@@ DONE' "$log"; then
+  if [ "$qemu" -eq 124 ]; then
+    say "FAILED: QEMU did not finish within $limit s; the end of $work/serial.log:"
+  else
+    say "FAILED: the L1 guest stopped before its last case (QEMU exit $qemu); the end of $work/serial.log:"
+  fi
+  grep -v '^@@' "$log" | tail -n 20 | sed 's/^/    /'
+  status=1
+fi
+[ "$failed" -eq 0 ] || status=1
+say "$passed passed, $failed failed on kvm-amd in Linux $kernel under QEMU TCG" \
+  "(boot and cases $((SECONDS - booted)) s, all $((SECONDS - start)) s)"
+exit $status
