@@ -126,16 +126,17 @@ if ! grep -q '@@ KVM ' "$log"; then
   fi
   exit 1
 fi
-passed=0 failed=0
+passed=0 failed=0 current=""
 while IFS= read -r line; do
   case $line in
+  "@@ BEGIN "*) current=${line#@@ BEGIN } ;;
   "@@ PASS "*)
     echo "PASS ${line#@@ PASS }"
-    passed=$((passed + 1))
+    passed=$((passed + 1)) current=""
     ;;
   "@@ FAIL "*)
     echo "FAIL ${line#@@ FAIL }"
-    failed=$((failed + 1))
+    failed=$((failed + 1)) current=""
     ;;
   "@@| "*) echo "    ${line#@@| }" ;;
   "@@ INFO "*) echo "     (${line#@@ INFO })" ;;
@@ -143,6 +144,10 @@ while IFS= read -r line; do
 done <"$log"
 status=0
 if ! grep -q '^@@ DONE' "$log"; then
+  if [ -n "$current" ]; then
+    echo "FAIL $current: did not finish"
+    failed=$((failed + 1))
+  fi
   if [ "$qemu" -eq 124 ]; then
     say "FAILED: QEMU did not finish within $limit s; the end of $work/serial.log:"
   else
