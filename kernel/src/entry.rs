@@ -50,11 +50,22 @@ global_asm!(
     "    call {secondary}",
     "    ud2",
     "",
+    // An unrewritten `syscall` on a host where it reaches CPL 0 (hardware KVM): the VMM's code at LSTAR put the
+    // return address in this vCPU's area and came here at CPL 3 with the program's stack as it was. Nothing is pushed
+    // on it, so the red zone of code made at run time stays intact; the frame reads as if a call had pushed it.
+    ".globl kiln_unrewritten_syscall_entry",
+    "kiln_unrewritten_syscall_entry:",
+    "    lea rsp, [rsp - 8]",
+    "    mov gs:[0], rsp",
+    "    mov rcx, gs:[{unrewritten_return}]",
+    "    jmp 5f",
+    "",
     ".globl kiln_syscall_entry",
     "kiln_syscall_entry:",
     // Switch to the library OS stack; the program's stack may be a few KiB of goroutine stack.
     "    mov gs:[0], rsp",
     "    mov rcx, [rsp]",
+    "5:",
     "    mov rsp, gs:[8]",
     "    push qword ptr gs:[0]",
     "    push 0",
@@ -132,6 +143,7 @@ global_asm!(
     dispatch = sym crate::syscalls::dispatch,
     fault = sym crate::fault::entered,
     frame_size = const core::mem::size_of::<SyscallFrame>(),
+    unrewritten_return = const kiln_abi::layout::PERCPU_UNREWRITTEN_RETURN,
 );
 
 /// Starts the program with Linux's initial register state: all zero but %rsp.

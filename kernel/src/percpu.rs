@@ -26,7 +26,14 @@ pub struct PerCpu {
     pub thread: usize,
     /// Where the way out of the library OS jumps to (offset 48): written right before the jump.
     pub resume_rip: u64,
+    /// Where an unrewritten `syscall` returns to, left here by the VMM's CPL 0 code at LSTAR (offset 56, hardware KVM
+    /// only): `kiln_unrewritten_syscall_entry` reads it.
+    pub unrewritten_return: u64,
 }
+
+const _: () = assert!(core::mem::offset_of!(PerCpu, resume_rip) == 48);
+const _: () =
+    assert!(core::mem::offset_of!(PerCpu, unrewritten_return) as u64 == kiln_abi::layout::PERCPU_UNREWRITTEN_RETURN);
 
 struct Slot(UnsafeCell<PerCpu>);
 // SAFETY: each vCPU uses only its own slot (found through its own GS base).
@@ -41,6 +48,7 @@ static CPUS: [Slot; MAX_CPUS] = [const {
         id: 0,
         thread: 0,
         resume_rip: 0,
+        unrewritten_return: 0,
     }))
 }; MAX_CPUS];
 

@@ -4,9 +4,6 @@
 
 /// I/O port of the hypercall `out` (32 bits wide: it covers four ports in the TSS I/O bitmap).
 pub const HYPERCALL_PORT: u16 = 0x4b0;
-/// I/O port written by the code at LSTAR: a `syscall` instruction the VMM did not rewrite ran (on hosts where
-/// `syscall` reaches CPL 0). The VMM reads the site from `%rcx`.
-pub const UNREWRITTEN_SYSCALL_PORT: u16 = 0x4b4;
 
 /// Most bytes one `Write` hypercall moves; the library OS reports a short write beyond it, as Linux may.
 pub const MAX_WRITE_BYTES: u64 = 1 << 20;

@@ -23,8 +23,13 @@ pub const TRAMPOLINE_SECOND_JUMP: u64 = 0xf00;
 /// Offset in the trampoline page of the 64-bit address of the library OS's syscall entry.
 pub const TRAMPOLINE_DISPATCH_POINTER: u64 = 0xff0;
 
-/// Virtual page 1: a supervisor page holding the code `syscall` jumps to (LSTAR) if one was not rewritten.
+/// Virtual page 1: a supervisor page holding the code `syscall` jumps to (LSTAR) if one was not rewritten, and, for
+/// hosts that run CPL 0 natively, the IDT and its exception stubs (the VMM's `arch::trap_page`).
 pub const SYSCALL_TRAP_VADDR: u64 = 0x1000;
+
+/// Offset in the library OS's per-vCPU area (its GS base) of the word where the CPL 0 code at LSTAR leaves the return
+/// address of an unrewritten `syscall` before it enters `kiln_unrewritten_syscall_entry` at CPL 3 (hardware KVM only).
+pub const PERCPU_UNREWRITTEN_RETURN: u64 = 56;
 
 /// Lowest address that can belong to the program: pages 0 and 1 are Kiln's. A syscall given a pointer below it fails
 /// with EFAULT, as a NULL pointer does on Linux, even where page 0 is mapped.

@@ -203,6 +203,7 @@ fn report(args: &RunArgs, outcome: Outcome, stats: &RunStats) -> Result<(u8, Str
     if args.stats {
         let calls: u64 = stats.syscalls.iter().map(|s| u64::from(s.1)).sum();
         errln!("[kiln] {} VM exits, {calls} syscalls", stats.vm_exits);
+        errln!("[kiln] host: {}", stats.host);
         errln!("[kiln] {}", stats.syscall_sites);
         if let Some(n) = &stats.net {
             errln!(

@@ -2,7 +2,7 @@
 //! addresses and its syscall stubs after it, the trampoline at page 0 if some site needs it), GDT and TSS, the library OS and the program, the initial stack and the boot
 //! info. When this is done the vCPU only has to start at CPL 3 in the library OS: no guest instruction runs at CPL 0.
 
-use crate::arch::gdt;
+use crate::arch::{gdt, trap_page};
 use crate::elf::ElfImage;
 use crate::loader::{self, LoadedProgram, LoaderError, PreparedProgram};
 use crate::memory::{BootAllocator, GuestRam, MemoryError};
@@ -12,7 +12,6 @@ use kiln_abi::boot::{
     BootInfo, NetInfo, VolumeInfo, BLK_MMIO_SIZE, BOOT_FLAG_TRACE_SYSCALLS, BOOT_MAGIC, BOOT_VERSION, MAX_VOLUMES,
     NET_MMIO_SIZE,
 };
-use kiln_abi::hypercall::UNREWRITTEN_SYSCALL_PORT;
 use kiln_abi::layout::*;
 use kiln_abi::paging::{self, PTE_USER, PTE_WRITABLE};
 
@@ -79,6 +78,8 @@ pub struct VcpuStart {
     pub rsi: u64,
     /// Guest-physical address of this vCPU's hypercall block.
     pub hypercall_block_phys: u64,
+    /// Guest-physical address of this vCPU's TSS, whose page is also its CPL 0 stack (used on hardware KVM only).
+    pub tss_phys: u64,
 }
 
 /// Where the vCPUs start and what the VMM needs to know afterwards.
@@ -86,7 +87,8 @@ pub struct VcpuStart {
 pub struct BootState {
     pub pml4: u64,
     pub gdt_phys: u64,
-    pub tss_phys: u64,
+    /// The supervisor page at `SYSCALL_TRAP_VADDR` (`arch::trap_page`).
+    pub trap_phys: u64,
     /// One per vCPU; vCPU 0 starts the program, the others join its scheduler.
     pub vcpus: Vec<VcpuStart>,
     pub stats_phys: u64,
@@ -122,16 +124,6 @@ fn trampoline_page(syscall_entry: u64) -> Vec<u8> {
     page
 }
 
-/// LSTAR's target. On hosts where `syscall` reaches CPL 0 this reports the site through a port; on hosts where it does
-/// not, the vCPU dies at this address and the VMM recognises it (see `fault.rs`).
-fn syscall_trap_page() -> Vec<u8> {
-    let mut page = vec![0xccu8; PAGE_SIZE as usize];
-    let port = UNREWRITTEN_SYSCALL_PORT.to_le_bytes();
-    // mov $port, %dx; out %al, %dx; hlt; jmp .-1
-    page[..8].copy_from_slice(&[0x66, 0xba, port[0], port[1], 0xee, 0xf4, 0xeb, 0xfd]);
-    page
-}
-
 pub fn build(
     ram: &mut GuestRam,
     kernel: (&ElfImage, &[u8]),
@@ -146,11 +138,16 @@ pub fn build(
             .map_err(|e| BootError::Map(direct_map(phys), e))?;
     }
 
+    let vcpus = u64::from(params.vcpus.max(1));
+    // Each vCPU has a page with its TSS at the start and its CPL 0 stack (RSP0) above it: two vCPUs taking
+    // exceptions at once must not share a stack. KVM loads TR from the special registers, so the GDT's descriptor
+    // (vCPU 0's) is only for the record.
     let gdt_phys = alloc.alloc(PAGE_SIZE)?;
-    let tss_phys = gdt_phys + 0x800;
-    let exception_stack = alloc.alloc(PAGE_SIZE)?;
-    ram.write(gdt_phys, &gdt::table(direct_map(tss_phys)))?;
-    ram.write(tss_phys, &gdt::tss(direct_map(exception_stack + PAGE_SIZE)))?;
+    let tss_pages = alloc.alloc(vcpus * PAGE_SIZE)?;
+    ram.write(gdt_phys, &gdt::table(direct_map(tss_pages)))?;
+    for page in (0..vcpus).map(|i| tss_pages + i * PAGE_SIZE) {
+        ram.write(page, &gdt::tss(direct_map(page + PAGE_SIZE)))?;
+    }
 
     // Below the library OS, so that the vDSO's symbols (offsets from it to the library OS's functions) are positive.
     let vdso_phys = alloc.alloc(PAGE_SIZE)?;
@@ -168,7 +165,9 @@ pub fn build(
     if kernel.secondary_entry < DIRECT_MAP_BASE {
         return Err(BootError::Kernel("no kiln_secondary_start symbol"));
     }
-    let vcpus = u64::from(params.vcpus.max(1));
+    if kernel.unrewritten_syscall_entry < DIRECT_MAP_BASE {
+        return Err(BootError::Kernel("no kiln_unrewritten_syscall_entry symbol"));
+    }
     let kernel_stack = alloc.alloc(vcpus * KERNEL_STACK_SIZE)?;
     let hypercall_block = alloc.alloc(vcpus * PAGE_SIZE)?;
 
@@ -180,7 +179,7 @@ pub fn build(
             .map_err(|e| BootError::Map(TRAMPOLINE_VADDR, e))?;
     }
     let trap = alloc.alloc(PAGE_SIZE)?;
-    ram.write(trap, &syscall_trap_page())?;
+    ram.write(trap, &trap_page::build(kernel.unrewritten_syscall_entry))?;
     paging::map_page(ram, &mut alloc, pml4, SYSCALL_TRAP_VADDR, trap, 0)
         .map_err(|e| BootError::Map(SYSCALL_TRAP_VADDR, e))?;
 
@@ -273,7 +272,7 @@ pub fn build(
     Ok(BootState {
         pml4,
         gdt_phys,
-        tss_phys,
+        trap_phys: trap,
         vcpus: (0..vcpus)
             .map(|i| VcpuStart {
                 rip: if i == 0 { kernel.entry } else { kernel.secondary_entry },
@@ -281,6 +280,7 @@ pub fn build(
                 rdi: direct_map(boot_info_phys),
                 rsi: i,
                 hypercall_block_phys: hypercall_block + i * PAGE_SIZE,
+                tss_phys: tss_pages + i * PAGE_SIZE,
             })
             .collect(),
         stats_phys: kernel.stats_phys,

@@ -138,6 +138,12 @@ fn register_value(regs: &kvm_regs, sregs: &kvm_sregs, reg: Register) -> Option<u
     })
 }
 
+/// The 64-bit word at guest-virtual `vaddr` through the page tables at `pml4`, if it is mapped and in RAM.
+pub fn read_u64_at(ram: &GuestRam, pml4: u64, vaddr: u64) -> Option<u64> {
+    let t = paging::translate(&Ram(ram), pml4, vaddr).filter(|t| t.bytes_left_in_page >= 8)?;
+    ram.read_obj(t.phys).ok()
+}
+
 /// Reads up to 15 instruction bytes at `rip`, stopping where the mapping ends.
 fn code_at(ram: &GuestRam, pml4: u64, rip: u64) -> Vec<u8> {
     let mut bytes = Vec::new();
@@ -177,9 +183,9 @@ fn called_from_syscall_site(ram: &GuestRam, layout: &GuestLayout, regs: &kvm_reg
 pub fn diagnose(ram: &GuestRam, layout: &GuestLayout, how: &str, regs: &kvm_regs, sregs: &kvm_sregs) -> CrashReport {
     let pml4 = layout.pml4;
     let report = |signal, reason: String, rip| CrashReport { signal, reason, rip, rsp: regs.rsp, fault: None };
-    // An unrewritten `syscall` ends at LSTAR (or runs the trap page there); %rcx holds the address after it.
-    let at_trap = (SYSCALL_TRAP_VADDR..SYSCALL_TRAP_VADDR + 16).contains(&regs.rip);
-    if how == "unrewritten syscall" || at_trap {
+    // On kvm_pvm an unrewritten `syscall` ends at LSTAR; %rcx holds the address after it. (On hardware KVM the code
+    // there hands it to the library OS.)
+    if regs.rip == SYSCALL_TRAP_VADDR {
         let site = regs.rcx.wrapping_sub(2);
         return report(
             Signal::Sigsys,
@@ -307,6 +313,14 @@ pub fn diagnose(ram: &GuestRam, layout: &GuestLayout, how: &str, regs: &kvm_regs
 }
 
 const INT3: u8 = 0xcc;
+
+/// A breakpoint trap the CPU reported as such (hardware KVM): %rip is already past the `int3`.
+pub fn breakpoint(regs: &kvm_regs) -> CrashReport {
+    let at = regs.rip.wrapping_sub(1);
+    let report =
+        CrashReport { signal: Signal::Sigtrap, reason: "breakpoint".into(), rip: at, rsp: regs.rsp, fault: None };
+    report.with_fault(SI_KERNEL, 0, TRAP_BREAKPOINT, 0).resuming_at(regs.rip)
+}
 
 /// The record the library OS's `kiln_fault_entry` reads: the fault and the registers it happened with.
 pub fn record(signal: Signal, fault: &FaultInfo, regs: &kvm_regs) -> FaultRecord {

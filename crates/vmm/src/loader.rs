@@ -50,6 +50,9 @@ pub struct LoadedKernel {
     pub syscall_entry: u64,
     /// Where the VMM resumes a vCPU after the program faulted (`kiln_fault_entry`), 0 if the image has none.
     pub fault_entry: u64,
+    /// Where the CPL 0 code at LSTAR sends an unrewritten `syscall` on hardware KVM
+    /// (`kiln_unrewritten_syscall_entry`), 0 if the image has none.
+    pub unrewritten_syscall_entry: u64,
     /// The library OS's own addresses: a fault there is the library OS's, not the program's, except in `vdso`.
     pub span: std::ops::Range<u64>,
     /// The vDSO's functions (`vdso::FUNCTIONS` order), which run as the program's code.
@@ -80,6 +83,7 @@ pub fn load_kernel(
         elf.symbol("KILN_SYSCALL_STATS").and_then(|s| s.checked_sub(span_start)).map_or(0, |off| phys + off);
     let secondary_entry = elf.symbol("kiln_secondary_start").unwrap_or(0);
     let fault_entry = elf.symbol("kiln_fault_entry").map_or(0, |at| bias.wrapping_add(at));
+    let unrewritten_syscall_entry = elf.symbol("kiln_unrewritten_syscall_entry").map_or(0, |at| bias.wrapping_add(at));
     let vdso = crate::vdso::FUNCTIONS
         .iter()
         .map(|(_, symbol)| {
@@ -92,6 +96,7 @@ pub fn load_kernel(
         secondary_entry: bias.wrapping_add(secondary_entry),
         syscall_entry: bias.wrapping_add(syscall_entry),
         fault_entry,
+        unrewritten_syscall_entry,
         span: direct_map(phys)..direct_map(phys) + bytes.len() as u64,
         vdso,
         stats_phys,

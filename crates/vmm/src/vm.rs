@@ -2,6 +2,7 @@
 //! thread; the first to see the program end (exit, crash, deadlock) decides the outcome.
 
 use crate::arch;
+use crate::arch::{exception, trap_page, HostKind};
 use crate::boot::{self, BootError, BootParams, BootState, MIN_MEMORY};
 use crate::disk::{Disk, VolumeConfig};
 use crate::elf::{ElfError, ElfImage};
@@ -18,8 +19,8 @@ use crate::shootdown::Shootdown;
 use crate::virtio::blk::{Blk, BlkStats};
 use crate::virtio::net::NetStats;
 use kiln_abi::boot::{NetInfo, VolumeInfo, MAX_VOLUMES, MOUNT_PATH_MAX};
-use kiln_abi::hypercall::{FaultRecord, Hypercall, FAULT_RECORD_OFFSET, HYPERCALL_PORT, UNREWRITTEN_SYSCALL_PORT};
-use kiln_abi::layout::{direct_map, HUGE_PAGE_SIZE, SYSCALL_TRAP_VADDR};
+use kiln_abi::hypercall::{FaultRecord, Hypercall, FAULT_RECORD_OFFSET, HYPERCALL_PORT};
+use kiln_abi::layout::{direct_map, HUGE_PAGE_SIZE};
 use kvm_bindings::{kvm_userspace_memory_region, Msrs, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -69,6 +70,8 @@ pub enum VmError {
     Thread(#[source] std::io::Error),
     #[error("cannot make a pipe to stop the network's receive thread")]
     Pipe(#[source] std::io::Error),
+    #[error(transparent)]
+    HostKind(#[from] arch::host::ProbeError),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -131,6 +134,8 @@ pub enum Outcome {
 /// What a finished run reports besides its outcome.
 #[derive(Debug, Default)]
 pub struct RunStats {
+    /// The kind of KVM the VM ran on (`arch::host`), in words.
+    pub host: &'static str,
     pub vm_exits: u64,
     /// What the network card moved, if the VM had one.
     pub net: Option<NetStats>,
@@ -171,6 +176,7 @@ struct Shared {
     disks: Vec<(String, Disk)>,
     /// Whether the user asked for `--trace-syscalls` (else the guest's trace hypercalls are refused).
     trace_syscalls: bool,
+    host: HostKind,
 }
 
 fn open_kvm() -> Result<Kvm, VmError> {
@@ -211,6 +217,8 @@ struct Machine {
     vcpus: Vec<VcpuFd>,
     ram: GuestRam,
     hwcap: u64,
+    /// Whether the vCPUs are AMD's (SVM underneath, on hardware KVM).
+    amd: bool,
     tsc_hz: u64,
     boot_tsc: u64,
     boot_realtime_ns: u64,
@@ -239,6 +247,7 @@ fn create_machine(memory: u64, cpus: u32) -> Result<Machine, VmError> {
     }
     let vcpu = &vcpus[0];
     let hwcap = cpuid.as_slice().iter().find(|e| e.function == 1 && e.index == 0).map_or(0, |e| u64::from(e.edx));
+    let amd = arch::host::amd_cpu(&cpuid);
 
     let tsc_hz = u64::from(vcpu.get_tsc_khz().map_err(kvm_err("report the TSC frequency"))?) * 1000;
     let mut tsc =
@@ -247,7 +256,7 @@ fn create_machine(memory: u64, cpus: u32) -> Result<Machine, VmError> {
     vcpu.get_msrs(&mut tsc).map_err(kvm_err("read the guest TSC"))?;
     let boot_realtime_ns = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
     let boot_tsc = tsc.as_slice()[0].data;
-    Ok(Machine { kvm, vm, vcpus, ram, hwcap, tsc_hz, boot_tsc, boot_realtime_ns })
+    Ok(Machine { kvm, vm, vcpus, ram, hwcap, amd, tsc_hz, boot_tsc, boot_realtime_ns })
 }
 
 /// Parses both ELF images and prepares the program (the image's preparation or the cache's when there is one), once
@@ -303,7 +312,7 @@ impl Vm {
         let (kernel, program, prepared) =
             prepare(kernel_elf, program_elf, memory, config.rewrite_cache.as_deref(), config.prepared.as_deref())?;
         let prepared_at = started.elapsed();
-        let Machine { kvm, vm, vcpus, mut ram, hwcap, tsc_hz, boot_tsc, boot_realtime_ns } =
+        let Machine { kvm, vm, mut vcpus, mut ram, hwcap, amd, tsc_hz, boot_tsc, boot_realtime_ns } =
             create_machine(memory, config.cpus)?;
         let machine_ready = started.elapsed();
 
@@ -336,14 +345,21 @@ impl Vm {
         let boot = boot::build(&mut ram, (&kernel, kernel_elf), (&program, program_elf, prepared), &params)?;
         let built = started.elapsed();
 
-        for (vcpu, start) in vcpus.iter().zip(&boot.vcpus) {
+        let sregs = |vcpu: &VcpuFd, host, start: &boot::VcpuStart| -> Result<(), VmError> {
             let sregs = vcpu.get_sregs().map_err(kvm_err("read special registers"))?;
-            let sregs = arch::sregs(sregs, boot.pml4, direct_map(boot.gdt_phys), direct_map(boot.tss_phys));
-            vcpu.set_sregs(&sregs).map_err(kvm_err("set special registers"))?;
-            vcpu.set_msrs(&arch::msrs(SYSCALL_TRAP_VADDR)).map_err(kvm_err("set MSRs"))?;
+            let sregs = arch::sregs(host, sregs, boot.pml4, direct_map(boot.gdt_phys), direct_map(start.tss_phys));
+            vcpu.set_sregs(&sregs).map_err(kvm_err("set special registers"))
+        };
+        // The probe runs on vCPU 0 at CPL 3 with the boot page tables; it needs neither an IDT nor I/O at CPL 3.
+        sregs(&vcpus[0], HostKind::Paravirtual, &boot.vcpus[0])?;
+        let host = arch::host::probe(&mut vcpus[0], direct_map(boot.trap_phys) + trap_page::PROBE_SYSCALL, amd)?;
+        let probed = started.elapsed();
+        for (vcpu, start) in vcpus.iter().zip(&boot.vcpus) {
+            sregs(vcpu, host, start)?;
+            vcpu.set_msrs(&arch::msrs(trap_page::LSTAR)).map_err(kvm_err("set MSRs"))?;
             vcpu.set_regs(&arch::regs(start.rip, start.rsp, start.rdi, start.rsi)).map_err(kvm_err("set registers"))?;
         }
-        tracing::debug!(?prepared_at, ?machine_ready, ?built, total = ?started.elapsed(), "VM ready");
+        tracing::debug!(host = host.name(), ?prepared_at, ?machine_ready, ?built, ?probed, total = ?started.elapsed(), "VM ready");
         tracing::debug!("{}", boot.program.report.counts());
         let mut syscall_sites = boot.program.report.in_place.clone();
         syscall_sites.sort_unstable();
@@ -366,6 +382,7 @@ impl Vm {
                 .map(|(i, (name, _, blk))| (name, Disk::new(blk, boot::volume_mmio_phys(memory, i))))
                 .collect(),
             trace_syscalls: config.trace_syscalls,
+            host,
         });
         Ok(Vm { _kvm: kvm, _vm: vm, vcpus, shared, boot })
     }
@@ -471,6 +488,7 @@ impl Vm {
             }
         };
         let stats = RunStats {
+            host: self.shared.host.name(),
             vm_exits: self.shared.exits.load(Ordering::SeqCst),
             net: self.shared.net.as_ref().map(NetCard::stats),
             volumes: self.shared.disks.iter().map(|(name, d)| (name.clone(), d.stats())).collect(),
@@ -524,7 +542,7 @@ fn run_vcpu(
         if shared.done.load(Ordering::SeqCst) {
             return Ok(Outcome::Stopped("another vCPU ended the VM".into()));
         }
-        shared.tlb.enter(id, || arch::flush_tlb(&vcpu)).map_err(kvm_err("flush a vCPU's TLB"))?;
+        shared.tlb.enter(id, || arch::flush_tlb(&vcpu, shared.host)).map_err(kvm_err("flush a vCPU's TLB"))?;
         let exit = vcpu.run();
         shared.tlb.leave(id);
         shared.exits.fetch_add(1, Ordering::Relaxed);
@@ -544,7 +562,7 @@ fn run_vcpu(
                 let mut action =
                     hypercall::handle(&shared.ram, block, nr, (console, shared.trace_syscalls), id, &shared.parkers);
                 if action == Action::FlushTlb {
-                    let own = || arch::flush_tlb(&vcpu);
+                    let own = || arch::flush_tlb(&vcpu, shared.host);
                     shared.tlb.flush_all(id, own, &shared.done).map_err(kvm_err("flush the vCPUs' TLBs"))?;
                     action = hypercall::answer(&shared.ram, block, 0);
                 }
@@ -588,12 +606,31 @@ fn run_vcpu(
                     None => Outcome::Stopped(format!("the guest wrote physical address {addr:#x}, where nothing is")),
                 }
             }
-            VcpuExit::IoOut(UNREWRITTEN_SYSCALL_PORT, _) => {
-                Outcome::Crashed(crash(&vcpu, shared, "unrewritten syscall"))
+            VcpuExit::IoOut(trap_page::EXCEPTION_PORT, _) if shared.host.has_idt() => {
+                match exception::rewind(&vcpu, shared.host, &shared.ram, shared.pml4) {
+                    Ok(frame) => {
+                        let report = match frame.vector {
+                            // A trap: %rip is past the `int3`, whatever the next instruction would do.
+                            3 => fault::breakpoint(&vcpu.get_regs().map_err(kvm_err("read registers"))?),
+                            vector => crash(&vcpu, shared, exception::vector_name(vector)),
+                        };
+                        if to_fault_entry(&vcpu, shared, block, &report)? {
+                            pending_fault = Some(report);
+                            continue;
+                        }
+                        Outcome::Crashed(report)
+                    }
+                    Err(exception::ExceptionError::Kvm(what, source)) => return Err(VmError::Kvm { what, source }),
+                    Err(why) => Outcome::Stopped(why.to_string()),
+                }
             }
             VcpuExit::IoOut(port, _) | VcpuExit::IoIn(port, _) => {
                 Outcome::Stopped(format!("the guest used I/O port {port:#x}, which Kiln does not provide"))
             }
+            VcpuExit::Shutdown if shared.host.has_idt() => Outcome::Stopped(format!(
+                "vCPU {id} triple-faulted (an exception while the CPU delivered one); on {} its state is gone",
+                shared.host.name()
+            )),
             VcpuExit::Shutdown => {
                 let report = crash(&vcpu, shared, "shutdown");
                 if to_fault_entry(&vcpu, shared, block, &report)? {

@@ -9,8 +9,9 @@ pub const TSS: u16 = 0x28;
 pub const ENTRIES: usize = 7;
 /// The TSS proper is 104 bytes; an I/O permission bitmap follows it.
 const TSS_HEADER: usize = 104;
-/// Ports 0 ..= the highest hypercall port, one bit each, plus the terminating 0xff byte the CPU requires.
-const IO_BITMAP_BYTES: usize = (kiln_abi::hypercall::UNREWRITTEN_SYSCALL_PORT as usize / 8) + 2;
+/// Ports 0 ..= the highest hypercall port, one bit each, plus the terminating 0xff byte the CPU requires. Ports past
+/// the bitmap (the CPL 0 code's, `trap_page.rs`) are closed to CPL 3.
+const IO_BITMAP_BYTES: usize = ((kiln_abi::hypercall::HYPERCALL_PORT as usize + 3) / 8) + 2;
 pub const TSS_SIZE: usize = TSS_HEADER + IO_BITMAP_BYTES;
 
 /// The GDT's bytes: null, kernel code/data, user data/code (64-bit), and a 16-byte TSS descriptor at `tss_base`.
@@ -40,12 +41,12 @@ pub fn tss(rsp0: u64) -> Vec<u8> {
     let mut t = vec![0u8; TSS_SIZE];
     t[4..12].copy_from_slice(&rsp0.to_le_bytes());
     t[102..104].copy_from_slice(&(TSS_HEADER as u16).to_le_bytes());
-    // Every port below the hypercall ports is denied; the two hypercall ports are allowed.
+    // Every port but the hypercall's is denied.
     let bitmap = &mut t[TSS_HEADER..];
     bitmap.fill(0xff);
     // A 4-byte `out` needs all four of its ports allowed.
     let hypercall = kiln_abi::hypercall::HYPERCALL_PORT;
-    for port in (hypercall..hypercall + 4).chain([kiln_abi::hypercall::UNREWRITTEN_SYSCALL_PORT]) {
+    for port in hypercall..hypercall + 4 {
         bitmap[port as usize / 8] &= !(1 << (port % 8));
     }
     t
@@ -71,15 +72,20 @@ mod tests {
 #[cfg(test)]
 mod io_bitmap_tests {
     use super::*;
-    use kiln_abi::hypercall::{HYPERCALL_PORT, UNREWRITTEN_SYSCALL_PORT};
+    use crate::arch::trap_page::{EXCEPTION_PORT, PROBE_PORT};
+    use kiln_abi::hypercall::HYPERCALL_PORT;
 
     #[test]
     fn only_the_hypercall_ports_are_open() {
         let t = tss(0);
         let base = u16::from_le_bytes([t[102], t[103]]) as usize;
         let allowed = |port: u16| t[base + port as usize / 8] & (1 << (port % 8)) == 0;
-        assert!((HYPERCALL_PORT..HYPERCALL_PORT + 4).all(allowed) && allowed(UNREWRITTEN_SYSCALL_PORT));
+        assert!((HYPERCALL_PORT..HYPERCALL_PORT + 4).all(allowed));
         assert!(!allowed(0x3f8) && !allowed(HYPERCALL_PORT - 1) && !allowed(0x80));
+        // The CPL 0 code's ports lie past the bitmap, which the CPU reads as closed.
+        for port in [EXCEPTION_PORT, PROBE_PORT] {
+            assert!(base + port as usize / 8 >= t.len() - 1, "port {port:#x}");
+        }
         assert_eq!(*t.last().unwrap(), 0xff);
     }
 }

@@ -1,8 +1,12 @@
 //! x86-64 CPU state for a Kiln guest: 64-bit mode, paging on, CPL 3 from the first instruction. Everything that
 //! depends on what the host's KVM can do lives in this folder (see `host.rs`).
 
+pub mod exception;
 pub mod gdt;
 pub mod host;
+pub mod trap_page;
+
+pub use host::HostKind;
 
 use kvm_bindings::{kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, Msrs};
 use kvm_ioctls::VcpuFd;
@@ -46,27 +50,33 @@ fn segment(selector: u16, code: bool) -> kvm_segment {
     }
 }
 
-/// Special registers: long mode with our page tables and GDT, user segments loaded (CPL 3).
-pub fn sregs(mut s: kvm_sregs, pml4: u64, gdt_vaddr: u64, tss_vaddr: u64) -> kvm_sregs {
+/// Special registers: long mode with our page tables and GDT, user segments loaded (CPL 3), this vCPU's TSS, and
+/// what `host` needs besides (the IDT, the TR type).
+pub fn sregs(host: HostKind, mut s: kvm_sregs, pml4: u64, gdt_vaddr: u64, tss_vaddr: u64) -> kvm_sregs {
     s.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
     s.cr3 = pml4;
     s.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT | CR4_FSGSBASE;
     s.efer = EFER_LME | EFER_LMA | EFER_SCE;
     s.gdt.base = gdt_vaddr;
     s.gdt.limit = (gdt::ENTRIES * 8 - 1) as u16;
-    s.idt.base = 0;
-    s.idt.limit = 0;
-    s.cs = segment(gdt::USER_CODE, true);
+    s = user_mode(s);
     let data = segment(gdt::USER_DATA, false);
-    (s.ds, s.es, s.fs, s.gs, s.ss) = (data, data, data, data, data);
+    (s.ds, s.es, s.fs, s.gs) = (data, data, data, data);
     s.tr = kvm_segment {
         base: tss_vaddr,
         limit: (gdt::TSS_SIZE - 1) as u32,
         selector: gdt::TSS,
-        type_: 11, // busy 64-bit TSS, as after `ltr`
         present: 1,
         ..Default::default()
     };
+    host.fix(&mut s);
+    s
+}
+
+/// `s` with CS and SS back at CPL 3, as they are when the program runs (an exception stub left them at CPL 0).
+pub fn user_mode(mut s: kvm_sregs) -> kvm_sregs {
+    s.cs = segment(gdt::USER_CODE, true);
+    s.ss = segment(gdt::USER_DATA, false);
     s
 }
 
@@ -96,8 +106,9 @@ pub fn msrs(lstar: u64) -> Msrs {
 /// Drops every translation `vcpu` has cached. When KVM_SET_SREGS changes CR3, KVM resets the vCPU's MMU and requests
 /// a flush of its guest TLB (`__set_sregs` in Linux's arch/x86/kvm/x86.c); flipping CR3's write-through bit changes
 /// CR3 while the page tables stay the same.
-pub fn flush_tlb(vcpu: &VcpuFd) -> Result<(), kvm_ioctls::Error> {
+pub fn flush_tlb(vcpu: &VcpuFd, host: HostKind) -> Result<(), kvm_ioctls::Error> {
     let mut s = vcpu.get_sregs()?;
     s.cr3 ^= CR3_PWT;
+    host.fix(&mut s);
     vcpu.set_sregs(&s)
 }
