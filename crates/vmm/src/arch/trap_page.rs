@@ -37,6 +37,7 @@ const STUB_SIZE: u64 = 16;
 const COMMON_OFFSET: u64 = STUBS_OFFSET + VECTORS as u64 * STUB_SIZE;
 const IDT_OFFSET: u64 = 0x800;
 const IDT_ENTRY_SIZE: u64 = 16;
+const _: () = assert!(COMMON_OFFSET + 16 <= IDT_OFFSET && IDT_OFFSET + VECTORS as u64 * IDT_ENTRY_SIZE <= PAGE_SIZE);
 
 /// The address LSTAR holds while the VM runs.
 pub const LSTAR: u64 = SYSCALL_TRAP_VADDR + LSTAR_OFFSET;
@@ -196,8 +197,6 @@ mod tests {
             assert_eq!(dpl, if vector == 3 || vector == 4 { 3 } else { 0 });
             assert_eq!(g[5] & 0x8f, 0x8e);
         }
-        assert!(IDT_OFFSET + VECTORS as u64 * IDT_ENTRY_SIZE <= PAGE_SIZE);
-        assert!(COMMON_OFFSET + 16 <= IDT_OFFSET);
     }
 
     #[test]
