@@ -1,7 +1,8 @@
 /* hostile: a guest that talks to the VMM's hypercall port directly with garbage, as a buggy or hostile guest could.
  * The VMM must stop the VM with a message and stay sound. `hostile unknown` makes a hypercall with an unknown number;
  * `hostile write` a Write hypercall whose block holds whatever the last call left (in-range or not, the VMM checks);
- * `hostile port` writes to an I/O port next to the hypercall port; `hostile trace` makes a Trace hypercall, which
+ * `hostile port` writes a byte to an I/O port the TSS opens next to the hypercall port; `hostile closed` writes to the
+ * serial port, which the TSS keeps closed, so that the program faults as natively; `hostile trace` makes a Trace hypercall, which
  * Kiln refuses unless run with --trace-syscalls (the block's first argument, left by the last write, names a "record"
  * that is guest memory either way). `hostile net MIB` (in a VM of MIB MiB) sets the network card up itself through its
  * registers in the direct map, with a transmit queue whose available index is a queue and one ahead of the device, then
@@ -13,6 +14,7 @@
 #include <string.h>
 
 static void out32(unsigned short port, unsigned int value) { __asm__ volatile("outl %0, %1" : : "a"(value), "Nd"(port)); }
+static void out8(unsigned short port, unsigned char value) { __asm__ volatile("outb %0, %1" : : "a"(value), "Nd"(port)); }
 
 /* kiln-abi's layout: guest-physical p is virtual DIRECT_MAP_BASE + p; the card's registers are just above RAM. */
 #define DIRECT_MAP_BASE 0x400000000000ull
@@ -66,7 +68,8 @@ int main(int argc, char **argv) {
   printf("hostile: %s\n", what);
   fflush(stdout);
   if (strcmp(what, "unknown") == 0) out32(0x4b0, 0x7777);
-  else if (strcmp(what, "port") == 0) out32(0x4b1, 1);
+  else if (strcmp(what, "port") == 0) out8(0x4b1, 1);
+  else if (strcmp(what, "closed") == 0) out8(0x3f8, 'x');
   else if (strcmp(what, "trace") == 0) out32(0x4b0, 3);
   else if (strcmp(what, "net") == 0 && argc > 2) break_the_card(strtoull(argv[2], 0, 10) << 20);
   printf("hostile: still running\n");
