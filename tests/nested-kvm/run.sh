@@ -91,7 +91,7 @@ for ((i = ${#needs[@]} - 1; i >= 0; i--)); do
   *.ko.zst) zstd -qdc "$modules/$file" ;;
   *.ko.gz) gzip -dc "$modules/$file" ;;
   esac >"$root/mods/$name.ko"
-  # The last one, kvm-amd itself, allows its guests SVM of their own (harmless here, and what a host would set).
+  # kvm-amd itself comes last, with nested=1 (its default in Linux 6.1; said so as not to depend on it).
   echo "$name$([ "$i" -eq 0 ] && echo ' nested=1')"
 done >"$root/mods/order"
 [ "$(tail -n 1 "$root/mods/order")" = "kvm-amd nested=1" ] || {
