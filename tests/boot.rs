@@ -798,7 +798,8 @@ fn hostile_port_io_stops_the_vm_with_a_message() {
     for (what, message) in [("unknown", "unknown hypercall"), ("port", "I/O port 0x4b1")] {
         let run = kiln().arg("run").arg(guests::c("hostile")).arg(what).run();
         run.assert_code(125).assert_stdout(&format!("hostile: {what}\n")).assert_stderr_contains(message);
-    }    // A port the TSS keeps closed faults in the program, as natively.
+    }
+    // A port the TSS keeps closed faults in the program, as natively.
     let run = kiln().arg("run").arg(guests::c("hostile")).arg("closed").run();
     run.assert_code(139).assert_stdout("hostile: closed\n").assert_stderr_contains("general protection fault in out");
 }
