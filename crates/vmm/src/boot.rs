@@ -87,8 +87,6 @@ pub struct VcpuStart {
 pub struct BootState {
     pub pml4: u64,
     pub gdt_phys: u64,
-    /// The supervisor page at `SYSCALL_TRAP_VADDR` (`arch::trap_page`).
-    pub trap_phys: u64,
     /// One per vCPU; vCPU 0 starts the program, the others join its scheduler.
     pub vcpus: Vec<VcpuStart>,
     pub stats_phys: u64,
@@ -130,7 +128,8 @@ pub fn build(
     program: (&ElfImage, &[u8], PreparedProgram),
     params: &BootParams,
 ) -> Result<BootState, BootError> {
-    let mut alloc = BootAllocator::new(PAGE_SIZE, ram.size());
+    // The host-kind probe may still be using the top pages (`arch::host::Probe`).
+    let mut alloc = BootAllocator::new(PAGE_SIZE, ram.size() - crate::arch::host::PROBE_BYTES);
     let pml4 = alloc.alloc(PAGE_SIZE)?;
 
     for phys in (0..ram.size()).step_by(HUGE_PAGE_SIZE as usize) {
@@ -272,7 +271,6 @@ pub fn build(
     Ok(BootState {
         pml4,
         gdt_phys,
-        trap_phys: trap,
         vcpus: (0..vcpus)
             .map(|i| VcpuStart {
                 rip: if i == 0 { kernel.entry } else { kernel.secondary_entry },

@@ -72,6 +72,8 @@ pub enum VmError {
     Pipe(#[source] std::io::Error),
     #[error(transparent)]
     HostKind(#[from] arch::host::ProbeError),
+    #[error("the host-kind probe's thread failed (a bug in Kiln: its message is above)")]
+    ProbeThread,
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -342,24 +344,27 @@ impl Vm {
             }),
             volumes: blks.iter().map(|(_, mount, blk)| volume_info(mount, blk.capacity())).collect(),
         };
-        let boot = boot::build(&mut ram, (&kernel, kernel_elf), (&program, program_elf, prepared), &params)?;
+        // The host-kind probe runs on vCPU 0 while the boot layout is built: its one VM exit costs the boot nothing.
+        let probe = arch::host::Probe::write(&mut ram)?;
+        let (host, boot) = std::thread::scope(|scope| {
+            let vcpu0 = &mut vcpus[0];
+            let measuring = scope.spawn(|| probe.run(vcpu0, amd));
+            let boot = boot::build(&mut ram, (&kernel, kernel_elf), (&program, program_elf, prepared), &params);
+            (measuring.join(), boot)
+        });
+        let host = host.map_err(|_| VmError::ProbeThread)??;
+        let boot = boot?;
+        probe.finish(&ram)?;
         let built = started.elapsed();
 
-        let sregs = |vcpu: &VcpuFd, host, start: &boot::VcpuStart| -> Result<(), VmError> {
+        for (vcpu, start) in vcpus.iter().zip(&boot.vcpus) {
             let sregs = vcpu.get_sregs().map_err(kvm_err("read special registers"))?;
             let sregs = arch::sregs(host, sregs, boot.pml4, direct_map(boot.gdt_phys), direct_map(start.tss_phys));
-            vcpu.set_sregs(&sregs).map_err(kvm_err("set special registers"))
-        };
-        // The probe runs on vCPU 0 at CPL 3 with the boot page tables; it needs neither an IDT nor I/O at CPL 3.
-        sregs(&vcpus[0], HostKind::Paravirtual, &boot.vcpus[0])?;
-        let host = arch::host::probe(&mut vcpus[0], direct_map(boot.trap_phys) + trap_page::PROBE_SYSCALL, amd)?;
-        let probed = started.elapsed();
-        for (vcpu, start) in vcpus.iter().zip(&boot.vcpus) {
-            sregs(vcpu, host, start)?;
+            vcpu.set_sregs(&sregs).map_err(kvm_err("set special registers"))?;
             vcpu.set_msrs(&arch::msrs(trap_page::LSTAR)).map_err(kvm_err("set MSRs"))?;
             vcpu.set_regs(&arch::regs(start.rip, start.rsp, start.rdi, start.rsi)).map_err(kvm_err("set registers"))?;
         }
-        tracing::debug!(host = host.name(), ?prepared_at, ?machine_ready, ?built, ?probed, total = ?started.elapsed(), "VM ready");
+        tracing::debug!(host = host.name(), ?prepared_at, ?machine_ready, ?built, total = ?started.elapsed(), "VM ready");
         tracing::debug!("{}", boot.program.report.counts());
         let mut syscall_sites = boot.program.report.in_place.clone();
         syscall_sites.sort_unstable();

@@ -13,9 +13,11 @@
 //!   `syscall` (code made at run time) to the library OS instead of ending the program with SIGSYS. Nothing at CPL 0
 //!   runs on the hot path: rewritten syscalls and hypercalls are the same on both kinds.
 //!
-//! The kind is measured, once per VM before it boots ([`probe`]): vCPU 0 runs a `syscall` at CPL 3 with LSTAR at
+//! The kind is measured, once per VM before it boots ([`Probe`]): vCPU 0 runs a `syscall` at CPL 3 with LSTAR at
 //! code that reports through a port. If that code ran, CPL 0 is reachable (hardware); if the vCPU shut down at LSTAR,
-//! it is `kvm_pvm`. One VM exit, on either kind.
+//! it is `kvm_pvm`. One VM exit, on either kind. The probe has page tables and code of its own in the top pages of
+//! guest RAM, which the boot layout leaves alone, so that it runs on a thread of its own while the boot layout is
+//! built; its pages are zeroed before the library OS, which hands them out, starts.
 //!
 //! Port I/O from CPL 3 (our hypercalls) is checked against the TSS I/O permission bitmap on kvm_pvm even when
 //! RFLAGS.IOPL is 3, and a 4-byte `out` needs all four ports' bits clear. So Kiln runs with IOPL 0 and a bitmap that
@@ -25,6 +27,9 @@
 //! (9), and KVM on AMD reports TR busy in every KVM_GET_SREGS, so every KVM_SET_SREGS goes through [`HostKind::fix`].
 
 use super::trap_page;
+use crate::memory::{BootAllocator, GuestRam, MemoryError};
+use kiln_abi::layout::{HUGE_PAGE_SIZE, PAGE_SIZE};
+use kiln_abi::paging::{self, PTE_USER};
 use kvm_bindings::{kvm_regs, kvm_sregs, CpuId};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
@@ -39,8 +44,18 @@ pub enum HostKind {
 const TSS_AVAILABLE: u8 = 9;
 const TSS_BUSY: u8 = 11;
 
+/// Bytes at the top of guest RAM that belong to the probe until it is done: its PML4, PDPT and PD, and its code.
+pub const PROBE_BYTES: u64 = 4 * PAGE_SIZE;
+/// Where the probe maps the top 2 MiB of RAM (one huge page); any address the boot layout does not matter here.
+const PROBE_VADDR: u64 = HUGE_PAGE_SIZE;
+const PROBE_LSTAR_OFFSET: u64 = 0x40;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
+    #[error("cannot set up the host-kind probe in guest memory")]
+    Memory(#[from] MemoryError),
+    #[error("cannot map the host-kind probe: {0:?}")]
+    Map(paging::MapError),
     #[error("KVM refused to {0}")]
     Kvm(&'static str, #[source] kvm_ioctls::Error),
     #[error("cannot tell what kind of KVM this is: a syscall at CPL 3 ended in {0}")]
@@ -78,34 +93,98 @@ pub fn amd_cpu(cpuid: &CpuId) -> bool {
     cpuid.as_slice().iter().any(|e| e.function == 0 && (e.ebx == AUTHENTIC_AMD_EBX || e.ebx == HYGON_GENUINE_EBX))
 }
 
-/// Measures the host kind on `vcpu`, whose special registers are set for CPL 3 with the boot page tables (in which
-/// `syscall_at`, the probe's `syscall` in the trap page's direct-map alias, is user-executable). Leaves LSTAR at the
-/// probe's target: the caller sets every register afterwards.
-pub fn probe(vcpu: &mut VcpuFd, syscall_at: u64, amd: bool) -> Result<HostKind, ProbeError> {
-    vcpu.set_msrs(&super::msrs(trap_page::PROBE_LSTAR)).map_err(|e| ProbeError::Kvm("set MSRs", e))?;
-    let regs = kvm_regs { rip: syscall_at, rflags: 0x2, ..Default::default() };
-    vcpu.set_regs(&regs).map_err(|e| ProbeError::Kvm("set registers", e))?;
-    loop {
-        return match vcpu.run() {
+/// The probe, written into the top [`PROBE_BYTES`] of guest RAM.
+pub struct Probe {
+    pml4: u64,
+    code_phys: u64,
+}
+
+impl Probe {
+    /// Writes page tables mapping the top 2 MiB of RAM (user, executable) and, in its last page, `syscall; ud2` and
+    /// at [`PROBE_LSTAR_OFFSET`] the LSTAR target (`trap_page::report_through`). Nothing else reads that memory
+    /// before [`Probe::finish`].
+    pub fn write(ram: &mut GuestRam) -> Result<Probe, ProbeError> {
+        let top = ram.size();
+        let code_phys = top - PAGE_SIZE;
+        let mut alloc = BootAllocator::new(top - PROBE_BYTES, code_phys);
+        let pml4 = alloc.alloc(PAGE_SIZE)?;
+        paging::map_huge_page(ram, &mut alloc, pml4, PROBE_VADDR, top - HUGE_PAGE_SIZE, PTE_USER)
+            .map_err(ProbeError::Map)?;
+        let mut code = vec![0x0f, 0x05, 0x0f, 0x0b];
+        code.resize(PROBE_LSTAR_OFFSET as usize, 0xcc);
+        code.extend_from_slice(&trap_page::report_through(trap_page::PROBE_PORT));
+        ram.write(code_phys, &code)?;
+        Ok(Probe { pml4, code_phys })
+    }
+
+    fn vaddr(&self, offset: u64) -> u64 {
+        PROBE_VADDR + (self.code_phys % HUGE_PAGE_SIZE) + offset
+    }
+
+    /// Measures the host kind on `vcpu`, which has not run yet. Leaves the vCPU's registers to the caller to set.
+    pub fn run(&self, vcpu: &mut VcpuFd, amd: bool) -> Result<HostKind, ProbeError> {
+        let sregs = vcpu.get_sregs().map_err(|e| ProbeError::Kvm("read special registers", e))?;
+        let sregs = super::sregs(HostKind::Paravirtual, sregs, self.pml4, 0, 0);
+        vcpu.set_sregs(&sregs).map_err(|e| ProbeError::Kvm("set special registers", e))?;
+        let lstar = self.vaddr(PROBE_LSTAR_OFFSET);
+        vcpu.set_msrs(&super::msrs(lstar)).map_err(|e| ProbeError::Kvm("set MSRs", e))?;
+        let regs = kvm_regs { rip: self.vaddr(0), rflags: 0x2, ..Default::default() };
+        vcpu.set_regs(&regs).map_err(|e| ProbeError::Kvm("set registers", e))?;
+        run(vcpu, lstar, amd)
+    }
+
+    /// Gives the probe's pages back zeroed, as the library OS expects the memory it hands out.
+    pub fn finish(self, ram: &GuestRam) -> Result<(), ProbeError> {
+        Ok(ram.write(ram.size() - PROBE_BYTES, &[0; PROBE_BYTES as usize])?)
+    }
+}
+
+/// Runs the probe to its one exit. The code at LSTAR reports through a port: on hardware it runs at CPL 0 and the port
+/// exit comes; on `kvm_pvm` it runs at CPL 3 (the `syscall` jumped there without switching), where the `out` faults
+/// and the vCPU shuts down in it.
+fn run(vcpu: &mut VcpuFd, lstar: u64, amd: bool) -> Result<HostKind, ProbeError> {
+    let exit = loop {
+        match vcpu.run() {
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
-            Err(e) => Err(ProbeError::Kvm("run the probe", e)),
-            Ok(VcpuExit::IoOut(trap_page::PROBE_PORT, _)) => Ok(HostKind::Hardware { amd }),
-            Ok(VcpuExit::Shutdown) => {
-                let rip = vcpu.get_regs().map_err(|e| ProbeError::Kvm("read registers", e))?.rip;
-                if rip == trap_page::PROBE_LSTAR {
-                    Ok(HostKind::Paravirtual)
-                } else {
-                    Err(ProbeError::Unknown(format!("a shutdown at {rip:#x}")))
-                }
-            }
-            Ok(other) => Err(ProbeError::Unknown(format!("{other:?}"))),
-        };
+            Err(e) => return Err(ProbeError::Kvm("run the probe", e)),
+            Ok(VcpuExit::IoOut(trap_page::PROBE_PORT, _)) => break "the probe's port",
+            Ok(VcpuExit::Shutdown) => break "a shutdown",
+            Ok(other) => return Err(ProbeError::Unknown(format!("{other:?}"))),
+        }
+    };
+    let rip = vcpu.get_regs().map_err(|e| ProbeError::Kvm("read registers", e))?.rip;
+    let cpl = vcpu.get_sregs().map_err(|e| ProbeError::Kvm("read special registers", e))?.cs.selector & 3;
+    let report = trap_page::report_through(trap_page::PROBE_PORT).len() as u64;
+    match (exit, cpl) {
+        _ if !(lstar..lstar + report).contains(&rip) => {
+            Err(ProbeError::Unknown(format!("{exit} at {rip:#x}, not at LSTAR ({lstar:#x})")))
+        }
+        ("the probe's port", 0) => Ok(HostKind::Hardware { amd }),
+        (_, 3) => Ok(HostKind::Paravirtual),
+        _ => Err(ProbeError::Unknown(format!("{exit} at CPL {cpl}"))),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_probe_maps_its_code_user_executable_in_its_own_pages() {
+        let mut ram = GuestRam::new(4 << 20).unwrap();
+        let probe = Probe::write(&mut ram).unwrap();
+        assert!(probe.pml4 >= ram.size() - PROBE_BYTES);
+        let code = paging::translate(&ram, probe.pml4, probe.vaddr(0)).unwrap();
+        assert!(code.user && !code.writable);
+        assert_eq!(code.phys, ram.size() - PAGE_SIZE);
+        assert_eq!(ram.read_vec(code.phys, 2).unwrap(), [0x0f, 0x05]);
+        let lstar = paging::translate(&ram, probe.pml4, probe.vaddr(PROBE_LSTAR_OFFSET)).unwrap();
+        let report = trap_page::report_through(trap_page::PROBE_PORT);
+        assert_eq!(ram.read_vec(lstar.phys, report.len() as u64).unwrap(), report);
+        probe.finish(&ram).unwrap();
+        let top = ram.read_vec(ram.size() - PROBE_BYTES, PROBE_BYTES).unwrap();
+        assert!(top.iter().all(|&b| b == 0));
+    }
 
     #[test]
     fn tr_type_and_idt_follow_the_host() {

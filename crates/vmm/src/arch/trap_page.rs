@@ -10,15 +10,13 @@
 //!   error code) on the vCPU's CPL 0 stack (RSP0 of its TSS), saves `%rdx` and reports to the VMM through
 //!   [`EXCEPTION_PORT`]. The VMM reads the [`ExceptionFrame`] and puts the vCPU back in the faulting state, which is
 //!   what `kvm_pvm` leaves after its shutdown, so one fault path serves both host kinds.
-//! - The host-kind probe: a `syscall` to run at CPL 3 (through the direct map) and an LSTAR target that reports
-//!   through [`PROBE_PORT`] if it ran, i.e. if `syscall` reached CPL 0.
 
 use super::gdt;
 use kiln_abi::layout::{PAGE_SIZE, SYSCALL_TRAP_VADDR};
 
 /// Port the exception stubs write at CPL 0 (closed to CPL 3 in the TSS I/O bitmap).
 pub const EXCEPTION_PORT: u16 = 0x4b8;
-/// Port the probe's LSTAR target writes at CPL 0.
+/// Port the host-kind probe's LSTAR target writes at CPL 0 (`host.rs`).
 pub const PROBE_PORT: u16 = 0x4b9;
 
 /// Exceptions the IDT covers: the architectural ones. Anything else (no interrupt is ever enabled) is past the IDT's
@@ -30,8 +28,6 @@ const WITH_ERROR_CODE: [usize; 10] = [8, 10, 11, 12, 13, 14, 17, 21, 29, 30];
 const USER_VECTORS: [usize; 2] = [3, 4];
 
 const LSTAR_OFFSET: u64 = 0;
-const PROBE_LSTAR_OFFSET: u64 = 0x40;
-const PROBE_SYSCALL_OFFSET: u64 = 0x60;
 const STUBS_OFFSET: u64 = 0x100;
 const STUB_SIZE: u64 = 16;
 const COMMON_OFFSET: u64 = STUBS_OFFSET + VECTORS as u64 * STUB_SIZE;
@@ -41,16 +37,11 @@ const _: () = assert!(COMMON_OFFSET + 16 <= IDT_OFFSET && IDT_OFFSET + VECTORS a
 
 /// The address LSTAR holds while the VM runs.
 pub const LSTAR: u64 = SYSCALL_TRAP_VADDR + LSTAR_OFFSET;
-/// The address LSTAR holds during the host-kind probe.
-pub const PROBE_LSTAR: u64 = SYSCALL_TRAP_VADDR + PROBE_LSTAR_OFFSET;
 /// The IDT (linear address and limit) for `sregs.idt`.
 pub const IDT_BASE: u64 = SYSCALL_TRAP_VADDR + IDT_OFFSET;
 pub const IDT_LIMIT: u16 = (VECTORS as u64 * IDT_ENTRY_SIZE - 1) as u16;
 /// The CPL 0 code's addresses: an exception with %rip in here is Kiln's, not the program's.
 pub const CODE: std::ops::Range<u64> = SYSCALL_TRAP_VADDR..SYSCALL_TRAP_VADDR + IDT_OFFSET;
-
-/// Where, in the page (whose frame is also mapped, user-executable, in the direct map), the probe's `syscall` is.
-pub const PROBE_SYSCALL: u64 = PROBE_SYSCALL_OFFSET;
 
 /// What an exception stub leaves at the top of the CPL 0 stack, lowest address first: `%rdx` as it was, the vector,
 /// the error code, then the CPU's interrupt frame.
@@ -97,10 +88,6 @@ pub fn build(unrewritten_entry: u64) -> Vec<u8> {
     lstar.extend_from_slice(&[0x48, 0x0f, 0x07]);
     put(LSTAR_OFFSET, &lstar);
 
-    put(PROBE_LSTAR_OFFSET, &report_through(PROBE_PORT));
-    // syscall; then, should it ever return, ud2.
-    put(PROBE_SYSCALL_OFFSET, &[0x0f, 0x05, 0x0f, 0x0b]);
-
     for vector in 0..VECTORS {
         let at = STUBS_OFFSET + vector as u64 * STUB_SIZE;
         let mut stub = Vec::new();
@@ -126,7 +113,7 @@ pub fn build(unrewritten_entry: u64) -> Vec<u8> {
 }
 
 /// `mov $port, %dx; out %al, %dx; hlt; jmp .-1`: the VMM never resumes it.
-fn report_through(port: u16) -> Vec<u8> {
+pub fn report_through(port: u16) -> Vec<u8> {
     let p = port.to_le_bytes();
     vec![0x66, 0xba, p[0], p[1], 0xee, 0xf4, 0xeb, 0xfd]
 }
@@ -197,14 +184,5 @@ mod tests {
             assert_eq!(dpl, if vector == 3 || vector == 4 { 3 } else { 0 });
             assert_eq!(g[5] & 0x8f, 0x8e);
         }
-    }
-
-    #[test]
-    fn the_probe_makes_a_syscall_and_its_target_reports() {
-        let page = build(0);
-        assert_eq!(decode(&page, PROBE_SYSCALL_OFFSET, 1)[0].code(), Code::Syscall);
-        let target = decode(&page, PROBE_LSTAR_OFFSET, 2);
-        assert_eq!(target[0].immediate16(), PROBE_PORT);
-        assert_eq!(target[1].code(), Code::Out_DX_AL);
     }
 }
