@@ -5,12 +5,16 @@
 //! `si_code` and `si_addr` in its `siginfo`, and returning from it resumes at that instruction with those registers
 //! (as changed by the handler). Go turns a nil dereference into a panic this way, and Rust std prints "has overflowed
 //! its stack". Without a handler the VM ends with the VMM's crash report.
+//!
+//! The VMM also comes here with a program it interrupted without a fault (`INTERRUPTED`, see the VMM's `preempt.rs`):
+//! another vCPU made a signal pending for this thread, or the host sent one. The signals pending are delivered as at a
+//! syscall's exit, and the program resumes with every register as it was.
 
 use crate::entry::SyscallFrame;
 use crate::mm::{protect, vma};
 use crate::syscalls::signal::{self, Fault};
 use crate::{hypercall, percpu};
-use kiln_abi::hypercall::{FaultRecord, Hypercall, FAULT_RECORD_OFFSET};
+use kiln_abi::hypercall::{FaultRecord, Hypercall, FAULT_RECORD_OFFSET, INTERRUPTED};
 use kiln_abi::layout::page_align_down;
 
 const SIGSEGV: u64 = 11;
@@ -42,16 +46,31 @@ pub extern "C" fn entered(frame: &mut SyscallFrame) -> i64 {
         user_rsp: r.rsp.wrapping_sub(8),
     };
     percpu::set_syscall_frame(frame);
+    if record.signal == INTERRUPTED {
+        return pending_signals(frame, r.rax as i64);
+    }
     let fault =
         Fault { code: refine_code(&record) as i32, addr: record.addr, trapno: record.trapno, error: record.error };
     if (1..=NSIG).contains(&record.signal) {
         if let Some(rax) = signal::deliver_fault(frame, record.signal as u32, fault, r.rax) {
-            return rax;
+            // Signals pending meanwhile come first, as on Linux: their handler returns into the fault's.
+            return pending_signals(frame, rax);
         }
     }
     hypercall::call(Hypercall::FaultUnhandled, &[]);
     loop {
         core::hint::spin_loop();
+    }
+}
+
+/// What a syscall's exit does about signals, for a program about to resume with `frame` and %rax = `rax`: passes on
+/// the host's and the timers', and delivers the first one pending for this thread.
+fn pending_signals(frame: &mut SyscallFrame, rax: i64) -> i64 {
+    signal::poll_host_signals();
+    crate::timers::fire_due();
+    match crate::sched::take_signal() {
+        Some(sig) => signal::deliver(frame, sig, rax),
+        None => rax,
     }
 }
 

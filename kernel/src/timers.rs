@@ -2,8 +2,10 @@
 //! and an interval on the boot clock; when it expires it sends its signal, to the process or to one thread.
 //!
 //! There are no interrupts, so expiries are noticed where the library OS runs: at every syscall exit (a cheap check
-//! while no timer is armed), and by idle vCPUs, which wait no longer than the next expiry. A thread that computes
-//! without syscalls while every vCPU is busy gets its signal at its next syscall. ITIMER_VIRTUAL and ITIMER_PROF count
+//! while no timer is armed), and by idle vCPUs, which wait no longer than the next expiry (arming an earlier one wakes
+//! one to look again). An idle vCPU's signal reaches a thread computing on another vCPU through the VMM
+//! (`sched::post_signal`); while every vCPU is busy, a thread that computes without syscalls gets its signal at its
+//! next syscall. ITIMER_VIRTUAL and ITIMER_PROF count
 //! CPU time, which for a program that has its vCPUs to itself is the time since boot: they run at the real clock's
 //! rate.
 
@@ -58,8 +60,15 @@ pub fn with<R>(slot: usize, f: impl FnOnce(&mut Option<Timer>) -> R) -> R {
     if slot >= timers.len() {
         timers.resize(slot + 1, None);
     }
+    let before = NEXT_EXPIRY.load(Ordering::SeqCst);
     let result = f(&mut timers[slot]);
     recompute(&timers);
+    drop(timers);
+    // An idle vCPU waits no longer than the expiry it knew of when it parked: one looks again at an earlier one, since
+    // the thread that armed the timer may compute without syscalls until it fires.
+    if NEXT_EXPIRY.load(Ordering::SeqCst) < before {
+        crate::sched::wake_idle_vcpu();
+    }
     result
 }
 

@@ -50,6 +50,11 @@ pub enum Hypercall {
     /// on and cost the host nothing until written again. ret: 0, or -EINVAL for a range that is not page-aligned
     /// guest RAM (nothing is dropped then).
     Discard = 10,
+    /// args: a vCPU index. The library OS made a signal pending for the thread that vCPU runs now: if that vCPU is in
+    /// the program's code, the VMM interrupts it and resumes it at `kiln_fault_entry` with a [`FaultRecord`] whose
+    /// signal is [`INTERRUPTED`]; if it is in the library OS, nothing is needed (it looks at its signals before it
+    /// returns to the program). ret: 0.
+    Preempt = 11,
 }
 
 impl Hypercall {
@@ -65,6 +70,7 @@ impl Hypercall {
             8 => Self::FlushTlb,
             9 => Self::FaultUnhandled,
             10 => Self::Discard,
+            11 => Self::Preempt,
             _ => return None,
         })
     }
@@ -81,7 +87,12 @@ pub struct HypercallBlock {
 /// resumes the vCPU at the library OS's `kiln_fault_entry`.
 pub const FAULT_RECORD_OFFSET: u64 = 512;
 
-/// A fault (exception) of the program, as the VMM diagnosed it, and the registers at the faulting instruction.
+/// [`FaultRecord::signal`] of a program that did not fault but was interrupted (see [`Hypercall::Preempt`]): the
+/// registers are those of the instruction it resumes at, and the library OS delivers its pending signals.
+pub const INTERRUPTED: u64 = 0;
+
+/// A fault (exception) of the program, as the VMM diagnosed it, and the registers at the faulting instruction; or,
+/// with signal [`INTERRUPTED`], the registers of a program the VMM interrupted.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FaultRecord {

@@ -324,33 +324,37 @@ pub fn breakpoint(regs: &kvm_regs) -> CrashReport {
 
 /// The record the library OS's `kiln_fault_entry` reads: the fault and the registers it happened with.
 pub fn record(signal: Signal, fault: &FaultInfo, regs: &kvm_regs) -> FaultRecord {
-    let r = regs;
     FaultRecord {
         signal: signal as u64,
         code: fault.code,
         addr: fault.addr,
         trapno: fault.trapno,
         error: fault.error,
-        regs: FaultRegs {
-            rax: r.rax,
-            rbx: r.rbx,
-            rcx: r.rcx,
-            rdx: r.rdx,
-            rsi: r.rsi,
-            rdi: r.rdi,
-            rbp: r.rbp,
-            rsp: r.rsp,
-            r8: r.r8,
-            r9: r.r9,
-            r10: r.r10,
-            r11: r.r11,
-            r12: r.r12,
-            r13: r.r13,
-            r14: r.r14,
-            r15: r.r15,
-            rip: fault.resume_rip,
-            rflags: r.rflags,
-        },
+        regs: FaultRegs { rip: fault.resume_rip, ..registers(regs) },
+    }
+}
+
+/// The vCPU's general registers, as a [`FaultRecord`] holds them.
+pub fn registers(r: &kvm_regs) -> FaultRegs {
+    FaultRegs {
+        rax: r.rax,
+        rbx: r.rbx,
+        rcx: r.rcx,
+        rdx: r.rdx,
+        rsi: r.rsi,
+        rdi: r.rdi,
+        rbp: r.rbp,
+        rsp: r.rsp,
+        r8: r.r8,
+        r9: r.r9,
+        r10: r.r10,
+        r11: r.r11,
+        r12: r.r12,
+        r13: r.r13,
+        r14: r.r14,
+        r15: r.r15,
+        rip: r.rip,
+        rflags: r.rflags,
     }
 }
 

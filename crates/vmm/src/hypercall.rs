@@ -22,6 +22,9 @@ pub enum Action {
     FlushTlb,
     /// The program's fault has no handler: it dies of it.
     FaultUnhandled,
+    /// This vCPU (an index checked against the VM's) is to be interrupted if it runs the program's code; then the
+    /// caller gets [`answer`]ed.
+    Preempt(usize),
     Stop(String),
 }
 
@@ -110,6 +113,12 @@ pub fn handle(
         Some(Hypercall::FlushTlb) => return Action::FlushTlb,
         Some(Hypercall::Discard) => discard(ram, args[0], args[1]),
         Some(Hypercall::FaultUnhandled) => return Action::FaultUnhandled,
+        Some(Hypercall::Preempt) => {
+            return match usize::try_from(args[0]).ok().filter(|&target| target < parkers.len()) {
+                Some(target) => Action::Preempt(target),
+                None => Action::Stop(format!("the guest preempted vCPU {}, which does not exist", args[0])),
+            }
+        }
         None => return Action::Stop(format!("the guest made an unknown hypercall {nr}")),
     };
     answer(ram, block, ret)
@@ -302,6 +311,15 @@ mod tests {
         assert_eq!(handle(&ram, 0x1000, 7, &Captured::default()), Action::Resume);
         put_u64s(&ram, 0x1000, &[2]);
         assert!(matches!(handle(&ram, 0x1000, 7, &Captured::default()), Action::Stop(_)));
+    }
+
+    #[test]
+    fn preemptions_reach_existing_vcpus_only() {
+        let ram = GuestRam::new(1 << 20).unwrap();
+        put_u64s(&ram, 0x1000, &[1]);
+        assert_eq!(handle(&ram, 0x1000, Hypercall::Preempt as u32, &Captured::default()), Action::Preempt(1));
+        put_u64s(&ram, 0x1000, &[2]);
+        assert!(matches!(handle(&ram, 0x1000, Hypercall::Preempt as u32, &Captured::default()), Action::Stop(_)));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! that arrives before the wait is kept, so that a wake-up between the library OS deciding to wait and the wait
 //! itself is never lost.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -10,6 +11,8 @@ use std::time::{Duration, Instant};
 pub struct Parker {
     kicked: Mutex<bool>,
     wake: Condvar,
+    /// Whether the vCPU sleeps here now (a hint: it may be about to wake).
+    parked: AtomicBool,
 }
 
 impl Parker {
@@ -17,6 +20,7 @@ impl Parker {
     pub fn park(&self, timeout: Option<Duration>) {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut kicked = self.kicked.lock().unwrap_or_else(PoisonError::into_inner);
+        self.parked.store(true, Ordering::SeqCst);
         while !*kicked {
             kicked = match deadline {
                 None => self.wake.wait(kicked).unwrap_or_else(PoisonError::into_inner),
@@ -30,6 +34,12 @@ impl Parker {
             };
         }
         *kicked = false;
+        self.parked.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether the vCPU is parked now (it may be waking meanwhile: a hint, for the host-signal forwarder).
+    pub fn is_parked(&self) -> bool {
+        self.parked.load(Ordering::SeqCst)
     }
 
     pub fn unpark(&self) {

@@ -9,17 +9,19 @@ use crate::elf::{ElfError, ElfImage};
 use crate::fault::{self, CrashReport};
 use crate::host_signals::{Forwarder, HostSignals};
 use crate::hypercall::{self, Action};
+use crate::kick::Kicker;
 use crate::loader::{self, PreparedProgram};
 use crate::memory::{GuestRam, MemoryError};
 use crate::netcard::{NetCard, NetConfig};
 use crate::park::Parker;
+use crate::preempt::{self, Preemption};
 use crate::rewrite::{RewriteReport, SiteCounts};
 use crate::rewrite_cache::RewriteCache;
 use crate::shootdown::Shootdown;
 use crate::virtio::blk::{Blk, BlkStats};
 use crate::virtio::net::NetStats;
 use kiln_abi::boot::{NetInfo, VolumeInfo, MAX_VOLUMES, MOUNT_PATH_MAX};
-use kiln_abi::hypercall::{FaultRecord, Hypercall, FAULT_RECORD_OFFSET, HYPERCALL_PORT};
+use kiln_abi::hypercall::{FaultRecord, Hypercall, FAULT_RECORD_OFFSET, HYPERCALL_PORT, INTERRUPTED};
 use kiln_abi::layout::{direct_map, HUGE_PAGE_SIZE};
 use kvm_bindings::{kvm_userspace_memory_region, Msrs, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
@@ -162,7 +164,10 @@ pub struct Vm {
 struct Shared {
     ram: GuestRam,
     parkers: Vec<Parker>,
+    /// The vCPUs' host threads, and how to interrupt each one's KVM_RUN.
+    kicks: Kicker,
     tlb: Shootdown,
+    preempt: Preemption,
     /// Set once the outcome is known; vCPUs stop at their next exit.
     done: AtomicBool,
     exits: AtomicU64,
@@ -371,7 +376,9 @@ impl Vm {
         let shared = Arc::new(Shared {
             ram,
             parkers: (0..config.cpus).map(|_| Parker::default()).collect(),
+            kicks: Kicker::new(config.cpus as usize),
             tlb: Shootdown::new(config.cpus as usize),
+            preempt: Preemption::new(config.cpus as usize),
             done: AtomicBool::new(false),
             exits: AtomicU64::new(0),
             pml4: boot.pml4,
@@ -476,8 +483,13 @@ impl Vm {
                     for sig in signals {
                         forwarder.forward(&self.shared.ram, sig, std::time::Instant::now());
                     }
-                    // Idle vCPUs wake, and one of them passes the signals on.
-                    self.shared.parkers.iter().for_each(Parker::unpark);
+                    // Idle vCPUs wake, and one of them passes the signals on; with none idle, a running one is
+                    // interrupted to do it.
+                    let shared = &self.shared;
+                    shared.parkers.iter().for_each(Parker::unpark);
+                    if !shared.parkers.iter().any(Parker::is_parked) {
+                        shared.preempt.request(&shared.kicks, 0);
+                    }
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     let Some(signal) = forwarder.overdue(&self.shared.ram, std::time::Instant::now()) else { continue };
@@ -540,22 +552,36 @@ fn run_vcpu(
     shared: &Shared,
     console: &dyn Console,
 ) -> Result<Outcome, VmError> {
-    shared.tlb.register(id);
+    let immediate_exit = std::ptr::addr_of_mut!(vcpu.get_kvm_run().immediate_exit);
+    // Dropped before `vcpu` (a parameter), which owns the byte.
+    let _kickable = shared.kicks.register(id, immediate_exit);
     // The fault the library OS is deciding about (whether the program has a handler for it).
     let mut pending_fault: Option<CrashReport> = None;
     loop {
         if shared.done.load(Ordering::SeqCst) {
             return Ok(Outcome::Stopped("another vCPU ended the VM".into()));
         }
-        shared.tlb.enter(id, || arch::flush_tlb(&vcpu, shared.host)).map_err(kvm_err("flush a vCPU's TLB"))?;
+        let flush = || arch::flush_tlb(&vcpu, shared.host);
+        shared.tlb.enter(&shared.kicks, id, flush).map_err(kvm_err("flush a vCPU's TLB"))?;
         let exit = vcpu.run();
-        shared.tlb.leave(id);
+        shared.kicks.left(id);
         shared.exits.fetch_add(1, Ordering::Relaxed);
         let exit = match exit {
             Ok(exit) => exit,
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                // Cleared before the request is taken: a kick after this makes the next KVM_RUN return at once.
+                vcpu.set_kvm_immediate_exit(0);
+                if shared.preempt.take(id) {
+                    interrupt(&vcpu, shared, block, id)?;
+                }
+                continue;
+            }
             Err(e) => return Err(VmError::Kvm { what: "run a vCPU", source: e }),
         };
+        // Any other exit is the library OS's (a hypercall, a device access) or a fault it is about to see: either
+        // way it looks at its thread's signals before it returns to the program, which settles a preemption asked
+        // for meanwhile.
+        shared.preempt.take(id);
         let outcome = match exit {
             VcpuExit::IoOut(HYPERCALL_PORT, data) => {
                 let nr = data.iter().rev().fold(0u32, |acc, &b| acc << 8 | u32::from(b));
@@ -568,11 +594,16 @@ fn run_vcpu(
                     hypercall::handle(&shared.ram, block, nr, (console, shared.trace_syscalls), id, &shared.parkers);
                 if action == Action::FlushTlb {
                     let own = || arch::flush_tlb(&vcpu, shared.host);
-                    shared.tlb.flush_all(id, own, &shared.done).map_err(kvm_err("flush the vCPUs' TLBs"))?;
+                    let kicks = &shared.kicks;
+                    shared.tlb.flush_all(kicks, id, own, &shared.done).map_err(kvm_err("flush the vCPUs' TLBs"))?;
+                    action = hypercall::answer(&shared.ram, block, 0);
+                }
+                if let Action::Preempt(target) = action {
+                    shared.preempt.request(&shared.kicks, target);
                     action = hypercall::answer(&shared.ram, block, 0);
                 }
                 match action {
-                    Action::Resume | Action::FlushTlb => continue,
+                    Action::Resume | Action::FlushTlb | Action::Preempt(_) => continue,
                     Action::FaultUnhandled => match pending_fault.take() {
                         Some(report) => Outcome::Crashed(report),
                         None => Outcome::Stopped("the library OS reported a fault that did not happen".into()),
@@ -659,20 +690,12 @@ fn to_fault_entry(vcpu: &VcpuFd, shared: &Shared, block: u64, report: &CrashRepo
     let Some(fault) = &report.fault else { return Ok(false) };
     let in_library_os =
         shared.kernel_span.contains(&regs.rip) && !shared.vdso_code.iter().any(|f| f.contains(&regs.rip));
-    if shared.fault_entry == 0 || in_library_os {
+    if in_library_os {
         return Ok(false);
     }
-    let record = fault::record(report.signal, fault, &regs);
-    // SAFETY: FaultRecord is repr(C) and made of u64/i64 fields only (no padding), so all its bytes are initialised.
-    let bytes = unsafe {
-        std::slice::from_raw_parts((&record as *const FaultRecord).cast::<u8>(), std::mem::size_of::<FaultRecord>())
-    };
-    let page = block & !(kiln_abi::layout::PAGE_SIZE - 1);
-    if shared.ram.write(page + FAULT_RECORD_OFFSET, bytes).is_err() {
+    if !to_library_os(vcpu, shared, block, &fault::record(report.signal, fault, &regs))? {
         return Ok(false);
     }
-    let entry = kvm_bindings::kvm_regs { rip: shared.fault_entry, rsp: regs.rsp, rflags: 0x2, ..Default::default() };
-    vcpu.set_regs(&entry).map_err(kvm_err("set registers"))?;
     // Nothing of the exception may stay pending, or the vCPU would raise it again on entry (our hosts keep none;
     // hardware KVM might).
     let mut events = vcpu.get_vcpu_events().map_err(kvm_err("read vCPU events"))?;
@@ -681,6 +704,40 @@ fn to_fault_entry(vcpu: &VcpuFd, shared: &Shared, block: u64, report: &CrashRepo
         vcpu.set_vcpu_events(&events).map_err(kvm_err("clear a pending exception"))?;
     }
     Ok(true)
+}
+
+/// Writes `record` next to the vCPU's hypercall block (`block`) and resumes the vCPU at `kiln_fault_entry` on the
+/// stack it had; false, changing nothing, if the record cannot be written.
+fn to_library_os(vcpu: &VcpuFd, shared: &Shared, block: u64, record: &FaultRecord) -> Result<bool, VmError> {
+    // SAFETY: FaultRecord is repr(C) and made of u64/i64 fields only (no padding), so all its bytes are initialised.
+    let bytes = unsafe {
+        std::slice::from_raw_parts((record as *const FaultRecord).cast::<u8>(), std::mem::size_of::<FaultRecord>())
+    };
+    let page = block & !(kiln_abi::layout::PAGE_SIZE - 1);
+    if shared.fault_entry == 0 || shared.ram.write(page + FAULT_RECORD_OFFSET, bytes).is_err() {
+        return Ok(false);
+    }
+    let entry =
+        kvm_bindings::kvm_regs { rip: shared.fault_entry, rsp: record.regs.rsp, rflags: 0x2, ..Default::default() };
+    vcpu.set_regs(&entry).map_err(kvm_err("set registers"))?;
+    Ok(true)
+}
+
+/// vCPU `id` was kicked out of KVM_RUN to be preempted (`crate::preempt`): in the program's code, it goes to the
+/// library OS with its registers, to take its pending signals; anywhere else it is tried again shortly.
+fn interrupt(vcpu: &VcpuFd, shared: &Shared, block: u64, id: usize) -> Result<(), VmError> {
+    let regs = vcpu.get_regs().map_err(kvm_err("read registers"))?;
+    let sregs = vcpu.get_sregs().map_err(kvm_err("read special registers"))?;
+    let events = vcpu.get_vcpu_events().map_err(kvm_err("read vCPU events"))?;
+    if preempt::in_program(&regs, &sregs, &events, &shared.kernel_span, &shared.vdso_code) {
+        let record = FaultRecord { signal: INTERRUPTED, regs: fault::registers(&regs), ..Default::default() };
+        if to_library_os(vcpu, shared, block, &record)? {
+            tracing::trace!(vcpu = id, rip = regs.rip, "interrupted for its signals");
+            return Ok(());
+        }
+    }
+    shared.preempt.retry(&shared.kicks, id);
+    Ok(())
 }
 
 /// A volume's entry in the boot info (its register window is placed by the boot builder).

@@ -6,7 +6,7 @@
 //!
 //! One lock guards the thread table. A context switch happens with it held and the thread switched to releases it,
 //! so that a thread's saved stack pointer is complete before any other vCPU can pick it. A thread that computes
-//! without syscalls keeps its vCPU until it makes one (no preemption).
+//! without syscalls keeps its vCPU until it makes one; a signal for it has the VMM interrupt it (`post_signal`).
 //!
 //! The table grows on demand up to [`MAX_THREADS`]; `queues` index it (run queue, wait queues, deadlines) so that
 //! switching, waking and expiring cost the same with ten threads or ten thousand. Invariants, under the lock: a
@@ -415,6 +415,13 @@ pub fn post_signal(tid: Option<u32>, sig: u32) -> bool {
     let t = &mut s.threads[slot];
     let awaited = matches!(t.wait, Some(Wait::SignalIn(set)) if set & bit != 0);
     if t.state != State::Blocked || (t.blocked & bit != 0 && !awaited) {
+        // Running on another vCPU, perhaps computing without syscalls: the VMM interrupts it there if it is in the
+        // program's code (in the library OS it looks at its signals before it returns).
+        let elsewhere = t.on_cpu.filter(|&c| t.state == State::Running && t.blocked & bit == 0 && c != percpu::id());
+        drop(s);
+        if let Some(cpu_id) = elsewhere {
+            hypercall::call(kiln_abi::Hypercall::Preempt, &[cpu_id as u64]);
+        }
         return true;
     }
     let on_cpu = t.on_cpu;
@@ -708,6 +715,14 @@ fn expire_deadlines(s: &mut Scheduler) {
     while let Some(slot) = s.queues.expired(now) {
         s.unblock(slot, Woken::Deadline);
     }
+}
+
+/// Has an idle vCPU (other than this one), if there is one, look again at what to do and until when.
+pub fn wake_idle_vcpu() {
+    let mut s = SCHEDULER.lock();
+    let idle = take_idle(&mut s, 1);
+    drop(s);
+    kick(idle);
 }
 
 /// Takes up to `count` idle vCPUs (other than this one) off the idle set, to be kicked once the lock is released.

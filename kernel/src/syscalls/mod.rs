@@ -301,7 +301,12 @@ pub extern "C" fn dispatch(frame: &mut SyscallFrame) -> i64 {
     crate::percpu::set_syscall_frame(frame);
     if nr == SYS_RT_SIGRETURN {
         KILN_SYSCALL_STATS[nr as usize].fetch_add(1, Ordering::Relaxed);
-        return signal::rt_sigreturn(frame);
+        let rax = signal::rt_sigreturn(frame);
+        // A signal the handler's mask held back runs now, as on Linux: the program may compute from here on.
+        return match crate::sched::take_signal() {
+            Some(sig) => signal::deliver(frame, sig, rax),
+            None => rax,
+        };
     }
     let handler = KILN_SYSCALL_TABLE.get(nr);
     let slot = SyscallStats::slot(nr);

@@ -1,8 +1,9 @@
 /* waiter: waits to be stopped. With the argument `graceful` it handles SIGTERM and SIGINT, says which arrived and
  * exits 0; with `lingering` it handles them too but goes on making syscalls for 3 s more, then exits 7; with
  * `stubborn` it ignores SIGTERM (only SIGKILL ends it); with `spin` it computes forever without a syscall, keeping
- * the default actions, and with `busy` the same with SIGTERM and SIGINT handled; without, it keeps the default
- * actions (ending with 128 + n). Prints "waiter: ready" first. A
+ * the default actions; with `busy` it computes without a syscall until its SIGTERM or SIGINT handler runs, then
+ * exits as `graceful` does; with `masked` it blocks SIGTERM and SIGINT and computes forever; without, it keeps the
+ * default actions (ending with 128 + n). Prints "waiter: ready" first. A
  * thread is blocked in a futex-based join meanwhile, so the signal must reach a waiting program. */
 #include <pthread.h>
 #include <signal.h>
@@ -24,10 +25,10 @@ static void *idle(void *arg) {
   return 0;
 }
 
-/* Busy without syscalls: a signal can never reach this thread (under Kiln; natively, the default action ends it). */
+/* Busy without syscalls until a handler sets `stop` (forever if none is installed or the signals are blocked). */
 static void spin(void) {
   volatile unsigned long x = 1;
-  for (;;) x = x * 6364136223846793005UL + 1442695040888963407UL;
+  while (!stop) x = x * 6364136223846793005UL + 1442695040888963407UL;
 }
 
 int main(int argc, char **argv) {
@@ -37,12 +38,20 @@ int main(int argc, char **argv) {
     signal(SIGINT, on_stop);
   } else if (strcmp(mode, "stubborn") == 0) {
     signal(SIGTERM, SIG_IGN);
+  } else if (strcmp(mode, "masked") == 0) {
+    signal(SIGTERM, on_stop);
+    signal(SIGINT, on_stop);
+    sigset_t stops;
+    sigemptyset(&stops);
+    sigaddset(&stops, SIGTERM);
+    sigaddset(&stops, SIGINT);
+    sigprocmask(SIG_BLOCK, &stops, 0);
   }
   pthread_t t;
   pthread_create(&t, 0, idle, 0);
   printf("waiter: ready\n");
   fflush(stdout);
-  if (strcmp(mode, "spin") == 0 || strcmp(mode, "busy") == 0) spin();
+  if (strcmp(mode, "spin") == 0 || strcmp(mode, "busy") == 0 || strcmp(mode, "masked") == 0) spin();
   while (!stop) pause();
   pthread_join(t, 0);
   if (strcmp(mode, "lingering") == 0) {
