@@ -757,7 +757,8 @@ fn a_program_computing_without_syscalls_takes_a_host_signal() {
             run_and_signal_timed(&["--cpus", cpus, spinsignal.to_str().unwrap(), "term"], libc::SIGTERM);
         assert_eq!((out.as_str(), code, stderr.as_str()), ("spinsignal: stopped by SIGTERM\n", Some(0), ""));
         // The main thread computes, another one waits in a syscall.
-        let (out, code, stderr, _) = run_and_signal_timed(&["--cpus", cpus, waiter.to_str().unwrap(), "busy"], libc::SIGINT);
+        let (out, code, stderr, _) =
+            run_and_signal_timed(&["--cpus", cpus, waiter.to_str().unwrap(), "busy"], libc::SIGINT);
         assert_eq!((out.as_str(), code, stderr.as_str()), ("waiter: stopped by signal 2\n", Some(0), ""));
     }
 }

@@ -62,7 +62,7 @@ pub struct RunArgs {
     #[arg(long)]
     stats: bool,
     /// Seconds the program has to take a SIGINT, SIGTERM or SIGQUIT sent to kiln before the VM is stopped (as
-    /// `docker stop` does; a program computing without syscalls never takes one)
+    /// `docker stop` does; a program that keeps the signal blocked never takes one)
     #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     stop_timeout: u32,
     /// Attach volume NAME (`kiln volume create`) and mount it at /path (repeatable, up to 4)
@@ -243,7 +243,7 @@ fn report(args: &RunArgs, outcome: Outcome, stats: &RunStats) -> Result<(u8, Str
         Outcome::SignalUntaken { signal, grace } => {
             let name = kiln_vmm::signal::signal_name(signal);
             let why = format!("did not take {name} within {} s", grace.as_secs());
-            errln!("kiln: the program {why} (a signal reaches it only at a system call): stopped the VM");
+            errln!("kiln: the program {why} (it kept it blocked, or the thread it went to never ran): stopped the VM");
             Ok(((128 + signal.min(127)) as u8, why))
         }
         Outcome::Stopped(why) => Err(anyhow!("stopped the VM: {why}")),

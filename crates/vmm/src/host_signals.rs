@@ -1,8 +1,9 @@
 //! Signals the host sends to `kiln`, forwarded to the program, and the grace a stop signal gets. The VMM counts each
 //! signal in the host-signal page (`BootInfo::host_signals_phys`); the library OS passes the new ones on and writes
-//! back how many of each it has taken (delivered to a handler or to `sigwait`, or ignored). Signals reach a thread
-//! only as it leaves a syscall, so a program computing without syscalls would never take SIGTERM: a SIGINT, SIGTERM
-//! or SIGQUIT still untaken after the grace period ends the VM, as `docker stop` ends a container that does not.
+//! back how many of each it has taken (delivered to a handler or to `sigwait`, or ignored). With no vCPU idle to pass
+//! them on, `vm.rs` has a running one interrupted ([`crate::preempt`]). A program may still never take SIGTERM (it
+//! keeps it blocked, or the thread it went to never runs): a SIGINT, SIGTERM or SIGQUIT still untaken after the grace
+//! period ends the VM, as `docker stop` ends a container that does not.
 //! The guest's count is only ever compared with the VMM's own: a guest that lies only spares itself.
 
 use crate::memory::GuestRam;

@@ -81,7 +81,7 @@ mod tests {
     #[test]
     fn only_the_programs_code_at_cpl_3_is_interrupted() {
         let library_os = 0x4000_0000_0000..0x4000_0010_0000;
-        let vdso = [0x4000_0000_8000..0x4000_0000_8100];
+        let vdso = vec![0x4000_0000_8000..0x4000_0000_8100, 0x4000_0000_9000..0x4000_0000_9040];
         let quiet = kvm_vcpu_events::default();
         let check = |rip, cpl, events: &kvm_vcpu_events| {
             let (regs, sregs) = at(rip, cpl);

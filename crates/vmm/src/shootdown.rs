@@ -52,10 +52,7 @@ impl Shootdown {
         flush()?;
         self.flushed[id].fetch_max(generation, Ordering::SeqCst);
         for (other, flushed) in self.flushed.iter().enumerate().filter(|&(other, _)| other != id) {
-            while kicks.in_guest(other)
-                && flushed.load(Ordering::SeqCst) < generation
-                && !stop.load(Ordering::SeqCst)
-            {
+            while kicks.in_guest(other) && flushed.load(Ordering::SeqCst) < generation && !stop.load(Ordering::SeqCst) {
                 kicks.kick(other);
                 tracing::trace!(vcpu = other, "kicked for a TLB flush");
                 std::thread::sleep(KICK_RETRY);

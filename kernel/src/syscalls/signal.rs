@@ -2,9 +2,10 @@
 //! sent to a thread that has a handler for it is marked pending (waking the thread from a blocking syscall with
 //! EINTR) and delivered when that thread next leaves a syscall: `deliver` builds Linux's x86-64 signal frame on its
 //! stack (or alternate stack) and the syscall "returns" into the handler; `rt_sigreturn` restores what the frame
-//! saved. Default actions end the program (128 + n) or are ignored. A thread computing without syscalls sees its
-//! signal at its next syscall (there are no interrupts). A fault goes to the program's handler when the VMM can resume
-//! the vCPU after it (`crate::fault`); without a handler the VM ends with the VMM's crash report.
+//! saved. Default actions end the program (128 + n) or are ignored. A thread computing on another vCPU is interrupted
+//! there by the VMM (`sched::post_signal`, `crate::fault`) and takes its signal at once. A fault goes to the
+//! program's handler when the VMM can resume the vCPU after it (`crate::fault`); without a handler the VM ends with
+//! the VMM's crash report.
 
 use super::{Args, PID};
 use crate::entry::SyscallFrame;
@@ -490,7 +491,7 @@ pub fn rt_sigreturn_marker(_: &Args) -> SysResult {
 
 /// Where the VMM counts the signals the host sends (see `BootInfo::host_signals_phys`), and what we have passed on.
 /// The VMM stops a program that has not taken a SIGINT, SIGTERM or SIGQUIT of the host's within a grace period (a
-/// thread computing without syscalls never would): so each taking of a signal (delivered to a handler or by
+/// program that keeps the signal blocked never does): so each taking of a signal (delivered to a handler or by
 /// `sigwait`, or ignored) tells it, in the page's words from `HOST_SIGNAL_TAKEN`, how many of the host's it covers.
 static HOST_PAGE: AtomicU64 = AtomicU64::new(0);
 static HOST_SEEN_GENERATION: AtomicU64 = AtomicU64::new(0);
