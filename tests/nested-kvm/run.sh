@@ -57,7 +57,7 @@ else
   kiln=$target/x86_64-unknown-linux-musl/release/kiln
 fi
 mkdir -p "$work/guests/c" "$work/guests/rust" "$work/guests/go"
-for guest in hello crash nullread faults threads mprotect jit netpeer volume; do
+for guest in hello crash nullread faults threads mprotect spinsignal jit netpeer volume; do
   "${KILN_MUSL_GCC:-musl-gcc}" -O2 -Wall -Wextra -Werror -static -o "$work/guests/c/$guest" "tests/guests/c/$guest.c"
 done
 env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS -u CARGO_BUILD_TARGET -u CARGO_TARGET_DIR \

@@ -5,7 +5,7 @@
 //! (a preemption that found the vCPU in the library OS tries again).
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Once;
 use std::time::Duration;
 
@@ -44,13 +44,21 @@ fn install_kick_handler() {
     });
 }
 
-#[derive(Default)]
 struct VcpuThread {
     /// The kernel thread id of the vCPU's host thread, 0 until it runs.
     thread: AtomicU64,
     in_guest: AtomicBool,
-    /// The host timer that kicks this thread later (a `timer_t`), null until the thread registers.
-    timer: AtomicPtr<libc::c_void>,
+    /// The host timer that kicks this thread later (a `timer_t`, whose values start at 0), [`NO_TIMER`] until the
+    /// thread registers.
+    timer: AtomicU64,
+}
+
+const NO_TIMER: u64 = u64::MAX;
+
+impl Default for VcpuThread {
+    fn default() -> Self {
+        Self { thread: AtomicU64::new(0), in_guest: AtomicBool::new(false), timer: AtomicU64::new(NO_TIMER) }
+    }
 }
 
 /// The vCPUs' host threads, and how to interrupt each.
@@ -69,10 +77,10 @@ impl Drop for Registration<'_> {
         IMMEDIATE_EXIT.with(|at| at.set(std::ptr::null_mut()));
         let v = &self.kicker.vcpus[self.id];
         v.thread.store(0, Ordering::SeqCst);
-        let timer = v.timer.swap(std::ptr::null_mut(), Ordering::SeqCst);
-        if !timer.is_null() {
+        let timer = v.timer.swap(NO_TIMER, Ordering::SeqCst);
+        if timer != NO_TIMER {
             // SAFETY: a timer this registration created, deleted once (swapped out above).
-            unsafe { libc::timer_delete(timer) };
+            unsafe { libc::timer_delete(timer as usize as libc::timer_t) };
         }
     }
 }
@@ -98,7 +106,7 @@ impl Kicker {
         let mut timer: libc::timer_t = std::ptr::null_mut();
         // SAFETY: valid pointers to the event and to where the new timer's id goes.
         if unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut timer) } == 0 {
-            v.timer.store(timer, Ordering::SeqCst);
+            v.timer.store(timer as usize as u64, Ordering::SeqCst);
         } else {
             tracing::warn!("vCPU {id} has no host timer: {}", std::io::Error::last_os_error());
         }
@@ -133,13 +141,13 @@ impl Kicker {
     /// Kicks vCPU `id` once `after` has passed (replacing a later kick asked for before).
     pub fn kick_after(&self, id: usize, after: Duration) {
         let timer = self.vcpus[id].timer.load(Ordering::SeqCst);
-        if timer.is_null() {
+        if timer == NO_TIMER {
             return;
         }
         let value = libc::timespec { tv_sec: after.as_secs() as _, tv_nsec: after.subsec_nanos().max(1) as _ };
         let spec = libc::itimerspec { it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 }, it_value: value };
         // SAFETY: a timer of ours, one-shot; a timer deleted meanwhile (its thread ended) gives EINVAL.
-        unsafe { libc::timer_settime(timer, 0, &spec, std::ptr::null_mut()) };
+        unsafe { libc::timer_settime(timer as usize as libc::timer_t, 0, &spec, std::ptr::null_mut()) };
     }
 }
 
