@@ -27,18 +27,25 @@ pub const TRAMPOLINE_DISPATCH_POINTER: u64 = 0xff0;
 /// hosts that run CPL 0 natively, the IDT and its exception stubs (the VMM's `arch::trap_page`).
 pub const SYSCALL_TRAP_VADDR: u64 = 0x1000;
 
+/// Virtual page 2, for dynamically linked programs: the trampoline page mapped a second time, read+execute. The stubs
+/// of rewritten shared objects call through a slot holding this page's address plus [`TRAMPOLINE_SLIDE_END`], whose
+/// `jmp` reaches the syscall entry: so an object's rewrite names no address that depends on where the library OS is.
+pub const SYSCALL_GATEWAY_VADDR: u64 = 0x2000;
+
 /// Offset in the library OS's per-vCPU area (its GS base) of the word where the CPL 0 code at LSTAR leaves the return
 /// address of an unrewritten `syscall` before it enters `kiln_unrewritten_syscall_entry` at CPL 3 (hardware KVM only).
 pub const PERCPU_UNREWRITTEN_RETURN: u64 = 56;
 
-/// Lowest address that can belong to the program: pages 0 and 1 are Kiln's. A syscall given a pointer below it fails
+/// Lowest address that can belong to the program: pages 0 to 2 are Kiln's. A syscall given a pointer below it fails
 /// with EFAULT, as a NULL pointer does on Linux, even where page 0 is mapped.
-pub const PROGRAM_MIN_ADDR: u64 = 2 * PAGE_SIZE;
+pub const PROGRAM_MIN_ADDR: u64 = 3 * PAGE_SIZE;
 
 /// All guest-physical RAM, mapped read-write with 2 MiB pages: guest physical `p` is virtual `DIRECT_MAP_BASE + p`.
 pub const DIRECT_MAP_BASE: u64 = 0x4000_0000_0000;
 /// Load base of static-pie (`ET_DYN`) applications.
 pub const PIE_BASE: u64 = 0x5555_5555_4000;
+/// Load base of a dynamically linked program's loader (`PT_INTERP`), below the main thread's stack, as on Linux.
+pub const INTERP_BASE: u64 = 0x7fff_e000_0000;
 /// Top of the main thread's stack (exclusive).
 pub const STACK_TOP: u64 = 0x7fff_ffff_f000;
 

@@ -67,6 +67,7 @@ fn boot(code: &[u8]) -> (GuestRam, boot::BootState) {
         boot_tsc: 0,
         boot_realtime_ns: 0,
         rootfs: Vec::new(),
+        interpreter: Vec::new(),
         net: None,
         volumes: Vec::new(),
     };

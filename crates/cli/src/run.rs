@@ -8,7 +8,10 @@ use crate::size::parse_size;
 use crate::target::{self, Target};
 use anyhow::{anyhow, Context, Result};
 use kiln_vmm::boot::BootError;
+use kiln_vmm::dynamic::{self, Dependencies};
+use kiln_vmm::elf::ElfImage;
 use kiln_vmm::loader::LoaderError;
+use kiln_vmm::rewrite_cache::RewriteCache;
 use kiln_vmm::rootfs::RootfsBuilder;
 use kiln_vmm::syscall_names::syscall_name;
 use kiln_vmm::{Console, HostSignals, Outcome, RunStats, Vm, VmConfig, VmError};
@@ -90,16 +93,20 @@ const BUILT_IN_RESOLV_CONF: &str = "nameserver 10.0.2.3\n";
 
 /// The guest's filesystem image: the resolver configuration the network needs, the image's files, then --dir and
 /// --file (a later entry replaces an earlier one at the same path).
-fn rootfs(args: &RunArgs, image_rootfs: &[u8]) -> Result<Vec<u8>> {
+fn rootfs(args: &RunArgs, image_rootfs: &[u8], deps: Option<&Dependencies>) -> Result<Vec<u8>> {
     let resolv_conf = net::resolv_conf(&args.network).filter(|r| r != BUILT_IN_RESOLV_CONF);
     let image_empty = image_rootfs.len() <= kiln_abi::rootfs::MAGIC.len();
-    if args.files.is_empty() && args.dirs.is_empty() && resolv_conf.is_none() && image_empty {
+    if args.files.is_empty() && args.dirs.is_empty() && resolv_conf.is_none() && image_empty && deps.is_none() {
         return Ok(Vec::new());
     }
     let mut builder = RootfsBuilder::default();
     if let Some(resolv_conf) = resolv_conf {
         // First, so that the image's or the user's own replaces it.
         builder.add_file("/etc/resolv.conf", 0o644, resolv_conf.as_bytes())?;
+    }
+    // Then a dynamic program's loader and libraries, which --file and --dir may replace.
+    for object in deps.iter().flat_map(|d| std::iter::once(&d.interpreter).chain(&d.libraries)) {
+        builder.add_file(&object.guest_path, 0o755, &object.object.bytes)?;
     }
     if !image_empty {
         builder.add_image(image_rootfs).context("the image's root filesystem")?;
@@ -154,6 +161,7 @@ pub fn run(mut args: RunArgs) -> Result<u8> {
         args.network.publish = target.ports.clone();
     }
     let memory = args.memory.or(target.memory).unwrap_or(DEFAULT_MEMORY);
+    let deps = dependencies(&target)?;
     let config = VmConfig {
         memory,
         cpus: args.cpus.or(target.cpus).unwrap_or(1),
@@ -163,7 +171,8 @@ pub fn run(mut args: RunArgs) -> Result<u8> {
         trace_syscalls: args.trace_syscalls,
         rewrite_cache: rewrite_cache_dir(),
         prepared: target.prepared.take(),
-        rootfs: rootfs(&args, &target.rootfs)?,
+        rootfs: rootfs(&args, &target.rootfs, deps.as_ref())?,
+        interpreter: deps.map(|d| d.interpreter.object.bytes).unwrap_or_default(),
         net: net::card(&args.network)?,
         volumes: crate::volume::attach_all(&target::merged_volumes(&target.volumes, &args.volumes))?,
     };
@@ -248,6 +257,22 @@ fn report(args: &RunArgs, outcome: Outcome, stats: &RunStats) -> Result<(u8, Str
         }
         Outcome::Stopped(why) => Err(anyhow!("stopped the VM: {why}")),
     }
+}
+
+/// A dynamically linked host program's loader and libraries, rewritten (none for a static program or an image, whose
+/// program the VMM checks).
+fn dependencies(target: &Target) -> Result<Option<Dependencies>> {
+    if target.image_id.is_some() {
+        return Ok(None);
+    }
+    let Ok(elf) = ElfImage::parse(&target.program) else { return Ok(None) };
+    let cache = rewrite_cache_dir().map(RewriteCache::new);
+    let deps = dynamic::collect(&elf, std::path::Path::new(&target.shown), cache.as_ref())
+        .with_context(|| format!("{}: dynamically linked", target.shown))?;
+    if let Some(deps) = &deps {
+        tracing::debug!("{} shared objects, {}", deps.libraries.len() + 1, deps.site_counts());
+    }
+    Ok(deps)
 }
 
 /// `$KILN_HOME/cache/rewrite`, else the XDG cache (`~/.cache/kiln/rewrite`); none if there is no home to use.

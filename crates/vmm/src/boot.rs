@@ -30,6 +30,8 @@ pub enum BootError {
     Stack(#[from] StackError),
     #[error("the library OS image is broken: {0}")]
     Kernel(&'static str),
+    #[error("its dynamic loader is unusable")]
+    Interpreter(#[source] crate::elf::ElfError),
     #[error("boot mapping failed at {0:#x}: {1:?}")]
     Map(u64, paging::MapError),
 }
@@ -49,6 +51,8 @@ pub struct BootParams {
     pub tsc_hz: u64,
     pub boot_tsc: u64,
     pub boot_realtime_ns: u64,
+    /// The program's dynamic loader, rewritten (`shared_object`), for a dynamically linked program; empty for none.
+    pub interpreter: Vec<u8>,
     /// The root filesystem image (`kiln_abi::rootfs`), empty for none.
     pub rootfs: Vec<u8>,
     /// The network card's addresses, if the VM has one (its register window is placed by [`build`]).
@@ -170,12 +174,19 @@ pub fn build(
     let kernel_stack = alloc.alloc(vcpus * KERNEL_STACK_SIZE)?;
     let hypercall_block = alloc.alloc(vcpus * PAGE_SIZE)?;
 
-    // Page 0 only for sites the rewriter could not relocate: without it, NULL reads fault as on Linux.
-    if !program.2.report.in_place.is_empty() {
+    // Page 0 only for sites the rewriter could not relocate: without it, NULL reads fault as on Linux. The same
+    // code at the gateway page for the stubs of shared objects (`shared_object`), which a dynamic program has.
+    let page0 = !program.2.report.in_place.is_empty();
+    let gateway = !params.interpreter.is_empty();
+    if page0 || gateway {
         let trampoline = alloc.alloc(PAGE_SIZE)?;
         ram.write(trampoline, &trampoline_page(kernel.syscall_entry))?;
-        paging::map_page(ram, &mut alloc, pml4, TRAMPOLINE_VADDR, trampoline, PTE_USER)
-            .map_err(|e| BootError::Map(TRAMPOLINE_VADDR, e))?;
+        for (vaddr, wanted) in [(TRAMPOLINE_VADDR, page0), (SYSCALL_GATEWAY_VADDR, gateway)] {
+            if wanted {
+                paging::map_page(ram, &mut alloc, pml4, vaddr, trampoline, PTE_USER)
+                    .map_err(|e| BootError::Map(vaddr, e))?;
+            }
+        }
     }
     let trap = alloc.alloc(PAGE_SIZE)?;
     ram.write(trap, &trap_page::build(kernel.unrewritten_syscall_entry))?;
@@ -183,6 +194,18 @@ pub fn build(
         .map_err(|e| BootError::Map(SYSCALL_TRAP_VADDR, e))?;
 
     let loaded = loader::load_program(ram, &mut alloc, pml4, (program.0, program.1), program.2, kernel.syscall_entry)?;
+    let interpreter = if gateway {
+        let elf = ElfImage::parse_any(&params.interpreter).map_err(BootError::Interpreter)?;
+        if elf.kind != crate::elf::ElfKind::StaticPie {
+            return Err(BootError::Interpreter(crate::elf::ElfError::NotExecutable("not a dynamic loader".into())));
+        }
+        loader::check_fits(&elf, ram.size())?;
+        Some(loader::load_interpreter(ram, &mut alloc, pml4, (&elf, &params.interpreter), INTERP_BASE)?)
+    } else {
+        None
+    };
+    // A dynamic program starts in its loader, which finds the program through the auxiliary vector.
+    let start = interpreter.as_ref().map_or(loaded.entry, |i| i.entry);
 
     let stack_size = main_stack_size(ram.size());
     let stack_bottom = STACK_TOP - stack_size;
@@ -197,6 +220,7 @@ pub fn build(
             phent: program.0.phent,
             phnum: program.0.phnum,
             entry: loaded.entry,
+            base: interpreter.as_ref().map_or(0, |i| i.base),
             hwcap: params.hwcap,
             random: params.at_random,
             sysinfo_ehdr,
@@ -247,7 +271,7 @@ pub fn build(
         hypercall_block_phys: hypercall_block,
         kernel_stack_phys: kernel_stack,
         kernel_stack_size: KERNEL_STACK_SIZE,
-        app_entry: loaded.entry,
+        app_entry: start,
         app_stack_pointer: initial.stack_pointer,
         app_stack_bottom: stack_bottom,
         app_stack_top: STACK_TOP,

@@ -1,6 +1,6 @@
-//! Reads a static x86-64 ELF executable (the user's program or the library OS) into the pieces a boot needs: its
-//! loadable segments, entry, program headers, code ranges and function symbols. Refuses, with the reason, anything Kiln
-//! cannot run.
+//! Reads an x86-64 ELF executable or shared object (the user's program, its dynamic loader and libraries, or the library
+//! OS) into the pieces a boot needs: its loadable segments, entry, program headers, code ranges, function symbols and
+//! what it needs from a dynamic loader. Refuses, with the reason, anything Kiln cannot run.
 
 use goblin::elf::{header, program_header, section_header, sym, Elf};
 
@@ -15,7 +15,7 @@ pub enum ElfError {
     #[error("not an executable (ELF type {0}); Kiln runs programs, not object files or libraries")]
     NotExecutable(String),
     #[error(
-        "dynamically linked (needs {0}); dynamic binaries are not supported yet; link statically, e.g. --target x86_64-unknown-linux-musl"
+        "dynamically linked (needs {0}), and no dynamic loader was given to run it with; link statically, e.g. --target x86_64-unknown-linux-musl"
     )]
     Dynamic(String),
     #[error("a position-independent executable that needs a dynamic loader; link statically (static-pie is fine)")]
@@ -30,8 +30,10 @@ pub enum ElfError {
 pub enum ElfKind {
     /// `ET_EXEC`: loads at the addresses it names.
     Exec,
-    /// static-pie `ET_DYN`: loads at any base.
+    /// `ET_DYN` with an entry (static-pie, or a PIE that names its dynamic loader): loads at any base.
     StaticPie,
+    /// `ET_DYN` without an entry: a shared library, which only a dynamic loader loads.
+    Library,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,10 +63,32 @@ pub struct ElfImage {
     pub relative_relocations: Vec<(u64, u64)>,
     /// Named symbols the VMM looks up in the library OS (name, address, size).
     pub symbols: Vec<(String, u64, u64)>,
+    /// The dynamic loader it names (`PT_INTERP`), if any.
+    pub interpreter: Option<String>,
+    /// The shared objects it needs (`DT_NEEDED`), in order.
+    pub needed: Vec<String>,
+    /// Where it says its libraries are (`DT_RUNPATH`, else `DT_RPATH`), `$ORIGIN` not yet expanded.
+    pub runpath: Vec<String>,
 }
 
 impl ElfImage {
+    /// An executable: static, or dynamic (then [`ElfImage::interpreter`] says which loader must start it).
     pub fn parse(bytes: &[u8]) -> Result<Self, ElfError> {
+        let elf = Self::parse_any(bytes)?;
+        if elf.kind == ElfKind::Library {
+            return Err(ElfError::NotExecutable("DYN (a shared library)".into()));
+        }
+        if elf.kind == ElfKind::StaticPie && elf.interpreter.is_none() {
+            let parsed = Elf::parse(bytes).map_err(ElfError::Parse)?;
+            if parsed.dynrelas.iter().any(|r| r.r_type != R_X86_64_RELATIVE) {
+                return Err(ElfError::NeedsLoader);
+            }
+        }
+        Ok(elf)
+    }
+
+    /// An executable or a shared object (a library, or a dynamic loader), as a dynamic loader would map it.
+    pub fn parse_any(bytes: &[u8]) -> Result<Self, ElfError> {
         if bytes.len() < 4 || &bytes[..4] != b"\x7fELF" {
             return Err(ElfError::NotElf);
         }
@@ -82,33 +106,45 @@ impl ElfImage {
         if !elf.is_64 {
             return Err(ElfError::Not64Bit);
         }
-        if let Some(interp) = elf.interpreter {
-            return Err(ElfError::Dynamic(interp.trim_end_matches('\0').to_string()));
-        }
-        if let Some(lib) = elf.libraries.first() {
-            return Err(ElfError::Dynamic(lib.to_string()));
-        }
+        let interpreter = elf.interpreter.map(|i| i.trim_end_matches('\0').to_string());
+        let needed: Vec<String> = elf.libraries.iter().map(|l| l.to_string()).collect();
+        let runpath = if elf.runpaths.is_empty() { &elf.rpaths } else { &elf.runpaths };
+        let runpath = runpath.iter().flat_map(|p| p.split(':')).filter(|p| !p.is_empty()).map(String::from).collect();
         let kind = match elf.header.e_type {
             header::ET_EXEC => ElfKind::Exec,
             header::ET_DYN if elf.entry != 0 => ElfKind::StaticPie,
+            header::ET_DYN => ElfKind::Library,
             other => return Err(ElfError::NotExecutable(header::et_to_str(other).to_string())),
         };
+        if interpreter.is_none() && kind != ElfKind::Library {
+            if let Some(lib) = needed.first() {
+                return Err(ElfError::Dynamic(lib.to_string()));
+            }
+        }
 
         let segments = load_segments(&elf, bytes.len() as u64)?;
         let phdr_vaddr = phdr_vaddr(&elf, &segments)?;
-        let relative_relocations = relative_relocations(&elf, kind)?;
+        let relative_relocations = if interpreter.is_some() || kind == ElfKind::Library {
+            Vec::new()
+        } else {
+            relative_relocations(&elf, kind)
+        };
         let code_ranges = elf
             .section_headers
             .iter()
             .filter(|s| s.sh_flags & u64::from(section_header::SHF_EXECINSTR) != 0 && s.sh_addr != 0 && s.sh_size != 0)
             .map(|s| (s.sh_addr, s.sh_addr.saturating_add(s.sh_size)))
             .collect();
-        let functions = elf
+        // Stripped libraries keep only their exported functions (`.dynsym`); they bound the red-zone analysis too.
+        let mut functions: Vec<(u64, u64)> = elf
             .syms
             .iter()
+            .chain(elf.dynsyms.iter())
             .filter(|s| s.st_type() == sym::STT_FUNC && s.st_size != 0 && s.st_value != 0)
             .map(|s| (s.st_value, s.st_size))
             .collect();
+        functions.sort_unstable();
+        functions.dedup();
         let symbols = elf
             .syms
             .iter()
@@ -126,6 +162,9 @@ impl ElfImage {
             functions,
             relative_relocations,
             symbols,
+            interpreter,
+            needed,
+            runpath,
         })
     }
 
@@ -200,19 +239,18 @@ fn phdr_vaddr(elf: &Elf, segments: &[LoadSegment]) -> Result<u64, ElfError> {
         .ok_or_else(|| ElfError::Malformed("program headers are not in a loadable segment".into()))
 }
 
-fn relative_relocations(elf: &Elf, kind: ElfKind) -> Result<Vec<(u64, u64)>, ElfError> {
-    const R_X86_64_RELATIVE: u32 = 8;
+const R_X86_64_RELATIVE: u32 = 8;
+
+/// The `R_X86_64_RELATIVE` relocations (what a static-pie needs; `parse` refuses one that needs others).
+fn relative_relocations(elf: &Elf, kind: ElfKind) -> Vec<(u64, u64)> {
     if kind == ElfKind::Exec {
-        return Ok(Vec::new());
+        return Vec::new();
     }
-    let mut out = Vec::new();
-    for r in elf.dynrelas.iter() {
-        if r.r_type != R_X86_64_RELATIVE {
-            return Err(ElfError::NeedsLoader);
-        }
-        out.push((r.r_offset, r.r_addend.unwrap_or(0) as u64));
-    }
-    Ok(out)
+    elf.dynrelas
+        .iter()
+        .filter(|r| r.r_type == R_X86_64_RELATIVE)
+        .map(|r| (r.r_offset, r.r_addend.unwrap_or(0) as u64))
+        .collect()
 }
 
 #[cfg(test)]
@@ -292,16 +330,23 @@ mod tests {
     }
 
     #[test]
-    fn refuses_a_dynamic_executable() {
+    fn reads_the_interpreter_of_a_dynamic_executable() {
         let mut b = tiny_elf(
             header::EM_X86_64,
             header::ET_EXEC,
             &[(3, 0x1000, 0x401000, 28, 28), (1, 0, 0x400000, 0x2000, 0x2000)],
         );
         b[0x1000..0x1000 + 28].copy_from_slice(b"/lib/ld-musl-x86_64.so.1\0\0\0\0");
-        match ElfImage::parse(&b) {
-            Err(ElfError::Dynamic(interp)) => assert_eq!(interp, "/lib/ld-musl-x86_64.so.1"),
-            other => panic!("{other:?}"),
-        }
+        let elf = ElfImage::parse(&b).unwrap();
+        assert_eq!(elf.interpreter.as_deref(), Some("/lib/ld-musl-x86_64.so.1"));
+        assert!(elf.relative_relocations.is_empty());
+    }
+
+    #[test]
+    fn a_library_is_no_program() {
+        let mut b = tiny_elf(header::EM_X86_64, header::ET_DYN, &[(1, 0, 0, 0x2000, 0x2000)]);
+        b[24..32].fill(0); // no entry
+        assert!(matches!(ElfImage::parse(&b), Err(ElfError::NotExecutable(m)) if m.contains("shared library")));
+        assert_eq!(ElfImage::parse_any(&b).unwrap().kind, ElfKind::Library);
     }
 }

@@ -9,6 +9,7 @@
 pub mod arch;
 pub mod boot;
 pub mod disk;
+pub mod dynamic;
 pub mod elf;
 pub mod fault;
 pub mod host_signals;
@@ -22,6 +23,7 @@ pub mod preempt;
 pub mod rewrite;
 pub mod rewrite_cache;
 pub mod rootfs;
+pub mod shared_object;
 pub mod shootdown;
 pub mod signal;
 pub mod stack;

@@ -167,7 +167,7 @@ impl PreparedProgram {
 fn load_base(elf: &ElfImage) -> u64 {
     match elf.kind {
         ElfKind::Exec => 0,
-        ElfKind::StaticPie => PIE_BASE,
+        ElfKind::StaticPie | ElfKind::Library => PIE_BASE,
     }
 }
 
@@ -275,12 +275,46 @@ pub fn load_program(
     Ok(LoadedProgram { base, entry: base + elf.entry, phdr: base + elf.phdr_vaddr, end, stubs, report })
 }
 
+/// A dynamic loader, already rewritten (`shared_object`), as the VMM maps it.
+#[derive(Debug)]
+pub struct LoadedInterpreter {
+    pub base: u64,
+    pub entry: u64,
+    pub end: u64,
+}
+
+/// Maps a rewritten shared object (a program's dynamic loader, which Linux too maps itself) at `base`: every
+/// segment's file bytes, zeros for the rest. Its stubs are a segment of the file and call through the gateway page,
+/// so nothing is filled in. Costs what the file holds: `elf` is checked against `memory` first.
+pub fn load_interpreter(
+    ram: &mut GuestRam,
+    alloc: &mut BootAllocator,
+    pml4: u64,
+    (elf, file): (&ElfImage, &[u8]),
+    base: u64,
+) -> Result<LoadedInterpreter, LoaderError> {
+    let (span_start, span_len) = span(elf);
+    let phys = alloc.alloc(span_len)?;
+    for segment in &elf.segments {
+        ram.write(phys + (segment.vaddr - span_start), file_bytes(file, segment))?;
+    }
+    let writable = |vaddr: u64| {
+        elf.segments.iter().any(|s| {
+            s.writable && page_align_down(base + s.vaddr) <= vaddr && vaddr < page_align_up(base + s.vaddr + s.mem_size)
+        })
+    };
+    map_range(ram, alloc, pml4, base + span_start, phys, span_len, |v| {
+        PTE_USER | if writable(v) { PTE_WRITABLE } else { 0 }
+    })?;
+    Ok(LoadedInterpreter { base, entry: base + elf.entry, end: base + span_start + span_len })
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
     use crate::elf::ElfError;
 
-    const TEXT: u64 = 0x40_0000;
+    pub(crate) const TEXT: u64 = 0x40_0000;
     /// Where the tests say the library OS's syscall entry is.
     const ENTRY: u64 = 0x4000_0001_0000;
     /// `mov $60, %eax; mov $7, %edi; syscall`: exit(7).

@@ -8,12 +8,15 @@
 use crate::elf::ElfImage;
 use crate::loader::{self, LoaderError, PreparedProgram};
 use crate::rewrite::RewriteReport;
+use crate::shared_object::{self, RewrittenObject, SharedObjectError};
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 const MAGIC: &[u8; 8] = b"KILNPREP";
+/// A rewritten shared object (`shared_object`): the whole file, as the guest's root filesystem holds it.
+const OBJECT_MAGIC: &[u8; 8] = b"KILNSOBJ";
 /// Bumped whenever the entry layout or what the rewriter produces changes.
 const FORMAT: u32 = 3;
 
@@ -53,6 +56,25 @@ impl RewriteCache {
             Err(e) => tracing::debug!("cannot store the rewritten program in {}: {e}", path.display()),
         }
         Ok((prepared, false))
+    }
+
+    /// The shared object `file` rewritten (`shared_object`), from the cache if it has it (`true`), else freshly
+    /// rewritten and stored (`false`). Keyed like programs, by content, in the same directory and limit.
+    pub fn rewrite_object(&self, file: &[u8]) -> Result<(RewrittenObject, bool), SharedObjectError> {
+        let path = self.dir.join(key(&[b"shared object\0", file].concat()));
+        if let Some(object) = std::fs::read(&path).ok().and_then(|b| decode_object(&b)) {
+            let _ = std::fs::File::options().write(true).open(&path).and_then(|f| f.set_modified(SystemTime::now()));
+            return Ok((object, true));
+        }
+        let object = shared_object::rewrite_object(file)?;
+        let entry = encode_object(&object);
+        if entry.len() as u64 <= self.limit {
+            match store(&path, &entry) {
+                Ok(()) => self.evict(&path),
+                Err(e) => tracing::debug!("cannot store the rewritten object in {}: {e}", path.display()),
+            }
+        }
+        Ok((object, false))
     }
 
     /// Deletes entries, least recently used first, until the cache holds at most its limit; `kept` (just stored)
@@ -138,6 +160,46 @@ pub fn encode(p: &PreparedProgram) -> Vec<u8> {
     out
 }
 
+fn seal(magic: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 44);
+    out.extend(magic);
+    out.extend(FORMAT.to_le_bytes());
+    out.extend(payload);
+    out.extend(Sha256::digest(payload));
+    out
+}
+
+/// The payload of an entry `seal` made with `magic`, if it is whole.
+fn unseal<'a>(magic: &[u8], entry: &'a [u8]) -> Option<&'a [u8]> {
+    let body = entry.strip_prefix(magic)?;
+    let (format, rest) = body.split_at_checked(4)?;
+    if format != FORMAT.to_le_bytes() || rest.len() < 32 {
+        return None;
+    }
+    let (payload, digest) = rest.split_at(rest.len() - 32);
+    (Sha256::digest(payload).as_slice() == digest).then_some(payload)
+}
+
+fn put_report(out: &mut Vec<u8>, report: &RewriteReport) {
+    put_addrs(out, &report.relocated);
+    put_addrs(out, &report.red_zone);
+    put_addrs(out, &report.in_place);
+    put_addrs(out, &report.unsafe_sites);
+}
+
+fn encode_object(object: &RewrittenObject) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(object.bytes.len() + 64);
+    put_bytes(&mut payload, &object.bytes);
+    put_report(&mut payload, &object.report);
+    seal(OBJECT_MAGIC, &payload)
+}
+
+fn decode_object(entry: &[u8]) -> Option<RewrittenObject> {
+    let mut r = Reader(unseal(OBJECT_MAGIC, entry)?);
+    let object = RewrittenObject { bytes: r.bytes()?, report: r.report()? };
+    r.0.is_empty().then_some(object)
+}
+
 /// Reads what `encode` wrote, field by field.
 struct Reader<'a>(&'a [u8]);
 
@@ -158,6 +220,14 @@ impl<'a> Reader<'a> {
         let n = usize::try_from(self.u64()?).ok()?;
         // Each piece takes at least 16 bytes: a damaged count cannot ask for a huge allocation.
         (n <= self.0.len() / 16).then(|| (0..n).map(|_| Some((self.u64()?, self.bytes()?))).collect::<Option<_>>())?
+    }
+    fn report(&mut self) -> Option<RewriteReport> {
+        Some(RewriteReport {
+            relocated: self.addrs()?,
+            red_zone: self.addrs()?,
+            in_place: self.addrs()?,
+            unsafe_sites: self.addrs()?,
+        })
     }
     fn addrs(&mut self) -> Option<Vec<u64>> {
         let n = usize::try_from(self.u64()?).ok()?;

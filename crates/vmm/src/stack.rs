@@ -33,6 +33,8 @@ pub struct ProgramInfo<'a> {
     pub phent: u64,
     pub phnum: u64,
     pub entry: u64,
+    /// Where the dynamic loader is (AT_BASE), 0 for a static program.
+    pub base: u64,
     pub hwcap: u64,
     pub random: [u8; 16],
     /// The vDSO's address, 0 for none.
@@ -97,7 +99,7 @@ pub fn build(top: u64, limit: u64, info: &ProgramInfo) -> Result<InitialStack, S
         (AT_PHENT, info.phent),
         (AT_PHNUM, info.phnum),
         (AT_PAGESZ, 4096),
-        (AT_BASE, 0),
+        (AT_BASE, info.base),
         (AT_FLAGS, 0),
         (AT_ENTRY, info.entry),
         (AT_UID, 0),
@@ -169,6 +171,7 @@ mod tests {
             phent: 56,
             phnum: 9,
             entry: 0x401000,
+            base: 0x7fff_e000_0000,
             hwcap: 0x178bfbff,
             random: [7; 16],
             sysinfo_ehdr: 0x4000_0010_0000,
@@ -195,6 +198,7 @@ mod tests {
         assert_eq!(aux[&AT_PHENT], 56);
         assert_eq!(aux[&AT_PAGESZ], 4096);
         assert_eq!(aux[&AT_ENTRY], 0x401000);
+        assert_eq!(aux[&AT_BASE], 0x7fff_e000_0000);
         assert_eq!(aux[&AT_CLKTCK], 100);
         assert_eq!(aux[&AT_SECURE], 0);
         assert_eq!(aux[&AT_HWCAP], 0x178bfbff);
@@ -218,6 +222,7 @@ mod tests {
             phent: 0,
             phnum: 0,
             entry: 0,
+            base: 0,
             hwcap: 0,
             random: [0; 16],
             sysinfo_ehdr: 0,

@@ -104,6 +104,9 @@ pub struct VmConfig {
     pub trace_syscalls: bool,
     /// The root filesystem image (`kiln_vmm::rootfs::Builder`); empty for none.
     pub rootfs: Vec<u8>,
+    /// A dynamically linked program's loader (`PT_INTERP`), rewritten (`crate::shared_object`); empty for a static
+    /// program. The libraries it opens come from `rootfs`, rewritten the same way.
+    pub interpreter: Vec<u8>,
     /// Where rewritten programs are kept between runs; `None` rewrites every time.
     pub rewrite_cache: Option<PathBuf>,
     /// The program already prepared (an image's, in [`crate::rewrite_cache::encode`]'s format; the caller vouches that
@@ -318,6 +321,9 @@ impl Vm {
         // a second thread while KVM builds the VM was measured slower: creating a VM sends IPIs to every host CPU.)
         let (kernel, program, prepared) =
             prepare(kernel_elf, program_elf, memory, config.rewrite_cache.as_deref(), config.prepared.as_deref())?;
+        if let Some(interp) = program.interpreter.as_ref().filter(|_| config.interpreter.is_empty()) {
+            return Err(VmError::Program(ElfError::Dynamic(interp.clone())));
+        }
         let prepared_at = started.elapsed();
         let Machine { kvm, vm, mut vcpus, mut ram, hwcap, amd, tsc_hz, boot_tsc, boot_realtime_ns } =
             create_machine(memory, config.cpus)?;
@@ -336,6 +342,7 @@ impl Vm {
             boot_tsc,
             boot_realtime_ns,
             rootfs: std::mem::take(&mut config.rootfs),
+            interpreter: std::mem::take(&mut config.interpreter),
             net: config.net.as_ref().map(|n| NetInfo {
                 mac: n.mac,
                 mtu: n.mtu,

@@ -23,11 +23,17 @@ pub fn leaf(page: u64) -> Option<Leaf> {
 
 /// Whether the program may change the protection of `page`: its own part of the address space, or anonymous memory
 /// handed out from the direct map; never Kiln's pages or the boot layout under the library OS.
+/// Above the direct map is the program's again: a PIE at `PIE_BASE`, its dynamic loader, its stack.
 fn is_programs(page: u64, managed_start: u64) -> bool {
-    match page.checked_sub(DIRECT_MAP_BASE) {
-        Some(phys) => phys >= managed_start && phys < ram_size(),
+    match in_direct_map(page) {
+        Some(phys) => phys >= managed_start,
         None => page >= PROGRAM_MIN_ADDR,
     }
+}
+
+/// The guest-physical address `page` reaches through the direct map, if it is in it.
+fn in_direct_map(page: u64) -> Option<u64> {
+    page.checked_sub(DIRECT_MAP_BASE).filter(|&phys| phys < ram_size())
 }
 
 /// The entries mapping `[start, end)` (present or PROT_NONE), with where each page starts: a walk of the tables
@@ -57,6 +63,7 @@ fn all_programs(start: u64, end: u64, managed_start: u64) -> bool {
     start < end
         && is_programs(start, managed_start)
         && is_programs(end - 1, managed_start)
+        && in_direct_map(start).is_some() == in_direct_map(end - 1).is_some()
         && (end <= DIRECT_MAP_BASE || start >= DIRECT_MAP_BASE)
 }
 

@@ -54,7 +54,10 @@ fn map_writable(a: &Args) -> SysResult {
         return Err(Errno::EINVAL);
     }
     if fixed && addr >= kiln_abi::layout::DIRECT_MAP_BASE {
-        // Over memory we handed out from the direct map: it reads as fresh zeros.
+        // Over memory we handed out from the direct map: it reads as fresh zeros, with the new mapping's protection
+        // (given by the caller afterwards), not what the program had set there (a dynamic loader maps its
+        // reservation PROT_NONE, then each segment over it).
+        protect::unprotect(addr, addr.saturating_add(page_align_up(len)));
         mapping::discard(addr, len)?;
         return Ok(addr);
     }

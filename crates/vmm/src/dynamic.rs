@@ -1,0 +1,146 @@
+//! What a dynamically linked host program needs in the guest: its loader (`PT_INTERP`) and the closure of its
+//! `DT_NEEDED` libraries, found as glibc's loader finds them on the host (the object's `DT_RPATH` when it has no
+//! `DT_RUNPATH`, then its `DT_RUNPATH`, then the system directories; `$ORIGIN` expanded; no `LD_LIBRARY_PATH` and no
+//! `ld.so.cache`), each rewritten (`shared_object`). In the guest a library lives at
+//! [`GUEST_LIBRARY_DIR`]`/NAME` whatever host directory it came from, so that the loader's own search of its system
+//! directories finds it there without a cache; one named by a path (`DT_NEEDED` with a `/`) stays at that path.
+
+use crate::elf::{ElfError, ElfImage};
+use crate::rewrite::SiteCounts;
+use crate::rewrite_cache::RewriteCache;
+use crate::shared_object::{self, RewrittenObject, SharedObjectError};
+use std::collections::{HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+
+/// Where the guest's loader looks first when it has no cache.
+pub const GUEST_LIBRARY_DIR: &str = "/lib/x86_64-linux-gnu";
+/// The system directories of Debian's x86-64 glibc, in its order, plus the other usual ones.
+const SYSTEM_DIRS: [&str; 6] =
+    ["/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib", "/usr/lib", "/lib64", "/usr/lib64"];
+/// More shared objects than any real program needs (python3 with every extension module is about 60); the bound
+/// keeps a hostile chain of libraries from running on.
+const MAX_OBJECTS: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DynamicError {
+    #[error("its dynamic loader {0} is not on this host")]
+    NoInterpreter(String),
+    #[error("it needs {name} (for {by}), which is in none of {searched}")]
+    NotFound { name: String, by: String, searched: String },
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a usable shared object")]
+    Object {
+        path: PathBuf,
+        #[source]
+        source: SharedObjectError,
+    },
+    #[error("{path} is not a usable shared object")]
+    Elf {
+        path: PathBuf,
+        #[source]
+        source: ElfError,
+    },
+    #[error("it needs more than {MAX_OBJECTS} shared objects")]
+    TooMany,
+}
+
+/// One shared object for the guest.
+#[derive(Debug)]
+pub struct GuestObject {
+    pub host_path: PathBuf,
+    pub guest_path: String,
+    pub object: RewrittenObject,
+}
+
+/// A dynamic program's loader and libraries, ready for the guest.
+#[derive(Debug)]
+pub struct Dependencies {
+    pub interpreter: GuestObject,
+    pub libraries: Vec<GuestObject>,
+}
+
+impl Dependencies {
+    /// The syscall sites of the loader and the libraries together.
+    pub fn site_counts(&self) -> SiteCounts {
+        std::iter::once(&self.interpreter).chain(&self.libraries).map(|o| o.object.report.counts()).fold(
+            SiteCounts::default(),
+            |a, b| SiteCounts {
+                relocated: a.relocated + b.relocated,
+                red_zone: a.red_zone + b.red_zone,
+                in_place: a.in_place + b.in_place,
+                unsafe_sites: a.unsafe_sites + b.unsafe_sites,
+            },
+        )
+    }
+}
+
+/// Collects and rewrites what `program` (read from `program_path` on the host) needs; `None` for a static program.
+pub fn collect(
+    program: &ElfImage,
+    program_path: &Path,
+    cache: Option<&RewriteCache>,
+) -> Result<Option<Dependencies>, DynamicError> {
+    let Some(interp) = &program.interpreter else { return Ok(None) };
+    let rewrite = |path: &Path, bytes: &[u8]| {
+        let object = match cache {
+            Some(cache) => cache.rewrite_object(bytes).map(|(object, _)| object),
+            None => shared_object::rewrite_object(bytes),
+        };
+        object.map_err(|source| DynamicError::Object { path: path.to_path_buf(), source })
+    };
+    let interp_bytes = std::fs::read(interp).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => DynamicError::NoInterpreter(interp.clone()),
+        _ => DynamicError::Read { path: interp.into(), source },
+    })?;
+    let interpreter = GuestObject {
+        host_path: interp.into(),
+        guest_path: interp.clone(),
+        object: rewrite(Path::new(interp), &interp_bytes)?,
+    };
+
+    let mut seen: HashSet<String> = HashSet::new();
+    // (name, the needing object's host path, its search path)
+    let mut queue: VecDeque<(String, PathBuf, Vec<String>)> = VecDeque::new();
+    let enqueue = |queue: &mut VecDeque<_>, seen: &mut HashSet<String>, elf: &ElfImage, by: &Path| {
+        for name in &elf.needed {
+            if seen.insert(name.clone()) {
+                queue.push_back((name.clone(), by.to_path_buf(), elf.runpath.clone()));
+            }
+        }
+    };
+    enqueue(&mut queue, &mut seen, program, program_path);
+    let mut libraries = Vec::new();
+    while let Some((name, by, runpath)) = queue.pop_front() {
+        if libraries.len() >= MAX_OBJECTS {
+            return Err(DynamicError::TooMany);
+        }
+        let (host_path, guest_path) = if name.contains('/') {
+            (PathBuf::from(&name), name.clone())
+        } else {
+            let origin = by.parent().unwrap_or(Path::new("/"));
+            let dirs: Vec<PathBuf> = runpath
+                .iter()
+                .map(|d| PathBuf::from(d.replace("${ORIGIN}", "$ORIGIN").replace("$ORIGIN", &origin.to_string_lossy())))
+                .chain(SYSTEM_DIRS.iter().map(PathBuf::from))
+                .collect();
+            let found = dirs.iter().map(|d| d.join(&name)).find(|p| p.is_file()).ok_or_else(|| {
+                let searched = dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ");
+                DynamicError::NotFound { name: name.clone(), by: by.display().to_string(), searched }
+            })?;
+            (found, format!("{GUEST_LIBRARY_DIR}/{name}"))
+        };
+        let bytes =
+            std::fs::read(&host_path).map_err(|source| DynamicError::Read { path: host_path.clone(), source })?;
+        let elf =
+            ElfImage::parse_any(&bytes).map_err(|source| DynamicError::Elf { path: host_path.clone(), source })?;
+        enqueue(&mut queue, &mut seen, &elf, &host_path);
+        let object = rewrite(&host_path, &bytes)?;
+        libraries.push(GuestObject { host_path, guest_path, object });
+    }
+    Ok(Some(Dependencies { interpreter, libraries }))
+}
