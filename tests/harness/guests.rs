@@ -28,7 +28,8 @@ enum Link {
     /// Static-pie: an `ET_DYN` static binary that relocates itself. musl-gcc's specs file ignores `-static-pie` (it
     /// links Scrt1.o, libc.so and an interpreter), so the harness names musl's rcrt1.o and the static libc itself.
     StaticPie,
-    /// The host `cc` without `-static`: dynamically linked against glibc, which `kiln` must refuse.
+    /// The host `cc` without `-static`: a PIE dynamically linked against glibc, which `kiln run` starts through its
+    /// loader, with the libraries it needs rewritten into the guest's root filesystem.
     Dynamic,
     /// The host `cc -static`: an `ET_EXEC` static binary with glibc, whose wrappers pass `int` arguments with the
     /// register's upper half zero (musl sign-extends them), among other differences.
@@ -82,6 +83,11 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("fds-glibc", "fds.c", Link::Glibc),
     ("epoll-glibc", "epoll.c", Link::Glibc),
     ("signals-glibc", "signals.c", Link::Glibc),
+    ("syscalls-dynamic", "syscalls.c", Link::Dynamic),
+    ("files-dynamic", "files.c", Link::Dynamic),
+    ("fds-dynamic", "fds.c", Link::Dynamic),
+    ("epoll-dynamic", "epoll.c", Link::Dynamic),
+    ("signals-dynamic", "signals.c", Link::Dynamic),
     ("timers-glibc", "timers.c", Link::Glibc),
     ("reserve", "reserve.c", Link::Static),
     ("mutexes", "mutexes.c", Link::Static),

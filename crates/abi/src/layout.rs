@@ -31,6 +31,8 @@ pub const SYSCALL_TRAP_VADDR: u64 = 0x1000;
 /// of rewritten shared objects call through a slot holding this page's address plus [`TRAMPOLINE_SLIDE_END`], whose
 /// `jmp` reaches the syscall entry: so an object's rewrite names no address that depends on where the library OS is.
 pub const SYSCALL_GATEWAY_VADDR: u64 = 0x2000;
+/// What the entry slot of a rewritten shared object's stubs holds: the gateway page's `jmp` to the syscall entry.
+pub const SYSCALL_GATEWAY_ENTRY: u64 = SYSCALL_GATEWAY_VADDR + TRAMPOLINE_SLIDE_END;
 
 /// Offset in the library OS's per-vCPU area (its GS base) of the word where the CPL 0 code at LSTAR leaves the return
 /// address of an unrewritten `syscall` before it enters `kiln_unrewritten_syscall_entry` at CPL 3 (hardware KVM only).

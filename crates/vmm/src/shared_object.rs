@@ -3,16 +3,15 @@
 //! work at any base. The stubs go into one more `PT_LOAD` (read+execute) appended to the file, at the same offset
 //! in the file as in memory, after everything else, with a copy of the program headers that names it (and a
 //! `PT_PHDR` moved there). The stubs reach their code by relative jumps, and their entry slot holds
-//! [`GATEWAY_ENTRY`], a fixed address whose page jumps to the library OS's syscall entry (the page-0 trampoline's
-//! code, mapped a second time at [`SYSCALL_GATEWAY_VADDR`]): nothing in the object depends on where it or the
+//! `SYSCALL_GATEWAY_ENTRY`, a fixed address whose page jumps to the library OS's syscall entry (the page-0 trampoline's
+//! code, mapped a second time at `SYSCALL_GATEWAY_VADDR`): nothing in the object depends on where it or the
 //! library OS lies, so the rewrite is cached by content, and the library OS maps the file as any other.
 
 use crate::elf::{ElfError, ElfImage};
-use crate::rewrite::{self, ExecSegment, FunctionSymbol, RewriteInput, RewriteReport, ENTRY_SLOT};
-use kiln_abi::layout::{page_align_up, SYSCALL_GATEWAY_VADDR, TRAMPOLINE_SLIDE_END};
-
-/// What the entry slot of a shared object's stubs holds: the gateway page's jump to the syscall entry.
-pub const GATEWAY_ENTRY: u64 = SYSCALL_GATEWAY_VADDR + TRAMPOLINE_SLIDE_END;
+use crate::rewrite::{
+    self, ExecSegment, FunctionSymbol, RewriteInput, RewriteReport, ENTRY_SLOT, RESTART_TABLE_OFFSET,
+};
+use kiln_abi::layout::{page_align_up, SYSCALL_GATEWAY_ENTRY as GATEWAY_ENTRY};
 
 const PT_LOAD: u32 = 1;
 const PT_PHDR: u32 = 6;
@@ -86,6 +85,13 @@ pub fn rewrite_object(file: &[u8]) -> Result<RewrittenObject, SharedObjectError>
     }
     let mut stubs = rewritten.stubs;
     stubs[ENTRY_SLOT].copy_from_slice(&GATEWAY_ENTRY.to_le_bytes());
+    // The restart table names addresses relative to the stub area, since the object may be mapped anywhere (the
+    // library OS adds where it found the area).
+    let table = read_u64(&stubs, RESTART_TABLE_OFFSET.start) as usize;
+    for word in stubs[table..].chunks_exact_mut(8) {
+        let relative = u64::from_le_bytes((&*word).try_into().expect("8 bytes")).wrapping_sub(stub_base);
+        word.copy_from_slice(&relative.to_le_bytes());
+    }
     let segment_len = (stub_base - at) + stubs.len() as u64;
 
     // The new table: the old entries (PT_PHDR now naming the new table), the new PT_LOAD after the last PT_LOAD,
