@@ -619,14 +619,20 @@ fn tap_keep_alive_finds_a_silent_peer() {
 /// Runs `sockstate SECTION` natively and in Kiln (on two vCPUs) and compares their outputs line by line: each line is
 /// one fact about a loopback connection, a datagram or an option (see tests/guests/c/sockstate.c), as Linux reports it.
 fn sockstate_matches_linux(section: &str) {
+    guest_matches_linux("sockstate", &[section], "sockstate: done\n");
+}
+
+/// Runs the C guest `name` with `args` natively and in Kiln (on two vCPUs) and compares their outputs line by line;
+/// the native run must end with `last`.
+fn guest_matches_linux(name: &str, args: &[&str], last: &str) {
     if !kvm::available() {
         return;
     }
-    let guest = guests::c("sockstate");
-    let native = std::process::Command::new(&guest).arg(section).output().expect("run sockstate natively");
+    let guest = guests::c(name);
+    let native = std::process::Command::new(&guest).args(args).output().expect("run the guest natively");
     let native = String::from_utf8_lossy(&native.stdout).into_owned();
-    assert!(native.ends_with("sockstate: done\n"), "natively:\n{native}");
-    let run = kiln().args(["run", "--cpus", "2"]).arg(&guest).arg(section).run();
+    assert!(native.ends_with(last), "natively:\n{native}");
+    let run = kiln().args(["run", "--cpus", "2"]).arg(&guest).args(args).run();
     let kiln = run.stdout_text();
     let differences: Vec<String> = native
         .lines()
@@ -636,6 +642,13 @@ fn sockstate_matches_linux(section: &str) {
         .collect();
     assert!(differences.is_empty(), "{} lines differ:\n{}\n{run}", differences.len(), differences.join("\n"));
     run.assert_code(0);
+}
+
+/// Issue 13: AF_UNIX sockets (socketpair of each type, path and abstract listeners, named datagrams, SCM_RIGHTS,
+/// readiness, errors) report what Linux reports (see tests/guests/c/unix.c).
+#[test]
+fn unix_sockets_match_linux() {
+    guest_matches_linux("unix", &[], "unix: done\n");
 }
 
 /// Issue 11, item 10: a peer's FIN is reported (EPOLLRDHUP, to edge-triggered epoll too) while data is unread.

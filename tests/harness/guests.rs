@@ -93,6 +93,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("mutexes", "mutexes.c", Link::Static),
     ("sysv", "sysv.c", Link::Static),
     ("shm", "shm.c", Link::Static),
+    ("unix", "unix.c", Link::Static),
 ];
 
 /// The binaries of tests/guests/rust (each `src/bin/NAME.rs`).

@@ -79,8 +79,8 @@ pub enum Object {
         offset: SpinLock<u64>,
     },
     Socket(crate::net::socket::Socket),
-    /// One end of a `socketpair(AF_UNIX, SOCK_STREAM)`: a pipe each way.
-    UnixStream(pipe::Reader, pipe::Writer),
+    /// An AF_UNIX socket.
+    Unix(crate::net::unix::Socket),
     /// A directory, its absolute path (for `*at` calls relative to it) and the `getdents64` position.
     Directory {
         inode: Arc<Inode>,
@@ -120,7 +120,7 @@ impl File {
             Object::PipeWriter(p) => [Some(&p.0.waitable), None],
             Object::EventFd(e) => [Some(&e.waitable), None],
             Object::Socket(s) => [Some(&s.waitable), None],
-            Object::UnixStream(rx, tx) => [Some(&rx.0.waitable), Some(&tx.0.waitable)],
+            Object::Unix(u) => [Some(&u.0.waitable), None],
             Object::Epoll(e) => [Some(&e.waitable), None],
             _ => [None, None],
         }
@@ -155,7 +155,7 @@ impl File {
             Object::PipeWriter(p) => p.0.writer_events(),
             Object::EventFd(e) => e.events(),
             Object::Socket(s) => s.events(),
-            Object::UnixStream(rx, tx) => rx.0.reader_events() | (tx.0.writer_events() & POLLOUT),
+            Object::Unix(u) => u.0.events(),
             Object::Epoll(e) => {
                 if e.any_ready() {
                     POLLIN

@@ -15,6 +15,7 @@ pub mod kept;
 pub mod link;
 pub mod options;
 pub mod socket;
+pub mod unix;
 pub mod virtio;
 
 use crate::file::wait::Waitable;

@@ -71,7 +71,7 @@ fn read_into(f: &File, buf: u64, len: u64) -> SysResult {
             }
             Ok(len)
         }
-        Object::PipeReader(pipe::Reader(p)) | Object::UnixStream(pipe::Reader(p), _) => {
+        Object::PipeReader(pipe::Reader(p)) => {
             let mut chunk = vec![0u8; (len as usize).min(pipe::CAPACITY)];
             let n = p.read(&mut chunk, f.nonblocking())?;
             user::write_bytes(buf, &chunk[..n])?;
@@ -90,7 +90,7 @@ fn read_into(f: &File, buf: u64, len: u64) -> SysResult {
             *at += n;
             Ok(n)
         }
-        Object::Socket(_) => super::net::read(f, buf, len),
+        Object::Socket(_) | Object::Unix(_) => super::net::read(f, buf, len),
         Object::Directory { .. } => Err(Errno::EISDIR),
         Object::Console(_) | Object::PipeWriter(_) => Err(Errno::EBADF),
         Object::Epoll(_) => Err(Errno::EINVAL),
@@ -198,10 +198,10 @@ fn write_from(f: &File, buffers: &mut dyn Iterator<Item = Result<IoVec, Errno>>)
             }
             Ok(total)
         }
-        Object::PipeWriter(pipe::Writer(p)) | Object::UnixStream(_, pipe::Writer(p)) => {
-            copy_in(buffers, |chunk| p.write(chunk, f.nonblocking()))
-        }
+        Object::PipeWriter(pipe::Writer(p)) => copy_in(buffers, |chunk| p.write(chunk, f.nonblocking())),
         Object::Socket(_) => copy_in(buffers, |chunk| super::net::write(f, chunk)),
+        // One message for datagram and seqpacket sockets, however many buffers; SIGPIPE is its own (a stream's only).
+        Object::Unix(u) => return super::net::write_unix(f, &u.0, buffers),
         Object::EventFd(e) => {
             let iov = buffers.next().ok_or(Errno::EINVAL)??;
             if iov.len < 8 {
@@ -468,7 +468,8 @@ pub fn ioctl(a: &Args) -> SysResult {
         }
         FIONREAD => {
             let n = match &f.object {
-                Object::PipeReader(pipe::Reader(p)) | Object::UnixStream(pipe::Reader(p), _) => p.available(),
+                Object::PipeReader(pipe::Reader(p)) => p.available(),
+                Object::Unix(u) => u.0.available(),
                 Object::Socket(s) => s.available(),
                 _ => 0,
             };
@@ -545,6 +546,10 @@ fn open_path(path: &str, flags: u32, mode: u32) -> SysResult {
     }
     let create = (flags & O_CREAT != 0).then_some(mode);
     let inode = vfs::open(path, create, flags & O_EXCL != 0)?;
+    if inode.is_socket() {
+        // A socket's name is for connect, as on Linux.
+        return Err(Errno::ENXIO);
+    }
     let object = if let Some(rdev) = inode.device() {
         if flags & O_DIRECTORY != 0 {
             return Err(Errno::ENOTDIR);
@@ -633,7 +638,7 @@ fn stat_of(f: &File, fd: u64) -> Stat {
         Object::Zero => (S_IFCHR | 0o666, vfs::DEV_ZERO),
         Object::Random => (S_IFCHR | 0o666, vfs::DEV_URANDOM),
         Object::PipeReader(_) | Object::PipeWriter(_) => (S_IFIFO | 0o600, 0),
-        Object::Socket(_) | Object::UnixStream(..) => (S_IFSOCK | 0o777, 0),
+        Object::Socket(_) | Object::Unix(_) => (S_IFSOCK | 0o777, 0),
         Object::EventFd(_) | Object::Epoll(_) | Object::Regular { .. } | Object::Directory { .. } => (0o600, 0),
     };
     Stat { nlink: 1, mode, rdev, blksize: 4096, ino: fd + 1, ..Default::default() }
@@ -689,9 +694,7 @@ pub fn sync(_: &Args) -> SysResult {
 pub fn fadvise64(a: &Args) -> SysResult {
     let f = file::get(a[0])?;
     match (&f.object, a[3]) {
-        (Object::PipeReader(_) | Object::PipeWriter(_) | Object::Socket(_) | Object::UnixStream(..), _) => {
-            Err(Errno::ESPIPE)
-        }
+        (Object::PipeReader(_) | Object::PipeWriter(_) | Object::Socket(_) | Object::Unix(_), _) => Err(Errno::ESPIPE),
         (_, 0..=5) if (a[2] as i64) >= 0 => Ok(0),
         _ => Err(Errno::EINVAL),
     }
@@ -708,6 +711,7 @@ struct DirentHeader {
 
 const DT_UNKNOWN: u8 = 0;
 const DT_CHR: u8 = 2;
+const DT_SOCK: u8 = 12;
 const DT_DIR: u8 = 4;
 const DT_REG: u8 = 8;
 
@@ -740,6 +744,7 @@ pub fn getdents64(a: &Args) -> SysResult {
                 vfs::EntryType::Directory => DT_DIR,
                 vfs::EntryType::Regular => DT_REG,
                 vfs::EntryType::CharDevice => DT_CHR,
+                vfs::EntryType::Socket => DT_SOCK,
                 vfs::EntryType::Other => DT_UNKNOWN,
             },
         };

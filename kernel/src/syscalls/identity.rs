@@ -91,6 +91,15 @@ fn set_real_effective(ids: &mut Ids, privileged: bool, real: u32, effective: u32
     Ok(())
 }
 
+/// The effective user and group ids (what SO_PEERCRED and SCM_CREDENTIALS report).
+pub fn uid() -> u32 {
+    CREDENTIALS.lock().uid.effective
+}
+
+pub fn gid() -> u32 {
+    CREDENTIALS.lock().gid.effective
+}
+
 pub fn getuid(_: &Args) -> SysResult {
     Ok(u64::from(CREDENTIALS.lock().uid.real))
 }

@@ -20,6 +20,7 @@ mod sysv;
 mod thread;
 mod time;
 pub mod timer;
+mod unix;
 
 use crate::entry::SyscallFrame;
 use crate::errno::{Errno, SysResult};

@@ -1,15 +1,15 @@
 //! The socket syscalls: AF_INET and AF_INET6, SOCK_STREAM (TCP) and SOCK_DGRAM (UDP), over `crate::net`. `read`,
 //! `write`, `poll`, `epoll` and `ioctl(FIONREAD)` on sockets go through `file`.
 
-use super::Args;
+use super::{unix, Args};
 use crate::errno::{Errno, SysResult};
 use crate::file::console::IoVec;
-use crate::file::pipe::{self, Pipe};
 use crate::file::{self, File, Object, O_CLOEXEC, O_NONBLOCK, O_RDWR};
 use crate::net::addr::{self, AF_INET, AF_INET6};
 use crate::net::kept;
 use crate::net::options::{Direction, Keep};
 use crate::net::socket::{Patience, Socket, MAX_BACKLOG, TCP_BUFFER};
+use crate::net::unix::Endpoint;
 use crate::net::Protocol;
 use crate::user;
 use alloc::sync::Arc;
@@ -58,21 +58,21 @@ const SHUT_RDWR: u64 = 2;
 /// Most bytes one datagram or one `recv` moves through the library OS at a time.
 const MAX_TRANSFER: usize = 64 << 10;
 
-/// The socket behind descriptor `fd`: EBADF if none, ENOTSOCK if it is something else, EOPNOTSUPP for the AF_UNIX
-/// pairs (which only read, write, send and recv).
+/// The socket behind descriptor `fd`: EBADF if none, ENOTSOCK if it is something else.
 fn socket_of(fd: u64) -> Result<Arc<File>, Errno> {
     let f = file::get(fd)?;
     match f.object {
-        Object::Socket(_) => Ok(f),
-        Object::UnixStream(..) => Err(Errno::EOPNOTSUPP),
+        Object::Socket(_) | Object::Unix(_) => Ok(f),
         _ => Err(Errno::ENOTSOCK),
     }
 }
 
-/// send and recv on an AF_UNIX pair: its pipes, as read and write.
-fn unix_pair(fd: u64) -> Result<Option<Arc<File>>, Errno> {
-    let f = file::get(fd)?;
-    Ok(matches!(f.object, Object::UnixStream(..)).then_some(f))
+/// The AF_UNIX endpoint of `f`, if it is one: the call goes to `syscalls::unix`.
+fn unix_of(f: &File) -> Option<&Arc<Endpoint>> {
+    match &f.object {
+        Object::Unix(u) => Some(&u.0),
+        _ => None,
+    }
 }
 
 fn socket(f: &File) -> &Socket {
@@ -84,14 +84,22 @@ fn socket(f: &File) -> &Socket {
 
 pub fn socket_syscall(a: &Args) -> SysResult {
     let (domain, kind, protocol) = (a[0], a[1], a[2]);
-    let family = match domain {
-        d if d == u64::from(AF_INET) => AF_INET,
-        d if d == u64::from(AF_INET6) => AF_INET6,
-        _ => return Err(Errno::EAFNOSUPPORT),
-    };
     if kind & !(SOCK_TYPE_MASK | SOCK_NONBLOCK | SOCK_CLOEXEC) != 0 {
         return Err(Errno::EINVAL);
     }
+    let family = match domain {
+        d if d == u64::from(AF_INET) => AF_INET,
+        d if d == u64::from(AF_INET6) => AF_INET6,
+        d if d == u64::from(unix::AF_UNIX) => {
+            let kind_of = unix::kind_of(kind & SOCK_TYPE_MASK).ok_or(Errno::ESOCKTNOSUPPORT)?;
+            if protocol != 0 {
+                return Err(Errno::EPROTONOSUPPORT);
+            }
+            let f = unix::new_file(Endpoint::new(kind_of), kind & SOCK_NONBLOCK != 0);
+            return file::install(f, kind & SOCK_CLOEXEC != 0);
+        }
+        _ => return Err(Errno::EAFNOSUPPORT),
+    };
     let protocol = match (kind & SOCK_TYPE_MASK, protocol) {
         (SOCK_STREAM, 0 | IPPROTO_TCP) => Protocol::Tcp,
         (SOCK_DGRAM, 0 | IPPROTO_UDP) => Protocol::Udp,
@@ -102,12 +110,10 @@ pub fn socket_syscall(a: &Args) -> SysResult {
     file::install(File::new(Object::Socket(Socket::new(family, protocol)?), flags), kind & SOCK_CLOEXEC != 0)
 }
 
-const AF_UNIX: u64 = 1;
-
-/// socketpair(AF_UNIX, SOCK_STREAM): two connected descriptors, a pipe each way. Other kinds are EOPNOTSUPP.
+/// socketpair(AF_UNIX, ...): two connected stream, datagram or seqpacket sockets.
 pub fn socketpair(a: &Args) -> SysResult {
     let (domain, kind, sv) = (a[0], a[1], a[3]);
-    if domain != AF_UNIX {
+    if domain != u64::from(unix::AF_UNIX) {
         return Err(if domain == u64::from(AF_INET) || domain == u64::from(AF_INET6) {
             Errno::EOPNOTSUPP
         } else {
@@ -117,28 +123,15 @@ pub fn socketpair(a: &Args) -> SysResult {
     if kind & !(SOCK_TYPE_MASK | SOCK_NONBLOCK | SOCK_CLOEXEC) != 0 || a[2] != 0 {
         return Err(Errno::EINVAL);
     }
-    if kind & SOCK_TYPE_MASK != SOCK_STREAM {
-        return Err(Errno::EOPNOTSUPP);
-    }
-    user::check(sv, 8, true)?;
-    let (there, back) = (Pipe::new(), Pipe::new());
-    let flags = O_RDWR | if kind & SOCK_NONBLOCK != 0 { O_NONBLOCK } else { 0 };
-    let cloexec = kind & SOCK_CLOEXEC != 0;
-    let first = Object::UnixStream(pipe::Reader(back.clone()), pipe::Writer(there.clone()));
-    let second = Object::UnixStream(pipe::Reader(there), pipe::Writer(back));
-    let a_fd = file::install(File::new(first, flags), cloexec)?;
-    let b_fd = match file::install(File::new(second, flags), cloexec) {
-        Ok(fd) => fd,
-        Err(e) => {
-            let _ = file::close(a_fd);
-            return Err(e);
-        }
-    };
-    user::write(sv, [a_fd as i32, b_fd as i32]).map(|()| 0)
+    let kind_of = unix::kind_of(kind & SOCK_TYPE_MASK).ok_or(Errno::ESOCKTNOSUPPORT)?;
+    unix::socketpair(kind_of, kind & SOCK_NONBLOCK != 0, kind & SOCK_CLOEXEC != 0, sv)
 }
 
 pub fn bind(a: &Args) -> SysResult {
     let f = socket_of(a[0])?;
+    if let Some(u) = unix_of(&f) {
+        return unix::bind(u, a);
+    }
     let s = socket(&f);
     let (address, port) = addr::read(s.family, a[1], a[2])?;
     s.bind(address, port).map(|()| 0)
@@ -146,6 +139,9 @@ pub fn bind(a: &Args) -> SysResult {
 
 pub fn listen(a: &Args) -> SysResult {
     let f = socket_of(a[0])?;
+    if let Some(u) = unix_of(&f) {
+        return unix::listen(u, a);
+    }
     socket(&f).listen((a[1] as i32).min(MAX_BACKLOG as i32)).map(|()| 0)
 }
 
@@ -155,10 +151,13 @@ pub fn accept(a: &Args) -> SysResult {
 
 pub fn accept4(a: &Args) -> SysResult {
     let f = socket_of(a[0])?;
-    let listener = socket(&f);
     if a[3] & !(SOCK_NONBLOCK | SOCK_CLOEXEC) != 0 {
         return Err(Errno::EINVAL);
     }
+    if let Some(u) = unix_of(&f) {
+        return unix::accept(&f, u, a, a[3] & SOCK_NONBLOCK != 0, a[3] & SOCK_CLOEXEC != 0);
+    }
+    let listener = socket(&f);
     // At the descriptor limit the connection stays queued (EMFILE), as on Linux.
     file::check_free()?;
     let (connection, peer) = listener.accept(patience(&f, false, 0))?;
@@ -169,6 +168,9 @@ pub fn accept4(a: &Args) -> SysResult {
 
 pub fn connect(a: &Args) -> SysResult {
     let f = socket_of(a[0])?;
+    if let Some(u) = unix_of(&f) {
+        return unix::connect(&f, u, a);
+    }
     let s = socket(&f);
     let (address, port) = addr::read(s.family, a[1], a[2])?;
     // Connecting to "any" address means this host, as on Linux.
@@ -178,18 +180,27 @@ pub fn connect(a: &Args) -> SysResult {
 
 pub fn getsockname(a: &Args) -> SysResult {
     let f = socket_of(a[0])?;
+    if let Some(u) = unix_of(&f) {
+        return unix::getsockname(u, a);
+    }
     let s = socket(&f);
     addr::write(s.family, s.local(), a[1], a[2]).map(|()| 0)
 }
 
 pub fn getpeername(a: &Args) -> SysResult {
     let f = socket_of(a[0])?;
+    if let Some(u) = unix_of(&f) {
+        return unix::getpeername(u, a);
+    }
     let s = socket(&f);
     addr::write(s.family, s.peer()?, a[1], a[2]).map(|()| 0)
 }
 
 pub fn shutdown(a: &Args) -> SysResult {
     let f = socket_of(a[0])?;
+    if let Some(u) = unix_of(&f) {
+        return unix::shutdown(u, a[1]);
+    }
     let (read, write) = match a[1] {
         SHUT_RD => (true, false),
         SHUT_WR => (false, true),
@@ -259,38 +270,38 @@ fn destination(s: &Socket, addr: u64, len: u64) -> Result<Option<IpEndpoint>, Er
 }
 
 pub fn sendto(a: &Args) -> SysResult {
-    if unix_pair(a[0])?.is_some() {
-        return super::fs::write(&[a[0], a[1], a[2], 0, 0, 0]);
-    }
     let f = socket_of(a[0])?;
+    if let Some(u) = unix_of(&f) {
+        return unix::sendto(&f, u, a);
+    }
     let to = destination(socket(&f), a[4], a[5])?;
     send_on(&f, &[IoVec { base: a[1], len: a[2] }], to, a[3])
 }
 
 pub fn recvfrom(a: &Args) -> SysResult {
-    if unix_pair(a[0])?.is_some() {
-        return super::fs::read(&[a[0], a[1], a[2], 0, 0, 0]);
-    }
     let f = socket_of(a[0])?;
+    if let Some(u) = unix_of(&f) {
+        return unix::recvfrom(&f, u, a);
+    }
     recv_on(&f, &[IoVec { base: a[1], len: a[2] }], a[4], a[5], a[3]).map(|(n, _)| n)
 }
 
 /// `struct msghdr`.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct MsgHdr {
-    name: u64,
-    name_len: u32,
+pub struct MsgHdr {
+    pub name: u64,
+    pub name_len: u32,
     _pad: u32,
-    iov: u64,
-    iov_len: u64,
-    control: u64,
-    control_len: u64,
+    pub iov: u64,
+    pub iov_len: u64,
+    pub control: u64,
+    pub control_len: u64,
     flags: i32,
     _pad2: u32,
 }
 
-fn iovecs(h: &MsgHdr) -> Result<Vec<IoVec>, Errno> {
+pub fn iovecs(h: &MsgHdr) -> Result<Vec<IoVec>, Errno> {
     if h.iov_len > 1024 {
         return Err(Errno::EMSGSIZE);
     }
@@ -298,12 +309,18 @@ fn iovecs(h: &MsgHdr) -> Result<Vec<IoVec>, Errno> {
 }
 
 fn send_msghdr(f: &File, at: u64, flags: u64) -> SysResult {
+    if let Some(u) = unix_of(f) {
+        return unix::sendmsg(f, u, at, flags);
+    }
     let h: MsgHdr = user::read(at)?;
     let to = destination(socket(f), h.name, u64::from(h.name_len))?;
     send_on(f, &iovecs(&h)?, to, flags)
 }
 
 fn recv_msghdr(f: &File, at: u64, flags: u64) -> SysResult {
+    if let Some(u) = unix_of(f) {
+        return unix::recvmsg(f, u, at, flags);
+    }
     let h: MsgHdr = user::read(at)?;
     let name_len_at = if h.name != 0 { at + 8 } else { 0 };
     let (n, cut) = recv_on(f, &iovecs(&h)?, h.name, name_len_at, flags)?;
@@ -374,6 +391,9 @@ fn check_level(s: &Socket, level: u64, get: bool) -> Result<(), Errno> {
 
 pub fn setsockopt(a: &Args) -> SysResult {
     let f = socket_of(a[0])?;
+    if let Some(u) = unix_of(&f) {
+        return unix::setsockopt(u, a);
+    }
     let s = socket(&f);
     check_level(s, a[1], false)?;
     // socklen_t: the register's upper half is not the program's.
@@ -472,6 +492,9 @@ fn keep_option(which: u64) -> Keep {
 
 pub fn getsockopt(a: &Args) -> SysResult {
     let f = socket_of(a[0])?;
+    if let Some(u) = unix_of(&f) {
+        return unix::getsockopt(u, a);
+    }
     let s = socket(&f);
     check_level(s, a[1], true)?;
     if let (SOL_SOCKET, SO_LINGER) = (a[1], a[2]) {
@@ -531,7 +554,7 @@ pub fn getsockopt(a: &Args) -> SysResult {
 
 /// Gives a getsockopt's caller as much of `value` as its `*optlen` has room for and sets `*optlen` to what it got,
 /// as Linux does; a negative `*optlen` is EINVAL (at every level, on Linux 6.18).
-fn put_option(optval: u64, optlen: u64, value: &[u8]) -> SysResult {
+pub fn put_option(optval: u64, optlen: u64, value: &[u8]) -> SysResult {
     let room: i32 = user::read(optlen)?;
     let room = usize::try_from(room).map_err(|_| Errno::EINVAL)?;
     let len = room.min(value.len());
@@ -549,7 +572,19 @@ fn timeval_bytes(value: [i64; 2]) -> [u8; 16] {
 
 /// `read` on a socket.
 pub fn read(f: &File, buf: u64, len: u64) -> SysResult {
+    if let Some(u) = unix_of(f) {
+        return unix::recvfrom(f, u, &[0, buf, len, 0, 0, 0]);
+    }
     recv_on(f, &[IoVec { base: buf, len }], 0, 0, 0).map(|(n, _)| n)
+}
+
+/// `write` and `writev` on an AF_UNIX socket: one send of all the buffers (SIGPIPE is the caller's).
+pub fn write_unix(f: &File, u: &Endpoint, buffers: &mut dyn Iterator<Item = Result<IoVec, Errno>>) -> SysResult {
+    let buffers = buffers.collect::<Result<Vec<IoVec>, Errno>>()?;
+    if buffers.len() > 1024 {
+        return Err(Errno::EINVAL);
+    }
+    unix::send_buffers(f, u, &buffers)
 }
 
 /// `write` of one chunk to a socket: how much was taken.

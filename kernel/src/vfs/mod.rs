@@ -21,6 +21,7 @@ use pages::Pages;
 pub const S_IFDIR: u32 = 0o040000;
 pub const S_IFREG: u32 = 0o100000;
 pub const S_IFCHR: u32 = 0o020000;
+pub const S_IFSOCK: u32 = 0o140000;
 /// `st_rdev` of the device files: `makedev(1, minor)` as on Linux.
 pub const DEV_NULL: u64 = (1 << 8) | 3;
 pub const DEV_ZERO: u64 = (1 << 8) | 5;
@@ -88,6 +89,8 @@ pub enum Kind {
     File(Data),
     /// A character device (`/dev/null`...), by its `st_rdev`: opening it gives the device, not this inode.
     Device(u64),
+    /// The name of a bound AF_UNIX socket (`net::unix::names`): it cannot be opened, only connected to.
+    Socket,
 }
 
 pub struct Inode {
@@ -114,6 +117,7 @@ pub enum EntryType {
     Directory,
     Regular,
     CharDevice,
+    Socket,
     /// Something a volume holds that the library OS does not open (a symbolic link, a device node).
     Other,
 }
@@ -188,8 +192,13 @@ impl Inode {
             Kind::Dir(entries) => (S_IFDIR | s.perm, entries.len() as u64),
             Kind::File(d) => (S_IFREG | s.perm, d.len()),
             Kind::Device(_) => (S_IFCHR | s.perm, 0),
+            Kind::Socket => (S_IFSOCK | s.perm, 0),
         };
         Attrs { mode, size, atime_ns: s.atime_ns, mtime_ns: s.mtime_ns }
+    }
+
+    pub fn is_socket(&self) -> bool {
+        self.memory().is_some_and(|state| matches!(state.lock().kind, Kind::Socket))
     }
 
     /// For a device file, its `st_rdev`.
@@ -330,6 +339,7 @@ impl Inode {
                 Kind::Dir(_) => EntryType::Directory,
                 Kind::File(_) => EntryType::Regular,
                 Kind::Device(_) => EntryType::CharDevice,
+                Kind::Socket => EntryType::Socket,
             },
             Backing::Volume(node) if node.is_dir() => EntryType::Directory,
             Backing::Volume(_) => EntryType::Regular,
@@ -513,6 +523,31 @@ fn create(path: &str, perm: u32, exclusive: bool) -> Result<Arc<Inode>, Errno> {
     Ok(inode)
 }
 
+/// Makes the socket file of an AF_UNIX socket bound to `path` (EEXIST if the path exists); its inode number. Volumes
+/// hold no socket files (EOPNOTSUPP).
+pub fn make_socket(path: &str) -> Result<u64, Errno> {
+    if volume::find(&absolute(path)?).is_some() {
+        return Err(Errno::EOPNOTSUPP);
+    }
+    let (dir, name) = parent(path)?;
+    let mut s = dir.memory().ok_or(Errno::ENOTDIR)?.lock();
+    let Kind::Dir(entries) = &mut s.kind else { return Err(Errno::ENOTDIR) };
+    if entries.contains_key(&name) {
+        return Err(Errno::EEXIST);
+    }
+    let inode = Inode::new(Kind::Socket, 0o755);
+    let ino = inode.ino;
+    entries.insert(name, inode);
+    s.mtime_ns = time::realtime_ns();
+    Ok(ino)
+}
+
+/// The inode number of the socket file at `path`; `None` if `path` is something else.
+pub fn socket_inode(path: &str) -> Result<Option<u64>, Errno> {
+    let inode = lookup(path)?;
+    Ok(inode.is_socket().then_some(inode.ino))
+}
+
 pub fn mkdir(path: &str, perm: u32) -> Result<(), Errno> {
     if let Some((volume, rest)) = volume::find(&absolute(path)?) {
         return volume.mkdir(&rest, perm);
@@ -570,7 +605,7 @@ pub fn remove(path: &str, dir: bool) -> Result<(), Errno> {
         let t = t.lock();
         match (&t.kind, dir) {
             (Kind::Dir(_), false) => return Err(Errno::EISDIR),
-            (Kind::File(_) | Kind::Device(_), true) => return Err(Errno::ENOTDIR),
+            (Kind::File(_) | Kind::Device(_) | Kind::Socket, true) => return Err(Errno::ENOTDIR),
             (Kind::Dir(children), true) if !children.is_empty() => return Err(Errno::ENOTEMPTY),
             _ => {}
         }
