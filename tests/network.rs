@@ -651,6 +651,34 @@ fn unix_sockets_match_linux() {
     guest_matches_linux("unix", &[], "unix: done\n");
 }
 
+/// Issue 13: getifaddrs and if_nameindex (musl's and glibc's, both over NETLINK_ROUTE) find the loopback as Linux
+/// describes it: up, 127.0.0.1/8 and ::1/128.
+#[test]
+fn netlink_describes_the_loopback_as_linux_does() {
+    guest_matches_linux("netlink", &[], "netlink: lo link 1, 127.0.0.1/8 1, ::1/128 1\n");
+    guest_matches_linux("netlink-glibc", &[], "netlink: lo link 1, 127.0.0.1/8 1, ::1/128 1\n");
+}
+
+/// Issue 13: with the user-mode network, netlink describes the card too: its hardware address, its IPv4 and IPv6
+/// addresses with their prefixes, and its index.
+#[test]
+fn netlink_describes_the_card() {
+    if !kvm::available() {
+        return;
+    }
+    let run = kiln().args(["run", "--net", "user"]).arg(guests::c("netlink")).arg("all").run();
+    run.assert_code(0);
+    let out = run.stdout_text();
+    for line in [
+        "eth0: link up running, hardware address of 6 bytes, not zero",
+        "eth0: inet 10.0.2.15/24 up",
+        "eth0: inet6 fd00::15/64",
+        "if_nameindex: eth0 has index above 1",
+    ] {
+        assert!(out.lines().any(|l| l == line), "missing {line:?}:\n{run}");
+    }
+}
+
 /// Issue 11, item 10: a peer's FIN is reported (EPOLLRDHUP, to edge-triggered epoll too) while data is unread.
 #[test]
 fn a_peers_fin_is_reported_while_data_is_unread() {

@@ -53,6 +53,7 @@ impl Errno {
     pub const EADDRNOTAVAIL: Errno = Errno(99);
     pub const ENETUNREACH: Errno = Errno(101);
     pub const ECONNRESET: Errno = Errno(104);
+    pub const ENOBUFS: Errno = Errno(105);
     pub const EISCONN: Errno = Errno(106);
     pub const ENOTCONN: Errno = Errno(107);
     pub const ETIMEDOUT: Errno = Errno(110);

@@ -94,6 +94,8 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("sysv", "sysv.c", Link::Static),
     ("shm", "shm.c", Link::Static),
     ("unix", "unix.c", Link::Static),
+    ("netlink", "netlink.c", Link::Static),
+    ("netlink-glibc", "netlink.c", Link::Glibc),
 ];
 
 /// The binaries of tests/guests/rust (each `src/bin/NAME.rs`).

@@ -15,15 +15,16 @@ const MACHINE_ADMIN: &str = "by design: the VM has no kernel modules, swap, rebo
 const HOST_CLOCK: &str = "by design: the guest's clock follows the host's; a program cannot set it";
 const PORT_IO: &str = "by design: port I/O and descriptor tables belong to the library OS and the VMM";
 const OBSOLETE: &str = "by design: obsolete, or never implemented by Linux on x86-64 either";
-const NET_FAMILIES: &str =
-    "partial: AF_INET and AF_INET6, SOCK_STREAM and SOCK_DGRAM; no AF_UNIX, raw or packet sockets";
+const NET_FAMILIES: &str = "partial: AF_INET and AF_INET6 (SOCK_STREAM, SOCK_DGRAM), AF_UNIX (stream, datagram, \
+                            seqpacket), AF_NETLINK NETLINK_ROUTE (link and address dumps only); no raw or packet sockets";
 const ITIMER_CPU: &str = "partial: ITIMER_VIRTUAL and ITIMER_PROF run at the real clock's rate (the program has its \
      vCPUs to itself); an expiry is noticed at a syscall or by an idle vCPU";
 const NO_CHILDREN: &str = "partial: ECHILD: a program never has children (no fork)";
 const OWNERS: &str = "partial: accepted and not kept: one user, root";
 const TIMES: &str =
     "partial: access and modification times are kept (whole seconds on volumes); the change time reads as the latter";
-const INET: &str = "partial: TCP and UDP over IPv4 and IPv6 (AF_INET, AF_INET6)";
+const INET: &str = "partial: TCP and UDP over IPv4 and IPv6, AF_UNIX sockets, and NETLINK_ROUTE's link and \
+                    address dumps";
 const LEGACY_TLS: &str = "by design: 32-bit TLS; x86-64 programs use arch_prctl";
 
 const NOTES: &[(u64, &str)] = &[
@@ -68,7 +69,7 @@ const NOTES: &[(u64, &str)] = &[
     (86, "partial: in-memory files only; EPERM on a volume"),
     (265, "partial: in-memory files only; EPERM on a volume; no AT_EMPTY_PATH"),
     (40, "partial: from a regular file to a socket, a pipe or a regular file"),
-    (53, "partial: AF_UNIX SOCK_STREAM, a pipe each way: read, write, send, recv, poll and close work on it"),
+    (53, "partial: AF_UNIX stream, datagram and seqpacket"),
     (61, NO_CHILDREN),
     (247, NO_CHILDREN),
     (73, "partial: always granted: the program is the only process"),

@@ -81,6 +81,8 @@ pub enum Object {
     Socket(crate::net::socket::Socket),
     /// An AF_UNIX socket.
     Unix(crate::net::unix::Socket),
+    /// A NETLINK_ROUTE socket.
+    Netlink(Arc<crate::net::netlink::Netlink>),
     /// A directory, its absolute path (for `*at` calls relative to it) and the `getdents64` position.
     Directory {
         inode: Arc<Inode>,
@@ -121,6 +123,7 @@ impl File {
             Object::EventFd(e) => [Some(&e.waitable), None],
             Object::Socket(s) => [Some(&s.waitable), None],
             Object::Unix(u) => [Some(&u.0.waitable), None],
+            Object::Netlink(n) => [Some(&n.waitable), None],
             Object::Epoll(e) => [Some(&e.waitable), None],
             _ => [None, None],
         }
@@ -156,6 +159,7 @@ impl File {
             Object::EventFd(e) => e.events(),
             Object::Socket(s) => s.events(),
             Object::Unix(u) => u.0.events(),
+            Object::Netlink(n) => n.events(),
             Object::Epoll(e) => {
                 if e.any_ready() {
                     POLLIN

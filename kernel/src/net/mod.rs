@@ -13,6 +13,7 @@ pub mod addr;
 pub mod card;
 pub mod kept;
 pub mod link;
+pub mod netlink;
 pub mod options;
 pub mod socket;
 pub mod unix;
@@ -134,10 +135,19 @@ static STACK: SpinLock<Option<Stack>> = SpinLock::new(None);
 /// The network card the VMM described, for the stack to set up on first use.
 static CARD: SpinLock<Option<NetInfo>> = SpinLock::new(None);
 
+/// The card's addresses, for those who describe the interfaces (netlink); kept after the stack took the card.
+static CARD_ADDRESS: SpinLock<Option<card::Address>> = SpinLock::new(None);
+
 pub fn init(boot: &kiln_abi::BootInfo) {
     if boot.net.mmio_phys != 0 {
         *CARD.lock() = Some(boot.net);
+        *CARD_ADDRESS.lock() = Some(card_address(&boot.net));
     }
+}
+
+/// The card's MAC, MTU and addresses, if the VM has one.
+pub fn card_address_info() -> Option<card::Address> {
+    *CARD_ADDRESS.lock()
 }
 
 pub fn now() -> smoltcp::time::Instant {
@@ -190,19 +200,7 @@ pub fn stack() -> SpinGuard<'static, Option<Stack>> {
 /// Sets the network card up and puts it on the link with the addresses the VMM gave it. A card that does not start
 /// stops the VM with the reason (the VMM offered it, so this is a bug or a VM too small for its buffers).
 fn attach(device: &mut Link, card: &NetInfo) -> card::Address {
-    let ip6 = (card.ipv6_prefix_len != 0).then(|| card::Ipv6Net {
-        ip: Ipv6Address::from(card.ipv6),
-        prefix_len: card.ipv6_prefix_len.clamp(1, 128),
-        gateway: Some(Ipv6Address::from(card.gateway6)).filter(|g| !g.is_unspecified()),
-    });
-    let address = card::Address {
-        mac: card.mac,
-        ip: Ipv4Address::from(card.ipv4),
-        prefix_len: card.prefix_len.clamp(1, 30),
-        gateway: Ipv4Address::from(card.gateway),
-        ip6,
-        mtu: card.mtu.clamp(576, 65520),
-    };
+    let address = card_address(card);
     match virtio::setup(card.mmio_phys, address.mtu) {
         Ok((rx, tx)) => device.attach(rx, tx, address),
         Err(virtio::SetupError::OutOfMemory) => {
@@ -213,6 +211,23 @@ fn attach(device: &mut Link, card: &NetInfo) -> card::Address {
         }
     }
     address
+}
+
+/// The addresses the VMM gave the card, as the library OS takes them.
+fn card_address(card: &NetInfo) -> card::Address {
+    let ip6 = (card.ipv6_prefix_len != 0).then(|| card::Ipv6Net {
+        ip: Ipv6Address::from(card.ipv6),
+        prefix_len: card.ipv6_prefix_len.clamp(1, 128),
+        gateway: Some(Ipv6Address::from(card.gateway6)).filter(|g| !g.is_unspecified()),
+    });
+    card::Address {
+        mac: card.mac,
+        ip: Ipv4Address::from(card.ipv4),
+        prefix_len: card.prefix_len.clamp(1, 30),
+        gateway: Ipv4Address::from(card.gateway),
+        ip6,
+        mtu: card.mtu.clamp(576, 65520),
+    }
 }
 
 /// Runs `f` on the stack, then polls it so that what `f` queued is sent and answered.

@@ -90,7 +90,7 @@ fn read_into(f: &File, buf: u64, len: u64) -> SysResult {
             *at += n;
             Ok(n)
         }
-        Object::Socket(_) | Object::Unix(_) => super::net::read(f, buf, len),
+        Object::Socket(_) | Object::Unix(_) | Object::Netlink(_) => super::net::read(f, buf, len),
         Object::Directory { .. } => Err(Errno::EISDIR),
         Object::Console(_) | Object::PipeWriter(_) => Err(Errno::EBADF),
         Object::Epoll(_) => Err(Errno::EINVAL),
@@ -202,6 +202,7 @@ fn write_from(f: &File, buffers: &mut dyn Iterator<Item = Result<IoVec, Errno>>)
         Object::Socket(_) => copy_in(buffers, |chunk| super::net::write(f, chunk)),
         // One message for datagram and seqpacket sockets, however many buffers; SIGPIPE is its own (a stream's only).
         Object::Unix(u) => return super::net::write_unix(f, &u.0, buffers),
+        Object::Netlink(_) => super::net::write_netlink(f, buffers),
         Object::EventFd(e) => {
             let iov = buffers.next().ok_or(Errno::EINVAL)??;
             if iov.len < 8 {
@@ -470,6 +471,7 @@ pub fn ioctl(a: &Args) -> SysResult {
             let n = match &f.object {
                 Object::PipeReader(pipe::Reader(p)) => p.available(),
                 Object::Unix(u) => u.0.available(),
+                Object::Netlink(n) => n.available(),
                 Object::Socket(s) => s.available(),
                 _ => 0,
             };
@@ -638,7 +640,7 @@ fn stat_of(f: &File, fd: u64) -> Stat {
         Object::Zero => (S_IFCHR | 0o666, vfs::DEV_ZERO),
         Object::Random => (S_IFCHR | 0o666, vfs::DEV_URANDOM),
         Object::PipeReader(_) | Object::PipeWriter(_) => (S_IFIFO | 0o600, 0),
-        Object::Socket(_) | Object::Unix(_) => (S_IFSOCK | 0o777, 0),
+        Object::Socket(_) | Object::Unix(_) | Object::Netlink(_) => (S_IFSOCK | 0o777, 0),
         Object::EventFd(_) | Object::Epoll(_) | Object::Regular { .. } | Object::Directory { .. } => (0o600, 0),
     };
     Stat { nlink: 1, mode, rdev, blksize: 4096, ino: fd + 1, ..Default::default() }

@@ -9,6 +9,7 @@ mod identity;
 pub mod lock;
 mod mm;
 pub mod net;
+mod netlink;
 mod path;
 mod priority;
 mod process;

@@ -1,12 +1,13 @@
 //! The socket syscalls: AF_INET and AF_INET6, SOCK_STREAM (TCP) and SOCK_DGRAM (UDP), over `crate::net`. `read`,
 //! `write`, `poll`, `epoll` and `ioctl(FIONREAD)` on sockets go through `file`.
 
-use super::{unix, Args};
+use super::{netlink, unix, Args};
 use crate::errno::{Errno, SysResult};
 use crate::file::console::IoVec;
 use crate::file::{self, File, Object, O_CLOEXEC, O_NONBLOCK, O_RDWR};
 use crate::net::addr::{self, AF_INET, AF_INET6};
 use crate::net::kept;
+use crate::net::netlink::{Netlink, AF_NETLINK, NETLINK_ROUTE};
 use crate::net::options::{Direction, Keep};
 use crate::net::socket::{Patience, Socket, MAX_BACKLOG, TCP_BUFFER};
 use crate::net::unix::Endpoint;
@@ -19,6 +20,7 @@ use smoltcp::wire::{IpAddress, IpEndpoint};
 
 const SOCK_STREAM: u64 = 1;
 const SOCK_DGRAM: u64 = 2;
+const SOCK_RAW: u64 = 3;
 const SOCK_TYPE_MASK: u64 = 0xf;
 const SOCK_NONBLOCK: u64 = O_NONBLOCK as u64;
 const SOCK_CLOEXEC: u64 = O_CLOEXEC as u64;
@@ -62,8 +64,16 @@ const MAX_TRANSFER: usize = 64 << 10;
 fn socket_of(fd: u64) -> Result<Arc<File>, Errno> {
     let f = file::get(fd)?;
     match f.object {
-        Object::Socket(_) | Object::Unix(_) => Ok(f),
+        Object::Socket(_) | Object::Unix(_) | Object::Netlink(_) => Ok(f),
         _ => Err(Errno::ENOTSOCK),
+    }
+}
+
+/// The netlink socket of `f`, if it is one: the call goes to `syscalls::netlink`.
+fn netlink_of(f: &File) -> Option<&Arc<Netlink>> {
+    match &f.object {
+        Object::Netlink(n) => Some(n),
+        _ => None,
     }
 }
 
@@ -98,6 +108,15 @@ pub fn socket_syscall(a: &Args) -> SysResult {
             let f = unix::new_file(Endpoint::new(kind_of), kind & SOCK_NONBLOCK != 0);
             return file::install(f, kind & SOCK_CLOEXEC != 0);
         }
+        d if d == u64::from(AF_NETLINK) => {
+            return match (kind & SOCK_TYPE_MASK, protocol) {
+                (SOCK_RAW | SOCK_DGRAM, NETLINK_ROUTE) => {
+                    file::install(netlink::new_file(kind & SOCK_NONBLOCK != 0), kind & SOCK_CLOEXEC != 0)
+                }
+                (SOCK_RAW | SOCK_DGRAM, _) => Err(Errno::EPROTONOSUPPORT),
+                _ => Err(Errno::ESOCKTNOSUPPORT),
+            };
+        }
         _ => return Err(Errno::EAFNOSUPPORT),
     };
     let protocol = match (kind & SOCK_TYPE_MASK, protocol) {
@@ -129,6 +148,9 @@ pub fn socketpair(a: &Args) -> SysResult {
 
 pub fn bind(a: &Args) -> SysResult {
     let f = socket_of(a[0])?;
+    if let Some(n) = netlink_of(&f) {
+        return netlink::bind(n, a);
+    }
     if let Some(u) = unix_of(&f) {
         return unix::bind(u, a);
     }
@@ -139,6 +161,9 @@ pub fn bind(a: &Args) -> SysResult {
 
 pub fn listen(a: &Args) -> SysResult {
     let f = socket_of(a[0])?;
+    if netlink_of(&f).is_some() {
+        return Err(Errno::EOPNOTSUPP);
+    }
     if let Some(u) = unix_of(&f) {
         return unix::listen(u, a);
     }
@@ -151,6 +176,9 @@ pub fn accept(a: &Args) -> SysResult {
 
 pub fn accept4(a: &Args) -> SysResult {
     let f = socket_of(a[0])?;
+    if netlink_of(&f).is_some() {
+        return Err(Errno::EOPNOTSUPP);
+    }
     if a[3] & !(SOCK_NONBLOCK | SOCK_CLOEXEC) != 0 {
         return Err(Errno::EINVAL);
     }
@@ -168,6 +196,9 @@ pub fn accept4(a: &Args) -> SysResult {
 
 pub fn connect(a: &Args) -> SysResult {
     let f = socket_of(a[0])?;
+    if netlink_of(&f).is_some() {
+        return Err(Errno::EOPNOTSUPP);
+    }
     if let Some(u) = unix_of(&f) {
         return unix::connect(&f, u, a);
     }
@@ -180,6 +211,9 @@ pub fn connect(a: &Args) -> SysResult {
 
 pub fn getsockname(a: &Args) -> SysResult {
     let f = socket_of(a[0])?;
+    if let Some(n) = netlink_of(&f) {
+        return netlink::getsockname(n, a);
+    }
     if let Some(u) = unix_of(&f) {
         return unix::getsockname(u, a);
     }
@@ -189,6 +223,9 @@ pub fn getsockname(a: &Args) -> SysResult {
 
 pub fn getpeername(a: &Args) -> SysResult {
     let f = socket_of(a[0])?;
+    if netlink_of(&f).is_some() {
+        return Err(Errno::EOPNOTSUPP);
+    }
     if let Some(u) = unix_of(&f) {
         return unix::getpeername(u, a);
     }
@@ -198,6 +235,9 @@ pub fn getpeername(a: &Args) -> SysResult {
 
 pub fn shutdown(a: &Args) -> SysResult {
     let f = socket_of(a[0])?;
+    if netlink_of(&f).is_some() {
+        return Err(Errno::EOPNOTSUPP);
+    }
     if let Some(u) = unix_of(&f) {
         return unix::shutdown(u, a[1]);
     }
@@ -271,6 +311,9 @@ fn destination(s: &Socket, addr: u64, len: u64) -> Result<Option<IpEndpoint>, Er
 
 pub fn sendto(a: &Args) -> SysResult {
     let f = socket_of(a[0])?;
+    if let Some(n) = netlink_of(&f) {
+        return netlink::sendto(n, a);
+    }
     if let Some(u) = unix_of(&f) {
         return unix::sendto(&f, u, a);
     }
@@ -280,6 +323,9 @@ pub fn sendto(a: &Args) -> SysResult {
 
 pub fn recvfrom(a: &Args) -> SysResult {
     let f = socket_of(a[0])?;
+    if let Some(n) = netlink_of(&f) {
+        return netlink::recvfrom(&f, n, a);
+    }
     if let Some(u) = unix_of(&f) {
         return unix::recvfrom(&f, u, a);
     }
@@ -309,6 +355,9 @@ pub fn iovecs(h: &MsgHdr) -> Result<Vec<IoVec>, Errno> {
 }
 
 fn send_msghdr(f: &File, at: u64, flags: u64) -> SysResult {
+    if let Some(n) = netlink_of(f) {
+        return netlink::sendmsg(n, at);
+    }
     if let Some(u) = unix_of(f) {
         return unix::sendmsg(f, u, at, flags);
     }
@@ -318,6 +367,9 @@ fn send_msghdr(f: &File, at: u64, flags: u64) -> SysResult {
 }
 
 fn recv_msghdr(f: &File, at: u64, flags: u64) -> SysResult {
+    if let Some(n) = netlink_of(f) {
+        return netlink::recvmsg(f, n, at, flags);
+    }
     if let Some(u) = unix_of(f) {
         return unix::recvmsg(f, u, at, flags);
     }
@@ -391,6 +443,10 @@ fn check_level(s: &Socket, level: u64, get: bool) -> Result<(), Errno> {
 
 pub fn setsockopt(a: &Args) -> SysResult {
     let f = socket_of(a[0])?;
+    if netlink_of(&f).is_some() {
+        // Buffer sizes, NETLINK_EXT_ACK and kin: accepted, nothing to change.
+        return Ok(0);
+    }
     if let Some(u) = unix_of(&f) {
         return unix::setsockopt(u, a);
     }
@@ -492,6 +548,15 @@ fn keep_option(which: u64) -> Keep {
 
 pub fn getsockopt(a: &Args) -> SysResult {
     let f = socket_of(a[0])?;
+    if netlink_of(&f).is_some() {
+        // SO_RCVBUF and kin: Linux's default buffer; everything else reads as 0.
+        let value: i32 = if (a[1], a[2]) == (SOL_SOCKET, SO_RCVBUF) || (a[1], a[2]) == (SOL_SOCKET, SO_SNDBUF) {
+            212_992
+        } else {
+            0
+        };
+        return put_option(a[3], a[4], &value.to_le_bytes());
+    }
     if let Some(u) = unix_of(&f) {
         return unix::getsockopt(u, a);
     }
@@ -572,6 +637,9 @@ fn timeval_bytes(value: [i64; 2]) -> [u8; 16] {
 
 /// `read` on a socket.
 pub fn read(f: &File, buf: u64, len: u64) -> SysResult {
+    if let Some(n) = netlink_of(f) {
+        return netlink::recvfrom(f, n, &[0, buf, len, 0, 0, 0]);
+    }
     if let Some(u) = unix_of(f) {
         return unix::recvfrom(f, u, &[0, buf, len, 0, 0, 0]);
     }
@@ -585,6 +653,15 @@ pub fn write_unix(f: &File, u: &Endpoint, buffers: &mut dyn Iterator<Item = Resu
         return Err(Errno::EINVAL);
     }
     unix::send_buffers(f, u, &buffers)
+}
+
+/// `write` and `writev` on a netlink socket: one request.
+pub fn write_netlink(f: &File, buffers: &mut dyn Iterator<Item = Result<IoVec, Errno>>) -> SysResult {
+    let Some(n) = netlink_of(f) else { return Err(Errno::EBADF) };
+    let buffers = buffers.collect::<Result<Vec<IoVec>, Errno>>()?;
+    let Some(first) = buffers.first() else { return Ok(0) };
+    // A request is one buffer in practice; more are gathered by sendmsg.
+    netlink::sendto(n, &[0, first.base, first.len, 0, 0, 0])
 }
 
 /// `write` of one chunk to a socket: how much was taken.

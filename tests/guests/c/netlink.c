@@ -1,0 +1,83 @@
+/* netlink: the interfaces as getifaddrs and if_nameindex see them (both ask NETLINK_ROUTE: RTM_GETLINK, RTM_GETADDR),
+ * one fact a line. By default only the loopback is printed, which is the same natively and in Kiln: `lo` with its
+ * flags, 127.0.0.1/8 and ::1/128. With `all`, every other interface too (name, flags, MTU-free facts: its addresses
+ * and prefix lengths, whether it has a hardware address). Exits 0 if `lo` was found whole. */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <netpacket/packet.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+
+static int prefix_len(const struct sockaddr *mask) {
+  const unsigned char *bytes;
+  int len;
+  if (mask->sa_family == AF_INET) {
+    bytes = (const unsigned char *)&((const struct sockaddr_in *)mask)->sin_addr;
+    len = 4;
+  } else {
+    bytes = (const unsigned char *)&((const struct sockaddr_in6 *)mask)->sin6_addr;
+    len = 16;
+  }
+  int bits = 0;
+  for (int i = 0; i < len; i++) bits += __builtin_popcount(bytes[i]);
+  return bits;
+}
+
+int main(int argc, char **argv) {
+  int all = argc > 1 && strcmp(argv[1], "all") == 0;
+  struct ifaddrs *list;
+  if (getifaddrs(&list) < 0) {
+    perror("getifaddrs");
+    return 1;
+  }
+  int lo_v4 = 0, lo_v6 = 0, lo_link = 0;
+  for (struct ifaddrs *i = list; i; i = i->ifa_next) {
+    int lo = strcmp(i->ifa_name, "lo") == 0;
+    if (!lo && !all) continue;
+    if (!i->ifa_addr) {
+      printf("%s: no address\n", i->ifa_name);
+      continue;
+    }
+    char text[INET6_ADDRSTRLEN] = "";
+    switch (i->ifa_addr->sa_family) {
+      case AF_INET:
+        inet_ntop(AF_INET, &((struct sockaddr_in *)i->ifa_addr)->sin_addr, text, sizeof text);
+        printf("%s: inet %s/%d%s\n", i->ifa_name, text, prefix_len(i->ifa_netmask),
+               i->ifa_flags & IFF_UP ? " up" : "");
+        lo_v4 |= lo && strcmp(text, "127.0.0.1") == 0 && prefix_len(i->ifa_netmask) == 8;
+        break;
+      case AF_INET6:
+        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)i->ifa_addr)->sin6_addr, text, sizeof text);
+        /* Link-local addresses (fe80::) differ from host to host; Kiln has none. */
+        if (strncmp(text, "fe80:", 5) == 0) continue;
+        printf("%s: inet6 %s/%d\n", i->ifa_name, text, prefix_len(i->ifa_netmask));
+        lo_v6 |= lo && strcmp(text, "::1") == 0 && prefix_len(i->ifa_netmask) == 128;
+        break;
+      case AF_PACKET: {
+        struct sockaddr_ll *ll = (struct sockaddr_ll *)i->ifa_addr;
+        printf("%s: link%s%s%s, hardware address of %d bytes%s\n", i->ifa_name, i->ifa_flags & IFF_UP ? " up" : "",
+               i->ifa_flags & IFF_LOOPBACK ? " loopback" : "", i->ifa_flags & IFF_RUNNING ? " running" : "",
+               ll->sll_halen, lo ? "" : (ll->sll_addr[0] | ll->sll_addr[1] | ll->sll_addr[2]) ? ", not zero" : ", zero");
+        lo_link |= lo && (i->ifa_flags & (IFF_UP | IFF_LOOPBACK)) == (IFF_UP | IFF_LOOPBACK);
+        break;
+      }
+      default:
+        printf("%s: family %d\n", i->ifa_name, i->ifa_addr->sa_family);
+    }
+  }
+  freeifaddrs(list);
+  struct if_nameindex *names = if_nameindex();
+  int lo_named = 0;
+  for (struct if_nameindex *n = names; n && n->if_index; n++) {
+    if (strcmp(n->if_name, "lo") == 0) lo_named = n->if_index > 0;
+    else if (all) printf("if_nameindex: %s has index %s\n", n->if_name, n->if_index > 1 ? "above 1" : "1 or less");
+  }
+  if (names) if_freenameindex(names);
+  printf("if_nameindex: lo %s\n", lo_named ? "present" : "missing");
+  printf("netlink: lo link %d, 127.0.0.1/8 %d, ::1/128 %d\n", lo_link, lo_v4, lo_v6);
+  return lo_link && lo_v4 && lo_v6 && lo_named ? 0 : 1;
+}
