@@ -1105,6 +1105,39 @@ fn glibc_dynamic_hello_runs_as_natively() {
 }
 
 #[test]
+fn cxx_exception_thrown_in_a_shared_library_is_caught_as_natively() {
+    if !kvm::available() {
+        return;
+    }
+    // libthrower.so comes in through the program's RUNPATH ($ORIGIN), libstdc++.so.6 and libgcc_s.so.1 from the
+    // system directories; the unwinder walks their frames through dl_iterate_phdr and their .eh_frame.
+    let binary = guests::cxx();
+    let native = std::process::Command::new(&binary).env_clear().output().expect("run cxxthrow natively");
+    let native_out = String::from_utf8_lossy(&native.stdout);
+    assert!(native.status.success() && native_out.ends_with("cxxthrow: ok\n"), "natively:\n{native_out}");
+    let run = kiln().arg("run").arg(&binary).run();
+    run.assert_code(0);
+    assert_eq!(run.stdout_text(), native_out, "{run}");
+}
+
+#[test]
+fn rust_built_for_glibc_runs_as_natively() {
+    if !kvm::available() {
+        return;
+    }
+    let hello = guests::rust_glibc("hello");
+    let native = std::process::Command::new(&hello).args(["3", "x"]).env_clear().output().expect("run natively");
+    let run = kiln().arg("run").arg(&hello).args(["3", "x"]).run();
+    assert_eq!(run.code, native.status.code(), "{run}");
+    assert_eq!(run.stdout_text(), String::from_utf8_lossy(&native.stdout), "{run}");
+    assert_eq!(run.stderr_text(), String::from_utf8_lossy(&native.stderr), "{run}");
+    // Threads, channels, scoped threads and a panic caught at a join: unwinding through libgcc_s.so.1.
+    let threads = guests::rust_glibc("threads");
+    let run = kiln().args(["run", "--memory", "512M", "--cpus", "2"]).arg(&threads).run();
+    run.assert_code(0).assert_stdout("threads: counter=6400 messages=2016 returned=4032 scoped=60 panicked=true\n");
+}
+
+#[test]
 fn memory_too_small_is_reported() {
     let run = kiln().args(["run", "--memory", "2M"]).arg(guests::c("hello")).run();
     let line = run.assert_kiln_error();

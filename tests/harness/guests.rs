@@ -142,6 +142,80 @@ fn build_go() -> Result<PathBuf, String> {
     Ok(binary)
 }
 
+/// Path of the C++ guest `cxxthrow` (tests/guests/cxx), built with the host's `c++` (g++, dynamically linked against
+/// libstdc++ and glibc) next to its library `libthrower.so`, which it finds through its RUNPATH (`$ORIGIN`).
+#[track_caller]
+pub fn cxx() -> PathBuf {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match BUILT.get_or_init(build_cxx) {
+        Ok(path) => path.clone(),
+        Err(e) => panic!("building the C++ guest failed (run scripts/setup.sh to install build-essential):\n{e}"),
+    }
+}
+
+fn build_cxx() -> Result<PathBuf, String> {
+    let src = repo_root().join("tests/guests/cxx");
+    let out = out_root().join("cxx");
+    std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+    let mut lib = Command::new(&cxx);
+    lib.args(["-O2", "-Wall", "-Werror", "-shared", "-fPIC", "-o"])
+        .arg(out.join("libthrower.so"))
+        .arg(src.join("thrower.cpp"));
+    run_build(&mut lib)?;
+    let binary = out.join("cxxthrow");
+    let mut main = Command::new(&cxx);
+    main.args(["-O2", "-Wall", "-Werror", "-o"])
+        .arg(&binary)
+        .arg(src.join("cxxthrow.cpp"))
+        .arg("-L")
+        .arg(&out)
+        .args(["-lthrower", "-Wl,-rpath,$ORIGIN"]);
+    run_build(&mut main)?;
+    Ok(binary)
+}
+
+/// Path of the Rust guest `name` built for the host's default target (`x86_64-unknown-linux-gnu`: a PIE dynamically
+/// linked against glibc, as `cargo build` makes): only the guests that need nothing but std, compiled by `rustc`
+/// alone, so the dependencies of the others are not built twice.
+#[track_caller]
+pub fn rust_glibc(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    assert!(RUST_GLIBC_GUESTS.contains(&name), "no glibc Rust guest named {name}");
+    match BUILT.get_or_init(build_rust_glibc) {
+        Ok(dir) => dir.join(name),
+        Err(e) => panic!("building the glibc Rust guests failed:\n{e}"),
+    }
+}
+
+/// The std-only binaries of tests/guests/rust that [`rust_glibc`] builds.
+const RUST_GLIBC_GUESTS: &[&str] = &["hello", "threads"];
+
+fn build_rust_glibc() -> Result<PathBuf, String> {
+    let out = out_root().join("rust-glibc");
+    std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    // The rustc of the toolchain whose cargo runs the tests (`cargo test` sets CARGO), else the one on PATH.
+    let rustc = std::env::var_os("CARGO")
+        .map(PathBuf::from)
+        .and_then(|cargo| Some(cargo.parent()?.join("rustc")))
+        .filter(|r| r.is_file())
+        .unwrap_or_else(|| "rustc".into());
+    for name in RUST_GLIBC_GUESTS {
+        let mut cmd = Command::new(&rustc);
+        cmd.args(["-O", "--edition", "2021", "--target", "x86_64-unknown-linux-gnu", "-o"])
+            .arg(out.join(name))
+            .arg(repo_root().join(format!("tests/guests/rust/src/bin/{name}.rs")));
+        for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_RUSTFLAGS", "CARGO_BUILD_TARGET"] {
+            cmd.env_remove(var);
+        }
+        run_build(&mut cmd)?;
+        if !elf_kind(&out.join(name))?.1 {
+            return Err(format!("{name}: expected a dynamically linked binary (with an interpreter)"));
+        }
+    }
+    Ok(out)
+}
+
 const ET_EXEC: u16 = 2;
 const ET_DYN: u16 = 3;
 
