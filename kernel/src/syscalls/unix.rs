@@ -89,6 +89,16 @@ fn read_name(addr: u64, len: u64) -> Result<Option<Name>, Errno> {
     }
 }
 
+/// A received message's sender, as recvfrom and recvmsg give it: nothing (length 0) for an unnamed one, as Linux
+/// does.
+fn write_sender(name: Option<&Name>, addr: u64, len_at: u64) -> Result<(), Errno> {
+    match name {
+        None if addr != 0 && len_at != 0 => user::write(len_at, 0u32),
+        None => Ok(()),
+        Some(_) => write_name(name, addr, len_at),
+    }
+}
+
 /// Writes `name` as a `sockaddr_un` to `addr`, cut to the room `*len_at` says, and sets `*len_at` to its full
 /// length (2 for an unnamed socket), as Linux does.
 fn write_name(name: Option<&Name>, addr: u64, len_at: u64) -> Result<(), Errno> {
@@ -314,7 +324,7 @@ pub fn recvfrom(f: &File, endpoint: &Endpoint, a: &Args) -> SysResult {
     let (n, got) = recv(f, endpoint, &[IoVec { base: a[1], len: a[2] }], a[3])?;
     // Descriptions sent with these bytes are closed: the call has no room for them.
     drop(got.rights);
-    write_name(got.from.as_ref(), a[4], a[5])?;
+    write_sender(got.from.as_ref(), a[4], a[5])?;
     Ok(n)
 }
 
@@ -328,7 +338,7 @@ pub fn recvmsg(f: &File, endpoint: &Endpoint, at: u64, flags: u64) -> SysResult 
     let h: MsgHdr = user::read(at)?;
     let (n, got) = recv(f, endpoint, &iovecs(&h)?, flags)?;
     if h.name != 0 {
-        write_name(got.from.as_ref(), h.name, at + 8)?;
+        write_sender(got.from.as_ref(), h.name, at + 8)?;
     }
     let credentials = endpoint.passes_credentials();
     let cloexec = flags & MSG_CMSG_CLOEXEC != 0;

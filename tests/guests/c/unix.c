@@ -227,7 +227,13 @@ static void listening(const char *label, const char *name, const char *shown) {
          cred.gid == getgid());
   write(c, "echo me", 7);
   char buf[16] = {0};
-  printf("%s: echo %s \"%s\"\n", label, outcome(read(c, buf, sizeof buf)), buf);
+  got_len = sizeof got;
+  long n = recvfrom(c, buf, sizeof buf, 0, (struct sockaddr *)&got, &got_len);
+  printf("%s: echo %s \"%s\" from %s\n", label, outcome(n), buf,
+         strcmp(name_of(&got, got_len), name) ? name_of(&got, got_len) : shown);
+  int d = socket(AF_UNIX, SOCK_DGRAM, 0);
+  printf("%s: datagram to the stream listener: %s\n", label, outcome(sendto(d, "x", 1, 0, (struct sockaddr *)&a, len)));
+  close(d);
   shutdown(c, SHUT_WR);
   printf("%s: read after server closed: %s\n", label, outcome(read(c, buf, sizeof buf)));
   pthread_join(server, NULL);
@@ -262,8 +268,9 @@ static void datagrams(const char *dir) {
     struct sockaddr_un from;
     socklen_t from_len = sizeof from;
     long n = recvfrom(y, buf, sizeof buf, MSG_DONTWAIT, (struct sockaddr *)&from, &from_len);
-    printf("dgram names: got %s \"%s\" from %s\n", outcome(n), buf,
-           strcmp(name_of(&from, from_len), one) ? name_of(&from, from_len) : "one.sock");
+    printf("dgram names: got %s \"%s\" from %s, address length %s\n", outcome(n), buf,
+           strcmp(name_of(&from, from_len), one) ? name_of(&from, from_len) : "one.sock",
+           from_len == a_len ? "of the name" : from_len == 0 ? "0" : "other");
   }
   printf("dgram names: send unconnected without address: %s\n", outcome(send(z, "x", 1, 0)));
   connect(z, (struct sockaddr *)&a, a_len);

@@ -30,7 +30,7 @@ const DATAGRAM_OVERHEAD: usize = 32;
 /// A backlog larger than this is this (Linux's `somaxconn`).
 pub const MAX_BACKLOG: usize = 4096;
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 pub enum Kind {
     Stream,
     Datagram,
@@ -156,7 +156,7 @@ impl Endpoint {
         if self.state.lock().name.is_some() {
             return Err(Errno::EINVAL);
         }
-        let name = name.unwrap_or_else(names::unused_abstract);
+        let name = name.unwrap_or_else(|| names::unused_abstract(self.kind));
         let key = names::bind(&name, self)?;
         let mut s = self.state.lock();
         s.name = Some(name);
@@ -184,10 +184,7 @@ impl Endpoint {
     /// Connects to the socket bound to `name`: a connection for stream and seqpacket (queued on the listener until
     /// accepted, usable at once), the default destination for a datagram socket.
     pub fn connect(self: &Arc<Self>, name: &Name, patience: Patience) -> Result<(), Errno> {
-        let target = names::find(name)?;
-        if target.kind != self.kind {
-            return Err(Errno::EPROTOTYPE);
-        }
+        let target = names::find(name, self.kind)?;
         if !self.kind.connected() {
             self.state.lock().peer = Some(target);
             return Ok(());
@@ -265,7 +262,7 @@ impl Endpoint {
             (s.peer.clone(), s.name.clone(), s.send_buffer)
         };
         let target = match (self.kind, to, peer) {
-            (Kind::Datagram, Some(name), _) => names::find(name)?,
+            (Kind::Datagram, Some(name), _) => names::find(name, self.kind)?,
             (Kind::Datagram, None, Some(peer)) => peer,
             (Kind::Datagram, None, None) => return Err(Errno::ENOTCONN),
             (_, _, Some(peer)) => peer,
@@ -301,12 +298,11 @@ impl Endpoint {
                         Kind::Stream => (data.len() - done).min(t.receive_buffer.saturating_sub(t.queued_bytes)),
                         _ => data.len(),
                     };
-                    let from = if self.kind == Kind::Datagram { own_name.clone() } else { None };
                     let message = Message {
                         data: data[done..done + take].to_vec(),
                         read: 0,
                         rights: core::mem::take(&mut rights),
-                        from,
+                        from: own_name.clone(),
                     };
                     t.queued_bytes += take;
                     t.queue.push_back(message);
@@ -570,6 +566,9 @@ fn take_stream(s: &mut State, out: &mut [u8], peek: bool) -> Received {
         let carries = !message.rights.is_empty();
         if carries && at > 0 {
             break;
+        }
+        if at == 0 {
+            got.from = message.from.clone();
         }
         let n = (message.data.len() - message.read).min(out.len() - at);
         out[at..at + n].copy_from_slice(&message.data[message.read..message.read + n]);

@@ -2,7 +2,7 @@
 //! name away) or an abstract name (a leading NUL, no file). Bound sockets are found through `BOUND`, keyed by the
 //! socket file's inode for path names, so that a name unlinked and bound again reaches the new socket only.
 
-use super::Endpoint;
+use super::{Endpoint, Kind};
 use crate::errno::Errno;
 use crate::sync::SpinLock;
 use crate::vfs;
@@ -19,10 +19,12 @@ pub enum Name {
     Abstract(Vec<u8>),
 }
 
+/// Linux keeps an abstract name per socket type (a stream and a datagram socket may hold the same one), a path
+/// name per file.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Key {
     Inode(u64),
-    Abstract(Vec<u8>),
+    Abstract(Vec<u8>, Kind),
 }
 
 static BOUND: SpinLock<BTreeMap<Key, Weak<Endpoint>>> = SpinLock::new(BTreeMap::new());
@@ -36,7 +38,7 @@ pub fn bind(name: &Name, endpoint: &Arc<Endpoint>) -> Result<Key, Errno> {
             Errno::EEXIST => Errno::EADDRINUSE,
             e => e,
         })?),
-        Name::Abstract(bytes) => Key::Abstract(bytes.clone()),
+        Name::Abstract(bytes) => Key::Abstract(bytes.clone(), endpoint.kind),
     };
     let mut bound = BOUND.lock();
     if bound.get(&key).is_some_and(|held| held.strong_count() > 0) {
@@ -47,12 +49,12 @@ pub fn bind(name: &Name, endpoint: &Arc<Endpoint>) -> Result<Key, Errno> {
 }
 
 /// An abstract name nobody holds, for a socket bound with only its family.
-pub fn unused_abstract() -> Name {
+pub fn unused_abstract(kind: Kind) -> Name {
     let bound = BOUND.lock();
     loop {
         let n = AUTOBIND.fetch_add(1, Ordering::Relaxed) & 0xfffff;
         let bytes = alloc::format!("{n:05x}").into_bytes();
-        if !bound.contains_key(&Key::Abstract(bytes.clone())) {
+        if !bound.contains_key(&Key::Abstract(bytes.clone(), kind)) {
             return Name::Abstract(bytes);
         }
     }
@@ -66,11 +68,16 @@ pub fn release(key: &Key, endpoint: &Endpoint) {
     }
 }
 
-/// The socket bound to `name`: ENOENT if a path does not exist, ECONNREFUSED if nothing listens there.
-pub fn find(name: &Name) -> Result<Arc<Endpoint>, Errno> {
+/// The socket of `kind` bound to `name`: ENOENT if a path does not exist, ECONNREFUSED if no socket has the name,
+/// EPROTOTYPE if a socket of another type has the path.
+pub fn find(name: &Name, kind: Kind) -> Result<Arc<Endpoint>, Errno> {
     let key = match name {
         Name::Path(path) => Key::Inode(vfs::socket_inode(path)?.ok_or(Errno::ECONNREFUSED)?),
-        Name::Abstract(bytes) => Key::Abstract(bytes.clone()),
+        Name::Abstract(bytes) => Key::Abstract(bytes.clone(), kind),
     };
-    BOUND.lock().get(&key).and_then(Weak::upgrade).ok_or(Errno::ECONNREFUSED)
+    let found = BOUND.lock().get(&key).and_then(Weak::upgrade).ok_or(Errno::ECONNREFUSED)?;
+    if found.kind != kind {
+        return Err(Errno::EPROTOTYPE);
+    }
+    Ok(found)
 }
