@@ -491,6 +491,19 @@ fn errnos_times_altstack_locks_and_open_file_limits_match_linux() {
     same_as_native(&guests::c("posix-glibc"), &["work"], "posix: ok\n");
 }
 
+#[test]
+fn symbolic_links_hard_links_fifos_and_proc_task_match_linux() {
+    if !kvm::available() {
+        return;
+    }
+    same_as_native(&guests::c("fslinks"), &["work"], "fslinks: ok\n");
+    same_as_native(&guests::c("fslinks-glibc"), &["work"], "fslinks: ok\n");
+    // Root on Linux may make device nodes; Kiln has no devices for them to reach and says EPERM.
+    let run = kiln().arg("run").arg(guests::c("fslinks")).args(["work", "kiln"]).run();
+    run.assert_code(0);
+    assert!(run.stdout_text().contains("ok: mknod of a character device is EPERM"), "{run}");
+}
+
 /// glibc's wrappers differ from musl's (how they pass `int` arguments, which syscalls they use: openat for open,
 /// clone3 first, rseq, ...): the guests that check files, descriptors and signals pass built with glibc too.
 #[test]

@@ -168,6 +168,30 @@ fn rust_std_fs_passes_on_a_volume() {
     e2fsck_clean(&volume_file(&home, "tmp"));
 }
 
+/// Symbolic links (fast and slow), hard links and FIFOs on a volume: the checks tests/boot.rs makes in memory, then
+/// e2fsck calls the volume clean and debugfs reads the links.
+#[test]
+fn links_and_fifos_on_a_volume_pass_e2fsck() {
+    if !kvm::available() {
+        return;
+    }
+    let home = home("links");
+    kiln_in(&home).args(["volume", "create", "data", "--size", "16M"]).run().assert_code(0);
+    let run = kiln_in(&home).args(["run", "-v", "data:/data"]).arg(guests::c("fslinks")).arg("/data/work").run();
+    run.assert_code(0);
+    assert!(run.stdout_text().ends_with("fslinks: ok\n"), "{run}");
+    let file = volume_file(&home, "data");
+    e2fsck_clean(&file);
+    assert_eq!(debugfs_cat(&file, "/work/d/sub/inner"), "in");
+    assert_eq!(debugfs_cat(&file, "/work/h2"), "abcd");
+    let stat = |path: &str| {
+        let out = Command::new("debugfs").arg("-R").arg(format!("stat {path}")).arg(&file).output().expect("debugfs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(stat("/work/ls").contains("Fast link dest: \"d/sub\""), "{}", stat("/work/ls"));
+    assert!(stat("/work/long").contains("Type: symlink"), "{}", stat("/work/long"));
+}
+
 #[test]
 fn a_volume_attached_to_a_running_instance_cannot_be_attached_again() {
     if !kvm::available() {

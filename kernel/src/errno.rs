@@ -9,6 +9,7 @@ impl Errno {
     pub const ESRCH: Errno = Errno(3);
     pub const EINTR: Errno = Errno(4);
     pub const EIO: Errno = Errno(5);
+    pub const ENXIO: Errno = Errno(6);
     pub const E2BIG: Errno = Errno(7);
     pub const EBADF: Errno = Errno(9);
     pub const ECHILD: Errno = Errno(10);
@@ -19,7 +20,6 @@ impl Errno {
     pub const EBUSY: Errno = Errno(16);
     pub const EEXIST: Errno = Errno(17);
     pub const EXDEV: Errno = Errno(18);
-    pub const ENXIO: Errno = Errno(6);
     pub const ENODEV: Errno = Errno(19);
     pub const ENOTDIR: Errno = Errno(20);
     pub const EISDIR: Errno = Errno(21);
@@ -29,6 +29,7 @@ impl Errno {
     pub const EFBIG: Errno = Errno(27);
     pub const ENOSPC: Errno = Errno(28);
     pub const ESPIPE: Errno = Errno(29);
+    pub const EMLINK: Errno = Errno(31);
     pub const EPIPE: Errno = Errno(32);
     pub const EDOM: Errno = Errno(33);
     pub const ERANGE: Errno = Errno(34);
@@ -36,6 +37,7 @@ impl Errno {
     pub const ENAMETOOLONG: Errno = Errno(36);
     pub const ENOSYS: Errno = Errno(38);
     pub const ENOTEMPTY: Errno = Errno(39);
+    pub const ELOOP: Errno = Errno(40);
     pub const ENOMSG: Errno = Errno(42);
     pub const EIDRM: Errno = Errno(43);
     pub const EPROTO: Errno = Errno(71);

@@ -78,6 +78,8 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("atcalls-glibc", "atcalls.c", Link::Glibc),
     ("posix", "posix.c", Link::Static),
     ("posix-glibc", "posix.c", Link::Glibc),
+    ("fslinks", "fslinks.c", Link::Static),
+    ("fslinks-glibc", "fslinks.c", Link::Glibc),
     ("syscalls-glibc", "syscalls.c", Link::Glibc),
     ("files-glibc", "files.c", Link::Glibc),
     ("fds-glibc", "fds.c", Link::Glibc),

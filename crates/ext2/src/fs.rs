@@ -16,7 +16,9 @@ const EXTRA_ISIZE: u16 = 32;
 pub enum FileType {
     Regular,
     Directory,
-    /// Symbolic links and device nodes: listed and stat'ed, not opened.
+    Symlink,
+    Fifo,
+    /// Device nodes and sockets: listed and stat'ed, not opened.
     Other,
 }
 
@@ -49,7 +51,7 @@ pub struct Ext2<D> {
     pub(crate) freed_since_sync: BTreeSet<u32>,
 }
 
-fn check_name(name: &str) -> Result<&[u8]> {
+pub(crate) fn check_name(name: &str) -> Result<&[u8]> {
     let name = name.as_bytes();
     if name.is_empty() || name.contains(&b'/') || name.contains(&0) || name == b"." || name == b".." {
         return Err(Ext2Error::Invalid);
@@ -140,7 +142,7 @@ impl<D: BlockDevice> Ext2<D> {
     }
 
     /// Writes a new inode over the whole of its slot (extra fields included).
-    fn write_new_inode(&mut self, ino: u32, inode: &Inode) -> Result<()> {
+    pub(crate) fn write_new_inode(&mut self, ino: u32, inode: &Inode) -> Result<()> {
         let (block, at) = self.inode_place(ino)?;
         let size = usize::from(self.sb.inode_size);
         let bytes = &mut self.cache.modify(block, Class::Meta)?[at..at + size];
@@ -152,11 +154,11 @@ impl<D: BlockDevice> Ext2<D> {
         Ok(())
     }
 
-    fn now(&self) -> u32 {
+    pub(crate) fn now(&self) -> u32 {
         (self.clock)()
     }
 
-    fn dir_inode(&mut self, ino: u32) -> Result<Inode> {
+    pub(crate) fn dir_inode(&mut self, ino: u32) -> Result<Inode> {
         let inode = self.read_inode(ino)?;
         if !inode.is_dir() {
             return Err(Ext2Error::NotDir);
@@ -183,6 +185,10 @@ impl<D: BlockDevice> Ext2<D> {
             FileType::Directory
         } else if i.is_reg() {
             FileType::Regular
+        } else if i.is_symlink() {
+            FileType::Symlink
+        } else if i.mode() & S_IFMT == S_IFIFO {
+            FileType::Fifo
         } else {
             FileType::Other
         })
@@ -524,7 +530,8 @@ impl<D: BlockDevice> Ext2<D> {
     fn release(&mut self, ino: u32) -> Result<()> {
         let mut inode = self.read_inode(ino)?;
         let dir = inode.is_dir();
-        if inode.is_reg() || dir {
+        // A fast symbolic link keeps its target where block pointers would be: it holds no blocks.
+        if inode.is_reg() || dir || (inode.is_symlink() && inode.sectors() != 0) {
             self.free_blocks_from(&mut inode, 0)?;
         }
         inode.set_size(0);

@@ -17,12 +17,16 @@ const RO_COMPAT_LARGE_FILE: u32 = 0x2;
 pub const S_IFMT: u16 = 0o170000;
 pub const S_IFDIR: u16 = 0o040000;
 pub const S_IFREG: u16 = 0o100000;
+pub const S_IFLNK: u16 = 0o120000;
+pub const S_IFIFO: u16 = 0o010000;
 /// `i_flags`: the directory has a hashed index (`dir_index`), which Kiln does not keep up.
 pub const INDEX_FL: u32 = 0x1000;
 
 /// `file_type` of a directory entry.
 pub const FT_REG: u8 = 1;
 pub const FT_DIR: u8 = 2;
+pub const FT_FIFO: u8 = 5;
+pub const FT_SYMLINK: u8 = 7;
 
 pub fn u16_at(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
@@ -188,6 +192,9 @@ impl Inode {
     }
     pub fn is_reg(&self) -> bool {
         self.mode() & S_IFMT == S_IFREG
+    }
+    pub fn is_symlink(&self) -> bool {
+        self.mode() & S_IFMT == S_IFLNK
     }
     pub fn size(&self) -> u64 {
         let high = if self.is_reg() { u64::from(u32_at(&self.raw, 108)) } else { 0 };

@@ -4,7 +4,8 @@
 //! cannot repair without losing what was synced. `no_std` with `alloc`: the library OS runs it over its virtio-blk
 //! driver, and the host tests run it over a file that `mkfs.ext2` made and `e2fsck` checks afterwards.
 //!
-//! What is not here: symbolic links (reported as [`Ext2Error::Unsupported`]), hashed directory indexes (a volume
+//! Symbolic links (fast ones in the inode, slow ones in a block), hard links and FIFOs are made and read here; device
+//! nodes are listed, not made. What is not here: hashed directory indexes (a volume
 //! with `dir_index` directories is read linearly, which ext2 allows, and the index flag dropped on change), journals
 //! and extents (ext3/ext4 volumes are refused), extended attributes, ownership (everything is root's).
 
@@ -20,6 +21,7 @@ mod cache;
 mod dir;
 mod fs;
 mod layout;
+mod links;
 #[cfg(test)]
 mod tests;
 
@@ -58,6 +60,8 @@ pub enum Ext2Error {
     FileTooBig,
     #[error("invalid argument")]
     Invalid,
+    #[error("too many links")]
+    TooManyLinks,
     #[error(transparent)]
     Io(#[from] IoError),
     #[error("the volume is not ext2 as Kiln reads it: {0}")]

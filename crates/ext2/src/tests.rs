@@ -313,3 +313,51 @@ fn volumes_kiln_cannot_write_are_refused() {
     let f = File::open("/dev/zero").unwrap();
     assert!(matches!(Ext2::mount(FileDevice(f, Vec::new()), 1 << 20, 64, clock).err(), Some(Ext2Error::Corrupt(_))));
 }
+
+fn debugfs(path: &Path, request: &str) -> String {
+    let out = Command::new("debugfs").arg("-R").arg(request).arg(path).output().expect("debugfs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn symbolic_links_hard_links_and_fifos_survive_e2fsck() {
+    let path = mkfs("links.img", 8);
+    let mut fs = mount(&path);
+    let file = fs.create(ROOT_INO, "file", 0o644).unwrap();
+    fs.write(file, 0, b"data").unwrap();
+    let fast = fs.symlink(ROOT_INO, "fast", b"file").unwrap();
+    let long_target = "d/".repeat(100) + "end";
+    let slow = fs.symlink(ROOT_INO, "slow", long_target.as_bytes()).unwrap();
+    assert_eq!(fs.file_type(fast).unwrap(), FileType::Symlink);
+    assert_eq!(fs.read_link(fast).unwrap(), b"file");
+    assert_eq!(fs.read_link(slow).unwrap(), long_target.as_bytes());
+    assert_eq!(fs.read_link(file), Err(Ext2Error::Invalid));
+    assert_eq!(fs.symlink(ROOT_INO, "fast", b"x"), Err(Ext2Error::Exists));
+    fs.link(file, ROOT_INO, "hard").unwrap();
+    assert_eq!(fs.stat(file).unwrap().links, 2);
+    assert_eq!(fs.lookup(ROOT_INO, "hard").unwrap(), file);
+    let dir = fs.mkdir(ROOT_INO, "dir", 0o755).unwrap();
+    assert_eq!(fs.link(dir, ROOT_INO, "dir2"), Err(Ext2Error::IsDir));
+    let fifo = fs.mkfifo(ROOT_INO, "fifo", 0o600).unwrap();
+    assert_eq!(fs.file_type(fifo).unwrap(), FileType::Fifo);
+    // Links to remove again, fast and slow.
+    fs.symlink(ROOT_INO, "gone-fast", b"file").unwrap();
+    fs.symlink(ROOT_INO, "gone-slow", long_target.as_bytes()).unwrap();
+    fs.sync().unwrap();
+    fsck_clean(&path);
+    let free_before = fs.usage().1;
+    fs.unlink(ROOT_INO, "gone-fast").unwrap();
+    fs.unlink(ROOT_INO, "gone-slow").unwrap();
+    fs.unlink(ROOT_INO, "file").unwrap();
+    assert_eq!(fs.stat(file).unwrap().links, 1);
+    fs.sync().unwrap();
+    // The slow link's block came back (after the sync that lets freed blocks go).
+    assert!(fs.usage().1 > free_before);
+    fsck_clean(&path);
+    assert_eq!(debugfs_cat(&path, "/hard"), b"data");
+    assert!(debugfs(&path, "stat /fast").contains("Fast link dest: \"file\""));
+    assert!(debugfs(&path, "stat /fifo").contains("Type: FIFO"));
+    let mut fs = mount(&path);
+    let slow = fs.lookup(ROOT_INO, "slow").unwrap();
+    assert_eq!(fs.read_link(slow).unwrap(), long_target.as_bytes());
+}

@@ -5,6 +5,7 @@
 pub mod console;
 pub mod epoll;
 pub mod eventfd;
+pub mod fifo;
 pub mod locks;
 pub mod pipe;
 pub mod wait;
@@ -83,6 +84,8 @@ pub enum Object {
     Unix(crate::net::unix::Socket),
     /// A NETLINK_ROUTE socket.
     Netlink(Arc<crate::net::netlink::Netlink>),
+    /// A FIFO opened O_RDWR: both ends of its pipe.
+    FifoBoth(pipe::Reader, pipe::Writer),
     /// A directory, its absolute path (for `*at` calls relative to it) and the `getdents64` position.
     Directory {
         inode: Arc<Inode>,
@@ -124,6 +127,7 @@ impl File {
             Object::Socket(s) => [Some(&s.waitable), None],
             Object::Unix(u) => [Some(&u.0.waitable), None],
             Object::Netlink(n) => [Some(&n.waitable), None],
+            Object::FifoBoth(rx, _) => [Some(&rx.0.waitable), None],
             Object::Epoll(e) => [Some(&e.waitable), None],
             _ => [None, None],
         }
@@ -160,6 +164,8 @@ impl File {
             Object::Socket(s) => s.events(),
             Object::Unix(u) => u.0.events(),
             Object::Netlink(n) => n.events(),
+            // Its own writer is open: never a hang-up.
+            Object::FifoBoth(rx, tx) => (rx.0.reader_events() & POLLIN) | (tx.0.writer_events() & POLLOUT),
             Object::Epoll(e) => {
                 if e.any_ready() {
                     POLLIN

@@ -19,6 +19,9 @@ struct State {
     buffer: VecDeque<u8>,
     readers: usize,
     writers: usize,
+    /// Ends ever opened of each kind, for a FIFO's open waiting for a partner (who may have come and gone).
+    reader_opens: u64,
+    writer_opens: u64,
 }
 
 /// The two ends of a pipe; dropping an end closes it.
@@ -27,8 +30,66 @@ pub struct Writer(pub Arc<Pipe>);
 
 impl Pipe {
     pub fn new() -> Arc<Pipe> {
-        let state = SpinLock::new(State { buffer: VecDeque::new(), readers: 1, writers: 1 });
+        Self::with_ends(1)
+    }
+
+    /// A FIFO's pipe before any open.
+    pub fn unopened() -> Arc<Pipe> {
+        Self::with_ends(0)
+    }
+
+    fn with_ends(n: usize) -> Arc<Pipe> {
+        let state = SpinLock::new(State {
+            buffer: VecDeque::new(),
+            readers: n,
+            writers: n,
+            reader_opens: n as u64,
+            writer_opens: n as u64,
+        });
         Arc::new(Pipe { state, waitable: Waitable::new() })
+    }
+
+    /// Opens another end of a FIFO's pipe: a reader or a writer. A pipe no end held starts empty again, as Linux
+    /// frees a FIFO's buffer with its last end.
+    pub fn open_reader(self: &Arc<Self>) -> Reader {
+        self.open_end(true);
+        Reader(self.clone())
+    }
+
+    pub fn open_writer(self: &Arc<Self>) -> Writer {
+        self.open_end(false);
+        Writer(self.clone())
+    }
+
+    fn open_end(&self, reader: bool) {
+        let mut s = self.state.lock();
+        if s.readers == 0 && s.writers == 0 {
+            s.buffer.clear();
+        }
+        if reader {
+            s.readers += 1;
+            s.reader_opens += 1;
+        } else {
+            s.writers += 1;
+            s.writer_opens += 1;
+        }
+        drop(s);
+        self.changed();
+    }
+
+    pub fn has_readers(&self) -> bool {
+        self.state.lock().readers > 0
+    }
+
+    /// A FIFO's open without O_NONBLOCK: waits until an end of the other kind (a writer for a `reader`) is open or
+    /// has been opened since this end was.
+    pub fn wait_for_partner(&self, reader: bool) -> Result<(), Errno> {
+        let opens = |s: &State| if reader { (s.writers, s.writer_opens) } else { (s.readers, s.reader_opens) };
+        let (_, seen) = opens(&self.state.lock());
+        self.waitable.wait_while(|| {
+            let (open, count) = opens(&self.state.lock());
+            open == 0 && count == seen
+        })
     }
 
     /// Records a change of state and wakes whoever waits for one.

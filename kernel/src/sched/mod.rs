@@ -216,6 +216,16 @@ pub fn run_secondary() -> ! {
     unreachable!("a vCPU's boot context was resumed")
 }
 
+/// The ids and names of the live threads, in id order (`/proc/self/task`).
+pub fn threads() -> Vec<(u32, [u8; 16])> {
+    let s = SCHEDULER.lock();
+    let mut all: Vec<(u32, [u8; 16])> =
+        s.threads.iter().filter(|t| t.state != State::Free).map(|t| (t.tid, t.name)).collect();
+    drop(s);
+    all.sort_unstable_by_key(|&(tid, _)| tid);
+    all
+}
+
 pub fn current_tid() -> u32 {
     SCHEDULER.lock().threads[percpu::current().thread].tid
 }

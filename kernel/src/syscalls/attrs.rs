@@ -3,7 +3,7 @@
 //! (the change time reads as the modification time).
 
 use super::fs::AT_FDCWD;
-use super::path::resolve;
+use super::path::resolve_following;
 use super::Args;
 use crate::errno::{Errno, SysResult};
 use crate::file::{self, Object};
@@ -22,7 +22,8 @@ const UTIME_OMIT: i64 = (1 << 30) - 2;
 fn target(dirfd: u64, path: u64, flags: u64) -> Result<Option<Arc<Inode>>, Errno> {
     let empty = path == 0 || (flags & AT_EMPTY_PATH != 0 && user::read::<u8>(path)? == 0);
     if !empty {
-        return vfs::lookup(&resolve(dirfd, path)?).map(Some);
+        let follow = flags & AT_SYMLINK_NOFOLLOW == 0;
+        return vfs::lookup(&resolve_following(dirfd, path, follow)?).map(Some);
     }
     match &file::get(dirfd)?.object {
         Object::Regular { inode, .. } | Object::Directory { inode, .. } => Ok(Some(inode.clone())),
@@ -57,7 +58,13 @@ pub fn fchownat(a: &Args) -> SysResult {
     if a[4] & AT_EMPTY_PATH != 0 && user::read::<u8>(a[1])? == 0 {
         return file::get(a[0]).map(|_| 0);
     }
-    target(a[0], a[1], 0).map(|_| 0)
+    target(a[0], a[1], a[4] & AT_SYMLINK_NOFOLLOW).map(|_| 0)
+}
+
+/// lchown: a symbolic link itself.
+pub fn lchown(a: &Args) -> SysResult {
+    ids_valid(a[1], a[2])?;
+    target(AT_FDCWD as u64, a[0], AT_SYMLINK_NOFOLLOW).map(|_| 0)
 }
 
 /// One time of a `[atime, mtime]` pair of timespecs: None to leave it (UTIME_OMIT).

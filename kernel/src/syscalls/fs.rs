@@ -71,7 +71,7 @@ fn read_into(f: &File, buf: u64, len: u64) -> SysResult {
             }
             Ok(len)
         }
-        Object::PipeReader(pipe::Reader(p)) => {
+        Object::PipeReader(pipe::Reader(p)) | Object::FifoBoth(pipe::Reader(p), _) => {
             let mut chunk = vec![0u8; (len as usize).min(pipe::CAPACITY)];
             let n = p.read(&mut chunk, f.nonblocking())?;
             user::write_bytes(buf, &chunk[..n])?;
@@ -198,7 +198,9 @@ fn write_from(f: &File, buffers: &mut dyn Iterator<Item = Result<IoVec, Errno>>)
             }
             Ok(total)
         }
-        Object::PipeWriter(pipe::Writer(p)) => copy_in(buffers, |chunk| p.write(chunk, f.nonblocking())),
+        Object::PipeWriter(pipe::Writer(p)) | Object::FifoBoth(_, pipe::Writer(p)) => {
+            copy_in(buffers, |chunk| p.write(chunk, f.nonblocking()))
+        }
         Object::Socket(_) => copy_in(buffers, |chunk| super::net::write(f, chunk)),
         // One message for datagram and seqpacket sockets, however many buffers; SIGPIPE is its own (a stream's only).
         Object::Unix(u) => return super::net::write_unix(f, &u.0, buffers),
@@ -469,7 +471,7 @@ pub fn ioctl(a: &Args) -> SysResult {
         }
         FIONREAD => {
             let n = match &f.object {
-                Object::PipeReader(pipe::Reader(p)) => p.available(),
+                Object::PipeReader(pipe::Reader(p)) | Object::FifoBoth(pipe::Reader(p), _) => p.available(),
                 Object::Unix(u) => u.0.available(),
                 Object::Netlink(n) => n.available(),
                 Object::Socket(s) => s.available(),
@@ -527,6 +529,7 @@ const O_CREAT: u32 = 0o100;
 const O_EXCL: u32 = 0o200;
 const O_TRUNC: u32 = 0o1000;
 const O_DIRECTORY: u32 = 0o200000;
+const O_NOFOLLOW: u32 = 0o400000;
 
 /// Opens `path` (absolute, as `super::path::resolve` makes it): a device file, or one of the filesystem.
 fn open_path(path: &str, flags: u32, mode: u32) -> SysResult {
@@ -551,6 +554,17 @@ fn open_path(path: &str, flags: u32, mode: u32) -> SysResult {
     if inode.is_socket() {
         // A socket's name is for connect, as on Linux.
         return Err(Errno::ENXIO);
+    }
+    if inode.link_target().is_some() {
+        // Only O_NOFOLLOW leaves a link here.
+        return Err(Errno::ELOOP);
+    }
+    if inode.is_fifo() {
+        if flags & O_DIRECTORY != 0 {
+            return Err(Errno::ENOTDIR);
+        }
+        let object = file::fifo::open(inode.ino, flags, flags & O_NONBLOCK != 0)?;
+        return file::install(File::new(object, status), cloexec);
     }
     let object = if let Some(rdev) = inode.device() {
         if flags & O_DIRECTORY != 0 {
@@ -586,7 +600,10 @@ pub fn open(a: &Args) -> SysResult {
 /// be made by that name).
 pub fn openat(a: &Args) -> SysResult {
     let flags = a[2] as u32;
-    let (path, slash) = super::path::resolve_slashed(a[0], a[1])?;
+    // O_NOFOLLOW leaves a link in the last name for `open_path` to refuse; O_CREAT|O_EXCL never follows one (a
+    // link there, even dangling, is a name that exists).
+    let follow = flags & O_NOFOLLOW == 0 && flags & (O_CREAT | O_EXCL) != O_CREAT | O_EXCL;
+    let (path, slash) = super::path::resolve_slashed(a[0], a[1], follow)?;
     if slash {
         if flags & O_CREAT == 0 {
             vfs::must_be_dir(&path)?;
@@ -639,7 +656,7 @@ fn stat_of(f: &File, fd: u64) -> Stat {
         Object::Null => (S_IFCHR | 0o666, vfs::DEV_NULL),
         Object::Zero => (S_IFCHR | 0o666, vfs::DEV_ZERO),
         Object::Random => (S_IFCHR | 0o666, vfs::DEV_URANDOM),
-        Object::PipeReader(_) | Object::PipeWriter(_) => (S_IFIFO | 0o600, 0),
+        Object::PipeReader(_) | Object::PipeWriter(_) | Object::FifoBoth(..) => (S_IFIFO | 0o600, 0),
         Object::Socket(_) | Object::Unix(_) | Object::Netlink(_) => (S_IFSOCK | 0o777, 0),
         Object::EventFd(_) | Object::Epoll(_) | Object::Regular { .. } | Object::Directory { .. } => (0o600, 0),
     };
@@ -647,13 +664,13 @@ fn stat_of(f: &File, fd: u64) -> Stat {
 }
 
 pub fn stat_of_inode(inode: &Inode) -> Stat {
-    let vfs::Attrs { mode, size, atime_ns, mtime_ns } = inode.stat();
+    let vfs::Attrs { mode, size, links, atime_ns, mtime_ns } = inode.stat();
     let split = |ns: u64| [(ns / 1_000_000_000) as i64, (ns % 1_000_000_000) as i64];
     let ([asec, ansec], [sec, nsec]) = (split(atime_ns), split(mtime_ns));
     Stat {
         dev: 1,
         ino: inode.ino,
-        nlink: 1,
+        nlink: u64::from(links),
         mode,
         rdev: inode.device().unwrap_or(0),
         size: size as i64,
@@ -696,7 +713,10 @@ pub fn sync(_: &Args) -> SysResult {
 pub fn fadvise64(a: &Args) -> SysResult {
     let f = file::get(a[0])?;
     match (&f.object, a[3]) {
-        (Object::PipeReader(_) | Object::PipeWriter(_) | Object::Socket(_) | Object::Unix(_), _) => Err(Errno::ESPIPE),
+        (
+            Object::PipeReader(_) | Object::PipeWriter(_) | Object::FifoBoth(..) | Object::Socket(_) | Object::Unix(_),
+            _,
+        ) => Err(Errno::ESPIPE),
         (_, 0..=5) if (a[2] as i64) >= 0 => Ok(0),
         _ => Err(Errno::EINVAL),
     }
@@ -712,7 +732,9 @@ struct DirentHeader {
 }
 
 const DT_UNKNOWN: u8 = 0;
+const DT_FIFO: u8 = 1;
 const DT_CHR: u8 = 2;
+const DT_LNK: u8 = 10;
 const DT_SOCK: u8 = 12;
 const DT_DIR: u8 = 4;
 const DT_REG: u8 = 8;
@@ -747,6 +769,8 @@ pub fn getdents64(a: &Args) -> SysResult {
                 vfs::EntryType::Regular => DT_REG,
                 vfs::EntryType::CharDevice => DT_CHR,
                 vfs::EntryType::Socket => DT_SOCK,
+                vfs::EntryType::Symlink => DT_LNK,
+                vfs::EntryType::Fifo => DT_FIFO,
                 vfs::EntryType::Other => DT_UNKNOWN,
             },
         };
@@ -835,16 +859,19 @@ pub fn ppoll(a: &Args) -> SysResult {
     poll_until(a[0], a[1], deadline)
 }
 
-/// readlinkat: the one symbolic link is `/proc/self/exe`; anything else that exists is not a link (EINVAL, which
-/// realpath() and `readlink -f` rely on), and a path that does not resolve gives the walk's error.
+/// readlinkat: a symbolic link's target, truncated to `size` bytes, no NUL added; `/proc/self/exe` is the program's
+/// path. Anything else that exists is not a link (EINVAL, which realpath() and `readlink -f` rely on), and a path
+/// that does not resolve gives the walk's error.
 fn readlink_path(dirfd: u64, path: u64, buf: u64, size: u64) -> SysResult {
     if size as i32 <= 0 {
         return Err(Errno::EINVAL);
     }
-    let path = super::path::resolve(dirfd, path)?;
+    let path = super::path::resolve_nofollow(dirfd, path)?;
     if path != "/proc/self/exe" {
-        super::path::stat_path(&path)?;
-        return Err(Errno::EINVAL);
+        let target = vfs::readlink(&path)?;
+        let n = target.len().min(size as usize);
+        user::write_bytes(buf, &target.as_bytes()[..n])?;
+        return Ok(n as u64);
     }
     let (exe, exe_len) = (EXE_PATH_ADDR.load(Ordering::Relaxed), EXE_PATH_LEN.load(Ordering::Relaxed));
     let n = exe_len.min(size);

@@ -81,7 +81,7 @@ const fn table() -> SyscallTable {
     t.set(3, fs::close, &[UInt]);
     t.set(4, path::stat, &[Ptr, Ptr]);
     t.set(5, fs::fstat, &[UInt, Ptr]);
-    t.set(6, path::stat, &[Ptr, Ptr]);
+    t.set(6, path::lstat, &[Ptr, Ptr]);
     t.set(7, fs::poll, &[Ptr, UInt, Int]);
     t.set(8, fs::lseek, &[UInt, Long, UInt]);
     t.set(9, mm::mmap, &[Long, Long, Long, Long, UInt, Long]);
@@ -117,7 +117,7 @@ const fn table() -> SyscallTable {
     t.set(73, lock::flock, &[UInt, UInt]);
     t.set(92, attrs::chown, &[Ptr, UInt, UInt]);
     t.set(93, attrs::fchown, &[UInt, UInt, UInt]);
-    t.set(94, attrs::chown, &[Ptr, UInt, UInt]);
+    t.set(94, attrs::lchown, &[Ptr, UInt, UInt]);
     t.set(132, attrs::utime, &[Ptr, Ptr]);
     t.set(203, process::sched_setaffinity, &[Int, UInt, Ptr]);
     t.set(235, attrs::utimes, &[Ptr, Ptr]);
@@ -158,6 +158,8 @@ const fn table() -> SyscallTable {
     t.set(85, fs::creat, &[Ptr, Mode]);
     t.set(86, path::link, &[Ptr, Ptr]);
     t.set(87, path::unlink, &[Ptr]);
+    t.set(133, path::mknod, &[Ptr, Mode, UInt]);
+    t.set(88, path::symlink, &[Ptr, Ptr]);
     t.set(95, process::umask, &[Int]);
     t.set(89, fs::readlink, &[Ptr, Ptr, Int]);
     t.set(90, path::chmod, &[Ptr, Mode]);
@@ -240,6 +242,8 @@ const fn table() -> SyscallTable {
     t.set(263, path::unlinkat, &[Int, Ptr, Int]);
     t.set(265, path::linkat, &[Int, Ptr, Int, Ptr, Int]);
     t.set(264, path::renameat, &[Int, Ptr, Int, Ptr]);
+    t.set(259, path::mknodat, &[Int, Ptr, Mode, UInt]);
+    t.set(266, path::symlinkat, &[Ptr, Int, Ptr]);
     t.set(267, fs::readlinkat, &[Int, Ptr, Ptr, Int]);
     t.set(268, path::fchmodat, &[Int, Ptr, Mode]);
     t.set(269, path::faccessat, &[Int, Ptr, Int]);

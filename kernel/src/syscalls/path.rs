@@ -10,27 +10,44 @@ use alloc::string::String;
 
 const AT_EMPTY_PATH: u64 = 0x1000;
 const AT_REMOVEDIR: u64 = 0x200;
+pub const AT_SYMLINK_NOFOLLOW: u64 = 0x100;
+const AT_SYMLINK_FOLLOW: u64 = 0x400;
 
-/// The program's path argument made absolute, relative to `dirfd` (or the working directory for AT_FDCWD). A
-/// trailing slash asks for a directory (ENOTDIR for something else).
+/// The program's path argument made absolute and canonical, relative to `dirfd` (or the working directory for
+/// AT_FDCWD), a symbolic link in its last name followed. A trailing slash asks for a directory (ENOTDIR for
+/// something else).
 pub fn resolve(dirfd: u64, path: u64) -> Result<String, Errno> {
-    let (abs, slash) = resolve_slashed(dirfd, path)?;
+    resolve_following(dirfd, path, true)
+}
+
+/// [`resolve`] leaving a symbolic link in the last name as it is (lstat, unlink, rename, readlink...).
+pub fn resolve_nofollow(dirfd: u64, path: u64) -> Result<String, Errno> {
+    resolve_following(dirfd, path, false)
+}
+
+pub fn resolve_following(dirfd: u64, path: u64, follow: bool) -> Result<String, Errno> {
+    let (abs, slash) = resolve_slashed(dirfd, path, follow)?;
     if slash {
         vfs::must_be_dir(&abs)?;
     }
     Ok(abs)
 }
 
-/// [`resolve`] for calls that give a trailing slash their own meaning: the path and whether it had one.
-pub fn resolve_slashed(dirfd: u64, path: u64) -> Result<(String, bool), Errno> {
+/// [`resolve_following`] for calls that give a trailing slash their own meaning: the path and whether it had one.
+pub fn resolve_slashed(dirfd: u64, path: u64, follow: bool) -> Result<(String, bool), Errno> {
     let path = read_path(path)?;
     if path.starts_with('/') || dirfd as i64 == AT_FDCWD {
-        return vfs::normalise(&path);
+        return vfs::normalise(&path, follow);
     }
     match &file::get(dirfd)?.object {
-        Object::Directory { path: dir, .. } => vfs::normalise(&alloc::format!("{dir}/{path}")),
+        Object::Directory { path: dir, .. } => vfs::normalise(&alloc::format!("{dir}/{path}"), follow),
         _ => Err(Errno::ENOTDIR),
     }
+}
+
+/// Whether `flags` (of a `*at` call) ask to follow a symbolic link in the last name.
+fn follows(flags: u64) -> bool {
+    flags & AT_SYMLINK_NOFOLLOW == 0
 }
 
 fn read_path(addr: u64) -> Result<String, Errno> {
@@ -74,12 +91,18 @@ pub fn stat(a: &Args) -> SysResult {
     user::write(a[1], st).map(|()| 0)
 }
 
+/// lstat: a symbolic link itself.
+pub fn lstat(a: &Args) -> SysResult {
+    let st = stat_path(&resolve_nofollow(AT_FDCWD as u64, a[0])?)?;
+    user::write(a[1], st).map(|()| 0)
+}
+
 pub fn newfstatat(a: &Args) -> SysResult {
     let (dirfd, path, buf, flags) = (a[0], a[1], a[2], a[3]);
     if flags & AT_EMPTY_PATH != 0 && user::read::<u8>(path)? == 0 {
         return super::fs::fstat(&[dirfd, buf, 0, 0, 0, 0]);
     }
-    let st = stat_path(&resolve(dirfd, path)?)?;
+    let st = stat_path(&resolve_following(dirfd, path, follows(flags))?)?;
     user::write(buf, st).map(|()| 0)
 }
 
@@ -129,7 +152,7 @@ pub fn statx(a: &Args) -> SysResult {
             _ => return Err(Errno::ENOSYS),
         }
     } else {
-        stat_path(&resolve(dirfd, path)?)?
+        stat_path(&resolve_following(dirfd, path, follows(flags))?)?
     };
     let time = |sec: i64, nsec: i64| StatxTime { sec, nsec: nsec as u32, _pad: 0 };
     let sx = Statx {
@@ -187,22 +210,22 @@ pub fn mkdir(a: &Args) -> SysResult {
 }
 
 pub fn mkdirat(a: &Args) -> SysResult {
-    vfs::mkdir(&resolve_slashed(a[0], a[1])?.0, a[2] as u32).map(|()| 0)
+    vfs::mkdir(&resolve_slashed(a[0], a[1], false)?.0, a[2] as u32).map(|()| 0)
 }
 
 pub fn unlink(a: &Args) -> SysResult {
-    vfs::remove(&resolve(AT_FDCWD as u64, a[0])?, false).map(|()| 0)
+    vfs::remove(&resolve_nofollow(AT_FDCWD as u64, a[0])?, false).map(|()| 0)
 }
 
 pub fn rmdir(a: &Args) -> SysResult {
-    vfs::remove(&resolve(AT_FDCWD as u64, a[0])?, true).map(|()| 0)
+    vfs::remove(&resolve_nofollow(AT_FDCWD as u64, a[0])?, true).map(|()| 0)
 }
 
 pub fn unlinkat(a: &Args) -> SysResult {
     if a[2] & !AT_REMOVEDIR != 0 {
         return Err(Errno::EINVAL);
     }
-    vfs::remove(&resolve(a[0], a[1])?, a[2] & AT_REMOVEDIR != 0).map(|()| 0)
+    vfs::remove(&resolve_nofollow(a[0], a[1])?, a[2] & AT_REMOVEDIR != 0).map(|()| 0)
 }
 
 pub fn rename(a: &Args) -> SysResult {
@@ -211,7 +234,8 @@ pub fn rename(a: &Args) -> SysResult {
 
 /// A trailing slash on either name is allowed only for moving a directory (ENOTDIR otherwise).
 pub fn renameat(a: &Args) -> SysResult {
-    let ((from, from_slash), (to, to_slash)) = (resolve_slashed(a[0], a[1])?, resolve_slashed(a[2], a[3])?);
+    let ((from, from_slash), (to, to_slash)) =
+        (resolve_slashed(a[0], a[1], false)?, resolve_slashed(a[2], a[3], false)?);
     if (from_slash || to_slash) && !vfs::lookup(&from)?.is_dir() {
         return Err(Errno::ENOTDIR);
     }
@@ -222,14 +246,43 @@ pub fn link(a: &Args) -> SysResult {
     linkat(&[AT_FDCWD as u64, a[0], AT_FDCWD as u64, a[1], 0, 0])
 }
 
-/// linkat: no symbolic links, so AT_SYMLINK_FOLLOW changes nothing; AT_EMPTY_PATH is not supported.
+/// linkat: a symbolic link as `from` is linked itself unless AT_SYMLINK_FOLLOW (as link(2) does on Linux);
+/// AT_EMPTY_PATH is not supported.
 pub fn linkat(a: &Args) -> SysResult {
-    const AT_SYMLINK_FOLLOW: u64 = 0x400;
     if a[4] & !AT_SYMLINK_FOLLOW != 0 {
         return Err(Errno::EINVAL);
     }
-    let (from, to) = (resolve(a[0], a[1])?, resolve(a[2], a[3])?);
-    vfs::link(&from, &to).map(|()| 0)
+    let from = resolve_following(a[0], a[1], a[4] & AT_SYMLINK_FOLLOW != 0)?;
+    vfs::link(&from, &resolve_nofollow(a[2], a[3])?).map(|()| 0)
+}
+
+pub fn mknod(a: &Args) -> SysResult {
+    mknodat(&[AT_FDCWD as u64, a[0], a[1], a[2], 0, 0])
+}
+
+/// mknodat: regular files and FIFOs. Device nodes are EPERM (as for a process without CAP_MKNOD: the VM has no
+/// devices for them to reach), and so are sockets, which only `bind` makes here.
+pub fn mknodat(a: &Args) -> SysResult {
+    const S_IFMT: u32 = 0o170000;
+    const S_IFSOCK: u32 = 0o140000;
+    const S_IFBLK: u32 = 0o060000;
+    let (path, mode) = (resolve_nofollow(a[0], a[1])?, a[2] as u32);
+    match mode & S_IFMT {
+        0 | vfs::S_IFREG => vfs::open(&path, Some(mode & 0o7777), true).map(|_| 0),
+        vfs::S_IFIFO => vfs::mkfifo(&path, mode & 0o7777).map(|()| 0),
+        vfs::S_IFCHR | S_IFBLK | S_IFSOCK => Err(Errno::EPERM),
+        _ => Err(Errno::EINVAL),
+    }
+}
+
+pub fn symlink(a: &Args) -> SysResult {
+    symlinkat(&[a[0], AT_FDCWD as u64, a[1], 0, 0, 0])
+}
+
+/// symlinkat(target, dirfd, linkpath): the target is kept as given, not resolved.
+pub fn symlinkat(a: &Args) -> SysResult {
+    let target = read_path(a[0])?;
+    vfs::symlink(&target, &resolve_nofollow(a[1], a[2])?).map(|()| 0)
 }
 
 /// renameat2 without flags is renameat; RENAME_NOREPLACE and the rest are not supported yet.

@@ -1,11 +1,16 @@
 //! The filesystem the program sees: one tree in memory. Files packed into the image (`kiln run --file/--dir`) are
 //! read from where the VMM put them until first written, when they are copied (the image itself never changes, as a
-//! container's writable layer over its image); everything created at run time lives in the library OS heap. No
-//! symbolic links, so paths resolve lexically. Paths at or below a volume's mount point go to the volume
-//! (`crate::volume`), whose files are inodes of another backing.
+//! container's writable layer over its image); everything created at run time lives in the library OS heap. Paths
+//! resolve as Linux's walk does, symbolic links followed (`walk`), into canonical absolute paths that the operations
+//! here take. Paths at or below a volume's mount point go to the volume (`crate::volume`), whose files are inodes of
+//! another backing.
 
 pub mod image;
 pub mod pages;
+mod proc;
+pub mod walk;
+
+pub use walk::normalise;
 
 use crate::errno::Errno;
 use crate::sync::SpinLock;
@@ -22,6 +27,8 @@ pub const S_IFDIR: u32 = 0o040000;
 pub const S_IFREG: u32 = 0o100000;
 pub const S_IFCHR: u32 = 0o020000;
 pub const S_IFSOCK: u32 = 0o140000;
+pub const S_IFLNK: u32 = 0o120000;
+pub const S_IFIFO: u32 = 0o010000;
 /// `st_rdev` of the device files: `makedev(1, minor)` as on Linux.
 pub const DEV_NULL: u64 = (1 << 8) | 3;
 pub const DEV_ZERO: u64 = (1 << 8) | 5;
@@ -91,6 +98,12 @@ pub enum Kind {
     Device(u64),
     /// The name of a bound AF_UNIX socket (`net::unix::names`): it cannot be opened, only connected to.
     Socket,
+    /// A symbolic link, by its target (followed by the walk, never opened).
+    Symlink(String),
+    /// A named pipe: opening it gives an end of its pipe (`crate::file::fifo`).
+    Fifo,
+    /// `/proc/self/task`: a directory of the live threads, each a directory by its id (`proc`).
+    Tasks,
 }
 
 pub struct Inode {
@@ -107,6 +120,8 @@ pub struct State {
     pub kind: Kind,
     /// Permission bits (the type comes from `kind`).
     pub perm: u32,
+    /// Names the inode has (hard links); a directory's count is worked out from its entries.
+    pub links: u32,
     pub atime_ns: u64,
     pub mtime_ns: u64,
 }
@@ -118,6 +133,8 @@ pub enum EntryType {
     Regular,
     CharDevice,
     Socket,
+    Symlink,
+    Fifo,
     /// Something a volume holds that the library OS does not open (a symbolic link, a device node).
     Other,
 }
@@ -128,6 +145,8 @@ pub enum EntryType {
 pub struct Attrs {
     pub mode: u32,
     pub size: u64,
+    /// `st_nlink`.
+    pub links: u32,
     pub atime_ns: u64,
     pub mtime_ns: u64,
 }
@@ -135,9 +154,12 @@ pub struct Attrs {
 impl Inode {
     fn new(kind: Kind, perm: u32) -> Arc<Inode> {
         static NEXT_INO: AtomicU64 = AtomicU64::new(2);
-        let ino = NEXT_INO.fetch_add(1, Ordering::Relaxed);
+        Inode::numbered(kind, perm, NEXT_INO.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn numbered(kind: Kind, perm: u32, ino: u64) -> Arc<Inode> {
         let now = time::realtime_ns();
-        let state = SpinLock::new(State { kind, perm, atime_ns: now, mtime_ns: now });
+        let state = SpinLock::new(State { kind, perm, links: 1, atime_ns: now, mtime_ns: now });
         Arc::new(Inode { ino, backing: Backing::Memory(state) })
     }
 
@@ -177,8 +199,22 @@ impl Inode {
 
     pub fn is_dir(&self) -> bool {
         match &self.backing {
-            Backing::Memory(state) => matches!(state.lock().kind, Kind::Dir(_)),
+            Backing::Memory(state) => matches!(state.lock().kind, Kind::Dir(_) | Kind::Tasks),
             Backing::Volume(node) => node.is_dir(),
+        }
+    }
+
+    pub fn is_fifo(&self) -> bool {
+        self.entry_type() == EntryType::Fifo
+    }
+
+    /// The entry `name` of this directory of the tree (ENOTDIR for anything else).
+    fn memory_child(&self, name: &str) -> Result<Arc<Inode>, Errno> {
+        let s = self.memory().ok_or(Errno::ENOTDIR)?.lock();
+        match &s.kind {
+            Kind::Dir(entries) => entries.get(name).cloned().ok_or(Errno::ENOENT),
+            Kind::Tasks => proc::thread_dir(name),
+            _ => Err(Errno::ENOTDIR),
         }
     }
 
@@ -193,8 +229,36 @@ impl Inode {
             Kind::File(d) => (S_IFREG | s.perm, d.len()),
             Kind::Device(_) => (S_IFCHR | s.perm, 0),
             Kind::Socket => (S_IFSOCK | s.perm, 0),
+            Kind::Symlink(target) => (S_IFLNK | 0o777, target.len() as u64),
+            Kind::Fifo => (S_IFIFO | s.perm, 0),
+            Kind::Tasks => (S_IFDIR | s.perm, 0),
         };
-        Attrs { mode, size, atime_ns: s.atime_ns, mtime_ns: s.mtime_ns }
+        let links = match &s.kind {
+            // "." and the parent's entry, and each subdirectory's "..", as Linux's tmpfs counts.
+            Kind::Dir(entries) => 2 + entries.values().filter(|e| e.is_dir()).count() as u32,
+            Kind::Tasks => 2 + proc::threads().len() as u32,
+            _ => s.links,
+        };
+        Attrs { mode, size, links, atime_ns: s.atime_ns, mtime_ns: s.mtime_ns }
+    }
+
+    /// For a symbolic link, its target.
+    pub fn link_target(&self) -> Option<String> {
+        match &self.backing {
+            Backing::Memory(state) => match &state.lock().kind {
+                Kind::Symlink(target) => Some(target.clone()),
+                _ => None,
+            },
+            Backing::Volume(node) => node.link_target(),
+        }
+    }
+
+    /// Counts a name made for the inode (`more`) or removed.
+    fn count_link(&self, more: bool) {
+        if let Backing::Memory(state) = &self.backing {
+            let mut s = state.lock();
+            s.links = if more { s.links.saturating_add(1) } else { s.links.saturating_sub(1) };
+        }
     }
 
     pub fn is_socket(&self) -> bool {
@@ -329,6 +393,9 @@ impl Inode {
             Backing::Volume(node) => return node.entries_from(from),
         };
         let s = state.lock();
+        if let Kind::Tasks = s.kind {
+            return Ok(proc::thread_entries(from));
+        }
         let Kind::Dir(entries) = &s.kind else { return Err(Errno::ENOTDIR) };
         Ok(entries.iter().skip(from).map(|(name, inode)| (name.clone(), inode.ino, inode.entry_type())).collect())
     }
@@ -340,9 +407,11 @@ impl Inode {
                 Kind::File(_) => EntryType::Regular,
                 Kind::Device(_) => EntryType::CharDevice,
                 Kind::Socket => EntryType::Socket,
+                Kind::Symlink(_) => EntryType::Symlink,
+                Kind::Fifo => EntryType::Fifo,
+                Kind::Tasks => EntryType::Directory,
             },
-            Backing::Volume(node) if node.is_dir() => EntryType::Directory,
-            Backing::Volume(_) => EntryType::Regular,
+            Backing::Volume(node) => node.entry_type(),
         }
     }
 }
@@ -371,6 +440,10 @@ pub fn init(image: Option<&'static [u8]>) {
     }
     let _ = create_file("/etc/hosts", b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     let _ = create_file("/etc/resolv.conf", b"nameserver 10.0.2.3\n");
+    let _ = create_file("/etc/services", proc::SERVICES.as_bytes());
+    let _ = create_file("/etc/protocols", proc::PROTOCOLS.as_bytes());
+    let _ = mkdir("/proc/self", 0o555);
+    let _ = insert_new("/proc/self/task", Inode::new(Kind::Tasks, 0o555));
     if let Some(image) = image {
         image::load(image);
     }
@@ -390,11 +463,11 @@ fn create_file(path: &str, contents: &[u8]) -> Result<(), Errno> {
     inode.write_at(0, contents, false).map(|_| ())
 }
 
-/// `path` made absolute and normalised: no `.`, `..` or empty components. As in Linux's walk, a name followed by
-/// `.`, `..` or a trailing slash must be a directory (ENOTDIR if it is something else, its lookup's error if it is
-/// missing; a missing last name with a trailing slash is fine: `mkdir("new/")`).
+/// `path` made absolute and canonical ([`normalise`]), its last name not followed unless a trailing slash asks for
+/// a directory. A trailing slash on something else is ENOTDIR (a missing last name with one is fine:
+/// `mkdir("new/")`).
 pub fn absolute(path: &str) -> Result<String, Errno> {
-    let (abs, slash) = normalise(path)?;
+    let (abs, slash) = normalise(path, false)?;
     if slash {
         must_be_dir(&abs)?;
     }
@@ -411,46 +484,7 @@ pub fn must_be_dir(abs: &str) -> Result<(), Errno> {
     }
 }
 
-/// [`absolute`] without the trailing slash's check: the path, and whether it ended with a slash (mkdir, open with
-/// O_CREAT and rename give a slash on the last name their own meaning).
-pub fn normalise(path: &str) -> Result<(String, bool), Errno> {
-    if path.is_empty() {
-        return Err(Errno::ENOENT);
-    }
-    if path.len() >= PATH_MAX {
-        return Err(Errno::ENAMETOOLONG);
-    }
-    let mut parts: Vec<String> =
-        if path.starts_with('/') { Vec::new() } else { components(&CWD.lock()).map(String::from).collect() };
-    // Whether the names in `parts` from this index on are yet to be checked as directories.
-    let mut unchecked = parts.len();
-    let check_dirs = |parts: &[String], unchecked: &mut usize| -> Result<(), Errno> {
-        if *unchecked < parts.len() {
-            let node = lookup_normalised(&join(parts))?;
-            if !node.is_dir() {
-                return Err(Errno::ENOTDIR);
-            }
-        }
-        *unchecked = parts.len();
-        Ok(())
-    };
-    for part in path.split('/') {
-        match part {
-            "" => {}
-            "." => check_dirs(&parts, &mut unchecked)?,
-            ".." => {
-                check_dirs(&parts, &mut unchecked)?;
-                parts.pop();
-                unchecked = parts.len();
-            }
-            name if name.len() > 255 => return Err(Errno::ENAMETOOLONG),
-            name => parts.push(name.to_string()),
-        }
-    }
-    Ok((join(&parts), path.ends_with('/')))
-}
-
-fn join(parts: &[String]) -> String {
+pub(crate) fn join(parts: &[String]) -> String {
     let mut out = String::from("/");
     out.push_str(&parts.join("/"));
     out
@@ -471,12 +505,7 @@ fn lookup_normalised(abs: &str) -> Result<Arc<Inode>, Errno> {
     }
     let mut node = root();
     for name in components(abs) {
-        let next = {
-            let s = node.memory().ok_or(Errno::ENOTDIR)?.lock();
-            let Kind::Dir(entries) = &s.kind else { return Err(Errno::ENOTDIR) };
-            entries.get(name).cloned().ok_or(Errno::ENOENT)?
-        };
-        node = next;
+        node = node.memory_child(name)?;
     }
     Ok(node)
 }
@@ -542,9 +571,10 @@ pub fn make_socket(path: &str) -> Result<u64, Errno> {
     Ok(ino)
 }
 
-/// The inode number of the socket file at `path`; `None` if `path` is something else.
+/// The inode number of the socket file at `path` (a symbolic link followed, as connect does); `None` if `path` is
+/// something else.
 pub fn socket_inode(path: &str) -> Result<Option<u64>, Errno> {
-    let inode = lookup(path)?;
+    let inode = lookup_normalised(&normalise(path, true)?.0)?;
     Ok(inode.is_socket().then_some(inode.ino))
 }
 
@@ -563,13 +593,13 @@ pub fn mkdir(path: &str, perm: u32) -> Result<(), Errno> {
     Ok(())
 }
 
-/// link: `to` names the file `from` names (a hard link), in the in-memory tree. A directory is EPERM, as on Linux;
-/// so is a link on a volume (not supported there), and one between a volume and memory is EXDEV.
+/// link: `to` names the file `from` names (a hard link; `from` is not followed). A directory is EPERM, as on Linux;
+/// one between volumes, or a volume and memory, is EXDEV.
 pub fn link(from: &str, to: &str) -> Result<(), Errno> {
     let (from_abs, to_abs) = (absolute(from)?, absolute(to)?);
     match (volume::find(&from_abs), volume::find(&to_abs)) {
         (None, None) => {}
-        (Some(_), Some(_)) => return Err(Errno::EPERM),
+        (Some((a, from_rest)), Some((b, to_rest))) if Arc::ptr_eq(&a, &b) => return a.link(&from_rest, &to_rest),
         _ => return Err(Errno::EXDEV),
     }
     let target = lookup(&from_abs)?;
@@ -582,21 +612,64 @@ pub fn link(from: &str, to: &str) -> Result<(), Errno> {
     if entries.contains_key(&name) {
         return Err(Errno::EEXIST);
     }
+    target.count_link(true);
     entries.insert(name, target);
     s.mtime_ns = time::realtime_ns();
     Ok(())
 }
 
+/// symlink: a link at `path` (not followed) whose target is `target`, kept as given (it may dangle).
+pub fn symlink(target: &str, path: &str) -> Result<(), Errno> {
+    if target.is_empty() {
+        return Err(Errno::ENOENT);
+    }
+    if target.len() >= PATH_MAX {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    if let Some((volume, rest)) = volume::find(&absolute(path)?) {
+        return volume.symlink(&rest, target);
+    }
+    insert_new(path, Inode::new(Kind::Symlink(target.to_string()), 0o777))
+}
+
+/// mkfifo: a named pipe at `path` (not followed).
+pub fn mkfifo(path: &str, perm: u32) -> Result<(), Errno> {
+    if let Some((volume, rest)) = volume::find(&absolute(path)?) {
+        return volume.mkfifo(&rest, perm);
+    }
+    insert_new(path, Inode::new(Kind::Fifo, perm & 0o7777))
+}
+
+/// Puts a new inode at `path` (not followed): EEXIST if the name is taken.
+fn insert_new(path: &str, inode: Arc<Inode>) -> Result<(), Errno> {
+    let (dir, name) = parent(path).map_err(|e| if e == Errno::EBUSY { Errno::EEXIST } else { e })?;
+    let mut s = dir.memory().ok_or(Errno::ENOTDIR)?.lock();
+    let Kind::Dir(entries) = &mut s.kind else { return Err(Errno::ENOTDIR) };
+    if entries.contains_key(&name) {
+        return Err(Errno::EEXIST);
+    }
+    entries.insert(name, inode);
+    s.mtime_ns = time::realtime_ns();
+    Ok(())
+}
+
+/// readlink: the target of the link at `path` (not followed); EINVAL for anything else, as Linux says.
+pub fn readlink(path: &str) -> Result<String, Errno> {
+    lookup(path)?.link_target().ok_or(Errno::EINVAL)
+}
+
 /// unlink (`dir == false`) or rmdir (`dir == true`).
 pub fn remove(path: &str, dir: bool) -> Result<(), Errno> {
-    if let Some((volume, rest)) = volume::find(&absolute(path)?) {
+    let abs = absolute(path)?;
+    if let Some((volume, rest)) = volume::find(&abs) {
         return volume.remove(&rest, dir);
     }
-    let (parent_dir, name) = parent(path)?;
+    let (parent_dir, name) = parent(&abs)?;
+    // (No walk from here on: it would take the lock held below.)
     let mut s = parent_dir.memory().ok_or(Errno::ENOTDIR)?.lock();
     let Kind::Dir(entries) = &mut s.kind else { return Err(Errno::ENOTDIR) };
     let target = entries.get(&name).ok_or(Errno::ENOENT)?;
-    if volume::find(&(absolute(path)? + "/")).is_some() {
+    if volume::find(&(abs + "/")).is_some() {
         // A mount point.
         return Err(Errno::EBUSY);
     }
@@ -605,12 +678,18 @@ pub fn remove(path: &str, dir: bool) -> Result<(), Errno> {
         let t = t.lock();
         match (&t.kind, dir) {
             (Kind::Dir(_), false) => return Err(Errno::EISDIR),
-            (Kind::File(_) | Kind::Device(_) | Kind::Socket, true) => return Err(Errno::ENOTDIR),
+            (Kind::File(_) | Kind::Device(_) | Kind::Socket | Kind::Symlink(_) | Kind::Fifo, true) => {
+                return Err(Errno::ENOTDIR)
+            }
+            (Kind::Tasks, _) => return Err(Errno::EPERM),
             (Kind::Dir(children), true) if !children.is_empty() => return Err(Errno::ENOTEMPTY),
             _ => {}
         }
     }
-    entries.remove(&name);
+    if let Some(gone) = entries.remove(&name) {
+        gone.count_link(false);
+    }
+    s.mtime_ns = time::realtime_ns();
     Ok(())
 }
 
@@ -644,6 +723,10 @@ pub fn rename(from: &str, to: &str) -> Result<(), Errno> {
         let mut s = to_dir.memory().ok_or(Errno::ENOTDIR)?.lock();
         let Kind::Dir(entries) = &mut s.kind else { return Err(Errno::ENOTDIR) };
         if let Some(existing) = entries.get(&to_name) {
+            if Arc::ptr_eq(existing, &moving) {
+                // Two names of one file: rename does nothing, as POSIX says.
+                return Ok(());
+            }
             match (existing.is_dir(), moving.is_dir()) {
                 (true, false) => return Err(Errno::EISDIR),
                 (false, true) => return Err(Errno::ENOTDIR),
@@ -651,7 +734,9 @@ pub fn rename(from: &str, to: &str) -> Result<(), Errno> {
                 _ => {}
             }
         }
-        entries.insert(to_name, moving);
+        if let Some(replaced) = entries.insert(to_name, moving) {
+            replaced.count_link(false);
+        }
     }
     if from_abs != to_abs {
         if let Some(state) = from_dir.memory() {

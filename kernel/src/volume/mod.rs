@@ -42,6 +42,7 @@ fn errno(e: Ext2Error) -> Errno {
         Ext2Error::NameTooLong => Errno::ENAMETOOLONG,
         Ext2Error::FileTooBig => Errno::EFBIG,
         Ext2Error::Invalid => Errno::EINVAL,
+        Ext2Error::TooManyLinks => Errno::EMLINK,
         Ext2Error::Unsupported(_) => Errno::EOPNOTSUPP,
         Ext2Error::Io(_) | Ext2Error::Corrupt(_) => Errno::EIO,
     }
@@ -49,6 +50,16 @@ fn errno(e: Ext2Error) -> Errno {
 
 fn clock() -> u32 {
     (crate::time::realtime_ns() / 1_000_000_000) as u32
+}
+
+fn entry_type(kind: FileType) -> EntryType {
+    match kind {
+        FileType::Directory => EntryType::Directory,
+        FileType::Regular => EntryType::Regular,
+        FileType::Symlink => EntryType::Symlink,
+        FileType::Fifo => EntryType::Fifo,
+        FileType::Other => EntryType::Other,
+    }
 }
 
 /// Sets up each volume's device and mounts its filesystem; the mount points are made in the tree. The VMM checked
@@ -87,6 +98,11 @@ pub fn find(abs: &str) -> Option<(Arc<Volume>, Vec<String>)> {
     let volume = volumes.iter().find(|v| abs == v.mount || abs.starts_with(&(v.mount.clone() + "/")))?.clone();
     let rest = abs[volume.mount.len()..].split('/').filter(|p| !p.is_empty()).map(String::from).collect();
     Some((volume, rest))
+}
+
+/// The volume mounted exactly at `abs`, if any (a walk entering its mount point).
+pub fn mounted_at(abs: &str) -> Option<Arc<Volume>> {
+    VOLUMES.lock().iter().find(|v| v.mount == abs).cloned()
 }
 
 /// Writes back every volume (sync(2), syncfs).
@@ -183,6 +199,28 @@ impl Volume {
         }
     }
 
+    /// A symbolic link at `path` to `target`.
+    pub fn symlink(&self, path: &[String], target: &str) -> Result<(), Errno> {
+        let mut fs = self.fs.lock();
+        let (dir, name) = Self::parent(&mut fs, path).map_err(|e| if e == Errno::EBUSY { Errno::EEXIST } else { e })?;
+        fs.symlink(dir, name, target.as_bytes()).map(|_| ()).map_err(errno)
+    }
+
+    /// A FIFO at `path`.
+    pub fn mkfifo(&self, path: &[String], perm: u32) -> Result<(), Errno> {
+        let mut fs = self.fs.lock();
+        let (dir, name) = Self::parent(&mut fs, path).map_err(|e| if e == Errno::EBUSY { Errno::EEXIST } else { e })?;
+        fs.mkfifo(dir, name, perm).map(|_| ()).map_err(errno)
+    }
+
+    /// A hard link at `to` to the file at `from` (not followed); EPERM for a directory, as on Linux.
+    pub fn link(&self, from: &[String], to: &[String]) -> Result<(), Errno> {
+        let mut fs = self.fs.lock();
+        let ino = Self::walk(&mut fs, from)?;
+        let (dir, name) = Self::parent(&mut fs, to)?;
+        fs.link(ino, dir, name).map_err(|e| if e == Ext2Error::IsDir { Errno::EPERM } else { errno(e) })
+    }
+
     pub fn rename(&self, from: &[String], to: &[String]) -> Result<(), Errno> {
         let mut fs = self.fs.lock();
         let (from_dir, from_name) = Self::parent(&mut fs, from)?;
@@ -201,10 +239,32 @@ impl Node {
         self.volume.fs.lock().file_type(self.ino) == Ok(FileType::Directory)
     }
 
+    pub fn entry_type(&self) -> EntryType {
+        self.volume.fs.lock().file_type(self.ino).map_or(EntryType::Other, entry_type)
+    }
+
+    /// The entry `name` of this directory.
+    pub fn child(&self, name: &str) -> Result<Node, Errno> {
+        let ino = self.volume.fs.lock().lookup(self.ino, name).map_err(errno)?;
+        Ok(self.volume.node(ino))
+    }
+
+    /// For a symbolic link, its target (a target that is not UTF-8 reads as missing).
+    pub fn link_target(&self) -> Option<String> {
+        let mut fs = self.volume.fs.lock();
+        if fs.file_type(self.ino) != Ok(FileType::Symlink) {
+            return None;
+        }
+        let bytes = fs.read_link(self.ino).ok()?;
+        Some(String::from_utf8(bytes).unwrap_or_default())
+    }
+
     pub fn stat(&self) -> Attrs {
         let secs = |s: u32| u64::from(s) * 1_000_000_000;
         match self.volume.fs.lock().stat(self.ino) {
-            Ok(s) => Attrs { mode: s.mode, size: s.size, atime_ns: secs(s.atime), mtime_ns: secs(s.mtime) },
+            Ok(s) => {
+                Attrs { mode: s.mode, size: s.size, links: s.links, atime_ns: secs(s.atime), mtime_ns: secs(s.mtime) }
+            }
             Err(_) => Attrs::default(),
         }
     }
@@ -248,14 +308,7 @@ impl Node {
         Ok(entries
             .into_iter()
             .skip(from)
-            .map(|(name, ino, kind)| {
-                let kind = match kind {
-                    FileType::Directory => EntryType::Directory,
-                    FileType::Regular => EntryType::Regular,
-                    FileType::Other => EntryType::Other,
-                };
-                (name, base | u64::from(ino), kind)
-            })
+            .map(|(name, ino, kind)| (name, base | u64::from(ino), entry_type(kind)))
             .collect())
     }
 
