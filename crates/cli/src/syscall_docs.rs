@@ -44,7 +44,11 @@ const NOTES: &[(u64, &str)] = &[
           once; SA_RESTART for read, write, readv, writev, futex",
     ),
     (34, "partial: as on Linux; a program waiting here is never reported as deadlocked"),
-    (16, "partial: FIONBIO, FIONREAD; no descriptor is a terminal (ENOTTY)"),
+    (
+        16,
+        "partial: FIONBIO, FIONREAD, and on sockets the SIOCGIF* interface queries; no descriptor is a terminal \
+         (ENOTTY)",
+    ),
     (4, "partial: no symbolic links exist, so stat and lstat agree"),
     (6, "partial: no symbolic links exist, so stat and lstat agree"),
     (21, "partial: everyone is root: an existing path is accessible"),

@@ -11,6 +11,7 @@
 
 pub mod addr;
 pub mod card;
+pub mod interfaces;
 pub mod kept;
 pub mod link;
 pub mod netlink;

@@ -3,6 +3,7 @@
 //! its MAC, MTU and addresses. That is what Go's `net.Interfaces()`, glibc's and musl's `getifaddrs` and
 //! `if_nameindex` ask. Other requests get an NLMSG_ERROR of EOPNOTSUPP. Each answer message is a datagram of its own.
 
+use super::interfaces::{interfaces, Address, Interface, AF_INET, ARPHRD_LOOPBACK};
 use crate::errno::Errno;
 use crate::file::wait::Waitable;
 use crate::file::{POLLIN, POLLOUT};
@@ -36,67 +37,9 @@ const IFA_LOCAL: u16 = 2;
 const IFA_LABEL: u16 = 3;
 const IFA_BROADCAST: u16 = 4;
 const AF_UNSPEC: u8 = 0;
-const AF_INET: u8 = 2;
-const AF_INET6: u8 = 10;
-const ARPHRD_ETHER: u16 = 1;
-const ARPHRD_LOOPBACK: u16 = 772;
-const IFF_UP: u32 = 0x1;
-const IFF_BROADCAST: u32 = 0x2;
-const IFF_LOOPBACK: u32 = 0x8;
-const IFF_RUNNING: u32 = 0x40;
-const IFF_MULTICAST: u32 = 0x1000;
-const IFF_LOWER_UP: u32 = 0x10000;
 const IFA_F_PERMANENT: u8 = 0x80;
-const RT_SCOPE_UNIVERSE: u8 = 0;
-const RT_SCOPE_HOST: u8 = 254;
 /// The most answers one socket holds unread; a program that asks without reading gets ENOBUFS, as from Linux.
 const MAX_QUEUED: usize = 1024;
-
-/// One interface as netlink describes it.
-struct Interface {
-    index: u32,
-    name: &'static str,
-    kind: u16,
-    flags: u32,
-    mtu: u32,
-    mac: [u8; 6],
-    broadcast: [u8; 6],
-    /// (family, address bytes, prefix length, scope)
-    addresses: Vec<(u8, Vec<u8>, u8, u8)>,
-}
-
-fn interfaces() -> Vec<Interface> {
-    let mut all = alloc::vec![Interface {
-        index: 1,
-        name: "lo",
-        kind: ARPHRD_LOOPBACK,
-        flags: IFF_UP | IFF_LOOPBACK | IFF_RUNNING | IFF_LOWER_UP,
-        mtu: 65536,
-        mac: [0; 6],
-        broadcast: [0; 6],
-        addresses: alloc::vec![
-            (AF_INET, alloc::vec![127, 0, 0, 1], 8, RT_SCOPE_HOST),
-            (AF_INET6, Vec::from(smoltcp::wire::Ipv6Address::LOCALHOST.octets()), 128, RT_SCOPE_HOST),
-        ],
-    }];
-    if let Some(card) = super::card_address_info() {
-        let mut addresses = alloc::vec![(AF_INET, Vec::from(card.ip.octets()), card.prefix_len, RT_SCOPE_UNIVERSE)];
-        if let Some(v6) = card.ip6 {
-            addresses.push((AF_INET6, Vec::from(v6.ip.octets()), v6.prefix_len, RT_SCOPE_UNIVERSE));
-        }
-        all.push(Interface {
-            index: 2,
-            name: "eth0",
-            kind: ARPHRD_ETHER,
-            flags: IFF_UP | IFF_BROADCAST | IFF_RUNNING | IFF_MULTICAST | IFF_LOWER_UP,
-            mtu: u32::from(card.mtu),
-            mac: card.mac,
-            broadcast: [0xff; 6],
-            addresses,
-        });
-    }
-    all
-}
 
 /// Builds one netlink message: the header, then the fixed part and attributes the caller adds.
 struct Message(Vec<u8>);
@@ -152,8 +95,8 @@ fn link_message(i: &Interface, flags: u16, seq: u32, port: u32) -> Vec<u8> {
     m.done()
 }
 
-fn address_message(i: &Interface, address: &(u8, Vec<u8>, u8, u8), flags: u16, seq: u32, port: u32) -> Vec<u8> {
-    let (family, bytes, prefix, scope) = address;
+fn address_message(i: &Interface, address: &Address, flags: u16, seq: u32, port: u32) -> Vec<u8> {
+    let Address { family, bytes, prefix, scope } = address;
     let mut m = Message::new(RTM_NEWADDR, flags, seq, port);
     // struct ifaddrmsg: family, prefix length, flags, scope, index.
     m.put(&[*family, *prefix, IFA_F_PERMANENT, *scope]).put(&i.index.to_le_bytes());
@@ -161,9 +104,7 @@ fn address_message(i: &Interface, address: &(u8, Vec<u8>, u8, u8), flags: u16, s
     if *family == AF_INET {
         m.attribute(IFA_LOCAL, bytes);
         if i.kind != ARPHRD_LOOPBACK {
-            let host_bits = u32::MAX.checked_shr(u32::from(*prefix)).unwrap_or(0);
-            let ip = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-            m.attribute(IFA_BROADCAST, &(ip | host_bits).to_be_bytes());
+            m.attribute(IFA_BROADCAST, &address.broadcast());
         }
         m.attribute(IFA_LABEL, &name_value(i.name));
     }
@@ -211,7 +152,7 @@ fn answer(data: &[u8], port: u32) -> Vec<Vec<u8>> {
             RTM_GETADDR => {
                 let family = payload.first().copied().unwrap_or(AF_UNSPEC);
                 for i in &interfaces() {
-                    for address in i.addresses.iter().filter(|a| family == AF_UNSPEC || a.0 == family) {
+                    for address in i.addresses.iter().filter(|a| family == AF_UNSPEC || a.family == family) {
                         out.push(address_message(i, address, multi, seq, port));
                     }
                 }

@@ -479,6 +479,12 @@ pub fn ioctl(a: &Args) -> SysResult {
             };
             user::write(a[2], n as i32).map(|()| 0)
         }
+        request
+            if super::ifreq::is_interface_request(request)
+                && matches!(f.object, Object::Socket(_) | Object::Unix(_) | Object::Netlink(_)) =>
+        {
+            super::ifreq::ioctl(request, a[2])
+        }
         // No descriptor is a terminal (TCGETS, TIOCGWINSZ, ...).
         _ => Err(Errno::ENOTTY),
     }

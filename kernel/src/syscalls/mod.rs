@@ -6,6 +6,7 @@ pub mod attrs;
 mod fs;
 mod futex_pi;
 mod identity;
+mod ifreq;
 pub mod lock;
 mod mm;
 pub mod net;

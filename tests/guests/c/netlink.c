@@ -1,5 +1,5 @@
 /* netlink: the interfaces as getifaddrs and if_nameindex see them (both ask NETLINK_ROUTE: RTM_GETLINK, RTM_GETADDR),
- * one fact a line. By default only the loopback is printed, which is the same natively and in Kiln: `lo` with its
+ * and if_nametoindex and if_indextoname (the SIOCGIFINDEX and SIOCGIFNAME ioctls), one fact a line. By default only the loopback is printed, which is the same natively and in Kiln: `lo` with its
  * flags, 127.0.0.1/8 and ::1/128. With `all`, every other interface too (name, flags, MTU-free facts: its addresses
  * and prefix lengths, whether it has a hardware address). Exits 0 if `lo` was found whole. */
 #define _GNU_SOURCE
@@ -78,6 +78,11 @@ int main(int argc, char **argv) {
   }
   if (names) if_freenameindex(names);
   printf("if_nameindex: lo %s\n", lo_named ? "present" : "missing");
+  /* These two ask the SIOCGIFINDEX and SIOCGIFNAME ioctls of a socket. */
+  char name[IF_NAMESIZE] = "";
+  unsigned lo_index = if_nametoindex("lo");
+  printf("if_nametoindex: lo is %u, nonexistent0 is %u\n", lo_index, if_nametoindex("nonexistent0"));
+  printf("if_indextoname: %u is %s\n", lo_index, if_indextoname(lo_index, name) ? name : "(none)");
   printf("netlink: lo link %d, 127.0.0.1/8 %d, ::1/128 %d\n", lo_link, lo_v4, lo_v6);
-  return lo_link && lo_v4 && lo_v6 && lo_named ? 0 : 1;
+  return lo_link && lo_v4 && lo_v6 && lo_named && lo_index ? 0 : 1;
 }
