@@ -3,7 +3,8 @@
 #   - apt: build-essential (cc, for the host build and the dynamically linked test program), musl-tools (musl-gcc, for
 #     the C test programs), golang-go (the Go test program), iproute2 (`ip`, for the network tests' namespaces and tap
 #     devices), curl (the HTTP tests' host client; and, with ca-certificates, to install rustup), e2fsprogs
-#     (mkfs.ext2 for `kiln volume create`; e2fsck and debugfs, with which the volume tests check volumes);
+#     (mkfs.ext2 for `kiln volume create`; e2fsck and debugfs, with which the volume tests check volumes), python3
+#     (Debian's, dynamically linked: a test boots it with its standard library);
 #   - apt, for the nested-KVM check (tests/nested-kvm/run.sh; it skips without them): qemu-system-x86,
 #     linux-image-amd64 (Debian's kernel, booted in QEMU to load kvm-amd), busybox-static (its init), cpio;
 #   - rustup and the toolchain pinned in rust-toolchain.toml, with its components and targets (x86_64-unknown-none for
@@ -23,7 +24,7 @@ as_root() {
 }
 
 missing=()
-for pkg in build-essential musl-tools golang-go iproute2 curl e2fsprogs; do
+for pkg in build-essential musl-tools golang-go iproute2 curl e2fsprogs python3; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
 done
 if ! command -v rustup >/dev/null && ! [ -x "$HOME/.cargo/bin/rustup" ]; then

@@ -1151,6 +1151,39 @@ fn rust_built_for_glibc_runs_as_natively() {
 }
 
 #[test]
+fn debian_python3_runs_a_script_with_its_standard_library_as_natively() {
+    if !kvm::available() {
+        return;
+    }
+    let python = std::path::Path::new("/usr/bin/python3");
+    if !python.exists() {
+        eprintln!("skipped: no /usr/bin/python3 (scripts/setup.sh installs it)");
+        return;
+    }
+    let script = guests::repo_root().join("tests/guests/python/stdlib.py");
+    let stdlib = std::process::Command::new(python)
+        .args(["-c", "import sysconfig; print(sysconfig.get_paths()['stdlib'])"])
+        .output()
+        .expect("ask python3 where its standard library is");
+    let stdlib = String::from_utf8_lossy(&stdlib.stdout).trim().to_string();
+    let native = std::process::Command::new(python).arg(&script).env_clear().output().expect("run python3 natively");
+    let native_out = String::from_utf8_lossy(&native.stdout);
+    assert!(native.status.success() && native_out.ends_with("stdlib: ok True\n"), "natively:\n{native_out}");
+    // The extension modules in the standard library (_hashlib, _json, ...) are rewritten on their way in, and the
+    // libraries they need (libcrypto.so.3) come with them.
+    let run = kiln()
+        .args(["run", "--memory", "512M", "--dir"])
+        .arg(format!("{stdlib}:{stdlib}"))
+        .arg("--file")
+        .arg(format!("{}:/stdlib.py", script.display()))
+        .arg(python)
+        .arg("/stdlib.py")
+        .run();
+    run.assert_code(0);
+    assert_eq!(run.stdout_text(), native_out, "{run}");
+}
+
+#[test]
 fn memory_too_small_is_reported() {
     let run = kiln().args(["run", "--memory", "2M"]).arg(guests::c("hello")).run();
     let line = run.assert_kiln_error();

@@ -68,6 +68,7 @@ fn boot(code: &[u8]) -> (GuestRam, boot::BootState) {
         boot_realtime_ns: 0,
         rootfs: Vec::new(),
         interpreter: Vec::new(),
+        objects_need_page0: false,
         net: None,
         volumes: Vec::new(),
     };

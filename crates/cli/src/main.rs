@@ -21,6 +21,7 @@ mod allocator;
 #[cfg(test)]
 mod boot_layout_tests;
 mod detach;
+mod dynamic;
 mod home;
 mod host_signals;
 mod image_build;

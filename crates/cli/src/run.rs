@@ -2,16 +2,15 @@
 //! its exit code; with `-d`, as a detached instance (see `detach`).
 
 use crate::detach;
+use crate::dynamic;
 use crate::host_signals;
 use crate::net;
 use crate::size::parse_size;
 use crate::target::{self, Target};
 use anyhow::{anyhow, Context, Result};
 use kiln_vmm::boot::BootError;
-use kiln_vmm::dynamic::{self, Dependencies};
-use kiln_vmm::elf::ElfImage;
+use kiln_vmm::dynamic::Dependencies;
 use kiln_vmm::loader::LoaderError;
-use kiln_vmm::rewrite_cache::RewriteCache;
 use kiln_vmm::rootfs::RootfsBuilder;
 use kiln_vmm::syscall_names::syscall_name;
 use kiln_vmm::{Console, HostSignals, Outcome, RunStats, Vm, VmConfig, VmError};
@@ -93,11 +92,12 @@ const BUILT_IN_RESOLV_CONF: &str = "nameserver 10.0.2.3\n";
 
 /// The guest's filesystem image: the resolver configuration the network needs, the image's files, then --dir and
 /// --file (a later entry replaces an earlier one at the same path).
-fn rootfs(args: &RunArgs, image_rootfs: &[u8], deps: Option<&Dependencies>) -> Result<Vec<u8>> {
+/// Also says whether a shared object in it has syscall sites that stayed in place, which need page 0.
+fn rootfs(args: &RunArgs, image_rootfs: &[u8], deps: Option<&mut Dependencies>) -> Result<(Vec<u8>, bool)> {
     let resolv_conf = net::resolv_conf(&args.network).filter(|r| r != BUILT_IN_RESOLV_CONF);
     let image_empty = image_rootfs.len() <= kiln_abi::rootfs::MAGIC.len();
     if args.files.is_empty() && args.dirs.is_empty() && resolv_conf.is_none() && image_empty && deps.is_none() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), false));
     }
     let mut builder = RootfsBuilder::default();
     if let Some(resolv_conf) = resolv_conf {
@@ -108,6 +108,10 @@ fn rootfs(args: &RunArgs, image_rootfs: &[u8], deps: Option<&Dependencies>) -> R
     for object in deps.iter().flat_map(|d| std::iter::once(&d.interpreter).chain(&d.libraries)) {
         builder.add_file(&object.guest_path, 0o755, &object.object.bytes)?;
     }
+    let found = dynamic::FoundObjects::default();
+    if deps.is_some() {
+        builder.set_host_file_filter(dynamic::object_filter(found.clone()));
+    }
     if !image_empty {
         builder.add_image(image_rootfs).context("the image's root filesystem")?;
     }
@@ -117,7 +121,12 @@ fn rootfs(args: &RunArgs, image_rootfs: &[u8], deps: Option<&Dependencies>) -> R
     for (host, guest) in &args.files {
         builder.add_host_file(host, guest).with_context(|| format!("--file {}:{guest}", host.display()))?;
     }
-    Ok(builder.finish())
+    let mut page0 = false;
+    if let Some(deps) = deps {
+        dynamic::add_libraries_they_need(deps, &found, &mut builder)?;
+        page0 = deps.site_counts().in_place > 0 || found.borrow().iter().any(|&(_, in_place)| in_place > 0);
+    }
+    Ok((builder.finish(), page0))
 }
 
 fn parse_env(s: &str) -> Result<String, String> {
@@ -161,7 +170,8 @@ pub fn run(mut args: RunArgs) -> Result<u8> {
         args.network.publish = target.ports.clone();
     }
     let memory = args.memory.or(target.memory).unwrap_or(DEFAULT_MEMORY);
-    let deps = dependencies(&target)?;
+    let mut deps = dynamic::dependencies(&target)?;
+    let (rootfs, objects_need_page0) = rootfs(&args, &target.rootfs, deps.as_mut())?;
     let config = VmConfig {
         memory,
         cpus: args.cpus.or(target.cpus).unwrap_or(1),
@@ -171,7 +181,8 @@ pub fn run(mut args: RunArgs) -> Result<u8> {
         trace_syscalls: args.trace_syscalls,
         rewrite_cache: rewrite_cache_dir(),
         prepared: target.prepared.take(),
-        rootfs: rootfs(&args, &target.rootfs, deps.as_ref())?,
+        rootfs,
+        objects_need_page0,
         interpreter: deps.map(|d| d.interpreter.object.bytes).unwrap_or_default(),
         net: net::card(&args.network)?,
         volumes: crate::volume::attach_all(&target::merged_volumes(&target.volumes, &args.volumes))?,
@@ -259,24 +270,8 @@ fn report(args: &RunArgs, outcome: Outcome, stats: &RunStats) -> Result<(u8, Str
     }
 }
 
-/// A dynamically linked host program's loader and libraries, rewritten (none for a static program or an image, whose
-/// program the VMM checks).
-fn dependencies(target: &Target) -> Result<Option<Dependencies>> {
-    if target.image_id.is_some() {
-        return Ok(None);
-    }
-    let Ok(elf) = ElfImage::parse(&target.program) else { return Ok(None) };
-    let cache = rewrite_cache_dir().map(RewriteCache::new);
-    let deps = dynamic::collect(&elf, std::path::Path::new(&target.shown), cache.as_ref())
-        .with_context(|| format!("{}: dynamically linked", target.shown))?;
-    if let Some(deps) = &deps {
-        tracing::debug!("{} shared objects, {}", deps.libraries.len() + 1, deps.site_counts());
-    }
-    Ok(deps)
-}
-
 /// `$KILN_HOME/cache/rewrite`, else the XDG cache (`~/.cache/kiln/rewrite`); none if there is no home to use.
-fn rewrite_cache_dir() -> Option<PathBuf> {
+pub(crate) fn rewrite_cache_dir() -> Option<PathBuf> {
     let var = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
     if let Some(home) = var("KILN_HOME") {
         return Some(home.join("cache/rewrite"));

@@ -53,6 +53,8 @@ pub struct BootParams {
     pub boot_realtime_ns: u64,
     /// The program's dynamic loader, rewritten (`shared_object`), for a dynamically linked program; empty for none.
     pub interpreter: Vec<u8>,
+    /// Whether a shared object the program will map has syscall sites that stayed in place (page 0 is mapped then).
+    pub objects_need_page0: bool,
     /// The root filesystem image (`kiln_abi::rootfs`), empty for none.
     pub rootfs: Vec<u8>,
     /// The network card's addresses, if the VM has one (its register window is placed by [`build`]).
@@ -176,7 +178,7 @@ pub fn build(
 
     // Page 0 only for sites the rewriter could not relocate: without it, NULL reads fault as on Linux. The same
     // code at the gateway page for the stubs of shared objects (`shared_object`), which a dynamic program has.
-    let page0 = !program.2.report.in_place.is_empty();
+    let page0 = !program.2.report.in_place.is_empty() || params.objects_need_page0;
     let gateway = !params.interpreter.is_empty();
     if page0 || gateway {
         let trampoline = alloc.alloc(PAGE_SIZE)?;

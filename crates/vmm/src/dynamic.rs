@@ -62,6 +62,8 @@ pub struct GuestObject {
 pub struct Dependencies {
     pub interpreter: GuestObject,
     pub libraries: Vec<GuestObject>,
+    /// The names already collected (or being collected): each comes once, as the loader loads a soname once.
+    seen: HashSet<String>,
 }
 
 impl Dependencies {
@@ -77,6 +79,67 @@ impl Dependencies {
             },
         )
     }
+
+    /// Adds the libraries `elf` (read from `path` on the host) needs, and theirs, that are not there yet: for the
+    /// program, and for shared objects the program will `dlopen` (Python's extension modules).
+    pub fn add_needed_by(
+        &mut self,
+        elf: &ElfImage,
+        path: &Path,
+        cache: Option<&RewriteCache>,
+    ) -> Result<(), DynamicError> {
+        // (name, the needing object's host path, its search path)
+        let mut queue: VecDeque<(String, PathBuf, Vec<String>)> = VecDeque::new();
+        let mut enqueue = |queue: &mut VecDeque<_>, elf: &ElfImage, by: &Path| {
+            for name in &elf.needed {
+                if self.seen.insert(name.clone()) {
+                    queue.push_back((name.clone(), by.to_path_buf(), elf.runpath.clone()));
+                }
+            }
+        };
+        enqueue(&mut queue, elf, path);
+        while let Some((name, by, runpath)) = queue.pop_front() {
+            if self.libraries.len() >= MAX_OBJECTS {
+                return Err(DynamicError::TooMany);
+            }
+            let (host_path, guest_path) = if name.contains('/') {
+                (PathBuf::from(&name), name.clone())
+            } else {
+                (find(&name, &by, &runpath)?, format!("{GUEST_LIBRARY_DIR}/{name}"))
+            };
+            let bytes =
+                std::fs::read(&host_path).map_err(|source| DynamicError::Read { path: host_path.clone(), source })?;
+            let elf =
+                ElfImage::parse_any(&bytes).map_err(|source| DynamicError::Elf { path: host_path.clone(), source })?;
+            enqueue(&mut queue, &elf, &host_path);
+            let object = rewrite(&host_path, &bytes, cache)?;
+            self.libraries.push(GuestObject { host_path, guest_path, object });
+        }
+        Ok(())
+    }
+}
+
+/// Where the loader would find library `name` needed by the object at `by` with search path `runpath`.
+fn find(name: &str, by: &Path, runpath: &[String]) -> Result<PathBuf, DynamicError> {
+    let origin = by.parent().unwrap_or(Path::new("/"));
+    let dirs: Vec<PathBuf> = runpath
+        .iter()
+        .map(|d| PathBuf::from(d.replace("${ORIGIN}", "$ORIGIN").replace("$ORIGIN", &origin.to_string_lossy())))
+        .chain(SYSTEM_DIRS.iter().map(PathBuf::from))
+        .collect();
+    dirs.iter().map(|d| d.join(name)).find(|p| p.is_file()).ok_or_else(|| {
+        let searched = dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ");
+        DynamicError::NotFound { name: name.to_string(), by: by.display().to_string(), searched }
+    })
+}
+
+/// The shared object `bytes` (from `path`) rewritten, through the cache if there is one.
+pub fn rewrite(path: &Path, bytes: &[u8], cache: Option<&RewriteCache>) -> Result<RewrittenObject, DynamicError> {
+    let object = match cache {
+        Some(cache) => cache.rewrite_object(bytes).map(|(object, _)| object),
+        None => shared_object::rewrite_object(bytes),
+    };
+    object.map_err(|source| DynamicError::Object { path: path.to_path_buf(), source })
 }
 
 /// Collects and rewrites what `program` (read from `program_path` on the host) needs; `None` for a static program.
@@ -86,13 +149,6 @@ pub fn collect(
     cache: Option<&RewriteCache>,
 ) -> Result<Option<Dependencies>, DynamicError> {
     let Some(interp) = &program.interpreter else { return Ok(None) };
-    let rewrite = |path: &Path, bytes: &[u8]| {
-        let object = match cache {
-            Some(cache) => cache.rewrite_object(bytes).map(|(object, _)| object),
-            None => shared_object::rewrite_object(bytes),
-        };
-        object.map_err(|source| DynamicError::Object { path: path.to_path_buf(), source })
-    };
     let interp_bytes = std::fs::read(interp).map_err(|source| match source.kind() {
         std::io::ErrorKind::NotFound => DynamicError::NoInterpreter(interp.clone()),
         _ => DynamicError::Read { path: interp.into(), source },
@@ -100,47 +156,9 @@ pub fn collect(
     let interpreter = GuestObject {
         host_path: interp.into(),
         guest_path: interp.clone(),
-        object: rewrite(Path::new(interp), &interp_bytes)?,
+        object: rewrite(Path::new(interp), &interp_bytes, cache)?,
     };
-
-    let mut seen: HashSet<String> = HashSet::new();
-    // (name, the needing object's host path, its search path)
-    let mut queue: VecDeque<(String, PathBuf, Vec<String>)> = VecDeque::new();
-    let enqueue = |queue: &mut VecDeque<_>, seen: &mut HashSet<String>, elf: &ElfImage, by: &Path| {
-        for name in &elf.needed {
-            if seen.insert(name.clone()) {
-                queue.push_back((name.clone(), by.to_path_buf(), elf.runpath.clone()));
-            }
-        }
-    };
-    enqueue(&mut queue, &mut seen, program, program_path);
-    let mut libraries = Vec::new();
-    while let Some((name, by, runpath)) = queue.pop_front() {
-        if libraries.len() >= MAX_OBJECTS {
-            return Err(DynamicError::TooMany);
-        }
-        let (host_path, guest_path) = if name.contains('/') {
-            (PathBuf::from(&name), name.clone())
-        } else {
-            let origin = by.parent().unwrap_or(Path::new("/"));
-            let dirs: Vec<PathBuf> = runpath
-                .iter()
-                .map(|d| PathBuf::from(d.replace("${ORIGIN}", "$ORIGIN").replace("$ORIGIN", &origin.to_string_lossy())))
-                .chain(SYSTEM_DIRS.iter().map(PathBuf::from))
-                .collect();
-            let found = dirs.iter().map(|d| d.join(&name)).find(|p| p.is_file()).ok_or_else(|| {
-                let searched = dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ");
-                DynamicError::NotFound { name: name.clone(), by: by.display().to_string(), searched }
-            })?;
-            (found, format!("{GUEST_LIBRARY_DIR}/{name}"))
-        };
-        let bytes =
-            std::fs::read(&host_path).map_err(|source| DynamicError::Read { path: host_path.clone(), source })?;
-        let elf =
-            ElfImage::parse_any(&bytes).map_err(|source| DynamicError::Elf { path: host_path.clone(), source })?;
-        enqueue(&mut queue, &mut seen, &elf, &host_path);
-        let object = rewrite(&host_path, &bytes)?;
-        libraries.push(GuestObject { host_path, guest_path, object });
-    }
-    Ok(Some(Dependencies { interpreter, libraries }))
+    let mut deps = Dependencies { interpreter, libraries: Vec::new(), seen: HashSet::new() };
+    deps.add_needed_by(program, program_path, cache)?;
+    Ok(Some(deps))
 }

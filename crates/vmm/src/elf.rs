@@ -78,6 +78,11 @@ impl ElfImage {
         if elf.kind == ElfKind::Library {
             return Err(ElfError::NotExecutable("DYN (a shared library)".into()));
         }
+        if elf.interpreter.is_none() {
+            if let Some(lib) = elf.needed.first() {
+                return Err(ElfError::Dynamic(lib.to_string()));
+            }
+        }
         if elf.kind == ElfKind::StaticPie && elf.interpreter.is_none() {
             let parsed = Elf::parse(bytes).map_err(ElfError::Parse)?;
             if parsed.dynrelas.iter().any(|r| r.r_type != R_X86_64_RELATIVE) {
@@ -116,11 +121,6 @@ impl ElfImage {
             header::ET_DYN => ElfKind::Library,
             other => return Err(ElfError::NotExecutable(header::et_to_str(other).to_string())),
         };
-        if interpreter.is_none() && kind != ElfKind::Library {
-            if let Some(lib) = needed.first() {
-                return Err(ElfError::Dynamic(lib.to_string()));
-            }
-        }
 
         let segments = load_segments(&elf, bytes.len() as u64)?;
         let phdr_vaddr = phdr_vaddr(&elf, &segments)?;

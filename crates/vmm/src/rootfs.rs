@@ -25,18 +25,29 @@ pub enum RootfsError {
     NotDir(PathBuf),
     #[error("the root filesystem image is malformed")]
     BadImage,
+    #[error("cannot prepare {path} for the guest")]
+    Filter {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
+
+/// Changes a host file's bytes on their way in: `kiln run` rewrites the shared objects that a dynamic program's
+/// `--dir` and `--file` bring (Python's extension modules).
+pub type HostFileFilter = Box<dyn FnMut(&Path, Vec<u8>) -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>>>;
 
 pub struct RootfsBuilder {
     image: Vec<u8>,
     /// Host permission bits become 0755 or 0644 (by whether any execute bit is set), so that an image does not
     /// depend on the umask of whoever checked the files out.
     normalise_modes: bool,
+    filter: Option<HostFileFilter>,
 }
 
 impl Default for RootfsBuilder {
     fn default() -> Self {
-        Self { image: MAGIC.to_vec(), normalise_modes: false }
+        Self { image: MAGIC.to_vec(), normalise_modes: false, filter: None }
     }
 }
 
@@ -95,6 +106,11 @@ impl RootfsBuilder {
         Ok(())
     }
 
+    /// Passes every host file added from now on through `filter`.
+    pub fn set_host_file_filter(&mut self, filter: HostFileFilter) {
+        self.filter = Some(filter);
+    }
+
     /// `kiln run --file HOST:GUEST`: one regular file.
     pub fn add_host_file(&mut self, host: &Path, guest: &str) -> Result<(), RootfsError> {
         let meta = std::fs::metadata(host).map_err(read_err(host))?;
@@ -104,7 +120,10 @@ impl RootfsBuilder {
         if !meta.is_file() {
             return Err(RootfsError::Special(host.to_path_buf()));
         }
-        let data = std::fs::read(host).map_err(read_err(host))?;
+        let mut data = std::fs::read(host).map_err(read_err(host))?;
+        if let Some(filter) = &mut self.filter {
+            data = filter(host, data).map_err(|source| RootfsError::Filter { path: host.to_path_buf(), source })?;
+        }
         self.add_file(guest, self.host_mode(&meta), &data)
     }
 

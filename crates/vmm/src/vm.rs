@@ -107,6 +107,8 @@ pub struct VmConfig {
     /// A dynamically linked program's loader (`PT_INTERP`), rewritten (`crate::shared_object`); empty for a static
     /// program. The libraries it opens come from `rootfs`, rewritten the same way.
     pub interpreter: Vec<u8>,
+    /// Whether a shared object in `rootfs` has syscall sites that stayed in place: page 0 is mapped for them.
+    pub objects_need_page0: bool,
     /// Where rewritten programs are kept between runs; `None` rewrites every time.
     pub rewrite_cache: Option<PathBuf>,
     /// The program already prepared (an image's, in [`crate::rewrite_cache::encode`]'s format; the caller vouches that
@@ -343,6 +345,7 @@ impl Vm {
             boot_realtime_ns,
             rootfs: std::mem::take(&mut config.rootfs),
             interpreter: std::mem::take(&mut config.interpreter),
+            objects_need_page0: config.objects_need_page0,
             net: config.net.as_ref().map(|n| NetInfo {
                 mac: n.mac,
                 mtu: n.mtu,

@@ -1,0 +1,71 @@
+//! `kiln run` of a dynamically linked host program: its loader and libraries, rewritten, into the guest's root
+//! filesystem (`kiln_vmm::dynamic`), and the shared objects its `--dir` and `--file` trees bring (Python's extension
+//! modules) rewritten on their way in, with the libraries they need.
+
+use crate::target::Target;
+use anyhow::{Context, Result};
+use kiln_vmm::dynamic::{self, Dependencies};
+use kiln_vmm::elf::{ElfImage, ElfKind};
+use kiln_vmm::rewrite_cache::RewriteCache;
+use kiln_vmm::rootfs::{HostFileFilter, RootfsBuilder};
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+/// A dynamically linked host program's loader and libraries, rewritten (none for a static program or an image, whose
+/// program the VMM checks).
+pub fn dependencies(target: &Target) -> Result<Option<Dependencies>> {
+    if target.image_id.is_some() {
+        return Ok(None);
+    }
+    let Ok(elf) = ElfImage::parse(&target.program) else { return Ok(None) };
+    let cache = crate::run::rewrite_cache_dir().map(RewriteCache::new);
+    let deps = dynamic::collect(&elf, Path::new(&target.shown), cache.as_ref())
+        .with_context(|| format!("{}: dynamically linked", target.shown))?;
+    if let Some(deps) = &deps {
+        tracing::debug!("{} shared objects, {}", deps.libraries.len() + 1, deps.site_counts());
+    }
+    Ok(deps)
+}
+
+/// Host files that are shared objects (`ET_DYN` with code) seen by [`object_filter`], with how many of their syscall
+/// sites stayed in place (they need page 0).
+pub type FoundObjects = Rc<RefCell<Vec<(PathBuf, usize)>>>;
+
+/// Rewrites every shared object among the host files added to the root filesystem, and notes where it came from.
+/// Anything else, ELF files Kiln cannot read included, goes in as it is.
+pub fn object_filter(found: FoundObjects) -> HostFileFilter {
+    let cache = crate::run::rewrite_cache_dir().map(RewriteCache::new);
+    Box::new(move |path, bytes| {
+        if !bytes.starts_with(b"\x7fELF") {
+            return Ok(bytes);
+        }
+        let Ok(elf) = ElfImage::parse_any(&bytes) else { return Ok(bytes) };
+        if elf.kind == ElfKind::Exec || !elf.segments.iter().any(|s| s.executable) {
+            return Ok(bytes);
+        }
+        let object = dynamic::rewrite(path, &bytes, cache.as_ref())?;
+        found.borrow_mut().push((path.to_path_buf(), object.report.in_place.len()));
+        Ok(object.bytes)
+    })
+}
+
+/// Adds to `builder` the libraries that the shared objects in `found` need and `deps` does not have yet.
+pub fn add_libraries_they_need(
+    deps: &mut Dependencies,
+    found: &FoundObjects,
+    builder: &mut RootfsBuilder,
+) -> Result<()> {
+    let cache = crate::run::rewrite_cache_dir().map(RewriteCache::new);
+    let had = deps.libraries.len();
+    for (path, _) in found.borrow().iter() {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let elf =
+            ElfImage::parse_any(&bytes).with_context(|| format!("{} is not a usable shared object", path.display()))?;
+        deps.add_needed_by(&elf, path, cache.as_ref()).with_context(|| format!("{}", path.display()))?;
+    }
+    for object in &deps.libraries[had..] {
+        builder.add_file(&object.guest_path, 0o755, &object.object.bytes)?;
+    }
+    Ok(())
+}
