@@ -30,6 +30,7 @@ const MSG_PEEK: u64 = 0x2;
 const MSG_CTRUNC: i32 = 0x8;
 const MSG_TRUNC: u64 = 0x20;
 const MSG_DONTWAIT: u64 = 0x40;
+const MSG_WAITALL: u64 = 0x100;
 const MSG_NOSIGNAL: u64 = 0x4000;
 const MSG_CMSG_CLOEXEC: u64 = 0x4000_0000;
 const SO_TYPE: u64 = 3;
@@ -250,7 +251,23 @@ fn read_control(at: u64, len: u64) -> Result<Vec<Arc<File>>, Errno> {
 fn recv(f: &File, endpoint: &Endpoint, buffers: &[IoVec], flags: u64) -> Result<(u64, unix::Received), Errno> {
     let want = buffers.iter().map(|b| b.len as usize).sum::<usize>().min(DEFAULT_BUFFER * 2);
     let mut data = vec![0u8; want];
-    let got = endpoint.recv(&mut data, flags & MSG_PEEK != 0, patience(f, endpoint, false, flags))?;
+    let peek = flags & MSG_PEEK != 0;
+    let patience = patience(f, endpoint, false, flags);
+    let mut got = endpoint.recv(&mut data, peek, patience)?;
+    // MSG_WAITALL: a stream read goes on until the buffer is full, the end, an error or a signal (then it returns
+    // what it has), or descriptions came (they end a read).
+    if flags & MSG_WAITALL != 0 && endpoint.kind == Kind::Stream && !peek {
+        while got.n > 0 && got.n < want && got.rights.is_empty() {
+            match endpoint.recv(&mut data[got.n..], false, patience) {
+                Ok(more) if more.n > 0 => {
+                    got.n += more.n;
+                    got.full = got.n;
+                    got.rights = more.rights;
+                }
+                _ => break,
+            }
+        }
+    }
     let mut done = 0;
     for iov in buffers {
         let take = (got.n - done).min(iov.len as usize);

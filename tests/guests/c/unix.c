@@ -374,6 +374,46 @@ static void rights(const char *dir) {
   close(sv[1]);
 }
 
+static void *write_in_pieces(void *arg) {
+  int fd = *(int *)arg;
+  for (int i = 0; i < 3; i++) {
+    struct timespec t = {0, 20 * 1000000L};
+    nanosleep(&t, NULL);
+    write(fd, "abcd", 4);
+  }
+  return NULL;
+}
+
+/* MSG_WAITALL waits for the whole buffer; SO_PASSCRED brings the sender's pid and ids (SCM_CREDENTIALS). */
+static void waitall_and_credentials(void) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0) die("socketpair");
+  pthread_t t;
+  pthread_create(&t, NULL, write_in_pieces, &sv[0]);
+  char buf[16] = {0};
+  long n = recv(sv[1], buf, 12, MSG_WAITALL);
+  printf("MSG_WAITALL: %s \"%s\"\n", outcome(n), buf);
+  pthread_join(t, NULL);
+  int on = 1;
+  setsockopt(sv[1], SOL_SOCKET, SO_PASSCRED, &on, sizeof on);
+  send(sv[0], "c", 1, 0);
+  char control[CMSG_SPACE(sizeof(struct ucred))];
+  struct iovec iov = {buf, sizeof buf};
+  struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control};
+  n = recvmsg(sv[1], &m, 0);
+  struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+  if (c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS) {
+    struct ucred cred;
+    memcpy(&cred, CMSG_DATA(c), sizeof cred);
+    printf("SCM_CREDENTIALS: %s, pid is mine %d, uid %d, gid %d\n", outcome(n), cred.pid == getpid(),
+           cred.uid == getuid(), cred.gid == getgid());
+  } else {
+    printf("SCM_CREDENTIALS: %s, none\n", outcome(n));
+  }
+  close(sv[0]);
+  close(sv[1]);
+}
+
 struct waker {
   int fd;
   int delay_ms;
@@ -471,6 +511,7 @@ int main(void) {
   datagrams(dir);
   rights(dir);
   readiness();
+  waitall_and_credentials();
   rmdir(dir);
   printf("unix: done\n");
   return 0;
