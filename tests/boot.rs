@@ -504,6 +504,27 @@ fn symbolic_links_hard_links_fifos_and_proc_task_match_linux() {
     assert!(run.stdout_text().contains("ok: mknod of a character device is EPERM"), "{run}");
 }
 
+/// `--dir` keeps the host tree's symbolic links as links (shared libraries and packages are full of them).
+#[test]
+fn dir_copies_host_symbolic_links_as_links() {
+    if !kvm::available() {
+        return;
+    }
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("linktree-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("file.txt"), "hello").unwrap();
+    std::fs::write(dir.join("sub/x.txt"), "x").unwrap();
+    std::os::unix::fs::symlink("file.txt", dir.join("link")).unwrap();
+    std::os::unix::fs::symlink("sub", dir.join("lib")).unwrap();
+    std::os::unix::fs::symlink("/nowhere", dir.join("dangling")).unwrap();
+    let mapping = format!("{}:/data", dir.display());
+    let run = kiln().args(["run", "--dir", &mapping]).arg(guests::c("fslinks")).args(["--image", "/data"]).run();
+    let _ = std::fs::remove_dir_all(&dir);
+    run.assert_code(0);
+    assert!(run.stdout_text().ends_with("fslinks: ok\n"), "{run}");
+}
+
 /// glibc's wrappers differ from musl's (how they pass `int` arguments, which syscalls they use: openat for open,
 /// clone3 first, rseq, ...): the guests that check files, descriptors and signals pass built with glibc too.
 #[test]

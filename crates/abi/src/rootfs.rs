@@ -1,10 +1,13 @@
 //! The root filesystem image the VMM puts in guest memory (files from `kiln run --file/--dir`, later from images):
-//! a magic, then entries, each a fixed header, the path, and for files the contents, every part padded to 8 bytes.
+//! a magic, then entries, each a fixed header, the path, and for files the contents (for symbolic links the target),
+//! every part padded to 8 bytes.
 //! The library OS reads file contents in place. This module parses; the VMM builds (`kiln_vmm::rootfs`).
 
 pub const MAGIC: [u8; 8] = *b"KILNFS1\0";
 pub const KIND_DIR: u32 = 1;
 pub const KIND_FILE: u32 = 2;
+/// A symbolic link: its data is the target, as the host link has it (not resolved).
+pub const KIND_SYMLINK: u32 = 3;
 /// kind u32, permission bits u32, path length u32, reserved u32, data length u64.
 pub const HEADER_LEN: usize = 24;
 
@@ -70,7 +73,11 @@ impl<'a> Iterator for Entries<'a> {
         let end = data_offset.saturating_add(padded(data_len));
         let path = self.image.get(path_at..path_at.saturating_add(path_len)).and_then(|p| core::str::from_utf8(p).ok());
         match path {
-            Some(path) if end <= self.image.len() && path.starts_with('/') && matches!(kind, KIND_DIR | KIND_FILE) => {
+            Some(path)
+                if end <= self.image.len()
+                    && path.starts_with('/')
+                    && matches!(kind, KIND_DIR | KIND_FILE | KIND_SYMLINK) =>
+            {
                 self.at = end;
                 Some(Ok(Entry { kind, perm, path, data_offset, data_len }))
             }

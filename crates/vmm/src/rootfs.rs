@@ -1,7 +1,8 @@
 //! Builds the root filesystem image the library OS reads its files from (format: `kiln_abi::rootfs`), from host
 //! files and directories. Directories are walked in name order, so the same tree always gives the same image.
 
-use kiln_abi::rootfs::{entries, padded, KIND_DIR, KIND_FILE, MAGIC};
+use kiln_abi::rootfs::{entries, padded, KIND_DIR, KIND_FILE, KIND_SYMLINK, MAGIC};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -15,7 +16,7 @@ pub enum RootfsError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{0} is neither a regular file nor a directory")]
+    #[error("{0} is neither a regular file, a directory nor a symbolic link")]
     Special(PathBuf),
     #[error("guest path {0:?} must be absolute, without `.` or `..`")]
     GuestPath(String),
@@ -111,6 +112,16 @@ impl RootfsBuilder {
         self.filter = Some(filter);
     }
 
+    /// A symbolic link at `guest` whose target is `target`, kept as given.
+    pub fn add_symlink(&mut self, guest: &str, target: &[u8]) -> Result<(), RootfsError> {
+        check_guest_path(guest)?;
+        if target.is_empty() || target.len() >= 4096 || target.contains(&0) {
+            return Err(RootfsError::GuestPath(String::from_utf8_lossy(target).into_owned()));
+        }
+        self.entry(KIND_SYMLINK, guest, 0o777, target);
+        Ok(())
+    }
+
     /// `kiln run --file HOST:GUEST`: one regular file.
     pub fn add_host_file(&mut self, host: &Path, guest: &str) -> Result<(), RootfsError> {
         let meta = std::fs::metadata(host).map_err(read_err(host))?;
@@ -127,7 +138,9 @@ impl RootfsBuilder {
         self.add_file(guest, self.host_mode(&meta), &data)
     }
 
-    /// `kiln run --dir HOST:GUEST`: a directory and everything below it (symbolic links followed).
+    /// `kiln run --dir HOST:GUEST`: a directory and everything below it. Symbolic links below it stay links, their
+    /// targets as the host has them (as `cp -a` and Docker's COPY keep them: shared libraries and packages are full
+    /// of them, and a copy would double their size); `host` itself is followed.
     pub fn add_host_dir(&mut self, host: &Path, guest: &str) -> Result<(), RootfsError> {
         let meta = std::fs::metadata(host).map_err(read_err(host))?;
         if !meta.is_dir() {
@@ -143,7 +156,11 @@ impl RootfsBuilder {
         for name in children {
             let child = host.join(&name);
             let guest_child = format!("{}/{}", guest.trim_end_matches('/'), name.to_string_lossy());
-            if std::fs::metadata(&child).map_err(read_err(&child))?.is_dir() {
+            let meta = std::fs::symlink_metadata(&child).map_err(read_err(&child))?;
+            if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&child).map_err(read_err(&child))?;
+                self.add_symlink(&guest_child, target.as_os_str().as_bytes())?;
+            } else if meta.is_dir() {
                 self.add_host_dir(&child, &guest_child)?;
             } else {
                 self.add_host_file(&child, &guest_child)?;
@@ -191,11 +208,21 @@ mod tests {
         std::fs::write(dir.join("b.txt"), "b").unwrap();
         std::fs::write(dir.join("a.txt"), "a").unwrap();
         std::fs::write(dir.join("sub/c.txt"), "c").unwrap();
+        std::os::unix::fs::symlink("sub/c.txt", dir.join("link")).unwrap();
+        std::os::unix::fs::symlink("/nowhere", dir.join("sub/dangling")).unwrap();
         let mut b = RootfsBuilder::default();
         b.add_host_dir(&dir, "/data").unwrap();
         let image = b.finish();
-        let paths: Vec<_> = entries(&image).unwrap().map(|e| e.unwrap().path.to_string()).collect();
-        assert_eq!(paths, ["/data", "/data/a.txt", "/data/b.txt", "/data/sub", "/data/sub/c.txt"]);
+        let all: Vec<_> = entries(&image).unwrap().map(|e| e.unwrap()).collect();
+        let paths: Vec<_> = all.iter().map(|e| e.path).collect();
+        assert_eq!(
+            paths,
+            ["/data", "/data/a.txt", "/data/b.txt", "/data/link", "/data/sub", "/data/sub/c.txt", "/data/sub/dangling"]
+        );
+        // Links stay links, targets as the host has them.
+        let target = |e: &kiln_abi::rootfs::Entry| (e.kind, image[e.data_offset..e.data_offset + e.data_len].to_vec());
+        assert_eq!(target(&all[3]), (KIND_SYMLINK, b"sub/c.txt".to_vec()));
+        assert_eq!(target(&all[6]), (KIND_SYMLINK, b"/nowhere".to_vec()));
         assert!(matches!(b_err(&dir, "relative"), RootfsError::GuestPath(_)));
         assert!(matches!(RootfsBuilder::default().add_host_file(&dir, "/x").unwrap_err(), RootfsError::IsDir(_)));
         assert!(matches!(

@@ -1,7 +1,7 @@
 //! Fills the tree from the root filesystem image the VMM placed in guest memory (format: `kiln_abi::rootfs`).
 
-use super::{mkdir, parent, Data, Inode, Kind};
-use kiln_abi::rootfs::{self, KIND_DIR, KIND_FILE};
+use super::{mkdir, parent, symlink, Data, Inode, Kind};
+use kiln_abi::rootfs::{self, KIND_DIR, KIND_FILE, KIND_SYMLINK};
 
 /// Adds every entry of `image` (which lives at its own address for good). A malformed image stops the load with a
 /// library OS panic: the VMM built it, so it is a bug, not input.
@@ -30,6 +30,12 @@ pub fn load(image: &'static [u8]) {
                             children.insert(name, Inode::new(Kind::File(data), entry.perm & 0o7777));
                         }
                     }
+                }
+            }
+            KIND_SYMLINK => {
+                let target = &image[entry.data_offset..entry.data_offset + entry.data_len];
+                if let Ok(target) = core::str::from_utf8(target) {
+                    let _ = symlink(target, entry.path);
                 }
             }
             _ => {}

@@ -263,7 +263,20 @@ static void kiln_only(void) {
   check(fails_with(mknod("bdev", S_IFBLK | 0600, makedev(8, 0)), EPERM), "mknod of a block device is EPERM");
 }
 
+/* `fslinks --image DIR`: DIR holds file.txt ("hello"), link -> file.txt, lib -> sub, sub/x.txt and dangling ->
+ * /nowhere, copied into the root filesystem by `kiln run --dir`: the links must be links. */
+static int image_links(const char *dir) {
+  if (chdir(dir) != 0) return 2;
+  check(is_type("link", S_IFLNK, 0) && link_says("link", "file.txt"), "a host link is a link in the root filesystem");
+  check(strcmp(contents("link"), "hello") == 0, "... and reaches its target");
+  check(is_type("lib", S_IFLNK, 0) && strcmp(contents("lib/x.txt"), "x") == 0, "a link to a directory");
+  check(is_type("dangling", S_IFLNK, 0) && link_says("dangling", "/nowhere"), "a dangling link stays as it is");
+  printf(failures ? "fslinks: %d FAILED\n" : "fslinks: ok\n", failures);
+  return failures != 0;
+}
+
 int main(int argc, char **argv) {
+  if (argc == 3 && strcmp(argv[1], "--image") == 0) return image_links(argv[2]);
   if (argc < 2 || mkdir(argv[1], 0755) != 0 || chdir(argv[1]) != 0) {
     perror("fslinks: make and enter the work directory");
     return 2;
