@@ -262,6 +262,11 @@ fn read_vectored(addr: u64, count: u64, mut read: impl FnMut(u64, u64) -> SysRes
 
 pub fn readv(a: &Args) -> SysResult {
     let f = file::get(a[0])?;
+    if matches!(f.object, Object::Socket(_) | Object::Unix(_) | Object::Netlink(_)) {
+        // One receive over all the buffers: a datagram is scattered over them, not one read per buffer (which took
+        // a datagram for each, and waited for another once one filled its buffer).
+        return super::net::readv(&f, &iovecs(a[1], a[2])?.collect::<Result<alloc::vec::Vec<IoVec>, Errno>>()?);
+    }
     read_vectored(a[1], a[2], |buf, len| read_into(&f, buf, len))
 }
 

@@ -646,6 +646,20 @@ pub fn read(f: &File, buf: u64, len: u64) -> SysResult {
     recv_on(f, &[IoVec { base: buf, len }], 0, 0, 0).map(|(n, _)| n)
 }
 
+/// `readv` on a socket: one receive, scattered over `buffers`.
+pub fn readv(f: &File, buffers: &[IoVec]) -> SysResult {
+    if buffers.len() > 1024 {
+        return Err(Errno::EINVAL);
+    }
+    if let Some(u) = unix_of(f) {
+        return unix::read_buffers(f, u, buffers);
+    }
+    if let Some(n) = netlink_of(f) {
+        return netlink::read_buffers(f, n, buffers);
+    }
+    recv_on(f, buffers, 0, 0, 0).map(|(n, _)| n)
+}
+
 /// `write` and `writev` on an AF_UNIX socket: one send of all the buffers (SIGPIPE is the caller's).
 pub fn write_unix(f: &File, u: &Endpoint, buffers: &mut dyn Iterator<Item = Result<IoVec, Errno>>) -> SysResult {
     let buffers = buffers.collect::<Result<Vec<IoVec>, Errno>>()?;

@@ -82,6 +82,11 @@ fn recv(f: &File, n: &Netlink, buffers: &[IoVec], flags: u64) -> Result<(u64, bo
     Ok((if flags & MSG_TRUNC != 0 { full } else { got } as u64, full > got))
 }
 
+/// `readv`: one answer over the buffers.
+pub fn read_buffers(f: &File, n: &Netlink, buffers: &[IoVec]) -> SysResult {
+    recv(f, n, buffers, 0).map(|(got, _)| got)
+}
+
 pub fn sendto(n: &Netlink, a: &Args) -> SysResult {
     send(n, &[IoVec { base: a[1], len: a[2] }])
 }

@@ -332,6 +332,11 @@ pub fn send_buffers(f: &File, endpoint: &Endpoint, buffers: &[IoVec]) -> SysResu
     send(f, endpoint, buffers, None, (0, 0), 0)
 }
 
+/// `readv`: one receive over the buffers (what came with it, descriptions included, is dropped).
+pub fn read_buffers(f: &File, endpoint: &Endpoint, buffers: &[IoVec]) -> SysResult {
+    recv(f, endpoint, buffers, 0).map(|(n, _)| n)
+}
+
 pub fn sendto(f: &File, endpoint: &Endpoint, a: &Args) -> SysResult {
     let to = if a[4] != 0 { read_name(a[4], a[5])? } else { None };
     send(f, endpoint, &[IoVec { base: a[1], len: a[2] }], to, (0, 0), a[3])

@@ -3,7 +3,7 @@
  *   - a peer's FIN while data is unread: poll and edge-triggered epoll report it (EPOLLRDHUP) at once;
  *   - a close with unread data resets the connection; the peer's reads, writes, SO_ERROR and poll after the reset;
  *   - shutdown(SHUT_RD / SHUT_WR / SHUT_RDWR): events, reads, writes (EPIPE, SIGPIPE unless MSG_NOSIGNAL);
- *   - UDP datagrams read into smaller buffers: truncated, MSG_TRUNC, MSG_PEEK;
+ *   - UDP datagrams read into smaller buffers: truncated, MSG_TRUNC, MSG_PEEK, readv over several buffers;
  *   - socket options: defaults, values kept, Linux's validation, inheritance by accepted connections, timeouts.
  * Exits 0; what matters is the output. */
 #define _GNU_SOURCE
@@ -20,6 +20,8 @@
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -352,6 +354,20 @@ static void datagrams(void) {
   send(s, "whole", 5, 0);
   n = recvmsg(u, &m, MSG_DONTWAIT);
   printf("udp: recvmsg of a whole datagram: %s MSG_TRUNC %s\n", outcome(n), m.msg_flags & MSG_TRUNC ? "set" : "clear");
+  /* readv takes one datagram, scattered over the buffers; one that fills the first buffer exactly does not make it
+   * wait for another (a timeout keeps a wrong answer from hanging the test). */
+  struct timeval patience = {1, 0};
+  setsockopt(u, SOL_SOCKET, SO_RCVTIMEO, &patience, sizeof patience);
+  char first[4] = {0}, second[4] = {0};
+  struct iovec two[2] = {{first, 4}, {second, 4}};
+  send(s, "scattered", 9, 0);
+  n = readv(u, two, 2);
+  printf("udp: readv of 9 bytes into 4+4: %s \"%.4s\" \"%.4s\"\n", outcome(n), first, second);
+  send(s, "four", 4, 0);
+  send(s, "more", 4, 0);
+  n = readv(u, two, 2);
+  printf("udp: readv of 4 bytes into 4+4: %s\n", outcome(n));
+  printf("udp: the datagram after it: %s\n", recv_now(u, 100, 0));
   printf("udp: empty: %s\n", recv_now(u, 100, 0));
   close(s);
   close(u);
