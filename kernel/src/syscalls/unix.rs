@@ -46,6 +46,8 @@ const SO_PROTOCOL: u64 = 38;
 const SO_DOMAIN: u64 = 39;
 /// Linux's `wmem_max`/`rmem_max`: SO_SNDBUF and SO_RCVBUF are capped there, then doubled.
 const MAX_BUFFER: usize = 212_992;
+/// Most bytes a stream send copies in at a time.
+const MAX_STREAM_SEND: u64 = 1 << 20;
 
 pub fn kind_of(sock_type: u64) -> Option<Kind> {
     match sock_type {
@@ -193,21 +195,56 @@ fn send(
     control: (u64, u64),
     flags: u64,
 ) -> SysResult {
-    let rights = read_control(control.0, control.1)?;
-    let mut data = Vec::new();
-    for iov in buffers {
-        let at = data.len();
-        data.resize(at + iov.len as usize, 0);
-        user::read_bytes(iov.base, &mut data[at..])?;
+    let mut rights = read_control(control.0, control.1)?;
+    // A message longer than any send buffer is EMSGSIZE without copying it; a stream goes in parts, so that the
+    // library OS never holds all of a large write at once.
+    let total = buffers.iter().fold(0u64, |sum, iov| sum.saturating_add(iov.len));
+    let limit = if endpoint.kind == Kind::Stream { MAX_STREAM_SEND } else { (MAX_BUFFER * 2) as u64 };
+    if total > limit && endpoint.kind != Kind::Stream {
+        return Err(Errno::EMSGSIZE);
     }
-    match endpoint.send(&data, rights, to.as_ref(), patience(f, endpoint, true, flags)) {
-        // Only a stream sends SIGPIPE; Linux's seqpacket send (its datagram code) does not.
-        Err(Errno::EPIPE) if flags & MSG_NOSIGNAL == 0 && endpoint.kind == Kind::Stream => {
-            let _ = super::signal::send_to_self(super::signal::SIGPIPE);
-            Err(Errno::EPIPE)
+    let patience = patience(f, endpoint, true, flags);
+    let mut done = 0u64;
+    loop {
+        let part = gather(buffers, done, limit)?;
+        let result = endpoint.send(&part, core::mem::take(&mut rights), to.as_ref(), patience);
+        match result {
+            Ok(n) => {
+                done += n as u64;
+                if n < part.len() || done >= total {
+                    return Ok(done);
+                }
+            }
+            Err(_) if done > 0 => return Ok(done),
+            // Only a stream sends SIGPIPE; Linux's seqpacket send (its datagram code) does not.
+            Err(Errno::EPIPE) if flags & MSG_NOSIGNAL == 0 && endpoint.kind == Kind::Stream => {
+                let _ = super::signal::send_to_self(super::signal::SIGPIPE);
+                return Err(Errno::EPIPE);
+            }
+            Err(e) => return Err(e),
         }
-        result => result.map(|n| n as u64),
     }
+}
+
+/// Copies in up to `limit` bytes of the program's `buffers`, starting `from` bytes into them.
+fn gather(buffers: &[IoVec], from: u64, limit: u64) -> Result<Vec<u8>, Errno> {
+    let mut data = Vec::new();
+    let mut skip = from;
+    for iov in buffers {
+        if skip >= iov.len {
+            skip -= iov.len;
+            continue;
+        }
+        let at = data.len();
+        let take = (iov.len - skip).min(limit - at as u64) as usize;
+        data.resize(at + take, 0);
+        user::read_bytes(iov.base + skip, &mut data[at..])?;
+        skip = 0;
+        if data.len() as u64 == limit {
+            break;
+        }
+    }
+    Ok(data)
 }
 
 /// The descriptions named by the SCM_RIGHTS messages of a `msghdr`'s control buffer; SCM_CREDENTIALS is checked

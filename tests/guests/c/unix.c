@@ -384,6 +384,38 @@ static void *write_in_pieces(void *arg) {
   return NULL;
 }
 
+#define BIG (3 << 20)
+
+static void *write_big(void *arg) {
+  int fd = *(int *)arg;
+  char *big = malloc(BIG);
+  for (int i = 0; i < BIG; i++) big[i] = (char)(i % 251);
+  static long written;
+  written = write(fd, big, BIG);
+  free(big);
+  return &written;
+}
+
+/* One write of 3 MiB, more than the buffers hold, goes whole while the reader drains it. */
+static void big_write(void) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0) die("socketpair");
+  pthread_t t;
+  pthread_create(&t, NULL, write_big, &sv[0]);
+  static char buf[65536];
+  long total = 0, n;
+  int in_order = 1;
+  while (total < BIG && (n = read(sv[1], buf, sizeof buf)) > 0) {
+    for (long i = 0; i < n; i++) in_order &= buf[i] == (char)((total + i) % 251);
+    total += n;
+  }
+  void *written;
+  pthread_join(t, &written);
+  printf("big write: write returned %ld, read %ld, in order %d\n", *(long *)written, total, in_order);
+  close(sv[0]);
+  close(sv[1]);
+}
+
 /* MSG_WAITALL waits for the whole buffer; SO_PASSCRED brings the sender's pid and ids (SCM_CREDENTIALS). */
 static void waitall_and_credentials(void) {
   int sv[2];
@@ -512,6 +544,7 @@ int main(void) {
   rights(dir);
   readiness();
   waitall_and_credentials();
+  big_write();
   rmdir(dir);
   printf("unix: done\n");
   return 0;
