@@ -504,6 +504,33 @@ fn symbolic_links_hard_links_fifos_and_proc_task_match_linux() {
     assert!(run.stdout_text().contains("ok: mknod of a character device is EPERM"), "{run}");
 }
 
+/// `-w` starts the program in a directory (made if missing, as `docker run -w` does); relative paths resolve there.
+#[test]
+fn workdir_starts_the_program_in_its_directory() {
+    if !kvm::available() {
+        return;
+    }
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("workdir-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("note.txt"), "hello").unwrap();
+    let mapping = format!("{}:/srv", dir.display());
+    let fslinks = guests::c("fslinks");
+    let run = kiln().args(["run", "--dir", &mapping, "-w", "/srv"]).arg(&fslinks).args(["--pwd", "note.txt"]).run();
+    run.assert_code(0);
+    assert_eq!(run.stdout_text(), "cwd: /srv\nread: hello\n", "{run}");
+    let run = kiln().args(["run", "--workdir", "/made/on/boot"]).arg(&fslinks).args(["--pwd", "x"]).run();
+    run.assert_code(0);
+    assert_eq!(run.stdout_text(), "cwd: /made/on/boot\nread: \n", "{run}");
+    let run =
+        kiln().args(["run", "--dir", &mapping, "-w", "/srv/note.txt/sub"]).arg(&fslinks).args(["--pwd", "x"]).run();
+    assert_eq!(run.assert_kiln_error(), "kiln: --workdir /srv/note.txt/sub: /srv/note.txt is a file, not a directory");
+    let run = kiln().args(["run", "-w", "relative"]).arg(&fslinks).args(["--pwd", "x"]).run();
+    assert_eq!(run.code, Some(2), "{run}");
+    assert!(run.stderr_text().contains("'relative' is not an absolute path"), "{run}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `--dir` keeps the host tree's symbolic links as links (shared libraries and packages are full of them).
 #[test]
 fn dir_copies_host_symbolic_links_as_links() {

@@ -268,6 +268,18 @@ fn an_image_runs_with_its_settings_and_files() {
     let run = kiln_in(&home).args(["run", "files"]).run();
     run.assert_code(0);
     assert!(run.stdout_text().ends_with("files: ok\n"), "{run}");
+
+    // workdir: the program starts there; -w replaces it.
+    let toml = "name = \"pwd\"\nbinary = \"app\"\nargs = [\"--pwd\", \"index.html\"]\nworkdir = \"/srv/static\"\n\
+                dirs = { static = \"/srv/static\" }\n";
+    build(&home, &project(&base.join("pwd"), &guests::c("fslinks"), toml), &[]);
+    let run = kiln_in(&home).args(["run", "pwd"]).run();
+    run.assert_code(0);
+    assert_eq!(run.stdout_text(), "cwd: /srv/static\nread: <h1>hello</h1>\n\n", "{run}");
+    let run = kiln_in(&home).args(["run", "-w", "/srv", "pwd", "--pwd", "static/css/site.css"]).run();
+    assert_eq!(run.stdout_text(), "cwd: /srv\nread: h1 { color: red }\n\n", "{run}");
+    let report = &json(&kiln_in(&home).args(["inspect", "pwd"]).run())[0];
+    assert_eq!(report["config"]["workdir"], "/srv/static", "{report}");
 }
 
 /// `kiln run -d NAME` resolves NAME, records the image's id, and starts an instance process with the same command

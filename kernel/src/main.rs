@@ -58,6 +58,7 @@ extern "C" fn kiln_main(boot: &'static BootInfo) -> ! {
     });
     vfs::init(rootfs);
     volume::init(boot);
+    vfs::start_in(boot);
     net::init(boot);
     syscalls::init(boot);
     syscall_site::init(boot);

@@ -2,7 +2,7 @@
 
 /// `BootInfo::magic`: "KILNBOOT".
 pub const BOOT_MAGIC: u64 = u64::from_le_bytes(*b"KILNBOOT");
-pub const BOOT_VERSION: u32 = 7;
+pub const BOOT_VERSION: u32 = 8;
 
 /// `BootInfo::flags`: send every syscall to the VMM for `--trace-syscalls`.
 pub const BOOT_FLAG_TRACE_SYSCALLS: u64 = 1 << 0;
@@ -38,6 +38,10 @@ pub struct BootInfo {
     /// Guest-virtual address and length of the executable's path, for `readlink("/proc/self/exe")`.
     pub exe_path_addr: u64,
     pub exe_path_len: u64,
+    /// Guest-virtual address and length of the directory the program starts in (`kiln run -w`): an absolute path,
+    /// made if missing. Length 0 for the root.
+    pub workdir_addr: u64,
+    pub workdir_len: u64,
     /// Time: the guest TSC counts `tsc_hz` per second and read `boot_tsc` at `boot_realtime_ns` (Unix epoch).
     pub tsc_hz: u64,
     pub boot_tsc: u64,

@@ -58,6 +58,7 @@ fn boot(code: &[u8]) -> (GuestRam, boot::BootState) {
         argv: vec!["/tiny".into(), "arg".into()],
         env: vec!["K=V".into()],
         exe_path: "/tiny".into(),
+        workdir: String::new(),
         vcpus: 1,
         trace_syscalls: false,
         random_seed: [1; 32],

@@ -7,7 +7,7 @@ use crate::host_signals;
 use crate::net;
 use crate::size::parse_size;
 use crate::target::{self, Target};
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use kiln_vmm::boot::BootError;
 use kiln_vmm::dynamic::Dependencies;
 use kiln_vmm::loader::LoaderError;
@@ -51,6 +51,10 @@ pub struct RunArgs {
     /// Set an environment variable in the program (repeatable); the program sees only these
     #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = parse_env)]
     env: Vec<String>,
+    /// The directory the program starts in (absolute; made if missing, as docker run -w does; default /, or the
+    /// image's)
+    #[arg(long, short = 'w', value_name = "DIR", value_parser = parse_workdir)]
+    workdir: Option<String>,
     /// Put a host file into the guest's filesystem (repeatable)
     #[arg(long = "file", value_name = "HOST:GUEST", value_parser = parse_mapping)]
     files: Vec<(PathBuf, String)>,
@@ -129,6 +133,26 @@ fn rootfs(args: &RunArgs, image_rootfs: &[u8], deps: Option<&mut Dependencies>) 
     Ok((builder.finish(), page0))
 }
 
+fn parse_workdir(s: &str) -> Result<String, String> {
+    match kiln_image::is_workdir(s) {
+        true => Ok(s.to_string()),
+        false => Err(format!("'{s}' is not an absolute path")),
+    }
+}
+
+/// The working directory must be makeable: no name on its way may be a file (or anything but a directory or a
+/// symbolic link) of the root filesystem. Said before boot, as one line; a volume's contents are checked at boot.
+fn check_workdir(workdir: &str, rootfs: &[u8]) -> Result<()> {
+    let Ok(entries) = kiln_abi::rootfs::entries(rootfs) else { return Ok(()) };
+    for entry in entries.flatten() {
+        let on_the_way = workdir == entry.path || workdir.starts_with(&format!("{}/", entry.path));
+        if on_the_way && entry.kind == kiln_abi::rootfs::KIND_FILE {
+            bail!("--workdir {workdir}: {} is a file, not a directory", entry.path);
+        }
+    }
+    Ok(())
+}
+
 fn parse_env(s: &str) -> Result<String, String> {
     match s.split_once('=') {
         Some((k, _)) if !k.is_empty() && !s.contains('\0') => Ok(s.to_string()),
@@ -172,12 +196,15 @@ pub fn run(mut args: RunArgs) -> Result<u8> {
     let memory = args.memory.or(target.memory).unwrap_or(DEFAULT_MEMORY);
     let mut deps = dynamic::dependencies(&target)?;
     let (rootfs, objects_need_page0) = rootfs(&args, &target.rootfs, deps.as_mut())?;
+    let workdir = args.workdir.clone().or(target.workdir.take()).unwrap_or_default();
+    check_workdir(&workdir, &rootfs)?;
     let config = VmConfig {
         memory,
         cpus: args.cpus.or(target.cpus).unwrap_or(1),
         argv: target.argv.clone(),
         env: target::merged_env(&target.env, &args.env),
         exe_path: target.exe_path.clone(),
+        workdir,
         trace_syscalls: args.trace_syscalls,
         rewrite_cache: rewrite_cache_dir(),
         prepared: target.prepared.take(),

@@ -30,6 +30,8 @@ pub struct Target {
     pub ports: Vec<PortForward>,
     /// The image's volumes: (name, mount path); `-v` adds to them and replaces one with the same name or path.
     pub volumes: Vec<(String, String)>,
+    /// The image's working directory (`-w` replaces it).
+    pub workdir: Option<String>,
 }
 
 /// A name that starts with `/` or `.` is a program; anything else is an image if the store has one by that name, and
@@ -90,6 +92,7 @@ fn program(args: &RunArgs, path: &Path) -> Result<Target> {
         rootfs: Vec::new(),
         ports: Vec::new(),
         volumes: Vec::new(),
+        workdir: None,
     })
 }
 
@@ -136,6 +139,7 @@ fn image(args: &RunArgs, store: &kiln_image::Store, digest: Digest) -> Result<Ta
         rootfs: store.image_blob(&manifest.rootfs)?,
         ports,
         volumes,
+        workdir: config.workdir.clone(),
     })
 }
 

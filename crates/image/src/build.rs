@@ -104,6 +104,7 @@ fn store_and_tag(
             cpus: project.cpus,
             ports: project.ports.clone(),
             volumes: project.volumes.clone(),
+            workdir: project.workdir.clone(),
         },
     };
     let digest = put(&manifest.to_bytes())?.digest;

@@ -40,6 +40,8 @@ pub struct Project {
     pub ports: Vec<String>,
     /// Volume name → guest mount path.
     pub volumes: BTreeMap<String, String>,
+    /// The directory the program starts in (absolute); the root if unset.
+    pub workdir: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +56,8 @@ pub enum KilnTomlError {
     At { file: String, line: usize, message: String },
 }
 
-const KEYS: &[&str] = &["name", "binary", "args", "env", "files", "dirs", "memory", "cpus", "ports", "volumes"];
+const KEYS: &[&str] =
+    &["name", "binary", "args", "env", "files", "dirs", "memory", "cpus", "ports", "volumes", "workdir"];
 const BINARY_KEYS: &[&str] = &["cargo", "bin"];
 
 /// Reads `Kiln.toml` (or another file in its format) and checks it.
@@ -220,6 +223,7 @@ pub fn parse(src: &str, file: &str, dir: PathBuf) -> Result<Project, KilnTomlErr
         cpus: 1,
         ports: Vec::new(),
         volumes: BTreeMap::new(),
+        workdir: None,
     };
     let (mut has_name, mut has_binary) = (false, false);
     for (key, v) in root.get_ref().iter() {
@@ -244,6 +248,13 @@ pub fn parse(src: &str, file: &str, dir: PathBuf) -> Result<Project, KilnTomlErr
                 has_binary = true;
             }
             "args" => project.args = p.strings("args", v)?,
+            "workdir" => {
+                let dir = p.string("workdir", v)?;
+                if !crate::is_workdir(&dir) {
+                    return Err(p.err(v.span(), format!("workdir {dir:?} must be an absolute path")));
+                }
+                project.workdir = Some(dir);
+            }
             "env" => {
                 for (span, k, value) in p.string_table("env", v)? {
                     if !valid_env_key(&k) || value.contains('\0') {
@@ -398,6 +409,17 @@ volumes = { data = "/data" }
                 }
             }
         }
+    }
+
+    #[test]
+    fn workdir_is_an_absolute_path() {
+        let base = "name = \"web\"\nbinary = \"app\"\n";
+        assert_eq!(parsed(&format!("{base}workdir = \"/srv/app\"\n")).unwrap().workdir.as_deref(), Some("/srv/app"));
+        assert_eq!(parsed(base).unwrap().workdir, None);
+        assert_eq!(
+            parsed(&format!("{base}workdir = \"srv\"\n")).unwrap_err(),
+            "Kiln.toml:3: workdir \"srv\" must be an absolute path"
+        );
     }
 
     #[test]

@@ -18,3 +18,9 @@ pub use digest::Digest;
 pub use manifest::Manifest;
 pub use reference::Reference;
 pub use store::{Store, StoreError};
+
+/// Whether `path` can be the directory a program starts in (`kiln run -w`, `workdir` in Kiln.toml): absolute, no
+/// NUL, shorter than PATH_MAX. It need not exist: the library OS makes it, as Docker does.
+pub fn is_workdir(path: &str) -> bool {
+    path.starts_with('/') && !path.contains('\0') && path.len() < 4096
+}

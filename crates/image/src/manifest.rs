@@ -53,6 +53,10 @@ pub struct RunConfig {
     pub ports: Vec<String>,
     /// Volume name → mount path in the guest.
     pub volumes: BTreeMap<String, String>,
+    /// The directory the program starts in (`kiln run -w`; OCI's `WorkingDir`), absolute; the root if unset. Left
+    /// out when unset, so that an image without one has the manifest (and digest) it had before the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +123,14 @@ mod tests {
         let back = Manifest::from_bytes(&bytes).unwrap();
         assert_eq!(back, sample());
         assert_eq!(back.to_bytes(), bytes);
+    }
+
+    #[test]
+    fn a_workdir_is_kept_and_its_absence_leaves_the_manifest_as_it_was() {
+        assert!(!String::from_utf8(sample().to_bytes()).unwrap().contains("workdir"));
+        let mut m = sample();
+        m.config.workdir = Some("/srv".into());
+        assert_eq!(Manifest::from_bytes(&m.to_bytes()).unwrap().config.workdir.as_deref(), Some("/srv"));
     }
 
     #[test]

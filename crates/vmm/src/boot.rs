@@ -43,6 +43,8 @@ pub struct BootParams {
     pub env: Vec<String>,
     /// The path `/proc/self/exe` names inside the guest.
     pub exe_path: String,
+    /// The directory the program starts in; empty for the root.
+    pub workdir: String,
     pub vcpus: u32,
     pub trace_syscalls: bool,
     pub random_seed: [u8; 32],
@@ -218,6 +220,7 @@ pub fn build(
             argv: &params.argv,
             envp: &params.env,
             exe_path: &params.exe_path,
+            workdir: &params.workdir,
             phdr: loaded.phdr,
             phent: program.0.phent,
             phnum: program.0.phnum,
@@ -280,6 +283,8 @@ pub fn build(
         brk_start: loaded.end,
         exe_path_addr: initial.exe_path_addr,
         exe_path_len: initial.exe_path_len,
+        workdir_addr: initial.workdir_addr,
+        workdir_len: initial.workdir_len,
         tsc_hz: params.tsc_hz,
         boot_tsc: params.boot_tsc,
         boot_realtime_ns: params.boot_realtime_ns,

@@ -29,6 +29,8 @@ pub struct ProgramInfo<'a> {
     pub envp: &'a [String],
     /// The executable's absolute path in the guest (for `/proc/self/exe`).
     pub exe_path: &'a str,
+    /// The directory the program starts in (for the library OS; "" for the root).
+    pub workdir: &'a str,
     pub phdr: u64,
     pub phent: u64,
     pub phnum: u64,
@@ -49,6 +51,9 @@ pub struct InitialStack {
     /// Where `ProgramInfo::exe_path` ended up.
     pub exe_path_addr: u64,
     pub exe_path_len: u64,
+    /// Where `ProgramInfo::workdir` ended up.
+    pub workdir_addr: u64,
+    pub workdir_len: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +86,7 @@ pub fn build(top: u64, limit: u64, info: &ProgramInfo) -> Result<InitialStack, S
     let execfn_str = info.argv.first().map(String::as_str).unwrap_or("");
     let execfn = place(cstr(execfn_str)?);
     let exe_path = place(cstr(info.exe_path)?);
+    let workdir = place(cstr(info.workdir)?);
     let platform = place(cstr("x86_64")?);
     let random = place(info.random.to_vec());
     let mut envp = Vec::new();
@@ -141,7 +147,14 @@ pub fn build(top: u64, limit: u64, info: &ProgramInfo) -> Result<InitialStack, S
         let off = (addr - stack_pointer) as usize;
         bytes[off..off + blob.len()].copy_from_slice(&blob);
     }
-    Ok(InitialStack { stack_pointer, bytes, exe_path_addr: exe_path, exe_path_len: info.exe_path.len() as u64 })
+    Ok(InitialStack {
+        stack_pointer,
+        bytes,
+        exe_path_addr: exe_path,
+        exe_path_len: info.exe_path.len() as u64,
+        workdir_addr: workdir,
+        workdir_len: info.workdir.len() as u64,
+    })
 }
 
 #[cfg(test)]
@@ -167,6 +180,7 @@ mod tests {
             argv: &argv,
             envp: &envp,
             exe_path: "/app",
+            workdir: "/srv",
             phdr: 0x400040,
             phent: 56,
             phnum: 9,
@@ -209,6 +223,7 @@ mod tests {
         assert_eq!(&s.bytes[r..r + 16], &[7; 16]);
         assert_eq!(cstring(&s, s.exe_path_addr), "/app");
         assert_eq!(s.exe_path_len, 4);
+        assert_eq!((cstring(&s, s.workdir_addr).as_str(), s.workdir_len), ("/srv", 4));
     }
 
     #[test]
@@ -218,6 +233,7 @@ mod tests {
             argv: &argv,
             envp: &[],
             exe_path: "/x",
+            workdir: "",
             phdr: 0,
             phent: 0,
             phnum: 0,

@@ -101,6 +101,8 @@ pub struct VmConfig {
     pub argv: Vec<String>,
     pub env: Vec<String>,
     pub exe_path: String,
+    /// The directory the program starts in (`kiln run -w`), absolute; empty for the root.
+    pub workdir: String,
     pub trace_syscalls: bool,
     /// The root filesystem image (`kiln_vmm::rootfs::Builder`); empty for none.
     pub rootfs: Vec<u8>,
@@ -335,6 +337,7 @@ impl Vm {
             argv: config.argv.clone(),
             env: config.env.clone(),
             exe_path: config.exe_path.clone(),
+            workdir: config.workdir.clone(),
             vcpus: config.cpus,
             trace_syscalls: config.trace_syscalls,
             random_seed: host_random()?,

@@ -748,6 +748,33 @@ pub fn rename(from: &str, to: &str) -> Result<(), Errno> {
     Ok(())
 }
 
+/// Makes the directory the program starts in (`kiln run -w`) if it is missing, as Docker does, and enters it; after
+/// the volumes are mounted, since it may be on one. One that cannot be made stops the VM with the reason.
+pub fn start_in(boot: &kiln_abi::BootInfo) {
+    if boot.workdir_len == 0 || boot.workdir_len >= PATH_MAX as u64 {
+        return;
+    }
+    // SAFETY: the VMM put the path in the program's initial stack, which is mapped and not yet in the program's hands.
+    let bytes = unsafe { core::slice::from_raw_parts(boot.workdir_addr as *const u8, boot.workdir_len as usize) };
+    let Ok(path) = core::str::from_utf8(bytes) else { return };
+    let mut at = String::new();
+    let mut made = Ok(());
+    for part in components(path) {
+        at.push('/');
+        at.push_str(part);
+        made = match mkdir(&at, 0o755) {
+            Err(Errno::EEXIST) => Ok(()),
+            other => other,
+        };
+    }
+    if made.and_then(|()| chdir(path)).is_err() {
+        let mut message = String::from("cannot make or enter the working directory ");
+        message.push_str(path);
+        message.push_str(" (a name on its way is not a directory)");
+        crate::hypercall::panic_message(&message);
+    }
+}
+
 pub fn cwd() -> String {
     CWD.lock().clone()
 }

@@ -275,8 +275,17 @@ static int image_links(const char *dir) {
   return failures != 0;
 }
 
+/* `fslinks --pwd FILE`: where the program started (getcwd) and the first line of FILE, a path relative to it. */
+static int pwd(const char *file) {
+  char cwd[PATH_MAX];
+  printf("cwd: %s\n", getcwd(cwd, sizeof cwd) ? cwd : strerror(errno));
+  printf("read: %s\n", contents(file));
+  return 0;
+}
+
 int main(int argc, char **argv) {
   if (argc == 3 && strcmp(argv[1], "--image") == 0) return image_links(argv[2]);
+  if (argc == 3 && strcmp(argv[1], "--pwd") == 0) return pwd(argv[2]);
   if (argc < 2 || mkdir(argv[1], 0755) != 0 || chdir(argv[1]) != 0) {
     perror("fslinks: make and enter the work directory");
     return 2;
