@@ -192,6 +192,7 @@ pub fn init(boot: &BootInfo) {
     let mut s = SCHEDULER.lock();
     s.threads.push(Thread {
         tid: MAIN_TID,
+        name: program_name(boot),
         state: State::Running,
         on_cpu: Some(0),
         kernel_stack_top: direct_map(boot.kernel_stack_phys + boot.kernel_stack_size),
@@ -199,6 +200,20 @@ pub fn init(boot: &BootInfo) {
     });
     s.live = 1;
     percpu::set_thread(0);
+}
+
+/// The main thread's name as Linux gives it: the executable's file name, at most 15 bytes.
+fn program_name(boot: &BootInfo) -> [u8; 16] {
+    let mut name = [0u8; 16];
+    if boot.exe_path_len == 0 || boot.exe_path_len > 4096 {
+        return name;
+    }
+    // SAFETY: the VMM put the path in the program's initial stack, which is mapped and not yet the program's.
+    let path = unsafe { core::slice::from_raw_parts(boot.exe_path_addr as *const u8, boot.exe_path_len as usize) };
+    let file = path.rsplit(|&b| b == b'/').next().unwrap_or_default();
+    let n = file.len().min(15);
+    name[..n].copy_from_slice(&file[..n]);
+    name
 }
 
 /// A secondary vCPU's life: wait for threads to run. Never returns.
@@ -333,9 +348,11 @@ pub fn spawn(
     for at in set_tid.into_iter().flatten() {
         let _ = crate::user::write(at, tid);
     }
-    let blocked = s.threads[percpu::current().thread].blocked;
+    // A new thread inherits its creator's blocked signals and name, as on Linux.
+    let Thread { blocked, name, .. } = s.threads[percpu::current().thread];
     PENDING[slot].store(0, Ordering::SeqCst);
-    s.threads[slot] = Thread { tid, saved_sp: switch_at, kernel_stack_top, fs_base, clear_child_tid, blocked, ..FREE };
+    s.threads[slot] =
+        Thread { tid, saved_sp: switch_at, kernel_stack_top, fs_base, clear_child_tid, blocked, name, ..FREE };
     s.make_runnable(slot, Woken::Wake);
     s.live += 1;
     let idle = take_idle(&mut s, 1);

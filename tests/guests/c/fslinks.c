@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
@@ -236,6 +237,12 @@ static void proc_task(void) {
   char path[64];
   snprintf(path, sizeof path, "/proc/self/task/%d", second_tid);
   check(is_type(path, S_IFDIR, 1), "/proc/self/task/TID is a directory");
+  /* Its comm: the thread's name and a newline; a new thread has its creator's, the program's file name at first. */
+  char comm[64], name[17] = "";
+  prctl(PR_GET_NAME, name);
+  snprintf(path, sizeof path, "/proc/self/task/%d/comm", second_tid);
+  snprintf(comm, sizeof comm, "%s\n", name);
+  check(strcmp(contents(path), comm) == 0 && strncmp(name, "fslinks", 7) == 0, "/proc/self/task/TID/comm");
   stop_spinning = 1;
   pthread_join(t, NULL);
 }
