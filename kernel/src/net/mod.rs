@@ -11,6 +11,7 @@
 
 pub mod addr;
 pub mod card;
+pub mod groups;
 pub mod interfaces;
 pub mod kept;
 pub mod link;

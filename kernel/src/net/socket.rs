@@ -592,10 +592,12 @@ impl Socket {
             (true, Some(_)) => Err(Errno::EADDRINUSE),
             (true, None) => {
                 groups.push(group);
+                super::groups::joined(group);
                 Ok(())
             }
             (false, Some(at)) => {
                 groups.swap_remove(at);
+                super::groups::left(group);
                 Ok(())
             }
             (false, None) => Err(Errno::EADDRNOTAVAIL),
@@ -847,6 +849,9 @@ impl Socket {
 
 impl Drop for Socket {
     fn drop(&mut self) {
+        for &group in &self.state.lock().groups {
+            super::groups::left(group);
+        }
         self.linger();
         let protocol = self.protocol;
         with(|s| {

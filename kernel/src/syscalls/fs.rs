@@ -552,6 +552,15 @@ fn open_path(path: &str, flags: u32, mode: u32) -> SysResult {
             let inode = vfs::Inode::detached(crate::mm::maps::render());
             Some(Object::Regular { inode, offset: SpinLock::new(0) })
         }
+        "/proc/net/igmp" | "/proc/net/igmp6" if flags & O_ACCMODE != O_RDONLY => return Err(Errno::EACCES),
+        "/proc/net/igmp" | "/proc/net/igmp6" => {
+            let text = if path.ends_with('6') {
+                crate::net::groups::render_igmp6()
+            } else {
+                crate::net::groups::render_igmp()
+            };
+            Some(Object::Regular { inode: vfs::Inode::detached(text), offset: SpinLock::new(0) })
+        }
         "/dev/stdin" | "/proc/self/fd/0" => return file::install(file::get(0)?, cloexec),
         "/dev/stdout" | "/proc/self/fd/1" => return file::install(file::get(1)?, cloexec),
         "/dev/stderr" | "/proc/self/fd/2" => return file::install(file::get(2)?, cloexec),

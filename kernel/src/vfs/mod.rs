@@ -443,6 +443,8 @@ pub fn init(image: Option<&'static [u8]>) {
     let _ = create_file("/etc/services", proc::SERVICES.as_bytes());
     let _ = create_file("/etc/protocols", proc::PROTOCOLS.as_bytes());
     let _ = mkdir("/proc/self", 0o555);
+    // For /proc/net/igmp and igmp6, which open renders (`syscalls::fs`).
+    let _ = mkdir("/proc/net", 0o555);
     let _ = insert_new("/proc/self/task", Inode::new(Kind::Tasks, 0o555));
     if let Some(image) = image {
         image::load(image);

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 static int prefix_len(const struct sockaddr *mask) {
   const unsigned char *bytes;
@@ -25,6 +26,34 @@ static int prefix_len(const struct sockaddr *mask) {
   int bits = 0;
   for (int i = 0; i < len; i++) bits += __builtin_popcount(bytes[i]);
   return bits;
+}
+
+/* Whether /proc/net/`file` lists `hex` (a group as that file writes it). */
+static int listed(const char *file, const char *hex) {
+  char path[64], line[256];
+  snprintf(path, sizeof path, "/proc/net/%s", file);
+  FILE *f = fopen(path, "r");
+  if (!f) return -1;
+  int found = 0;
+  while (fgets(line, sizeof line, f)) found |= strstr(line, hex) != NULL;
+  fclose(f);
+  return found;
+}
+
+/* Multicast memberships show in /proc/net/igmp and igmp6 (Go's Interface.MulticastAddrs reads them) while held. */
+static void memberships(void) {
+  int u4 = socket(AF_INET, SOCK_DGRAM, 0), u6 = socket(AF_INET6, SOCK_DGRAM, 0);
+  struct ip_mreqn m4 = {.imr_multiaddr.s_addr = htonl(0xef010203), .imr_ifindex = (int)if_nametoindex("lo")};
+  struct ipv6_mreq m6 = {.ipv6mr_interface = if_nametoindex("lo")};
+  inet_pton(AF_INET6, "ff02::114", &m6.ipv6mr_multiaddr);
+  printf("igmp: join 239.1.2.3 on lo %d, ff02::114 %d\n", setsockopt(u4, IPPROTO_IP, IP_ADD_MEMBERSHIP, &m4, sizeof m4),
+         setsockopt(u6, IPPROTO_IPV6, IPV6_ADD_MEMBERSHIP, &m6, sizeof m6));
+  printf("igmp: listed while joined %d %d\n", listed("igmp", "030201EF"),
+         listed("igmp6", "ff020000000000000000000000000114"));
+  close(u4);
+  close(u6);
+  printf("igmp: listed after close %d %d\n", listed("igmp", "030201EF"),
+         listed("igmp6", "ff020000000000000000000000000114"));
 }
 
 int main(int argc, char **argv) {
@@ -83,6 +112,7 @@ int main(int argc, char **argv) {
   unsigned lo_index = if_nametoindex("lo");
   printf("if_nametoindex: lo is %u, nonexistent0 is %u\n", lo_index, if_nametoindex("nonexistent0"));
   printf("if_indextoname: %u is %s\n", lo_index, if_indextoname(lo_index, name) ? name : "(none)");
+  memberships();
   printf("netlink: lo link %d, 127.0.0.1/8 %d, ::1/128 %d\n", lo_link, lo_v4, lo_v6);
   return lo_link && lo_v4 && lo_v6 && lo_named && lo_index ? 0 : 1;
 }
