@@ -28,7 +28,11 @@ const INET: &str = "partial: TCP and UDP over IPv4 and IPv6, AF_UNIX sockets, an
 const LEGACY_TLS: &str = "by design: 32-bit TLS; x86-64 programs use arch_prctl";
 
 const NOTES: &[(u64, &str)] = &[
-    (2, "partial: the in-memory filesystem and /dev/null|zero|urandom|std*; no O_PATH, O_TMPFILE, symbolic links"),
+    (
+        2,
+        "partial: the in-memory filesystem, volumes, FIFOs and /dev/null|zero|urandom|std*; symbolic links followed \
+         (O_NOFOLLOW: ELOOP); no O_PATH, O_TMPFILE",
+    ),
     (7, "partial: no signal interrupts it"),
     (8, "partial: SEEK_SET/CUR/END; no SEEK_DATA/SEEK_HOLE"),
     (
@@ -49,8 +53,8 @@ const NOTES: &[(u64, &str)] = &[
         "partial: FIONBIO, FIONREAD, and on sockets the SIOCGIF* interface queries; no descriptor is a terminal \
          (ENOTTY)",
     ),
-    (4, "partial: no symbolic links exist, so stat and lstat agree"),
-    (6, "partial: no symbolic links exist, so stat and lstat agree"),
+    (4, "partial: owners are root's; st_nlink counts hard links"),
+    (6, "partial: owners are root's; st_nlink counts hard links"),
     (21, "partial: everyone is root: an existing path is accessible"),
     (74, "partial: the filesystem is in memory: nothing to flush"),
     (75, "partial: the filesystem is in memory: nothing to flush"),
@@ -58,7 +62,7 @@ const NOTES: &[(u64, &str)] = &[
     (90, "partial: recorded for stat, not enforced (everyone is root)"),
     (91, "partial: recorded for stat, not enforced (everyone is root)"),
     (257, "partial: as open"),
-    (262, "partial: AT_EMPTY_PATH, AT_FDCWD and directory descriptors; no symbolic links"),
+    (262, "partial: AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, AT_FDCWD and directory descriptors"),
     (268, "partial: recorded for stat, not enforced (everyone is root)"),
     (269, "partial: everyone is root: an existing path is accessible"),
     (306, "partial: the filesystem is in memory: nothing to flush"),
@@ -70,8 +74,10 @@ const NOTES: &[(u64, &str)] = &[
     (25, "partial: anonymous mappings; MREMAP_FIXED refused; moved memory loses its mprotect protection"),
     (28, "partial: MADV_DONTNEED zeroes; other advice is accepted"),
     (26, "partial: nothing to write back (shared mappings are of in-memory files; volumes refuse writable ones)"),
-    (86, "partial: in-memory files only; EPERM on a volume"),
-    (265, "partial: in-memory files only; EPERM on a volume; no AT_EMPTY_PATH"),
+    (86, "partial: within the in-memory tree or one volume (EXDEV across); a symbolic link is linked itself"),
+    (265, "partial: as link, AT_SYMLINK_FOLLOW followed; no AT_EMPTY_PATH"),
+    (133, "partial: regular files and FIFOs; device nodes and sockets are EPERM (no devices to reach)"),
+    (259, "partial: as mknod"),
     (40, "partial: from a regular file to a socket, a pipe or a regular file"),
     (53, "partial: AF_UNIX stream, datagram and seqpacket"),
     (61, NO_CHILDREN),
@@ -132,7 +138,6 @@ const NOTES: &[(u64, &str)] = &[
         "partial: F_DUPFD(_CLOEXEC), F_GETFD/SETFD, F_GETFL/SETFL, record locks (F_GETLK/SETLK/SETLKW and F_OFD_*); \
           no leases, F_SETOWN, pipe sizes or seals",
     ),
-    (89, "partial: /proc/self/exe is the one symbolic link; anything else that exists is EINVAL, as on Linux"),
     (95, "partial: recorded; no files are created yet"),
     (131, "partial: no SS_AUTODISARM (EINVAL)"),
     (97, "partial: RLIMIT_NOFILE is kept and enforced; the others are reported, not enforced"),
@@ -171,7 +176,6 @@ const NOTES: &[(u64, &str)] = &[
     (70, "partial: MSG_COPY is ENOSYS, as on Linux without checkpoint/restore"),
     (71, "partial: no IPC_INFO, MSG_INFO or MSG_STAT; permission bits are kept, not checked (one user)"),
     (220, "partial: SEM_UNDO is accepted with nothing to undo (the process's exit ends the VM)"),
-    (267, "partial: /proc/self/exe is the one symbolic link; anything else that exists is EINVAL, as on Linux"),
     (232, "partial: nested epoll descriptors are refused"),
     (233, "partial: nested epoll descriptors are refused; EPOLLET means: again after the object changed"),
     (270, "partial: the signal mask is ignored; exception sets are never set"),
