@@ -106,6 +106,13 @@ pub enum Kind {
     Tasks,
 }
 
+/// What a walk finds at a name.
+enum Found {
+    Dir,
+    Link(String),
+    Other,
+}
+
 pub struct Inode {
     pub ino: u64,
     backing: Backing,
@@ -240,6 +247,19 @@ impl Inode {
             _ => s.links,
         };
         Attrs { mode, size, links, atime_ns: s.atime_ns, mtime_ns: s.mtime_ns }
+    }
+
+    /// What a walk needs to know of the inode, in one look.
+    fn found(&self) -> Found {
+        match &self.backing {
+            Backing::Memory(state) => match &state.lock().kind {
+                Kind::Dir(_) | Kind::Tasks => Found::Dir,
+                Kind::Symlink(target) => Found::Link(target.clone()),
+                _ => Found::Other,
+            },
+            Backing::Volume(node) if node.is_dir() => Found::Dir,
+            Backing::Volume(node) => node.link_target().map_or(Found::Other, Found::Link),
+        }
     }
 
     /// For a symbolic link, its target.
@@ -484,12 +504,6 @@ pub fn must_be_dir(abs: &str) -> Result<(), Errno> {
         Ok(_) | Err(Errno::ENOENT) => Ok(()),
         Err(e) => Err(e),
     }
-}
-
-pub(crate) fn join(parts: &[String]) -> String {
-    let mut out = String::from("/");
-    out.push_str(&parts.join("/"));
-    out
 }
 
 fn components(abs: &str) -> impl Iterator<Item = &str> {

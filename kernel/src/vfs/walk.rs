@@ -5,9 +5,10 @@
 //! only when asked (or when a trailing slash asks for a directory); everything after the walk works on canonical
 //! paths.
 
-use super::{lookup_normalised, root, Backing, Inode, CWD, PATH_MAX};
+use super::{lookup_normalised, root, Backing, Found, Inode, CWD, PATH_MAX};
 use crate::errno::Errno;
 use crate::volume;
+use alloc::borrow::Cow;
 use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -27,22 +28,22 @@ pub fn normalise(path: &str, follow: bool) -> Result<(String, bool), Errno> {
     }
     let slash = path.ends_with('/');
     let follow = follow || slash;
-    let mut walk = Walk { parts: Vec::new(), current: Some(root()), links: 0 };
+    let mut walk = Walk { parts: Vec::new(), dir: Some(root()), not_dir: false, links: 0 };
     if !path.starts_with('/') {
-        walk.parts = super::components(&CWD.lock()).map(String::from).collect();
-        walk.current = None;
+        walk.parts = super::components(&CWD.lock()).map(|p| Cow::Owned(p.to_string())).collect();
+        walk.dir = None;
     }
-    // Names still to walk, the next one last.
-    let mut pending: Vec<String> = path.split('/').rev().filter(|p| !p.is_empty()).map(String::from).collect();
+    // Names still to walk, the next one last. Borrowed from `path`; a link's target's are owned.
+    let mut pending: Vec<Cow<'_, str>> = path.rsplit('/').filter(|p| !p.is_empty()).map(Cow::Borrowed).collect();
     while let Some(part) = pending.pop() {
-        match part.as_str() {
+        match &*part {
             "." => {
                 walk.directory()?;
             }
             ".." => {
                 walk.directory()?;
                 walk.parts.pop();
-                walk.current = None;
+                walk.dir = None;
             }
             name if name.len() > 255 => return Err(Errno::ENAMETOOLONG),
             _ => {
@@ -52,61 +53,83 @@ pub fn normalise(path: &str, follow: bool) -> Result<(String, bool), Errno> {
                     break;
                 }
                 if let Some(target) = walk.step(part, last)? {
-                    walk.enter_link(&target, &mut pending)?;
+                    walk.enter_link(target, &mut pending)?;
                 }
             }
         }
     }
-    Ok((super::join(&walk.parts), slash))
+    Ok((join(&walk.parts, None), slash))
 }
 
-struct Walk {
+/// `/` and `parts` joined by slashes, and `more` after them.
+fn join(parts: &[Cow<'_, str>], more: Option<&str>) -> String {
+    let mut out = String::with_capacity(parts.iter().map(|p| p.len() + 1).sum::<usize>() + more.map_or(1, str::len));
+    for part in parts.iter().map(|p| &**p).chain(more) {
+        out.push('/');
+        out.push_str(part);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+struct Walk<'p> {
     /// Canonical components walked so far.
-    parts: Vec<String>,
-    /// The inode `parts` names, when known (found again by lookup after a `..`).
-    current: Option<Arc<Inode>>,
+    parts: Vec<Cow<'p, str>>,
+    /// The directory `parts` names, when known (after a `..` it is looked up again).
+    dir: Option<Arc<Inode>>,
+    /// Whether `parts` names something other than a directory.
+    not_dir: bool,
     links: u32,
 }
 
-impl Walk {
+impl<'p> Walk<'p> {
     /// The inode walked to, which must be a directory.
     fn directory(&mut self) -> Result<Arc<Inode>, Errno> {
-        let node = match self.current.take() {
-            Some(node) => node,
-            None => lookup_normalised(&super::join(&self.parts))?,
-        };
+        if self.not_dir {
+            return Err(Errno::ENOTDIR);
+        }
+        if let Some(dir) = &self.dir {
+            return Ok(dir.clone());
+        }
+        let node = lookup_normalised(&join(&self.parts, None))?;
         if !node.is_dir() {
             return Err(Errno::ENOTDIR);
         }
-        self.current = Some(node.clone());
+        self.dir = Some(node.clone());
         Ok(node)
     }
 
-    /// Walks into `name`: the link's target if it is a symbolic link (the walk is left at its directory). A missing
-    /// last name is fine.
-    fn step(&mut self, name: String, last: bool) -> Result<Option<String>, Errno> {
+    /// Walks into `name`; a symbolic link's target instead, to continue with (the walk stays in the link's
+    /// directory). A missing last name is fine.
+    fn step(&mut self, name: Cow<'p, str>, last: bool) -> Result<Option<String>, Errno> {
         let dir = self.directory()?;
-        self.parts.push(name);
-        let abs = super::join(&self.parts);
-        let child = match child(&dir, &abs, self.parts.last().map_or("", String::as_str)) {
+        // Only a walk that may enter a volume needs the path so far.
+        let abs = volume::any().then(|| join(&self.parts, Some(&name)));
+        let child = match child(&dir, abs.as_deref(), &name) {
             Ok(child) => child,
             Err(Errno::ENOENT) if last => {
-                self.current = None;
+                self.parts.push(name);
+                self.dir = None;
                 return Ok(None);
             }
             Err(e) => return Err(e),
         };
-        if let Some(target) = child.link_target() {
-            self.parts.pop();
-            self.current = Some(dir);
-            return Ok(Some(target));
+        match child.found() {
+            Found::Link(target) => return Ok(Some(target)),
+            Found::Dir => self.dir = Some(child),
+            Found::Other => {
+                self.dir = None;
+                self.not_dir = true;
+            }
         }
-        self.current = Some(child);
+        self.parts.push(name);
         Ok(None)
     }
 
     /// Continues the walk with a link's target.
-    fn enter_link(&mut self, target: &str, pending: &mut Vec<String>) -> Result<(), Errno> {
+    fn enter_link(&mut self, target: String, pending: &mut Vec<Cow<'p, str>>) -> Result<(), Errno> {
         self.links += 1;
         if self.links > MAX_LINKS {
             return Err(Errno::ELOOP);
@@ -116,19 +139,19 @@ impl Walk {
         }
         if target.starts_with('/') {
             self.parts.clear();
-            self.current = Some(root());
+            self.dir = Some(root());
         }
-        pending.extend(target.split('/').rev().filter(|p| !p.is_empty()).map(ToString::to_string));
+        pending.extend(target.rsplit('/').filter(|p| !p.is_empty()).map(|p| Cow::Owned(p.to_string())));
         Ok(())
     }
 }
 
-/// The entry `name` of directory `dir`, whose path with `name` is `abs`: a volume's root if a volume is mounted
-/// there.
-fn child(dir: &Inode, abs: &str, name: &str) -> Result<Arc<Inode>, Errno> {
+/// The entry `name` of directory `dir`: a volume's root if a volume is mounted at `abs`, the path with `name`
+/// (given when any volume is mounted).
+fn child(dir: &Inode, abs: Option<&str>, name: &str) -> Result<Arc<Inode>, Errno> {
     match &dir.backing {
         Backing::Memory(_) => {
-            if let Some(volume) = volume::mounted_at(abs) {
+            if let Some(volume) = abs.and_then(volume::mounted_at) {
                 return volume.lookup(&[]).map(Inode::on_volume);
             }
             dir.memory_child(name)

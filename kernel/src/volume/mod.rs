@@ -15,6 +15,7 @@ use crate::vfs::{Attrs, EntryType};
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, Ordering};
 use kiln_abi::BootInfo;
 use kiln_ext2::{Ext2, Ext2Error, FileType, ROOT_INO};
 use virtio_blk::VirtioBlk;
@@ -30,6 +31,12 @@ pub struct Volume {
 }
 
 static VOLUMES: SpinLock<Vec<Arc<Volume>>> = SpinLock::new(Vec::new());
+/// Whether any volume is mounted (a path walk checks for mount points only then).
+static ANY: AtomicBool = AtomicBool::new(false);
+
+pub fn any() -> bool {
+    ANY.load(Ordering::Relaxed)
+}
 
 fn errno(e: Ext2Error) -> Errno {
     match e {
@@ -89,6 +96,7 @@ pub fn init(boot: &BootInfo) {
         }
         let volume = Volume { mount: mount.into(), index: index as u64, fs: SpinLock::new(fs) };
         VOLUMES.lock().push(Arc::new(volume));
+        ANY.store(true, Ordering::Relaxed);
     }
 }
 
