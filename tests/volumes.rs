@@ -190,6 +190,17 @@ fn links_and_fifos_on_a_volume_pass_e2fsck() {
     };
     assert!(stat("/work/ls").contains("Fast link dest: \"d/sub\""), "{}", stat("/work/ls"));
     assert!(stat("/work/long").contains("Type: symlink"), "{}", stat("/work/long"));
+
+    // A working directory on the volume is made there after it is mounted, through a link too.
+    let run = kiln_in(&home)
+        .args(["run", "-v", "data:/data", "-w", "/data/work/ls/wd"])
+        .arg(guests::c("fslinks"))
+        .args(["--pwd", "../inner"])
+        .run();
+    run.assert_code(0);
+    assert_eq!(run.stdout_text(), "cwd: /data/work/d/sub/wd\nread: in\n", "{run}");
+    e2fsck_clean(&file);
+    assert!(stat("/work/d/sub/wd").contains("Type: directory"), "{}", stat("/work/d/sub/wd"));
 }
 
 #[test]

@@ -142,7 +142,7 @@ pub enum EntryType {
     Socket,
     Symlink,
     Fifo,
-    /// Something a volume holds that the library OS does not open (a symbolic link, a device node).
+    /// Something a volume holds that the library OS does not open (a device node).
     Other,
 }
 
