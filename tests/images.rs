@@ -272,7 +272,9 @@ fn an_image_runs_with_its_settings_and_files() {
     // workdir: the program starts there; -w replaces it.
     let toml = "name = \"pwd\"\nbinary = \"app\"\nargs = [\"--pwd\", \"index.html\"]\nworkdir = \"/srv/static\"\n\
                 dirs = { static = \"/srv/static\" }\n";
-    build(&home, &project(&base.join("pwd"), &guests::c("fslinks"), toml), &[]);
+    let pwd = project(&base.join("pwd"), &guests::c("fslinks"), toml);
+    std::os::unix::fs::symlink("css/site.css", pwd.join("static/style")).unwrap();
+    build(&home, &pwd, &[]);
     let run = kiln_in(&home).args(["run", "pwd"]).run();
     run.assert_code(0);
     assert_eq!(run.stdout_text(), "cwd: /srv/static\nread: <h1>hello</h1>\n\n", "{run}");
@@ -280,6 +282,11 @@ fn an_image_runs_with_its_settings_and_files() {
     assert_eq!(run.stdout_text(), "cwd: /srv\nread: h1 { color: red }\n\n", "{run}");
     let report = &json(&kiln_in(&home).args(["inspect", "pwd"]).run())[0];
     assert_eq!(report["config"]["workdir"], "/srv/static", "{report}");
+    // A link of the project's tree is a link in the image.
+    let link = report["files"].as_array().unwrap().iter().find(|f| f["path"] == "/srv/static/style").unwrap();
+    assert_eq!((link["kind"].as_str(), link["target"].as_str()), (Some("symlink"), Some("css/site.css")), "{report}");
+    let run = kiln_in(&home).args(["run", "pwd", "--pwd", "style"]).run();
+    assert_eq!(run.stdout_text(), "cwd: /srv/static\nread: h1 { color: red }\n\n", "{run}");
 }
 
 /// `kiln run -d NAME` resolves NAME, records the image's id, and starts an instance process with the same command

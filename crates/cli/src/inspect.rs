@@ -2,7 +2,7 @@
 
 use crate::home;
 use anyhow::{bail, Result};
-use kiln_abi::rootfs::{entries, KIND_DIR};
+use kiln_abi::rootfs::{entries, KIND_DIR, KIND_SYMLINK};
 use kiln_image::instance::{InstanceError, Instances};
 use kiln_image::{Digest, Manifest, Store, StoreError};
 use serde::Serialize;
@@ -89,6 +89,9 @@ struct FileRow {
     kind: &'static str,
     mode: String,
     size: u64,
+    /// A symbolic link's target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target: Option<String>,
 }
 
 /// The image, every blob of it checked against its digest: a damaged one is refused with the store's message.
@@ -106,16 +109,23 @@ fn image_report(store: &Store, digest: &Digest) -> Result<serde_json::Value> {
         kind: "program",
         mode: "0755".into(),
         size: manifest.program.size,
+        target: None,
     }];
     if rootfs.len() > kiln_abi::rootfs::MAGIC.len() {
         for entry in entries(&rootfs).map_err(|_| anyhow::anyhow!("the image's root filesystem is malformed"))? {
             let e = entry.map_err(|_| anyhow::anyhow!("the image's root filesystem is malformed"))?;
-            let kind = if e.kind == KIND_DIR { "dir" } else { "file" };
+            let kind = match e.kind {
+                KIND_DIR => "dir",
+                KIND_SYMLINK => "symlink",
+                _ => "file",
+            };
+            let data = &rootfs[e.data_offset..e.data_offset + e.data_len];
             files.push(FileRow {
                 path: e.path.to_string(),
                 kind,
                 mode: format!("{:04o}", e.perm),
                 size: e.data_len as u64,
+                target: (e.kind == KIND_SYMLINK).then(|| String::from_utf8_lossy(data).into_owned()),
             });
         }
     }
