@@ -113,7 +113,8 @@ fn address_message(i: &Interface, address: &Address, flags: u16, seq: u32, port:
 
 fn error_message(error: Errno, request: &[u8], seq: u32, port: u32) -> Vec<u8> {
     let mut m = Message::new(NLMSG_ERROR, 0, seq, port);
-    m.put(&(-(error.0 as i32)).to_le_bytes()).put(&request[..NLMSG_HEADER]);
+    // The whole request follows the error, as Linux sends it without NETLINK_CAP_ACK.
+    m.put(&(-(error.0 as i32)).to_le_bytes()).put(request);
     m.done()
 }
 

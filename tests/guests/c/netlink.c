@@ -56,6 +56,36 @@ static void memberships(void) {
          listed("igmp6", "ff020000000000000000000000000114"));
 }
 
+/* A request NETLINK_ROUTE does not know gets NLMSG_ERROR with EOPNOTSUPP and the request echoed (the headers are
+ * spelled out here: musl-gcc has no <linux/netlink.h>). */
+static void unknown_request(void) {
+  struct {
+    unsigned len;
+    unsigned short type, flags;
+    unsigned seq, pid;
+    unsigned char family, pad[3];
+  } req = {sizeof req, 0x3ff, 0x1 | 0x300, 7, 0, 0, {0}};
+  int s = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, 0);
+  struct {
+    unsigned short family, pad;
+    unsigned port, groups;
+  } kernel = {AF_NETLINK, 0, 0, 0}, me;
+  long sent = sendto(s, &req, sizeof req, 0, (struct sockaddr *)&kernel, sizeof kernel);
+  unsigned char buf[4096];
+  long n = recv(s, buf, sizeof buf, 0);
+  unsigned short type;
+  unsigned seq;
+  int error;
+  memcpy(&type, buf + 4, 2);
+  memcpy(&seq, buf + 8, 4);
+  memcpy(&error, buf + 16, 4);
+  printf("raw: request of %ld bytes answered with %ld: type %d, seq %u, error %d\n", sent, n, type, seq, error);
+  socklen_t len = sizeof me;
+  getsockname(s, (struct sockaddr *)&me, &len);
+  printf("raw: getsockname family %d, length %u, port %s\n", me.family, len, me.port ? "set" : "0");
+  close(s);
+}
+
 int main(int argc, char **argv) {
   int all = argc > 1 && strcmp(argv[1], "all") == 0;
   struct ifaddrs *list;
@@ -113,6 +143,7 @@ int main(int argc, char **argv) {
   printf("if_nametoindex: lo is %u, nonexistent0 is %u\n", lo_index, if_nametoindex("nonexistent0"));
   printf("if_indextoname: %u is %s\n", lo_index, if_indextoname(lo_index, name) ? name : "(none)");
   memberships();
+  unknown_request();
   printf("netlink: lo link %d, 127.0.0.1/8 %d, ::1/128 %d\n", lo_link, lo_v4, lo_v6);
   return lo_link && lo_v4 && lo_v6 && lo_named && lo_index ? 0 : 1;
 }
