@@ -107,6 +107,24 @@ fn the_same_project_builds_the_same_image_anywhere() {
     assert_eq!(left, 0, "every blob went with the last image");
 }
 
+/// A dynamically linked program's loader and libraries, rewritten, go into the image's root filesystem: the image
+/// boots without the host's, and builds the same anywhere.
+#[test]
+fn a_dynamic_program_is_built_into_a_self_contained_image() {
+    let base = scratch("dynamic");
+    let home = base.join("home");
+    let toml = "name = \"dyn\"\nbinary = \"app\"\nargs = [\"7\"]\n";
+    let hello = guests::c("hello-dynamic");
+    let first = build(&home, &project(&base.join("one"), &hello, toml), &[]);
+    assert_eq!(build(&home, &project(&base.join("elsewhere/two"), &hello, toml), &[]), first, "a copy elsewhere");
+    if !kvm::available() {
+        return;
+    }
+    let run = kiln_in(&home).args(["run", "dyn"]).run();
+    run.assert_code(7);
+    assert!(run.stdout_text().starts_with("hello from kiln\nargc=2\nargv[0]=/app\nargv[1]=7\n"), "{run}");
+}
+
 #[test]
 fn kiln_toml_errors_name_the_line_and_the_key() {
     let dir = scratch("toml-errors");

@@ -6,6 +6,7 @@ use crate::target::Target;
 use anyhow::{Context, Result};
 use kiln_vmm::dynamic::{self, Dependencies};
 use kiln_vmm::elf::{ElfImage, ElfKind};
+use kiln_vmm::rewrite::SiteCounts;
 use kiln_vmm::rewrite_cache::RewriteCache;
 use kiln_vmm::rootfs::{HostFileFilter, RootfsBuilder};
 use std::cell::RefCell;
@@ -13,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 /// A dynamically linked host program's loader and libraries, rewritten (none for a static program or an image, whose
-/// program the VMM checks).
+/// root filesystem has them already: see [`image_interpreter`]).
 pub fn dependencies(target: &Target) -> Result<Option<Dependencies>> {
     if target.image_id.is_some() {
         return Ok(None);
@@ -28,9 +29,8 @@ pub fn dependencies(target: &Target) -> Result<Option<Dependencies>> {
     Ok(deps)
 }
 
-/// Host files that are shared objects (`ET_DYN` with code) seen by [`object_filter`], with how many of their syscall
-/// sites stayed in place (they need page 0).
-pub type FoundObjects = Rc<RefCell<Vec<(PathBuf, usize)>>>;
+/// Host files that are shared objects (`ET_DYN` with code) seen by [`object_filter`], with their syscall sites.
+pub type FoundObjects = Rc<RefCell<Vec<(PathBuf, SiteCounts)>>>;
 
 /// Rewrites every shared object among the host files added to the root filesystem, and notes where it came from.
 /// Anything else, ELF files Kiln cannot read included, goes in as it is.
@@ -45,7 +45,7 @@ pub fn object_filter(found: FoundObjects) -> HostFileFilter {
             return Ok(bytes);
         }
         let object = dynamic::rewrite(path, &bytes, cache.as_ref())?;
-        found.borrow_mut().push((path.to_path_buf(), object.report.in_place.len()));
+        found.borrow_mut().push((path.to_path_buf(), object.report.counts()));
         Ok(object.bytes)
     })
 }
@@ -68,4 +68,18 @@ pub fn add_libraries_they_need(
         builder.add_file(&object.guest_path, 0o755, &object.object.bytes)?;
     }
     Ok(())
+}
+
+/// An image's dynamic loader, rewritten when the image was built: the file its program's `PT_INTERP` names in its root
+/// filesystem. Empty for a static program, or one whose image lacks it (the VMM then says the program is dynamic).
+pub fn image_interpreter(target: &Target) -> Vec<u8> {
+    let Some(interp) = ElfImage::parse(&target.program).ok().and_then(|elf| elf.interpreter) else { return Vec::new() };
+    let Ok(entries) = kiln_abi::rootfs::entries(&target.rootfs) else { return Vec::new() };
+    entries
+        .flatten()
+        .filter(|e| e.kind == kiln_abi::rootfs::KIND_FILE && e.path == interp)
+        .last()
+        .and_then(|e| target.rootfs.get(e.data_offset..e.data_offset + e.data_len))
+        .map(<[u8]>::to_vec)
+        .unwrap_or_default()
 }

@@ -4,7 +4,7 @@ use crate::home;
 use crate::run::KERNEL;
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use kiln_image::build::{rootfs, store_image, Parts};
+use kiln_image::build::{add_project_files, rootfs, store_image, Parts};
 use kiln_image::kiln_toml::{self, Binary, Project};
 use kiln_image::size::human;
 use kiln_image::Reference;
@@ -48,7 +48,7 @@ pub fn build(args: BuildArgs) -> Result<u8> {
         step.set_message(format!("preparing {}", program_path.display()));
         let prepared = prepare(&program_path, &program)?;
         step.set_message("packing files and directories");
-        Ok((prepared, rootfs(&project)?))
+        Ok((prepared, image_rootfs(&project, &program_path, &program)?))
     };
     let result = steps();
     // Cleared before an error is printed, too.
@@ -76,6 +76,35 @@ pub fn build(args: BuildArgs) -> Result<u8> {
         outln!("built {tag} {} ({})", digest.short(), human(size));
     }
     Ok(0)
+}
+
+/// The project's files and directories; for a dynamically linked program, first its loader and libraries, and the
+/// shared objects among the project's files rewritten (as `kiln run` does for a host program), so that the image
+/// is self-contained. Syscall sites that stay in place are refused: an image does not say it needs page 0.
+fn image_rootfs(project: &Project, program_path: &Path, program: &[u8]) -> Result<Vec<u8>> {
+    let elf = kiln_vmm::elf::ElfImage::parse(program).map_err(|e| anyhow!("{}: {e}", program_path.display()))?;
+    let cache = crate::run::rewrite_cache_dir().map(kiln_vmm::rewrite_cache::RewriteCache::new);
+    let Some(mut deps) = kiln_vmm::dynamic::collect(&elf, program_path, cache.as_ref())
+        .with_context(|| format!("{}: dynamically linked", program_path.display()))?
+    else {
+        return Ok(rootfs(project)?);
+    };
+    let mut builder = kiln_vmm::rootfs::RootfsBuilder::reproducible();
+    for object in std::iter::once(&deps.interpreter).chain(&deps.libraries) {
+        builder.add_file(&object.guest_path, 0o755, &object.object.bytes)?;
+    }
+    let found = crate::dynamic::FoundObjects::default();
+    builder.set_host_file_filter(crate::dynamic::object_filter(found.clone()));
+    add_project_files(project, &mut builder)?;
+    crate::dynamic::add_libraries_they_need(&mut deps, &found, &mut builder)?;
+    let in_place = found.borrow().iter().fold(deps.site_counts(), |total, &(_, counts)| total + counts).in_place;
+    if in_place > 0 {
+        bail!(
+            "{}: its shared objects have {in_place} syscall sites Kiln could not move to stubs, which images do not support yet; run it with kiln run",
+            program_path.display()
+        );
+    }
+    Ok(builder.finish())
 }
 
 /// The program with its syscalls rewritten, as the VMM loads it (`kiln_vmm::rewrite_cache` format).

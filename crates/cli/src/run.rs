@@ -11,6 +11,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use kiln_vmm::boot::BootError;
 use kiln_vmm::dynamic::Dependencies;
 use kiln_vmm::loader::LoaderError;
+use kiln_vmm::rewrite::SiteCounts;
 use kiln_vmm::rootfs::RootfsBuilder;
 use kiln_vmm::syscall_names::syscall_name;
 use kiln_vmm::{Console, HostSignals, Outcome, RunStats, Vm, VmConfig, VmError};
@@ -96,12 +97,16 @@ const BUILT_IN_RESOLV_CONF: &str = "nameserver 10.0.2.3\n";
 
 /// The guest's filesystem image: the resolver configuration the network needs, the image's files, then --dir and
 /// --file (a later entry replaces an earlier one at the same path).
-/// Also says whether a shared object in it has syscall sites that stayed in place, which need page 0.
-fn rootfs(args: &RunArgs, image_rootfs: &[u8], deps: Option<&mut Dependencies>) -> Result<(Vec<u8>, bool)> {
+/// Also counts the syscall sites of a dynamic program's shared objects in it.
+fn rootfs(
+    args: &RunArgs,
+    image_rootfs: &[u8],
+    deps: Option<&mut Dependencies>,
+) -> Result<(Vec<u8>, Option<SiteCounts>)> {
     let resolv_conf = net::resolv_conf(&args.network).filter(|r| r != BUILT_IN_RESOLV_CONF);
     let image_empty = image_rootfs.len() <= kiln_abi::rootfs::MAGIC.len();
     if args.files.is_empty() && args.dirs.is_empty() && resolv_conf.is_none() && image_empty && deps.is_none() {
-        return Ok((Vec::new(), false));
+        return Ok((Vec::new(), None));
     }
     let mut builder = RootfsBuilder::default();
     if let Some(resolv_conf) = resolv_conf {
@@ -125,12 +130,12 @@ fn rootfs(args: &RunArgs, image_rootfs: &[u8], deps: Option<&mut Dependencies>) 
     for (host, guest) in &args.files {
         builder.add_host_file(host, guest).with_context(|| format!("--file {}:{guest}", host.display()))?;
     }
-    let mut page0 = false;
+    let mut sites = None;
     if let Some(deps) = deps {
         dynamic::add_libraries_they_need(deps, &found, &mut builder)?;
-        page0 = deps.site_counts().in_place > 0 || found.borrow().iter().any(|&(_, in_place)| in_place > 0);
+        sites = Some(found.borrow().iter().fold(deps.site_counts(), |total, &(_, counts)| total + counts));
     }
-    Ok((builder.finish(), page0))
+    Ok((builder.finish(), sites))
 }
 
 fn parse_workdir(s: &str) -> Result<String, String> {
@@ -195,7 +200,7 @@ pub fn run(mut args: RunArgs) -> Result<u8> {
     }
     let memory = args.memory.or(target.memory).unwrap_or(DEFAULT_MEMORY);
     let mut deps = dynamic::dependencies(&target)?;
-    let (rootfs, objects_need_page0) = rootfs(&args, &target.rootfs, deps.as_mut())?;
+    let (rootfs, object_sites) = rootfs(&args, &target.rootfs, deps.as_mut())?;
     let workdir = args.workdir.clone().or(target.workdir.take()).unwrap_or_default();
     check_workdir(&workdir, &rootfs)?;
     let config = VmConfig {
@@ -209,8 +214,11 @@ pub fn run(mut args: RunArgs) -> Result<u8> {
         rewrite_cache: rewrite_cache_dir(),
         prepared: target.prepared.take(),
         rootfs,
-        objects_need_page0,
-        interpreter: deps.map(|d| d.interpreter.object.bytes).unwrap_or_default(),
+        objects_need_page0: object_sites.is_some_and(|s| s.in_place > 0),
+        interpreter: match deps {
+            Some(deps) => deps.interpreter.object.bytes,
+            None => dynamic::image_interpreter(&target),
+        },
         net: net::card(&args.network)?,
         volumes: crate::volume::attach_all(&target::merged_volumes(&target.volumes, &args.volumes))?,
     };
@@ -226,7 +234,7 @@ pub fn run(mut args: RunArgs) -> Result<u8> {
         HostSignals { wait: Box::new(move || signals.wait()), grace: Duration::from_secs(args.stop_timeout.into()) };
     let result = vm.run(Arc::new(Terminal), host_signals).context("running the VM failed");
     let (code, reason) = match result {
-        Ok((outcome, stats)) => report(&args, outcome, &stats),
+        Ok((outcome, stats)) => report(&args, outcome, &stats, object_sites),
         Err(e) => Err(e),
     }
     .unwrap_or_else(|e| {
@@ -240,7 +248,12 @@ pub fn run(mut args: RunArgs) -> Result<u8> {
 }
 
 /// The exit code and, in words, why the program ended; prints the trace summary and statistics asked for.
-fn report(args: &RunArgs, outcome: Outcome, stats: &RunStats) -> Result<(u8, String)> {
+fn report(
+    args: &RunArgs,
+    outcome: Outcome,
+    stats: &RunStats,
+    object_sites: Option<SiteCounts>,
+) -> Result<(u8, String)> {
     for &(nr, _, enosys) in stats.syscalls.iter().filter(|s| s.2 > 0) {
         tracing::info!("unsupported syscall {} ({nr}) returned -ENOSYS {enosys} times", syscall_name(nr));
     }
@@ -252,6 +265,9 @@ fn report(args: &RunArgs, outcome: Outcome, stats: &RunStats) -> Result<(u8, Str
         errln!("[kiln] {} VM exits, {calls} syscalls", stats.vm_exits);
         errln!("[kiln] host: {}", stats.host);
         errln!("[kiln] {}", stats.syscall_sites);
+        if let Some(sites) = object_sites {
+            errln!("[kiln] shared objects' {sites}");
+        }
         if let Some(n) = &stats.net {
             errln!(
                 "[kiln] network: {} frames out ({} bytes), {} in ({} bytes), {} notifications, {} dropped out, {} dropped in",

@@ -25,6 +25,12 @@ pub enum BuildError {
 /// path order. Host paths are relative to the project directory.
 pub fn rootfs(project: &Project) -> Result<Vec<u8>, BuildError> {
     let mut builder = RootfsBuilder::reproducible();
+    add_project_files(project, &mut builder)?;
+    Ok(builder.finish())
+}
+
+/// What [`rootfs`] puts in, into `builder` (after what it holds already).
+pub fn add_project_files(project: &Project, builder: &mut RootfsBuilder) -> Result<(), BuildError> {
     for (host, guest) in &project.dirs {
         builder.add_host_dir(&project.dir.join(host), guest).map_err(|source| BuildError::Rootfs {
             key: "dirs",
@@ -39,7 +45,7 @@ pub fn rootfs(project: &Project) -> Result<Vec<u8>, BuildError> {
             source,
         })?;
     }
-    Ok(builder.finish())
+    Ok(())
 }
 
 /// The parts of an image, before they are stored.

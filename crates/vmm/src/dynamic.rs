@@ -69,15 +69,10 @@ pub struct Dependencies {
 impl Dependencies {
     /// The syscall sites of the loader and the libraries together.
     pub fn site_counts(&self) -> SiteCounts {
-        std::iter::once(&self.interpreter).chain(&self.libraries).map(|o| o.object.report.counts()).fold(
-            SiteCounts::default(),
-            |a, b| SiteCounts {
-                relocated: a.relocated + b.relocated,
-                red_zone: a.red_zone + b.red_zone,
-                in_place: a.in_place + b.in_place,
-                unsafe_sites: a.unsafe_sites + b.unsafe_sites,
-            },
-        )
+        std::iter::once(&self.interpreter)
+            .chain(&self.libraries)
+            .map(|o| o.object.report.counts())
+            .fold(SiteCounts::default(), |a, b| a + b)
     }
 
     /// Adds the libraries `elf` (read from `path` on the host) needs, and theirs, that are not there yet: for the

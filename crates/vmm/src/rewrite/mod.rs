@@ -91,6 +91,18 @@ pub struct SiteCounts {
     pub unsafe_sites: usize,
 }
 
+impl std::ops::Add for SiteCounts {
+    type Output = SiteCounts;
+    fn add(self, other: SiteCounts) -> SiteCounts {
+        SiteCounts {
+            relocated: self.relocated + other.relocated,
+            red_zone: self.red_zone + other.red_zone,
+            in_place: self.in_place + other.in_place,
+            unsafe_sites: self.unsafe_sites + other.unsafe_sites,
+        }
+    }
+}
+
 impl std::fmt::Display for SiteCounts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let total = self.relocated + self.in_place;
