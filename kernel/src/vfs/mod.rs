@@ -127,7 +127,7 @@ pub struct State {
     pub kind: Kind,
     /// Permission bits (the type comes from `kind`).
     pub perm: u32,
-    /// Names the inode has (hard links); a directory's count is worked out from its entries.
+    /// `st_nlink`: the names a file has (hard links); for a directory 2 and one per subdirectory (its "..").
     pub links: u32,
     pub atime_ns: u64,
     pub mtime_ns: u64,
@@ -166,7 +166,8 @@ impl Inode {
 
     fn numbered(kind: Kind, perm: u32, ino: u64) -> Arc<Inode> {
         let now = time::realtime_ns();
-        let state = SpinLock::new(State { kind, perm, links: 1, atime_ns: now, mtime_ns: now });
+        let links = if matches!(kind, Kind::Dir(_) | Kind::Tasks) { 2 } else { 1 };
+        let state = SpinLock::new(State { kind, perm, links, atime_ns: now, mtime_ns: now });
         Arc::new(Inode { ino, backing: Backing::Memory(state) })
     }
 
@@ -241,8 +242,6 @@ impl Inode {
             Kind::Tasks => (S_IFDIR | s.perm, 0),
         };
         let links = match &s.kind {
-            // "." and the parent's entry, and each subdirectory's "..", as Linux's tmpfs counts.
-            Kind::Dir(entries) => 2 + entries.values().filter(|e| e.is_dir()).count() as u32,
             Kind::Tasks => 2 + proc::threads().len() as u32,
             _ => s.links,
         };
@@ -606,6 +605,7 @@ pub fn mkdir(path: &str, perm: u32) -> Result<(), Errno> {
         return Err(Errno::EEXIST);
     }
     entries.insert(name, Inode::new(Kind::Dir(BTreeMap::new()), perm & 0o7777));
+    s.links += 1;
     Ok(())
 }
 
@@ -664,7 +664,11 @@ fn insert_new(path: &str, inode: Arc<Inode>) -> Result<(), Errno> {
     if entries.contains_key(&name) {
         return Err(Errno::EEXIST);
     }
+    let is_dir = inode.is_dir();
     entries.insert(name, inode);
+    if is_dir {
+        s.links += 1;
+    }
     s.mtime_ns = time::realtime_ns();
     Ok(())
 }
@@ -704,6 +708,9 @@ pub fn remove(path: &str, dir: bool) -> Result<(), Errno> {
     }
     if let Some(gone) = entries.remove(&name) {
         gone.count_link(false);
+        if dir {
+            s.links -= 1;
+        }
     }
     s.mtime_ns = time::realtime_ns();
     Ok(())
@@ -750,14 +757,24 @@ pub fn rename(from: &str, to: &str) -> Result<(), Errno> {
                 _ => {}
             }
         }
+        let moving_dir = moving.is_dir();
         if let Some(replaced) = entries.insert(to_name, moving) {
             replaced.count_link(false);
+            if replaced.is_dir() {
+                s.links -= 1;
+            }
+        }
+        if moving_dir {
+            s.links += 1;
         }
     }
     if from_abs != to_abs {
         if let Some(state) = from_dir.memory() {
-            if let Kind::Dir(entries) = &mut state.lock().kind {
-                entries.remove(&from_name);
+            let mut s = state.lock();
+            if let Kind::Dir(entries) = &mut s.kind {
+                if entries.remove(&from_name).is_some_and(|moved| moved.is_dir()) {
+                    s.links -= 1;
+                }
             }
         }
     }

@@ -163,6 +163,13 @@ static void hard_links(void) {
   check(mkdir("nd", 0755) == 0 && mkdir("nd/a", 0755) == 0 && mkdir("nd/b", 0755) == 0 && stat("nd", &a) == 0 &&
             a.st_nlink == 4,
         "a directory's st_nlink is 2 + its subdirectories");
+  struct stat here_before, here_after;
+  check(stat(".", &here_before) == 0 && rmdir("nd/b") == 0 && rename("nd/a", "moved") == 0 && stat("nd", &a) == 0 &&
+            a.st_nlink == 2 && stat(".", &here_after) == 0 && here_after.st_nlink == here_before.st_nlink + 1,
+        "rmdir and rename of a directory keep st_nlink");
+  check(mkdir("nd/c", 0755) == 0 && rename("moved", "nd/c") == 0 && stat("nd", &a) == 0 && a.st_nlink == 3 &&
+            stat(".", &here_after) == 0 && here_after.st_nlink == here_before.st_nlink,
+        "a directory renamed over an empty one");
 }
 
 static void *fifo_writer(void *arg) {
