@@ -267,6 +267,20 @@ pub fn readv(a: &Args) -> SysResult {
         // a datagram for each, and waited for another once one filled its buffer).
         return super::net::readv(&f, &iovecs(a[1], a[2])?.collect::<Result<alloc::vec::Vec<IoVec>, Errno>>()?);
     }
+    if let Object::PipeReader(pipe::Reader(p)) = &f.object {
+        // One read over all the buffers: a read per buffer waited for more once the first was filled exactly.
+        let buffers = iovecs(a[1], a[2])?.collect::<Result<alloc::vec::Vec<IoVec>, Errno>>()?;
+        let total = buffers.iter().fold(0u64, |sum, b| sum.saturating_add(b.len)).min(pipe::CAPACITY as u64);
+        let mut chunk = vec![0u8; total as usize];
+        let n = p.read(&mut chunk, f.nonblocking())?;
+        let mut done = 0;
+        for iov in &buffers {
+            let take = (n - done).min(iov.len as usize);
+            user::write_bytes(iov.base, &chunk[done..done + take])?;
+            done += take;
+        }
+        return Ok(n as u64);
+    }
     read_vectored(a[1], a[2], |buf, len| read_into(&f, buf, len))
 }
 

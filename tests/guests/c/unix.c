@@ -19,6 +19,7 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -485,6 +486,23 @@ static void readiness(void) {
   n = epoll_wait(ep, out, 4, 1000);
   printf("epoll: after peer close %d events %#x\n", n, n > 0 ? out[0].events : 0);
   close(ep);
+  close(sv[1]);
+
+  /* readv takes what is there: a first buffer filled exactly does not make it wait for the second. */
+  int p[2];
+  if (pipe(p) < 0 || socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0) die("pipe/socketpair");
+  char one[4], two[4];
+  struct iovec both[2] = {{one, 4}, {two, 4}};
+  write(p[1], "pipe", 4);
+  printf("readv: a pipe with 4 bytes into 4+4: %s\n", outcome(readv(p[0], both, 2)));
+  write(sv[0], "sock", 4);
+  printf("readv: a stream socket with 4 bytes into 4+4: %s\n", outcome(readv(sv[1], both, 2)));
+  write(p[1], "abcdef", 6);
+  long got = readv(p[0], both, 2);
+  printf("readv: 6 bytes into 4+4: %s \"%.4s\" \"%.2s\"\n", outcome(got), one, two);
+  close(p[0]);
+  close(p[1]);
+  close(sv[0]);
   close(sv[1]);
 
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv) < 0) die("socketpair");
