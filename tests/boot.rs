@@ -1145,24 +1145,26 @@ fn aarch64_elf_is_not_x86_64() {
 }
 
 #[test]
-fn glibc_dynamic_hello_runs_as_natively() {
+fn dynamic_hellos_of_glibc_and_musl_run_as_natively() {
     if !kvm::available() {
         return;
     }
     // Built by the host's cc: a PIE that ld-linux-x86-64.so.2 starts and that opens libc.so.6 from the guest's root
-    // filesystem, both rewritten by kiln run.
-    let path = guests::c("hello-dynamic");
-    let native = std::process::Command::new(&path)
-        .args(["42", "from a VM"])
-        .env_clear()
-        .env("KILN_GREETING", "hi")
-        .output()
-        .expect("run hello-dynamic natively");
-    let run = kiln().arg("run").args(["--env", "KILN_GREETING=hi"]).arg(&path).args(["42", "from a VM"]).run();
-    assert_eq!(run.code, native.status.code(), "{run}");
-    assert_eq!(run.stdout_text(), String::from_utf8_lossy(&native.stdout), "{run}");
-    assert_eq!(run.stderr_text(), String::from_utf8_lossy(&native.stderr), "{run}");
-    assert_eq!(native.status.code(), Some(42));
+    // filesystem, both rewritten by kiln run. And by musl-gcc: musl's loader is its libc.so.
+    for guest in ["hello-dynamic", "hello-musl-dynamic"] {
+        let path = guests::c(guest);
+        let native = std::process::Command::new(&path)
+            .args(["42", "from a VM"])
+            .env_clear()
+            .env("KILN_GREETING", "hi")
+            .output()
+            .expect("run the dynamic hello natively");
+        let run = kiln().arg("run").args(["--env", "KILN_GREETING=hi"]).arg(&path).args(["42", "from a VM"]).run();
+        assert_eq!(run.code, native.status.code(), "{run}");
+        assert_eq!(run.stdout_text(), String::from_utf8_lossy(&native.stdout), "{run}");
+        assert_eq!(run.stderr_text(), String::from_utf8_lossy(&native.stderr), "{run}");
+        assert_eq!(native.status.code(), Some(42));
+    }
 }
 
 #[test]

@@ -31,6 +31,8 @@ enum Link {
     /// The host `cc` without `-static`: a PIE dynamically linked against glibc, which `kiln run` starts through its
     /// loader, with the libraries it needs rewritten into the guest's root filesystem.
     Dynamic,
+    /// musl-gcc without `-static`: a PIE started by musl's loader (`/lib/ld-musl-x86_64.so.1`, musl's libc.so).
+    MuslDynamic,
     /// The host `cc -static`: an `ET_EXEC` static binary with glibc, whose wrappers pass `int` arguments with the
     /// register's upper half zero (musl sign-extends them), among other differences.
     Glibc,
@@ -41,6 +43,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("hello", "hello.c", Link::Static),
     ("hello-pie", "hello.c", Link::StaticPie),
     ("hello-dynamic", "hello.c", Link::Dynamic),
+    ("hello-musl-dynamic", "hello.c", Link::MuslDynamic),
     ("bigout", "bigout.c", Link::Static),
     ("crash", "crash.c", Link::Static),
     ("nullread", "nullread.c", Link::Static),
@@ -268,7 +271,7 @@ fn build_c() -> Result<PathBuf, String> {
                     .args([gcc_file("crtendS.o")?, lib.join("crtn.o")])
                     .args(["-Wl,--no-dynamic-linker", "-Wl,-Bstatic"]);
             }
-            Link::Dynamic => {
+            Link::Dynamic | Link::MuslDynamic => {
                 cmd.arg(src.join(source));
             }
         }
@@ -276,7 +279,7 @@ fn build_c() -> Result<PathBuf, String> {
         let (want_type, want_interp) = match link {
             Link::Static | Link::Glibc => (ET_EXEC, false),
             Link::StaticPie => (ET_DYN, false),
-            Link::Dynamic => (ET_DYN, true),
+            Link::Dynamic | Link::MuslDynamic => (ET_DYN, true),
         };
         let (got_type, got_interp) = elf_kind(&tmp)?;
         if (got_type, got_interp) != (want_type, want_interp) {

@@ -17,6 +17,52 @@ pub const GUEST_LIBRARY_DIR: &str = "/lib/x86_64-linux-gnu";
 /// The system directories of Debian's x86-64 glibc, in its order, plus the other usual ones.
 const SYSTEM_DIRS: [&str; 6] =
     ["/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib", "/usr/lib", "/lib64", "/usr/lib64"];
+/// Where musl's loader looks (`/etc/ld-musl-x86_64.path` on Debian, then its defaults), and where a musl program's
+/// libraries go in the guest: the first of its defaults, since the guest has no path file.
+const MUSL_DIRS: [&str; 5] =
+    ["/lib/x86_64-linux-musl", "/usr/lib/x86_64-linux-musl", "/lib", "/usr/local/lib", "/usr/lib"];
+const MUSL_GUEST_LIBRARY_DIR: &str = "/lib";
+/// Libraries musl's loader is itself (its `libc.so` holds them all), which it never opens.
+const MUSL_BUILT_IN: [&str; 9] = ["c", "dl", "m", "pthread", "rt", "crypt", "util", "xnet", "resolv"];
+
+/// Whose loader a program names: the two search their directories differently.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Loader {
+    Glibc,
+    Musl,
+}
+
+impl Loader {
+    fn of(interpreter: &str) -> Loader {
+        let name = interpreter.rsplit('/').next().unwrap_or(interpreter);
+        if name.starts_with("ld-musl-") {
+            Loader::Musl
+        } else {
+            Loader::Glibc
+        }
+    }
+
+    fn system_dirs(self) -> &'static [&'static str] {
+        match self {
+            Loader::Glibc => &SYSTEM_DIRS,
+            Loader::Musl => &MUSL_DIRS,
+        }
+    }
+
+    fn guest_dir(self) -> &'static str {
+        match self {
+            Loader::Glibc => GUEST_LIBRARY_DIR,
+            Loader::Musl => MUSL_GUEST_LIBRARY_DIR,
+        }
+    }
+
+    /// Whether the loader provides `name` itself (musl's `libc.so`, `libpthread.so.0`, ...).
+    fn provides(self, name: &str) -> bool {
+        let stem = name.strip_prefix("lib").and_then(|n| n.split(".so").next());
+        self == Loader::Musl && (name.starts_with("ld-musl-") || stem.is_some_and(|s| MUSL_BUILT_IN.contains(&s)))
+    }
+}
+
 /// More shared objects than any real program needs (python3 with every extension module is about 60); the bound
 /// keeps a hostile chain of libraries from running on.
 const MAX_OBJECTS: usize = 1024;
@@ -64,6 +110,7 @@ pub struct Dependencies {
     pub libraries: Vec<GuestObject>,
     /// The names already collected (or being collected): each comes once, as the loader loads a soname once.
     seen: HashSet<String>,
+    loader: Loader,
 }
 
 impl Dependencies {
@@ -87,7 +134,7 @@ impl Dependencies {
         let mut queue: VecDeque<(String, PathBuf, Vec<String>)> = VecDeque::new();
         let mut enqueue = |queue: &mut VecDeque<_>, elf: &ElfImage, by: &Path| {
             for name in &elf.needed {
-                if self.seen.insert(name.clone()) {
+                if !self.loader.provides(name) && self.seen.insert(name.clone()) {
                     queue.push_back((name.clone(), by.to_path_buf(), elf.runpath.clone()));
                 }
             }
@@ -100,7 +147,7 @@ impl Dependencies {
             let (host_path, guest_path) = if name.contains('/') {
                 (PathBuf::from(&name), name.clone())
             } else {
-                (find(&name, &by, &runpath)?, format!("{GUEST_LIBRARY_DIR}/{name}"))
+                (find(&name, &by, &runpath, self.loader)?, format!("{}/{name}", self.loader.guest_dir()))
             };
             let bytes =
                 std::fs::read(&host_path).map_err(|source| DynamicError::Read { path: host_path.clone(), source })?;
@@ -115,12 +162,12 @@ impl Dependencies {
 }
 
 /// Where the loader would find library `name` needed by the object at `by` with search path `runpath`.
-fn find(name: &str, by: &Path, runpath: &[String]) -> Result<PathBuf, DynamicError> {
+fn find(name: &str, by: &Path, runpath: &[String], loader: Loader) -> Result<PathBuf, DynamicError> {
     let origin = by.parent().unwrap_or(Path::new("/"));
     let dirs: Vec<PathBuf> = runpath
         .iter()
         .map(|d| PathBuf::from(d.replace("${ORIGIN}", "$ORIGIN").replace("$ORIGIN", &origin.to_string_lossy())))
-        .chain(SYSTEM_DIRS.iter().map(PathBuf::from))
+        .chain(loader.system_dirs().iter().map(PathBuf::from))
         .collect();
     dirs.iter().map(|d| d.join(name)).find(|p| p.is_file()).ok_or_else(|| {
         let searched = dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ");
@@ -153,7 +200,24 @@ pub fn collect(
         guest_path: interp.clone(),
         object: rewrite(Path::new(interp), &interp_bytes, cache)?,
     };
-    let mut deps = Dependencies { interpreter, libraries: Vec::new(), seen: HashSet::new() };
+    let loader = Loader::of(interp);
+    let mut deps = Dependencies { interpreter, libraries: Vec::new(), seen: HashSet::new(), loader };
     deps.add_needed_by(program, program_path, cache)?;
     Ok(Some(deps))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn musls_loader_is_its_own_libc() {
+        let musl = Loader::of("/lib/ld-musl-x86_64.so.1");
+        assert_eq!(musl, Loader::Musl);
+        assert!(musl.provides("libc.so") && musl.provides("libpthread.so.0") && musl.provides("libm.so"));
+        assert!(!musl.provides("libz.so.1") && !musl.provides("libcrypto.so.3"));
+        let glibc = Loader::of("/lib64/ld-linux-x86-64.so.2");
+        assert!(!glibc.provides("libc.so.6"));
+        assert_eq!(glibc.guest_dir(), GUEST_LIBRARY_DIR);
+    }
 }
