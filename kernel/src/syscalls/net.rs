@@ -680,5 +680,8 @@ pub fn write_netlink(f: &File, buffers: &mut dyn Iterator<Item = Result<IoVec, E
 
 /// `write` of one chunk to a socket: how much was taken.
 pub fn write(f: &File, chunk: &[u8]) -> Result<usize, Errno> {
+    if let Some(u) = unix_of(f) {
+        return unix::write_chunk(f, u, chunk);
+    }
     socket(f).send(chunk, None, patience(f, true, 0))
 }

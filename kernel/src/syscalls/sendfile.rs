@@ -15,7 +15,7 @@ const MAX_COUNT: u64 = 0x7fff_f000;
 /// Writes `bytes` to `out` as `write` would; returns how many it took.
 fn write_to(out: &File, bytes: &[u8]) -> Result<usize, Errno> {
     match &out.object {
-        Object::Socket(_) => super::net::write(out, bytes),
+        Object::Socket(_) | Object::Unix(_) => super::net::write(out, bytes),
         Object::PipeWriter(p) => p.0.write(bytes, out.nonblocking()),
         Object::Regular { inode, offset } => {
             let append = out.flags.load(Ordering::Relaxed) & O_APPEND != 0;

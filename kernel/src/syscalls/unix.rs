@@ -369,6 +369,11 @@ pub fn send_buffers(f: &File, endpoint: &Endpoint, buffers: &[IoVec]) -> SysResu
     send(f, endpoint, buffers, None, (0, 0), 0)
 }
 
+/// One chunk of a `sendfile` to the socket: how much was taken.
+pub fn write_chunk(f: &File, endpoint: &Endpoint, chunk: &[u8]) -> Result<usize, Errno> {
+    endpoint.send(chunk, Vec::new(), None, patience(f, endpoint, true, 0))
+}
+
 /// `readv`: one receive over the buffers (what came with it, descriptions included, is dropped).
 pub fn read_buffers(f: &File, endpoint: &Endpoint, buffers: &[IoVec]) -> SysResult {
     recv(f, endpoint, buffers, 0).map(|(n, _)| n)

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -369,6 +370,14 @@ static void rights(const char *dir) {
   char buf[4];
   printf("rights: pipe after the passed ends closed: %s\n", outcome(read(p[0], buf, sizeof buf)));
   close(p[0]);
+  /* sendfile from a file to the socket. */
+  int source = open_temp(dir, "sent by sendfile");
+  off_t offset = 8;
+  long moved = sendfile(sv[0], source, &offset, 100);
+  char sent[32] = {0};
+  long got_back = recv(sv[1], sent, sizeof sent, MSG_DONTWAIT);
+  printf("sendfile: %ld moved, offset %ld, received %ld \"%s\"\n", moved, (long)offset, got_back, sent);
+  close(source);
   send_fds(sv[0], fds, 0 + 1);
   printf("rights: bad descriptor: %s\n", outcome(send_fds(sv[0], (int[]){999}, 1)));
   close(sv[0]);
