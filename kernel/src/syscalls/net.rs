@@ -197,7 +197,7 @@ pub fn accept4(a: &Args) -> SysResult {
 pub fn connect(a: &Args) -> SysResult {
     let f = socket_of(a[0])?;
     if netlink_of(&f).is_some() {
-        return Err(Errno::EOPNOTSUPP);
+        return netlink::connect(a);
     }
     if let Some(u) = unix_of(&f) {
         return unix::connect(&f, u, a);
@@ -224,7 +224,7 @@ pub fn getsockname(a: &Args) -> SysResult {
 pub fn getpeername(a: &Args) -> SysResult {
     let f = socket_of(a[0])?;
     if netlink_of(&f).is_some() {
-        return Err(Errno::EOPNOTSUPP);
+        return netlink::getpeername(a);
     }
     if let Some(u) = unix_of(&f) {
         return unix::getpeername(u, a);

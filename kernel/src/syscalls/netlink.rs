@@ -49,6 +49,23 @@ pub fn bind(n: &Netlink, a: &Args) -> SysResult {
     n.bind(user::read(a[1] + 4)?).map(|()| 0)
 }
 
+/// connect: every peer is the kernel (port 0), so there is nothing to remember; the address is checked.
+pub fn connect(a: &Args) -> SysResult {
+    if a[2] < SOCKADDR_NL_LEN {
+        return Err(Errno::EINVAL);
+    }
+    let [family, _pad]: [u16; 2] = user::read(a[1])?;
+    if family != AF_NETLINK {
+        return Err(Errno::EINVAL);
+    }
+    Ok(0)
+}
+
+/// getpeername: the kernel, connected or not, as Linux answers.
+pub fn getpeername(a: &Args) -> SysResult {
+    write_address(0, a[1], a[2]).map(|()| 0)
+}
+
 pub fn getsockname(n: &Netlink, a: &Args) -> SysResult {
     write_address(n.bound_port(), a[1], a[2]).map(|()| 0)
 }

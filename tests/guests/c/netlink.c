@@ -83,6 +83,10 @@ static void unknown_request(void) {
   socklen_t len = sizeof me;
   getsockname(s, (struct sockaddr *)&me, &len);
   printf("raw: getsockname family %d, length %u, port %s\n", me.family, len, me.port ? "set" : "0");
+  int connected = connect(s, (struct sockaddr *)&kernel, sizeof kernel);
+  len = sizeof me;
+  int peer = getpeername(s, (struct sockaddr *)&me, &len);
+  printf("raw: connect to the kernel %d, getpeername %d family %d port %u\n", connected, peer, me.family, me.port);
   close(s);
 }
 
