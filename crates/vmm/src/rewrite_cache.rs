@@ -18,7 +18,7 @@ const MAGIC: &[u8; 8] = b"KILNPREP";
 /// A rewritten shared object (`shared_object`): the whole file, as the guest's root filesystem holds it.
 const OBJECT_MAGIC: &[u8; 8] = b"KILNSOBJ";
 /// Bumped whenever the entry layout or what the rewriter produces changes.
-const FORMAT: u32 = 3;
+const FORMAT: u32 = 4;
 
 /// Bytes the cache keeps at most unless told otherwise.
 pub const DEFAULT_LIMIT: u64 = 256 << 20;
@@ -148,16 +148,8 @@ pub fn encode(p: &PreparedProgram) -> Vec<u8> {
         put_bytes(&mut payload, bytes);
     }
     put_bytes(&mut payload, &p.stubs);
-    put_addrs(&mut payload, &p.report.relocated);
-    put_addrs(&mut payload, &p.report.red_zone);
-    put_addrs(&mut payload, &p.report.in_place);
-    put_addrs(&mut payload, &p.report.unsafe_sites);
-    let mut out = Vec::with_capacity(payload.len() + 44);
-    out.extend(MAGIC);
-    out.extend(FORMAT.to_le_bytes());
-    out.extend(&payload);
-    out.extend(Sha256::digest(&payload));
-    out
+    put_report(&mut payload, &p.report);
+    seal(MAGIC, &payload)
 }
 
 fn seal(magic: &[u8], payload: &[u8]) -> Vec<u8> {
@@ -238,28 +230,14 @@ impl<'a> Reader<'a> {
 
 /// Reads what [`encode`] wrote (by this kiln's format); `None` for anything else.
 pub fn decode(entry: &[u8]) -> Option<PreparedProgram> {
-    let body = entry.strip_prefix(MAGIC)?;
-    let (format, rest) = body.split_at_checked(4)?;
-    if format != FORMAT.to_le_bytes() || rest.len() < 32 {
-        return None;
-    }
-    let (payload, digest) = rest.split_at(rest.len() - 32);
-    if Sha256::digest(payload).as_slice() != digest {
-        return None;
-    }
-    let mut r = Reader(payload);
+    let mut r = Reader(unseal(MAGIC, entry)?);
     let prepared = PreparedProgram {
         base: r.u64()?,
         span_start: r.u64()?,
         span_len: r.u64()?,
         code: r.code()?,
         stubs: r.bytes()?,
-        report: RewriteReport {
-            relocated: r.addrs()?,
-            red_zone: r.addrs()?,
-            in_place: r.addrs()?,
-            unsafe_sites: r.addrs()?,
-        },
+        report: r.report()?,
     };
     r.0.is_empty().then_some(prepared)
 }
@@ -282,6 +260,19 @@ mod tests {
                 unsafe_sites: vec![],
             },
         }
+    }
+
+    #[test]
+    fn shared_object_entries_round_trip_and_damage_is_a_miss() {
+        let object = RewrittenObject { bytes: vec![0x7f, b'E', b'L', b'F', 1, 2, 3], report: sample().report };
+        let entry = encode_object(&object);
+        let back = decode_object(&entry).unwrap();
+        assert_eq!((back.bytes, back.report.relocated), (object.bytes, object.report.relocated));
+        let mut damaged = entry.clone();
+        damaged[14] ^= 1;
+        assert!(decode_object(&damaged).is_none());
+        // A program's entry is no object's, and the other way round.
+        assert!(decode_object(&encode(&sample())).is_none() && decode(&entry).is_none());
     }
 
     #[test]

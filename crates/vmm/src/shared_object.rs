@@ -18,6 +18,8 @@ const PT_PHDR: u32 = 6;
 const PF_X: u32 = 1;
 const PF_R: u32 = 4;
 const PHENT: usize = 56;
+/// Most zeros the rewrite adds to a file to place its stub segment at the same offset as in memory.
+const MAX_PADDING: u64 = 16 << 20;
 /// Offsets in the ELF header.
 const E_PHOFF: usize = 32;
 const E_PHENTSIZE: usize = 54;
@@ -49,8 +51,14 @@ pub fn rewrite_object(file: &[u8]) -> Result<RewrittenObject, SharedObjectError>
     }
     let (_, span_end) = elf.span();
     // The added segment lies at the same offset in the file as in memory: the dynamic loader finds its own program
-    // headers at its base plus `e_phoff` (glibc's rtld reads them through `__ehdr_start`).
-    let at = page_align_up(span_end).max(page_align_up(file.len() as u64));
+    // headers at its base plus `e_phoff` (glibc's rtld reads them through `__ehdr_start`). Unless that would pad the
+    // file by more than `MAX_PADDING` (an object with a large bss: its size is what the ELF claims, and nothing on
+    // the host is sized by that); then the segment goes at the end of the file, mapped after the bss, and only a
+    // loader that finds its headers through `PT_PHDR` (every one, for the objects it maps itself) reads it right.
+    let file_end = page_align_up(file.len() as u64);
+    let vaddr = page_align_up(span_end).max(file_end);
+    let offset = if vaddr - file_end > MAX_PADDING { file_end } else { vaddr };
+    let at = vaddr;
     let phoff = read_u64(file, E_PHOFF) as usize;
     let phnum = elf.phnum as usize;
     let old_table = file.get(phoff..phoff + phnum * PHENT).ok_or(SharedObjectError::ProgramHeaders(elf.phent))?;
@@ -101,32 +109,32 @@ pub fn rewrite_object(file: &[u8]) -> Result<RewrittenObject, SharedObjectError>
     for i in 0..phnum {
         let mut entry = old_table[i * PHENT..][..PHENT].to_vec();
         if read_u32(&entry, 0) == PT_PHDR {
-            entry[8..48].copy_from_slice(&phdr_words(at, table_len as u64));
+            entry[8..48].copy_from_slice(&phdr_words(offset, vaddr, table_len as u64));
         }
         table.extend(entry);
         if i == last_load {
             let mut load = vec![0u8; PHENT];
             load[..4].copy_from_slice(&PT_LOAD.to_le_bytes());
             load[4..8].copy_from_slice(&(PF_R | PF_X).to_le_bytes());
-            load[8..48].copy_from_slice(&phdr_words(at, segment_len));
+            load[8..48].copy_from_slice(&phdr_words(offset, vaddr, segment_len));
             load[48..56].copy_from_slice(&kiln_abi::layout::PAGE_SIZE.to_le_bytes());
             table.extend(load);
         }
     }
-    bytes.resize(at as usize, 0);
+    bytes.resize(offset as usize, 0);
     bytes.extend(&table);
-    bytes.resize((stub_base - at) as usize + at as usize, 0);
+    bytes.resize((stub_base - at + offset) as usize, 0);
     bytes.extend(&stubs);
-    bytes[E_PHOFF..E_PHOFF + 8].copy_from_slice(&at.to_le_bytes());
+    bytes[E_PHOFF..E_PHOFF + 8].copy_from_slice(&offset.to_le_bytes());
     bytes[E_PHENTSIZE..E_PHENTSIZE + 2].copy_from_slice(&(PHENT as u16).to_le_bytes());
     bytes[E_PHNUM..E_PHNUM + 2].copy_from_slice(&((phnum + 1) as u16).to_le_bytes());
     Ok(RewrittenObject { bytes, report })
 }
 
-/// p_offset, p_vaddr, p_paddr, p_filesz, p_memsz of a range that lies at `at` in the file and in memory.
-fn phdr_words(at: u64, len: u64) -> [u8; 40] {
+/// p_offset, p_vaddr, p_paddr, p_filesz, p_memsz of `len` bytes at `offset` in the file and `vaddr` in memory.
+fn phdr_words(offset: u64, vaddr: u64, len: u64) -> [u8; 40] {
     let mut words = [0u8; 40];
-    for (i, v) in [at, at, at, len, len].into_iter().enumerate() {
+    for (i, v) in [offset, vaddr, vaddr, len, len].into_iter().enumerate() {
         words[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
     }
     words
@@ -166,6 +174,28 @@ mod tests {
             let off = site as usize - crate::loader::tests::TEXT as usize;
             assert_ne!(&out.bytes[off..off + 2], &[0x0f, 0x05]);
         }
+    }
+}
+
+#[cfg(test)]
+mod big_bss {
+    use super::*;
+    use crate::loader::tests::program;
+
+    #[test]
+    fn a_large_bss_does_not_pad_the_file() {
+        // 1 GiB of bss claimed (still within a rel32 of the code): the stub segment goes at the file's end, mapped
+        // after the bss, instead of a file padded to 1 GiB.
+        let mut file = program(0x1000);
+        let data_memsz = 64 + 56 + 40;
+        file[data_memsz..data_memsz + 8].copy_from_slice(&(1u64 << 30).to_le_bytes());
+        let out = rewrite_object(&file).unwrap();
+        assert_eq!(out.report.relocated.len(), 8);
+        assert!(out.bytes.len() < file.len() + (1 << 20), "{} bytes", out.bytes.len());
+        let elf = ElfImage::parse_any(&out.bytes).unwrap();
+        let added = elf.segments.last().unwrap();
+        assert!(added.executable && added.vaddr > 1 << 30);
+        assert_eq!(added.file_offset + added.file_size, out.bytes.len() as u64);
     }
 }
 
