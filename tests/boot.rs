@@ -845,13 +845,16 @@ fn signals_reach_threads_that_compute_without_syscalls() {
     if !kvm::available() {
         return;
     }
-    // pthread_kill to a thread spinning on the other vCPU, 50 interruptions of a loop that checks every register,
-    // and a timer's signals while the main thread spins: each needs the VMM to interrupt a vCPU in the program's code.
+    // pthread_kill to a spinning thread, 50 interruptions of a loop that checks every register, a timer's signals
+    // while the main thread spins, and threads spinning on each other: each needs the VMM to interrupt a vCPU in the
+    // program's code, for a signal or at the end of a time slice.
     let binary = guests::c("spinsignal");
     let native = std::process::Command::new(&binary).output().expect("run spinsignal natively");
     assert_eq!(native.status.code(), Some(0), "natively: {native:?}");
-    let run = kiln().args(["run", "--cpus", "2"]).arg(&binary).run();
-    run.assert_code(0).assert_stdout(&String::from_utf8_lossy(&native.stdout));
+    for cpus in ["1", "2"] {
+        let run = kiln().args(["run", "--cpus", cpus]).arg(&binary).run();
+        run.assert_code(0).assert_stdout(&String::from_utf8_lossy(&native.stdout));
+    }
 }
 
 #[test]

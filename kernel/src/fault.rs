@@ -7,8 +7,9 @@
 //! its stack". Without a handler the VM ends with the VMM's crash report.
 //!
 //! The VMM also comes here with a program it interrupted without a fault (`INTERRUPTED`, see the VMM's `preempt.rs`):
-//! another vCPU made a signal pending for this thread, or the host sent one. The signals pending are delivered as at a
-//! syscall's exit, and the program resumes with every register as it was.
+//! another vCPU made a signal pending for this thread, the host sent one, or the thread's time slice ended while
+//! others wait for a vCPU (it yields to them first). The signals pending are delivered as at a syscall's exit, and
+//! the program resumes with every register as it was.
 
 use crate::entry::SyscallFrame;
 use crate::mm::{protect, vma};
@@ -47,6 +48,9 @@ pub extern "C" fn entered(frame: &mut SyscallFrame) -> i64 {
     };
     percpu::set_syscall_frame(frame);
     if record.signal == INTERRUPTED {
+        crate::sched::interrupted();
+        // Another thread may have run meanwhile.
+        percpu::set_syscall_frame(frame);
         return pending_signals(frame, r.rax as i64);
     }
     let fault =

@@ -4,8 +4,8 @@
 //! There are no interrupts, so expiries are noticed where the library OS runs: at every syscall exit (a cheap check
 //! while no timer is armed), and by idle vCPUs, which wait no longer than the next expiry (arming an earlier one wakes
 //! one to look again). An idle vCPU's signal reaches a thread computing on another vCPU through the VMM
-//! (`sched::post_signal`); while every vCPU is busy, a thread that computes without syscalls gets its signal at its
-//! next syscall. ITIMER_VIRTUAL and ITIMER_PROF count
+//! (`sched::post_signal`); with no vCPU idle, the VMM is asked to interrupt the arming (or firing) vCPU at the next
+//! expiry (`sched::timer_due_at`). ITIMER_VIRTUAL and ITIMER_PROF count
 //! CPU time, which for a program that has its vCPUs to itself is the time since boot: they run at the real clock's
 //! rate.
 
@@ -66,8 +66,9 @@ pub fn with<R>(slot: usize, f: impl FnOnce(&mut Option<Timer>) -> R) -> R {
     drop(timers);
     // An idle vCPU waits no longer than the expiry it knew of when it parked: one looks again at an earlier one, since
     // the thread that armed the timer may compute without syscalls until it fires.
-    if NEXT_EXPIRY.load(Ordering::SeqCst) < before {
-        crate::sched::wake_idle_vcpu();
+    let next = NEXT_EXPIRY.load(Ordering::SeqCst);
+    if next < before {
+        crate::sched::timer_due_at(next, true);
     }
     result
 }
@@ -128,4 +129,9 @@ pub fn fire_due() {
         }
     }
     recompute(&timers);
+    drop(timers);
+    let next = NEXT_EXPIRY.load(Ordering::SeqCst);
+    if next != u64::MAX {
+        crate::sched::timer_due_at(next, false);
+    }
 }

@@ -50,10 +50,11 @@ pub enum Hypercall {
     /// on and cost the host nothing until written again. ret: 0, or -EINVAL for a range that is not page-aligned
     /// guest RAM (nothing is dropped then).
     Discard = 10,
-    /// args: a vCPU index. The library OS made a signal pending for the thread that vCPU runs now: if that vCPU is in
-    /// the program's code, the VMM interrupts it and resumes it at `kiln_fault_entry` with a [`FaultRecord`] whose
-    /// signal is [`INTERRUPTED`]; if it is in the library OS, nothing is needed (it looks at its signals before it
-    /// returns to the program). ret: 0.
+    /// args: a mask of vCPUs, and nanoseconds from now (0: now). Once that time has passed, the VMM interrupts each
+    /// of them in the program's code and resumes it at `kiln_fault_entry` with a [`FaultRecord`] whose signal is
+    /// [`INTERRUPTED`]. Now: the library OS made a signal pending for the thread one runs (a vCPU in the library OS
+    /// needs nothing then: it looks at its signals before it returns to the program). Later: the end of a time slice,
+    /// which is kept until the vCPU is interrupted in the program's code or makes a `Wait`. ret: 0.
     Preempt = 11,
 }
 

@@ -22,9 +22,12 @@ pub enum Action {
     FlushTlb,
     /// The program's fault has no handler: it dies of it.
     FaultUnhandled,
-    /// This vCPU (an index checked against the VM's) is to be interrupted if it runs the program's code; then the
-    /// caller gets [`answer`]ed.
-    Preempt(usize),
+    /// These vCPUs (a mask checked against the VM's) are to be interrupted if they run the program's code, `after`
+    /// this long (zero: now); then the caller gets [`answer`]ed.
+    Preempt {
+        vcpus: u64,
+        after: std::time::Duration,
+    },
     Stop(String),
 }
 
@@ -114,10 +117,11 @@ pub fn handle(
         Some(Hypercall::Discard) => discard(ram, args[0], args[1]),
         Some(Hypercall::FaultUnhandled) => return Action::FaultUnhandled,
         Some(Hypercall::Preempt) => {
-            return match usize::try_from(args[0]).ok().filter(|&target| target < parkers.len()) {
-                Some(target) => Action::Preempt(target),
-                None => Action::Stop(format!("the guest preempted vCPU {}, which does not exist", args[0])),
-            }
+            let all = u64::MAX.checked_shr(64 - parkers.len() as u32).unwrap_or(0);
+            return match args[0] & !all {
+                0 => Action::Preempt { vcpus: args[0], after: std::time::Duration::from_nanos(args[1]) },
+                _ => Action::Stop(format!("the guest preempted vCPUs {:#x}, of which some do not exist", args[0])),
+            };
         }
         None => return Action::Stop(format!("the guest made an unknown hypercall {nr}")),
     };
@@ -316,10 +320,14 @@ mod tests {
     #[test]
     fn preemptions_reach_existing_vcpus_only() {
         let ram = GuestRam::new(1 << 20).unwrap();
-        put_u64s(&ram, 0x1000, &[1]);
-        assert_eq!(handle(&ram, 0x1000, Hypercall::Preempt as u32, &Captured::default()), Action::Preempt(1));
-        put_u64s(&ram, 0x1000, &[2]);
-        assert!(matches!(handle(&ram, 0x1000, Hypercall::Preempt as u32, &Captured::default()), Action::Stop(_)));
+        let preempt = |args: &[u64]| {
+            put_u64s(&ram, 0x1000, args);
+            handle(&ram, 0x1000, Hypercall::Preempt as u32, &Captured::default())
+        };
+        let after = std::time::Duration::from_millis(10);
+        assert_eq!(preempt(&[0b11, 10_000_000]), Action::Preempt { vcpus: 0b11, after });
+        assert!(matches!(preempt(&[0b100, 0]), Action::Stop(_)));
+        assert!(matches!(preempt(&[1 << 63, 0]), Action::Stop(_)));
     }
 
     #[test]

@@ -34,10 +34,13 @@ extern "C" fn on_kick(_: libc::c_int) {
 fn install_kick_handler() {
     static INSTALLED: Once = Once::new();
     INSTALLED.call_once(|| {
-        // SAFETY: a zeroed sigaction whose handler only stores a byte; without SA_RESTART, so KVM_RUN returns EINTR.
+        // SAFETY: a sigaction whose handler only stores a byte. KVM_RUN returns EINTR all the same (KVM does not
+        // restart it); SA_RESTART spares the vCPU thread's other host calls (its sockets, the console) an EINTR
+        // they would take for an error, since a kick from the host timer may come at any time.
         unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
             action.sa_sigaction = on_kick as *const () as usize;
+            action.sa_flags = libc::SA_RESTART;
             libc::sigemptyset(&mut action.sa_mask);
             libc::sigaction(kick_signal(), &action, std::ptr::null_mut());
         }

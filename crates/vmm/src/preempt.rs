@@ -10,25 +10,52 @@
 //! with an exception on its way, is never redirected. If the kick found it there, it is tried again a little later
 //! (it may have been past its last look, on its way back to the program); any exit the library OS makes (a
 //! hypercall, a device access, a fault) settles the request, since the library OS looks after it.
+//!
+//! The library OS may also ask for a vCPU to be interrupted at a time: when runnable threads wait for a vCPU, the end
+//! of the running thread's time slice, at which it yields. Such a deadline is spent only once the vCPU is interrupted
+//! in the program's code (or goes idle), and the vCPU's host timer kicks it then.
 
 use crate::kick::Kicker;
 use kvm_bindings::{kvm_regs, kvm_sregs, kvm_vcpu_events};
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// How long before a vCPU the kick found in the library OS is interrupted again: a few times what the way from its
 /// last look at its signals back to the program takes, and rare enough to cost the vCPU little.
 const RETRY: Duration = Duration::from_micros(200);
 
-/// Per vCPU: whether it is to be interrupted in the program's code.
+/// How long before a vCPU whose deadline found it in the library OS is interrupted again: a time slice.
+const DEADLINE_RETRY: Duration = Duration::from_millis(10);
+
+/// Why a vCPU is to be interrupted now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Why {
+    /// Signals are pending for its thread.
+    Request,
+    /// Its deadline passed (the end of a time slice).
+    Deadline,
+}
+
+/// Per vCPU: whether it is to be interrupted in the program's code now, and when at the latest otherwise.
 pub struct Preemption {
     requested: Vec<AtomicBool>,
+    /// Nanoseconds since `epoch` when the vCPU is to be interrupted (its thread's time slice ends); `u64::MAX` none.
+    deadline: Vec<AtomicU64>,
+    epoch: Instant,
 }
 
 impl Preemption {
     pub fn new(vcpus: usize) -> Self {
-        Self { requested: (0..vcpus).map(|_| AtomicBool::new(false)).collect() }
+        Self {
+            requested: (0..vcpus).map(|_| AtomicBool::new(false)).collect(),
+            deadline: (0..vcpus).map(|_| AtomicU64::new(u64::MAX)).collect(),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
     }
 
     /// Asks for vCPU `id` (an index the caller checked) to be interrupted if it runs the program's code.
@@ -38,15 +65,69 @@ impl Preemption {
         kicks.kick(id);
     }
 
-    /// Takes vCPU `id`'s request, if it has one (on its own thread).
-    pub fn take(&self, id: usize) -> bool {
-        self.requested[id].swap(false, Ordering::SeqCst)
+    /// Asks for vCPU `id` to be interrupted `after` from now (or sooner, if it was asked for sooner already).
+    pub fn request_after(&self, kicks: &Kicker, id: usize, after: Duration) {
+        let at = self.now().saturating_add(after.as_nanos().min(u128::from(u64::MAX)) as u64);
+        if self.deadline[id].fetch_min(at, Ordering::SeqCst) > at {
+            kicks.kick_after(id, after);
+        }
     }
 
-    /// vCPU `id` was not in the program's code when it was kicked: it is kicked again a little later.
-    pub fn retry(&self, kicks: &Kicker, id: usize) {
-        self.requested[id].store(true, Ordering::SeqCst);
-        kicks.kick_after(id, RETRY);
+    /// On vCPU `id`'s own thread, after an EINTR: whether it is to be interrupted now, and why.
+    pub fn due(&self, id: usize) -> Option<Why> {
+        if self.requested[id].swap(false, Ordering::SeqCst) {
+            Some(Why::Request)
+        } else {
+            (self.deadline[id].load(Ordering::SeqCst) <= self.now()).then_some(Why::Deadline)
+        }
+    }
+
+    /// Drops vCPU `id`'s request: the library OS runs there and looks after its signals.
+    pub fn settle(&self, id: usize) {
+        self.requested[id].store(false, Ordering::SeqCst);
+    }
+
+    /// vCPU `id` was interrupted in the program's code: a deadline that has passed is spent; a later one stays, with
+    /// its kick.
+    pub fn interrupted(&self, kicks: &Kicker, id: usize) {
+        let now = self.now();
+        let deadline = self.deadline[id].load(Ordering::SeqCst);
+        if deadline <= now {
+            let _ = self.deadline[id].compare_exchange(deadline, u64::MAX, Ordering::SeqCst, Ordering::SeqCst);
+        } else if deadline != u64::MAX {
+            kicks.kick_after(id, Duration::from_nanos(deadline - now));
+        }
+    }
+
+    /// On vCPU `id`'s own thread, after an EINTR that was not [`Self::due`]: its host timer may have served a retry
+    /// meanwhile, so it is set again for the deadline still to come, if any.
+    pub fn rearm(&self, kicks: &Kicker, id: usize) {
+        let deadline = self.deadline[id].load(Ordering::SeqCst);
+        if deadline != u64::MAX {
+            kicks.kick_after(id, Duration::from_nanos(deadline.saturating_sub(self.now())));
+        }
+    }
+
+    /// vCPU `id` goes idle: it runs no thread whose slice could end.
+    pub fn idle(&self, id: usize) {
+        self.requested[id].store(false, Ordering::SeqCst);
+        self.deadline[id].store(u64::MAX, Ordering::SeqCst);
+    }
+
+    /// vCPU `id` was not in the program's code when it was due: for a request, it is kicked again a little later; a
+    /// deadline moves a slice on (the thread was in the library OS, so it is not computing without syscalls, and a busy
+    /// server, mostly there, must not pay an exit every few microseconds for it).
+    pub fn retry(&self, kicks: &Kicker, id: usize, why: Why) {
+        match why {
+            Why::Request => {
+                self.requested[id].store(true, Ordering::SeqCst);
+                kicks.kick_after(id, RETRY);
+            }
+            Why::Deadline => {
+                self.deadline[id].store(self.now().saturating_add(DEADLINE_RETRY.as_nanos() as u64), Ordering::SeqCst);
+                kicks.kick_after(id, DEADLINE_RETRY);
+            }
+        }
     }
 }
 
@@ -99,11 +180,35 @@ mod tests {
     #[test]
     fn a_request_is_taken_once_and_a_retry_makes_another() {
         let (p, kicks) = (Preemption::new(2), Kicker::new(2));
-        assert!(!p.take(1));
+        assert_eq!(p.due(1), None);
         p.request(&kicks, 1);
-        assert!(p.take(1));
-        assert!(!p.take(1));
-        p.retry(&kicks, 1);
-        assert!(p.take(1) && !p.take(0));
+        assert_eq!(p.due(1), Some(Why::Request));
+        assert_eq!(p.due(1), None);
+        p.retry(&kicks, 1, Why::Request);
+        assert_eq!((p.due(1), p.due(0)), (Some(Why::Request), None));
+        p.request(&kicks, 1);
+        p.settle(1);
+        assert_eq!(p.due(1), None, "settled by an exit of the library OS's");
+    }
+
+    #[test]
+    fn a_deadline_is_due_once_it_passes_until_the_vcpu_is_interrupted_or_idle() {
+        let (p, kicks) = (Preemption::new(1), Kicker::new(1));
+        p.request_after(&kicks, 0, Duration::from_secs(3600));
+        assert_eq!(p.due(0), None);
+        p.interrupted(&kicks, 0);
+        assert_eq!(p.due(0), None, "a later deadline stays");
+        p.request_after(&kicks, 0, Duration::ZERO);
+        assert!(p.due(0) == Some(Why::Deadline) && p.due(0) == Some(Why::Deadline), "the earlier one wins, and stays");
+        p.settle(0);
+        assert_eq!(p.due(0), Some(Why::Deadline), "an exit of the library OS's does not end a slice");
+        p.retry(&kicks, 0, Why::Deadline);
+        assert_eq!(p.due(0), None, "found in the library OS, it moves a slice on");
+        p.request_after(&kicks, 0, Duration::ZERO);
+        p.interrupted(&kicks, 0);
+        assert_eq!(p.due(0), None);
+        p.request_after(&kicks, 0, Duration::ZERO);
+        p.idle(0);
+        assert_eq!(p.due(0), None);
     }
 }

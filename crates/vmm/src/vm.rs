@@ -30,7 +30,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{RecvTimeoutError, Sender};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -584,8 +584,10 @@ fn run_vcpu(
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 // Cleared before the request is taken: a kick after this makes the next KVM_RUN return at once.
                 vcpu.set_kvm_immediate_exit(0);
-                if shared.preempt.take(id) {
-                    interrupt(&vcpu, shared, block, id)?;
+                if let Some(why) = shared.preempt.due(id) {
+                    interrupt(&vcpu, shared, block, id, why)?;
+                } else {
+                    shared.preempt.rearm(&shared.kicks, id);
                 }
                 continue;
             }
@@ -594,11 +596,13 @@ fn run_vcpu(
         // Any other exit is the library OS's (a hypercall, a device access) or a fault it is about to see: either
         // way it looks at its thread's signals before it returns to the program, which settles a preemption asked
         // for meanwhile.
-        shared.preempt.take(id);
+        shared.preempt.settle(id);
         let outcome = match exit {
             VcpuExit::IoOut(HYPERCALL_PORT, data) => {
                 let nr = data.iter().rev().fold(0u32, |acc, &b| acc << 8 | u32::from(b));
                 if nr == Hypercall::Wait as u32 {
+                    // Idle: no thread's slice runs here (see `Hypercall::Preempt`).
+                    shared.preempt.idle(id);
                     if let Some(Err(why)) = shared.net.as_ref().map(|card| card.send_queued(shared.ram.inner())) {
                         return Ok(Outcome::Stopped(why));
                     }
@@ -611,12 +615,17 @@ fn run_vcpu(
                     shared.tlb.flush_all(kicks, id, own, &shared.done).map_err(kvm_err("flush the vCPUs' TLBs"))?;
                     action = hypercall::answer(&shared.ram, block, 0);
                 }
-                if let Action::Preempt(target) = action {
-                    shared.preempt.request(&shared.kicks, target);
+                if let Action::Preempt { vcpus, after } = action {
+                    for target in (0..shared.parkers.len()).filter(|&v| vcpus & (1 << v) != 0) {
+                        match after {
+                            Duration::ZERO => shared.preempt.request(&shared.kicks, target),
+                            after => shared.preempt.request_after(&shared.kicks, target, after),
+                        }
+                    }
                     action = hypercall::answer(&shared.ram, block, 0);
                 }
                 match action {
-                    Action::Resume | Action::FlushTlb | Action::Preempt(_) => continue,
+                    Action::Resume | Action::FlushTlb | Action::Preempt { .. } => continue,
                     Action::FaultUnhandled => match pending_fault.take() {
                         Some(report) => Outcome::Crashed(report),
                         None => Outcome::Stopped("the library OS reported a fault that did not happen".into()),
@@ -738,18 +747,19 @@ fn to_library_os(vcpu: &VcpuFd, shared: &Shared, block: u64, record: &FaultRecor
 
 /// vCPU `id` was kicked out of KVM_RUN to be preempted (`crate::preempt`): in the program's code, it goes to the
 /// library OS with its registers, to take its pending signals; anywhere else it is tried again shortly.
-fn interrupt(vcpu: &VcpuFd, shared: &Shared, block: u64, id: usize) -> Result<(), VmError> {
+fn interrupt(vcpu: &VcpuFd, shared: &Shared, block: u64, id: usize, why: preempt::Why) -> Result<(), VmError> {
     let regs = vcpu.get_regs().map_err(kvm_err("read registers"))?;
     let sregs = vcpu.get_sregs().map_err(kvm_err("read special registers"))?;
     let events = vcpu.get_vcpu_events().map_err(kvm_err("read vCPU events"))?;
     if preempt::in_program(&regs, &sregs, &events, &shared.kernel_span, &shared.vdso_code) {
         let record = FaultRecord { signal: INTERRUPTED, regs: fault::registers(&regs), ..Default::default() };
         if to_library_os(vcpu, shared, block, &record)? {
-            tracing::trace!(vcpu = id, rip = regs.rip, "interrupted for its signals");
+            tracing::trace!(vcpu = id, rip = regs.rip, "interrupted");
+            shared.preempt.interrupted(&shared.kicks, id);
             return Ok(());
         }
     }
-    shared.preempt.retry(&shared.kicks, id);
+    shared.preempt.retry(&shared.kicks, id, why);
     Ok(())
 }
 

@@ -6,7 +6,9 @@
 //!
 //! One lock guards the thread table. A context switch happens with it held and the thread switched to releases it,
 //! so that a thread's saved stack pointer is complete before any other vCPU can pick it. A thread that computes
-//! without syscalls keeps its vCPU until it makes one; a signal for it has the VMM interrupt it (`post_signal`).
+//! without syscalls is interrupted by the VMM when a signal is sent to it (`post_signal`), and, with no vCPU idle, at
+//! the next moment its vCPU must look again (`next_look`: the end of its slice if others wait, a sleeper's deadline, a
+//! timer's expiry), when it yields to the waiting threads (`interrupted`).
 //!
 //! The table grows on demand up to [`MAX_THREADS`]; `queues` index it (run queue, wait queues, deadlines) so that
 //! switching, waking and expiring cost the same with ten threads or ten thousand. Invariants, under the lock: a
@@ -189,6 +191,7 @@ impl Scheduler {
 /// The boot vCPU's main thread, which the program starts on.
 pub fn init(boot: &BootInfo) {
     SMP.store(boot.vcpu_count > 1, Ordering::Relaxed);
+    VCPUS.store(boot.vcpu_count.min(64) as u64, Ordering::Relaxed);
     let mut s = SCHEDULER.lock();
     s.threads.push(Thread {
         tid: MAIN_TID,
@@ -355,9 +358,11 @@ pub fn spawn(
         Thread { tid, saved_sp: switch_at, kernel_stack_top, fs_base, clear_child_tid, blocked, name, ..FREE };
     s.make_runnable(slot, Woken::Wake);
     s.live += 1;
+    let slices = slices_to_end(&s);
     let idle = take_idle(&mut s, 1);
     drop(s);
     kick(idle);
+    end_slices(slices);
     Ok(tid)
 }
 
@@ -371,6 +376,7 @@ extern "C" fn thread_first_run() {
 extern "C" fn release_after_switch() {
     // SAFETY: the vCPU that switched to this thread holds the lock for us (see `schedule`).
     unsafe { SCHEDULER.force_unlock() };
+    ask_for_look();
 }
 
 /// Blocks the current thread until a wake (for `Wait::Futex`) or `deadline`, whichever comes first. `still` is checked
@@ -447,12 +453,13 @@ pub fn post_signal(tid: Option<u32>, sig: u32) -> bool {
         let elsewhere = t.on_cpu.filter(|&c| t.state == State::Running && t.blocked & bit == 0 && c != percpu::id());
         drop(s);
         if let Some(cpu_id) = elsewhere {
-            hypercall::call(kiln_abi::Hypercall::Preempt, &[cpu_id as u64]);
+            hypercall::call(kiln_abi::Hypercall::Preempt, &[1 << cpu_id, 0]);
         }
         return true;
     }
     let on_cpu = t.on_cpu;
     s.unblock(slot, Woken::Signal);
+    let slices = slices_to_end(&s);
     // Its vCPU idles on its stack (only that one can run it), or any idle vCPU can.
     let cpus = match on_cpu {
         Some(c) => s.idle & (1 << c) & !(1 << percpu::id()),
@@ -460,6 +467,7 @@ pub fn post_signal(tid: Option<u32>, sig: u32) -> bool {
     };
     drop(s);
     kick(cpus);
+    end_slices(slices);
     true
 }
 
@@ -589,11 +597,13 @@ fn make_woken_run(mut s: crate::sync::SpinGuard<'_, Scheduler>, woken: alloc::co
         pinned |= s.threads[slot].on_cpu.map_or(0, |c| 1 << c);
     }
     let free = woken.len() - pinned.count_ones() as usize;
+    let slices = slices_to_end(&s);
     let pinned = pinned & s.idle & !(1 << percpu::id());
     s.idle &= !pinned;
     let idle = pinned | take_idle(&mut s, free);
     drop(s);
     kick(idle);
+    end_slices(slices);
     woken.len()
 }
 
@@ -652,6 +662,7 @@ fn schedule() {
         s.threads[me].state = State::Running;
         // SAFETY: held since the caller's forgotten guard; nothing obtained under it is used after this.
         unsafe { SCHEDULER.force_unlock() };
+        ask_for_look();
         return;
     }
     s.threads[me].fs_base = cpu::read_fs_base();
@@ -669,6 +680,10 @@ fn schedule() {
 /// Makes `next` this vCPU's running thread and returns the stack pointer to switch to. Lock held.
 fn start_running(s: &mut Scheduler, next: usize) -> u64 {
     let cpu_id = percpu::id();
+    // When to look again (the VMM is asked once the lock is released: `ask_for_look`).
+    if let Some(at) = next_look(s) {
+        want_look(at);
+    }
     let t = &mut s.threads[next];
     t.state = State::Running;
     t.on_cpu = Some(cpu_id);
@@ -708,6 +723,8 @@ fn idle_until_runnable() -> usize {
             hypercall::deadlock(s.live as u64, &waits(s));
         }
         s.idle |= 1 << cpu_id;
+        // The VMM forgets this vCPU's slice as it waits (see `Hypercall::Preempt`).
+        LOOK_AT[cpu_id].store(u64::MAX, Ordering::SeqCst);
         // SAFETY: nothing obtained under the lock is used while it is released.
         unsafe { SCHEDULER.force_unlock() };
         idle_wait(cpu_id, deadline.unwrap_or(u64::MAX));
@@ -744,12 +761,115 @@ fn expire_deadlines(s: &mut Scheduler) {
     }
 }
 
-/// Has an idle vCPU (other than this one), if there is one, look again at what to do and until when.
-pub fn wake_idle_vcpu() {
+/// How long a thread runs while others wait for a vCPU before it makes room for them (the order of Linux CFS's
+/// slices). Without it, a thread spinning on a flag that a waiting thread must set would never let it run.
+const SLICE_NS: u64 = 10_000_000;
+/// Per vCPU: when (ns since boot) the VMM was asked to interrupt it, `u64::MAX` for not at all; until it does (in the
+/// program's code, see `crate::fault`), or forgets it because the vCPU waits.
+static LOOK_AT: [AtomicU64; 64] = [const { AtomicU64::new(u64::MAX) }; 64];
+/// Per vCPU: a time to ask the VMM for once the scheduler lock is released, `u64::MAX` for none.
+static LOOK_WANTED: [AtomicU64; 64] = [const { AtomicU64::new(u64::MAX) }; 64];
+static VCPUS: AtomicU64 = AtomicU64::new(1);
+
+/// With the lock held, on a vCPU about to run a thread: when it must look at the scheduler and the clock again, if no
+/// other vCPU is idle to do it (an idle vCPU waits until the earliest deadline): the end of the thread's slice if
+/// others wait for a vCPU, a sleeper's deadline, a timer's expiry; but not before the end of a slice.
+fn next_look(s: &Scheduler) -> Option<u64> {
+    if s.idle & !(1 << percpu::id()) != 0 {
+        return None;
+    }
+    let slice_end = time::since_boot_ns().saturating_add(SLICE_NS);
+    let slice = s.queues.any_runnable().then_some(slice_end);
+    let soonest = [slice, s.queues.next_deadline(), crate::timers::next_expiry()].into_iter().flatten().min()?;
+    // Never sooner than a slice from now: a thread that blocks or yields meanwhile has the scheduler look anyway, so a
+    // busy vCPU asks at most once a slice (sleepers and timers may be late by up to a slice then, as with a tick).
+    (soonest != u64::MAX).then_some(soonest.max(slice_end))
+}
+
+/// Notes that this vCPU is to be interrupted at `at` (unless it already will be by then).
+fn want_look(at: u64) {
+    let me = percpu::id();
+    if LOOK_AT[me].fetch_min(at, Ordering::SeqCst) > at {
+        LOOK_WANTED[me].fetch_min(at, Ordering::SeqCst);
+    }
+}
+
+/// Asks the VMM for what `want_look` noted (with the scheduler lock released: a hypercall is an exit).
+fn ask_for_look() {
+    let me = percpu::id();
+    let at = LOOK_WANTED[me].swap(u64::MAX, Ordering::SeqCst);
+    if at != u64::MAX {
+        // At least 1 ns: 0 would mean "now, for a signal".
+        let after = at.saturating_sub(time::since_boot_ns()).max(1);
+        hypercall::call(kiln_abi::Hypercall::Preempt, &[1 << me, after]);
+    }
+}
+
+/// With the lock held, a thread just queued: if no vCPU is idle to run it, the busy vCPUs whose slices do not end
+/// sooner already (marked now; `end_slices` asks the VMM once the lock is released).
+fn slices_to_end(s: &Scheduler) -> u64 {
+    if s.idle & !(1 << percpu::id()) != 0 || !s.queues.any_runnable() {
+        return 0;
+    }
+    let end = time::since_boot_ns().saturating_add(SLICE_NS);
+    (0..VCPUS.load(Ordering::Relaxed) as usize)
+        .filter(|&c| LOOK_AT[c].fetch_min(end, Ordering::SeqCst) > end)
+        .fold(0, |mask, c| mask | 1 << c)
+}
+
+fn end_slices(cpus: u64) {
+    if cpus != 0 {
+        hypercall::call(kiln_abi::Hypercall::Preempt, &[cpus, SLICE_NS]);
+    }
+}
+
+/// The VMM interrupted this vCPU in the program's code (`crate::fault`): for its thread's signals, or because it had
+/// to look again. Sleepers whose time came wake, and if others wait for a vCPU the thread makes room for them (it
+/// resumes later, as from `sched_yield`); then the next look is asked for.
+pub fn interrupted() {
+    let me = percpu::id();
+    let now = time::since_boot_ns();
+    let at = LOOK_AT[me].load(Ordering::SeqCst);
+    if at <= now {
+        let _ = LOOK_AT[me].compare_exchange(at, u64::MAX, Ordering::SeqCst, Ordering::SeqCst);
+    }
+    crate::syscalls::signal::poll_host_signals();
+    crate::timers::fire_due();
+    // The thread was interrupted anywhere in its code, with live x87/SSE registers, which a switch does not keep
+    // (at a syscall, the C calling convention leaves none live): they stay on its kernel stack meanwhile.
+    let mut fpu = FpuState([0; 512]);
+    // SAFETY: 512 writable, 16-byte aligned bytes; fxsave only stores the x87/SSE state (the library OS uses none).
+    unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) fpu.0.as_mut_ptr(), options(nostack)) };
+    yield_now();
+    // SAFETY: the state saved above, on this thread's own stack.
+    unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) fpu.0.as_ptr(), options(nostack)) };
+    let s = SCHEDULER.lock();
+    if let Some(at) = next_look(&s) {
+        want_look(at);
+    }
+    drop(s);
+    ask_for_look();
+}
+
+#[repr(C, align(16))]
+struct FpuState([u8; 512]);
+
+/// A timer now expires at `at`: with no vCPU idle to wait for it, the VMM interrupts this one then (its thread may
+/// compute without syscalls until then). `sooner` (than any timer did): an idle vCPU looks again at how long to wait
+/// (other than this one: an idle vCPU waits for it itself).
+pub fn timer_due_at(at: u64, sooner: bool) {
+    let me = percpu::id();
     let mut s = SCHEDULER.lock();
-    let idle = take_idle(&mut s, 1);
+    if s.idle & (1 << me) != 0 {
+        return;
+    }
+    let idle = if sooner { take_idle(&mut s, 1) } else { 0 };
+    if idle == 0 && s.idle & !(1 << me) == 0 {
+        want_look(at.max(time::since_boot_ns().saturating_add(SLICE_NS)));
+    }
     drop(s);
     kick(idle);
+    ask_for_look();
 }
 
 /// Takes up to `count` idle vCPUs (other than this one) off the idle set, to be kicked once the lock is released.

@@ -1,7 +1,9 @@
-/* spinsignal: signals reach threads that compute without syscalls. Without an argument (run it on two vCPUs): a
- * pthread_kill reaches a thread spinning on another vCPU; a thread interrupted over and over in a loop that holds a
- * known value in every register and flag finds them all intact; a timer's signal reaches the main thread spinning.
- * With `term`: prints "spinsignal: ready", then spins on one thread until its SIGTERM handler ends the program. */
+/* spinsignal: threads that compute without syscalls get their signals and share the vCPUs. Without an argument (on
+ * any number of vCPUs): a pthread_kill reaches a spinning thread; a thread interrupted over and over in a loop that
+ * holds a known value in every register and flag finds them all intact; a timer's signal reaches the main thread
+ * spinning; the main thread spinning on a flag lets the thread that sets it run; three threads spinning until all
+ * three have arrived all run. With `term`: prints "spinsignal: ready", then spins on one thread until its SIGTERM
+ * handler ends the program. */
 #include "check.h"
 #include <pthread.h>
 #include <signal.h>
@@ -11,7 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static atomic_int started, flag, handled, ticks;
+static atomic_int started, flag, handled, ticks, arrived;
 static volatile int stop_loop;
 
 static void set_flag(int sig) {
@@ -38,6 +40,20 @@ static void *spin_until_flag(void *arg) {
   (void)arg;
   atomic_store(&started, 1);
   while (!atomic_load_explicit(&flag, memory_order_relaxed)) {
+  }
+  return 0;
+}
+
+static void *set_flag_and_leave(void *arg) {
+  (void)arg;
+  atomic_store(&flag, 1);
+  return 0;
+}
+
+static void *arrive_and_wait(void *arg) {
+  (void)arg;
+  atomic_fetch_add(&arrived, 1);
+  while (atomic_load_explicit(&arrived, memory_order_relaxed) < 3) {
   }
   return 0;
 }
@@ -105,7 +121,7 @@ int main(int argc, char **argv) {
   while (!atomic_load(&started)) nap_us(100);
   pthread_kill(t, SIGUSR1);
   pthread_join(t, 0);
-  check(atomic_load(&flag) == 1, "pthread_kill reaches a thread spinning on another vCPU");
+  check(atomic_load(&flag) == 1, "pthread_kill reaches a spinning thread");
 
   signal(SIGUSR2, count);
   atomic_store(&started, 0);
@@ -131,5 +147,17 @@ int main(int argc, char **argv) {
   struct itimerval off = {{0, 0}, {0, 0}};
   setitimer(ITIMER_REAL, &off, 0);
   check(atomic_load(&ticks) >= 3, "a periodic timer's signals reach the main thread spinning");
+
+  atomic_store(&flag, 0);
+  pthread_create(&t, 0, set_flag_and_leave, 0);
+  while (!atomic_load_explicit(&flag, memory_order_relaxed)) {
+  }
+  pthread_join(t, 0);
+  check(1, "the main thread spinning on a flag lets the thread that sets it run");
+
+  pthread_t three[3];
+  for (int i = 0; i < 3; i++) pthread_create(&three[i], 0, arrive_and_wait, 0);
+  for (int i = 0; i < 3; i++) pthread_join(three[i], 0);
+  check(atomic_load(&arrived) == 3, "three threads spinning until all three have arrived all run");
   return failures;
 }
