@@ -4,7 +4,9 @@
 #     the C test programs), golang-go (the Go test program), iproute2 (`ip`, for the network tests' namespaces and tap
 #     devices), curl (the HTTP tests' host client; and, with ca-certificates, to install rustup), e2fsprogs
 #     (mkfs.ext2 for `kiln volume create`; e2fsck and debugfs, with which the volume tests check volumes), python3
-#     (Debian's, dynamically linked: a test boots it with its standard library);
+#     (Debian's, dynamically linked: a test boots it with its standard library), redis-server and nginx (Debian's
+#     servers, dynamically linked: tests/servers.rs runs them in the foreground; redis-server brings redis-tools'
+#     redis-benchmark, which bench/servers.sh uses with wrk);
 #   - apt, for the nested-KVM check (tests/nested-kvm/run.sh; it skips without them): qemu-system-x86,
 #     linux-image-amd64 (Debian's kernel, booted in QEMU to load kvm-amd), busybox-static (its init), cpio;
 #   - rustup and the toolchain pinned in rust-toolchain.toml, with its components and targets (x86_64-unknown-none for
@@ -24,7 +26,7 @@ as_root() {
 }
 
 missing=()
-for pkg in build-essential musl-tools golang-go iproute2 curl e2fsprogs python3; do
+for pkg in build-essential musl-tools golang-go iproute2 curl e2fsprogs python3 redis-server nginx wrk; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
 done
 if ! command -v rustup >/dev/null && ! [ -x "$HOME/.cargo/bin/rustup" ]; then
@@ -42,7 +44,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     as_root apt-get install -y -q --no-install-recommends "${missing[@]}"
   fi
 else
-  say "system packages present (build-essential, musl-tools, golang-go, iproute2, curl, e2fsprogs)"
+  say "system packages present (build-essential, musl-tools, golang-go, iproute2, curl, e2fsprogs, python3, redis-server, nginx, wrk)"
 fi
 
 # The nested-KVM check's packages: where they cannot be installed (linux-image-amd64 is Debian's), that check skips.
