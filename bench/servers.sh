@@ -111,7 +111,7 @@ nginx_row() {
     nginx_conf 8080 /www /tmp >"$work/kiln.conf"
     "${kiln_run[@]}" -p "127.0.0.1:$port:8080" --dir "$work/www:/www" --file "$work/kiln.conf:/etc/nginx-test.conf" \
       --file "$work/passwd:/etc/passwd" --file "$work/group:/etc/group" \
-      /usr/sbin/nginx -- -e stderr -p / -c /etc/nginx-test.conf >"$work/nginx-$1.log" 2>&1 &
+      /usr/sbin/nginx -e stderr -p / -c /etc/nginx-test.conf >"$work/nginx-$1.log" 2>&1 &
   fi
   pid=$!
   local url="http://127.0.0.1:$port/index.html"

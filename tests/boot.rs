@@ -87,6 +87,19 @@ fn environment_is_only_the_env_flags() {
 }
 
 #[test]
+fn every_word_after_the_program_is_the_programs() {
+    if !kvm::available() {
+        return;
+    }
+    // As with docker run: words that are kiln's own flags (-e, --memory) and `--` go to the program once it is named,
+    // the first word too (nginx's `-e stderr` went to kiln's --env).
+    let hello = guests::c("hello");
+    let words = ["-e", "X=1", "--memory", "1M", "--", "-p"];
+    let argv: Vec<&str> = std::iter::once(hello.to_str().unwrap()).chain(words).collect();
+    kiln().arg("run").arg(&hello).args(words).run().assert_code(0).assert_stdout(&hello_stdout(&argv, &[]));
+}
+
+#[test]
 fn argv0_is_the_path_as_given() {
     if !kvm::available() {
         return;

@@ -426,8 +426,7 @@ fn debian_nginx_serves_a_static_file_in_the_foreground_and_exits_on_sigterm_as_n
         .arg("--file")
         .arg(format!("{}:/etc/group", dir.join("group").display()))
         .arg(nginx)
-        // `--`: kiln's own -e would otherwise take nginx's (clap matches a known flag before the program's args).
-        .args(["--", "-e", "stderr", "-p", "/", "-c", "/etc/nginx-test.conf"])
+        .args(["-e", "stderr", "-p", "/", "-c", "/etc/nginx-test.conf"])
         .into_command();
     let guest = Running::start("nginx-kiln", &dir, guest, SocketAddr::from(([127, 0, 0, 1], port)), nginx_answers);
     exercise_nginx(guest.addr, &files);

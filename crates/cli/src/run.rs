@@ -77,12 +77,28 @@ pub struct RunArgs {
     volumes: Vec<(String, String)>,
     #[command(flatten)]
     pub network: net::NetArgs,
-    /// An image (NAME[:TAG] or id, from kiln build) or the static Linux x86-64 executable to run
-    #[arg(value_name = "IMAGE|PROGRAM")]
+    /// An image (NAME[:TAG] or id, from kiln build) or the Linux x86-64 executable to run, then the arguments passed
+    /// to the program (for an image: instead of its args); every word after IMAGE|PROGRAM is the program's, as with
+    /// docker run
+    // One positional for both, because clap stops matching kiln's own flags only once it is inside the trailing
+    // positional: with PROGRAM a positional of its own, `kiln run nginx -e stderr` gave nginx's -e to kiln's --env.
+    #[arg(value_name = "IMAGE|PROGRAM [ARGS]", required = true, num_args = 1.., trailing_var_arg = true)]
+    command: Vec<String>,
+    /// `command`'s first word.
+    #[arg(skip)]
     pub target: String,
-    /// Arguments passed to the program (for an image: instead of its args)
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    /// `command`'s other words.
+    #[arg(skip)]
     pub args: Vec<String>,
+}
+
+impl RunArgs {
+    /// Splits the command line's IMAGE|PROGRAM [ARGS] into `target` and `args`; called once, right after parsing.
+    pub fn split_command(&mut self) {
+        let mut words = std::mem::take(&mut self.command).into_iter();
+        self.target = words.next().unwrap_or_default();
+        self.args = words.collect();
+    }
 }
 
 fn parse_mapping(s: &str) -> Result<(PathBuf, String), String> {
@@ -185,6 +201,7 @@ impl Console for Terminal {
 }
 
 pub fn run(mut args: RunArgs) -> Result<u8> {
+    args.split_command();
     let mut instance = detach::instance_of_this_process(&args)?;
     if args.detach && instance.is_none() {
         return detach::start(&args);
