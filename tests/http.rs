@@ -6,7 +6,7 @@
 #[allow(dead_code)]
 mod harness;
 
-use harness::tcp::reset_on_close;
+use harness::tcp::{read_http_head as read_head, reset_on_close};
 
 use harness::{guests, kiln, kvm};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -118,33 +118,6 @@ fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     Ok(stream)
-}
-
-/// Reads a response's head: the status code and Content-Length, leaving the reader at the first body byte.
-fn read_head(reader: &mut impl BufRead) -> std::io::Result<(u16, Option<u64>)> {
-    let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let status = line
-        .strip_prefix("HTTP/1.1 ")
-        .and_then(|rest| rest.get(..3))
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| bad(format!("not an HTTP/1.1 status line: {line:?}")))?;
-    let mut length = None;
-    loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            return Err(bad("the connection closed inside the head".into()));
-        }
-        if line == "\r\n" {
-            return Ok((status, length));
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            if name.eq_ignore_ascii_case("content-length") {
-                length = Some(value.trim().parse().map_err(|_| bad(format!("bad {line:?}")))?);
-            }
-        }
-    }
 }
 
 /// `GET path` on a fresh connection: the status and the whole body (which must have a Content-Length).

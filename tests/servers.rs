@@ -297,33 +297,11 @@ fn debian_redis_server_answers_resp_in_the_foreground_and_exits_on_sigterm_as_na
 
 /// `GET path` on a fresh connection: the status and the whole body (which must have a Content-Length).
 fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
-    let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
     let mut stream = connect(addr)?;
     write!(stream, "GET {path} HTTP/1.1\r\nHost: kiln\r\nConnection: close\r\n\r\n")?;
     let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let status = line
-        .strip_prefix("HTTP/1.1 ")
-        .and_then(|rest| rest.get(..3))
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| bad(format!("not an HTTP/1.1 status line: {line:?}")))?;
-    let mut length = None;
-    loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            return Err(bad("the connection closed inside the head".into()));
-        }
-        if line == "\r\n" {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            if name.eq_ignore_ascii_case("content-length") {
-                length = Some(value.trim().parse::<u64>().map_err(|_| bad(format!("bad {line:?}")))?);
-            }
-        }
-    }
-    let length = length.ok_or_else(|| bad("no Content-Length".into()))?;
+    let (status, length) = harness::tcp::read_http_head(&mut reader)?;
+    let length = length.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no Content-Length"))?;
     let mut body = Vec::new();
     reader.take(length).read_to_end(&mut body)?;
     Ok((status, body))

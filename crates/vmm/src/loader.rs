@@ -252,14 +252,7 @@ pub fn load_program(
     for (at, bytes) in &code {
         ram.write(phys + (at - span_start), bytes)?;
     }
-    let writable = |vaddr: u64| {
-        elf.segments.iter().any(|s| {
-            s.writable && page_align_down(base + s.vaddr) <= vaddr && vaddr < page_align_up(base + s.vaddr + s.mem_size)
-        })
-    };
-    map_range(ram, alloc, pml4, base + span_start, phys, span_len, |v| {
-        PTE_USER | if writable(v) { PTE_WRITABLE } else { 0 }
-    })?;
+    map_image(ram, alloc, pml4, elf, base, (span_start, span_len), phys)?;
 
     let stub_base = base + span_start + span_len;
     let mut end = stub_base;
@@ -273,6 +266,27 @@ pub fn load_program(
     }
     let stubs = stub_base..stub_base + stubs.len() as u64;
     Ok(LoadedProgram { base, entry: base + elf.entry, phdr: base + elf.phdr_vaddr, end, stubs, report })
+}
+
+/// Maps an ELF image's span (`span_start`, `span_len`, loaded at `base`) to the frames at `phys`: user pages, writable
+/// where a writable segment lies.
+fn map_image(
+    ram: &mut GuestRam,
+    alloc: &mut BootAllocator,
+    pml4: u64,
+    elf: &ElfImage,
+    base: u64,
+    (span_start, span_len): (u64, u64),
+    phys: u64,
+) -> Result<(), LoaderError> {
+    let writable = |vaddr: u64| {
+        elf.segments.iter().any(|s| {
+            s.writable && page_align_down(base + s.vaddr) <= vaddr && vaddr < page_align_up(base + s.vaddr + s.mem_size)
+        })
+    };
+    map_range(ram, alloc, pml4, base + span_start, phys, span_len, |v| {
+        PTE_USER | if writable(v) { PTE_WRITABLE } else { 0 }
+    })
 }
 
 /// A dynamic loader, already rewritten (`shared_object`), as the VMM maps it.
@@ -298,14 +312,7 @@ pub fn load_interpreter(
     for segment in &elf.segments {
         ram.write(phys + (segment.vaddr - span_start), file_bytes(file, segment))?;
     }
-    let writable = |vaddr: u64| {
-        elf.segments.iter().any(|s| {
-            s.writable && page_align_down(base + s.vaddr) <= vaddr && vaddr < page_align_up(base + s.vaddr + s.mem_size)
-        })
-    };
-    map_range(ram, alloc, pml4, base + span_start, phys, span_len, |v| {
-        PTE_USER | if writable(v) { PTE_WRITABLE } else { 0 }
-    })?;
+    map_image(ram, alloc, pml4, elf, base, (span_start, span_len), phys)?;
     Ok(LoadedInterpreter { base, entry: base + elf.entry, end: base + span_start + span_len })
 }
 

@@ -471,15 +471,7 @@ pub fn setsockopt(a: &Args) -> SysResult {
     };
     match (a[1], a[2]) {
         (SOL_SOCKET, which @ (SO_RCVTIMEO | SO_SNDTIMEO)) => {
-            if optlen < 16 {
-                return Err(Errno::EINVAL);
-            }
-            let [sec, usec]: [i64; 2] = user::read(a[3])?;
-            if sec < 0 || !(0..1_000_000).contains(&usec) {
-                return Err(Errno::EDOM);
-            }
-            let ns = (sec as u64).saturating_mul(1_000_000_000).saturating_add(usec as u64 * 1000);
-            s.set_timeout(which == SO_SNDTIMEO, ns);
+            s.set_timeout(which == SO_SNDTIMEO, timeout_option(a[3], optlen)?);
             Ok(0)
         }
         (IPPROTO_IP, which @ (IP_ADD_MEMBERSHIP | IP_DROP_MEMBERSHIP)) => {
@@ -684,4 +676,17 @@ pub fn write(f: &File, chunk: &[u8]) -> Result<usize, Errno> {
         return unix::write_chunk(f, u, chunk);
     }
     socket(f).send(chunk, None, patience(f, true, 0))
+}
+
+/// The nanoseconds an SO_RCVTIMEO or SO_SNDTIMEO option's `struct timeval` at `addr` (`optlen` bytes) says, checked as
+/// Linux checks it: EINVAL if too short, EDOM for a negative or out-of-range value.
+pub(crate) fn timeout_option(addr: u64, optlen: u32) -> Result<u64, Errno> {
+    if optlen < 16 {
+        return Err(Errno::EINVAL);
+    }
+    let [sec, usec]: [i64; 2] = user::read(addr)?;
+    if sec < 0 || !(0..1_000_000).contains(&usec) {
+        return Err(Errno::EDOM);
+    }
+    Ok((sec as u64).saturating_mul(1_000_000_000).saturating_add(usec as u64 * 1000))
 }

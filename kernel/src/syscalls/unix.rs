@@ -423,15 +423,7 @@ pub fn setsockopt(endpoint: &Endpoint, a: &Args) -> SysResult {
     let optlen = a[4] as u32;
     match a[2] {
         which @ (SO_RCVTIMEO | SO_SNDTIMEO) => {
-            if optlen < 16 {
-                return Err(Errno::EINVAL);
-            }
-            let [sec, usec]: [i64; 2] = user::read(a[3])?;
-            if sec < 0 || !(0..1_000_000).contains(&usec) {
-                return Err(Errno::EDOM);
-            }
-            let ns = (sec as u64).saturating_mul(1_000_000_000).saturating_add(usec as u64 * 1000);
-            endpoint.set_timeout(which == SO_SNDTIMEO, ns);
+            endpoint.set_timeout(which == SO_SNDTIMEO, super::net::timeout_option(a[3], optlen)?);
             Ok(0)
         }
         _ if optlen < 4 => Err(Errno::EINVAL),
