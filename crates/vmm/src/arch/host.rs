@@ -1,7 +1,8 @@
 //! Which kind of KVM the VM runs on, and everything that differs between the kinds: the one place that knows.
 //!
 //! - **Paravirtual** (`kvm_pvm`, our development and CI hosts; see ../shared/probes): guest CPL 0 is emulated, about
-//!   2,700x slower, and a `syscall` at CPL 3 does not switch to CPL 0: the vCPU shuts down at LSTAR. An exception at
+//!   2,700x slower, and a `syscall` at CPL 3 jumps to LSTAR without switching to CPL 0 (the supervisor page there
+//!   then faults, and the vCPU shuts down at LSTAR). An exception at
 //!   CPL 3 cannot be delivered either (the vCPU has no IDT) and ends in a shutdown with the vCPU state still describing
 //!   the faulting instruction; KVM leaves that state as it was, so the VMM can decode the fault and resume the vCPU
 //!   in the library OS, which runs the program's handler (`crate::fault`, `vm.rs`). After a trap-type exception
@@ -14,10 +15,11 @@
 //!   runs on the hot path: rewritten syscalls and hypercalls are the same on both kinds.
 //!
 //! The kind is measured, once per VM before it boots ([`Probe`]): vCPU 0 runs a `syscall` at CPL 3 with LSTAR at
-//! code that reports through a port. If that code ran, CPL 0 is reachable (hardware); if the vCPU shut down at LSTAR,
-//! it is `kvm_pvm`. One VM exit, on either kind. The probe has page tables and code of its own in the top pages of
-//! guest RAM, which the boot layout leaves alone, so that it runs on a thread of its own while the boot layout is
-//! built; its pages are zeroed before the library OS, which hands them out, starts.
+//! code that reports through a port. If that code ran at CPL 0, CPL 0 is reachable (hardware); if it ran at CPL 3,
+//! where its `out` faults and the vCPU shuts down, it is `kvm_pvm`. One VM exit, on either kind. The probe has page
+//! tables and code of its own in the top pages of guest RAM, which the boot layout leaves alone, so that it runs on a
+//! thread of its own while the boot layout is built; its pages are zeroed before the library OS, which hands them out,
+//! starts.
 //!
 //! Port I/O from CPL 3 (our hypercalls) is checked against the TSS I/O permission bitmap on kvm_pvm even when
 //! RFLAGS.IOPL is 3, and a 4-byte `out` needs all four ports' bits clear. So Kiln runs with IOPL 0 and a bitmap that
