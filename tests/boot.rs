@@ -1287,10 +1287,15 @@ fn an_elf_claiming_a_huge_span_is_refused_at_once_without_a_cache_entry() {
     {
         let run = kiln().env("KILN_HOME", &home).arg("run").arg(inputs::wide_elf(span, code_bss)).run();
         let line = run.assert_kiln_error();
-        assert!(line.contains("does not fit in 64 MiB") && line.contains("--memory"), "{run}");
+        assert!(line.contains("does not fit in 64 MiB") && line.contains("--memory 256M"), "{run}");
         // A bound far above an error's cost and far below the span-sized work: not a performance figure.
         assert!(run.elapsed < std::time::Duration::from_secs(20), "{run}");
     }
+    // The suggestion is more than what was given.
+    let run =
+        kiln().env("KILN_HOME", &home).args(["run", "--memory", "300M"]).arg(inputs::wide_elf(4 << 30, true)).run();
+    let line = run.assert_kiln_error();
+    assert!(line.contains("does not fit in 300 MiB") && line.contains("--memory 600M"), "{run}");
     assert_eq!(files_under(&home.join("cache")), Vec::<std::path::PathBuf>::new(), "nothing was cached");
 }
 

@@ -1,6 +1,7 @@
-//! Servers people ship, unmodified: Debian's `redis-server` and `nginx` (dynamically linked against glibc) run in
-//! the foreground in Kiln with a configuration of the test's own and a port published with `-p`; the test talks to
-//! them from the host (RESP to redis, HTTP to nginx), then stops them with SIGTERM, and does the same with the
+//! Servers people ship, unmodified: Debian's `redis-server`, `nginx` and `python3` (a script of the test's own on
+//! the standard library's HTTP server; all dynamically linked against glibc) run in the foreground in Kiln with a
+//! configuration of the test's own and a port published with `-p`; the test talks to them from the host (RESP to
+//! redis, HTTP with curl and raw to nginx and python3), then stops them with SIGTERM, and does the same with the
 //! program run natively to compare replies and exit codes. Each test skips where `scripts/setup.sh` has not
 //! installed the server. Every wait has a deadline.
 
@@ -417,4 +418,113 @@ fn debian_nginx_serves_a_static_file_in_the_foreground_and_exits_on_sigterm_as_n
         assert!(native_output.contains(line), "natively, no {line:?}:\n{native_output}");
         assert!(output.contains(line), "in kiln, no {line:?}:\n{output}");
     }
+}
+
+// ---- python3 -----------------------------------------------------------------------------------------------------
+
+fn python_answers(addr: SocketAddr) -> bool {
+    matches!(http_get(addr, "/hello"), Ok((200, _)))
+}
+
+/// `curl ARGS URL`: its stdout, which must be a success.
+fn curl(addr: SocketAddr, path: &str, args: &[&str]) -> Vec<u8> {
+    let out = Command::new("curl")
+        .args(["-sS", "--fail", "--max-time", "20"])
+        .args(args)
+        .arg(format!("http://{addr}{path}"))
+        .output()
+        .expect("run curl (scripts/setup.sh installs it)");
+    assert!(out.status.success(), "curl {path}: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+/// Every request the test makes of tests/guests/python/httpserver.py, with each reply's body in a fixed order, so
+/// the server in kiln and natively can be compared byte for byte.
+fn exercise_python(addr: SocketAddr, post_file: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut replies = Vec::new();
+    for path in ["/hello", "/json?kiln+python+threads", "/blob?300000", "/blob?0"] {
+        for round in 0..3 {
+            replies.push((format!("curl {path} #{round}"), curl(addr, path, &[])));
+        }
+        let (status, body) = http_get(addr, path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        assert_eq!(status, 200, "GET {path}");
+        replies.push((format!("GET {path}"), body));
+    }
+    // A request body larger than a socket buffer, and several requests on one kept-alive connection.
+    replies.push(("curl POST".into(), curl(addr, "/post", &["--data-binary", &format!("@{}", post_file.display())])));
+    let keep_alive = curl(addr, "/json?one", &[&format!("http://{addr}/json?two")]);
+    replies.push(("curl two on one connection".into(), keep_alive));
+    assert_eq!(http_get(addr, "/missing").expect("GET /missing").0, 404);
+    // Concurrently: four clients the server must serve at once to get past its barrier, and eight more fetching
+    // the large blob alongside them.
+    let together: Vec<_> = (0..12)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let path = if i < 4 { "/together" } else { "/blob?200000" };
+                (format!("concurrent {path}"), curl(addr, path, &[]))
+            })
+        })
+        .collect();
+    replies.extend(together.into_iter().map(|t| t.join().expect("a concurrent client panicked")));
+    replies
+}
+
+#[test]
+fn debian_python3_serves_http_through_a_published_port_and_exits_on_sigterm_as_natively() {
+    if !kvm::available() {
+        return;
+    }
+    let python = Path::new("/usr/bin/python3");
+    if !python.exists() {
+        eprintln!("skipped: no {} (scripts/setup.sh installs it)", python.display());
+        return;
+    }
+    let dir = scratch("python");
+    let script = harness::guests::repo_root().join("tests/guests/python/httpserver.py");
+    let post_file = dir.join("post.bin");
+    std::fs::write(&post_file, (0..200_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>()).unwrap();
+    let stdlib = Command::new(python)
+        .args(["-c", "import sysconfig; print(sysconfig.get_paths()['stdlib'])"])
+        .output()
+        .expect("ask python3 where its standard library is");
+    let stdlib = String::from_utf8_lossy(&stdlib.stdout).trim().to_string();
+
+    let port = free_port();
+    let mut native = Command::new(python);
+    native.arg(&script).arg(port.to_string()).env_clear();
+    let native =
+        Running::start("python-native", &dir, native, SocketAddr::from(([127, 0, 0, 1], port)), python_answers);
+    let native_replies = exercise_python(native.addr, &post_file);
+    let (native_code, native_output) = native.terminate();
+
+    let port = free_port();
+    let guest = kiln()
+        .args(["run", "--memory", "512M", "--cpus", "2", "-p", &format!("127.0.0.1:{port}:8080"), "--dir"])
+        .arg(format!("{stdlib}:{stdlib}"))
+        .arg("--file")
+        .arg(format!("{}:/httpserver.py", script.display()))
+        .arg(python)
+        .args(["/httpserver.py", "8080"])
+        .into_command();
+    let guest = Running::start("python-kiln", &dir, guest, SocketAddr::from(([127, 0, 0, 1], port)), python_answers);
+    let replies = exercise_python(guest.addr, &post_file);
+    let (code, output) = guest.terminate();
+
+    assert_eq!(replies.len(), native_replies.len());
+    for ((name, body), (_, native_body)) in replies.iter().zip(&native_replies) {
+        assert!(
+            body == native_body,
+            "{name}: {} bytes in kiln, {} natively:\n{}\nnatively:\n{}",
+            body.len(),
+            native_body.len(),
+            String::from_utf8_lossy(&body[..body.len().min(300)]),
+            String::from_utf8_lossy(&native_body[..native_body.len().min(300)])
+        );
+    }
+    // The script turns SIGTERM into an orderly exit with status 3 after closing its socket.
+    let stopped = "httpserver: listening\nhttpserver: stopped by SIGTERM, served requests: True\n";
+    assert_eq!(native_code, Some(3), "natively:\n{native_output}");
+    assert!(native_output.starts_with(&format!("stdout:\n{stopped}")), "natively:\n{native_output}");
+    assert_eq!(code, native_code, "{output}");
+    assert_eq!(output, native_output);
 }

@@ -362,8 +362,9 @@ fn explain(e: VmError, shown: &str, memory: u64) -> anyhow::Error {
             anyhow!("--memory {} is too small: Kiln needs at least {}", mebibytes(memory), mebibytes(minimum))
         }
         VmError::Boot(BootError::Memory(_) | BootError::Loader(LoaderError::Memory(_))) => anyhow!(
-            "{shown} does not fit in {} of guest memory; give it more with --memory (e.g. --memory 256M)",
-            mebibytes(memory)
+            "{shown} (with its files) does not fit in {} of guest memory; give it more with --memory (e.g. --memory {}M)",
+            mebibytes(memory),
+            (memory * 2).div_ceil(1 << 20).max(256)
         ),
         other => anyhow!(other),
     }
