@@ -48,6 +48,8 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("crash", "crash.c", Link::Static),
     ("nullread", "nullread.c", Link::Static),
     ("cancel", "cancel.c", Link::Static),
+    ("asynccancel", "asynccancel.c", Link::Static),
+    ("asynccancel-dynamic", "asynccancel.c", Link::Dynamic),
     ("enosys", "enosys.c", Link::Static),
     ("redzone", "redzone.c", Link::Static),
     ("syscalls", "syscalls.c", Link::Static),

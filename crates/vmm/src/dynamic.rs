@@ -25,6 +25,11 @@ const MUSL_GUEST_LIBRARY_DIR: &str = "/lib";
 /// Libraries musl's loader is itself (its `libc.so` holds them all), which it never opens.
 const MUSL_BUILT_IN: [&str; 9] = ["c", "dl", "m", "pthread", "rt", "crypt", "util", "xnet", "resolv"];
 
+/// Libraries that a library opens by itself with `dlopen`, which no `DT_NEEDED` names: glibc's `libc.so.6` opens
+/// `libgcc_s.so.1` to unwind a thread that `pthread_cancel` or `pthread_exit` ends (and aborts without it). Each comes
+/// along when the host has it, as the loader would find it; a host without it fails the same way natively.
+const OPENED_BY: [(&str, &str); 1] = [("libc.so.6", "libgcc_s.so.1")];
+
 /// Whose loader a program names: the two search their directories differently.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Loader {
@@ -130,24 +135,34 @@ impl Dependencies {
         path: &Path,
         cache: Option<&RewriteCache>,
     ) -> Result<(), DynamicError> {
-        // (name, the needing object's host path, its search path)
-        let mut queue: VecDeque<(String, PathBuf, Vec<String>)> = VecDeque::new();
+        // (name, the needing object's host path, its search path, whether it is needed or only opened if there)
+        let mut queue: VecDeque<(String, PathBuf, Vec<String>, bool)> = VecDeque::new();
         let mut enqueue = |queue: &mut VecDeque<_>, elf: &ElfImage, by: &Path| {
-            for name in &elf.needed {
-                if !self.loader.provides(name) && self.seen.insert(name.clone()) {
-                    queue.push_back((name.clone(), by.to_path_buf(), elf.runpath.clone()));
+            let opened = elf.needed.iter().flat_map(|needed| {
+                OPENED_BY
+                    .iter()
+                    .filter(move |(opener, _)| opener == needed)
+                    .map(|(_, opened)| (opened.to_string(), false))
+            });
+            for (name, needed) in elf.needed.iter().map(|n| (n.clone(), true)).chain(opened.collect::<Vec<_>>()) {
+                if !self.loader.provides(&name) && self.seen.insert(name.clone()) {
+                    queue.push_back((name, by.to_path_buf(), elf.runpath.clone(), needed));
                 }
             }
         };
         enqueue(&mut queue, elf, path);
-        while let Some((name, by, runpath)) = queue.pop_front() {
+        while let Some((name, by, runpath, needed)) = queue.pop_front() {
             if self.libraries.len() >= MAX_OBJECTS {
                 return Err(DynamicError::TooMany);
             }
             let (host_path, guest_path) = if name.contains('/') {
                 (PathBuf::from(&name), name.clone())
             } else {
-                (find(&name, &by, &runpath, self.loader)?, format!("{}/{name}", self.loader.guest_dir()))
+                match find(&name, &by, &runpath, self.loader) {
+                    Ok(found) => (found, format!("{}/{name}", self.loader.guest_dir())),
+                    Err(_) if !needed => continue,
+                    Err(e) => return Err(e),
+                }
             };
             let bytes =
                 std::fs::read(&host_path).map_err(|source| DynamicError::Read { path: host_path.clone(), source })?;
