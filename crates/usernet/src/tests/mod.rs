@@ -9,10 +9,24 @@ mod tcp;
 mod udp;
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::os::fd::AsRawFd;
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub(crate) fn free_tcp_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A listener on 127.0.0.1 whose accept queue holds `backlog` connections. std listens with a backlog of 128; once
+/// more handshakes than that are under way, Linux answers new SYNs with SYN cookies, and a cookie's final ACK that
+/// finds the accept queue full is dropped without a trace: the connecting side (the relay) holds an established
+/// connection that the listener never accepts, and when the listener's side is the one to speak first, nothing is ever
+/// sent that would bring it back. The scale tests connect more than 128 at once.
+pub(crate) fn listener_with_backlog(backlog: u16) -> TcpListener {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    // Linux takes a second listen(2) on a listening socket as its new backlog (capped by net.core.somaxconn).
+    // SAFETY: listen takes no pointers; the fd is open, owned by `listener`.
+    assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), i32::from(backlog)) }, 0);
+    listener
 }
 
 pub(crate) fn free_udp_port() -> u16 {
