@@ -183,6 +183,33 @@ fn unsupported_syscalls_return_enosys() {
 }
 
 #[test]
+fn starting_another_process_is_refused_with_enosys_and_kiln_says_so() {
+    if !kvm::available() {
+        return;
+    }
+    // musl makes fork, vfork and execve with their own numbers and posix_spawn and system with clone(CLONE_VFORK);
+    // glibc's fork and posix_spawn are clones (clone3 first, which is ENOSYS for threads too and not counted).
+    for (guest, tried) in
+        [("spawn", "clone x2, fork x1, vfork x1, execve x1"), ("spawn-glibc", "clone x3, vfork x1, execve x1")]
+    {
+        let run = kiln().arg("run").arg(guests::c(guest)).run();
+        let enosys = "(Function not implemented)";
+        let expected = format!(
+            "fork: -1 {enosys}\nvfork: -1 {enosys}\nexecve: -1 {enosys}\nposix_spawn: 38 {enosys}\n\
+             system: no shell ran\nspawn: every attempt was refused\n"
+        );
+        run.assert_code(0).assert_stdout(&expected);
+        let note = format!(
+            "kiln: the program tried to start another process ({tried}), which Kiln refuses with ENOSYS: a VM runs \
+             one program; run each other program in a VM of its own\n"
+        );
+        run.assert_stderr(&note);
+    }
+    // A program that starts none hears nothing of it.
+    kiln().arg("run").arg(guests::c("hello")).run().assert_code(0).assert_stderr("hello: this line goes to stderr\n");
+}
+
+#[test]
 fn syscall_in_a_leaf_keeps_the_red_zone() {
     if !kvm::available() {
         return;

@@ -50,6 +50,8 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("cancel", "cancel.c", Link::Static),
     ("asynccancel", "asynccancel.c", Link::Static),
     ("asynccancel-dynamic", "asynccancel.c", Link::Dynamic),
+    ("spawn", "spawn.c", Link::Static),
+    ("spawn-glibc", "spawn.c", Link::Glibc),
     ("enosys", "enosys.c", Link::Static),
     ("redzone", "redzone.c", Link::Static),
     ("syscalls", "syscalls.c", Link::Static),

@@ -274,6 +274,9 @@ fn report(
     for &(nr, _, enosys) in stats.syscalls.iter().filter(|s| s.2 > 0) {
         tracing::info!("unsupported syscall {} ({nr}) returned -ENOSYS {enosys} times", syscall_name(nr));
     }
+    if let Some(note) = refused_processes(&stats.syscalls) {
+        errln!("kiln: {note}");
+    }
     if args.trace_syscalls {
         print_summary(stats);
     }
@@ -338,6 +341,27 @@ pub(crate) fn rewrite_cache_dir() -> Option<PathBuf> {
     }
     let cache = var("XDG_CACHE_HOME").or_else(|| var("HOME").map(|h| h.join(".cache")))?;
     Some(cache.join("kiln/rewrite"))
+}
+
+/// The syscalls that would start another process or replace the program; Kiln answers them -ENOSYS (a clone only
+/// when it would make a process, not a thread).
+const PROCESS_SYSCALLS: [u64; 5] = [56, 57, 58, 59, 322];
+
+/// What to tell the user when the program tried to start processes, which it then reported in its own words
+/// ("Function not implemented"), if at all.
+fn refused_processes(syscalls: &[(u64, u32, u32)]) -> Option<String> {
+    let tried: Vec<String> = syscalls
+        .iter()
+        .filter(|&&(nr, _, enosys)| enosys > 0 && PROCESS_SYSCALLS.contains(&nr))
+        .map(|&(nr, _, enosys)| format!("{} x{enosys}", syscall_name(nr)))
+        .collect();
+    (!tried.is_empty()).then(|| {
+        format!(
+            "the program tried to start another process ({}), which Kiln refuses with ENOSYS: a VM runs one \
+             program; run each other program in a VM of its own",
+            tried.join(", ")
+        )
+    })
 }
 
 fn print_summary(stats: &RunStats) {

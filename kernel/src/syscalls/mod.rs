@@ -1,5 +1,7 @@
 //! The Linux syscall layer: one table indexed by the syscall number, one file per family. A number without a handler
-//! returns -ENOSYS and is counted; the VMM reads the counts (`KILN_SYSCALL_STATS`) when the program has ended.
+//! returns -ENOSYS; it and every other -ENOSYS answer (a handler's refusal of what it does not do, such as a clone
+//! that would make a process) are counted, and the VMM reads the counts (`KILN_SYSCALL_STATS`) when the program has
+//! ended.
 
 mod args;
 pub mod attrs;
@@ -289,7 +291,8 @@ const fn table() -> SyscallTable {
 static KILN_SYSCALL_TABLE: SyscallTable = table();
 
 /// The VMM finds the counters by this symbol and reads them however the program ends (exit, signal or crash). The
-/// layout is `kiln_abi::hypercall::SyscallStats`: calls per number, then -ENOSYS answers per number.
+/// layout is `kiln_abi::hypercall::SyscallStats`: calls per number, then -ENOSYS answers per number (unknown numbers
+/// and handlers' refusals alike).
 #[no_mangle]
 static KILN_SYSCALL_STATS: [AtomicU32; 2 * SYSCALL_SLOTS] = [const { AtomicU32::new(0) }; 2 * SYSCALL_SLOTS];
 static TRACING: AtomicBool = AtomicBool::new(false);
@@ -318,9 +321,6 @@ pub extern "C" fn dispatch(frame: &mut SyscallFrame) -> i64 {
     let handler = KILN_SYSCALL_TABLE.get(nr);
     let slot = SyscallStats::slot(nr);
     KILN_SYSCALL_STATS[slot].fetch_add(1, Ordering::Relaxed);
-    if handler.is_none() {
-        KILN_SYSCALL_STATS[SYSCALL_SLOTS + slot].fetch_add(1, Ordering::Relaxed);
-    }
     // An unknown number is traced with its registers as they are.
     let args = handler.map_or(frame.args, |(_, signature)| args::decode(&frame.args, signature));
     let tracing = TRACING.load(Ordering::Relaxed);
@@ -335,6 +335,9 @@ pub extern "C" fn dispatch(frame: &mut SyscallFrame) -> i64 {
         },
         None => -Errno::ENOSYS.0,
     };
+    if ret == -Errno::ENOSYS.0 {
+        KILN_SYSCALL_STATS[SYSCALL_SLOTS + slot].fetch_add(1, Ordering::Relaxed);
+    }
     if tracing {
         trace(nr, &args, ret);
     }
