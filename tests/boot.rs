@@ -592,6 +592,104 @@ fn dir_copies_host_symbolic_links_as_links() {
     assert!(run.stdout_text().ends_with("fslinks: ok\n"), "{run}");
 }
 
+/// `kiln run --dir` keeps the tree it packs in the root filesystem cache (`$KILN_HOME/cache/rootfs`): a repeat run
+/// of an unchanged tree uses the entry, and a run after a change sees it, whatever the change (contents of the same
+/// size, an added file, a removed one, a link's new target). The guest lists the tree as the same program does
+/// natively; dynamically linked, so that the entry also depends on the libraries its search found.
+#[test]
+fn dir_changes_show_in_the_next_run_despite_the_cache() {
+    if !kvm::available() {
+        return;
+    }
+    let home = harness::store::scratch("rootfs-cache", "changes");
+    let dir = home.join("tree");
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("a.txt"), "first").unwrap();
+    std::fs::write(dir.join("sub/b.txt"), "bee").unwrap();
+    std::os::unix::fs::symlink("a.txt", dir.join("link")).unwrap();
+    let tree = guests::c("tree-dynamic");
+    let entries = || std::fs::read_dir(home.join("cache/rootfs")).map_or(0, |d| d.count());
+    let same_as_native = |what: &str| {
+        let native = std::process::Command::new(&tree).arg(&dir).output().expect("run tree natively");
+        assert!(native.status.success(), "natively: {native:?}");
+        let run = harness::store::kiln_in(&home)
+            .env("KILN_LOG", "debug")
+            .args(["run", "--dir"])
+            .arg(format!("{}:/data", dir.display()))
+            .arg(&tree)
+            .arg("/data")
+            .run();
+        run.assert_code(0);
+        assert_eq!(run.stdout_text(), String::from_utf8_lossy(&native.stdout), "{what}: {run}");
+        run.stderr_text().contains("root filesystem from the cache")
+    };
+    assert!(!same_as_native("first run"), "an empty cache has nothing");
+    assert!(same_as_native("unchanged"), "an unchanged tree comes from the cache");
+    assert_eq!(entries(), 1);
+    std::fs::write(dir.join("a.txt"), "fixed").unwrap();
+    assert!(!same_as_native("changed contents of the same size"));
+    std::fs::write(dir.join("sub/new.txt"), "new").unwrap();
+    assert!(!same_as_native("an added file"));
+    std::fs::remove_file(dir.join("sub/b.txt")).unwrap();
+    assert!(!same_as_native("a removed file"));
+    std::fs::remove_file(dir.join("link")).unwrap();
+    std::os::unix::fs::symlink("sub/new.txt", dir.join("link")).unwrap();
+    assert!(!same_as_native("a link's new target"));
+    assert!(same_as_native("unchanged again"));
+    // A damaged entry is built again, not trusted.
+    let entry = std::fs::read_dir(home.join("cache/rootfs"))
+        .unwrap()
+        .flatten()
+        .max_by_key(|e| e.metadata().unwrap().modified().unwrap())
+        .unwrap()
+        .path();
+    let len = std::fs::metadata(&entry).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&entry).unwrap().set_len(len - 100).unwrap();
+    assert!(!same_as_native("a truncated entry"));
+    assert!(same_as_native("the entry built again"));
+    let _ = std::fs::remove_dir_all(&home);
+}
+
+/// Runs that start together with the same new tree all build it and all store it (each under a name of its own,
+/// renamed into place): none sees another's half-written entry, and every one boots the tree whole.
+#[test]
+fn concurrent_runs_share_the_root_filesystem_cache() {
+    if !kvm::available() {
+        return;
+    }
+    let home = harness::store::scratch("rootfs-cache", "concurrent");
+    let dir = home.join("tree");
+    std::fs::create_dir_all(&dir).unwrap();
+    for i in 0..64 {
+        std::fs::write(dir.join(format!("file{i:02}")), format!("contents of file {i}").repeat(i * 50)).unwrap();
+    }
+    let tree = guests::c("tree");
+    let native = std::process::Command::new(&tree).arg(&dir).output().expect("run tree natively");
+    let native = String::from_utf8_lossy(&native.stdout).into_owned();
+    let run = || {
+        harness::store::kiln_in(&home)
+            .args(["run", "--dir"])
+            .arg(format!("{}:/data", dir.display()))
+            .arg(&tree)
+            .arg("/data")
+            .run()
+    };
+    for round in 0..2 {
+        let runs: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..3).map(|_| s.spawn(run)).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for run in runs {
+            run.assert_code(0);
+            assert_eq!(run.stdout_text(), native, "round {round}: {run}");
+        }
+    }
+    let names: Vec<_> =
+        std::fs::read_dir(home.join("cache/rootfs")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(names.len(), 1, "one entry, no temporary file left: {names:?}");
+    let _ = std::fs::remove_dir_all(&home);
+}
+
 /// glibc's wrappers differ from musl's (how they pass `int` arguments, which syscalls they use: openat for open,
 /// clone3 first, rseq, ...): the guests that check files, descriptors and signals pass built with glibc too.
 #[test]
@@ -1293,6 +1391,19 @@ fn debian_python3_runs_a_script_with_its_standard_library_as_natively() {
         .run();
     run.assert_code(0);
     assert_eq!(run.stdout_text(), native_out, "{run}");
+    // Again, from the root filesystem cache: the rewritten modules, their libraries and the loader all come from it.
+    let again = kiln()
+        .env("KILN_LOG", "debug")
+        .args(["run", "--memory", "512M", "--dir"])
+        .arg(format!("{stdlib}:{stdlib}"))
+        .arg("--file")
+        .arg(format!("{}:/stdlib.py", script.display()))
+        .arg(python)
+        .arg("/stdlib.py")
+        .run();
+    again.assert_code(0);
+    assert_eq!(again.stdout_text(), native_out, "{again}");
+    again.assert_stderr_contains("root filesystem from the cache");
 }
 
 #[test]

@@ -94,6 +94,8 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("signals-glibc", "signals.c", Link::Glibc),
     ("syscalls-dynamic", "syscalls.c", Link::Dynamic),
     ("files-dynamic", "files.c", Link::Dynamic),
+    ("tree", "tree.c", Link::Static),
+    ("tree-dynamic", "tree.c", Link::Dynamic),
     ("fds-dynamic", "fds.c", Link::Dynamic),
     ("epoll-dynamic", "epoll.c", Link::Dynamic),
     ("signals-dynamic", "signals.c", Link::Dynamic),

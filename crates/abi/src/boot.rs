@@ -2,7 +2,8 @@
 
 /// `BootInfo::magic`: "KILNBOOT".
 pub const BOOT_MAGIC: u64 = u64::from_le_bytes(*b"KILNBOOT");
-pub const BOOT_VERSION: u32 = 8;
+/// Also covers the root filesystem image's format (`rootfs::MAGIC`): 9 since its index came before the data.
+pub const BOOT_VERSION: u32 = 9;
 
 /// `BootInfo::flags`: send every syscall to the VMM for `--trace-syscalls`.
 pub const BOOT_FLAG_TRACE_SYSCALLS: u64 = 1 << 0;

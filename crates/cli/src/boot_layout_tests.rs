@@ -67,7 +67,7 @@ fn boot(code: &[u8]) -> (GuestRam, boot::BootState) {
         tsc_hz: 1_000_000_000,
         boot_tsc: 0,
         boot_realtime_ns: 0,
-        rootfs: Vec::new(),
+        rootfs: kiln_vmm::rootfs_image::Rootfs::None,
         interpreter: Vec::new(),
         objects_need_page0: false,
         net: None,

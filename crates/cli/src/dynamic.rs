@@ -69,17 +69,3 @@ pub fn add_libraries_they_need(
     }
     Ok(())
 }
-
-/// An image's dynamic loader, rewritten when the image was built: the file its program's `PT_INTERP` names in its root
-/// filesystem. Empty for a static program, or one whose image lacks it (the VMM then says the program is dynamic).
-pub fn image_interpreter(target: &Target) -> Vec<u8> {
-    let Some(interp) = ElfImage::parse(&target.program).ok().and_then(|elf| elf.interpreter) else { return Vec::new() };
-    let Ok(entries) = kiln_abi::rootfs::entries(&target.rootfs) else { return Vec::new() };
-    entries
-        .flatten()
-        .filter(|e| e.kind == kiln_abi::rootfs::KIND_FILE && e.path == interp)
-        .last()
-        .and_then(|e| target.rootfs.get(e.data_offset..e.data_offset + e.data_len))
-        .map(<[u8]>::to_vec)
-        .unwrap_or_default()
-}

@@ -111,7 +111,7 @@ fn image_report(store: &Store, digest: &Digest) -> Result<serde_json::Value> {
         size: manifest.program.size,
         target: None,
     }];
-    if rootfs.len() > kiln_abi::rootfs::MAGIC.len() {
+    if rootfs.len() > kiln_abi::rootfs::PREFIX_LEN {
         for entry in entries(&rootfs).map_err(|_| anyhow::anyhow!("the image's root filesystem is malformed"))? {
             let e = entry.map_err(|_| anyhow::anyhow!("the image's root filesystem is malformed"))?;
             let kind = match e.kind {

@@ -22,6 +22,7 @@ mod allocator;
 mod boot_layout_tests;
 mod detach;
 mod dynamic;
+mod guest_fs;
 mod home;
 mod host_signals;
 mod image_build;

@@ -2,17 +2,15 @@
 //! its exit code; with `-d`, as a detached instance (see `detach`).
 
 use crate::detach;
-use crate::dynamic;
+use crate::guest_fs::{self, GuestFs};
 use crate::host_signals;
 use crate::net;
 use crate::size::parse_size;
 use crate::target::{self, Target};
 use anyhow::{anyhow, bail, Context, Result};
 use kiln_vmm::boot::BootError;
-use kiln_vmm::dynamic::Dependencies;
 use kiln_vmm::loader::LoaderError;
 use kiln_vmm::rewrite::SiteCounts;
-use kiln_vmm::rootfs::RootfsBuilder;
 use kiln_vmm::syscall_names::syscall_name;
 use kiln_vmm::{Console, HostSignals, Outcome, RunStats, Vm, VmConfig, VmError};
 use std::io::Write;
@@ -58,10 +56,10 @@ pub struct RunArgs {
     workdir: Option<String>,
     /// Put a host file into the guest's filesystem (repeatable)
     #[arg(long = "file", value_name = "HOST:GUEST", value_parser = parse_mapping)]
-    files: Vec<(PathBuf, String)>,
+    pub files: Vec<(PathBuf, String)>,
     /// Put a host directory, recursively, into the guest's filesystem (repeatable)
     #[arg(long = "dir", value_name = "HOST:GUEST", value_parser = parse_mapping)]
-    dirs: Vec<(PathBuf, String)>,
+    pub dirs: Vec<(PathBuf, String)>,
     /// Print every syscall with its arguments and result to stderr, and a summary at exit
     #[arg(long)]
     trace_syscalls: bool,
@@ -106,52 +104,6 @@ fn parse_mapping(s: &str) -> Result<(PathBuf, String), String> {
         Some((host, guest)) if !host.is_empty() && guest.starts_with('/') => Ok((host.into(), guest.to_string())),
         _ => Err(format!("'{s}' is not HOST:GUEST with an absolute GUEST path")),
     }
-}
-
-/// The library OS's own /etc/resolv.conf names this server.
-const BUILT_IN_RESOLV_CONF: &str = "nameserver 10.0.2.3\n";
-
-/// The guest's filesystem image: the resolver configuration the network needs, the image's files, then --dir and
-/// --file (a later entry replaces an earlier one at the same path).
-/// Also counts the syscall sites of a dynamic program's shared objects in it.
-fn rootfs(
-    args: &RunArgs,
-    image_rootfs: &[u8],
-    deps: Option<&mut Dependencies>,
-) -> Result<(Vec<u8>, Option<SiteCounts>)> {
-    let resolv_conf = net::resolv_conf(&args.network).filter(|r| r != BUILT_IN_RESOLV_CONF);
-    let image_empty = image_rootfs.len() <= kiln_abi::rootfs::MAGIC.len();
-    if args.files.is_empty() && args.dirs.is_empty() && resolv_conf.is_none() && image_empty && deps.is_none() {
-        return Ok((Vec::new(), None));
-    }
-    let mut builder = RootfsBuilder::default();
-    if let Some(resolv_conf) = resolv_conf {
-        // First, so that the image's or the user's own replaces it.
-        builder.add_file("/etc/resolv.conf", 0o644, resolv_conf.as_bytes())?;
-    }
-    // Then a dynamic program's loader and libraries, which --file and --dir may replace.
-    for object in deps.iter().flat_map(|d| std::iter::once(&d.interpreter).chain(&d.libraries)) {
-        builder.add_file(&object.guest_path, 0o755, &object.object.bytes)?;
-    }
-    let found = dynamic::FoundObjects::default();
-    if deps.is_some() {
-        builder.set_host_file_filter(dynamic::object_filter(found.clone()));
-    }
-    if !image_empty {
-        builder.add_image(image_rootfs).context("the image's root filesystem")?;
-    }
-    for (host, guest) in &args.dirs {
-        builder.add_host_dir(host, guest).with_context(|| format!("--dir {}:{guest}", host.display()))?;
-    }
-    for (host, guest) in &args.files {
-        builder.add_host_file(host, guest).with_context(|| format!("--file {}:{guest}", host.display()))?;
-    }
-    let mut sites = None;
-    if let Some(deps) = deps {
-        dynamic::add_libraries_they_need(deps, &found, &mut builder)?;
-        sites = Some(found.borrow().iter().fold(deps.site_counts(), |total, &(_, counts)| total + counts));
-    }
-    Ok((builder.finish(), sites))
 }
 
 fn parse_workdir(s: &str) -> Result<String, String> {
@@ -216,10 +168,9 @@ pub fn run(mut args: RunArgs) -> Result<u8> {
         args.network.publish = target.ports.clone();
     }
     let memory = args.memory.or(target.memory).unwrap_or(DEFAULT_MEMORY);
-    let mut deps = dynamic::dependencies(&target)?;
-    let (rootfs, object_sites) = rootfs(&args, &target.rootfs, deps.as_mut())?;
+    let GuestFs { rootfs, object_sites, interpreter } = guest_fs::prepare(&args, &target)?;
     let workdir = args.workdir.clone().or(target.workdir.take()).unwrap_or_default();
-    check_workdir(&workdir, &rootfs)?;
+    check_workdir(&workdir, rootfs.bytes())?;
     let config = VmConfig {
         memory,
         cpus: args.cpus.or(target.cpus).unwrap_or(1),
@@ -232,10 +183,7 @@ pub fn run(mut args: RunArgs) -> Result<u8> {
         prepared: target.prepared.take(),
         rootfs,
         objects_need_page0: object_sites.is_some_and(|s| s.in_place > 0),
-        interpreter: match deps {
-            Some(deps) => deps.interpreter.object.bytes,
-            None => dynamic::image_interpreter(&target),
-        },
+        interpreter,
         net: net::card(&args.network)?,
         volumes: crate::volume::attach_all(&target::merged_volumes(&target.volumes, &args.volumes))?,
     };
@@ -335,12 +283,17 @@ fn report(
 
 /// `$KILN_HOME/cache/rewrite`, else the XDG cache (`~/.cache/kiln/rewrite`); none if there is no home to use.
 pub(crate) fn rewrite_cache_dir() -> Option<PathBuf> {
+    cache_dir("rewrite")
+}
+
+/// `$KILN_HOME/cache/NAME`, else the XDG cache (`~/.cache/kiln/NAME`); none if there is no home to use.
+pub(crate) fn cache_dir(name: &str) -> Option<PathBuf> {
     let var = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
     if let Some(home) = var("KILN_HOME") {
-        return Some(home.join("cache/rewrite"));
+        return Some(home.join("cache").join(name));
     }
     let cache = var("XDG_CACHE_HOME").or_else(|| var("HOME").map(|h| h.join(".cache")))?;
-    Some(cache.join("kiln/rewrite"))
+    Some(cache.join("kiln").join(name))
 }
 
 /// The syscalls that would start another process or replace the program; Kiln answers them -ENOSYS (a clone only

@@ -4,6 +4,7 @@
 use crate::home;
 use crate::run::{RunArgs, KERNEL};
 use anyhow::{anyhow, bail, Context, Result};
+use kiln_image::manifest::BlobRef;
 use kiln_image::{Digest, StoreError};
 use kiln_usernet::PortForward;
 use std::borrow::Cow;
@@ -24,8 +25,9 @@ pub struct Target {
     pub exe_path: String,
     pub memory: Option<u64>,
     pub cpus: Option<u32>,
-    /// The image's root filesystem; empty for a program.
-    pub rootfs: Vec<u8>,
+    /// The image's root filesystem, if it has files (read by [`image_rootfs`] when the root filesystem cache has
+    /// not got it already); none for a program.
+    pub rootfs: Option<BlobRef>,
     /// The image's published ports (`-p` replaces them).
     pub ports: Vec<PortForward>,
     /// The image's volumes: (name, mount path); `-v` adds to them and replaces one with the same name or path.
@@ -89,7 +91,7 @@ fn program(args: &RunArgs, path: &Path) -> Result<Target> {
         exe_path: format!("/{name}"),
         memory: None,
         cpus: None,
-        rootfs: Vec::new(),
+        rootfs: None,
         ports: Vec::new(),
         volumes: Vec::new(),
         workdir: None,
@@ -136,7 +138,7 @@ fn image(args: &RunArgs, store: &kiln_image::Store, digest: Digest) -> Result<Ta
         exe_path: config.program_path.clone(),
         memory: Some(config.memory),
         cpus: Some(config.cpus),
-        rootfs: store.image_blob(&manifest.rootfs)?,
+        rootfs: (manifest.rootfs.size > kiln_abi::rootfs::PREFIX_LEN as u64).then(|| manifest.rootfs.clone()),
         ports,
         volumes,
         workdir: config.workdir.clone(),
@@ -154,6 +156,13 @@ pub fn merged_env(image: &[String], flags: &[String]) -> Vec<String> {
     let key = |kv: &String| kv.split_once('=').map(|(k, _)| k.to_string()).unwrap_or_default();
     let overridden: Vec<String> = flags.iter().map(key).collect();
     image.iter().filter(|kv| !overridden.contains(&key(kv))).chain(flags).cloned().collect()
+}
+
+/// An image's root filesystem, checked against its digest.
+pub fn image_rootfs(blob: &BlobRef) -> Result<Vec<u8>> {
+    let store = home::store()?;
+    let _reading = store.read_lock()?;
+    Ok(store.image_blob(blob)?)
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use crate::arch::{gdt, trap_page};
 use crate::elf::ElfImage;
 use crate::loader::{self, LoadedProgram, LoaderError, PreparedProgram};
 use crate::memory::{BootAllocator, GuestRam, MemoryError};
+use crate::rootfs_image::Rootfs;
 use crate::stack::{self, ProgramInfo, StackError};
 use crate::vdso;
 use kiln_abi::boot::{
@@ -57,8 +58,8 @@ pub struct BootParams {
     pub interpreter: Vec<u8>,
     /// Whether a shared object the program will map has syscall sites that stayed in place (page 0 is mapped then).
     pub objects_need_page0: bool,
-    /// The root filesystem image (`kiln_abi::rootfs`), empty for none.
-    pub rootfs: Vec<u8>,
+    /// The root filesystem image (`kiln_abi::rootfs`).
+    pub rootfs: Rootfs,
     /// The network card's addresses, if the VM has one (its register window is placed by [`build`]).
     pub net: Option<NetInfo>,
     /// The volumes' sizes and mount paths (their register windows are placed by [`build`]); at most
@@ -235,12 +236,24 @@ pub fn build(
     ram.write(stack_phys + (initial.stack_pointer - stack_bottom), &initial.bytes)?;
     loader::map_range(ram, &mut alloc, pml4, stack_bottom, stack_phys, stack_size, |_| PTE_USER | PTE_WRITABLE)?;
 
-    let (rootfs_phys, rootfs_len) = if params.rootfs.is_empty() {
-        (0, 0)
-    } else {
-        let phys = alloc.alloc(params.rootfs.len() as u64)?;
-        ram.write(phys, &params.rootfs)?;
-        (phys, params.rootfs.len() as u64)
+    let rootfs_len = params.rootfs.len() as u64;
+    let rootfs_phys = match &params.rootfs {
+        Rootfs::None => 0,
+        Rootfs::Bytes(bytes) => {
+            let phys = alloc.alloc(rootfs_len)?;
+            ram.write(phys, bytes)?;
+            phys
+        }
+        Rootfs::Mapped(image) => {
+            let phys = alloc.alloc(rootfs_len)?;
+            ram.map_file(phys, image.file(), image.offset(), rootfs_len)?;
+            // The library OS reads the whole index at boot.
+            let index_end = kiln_abi::rootfs::index_end(image.bytes()) as u64;
+            if index_end > 0 {
+                ram.populate_writable(phys, index_end.min(rootfs_len))?;
+            }
+            phys
+        }
     };
     let net = match params.net {
         Some(net) => {

@@ -113,6 +113,9 @@ pub struct GuestObject {
 pub struct Dependencies {
     pub interpreter: GuestObject,
     pub libraries: Vec<GuestObject>,
+    /// Every host path whose presence or contents decided what was collected: the objects read, and each place the
+    /// search for a library looked, found or not (what a cache of the result must check again).
+    pub consulted: Vec<PathBuf>,
     /// The names already collected (or being collected): each comes once, as the loader loads a soname once.
     seen: HashSet<String>,
     loader: Loader,
@@ -156,9 +159,10 @@ impl Dependencies {
                 return Err(DynamicError::TooMany);
             }
             let (host_path, guest_path) = if name.contains('/') {
+                self.consulted.push(PathBuf::from(&name));
                 (PathBuf::from(&name), name.clone())
             } else {
-                match find(&name, &by, &runpath, self.loader) {
+                match find(&name, &by, &runpath, self.loader, &mut self.consulted) {
                     Ok(found) => (found, format!("{}/{name}", self.loader.guest_dir())),
                     Err(_) if !needed => continue,
                     Err(e) => return Err(e),
@@ -176,15 +180,26 @@ impl Dependencies {
     }
 }
 
-/// Where the loader would find library `name` needed by the object at `by` with search path `runpath`.
-fn find(name: &str, by: &Path, runpath: &[String], loader: Loader) -> Result<PathBuf, DynamicError> {
+/// Where the loader would find library `name` needed by the object at `by` with search path `runpath`; adds every
+/// path it looked at to `looked`.
+fn find(
+    name: &str,
+    by: &Path,
+    runpath: &[String],
+    loader: Loader,
+    looked: &mut Vec<PathBuf>,
+) -> Result<PathBuf, DynamicError> {
     let origin = by.parent().unwrap_or(Path::new("/"));
     let dirs: Vec<PathBuf> = runpath
         .iter()
         .map(|d| PathBuf::from(d.replace("${ORIGIN}", "$ORIGIN").replace("$ORIGIN", &origin.to_string_lossy())))
         .chain(loader.system_dirs().iter().map(PathBuf::from))
         .collect();
-    dirs.iter().map(|d| d.join(name)).find(|p| p.is_file()).ok_or_else(|| {
+    let found = dirs.iter().map(|d| d.join(name)).find(|p| {
+        looked.push(p.clone());
+        p.is_file()
+    });
+    found.ok_or_else(|| {
         let searched = dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ");
         DynamicError::NotFound { name: name.to_string(), by: by.display().to_string(), searched }
     })
@@ -216,7 +231,8 @@ pub fn collect(
         object: rewrite(Path::new(interp), &interp_bytes, cache)?,
     };
     let loader = Loader::of(interp);
-    let mut deps = Dependencies { interpreter, libraries: Vec::new(), seen: HashSet::new(), loader };
+    let consulted = vec![PathBuf::from(interp)];
+    let mut deps = Dependencies { interpreter, libraries: Vec::new(), consulted, seen: HashSet::new(), loader };
     deps.add_needed_by(program, program_path, cache)?;
     Ok(Some(deps))
 }

@@ -23,6 +23,8 @@ pub mod preempt;
 pub mod rewrite;
 pub mod rewrite_cache;
 pub mod rootfs;
+pub mod rootfs_cache;
+pub mod rootfs_image;
 pub mod shared_object;
 pub mod shootdown;
 pub mod signal;

@@ -18,7 +18,7 @@ const MAGIC: &[u8; 8] = b"KILNPREP";
 /// A rewritten shared object (`shared_object`): the whole file, as the guest's root filesystem holds it.
 const OBJECT_MAGIC: &[u8; 8] = b"KILNSOBJ";
 /// Bumped whenever the entry layout or what the rewriter produces changes.
-const FORMAT: u32 = 4;
+pub(crate) const FORMAT: u32 = 4;
 
 /// Bytes the cache keeps at most unless told otherwise.
 pub const DEFAULT_LIMIT: u64 = 256 << 20;
@@ -80,25 +80,32 @@ impl RewriteCache {
     /// Deletes entries, least recently used first, until the cache holds at most its limit; `kept` (just stored)
     /// stays. Another kiln may be doing the same: an entry already gone is simply not counted.
     fn evict(&self, kept: &Path) {
-        let Ok(dir) = std::fs::read_dir(&self.dir) else { return };
-        let mut entries: Vec<(SystemTime, u64, PathBuf)> = dir
-            .filter_map(|e| {
-                let e = e.ok()?;
-                let is_key =
-                    e.file_name().to_str().is_some_and(|n| n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()));
-                let meta = e.metadata().ok().filter(|m| is_key && m.is_file())?;
-                Some((meta.modified().ok()?, meta.len(), e.path()))
-            })
-            .collect();
-        let mut total: u64 = entries.iter().map(|&(_, len, _)| len).sum();
-        entries.sort();
-        for (_, len, path) in entries {
-            if total <= self.limit {
-                break;
-            }
-            if path != kept && std::fs::remove_file(&path).is_ok() {
-                total -= len;
-            }
+        evict(&self.dir, self.limit, kept);
+    }
+}
+
+/// Deletes the entries (files named by 64 hex digits) of `dir`, least recently used first, until it holds at most
+/// `limit` bytes; `kept` (just stored) stays. Another kiln may be doing the same: an entry already gone is simply not
+/// counted.
+pub(crate) fn evict(dir: &Path, limit: u64, kept: &Path) {
+    let Ok(dir) = std::fs::read_dir(dir) else { return };
+    let mut entries: Vec<(SystemTime, u64, PathBuf)> = dir
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let is_key =
+                e.file_name().to_str().is_some_and(|n| n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()));
+            let meta = e.metadata().ok().filter(|m| is_key && m.is_file())?;
+            Some((meta.modified().ok()?, meta.len(), e.path()))
+        })
+        .collect();
+    let mut total: u64 = entries.iter().map(|&(_, len, _)| len).sum();
+    entries.sort();
+    for (_, len, path) in entries {
+        if total <= limit {
+            break;
+        }
+        if path != kept && std::fs::remove_file(&path).is_ok() {
+            total -= len;
         }
     }
 }
@@ -114,15 +121,24 @@ fn key(file: &[u8]) -> String {
 
 /// Writes the whole entry under a temporary name, then renames it: readers see all of it or nothing.
 fn store(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    store_parts(path, &[bytes]).map(drop)
+}
+
+/// [`store`] of the concatenation of `parts`; returns the file written, open for reading.
+pub(crate) fn store_parts(path: &Path, parts: &[&[u8]]) -> std::io::Result<std::fs::File> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(".{}.{}", std::process::id(), path.file_name().unwrap_or_default().to_string_lossy()));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    drop(f);
-    std::fs::rename(&tmp, path).inspect_err(|_| {
+    let written = (|| {
+        let mut f = std::fs::File::options().read(true).write(true).create(true).truncate(true).open(&tmp)?;
+        parts.iter().try_for_each(|part| f.write_all(part))?;
+        std::fs::rename(&tmp, path)?;
+        Ok(f)
+    })();
+    if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
-    })
+    }
+    written
 }
 
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {

@@ -1,7 +1,8 @@
 //! Builds the root filesystem image the library OS reads its files from (format: `kiln_abi::rootfs`), from host
 //! files and directories. Directories are walked in name order, so the same tree always gives the same image.
 
-use kiln_abi::rootfs::{entries, padded, KIND_DIR, KIND_FILE, KIND_SYMLINK, MAGIC};
+use kiln_abi::layout::page_align_up;
+use kiln_abi::rootfs::{entries, padded, KIND_DIR, KIND_FILE, KIND_SYMLINK, MAGIC, PREFIX_LEN};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -38,18 +39,16 @@ pub enum RootfsError {
 /// `--dir` and `--file` bring (Python's extension modules).
 pub type HostFileFilter = Box<dyn FnMut(&Path, Vec<u8>) -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>>>;
 
+#[derive(Default)]
 pub struct RootfsBuilder {
-    image: Vec<u8>,
+    index: Vec<u8>,
+    /// Where each entry's data offset lies in `index`: it is relative to `data` until [`RootfsBuilder::finish`].
+    offsets: Vec<usize>,
+    data: Vec<u8>,
     /// Host permission bits become 0755 or 0644 (by whether any execute bit is set), so that an image does not
     /// depend on the umask of whoever checked the files out.
     normalise_modes: bool,
     filter: Option<HostFileFilter>,
-}
-
-impl Default for RootfsBuilder {
-    fn default() -> Self {
-        Self { image: MAGIC.to_vec(), normalise_modes: false, filter: None }
-    }
 }
 
 fn check_guest_path(path: &str) -> Result<(), RootfsError> {
@@ -84,15 +83,17 @@ impl RootfsBuilder {
     }
 
     fn entry(&mut self, kind: u32, path: &str, perm: u32, data: &[u8]) {
-        self.image.extend(kind.to_le_bytes());
-        self.image.extend(perm.to_le_bytes());
-        self.image.extend((path.len() as u32).to_le_bytes());
-        self.image.extend(0u32.to_le_bytes());
-        self.image.extend((data.len() as u64).to_le_bytes());
-        self.image.extend(path.as_bytes());
-        self.image.resize(padded(self.image.len()), 0);
-        self.image.extend(data);
-        self.image.resize(padded(self.image.len()), 0);
+        self.index.extend(kind.to_le_bytes());
+        self.index.extend(perm.to_le_bytes());
+        self.index.extend((path.len() as u32).to_le_bytes());
+        self.index.extend(0u32.to_le_bytes());
+        self.offsets.push(self.index.len());
+        self.index.extend((self.data.len() as u64).to_le_bytes());
+        self.index.extend((data.len() as u64).to_le_bytes());
+        self.index.extend(path.as_bytes());
+        self.index.resize(padded(self.index.len()), 0);
+        self.data.extend(data);
+        self.data.resize(padded(self.data.len()), 0);
     }
 
     pub fn add_file(&mut self, guest: &str, perm: u32, data: &[u8]) -> Result<(), RootfsError> {
@@ -169,18 +170,36 @@ impl RootfsBuilder {
         Ok(())
     }
 
-    /// Every entry of a built image (an image's root filesystem), after those already added.
+    /// Every entry of a built image (an image's root filesystem, of either version), after those already added.
     pub fn add_image(&mut self, image: &[u8]) -> Result<(), RootfsError> {
-        let all_valid = entries(image).map_err(|_| RootfsError::BadImage)?.all(|e| e.is_ok());
-        if !all_valid {
-            return Err(RootfsError::BadImage);
+        let all: Vec<_> = entries(image)
+            .map_err(|_| RootfsError::BadImage)?
+            .collect::<Result<_, _>>()
+            .map_err(|_| RootfsError::BadImage)?;
+        for e in all {
+            self.entry(e.kind, e.path, e.perm, &image[e.data_offset..e.data_offset + e.data_len]);
         }
-        self.image.extend(&image[MAGIC.len()..]);
         Ok(())
     }
 
-    pub fn finish(self) -> Vec<u8> {
-        self.image
+    /// The image: the index, then the data from the next page boundary, so that the index's pages hold no data.
+    pub fn finish(mut self) -> Vec<u8> {
+        let index_end = PREFIX_LEN + self.index.len();
+        let data_start = match self.data.is_empty() {
+            true => index_end,
+            false => page_align_up(index_end as u64) as usize,
+        };
+        for &at in &self.offsets {
+            let relative = u64::from_le_bytes(self.index[at..at + 8].try_into().unwrap_or_default());
+            self.index[at..at + 8].copy_from_slice(&(relative + data_start as u64).to_le_bytes());
+        }
+        let mut image = Vec::with_capacity(data_start + self.data.len());
+        image.extend(MAGIC);
+        image.extend((index_end as u64).to_le_bytes());
+        image.extend(&self.index);
+        image.resize(data_start, 0);
+        image.extend(&self.data);
+        image
     }
 }
 
@@ -262,6 +281,9 @@ mod tests {
         assert_eq!(paths, ["/etc/resolv.conf", "/a", "/b"]);
         assert!(matches!(RootfsBuilder::default().add_image(b"junk"), Err(RootfsError::BadImage)));
         assert!(matches!(RootfsBuilder::default().add_image(&base[..base.len() - 8]), Err(RootfsError::BadImage)));
+        let index = kiln_abi::rootfs::index_end(&image);
+        assert_eq!(entries(&image).unwrap().next().unwrap().unwrap().data_offset, 4096, "data from the page after it");
+        assert!(index > 16 && index < 4096);
     }
 
     fn b_err(dir: &Path, guest: &str) -> RootfsError {

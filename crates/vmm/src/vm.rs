@@ -17,6 +17,7 @@ use crate::park::Parker;
 use crate::preempt::{self, Preemption};
 use crate::rewrite::{RewriteReport, SiteCounts};
 use crate::rewrite_cache::RewriteCache;
+use crate::rootfs_image::Rootfs;
 use crate::shootdown::Shootdown;
 use crate::virtio::blk::{Blk, BlkStats};
 use crate::virtio::net::NetStats;
@@ -104,8 +105,8 @@ pub struct VmConfig {
     /// The directory the program starts in (`kiln run -w`), absolute; empty for the root.
     pub workdir: String,
     pub trace_syscalls: bool,
-    /// The root filesystem image (`kiln_vmm::rootfs::Builder`); empty for none.
-    pub rootfs: Vec<u8>,
+    /// The root filesystem image (built by `kiln_vmm::rootfs::RootfsBuilder`, or a file of `rootfs_cache`).
+    pub rootfs: Rootfs,
     /// A dynamically linked program's loader (`PT_INTERP`), rewritten (`crate::shared_object`); empty for a static
     /// program. The libraries it opens come from `rootfs`, rewritten the same way.
     pub interpreter: Vec<u8>,

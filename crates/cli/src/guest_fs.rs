@@ -1,0 +1,231 @@
+//! The guest's root filesystem for `kiln run`: the resolver configuration the network needs, a dynamic program's
+//! loader and libraries, the image's files, then `--dir` and `--file` (a later entry replaces an earlier one at the
+//! same path). Built images are kept in the root filesystem cache (`kiln_vmm::rootfs_cache`), keyed by what they
+//! were built from, so that a repeat run only `stat`s its files, and the guest maps the cached file rather than a
+//! copy of it.
+
+use crate::dynamic;
+use crate::net;
+use crate::run::RunArgs;
+use crate::target::Target;
+use anyhow::{Context, Result};
+use kiln_abi::rootfs::{entries, KIND_FILE};
+use kiln_vmm::dynamic::Dependencies;
+use kiln_vmm::elf::ElfImage;
+use kiln_vmm::rewrite::SiteCounts;
+use kiln_vmm::rootfs::RootfsBuilder;
+use kiln_vmm::rootfs_cache::{Hit, Recipe, RootfsCache};
+use kiln_vmm::rootfs_image::Rootfs;
+use std::path::Path;
+use std::sync::Arc;
+
+/// The library OS's own /etc/resolv.conf names this server.
+const BUILT_IN_RESOLV_CONF: &str = "nameserver 10.0.2.3\n";
+/// The layout of what an entry of the cache keeps besides the image (see [`Extra`]).
+const EXTRA_VERSION: u8 = 1;
+
+#[derive(Default)]
+pub struct GuestFs {
+    pub rootfs: Rootfs,
+    /// The syscall sites of a dynamic program's shared objects (its libraries and those its files bring).
+    pub object_sites: Option<SiteCounts>,
+    /// A dynamic program's loader, rewritten; empty for a static program.
+    pub interpreter: Vec<u8>,
+}
+
+/// What a cache entry keeps besides the image: the sites of its shared objects and where its loader lies in it.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Extra {
+    object_sites: Option<SiteCounts>,
+    /// Offset and length of the loader's contents in the image; (0, 0) for none.
+    interpreter: (u64, u64),
+}
+
+impl Extra {
+    fn encode(&self) -> Vec<u8> {
+        let sites = self.object_sites.unwrap_or_default();
+        let mut out = vec![EXTRA_VERSION, u8::from(self.object_sites.is_some())];
+        for v in [sites.relocated, sites.red_zone, sites.in_place, sites.unsafe_sites] {
+            out.extend((v as u64).to_le_bytes());
+        }
+        out.extend(self.interpreter.0.to_le_bytes());
+        out.extend(self.interpreter.1.to_le_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Extra> {
+        let [EXTRA_VERSION, has_sites, rest @ ..] = bytes else { return None };
+        let words: Vec<u64> =
+            rest.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default())).collect();
+        let &[relocated, red_zone, in_place, unsafe_sites, offset, len] = words.as_slice() else { return None };
+        let n = |v: u64| usize::try_from(v).ok();
+        let sites = SiteCounts {
+            relocated: n(relocated)?,
+            red_zone: n(red_zone)?,
+            in_place: n(in_place)?,
+            unsafe_sites: n(unsafe_sites)?,
+        };
+        Some(Extra { object_sites: (*has_sites == 1).then_some(sites), interpreter: (offset, len) })
+    }
+}
+
+/// The root filesystem for `target` run with `args`, from the cache when it has it.
+pub fn prepare(args: &RunArgs, target: &Target) -> Result<GuestFs> {
+    let resolv_conf = net::resolv_conf(&args.network).filter(|r| r != BUILT_IN_RESOLV_CONF);
+    let program = ElfImage::parse(&target.program).ok();
+    let host_dynamic = target.image_id.is_none() && program.as_ref().is_some_and(|p| p.interpreter.is_some());
+    let none = args.files.is_empty() && args.dirs.is_empty() && resolv_conf.is_none();
+    if none && target.rootfs.is_none() && !host_dynamic {
+        return Ok(GuestFs::default());
+    }
+    let started = std::time::Instant::now();
+    let cache = crate::run::cache_dir("rootfs").map(RootfsCache::new);
+    // A file that cannot be described now will not be read either: the build says why, in the user's terms.
+    let key = cache.as_ref().and_then(|_| recipe(args, target, resolv_conf.as_deref()).ok()).map(Recipe::key);
+    if let Some((cache, key)) = cache.as_ref().zip(key.as_ref()) {
+        if let Some(fs) = cache.lookup(key).and_then(from_hit) {
+            tracing::debug!(took = ?started.elapsed(), "root filesystem from the cache ({key}): {} bytes", fs.rootfs.len());
+            return Ok(fs);
+        }
+    }
+
+    let mut deps = dynamic::dependencies(target)?;
+    let image_rootfs = match &target.rootfs {
+        Some(blob) => crate::target::image_rootfs(blob)?,
+        None => Vec::new(),
+    };
+    let (image, object_sites) = build(args, &image_rootfs, deps.as_mut(), resolv_conf)?;
+    drop(image_rootfs);
+    let interpreter_path = program.as_ref().and_then(|p| p.interpreter.clone()).unwrap_or_default();
+    // A host program's loader is the one added first; an image's, the one its files end with.
+    let interpreter = match deps.is_some() {
+        true => file_span(&image, &interpreter_path, true),
+        false => file_span(&image, &interpreter_path, false),
+    };
+    let extra = Extra { object_sites, interpreter };
+    let consulted = deps.map(|d| d.consulted).unwrap_or_default();
+    let stored = match cache.as_ref().zip(key.as_ref()) {
+        Some((cache, key)) => cache
+            .store(key, &image, &consulted, &extra.encode())
+            .inspect_err(|e| tracing::debug!("cannot keep the root filesystem in the cache: {e}"))
+            .ok(),
+        None => None,
+    };
+    let rootfs = match stored {
+        Some(mapped) => Rootfs::Mapped(Arc::new(mapped)),
+        None => Rootfs::from(image),
+    };
+    tracing::debug!(took = ?started.elapsed(), "root filesystem built: {} bytes", rootfs.len());
+    Ok(with_interpreter(rootfs, extra))
+}
+
+fn from_hit(hit: Hit) -> Option<GuestFs> {
+    let extra = Extra::decode(&hit.extra)?;
+    let (offset, len) = extra.interpreter;
+    let end = offset.checked_add(len)?;
+    (end <= hit.image.bytes().len() as u64).then(|| with_interpreter(Rootfs::Mapped(Arc::new(hit.image)), extra))
+}
+
+fn with_interpreter(rootfs: Rootfs, extra: Extra) -> GuestFs {
+    let (offset, len) = (extra.interpreter.0 as usize, extra.interpreter.1 as usize);
+    let interpreter = rootfs.bytes().get(offset..offset + len).map(<[u8]>::to_vec).unwrap_or_default();
+    GuestFs { rootfs, object_sites: extra.object_sites, interpreter }
+}
+
+/// Offset and length of the contents of the first (or last) file at `path` in `image`; (0, 0) for none.
+fn file_span(image: &[u8], path: &str, first: bool) -> (u64, u64) {
+    let Ok(all) = entries(image) else { return (0, 0) };
+    let mut files = all.flatten().filter(|e| e.kind == KIND_FILE && e.path == path);
+    let found = if first { files.next() } else { files.last() };
+    found.map_or((0, 0), |e| (e.data_offset as u64, e.data_len as u64))
+}
+
+/// Everything [`build`] reads that decides the image's bytes, but what a dynamic program's search finds (the entry
+/// lists that: `Dependencies::consulted`).
+fn recipe(args: &RunArgs, target: &Target, resolv_conf: Option<&str>) -> std::io::Result<Recipe> {
+    let mut r = Recipe::new();
+    match &target.image_id {
+        Some(id) => r.add("image", id.to_string().as_bytes()),
+        None => {
+            r.add("program", target.shown.as_bytes());
+            r.add_host_file(Path::new(&target.shown))?;
+        }
+    }
+    r.add("resolv.conf", resolv_conf.unwrap_or_default().as_bytes());
+    for (host, guest) in &args.dirs {
+        r.add("--dir", guest.as_bytes());
+        r.add("host", host.as_os_str().as_encoded_bytes());
+        r.add_host_tree(host)?;
+    }
+    for (host, guest) in &args.files {
+        r.add("--file", guest.as_bytes());
+        r.add("host", host.as_os_str().as_encoded_bytes());
+        r.add_host_file(host)?;
+    }
+    Ok(r)
+}
+
+/// Builds the image; also counts the syscall sites of a dynamic program's shared objects in it.
+fn build(
+    args: &RunArgs,
+    image_rootfs: &[u8],
+    deps: Option<&mut Dependencies>,
+    resolv_conf: Option<String>,
+) -> Result<(Vec<u8>, Option<SiteCounts>)> {
+    let mut builder = RootfsBuilder::default();
+    if let Some(resolv_conf) = resolv_conf {
+        // First, so that the image's or the user's own replaces it.
+        builder.add_file("/etc/resolv.conf", 0o644, resolv_conf.as_bytes())?;
+    }
+    // Then a dynamic program's loader and libraries, which --file and --dir may replace.
+    for object in deps.iter().flat_map(|d| std::iter::once(&d.interpreter).chain(&d.libraries)) {
+        builder.add_file(&object.guest_path, 0o755, &object.object.bytes)?;
+    }
+    let found = dynamic::FoundObjects::default();
+    if deps.is_some() {
+        builder.set_host_file_filter(dynamic::object_filter(found.clone()));
+    }
+    if !kiln_abi::rootfs::is_empty(image_rootfs) {
+        builder.add_image(image_rootfs).context("the image's root filesystem")?;
+    }
+    for (host, guest) in &args.dirs {
+        builder.add_host_dir(host, guest).with_context(|| format!("--dir {}:{guest}", host.display()))?;
+    }
+    for (host, guest) in &args.files {
+        builder.add_host_file(host, guest).with_context(|| format!("--file {}:{guest}", host.display()))?;
+    }
+    let mut sites = None;
+    if let Some(deps) = deps {
+        dynamic::add_libraries_they_need(deps, &found, &mut builder)?;
+        sites = Some(found.borrow().iter().fold(deps.site_counts(), |total, &(_, counts)| total + counts));
+    }
+    Ok((builder.finish(), sites))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extra_round_trips_and_refuses_junk() {
+        let sites = SiteCounts { relocated: 618, red_zone: 15, in_place: 1, unsafe_sites: 2 };
+        for extra in [Extra { object_sites: Some(sites), interpreter: (4096, 230_000) }, Extra::default()] {
+            assert_eq!(Extra::decode(&extra.encode()), Some(extra));
+        }
+        let good = Extra::default().encode();
+        assert_eq!(Extra::decode(&good[..good.len() - 1]), None);
+        assert_eq!(Extra::decode(&[[9].as_slice(), &good[1..]].concat()), None);
+    }
+
+    #[test]
+    fn the_loader_is_found_first_or_last() {
+        let mut b = RootfsBuilder::default();
+        b.add_file("/lib/ld.so", 0o755, b"host").unwrap();
+        b.add_file("/lib/ld.so", 0o755, b"image").unwrap();
+        let image = b.finish();
+        let text = |(o, l): (u64, u64)| image[o as usize..(o + l) as usize].to_vec();
+        assert_eq!(text(file_span(&image, "/lib/ld.so", true)), b"host");
+        assert_eq!(text(file_span(&image, "/lib/ld.so", false)), b"image");
+        assert_eq!(file_span(&image, "/nowhere", true), (0, 0));
+    }
+}
