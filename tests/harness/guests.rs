@@ -71,6 +71,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("spinsignal", "spinsignal.c", Link::Static),
     ("churn", "churn.c", Link::Static),
     ("mprotect", "mprotect.c", Link::Static),
+    ("firsttouch", "firsttouch.c", Link::Static),
     ("faults", "faults.c", Link::Static),
     ("vdso", "vdso.c", Link::Static),
     ("sockets", "sockets.c", Link::Static),

@@ -9,6 +9,13 @@ use crate::layout::{HUGE_PAGE_SIZE, PAGE_SIZE};
 pub const PTE_PRESENT: u64 = 1 << 0;
 pub const PTE_WRITABLE: u64 = 1 << 1;
 pub const PTE_USER: u64 = 1 << 2;
+/// Set by the CPU (or, with shadow paging, the hypervisor) when it loads the entry into a TLB. Clear means no TLB
+/// holds the entry, so changing it needs no flush ([`protect::protect`]).
+pub const PTE_ACCESSED: u64 = 1 << 5;
+/// Set by the CPU on the first write through the entry. Preset on every writable leaf: on shadow paging a read
+/// through a clean writable entry gets a read-only shadow entry, so the first write after it is a second fault.
+/// Nothing in Kiln reads it (no page is ever written back).
+pub const PTE_DIRTY: u64 = 1 << 6;
 pub const PTE_HUGE: u64 = 1 << 7;
 /// Software-defined (the CPU ignores it): a not-present entry that keeps its frame, i.e. PROT_NONE memory.
 pub const PTE_PROT_NONE: u64 = 1 << 9;
@@ -47,6 +54,15 @@ pub const fn is_lower_canonical(vaddr: u64) -> bool {
     vaddr < (1 << 47)
 }
 
+/// The flags a leaf entry gets for `flags`: writable leaves are made dirty already (see [`PTE_DIRTY`]).
+pub const fn leaf_flags(flags: u64) -> u64 {
+    if flags & PTE_WRITABLE != 0 {
+        flags | PTE_DIRTY
+    } else {
+        flags
+    }
+}
+
 /// Walks from the PML4 down to the table at `stop_level`, creating missing tables.
 fn walk_create<M: PhysMemory, F: FrameSource>(
     mem: &mut M,
@@ -62,7 +78,8 @@ fn walk_create<M: PhysMemory, F: FrameSource>(
         let entry = mem.read_u64(entry_addr);
         if entry & PTE_PRESENT == 0 {
             let frame = frames.alloc_zeroed_frame().ok_or(MapError::OutOfFrames)?;
-            mem.write_u64(entry_addr, frame | PTE_PRESENT | PTE_WRITABLE | PTE_USER);
+            // Accessed already: the hypervisor or CPU would set it on the first walk anyway (a write to the table).
+            mem.write_u64(entry_addr, frame | PTE_PRESENT | PTE_WRITABLE | PTE_USER | PTE_ACCESSED);
             table = frame;
         } else if entry & PTE_HUGE != 0 {
             return Err(MapError::AlreadyMapped(vaddr));
@@ -74,7 +91,8 @@ fn walk_create<M: PhysMemory, F: FrameSource>(
     Ok(table)
 }
 
-/// Maps the 4 KiB page at `vaddr` to the frame at `phys` with `flags` (PTE_PRESENT is implied).
+/// Maps the 4 KiB page at `vaddr` to the frame at `phys` with `flags` (PTE_PRESENT is implied; a writable page is
+/// made dirty, see [`leaf_flags`]).
 pub fn map_page<M: PhysMemory, F: FrameSource>(
     mem: &mut M,
     frames: &mut F,
@@ -91,11 +109,11 @@ pub fn map_page<M: PhysMemory, F: FrameSource>(
     if mem.read_u64(entry_addr) & (PTE_PRESENT | PTE_PROT_NONE) != 0 {
         return Err(MapError::AlreadyMapped(vaddr));
     }
-    mem.write_u64(entry_addr, phys | flags | PTE_PRESENT);
+    mem.write_u64(entry_addr, phys | leaf_flags(flags) | PTE_PRESENT);
     Ok(())
 }
 
-/// Maps the 2 MiB page at `vaddr` to `phys` with `flags`.
+/// Maps the 2 MiB page at `vaddr` to `phys` with `flags` (as [`map_page`]).
 pub fn map_huge_page<M: PhysMemory, F: FrameSource>(
     mem: &mut M,
     frames: &mut F,
@@ -112,7 +130,7 @@ pub fn map_huge_page<M: PhysMemory, F: FrameSource>(
     if mem.read_u64(entry_addr) & PTE_PRESENT != 0 {
         return Err(MapError::AlreadyMapped(vaddr));
     }
-    mem.write_u64(entry_addr, phys | flags | PTE_PRESENT | PTE_HUGE);
+    mem.write_u64(entry_addr, phys | leaf_flags(flags) | PTE_PRESENT | PTE_HUGE);
     Ok(())
 }
 

@@ -232,6 +232,9 @@ fn report(
         let calls: u64 = stats.syscalls.iter().map(|s| u64::from(s.1)).sum();
         errln!("[kiln] {} VM exits, {calls} syscalls", stats.vm_exits);
         errln!("[kiln] host: {}", stats.host);
+        if let Some(faults) = stats.shadow_faults {
+            errln!("[kiln] {faults} guest page faults fixed by KVM (shadow paging: one per first touch of a page)");
+        }
         errln!("[kiln] {}", stats.syscall_sites);
         if let Some(sites) = object_sites {
             errln!("[kiln] shared objects' {sites}");

@@ -14,7 +14,7 @@ use kiln_abi::boot::{
     NET_MMIO_SIZE,
 };
 use kiln_abi::layout::*;
-use kiln_abi::paging::{self, PTE_USER, PTE_WRITABLE};
+use kiln_abi::paging::{self, PTE_ACCESSED, PTE_USER, PTE_WRITABLE};
 
 /// The library OS's stack for syscalls and its own start-up.
 pub const KERNEL_STACK_SIZE: u64 = 64 << 10;
@@ -188,7 +188,7 @@ pub fn build(
         ram.write(trampoline, &trampoline_page(kernel.syscall_entry))?;
         for (vaddr, wanted) in [(TRAMPOLINE_VADDR, page0), (SYSCALL_GATEWAY_VADDR, gateway)] {
             if wanted {
-                paging::map_page(ram, &mut alloc, pml4, vaddr, trampoline, PTE_USER)
+                paging::map_page(ram, &mut alloc, pml4, vaddr, trampoline, PTE_USER | PTE_ACCESSED)
                     .map_err(|e| BootError::Map(vaddr, e))?;
             }
         }
@@ -234,7 +234,9 @@ pub fn build(
     )?;
     let stack_phys = alloc.alloc(stack_size)?;
     ram.write(stack_phys + (initial.stack_pointer - stack_bottom), &initial.bytes)?;
-    loader::map_range(ram, &mut alloc, pml4, stack_bottom, stack_phys, stack_size, |_| PTE_USER | PTE_WRITABLE)?;
+    // Accessed (and dirty, as every writable leaf): the stack grows into these pages without anything mapping them.
+    let stack_flags = |_| PTE_USER | PTE_WRITABLE | PTE_ACCESSED;
+    loader::map_range(ram, &mut alloc, pml4, stack_bottom, stack_phys, stack_size, stack_flags)?;
 
     let rootfs_len = params.rootfs.len() as u64;
     let rootfs_phys = match &params.rootfs {

@@ -15,6 +15,7 @@ pub mod fault;
 pub mod host_signals;
 pub mod hypercall;
 pub mod kick;
+pub mod kvm_stats;
 pub mod loader;
 pub mod memory;
 pub mod netcard;

@@ -7,7 +7,7 @@ use crate::elf::{ElfImage, ElfKind, LoadSegment};
 use crate::memory::{BootAllocator, GuestRam, MemoryError};
 use crate::rewrite::{self, ExecSegment, FunctionSymbol, RewriteInput, RewriteReport};
 use kiln_abi::layout::{direct_map, page_align_down, page_align_up, PAGE_SIZE, PIE_BASE, PROGRAM_MIN_ADDR};
-use kiln_abi::paging::{self, MapError, PTE_USER, PTE_WRITABLE};
+use kiln_abi::paging::{self, MapError, PTE_ACCESSED, PTE_USER, PTE_WRITABLE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoaderError {
@@ -261,7 +261,7 @@ pub fn load_program(
         slot.copy_from_slice(&syscall_entry.to_le_bytes());
         let stub_phys = alloc.alloc(stubs.len() as u64)?;
         ram.write(stub_phys, &stubs)?;
-        map_range(ram, alloc, pml4, stub_base, stub_phys, stubs.len() as u64, |_| PTE_USER)?;
+        map_range(ram, alloc, pml4, stub_base, stub_phys, stubs.len() as u64, |_| PTE_USER | PTE_ACCESSED)?;
         end = stub_base + page_align_up(stubs.len() as u64);
     }
     let stubs = stub_base..stub_base + stubs.len() as u64;
@@ -269,7 +269,9 @@ pub fn load_program(
 }
 
 /// Maps an ELF image's span (`span_start`, `span_len`, loaded at `base`) to the frames at `phys`: user pages, writable
-/// where a writable segment lies.
+/// where a writable segment lies. Accessed already, as the program touches them soon anyway: on shadow paging the
+/// hypervisor fills in shadow entries for a faulting page's neighbours (whose host pages this load wrote) only where
+/// the accessed bit is set.
 fn map_image(
     ram: &mut GuestRam,
     alloc: &mut BootAllocator,
@@ -285,7 +287,7 @@ fn map_image(
         })
     };
     map_range(ram, alloc, pml4, base + span_start, phys, span_len, |v| {
-        PTE_USER | if writable(v) { PTE_WRITABLE } else { 0 }
+        PTE_USER | PTE_ACCESSED | if writable(v) { PTE_WRITABLE } else { 0 }
     })
 }
 

@@ -10,6 +10,7 @@ use crate::fault::{self, CrashReport};
 use crate::host_signals::{Forwarder, HostSignals};
 use crate::hypercall::{self, Action};
 use crate::kick::Kicker;
+use crate::kvm_stats::FaultCounter;
 use crate::loader::{self, PreparedProgram};
 use crate::memory::{GuestRam, MemoryError};
 use crate::netcard::{NetCard, NetConfig};
@@ -157,6 +158,9 @@ pub struct RunStats {
     pub syscalls: Vec<(u64, u32, u32)>,
     /// How the program's syscall sites were rewritten.
     pub syscall_sites: SiteCounts,
+    /// Guest page faults KVM fixed, all vCPUs together (`kvm_stats`), where the host reports them: on shadow
+    /// paging, each costs about what a VM exit does.
+    pub shadow_faults: Option<u64>,
 }
 
 pub struct Vm {
@@ -423,6 +427,7 @@ impl Vm {
     /// SIGTERM to a container's process). This thread blocks throughout: an idle VM costs the host no CPU.
     pub fn run(self, console: Arc<dyn Console>, host_signals: HostSignals) -> Result<(Outcome, RunStats), VmError> {
         let started = std::time::Instant::now();
+        let fault_counters: Vec<_> = self.vcpus.iter().map(FaultCounter::open).collect();
         let (tx, rx) = std::sync::mpsc::channel();
         // The card's receive side first, so that no frame comes before anything would take it to the guest. A queue
         // the guest broke stops the VM from there too: the guest may never make the exit that would find it.
@@ -525,8 +530,9 @@ impl Vm {
             volumes: self.shared.disks.iter().map(|(name, d)| (name.clone(), d.stats())).collect(),
             syscalls: hypercall::read_stats(&self.shared.ram, self.boot.stats_phys),
             syscall_sites: self.boot.program.report.counts(),
+            shadow_faults: fault_counters.iter().map(|c| c.as_ref().and_then(FaultCounter::read)).sum(),
         };
-        tracing::debug!(took = ?started.elapsed(), exits = stats.vm_exits, "VM ran");
+        tracing::debug!(took = ?started.elapsed(), exits = stats.vm_exits, faults = ?stats.shadow_faults, "VM ran");
         Ok((outcome, stats))
     }
 }

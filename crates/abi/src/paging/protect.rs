@@ -6,8 +6,8 @@
 //! every TLB reloaded before the change is certain to apply.
 
 use super::{
-    table_index, FrameSource, MapError, PhysMemory, PTE_ADDR_MASK, PTE_HUGE, PTE_PRESENT, PTE_PROT_NONE, PTE_USER,
-    PTE_WRITABLE,
+    leaf_flags, table_index, FrameSource, MapError, PhysMemory, PTE_ACCESSED, PTE_ADDR_MASK, PTE_DIRTY, PTE_HUGE,
+    PTE_PRESENT, PTE_PROT_NONE, PTE_USER, PTE_WRITABLE,
 };
 use crate::layout::{HUGE_PAGE_SIZE, PAGE_SIZE};
 
@@ -130,7 +130,8 @@ pub fn split_huge<M: PhysMemory, F: FrameSource>(
         _ => return Err(MapError::BadAddress(vaddr)),
     }
     let table = frames.alloc_zeroed_frame().ok_or(MapError::OutOfFrames)?;
-    let flags = l.entry & (PTE_PRESENT | PTE_WRITABLE | PTE_USER);
+    // Accessed and dirty carry over: a TLB may hold the huge page, which is as good as holding each small one.
+    let flags = l.entry & (PTE_PRESENT | PTE_WRITABLE | PTE_USER | PTE_ACCESSED | PTE_DIRTY);
     for i in 0..512 {
         mem.write_u64(table + i * 8, (l.phys() + i * PAGE_SIZE) | flags);
     }
@@ -161,7 +162,7 @@ pub fn protect<M: PhysMemory, F: FrameSource>(
     let entry = match access {
         Access::None => kept | PTE_PROT_NONE,
         Access::Read => kept | PTE_PRESENT,
-        Access::ReadWrite => kept | PTE_PRESENT | PTE_WRITABLE,
+        Access::ReadWrite => kept | leaf_flags(PTE_PRESENT | PTE_WRITABLE),
     };
     if entry == l.entry {
         return Ok(false);
@@ -251,6 +252,24 @@ mod tests {
             let t = translate(&ram, PML4, vaddr).unwrap();
             assert_eq!((t.phys, t.writable, t.user), (vaddr + 0x20_0000, writable, true), "{vaddr:#x}");
         }
+    }
+
+    #[test]
+    fn writable_leaves_are_dirty_and_a_split_keeps_accessed_and_dirty() {
+        let mut ram = Ram::new(1 << 20);
+        let mut frames = Bump(0x2000, 0x20000);
+        map_page(&mut ram, &mut frames, PML4, 0x40_0000, 0x9000, PTE_USER | PTE_WRITABLE).unwrap();
+        map_page(&mut ram, &mut frames, PML4, 0x40_1000, 0xa000, PTE_USER).unwrap();
+        let entry = |ram: &Ram, vaddr| leaf(ram, PML4, vaddr).unwrap().entry;
+        assert_ne!(entry(&ram, 0x40_0000) & PTE_DIRTY, 0);
+        assert_eq!(entry(&ram, 0x40_1000) & PTE_DIRTY, 0);
+        protect(&mut ram, &mut frames, PML4, 0x40_1000, Access::ReadWrite).unwrap();
+        assert_ne!(entry(&ram, 0x40_1000) & PTE_DIRTY, 0);
+        map_huge_page(&mut ram, &mut frames, PML4, 0x20_0000, 0x40_0000, PTE_USER | PTE_WRITABLE | PTE_ACCESSED)
+            .unwrap();
+        protect(&mut ram, &mut frames, PML4, 0x20_5000, Access::Read).unwrap();
+        let split = entry(&ram, 0x20_6000);
+        assert_eq!(split & (PTE_ACCESSED | PTE_DIRTY | PTE_HUGE), PTE_ACCESSED | PTE_DIRTY);
     }
 
     #[test]
