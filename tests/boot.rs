@@ -210,6 +210,27 @@ fn starting_another_process_is_refused_with_enosys_and_kiln_says_so() {
 }
 
 #[test]
+fn proc_stat_o_path_and_proc_self_fd_are_as_natively() {
+    if !kvm::available() {
+        return;
+    }
+    // /proc/self/stat and each thread's, O_PATH descriptors, and /proc/self/fd listed and read: facts that hold on
+    // Linux (compared with the native run, in a directory of the test's own), for musl and glibc.
+    for guest in ["procfs", "procfs-glibc"] {
+        let binary = guests::c(guest);
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{guest}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let native = std::process::Command::new(&binary).arg(&dir).output().expect("run procfs natively");
+        let native_out = String::from_utf8_lossy(&native.stdout);
+        assert_eq!(native.status.code(), Some(0), "natively:\n{native_out}");
+        for cpus in ["1", "2"] {
+            let run = kiln().args(["run", "--cpus", cpus]).arg(&binary).run();
+            run.assert_code(0).assert_stdout(&native_out);
+        }
+    }
+}
+
+#[test]
 fn syscall_in_a_leaf_keeps_the_red_zone() {
     if !kvm::available() {
         return;

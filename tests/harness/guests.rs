@@ -52,6 +52,8 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("asynccancel-dynamic", "asynccancel.c", Link::Dynamic),
     ("spawn", "spawn.c", Link::Static),
     ("spawn-glibc", "spawn.c", Link::Glibc),
+    ("procfs", "procfs.c", Link::Static),
+    ("procfs-glibc", "procfs.c", Link::Glibc),
     ("enosys", "enosys.c", Link::Static),
     ("redzone", "redzone.c", Link::Static),
     ("syscalls", "syscalls.c", Link::Static),

@@ -31,7 +31,7 @@ const NOTES: &[(u64, &str)] = &[
     (
         2,
         "partial: the in-memory filesystem, volumes, FIFOs and /dev/null|zero|urandom|std*; symbolic links followed \
-         (O_NOFOLLOW: ELOOP); no O_PATH, O_TMPFILE",
+         (O_NOFOLLOW: ELOOP); O_PATH descriptors name a file without I/O (EBADF); no O_TMPFILE",
     ),
     (7, "partial: no signal interrupts it"),
     (8, "partial: SEEK_SET/CUR/END; no SEEK_DATA/SEEK_HOLE"),

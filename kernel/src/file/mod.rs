@@ -31,6 +31,8 @@ pub const O_CLOEXEC: u32 = 0o2000000;
 pub const O_DSYNC: u32 = 0o10000;
 /// O_SYNC's own bit, kept so that F_GETFL reports O_SYNC as it was given.
 pub const O_SYNC_ONLY: u32 = 0o4000000;
+/// A descriptor that only names a file (for fstat, fchdir, `*at` calls, AT_EMPTY_PATH): no I/O through it, EBADF.
+pub const O_PATH: u32 = 0o10000000;
 
 pub const POLLIN: u16 = 0x1;
 pub const POLLOUT: u16 = 0x4;
@@ -74,9 +76,11 @@ pub enum Object {
     PipeWriter(pipe::Writer),
     EventFd(Arc<EventFd>),
     Epoll(epoll::Epoll),
-    /// A file of the filesystem and the descriptor's offset in it.
+    /// A file of the filesystem, the path it was opened by (what `/proc/self/fd` shows; empty for a file in no
+    /// directory) and the descriptor's offset in it. Under O_PATH, any inode but a directory.
     Regular {
         inode: Arc<Inode>,
+        path: String,
         offset: SpinLock<u64>,
     },
     Socket(crate::net::socket::Socket),
@@ -111,6 +115,50 @@ impl File {
         match &self.object {
             Object::Regular { inode, .. } | Object::Directory { inode, .. } => inode.ino,
             _ => self as *const File as u64 | 1 << 63,
+        }
+    }
+
+    /// Whether the descriptor only names its file (O_PATH).
+    pub fn is_path(&self) -> bool {
+        self.flags.load(Ordering::Relaxed) & O_PATH != 0
+    }
+
+    /// The inode number `fstat` gives an object that is not a file of the filesystem: one per pipe (both ends) and
+    /// per socket, one for the standard streams each, and one anonymous inode for eventfds and epoll instances, as
+    /// Linux has. They lie above the tree's numbers, which count up from 2.
+    pub fn anonymous_ino(&self) -> u64 {
+        const BASE: u64 = 1 << 40;
+        let of = |w: &Arc<Waitable>| BASE | ((Arc::as_ptr(w) as u64 >> 4) & ((1 << 36) - 1)) << 2;
+        match &self.object {
+            Object::Regular { inode, .. } | Object::Directory { inode, .. } => inode.ino,
+            Object::Stdin => BASE | 1,
+            Object::Console(n) => BASE | (1 + n),
+            Object::PipeReader(p) => of(&p.0.waitable),
+            Object::PipeWriter(p) => of(&p.0.waitable),
+            Object::FifoBoth(rx, _) => of(&rx.0.waitable),
+            Object::Socket(s) => of(&s.waitable),
+            Object::Unix(u) => of(&u.0.waitable),
+            Object::Netlink(n) => of(&n.waitable),
+            Object::EventFd(_) | Object::Epoll(_) | Object::Null | Object::Zero | Object::Random => BASE,
+        }
+    }
+
+    /// What `readlink` of `/proc/self/fd/N` gives for this file, as Linux names it.
+    pub fn proc_link(&self) -> String {
+        use alloc::format;
+        match &self.object {
+            Object::Regular { path, .. } | Object::Directory { path, .. } => path.clone(),
+            Object::Null => "/dev/null".into(),
+            Object::Zero => "/dev/zero".into(),
+            Object::Random => "/dev/urandom".into(),
+            Object::EventFd(_) => "anon_inode:[eventfd]".into(),
+            Object::Epoll(_) => "anon_inode:[eventpoll]".into(),
+            Object::Socket(_) | Object::Unix(_) | Object::Netlink(_) => format!("socket:[{}]", self.anonymous_ino()),
+            Object::Stdin
+            | Object::Console(_)
+            | Object::PipeReader(_)
+            | Object::PipeWriter(_)
+            | Object::FifoBoth(..) => format!("pipe:[{}]", self.anonymous_ino()),
         }
     }
 
@@ -211,10 +259,23 @@ pub fn init() {
     t.push(Some(Slot { file: File::new(Object::Console(2), O_WRONLY), cloexec: false }));
 }
 
+/// The file behind `fd` for I/O and anything else but naming it: EBADF for an O_PATH descriptor, as on Linux.
 pub fn get(fd: u64) -> Result<Arc<File>, Errno> {
+    get_including_path(fd).and_then(|f| if f.is_path() { Err(Errno::EBADF) } else { Ok(f) })
+}
+
+/// The file behind `fd` for the calls that only need to know which file it is (fstat, fchdir, `*at` calls, dup,
+/// F_GETFL...): O_PATH descriptors included.
+pub fn get_including_path(fd: u64) -> Result<Arc<File>, Errno> {
     let t = TABLE.lock();
     let slot = usize::try_from(fd).ok().and_then(|fd| t.get(fd)).and_then(Option::as_ref);
     slot.map(|s| s.file.clone()).ok_or(Errno::EBADF)
+}
+
+/// The open descriptors, lowest first, with their files (`/proc/self/fd`).
+pub fn descriptors() -> Vec<(u64, Arc<File>)> {
+    let t = TABLE.lock();
+    t.iter().enumerate().filter_map(|(fd, slot)| slot.as_ref().map(|s| (fd as u64, s.file.clone()))).collect()
 }
 
 /// Installs `file` at the lowest free descriptor not below `from` (F_DUPFD: EINVAL if `from` is not below the soft

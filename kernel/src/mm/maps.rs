@@ -52,6 +52,15 @@ pub fn render() -> Vec<u8> {
     out.into_bytes()
 }
 
+/// The bytes the program has mapped (all backed by guest memory: `/proc`'s vsize, and its rss in pages), and where
+/// its break and its stack begin.
+pub fn usage() -> (u64, u64, u64) {
+    let brk_start = page_align_up(memory().brk_start);
+    let mut mapped = 0;
+    paging::user_regions(&DirectMap, pml4(), |r| mapped += r.end - r.start);
+    (mapped, brk_start, STACK_TOP.load(Ordering::Relaxed))
+}
+
 fn line(out: &mut String, r: Region, name: &str) {
     let before = out.len();
     let w = if r.writable { 'w' } else { '-' };

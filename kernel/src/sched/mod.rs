@@ -118,6 +118,26 @@ struct Thread {
     saved_blocked: Option<u64>,
     /// `set_robust_list`: the program's list of robust futexes this thread holds, walked when it exits.
     robust_list: u64,
+    /// For `/proc`: when it started and, while it runs, since when (ns since boot); how long it ran before; the vCPU
+    /// it ran on last.
+    started_ns: u64,
+    running_since_ns: u64,
+    ran_ns: u64,
+    last_cpu: usize,
+}
+
+/// What `/proc/self/task/TID/stat` and `/proc/self/stat` show of a live thread.
+pub struct ThreadFacts {
+    pub tid: u32,
+    pub name: [u8; 16],
+    /// Linux's letter: R running or waiting for a vCPU, S asleep.
+    pub state: u8,
+    pub cpu: usize,
+    pub started_ns: u64,
+    /// Time it ran so far.
+    pub ran_ns: u64,
+    pub blocked: u64,
+    pub pending: u64,
 }
 
 /// Signals sent to the thread in each slot and not yet delivered (bit `n - 1` for signal `n`). Outside the locked
@@ -141,6 +161,10 @@ const FREE: Thread = Thread {
     altstack: StackT { sp: 0, flags: SS_DISABLE, _pad: 0, size: 0 },
     saved_blocked: None,
     robust_list: 0,
+    started_ns: 0,
+    running_since_ns: 0,
+    ran_ns: 0,
+    last_cpu: 0,
 };
 
 struct Scheduler {
@@ -241,6 +265,34 @@ pub fn threads() -> Vec<(u32, [u8; 16])> {
         s.threads.iter().filter(|t| t.state != State::Free).map(|t| (t.tid, t.name)).collect();
     drop(s);
     all.sort_unstable_by_key(|&(tid, _)| tid);
+    all
+}
+
+/// The live threads, by id.
+pub fn thread_facts() -> Vec<ThreadFacts> {
+    let now = time::since_boot_ns();
+    let s = SCHEDULER.lock();
+    let mut all: Vec<ThreadFacts> = s
+        .threads
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.state != State::Free)
+        .map(|(slot, t)| {
+            let running = t.state == State::Running;
+            ThreadFacts {
+                tid: t.tid,
+                name: t.name,
+                state: if running || t.state == State::Runnable { b'R' } else { b'S' },
+                cpu: t.on_cpu.unwrap_or(t.last_cpu),
+                started_ns: t.started_ns,
+                ran_ns: t.ran_ns + if running { now.saturating_sub(t.running_since_ns) } else { 0 },
+                blocked: t.blocked,
+                pending: PENDING[slot].load(Ordering::Relaxed),
+            }
+        })
+        .collect();
+    drop(s);
+    all.sort_unstable_by_key(|t| t.tid);
     all
 }
 
@@ -354,8 +406,17 @@ pub fn spawn(
     // A new thread inherits its creator's blocked signals and name, as on Linux.
     let Thread { blocked, name, .. } = s.threads[percpu::current().thread];
     PENDING[slot].store(0, Ordering::SeqCst);
-    s.threads[slot] =
-        Thread { tid, saved_sp: switch_at, kernel_stack_top, fs_base, clear_child_tid, blocked, name, ..FREE };
+    s.threads[slot] = Thread {
+        tid,
+        saved_sp: switch_at,
+        kernel_stack_top,
+        fs_base,
+        clear_child_tid,
+        blocked,
+        name,
+        started_ns: time::since_boot_ns(),
+        ..FREE
+    };
     s.make_runnable(slot, Woken::Wake);
     s.live += 1;
     let slices = slices_to_end(&s);
@@ -655,11 +716,17 @@ pub fn exit_current(code: u64) -> ! {
 /// when the current thread runs again, with the lock released.
 fn schedule() {
     let me = percpu::current().thread;
+    {
+        // SAFETY: the caller holds the lock (its guard forgotten); this reference ends before anything else uses it.
+        let t = unsafe { &mut SCHEDULER.get_locked().threads[me] };
+        t.ran_ns += time::since_boot_ns().saturating_sub(t.running_since_ns);
+    }
     let next = idle_until_runnable();
     // SAFETY: we hold the lock (the caller forgot its guard; `idle_until_runnable` returns with it held).
     let s = unsafe { SCHEDULER.get_locked() };
     if next == me {
         s.threads[me].state = State::Running;
+        s.threads[me].running_since_ns = time::since_boot_ns();
         // SAFETY: held since the caller's forgotten guard; nothing obtained under it is used after this.
         unsafe { SCHEDULER.force_unlock() };
         ask_for_look();
@@ -687,6 +754,8 @@ fn start_running(s: &mut Scheduler, next: usize) -> u64 {
     let t = &mut s.threads[next];
     t.state = State::Running;
     t.on_cpu = Some(cpu_id);
+    t.last_cpu = cpu_id;
+    t.running_since_ns = time::since_boot_ns();
     cpu::write_fs_base(t.fs_base);
     percpu::set_kernel_stack_top(t.kernel_stack_top);
     percpu::set_thread(next);

@@ -25,7 +25,7 @@ fn target(dirfd: u64, path: u64, flags: u64) -> Result<Option<Arc<Inode>>, Errno
         let follow = flags & AT_SYMLINK_NOFOLLOW == 0;
         return vfs::lookup(&resolve_following(dirfd, path, follow)?).map(Some);
     }
-    match &file::get(dirfd)?.object {
+    match &file::get_including_path(dirfd)?.object {
         Object::Regular { inode, .. } | Object::Directory { inode, .. } => Ok(Some(inode.clone())),
         _ => Ok(None),
     }

@@ -9,7 +9,8 @@ use crate::file::eventfd::EventFd;
 use crate::file::pipe::{self, Pipe};
 use crate::file::wait::PollSet;
 use crate::file::{
-    self, File, Object, O_ACCMODE, O_APPEND, O_CLOEXEC, O_DSYNC, O_NONBLOCK, O_RDONLY, O_RDWR, O_SYNC_ONLY, O_WRONLY,
+    self, File, Object, O_ACCMODE, O_APPEND, O_CLOEXEC, O_DSYNC, O_NONBLOCK, O_PATH, O_RDONLY, O_RDWR, O_SYNC_ONLY,
+    O_WRONLY,
 };
 use crate::sync::SpinLock;
 use crate::vfs::{self, Inode};
@@ -84,7 +85,7 @@ fn read_into(f: &File, buf: u64, len: u64) -> SysResult {
             user::write(buf, e.read(f.nonblocking())?)?;
             Ok(8)
         }
-        Object::Regular { inode, offset } => {
+        Object::Regular { inode, offset, .. } => {
             let mut at = offset.lock();
             let n = read_file_at(inode, *at, buf, len)?;
             *at += n;
@@ -213,7 +214,7 @@ fn write_from(f: &File, buffers: &mut dyn Iterator<Item = Result<IoVec, Errno>>)
             e.write(user::read(iov.base)?, f.nonblocking())?;
             Ok(8)
         }
-        Object::Regular { inode, offset } => {
+        Object::Regular { inode, offset, .. } => {
             let append = f.flags.load(Ordering::Relaxed) & O_APPEND != 0;
             let mut at = offset.lock();
             let (written, end) = write_file_at(inode, *at, append, buffers)?;
@@ -407,7 +408,7 @@ pub fn lseek(a: &Args) -> SysResult {
     match &f.object {
         // Linux lets these seek and always answers 0.
         Object::Null | Object::Zero | Object::Random => Ok(0),
-        Object::Regular { inode, offset } => {
+        Object::Regular { inode, offset, .. } => {
             let mut at = offset.lock();
             let base = match whence {
                 SEEK_SET => 0,
@@ -432,11 +433,11 @@ pub fn close(a: &Args) -> SysResult {
 }
 
 pub fn dup(a: &Args) -> SysResult {
-    file::install(file::get(a[0])?, false)
+    file::install(file::get_including_path(a[0])?, false)
 }
 
 pub fn dup2(a: &Args) -> SysResult {
-    let f = file::get(a[0])?;
+    let f = file::get_including_path(a[0])?;
     if a[0] == a[1] {
         return Ok(a[1]);
     }
@@ -447,12 +448,16 @@ pub fn dup3(a: &Args) -> SysResult {
     if a[0] == a[1] || a[2] & !u64::from(O_CLOEXEC) != 0 {
         return Err(Errno::EINVAL);
     }
-    file::install_at(a[1], file::get(a[0])?, a[2] & u64::from(O_CLOEXEC) != 0)
+    file::install_at(a[1], file::get_including_path(a[0])?, a[2] & u64::from(O_CLOEXEC) != 0)
 }
 
 pub fn fcntl(a: &Args) -> SysResult {
     let (fd, cmd, arg) = (a[0], a[1], a[2]);
-    let f = file::get(fd)?;
+    let f = file::get_including_path(fd)?;
+    // An O_PATH descriptor answers only what concerns the descriptor itself, as on Linux.
+    if f.is_path() && !matches!(cmd, F_DUPFD | F_DUPFD_CLOEXEC | F_GETFD | F_SETFD | F_GETFL) {
+        return Err(Errno::EBADF);
+    }
     match cmd {
         F_DUPFD | F_DUPFD_CLOEXEC => {
             // Linux takes the argument as an int, then as unsigned: a negative one is above every limit.
@@ -559,12 +564,20 @@ const O_NOFOLLOW: u32 = 0o400000;
 /// Opens `path` (absolute, as `super::path::resolve` makes it): a device file, or one of the filesystem.
 fn open_path(path: &str, flags: u32, mode: u32) -> SysResult {
     let cloexec = flags & O_CLOEXEC != 0;
+    if flags & O_PATH != 0 {
+        return open_naming(path, flags, cloexec);
+    }
     let status = flags & (O_ACCMODE | O_NONBLOCK | O_APPEND | O_DSYNC | O_SYNC_ONLY);
     let device = match path {
+        "/proc/self/stat" if flags & O_ACCMODE != O_RDONLY => return Err(Errno::EACCES),
+        "/proc/self/stat" => {
+            let inode = vfs::Inode::detached(vfs::process_stat());
+            Some(Object::Regular { inode, path: path.into(), offset: SpinLock::new(0) })
+        }
         "/proc/self/maps" if flags & O_ACCMODE != O_RDONLY => return Err(Errno::EACCES),
         "/proc/self/maps" => {
             let inode = vfs::Inode::detached(crate::mm::maps::render());
-            Some(Object::Regular { inode, offset: SpinLock::new(0) })
+            Some(Object::Regular { inode, path: path.into(), offset: SpinLock::new(0) })
         }
         "/proc/net/igmp" | "/proc/net/igmp6" if flags & O_ACCMODE != O_RDONLY => return Err(Errno::EACCES),
         "/proc/net/igmp" | "/proc/net/igmp6" => {
@@ -573,11 +586,11 @@ fn open_path(path: &str, flags: u32, mode: u32) -> SysResult {
             } else {
                 crate::net::groups::render_igmp()
             };
-            Some(Object::Regular { inode: vfs::Inode::detached(text), offset: SpinLock::new(0) })
+            Some(Object::Regular { inode: vfs::Inode::detached(text), path: path.into(), offset: SpinLock::new(0) })
         }
-        "/dev/stdin" | "/proc/self/fd/0" => return file::install(file::get(0)?, cloexec),
-        "/dev/stdout" | "/proc/self/fd/1" => return file::install(file::get(1)?, cloexec),
-        "/dev/stderr" | "/proc/self/fd/2" => return file::install(file::get(2)?, cloexec),
+        "/dev/stdin" => return reopen(0, flags, mode),
+        "/dev/stdout" => return reopen(1, flags, mode),
+        "/dev/stderr" => return reopen(2, flags, mode),
         _ => None,
     };
     if let Some(object) = device {
@@ -621,9 +634,45 @@ fn open_path(path: &str, flags: u32, mode: u32) -> SysResult {
         if flags & O_TRUNC != 0 && flags & O_ACCMODE != O_RDONLY {
             inode.truncate(0)?;
         }
-        Object::Regular { inode, offset: SpinLock::new(0) }
+        Object::Regular { inode, path: path.into(), offset: SpinLock::new(0) }
     };
     file::install(File::new(object, status), cloexec)
+}
+
+/// O_PATH: a descriptor that names the file, made without opening it (a FIFO is not joined, nothing is created or
+/// truncated); of the other flags only O_CLOEXEC, O_DIRECTORY and O_NOFOLLOW count, as on Linux.
+fn open_naming(path: &str, flags: u32, cloexec: bool) -> SysResult {
+    let inode = vfs::open(path, None, false)?;
+    let object = if inode.is_dir() {
+        Object::Directory { inode, path: path.into(), position: SpinLock::new(0) }
+    } else if flags & O_DIRECTORY != 0 {
+        return Err(Errno::ENOTDIR);
+    } else {
+        Object::Regular { inode, path: path.into(), offset: SpinLock::new(0) }
+    };
+    file::install(File::new(object, O_PATH), cloexec)
+}
+
+/// Opening `/proc/self/fd/N` (or `/dev/stdin` and its kin): a file of the tree is opened again by its path, with
+/// the flags given and an offset of its own; anything else (a pipe, a socket, the console) is the same open file,
+/// as a dup.
+fn reopen(fd: u64, flags: u32, mode: u32) -> SysResult {
+    let f = file::get_including_path(fd).map_err(|_| Errno::ENOENT)?;
+    match &f.object {
+        Object::Regular { path, .. } | Object::Directory { path, .. } if path.starts_with('/') => {
+            let path = path.clone();
+            drop(f);
+            open_path(&path, flags & !(O_CREAT | O_EXCL), mode)
+        }
+        _ => file::install(f, flags & O_CLOEXEC != 0),
+    }
+}
+
+/// The descriptor `/proc/self/fd/N` names, if `path` is one: opened by [`reopen`] rather than by following the
+/// link, whose target may be no path at all (`pipe:[N]`).
+fn proc_fd(path: &str) -> Option<u64> {
+    let n = path.strip_prefix("/proc/self/fd/")?;
+    n.parse().ok().filter(|fd: &u64| alloc::format!("{fd}") == n)
 }
 
 pub fn open(a: &Args) -> SysResult {
@@ -634,10 +683,18 @@ pub fn open(a: &Args) -> SysResult {
 /// be made by that name).
 pub fn openat(a: &Args) -> SysResult {
     let flags = a[2] as u32;
+    let flags = if flags & O_PATH != 0 { flags & (O_PATH | O_CLOEXEC | O_DIRECTORY | O_NOFOLLOW) } else { flags };
+
     // O_NOFOLLOW leaves a link in the last name for `open_path` to refuse; O_CREAT|O_EXCL never follows one (a
     // link there, even dangling, is a name that exists).
     let follow = flags & O_NOFOLLOW == 0 && flags & (O_CREAT | O_EXCL) != O_CREAT | O_EXCL;
     let (path, slash) = super::path::resolve_slashed(a[0], a[1], follow)?;
+    // A descriptor's link that the walk could not follow to a file of the tree (`pipe:[N]`), or did not.
+    if path.starts_with("/proc/self/fd/") && flags & O_PATH == 0 {
+        if let Some(fd) = super::path::resolve_slashed(a[0], a[1], false).ok().and_then(|(p, _)| proc_fd(&p)) {
+            return reopen(fd, flags, a[3] as u32);
+        }
+    }
     if slash {
         if flags & O_CREAT == 0 {
             vfs::must_be_dir(&path)?;
@@ -681,7 +738,7 @@ const S_IFSOCK: u32 = 0o140000;
 use vfs::S_IFCHR;
 
 /// The `struct stat` of an open file.
-fn stat_of(f: &File, fd: u64) -> Stat {
+fn stat_of(f: &File) -> Stat {
     if let Object::Regular { inode, .. } | Object::Directory { inode, .. } = &f.object {
         return stat_of_inode(inode);
     }
@@ -694,7 +751,7 @@ fn stat_of(f: &File, fd: u64) -> Stat {
         Object::Socket(_) | Object::Unix(_) | Object::Netlink(_) => (S_IFSOCK | 0o777, 0),
         Object::EventFd(_) | Object::Epoll(_) | Object::Regular { .. } | Object::Directory { .. } => (0o600, 0),
     };
-    Stat { nlink: 1, mode, rdev, blksize: 4096, ino: fd + 1, ..Default::default() }
+    Stat { nlink: 1, mode, rdev, blksize: 4096, ino: f.anonymous_ino(), ..Default::default() }
 }
 
 pub fn stat_of_inode(inode: &Inode) -> Stat {
@@ -716,8 +773,8 @@ pub fn stat_of_inode(inode: &Inode) -> Stat {
 }
 
 pub fn fstat(a: &Args) -> SysResult {
-    let f = file::get(a[0])?;
-    user::write(a[1], stat_of(&f, a[0])).map(|()| 0)
+    let f = file::get_including_path(a[0])?;
+    user::write(a[1], stat_of(&f)).map(|()| 0)
 }
 
 pub fn ftruncate(a: &Args) -> SysResult {

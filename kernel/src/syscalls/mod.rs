@@ -14,7 +14,7 @@ mod mm;
 pub mod net;
 mod netlink;
 mod path;
-mod priority;
+pub mod priority;
 mod process;
 mod random;
 pub mod sendfile;
@@ -38,6 +38,8 @@ use kiln_abi::BootInfo;
 pub type Args = [u64; 6];
 /// The process id: the program is the only process, and its main thread's id is the same.
 pub const PID: u64 = 1;
+/// The parent's id: none the program can see, as for a process the kernel started.
+pub const PPID: u64 = 0;
 
 /// A pid argument that names this process (0 means the caller); ESRCH for any other.
 pub fn this_process(pid: u64) -> Result<(), Errno> {

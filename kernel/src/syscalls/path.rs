@@ -39,7 +39,7 @@ pub fn resolve_slashed(dirfd: u64, path: u64, follow: bool) -> Result<(String, b
     if path.starts_with('/') || dirfd as i64 == AT_FDCWD {
         return vfs::normalise(&path, follow);
     }
-    match &file::get(dirfd)?.object {
+    match &file::get_including_path(dirfd)?.object {
         Object::Directory { path: dir, .. } => vfs::normalise(&alloc::format!("{dir}/{path}"), follow),
         _ => Err(Errno::ENOTDIR),
     }
@@ -146,7 +146,7 @@ const STATX_BASIC_STATS: u32 = 0x7ff;
 pub fn statx(a: &Args) -> SysResult {
     let (dirfd, path, flags, buf) = (a[0], a[1], a[2], a[4]);
     let st = if flags & AT_EMPTY_PATH != 0 && user::read::<u8>(path)? == 0 {
-        let f = file::get(dirfd)?;
+        let f = file::get_including_path(dirfd)?;
         match &f.object {
             Object::Regular { inode, .. } | Object::Directory { inode, .. } => stat_of_inode(inode),
             _ => return Err(Errno::ENOSYS),
@@ -198,7 +198,7 @@ pub fn chdir(a: &Args) -> SysResult {
 }
 
 pub fn fchdir(a: &Args) -> SysResult {
-    match &file::get(a[0])?.object {
+    match &file::get_including_path(a[0])?.object {
         Object::Directory { path, .. } => vfs::chdir(path).map(|()| 0),
         _ => Err(Errno::ENOTDIR),
     }

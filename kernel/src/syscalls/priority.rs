@@ -18,6 +18,11 @@ const SCHED_IDLE: u64 = 5;
 /// The process's nice value (-20..=19); per process rather than per thread.
 static NICE: AtomicI64 = AtomicI64::new(0);
 
+/// The process's nice value.
+pub fn nice() -> i64 {
+    NICE.load(Ordering::Relaxed)
+}
+
 /// `who` 0 means the caller; otherwise only our own process, group or user (all are 1 or root's 0) exist.
 fn check_target(which: u64, who: u64) -> Result<(), Errno> {
     match which {

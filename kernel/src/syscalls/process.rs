@@ -33,7 +33,7 @@ pub fn getpid(_: &Args) -> SysResult {
 }
 
 pub fn getppid(_: &Args) -> SysResult {
-    Ok(0)
+    Ok(super::PPID)
 }
 
 pub fn arch_prctl(a: &Args) -> SysResult {

@@ -17,7 +17,7 @@ fn write_to(out: &File, bytes: &[u8]) -> Result<usize, Errno> {
     match &out.object {
         Object::Socket(_) | Object::Unix(_) => super::net::write(out, bytes),
         Object::PipeWriter(p) => p.0.write(bytes, out.nonblocking()),
-        Object::Regular { inode, offset } => {
+        Object::Regular { inode, offset, .. } => {
             let append = out.flags.load(Ordering::Relaxed) & O_APPEND != 0;
             let mut at = offset.lock();
             *at = inode.write_at(*at, bytes, append)?;
@@ -35,7 +35,7 @@ pub fn sendfile(a: &Args) -> SysResult {
     {
         return Err(Errno::EBADF);
     }
-    let Object::Regular { inode, offset } = &input.object else { return Err(Errno::EINVAL) };
+    let Object::Regular { inode, offset, .. } = &input.object else { return Err(Errno::EINVAL) };
     let mut at = if offset_at != 0 { user::read::<i64>(offset_at)? } else { *offset.lock() as i64 };
     if at < 0 {
         return Err(Errno::EINVAL);

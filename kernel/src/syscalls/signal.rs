@@ -115,6 +115,16 @@ fn state() -> SpinGuard<'static, State> {
     SIGNALS.lock()
 }
 
+/// The signals the program ignores and those it catches, as masks (bit `n - 1` for signal `n`), for `/proc`.
+pub fn ignored_and_caught() -> (u64, u64) {
+    let s = state();
+    s.actions.iter().enumerate().fold((0, 0), |(ignored, caught), (slot, action)| match action.handler {
+        SIG_IGN => (ignored | 1 << slot, caught),
+        0 => (ignored, caught),
+        _ => (ignored, caught | 1 << slot),
+    })
+}
+
 pub fn rt_sigaction(a: &Args) -> SysResult {
     let (sig, new, old, size) = (a[0], a[1], a[2], a[3]);
     if sig == 0 || sig > NSIG || size != 8 {

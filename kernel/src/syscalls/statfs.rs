@@ -77,7 +77,7 @@ pub fn statfs(a: &Args) -> SysResult {
 }
 
 pub fn fstatfs(a: &Args) -> SysResult {
-    let f = file::get(a[0])?;
+    let f = file::get_including_path(a[0])?;
     let fs = match &f.object {
         Object::Regular { inode, .. } | Object::Directory { inode, .. } => of_inode(inode),
         _ => current(),

@@ -10,6 +10,7 @@ pub mod pages;
 mod proc;
 pub mod walk;
 
+pub use proc::process_stat;
 pub use walk::normalise;
 
 use crate::errno::Errno;
@@ -104,6 +105,8 @@ pub enum Kind {
     Fifo,
     /// `/proc/self/task`: a directory of the live threads, each a directory by its id (`proc`).
     Tasks,
+    /// `/proc/self/fd`: a directory of the open descriptors, each a link by its number (`proc`).
+    Fds,
 }
 
 /// What a walk finds at a name.
@@ -166,7 +169,7 @@ impl Inode {
 
     fn numbered(kind: Kind, perm: u32, ino: u64) -> Arc<Inode> {
         let now = time::realtime_ns();
-        let links = if matches!(kind, Kind::Dir(_) | Kind::Tasks) { 2 } else { 1 };
+        let links = if matches!(kind, Kind::Dir(_) | Kind::Tasks | Kind::Fds) { 2 } else { 1 };
         let state = SpinLock::new(State { kind, perm, links, atime_ns: now, mtime_ns: now });
         Arc::new(Inode { ino, backing: Backing::Memory(state) })
     }
@@ -207,7 +210,7 @@ impl Inode {
 
     pub fn is_dir(&self) -> bool {
         match &self.backing {
-            Backing::Memory(state) => matches!(state.lock().kind, Kind::Dir(_) | Kind::Tasks),
+            Backing::Memory(state) => matches!(state.lock().kind, Kind::Dir(_) | Kind::Tasks | Kind::Fds),
             Backing::Volume(node) => node.is_dir(),
         }
     }
@@ -222,6 +225,7 @@ impl Inode {
         match &s.kind {
             Kind::Dir(entries) => entries.get(name).cloned().ok_or(Errno::ENOENT),
             Kind::Tasks => proc::thread_dir(name),
+            Kind::Fds => proc::descriptor_link(name),
             _ => Err(Errno::ENOTDIR),
         }
     }
@@ -239,7 +243,7 @@ impl Inode {
             Kind::Socket => (S_IFSOCK | s.perm, 0),
             Kind::Symlink(target) => (S_IFLNK | 0o777, target.len() as u64),
             Kind::Fifo => (S_IFIFO | s.perm, 0),
-            Kind::Tasks => (S_IFDIR | s.perm, 0),
+            Kind::Tasks | Kind::Fds => (S_IFDIR | s.perm, 0),
         };
         let links = match &s.kind {
             Kind::Tasks => 2 + proc::threads().len() as u32,
@@ -252,7 +256,7 @@ impl Inode {
     fn found(&self) -> Found {
         match &self.backing {
             Backing::Memory(state) => match &state.lock().kind {
-                Kind::Dir(_) | Kind::Tasks => Found::Dir,
+                Kind::Dir(_) | Kind::Tasks | Kind::Fds => Found::Dir,
                 Kind::Symlink(target) => Found::Link(target.clone()),
                 _ => Found::Other,
             },
@@ -415,6 +419,11 @@ impl Inode {
         if let Kind::Tasks = s.kind {
             return Ok(proc::thread_entries(from));
         }
+        if let Kind::Fds = s.kind {
+            // Listed without the tree's lock: the descriptor table has its own.
+            drop(s);
+            return Ok(proc::descriptor_entries(from));
+        }
         let Kind::Dir(entries) = &s.kind else { return Err(Errno::ENOTDIR) };
         Ok(entries.iter().skip(from).map(|(name, inode)| (name.clone(), inode.ino, inode.entry_type())).collect())
     }
@@ -428,7 +437,7 @@ impl Inode {
                 Kind::Socket => EntryType::Socket,
                 Kind::Symlink(_) => EntryType::Symlink,
                 Kind::Fifo => EntryType::Fifo,
-                Kind::Tasks => EntryType::Directory,
+                Kind::Tasks | Kind::Fds => EntryType::Directory,
             },
             Backing::Volume(node) => node.entry_type(),
         }
@@ -465,6 +474,7 @@ pub fn init(image: Option<&'static [u8]>) {
     // For /proc/net/igmp and igmp6, which open renders (`syscalls::fs`).
     let _ = mkdir("/proc/net", 0o555);
     let _ = insert_new("/proc/self/task", Inode::new(Kind::Tasks, 0o555));
+    let _ = insert_new("/proc/self/fd", Inode::new(Kind::Fds, 0o500));
     if let Some(image) = image {
         image::load(image);
     }
@@ -701,7 +711,7 @@ pub fn remove(path: &str, dir: bool) -> Result<(), Errno> {
             (Kind::File(_) | Kind::Device(_) | Kind::Socket | Kind::Symlink(_) | Kind::Fifo, true) => {
                 return Err(Errno::ENOTDIR)
             }
-            (Kind::Tasks, _) => return Err(Errno::EPERM),
+            (Kind::Tasks | Kind::Fds, _) => return Err(Errno::EPERM),
             (Kind::Dir(children), true) if !children.is_empty() => return Err(Errno::ENOTEMPTY),
             _ => {}
         }

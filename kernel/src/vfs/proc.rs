@@ -1,11 +1,14 @@
-//! What the tree shows of the running program and the network's names: `/proc/self/task` (a directory per live
-//! thread, by id, holding its `comm`), and the contents of `/etc/services` and `/etc/protocols`, the short standard
-//! tables that `getservbyname`, `getprotobyname` and Go's `net` package read (IANA's numbers for the common names).
+//! What the tree shows of the running program and the network's names: `/proc/self/stat`, `/proc/self/task` (a
+//! directory per live thread, by id, holding its `comm` and `stat`), `/proc/self/fd` (a link per open descriptor),
+//! and the contents of `/etc/services` and `/etc/protocols`, the short standard tables that `getservbyname`,
+//! `getprotobyname` and Go's `net` package read (IANA's numbers for the common names).
 
 use super::{Data, EntryType, Inode, Kind};
 use crate::errno::Errno;
-use crate::sched;
+use crate::sched::{self, ThreadFacts};
+use crate::syscalls::{PID, PPID};
 use alloc::collections::BTreeMap;
+use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -116,17 +119,87 @@ fn task_ino(tid: u32) -> u64 {
     (1 << 39) | u64::from(tid)
 }
 
-/// `/proc/self/task/TID`: made when looked up, holding `comm` (the thread's name and a newline, as Linux shows it).
+/// A decimal name that is exactly a number's (no sign, no leading zero): ENOENT otherwise.
+fn number(name: &str) -> Result<u32, Errno> {
+    name.parse().ok().filter(|n: &u32| n.to_string() == name).ok_or(Errno::ENOENT)
+}
+
+/// `/proc/self/task/TID`: made when looked up, holding `comm` (the thread's name and a newline, as Linux shows it)
+/// and `stat` as they are at that moment.
 pub fn thread_dir(name: &str) -> Result<Arc<Inode>, Errno> {
-    let tid: u32 = name.parse().map_err(|_| Errno::ENOENT)?;
-    if tid.to_string() != name {
-        return Err(Errno::ENOENT);
-    }
-    let (_, comm) = threads().into_iter().find(|&(t, _)| t == tid).ok_or(Errno::ENOENT)?;
-    let len = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    let mut text = comm[..len].to_vec();
+    let tid = number(name)?;
+    let all = sched::thread_facts();
+    let me = all.iter().find(|t| t.tid == tid).ok_or(Errno::ENOENT)?;
+    let mut text = comm(me).to_vec();
     text.push(b'\n');
     let mut entries = BTreeMap::new();
     entries.insert("comm".to_string(), Inode::new(Kind::File(Data::Owned(text)), 0o644));
+    let stat = render_stat(&all, Some(me));
+    entries.insert("stat".to_string(), Inode::new(Kind::File(Data::Owned(stat)), 0o444));
     Ok(Inode::numbered(Kind::Dir(entries), 0o555, task_ino(tid)))
+}
+
+fn comm(t: &ThreadFacts) -> &[u8] {
+    &t.name[..t.name.iter().position(|&b| b == 0).unwrap_or(t.name.len())]
+}
+
+/// `/proc/self/stat`, rendered when opened: the process as its main thread, with every thread's time.
+pub fn process_stat() -> Vec<u8> {
+    render_stat(&sched::thread_facts(), None)
+}
+
+/// Clock ticks (`sysconf(_SC_CLK_TCK)`, 100 on Linux) in `ns`.
+fn ticks(ns: u64) -> u64 {
+    ns / 10_000_000
+}
+
+/// The 52 fields of a `stat` file in Linux's order (`man 5 proc`): of thread `thread`, or of the process. What Kiln
+/// has no counterpart for is 0 as Linux shows it when unknown (fault counts, children's times, code addresses); the
+/// program runs on a kernel of its own, so its parent, group and session are those getppid, getpgrp and getsid give.
+fn render_stat(all: &[ThreadFacts], thread: Option<&ThreadFacts>) -> Vec<u8> {
+    let main = all.iter().find(|t| u64::from(t.tid) == PID).or(all.first());
+    let Some(me) = thread.or(main) else { return Vec::new() };
+    let (id, ran, started, pending, exit_signal) = match thread {
+        // A thread of a process leads it only if it is the first: the others end with no signal to a parent.
+        Some(t) => (u64::from(t.tid), t.ran_ns, t.started_ns, t.pending, if u64::from(t.tid) == PID { 17 } else { -1 }),
+        None => (PID, all.iter().map(|t| t.ran_ns).sum(), 0, all.iter().fold(0, |p, t| p | t.pending), 17),
+    };
+    let state = if thread.is_none() && all.iter().any(|t| t.state == b'R') { b'R' } else { me.state } as char;
+    let (ignored, caught) = crate::syscalls::signal::ignored_and_caught();
+    let (vsize, brk_start, stack_top) = crate::mm::maps::usage();
+    let nice = crate::syscalls::priority::nice();
+    let name = String::from_utf8_lossy(comm(me));
+    let line = format!(
+        "{id} ({name}) {state} {PPID} {PID} {PID} 0 -1 4194304 0 0 0 0 {utime} 0 0 0 {priority} {nice} {threads} 0 \
+         {start} {vsize} {rss} 18446744073709551615 0 0 {stack_top} 0 0 {pending} {blocked} {ignored} {caught} 0 0 0 \
+         {exit_signal} {cpu} 0 0 0 0 0 0 0 {brk_start} 0 0 0 0 0\n",
+        utime = ticks(ran),
+        priority = 20 + nice,
+        threads = all.len(),
+        start = ticks(started),
+        rss = vsize / 4096,
+        blocked = me.blocked,
+        cpu = me.cpu,
+    );
+    line.into_bytes()
+}
+
+/// `/proc/self/fd` listed from position `from`: a link per open descriptor.
+pub fn descriptor_entries(from: usize) -> Vec<(String, u64, EntryType)> {
+    crate::file::descriptors()
+        .into_iter()
+        .skip(from)
+        .map(|(fd, _)| (fd.to_string(), fd_ino(fd), EntryType::Symlink))
+        .collect()
+}
+
+fn fd_ino(fd: u64) -> u64 {
+    (1 << 38) | fd
+}
+
+/// `/proc/self/fd/N`: a link to what descriptor N is open on, as Linux names it (`crate::file::File::proc_link`).
+pub fn descriptor_link(name: &str) -> Result<Arc<Inode>, Errno> {
+    let fd = u64::from(number(name)?);
+    let file = crate::file::get_including_path(fd).map_err(|_| Errno::ENOENT)?;
+    Ok(Inode::numbered(Kind::Symlink(file.proc_link()), 0o777, fd_ino(fd)))
 }
