@@ -454,6 +454,52 @@ fn user_network_publishes_a_guest_server() {
     check_echo_lines(stdout, "10.0.2.2");
 }
 
+/// A request answered through `-p` costs the guest one frame, the answer: the ACK of the request rides on it (a
+/// delayed ACK, as Linux's), rather than a bare ACK frame of its own going first. Counted with `--stats`.
+#[test]
+fn user_network_acks_ride_on_the_answers() {
+    if !kvm::available() {
+        return;
+    }
+    const ROUND_TRIPS: usize = 200;
+    let port = free_port();
+    let publish = format!("127.0.0.1:{port}:8080");
+    let mut child = kiln()
+        .args(["run", "--stats", "-p", &publish])
+        .arg(guests::c("netpeer"))
+        .args(["serve", "8080", "1"])
+        .into_command()
+        .spawn()
+        .expect("start kiln");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let mut child = Running(child);
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("netpeer's first line");
+    assert!(line.starts_with("listening"), "netpeer said {line:?}");
+    let mut stream = TcpStream::connect(format!("127.0.0.1:{port}")).expect("connect to the guest");
+    stream.set_nodelay(true).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    for i in 0..ROUND_TRIPS {
+        stream.write_all(&[byte(i)]).unwrap();
+        let mut back = [0u8];
+        stream.read_exact(&mut back).expect("the echo");
+        assert_eq!(back[0], byte(i));
+    }
+    stream.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).unwrap();
+    assert_eq!(child.wait(), Some(0));
+    let mut report = String::new();
+    BufReader::new(stderr).read_to_string(&mut report).unwrap();
+    let frames_out: usize = report
+        .lines()
+        .find_map(|l| l.strip_prefix("[kiln] network: ")?.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no frame count in kiln's report:\n{report}"));
+    // The handshake, the FINs and their ACKs are a few more; a bare ACK per request would be ROUND_TRIPS more.
+    assert!(frames_out < ROUND_TRIPS + ROUND_TRIPS / 4, "{frames_out} frames out for {ROUND_TRIPS} answers:\n{report}");
+}
+
 #[test]
 fn user_network_publishes_a_guest_server_to_host_ipv6_clients() {
     if !kvm::available() {
