@@ -22,7 +22,7 @@ use std::sync::Arc;
 /// The library OS's own /etc/resolv.conf names this server.
 const BUILT_IN_RESOLV_CONF: &str = "nameserver 10.0.2.3\n";
 /// The layout of what an entry of the cache keeps besides the image (see [`Extra`]).
-const EXTRA_VERSION: u8 = 1;
+const EXTRA_VERSION: u8 = 2;
 
 #[derive(Default)]
 pub struct GuestFs {
@@ -33,12 +33,15 @@ pub struct GuestFs {
     pub interpreter: Vec<u8>,
 }
 
-/// What a cache entry keeps besides the image: the sites of its shared objects and where its loader lies in it.
+/// What a cache entry keeps besides the image: the sites of its shared objects, where its loader lies in it, and
+/// the contents the guest reads whole at start (see [`MappedImage::set_hot`]).
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Extra {
     object_sites: Option<SiteCounts>,
     /// Offset and length of the loader's contents in the image; (0, 0) for none.
     interpreter: (u64, u64),
+    /// Offset and length of each library the program needs (`DT_NEEDED`), which its loader maps at start.
+    hot: Vec<(u64, u64)>,
 }
 
 impl Extra {
@@ -50,6 +53,11 @@ impl Extra {
         }
         out.extend(self.interpreter.0.to_le_bytes());
         out.extend(self.interpreter.1.to_le_bytes());
+        out.extend((self.hot.len() as u64).to_le_bytes());
+        for &(offset, len) in &self.hot {
+            out.extend(offset.to_le_bytes());
+            out.extend(len.to_le_bytes());
+        }
         out
     }
 
@@ -57,7 +65,12 @@ impl Extra {
         let [EXTRA_VERSION, has_sites, rest @ ..] = bytes else { return None };
         let words: Vec<u64> =
             rest.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default())).collect();
-        let &[relocated, red_zone, in_place, unsafe_sites, offset, len] = words.as_slice() else { return None };
+        let &[relocated, red_zone, in_place, unsafe_sites, offset, len, count, ref hot @ ..] = words.as_slice() else {
+            return None;
+        };
+        if hot.len() as u64 != count.checked_mul(2)? {
+            return None;
+        }
         let n = |v: u64| usize::try_from(v).ok();
         let sites = SiteCounts {
             relocated: n(relocated)?,
@@ -65,7 +78,8 @@ impl Extra {
             in_place: n(in_place)?,
             unsafe_sites: n(unsafe_sites)?,
         };
-        Some(Extra { object_sites: (*has_sites == 1).then_some(sites), interpreter: (offset, len) })
+        let hot = hot.chunks_exact(2).map(|pair| (pair[0], pair[1])).collect();
+        Some(Extra { object_sites: (*has_sites == 1).then_some(sites), interpreter: (offset, len), hot })
     }
 }
 
@@ -102,7 +116,8 @@ pub fn prepare(args: &RunArgs, target: &Target) -> Result<GuestFs> {
         true => file_span(&image, &interpreter_path, true),
         false => file_span(&image, &interpreter_path, false),
     };
-    let extra = Extra { object_sites, interpreter };
+    let hot = deps.iter().flat_map(|d| &d.libraries).map(|l| file_span(&image, &l.guest_path, true)).collect();
+    let extra = Extra { object_sites, interpreter, hot };
     let consulted = deps.map(|d| d.consulted).unwrap_or_default();
     let stored = match cache.as_ref().zip(key.as_ref()) {
         Some((cache, key)) => cache
@@ -112,18 +127,27 @@ pub fn prepare(args: &RunArgs, target: &Target) -> Result<GuestFs> {
         None => None,
     };
     let rootfs = match stored {
-        Some(mapped) => Rootfs::Mapped(Arc::new(mapped)),
+        Some(mut mapped) => {
+            mapped.set_hot(extra.hot.iter().map(|&(offset, len)| offset..offset + len).collect());
+            Rootfs::Mapped(Arc::new(mapped))
+        }
         None => Rootfs::from(image),
     };
     tracing::debug!(took = ?started.elapsed(), "root filesystem built: {} bytes", rootfs.len());
     Ok(with_interpreter(rootfs, extra))
 }
 
-fn from_hit(hit: Hit) -> Option<GuestFs> {
+fn from_hit(mut hit: Hit) -> Option<GuestFs> {
     let extra = Extra::decode(&hit.extra)?;
-    let (offset, len) = extra.interpreter;
-    let end = offset.checked_add(len)?;
-    (end <= hit.image.bytes().len() as u64).then(|| with_interpreter(Rootfs::Mapped(Arc::new(hit.image)), extra))
+    let size = hit.image.bytes().len() as u64;
+    let mut hot = Vec::with_capacity(extra.hot.len());
+    for &(offset, len) in std::iter::once(&extra.interpreter).chain(&extra.hot) {
+        let end = offset.checked_add(len).filter(|&end| end <= size)?;
+        hot.push(offset..end);
+    }
+    hot.remove(0);
+    hit.image.set_hot(hot);
+    Some(with_interpreter(Rootfs::Mapped(Arc::new(hit.image)), extra))
 }
 
 fn with_interpreter(rootfs: Rootfs, extra: Extra) -> GuestFs {
@@ -209,7 +233,8 @@ mod tests {
     #[test]
     fn extra_round_trips_and_refuses_junk() {
         let sites = SiteCounts { relocated: 618, red_zone: 15, in_place: 1, unsafe_sites: 2 };
-        for extra in [Extra { object_sites: Some(sites), interpreter: (4096, 230_000) }, Extra::default()] {
+        let hot = vec![(8192, 100), (16384, 2_000_000)];
+        for extra in [Extra { object_sites: Some(sites), interpreter: (4096, 230_000), hot }, Extra::default()] {
             assert_eq!(Extra::decode(&extra.encode()), Some(extra));
         }
         let good = Extra::default().encode();

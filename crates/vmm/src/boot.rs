@@ -249,10 +249,14 @@ pub fn build(
         Rootfs::Mapped(image) => {
             let phys = alloc.alloc(rootfs_len)?;
             ram.map_file(phys, image.file(), image.offset(), rootfs_len)?;
-            // The library OS reads the whole index at boot.
+            // The library OS reads the whole index at boot, the program's loader the libraries it needs.
             let index_end = kiln_abi::rootfs::index_end(image.bytes()) as u64;
-            if index_end > 0 {
-                ram.populate_writable(phys, index_end.min(rootfs_len))?;
+            for range in std::iter::once(0..index_end).chain(image.hot().iter().cloned()) {
+                let start = range.start & !(PAGE_SIZE - 1);
+                let end = range.end.min(rootfs_len);
+                if start < end {
+                    ram.populate_writable(phys + start, end - start)?;
+                }
             }
             phys
         }
