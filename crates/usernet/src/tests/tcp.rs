@@ -145,6 +145,83 @@ fn outbound_echo(gateway: std::net::IpAddr, host: &str) {
     assert_eq!(net.stats().tcp_outbound, 1);
 }
 
+/// A relayed connection that carries nothing for longer than the relay's guest timeout stays open: only a guest that
+/// stops answering loses its connections. Both directions: an inbound one (the relay connected to the guest) and an
+/// outbound one (the guest connected through the relay), idle at once.
+#[test]
+fn idle_connections_outlive_the_guest_timeout() {
+    let idle = Duration::from_micros(crate::tcp::GUEST_TIMEOUT.total_micros()) + Duration::from_secs(2);
+    let port = free_tcp_port();
+    let config = UserNetConfig { forwards: vec![fwd(&format!("127.0.0.1:{port}:80"))], ..Default::default() };
+    let net = Arc::new(UserNet::new(config).unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let host_port = listener.local_addr().unwrap().port();
+    // The host's server for the outbound connection: echoes until the guest closes.
+    let host = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(idle + LIMIT)).unwrap();
+        let mut buf = [0; 64];
+        loop {
+            match s.read(&mut buf).unwrap() {
+                0 => break,
+                n => s.write_all(&buf[..n]).unwrap(),
+            }
+        }
+    });
+    // The guest: echoes on the inbound connection, and on the outbound one sends a line now and another after `idle`,
+    // expecting each back.
+    let (mut server, mut echo) = (None, Echo::default());
+    let (mut client, mut got, mut began) = (None, Vec::new(), None);
+    let guest = Guest::spawn(net.clone(), idle + LIMIT, move |g| {
+        let h = *server.get_or_insert_with(|| {
+            let mut s = guest_socket();
+            s.listen(80).unwrap();
+            g.sockets.add(s)
+        });
+        let inbound_done = echo.step(g.sockets.get_mut::<tcp::Socket>(h));
+        let c = *client.get_or_insert_with(|| {
+            let mut s = guest_socket();
+            s.connect(g.iface.context(), (UserNetConfig::default().gateway, host_port), 40002).unwrap();
+            g.sockets.add(s)
+        });
+        let s = g.sockets.get_mut::<tcp::Socket>(c);
+        if began.is_none() && s.can_send() {
+            s.send_slice(b"early\n").unwrap();
+            began = Some(std::time::Instant::now());
+        }
+        if got.len() == 6 && began.is_some_and(|t| t.elapsed() >= idle) && s.can_send() {
+            s.send_slice(b"later\n").unwrap();
+            s.close();
+        }
+        while s.can_recv() {
+            s.recv(|b| {
+                got.extend_from_slice(b);
+                (b.len(), ())
+            })
+            .unwrap();
+        }
+        assert!(
+            s.state() != State::Closed || got.len() == 12,
+            "the outbound connection ended after {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        inbound_done && got == b"early\nlater\n"
+    });
+    let mut s = TcpStream::connect(localhost(port)).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    let mut line = [0; 6];
+    s.write_all(b"first\n").unwrap();
+    s.read_exact(&mut line).unwrap();
+    std::thread::sleep(idle);
+    s.write_all(b"again\n").unwrap();
+    s.read_exact(&mut line).expect("the idle inbound connection still echoes");
+    assert_eq!(&line, b"again\n");
+    s.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(s.read(&mut line).unwrap(), 0);
+    guest.join().unwrap();
+    host.join().unwrap();
+}
+
 #[test]
 fn refused_host_connect_resets_the_guest() {
     let port = free_tcp_port(); // nothing listens there any more
