@@ -25,6 +25,13 @@ pub const PTE_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 pub trait PhysMemory {
     fn read_u64(&self, phys: u64) -> u64;
     fn write_u64(&mut self, phys: u64, value: u64);
+    /// Writes `value` and returns what was there, atomically where vCPUs may be walking the tables meanwhile (the
+    /// library OS), so that an accessed bit set by a walk cannot slip in between the read and the write.
+    fn swap_u64(&mut self, phys: u64, value: u64) -> u64 {
+        let old = self.read_u64(phys);
+        self.write_u64(phys, value);
+        old
+    }
 }
 
 /// Hands out zeroed 4 KiB frames for new page tables.

@@ -77,6 +77,12 @@ impl PhysMemory for DirectMap {
         // SAFETY: as above; the page-table code only writes entries of tables it walked or just allocated.
         unsafe { core::ptr::write_volatile(direct_map(phys) as *mut u64, value) }
     }
+    fn swap_u64(&mut self, phys: u64, value: u64) -> u64 {
+        // SAFETY: as for `write_u64`; an entry is 8-aligned, and other vCPUs' walks only ever set bits in it
+        // atomically, as the exchange is.
+        let entry = unsafe { &*(direct_map(phys) as *const AtomicU64) };
+        entry.swap(value, Ordering::SeqCst)
+    }
 }
 
 pub fn translate(vaddr: u64) -> Option<paging::Translation> {

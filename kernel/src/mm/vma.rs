@@ -18,6 +18,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::any::Any;
 use kiln_abi::layout::{direct_map, page_align_up, DIRECT_MAP_BASE, PAGE_SIZE, PROGRAM_MIN_ADDR};
+use kiln_abi::paging::protect::may_be_cached;
 use kiln_abi::paging::{self, PhysMemory, PTE_USER, PTE_WRITABLE};
 
 /// Reservations without a usable hint are placed from here up (far from the program, its break and the direct map).
@@ -200,19 +201,18 @@ pub fn release(start: u64, len: u64) {
             }
             if overlaps_borrowed(&borrowed, at, at + PAGE_SIZE) {
                 // Not ours to free: unmapped, then flushed at once (its owner may free it any time after).
-                DirectMap.write_u64(l.entry_addr, 0);
-                read_only |= l.access() != Access::None;
+                read_only |= may_be_cached(DirectMap.swap_u64(l.entry_addr, 0));
                 continue;
             }
             zero_frame(l.phys());
-            DirectMap.write_u64(l.entry_addr, 0);
-            match l.access() {
-                // Not present: no TLB holds it.
-                Access::None => m.frames.free_zeroed(l.phys(), PAGE_SIZE),
-                access => {
-                    read_only |= access == Access::Read;
-                    cached.push((at, l.phys()));
-                }
+            // Exchanged, so that a walk cannot load it between the look and the write.
+            let old = DirectMap.swap_u64(l.entry_addr, 0);
+            if may_be_cached(old) {
+                read_only |= old & PTE_WRITABLE == 0;
+                cached.push((at, l.phys()));
+            } else {
+                // Not present, or never loaded (the zeroing above went through the direct map): no TLB holds it.
+                m.frames.free_zeroed(l.phys(), PAGE_SIZE);
             }
         }
     }
@@ -322,8 +322,7 @@ fn drop_borrowed(start: u64, end: u64) {
     {
         let _m = memory();
         for (_, l) in found.iter().filter(|(_, l)| l.user() && l.size == PAGE_SIZE) {
-            DirectMap.write_u64(l.entry_addr, 0);
-            present |= l.access() != Access::None;
+            present |= may_be_cached(DirectMap.swap_u64(l.entry_addr, 0));
         }
     }
     if present {

@@ -8,7 +8,11 @@
  * all held.
  *
  * With the argument `fresh`: writes one byte in each page of 64 MiB of fresh anonymous memory, and reads them back
- * (in Kiln with --memory 256M or more, in 2 MiB host pages: tests/boot.rs counts the faults). */
+ * (in Kiln with --memory 256M or more, in 2 MiB host pages: tests/boot.rs counts the faults).
+ *
+ * With the argument `untouched`: changes the protection of pages never touched, one page per mprotect, many times
+ * (in Kiln no TLB can hold them, so no flush is needed: tests/boot.rs counts the VM exits); then touches them, and
+ * checks that protection taken away from touched pages still faults. */
 #define _GNU_SOURCE
 #include <setjmp.h>
 #include <signal.h>
@@ -79,13 +83,39 @@ static int fresh_memory(void) {
   return 0;
 }
 
+#define UNTOUCHED_PAGES 64
+static int untouched(void) {
+  char *p = mmap((void *)0x310000000000, UNTOUCHED_PAGES * PAGE, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+  if (p == MAP_FAILED) return 1;
+  int ok = 1;
+  for (int i = 0; i < UNTOUCHED_PAGES; i++) {
+    ok &= mprotect(p + i * PAGE, PAGE, PROT_READ) == 0;
+    ok &= mprotect(p + i * PAGE, PAGE, PROT_NONE) == 0;
+    ok &= mprotect(p + i * PAGE, PAGE, PROT_READ | PROT_WRITE) == 0;
+  }
+  check(ok, "mprotect of pages never touched");
+  ok = 1;
+  for (int i = 0; i < UNTOUCHED_PAGES; i++) ok &= !faults(p + i * PAGE, 1) && p[i * PAGE] == 7;
+  check(ok, "the pages are writable and read what was written");
+  for (int i = 0; i < UNTOUCHED_PAGES; i += 8) ok &= mprotect(p + i * PAGE, PAGE, PROT_READ) == 0;
+  for (int i = 0; i < UNTOUCHED_PAGES; i++) ok &= faults(p + i * PAGE, 1) == (i % 8 == 0) && p[i * PAGE] == 7;
+  check(ok, "touched pages made read-only fault on a write, their neighbours do not");
+  for (int i = 0; i < UNTOUCHED_PAGES; i += 8) ok &= mprotect(p + i * PAGE, PAGE, PROT_NONE) == 0;
+  for (int i = 0; i < UNTOUCHED_PAGES; i += 4) ok &= faults(p + i * PAGE, 0) == (i % 8 == 0);
+  check(ok, "touched pages made PROT_NONE fault on a read");
+  printf("firsttouch: %d failed\n", failures);
+  return failures != 0;
+}
+
 int main(int argc, char **argv) {
-  if (argc > 1 && strcmp(argv[1], "fresh") == 0) return fresh_memory();
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = on_segv;
   sa.sa_flags = SA_NODEFER;
   sigaction(SIGSEGV, &sa, NULL);
+  if (argc > 1 && strcmp(argv[1], "fresh") == 0) return fresh_memory();
+  if (argc > 1 && strcmp(argv[1], "untouched") == 0) return untouched();
 
   check(read_then_write(data, DATA_PAGES, 1), "initialised data: read, then written, page by page");
   protections_hold(data + 16 * PAGE, "initialised data");

@@ -2,8 +2,10 @@
 //!
 //! Permissions live in 4 KiB entries: a 2 MiB page is split first. A PROT_NONE page is a not-present entry marked
 //! [`PTE_PROT_NONE`] that keeps its frame, so that giving access back finds the same bytes, as Linux keeps them.
-//! A change to an entry that was present may be cached in any vCPU's TLB: [`protect`] says when the caller must have
-//! every TLB reloaded before the change is certain to apply.
+//! A change to an entry that was present may be cached in any vCPU's TLB, unless its accessed bit is clear: the CPU
+//! (with shadow paging, the hypervisor, which also prefetches only accessed entries) sets that bit before it caches
+//! an entry. [`protect`] exchanges the entry atomically and says when the caller must have every TLB reloaded before
+//! the change is certain to apply.
 
 use super::{
     leaf_flags, table_index, FrameSource, MapError, PhysMemory, PTE_ACCESSED, PTE_ADDR_MASK, PTE_DIRTY, PTE_HUGE,
@@ -136,12 +138,21 @@ pub fn split_huge<M: PhysMemory, F: FrameSource>(
         mem.write_u64(table + i * 8, (l.phys() + i * PAGE_SIZE) | flags);
     }
     // The entries first, then the pointer to them: a walk on another vCPU sees the old page or the whole table.
-    mem.write_u64(l.entry_addr, table | PTE_PRESENT | PTE_WRITABLE | PTE_USER);
+    let old = mem.swap_u64(l.entry_addr, table | PTE_PRESENT | PTE_WRITABLE | PTE_USER | PTE_ACCESSED);
+    if old & PTE_ACCESSED != 0 && flags & PTE_ACCESSED == 0 {
+        // A walk loaded the huge page after it was read: every small entry may be cached now. (A walk through the
+        // new table can only set bits, accessed among them, so nothing it does is lost here.)
+        for i in 0..512 {
+            let entry = mem.read_u64(table + i * 8);
+            mem.write_u64(table + i * 8, entry | PTE_ACCESSED);
+        }
+    }
     Ok(())
 }
 
-/// Gives the 4 KiB page at `vaddr` `access` (splitting a 2 MiB page first). Returns whether an entry that was present
-/// changed, in which case the TLBs must be reloaded before the change is certain to apply.
+/// Gives the 4 KiB page at `vaddr` `access` (splitting a 2 MiB page first). Returns whether an entry that may be in a
+/// TLB (present and accessed) changed, in which case the TLBs must be reloaded before the change is certain to apply.
+/// The new entry's accessed bit is clear: after that reload, or with no TLB holding the old one, none holds it.
 pub fn protect<M: PhysMemory, F: FrameSource>(
     mem: &mut M,
     frames: &mut F,
@@ -167,8 +178,12 @@ pub fn protect<M: PhysMemory, F: FrameSource>(
     if entry == l.entry {
         return Ok(false);
     }
-    mem.write_u64(l.entry_addr, entry);
-    Ok(l.entry & PTE_PRESENT != 0)
+    Ok(may_be_cached(mem.swap_u64(l.entry_addr, entry)))
+}
+
+/// Whether a TLB may hold `entry`: present, and loaded at least once (see the module's opening).
+pub fn may_be_cached(entry: u64) -> bool {
+    entry & (PTE_PRESENT | PTE_ACCESSED) == PTE_PRESENT | PTE_ACCESSED
 }
 
 #[cfg(test)]
@@ -220,6 +235,7 @@ mod tests {
         let mut ram = Ram::new(1 << 20);
         let mut frames = Bump(0x2000, 0x20000);
         map_page(&mut ram, &mut frames, PML4, 0x40_0000, 0x9000, PTE_USER | PTE_WRITABLE).unwrap();
+        touch(&mut ram, 0x40_0000);
         assert_eq!(protect(&mut ram, &mut frames, PML4, 0x40_0000, Access::None), Ok(true));
         assert_eq!(translate(&ram, PML4, 0x40_0000), None);
         let l = leaf(&ram, PML4, 0x40_0000).unwrap();
@@ -234,8 +250,20 @@ mod tests {
         let t = translate(&ram, PML4, 0x40_0123).unwrap();
         assert_eq!((t.phys, t.writable), (0x9123, false));
         assert_eq!(protect(&mut ram, &mut frames, PML4, 0x40_0000, Access::Read), Ok(false));
-        assert_eq!(protect(&mut ram, &mut frames, PML4, 0x40_0000, Access::ReadWrite), Ok(true));
+        // Present but never loaded into a TLB (accessed clear): no reload either.
+        assert_eq!(protect(&mut ram, &mut frames, PML4, 0x40_0000, Access::ReadWrite), Ok(false));
         assert!(translate(&ram, PML4, 0x40_0000).unwrap().writable);
+        touch(&mut ram, 0x40_0000);
+        assert_eq!(protect(&mut ram, &mut frames, PML4, 0x40_0000, Access::Read), Ok(true));
+        // The new entry was never loaded: taking write access back needs no reload.
+        assert_eq!(leaf(&ram, PML4, 0x40_0000).unwrap().entry & PTE_ACCESSED, 0);
+        assert_eq!(protect(&mut ram, &mut frames, PML4, 0x40_0000, Access::ReadWrite), Ok(false));
+    }
+
+    /// What a walk of the tables for `vaddr` does to its leaf: sets the accessed bit.
+    fn touch(ram: &mut Ram, vaddr: u64) {
+        let l = leaf(ram, PML4, vaddr).unwrap();
+        ram.write_u64(l.entry_addr, l.entry | PTE_ACCESSED);
     }
 
     #[test]
@@ -246,8 +274,11 @@ mod tests {
         // Asking for what a huge page has already changes nothing.
         assert_eq!(protect(&mut ram, &mut frames, PML4, 0x20_5000, Access::ReadWrite), Ok(false));
         assert_eq!(leaf(&ram, PML4, 0x20_5000).unwrap().size, HUGE_PAGE_SIZE);
+        // A huge page that was loaded: each of its small pages may be in a TLB.
+        touch(&mut ram, 0x20_0000);
         assert_eq!(protect(&mut ram, &mut frames, PML4, 0x20_5000, Access::Read), Ok(true));
         assert_eq!(leaf(&ram, PML4, 0x20_5000).unwrap().size, PAGE_SIZE);
+        assert_eq!(protect(&mut ram, &mut frames, PML4, 0x20_6000, Access::Read), Ok(true));
         for (vaddr, writable) in [(0x20_0000, true), (0x20_4fff, true), (0x20_5000, false), (0x3f_f000, true)] {
             let t = translate(&ram, PML4, vaddr).unwrap();
             assert_eq!((t.phys, t.writable, t.user), (vaddr + 0x20_0000, writable, true), "{vaddr:#x}");
