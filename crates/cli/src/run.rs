@@ -181,6 +181,7 @@ pub fn run(mut args: RunArgs) -> Result<u8> {
         trace_syscalls: args.trace_syscalls,
         rewrite_cache: rewrite_cache_dir(),
         prepared: target.prepared.take(),
+        program_identity: target.program_identity.take(),
         rootfs,
         objects_need_page0: object_sites.is_some_and(|s| s.in_place > 0),
         interpreter,

@@ -20,6 +20,9 @@ pub struct Target {
     pub program: Vec<u8>,
     /// The image's prepared program, when this kiln's version built it (another's rewriter may differ).
     pub prepared: Option<Vec<u8>>,
+    /// A host program's identity for the rewrite cache (`kiln_vmm::rootfs_cache::identity`), if it did not change
+    /// while it was read.
+    pub program_identity: Option<Vec<u8>>,
     pub argv: Vec<String>,
     pub env: Vec<String>,
     pub exe_path: String,
@@ -70,12 +73,15 @@ pub fn resolve_image(args: &RunArgs, id: Digest) -> Result<Target> {
 
 fn program(args: &RunArgs, path: &Path) -> Result<Target> {
     let shown = path.display().to_string();
+    let identity = kiln_vmm::rootfs_cache::identity(path).ok();
     let program = std::fs::read(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => anyhow!("{shown}: no such file"),
         std::io::ErrorKind::PermissionDenied => anyhow!("{shown}: permission denied"),
         _ if path.is_dir() => anyhow!("{shown}: is a directory, not a program"),
         _ => anyhow!(e).context(format!("cannot read {shown}")),
     })?;
+    let program_identity =
+        identity.filter(|before| kiln_vmm::rootfs_cache::identity(path).ok().as_ref() == Some(before));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "program".into());
     let mut argv = vec![shown.clone()];
     argv.extend(args.args.iter().cloned());
@@ -86,6 +92,7 @@ fn program(args: &RunArgs, path: &Path) -> Result<Target> {
         kernel: Cow::Borrowed(KERNEL),
         program,
         prepared: None,
+        program_identity,
         argv,
         env: Vec::new(),
         exe_path: format!("/{name}"),
@@ -133,6 +140,7 @@ fn image(args: &RunArgs, store: &kiln_image::Store, digest: Digest) -> Result<Ta
             true => Some(store.image_blob(&manifest.prepared)?),
             false => None,
         },
+        program_identity: None,
         argv,
         env: config.env.clone(),
         exe_path: config.program_path.clone(),

@@ -40,10 +40,41 @@ impl RewriteCache {
 
     /// The prepared program, from the cache if it has it (`true`), else freshly prepared and stored (`false`).
     pub fn prepare(&self, elf: &ElfImage, file: &[u8]) -> Result<(PreparedProgram, bool), LoaderError> {
-        let path = self.dir.join(key(file));
-        if let Some(prepared) = std::fs::read(&path).ok().and_then(|b| decode(&b)).filter(|p| p.fits(elf)) {
-            // Its modification time is its last use, which eviction goes by.
-            let _ = std::fs::File::options().write(true).open(&path).and_then(|f| f.set_modified(SystemTime::now()));
+        self.prepare_keyed(&key(file), elf, file)
+    }
+
+    /// [`RewriteCache::prepare`], looking the entry up by `identity` first: what the caller vouches identifies
+    /// `file`'s bytes (its host path and `stat`: [`crate::rootfs_cache::identity`]), so that a run of an unchanged
+    /// program reads a small alias (the entry's name) instead of hashing the whole file (python3: 6.6 MB).
+    pub fn prepare_identified(
+        &self,
+        identity: &[u8],
+        elf: &ElfImage,
+        file: &[u8],
+    ) -> Result<(PreparedProgram, bool), LoaderError> {
+        let alias = self.dir.join(key(&[b"identity\0", identity].concat()));
+        let named = std::fs::read_to_string(&alias).ok().filter(|k| is_key(k));
+        if let Some(prepared) = named.and_then(|k| self.lookup(&self.dir.join(k), elf)) {
+            return Ok((prepared, true));
+        }
+        let content = key(file);
+        let prepared = self.prepare_keyed(&content, elf, file)?;
+        if let Err(e) = store(&alias, content.as_bytes()) {
+            tracing::debug!("cannot store the program's alias in {}: {e}", alias.display());
+        }
+        Ok(prepared)
+    }
+
+    fn lookup(&self, path: &Path, elf: &ElfImage) -> Option<PreparedProgram> {
+        let prepared = std::fs::read(path).ok().and_then(|b| decode(&b)).filter(|p| p.fits(elf))?;
+        // Its modification time is its last use, which eviction goes by.
+        let _ = std::fs::File::options().write(true).open(path).and_then(|f| f.set_modified(SystemTime::now()));
+        Some(prepared)
+    }
+
+    fn prepare_keyed(&self, key: &str, elf: &ElfImage, file: &[u8]) -> Result<(PreparedProgram, bool), LoaderError> {
+        let path = self.dir.join(key);
+        if let Some(prepared) = self.lookup(&path, elf) {
             return Ok((prepared, true));
         }
         let prepared = loader::prepare_program(elf, file)?;
@@ -92,8 +123,7 @@ pub(crate) fn evict(dir: &Path, limit: u64, kept: &Path) {
     let mut entries: Vec<(SystemTime, u64, PathBuf)> = dir
         .filter_map(|e| {
             let e = e.ok()?;
-            let is_key =
-                e.file_name().to_str().is_some_and(|n| n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()));
+            let is_key = e.file_name().to_str().is_some_and(is_key);
             let meta = e.metadata().ok().filter(|m| is_key && m.is_file())?;
             Some((meta.modified().ok()?, meta.len(), e.path()))
         })
@@ -108,6 +138,11 @@ pub(crate) fn evict(dir: &Path, limit: u64, kept: &Path) {
             total -= len;
         }
     }
+}
+
+/// Whether `name` is an entry's name: 64 hex digits.
+fn is_key(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 fn key(file: &[u8]) -> String {
@@ -371,6 +406,24 @@ mod tests {
         assert!(!cache.prepare(&elf, &file).unwrap().1);
         assert!(!cache.prepare(&elf, &file).unwrap().1, "still a miss");
         assert!(!dir.join(key(&file)).exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_identity_finds_the_entry_without_hashing_and_a_bad_alias_is_a_miss() {
+        let dir = cache_dir("identity");
+        let cache = RewriteCache::new(&dir);
+        let (elf, file) = program(0);
+        assert!(!cache.prepare_identified(b"/bin/p 1", &elf, &file).unwrap().1, "a miss");
+        let alias = dir.join(key(b"identity\0/bin/p 1"));
+        assert_eq!(std::fs::read_to_string(&alias).unwrap(), key(&file), "the alias names the entry");
+        assert!(cache.prepare_identified(b"/bin/p 1", &elf, &file).unwrap().1, "a hit through the alias");
+        assert!(cache.prepare_identified(b"/bin/p 2", &elf, &file).unwrap().1, "a new identity, the same bytes");
+        std::fs::write(&alias, "not a key").unwrap();
+        assert!(cache.prepare_identified(b"/bin/p 1", &elf, &file).unwrap().1, "hashed again, found by content");
+        assert_eq!(std::fs::read_to_string(&alias).unwrap(), key(&file), "the alias is written again");
+        std::fs::remove_file(dir.join(key(&file))).unwrap();
+        assert!(!cache.prepare_identified(b"/bin/p 1", &elf, &file).unwrap().1, "an alias to an evicted entry");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -109,6 +109,13 @@ impl Recipe {
     }
 }
 
+/// What identifies the bytes of the file at `path` without reading them: the path and what `stat` (following links)
+/// says of it. Take it before reading the file and compare after: a file changed meanwhile has no identity.
+pub fn identity(path: &Path) -> std::io::Result<Vec<u8>> {
+    let meta = std::fs::metadata(path)?;
+    Ok([path.as_os_str().as_bytes(), b"\0", &stat_bytes(&meta)].concat())
+}
+
 /// What `stat` says of a file, as bytes: type and mode, size, modification and change times (ns), inode, device.
 fn stat_bytes(meta: &Metadata) -> Vec<u8> {
     [
@@ -380,6 +387,18 @@ mod tests {
         std::os::unix::fs::symlink("sub/b.py", dir.join("link")).unwrap();
         assert_ne!(tree_key(&dir), k3, "a link's target");
         assert!(Recipe::new().add_host_tree(&t.0.join("missing")).is_err());
+    }
+
+    #[test]
+    fn an_identity_changes_with_the_file() {
+        let t = TempDir::new("identity");
+        let file = t.0.join("program");
+        std::fs::write(&file, "one").unwrap();
+        let first = identity(&file).unwrap();
+        assert_eq!(identity(&file).unwrap(), first);
+        std::fs::write(&file, "two").unwrap();
+        assert_ne!(identity(&file).unwrap(), first, "contents of the same size");
+        assert!(identity(&t.0.join("missing")).is_err());
     }
 
     #[test]

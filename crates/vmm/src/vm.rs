@@ -119,6 +119,9 @@ pub struct VmConfig {
     /// it was prepared from this program): used when it decodes and fits the program's layout, which is then not
     /// rewritten at all; otherwise ignored.
     pub prepared: Option<Vec<u8>>,
+    /// What identifies the program's bytes without hashing them (`rootfs_cache::identity` of its host file), for the
+    /// rewrite cache; the caller vouches that it was taken of these bytes. `None` hashes them.
+    pub program_identity: Option<Vec<u8>>,
     /// The network card, if the VM has one.
     pub net: Option<NetConfig>,
     /// Volumes, mounted in this order (at most [`MAX_VOLUMES`]).
@@ -301,6 +304,7 @@ fn prepare(
     memory: u64,
     cache: Option<&std::path::Path>,
     given: Option<&[u8]>,
+    identity: Option<&[u8]>,
 ) -> Result<(ElfImage, ElfImage, PreparedProgram), VmError> {
     let program = ElfImage::parse(program_elf).map_err(VmError::Program)?;
     loader::check_fits(&program, memory).map_err(BootError::from)?;
@@ -312,7 +316,12 @@ fn prepare(
     }
     let prepared = match cache {
         Some(dir) => {
-            let (prepared, hit) = RewriteCache::new(dir).prepare(&program, program_elf).map_err(BootError::from)?;
+            let cache = RewriteCache::new(dir);
+            let (prepared, hit) = match identity {
+                Some(identity) => cache.prepare_identified(identity, &program, program_elf),
+                None => cache.prepare(&program, program_elf),
+            }
+            .map_err(BootError::from)?;
             tracing::debug!(hit, "rewrite cache at {}", dir.display());
             prepared
         }
@@ -343,8 +352,14 @@ impl Vm {
         let started = std::time::Instant::now();
         // The program's own errors come first, before any KVM work: they are what the user can fix. (Preparing it on
         // a second thread while KVM builds the VM was measured slower: creating a VM sends IPIs to every host CPU.)
-        let (kernel, program, prepared) =
-            prepare(kernel_elf, program_elf, memory, config.rewrite_cache.as_deref(), config.prepared.as_deref())?;
+        let (kernel, program, prepared) = prepare(
+            kernel_elf,
+            program_elf,
+            memory,
+            config.rewrite_cache.as_deref(),
+            config.prepared.as_deref(),
+            config.program_identity.as_deref(),
+        )?;
         if let Some(interp) = program.interpreter.as_ref().filter(|_| config.interpreter.is_empty()) {
             return Err(VmError::Program(ElfError::Dynamic(interp.clone())));
         }
