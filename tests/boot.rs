@@ -1246,6 +1246,23 @@ fn protecting_untouched_pages_needs_no_tlb_flush() {
     }
 }
 
+/// mmap(MAP_FIXED) high in the address space, which in Kiln is above the direct map (where a PIE, its loader and the
+/// stack live): anonymous and file mappings at a fresh address and over the program's own data (a static-pie's is
+/// up there) map what Linux maps. They did nothing before, or copied the file over the bytes that were there.
+#[test]
+fn map_fixed_above_the_direct_map_maps_as_natively() {
+    if !kvm::available() {
+        return;
+    }
+    for name in ["mapfixed", "mapfixed-pie"] {
+        let binary = guests::c(name);
+        let native = std::process::Command::new(&binary).output().expect("run mapfixed natively");
+        let native = String::from_utf8_lossy(&native.stdout).into_owned();
+        assert!(native.ends_with("mapfixed: 0 failed\n"), "natively:\n{native}");
+        kiln().arg("run").arg(&binary).run().assert_code(0).assert_stdout(&native);
+    }
+}
+
 /// The guest page faults KVM fixed, as `kiln run --stats` reports them, where the host is paravirtual KVM (shadow
 /// paging: there the guest's page tables decide the faults).
 fn shadow_faults(run: &harness::Outcome) -> Option<u64> {

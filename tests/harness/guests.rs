@@ -74,6 +74,8 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("churn", "churn.c", Link::Static),
     ("mprotect", "mprotect.c", Link::Static),
     ("firsttouch", "firsttouch.c", Link::Static),
+    ("mapfixed", "mapfixed.c", Link::Static),
+    ("mapfixed-pie", "mapfixed.c", Link::StaticPie),
     ("faults", "faults.c", Link::Static),
     ("vdso", "vdso.c", Link::Static),
     ("sockets", "sockets.c", Link::Static),

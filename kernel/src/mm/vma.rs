@@ -24,6 +24,8 @@ use kiln_abi::paging::{self, PhysMemory, PTE_USER, PTE_WRITABLE};
 /// Reservations without a usable hint are placed from here up (far from the program, its break and the direct map).
 const RESERVE_BASE: u64 = 0x2000_0000_0000;
 const RESERVE_END: u64 = DIRECT_MAP_BASE;
+/// The end of the canonical lower half, the only part Kiln maps.
+const LOWER_HALF_END: u64 = 1 << 47;
 
 struct Reservations {
     ranges: Vec<(u64, u64)>,
@@ -58,10 +60,17 @@ fn overlaps(ranges: &[(u64, u64)], start: u64, end: u64) -> bool {
     ranges.iter().any(|&(s, e)| s < end && start < e)
 }
 
+/// Whether `[start, end)` lies in the program's part of the address space: below the direct map (from
+/// `PROGRAM_MIN_ADDR`) or above it (a PIE, its loader and the stack live there), never in it.
+pub fn choosable(start: u64, end: u64) -> bool {
+    let below = start >= PROGRAM_MIN_ADDR && end <= RESERVE_END;
+    let above = start >= DIRECT_MAP_BASE + super::ram_size() && end <= LOWER_HALF_END;
+    start < end && (below || above)
+}
+
 /// Whether `[start, end)` is free for the program: in its part of the address space, no page mapped, no reservation.
 fn is_free(ranges: &[(u64, u64)], start: u64, end: u64) -> bool {
-    let in_bounds = start >= PROGRAM_MIN_ADDR && end <= RESERVE_END && start < end;
-    in_bounds && !overlaps(ranges, start, end) && protect::leaves(start, end).is_empty()
+    choosable(start, end) && !overlaps(ranges, start, end) && protect::leaves(start, end).is_empty()
 }
 
 pub fn in_reservation(start: u64, end: u64) -> bool {
@@ -109,7 +118,7 @@ pub fn commit_missing(start: u64, len: u64) -> Result<(), Errno> {
 
 fn back(start: u64, len: u64, keep_existing: bool) -> Result<(), Errno> {
     let end = start.checked_add(page_align_up(len)).ok_or(Errno::ENOMEM)?;
-    if start < PROGRAM_MIN_ADDR || end > RESERVE_END || !start.is_multiple_of(PAGE_SIZE) {
+    if !choosable(start, end) || !start.is_multiple_of(PAGE_SIZE) {
         return Err(Errno::EINVAL);
     }
     let reserved = in_reservation(start, end);
@@ -360,5 +369,5 @@ fn forget_range(start: u64, end: u64) {
 
 /// Whether `addr` is chosen-address memory (a reservation) rather than the direct map.
 pub fn owns(addr: u64) -> bool {
-    addr < DIRECT_MAP_BASE && RESERVED.lock().ranges.iter().any(|&(s, e)| s <= addr && addr < e)
+    choosable(addr, addr + 1) && RESERVED.lock().ranges.iter().any(|&(s, e)| s <= addr && addr < e)
 }

@@ -53,7 +53,7 @@ fn map_writable(a: &Args) -> SysResult {
     if fixed && !addr.is_multiple_of(PAGE_SIZE) {
         return Err(Errno::EINVAL);
     }
-    if fixed && addr >= kiln_abi::layout::DIRECT_MAP_BASE {
+    if fixed && in_direct_map(addr, len) {
         // Over memory we handed out from the direct map: it reads as fresh zeros, with the new mapping's protection
         // (given by the caller afterwards), not what the program had set there (a dynamic loader maps its
         // reservation PROT_NONE, then each segment over it).
@@ -62,8 +62,9 @@ fn map_writable(a: &Args) -> SysResult {
         return Ok(addr);
     }
     if fixed {
-        // Over whatever is there: a reservation stays one; memory reads as fresh zeros. Where part of the range is
-        // mapped already, there is nothing to reserve, only pages to commit.
+        // Over whatever is there, below the direct map or above it (a PIE's range, its loader's, the stack's): a
+        // reservation stays one; memory reads as fresh zeros. Where part of the range is mapped already, there is
+        // nothing to reserve, only pages to commit.
         if !vma::in_reservation(addr, addr.saturating_add(len)) {
             let _ = vma::reserve(addr, len, true);
         }
@@ -83,6 +84,12 @@ fn map_writable(a: &Args) -> SysResult {
         return Ok(at);
     }
     mapping::map_anonymous(len)
+}
+
+/// Whether any of `[addr, addr+len)` is in the direct map, where anonymous memory the library OS placed lies.
+fn in_direct_map(addr: u64, len: u64) -> bool {
+    let start = kiln_abi::layout::DIRECT_MAP_BASE;
+    addr < start + crate::mm::ram_size() && addr.saturating_add(len) > start
 }
 
 /// `mmap` of descriptor `a[4]` from offset `a[5]`: the file's bytes copied into fresh anonymous memory (zeros past
@@ -144,7 +151,7 @@ fn map_shared(a: &Args, pages: Arc<Pages>, size: u64) -> SysResult {
     let (addr, len, prot, flags, offset) = (a[0], a[1], a[2], a[3], a[5]);
     let fixed = flags & MAP_FIXED != 0;
     if fixed {
-        if !addr.is_multiple_of(PAGE_SIZE) || addr >= kiln_abi::layout::DIRECT_MAP_BASE {
+        if !addr.is_multiple_of(PAGE_SIZE) || !vma::choosable(addr, addr.saturating_add(page_align_up(len))) {
             return Err(Errno::EINVAL);
         }
         if vma::owns(addr) {
