@@ -67,10 +67,18 @@ impl Timespec {
 /// Waits in the VMM until `since_boot_ns()` reaches `deadline` (the scheduler's idle: nothing can run before then),
 /// or until kicked; `u64::MAX` is no deadline: the vCPU sleeps until something kicks it, costing the host nothing.
 pub fn wait_until(deadline: u64) {
+    wait_then_look(deadline, 0);
+}
+
+/// [`wait_until`], and once the wait ends, the VMM interrupts the vCPU `look_after` ns later (0: never) unless it
+/// waits again first, as a `Preempt` asked for then would, without an exit of its own. Returns whether it waited.
+pub fn wait_then_look(deadline: u64, look_after: u64) -> bool {
     let now = since_boot_ns();
-    if now < deadline {
-        let wait = if deadline == u64::MAX { kiln_abi::hypercall::WAIT_FOREVER } else { deadline - now };
-        crate::net::before_wait();
-        crate::hypercall::call(kiln_abi::Hypercall::Wait, &[wait]);
+    if now >= deadline {
+        return false;
     }
+    let wait = if deadline == u64::MAX { kiln_abi::hypercall::WAIT_FOREVER } else { deadline - now };
+    crate::net::before_wait();
+    crate::hypercall::call(kiln_abi::Hypercall::Wait, &[wait, look_after]);
+    true
 }

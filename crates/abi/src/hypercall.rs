@@ -29,7 +29,9 @@ pub enum Hypercall {
     Trace = 3,
     /// args: guest-physical address and length of a UTF-8 message. The library OS hit a bug. Does not return.
     Panic = 4,
-    /// args: nanoseconds to wait ([`WAIT_FOREVER`]: no deadline). The vCPU has nothing to run until then: the VMM
+    /// args: nanoseconds to wait ([`WAIT_FOREVER`]: no deadline), and nanoseconds (0: none) after the wait ends at
+    /// which to interrupt the vCPU as a [`Hypercall::Preempt`] for it asked for then would (its next `Wait` forgets
+    /// it). The vCPU has nothing to run until then: the VMM
     /// sleeps it without burning host CPU, until the time passes or something kicks it. Before it does, it sends the frames queued on the network card (the library OS
     /// counts on this instead of notifying the card for them). ret: 0.
     Wait = 5,

@@ -104,6 +104,10 @@ pub fn handle(
                 let timeout = (args[0] != WAIT_FOREVER).then(|| std::time::Duration::from_nanos(args[0]));
                 parker.park(timeout);
             }
+            // The look the library OS wants a while after it wakes, asked with the wait instead of by an exit.
+            if args[1] != 0 && cpu < parkers.len() {
+                return Action::Preempt { vcpus: 1 << cpu, after: std::time::Duration::from_nanos(args[1]) };
+            }
             0
         }
         Some(Hypercall::Kick) => match parkers.get(args[0] as usize) {
@@ -306,6 +310,16 @@ mod tests {
         assert_eq!(handle(&ram, 0x1000, 5, &Captured::default()), Action::Resume);
         assert!(t.elapsed() >= std::time::Duration::from_millis(2));
         assert_eq!(ret(&ram), 0);
+    }
+
+    #[test]
+    fn a_wait_asks_for_the_look_it_carries_once_it_ends() {
+        let ram = GuestRam::new(1 << 20).unwrap();
+        put_u64s(&ram, 0x1000, &[1_000, 10_000_000]);
+        let after = std::time::Duration::from_millis(10);
+        assert_eq!(handle(&ram, 0x1000, 5, &Captured::default()), Action::Preempt { vcpus: 1, after });
+        put_u64s(&ram, 0x1000, &[1_000, 0]);
+        assert_eq!(handle(&ram, 0x1000, 5, &Captured::default()), Action::Resume);
     }
 
     #[test]

@@ -796,7 +796,11 @@ fn idle_until_runnable() -> usize {
         LOOK_AT[cpu_id].store(u64::MAX, Ordering::SeqCst);
         // SAFETY: nothing obtained under the lock is used while it is released.
         unsafe { SCHEDULER.force_unlock() };
-        idle_wait(cpu_id, deadline.unwrap_or(u64::MAX));
+        if idle_wait(cpu_id, deadline.unwrap_or(u64::MAX)) {
+            // The VMM looks a slice after the wait ended (asked with the wait: a `Preempt` after each wake-up was an
+            // exit of its own, one per request of a server that idles between them); no later than now + a slice.
+            LOOK_AT[cpu_id].store(time::since_boot_ns().saturating_add(SLICE_NS), Ordering::SeqCst);
+        }
         // A signal from the host, a timer or the network may be what woke us.
         crate::syscalls::signal::poll_host_signals();
         crate::timers::fire_due();
@@ -966,8 +970,10 @@ static SPINNING: [AtomicBool; 64] = [const { AtomicBool::new(false) }; 64];
 static KICKED: [AtomicBool; 64] = [const { AtomicBool::new(false) }; 64];
 static SMP: AtomicBool = AtomicBool::new(false);
 
-/// An idle vCPU waits for work or `deadline`: spinning a moment, then parked in the VMM.
-fn idle_wait(cpu_id: usize, deadline: u64) {
+/// An idle vCPU waits for work or `deadline`: spinning a moment, then parked in the VMM. Returns whether it waited in
+/// the VMM (rather than being kicked while it spun, or finding `deadline` passed): the VMM then interrupts it a slice
+/// after the wait ended, unless it waits again first.
+fn idle_wait(cpu_id: usize, deadline: u64) -> bool {
     if SMP.load(Ordering::Relaxed) {
         SPINNING[cpu_id].store(true, Ordering::SeqCst);
         let until = time::since_boot_ns().saturating_add(IDLE_SPIN_NS).min(deadline);
@@ -977,10 +983,10 @@ fn idle_wait(cpu_id: usize, deadline: u64) {
         // Stop spinning, then look: a kicker that saw us spinning set KICKED before it looked (see `kick`).
         SPINNING[cpu_id].store(false, Ordering::SeqCst);
         if KICKED[cpu_id].swap(false, Ordering::SeqCst) || time::since_boot_ns() >= deadline {
-            return;
+            return false;
         }
     }
-    time::wait_until(deadline);
+    time::wait_then_look(deadline, SLICE_NS)
 }
 
 fn kick(cpus: u64) {
