@@ -11,16 +11,22 @@ use crate::target::Target;
 use anyhow::{Context, Result};
 use kiln_abi::rootfs::{entries, KIND_FILE};
 use kiln_vmm::dynamic::Dependencies;
+use kiln_vmm::dynamic::GUEST_LIBRARY_DIR;
 use kiln_vmm::elf::ElfImage;
 use kiln_vmm::rewrite::SiteCounts;
 use kiln_vmm::rootfs::RootfsBuilder;
 use kiln_vmm::rootfs_cache::{Hit, Recipe, RootfsCache};
 use kiln_vmm::rootfs_image::Rootfs;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 
 /// The library OS's own /etc/resolv.conf names this server.
 const BUILT_IN_RESOLV_CONF: &str = "nameserver 10.0.2.3\n";
+/// Where musl's loader finds libraries in the guest (`kiln_vmm::dynamic`).
+const MUSL_LIBRARY_DIR: &str = "/lib";
+/// More libraries than any program needs; bounds the walk through an image's.
+const MAX_LIBRARIES: usize = 1024;
 /// The layout of what an entry of the cache keeps besides the image (see [`Extra`]).
 const EXTRA_VERSION: u8 = 2;
 
@@ -40,7 +46,7 @@ struct Extra {
     object_sites: Option<SiteCounts>,
     /// Offset and length of the loader's contents in the image; (0, 0) for none.
     interpreter: (u64, u64),
-    /// Offset and length of each library the program needs (`DT_NEEDED`), which its loader maps at start.
+    /// Offset and length of each library the program needs (`DT_NEEDED`, with theirs), which its loader maps at start.
     hot: Vec<(u64, u64)>,
 }
 
@@ -116,7 +122,11 @@ pub fn prepare(args: &RunArgs, target: &Target) -> Result<GuestFs> {
         true => file_span(&image, &interpreter_path, true),
         false => file_span(&image, &interpreter_path, false),
     };
-    let hot = deps.iter().flat_map(|d| &d.libraries).map(|l| file_span(&image, &l.guest_path, true)).collect();
+    let hot = match (&deps, &program) {
+        (Some(deps), _) => deps.libraries.iter().map(|l| file_span(&image, &l.guest_path, true)).collect(),
+        (None, Some(program)) if program.interpreter.is_some() => libraries_in_image(&image, &program.needed),
+        (None, _) => Vec::new(),
+    };
     let extra = Extra { object_sites, interpreter, hot };
     let consulted = deps.map(|d| d.consulted).unwrap_or_default();
     let stored = match cache.as_ref().zip(key.as_ref()) {
@@ -162,6 +172,37 @@ fn file_span(image: &[u8], path: &str, first: bool) -> (u64, u64) {
     let mut files = all.flatten().filter(|e| e.kind == KIND_FILE && e.path == path);
     let found = if first { files.next() } else { files.last() };
     found.map_or((0, 0), |e| (e.data_offset as u64, e.data_len as u64))
+}
+
+/// The spans of the libraries an image's dynamic program needs (the closure of its `DT_NEEDED`, `needed`), where
+/// `kiln build` put them: the image's file at the loader's directory and the name (glibc's or musl's), or at the name
+/// if a path.
+fn libraries_in_image(image: &[u8], needed: &[String]) -> Vec<(u64, u64)> {
+    let Ok(all) = entries(image) else { return Vec::new() };
+    // The last entry at a path is the guest's file there.
+    let files: HashMap<&str, (u64, u64)> = all
+        .flatten()
+        .filter(|e| e.kind == KIND_FILE)
+        .map(|e| (e.path, (e.data_offset as u64, e.data_len as u64)))
+        .collect();
+    let mut queue: VecDeque<String> = needed.iter().cloned().collect();
+    let mut seen = HashSet::new();
+    let mut hot = Vec::new();
+    while let Some(name) = queue.pop_front() {
+        if seen.len() >= MAX_LIBRARIES || !seen.insert(name.clone()) {
+            continue;
+        }
+        let paths = match name.contains('/') {
+            true => vec![name],
+            false => [GUEST_LIBRARY_DIR, MUSL_LIBRARY_DIR].iter().map(|dir| format!("{dir}/{name}")).collect(),
+        };
+        let Some(&(offset, len)) = paths.iter().find_map(|p| files.get(p.as_str())) else { continue };
+        hot.push((offset, len));
+        if let Ok(elf) = ElfImage::parse_any(&image[offset as usize..(offset + len) as usize]) {
+            queue.extend(elf.needed);
+        }
+    }
+    hot
 }
 
 /// Everything [`build`] reads that decides the image's bytes, but what a dynamic program's search finds (the entry
@@ -240,6 +281,19 @@ mod tests {
         let good = Extra::default().encode();
         assert_eq!(Extra::decode(&good[..good.len() - 1]), None);
         assert_eq!(Extra::decode(&[[9].as_slice(), &good[1..]].concat()), None);
+    }
+
+    #[test]
+    fn an_images_libraries_are_found_as_its_loader_finds_them() {
+        let mut b = RootfsBuilder::default();
+        b.add_file("/lib/x86_64-linux-gnu/libz.so.1", 0o755, b"not an ELF file, needs nothing").unwrap();
+        b.add_file("/lib/libc.musl.so", 0o755, b"musl").unwrap();
+        b.add_file("/opt/unrelated.so", 0o755, b"x").unwrap();
+        let image = b.finish();
+        let needed = ["libz.so.1", "libc.musl.so", "libmissing.so", "libz.so.1"].map(String::from);
+        let hot = libraries_in_image(&image, &needed);
+        let text: Vec<_> = hot.iter().map(|&(o, l)| image[o as usize..(o + l) as usize].to_vec()).collect();
+        assert_eq!(text, [b"not an ELF file, needs nothing".to_vec(), b"musl".to_vec()]);
     }
 
     #[test]
