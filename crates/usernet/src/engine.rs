@@ -27,6 +27,24 @@ use crate::{dns, UserNetError};
 /// How many readiness events one wait takes at most (more wait for the next turn).
 const EVENTS: usize = 1024;
 
+/// The accept queue of a published TCP port: as deep as the host allows (Linux caps it at `net.core.somaxconn`), as
+/// Go's and nginx's listeners ask. std listens with 128: beyond that many handshakes at once Linux answers with SYN
+/// cookies, and a cookie's last ACK that meets a full queue is dropped without a word, so the client holds a
+/// connection the relay never accepts; where the server speaks first, nothing ever brings it back.
+const PUBLISHED_BACKLOG: i32 = 65_535;
+
+/// Binds a published TCP port with [`PUBLISHED_BACKLOG`].
+fn listen_published(f: &PortForward, addr: SocketAddr) -> Result<TcpListener, UserNetError> {
+    let l = TcpListener::bind(addr).map_err(|e| bind_error(f, addr, e))?;
+    // Linux takes a second listen(2) on a listening socket as its new backlog.
+    // SAFETY: listen takes no pointers; the descriptor is open and owned by `l`.
+    if unsafe { libc::listen(l.as_raw_fd(), PUBLISHED_BACKLOG) } != 0 {
+        return Err(bind_error(f, addr, std::io::Error::last_os_error()));
+    }
+    l.set_nonblocking(true).map_err(|e| bind_error(f, addr, e))?;
+    Ok(l)
+}
+
 pub(crate) struct Engine {
     net: UserNetConfig,
     shared: Arc<Shared>,
@@ -94,9 +112,7 @@ impl Engine {
             let addr = SocketAddr::new(f.host_ip, f.host_port);
             match f.proto {
                 Proto::Tcp => {
-                    let l = TcpListener::bind(addr).map_err(|e| bind_error(f, addr, e))?;
-                    l.set_nonblocking(true).map_err(|e| bind_error(f, addr, e))?;
-                    tcp_listeners.push((f.clone(), l));
+                    tcp_listeners.push((f.clone(), listen_published(f, addr)?));
                 }
                 Proto::Udp => {
                     let sock = UdpSocket::bind(addr).map_err(|e| bind_error(f, addr, e))?;

@@ -126,3 +126,22 @@ fn user_net_is_send_and_sync() {
     fn check<T: Send + Sync>() {}
     check::<UserNet>();
 }
+
+/// The backlog of the listening socket on 127.0.0.1:`port`, as `ss` reports it (its Send-Q), if `ss` is there.
+fn listen_backlog(port: u16) -> Option<u32> {
+    let out = std::process::Command::new("ss").args(["-Hltn", &format!("sport = :{port}")]).output().ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    text.lines().find_map(|line| line.split_whitespace().nth(2)?.parse().ok())
+}
+
+#[test]
+fn a_published_port_takes_bursts_beyond_std_backlog() {
+    let (net, port) = forwarded(91);
+    let Some(backlog) = listen_backlog(port) else {
+        eprintln!("skipped: no `ss` to read the listener's backlog with");
+        return;
+    };
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn").unwrap().trim().parse().unwrap();
+    assert_eq!(backlog, somaxconn.min(65_535), "the published port's accept queue");
+    drop(net);
+}
