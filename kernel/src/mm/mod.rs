@@ -1,6 +1,7 @@
 //! Memory: the frame allocator over free guest-physical RAM, the page tables (through the direct map), and the
 //! program break.
 
+pub mod file_copies;
 pub mod mapping;
 pub mod maps;
 pub mod protect;

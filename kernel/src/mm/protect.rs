@@ -78,6 +78,9 @@ pub fn protect(start: u64, end: u64, access: Access, reserved: bool) -> Result<(
     if !all_programs(start, end, managed_start) || !(reserved || covered(start, end)) {
         return Err(Errno::ENOMEM);
     }
+    if access == Access::ReadWrite {
+        super::file_copies::forget(start, end);
+    }
     let mut reload = false;
     // Collected before the memory lock is taken, and freed after: the heap takes it to grow and to give back.
     let found = leaves(start, end);
@@ -134,6 +137,7 @@ fn protected_pages(start: u64, end: u64) -> Vec<(u64, Access)> {
 
 /// Gives `[start, end)` full access for good: before it goes back to the frame allocator.
 pub fn unprotect(start: u64, end: u64) {
+    super::file_copies::forget(start, end);
     let pages: Vec<_> = protected_pages(start, end).into_iter().map(|(p, _)| (p, Access::ReadWrite)).collect();
     if !pages.is_empty() {
         set_all(&pages);
@@ -143,6 +147,7 @@ pub fn unprotect(start: u64, end: u64) {
 /// Runs `write` (the library OS writing to program memory in `[start, end)`) with full access to the range, then puts
 /// back the protection the program had set.
 pub fn with_write_access<R>(start: u64, end: u64, write: impl FnOnce() -> R) -> R {
+    super::file_copies::forget(start, end);
     let protected = protected_pages(start, end);
     if protected.is_empty() {
         return write();

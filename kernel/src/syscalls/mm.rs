@@ -10,7 +10,7 @@ use super::Args;
 use crate::errno::{Errno, SysResult};
 use crate::file::{self, Object, O_ACCMODE, O_RDWR, O_WRONLY};
 use crate::mm::protect::{self, Access};
-use crate::mm::{mapping, vma};
+use crate::mm::{file_copies, mapping, vma};
 use crate::user;
 use crate::vfs::pages::Pages;
 use alloc::sync::Arc;
@@ -114,6 +114,19 @@ fn mmap_file(a: &Args) -> SysResult {
         m if shared_writable && m != O_RDWR => return Err(Errno::EACCES),
         _ => {}
     }
+    let fixed = flags & MAP_FIXED != 0;
+    let source = inode.image_span().filter(|_| flags & MAP_SHARED == 0 && access(prot) == Access::Read);
+    if let Some(source) = source.filter(|_| fixed && in_direct_map(a[0], len)) {
+        // Over a copy of the same bytes that nobody could write (a dynamic loader's segment over its reservation):
+        // only the protection changes, and giving access back to PROT_NONE pages needs no TLB flush.
+        if file_copies::holds(a[0], len, source, offset) {
+            apply_protection(a[0], len, prot, true)?;
+            // Checked again: a thread giving write access meanwhile forgets the copy before it can write.
+            if file_copies::holds(a[0], len, source, offset) {
+                return Ok(a[0]);
+            }
+        }
+    }
     if flags & MAP_SHARED != 0 {
         match inode.shared_pages() {
             Ok((pages, size)) => return map_shared(a, pages, size),
@@ -140,7 +153,10 @@ fn mmap_file(a: &Args) -> SysResult {
             }
         }
     }
-    apply_protection(at, len, prot, flags & MAP_FIXED != 0)?;
+    apply_protection(at, len, prot, fixed)?;
+    if let Some(source) = source.filter(|_| in_direct_map(at, len)) {
+        file_copies::remember(at, len, source, offset);
+    }
     Ok(at)
 }
 

@@ -315,6 +315,16 @@ impl Inode {
         }
     }
 
+    /// Where the file's bytes lie in the image, (address, length), while it still reads them in place: bytes that
+    /// never change (a write copies them first), so the same span means the same bytes.
+    pub fn image_span(&self) -> Option<(u64, u64)> {
+        let Backing::Memory(state) = &self.backing else { return None };
+        match &state.lock().kind {
+            Kind::File(Data::Image { addr, len }) => Some((*addr, *len)),
+            _ => None,
+        }
+    }
+
     /// Hands `f` the file's bytes from `offset`, at most `len` of them (fewer at the end, none past it).
     pub fn read_with<R>(&self, offset: u64, len: u64, f: impl FnOnce(&[u8]) -> R) -> Result<R, Errno> {
         let state = match &self.backing {

@@ -2,7 +2,11 @@
  * loader and the stack live) maps memory there as anywhere else: anonymous memory and file mappings at a fresh
  * address, over the program's own writable data (which must then read as the new mapping, not as what was there),
  * protections, and munmap. Built static and static-pie (tests/boot.rs). Each check prints one line; exits 0 when all
- * held. */
+ * held.
+ *
+ * With the arguments `loader FILE`: maps FILE as a dynamic loader maps a library (all of it read-only, most of it
+ * made PROT_NONE, then piece by piece with MAP_FIXED from the same offsets), and checks that every piece reads the
+ * file's bytes, also after the program wrote into the first copy and mapped over it again. */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <setjmp.h>
@@ -41,12 +45,49 @@ static int all(const char *p, size_t n, char c) {
   return 1;
 }
 
-int main(void) {
+/* Whether the page at `p` reads the bytes of `fd` at `offset`. */
+static int reads_file(const char *p, int fd, off_t offset) {
+  char expect[PAGE];
+  memset(expect, 0, sizeof expect);
+  if (pread(fd, expect, PAGE, offset) < 0) return 0;
+  return memcmp(p, expect, PAGE) == 0;
+}
+
+static int loader(const char *path) {
+  int fd = open(path, O_RDONLY);
+  off_t size = fd < 0 ? 0 : lseek(fd, 0, SEEK_END);
+  size_t pages = (size_t)(size / PAGE);
+  if (pages < 12) return 2;
+  char *p = mmap(NULL, (size_t)size, PROT_READ, MAP_PRIVATE, fd, 0);
+  check(p != MAP_FAILED && mprotect(p + PAGE, (pages - 1) * PAGE, PROT_NONE) == 0 && faults(p + PAGE, 0),
+        "a file mapped whole, then PROT_NONE after its first page");
+  int ok = 1;
+  for (size_t i = 1; i + 2 <= pages; i += 2) {
+    int prot = i % 4 == 1 ? PROT_READ | PROT_EXEC : PROT_READ;
+    ok &= mmap(p + i * PAGE, 2 * PAGE, prot, MAP_PRIVATE | MAP_FIXED, fd, (off_t)(i * PAGE)) == p + i * PAGE;
+  }
+  for (size_t i = 0; i + 2 <= pages; i++) ok &= reads_file(p + i * PAGE, fd, (off_t)(i * PAGE)) && faults(p + i * PAGE, 1);
+  check(ok, "mapped over piece by piece from the same offsets: the file's bytes, read-only");
+  ok = mprotect(p + 2 * PAGE, PAGE, PROT_READ | PROT_WRITE) == 0;
+  if (ok) memset(p + 2 * PAGE, 'X', PAGE);
+  ok &= mprotect(p + 2 * PAGE, PAGE, PROT_NONE) == 0;
+  ok &= mmap(p + 2 * PAGE, PAGE, PROT_READ, MAP_PRIVATE | MAP_FIXED, fd, 2 * PAGE) == p + 2 * PAGE;
+  check(ok && reads_file(p + 2 * PAGE, fd, 2 * PAGE), "mapped again after the program wrote there: the file's bytes");
+  ok = mmap(p + 4 * PAGE, 2 * PAGE, PROT_READ, MAP_PRIVATE | MAP_FIXED, fd, 6 * PAGE) == p + 4 * PAGE;
+  check(ok && reads_file(p + 4 * PAGE, fd, 6 * PAGE) && reads_file(p + 5 * PAGE, fd, 7 * PAGE),
+        "mapped from other offsets: those bytes");
+  check(munmap(p, (size_t)size) == 0, "munmap");
+  printf("mapfixed: %d failed\n", failures);
+  return failures != 0;
+}
+
+int main(int argc, char **argv) {
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = on_segv;
   sa.sa_flags = SA_NODEFER;
   sigaction(SIGSEGV, &sa, NULL);
+  if (argc > 2 && strcmp(argv[1], "loader") == 0) return loader(argv[2]);
 
   char *p = mmap(HIGH, 4 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
   check(p == HIGH && all(p, 4 * PAGE, 0) && !faults(p + 3 * PAGE, 1) && p[3 * PAGE] == 1,
