@@ -303,6 +303,38 @@ mod tests {
         assert_eq!(split & (PTE_ACCESSED | PTE_DIRTY | PTE_HUGE), PTE_ACCESSED | PTE_DIRTY);
     }
 
+    /// Guest RAM where a walk on another vCPU loads the huge page at 2 MiB between the split's look at it and its
+    /// exchange: the exchange returns the entry with the accessed bit set.
+    struct LoadedMeanwhile(Ram);
+    impl PhysMemory for LoadedMeanwhile {
+        fn read_u64(&self, phys: u64) -> u64 {
+            self.0.read_u64(phys)
+        }
+        fn write_u64(&mut self, phys: u64, value: u64) {
+            self.0.write_u64(phys, value)
+        }
+        fn swap_u64(&mut self, phys: u64, value: u64) -> u64 {
+            let old = self.0.read_u64(phys);
+            self.0.write_u64(phys, value);
+            if old & PTE_HUGE != 0 {
+                old | PTE_ACCESSED
+            } else {
+                old
+            }
+        }
+    }
+
+    #[test]
+    fn a_huge_page_loaded_while_it_is_split_makes_every_small_entry_cached() {
+        let mut ram = LoadedMeanwhile(Ram::new(1 << 20));
+        let mut frames = Bump(0x2000, 0x20000);
+        map_huge_page(&mut ram.0, &mut frames, PML4, 0x20_0000, 0x40_0000, PTE_USER | PTE_WRITABLE).unwrap();
+        assert_eq!(protect(&mut ram, &mut frames, PML4, 0x20_5000, Access::Read), Ok(true));
+        let entry = leaf(&ram.0, PML4, 0x20_6000).unwrap().entry;
+        assert_ne!(entry & PTE_ACCESSED, 0);
+        assert_eq!(protect(&mut ram, &mut frames, PML4, 0x20_6000, Access::Read), Ok(true));
+    }
+
     #[test]
     fn unmapped_and_misaligned_pages_are_refused() {
         let mut ram = Ram::new(1 << 20);
