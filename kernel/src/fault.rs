@@ -15,7 +15,7 @@ use crate::entry::SyscallFrame;
 use crate::mm::{protect, vma};
 use crate::syscalls::signal::{self, Fault};
 use crate::{hypercall, percpu};
-use kiln_abi::hypercall::{FaultRecord, Hypercall, FAULT_RECORD_OFFSET, INTERRUPTED};
+use kiln_abi::hypercall::{FaultRecord, Hypercall, FAULT_RECORD_OFFSET, INTERRUPTED, RENEWED};
 use kiln_abi::layout::page_align_down;
 
 const SIGSEGV: u64 = 11;
@@ -48,7 +48,7 @@ pub extern "C" fn entered(frame: &mut SyscallFrame) -> i64 {
     };
     percpu::set_syscall_frame(frame);
     if record.signal == INTERRUPTED {
-        crate::sched::interrupted();
+        crate::sched::interrupted(record.code == RENEWED);
         // Another thread may have run meanwhile.
         percpu::set_syscall_frame(frame);
         return pending_signals(frame, r.rax as i64);

@@ -14,6 +14,11 @@ pub const SYSCALL_SLOTS: usize = 512;
 /// A `Wait` this long has no deadline: the vCPU sleeps until kicked (another vCPU's `Kick`, a frame from the network,
 /// a host signal, the end of the VM). An idle VM then costs the host no CPU at all.
 pub const WAIT_FOREVER: u64 = u64::MAX;
+/// How long a thread runs while others wait for a vCPU before it makes room for them (the order of Linux CFS's
+/// slices): the library OS asks for it, and the VMM renews a vCPU's deadline by it (see [`Hypercall::Preempt`]).
+pub const TIME_SLICE_NS: u64 = 10_000_000;
+/// An [`INTERRUPTED`] record's `code`: the vCPU's deadline had passed and is now a slice later.
+pub const RENEWED: i64 = 1;
 /// Longest message of a `Panic` hypercall the VMM reads.
 pub const MAX_PANIC_MESSAGE: u64 = 4096;
 
@@ -56,7 +61,10 @@ pub enum Hypercall {
     /// of them in the program's code and resumes it at `kiln_fault_entry` with a [`FaultRecord`] whose signal is
     /// [`INTERRUPTED`]. Now: the library OS made a signal pending for the thread one runs (a vCPU in the library OS
     /// needs nothing then: it looks at its signals before it returns to the program). Later: the end of a time slice,
-    /// which is kept until the vCPU is interrupted in the program's code or makes a `Wait`. ret: 0.
+    /// which is kept (the sooner of two) until the vCPU is interrupted in the program's code, then renewed a slice
+    /// ([`TIME_SLICE_NS`]) on, which the record's `code` says ([`RENEWED`]), until the vCPU makes a `Wait` or the
+    /// library OS replaces it: with a third argument of 1 the deadline becomes the one given ([`WAIT_FOREVER`]: none)
+    /// whatever it was. So a slice that ends while others still wait costs the one exit that interrupts it. ret: 0.
     Preempt = 11,
 }
 

@@ -27,6 +27,8 @@ pub enum Action {
     Preempt {
         vcpus: u64,
         after: std::time::Duration,
+        /// The deadline becomes `after` (`None`: no deadline) instead of the sooner of the two.
+        replace: Option<Option<std::time::Duration>>,
     },
     Stop(String),
 }
@@ -123,7 +125,11 @@ pub fn handle(
         Some(Hypercall::Preempt) => {
             let all = u64::MAX.checked_shr(64 - parkers.len() as u32).unwrap_or(0);
             return match args[0] & !all {
-                0 => Action::Preempt { vcpus: args[0], after: std::time::Duration::from_nanos(args[1]) },
+                0 => {
+                    let after = std::time::Duration::from_nanos(args[1]);
+                    let replace = (args[2] == 1).then_some((args[1] != WAIT_FOREVER).then_some(after));
+                    Action::Preempt { vcpus: args[0], after, replace }
+                }
                 _ => Action::Stop(format!("the guest preempted vCPUs {:#x}, of which some do not exist", args[0])),
             };
         }
@@ -339,7 +345,10 @@ mod tests {
             handle(&ram, 0x1000, Hypercall::Preempt as u32, &Captured::default())
         };
         let after = std::time::Duration::from_millis(10);
-        assert_eq!(preempt(&[0b11, 10_000_000]), Action::Preempt { vcpus: 0b11, after });
+        assert_eq!(preempt(&[0b11, 10_000_000, 0]), Action::Preempt { vcpus: 0b11, after, replace: None });
+        assert_eq!(preempt(&[0b1, 10_000_000, 1]), Action::Preempt { vcpus: 0b1, after, replace: Some(Some(after)) });
+        let none = preempt(&[0b1, WAIT_FOREVER, 1]);
+        assert!(matches!(none, Action::Preempt { vcpus: 1, replace: Some(None), .. }), "{none:?}");
         assert!(matches!(preempt(&[0b100, 0]), Action::Stop(_)));
         assert!(matches!(preempt(&[1 << 63, 0]), Action::Stop(_)));
     }

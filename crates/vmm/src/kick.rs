@@ -1,8 +1,9 @@
 //! Kicking a vCPU out of KVM_RUN, for a TLB shootdown ([`crate::shootdown`]) or a preemption ([`crate::preempt`]):
 //! a real-time signal to the vCPU's host thread. Its handler sets the vCPU's `immediate_exit` (as KVM's API
 //! documentation suggests instead of KVM_SET_SIGNAL_MASK), so that a kick that lands just before the thread enters
-//! KVM_RUN is not lost: KVM_RUN then returns EINTR at once. Each vCPU thread also has a host timer that kicks it later
-//! (a preemption that found the vCPU in the library OS tries again).
+//! KVM_RUN is not lost: KVM_RUN then returns EINTR at once. Each vCPU thread also has host timers that kick it later:
+//! one on the wall clock (a preemption that found the vCPU in the library OS tries again, a deadline of the library
+//! OS's) and one on the thread's own CPU time (the end of a renewed time slice, see `crate::preempt`).
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -54,13 +55,20 @@ struct VcpuThread {
     /// The host timer that kicks this thread later (a `timer_t`, whose values start at 0), [`NO_TIMER`] until the
     /// thread registers.
     timer: AtomicU64,
+    /// The same on the thread's CPU time.
+    cpu_timer: AtomicU64,
 }
 
 const NO_TIMER: u64 = u64::MAX;
 
 impl Default for VcpuThread {
     fn default() -> Self {
-        Self { thread: AtomicU64::new(0), in_guest: AtomicBool::new(false), timer: AtomicU64::new(NO_TIMER) }
+        Self {
+            thread: AtomicU64::new(0),
+            in_guest: AtomicBool::new(false),
+            timer: AtomicU64::new(NO_TIMER),
+            cpu_timer: AtomicU64::new(NO_TIMER),
+        }
     }
 }
 
@@ -80,10 +88,11 @@ impl Drop for Registration<'_> {
         IMMEDIATE_EXIT.with(|at| at.set(std::ptr::null_mut()));
         let v = &self.kicker.vcpus[self.id];
         v.thread.store(0, Ordering::SeqCst);
-        let timer = v.timer.swap(NO_TIMER, Ordering::SeqCst);
-        if timer != NO_TIMER {
-            // SAFETY: a timer this registration created, deleted once (swapped out above).
-            unsafe { libc::timer_delete(timer as usize as libc::timer_t) };
+        for timer in [&v.timer, &v.cpu_timer].map(|t| t.swap(NO_TIMER, Ordering::SeqCst)) {
+            if timer != NO_TIMER {
+                // SAFETY: a timer this registration created, deleted once (swapped out above).
+                unsafe { libc::timer_delete(timer as usize as libc::timer_t) };
+            }
         }
     }
 }
@@ -106,12 +115,15 @@ impl Kicker {
         event.sigev_notify = libc::SIGEV_THREAD_ID;
         event.sigev_signo = kick_signal();
         event.sigev_notify_thread_id = me;
-        let mut timer: libc::timer_t = std::ptr::null_mut();
-        // SAFETY: valid pointers to the event and to where the new timer's id goes.
-        if unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut timer) } == 0 {
-            v.timer.store(timer as usize as u64, Ordering::SeqCst);
-        } else {
-            tracing::warn!("vCPU {id} has no host timer: {}", std::io::Error::last_os_error());
+        for (clock, slot) in [(libc::CLOCK_MONOTONIC, &v.timer), (libc::CLOCK_THREAD_CPUTIME_ID, &v.cpu_timer)] {
+            let mut timer: libc::timer_t = std::ptr::null_mut();
+            // SAFETY: valid pointers to the event and to where the new timer's id goes; a thread CPU-time clock is
+            // this (the calling) thread's.
+            if unsafe { libc::timer_create(clock, &mut event, &mut timer) } == 0 {
+                slot.store(timer as usize as u64, Ordering::SeqCst);
+            } else {
+                tracing::warn!("vCPU {id} has no host timer: {}", std::io::Error::last_os_error());
+            }
         }
         v.thread.store(me as u64, Ordering::SeqCst);
         Registration { kicker: self, id }
@@ -143,11 +155,34 @@ impl Kicker {
 
     /// Kicks vCPU `id` once `after` has passed (replacing a later kick asked for before).
     pub fn kick_after(&self, id: usize, after: Duration) {
-        let timer = self.vcpus[id].timer.load(Ordering::SeqCst);
+        self.set_timer(&self.vcpus[id].timer, Some(after));
+    }
+
+    /// Kicks vCPU `id` once its thread has run for `after` more (replacing a kick asked for before).
+    pub fn kick_after_running(&self, id: usize, after: Duration) {
+        self.set_timer(&self.vcpus[id].cpu_timer, Some(after));
+    }
+
+    /// Drops vCPU `id`'s later kicks, on the wall clock and on its CPU time.
+    pub fn disarm(&self, id: usize) {
+        self.set_timer(&self.vcpus[id].timer, None);
+        self.disarm_running(id);
+    }
+
+    /// Drops vCPU `id`'s kick on its CPU time.
+    pub fn disarm_running(&self, id: usize) {
+        self.set_timer(&self.vcpus[id].cpu_timer, None);
+    }
+
+    fn set_timer(&self, timer: &AtomicU64, after: Option<Duration>) {
+        let value = match after {
+            Some(after) => libc::timespec { tv_sec: after.as_secs() as _, tv_nsec: after.subsec_nanos().max(1) as _ },
+            None => libc::timespec { tv_sec: 0, tv_nsec: 0 },
+        };
+        let timer = timer.load(Ordering::SeqCst);
         if timer == NO_TIMER {
             return;
         }
-        let value = libc::timespec { tv_sec: after.as_secs() as _, tv_nsec: after.subsec_nanos().max(1) as _ };
         let spec = libc::itimerspec { it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 }, it_value: value };
         // SAFETY: a timer of ours, one-shot; a timer deleted meanwhile (its thread ended) gives EINVAL.
         unsafe { libc::timer_settime(timer as usize as libc::timer_t, 0, &spec, std::ptr::null_mut()) };

@@ -652,11 +652,12 @@ fn run_vcpu(
                     shared.tlb.flush_all(kicks, id, own, &shared.done).map_err(kvm_err("flush the vCPUs' TLBs"))?;
                     action = hypercall::answer(&shared.ram, block, 0);
                 }
-                if let Action::Preempt { vcpus, after } = action {
+                if let Action::Preempt { vcpus, after, replace } = action {
                     for target in (0..shared.parkers.len()).filter(|&v| vcpus & (1 << v) != 0) {
-                        match after {
-                            Duration::ZERO => shared.preempt.request(&shared.kicks, target),
-                            after => shared.preempt.request_after(&shared.kicks, target, after),
+                        match (replace, after) {
+                            (Some(deadline), _) => shared.preempt.replace(&shared.kicks, target, deadline),
+                            (None, Duration::ZERO) => shared.preempt.request(&shared.kicks, target),
+                            (None, after) => shared.preempt.request_after(&shared.kicks, target, after),
                         }
                     }
                     action = hypercall::answer(&shared.ram, block, 0);
@@ -789,10 +790,12 @@ fn interrupt(vcpu: &VcpuFd, shared: &Shared, block: u64, id: usize, why: preempt
     let sregs = vcpu.get_sregs().map_err(kvm_err("read special registers"))?;
     let events = vcpu.get_vcpu_events().map_err(kvm_err("read vCPU events"))?;
     if preempt::in_program(&regs, &sregs, &events, &shared.kernel_span, &shared.vdso_code) {
-        let record = FaultRecord { signal: INTERRUPTED, regs: fault::registers(&regs), ..Default::default() };
+        // Spent first, so that the record can say whether the deadline was renewed.
+        let renewed = shared.preempt.interrupted(&shared.kicks, id);
+        let code = if renewed { kiln_abi::hypercall::RENEWED } else { 0 };
+        let record = FaultRecord { signal: INTERRUPTED, code, regs: fault::registers(&regs), ..Default::default() };
         if to_library_os(vcpu, shared, block, &record)? {
-            tracing::trace!(vcpu = id, rip = regs.rip, "interrupted");
-            shared.preempt.interrupted(&shared.kicks, id);
+            tracing::trace!(vcpu = id, rip = regs.rip, renewed, "interrupted");
             return Ok(());
         }
     }

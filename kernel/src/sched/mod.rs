@@ -794,6 +794,7 @@ fn idle_until_runnable() -> usize {
         s.idle |= 1 << cpu_id;
         // The VMM forgets this vCPU's slice as it waits (see `Hypercall::Preempt`).
         LOOK_AT[cpu_id].store(u64::MAX, Ordering::SeqCst);
+        UNWANTED[cpu_id].store(false, Ordering::SeqCst);
         // SAFETY: nothing obtained under the lock is used while it is released.
         unsafe { SCHEDULER.force_unlock() };
         if idle_wait(cpu_id, deadline.unwrap_or(u64::MAX)) {
@@ -836,7 +837,7 @@ fn expire_deadlines(s: &mut Scheduler) {
 
 /// How long a thread runs while others wait for a vCPU before it makes room for them (the order of Linux CFS's
 /// slices). Without it, a thread spinning on a flag that a waiting thread must set would never let it run.
-const SLICE_NS: u64 = 10_000_000;
+const SLICE_NS: u64 = kiln_abi::hypercall::TIME_SLICE_NS;
 /// Per vCPU: when (ns since boot) the VMM was asked to interrupt it, `u64::MAX` for not at all; until it does (in the
 /// program's code, see `crate::fault`), or forgets it because the vCPU waits.
 static LOOK_AT: [AtomicU64; 64] = [const { AtomicU64::new(u64::MAX) }; 64];
@@ -897,13 +898,16 @@ fn end_slices(cpus: u64) {
 }
 
 /// The VMM interrupted this vCPU in the program's code (`crate::fault`): for its thread's signals, or because it had
-/// to look again. Sleepers whose time came wake, and if others wait for a vCPU the thread makes room for them (it
-/// resumes later, as from `sched_yield`); then the next look is asked for.
-pub fn interrupted() {
+/// to look again, in which case it `renewed` the deadline a slice on. Sleepers whose time came wake, and if others
+/// wait for a vCPU the thread makes room for them (it resumes later, as from `sched_yield`); then the next look is
+/// asked for, or the renewed one replaced if it is not the one wanted.
+pub fn interrupted(renewed: bool) {
     let me = percpu::id();
     let now = time::since_boot_ns();
     let at = LOOK_AT[me].load(Ordering::SeqCst);
-    if at <= now {
+    if renewed {
+        LOOK_AT[me].store(now.saturating_add(SLICE_NS), Ordering::SeqCst);
+    } else if at <= now {
         let _ = LOOK_AT[me].compare_exchange(at, u64::MAX, Ordering::SeqCst, Ordering::SeqCst);
     }
     crate::syscalls::signal::poll_host_signals();
@@ -917,11 +921,44 @@ pub fn interrupted() {
     // SAFETY: the state saved above, on this thread's own stack.
     unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) fpu.0.as_ptr(), options(nostack)) };
     let s = SCHEDULER.lock();
-    if let Some(at) = next_look(&s) {
+    let want = next_look(&s);
+    if let Some(at) = want {
         want_look(at);
     }
+    // Under the lock: a thread queued meanwhile by another vCPU would have its slice end asked for after this.
+    replace_unwanted_look(want);
     drop(s);
     ask_for_look();
+}
+
+/// Per vCPU: whether its last interruption found its deadline (renewed a slice on) not wanted.
+static UNWANTED: [AtomicBool; 64] = [const { AtomicBool::new(false) }; 64];
+
+/// With the lock held, after an interruption: this vCPU's deadline (renewed by the VMM a slice on) replaced by the
+/// look wanted if that is none (no thread waits for a vCPU here) or much later (a sleeper's deadline) twice in a row,
+/// so that the VMM does not interrupt the vCPU every slice for nothing. While threads wait, the renewal is the next
+/// slice's end and nothing is asked; and a thread that only blocks for a moment (a server thread waiting for its
+/// reply, a signal's sender) is often queued again before the renewal comes, which then serves it: replacing at once
+/// would cost an exit there, on the way to the program, and another to ask for the slice again.
+fn replace_unwanted_look(want: Option<u64>) {
+    let me = percpu::id();
+    let at = LOOK_AT[me].load(Ordering::SeqCst);
+    let wanted = want.unwrap_or(u64::MAX);
+    if at == u64::MAX || wanted <= at.saturating_add(SLICE_NS / 2) {
+        UNWANTED[me].store(false, Ordering::SeqCst);
+        return;
+    }
+    if !UNWANTED[me].swap(true, Ordering::SeqCst) {
+        return;
+    }
+    UNWANTED[me].store(false, Ordering::SeqCst);
+    LOOK_AT[me].store(wanted, Ordering::SeqCst);
+    LOOK_WANTED[me].store(u64::MAX, Ordering::SeqCst);
+    let after = match wanted {
+        u64::MAX => kiln_abi::hypercall::WAIT_FOREVER,
+        _ => wanted.saturating_sub(time::since_boot_ns()).max(1),
+    };
+    hypercall::call(kiln_abi::Hypercall::Preempt, &[1 << me, after, 1]);
 }
 
 #[repr(C, align(16))]
