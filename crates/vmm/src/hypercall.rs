@@ -108,7 +108,8 @@ pub fn handle(
             }
             // The look the library OS wants a while after it wakes, asked with the wait instead of by an exit.
             if args[1] != 0 && cpu < parkers.len() {
-                return Action::Preempt { vcpus: 1 << cpu, after: std::time::Duration::from_nanos(args[1]) };
+                let after = std::time::Duration::from_nanos(args[1]);
+                return Action::Preempt { vcpus: 1 << cpu, after, replace: None };
             }
             0
         }
@@ -323,7 +324,7 @@ mod tests {
         let ram = GuestRam::new(1 << 20).unwrap();
         put_u64s(&ram, 0x1000, &[1_000, 10_000_000]);
         let after = std::time::Duration::from_millis(10);
-        assert_eq!(handle(&ram, 0x1000, 5, &Captured::default()), Action::Preempt { vcpus: 1, after });
+        assert_eq!(handle(&ram, 0x1000, 5, &Captured::default()), Action::Preempt { vcpus: 1, after, replace: None });
         put_u64s(&ram, 0x1000, &[1_000, 0]);
         assert_eq!(handle(&ram, 0x1000, 5, &Captured::default()), Action::Resume);
     }

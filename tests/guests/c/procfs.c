@@ -62,6 +62,22 @@ static long field(char fields[64][64], int number) { return atol(fields[number -
 /* The program's name as Linux keeps it: the file name it was started by, at most 15 bytes. */
 static char comm[16];
 
+/* How many threads other than the caller are asleep under the names they set. */
+static int asleep(void) {
+  char f[64][64];
+  int n = 0;
+  DIR *d = opendir("/proc/self/task");
+  for (struct dirent *e; d && (e = readdir(d));) {
+    char path[300];
+    snprintf(path, sizeof path, "/proc/self/task/%s/stat", e->d_name);
+    if (e->d_name[0] != '.' && read_stat(path, f) == 52 && field(f, 1) != gettid()) {
+      n += strcmp(f[2], "S") == 0 && strncmp(f[1], "sleeper-", 8) == 0;
+    }
+  }
+  if (d) closedir(d);
+  return n;
+}
+
 static void stat_files(void) {
   char f[64][64];
   int n = read_stat("/proc/self/stat", f);
@@ -221,9 +237,9 @@ int main(int argc, char **argv) {
   pthread_t t[2];
   pthread_create(&t[0], 0, sleeper, "sleeper-a");
   pthread_create(&t[1], 0, sleeper, "sleeper-b");
-  /* Until both have named themselves and sleep. */
-  struct timespec nap = {0, 50 * 1000 * 1000};
-  nanosleep(&nap, 0);
+  /* Until both have named themselves and sleep (at most 10 s: a loaded machine may be slow to run them). */
+  struct timespec nap = {0, 10 * 1000 * 1000};
+  for (int i = 0; i < 1000 && asleep() < 2; i++) nanosleep(&nap, 0);
   stat_files();
   write(wake[1], "xx", 2);
   pthread_join(t[0], 0);
