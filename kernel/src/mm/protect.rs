@@ -1,10 +1,11 @@
 //! mprotect: the permissions of pages the program has mapped, in 4 KiB steps (`kiln_abi::paging::protect`).
 //!
-//! Changing an entry that was present (taking access away, or giving write access back to a read-only page) is
-//! followed by the `FlushTlb` hypercall, after which no vCPU uses the old permission: one VM exit on the calling vCPU,
-//! plus a kick out of the guest for each other vCPU running the program. Entries that were not present need none.
+//! Changing an entry a TLB may hold (present and accessed: taking access away, or giving write access back to a
+//! read-only page) is followed by the `FlushTlb` hypercall, after which no vCPU uses the old permission: one VM exit on
+//! the calling vCPU, plus a kick out of the guest for each other vCPU running the program. Other entries need none.
 //!
-//! Anonymous memory from the direct map is split into 4 KiB pages where the program protects it. The library OS
+//! Anonymous memory from the direct map is split into 4 KiB pages where the program protects part of a 2 MiB page
+//! or makes it PROT_NONE; a 2 MiB page made read-only or read-write as a whole stays one. The library OS
 //! reaches that memory through the same addresses, so it gives it full access back before freeing it (munmap) and
 //! around its own writes to it (MADV_DONTNEED, mremap).
 
@@ -12,7 +13,7 @@ use super::{memory, pml4, ram_size, DirectMap};
 use crate::errno::Errno;
 use crate::hypercall;
 use alloc::vec::Vec;
-use kiln_abi::layout::{DIRECT_MAP_BASE, PAGE_SIZE, PROGRAM_MIN_ADDR};
+use kiln_abi::layout::{DIRECT_MAP_BASE, HUGE_PAGE_SIZE, PAGE_SIZE, PROGRAM_MIN_ADDR};
 use kiln_abi::paging::protect::{self as paging, Leaf};
 
 pub use kiln_abi::paging::protect::Access;
@@ -88,6 +89,13 @@ pub fn protect(start: u64, end: u64, access: Access, reserved: bool) -> Result<(
         let mut m = memory();
         for &(at, l) in found.iter().filter(|(_, l)| l.user()) {
             let (from, to) = (at.max(start), (at + l.size).min(end));
+            // A 2 MiB page the change covers stays one (one shadow entry instead of 512), unless it goes PROT_NONE.
+            if l.size == HUGE_PAGE_SIZE && (from, to) == (at, at + l.size) && access != Access::None {
+                if let Ok(changed) = paging::protect_huge(&mut DirectMap, pml4(), at, access) {
+                    reload |= changed;
+                    continue;
+                }
+            }
             for page in (from..to).step_by(PAGE_SIZE as usize) {
                 reload |=
                     paging::protect(&mut DirectMap, &mut m.frames, pml4(), page, access).map_err(|_| Errno::ENOMEM)?;
@@ -100,14 +108,19 @@ pub fn protect(start: u64, end: u64, access: Access, reserved: bool) -> Result<(
     Ok(())
 }
 
-/// Sets each of `pages` to its access; flushes the TLBs if that changed a present entry.
-fn set_all(pages: &[(u64, Access)]) {
+/// Sets each of `pages` (where each starts, its access, its size) to its access; flushes the TLBs if that changed an
+/// entry a TLB may hold.
+fn set_all(pages: &[(u64, Access, u64)]) {
     let mut reload = false;
     {
         let mut m = memory();
-        for &(page, access) in pages {
-            // These pages were just found mapped in 4 KiB entries, so nothing can fail.
-            reload |= paging::protect(&mut DirectMap, &mut m.frames, pml4(), page, access).unwrap_or(true);
+        for &(page, access, size) in pages {
+            // These pages were just found mapped, so nothing can fail.
+            reload |= if size == HUGE_PAGE_SIZE {
+                paging::protect_huge(&mut DirectMap, pml4(), page, access).unwrap_or(true)
+            } else {
+                paging::protect(&mut DirectMap, &mut m.frames, pml4(), page, access).unwrap_or(true)
+            };
         }
     }
     if reload {
@@ -115,20 +128,31 @@ fn set_all(pages: &[(u64, Access)]) {
     }
 }
 
-/// The pages of `[start, end)` in direct-map memory that the program took some access away from, with that access.
-fn protected_pages(start: u64, end: u64) -> Vec<(u64, Access)> {
+/// The pages of `[start, end)` in direct-map memory that the program took some access away from, with that access and
+/// their size (a 2 MiB page made read-only as a whole is one; one only partly in the range is split when changed).
+fn protected_pages(start: u64, end: u64) -> Vec<(u64, Access, u64)> {
     let mut found = Vec::new();
     let mut at = start;
     while at < end {
         match leaf(at) {
             Some(l) if l.size == PAGE_SIZE => {
                 if l.access() != Access::ReadWrite {
-                    found.push((at, l.access()));
+                    found.push((at, l.access(), PAGE_SIZE));
                 }
                 at += PAGE_SIZE;
             }
-            // Huge pages are never protected: step over the rest of one.
-            Some(l) => at = (at & !(l.size - 1)) + l.size,
+            Some(l) => {
+                let base = at & !(l.size - 1);
+                if l.access() != Access::ReadWrite {
+                    if base >= start && base + l.size <= end {
+                        found.push((base, l.access(), l.size));
+                    } else {
+                        let within = at..(base + l.size).min(end);
+                        found.extend(within.step_by(PAGE_SIZE as usize).map(|p| (p, l.access(), PAGE_SIZE)));
+                    }
+                }
+                at = base + l.size;
+            }
             None => at += PAGE_SIZE,
         }
     }
@@ -138,7 +162,8 @@ fn protected_pages(start: u64, end: u64) -> Vec<(u64, Access)> {
 /// Gives `[start, end)` full access for good: before it goes back to the frame allocator.
 pub fn unprotect(start: u64, end: u64) {
     super::file_copies::forget(start, end);
-    let pages: Vec<_> = protected_pages(start, end).into_iter().map(|(p, _)| (p, Access::ReadWrite)).collect();
+    let pages: Vec<_> =
+        protected_pages(start, end).into_iter().map(|(p, _, size)| (p, Access::ReadWrite, size)).collect();
     if !pages.is_empty() {
         set_all(&pages);
     }
@@ -152,7 +177,7 @@ pub fn with_write_access<R>(start: u64, end: u64, write: impl FnOnce() -> R) -> 
     if protected.is_empty() {
         return write();
     }
-    let open: Vec<_> = protected.iter().map(|&(p, _)| (p, Access::ReadWrite)).collect();
+    let open: Vec<_> = protected.iter().map(|&(p, _, size)| (p, Access::ReadWrite, size)).collect();
     set_all(&open);
     let result = write();
     set_all(&protected);

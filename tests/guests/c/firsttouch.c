@@ -12,7 +12,11 @@
  *
  * With the argument `untouched`: changes the protection of pages never touched, one page per mprotect, many times
  * (in Kiln no TLB can hold them, so no flush is needed: tests/boot.rs counts the VM exits); then touches them, and
- * checks that protection taken away from touched pages still faults. */
+ * checks that protection taken away from touched pages still faults.
+ *
+ * With the argument `huge`: writes every page of 8 MiB of fresh anonymous memory, makes it all read-only, reads every
+ * page, checks that writes fault, and makes it writable again (in Kiln with --memory 256M or more, 2 MiB pages the
+ * change covers stay 2 MiB pages: tests/boot.rs counts the faults). */
 #define _GNU_SOURCE
 #include <setjmp.h>
 #include <signal.h>
@@ -108,6 +112,32 @@ static int untouched(void) {
   return failures != 0;
 }
 
+static int huge(void) {
+  size_t pages = (8 << 20) / PAGE;
+  char *p = mmap(NULL, pages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return 1;
+  for (size_t i = 0; i < pages; i++) p[i * PAGE] = (char)(i % 13 + 1);
+  int ok = mprotect(p, pages * PAGE, PROT_READ) == 0;
+  for (size_t i = 0; i < pages; i++) ok &= ((volatile char *)p)[i * PAGE] == (char)(i % 13 + 1);
+  check(ok, "8 MiB written, then made read-only: every page reads what was written");
+  ok = 1;
+  for (size_t i = 0; i < pages; i += 256) ok &= faults(p + i * PAGE, 1);
+  check(ok, "writes to it fault");
+  ok = mprotect(p, pages * PAGE, PROT_READ | PROT_WRITE) == 0;
+  for (size_t i = 0; i < pages; i += 256) ok &= !faults(p + i * PAGE, 1) && p[i * PAGE] == 7;
+  check(ok, "read-write again: writable");
+  /* Unmapped while read-only: the memory must be writable again when it is handed out next. */
+  ok = mprotect(p, pages * PAGE, PROT_READ) == 0 && munmap(p, pages * PAGE) == 0;
+  for (int round = 0; round < 4 && ok; round++) {
+    char *q = mmap(NULL, pages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    ok &= q != MAP_FAILED;
+    for (size_t i = 0; ok && i < pages; i += 64) ok &= !faults(q + i * PAGE, 1) && q[i * PAGE] == 7;
+  }
+  check(ok, "unmapped while read-only: memory mapped next is writable");
+  printf("firsttouch: %d failed\n", failures);
+  return failures != 0;
+}
+
 int main(int argc, char **argv) {
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
@@ -116,6 +146,7 @@ int main(int argc, char **argv) {
   sigaction(SIGSEGV, &sa, NULL);
   if (argc > 1 && strcmp(argv[1], "fresh") == 0) return fresh_memory();
   if (argc > 1 && strcmp(argv[1], "untouched") == 0) return untouched();
+  if (argc > 1 && strcmp(argv[1], "huge") == 0) return huge();
 
   check(read_then_write(data, DATA_PAGES, 1), "initialised data: read, then written, page by page");
   protections_hold(data + 16 * PAGE, "initialised data");

@@ -181,6 +181,21 @@ pub fn protect<M: PhysMemory, F: FrameSource>(
     Ok(may_be_cached(mem.swap_u64(l.entry_addr, entry)))
 }
 
+/// Gives the whole 2 MiB page at `vaddr` `access`, keeping it one page: read-only or read-write (PROT_NONE takes 4 KiB
+/// entries). Returns whether a TLB may hold the old entry, as [`protect`] does; `NotMapped` if no 2 MiB page maps
+/// `vaddr` (any more).
+pub fn protect_huge<M: PhysMemory>(mem: &mut M, pml4: u64, vaddr: u64, access: Access) -> Result<bool, MapError> {
+    let l = leaf(mem, pml4, vaddr).filter(|l| l.size == HUGE_PAGE_SIZE).ok_or(MapError::NotMapped(vaddr))?;
+    let flags = match access {
+        Access::None => return Err(MapError::BadAddress(vaddr)),
+        _ if l.access() == access => return Ok(false),
+        Access::Read => PTE_PRESENT,
+        Access::ReadWrite => leaf_flags(PTE_PRESENT | PTE_WRITABLE),
+    };
+    let entry = l.phys() | (l.entry & PTE_USER) | PTE_HUGE | flags;
+    Ok(may_be_cached(mem.swap_u64(l.entry_addr, entry)))
+}
+
 /// Whether a TLB may hold `entry`: present, and loaded at least once (see the module's opening).
 pub fn may_be_cached(entry: u64) -> bool {
     entry & (PTE_PRESENT | PTE_ACCESSED) == PTE_PRESENT | PTE_ACCESSED
@@ -333,6 +348,23 @@ mod tests {
         let entry = leaf(&ram.0, PML4, 0x20_6000).unwrap().entry;
         assert_ne!(entry & PTE_ACCESSED, 0);
         assert_eq!(protect(&mut ram, &mut frames, PML4, 0x20_6000, Access::Read), Ok(true));
+    }
+
+    #[test]
+    fn a_whole_huge_page_changes_protection_without_a_split() {
+        let mut ram = Ram::new(1 << 20);
+        let mut frames = Bump(0x2000, 0x20000);
+        map_huge_page(&mut ram, &mut frames, PML4, 0x20_0000, 0x40_0000, PTE_USER | PTE_WRITABLE).unwrap();
+        touch(&mut ram, 0x20_0000);
+        assert_eq!(protect_huge(&mut ram, PML4, 0x20_1000, Access::Read), Ok(true));
+        let l = leaf(&ram, PML4, 0x20_5000).unwrap();
+        assert_eq!((l.size, l.access(), l.phys()), (HUGE_PAGE_SIZE, Access::Read, 0x40_0000));
+        assert_eq!(protect_huge(&mut ram, PML4, 0x20_0000, Access::Read), Ok(false));
+        assert_eq!(protect_huge(&mut ram, PML4, 0x20_0000, Access::ReadWrite), Ok(false));
+        assert!(translate(&ram, PML4, 0x3f_ffff).unwrap().writable);
+        assert_eq!(protect_huge(&mut ram, PML4, 0x20_0000, Access::None), Err(MapError::BadAddress(0x20_0000)));
+        protect(&mut ram, &mut frames, PML4, 0x20_0000, Access::Read).unwrap();
+        assert_eq!(protect_huge(&mut ram, PML4, 0x20_0000, Access::Read), Err(MapError::NotMapped(0x20_0000)));
     }
 
     #[test]
