@@ -375,18 +375,37 @@ fn rewritten_programs_are_cached_and_damaged_entries_ignored() {
     run().assert_code(3).assert_stdout(&expected).assert_stderr_contains("hit=true");
 
     let dir = home.join("cache/rewrite");
-    // The entry, not the alias that finds it by the program's path and stat (64 bytes: the entry's name).
-    let entry = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-        .expect("one cache entry");
-    let mut bytes = std::fs::read(&entry).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0xff;
-    std::fs::write(&entry, &bytes).unwrap();
-    run().assert_code(3).assert_stdout(&expected).assert_stderr_contains("hit=false");
-    run().assert_code(3).assert_stdout(&expected).assert_stderr_contains("hit=true");
+    // The entries, not the aliases that find them by the program's path and stat (64 bytes: the entry's name).
+    let entries = || -> std::collections::BTreeSet<std::path::PathBuf> {
+        let files = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path());
+        files.filter(|p| std::fs::metadata(p).unwrap().len() > 64).collect()
+    };
+    let entry = entries().into_iter().next().expect("one cache entry");
+    let good = std::fs::read(&entry).unwrap();
+    // A hit checks the entry's length, its head and metadata (the bytes before the code) and that it was made from
+    // this program; not the code's digest (see rewrite_cache::Check).
+    let truncated = &good[..good.len() - 1];
+    let mut metadata_damaged = good.clone();
+    metadata_damaged[70] ^= 0xff;
+    for damaged in [truncated, &metadata_damaged] {
+        std::fs::write(&entry, damaged).unwrap();
+        run().assert_code(3).assert_stdout(&expected).assert_stderr_contains("hit=false");
+        run().assert_code(3).assert_stdout(&expected).assert_stderr_contains("hit=true");
+    }
+
+    // Another program of the same layout and code (one byte appended to the file): its entry is its own, and hello's
+    // entry put in its place is a miss.
+    let other = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cache-test-hello-plus-one");
+    std::fs::write(&other, [std::fs::read(&hello).unwrap(), vec![0]].concat()).unwrap();
+    std::fs::set_permissions(&other, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let run_other = || kiln().env("KILN_HOME", &home).env("KILN_LOG", "kiln_vmm=debug").arg("run").arg(&other).run();
+    let before = entries();
+    run_other().assert_code(0).assert_stderr_contains("hit=false");
+    let others = entries().difference(&before).cloned().collect::<Vec<_>>();
+    assert_eq!(others.len(), 1, "one entry for the other program");
+    std::fs::write(&others[0], std::fs::read(&entry).unwrap()).unwrap();
+    run_other().assert_code(0).assert_stderr_contains("hit=false");
+    run_other().assert_code(0).assert_stderr_contains("hit=true");
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! A cache of prepared (rewritten) programs, keyed by the SHA-256 of the executable and of this kiln's version. The
 //! rewrite depends only on those, and decoding is the costliest part of a boot (the decoder builds its tables first),
-//! so `kiln run` of a binary it has run before skips it. Entries are checked on the way in: a damaged, truncated or
-//! mismatched entry is a miss, never an error, and is replaced. The cache holds at most a limit of bytes (256 MiB
+//! so `kiln run` of a binary it has run before skips it. Entries are checked on the way in, at a cost in proportion
+//! to their metadata ([`Check::Hit`]): a truncated one, one of another format or made from another input, or one
+//! whose head or metadata is damaged is a miss, never an error, and is replaced. The cache holds at most a limit of bytes (256 MiB
 //! by default): storing an entry deletes the least recently used ones beyond it (by modification time, which a hit
 //! renews). An entry holds only the program's executable bytes, so it is about as large as the file's code.
 
@@ -18,7 +19,7 @@ const MAGIC: &[u8; 8] = b"KILNPREP";
 /// A rewritten shared object (`shared_object`): the whole file, as the guest's root filesystem holds it.
 const OBJECT_MAGIC: &[u8; 8] = b"KILNSOBJ";
 /// Bumped whenever the entry layout or what the rewriter produces changes.
-pub(crate) const FORMAT: u32 = 4;
+pub(crate) const FORMAT: u32 = 5;
 
 /// Bytes the cache keeps at most unless told otherwise.
 pub const DEFAULT_LIMIT: u64 = 256 << 20;
@@ -52,37 +53,44 @@ impl RewriteCache {
         elf: &ElfImage,
         file: &[u8],
     ) -> Result<(PreparedProgram, bool), LoaderError> {
-        let alias = self.dir.join(key(&[b"identity\0", identity].concat()));
-        let named = std::fs::read_to_string(&alias).ok().filter(|k| is_key(k));
-        if let Some(prepared) = named.and_then(|k| self.lookup(&self.dir.join(k), elf)) {
+        let alias = self.dir.join(hex(&key(&[b"identity\0", identity].concat())));
+        let named = std::fs::read_to_string(&alias).ok().and_then(|k| unhex(&k));
+        if let Some(prepared) = named.and_then(|k| self.lookup(&k, elf)) {
             return Ok((prepared, true));
         }
         let content = key(file);
         let prepared = self.prepare_keyed(&content, elf, file)?;
-        if let Err(e) = store(&alias, content.as_bytes()) {
+        if let Err(e) = store(&alias, hex(&content).as_bytes()) {
             tracing::debug!("cannot store the program's alias in {}: {e}", alias.display());
         }
         Ok(prepared)
     }
 
-    fn lookup(&self, path: &Path, elf: &ElfImage) -> Option<PreparedProgram> {
-        let prepared = std::fs::read(path).ok().and_then(|b| decode(&b)).filter(|p| p.fits(elf))?;
-        // Its modification time is its last use, which eviction goes by.
-        let _ = std::fs::File::options().write(true).open(path).and_then(|f| f.set_modified(SystemTime::now()));
+    /// The entry made from the input whose key is `input`, if it is there, whole, and fits `elf`.
+    fn lookup(&self, input: &[u8; 32], elf: &ElfImage) -> Option<PreparedProgram> {
+        let path = self.dir.join(hex(input));
+        let prepared =
+            std::fs::read(&path).ok().and_then(|b| decode_checked(&b, Check::Hit(*input))).filter(|p| p.fits(elf))?;
+        touch(&path);
         Some(prepared)
     }
 
-    fn prepare_keyed(&self, key: &str, elf: &ElfImage, file: &[u8]) -> Result<(PreparedProgram, bool), LoaderError> {
-        let path = self.dir.join(key);
-        if let Some(prepared) = self.lookup(&path, elf) {
+    fn prepare_keyed(
+        &self,
+        input: &[u8; 32],
+        elf: &ElfImage,
+        file: &[u8],
+    ) -> Result<(PreparedProgram, bool), LoaderError> {
+        if let Some(prepared) = self.lookup(input, elf) {
             return Ok((prepared, true));
         }
         let prepared = loader::prepare_program(elf, file)?;
-        let entry = encode(&prepared);
+        let entry = encode_keyed(&prepared, input);
         if entry.len() as u64 > self.limit {
             return Ok((prepared, false));
         }
-        match store(&path, &entry) {
+        let path = self.dir.join(hex(input));
+        match store_durable(&path, &entry) {
             Ok(()) => self.evict(&path),
             Err(e) => tracing::debug!("cannot store the rewritten program in {}: {e}", path.display()),
         }
@@ -92,15 +100,16 @@ impl RewriteCache {
     /// The shared object `file` rewritten (`shared_object`), from the cache if it has it (`true`), else freshly
     /// rewritten and stored (`false`). Keyed like programs, by content, in the same directory and limit.
     pub fn rewrite_object(&self, file: &[u8]) -> Result<(RewrittenObject, bool), SharedObjectError> {
-        let path = self.dir.join(key(&[b"shared object\0", file].concat()));
-        if let Some(object) = std::fs::read(&path).ok().and_then(|b| decode_object(&b)) {
-            let _ = std::fs::File::options().write(true).open(&path).and_then(|f| f.set_modified(SystemTime::now()));
+        let input = key(&[b"shared object\0", file].concat());
+        let path = self.dir.join(hex(&input));
+        if let Some(object) = std::fs::read(&path).ok().and_then(|b| decode_object(&b, Check::Hit(input))) {
+            touch(&path);
             return Ok((object, true));
         }
         let object = shared_object::rewrite_object(file)?;
-        let entry = encode_object(&object);
+        let entry = encode_object(&object, &input);
         if entry.len() as u64 <= self.limit {
-            match store(&path, &entry) {
+            match store_durable(&path, &entry) {
                 Ok(()) => self.evict(&path),
                 Err(e) => tracing::debug!("cannot store the rewritten object in {}: {e}", path.display()),
             }
@@ -145,13 +154,41 @@ fn is_key(name: &str) -> bool {
     name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-fn key(file: &[u8]) -> String {
+/// The SHA-256 of `file` with this kiln's version and format: an entry's name (in hex) and the input it records.
+fn key(file: &[u8]) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(b"kiln rewrite cache\0");
     h.update(env!("CARGO_PKG_VERSION").as_bytes());
     h.update(FORMAT.to_le_bytes());
     h.update(file);
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    h.finalize().into()
+}
+
+fn hex(key: &[u8; 32]) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The key an entry's name (or an alias's contents) spells, if it is one.
+fn unhex(name: &str) -> Option<[u8; 32]> {
+    if !is_key(name) {
+        return None;
+    }
+    let mut out = [0; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&name[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Marks the entry at `path` used now: its modification time is its last use, which eviction goes by.
+fn touch(path: &Path) {
+    let _ = std::fs::File::options().write(true).open(path).and_then(|f| f.set_modified(SystemTime::now()));
+}
+
+/// [`store`], with the bytes flushed to disk before the rename: an entry under its name is then whole even after a
+/// crash, which is what lets a hit skip the bulk's digest ([`Check::Hit`]). Only on a miss, which costs far more.
+fn store_durable(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    store_with(path, &[bytes], true).map(drop)
 }
 
 /// Writes the whole entry under a temporary name, then renames it: readers see all of it or nothing.
@@ -161,12 +198,19 @@ fn store(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// [`store`] of the concatenation of `parts`; returns the file written, open for reading.
 pub(crate) fn store_parts(path: &Path, parts: &[&[u8]]) -> std::io::Result<std::fs::File> {
+    store_with(path, parts, false)
+}
+
+fn store_with(path: &Path, parts: &[&[u8]], durable: bool) -> std::io::Result<std::fs::File> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(".{}.{}", std::process::id(), path.file_name().unwrap_or_default().to_string_lossy()));
     let written = (|| {
         let mut f = std::fs::File::options().read(true).write(true).create(true).truncate(true).open(&tmp)?;
         parts.iter().try_for_each(|part| f.write_all(part))?;
+        if durable {
+            f.sync_data()?;
+        }
         std::fs::rename(&tmp, path)?;
         Ok(f)
     })();
@@ -176,51 +220,102 @@ pub(crate) fn store_parts(path: &Path, parts: &[&[u8]]) -> std::io::Result<std::
     written
 }
 
-fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.extend((bytes.len() as u64).to_le_bytes());
-    out.extend(bytes);
-}
-
 fn put_addrs(out: &mut Vec<u8>, addrs: &[u64]) {
     out.extend((addrs.len() as u64).to_le_bytes());
     addrs.iter().for_each(|a| out.extend(a.to_le_bytes()));
 }
 
-/// Magic, format, payload, then the SHA-256 of the payload. Also how an image stores its prepared program.
+/// The entry of `p` with no input named: how an image stores its prepared program (the image store vouches for the
+/// input). See [`seal`] for the layout.
 pub fn encode(p: &PreparedProgram) -> Vec<u8> {
-    let code: usize = p.code.iter().map(|(_, bytes)| bytes.len() + 16).sum();
-    let mut payload = Vec::with_capacity(code + p.stubs.len() + 128);
-    payload.extend(p.base.to_le_bytes());
-    payload.extend(p.span_start.to_le_bytes());
-    payload.extend(p.span_len.to_le_bytes());
-    payload.extend((p.code.len() as u64).to_le_bytes());
-    for (at, bytes) in &p.code {
-        payload.extend(at.to_le_bytes());
-        put_bytes(&mut payload, bytes);
-    }
-    put_bytes(&mut payload, &p.stubs);
-    put_report(&mut payload, &p.report);
-    seal(MAGIC, &payload)
+    encode_keyed(p, &[0; 32])
 }
 
-fn seal(magic: &[u8], payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(payload.len() + 44);
+/// The entry of `p`, prepared from the input whose [`key`] is `input`.
+fn encode_keyed(p: &PreparedProgram, input: &[u8; 32]) -> Vec<u8> {
+    let mut meta = Vec::with_capacity(p.code.len() * 16 + 128);
+    meta.extend(p.base.to_le_bytes());
+    meta.extend(p.span_start.to_le_bytes());
+    meta.extend(p.span_len.to_le_bytes());
+    meta.extend((p.code.len() as u64).to_le_bytes());
+    for (at, bytes) in &p.code {
+        meta.extend(at.to_le_bytes());
+        meta.extend((bytes.len() as u64).to_le_bytes());
+    }
+    meta.extend((p.stubs.len() as u64).to_le_bytes());
+    put_report(&mut meta, &p.report);
+    let mut bulk: Vec<&[u8]> = p.code.iter().map(|(_, bytes)| bytes.as_slice()).collect();
+    bulk.push(&p.stubs);
+    seal(MAGIC, input, &meta, &bulk)
+}
+
+/// Bytes before an entry's metadata: magic, format, input key, metadata length, bulk length.
+const HEAD_LEN: usize = 8 + 4 + 32 + 8 + 8;
+/// Bytes after its bulk: the two digests.
+const TAIL_LEN: usize = 32 + 32;
+
+/// An entry: the head ([`HEAD_LEN`]: `magic`, format, the input's key, the metadata's and the bulk's lengths), the
+/// metadata (addresses and lengths, the rewrite report), the bulk (the rewritten bytes), then the SHA-256 of
+/// everything before the bulk and the SHA-256 of the bulk. A cache hit checks the head, the lengths and the first
+/// digest only, so it costs in proportion to the metadata, not to the program (python3: 8-14 MB of bulk); see
+/// [`Check`].
+fn seal(magic: &[u8; 8], input: &[u8; 32], meta: &[u8], bulk: &[&[u8]]) -> Vec<u8> {
+    let bulk_len: usize = bulk.iter().map(|b| b.len()).sum();
+    let mut out = Vec::with_capacity(HEAD_LEN + meta.len() + bulk_len + TAIL_LEN);
     out.extend(magic);
     out.extend(FORMAT.to_le_bytes());
-    out.extend(payload);
-    out.extend(Sha256::digest(payload));
+    out.extend(input);
+    out.extend((meta.len() as u64).to_le_bytes());
+    out.extend((bulk_len as u64).to_le_bytes());
+    out.extend(meta);
+    let head_digest = Sha256::digest(&out);
+    let mut h = Sha256::new();
+    for part in bulk {
+        out.extend(*part);
+        h.update(part);
+    }
+    out.extend(head_digest);
+    out.extend(h.finalize());
     out
 }
 
-/// The payload of an entry `seal` made with `magic`, if it is whole.
-fn unseal<'a>(magic: &[u8], entry: &'a [u8]) -> Option<&'a [u8]> {
-    let body = entry.strip_prefix(magic)?;
-    let (format, rest) = body.split_at_checked(4)?;
-    if format != FORMAT.to_le_bytes() || rest.len() < 32 {
+/// How much of an entry [`unseal`] checks.
+#[derive(Clone, Copy)]
+enum Check {
+    /// A cache hit: the magic and format, that it was made from the input whose key is given, that its length is
+    /// exactly what its head says (catches truncation and anything appended), and the digest of everything but the
+    /// bulk. Entries are written whole, flushed to disk and only then renamed into place ([`store_durable`]), so a
+    /// damaged bulk would take something other than kiln writing into the cache directory; it is not looked for.
+    Hit([u8; 32]),
+    /// Also the bulk's digest, and any input: an image's prepared program, whose cost is paid once per image.
+    Whole,
+}
+
+/// The metadata and the bulk of an entry [`seal`] made with `magic`, if it passes `check`.
+fn unseal<'a>(magic: &[u8; 8], entry: &'a [u8], check: Check) -> Option<(&'a [u8], &'a [u8])> {
+    let head = entry.get(..HEAD_LEN)?;
+    if &head[..8] != magic || head[8..12] != FORMAT.to_le_bytes() {
         return None;
     }
-    let (payload, digest) = rest.split_at(rest.len() - 32);
-    (Sha256::digest(payload).as_slice() == digest).then_some(payload)
+    if let Check::Hit(input) = check {
+        (head[12..44] == input).then_some(())?;
+    }
+    let meta_len = usize::try_from(u64::from_le_bytes(head[44..52].try_into().ok()?)).ok()?;
+    let bulk_len = usize::try_from(u64::from_le_bytes(head[52..60].try_into().ok()?)).ok()?;
+    let bulk_at = HEAD_LEN.checked_add(meta_len)?;
+    let tail_at = bulk_at.checked_add(bulk_len)?;
+    if tail_at.checked_add(TAIL_LEN)? != entry.len() {
+        return None;
+    }
+    let (head_digest, bulk_digest) = entry[tail_at..].split_at(32);
+    if Sha256::digest(&entry[..bulk_at]).as_slice() != head_digest {
+        return None;
+    }
+    let bulk = &entry[bulk_at..tail_at];
+    if matches!(check, Check::Whole) && Sha256::digest(bulk).as_slice() != bulk_digest {
+        return None;
+    }
+    Some((&entry[HEAD_LEN..bulk_at], bulk))
 }
 
 fn put_report(out: &mut Vec<u8>, report: &RewriteReport) {
@@ -230,20 +325,20 @@ fn put_report(out: &mut Vec<u8>, report: &RewriteReport) {
     put_addrs(out, &report.unsafe_sites);
 }
 
-fn encode_object(object: &RewrittenObject) -> Vec<u8> {
-    let mut payload = Vec::with_capacity(object.bytes.len() + 64);
-    put_bytes(&mut payload, &object.bytes);
-    put_report(&mut payload, &object.report);
-    seal(OBJECT_MAGIC, &payload)
+fn encode_object(object: &RewrittenObject, input: &[u8; 32]) -> Vec<u8> {
+    let mut meta = Vec::with_capacity(64);
+    put_report(&mut meta, &object.report);
+    seal(OBJECT_MAGIC, input, &meta, &[&object.bytes])
 }
 
-fn decode_object(entry: &[u8]) -> Option<RewrittenObject> {
-    let mut r = Reader(unseal(OBJECT_MAGIC, entry)?);
-    let object = RewrittenObject { bytes: r.bytes()?, report: r.report()? };
+fn decode_object(entry: &[u8], check: Check) -> Option<RewrittenObject> {
+    let (meta, bulk) = unseal(OBJECT_MAGIC, entry, check)?;
+    let mut r = Reader(meta);
+    let object = RewrittenObject { bytes: bulk.to_vec(), report: r.report()? };
     r.0.is_empty().then_some(object)
 }
 
-/// Reads what `encode` wrote, field by field.
+/// Reads what `seal` wrote, field by field.
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
@@ -255,14 +350,14 @@ impl<'a> Reader<'a> {
     fn u64(&mut self) -> Option<u64> {
         Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
     }
-    fn bytes(&mut self) -> Option<Vec<u8>> {
-        let n = usize::try_from(self.u64()?).ok()?;
-        Some(self.take(n)?.to_vec())
+    fn len(&mut self) -> Option<usize> {
+        usize::try_from(self.u64()?).ok()
     }
-    fn code(&mut self) -> Option<Vec<(u64, Vec<u8>)>> {
-        let n = usize::try_from(self.u64()?).ok()?;
-        // Each piece takes at least 16 bytes: a damaged count cannot ask for a huge allocation.
-        (n <= self.0.len() / 16).then(|| (0..n).map(|_| Some((self.u64()?, self.bytes()?))).collect::<Option<_>>())?
+    /// The code pieces' addresses and lengths.
+    fn code(&mut self) -> Option<Vec<(u64, usize)>> {
+        let n = self.len()?;
+        // Each piece takes 16 bytes: a damaged count cannot ask for a huge allocation.
+        (n <= self.0.len() / 16).then(|| (0..n).map(|_| Some((self.u64()?, self.len()?))).collect::<Option<_>>())?
     }
     fn report(&mut self) -> Option<RewriteReport> {
         Some(RewriteReport {
@@ -273,24 +368,32 @@ impl<'a> Reader<'a> {
         })
     }
     fn addrs(&mut self) -> Option<Vec<u64>> {
-        let n = usize::try_from(self.u64()?).ok()?;
+        let n = self.len()?;
         // Bounded by what is left, so a damaged count cannot ask for a huge allocation.
         (n <= self.0.len() / 8).then(|| (0..n).map(|_| self.u64()).collect::<Option<_>>())?
     }
 }
 
-/// Reads what [`encode`] wrote (by this kiln's format); `None` for anything else.
+/// Reads what [`encode`] wrote (by this kiln's format), checking all of it; `None` for anything else.
 pub fn decode(entry: &[u8]) -> Option<PreparedProgram> {
-    let mut r = Reader(unseal(MAGIC, entry)?);
-    let prepared = PreparedProgram {
-        base: r.u64()?,
-        span_start: r.u64()?,
-        span_len: r.u64()?,
-        code: r.code()?,
-        stubs: r.bytes()?,
-        report: r.report()?,
+    decode_checked(entry, Check::Whole)
+}
+
+fn decode_checked(entry: &[u8], check: Check) -> Option<PreparedProgram> {
+    let (meta, mut bulk) = unseal(MAGIC, entry, check)?;
+    let mut r = Reader(meta);
+    let (base, span_start, span_len) = (r.u64()?, r.u64()?, r.u64()?);
+    let pieces = r.code()?;
+    let stubs_len = r.len()?;
+    let report = r.report()?;
+    let mut take = |n: usize| {
+        let (head, rest) = bulk.split_at_checked(n)?;
+        bulk = rest;
+        Some(head.to_vec())
     };
-    r.0.is_empty().then_some(prepared)
+    let code = pieces.into_iter().map(|(at, n)| Some((at, take(n)?))).collect::<Option<Vec<_>>>()?;
+    let stubs = take(stubs_len)?;
+    (r.0.is_empty() && bulk.is_empty()).then_some(PreparedProgram { base, span_start, span_len, code, stubs, report })
 }
 
 #[cfg(test)]
@@ -313,43 +416,69 @@ mod tests {
         }
     }
 
+    const INPUT: [u8; 32] = [7; 32];
+
     #[test]
     fn shared_object_entries_round_trip_and_damage_is_a_miss() {
         let object = RewrittenObject { bytes: vec![0x7f, b'E', b'L', b'F', 1, 2, 3], report: sample().report };
-        let entry = encode_object(&object);
-        let back = decode_object(&entry).unwrap();
+        let entry = encode_object(&object, &INPUT);
+        let back = decode_object(&entry, Check::Hit(INPUT)).unwrap();
         assert_eq!((back.bytes, back.report.relocated), (object.bytes, object.report.relocated));
         let mut damaged = entry.clone();
-        damaged[14] ^= 1;
-        assert!(decode_object(&damaged).is_none());
+        damaged[HEAD_LEN + 1] ^= 1;
+        assert!(decode_object(&damaged, Check::Hit(INPUT)).is_none());
+        assert!(decode_object(&entry, Check::Hit([8; 32])).is_none(), "another input's");
         // A program's entry is no object's, and the other way round.
-        assert!(decode_object(&encode(&sample())).is_none() && decode(&entry).is_none());
+        assert!(decode_object(&encode_keyed(&sample(), &INPUT), Check::Hit(INPUT)).is_none());
+        assert!(decode_checked(&entry, Check::Hit(INPUT)).is_none());
     }
 
     #[test]
     fn entries_round_trip() {
-        let p = decode(&encode(&sample())).unwrap();
-        let s = sample();
-        assert_eq!(
-            (p.base, p.span_start, p.span_len, p.code, p.stubs),
-            (s.base, s.span_start, s.span_len, s.code, s.stubs)
-        );
-        assert_eq!(p.report.relocated, s.report.relocated);
-        assert_eq!(p.report.red_zone, s.report.red_zone);
-        assert_eq!(p.report.in_place, s.report.in_place);
+        for (entry, check) in [(encode(&sample()), Check::Whole), (encode_keyed(&sample(), &INPUT), Check::Hit(INPUT))]
+        {
+            let p = decode_checked(&entry, check).unwrap();
+            let s = sample();
+            assert_eq!(
+                (p.base, p.span_start, p.span_len, p.code, p.stubs),
+                (s.base, s.span_start, s.span_len, s.code, s.stubs)
+            );
+            assert_eq!(p.report.relocated, s.report.relocated);
+            assert_eq!(p.report.red_zone, s.report.red_zone);
+            assert_eq!(p.report.in_place, s.report.in_place);
+        }
+    }
+
+    /// Where `sample()`'s bulk (its code and stubs) starts and ends in its entry.
+    fn bulk_of(entry: &[u8]) -> std::ops::Range<usize> {
+        let bulk_len: usize = sample().code.iter().map(|(_, b)| b.len()).sum::<usize>() + sample().stubs.len();
+        entry.len() - TAIL_LEN - bulk_len..entry.len() - TAIL_LEN
     }
 
     #[test]
     fn damaged_entries_are_misses() {
-        let good = encode(&sample());
-        assert!(decode(&good[..good.len() - 1]).is_none(), "truncated");
+        let good = encode_keyed(&sample(), &INPUT);
+        for check in [Check::Hit(INPUT), Check::Whole] {
+            assert!(decode_checked(&good[..good.len() - 1], check).is_none(), "truncated");
+            assert!(decode_checked(&[&good[..], &[0]].concat(), check).is_none(), "a byte appended");
+            let bulk = bulk_of(&good);
+            assert!(decode_checked(&[&good[..bulk.start], &good[bulk.end..]].concat(), check).is_none(), "no bulk");
+            // Every byte of the head and the metadata, and the head's digest, are checked on every hit.
+            for at in (0..bulk.start).chain(bulk.end..bulk.end + 32) {
+                let mut flipped = good.clone();
+                flipped[at] ^= 1;
+                assert!(decode_checked(&flipped, check).is_none(), "a flipped bit at {at}");
+            }
+            let mut other_format = good.clone();
+            other_format[8] = 99;
+            assert!(decode_checked(&other_format, check).is_none(), "another format");
+            assert!(decode_checked(b"KILNPREP", check).is_none() && decode_checked(b"", check).is_none());
+        }
+        assert!(decode_checked(&good, Check::Hit([8; 32])).is_none(), "made from another input");
+        // The bulk's digest is checked only when all of the entry is (an image's prepared program).
         let mut flipped = good.clone();
-        flipped[100] ^= 1;
-        assert!(decode(&flipped).is_none(), "a flipped bit");
-        let mut other_format = good.clone();
-        other_format[8] = 99;
-        assert!(decode(&other_format).is_none(), "another format");
-        assert!(decode(b"KILNPREP").is_none() && decode(b"").is_none());
+        flipped[bulk_of(&good).start + 3] ^= 1;
+        assert!(decode(&flipped).is_none(), "a flipped bit in the code");
     }
 
     /// A fresh directory for one test's cache.
@@ -375,7 +504,7 @@ mod tests {
     fn the_least_recently_used_entries_go_beyond_the_limit() {
         let dir = cache_dir("lru");
         let programs: Vec<_> = (0..3).map(program).collect();
-        let path = |i: usize| dir.join(key(&programs[i].1));
+        let path = |i: usize| dir.join(hex(&key(&programs[i].1)));
         let entry_len = encode(&loader::prepare_program(&programs[0].0, &programs[0].1).unwrap()).len() as u64;
         // Room for two entries and a half.
         let cache = RewriteCache::with_limit(&dir, entry_len * 5 / 2);
@@ -405,7 +534,7 @@ mod tests {
         let cache = RewriteCache::with_limit(&dir, 1024);
         assert!(!cache.prepare(&elf, &file).unwrap().1);
         assert!(!cache.prepare(&elf, &file).unwrap().1, "still a miss");
-        assert!(!dir.join(key(&file)).exists());
+        assert!(!dir.join(hex(&key(&file))).exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -415,21 +544,37 @@ mod tests {
         let cache = RewriteCache::new(&dir);
         let (elf, file) = program(0);
         assert!(!cache.prepare_identified(b"/bin/p 1", &elf, &file).unwrap().1, "a miss");
-        let alias = dir.join(key(b"identity\0/bin/p 1"));
-        assert_eq!(std::fs::read_to_string(&alias).unwrap(), key(&file), "the alias names the entry");
+        let alias = dir.join(hex(&key(b"identity\0/bin/p 1")));
+        assert_eq!(std::fs::read_to_string(&alias).unwrap(), hex(&key(&file)), "the alias names the entry");
         assert!(cache.prepare_identified(b"/bin/p 1", &elf, &file).unwrap().1, "a hit through the alias");
         assert!(cache.prepare_identified(b"/bin/p 2", &elf, &file).unwrap().1, "a new identity, the same bytes");
         std::fs::write(&alias, "not a key").unwrap();
         assert!(cache.prepare_identified(b"/bin/p 1", &elf, &file).unwrap().1, "hashed again, found by content");
-        assert_eq!(std::fs::read_to_string(&alias).unwrap(), key(&file), "the alias is written again");
-        std::fs::remove_file(dir.join(key(&file))).unwrap();
+        assert_eq!(std::fs::read_to_string(&alias).unwrap(), hex(&key(&file)), "the alias is written again");
+        std::fs::remove_file(dir.join(hex(&key(&file)))).unwrap();
         assert!(!cache.prepare_identified(b"/bin/p 1", &elf, &file).unwrap().1, "an alias to an evicted entry");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_entry_made_from_another_input_is_a_miss() {
+        let dir = cache_dir("other-input");
+        let cache = RewriteCache::new(&dir);
+        // Two programs of the same layout and code (they differ past their segments): each entry fits the other.
+        let (a, b) = (program(0), program(1));
+        assert!(!cache.prepare(&a.0, &a.1).unwrap().1);
+        std::fs::copy(dir.join(hex(&key(&a.1))), dir.join(hex(&key(&b.1)))).unwrap();
+        assert!(!cache.prepare(&b.0, &b.1).unwrap().1, "a's entry under b's name");
+        assert!(cache.prepare(&b.0, &b.1).unwrap().1, "replaced by b's own");
+        assert!(cache.prepare(&a.0, &a.1).unwrap().1);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn keys_depend_on_every_byte() {
         assert_ne!(key(b"\x7fELF one"), key(b"\x7fELF onf"));
-        assert_eq!(key(b"same").len(), 64);
+        assert_eq!(hex(&key(b"same")).len(), 64);
+        assert_eq!(unhex(&hex(&key(b"same"))), Some(key(b"same")));
+        assert_eq!(unhex("not a key"), None);
     }
 }
