@@ -69,8 +69,7 @@ impl RewriteCache {
     /// The entry made from the input whose key is `input`, if it is there, whole, and fits `elf`.
     fn lookup(&self, input: &[u8; 32], elf: &ElfImage) -> Option<PreparedProgram> {
         let path = self.dir.join(hex(input));
-        let prepared =
-            std::fs::read(&path).ok().and_then(|b| decode_checked(&b, Check::Hit(*input))).filter(|p| p.fits(elf))?;
+        let prepared = read_entry(&path, input).filter(|p| p.fits(elf))?;
         touch(&path);
         Some(prepared)
     }
@@ -291,9 +290,10 @@ enum Check {
     Whole,
 }
 
-/// The metadata and the bulk of an entry [`seal`] made with `magic`, if it passes `check`.
-fn unseal<'a>(magic: &[u8; 8], entry: &'a [u8], check: Check) -> Option<(&'a [u8], &'a [u8])> {
-    let head = entry.get(..HEAD_LEN)?;
+/// The metadata's and the bulk's lengths an entry's head (its first [`HEAD_LEN`] bytes) gives, if it is one `seal`
+/// made with `magic` in this format (and from `check`'s input, for a hit), and where its tail starts.
+fn head_lengths(magic: &[u8; 8], head: &[u8], check: Check) -> Option<(usize, usize, usize)> {
+    let head = head.get(..HEAD_LEN)?;
     if &head[..8] != magic || head[8..12] != FORMAT.to_le_bytes() {
         return None;
     }
@@ -302,11 +302,17 @@ fn unseal<'a>(magic: &[u8; 8], entry: &'a [u8], check: Check) -> Option<(&'a [u8
     }
     let meta_len = usize::try_from(u64::from_le_bytes(head[44..52].try_into().ok()?)).ok()?;
     let bulk_len = usize::try_from(u64::from_le_bytes(head[52..60].try_into().ok()?)).ok()?;
-    let bulk_at = HEAD_LEN.checked_add(meta_len)?;
-    let tail_at = bulk_at.checked_add(bulk_len)?;
+    let tail_at = HEAD_LEN.checked_add(meta_len)?.checked_add(bulk_len)?;
+    Some((meta_len, bulk_len, tail_at))
+}
+
+/// The metadata and the bulk of an entry [`seal`] made with `magic`, if it passes `check`.
+fn unseal<'a>(magic: &[u8; 8], entry: &'a [u8], check: Check) -> Option<(&'a [u8], &'a [u8])> {
+    let (meta_len, _, tail_at) = head_lengths(magic, entry, check)?;
     if tail_at.checked_add(TAIL_LEN)? != entry.len() {
         return None;
     }
+    let bulk_at = HEAD_LEN + meta_len;
     let (head_digest, bulk_digest) = entry[tail_at..].split_at(32);
     if Sha256::digest(&entry[..bulk_at]).as_slice() != head_digest {
         return None;
@@ -316,6 +322,39 @@ fn unseal<'a>(magic: &[u8; 8], entry: &'a [u8], check: Check) -> Option<(&'a [u8
         return None;
     }
     Some((&entry[HEAD_LEN..bulk_at], bulk))
+}
+
+/// The program entry at `path`, checked as a hit from `input` ([`Check::Hit`]), the metadata first, then its bulk
+/// read straight into the pieces it holds: the code is copied once, from the page cache.
+fn read_entry(path: &Path, input: &[u8; 32]) -> Option<PreparedProgram> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(path).ok()?;
+    let size = file.metadata().ok()?.len();
+    let mut head = [0; HEAD_LEN];
+    file.read_exact_at(&mut head, 0).ok()?;
+    let (meta_len, bulk_len, tail_at) = head_lengths(MAGIC, &head, Check::Hit(*input))?;
+    if tail_at.checked_add(TAIL_LEN)? as u64 != size {
+        return None;
+    }
+    let mut checked = head.to_vec();
+    checked.resize(HEAD_LEN + meta_len, 0);
+    file.read_exact_at(&mut checked[HEAD_LEN..], HEAD_LEN as u64).ok()?;
+    let mut head_digest = [0; 32];
+    file.read_exact_at(&mut head_digest, tail_at as u64).ok()?;
+    if Sha256::digest(&checked).as_slice() != head_digest {
+        return None;
+    }
+    let layout = Layout::read(&checked[HEAD_LEN..], bulk_len)?;
+    let mut at = (HEAD_LEN + meta_len) as u64;
+    let mut read = |n: usize| {
+        let mut bytes = vec![0; n];
+        file.read_exact_at(&mut bytes, at).ok()?;
+        at += n as u64;
+        Some(bytes)
+    };
+    let code = layout.pieces.iter().map(|&(vaddr, n)| Some((vaddr, read(n)?))).collect::<Option<Vec<_>>>()?;
+    let stubs = read(layout.stubs_len)?;
+    Some(layout.program(code, stubs))
 }
 
 fn put_report(out: &mut Vec<u8>, report: &RewriteReport) {
@@ -380,20 +419,53 @@ pub fn decode(entry: &[u8]) -> Option<PreparedProgram> {
 }
 
 fn decode_checked(entry: &[u8], check: Check) -> Option<PreparedProgram> {
-    let (meta, mut bulk) = unseal(MAGIC, entry, check)?;
-    let mut r = Reader(meta);
-    let (base, span_start, span_len) = (r.u64()?, r.u64()?, r.u64()?);
-    let pieces = r.code()?;
-    let stubs_len = r.len()?;
-    let report = r.report()?;
+    let (meta, bulk) = unseal(MAGIC, entry, check)?;
+    let layout = Layout::read(meta, bulk.len())?;
+    let mut rest = bulk;
     let mut take = |n: usize| {
-        let (head, rest) = bulk.split_at_checked(n)?;
-        bulk = rest;
-        Some(head.to_vec())
+        let (head, tail) = rest.split_at(n);
+        rest = tail;
+        head.to_vec()
     };
-    let code = pieces.into_iter().map(|(at, n)| Some((at, take(n)?))).collect::<Option<Vec<_>>>()?;
-    let stubs = take(stubs_len)?;
-    (r.0.is_empty() && bulk.is_empty()).then_some(PreparedProgram { base, span_start, span_len, code, stubs, report })
+    let code = layout.pieces.iter().map(|&(vaddr, n)| (vaddr, take(n))).collect();
+    let stubs = take(layout.stubs_len);
+    Some(layout.program(code, stubs))
+}
+
+/// A program entry's metadata: everything but the bytes of its code and stubs.
+struct Layout {
+    base: u64,
+    span_start: u64,
+    span_len: u64,
+    /// The code pieces' addresses and lengths, in the bulk's order.
+    pieces: Vec<(u64, usize)>,
+    stubs_len: usize,
+    report: RewriteReport,
+}
+
+impl Layout {
+    /// The metadata `meta`, if it is whole and its pieces and stubs make up exactly `bulk_len` bytes.
+    fn read(meta: &[u8], bulk_len: usize) -> Option<Layout> {
+        let mut r = Reader(meta);
+        let (base, span_start, span_len) = (r.u64()?, r.u64()?, r.u64()?);
+        let pieces = r.code()?;
+        let stubs_len = r.len()?;
+        let report = r.report()?;
+        let total = pieces.iter().try_fold(stubs_len, |sum, &(_, n)| sum.checked_add(n))?;
+        (r.0.is_empty() && total == bulk_len).then_some(Layout {
+            base,
+            span_start,
+            span_len,
+            pieces,
+            stubs_len,
+            report,
+        })
+    }
+
+    fn program(self, code: Vec<(u64, Vec<u8>)>, stubs: Vec<u8>) -> PreparedProgram {
+        let Layout { base, span_start, span_len, report, .. } = self;
+        PreparedProgram { base, span_start, span_len, code, stubs, report }
+    }
 }
 
 #[cfg(test)]
@@ -455,26 +527,46 @@ mod tests {
         entry.len() - TAIL_LEN - bulk_len..entry.len() - TAIL_LEN
     }
 
+    /// Whether `entry` is refused under `check`: as bytes, and for a hit also as a file read piece by piece.
+    fn refused(entry: &[u8], check: Check) -> bool {
+        let refused = decode_checked(entry, check).is_none();
+        let Check::Hit(input) = check else { return refused };
+        let dir = cache_dir("refused");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("entry"), entry).unwrap();
+        let read = read_entry(&dir.join("entry"), &input);
+        assert_eq!(read.is_none(), refused, "the file is read as the bytes are decoded");
+        std::fs::remove_dir_all(&dir).unwrap();
+        refused
+    }
+
     #[test]
     fn damaged_entries_are_misses() {
         let good = encode_keyed(&sample(), &INPUT);
+        assert!(!refused(&good, Check::Hit(INPUT)) && !refused(&good, Check::Whole));
+        let dir = cache_dir("read");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("entry"), &good).unwrap();
+        let read = read_entry(&dir.join("entry"), &INPUT).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!((read.code, read.stubs), (sample().code, sample().stubs), "read from a file");
         for check in [Check::Hit(INPUT), Check::Whole] {
-            assert!(decode_checked(&good[..good.len() - 1], check).is_none(), "truncated");
-            assert!(decode_checked(&[&good[..], &[0]].concat(), check).is_none(), "a byte appended");
+            assert!(refused(&good[..good.len() - 1], check), "truncated");
+            assert!(refused(&[&good[..], &[0]].concat(), check), "a byte appended");
             let bulk = bulk_of(&good);
-            assert!(decode_checked(&[&good[..bulk.start], &good[bulk.end..]].concat(), check).is_none(), "no bulk");
+            assert!(refused(&[&good[..bulk.start], &good[bulk.end..]].concat(), check), "no bulk");
             // Every byte of the head and the metadata, and the head's digest, are checked on every hit.
             for at in (0..bulk.start).chain(bulk.end..bulk.end + 32) {
                 let mut flipped = good.clone();
                 flipped[at] ^= 1;
-                assert!(decode_checked(&flipped, check).is_none(), "a flipped bit at {at}");
+                assert!(refused(&flipped, check), "a flipped bit at {at}");
             }
             let mut other_format = good.clone();
             other_format[8] = 99;
-            assert!(decode_checked(&other_format, check).is_none(), "another format");
-            assert!(decode_checked(b"KILNPREP", check).is_none() && decode_checked(b"", check).is_none());
+            assert!(refused(&other_format, check), "another format");
+            assert!(refused(b"KILNPREP", check) && refused(b"", check));
         }
-        assert!(decode_checked(&good, Check::Hit([8; 32])).is_none(), "made from another input");
+        assert!(refused(&good, Check::Hit([8; 32])), "made from another input");
         // The bulk's digest is checked only when all of the entry is (an image's prepared program).
         let mut flipped = good.clone();
         flipped[bulk_of(&good).start + 3] ^= 1;
