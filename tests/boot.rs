@@ -1206,6 +1206,23 @@ fn mprotect_is_enforced_and_keeps_the_bytes() {
     assert!(run.stdout_text().ends_with("mprotect: 0 failed\n"), "beside a spinning thread\n{run}");
 }
 
+/// mprotect, madvise, msync, mincore, mremap and munmap of a range spanning two anonymous mappings act only on the
+/// program's memory: the hole between them, where the library OS placed memory of its own, is unmapped to the
+/// program, with Linux's errors, and the library OS lives on (compared with the native run).
+#[test]
+fn calls_over_a_hole_between_mappings_spare_the_library_os() {
+    if !kvm::available() {
+        return;
+    }
+    let binary = guests::c("ownedmem");
+    let native = std::process::Command::new(&binary).output().expect("run ownedmem natively");
+    let native_out = String::from_utf8_lossy(&native.stdout);
+    assert_eq!(native.status.code(), Some(0), "natively:\n{native_out}");
+    for cpus in ["1", "2"] {
+        kiln().args(["run", "--cpus", cpus]).arg(&binary).run().assert_code(0).assert_stdout(&native_out);
+    }
+}
+
 /// Memory read before it is first written: every protection still holds, and (where KVM reports its faults) a page
 /// of the program's data costs less than one shadow fault, not a read-only one and then a second for the write: the
 /// page tables' writable entries are dirty from the start.

@@ -73,6 +73,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("spinsignal", "spinsignal.c", Link::Static),
     ("churn", "churn.c", Link::Static),
     ("mprotect", "mprotect.c", Link::Static),
+    ("ownedmem", "ownedmem.c", Link::Static),
     ("firsttouch", "firsttouch.c", Link::Static),
     ("mapfixed", "mapfixed.c", Link::Static),
     ("mapfixed-pie", "mapfixed.c", Link::StaticPie),

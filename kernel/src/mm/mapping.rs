@@ -7,16 +7,15 @@
 //! library OS reaches free memory through the same addresses), or map at a caller-chosen address (`mm::vma` does).
 
 use super::protect::{unprotect, with_write_access};
-use super::{memory, pml4, ram_size, DirectMap, Memory};
+use super::{memory, owned, pml4, ram_size, DirectMap};
 use crate::errno::Errno;
 use kiln_abi::layout::{direct_map, page_align_up, DIRECT_MAP_BASE, PAGE_SIZE};
 use kiln_abi::paging::{self, PTE_USER, PTE_WRITABLE};
 
-/// The guest-physical range behind `[addr, addr+len)` if all of it is anonymous memory we handed out.
-fn anonymous_range(m: &Memory, addr: u64, len: u64) -> Option<u64> {
-    let phys = addr.checked_sub(DIRECT_MAP_BASE)?;
-    let end = phys.checked_add(len)?;
-    (phys >= m.managed_start && end <= ram_size() && addr.is_multiple_of(PAGE_SIZE)).then_some(phys)
+/// Whether any of `[addr, addr+len)` is in the direct map, where the library OS's own memory lies beside the
+/// program's (`mm::owned` tells them apart).
+pub fn touches_direct_map(addr: u64, len: u64) -> bool {
+    addr < DIRECT_MAP_BASE + ram_size() && addr.saturating_add(len) > DIRECT_MAP_BASE
 }
 
 fn zero(phys: u64, len: u64) {
@@ -30,6 +29,7 @@ pub fn map_anonymous(len: u64) -> Result<u64, Errno> {
     }
     let size = page_align_up(len);
     let phys = memory().frames.alloc(size).ok_or(Errno::ENOMEM)?;
+    owned::add(direct_map(phys), direct_map(phys + size));
     Ok(direct_map(phys))
 }
 
@@ -37,16 +37,18 @@ pub fn unmap(addr: u64, len: u64) -> Result<(), Errno> {
     if !addr.is_multiple_of(PAGE_SIZE) || len == 0 {
         return Err(Errno::EINVAL);
     }
-    let size = page_align_up(len);
-    // Linux lets a program unmap what it never mapped; only memory we handed out goes back to the allocator.
-    let Some(phys) = anonymous_range(&memory(), addr, size) else { return Ok(()) };
-    // A thread that unmaps the stack it runs on (musl's detached threads do, right before `exit`) still needs the
-    // return address our `call` left there: free that memory when the thread is gone.
+    let end = addr.checked_add(page_align_up(len)).ok_or(Errno::EINVAL)?;
+    // Linux lets a program unmap what it never mapped; only the parts it holds go back to the allocator.
     let user_rsp = crate::percpu::syscall_frame().user_rsp;
-    if (addr..addr + size).contains(&user_rsp) {
-        crate::sched::free_at_exit(crate::sched::Unmapped::Direct(phys, size));
-    } else {
-        release(phys, size);
+    for (start, end) in owned::take(addr, end) {
+        let (phys, size) = (start - DIRECT_MAP_BASE, end - start);
+        // A thread that unmaps the stack it runs on (musl's detached threads do, right before `exit`) still needs
+        // the return address our `call` left there: free that memory when the thread is gone.
+        if (start..end).contains(&user_rsp) {
+            crate::sched::free_at_exit(crate::sched::Unmapped::Direct(phys, size));
+        } else {
+            release(phys, size);
+        }
     }
     Ok(())
 }
@@ -58,12 +60,23 @@ pub fn release(phys: u64, size: u64) {
     memory().frames.free_zeroed(phys, size);
 }
 
-/// `madvise(MADV_DONTNEED)`: the range reads as zero afterwards.
+/// `madvise(MADV_DONTNEED)` in the direct map: the program's parts of the range read as zero afterwards; ENOMEM
+/// if any of it is not the program's (after those parts are zeroed, as on Linux).
 pub fn discard(addr: u64, len: u64) -> Result<(), Errno> {
-    let size = page_align_up(len);
-    let range = anonymous_range(&memory(), addr, size);
-    if let Some(phys) = range {
-        with_write_access(addr, addr + size, || zero(phys, size));
+    let end = addr.checked_add(page_align_up(len)).ok_or(Errno::ENOMEM)?;
+    let parts = owned::parts(addr, end);
+    let mut next = addr;
+    for &(start, end) in &parts {
+        with_write_access(start, end, || zero(start - DIRECT_MAP_BASE, end - start));
+    }
+    for (start, end) in parts {
+        if start > next {
+            break;
+        }
+        next = end;
+    }
+    if next < end {
+        return Err(Errno::ENOMEM);
     }
     Ok(())
 }
@@ -73,18 +86,33 @@ pub fn remap(old: u64, old_len: u64, new_len: u64, may_move: bool) -> Result<u64
         return Err(Errno::EINVAL);
     }
     let (old_size, new_size) = (page_align_up(old_len), page_align_up(new_len));
-    // Moved or resized memory keeps no protection the program had set (Linux would carry it along).
-    let anonymous = anonymous_range(&memory(), old, old_size).is_some();
-    if anonymous {
-        unprotect(old, old + old_size);
+    let old_end = old.checked_add(old_size).ok_or(Errno::EFAULT)?;
+    if touches_direct_map(old, old_size) {
+        // Only memory the program holds, all of one mapping, moves; taken off the set while it does, so that no other
+        // thread frees it meanwhile.
+        if !owned::take_all(old, old_end) {
+            return Err(Errno::EFAULT);
+        }
+        let result = resize(old, old_size, new_size, may_move);
+        let (start, size) = match result {
+            Ok(at) => (at, new_size),
+            Err(_) => (old, old_size),
+        };
+        owned::add(start, start + size);
+        return result;
     }
+    // Memory we did not hand out (the stack, the program's segments) cannot move; tell "mapped" from "not mapped" as
+    // Linux does, which musl relies on to find the main thread's stack size.
+    Err(if super::translate(old).is_some() { Errno::ENOMEM } else { Errno::EFAULT })
+}
+
+/// Resizes `[old, old+old_size)` of the program's direct-map memory, in place if it can, else (`may_move`) by a
+/// copy; returns where it is now.
+fn resize(old: u64, old_size: u64, new_size: u64, may_move: bool) -> Result<u64, Errno> {
+    let phys = old - DIRECT_MAP_BASE;
+    // Moved or resized memory keeps no protection the program had set (Linux would carry it along).
+    unprotect(old, old + old_size);
     let mut m = memory();
-    let Some(phys) = anonymous_range(&m, old, old_size) else {
-        drop(m);
-        // Memory we did not hand out (the stack, the program's segments) cannot move; tell "mapped" from "not mapped"
-        // as Linux does, which musl relies on to find the main thread's stack size.
-        return Err(if super::translate(old).is_some() { Errno::ENOMEM } else { Errno::EFAULT });
-    };
     if new_size <= old_size {
         if new_size < old_size {
             zero(phys + new_size, old_size - new_size);

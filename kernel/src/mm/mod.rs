@@ -4,6 +4,7 @@
 pub mod file_copies;
 pub mod mapping;
 pub mod maps;
+pub mod owned;
 pub mod protect;
 pub mod vma;
 

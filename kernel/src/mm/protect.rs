@@ -22,16 +22,6 @@ pub fn leaf(page: u64) -> Option<Leaf> {
     paging::leaf(&DirectMap, pml4(), page)
 }
 
-/// Whether the program may change the protection of `page`: its own part of the address space, or anonymous memory
-/// handed out from the direct map; never Kiln's pages or the boot layout under the library OS.
-/// Above the direct map is the program's again: a PIE at `PIE_BASE`, its dynamic loader, its stack.
-fn is_programs(page: u64, managed_start: u64) -> bool {
-    match in_direct_map(page) {
-        Some(phys) => phys >= managed_start,
-        None => page >= PROGRAM_MIN_ADDR,
-    }
-}
-
 /// The guest-physical address `page` reaches through the direct map, if it is in it.
 fn in_direct_map(page: u64) -> Option<u64> {
     page.checked_sub(DIRECT_MAP_BASE).filter(|&phys| phys < ram_size())
@@ -57,15 +47,15 @@ pub fn covered(start: u64, end: u64) -> bool {
     next >= end
 }
 
-/// Whether the program may change the protection of all of `[start, end)`: see `is_programs`.
-fn all_programs(start: u64, end: u64, managed_start: u64) -> bool {
-    // Both kinds of memory are contiguous ranges of addresses, so the ends decide (a range cannot straddle the
-    // direct map's base and be either).
-    start < end
-        && is_programs(start, managed_start)
-        && is_programs(end - 1, managed_start)
-        && in_direct_map(start).is_some() == in_direct_map(end - 1).is_some()
-        && (end <= DIRECT_MAP_BASE || start >= DIRECT_MAP_BASE)
+/// Whether the program may change the protection of all of `[start, end)`: its own part of the address space
+/// (below the direct map from `PROGRAM_MIN_ADDR`, or above it: a PIE at `PIE_BASE`, its dynamic loader, its stack), or
+/// anonymous memory handed out from the direct map and still held (`mm::owned`); never the library OS's memory
+/// beside it, Kiln's pages or the boot layout.
+fn all_programs(start: u64, end: u64) -> bool {
+    match in_direct_map(start) {
+        Some(_) => super::owned::covers(start, end),
+        None => start >= PROGRAM_MIN_ADDR && (end <= DIRECT_MAP_BASE || start >= DIRECT_MAP_BASE) && start < end,
+    }
 }
 
 /// Gives every page of `[start, end)` `access`, all or nothing: a page that is not mapped fails the call with ENOMEM
@@ -75,8 +65,7 @@ pub fn protect(start: u64, end: u64, access: Access, reserved: bool) -> Result<(
     if start >= end {
         return Ok(());
     }
-    let managed_start = memory().managed_start;
-    if !all_programs(start, end, managed_start) || !(reserved || covered(start, end)) {
+    if !all_programs(start, end) || !(reserved || covered(start, end)) {
         return Err(Errno::ENOMEM);
     }
     if access == Access::ReadWrite {

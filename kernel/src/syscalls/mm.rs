@@ -10,7 +10,7 @@ use super::Args;
 use crate::errno::{Errno, SysResult};
 use crate::file::{self, Object, O_ACCMODE, O_RDWR, O_WRONLY};
 use crate::mm::protect::{self, Access};
-use crate::mm::{file_copies, mapping, vma};
+use crate::mm::{file_copies, mapping, owned, vma};
 use crate::user;
 use crate::vfs::pages::Pages;
 use alloc::sync::Arc;
@@ -56,8 +56,13 @@ fn map_writable(a: &Args) -> SysResult {
     if fixed && in_direct_map(addr, len) {
         // Over memory we handed out from the direct map: it reads as fresh zeros, with the new mapping's protection
         // (given by the caller afterwards), not what the program had set there (a dynamic loader maps its
-        // reservation PROT_NONE, then each segment over it).
-        protect::unprotect(addr, addr.saturating_add(page_align_up(len)));
+        // reservation PROT_NONE, then each segment over it). The rest of the direct map is the library OS's: nothing
+        // can be mapped there.
+        let end = addr.checked_add(page_align_up(len)).ok_or(Errno::ENOMEM)?;
+        if !owned::covers(addr, end) {
+            return Err(Errno::ENOMEM);
+        }
+        protect::unprotect(addr, end);
         mapping::discard(addr, len)?;
         return Ok(addr);
     }
@@ -88,8 +93,7 @@ fn map_writable(a: &Args) -> SysResult {
 
 /// Whether any of `[addr, addr+len)` is in the direct map, where anonymous memory the library OS placed lies.
 fn in_direct_map(addr: u64, len: u64) -> bool {
-    let start = kiln_abi::layout::DIRECT_MAP_BASE;
-    addr < start + crate::mm::ram_size() && addr.saturating_add(len) > start
+    mapping::touches_direct_map(addr, len)
 }
 
 /// `mmap` of descriptor `a[4]` from offset `a[5]`: the file's bytes copied into fresh anonymous memory (zeros past
@@ -263,7 +267,7 @@ pub fn madvise(a: &Args) -> SysResult {
             vma::zero_committed(a[0], a[1]);
             Ok(0)
         }
-        MADV_DONTNEED => mapping::discard(a[0], a[1]).map(|()| 0),
+        MADV_DONTNEED if in_direct_map(a[0], a[1]) => mapping::discard(a[0], a[1]).map(|()| 0),
         _ => Ok(0),
     }
 }
@@ -275,7 +279,9 @@ const MS_SYNC: u64 = 4;
 /// Whether every page of `[addr, addr+len)` is mapped (PROT_NONE and reserved pages count, as on Linux).
 fn mapped(addr: u64, len: u64) -> Result<(), Errno> {
     let end = addr.checked_add(page_align_up(len)).ok_or(Errno::ENOMEM)?;
-    if vma::in_reservation(addr, end) || protect::covered(addr, end) {
+    // In the direct map, only what the program holds is mapped to it (the rest is the library OS's).
+    let programs = if in_direct_map(addr, end - addr) { owned::covers(addr, end) } else { protect::covered(addr, end) };
+    if vma::in_reservation(addr, end) || programs {
         Ok(())
     } else {
         Err(Errno::ENOMEM)
