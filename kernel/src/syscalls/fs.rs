@@ -654,11 +654,12 @@ fn open_naming(path: &str, flags: u32, cloexec: bool) -> SysResult {
 }
 
 /// Opening `/proc/self/fd/N` (or `/dev/stdin` and its kin): a file of the tree is opened again by its path, with
-/// the flags given and an offset of its own; anything else (a pipe, a socket, the console) is the same open file,
-/// as a dup.
+/// the flags given and an offset of its own; a socket cannot be opened (ENXIO, as on Linux); anything else (a pipe,
+/// the console) is the same open file, as a dup.
 fn reopen(fd: u64, flags: u32, mode: u32) -> SysResult {
     let f = file::get_including_path(fd).map_err(|_| Errno::ENOENT)?;
     match &f.object {
+        Object::Socket(_) | Object::Unix(_) | Object::Netlink(_) => Err(Errno::ENXIO),
         Object::Regular { path, .. } | Object::Directory { path, .. } if path.starts_with('/') => {
             let path = path.clone();
             drop(f);
@@ -670,7 +671,7 @@ fn reopen(fd: u64, flags: u32, mode: u32) -> SysResult {
 
 /// The descriptor `/proc/self/fd/N` names, if `path` is one: opened by [`reopen`] rather than by following the
 /// link, whose target may be no path at all (`pipe:[N]`).
-fn proc_fd(path: &str) -> Option<u64> {
+pub(super) fn proc_fd(path: &str) -> Option<u64> {
     let n = path.strip_prefix("/proc/self/fd/")?;
     n.parse().ok().filter(|fd: &u64| alloc::format!("{fd}") == n)
 }
@@ -738,7 +739,7 @@ const S_IFSOCK: u32 = 0o140000;
 use vfs::S_IFCHR;
 
 /// The `struct stat` of an open file.
-fn stat_of(f: &File) -> Stat {
+pub fn stat_of(f: &File) -> Stat {
     if let Object::Regular { inode, .. } | Object::Directory { inode, .. } = &f.object {
         return stat_of_inode(inode);
     }

@@ -86,8 +86,22 @@ pub(super) fn stat_of(path: u64) -> Result<(), Errno> {
     stat_path(&resolve(AT_FDCWD as u64, path)?).map(|_| ())
 }
 
+/// What `stat` says about the program's `path`, relative to `dirfd`. A descriptor's link `/proc/self/fd/N` is
+/// followed as Linux follows it, to the open file itself: its target may be no path at all (`pipe:[INO]`), and a
+/// file's path may since have gone.
+fn stat_at(dirfd: u64, path: u64, follow: bool) -> Result<Stat, Errno> {
+    if follow {
+        if let Ok((named, false)) = resolve_slashed(dirfd, path, false) {
+            if let Some(fd) = super::fs::proc_fd(&named) {
+                return Ok(super::fs::stat_of(&*file::get_including_path(fd).map_err(|_| Errno::ENOENT)?));
+            }
+        }
+    }
+    stat_path(&resolve_following(dirfd, path, follow)?)
+}
+
 pub fn stat(a: &Args) -> SysResult {
-    let st = stat_path(&resolve(AT_FDCWD as u64, a[0])?)?;
+    let st = stat_at(AT_FDCWD as u64, a[0], true)?;
     user::write(a[1], st).map(|()| 0)
 }
 
@@ -102,7 +116,7 @@ pub fn newfstatat(a: &Args) -> SysResult {
     if flags & AT_EMPTY_PATH != 0 && user::read::<u8>(path)? == 0 {
         return super::fs::fstat(&[dirfd, buf, 0, 0, 0, 0]);
     }
-    let st = stat_path(&resolve_following(dirfd, path, follows(flags))?)?;
+    let st = stat_at(dirfd, path, follows(flags))?;
     user::write(buf, st).map(|()| 0)
 }
 
@@ -152,7 +166,7 @@ pub fn statx(a: &Args) -> SysResult {
             _ => return Err(Errno::ENOSYS),
         }
     } else {
-        stat_path(&resolve_following(dirfd, path, follows(flags))?)?
+        stat_at(dirfd, path, follows(flags))?
     };
     let time = |sec: i64, nsec: i64| StatxTime { sec, nsec: nsec as u32, _pad: 0 };
     let sx = Statx {

@@ -3,9 +3,11 @@
  *  - /proc/self/stat and /proc/self/task/TID/stat laid out as Linux lays them out (52 fields; pid, comm, state,
  *    ppid, pgrp, session, num_threads, starttime, exit_signal, processor...), as ps and psutil parse them;
  *  - O_PATH: a descriptor that names a file or directory without opening it for I/O: fstat, fchdir, *at calls
- *    relative to it and AT_EMPTY_PATH work; read, write, lseek, getdents, fsync, fchmod, ftruncate, mmap give EBADF;
+ *    relative to it and AT_EMPTY_PATH work; read, write, lseek, getdents, fsync, fchmod, ftruncate, mmap give EBADF
+ *    (musl's fchmod then changes the mode through /proc/self/fd/N);
  *  - /proc/self/fd: readdir lists the open descriptors, readlink of each names its file as Linux does ("pipe:[INO]",
- *    "socket:[INO]" with the inode fstat gives, "anon_inode:[eventfd]"), and opening one opens the file again. */
+ *    "socket:[INO]" with the inode fstat gives, "anon_inode:[eventfd]"), opening one opens the file again (a socket:
+ *    ENXIO), and stat of one follows it to the open file itself, a pipe or a socket too. */
 #define _GNU_SOURCE
 #include "check.h"
 #include <dirent.h>
@@ -157,6 +159,13 @@ static void o_path(void) {
   check(ebadf(pread(file, buf, 1, 0)) && ebadf(lseek(file, 0, SEEK_SET)), "pread and lseek are EBADF");
   check(mmap(0, 4096, PROT_READ, MAP_PRIVATE, file, 0) == MAP_FAILED && errno == EBADF, "mmap of it is EBADF");
   check(fcntl(file, F_SETFL, O_NONBLOCK) == -1 && errno == EBADF, "F_SETFL is EBADF");
+  /* Linux refuses fchmod of an O_PATH descriptor (EBADF). musl's fchmod then changes the mode through
+   * /proc/self/fd/N, glibc's reports the error: each is compared with its own native run. */
+  check(ebadf(syscall(SYS_fchmod, file, 0600)), "the fchmod call on it is EBADF");
+  int changed = fchmod(file, 0600);
+  printf("fchmod (the C library's) of it: %s, mode %o\n", changed == 0 ? "changed" : strerror(errno),
+         stat(file_path, &st) == 0 ? (unsigned)(st.st_mode & 0777) : 0u);
+  chmod(file_path, 0644);
   int copy = dup(file);
   check(copy >= 0 && fstat(copy, &st) == 0 && st.st_size == 15 && ebadf(read(copy, buf, 1)), "a dup is O_PATH too");
   close(copy);
@@ -225,6 +234,29 @@ static void fd_dir(void) {
   fstat(fds[0], &a);
   fstat(fds[1], &b);
   check(a.st_ino == b.st_ino, "both ends of a pipe have one inode");
+
+  /* stat follows a descriptor's link to the open file itself, even one with no path: the pipe or the socket. */
+  struct {
+    int fd;
+    const char *what;
+    mode_t type;
+  } linked[] = {{fds[0], "a pipe's", S_IFIFO}, {sv[0], "a socket's", S_IFSOCK}, {file, "a file's", S_IFREG}};
+  for (unsigned i = 0; i < sizeof linked / sizeof linked[0]; i++) {
+    struct stat of_fd, through, link, reopened;
+    snprintf(path, sizeof path, "/proc/self/fd/%d", linked[i].fd);
+    fstat(linked[i].fd, &of_fd);
+    int same = stat(path, &through) == 0 && (through.st_mode & S_IFMT) == linked[i].type &&
+               through.st_ino == of_fd.st_ino && through.st_mode == of_fd.st_mode;
+    printf("stat of %s /proc/self/fd/N: %s\n", linked[i].what, same ? "the descriptor's file" : "not it");
+    same = fstatat(AT_FDCWD, path, &through, 0) == 0 && through.st_ino == of_fd.st_ino;
+    printf("fstatat of it: %s\n", same ? "the descriptor's file" : "not it");
+    printf("lstat of it: %s\n", lstat(path, &link) == 0 && S_ISLNK(link.st_mode) ? "a link" : "not a link");
+    int opened = open(path, O_RDONLY);
+    same = opened >= 0 && fstat(opened, &reopened) == 0 && reopened.st_ino == of_fd.st_ino &&
+           (reopened.st_mode & S_IFMT) == linked[i].type;
+    printf("fstat after opening it: %s\n", opened < 0 ? strerror(errno) : same ? "the descriptor's file" : "not it");
+    close(opened);
+  }
 }
 
 int main(int argc, char **argv) {
