@@ -1223,6 +1223,25 @@ fn calls_over_a_hole_between_mappings_spare_the_library_os() {
     }
 }
 
+/// /proc/self/maps lists the program's anonymous memory as Linux does, a line per mapping (rw-p or r--p, no name),
+/// and not the library OS's memory in the hole between two of them; vsize counts what is mapped (compared with the
+/// native run, for musl and glibc).
+#[test]
+fn proc_maps_lists_anonymous_mappings_and_not_the_hole_as_natively() {
+    if !kvm::available() {
+        return;
+    }
+    for guest in ["anonmaps", "anonmaps-glibc"] {
+        let binary = guests::c(guest);
+        let native = std::process::Command::new(&binary).output().expect("run anonmaps natively");
+        let native_out = String::from_utf8_lossy(&native.stdout);
+        assert_eq!(native.status.code(), Some(0), "natively:\n{native_out}");
+        for cpus in ["1", "2"] {
+            kiln().args(["run", "--cpus", cpus]).arg(&binary).run().assert_code(0).assert_stdout(&native_out);
+        }
+    }
+}
+
 /// Memory read before it is first written: every protection still holds, and (where KVM reports its faults) a page
 /// of the program's data costs less than one shadow fault, not a read-only one and then a second for the write: the
 /// page tables' writable entries are dirty from the start.

@@ -74,6 +74,8 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("churn", "churn.c", Link::Static),
     ("mprotect", "mprotect.c", Link::Static),
     ("ownedmem", "ownedmem.c", Link::Static),
+    ("anonmaps", "anonmaps.c", Link::Static),
+    ("anonmaps-glibc", "anonmaps.c", Link::Glibc),
     ("firsttouch", "firsttouch.c", Link::Static),
     ("mapfixed", "mapfixed.c", Link::Static),
     ("mapfixed-pie", "mapfixed.c", Link::StaticPie),

@@ -32,6 +32,11 @@ pub fn add(start: u64, end: u64) {
     owned.insert(start, end);
 }
 
+/// Every range the program holds, in order (`/proc/self/maps` lists them).
+pub fn all() -> Vec<(u64, u64)> {
+    OWNED.lock().iter().map(|(&s, &e)| (s, e)).collect()
+}
+
 /// The parts of `[start, end)` that are the program's, in order (clipped to the range).
 pub fn parts(start: u64, end: u64) -> Vec<(u64, u64)> {
     clipped(&OWNED.lock(), start, end)
