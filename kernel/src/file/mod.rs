@@ -90,6 +90,14 @@ pub enum Object {
     Netlink(Arc<crate::net::netlink::Netlink>),
     /// A FIFO opened O_RDWR: both ends of its pipe.
     FifoBoth(pipe::Reader, pipe::Writer),
+    /// An O_PATH descriptor opened through `/proc/self/fd/N` for a file of no path (a pipe, a socket): it names that
+    /// file without holding it open (a pipe's writer still sees its readers go), so it keeps what `fstat` and
+    /// `readlink` show of it.
+    Named {
+        mode: u32,
+        ino: u64,
+        link: String,
+    },
     /// A directory, its absolute path (for `*at` calls relative to it) and the `getdents64` position.
     Directory {
         inode: Arc<Inode>,
@@ -139,6 +147,7 @@ impl File {
             Object::Socket(s) => of(&s.waitable),
             Object::Unix(u) => of(&u.0.waitable),
             Object::Netlink(n) => of(&n.waitable),
+            Object::Named { ino, .. } => *ino,
             Object::EventFd(_) | Object::Epoll(_) | Object::Null | Object::Zero | Object::Random => BASE,
         }
     }
@@ -148,6 +157,7 @@ impl File {
         use alloc::format;
         match &self.object {
             Object::Regular { path, .. } | Object::Directory { path, .. } => path.clone(),
+            Object::Named { link, .. } => link.clone(),
             Object::Null => "/dev/null".into(),
             Object::Zero => "/dev/zero".into(),
             Object::Random => "/dev/urandom".into(),
@@ -214,6 +224,8 @@ impl File {
             Object::Netlink(n) => n.events(),
             // Its own writer is open: never a hang-up.
             Object::FifoBoth(rx, tx) => (rx.0.reader_events() & POLLIN) | (tx.0.writer_events() & POLLOUT),
+            // Only named (O_PATH), never polled.
+            Object::Named { .. } => 0,
             Object::Epoll(e) => {
                 if e.any_ready() {
                     POLLIN

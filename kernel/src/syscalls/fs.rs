@@ -93,7 +93,7 @@ fn read_into(f: &File, buf: u64, len: u64) -> SysResult {
         }
         Object::Socket(_) | Object::Unix(_) | Object::Netlink(_) => super::net::read(f, buf, len),
         Object::Directory { .. } => Err(Errno::EISDIR),
-        Object::Console(_) | Object::PipeWriter(_) => Err(Errno::EBADF),
+        Object::Console(_) | Object::PipeWriter(_) | Object::Named { .. } => Err(Errno::EBADF),
         Object::Epoll(_) => Err(Errno::EINVAL),
     }
 }
@@ -224,7 +224,7 @@ fn write_from(f: &File, buffers: &mut dyn Iterator<Item = Result<IoVec, Errno>>)
             Ok(written)
         }
         Object::Directory { .. } => Err(Errno::EISDIR),
-        Object::Stdin | Object::PipeReader(_) => Err(Errno::EBADF),
+        Object::Stdin | Object::PipeReader(_) | Object::Named { .. } => Err(Errno::EBADF),
         Object::Epoll(_) => Err(Errno::EINVAL),
     };
     if result == Err(Errno::EPIPE) {
@@ -655,9 +655,14 @@ fn open_naming(path: &str, flags: u32, cloexec: bool) -> SysResult {
 
 /// Opening `/proc/self/fd/N` (or `/dev/stdin` and its kin): a file of the tree is opened again by its path, with
 /// the flags given and an offset of its own; a socket cannot be opened (ENXIO, as on Linux); anything else (a pipe,
-/// the console) is the same open file, as a dup.
+/// the console) is the same open file, as a dup. O_PATH names a file of no path (`Object::Named`).
 fn reopen(fd: u64, flags: u32, mode: u32) -> SysResult {
     let f = file::get_including_path(fd).map_err(|_| Errno::ENOENT)?;
+    if flags & O_PATH != 0 {
+        // Only a file of no path comes here: it is named, not opened (not made one more reader of a pipe).
+        let named = Object::Named { mode: stat_of(&f).mode, ino: f.anonymous_ino(), link: f.proc_link() };
+        return file::install(File::new(named, O_PATH), flags & O_CLOEXEC != 0);
+    }
     match &f.object {
         Object::Socket(_) | Object::Unix(_) | Object::Netlink(_) => Err(Errno::ENXIO),
         Object::Regular { path, .. } | Object::Directory { path, .. } if path.starts_with('/') => {
@@ -690,8 +695,9 @@ pub fn openat(a: &Args) -> SysResult {
     // link there, even dangling, is a name that exists).
     let follow = flags & O_NOFOLLOW == 0 && flags & (O_CREAT | O_EXCL) != O_CREAT | O_EXCL;
     let (path, slash) = super::path::resolve_slashed(a[0], a[1], follow)?;
-    // A descriptor's link that the walk could not follow to a file of the tree (`pipe:[N]`), or did not.
-    if path.starts_with("/proc/self/fd/") && flags & O_PATH == 0 {
+    // A descriptor's link that the walk could not follow to a file of the tree (`pipe:[N]`), or did not (but
+    // O_PATH|O_NOFOLLOW names the link itself).
+    if path.starts_with("/proc/self/fd/") && (flags & O_PATH == 0 || follow) {
         if let Some(fd) = super::path::resolve_slashed(a[0], a[1], false).ok().and_then(|(p, _)| proc_fd(&p)) {
             return reopen(fd, flags, a[3] as u32);
         }
@@ -750,6 +756,7 @@ pub fn stat_of(f: &File) -> Stat {
         Object::Random => (S_IFCHR | 0o666, vfs::DEV_URANDOM),
         Object::PipeReader(_) | Object::PipeWriter(_) | Object::FifoBoth(..) => (S_IFIFO | 0o600, 0),
         Object::Socket(_) | Object::Unix(_) | Object::Netlink(_) => (S_IFSOCK | 0o777, 0),
+        Object::Named { mode, .. } => (*mode, 0),
         Object::EventFd(_) | Object::Epoll(_) | Object::Regular { .. } | Object::Directory { .. } => (0o600, 0),
     };
     Stat { nlink: 1, mode, rdev, blksize: 4096, ino: f.anonymous_ino(), ..Default::default() }

@@ -7,7 +7,8 @@
  *    (musl's fchmod then changes the mode through /proc/self/fd/N);
  *  - /proc/self/fd: readdir lists the open descriptors, readlink of each names its file as Linux does ("pipe:[INO]",
  *    "socket:[INO]" with the inode fstat gives, "anon_inode:[eventfd]"), opening one opens the file again (a socket:
- *    ENXIO), and stat of one follows it to the open file itself, a pipe or a socket too. */
+ *    ENXIO; O_PATH names a pipe or socket without opening it), and stat of one follows it to the open file itself,
+ *    a pipe or a socket too. */
 #define _GNU_SOURCE
 #include "check.h"
 #include <dirent.h>
@@ -256,7 +257,25 @@ static void fd_dir(void) {
            (reopened.st_mode & S_IFMT) == linked[i].type;
     printf("fstat after opening it: %s\n", opened < 0 ? strerror(errno) : same ? "the descriptor's file" : "not it");
     close(opened);
+    int by_path = open(path, O_PATH);
+    same = by_path >= 0 && fstat(by_path, &reopened) == 0 && reopened.st_ino == of_fd.st_ino &&
+           (reopened.st_mode & S_IFMT) == linked[i].type;
+    printf("fstat after opening it O_PATH: %s\n",
+           by_path < 0 ? strerror(errno) : same ? "the descriptor's file" : "not it");
+    close(by_path);
   }
+  /* An O_PATH descriptor of a pipe's read end names the pipe without reading it: when the reader goes, a write
+   * fails (EPIPE). */
+  int p[2];
+  pipe(p);
+  snprintf(path, sizeof path, "/proc/self/fd/%d", p[0]);
+  int by_path = open(path, O_PATH);
+  close(p[0]);
+  signal(SIGPIPE, SIG_IGN);
+  check(by_path >= 0 && write(p[1], "x", 1) == -1 && errno == EPIPE, "an O_PATH descriptor of a pipe is no reader");
+  signal(SIGPIPE, SIG_DFL);
+  close(by_path);
+  close(p[1]);
 }
 
 int main(int argc, char **argv) {
