@@ -49,6 +49,7 @@ pub struct GuestRam {
     mem: GuestMemoryMmap,
     host: HostMapping,
     size: u64,
+    huge: HugePages,
 }
 
 /// The host mapping behind guest RAM, which vm-memory borrows (it unmaps only what it mapped itself).
@@ -116,7 +117,12 @@ impl GuestRam {
         let region = GuestRegionMmap::new(region, GuestAddress(0))
             .ok_or_else(|| reserve(std::io::Error::from_raw_os_error(libc::EINVAL)))?;
         let mem = GuestMemoryMmap::from_regions(vec![region]).map_err(MemoryError::Regions)?;
-        Ok(Self { mem, host, size })
+        Ok(Self { mem, host, size, huge })
+    }
+
+    /// Whether the host backs this memory with transparent huge pages (asked for; THP may still be off).
+    pub fn huge_pages(&self) -> HugePages {
+        self.huge
     }
 
     pub fn size(&self) -> u64 {
@@ -280,6 +286,15 @@ impl BootAllocator {
         }
     }
 
+    /// `size` bytes from an address congruent to `vaddr` modulo 2 MiB, so that a mapping at `vaddr` can use 2 MiB
+    /// pages for its 2 MiB-aligned parts. The pages skipped to get there (less than 2 MiB) stay unused.
+    pub fn alloc_congruent(&mut self, size: u64, vaddr: u64) -> Result<u64, MemoryError> {
+        let start = self.next;
+        let skip = vaddr.wrapping_sub(start) & (HUGE_PAGE_SIZE - 1) & !(PAGE_SIZE - 1);
+        self.next = start.saturating_add(skip).min(self.end);
+        self.alloc(size).inspect_err(|_| self.next = start)
+    }
+
     pub fn next_free(&self) -> u64 {
         self.next
     }
@@ -294,6 +309,18 @@ impl FrameSource for BootAllocator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn congruent_allocations_skip_to_the_address_modulo_two_mib() {
+        let mut a = BootAllocator::new(0x1000, 16 << 20);
+        let phys = a.alloc_congruent(0x30_0000, 0x5555_5555_4000).unwrap();
+        assert_eq!((phys % HUGE_PAGE_SIZE, a.next_free()), (0x15_4000, phys + 0x30_0000));
+        assert_eq!(a.alloc_congruent(0x1000, 0x40_0000).unwrap(), 6 << 20);
+        // Refused when the skip and the size do not fit, and nothing is taken.
+        let next = a.next_free();
+        assert!(a.alloc_congruent(12 << 20, 0).is_err());
+        assert_eq!(a.next_free(), next);
+    }
 
     #[test]
     fn allocator_is_page_granular_and_bounded() {

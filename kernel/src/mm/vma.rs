@@ -147,7 +147,8 @@ fn back(start: u64, len: u64, keep_existing: bool) -> Result<(), Errno> {
                         Access::ReadWrite,
                     )
                     .map_err(|_| Errno::ENOMEM)?;
-                    zero_frame(l.phys());
+                    // The page's own frame, also where a 2 MiB page (the program's, from the VMM) mapped it.
+                    zero_frame(l.phys() + (page & (l.size - 1)));
                 }
                 None => {
                     // A page released here and not yet flushed gets its frame back (see `UNFLUSHED`).
