@@ -326,7 +326,7 @@ fn map_image(
     phys: u64,
 ) -> Result<(), LoaderError> {
     let (vaddr, flags) = (base + span_start, image_flags(elf, base));
-    let huge: Vec<u64> = if ram.huge_pages() == HugePages::Yes && (phys ^ vaddr) % HUGE_PAGE_SIZE == 0 {
+    let huge: Vec<u64> = if ram.huge_pages() == HugePages::Yes && (phys ^ vaddr).is_multiple_of(HUGE_PAGE_SIZE) {
         huge_windows(vaddr, span_len, &flags).collect()
     } else {
         Vec::new()
