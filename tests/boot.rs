@@ -903,12 +903,7 @@ fn pthread_cancel_reaches_a_thread_blocked_in_read() {
     }
     // The read is restarted into musl's cancellation handler's view: its resume address must be the program's.
     let binary = guests::c("cancel");
-    let native = std::process::Command::new(&binary).output().expect("run cancel natively");
-    assert_eq!(native.status.code(), Some(0), "natively: {native:?}");
-    for cpus in ["1", "2"] {
-        let run = kiln().args(["run", "--cpus", cpus]).arg(&binary).run();
-        run.assert_code(0).assert_stdout(&String::from_utf8_lossy(&native.stdout));
-    }
+    runs_as_natively_on_1_and_2_vcpus(&binary);
 }
 
 /// Starts `kiln run ARGS`, waits for the program's first line, sends kiln `signal`, returns the rest of stdout and
@@ -1032,12 +1027,7 @@ fn signals_reach_threads_that_compute_without_syscalls() {
     // while the main thread spins, and threads spinning on each other: each needs the VMM to interrupt a vCPU in the
     // program's code, for a signal or at the end of a time slice.
     let binary = guests::c("spinsignal");
-    let native = std::process::Command::new(&binary).output().expect("run spinsignal natively");
-    assert_eq!(native.status.code(), Some(0), "natively: {native:?}");
-    for cpus in ["1", "2"] {
-        let run = kiln().args(["run", "--cpus", cpus]).arg(&binary).run();
-        run.assert_code(0).assert_stdout(&String::from_utf8_lossy(&native.stdout));
-    }
+    runs_as_natively_on_1_and_2_vcpus(&binary);
 }
 
 #[test]
@@ -1050,11 +1040,10 @@ fn pthread_cancel_ends_a_spinning_thread_with_asynchronous_cancellation_as_nativ
     // it along although no DT_NEEDED names it). With one vCPU, the main thread runs only in time slices.
     for guest in ["asynccancel", "asynccancel-dynamic"] {
         let binary = guests::c(guest);
-        let native = std::process::Command::new(&binary).output().expect("run asynccancel natively");
-        assert_eq!(native.status.code(), Some(0), "natively: {native:?}");
+        let native = native_stdout(&binary);
         for cpus in ["1", "2"] {
             let run = kiln().args(["run", "--cpus", cpus]).arg(&binary).run();
-            run.assert_code(0).assert_stdout(&String::from_utf8_lossy(&native.stdout)).assert_stderr("");
+            run.assert_code(0).assert_stdout(&native).assert_stderr("");
         }
     }
 }
@@ -1215,12 +1204,7 @@ fn calls_over_a_hole_between_mappings_spare_the_library_os() {
         return;
     }
     let binary = guests::c("ownedmem");
-    let native = std::process::Command::new(&binary).output().expect("run ownedmem natively");
-    let native_out = String::from_utf8_lossy(&native.stdout);
-    assert_eq!(native.status.code(), Some(0), "natively:\n{native_out}");
-    for cpus in ["1", "2"] {
-        kiln().args(["run", "--cpus", cpus]).arg(&binary).run().assert_code(0).assert_stdout(&native_out);
-    }
+    runs_as_natively_on_1_and_2_vcpus(&binary);
 }
 
 /// /proc/self/maps lists the program's anonymous memory as Linux does, a line per mapping (rw-p or r--p, no name),
@@ -1233,12 +1217,7 @@ fn proc_maps_lists_anonymous_mappings_and_not_the_hole_as_natively() {
     }
     for guest in ["anonmaps", "anonmaps-glibc"] {
         let binary = guests::c(guest);
-        let native = std::process::Command::new(&binary).output().expect("run anonmaps natively");
-        let native_out = String::from_utf8_lossy(&native.stdout);
-        assert_eq!(native.status.code(), Some(0), "natively:\n{native_out}");
-        for cpus in ["1", "2"] {
-            kiln().args(["run", "--cpus", cpus]).arg(&binary).run().assert_code(0).assert_stdout(&native_out);
-        }
+        runs_as_natively_on_1_and_2_vcpus(&binary);
     }
 }
 
@@ -1251,8 +1230,7 @@ fn memory_read_before_written_faults_once_and_keeps_its_protections() {
         return;
     }
     let binary = guests::c("firsttouch");
-    let native = std::process::Command::new(&binary).output().expect("run firsttouch natively");
-    let native = String::from_utf8_lossy(&native.stdout).into_owned();
+    let native = native_stdout(&binary);
     assert!(native.ends_with("firsttouch: 0 failed\n"), "natively:\n{native}");
     let run = kiln().args(["run", "--stats"]).arg(&binary).run();
     run.assert_code(0).assert_stdout(&native);
@@ -1296,8 +1274,7 @@ fn a_large_program_image_is_mapped_in_2_mib_pages_and_changes_inside_them_work()
         return;
     }
     let binary = guests::c("bigimage");
-    let native = std::process::Command::new(&binary).output().expect("run bigimage natively");
-    let native = String::from_utf8_lossy(&native.stdout).into_owned();
+    let native = native_stdout(&binary);
     assert!(native.ends_with("bigimage: 0 failed\n"), "natively:\n{native}");
     kiln().arg("run").arg(&binary).run().assert_code(0).assert_stdout(&native);
     let run = kiln().args(["run", "--stats", "--memory", "256M"]).arg(&binary).run();
@@ -1346,8 +1323,7 @@ fn map_fixed_above_the_direct_map_maps_as_natively() {
     }
     for name in ["mapfixed", "mapfixed-pie"] {
         let binary = guests::c(name);
-        let native = std::process::Command::new(&binary).output().expect("run mapfixed natively");
-        let native = String::from_utf8_lossy(&native.stdout).into_owned();
+        let native = native_stdout(&binary);
         assert!(native.ends_with("mapfixed: 0 failed\n"), "natively:\n{native}");
         kiln().arg("run").arg(&binary).run().assert_code(0).assert_stdout(&native);
     }
@@ -1395,10 +1371,27 @@ fn shadow_faults(run: &harness::Outcome) -> Option<u64> {
 
 /// Runs a self-checking C guest natively and in Kiln on one and two vCPUs: the output must be the same, ending in
 /// `LAST` (its "0 failed" line).
+/// The guest's stdout when run natively, which must exit 0.
+fn native_stdout(binary: &Path) -> String {
+    let out = std::process::Command::new(binary)
+        .output()
+        .unwrap_or_else(|e| panic!("run {} natively: {e}", binary.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{} natively:\n{stdout}", binary.display());
+    stdout
+}
+
+/// `kiln run` of the guest on 1 and on 2 vCPUs exits 0 and prints what its native run prints.
+fn runs_as_natively_on_1_and_2_vcpus(binary: &Path) {
+    let native = native_stdout(binary);
+    for cpus in ["1", "2"] {
+        kiln().args(["run", "--cpus", cpus]).arg(binary).run().assert_code(0).assert_stdout(&native);
+    }
+}
+
 fn same_as_natively(name: &str, last: &str) {
     let binary = guests::c(name);
-    let native = std::process::Command::new(&binary).output().expect("run the guest natively");
-    let native = String::from_utf8_lossy(&native.stdout).into_owned();
+    let native = native_stdout(&binary);
     assert!(native.ends_with(&format!("{last}\n")), "natively:\n{native}");
     for cpus in ["1", "2"] {
         let run = kiln().args(["run", "--cpus", cpus]).arg(&binary).run();

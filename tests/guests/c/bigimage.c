@@ -12,6 +12,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 #include "check.h"
+#include "touch.h"
 
 #define PAGE 4096
 #define RODATA_PAGES 4096
@@ -21,21 +22,6 @@
 static const char rodata[RODATA_PAGES * PAGE] __attribute__((aligned(PAGE))) = {1, 2, 3};
 static char data[DATA_PAGES * PAGE] __attribute__((aligned(PAGE))) = {4, 5, 6};
 
-static sigjmp_buf escape;
-static void on_segv(int sig) {
-  (void)sig;
-  siglongjmp(escape, 1);
-}
-
-/* Whether touching `p` (a write if `write`) faults. */
-static int faults(volatile char *p, int write) {
-  if (sigsetjmp(escape, 1)) return 1;
-  if (write)
-    *p = 7;
-  else
-    (void)*p;
-  return 0;
-}
 
 /* The permissions /proc/self/maps gives the mapping holding `p` (the first two letters), "??" if none does. */
 static const char *maps_perms(const void *p) {

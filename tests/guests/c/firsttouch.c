@@ -27,6 +27,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 #include "check.h"
+#include "touch.h"
 
 #define PAGE 4096
 #define DATA_PAGES 1024
@@ -34,21 +35,6 @@
 /* Initialised, so it lies in the file (not the bss): every page starts as 1. */
 static char data[DATA_PAGES * PAGE] __attribute__((aligned(PAGE))) = {[0 ... DATA_PAGES * PAGE - 1] = 1};
 
-static sigjmp_buf escape;
-static void on_segv(int sig) {
-  (void)sig;
-  siglongjmp(escape, 1);
-}
-
-/* Whether touching `p` (a write if `write`) faults. */
-static int faults(volatile char *p, int write) {
-  if (sigsetjmp(escape, 1)) return 1;
-  if (write)
-    *p = 7;
-  else
-    (void)*p;
-  return 0;
-}
 
 /* Reads every page of [p, p+pages), then writes each; whether every page read `expect` and kept what was written. */
 static int read_then_write(char *p, size_t pages, char expect) {

@@ -18,6 +18,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 #include "check.h"
+#define TOUCH_WRITES 1
+#include "touch.h"
 
 #define PAGE 4096
 #define HIGH ((char *)0x600000000000)
@@ -25,19 +27,6 @@
 /* A page of the program's own data, initialised so that it lies in the file. */
 static char data[3 * PAGE] __attribute__((aligned(PAGE))) = {[0 ... 3 * PAGE - 1] = 'd'};
 
-static sigjmp_buf escape;
-static void on_segv(int sig) {
-  (void)sig;
-  siglongjmp(escape, 1);
-}
-static int faults(volatile char *p, int write) {
-  if (sigsetjmp(escape, 1)) return 1;
-  if (write)
-    *p = 1;
-  else
-    (void)*p;
-  return 0;
-}
 
 static int all(const char *p, size_t n, char c) {
   for (size_t i = 0; i < n; i++)
