@@ -159,12 +159,9 @@ const STATX_BASIC_STATS: u32 = 0x7ff;
 
 pub fn statx(a: &Args) -> SysResult {
     let (dirfd, path, flags, buf) = (a[0], a[1], a[2], a[4]);
+    // The descriptor itself, whatever it is (a pipe, a socket, an O_PATH name): what fstat says of it.
     let st = if flags & AT_EMPTY_PATH != 0 && user::read::<u8>(path)? == 0 {
-        let f = file::get_including_path(dirfd)?;
-        match &f.object {
-            Object::Regular { inode, .. } | Object::Directory { inode, .. } => stat_of_inode(inode),
-            _ => return Err(Errno::ENOSYS),
-        }
+        super::fs::stat_of(&*file::get_including_path(dirfd)?)
     } else {
         stat_at(dirfd, path, follows(flags))?
     };

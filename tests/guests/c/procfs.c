@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -252,6 +253,18 @@ static void fd_dir(void) {
     same = fstatat(AT_FDCWD, path, &through, 0) == 0 && through.st_ino == of_fd.st_ino;
     printf("fstatat of it: %s\n", same ? "the descriptor's file" : "not it");
     printf("lstat of it: %s\n", lstat(path, &link) == 0 && S_ISLNK(link.st_mode) ? "a link" : "not a link");
+    /* statx of the descriptor itself (AT_EMPTY_PATH), as Rust's std stats a file: the same file as fstat. */
+    struct {
+      uint32_t mask, blksize;
+      uint64_t attributes;
+      uint32_t nlink, uid, gid;
+      uint16_t mode, pad;
+      uint64_t ino;
+      uint64_t rest[30];
+    } sx;
+    long got = syscall(SYS_statx, linked[i].fd, "", AT_EMPTY_PATH, 0x7ff, &sx);
+    same = got == 0 && sx.ino == of_fd.st_ino && (sx.mode & S_IFMT) == linked[i].type;
+    printf("statx of the descriptor: %s\n", got != 0 ? strerror(errno) : same ? "the descriptor's file" : "not it");
     int opened = open(path, O_RDONLY);
     same = opened >= 0 && fstat(opened, &reopened) == 0 && reopened.st_ino == of_fd.st_ino &&
            (reopened.st_mode & S_IFMT) == linked[i].type;
