@@ -43,8 +43,7 @@ static const char *maps_perms(const void *p) {
 }
 
 int main(void) {
-  struct sigaction sa = {.sa_handler = on_segv, .sa_flags = SA_NODEFER};
-  sigaction(SIGSEGV, &sa, NULL);
+  catch_faults();
   setvbuf(stdout, NULL, _IONBF, 0);
 
   long sum = 0;

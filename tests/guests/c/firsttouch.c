@@ -125,11 +125,7 @@ static int huge(void) {
 }
 
 int main(int argc, char **argv) {
-  struct sigaction sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sa_handler = on_segv;
-  sa.sa_flags = SA_NODEFER;
-  sigaction(SIGSEGV, &sa, NULL);
+  catch_faults();
   if (argc > 1 && strcmp(argv[1], "fresh") == 0) return fresh_memory();
   if (argc > 1 && strcmp(argv[1], "untouched") == 0) return untouched();
   if (argc > 1 && strcmp(argv[1], "huge") == 0) return huge();

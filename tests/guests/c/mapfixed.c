@@ -71,11 +71,7 @@ static int loader(const char *path) {
 }
 
 int main(int argc, char **argv) {
-  struct sigaction sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sa_handler = on_segv;
-  sa.sa_flags = SA_NODEFER;
-  sigaction(SIGSEGV, &sa, NULL);
+  catch_faults();
   if (argc > 2 && strcmp(argv[1], "loader") == 0) return loader(argv[2]);
 
   char *p = mmap(HIGH, 4 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
