@@ -58,14 +58,8 @@ pub fn take(start: u64, end: u64) -> Vec<(u64, u64)> {
     let mut owned = OWNED.lock();
     let taken = clipped(&owned, start, end);
     for &(s, e) in &taken {
-        let whole = owned.range(..=s).next_back().map(|(&ws, &we)| (ws, we));
-        let Some((ws, we)) = whole else { continue };
-        owned.remove(&ws);
-        if ws < s {
-            owned.insert(ws, s);
-        }
-        if e < we {
-            owned.insert(e, we);
+        if let Some(whole) = owned.range(..=s).next_back().map(|(&ws, &we)| (ws, we)) {
+            cut(&mut owned, whole, s, e);
         }
     }
     taken
@@ -78,6 +72,13 @@ pub fn take_all(start: u64, end: u64) -> bool {
     if start >= end || end > we {
         return false;
     }
+    cut(&mut owned, (ws, we), start, end);
+    true
+}
+
+/// Replaces the range `whole` of the set by what is left of it without `[start, end)`, which lies inside it.
+fn cut(owned: &mut BTreeMap<u64, u64>, whole: (u64, u64), start: u64, end: u64) {
+    let (ws, we) = whole;
     owned.remove(&ws);
     if ws < start {
         owned.insert(ws, start);
@@ -85,5 +86,4 @@ pub fn take_all(start: u64, end: u64) -> bool {
     if end < we {
         owned.insert(end, we);
     }
-    true
 }
