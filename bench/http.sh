@@ -65,24 +65,11 @@ free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1
 # utime + stime of a process (all its threads), in clock ticks.
 cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
 
-# wait_ready URL [netns]: until GET answers (30 s at most) or the server is gone.
-wait_ready() {
-  local exec=()
-  [ -n "${2:-}" ] && exec=(ip netns exec "$2")
-  for _ in $(seq 300); do
-    "${exec[@]}" curl -sf --max-time 1 -o /dev/null "$1" && return 0
-    kill -0 "$pid" 2>/dev/null || { echo "bench: the server died before answering" >&2; return 1; }
-    sleep 0.1
-  done
-  echo "bench: $1 did not answer within 30 s" >&2
-  return 1
-}
-
 # measure NAME WHERE URL NETNS STDERR_FILE: wrk against the running server $pid, then stop it, then one table row.
 measure() {
   local name=$1 where=$2 url=$3 netns=$4 errfile=$5 exec=()
   [ -n "$netns" ] && exec=(ip netns exec "$netns")
-  wait_ready "$url" "$netns"
+  wait_ready "${exec[@]}" curl -sf --max-time 1 -o /dev/null "$url"
   local before after report
   before=$(cpu_ticks "$pid")
   report=$("${exec[@]}" wrk -t"$threads" -c"$connections" -d"${duration}s" --latency "$url")

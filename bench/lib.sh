@@ -10,3 +10,15 @@ if [ -z "${KILN:-}" ]; then
   KILN="${CARGO_TARGET_DIR:-$repo/target}/x86_64-unknown-linux-musl/release/kiln"
 fi
 export KILN_HOME="$out/kiln-home"
+
+# wait_ready COMMAND...: until COMMAND succeeds (60 s at most: a first kiln run rewrites the libraries) or the
+# server, $pid, is gone.
+wait_ready() {
+  for _ in $(seq 600); do
+    "$@" >/dev/null 2>&1 && return 0
+    kill -0 "$pid" 2>/dev/null || { echo "bench: the server died before answering" >&2; return 1; }
+    sleep 0.1
+  done
+  echo "bench: no answer within 60 s" >&2
+  return 1
+}

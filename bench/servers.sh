@@ -82,17 +82,6 @@ ticks=$(getconf CLK_TCK)
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-# wait_ready COMMAND...: until COMMAND succeeds (60 s at most: a first kiln run rewrites the libraries) or $pid is gone.
-wait_ready() {
-  for _ in $(seq 600); do
-    "$@" >/dev/null 2>&1 && return 0
-    kill -0 "$pid" 2>/dev/null || { echo "bench: the server died before answering" >&2; return 1; }
-    sleep 0.1
-  done
-  echo "bench: no answer within 60 s" >&2
-  return 1
-}
-
 stop() {
   kill -TERM "$pid"
   for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
