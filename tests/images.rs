@@ -311,9 +311,10 @@ fn an_image_runs_with_its_settings_and_files() {
     assert_eq!(run.stdout_text(), "cwd: /srv/static\nread: h1 { color: red }\n\n", "{run}");
 }
 
-/// `kiln run -d NAME` resolves NAME, records the image's id, and starts an instance process with the same command
-/// line; if NAME is given to another image meanwhile, that process still boots the recorded one. (The process is
-/// started here by hand, with `KILN_INSTANCE` naming a record, as `kiln run -d` starts it.)
+/// `kiln run -d NAME` resolves NAME and the flags once and records the result (the launch specification, with the
+/// image's id); the instance process launches that record. Started again (by hand here, with `KILN_INSTANCE` naming
+/// the record, as `kiln run -d` starts it, and as a restart would), it boots the recorded image with the recorded
+/// arguments, even though NAME has been given to another image and its command line now says otherwise.
 #[test]
 fn an_instance_boots_the_image_its_record_names() {
     if !kvm::available() {
@@ -321,26 +322,28 @@ fn an_instance_boots_the_image_its_record_names() {
     }
     let base = scratch("recorded-image");
     let home = base.join("home");
+    let _cleanup = Cleanup(home.clone());
     let hello = guests::c("hello");
-    let first = build(&home, &project(&base.join("a"), &hello, &HELLO_TOML.replace("\"one\"", "\"3\"")), &[]);
+    build(&home, &project(&base.join("a"), &hello, &HELLO_TOML.replace("\"one\"", "\"3\"")), &[]);
+    kiln_in(&home).args(["run", "-d", "--name", "recorded", "hello"]).run().assert_code(0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while instance(&home, "recorded")["state"] != "exited" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let i = instance(&home, "recorded");
+    assert_eq!((i["state"].as_str(), i["exit_code"].as_i64()), (Some("exited"), Some(3)), "{i}");
+    assert_eq!(i["launch"]["argv"], serde_json::json!(["/app", "3", "two"]), "{i}");
+    let id = i["id"].as_str().unwrap().to_string();
+
     build(&home, &project(&base.join("b"), &hello, &HELLO_TOML.replace("\"one\"", "\"4\"")), &[]);
-    let id = "0123456789ab";
-    let record = serde_json::json!({
-        "id": id, "name": "recorded", "image": "hello", "image_id": first, "command": ["/app", "3", "two"],
-        "ports": [], "state": "created", "pid": null, "pid_start": null, "created_ms": 1, "started_ms": null,
-        "finished_ms": null, "exit_code": null, "reason": null, "auto_remove": false
-    });
-    std::fs::create_dir_all(home.join("instances").join(id)).unwrap();
-    let record_path = home.join("instances").join(id).join("record.json");
-    std::fs::write(&record_path, record.to_string()).unwrap();
-    kiln_in(&home).env("KILN_INSTANCE", id).args(["run", "-d", "hello"]).run().assert_code(3);
+    kiln_in(&home).args(["run", "hello"]).run().assert_code(4);
+    kiln_in(&home).env("KILN_INSTANCE", &id).args(["run", "-d", "hello", "5"]).run().assert_code(3);
     let i = instance(&home, "recorded");
     assert_eq!((i["state"].as_str(), i["exit_code"].as_i64()), (Some("exited"), Some(3)), "{i}");
 
     // Once the recorded image is gone (the next rmi collects it, untagged as it is), that is what the process says.
     kiln_in(&home).args(["rmi", "hello"]).run().assert_code(0);
-    std::fs::write(&record_path, record.to_string()).unwrap();
-    let line = kiln_in(&home).env("KILN_INSTANCE", id).args(["run", "-d", "hello"]).run().assert_kiln_error();
+    let line = kiln_in(&home).env("KILN_INSTANCE", &id).args(["run", "-d", "hello"]).run().assert_kiln_error();
     assert_eq!(line, "kiln: hello: no such image: it was removed after kiln run -d named it");
 }
 

@@ -1,15 +1,16 @@
 //! `kiln run -d`: an instance is one `kiln` process running one VM, detached from the terminal, its output in the
 //! instance's log. `kiln run -d` records the instance, starts that process (the same command line, with
 //! `KILN_INSTANCE` naming the record) in its own session, and waits until the VM has booted (the process writes a
-//! byte to an inherited pipe) or failed (the pipe closes first; its error is in the log). The instance process keeps
+//! byte to an inherited pipe) or failed (the pipe closes first; its error is in the log). The record holds the
+//! resolved `LaunchSpec`, and the instance process launches that, not its flags. The instance process keeps
 //! its record up to date: running with its pid when booted, exited with the code and reason at the end.
 
 use crate::home;
 use crate::run::RunArgs;
-use crate::target;
 use anyhow::{anyhow, bail, Context, Result};
 use kiln_image::instance::{new_id, now, process_start, Instance, InstanceError, Instances, State};
-use kiln_image::{Digest, Store};
+use kiln_image::Store;
+use kiln_launch::LaunchSpec;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
@@ -58,9 +59,11 @@ fn take_ready_pipe() -> Option<std::fs::File> {
 }
 
 impl ThisInstance {
-    /// The image the record names (none for a program run from a path).
-    pub fn image_id(&self) -> Result<Option<Digest>> {
-        Ok(Instances::new(&self.store).load(&self.id)?.image_id)
+    /// What the record says to launch, as `kiln run -d` resolved it.
+    pub fn spec(&self) -> Result<LaunchSpec> {
+        let record = Instances::new(&self.store).load(&self.id)?;
+        let launch = record.launch.ok_or_else(|| anyhow!("instance {} has no launch specification", self.id))?;
+        serde_json::from_value(launch).with_context(|| format!("instance {}'s launch specification", self.id))
     }
 
     /// The VM has booted: record the pid, and let `kiln run -d` return.
@@ -92,29 +95,26 @@ impl ThisInstance {
     }
 }
 
-/// `kiln run -d`: records the instance, starts its process, and prints its id once the VM has booted.
-pub fn start(args: &RunArgs) -> Result<u8> {
-    // Resolving here finds a missing image or a damaged store before anything is recorded.
-    let target = target::resolve(args)?;
+/// `kiln run -d`: records the instance with `spec`, starts its process, and prints its id once the VM has booted.
+pub fn start(args: &RunArgs, spec: &LaunchSpec) -> Result<u8> {
     let store = home::store()?;
     let instances = Instances::new(&store);
     let id = new_id();
-    let ports = if args.network.publish.is_empty() { &target.ports } else { &args.network.publish };
-    let command = target.argv.clone();
-    let ports: Vec<String> = ports.iter().map(ToString::to_string).collect();
+    let ports: Vec<String> = spec.network.published().iter().map(ToString::to_string).collect();
+    let launch = serde_json::to_value(spec).context("cannot record the launch specification")?;
     let create = |name: &str| {
         let record = Instance {
-            image_id: target.image_id.clone(),
+            image_id: spec.image_id().cloned(),
             auto_remove: args.rm,
-            ..Instance::created(&id, name, &args.target, command.clone(), ports.clone())
+            launch: Some(launch.clone()),
+            ..Instance::created(&id, name, &args.target, spec.argv.clone(), ports.clone())
         };
         instances.create(&record)
     };
     match &args.name {
         Some(name) => create(name)?,
-        None => create_with_default_name(&sanitised(&target.base_name), &id, create)?,
+        None => create_with_default_name(&sanitised(&spec.name), &id, create)?,
     }
-    drop(target);
     match spawn(&instances, &id) {
         Ok(()) => {
             outln!("{id}");

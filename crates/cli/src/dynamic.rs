@@ -2,27 +2,25 @@
 //! filesystem (`kiln_vmm::dynamic`), and the shared objects its `--dir` and `--file` trees bring (Python's extension
 //! modules) rewritten on their way in, with the libraries they need.
 
-use crate::target::Target;
 use anyhow::{Context, Result};
+use kiln_launch::{LaunchSpec, Source};
 use kiln_vmm::dynamic::{self, Dependencies};
 use kiln_vmm::elf::{ElfImage, ElfKind};
 use kiln_vmm::rewrite::SiteCounts;
 use kiln_vmm::rewrite_cache::RewriteCache;
 use kiln_vmm::rootfs::{HostFileFilter, RootfsBuilder};
 use std::cell::RefCell;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
 
-/// A dynamically linked host program's loader and libraries, rewritten (none for a static program or an image, whose
+/// A dynamically linked host program's loader and libraries (`program` is its bytes), rewritten (none for a static program or an image, whose
 /// root filesystem has them already: see [`image_interpreter`]).
-pub fn dependencies(target: &Target) -> Result<Option<Dependencies>> {
-    if target.image_id.is_some() {
-        return Ok(None);
-    }
-    let Ok(elf) = ElfImage::parse(&target.program) else { return Ok(None) };
+pub fn dependencies(spec: &LaunchSpec, program: &[u8]) -> Result<Option<Dependencies>> {
+    let Source::Program { path } = &spec.source else { return Ok(None) };
+    let Ok(elf) = ElfImage::parse(program) else { return Ok(None) };
     let cache = crate::run::rewrite_cache_dir().map(RewriteCache::new);
-    let deps = dynamic::collect(&elf, Path::new(&target.shown), cache.as_ref())
-        .with_context(|| format!("{}: dynamically linked", target.shown))?;
+    let deps =
+        dynamic::collect(&elf, path, cache.as_ref()).with_context(|| format!("{}: dynamically linked", spec.shown))?;
     if let Some(deps) = &deps {
         tracing::debug!("{} shared objects, {}", deps.libraries.len() + 1, deps.site_counts());
     }

@@ -5,11 +5,9 @@
 //! copy of it.
 
 use crate::dynamic;
-use crate::net;
-use crate::run::RunArgs;
-use crate::target::Target;
 use anyhow::{Context, Result};
 use kiln_abi::rootfs::{entries, KIND_FILE};
+use kiln_launch::{LaunchSpec, Loaded, Source};
 use kiln_vmm::dynamic::Dependencies;
 use kiln_vmm::dynamic::GUEST_LIBRARY_DIR;
 use kiln_vmm::elf::ElfImage;
@@ -18,7 +16,6 @@ use kiln_vmm::rootfs::RootfsBuilder;
 use kiln_vmm::rootfs_cache::{Hit, Recipe, RootfsCache};
 use kiln_vmm::rootfs_image::Rootfs;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::path::Path;
 use std::sync::Arc;
 
 /// The library OS's own /etc/resolv.conf names this server.
@@ -89,19 +86,19 @@ impl Extra {
     }
 }
 
-/// The root filesystem for `target` run with `args`, from the cache when it has it.
-pub fn prepare(args: &RunArgs, target: &Target) -> Result<GuestFs> {
-    let resolv_conf = net::resolv_conf(&args.network).filter(|r| r != BUILT_IN_RESOLV_CONF);
-    let program = ElfImage::parse(&target.program).ok();
-    let host_dynamic = target.image_id.is_none() && program.as_ref().is_some_and(|p| p.interpreter.is_some());
-    let none = args.files.is_empty() && args.dirs.is_empty() && resolv_conf.is_none();
-    if none && target.rootfs.is_none() && !host_dynamic {
+/// The root filesystem for `spec`, whose program and image are `loaded`, from the cache when it has it.
+pub fn prepare(spec: &LaunchSpec, loaded: &Loaded) -> Result<GuestFs> {
+    let resolv_conf = spec.network.resolv_conf().filter(|r| r != BUILT_IN_RESOLV_CONF);
+    let program = ElfImage::parse(&loaded.program).ok();
+    let host_dynamic = spec.image_id().is_none() && program.as_ref().is_some_and(|p| p.interpreter.is_some());
+    let none = spec.files.is_empty() && spec.dirs.is_empty() && resolv_conf.is_none();
+    if none && loaded.rootfs.is_none() && !host_dynamic {
         return Ok(GuestFs::default());
     }
     let started = std::time::Instant::now();
     let cache = crate::run::cache_dir("rootfs").map(RootfsCache::new);
     // A file that cannot be described now will not be read either: the build says why, in the user's terms.
-    let key = cache.as_ref().and_then(|_| recipe(args, target, resolv_conf.as_deref()).ok()).map(Recipe::key);
+    let key = cache.as_ref().and_then(|_| recipe(spec, resolv_conf.as_deref()).ok()).map(Recipe::key);
     if let Some((cache, key)) = cache.as_ref().zip(key.as_ref()) {
         if let Some(fs) = cache.lookup(key).and_then(from_hit) {
             tracing::debug!(took = ?started.elapsed(), "root filesystem from the cache ({key}): {} bytes", fs.rootfs.len());
@@ -109,12 +106,12 @@ pub fn prepare(args: &RunArgs, target: &Target) -> Result<GuestFs> {
         }
     }
 
-    let mut deps = dynamic::dependencies(target)?;
-    let image_rootfs = match &target.rootfs {
-        Some(blob) => crate::target::image_rootfs(blob)?,
+    let mut deps = dynamic::dependencies(spec, &loaded.program)?;
+    let image_rootfs = match &loaded.rootfs {
+        Some(blob) => kiln_launch::image_rootfs(&crate::home::store()?, blob)?,
         None => Vec::new(),
     };
-    let (image, object_sites) = build(args, &image_rootfs, deps.as_mut(), resolv_conf)?;
+    let (image, object_sites) = build(spec, &image_rootfs, deps.as_mut(), resolv_conf)?;
     drop(image_rootfs);
     let interpreter_path = program.as_ref().and_then(|p| p.interpreter.clone()).unwrap_or_default();
     // A host program's loader is the one added first; an image's, the one its files end with.
@@ -207,22 +204,22 @@ fn libraries_in_image(image: &[u8], needed: &[String]) -> Vec<(u64, u64)> {
 
 /// Everything [`build`] reads that decides the image's bytes, but what a dynamic program's search finds (the entry
 /// lists that: `Dependencies::consulted`).
-fn recipe(args: &RunArgs, target: &Target, resolv_conf: Option<&str>) -> std::io::Result<Recipe> {
+fn recipe(spec: &LaunchSpec, resolv_conf: Option<&str>) -> std::io::Result<Recipe> {
     let mut r = Recipe::new();
-    match &target.image_id {
-        Some(id) => r.add("image", id.to_string().as_bytes()),
-        None => {
-            r.add("program", target.shown.as_bytes());
-            r.add_host_file(Path::new(&target.shown))?;
+    match &spec.source {
+        Source::Image { id } => r.add("image", id.to_string().as_bytes()),
+        Source::Program { path } => {
+            r.add("program", spec.shown.as_bytes());
+            r.add_host_file(path)?;
         }
     }
     r.add("resolv.conf", resolv_conf.unwrap_or_default().as_bytes());
-    for (host, guest) in &args.dirs {
+    for (host, guest) in &spec.dirs {
         r.add("--dir", guest.as_bytes());
         r.add("host", host.as_os_str().as_encoded_bytes());
         r.add_host_tree(host)?;
     }
-    for (host, guest) in &args.files {
+    for (host, guest) in &spec.files {
         r.add("--file", guest.as_bytes());
         r.add("host", host.as_os_str().as_encoded_bytes());
         r.add_host_file(host)?;
@@ -232,7 +229,7 @@ fn recipe(args: &RunArgs, target: &Target, resolv_conf: Option<&str>) -> std::io
 
 /// Builds the image; also counts the syscall sites of a dynamic program's shared objects in it.
 fn build(
-    args: &RunArgs,
+    spec: &LaunchSpec,
     image_rootfs: &[u8],
     deps: Option<&mut Dependencies>,
     resolv_conf: Option<String>,
@@ -253,10 +250,10 @@ fn build(
     if !kiln_abi::rootfs::is_empty(image_rootfs) {
         builder.add_image(image_rootfs).context("the image's root filesystem")?;
     }
-    for (host, guest) in &args.dirs {
+    for (host, guest) in &spec.dirs {
         builder.add_host_dir(host, guest).with_context(|| format!("--dir {}:{guest}", host.display()))?;
     }
-    for (host, guest) in &args.files {
+    for (host, guest) in &spec.files {
         builder.add_host_file(host, guest).with_context(|| format!("--file {}:{guest}", host.display()))?;
     }
     let mut sites = None;

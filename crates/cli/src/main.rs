@@ -35,7 +35,6 @@ mod run;
 mod size;
 #[cfg(test)]
 mod syscall_docs;
-mod target;
 mod volume;
 
 use clap::{Parser, Subcommand};

@@ -1,13 +1,14 @@
 //! `kiln run`: boot one program (a static executable, or an image from `kiln build`), stream its output, exit with
 //! its exit code; with `-d`, as a detached instance (see `detach`).
 
-use crate::detach;
+use crate::detach::{self, ThisInstance};
 use crate::guest_fs::{self, GuestFs};
+use crate::home;
 use crate::host_signals;
 use crate::net;
 use crate::size::parse_size;
-use crate::target::{self, Target};
 use anyhow::{anyhow, bail, Context, Result};
+use kiln_launch::{parse_env, parse_mapping, parse_mount, parse_workdir, LaunchSpec, Loaded, Overrides};
 use kiln_vmm::boot::BootError;
 use kiln_vmm::loader::LoaderError;
 use kiln_vmm::rewrite::SiteCounts;
@@ -25,8 +26,6 @@ pub(crate) static KERNEL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kiln
 pub const KILN_ERROR: u8 = 125;
 const SIGPIPE: u32 = 13;
 const SIGINT: u32 = 2;
-/// Guest memory when neither `--memory` nor the image says.
-const DEFAULT_MEMORY: u64 = 64 << 20;
 /// Exit code for a program that deadlocked (as `timeout` reports a command it had to stop).
 const DEADLOCK_EXIT: u8 = 124;
 
@@ -68,10 +67,10 @@ pub struct RunArgs {
     stats: bool,
     /// Seconds the program has to take a SIGINT, SIGTERM or SIGQUIT sent to kiln before the VM is stopped (as
     /// `docker stop` does; a program that keeps the signal blocked never takes one)
-    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "SECS", default_value_t = kiln_launch::DEFAULT_STOP_TIMEOUT, value_parser = clap::value_parser!(u32).range(1..))]
     stop_timeout: u32,
     /// Attach volume NAME (`kiln volume create`) and mount it at /path (repeatable, up to 4)
-    #[arg(long = "volume", short = 'v', value_name = "NAME:/path", value_parser = crate::volume::parse_mount)]
+    #[arg(long = "volume", short = 'v', value_name = "NAME:/path", value_parser = parse_mount)]
     volumes: Vec<(String, String)>,
     #[command(flatten)]
     pub network: net::NetArgs,
@@ -97,19 +96,23 @@ impl RunArgs {
         self.target = words.next().unwrap_or_default();
         self.args = words.collect();
     }
-}
 
-fn parse_mapping(s: &str) -> Result<(PathBuf, String), String> {
-    match s.split_once(':') {
-        Some((host, guest)) if !host.is_empty() && guest.starts_with('/') => Ok((host.into(), guest.to_string())),
-        _ => Err(format!("'{s}' is not HOST:GUEST with an absolute GUEST path")),
-    }
-}
-
-fn parse_workdir(s: &str) -> Result<String, String> {
-    match kiln_image::is_workdir(s) {
-        true => Ok(s.to_string()),
-        false => Err(format!("'{s}' is not an absolute path")),
+    /// What the flags ask for on top of the image or program.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            args: self.args.clone(),
+            memory: self.memory,
+            cpus: self.cpus,
+            env: self.env.clone(),
+            workdir: self.workdir.clone(),
+            files: self.files.clone(),
+            dirs: self.dirs.clone(),
+            volumes: self.volumes.clone(),
+            network: self.network.flags(),
+            trace_syscalls: self.trace_syscalls,
+            stats: self.stats,
+            stop_timeout: Some(self.stop_timeout),
+        }
     }
 }
 
@@ -124,13 +127,6 @@ fn check_workdir(workdir: &str, rootfs: &[u8]) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn parse_env(s: &str) -> Result<String, String> {
-    match s.split_once('=') {
-        Some((k, _)) if !k.is_empty() && !s.contains('\0') => Ok(s.to_string()),
-        _ => Err(format!("'{s}' is not KEY=VALUE")),
-    }
 }
 
 struct Terminal;
@@ -155,52 +151,54 @@ impl Console for Terminal {
 pub fn run(mut args: RunArgs) -> Result<u8> {
     args.split_command();
     let mut instance = detach::instance_of_this_process(&args)?;
-    if args.detach && instance.is_none() {
-        return detach::start(&args);
-    }
-    let recorded_image = instance.as_ref().map(detach::ThisInstance::image_id).transpose()?.flatten();
-    let mut target = match recorded_image {
-        Some(id) => target::resolve_image(&args, id)?,
-        None => target::resolve(&args)?,
+    let spec = match &instance {
+        // An instance process launches what its record says, not what its flags would resolve to now.
+        Some(instance) => instance.spec()?,
+        None => kiln_launch::resolve(home::store().ok().as_ref(), &args.target, &args.overrides())?,
     };
-    let shown = target.shown.clone();
-    if args.network.publish.is_empty() {
-        args.network.publish = target.ports.clone();
+    if args.detach && instance.is_none() {
+        return detach::start(&args, &spec);
     }
-    let memory = args.memory.or(target.memory).unwrap_or(DEFAULT_MEMORY);
-    let GuestFs { rootfs, object_sites, interpreter } = guest_fs::prepare(&args, &target)?;
-    let workdir = args.workdir.clone().or(target.workdir.take()).unwrap_or_default();
-    check_workdir(&workdir, rootfs.bytes())?;
+    launch(&spec, instance.as_mut())
+}
+
+/// Boots `spec` in a VM on this process, with the program's output on its stdout and stderr and the stop signals it
+/// gets forwarded, and returns the program's exit code: the one way `kiln` launches a VM.
+fn launch(spec: &LaunchSpec, instance: Option<&mut ThisInstance>) -> Result<u8> {
+    let loaded = kiln_launch::load(spec, home::store().ok().as_ref(), KERNEL)?;
+    let GuestFs { rootfs, object_sites, interpreter } = guest_fs::prepare(spec, &loaded)?;
+    check_workdir(&spec.workdir, rootfs.bytes())?;
+    let Loaded { kernel, program, prepared, program_identity, .. } = loaded;
     let config = VmConfig {
-        memory,
-        cpus: args.cpus.or(target.cpus).unwrap_or(1),
-        argv: target.argv.clone(),
-        env: target::merged_env(&target.env, &args.env),
-        exe_path: target.exe_path.clone(),
-        workdir,
-        trace_syscalls: args.trace_syscalls,
+        memory: spec.memory,
+        cpus: spec.cpus,
+        argv: spec.argv.clone(),
+        env: spec.env.clone(),
+        exe_path: spec.exe_path.clone(),
+        workdir: spec.workdir.clone(),
+        trace_syscalls: spec.trace_syscalls,
         rewrite_cache: rewrite_cache_dir(),
-        prepared: target.prepared.take(),
-        program_identity: target.program_identity.take(),
+        prepared,
+        program_identity,
         rootfs,
         objects_need_page0: object_sites.is_some_and(|s| s.in_place > 0),
         interpreter,
-        net: net::card(&args.network)?,
-        volumes: crate::volume::attach_all(&target::merged_volumes(&target.volumes, &args.volumes))?,
+        net: net::card(&spec.network)?,
+        volumes: crate::volume::attach_all(&spec.volumes)?,
     };
 
-    let Target { kernel, program, .. } = target;
-    let vm = Vm::new(&kernel, &program, config).map_err(|e| explain(e, &shown, memory))?;
+    let vm = Vm::new(&kernel, &program, config).map_err(|e| explain(e, &spec.shown, spec.memory))?;
     drop(program);
     let mut signals = host_signals::install().context("cannot set up the forwarding of signals")?;
+    let mut instance = instance;
     if let Some(instance) = &mut instance {
         instance.running()?;
     }
-    let host_signals =
-        HostSignals { wait: Box::new(move || signals.wait()), grace: Duration::from_secs(args.stop_timeout.into()) };
+    let grace = Duration::from_secs(spec.signals.grace_secs.into());
+    let host_signals = HostSignals { wait: Box::new(move || signals.wait()), grace };
     let result = vm.run(Arc::new(Terminal), host_signals).context("running the VM failed");
     let (code, reason) = match result {
-        Ok((outcome, stats)) => report(&args, outcome, &stats, object_sites),
+        Ok((outcome, stats)) => report(spec, outcome, &stats, object_sites),
         Err(e) => Err(e),
     }
     .unwrap_or_else(|e| {
@@ -215,7 +213,7 @@ pub fn run(mut args: RunArgs) -> Result<u8> {
 
 /// The exit code and, in words, why the program ended; prints the trace summary and statistics asked for.
 fn report(
-    args: &RunArgs,
+    spec: &LaunchSpec,
     outcome: Outcome,
     stats: &RunStats,
     object_sites: Option<SiteCounts>,
@@ -226,10 +224,10 @@ fn report(
     if let Some(note) = refused_processes(&stats.syscalls) {
         errln!("kiln: {note}");
     }
-    if args.trace_syscalls {
+    if spec.trace_syscalls {
         print_summary(stats);
     }
-    if args.stats {
+    if spec.stats {
         let calls: u64 = stats.syscalls.iter().map(|s| u64::from(s.1)).sum();
         errln!("[kiln] {} VM exits, {calls} syscalls", stats.vm_exits);
         errln!("[kiln] host: {}", stats.host);

@@ -49,14 +49,8 @@ fn volumes_dir() -> Result<PathBuf> {
     Ok(home.join("volumes"))
 }
 
-/// Names as Docker allows them: a letter or digit, then letters, digits, `_`, `.`, `-`; at most 64.
 pub fn check_name(name: &str) -> Result<()> {
-    let mut chars = name.chars();
-    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
-    if !first_ok || name.len() > 64 || !chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) {
-        bail!("'{name}' is not a volume name: use letters, digits, '_', '.' and '-', starting with a letter or digit (at most 64)");
-    }
-    Ok(())
+    kiln_launch::check_volume_name(name).map_err(|e| anyhow!(e))
 }
 
 fn volume_path(name: &str) -> Result<PathBuf> {
@@ -292,41 +286,8 @@ fn inspect(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// A `-v NAME:/path` argument: the volume's name and where the guest mounts it (absolute, normalised, not "/").
-pub fn parse_mount(s: &str) -> Result<(String, String), String> {
-    let Some((name, path)) = s.split_once(':') else {
-        return Err(format!("'{s}' is not NAME:/path"));
-    };
-    check_name(name).map_err(|e| e.to_string())?;
-    let normal = path.starts_with('/')
-        && path.len() > 1
-        && !path.ends_with('/')
-        && path[1..].split('/').all(|c| !c.is_empty() && c != "." && c != "..");
-    if !normal {
-        return Err(format!("'{path}' is not a mount path: use an absolute path other than / (e.g. /data)"));
-    }
-    if path.len() > kiln_abi::boot::MOUNT_PATH_MAX {
-        return Err(format!("'{path}' is longer than {} bytes", kiln_abi::boot::MOUNT_PATH_MAX));
-    }
-    Ok((name.to_string(), path.to_string()))
-}
-
-/// Checks the `-v` list as a whole and opens and locks each volume.
+/// Opens and locks each volume of a launch (`kiln_launch` has checked the list), in mount order.
 pub fn attach_all(mounts: &[(String, String)]) -> Result<Vec<kiln_vmm::VolumeConfig>> {
-    if mounts.len() > kiln_abi::boot::MAX_VOLUMES {
-        bail!("-v: at most {} volumes per instance", kiln_abi::boot::MAX_VOLUMES);
-    }
-    for (i, (name, path)) in mounts.iter().enumerate() {
-        for (other_name, other_path) in &mounts[..i] {
-            if other_name == name {
-                bail!("-v: volume {name} is given twice");
-            }
-            let nested = |a: &str, b: &str| a == b || a.starts_with(&format!("{b}/"));
-            if nested(path, other_path) || nested(other_path, path) {
-                bail!("-v: mount paths {other_path} and {path} overlap");
-            }
-        }
-    }
     mounts
         .iter()
         .map(|(name, mount)| {
@@ -338,18 +299,6 @@ pub fn attach_all(mounts: &[(String, String)]) -> Result<Vec<kiln_vmm::VolumeCon
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mount_arguments_are_checked() {
-        assert_eq!(parse_mount("data:/data"), Ok(("data".into(), "/data".into())));
-        assert_eq!(parse_mount("db-1:/var/lib/db"), Ok(("db-1".into(), "/var/lib/db".into())));
-        for bad in
-            ["data", "data:relative", "data:/", "data:/a/../b", "data:/a//b", "data:/a/", ":/x", "-x:/x", "a b:/x"]
-        {
-            assert!(parse_mount(bad).is_err(), "{bad}");
-        }
-        assert!(parse_mount(&format!("v:/{}", "x".repeat(200))).is_err());
-    }
 
     fn scratch(test: &str) -> PathBuf {
         std::env::temp_dir().join(format!("kiln-volume-{test}-{}", std::process::id()))

@@ -42,6 +42,10 @@ pub struct Instance {
     pub reason: Option<String>,
     /// `--rm`: the record goes when the instance ends.
     pub auto_remove: bool,
+    /// What the instance launches (a `kiln_launch::LaunchSpec`, which this crate sits below): the instance process,
+    /// and any later restart, launches exactly this, without resolving its flags or image name again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch: Option<serde_json::Value>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +142,7 @@ impl Instance {
             exit_code: None,
             reason: None,
             auto_remove: false,
+            launch: None,
         }
     }
 
