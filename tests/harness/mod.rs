@@ -1,6 +1,9 @@
 //! Test harness for the boot tests: builds the guest programs ([`guests`]), decides whether KVM tests can run
 //! ([`kvm`]), crafts bad inputs ([`inputs`]) and runs `kiln` as a whole process with a time limit ([`Kiln`]).
 
+/// Used by the container image tests only.
+#[allow(dead_code)]
+pub mod container;
 pub mod guests;
 pub mod inputs;
 pub mod kvm;

@@ -6,7 +6,7 @@
 
 use crate::dynamic;
 use anyhow::{Context, Result};
-use kiln_abi::rootfs::{entries, KIND_FILE};
+use kiln_abi::rootfs::{entries, Entry, KIND_FILE, KIND_SYMLINK};
 use kiln_launch::{LaunchSpec, Loaded, Source};
 use kiln_vmm::dynamic::Dependencies;
 use kiln_vmm::dynamic::GUEST_LIBRARY_DIR;
@@ -22,6 +22,10 @@ use std::sync::Arc;
 const BUILT_IN_RESOLV_CONF: &str = "nameserver 10.0.2.3\n";
 /// Where musl's loader finds libraries in the guest (`kiln_vmm::dynamic`).
 const MUSL_LIBRARY_DIR: &str = "/lib";
+/// Where glibc's loader looks next (a container image's libraries may be there, and not in /lib).
+const USR_LIBRARY_DIR: &str = "/usr/lib/x86_64-linux-gnu";
+/// Symbolic links followed to find one file in an image (Linux's limit).
+const MAX_LINKS_FOLLOWED: usize = 40;
 /// More libraries than any program needs; bounds the walk through an image's.
 const MAX_LIBRARIES: usize = 1024;
 /// The layout of what an entry of the cache keeps besides the image (see [`Extra`]).
@@ -117,7 +121,7 @@ pub fn prepare(spec: &LaunchSpec, loaded: &Loaded) -> Result<GuestFs> {
     // A host program's loader is the one added first; an image's, the one its files end with.
     let interpreter = match deps.is_some() {
         true => file_span(&image, &interpreter_path, true),
-        false => file_span(&image, &interpreter_path, false),
+        false => ImageFiles::new(&image).span(&interpreter_path).unwrap_or_default(),
     };
     let hot = match (&deps, &program) {
         (Some(deps), _) => deps.libraries.iter().map(|l| file_span(&image, &l.guest_path, true)).collect(),
@@ -171,17 +175,59 @@ fn file_span(image: &[u8], path: &str, first: bool) -> (u64, u64) {
     found.map_or((0, 0), |e| (e.data_offset as u64, e.data_len as u64))
 }
 
+/// An image's entries by path, the last at each path winning (as the library OS loads them), for finding files
+/// as the guest finds them: symbolic links followed (a container image's loader path is often one, and its library
+/// directory may be: `/lib` -> `usr/lib`).
+struct ImageFiles<'a> {
+    entries: HashMap<&'a str, Entry<'a>>,
+    image: &'a [u8],
+}
+
+impl<'a> ImageFiles<'a> {
+    fn new(image: &'a [u8]) -> Self {
+        let entries = entries(image).map(|all| all.flatten().map(|e| (e.path, e)).collect()).unwrap_or_default();
+        ImageFiles { entries, image }
+    }
+
+    /// Offset and length of the contents of the regular file `path` leads to.
+    fn span(&self, path: &str) -> Option<(u64, u64)> {
+        let mut pending: Vec<String> = path.split('/').filter(|c| !c.is_empty()).rev().map(String::from).collect();
+        let mut at: Vec<String> = Vec::new();
+        let mut followed = 0;
+        while let Some(name) = pending.pop() {
+            if name == ".." {
+                at.pop();
+                continue;
+            }
+            if name == "." {
+                continue;
+            }
+            at.push(name);
+            let Some(entry) = self.entries.get(format!("/{}", at.join("/")).as_str()) else { continue };
+            if entry.kind == KIND_SYMLINK {
+                followed += 1;
+                if followed > MAX_LINKS_FOLLOWED {
+                    return None;
+                }
+                let target =
+                    std::str::from_utf8(self.image.get(entry.data_offset..entry.data_offset + entry.data_len)?).ok()?;
+                at.pop();
+                if target.starts_with('/') {
+                    at.clear();
+                }
+                pending.extend(target.split('/').filter(|c| !c.is_empty()).rev().map(String::from));
+            }
+        }
+        let entry = self.entries.get(format!("/{}", at.join("/")).as_str())?;
+        (entry.kind == KIND_FILE).then_some((entry.data_offset as u64, entry.data_len as u64))
+    }
+}
+
 /// The spans of the libraries an image's dynamic program needs (the closure of its `DT_NEEDED`, `needed`), where
-/// `kiln build` put them: the image's file at the loader's directory and the name (glibc's or musl's), or at the name
-/// if a path.
+/// its loader looks without a cache: the image's file at the loader's directories and the name (glibc's or musl's),
+/// or at the name if a path.
 fn libraries_in_image(image: &[u8], needed: &[String]) -> Vec<(u64, u64)> {
-    let Ok(all) = entries(image) else { return Vec::new() };
-    // The last entry at a path is the guest's file there.
-    let files: HashMap<&str, (u64, u64)> = all
-        .flatten()
-        .filter(|e| e.kind == KIND_FILE)
-        .map(|e| (e.path, (e.data_offset as u64, e.data_len as u64)))
-        .collect();
+    let files = ImageFiles::new(image);
     let mut queue: VecDeque<String> = needed.iter().cloned().collect();
     let mut seen = HashSet::new();
     let mut hot = Vec::new();
@@ -191,9 +237,12 @@ fn libraries_in_image(image: &[u8], needed: &[String]) -> Vec<(u64, u64)> {
         }
         let paths = match name.contains('/') {
             true => vec![name],
-            false => [GUEST_LIBRARY_DIR, MUSL_LIBRARY_DIR].iter().map(|dir| format!("{dir}/{name}")).collect(),
+            false => [GUEST_LIBRARY_DIR, USR_LIBRARY_DIR, MUSL_LIBRARY_DIR]
+                .iter()
+                .map(|dir| format!("{dir}/{name}"))
+                .collect(),
         };
-        let Some(&(offset, len)) = paths.iter().find_map(|p| files.get(p.as_str())) else { continue };
+        let Some((offset, len)) = paths.iter().find_map(|p| files.span(p)) else { continue };
         hot.push((offset, len));
         if let Ok(elf) = ElfImage::parse_any(&image[offset as usize..(offset + len) as usize]) {
             queue.extend(elf.needed);
@@ -303,5 +352,24 @@ mod tests {
         assert_eq!(text(file_span(&image, "/lib/ld.so", true)), b"host");
         assert_eq!(text(file_span(&image, "/lib/ld.so", false)), b"image");
         assert_eq!(file_span(&image, "/nowhere", true), (0, 0));
+    }
+
+    #[test]
+    fn an_images_files_are_found_through_its_links() {
+        let mut b = RootfsBuilder::default();
+        b.add_symlink("/lib", b"usr/lib").unwrap();
+        b.add_file("/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", 0o755, b"loader").unwrap();
+        b.add_symlink("/lib64/ld-linux-x86-64.so.2", b"/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2").unwrap();
+        b.add_symlink("/loop", b"loop").unwrap();
+        let image = b.finish();
+        let files = ImageFiles::new(&image);
+        let text = |(o, l): (u64, u64)| image[o as usize..(o + l) as usize].to_vec();
+        assert_eq!(text(files.span("/lib64/ld-linux-x86-64.so.2").unwrap()), b"loader");
+        assert_eq!(
+            text(files.span("/lib/x86_64-linux-gnu/../x86_64-linux-gnu/ld-linux-x86-64.so.2").unwrap()),
+            b"loader"
+        );
+        assert_eq!(files.span("/loop"), None);
+        assert_eq!(files.span("/lib"), None, "a directory");
     }
 }

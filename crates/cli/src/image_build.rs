@@ -40,6 +40,9 @@ pub fn build(args: BuildArgs) -> Result<u8> {
         None => Reference::new(&project.name, kiln_image::reference::DEFAULT_TAG)?,
     };
     let store = home::store()?;
+    if let Binary::Container(from) = &project.binary {
+        return crate::container_build::build(&store, &project, from, &tag, args.quiet);
+    }
     let (program_path, program) = program(&project, args.quiet)?;
     // Rewriting a large program and packing large directories take a while: a spinner says which is going on.
     let step = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
@@ -55,6 +58,7 @@ pub fn build(args: BuildArgs) -> Result<u8> {
     step.finish_and_clear();
     let (prepared, fs) = result?;
     let program_name = program_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let program_name = format!("/{program_name}");
 
     let total = (KERNEL.len() + program.len() + prepared.len() + fs.len()) as u64;
     let bar = if args.quiet { ProgressBar::hidden() } else { bar(total, "storing") };
@@ -62,7 +66,7 @@ pub fn build(args: BuildArgs) -> Result<u8> {
         kernel: KERNEL,
         program: &program,
         prepared: &prepared,
-        program_name: &program_name,
+        program_path: &program_name,
         rootfs: &fs,
         kiln_version: env!("CARGO_PKG_VERSION"),
     };
@@ -108,13 +112,13 @@ fn image_rootfs(project: &Project, program_path: &Path, program: &[u8]) -> Resul
 }
 
 /// The program with its syscalls rewritten, as the VMM loads it (`kiln_vmm::rewrite_cache` format).
-fn prepare(path: &Path, program: &[u8]) -> Result<Vec<u8>> {
+pub(crate) fn prepare(path: &Path, program: &[u8]) -> Result<Vec<u8>> {
     let elf = kiln_vmm::elf::ElfImage::parse(program).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let prepared = kiln_vmm::loader::prepare_program(&elf, program).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     Ok(kiln_vmm::rewrite_cache::encode(&prepared))
 }
 
-fn bar(total: u64, what: &'static str) -> ProgressBar {
+pub(crate) fn bar(total: u64, what: &'static str) -> ProgressBar {
     let bar = ProgressBar::new(total);
     bar.set_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes}")
@@ -130,6 +134,7 @@ fn program(project: &Project, quiet: bool) -> Result<(PathBuf, Vec<u8>)> {
     let path = match &project.binary {
         Binary::Path(path) => project.dir.join(path),
         Binary::Cargo { package, bin } => cargo_build(&project.dir, package, bin.as_deref(), quiet)?,
+        Binary::Container(_) => unreachable!("built by container_build"),
     };
     let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => anyhow!("binary {}: no such file", path.display()),

@@ -20,6 +20,7 @@ macro_rules! errln {
 mod allocator;
 #[cfg(test)]
 mod boot_layout_tests;
+mod container_build;
 mod detach;
 mod dynamic;
 mod guest_fs;

@@ -54,8 +54,8 @@ pub struct Parts<'a> {
     pub program: &'a [u8],
     /// The program as the VMM prepared it (`kiln_vmm::rewrite_cache::encode`).
     pub prepared: &'a [u8],
-    /// The program's file name; it runs as `/<name>`.
-    pub program_name: &'a str,
+    /// The path the program runs as (`/<file name>` for a project's binary; where a container image has it).
+    pub program_path: &'a str,
     pub rootfs: &'a [u8],
     pub kiln_version: &'a str,
 }
@@ -103,7 +103,7 @@ fn store_and_tag(
         prepared: put(parts.prepared)?,
         rootfs: put(parts.rootfs)?,
         config: RunConfig {
-            program_path: format!("/{}", parts.program_name),
+            program_path: parts.program_path.to_string(),
             args: project.args.clone(),
             env: project.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
             memory: project.memory,
@@ -143,7 +143,7 @@ mod tests {
                 kernel: b"k",
                 program: b"p",
                 prepared: b"q",
-                program_name: "app",
+                program_path: "/app",
                 rootfs: &fs,
                 kiln_version: "0",
             };
@@ -163,7 +163,7 @@ mod tests {
         std::fs::create_dir_all(store.blob_path(&Digest::of(b"fs"))).unwrap();
         let project = parse("name = \"a\"\nbinary = \"a\"\n", "Kiln.toml", "/nonexistent".into()).unwrap();
         let parts =
-            Parts { kernel: b"k", program: b"p", prepared: b"q", program_name: "a", rootfs: b"fs", kiln_version: "0" };
+            Parts { kernel: b"k", program: b"p", prepared: b"q", program_path: "/a", rootfs: b"fs", kiln_version: "0" };
         let err = store_image(&store, &project, &parts, &"a".parse().unwrap(), |_| {}).unwrap_err();
         assert!(matches!(err, BuildError::Store(StoreError::Io { .. })), "{err}");
         let left: Vec<_> = std::fs::read_dir(store.root().join("blobs/sha256")).unwrap().collect();

@@ -21,6 +21,9 @@ pub enum Binary {
     /// A package of the cargo workspace the project is in, built with `--release --target x86_64-unknown-linux-musl`;
     /// `bin` names the executable when it is not the package's name.
     Cargo { package: String, bin: Option<String> },
+    /// `from`: a container image (`oci-archive:PATH`, `docker-archive:PATH`, `oci:DIR`, `registry:REF`, paths
+    /// relative to the project directory); its program, settings and root filesystem make the image.
+    Container(String),
 }
 
 /// A parsed, checked `Kiln.toml`. Host paths are as written (relative to [`Project::dir`]).
@@ -57,7 +60,8 @@ pub enum KilnTomlError {
 }
 
 const KEYS: &[&str] =
-    &["name", "binary", "args", "env", "files", "dirs", "memory", "cpus", "ports", "volumes", "workdir"];
+    &["name", "binary", "from", "args", "env", "files", "dirs", "memory", "cpus", "ports", "volumes", "workdir"];
+const CONTAINER_SOURCES: [&str; 4] = ["oci-archive:", "docker-archive:", "oci:", "registry:"];
 const BINARY_KEYS: &[&str] = &["cargo", "bin"];
 
 /// Reads `Kiln.toml` (or another file in its format) and checks it.
@@ -243,8 +247,25 @@ pub fn parse(src: &str, file: &str, dir: PathBuf) -> Result<Project, KilnTomlErr
                 }
                 has_name = true;
             }
+            "binary" | "from" if has_binary => {
+                return Err(p.err(key.span(), "binary and from exclude each other: the program is one or the other"));
+            }
             "binary" => {
                 project.binary = p.binary(v)?;
+                has_binary = true;
+            }
+            "from" => {
+                let source = p.string("from", v)?;
+                if !CONTAINER_SOURCES.iter().any(|prefix| source.len() > prefix.len() && source.starts_with(prefix)) {
+                    return Err(p.err(
+                        v.span(),
+                        format!(
+                            "from {source:?} names no container image: use oci-archive:PATH, docker-archive:PATH, \
+                             oci:DIR or registry:REF"
+                        ),
+                    ));
+                }
+                project.binary = Binary::Container(source);
                 has_binary = true;
             }
             "args" => project.args = p.strings("args", v)?,
@@ -320,7 +341,7 @@ pub fn parse(src: &str, file: &str, dir: PathBuf) -> Result<Project, KilnTomlErr
     }
     if !has_binary {
         return Err(
-            p.err(0..0, "binary is missing (binary = \"path/to/program\", or binary = { cargo = \"PACKAGE\" })")
+            p.err(0..0, "binary is missing (binary = \"path/to/program\", binary = { cargo = \"PACKAGE\" }, or from = \"oci-archive:app.tar\")")
         );
     }
     Ok(project)
@@ -363,6 +384,8 @@ volumes = { data = "/data" }
         let minimal = parsed("name = \"hello\"\nbinary = \"hello\"\n").unwrap();
         assert_eq!((minimal.memory, minimal.cpus), (DEFAULT_MEMORY, 1));
         assert_eq!(minimal.binary, Binary::Path("hello".into()));
+        let container = parsed("name = \"a\"\nfrom = \"docker-archive:app.tar\"\n").unwrap();
+        assert_eq!(container.binary, Binary::Container("docker-archive:app.tar".into()));
     }
 
     #[test]
@@ -390,6 +413,13 @@ volumes = { data = "/data" }
         assert!(parsed("binary = \"a\"\n").unwrap_err().contains("name is missing"));
         assert!(parsed("name = \"a\"\n").unwrap_err().contains("binary is missing"));
         assert!(parsed("name = \"a\"\nbinary = \n").unwrap_err().starts_with("Kiln.toml:2: "));
+        assert_eq!(
+            err("from = \"oci:img\"\n"),
+            "Kiln.toml:3: binary and from exclude each other: the program is one or the other"
+        );
+        assert!(parsed("name = \"a\"\nfrom = \"app.tar\"\n")
+            .unwrap_err()
+            .starts_with("Kiln.toml:2: from \"app.tar\" names no container image"));
     }
 
     /// Every prefix of a full file, and the file with each byte replaced by characters that break TOML: an error or

@@ -1,0 +1,203 @@
+//! `kiln build` of a project whose `from` names a container image: the image read and flattened
+//! (`kiln_container`), its program found in its own root file system, and everything in that file system put into
+//! the Kiln image's root filesystem, with every shared object rewritten when the program is dynamically linked (its
+//! loader and libraries come from the image, never from the host). The image config's Entrypoint/Cmd, Env,
+//! WorkingDir and ExposedPorts become the image's program and arguments, environment, working directory and ports;
+//! `Kiln.toml`'s own `args`, `env`, `workdir` and `ports` override them, and its `files` and `dirs` go on top.
+
+use crate::image_build::{bar, prepare};
+use crate::run::KERNEL;
+use anyhow::{anyhow, bail, Context, Result};
+use indicatif::ProgressBar;
+use kiln_container::program::{self, Program};
+use kiln_container::tree::{Node, Tree};
+use kiln_container::{ContainerImage, Source};
+use kiln_image::build::{add_project_files, store_image, Parts};
+use kiln_image::kiln_toml::{Project, DEFAULT_MEMORY};
+use kiln_image::size::human;
+use kiln_image::{Reference, Store};
+use kiln_vmm::elf::{ElfImage, ElfKind};
+use kiln_vmm::rewrite::SiteCounts;
+use kiln_vmm::rewrite_cache::RewriteCache;
+use kiln_vmm::rootfs::RootfsBuilder;
+use std::path::Path;
+use std::time::Duration;
+
+pub fn build(store: &Store, project: &Project, from: &str, tag: &Reference, quiet: bool) -> Result<u8> {
+    let source = Source::parse(from, &project.dir)?;
+    let step = if quiet { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
+    step.enable_steady_tick(Duration::from_millis(120));
+    step.set_message(format!("reading {from}"));
+    let built = read_and_convert(project, &source, &step).with_context(|| format!("from {from}"));
+    step.finish_and_clear();
+    let Converted { image, program, bytes, prepared, rootfs, sites } = built?;
+    if image.settings.user_is_not_root() && !quiet {
+        errln!(
+            "kiln: note: the image's User {:?} is not applied: a Kiln program starts as root (ids are not enforced)",
+            image.settings.user.as_deref().unwrap_or_default()
+        );
+    }
+    tracing::debug!(
+        "{from}: {} layers, {} entries, {} of files, {} device nodes and FIFOs left out; {sites}",
+        image.layers,
+        image.totals.entries,
+        human(image.totals.file_bytes),
+        image.totals.specials
+    );
+
+    let configured = configure(project, &image, &program, rootfs.len() as u64);
+    let total = (KERNEL.len() + bytes.len() + prepared.len() + rootfs.len()) as u64;
+    let bar = if quiet { ProgressBar::hidden() } else { bar(total, "storing") };
+    let parts = Parts {
+        kernel: KERNEL,
+        program: &bytes,
+        prepared: &prepared,
+        program_path: &program.path,
+        rootfs: &rootfs,
+        kiln_version: env!("CARGO_PKG_VERSION"),
+    };
+    let stored = store_image(store, &configured, &parts, tag, |n| bar.inc(n));
+    bar.finish_and_clear();
+    let (digest, manifest) = stored?;
+    if quiet {
+        outln!("{digest}");
+    } else {
+        let size = manifest.total_size(manifest.to_bytes().len() as u64);
+        outln!("built {tag} {} ({}) from {from} ({})", digest.short(), human(size), image.config_digest);
+    }
+    Ok(0)
+}
+
+struct Converted {
+    image: ContainerImage,
+    program: Program,
+    bytes: Vec<u8>,
+    prepared: Vec<u8>,
+    rootfs: Vec<u8>,
+    sites: SiteCounts,
+}
+
+fn read_and_convert(project: &Project, source: &Source, step: &ProgressBar) -> Result<Converted> {
+    let image = kiln_container::load(source)?;
+    let args = (!project.args.is_empty()).then_some(project.args.as_slice());
+    let program = program::find(&image.tree, &image.settings, args)?;
+    let (_, _, bytes) = image.tree.file(&program.resolved).map_err(|e| anyhow!("its program: {e}"))?;
+    let bytes = bytes.to_vec();
+    let shown = format!("{} (in the image)", program.path);
+    let elf = ElfImage::parse(&bytes).map_err(|e| anyhow!("{shown}: {e}"))?;
+    let dynamic = elf.interpreter.is_some();
+    if let Some(interpreter) = &elf.interpreter {
+        if image.tree.file(interpreter).is_err() {
+            bail!("{shown} is dynamically linked, and its loader {interpreter} is not in the image");
+        }
+    }
+    step.set_message(format!("preparing {}", program.path));
+    let prepared = prepare(Path::new(&program.path), &bytes)?;
+    if dynamic {
+        step.set_message("rewriting the image's shared objects");
+    }
+    let (rootfs, sites) = rootfs(project, &image.tree, dynamic)?;
+    Ok(Converted { image, program, bytes, prepared, rootfs, sites })
+}
+
+/// The image's files (shared objects rewritten if `rewrite_objects`), then the project's `dirs` and `files`.
+fn rootfs(project: &Project, tree: &Tree, rewrite_objects: bool) -> Result<(Vec<u8>, SiteCounts)> {
+    let cache = crate::run::rewrite_cache_dir().map(RewriteCache::new);
+    let mut builder = RootfsBuilder::reproducible();
+    let mut sites = SiteCounts::default();
+    let mut failed = None;
+    tree.walk(|path, node| {
+        if failed.is_some() {
+            return;
+        }
+        let added = match node {
+            Node::Dir { mode, .. } => builder.add_dir(path, *mode).map_err(anyhow::Error::from),
+            Node::Symlink { target } => builder.add_symlink(path, target.as_bytes()).map_err(anyhow::Error::from),
+            Node::File { mode, data } => match rewrite_objects.then(|| shared_object(path, data, cache.as_ref())) {
+                Some(Ok(Some((rewritten, counts)))) => {
+                    if counts.in_place > 0 {
+                        Err(anyhow!(
+                            "{path} has {} syscall sites Kiln could not move to stubs, which images do not support yet",
+                            counts.in_place
+                        ))
+                    } else {
+                        sites = sites + counts;
+                        builder.add_file(path, *mode, &rewritten).map_err(anyhow::Error::from)
+                    }
+                }
+                Some(Err(e)) => Err(e),
+                Some(Ok(None)) | None => builder.add_file(path, *mode, data).map_err(anyhow::Error::from),
+            },
+        };
+        if let Err(e) = added {
+            failed = Some(e.context(format!("the image's {path}")));
+        }
+    });
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    add_project_files(project, &mut builder)?;
+    Ok((builder.finish(), sites))
+}
+
+/// A shared object (or a position-independent executable, which the loader maps the same way) rewritten for the
+/// guest, with its sites; `None` for any other file, ELF files Kiln cannot read included (as `--dir` does).
+fn shared_object(path: &str, data: &[u8], cache: Option<&RewriteCache>) -> Result<Option<(Vec<u8>, SiteCounts)>> {
+    if !data.starts_with(b"\x7fELF") {
+        return Ok(None);
+    }
+    let Ok(elf) = ElfImage::parse_any(data) else { return Ok(None) };
+    if elf.kind == ElfKind::Exec || !elf.segments.iter().any(|s| s.executable) {
+        return Ok(None);
+    }
+    let object = kiln_vmm::dynamic::rewrite(Path::new(path), data, cache)?;
+    let counts = object.report.counts();
+    Ok(Some((object.bytes, counts)))
+}
+
+/// The project as the image's settings fill it in: what `Kiln.toml` sets wins. Memory is at least the root
+/// filesystem's size plus the default, since the root filesystem lies in guest memory.
+fn configure(project: &Project, image: &ContainerImage, program: &Program, rootfs_len: u64) -> Project {
+    let mut configured = project.clone();
+    configured.args = program.args.clone();
+    let mut env: std::collections::BTreeMap<String, String> = image
+        .settings
+        .env
+        .iter()
+        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect();
+    env.extend(project.env.clone());
+    configured.env = env;
+    if configured.workdir.is_none() {
+        configured.workdir = image.settings.workdir.clone().filter(|w| kiln_image::is_workdir(w));
+    }
+    if configured.ports.is_empty() {
+        configured.ports = image.settings.exposed_ports.iter().filter_map(|p| published(p)).collect();
+    }
+    let needed = rootfs_len.next_multiple_of(1 << 20) + DEFAULT_MEMORY;
+    configured.memory = project.memory.max(needed);
+    configured
+}
+
+/// `PORT/tcp` exposed → `PORT:PORT` published on the same host port (`PORT:PORT/udp` for UDP).
+fn published(exposed: &str) -> Option<String> {
+    let (port, protocol) = exposed.split_once('/').unwrap_or((exposed, "tcp"));
+    let port: u16 = port.parse().ok()?;
+    match protocol {
+        "tcp" => Some(format!("{port}:{port}")),
+        "udp" => Some(format!("{port}:{port}/udp")),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn exposed_ports_are_published_on_the_same_host_port() {
+        assert_eq!(super::published("80/tcp").as_deref(), Some("80:80"));
+        assert_eq!(super::published("53/udp").as_deref(), Some("53:53/udp"));
+        assert_eq!(super::published("8080").as_deref(), Some("8080:8080"));
+        assert_eq!(super::published("1-2/tcp"), None);
+        assert_eq!(super::published("9/sctp"), None);
+    }
+}
