@@ -77,6 +77,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("anonmaps", "anonmaps.c", Link::Static),
     ("anonmaps-glibc", "anonmaps.c", Link::Glibc),
     ("firsttouch", "firsttouch.c", Link::Static),
+    ("hugeanon", "hugeanon.c", Link::Static),
     ("bigimage", "bigimage.c", Link::Static),
     ("mapfixed", "mapfixed.c", Link::Static),
     ("mapfixed-pie", "mapfixed.c", Link::StaticPie),

@@ -41,6 +41,16 @@ impl FrameAllocator {
         Some(start)
     }
 
+    /// `size` bytes (a multiple of `align`, a power of two) starting on a multiple of `align`, zeroed: the lowest such
+    /// block that is free. For 2 MiB pages, whose frame must be 2 MiB-aligned.
+    pub fn alloc_aligned(&mut self, size: u64, align: u64) -> Option<u64> {
+        let start = self.ranges[..self.count].iter().find_map(|r| {
+            let start = r.start.checked_next_multiple_of(align)?;
+            (start.checked_add(size)? <= r.end).then_some(start)
+        })?;
+        self.alloc_at(start, size).then_some(start)
+    }
+
     /// Takes exactly [start, start+size) if all of it is free (for growing a mapping in place).
     pub fn alloc_at(&mut self, start: u64, size: u64) -> bool {
         let end = start + size;
@@ -143,6 +153,19 @@ mod tests {
         assert!(f.alloc_at(0, 4 * P) && f.alloc_at(12 * P, 4 * P), "the ends");
         assert_eq!(f.alloc(4 * P), Some(8 * P));
         assert_eq!(f.alloc(P), None);
+    }
+
+    #[test]
+    fn aligned_blocks_come_from_the_first_range_that_holds_one() {
+        let mut f = FrameAllocator::empty();
+        f.add(P, 6 * P);
+        f.add(9 * P, 20 * P);
+        assert_eq!(f.alloc_aligned(4 * P, 4 * P), Some(12 * P), "the first range holds no aligned block of 4");
+        assert_eq!(f.alloc_aligned(2 * P, 2 * P), Some(2 * P));
+        assert_eq!(f.alloc_aligned(8 * P, 8 * P), None, "16..24 runs past the end");
+        assert_eq!(f.free_bytes(), 10 * P, "what is left around the blocks stays free");
+        assert_eq!(f.alloc(P), Some(P));
+        assert_eq!(f.alloc(3 * P), Some(9 * P), "the gap before the aligned block");
     }
 
     #[test]

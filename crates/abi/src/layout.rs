@@ -4,6 +4,15 @@
 
 pub const PAGE_SIZE: u64 = 4096;
 pub const HUGE_PAGE_SIZE: u64 = 2 << 20;
+/// Guest RAM from this size up is backed by the host's transparent huge pages, and the library OS maps the program's
+/// large anonymous memory with 2 MiB pages: a VM given that much is there to use it (docs/architecture.md, "Huge
+/// pages"), while smaller ones, there to be dense, keep 4 KiB pages, which cost the host only what is touched.
+pub const HUGE_PAGES_FROM: u64 = 256 << 20;
+
+/// Whether guest RAM of `memory` bytes is in huge pages (see [`HUGE_PAGES_FROM`]).
+pub const fn huge_pages_for(memory: u64) -> bool {
+    memory >= HUGE_PAGES_FROM
+}
 
 /// Virtual page 0 holds the syscall trampoline: `call *%rax` with the syscall number in `%rax` lands on the NOP slide.
 /// It is mapped only for syscall sites the rewriter could not move to a stub; most programs have none, and then a

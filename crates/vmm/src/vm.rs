@@ -246,15 +246,13 @@ struct Machine {
     boot_realtime_ns: u64,
 }
 
-/// Guest RAM from this size up is backed by transparent huge pages (`memory::HugePages`).
-pub const HUGE_PAGES_FROM: u64 = 256 << 20;
-
-/// Whether a VM with `memory` bytes of RAM gets huge pages. A huge page costs the host 2 MiB once any byte of it is
-/// touched: an idle HTTP server in 64 MiB holds 3.2 MiB of anonymous host memory in 4 KiB pages and 35 MiB in huge
-/// pages (`docs/benchmarks.md`), so small VMs, which are there to be dense, keep 4 KiB pages; a VM given 256 MiB or
-/// more is there to use it, and its first touches cost one shadow fault per 2 MiB instead of 512.
+/// Whether a VM with `memory` bytes of RAM gets huge pages (`kiln_abi::layout::HUGE_PAGES_FROM`). A huge page costs
+/// the host 2 MiB once any byte of it is touched: an idle HTTP server in 64 MiB holds 3.2 MiB of anonymous host memory
+/// in 4 KiB pages and 35 MiB in huge pages (`docs/benchmarks.md`), so small VMs, which are there to be dense, keep
+/// 4 KiB pages; a VM given 256 MiB or more is there to use it, and its first touches cost one shadow fault per 2 MiB
+/// instead of 512. The library OS decides by the same rule where it maps 2 MiB pages.
 pub fn huge_pages_for(memory: u64) -> crate::memory::HugePages {
-    if memory >= HUGE_PAGES_FROM {
+    if kiln_abi::layout::huge_pages_for(memory) {
         crate::memory::HugePages::Yes
     } else {
         crate::memory::HugePages::No

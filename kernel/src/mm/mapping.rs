@@ -2,14 +2,15 @@
 //!
 //! Anonymous memory is handed out physically contiguous through the direct map, which the VMM mapped at boot: an
 //! `mmap` changes no page table and needs no TLB work on any host. The break grows by mapping fresh pages after the
-//! program's data (new entries only, which no TLB has cached). Memory the program protected (`mm::protect`) gets full
+//! program's data (new entries only, which no TLB has cached), by 2 MiB pages past its first 2 MiB boundary where
+//! guest RAM is in huge pages. Memory the program protected (`mm::protect`) gets full
 //! access back before the library OS frees or writes it. What this does not do: fault on access after `munmap` (the
 //! library OS reaches free memory through the same addresses), or map at a caller-chosen address (`mm::vma` does).
 
 use super::protect::{unprotect, with_write_access};
 use super::{memory, owned, pml4, ram_size, DirectMap};
 use crate::errno::Errno;
-use kiln_abi::layout::{direct_map, page_align_up, DIRECT_MAP_BASE, PAGE_SIZE};
+use kiln_abi::layout::{direct_map, page_align_up, DIRECT_MAP_BASE, HUGE_PAGE_SIZE, PAGE_SIZE};
 use kiln_abi::paging::{self, PTE_USER, PTE_WRITABLE};
 
 /// Whether any of `[addr, addr+len)` is in the direct map, where the library OS's own memory lies beside the
@@ -134,22 +135,45 @@ fn resize(old: u64, old_size: u64, new_size: u64, may_move: bool) -> Result<u64,
     Ok(direct_map(new_phys))
 }
 
+/// Maps a fresh 2 MiB page at the end of the break's pages, if a 2 MiB-aligned frame is free and nothing is mapped
+/// there yet.
+fn map_huge_break(m: &mut super::Memory) -> bool {
+    let at = m.brk_mapped_end;
+    let Some(frame) = m.frames.alloc_aligned(HUGE_PAGE_SIZE, HUGE_PAGE_SIZE) else { return false };
+    if paging::map_huge_page(&mut DirectMap, &mut m.frames, pml4(), at, frame, PTE_WRITABLE | PTE_USER).is_err() {
+        m.frames.free_zeroed(frame, HUGE_PAGE_SIZE);
+        return false;
+    }
+    m.brk_mapped_end += HUGE_PAGE_SIZE;
+    true
+}
+
 /// `brk(addr)`: moves the break if it can and returns the break in force, as Linux does.
 pub fn set_break(addr: u64) -> u64 {
+    // In a VM with huge pages, from the first 2 MiB boundary on the break grows by whole 2 MiB pages (mapped past the
+    // break: a program growing it in small steps takes one shadow fault per 2 MiB instead of 512).
+    let huge = super::vma::huge_pages();
+    // Before the memory lock is taken (a flush takes it to free what waited for it): no TLB may still hold a page
+    // released where the break grows.
+    let mapped_end = memory().brk_mapped_end;
+    let wanted_end = page_align_up(addr);
+    if mapped_end < wanted_end {
+        let settle_end = if huge { wanted_end.next_multiple_of(HUGE_PAGE_SIZE) } else { wanted_end };
+        super::vma::settle_released(mapped_end, settle_end);
+    }
     let mut guard = memory();
     let m = &mut *guard;
     if addr < m.brk_start {
         return m.brk;
     }
-    let wanted_end = page_align_up(addr);
     // A break that cannot be had fails up front, rather than after taking all free memory page by page.
     if wanted_end.saturating_sub(m.brk_mapped_end) > m.frames.free_bytes() {
         return m.brk;
     }
-    if m.brk_mapped_end < wanted_end {
-        super::vma::settle_released(m.brk_mapped_end, wanted_end);
-    }
     while m.brk_mapped_end < wanted_end {
+        if huge && m.brk_mapped_end.is_multiple_of(HUGE_PAGE_SIZE) && map_huge_break(m) {
+            continue;
+        }
         let Some(frame) = m.frames.alloc(PAGE_SIZE) else { return m.brk };
         let mapped =
             paging::map_page(&mut DirectMap, &mut m.frames, pml4(), m.brk_mapped_end, frame, PTE_WRITABLE | PTE_USER);

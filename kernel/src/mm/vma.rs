@@ -5,7 +5,11 @@
 //! A reservation is only a recorded range: it costs no memory. Committing maps fresh zeroed frames where no page is
 //! mapped (new entries only, which no TLB caches) and zeroes pages that are, with full access. munmap unmaps the
 //! committed pages and frees their frames, finding them by a walk of the page tables that skips absent tables whole,
-//! so releasing a terabyte reservation costs what was committed in it, not its size. The TLB flush that freeing a
+//! so releasing a terabyte reservation costs what was committed in it, not its size. In a VM whose RAM is in the
+//! host's huge pages (`layout::huge_pages_for`), `mmap` commits every whole 2 MiB-aligned window of a range with one
+//! 2 MiB page (a 2 MiB-aligned frame, so that the host's huge page lies behind it): Go's heap arenas take one shadow
+//! fault per 2 MiB instead of 512. A reservation made accessible by `mprotect` keeps 4 KiB pages unless the range is
+//! larger than a thread's stack (`STACK_MAX`), and so does the part of any range outside whole windows. The TLB flush that freeing a
 //! present page needs is batched (see `UNFLUSHED`). Released ranges are handed out again, first, to reservations
 //! without a hint. Access to reserved, never-committed pages faults, as PROT_NONE memory does on Linux.
 
@@ -17,8 +21,8 @@ use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::any::Any;
-use kiln_abi::layout::{direct_map, page_align_up, DIRECT_MAP_BASE, PAGE_SIZE, PROGRAM_MIN_ADDR};
-use kiln_abi::paging::protect::may_be_cached;
+use kiln_abi::layout::{direct_map, page_align_up, DIRECT_MAP_BASE, HUGE_PAGE_SIZE, PAGE_SIZE, PROGRAM_MIN_ADDR};
+use kiln_abi::paging::protect::{leaves_in, may_be_cached, split_huge};
 use kiln_abi::paging::{self, PhysMemory, PTE_USER, PTE_WRITABLE};
 
 /// Reservations without a usable hint are placed from here up (far from the program, its break and the direct map).
@@ -116,12 +120,50 @@ pub fn commit_missing(start: u64, len: u64) -> Result<(), Errno> {
     back(start, len, true)
 }
 
+/// The largest thread stack a program commonly makes by `mprotect` of a reservation (glibc's default, 8 MiB; musl's
+/// is 128 KiB, Rust's 2 MiB): such a range keeps 4 KiB pages, since a stack is mostly never touched and a 2 MiB page
+/// costs the host 2 MiB from its first touch. A larger one is a heap opened piece by piece.
+const STACK_MAX: u64 = 8 << 20;
+
+/// Whether fresh memory goes in 2 MiB pages where whole windows allow: only where host huge pages lie behind them.
+pub fn huge_pages() -> bool {
+    kiln_abi::layout::huge_pages_for(super::ram_size())
+}
+
+/// The first 2 MiB-aligned window wholly inside `[start, end)`, if any.
+fn first_window(start: u64, end: u64) -> Option<u64> {
+    let w = start.checked_next_multiple_of(HUGE_PAGE_SIZE)?;
+    (w.checked_add(HUGE_PAGE_SIZE)? <= end).then_some(w)
+}
+
+/// Maps a fresh 2 MiB page at the window `w` if nothing at all is mapped in it (no page, no table of PROT_NONE or
+/// released 4 KiB entries in the way) and a 2 MiB-aligned frame is free; false, changing nothing, if not.
+fn map_fresh_window(m: &mut super::Memory, w: u64) -> bool {
+    let mut used = false;
+    leaves_in(&DirectMap, pml4(), w, w + HUGE_PAGE_SIZE, &mut |_, _| used = true);
+    if used {
+        return false;
+    }
+    let Some(frame) = m.frames.alloc_aligned(HUGE_PAGE_SIZE, HUGE_PAGE_SIZE) else { return false };
+    if paging::map_huge_page(&mut DirectMap, &mut m.frames, pml4(), w, frame, PTE_WRITABLE | PTE_USER).is_err() {
+        m.frames.free_zeroed(frame, HUGE_PAGE_SIZE);
+        return false;
+    }
+    true
+}
+
 fn back(start: u64, len: u64, keep_existing: bool) -> Result<(), Errno> {
     let end = start.checked_add(page_align_up(len)).ok_or(Errno::ENOMEM)?;
     if !choosable(start, end) || !start.is_multiple_of(PAGE_SIZE) {
         return Err(Errno::EINVAL);
     }
     let reserved = in_reservation(start, end);
+    // 2 MiB pages for what `mmap` commits; a reservation opened by `mprotect` only if it is larger than a thread's stack.
+    let huge = (!keep_existing || end - start > STACK_MAX) && huge_pages() && first_window(start, end).is_some();
+    if huge {
+        // A 4 KiB page released in a window and still in some TLB must be flushed before a 2 MiB page maps it anew.
+        settle_released(start, end);
+    }
     if !keep_existing && is_borrowed(start, end) {
         // MAP_FIXED over shared memory replaces the mapping; the memory itself stays as it is.
         drop_borrowed(start, end);
@@ -130,7 +172,13 @@ fn back(start: u64, len: u64, keep_existing: bool) -> Result<(), Errno> {
     {
         let mut m = memory();
         let m = &mut *m;
-        for page in (start..end).step_by(PAGE_SIZE as usize) {
+        let mut page = start;
+        while page < end {
+            if huge && page.is_multiple_of(HUGE_PAGE_SIZE) && end - page >= HUGE_PAGE_SIZE && map_fresh_window(m, page)
+            {
+                page += HUGE_PAGE_SIZE;
+                continue;
+            }
             match protect::leaf(page) {
                 Some(_) if keep_existing => {}
                 Some(l) => {
@@ -158,6 +206,7 @@ fn back(start: u64, len: u64, keep_existing: bool) -> Result<(), Errno> {
                         .map_err(|_| Errno::ENOMEM)?;
                 }
             }
+            page += PAGE_SIZE;
         }
     }
     if reload {
@@ -167,8 +216,12 @@ fn back(start: u64, len: u64, keep_existing: bool) -> Result<(), Errno> {
 }
 
 fn zero_frame(phys: u64) {
-    // SAFETY: a frame of the program's memory, reached through the direct map (whatever the program's protection).
-    unsafe { core::ptr::write_bytes(direct_map(phys) as *mut u8, 0, PAGE_SIZE as usize) };
+    zero_phys(phys, PAGE_SIZE);
+}
+
+fn zero_phys(phys: u64, len: u64) {
+    // SAFETY: frames of the program's memory, reached through the direct map (whatever the program's protection).
+    unsafe { core::ptr::write_bytes(direct_map(phys) as *mut u8, 0, len as usize) };
 }
 
 /// Zeroes the pages of `[start, start+len)` that have memory behind them, keeping their protection: what
@@ -178,9 +231,12 @@ pub fn zero_committed(start: u64, len: u64) {
     let borrowed = ranges_of(&RESERVED.lock().borrowed);
     for (at, l) in protect::leaves(start, end) {
         // Shared memory keeps its bytes (on Linux, MADV_DONTNEED of it maps the same memory again).
-        if l.user() && l.size == PAGE_SIZE && !overlaps(&borrowed, at, at + PAGE_SIZE) {
-            zero_frame(l.phys());
+        if !l.user() || overlaps(&borrowed, at, at + l.size) {
+            continue;
         }
+        // The part of a 2 MiB page inside the range (it stays one page).
+        let (from, to) = (at.max(start), (at + l.size).min(end));
+        zero_phys(l.phys() + (from - at), to - from);
     }
 }
 
@@ -197,15 +253,28 @@ const FLUSH_BATCH: usize = 512;
 pub fn release(start: u64, len: u64) {
     let end = start.saturating_add(page_align_up(len));
     let mut read_only = false;
+    split_partial_huge(start, end);
     // Allocated before the memory lock is taken, and freed after: the heap takes it to grow and to give back.
     let found = protect::leaves(start, end);
+    let mut huge_cached = Vec::new();
     // Dropped last, after the flush: what they hold may free the frames.
     let borrowed = take_borrowed(start, end);
     let mut cached = Vec::with_capacity(found.len());
     {
         let mut m = memory();
         for &(at, l) in &found {
-            // Chosen-address memory is committed in 4 KiB pages; anything else here is not the program's to free.
+            if l.user() && l.size == HUGE_PAGE_SIZE && start <= at && at + l.size <= end {
+                // A 2 MiB page `commit` mapped (a partly released one was split above).
+                zero_phys(l.phys(), l.size);
+                let old = DirectMap.swap_u64(l.entry_addr, 0);
+                if may_be_cached(old) {
+                    huge_cached.push(l.phys());
+                } else {
+                    m.frames.free_zeroed(l.phys(), l.size);
+                }
+                continue;
+            }
+            // Anything else but 4 KiB pages here is not the program's to free.
             if !l.user() || l.size != PAGE_SIZE || at < start {
                 continue;
             }
@@ -227,6 +296,14 @@ pub fn release(start: u64, len: u64) {
         }
     }
     forget_range(start, end);
+    if !huge_cached.is_empty() {
+        // Few and large: flushed at once rather than kept aside until a batch gathers.
+        flush_released();
+        let mut m = memory();
+        for phys in huge_cached {
+            m.frames.free_zeroed(phys, HUGE_PAGE_SIZE);
+        }
+    }
     if cached.is_empty() && !read_only {
         return;
     }
@@ -239,6 +316,24 @@ pub fn release(start: u64, len: u64) {
         flush_released();
     }
     drop(borrowed);
+}
+
+/// Splits the 2 MiB pages that lie only partly inside `[start, end)` into 4 KiB pages, so that the part inside can be
+/// released alone (the same frames stay mapped: no TLB needs reloading).
+fn split_partial_huge(start: u64, end: u64) {
+    let mut partial = [0u64; 2];
+    let mut count = 0;
+    leaves_in(&DirectMap, pml4(), start, end, &mut |at, l| {
+        if l.user() && l.size == HUGE_PAGE_SIZE && (at < start || at + l.size > end) && count < 2 {
+            partial[count] = at;
+            count += 1;
+        }
+    });
+    let mut m = memory();
+    for &at in &partial[..count] {
+        // A table frame may be lacking: then the page stays whole, and is not released.
+        let _ = split_huge(&mut DirectMap, &mut m.frames, pml4(), at);
+    }
 }
 
 /// Flushes every TLB and hands the frames of released pages back to the allocator.
