@@ -102,7 +102,7 @@ fn read_and_convert(project: &Project, source: &Source, step: &ProgressBar) -> R
 
 /// The image's files (shared objects rewritten if `rewrite_objects`), then the project's `dirs` and `files`.
 fn rootfs(project: &Project, tree: &Tree, rewrite_objects: bool) -> Result<(Vec<u8>, SiteCounts)> {
-    let cache = crate::run::rewrite_cache_dir().map(RewriteCache::new);
+    let cache = kiln_launch::home::rewrite_cache_dir().map(RewriteCache::new);
     let mut builder = RootfsBuilder::reproducible();
     let mut sites = SiteCounts::default();
     let mut failed = None;

@@ -5,11 +5,11 @@
 //! resolved `LaunchSpec`, and the instance process launches that, not its flags. The instance process keeps
 //! its record up to date: running with its pid when booted, exited with the code and reason at the end.
 
-use crate::home;
 use crate::run::RunArgs;
 use anyhow::{anyhow, bail, Context, Result};
 use kiln_image::instance::{new_id, now, process_start, Instance, InstanceError, Instances, State};
 use kiln_image::Store;
+use kiln_launch::home;
 use kiln_launch::LaunchSpec;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

@@ -1,6 +1,5 @@
 //! `kiln build`: a `Kiln.toml` project → an image in the store.
 
-use crate::home;
 use crate::run::KERNEL;
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -8,6 +7,7 @@ use kiln_image::build::{add_project_files, rootfs, store_image, Parts};
 use kiln_image::kiln_toml::{self, Binary, Project};
 use kiln_image::size::human;
 use kiln_image::Reference;
+use kiln_launch::home;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -87,7 +87,7 @@ pub fn build(args: BuildArgs) -> Result<u8> {
 /// is self-contained. Syscall sites that stay in place are refused: an image does not say it needs page 0.
 fn image_rootfs(project: &Project, program_path: &Path, program: &[u8]) -> Result<Vec<u8>> {
     let elf = kiln_vmm::elf::ElfImage::parse(program).map_err(|e| anyhow!("{}: {e}", program_path.display()))?;
-    let cache = crate::run::rewrite_cache_dir().map(kiln_vmm::rewrite_cache::RewriteCache::new);
+    let cache = kiln_launch::home::rewrite_cache_dir().map(kiln_vmm::rewrite_cache::RewriteCache::new);
     let Some(mut deps) = kiln_vmm::dynamic::collect(&elf, program_path, cache.as_ref())
         .with_context(|| format!("{}: dynamically linked", program_path.display()))?
     else {
@@ -97,10 +97,10 @@ fn image_rootfs(project: &Project, program_path: &Path, program: &[u8]) -> Resul
     for object in std::iter::once(&deps.interpreter).chain(&deps.libraries) {
         builder.add_file(&object.guest_path, 0o755, &object.object.bytes)?;
     }
-    let found = crate::dynamic::FoundObjects::default();
-    builder.set_host_file_filter(crate::dynamic::object_filter(found.clone()));
+    let found = kiln_launch::dynamic::FoundObjects::default();
+    builder.set_host_file_filter(kiln_launch::dynamic::object_filter(found.clone()));
     add_project_files(project, &mut builder)?;
-    crate::dynamic::add_libraries_they_need(&mut deps, &found, &mut builder)?;
+    kiln_launch::dynamic::add_libraries_they_need(&mut deps, &found, &mut builder)?;
     let in_place = found.borrow().iter().fold(deps.site_counts(), |total, &(_, counts)| total + counts).in_place;
     if in_place > 0 {
         bail!(

@@ -1,11 +1,11 @@
 //! `kiln images`, `kiln tag`, `kiln rmi`.
 
-use crate::home;
 use crate::output::{print_table, Format};
 use anyhow::{bail, Result};
 use kiln_image::instance::{Instance, Instances};
 use kiln_image::size::human;
 use kiln_image::{Digest, Reference, Store, StoreError};
+use kiln_launch::home;
 use serde::Serialize;
 
 #[derive(clap::Args)]

@@ -1,10 +1,10 @@
 //! `kiln inspect`: an instance's record, or an image (sizes, digests, settings, every file), as JSON.
 
-use crate::home;
 use anyhow::{bail, Result};
 use kiln_abi::rootfs::{entries, KIND_DIR, KIND_SYMLINK};
 use kiln_image::instance::{InstanceError, Instances};
 use kiln_image::{Digest, Manifest, Store, StoreError};
+use kiln_launch::home;
 use serde::Serialize;
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

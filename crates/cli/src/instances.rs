@@ -1,9 +1,9 @@
 //! `kiln ps`, `kiln logs`, `kiln stop`, `kiln kill`, `kiln rm`: the instances `kiln run -d` started.
 
-use crate::home;
 use crate::output::{duration, print_table, Format};
 use anyhow::{bail, Context, Result};
 use kiln_image::instance::{now, Instance, Instances, State};
+use kiln_launch::home;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::{Duration, Instant};
 

@@ -2,18 +2,14 @@
 //! its exit code; with `-d`, as a detached instance (see `detach`).
 
 use crate::detach::{self, ThisInstance};
-use crate::guest_fs::{self, GuestFs};
-use crate::home;
 use crate::host_signals;
 use crate::net;
 use crate::size::parse_size;
-use anyhow::{anyhow, bail, Context, Result};
-use kiln_launch::{parse_env, parse_mapping, parse_mount, parse_workdir, LaunchSpec, Loaded, Overrides};
-use kiln_vmm::boot::BootError;
-use kiln_vmm::loader::LoaderError;
+use anyhow::{anyhow, Context, Result};
+use kiln_launch::{home, parse_env, parse_mapping, parse_mount, parse_workdir, LaunchSpec, Overrides, Prepared};
 use kiln_vmm::rewrite::SiteCounts;
 use kiln_vmm::syscall_names::syscall_name;
-use kiln_vmm::{Console, HostSignals, Outcome, RunStats, Vm, VmConfig, VmError};
+use kiln_vmm::{Console, HostSignals, Outcome, RunStats};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -116,19 +112,6 @@ impl RunArgs {
     }
 }
 
-/// The working directory must be makeable: no name on its way may be a file (or anything but a directory or a
-/// symbolic link) of the root filesystem. Said before boot, as one line; a volume's contents are checked at boot.
-fn check_workdir(workdir: &str, rootfs: &[u8]) -> Result<()> {
-    let Ok(entries) = kiln_abi::rootfs::entries(rootfs) else { return Ok(()) };
-    for entry in entries.flatten() {
-        let on_the_way = workdir == entry.path || workdir.starts_with(&format!("{}/", entry.path));
-        if on_the_way && entry.kind == kiln_abi::rootfs::KIND_FILE {
-            bail!("--workdir {workdir}: {} is a file, not a directory", entry.path);
-        }
-    }
-    Ok(())
-}
-
 struct Terminal;
 
 impl Console for Terminal {
@@ -164,33 +147,12 @@ pub fn run(mut args: RunArgs) -> Result<u8> {
 
 /// Boots `spec` in a VM on this process, with the program's output on its stdout and stderr and the stop signals it
 /// gets forwarded, and returns the program's exit code: the one way `kiln` launches a VM.
-fn launch(spec: &LaunchSpec, instance: Option<&mut ThisInstance>) -> Result<u8> {
-    let loaded = kiln_launch::load(spec, home::store().ok().as_ref(), KERNEL)?;
-    let GuestFs { rootfs, object_sites, interpreter } = guest_fs::prepare(spec, &loaded)?;
-    check_workdir(&spec.workdir, rootfs.bytes())?;
-    let Loaded { kernel, program, prepared, program_identity, .. } = loaded;
-    let config = VmConfig {
-        memory: spec.memory,
-        cpus: spec.cpus,
-        argv: spec.argv.clone(),
-        env: spec.env.clone(),
-        exe_path: spec.exe_path.clone(),
-        workdir: spec.workdir.clone(),
-        trace_syscalls: spec.trace_syscalls,
-        rewrite_cache: rewrite_cache_dir(),
-        prepared,
-        program_identity,
-        rootfs,
-        objects_need_page0: object_sites.is_some_and(|s| s.in_place > 0),
-        interpreter,
-        net: net::card(&spec.network)?,
-        volumes: crate::volume::attach_all(&spec.volumes)?,
-    };
-
-    let vm = Vm::new(&kernel, &program, config).map_err(|e| explain(e, &spec.shown, spec.memory))?;
-    drop(program);
+fn launch(spec: &LaunchSpec, mut instance: Option<&mut ThisInstance>) -> Result<u8> {
+    let Prepared { vm, object_sites, notices } = kiln_launch::prepare(spec, KERNEL)?;
+    for notice in notices {
+        errln!("kiln: {notice}");
+    }
     let mut signals = host_signals::install().context("cannot set up the forwarding of signals")?;
-    let mut instance = instance;
     if let Some(instance) = &mut instance {
         instance.running()?;
     }
@@ -283,21 +245,6 @@ fn report(
     }
 }
 
-/// `$KILN_HOME/cache/rewrite`, else the XDG cache (`~/.cache/kiln/rewrite`); none if there is no home to use.
-pub(crate) fn rewrite_cache_dir() -> Option<PathBuf> {
-    cache_dir("rewrite")
-}
-
-/// `$KILN_HOME/cache/NAME`, else the XDG cache (`~/.cache/kiln/NAME`); none if there is no home to use.
-pub(crate) fn cache_dir(name: &str) -> Option<PathBuf> {
-    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
-    if let Some(home) = var("KILN_HOME") {
-        return Some(home.join("cache").join(name));
-    }
-    let cache = var("XDG_CACHE_HOME").or_else(|| var("HOME").map(|h| h.join(".cache")))?;
-    Some(cache.join("kiln").join(name))
-}
-
 /// The syscalls that would start another process or replace the program; Kiln answers them -ENOSYS (a clone only
 /// when it would make a process, not a thread).
 const PROCESS_SYSCALLS: [u64; 5] = [56, 57, 58, 59, 322];
@@ -326,25 +273,5 @@ fn print_summary(stats: &RunStats) {
     errln!("[kiln] {:>8} {:>8}  syscall", "calls", "ENOSYS");
     for &(nr, count, unsupported) in &stats.syscalls {
         errln!("[kiln] {count:>8} {unsupported:>8}  {} ({nr})", syscall_name(nr));
-    }
-}
-
-fn mebibytes(bytes: u64) -> String {
-    format!("{} MiB", bytes.div_ceil(1 << 20))
-}
-
-/// Puts the error in the user's terms: the subject first, then what to do.
-fn explain(e: VmError, shown: &str, memory: u64) -> anyhow::Error {
-    match e {
-        VmError::Program(e) => anyhow!("{shown}: {e}"),
-        VmError::MemoryTooSmall { minimum, .. } => {
-            anyhow!("--memory {} is too small: Kiln needs at least {}", mebibytes(memory), mebibytes(minimum))
-        }
-        VmError::Boot(BootError::Memory(_) | BootError::Loader(LoaderError::Memory(_))) => anyhow!(
-            "{shown} (with its files) does not fit in {} of guest memory; give it more with --memory (e.g. --memory {}M)",
-            mebibytes(memory),
-            (memory * 2).div_ceil(1 << 20).max(256)
-        ),
-        other => anyhow!(other),
     }
 }

@@ -5,10 +5,11 @@
 
 use crate::size::{human, parse_size};
 use anyhow::{anyhow, bail, Context, Result};
+use kiln_launch::volumes::{open_existing, open_locked, volume_path, volumes_dir};
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::process::Command;
 
 const DEFAULT_SIZE: &str = "1G";
@@ -42,20 +43,6 @@ pub fn run(command: VolumeCommand) -> Result<u8> {
         VolumeCommand::Inspect { name } => inspect(&name),
     }
     .map(|()| 0)
-}
-
-fn volumes_dir() -> Result<PathBuf> {
-    let home = crate::home::kiln_home().ok_or_else(|| anyhow!("no place for volumes: set KILN_HOME (or HOME)"))?;
-    Ok(home.join("volumes"))
-}
-
-pub fn check_name(name: &str) -> Result<()> {
-    kiln_launch::check_volume_name(name).map_err(|e| anyhow!(e))
-}
-
-fn volume_path(name: &str) -> Result<PathBuf> {
-    check_name(name)?;
-    Ok(volumes_dir()?.join(format!("{name}.ext2")))
 }
 
 fn create(name: &str, size: u64) -> Result<()> {
@@ -129,123 +116,13 @@ fn attached(file: &File) -> bool {
     r != 0
 }
 
-/// Opens volume `name`, for writing if `write` (an instance's); `ls`, `inspect` and `rm` only read it and lock it.
-fn open_existing(name: &str, write: bool) -> Result<(PathBuf, File)> {
-    let path = volume_path(name)?;
-    match File::options().read(true).write(write).open(&path) {
-        Ok(f) => Ok((path, f)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            bail!("no such volume {name}; create it with `kiln volume create {name}`")
-        }
-        Err(e) => Err(anyhow!(e).context(format!("cannot open volume {name} ({})", path.display()))),
-    }
-}
-
-/// Reads a volume file for the check before boot (the VM does the writing).
-struct HostFile<'a>(&'a File);
-
-impl kiln_ext2::BlockDevice for HostFile<'_> {
-    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), kiln_ext2::IoError> {
-        self.0.read_exact_at(buf, offset).map_err(|_| kiln_ext2::IoError)
-    }
-    fn write(&mut self, _: &[(u64, &[u8])], _: bool) -> Result<(), kiln_ext2::IoError> {
-        Err(kiln_ext2::IoError)
-    }
-}
-
-/// Opens volume `name` for an instance and locks it for as long as the file stays open; checks first that the
-/// library OS will be able to mount it.
-pub fn attach(name: &str) -> Result<File> {
-    let (path, file) = open_locked(name, true)?.ok_or_else(|| {
-        anyhow!("volume {name} is attached to another running instance; a volume can be attached to one at a time")
-    })?;
-    let len = file.metadata().with_context(|| format!("cannot read volume {name}"))?.len();
-    let clean = match kiln_ext2::Ext2::mount(HostFile(&file), len, 64, || 0) {
-        Ok(fs) => fs.was_clean(),
-        Err(e) => bail!("volume {name}: {e}; check it with `e2fsck -f {}`", path.display()),
-    };
-    if !clean {
-        repair(name, &path)?;
-    }
-    Ok(file)
-}
-
-/// Opens volume `name` and takes its exclusive lock; `None` if an instance holds it. The lock is taken on what was
-/// opened, so the name is checked again afterwards: a `kiln volume rm` that deleted the file between the open and the
-/// lock must not leave us attaching (or deleting) a file no name reaches, or a newer volume of the same name unlocked.
-fn open_locked(name: &str, write: bool) -> Result<Option<(PathBuf, File)>> {
-    for _ in 0..3 {
-        let (path, file) = open_existing(name, write)?;
-        if !lock_exclusive(&file).with_context(|| format!("cannot lock volume {name}"))? {
-            return Ok(None);
-        }
-        if names(&path, &file) {
-            return Ok(Some((path, file)));
-        }
-    }
-    bail!("volume {name} keeps being deleted and created again; try again")
-}
-
-/// Whether `path` still names the open file `file`.
-fn names(path: &Path, file: &File) -> bool {
-    match (std::fs::metadata(path), file.metadata()) {
-        (Ok(at_path), Ok(open)) => at_path.dev() == open.dev() && at_path.ino() == open.ino(),
-        _ => false,
-    }
-}
-
-/// Takes `file`'s exclusive lock; false if someone keeps holding it. `ls` and `inspect` take a shared lock for a
-/// moment to see whether a volume is attached, so a busy lock is tried again for a while before it counts as an
-/// instance's, which holds it for as long as it runs.
-fn lock_exclusive(file: &File) -> std::io::Result<bool> {
-    for attempt in 0..50 {
-        // SAFETY: flock on the descriptor `file` owns; the lock lives as long as the open file.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(true);
-        }
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            return Err(e);
-        }
-        if attempt < 49 {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-    }
-    Ok(false)
-}
-
-/// Has e2fsck check and repair a volume whose last VM did not unmount it (killed, or the host crashed), as a Linux
-/// boot does for a filesystem not cleanly unmounted: writing to it unchecked could spread the damage. `-y`, not
-/// `-p`: a VM killed between a sync's two batches can leave an inode that a deleted or renamed-over name no longer
-/// reaches, which preen mode leaves to a person; `-y` puts it in lost+found, and nothing that was synced is lost.
-fn repair(name: &str, path: &Path) -> Result<()> {
-    let out = Command::new("e2fsck").arg("-fy").arg(path).output().map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => anyhow!(
-            "volume {name} was not detached cleanly and needs a check, but e2fsck is not installed; install e2fsprogs"
-        ),
-        _ => anyhow!(e).context("cannot run e2fsck"),
-    })?;
-    // 0: clean; 1: errors corrected. Anything else needs a person.
-    match out.status.code() {
-        Some(0) => Ok(()),
-        Some(1) => {
-            errln!("kiln: volume {name} was not detached cleanly (its VM was killed?); e2fsck repaired it");
-            Ok(())
-        }
-        _ => bail!(
-            "volume {name} was not detached cleanly and e2fsck cannot repair it; run `e2fsck -f {}`",
-            path.display()
-        ),
-    }
-}
-
 fn list() -> Result<()> {
     let dir = volumes_dir()?;
     let mut names: Vec<String> = match std::fs::read_dir(&dir) {
         Ok(entries) => entries
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
             .filter_map(|n| n.strip_suffix(".ext2").map(String::from))
-            .filter(|n| check_name(n).is_ok())
+            .filter(|n| kiln_launch::check_volume_name(n).is_ok())
             .collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(anyhow!(e).context(format!("cannot list {}", dir.display()))),
@@ -286,19 +163,10 @@ fn inspect(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Opens and locks each volume of a launch (`kiln_launch` has checked the list), in mount order.
-pub fn attach_all(mounts: &[(String, String)]) -> Result<Vec<kiln_vmm::VolumeConfig>> {
-    mounts
-        .iter()
-        .map(|(name, mount)| {
-            Ok(kiln_vmm::VolumeConfig { file: attach(name)?, name: name.clone(), mount: mount.clone() })
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn scratch(test: &str) -> PathBuf {
         std::env::temp_dir().join(format!("kiln-volume-{test}-{}", std::process::id()))
@@ -316,19 +184,6 @@ mod tests {
         sb[1024 + 12..1024 + 16].copy_from_slice(&40u32.to_le_bytes());
         std::fs::write(&path, &sb).unwrap();
         assert_eq!(usage(&File::open(&path).unwrap()), Some((100 << 10, 40 << 10)));
-        std::fs::remove_file(&path).unwrap();
-    }
-
-    #[test]
-    fn a_file_deleted_and_created_again_is_not_the_one_opened() {
-        let path = scratch("names");
-        std::fs::write(&path, b"first").unwrap();
-        let first = File::open(&path).unwrap();
-        assert!(names(&path, &first));
-        std::fs::remove_file(&path).unwrap();
-        assert!(!names(&path, &first), "deleted");
-        std::fs::write(&path, b"second").unwrap();
-        assert!(!names(&path, &first), "deleted and created again");
         std::fs::remove_file(&path).unwrap();
     }
 }

@@ -78,3 +78,81 @@ pub enum LoadError {
     #[error("{0}: no image store to read it from: set KILN_HOME (or HOME)")]
     NoStore(String),
 }
+
+/// A launch that could not be made ready to run: the resolved spec met the host (files, devices, ports, volumes)
+/// or the VMM.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    NoHome(#[from] crate::home::NoHome),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Rootfs(#[from] kiln_vmm::rootfs::RootfsError),
+    #[error("the image's root filesystem")]
+    ImageRootfs(#[source] kiln_vmm::rootfs::RootfsError),
+    /// `--file` or `--dir` HOST:GUEST that could not be copied in.
+    #[error("{flag} {host}:{guest}")]
+    Copy {
+        flag: &'static str,
+        host: String,
+        guest: String,
+        #[source]
+        source: kiln_vmm::rootfs::RootfsError,
+    },
+    #[error("--workdir {workdir}: {path} is a file, not a directory")]
+    WorkdirIsFile { workdir: String, path: String },
+    #[error("{0}: dynamically linked")]
+    Dynamic(String, #[source] kiln_vmm::dynamic::DynamicError),
+    #[error("cannot read {}", .0.display())]
+    ReadObject(std::path::PathBuf, #[source] std::io::Error),
+    #[error("{} is not a usable shared object", .0.display())]
+    NotAnObject(std::path::PathBuf, #[source] kiln_vmm::elf::ElfError),
+    #[error("{}", .0.display())]
+    Needed(std::path::PathBuf, #[source] kiln_vmm::dynamic::DynamicError),
+    #[error("--net tap:{0}")]
+    Tap(String, #[source] kiln_vmm::virtio::tap::TapError),
+    #[error(transparent)]
+    UserNet(#[from] kiln_usernet::UserNetError),
+    #[error("cannot get random bytes for a MAC address")]
+    Random(#[source] std::io::Error),
+    #[error(transparent)]
+    Volume(#[from] crate::volumes::VolumeError),
+    /// The VMM refused the program (its message, after the program's name).
+    #[error("{shown}: {problem}")]
+    Program { shown: String, problem: String },
+    #[error("--memory {memory} is too small: Kiln needs at least {minimum}", memory = mebibytes(*.memory), minimum = mebibytes(*.minimum))]
+    MemoryTooSmall { memory: u64, minimum: u64 },
+    #[error("{shown} (with its files) does not fit in {} of guest memory; give it more with --memory (e.g. --memory {}M)", mebibytes(*.memory), (.memory * 2).div_ceil(1 << 20).max(256))]
+    DoesNotFit { shown: String, memory: u64 },
+    #[error(transparent)]
+    Vm(kiln_vmm::VmError),
+}
+
+impl LaunchError {
+    pub(crate) fn copy(
+        flag: &'static str,
+        host: &std::path::Path,
+        guest: &str,
+        source: kiln_vmm::rootfs::RootfsError,
+    ) -> Self {
+        LaunchError::Copy { flag, host: host.display().to_string(), guest: guest.to_string(), source }
+    }
+}
+
+fn mebibytes(bytes: u64) -> String {
+    format!("{} MiB", bytes.div_ceil(1 << 20))
+}
+
+/// An error and its sources on one line, "what: why: root cause", as launchers print them.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        line += &format!(": {s}");
+        source = s.source();
+    }
+    line
+}

@@ -5,16 +5,24 @@
 //! ([`Overrides`]) on top. All the checking of flags and image settings happens there, once, with one-line errors
 //! that say what is wrong and where. The spec is a plain value (serde), so a detached instance records it and is
 //! launched again from the record, never from its flags. [`load`] then reads the bytes the spec names (the library
-//! OS, the program, an image's root filesystem), each blob checked against its digest.
+//! OS, the program, an image's root filesystem), each blob checked against its digest, and [`prepare`] makes the VM:
+//! root filesystem, network card, volumes. The launcher runs it, with its own console and signal handling.
 
+mod boot;
+mod card;
+pub mod dynamic;
 mod error;
+mod guest_fs;
+pub mod home;
 mod load;
 pub mod network;
 mod overrides;
 mod resolve;
 mod spec;
+pub mod volumes;
 
-pub use error::{ImageError, LoadError, ProgramError, ResolveError};
+pub use boot::{prepare, Prepared};
+pub use error::{chain, ImageError, LaunchError, LoadError, ProgramError, ResolveError};
 pub use load::{image_rootfs, load, Loaded};
 pub use overrides::{check_volume_name, parse_env, parse_mapping, parse_mount, parse_workdir, Overrides};
 pub use resolve::{merged_env, merged_volumes, resolve, resolve_image, resolve_program};

@@ -252,14 +252,7 @@ mod tests {
     }
 
     fn error(result: Result<LaunchSpec, ResolveError>) -> String {
-        let e = result.expect_err("an error");
-        let mut line = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            line += &format!(": {s}");
-            source = s.source();
-        }
-        line
+        crate::chain(&result.expect_err("an error"))
     }
 
     #[test]

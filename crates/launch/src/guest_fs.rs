@@ -1,13 +1,13 @@
-//! The guest's root filesystem for `kiln run`: the resolver configuration the network needs, a dynamic program's
+//! The guest's root filesystem for a launch: the resolver configuration the network needs, a dynamic program's
 //! loader and libraries, the image's files, then `--dir` and `--file` (a later entry replaces an earlier one at the
 //! same path). Built images are kept in the root filesystem cache (`kiln_vmm::rootfs_cache`), keyed by what they
 //! were built from, so that a repeat run only `stat`s its files, and the guest maps the cached file rather than a
 //! copy of it.
 
 use crate::dynamic;
-use anyhow::{Context, Result};
+use crate::error::LaunchError;
+use crate::{LaunchSpec, Loaded, Source};
 use kiln_abi::rootfs::{entries, Entry, KIND_FILE, KIND_SYMLINK};
-use kiln_launch::{LaunchSpec, Loaded, Source};
 use kiln_vmm::dynamic::Dependencies;
 use kiln_vmm::dynamic::GUEST_LIBRARY_DIR;
 use kiln_vmm::elf::ElfImage;
@@ -91,7 +91,7 @@ impl Extra {
 }
 
 /// The root filesystem for `spec`, whose program and image are `loaded`, from the cache when it has it.
-pub fn prepare(spec: &LaunchSpec, loaded: &Loaded) -> Result<GuestFs> {
+pub fn prepare(spec: &LaunchSpec, loaded: &Loaded) -> Result<GuestFs, LaunchError> {
     let resolv_conf = spec.network.resolv_conf().filter(|r| r != BUILT_IN_RESOLV_CONF);
     let program = ElfImage::parse(&loaded.program).ok();
     let host_dynamic = spec.image_id().is_none() && program.as_ref().is_some_and(|p| p.interpreter.is_some());
@@ -100,7 +100,7 @@ pub fn prepare(spec: &LaunchSpec, loaded: &Loaded) -> Result<GuestFs> {
         return Ok(GuestFs::default());
     }
     let started = std::time::Instant::now();
-    let cache = crate::run::cache_dir("rootfs").map(RootfsCache::new);
+    let cache = crate::home::cache_dir("rootfs").map(RootfsCache::new);
     // A file that cannot be described now will not be read either: the build says why, in the user's terms.
     let key = cache.as_ref().and_then(|_| recipe(spec, resolv_conf.as_deref()).ok()).map(Recipe::key);
     if let Some((cache, key)) = cache.as_ref().zip(key.as_ref()) {
@@ -112,7 +112,7 @@ pub fn prepare(spec: &LaunchSpec, loaded: &Loaded) -> Result<GuestFs> {
 
     let mut deps = dynamic::dependencies(spec, &loaded.program)?;
     let image_rootfs = match &loaded.rootfs {
-        Some(blob) => kiln_launch::image_rootfs(&crate::home::store()?, blob)?,
+        Some(blob) => crate::image_rootfs(&crate::home::store()?, blob)?,
         None => Vec::new(),
     };
     let (image, object_sites) = build(spec, &image_rootfs, deps.as_mut(), resolv_conf)?;
@@ -282,7 +282,7 @@ fn build(
     image_rootfs: &[u8],
     deps: Option<&mut Dependencies>,
     resolv_conf: Option<String>,
-) -> Result<(Vec<u8>, Option<SiteCounts>)> {
+) -> Result<(Vec<u8>, Option<SiteCounts>), LaunchError> {
     let mut builder = RootfsBuilder::default();
     if let Some(resolv_conf) = resolv_conf {
         // First, so that the image's or the user's own replaces it.
@@ -297,13 +297,13 @@ fn build(
         builder.set_host_file_filter(dynamic::object_filter(found.clone()));
     }
     if !kiln_abi::rootfs::is_empty(image_rootfs) {
-        builder.add_image(image_rootfs).context("the image's root filesystem")?;
+        builder.add_image(image_rootfs).map_err(LaunchError::ImageRootfs)?;
     }
     for (host, guest) in &spec.dirs {
-        builder.add_host_dir(host, guest).with_context(|| format!("--dir {}:{guest}", host.display()))?;
+        builder.add_host_dir(host, guest).map_err(|e| LaunchError::copy("--dir", host, guest, e))?;
     }
     for (host, guest) in &spec.files {
-        builder.add_host_file(host, guest).with_context(|| format!("--file {}:{guest}", host.display()))?;
+        builder.add_host_file(host, guest).map_err(|e| LaunchError::copy("--file", host, guest, e))?;
     }
     let mut sites = None;
     if let Some(deps) = deps {

@@ -1,0 +1,75 @@
+//! The launch itself: a [`LaunchSpec`] made into a VM ready to run, its program and image loaded, its root
+//! filesystem built (or taken from the cache), its network card and volumes attached. Running it (the console, the
+//! stop signals, the exit) is the launcher's.
+
+use crate::error::LaunchError;
+use crate::{guest_fs, volumes, LaunchSpec, Loaded};
+use kiln_vmm::boot::BootError;
+use kiln_vmm::loader::LoaderError;
+use kiln_vmm::rewrite::SiteCounts;
+use kiln_vmm::{Vm, VmConfig, VmError};
+
+/// A VM made from a spec, and what the launcher reports about it.
+pub struct Prepared {
+    pub vm: Vm,
+    /// The syscall sites of a dynamic program's shared objects (for `--stats`).
+    pub object_sites: Option<SiteCounts>,
+    /// What the launcher should tell the user before the program runs (a volume that e2fsck repaired).
+    pub notices: Vec<String>,
+}
+
+/// Makes the VM `spec` describes, on `builtin_kernel` for a host program: every launcher's one way to the VMM.
+pub fn prepare(spec: &LaunchSpec, builtin_kernel: &'static [u8]) -> Result<Prepared, LaunchError> {
+    let store = crate::home::store().ok();
+    let loaded = crate::load(spec, store.as_ref(), builtin_kernel)?;
+    let guest_fs::GuestFs { rootfs, object_sites, interpreter } = guest_fs::prepare(spec, &loaded)?;
+    check_workdir(&spec.workdir, rootfs.bytes())?;
+    let Loaded { kernel, program, prepared, program_identity, .. } = loaded;
+    let net = crate::card::card(&spec.network)?;
+    let attached = volumes::attach_all(&spec.volumes)?;
+    let config = VmConfig {
+        memory: spec.memory,
+        cpus: spec.cpus,
+        argv: spec.argv.clone(),
+        env: spec.env.clone(),
+        exe_path: spec.exe_path.clone(),
+        workdir: spec.workdir.clone(),
+        trace_syscalls: spec.trace_syscalls,
+        rewrite_cache: crate::home::rewrite_cache_dir(),
+        prepared,
+        program_identity,
+        rootfs,
+        objects_need_page0: object_sites.is_some_and(|s| s.in_place > 0),
+        interpreter,
+        net,
+        volumes: attached.volumes,
+    };
+    let vm = Vm::new(&kernel, &program, config).map_err(|e| explain(e, spec))?;
+    Ok(Prepared { vm, object_sites, notices: attached.notices })
+}
+
+/// The working directory must be makeable: no name on its way may be a file (or anything but a directory or a
+/// symbolic link) of the root filesystem. Said before boot, as one line; a volume's contents are checked at boot.
+fn check_workdir(workdir: &str, rootfs: &[u8]) -> Result<(), LaunchError> {
+    let Ok(entries) = kiln_abi::rootfs::entries(rootfs) else { return Ok(()) };
+    for entry in entries.flatten() {
+        let on_the_way = workdir == entry.path || workdir.starts_with(&format!("{}/", entry.path));
+        if on_the_way && entry.kind == kiln_abi::rootfs::KIND_FILE {
+            return Err(LaunchError::WorkdirIsFile { workdir: workdir.to_string(), path: entry.path.to_string() });
+        }
+    }
+    Ok(())
+}
+
+/// Puts the VMM's error in the user's terms: the subject first, then what to do.
+fn explain(e: VmError, spec: &LaunchSpec) -> LaunchError {
+    let (shown, memory) = (spec.shown.clone(), spec.memory);
+    match e {
+        VmError::Program(e) => LaunchError::Program { shown, problem: e.to_string() },
+        VmError::MemoryTooSmall { minimum, .. } => LaunchError::MemoryTooSmall { memory, minimum },
+        VmError::Boot(BootError::Memory(_) | BootError::Loader(LoaderError::Memory(_))) => {
+            LaunchError::DoesNotFit { shown, memory }
+        }
+        other => LaunchError::Vm(other),
+    }
+}
