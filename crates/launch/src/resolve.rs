@@ -3,7 +3,7 @@
 
 use crate::error::{ImageError, ProgramError, ResolveError};
 use crate::network::{self, NetworkFlags};
-use crate::overrides::{parse_env, parse_mapping, parse_mount, parse_workdir, Overrides};
+use crate::overrides::{parse_env, parse_mount, parse_workdir, Overrides};
 use crate::spec::{LaunchSpec, Signals, Source, DEFAULT_MEMORY, DEFAULT_STOP_TIMEOUT};
 use kiln_image::{Digest, Manifest, Store, StoreError};
 use kiln_usernet::PortForward;
@@ -166,12 +166,13 @@ fn check_flags(flags: &Overrides) -> Result<(), ResolveError> {
     if let Some(dir) = &flags.workdir {
         parse_workdir(dir).map_err(bad("--workdir"))?;
     }
-    let mapping = |(host, guest): &(std::path::PathBuf, String)| format!("{}:{guest}", host.display());
-    for file in &flags.files {
-        parse_mapping(&mapping(file)).map_err(bad("--file"))?;
-    }
-    for dir in &flags.dirs {
-        parse_mapping(&mapping(dir)).map_err(bad("--dir"))?;
+    // Checked as parts: a host path may hold the ':' that a command line's HOST:GUEST cannot.
+    let copies = flags.files.iter().map(|f| ("--file", f)).chain(flags.dirs.iter().map(|d| ("--dir", d)));
+    for (flag, (host, guest)) in copies {
+        if host.as_os_str().is_empty() || !guest.starts_with('/') {
+            let problem = format!("'{}:{guest}' is not HOST:GUEST with an absolute GUEST path", host.display());
+            return Err(bad(flag)(problem));
+        }
     }
     for (name, path) in &flags.volumes {
         parse_mount(&format!("{name}:{path}")).map_err(bad("-v"))?;
@@ -340,6 +341,9 @@ mod tests {
         })));
         assert_eq!(e, format!("-v: at most {} volumes per instance", kiln_abi::boot::MAX_VOLUMES));
         assert_eq!(error(image(&flags(|o| o.env = vec!["NOVALUE".into()]))), "--env: 'NOVALUE' is not KEY=VALUE");
+        let e = error(image(&flags(|o| o.files = vec![("a:b".into(), "x".into())])));
+        assert_eq!(e, "--file: 'a:b:x' is not HOST:GUEST with an absolute GUEST path");
+        assert!(image(&flags(|o| o.dirs = vec![("a:b".into(), "/x".into())])).is_ok(), "a ':' in a host path");
         assert_eq!(
             error(image(&flags(|o| o.workdir = Some("rel".into())))),
             "--workdir: 'rel' is not an absolute path"
