@@ -1,7 +1,8 @@
 //! `kiln volume`: named volumes in `$KILN_HOME/volumes/` (default `~/.local/share/kiln/volumes/`), each one file
 //! holding an ext2 filesystem made by `mkfs.ext2` from e2fsprogs, so that host tools (`e2fsck`, `debugfs`) check and
 //! read it. `kiln run -v NAME:/path` attaches one: the file is locked (`flock`, exclusive) for as long as the VM
-//! runs, so a second instance cannot attach it, and `rm` will not delete it meanwhile.
+//! runs, so a second instance cannot attach it, and `rm` will not delete it meanwhile (`kiln_launch::volumes`, which
+//! every launcher shares).
 
 use crate::size::{human, parse_size};
 use anyhow::{anyhow, bail, Context, Result};
