@@ -9,27 +9,20 @@ use crate::error::LaunchError;
 use crate::{LaunchSpec, Loaded, Source};
 use kiln_abi::rootfs::{entries, Entry, KIND_FILE, KIND_SYMLINK};
 use kiln_vmm::dynamic::Dependencies;
-use kiln_vmm::dynamic::GUEST_LIBRARY_DIR;
 use kiln_vmm::elf::ElfImage;
 use kiln_vmm::rewrite::SiteCounts;
 use kiln_vmm::rootfs::RootfsBuilder;
 use kiln_vmm::rootfs_cache::{Hit, Recipe, RootfsCache};
 use kiln_vmm::rootfs_image::Rootfs;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The library OS's own /etc/resolv.conf names this server.
 const BUILT_IN_RESOLV_CONF: &str = "nameserver 10.0.2.3\n";
-/// Where musl's loader finds libraries in the guest (`kiln_vmm::dynamic`).
-const MUSL_LIBRARY_DIR: &str = "/lib";
-/// Where glibc's loader looks next (a container image's libraries may be there, and not in /lib).
-const USR_LIBRARY_DIR: &str = "/usr/lib/x86_64-linux-gnu";
 /// Symbolic links followed to find one file in an image (Linux's limit).
 const MAX_LINKS_FOLLOWED: usize = 40;
-/// More libraries than any program needs; bounds the walk through an image's.
-const MAX_LIBRARIES: usize = 1024;
 /// The layout of what an entry of the cache keeps besides the image (see [`Extra`]).
-const EXTRA_VERSION: u8 = 2;
+const EXTRA_VERSION: u8 = 3;
 
 #[derive(Default)]
 pub struct GuestFs {
@@ -40,15 +33,12 @@ pub struct GuestFs {
     pub interpreter: Vec<u8>,
 }
 
-/// What a cache entry keeps besides the image: the sites of its shared objects, where its loader lies in it, and
-/// the contents the guest reads whole at start (see [`MappedImage::set_hot`]).
+/// What a cache entry keeps besides the image: the sites of its shared objects and where its loader lies in it.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Extra {
     object_sites: Option<SiteCounts>,
     /// Offset and length of the loader's contents in the image; (0, 0) for none.
     interpreter: (u64, u64),
-    /// Offset and length of each library the program needs (`DT_NEEDED`, with theirs), which its loader maps at start.
-    hot: Vec<(u64, u64)>,
 }
 
 impl Extra {
@@ -60,11 +50,6 @@ impl Extra {
         }
         out.extend(self.interpreter.0.to_le_bytes());
         out.extend(self.interpreter.1.to_le_bytes());
-        out.extend((self.hot.len() as u64).to_le_bytes());
-        for &(offset, len) in &self.hot {
-            out.extend(offset.to_le_bytes());
-            out.extend(len.to_le_bytes());
-        }
         out
     }
 
@@ -72,10 +57,10 @@ impl Extra {
         let [EXTRA_VERSION, has_sites, rest @ ..] = bytes else { return None };
         let words: Vec<u64> =
             rest.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default())).collect();
-        let &[relocated, red_zone, in_place, unsafe_sites, offset, len, count, ref hot @ ..] = words.as_slice() else {
+        let &[relocated, red_zone, in_place, unsafe_sites, offset, len] = words.as_slice() else {
             return None;
         };
-        if hot.len() as u64 != count.checked_mul(2)? {
+        if rest.len() != words.len() * 8 {
             return None;
         }
         let n = |v: u64| usize::try_from(v).ok();
@@ -85,8 +70,7 @@ impl Extra {
             in_place: n(in_place)?,
             unsafe_sites: n(unsafe_sites)?,
         };
-        let hot = hot.chunks_exact(2).map(|pair| (pair[0], pair[1])).collect();
-        Some(Extra { object_sites: (*has_sites == 1).then_some(sites), interpreter: (offset, len), hot })
+        Some(Extra { object_sites: (*has_sites == 1).then_some(sites), interpreter: (offset, len) })
     }
 }
 
@@ -123,12 +107,7 @@ pub fn prepare(spec: &LaunchSpec, loaded: &Loaded) -> Result<GuestFs, LaunchErro
         true => file_span(&image, &interpreter_path, true),
         false => ImageFiles::new(&image).span(&interpreter_path).unwrap_or_default(),
     };
-    let hot = match (&deps, &program) {
-        (Some(deps), _) => deps.libraries.iter().map(|l| file_span(&image, &l.guest_path, true)).collect(),
-        (None, Some(program)) if program.interpreter.is_some() => libraries_in_image(&image, &program.needed),
-        (None, _) => Vec::new(),
-    };
-    let extra = Extra { object_sites, interpreter, hot };
+    let extra = Extra { object_sites, interpreter };
     let consulted = deps.map(|d| d.consulted).unwrap_or_default();
     let stored = match cache.as_ref().zip(key.as_ref()) {
         Some((cache, key)) => cache
@@ -138,26 +117,17 @@ pub fn prepare(spec: &LaunchSpec, loaded: &Loaded) -> Result<GuestFs, LaunchErro
         None => None,
     };
     let rootfs = match stored {
-        Some(mut mapped) => {
-            mapped.set_hot(extra.hot.iter().map(|&(offset, len)| offset..offset + len).collect());
-            Rootfs::Mapped(Arc::new(mapped))
-        }
+        Some(mapped) => Rootfs::Mapped(Arc::new(mapped)),
         None => Rootfs::from(image),
     };
     tracing::debug!(took = ?started.elapsed(), "root filesystem built: {} bytes", rootfs.len());
     Ok(with_interpreter(rootfs, extra))
 }
 
-fn from_hit(mut hit: Hit) -> Option<GuestFs> {
+fn from_hit(hit: Hit) -> Option<GuestFs> {
     let extra = Extra::decode(&hit.extra)?;
-    let size = hit.image.bytes().len() as u64;
-    let mut hot = Vec::with_capacity(extra.hot.len());
-    for &(offset, len) in std::iter::once(&extra.interpreter).chain(&extra.hot) {
-        let end = offset.checked_add(len).filter(|&end| end <= size)?;
-        hot.push(offset..end);
-    }
-    hot.remove(0);
-    hit.image.set_hot(hot);
+    let (offset, len) = extra.interpreter;
+    offset.checked_add(len).filter(|&end| end <= hit.image.bytes().len() as u64)?;
     Some(with_interpreter(Rootfs::Mapped(Arc::new(hit.image)), extra))
 }
 
@@ -221,34 +191,6 @@ impl<'a> ImageFiles<'a> {
         let entry = self.entries.get(format!("/{}", at.join("/")).as_str())?;
         (entry.kind == KIND_FILE).then_some((entry.data_offset as u64, entry.data_len as u64))
     }
-}
-
-/// The spans of the libraries an image's dynamic program needs (the closure of its `DT_NEEDED`, `needed`), where
-/// its loader looks without a cache: the image's file at the loader's directories and the name (glibc's or musl's),
-/// or at the name if a path.
-fn libraries_in_image(image: &[u8], needed: &[String]) -> Vec<(u64, u64)> {
-    let files = ImageFiles::new(image);
-    let mut queue: VecDeque<String> = needed.iter().cloned().collect();
-    let mut seen = HashSet::new();
-    let mut hot = Vec::new();
-    while let Some(name) = queue.pop_front() {
-        if seen.len() >= MAX_LIBRARIES || !seen.insert(name.clone()) {
-            continue;
-        }
-        let paths = match name.contains('/') {
-            true => vec![name],
-            false => [GUEST_LIBRARY_DIR, USR_LIBRARY_DIR, MUSL_LIBRARY_DIR]
-                .iter()
-                .map(|dir| format!("{dir}/{name}"))
-                .collect(),
-        };
-        let Some((offset, len)) = paths.iter().find_map(|p| files.span(p)) else { continue };
-        hot.push((offset, len));
-        if let Ok(elf) = ElfImage::parse_any(&image[offset as usize..(offset + len) as usize]) {
-            queue.extend(elf.needed);
-        }
-    }
-    hot
 }
 
 /// Everything [`build`] reads that decides the image's bytes, but what a dynamic program's search finds (the entry
@@ -320,26 +262,12 @@ mod tests {
     #[test]
     fn extra_round_trips_and_refuses_junk() {
         let sites = SiteCounts { relocated: 618, red_zone: 15, in_place: 1, unsafe_sites: 2 };
-        let hot = vec![(8192, 100), (16384, 2_000_000)];
-        for extra in [Extra { object_sites: Some(sites), interpreter: (4096, 230_000), hot }, Extra::default()] {
+        for extra in [Extra { object_sites: Some(sites), interpreter: (4096, 230_000) }, Extra::default()] {
             assert_eq!(Extra::decode(&extra.encode()), Some(extra));
         }
         let good = Extra::default().encode();
         assert_eq!(Extra::decode(&good[..good.len() - 1]), None);
         assert_eq!(Extra::decode(&[[9].as_slice(), &good[1..]].concat()), None);
-    }
-
-    #[test]
-    fn an_images_libraries_are_found_as_its_loader_finds_them() {
-        let mut b = RootfsBuilder::default();
-        b.add_file("/lib/x86_64-linux-gnu/libz.so.1", 0o755, b"not an ELF file, needs nothing").unwrap();
-        b.add_file("/lib/libc.musl.so", 0o755, b"musl").unwrap();
-        b.add_file("/opt/unrelated.so", 0o755, b"x").unwrap();
-        let image = b.finish();
-        let needed = ["libz.so.1", "libc.musl.so", "libmissing.so", "libz.so.1"].map(String::from);
-        let hot = libraries_in_image(&image, &needed);
-        let text: Vec<_> = hot.iter().map(|&(o, l)| image[o as usize..(o + l) as usize].to_vec()).collect();
-        assert_eq!(text, [b"not an ELF file, needs nothing".to_vec(), b"musl".to_vec()]);
     }
 
     #[test]

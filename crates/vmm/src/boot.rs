@@ -5,8 +5,8 @@
 use crate::arch::{gdt, trap_page};
 use crate::elf::ElfImage;
 use crate::loader::{self, LoadedProgram, LoaderError, PreparedProgram};
-use crate::memory::{BootAllocator, GuestRam, MemoryError};
-use crate::rootfs_image::Rootfs;
+use crate::memory::{BootAllocator, GuestRam, HugePages, MemoryError};
+use crate::rootfs_image::{MappedImage, Rootfs};
 use crate::stack::{self, ProgramInfo, StackError};
 use crate::vdso;
 use kiln_abi::boot::{
@@ -114,6 +114,25 @@ pub struct BootState {
 /// Stack size of the program's main thread: 8 MiB as Linux's default limit, less in small VMs.
 pub fn main_stack_size(memory: u64) -> u64 {
     (memory / 8).clamp(256 << 10, 8 << 20)
+}
+
+/// Maps a cached root filesystem image into guest RAM and returns its guest-physical address, congruent to its file
+/// offset modulo 2 MiB (`rootfs_cache` puts images on 2 MiB boundaries of the file). Where the host's page cache
+/// holds the file in 2 MiB folios (ext4 and xfs with large folios; `GuestRam::map_file` asks for them), the host then
+/// maps it with 2 MiB entries, and the guest's reads through its 2 MiB direct-map pages cost one shadow fault per
+/// 2 MiB instead of one per 4 KiB page: KVM maps no neighbours along with a page the host has read-only, as a file's
+/// page is until written.
+fn map_rootfs(ram: &GuestRam, alloc: &mut BootAllocator, image: &MappedImage) -> Result<u64, BootError> {
+    let len = image.bytes().len() as u64;
+    let phys = if len >= HUGE_PAGE_SIZE { alloc.alloc_congruent(len, image.offset())? } else { alloc.alloc(len)? };
+    ram.map_file(phys, image.file(), image.offset(), len)?;
+    if ram.huge_pages() == HugePages::Yes {
+        // The rest of the image's last 2 MiB window is RAM in the host's 4 KiB pages (one host mapping cannot be
+        // part file and part huge page): what the library OS allocates first (its heap, page tables) would cost a
+        // shadow fault per 4 KiB page there. Skipped, less than 2 MiB of a VM of 256 MiB or more.
+        alloc.skip_to_huge_boundary();
+    }
+    Ok(phys)
 }
 
 fn trampoline_page(syscall_entry: u64) -> Vec<u8> {
@@ -246,20 +265,7 @@ pub fn build(
             ram.write(phys, bytes)?;
             phys
         }
-        Rootfs::Mapped(image) => {
-            let phys = alloc.alloc(rootfs_len)?;
-            ram.map_file(phys, image.file(), image.offset(), rootfs_len)?;
-            // The library OS reads the whole index at boot, the program's loader the libraries it needs.
-            let index_end = kiln_abi::rootfs::index_end(image.bytes()) as u64;
-            for range in std::iter::once(0..index_end).chain(image.hot().iter().cloned()) {
-                let start = range.start & !(PAGE_SIZE - 1);
-                let end = range.end.min(rootfs_len);
-                if start < end {
-                    ram.populate_writable(phys + start, end - start)?;
-                }
-            }
-            phys
-        }
+        Rootfs::Mapped(image) => map_rootfs(ram, &mut alloc, image)?,
     };
     let net = match params.net {
         Some(net) => {

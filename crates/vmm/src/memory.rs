@@ -10,9 +10,6 @@ use kiln_abi::layout::{page_align_up, HUGE_PAGE_SIZE, PAGE_SIZE};
 use kiln_abi::paging::{FrameSource, PhysMemory};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
-/// Linux's MADV_POPULATE_WRITE (5.14), which the libc crate does not name for musl.
-const MADV_POPULATE_WRITE: libc::c_int = 23;
-
 /// Whether guest RAM is backed by the host's transparent huge pages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HugePages {
@@ -169,7 +166,8 @@ impl GuestRam {
     /// Backs the page-aligned guest range at `addr` with `len` bytes of `file` from the page-aligned `offset`,
     /// privately (MAP_PRIVATE): the guest reads the file through the host's page cache, pages come in when touched,
     /// and a write makes a private copy of its page, never changing the file. The rest of the last page reads as
-    /// zero. The range stays in the one memory slot, and in `--memory`: it replaces RAM, it adds none.
+    /// zero. The range stays in the one memory slot, and in `--memory`: it replaces RAM, it adds none. Where `addr` and
+    /// `offset` agree modulo 2 MiB, the host can map whole 2 MiB windows of the file with one entry each.
     pub fn map_file(&self, addr: u64, file: &std::fs::File, offset: u64, len: u64) -> Result<(), MemoryError> {
         let size = page_align_up(len);
         self.check(addr, size)?;
@@ -193,23 +191,9 @@ impl GuestRam {
         if mapped == libc::MAP_FAILED {
             return Err(MemoryError::MapFile { addr, source: std::io::Error::last_os_error() });
         }
-        Ok(())
-    }
-
-    /// Makes the host pages of the page-aligned guest range present and writable now (MADV_POPULATE_WRITE; for a
-    /// mapped file, private copies of its pages). KVM maps the neighbours of a faulting page along with it only
-    /// where the host has them writable, so a range of a mapped file the guest reads in many places (the root
-    /// filesystem's index) costs one fault per page unless populated. Best effort: an older host kernel (before 5.14)
-    /// does without.
-    pub fn populate_writable(&self, addr: u64, len: u64) -> Result<(), MemoryError> {
-        self.check(addr, len)?;
-        if !addr.is_multiple_of(PAGE_SIZE) || len == 0 {
-            return Err(MemoryError::OutOfRange { addr, len });
-        }
-        let host = self.host_base() + addr;
-        // SAFETY: the range lies inside the guest RAM mapping this object owns (checked above); populating changes no
-        // contents the guest or the VMM can see.
-        let _ = unsafe { libc::madvise(host as *mut libc::c_void, page_align_up(len) as usize, MADV_POPULATE_WRITE) };
+        // SAFETY: advice on the mapping just made: where the file is not in the page cache yet, a fault reads it in
+        // 2 MiB folios, which the host maps with 2 MiB entries (where the range is congruent to the file offset).
+        unsafe { libc::madvise(host as *mut libc::c_void, size as usize, libc::MADV_HUGEPAGE) };
         Ok(())
     }
 
@@ -295,6 +279,11 @@ impl BootAllocator {
         self.alloc(size).inspect_err(|_| self.next = start)
     }
 
+    /// Leaves the pages up to the next 2 MiB boundary unused (or up to the end, if that comes first).
+    pub fn skip_to_huge_boundary(&mut self) {
+        self.next = self.next.next_multiple_of(HUGE_PAGE_SIZE).min(self.end);
+    }
+
     pub fn next_free(&self) -> u64 {
         self.next
     }
@@ -320,6 +309,10 @@ mod tests {
         let next = a.next_free();
         assert!(a.alloc_congruent(12 << 20, 0).is_err());
         assert_eq!(a.next_free(), next);
+        a.skip_to_huge_boundary();
+        assert_eq!(a.next_free(), 8 << 20);
+        a.skip_to_huge_boundary();
+        assert_eq!(a.next_free(), 8 << 20, "on a boundary already");
     }
 
     #[test]
@@ -374,8 +367,6 @@ mod tests {
         ram.map_file(0x2000, &file, 4096, 5).unwrap();
         assert_eq!(ram.read_vec(0x2000, 6).unwrap(), b"image\0");
         assert_eq!(ram.read_vec(0x3000, 8).unwrap(), [9; 8], "only the file's pages are replaced");
-        ram.populate_writable(0x2000, 5).unwrap();
-        assert_eq!(ram.read_vec(0x2000, 5).unwrap(), b"image", "populating keeps the contents");
         ram.write(0x2000, b"guest").unwrap();
         assert_eq!(ram.read_vec(0x2000, 5).unwrap(), b"guest");
         assert_eq!(&std::fs::read(&path).unwrap()[4096..], b"image", "the file is unchanged");

@@ -187,26 +187,31 @@ fn touch(path: &Path) {
 /// [`store`], with the bytes flushed to disk before the rename: an entry under its name is then whole even after a
 /// crash, which is what lets a hit skip the bulk's digest ([`Check::Hit`]). Only on a miss, which costs far more.
 fn store_durable(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    store_with(path, &[bytes], true).map(drop)
+    store_with(path, &[(0, bytes)], true).map(drop)
 }
 
 /// Writes the whole entry under a temporary name, then renames it: readers see all of it or nothing.
 fn store(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    store_parts(path, &[bytes]).map(drop)
+    store_with(path, &[(0, bytes)], false).map(drop)
 }
 
-/// [`store`] of the concatenation of `parts`; returns the file written, open for reading.
-pub(crate) fn store_parts(path: &Path, parts: &[&[u8]]) -> std::io::Result<std::fs::File> {
+/// [`store`] of `parts`, each at its file offset (in increasing order; what lies between them is a hole, which reads
+/// as zeros and takes no disk space); returns the file written, open for reading.
+pub(crate) fn store_placed(path: &Path, parts: &[(u64, &[u8])]) -> std::io::Result<std::fs::File> {
     store_with(path, parts, false)
 }
 
-fn store_with(path: &Path, parts: &[&[u8]], durable: bool) -> std::io::Result<std::fs::File> {
+fn store_with(path: &Path, parts: &[(u64, &[u8])], durable: bool) -> std::io::Result<std::fs::File> {
+    use std::io::{Seek, SeekFrom};
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(".{}.{}", std::process::id(), path.file_name().unwrap_or_default().to_string_lossy()));
     let written = (|| {
         let mut f = std::fs::File::options().read(true).write(true).create(true).truncate(true).open(&tmp)?;
-        parts.iter().try_for_each(|part| f.write_all(part))?;
+        for &(at, part) in parts {
+            f.seek(SeekFrom::Start(at))?;
+            f.write_all(part)?;
+        }
         if durable {
             f.sync_data()?;
         }

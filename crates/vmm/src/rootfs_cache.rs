@@ -16,7 +16,7 @@
 
 use crate::rewrite_cache;
 use crate::rootfs_image::MappedImage;
-use kiln_abi::layout::{page_align_up, PAGE_SIZE};
+use kiln_abi::layout::HUGE_PAGE_SIZE;
 use sha2::{Digest, Sha256};
 use std::fs::Metadata;
 use std::os::unix::ffi::OsStrExt;
@@ -26,9 +26,11 @@ use std::time::SystemTime;
 
 const MAGIC: &[u8; 8] = b"KILNRFSC";
 /// Bumped whenever the entry layout, the image format, or what a recipe covers changes.
-const FORMAT: u32 = 1;
-/// magic, format u32, path count u32, image offset u64, image length u64, extra length u64, paths' digest.
-const HEADER_LEN: usize = 8 + 4 + 4 + 8 + 8 + 8 + 32;
+const FORMAT: u32 = 2;
+/// magic, format u32, path count u32, image offset u64, image length u64, extra length u64, length of the header
+/// with its paths and extra u64, paths' digest. The image starts on a 2 MiB boundary of the file (after a hole), so
+/// that the host can map it with 2 MiB entries (`boot::map_rootfs`).
+const HEADER_LEN: usize = 8 + 4 + 4 + 8 + 8 + 8 + 8 + 32;
 /// More paths than any build consults (python3 with its libraries: a few hundred); bounds a damaged entry.
 const MAX_PATHS: usize = 1 << 16;
 const MAX_EXTRA: usize = 1 << 16;
@@ -205,20 +207,21 @@ impl RootfsCache {
             listed.extend((bytes.len() as u32).to_le_bytes());
             listed.extend(bytes);
         }
-        let offset = page_align_up((HEADER_LEN + listed.len() + extra.len()) as u64);
-        let mut header = Vec::with_capacity(offset as usize);
+        let header_len = (HEADER_LEN + listed.len() + extra.len()) as u64;
+        let offset = header_len.next_multiple_of(HUGE_PAGE_SIZE);
+        let mut header = Vec::with_capacity(header_len as usize);
         header.extend(MAGIC);
         header.extend(FORMAT.to_le_bytes());
         header.extend((paths.len() as u32).to_le_bytes());
         header.extend(offset.to_le_bytes());
         header.extend((image.len() as u64).to_le_bytes());
         header.extend((extra.len() as u64).to_le_bytes());
+        header.extend(header_len.to_le_bytes());
         header.extend(paths_digest(paths));
         header.extend(listed);
         header.extend(extra);
-        header.resize(offset as usize, 0);
         let path = self.dir.join(key);
-        let file = rewrite_cache::store_parts(&path, &[&header, image])?;
+        let file = rewrite_cache::store_placed(&path, &[(0, &header), (offset, image)])?;
         rewrite_cache::evict(&self.dir, self.limit, &path);
         MappedImage::new(file, offset, image.len())
     }
@@ -245,16 +248,18 @@ fn check(mut file: std::fs::File) -> Option<Hit> {
     let offset = u64_at(&header, 16)?;
     let image_len = u64_at(&header, 24)?;
     let extra_len = u64_at(&header, 32)? as usize;
+    let header_len = u64_at(&header, 40)?;
     let sound = count <= MAX_PATHS
         && extra_len <= MAX_EXTRA
-        && offset.is_multiple_of(PAGE_SIZE)
+        && offset.is_multiple_of(HUGE_PAGE_SIZE)
         && offset.checked_add(image_len) == Some(size)
-        && (HEADER_LEN as u64) < offset
+        && (HEADER_LEN as u64) <= header_len
+        && header_len <= offset
         && offset <= 64 << 20;
     if !sound {
         return None;
     }
-    let mut rest = vec![0; offset as usize - HEADER_LEN];
+    let mut rest = vec![0; header_len as usize - HEADER_LEN];
     file.read_exact(&mut rest).ok()?;
     let mut at = 0;
     let mut paths = Vec::with_capacity(count);
@@ -265,7 +270,7 @@ fn check(mut file: std::fs::File) -> Option<Hit> {
         at += 4 + len;
     }
     let extra = rest.get(at..at.checked_add(extra_len)?)?.to_vec();
-    if header[40..72] != paths_digest(&paths) {
+    if header[48..80] != paths_digest(&paths) {
         return None;
     }
     let image = MappedImage::new(file, offset, usize::try_from(image_len).ok()?).ok()?;
@@ -319,7 +324,7 @@ mod tests {
         assert_eq!(stored.bytes(), &fs[..]);
         let hit = cache.lookup("k1").unwrap();
         assert_eq!((hit.image.bytes(), &hit.extra[..]), (&fs[..], &b"extra"[..]));
-        assert!(hit.image.offset().is_multiple_of(PAGE_SIZE));
+        assert!(hit.image.offset().is_multiple_of(HUGE_PAGE_SIZE), "the image starts on a 2 MiB boundary");
         assert!(cache.lookup("k2").is_none());
     }
 

@@ -54,7 +54,6 @@ pub struct MappedImage {
     offset: u64,
     len: usize,
     view: *const u8,
-    hot: Vec<std::ops::Range<u64>>,
 }
 
 // SAFETY: the view is a read-only private mapping that this object owns and unmaps only on drop; nothing writes
@@ -87,24 +86,13 @@ impl MappedImage {
         if view == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
-        Ok(MappedImage { file, offset, len, view: view.cast(), hot: Vec::new() })
+        Ok(MappedImage { file, offset, len, view: view.cast() })
     }
 
     pub fn bytes(&self) -> &[u8] {
         // SAFETY: `view` maps `len` readable bytes for as long as `self` lives, and nothing writes them (the mapping
         // is private and read-only; the file is never rewritten in place).
         unsafe { std::slice::from_raw_parts(self.view, self.len) }
-    }
-
-    /// Ranges of the image the guest will read whole at start (the libraries its loader maps), which the VMM
-    /// populates writable, as it does the index: KVM maps a faulting page's neighbours with it only where the host
-    /// page is writable, which a page of the file is not until copied.
-    pub fn set_hot(&mut self, ranges: Vec<std::ops::Range<u64>>) {
-        self.hot = ranges;
-    }
-
-    pub fn hot(&self) -> &[std::ops::Range<u64>] {
-        &self.hot
     }
 
     pub fn file(&self) -> &File {
