@@ -29,6 +29,7 @@ mod inspect;
 mod instances;
 mod net;
 mod output;
+mod registry;
 mod run;
 mod size;
 #[cfg(test)]
@@ -78,6 +79,14 @@ enum Command {
     Kill(instances::KillArgs),
     /// Remove instances' records and logs
     Rm(instances::RmArgs),
+    /// Push an image to an OCI registry
+    Push(registry::PushArgs),
+    /// Pull an image from an OCI registry
+    Pull(registry::PullArgs),
+    /// Save credentials for a registry (checked first)
+    Login(registry::LoginArgs),
+    /// Forget the credentials for a registry
+    Logout(registry::LogoutArgs),
     /// Manage volumes: files with an ext2 filesystem that `kiln run -v NAME:/path` mounts
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
@@ -85,8 +94,9 @@ enum Command {
 
 /// What `kiln` logs unless `KILN_LOG` says otherwise. virtio-queue logs an error for each bad thing a guest does to a
 /// queue, at the guest's pace (megabytes a second into a detached instance's log file): the devices report what
-/// matters themselves, once.
-const DEFAULT_LOG_FILTER: &str = "warn,virtio_queue=off";
+/// matters themselves, once. rustls-platform-verifier logs an error for every certificate it refuses, which
+/// `kiln push/pull` report themselves, with what to do.
+const DEFAULT_LOG_FILTER: &str = "warn,virtio_queue=off,rustls_platform_verifier=off";
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -113,6 +123,10 @@ fn main() -> ExitCode {
         Command::Kill(args) => instances::kill(args),
         Command::Rm(args) => instances::rm(args),
         Command::Volume(command) => volume::run(command),
+        Command::Push(args) => registry::push(args),
+        Command::Pull(args) => registry::pull(args),
+        Command::Login(args) => registry::login(args),
+        Command::Logout(args) => registry::logout(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

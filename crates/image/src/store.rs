@@ -6,6 +6,7 @@
 use crate::manifest::{BlobRef, Manifest, ManifestError};
 use crate::reference::{Reference, ReferenceError};
 use crate::Digest;
+use sha2::{Digest as _, Sha256};
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::os::fd::AsRawFd;
@@ -61,13 +62,18 @@ pub struct StoreLock {
 /// Temporary files are `.tmp.<pid>.<n>`: the pid tells a live writer's from one a killed process left.
 const TMP_PREFIX: &str = ".tmp.";
 
+/// A fresh temporary file name in `dir`, which [`Store::collect_garbage`] removes once this process is gone.
+fn temp_name(dir: &Path) -> PathBuf {
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, Ordering::Relaxed);
+    dir.join(format!("{TMP_PREFIX}{}.{n}", std::process::id()))
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    static WRITES: AtomicU64 = AtomicU64::new(0);
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let n = WRITES.fetch_add(1, Ordering::Relaxed);
-    let tmp = dir.join(format!("{TMP_PREFIX}{}.{n}", std::process::id()));
+    let tmp = temp_name(dir);
     let result =
         std::fs::File::create(&tmp).and_then(|mut f| f.write_all(bytes)).and_then(|()| std::fs::rename(&tmp, path));
     if result.is_err() {
@@ -143,6 +149,28 @@ impl Store {
         }
         write_atomically(&path, bytes)?;
         Ok(digest)
+    }
+
+    /// A temporary file in the blob directory for a blob that arrives in pieces (`kiln pull`); see [`BlobWriter`].
+    pub fn blob_writer(&self, expected: &BlobRef) -> Result<BlobWriter, StoreError> {
+        let dir = self.root.join("blobs/sha256");
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let tmp = temp_name(&dir);
+        let file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        Ok(BlobWriter {
+            file: Some(file),
+            tmp,
+            path: self.blob_path(&expected.digest),
+            expected: expected.clone(),
+            hasher: Sha256::new(),
+            written: 0,
+        })
+    }
+
+    /// Whether the store has the blob, whole (checked against its digest).
+    pub fn has_blob(&self, blob: &BlobRef) -> bool {
+        std::fs::metadata(self.blob_path(&blob.digest)).is_ok_and(|m| m.len() == blob.size)
+            && self.blob(&blob.digest).is_ok()
     }
 
     /// The blob's bytes, checked against its digest.
@@ -319,6 +347,69 @@ impl Store {
     }
 }
 
+/// A blob being written from the network: bytes go to a temporary file (left by a killed writer, it is garbage for
+/// [`Store::collect_garbage`]), are hashed on the way, and become the blob only when [`BlobWriter::finish`] found them
+/// to be exactly the expected size and digest. More bytes than expected are refused as they come, so a hostile
+/// source cannot fill the disk. Dropped before `finish`, the temporary file goes.
+pub struct BlobWriter {
+    file: Option<std::fs::File>,
+    tmp: PathBuf,
+    path: PathBuf,
+    expected: BlobRef,
+    hasher: Sha256,
+    written: u64,
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.written.saturating_add(buf.len() as u64) > self.expected.size {
+            return Err(std::io::Error::other(format!(
+                "blob {} is longer than the {} bytes its manifest says",
+                self.expected.digest, self.expected.size
+            )));
+        }
+        let file = self.file.as_mut().ok_or_else(|| std::io::Error::other("blob writer already finished"))?;
+        let n = file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.as_mut().map_or(Ok(()), |f| f.flush())
+    }
+}
+
+impl BlobWriter {
+    /// Whether as many bytes as expected have been written.
+    pub fn is_complete(&self) -> bool {
+        self.written == self.expected.size
+    }
+
+    /// Checks what was written against the expected size and digest and, if it matches, renames it into place.
+    pub fn finish(mut self) -> Result<(), StoreError> {
+        drop(self.file.take());
+        if self.written != self.expected.size {
+            return Err(StoreError::WrongSize {
+                digest: self.expected.digest.clone(),
+                actual: self.written,
+                expected: self.expected.size,
+            });
+        }
+        let hex: String = std::mem::take(&mut self.hasher).finalize().iter().map(|b| format!("{b:02x}")).collect();
+        if hex != self.expected.digest.hex() {
+            return Err(StoreError::Corrupt { digest: self.expected.digest.clone(), path: self.tmp.clone() });
+        }
+        std::fs::rename(&self.tmp, &self.path).map_err(io(&self.path))
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -348,6 +439,32 @@ pub(crate) mod tests {
         assert_eq!(store.image_blob(&BlobRef { digest: d.clone(), size: 5 }).unwrap(), b"hello");
         std::fs::remove_file(store.blob_path(&d)).unwrap();
         assert!(matches!(store.blob(&d), Err(StoreError::MissingBlob(_))));
+        std::fs::remove_dir_all(store.root()).unwrap();
+    }
+
+    #[test]
+    fn blobs_written_in_pieces_are_checked_before_they_are_stored() {
+        let store = temp_store("writer");
+        let blob = |b: &[u8]| BlobRef { digest: Digest::of(b), size: b.len() as u64 };
+        let temps = || std::fs::read_dir(store.root().join("blobs/sha256")).unwrap().count();
+        let good = blob(b"hello world");
+        let mut w = store.blob_writer(&good).unwrap();
+        w.write_all(b"hello ").unwrap();
+        w.write_all(b"world").unwrap();
+        w.finish().unwrap();
+        assert!(store.has_blob(&good));
+
+        let mut w = store.blob_writer(&blob(b"other bytes")).unwrap();
+        w.write_all(b"other byte!").unwrap();
+        assert!(matches!(w.finish(), Err(StoreError::Corrupt { .. })));
+        let mut w = store.blob_writer(&blob(b"short")).unwrap();
+        w.write_all(b"shor").unwrap();
+        assert!(matches!(w.finish(), Err(StoreError::WrongSize { actual: 4, expected: 5, .. })));
+        let mut w = store.blob_writer(&blob(b"short")).unwrap();
+        assert!(w.write_all(b"shorter").is_err(), "more than the manifest says is refused as it comes");
+        drop(w);
+        assert_eq!(temps(), 1, "only the good blob is left; no temporary file");
+        assert!(!store.has_blob(&blob(b"short")));
         std::fs::remove_dir_all(store.root()).unwrap();
     }
 
