@@ -2,9 +2,8 @@
 //!
 //! Anonymous memory is handed out physically contiguous through the direct map, which the VMM mapped at boot: an
 //! `mmap` changes no page table and needs no TLB work on any host. The break grows by mapping fresh pages after the
-//! program's data (new entries only, which no TLB has cached), by 2 MiB pages past its first 2 MiB boundary where
-//! guest RAM is in huge pages. Memory the program protected (`mm::protect`) gets full
-//! access back before the library OS frees or writes it. What this does not do: fault on access after `munmap` (the
+//! program's data (new entries only, which no TLB has cached), by 2 MiB pages where guest RAM is in huge pages.
+//! Memory the program protected (`mm::protect`) gets full access back before the library OS frees or writes it. What this does not do: fault on access after `munmap` (the
 //! library OS reaches free memory through the same addresses), or map at a caller-chosen address (`mm::vma` does).
 
 use super::protect::{unprotect, with_write_access};
@@ -150,8 +149,8 @@ fn map_huge_break(m: &mut super::Memory) -> bool {
 
 /// `brk(addr)`: moves the break if it can and returns the break in force, as Linux does.
 pub fn set_break(addr: u64) -> u64 {
-    // In a VM with huge pages, from the first 2 MiB boundary on the break grows by whole 2 MiB pages (mapped past the
-    // break: a program growing it in small steps takes one shadow fault per 2 MiB instead of 512).
+    // In a VM with huge pages the break (which starts on a 2 MiB boundary there, `mm::init`) grows by whole 2 MiB
+    // pages, mapped past the break: a program growing it in small steps takes one shadow fault per 2 MiB, not 512.
     let huge = super::vma::huge_pages();
     // Before the memory lock is taken (a flush takes it to free what waited for it): no TLB may still hold a page
     // released where the break grows.

@@ -11,7 +11,7 @@ pub mod vma;
 use crate::sync::{SpinGuard, SpinLock};
 use core::sync::atomic::{AtomicU64, Ordering};
 use kiln_abi::frames::FrameAllocator;
-use kiln_abi::layout::{direct_map, page_align_up, DIRECT_MAP_BASE, PAGE_SIZE};
+use kiln_abi::layout::{direct_map, page_align_up, DIRECT_MAP_BASE, HUGE_PAGE_SIZE, PAGE_SIZE};
 use kiln_abi::paging::{self, PhysMemory};
 use kiln_abi::BootInfo;
 
@@ -55,9 +55,16 @@ pub fn init(boot: &BootInfo) {
     if start < end {
         m.frames.add(start, end);
     }
-    m.brk_start = boot.brk_start;
-    m.brk = boot.brk_start;
-    m.brk_mapped_end = page_align_up(boot.brk_start);
+    // Where guest RAM is in huge pages the break starts on a 2 MiB boundary, so that it grows by 2 MiB pages from the
+    // start (`mapping::set_break`); Linux too starts it at a random distance past the program.
+    let brk_start = if kiln_abi::layout::huge_pages_for(boot.mem_size) {
+        boot.brk_start.next_multiple_of(HUGE_PAGE_SIZE)
+    } else {
+        boot.brk_start
+    };
+    m.brk_start = brk_start;
+    m.brk = brk_start;
+    m.brk_mapped_end = page_align_up(brk_start);
     drop(m);
     maps::init(boot);
 }
