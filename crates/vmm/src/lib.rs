@@ -11,6 +11,7 @@ pub mod boot;
 pub mod disk;
 pub mod dynamic;
 pub mod elf;
+pub mod exit_state;
 pub mod fault;
 pub mod host_signals;
 pub mod hypercall;

@@ -6,6 +6,7 @@ use crate::arch::{exception, trap_page, HostKind};
 use crate::boot::{self, BootError, BootParams, BootState, MIN_MEMORY};
 use crate::disk::{Disk, VolumeConfig};
 use crate::elf::{ElfError, ElfImage};
+use crate::exit_state;
 use crate::fault::{self, CrashReport};
 use crate::host_signals::{Forwarder, HostSignals};
 use crate::hypercall::{self, Action};
@@ -199,6 +200,8 @@ struct Shared {
     /// Whether the user asked for `--trace-syscalls` (else the guest's trace hypercalls are refused).
     trace_syscalls: bool,
     host: HostKind,
+    /// Whether KVM copies each vCPU's state into its `kvm_run` at every exit ([`exit_state`]).
+    synced_state: bool,
 }
 
 fn open_kvm() -> Result<Kvm, VmError> {
@@ -244,6 +247,7 @@ struct Machine {
     tsc_hz: u64,
     boot_tsc: u64,
     boot_realtime_ns: u64,
+    synced_state: bool,
 }
 
 /// Whether a VM with `memory` bytes of RAM gets huge pages (`kiln_abi::layout::HUGE_PAGES_FROM`). A huge page costs
@@ -275,9 +279,13 @@ fn create_machine(memory: u64, cpus: u32) -> Result<Machine, VmError> {
     unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("register guest memory"))?;
     let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("report CPUID"))?;
     let mut vcpus = Vec::new();
+    let synced_state = exit_state::supported(&kvm);
     for id in 0..cpus {
-        let vcpu = vm.create_vcpu(u64::from(id)).map_err(kvm_err("create a vCPU"))?;
+        let mut vcpu = vm.create_vcpu(u64::from(id)).map_err(kvm_err("create a vCPU"))?;
         vcpu.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
+        if synced_state {
+            exit_state::sync(&mut vcpu);
+        }
         vcpus.push(vcpu);
     }
     let vcpu = &vcpus[0];
@@ -291,7 +299,7 @@ fn create_machine(memory: u64, cpus: u32) -> Result<Machine, VmError> {
     vcpu.get_msrs(&mut tsc).map_err(kvm_err("read the guest TSC"))?;
     let boot_realtime_ns = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
     let boot_tsc = tsc.as_slice()[0].data;
-    Ok(Machine { kvm, vm, vcpus, ram, hwcap, amd, tsc_hz, boot_tsc, boot_realtime_ns })
+    Ok(Machine { kvm, vm, vcpus, ram, hwcap, amd, tsc_hz, boot_tsc, boot_realtime_ns, synced_state })
 }
 
 /// Parses both ELF images and prepares the program (the image's preparation or the cache's when there is one), once
@@ -362,7 +370,7 @@ impl Vm {
             return Err(VmError::Program(ElfError::Dynamic(interp.clone())));
         }
         let prepared_at = started.elapsed();
-        let Machine { kvm, vm, mut vcpus, mut ram, hwcap, amd, tsc_hz, boot_tsc, boot_realtime_ns } =
+        let Machine { kvm, vm, mut vcpus, mut ram, hwcap, amd, tsc_hz, boot_tsc, boot_realtime_ns, synced_state } =
             create_machine(memory, config.cpus)?;
         let machine_ready = started.elapsed();
 
@@ -441,6 +449,7 @@ impl Vm {
                 .collect(),
             trace_syscalls: config.trace_syscalls,
             host,
+            synced_state,
         });
         Ok(Vm { _kvm: kvm, _vm: vm, vcpus, shared, boot })
     }
@@ -620,7 +629,7 @@ fn run_vcpu(
                 // Cleared before the request is taken: a kick after this makes the next KVM_RUN return at once.
                 vcpu.set_kvm_immediate_exit(0);
                 if let Some(why) = shared.preempt.due(id) {
-                    interrupt(&vcpu, shared, block, id, why)?;
+                    interrupt(&mut vcpu, shared, block, id, why)?;
                 } else {
                     shared.preempt.rearm(&shared.kicks, id);
                 }
@@ -708,7 +717,7 @@ fn run_vcpu(
                             3 => fault::breakpoint(&vcpu.get_regs().map_err(kvm_err("read registers"))?),
                             vector => crash(&vcpu, shared, exception::vector_name(vector)),
                         };
-                        if to_fault_entry(&vcpu, shared, block, &report)? {
+                        if to_fault_entry(&mut vcpu, shared, block, &report)? {
                             pending_fault = Some(report);
                             continue;
                         }
@@ -727,7 +736,7 @@ fn run_vcpu(
             )),
             VcpuExit::Shutdown => {
                 let report = crash(&vcpu, shared, "shutdown");
-                if to_fault_entry(&vcpu, shared, block, &report)? {
+                if to_fault_entry(&mut vcpu, shared, block, &report)? {
                     pending_fault = Some(report);
                     continue;
                 }
@@ -743,8 +752,8 @@ fn run_vcpu(
 /// Hands the program's fault to the library OS, which runs the program's handler for it if it has one: writes the
 /// fault next to the vCPU's hypercall block (`block`) and resumes the vCPU at `kiln_fault_entry`. Returns false,
 /// changing nothing, for a fault no handler may see or one in the library OS itself.
-fn to_fault_entry(vcpu: &VcpuFd, shared: &Shared, block: u64, report: &CrashReport) -> Result<bool, VmError> {
-    let regs = vcpu.get_regs().map_err(kvm_err("read registers"))?;
+fn to_fault_entry(vcpu: &mut VcpuFd, shared: &Shared, block: u64, report: &CrashReport) -> Result<bool, VmError> {
+    let regs = exit_state::regs(vcpu, shared.synced_state).map_err(state_err)?;
     let Some(fault) = &report.fault else { return Ok(false) };
     let in_library_os =
         shared.kernel_span.contains(&regs.rip) && !shared.vdso_code.iter().any(|f| f.contains(&regs.rip));
@@ -756,7 +765,7 @@ fn to_fault_entry(vcpu: &VcpuFd, shared: &Shared, block: u64, report: &CrashRepo
     }
     // Nothing of the exception may stay pending, or the vCPU would raise it again on entry (our hosts keep none;
     // hardware KVM might).
-    let mut events = vcpu.get_vcpu_events().map_err(kvm_err("read vCPU events"))?;
+    let (_, _, mut events) = exit_state::read(vcpu, shared.synced_state).map_err(state_err)?;
     if events.exception.injected != 0 || events.exception.pending != 0 {
         events.exception = Default::default();
         vcpu.set_vcpu_events(&events).map_err(kvm_err("clear a pending exception"))?;
@@ -766,7 +775,7 @@ fn to_fault_entry(vcpu: &VcpuFd, shared: &Shared, block: u64, report: &CrashRepo
 
 /// Writes `record` next to the vCPU's hypercall block (`block`) and resumes the vCPU at `kiln_fault_entry` on the
 /// stack it had; false, changing nothing, if the record cannot be written.
-fn to_library_os(vcpu: &VcpuFd, shared: &Shared, block: u64, record: &FaultRecord) -> Result<bool, VmError> {
+fn to_library_os(vcpu: &mut VcpuFd, shared: &Shared, block: u64, record: &FaultRecord) -> Result<bool, VmError> {
     // SAFETY: FaultRecord is repr(C) and made of u64/i64 fields only (no padding), so all its bytes are initialised.
     let bytes = unsafe {
         std::slice::from_raw_parts((record as *const FaultRecord).cast::<u8>(), std::mem::size_of::<FaultRecord>())
@@ -777,16 +786,18 @@ fn to_library_os(vcpu: &VcpuFd, shared: &Shared, block: u64, record: &FaultRecor
     }
     let entry =
         kvm_bindings::kvm_regs { rip: shared.fault_entry, rsp: record.regs.rsp, rflags: 0x2, ..Default::default() };
-    vcpu.set_regs(&entry).map_err(kvm_err("set registers"))?;
+    exit_state::set_regs(vcpu, shared.synced_state, &entry).map_err(state_err)?;
     Ok(true)
+}
+
+fn state_err((what, source): (&'static str, kvm_ioctls::Error)) -> VmError {
+    VmError::Kvm { what, source }
 }
 
 /// vCPU `id` was kicked out of KVM_RUN to be preempted (`crate::preempt`): in the program's code, it goes to the
 /// library OS with its registers, to take its pending signals; anywhere else it is tried again shortly.
-fn interrupt(vcpu: &VcpuFd, shared: &Shared, block: u64, id: usize, why: preempt::Why) -> Result<(), VmError> {
-    let regs = vcpu.get_regs().map_err(kvm_err("read registers"))?;
-    let sregs = vcpu.get_sregs().map_err(kvm_err("read special registers"))?;
-    let events = vcpu.get_vcpu_events().map_err(kvm_err("read vCPU events"))?;
+fn interrupt(vcpu: &mut VcpuFd, shared: &Shared, block: u64, id: usize, why: preempt::Why) -> Result<(), VmError> {
+    let (regs, sregs, events) = exit_state::read(vcpu, shared.synced_state).map_err(state_err)?;
     if preempt::in_program(&regs, &sregs, &events, &shared.kernel_span, &shared.vdso_code) {
         // Spent first, so that the record can say whether the deadline was renewed.
         let renewed = shared.preempt.interrupted(&shared.kicks, id);
