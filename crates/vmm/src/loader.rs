@@ -145,24 +145,25 @@ pub struct PreparedProgram {
     pub(crate) span_start: u64,
     /// Bytes from `span_start` to the page after the segments' end.
     pub(crate) span_len: u64,
-    /// The file-backed bytes of each executable segment (in program-header order), rewritten: (vaddr before the
-    /// base, bytes).
+    /// What the rewrite changed in the file-backed bytes of the executable segments: runs of rewritten bytes, in
+    /// address order, each within one segment's file bytes (vaddr before the base, bytes). Loading copies every
+    /// segment from the file and these over it, so that an image or a cache entry holds the program's code once
+    /// (the file) and the rewrite as a patch (a few bytes per syscall site), not the code a second time.
     pub(crate) code: Vec<(u64, Vec<u8>)>,
     pub(crate) stubs: Vec<u8>,
     pub(crate) report: RewriteReport,
 }
 
 impl PreparedProgram {
-    /// Whether this could be `elf`'s preparation: same load base, span and code segments (a check on cached
-    /// entries, which are then loaded by `elf`'s layout).
+    /// Whether this could be `elf`'s preparation: same load base and span, each run of rewritten bytes within the
+    /// file bytes of one of its code segments (a check on cached entries and images' preparations, which are then
+    /// loaded by `elf`'s layout).
     pub(crate) fn fits(&self, elf: &ElfImage) -> bool {
-        self.base == load_base(elf)
-            && (self.span_start, self.span_len) == span(elf)
-            && self
-                .code
-                .iter()
-                .map(|(at, bytes)| (*at, bytes.len() as u64))
-                .eq(code_segments(elf).map(|s| (s.vaddr, s.file_size)))
+        let within = |&(at, ref bytes): &(u64, Vec<u8>)| {
+            let end = at.checked_add(bytes.len() as u64);
+            code_segments(elf).any(|s| s.vaddr <= at && end.is_some_and(|end| end <= s.vaddr + s.file_size))
+        };
+        self.base == load_base(elf) && (self.span_start, self.span_len) == span(elf) && self.code.iter().all(within)
     }
 }
 
@@ -231,7 +232,27 @@ pub fn prepare_program(elf: &ElfImage, file: &[u8]) -> Result<PreparedProgram, L
     let segments = code.iter_mut().map(|(at, bytes)| ExecSegment { vaddr: base + *at, bytes }).collect();
     let rewritten = rewrite::rewrite_syscalls(RewriteInput { segments, code_ranges, functions, stub_base })
         .map_err(LoaderError::Rewrite)?;
+    let code = code_segments(elf)
+        .zip(&code)
+        .flat_map(|(s, (at, bytes))| changed_runs(*at, file_bytes(file, s), bytes))
+        .collect();
     Ok(PreparedProgram { base, span_start, span_len, code, stubs: rewritten.stubs, report: rewritten.report })
+}
+
+/// Equal bytes between two changes up to which one run holds both: a run costs 16 bytes of metadata where it is
+/// stored (`rewrite_cache`), so shorter gaps are cheaper kept.
+const RUN_GAP: usize = 16;
+
+/// The runs of `rewritten` (the bytes at `at`) that differ from `original`, of the same length.
+fn changed_runs(at: u64, original: &[u8], rewritten: &[u8]) -> Vec<(u64, Vec<u8>)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for i in (0..rewritten.len()).filter(|&i| original[i] != rewritten[i]) {
+        match runs.last_mut() {
+            Some((_, end)) if i - *end < RUN_GAP => *end = i + 1,
+            _ => runs.push((i, i + 1)),
+        }
+    }
+    runs.into_iter().map(|(start, end)| (at + start as u64, rewritten[start..end].to_vec())).collect()
 }
 
 /// Copies the program (its segments from `file`, the prepared code over them) into guest memory and maps it (and its
@@ -247,8 +268,8 @@ pub fn load_program(
 ) -> Result<LoadedProgram, LoaderError> {
     let PreparedProgram { base, span_start, span_len, code, mut stubs, report } = program;
     let phys = place_image(ram, alloc, elf, base, (span_start, span_len))?;
-    // The code segments' bytes come from the preparation (`fits` checked they are these segments'), not the file.
-    for segment in elf.segments.iter().filter(|s| !is_code(s)) {
+    // The file's segments, then the rewritten runs over them (`fits` checked they lie in its code segments).
+    for segment in &elf.segments {
         ram.write(phys + (segment.vaddr - span_start), file_bytes(file, segment))?;
     }
     for (at, bytes) in &code {
@@ -491,11 +512,40 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_preparation_holds_only_the_runs_the_rewrite_changed() {
+        let file = program(0x1000);
+        let elf = ElfImage::parse(&file).unwrap();
+        let mut prepared = prepare_program(&elf, &file).unwrap();
+        assert_eq!(prepared.report.relocated.len(), 8);
+        let kept: usize = prepared.code.iter().map(|(_, bytes)| bytes.len()).sum();
+        assert!(0 < kept && kept <= 8 * 16, "{kept} bytes of 4 KiB of code");
+        // Applied to the file's text, the runs leave no syscall instruction at the sites.
+        let mut text = file[..0x1000].to_vec();
+        for (at, bytes) in &prepared.code {
+            let at = (at - TEXT) as usize;
+            text[at..at + bytes.len()].copy_from_slice(bytes);
+        }
+        for site in (0..8).map(|i| 0x100 + 16 * i + 10) {
+            assert_ne!(&text[site..site + 2], [0x0f, 0x05], "the site at {site:#x} was not rewritten");
+        }
+        assert!(prepared.fits(&elf));
+        // A run past the code segment's file bytes, or in the data segment, is not this program's.
+        prepared.code.push((TEXT + 0xfff, vec![0x90; 2]));
+        assert!(!prepared.fits(&elf));
+        prepared.code.pop();
+        prepared.code.push((TEXT + 0x1000, vec![0x90]));
+        assert!(!prepared.fits(&elf));
+        prepared.code.pop();
+        prepared.code.push((u64::MAX - 1, vec![0x90; 4]));
+        assert!(!prepared.fits(&elf));
+    }
+
+    #[test]
     fn only_the_code_the_file_holds_is_rewritten_and_kept() {
         // 32 GiB of executable bss: the rewriter and the prepared program see the file's 4 KiB of code, no more.
         let elf = ElfImage::parse(&program(32 << 30)).unwrap();
         let prepared = prepare_program(&elf, &program(32 << 30)).unwrap();
-        assert_eq!(prepared.code.iter().map(|(at, b)| (*at, b.len())).collect::<Vec<_>>(), [(TEXT, 0x1000)]);
+        assert!(prepared.code.iter().all(|(at, b)| TEXT <= *at && *at + b.len() as u64 <= TEXT + 0x1000));
         assert_eq!(prepared.span_len, (32 << 30) + 0x3000);
         // Stubs after a 32 GiB span would be out of the code's reach: the sites stay in place.
         assert_eq!(prepared.report.in_place.len(), 8);

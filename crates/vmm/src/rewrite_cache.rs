@@ -4,7 +4,8 @@
 //! to their metadata ([`Check::Hit`]): a truncated one, one of another format or made from another input, or one
 //! whose head or metadata is damaged is a miss, never an error, and is replaced. The cache holds at most a limit of bytes (256 MiB
 //! by default): storing an entry deletes the least recently used ones beyond it (by modification time, which a hit
-//! renews). An entry holds only the program's executable bytes, so it is about as large as the file's code.
+//! renews). An entry holds only what the rewrite changed in the program's code (`PreparedProgram::code`), a few bytes per
+//! syscall site: a hit reads little, and the code itself comes from the program's file.
 
 use crate::elf::ElfImage;
 use crate::loader::{self, LoaderError, PreparedProgram};
@@ -628,7 +629,8 @@ mod tests {
     fn an_entry_larger_than_the_limit_is_not_stored() {
         let dir = cache_dir("small");
         let (elf, file) = program(0);
-        let cache = RewriteCache::with_limit(&dir, 1024);
+        let entry_len = encode(&loader::prepare_program(&elf, &file).unwrap()).len() as u64;
+        let cache = RewriteCache::with_limit(&dir, entry_len - 1);
         assert!(!cache.prepare(&elf, &file).unwrap().1);
         assert!(!cache.prepare(&elf, &file).unwrap().1, "still a miss");
         assert!(!dir.join(hex(&key(&file))).exists());
