@@ -145,12 +145,14 @@ impl ElfImage {
             .collect();
         functions.sort_unstable();
         functions.dedup();
-        let symbols = elf
-            .syms
-            .iter()
-            .filter(|s| s.st_name != 0 && s.st_value != 0)
-            .filter_map(|s| elf.strtab.get_at(s.st_name).map(|n| (n.to_string(), s.st_value, s.st_size)))
-            .collect();
+        // The library OS's release build keeps the names the VMM looks up in `.dynsym` only (kernel/build.rs).
+        let named = |(syms, names): (&goblin::elf::Symtab, &goblin::strtab::Strtab)| {
+            syms.iter()
+                .filter(|s| s.st_name != 0 && s.st_value != 0)
+                .filter_map(|s| names.get_at(s.st_name).map(|n| (n.to_string(), s.st_value, s.st_size)))
+                .collect::<Vec<_>>()
+        };
+        let symbols = [(&elf.syms, &elf.strtab), (&elf.dynsyms, &elf.dynstrtab)].into_iter().flat_map(named).collect();
         Ok(Self {
             kind,
             entry: elf.entry,
