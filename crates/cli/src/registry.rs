@@ -1,9 +1,9 @@
 //! `kiln push`, `kiln pull`, `kiln login`, `kiln logout`: images to and from OCI registries (crates/registry).
 
-use kiln_launch::home;
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln_image::size::human;
+use kiln_launch::home;
 use kiln_registry::credentials::{self, Credential, Sources};
 use kiln_registry::{Options, Progress, RemoteName};
 use std::io::{BufRead, IsTerminal};
