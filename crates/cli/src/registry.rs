@@ -77,17 +77,20 @@ pub struct LogoutArgs {
 }
 
 /// A byte bar on stderr for transfers of a megabyte or more, unless `-q` (indicatif draws nothing off a terminal).
-struct Bar(ProgressBar);
+struct Bar {
+    bar: ProgressBar,
+    quiet: bool,
+}
 
 impl Progress for Bar {
     fn start(&self, total: u64) {
-        if total >= 1 << 20 {
-            self.0.set_length(total);
-            self.0.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        if total >= 1 << 20 && !self.quiet {
+            self.bar.set_length(total);
+            self.bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
         }
     }
     fn advance(&self, bytes: u64) {
-        self.0.inc(bytes);
+        self.bar.inc(bytes);
     }
 }
 
@@ -99,10 +102,7 @@ fn bar(quiet: bool, what: String) -> Arc<Bar> {
             .progress_chars("=> "),
     );
     bar.set_message(what);
-    if quiet {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    Arc::new(Bar(bar))
+    Arc::new(Bar { bar, quiet })
 }
 
 pub fn push(args: PushArgs) -> Result<u8> {
@@ -110,7 +110,7 @@ pub fn push(args: PushArgs) -> Result<u8> {
     let target = RemoteName::parse(&args.target)?;
     let progress = bar(args.quiet, format!("pushing {target}"));
     let pushed = kiln_registry::push(&store, &args.image, &target, &args.transport.options(), progress.clone());
-    progress.0.finish_and_clear();
+    progress.bar.finish_and_clear();
     let pushed = pushed?;
     if args.quiet {
         outln!("{}", pushed.manifest_digest);
@@ -132,7 +132,7 @@ pub fn pull(args: PullArgs) -> Result<u8> {
     let source = RemoteName::parse(&args.source)?;
     let progress = bar(args.quiet, format!("pulling {source}"));
     let pulled = kiln_registry::pull(&store, &source, &args.transport.options(), progress.clone());
-    progress.0.finish_and_clear();
+    progress.bar.finish_and_clear();
     let pulled = pulled?;
     if args.quiet {
         outln!("{}", pulled.id);
