@@ -116,6 +116,18 @@ fn a_static_program_from_an_oci_layout_and_archive_sees_the_layers_applied() {
     let tar = Command::new("tar").args(["-cf", "../app.tar", "."]).current_dir(base.join("layout")).status().unwrap();
     assert!(tar.success());
     assert_eq!(build(&home, &base, "oci-archive:app.tar", ""), id);
+
+    // kiln run takes it straight from the archive, as docker run takes an image: made an image named after the file,
+    // then run.
+    let other_home = base.join("other-home");
+    let run = kiln_in(&other_home).current_dir(&base).args(["run", "oci-archive:app.tar"]).run();
+    run.assert_code(0).assert_stdout(&expected);
+    let images = kiln_in(&other_home).args(["images", "-o", "json"]).run();
+    let images: serde_json::Value = serde_json::from_slice(&images.stdout).unwrap();
+    assert_eq!(
+        (&images[0]["name"], &images[0]["tag"], &images[0]["id"]),
+        (&"app".into(), &"latest".into(), &id.into())
+    );
 }
 
 #[test]
@@ -138,8 +150,12 @@ fn a_static_program_from_a_docker_archive_gets_its_config() {
     for line in ["argv[0]=/bin/hello", "argv[1]=7", "KILN_GREETING=from the image", "env[0]=A=from Kiln.toml"] {
         assert!(out.contains(line), "{line}\n{run}");
     }
-    // Arguments replace the Cmd, as with docker run.
+    // Arguments replace the Cmd, as with docker run; and so straight from the archive.
     kiln_in(&home).args(["run", "app", "3"]).run().assert_code(3);
+    let archive = format!("docker-archive:{}", base.join("app.tar").display());
+    let run = kiln_in(&home).args(["run", "--env", "A=2", &archive, "4"]).run();
+    run.assert_code(4);
+    assert!(run.stdout_text().contains("]=A=2\n") && !run.stdout_text().contains("A=1"), "{run}");
 
     // A script whose interpreter is in the image runs it, as execve does: interpreter, its argument, the script.
     let script = Entry::File {

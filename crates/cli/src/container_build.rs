@@ -13,9 +13,9 @@ use kiln_container::program::{self, Program};
 use kiln_container::tree::{Node, Tree};
 use kiln_container::{ContainerImage, Source};
 use kiln_image::build::{add_project_files, store_image, Parts};
-use kiln_image::kiln_toml::{Project, DEFAULT_MEMORY};
+use kiln_image::kiln_toml::{Binary, Project, DEFAULT_MEMORY};
 use kiln_image::size::human;
-use kiln_image::{Reference, Store};
+use kiln_image::{Digest, Reference, Store};
 use kiln_vmm::elf::{ElfImage, ElfKind};
 use kiln_vmm::rewrite::SiteCounts;
 use kiln_vmm::rewrite_cache::RewriteCache;
@@ -24,6 +24,75 @@ use std::path::Path;
 use std::time::Duration;
 
 pub fn build(store: &Store, project: &Project, from: &str, tag: &Reference, quiet: bool) -> Result<u8> {
+    let (digest, manifest, config_digest) = import(store, project, from, tag, quiet)?;
+    if quiet {
+        outln!("{digest}");
+    } else {
+        let size = manifest.total_size(manifest.to_bytes().len() as u64);
+        outln!("built {tag} {} ({}) from {from} ({config_digest})", digest.short(), human(size));
+    }
+    Ok(0)
+}
+
+/// `kiln run oci-archive:...` (and the other sources): the container image made a Kiln image, tagged after where
+/// it came from (`app.tar` → `app:latest`, as `docker load` tags what it loads), and its id, to run.
+pub fn import_for_run(store: &Store, from: &str) -> Result<Digest> {
+    let dir = std::env::current_dir().context("cannot tell the current directory")?;
+    let source = Source::parse(from, &dir)?;
+    let (name, tag) = run_name(&source);
+    let project = Project {
+        dir,
+        name: name.clone(),
+        binary: Binary::Container(from.to_string()),
+        args: Vec::new(),
+        env: Default::default(),
+        files: Default::default(),
+        dirs: Default::default(),
+        memory: DEFAULT_MEMORY,
+        cpus: 1,
+        ports: Vec::new(),
+        volumes: Default::default(),
+        workdir: None,
+    };
+    let reference = Reference::new(&name, &tag)?;
+    Ok(import(store, &project, from, &reference, true)?.0)
+}
+
+/// An image name and tag for a container image run straight from where it is: the file's or directory's name (or
+/// the reference's last path component and tag), in the letters image names allow.
+fn run_name(source: &Source) -> (String, String) {
+    let (base, tag) = match source {
+        Source::OciArchive { path, reference } | Source::DockerArchive { path, reference } => {
+            (path.file_stem().map(|s| s.to_string_lossy().into_owned()), reference.clone())
+        }
+        Source::OciLayout { dir, reference } => {
+            (dir.file_name().map(|s| s.to_string_lossy().into_owned()), reference.clone())
+        }
+        Source::Registry(reference) => {
+            let last = reference.rsplit('/').next().unwrap_or(reference);
+            let (name, tag) = last.split_once('@').or_else(|| last.split_once(':')).unwrap_or((last, "latest"));
+            (Some(name.to_string()), Some(tag.to_string()))
+        }
+    };
+    let clean = |s: &str, allowed: &dyn Fn(char) -> bool| -> String {
+        s.to_lowercase().chars().map(|c| if allowed(c) { c } else { '-' }).collect::<String>()
+    };
+    let name = clean(&base.unwrap_or_default(), &|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    let name = name.trim_matches(['.', '_', '-']).chars().take(64).collect::<String>();
+    let tag =
+        clean(&tag.unwrap_or_else(|| "latest".into()), &|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    let tag = tag.trim_matches(['.', '-']).chars().take(64).collect::<String>();
+    (if name.is_empty() { "container".into() } else { name }, if tag.is_empty() { "latest".into() } else { tag })
+}
+
+/// Reads `from`, makes it a Kiln image with `project`'s settings on top, and stores it as `tag`.
+fn import(
+    store: &Store,
+    project: &Project,
+    from: &str,
+    tag: &Reference,
+    quiet: bool,
+) -> Result<(Digest, kiln_image::Manifest, String)> {
     let source = Source::parse(from, &project.dir)?;
     let step = if quiet { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
     step.enable_steady_tick(Duration::from_millis(120));
@@ -59,13 +128,7 @@ pub fn build(store: &Store, project: &Project, from: &str, tag: &Reference, quie
     let stored = store_image(store, &configured, &parts, tag, |n| bar.inc(n));
     bar.finish_and_clear();
     let (digest, manifest) = stored?;
-    if quiet {
-        outln!("{digest}");
-    } else {
-        let size = manifest.total_size(manifest.to_bytes().len() as u64);
-        outln!("built {tag} {} ({}) from {from} ({})", digest.short(), human(size), image.config_digest);
-    }
-    Ok(0)
+    Ok((digest, manifest, image.config_digest))
 }
 
 struct Converted {
@@ -104,6 +167,7 @@ fn read_and_convert(project: &Project, source: &Source, step: &ProgressBar) -> R
 fn rootfs(project: &Project, tree: &Tree, rewrite_objects: bool) -> Result<(Vec<u8>, SiteCounts)> {
     let cache = kiln_launch::home::rewrite_cache_dir().map(RewriteCache::new);
     let mut builder = RootfsBuilder::reproducible();
+    builder.reserve(tree_bytes(tree));
     let mut sites = SiteCounts::default();
     let mut failed = None;
     tree.walk(|path, node| {
@@ -138,6 +202,19 @@ fn rootfs(project: &Project, tree: &Tree, rewrite_objects: bool) -> Result<(Vec<
     }
     add_project_files(project, &mut builder)?;
     Ok((builder.finish(), sites))
+}
+
+/// The contents of `tree`'s files and links, each padded as the root filesystem pads it.
+fn tree_bytes(tree: &Tree) -> usize {
+    let mut total = 0;
+    tree.walk(|_, node| {
+        total += match node {
+            Node::File { data, .. } => data.len().next_multiple_of(8),
+            Node::Symlink { target } => target.len().next_multiple_of(8),
+            Node::Dir { .. } => 0,
+        }
+    });
+    total
 }
 
 /// A shared object (or a position-independent executable, which the loader maps the same way) rewritten for the
@@ -192,6 +269,20 @@ fn published(exposed: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use kiln_container::Source;
+    use std::path::Path;
+
+    #[test]
+    fn images_run_straight_from_a_source_are_named_after_it() {
+        let name = |s: &str| super::run_name(&Source::parse(s, Path::new("/p")).unwrap());
+        let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
+        assert_eq!(name("docker-archive:build/My App.tar"), pair("my-app", "latest"));
+        assert_eq!(name("oci-archive:app.tar:v2"), pair("app", "v2"));
+        assert_eq!(name("oci:/srv/layouts/web:1.0"), pair("web", "1.0"));
+        assert_eq!(name("registry:ghcr.io/acme/api:2.1"), pair("api", "2.1"));
+        assert_eq!(name("registry:localhost:5000/hello"), pair("hello", "latest"));
+        assert_eq!(name("oci-archive:..tar"), pair("container", "latest"));
+    }
     #[test]
     fn exposed_ports_are_published_on_the_same_host_port() {
         assert_eq!(super::published("80/tcp").as_deref(), Some("80:80"));

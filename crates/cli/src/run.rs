@@ -137,6 +137,13 @@ pub fn run(mut args: RunArgs) -> Result<u8> {
     let spec = match &instance {
         // An instance process launches what its record says, not what its flags would resolve to now.
         Some(instance) => instance.spec()?,
+        // A container image runs in one step, as with `docker run`: made a Kiln image in the store, then run by id.
+        None if kiln_container::Source::is_source(&args.target) => {
+            let store = home::store()?;
+            let id = crate::container_build::import_for_run(&store, &args.target)?;
+            let _reading = store.read_lock()?;
+            kiln_launch::resolve_image(&store, id, &args.target, &args.overrides())?
+        }
         None => kiln_launch::resolve(home::store().ok().as_ref(), &args.target, &args.overrides())?,
     };
     if args.detach && instance.is_none() {

@@ -108,6 +108,12 @@ impl RootfsBuilder {
         Ok(())
     }
 
+    /// Makes room for `data` bytes of contents to come, so that a large tree (a container image's) is not copied
+    /// again each time the buffer grows.
+    pub fn reserve(&mut self, data: usize) {
+        self.data.reserve(data);
+    }
+
     /// Passes every host file added from now on through `filter`.
     pub fn set_host_file_filter(&mut self, filter: HostFileFilter) {
         self.filter = Some(filter);
