@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Container images in: `kiln build` of a docker archive (what `docker save` writes) of about 60 MiB, Debian's python3
-# with its standard library and the libraries it loads, one layer in a merged-/usr layout; against, in the same
+# Container images in: `kiln build` of a docker archive (what `docker save` writes) of 72 MiB, Debian's python3
+# with its standard library and the libraries it loads, one layer in a merged-/usr layout (and the same layer under a
+# static hello as the entrypoint, which has no shared objects to rewrite); against, in the same
 # run, `tar -x` of the archive and of its layer (what unpacking it takes), and `skopeo copy` of it to an OCI
 # layout (Debian's skopeo, if installed). Then the image runs: python3 -c 'print(2+2)'.
 #
@@ -45,6 +46,21 @@ size=$(stat -c %s "$work/python.tar")
 mkdir -p "$work/project"
 printf 'name = "python"\nfrom = "docker-archive:%s"\n' "$work/python.tar" >"$work/project/Kiln.toml"
 
+# The same layer under a second one holding a static hello, the entrypoint: an import with no shared object to
+# rewrite (a static program loads none), which the rewrite cache does not change.
+mkdir -p "$archive/static/root"
+musl-gcc -static -O2 -o "$archive/static/root/hello" "$repo/tests/guests/c/hello.c"
+tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$archive/static/root" -cf "$archive/static/layer.tar" .
+static_id=$(sha256sum "$archive/static/layer.tar" | cut -d' ' -f1)
+mkdir -p "$archive/s"
+printf '{"architecture":"amd64","os":"linux","config":{"Entrypoint":["/hello"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s","sha256:%s"]}}' \
+  "$diff_id" "$static_id" >"$archive/s/static.json"
+printf '[{"Config":"static.json","RepoTags":["static:bench"],"Layers":["layer/layer.tar","static/layer.tar"]}]' \
+  >"$archive/s/manifest.json"
+tar -cf "$work/static.tar" -C "$archive/s" manifest.json static.json -C "$archive" layer/layer.tar static/layer.tar
+mkdir -p "$work/static-project"
+printf 'name = "static"\nfrom = "docker-archive:%s"\n' "$work/static.tar" >"$work/static-project/Kiln.toml"
+
 # The baselines as scripts, since timeit splits its commands at spaces.
 cat >"$work/untar.sh" <<EOF
 #!/bin/sh
@@ -77,7 +93,8 @@ done
 echo "first build into an empty store and rewrite cache (every shared object rewritten), 3 runs: ${cold[*]} ms"
 echo
 echo '```'
-"$out/timeit" "$rounds" "kiln-build=$KILN build -q -f $work/project/Kiln.toml" "${baselines[@]}"
+"$out/timeit" "$rounds" "kiln-build=$KILN build -q -f $work/project/Kiln.toml" \
+  "kiln-build-static=$KILN build -q -f $work/static-project/Kiln.toml" "${baselines[@]}"
 echo '```'
 # CPU time, which the machine's load changes less than wall time (perf, if installed).
 if command -v perf >/dev/null; then
@@ -88,6 +105,7 @@ if command -v perf >/dev/null; then
   }
   echo
   echo "CPU time (user + system, task-clock; median of 5, ms): kiln-build $(cpu_ms "$KILN" build -q -f "$work/project/Kiln.toml")," \
+    "kiln-build-static $(cpu_ms "$KILN" build -q -f "$work/static-project/Kiln.toml")," \
     "untar $(cpu_ms "$work/untar.sh")$(command -v skopeo >/dev/null && echo ", skopeo-copy $(cpu_ms "$work/skopeo.sh")")"
 fi
 echo

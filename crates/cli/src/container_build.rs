@@ -5,7 +5,7 @@
 //! WorkingDir and ExposedPorts become the image's program and arguments, environment, working directory and ports;
 //! `Kiln.toml`'s own `args`, `env`, `workdir` and `ports` override them, and its `files` and `dirs` go on top.
 
-use crate::image_build::{bar, prepare};
+use crate::image_build::bar;
 use crate::run::KERNEL;
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::ProgressBar;
@@ -20,6 +20,7 @@ use kiln_vmm::elf::{ElfImage, ElfKind};
 use kiln_vmm::rewrite::SiteCounts;
 use kiln_vmm::rewrite_cache::RewriteCache;
 use kiln_vmm::rootfs::RootfsBuilder;
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -155,7 +156,7 @@ fn read_and_convert(project: &Project, source: &Source, step: &ProgressBar) -> R
         }
     }
     step.set_message(format!("preparing {}", program.path));
-    let prepared = prepare(Path::new(&program.path), &bytes)?;
+    let prepared = prepare(&elf, &bytes).map_err(|e| anyhow!("{shown}: {e}"))?;
     if dynamic {
         step.set_message("rewriting the image's shared objects");
     }
@@ -163,38 +164,45 @@ fn read_and_convert(project: &Project, source: &Source, step: &ProgressBar) -> R
     Ok(Converted { image, program, bytes, prepared, rootfs, sites })
 }
 
+/// The program with its syscalls rewritten, as the VMM loads it, through the rewrite cache: a large program (python3
+/// is 6.8 MB) is decoded once, not at each import.
+fn prepare(elf: &ElfImage, bytes: &[u8]) -> Result<Vec<u8>, kiln_vmm::loader::LoaderError> {
+    let prepared = match kiln_launch::home::rewrite_cache_dir().map(RewriteCache::new) {
+        Some(cache) => cache.prepare(elf, bytes)?.0,
+        None => kiln_vmm::loader::prepare_program(elf, bytes)?,
+    };
+    Ok(kiln_vmm::rewrite_cache::encode(&prepared))
+}
+
 /// The image's files (shared objects rewritten if `rewrite_objects`), then the project's `dirs` and `files`.
 fn rootfs(project: &Project, tree: &Tree, rewrite_objects: bool) -> Result<(Vec<u8>, SiteCounts)> {
-    let cache = kiln_launch::home::rewrite_cache_dir().map(RewriteCache::new);
+    let (rewritten, sites) = match rewrite_objects {
+        true => shared_objects(tree)?,
+        false => (HashMap::new(), SiteCounts::default()),
+    };
     let mut builder = RootfsBuilder::reproducible();
-    builder.reserve(tree_bytes(tree));
-    let mut sites = SiteCounts::default();
+    // The exact size of the contents, so that the buffer (of 72 MiB for Debian's python3) is never copied to grow.
+    let mut data = 0;
+    tree.walk(|path, node| {
+        data += match node {
+            Node::File { data, .. } => rewritten.get(path).map_or(data.len(), Vec::len).next_multiple_of(8),
+            Node::Symlink { target } => target.len().next_multiple_of(8),
+            Node::Dir { .. } => 0,
+        }
+    });
+    builder.reserve(data);
     let mut failed = None;
     tree.walk(|path, node| {
         if failed.is_some() {
             return;
         }
         let added = match node {
-            Node::Dir { mode, .. } => builder.add_dir(path, *mode).map_err(anyhow::Error::from),
-            Node::Symlink { target } => builder.add_symlink(path, target.as_bytes()).map_err(anyhow::Error::from),
-            Node::File { mode, data } => match rewrite_objects.then(|| shared_object(path, data, cache.as_ref())) {
-                Some(Ok(Some((rewritten, counts)))) => {
-                    if counts.in_place > 0 {
-                        Err(anyhow!(
-                            "{path} has {} syscall sites Kiln could not move to stubs, which images do not support yet",
-                            counts.in_place
-                        ))
-                    } else {
-                        sites = sites + counts;
-                        builder.add_file(path, *mode, &rewritten).map_err(anyhow::Error::from)
-                    }
-                }
-                Some(Err(e)) => Err(e),
-                Some(Ok(None)) | None => builder.add_file(path, *mode, data).map_err(anyhow::Error::from),
-            },
+            Node::Dir { mode, .. } => builder.add_dir(path, *mode),
+            Node::Symlink { target } => builder.add_symlink(path, target.as_bytes()),
+            Node::File { mode, data } => builder.add_file(path, *mode, rewritten.get(path).unwrap_or(data)),
         };
         if let Err(e) = added {
-            failed = Some(e.context(format!("the image's {path}")));
+            failed = Some(anyhow::Error::from(e).context(format!("the image's {path}")));
         }
     });
     if let Some(e) = failed {
@@ -204,22 +212,60 @@ fn rootfs(project: &Project, tree: &Tree, rewrite_objects: bool) -> Result<(Vec<
     Ok((builder.finish(), sites))
 }
 
-/// The contents of `tree`'s files and links, each padded as the root filesystem pads it.
-fn tree_bytes(tree: &Tree) -> usize {
-    let mut total = 0;
-    tree.walk(|_, node| {
-        total += match node {
-            Node::File { data, .. } => data.len().next_multiple_of(8),
-            Node::Symlink { target } => target.len().next_multiple_of(8),
-            Node::Dir { .. } => 0,
+/// Every shared object in `tree`, rewritten, by path; with their syscall sites, none of which may stay in place.
+/// A first import rewrites them all (python3's 60 take seconds), so they are shared out among the host's CPUs.
+fn shared_objects(tree: &Tree) -> Result<(HashMap<String, Vec<u8>>, SiteCounts)> {
+    let mut elf_files: Vec<(String, &[u8])> = Vec::new();
+    tree.walk(|path, node| {
+        if let Node::File { data, .. } = node {
+            if data.starts_with(b"\x7fELF") {
+                elf_files.push((path.to_string(), data));
+            }
         }
     });
-    total
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(elf_files.len().max(1));
+    let done: Vec<Vec<(usize, Result<Option<Rewritten>>)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|worker| {
+                let elf_files = &elf_files;
+                scope.spawn(move || {
+                    let cache = kiln_launch::home::rewrite_cache_dir().map(RewriteCache::new);
+                    (worker..elf_files.len())
+                        .step_by(workers)
+                        .map(|i| (i, shared_object(&elf_files[i].0, elf_files[i].1, cache.as_ref())))
+                        .collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("a rewriting thread does not panic")).collect()
+    });
+    let mut results: Vec<_> = done.into_iter().flatten().collect();
+    results.sort_by_key(|(i, _)| *i);
+    let mut rewritten = HashMap::new();
+    let mut sites = SiteCounts::default();
+    for (i, result) in results {
+        let path = &elf_files[i].0;
+        match result.with_context(|| format!("the image's {path}"))? {
+            Some((_, counts)) if counts.in_place > 0 => bail!(
+                "the image's {path} has {} syscall sites Kiln could not move to stubs, which images do not support yet",
+                counts.in_place
+            ),
+            Some((bytes, counts)) => {
+                sites = sites + counts;
+                rewritten.insert(path.clone(), bytes);
+            }
+            None => {}
+        }
+    }
+    Ok((rewritten, sites))
 }
+
+/// A shared object's bytes as rewritten, and its syscall sites.
+type Rewritten = (Vec<u8>, SiteCounts);
 
 /// A shared object (or a position-independent executable, which the loader maps the same way) rewritten for the
 /// guest, with its sites; `None` for any other file, ELF files Kiln cannot read included (as `--dir` does).
-fn shared_object(path: &str, data: &[u8], cache: Option<&RewriteCache>) -> Result<Option<(Vec<u8>, SiteCounts)>> {
+fn shared_object(path: &str, data: &[u8], cache: Option<&RewriteCache>) -> Result<Option<Rewritten>> {
     if !data.starts_with(b"\x7fELF") {
         return Ok(None);
     }

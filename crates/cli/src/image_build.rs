@@ -112,7 +112,7 @@ fn image_rootfs(project: &Project, program_path: &Path, program: &[u8]) -> Resul
 }
 
 /// The program with its syscalls rewritten, as the VMM loads it (`kiln_vmm::rewrite_cache` format).
-pub(crate) fn prepare(path: &Path, program: &[u8]) -> Result<Vec<u8>> {
+fn prepare(path: &Path, program: &[u8]) -> Result<Vec<u8>> {
     let elf = kiln_vmm::elf::ElfImage::parse(program).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let prepared = kiln_vmm::loader::prepare_program(&elf, program).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     Ok(kiln_vmm::rewrite_cache::encode(&prepared))

@@ -153,8 +153,8 @@ impl Tree {
     }
 
     /// Every entry in name order, parents before their children, with its absolute path.
-    pub fn walk(&self, mut visit: impl FnMut(&str, &Node)) {
-        fn go(node: &Node, path: &mut String, visit: &mut dyn FnMut(&str, &Node)) {
+    pub fn walk<'a>(&'a self, mut visit: impl FnMut(&str, &'a Node)) {
+        fn go<'a>(node: &'a Node, path: &mut String, visit: &mut dyn FnMut(&str, &'a Node)) {
             if let Node::Dir { children, .. } = node {
                 for (name, child) in children {
                     let len = path.len();
