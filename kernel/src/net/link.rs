@@ -81,6 +81,58 @@ impl Link {
     }
 }
 
+impl Link {
+    /// The next packet for the stack, in a device that holds it alone (and sends on the link), so that its socket
+    /// can be found before smoltcp is given it (`sockets::Sockets::route`).
+    pub fn next_packet(&mut self, now: Instant) -> Option<Single<'_>> {
+        let caps = self.capabilities();
+        let (rx, TxToken(out)) = self.receive(now)?;
+        Some(Single { rx: Some(rx), out, caps })
+    }
+}
+
+/// One packet from the link, as a device for `Interface::poll_ingress_single`; what smoltcp answers goes on the link.
+pub struct Single<'a> {
+    rx: Option<RxToken<'a>>,
+    out: &'a mut Egress,
+    caps: DeviceCapabilities,
+}
+
+impl Single<'_> {
+    /// The IP packet.
+    pub fn packet(&self) -> &[u8] {
+        match &self.rx {
+            Some(RxToken::Owned(packet)) => packet,
+            Some(RxToken::Card { rx, slot, len }) => &rx.frame(*slot, *len)[ETHERNET_HEADER..],
+            None => &[],
+        }
+    }
+}
+
+impl<'a> Device for Single<'a> {
+    type RxToken<'b>
+        = RxToken<'a>
+    where
+        Self: 'b;
+    type TxToken<'b>
+        = TxToken<'b>
+    where
+        Self: 'b;
+
+    fn receive(&mut self, _now: Instant) -> Option<(RxToken<'a>, TxToken<'_>)> {
+        let rx = self.rx.take()?;
+        Some((rx, TxToken(&mut *self.out)))
+    }
+
+    fn transmit(&mut self, _now: Instant) -> Option<TxToken<'_>> {
+        Some(TxToken(&mut *self.out))
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        self.caps.clone()
+    }
+}
+
 impl Device for Link {
     type RxToken<'a> = RxToken<'a>;
     type TxToken<'a> = TxToken<'a>;

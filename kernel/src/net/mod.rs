@@ -18,28 +18,32 @@ pub mod link;
 pub mod netlink;
 pub mod options;
 pub mod socket;
+pub mod sockets;
 pub mod unix;
 pub mod virtio;
 
 use crate::file::wait::Waitable;
 use crate::sync::{SpinGuard, SpinLock};
 use crate::time;
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 use kiln_abi::boot::NetInfo;
 use link::Link;
-use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
+use smoltcp::iface::{Config, Interface, PollResult};
+use sockets::{Handle, Sockets};
 use smoltcp::socket::{tcp, udp};
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint, Ipv4Address, Ipv6Address};
 
 /// First port handed out to sockets that did not bind one (Linux's default ephemeral range).
 const EPHEMERAL_FIRST: u16 = 32768;
 const EPHEMERAL_LAST: u16 = 60999;
-/// How many polls one call may make while they keep changing state (each moves packets one hop on the loopback).
+/// How many rounds one poll may make while sockets keep sending (each moves packets one hop on the loopback).
 /// Reaching it leaves packets queued: the stack is then due for another poll at once (`next_deadline`).
 const POLL_ROUNDS: usize = 1024;
+/// Most packets one round takes in: a card that keeps receiving cannot hold a poll forever.
+const ROUND_PACKETS: usize = 4096;
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 pub enum Protocol {
@@ -77,12 +81,12 @@ pub struct Stack {
     /// The card's addresses, if the VM has one that works.
     external: Option<Ipv4Address>,
     external6: Option<Ipv6Address>,
-    pub sockets: SocketSet<'static>,
+    pub sockets: Sockets,
     /// Ports in use, per protocol, and who holds each (several, when they all share it).
     ports: BTreeMap<(Protocol, u16), Vec<PortClaim>>,
     next_ephemeral: u16,
     /// Closed TCP connections still finishing their FIN exchange; removed once smoltcp is done with them.
-    closing: Vec<SocketHandle>,
+    closing: BTreeSet<Handle>,
     /// The last poll stopped before the stack was quiet: packets may wait on the loopback.
     unfinished: bool,
     /// TCP ports with a listener, and how many listeners each has.
@@ -93,7 +97,7 @@ pub struct Stack {
     pub room_waiters: Vec<Arc<Waitable>>,
     /// The smoltcp sockets of descriptors: whose waitable a change of each tells, and what it looked like after the
     /// last poll or the program's last use of it.
-    tracked: BTreeMap<SocketHandle, Tracked>,
+    tracked: BTreeMap<Handle, Tracked>,
     /// Waitables to tell once the stack's lock is released (telling wakes threads, under the scheduler's lock, which
     /// is taken before the stack's elsewhere).
     to_tell: Vec<Arc<Waitable>>,
@@ -123,7 +127,7 @@ struct Look {
     unsent: usize,
 }
 
-fn look(sockets: &SocketSet<'_>, handle: SocketHandle, is_tcp: bool) -> Look {
+fn look(sockets: &Sockets, handle: Handle, is_tcp: bool) -> Look {
     if is_tcp {
         let tcp = sockets.get::<tcp::Socket>(handle);
         Look { state: Some(tcp.state()), received: tcp.recv_queue(), unsent: tcp.send_queue() }
@@ -184,10 +188,10 @@ pub fn stack() -> SpinGuard<'static, Option<Stack>> {
             device,
             external: external.map(|card| card.ip),
             external6: external.and_then(|card| card.ip6).map(|v6| v6.ip),
-            sockets: SocketSet::new(Vec::new()),
+            sockets: Sockets::new(hash_seed()),
             ports: BTreeMap::new(),
             next_ephemeral: EPHEMERAL_FIRST,
-            closing: Vec::new(),
+            closing: BTreeSet::new(),
             unfinished: false,
             listeners: BTreeMap::new(),
             accepts: 0,
@@ -197,6 +201,13 @@ pub fn stack() -> SpinGuard<'static, Option<Stack>> {
         });
     }
     guard
+}
+
+/// A secret key for the socket table's hashes, from the boot's randomness.
+fn hash_seed() -> u64 {
+    let mut seed = [0u8; 8];
+    crate::syscalls::random::fill(&mut seed);
+    u64::from_ne_bytes(seed)
 }
 
 /// Sets the network card up and puts it on the link with the addresses the VMM gave it. A card that does not start
@@ -361,8 +372,7 @@ pub fn linger() {
 /// program closed, finishing in the background, wakes nobody: it must not hide a deadlock of the rest.
 pub fn can_wake() -> bool {
     STACK.lock().as_ref().is_some_and(|s| {
-        s.external.is_some()
-            && s.sockets.iter().any(|(handle, socket)| s.tracked.contains_key(&handle) && reachable(socket))
+        s.external.is_some() && s.tracked.keys().any(|&handle| reachable(s.sockets.socket(handle)))
     })
 }
 
@@ -394,59 +404,81 @@ pub fn has_frames() -> bool {
 pub fn next_deadline() -> Option<u64> {
     let mut guard = STACK.lock();
     let s = guard.as_mut()?;
-    if s.unfinished || s.device.has_frames() {
+    if s.unfinished || s.device.has_frames() || s.sockets.has_pending() {
         return Some(time::since_boot_ns());
     }
-    let delay = s.iface.poll_delay(now(), &s.sockets)?;
-    Some(time::since_boot_ns().saturating_add(delay.total_micros() * 1000))
+    let due = s.sockets.next_due()?;
+    Some(u64::try_from(due.total_micros()).unwrap_or(0).saturating_mul(1000))
 }
 
 impl Stack {
-    /// Polls until nothing changes: a poll that changed no socket and left no packet on the loopback (which
-    /// arrives only at the next poll); then notes which sockets changed, to be told.
+    /// Polls until no socket has more to send and nothing is left on the loopback; then notes which sockets changed,
+    /// to be told.
     fn poll(&mut self) {
-        let mut changed = false;
-        // Once per poll, not per round: within one, backlog sockets only leave the listening state, each by a SYN
-        // the room was counted down for.
-        self.count_syn_room();
+        let mut touched = Vec::new();
         // A second pass only to send the resets of closed connections that data came to (`reap`).
         for _ in 0..2 {
-            changed |= self.rounds();
+            self.rounds();
             if self.device.flush() {
                 let _ = KICK_OWED.compare_exchange(0, time::since_boot_ns().max(1), Ordering::SeqCst, Ordering::SeqCst);
             }
-            if !self.reap() {
+            let reached = self.sockets.take_touched();
+            let aborted = self.reap(&reached);
+            touched.extend(reached);
+            if !aborted {
                 break;
             }
         }
-        // A poll whose every round was quiet changed no socket: every look is as it was.
-        if changed {
-            self.note_changes();
-        }
+        self.note_changes(&touched);
     }
 
-    /// Polls smoltcp until a round changes nothing and leaves nothing on the loopback, at most [`POLL_ROUNDS`]
-    /// times; whether any round changed something.
-    fn rounds(&mut self) -> bool {
-        let mut changed = false;
+    /// Rounds of: a turn to send for each socket that has one (the program changed it, a packet came to it, a timer
+    /// of it is due, or it sent in the last round), then the packets waiting on the link, each handed to smoltcp with
+    /// only the socket it is for; until a round leaves no socket with a turn and nothing on the loopback, at most
+    /// [`POLL_ROUNDS`] times.
+    fn rounds(&mut self) {
         self.unfinished = true;
-        for _ in 0..POLL_ROUNDS {
-            if self.iface.poll(now(), &mut self.device, &mut self.sockets) == PollResult::None {
-                if self.device.is_idle() {
-                    self.unfinished = false;
-                    break;
+        let now = now();
+        let (external, external6) = (self.external, self.external6);
+        // Beyond the VM's own and loopback addresses, a unicast address the stack was given is a broadcast one.
+        let broadcast = move |addr: IpAddress| match addr {
+            IpAddress::Ipv4(v4) => !v4.is_loopback() && Some(v4) != external,
+            IpAddress::Ipv6(v6) => !v6.is_loopback() && Some(v6) != external6,
+        };
+        for round in 0..POLL_ROUNDS {
+            for handle in self.sockets.take_pending(now) {
+                let sent = self.iface.poll_egress(now, &mut self.device, self.sockets.set_mut(Some(handle)));
+                self.sockets.polled(handle, &mut self.iface, now);
+                if sent == PollResult::SocketStateChanged {
+                    self.sockets.mark(handle);
                 }
-            } else {
-                changed = true;
+            }
+            // Once per poll, after the program's changes are filed: within one, backlog sockets only leave the
+            // listening state, each by a SYN the room was counted down for.
+            if round == 0 {
+                self.count_syn_room();
+            }
+            for _ in 0..ROUND_PACKETS {
+                let Some(mut packet) = self.device.next_packet(now) else { break };
+                let handle = self.sockets.route(&sockets::target(packet.packet()), broadcast);
+                self.iface.poll_ingress_single(now, &mut packet, self.sockets.set_mut(handle));
+                if let Some(handle) = handle {
+                    self.sockets.polled(handle, &mut self.iface, now);
+                    self.sockets.mark(handle);
+                }
+            }
+            if !self.sockets.has_pending() && self.device.is_idle() {
+                self.unfinished = false;
+                break;
             }
         }
-        changed
     }
 
-    /// Queues the waitables of the sockets that look different from the last look to be told.
-    fn note_changes(&mut self) {
-        for (&handle, tracked) in self.tracked.iter_mut() {
-            let now = look(&self.sockets, handle, tracked.tcp);
+    /// Queues the waitables of the sockets among `touched` that look different from the last look to be told.
+    fn note_changes(&mut self, touched: &[Handle]) {
+        for handle in touched {
+            let Some(tracked) = self.tracked.get_mut(handle) else { continue };
+            let now = look(&self.sockets, *handle, tracked.tcp);
             tracked.peer_fin |= now.state.is_some_and(after_peer_fin);
             if now != tracked.seen {
                 tracked.seen = now;
@@ -456,14 +488,14 @@ impl Stack {
     }
 
     /// Adds a TCP socket whose changes `waitable` is told of.
-    pub fn add_tcp(&mut self, socket: tcp::Socket<'static>, waitable: &Arc<Waitable>) -> SocketHandle {
+    pub fn add_tcp(&mut self, socket: tcp::Socket<'static>, waitable: &Arc<Waitable>) -> Handle {
         let handle = self.sockets.add(socket);
         self.track(handle, waitable);
         handle
     }
 
     /// Adds a UDP socket whose changes `waitable` is told of.
-    pub fn add_udp(&mut self, socket: udp::Socket<'static>, waitable: &Arc<Waitable>) -> SocketHandle {
+    pub fn add_udp(&mut self, socket: udp::Socket<'static>, waitable: &Arc<Waitable>) -> Handle {
         let handle = self.sockets.add(socket);
         self.track_as(handle, waitable, false);
         handle
@@ -471,11 +503,11 @@ impl Stack {
 
     /// From now on, changes of TCP socket `handle` tell `waitable` (an accepted connection's, no longer its
     /// listener's).
-    pub fn track(&mut self, handle: SocketHandle, waitable: &Arc<Waitable>) {
+    pub fn track(&mut self, handle: Handle, waitable: &Arc<Waitable>) {
         self.track_as(handle, waitable, true);
     }
 
-    fn track_as(&mut self, handle: SocketHandle, waitable: &Arc<Waitable>, tcp: bool) {
+    fn track_as(&mut self, handle: Handle, waitable: &Arc<Waitable>, tcp: bool) {
         let seen = look(&self.sockets, handle, tcp);
         // A backlog connection handed to its own descriptor keeps what was seen of it.
         let peer_fin = seen.state.is_some_and(after_peer_fin) || self.tracked.get(&handle).is_some_and(|t| t.peer_fin);
@@ -484,7 +516,7 @@ impl Stack {
 
     /// The program read from or wrote to `handle`: that is no change for anyone to hear of, so the next poll
     /// compares with how it looks now.
-    pub fn looked_at(&mut self, handle: SocketHandle) {
+    pub fn looked_at(&mut self, handle: Handle) {
         if let Some(tracked) = self.tracked.get_mut(&handle) {
             tracked.seen = look(&self.sockets, handle, tracked.tcp);
             tracked.peer_fin |= tracked.seen.state.is_some_and(after_peer_fin);
@@ -493,14 +525,15 @@ impl Stack {
 
     /// Whether TCP socket `handle`'s peer has finished sending (its FIN came), even if the connection has closed
     /// since.
-    pub fn peer_finished(&self, handle: SocketHandle) -> bool {
+    pub fn peer_finished(&self, handle: Handle) -> bool {
         after_peer_fin(self.sockets.get::<tcp::Socket>(handle).state())
             || self.tracked.get(&handle).is_some_and(|t| t.peer_fin)
     }
 
     /// Removes a smoltcp socket at once.
-    pub fn remove(&mut self, handle: SocketHandle) {
+    pub fn remove(&mut self, handle: Handle) {
         self.tracked.remove(&handle);
+        self.closing.remove(&handle);
         self.sockets.remove(handle);
     }
 
@@ -558,39 +591,31 @@ impl Stack {
             return;
         }
         for &port in self.listeners.keys() {
-            room.insert(port, 0);
-        }
-        for (_, socket) in self.sockets.iter() {
-            if let smoltcp::socket::Socket::Tcp(tcp) = socket {
-                if tcp.state() == tcp::State::Listen {
-                    if let Some(n) = room.get_mut(&tcp.listen_endpoint().port) {
-                        *n += 1;
-                    }
-                }
-            }
+            room.insert(port, self.sockets.listening_on(port));
         }
     }
 
-    /// Forgets connections that finished closing. One that data came to after the program closed it, which nobody
-    /// will read, is reset, as Linux does; returns whether one was (its reset goes at the next poll).
-    fn reap(&mut self) -> bool {
-        let sockets = &mut self.sockets;
-        let tracked = &mut self.tracked;
+    /// Forgets connections among `touched` that finished closing. One that data came to after the program closed
+    /// it, which nobody will read, is reset, as Linux does; returns whether one was (its reset goes at the next
+    /// poll).
+    fn reap(&mut self, touched: &[Handle]) -> bool {
         let mut aborted = false;
-        self.closing.retain(|&h| {
-            let tcp = sockets.get_mut::<tcp::Socket>(h);
+        for &h in touched {
+            if !self.closing.contains(&h) {
+                continue;
+            }
+            let tcp = self.sockets.get::<tcp::Socket>(h);
             if tcp.recv_queue() > 0 && !matches!(tcp.state(), tcp::State::Closed | tcp::State::TimeWait) {
-                tcp.abort();
+                self.sockets.get_mut::<tcp::Socket>(h).abort();
                 aborted = true;
-                return true;
+                continue;
             }
-            let done = matches!(tcp.state(), tcp::State::Closed | tcp::State::TimeWait);
-            if done {
-                sockets.remove(h);
-                tracked.remove(&h);
+            if matches!(tcp.state(), tcp::State::Closed | tcp::State::TimeWait) {
+                self.closing.remove(&h);
+                self.sockets.remove(h);
+                self.tracked.remove(&h);
             }
-            !done
-        });
+        }
         // Should no poll follow at once, the next is due now.
         self.unfinished |= aborted;
         aborted
@@ -630,16 +655,16 @@ impl Stack {
 
     /// A TCP connection the program closed with SO_LINGER's zero timeout: it is reset (at the next poll), then
     /// forgotten.
-    pub fn abort_later(&mut self, handle: SocketHandle) {
+    pub fn abort_later(&mut self, handle: Handle) {
         self.sockets.get_mut::<tcp::Socket>(handle).abort();
         self.tracked.remove(&handle);
-        self.closing.push(handle);
+        self.closing.insert(handle);
     }
 
     /// A TCP connection the program closed: it finishes its FIN exchange in the background.
-    pub fn close_later(&mut self, handle: SocketHandle) {
+    pub fn close_later(&mut self, handle: Handle) {
         self.sockets.get_mut::<tcp::Socket>(handle).close();
         self.tracked.remove(&handle);
-        self.closing.push(handle);
+        self.closing.insert(handle);
     }
 }

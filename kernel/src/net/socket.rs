@@ -8,6 +8,7 @@
 use super::addr::{self, AF_INET6};
 use super::kept;
 use super::options::{Direction, Options, DEFAULT_BUFFER};
+use super::sockets::Handle;
 use super::{inspect, with, Families, PortClaim, Protocol, Stack};
 use crate::errno::Errno;
 use crate::file::wait::Waitable;
@@ -17,7 +18,6 @@ use crate::time;
 use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
-use smoltcp::iface::SocketHandle;
 use smoltcp::socket::{tcp, udp};
 use smoltcp::wire::{IpAddress, IpEndpoint, IpListenEndpoint};
 
@@ -33,10 +33,10 @@ pub const MAX_BACKLOG: usize = 128;
 enum Role {
     /// TCP before `connect` or `listen`.
     Fresh,
-    Connecting(SocketHandle),
-    Connected(SocketHandle),
-    Listening(Vec<SocketHandle>),
-    Datagram(SocketHandle),
+    Connecting(Handle),
+    Connected(Handle),
+    Listening(Vec<Handle>),
+    Datagram(Handle),
 }
 
 struct State {
@@ -130,7 +130,7 @@ const CARD_ACK_DELAY: smoltcp::time::Duration = smoltcp::time::Duration::from_mi
 /// Connection `h` is established: if its peer is beyond the library OS (not the loopback, nor the VM's own address,
 /// which the link also keeps inside), its ACKs wait [`CARD_ACK_DELAY`] for a reply to ride on, as Linux's do, instead
 /// of costing a frame of their own (redis through `-p` sent two frames a request, the reply and a bare ACK).
-fn delay_acks_off_the_loopback(s: &mut Stack, h: SocketHandle) {
+fn delay_acks_off_the_loopback(s: &mut Stack, h: Handle) {
     let outside = s.sockets.get::<tcp::Socket>(h).remote_endpoint().is_some_and(|peer| !s.is_own(peer.addr));
     if outside {
         s.sockets.get_mut::<tcp::Socket>(h).set_ack_delay(Some(CARD_ACK_DELAY));
@@ -313,9 +313,13 @@ impl Socket {
             if let Err(e) = replace_reset(s, handles, endpoint, &self.waitable, &options) {
                 return Some(Err(e));
             }
-            let ready = handles.iter().position(|&h| {
-                matches!(s.sockets.get::<tcp::Socket>(h).state(), tcp::State::Established | tcp::State::CloseWait)
-            })?;
+            // The connection that came first, as from Linux's accept queue.
+            let ready = (0..handles.len())
+                .filter(|&i| {
+                    let state = s.sockets.get::<tcp::Socket>(handles[i]).state();
+                    matches!(state, tcp::State::Established | tcp::State::CloseWait)
+                })
+                .min_by_key(|&i| s.sockets.arrival(handles[i]))?;
             let fresh = match listening(s, listened_on(s, handles[ready], endpoint), &self.waitable, &options) {
                 Ok(fresh) => fresh,
                 Err(e) => return Some(Err(e)),
@@ -721,7 +725,7 @@ impl Socket {
 /// client that gave up), so that the listener keeps its backlog.
 fn replace_reset(
     s: &mut Stack,
-    handles: &mut [SocketHandle],
+    handles: &mut [Handle],
     endpoint: IpListenEndpoint,
     waitable: &Arc<Waitable>,
     options: &Options,
@@ -736,14 +740,14 @@ fn replace_reset(
 }
 
 /// SO_RCVLOWAT of connection `h`: the bytes that make it readable, at most what its buffer holds.
-fn low_water(st: &State, s: &Stack, h: SocketHandle) -> usize {
+fn low_water(st: &State, s: &Stack, h: Handle) -> usize {
     let asked = usize::try_from(st.options.kept.value(kept::SO_RCVLOWAT)).unwrap_or(1);
     asked.clamp(1, s.sockets.get::<tcp::Socket>(h).recv_capacity())
 }
 
 /// Where backlog socket `h` listened (an IPv6-only listener's sockets each listen on one address), for the socket
 /// that takes its place; `endpoint`, the listener's, if smoltcp forgot.
-fn listened_on(s: &Stack, h: SocketHandle, endpoint: IpListenEndpoint) -> IpListenEndpoint {
+fn listened_on(s: &Stack, h: Handle, endpoint: IpListenEndpoint) -> IpListenEndpoint {
     let listened = s.sockets.get::<tcp::Socket>(h).listen_endpoint();
     if listened.port == 0 {
         endpoint
@@ -758,7 +762,7 @@ fn listening(
     endpoint: IpListenEndpoint,
     waitable: &Arc<Waitable>,
     options: &Options,
-) -> Result<SocketHandle, Errno> {
+) -> Result<Handle, Errno> {
     let mut socket = tcp_socket(options)?;
     socket.listen(endpoint).map_err(|_| Errno::EADDRINUSE)?;
     Ok(s.add_tcp(socket, waitable))
@@ -772,7 +776,7 @@ fn dial(
     local: (Option<IpAddress>, u16),
     waitable: &Arc<Waitable>,
     options: &Options,
-) -> Result<SocketHandle, Errno> {
+) -> Result<Handle, Errno> {
     let source = match local.0 {
         Some(bound) => bound,
         None => s.source_for(remote.addr)?,
@@ -829,7 +833,7 @@ fn refresh(st: &mut State, s: &mut Stack, waitable: &Arc<Waitable>) {
 
 /// An IPv6-only UDP socket bound to every address (smoltcp binds one or all) may be handed IPv4 datagrams: they are
 /// dropped before the program can see them, as Linux never delivers them.
-fn drop_ipv4(s: &mut Stack, h: SocketHandle) {
+fn drop_ipv4(s: &mut Stack, h: Handle) {
     let udp = s.sockets.get_mut::<udp::Socket>(h);
     let mut dropped = false;
     while udp.peek().is_ok_and(|(_, meta)| matches!(meta.endpoint.addr, IpAddress::Ipv4(_))) {
@@ -844,7 +848,7 @@ fn drop_ipv4(s: &mut Stack, h: SocketHandle) {
 
 /// Keeps the error of a connection that was reset, once: it closed without both FINs having gone (a reset, or
 /// keep-alive giving up). Linux's error: EPIPE if the peer had finished sending, ECONNRESET otherwise.
-fn note_reset(st: &mut State, s: &Stack, h: SocketHandle) {
+fn note_reset(st: &mut State, s: &Stack, h: Handle) {
     if st.closed_seen || s.sockets.get::<tcp::Socket>(h).state() != tcp::State::Closed {
         return;
     }

@@ -16,7 +16,7 @@ mod netlink;
 mod path;
 pub mod priority;
 mod process;
-mod random;
+pub mod random;
 pub mod sendfile;
 pub mod signal;
 mod statfs;
