@@ -18,7 +18,6 @@ pub mod link;
 pub mod netlink;
 pub mod options;
 pub mod socket;
-pub mod sockets;
 pub mod unix;
 pub mod virtio;
 
@@ -32,7 +31,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use kiln_abi::boot::NetInfo;
 use link::Link;
 use smoltcp::iface::{Config, Interface, PollResult};
-use sockets::{Handle, Sockets};
+use kiln_sockets::{self as sockets, Handle, Sockets};
 use smoltcp::socket::{tcp, udp};
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint, Ipv4Address, Ipv6Address};
 

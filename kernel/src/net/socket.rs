@@ -8,7 +8,7 @@
 use super::addr::{self, AF_INET6};
 use super::kept;
 use super::options::{Direction, Options, DEFAULT_BUFFER};
-use super::sockets::Handle;
+use kiln_sockets::Handle;
 use super::{inspect, with, Families, PortClaim, Protocol, Stack};
 use crate::errno::Errno;
 use crate::file::wait::Waitable;

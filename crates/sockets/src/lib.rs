@@ -1,4 +1,4 @@
-//! The stack's smoltcp sockets, each in a socket set of its own, found for a packet by what the packet names: a TCP
+//! A TCP/IP stack's smoltcp sockets, each in a socket set of its own, found for a packet by what the packet names: a TCP
 //! segment by its four addresses and ports (a hash map), a connection request (a segment without ACK) by its port
 //! among the sockets still listening there, a UDP datagram by its port. smoltcp's `Interface::poll` visits every
 //! socket of the set it is given, for each packet and for sending; handing it a set of one socket makes a packet's
@@ -6,6 +6,10 @@
 //!
 //! Which sockets a poll must give a turn to send is known too: those the program changed (`get_mut`), those a packet
 //! came to, and those whose timer (a retransmission, a delayed ACK) is due, kept in a deadline index.
+
+#![no_std]
+
+extern crate alloc;
 
 use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
@@ -154,6 +158,13 @@ impl Sockets {
     /// The socket, to change: it gets a turn to send at the next poll, and is filed anew then.
     pub fn get_mut<T: AnySocket<'static>>(&mut self, handle: Handle) -> &mut T {
         self.mark(handle);
+        let slot = self.slot_mut(handle);
+        slot.set.get_mut::<T>(slot.inner)
+    }
+
+    /// The socket, to change without a turn to send: for one whose change may be nothing, which the caller then
+    /// [`mark`](Self::mark)s if it was something.
+    pub fn get_mut_unmarked<T: AnySocket<'static>>(&mut self, handle: Handle) -> &mut T {
         let slot = self.slot_mut(handle);
         slot.set.get_mut::<T>(slot.inner)
     }
@@ -395,6 +406,15 @@ pub fn target(packet: &[u8]) -> Target {
             None => Target::Other,
         },
         UDP => Target::Udp(local),
+        _ => Target::Other,
+    }
+}
+
+/// What an Ethernet frame's IP packet is for (see [`target`]); Other for anything but IPv4 and IPv6.
+pub fn frame_target(frame: &[u8]) -> Target {
+    const ETHERNET_HEADER: usize = 14;
+    match frame.get(12..ETHERNET_HEADER) {
+        Some([0x08, 0x00]) | Some([0x86, 0xdd]) => target(&frame[ETHERNET_HEADER..]),
         _ => Target::Other,
     }
 }
