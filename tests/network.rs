@@ -748,6 +748,14 @@ fn shutdown_reports_its_events_as_linux_does() {
 fn udp_datagrams_are_truncated_to_the_buffer() {
     sockstate_matches_linux("udp");
 }
+/// Issue 14: one listener and many connections, as Linux: accept hands them out in the order they came (smoltcp's
+/// socket order decided before), 1,000 connections each reach their own socket and end by FIN or by reset as asked,
+/// and a backlog of N takes N + 1 connections ahead of accept (see tests/guests/c/listenq.c).
+#[test]
+fn many_connections_to_one_listener_behave_as_on_linux() {
+    guest_matches_linux("listenq", &[], "listenq: done\n");
+}
+
 /// Issue 11, item 13: socket options are kept, validated and inherited as on Linux, and timeouts act.
 #[test]
 fn socket_options_are_kept_and_validated_as_on_linux() {

@@ -89,6 +89,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("volume", "volume.c", Link::Static),
     ("sockopts", "sockopts.c", Link::Static),
     ("sockstate", "sockstate.c", Link::Static),
+    ("listenq", "listenq.c", Link::Static),
     ("wakeups", "wakeups.c", Link::Static),
     ("fsyncer", "fsyncer.c", Link::Static),
     ("atcalls", "atcalls.c", Link::Static),

@@ -474,3 +474,6 @@ impl Hasher for KeyedHasher {
         x.wrapping_mul(MULTIPLIER) ^ (x >> 27)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -2,8 +2,8 @@
 //! smoltcp sockets and host sockets, and sleeps in epoll (`sources`) on every host socket plus the kick eventfd
 //! until something happens or smoltcp's next timer is due.
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::hash::BuildHasher;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::AsRawFd;
 
 use mio::unix::SourceFd;

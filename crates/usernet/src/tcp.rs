@@ -13,8 +13,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mio::Interest;
 use kiln_sockets::{Handle, Sockets};
+use mio::Interest;
 use smoltcp::iface::Interface;
 use smoltcp::socket::tcp::{self, State};
 use smoltcp::wire::IpListenEndpoint;

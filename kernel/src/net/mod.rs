@@ -29,9 +29,9 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 use kiln_abi::boot::NetInfo;
+use kiln_sockets::{self as sockets, Handle, Sockets};
 use link::Link;
 use smoltcp::iface::{Config, Interface, PollResult};
-use kiln_sockets::{self as sockets, Handle, Sockets};
 use smoltcp::socket::{tcp, udp};
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint, Ipv4Address, Ipv6Address};
 
@@ -370,9 +370,10 @@ pub fn linger() {
 /// at any time, for a socket of a descriptor (one whose changes are told) that can hear them. A connection the
 /// program closed, finishing in the background, wakes nobody: it must not hide a deadlock of the rest.
 pub fn can_wake() -> bool {
-    STACK.lock().as_ref().is_some_and(|s| {
-        s.external.is_some() && s.tracked.keys().any(|&handle| reachable(s.sockets.socket(handle)))
-    })
+    STACK
+        .lock()
+        .as_ref()
+        .is_some_and(|s| s.external.is_some() && s.tracked.keys().any(|&handle| reachable(s.sockets.socket(handle))))
 }
 
 /// Whether packets from the card can reach `socket`: it listens or is bound beyond the loopback, or talks to a peer

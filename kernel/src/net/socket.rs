@@ -8,7 +8,6 @@
 use super::addr::{self, AF_INET6};
 use super::kept;
 use super::options::{Direction, Options, DEFAULT_BUFFER};
-use kiln_sockets::Handle;
 use super::{inspect, with, Families, PortClaim, Protocol, Stack};
 use crate::errno::Errno;
 use crate::file::wait::Waitable;
@@ -18,6 +17,7 @@ use crate::time;
 use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
+use kiln_sockets::Handle;
 use smoltcp::socket::{tcp, udp};
 use smoltcp::wire::{IpAddress, IpEndpoint, IpListenEndpoint};
 
@@ -27,7 +27,7 @@ pub const TCP_BUFFER: usize = DEFAULT_BUFFER;
 /// Datagrams and bytes a UDP socket buffers each way.
 const UDP_PACKETS: usize = 64;
 const UDP_BUFFER: usize = 64 << 10;
-/// Most connections a listener keeps waiting for `accept`.
+/// The largest backlog a listener takes; it then keeps one connection more waiting for `accept`, as Linux does.
 pub const MAX_BACKLOG: usize = 128;
 
 enum Role {
@@ -274,7 +274,8 @@ impl Socket {
             return Err(Errno::EOPNOTSUPP);
         }
         self.ensure_bound()?;
-        let want = (backlog.max(1) as usize).min(MAX_BACKLOG);
+        // Linux's accept queue is full only beyond the backlog: it holds backlog + 1 (one for listen(fd, 0)).
+        let want = (backlog.max(0) as usize).min(MAX_BACKLOG) + 1;
         with(|s| {
             let mut st = self.state.lock();
             let endpoints = self.listen_endpoints(&st, s);

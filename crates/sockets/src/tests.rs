@@ -1,0 +1,244 @@
+//! The table driven as a stack drives it: clients and a listener over a loopback wire, each packet handed to
+//! smoltcp with the socket `route` finds.
+
+use super::*;
+use alloc::collections::VecDeque;
+use alloc::vec;
+use smoltcp::iface::{Config, PollResult};
+use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
+use smoltcp::wire::{HardwareAddress, IpCidr, IpListenEndpoint};
+
+/// A loopback at the IP layer: what is sent is received next.
+#[derive(Default)]
+struct Wire(VecDeque<Vec<u8>>);
+
+struct Rx(Vec<u8>);
+struct Tx<'a>(&'a mut VecDeque<Vec<u8>>);
+
+impl phy::RxToken for Rx {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl phy::TxToken for Tx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut packet = vec![0; len];
+        let r = f(&mut packet);
+        self.0.push_back(packet);
+        r
+    }
+}
+
+fn caps() -> DeviceCapabilities {
+    let mut caps = DeviceCapabilities::default();
+    caps.medium = Medium::Ip;
+    caps.max_transmission_unit = 1500;
+    caps
+}
+
+impl Device for Wire {
+    type RxToken<'a> = Rx;
+    type TxToken<'a> = Tx<'a>;
+    fn receive(&mut self, _: Instant) -> Option<(Rx, Tx<'_>)> {
+        let packet = self.0.pop_front()?;
+        Some((Rx(packet), Tx(&mut self.0)))
+    }
+    fn transmit(&mut self, _: Instant) -> Option<Tx<'_>> {
+        Some(Tx(&mut self.0))
+    }
+    fn capabilities(&self) -> DeviceCapabilities {
+        caps()
+    }
+}
+
+/// One packet, alone, answering onto the wire.
+struct One<'a>(Option<Vec<u8>>, &'a mut VecDeque<Vec<u8>>);
+
+impl Device for One<'_> {
+    type RxToken<'b>
+        = Rx
+    where
+        Self: 'b;
+    type TxToken<'b>
+        = Tx<'b>
+    where
+        Self: 'b;
+    fn receive(&mut self, _: Instant) -> Option<(Rx, Tx<'_>)> {
+        Some((Rx(self.0.take()?), Tx(&mut *self.1)))
+    }
+    fn transmit(&mut self, _: Instant) -> Option<Tx<'_>> {
+        Some(Tx(&mut *self.1))
+    }
+    fn capabilities(&self) -> DeviceCapabilities {
+        caps()
+    }
+}
+
+struct Stack {
+    iface: Interface,
+    wire: Wire,
+    sockets: Sockets,
+    /// Packets smoltcp was handed with no socket (answered as for a closed port).
+    unrouted: usize,
+}
+
+const NOW: Instant = Instant::from_millis_const(1000);
+
+impl Stack {
+    fn new() -> Stack {
+        let mut wire = Wire::default();
+        let mut iface = Interface::new(Config::new(HardwareAddress::Ip), &mut wire, NOW);
+        iface.update_ip_addrs(|a| {
+            let _ = a.push(IpCidr::new(IpAddress::v4(127, 0, 0, 1), 8));
+        });
+        Stack { iface, wire, sockets: Sockets::new(0x1234_5678), unrouted: 0 }
+    }
+
+    fn poll(&mut self) {
+        for _ in 0..100 {
+            for h in self.sockets.take_pending(NOW) {
+                let sent = self.iface.poll_egress(NOW, &mut self.wire, self.sockets.set_mut(Some(h)));
+                self.sockets.polled(h, &mut self.iface, NOW);
+                if sent == PollResult::SocketStateChanged {
+                    self.sockets.mark(h);
+                }
+            }
+            while let Some(packet) = self.wire.0.pop_front() {
+                let handle = self.sockets.route(&target(&packet), |_| false);
+                self.unrouted += usize::from(handle.is_none());
+                let mut one = One(Some(packet), &mut self.wire.0);
+                self.iface.poll_ingress_single(NOW, &mut one, self.sockets.set_mut(handle));
+                if let Some(h) = handle {
+                    self.sockets.polled(h, &mut self.iface, NOW);
+                    self.sockets.mark(h);
+                }
+            }
+            if !self.sockets.has_pending() {
+                return;
+            }
+        }
+        panic!("the stack never settled");
+    }
+
+    fn socket() -> tcp::Socket<'static> {
+        tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 4096]), tcp::SocketBuffer::new(vec![0; 4096]))
+    }
+
+    fn listen(&mut self, port: u16) -> Handle {
+        let mut s = Self::socket();
+        s.listen(IpListenEndpoint { addr: None, port }).unwrap();
+        self.sockets.add(s)
+    }
+
+    fn connect(&mut self, from: u16, port: u16) -> Handle {
+        let mut s = Self::socket();
+        let local = IpListenEndpoint { addr: Some(IpAddress::v4(127, 0, 0, 1)), port: from };
+        s.connect(self.iface.context(), (IpAddress::v4(127, 0, 0, 1), port), local).unwrap();
+        self.sockets.add(s)
+    }
+
+    fn state(&self, h: Handle) -> tcp::State {
+        self.sockets.get::<tcp::Socket>(h).state()
+    }
+}
+
+#[test]
+fn each_connection_lands_on_its_own_backlog_socket_in_arrival_order() {
+    let mut st = Stack::new();
+    let backlog: Vec<Handle> = (0..3).map(|_| st.listen(80)).collect();
+    st.poll();
+    assert_eq!(st.sockets.listening_on(80), 3);
+    let clients: Vec<Handle> = (0..3).map(|i| st.connect(40000 + i, 80)).collect();
+    for &c in &clients {
+        // One at a time, so that arrival order is the clients' order.
+        let _ = c;
+        st.poll();
+    }
+    assert_eq!(st.sockets.listening_on(80), 0);
+    let mut by_arrival = backlog.clone();
+    by_arrival.sort_by_key(|&h| st.sockets.arrival(h));
+    for (i, &h) in by_arrival.iter().enumerate() {
+        assert_eq!(st.state(h), tcp::State::Established);
+        let remote = st.sockets.get::<tcp::Socket>(h).remote_endpoint().unwrap();
+        assert_eq!(remote.port, 40000 + i as u16, "the {i}th to arrive");
+        assert_eq!(st.state(clients[i]), tcp::State::Established);
+    }
+    // Data from each client reaches its own server socket.
+    for (i, &c) in clients.iter().enumerate() {
+        st.sockets.get_mut::<tcp::Socket>(c).send_slice(&[i as u8]).unwrap();
+    }
+    st.poll();
+    for (i, &h) in by_arrival.iter().enumerate() {
+        let mut b = [0u8; 4];
+        assert_eq!(st.sockets.get_mut::<tcp::Socket>(h).recv_slice(&mut b), Ok(1));
+        assert_eq!(b[0], i as u8);
+    }
+    assert_eq!(st.unrouted, 0);
+}
+
+#[test]
+fn a_syn_beyond_the_listening_sockets_is_refused_and_a_closed_connection_forgotten() {
+    let mut st = Stack::new();
+    let server = st.listen(80);
+    let first = st.connect(40000, 80);
+    st.poll();
+    assert_eq!(st.state(first), tcp::State::Established);
+    let second = st.connect(40001, 80);
+    st.poll();
+    assert_eq!(st.state(second), tcp::State::Closed, "refused with a reset");
+    assert_eq!(st.unrouted, 1);
+    // A reset of the first ends both ends, and unfiles them: a late segment for them finds nobody.
+    st.sockets.get_mut::<tcp::Socket>(first).abort();
+    st.poll();
+    assert_eq!(st.state(server), tcp::State::Closed);
+    let local = IpEndpoint::new(IpAddress::v4(127, 0, 0, 1), 80);
+    let remote = IpEndpoint::new(IpAddress::v4(127, 0, 0, 1), 40000);
+    assert_eq!(st.sockets.route(&Target::Tcp { local, remote, ack: true }, |_| false), None);
+    st.sockets.remove(server);
+    st.sockets.remove(first);
+    // Their slots are reused once no list names them any more.
+    assert_eq!(st.sockets.take_touched(), vec![second]);
+    let again = st.listen(80);
+    assert!(again == server || again == first || again == second);
+}
+
+#[test]
+fn timers_give_a_turn_when_due() {
+    let mut st = Stack::new();
+    let _server = st.listen(80);
+    let client = st.connect(40000, 80);
+    // The SYN is lost: the client's retransmission timer is what gives it its next turn.
+    for h in st.sockets.take_pending(NOW) {
+        let _ = st.iface.poll_egress(NOW, &mut st.wire, st.sockets.set_mut(Some(h)));
+        st.sockets.polled(h, &mut st.iface, NOW);
+    }
+    st.wire.0.clear();
+    let due = st.sockets.next_due().expect("a retransmission is due");
+    assert!(due > NOW);
+    assert!(st.sockets.take_pending(NOW).is_empty());
+    assert_eq!(st.sockets.take_pending(due), vec![client]);
+}
+
+#[test]
+fn target_reads_endpoints_and_flags() {
+    let mut p = vec![0u8; 40];
+    p[0] = 0x45;
+    p[9] = 6;
+    p[12..16].copy_from_slice(&[10, 0, 0, 1]);
+    p[16..20].copy_from_slice(&[10, 0, 0, 2]);
+    p[20..22].copy_from_slice(&1234u16.to_be_bytes());
+    p[22..24].copy_from_slice(&80u16.to_be_bytes());
+    p[33] = 0x02;
+    let local = IpEndpoint::new(IpAddress::v4(10, 0, 0, 2), 80);
+    let remote = IpEndpoint::new(IpAddress::v4(10, 0, 0, 1), 1234);
+    assert_eq!(target(&p), Target::Tcp { local, remote, ack: false });
+    p[33] = 0x12;
+    assert_eq!(target(&p), Target::Tcp { local, remote, ack: true });
+    p[9] = 17;
+    assert_eq!(target(&p), Target::Udp(local));
+    p[6] = 0x20; // more fragments
+    assert_eq!(target(&p), Target::Other);
+    assert_eq!(target(&p[..30]), Target::Other);
+    assert_eq!(frame_target(&[0u8; 10]), Target::Other);
+}
