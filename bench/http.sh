@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Unmodified HTTP servers (tiny_http on std threads, axum on tokio, Go's net/http: the test guests of tests/http.rs)
+# Unmodified HTTP servers (a C server on one epoll loop, bench/epollhttp.c; tiny_http on std threads, axum on tokio,
+# Go's net/http: the test guests of tests/http.rs)
 # under wrk, in one run, each three ways: in Kiln behind -p (user-mode network), in Kiln on a tap device in a network
 # namespace this script makes, and natively on the host's loopback. Prints a markdown table: requests per second,
 # latency percentiles, errors, VM exits per request (kiln --stats) and host CPU seconds per 1,000 requests
 # (utime + stime of the kiln or native process).
 #
 #   bench/http.sh [SECONDS]      (default 30 per server and place; CONNECTIONS=64 THREADS=2 override wrk's,
-#                                 MEMORY=256M kiln's --memory, SERVERS="tiny_http axum go" which servers run)
+#                                 MEMORY=256M kiln's --memory, SERVERS="epoll tiny_http axum go" which run)
 #
 # Needs root for the tap rows (skipped without it) and installs wrk with apt-get when it is missing.
 set -euo pipefail
@@ -14,7 +15,7 @@ duration=${1:-30}
 connections=${CONNECTIONS:-64}
 threads=${THREADS:-2}
 memory=${MEMORY:-256M}
-only=${SERVERS:-tiny_http axum go}
+only=${SERVERS:-epoll tiny_http axum go}
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 if ! command -v wrk >/dev/null; then
@@ -33,8 +34,10 @@ rust_bin="$out/guests/x86_64-unknown-linux-musl/release"
 (cd "$repo/tests/guests/go" && CGO_ENABLED=0 GOFLAGS=-mod=mod GOPROXY=off GOCACHE="$out/go-cache" \
   go build -o "$out/go-http" .)
 
-# name, program, its arguments before the port (Go takes "serve PORT", the Rust servers "PORT")
-servers=("tiny_http|$rust_bin/http_tiny|" "axum|$rust_bin/http_axum|" "go net/http|$out/go-http|serve")
+musl-gcc -static -O2 -o "$out/epollhttp" "$repo/bench/epollhttp.c"
+
+# name, program, its arguments before the port (Go takes "serve PORT", the others "PORT")
+servers=("epoll C|$out/epollhttp|" "tiny_http|$rust_bin/http_tiny|" "axum|$rust_bin/http_axum|" "go net/http|$out/go-http|serve")
 # tiny_http runs a thread per connection; Kiln backs whole thread stacks with guest memory, so keep them small (the
 # same everywhere, so that the three places run the same program).
 program_env=(--env RUST_MIN_STACK=131072)

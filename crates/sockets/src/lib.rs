@@ -234,6 +234,17 @@ impl Sockets {
         self.take_list(PENDING)
     }
 
+    /// Files the sockets waiting for a turn where packets will now find them (the program may have changed them),
+    /// before packets are routed.
+    pub fn file_pending(&mut self) {
+        for i in 0..self.pending.len() {
+            let handle = self.pending[i];
+            if self.slots[handle.0 as usize].is_some() {
+                self.file(handle);
+            }
+        }
+    }
+
     /// Whether sockets wait for a turn regardless of timers.
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()

@@ -260,12 +260,15 @@ impl Engine {
         }
     }
 
-    /// Polls the stack: a turn to send for each socket that has one (the relay changed it, a frame came to it, or
-    /// its timer is due), and the guest's frames, each handed to smoltcp with only the socket it is for; rounds
+    /// Polls the stack: the guest's frames, each handed to smoltcp with only the socket it is for, and a turn to send
+    /// for each socket that has one (the relay changed it, a frame came to it, or its timer is due); rounds
     /// until no socket sent, at most [`POLL_ROUNDS`]. The sockets it reached are the relay's to pump next.
     fn poll_stack(&mut self) {
         let now = self.now();
         for _ in 0..POLL_ROUNDS {
+            // Frames first, as smoltcp's own `poll` does: sending before taking in the guest's ACKs sent past a window
+            // the guest had shrunk, which its smoltcp 0.12 panics on ("subtract sequence numbers with underflow").
+            self.ingress(now);
             for handle in self.sockets.take_pending(now) {
                 let set = self.sockets.set_mut(Some(handle));
                 let sent = self.iface.poll_egress(now, &mut self.device, set);
@@ -274,7 +277,6 @@ impl Engine {
                     self.sockets.mark(handle);
                 }
             }
-            self.ingress(now);
             if !self.sockets.has_pending() {
                 break;
             }

@@ -317,7 +317,9 @@ impl TcpRelay {
         }
         let mut dead = Vec::new();
         let mut later = Vec::new();
-        for handle in looked.into_iter().chain(due) {
+        let mut seen = HashSet::new();
+        // Each once: a connection pumped may be due too, and a second look would take it for closed before.
+        for handle in looked.into_iter().chain(due).filter(|&h| seen.insert(h)) {
             let Some(c) = self.conns.get_mut(&handle) else { continue };
             let s = sockets.get::<tcp::Socket>(handle);
             let mut due_at = |at: Instant| later.push((at, handle));
@@ -369,8 +371,8 @@ impl TcpRelay {
     }
 
     fn remove(&mut self, handle: Handle, sockets: &mut Sockets) {
-        sockets.remove(handle);
         let Some(c) = self.conns.remove(&handle) else { return };
+        sockets.remove(handle);
         self.sources.forget(c.source);
         self.shared.stats.tcp_live.fetch_sub(1, Ordering::Relaxed);
         match c.origin {

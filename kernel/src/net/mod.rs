@@ -432,9 +432,9 @@ impl Stack {
         self.note_changes(&touched);
     }
 
-    /// Rounds of: a turn to send for each socket that has one (the program changed it, a packet came to it, a timer
-    /// of it is due, or it sent in the last round), then the packets waiting on the link, each handed to smoltcp with
-    /// only the socket it is for; until a round leaves no socket with a turn and nothing on the loopback, at most
+    /// Rounds of: the packets waiting on the link, each handed to smoltcp with only the socket it is for, then a turn
+    /// to send for each socket that has one (the program changed it, a packet came to it, a timer of it is due, or it
+    /// sent in the last round); until a round leaves no socket with a turn and nothing on the loopback, at most
     /// [`POLL_ROUNDS`] times.
     fn rounds(&mut self) {
         self.unfinished = true;
@@ -445,25 +445,27 @@ impl Stack {
             IpAddress::Ipv4(v4) => !v4.is_loopback() && Some(v4) != external,
             IpAddress::Ipv6(v6) => !v6.is_loopback() && Some(v6) != external6,
         };
-        for round in 0..POLL_ROUNDS {
-            for handle in self.sockets.take_pending(now) {
-                let sent = self.iface.poll_egress(now, &mut self.device, self.sockets.set_mut(Some(handle)));
-                self.sockets.polled(handle, &mut self.iface, now);
-                if sent == PollResult::SocketStateChanged {
-                    self.sockets.mark(handle);
-                }
-            }
-            // Once per poll, after the program's changes are filed: within one, backlog sockets only leave the
-            // listening state, each by a SYN the room was counted down for.
-            if round == 0 {
-                self.count_syn_room();
-            }
+        // Once per poll, after the program's changes are filed: within one, backlog sockets only leave the listening
+        // state, each by a SYN the room was counted down for.
+        self.sockets.file_pending();
+        self.count_syn_room();
+        for _ in 0..POLL_ROUNDS {
+            // Packets first, then sending, as smoltcp's own `poll` does: a socket that sent before taking in the
+            // ACKs waiting for it could send past a window that had shrunk, which smoltcp 0.12's receiver panics on
+            // ("attempt to subtract sequence numbers with underflow"; the user-mode network did, in this order).
             for _ in 0..ROUND_PACKETS {
                 let Some(mut packet) = self.device.next_packet(now) else { break };
                 let handle = self.sockets.route(&sockets::target(packet.packet()), broadcast);
                 self.iface.poll_ingress_single(now, &mut packet, self.sockets.set_mut(handle));
                 if let Some(handle) = handle {
                     self.sockets.polled(handle, &mut self.iface, now);
+                    self.sockets.mark(handle);
+                }
+            }
+            for handle in self.sockets.take_pending(now) {
+                let sent = self.iface.poll_egress(now, &mut self.device, self.sockets.set_mut(Some(handle)));
+                self.sockets.polled(handle, &mut self.iface, now);
+                if sent == PollResult::SocketStateChanged {
                     self.sockets.mark(handle);
                 }
             }
