@@ -358,6 +358,39 @@ fn htpasswd_auth_behind_tls_with_the_tests_own_ca() {
     assert_eq!(pull.stdout_text().trim(), id);
 }
 
+/// `kiln run registry:REF` of a container image pulls, imports and runs it in one step, as `docker run` does; and
+/// `kiln build` takes it as `from`.
+#[test]
+fn a_container_image_runs_straight_from_the_registry() {
+    if !have(&[REGISTRY, "skopeo"]) || kvm::skip("a_container_image_runs_straight_from_the_registry") {
+        return;
+    }
+    let base = scratch("run-container");
+    let registry = Registry::start(&base, None, None);
+    container_layout(&base);
+    let remote = format!("{}/containers/app:1", registry.addr);
+    let layout = format!("oci:{}:1", base.join("layout").display());
+    skopeo(&["copy", "-q", "--dest-tls-verify=false", &layout, &format!("docker://{remote}")]);
+    let home = base.join("home");
+    let run = kiln_in(&home).args(["run", &format!("registry:{remote}"), "9"]).run();
+    run.assert_code(9);
+    for line in ["argv[0]=/app\n", "argv[1]=9\n", "env[0]=GREETING=hi\n"] {
+        assert!(run.stdout_text().contains(line), "{line}\n{run}");
+    }
+    let images: serde_json::Value =
+        serde_json::from_slice(&kiln_in(&home).args(["images", "-o", "json"]).run().stdout).unwrap();
+    assert_eq!((&images[0]["name"], &images[0]["tag"]), (&"app".into(), &"1".into()));
+    assert!(!home.join("cache/layouts").read_dir().is_ok_and(|mut d| d.next().is_some()), "the download is removed");
+
+    let project = base.join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    std::fs::write(project.join("Kiln.toml"), format!("name = \"web\"\nfrom = \"registry:{remote}\"\n")).unwrap();
+    kiln_in(&home).current_dir(&project).args(["build", "-q"]).run().assert_code(0);
+    kiln_in(&home).args(["run", "web", "4"]).run().assert_code(4);
+    let missing = format!("registry:{}/containers/nothing:1", registry.addr);
+    assert!(!kiln_in(&home).args(["run", &missing]).run().assert_kiln_error().is_empty());
+}
+
 /// A container image in an OCI layout, made here: one uncompressed layer (a program, a file, a whiteout), a config
 /// naming its entrypoint, a manifest, `index.json` tagging it `1`. Returns the layer's digest.
 fn container_layout(dir: &Path) -> String {

@@ -142,7 +142,7 @@ struct Converted {
 }
 
 fn read_and_convert(project: &Project, source: &Source, step: &ProgressBar) -> Result<Converted> {
-    let image = kiln_container::load(source)?;
+    let image = load(source)?;
     let args = (!project.args.is_empty()).then_some(project.args.as_slice());
     let program = program::find(&image.tree, &image.settings, args)?;
     let (_, _, bytes) = image.tree.file(&program.resolved).map_err(|e| anyhow!("its program: {e}"))?;
@@ -162,6 +162,29 @@ fn read_and_convert(project: &Project, source: &Source, step: &ProgressBar) -> R
     }
     let (rootfs, sites) = rootfs(project, &image.tree, dynamic)?;
     Ok(Converted { image, program, bytes, prepared, rootfs, sites })
+}
+
+/// Reads the container image `source` names. A registry's is fetched first (`kiln_registry`: every blob checked
+/// against its digest, the registry's credentials as `kiln pull` finds them) into an OCI layout of this process's
+/// own under `$KILN_HOME/cache/layouts`, removed once read.
+fn load(source: &Source) -> Result<ContainerImage> {
+    let Source::Registry(reference) = source else { return Ok(kiln_container::load(source)?) };
+    let name = kiln_registry::RemoteName::parse(reference)?;
+    let dir = kiln_launch::home::cache_dir("layouts")
+        .ok_or_else(|| anyhow!("there is no home to download {reference} into: set KILN_HOME"))?
+        .join(std::process::id().to_string());
+    let options = kiln_registry::Options {
+        ca_cert: None,
+        insecure: false,
+        credentials: kiln_registry::credentials::Sources::from_env(kiln_launch::home::kiln_home().as_deref()),
+    };
+    let fetched = kiln_registry::fetch_to_layout(&name, &dir, &options, std::sync::Arc::new(kiln_registry::NoProgress));
+    let image = match fetched {
+        Ok(_) => kiln_container::load(&Source::OciLayout { dir: dir.clone(), reference: None }).map_err(Into::into),
+        Err(e) => Err(anyhow::Error::from(e)),
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    image
 }
 
 /// The program with its syscalls rewritten, as the VMM loads it, through the rewrite cache: a large program (python3

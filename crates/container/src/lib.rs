@@ -118,7 +118,7 @@ pub enum ContainerError {
         #[source]
         source: LayerError,
     },
-    #[error("registry images need kiln's registry client, which this kiln does not have yet; save the image with `skopeo copy docker://{0} oci-archive:FILE` and use oci-archive:FILE")]
+    #[error("{0}: a registry's image is read once fetched into an OCI layout (kiln_registry::fetch_to_layout)")]
     NoRegistry(String),
 }
 
