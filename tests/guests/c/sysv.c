@@ -18,7 +18,7 @@
 #include "check.h"
 
 static void pause_ms(int ms) {
-  struct timespec t = {0, ms * 1000000L};
+  struct timespec t = {ms / 1000, ms % 1000 * 1000000L};
   nanosleep(&t, NULL);
 }
 
@@ -107,10 +107,19 @@ static void messages(key_t key) {
   msgrcv(queue, &m, sizeof m.text, 0, 0);
   msgrcv(queue, &m, sizeof m.text, 0, 0);
 
-  pthread_create(&t, NULL, receive, (void *)0);
-  pause_ms(20);
-  check(msgctl(queue, IPC_RMID, NULL) == 0, "IPC_RMID of a queue someone waits on");
-  pthread_join(t, NULL);
+  /* The waiter must be inside msgrcv when the queue goes. On a loaded host a thread may take longer than the pause
+   * to get there (it then finds the id gone: EINVAL), so that case is tried again on a new queue, pausing longer. */
+  int removed = 1;
+  for (int ms = 20; ms <= 2560; ms *= 2) {
+    atomic_store(&got, 0);
+    pthread_create(&t, NULL, receive, (void *)0);
+    pause_ms(ms);
+    removed &= msgctl(queue, IPC_RMID, NULL) == 0;
+    pthread_join(t, NULL);
+    if (atomic_load(&got) != -EINVAL) break;
+    queue = msgget(IPC_PRIVATE, 0600);
+  }
+  check(removed, "IPC_RMID of a queue someone waits on");
   check(atomic_load(&got) == -EIDRM, "the waiter gets EIDRM");
   check(msgsnd(queue, &m, 1, 0) == -1 && errno == EINVAL, "the id is gone: EINVAL");
 }
