@@ -15,8 +15,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The library OS, built by build.rs from kernel/.
-pub(crate) static KERNEL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kiln-kernel.elf"));
+/// The library OS, built from kernel/ by crates/libos.
+pub(crate) use kiln_libos::KERNEL;
 
 /// Exit code for Kiln's own failures (as `docker run` uses 125), distinct from the program's codes.
 pub const KILN_ERROR: u8 = 125;

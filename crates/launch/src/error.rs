@@ -21,6 +21,17 @@ pub enum ProgramError {
     },
 }
 
+/// A container bundle whose program cannot be found in its root filesystem.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("the container has no program: its process.args is empty")]
+    NoArgs,
+    #[error("{0}: no such file in the container's root filesystem")]
+    NoProgram(String),
+    #[error("{0}: not found in the container's PATH ({1})")]
+    NotInPath(String, String),
+}
+
 /// An image whose settings this launcher cannot use.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -77,6 +88,8 @@ pub enum LoadError {
     },
     #[error("{0}: no image store to read it from: set KILN_HOME (or HOME)")]
     NoStore(String),
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
 }
 
 /// A launch that could not be made ready to run: the resolved spec met the host (files, devices, ports, volumes)
@@ -93,6 +106,8 @@ pub enum LaunchError {
     Rootfs(#[from] kiln_vmm::rootfs::RootfsError),
     #[error("the image's root filesystem")]
     ImageRootfs(#[source] kiln_vmm::rootfs::RootfsError),
+    #[error("the container's root filesystem {}", .0.display())]
+    BundleRootfs(std::path::PathBuf, #[source] kiln_vmm::rootfs::RootfsError),
     /// `--file` or `--dir` HOST:GUEST that could not be copied in.
     #[error("{flag} {host}:{guest}")]
     Copy {

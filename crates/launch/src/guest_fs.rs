@@ -80,7 +80,8 @@ pub fn prepare(spec: &LaunchSpec, loaded: &Loaded) -> Result<GuestFs, LaunchErro
     let program = ElfImage::parse(&loaded.program).ok();
     let host_dynamic = spec.image_id().is_none() && program.as_ref().is_some_and(|p| p.interpreter.is_some());
     let none = spec.files.is_empty() && spec.dirs.is_empty() && resolv_conf.is_none();
-    if none && loaded.rootfs.is_none() && !host_dynamic {
+    let bundle = matches!(spec.source, Source::Bundle { .. });
+    if none && loaded.rootfs.is_none() && !host_dynamic && !bundle {
         return Ok(GuestFs::default());
     }
     let started = std::time::Instant::now();
@@ -203,6 +204,10 @@ fn recipe(spec: &LaunchSpec, resolv_conf: Option<&str>) -> std::io::Result<Recip
             r.add("program", spec.shown.as_bytes());
             r.add_host_file(path)?;
         }
+        Source::Bundle { rootfs } => {
+            r.add("bundle", rootfs.as_os_str().as_encoded_bytes());
+            r.add_host_tree(rootfs)?;
+        }
     }
     r.add("resolv.conf", resolv_conf.unwrap_or_default().as_bytes());
     for (host, guest) in &spec.dirs {
@@ -235,11 +240,19 @@ fn build(
         builder.add_file(&object.guest_path, 0o755, &object.object.bytes)?;
     }
     let found = dynamic::FoundObjects::default();
-    if deps.is_some() {
+    let bundle = match &spec.source {
+        Source::Bundle { rootfs } => Some(rootfs),
+        _ => None,
+    };
+    // A container's shared objects are rewritten on their way in, as a dynamic host program's are.
+    if deps.is_some() || bundle.is_some() {
         builder.set_host_file_filter(dynamic::object_filter(found.clone()));
     }
     if !kiln_abi::rootfs::is_empty(image_rootfs) {
         builder.add_image(image_rootfs).map_err(LaunchError::ImageRootfs)?;
+    }
+    if let Some(rootfs) = bundle {
+        builder.add_host_dir(rootfs, "/").map_err(|e| LaunchError::BundleRootfs(rootfs.clone(), e))?;
     }
     for (host, guest) in &spec.dirs {
         builder.add_host_dir(host, guest).map_err(|e| LaunchError::copy("--dir", host, guest, e))?;
@@ -251,6 +264,8 @@ fn build(
     if let Some(deps) = deps {
         dynamic::add_libraries_they_need(deps, &found, &mut builder)?;
         sites = Some(found.borrow().iter().fold(deps.site_counts(), |total, &(_, counts)| total + counts));
+    } else if bundle.is_some() && !found.borrow().is_empty() {
+        sites = Some(found.borrow().iter().fold(SiteCounts::default(), |total, &(_, counts)| total + counts));
     }
     Ok((builder.finish(), sites))
 }

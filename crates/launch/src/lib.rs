@@ -9,6 +9,7 @@
 //! root filesystem, network card, volumes. The launcher runs it, with its own console and signal handling.
 
 mod boot;
+pub mod bundle;
 mod card;
 pub mod dynamic;
 mod error;
@@ -22,7 +23,7 @@ mod spec;
 pub mod volumes;
 
 pub use boot::{prepare, Prepared};
-pub use error::{chain, ImageError, LaunchError, LoadError, ProgramError, ResolveError};
+pub use error::{chain, BundleError, ImageError, LaunchError, LoadError, ProgramError, ResolveError};
 pub use load::{image_rootfs, load, Loaded};
 pub use overrides::{check_volume_name, parse_env, parse_mapping, parse_mount, parse_workdir, Overrides};
 pub use resolve::{merged_env, merged_volumes, resolve, resolve_image, resolve_program};

@@ -1,7 +1,7 @@
 //! The bytes a [`LaunchSpec`] names: an image's library OS, program and prepared program from the store (each
 //! checked against its digest), or a host program with the launcher's own library OS.
 
-use crate::error::{LoadError, ProgramError};
+use crate::error::{BundleError, LoadError, ProgramError};
 use crate::spec::{LaunchSpec, Source};
 use kiln_image::manifest::BlobRef;
 use kiln_image::{Store, StoreError};
@@ -27,6 +27,11 @@ pub struct Loaded {
 pub fn load(spec: &LaunchSpec, store: Option<&Store>, builtin_kernel: &'static [u8]) -> Result<Loaded, LoadError> {
     match &spec.source {
         Source::Program { path } => load_program(path, &spec.shown, builtin_kernel),
+        Source::Bundle { rootfs } => {
+            let missing = || LoadError::Bundle(BundleError::NoProgram(spec.exe_path.clone()));
+            let path = crate::bundle::host_path(rootfs, &spec.exe_path).ok_or_else(missing)?;
+            load_program(&path, &spec.shown, builtin_kernel)
+        }
         Source::Image { id } => {
             let store = store.ok_or_else(|| LoadError::NoStore(spec.shown.clone()))?;
             let image = |source| LoadError::Image { shown: spec.shown.clone(), source };

@@ -18,6 +18,9 @@ pub enum Source {
     Image { id: Digest },
     /// A Linux executable on the host, run on the library OS built into the launcher.
     Program { path: PathBuf },
+    /// A container's root filesystem, unpacked on the host (a containerd bundle's `rootfs`): the guest's root
+    /// filesystem is this tree, and the program is its file at `exe_path`, on the launcher's library OS.
+    Bundle { rootfs: PathBuf },
 }
 
 /// What happens to a stop signal (SIGINT, SIGTERM, SIGQUIT) the launcher gets: it is forwarded to the program, which
@@ -66,7 +69,7 @@ impl LaunchSpec {
     pub fn image_id(&self) -> Option<&Digest> {
         match &self.source {
             Source::Image { id } => Some(id),
-            Source::Program { .. } => None,
+            Source::Program { .. } | Source::Bundle { .. } => None,
         }
     }
 }

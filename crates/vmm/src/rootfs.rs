@@ -145,15 +145,19 @@ impl RootfsBuilder {
         self.add_file(guest, self.host_mode(&meta), &data)
     }
 
-    /// `kiln run --dir HOST:GUEST`: a directory and everything below it. Symbolic links below it stay links, their
-    /// targets as the host has them (as `cp -a` and Docker's COPY keep them: shared libraries and packages are full
-    /// of them, and a copy would double their size); `host` itself is followed.
+    /// `kiln run --dir HOST:GUEST`, or a container's root filesystem at `/`: a directory and everything below it.
+    /// Symbolic links below it stay links, their targets as the host has them (as `cp -a` and Docker's COPY keep
+    /// them: shared libraries and packages are full of them, and a copy would double their size); `host` itself is
+    /// followed.
     pub fn add_host_dir(&mut self, host: &Path, guest: &str) -> Result<(), RootfsError> {
         let meta = std::fs::metadata(host).map_err(read_err(host))?;
         if !meta.is_dir() {
             return Err(RootfsError::NotDir(host.to_path_buf()));
         }
-        self.add_dir(guest, self.host_mode(&meta))?;
+        // The root itself (a container's root filesystem) is always there.
+        if guest != "/" {
+            self.add_dir(guest, self.host_mode(&meta))?;
+        }
         let mut children: Vec<_> = std::fs::read_dir(host)
             .map_err(read_err(host))?
             .map(|e| e.map(|e| e.file_name()))

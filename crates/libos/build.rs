@@ -1,5 +1,5 @@
-//! Builds the library OS (kernel/, target x86_64-unknown-none) and hands its ELF to the `kiln` binary, which embeds it:
-//! users need no second toolchain at run time.
+//! Builds the library OS (kernel/, target x86_64-unknown-none) and embeds its ELF in this crate, which the `kiln`
+//! binary and the containerd shim both link: users need no second toolchain at run time.
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -1,0 +1,218 @@
+//! A containerd bundle (an OCI runtime bundle: `config.json` and the root filesystem) made into a Kiln
+//! [`LaunchSpec`]: the process's args, env and cwd; the memory limit as guest memory; the CPU quota as vCPUs;
+//! `io.kiln.*` annotations for what OCI has no field for. Only the fields Kiln uses are read.
+
+use kiln_launch::{bundle, network::Network, LaunchSpec, Signals, Source, DEFAULT_MEMORY, DEFAULT_STOP_TIMEOUT};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Guest memory (a size: `512M`, `1G`, or bytes) when the container has no memory limit, or instead of it.
+pub const MEMORY_ANNOTATION: &str = "io.kiln.memory";
+/// vCPUs, instead of those the CPU quota gives.
+pub const CPUS_ANNOTATION: &str = "io.kiln.cpus";
+/// Seconds the program has to take SIGTERM before the VM is stopped (`kiln run --stop-timeout`).
+pub const STOP_TIMEOUT_ANNOTATION: &str = "io.kiln.stop-timeout";
+const KILN_ANNOTATIONS: [&str; 3] = [MEMORY_ANNOTATION, CPUS_ANNOTATION, STOP_TIMEOUT_ANNOTATION];
+/// What CRI calls a pod's sandbox ("pause") container, which costs no VM.
+const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
+/// The pod a CRI container belongs to: the containers of one pod share one shim.
+pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("cannot read {}", .0.display())]
+    Read(PathBuf, #[source] std::io::Error),
+    #[error("{} is not an OCI runtime config", .0.display())]
+    Parse(PathBuf, #[source] serde_json::Error),
+    #[error("the container has no process")]
+    NoProcess,
+    #[error("{0}")]
+    Program(#[from] kiln_launch::BundleError),
+    #[error("process.cwd {0}")]
+    Cwd(String),
+    #[error("annotation {0}={1:?}: {2}")]
+    Annotation(String, String, String),
+    #[error("memory limit {0} bytes: a Kiln VM needs at least 1 MiB")]
+    Memory(i64),
+    #[error("{0}: Kiln runs Linux x86-64 ELF programs (static, or dynamic with their loader in the image)")]
+    NotAProgram(String, #[source] kiln_vmm::elf::ElfError),
+}
+
+/// The part of an OCI runtime `config.json` Kiln reads.
+#[derive(Debug, Default, Deserialize)]
+pub struct Config {
+    #[serde(default)]
+    pub process: Option<Process>,
+    #[serde(default)]
+    pub root: Option<Root>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    pub linux: Option<Linux>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Process {
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub cwd: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Root {
+    pub path: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Linux {
+    #[serde(default)]
+    pub resources: Option<Resources>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Resources {
+    #[serde(default)]
+    pub memory: Option<Memory>,
+    #[serde(default)]
+    pub cpu: Option<Cpu>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Memory {
+    pub limit: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Cpu {
+    pub quota: Option<i64>,
+    pub period: Option<u64>,
+}
+
+impl Config {
+    pub fn read(bundle: &Path) -> Result<Config, BundleError> {
+        let path = bundle.join("config.json");
+        let text = std::fs::read(&path).map_err(|e| BundleError::Read(path.clone(), e))?;
+        serde_json::from_slice(&text).map_err(|e| BundleError::Parse(path, e))
+    }
+
+    /// A pod's sandbox container, which only holds the pod's namespaces: Kiln gives it no VM.
+    pub fn is_sandbox(&self) -> bool {
+        self.annotations.get(CONTAINER_TYPE_ANNOTATION).is_some_and(|t| t == "sandbox")
+    }
+
+    /// The root filesystem's directory: `root.path`, relative to the bundle unless absolute.
+    pub fn rootfs(&self, bundle: &Path) -> PathBuf {
+        bundle.join(self.root.as_ref().map_or("rootfs", |r| r.path.as_str()))
+    }
+
+    /// The launch `bundle` describes, its program checked to be one Kiln boots.
+    pub fn launch_spec(&self, bundle: &Path, id: &str) -> Result<LaunchSpec, BundleError> {
+        let process = self.process.as_ref().ok_or(BundleError::NoProcess)?;
+        for key in self.annotations.keys().filter(|k| k.starts_with("io.kiln.")) {
+            if !KILN_ANNOTATIONS.contains(&key.as_str()) {
+                let known = KILN_ANNOTATIONS.join(", ");
+                return Err(BundleError::Annotation(
+                    key.clone(),
+                    self.annotations[key].clone(),
+                    format!("unknown (Kiln reads {known})"),
+                ));
+            }
+        }
+        let rootfs = self.rootfs(bundle);
+        let workdir = match process.cwd.as_str() {
+            "" | "/" => String::new(),
+            cwd => kiln_launch::parse_workdir(cwd).map_err(BundleError::Cwd)?.trim_end_matches('/').to_string(),
+        };
+        let argv0 = process.args.first().map(String::as_str).unwrap_or_default();
+        let exe_path = bundle::find_program(&rootfs, argv0, &process.env, &workdir)?;
+        check_program(&rootfs, &exe_path)?;
+        let (memory, cpus, grace_secs) = (self.memory()?, self.cpus()?, self.stop_timeout()?);
+        Ok(LaunchSpec {
+            source: Source::Bundle { rootfs },
+            shown: argv0.to_string(),
+            name: id.to_string(),
+            exe_path,
+            argv: process.args.clone(),
+            env: process.env.clone(),
+            workdir,
+            memory,
+            cpus,
+            network: Network::None,
+            volumes: Vec::new(),
+            files: Vec::new(),
+            dirs: Vec::new(),
+            trace_syscalls: false,
+            stats: false,
+            signals: Signals { grace_secs },
+        })
+    }
+
+    fn annotation<T>(&self, key: &str, parse: impl Fn(&str) -> Result<T, String>) -> Result<Option<T>, BundleError> {
+        match self.annotations.get(key) {
+            None => Ok(None),
+            Some(v) => parse(v).map(Some).map_err(|why| BundleError::Annotation(key.into(), v.clone(), why)),
+        }
+    }
+
+    fn resources(&self) -> Option<&Resources> {
+        self.linux.as_ref()?.resources.as_ref()
+    }
+
+    /// `io.kiln.memory`, else the memory limit, else Kiln's default.
+    fn memory(&self) -> Result<u64, BundleError> {
+        if let Some(memory) = self.annotation(MEMORY_ANNOTATION, parse_size)? {
+            return Ok(memory);
+        }
+        match self.resources().and_then(|r| r.memory.as_ref()).and_then(|m| m.limit) {
+            Some(limit) if limit > 0 && limit < 1 << 20 => Err(BundleError::Memory(limit)),
+            Some(limit) if limit > 0 => Ok(limit as u64),
+            _ => Ok(DEFAULT_MEMORY),
+        }
+    }
+
+    /// `io.kiln.cpus`, else the CPU quota rounded up to whole vCPUs, else one.
+    fn cpus(&self) -> Result<u32, BundleError> {
+        let max = kiln_vmm::vm::MAX_VCPUS;
+        let in_range = |n: u32| match (1..=max).contains(&n) {
+            true => Ok(n),
+            false => Err(format!("must be 1 to {max}")),
+        };
+        if let Some(cpus) = self.annotation(CPUS_ANNOTATION, |v| in_range(v.parse().map_err(|_| "not a number")?))? {
+            return Ok(cpus);
+        }
+        let cpu = self.resources().and_then(|r| r.cpu.as_ref());
+        Ok(match cpu.and_then(|c| Some((c.quota?, c.period?))) {
+            Some((quota, period)) if quota > 0 && period > 0 => {
+                (quota as u64).div_ceil(period).clamp(1, max.into()) as u32
+            }
+            _ => 1,
+        })
+    }
+
+    fn stop_timeout(&self) -> Result<u32, BundleError> {
+        let secs = self
+            .annotation(STOP_TIMEOUT_ANNOTATION, |v| v.parse::<u32>().map_err(|_| "not a number of seconds".into()))?;
+        Ok(secs.filter(|&s| s > 0).unwrap_or(DEFAULT_STOP_TIMEOUT))
+    }
+}
+
+/// The program must be an ELF file Kiln can load; anything else (a script, another architecture) is refused now,
+/// with the reason, rather than failing inside the VM.
+fn check_program(rootfs: &Path, exe_path: &str) -> Result<(), BundleError> {
+    let host = bundle::host_path(rootfs, exe_path).unwrap_or_else(|| rootfs.join(exe_path.trim_start_matches('/')));
+    let bytes = std::fs::read(&host).map_err(|e| BundleError::Read(host.clone(), e))?;
+    kiln_vmm::elf::ElfImage::parse(&bytes).map_err(|e| BundleError::NotAProgram(exe_path.to_string(), e))?;
+    Ok(())
+}
+
+/// A size (`kiln run --memory`'s syntax) of at least 1 MiB.
+fn parse_size(s: &str) -> Result<u64, String> {
+    Some(kiln_image::size::parse_size(s)?).filter(|&b| b >= 1 << 20).ok_or_else(|| "must be at least 1M".into())
+}
+
+#[cfg(test)]
+mod tests;

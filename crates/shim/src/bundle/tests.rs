@@ -1,0 +1,55 @@
+use super::*;
+
+fn config(json: serde_json::Value) -> Config {
+    serde_json::from_value(json).unwrap()
+}
+
+#[test]
+fn memory_comes_from_the_annotation_then_the_limit() {
+    assert_eq!(config(serde_json::json!({})).memory().unwrap(), DEFAULT_MEMORY);
+    let limited = serde_json::json!({"linux": {"resources": {"memory": {"limit": 268435456}}}});
+    assert_eq!(config(limited.clone()).memory().unwrap(), 256 << 20);
+    let mut annotated = limited;
+    annotated["annotations"] = serde_json::json!({"io.kiln.memory": "1G"});
+    assert_eq!(config(annotated).memory().unwrap(), 1 << 30);
+    let tiny = serde_json::json!({"linux": {"resources": {"memory": {"limit": 4096}}}});
+    assert!(matches!(config(tiny).memory(), Err(BundleError::Memory(4096))));
+    let bad = serde_json::json!({"annotations": {"io.kiln.memory": "lots"}});
+    assert!(matches!(config(bad).memory(), Err(BundleError::Annotation(..))));
+}
+
+#[test]
+fn vcpus_are_the_quota_rounded_up() {
+    let quota = |quota: i64, period: u64| {
+        config(serde_json::json!({"linux": {"resources": {"cpu": {"quota": quota, "period": period}}}})).cpus().unwrap()
+    };
+    assert_eq!(quota(150_000, 100_000), 2);
+    assert_eq!(quota(50_000, 100_000), 1);
+    assert_eq!(quota(-1, 100_000), 1, "no quota");
+    assert_eq!(quota(1_000_000_000, 1000), kiln_vmm::vm::MAX_VCPUS);
+    assert_eq!(config(serde_json::json!({"annotations": {"io.kiln.cpus": "3"}})).cpus().unwrap(), 3);
+    assert!(config(serde_json::json!({"annotations": {"io.kiln.cpus": "0"}})).cpus().is_err());
+}
+
+#[test]
+fn sandboxes_are_known_by_cris_annotation() {
+    let pod = config(serde_json::json!({"annotations": {"io.kubernetes.cri.container-type": "sandbox"}}));
+    assert!(pod.is_sandbox());
+    assert!(!config(serde_json::json!({})).is_sandbox());
+}
+
+#[test]
+fn unknown_kiln_annotations_and_scripts_are_refused() {
+    let root = std::env::temp_dir().join(format!("kiln-shim-bundle-{}", std::process::id()));
+    std::fs::create_dir_all(root.join("rootfs/bin")).unwrap();
+    std::fs::write(root.join("rootfs/bin/script"), "#!/bin/sh\n").unwrap();
+    let process = serde_json::json!({"args": ["script"], "env": ["PATH=/bin"], "cwd": "/"});
+    let err = config(serde_json::json!({"process": process})).launch_spec(&root, "c1").unwrap_err();
+    assert!(err.to_string().starts_with("/bin/script: Kiln runs Linux x86-64 ELF programs"), "{err}");
+    let typo = config(serde_json::json!({"process": process, "annotations": {"io.kiln.memroy": "1G"}}));
+    let err = typo.launch_spec(&root, "c1").unwrap_err();
+    assert!(err.to_string().contains("unknown"), "{err}");
+    let missing = config(serde_json::json!({"process": {"args": ["nothing"], "cwd": "/"}}));
+    assert!(missing.launch_spec(&root, "c1").unwrap_err().to_string().contains("not found in the container's PATH"));
+    std::fs::remove_dir_all(&root).unwrap();
+}

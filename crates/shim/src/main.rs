@@ -1,0 +1,21 @@
+//! containerd-shim-kiln-v2: containerd's runtime `io.containerd.kiln.v2`, which runs each container as a Kiln VM.
+//! containerd starts it as a shim v2 (`start`, `delete`, or serving the task API on its socket); the shim starts
+//! itself again as `containerd-shim-kiln-v2 vm SPEC` for each container's VM (`vm.rs`), whose pid is the task's.
+
+mod bundle;
+mod service;
+mod stats;
+mod task;
+mod vm;
+
+/// The runtime's name in containerd's configuration.
+const RUNTIME_ID: &str = "io.containerd.kiln.v2";
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.as_slice() {
+        [_, mode, spec] if mode == "vm" => std::process::exit(vm::main(spec)),
+        _ => {}
+    }
+    containerd_shim::run::<service::Service>(RUNTIME_ID, None);
+}

@@ -1,0 +1,140 @@
+//! The VM process: `containerd-shim-kiln-v2 vm SPEC` (SPEC, a [`LaunchSpec`] as JSON, which the shim wrote from the
+//! bundle), one per container, whose pid containerd sees as the task's. It makes the VM with `kiln_launch::prepare`
+//! (the launch path `kiln run` takes), says on [`READY_FD`] whether that worked, waits on [`GO_FD`] for the task's
+//! Start, then runs the program with its output on its stdout and stderr (containerd's FIFOs) and exits with the
+//! program's status, as `kiln run` does. SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to it (`ctr task kill`) go to the
+//! program, as `kiln run` forwards them; SIGKILL ends the VM.
+
+use kiln_launch::{chain, LaunchSpec, Prepared};
+use kiln_vmm::{Console, HostSignals, Outcome};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::FromRawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where the VM process reads the Start: a byte, or end of file when the task is deleted unstarted.
+pub const GO_FD: i32 = 3;
+/// Where the VM process reports its preparation: [`READY`], or the error.
+pub const READY_FD: i32 = 4;
+pub const READY: &str = "ready";
+/// Exit status for Kiln's own failures (as `kiln run` and `docker run` use 125).
+pub const KILN_ERROR: i32 = 125;
+/// Exit status of a deadlocked program (as `kiln run` reports it).
+const DEADLOCK_EXIT: i32 = 124;
+/// The signals forwarded to the program, as `kiln run` forwards them.
+const FORWARDED: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
+struct Stdio;
+
+impl Console for Stdio {
+    fn write(&self, fd: u64, bytes: &[u8]) -> std::io::Result<()> {
+        if fd == 1 {
+            let mut out = std::io::stdout().lock();
+            out.write_all(bytes)?;
+            out.flush()
+        } else {
+            std::io::stderr().lock().write_all(bytes)
+        }
+    }
+
+    fn trace(&self, line: &str) {
+        let _ = writeln!(std::io::stderr().lock(), "[kiln] {line}");
+    }
+}
+
+/// Runs the VM process; returns its exit status.
+pub fn main(spec_path: &str) -> i32 {
+    // Blocked before any thread exists, so that every thread inherits it and the signals wait for `sigwait`.
+    let forwarded = signal_set();
+    // SAFETY: a valid, initialised signal set; the old mask is not wanted.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &forwarded, std::ptr::null_mut()) };
+    // SAFETY: the shim hands these two descriptors to this process (`task.rs`) and nothing else in it owns them.
+    let (mut go, mut ready) = unsafe { (File::from_raw_fd(GO_FD), File::from_raw_fd(READY_FD)) };
+    let prepared = read_spec(spec_path).and_then(|spec| {
+        let prepared = kiln_launch::prepare(&spec, kiln_libos::KERNEL).map_err(|e| chain(&e))?;
+        Ok((spec, prepared))
+    });
+    let (spec, Prepared { vm, notices, .. }) = match prepared {
+        Ok(p) => p,
+        Err(message) => {
+            let _ = ready.write_all(message.as_bytes());
+            return KILN_ERROR;
+        }
+    };
+    if ready.write_all(READY.as_bytes()).is_err() {
+        return KILN_ERROR;
+    }
+    drop(ready);
+    let mut byte = [0u8; 1];
+    if !matches!(go.read(&mut byte), Ok(1)) {
+        return KILN_ERROR;
+    }
+    drop(go);
+    for notice in notices {
+        eprintln!("kiln: {notice}");
+    }
+    let wait = move || wait_signals(&forwarded);
+    let host_signals = HostSignals { wait: Box::new(wait), grace: Duration::from_secs(spec.signals.grace_secs.into()) };
+    match vm.run(Arc::new(Stdio), host_signals) {
+        Ok((outcome, _)) => exit_status(outcome),
+        Err(e) => {
+            eprintln!("kiln: running the VM failed: {}", chain(&e));
+            KILN_ERROR
+        }
+    }
+}
+
+fn read_spec(path: &str) -> Result<LaunchSpec, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("{path}: {e}"))
+}
+
+fn signal_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset initialises the zeroed set; sigaddset adds valid signal numbers to it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in FORWARDED {
+            libc::sigaddset(&mut set, sig);
+        }
+        set
+    }
+}
+
+/// Sleeps until one of the forwarded signals comes (they are blocked in every thread, so they wait here).
+fn wait_signals(set: &libc::sigset_t) -> Vec<u32> {
+    loop {
+        let mut sig = 0;
+        // SAFETY: `set` is an initialised signal set and `sig` a valid place for the result.
+        if unsafe { libc::sigwait(set, &mut sig) } == 0 {
+            return vec![sig as u32];
+        }
+    }
+}
+
+/// The exit status containerd reports for the program's end, as `kiln run` exits: its code, or 128 + the signal
+/// that ended it; what went wrong goes to its stderr first.
+fn exit_status(outcome: Outcome) -> i32 {
+    match outcome {
+        Outcome::Exited(code) => code & 0xff,
+        Outcome::Killed(signal) => 128 + signal.min(127) as i32,
+        Outcome::Deadlocked { threads, waits } => {
+            eprintln!("kiln: program deadlocked: {threads} threads wait with no deadline, and nothing can wake them ({waits})");
+            DEADLOCK_EXIT
+        }
+        Outcome::Crashed(crash) => {
+            eprintln!("kiln: program crashed: {crash}");
+            crash.signal.exit_code()
+        }
+        Outcome::SignalUntaken { signal, grace } => {
+            let name = kiln_vmm::signal::signal_name(signal);
+            eprintln!("kiln: the program did not take {name} within {} s: stopped the VM", grace.as_secs());
+            128 + signal.min(127) as i32
+        }
+        Outcome::Stopped(why) => {
+            eprintln!("kiln: stopped the VM: {why}");
+            KILN_ERROR
+        }
+    }
+}

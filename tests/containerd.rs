@@ -1,0 +1,252 @@
+//! Kubernetes' runtime runs Kiln: Debian's containerd, started here with a configuration of its own (root, state and
+//! socket in a scratch folder) and `containerd-shim-kiln-v2` on its PATH, imports an OCI archive made here (the static
+//! C guests as the image's files) and runs it with `ctr run --runtime io.containerd.kiln.v2`: output through
+//! containerd's FIFOs, exit codes as the program's (compared with the same guest run natively), `ctr task kill`
+//! forwarding SIGTERM to a server that shuts down cleanly, its metrics, Exec refused, a program Kiln cannot boot refused at
+//! create. Skipped, with the reason, where root, containerd or KVM is missing.
+
+#[allow(dead_code)]
+#[path = "harness/container.rs"]
+mod container;
+#[allow(dead_code)]
+#[path = "harness/guests.rs"]
+mod guests;
+#[allow(dead_code)]
+#[path = "harness/kvm.rs"]
+mod kvm;
+
+use container::{file, layer, program, Entry};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const RUNTIME: &str = "io.containerd.kiln.v2";
+const IMAGE: &str = "docker.io/library/kiln-test:latest";
+/// How long one `ctr` command may take before the test fails (a hang must not stall CI).
+const CTR_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A containerd of the test's own, stopped when dropped.
+struct Containerd {
+    dir: PathBuf,
+    process: Child,
+}
+
+impl Containerd {
+    /// Starts containerd in a fresh `dir` with the shim on its PATH; None (the skip reported) where it cannot run.
+    fn start(test: &str) -> Option<Containerd> {
+        if !kvm::available() {
+            return None;
+        }
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            kvm::skip("containerd needs root (mounts, namespaces)");
+            return None;
+        }
+        if !Path::new("/usr/bin/containerd").exists() || !Path::new("/usr/bin/ctr").exists() {
+            kvm::skip("containerd is not installed (scripts/setup.sh installs Debian's)");
+            return None;
+        }
+        // Short: containerd's sockets live in it, and a socket path has at most 107 bytes.
+        let dir = PathBuf::from(format!("/tmp/kiln-ctrd-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("bin")).unwrap();
+        std::os::unix::fs::symlink(
+            env!("CARGO_BIN_EXE_containerd-shim-kiln-v2"),
+            dir.join("bin/containerd-shim-kiln-v2"),
+        )
+        .unwrap();
+        let config = format!(
+            "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{d}/c.sock\"\n[debug]\n  level = \"debug\"\n",
+            d = dir.display()
+        );
+        std::fs::write(dir.join("config.toml"), config).unwrap();
+        let path = format!("{}:{}", dir.join("bin").display(), std::env::var("PATH").unwrap_or_default());
+        let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
+        let process = Command::new("/usr/bin/containerd")
+            .arg("--config")
+            .arg(dir.join("config.toml"))
+            .env("PATH", path)
+            .env("KILN_HOME", Path::new(env!("CARGO_TARGET_TMPDIR")).join("kiln-home"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start containerd");
+        let containerd = Containerd { dir, process };
+        let started = Instant::now();
+        while containerd.ctr(&["version"]).status.code() != Some(0) {
+            assert!(started.elapsed() < Duration::from_secs(20), "containerd did not start:\n{}", containerd.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(containerd)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+
+    fn ctr_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("/usr/bin/ctr");
+        command.arg("--address").arg(self.dir.join("c.sock")).args(["--namespace", "kiln-test"]).args(args);
+        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        command
+    }
+
+    /// Runs `ctr ARGS` to its end (failing the test after [`CTR_TIMEOUT`]).
+    fn ctr(&self, args: &[&str]) -> Output {
+        let child = self.ctr_command(args).spawn().expect("run ctr");
+        let pid = child.id();
+        let (done, timed_out) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let out = child.wait_with_output();
+            let _ = done.send(());
+            out
+        });
+        if timed_out.recv_timeout(CTR_TIMEOUT).is_err() {
+            // SAFETY: kill(2) of the ctr process this test started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("ctr {args:?} took more than {CTR_TIMEOUT:?}; containerd's log:\n{}", self.log());
+        }
+        waiter.join().unwrap().unwrap()
+    }
+
+    /// Imports an OCI archive of `layers` (one image, named [`IMAGE`]).
+    fn import(&self, layers: &[Vec<u8>], cmd: &[&str]) {
+        let layout = self.dir.join("layout");
+        let config = container::config(layers, serde_json::json!({"Cmd": cmd, "Env": ["PATH=/bin"]}));
+        container::oci_layout(&layout, &config, layers);
+        // Named as containerd names what it imports.
+        let index_path = layout.join("index.json");
+        let mut index: serde_json::Value = serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+        index["manifests"][0]["annotations"] =
+            serde_json::json!({"io.containerd.image.name": IMAGE, "org.opencontainers.image.ref.name": "latest"});
+        std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+        let mut members = vec![("blobs/".to_string(), Entry::Dir), ("blobs/sha256/".to_string(), Entry::Dir)];
+        for name in ["oci-layout", "index.json"] {
+            members.push((name.to_string(), file(std::fs::read(layout.join(name)).unwrap())));
+        }
+        for blob in std::fs::read_dir(layout.join("blobs/sha256")).unwrap() {
+            let blob = blob.unwrap();
+            members.push((
+                format!("blobs/sha256/{}", blob.file_name().to_string_lossy()),
+                file(std::fs::read(blob.path()).unwrap()),
+            ));
+        }
+        let archive = self.dir.join("image.tar");
+        std::fs::write(&archive, layer(&members)).unwrap();
+        let out = self.ctr(&["image", "import", "--snapshotter", "native", archive.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(0), "ctr image import: {}", text(&out.stderr));
+    }
+
+    /// `ctr run --rm` of the image with the Kiln runtime.
+    fn run(&self, id: &str, command: &[&str]) -> Output {
+        let mut args = vec!["run", "--rm", "--runtime", RUNTIME, "--snapshotter", "native", IMAGE, id];
+        args.extend(command);
+        self.ctr(&args)
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) of the containerd this test started; it leaves its shims, which end with their tasks.
+        unsafe { libc::kill(self.process.id() as i32, libc::SIGTERM) };
+        let _ = self.process.wait();
+        if !std::thread::panicking() {
+            let _ = Command::new("umount").arg("-R").arg(self.dir.join("root")).output();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The image: the static C guests in /bin.
+fn guest_layer() -> Vec<u8> {
+    layer(&[
+        ("bin/", Entry::Dir),
+        ("bin/hello", program(&guests::c("hello"))),
+        ("bin/crash", program(&guests::c("crash"))),
+        ("bin/waiter", program(&guests::c("waiter"))),
+        ("bin/script", Entry::File { mode: 0o755, data: b"#!/bin/sh\necho not a program\n".to_vec() }),
+        ("tmp/", Entry::Dir),
+    ])
+}
+
+#[test]
+fn containerd_runs_containers_as_kiln_vms() {
+    let Some(containerd) = Containerd::start("run") else { return };
+    containerd.import(&[guest_layer()], &["/bin/hello"]);
+
+    // Output and exit code, as the same guest gives natively.
+    let native = Command::new(guests::c("hello")).arg("7").env_clear().output().unwrap();
+    let run = containerd.run("hello", &["/bin/hello", "7"]);
+    let (stdout, stderr) = (text(&run.stdout), text(&run.stderr));
+    assert_eq!(run.status.code(), native.status.code(), "stdout: {stdout}\nstderr: {stderr}\n{}", containerd.log());
+    assert_eq!(run.status.code(), Some(7));
+    assert!(stdout.starts_with("hello from kiln\nargc=2\nargv[0]=/bin/hello\nargv[1]=7\n"), "{stdout}");
+    assert!(stdout.contains("=PATH=/bin\n"), "the image's environment: {stdout}");
+    assert!(stderr.contains("hello: this line goes to stderr"), "{stderr}");
+
+    // A bare name is found through the image's PATH.
+    let run = containerd.run("bare", &["hello"]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    assert!(text(&run.stdout).contains("argv[0]=hello\n"));
+
+    // A crash: 139, as natively.
+    let native = Command::new(guests::c("crash")).output().unwrap();
+    let run = containerd.run("crash", &["/bin/crash"]);
+    assert_eq!(native.status.code(), None, "natively it dies of a signal");
+    assert_eq!(run.status.code(), Some(139), "{}", text(&run.stderr));
+    assert!(text(&run.stdout).contains("about to crash"));
+    assert!(text(&run.stderr).contains("kiln: program crashed: SIGSEGV"), "{}", text(&run.stderr));
+
+    // A program Kiln cannot boot is refused at create, with the reason.
+    let run = containerd.run("script", &["/bin/script"]);
+    assert_ne!(run.status.code(), Some(0));
+    let stderr = text(&run.stderr);
+    assert!(stderr.contains("/bin/script: Kiln runs Linux x86-64 ELF programs"), "{stderr}");
+
+    // A server: Exec refused while it runs, then `ctr task kill` (SIGTERM) reaches it and it shuts down cleanly.
+    let mut server = containerd
+        .ctr_command(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--snapshotter",
+            "native",
+            IMAGE,
+            "server",
+            "/bin/waiter",
+            "graceful",
+        ])
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    let first = lines.next().map(Result::unwrap);
+    assert_eq!(first.as_deref(), Some("waiter: ready"), "{}", containerd.log());
+    let exec = containerd.ctr(&["task", "exec", "--exec-id", "sh", "server", "/bin/hello"]);
+    assert_ne!(exec.status.code(), Some(0));
+    assert!(text(&exec.stderr).contains("exec is not supported: a Kiln VM runs one program"), "{}", text(&exec.stderr));
+    let pids = containerd.ctr(&["task", "ps", "server"]);
+    assert_eq!(pids.status.code(), Some(0), "{}", text(&pids.stderr));
+    let metrics = containerd.ctr(&["task", "metrics", "server"]);
+    let table = text(&metrics.stdout);
+    assert_eq!(metrics.status.code(), Some(0), "{}", text(&metrics.stderr));
+    assert!(table.contains("memory.usage_in_bytes") && table.contains("pids.current"), "{table}");
+    let kill = containerd.ctr(&["task", "kill", "server"]);
+    assert_eq!(kill.status.code(), Some(0), "{}", text(&kill.stderr));
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    let status = server.wait().unwrap();
+    assert_eq!(rest, ["waiter: stopped by signal 15"]);
+    assert_eq!(status.code(), Some(0), "the server took SIGTERM and exited 0: {rest:?}");
+
+    // Nothing is left: every task was deleted, and its shim ended.
+    let tasks = containerd.ctr(&["task", "ls", "-q"]);
+    assert_eq!(text(&tasks.stdout).trim(), "");
+}
