@@ -29,50 +29,6 @@ impl FrameDevice {
     pub fn inject(&mut self, frame: Vec<u8>) {
         self.rx.push_back(frame);
     }
-
-    /// The next queued guest frame, in a device that holds it alone (and transmits as this one does), so that its
-    /// socket can be found before smoltcp is given it (`kiln_sockets::Sockets::route`).
-    pub fn next_frame(&mut self) -> Option<OneFrame<'_>> {
-        let frame = self.rx.pop_front()?;
-        Some(OneFrame { frame: Some(frame), shared: &self.shared, mtu: self.mtu })
-    }
-}
-
-/// One guest frame, as a device for `Interface::poll_ingress_single`.
-pub(crate) struct OneFrame<'a> {
-    frame: Option<Vec<u8>>,
-    shared: &'a Shared,
-    mtu: u16,
-}
-
-impl OneFrame<'_> {
-    pub fn frame(&self) -> &[u8] {
-        self.frame.as_deref().unwrap_or_default()
-    }
-}
-
-impl Device for OneFrame<'_> {
-    type RxToken<'a>
-        = RxToken
-    where
-        Self: 'a;
-    type TxToken<'a>
-        = TxToken<'a>
-    where
-        Self: 'a;
-
-    fn receive(&mut self, _: Instant) -> Option<(RxToken, TxToken<'_>)> {
-        let frame = self.frame.take()?;
-        Some((RxToken(frame), TxToken(self.shared)))
-    }
-
-    fn transmit(&mut self, _: Instant) -> Option<TxToken<'_>> {
-        self.shared.to_guest_has_room().then_some(TxToken(self.shared))
-    }
-
-    fn capabilities(&self) -> DeviceCapabilities {
-        capabilities(self.mtu)
-    }
 }
 
 pub(crate) struct RxToken(Vec<u8>);
@@ -109,13 +65,9 @@ impl Device for FrameDevice {
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
-        capabilities(self.mtu)
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = usize::from(self.mtu) + ETHERNET_HEADER;
+        caps
     }
-}
-
-fn capabilities(mtu: u16) -> DeviceCapabilities {
-    let mut caps = DeviceCapabilities::default();
-    caps.medium = Medium::Ethernet;
-    caps.max_transmission_unit = usize::from(mtu) + ETHERNET_HEADER;
-    caps
 }

@@ -2,7 +2,6 @@
 //! smoltcp sockets and host sockets, and sleeps in epoll (`sources`) on every host socket plus the kick eventfd
 //! until something happens or smoltcp's next timer is due.
 
-use std::hash::BuildHasher;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::AsRawFd;
 
@@ -12,8 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kiln_sockets::{frame_target, Sockets};
-use smoltcp::iface::{Config, Interface, PollResult};
+use smoltcp::iface::{Config, Interface, PollIngressSingleResult, SocketSet};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
 
 use crate::config::UserNetConfig;
@@ -28,11 +26,6 @@ use crate::{dns, UserNetError};
 
 /// How many readiness events one wait takes at most (more wait for the next turn).
 const EVENTS: usize = 1024;
-/// Most rounds of sending one poll of the stack makes (each sends a segment per socket that has one); what is left
-/// goes at the next turn, which then does not wait.
-const POLL_ROUNDS: usize = 64;
-/// Most times one turn pumps connections and polls the stack while they keep changing each other.
-const PUMP_ROUNDS: usize = 4;
 
 /// The accept queue of a published TCP port: as deep as the host allows (Linux caps it at `net.core.somaxconn`), as
 /// Go's and nginx's listeners ask. std listens with 128: beyond that many handshakes at once Linux answers with SYN
@@ -58,7 +51,7 @@ pub(crate) struct Engine {
     poll: Poll,
     iface: Interface,
     device: FrameDevice,
-    sockets: Sockets,
+    sockets: SocketSet<'static>,
     tcp: TcpRelay,
     udp: UdpRelay,
     epoch: Instant,
@@ -136,8 +129,6 @@ impl Engine {
         config.random_seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0x6b696c6e, |d| d.as_nanos() as u64);
-        // The socket table's hash key: not to be guessed by the guest, whose packets choose the endpoints.
-        let config_seed = std::collections::hash_map::RandomState::new().hash_one(config.random_seed);
         let mut iface = Interface::new(config, &mut device, smoltcp::time::Instant::from_micros(0));
         iface.update_ip_addrs(|addrs| {
             let _ = addrs.push(IpCidr::new(net.gateway.into(), net.prefix_len));
@@ -177,7 +168,7 @@ impl Engine {
             poll,
             iface,
             device,
-            sockets: Sockets::new(config_seed),
+            sockets: SocketSet::new(Vec::new()),
             epoch,
         })
     }
@@ -193,14 +184,11 @@ impl Engine {
             for frame in self.shared.take_from_guest() {
                 self.on_guest_frame(frame, now);
             }
-            for _ in 0..PUMP_ROUNDS {
-                self.poll_stack();
-                if !self.tcp.has_ready() {
-                    break;
-                }
-                self.tcp.pump_ready(&mut self.sockets, now);
-            }
-            let reap_due = self.tcp.reap(&mut self.sockets, now, Vec::new());
+            let t = self.now();
+            self.iface.poll(t, &mut self.device, &mut self.sockets);
+            self.tcp.pump_all(&mut self.sockets);
+            self.iface.poll(t, &mut self.device, &mut self.sockets);
+            let reap_due = self.tcp.reap(&mut self.sockets, now);
             self.shared.wake_if_pushed();
             if self.udp.next_expiry().is_some_and(|at| at <= now) {
                 self.udp.expire(now);
@@ -209,15 +197,11 @@ impl Engine {
             // Sleep until an event, or the first timer: none at all when idle, so that an idle VM costs nothing.
             // While the guest's queue is full smoltcp keeps asking to be polled now; the guest draining the queue
             // kicks us instead.
-            let smoltcp_due = match self.sockets.next_due() {
-                Some(at) if self.shared.to_guest_has_room() => {
-                    let t = self.now();
-                    Some(now + Duration::from_micros(if at > t { (at - t).total_micros() } else { 0 }))
-                }
+            let smoltcp_due = match self.iface.poll_delay(self.now(), &self.sockets) {
+                Some(d) if self.shared.to_guest_has_room() => Some(now + Duration::from_micros(d.total_micros())),
                 _ => None,
             };
-            let busy = (self.sockets.has_pending() || self.tcp.has_ready()).then_some(now);
-            let due = [smoltcp_due, reap_due, self.udp.next_expiry(), busy].into_iter().flatten().min();
+            let due = [smoltcp_due, reap_due, self.udp.next_expiry()].into_iter().flatten().min();
             // Round up, so that a 0.4 ms smoltcp deadline does not become a busy loop of 0 ms waits.
             let timeout = due.map(|at| {
                 Duration::from_millis(at.saturating_duration_since(Instant::now()).as_micros().div_ceil(1000) as u64)
@@ -239,7 +223,11 @@ impl Engine {
                             self.tcp.on_connect_ready(key, &mut self.sockets, &mut self.device);
                             // Let the replayed SYN reach its listener now: a second listener on the same
                             // destination made before then could take it and cross the two connections.
-                            self.ingress(self.now());
+                            let t = self.now();
+                            while !matches!(
+                                self.iface.poll_ingress_single(t, &mut self.device, &mut self.sockets),
+                                PollIngressSingleResult::None
+                            ) {}
                         }
                         Some(TcpToken::Conn(h)) => {
                             let broken = event.is_error() || event.is_read_closed();
@@ -256,44 +244,6 @@ impl Engine {
                     }
                     None => {}
                 }
-            }
-        }
-    }
-
-    /// Polls the stack: the guest's frames, each handed to smoltcp with only the socket it is for, and a turn to send
-    /// for each socket that has one (the relay changed it, a frame came to it, or its timer is due); rounds
-    /// until no socket sent, at most [`POLL_ROUNDS`]. The sockets it reached are the relay's to pump next.
-    fn poll_stack(&mut self) {
-        let now = self.now();
-        for _ in 0..POLL_ROUNDS {
-            // Frames first, as smoltcp's own `poll` does: sending before taking in the guest's ACKs sent past a window
-            // the guest had shrunk, which its smoltcp 0.12 panics on ("subtract sequence numbers with underflow").
-            self.ingress(now);
-            for handle in self.sockets.take_pending(now) {
-                let set = self.sockets.set_mut(Some(handle));
-                let sent = self.iface.poll_egress(now, &mut self.device, set);
-                self.sockets.polled(handle, &mut self.iface, now);
-                if sent == PollResult::SocketStateChanged {
-                    self.sockets.mark(handle);
-                }
-            }
-            if !self.sockets.has_pending() {
-                break;
-            }
-        }
-        let touched = self.sockets.take_touched();
-        self.tcp.touched(touched);
-    }
-
-    /// Hands each queued guest frame to smoltcp with the socket it is for; those reached get a turn to send.
-    fn ingress(&mut self, now: smoltcp::time::Instant) {
-        while let Some(mut one) = self.device.next_frame() {
-            // The stack answers for every address (any_ip): no destination is a broadcast one to its sockets.
-            let handle = self.sockets.route(&frame_target(one.frame()), |_| false);
-            self.iface.poll_ingress_single(now, &mut one, self.sockets.set_mut(handle));
-            if let Some(handle) = handle {
-                self.sockets.polled(handle, &mut self.iface, now);
-                self.sockets.mark(handle);
             }
         }
     }

@@ -5,7 +5,7 @@
 //! reset. Bytes move only while the other side has room (both smoltcp buffers are 64 KiB), FINs are relayed
 //! as shutdowns and resets as resets.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -13,9 +13,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kiln_sockets::{Handle, Sockets};
 use mio::Interest;
-use smoltcp::iface::Interface;
+use smoltcp::iface::{Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp::{self, State};
 use smoltcp::wire::IpListenEndpoint;
 
@@ -85,7 +84,7 @@ struct Pending {
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum TcpToken {
     Listener(usize),
-    Conn(Handle),
+    Conn(SocketHandle),
     Connecting(FlowKey),
 }
 
@@ -95,14 +94,8 @@ pub(crate) struct TcpRelay {
     shared: Arc<Shared>,
     listeners: Vec<(PortForward, TcpListener)>,
     sources: Sources<TcpToken>,
-    conns: HashMap<Handle, Conn>,
-    outbound: HashMap<FlowKey, Handle>,
-    /// Connections to pump at the next turn: their host socket had events, or their guest side changed.
-    ready: Vec<Handle>,
-    ready_set: HashSet<Handle>,
-    /// When connections are next to be looked at for reaping without any event (TIME-WAIT's end, a listener that
-    /// never saw its SYN, a reset given its egress poll).
-    reap_due: BTreeSet<(Instant, Handle)>,
+    conns: HashMap<SocketHandle, Conn>,
+    outbound: HashMap<FlowKey, SocketHandle>,
     pending: HashMap<FlowKey, Pending>,
     inbound_ports: HashSet<u16>,
     next_port: u16,
@@ -138,9 +131,6 @@ impl TcpRelay {
             sources,
             conns: HashMap::new(),
             outbound: HashMap::new(),
-            ready: Vec::new(),
-            ready_set: HashSet::new(),
-            reap_due: BTreeSet::new(),
             pending: HashMap::new(),
             inbound_ports: HashSet::new(),
             next_port: 49152,
@@ -158,7 +148,7 @@ impl TcpRelay {
         src_port: u16,
         dst: SocketAddr,
         syn: Vec<u8>,
-        sockets: &mut Sockets,
+        sockets: &mut SocketSet<'static>,
         device: &mut FrameDevice,
     ) {
         let key = (src_port, dst);
@@ -187,7 +177,7 @@ impl TcpRelay {
     }
 
     /// The host connect for `key` made progress: accept or refuse the guest's SYN.
-    pub fn on_connect_ready(&mut self, key: FlowKey, sockets: &mut Sockets, device: &mut FrameDevice) {
+    pub fn on_connect_ready(&mut self, key: FlowKey, sockets: &mut SocketSet<'static>, device: &mut FrameDevice) {
         let Some(p) = self.pending.get(&key) else { return };
         match connect_result(&p.stream) {
             None => {}
@@ -223,7 +213,7 @@ impl TcpRelay {
     }
 
     /// Accepts every waiting host connection on forward `i` and connects each to the guest.
-    pub fn accept(&mut self, i: usize, iface: &mut Interface, sockets: &mut Sockets) {
+    pub fn accept(&mut self, i: usize, iface: &mut Interface, sockets: &mut SocketSet<'static>) {
         loop {
             let Ok((stream, _)) = self.listeners[i].1.accept() else { return };
             if self.conns.len() >= MAX_CONNS || stream.set_nonblocking(true).is_err() {
@@ -266,63 +256,29 @@ impl TcpRelay {
     }
 
     /// The host socket of `handle` became readable (or closed, or failed) and/or writable.
-    pub fn on_conn_events(&mut self, handle: Handle, readable: bool, writable: bool) {
+    pub fn on_conn_events(&mut self, handle: SocketHandle, readable: bool, writable: bool) {
         if let Some(c) = self.conns.get_mut(&handle) {
             c.readable |= readable;
             c.write_blocked &= !writable;
-            self.make_ready(handle);
         }
     }
 
-    /// Connection `handle` has something to pump (its guest side changed, or its host socket had events).
-    pub fn make_ready(&mut self, handle: Handle) {
-        if self.ready_set.insert(handle) {
-            self.ready.push(handle);
+    /// Moves bytes both ways on every connection as far as buffers allow, and relays FINs and resets.
+    pub fn pump_all(&mut self, sockets: &mut SocketSet<'static>) {
+        for (handle, c) in self.conns.iter_mut() {
+            c.pump(sockets.get_mut::<tcp::Socket>(*handle));
         }
     }
 
-    /// Whether connections wait to be pumped.
-    pub fn has_ready(&self) -> bool {
-        !self.ready.is_empty()
-    }
-
-    /// Moves bytes both ways on the connections that are ready, as far as buffers allow, and relays FINs and
-    /// resets; then looks whether they are done (see [`TcpRelay::reap`]). A connection whose guest side this changed
-    /// gets a turn to send at the stack's next poll.
-    pub fn pump_ready(&mut self, sockets: &mut Sockets, now: Instant) {
-        let ready = std::mem::take(&mut self.ready);
-        self.ready_set.clear();
-        let mut looked = Vec::with_capacity(ready.len());
-        for handle in ready {
-            let Some(c) = self.conns.get_mut(&handle) else { continue };
-            if c.pump(sockets.get_mut_unmarked::<tcp::Socket>(handle)) {
-                sockets.mark(handle);
-            }
-            looked.push(handle);
-        }
-        self.reap(sockets, now, looked);
-    }
-
-    /// Removes, among `looked` and those due, connections whose guest side is closed (after an egress poll, so a
-    /// final reset went out), has lingered in TIME-WAIT, or whose listener never saw its SYN. Returns when it has
-    /// something to do next without any event (none: only events will give it work).
-    pub fn reap(&mut self, sockets: &mut Sockets, now: Instant, looked: Vec<Handle>) -> Option<Instant> {
-        let mut due = Vec::new();
-        while let Some(&(at, handle)) = self.reap_due.first() {
-            if at > now {
-                break;
-            }
-            self.reap_due.pop_first();
-            due.push(handle);
-        }
+    /// Removes connections whose guest side is closed (after an egress poll, so a final reset went out),
+    /// has lingered in TIME-WAIT, or whose listener never saw its SYN. Returns when it has something to do next
+    /// without any event (none: only events will give it work).
+    pub fn reap(&mut self, sockets: &mut SocketSet<'static>, now: Instant) -> Option<Instant> {
         let mut dead = Vec::new();
-        let mut later = Vec::new();
-        let mut seen = HashSet::new();
-        // Each once: a connection pumped may be due too, and a second look would take it for closed before.
-        for handle in looked.into_iter().chain(due).filter(|&h| seen.insert(h)) {
-            let Some(c) = self.conns.get_mut(&handle) else { continue };
-            let s = sockets.get::<tcp::Socket>(handle);
-            let mut due_at = |at: Instant| later.push((at, handle));
+        let mut next: Option<Instant> = None;
+        let mut due_at = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
+        for (handle, c) in self.conns.iter_mut() {
+            let s = sockets.get::<tcp::Socket>(*handle);
             match s.state() {
                 // The guest finished cleanly but the host peer still reads: deliver the rest first.
                 State::Closed if c.saw_fin && c.stream.is_some() && !c.host_write_shut => continue,
@@ -332,14 +288,14 @@ impl TcpRelay {
                 State::TimeWait => {
                     let since = *c.time_wait_since.get_or_insert(now);
                     if now.duration_since(since) >= TIME_WAIT {
-                        dead.push(handle);
+                        dead.push(*handle);
                     } else {
                         due_at(since + TIME_WAIT);
                     }
                     continue;
                 }
                 State::Listen if now.duration_since(c.created) >= LISTEN_TIMEOUT => {
-                    dead.push(handle);
+                    dead.push(*handle);
                     continue;
                 }
                 State::Listen => {
@@ -356,23 +312,22 @@ impl TcpRelay {
                 }
             }
             if s.remote_endpoint().is_none() || c.closed_before {
-                dead.push(handle);
+                dead.push(*handle);
             } else {
                 // Removed at the next round, once the egress poll between has sent the final reset.
                 due_at(now);
             }
             c.closed_before = true;
         }
-        self.reap_due.extend(later);
         for handle in dead {
             self.remove(handle, sockets);
         }
-        self.reap_due.first().map(|&(at, _)| at)
+        next
     }
 
-    fn remove(&mut self, handle: Handle, sockets: &mut Sockets) {
-        let Some(c) = self.conns.remove(&handle) else { return };
+    fn remove(&mut self, handle: SocketHandle, sockets: &mut SocketSet<'static>) {
         sockets.remove(handle);
+        let Some(c) = self.conns.remove(&handle) else { return };
         self.sources.forget(c.source);
         self.shared.stats.tcp_live.fetch_sub(1, Ordering::Relaxed);
         match c.origin {
@@ -385,21 +340,9 @@ impl TcpRelay {
         }
     }
 
-    fn insert(&mut self, handle: Handle, stream: TcpStream, source: usize, origin: Origin) {
+    fn insert(&mut self, handle: SocketHandle, stream: TcpStream, source: usize, origin: Origin) {
         self.shared.stats.tcp_live.fetch_add(1, Ordering::Relaxed);
-        let conn = Conn::new(stream, source, origin);
-        // A listener made for a SYN is given up if the SYN never comes (`reap`).
-        self.reap_due.insert((conn.created + LISTEN_TIMEOUT, handle));
-        self.conns.insert(handle, conn);
-    }
-
-    /// The stack's poll reached these sockets: those that are connections are pumped at the next turn.
-    pub fn touched(&mut self, handles: Vec<Handle>) {
-        for handle in handles {
-            if self.conns.contains_key(&handle) {
-                self.make_ready(handle);
-            }
-        }
+        self.conns.insert(handle, Conn::new(stream, source, origin));
     }
 }
 
@@ -420,12 +363,9 @@ impl Conn {
         }
     }
 
-    /// Moves what it can; returns whether the guest side changed (bytes taken or queued, a close or an abort),
-    /// which its socket must send word of.
-    fn pump(&mut self, s: &mut tcp::Socket<'static>) -> bool {
-        let Some(stream) = &self.stream else { return false };
+    fn pump(&mut self, s: &mut tcp::Socket<'static>) {
+        let Some(stream) = &self.stream else { return };
         let mut host_failed = false;
-        let mut changed = false;
 
         // Guest → host.
         while !self.write_blocked && s.can_recv() {
@@ -435,7 +375,7 @@ impl Conn {
             });
             match r {
                 Ok(Ok(0)) | Err(_) => break,
-                Ok(Ok(_)) => changed = true,
+                Ok(Ok(_)) => {}
                 Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => self.write_blocked = true,
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                 Ok(Err(_)) => {
@@ -466,9 +406,8 @@ impl Conn {
                 Ok(Ok(Some(0))) => {
                     self.host_eof = true;
                     s.close();
-                    changed = true;
                 }
-                Ok(Ok(Some(_))) => changed = true,
+                Ok(Ok(Some(_))) => {}
                 Ok(Ok(None)) | Err(_) => break,
                 Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => self.readable = false,
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -479,7 +418,6 @@ impl Conn {
         if host_failed {
             // The host side reset or broke: reset the guest side too.
             s.abort();
-            changed = true;
             if let Some(stream) = self.stream.take() {
                 close_with_reset(stream);
             }
@@ -487,6 +425,5 @@ impl Conn {
             // Both directions finished: the host socket has nothing left to do.
             self.stream = None;
         }
-        changed
     }
 }
