@@ -1508,6 +1508,67 @@ fn crash_is_reported_as_sigsegv_with_exit_code_139() {
     assert!(line.contains("rip 0x"), "the crash line does not name the instruction address\n{run}");
 }
 
+/// The crash report's lines: the headline, then the backtrace lines indented below it.
+fn crash_report(run: &harness::Outcome) -> (String, Vec<String>) {
+    let stderr = run.stderr_text();
+    let mut lines = stderr.lines().skip_while(|l| !l.starts_with("kiln: program crashed: "));
+    let headline = lines.next().unwrap_or_else(|| panic!("no `kiln: program crashed:` line\n{run}")).to_string();
+    (headline, lines.take_while(|l| l.starts_with("  ")).map(str::to_string).collect())
+}
+
+/// The frames' function names in a backtrace's lines (`  #0  0x401190 in parse_header (…/backtrace.c:12)`).
+fn frame_functions(backtrace: &[String]) -> Vec<String> {
+    backtrace.iter().filter_map(|l| l.split(" in ").nth(1)?.split([' ', '+']).next().map(str::to_string)).collect()
+}
+
+#[test]
+fn crash_report_names_the_function_line_and_callers() {
+    if !kvm::available() {
+        return;
+    }
+    let run = kiln().arg("run").arg(guests::c("backtrace")).run();
+    run.assert_code(139).assert_stdout("handling a request\n");
+    let (headline, backtrace) = crash_report(&run);
+    let source = std::fs::read_to_string(guests::repo_root().join("tests/guests/c/backtrace.c")).unwrap();
+    let line = 1 + source.lines().position(|l| l.contains("/* the crash */")).unwrap();
+    assert!(headline.starts_with("kiln: program crashed: SIGSEGV (page fault reading 0x8) at rip 0x"), "{run}");
+    assert!(headline.contains(" in parse_header ("), "{run}");
+    assert!(
+        headline.ends_with(&format!("backtrace.c:{line})")),
+        "the headline does not name backtrace.c:{line}\n{run}"
+    );
+    let functions = frame_functions(&backtrace);
+    assert_eq!(functions[..3], ["parse_header", "handle_request", "main"], "{run}");
+    assert!(backtrace[1].contains("backtrace.c:"), "the caller's line is not named\n{run}");
+}
+
+#[test]
+fn crash_report_without_debug_info_or_frame_pointers_names_symbols() {
+    if !kvm::available() {
+        return;
+    }
+    // No DWARF and no frame pointers: the walk needs .eh_frame (parse_header has no frame of its own either way).
+    let run = kiln().arg("run").arg(guests::c("backtrace-symbols")).run();
+    run.assert_code(139);
+    let (headline, backtrace) = crash_report(&run);
+    assert!(headline.contains(" in parse_header"), "{run}");
+    assert!(!headline.contains(".c:"), "no line information in this build\n{run}");
+    assert_eq!(frame_functions(&backtrace)[..3], ["parse_header", "handle_request", "main"], "{run}");
+}
+
+#[test]
+fn crash_report_of_a_stripped_program_says_it_has_no_symbols() {
+    if !kvm::available() {
+        return;
+    }
+    let run = kiln().arg("run").arg(guests::c("backtrace-stripped")).run();
+    run.assert_code(139);
+    let (headline, backtrace) = crash_report(&run);
+    assert!(!headline.contains(" in "), "a stripped program has no names\n{run}");
+    assert_eq!(backtrace[0], "  (the program has no symbols: frames are addresses only)", "{run}");
+    assert!(backtrace[1].starts_with("  #0  0x"), "{run}");
+}
+
 // ---- bad input: a one-line `kiln: ` error and a non-zero exit, no VM needed ---------------------------------------
 
 #[test]

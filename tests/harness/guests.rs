@@ -46,6 +46,9 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("hello-musl-dynamic", "hello.c", Link::MuslDynamic),
     ("bigout", "bigout.c", Link::Static),
     ("crash", "crash.c", Link::Static),
+    ("backtrace", "backtrace.c", Link::Static),
+    ("backtrace-symbols", "backtrace.c", Link::Static),
+    ("backtrace-stripped", "backtrace.c", Link::Static),
     ("nullread", "nullread.c", Link::Static),
     ("cancel", "cancel.c", Link::Static),
     ("asynccancel", "asynccancel.c", Link::Static),
@@ -265,6 +268,16 @@ pub fn rust(name: &str) -> PathBuf {
     }
 }
 
+/// Compiler flags a C guest needs beyond the link mode's: the crash backtrace's variants.
+fn extra_flags(name: &str) -> &'static [&'static str] {
+    match name {
+        "backtrace" => &["-g", "-fno-omit-frame-pointer"],
+        "backtrace-symbols" => &["-fomit-frame-pointer"],
+        "backtrace-stripped" => &["-s"],
+        _ => &[],
+    }
+}
+
 fn build_c() -> Result<PathBuf, String> {
     let src = repo_root().join("tests/guests/c");
     let out = out_root().join("c");
@@ -274,7 +287,7 @@ fn build_c() -> Result<PathBuf, String> {
     for &(name, source, link) in C_GUESTS {
         let tmp = out.join(format!(".{name}.{}.tmp", std::process::id()));
         let mut cmd = Command::new(if matches!(link, Link::Dynamic | Link::Glibc) { &host_cc } else { &musl_gcc });
-        cmd.args(["-O2", "-Wall", "-Wextra", "-Werror", "-o"]).arg(&tmp);
+        cmd.args(["-O2", "-Wall", "-Wextra", "-Werror"]).args(extra_flags(name)).arg("-o").arg(&tmp);
         match link {
             Link::Static | Link::Glibc => {
                 cmd.arg("-static").arg(src.join(source));

@@ -21,6 +21,7 @@ mod allocator;
 #[cfg(test)]
 mod boot_layout_tests;
 mod container_build;
+mod crash_report;
 mod detach;
 mod host_signals;
 mod image_build;

@@ -239,7 +239,7 @@ fn report(
             Ok((DEADLOCK_EXIT, why))
         }
         Outcome::Crashed(crash) => {
-            errln!("kiln: program crashed: {crash}");
+            crate::crash_report::print(spec, &crash, KERNEL);
             Ok((crash.signal.exit_code() as u8, format!("crashed: {crash}")))
         }
         Outcome::SignalUntaken { signal, grace } => {

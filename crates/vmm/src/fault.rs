@@ -38,6 +38,10 @@ pub struct CrashReport {
     pub reason: String,
     pub rip: u64,
     pub rsp: u64,
+    pub rbp: u64,
+    /// The crashed thread's stack, for a backtrace: filled when the report becomes the VM's outcome (a fault a
+    /// handler of the program's takes needs none).
+    pub stack: Option<crate::crash_stack::CrashStack>,
     /// What a handler of the program's would be told; None for what no handler may see (SIGSYS from Kiln's
     /// trampoline).
     pub fault: Option<FaultInfo>,
@@ -182,7 +186,15 @@ fn called_from_syscall_site(ram: &GuestRam, layout: &GuestLayout, regs: &kvm_reg
 
 pub fn diagnose(ram: &GuestRam, layout: &GuestLayout, how: &str, regs: &kvm_regs, sregs: &kvm_sregs) -> CrashReport {
     let pml4 = layout.pml4;
-    let report = |signal, reason: String, rip| CrashReport { signal, reason, rip, rsp: regs.rsp, fault: None };
+    let report = |signal, reason: String, rip| CrashReport {
+        signal,
+        reason,
+        rip,
+        rsp: regs.rsp,
+        rbp: regs.rbp,
+        stack: None,
+        fault: None,
+    };
     // On kvm_pvm an unrewritten `syscall` ends at LSTAR; %rcx holds the address after it. (On hardware KVM the code
     // there hands it to the library OS.)
     if regs.rip == SYSCALL_TRAP_VADDR {
@@ -317,8 +329,16 @@ const INT3: u8 = 0xcc;
 /// A breakpoint trap the CPU reported as such (hardware KVM): %rip is already past the `int3`.
 pub fn breakpoint(regs: &kvm_regs) -> CrashReport {
     let at = regs.rip.wrapping_sub(1);
-    let report =
-        CrashReport { signal: Signal::Sigtrap, reason: "breakpoint".into(), rip: at, rsp: regs.rsp, fault: None };
+    let reason = "breakpoint".into();
+    let report = CrashReport {
+        signal: Signal::Sigtrap,
+        reason,
+        rip: at,
+        rsp: regs.rsp,
+        rbp: regs.rbp,
+        stack: None,
+        fault: None,
+    };
     report.with_fault(SI_KERNEL, 0, TRAP_BREAKPOINT, 0).resuming_at(regs.rip)
 }
 

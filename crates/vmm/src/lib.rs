@@ -8,6 +8,7 @@
 
 pub mod arch;
 pub mod boot;
+pub mod crash_stack;
 pub mod disk;
 pub mod dynamic;
 pub mod elf;

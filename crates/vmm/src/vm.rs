@@ -4,6 +4,7 @@
 use crate::arch;
 use crate::arch::{exception, trap_page, HostKind};
 use crate::boot::{self, BootError, BootParams, BootState, MIN_MEMORY};
+use crate::crash_stack;
 use crate::disk::{Disk, VolumeConfig};
 use crate::elf::{ElfError, ElfImage};
 use crate::exit_state;
@@ -672,7 +673,7 @@ fn run_vcpu(
                 match action {
                     Action::Resume | Action::FlushTlb | Action::Preempt { .. } => continue,
                     Action::FaultUnhandled => match pending_fault.take() {
-                        Some(report) => Outcome::Crashed(report),
+                        Some(report) => Outcome::Crashed(with_stack(shared, report)),
                         None => Outcome::Stopped("the library OS reported a fault that did not happen".into()),
                     },
                     Action::Exit(code) => Outcome::Exited(code),
@@ -721,7 +722,7 @@ fn run_vcpu(
                             pending_fault = Some(report);
                             continue;
                         }
-                        Outcome::Crashed(report)
+                        Outcome::Crashed(with_stack(shared, report))
                     }
                     Err(exception::ExceptionError::Kvm(what, source)) => return Err(VmError::Kvm { what, source }),
                     Err(why) => Outcome::Stopped(why.to_string()),
@@ -740,9 +741,9 @@ fn run_vcpu(
                     pending_fault = Some(report);
                     continue;
                 }
-                Outcome::Crashed(report)
+                Outcome::Crashed(with_stack(shared, report))
             }
-            VcpuExit::Hlt => Outcome::Crashed(crash(&vcpu, shared, "hlt")),
+            VcpuExit::Hlt => Outcome::Crashed(with_stack(shared, crash(&vcpu, shared, "hlt"))),
             other => Outcome::Stopped(format!("vCPU {id} stopped unexpectedly ({other:?})")),
         };
         return Ok(outcome);
@@ -831,6 +832,12 @@ fn crash(vcpu: &VcpuFd, shared: &Shared, how: &'static str) -> CrashReport {
         syscall_sites: &shared.syscall_sites,
     };
     fault::diagnose(&shared.ram, &layout, how, &regs, &sregs)
+}
+
+/// `report` with the crashed thread's stack copied, for the backtrace the user reads.
+fn with_stack(shared: &Shared, mut report: CrashReport) -> CrashReport {
+    report.stack = Some(crash_stack::capture(&shared.ram, shared.pml4, report.rip, report.rsp, report.rbp));
+    report
 }
 
 #[cfg(test)]
