@@ -2,8 +2,9 @@
 
 /// `BootInfo::magic`: "KILNBOOT".
 pub const BOOT_MAGIC: u64 = u64::from_le_bytes(*b"KILNBOOT");
-/// Also covers the root filesystem image's format (`rootfs::MAGIC`): 9 since its index came before the data.
-pub const BOOT_VERSION: u32 = 9;
+/// Also covers the root filesystem image's format (`rootfs::MAGIC`): 9 since its index came before the data, 10
+/// since the break may start with pages mapped (`brk_mapped_end`).
+pub const BOOT_VERSION: u32 = 10;
 
 /// `BootInfo::flags`: send every syscall to the VMM for `--trace-syscalls`.
 pub const BOOT_FLAG_TRACE_SYSCALLS: u64 = 1 << 0;
@@ -36,6 +37,9 @@ pub struct BootInfo {
     pub app_stack_top: u64,
     /// First address after the application's highest segment: the initial program break.
     pub brk_start: u64,
+    /// End of the memory the VMM mapped, writable and zero, from `brk_start` on for the break to grow into (the rest
+    /// of the 2 MiB page holding the program's data, `loader::break_window`); `brk_start` rounded up for none.
+    pub brk_mapped_end: u64,
     /// Guest-virtual address and length of the executable's path, for `readlink("/proc/self/exe")`.
     pub exe_path_addr: u64,
     pub exe_path_len: u64,

@@ -306,6 +306,7 @@ pub fn build(
         app_stack_bottom: stack_bottom,
         app_stack_top: STACK_TOP,
         brk_start: loaded.end,
+        brk_mapped_end: loaded.break_mapped_end,
         exe_path_addr: initial.exe_path_addr,
         exe_path_len: initial.exe_path_len,
         workdir_addr: initial.workdir_addr,

@@ -56,15 +56,18 @@ pub fn init(boot: &BootInfo) {
         m.frames.add(start, end);
     }
     // Where guest RAM is in huge pages the break starts on a 2 MiB boundary, so that it grows by 2 MiB pages from the
-    // start (`mapping::set_break`); Linux too starts it at a random distance past the program.
-    let brk_start = if kiln_abi::layout::huge_pages_for(boot.mem_size) {
+    // start (`mapping::set_break`); Linux too starts it at a random distance past the program. Unless the VMM mapped
+    // the rest of the program's last 2 MiB page for it (`loader::break_window`): then it starts right after the bss.
+    let brk_start = if boot.brk_mapped_end > page_align_up(boot.brk_start) {
+        boot.brk_start
+    } else if kiln_abi::layout::huge_pages_for(boot.mem_size) {
         boot.brk_start.next_multiple_of(HUGE_PAGE_SIZE)
     } else {
         boot.brk_start
     };
     m.brk_start = brk_start;
     m.brk = brk_start;
-    m.brk_mapped_end = page_align_up(brk_start);
+    m.brk_mapped_end = page_align_up(brk_start).max(boot.brk_mapped_end);
     drop(m);
     maps::init(boot);
 }
