@@ -583,3 +583,23 @@ fn an_image_for_another_boot_protocol_is_refused() {
     );
     assert!(line.ends_with("; build it again"), "{line}");
 }
+
+/// An image keeps its program's symbols and debug information: its crash report names the function and line, read
+/// from the store's copy of the program (the host file it was built from is gone).
+#[test]
+fn an_image_crash_report_names_the_function_and_line() {
+    if !kvm::available() {
+        return;
+    }
+    let base = scratch("crash-report");
+    let home = base.join("home");
+    let dir = project(&base.join("p"), &guests::c("backtrace"), "name = \"crasher\"\nbinary = \"app\"\n");
+    build(&home, &dir, &[]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let run = kiln_in(&home).args(["run", "crasher"]).run();
+    run.assert_code(139);
+    let stderr = run.stderr_text();
+    let headline = stderr.lines().find(|l| l.starts_with("kiln: program crashed: SIGSEGV")).unwrap_or_default();
+    assert!(headline.contains(" in parse_header (") && headline.contains("backtrace.c:"), "{run}");
+    assert!(stderr.contains(" in handle_request ("), "{run}");
+}
