@@ -83,14 +83,7 @@ echo
 echo "### kiln build of a $((size >> 20)) MiB docker archive (python3 and its standard library; $rounds rounds, ms)"
 echo
 echo "load: $(cut -d' ' -f1-3 /proc/loadavg)"
-cold=()
-for _ in 1 2 3; do
-  rm -rf "$KILN_HOME"
-  start=$EPOCHREALTIME
-  "$KILN" build -q -f "$work/project/Kiln.toml" >/dev/null
-  cold+=("$(python3 -c "print(f'{($EPOCHREALTIME - $start) * 1000:.0f}')")")
-done
-echo "first build into an empty store and rewrite cache (every shared object rewritten), 3 runs: ${cold[*]} ms"
+echo "first build into an empty store and rewrite cache (every shared object rewritten), 3 runs: $(first_builds 3 "$work/project/Kiln.toml") ms"
 echo
 echo '```'
 "$out/timeit" "$rounds" "kiln-build=$KILN build -q -f $work/project/Kiln.toml" \

@@ -40,15 +40,7 @@ done
 echo
 echo "### kiln build of a $(($(stat -c %s "$work/big") / 1024)) KiB binary ($rounds rounds, ms)"
 echo
-# First builds into an empty store, each timed alone.
-cold=()
-for _ in 1 2 3 4 5; do
-  rm -rf "$KILN_HOME"
-  start=$EPOCHREALTIME
-  "$KILN" build -q -f "$work/big.d/Kiln.toml" >/dev/null
-  cold+=("$(python3 -c "print(f'{($EPOCHREALTIME - $start) * 1000:.1f}')")")
-done
-echo "first build into an empty store, 5 runs: ${cold[*]} ms"
+echo "first build into an empty store, 5 runs: $(first_builds 5 "$work/big.d/Kiln.toml") ms"
 echo
 echo '```'
 "$out/timeit" "$rounds" "kiln-build=$KILN build -q -f $work/big.d/Kiln.toml" "sha256sum=sha256sum $work/big" \

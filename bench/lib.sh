@@ -22,3 +22,15 @@ wait_ready() {
   echo "bench: no answer within 60 s" >&2
   return 1
 }
+
+# first_builds N KILN_TOML: N `kiln build`s into an empty $KILN_HOME, each timed alone; prints "ms ms ...".
+first_builds() {
+  local times=()
+  for _ in $(seq "$1"); do
+    rm -rf "$KILN_HOME"
+    local start=$EPOCHREALTIME
+    "$KILN" build -q -f "$2" >/dev/null
+    times+=("$(python3 -c "print(f'{($EPOCHREALTIME - $start) * 1000:.0f}')")")
+  done
+  echo "${times[*]}"
+}

@@ -9,8 +9,7 @@ use anyhow::{anyhow, Context, Result};
 use kiln_launch::{home, parse_env, parse_mapping, parse_mount, parse_workdir, LaunchSpec, Overrides, Prepared};
 use kiln_vmm::rewrite::SiteCounts;
 use kiln_vmm::syscall_names::syscall_name;
-use kiln_vmm::{Console, HostSignals, Outcome, RunStats};
-use std::io::Write;
+use kiln_vmm::{HostSignals, Outcome, RunStats, StdioConsole};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -112,25 +111,6 @@ impl RunArgs {
     }
 }
 
-struct Terminal;
-
-impl Console for Terminal {
-    fn write(&self, fd: u64, bytes: &[u8]) -> std::io::Result<()> {
-        if fd == 1 {
-            let mut out = std::io::stdout().lock();
-            out.write_all(bytes)?;
-            out.flush()
-        } else {
-            std::io::stderr().lock().write_all(bytes)
-        }
-    }
-
-    /// Lines that a closed stderr cannot take are dropped (`kiln run --trace-syscalls ... 2>&1 | head`).
-    fn trace(&self, line: &str) {
-        errln!("[kiln] {line}");
-    }
-}
-
 pub fn run(mut args: RunArgs) -> Result<u8> {
     args.split_command();
     let mut instance = detach::instance_of_this_process(&args)?;
@@ -165,7 +145,7 @@ fn launch(spec: &LaunchSpec, mut instance: Option<&mut ThisInstance>) -> Result<
     }
     let grace = Duration::from_secs(spec.signals.grace_secs.into());
     let host_signals = HostSignals { wait: Box::new(move || signals.wait()), grace };
-    let result = vm.run(Arc::new(Terminal), host_signals).context("running the VM failed");
+    let result = vm.run(Arc::new(StdioConsole), host_signals).context("running the VM failed");
     let (code, reason) = match result {
         Ok((outcome, stats)) => report(spec, outcome, &stats, object_sites),
         Err(e) => Err(e),

@@ -6,7 +6,7 @@
 //! program, as `kiln run` forwards them; SIGKILL ends the VM.
 
 use kiln_launch::{chain, LaunchSpec, Prepared};
-use kiln_vmm::{Console, HostSignals, Outcome};
+use kiln_vmm::{HostSignals, Outcome, StdioConsole};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::FromRawFd;
@@ -24,24 +24,6 @@ pub const KILN_ERROR: i32 = 125;
 const DEADLOCK_EXIT: i32 = 124;
 /// The signals forwarded to the program, as `kiln run` forwards them.
 const FORWARDED: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
-
-struct Stdio;
-
-impl Console for Stdio {
-    fn write(&self, fd: u64, bytes: &[u8]) -> std::io::Result<()> {
-        if fd == 1 {
-            let mut out = std::io::stdout().lock();
-            out.write_all(bytes)?;
-            out.flush()
-        } else {
-            std::io::stderr().lock().write_all(bytes)
-        }
-    }
-
-    fn trace(&self, line: &str) {
-        let _ = writeln!(std::io::stderr().lock(), "[kiln] {line}");
-    }
-}
 
 /// Runs the VM process; returns its exit status.
 pub fn main(spec_path: &str) -> i32 {
@@ -76,7 +58,7 @@ pub fn main(spec_path: &str) -> i32 {
     }
     let wait = move || wait_signals(&forwarded);
     let host_signals = HostSignals { wait: Box::new(wait), grace: Duration::from_secs(spec.signals.grace_secs.into()) };
-    match vm.run(Arc::new(Stdio), host_signals) {
+    match vm.run(Arc::new(StdioConsole), host_signals) {
         Ok((outcome, _)) => exit_status(outcome),
         Err(e) => {
             eprintln!("kiln: running the VM failed: {}", chain(&e));

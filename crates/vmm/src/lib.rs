@@ -8,6 +8,7 @@
 
 pub mod arch;
 pub mod boot;
+pub mod console;
 pub mod crash_stack;
 pub mod disk;
 pub mod dynamic;
@@ -37,6 +38,7 @@ pub mod vdso;
 pub mod virtio;
 pub mod vm;
 
+pub use console::StdioConsole;
 pub use disk::VolumeConfig;
 pub use fault::{CrashReport, Signal};
 pub use host_signals::HostSignals;
