@@ -26,6 +26,13 @@ pub fn sync(vcpu: &mut VcpuFd) {
     }
 }
 
+/// Stops the copying [`sync`] asked for (a host where it does not pay: `HostKind::syncs_exit_state`).
+pub fn unsync(vcpu: &mut VcpuFd) {
+    for reg in WANTED {
+        vcpu.clear_sync_valid_reg(reg);
+    }
+}
+
 /// The state of a vCPU that has just left KVM_RUN: `synced` when [`sync`] was called for it.
 pub fn read(
     vcpu: &VcpuFd,

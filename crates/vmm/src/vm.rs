@@ -413,6 +413,10 @@ impl Vm {
             (measuring.join(), boot)
         });
         let host = host.map_err(|_| VmError::ProbeThread)??;
+        let synced_state = synced_state && host.syncs_exit_state();
+        if !synced_state {
+            vcpus.iter_mut().for_each(exit_state::unsync);
+        }
         let boot = boot?;
         probe.finish(&ram)?;
         let built = started.elapsed();
