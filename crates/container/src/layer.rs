@@ -149,7 +149,8 @@ pub fn apply(tree: &mut Tree, layer: &mut LayerReader<'_>, totals: &mut Totals) 
                 if totals.file_bytes > MAX_TOTAL_BYTES {
                     return Err(LayerError::TooBig);
                 }
-                let mut data = Vec::with_capacity(size as usize);
+                // The header's size is a claim: reserve at most 1 MiB on its word, the read grows the rest.
+                let mut data = Vec::with_capacity(size.min(1 << 20) as usize);
                 entry.read_to_end(&mut data).map_err(LayerError::Tar)?;
                 Node::File { mode, data }
             }
