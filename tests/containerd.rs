@@ -3,7 +3,9 @@
 //! C guests as the image's files) and runs it with `ctr run --runtime io.containerd.kiln.v2`: output through
 //! containerd's FIFOs, exit codes as the program's (compared with the same guest run natively), `ctr task kill`
 //! forwarding SIGTERM to a server that shuts down cleanly, its metrics, Exec refused, a program Kiln cannot boot refused at
-//! create. Skipped, with the reason, where root, containerd or KVM is missing.
+//! create; and a pod's network made as a container runtime makes it (a namespace, Debian's CNI `bridge` and
+//! `host-local` plugins run with CNI's environment and configuration), its Go HTTP server reached from the host at the
+//! pod's address. Skipped, with the reason, where root, containerd, the CNI plugins or KVM is missing.
 
 #[allow(dead_code)]
 #[path = "harness/container.rs"]
@@ -172,6 +174,7 @@ fn guest_layer() -> Vec<u8> {
         ("bin/hello", program(&guests::c("hello"))),
         ("bin/crash", program(&guests::c("crash"))),
         ("bin/waiter", program(&guests::c("waiter"))),
+        ("bin/files", program(&guests::c("files"))),
         ("bin/script", Entry::File { mode: 0o755, data: b"#!/bin/sh\necho not a program\n".to_vec() }),
         ("tmp/", Entry::Dir),
     ])
@@ -211,6 +214,39 @@ fn containerd_runs_containers_as_kiln_vms() {
     let stderr = text(&run.stderr);
     assert!(stderr.contains("/bin/script: Kiln runs Linux x86-64 ELF programs"), "{stderr}");
 
+    // Bind mounts: a host file and a read-only host directory are copied into the VM (the guest checks both); a
+    // writable host directory is refused at create, with the reason.
+    let host = containerd.dir.join("host-data");
+    std::fs::create_dir_all(host.join("sub")).unwrap();
+    std::fs::write(host.join("sub/deep.txt"), "deep\n").unwrap();
+    std::fs::write(containerd.dir.join("hello.txt"), "from the host\n").unwrap();
+    let dir_mount = format!("type=bind,src={},dst=/srv/data,options=rbind:ro", host.display());
+    let file_mount = format!(
+        "type=bind,src={},dst=/srv/data/hello.txt,options=rbind:ro",
+        containerd.dir.join("hello.txt").display()
+    );
+    let mut args = vec!["run", "--rm", "--runtime", RUNTIME, "--snapshotter", "native", "--mount", &dir_mount];
+    args.extend(["--mount", &file_mount, IMAGE, "mounts", "/bin/files", "with-host-files"]);
+    let run = containerd.ctr(&args);
+    assert_eq!(run.status.code(), Some(0), "{}{}", text(&run.stdout), text(&run.stderr));
+    let writable = dir_mount.replace(":ro", ":rw");
+    let args = [
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--snapshotter",
+        "native",
+        "--mount",
+        &writable,
+        IMAGE,
+        "rw",
+        "/bin/hello",
+    ];
+    let run = containerd.ctr(&args);
+    assert_ne!(run.status.code(), Some(0));
+    assert!(text(&run.stderr).contains("/srv/data is writable: Kiln copies a host directory"), "{}", text(&run.stderr));
+
     // A server: Exec refused while it runs, then `ctr task kill` (SIGTERM) reaches it and it shuts down cleanly.
     let mut server = containerd
         .ctr_command(&[
@@ -249,4 +285,180 @@ fn containerd_runs_containers_as_kiln_vms() {
     // Nothing is left: every task was deleted, and its shim ended.
     let tasks = containerd.ctr(&["task", "ls", "-q"]);
     assert_eq!(text(&tasks.stdout).trim(), "");
+}
+
+/// A pod's network as CNI makes it: a namespace, and Debian's containernetworking-plugins `bridge` (with
+/// `host-local` addresses) run in it as a container runtime runs them. CNI DEL and the namespace's removal happen
+/// when dropped, whatever the test did.
+struct CniPod {
+    netns: String,
+    config: String,
+    env: Vec<(&'static str, String)>,
+    /// The pod's address and the gateway (the bridge's address on the host).
+    ip: String,
+}
+
+const CNI_BIN: &str = "/usr/lib/cni";
+
+impl CniPod {
+    /// None (the skip reported) where the plugins are missing.
+    fn add(dir: &Path) -> Option<CniPod> {
+        if !Path::new(CNI_BIN).join("bridge").exists() || !Path::new(CNI_BIN).join("host-local").exists() {
+            kvm::skip("containernetworking-plugins is not installed (scripts/setup.sh installs Debian's)");
+            return None;
+        }
+        let pid = std::process::id();
+        let netns = format!("podnet-{pid}");
+        let made = Command::new("ip").args(["netns", "add", &netns]).output().expect("run ip");
+        assert!(made.status.success(), "ip netns add: {}", text(&made.stderr));
+        let subnet = format!("10.77.{}.0/24", pid % 250);
+        let config = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": format!("podnet{pid}"),
+            "type": "bridge",
+            "bridge": format!("kpn{}", pid % 100_000),
+            "isGateway": true,
+            "ipam": {"type": "host-local", "subnet": subnet, "dataDir": dir.join("cni-ipam")},
+        })
+        .to_string();
+        let env = vec![
+            ("CNI_CONTAINERID", format!("podnet{pid}")),
+            ("CNI_NETNS", format!("/var/run/netns/{netns}")),
+            ("CNI_IFNAME", "eth0".to_string()),
+            ("CNI_PATH", CNI_BIN.to_string()),
+        ];
+        let mut pod = CniPod { netns, config, env, ip: String::new() };
+        let out = pod.plugin("ADD");
+        assert!(out.status.success(), "CNI ADD: {}{}", text(&out.stdout), text(&out.stderr));
+        let result: serde_json::Value = serde_json::from_slice(&out.stdout).expect("CNI ADD prints its result");
+        let cidr = result["ips"][0]["address"].as_str().expect("CNI gave an address").to_string();
+        pod.ip = cidr.split('/').next().unwrap().to_string();
+        Some(pod)
+    }
+
+    /// Runs the bridge plugin with `command`, as a runtime does: the settings in the environment, the network's
+    /// configuration on stdin.
+    fn plugin(&self, command: &str) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(Path::new(CNI_BIN).join("bridge"))
+            .env("CNI_COMMAND", command)
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run the CNI bridge plugin");
+        child.stdin.take().unwrap().write_all(self.config.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// What the namespace looks like, for a failure's message: links with counters, the ingress filters.
+    fn describe(&self) -> String {
+        let mut out = String::new();
+        for args in
+            [vec!["-n", &self.netns, "-s", "link"], vec!["-n", &self.netns, "addr"], vec!["-n", &self.netns, "route"]]
+        {
+            let o = Command::new("ip").args(&args).output().unwrap();
+            out += &format!("$ ip {}\n{}{}", args.join(" "), text(&o.stdout), text(&o.stderr));
+        }
+        for dev in ["eth0", "kiln-tap0"] {
+            let o = Command::new("ip")
+                .args(["netns", "exec", &self.netns, "tc", "-s", "filter", "show", "dev", dev, "ingress"])
+                .output()
+                .unwrap();
+            out += &format!("$ tc -s filter show dev {dev} ingress\n{}{}", text(&o.stdout), text(&o.stderr));
+        }
+        out
+    }
+}
+
+impl Drop for CniPod {
+    fn drop(&mut self) {
+        let out = self.plugin("DEL");
+        if !out.status.success() {
+            eprintln!("CNI DEL failed: {}{}", text(&out.stdout), text(&out.stderr));
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.netns]).output();
+        let bridge =
+            serde_json::from_str::<serde_json::Value>(&self.config).unwrap()["bridge"].as_str().unwrap().to_string();
+        let _ = Command::new("ip").args(["link", "del", &bridge]).output();
+    }
+}
+
+/// `curl http://ADDR/` until it answers or `deadline` passes; every attempt's outcome, for the failure message.
+fn fetch_until(url: &str, deadline: Instant) -> Result<String, Vec<String>> {
+    let mut seen = Vec::new();
+    loop {
+        let out = Command::new("curl").args(["-sS", "--max-time", "2", url]).output().expect("run curl");
+        if out.status.success() {
+            return Ok(text(&out.stdout));
+        }
+        seen.push(format!("{:?}: {}", out.status.code(), text(&out.stderr).trim()));
+        if Instant::now() > deadline {
+            return Err(seen);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn containerd_gives_a_pod_its_network() {
+    let Some(containerd) = Containerd::start("cni") else { return };
+    if !Path::new("/usr/bin/curl").exists() {
+        kvm::skip("curl is not installed (scripts/setup.sh installs it)");
+        return;
+    }
+    let Some(pod) = CniPod::add(&containerd.dir) else { return };
+    let server = layer(&[("bin/", Entry::Dir), ("bin/server", program(&guests::go()))]);
+    containerd.import(&[server], &["/bin/server", "serve", "8080"]);
+
+    let with_ns = format!("network:/var/run/netns/{}", pod.netns);
+    // Go's runtime wants more than Kiln's default 64 MiB: the memory limit is the guest's memory.
+    let mut args = vec!["run", "--rm", "--runtime", RUNTIME, "--snapshotter", "native", "--memory-limit", "268435456"];
+    args.extend(["--with-ns", &with_ns]);
+    args.extend([IMAGE, "podweb", "/bin/server", "serve", "8080"]);
+    let run = containerd.ctr_command(&args).spawn().unwrap();
+    let url = format!("http://{}:8080/", pod.ip);
+    let fetched = fetch_until(&url, Instant::now() + Duration::from_secs(30));
+    let tap_in_use = pod.describe();
+    // A second container cannot take the pod's address from the first, which keeps serving.
+    let mut second = args.clone();
+    let id = second.len() - 4;
+    second[id] = "podweb2";
+    let refused = containerd.ctr(&second);
+    let again = fetch_until(&url, Instant::now() + Duration::from_secs(5));
+    let _ = containerd.ctr(&["task", "kill", "--signal", "SIGKILL", "podweb"]);
+    let ran = wait_output(run, Duration::from_secs(20));
+    let body = fetched.unwrap_or_else(|seen| {
+        panic!(
+            "the guest at {url} never answered; curl said ({} tries, the last ones):\n{}\nthe namespace:\n{tap_in_use}\n\
+             ctr run: {ran}\ncontainerd:\n{}",
+            seen.len(),
+            seen[seen.len().saturating_sub(3)..].join("\n"),
+            containerd.log()
+        )
+    });
+    assert_eq!(body, "hello from kiln\n");
+    assert!(tap_in_use.contains("kiln-tap0") && tap_in_use.contains("mirred"), "{tap_in_use}");
+    assert_ne!(refused.status.code(), Some(0));
+    assert!(text(&refused.stderr).contains("the pod's network is taken"), "{}", text(&refused.stderr));
+    assert_eq!(again.as_deref(), Ok("hello from kiln\n"), "the first container kept the network");
+
+    // The VM gave the namespace back: no tap, no redirection on eth0.
+    let after = pod.describe();
+    assert!(!after.contains("kiln-tap0:") && !after.contains("mirred"), "{after}");
+}
+
+/// A child's exit and output, killed after `limit` (for a failure message, never a hang).
+fn wait_output(mut child: Child, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    format!("{:?}\nstdout: {}\nstderr: {}", out.status.code(), text(&out.stdout), text(&out.stderr))
 }

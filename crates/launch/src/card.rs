@@ -92,7 +92,10 @@ pub fn card(network: &Network) -> Result<Option<NetConfig>, LaunchError> {
         Network::Tap { addresses, .. } => (addresses, &[][..]),
     };
     let &Addresses { ipv4, prefix_len, gateway, ipv6, gateway6, dns } = addresses;
-    let mac = random_mac()?;
+    let mac = match network {
+        Network::Tap { mac: Some(mac), .. } => *mac,
+        _ => random_mac()?,
+    };
     let (backend, mtu): (Box<dyn Backend>, u16) = match network {
         Network::Tap { device, .. } => {
             let tap = Tap::attach(device).map_err(|e| LaunchError::Tap(device.clone(), e))?;

@@ -88,7 +88,14 @@ pub enum Network {
         publish: Vec<PortForward>,
     },
     /// An existing tap device on the host.
-    Tap { device: String, addresses: Addresses },
+    Tap {
+        device: String,
+        addresses: Addresses,
+        /// The card's MAC address; none for a random one. A containerd pod's VM takes its CNI interface's, which the
+        /// pod network's bridge has learnt.
+        #[serde(default)]
+        mac: Option<[u8; 6]>,
+    },
 }
 
 impl Network {
@@ -288,7 +295,7 @@ pub fn resolve(flags: &NetworkFlags) -> Result<Network, NetworkError> {
     let (ipv6, gateway6) = ipv6_plan(user, ip6.as_ref(), gateway6.as_ref())?;
     let addresses = Addresses { ipv4, prefix_len, gateway, ipv6, gateway6, dns };
     match mode {
-        NetMode::Tap(device) => Ok(Network::Tap { device: device.clone(), addresses }),
+        NetMode::Tap(device) => Ok(Network::Tap { device: device.clone(), addresses, mac: None }),
         _ => {
             let forwarder = addresses.forwarder();
             if forwarder == ipv4 || forwarder == gateway {

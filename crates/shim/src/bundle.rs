@@ -35,6 +35,8 @@ pub enum BundleError {
     Annotation(String, String, String),
     #[error("memory limit {0} bytes: a Kiln VM needs at least 1 MiB")]
     Memory(i64),
+    #[error(transparent)]
+    Mount(#[from] crate::mounts::MountError),
     #[error("{0}: Kiln runs Linux x86-64 ELF programs (static, or dynamic with their loader in the image)")]
     NotAProgram(String, #[source] kiln_vmm::elf::ElfError),
 }
@@ -48,6 +50,8 @@ pub struct Config {
     pub root: Option<Root>,
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    pub mounts: Vec<crate::mounts::Mount>,
     #[serde(default)]
     pub linux: Option<Linux>,
 }
@@ -71,6 +75,17 @@ pub struct Root {
 pub struct Linux {
     #[serde(default)]
     pub resources: Option<Resources>,
+    #[serde(default)]
+    pub namespaces: Vec<Namespace>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Namespace {
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The namespace to join; none for a new one.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -104,6 +119,17 @@ impl Config {
         self.annotations.get(CONTAINER_TYPE_ANNOTATION).is_some_and(|t| t == "sandbox")
     }
 
+    /// The network namespace the container joins (the pod's, made by CNI), whose address the VM takes; none for a
+    /// namespace of its own, where the VM has the loopback only, as a runc container would.
+    pub fn network_namespace(&self) -> Option<&Path> {
+        let namespaces = self.linux.as_ref().map(|l| l.namespaces.as_slice()).unwrap_or_default();
+        namespaces
+            .iter()
+            .find(|n| n.kind == "network")
+            .and_then(|n| n.path.as_deref())
+            .filter(|p| !p.as_os_str().is_empty())
+    }
+
     /// The root filesystem's directory: `root.path`, relative to the bundle unless absolute.
     pub fn rootfs(&self, bundle: &Path) -> PathBuf {
         bundle.join(self.root.as_ref().map_or("rootfs", |r| r.path.as_str()))
@@ -131,6 +157,7 @@ impl Config {
         let exe_path = bundle::find_program(&rootfs, argv0, &process.env, &workdir)?;
         check_program(&rootfs, &exe_path)?;
         let (memory, cpus, grace_secs) = (self.memory()?, self.cpus()?, self.stop_timeout()?);
+        let copies = crate::mounts::copies(&self.mounts)?;
         Ok(LaunchSpec {
             source: Source::Bundle { rootfs },
             shown: argv0.to_string(),
@@ -143,8 +170,8 @@ impl Config {
             cpus,
             network: Network::None,
             volumes: Vec::new(),
-            files: Vec::new(),
-            dirs: Vec::new(),
+            files: copies.files,
+            dirs: copies.dirs,
             trace_syscalls: false,
             stats: false,
             signals: Signals { grace_secs },

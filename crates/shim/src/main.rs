@@ -3,6 +3,9 @@
 //! itself again as `containerd-shim-kiln-v2 vm SPEC` for each container's VM (`vm.rs`), whose pid is the task's.
 
 mod bundle;
+mod mounts;
+mod netlink;
+mod podnet;
 mod service;
 mod stats;
 mod task;
@@ -14,7 +17,8 @@ const RUNTIME_ID: &str = "io.containerd.kiln.v2";
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.as_slice() {
-        [_, mode, spec] if mode == "vm" => std::process::exit(vm::main(spec)),
+        [_, mode, spec] if mode == "vm" => std::process::exit(vm::main(spec, None)),
+        [_, mode, spec, netns] if mode == "vm" => std::process::exit(vm::main(spec, Some(netns))),
         _ => {}
     }
     containerd_shim::run::<service::Service>(RUNTIME_ID, None);

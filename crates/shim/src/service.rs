@@ -43,9 +43,14 @@ impl containerd_shim::Shim for Service {
     }
 
     /// Starts the shim that will serve this container: the pod's (one per sandbox, found by CRI's annotation), or
-    /// the container's own.
+    /// the container's own. It lives in the container's network namespace, as a pod's sandbox process does: CRI
+    /// gives the pod's other containers the sandbox task's (the shim's) `/proc/PID/ns/net`.
     fn start_shim(&mut self, opts: StartOpts) -> Result<String, containerd_shim::Error> {
         let config = Config::read(Path::new(".")).ok();
+        if let Some(netns) = config.as_ref().and_then(Config::network_namespace) {
+            crate::podnet::enter(netns)
+                .map_err(|e| containerd_shim::Error::FailedPreconditionError(kiln_launch::chain(&e)))?;
+        }
         let grouping =
             config.and_then(|c| c.annotations.get(SANDBOX_ID_ANNOTATION).cloned()).unwrap_or_else(|| opts.id.clone());
         let (_pid, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;

@@ -11,6 +11,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 /// The most the VM process may say about a failed preparation (one error chain).
@@ -115,7 +116,7 @@ impl Task {
         };
         let exe = std::env::current_exe().map_err(TaskError::Spawn)?;
         let mut command = Command::new(exe);
-        command.arg("vm").arg(&spec_path).current_dir(bundle).stdin(Stdio::null());
+        command.arg("vm").arg(&spec_path).args(config.network_namespace()).current_dir(bundle).stdin(Stdio::null());
         command.stdout(stdout.map_or_else(Stdio::null, Stdio::from));
         command.stderr(stderr.map_or_else(Stdio::null, Stdio::from));
         let (go_fd, ready_fd) = (go_read.as_raw_fd(), ready_write.as_raw_fd());
@@ -137,8 +138,17 @@ impl Task {
         let _ = std::fs::write(bundle.join(PID_FILE), pid.to_string());
         let task = Arc::new(task(pid, false, spec.memory, Some(File::from(go_write))));
         let watched = task.clone();
+        // The pod's network, once the VM process took it (a VM process that failed gave it back itself, and one
+        // refused because another container has it must not take it from that one).
+        let netns = config.network_namespace().map(Path::to_path_buf);
+        let took_network = Arc::new(AtomicBool::new(false));
+        let took = took_network.clone();
         std::thread::spawn(move || {
             let status = wait_pid(pid as i32, exits) as u32;
+            // Before the exit is told: a pod's next container may take the network at once.
+            if let (Some(netns), true) = (netns, took.load(Ordering::SeqCst)) {
+                crate::podnet::tear_down(&netns);
+            }
             watched.stopped(status);
             on_exit(&watched, status);
         });
@@ -153,6 +163,7 @@ impl Task {
             task.go.lock().expect("go lock").take();
             return Err(TaskError::Prepare(said));
         }
+        took_network.store(true, Ordering::SeqCst);
         Ok(task)
     }
 

@@ -2,14 +2,17 @@
 //! bundle), one per container, whose pid containerd sees as the task's. It makes the VM with `kiln_launch::prepare`
 //! (the launch path `kiln run` takes), says on [`READY_FD`] whether that worked, waits on [`GO_FD`] for the task's
 //! Start, then runs the program with its output on its stdout and stderr (containerd's FIFOs) and exits with the
-//! program's status, as `kiln run` does. SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to it (`ctr task kill`) go to the
+//! program's status, as `kiln run` does. Given the pod's network namespace (`vm SPEC NETNS`), it enters it first
+//! and takes the pod's address (`podnet.rs`); the shim gives it back when the process ends. SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to it (`ctr task kill`) go to the
 //! program, as `kiln run` forwards them; SIGKILL ends the VM.
 
+use crate::podnet;
 use kiln_launch::{chain, LaunchSpec, Prepared};
 use kiln_vmm::{HostSignals, Outcome, StdioConsole};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::FromRawFd;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,20 +29,39 @@ const DEADLOCK_EXIT: i32 = 124;
 const FORWARDED: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
 
 /// Runs the VM process; returns its exit status.
-pub fn main(spec_path: &str) -> i32 {
+pub fn main(spec_path: &str, netns: Option<&str>) -> i32 {
     // Blocked before any thread exists, so that every thread inherits it and the signals wait for `sigwait`.
     let forwarded = signal_set();
     // SAFETY: a valid, initialised signal set; the old mask is not wanted.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &forwarded, std::ptr::null_mut()) };
     // SAFETY: the shim hands these two descriptors to this process (`task.rs`) and nothing else in it owns them.
     let (mut go, mut ready) = unsafe { (File::from_raw_fd(GO_FD), File::from_raw_fd(READY_FD)) };
-    let prepared = read_spec(spec_path).and_then(|spec| {
+    // Entered before any thread exists, so that the VM's threads (and its tap) live in the pod's namespace.
+    let netns = netns.map(Path::new);
+    let pod = match netns.map(|path| podnet::enter(path).and_then(|()| podnet::set_up())).transpose() {
+        Ok(pod) => pod,
+        Err(e) => {
+            // Half made (unless another container has it): given back, as the shim does only for a ready VM.
+            if let (Some(netns), false) = (netns, matches!(e, podnet::PodNetError::Taken)) {
+                podnet::tear_down(netns);
+            }
+            let _ = ready.write_all(chain(&e).as_bytes());
+            return KILN_ERROR;
+        }
+    };
+    let prepared = read_spec(spec_path).and_then(|mut spec| {
+        if let Some(network) = pod {
+            spec.network = network;
+        }
         let prepared = kiln_launch::prepare(&spec, kiln_libos::KERNEL).map_err(|e| chain(&e))?;
         Ok((spec, prepared))
     });
     let (spec, Prepared { vm, notices, .. }) = match prepared {
         Ok(p) => p,
         Err(message) => {
+            if let Some(netns) = netns {
+                podnet::tear_down(netns);
+            }
             let _ = ready.write_all(message.as_bytes());
             return KILN_ERROR;
         }

@@ -35,6 +35,8 @@ const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 /// `_IOW('T', 202, int)`.
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+/// `_IOW('T', 203, int)`.
+const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
 
 #[repr(C)]
 struct IfReq {
@@ -50,9 +52,7 @@ pub struct Tap {
 impl Tap {
     /// Attaches the existing tap device `name`.
     pub fn attach(name: &str) -> Result<Tap, TapError> {
-        if name.is_empty() || name.len() >= IFNAMSIZ || name.contains(['/', ' ', '\0']) || name == "." || name == ".." {
-            return Err(TapError::BadName(name.into()));
-        }
+        check_name(name)?;
         // The interface index, not /sys/class/net: sysfs shows the network namespace that mounted it, which need
         // not be ours. Without this check TUNSETIFF would create a device of that name.
         let c_name = std::ffi::CString::new(name).map_err(|_| TapError::BadName(name.into()))?;
@@ -60,32 +60,20 @@ impl Tap {
         if unsafe { libc::if_nametoindex(c_name.as_ptr()) } == 0 {
             return Err(TapError::Missing(name.into()));
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open("/dev/net/tun")
-            .map_err(|e| match e.raw_os_error() {
-                Some(libc::EACCES | libc::EPERM) => {
-                    TapError::Denied { name: name.into(), what: "opening /dev/net/tun" }
-                }
-                _ => TapError::Open(e),
-            })?;
-        let mut req = IfReq { name: [0; IFNAMSIZ], flags: IFF_TAP | IFF_NO_PI, _pad: [0; 22] };
-        req.name[..name.len()].copy_from_slice(name.as_bytes());
-        // SAFETY: TUNSETIFF reads (and may write back) one `struct ifreq`, which `IfReq` lays out and `req` holds.
-        let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, &mut req as *mut IfReq) };
-        if rc < 0 {
-            let source = std::io::Error::last_os_error();
-            let name = name.to_string();
-            return Err(match source.raw_os_error() {
-                Some(libc::EPERM | libc::EACCES) => TapError::Denied { name, what: "attaching the device" },
-                Some(libc::EBUSY) => TapError::Busy { name },
-                Some(libc::EINVAL) => TapError::NotTap(name),
-                _ => TapError::Attach { name, source },
-            });
+        Ok(Tap { file: set_iff(name)? })
+    }
+
+    /// Creates the tap device `name` in this thread's network namespace, persistent (it stays, unattached, until
+    /// deleted), or takes it over if it exists unattached; for a launcher that owns the namespace (the containerd
+    /// shim in a pod's), which then attaches it like any other.
+    pub fn create_persistent(name: &str) -> Result<(), TapError> {
+        check_name(name)?;
+        let file = set_iff(name)?;
+        // SAFETY: TUNSETPERSIST takes its argument by value.
+        if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETPERSIST as _, 1 as libc::c_ulong) } < 0 {
+            return Err(TapError::Attach { name: name.into(), source: std::io::Error::last_os_error() });
         }
-        Ok(Tap { file })
+        Ok(())
     }
 
     /// The device's MTU (SIOCGIFMTU), 1500 if it cannot be read.
@@ -110,6 +98,41 @@ impl Tap {
             1500
         }
     }
+}
+
+fn check_name(name: &str) -> Result<(), TapError> {
+    if name.is_empty() || name.len() >= IFNAMSIZ || name.contains(['/', ' ', '\0']) || name == "." || name == ".." {
+        return Err(TapError::BadName(name.into()));
+    }
+    Ok(())
+}
+
+/// /dev/net/tun attached to the tap device `name` (made if there is none).
+fn set_iff(name: &str) -> Result<File, TapError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open("/dev/net/tun")
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::EACCES | libc::EPERM) => TapError::Denied { name: name.into(), what: "opening /dev/net/tun" },
+            _ => TapError::Open(e),
+        })?;
+    let mut req = IfReq { name: [0; IFNAMSIZ], flags: IFF_TAP | IFF_NO_PI, _pad: [0; 22] };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: TUNSETIFF reads (and may write back) one `struct ifreq`, which `IfReq` lays out and `req` holds.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, &mut req as *mut IfReq) };
+    if rc < 0 {
+        let source = std::io::Error::last_os_error();
+        let name = name.to_string();
+        return Err(match source.raw_os_error() {
+            Some(libc::EPERM | libc::EACCES) => TapError::Denied { name, what: "attaching the device" },
+            Some(libc::EBUSY) => TapError::Busy { name },
+            Some(libc::EINVAL) => TapError::NotTap(name),
+            _ => TapError::Attach { name, source },
+        });
+    }
+    Ok(file)
 }
 
 impl Backend for Tap {

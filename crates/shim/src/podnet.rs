@@ -1,0 +1,338 @@
+//! Pod networking: the VM takes the pod's address. In the pod's network namespace (made by CNI), the VM process makes
+//! a tap device and has tc redirect every frame between the CNI interface (eth0) and the tap, both ways (an ingress
+//! qdisc on each, with a u32 match-all filter whose action is `mirred egress redirect`, as Kata Containers does);
+//! the guest gets eth0's address, prefix, default gateway and MAC (the pod network's bridge has learnt that MAC), and
+//! the card is then attached as `kiln run --net tap:NAME` attaches one. Done over rtnetlink from Rust, not with
+//! iproute2's `tc` and `ip`: no dependence on the node's binaries, and no process started per request at create.
+
+use crate::netlink::{Kind, Rtnl};
+use kiln_launch::network::{Addresses, Network};
+use kiln_vmm::virtio::tap::{Tap, TapError};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkLayerType, LinkMessage};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage};
+use netlink_packet_route::tc::{
+    TcAction, TcActionAttribute, TcActionMirrorOption, TcActionOption, TcActionType, TcAttribute, TcFilterU32Option,
+    TcHandle, TcMessage, TcMirror, TcMirrorActionType, TcOption, TcU32Key, TcU32Selector, TcU32SelectorFlags,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+/// The tap device the VM's card is attached to, in the pod's namespace (one VM per pod has the pod's address).
+pub const TAP: &str = "kiln-tap0";
+/// The interface CRI asks CNI for (`CNI_IFNAME`).
+const CNI_IFNAME: &str = "eth0";
+/// `htons(ETH_P_ALL)`: a filter for every protocol.
+const ALL_PROTOCOLS: u32 = (libc::ETH_P_ALL as u16).to_be() as u32;
+/// The handle of a device's ingress qdisc (`ffff:`), the parent of its ingress filters.
+const INGRESS: TcHandle = TcHandle { major: 0xffff, minor: 0 };
+
+#[derive(Debug, thiserror::Error)]
+pub enum PodNetError {
+    #[error("cannot open the network namespace {0}")]
+    OpenNamespace(String, #[source] std::io::Error),
+    #[error("cannot enter the network namespace {0}")]
+    EnterNamespace(String, #[source] std::io::Error),
+    #[error("the pod's network: {0}")]
+    Netlink(&'static str, #[source] std::io::Error),
+    #[error(
+        "the pod's network namespace has no interface with an IPv4 address for the VM to take (CNI made none: Kiln \
+         looks for {CNI_IFNAME}, else the one Ethernet interface with an address)"
+    )]
+    NoInterface,
+    #[error(
+        "the pod's address {ip}/{prefix_len} on {interface}: Kiln gives the VM a prefix of 1 to 30 with its gateway \
+         on it (a /31 or /32 with an on-link gateway is not supported)"
+    )]
+    Prefix { interface: String, ip: Ipv4Addr, prefix_len: u8 },
+    #[error(
+        "the pod's network is taken: another container of this pod has it (one container per pod gets the pod's \
+         address in Kiln)"
+    )]
+    Taken,
+    #[error("the pod's network: {0}")]
+    Tap(#[from] TapError),
+}
+
+/// The interface CNI made, as the VM takes it over.
+#[derive(Debug, Clone, PartialEq)]
+struct PodLink {
+    index: u32,
+    name: String,
+    mac: [u8; 6],
+    mtu: u32,
+    ipv4: Ipv4Addr,
+    prefix_len: u8,
+}
+
+/// Moves this process into the network namespace at `path` (before it has other threads, so that they all live
+/// there).
+pub fn enter(path: &Path) -> Result<(), PodNetError> {
+    let shown = path.display().to_string();
+    let ns = File::open(path).map_err(|e| PodNetError::OpenNamespace(shown.clone(), e))?;
+    // SAFETY: setns(2) on an open namespace file; it changes only this thread's namespace.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(PodNetError::EnterNamespace(shown, std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Makes the tap, redirects the CNI interface's traffic through it, and says how the VM's card is set up. Runs in
+/// the pod's network namespace.
+pub fn set_up() -> Result<Network, PodNetError> {
+    let mut rtnl = Rtnl::new().map_err(|e| PodNetError::Netlink("netlink socket", e))?;
+    let links = dump_links(&mut rtnl)?;
+    let addresses = dump(&mut rtnl, RouteNetlinkMessage::GetAddress(AddressMessage::default()), "listing addresses")?;
+    let link = pod_link(&links, &addresses)?;
+    let (ipv4, prefix_len) = (link.ipv4, link.prefix_len);
+    if !(1..=30).contains(&prefix_len) {
+        return Err(PodNetError::Prefix { interface: link.name, ip: ipv4, prefix_len });
+    }
+    let routes = dump(&mut rtnl, RouteNetlinkMessage::GetRoute(route_query()), "listing routes")?;
+    let gateway = default_gateway(&routes, link.index)
+        .filter(|g| network(*g, prefix_len) == network(ipv4, prefix_len) && *g != ipv4)
+        .unwrap_or_else(|| Ipv4Addr::from(network(ipv4, prefix_len) + 1));
+
+    Tap::create_persistent(TAP).map_err(|e| match e {
+        TapError::Busy { .. } => PodNetError::Taken,
+        other => other.into(),
+    })?;
+    let tap = dump_links(&mut rtnl)?
+        .into_iter()
+        .find(|l| name_of(l) == Some(TAP))
+        .ok_or(PodNetError::Netlink("the tap just made", std::io::ErrorKind::NotFound.into()))?;
+    let tap_index = tap.header.index;
+    set_link(&mut rtnl, tap_index, link.mtu)?;
+    for (from, to) in [(link.index, tap_index), (tap_index, link.index)] {
+        redirect(&mut rtnl, from, to)?;
+    }
+    let addresses = Addresses { ipv4, prefix_len, gateway, ipv6: None, gateway6: None, dns: None };
+    Ok(Network::Tap { device: TAP.to_string(), addresses, mac: Some(link.mac) })
+}
+
+/// Gives the pod's namespace at `netns` back after its VM ended (however it ended: a SIGKILLed VM process cleans
+/// nothing): the CNI interface's traffic no longer redirected, the tap removed. Best effort, on a thread of its own
+/// (setns changes only the calling thread); the namespace may be gone already.
+pub fn tear_down(netns: &Path) {
+    let netns = netns.to_path_buf();
+    let cleaner = std::thread::spawn(move || {
+        enter(&netns).ok()?;
+        let mut rtnl = Rtnl::new().ok()?;
+        let links = dump_links(&mut rtnl).ok()?;
+        if let Some(tap) = links.iter().find(|l| name_of(l) == Some(TAP)) {
+            let mut message = LinkMessage::default();
+            message.header.index = tap.header.index;
+            let _ = rtnl.request(RouteNetlinkMessage::DelLink(message), Kind::Change);
+        }
+        let addresses = dump(&mut rtnl, RouteNetlinkMessage::GetAddress(AddressMessage::default()), "").ok()?;
+        let link = pod_link(&links, &addresses).ok()?;
+        rtnl.request(RouteNetlinkMessage::DelQueueDiscipline(ingress_qdisc(link.index)), Kind::Change).ok()
+    });
+    let _ = cleaner.join();
+}
+
+fn dump(
+    rtnl: &mut Rtnl,
+    query: RouteNetlinkMessage,
+    what: &'static str,
+) -> Result<Vec<RouteNetlinkMessage>, PodNetError> {
+    rtnl.request(query, Kind::Dump).map_err(|e| PodNetError::Netlink(what, e))
+}
+
+fn dump_links(rtnl: &mut Rtnl) -> Result<Vec<LinkMessage>, PodNetError> {
+    let all = dump(rtnl, RouteNetlinkMessage::GetLink(LinkMessage::default()), "listing interfaces")?;
+    Ok(all.into_iter().filter_map(|m| if let RouteNetlinkMessage::NewLink(l) = m { Some(l) } else { None }).collect())
+}
+
+fn route_query() -> RouteMessage {
+    let mut query = RouteMessage::default();
+    query.header.address_family = AddressFamily::Inet;
+    query
+}
+
+fn name_of(link: &LinkMessage) -> Option<&str> {
+    link.attributes.iter().find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n.as_str()) } else { None })
+}
+
+/// The interface CNI made: eth0, else the one other Ethernet interface with an IPv4 address; with its first IPv4
+/// address.
+fn pod_link(links: &[LinkMessage], addresses: &[RouteNetlinkMessage]) -> Result<PodLink, PodNetError> {
+    let ipv4_of = |index: u32| {
+        addresses.iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewAddress(a) if a.header.index == index => {
+                a.attributes.iter().find_map(|attr| match attr {
+                    AddressAttribute::Address(IpAddr::V4(ip)) => Some((*ip, a.header.prefix_len)),
+                    _ => None,
+                })
+            }
+            _ => None,
+        })
+    };
+    let candidates: Vec<(&LinkMessage, (Ipv4Addr, u8))> = links
+        .iter()
+        .filter(|l| l.header.link_layer_type == LinkLayerType::Ether && name_of(l) != Some(TAP))
+        .filter_map(|l| Some((l, ipv4_of(l.header.index)?)))
+        .collect();
+    let chosen = match candidates.iter().find(|(l, _)| name_of(l) == Some(CNI_IFNAME)) {
+        Some(found) => found,
+        None if candidates.len() == 1 => &candidates[0],
+        None => return Err(PodNetError::NoInterface),
+    };
+    let (link, (ipv4, prefix_len)) = chosen;
+    let mac = link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Address(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok(),
+        _ => None,
+    });
+    let mtu = link.attributes.iter().find_map(|a| if let LinkAttribute::Mtu(m) = a { Some(*m) } else { None });
+    Ok(PodLink {
+        index: link.header.index,
+        name: name_of(link).unwrap_or_default().to_string(),
+        mac: mac.ok_or(PodNetError::NoInterface)?,
+        mtu: mtu.unwrap_or(1500),
+        ipv4: *ipv4,
+        prefix_len: *prefix_len,
+    })
+}
+
+/// The gateway of the main table's IPv4 default route through `index`.
+fn default_gateway(routes: &[RouteNetlinkMessage], index: u32) -> Option<Ipv4Addr> {
+    routes.iter().find_map(|m| {
+        let RouteNetlinkMessage::NewRoute(route) = m else { return None };
+        let main = route.header.table == RouteHeader::RT_TABLE_MAIN;
+        if !main || route.header.destination_prefix_length != 0 {
+            return None;
+        }
+        let through = route.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
+        let gateway = route.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Gateway(RouteAddress::Inet(ip)) => Some(*ip),
+            _ => None,
+        });
+        gateway.filter(|_| through)
+    })
+}
+
+fn network(ip: Ipv4Addr, prefix_len: u8) -> u32 {
+    u32::from(ip) & (u32::MAX << (32 - u32::from(prefix_len)))
+}
+
+/// Brings the tap up with the CNI interface's MTU (the guest's MTU is read from the tap).
+fn set_link(rtnl: &mut Rtnl, index: u32, mtu: u32) -> Result<(), PodNetError> {
+    let mut message = LinkMessage::default();
+    message.header.index = index;
+    message.header.flags = LinkFlags::Up;
+    message.header.change_mask = LinkFlags::Up;
+    message.attributes.push(LinkAttribute::Mtu(mtu));
+    rtnl.request(RouteNetlinkMessage::SetLink(message), Kind::Change)
+        .map_err(|e| PodNetError::Netlink("the tap", e))?;
+    Ok(())
+}
+
+fn ingress_qdisc(index: u32) -> TcMessage {
+    let mut qdisc = TcMessage::with_index(index as i32);
+    qdisc.header.handle = INGRESS;
+    qdisc.header.parent = TcHandle::INGRESS;
+    qdisc.attributes.push(TcAttribute::Kind("ingress".to_string()));
+    qdisc
+}
+
+/// Every frame arriving on `from` leaves through `to`: `tc qdisc add dev FROM ingress; tc filter add dev FROM parent
+/// ffff: protocol all u32 match u32 0 0 action mirred egress redirect dev TO`. A leftover ingress qdisc (a VM
+/// process killed before it cleaned up) is replaced, with its filters.
+fn redirect(rtnl: &mut Rtnl, from: u32, to: u32) -> Result<(), PodNetError> {
+    let _ = rtnl.request(RouteNetlinkMessage::DelQueueDiscipline(ingress_qdisc(from)), Kind::Change);
+    rtnl.request(RouteNetlinkMessage::NewQueueDiscipline(ingress_qdisc(from)), Kind::Create)
+        .map_err(|e| PodNetError::Netlink("adding an ingress qdisc", e))?;
+
+    let mut mirror = TcMirror::default();
+    mirror.generic.action = TcActionType::Stolen;
+    mirror.eaction = TcMirrorActionType::EgressRedir;
+    mirror.ifindex = to;
+    let mut action = TcAction::default();
+    action.tab = 1;
+    action.attributes = vec![
+        TcActionAttribute::Kind("mirred".to_string()),
+        TcActionAttribute::Options(vec![TcActionOption::Mirror(TcActionMirrorOption::Parms(mirror))]),
+    ];
+    let mut selector = TcU32Selector::default();
+    selector.flags = TcU32SelectorFlags::Terminal;
+    selector.nkeys = 1;
+    selector.keys = vec![TcU32Key::default()];
+    let mut filter = TcMessage::with_index(from as i32);
+    filter.header.parent = INGRESS;
+    filter.header.info = (1 << 16) | ALL_PROTOCOLS;
+    filter.attributes = vec![
+        TcAttribute::Kind("u32".to_string()),
+        TcAttribute::Options(vec![
+            TcOption::U32(TcFilterU32Option::Selector(selector)),
+            TcOption::U32(TcFilterU32Option::Action(vec![action])),
+        ]),
+    ];
+    rtnl.request(RouteNetlinkMessage::NewTrafficFilter(filter), Kind::Create)
+        .map_err(|e| PodNetError::Netlink("adding a redirecting filter", e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(index: u32, name: &str, kind: LinkLayerType) -> LinkMessage {
+        let mut link = LinkMessage::default();
+        link.header.index = index;
+        link.header.link_layer_type = kind;
+        link.attributes = vec![
+            LinkAttribute::IfName(name.into()),
+            LinkAttribute::Address(vec![2, 0, 0, 0, 0, index as u8]),
+            LinkAttribute::Mtu(1450),
+        ];
+        link
+    }
+
+    fn address(index: u32, ip: &str, prefix_len: u8) -> RouteNetlinkMessage {
+        let mut a = AddressMessage::default();
+        a.header.index = index;
+        a.header.prefix_len = prefix_len;
+        a.attributes.push(AddressAttribute::Address(ip.parse().unwrap()));
+        RouteNetlinkMessage::NewAddress(a)
+    }
+
+    #[test]
+    fn the_pod_link_is_eth0_else_the_only_addressed_ethernet() {
+        let links = [
+            link(1, "lo", LinkLayerType::Loopback),
+            link(2, "net1", LinkLayerType::Ether),
+            link(3, "eth0", LinkLayerType::Ether),
+        ];
+        let addresses = [address(1, "127.0.0.1", 8), address(2, "10.1.0.5", 24), address(3, "10.2.0.7", 16)];
+        let chosen = pod_link(&links, &addresses).unwrap();
+        assert_eq!((chosen.name.as_str(), chosen.ipv4, chosen.prefix_len), ("eth0", Ipv4Addr::new(10, 2, 0, 7), 16));
+        assert_eq!((chosen.mac, chosen.mtu), ([2, 0, 0, 0, 0, 3], 1450));
+        let chosen = pod_link(&links[..2], &addresses).unwrap();
+        assert_eq!(chosen.name, "net1");
+        assert!(matches!(pod_link(&links[..1], &addresses), Err(PodNetError::NoInterface)));
+        let two = [link(2, "net1", LinkLayerType::Ether), link(4, "net2", LinkLayerType::Ether)];
+        assert!(matches!(
+            pod_link(&two, &[address(2, "10.1.0.5", 24), address(4, "10.3.0.5", 24)]),
+            Err(PodNetError::NoInterface)
+        ));
+    }
+
+    #[test]
+    fn the_gateway_is_the_default_routes_through_the_pod_link() {
+        let route = |dst_len: u8, oif: u32, gateway: &str| {
+            let mut r = RouteMessage::default();
+            r.header.table = RouteHeader::RT_TABLE_MAIN;
+            r.header.destination_prefix_length = dst_len;
+            r.attributes =
+                vec![RouteAttribute::Oif(oif), RouteAttribute::Gateway(RouteAddress::Inet(gateway.parse().unwrap()))];
+            RouteNetlinkMessage::NewRoute(r)
+        };
+        let routes = [route(16, 3, "10.2.9.9"), route(0, 2, "10.1.0.1"), route(0, 3, "10.2.0.1")];
+        assert_eq!(default_gateway(&routes, 3), Some(Ipv4Addr::new(10, 2, 0, 1)));
+        assert_eq!(default_gateway(&routes[..1], 3), None);
+        assert_eq!(network(Ipv4Addr::new(10, 2, 3, 4), 16), u32::from(Ipv4Addr::new(10, 2, 0, 0)));
+    }
+}
