@@ -7,7 +7,9 @@
 
 use crate::run::RunArgs;
 use anyhow::{anyhow, bail, Context, Result};
-use kiln_image::instance::{new_id, now, process_start, Instance, InstanceError, Instances, State};
+use kiln_image::instance::{
+    create_with_default_name, default_name_base, new_id, now, process_start, Instance, Instances, State,
+};
 use kiln_image::Store;
 use kiln_launch::home;
 use kiln_launch::LaunchSpec;
@@ -113,7 +115,7 @@ pub fn start(args: &RunArgs, spec: &LaunchSpec) -> Result<u8> {
     };
     match &args.name {
         Some(name) => create(name)?,
-        None => create_with_default_name(&sanitised(&spec.name), &id, create)?,
+        None => create_with_default_name(&default_name_base(&spec.name), &id, create)?,
     }
     match spawn(&instances, &id) {
         Ok(()) => {
@@ -124,36 +126,6 @@ pub fn start(args: &RunArgs, spec: &LaunchSpec) -> Result<u8> {
             let _ = instances.remove(&id);
             Err(e)
         }
-    }
-}
-
-/// Creates the record under the default name, the base and a few letters of the id: more of them if another
-/// instance has that name (4 letters collide among a thousand instances), the whole id at worst.
-fn create_with_default_name(
-    base: &str,
-    id: &str,
-    mut create: impl FnMut(&str) -> Result<(), InstanceError>,
-) -> Result<(), InstanceError> {
-    let mut letters = 4.min(id.len());
-    loop {
-        match create(&format!("{base}-{}", &id[..letters])) {
-            Err(InstanceError::NameTaken { .. }) if letters < id.len() => letters = (letters + 2).min(id.len()),
-            other => return other,
-        }
-    }
-}
-
-/// A name from a file or image name: letters, digits, `.`, `_`, `-`, at most 64 of them.
-fn sanitised(name: &str) -> String {
-    let s: String = name
-        .chars()
-        .take(64)
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' })
-        .collect();
-    if s.starts_with(|c: char| c.is_ascii_alphanumeric()) {
-        s
-    } else {
-        format!("i{s}")
     }
 }
 
@@ -217,41 +189,5 @@ fn spawn(instances: &Instances<'_>, id: &str) -> Result<()> {
     match why {
         Some(why) => bail!("{why}"),
         None => bail!("the instance's process ended before the VM booted ({status}); its output: {log:?}"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{create_with_default_name, sanitised};
-    use kiln_image::instance::InstanceError;
-
-    #[test]
-    fn a_default_name_in_use_takes_more_of_the_id() {
-        let taken = ["web-abcd", "web-abcdef"];
-        let mut tried = Vec::new();
-        let result = create_with_default_name("web", "abcdef123456", |name| {
-            tried.push(name.to_string());
-            match taken.contains(&name) {
-                true => Err(InstanceError::NameTaken { name: name.into(), id: "other".into() }),
-                false => Ok(()),
-            }
-        });
-        assert!(result.is_ok());
-        assert_eq!(tried, ["web-abcd", "web-abcdef", "web-abcdef12"]);
-        // Another error is no reason to try another name.
-        let mut calls = 0;
-        let result = create_with_default_name("web", "abcdef123456", |_| {
-            calls += 1;
-            Err(InstanceError::BadName { name: "x".into() })
-        });
-        assert!(matches!(result, Err(InstanceError::BadName { .. })) && calls == 1);
-    }
-
-    #[test]
-    fn names_come_from_files_and_images() {
-        assert_eq!(sanitised("hello"), "hello");
-        assert_eq!(sanitised("my app"), "my-app");
-        assert_eq!(sanitised(".hidden"), "i.hidden");
-        assert_eq!(sanitised(&"x".repeat(300)).len(), 64);
     }
 }

@@ -2,7 +2,7 @@
 
 use crate::output::{duration, print_table, Format};
 use anyhow::{bail, Context, Result};
-use kiln_image::instance::{now, Instance, Instances, State};
+use kiln_image::instance::{now, tail_start, Instance, Instances, State};
 use kiln_launch::home;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::{Duration, Instant};
@@ -61,15 +61,6 @@ pub struct LogsArgs {
     tail: Option<usize>,
     /// The instance: name or id
     instance: String,
-}
-
-/// Where the last `n` lines of `bytes` start.
-fn tail_start(bytes: &[u8], n: usize) -> usize {
-    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
-    if n == 0 {
-        return bytes.len();
-    }
-    body.iter().enumerate().rev().filter(|(_, &b)| b == b'\n').nth(n - 1).map_or(0, |(i, _)| i + 1)
 }
 
 pub fn logs(args: LogsArgs) -> Result<u8> {
@@ -266,7 +257,7 @@ pub fn rm(args: RmArgs) -> Result<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::{signal, tail_start, wait_for_end};
+    use super::{signal, wait_for_end};
     use kiln_image::instance::{process_start, Instance};
     use std::time::Duration;
 
@@ -286,15 +277,5 @@ mod tests {
         assert!(wait_for_end(&gone, Duration::MAX), "no process: ended");
         (gone.pid, gone.pid_start) = (Some(std::process::id()), process_start(std::process::id()));
         assert!(!wait_for_end(&gone, Duration::ZERO), "this process runs");
-    }
-
-    #[test]
-    fn tails_count_lines_from_the_end() {
-        let log = b"one\ntwo\nthree\n";
-        assert_eq!(&log[tail_start(log, 1)..], b"three\n");
-        assert_eq!(&log[tail_start(log, 2)..], b"two\nthree\n");
-        assert_eq!(&log[tail_start(log, 9)..], log);
-        assert_eq!(&log[tail_start(log, 0)..], b"");
-        assert_eq!(&b"a\nb"[tail_start(b"a\nb", 1)..], b"b");
     }
 }

@@ -91,6 +91,8 @@ enum Command {
     /// Manage volumes: files with an ext2 filesystem that `kiln run -v NAME:/path` mounts
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
+    /// Run kilnd, the daemon that owns instances, in the foreground (for systemd: contrib/kilnd.service)
+    Daemon,
 }
 
 /// What `kiln` logs unless `KILN_LOG` says otherwise. virtio-queue logs an error for each bad thing a guest does to a
@@ -128,6 +130,7 @@ fn main() -> ExitCode {
         Command::Pull(args) => registry::pull(args),
         Command::Login(args) => registry::login(args),
         Command::Logout(args) => registry::logout(args),
+        Command::Daemon => kilnd::run().map(|()| 0).map_err(anyhow::Error::from),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -17,12 +17,9 @@ use std::time::Duration;
 /// The library OS, built from kernel/ by crates/libos.
 pub(crate) use kiln_libos::KERNEL;
 
-/// Exit code for Kiln's own failures (as `docker run` uses 125), distinct from the program's codes.
-pub const KILN_ERROR: u8 = 125;
+pub use kiln_launch::KILN_ERROR;
 const SIGPIPE: u32 = 13;
 const SIGINT: u32 = 2;
-/// Exit code for a program that deadlocked (as `timeout` reports a command it had to stop).
-const DEADLOCK_EXIT: u8 = 124;
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -200,36 +197,21 @@ fn report(
             );
         }
     }
+    let kiln_launch::Ending { code, reason } = kiln_launch::ending(&outcome);
     match outcome {
-        Outcome::Exited(code) => Ok((code as u8, "exited".into())),
-        Outcome::Killed(signal) => {
-            let killed = format!("killed by {}", kiln_vmm::signal::signal_name(signal));
-            // As shells do, say nothing when a program dies of a closed pipe (`kiln run ... | head`) or of Ctrl-C.
-            if signal != SIGPIPE && signal != SIGINT {
-                errln!("kiln: program {killed}");
-            }
-            Ok(((128 + signal.min(127)) as u8, killed))
+        Outcome::Exited(_) => {}
+        // As shells do, say nothing when a program dies of a closed pipe (`kiln run ... | head`) or of Ctrl-C.
+        Outcome::Killed(signal) if signal == SIGPIPE || signal == SIGINT => {}
+        Outcome::Killed(_) | Outcome::Deadlocked { .. } => errln!("kiln: program {reason}"),
+        Outcome::Crashed(crash) => crate::crash_report::print(spec, &crash, KERNEL),
+        Outcome::SignalUntaken { .. } => {
+            errln!(
+                "kiln: the program {reason} (it kept it blocked, or the thread it went to never ran): stopped the VM"
+            )
         }
-        Outcome::Deadlocked { threads, waits } => {
-            let who =
-                if threads == 1 { "its only thread waits".to_string() } else { format!("all {threads} threads wait") };
-            let waits = if waits.is_empty() { String::new() } else { format!(" ({waits})") };
-            let why = format!("deadlocked: {who} with no deadline, and nothing can wake them{waits}");
-            errln!("kiln: program {why}");
-            Ok((DEADLOCK_EXIT, why))
-        }
-        Outcome::Crashed(crash) => {
-            crate::crash_report::print(spec, &crash, KERNEL);
-            Ok((crash.signal.exit_code() as u8, format!("crashed: {crash}")))
-        }
-        Outcome::SignalUntaken { signal, grace } => {
-            let name = kiln_vmm::signal::signal_name(signal);
-            let why = format!("did not take {name} within {} s", grace.as_secs());
-            errln!("kiln: the program {why} (it kept it blocked, or the thread it went to never ran): stopped the VM");
-            Ok(((128 + signal.min(127)) as u8, why))
-        }
-        Outcome::Stopped(why) => Err(anyhow!("stopped the VM: {why}")),
+        Outcome::Stopped(why) => return Err(anyhow!("stopped the VM: {why}")),
     }
+    Ok((code, reason))
 }
 
 /// The syscalls that would start another process or replace the program; Kiln answers them -ENOSYS (a clone only

@@ -46,6 +46,9 @@ pub struct Instance {
     /// and any later restart, launches exactly this, without resolving its flags or image name again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub launch: Option<serde_json::Value>,
+    /// Run by kilnd on threads of its own process (`pid` is kilnd's): only kilnd stops it, through its API.
+    #[serde(default)]
+    pub kilnd: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +116,45 @@ pub fn new_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Creates the record under the default name, the base and a few letters of the id: more of them if another
+/// instance has that name (4 letters collide among a thousand instances), the whole id at worst.
+pub fn create_with_default_name(
+    base: &str,
+    id: &str,
+    mut create: impl FnMut(&str) -> Result<(), InstanceError>,
+) -> Result<(), InstanceError> {
+    let mut letters = 4.min(id.len());
+    loop {
+        match create(&format!("{base}-{}", &id[..letters])) {
+            Err(InstanceError::NameTaken { .. }) if letters < id.len() => letters = (letters + 2).min(id.len()),
+            other => return other,
+        }
+    }
+}
+
+/// A name from a file or image name: letters, digits, `.`, `_`, `-`, at most 64 of them.
+pub fn default_name_base(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .take(64)
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' })
+        .collect();
+    if s.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        s
+    } else {
+        format!("i{s}")
+    }
+}
+
+/// Where the last `n` lines of `bytes` start.
+pub fn tail_start(bytes: &[u8], n: usize) -> usize {
+    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    if n == 0 {
+        return bytes.len();
+    }
+    body.iter().enumerate().rev().filter(|(_, &b)| b == b'\n').nth(n - 1).map_or(0, |(i, _)| i + 1)
+}
+
 impl InstanceError {
     /// The id of the record, when this says that the record is damaged.
     pub fn damaged_id(&self) -> Option<&str> {
@@ -143,6 +185,7 @@ impl Instance {
             reason: None,
             auto_remove: false,
             launch: None,
+            kilnd: false,
         }
     }
 
@@ -350,6 +393,46 @@ mod tests {
 
     fn sample(id: &str, name: &str, ports: &[&str]) -> Instance {
         Instance::created(id, name, "web", vec!["/web".into()], ports.iter().map(|p| p.to_string()).collect())
+    }
+
+    #[test]
+    fn a_default_name_in_use_takes_more_of_the_id() {
+        let taken = ["web-abcd", "web-abcdef"];
+        let mut tried = Vec::new();
+        let result = create_with_default_name("web", "abcdef123456", |name| {
+            tried.push(name.to_string());
+            match taken.contains(&name) {
+                true => Err(InstanceError::NameTaken { name: name.into(), id: "other".into() }),
+                false => Ok(()),
+            }
+        });
+        assert!(result.is_ok());
+        assert_eq!(tried, ["web-abcd", "web-abcdef", "web-abcdef12"]);
+        // Another error is no reason to try another name.
+        let mut calls = 0;
+        let result = create_with_default_name("web", "abcdef123456", |_| {
+            calls += 1;
+            Err(InstanceError::BadName { name: "x".into() })
+        });
+        assert!(matches!(result, Err(InstanceError::BadName { .. })) && calls == 1);
+    }
+
+    #[test]
+    fn names_come_from_files_and_images() {
+        assert_eq!(default_name_base("hello"), "hello");
+        assert_eq!(default_name_base("my app"), "my-app");
+        assert_eq!(default_name_base(".hidden"), "i.hidden");
+        assert_eq!(default_name_base(&"x".repeat(300)).len(), 64);
+    }
+
+    #[test]
+    fn tails_count_lines_from_the_end() {
+        let log = b"one\ntwo\nthree\n";
+        assert_eq!(&log[tail_start(log, 1)..], b"three\n");
+        assert_eq!(&log[tail_start(log, 2)..], b"two\nthree\n");
+        assert_eq!(&log[tail_start(log, 9)..], log);
+        assert_eq!(&log[tail_start(log, 0)..], b"");
+        assert_eq!(&b"a\nb"[tail_start(b"a\nb", 1)..], b"b");
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod boot;
 pub mod bundle;
 mod card;
 pub mod dynamic;
+mod ending;
 mod error;
 mod guest_fs;
 pub mod home;
@@ -23,6 +24,7 @@ mod spec;
 pub mod volumes;
 
 pub use boot::{prepare, Prepared};
+pub use ending::{ending, Ending, DEADLOCK_EXIT, KILN_ERROR};
 pub use error::{chain, BundleError, ImageError, LaunchError, LoadError, ProgramError, ResolveError};
 pub use load::{image_rootfs, load, Loaded};
 pub use overrides::{check_volume_name, parse_env, parse_mapping, parse_mount, parse_workdir, Overrides};

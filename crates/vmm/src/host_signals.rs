@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 /// How the VM hears of host signals.
 pub struct HostSignals {
     /// Blocks until the host has sent signals to this process, and returns their numbers (the VMM calls it on a
-    /// thread of its own, so an idle VM sleeps in it instead of polling).
+    /// thread of its own, so an idle VM sleeps in it instead of polling). SIGKILL (9), which no process can catch,
+    /// is for an in-process launcher: it ends the VM at once (`Outcome::Killed(9)`), the program unasked. Once the
+    /// run has returned, the next return of `wait` ends that thread.
     pub wait: Box<dyn FnMut() -> Vec<u32> + Send>,
     /// How long the program has to take a SIGINT, SIGTERM or SIGQUIT before the VM is stopped.
     pub grace: Duration,

@@ -464,7 +464,7 @@ impl Vm {
     }
 
     /// Runs the program to its end: each vCPU on a host thread of its own; returns the first outcome. vCPUs still
-    /// running then stop at their next exit; one VM per process, so the caller ends the process soon after.
+    /// running then are kicked out of the guest and their threads end (a daemon runs many VMs in one process).
     /// Meanwhile every signal `host_signals` reports is forwarded to the program (as Docker forwards SIGINT and
     /// SIGTERM to a container's process). This thread blocks throughout: an idle VM costs the host no CPU.
     pub fn run(self, console: Arc<dyn Console>, host_signals: HostSignals) -> Result<(Outcome, RunStats), VmError> {
@@ -540,6 +540,13 @@ impl Vm {
             };
             match event {
                 Ok(Event::Ended(outcome)) => break outcome?,
+                Ok(Event::Signals(signals)) if signals.contains(&SIGKILL) => {
+                    // Only an in-process launcher (kilnd) reports it: no process sees its own SIGKILL.
+                    if !self.shared.done.swap(true, Ordering::SeqCst) {
+                        stop_vcpus(&self.shared);
+                        break Outcome::Killed(SIGKILL);
+                    }
+                }
                 Ok(Event::Signals(signals)) => {
                     for sig in signals {
                         forwarder.forward(&self.shared.ram, sig, std::time::Instant::now());
@@ -582,10 +589,20 @@ impl Vm {
 /// Ends the VM with `result` unless something ended it first: the vCPUs stop at their next exit.
 fn finish(shared: &Shared, outcomes: &Sender<Event>, result: Result<Outcome, VmError>) {
     if !shared.done.swap(true, Ordering::SeqCst) {
-        shared.parkers.iter().for_each(Parker::unpark);
+        stop_vcpus(shared);
         let _ = outcomes.send(Event::Ended(result));
     }
 }
+
+/// Once `done` is set: idle vCPUs wake and running ones leave the guest, so that every vCPU thread ends and with
+/// the last one the VM's memory goes (a launcher that runs many VMs in one process needs that; `kiln run` exits).
+fn stop_vcpus(shared: &Shared) {
+    shared.parkers.iter().for_each(Parker::unpark);
+    (0..shared.parkers.len()).for_each(|id| shared.kicks.kick(id));
+}
+
+/// The host signal that ends the VM at once, as it ends a process: the program never sees it.
+const SIGKILL: u32 = 9;
 
 /// What the thread running [`Vm::run`] waits for.
 enum Event {

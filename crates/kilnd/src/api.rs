@@ -1,0 +1,222 @@
+//! The API's bodies: what a client sends (`POST /instances`) and what kilnd answers besides instance records
+//! (`kiln_image::instance::Instance`, as `kiln ps -o json` prints them). Shared by kilnd and its clients, so that
+//! both sides agree on every field. A create request's fields are `kiln run`'s flags, checked by the flags' own
+//! parsers (`kiln_launch`), so that a bad field gets the same one-line message a bad flag gets.
+
+use kiln_launch::network::{parse_cidr, parse_cidr6, parse_net, parse_publish, NetworkFlags};
+use kiln_launch::{parse_env, parse_mapping, parse_mount, parse_workdir, Overrides};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// `POST /instances`: create an instance and start it (`kiln run -d`). Only `image` is required; unknown fields are
+/// refused (a misspelt field must not be silently dropped).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CreateRequest {
+    /// An image (`NAME[:TAG]` or id) or the absolute path of a Linux x86-64 executable on the daemon's host.
+    pub image: String,
+    /// The instance's name (default: the image's name and a few letters of the id).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The program's arguments, instead of the image's.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// `KEY=VALUE`, added to the image's environment.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    /// Guest memory: bytes, or a size with a K, M or G suffix (`"64M"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Size>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// `HOST:GUEST`, host paths absolute.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dirs: Vec<String>,
+    /// `NAME:/path`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+    /// `user` (default), `none` or `tap:NAME`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub net: Option<String>,
+    /// `[HOST_IP:]HOST_PORT:PORT[/tcp|/udp]`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<String>,
+    /// Seconds the program has to take a stop signal (at least 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_timeout: Option<u32>,
+    /// Remove the record and log when the instance ends (`--rm`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub auto_remove: bool,
+}
+
+/// A size as a number of bytes or as users write it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+/// `201` to `POST /instances`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Created {
+    pub id: String,
+    pub name: String,
+}
+
+/// `GET /version`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    /// Kiln's version (the workspace's).
+    pub version: String,
+    /// This API's version: incremented when a route or body changes incompatibly.
+    pub api_version: u32,
+    /// kilnd's process id.
+    pub pid: u32,
+}
+
+/// Every error's body, with a 4xx or 5xx status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub message: String,
+}
+
+pub const API_VERSION: u32 = 1;
+
+/// One field that does not say what it must: `field: why`.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{field}: {why}")]
+pub struct FieldError {
+    pub field: String,
+    pub why: String,
+}
+
+fn field<T>(name: impl Into<String>, parsed: Result<T, String>) -> Result<T, FieldError> {
+    parsed.map_err(|why| FieldError { field: name.into(), why })
+}
+
+fn each<T>(name: &str, values: &[String], parse: impl Fn(&str) -> Result<T, String>) -> Result<Vec<T>, FieldError> {
+    values.iter().enumerate().map(|(i, v)| field(format!("{name}[{i}]"), parse(v))).collect()
+}
+
+/// A host path the daemon reads must not depend on where the daemon was started.
+fn absolute_host(mapping: (PathBuf, String)) -> Result<(PathBuf, String), String> {
+    match mapping.0.is_absolute() {
+        true => Ok(mapping),
+        false => Err(format!("'{}' is relative; give kilnd an absolute host path", mapping.0.display())),
+    }
+}
+
+impl CreateRequest {
+    /// The run flags this asks for, each field checked (`kiln_launch::resolve` checks them again with the image).
+    pub fn overrides(&self) -> Result<Overrides, FieldError> {
+        if self.image.is_empty() {
+            return Err(FieldError { field: "image".into(), why: "missing: name an image or an executable".into() });
+        }
+        if self.image.starts_with('.') {
+            let why = format!("'{}' is relative; give kilnd an absolute path", self.image);
+            return Err(FieldError { field: "image".into(), why });
+        }
+        let memory = match &self.memory {
+            None => None,
+            Some(Size::Bytes(n)) => Some(*n),
+            Some(Size::Text(s)) => Some(field("memory", kiln_image::size::parse_size(s))?),
+        };
+        let network = NetworkFlags {
+            mode: match &self.net {
+                Some(net) => field("net", parse_net(net))?,
+                None => Default::default(),
+            },
+            publish: each("publish", &self.publish, parse_publish)?,
+            ip: self.ip.as_deref().map(|s| field("ip", parse_cidr(s))).transpose()?,
+            gateway: self
+                .gateway
+                .as_deref()
+                .map(|s| field("gateway", s.parse().map_err(|_| bad_addr(s))))
+                .transpose()?,
+            ip6: self.ip6.as_deref().map(|s| field("ip6", parse_cidr6(s))).transpose()?,
+            gateway6: self
+                .gateway6
+                .as_deref()
+                .map(|s| field("gateway6", s.parse().map_err(|_| bad_addr(s))))
+                .transpose()?,
+            dns: self.dns.clone(),
+        };
+        if self.stop_timeout == Some(0) {
+            return Err(FieldError { field: "stop_timeout".into(), why: "must be at least 1 second".into() });
+        }
+        if let Some(cpus) = self.cpus.filter(|&c| c == 0 || c > kiln_vmm::vm::MAX_VCPUS) {
+            let why = format!("{cpus} is out of range: Kiln runs 1 to {} vCPUs", kiln_vmm::vm::MAX_VCPUS);
+            return Err(FieldError { field: "cpus".into(), why });
+        }
+        Ok(Overrides {
+            args: self.args.clone(),
+            memory,
+            cpus: self.cpus,
+            env: each("env", &self.env, parse_env)?,
+            workdir: self.workdir.as_deref().map(|w| field("workdir", parse_workdir(w))).transpose()?,
+            files: each("files", &self.files, |s| parse_mapping(s).and_then(absolute_host))?,
+            dirs: each("dirs", &self.dirs, |s| parse_mapping(s).and_then(absolute_host))?,
+            volumes: each("volumes", &self.volumes, parse_mount)?,
+            network,
+            trace_syscalls: false,
+            stats: false,
+            stop_timeout: self.stop_timeout,
+        })
+    }
+}
+
+fn bad_addr(s: &str) -> String {
+    format!("'{s}' is not an IP address")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(json: &str) -> Result<CreateRequest, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    #[test]
+    fn fields_are_the_run_flags() {
+        let r =
+            request(r#"{"image":"web:1","memory":"25M","publish":["8080:80"],"env":["A=1"],"args":["-v"]}"#).unwrap();
+        let o = r.overrides().unwrap();
+        assert_eq!(o.memory, Some(25 << 20));
+        assert_eq!(o.network.publish.len(), 1);
+        assert_eq!((o.env, o.args), (vec!["A=1".to_string()], vec!["-v".to_string()]));
+        assert_eq!(request(r#"{"image":"x","memory":1048576}"#).unwrap().overrides().unwrap().memory, Some(1 << 20));
+    }
+
+    #[test]
+    fn a_bad_field_is_named() {
+        let bad = |json: &str| request(json).unwrap().overrides().unwrap_err().to_string();
+        assert!(bad(r#"{"image":""}"#).starts_with("image: missing"));
+        assert!(bad(r#"{"image":"./app"}"#).starts_with("image: './app' is relative"));
+        assert!(bad(r#"{"image":"x","publish":["80:80","nope"]}"#).starts_with("publish[1]: "));
+        assert!(bad(r#"{"image":"x","env":["NOEQUALS"]}"#).starts_with("env[0]: "));
+        assert!(bad(r#"{"image":"x","files":["rel:/a"]}"#).starts_with("files[0]: 'rel' is relative"));
+        assert!(bad(r#"{"image":"x","memory":"lots"}"#).starts_with("memory: "));
+        assert!(bad(r#"{"image":"x","cpus":0}"#).starts_with("cpus: 0 is out of range"));
+        assert!(bad(r#"{"image":"x","stop_timeout":0}"#).starts_with("stop_timeout: "));
+        assert!(bad(r#"{"image":"x","net":"bogus"}"#).starts_with("net: "));
+        // Unknown fields and wrong types are the JSON's errors.
+        assert!(request(r#"{"image":"x","memroy":"1M"}"#).unwrap_err().to_string().contains("unknown field `memroy`"));
+        assert!(request(r#"{"image":5}"#).is_err());
+    }
+}

@@ -1,0 +1,245 @@
+//! kilnd's state: the store, and the instances that run on its threads. Each operation here is one route's work,
+//! blocking (the server runs it off its event loop), with the route's errors.
+
+use crate::api::{CreateRequest, Created};
+use crate::error::ApiError;
+use crate::held::{Held, SIGTERM};
+use kiln_image::instance::{
+    create_with_default_name, default_name_base, new_id, now, process_start, tail_start, Instance, InstanceError,
+    Instances, State,
+};
+use kiln_image::Store;
+use kiln_launch::chain;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How long a SIGKILLed VM may take to end before kilnd says so.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+pub struct Daemon {
+    store: Store,
+    /// This process, as records name it: pid and start time.
+    process: (u32, u64),
+    held: Mutex<HashMap<String, Arc<Held>>>,
+}
+
+impl Daemon {
+    pub fn new(store: Store) -> Result<Daemon, ApiError> {
+        let pid = std::process::id();
+        let start =
+            process_start(pid).ok_or_else(|| ApiError::Internal("cannot read kilnd's own start time".into()))?;
+        Ok(Daemon { store, process: (pid, start), held: Mutex::new(HashMap::new()) })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn process(&self) -> (u32, u64) {
+        self.process
+    }
+
+    fn instances(&self) -> Instances<'_> {
+        Instances::new(&self.store)
+    }
+
+    fn held(&self, id: &str) -> Option<Arc<Held>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
+    }
+
+    /// Records of instances an earlier kilnd ran, which died with it: said so, once, when this one starts.
+    pub fn adopt_records(&self) -> Result<(), ApiError> {
+        let instances = self.instances();
+        for record in instances.records()? {
+            if record.kilnd && record.state != State::Exited && record.pid != Some(self.process.0) {
+                instances.update(&record.id, |i| {
+                    i.state = State::Exited;
+                    i.reason = Some("the kilnd that ran it ended".into());
+                    i.finished_ms = Some(now());
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `POST /instances`.
+    pub fn create(self: &Arc<Self>, request: CreateRequest) -> Result<Created, ApiError> {
+        let overrides = request.overrides().map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let spec = {
+            let _reading = self.store.read_lock().map_err(|e| ApiError::Internal(chain(&e)))?;
+            kiln_launch::resolve(Some(&self.store), &request.image, &overrides)
+        }
+        .map_err(|e| ApiError::BadRequest(chain(&e)))?;
+        let instances = self.instances();
+        let id = new_id();
+        let ports: Vec<String> = spec.network.published().iter().map(ToString::to_string).collect();
+        let launch = serde_json::to_value(&spec).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let (pid, pid_start) = self.process;
+        let create = |name: &str| {
+            let record = Instance {
+                image_id: spec.image_id().cloned(),
+                auto_remove: request.auto_remove,
+                launch: Some(launch.clone()),
+                kilnd: true,
+                // kilnd's: a record whose kilnd is gone is seen as ended.
+                pid: Some(pid),
+                pid_start: Some(pid_start),
+                ..Instance::created(&id, name, &request.image, spec.argv.clone(), ports.clone())
+            };
+            instances.create(&record)
+        };
+        match &request.name {
+            Some(name) => create(name)?,
+            None => create_with_default_name(&default_name_base(&spec.name), &id, create)?,
+        }
+        let name = instances.load(&id)?.name;
+        // Held before it starts, so that a stop that comes as soon as it runs finds it.
+        match crate::runner::start(self, &id, spec) {
+            Ok(held) => {
+                let mut all = self.held.lock().unwrap_or_else(|e| e.into_inner());
+                // A program that ended at once has ended here too: nothing to hold.
+                if instances.load(&id).is_ok_and(|i| i.state != State::Exited) {
+                    all.insert(id.clone(), held);
+                }
+                Ok(Created { id, name })
+            }
+            Err(e) => {
+                let _ = instances.remove(&id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Called by the instance's thread when its run has returned.
+    pub fn ended(&self, id: &str, code: i32, reason: String) {
+        let instances = self.instances();
+        let recorded = instances.update(id, |i| {
+            i.state = State::Exited;
+            (i.exit_code, i.reason, i.finished_ms) = (Some(code), Some(reason), Some(now()));
+        });
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+        match recorded {
+            Ok(record) if record.auto_remove => {
+                let _ = instances.remove(id);
+            }
+            Ok(_) | Err(InstanceError::NoSuch(_)) => {}
+            Err(e) => tracing::error!("instance {id}: cannot record its end: {}", chain(&e)),
+        }
+    }
+
+    /// `GET /instances`: running ones, or all.
+    pub fn list(&self, all: bool) -> Result<Vec<Instance>, ApiError> {
+        Ok(self.instances().list()?.into_iter().filter(|i| all || i.state != State::Exited).collect())
+    }
+
+    /// `GET /instances/{id}`: by name, id or a unique prefix of the id.
+    pub fn find(&self, what: &str) -> Result<Instance, ApiError> {
+        Ok(self.instances().find(what)?)
+    }
+
+    /// `GET /instances/{id}/logs`: the whole log, or its last `tail` lines.
+    pub fn logs(&self, what: &str, tail: Option<usize>) -> Result<Vec<u8>, ApiError> {
+        let instance = self.find(what)?;
+        let path = self.instances().log_path(&instance.id);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(ApiError::Internal(format!("cannot read {}: {e}", path.display()))),
+        };
+        let start = tail.map_or(0, |n| tail_start(&bytes, n));
+        Ok(bytes[start..].to_vec())
+    }
+
+    /// The instance, if this kilnd runs it; a conflict if it runs in a process of its own (`kiln run -d`).
+    fn running(&self, what: &str) -> Result<(Instance, Option<Arc<Held>>), ApiError> {
+        let instance = self.find(what)?;
+        if let Some(held) = self.held(&instance.id) {
+            return Ok((instance, Some(held)));
+        }
+        if !instance.kilnd && instance.state != State::Exited && instance.vmm_alive() {
+            return Err(ApiError::Conflict(format!(
+                "instance {} runs in a process of its own (pid {}), not in kilnd; stop it with kiln stop {}",
+                instance.name,
+                instance.pid.unwrap_or(0),
+                instance.name
+            )));
+        }
+        Ok((instance, None))
+    }
+
+    /// `POST /instances/{id}/stop`: SIGTERM to the program, SIGKILL after `time` if it still runs.
+    pub fn stop(&self, what: &str, time: Duration) -> Result<(), ApiError> {
+        let (instance, held) = self.running(what)?;
+        let Some(held) = held else { return Ok(()) };
+        held.signal(SIGTERM);
+        if !held.wait_ended(time) {
+            held.kill(format!("killed by kiln stop: still running {} s after SIGTERM", time.as_secs()));
+            wait_killed(&held, &instance)?;
+        }
+        Ok(())
+    }
+
+    /// `POST /instances/{id}/kill`.
+    pub fn kill(&self, what: &str) -> Result<(), ApiError> {
+        let (instance, held) = self.running(what)?;
+        let Some(held) = held else {
+            return Err(ApiError::Conflict(format!("instance {} is not running", instance.name)));
+        };
+        held.kill("killed by kiln kill (SIGKILL)".into());
+        wait_killed(&held, &instance)
+    }
+
+    /// `DELETE /instances/{id}`: a running one only with `force` (killed first).
+    pub fn remove(&self, what: &str, force: bool) -> Result<(), ApiError> {
+        let instances = self.instances();
+        let (instance, held) = match self.running(what) {
+            Ok(found) => found,
+            // A damaged record goes by its exact id.
+            Err(ApiError::Internal(_)) if instances.dir(what).join("record.json").exists() => {
+                return Ok(instances.remove(what)?);
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(held) = held {
+            if !force {
+                return Err(ApiError::Conflict(format!(
+                    "instance {} is running; stop it first, or remove it with force=true",
+                    instance.name
+                )));
+            }
+            held.kill("killed by kiln rm --force".into());
+            wait_killed(&held, &instance)?;
+        }
+        match instances.remove(&instance.id) {
+            Ok(()) => Ok(()),
+            // Its own auto_remove removed it meanwhile.
+            Err(_) if !instances.dir(&instance.id).exists() => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Stops every instance this kilnd runs (its shutdown), each with its own stop timeout, all at once.
+    pub fn stop_all(&self) {
+        let held: Vec<(String, Arc<Held>)> =
+            self.held.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        for (_, held) in &held {
+            held.signal(SIGTERM);
+        }
+        for (id, held) in held {
+            if !held.wait_ended(Duration::from_secs(u64::from(kiln_launch::DEFAULT_STOP_TIMEOUT))) {
+                held.kill("killed as kilnd stopped: still running after SIGTERM".into());
+                if !held.wait_ended(KILL_WAIT) {
+                    tracing::error!("instance {id} did not end on SIGKILL");
+                }
+            }
+        }
+    }
+}
+
+fn wait_killed(held: &Held, instance: &Instance) -> Result<(), ApiError> {
+    match held.wait_ended(KILL_WAIT) {
+        true => Ok(()),
+        false => Err(ApiError::Internal(format!("instance {} did not end within 10 s of SIGKILL", instance.name))),
+    }
+}

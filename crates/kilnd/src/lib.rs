@@ -1,0 +1,136 @@
+//! kilnd: one host daemon that owns Kiln instances. Each instance is a VM made by `kiln_launch::prepare` and run on
+//! threads of this process (not a process of its own, as `kiln run -d` makes), recorded in the store
+//! (`kiln_image::instance`) as every instance is. Clients talk to it over HTTP+JSON on the Unix socket
+//! `$KILN_HOME/kilnd.sock` (mode 0600), in the shape of the Docker Engine API; `docs/api.md` lists every route.
+
+pub mod api;
+pub mod client;
+mod console;
+mod daemon;
+mod error;
+mod held;
+mod runner;
+mod server;
+
+use daemon::Daemon;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The socket's file name in the Kiln home.
+pub const SOCKET: &str = "kilnd.sock";
+const LOCK: &str = "kilnd.lock";
+/// Signals that stop kilnd (its instances first).
+const STOP_SIGNALS: [i32; 2] = [libc::SIGTERM, libc::SIGINT];
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    NoHome(#[from] kiln_launch::home::NoHome),
+    #[error("cannot use {}", .0.display())]
+    Home(PathBuf, #[source] std::io::Error),
+    #[error("another kilnd already runs for {} (its lock {} is held)", .0.display(), .0.join(LOCK).display())]
+    AlreadyRuns(PathBuf),
+    #[error("cannot listen on {}", .0.display())]
+    Listen(PathBuf, #[source] std::io::Error),
+    #[error("cannot start kilnd's runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error("{0}")]
+    Start(String),
+}
+
+/// Where kilnd listens for the Kiln home `home`.
+pub fn socket_path(home: &Path) -> PathBuf {
+    home.join(SOCKET)
+}
+
+/// The socket of the Kiln home this process uses (`$KILN_HOME`, ...).
+pub fn default_socket() -> Result<PathBuf, kiln_launch::home::NoHome> {
+    kiln_launch::home::kiln_home().map(|h| socket_path(&h)).ok_or(kiln_launch::home::NoHome("kilnd's socket"))
+}
+
+/// Runs kilnd in the foreground until SIGTERM or SIGINT, then stops its instances and returns.
+pub fn run() -> Result<(), DaemonError> {
+    let home = kiln_launch::home::kiln_home().ok_or(kiln_launch::home::NoHome("kilnd's socket"))?;
+    std::fs::create_dir_all(&home).map_err(|e| DaemonError::Home(home.clone(), e))?;
+    // Blocked before any thread starts, so that every thread inherits it and they wait for `sigwait` below.
+    let stop_set = signal_set();
+    // SAFETY: a valid, initialised signal set; the old mask is not wanted.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &stop_set, std::ptr::null_mut()) };
+    let _lock = lock(&home)?;
+    let socket = socket_path(&home);
+    let listener = listen(&socket)?;
+    let daemon = Arc::new(Daemon::new(kiln_launch::home::store()?).map_err(|e| DaemonError::Start(e.to_string()))?);
+    daemon.adopt_records().map_err(|e| DaemonError::Start(e.to_string()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(DaemonError::Runtime)?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("kilnd-signals".into())
+        .spawn(move || {
+            let mut sig = 0;
+            // SAFETY: an initialised set and a valid place for the result.
+            while unsafe { libc::sigwait(&stop_set, &mut sig) } != 0 {}
+            let _ = stop_tx.send(sig);
+        })
+        .map_err(DaemonError::Runtime)?;
+    tracing::info!("kilnd {} listens on {}", env!("CARGO_PKG_VERSION"), socket.display());
+    let sig = runtime.block_on(async {
+        let listener =
+            tokio::net::UnixListener::from_std(listener).map_err(|e| DaemonError::Listen(socket.clone(), e))?;
+        let _server = tokio::spawn(server::serve(listener, daemon.clone()));
+        Ok::<_, DaemonError>(stop_rx.await.unwrap_or(libc::SIGTERM))
+    })?;
+    tracing::info!("kilnd stops (signal {sig}): stopping its instances");
+    let _ = std::fs::remove_file(&socket);
+    drop(runtime);
+    daemon.stop_all();
+    Ok(())
+}
+
+fn signal_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset initialises the zeroed set; sigaddset adds valid signal numbers to it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in STOP_SIGNALS {
+            libc::sigaddset(&mut set, sig);
+        }
+        set
+    }
+}
+
+/// One kilnd per Kiln home: an exclusive lock, held while it runs (the kernel drops it when the process ends).
+fn lock(home: &Path) -> Result<std::fs::File, DaemonError> {
+    let path = home.join(LOCK);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| DaemonError::Home(path.clone(), e))?;
+    // SAFETY: flock on a descriptor this function owns.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(DaemonError::AlreadyRuns(home.to_path_buf()));
+    }
+    Ok(file)
+}
+
+/// Listens on `socket` (a stale one from a kilnd that died is replaced: the lock says none runs), mode 0600 from
+/// the start: the socket is made under a umask that leaves the group and others nothing.
+fn listen(socket: &Path) -> Result<std::os::unix::net::UnixListener, DaemonError> {
+    match std::fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(DaemonError::Listen(socket.to_path_buf(), e)),
+    }
+    // SAFETY: umask has no preconditions; it is set back right after the bind.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = std::os::unix::net::UnixListener::bind(socket);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let listener = bound.map_err(|e| DaemonError::Listen(socket.to_path_buf(), e))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| DaemonError::Listen(socket.to_path_buf(), e))?;
+    listener.set_nonblocking(true).map_err(|e| DaemonError::Listen(socket.to_path_buf(), e))?;
+    Ok(listener)
+}

@@ -1,0 +1,309 @@
+//! kilnd (`kiln daemon`), through its real Unix socket: every route of its API (docs/api.md), bad bodies and unknown
+//! ids refused with a status and a message, instances run on kilnd's threads through the real VMM (started, their
+//! output logged, stopped, killed, removed), and kilnd's own stop. Each test starts its own kilnd on a store of its
+//! own.
+
+#[allow(dead_code)]
+mod harness;
+
+use harness::store::{kiln_in, scratch};
+use harness::{guests, kvm};
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+/// A kilnd of the test's own, stopped (SIGTERM) when dropped.
+struct Kilnd {
+    child: Child,
+    home: PathBuf,
+}
+
+impl Kilnd {
+    fn start(test: &str) -> Kilnd {
+        let home = scratch("kilnd", test);
+        Kilnd::start_in(home)
+    }
+
+    fn start_in(home: PathBuf) -> Kilnd {
+        let err = std::fs::File::create(home.with_extension("kilnd.err")).unwrap();
+        let child = kiln_in(&home).arg("daemon").into_command().stdout(Stdio::null()).stderr(err).spawn().unwrap();
+        let kilnd = Kilnd { child, home };
+        let start = Instant::now();
+        while kilnd.try_call("GET", "/version", "").is_none() {
+            assert!(start.elapsed() < Duration::from_secs(30), "kilnd did not answer within 30 s: {}", kilnd.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        kilnd
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.home.join("kilnd.sock")
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.home.with_extension("kilnd.err")).unwrap_or_default()
+    }
+
+    fn try_call(&self, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
+        http(&self.socket(), method, path, body.as_bytes())
+    }
+
+    /// One request; its status and body.
+    fn call(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        self.try_call(method, path, body).unwrap_or_else(|| panic!("{method} {path}: no answer; {}", self.stderr()))
+    }
+
+    /// A request that must succeed with `status`; its body as JSON (null when empty).
+    fn ok(&self, method: &str, path: &str, body: &str, status: u16) -> serde_json::Value {
+        let (got, text) = self.call(method, path, body);
+        assert_eq!(got, status, "{method} {path} {body}: {text}");
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// A request that must be refused with `status`; its message.
+    fn refused(&self, method: &str, path: &str, body: &str, status: u16) -> String {
+        let (got, text) = self.call(method, path, body);
+        assert_eq!(got, status, "{method} {path} {body}: {text}");
+        let error: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+        let message = error["message"].as_str().unwrap_or_else(|| panic!("no message in {text}")).to_string();
+        assert!(!message.is_empty() && !message.contains('\n'), "{message:?}");
+        message
+    }
+
+    fn create(&self, body: serde_json::Value) -> String {
+        self.ok("POST", "/instances", &body.to_string(), 201)["id"].as_str().unwrap().to_string()
+    }
+
+    fn instance(&self, id: &str) -> serde_json::Value {
+        self.ok("GET", &format!("/instances/{id}"), "", 200)
+    }
+
+    /// Waits up to 30 s for the instance's record to say exited; returns it.
+    fn wait_exited(&self, id: &str) -> serde_json::Value {
+        let start = Instant::now();
+        loop {
+            let record = self.instance(id);
+            if record["state"] == "exited" {
+                return record;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "{id} still runs: {record}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits up to 30 s for the instance's log to contain `text`.
+    fn wait_log(&self, id: &str, text: &str) -> String {
+        let start = Instant::now();
+        loop {
+            let (status, log) = self.call("GET", &format!("/instances/{id}/logs"), "");
+            if status == 200 && log.contains(text) {
+                return log;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "{id}'s log has no {text:?}: {log:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, and its exit status (within 60 s).
+    fn stop(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on the child this test started, which has not been waited for.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                let _ = self.child.kill();
+                panic!("kilnd did not stop within 60 s of SIGTERM: {}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Kilnd {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.stop();
+        }
+    }
+}
+
+/// One HTTP/1.1 request on the Unix socket; none if nothing answers there.
+fn http(socket: &Path, method: &str, path: &str, body: &[u8]) -> Option<(u16, String)> {
+    let mut stream = UnixStream::connect(socket).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: kilnd\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).ok()?;
+    // kilnd may answer (and close) before it has read all of a body too big to take: its answer is still there.
+    let _ = stream.write_all(body);
+    let mut answer = Vec::new();
+    // After such a body, the end may come as a reset: what came before it counts.
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
+
+#[test]
+fn the_api_refuses_bad_requests_and_unknown_ids_with_a_message() {
+    let kilnd = Kilnd::start("refusals");
+    let mode = std::fs::metadata(kilnd.socket()).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the socket is the user's only");
+    let version = kilnd.ok("GET", "/version", "", 200);
+    assert_eq!(version["api_version"], 1);
+    assert_eq!(version["pid"], kilnd.child.id());
+    assert_eq!(kilnd.ok("GET", "/instances", "", 200), serde_json::json!([]));
+
+    for (method, path) in [
+        ("GET", "/instances/nope"),
+        ("GET", "/instances/nope/logs"),
+        ("POST", "/instances/nope/stop"),
+        ("POST", "/instances/nope/kill"),
+        ("DELETE", "/instances/nope"),
+    ] {
+        assert_eq!(kilnd.refused(method, path, "", 404), "no such instance: nope");
+    }
+    assert!(kilnd.refused("GET", "/nowhere", "", 404).starts_with("no route GET /nowhere"));
+    assert!(kilnd.refused("PUT", "/instances", "", 404).starts_with("no route PUT /instances"));
+    assert!(kilnd.refused("GET", "/instances?all=maybe", "", 400).contains("is not true or false"));
+    assert!(kilnd.refused("POST", "/instances/nope/stop?t=soon", "", 400).contains("is not a number"));
+
+    let program = guests::c("hello");
+    let program = program.to_str().unwrap();
+    let bad_bodies = [
+        ("", "the body is not a create request: EOF while parsing"),
+        ("{\"image\":", "the body is not a create request: EOF while parsing"),
+        ("[1,2]", "the body is not a create request: invalid type"),
+        ("{\"image\":5}", "the body is not a create request: invalid type"),
+        (r#"{"image":"x","memroy":"1M"}"#, "the body is not a create request: unknown field `memroy`"),
+        ("{}", "image: missing"),
+        (r#"{"image":"./hello"}"#, "image: './hello' is relative"),
+        (r#"{"image":"/no/such/program"}"#, "/no/such/program: no such file"),
+        (r#"{"image":"noimage"}"#, "noimage: no such image"),
+        (&format!(r#"{{"image":"{program}","publish":["80:80","eighty"]}}"#), "publish[1]: "),
+        (&format!(r#"{{"image":"{program}","env":["NOEQUALS"]}}"#), "env[0]: "),
+        (&format!(r#"{{"image":"{program}","memory":"lots"}}"#), "memory: "),
+        (&format!(r#"{{"image":"{program}","cpus":0}}"#), "cpus: 0 is out of range"),
+        (&format!(r#"{{"image":"{program}","files":["rel:/x"]}}"#), "files[0]: 'rel' is relative"),
+        (&format!(r#"{{"image":"{program}","volumes":["no volume"]}}"#), "volumes[0]: "),
+        (&format!(r#"{{"image":"{program}","name":"bad name"}}"#), "\"bad name\" is not an instance name"),
+    ];
+    for (body, expected) in bad_bodies {
+        let message = kilnd.refused("POST", "/instances", body, 400);
+        assert!(message.starts_with(expected), "{body}: {message:?}, expected {expected:?}");
+    }
+    let huge = format!(r#"{{"image":"{}"}}"#, "x".repeat(2 << 20));
+    assert!(kilnd.refused("POST", "/instances", &huge, 400).contains("at most 1048576 bytes"));
+    // Nothing refused left a record behind.
+    assert_eq!(kilnd.ok("GET", "/instances?all=1", "", 200), serde_json::json!([]));
+
+    // One kilnd per store.
+    let second = kiln_in(&kilnd.home).arg("daemon").run();
+    second.assert_code(125);
+    assert!(second.stderr_text().contains("another kilnd already runs"), "{}", second.stderr_text());
+    assert_eq!(kilnd.ok("GET", "/version", "", 200)["pid"], kilnd.child.id());
+}
+
+#[test]
+fn instances_run_on_kilnd_and_stop_kill_and_go() {
+    if !kvm::available() {
+        return;
+    }
+    let kilnd = Kilnd::start("lifecycle");
+    let waiter = guests::c("waiter");
+    let waiter = waiter.to_str().unwrap();
+
+    // Started, running in kilnd's process, its output in its log.
+    let id = kilnd.create(serde_json::json!({"image": waiter, "args": ["graceful"], "name": "calm", "memory": "32M"}));
+    let record = kilnd.instance("calm");
+    assert_eq!((record["id"].as_str(), record["state"].as_str()), (Some(id.as_str()), Some("running")));
+    assert_eq!((record["kilnd"].as_bool(), record["pid"].as_u64()), (Some(true), Some(u64::from(kilnd.child.id()))));
+    kilnd.wait_log(&id, "waiter: ready\n");
+    let running = kilnd.ok("GET", "/instances", "", 200);
+    assert_eq!(running.as_array().unwrap().len(), 1, "{running}");
+    // Names are unique among instances.
+    let taken =
+        kilnd.refused("POST", "/instances", &serde_json::json!({"image": waiter, "name": "calm"}).to_string(), 409);
+    assert!(taken.starts_with("the name \"calm\" is already used"), "{taken}");
+    // A running instance is removed only with force.
+    assert!(kilnd.refused("DELETE", "/instances/calm", "", 409).contains("is running"));
+
+    // stop: SIGTERM, which the program takes.
+    assert_eq!(kilnd.ok("POST", "/instances/calm/stop", "", 204), serde_json::Value::Null);
+    let record = kilnd.instance(&id);
+    assert_eq!((record["state"].as_str(), record["exit_code"].as_i64()), (Some("exited"), Some(0)), "{record}");
+    let (_, tail) = kilnd.call("GET", "/instances/calm/logs?tail=1", "");
+    assert_eq!(tail, "waiter: stopped by signal 15\n");
+    assert!(kilnd.refused("POST", "/instances/calm/kill", "", 409).contains("is not running"));
+    kilnd.ok("POST", "/instances/calm/stop", "", 204);
+    assert_eq!(kilnd.ok("GET", "/instances", "", 200), serde_json::json!([]), "exited: not listed without all");
+
+    // stop of a program that ignores SIGTERM: killed after the time given.
+    kilnd.create(serde_json::json!({"image": waiter, "args": ["stubborn"], "name": "stubborn"}));
+    kilnd.wait_log("stubborn", "waiter: ready\n");
+    let start = Instant::now();
+    kilnd.ok("POST", "/instances/stubborn/stop?t=1", "", 204);
+    assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+    let record = kilnd.instance("stubborn");
+    assert_eq!(record["exit_code"], 137);
+    assert_eq!(record["reason"], "killed by kiln stop: still running 1 s after SIGTERM");
+
+    // kill ends a VM that computes without ever leaving the guest.
+    kilnd.create(serde_json::json!({"image": waiter, "args": ["spin"], "name": "spinner"}));
+    kilnd.wait_log("spinner", "waiter: ready\n");
+    kilnd.ok("POST", "/instances/spinner/kill", "", 204);
+    let record = kilnd.instance("spinner");
+    assert_eq!(
+        (record["exit_code"].as_i64(), record["reason"].as_str()),
+        (Some(137), Some("killed by kiln kill (SIGKILL)"))
+    );
+
+    // DELETE with force kills first; the record and log go.
+    let doomed = kilnd.create(serde_json::json!({"image": waiter, "name": "doomed"}));
+    kilnd.ok("DELETE", "/instances/doomed?force=true", "", 204);
+    kilnd.refused("GET", &format!("/instances/{doomed}"), "", 404);
+    assert!(!kilnd.home.join("instances").join(&doomed).exists());
+    kilnd.ok("DELETE", "/instances/calm", "", 204);
+
+    // A program that ends by itself is recorded so; with auto_remove, it leaves nothing.
+    let hello = guests::c("hello");
+    let id = kilnd.create(serde_json::json!({"image": hello, "args": ["a", "b"]}));
+    let record = kilnd.wait_exited(&id);
+    assert_eq!((record["exit_code"].as_i64(), record["reason"].as_str()), (Some(0), Some("exited")), "{record}");
+    assert!(record["name"].as_str().unwrap().starts_with("hello-"), "{record}");
+    let gone = kilnd.create(serde_json::json!({"image": hello, "auto_remove": true}));
+    let start = Instant::now();
+    while kilnd.call("GET", &format!("/instances/{gone}"), "").0 != 404 {
+        assert!(start.elapsed() < Duration::from_secs(30), "auto_remove left {gone}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let all = kilnd.ok("GET", "/instances?all=true", "", 200);
+    let names: Vec<&str> = all.as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap()).collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+}
+
+#[test]
+fn kilnd_stops_its_instances_when_it_stops() {
+    if !kvm::available() {
+        return;
+    }
+    let mut kilnd = Kilnd::start("shutdown");
+    let waiter = guests::c("waiter");
+    let id = kilnd.create(serde_json::json!({"image": waiter, "args": ["graceful"]}));
+    kilnd.wait_log(&id, "waiter: ready\n");
+    assert!(kilnd.stop().success());
+    assert!(!kilnd.socket().exists(), "the socket goes with kilnd");
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(kilnd.home.join("instances").join(&id).join("record.json")).unwrap())
+            .unwrap();
+    assert_eq!((record["state"].as_str(), record["exit_code"].as_i64()), (Some("exited"), Some(0)), "{record}");
+}
