@@ -307,3 +307,68 @@ fn kilnd_stops_its_instances_when_it_stops() {
             .unwrap();
     assert_eq!((record["state"].as_str(), record["exit_code"].as_i64()), (Some("exited"), Some(0)), "{record}");
 }
+
+/// The `kiln` commands go through kilnd while it answers, and back to an instance process per instance without it.
+#[test]
+fn kiln_commands_go_through_kilnd_when_it_answers() {
+    if !kvm::available() {
+        return;
+    }
+    let mut kilnd = Kilnd::start("cli");
+    let home = kilnd.home.clone();
+    let waiter = guests::c("waiter");
+    let kiln = || kiln_in(&home);
+
+    let run = kiln().arg("run").arg("-d").args(["--name", "w", "-m", "32M"]).arg(&waiter).arg("graceful").run();
+    run.assert_code(0);
+    let id = run.stdout_text().trim().to_string();
+    let record = kilnd.instance(&id);
+    assert_eq!((record["name"].as_str(), record["kilnd"].as_bool()), (Some("w"), Some(true)), "{record}");
+    assert_eq!(record["pid"].as_u64(), Some(u64::from(kilnd.child.id())), "it runs on kilnd's threads");
+    kilnd.wait_log("w", "waiter: ready\n");
+    let ps = kiln().arg("ps").run();
+    ps.assert_code(0);
+    assert!(
+        ps.stdout_text().lines().any(|l| l.starts_with(&id) && l.contains(" w ") && l.contains("running")),
+        "{}",
+        ps.stdout_text()
+    );
+    kiln().args(["logs", "w"]).run().assert_code(0).assert_stdout("waiter: ready\n");
+    kiln().args(["stop", "w"]).run().assert_code(0).assert_stdout("w\n");
+    let record = kilnd.instance(&id);
+    assert_eq!((record["state"].as_str(), record["exit_code"].as_i64()), (Some("exited"), Some(0)), "{record}");
+    kiln()
+        .args(["logs", "-f", "w"])
+        .run()
+        .assert_code(0)
+        .assert_stdout("waiter: ready\nwaiter: stopped by signal 15\n");
+
+    // kill and rm --force, and a relative program path made absolute for kilnd.
+    let relative =
+        kiln().current_dir(waiter.parent().unwrap()).args(["run", "-d", "--name", "s", "./waiter", "spin"]).run();
+    relative.assert_code(0);
+    kilnd.wait_log("s", "waiter: ready\n");
+    kiln().args(["kill", "s"]).run().assert_code(0);
+    assert_eq!(kilnd.instance("s")["reason"], "killed by kiln kill (SIGKILL)");
+    kiln().arg("run").arg("-d").args(["--name", "f"]).arg(&waiter).run().assert_code(0);
+    let refused = kiln().args(["rm", "f"]).run();
+    refused.assert_code(125);
+    assert!(refused.stderr_text().contains("instance f is running"), "{}", refused.stderr_text());
+    kiln().args(["rm", "--force", "f", "w", "s"]).run().assert_code(0);
+    assert_eq!(kilnd.ok("GET", "/instances?all=1", "", 200), serde_json::json!([]));
+    // A bad flag value is kilnd's 400, said as kiln says its errors.
+    let bad = kiln().args(["run", "-d", "/no/such/program"]).run();
+    bad.assert_code(125);
+    assert!(bad.stderr_text().starts_with("kiln: /no/such/program: no such file"), "{}", bad.stderr_text());
+
+    // Without kilnd: an instance process of its own, as before.
+    assert!(kilnd.stop().success());
+    let run = kiln().arg("run").arg("-d").args(["--name", "alone"]).arg(&waiter).arg("graceful").run();
+    run.assert_code(0);
+    let record = kiln().args(["inspect", "alone"]).run();
+    let record: serde_json::Value = serde_json::from_str(&record.stdout_text()).unwrap();
+    let record = &record[0];
+    assert_eq!(record["kilnd"], false, "{record}");
+    assert_ne!(record["pid"].as_u64(), Some(u64::from(kilnd.child.id())));
+    kiln().args(["stop", "alone"]).run().assert_code(0);
+}

@@ -32,12 +32,17 @@ fn status(i: &Instance) -> String {
 }
 
 pub fn ps(args: PsArgs) -> Result<u8> {
-    let store = home::store()?;
-    let instances = Instances::new(&store);
-    for damaged in instances.damaged()? {
-        errln!("kiln: {}", crate::chain(&damaged.into()));
-    }
-    let shown: Vec<Instance> = instances.list()?.into_iter().filter(|i| args.all || i.state != State::Exited).collect();
+    let shown: Vec<Instance> = match crate::kilnd_client::answering() {
+        Some(daemon) => crate::kilnd_client::list(&daemon, args.all)?,
+        None => {
+            let store = home::store()?;
+            let instances = Instances::new(&store);
+            for damaged in instances.damaged()? {
+                errln!("kiln: {}", crate::chain(&damaged.into()));
+            }
+            instances.list()?.into_iter().filter(|i| args.all || i.state != State::Exited).collect()
+        }
+    };
     match args.format {
         Format::Json => outln!("{}", serde_json::to_string_pretty(&shown)?),
         Format::Table => {
@@ -74,6 +79,9 @@ pub fn logs(args: LogsArgs) -> Result<u8> {
 }
 
 fn print_logs(args: LogsArgs) -> Result<u8> {
+    if let Some(daemon) = crate::kilnd_client::answering() {
+        return crate::kilnd_client::logs(&daemon, &args.instance, args.tail, args.follow);
+    }
     let store = home::store()?;
     let instances = Instances::new(&store);
     let instance = instances.find(&args.instance)?;
@@ -178,7 +186,9 @@ pub fn stop(args: StopArgs) -> Result<u8> {
     let instances = Instances::new(&store);
     for what in &args.instances {
         let instance = instances.find(what)?;
-        if has_live_process(&instance) {
+        if instance.kilnd {
+            crate::kilnd_client::stop(&instance, args.time)?;
+        } else if has_live_process(&instance) {
             signal(&instance, libc::SIGTERM)?;
             if !wait_for_end(&instance, Duration::from_secs(args.time)) {
                 let why = format!("killed by kiln stop: still running {} s after SIGTERM", args.time);
@@ -202,6 +212,11 @@ pub fn kill(args: KillArgs) -> Result<u8> {
     let instances = Instances::new(&store);
     for what in &args.instances {
         let instance = instances.find(what)?;
+        if instance.kilnd {
+            crate::kilnd_client::kill(&instance)?;
+            outln!("{}", instance.name);
+            continue;
+        }
         if !has_live_process(&instance) {
             bail!("instance {} is not running", instance.name);
         }
@@ -234,6 +249,10 @@ pub fn rm(args: RmArgs) -> Result<u8> {
             }
             Err(e) => return Err(e.into()),
         };
+        if instance.kilnd && crate::kilnd_client::rm(&instance, args.force)? {
+            outln!("{}", instance.name);
+            continue;
+        }
         if has_live_process(&instance) {
             if !args.force {
                 bail!(

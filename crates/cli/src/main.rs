@@ -28,6 +28,7 @@ mod image_build;
 mod images;
 mod inspect;
 mod instances;
+mod kilnd_client;
 mod net;
 mod output;
 mod registry;

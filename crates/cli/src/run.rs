@@ -111,6 +111,17 @@ impl RunArgs {
 pub fn run(mut args: RunArgs) -> Result<u8> {
     args.split_command();
     let mut instance = detach::instance_of_this_process(&args)?;
+    // With kilnd answering, a detached instance runs there (it prints no trace or statistics: those keep a process).
+    let daemon = (args.detach && instance.is_none() && !args.trace_syscalls && !args.stats)
+        .then(crate::kilnd_client::answering)
+        .flatten();
+    if let Some(daemon) = daemon {
+        let image = match kiln_container::Source::is_source(&args.target) {
+            true => crate::container_build::import_for_run(&home::store()?, &args.target)?.to_string(),
+            false => args.target.clone(),
+        };
+        return crate::kilnd_client::run(&daemon, &args, &image);
+    }
     let spec = match &instance {
         // An instance process launches what its record says, not what its flags would resolve to now.
         Some(instance) => instance.spec()?,

@@ -180,6 +180,37 @@ impl CreateRequest {
     }
 }
 
+impl CreateRequest {
+    /// The request for `kiln run -d`'s flags (`overrides` as the CLI parsed them), to run `image` (a name, an id, or
+    /// an absolute path): the inverse of [`CreateRequest::overrides`], but for tracing and statistics, which an
+    /// instance of kilnd's does not print.
+    pub fn from_overrides(image: String, name: Option<String>, auto_remove: bool, o: &Overrides) -> CreateRequest {
+        let mapping = |(host, guest): &(PathBuf, String)| format!("{}:{guest}", host.display());
+        let n = &o.network;
+        CreateRequest {
+            image,
+            name,
+            args: o.args.clone(),
+            env: o.env.clone(),
+            memory: o.memory.map(Size::Bytes),
+            cpus: o.cpus,
+            workdir: o.workdir.clone(),
+            files: o.files.iter().map(mapping).collect(),
+            dirs: o.dirs.iter().map(mapping).collect(),
+            volumes: o.volumes.iter().map(|(name, path)| format!("{name}:{path}")).collect(),
+            net: Some(n.mode.to_string()),
+            publish: n.publish.iter().map(ToString::to_string).collect(),
+            ip: n.ip.map(|(a, p)| format!("{a}/{p}")),
+            gateway: n.gateway.map(|a| a.to_string()),
+            ip6: n.ip6.map(|(a, p)| format!("{a}/{p}")),
+            gateway6: n.gateway6.map(|a| a.to_string()),
+            dns: n.dns.clone(),
+            stop_timeout: o.stop_timeout,
+            auto_remove,
+        }
+    }
+}
+
 fn bad_addr(s: &str) -> String {
     format!("'{s}' is not an IP address")
 }
@@ -201,6 +232,21 @@ mod tests {
         assert_eq!(o.network.publish.len(), 1);
         assert_eq!((o.env, o.args), (vec!["A=1".to_string()], vec!["-v".to_string()]));
         assert_eq!(request(r#"{"image":"x","memory":1048576}"#).unwrap().overrides().unwrap().memory, Some(1 << 20));
+    }
+
+    #[test]
+    fn run_flags_go_there_and_back() {
+        let full = request(
+            r#"{"image":"/bin/app","args":["a"],"env":["A=1"],"memory":33554432,"cpus":2,"workdir":"/w",
+               "files":["/h:/g"],"dirs":["/d:/e"],"volumes":["data:/data"],"net":"user",
+               "publish":["127.0.0.1:8080:80/tcp","9000:90/udp"],"ip":"10.0.3.15/24","gateway":"10.0.3.1",
+               "ip6":"fd01::15/64","gateway6":"fd01::1","dns":"10.0.3.3","stop_timeout":3}"#,
+        )
+        .unwrap();
+        let overrides = full.overrides().unwrap();
+        let back = CreateRequest::from_overrides("/bin/app".into(), None, false, &overrides);
+        assert_eq!(back.overrides().unwrap(), overrides);
+        assert_eq!(back.publish, ["127.0.0.1:8080:80/tcp", "9000:90/udp"]);
     }
 
     #[test]

@@ -138,8 +138,8 @@ impl Daemon {
         Ok(self.instances().find(what)?)
     }
 
-    /// `GET /instances/{id}/logs`: the whole log, or its last `tail` lines.
-    pub fn logs(&self, what: &str, tail: Option<usize>) -> Result<Vec<u8>, ApiError> {
+    /// `GET /instances/{id}/logs`: the whole log, or its last `tail` lines, from byte `since` on.
+    pub fn logs(&self, what: &str, tail: Option<usize>, since: usize) -> Result<Vec<u8>, ApiError> {
         let instance = self.find(what)?;
         let path = self.instances().log_path(&instance.id);
         let bytes = match std::fs::read(&path) {
@@ -147,7 +147,8 @@ impl Daemon {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(ApiError::Internal(format!("cannot read {}: {e}", path.display()))),
         };
-        let start = tail.map_or(0, |n| tail_start(&bytes, n));
+        let bytes = bytes.get(since..).unwrap_or_default();
+        let start = tail.map_or(0, |n| tail_start(bytes, n));
         Ok(bytes[start..].to_vec())
     }
 

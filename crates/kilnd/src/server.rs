@@ -108,8 +108,8 @@ async fn route(daemon: Arc<Daemon>, request: Request<Incoming>) -> Result<Reply,
             to_json(StatusCode::OK, &blocking(move || daemon.find(&id)).await?)
         }
         (&Method::GET, ["instances", id, "logs"]) => {
-            let (id, tail) = (id.to_string(), query.number("tail")?);
-            Ok(Reply::Bytes(blocking(move || daemon.logs(&id, tail)).await?))
+            let (id, tail, since) = (id.to_string(), query.number("tail")?, query.number("since")?.unwrap_or(0));
+            Ok(Reply::Bytes(blocking(move || daemon.logs(&id, tail, since)).await?))
         }
         (&Method::POST, ["instances", id, "stop"]) => {
             let id = id.to_string();
