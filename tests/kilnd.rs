@@ -372,3 +372,102 @@ fn kiln_commands_go_through_kilnd_when_it_answers() {
     assert_ne!(record["pid"].as_u64(), Some(u64::from(kilnd.child.id())));
     kiln().args(["stop", "alone"]).run().assert_code(0);
 }
+
+/// Restart policies: a crashing program restarted with a growing back-off until its limit; `always` shown as
+/// restarting in `kiln ps`, and stopped for good by `kiln stop`; a program that exits 0 is no failure.
+#[test]
+fn restart_policies_restart_a_crashing_program_with_backoff() {
+    if !kvm::available() {
+        return;
+    }
+    let kilnd = Kilnd::start("restart");
+    let crash = guests::c("crash");
+    let start = Instant::now();
+    let id = kilnd.create(serde_json::json!({"image": crash, "restart": "on-failure:2", "memory": "32M"}));
+    let mut seen_restarting = false;
+    let record = loop {
+        let record = kilnd.instance(&id);
+        seen_restarting |= record["state"] == "restarting";
+        if record["state"] == "exited" {
+            break record;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "still not ended: {record}");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    // Two restarts after 100 and 200 ms.
+    assert!(start.elapsed() >= Duration::from_millis(300), "{:?}", start.elapsed());
+    assert!(seen_restarting, "never seen restarting");
+    assert_eq!((record["restarts"].as_u64(), record["exit_code"].as_i64()), (Some(2), Some(139)), "{record}");
+    assert_eq!(record["restart"], "on-failure:2");
+    assert!(record["reason"].as_str().unwrap().starts_with("crashed: SIGSEGV"), "{record}");
+    let (_, log) = kilnd.call("GET", &format!("/instances/{id}/logs"), "");
+    assert_eq!(log.matches("about to crash\n").count(), 3, "{log}");
+
+    // `always`, in kiln ps as restarting (N), until kiln stop.
+    kiln_in(&kilnd.home).args(["run", "-d", "--restart", "always", "--name", "again"]).arg(&crash).run().assert_code(0);
+    let start = Instant::now();
+    loop {
+        let ps = kiln_in(&kilnd.home).arg("ps").run();
+        let line = ps.stdout_text().lines().find(|l| l.contains(" again ")).map(str::to_string);
+        if line.as_deref().is_some_and(|l| l.contains("restarting (")) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "never restarting in ps: {line:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kiln_in(&kilnd.home).args(["stop", "again"]).run().assert_code(0);
+    let record = kilnd.instance("again");
+    assert_eq!(record["state"], "exited", "{record}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(kilnd.instance("again")["restarts"], record["restarts"], "no restart after a stop");
+
+    // Exit code 0 is no failure.
+    let id = kilnd.create(serde_json::json!({"image": guests::c("hello"), "restart": "on-failure"}));
+    let record = kilnd.wait_exited(&id);
+    assert_eq!((record["restarts"].as_u64(), record["exit_code"].as_i64()), (Some(0), Some(0)), "{record}");
+    // A policy is checked, and does not go with auto_remove.
+    let bad = serde_json::json!({"image": crash, "restart": "sometimes"}).to_string();
+    assert!(kilnd.refused("POST", "/instances", &bad, 400).starts_with("restart: 'sometimes' is not a restart policy"));
+    let bad = serde_json::json!({"image": crash, "restart": "always", "auto_remove": true}).to_string();
+    assert!(kilnd.refused("POST", "/instances", &bad, 400).contains("cannot go together"));
+}
+
+/// A kilnd restart ends its instances (they run in its process), and the next kilnd starts again those whose policy
+/// is `always`, and `unless-stopped` ones the user did not stop.
+#[test]
+fn a_kilnd_restart_starts_its_always_instances_again() {
+    if !kvm::available() {
+        return;
+    }
+    let mut kilnd = Kilnd::start("kilnd-restart");
+    let waiter = guests::c("waiter");
+    let keep = kilnd.create(serde_json::json!({"image": waiter, "args": ["graceful"], "restart": "always"}));
+    let unless = kilnd.create(serde_json::json!({"image": waiter, "args": ["graceful"], "restart": "unless-stopped"}));
+    let user_stopped =
+        kilnd.create(serde_json::json!({"image": waiter, "args": ["graceful"], "restart": "unless-stopped"}));
+    let plain = kilnd.create(serde_json::json!({"image": waiter, "args": ["graceful"]}));
+    for id in [&keep, &unless, &user_stopped, &plain] {
+        kilnd.wait_log(id, "waiter: ready\n");
+    }
+    kilnd.ok("POST", &format!("/instances/{user_stopped}/stop"), "", 204);
+    let old_pid = kilnd.child.id();
+    assert!(kilnd.stop().success());
+
+    let kilnd = Kilnd::start_in(kilnd.home.clone());
+    assert_ne!(kilnd.child.id(), old_pid);
+    for id in [&keep, &unless] {
+        let record = kilnd.instance(id);
+        assert_eq!(record["state"], "running", "{record}");
+        assert_eq!(record["pid"].as_u64(), Some(u64::from(kilnd.child.id())), "{record}");
+        assert_eq!(record["restarts"], 1, "{record}");
+        let start = Instant::now();
+        while kilnd.call("GET", &format!("/instances/{id}/logs"), "").1.matches("waiter: ready\n").count() < 2 {
+            assert!(start.elapsed() < Duration::from_secs(30), "{id} did not boot again");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    for id in [&user_stopped, &plain] {
+        let record = kilnd.instance(id);
+        assert_eq!((record["state"].as_str(), record["restarts"].as_u64()), (Some("exited"), Some(0)), "{record}");
+    }
+}

@@ -21,6 +21,7 @@ fn status(i: &Instance) -> String {
     let t = now();
     match i.state {
         State::Created => "created".into(),
+        State::Restarting => format!("restarting ({})", i.restarts),
         State::Running => format!("running for {}", duration(t.saturating_sub(i.started_ms.unwrap_or(t)) / 1000)),
         State::Exited => {
             let code = i.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "?".into());

@@ -37,7 +37,8 @@ pub fn run(client: &Client, args: &RunArgs, image: &str) -> Result<u8> {
     }
     let is_path = image.starts_with('.') || (Path::new(image).exists() && !is_image(image));
     let image = if is_path { absolute(Path::new(image)).to_string_lossy().into_owned() } else { image.to_string() };
-    let request = CreateRequest::from_overrides(image, args.name.clone(), args.rm, &overrides);
+    let restart = args.restart.map(|p| p.to_string());
+    let request = CreateRequest::from_overrides(image, args.name.clone(), args.rm, restart, &overrides);
     let body = serde_json::to_value(&request).context("cannot write the request")?;
     let created: Created = client.request("POST", "/instances", Some(&body))?.json()?;
     outln!("{}", created.id);

@@ -5,7 +5,7 @@ use crate::detach::{self, ThisInstance};
 use crate::host_signals;
 use crate::net;
 use crate::size::parse_size;
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use kiln_launch::{home, parse_env, parse_mapping, parse_mount, parse_workdir, LaunchSpec, Overrides, Prepared};
 use kiln_vmm::rewrite::SiteCounts;
 use kiln_vmm::syscall_names::syscall_name;
@@ -29,6 +29,10 @@ pub struct RunArgs {
     /// The instance's name (default: the image's name and a few letters of its id)
     #[arg(long, requires = "detach")]
     pub name: Option<String>,
+    /// Start the instance again when it ends: no, on-failure[:N], always or unless-stopped, with a back-off doubling
+    /// from 100 ms (kilnd restarts instances: it must run, see kiln daemon)
+    #[arg(long, requires = "detach", value_name = "POLICY", value_parser = parse_restart)]
+    pub restart: Option<kiln_image::restart::RestartPolicy>,
     /// Remove the instance's record and logs when it ends (a run without -d leaves none anyway)
     #[arg(long)]
     pub rm: bool,
@@ -108,6 +112,10 @@ impl RunArgs {
     }
 }
 
+fn parse_restart(s: &str) -> Result<kiln_image::restart::RestartPolicy, String> {
+    s.parse()
+}
+
 pub fn run(mut args: RunArgs) -> Result<u8> {
     args.split_command();
     let mut instance = detach::instance_of_this_process(&args)?;
@@ -115,6 +123,9 @@ pub fn run(mut args: RunArgs) -> Result<u8> {
     let daemon = (args.detach && instance.is_none() && !args.trace_syscalls && !args.stats)
         .then(crate::kilnd_client::answering)
         .flatten();
+    if daemon.is_none() && instance.is_none() && args.restart.is_some() {
+        bail!("--restart needs kilnd, which restarts instances, and none answers: start it (kiln daemon)");
+    }
     if let Some(daemon) = daemon {
         let image = match kiln_container::Source::is_source(&args.target) {
             true => crate::container_build::import_for_run(&home::store()?, &args.target)?.to_string(),

@@ -3,6 +3,7 @@
 //! dies without writing (SIGKILL, a crash) is noticed by [`Instances::observe`], which checks that the recorded pid
 //! still runs *and* started when the record says (pids are reused), and records why it ended.
 
+use crate::restart::RestartPolicy;
 use crate::store::{write_atomically, Store, StoreError};
 use crate::Digest;
 use serde::{Deserialize, Serialize};
@@ -14,6 +15,8 @@ pub enum State {
     /// Recorded, its VMM not yet booted (`pid` is set once its process runs).
     Created,
     Running,
+    /// Ended, and waiting to be started again by its restart policy (kilnd's instances only).
+    Restarting,
     Exited,
 }
 
@@ -49,6 +52,15 @@ pub struct Instance {
     /// Run by kilnd on threads of its own process (`pid` is kilnd's): only kilnd stops it, through its API.
     #[serde(default)]
     pub kilnd: bool,
+    /// Whether kilnd starts it again when it ends (`--restart`).
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    /// How many times kilnd started it again.
+    #[serde(default)]
+    pub restarts: u32,
+    /// The user stopped it (stop, kill): `unless-stopped` does not start it when kilnd starts again.
+    #[serde(default)]
+    pub stopped: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -186,6 +198,9 @@ impl Instance {
             auto_remove: false,
             launch: None,
             kilnd: false,
+            restart: RestartPolicy::No,
+            restarts: 0,
+            stopped: false,
         }
     }
 
@@ -200,7 +215,7 @@ impl Instance {
     /// Whether the record says running (or starting, with a process) but that process is gone.
     fn lost(&self) -> bool {
         match self.state {
-            State::Running => !self.vmm_alive(),
+            State::Running | State::Restarting => !self.vmm_alive(),
             State::Created => self.pid.is_some() && !self.vmm_alive(),
             State::Exited => false,
         }

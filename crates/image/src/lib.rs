@@ -11,6 +11,7 @@ pub mod instance;
 pub mod kiln_toml;
 pub mod manifest;
 pub mod reference;
+pub mod restart;
 pub mod size;
 pub mod store;
 

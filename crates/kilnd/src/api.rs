@@ -3,6 +3,7 @@
 //! both sides agree on every field. A create request's fields are `kiln run`'s flags, checked by the flags' own
 //! parsers (`kiln_launch`), so that a bad field gets the same one-line message a bad flag gets.
 
+use kiln_image::restart::RestartPolicy;
 use kiln_launch::network::{parse_cidr, parse_cidr6, parse_net, parse_publish, NetworkFlags};
 use kiln_launch::{parse_env, parse_mapping, parse_mount, parse_workdir, Overrides};
 use serde::{Deserialize, Serialize};
@@ -61,6 +62,9 @@ pub struct CreateRequest {
     /// Remove the record and log when the instance ends (`--rm`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub auto_remove: bool,
+    /// `no` (default), `on-failure[:N]`, `always`, `unless-stopped`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restart: Option<String>,
 }
 
 /// A size as a number of bytes or as users write it.
@@ -122,6 +126,19 @@ fn absolute_host(mapping: (PathBuf, String)) -> Result<(PathBuf, String), String
 }
 
 impl CreateRequest {
+    /// The restart policy asked for (none: `no`); not with `auto_remove`, which would remove what it restarts.
+    pub fn restart_policy(&self) -> Result<RestartPolicy, FieldError> {
+        let policy = match &self.restart {
+            Some(text) => field("restart", text.parse())?,
+            None => RestartPolicy::No,
+        };
+        if policy != RestartPolicy::No && self.auto_remove {
+            let why = "a restart policy and auto_remove cannot go together (auto_remove removes what it would restart)";
+            return Err(FieldError { field: "restart".into(), why: why.into() });
+        }
+        Ok(policy)
+    }
+
     /// The run flags this asks for, each field checked (`kiln_launch::resolve` checks them again with the image).
     pub fn overrides(&self) -> Result<Overrides, FieldError> {
         if self.image.is_empty() {
@@ -184,7 +201,13 @@ impl CreateRequest {
     /// The request for `kiln run -d`'s flags (`overrides` as the CLI parsed them), to run `image` (a name, an id, or
     /// an absolute path): the inverse of [`CreateRequest::overrides`], but for tracing and statistics, which an
     /// instance of kilnd's does not print.
-    pub fn from_overrides(image: String, name: Option<String>, auto_remove: bool, o: &Overrides) -> CreateRequest {
+    pub fn from_overrides(
+        image: String,
+        name: Option<String>,
+        auto_remove: bool,
+        restart: Option<String>,
+        o: &Overrides,
+    ) -> CreateRequest {
         let mapping = |(host, guest): &(PathBuf, String)| format!("{}:{guest}", host.display());
         let n = &o.network;
         CreateRequest {
@@ -207,6 +230,7 @@ impl CreateRequest {
             dns: n.dns.clone(),
             stop_timeout: o.stop_timeout,
             auto_remove,
+            restart,
         }
     }
 }
@@ -244,7 +268,7 @@ mod tests {
         )
         .unwrap();
         let overrides = full.overrides().unwrap();
-        let back = CreateRequest::from_overrides("/bin/app".into(), None, false, &overrides);
+        let back = CreateRequest::from_overrides("/bin/app".into(), None, false, None, &overrides);
         assert_eq!(back.overrides().unwrap(), overrides);
         assert_eq!(back.publish, ["127.0.0.1:8080:80/tcp", "9000:90/udp"]);
     }
@@ -261,6 +285,12 @@ mod tests {
         assert!(bad(r#"{"image":"x","cpus":0}"#).starts_with("cpus: 0 is out of range"));
         assert!(bad(r#"{"image":"x","stop_timeout":0}"#).starts_with("stop_timeout: "));
         assert!(bad(r#"{"image":"x","net":"bogus"}"#).starts_with("net: "));
+        let policy = |json: &str| request(json).unwrap().restart_policy().map_err(|e| e.to_string());
+        assert_eq!(policy(r#"{"image":"x","restart":"on-failure:2"}"#), Ok(RestartPolicy::OnFailure { max: Some(2) }));
+        assert!(policy(r#"{"image":"x","restart":"sometimes"}"#).unwrap_err().starts_with("restart: 'sometimes'"));
+        assert!(policy(r#"{"image":"x","restart":"always","auto_remove":true}"#)
+            .unwrap_err()
+            .contains("cannot go together"));
         // Unknown fields and wrong types are the JSON's errors.
         assert!(request(r#"{"image":"x","memroy":"1M"}"#).unwrap_err().to_string().contains("unknown field `memroy`"));
         assert!(request(r#"{"image":5}"#).is_err());

@@ -3,11 +3,12 @@
 
 use crate::api::{CreateRequest, Created};
 use crate::error::ApiError;
-use crate::held::{Held, SIGTERM};
+use crate::held::Held;
 use kiln_image::instance::{
     create_with_default_name, default_name_base, new_id, now, process_start, tail_start, Instance, InstanceError,
     Instances, State,
 };
+use kiln_image::restart::RestartPolicy;
 use kiln_image::Store;
 use kiln_launch::chain;
 use std::collections::HashMap;
@@ -48,24 +49,62 @@ impl Daemon {
         self.held.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
     }
 
-    /// Records of instances an earlier kilnd ran, which died with it: said so, once, when this one starts.
-    pub fn adopt_records(&self) -> Result<(), ApiError> {
+    /// At kilnd's start: instances an earlier kilnd ran died with it. Those whose policy is `always`, and
+    /// `unless-stopped` ones the user did not stop, start again (as Docker's daemon restarts its containers); the
+    /// others are recorded as ended.
+    pub fn adopt_records(self: &Arc<Self>) -> Result<(), ApiError> {
         let instances = self.instances();
         for record in instances.records()? {
-            if record.kilnd && record.state != State::Exited && record.pid != Some(self.process.0) {
-                instances.update(&record.id, |i| {
-                    i.state = State::Exited;
-                    i.reason = Some("the kilnd that ran it ended".into());
-                    i.finished_ms = Some(now());
-                })?;
+            if !record.kilnd || record.pid == Some(self.process.0) {
+                continue;
+            }
+            let wanted = match record.restart {
+                RestartPolicy::Always => true,
+                RestartPolicy::UnlessStopped => !record.stopped,
+                RestartPolicy::No | RestartPolicy::OnFailure { .. } => false,
+            };
+            if wanted {
+                self.restart_recorded(&record);
+            } else if record.state != State::Exited {
+                self.ended(&record.id, record.exit_code.unwrap_or(-1), "the kilnd that ran it ended".into());
             }
         }
         Ok(())
     }
 
+    /// Starts a recorded instance again, from its recorded launch specification.
+    fn restart_recorded(self: &Arc<Self>, record: &Instance) {
+        let spec = record.launch.clone().and_then(|v| serde_json::from_value::<kiln_launch::LaunchSpec>(v).ok());
+        let Some(spec) = spec else {
+            self.ended(&record.id, -1, "cannot restart it: its record has no launch specification".into());
+            return;
+        };
+        let (pid, pid_start) = self.process;
+        let updated = self.instances().update(&record.id, |i| {
+            i.restarts += 1;
+            (i.state, i.pid, i.pid_start, i.stopped) = (State::Created, Some(pid), Some(pid_start), false);
+        });
+        if updated.is_err() {
+            return;
+        }
+        match crate::runner::start(self, &record.id, spec) {
+            Ok(held) => self.hold(&record.id, held),
+            Err(e) => self.ended(&record.id, -1, format!("cannot restart it with kilnd: {e}")),
+        }
+    }
+
+    /// Keeps `held` for the instance, unless it has ended already (a program that ended at once).
+    fn hold(&self, id: &str, held: Arc<Held>) {
+        let mut all = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if self.instances().load(id).is_ok_and(|i| i.state != State::Exited) {
+            all.insert(id.to_string(), held);
+        }
+    }
+
     /// `POST /instances`.
     pub fn create(self: &Arc<Self>, request: CreateRequest) -> Result<Created, ApiError> {
         let overrides = request.overrides().map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let restart = request.restart_policy().map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let spec = {
             let _reading = self.store.read_lock().map_err(|e| ApiError::Internal(chain(&e)))?;
             kiln_launch::resolve(Some(&self.store), &request.image, &overrides)
@@ -80,6 +119,7 @@ impl Daemon {
             let record = Instance {
                 image_id: spec.image_id().cloned(),
                 auto_remove: request.auto_remove,
+                restart,
                 launch: Some(launch.clone()),
                 kilnd: true,
                 // kilnd's: a record whose kilnd is gone is seen as ended.
@@ -97,11 +137,7 @@ impl Daemon {
         // Held before it starts, so that a stop that comes as soon as it runs finds it.
         match crate::runner::start(self, &id, spec) {
             Ok(held) => {
-                let mut all = self.held.lock().unwrap_or_else(|e| e.into_inner());
-                // A program that ended at once has ended here too: nothing to hold.
-                if instances.load(&id).is_ok_and(|i| i.state != State::Exited) {
-                    all.insert(id.clone(), held);
-                }
+                self.hold(&id, held);
                 Ok(Created { id, name })
             }
             Err(e) => {
@@ -111,7 +147,28 @@ impl Daemon {
         }
     }
 
-    /// Called by the instance's thread when its run has returned.
+    /// Called by the instance's thread when a run has returned: records it restarting if its policy says so (and
+    /// returns true), else ended.
+    pub fn after_run(&self, id: &str, code: i32, reason: &str, stopped: bool) -> bool {
+        let mut restart = false;
+        let recorded = self.instances().update(id, |i| {
+            restart = i.restart.restarts(code, i.restarts, stopped || i.stopped);
+            if restart {
+                i.state = State::Restarting;
+                i.restarts += 1;
+                (i.exit_code, i.reason, i.finished_ms) = (Some(code), Some(reason.to_string()), Some(now()));
+            }
+        });
+        match recorded {
+            Ok(_) if restart => true,
+            _ => {
+                self.ended(id, code, reason.to_string());
+                false
+            }
+        }
+    }
+
+    /// Records that the instance ended for good.
     pub fn ended(&self, id: &str, code: i32, reason: String) {
         let instances = self.instances();
         let recorded = instances.update(id, |i| {
@@ -173,7 +230,8 @@ impl Daemon {
     pub fn stop(&self, what: &str, time: Duration) -> Result<(), ApiError> {
         let (instance, held) = self.running(what)?;
         let Some(held) = held else { return Ok(()) };
-        held.signal(SIGTERM);
+        self.mark_stopped(&instance.id)?;
+        held.stop();
         if !held.wait_ended(time) {
             held.kill(format!("killed by kiln stop: still running {} s after SIGTERM", time.as_secs()));
             wait_killed(&held, &instance)?;
@@ -187,6 +245,7 @@ impl Daemon {
         let Some(held) = held else {
             return Err(ApiError::Conflict(format!("instance {} is not running", instance.name)));
         };
+        self.mark_stopped(&instance.id)?;
         held.kill("killed by kiln kill (SIGKILL)".into());
         wait_killed(&held, &instance)
     }
@@ -220,12 +279,18 @@ impl Daemon {
         }
     }
 
+    /// The user stopped it: `unless-stopped` leaves it stopped when kilnd starts again.
+    fn mark_stopped(&self, id: &str) -> Result<(), ApiError> {
+        self.instances().update(id, |i| i.stopped = true)?;
+        Ok(())
+    }
+
     /// Stops every instance this kilnd runs (its shutdown), each with its own stop timeout, all at once.
     pub fn stop_all(&self) {
         let held: Vec<(String, Arc<Held>)> =
             self.held.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         for (_, held) in &held {
-            held.signal(SIGTERM);
+            held.stop();
         }
         for (id, held) in held {
             if !held.wait_ended(Duration::from_secs(u64::from(kiln_launch::DEFAULT_STOP_TIMEOUT))) {

@@ -1,61 +1,107 @@
 //! An instance that runs on threads of this process: how kilnd reaches its VM (the signals it forwards, SIGKILL to
-//! end it) and learns that it ended.
+//! end it), asks it to stay stopped (no restart), and learns that it ended for good.
 
 use std::sync::mpsc::Sender;
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// The host signal numbers kilnd sends a VM (`kiln_vmm::HostSignals`).
 pub const SIGTERM: u32 = 15;
 pub const SIGKILL: u32 = 9;
 
-pub struct Held {
-    /// To the VM's host-signal thread; `None` once the run has returned.
-    signals: Mutex<Option<Sender<u32>>>,
-    ended: Mutex<bool>,
-    ended_changed: Condvar,
+#[derive(Default)]
+struct Status {
+    /// To the running VM's host-signal thread; `None` between runs (waiting to restart) and after the last.
+    signals: Option<Sender<u32>>,
+    /// The user (or kilnd's own stop) asked it to stop: no restart.
+    stopped: bool,
+    /// Its last run has returned, its ending is recorded, and no restart follows.
+    ended: bool,
     /// Why kilnd killed it, recorded instead of "killed by SIGKILL".
-    kill_reason: Mutex<Option<String>>,
+    kill_reason: Option<String>,
+}
+
+#[derive(Default)]
+pub struct Held {
+    status: Mutex<Status>,
+    changed: Condvar,
 }
 
 impl Held {
-    pub fn new(signals: Sender<u32>) -> Self {
-        Held {
-            signals: Mutex::new(Some(signals)),
-            ended: Mutex::new(false),
-            ended_changed: Condvar::new(),
-            kill_reason: Mutex::new(None),
-        }
+    fn status(&self) -> MutexGuard<'_, Status> {
+        self.status.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Sends `signal` to the VM; false if its run has ended.
-    pub fn signal(&self, signal: u32) -> bool {
-        let signals = self.signals.lock().unwrap_or_else(|e| e.into_inner());
-        signals.as_ref().is_some_and(|s| s.send(signal).is_ok())
+    /// A run starts: signals go to its VM.
+    pub fn attach(&self, signals: Sender<u32>) {
+        self.status().signals = Some(signals);
     }
 
-    /// Ends the VM at once, recording `reason`.
+    /// The run has returned.
+    pub fn detach(&self) {
+        self.status().signals = None;
+    }
+
+    /// Sends `signal` to the running VM; false if none runs.
+    fn signal(&self, signal: u32) -> bool {
+        self.status().signals.as_ref().is_some_and(|s| s.send(signal).is_ok())
+    }
+
+    /// Asks the program to stop (SIGTERM), for good: no restart follows.
+    pub fn stop(&self) {
+        self.status().stopped = true;
+        self.changed.notify_all();
+        self.signal(SIGTERM);
+    }
+
+    /// Ends the VM at once, for good, recording `reason`.
     pub fn kill(&self, reason: String) {
-        *self.kill_reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+        {
+            let mut status = self.status();
+            status.stopped = true;
+            status.kill_reason = Some(reason);
+        }
+        self.changed.notify_all();
         self.signal(SIGKILL);
     }
 
-    pub fn kill_reason(&self) -> Option<String> {
-        self.kill_reason.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    pub fn stopped(&self) -> bool {
+        self.status().stopped
     }
 
-    /// The run has returned and its ending is recorded.
+    pub fn kill_reason(&self) -> Option<String> {
+        self.status().kill_reason.clone()
+    }
+
+    /// Waits `delay` before a restart; false if a stop came meanwhile.
+    pub fn wait_restart(&self, delay: Duration) -> bool {
+        let deadline = Instant::now() + delay;
+        let mut status = self.status();
+        while !status.stopped {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            status = self.changed.wait_timeout(status, left).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        false
+    }
+
+    /// Its last run has returned and its ending is recorded.
     pub fn set_ended(&self) {
-        self.signals.lock().unwrap_or_else(|e| e.into_inner()).take();
-        *self.ended.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        self.ended_changed.notify_all();
+        {
+            let mut status = self.status();
+            status.signals = None;
+            status.ended = true;
+        }
+        self.changed.notify_all();
     }
 
     /// Waits up to `limit` for the end; whether it came.
     pub fn wait_ended(&self, limit: Duration) -> bool {
         let deadline = Instant::now().checked_add(limit);
-        let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
-        while !*ended {
+        let mut status = self.status();
+        while !status.ended {
             let left = match deadline {
                 Some(deadline) => deadline.saturating_duration_since(Instant::now()),
                 None => Duration::from_secs(3600),
@@ -63,7 +109,7 @@ impl Held {
             if left.is_zero() {
                 return false;
             }
-            ended = self.ended_changed.wait_timeout(ended, left).unwrap_or_else(|e| e.into_inner()).0;
+            status = self.changed.wait_timeout(status, left).unwrap_or_else(|e| e.into_inner()).0;
         }
         true
     }
@@ -77,9 +123,11 @@ mod tests {
     #[test]
     fn signals_reach_the_vm_until_it_ends() {
         let (tx, rx) = std::sync::mpsc::channel();
-        let held = Arc::new(Held::new(tx));
-        assert!(held.signal(SIGTERM));
+        let held = Arc::new(Held::default());
+        held.attach(tx);
+        held.stop();
         assert_eq!(rx.recv().unwrap(), SIGTERM);
+        assert!(held.stopped());
         assert!(!held.wait_ended(Duration::from_millis(10)));
         let ender = held.clone();
         let thread = std::thread::spawn(move || ender.set_ended());
@@ -88,5 +136,20 @@ mod tests {
         assert!(!held.signal(SIGTERM), "ended: no VM to signal");
         held.kill("why".into());
         assert_eq!(held.kill_reason().as_deref(), Some("why"));
+    }
+
+    #[test]
+    fn a_stop_cuts_the_wait_for_a_restart_short() {
+        let held = Arc::new(Held::default());
+        assert!(held.wait_restart(Duration::from_millis(1)));
+        let stopper = held.clone();
+        let thread = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            stopper.stop();
+        });
+        let start = Instant::now();
+        assert!(!held.wait_restart(Duration::from_secs(30)));
+        assert!(start.elapsed() < Duration::from_secs(10));
+        thread.join().unwrap();
     }
 }

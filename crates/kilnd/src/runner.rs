@@ -1,7 +1,8 @@
-//! One instance's run on threads of kilnd: its VM made with `kiln_launch::prepare` (every launcher's path) and run
+//! One instance's runs on threads of kilnd: its VM made with `kiln_launch::prepare` (every launcher's path) and run
 //! with `Vm::run` (whose threads are the VMM's own, with whatever confinement the VMM gives them), its output in the
-//! instance's log, its end in its record. The thread that starts it returns once the VM is made, or with the error
-//! that kept it from being made.
+//! instance's log, its end in its record; then, if its restart policy says so, after a back-off, the same spec
+//! again. The thread that starts it returns once the first VM is made, or with the error that kept it from being
+//! made.
 
 use crate::console::LogConsole;
 use crate::daemon::Daemon;
@@ -10,20 +11,31 @@ use crate::held::{Held, SIGKILL};
 use kiln_image::instance::{now, Instances, State};
 use kiln_launch::{chain, LaunchError, LaunchSpec, Prepared};
 use kiln_vmm::{HostSignals, Outcome};
+use std::fs::File;
 use std::io::Write;
-use std::sync::mpsc::{channel, Receiver};
+use std::sync::mpsc::channel;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// Starts the instance `id` (recorded, state created) from `spec`: returns once its VM runs.
+/// The first restart's back-off, doubled at each restart up to [`MAX_BACKOFF`] (Docker's are 100 ms and 1 min).
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// A run at least this long starts the back-off afresh.
+const STEADY: Duration = Duration::from_secs(10);
+
+/// The wait before restart number `n` (0-based since the last steady run).
+pub fn backoff(n: u32) -> Duration {
+    FIRST_BACKOFF.saturating_mul(1u32 << n.min(16)).min(MAX_BACKOFF)
+}
+
+/// Starts the instance `id` (recorded) from `spec`: returns once its VM runs.
 pub fn start(daemon: &Arc<Daemon>, id: &str, spec: LaunchSpec) -> Result<Arc<Held>, ApiError> {
-    let (signals, signals_rx) = channel();
-    let held = Arc::new(Held::new(signals));
+    let held = Arc::new(Held::default());
     let (ready_tx, ready_rx) = channel();
     let (daemon2, id2, held2) = (daemon.clone(), id.to_string(), held.clone());
     std::thread::Builder::new()
         .name(format!("instance-{}", &id[..id.len().min(8)]))
-        .spawn(move || run(&daemon2, &id2, &spec, &held2, signals_rx, |r| drop(ready_tx.send(r))))
+        .spawn(move || runs(&daemon2, &id2, &spec, &held2, move |r| drop(ready_tx.send(r))))
         .map_err(|e| ApiError::Internal(format!("cannot start a thread for the instance: {e}")))?;
     match ready_rx.recv() {
         Ok(Ok(())) => Ok(held),
@@ -32,59 +44,94 @@ pub fn start(daemon: &Arc<Daemon>, id: &str, spec: LaunchSpec) -> Result<Arc<Hel
     }
 }
 
-/// Prepares the VM, says so through `ready`, runs it and records its end.
-fn run(
-    daemon: &Daemon,
-    id: &str,
-    spec: &LaunchSpec,
-    held: &Held,
-    signals: Receiver<u32>,
-    ready: impl FnOnce(Result<(), ApiError>),
-) {
+/// Runs the instance until it ends for good; `ready` hears how the first VM's making went.
+fn runs(daemon: &Daemon, id: &str, spec: &LaunchSpec, held: &Held, ready: impl FnOnce(Result<(), ApiError>)) {
     let instances = Instances::new(daemon.store());
     let log = match std::fs::OpenOptions::new().create(true).append(true).open(instances.log_path(id)) {
         Ok(log) => log,
         Err(e) => return ready(Err(ApiError::Internal(format!("cannot open the instance's log: {e}")))),
     };
-    let Prepared { vm, notices, .. } = match kiln_launch::prepare(spec, kiln_libos::KERNEL) {
-        Ok(prepared) => prepared,
-        Err(e) => return ready(Err(launch_error(&e))),
-    };
-    for notice in notices {
-        let _ = writeln!(&log, "kiln: {notice}");
+    let mut ready = Some(ready);
+    let mut since_steady = 0;
+    loop {
+        let prepared = match make(daemon, id, spec, &log) {
+            Ok(prepared) => prepared,
+            Err(e) => match ready.take() {
+                Some(ready) => return ready(Err(e)),
+                None => {
+                    let why = format!("cannot restart: {e}");
+                    let _ = writeln!(&log, "kiln: {why}");
+                    daemon.ended(id, i32::from(kiln_launch::KILN_ERROR), why);
+                    break;
+                }
+            },
+        };
+        if let Some(ready) = ready.take() {
+            ready(Ok(()));
+        }
+        let started = Instant::now();
+        let (code, reason) = run_vm(prepared, spec, held, &log);
+        if started.elapsed() >= STEADY {
+            since_steady = 0;
+        }
+        if !daemon.after_run(id, code, &reason, held.stopped()) {
+            break;
+        }
+        let delay = backoff(since_steady);
+        since_steady += 1;
+        if !held.wait_restart(delay) {
+            daemon.ended(id, code, format!("stopped while waiting to restart; it had {reason}"));
+            break;
+        }
+    }
+    held.set_ended();
+}
+
+/// Makes the VM and records the instance running.
+fn make(daemon: &Daemon, id: &str, spec: &LaunchSpec, log: &File) -> Result<Prepared, ApiError> {
+    let prepared = kiln_launch::prepare(spec, kiln_libos::KERNEL).map_err(|e| launch_error(&e))?;
+    for notice in &prepared.notices {
+        let _ = writeln!(&mut &*log, "kiln: {notice}");
     }
     let (pid, pid_start) = daemon.process();
-    let running = instances.update(id, |i| {
+    Instances::new(daemon.store()).update(id, |i| {
         i.state = State::Running;
         (i.pid, i.pid_start, i.started_ms) = (Some(pid), Some(pid_start), Some(now()));
-    });
-    if let Err(e) = running {
-        return ready(Err(e.into()));
-    }
+    })?;
+    Ok(prepared)
+}
+
+/// Runs the VM to its end: the exit code and why, also written to the log unless the program just exited.
+fn run_vm(prepared: Prepared, spec: &LaunchSpec, held: &Held, log: &File) -> (i32, String) {
     let console = match log.try_clone() {
         Ok(log) => Arc::new(LogConsole::new(log)),
-        Err(e) => return ready(Err(ApiError::Internal(format!("cannot share the instance's log: {e}")))),
+        Err(e) => return (i32::from(kiln_launch::KILN_ERROR), format!("kiln failed: cannot share the log: {e}")),
     };
-    ready(Ok(()));
-    // The VM's signal thread blocks in `recv`; it ends at the first return after the run, when every sender is gone.
-    let wait = move || signals.recv().map(|s| vec![s]).unwrap_or_default();
+    let (signals, signals_rx) = channel();
+    held.attach(signals);
+    // A stop that came while the VM was being made: it has been asked to end already.
+    if held.stopped() {
+        held.kill(held.kill_reason().unwrap_or_else(|| "stopped before it ran".into()));
+    }
+    // The VM's signal thread blocks in `recv`; it ends at the first return after the run, when the sender is gone.
+    let wait = move || signals_rx.recv().map(|s| vec![s]).unwrap_or_default();
     let host_signals = HostSignals { wait: Box::new(wait), grace: Duration::from_secs(spec.signals.grace_secs.into()) };
-    let result = vm.run(console, host_signals);
+    let result = prepared.vm.run(console, host_signals);
+    held.detach();
     let (code, reason) = match result {
+        Ok((Outcome::Killed(SIGKILL), _)) => {
+            (128 + SIGKILL as i32, held.kill_reason().unwrap_or_else(|| "killed by SIGKILL".into()))
+        }
         Ok((outcome, _)) => {
             let ending = kiln_launch::ending(&outcome);
-            match outcome {
-                Outcome::Killed(SIGKILL) => (ending.code, held.kill_reason().unwrap_or(ending.reason)),
-                _ => (ending.code, ending.reason),
-            }
+            (i32::from(ending.code), ending.reason)
         }
-        Err(e) => (kiln_launch::KILN_ERROR, format!("kiln failed: running the VM: {}", chain(&e))),
+        Err(e) => (i32::from(kiln_launch::KILN_ERROR), format!("kiln failed: running the VM: {}", chain(&e))),
     };
     if reason != "exited" {
-        let _ = writeln!(&log, "kiln: {reason}");
+        let _ = writeln!(&mut &*log, "kiln: {reason}");
     }
-    daemon.ended(id, i32::from(code), reason);
-    held.set_ended();
+    (code, reason)
 }
 
 /// A launch failure: the request's fault (400) unless the host failed (500).
@@ -95,5 +142,19 @@ fn launch_error(e: &LaunchError) -> ApiError {
             ApiError::Internal(message)
         }
         _ => ApiError::BadRequest(message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn the_backoff_doubles_up_to_a_minute() {
+        let ms: Vec<u128> = (0..5).map(|n| backoff(n).as_millis()).collect();
+        assert_eq!(ms, [100, 200, 400, 800, 1600]);
+        assert_eq!(backoff(10), Duration::from_secs(60));
+        assert_eq!(backoff(u32::MAX), Duration::from_secs(60));
     }
 }
