@@ -13,30 +13,9 @@
 
 use core::arch::global_asm;
 
-/// The program's registers at a syscall, as `kiln_syscall_entry` pushes them. A new thread starts from a copy.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct SyscallFrame {
-    pub nr: u64,
-    pub args: [u64; 6],
-    pub r11: u64,
-    /// Where the program resumes: the return address for a syscall.
-    pub rcx: u64,
-    /// The program's %rcx when it resumes: for a syscall, the return address too, as Linux's `syscall` leaves it.
-    pub user_rcx: u64,
-    pub rbx: u64,
-    pub rbp: u64,
-    pub r12: u64,
-    pub r13: u64,
-    pub r14: u64,
-    pub r15: u64,
-    /// RFLAGS to resume with, or 0 to leave the flags as they are (a syscall: Linux programs treat the flags as
-    /// clobbered). Set only when resuming from a fault's signal handler, whose context holds the flags.
-    pub rflags: u64,
-    /// The program's %rsp at the entry: it points at the return address the site's `call` pushed (which is also in
-    /// `rcx`); the syscall returns with %rsp 8 bytes above it.
-    pub user_rsp: u64,
-}
+/// The program's registers at a syscall, as `kiln_syscall_entry` pushes them (the VMM reads them too, for debuggers:
+/// the layout is `kiln-abi`'s). A new thread starts from a copy.
+pub use kiln_abi::threads::SyscallFrame;
 
 global_asm!(
     ".globl _start",

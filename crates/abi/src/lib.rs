@@ -9,6 +9,7 @@ pub mod hypercall;
 pub mod layout;
 pub mod paging;
 pub mod rootfs;
+pub mod threads;
 
 pub use boot::BootInfo;
 pub use hypercall::{Hypercall, HypercallBlock, IoSegment};

@@ -99,6 +99,10 @@ pub struct BootState {
     /// One per vCPU; vCPU 0 starts the program, the others join its scheduler.
     pub vcpus: Vec<VcpuStart>,
     pub stats_phys: u64,
+    /// The thread table's description (`kiln_abi::threads::ThreadTable`), guest-physical; 0 if the library OS has none.
+    pub threads_phys: u64,
+    /// The program's first instruction: its entry, or its loader's for a dynamically linked program.
+    pub first_instruction: u64,
     /// Lowest address of the program's main stack.
     pub stack_bottom: u64,
     /// The host-signal page (`BootInfo::host_signals_phys`).
@@ -339,6 +343,8 @@ pub fn build(
             })
             .collect(),
         stats_phys: kernel.stats_phys,
+        threads_phys: kernel.threads_phys,
+        first_instruction: start,
         stack_bottom,
         host_signals_phys: host_signals,
         fault_entry: kernel.fault_entry,

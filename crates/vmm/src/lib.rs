@@ -10,6 +10,7 @@ pub mod arch;
 pub mod boot;
 pub mod console;
 pub mod crash_stack;
+pub mod debug;
 pub mod disk;
 pub mod dynamic;
 pub mod elf;

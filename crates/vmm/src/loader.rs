@@ -61,6 +61,9 @@ pub struct LoadedKernel {
     pub vdso: Vec<std::ops::Range<u64>>,
     /// Guest-physical address of the syscall counters (`KILN_SYSCALL_STATS`), 0 if the image has none.
     pub stats_phys: u64,
+    /// Guest-physical address of the thread table's description (`KILN_THREAD_TABLE`, `kiln_abi::threads`), 0 if the
+    /// image has none.
+    pub threads_phys: u64,
 }
 
 /// Loads the library OS at a free physical block and relocates it to run from the direct map.
@@ -83,6 +86,8 @@ pub fn load_kernel(
     let syscall_entry = elf.symbol("kiln_syscall_entry").unwrap_or(0);
     let stats_phys =
         elf.symbol("KILN_SYSCALL_STATS").and_then(|s| s.checked_sub(span_start)).map_or(0, |off| phys + off);
+    let threads_phys =
+        elf.symbol("KILN_THREAD_TABLE").and_then(|s| s.checked_sub(span_start)).map_or(0, |off| phys + off);
     let secondary_entry = elf.symbol("kiln_secondary_start").unwrap_or(0);
     let fault_entry = elf.symbol("kiln_fault_entry").map_or(0, |at| bias.wrapping_add(at));
     let unrewritten_syscall_entry = elf.symbol("kiln_unrewritten_syscall_entry").map_or(0, |at| bias.wrapping_add(at));
@@ -102,6 +107,7 @@ pub fn load_kernel(
         span: direct_map(phys)..direct_map(phys) + bytes.len() as u64,
         vdso,
         stats_phys,
+        threads_phys,
     })
 }
 

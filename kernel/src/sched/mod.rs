@@ -30,6 +30,7 @@ use crate::{cpu, hypercall, mm, percpu, time};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use kiln_abi::layout::direct_map;
+use kiln_abi::threads::{self, ThreadTable};
 use kiln_abi::BootInfo;
 use queues::{Key, Queues};
 use switch::{kiln_switch_stacks, SWITCH_FRAME_WORDS};
@@ -44,12 +45,14 @@ const THREAD_STACK_SIZE: u64 = 32 << 10;
 /// Thread ids start at 1, the main thread, which is also the process id.
 const MAIN_TID: u32 = 1;
 
+/// The discriminants are the VMM's (`kiln_abi::threads::THREAD_*`, read through [`KILN_THREAD_TABLE`]).
 #[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 enum State {
-    Free,
-    Runnable,
-    Running,
-    Blocked,
+    Free = threads::THREAD_FREE,
+    Runnable = threads::THREAD_RUNNABLE,
+    Running = threads::THREAD_RUNNING,
+    Blocked = threads::THREAD_BLOCKED,
 }
 
 /// What a blocked thread waits for.
@@ -189,7 +192,35 @@ static SCHEDULER: SpinLock<Scheduler> = SpinLock::new(Scheduler {
     idle: 0,
 });
 
+/// Where the thread table is, for the VMM's debugger and crash reports (`kiln_abi::threads`): rewritten under the
+/// scheduler lock whenever the table moves or grows, and read by the VMM only while no vCPU runs.
+#[no_mangle]
+static mut KILN_THREAD_TABLE: ThreadTable = ThreadTable {
+    magic: 0,
+    slots: 0,
+    len: 0,
+    stride: core::mem::size_of::<Thread>() as u64,
+    tid_offset: core::mem::offset_of!(Thread, tid) as u64,
+    state_offset: core::mem::offset_of!(Thread, state) as u64,
+    cpu_offset: core::mem::offset_of!(Thread, last_cpu) as u64,
+    kernel_stack_top_offset: core::mem::offset_of!(Thread, kernel_stack_top) as u64,
+    fs_base_offset: core::mem::offset_of!(Thread, fs_base) as u64,
+    name_offset: core::mem::offset_of!(Thread, name) as u64,
+};
+
 impl Scheduler {
+    /// Tells the VMM where the table is now (after it grew). Lock held.
+    fn publish(&self) {
+        let table = &raw mut KILN_THREAD_TABLE;
+        // SAFETY: written only here, under the scheduler lock; the VMM reads it only while every vCPU is stopped. The
+        // magic goes last, volatile, so that a reader never sees it before the fields it vouches for.
+        unsafe {
+            (*table).slots = self.threads.as_ptr() as u64;
+            (*table).len = self.threads.len() as u64;
+            core::ptr::write_volatile(&raw mut (*table).magic, threads::THREAD_TABLE_MAGIC);
+        }
+    }
+
     /// Makes a blocked thread runnable, woken for `woken`, taking it off its wait queue and deadline.
     fn unblock(&mut self, slot: usize, woken: Woken) {
         let t = &mut self.threads[slot];
@@ -226,6 +257,7 @@ pub fn init(boot: &BootInfo) {
         ..FREE
     });
     s.live = 1;
+    s.publish();
     percpu::set_thread(0);
 }
 
@@ -370,6 +402,7 @@ pub fn spawn(
                 return Err(Errno::EAGAIN);
             }
             s.threads.push(FREE);
+            s.publish();
             s.threads.len() - 1
         }
         None => return Err(Errno::EAGAIN),
