@@ -11,7 +11,8 @@
 #     registry they start on 127.0.0.1, and skopeo reads what kiln pushed; containerd (Debian's, with ctr:
 #     tests/containerd.rs starts one of its own with containerd-shim-kiln-v2 as a runtime), containernetworking-plugins
 #     (the CNI `bridge` and `host-local` plugins, with which tests/containerd.rs makes a pod's network) and crun (the
-#     OCI runtime bench/containerd.sh compares the shim with, under the same containerd);
+#     OCI runtime bench/containerd.sh compares the shim with, under the same containerd), gdb (tests/gdb.rs drives it
+#     in batch mode against `kiln run --gdb`);
 #   - apt, for the nested-KVM check (tests/nested-kvm/run.sh; it skips without them): qemu-system-x86,
 #     linux-image-amd64 (Debian's kernel, booted in QEMU to load kvm-amd), busybox-static (its init), cpio;
 #   - rustup and the toolchain pinned in rust-toolchain.toml, with its components and targets (x86_64-unknown-none for
@@ -31,7 +32,7 @@ as_root() {
 }
 
 missing=()
-for pkg in build-essential musl-tools golang-go iproute2 curl e2fsprogs python3 redis-server nginx wrk docker-registry skopeo apache2-utils containerd containernetworking-plugins crun; do
+for pkg in build-essential musl-tools golang-go iproute2 curl e2fsprogs python3 redis-server nginx wrk docker-registry skopeo apache2-utils containerd containernetworking-plugins crun gdb; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
 done
 if ! command -v rustup >/dev/null && ! [ -x "$HOME/.cargo/bin/rustup" ]; then
@@ -49,7 +50,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     as_root apt-get install -y -q --no-install-recommends "${missing[@]}"
   fi
 else
-  say "system packages present (build-essential, musl-tools, golang-go, iproute2, curl, e2fsprogs, python3, redis-server, nginx, wrk, docker-registry, skopeo, apache2-utils, containerd, containernetworking-plugins, crun)"
+  say "system packages present (build-essential, musl-tools, golang-go, iproute2, curl, e2fsprogs, python3, redis-server, nginx, wrk, docker-registry, skopeo, apache2-utils, containerd, containernetworking-plugins, crun, gdb)"
 fi
 
 # The nested-KVM check's packages: where they cannot be installed (linux-image-amd64 is Debian's), that check skips.

@@ -47,6 +47,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("bigout", "bigout.c", Link::Static),
     ("crash", "crash.c", Link::Static),
     ("backtrace", "backtrace.c", Link::Static),
+    ("debuggee", "debuggee.c", Link::Static),
     ("backtrace-symbols", "backtrace.c", Link::Static),
     ("backtrace-stripped", "backtrace.c", Link::Static),
     ("nullread", "nullread.c", Link::Static),
@@ -268,10 +269,12 @@ pub fn rust(name: &str) -> PathBuf {
     }
 }
 
-/// Compiler flags a C guest needs beyond the link mode's: the crash backtrace's variants.
+/// Compiler flags a C guest needs beyond the link mode's: the crash backtrace's variants, the debugger's guest.
 fn extra_flags(name: &str) -> &'static [&'static str] {
     match name {
         "backtrace" => &["-g", "-fno-omit-frame-pointer"],
+        // For gdb (tests/gdb.rs): every variable where the source has it.
+        "debuggee" => &["-g", "-O0"],
         "backtrace-symbols" => &["-fomit-frame-pointer"],
         "backtrace-stripped" => &["-s"],
         _ => &[],

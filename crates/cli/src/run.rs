@@ -10,6 +10,7 @@ use kiln_launch::{home, parse_env, parse_mapping, parse_mount, parse_workdir, La
 use kiln_vmm::rewrite::SiteCounts;
 use kiln_vmm::syscall_names::syscall_name;
 use kiln_vmm::{HostSignals, Outcome, RunStats, StdioConsole};
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,6 +71,10 @@ pub struct RunArgs {
     volumes: Vec<(String, String)>,
     #[command(flatten)]
     pub network: net::NetArgs,
+    /// Wait for gdb on this TCP address (e.g. 127.0.0.1:1234) before the program's first instruction, and serve it
+    /// over the GDB remote protocol (docs/debugging.md)
+    #[arg(long, value_name = "ADDR", conflicts_with = "detach")]
+    pub gdb: Option<std::net::SocketAddr>,
     /// An image (NAME[:TAG] or id, from kiln build) or the Linux x86-64 executable to run, then the arguments passed
     /// to the program (for an image: instead of its args); every word after IMAGE|PROGRAM is the program's, as with
     /// docker run
@@ -148,15 +153,21 @@ pub fn run(mut args: RunArgs) -> Result<u8> {
     if args.detach && instance.is_none() {
         return detach::start(&args, &spec);
     }
-    launch(&spec, instance.as_mut())
+    launch(&spec, instance.as_mut(), args.gdb)
 }
 
 /// Boots `spec` in a VM on this process, with the program's output on its stdout and stderr and the stop signals it
 /// gets forwarded, and returns the program's exit code: the one way `kiln` launches a VM.
-fn launch(spec: &LaunchSpec, mut instance: Option<&mut ThisInstance>) -> Result<u8> {
-    let Prepared { vm, object_sites, notices } = kiln_launch::prepare(spec, KERNEL)?;
+fn launch(spec: &LaunchSpec, mut instance: Option<&mut ThisInstance>, gdb: Option<SocketAddr>) -> Result<u8> {
+    let Prepared { mut vm, object_sites, notices } = kiln_launch::prepare(spec, KERNEL)?;
     for notice in notices {
         errln!("kiln: {notice}");
+    }
+    if let Some(addr) = gdb {
+        let listener = TcpListener::bind(addr).with_context(|| format!("--gdb {addr}: cannot listen there"))?;
+        errln!("kiln: waiting for gdb on {addr} (gdb PROGRAM -ex 'target remote {addr}')");
+        let conn = kiln_vmm::debug::gdb::accept(&listener)?;
+        vm.debug_with(conn)?;
     }
     let mut signals = host_signals::install().context("cannot set up the forwarding of signals")?;
     if let Some(instance) = &mut instance {

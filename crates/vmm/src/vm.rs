@@ -5,6 +5,8 @@ use crate::arch;
 use crate::arch::{exception, trap_page, HostKind};
 use crate::boot::{self, BootError, BootParams, BootState, MIN_MEMORY};
 use crate::crash_stack;
+use crate::debug::session::{Resume, Session, StopEvent};
+use crate::debug::{gdb, memory as guest_memory, stubs::StubReturns, threads::VcpuView};
 use crate::disk::{Disk, VolumeConfig};
 use crate::elf::{ElfError, ElfImage};
 use crate::exit_state;
@@ -33,7 +35,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{RecvTimeoutError, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +82,10 @@ pub enum VmError {
     HostKind(#[from] arch::host::ProbeError),
     #[error("the host-kind probe's thread failed (a bug in Kiln: its message is above)")]
     ProbeThread,
+    #[error("gdb: {0}")]
+    Debug(String),
+    #[error(transparent)]
+    Gdb(#[from] gdb::GdbError),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -174,21 +180,27 @@ pub struct Vm {
     vcpus: Vec<VcpuFd>,
     shared: Arc<Shared>,
     boot: BootState,
+    /// A gdb connection to serve from the program's first instruction on (`kiln run --gdb`).
+    gdb: Option<(std::net::TcpStream, StubReturns)>,
 }
 
 /// What every vCPU thread needs. Guest RAM lives here, in an `Arc` that each vCPU thread holds with its vCPU, so the
 /// memory outlives every vCPU that could touch it.
-struct Shared {
-    ram: GuestRam,
-    parkers: Vec<Parker>,
+pub(crate) struct Shared {
+    pub(crate) ram: GuestRam,
+    pub(crate) parkers: Vec<Parker>,
     /// The vCPUs' host threads, and how to interrupt each one's KVM_RUN.
-    kicks: Kicker,
+    pub(crate) kicks: Kicker,
     tlb: Shootdown,
     preempt: Preemption,
     /// Set once the outcome is known; vCPUs stop at their next exit.
     done: AtomicBool,
     exits: AtomicU64,
-    pml4: u64,
+    pub(crate) pml4: u64,
+    /// The library OS's thread table (`kiln_abi::threads`), guest-physical; 0 if it has none.
+    pub(crate) threads_phys: u64,
+    /// A debugger's session, once one is attached (`crate::debug`).
+    debug: OnceLock<Arc<Session>>,
     stack_bottom: u64,
     /// `kiln_fault_entry`, 0 if the library OS has none, and where the library OS's code lies.
     fault_entry: u64,
@@ -441,6 +453,8 @@ impl Vm {
             done: AtomicBool::new(false),
             exits: AtomicU64::new(0),
             pml4: boot.pml4,
+            threads_phys: boot.threads_phys,
+            debug: OnceLock::new(),
             stack_bottom: boot.stack_bottom,
             fault_entry: boot.fault_entry,
             kernel_span: boot.kernel_span.clone(),
@@ -456,7 +470,28 @@ impl Vm {
             host,
             synced_state,
         });
-        Ok(Vm { _kvm: kvm, _vm: vm, vcpus, shared, boot })
+        Ok(Vm { _kvm: kvm, _vm: vm, vcpus, shared, boot, gdb: None })
+    }
+
+    /// Serves gdb on `conn` while the program runs (`kiln run --gdb`): the program stops at its first instruction
+    /// (its entry, or its loader's), where gdb takes over. `conn` is an accepted connection.
+    pub fn debug_with(&mut self, conn: std::net::TcpStream) -> Result<(), VmError> {
+        let first = self.boot.first_instruction;
+        let (ram, pml4) = (&self.shared.ram, self.shared.pml4);
+        let mut byte = [0u8];
+        if guest_memory::read(ram, pml4, first, &mut byte) != 1
+            || guest_memory::write(ram, pml4, first, &[crate::debug::session::INT3]) != 1
+        {
+            return Err(VmError::Debug(format!("the program's first instruction ({first:#x}) is not mapped")));
+        }
+        let session = Arc::new(Session::new(self.shared.parkers.len(), Some((first, byte[0]))));
+        if self.shared.debug.set(session).is_err() {
+            return Err(VmError::Debug("a debugger is already attached".into()));
+        }
+        let stubs = StubReturns::read(ram, pml4, self.boot.program.stubs.clone(), &self.boot.program.report);
+        tracing::debug!(sites = stubs.len(), "gdb: syscall stubs mapped back to the program's code");
+        self.gdb = Some((conn, stubs));
+        Ok(())
     }
 
     pub fn rewrite_report(&self) -> &RewriteReport {
@@ -518,9 +553,29 @@ impl Vm {
                         Ok(Outcome::Stopped(format!("vCPU {id}'s thread failed (a bug in Kiln: its message is above)")))
                     });
                     finish(&shared, &tx, result);
+                    if let Some(session) = shared.debug.get() {
+                        session.gone(id);
+                    }
                 })
                 .map_err(VmError::Thread)?;
         }
+        let stub = match (self.gdb, self.shared.debug.get()) {
+            (Some((conn, stubs)), Some(session)) => {
+                let (shared, session, tx) = (self.shared.clone(), session.clone(), tx.clone());
+                let serving = std::thread::Builder::new().name("gdb".into()).spawn(move || {
+                    let ended = gdb::serve(shared.clone(), session, conn, true, stubs);
+                    match &ended {
+                        Ok(gdb::Ended::Killed) => {
+                            finish(&shared, &tx, Ok(Outcome::Stopped("gdb killed the program".into())))
+                        }
+                        Err(e) => finish(&shared, &tx, Err(VmError::Debug(e.to_string()))),
+                        Ok(_) => {}
+                    }
+                });
+                Some(serving.map_err(VmError::Thread)?)
+            }
+            _ => None,
+        };
         let HostSignals { mut wait, grace } = host_signals;
         let signals_tx = tx;
         std::thread::Builder::new()
@@ -572,6 +627,10 @@ impl Vm {
                 }
             }
         };
+        // gdb hears how the program ended before this process does.
+        if let Some(stub) = stub {
+            let _ = stub.join();
+        }
         let stats = RunStats {
             host: self.shared.host.name(),
             vm_exits: self.shared.exits.load(Ordering::SeqCst),
@@ -589,6 +648,16 @@ impl Vm {
 /// Ends the VM with `result` unless something ended it first: the vCPUs stop at their next exit.
 fn finish(shared: &Shared, outcomes: &Sender<Event>, result: Result<Outcome, VmError>) {
     if !shared.done.swap(true, Ordering::SeqCst) {
+        if let Some(session) = shared.debug.get() {
+            let event = match &result {
+                Ok(Outcome::Exited(code)) => StopEvent::Exited(*code),
+                Ok(Outcome::Killed(signal)) => StopEvent::Killed(*signal as u8),
+                Ok(Outcome::Crashed(report)) => StopEvent::Killed(report.signal as u8),
+                Ok(Outcome::SignalUntaken { signal, .. }) => StopEvent::Killed(*signal as u8),
+                _ => StopEvent::Killed(9),
+            };
+            session.report(event, |_| {});
+        }
         stop_vcpus(shared);
         let _ = outcomes.send(Event::Ended(result));
     }
@@ -636,9 +705,23 @@ fn run_vcpu(
     let _kickable = shared.kicks.register(id, immediate_exit);
     // The fault the library OS is deciding about (whether the program has a handler for it).
     let mut pending_fault: Option<CrashReport> = None;
+    // Under a debugger: the fault it was told about (delivered when it resumes the thread with the signal), and the
+    // single step this vCPU makes.
+    let mut debug_fault: Option<CrashReport> = None;
+    let mut stepping: Option<Step> = None;
     loop {
         if shared.done.load(Ordering::SeqCst) {
             return Ok(Outcome::Stopped("another vCPU ended the VM".into()));
+        }
+        if let Some(session) = shared.debug.get().filter(|s| s.stop_wanted()) {
+            let (regs, sregs, events) = exit_state::read(&vcpu, shared.synced_state).map_err(state_err)?;
+            let in_program = preempt::in_program(&regs, &sregs, &events, &shared.kernel_span, &shared.vdso_code);
+            let resume = session.hold(id, VcpuView { regs, fs_base: sregs.fs.base, in_program });
+            let faults = (&mut debug_fault, &mut pending_fault);
+            if let Some(outcome) = resumed(&mut vcpu, shared, block, resume, faults, &mut stepping)? {
+                return Ok(outcome);
+            }
+            continue;
         }
         let flush = || arch::flush_tlb(&vcpu, shared.host);
         shared.tlb.enter(&shared.kicks, id, flush).map_err(kvm_err("flush a vCPU's TLB"))?;
@@ -651,7 +734,12 @@ fn run_vcpu(
                 // Cleared before the request is taken: a kick after this makes the next KVM_RUN return at once.
                 vcpu.set_kvm_immediate_exit(0);
                 if let Some(why) = shared.preempt.due(id) {
-                    interrupt(&mut vcpu, shared, block, id, why)?;
+                    if stepping.is_some() {
+                        // Not in the middle of a debugger's single step: the library OS might switch threads.
+                        shared.preempt.retry(&shared.kicks, id, why);
+                    } else {
+                        interrupt(&mut vcpu, shared, block, id, why)?;
+                    }
                 } else {
                     shared.preempt.rearm(&shared.kicks, id);
                 }
@@ -734,11 +822,25 @@ fn run_vcpu(
             VcpuExit::IoOut(trap_page::EXCEPTION_PORT, _) if shared.host.has_idt() => {
                 match exception::rewind(&vcpu, shared.host, &shared.ram, shared.pml4) {
                     Ok(frame) => {
+                        if let Some(session) = shared.debug.get() {
+                            match debug_trap(&mut vcpu, shared, session, id, Some(frame.vector), &mut stepping)? {
+                                Trap::Run => continue,
+                                Trap::Stop(event) => {
+                                    session.report(event, |v| shared.kicks.kick(v));
+                                    continue;
+                                }
+                                Trap::Fault => {}
+                            }
+                        }
                         let report = match frame.vector {
                             // A trap: %rip is past the `int3`, whatever the next instruction would do.
                             3 => fault::breakpoint(&vcpu.get_regs().map_err(kvm_err("read registers"))?),
                             vector => crash(&vcpu, shared, exception::vector_name(vector)),
                         };
+                        if debugger_takes(shared, id, &report) {
+                            debug_fault = Some(report);
+                            continue;
+                        }
                         if to_fault_entry(&mut vcpu, shared, block, &report)? {
                             pending_fault = Some(report);
                             continue;
@@ -757,7 +859,23 @@ fn run_vcpu(
                 shared.host.name()
             )),
             VcpuExit::Shutdown => {
+                if let Some(session) = shared.debug.get() {
+                    let (_, _, events) = exit_state::read(&vcpu, shared.synced_state).map_err(state_err)?;
+                    let vector = shared.host.shutdown_vector(&events);
+                    match debug_trap(&mut vcpu, shared, session, id, vector, &mut stepping)? {
+                        Trap::Run => continue,
+                        Trap::Stop(event) => {
+                            session.report(event, |v| shared.kicks.kick(v));
+                            continue;
+                        }
+                        Trap::Fault => {}
+                    }
+                }
                 let report = crash(&vcpu, shared, "shutdown");
+                if debugger_takes(shared, id, &report) {
+                    debug_fault = Some(report);
+                    continue;
+                }
                 if to_fault_entry(&mut vcpu, shared, block, &report)? {
                     pending_fault = Some(report);
                     continue;
@@ -769,6 +887,128 @@ fn run_vcpu(
         };
         return Ok(outcome);
     }
+}
+
+/// The trap flag (single step).
+const RFLAGS_TF: u64 = 0x100;
+/// Steps taken inside the library OS (a step into a syscall) before the step is reported there anyway.
+const MAX_LIBRARY_OS_STEPS: u32 = 20_000;
+
+/// A single step a debugger asked this vCPU for.
+struct Step {
+    /// Where it started: on `kvm_pvm`, whose shutdowns carry no vector, a trap still there is the instruction's fault.
+    from: u64,
+    /// Traps taken inside the library OS so far.
+    in_library_os: u32,
+}
+
+/// What an exception means under a debugger.
+enum Trap {
+    /// Nothing to report: run on.
+    Run,
+    /// Report this and stop the program.
+    Stop(StopEvent),
+    /// Not the debugger's: a fault of the program's.
+    Fault,
+}
+
+/// Sorts out an exception that stopped vCPU `id` (`vector` where the host tells it: hardware KVM's stubs) under a
+/// debugger: the end of a single step, a debugger breakpoint, the program's first instruction, or a fault.
+fn debug_trap(
+    vcpu: &mut VcpuFd,
+    shared: &Shared,
+    session: &Session,
+    id: usize,
+    vector: Option<u64>,
+    stepping: &mut Option<Step>,
+) -> Result<Trap, VmError> {
+    let mut regs = exit_state::regs(vcpu, shared.synced_state).map_err(state_err)?;
+    tracing::trace!(vcpu = id, rip = regs.rip, ?vector, stepping = stepping.is_some(), "exception under a debugger");
+    if let Some(step) = stepping.as_mut() {
+        // A fault of the stepped instruction leaves %rip on it; a trap, past it.
+        let stepped = vector.is_none_or(|v| v == 1) && regs.rip != step.from;
+        if stepped {
+            let in_library_os =
+                shared.kernel_span.contains(&regs.rip) && !shared.vdso_code.iter().any(|f| f.contains(&regs.rip));
+            if in_library_os && step.in_library_os < MAX_LIBRARY_OS_STEPS {
+                // Into a syscall: the library OS is not the program's to step through, so it runs on, one trap at a
+                // time, until it returns to the program.
+                step.in_library_os += 1;
+                regs.rflags |= RFLAGS_TF;
+                exit_state::set_regs(vcpu, shared.synced_state, &regs).map_err(state_err)?;
+                return Ok(Trap::Run);
+            }
+            *stepping = None;
+            regs.rflags &= !RFLAGS_TF;
+            exit_state::set_regs(vcpu, shared.synced_state, &regs).map_err(state_err)?;
+            return Ok(Trap::Stop(StopEvent::Step { vcpu: id }));
+        }
+    }
+    if vector.is_none_or(|v| v == 3) {
+        let addr = regs.rip.wrapping_sub(1);
+        let event = if let Some(byte) = session.take_first(addr) {
+            guest_memory::write(&shared.ram, shared.pml4, addr, &[byte]);
+            StopEvent::Started { vcpu: id }
+        } else if session.breakpoint_at(addr) {
+            StopEvent::Breakpoint { vcpu: id, addr }
+        } else {
+            return Ok(Trap::Fault);
+        };
+        // Back on the instruction the `int3` stands in for, as gdb expects.
+        regs.rip = addr;
+        regs.rflags &= !RFLAGS_TF;
+        *stepping = None;
+        exit_state::set_regs(vcpu, shared.synced_state, &regs).map_err(state_err)?;
+        return Ok(Trap::Stop(event));
+    }
+    Ok(Trap::Fault)
+}
+
+/// Under a debugger, a fault the program could take stops the program first, as under ptrace: reported here, and
+/// delivered (or not) when the debugger resumes the thread ([`resumed`]).
+fn debugger_takes(shared: &Shared, id: usize, report: &CrashReport) -> bool {
+    let Some(session) = shared.debug.get() else { return false };
+    if report.fault.is_none() || session.detached() {
+        return false;
+    }
+    session.report(StopEvent::Signal { vcpu: id, signal: report.signal as u8 }, |v| shared.kicks.kick(v));
+    true
+}
+
+/// vCPU `id` resumes after a debugger's stop: with the registers it changed, a single step, and the fault it stopped
+/// on delivered to the program if it said so (or retried). An outcome if that fault ends the program.
+fn resumed(
+    vcpu: &mut VcpuFd,
+    shared: &Shared,
+    block: u64,
+    resume: Resume,
+    (debug_fault, pending_fault): (&mut Option<CrashReport>, &mut Option<CrashReport>),
+    stepping: &mut Option<Step>,
+) -> Result<Option<Outcome>, VmError> {
+    if let Some(report) = debug_fault.take() {
+        if resume.deliver {
+            if to_fault_entry(vcpu, shared, block, &report)? {
+                *pending_fault = Some(report);
+                return Ok(None);
+            }
+            return Ok(Some(Outcome::Crashed(with_stack(shared, report))));
+        }
+    }
+    let mut regs = match resume.regs {
+        Some(regs) => regs,
+        None => exit_state::regs(vcpu, shared.synced_state).map_err(state_err)?,
+    };
+    let before = regs;
+    if resume.step {
+        regs.rflags |= RFLAGS_TF;
+        *stepping = Some(Step { from: regs.rip, in_library_os: 0 });
+    } else if stepping.take().is_some() {
+        regs.rflags &= !RFLAGS_TF;
+    }
+    if regs != before || resume.regs.is_some() {
+        exit_state::set_regs(vcpu, shared.synced_state, &regs).map_err(state_err)?;
+    }
+    Ok(None)
 }
 
 /// Hands the program's fault to the library OS, which runs the program's handler for it if it has one: writes the

@@ -78,6 +78,17 @@ impl HostKind {
         matches!(self, HostKind::Hardware { .. })
     }
 
+    /// The vector of the exception that shut a vCPU down, where the kind tells it: `kvm_pvm` leaves it in the vCPU's
+    /// events (`exception.nr`, measured: 3 after an `int3`, 1 after a single step's trap, with neither `injected` nor
+    /// `pending` set). Hardware KVM's stubs report vectors themselves (`arch::exception`), and a shutdown there is a
+    /// triple fault.
+    pub fn shutdown_vector(self, events: &kvm_bindings::kvm_vcpu_events) -> Option<u64> {
+        match self {
+            HostKind::Paravirtual => Some(u64::from(events.exception.nr)),
+            HostKind::Hardware { .. } => None,
+        }
+    }
+
     /// Whether the VMM takes a vCPU's state from its `kvm_run` page (`KVM_CAP_SYNC_REGS`, [`crate::exit_state`])
     /// rather than by ioctls. It pays on `kvm_pvm`, where every vCPU ioctl costs ~15 us; on hardware KVM (checked
     /// under nested kvm-amd) faults the program handles went wrong with it, and an ioctl costs ~1 us there anyway.

@@ -6,6 +6,7 @@
 //!
 //! Everything read from the guest is bounded: a broken table gives an error or fewer threads, never a host panic.
 
+use super::stubs::StubReturns;
 use crate::memory::GuestRam;
 use kiln_abi::layout::DIRECT_MAP_BASE;
 use kiln_abi::threads::{
@@ -123,8 +124,14 @@ pub fn table(ram: &GuestRam, table_phys: u64) -> Result<ThreadTable, ThreadsErro
     Ok(t)
 }
 
-/// Every live thread, in slot order, with its registers: `vcpus[i]` is vCPU `i`'s state where it is known.
-pub fn list(ram: &GuestRam, table_phys: u64, vcpus: &[Option<VcpuView>]) -> Result<Vec<GuestThread>, ThreadsError> {
+/// Every live thread, in slot order, with its registers: `vcpus[i]` is vCPU `i`'s state where it is known. A thread
+/// in a relocated syscall site is shown where it stands in the program's code (`stubs`).
+pub fn list(
+    ram: &GuestRam,
+    table_phys: u64,
+    vcpus: &[Option<VcpuView>],
+    stubs: &StubReturns,
+) -> Result<Vec<GuestThread>, ThreadsError> {
     let t = table(ram, table_phys)?;
     let base = direct_to_phys(t.slots).ok_or(ThreadsError::Broken("its slots are not in the direct map"))?;
     let mut threads = Vec::new();
@@ -162,7 +169,11 @@ pub fn list(ram: &GuestRam, table_phys: u64, vcpus: &[Option<VcpuView>]) -> Resu
                     Some(view) => view.fs_base,
                     None => read_u64(ram, at + t.fs_base_offset)?,
                 };
-                (frame_regs(&frame), fs_base, RegsAt::Frame(frame_phys))
+                let mut regs = frame_regs(&frame);
+                if let Some((rip, rsp)) = stubs.in_program(regs.rip, regs.rsp) {
+                    (regs.rip, regs.rsp) = (rip, rsp);
+                }
+                (regs, fs_base, RegsAt::Frame(frame_phys))
             }
         };
         threads.push(GuestThread { tid, name, state, regs, fs_base, regs_at });
