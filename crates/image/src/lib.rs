@@ -14,6 +14,7 @@ pub mod reference;
 pub mod restart;
 pub mod size;
 pub mod store;
+mod verified;
 
 pub use digest::Digest;
 pub use manifest::Manifest;

@@ -1,14 +1,15 @@
 //! The local store under `$KILN_HOME`: content-addressed blobs (`blobs/sha256/<hex>`), tags (`refs/<name>:<tag>`,
 //! each holding a manifest digest, with `/` in names kept as `+`) and instance records (`instances/`, see
 //! [`crate::instance`]). Every write goes to a temporary file first and is renamed into place, so a reader sees a
-//! whole file or none; blobs are checked against their digest on every read.
+//! whole file or none; blobs are checked against their digest when read, once per change of their file
+//! ([`crate::verified`]).
 
 use crate::manifest::{BlobRef, Manifest, ManifestError};
 use crate::reference::{Reference, ReferenceError};
-use crate::Digest;
+use crate::{verified, Digest};
 use sha2::{Digest as _, Sha256};
 use std::collections::BTreeSet;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -137,7 +138,7 @@ impl Store {
     }
 
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.root.join("blobs/sha256").join(digest.hex())
+        self.blobs_dir().join(digest.hex())
     }
 
     /// Stores `bytes` (a no-op when the store already has them) and returns their digest.
@@ -153,7 +154,7 @@ impl Store {
 
     /// A temporary file in the blob directory for a blob that arrives in pieces (`kiln pull`); see [`BlobWriter`].
     pub fn blob_writer(&self, expected: &BlobRef) -> Result<BlobWriter, StoreError> {
-        let dir = self.root.join("blobs/sha256");
+        let dir = self.blobs_dir();
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let tmp = temp_name(&dir);
         let file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
@@ -174,16 +175,41 @@ impl Store {
     }
 
     /// The blob's bytes, checked against its digest.
+    /// The blob's bytes, checked against its digest: hashed on the first read after its file changed (see
+    /// [`crate::verified`]), taken on the strength of that check while the file stats the same.
     pub fn blob(&self, digest: &Digest) -> Result<Vec<u8>, StoreError> {
+        self.blob_as_of(digest, std::time::SystemTime::now())
+    }
+
+    /// [`Store::blob`], with `now` the time against which the file's last change counts as settled.
+    fn blob_as_of(&self, digest: &Digest, now: std::time::SystemTime) -> Result<Vec<u8>, StoreError> {
         let path = self.blob_path(digest);
-        let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
+        let missing_or = |e: std::io::Error| match e.kind() {
             std::io::ErrorKind::NotFound => StoreError::MissingBlob(digest.clone()),
             _ => io(&path)(e),
-        })?;
+        };
+        let mut file = std::fs::File::open(&path).map_err(missing_or)?;
+        let meta = file.metadata().map_err(io(&path))?;
+        let before = verified::stat_stamp(&meta);
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(io(&path))?;
+        // Stat again after reading: a file damaged while it was read is not taken on an older check.
+        let unchanged = file.metadata().is_ok_and(|m| verified::stat_stamp(&m) == before);
+        let dir = self.blobs_dir();
+        if unchanged && verified::is_verified(&dir, digest.hex(), &before) {
+            return Ok(bytes);
+        }
         if Digest::of(&bytes) != *digest {
             return Err(StoreError::Corrupt { digest: digest.clone(), path });
         }
+        if unchanged && verified::settled(&meta, now) {
+            verified::note_verified(&dir, digest.hex(), &before);
+        }
         Ok(bytes)
+    }
+
+    fn blobs_dir(&self) -> PathBuf {
+        self.root.join("blobs/sha256")
     }
 
     /// A blob a manifest names, checked against its digest and against the size the manifest gives.
@@ -320,7 +346,7 @@ impl Store {
             }
             live.insert(digest);
         }
-        let dir = self.root.join("blobs/sha256");
+        let dir = self.blobs_dir();
         let entries = match std::fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
@@ -340,10 +366,29 @@ impl Store {
             };
             if unneeded {
                 freed += entry.metadata().map(|m| m.len()).unwrap_or(0);
+                verified::forget(&dir, &name);
                 std::fs::remove_file(entry.path()).map_err(io(&entry.path()))?;
             }
         }
+        self.collect_stamps(&live);
         Ok(freed)
+    }
+
+    /// Removes the verification stamps of blobs the store no longer has, and temporary files a killed writer left
+    /// among them; best effort, since a stamp left over costs a few bytes and proves nothing without its blob.
+    fn collect_stamps(&self, live: &BTreeSet<Digest>) {
+        let stamps = verified::stamps_dir(&self.blobs_dir());
+        let Ok(entries) = std::fs::read_dir(&stamps) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let unneeded = match format!("sha256:{name}").parse::<Digest>() {
+                Ok(digest) => !live.contains(&digest),
+                Err(_) => left_by_dead_writer(&name),
+            };
+            if unneeded && entry.file_type().is_ok_and(|t| t.is_file()) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
 }
 
@@ -439,6 +484,38 @@ pub(crate) mod tests {
         assert_eq!(store.image_blob(&BlobRef { digest: d.clone(), size: 5 }).unwrap(), b"hello");
         std::fs::remove_file(store.blob_path(&d)).unwrap();
         assert!(matches!(store.blob(&d), Err(StoreError::MissingBlob(_))));
+        std::fs::remove_dir_all(store.root()).unwrap();
+    }
+
+    #[test]
+    fn a_settled_blob_is_hashed_once_until_its_file_changes() {
+        let store = temp_store("verified");
+        let d = store.put_blob(b"hello").unwrap();
+        let stamp = verified::stamp_path(&store.blobs_dir(), d.hex());
+        store.blob(&d).unwrap();
+        assert!(
+            !stamp.exists(),
+            "a file changed just now is not stamped: a change in the same clock tick keeps its times"
+        );
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3);
+        assert_eq!(store.blob_as_of(&d, later).unwrap(), b"hello");
+        assert!(stamp.exists(), "a settled file that matched is stamped");
+        let held = std::fs::read(&stamp).unwrap();
+        // A stamp that describes another state of the file is not taken: the bytes are hashed, and stamped anew ...
+        std::fs::write(&stamp, b"another file").unwrap();
+        assert_eq!(store.blob_as_of(&d, later).unwrap(), b"hello");
+        assert_eq!(std::fs::read(&stamp).unwrap(), held);
+        // ... and damage in place (a later clock tick) changes the file's times: hashed again, and refused.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::fs::write(store.blob_path(&d), b"hellp").unwrap();
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3);
+        assert!(matches!(store.blob_as_of(&d, later), Err(StoreError::Corrupt { .. })));
+        // The garbage collector takes a removed blob's stamp with it.
+        store.put_blob(b"hello").unwrap();
+        store.blob_as_of(&d, later + std::time::Duration::from_secs(3)).unwrap();
+        assert!(stamp.exists());
+        store.collect_garbage(&[]).unwrap();
+        assert!(!stamp.exists() && !store.blob_path(&d).exists());
         std::fs::remove_dir_all(store.root()).unwrap();
     }
 
