@@ -177,10 +177,14 @@ pub fn rewrite_syscalls(input: RewriteInput<'_>) -> Result<RewriteOutput, Rewrit
                 let slot_addr = stub_base + ENTRY_SLOT.start as u64;
                 let (stub, ret) =
                     relocate::build_stub(&region.instrs, &w, site, stub_addr, slot_addr, red_zone).ok()?;
+                // A stub that would run past the end of the address space is no stub (the caller's stub_base
+                // decides that, not the program: the loader keeps programs below 2^47).
+                let ret_addr = stub_addr.checked_add(u64::try_from(ret).ok()?)?;
+                stub_addr.checked_add(u64::try_from(stub.len()).ok()?)?;
                 let jump = relocate::jump_patch(&region.instrs, &w, stub_addr)?;
-                Some((w, stub_addr, stub, ret, jump))
+                Some((w, stub, ret_addr, jump))
             });
-            let Some((window, stub_addr, stub, ret, jump)) = moved else {
+            let Some((window, stub, ret_addr, jump)) = moved else {
                 patches.push(Patch { segment: region.segment, addr, bytes: in_place(ins) });
                 report.in_place.push(addr);
                 if red_zone {
@@ -195,7 +199,7 @@ pub fn rewrite_syscalls(input: RewriteInput<'_>) -> Result<RewriteOutput, Rewrit
             stubs.extend_from_slice(&stub);
             // A red-zone stub has moved %rsp by the time it calls: only its call can be run again.
             if !red_zone && relocate::can_run_again(&region.instrs[window.first..site]) {
-                restarts.push((stub_addr + ret as u64, region.instrs[window.first].ip()));
+                restarts.push((ret_addr, region.instrs[window.first].ip()));
             }
             patches.push(Patch { segment: region.segment, addr: region.instrs[window.first].ip(), bytes: jump });
             report.relocated.push(addr);

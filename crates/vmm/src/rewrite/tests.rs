@@ -409,6 +409,26 @@ fn a_site_whose_stub_would_be_out_of_reach_stays_in_place() {
 }
 
 #[test]
+fn a_stub_area_at_the_end_of_the_address_space_leaves_the_site_in_place() {
+    // Found by fuzz/rewrite: the stub's return address was added up without a check, and overflowed; and a stub
+    // could run past the end of the address space.
+    for stub_base in [u64::MAX - 0x14, u64::MAX - 0x1f] {
+        let mut code = asm(|a| {
+            a.mov(eax, 1)?;
+            a.syscall()?;
+            a.ret()
+        });
+        let vaddr = u64::MAX - 0xfff;
+        let segments = vec![ExecSegment { vaddr, bytes: &mut code }];
+        let input = RewriteInput { segments, code_ranges: vec![], functions: vec![], stub_base };
+        let out = rewrite_syscalls(input).unwrap();
+        assert_eq!(out.report.in_place, [vaddr + 5], "{stub_base:#x}");
+        assert!(out.report.relocated.is_empty() && out.stubs.is_empty());
+        assert_eq!(code[5..7], CALL_RAX);
+    }
+}
+
+#[test]
 fn indexed_red_zone_walk_in_a_frameless_leaf_is_relocated() {
     // mov %r10,(%rsp,%r9); mov $39,%eax; syscall; mov (%rsp,%r9),%r10; ret
     let mut code = vec![0x4e, 0x89, 0x14, 0x0c, 0xb8, 0x27, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x4e, 0x8b, 0x14, 0x0c, 0xc3];
