@@ -48,8 +48,9 @@ impl<D: BlockDevice> Ext2<D> {
         let bitmap = self.groups[g].block_bitmap;
         if clear_bit(self.cache.modify(bitmap, Class::Meta)?, bit) {
             self.freed_since_sync.insert(block);
-            self.groups[g].free_blocks += 1;
-            self.sb.free_blocks += 1;
+            // Saturating: the counts are the volume's, whatever it claims (e2fsck puts wrong ones right).
+            self.groups[g].free_blocks = self.groups[g].free_blocks.saturating_add(1);
+            self.sb.free_blocks = self.sb.free_blocks.saturating_add(1);
             self.meta_changed = true;
         }
         Ok(())
@@ -91,11 +92,11 @@ impl<D: BlockDevice> Ext2<D> {
         let bitmap = self.groups[g].inode_bitmap;
         if clear_bit(self.cache.modify(bitmap, Class::Meta)?, bit) {
             let group = &mut self.groups[g];
-            group.free_inodes += 1;
+            group.free_inodes = group.free_inodes.saturating_add(1);
             if dir {
                 group.used_dirs = group.used_dirs.saturating_sub(1);
             }
-            self.sb.free_inodes += 1;
+            self.sb.free_inodes = self.sb.free_inodes.saturating_add(1);
             self.meta_changed = true;
         }
         Ok(())
