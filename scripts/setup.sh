@@ -17,6 +17,7 @@
 #     linux-image-amd64 (Debian's kernel, booted in QEMU to load kvm-amd), busybox-static (its init), cpio;
 #   - rustup and the toolchain pinned in rust-toolchain.toml, with its components and targets (x86_64-unknown-none for
 #     the library OS, x86_64-unknown-linux-musl for the Rust test programs).
+#   - cargo-fuzz (crates.io, --locked): .ci/run builds and briefly runs the fuzz targets in fuzz/ (fuzz/ci.sh).
 # Safe to run again: a second run changes nothing and needs no network. It ends by saying whether /dev/kvm is usable.
 set -euo pipefail
 
@@ -109,6 +110,13 @@ for c in "${components[@]}"; do
   grep -q "^$c" <<<"$have_components" || { say "adding component $c"; rustup component add --toolchain "$channel" "$c"; }
 done
 say "Rust $channel with ${targets[*]} and ${components[*]}"
+
+if ! command -v cargo-fuzz >/dev/null && ! [ -x "$HOME/.cargo/bin/cargo-fuzz" ]; then
+  say "installing cargo-fuzz (for fuzz/ci.sh)"
+  (cd "$repo" && cargo install cargo-fuzz --locked --version 0.13.2)
+else
+  say "cargo-fuzz present"
+fi
 
 # ---- KVM ---------------------------------------------------------------------------------------------------------
 if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then

@@ -42,6 +42,11 @@ enum Member {
 impl Archive {
     pub fn open(path: &Path) -> Result<Archive, ContainerError> {
         let bytes = std::fs::read(path).map_err(|source| ContainerError::Read { path: path.into(), source })?;
+        Archive::from_bytes(path, bytes)
+    }
+
+    /// The archive whose bytes are `bytes` (`path` names it in errors).
+    pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Archive, ContainerError> {
         let not_tar = |source| ContainerError::NotArchive { path: path.into(), source };
         let mut members = HashMap::new();
         let mut archive = tar::Archive::new(&bytes[..]);

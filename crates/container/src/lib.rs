@@ -247,5 +247,21 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// What the fuzz targets (`fuzz/`) reach that the crate keeps private: only with the `fuzzing` feature.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing {
+    use super::*;
+
+    /// Reads an image from the bytes of an OCI archive (`docker`: of a `docker save` archive) as [`load`] does.
+    pub fn load_archive(bytes: Vec<u8>, docker: bool) -> Result<ContainerImage, ContainerError> {
+        let archive = Archive::from_bytes(std::path::Path::new("fuzz.tar"), bytes)?;
+        let manifested = match docker {
+            true => docker::load(&archive, None)?,
+            false => oci::load(&archive, None)?,
+        };
+        flatten(&archive, manifested, docker)
+    }
+}
+
 #[cfg(test)]
 mod tests;

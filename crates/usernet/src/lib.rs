@@ -21,6 +21,15 @@ mod udp;
 #[cfg(test)]
 mod tests;
 
+/// What the fuzz targets (`fuzz/`) reach that the crate keeps private: only with the `fuzzing` feature.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing {
+    /// Classifies one guest frame as the relay does on a network of `config`; the decision, as text.
+    pub fn classify(frame: &[u8], config: &crate::UserNetConfig) -> String {
+        format!("{:?}", crate::frame::classify(frame, config))
+    }
+}
+
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
