@@ -289,6 +289,7 @@ fn login(home: &Path, args: &[&str], password: &str) -> Outcome {
         command: format!("kiln login {args:?}"),
         code: out.status.code(),
         signal: None,
+        max_rss_kib: None,
         stdout: out.stdout,
         stderr: out.stderr,
         elapsed: started.elapsed(),

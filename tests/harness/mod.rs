@@ -83,6 +83,8 @@ impl Kiln {
     }
 
     /// Runs `kiln` to completion (or kills it at the time limit and fails the test) and returns what it did.
+    // The child is reaped by `reap`'s wait4 (which also reports its peak memory), not by `Child::wait`.
+    #[allow(clippy::zombie_processes)]
     pub fn run(mut self) -> Outcome {
         let command = self.shown.join(" ");
         let timeout = std::env::var("KILN_TEST_TIMEOUT_SECS")
@@ -93,9 +95,9 @@ impl Kiln {
         let mut child = self.cmd.spawn().unwrap_or_else(|e| panic!("cannot start `{command}`: {e}"));
         let stdout = drain(child.stdout.take().expect("stdout is piped"));
         let stderr = drain(child.stderr.take().expect("stderr is piped"));
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("wait for kiln") {
-                break status;
+        let (status, max_rss_kib) = loop {
+            if let Some(reaped) = reap(child.id()) {
+                break reaped;
             }
             if start.elapsed() > timeout {
                 let _ = child.kill();
@@ -115,11 +117,27 @@ impl Kiln {
             command,
             code: status.code(),
             signal: std::os::unix::process::ExitStatusExt::signal(&status),
+            max_rss_kib: Some(max_rss_kib),
             stdout: stdout.collect(grace),
             stderr: stderr.collect(grace),
             elapsed,
         }
     }
+}
+
+/// The exit status of child `pid` and the most memory it had resident (KiB), once it has ended.
+fn reap(pid: u32) -> Option<(std::process::ExitStatus, u64)> {
+    let mut raw = 0;
+    // SAFETY: a zeroed rusage is a valid value for wait4 to fill.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is a child of this process that nothing else waits for; both out-pointers are valid.
+    let r = unsafe { libc::wait4(pid as libc::pid_t, &mut raw, libc::WNOHANG, &mut usage) };
+    if r == pid as libc::pid_t {
+        let status = std::os::unix::process::ExitStatusExt::from_raw(raw);
+        return Some((status, usage.ru_maxrss as u64));
+    }
+    assert!(r == 0, "wait for kiln: {}", std::io::Error::last_os_error());
+    None
 }
 
 /// Reads a pipe to its end on a thread of its own.
@@ -176,6 +194,8 @@ pub struct Outcome {
     /// The exit code, or `None` when `kiln` itself was killed by a signal.
     pub code: Option<i32>,
     pub signal: Option<i32>,
+    /// The most memory `kiln` had resident (its VmHWM), in KiB, where the harness waited for it.
+    pub max_rss_kib: Option<u64>,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
     pub elapsed: Duration,
@@ -236,7 +256,8 @@ impl Outcome {
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "--- command: {}", self.command)?;
-        writeln!(f, "--- exit code: {:?}, signal: {:?}, took {:?}", self.code, self.signal, self.elapsed)?;
+        let (code, signal, took, rss) = (self.code, self.signal, self.elapsed, self.max_rss_kib);
+        writeln!(f, "--- exit code: {code:?}, signal: {signal:?}, took {took:?}, peak memory {rss:?} KiB")?;
         writeln!(f, "--- stderr ({} bytes):\n{}", self.stderr.len(), excerpt(&self.stderr))?;
         write!(f, "--- stdout ({} bytes):\n{}", self.stdout.len(), excerpt(&self.stdout))
     }
