@@ -13,7 +13,8 @@
 #     (the CNI `bridge` and `host-local` plugins, with which tests/containerd.rs makes a pod's network) and crun (the
 #     OCI runtime bench/containerd.sh compares the shim with, under the same containerd), gdb (tests/gdb.rs drives it
 #     in batch mode against `kiln run --gdb`);
-#   - apt, for the nested-KVM check (tests/nested-kvm/run.sh; it skips without them): qemu-system-x86,
+#   - apt, for the nested-KVM check (tests/nested-kvm/run.sh; it skips without them) and tests/export.rs (exported
+#     images booted under QEMU TCG, microvm and q35; skipped without it): qemu-system-x86,
 #     linux-image-amd64 (Debian's kernel, booted in QEMU to load kvm-amd), busybox-static (its init), cpio;
 #   - rustup and the toolchain pinned in rust-toolchain.toml, with its components and targets (x86_64-unknown-none for
 #     the library OS, x86_64-unknown-linux-musl for the Rust test programs).

@@ -35,8 +35,12 @@ fn main() {
     assert!(status.success(), "building the library OS (kernel/) failed");
     let elf = target_dir.join("x86_64-unknown-none/release/kiln-kernel");
     std::fs::copy(&elf, out.join("kiln-kernel.elf")).expect("copy the library OS image");
+    let pvh = target_dir.join("x86_64-unknown-none/release/kiln-pvh");
+    std::fs::copy(&pvh, out.join("kiln-pvh.elf")).expect("copy the PVH platform layer");
 
-    for path in ["kernel/src", "kernel/Cargo.toml", "kernel/Cargo.lock", "crates/abi/src", "crates/ext2/src"] {
+    for path in
+        ["kernel/src", "kernel/pvh", "kernel/Cargo.toml", "kernel/Cargo.lock", "crates/abi/src", "crates/ext2/src"]
+    {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
 }

@@ -8,6 +8,7 @@ pub mod frames;
 pub mod hypercall;
 pub mod layout;
 pub mod paging;
+pub mod pvh;
 pub mod rootfs;
 pub mod threads;
 

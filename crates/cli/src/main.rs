@@ -23,6 +23,7 @@ mod boot_layout_tests;
 mod container_build;
 mod crash_report;
 mod detach;
+mod export;
 mod host_signals;
 mod image_build;
 mod images;
@@ -63,6 +64,9 @@ enum Command {
     Run(Box<run::RunArgs>),
     /// Build an image from a Kiln.toml
     Build(image_build::BuildArgs),
+    /// Write an image or program as a file other hypervisors boot (--format pvh: QEMU -kernel, Firecracker, Cloud
+    /// Hypervisor; see docs/deploy.md)
+    Export(Box<export::ExportArgs>),
     /// List images
     Images(images::ImagesArgs),
     /// Give an image another name
@@ -117,6 +121,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(*args),
         Command::Build(args) => image_build::build(args),
+        Command::Export(args) => export::export(*args),
         Command::Images(args) => images::images(args),
         Command::Tag(args) => images::tag(args),
         Command::Rmi(args) => images::rmi(args),

@@ -50,7 +50,7 @@ pub fn prepare(spec: &LaunchSpec, builtin_kernel: &'static [u8]) -> Result<Prepa
 
 /// The working directory must be makeable: no name on its way may be a file (or anything but a directory or a
 /// symbolic link) of the root filesystem. Said before boot, as one line; a volume's contents are checked at boot.
-fn check_workdir(workdir: &str, rootfs: &[u8]) -> Result<(), LaunchError> {
+pub(crate) fn check_workdir(workdir: &str, rootfs: &[u8]) -> Result<(), LaunchError> {
     let Ok(entries) = kiln_abi::rootfs::entries(rootfs) else { return Ok(()) };
     for entry in entries.flatten() {
         let on_the_way = workdir == entry.path || workdir.starts_with(&format!("{}/", entry.path));
@@ -62,7 +62,7 @@ fn check_workdir(workdir: &str, rootfs: &[u8]) -> Result<(), LaunchError> {
 }
 
 /// Puts the VMM's error in the user's terms: the subject first, then what to do.
-fn explain(e: VmError, spec: &LaunchSpec) -> LaunchError {
+pub(crate) fn explain(e: VmError, spec: &LaunchSpec) -> LaunchError {
     let (shown, memory) = (spec.shown.clone(), spec.memory);
     match e {
         VmError::Program(e) => LaunchError::Program { shown, problem: e.to_string() },

@@ -144,6 +144,8 @@ pub enum LaunchError {
     DoesNotFit { shown: String, memory: u64 },
     #[error(transparent)]
     Vm(kiln_vmm::VmError),
+    #[error(transparent)]
+    Export(kiln_vmm::export::ExportError),
 }
 
 impl LaunchError {

@@ -5,3 +5,6 @@
 
 /// The library OS's ELF image.
 pub static KERNEL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kiln-kernel.elf"));
+
+/// The platform layer of exported images (`kernel/pvh`): the PVH entry, and the hypercalls answered in the guest.
+pub static PVH_PLATFORM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kiln-pvh.elf"));

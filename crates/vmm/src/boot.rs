@@ -95,6 +95,8 @@ pub struct VcpuStart {
 #[derive(Debug)]
 pub struct BootState {
     pub pml4: u64,
+    /// Guest-physical address of the [`BootInfo`].
+    pub boot_info_phys: u64,
     pub gdt_phys: u64,
     /// One per vCPU; vCPU 0 starts the program, the others join its scheduler.
     pub vcpus: Vec<VcpuStart>,
@@ -160,8 +162,20 @@ pub fn build(
     program: (&ElfImage, &[u8], PreparedProgram),
     params: &BootParams,
 ) -> Result<BootState, BootError> {
+    build_from(ram, PAGE_SIZE, kernel, program, params)
+}
+
+/// [`build`], placing everything from guest-physical `first` up (an exported image leaves the first MiBs to firmware
+/// and its platform layer: `crate::export`).
+pub fn build_from(
+    ram: &mut GuestRam,
+    first: u64,
+    kernel: (&ElfImage, &[u8]),
+    program: (&ElfImage, &[u8], PreparedProgram),
+    params: &BootParams,
+) -> Result<BootState, BootError> {
     // The host-kind probe may still be using the top pages (`arch::host::Probe`).
-    let mut alloc = BootAllocator::new(PAGE_SIZE, ram.size() - crate::arch::host::PROBE_BYTES);
+    let mut alloc = BootAllocator::new(first, ram.size() - crate::arch::host::PROBE_BYTES);
     let pml4 = alloc.alloc(PAGE_SIZE)?;
 
     for phys in (0..ram.size()).step_by(HUGE_PAGE_SIZE as usize) {
@@ -331,6 +345,7 @@ pub fn build(
 
     Ok(BootState {
         pml4,
+        boot_info_phys,
         gdt_phys,
         vcpus: (0..vcpus)
             .map(|i| VcpuStart {

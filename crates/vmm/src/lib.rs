@@ -15,6 +15,7 @@ pub mod disk;
 pub mod dynamic;
 pub mod elf;
 pub mod exit_state;
+pub mod export;
 pub mod fault;
 pub mod host_signals;
 pub mod hypercall;

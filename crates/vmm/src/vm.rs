@@ -230,7 +230,7 @@ fn kvm_open_error(e: kvm_ioctls::Error) -> VmError {
     }
 }
 
-fn host_random<const N: usize>() -> Result<[u8; N], VmError> {
+pub(crate) fn host_random<const N: usize>() -> Result<[u8; N], VmError> {
     let mut bytes = [0u8; N];
     let mut filled = 0;
     while filled < N {
@@ -317,7 +317,7 @@ fn create_machine(memory: u64, cpus: u32) -> Result<Machine, VmError> {
 
 /// Parses both ELF images and prepares the program (the image's preparation or the cache's when there is one), once
 /// its segments are known to fit in `memory` bytes.
-fn prepare(
+pub(crate) fn prepare(
     kernel_elf: &[u8],
     program_elf: &[u8],
     memory: u64,

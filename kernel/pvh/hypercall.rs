@@ -1,0 +1,194 @@
+//! The library OS's hypercalls, answered in the guest: what Kiln's VMM does for each (`kiln_vmm::hypercall`), with
+//! the serial console for output, the TSC for waits, CR3 for TLB flushes and `power` for the end. Every address and
+//! length the library OS gives is checked against the RAM the image has, as the VMM checks them.
+
+use crate::{boot_info, clock, handoff, power, serial, trap};
+use kiln_abi::hypercall::{
+    Hypercall, HypercallBlock, IoSegment, MAX_IO_SEGMENTS, MAX_PANIC_MESSAGE, MAX_WRITE_BYTES, WAIT_FOREVER,
+};
+use kiln_abi::layout::{direct_map, PAGE_SIZE};
+
+const EPERM: i64 = 1;
+const EBADF: i64 = 9;
+const EFAULT: i64 = 14;
+const EINVAL: i64 = 22;
+/// `kiln run`'s code for a deadlocked program (as `timeout` reports a command it had to stop).
+const DEADLOCK_EXIT: u8 = 124;
+
+fn block() -> *mut HypercallBlock {
+    direct_map(handoff().hypercall_block_phys) as *mut HypercallBlock
+}
+
+/// `len` bytes of guest RAM at `phys`, if all of them are RAM.
+fn ram(phys: u64, len: u64) -> Option<&'static [u8]> {
+    let end = phys.checked_add(len)?;
+    if end > boot_info().mem_size {
+        return None;
+    }
+    // SAFETY: inside RAM (checked), which the direct map covers; only read.
+    Some(unsafe { core::slice::from_raw_parts(direct_map(phys) as *const u8, len as usize) })
+}
+
+pub fn handle(nr: u32) {
+    // SAFETY: vCPU 0's block, in the direct map; the library OS waits for the answer.
+    let args = unsafe { core::ptr::read_volatile(block()) }.args;
+    let ret = match Hypercall::from_u32(nr) {
+        Some(Hypercall::Write) => write(args[0], args[1], args[2]),
+        Some(Hypercall::Exit) => exit(args[0], args[1]),
+        Some(Hypercall::Trace) => -EPERM,
+        Some(Hypercall::Panic) => {
+            let message = ram(args[0], args[1].min(MAX_PANIC_MESSAGE)).unwrap_or(b"(message outside RAM)");
+            serial::write_str("kiln: the library OS failed: ");
+            serial::write(message);
+            serial::write_str("\n");
+            power::exit(1)
+        }
+        Some(Hypercall::Deadlock) => {
+            let waits = ram(args[1], args[2].min(MAX_PANIC_MESSAGE)).unwrap_or(b"");
+            serial::write_str("kiln: program deadlocked: ");
+            serial::write_dec(args[0]);
+            serial::write_str(" thread(s) wait with no deadline, and nothing can wake them: ");
+            serial::write(waits);
+            serial::write_str("\n");
+            power::exit(DEADLOCK_EXIT)
+        }
+        Some(Hypercall::Wait) => {
+            wait(args[0]);
+            0
+        }
+        // One vCPU, and no interruptions yet: a kick has no one to wake, a time slice no one to end.
+        Some(Hypercall::Kick | Hypercall::Preempt) => 0,
+        Some(Hypercall::FlushTlb) => {
+            crate::io::flush_tlb();
+            0
+        }
+        Some(Hypercall::FaultUnhandled) => trap::report(&trap::last_fault(), false),
+        Some(Hypercall::Discard) => discard(args[0], args[1]),
+        None => {
+            serial::write_str("kiln: the library OS made an unknown hypercall ");
+            serial::write_dec(u64::from(nr));
+            serial::write_str("\n");
+            power::exit(1)
+        }
+    };
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(&raw mut (*block()).ret, ret) };
+}
+
+fn segments(at: u64, count: u64) -> Option<&'static [IoSegment]> {
+    if count > MAX_IO_SEGMENTS {
+        return None;
+    }
+    let bytes = ram(at, count * core::mem::size_of::<IoSegment>() as u64)?;
+    if !(bytes.as_ptr() as usize).is_multiple_of(core::mem::align_of::<IoSegment>()) {
+        return None;
+    }
+    // SAFETY: in RAM, aligned (checked), and any bytes are a valid IoSegment (two integers).
+    Some(unsafe { core::slice::from_raw_parts(bytes.as_ptr().cast::<IoSegment>(), count as usize) })
+}
+
+/// fd 1 and 2 both go to the console.
+fn write(fd: u64, at: u64, count: u64) -> i64 {
+    if fd != 1 && fd != 2 {
+        return -EBADF;
+    }
+    if count > MAX_IO_SEGMENTS {
+        return -EINVAL;
+    }
+    let Some(list) = segments(at, count) else { return -EFAULT };
+    let mut total = 0u64;
+    for s in list {
+        total = match total.checked_add(s.len) {
+            Some(t) if t <= MAX_WRITE_BYTES => t,
+            _ => return -EINVAL,
+        };
+        if ram(s.phys, s.len).is_none() {
+            return -EFAULT;
+        }
+    }
+    for s in list {
+        serial::write(ram(s.phys, s.len).unwrap_or(&[]));
+    }
+    total as i64
+}
+
+fn exit(code: u64, signal: u64) -> ! {
+    match signal {
+        0 => power::exit((code & 0xff) as u8),
+        1..=64 => {
+            serial::write_str("kiln: program killed by ");
+            serial::write_str(signal_name(signal));
+            serial::write_str("\n");
+            power::exit((128 + signal) as u8)
+        }
+        _ => power::fail("the library OS reported an exit by a signal that does not exist"),
+    }
+}
+
+/// Nothing to run until `ns` from now. One vCPU and no devices yet: nothing but time can end the wait, so it spins on
+/// the TSC (a `hlt` needs a timer interrupt, which is later work); with no deadline it never ends.
+fn wait(ns: u64) {
+    if ns == WAIT_FOREVER {
+        loop {
+            // SAFETY: interrupts are off: the vCPU stops for good, which is what waiting for nothing means.
+            unsafe { core::arch::asm!("hlt", options(nomem, nostack)) };
+        }
+    }
+    let hz = boot_info().tsc_hz;
+    let ticks = (u128::from(ns) * u128::from(hz) / 1_000_000_000) as u64;
+    clock::spin_until(crate::io::rdtsc().saturating_add(ticks));
+}
+
+/// The ranges read as zero from now on: zeroed here (Kiln's VMM gives the host pages back instead).
+fn discard(at: u64, count: u64) -> i64 {
+    let Some(list) = segments(at, count) else { return -EFAULT };
+    let valid = |s: &IoSegment| {
+        s.phys.is_multiple_of(PAGE_SIZE) && s.len.is_multiple_of(PAGE_SIZE) && ram(s.phys, s.len).is_some()
+    };
+    if !list.iter().all(valid) {
+        return -EINVAL;
+    }
+    for s in list {
+        // SAFETY: page-aligned RAM in the direct map (checked), which the library OS gave up.
+        unsafe { core::ptr::write_bytes(direct_map(s.phys) as *mut u8, 0, s.len as usize) };
+    }
+    0
+}
+
+pub fn signal_name(signal: u64) -> &'static str {
+    const NAMES: [&str; 32] = [
+        "signal 0",
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
+    ];
+    NAMES.get(signal as usize).copied().unwrap_or("a real-time signal")
+}

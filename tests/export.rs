@@ -1,0 +1,180 @@
+//! `kiln export --format pvh`: guests built from source, exported, and booted by QEMU (TCG, so no KVM is needed) under
+//! `-M microvm` and `-M q35`, checked for their serial console output and QEMU's exit status. Skipped, saying why,
+//! where `qemu-system-x86_64` is missing (scripts/setup.sh installs Debian's qemu-system-x86).
+
+// The harness serves every suite; this one uses a part of it.
+#[allow(dead_code)]
+mod harness;
+
+use harness::{guests, kiln};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const QEMU: &str = "qemu-system-x86_64";
+/// TCG boots hello in about a second here; a loaded CI machine gets plenty more.
+const QEMU_TIMEOUT: Duration = Duration::from_secs(120);
+/// The exit device as docs/deploy.md gives it: QEMU exits with status `code * 2 + 1`.
+const EXIT_DEVICE: &str = "isa-debug-exit,iobase=0xf4,iosize=0x04";
+
+fn qemu_available() -> bool {
+    let found = Command::new(QEMU).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
+    if found.is_ok_and(|s| s.success()) {
+        return true;
+    }
+    let test = std::thread::current().name().unwrap_or("unnamed").to_string();
+    let _ = writeln!(std::io::stderr(), "{test}: skipped: {QEMU} is not installed (scripts/setup.sh installs it)");
+    false
+}
+
+fn out_dir(test: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("export").join(test);
+    std::fs::create_dir_all(&dir).expect("make the test's directory");
+    dir
+}
+
+/// `kiln export -o DIR/NAME.elf ARGS...`; the image's path.
+fn export(test: &str, args: &[&str]) -> PathBuf {
+    let image = out_dir(test).join("app.elf");
+    kiln().args(["export", "--format", "pvh", "-o"]).arg(&image).args(args).run().assert_code(0);
+    image
+}
+
+struct Boot {
+    /// QEMU's exit status.
+    status: i32,
+    /// The serial console, CR LF made LF.
+    console: String,
+    elapsed: Duration,
+}
+
+/// Boots `image` under QEMU TCG on `machine` with `extra` arguments, to its end.
+fn boot(image: &Path, machine: &str, extra: &[&str]) -> Boot {
+    boot_in(image, machine, "128M", extra)
+}
+
+/// [`boot`] with `memory` of RAM.
+fn boot_in(image: &Path, machine: &str, memory: &str, extra: &[&str]) -> Boot {
+    let mut cmd = Command::new(QEMU);
+    cmd.args(["-M", machine, "-cpu", "max", "-m", memory, "-display", "none", "-no-reboot", "-nodefaults"])
+        .args(["-serial", "stdio"])
+        .arg("-kernel")
+        .arg(image)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = cmd.spawn().expect("start qemu");
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for qemu") {
+            break status;
+        }
+        if start.elapsed() > QEMU_TIMEOUT {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("qemu's output");
+            panic!("QEMU did not finish within {QEMU_TIMEOUT:?}:\n{}", String::from_utf8_lossy(&out.stdout));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let elapsed = start.elapsed();
+    let out = child.wait_with_output().expect("qemu's output");
+    let console = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.trim().is_empty() || !stderr.contains("rror"), "QEMU complained:\n{stderr}");
+    Boot { status: status.code().expect("QEMU exited, not killed"), console, elapsed }
+}
+
+fn hello_lines(argv: &[&str], env: &[&str]) -> Vec<String> {
+    let mut lines = vec!["hello from kiln".to_string(), format!("argc={}", argv.len())];
+    lines.extend(argv.iter().enumerate().map(|(i, a)| format!("argv[{i}]={a}")));
+    lines.extend(env.iter().enumerate().map(|(i, e)| format!("env[{i}]={e}")));
+    lines.push(format!("envc={}", env.len()));
+    let greeting = env.iter().find_map(|e| e.strip_prefix("KILN_GREETING=")).unwrap_or("(unset)");
+    lines.push(format!("KILN_GREETING={greeting}"));
+    lines.push("hello: this line goes to stderr".into());
+    lines
+}
+
+/// The console holds exactly `lines`, in order, after whatever the firmware printed first.
+#[track_caller]
+fn assert_console_ends_with(boot: &Boot, lines: &[String]) {
+    let expected = lines.join("\n") + "\n";
+    assert!(boot.console.ends_with(&expected), "console:\n{}\nexpected it to end with:\n{expected}", boot.console);
+}
+
+#[test]
+fn hello_exports_within_a_mebibyte_and_boots_under_microvm_with_its_exit_code() {
+    if !qemu_available() {
+        return;
+    }
+    let hello = guests::c("hello");
+    let path = hello.to_str().expect("UTF-8 path");
+    let image = export("microvm", &["-e", "KILN_GREETING=hi there", path, "5", "two words"]);
+    let size = std::fs::metadata(&image).expect("the image").len();
+    assert!(size <= 1 << 20, "exported hello is {size} bytes, over the 1 MiB aim");
+    let boot = boot(&image, "microvm", &["-device", EXIT_DEVICE]);
+    assert_console_ends_with(&boot, &hello_lines(&[path, "5", "two words"], &["KILN_GREETING=hi there"]));
+    assert_eq!(boot.status, 5 * 2 + 1, "isa-debug-exit's status for code 5\n{}", boot.console);
+    let _ = writeln!(std::io::stderr(), "exported hello: {size} bytes, booted under microvm TCG in {:?}", boot.elapsed);
+}
+
+#[test]
+fn command_line_replaces_arguments_and_sets_environment_under_q35_without_an_exit_device() {
+    if !qemu_available() {
+        return;
+    }
+    let hello = guests::c("hello");
+    let path = hello.to_str().expect("UTF-8 path");
+    let image = export("q35", &["-e", "LANG=C", "-e", "KILN_GREETING=baked", path, "1"]);
+    // Firecracker's default words are Linux's own and are not the program's environment.
+    let boot = boot(&image, "q35", &["-append", "console=ttyS0 KILN_GREETING=booted -- 9 x"]);
+    let mut lines = hello_lines(&[path, "9", "x"], &["LANG=C", "KILN_GREETING=booted"]);
+    // No exit device: the code on the console's last line, then a power-off or reset, which `-no-reboot` ends.
+    lines.push("kiln: exit 9".into());
+    assert_console_ends_with(&boot, &lines);
+    assert_eq!(boot.status, 0, "{}", boot.console);
+}
+
+#[test]
+fn crash_is_reported_on_the_serial_console() {
+    if !qemu_available() {
+        return;
+    }
+    let crash = guests::c("crash");
+    let image = export("crash", &[crash.to_str().expect("UTF-8 path")]);
+    let boot = boot(&image, "microvm", &["-device", EXIT_DEVICE]);
+    assert!(boot.console.contains("about to crash\n"), "{}", boot.console);
+    assert!(
+        boot.console.contains("kiln: program crashed: SIGSEGV (page fault writing 0x10) at rip 0x"),
+        "{}",
+        boot.console
+    );
+    assert!(!boot.console.contains("still alive"), "{}", boot.console);
+    // 139 (128 + SIGSEGV) through isa-debug-exit: (139 * 2 + 1) mod 256.
+    assert_eq!(boot.status, (139 * 2 + 1) % 256, "{}", boot.console);
+}
+
+#[test]
+fn too_little_memory_is_said_on_the_console() {
+    if !qemu_available() {
+        return;
+    }
+    let hello = guests::c("hello");
+    let image = export("small", &[hello.to_str().expect("UTF-8 path")]);
+    // The boot layout (the main stack is 8 MiB) reaches past 8 MiB.
+    let boot = boot_in(&image, "microvm", "8M", &["-device", EXIT_DEVICE]);
+    assert!(boot.console.contains("kiln: this image needs more RAM than the loader gave"), "{}", boot.console);
+    assert_eq!(boot.status, 3, "{}", boot.console);
+}
+
+#[test]
+fn unsupported_exports_are_refused_in_one_line() {
+    let hello = guests::c("hello");
+    let image = out_dir("refused").join("app.elf");
+    let out = kiln().args(["export", "-m", "1M", "-o"]).arg(&image).arg(&hello).run();
+    assert_eq!(out.code, Some(125), "{}", out.stderr_text());
+    assert!(out.stderr_text().contains("--memory"), "{}", out.stderr_text());
+    assert!(!image.exists(), "nothing is written for a refused export");
+}
