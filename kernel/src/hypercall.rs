@@ -3,7 +3,10 @@
 
 use crate::{cpu, percpu};
 use core::fmt::Write;
-use kiln_abi::hypercall::{Hypercall, HypercallBlock, HYPERCALL_PORT, MAX_PANIC_MESSAGE};
+use kiln_abi::hypercall::{
+    FaultRecord, FaultRegs, Hypercall, HypercallBlock, EXIT_RAISED, FAULT_RECORD_OFFSET, HYPERCALL_PORT,
+    MAX_PANIC_MESSAGE,
+};
 
 pub fn call(nr: Hypercall, args: &[u64]) -> i64 {
     let block = percpu::current().hypercall_block as *mut HypercallBlock;
@@ -21,9 +24,24 @@ pub fn call(nr: Hypercall, args: &[u64]) -> i64 {
 
 /// Ends the VM: the program exited with `code`, or was killed by `signal` if it is not 0.
 pub fn exit(code: u64, signal: u64) -> ! {
+    end(&[code, signal])
+}
+
+/// Ends the VM: the program was killed by `signal`, whose default action dumps core, with these registers of the
+/// thread that raised or took it; the VMM makes its crash report (and core file) from them.
+pub fn exit_dumping_core(signal: u64, regs: FaultRegs) -> ! {
+    let record = FaultRecord { signal, regs, ..FaultRecord::default() };
+    let at = percpu::current().hypercall_block + FAULT_RECORD_OFFSET;
+    // SAFETY: the record's place lies in this vCPU's own hypercall block page (in the direct map), where the VMM
+    // writes fault records; nothing else uses it while this vCPU ends the VM.
+    unsafe { core::ptr::write_volatile(at as *mut FaultRecord, record) };
+    end(&[128 + signal, signal, EXIT_RAISED])
+}
+
+fn end(args: &[u64]) -> ! {
     // Volumes are written back as an unmount would: what the program wrote outlives it even without fsync.
     crate::volume::unmount_all();
-    call(Hypercall::Exit, &[code, signal]);
+    call(Hypercall::Exit, args);
     // The VMM never resumes an exited vCPU; if one did, stay put rather than run on.
     loop {
         core::hint::spin_loop();

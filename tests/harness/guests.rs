@@ -50,6 +50,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("debuggee", "debuggee.c", Link::Static),
     ("backtrace-symbols", "backtrace.c", Link::Static),
     ("backtrace-stripped", "backtrace.c", Link::Static),
+    ("qsortcrash", "qsortcrash.c", Link::Dynamic),
     ("nullread", "nullread.c", Link::Static),
     ("cancel", "cancel.c", Link::Static),
     ("asynccancel", "asynccancel.c", Link::Static),
@@ -223,12 +224,7 @@ const RUST_GLIBC_GUESTS: &[&str] = &["hello", "threads"];
 fn build_rust_glibc() -> Result<PathBuf, String> {
     let out = out_root().join("rust-glibc");
     std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
-    // The rustc of the toolchain whose cargo runs the tests (`cargo test` sets CARGO), else the one on PATH.
-    let rustc = std::env::var_os("CARGO")
-        .map(PathBuf::from)
-        .and_then(|cargo| Some(cargo.parent()?.join("rustc")))
-        .filter(|r| r.is_file())
-        .unwrap_or_else(|| "rustc".into());
+    let rustc = rustc();
     for name in RUST_GLIBC_GUESTS {
         let mut cmd = Command::new(&rustc);
         cmd.args(["-O", "--edition", "2021", "--target", "x86_64-unknown-linux-gnu", "-o"])
@@ -243,6 +239,41 @@ fn build_rust_glibc() -> Result<PathBuf, String> {
         }
     }
     Ok(out)
+}
+
+/// Path of the Rust guest `tests/guests/rust/alone/panic_abort.rs`, built by `rustc` alone for
+/// x86_64-unknown-linux-musl with `-C panic=abort` and line tables (`-g`): a panic aborts, raising SIGABRT.
+#[track_caller]
+pub fn rust_panic_abort() -> PathBuf {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match BUILT.get_or_init(build_rust_panic_abort) {
+        Ok(path) => path.clone(),
+        Err(e) => panic!("building panic_abort failed:\n{e}"),
+    }
+}
+
+fn build_rust_panic_abort() -> Result<PathBuf, String> {
+    let out = out_root().join("rust-alone");
+    std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    let binary = out.join("panic_abort");
+    let mut cmd = Command::new(rustc());
+    cmd.args(["-O", "-g", "-C", "panic=abort", "--edition", "2021", "--target", "x86_64-unknown-linux-musl", "-o"])
+        .arg(&binary)
+        .arg(repo_root().join("tests/guests/rust/alone/panic_abort.rs"));
+    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_RUSTFLAGS", "CARGO_BUILD_TARGET"] {
+        cmd.env_remove(var);
+    }
+    run_build(&mut cmd)?;
+    Ok(binary)
+}
+
+/// The rustc of the toolchain whose cargo runs the tests (`cargo test` sets CARGO), else the one on PATH.
+fn rustc() -> PathBuf {
+    std::env::var_os("CARGO")
+        .map(PathBuf::from)
+        .and_then(|cargo| Some(cargo.parent()?.join("rustc")))
+        .filter(|r| r.is_file())
+        .unwrap_or_else(|| "rustc".into())
 }
 
 const ET_EXEC: u16 = 2;
@@ -280,6 +311,7 @@ fn extra_flags(name: &str) -> &'static [&'static str] {
         "debuggee" => &["-g", "-O0"],
         "backtrace-symbols" => &["-fomit-frame-pointer"],
         "backtrace-stripped" => &["-s"],
+        "qsortcrash" => &["-g"],
         _ => &[],
     }
 }

@@ -28,7 +28,10 @@ pub enum Hypercall {
     /// args: fd (1 = stdout, 2 = stderr), guest-physical address of an [`IoSegment`] array, segment count.
     /// ret: bytes written or a negative errno.
     Write = 1,
-    /// args: exit code, and the number of the signal that killed the program (0 for a normal exit). Does not return.
+    /// args: exit code, the number of the signal that killed the program (0 for a normal exit), and
+    /// [`EXIT_RAISED`] when a signal whose default action dumps core (SIGABRT from `abort()`, SIGQUIT, ...) ended
+    /// it: the vCPU's [`FaultRecord`] then holds that signal and the registers of the thread that raised or took it,
+    /// for the crash report. Does not return.
     Exit = 2,
     /// args: guest-physical address of a [`TraceRecord`]. Sent after each syscall when tracing is on.
     Trace = 3,
@@ -97,6 +100,9 @@ pub struct HypercallBlock {
 /// Where in a vCPU's hypercall block page the VMM writes the [`FaultRecord`] of the program's fault before it
 /// resumes the vCPU at the library OS's `kiln_fault_entry`.
 pub const FAULT_RECORD_OFFSET: u64 = 512;
+
+/// [`Hypercall::Exit`]'s third argument when the vCPU's [`FaultRecord`] describes the signal that ended the program.
+pub const EXIT_RAISED: u64 = 1;
 
 /// [`FaultRecord::signal`] of a program that did not fault but was interrupted (see [`Hypercall::Preempt`]): the
 /// registers are those of the instruction it resumes at, and the library OS delivers its pending signals.

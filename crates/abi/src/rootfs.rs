@@ -59,16 +59,22 @@ pub enum RootfsError {
 
 /// The entries of `image`, in order; stops at the first malformed one.
 pub fn entries(image: &[u8]) -> Result<Entries<'_>, RootfsError> {
-    let magic = image.get(..8);
-    if magic == Some(&MAGIC_V1[..]) {
-        return Ok(Entries { image, at: 8, index_end: image.len(), v1: true });
+    if image.get(..8) == Some(&MAGIC_V1[..]) {
+        return Ok(Entries { image, at: 8, index_end: image.len(), len: image.len(), v1: true });
     }
-    if magic != Some(&MAGIC[..]) {
+    entries_of_index(image, image.len())
+}
+
+/// The entries of a version 2 image `len` bytes long of which `head` holds the first bytes, at least up to its
+/// [`index_end`] (all headers and paths lie before it): what the host reads of an image in guest memory to find a
+/// file without copying the rest.
+pub fn entries_of_index(head: &[u8], len: usize) -> Result<Entries<'_>, RootfsError> {
+    if head.get(..8) != Some(&MAGIC[..]) {
         return Err(RootfsError::BadMagic);
     }
-    match u64_at(image, 8).and_then(|end| usize::try_from(end).ok()) {
-        Some(end) if (PREFIX_LEN..=image.len()).contains(&end) => {
-            Ok(Entries { image, at: PREFIX_LEN, index_end: end, v1: false })
+    match u64_at(head, 8).and_then(|end| usize::try_from(end).ok()) {
+        Some(end) if (PREFIX_LEN..=head.len().min(len)).contains(&end) => {
+            Ok(Entries { image: head, at: PREFIX_LEN, index_end: end, len, v1: false })
         }
         _ => Err(RootfsError::BadEntry(8)),
     }
@@ -78,6 +84,8 @@ pub struct Entries<'a> {
     image: &'a [u8],
     at: usize,
     index_end: usize,
+    /// The whole image's length (the data may lie beyond `image`).
+    len: usize,
     v1: bool,
 }
 
@@ -111,11 +119,11 @@ impl<'a> Iterator for Entries<'a> {
         let (data_offset, data_len, next, data_ok) = if self.v1 {
             let data_len = u64_at(header, 16).unwrap_or(u64::MAX) as usize;
             let end = path_end.saturating_add(padded(data_len));
-            (path_end, data_len, end, end <= self.image.len())
+            (path_end, data_len, end, end <= self.len)
         } else {
             let data_offset = u64_at(header, 16).unwrap_or(u64::MAX) as usize;
             let data_len = u64_at(header, 24).unwrap_or(u64::MAX) as usize;
-            let ok = data_offset >= self.index_end && data_offset.saturating_add(data_len) <= self.image.len();
+            let ok = data_offset >= self.index_end && data_offset.saturating_add(data_len) <= self.len;
             (data_offset, data_len, path_end, ok && path_end <= self.index_end)
         };
         let path = self.image.get(path_at..path_at.saturating_add(path_len)).and_then(|p| core::str::from_utf8(p).ok());
@@ -163,6 +171,17 @@ mod tests {
         out.resize(data_start, 0);
         out.extend(data);
         out
+    }
+
+    #[test]
+    fn the_index_alone_finds_the_data_beyond_it() {
+        let image = image(&[(KIND_FILE, "/lib/libc.so.6", b"\x7fELF...")]);
+        let head = &image[..index_end(&image)];
+        let file = entries_of_index(head, image.len()).unwrap().next().unwrap().unwrap();
+        assert_eq!(&image[file.data_offset..][..file.data_len], b"\x7fELF...");
+        // The data must still lie within the image's length.
+        assert!(entries_of_index(head, file.data_offset).unwrap().next().unwrap().is_err());
+        assert!(entries_of_index(&head[..20], image.len()).is_err(), "the index is cut short");
     }
 
     #[test]

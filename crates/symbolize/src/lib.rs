@@ -5,18 +5,18 @@
 //! the `object`, `gimli` and `addr2line` crates'; what is here is the walk and the wording.
 
 mod program;
+mod prologue;
 mod report;
 mod stack;
 mod unwind;
 
-pub use program::{Program, ProgramError};
+pub use program::{AddressSpace, Program, ProgramError};
 pub use report::{Backtrace, Frame};
 pub use stack::{Registers, StackCopy};
 pub use unwind::MAX_FRAMES;
 
-/// The backtrace of the thread whose `registers` and `stack` these are, in `program` loaded at `bias` (0 for a
-/// position-dependent executable).
-pub fn backtrace(program: &Program, registers: Registers, stack: &StackCopy) -> Backtrace {
-    let addresses = unwind::walk(program, registers, stack);
-    report::name(program, &addresses)
+/// The backtrace of the thread whose `registers` and `stack` these are, in the objects of `space`.
+pub fn backtrace(space: &AddressSpace, registers: Registers, stack: &StackCopy) -> Backtrace {
+    let addresses = unwind::walk(space, registers, stack);
+    report::name(space, &addresses)
 }

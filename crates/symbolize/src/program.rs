@@ -1,8 +1,9 @@
-//! The program's ELF as the backtrace needs it: where it was loaded, its call-frame information, its DWARF and its
-//! symbols.
+//! An ELF object of the crashed program (the program, or a shared object its loader mapped) as the backtrace needs
+//! it: where it was loaded, its call-frame information, its DWARF and its symbols. [`AddressSpace`] holds them all
+//! and says which covers an address.
 
 use gimli::{BaseAddresses, EhFrame, EndianArcSlice, LittleEndian, SectionId};
-use object::{Object, ObjectKind, ObjectSection, ObjectSymbol, SymbolKind};
+use object::{Object, ObjectKind, ObjectSection, ObjectSegment, ObjectSymbol, SectionKind, SymbolKind};
 use std::sync::Arc;
 
 type Reader = EndianArcSlice<LittleEndian>;
@@ -11,8 +12,6 @@ type Reader = EndianArcSlice<LittleEndian>;
 pub enum ProgramError {
     #[error("cannot read the program's ELF: {0}")]
     Elf(#[from] object::Error),
-    #[error("the program is loaded by its dynamic loader at an address Kiln does not track")]
-    LoadedByItsLoader,
 }
 
 /// A function in the symbol table: `[start, start + size)` in link-time addresses.
@@ -23,24 +22,37 @@ struct Symbol {
 }
 
 pub struct Program {
+    /// What frames in it say they are in (`libc.so.6`); empty for the program itself.
+    name: String,
     /// Added to link-time addresses to get guest addresses.
     bias: u64,
+    /// The guest addresses its loadable segments cover.
+    range: std::ops::Range<u64>,
     eh_frame: Option<(EhFrame<Reader>, BaseAddresses)>,
     dwarf: Option<addr2line::Context<Reader>>,
     /// Sorted by start.
     symbols: Vec<Symbol>,
+    /// The executable sections' bytes by link-time address, for reading prologues.
+    code: Vec<(u64, Arc<[u8]>)>,
 }
 
 impl Program {
-    /// Reads `elf`; `pie_base` is where a position-independent program without a dynamic loader was loaded.
-    pub fn parse(elf: &[u8], pie_base: u64) -> Result<Self, ProgramError> {
-        let file = object::File::parse(elf)?;
-        let has_interp = file.sections().any(|s| s.name() == Ok(".interp"));
-        let bias = match file.kind() {
+    /// The bias of the program `elf` when a position-independent one is loaded at `pie_base` (0 for a
+    /// position-dependent one).
+    pub fn bias(elf: &[u8], pie_base: u64) -> Result<u64, ProgramError> {
+        Ok(match object::File::parse(elf)?.kind() {
             ObjectKind::Executable => 0,
-            ObjectKind::Dynamic if has_interp => return Err(ProgramError::LoadedByItsLoader),
             _ => pie_base,
-        };
+        })
+    }
+
+    /// Reads `elf`, loaded with `bias` added to its addresses; frames in it say they are in `name` (empty: the
+    /// program).
+    pub fn parse(elf: &[u8], bias: u64, name: &str) -> Result<Self, ProgramError> {
+        let file = object::File::parse(elf)?;
+        let start = file.segments().map(|s| s.address()).min().unwrap_or(0);
+        let end = file.segments().map(|s| s.address().saturating_add(s.size())).max().unwrap_or(0);
+        let range = bias.wrapping_add(start)..bias.wrapping_add(end);
         let section = |name: &str| {
             let section = file.section_by_name(name)?;
             let data = section.uncompressed_data().ok()?;
@@ -66,13 +78,26 @@ impl Program {
                 sections.ok().and_then(|dwarf| addr2line::Context::from_dwarf(dwarf).ok())
             }
         };
+        // A stripped library keeps its exported functions (`.dynsym`): `qsort` in libc.so.6.
         let mut symbols: Vec<Symbol> = file
             .symbols()
+            .chain(file.dynamic_symbols())
             .filter(|s| s.kind() == SymbolKind::Text && s.address() != 0)
             .filter_map(|s| Some(Symbol { start: s.address(), size: s.size(), name: s.name().ok()?.to_string() }))
             .collect();
         symbols.sort_by_key(|s| s.start);
-        Ok(Program { bias, eh_frame, dwarf, symbols })
+        symbols.dedup_by_key(|s| s.start);
+        let code = file
+            .sections()
+            .filter(|s| s.kind() == SectionKind::Text)
+            .filter_map(|s| Some((s.address(), Arc::from(&*s.uncompressed_data().ok()?))))
+            .collect();
+        Ok(Program { name: name.to_string(), bias, range, eh_frame, dwarf, symbols, code })
+    }
+
+    /// What frames in it say they are in; empty for the program itself.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The link-time address of guest address `addr` (none below the load base).
@@ -98,10 +123,38 @@ impl Program {
         !self.symbols.is_empty()
     }
 
+    /// The code from link-time address `start` to the end of its section.
+    pub(crate) fn code_from(&self, start: u64) -> Option<&[u8]> {
+        let (address, bytes) = self.code.iter().find(|(a, b)| (*a..*a + b.len() as u64).contains(&start))?;
+        bytes.get(usize::try_from(start - address).ok()?..)
+    }
+
     /// The function symbol that covers link-time address `addr`, and where it starts.
     pub(crate) fn symbol(&self, addr: u64) -> Option<(&str, u64)> {
         let after = self.symbols.partition_point(|s| s.start <= addr);
         let symbol = self.symbols[..after].iter().rev().take(8).find(|s| addr - s.start < s.size.max(1))?;
         Some((&symbol.name, symbol.start))
+    }
+}
+
+/// The crashed program's objects: the program, and the shared objects its loader mapped.
+pub struct AddressSpace {
+    objects: Vec<Program>,
+}
+
+impl AddressSpace {
+    /// The program first: an address no object's segments cover is looked up in it.
+    pub fn new(objects: Vec<Program>) -> Self {
+        AddressSpace { objects }
+    }
+
+    /// The object whose segments cover guest address `addr`.
+    pub(crate) fn object_at(&self, addr: u64) -> Option<&Program> {
+        self.objects.iter().find(|o| o.range.contains(&addr)).or_else(|| self.objects.first())
+    }
+
+    /// Whether no object has line information or function symbols.
+    pub(crate) fn unnamed(&self) -> bool {
+        self.objects.iter().all(|o| !o.has_debug_info() && !o.has_symbols())
     }
 }

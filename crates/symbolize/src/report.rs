@@ -1,6 +1,6 @@
 //! Names for the walk's addresses, and how the backtrace reads: one line a frame, indented below the crash headline.
 
-use crate::program::Program;
+use crate::program::{AddressSpace, Program};
 use std::fmt;
 
 /// One function at one address: a physical frame, or one inlined into it.
@@ -13,6 +13,8 @@ pub struct Frame {
     pub location: Option<String>,
     /// Inlined into the next frame listed (same address).
     pub inlined: bool,
+    /// The shared object it is in (`libc.so.6`); None in the program itself.
+    pub object: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +33,9 @@ impl Frame {
         }
         if let Some(location) = &self.location {
             text += &format!(" ({location})");
+        }
+        if let Some(object) = &self.object {
+            text += &format!(" from {object}");
         }
         text
     }
@@ -59,18 +64,20 @@ impl fmt::Display for Backtrace {
 }
 
 /// Names `addresses` (the faulting `%rip` first, then return addresses).
-pub(crate) fn name(program: &Program, addresses: &[u64]) -> Backtrace {
+pub(crate) fn name(space: &AddressSpace, addresses: &[u64]) -> Backtrace {
     let mut frames = Vec::new();
     for (i, &address) in addresses.iter().enumerate() {
         // A return address is just past its call: name the call.
         let probe = if i == 0 { address } else { address.wrapping_sub(1) };
-        let named = program.link_address(probe).map(|link| named(program, address, link)).unwrap_or_default();
+        let program = space.object_at(probe);
+        let object = program.map(|p| p.name().to_string()).filter(|n| !n.is_empty());
+        let named = program.and_then(|p| Some(named(p, address, p.link_address(probe)?))).unwrap_or_default();
         match named.is_empty() {
-            true => frames.push(Frame { address, function: None, location: None, inlined: false }),
-            false => frames.extend(named),
+            true => frames.push(Frame { address, function: None, location: None, inlined: false, object }),
+            false => frames.extend(named.into_iter().map(|frame| Frame { object: object.clone(), ..frame })),
         }
     }
-    Backtrace { frames, no_symbols: !program.has_debug_info() && !program.has_symbols() }
+    Backtrace { frames, no_symbols: space.unnamed() }
 }
 
 /// The DWARF frames at `link` (innermost inlined function first), else its symbol.
@@ -85,7 +92,7 @@ fn named(program: &Program, address: u64, link: u64) -> Vec<Frame> {
                 }
                 let function = frame.function.as_ref().and_then(|f| f.demangle().ok()).map(|n| n.into_owned());
                 let location = frame.location.as_ref().and_then(|l| Some(format!("{}:{}", l.file?, l.line?)));
-                frames.push(Frame { address, function, location, inlined: true });
+                frames.push(Frame { address, function, location, inlined: true, object: None });
             }
         }
     }
@@ -102,9 +109,9 @@ fn named(program: &Program, address: u64, link: u64) -> Vec<Frame> {
             let offset = program.link_address(address).unwrap_or(link).wrapping_sub(start);
             let name = addr2line::demangle_auto(symbol.into(), None);
             let function = Some(if offset == 0 { name.into_owned() } else { format!("{name}+{offset:#x}") });
-            vec![Frame { address, function, location, inlined: false }]
+            vec![Frame { address, function, location, inlined: false, object: None }]
         }
-        None if location.is_some() => vec![Frame { address, function: None, location, inlined: false }],
+        None if location.is_some() => vec![Frame { address, function: None, location, inlined: false, object: None }],
         None => Vec::new(),
     }
 }

@@ -1,10 +1,12 @@
 //! The walk up the crashed thread's stack. At each frame the program's call-frame information (`.eh_frame`) says
 //! where the caller's return address and `%rbp` are, exactly, at any instruction (a frame pointer is only right once
-//! the prologue has run); where no FDE covers the address, or its rule needs a DWARF expression, the frame pointer
-//! chain is followed instead. Only the stack copy is read: a value outside it, a stack that does not grow towards
-//! the caller, a zero return address or [`MAX_FRAMES`] frames end the walk.
+//! the prologue has run); where no FDE covers the address, or its rule needs a DWARF expression, the function's
+//! prologue is read (`prologue`), and failing that the frame pointer chain is followed. Only the stack copy is
+//! read: a value outside it, a stack that does not grow towards the caller, a zero return address or
+//! [`MAX_FRAMES`] frames end the walk.
 
-use crate::program::Program;
+use crate::program::{AddressSpace, Program};
+use crate::prologue;
 use crate::stack::{Registers, StackCopy};
 use gimli::{CfaRule, RegisterRule, UnwindContext, UnwindSection, X86_64};
 
@@ -12,17 +14,21 @@ use gimli::{CfaRule, RegisterRule, UnwindContext, UnwindSection, X86_64};
 pub const MAX_FRAMES: usize = 64;
 
 /// The addresses of the thread's frames, innermost first: the faulting `%rip`, then return addresses.
-pub(crate) fn walk(program: &Program, registers: Registers, stack: &StackCopy) -> Vec<u64> {
+pub(crate) fn walk(space: &AddressSpace, registers: Registers, stack: &StackCopy) -> Vec<u64> {
     let mut frames = vec![registers.rip];
     let mut context = Box::new(UnwindContext::new());
     let mut now = registers;
     while frames.len() < MAX_FRAMES {
         // A return address is just past its call, which may be the last instruction of a function: look up the call.
         let probe = if frames.len() == 1 { now.rip } else { now.rip.wrapping_sub(1) };
-        let caller = match cfi_step(program, &mut context, probe, now, stack) {
-            Step::Caller(caller) => Some(caller),
-            Step::Outermost => None,
-            Step::Unknown => frame_pointer_step(now, stack),
+        let step = space.object_at(probe).map(|program| (program, cfi_step(program, &mut context, probe, now, stack)));
+        let caller = match step {
+            Some((_, Step::Caller(caller))) => Some(caller),
+            Some((_, Step::Outermost)) => None,
+            Some((program, Step::Unknown)) => {
+                prologue_step(program, now, probe, stack).or_else(|| frame_pointer_step(now, stack))
+            }
+            None => frame_pointer_step(now, stack),
         };
         let Some(caller) = caller.filter(|c| c.rip != 0 && c.rsp > now.rsp) else { break };
         frames.push(caller.rip);
@@ -79,6 +85,24 @@ fn cfi_step(
     Step::Caller(Registers { rip, rsp: cfa, rbp: rbp.unwrap_or(now.rbp) })
 }
 
+/// The caller of a function that no CFI covers, from what its prologue did (see `prologue`).
+fn prologue_step(program: &Program, now: Registers, probe: u64, stack: &StackCopy) -> Option<Registers> {
+    let (_, start) = program.symbol(program.link_address(probe)?)?;
+    let code = program.code_from(start)?;
+    let at = program.link_address(now.rip)?;
+    match prologue::analyze(code, start, at)? {
+        prologue::Frame::FramePointer => frame_pointer_step(now, stack),
+        prologue::Frame::Depth { depth, rbp_at } => {
+            let slot = now.rsp.checked_add(depth)?;
+            let rbp = match rbp_at {
+                Some(below) => stack.word(slot.checked_sub(below)?)?,
+                None => now.rbp,
+            };
+            Some(Registers { rip: stack.word(slot)?, rsp: slot.checked_add(8)?, rbp })
+        }
+    }
+}
+
 /// `%rbp` points at the saved `%rbp`, with the return address above it (the System V frame layout).
 fn frame_pointer_step(now: Registers, stack: &StackCopy) -> Option<Registers> {
     if now.rbp < now.rsp {
@@ -117,8 +141,8 @@ mod tests {
         // A hostile stack whose frame pointer points at itself: the walk must not follow it forever.
         let (start, bytes) = words(0x1000, &[0x1000, 0x4242]);
         let stack = StackCopy { start, bytes: &bytes };
-        let program = Program::parse(&empty_elf(), 0).unwrap();
-        let frames = walk(&program, Registers { rip: 0x4000, rsp: 0x1000, rbp: 0x1000 }, &stack);
+        let space = AddressSpace::new(vec![Program::parse(&empty_elf(), 0, "").unwrap()]);
+        let frames = walk(&space, Registers { rip: 0x4000, rsp: 0x1000, rbp: 0x1000 }, &stack);
         assert_eq!(frames, [0x4000, 0x4242], "the second step would not move up the stack");
     }
 

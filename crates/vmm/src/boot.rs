@@ -4,6 +4,7 @@
 
 use crate::arch::{gdt, trap_page};
 use crate::elf::ElfImage;
+use crate::link_map::RootfsInRam;
 use crate::loader::{self, LoadedProgram, LoaderError, PreparedProgram};
 use crate::memory::{BootAllocator, GuestRam, HugePages, MemoryError};
 use crate::rootfs_image::{MappedImage, Rootfs};
@@ -115,6 +116,8 @@ pub struct BootState {
     /// The vDSO's functions in the library OS: the program's code as far as faults go.
     pub vdso_code: Vec<std::ops::Range<u64>>,
     pub program: LoadedProgram,
+    /// Where the root filesystem image lies in guest RAM.
+    pub rootfs: RootfsInRam,
 }
 
 /// Stack size of the program's main thread: 8 MiB as Linux's default limit, less in small VMs.
@@ -366,6 +369,7 @@ pub fn build_from(
         kernel_span: kernel.span.clone(),
         vdso_code: if sysinfo_ehdr != 0 { kernel.vdso.clone() } else { Vec::new() },
         program: loaded,
+        rootfs: RootfsInRam { phys: rootfs_phys, len: rootfs_len },
     })
 }
 

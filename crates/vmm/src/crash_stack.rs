@@ -3,7 +3,7 @@
 //! and names the frames later from the program's ELF (`kiln-symbolize`); the VMM only copies bytes, bounded.
 
 use crate::memory::GuestRam;
-use kiln_abi::paging;
+use crate::user_memory;
 
 /// At most this much stack is copied: deep enough for a few dozen ordinary frames, small enough to copy at every
 /// crash without notice.
@@ -19,33 +19,9 @@ pub struct CrashStack {
     pub bytes: Vec<u8>,
 }
 
-struct Ram<'a>(&'a GuestRam);
-
-impl paging::PhysMemory for Ram<'_> {
-    fn read_u64(&self, phys: u64) -> u64 {
-        // A page-table pointer outside RAM reads as "not present".
-        self.0.read_obj(phys).unwrap_or(0)
-    }
-    fn write_u64(&mut self, _: u64, _: u64) {}
-}
-
 /// Copies the stack of a thread stopped at `rip` with `rsp` and `rbp`, in the address space rooted at `pml4`. It
 /// stops at the first page that is unmapped, not user-accessible or outside RAM: a hostile or broken `%rsp` gives a
 /// short (or empty) copy, never an error.
 pub fn capture(ram: &GuestRam, pml4: u64, rip: u64, rsp: u64, rbp: u64) -> CrashStack {
-    let mut bytes = Vec::new();
-    let mut at = rsp;
-    while (bytes.len() as u64) < MAX_STACK_COPY {
-        let Some(t) = paging::translate(&Ram(ram), pml4, at).filter(|t| t.user) else { break };
-        let want = t.bytes_left_in_page.min(MAX_STACK_COPY - bytes.len() as u64) as usize;
-        let start = bytes.len();
-        bytes.resize(start + want, 0);
-        if ram.read(t.phys, &mut bytes[start..]).is_err() {
-            bytes.truncate(start);
-            break;
-        }
-        let Some(next) = at.checked_add(want as u64) else { break };
-        at = next;
-    }
-    CrashStack { rip, rsp, rbp, bytes }
+    CrashStack { rip, rsp, rbp, bytes: user_memory::read(ram, pml4, rsp, MAX_STACK_COPY as usize) }
 }

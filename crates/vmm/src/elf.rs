@@ -69,6 +69,9 @@ pub struct ElfImage {
     pub needed: Vec<String>,
     /// Where it says its libraries are (`DT_RUNPATH`, else `DT_RPATH`), `$ORIGIN` not yet expanded.
     pub runpath: Vec<String>,
+    /// Where its dynamic section is once loaded (before adding the load base), if it has one (`PT_DYNAMIC`): its
+    /// loader's `DT_DEBUG` entry there leads to the list of loaded objects.
+    pub dynamic_vaddr: Option<u64>,
 }
 
 impl ElfImage {
@@ -167,6 +170,11 @@ impl ElfImage {
             interpreter,
             needed,
             runpath,
+            dynamic_vaddr: elf
+                .program_headers
+                .iter()
+                .find(|p| p.p_type == goblin::elf::program_header::PT_DYNAMIC)
+                .map(|p| p.p_vaddr),
         })
     }
 

@@ -12,15 +12,27 @@ use kvm_bindings::{kvm_regs, kvm_sregs};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Signal {
+    Sigquit = 3,
     Sigill = 4,
     Sigtrap = 5,
+    Sigabrt = 6,
     Sigbus = 7,
     Sigfpe = 8,
     Sigsegv = 11,
+    Sigxcpu = 24,
+    Sigxfsz = 25,
     Sigsys = 31,
 }
 
 impl Signal {
+    /// The signals whose default action dumps core, by number.
+    pub fn dumping_core(number: u64) -> Option<Self> {
+        use Signal::*;
+        [Sigquit, Sigill, Sigtrap, Sigabrt, Sigbus, Sigfpe, Sigsegv, Sigxcpu, Sigxfsz, Sigsys]
+            .into_iter()
+            .find(|&s| s as u64 == number)
+    }
+
     pub fn name(self) -> String {
         crate::signal::signal_name(self as u32)
     }
@@ -34,11 +46,16 @@ impl Signal {
 #[derive(Clone, Debug)]
 pub struct CrashReport {
     pub signal: Signal,
-    /// Why, in a few words: "page fault writing 0x10".
+    /// Why, in a few words: "page fault writing 0x10"; empty for a signal the program raised (`abort()`).
     pub reason: String,
     pub rip: u64,
     pub rsp: u64,
     pub rbp: u64,
+    /// Every general register of the crashed thread, `rip` included (for a core file).
+    pub regs: FaultRegs,
+    /// The shared objects the program's dynamic loader had mapped (the program first), with their files: filled
+    /// with the stack.
+    pub objects: Vec<crate::link_map::LoadedObject>,
     /// The crashed thread's stack, for a backtrace: filled when the report becomes the VM's outcome (a fault a
     /// handler of the program's takes needs none).
     pub stack: Option<crate::crash_stack::CrashStack>,
@@ -101,7 +118,10 @@ impl CrashReport {
 
 impl std::fmt::Display for CrashReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({}) at rip {:#x}", self.signal.name(), self.reason, self.rip)
+        match self.reason.is_empty() {
+            true => write!(f, "{} at rip {:#x}", self.signal.name(), self.rip),
+            false => write!(f, "{} ({}) at rip {:#x}", self.signal.name(), self.reason, self.rip),
+        }
     }
 }
 
@@ -192,6 +212,8 @@ pub fn diagnose(ram: &GuestRam, layout: &GuestLayout, how: &str, regs: &kvm_regs
         rip,
         rsp: regs.rsp,
         rbp: regs.rbp,
+        regs: FaultRegs { rip, ..registers(regs) },
+        objects: Vec::new(),
         stack: None,
         fault: None,
     };
@@ -336,6 +358,8 @@ pub fn breakpoint(regs: &kvm_regs) -> CrashReport {
         rip: at,
         rsp: regs.rsp,
         rbp: regs.rbp,
+        regs: FaultRegs { rip: at, ..registers(regs) },
+        objects: Vec::new(),
         stack: None,
         fault: None,
     };
@@ -352,6 +376,24 @@ pub fn record(signal: Signal, fault: &FaultInfo, regs: &kvm_regs) -> FaultRecord
         error: fault.error,
         regs: FaultRegs { rip: fault.resume_rip, ..registers(regs) },
     }
+}
+
+/// The crash report of a signal that dumps core, which the program raised (`abort()`) or took, from the library OS's
+/// `record` of it (see `Hypercall::Exit`); None for a signal that does not dump core.
+pub fn raised(record: &FaultRecord) -> Option<CrashReport> {
+    let r = record.regs;
+    let signal = Signal::dumping_core(record.signal)?;
+    Some(CrashReport {
+        signal,
+        reason: String::new(),
+        rip: r.rip,
+        rsp: r.rsp,
+        rbp: r.rbp,
+        regs: r,
+        objects: Vec::new(),
+        stack: None,
+        fault: None,
+    })
 }
 
 /// The vCPU's general registers, as a [`FaultRecord`] holds them.

@@ -6,7 +6,8 @@ use crate::park::Parker;
 use crate::syscall_names::syscall_name;
 use crate::vm::Console;
 use kiln_abi::hypercall::{
-    Hypercall, MAX_IO_SEGMENTS, MAX_PANIC_MESSAGE, MAX_WRITE_BYTES, SYSCALL_SLOTS, WAIT_FOREVER,
+    FaultRecord, Hypercall, EXIT_RAISED, FAULT_RECORD_OFFSET, MAX_IO_SEGMENTS, MAX_PANIC_MESSAGE, MAX_WRITE_BYTES,
+    SYSCALL_SLOTS, WAIT_FOREVER,
 };
 
 /// What the run loop does next.
@@ -16,6 +17,9 @@ pub enum Action {
     Exit(i32),
     /// The program was ended by this signal's default action.
     Killed(u32),
+    /// The program was ended by a signal whose default action dumps core: the record says which, with the registers
+    /// of the thread that raised or took it.
+    Raised(FaultRecord),
     /// Every one of this many threads waits and nothing can wake any; what each waits on.
     Deadlocked(u64, String),
     /// Every vCPU must drop its cached translations; then the caller gets [`answer`]ed.
@@ -63,6 +67,10 @@ pub fn handle(
         Some(Hypercall::Exit) => {
             return match args[1] {
                 0 => Action::Exit((args[0] & 0xff) as i32),
+                signal @ 1..=64 if args[2] == EXIT_RAISED => match raised(ram, block, signal) {
+                    Some(record) => Action::Raised(record),
+                    None => Action::Killed(signal as u32),
+                },
                 signal @ 1..=64 => Action::Killed(signal as u32),
                 other => Action::Stop(format!("the guest reported an exit by signal {other}, which does not exist")),
             };
@@ -137,6 +145,17 @@ pub fn handle(
         None => return Action::Stop(format!("the guest made an unknown hypercall {nr}")),
     };
     answer(ram, block, ret)
+}
+
+/// The record of the signal `signal` that ended the program, next to the hypercall block at `block`: None if it is
+/// outside RAM or names another signal.
+fn raised(ram: &GuestRam, block: u64, signal: u64) -> Option<FaultRecord> {
+    let page = block & !(kiln_abi::layout::PAGE_SIZE - 1);
+    let bytes = ram.read_vec(page.checked_add(FAULT_RECORD_OFFSET)?, std::mem::size_of::<FaultRecord>() as u64).ok()?;
+    // SAFETY: `bytes` holds size_of::<FaultRecord>() bytes, and FaultRecord is repr(C) of u64/i64 fields only, for
+    // which every bit pattern is a value; read_unaligned needs no alignment.
+    let record: FaultRecord = unsafe { bytes.as_ptr().cast::<FaultRecord>().read_unaligned() };
+    (record.signal == signal).then_some(record)
 }
 
 /// Writes the result of the hypercall whose block is at `block`; the vCPU resumes.
@@ -307,6 +326,16 @@ mod tests {
         assert_eq!(handle(&ram, 0x1000, 2, &Captured::default()), Action::Killed(6));
         put_u64s(&ram, 0x1000, &[0, 1000]);
         assert!(matches!(handle(&ram, 0x1000, 2, &Captured::default()), Action::Stop(_)));
+        // abort(): the record next to the block holds SIGABRT and the registers of the thread that raised it.
+        let regs = kiln_abi::hypercall::FaultRegs { rip: 0x401234, ..Default::default() };
+        let record = FaultRecord { signal: 6, regs, ..FaultRecord::default() };
+        let words = [6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x401234, 0];
+        put_u64s(&ram, 0x1000 + FAULT_RECORD_OFFSET, &words);
+        put_u64s(&ram, 0x1000, &[134, 6, EXIT_RAISED]);
+        assert_eq!(handle(&ram, 0x1000, 2, &Captured::default()), Action::Raised(record));
+        // A record naming another signal than the exit's is not believed.
+        put_u64s(&ram, 0x1000, &[139, 11, EXIT_RAISED]);
+        assert_eq!(handle(&ram, 0x1000, 2, &Captured::default()), Action::Killed(11));
     }
 
     #[test]

@@ -124,6 +124,8 @@ pub struct LoadedProgram {
     /// Where the relocated sites' stubs are mapped (empty if there are none).
     pub stubs: std::ops::Range<u64>,
     pub report: RewriteReport,
+    /// Where its dynamic section is, if it has one (see [`ElfImage::dynamic_vaddr`]).
+    pub dynamic: Option<u64>,
 }
 
 /// Maps `[vaddr, vaddr+len)` to the physical block at `phys` with `flags`.
@@ -307,6 +309,7 @@ pub fn load_program(
         break_mapped_end,
         stubs,
         report,
+        dynamic: elf.dynamic_vaddr.map(|d| base + d),
     })
 }
 

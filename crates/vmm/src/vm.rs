@@ -15,6 +15,7 @@ use crate::host_signals::{Forwarder, HostSignals};
 use crate::hypercall::{self, Action};
 use crate::kick::Kicker;
 use crate::kvm_stats::FaultCounter;
+use crate::link_map::{self, RootfsInRam};
 use crate::loader::{self, PreparedProgram};
 use crate::memory::{GuestRam, MemoryError};
 use crate::netcard::{NetCard, NetConfig};
@@ -24,6 +25,7 @@ use crate::rewrite::{RewriteReport, SiteCounts};
 use crate::rewrite_cache::RewriteCache;
 use crate::rootfs_image::Rootfs;
 use crate::shootdown::Shootdown;
+use crate::stub_return;
 use crate::virtio::blk::{Blk, BlkStats};
 use crate::virtio::net::NetStats;
 use kiln_abi::boot::{NetInfo, VolumeInfo, MAX_VOLUMES, MOUNT_PATH_MAX};
@@ -141,13 +143,14 @@ pub struct VmConfig {
 pub enum Outcome {
     /// The program called exit/exit_group.
     Exited(i32),
-    /// The program was ended by a signal it sent itself (e.g. SIGABRT from `abort()`).
+    /// The program was ended by the default action of a signal that does not dump core (SIGTERM, SIGPIPE, ...).
     Killed(u32),
     /// Every thread of the program waits and nothing can wake any (natively it would hang forever): how many threads
     /// and what each waits on.
     Deadlocked { threads: u64, waits: String },
-    /// The vCPU died on a fault or an unrewritten syscall.
-    Crashed(CrashReport),
+    /// The vCPU died on a fault or an unrewritten syscall, or a signal that dumps core ended the program (SIGABRT
+    /// from `abort()`).
+    Crashed(Box<CrashReport>),
     /// The program did not take a stop signal from the host (SIGINT, SIGTERM, SIGQUIT) within the grace period
     /// (see [`crate::host_signals`]), so the VMM ended it: the signal, and the grace it had.
     SignalUntaken { signal: u32, grace: std::time::Duration },
@@ -208,6 +211,9 @@ pub(crate) struct Shared {
     vdso_code: Vec<std::ops::Range<u64>>,
     /// Syscall sites rewritten in place (`call *%rax` into page 0), sorted, for crash reports.
     syscall_sites: Vec<u64>,
+    /// The program's dynamic section and the root filesystem in RAM: a crash report's shared objects.
+    program_dynamic: Option<u64>,
+    rootfs: RootfsInRam,
     net: Option<NetCard>,
     disks: Vec<(String, Disk)>,
     /// Whether the user asked for `--trace-syscalls` (else the guest's trace hypercalls are refused).
@@ -460,6 +466,8 @@ impl Vm {
             kernel_span: boot.kernel_span.clone(),
             vdso_code: boot.vdso_code.clone(),
             syscall_sites,
+            program_dynamic: boot.program.dynamic,
+            rootfs: boot.rootfs,
             net: config.net.map(|n| NetCard::new(n.backend, n.mac, boot::net_mmio_phys(memory))),
             disks: blks
                 .into_iter()
@@ -787,6 +795,13 @@ fn run_vcpu(
                     },
                     Action::Exit(code) => Outcome::Exited(code),
                     Action::Killed(signal) => Outcome::Killed(signal),
+                    Action::Raised(record) => {
+                        let regs = stub_return::leave(&shared.ram, shared.pml4, record.regs, &shared.kernel_span);
+                        match fault::raised(&FaultRecord { regs, ..record }) {
+                            Some(report) => Outcome::Crashed(with_stack(shared, report)),
+                            None => Outcome::Killed(record.signal as u32),
+                        }
+                    }
                     Action::Deadlocked(threads, waits) => Outcome::Deadlocked { threads, waits },
                     Action::Stop(why) => Outcome::Stopped(why),
                 }
@@ -1095,10 +1110,17 @@ fn crash(vcpu: &VcpuFd, shared: &Shared, how: &'static str) -> CrashReport {
     fault::diagnose(&shared.ram, &layout, how, &regs, &sregs)
 }
 
-/// `report` with the crashed thread's stack copied, for the backtrace the user reads.
-fn with_stack(shared: &Shared, mut report: CrashReport) -> CrashReport {
+/// `report` with the crashed thread's stack copied, and the shared objects the program's loader mapped, for the
+/// backtrace the user reads.
+fn with_stack(shared: &Shared, mut report: CrashReport) -> Box<CrashReport> {
     report.stack = Some(crash_stack::capture(&shared.ram, shared.pml4, report.rip, report.rsp, report.rbp));
-    report
+    report.objects = shared.program_dynamic.map_or_else(Vec::new, |d| link_map::read(&shared.ram, shared.pml4, d));
+    let paths: Vec<&str> = report.objects.iter().map(|o| o.path.as_str()).collect();
+    let files = shared.rootfs.files(&shared.ram, &paths);
+    for (object, file) in report.objects.iter_mut().zip(files) {
+        object.file = file;
+    }
+    Box::new(report)
 }
 
 #[cfg(test)]

@@ -11,8 +11,9 @@ use super::{Args, PID};
 use crate::entry::SyscallFrame;
 use crate::errno::{Errno, SysResult};
 use crate::sync::{SpinGuard, SpinLock};
-use crate::{hypercall, sched, user};
+use crate::{hypercall, percpu, sched, user};
 use core::sync::atomic::{AtomicU64, Ordering};
+use kiln_abi::hypercall::FaultRegs;
 
 const NSIG: u64 = 64;
 const SIGKILL: u64 = 9;
@@ -218,8 +219,9 @@ pub fn sigaltstack(a: &Args) -> SysResult {
 }
 
 /// What sending `sig` to thread `tid` (None: the current one) does now: the default action, nothing, or pending it
-/// for delivery.
-fn send(tid: Option<u32>, sig: u64, origin: Origin) -> SysResult {
+/// for delivery. `raiser` is the syscall frame of the program's thread that sends it (kill, tkill, tgkill), whose
+/// registers a crash report shows if the signal ends the program now.
+fn send(tid: Option<u32>, sig: u64, origin: Origin, raiser: Option<&SyscallFrame>) -> SysResult {
     if sig > NSIG {
         return Err(Errno::EINVAL);
     }
@@ -249,7 +251,7 @@ fn send(tid: Option<u32>, sig: u64, origin: Origin) -> SysResult {
         SIG_IGN => Ok(0),
         SIG_DFL if default_is_ignore(sig) => Ok(0),
         SIG_DFL if held => Ok(u64::from(sched::post_signal(tid, sig as u32))),
-        SIG_DFL => hypercall::exit(128 + sig, sig),
+        SIG_DFL => die(sig, raiser.map(|frame| (frame, frame.nr))),
         _ if sched::post_signal(tid, sig as u32) => Ok(0),
         // A signal for the process goes to its main thread while that lives (as Linux prefers), else to the caller.
         _ if tid == Some(MAIN_TID) && origin.code == SI_USER => Ok(u64::from(sched::post_signal(None, sig as u32))),
@@ -261,38 +263,83 @@ fn default_is_ignore(sig: u64) -> bool {
     matches!(sig, SIGCHLD | SIGCONT | SIGURG | SIGWINCH)
 }
 
+/// Signals whose default action dumps core on Linux (SIGQUIT, SIGILL, SIGTRAP, SIGABRT, SIGBUS, SIGFPE, SIGSEGV,
+/// SIGXCPU, SIGXFSZ, SIGSYS): the program crashed, and the VMM reports it as a crash, with a backtrace.
+fn dumps_core(sig: u64) -> bool {
+    // SIGQUIT ..= SIGFPE are 3, 4, 5, 6, 7, 8.
+    matches!(sig, 3..=8 | 11 | 24 | 25 | 31)
+}
+
+/// The default action of `sig` ends the program. `thread` is the frame of the thread that raised or takes it, and
+/// its %rax there: for a signal that dumps core the VMM's crash report shows that thread at that point (`abort()` in
+/// its `raise`).
+fn die(sig: u64, thread: Option<(&SyscallFrame, u64)>) -> ! {
+    match thread {
+        Some((frame, rax)) if dumps_core(sig) => hypercall::exit_dumping_core(sig, registers(frame, rax)),
+        _ => hypercall::exit(128 + sig, sig),
+    }
+}
+
+/// The program's registers as it resumes from `frame` with %rax = `rax`; the flags are the program's only after a
+/// fault (a syscall keeps none).
+fn registers(frame: &SyscallFrame, rax: u64) -> FaultRegs {
+    let [rdi, rsi, rdx, r10, r8, r9] = frame.args;
+    FaultRegs {
+        rax,
+        rbx: frame.rbx,
+        rcx: frame.user_rcx,
+        rdx,
+        rsi,
+        rdi,
+        rbp: frame.rbp,
+        rsp: frame.user_rsp.wrapping_add(8),
+        r8,
+        r9,
+        r10,
+        r11: frame.r11,
+        r12: frame.r12,
+        r13: frame.r13,
+        r14: frame.r14,
+        r15: frame.r15,
+        rip: frame.rcx,
+        rflags: if frame.rflags != 0 { frame.rflags } else { 0x202 },
+    }
+}
+
 /// A timer's signal: to thread `thread`, or to the process.
 pub fn raise(sig: u32, thread: Option<u32>, origin: Origin) {
-    let _ = send(Some(thread.unwrap_or(MAIN_TID)), u64::from(sig), origin);
+    let _ = send(Some(thread.unwrap_or(MAIN_TID)), u64::from(sig), origin, None);
 }
 
 /// A signal the library OS raises in the current thread (SIGPIPE after a write to a closed pipe).
 pub fn send_to_self(sig: u64) -> SysResult {
-    send(None, sig, Origin::sent(SI_USER))
+    send(None, sig, Origin::sent(SI_USER), None)
 }
 
-/// A signal for the whole process (kill, the host).
-fn send_to_process(sig: u64) -> SysResult {
-    send(Some(MAIN_TID), sig, Origin::sent(SI_USER)).map(|_| 0)
+/// A signal for the whole process (kill, with the sending thread's frame; the host).
+fn send_to_process(sig: u64, raiser: Option<&SyscallFrame>) -> SysResult {
+    send(Some(MAIN_TID), sig, Origin::sent(SI_USER), raiser).map(|_| 0)
 }
 
 pub fn kill(a: &Args) -> SysResult {
     match a[0] as i64 {
-        0 | -1 => send_to_process(a[1]),
-        pid if pid as u64 == PID => send_to_process(a[1]),
+        0 | -1 => send_to_process(a[1], Some(percpu::syscall_frame())),
+        pid if pid as u64 == PID => send_to_process(a[1], Some(percpu::syscall_frame())),
         _ => Err(Errno::ESRCH),
     }
 }
 
 pub fn tkill(a: &Args) -> SysResult {
-    send(Some(u32::try_from(a[0]).map_err(|_| Errno::ESRCH)?), a[1], Origin::sent(SI_TKILL))
+    let tid = u32::try_from(a[0]).map_err(|_| Errno::ESRCH)?;
+    send(Some(tid), a[1], Origin::sent(SI_TKILL), Some(percpu::syscall_frame()))
 }
 
 pub fn tgkill(a: &Args) -> SysResult {
     if a[0] != PID {
         return Err(Errno::ESRCH);
     }
-    send(Some(u32::try_from(a[1]).map_err(|_| Errno::ESRCH)?), a[2], Origin::sent(SI_TKILL))
+    let tid = u32::try_from(a[1]).map_err(|_| Errno::ESRCH)?;
+    send(Some(tid), a[2], Origin::sent(SI_TKILL), Some(percpu::syscall_frame()))
 }
 
 // The x86-64 signal frame, as Linux lays it out: the handler's return address (the restorer), a `ucontext`, a
@@ -347,8 +394,8 @@ pub fn deliver(frame: &mut SyscallFrame, sig: u32, ret: i64) -> i64 {
     match action.handler {
         SIG_IGN => return ret,
         SIG_DFL if default_is_ignore(u64::from(sig)) => return ret,
-        SIG_DFL => hypercall::exit(128 + u64::from(sig), u64::from(sig)),
-        _ if action.flags & SA_RESTORER == 0 => hypercall::exit(128 + u64::from(sig), u64::from(sig)),
+        SIG_DFL => die(u64::from(sig), Some((frame, ret as u64))),
+        _ if action.flags & SA_RESTORER == 0 => die(u64::from(sig), Some((frame, ret as u64))),
         _ => {}
     }
     let (mut rip, rsp) = (frame.rcx, frame.user_rsp + 8);
@@ -362,7 +409,7 @@ pub fn deliver(frame: &mut SyscallFrame, sig: u32, ret: i64) -> i64 {
     let restore = sched::take_saved_blocked().unwrap_or_else(sched::blocked_signals);
     if enter_handler(frame, sig, &action, Cause::Sent(origin), ret, rip, rsp, restore).is_err() {
         // No room for the frame: Linux kills the program with SIGSEGV.
-        hypercall::exit(128 + 11, 11);
+        die(11, Some((frame, ret as u64)));
     }
     0
 }
@@ -474,7 +521,7 @@ fn write_frame(
 /// FPU state the frame holds. The frame's `ucontext` is just above the restorer's return address.
 pub fn rt_sigreturn(frame: &mut SyscallFrame) -> i64 {
     let uc = frame.user_rsp + 8;
-    let Ok(g) = user::read::<[u64; 23]>(uc + (UC_MCONTEXT - UC)) else { hypercall::exit(128 + 11, 11) };
+    let Ok(g) = user::read::<[u64; 23]>(uc + (UC_MCONTEXT - UC)) else { die(11, Some((frame, frame.nr))) };
     let fpstate: u64 = user::read(uc + (UC_MCONTEXT - UC) + 23 * 8).unwrap_or(0);
     let mask: u64 = user::read(uc + (UC_SIGMASK - UC)).unwrap_or(0);
     if fpstate != 0 && fpstate.is_multiple_of(16) && user::check(fpstate, FPSTATE_SIZE, false).is_ok() {
@@ -547,7 +594,7 @@ pub fn poll_host_signals() {
     for sig in 1..NSIG {
         let count = host_word(sig).load(Ordering::Acquire);
         if HOST_SEEN[sig as usize].swap(count, Ordering::AcqRel) != count {
-            let _ = send_to_process(sig);
+            let _ = send_to_process(sig, None);
             if ignored(sig) {
                 host_signal_taken(sig);
             }
