@@ -471,3 +471,58 @@ fn a_kilnd_restart_starts_its_always_instances_again() {
         assert_eq!((record["state"].as_str(), record["restarts"].as_u64()), (Some("exited"), Some(0)), "{record}");
     }
 }
+
+/// Health checks from the host to a published port: healthy while the program answers, unhealthy once it stops.
+#[test]
+fn a_health_check_sees_a_program_stop_answering() {
+    if !kvm::available() {
+        return;
+    }
+    let kilnd = Kilnd::start("health");
+    let flaky = guests::c("flaky");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let health =
+        serde_json::json!({"check": format!("http:{port}/"), "interval_ms": 100, "timeout_ms": 500, "retries": 2});
+    let unpublished = serde_json::json!({"image": flaky, "health": health}).to_string();
+    assert!(kilnd
+        .refused("POST", "/instances", &unpublished, 400)
+        .contains(&format!("host port {port} is not published")));
+    let bad =
+        serde_json::json!({"image": flaky, "publish": [format!("127.0.0.1:{port}:80")], "health": {"check": "ping"}});
+    assert!(kilnd.refused("POST", "/instances", &bad.to_string(), 400).starts_with("health: 'ping' is not"));
+
+    // Through kiln's flags.
+    let run = kiln_in(&kilnd.home)
+        .args(["run", "-d", "--name", "flaky", "-p", &format!("127.0.0.1:{port}:80"), "--health-check"])
+        .arg(format!("http:{port}/"))
+        .args(["--health-interval", "100", "--health-timeout", "500", "--health-retries", "2"])
+        .arg(&flaky)
+        .arg("4")
+        .run();
+    run.assert_code(0);
+    let id = run.stdout_text().trim().to_string();
+    assert_eq!(kilnd.instance(&id)["health_check"]["retries"], 2);
+    let wait_for = |verdict: &str| {
+        let start = Instant::now();
+        loop {
+            let record = kilnd.instance(&id);
+            if record["health"] == verdict {
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "never {verdict}: {record}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait_for("healthy");
+    let ps = kiln_in(&kilnd.home).arg("ps").run();
+    assert!(ps.stdout_text().contains("(healthy)") || ps.stdout_text().contains("(unhealthy)"), "{}", ps.stdout_text());
+    wait_for("unhealthy");
+    kilnd.wait_log(&id, "flaky: stopped answering\n");
+    let ps = kiln_in(&kilnd.home).arg("ps").run();
+    assert!(
+        ps.stdout_text().lines().any(|l| l.contains(" flaky ") && l.ends_with("(unhealthy)")),
+        "{}",
+        ps.stdout_text()
+    );
+    kilnd.ok("POST", "/instances/flaky/kill", "", 204);
+}

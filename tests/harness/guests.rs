@@ -78,6 +78,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("files", "files.c", Link::Static),
     ("signals", "signals.c", Link::Static),
     ("waiter", "waiter.c", Link::Static),
+    ("flaky", "flaky.c", Link::Static),
     ("spinsignal", "spinsignal.c", Link::Static),
     ("churn", "churn.c", Link::Static),
     ("mprotect", "mprotect.c", Link::Static),

@@ -22,7 +22,13 @@ fn status(i: &Instance) -> String {
     match i.state {
         State::Created => "created".into(),
         State::Restarting => format!("restarting ({})", i.restarts),
-        State::Running => format!("running for {}", duration(t.saturating_sub(i.started_ms.unwrap_or(t)) / 1000)),
+        State::Running => {
+            let running = format!("running for {}", duration(t.saturating_sub(i.started_ms.unwrap_or(t)) / 1000));
+            match i.health {
+                Some(health) => format!("{running} ({health})"),
+                None => running,
+            }
+        }
         State::Exited => {
             let code = i.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "?".into());
             let ago = duration(t.saturating_sub(i.finished_ms.unwrap_or(t)) / 1000);

@@ -7,6 +7,7 @@
 
 use crate::run::RunArgs;
 use anyhow::{bail, Context, Result};
+use kiln_image::health::HealthCheck;
 use kiln_image::instance::{Instance, State};
 use kilnd::api::{CreateRequest, Created};
 use kilnd::client::Client;
@@ -38,7 +39,13 @@ pub fn run(client: &Client, args: &RunArgs, image: &str) -> Result<u8> {
     let is_path = image.starts_with('.') || (Path::new(image).exists() && !is_image(image));
     let image = if is_path { absolute(Path::new(image)).to_string_lossy().into_owned() } else { image.to_string() };
     let restart = args.restart.map(|p| p.to_string());
-    let request = CreateRequest::from_overrides(image, args.name.clone(), args.rm, restart, &overrides);
+    let mut request = CreateRequest::from_overrides(image, args.name.clone(), args.rm, restart, &overrides);
+    request.health = args.health_check.clone().map(|check| HealthCheck {
+        check,
+        interval_ms: args.health_interval,
+        timeout_ms: args.health_timeout,
+        retries: args.health_retries,
+    });
     let body = serde_json::to_value(&request).context("cannot write the request")?;
     let created: Created = client.request("POST", "/instances", Some(&body))?.json()?;
     outln!("{}", created.id);

@@ -34,6 +34,19 @@ pub struct RunArgs {
     /// from 100 ms (kilnd restarts instances: it must run, see kiln daemon)
     #[arg(long, requires = "detach", value_name = "POLICY", value_parser = parse_restart)]
     pub restart: Option<kiln_image::restart::RestartPolicy>,
+    /// Check the instance's health from the host (kilnd): http:HOST_PORT/PATH (a 2xx or 3xx answer) or
+    /// tcp:HOST_PORT (a connection), to a port published with -p; kiln ps shows healthy or unhealthy
+    #[arg(long, requires = "detach", value_name = "CHECK")]
+    pub health_check: Option<String>,
+    /// Milliseconds between health checks
+    #[arg(long, requires = "health_check", value_name = "MS", default_value_t = 30_000)]
+    pub health_interval: u64,
+    /// Milliseconds a health check may take
+    #[arg(long, requires = "health_check", value_name = "MS", default_value_t = 5_000)]
+    pub health_timeout: u64,
+    /// Failed health checks in a row that make the instance unhealthy
+    #[arg(long, requires = "health_check", value_name = "N", default_value_t = 3)]
+    pub health_retries: u32,
     /// Remove the instance's record and logs when it ends (a run without -d leaves none anyway)
     #[arg(long)]
     pub rm: bool,
@@ -128,8 +141,8 @@ pub fn run(mut args: RunArgs) -> Result<u8> {
     let daemon = (args.detach && instance.is_none() && !args.trace_syscalls && !args.stats)
         .then(crate::kilnd_client::answering)
         .flatten();
-    if daemon.is_none() && instance.is_none() && args.restart.is_some() {
-        bail!("--restart needs kilnd, which restarts instances, and none answers: start it (kiln daemon)");
+    if daemon.is_none() && instance.is_none() && (args.restart.is_some() || args.health_check.is_some()) {
+        bail!("--restart and --health-check need kilnd, and none answers: start it (kiln daemon)");
     }
     if let Some(daemon) = daemon {
         let image = match kiln_container::Source::is_source(&args.target) {

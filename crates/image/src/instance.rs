@@ -3,6 +3,7 @@
 //! dies without writing (SIGKILL, a crash) is noticed by [`Instances::observe`], which checks that the recorded pid
 //! still runs *and* started when the record says (pids are reused), and records why it ended.
 
+use crate::health::{Health, HealthCheck};
 use crate::restart::RestartPolicy;
 use crate::store::{write_atomically, Store, StoreError};
 use crate::Digest;
@@ -61,6 +62,11 @@ pub struct Instance {
     /// The user stopped it (stop, kill): `unless-stopped` does not start it when kilnd starts again.
     #[serde(default)]
     pub stopped: bool,
+    /// Its health check, and the last verdict while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -201,6 +207,8 @@ impl Instance {
             restart: RestartPolicy::No,
             restarts: 0,
             stopped: false,
+            health_check: None,
+            health: None,
         }
     }
 

@@ -7,6 +7,7 @@
 
 pub mod build;
 pub mod digest;
+pub mod health;
 pub mod instance;
 pub mod kiln_toml;
 pub mod manifest;

@@ -3,6 +3,7 @@
 //! both sides agree on every field. A create request's fields are `kiln run`'s flags, checked by the flags' own
 //! parsers (`kiln_launch`), so that a bad field gets the same one-line message a bad flag gets.
 
+use kiln_image::health::HealthCheck;
 use kiln_image::restart::RestartPolicy;
 use kiln_launch::network::{parse_cidr, parse_cidr6, parse_net, parse_publish, NetworkFlags};
 use kiln_launch::{parse_env, parse_mapping, parse_mount, parse_workdir, Overrides};
@@ -65,6 +66,10 @@ pub struct CreateRequest {
     /// `no` (default), `on-failure[:N]`, `always`, `unless-stopped`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restart: Option<String>,
+    /// A health check from the host to a published port: `{"check": "http:8080/healthz" | "tcp:8080",
+    /// "interval_ms": 30000, "timeout_ms": 5000, "retries": 3}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthCheck>,
 }
 
 /// A size as a number of bytes or as users write it.
@@ -231,6 +236,7 @@ impl CreateRequest {
             stop_timeout: o.stop_timeout,
             auto_remove,
             restart,
+            health: None,
         }
     }
 }

@@ -110,6 +110,9 @@ impl Daemon {
             kiln_launch::resolve(Some(&self.store), &request.image, &overrides)
         }
         .map_err(|e| ApiError::BadRequest(chain(&e)))?;
+        if let Some(check) = &request.health {
+            crate::health::published_for(check, &spec).map_err(|why| ApiError::BadRequest(format!("health: {why}")))?;
+        }
         let instances = self.instances();
         let id = new_id();
         let ports: Vec<String> = spec.network.published().iter().map(ToString::to_string).collect();
@@ -120,6 +123,7 @@ impl Daemon {
                 image_id: spec.image_id().cloned(),
                 auto_remove: request.auto_remove,
                 restart,
+                health_check: request.health.clone(),
                 launch: Some(launch.clone()),
                 kilnd: true,
                 // kilnd's: a record whose kilnd is gone is seen as ended.

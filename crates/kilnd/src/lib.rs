@@ -8,6 +8,7 @@ pub mod client;
 mod console;
 mod daemon;
 mod error;
+mod health;
 mod held;
 mod runner;
 mod server;

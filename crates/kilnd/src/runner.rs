@@ -70,7 +70,7 @@ fn runs(daemon: &Daemon, id: &str, spec: &LaunchSpec, held: &Held, ready: impl F
             ready(Ok(()));
         }
         let started = Instant::now();
-        let (code, reason) = run_vm(prepared, spec, held, &log);
+        let (code, reason) = run_vm(daemon, id, prepared, spec, held, &log);
         if started.elapsed() >= STEADY {
             since_steady = 0;
         }
@@ -96,13 +96,14 @@ fn make(daemon: &Daemon, id: &str, spec: &LaunchSpec, log: &File) -> Result<Prep
     let (pid, pid_start) = daemon.process();
     Instances::new(daemon.store()).update(id, |i| {
         i.state = State::Running;
+        i.health = i.health_check.as_ref().map(|_| kiln_image::health::Health::Starting);
         (i.pid, i.pid_start, i.started_ms) = (Some(pid), Some(pid_start), Some(now()));
     })?;
     Ok(prepared)
 }
 
 /// Runs the VM to its end: the exit code and why, also written to the log unless the program just exited.
-fn run_vm(prepared: Prepared, spec: &LaunchSpec, held: &Held, log: &File) -> (i32, String) {
+fn run_vm(daemon: &Daemon, id: &str, prepared: Prepared, spec: &LaunchSpec, held: &Held, log: &File) -> (i32, String) {
     let console = match log.try_clone() {
         Ok(log) => Arc::new(LogConsole::new(log)),
         Err(e) => return (i32::from(kiln_launch::KILN_ERROR), format!("kiln failed: cannot share the log: {e}")),
@@ -116,7 +117,9 @@ fn run_vm(prepared: Prepared, spec: &LaunchSpec, held: &Held, log: &File) -> (i3
     // The VM's signal thread blocks in `recv`; it ends at the first return after the run, when the sender is gone.
     let wait = move || signals_rx.recv().map(|s| vec![s]).unwrap_or_default();
     let host_signals = HostSignals { wait: Box::new(wait), grace: Duration::from_secs(spec.signals.grace_secs.into()) };
+    let checker = health_checker(daemon, id, spec);
     let result = prepared.vm.run(console, host_signals);
+    drop(checker);
     held.detach();
     let (code, reason) = match result {
         Ok((Outcome::Killed(SIGKILL), _)) => {
@@ -132,6 +135,13 @@ fn run_vm(prepared: Prepared, spec: &LaunchSpec, held: &Held, log: &File) -> (i3
         let _ = writeln!(&mut &*log, "kiln: {reason}");
     }
     (code, reason)
+}
+
+/// The instance's health checker, if its record has a check (checked at its creation).
+fn health_checker(daemon: &Daemon, id: &str, spec: &LaunchSpec) -> Option<crate::health::Checker> {
+    let check = Instances::new(daemon.store()).load(id).ok()?.health_check?;
+    let (probe, host_ip) = crate::health::published_for(&check, spec).ok()?;
+    Some(crate::health::start(daemon.store().root().to_path_buf(), id.to_string(), check, probe, host_ip))
 }
 
 /// A launch failure: the request's fault (400) unless the host failed (500).
