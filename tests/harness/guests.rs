@@ -51,6 +51,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("backtrace-symbols", "backtrace.c", Link::Static),
     ("backtrace-stripped", "backtrace.c", Link::Static),
     ("qsortcrash", "qsortcrash.c", Link::Dynamic),
+    ("corethreads", "corethreads.c", Link::Static),
     ("nullread", "nullread.c", Link::Static),
     ("cancel", "cancel.c", Link::Static),
     ("asynccancel", "asynccancel.c", Link::Static),
@@ -312,7 +313,7 @@ fn extra_flags(name: &str) -> &'static [&'static str] {
         "debuggee" => &["-g", "-O0"],
         "backtrace-symbols" => &["-fomit-frame-pointer"],
         "backtrace-stripped" => &["-s"],
-        "qsortcrash" => &["-g"],
+        "qsortcrash" | "corethreads" => &["-g"],
         _ => &[],
     }
 }

@@ -21,6 +21,11 @@ pub fn print(spec: &LaunchSpec, crash: &CrashReport, kernel: &'static [u8]) {
             errln!("  (no backtrace: {why})");
         }
     }
+    match &crash.core_file {
+        Some(Ok((path, len))) => errln!("kiln: core dumped to {} ({} KiB)", path.display(), len.div_ceil(1024)),
+        Some(Err(why)) => errln!("kiln: no core file: {why}"),
+        None => {}
+    }
 }
 
 fn backtrace(spec: &LaunchSpec, crash: &CrashReport, kernel: &'static [u8]) -> Result<Backtrace, String> {

@@ -61,6 +61,7 @@ pub fn export(args: ExportArgs) -> Result<u8> {
         trace_syscalls: false,
         stats: false,
         stop_timeout: None,
+        core_file: None,
     };
     let store = home::store().ok();
     let _reading = store.as_ref().map(|s| s.read_lock()).transpose()?;

@@ -79,6 +79,10 @@ pub struct RunArgs {
     /// `docker stop` does; a program that keeps the signal blocked never takes one)
     #[arg(long, value_name = "SECS", default_value_t = kiln_launch::DEFAULT_STOP_TIMEOUT, value_parser = clap::value_parser!(u32).range(1..))]
     stop_timeout: u32,
+    /// If the program crashes, write an ELF core file of it to FILE (every thread's registers and its memory, for
+    /// `gdb PROGRAM FILE`)
+    #[arg(long = "core", value_name = "FILE", value_parser = parse_core_file)]
+    core_file: Option<PathBuf>,
     /// Attach volume NAME (`kiln volume create`) and mount it at /path (repeatable, up to 4)
     #[arg(long = "volume", short = 'v', value_name = "NAME:/path", value_parser = parse_mount)]
     volumes: Vec<(String, String)>,
@@ -126,7 +130,17 @@ impl RunArgs {
             trace_syscalls: self.trace_syscalls,
             stats: self.stats,
             stop_timeout: Some(self.stop_timeout),
+            core_file: self.core_file.clone(),
         }
+    }
+}
+
+/// `--core FILE`: made absolute, in a directory that exists (said now, not after a crash).
+fn parse_core_file(s: &str) -> Result<PathBuf, String> {
+    let path = std::path::absolute(s).map_err(|e| format!("'{s}': {e}"))?;
+    match path.parent() {
+        Some(dir) if dir.is_dir() && path.file_name().is_some() => Ok(path),
+        _ => Err(format!("'{s}' is not a file name in a directory that exists")),
     }
 }
 

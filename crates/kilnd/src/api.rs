@@ -198,6 +198,7 @@ impl CreateRequest {
             trace_syscalls: false,
             stats: false,
             stop_timeout: self.stop_timeout,
+            core_file: None,
         })
     }
 }

@@ -43,6 +43,7 @@ pub fn prepare(spec: &LaunchSpec, builtin_kernel: &'static [u8]) -> Result<Prepa
         interpreter,
         net,
         volumes: attached.volumes,
+        core_file: spec.core_file.clone(),
     };
     let vm = Vm::new(&kernel, &program, config).map_err(|e| explain(e, spec))?;
     Ok(Prepared { vm, object_sites, notices: attached.notices })

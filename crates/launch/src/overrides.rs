@@ -29,6 +29,8 @@ pub struct Overrides {
     pub stats: bool,
     /// `--stop-timeout`, in seconds (at least 1).
     pub stop_timeout: Option<u32>,
+    /// `--core FILE`, absolute.
+    pub core_file: Option<PathBuf>,
 }
 
 /// `--file`/`--dir HOST:GUEST`.

@@ -154,6 +154,7 @@ fn apply(base: Base, flags: &Overrides) -> Result<LaunchSpec, ResolveError> {
         trace_syscalls: flags.trace_syscalls,
         stats: flags.stats,
         signals: Signals { grace_secs: flags.stop_timeout.unwrap_or(DEFAULT_STOP_TIMEOUT) },
+        core_file: flags.core_file.clone(),
     })
 }
 

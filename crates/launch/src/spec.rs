@@ -62,6 +62,9 @@ pub struct LaunchSpec {
     /// Print VM exits and syscall counts to stderr at exit.
     pub stats: bool,
     pub signals: Signals,
+    /// Where a crash writes an ELF core file (`kiln run --core`), absolute; None for none.
+    #[serde(default)]
+    pub core_file: Option<PathBuf>,
 }
 
 impl LaunchSpec {

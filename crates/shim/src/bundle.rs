@@ -175,6 +175,7 @@ impl Config {
             trace_syscalls: false,
             stats: false,
             signals: Signals { grace_secs },
+            core_file: None,
         })
     }
 

@@ -118,6 +118,8 @@ pub struct BootState {
     pub program: LoadedProgram,
     /// Where the root filesystem image lies in guest RAM.
     pub rootfs: RootfsInRam,
+    /// The program's auxiliary vector, as its initial stack holds it (for core files).
+    pub auxv: Vec<u8>,
 }
 
 /// Stack size of the program's main thread: 8 MiB as Linux's default limit, less in small VMs.
@@ -370,6 +372,7 @@ pub fn build_from(
         vdso_code: if sysinfo_ehdr != 0 { kernel.vdso.clone() } else { Vec::new() },
         program: loaded,
         rootfs: RootfsInRam { phys: rootfs_phys, len: rootfs_len },
+        auxv: initial.auxv.clone(),
     })
 }
 

@@ -56,6 +56,8 @@ pub struct CrashReport {
     /// The shared objects the program's dynamic loader had mapped (the program first), with their files: filled
     /// with the stack.
     pub objects: Vec<crate::link_map::LoadedObject>,
+    /// The core file written (its path and length), or why none could be; None when none was asked for.
+    pub core_file: Option<Result<(std::path::PathBuf, u64), String>>,
     /// The crashed thread's stack, for a backtrace: filled when the report becomes the VM's outcome (a fault a
     /// handler of the program's takes needs none).
     pub stack: Option<crate::crash_stack::CrashStack>,
@@ -214,6 +216,7 @@ pub fn diagnose(ram: &GuestRam, layout: &GuestLayout, how: &str, regs: &kvm_regs
         rbp: regs.rbp,
         regs: FaultRegs { rip, ..registers(regs) },
         objects: Vec::new(),
+        core_file: None,
         stack: None,
         fault: None,
     };
@@ -360,6 +363,7 @@ pub fn breakpoint(regs: &kvm_regs) -> CrashReport {
         rbp: regs.rbp,
         regs: FaultRegs { rip: at, ..registers(regs) },
         objects: Vec::new(),
+        core_file: None,
         stack: None,
         fault: None,
     };
@@ -391,6 +395,7 @@ pub fn raised(record: &FaultRecord) -> Option<CrashReport> {
         rbp: r.rbp,
         regs: r,
         objects: Vec::new(),
+        core_file: None,
         stack: None,
         fault: None,
     })

@@ -9,6 +9,8 @@
 pub mod arch;
 pub mod boot;
 pub mod console;
+pub mod core_dump;
+pub mod core_file;
 pub mod crash_stack;
 pub mod debug;
 pub mod disk;

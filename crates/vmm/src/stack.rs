@@ -54,6 +54,8 @@ pub struct InitialStack {
     /// Where `ProgramInfo::workdir` ended up.
     pub workdir_addr: u64,
     pub workdir_len: u64,
+    /// The auxiliary vector's bytes (pairs of words, AT_NULL last), for core files' `NT_AUXV`.
+    pub auxv: Vec<u8>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,16 +123,15 @@ pub fn build(top: u64, limit: u64, info: &ProgramInfo) -> Result<InitialStack, S
         (AT_EXECFN, execfn),
         if info.sysinfo_ehdr != 0 { (AT_SYSINFO_EHDR, info.sysinfo_ehdr) } else { (AT_NULL, 0) },
     ];
+    let auxv_words: Vec<u64> =
+        auxv.iter().filter(|(k, _)| *k != AT_NULL).flat_map(|&(k, v)| [k, v]).chain([AT_NULL, 0]).collect();
     let mut words: Vec<u64> = vec![info.argv.len() as u64];
     words.extend(&argv);
     words.push(0);
     words.extend(&envp);
     words.push(0);
     // One AT_NULL ends the vector; an entry that does not apply here is AT_NULL too, and left out.
-    for (k, v) in auxv.iter().filter(|(k, _)| *k != AT_NULL) {
-        words.extend([*k, *v]);
-    }
-    words.extend([AT_NULL, 0]);
+    words.extend(&auxv_words);
     // The ABI wants %rsp 16-byte aligned at the entry point, where it points at argc.
     let words_len = words.len() as u64 * 8;
     let stack_pointer = (cursor - words_len) & !15;
@@ -154,6 +155,7 @@ pub fn build(top: u64, limit: u64, info: &ProgramInfo) -> Result<InitialStack, S
         exe_path_len: info.exe_path.len() as u64,
         workdir_addr: workdir,
         workdir_len: info.workdir.len() as u64,
+        auxv: auxv_words.iter().flat_map(|w| w.to_le_bytes()).collect(),
     })
 }
 

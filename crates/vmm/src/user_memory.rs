@@ -37,3 +37,8 @@ pub fn read(ram: &GuestRam, pml4: u64, at: u64, len: usize) -> Vec<u8> {
 pub fn word(ram: &GuestRam, pml4: u64, at: u64) -> Option<u64> {
     read(ram, pml4, at, 8).try_into().ok().map(u64::from_le_bytes)
 }
+
+/// Calls `f` for every run of user pages in the lower half with the same write permission, in address order.
+pub fn regions(ram: &GuestRam, pml4: u64, f: impl FnMut(paging::Region)) {
+    paging::user_regions(&Ram(ram), pml4, f);
+}

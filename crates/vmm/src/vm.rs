@@ -4,9 +4,12 @@
 use crate::arch;
 use crate::arch::{exception, trap_page, HostKind};
 use crate::boot::{self, BootError, BootParams, BootState, MIN_MEMORY};
+use crate::core_dump::{self, CoreSetup};
+use crate::core_file::CoreThread;
 use crate::crash_stack;
 use crate::debug::session::{Resume, Session, StopEvent};
-use crate::debug::{gdb, memory as guest_memory, stubs::StubReturns, threads::VcpuView};
+use crate::debug::threads::{self, ThreadState, VcpuView};
+use crate::debug::{gdb, memory as guest_memory, stubs::StubReturns};
 use crate::disk::{Disk, VolumeConfig};
 use crate::elf::{ElfError, ElfImage};
 use crate::exit_state;
@@ -136,6 +139,8 @@ pub struct VmConfig {
     pub net: Option<NetConfig>,
     /// Volumes, mounted in this order (at most [`MAX_VOLUMES`]).
     pub volumes: Vec<VolumeConfig>,
+    /// Where a crash writes its core file (`kiln run --core`); None for none.
+    pub core_file: Option<PathBuf>,
 }
 
 /// How a run ended.
@@ -214,6 +219,8 @@ pub(crate) struct Shared {
     /// The program's dynamic section and the root filesystem in RAM: a crash report's shared objects.
     program_dynamic: Option<u64>,
     rootfs: RootfsInRam,
+    /// What a crash's core file needs from boot, if one is wanted.
+    core: Option<CoreSetup>,
     net: Option<NetCard>,
     disks: Vec<(String, Disk)>,
     /// Whether the user asked for `--trace-syscalls` (else the guest's trace hypercalls are refused).
@@ -468,6 +475,10 @@ impl Vm {
             syscall_sites,
             program_dynamic: boot.program.dynamic,
             rootfs: boot.rootfs,
+            core: config.core_file.take().map(|path| {
+                let base = boot.program.base;
+                CoreSetup::new(path, &config.exe_path, &config.argv, &program, base, boot.auxv.clone())
+            }),
             net: config.net.map(|n| NetCard::new(n.backend, n.mac, boot::net_mmio_phys(memory))),
             disks: blks
                 .into_iter()
@@ -726,7 +737,7 @@ fn run_vcpu(
             let in_program = preempt::in_program(&regs, &sregs, &events, &shared.kernel_span, &shared.vdso_code);
             let resume = session.hold(id, VcpuView { regs, fs_base: sregs.fs.base, in_program });
             let faults = (&mut debug_fault, &mut pending_fault);
-            if let Some(outcome) = resumed(&mut vcpu, shared, block, resume, faults, &mut stepping)? {
+            if let Some(outcome) = resumed((&mut vcpu, id), shared, block, resume, faults, &mut stepping)? {
                 return Ok(outcome);
             }
             continue;
@@ -790,7 +801,7 @@ fn run_vcpu(
                 match action {
                     Action::Resume | Action::FlushTlb | Action::Preempt { .. } => continue,
                     Action::FaultUnhandled => match pending_fault.take() {
-                        Some(report) => Outcome::Crashed(with_stack(shared, report)),
+                        Some(report) => Outcome::Crashed(with_stack(shared, (&vcpu, id), report)),
                         None => Outcome::Stopped("the library OS reported a fault that did not happen".into()),
                     },
                     Action::Exit(code) => Outcome::Exited(code),
@@ -798,7 +809,7 @@ fn run_vcpu(
                     Action::Raised(record) => {
                         let regs = stub_return::leave(&shared.ram, shared.pml4, record.regs, &shared.kernel_span);
                         match fault::raised(&FaultRecord { regs, ..record }) {
-                            Some(report) => Outcome::Crashed(with_stack(shared, report)),
+                            Some(report) => Outcome::Crashed(with_stack(shared, (&vcpu, id), report)),
                             None => Outcome::Killed(record.signal as u32),
                         }
                     }
@@ -860,7 +871,7 @@ fn run_vcpu(
                             pending_fault = Some(report);
                             continue;
                         }
-                        Outcome::Crashed(with_stack(shared, report))
+                        Outcome::Crashed(with_stack(shared, (&vcpu, id), report))
                     }
                     Err(exception::ExceptionError::Kvm(what, source)) => return Err(VmError::Kvm { what, source }),
                     Err(why) => Outcome::Stopped(why.to_string()),
@@ -895,9 +906,9 @@ fn run_vcpu(
                     pending_fault = Some(report);
                     continue;
                 }
-                Outcome::Crashed(with_stack(shared, report))
+                Outcome::Crashed(with_stack(shared, (&vcpu, id), report))
             }
-            VcpuExit::Hlt => Outcome::Crashed(with_stack(shared, crash(&vcpu, shared, "hlt"))),
+            VcpuExit::Hlt => Outcome::Crashed(with_stack(shared, (&vcpu, id), crash(&vcpu, shared, "hlt"))),
             other => Outcome::Stopped(format!("vCPU {id} stopped unexpectedly ({other:?})")),
         };
         return Ok(outcome);
@@ -993,7 +1004,7 @@ fn debugger_takes(shared: &Shared, id: usize, report: &CrashReport) -> bool {
 /// vCPU `id` resumes after a debugger's stop: with the registers it changed, a single step, and the fault it stopped
 /// on delivered to the program if it said so (or retried). An outcome if that fault ends the program.
 fn resumed(
-    vcpu: &mut VcpuFd,
+    (vcpu, id): (&mut VcpuFd, usize),
     shared: &Shared,
     block: u64,
     resume: Resume,
@@ -1006,7 +1017,7 @@ fn resumed(
                 *pending_fault = Some(report);
                 return Ok(None);
             }
-            return Ok(Some(Outcome::Crashed(with_stack(shared, report))));
+            return Ok(Some(Outcome::Crashed(with_stack(shared, (vcpu, id), report))));
         }
     }
     let mut regs = match resume.regs {
@@ -1110,15 +1121,40 @@ fn crash(vcpu: &VcpuFd, shared: &Shared, how: &'static str) -> CrashReport {
     fault::diagnose(&shared.ram, &layout, how, &regs, &sregs)
 }
 
+/// The threads of a core file: `crashed` (the thread vCPU `id` ran, whose id the library OS's table gives) first,
+/// then every other from the table, with the registers of its last entry into the library OS: where it waits, or
+/// for one still computing on another vCPU, where it last made a syscall or was interrupted.
+fn core_threads(shared: &Shared, id: usize, mut crashed: CoreThread) -> Vec<CoreThread> {
+    let listed = threads::list(&shared.ram, shared.threads_phys, &[], &StubReturns::default()).unwrap_or_default();
+    let mut others = Vec::new();
+    for thread in listed {
+        if thread.state == (ThreadState::Running { vcpu: id }) {
+            crashed.tid = thread.tid;
+            continue;
+        }
+        let regs = fault::registers(&thread.regs);
+        let regs = stub_return::leave(&shared.ram, shared.pml4, regs, &shared.kernel_span);
+        others.push(CoreThread { tid: thread.tid, regs, fs_base: thread.fs_base });
+    }
+    [vec![crashed], others].concat()
+}
+
 /// `report` with the crashed thread's stack copied, and the shared objects the program's loader mapped, for the
-/// backtrace the user reads.
-fn with_stack(shared: &Shared, mut report: CrashReport) -> Box<CrashReport> {
+/// backtrace the user reads; and the core file written, if one is wanted. `vcpu` ran the crashed thread.
+fn with_stack(shared: &Shared, (vcpu, id): (&VcpuFd, usize), mut report: CrashReport) -> Box<CrashReport> {
     report.stack = Some(crash_stack::capture(&shared.ram, shared.pml4, report.rip, report.rsp, report.rbp));
     report.objects = shared.program_dynamic.map_or_else(Vec::new, |d| link_map::read(&shared.ram, shared.pml4, d));
     let paths: Vec<&str> = report.objects.iter().map(|o| o.path.as_str()).collect();
     let files = shared.rootfs.files(&shared.ram, &paths);
     for (object, file) in report.objects.iter_mut().zip(files) {
         object.file = file;
+    }
+    if let Some(setup) = &shared.core {
+        let fs_base = vcpu.get_sregs().map_or(0, |s| s.fs.base);
+        let threads = core_threads(shared, id, CoreThread { tid: 1, regs: report.regs, fs_base });
+        let signal = report.signal as u32;
+        let written = core_dump::write(setup, &shared.ram, shared.pml4, signal, threads, &report.objects);
+        report.core_file = Some(written.map(|len| (setup.path.clone(), len)).map_err(|e| e.to_string()));
     }
     Box::new(report)
 }

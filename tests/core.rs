@@ -1,0 +1,84 @@
+//! Core files (`kiln run --core FILE`): a crashing program's core opened by Debian's `gdb` in batch mode, which must
+//! show the faulting frame, every thread and a variable's value, and for a dynamically linked program find its
+//! shared objects. Skipped, saying so, where gdb is not installed (`scripts/setup.sh` installs it).
+
+#[allow(dead_code)]
+mod harness;
+
+use harness::{guests, kiln, kvm};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+fn gdb_available() -> bool {
+    let found = Command::new("gdb").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
+    if !found.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: gdb is not installed (scripts/setup.sh installs it)");
+        return false;
+    }
+    true
+}
+
+/// gdb's output for `commands` on `program` and its `core`.
+fn gdb(program: &Path, core: &Path, commands: &[&str]) -> String {
+    let mut gdb = Command::new("gdb");
+    gdb.args(["-batch", "-nx", "-ex", "set pagination off"]);
+    for c in commands {
+        gdb.args(["-ex", c]);
+    }
+    let out = gdb.arg(program).arg(core).output().expect("run gdb");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("core-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn gdb_opens_the_core_of_a_crashed_program_with_its_threads_and_memory() {
+    if !kvm::available() || !gdb_available() {
+        return;
+    }
+    let dir = scratch("threads");
+    let core = dir.join("core");
+    let program = guests::c("corethreads");
+    let run = kiln().args(["run", "--core"]).arg(&core).arg(&program).run();
+    run.assert_code(139).assert_stdout("corethreads: crashing\n");
+    run.assert_stderr_contains(&format!("kiln: core dumped to {}", core.display()));
+    let out = gdb(&program, &core, &["bt", "info threads", "print total"]);
+    let source = std::fs::read_to_string(guests::repo_root().join("tests/guests/c/corethreads.c")).unwrap();
+    let line = 1 + source.lines().position(|l| l.contains("/* the crash */")).unwrap();
+    assert!(out.contains("Program terminated with signal SIGSEGV"), "{out}");
+    assert!(out.contains("#0  0x") && out.contains(" in record_total ("), "the faulting frame\n{out}");
+    assert!(out.contains(&format!("corethreads.c:{line}")), "the faulting line\n{out}");
+    assert!(out.contains("in main ("), "its caller\n{out}");
+    // `info threads`' rows: `* 1    LWP 1    0x... in record_total ...`.
+    let row =
+        |l: &&str| l.trim_start_matches(['*', ' ']).starts_with(|c: char| c.is_ascii_digit()) && l.contains(" LWP ");
+    let threads = out.lines().filter(row).count();
+    assert_eq!(threads, 4, "the main thread and three waiting on the barrier\n{out}");
+    assert!(out.contains("$1 = 4242"), "a local variable's value from the core's memory\n{out}");
+    // Sparse: the guest's untouched memory costs no disk.
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&core).unwrap();
+    assert!(meta.blocks() * 512 < meta.len() / 4, "{} bytes on disk of {}", meta.blocks() * 512, meta.len());
+
+    // A dynamically linked program: gdb finds libc.so.6 through the loader's list in the core's memory.
+    let core = dir.join("core-dynamic");
+    let program = guests::c("qsortcrash");
+    kiln().args(["run", "--core"]).arg(&core).arg(&program).run().assert_code(139);
+    let out = gdb(&program, &core, &["bt", "info sharedlibrary"]);
+    assert!(out.contains(" in compare_orders (") && out.contains(" in sort_orders ("), "{out}");
+    assert!(out.contains("qsort"), "the frames in libc are named\n{out}");
+    assert!(out.contains("libc.so.6"), "{out}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_core_file_in_a_missing_directory_is_refused_before_boot() {
+    let run = kiln().args(["run", "--core", "/nonexistent-kiln-dir/core", "/bin/true"]).run();
+    run.assert_code(2);
+    run.assert_stderr_contains("is not a file name in a directory that exists");
+}
