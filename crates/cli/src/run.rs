@@ -92,6 +92,17 @@ pub struct RunArgs {
     /// over the GDB remote protocol (docs/debugging.md)
     #[arg(long, value_name = "ADDR", conflicts_with = "detach")]
     pub gdb: Option<std::net::SocketAddr>,
+    /// The VMM threads' syscall allow-lists: on (a forbidden call stops the VM), off (debugging only), or log (let
+    /// calls through, the kernel logs the forbidden ones); default on, or $KILN_SECCOMP
+    #[arg(long, value_name = "on|off|log")]
+    seccomp: Option<kiln_launch::Seccomp>,
+    /// Run the VMM jailed (needs root): new PID, mount, IPC and UTS namespaces (and network, unless the user-mode
+    /// network needs the host's), an empty read-only root once the VM is built, an unprivileged uid, resource limits
+    #[arg(long, conflicts_with = "detach")]
+    jail: bool,
+    /// The uid (and gid) the jailed VMM runs as (default: 2000000000 + its host pid, one of its own)
+    #[arg(long, value_name = "UID[:GID]", requires = "jail", value_parser = kiln_jail::parse_identity)]
+    jail_uid: Option<kiln_jail::Identity>,
     /// An image (NAME[:TAG] or id, from kiln build) or the Linux x86-64 executable to run, then the arguments passed
     /// to the program (for an image: instead of its args); every word after IMAGE|PROGRAM is the program's, as with
     /// docker run
@@ -165,7 +176,7 @@ pub fn run(mut args: RunArgs) -> Result<u8> {
         };
         return crate::kilnd_client::run(&daemon, &args, &image);
     }
-    let spec = match &instance {
+    let mut spec = match &instance {
         // An instance process launches what its record says, not what its flags would resolve to now.
         Some(instance) => instance.spec()?,
         // A container image runs in one step, as with `docker run`: made a Kiln image in the store, then run by id.
@@ -177,15 +188,56 @@ pub fn run(mut args: RunArgs) -> Result<u8> {
         }
         None => kiln_launch::resolve(home::store().ok().as_ref(), &args.target, &args.overrides())?,
     };
+    if instance.is_none() {
+        spec.seccomp = seccomp_flag(args.seccomp)?;
+    }
     if args.detach && instance.is_none() {
         return detach::start(&args, &spec);
     }
-    launch(&spec, instance.as_mut(), args.gdb)
+    let jail = match args.jail {
+        // Forked here, before the VM exists: KVM ties a VM to the process that made it.
+        true => match kiln_jail::enter()? {
+            kiln_jail::Entered::Parent(code) => return Ok(code as u8),
+            kiln_jail::Entered::Child => Some(args.jail_uid),
+        },
+        false => None,
+    };
+    launch(&spec, instance.as_mut(), args.gdb, jail)
+}
+
+/// `--seccomp`, or else `$KILN_SECCOMP` (how a test suite is run under another mode), or else on.
+fn seccomp_flag(flag: Option<kiln_launch::Seccomp>) -> Result<kiln_launch::Seccomp> {
+    use clap::ValueEnum as _;
+    match (flag, std::env::var("KILN_SECCOMP")) {
+        (Some(mode), _) => Ok(mode),
+        (None, Ok(value)) => kiln_launch::Seccomp::from_str(&value, true)
+            .map_err(|_| anyhow!("KILN_SECCOMP={value}: expected on, off or log")),
+        (None, Err(_)) => Ok(kiln_launch::Seccomp::On),
+    }
+}
+
+/// Closes the jail around this process, whose VM is built: `identity` or the default one.
+fn lock_down(spec: &LaunchSpec, identity: Option<kiln_jail::Identity>) -> Result<()> {
+    let identity = match identity {
+        Some(identity) => identity,
+        None => kiln_jail::default_identity()?,
+    };
+    let new_network = !matches!(spec.network, kiln_launch::network::Network::User { .. });
+    let limits = kiln_jail::Limits::for_vm(spec.cpus)?;
+    kiln_jail::lock_down(&kiln_jail::Lockdown { identity, new_network, limits }).context("cannot close the jail")
 }
 
 /// Boots `spec` in a VM on this process, with the program's output on its stdout and stderr and the stop signals it
 /// gets forwarded, and returns the program's exit code: the one way `kiln` launches a VM.
-fn launch(spec: &LaunchSpec, mut instance: Option<&mut ThisInstance>, gdb: Option<SocketAddr>) -> Result<u8> {
+/// `jail`: this process is a jail's child, to be locked down with this identity (or the default) once the VM is built.
+fn launch(
+    spec: &LaunchSpec,
+    mut instance: Option<&mut ThisInstance>,
+    gdb: Option<SocketAddr>,
+    jail: Option<Option<kiln_jail::Identity>>,
+) -> Result<u8> {
+    // The process is the VM's own: the thread that runs it is confined too once the VM's threads are started.
+    kiln_seccomp::set_confine_caller(true);
     let Prepared { mut vm, object_sites, notices } = kiln_launch::prepare(spec, KERNEL)?;
     for notice in notices {
         errln!("kiln: {notice}");
@@ -195,8 +247,16 @@ fn launch(spec: &LaunchSpec, mut instance: Option<&mut ThisInstance>, gdb: Optio
         errln!("kiln: waiting for gdb on {addr} (gdb PROGRAM -ex 'target remote {addr}')");
         let conn = kiln_vmm::debug::gdb::accept(&listener)?;
         vm.debug_with(conn)?;
+        // The debugger's stub serves gdb from the vCPU threads, whose lists were not made for it.
+        if kiln_seccomp::mode() != kiln_seccomp::Mode::Off {
+            errln!("kiln: --gdb: the VMM's threads run without their seccomp allow-lists while debugged");
+            kiln_seccomp::set_mode(kiln_seccomp::Mode::Off);
+        }
     }
     let mut signals = host_signals::install().context("cannot set up the forwarding of signals")?;
+    if let Some(identity) = jail {
+        lock_down(spec, identity)?;
+    }
     if let Some(instance) = &mut instance {
         instance.running()?;
     }

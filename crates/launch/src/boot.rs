@@ -20,6 +20,13 @@ pub struct Prepared {
 
 /// Makes the VM `spec` describes, on `builtin_kernel` for a host program: every launcher's one way to the VMM.
 pub fn prepare(spec: &LaunchSpec, builtin_kernel: &'static [u8]) -> Result<Prepared, LaunchError> {
+    // Before anything starts a thread: the user-mode network's relay confines itself at its start.
+    kiln_seccomp::set_mode(spec.seccomp.mode());
+    let mut notices = Vec::new();
+    if spec.seccomp == crate::Seccomp::Off {
+        notices
+            .push("--seccomp=off: the VMM's threads run without their syscall allow-lists (for debugging only)".into());
+    }
     let store = crate::home::store().ok();
     let loaded = crate::load(spec, store.as_ref(), builtin_kernel)?;
     let guest_fs::GuestFs { rootfs, object_sites, interpreter } = guest_fs::prepare(spec, &loaded)?;
@@ -46,7 +53,8 @@ pub fn prepare(spec: &LaunchSpec, builtin_kernel: &'static [u8]) -> Result<Prepa
         core_file: spec.core_file.clone(),
     };
     let vm = Vm::new(&kernel, &program, config).map_err(|e| explain(e, spec))?;
-    Ok(Prepared { vm, object_sites, notices: attached.notices })
+    notices.extend(attached.notices);
+    Ok(Prepared { vm, object_sites, notices })
 }
 
 /// The working directory must be makeable: no name on its way may be a file (or anything but a directory or a

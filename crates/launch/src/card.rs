@@ -3,7 +3,7 @@
 
 use crate::error::LaunchError;
 use crate::network::{Addresses, Network};
-use kiln_usernet::{UserNet, UserNet6, UserNetConfig};
+use kiln_usernet::{BoundNet, UserNet, UserNet6, UserNetConfig};
 use kiln_vmm::virtio::net::Backend;
 use kiln_vmm::virtio::tap::Tap;
 use kiln_vmm::NetConfig;
@@ -11,6 +11,8 @@ use kiln_vmm::NetConfig;
 /// The user-mode network as the card's backend. Without `-p` it starts with the guest's first frame: a program that
 /// never uses the network does not pay for its thread (a tenth of a `kiln run hello`).
 enum UserBackend {
+    /// Sockets bound, thread started when the VM runs (`set_waker`): after a jail has closed.
+    Bound(Box<BoundNet>),
     Running(UserNet),
     Waiting(UserNetConfig, Option<Box<dyn Fn() + Send + Sync>>),
     Failed,
@@ -18,7 +20,11 @@ enum UserBackend {
 
 impl UserBackend {
     fn start(config: UserNetConfig, lazily: bool) -> Result<UserBackend, LaunchError> {
-        Ok(if lazily { UserBackend::Waiting(config, None) } else { UserBackend::Running(UserNet::new(config)?) })
+        Ok(if lazily {
+            UserBackend::Waiting(config, None)
+        } else {
+            UserBackend::Bound(Box::new(UserNet::bind(config)?))
+        })
     }
 
     fn running(&mut self) -> Option<&UserNet> {
@@ -73,6 +79,21 @@ impl Backend for UserBackend {
         match self {
             UserBackend::Running(net) => net.set_waker(wake),
             UserBackend::Waiting(_, waker) => *waker = Some(wake),
+            UserBackend::Bound(_) => {
+                let UserBackend::Bound(bound) = std::mem::replace(self, UserBackend::Failed) else {
+                    unreachable!("matched above")
+                };
+                match bound.start() {
+                    Ok(net) => {
+                        net.set_waker(wake);
+                        *self = UserBackend::Running(net);
+                    }
+                    Err(e) => {
+                        use std::io::Write as _;
+                        let _ = writeln!(std::io::stderr(), "kiln: the user-mode network did not start: {e}");
+                    }
+                }
+            }
             UserBackend::Failed => {}
         }
         true
@@ -119,7 +140,10 @@ pub fn card(network: &Network) -> Result<Option<NetConfig>, LaunchError> {
                 mtu: USER_MTU,
                 ipv6,
             };
-            (Box::new(UserBackend::start(config, publish.is_empty())?), USER_MTU)
+            // Started lazily, the relay would be a thread a vCPU thread makes, under the vCPU's filter for life; so
+            // with seccomp it starts as the VM runs.
+            let lazily = publish.is_empty() && kiln_seccomp::mode() == kiln_seccomp::Mode::Off;
+            (Box::new(UserBackend::start(config, lazily)?), USER_MTU)
         }
     };
     Ok(Some(NetConfig { backend, mac, ipv4, prefix_len, gateway, ipv6, gateway6, mtu }))

@@ -31,4 +31,4 @@ pub use export::export_pvh;
 pub use load::{image_rootfs, load, Loaded};
 pub use overrides::{check_volume_name, parse_env, parse_mapping, parse_mount, parse_workdir, Overrides};
 pub use resolve::{merged_env, merged_volumes, resolve, resolve_image, resolve_program};
-pub use spec::{LaunchSpec, Signals, Source, DEFAULT_MEMORY, DEFAULT_STOP_TIMEOUT};
+pub use spec::{LaunchSpec, Seccomp, Signals, Source, DEFAULT_MEMORY, DEFAULT_STOP_TIMEOUT};

@@ -65,6 +65,32 @@ pub struct LaunchSpec {
     /// Where a crash writes an ELF core file (`kiln run --core`), absolute; None for none.
     #[serde(default)]
     pub core_file: Option<PathBuf>,
+    /// The VMM threads' seccomp allow-lists (`--seccomp`); on unless the launcher says otherwise.
+    #[serde(default)]
+    pub seccomp: Seccomp,
+}
+
+/// `--seccomp`: what a VMM thread's filter does with a syscall its list lacks (`kiln_seccomp`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Seccomp {
+    /// Stop the VMM with a line naming the thread and the call.
+    #[default]
+    On,
+    /// No filters (for debugging; warned about).
+    Off,
+    /// Let the call through and have the kernel log it (audit, dmesg): for finding what a thread needs.
+    Log,
+}
+
+impl Seccomp {
+    pub fn mode(self) -> kiln_seccomp::Mode {
+        match self {
+            Seccomp::On => kiln_seccomp::Mode::Trap,
+            Seccomp::Off => kiln_seccomp::Mode::Off,
+            Seccomp::Log => kiln_seccomp::Mode::Log,
+        }
+    }
 }
 
 impl LaunchSpec {

@@ -176,6 +176,7 @@ impl Config {
             stats: false,
             signals: Signals { grace_secs },
             core_file: None,
+            seccomp: Default::default(),
         })
     }
 

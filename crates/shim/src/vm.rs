@@ -49,6 +49,8 @@ pub fn main(spec_path: &str, netns: Option<&str>) -> i32 {
             return KILN_ERROR;
         }
     };
+    // The process is the VM's own: the thread that runs it is confined too once the VM's threads are started.
+    kiln_seccomp::set_confine_caller(true);
     let prepared = read_spec(spec_path).and_then(|mut spec| {
         if let Some(network) = pod {
             spec.network = network;

@@ -31,6 +31,7 @@ pub mod fuzzing {
 }
 
 use std::io;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
@@ -99,17 +100,45 @@ pub struct UserNet {
     thread: Option<JoinHandle<()>>,
 }
 
+/// A user-mode network whose host sockets are bound and whose relay thread has not started yet.
+pub struct BoundNet {
+    shared: Arc<Shared>,
+    engine: engine::Engine,
+}
+
+impl BoundNet {
+    /// Starts the relay thread. It confines itself to its seccomp list at once (`kiln_seccomp`), so a launcher that
+    /// changes the process's ids (`kiln run --jail`) does so before it starts: musl makes every thread change them.
+    pub fn start(self) -> Result<UserNet, UserNetError> {
+        let BoundNet { shared, engine } = self;
+        let thread = std::thread::Builder::new()
+            .name("kiln-usernet".into())
+            .spawn(move || {
+                // Nobody waits for the thread to start (that would cost every launch a thread hop), so it ends the
+                // process itself where the host refuses the filter (the VMM's threads would fail alike).
+                if let Err(e) = kiln_seccomp::confine(kiln_seccomp::Kind::UserNet) {
+                    let _ = writeln!(io::stderr(), "kiln: the user-mode network's thread: {e}");
+                    std::process::exit(125);
+                }
+                engine.run()
+            })
+            .map_err(UserNetError::Thread)?;
+        Ok(UserNet { shared, thread: Some(thread) })
+    }
+}
+
 impl UserNet {
     /// Binds every forward's host socket now (so "address already in use" and privileged ports fail before
     /// the VM boots), starts the relay thread, and returns.
     pub fn new(config: UserNetConfig) -> Result<UserNet, UserNetError> {
+        UserNet::bind(config)?.start()
+    }
+
+    /// Binds every forward's host socket and reads the host's resolver, without starting the relay thread.
+    pub fn bind(config: UserNetConfig) -> Result<BoundNet, UserNetError> {
         let shared = Arc::new(Shared::new().map_err(UserNetError::EventFd)?);
         let engine = engine::Engine::new(config, shared.clone())?;
-        let thread = std::thread::Builder::new()
-            .name("kiln-usernet".into())
-            .spawn(move || engine.run())
-            .map_err(UserNetError::Thread)?;
-        Ok(UserNet { shared, thread: Some(thread) })
+        Ok(BoundNet { shared, engine })
     }
 
     /// Queues one Ethernet frame the guest transmitted (no virtio header) and wakes the relay thread.

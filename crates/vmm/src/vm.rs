@@ -34,6 +34,7 @@ use crate::virtio::net::NetStats;
 use kiln_abi::boot::{NetInfo, VolumeInfo, MAX_VOLUMES, MOUNT_PATH_MAX};
 use kiln_abi::hypercall::{FaultRecord, Hypercall, FAULT_RECORD_OFFSET, HYPERCALL_PORT, INTERRUPTED};
 use kiln_abi::layout::{direct_map, HUGE_PAGE_SIZE};
+use kiln_seccomp::Kind;
 use kvm_bindings::{kvm_userspace_memory_region, Msrs, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -91,6 +92,8 @@ pub enum VmError {
     Debug(String),
     #[error(transparent)]
     Gdb(#[from] gdb::GdbError),
+    #[error(transparent)]
+    Seccomp(#[from] kiln_seccomp::SeccompError),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -549,6 +552,9 @@ impl Vm {
             std::thread::Builder::new()
                 .name("net-rx".into())
                 .spawn(move || {
+                    if let Err(e) = kiln_seccomp::confine(Kind::NetRx) {
+                        return finish(&shared, &stopped, Err(e.into()));
+                    }
                     if let Some(card) = &shared.net {
                         let wake = || shared.parkers.iter().for_each(Parker::unpark);
                         if let Err(why) = card.pump(shared.ram.inner(), &stop, wake) {
@@ -599,12 +605,18 @@ impl Vm {
         let signals_tx = tx;
         std::thread::Builder::new()
             .name("host-signals".into())
-            .spawn(move || loop {
-                if signals_tx.send(Event::Signals(wait())).is_err() {
+            .spawn(move || {
+                if let Err(e) = kiln_seccomp::confine(Kind::HostSignals) {
+                    let _ = signals_tx.send(Event::Ended(Err(e.into())));
                     return;
                 }
+                while signals_tx.send(Event::Signals(wait())).is_ok() {}
             })
             .map_err(VmError::Thread)?;
+        // Every thread of the VM is started: where this one is the VM's own, it is confined too.
+        if kiln_seccomp::confines_caller() {
+            kiln_seccomp::confine(Kind::Main)?;
+        }
         let mut forwarder = Forwarder::new(self.boot.host_signals_phys, grace);
         let outcome = loop {
             // Without a stop signal awaited, no deadline at all.
@@ -722,6 +734,8 @@ fn run_vcpu(
     let immediate_exit = std::ptr::addr_of_mut!(vcpu.get_kvm_run().immediate_exit);
     // Dropped before `vcpu` (a parameter), which owns the byte.
     let _kickable = shared.kicks.register(id, immediate_exit);
+    // Set up (its timers made): from here on the thread makes only the calls its list allows.
+    kiln_seccomp::confine(Kind::Vcpu(id as u32))?;
     // The fault the library OS is deciding about (whether the program has a handler for it).
     let mut pending_fault: Option<CrashReport> = None;
     // Under a debugger: the fault it was told about (delivered when it resumes the thread with the signal), and the

@@ -1,0 +1,58 @@
+//! A vCPU thread: KVM_RUN and the exits it handles. Hypercalls write the program's output (write, writev to the
+//! console), devices move frames (the tap's write, the user-mode network's eventfd) and volume blocks (pread, pwrite,
+//! fdatasync), time slices re-arm the thread's own timers (timer_settime), kicks go to other vCPUs (tgkill), idle vCPUs
+//! park on futexes. Its ioctls are KVM's vCPU calls only, checked by number.
+
+use seccompiler::{BackendError, SeccompRule};
+
+pub(super) const SYSCALLS: &[i64] = &[
+    libc::SYS_read,
+    libc::SYS_writev,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_fdatasync,
+    libc::SYS_fsync,
+    libc::SYS_timer_settime,
+    libc::SYS_timer_delete,
+    libc::SYS_tgkill,
+];
+
+const KVMIO: u64 = 0xae;
+const fn io(nr: u64) -> u64 {
+    (KVMIO << 8) | nr
+}
+const fn ior(nr: u64, size: usize) -> u64 {
+    (2 << 30) | ((size as u64) << 16) | (KVMIO << 8) | nr
+}
+const fn iow(nr: u64, size: usize) -> u64 {
+    (1 << 30) | ((size as u64) << 16) | (KVMIO << 8) | nr
+}
+const fn iowr(nr: u64, size: usize) -> u64 {
+    (3 << 30) | ((size as u64) << 16) | (KVMIO << 8) | nr
+}
+
+use kvm_sizes::*;
+mod kvm_sizes {
+    // The sizes of the structures the ioctls pass, from the kernel's uapi (kvm.h, x86-64).
+    pub const REGS: usize = 144;
+    pub const SREGS: usize = 312;
+    pub const VCPU_EVENTS: usize = 64;
+    pub const MSRS: usize = 8;
+}
+
+/// The vCPU ioctls a vCPU thread makes while the VM runs (`_IO`/`_IOR`/`_IOW` numbers from kvm.h), by name.
+pub const KVM_VCPU_IOCTLS: &[(&str, u64)] = &[
+    ("KVM_RUN", io(0x80)),
+    ("KVM_GET_REGS", ior(0x81, REGS)),
+    ("KVM_SET_REGS", iow(0x82, REGS)),
+    ("KVM_GET_SREGS", ior(0x83, SREGS)),
+    ("KVM_SET_SREGS", iow(0x84, SREGS)),
+    ("KVM_GET_MSRS", iowr(0x88, MSRS)),
+    ("KVM_SET_MSRS", iow(0x89, MSRS)),
+    ("KVM_GET_VCPU_EVENTS", ior(0x9f, VCPU_EVENTS)),
+    ("KVM_SET_VCPU_EVENTS", iow(0xa0, VCPU_EVENTS)),
+];
+
+pub(super) fn conditional() -> Result<Vec<(i64, Vec<SeccompRule>)>, BackendError> {
+    Ok(vec![super::ioctl_with(KVM_VCPU_IOCTLS.iter().map(|&(_, number)| number))?])
+}
