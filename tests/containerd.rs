@@ -175,6 +175,7 @@ fn guest_layer() -> Vec<u8> {
         ("bin/crash", program(&guests::c("crash"))),
         ("bin/waiter", program(&guests::c("waiter"))),
         ("bin/files", program(&guests::c("files"))),
+        ("bin/limits", program(&guests::c("limits"))),
         ("bin/script", Entry::File { mode: 0o755, data: b"#!/bin/sh\necho not a program\n".to_vec() }),
         ("tmp/", Entry::Dir),
     ])
@@ -213,6 +214,10 @@ fn containerd_runs_containers_as_kiln_vms() {
     assert_ne!(run.status.code(), Some(0));
     let stderr = text(&run.stderr);
     assert!(stderr.contains("/bin/script: Kiln runs Linux x86-64 ELF programs"), "{stderr}");
+
+    // process.rlimits' RLIMIT_NOFILE (ctr's default spec sets 1024) is the guest's.
+    let run = containerd.run("limits", &["/bin/limits"]);
+    assert_eq!(text(&run.stdout), "nofile 1024 1024\n", "{}", text(&run.stderr));
 
     // Bind mounts: a host file and a read-only host directory are copied into the VM (the guest checks both); a
     // writable host directory is refused at create, with the reason.

@@ -46,6 +46,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("hello-musl-dynamic", "hello.c", Link::MuslDynamic),
     ("bigout", "bigout.c", Link::Static),
     ("crash", "crash.c", Link::Static),
+    ("limits", "limits.c", Link::Static),
     ("backtrace", "backtrace.c", Link::Static),
     ("debuggee", "debuggee.c", Link::Static),
     ("backtrace-symbols", "backtrace.c", Link::Static),

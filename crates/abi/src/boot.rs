@@ -69,6 +69,10 @@ pub struct BootInfo {
     /// The area starts with the syscall entry's address, then the offset in it of its restart table.
     pub syscall_stubs_start: u64,
     pub syscall_stubs_end: u64,
+    /// The program's RLIMIT_NOFILE, soft and hard (a container's `process.rlimits`); 0 for the library OS's own.
+    /// Last, so that a library OS of the previous layout reads what it knows and leaves this.
+    pub nofile_soft: u64,
+    pub nofile_hard: u64,
 }
 
 /// The network card, if the VM has one: a virtio-net device behind a virtio-mmio register window, and the addresses

@@ -72,6 +72,7 @@ fn boot(code: &[u8]) -> (GuestRam, boot::BootState) {
         objects_need_page0: false,
         net: None,
         volumes: Vec::new(),
+        nofile: None,
     };
     let state = boot::build(&mut ram, (&kernel, KERNEL), (&program, &program_file, prepared), &params).unwrap();
     (ram, state)

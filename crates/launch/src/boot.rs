@@ -51,6 +51,7 @@ pub fn prepare(spec: &LaunchSpec, builtin_kernel: &'static [u8]) -> Result<Prepa
         net,
         volumes: attached.volumes,
         core_file: spec.core_file.clone(),
+        nofile: spec.nofile,
     };
     let vm = Vm::new(&kernel, &program, config).map_err(|e| explain(e, spec))?;
     notices.extend(attached.notices);

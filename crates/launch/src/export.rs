@@ -38,6 +38,7 @@ pub fn export_pvh(spec: &LaunchSpec, builtin_kernel: &'static [u8], platform: &[
         net: None,
         volumes: Vec::new(),
         core_file: None,
+        nofile: spec.nofile,
     };
     kiln_vmm::export::pvh(&kernel, &program, platform, config).map_err(|e| match e {
         ExportError::Vm(e) => explain(e, spec),

@@ -156,6 +156,7 @@ fn apply(base: Base, flags: &Overrides) -> Result<LaunchSpec, ResolveError> {
         signals: Signals { grace_secs: flags.stop_timeout.unwrap_or(DEFAULT_STOP_TIMEOUT) },
         core_file: flags.core_file.clone(),
         seccomp: Default::default(),
+        nofile: None,
     })
 }
 

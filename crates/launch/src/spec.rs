@@ -68,6 +68,10 @@ pub struct LaunchSpec {
     /// The VMM threads' seccomp allow-lists (`--seccomp`); on unless the launcher says otherwise.
     #[serde(default)]
     pub seccomp: Seccomp,
+    /// RLIMIT_NOFILE (soft, hard) the program starts with (a container's `process.rlimits`); none for the library
+    /// OS's own.
+    #[serde(default)]
+    pub nofile: Option<(u64, u64)>,
 }
 
 /// `--seccomp`: what a VMM thread's filter does with a syscall its list lacks (`kiln_seccomp`).

@@ -33,6 +33,8 @@ pub enum BundleError {
     Cwd(String),
     #[error("annotation {0}={1:?}: {2}")]
     Annotation(String, String, String),
+    #[error("process.rlimits RLIMIT_NOFILE soft {soft}, hard {hard}: {problem}")]
+    Nofile { soft: u64, hard: u64, problem: &'static str },
     #[error("memory limit {0} bytes: a Kiln VM needs at least 1 MiB")]
     Memory(i64),
     #[error(transparent)]
@@ -64,6 +66,18 @@ pub struct Process {
     pub env: Vec<String>,
     #[serde(default)]
     pub cwd: String,
+    #[serde(default)]
+    pub rlimits: Vec<Rlimit>,
+}
+
+/// One of `process.rlimits`: Kiln applies RLIMIT_NOFILE (the library OS enforces it); the others have nothing to
+/// limit in a VM whose memory and vCPUs are its limits, and are not applied.
+#[derive(Debug, Default, Deserialize)]
+pub struct Rlimit {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub hard: u64,
+    pub soft: u64,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -158,6 +172,7 @@ impl Config {
         check_program(&rootfs, &exe_path)?;
         let (memory, cpus, grace_secs) = (self.memory()?, self.cpus()?, self.stop_timeout()?);
         let copies = crate::mounts::copies(&self.mounts)?;
+        let nofile = nofile(&process.rlimits)?;
         Ok(LaunchSpec {
             source: Source::Bundle { rootfs },
             shown: argv0.to_string(),
@@ -177,6 +192,7 @@ impl Config {
             signals: Signals { grace_secs },
             core_file: None,
             seccomp: Default::default(),
+            nofile,
         })
     }
 
@@ -236,6 +252,19 @@ fn check_program(rootfs: &Path, exe_path: &str) -> Result<(), BundleError> {
     let bytes = std::fs::read(&host).map_err(|e| BundleError::Read(host.clone(), e))?;
     kiln_vmm::elf::ElfImage::parse(&bytes).map_err(|e| BundleError::NotAProgram(exe_path.to_string(), e))?;
     Ok(())
+}
+
+/// RLIMIT_NOFILE from `process.rlimits`, checked as setrlimit checks it (the library OS keeps at most 65,536
+/// descriptors, and lowers a higher limit to that).
+fn nofile(rlimits: &[Rlimit]) -> Result<Option<(u64, u64)>, BundleError> {
+    let Some(limit) = rlimits.iter().find(|r| r.kind == "RLIMIT_NOFILE") else { return Ok(None) };
+    let (soft, hard) = (limit.soft, limit.hard);
+    let problem = match () {
+        _ if soft > hard => "the soft limit is above the hard one",
+        _ if hard == 0 => "a program cannot run without a file descriptor",
+        _ => return Ok(Some((soft, hard))),
+    };
+    Err(BundleError::Nofile { soft, hard, problem })
 }
 
 /// A size (`kiln run --memory`'s syntax) of at least 1 MiB.

@@ -66,6 +66,8 @@ pub struct BootParams {
     /// The volumes' sizes and mount paths (their register windows are placed by [`build`]); at most
     /// [`MAX_VOLUMES`].
     pub volumes: Vec<VolumeInfo>,
+    /// RLIMIT_NOFILE (soft, hard) to start the program with; none for the library OS's own.
+    pub nofile: Option<(u64, u64)>,
 }
 
 /// Where a VM with `ram_size` bytes of RAM has its network card's registers: just above RAM, where no memory slot
@@ -345,6 +347,8 @@ pub fn build_from(
         volumes,
         syscall_stubs_start: loaded.stubs.start,
         syscall_stubs_end: loaded.stubs.end,
+        nofile_soft: params.nofile.map_or(0, |(soft, _)| soft),
+        nofile_hard: params.nofile.map_or(0, |(_, hard)| hard),
     };
     ram.write(boot_info_phys, boot_info_bytes(&info))?;
 

@@ -108,6 +108,7 @@ pub fn pvh(
         objects_need_page0: config.objects_need_page0,
         net: None,
         volumes: Vec::new(),
+        nofile: config.nofile,
     };
     let state =
         boot::build_from(&mut ram, LAYOUT_PHYS, (&kernel, kernel_elf), (&program, program_elf, prepared), &params)?;

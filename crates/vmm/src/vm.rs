@@ -144,6 +144,8 @@ pub struct VmConfig {
     pub volumes: Vec<VolumeConfig>,
     /// Where a crash writes its core file (`kiln run --core`); None for none.
     pub core_file: Option<PathBuf>,
+    /// RLIMIT_NOFILE (soft, hard) the program starts with; none for the library OS's own (its most).
+    pub nofile: Option<(u64, u64)>,
 }
 
 /// How a run ended.
@@ -419,6 +421,7 @@ impl Vm {
             rootfs: std::mem::take(&mut config.rootfs),
             interpreter: std::mem::take(&mut config.interpreter),
             objects_need_page0: config.objects_need_page0,
+            nofile: config.nofile,
             net: config.net.as_ref().map(|n| NetInfo {
                 mac: n.mac,
                 mtu: n.mtu,

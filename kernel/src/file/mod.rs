@@ -51,6 +51,12 @@ pub fn nofile_limit() -> (usize, usize) {
     *NOFILE.lock()
 }
 
+/// The RLIMIT_NOFILE the launcher asked for (a container's): at most [`MAX_FDS`], the soft limit at most the hard.
+pub fn start_nofile_limit(soft: u64, hard: u64) {
+    let hard = hard.min(MAX_FDS as u64) as usize;
+    *NOFILE.lock() = ((soft as usize).min(hard), hard);
+}
+
 /// setrlimit(RLIMIT_NOFILE) with Linux's rules: soft <= hard, hard <= MAX_FDS (EPERM), and only a privileged caller
 /// raises the hard limit.
 pub fn set_nofile_limit(soft: u64, hard: u64, privileged: bool) -> Result<(), Errno> {

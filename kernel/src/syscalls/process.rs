@@ -21,6 +21,9 @@ static STACK_SIZE: AtomicU64 = AtomicU64::new(0);
 pub fn init(boot: &BootInfo) {
     VCPUS.store(u64::from(boot.vcpu_count.max(1)), Ordering::Relaxed);
     STACK_SIZE.store(boot.app_stack_top - boot.app_stack_bottom, Ordering::Relaxed);
+    if boot.nofile_hard != 0 {
+        crate::file::start_nofile_limit(boot.nofile_soft, boot.nofile_hard);
+    }
 }
 
 pub fn exit(a: &Args) -> SysResult {

@@ -53,3 +53,13 @@ fn unknown_kiln_annotations_and_scripts_are_refused() {
     assert!(missing.launch_spec(&root, "c1").unwrap_err().to_string().contains("not found in the container's PATH"));
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+#[test]
+fn the_descriptor_limit_is_taken_and_checked() {
+    let limit = |kind: &str, soft: u64, hard: u64| Rlimit { kind: kind.into(), soft, hard };
+    assert_eq!(nofile(&[]).unwrap(), None);
+    assert_eq!(nofile(&[limit("RLIMIT_CORE", 0, 0), limit("RLIMIT_NOFILE", 1024, 4096)]).unwrap(), Some((1024, 4096)));
+    let err = nofile(&[limit("RLIMIT_NOFILE", 2048, 1024)]).unwrap_err().to_string();
+    assert!(err.contains("soft limit is above"), "{err}");
+    assert!(nofile(&[limit("RLIMIT_NOFILE", 0, 0)]).is_err());
+}
