@@ -156,39 +156,8 @@ fn discard(at: u64, count: u64) -> i64 {
 }
 
 pub fn signal_name(signal: u64) -> &'static str {
-    const NAMES: [&str; 32] = [
-        "signal 0",
-        "SIGHUP",
-        "SIGINT",
-        "SIGQUIT",
-        "SIGILL",
-        "SIGTRAP",
-        "SIGABRT",
-        "SIGBUS",
-        "SIGFPE",
-        "SIGKILL",
-        "SIGUSR1",
-        "SIGSEGV",
-        "SIGUSR2",
-        "SIGPIPE",
-        "SIGALRM",
-        "SIGTERM",
-        "SIGSTKFLT",
-        "SIGCHLD",
-        "SIGCONT",
-        "SIGSTOP",
-        "SIGTSTP",
-        "SIGTTIN",
-        "SIGTTOU",
-        "SIGURG",
-        "SIGXCPU",
-        "SIGXFSZ",
-        "SIGVTALRM",
-        "SIGPROF",
-        "SIGWINCH",
-        "SIGIO",
-        "SIGPWR",
-        "SIGSYS",
-    ];
-    NAMES.get(signal as usize).copied().unwrap_or("a real-time signal")
+    match signal {
+        0 => "signal 0",
+        _ => kiln_abi::signals::name(signal).unwrap_or("a real-time signal"),
+    }
 }

@@ -10,6 +10,7 @@ pub mod layout;
 pub mod paging;
 pub mod pvh;
 pub mod rootfs;
+pub mod signals;
 pub mod syscall_names;
 pub mod threads;
 

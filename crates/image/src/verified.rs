@@ -20,20 +20,9 @@ pub(crate) fn settled(meta: &Metadata, now: SystemTime) -> bool {
     now.duration_since(changed).is_ok_and(|age| age >= SETTLE)
 }
 
-/// What a blob file's `stat` says, as the bytes a stamp holds.
+/// What a blob file's `stat` says, as the bytes a stamp holds (the rewrite cache's file identity, without the path).
 pub(crate) fn stat_stamp(meta: &Metadata) -> Vec<u8> {
-    [
-        meta.size(),
-        meta.mtime() as u64,
-        meta.mtime_nsec() as u64,
-        meta.ctime() as u64,
-        meta.ctime_nsec() as u64,
-        meta.ino(),
-        meta.dev(),
-    ]
-    .iter()
-    .flat_map(|v| v.to_le_bytes())
-    .collect()
+    kiln_vmm::rootfs_cache::stat_bytes(meta)
 }
 
 /// The stamps' directory in a store whose blobs are under `blobs_dir` (`blobs/sha256`).

@@ -119,7 +119,7 @@ pub fn identity(path: &Path) -> std::io::Result<Vec<u8>> {
 }
 
 /// What `stat` says of a file, as bytes: type and mode, size, modification and change times (ns), inode, device.
-fn stat_bytes(meta: &Metadata) -> Vec<u8> {
+pub fn stat_bytes(meta: &Metadata) -> Vec<u8> {
     [
         u64::from(meta.mode()),
         meta.size(),
