@@ -32,7 +32,6 @@ pub(super) const SYSCALLS: &[i64] = &[
     libc::SYS_fsync,
     libc::SYS_fdatasync,
     libc::SYS_ftruncate,
-    libc::SYS_getrandom,
     libc::SYS_getcwd,
     libc::SYS_getuid,
     libc::SYS_geteuid,

@@ -18,13 +18,15 @@ pub use vcpu::KVM_VCPU_IOCTLS;
 /// unmaps the thread's stack), wait and wake on futexes (Rust's locks and channels), sleep, return from a signal
 /// handler (the vCPU kick), write (the SIGSYS line, `tracing` and panics to stderr), allocate (`mmap` is
 /// conditional: never executable memory; `brk` for musl's malloc, which the shim's binary uses: a crash report made
-/// on a vCPU thread allocates) and close what it owns (debug builds check a descriptor with F_GETFD before
+/// on a vCPU thread allocates), seed a hash map (std's `HashMap::new` asks `getrandom` once per thread: the user-mode
+/// network's DNS forwarder died of it) and close what it owns (debug builds check a descriptor with F_GETFD before
 /// closing it).
 const COMMON: &[i64] = &[
     libc::SYS_exit,
     libc::SYS_exit_group,
     libc::SYS_futex,
     libc::SYS_brk,
+    libc::SYS_getrandom,
     libc::SYS_munmap,
     libc::SYS_mremap,
     libc::SYS_madvise,
