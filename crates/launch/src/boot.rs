@@ -8,6 +8,7 @@ use kiln_vmm::boot::BootError;
 use kiln_vmm::loader::LoaderError;
 use kiln_vmm::rewrite::SiteCounts;
 use kiln_vmm::{Vm, VmConfig, VmError};
+use std::borrow::Cow;
 
 /// A VM made from a spec, and what the launcher reports about it.
 pub struct Prepared {
@@ -27,13 +28,32 @@ pub fn prepare(spec: &LaunchSpec, builtin_kernel: &'static [u8]) -> Result<Prepa
         notices
             .push("--seccomp=off: the VMM's threads run without their syscall allow-lists (for debugging only)".into());
     }
+    let Configured { kernel, program, mut config, object_sites } = configure(spec, builtin_kernel)?;
+    config.net = crate::card::card(&spec.network)?;
+    let attached = volumes::attach_all(&spec.volumes)?;
+    config.volumes = attached.volumes;
+    config.core_file = spec.core_file.clone();
+    let vm = Vm::new(&kernel, &program, config).map_err(|e| explain(e, spec))?;
+    notices.extend(attached.notices);
+    Ok(Prepared { vm, object_sites, notices })
+}
+
+/// What a launch and an export both make of a spec: the library OS and the program, and the VM's configuration
+/// without devices (no card, no volumes, no core file: the caller adds what it has).
+pub(crate) struct Configured {
+    pub kernel: Cow<'static, [u8]>,
+    pub program: Vec<u8>,
+    pub config: VmConfig,
+    pub object_sites: Option<SiteCounts>,
+}
+
+/// Loads what `spec` boots, builds its root filesystem and checks its working directory against it.
+pub(crate) fn configure(spec: &LaunchSpec, builtin_kernel: &'static [u8]) -> Result<Configured, LaunchError> {
     let store = crate::home::store().ok();
     let loaded = crate::load(spec, store.as_ref(), builtin_kernel)?;
     let guest_fs::GuestFs { rootfs, object_sites, interpreter } = guest_fs::prepare(spec, &loaded)?;
     check_workdir(&spec.workdir, rootfs.bytes())?;
     let Loaded { kernel, program, prepared, program_identity, .. } = loaded;
-    let net = crate::card::card(&spec.network)?;
-    let attached = volumes::attach_all(&spec.volumes)?;
     let config = VmConfig {
         memory: spec.memory,
         cpus: spec.cpus,
@@ -48,14 +68,12 @@ pub fn prepare(spec: &LaunchSpec, builtin_kernel: &'static [u8]) -> Result<Prepa
         rootfs,
         objects_need_page0: object_sites.is_some_and(|s| s.in_place > 0),
         interpreter,
-        net,
-        volumes: attached.volumes,
-        core_file: spec.core_file.clone(),
+        net: None,
+        volumes: Vec::new(),
+        core_file: None,
         nofile: spec.nofile,
     };
-    let vm = Vm::new(&kernel, &program, config).map_err(|e| explain(e, spec))?;
-    notices.extend(attached.notices);
-    Ok(Prepared { vm, object_sites, notices })
+    Ok(Configured { kernel, program, config, object_sites })
 }
 
 /// The working directory must be makeable: no name on its way may be a file (or anything but a directory or a
