@@ -157,6 +157,47 @@ fn crash_is_reported_on_the_serial_console() {
 }
 
 #[test]
+fn timers_sleeps_and_signals_keep_time_under_microvm() {
+    if !qemu_available() {
+        return;
+    }
+    // Sleeps, alarms, periodic and POSIX timers, sigtimedwait's timeout: the APIC timer ends each wait (`hlt`), and
+    // its interrupt brings timer signals to a thread blocked in the library OS.
+    let image = export("timers", &[guests::c("timers").to_str().expect("UTF-8 path")]);
+    let boot = boot(&image, "microvm", &["-device", EXIT_DEVICE]);
+    assert!(boot.console.contains("ok: the alarm ends pause() after 50 ms\n"), "{}", boot.console);
+    assert!(boot.console.ends_with("timers: 0 failed\n"), "{}", boot.console);
+    assert_eq!(boot.status, 1, "exit code 0 through isa-debug-exit\n{}", boot.console);
+}
+
+#[test]
+fn threads_that_compute_without_syscalls_are_interrupted_under_q35() {
+    if !qemu_available() {
+        return;
+    }
+    // Signals and time slices reach threads spinning in the program's code (the APIC timer's interrupt resumes the
+    // library OS at its fault entry), with every register intact; and a timer's unhandled signal ends the program.
+    let image = export("spinsignal", &[guests::c("spinsignal").to_str().expect("UTF-8 path")]);
+    let spun = boot(&image, "q35", &["-device", EXIT_DEVICE]);
+    for line in [
+        "ok: every register and the carry flag survive the interruptions",
+        "ok: a periodic timer's signals reach the main thread spinning",
+        "ok: the main thread spinning on a flag lets the thread that sets it run",
+        "ok: three threads spinning until all three have arrived all run",
+    ] {
+        assert!(spun.console.contains(&format!("{line}\n")), "{line}:\n{}", spun.console);
+    }
+    assert!(!spun.console.contains("FAILED"), "{}", spun.console);
+    assert_eq!(spun.status, 1, "exit code 0 through isa-debug-exit\n{}", spun.console);
+
+    let image = export("unhandled", &[guests::c("timers").to_str().expect("UTF-8 path"), "unhandled"]);
+    let killed = boot(&image, "q35", &["-device", EXIT_DEVICE]);
+    assert!(killed.console.ends_with("kiln: program killed by SIGALRM\n"), "{}", killed.console);
+    // 142 (128 + SIGALRM) through isa-debug-exit: (142 * 2 + 1) mod 256.
+    assert_eq!(killed.status, (142 * 2 + 1) % 256, "{}", killed.console);
+}
+
+#[test]
 fn too_little_memory_is_said_on_the_console() {
     if !qemu_available() {
         return;

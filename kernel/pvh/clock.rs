@@ -1,4 +1,4 @@
-//! Time: the TSC's frequency (from CPUID where the CPU or hypervisor says it, else counted against the PIT's 10 ms)
+//! Time: the TSC's frequency (from CPUID where the CPU or hypervisor says it, else counted against 10 ms of the PIT)
 //! and the wall clock at boot from the CMOS RTC, written into the boot info where Kiln's VMM writes KVM's figures.
 
 use crate::io::{cpuid, inb, outb, rdtsc};
@@ -7,6 +7,11 @@ use kiln_abi::BootInfo;
 const PIT_HZ: u64 = 1_193_182;
 /// PIT ticks of the calibration: 10 ms.
 const PIT_TICKS: u64 = 11_932;
+/// Reads of a counter that does not move before there is taken to be no PIT (each read is two port accesses, which
+/// exit to the hypervisor: well over 10 ms).
+const MAX_PIT_POLLS: u32 = 2_000_000;
+/// Reads that find the counter where it started before there is taken to be no PIT (it moves every 0.84 us).
+const STILL_PIT_POLLS: u32 = 10_000;
 
 pub fn init(boot: &mut BootInfo) {
     let Some(hz) = from_cpuid().or_else(from_pit) else {
@@ -36,24 +41,33 @@ fn from_cpuid() -> Option<u64> {
     None
 }
 
+/// The TSC counted over 10 ms of the PIT's channel 0, read back through its latch (channel 2's gate and output go
+/// through port 0x61, which QEMU's microvm does not have). None if the counter does not move: no PIT.
 fn from_pit() -> Option<u64> {
-    let gate = inb(0x61);
-    outb(0x61, (gate & !0x02) | 0x01); // channel 2's gate on, the speaker off
-    outb(0x43, 0xb0); // channel 2, low then high byte, mode 0 (interrupt on terminal count)
-    outb(0x42, (PIT_TICKS & 0xff) as u8);
-    outb(0x42, (PIT_TICKS >> 8) as u8);
+    let count = || {
+        outb(0x43, 0x00); // latch channel 0
+        let low = inb(0x40);
+        u16::from_le_bytes([low, inb(0x40)])
+    };
+    outb(0x43, 0x30); // channel 0, low then high byte, mode 0 (counts down once from the value written)
+    outb(0x40, 0xff);
+    outb(0x40, 0xff);
+    let first = count();
     let start = rdtsc();
     let mut polls = 0u32;
-    while inb(0x61) & 0x20 == 0 {
-        polls += 1;
-        if polls > 50_000_000 {
-            outb(0x61, gate);
-            return None;
+    let result = loop {
+        let counted = u64::from(first.wrapping_sub(count()));
+        // Polled far more often than every 55 ms (the counter's wrap), so the count down is the time passed.
+        if counted >= PIT_TICKS {
+            break Some(rdtsc().wrapping_sub(start) * PIT_HZ / counted);
         }
-    }
-    let ticks = rdtsc().wrapping_sub(start);
-    outb(0x61, gate);
-    Some(ticks * PIT_HZ / PIT_TICKS)
+        polls += 1;
+        if polls > MAX_PIT_POLLS || (polls > STILL_PIT_POLLS && counted == 0) {
+            break None;
+        }
+    };
+    outb(0x43, 0x30); // a new mode 0 without a count: channel 0 stops, and raises no interrupt
+    result
 }
 
 fn cmos(register: u8) -> u8 {
@@ -93,11 +107,4 @@ fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
     let doy = (153 * mp + 2) / 5 + day - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     era * 146_097 + doe - 719_468
-}
-
-/// Busy-waits until the TSC reaches `deadline_tsc` or `stop` says so.
-pub fn spin_until(deadline_tsc: u64) {
-    while rdtsc() < deadline_tsc {
-        core::hint::spin_loop();
-    }
 }

@@ -16,6 +16,9 @@ const USER_DATA: u64 = 0x18 | 3;
 const USER_CODE: u64 = 0x20 | 3;
 const TSS_SELECTOR: u16 = 0x28;
 const GDT_ENTRIES: u64 = 7;
+/// RFLAGS at CPL 3: interrupts on (the APIC timer's, for waits and time slices); with IOPL 0, neither the library OS
+/// nor the program can turn them off.
+pub const USER_RFLAGS: u64 = 0x202;
 
 const CR0: u64 = (1 << 0) | (1 << 1) | (1 << 4) | (1 << 5) | (1 << 16) | (1 << 31); // PE MP ET NE WP PG
 const CR4: u64 = (1 << 5) | (1 << 9) | (1 << 10) | (1 << 16); // PAE OSFXSR OSXMMEXCPT FSGSBASE
@@ -102,7 +105,7 @@ pub fn init(handoff: &Handoff) {
 pub fn enter_library_os(handoff: &Handoff) -> ! {
     let boot = direct_map(handoff.boot_info_phys);
     // SAFETY: the export built the library OS, its stack and the boot info; iretq switches to CPL 3 with the user
-    // selectors of the export's GDT and interrupts off (RFLAGS = 2).
+    // selectors of the export's GDT and interrupts on (the timer's vector is in the IDT and the APIC is set up).
     unsafe {
         asm!(
             "mov ds, {data:e}",
@@ -111,7 +114,7 @@ pub fn enter_library_os(handoff: &Handoff) -> ! {
             "mov gs, {data:e}",
             "push {data}",
             "push {rsp}",
-            "push 2",
+            "push {rflags}",
             "push {code}",
             "push {rip}",
             "xor eax, eax",
@@ -124,6 +127,7 @@ pub fn enter_library_os(handoff: &Handoff) -> ! {
             rsp = in(reg) handoff.stack_pointer,
             code = in(reg) USER_CODE,
             rip = in(reg) handoff.entry,
+            rflags = in(reg) USER_RFLAGS,
             in("rdi") boot,
             in("rsi") 0u64,
             options(noreturn),

@@ -1,11 +1,10 @@
 //! The library OS's hypercalls, answered in the guest: what Kiln's VMM does for each (`kiln_vmm::hypercall`), with
-//! the serial console for output, the TSC for waits, CR3 for TLB flushes and `power` for the end. Every address and
-//! length the library OS gives is checked against the RAM the image has, as the VMM checks them.
+//! the serial console for output, the APIC timer for waits and time slices (`timer.rs`), CR3 for TLB flushes and
+//! `power` for the end. Every address and length the library OS gives is checked against the RAM the image has, as
+//! the VMM checks them.
 
-use crate::{boot_info, clock, handoff, power, serial, trap};
-use kiln_abi::hypercall::{
-    Hypercall, HypercallBlock, IoSegment, MAX_IO_SEGMENTS, MAX_PANIC_MESSAGE, MAX_WRITE_BYTES, WAIT_FOREVER,
-};
+use crate::{boot_info, handoff, power, serial, timer, trap};
+use kiln_abi::hypercall::{Hypercall, HypercallBlock, IoSegment, MAX_IO_SEGMENTS, MAX_PANIC_MESSAGE, MAX_WRITE_BYTES};
 use kiln_abi::layout::{direct_map, PAGE_SIZE};
 
 const EPERM: i64 = 1;
@@ -53,11 +52,22 @@ pub fn handle(nr: u32) {
             power::exit(DEADLOCK_EXIT)
         }
         Some(Hypercall::Wait) => {
-            wait(args[0]);
+            timer::wait(args[0], args[1]);
             0
         }
-        // One vCPU, and no interruptions yet: a kick has no one to wake, a time slice no one to end.
-        Some(Hypercall::Kick | Hypercall::Preempt) => 0,
+        // One vCPU: the only one the library OS can name.
+        Some(Hypercall::Kick) if args[0] == 0 => {
+            timer::kick();
+            0
+        }
+        Some(Hypercall::Kick) => power::fail("the library OS kicked a vCPU that does not exist"),
+        Some(Hypercall::Preempt) if args[0] & !1 == 0 => {
+            if args[0] == 1 {
+                timer::preempt(args[1], args[2] == 1);
+            }
+            0
+        }
+        Some(Hypercall::Preempt) => power::fail("the library OS preempted vCPUs of which some do not exist"),
         Some(Hypercall::FlushTlb) => {
             crate::io::flush_tlb();
             0
@@ -123,20 +133,6 @@ fn exit(code: u64, signal: u64) -> ! {
         }
         _ => power::fail("the library OS reported an exit by a signal that does not exist"),
     }
-}
-
-/// Nothing to run until `ns` from now. One vCPU and no devices yet: nothing but time can end the wait, so it spins on
-/// the TSC (a `hlt` needs a timer interrupt, which is later work); with no deadline it never ends.
-fn wait(ns: u64) {
-    if ns == WAIT_FOREVER {
-        loop {
-            // SAFETY: interrupts are off: the vCPU stops for good, which is what waiting for nothing means.
-            unsafe { core::arch::asm!("hlt", options(nomem, nostack)) };
-        }
-    }
-    let hz = boot_info().tsc_hz;
-    let ticks = (u128::from(ns) * u128::from(hz) / 1_000_000_000) as u64;
-    clock::spin_until(crate::io::rdtsc().saturating_add(ticks));
 }
 
 /// The ranges read as zero from now on: zeroed here (Kiln's VMM gives the host pages back instead).

@@ -2,20 +2,23 @@
 //! pvh`). It starts the library OS exactly as Kiln's VMM does (its page tables, GDT and TSS, CPL 3 at `_start`), and
 //! then answers the library OS's hypercalls itself: their `out` to the hypercall port, closed in the TSS I/O bitmap,
 //! raises #GP into this layer at CPL 0, which writes to the 16550 serial console, ends the VM through QEMU's
-//! `isa-debug-exit`, ACPI or a reset, keeps time with the TSC, and hands the program's faults to the library OS as the
-//! VMM does. All knowledge of such hosts lives here; everything above the hypercalls is shared with Kiln's own VMM.
+//! `isa-debug-exit`, ACPI or a reset, keeps time with the TSC, waits and ends time slices with the local APIC's timer
+//! (the one interrupt it takes), and hands the program's faults to the library OS as the VMM does. All knowledge of such hosts lives here; everything above the hypercalls is shared with Kiln's own VMM.
 #![no_std]
 #![no_main]
 
+mod apic;
 mod args;
 mod clock;
 mod cpu;
 mod entry;
 mod hypercall;
 mod io;
+mod mmio;
 mod power;
 mod serial;
 mod start;
+mod timer;
 mod trap;
 
 use core::cell::UnsafeCell;
@@ -44,8 +47,8 @@ static KILN_PVH_HANDOFF: Shared<Handoff> = Shared(UnsafeCell::new(Handoff {
 
 /// A static only the boot vCPU touches (the platform layer runs one vCPU, with interrupts off).
 pub struct Shared<T>(pub UnsafeCell<T>);
-// SAFETY: one vCPU, and the platform layer is never re-entered (it runs with interrupts off and takes no exception
-// of its own but the fatal ones).
+// SAFETY: one vCPU, and the platform layer is never re-entered: it runs with interrupts off (but in a `Wait`'s `hlt`,
+// where the timer's interrupt touches none of these) and takes no exception of its own but the fatal ones.
 unsafe impl<T> Sync for Shared<T> {}
 
 impl<T: Copy> Shared<T> {
@@ -94,6 +97,8 @@ extern "C" fn kiln_pvh_main(start_info_phys: u64) -> ! {
     start::zero_free_memory(boot);
     args::apply_command_line(boot, start.cmdline());
     cpu::init(&handoff);
+    mmio::init(handoff.pml4_phys);
+    apic::init(boot.tsc_hz);
     cpu::enter_library_os(&handoff)
 }
 

@@ -3,13 +3,15 @@
 //! library OS's `kiln_fault_entry` with a `FaultRecord` as Kiln's VMM sends them (the signal from the vector and the
 //! error code: this layer decodes no instructions, so a fault report names less than the VMM's).
 
-use crate::{hypercall, power, serial, Shared};
+use crate::{apic, hypercall, power, serial, timer, Shared};
 use core::arch::naked_asm;
 use core::cell::UnsafeCell;
 use kiln_abi::hypercall::{FaultRecord, FaultRegs, FAULT_RECORD_OFFSET, HYPERCALL_PORT};
+use kiln_abi::hypercall::{INTERRUPTED, RENEWED};
 use kiln_abi::layout::direct_map;
 
-const VECTORS: usize = 32;
+/// The exceptions, and the interrupts up to the APIC's spurious vector (`apic.rs`).
+const VECTORS: usize = apic::SPURIOUS_VECTOR as usize + 1;
 const STUB_SIZE: usize = 16;
 const SIGTRAP: u64 = 5;
 const SIGILL: u64 = 4;
@@ -54,7 +56,7 @@ macro_rules! stub {
     };
 }
 
-/// 32 stubs of [`STUB_SIZE`] bytes each: push the vector (and a 0 where the CPU pushes no error code).
+/// [`VECTORS`] stubs of [`STUB_SIZE`] bytes each: push the vector (and a 0 where the CPU pushes no error code).
 #[unsafe(naked)]
 extern "C" fn stubs() {
     naked_asm!(
@@ -63,6 +65,8 @@ extern "C" fn stubs() {
         stub!(error 14), stub!(15), stub!(16), stub!(error 17), stub!(18), stub!(19), stub!(20), stub!(error 21),
         stub!(22), stub!(23), stub!(24), stub!(25), stub!(26), stub!(27), stub!(28), stub!(error 29),
         stub!(error 30), stub!(31),
+        stub!(32), stub!(33), stub!(34), stub!(35), stub!(36), stub!(37), stub!(38), stub!(39),
+        stub!(40), stub!(41), stub!(42), stub!(43), stub!(44), stub!(45), stub!(46), stub!(47),
         common = sym common,
     );
 }
@@ -143,6 +147,14 @@ pub fn last_fault() -> FaultRecord {
 }
 
 extern "C" fn trap(frame: &mut TrapFrame) {
+    match frame.vector {
+        v if v == u64::from(apic::TIMER_VECTOR) => return timer::interrupt(frame),
+        // Acknowledged by nothing, as the APIC wants.
+        v if v == u64::from(apic::SPURIOUS_VECTOR) => return,
+        // Every other source is masked (`apic.rs`); one that comes anyway is acknowledged and dropped.
+        32.. => return apic::eoi(),
+        _ => {}
+    }
     if frame.cs & 3 != 3 {
         serial::write_str("kiln: the platform layer faulted: vector ");
         serial::write_dec(frame.vector);
@@ -164,12 +176,39 @@ extern "C" fn trap(frame: &mut TrapFrame) {
     if (in_kernel && !in_vdso) || handoff.fault_entry == 0 {
         report(&record, in_kernel && !in_vdso);
     }
+    to_library_os(frame, &record);
+}
+
+/// Writes `record` where the library OS reads it and resumes the vCPU at its fault entry on the program's stack, as
+/// the VMM does (interrupts on: the timer may interrupt the library OS, which then only moves its deadline).
+fn to_library_os(frame: &mut TrapFrame, record: &FaultRecord) {
+    let handoff = crate::handoff();
     let at = direct_map(handoff.hypercall_block_phys) + FAULT_RECORD_OFFSET;
     // SAFETY: the record's place is inside vCPU 0's hypercall block page, in the direct map.
-    unsafe { core::ptr::write_volatile(at as *mut FaultRecord, record) };
-    // Resume at the library OS's fault entry on the program's stack, as the VMM does.
+    unsafe { core::ptr::write_volatile(at as *mut FaultRecord, *record) };
     frame.rip = handoff.fault_entry;
-    frame.rflags = 0x2;
+    frame.rflags = crate::cpu::USER_RFLAGS;
+}
+
+/// Whether the vCPU was interrupted in the program's code (the vDSO's functions count as the program's), where the
+/// library OS may be entered: not in the library OS, which is not reentrant.
+pub fn in_program(frame: &TrapFrame) -> bool {
+    let handoff = crate::handoff();
+    let in_library_os = (handoff.kernel_start..handoff.kernel_end).contains(&frame.rip)
+        && !(handoff.vdso_start..handoff.vdso_end).contains(&frame.rip);
+    frame.cs & 3 == 3 && !in_library_os && handoff.fault_entry != 0
+}
+
+/// Interrupts the program (checked with [`in_program`]): the library OS takes the vCPU with the program's registers,
+/// delivers what is pending (or yields to the threads that wait for it) and resumes the program as it was.
+pub fn interrupt_program(frame: &mut TrapFrame, renewed: bool) {
+    let mut record = record(frame);
+    record.signal = INTERRUPTED;
+    record.code = if renewed { RENEWED } else { 0 };
+    record.addr = 0;
+    record.trapno = 0;
+    record.error = 0;
+    to_library_os(frame, &record);
 }
 
 /// Whether the instruction at `rip` is `out dx, eax` (the hypercall's).

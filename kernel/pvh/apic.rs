@@ -1,0 +1,133 @@
+//! The local APIC, for its timer: TSC-deadline mode where the CPU has it, else one-shot mode counted at the rate
+//! measured against the TSC. Every other interrupt source the APIC has is masked, and so is the legacy PIC (an
+//! unprogrammed 8259 would raise vectors that collide with exceptions): the timer is this layer's only interrupt.
+
+use crate::io::{cpuid, outb, rdmsr, rdtsc, wrmsr};
+use crate::{mmio, Shared};
+use core::cell::UnsafeCell;
+
+/// The timer's vector, and the spurious one (its low four bits set, as older APICs require).
+pub const TIMER_VECTOR: u8 = 0x20;
+pub const SPURIOUS_VECTOR: u8 = 0x2f;
+
+const APIC_BASE_MSR: u32 = 0x1b;
+const APIC_BASE_ENABLE: u64 = 1 << 11;
+const TSC_DEADLINE_MSR: u32 = 0x6e0;
+
+const REG_EOI: u64 = 0x0b0;
+const REG_SPURIOUS: u64 = 0x0f0;
+const REG_LVT_TIMER: u64 = 0x320;
+const REG_LVT_THERMAL: u64 = 0x330;
+const REG_LVT_PERF: u64 = 0x340;
+const REG_LVT_LINT0: u64 = 0x350;
+const REG_LVT_LINT1: u64 = 0x360;
+const REG_LVT_ERROR: u64 = 0x370;
+const REG_INITIAL_COUNT: u64 = 0x380;
+const REG_CURRENT_COUNT: u64 = 0x390;
+const REG_DIVIDE: u64 = 0x3e0;
+
+const SOFTWARE_ENABLE: u32 = 1 << 8;
+const LVT_MASKED: u32 = 1 << 16;
+const LVT_TSC_DEADLINE: u32 = 2 << 17;
+/// The divide configuration for "by 16": a 1 GHz bus still gives one-shot counts of over a minute.
+const DIVIDE_BY_16: u32 = 0b0011;
+/// How long (TSC ticks, a millisecond's worth) the one-shot rate is measured over.
+const CALIBRATION_DIVISOR: u64 = 1000;
+
+#[derive(Clone, Copy)]
+struct Apic {
+    /// The register window's direct-map address.
+    base: u64,
+    tsc_deadline: bool,
+    /// One-shot mode: timer counts per second (after the divider).
+    counts_hz: u64,
+    tsc_hz: u64,
+}
+
+static APIC: Shared<Apic> = Shared(UnsafeCell::new(Apic { base: 0, tsc_deadline: false, counts_hz: 0, tsc_hz: 0 }));
+
+fn write(reg: u64, value: u32) {
+    // SAFETY: `init` mapped the APIC's register window at `base`; every register is a 32-bit word at a 16-byte step.
+    unsafe { core::ptr::write_volatile((APIC.get().base + reg) as *mut u32, value) }
+}
+
+fn read(reg: u64) -> u32 {
+    // SAFETY: as in `write`.
+    unsafe { core::ptr::read_volatile((APIC.get().base + reg) as *const u32) }
+}
+
+/// Enables the APIC with every source masked but the timer (which stays quiet until armed), and masks the PIC.
+pub fn init(tsc_hz: u64) {
+    let [_, _, features, edx] = cpuid(1, 0);
+    if edx & (1 << 9) == 0 {
+        crate::power::fail("this CPU has no local APIC, whose timer Kiln needs for sleeps and time slices");
+    }
+    // Both PICs: every line masked.
+    outb(0x21, 0xff);
+    outb(0xa1, 0xff);
+    let msr = rdmsr(APIC_BASE_MSR);
+    let phys = msr & 0x000f_ffff_ffff_f000;
+    wrmsr(APIC_BASE_MSR, msr | APIC_BASE_ENABLE);
+    let base = match mmio::map(phys, 0x1000, false) {
+        Ok(base) => base,
+        Err(e) => mmio::fail("the local APIC", phys, e),
+    };
+    let tsc_deadline = features & (1 << 24) != 0;
+    APIC.set(Apic { base, tsc_deadline, counts_hz: 0, tsc_hz });
+    for reg in [REG_LVT_THERMAL, REG_LVT_PERF, REG_LVT_LINT0, REG_LVT_LINT1, REG_LVT_ERROR] {
+        write(reg, LVT_MASKED);
+    }
+    write(REG_SPURIOUS, SOFTWARE_ENABLE | u32::from(SPURIOUS_VECTOR));
+    if tsc_deadline {
+        write(REG_LVT_TIMER, LVT_TSC_DEADLINE | u32::from(TIMER_VECTOR));
+    } else {
+        let counts_hz = calibrate(tsc_hz);
+        APIC.set(Apic { base, tsc_deadline, counts_hz, tsc_hz });
+        write(REG_LVT_TIMER, u32::from(TIMER_VECTOR));
+    }
+}
+
+/// The one-shot timer's rate: counted down, masked, over a millisecond of the TSC.
+fn calibrate(tsc_hz: u64) -> u64 {
+    write(REG_DIVIDE, DIVIDE_BY_16);
+    write(REG_LVT_TIMER, LVT_MASKED | u32::from(TIMER_VECTOR));
+    let span = (tsc_hz / CALIBRATION_DIVISOR).max(1);
+    write(REG_INITIAL_COUNT, u32::MAX);
+    let start = rdtsc();
+    while rdtsc().wrapping_sub(start) < span {
+        core::hint::spin_loop();
+    }
+    let counted = u64::from(u32::MAX - read(REG_CURRENT_COUNT));
+    write(REG_INITIAL_COUNT, 0);
+    if counted == 0 {
+        crate::power::fail("the local APIC's timer does not count");
+    }
+    counted * CALIBRATION_DIVISOR
+}
+
+/// Interrupts the vCPU once the TSC reaches `deadline` (at once if it has).
+pub fn arm(deadline: u64) {
+    let apic = APIC.get();
+    if apic.tsc_deadline {
+        // 0 would disarm it: a deadline that has passed fires at once.
+        wrmsr(TSC_DEADLINE_MSR, deadline.max(1));
+        return;
+    }
+    let ticks = deadline.saturating_sub(rdtsc());
+    let counts = (u128::from(ticks) * u128::from(apic.counts_hz) / u128::from(apic.tsc_hz.max(1))).max(1);
+    // A longer wait ends early, and the timer is armed again for what is left.
+    write(REG_INITIAL_COUNT, u32::try_from(counts).unwrap_or(u32::MAX));
+}
+
+pub fn disarm() {
+    if APIC.get().tsc_deadline {
+        wrmsr(TSC_DEADLINE_MSR, 0);
+    } else {
+        write(REG_INITIAL_COUNT, 0);
+    }
+}
+
+/// Ends the interrupt being handled (not for the spurious vector).
+pub fn eoi() {
+    write(REG_EOI, 0);
+}
