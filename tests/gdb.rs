@@ -1,11 +1,12 @@
 //! The gdb stub (`kiln run --gdb ADDR`): Debian's `gdb` in batch mode against guests built from source with DWARF,
 //! each command's output checked (the function a breakpoint stops in, a variable's value, the threads, a fault as a
-//! signal) along with the program's own output and exit code. Skipped, saying so, where gdb is not installed
+//! signal) along with the program's own output and exit code; and `kiln debug` attaching gdb to a running instance. Skipped, saying so, where gdb is not installed
 //! (`scripts/setup.sh` installs it).
 
 #[allow(dead_code)]
 mod harness;
 
+use harness::store::{kiln_in, scratch};
 use harness::{guests, kiln, kvm};
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
@@ -186,4 +187,108 @@ fn a_gdb_address_that_cannot_be_bound_is_one_line_and_exit_125() {
     let out = kiln().args(["run", "--gdb", &addr]).arg(guests::c("hello")).run();
     out.assert_code(125);
     assert!(out.stderr_text().contains(&format!("--gdb {addr}: cannot listen there")), "{out}");
+}
+
+/// Runs `gdb -batch` with `commands` against a stub on `addr`; what it printed.
+fn gdb_batch(program: &Path, addr: &str, commands: &[&str]) -> String {
+    let mut gdb = Command::new("gdb");
+    gdb.args(["-batch", "-nx", "-ex", "set pagination off", "-ex", &format!("target remote {addr}")]);
+    for c in commands {
+        gdb.args(["-ex", c]);
+    }
+    let gdb = gdb.arg(program).stdin(Stdio::null()).output().unwrap();
+    String::from_utf8_lossy(&gdb.stdout).into_owned() + &String::from_utf8_lossy(&gdb.stderr)
+}
+
+/// `kiln debug INSTANCE` in `home` with gdb's `commands`: (gdb's output, kiln debug's exit code and stderr).
+fn attach(home: &Path, instance: &str, program: &Path, commands: &[&str]) -> (String, Option<i32>, String) {
+    let mut child = kiln_in(home).args(["debug", instance]).into_command().spawn().unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap_or(0) > 0 && !line.contains("waiting for gdb on") {
+        said += &std::mem::take(&mut line);
+    }
+    said += &line;
+    let addr = line.split("waiting for gdb on ").nth(1).and_then(|rest| rest.split_whitespace().next());
+    let gdb = match addr {
+        Some(addr) => gdb_batch(program, addr, commands),
+        None => "(kiln debug never listened)".to_string(),
+    };
+    let _ = stderr.read_to_string(&mut said);
+    let code = child.wait().unwrap().code();
+    (gdb, code, said)
+}
+
+/// Polls `kiln logs` until it holds `text`.
+fn wait_for_log(home: &Path, name: &str, text: &str) -> String {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let log = kiln_in(home).args(["logs", name]).run().stdout_text();
+        if log.contains(text) || Instant::now() > deadline {
+            return log;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Removes the test's instances however it ends.
+struct Instances(std::path::PathBuf);
+
+impl Drop for Instances {
+    fn drop(&mut self) {
+        kiln_in(&self.0).args(["rm", "-f", "counter"]).run();
+    }
+}
+
+#[test]
+fn kiln_debug_attaches_gdb_to_a_running_instance_twice_and_the_program_runs_on() {
+    if !kvm::available() || !gdb_available() {
+        return;
+    }
+    let home = scratch("gdb", "attach").join("home");
+    let _instances = Instances(home.clone());
+    let counter = guests::c("counter");
+    kiln_in(&home).args(["run", "-d", "--name", "counter"]).arg(&counter).run().assert_code(0);
+    let log = wait_for_log(&home, "counter", "counter: started\n");
+    assert_eq!(log, "counter: started\n");
+
+    // The first debugger stops it wherever it is, breaks in tick, looks around and leaves: the program runs on.
+    let first = ["break tick", "continue", "bt", "print n", "print count", "info threads", "detach"];
+    let (g, code, said) = attach(&home, "counter", &counter, &first);
+    let session = format!("--- gdb:\n{g}\n--- kiln debug (exit {code:?}):\n{said}");
+    assert_eq!(code, Some(0), "{session}");
+    assert!(said.contains("kiln: gdb attached to instance counter"), "{session}");
+    assert!(g.contains("Breakpoint 1, tick (n="), "no stop in tick\n{session}");
+    assert!(g.lines().any(|l| l.starts_with("#1 ") && l.contains(" in main () at ")), "bt lacks main\n{session}");
+    let n: i64 = g.split("$1 = ").nth(1).and_then(|r| r.lines().next()?.trim().parse().ok()).unwrap_or(0);
+    assert!(n > 1, "print n: the program had counted before gdb came\n{session}");
+    assert!(g.contains(&format!("$2 = {}", n - 1)), "print count: tick has not stored n yet\n{session}");
+    assert!(g.contains("Thread 1.1 (counter, running on vCPU 0)"), "info threads\n{session}");
+    assert!(g.contains("[Inferior 1 (process 1) detached]"), "{session}");
+
+    // The program counts on without a debugger; a second one attaches, makes it stop counting, and leaves.
+    std::thread::sleep(Duration::from_millis(100));
+    let second = ["print count", "set var done = 1", "detach"];
+    let (g, code, said) = attach(&home, "counter", &counter, &second);
+    let session = format!("--- gdb:\n{g}\n--- kiln debug (exit {code:?}):\n{said}");
+    assert_eq!(code, Some(0), "{session}");
+    let later: i64 = g.split("$1 = ").nth(1).and_then(|r| r.lines().next()?.trim().parse().ok()).unwrap_or(0);
+    assert!(later > n, "the program did not count on after the first detach ({n} then {later})\n{session}");
+
+    let log = wait_for_log(&home, "counter", "stopped by gdb");
+    assert!(log.starts_with("counter: started\ncounter: stopped by gdb after "), "{log}");
+    let deadline = Instant::now() + DEADLINE;
+    let record = loop {
+        let inspected = kiln_in(&home).args(["inspect", "counter"]).run().stdout_text();
+        if inspected.contains("\"exited\"") || Instant::now() > deadline {
+            break inspected;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(record.contains("\"exit_code\": 0"), "the program did not exit normally: {record}");
+
+    // Nothing to attach to any more: one line.
+    let out = kiln_in(&home).args(["debug", "counter"]).run();
+    assert_eq!(out.assert_kiln_error(), "kiln: instance counter is not running");
 }

@@ -49,6 +49,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("limits", "limits.c", Link::Static),
     ("backtrace", "backtrace.c", Link::Static),
     ("debuggee", "debuggee.c", Link::Static),
+    ("counter", "counter.c", Link::Static),
     ("backtrace-symbols", "backtrace.c", Link::Static),
     ("backtrace-stripped", "backtrace.c", Link::Static),
     ("qsortcrash", "qsortcrash.c", Link::Dynamic),
@@ -311,7 +312,7 @@ fn extra_flags(name: &str) -> &'static [&'static str] {
     match name {
         "backtrace" => &["-g", "-fno-omit-frame-pointer"],
         // For gdb (tests/gdb.rs): every variable where the source has it.
-        "debuggee" => &["-g", "-O0"],
+        "debuggee" | "counter" => &["-g", "-O0"],
         "backtrace-symbols" => &["-fomit-frame-pointer"],
         "backtrace-stripped" => &["-s"],
         "qsortcrash" | "corethreads" => &["-g"],

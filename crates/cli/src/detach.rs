@@ -68,6 +68,11 @@ impl ThisInstance {
         serde_json::from_value(launch).with_context(|| format!("instance {}'s launch specification", self.id))
     }
 
+    /// The instance's folder (its record, its log, the debugger's socket).
+    pub fn dir(&self) -> std::path::PathBuf {
+        Instances::new(&self.store).dir(&self.id)
+    }
+
     /// The VM has booted: record the pid, and let `kiln run -d` return.
     pub fn running(&mut self) -> Result<()> {
         let pid = std::process::id();

@@ -22,6 +22,7 @@ mod allocator;
 mod boot_layout_tests;
 mod container_build;
 mod crash_report;
+mod debug;
 mod detach;
 mod export;
 mod host_signals;
@@ -79,6 +80,9 @@ enum Command {
     Ps(instances::PsArgs),
     /// Print an instance's output
     Logs(instances::LogsArgs),
+    /// Attach gdb to a running instance: waits for gdb on a TCP address, then the instance serves it (see
+    /// docs/debugging.md)
+    Debug(debug::DebugArgs),
     /// Send SIGTERM to instances' programs, then kill those still running after a timeout
     Stop(instances::StopArgs),
     /// Kill instances at once
@@ -128,6 +132,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => inspect::inspect(args),
         Command::Ps(args) => instances::ps(args),
         Command::Logs(args) => instances::logs(args),
+        Command::Debug(args) => debug::debug(args),
         Command::Stop(args) => instances::stop(args),
         Command::Kill(args) => instances::kill(args),
         Command::Rm(args) => instances::rm(args),

@@ -247,12 +247,17 @@ fn launch(
         errln!("kiln: waiting for gdb on {addr} (gdb PROGRAM -ex 'target remote {addr}')");
         let conn = kiln_vmm::debug::gdb::accept(&listener)?;
         vm.debug_with(conn)?;
-        // The debugger's stub serves gdb from the vCPU threads, whose lists were not made for it.
-        if kiln_seccomp::mode() != kiln_seccomp::Mode::Off {
-            errln!("kiln: --gdb: the VMM's threads run without their seccomp allow-lists while debugged");
-            kiln_seccomp::set_mode(kiln_seccomp::Mode::Off);
-        }
     }
+    // `kiln debug NAME` hands gdb's connections to the instance over a socket in its folder, made now: once the VM
+    // runs, its threads open nothing.
+    let _debug_socket = match &instance {
+        Some(instance) => {
+            let (socket, file) = kiln_vmm::debug::attach::DebugSocket::bind(&instance.dir())?;
+            vm.accept_debuggers(socket);
+            Some(file)
+        }
+        None => None,
+    };
     // A crash's core file is written from the crashed vCPU's thread, whose list has no file creation in it.
     if spec.core_file.is_some() && kiln_seccomp::mode() != kiln_seccomp::Mode::Off {
         errln!("kiln: --core: the VMM's threads run without their seccomp allow-lists, to write the core file");

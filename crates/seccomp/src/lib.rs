@@ -49,9 +49,16 @@ pub enum Kind {
     UserNet,
     /// The thread that started the VM and waits for its end, then reports it.
     Main,
+    /// Serves gdb (`kiln run --gdb`, `kiln debug`): the GDB remote protocol on a connection another process or
+    /// thread accepted, and descriptors received on the instance's debugger socket.
+    Debugger,
 }
 
 impl Kind {
+    /// Every kind (vCPUs as one).
+    pub const ALL: [Kind; 6] =
+        [Kind::Vcpu(0), Kind::NetRx, Kind::HostSignals, Kind::UserNet, Kind::Main, Kind::Debugger];
+
     /// The thread's name as the log line gives it (vCPUs without their number).
     pub fn name(self) -> &'static str {
         match self {
@@ -60,6 +67,7 @@ impl Kind {
             Kind::HostSignals => "host-signals",
             Kind::UserNet => "usernet",
             Kind::Main => "main",
+            Kind::Debugger => "debugger",
         }
     }
 
@@ -70,6 +78,7 @@ impl Kind {
             Kind::HostSignals => 2,
             Kind::UserNet => 3,
             Kind::Main => 4,
+            Kind::Debugger => 5,
         }
     }
 }
@@ -120,7 +129,7 @@ pub fn confine(kind: Kind) -> Result<(), SeccompError> {
 
 /// Each kind's filter, compiled once per process and mode (a VM's vCPUs share one).
 fn compiled(kind: Kind, mode: Mode) -> Result<&'static BpfProgram, SeccompError> {
-    const KINDS: usize = 5;
+    const KINDS: usize = Kind::ALL.len();
     static TRAPPING: [OnceLock<BpfProgram>; KINDS] = [const { OnceLock::new() }; KINDS];
     static LOGGING: [OnceLock<BpfProgram>; KINDS] = [const { OnceLock::new() }; KINDS];
     let slot = match mode {

@@ -62,10 +62,7 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc
 }
 
 fn thread_name(index: u8) -> &'static str {
-    [Kind::Vcpu(0), Kind::NetRx, Kind::HostSignals, Kind::UserNet, Kind::Main]
-        .into_iter()
-        .find(|k| k.index() as u8 == index)
-        .map_or("unknown", Kind::name)
+    Kind::ALL.into_iter().find(|k| k.index() as u8 == index).map_or("unknown", Kind::name)
 }
 
 /// A line built without allocating.

@@ -2,7 +2,7 @@ use super::*;
 
 #[test]
 fn every_kind_compiles_in_both_modes() {
-    for kind in [Kind::Vcpu(3), Kind::NetRx, Kind::HostSignals, Kind::UserNet, Kind::Main] {
+    for kind in Kind::ALL.into_iter().chain([Kind::Vcpu(3)]) {
         for mode in [Mode::Trap, Mode::Log] {
             let program = build(kind, mode).unwrap();
             assert!(!program.is_empty() && program.len() < 4096, "{kind:?}: {} instructions", program.len());
@@ -27,7 +27,7 @@ fn the_vcpu_list_stays_small() {
 
 #[test]
 fn no_thread_may_start_a_program_or_change_its_privileges() {
-    for kind in [Kind::Vcpu(0), Kind::NetRx, Kind::HostSignals, Kind::UserNet, Kind::Main] {
+    for kind in Kind::ALL {
         let allowed = allowed_syscalls(kind);
         for nr in [
             libc::SYS_execve,
@@ -64,10 +64,30 @@ fn the_kvm_ioctl_numbers_are_the_kernels() {
 #[test]
 fn list_sizes_for_the_docs() {
     // docs/security.md gives these: `cargo test -p kiln-seccomp list_sizes -- --nocapture`.
-    for kind in [Kind::Vcpu(0), Kind::NetRx, Kind::HostSignals, Kind::UserNet, Kind::Main] {
+    for kind in Kind::ALL {
         let allowed = allowed_syscalls(kind);
         let names: Vec<_> = allowed.iter().map(|&nr| kiln_abi::syscall_names::name(nr as u64).unwrap_or("?")).collect();
         println!("{}: {} syscalls: {}", kind.name(), allowed.len(), names.join(", "));
         assert!(!allowed.is_empty());
+    }
+}
+
+#[test]
+fn the_debugger_thread_receives_and_talks_but_never_opens_or_accepts() {
+    let allowed = allowed_syscalls(Kind::Debugger);
+    for nr in [libc::SYS_recvmsg, libc::SYS_recvfrom, libc::SYS_sendto, libc::SYS_poll] {
+        assert!(allowed.contains(&nr), "{nr}");
+    }
+    for nr in [
+        libc::SYS_socket,
+        libc::SYS_bind,
+        libc::SYS_listen,
+        libc::SYS_accept,
+        libc::SYS_accept4,
+        libc::SYS_connect,
+        libc::SYS_open,
+        libc::SYS_openat,
+    ] {
+        assert!(!allowed.contains(&nr), "the debugger thread may make {nr}");
     }
 }

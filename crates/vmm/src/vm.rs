@@ -7,6 +7,7 @@ use crate::boot::{self, BootError, BootParams, BootState, MIN_MEMORY};
 use crate::core_dump::{self, CoreSetup};
 use crate::core_file::CoreThread;
 use crate::crash_stack;
+use crate::debug::attach::DebugSocket;
 use crate::debug::session::{Resume, Session, StopEvent};
 use crate::debug::threads::{self, ThreadState, VcpuView};
 use crate::debug::{gdb, memory as guest_memory, stubs::StubReturns};
@@ -37,7 +38,7 @@ use kiln_abi::layout::{direct_map, HUGE_PAGE_SIZE};
 use kiln_seccomp::Kind;
 use kvm_bindings::{kvm_userspace_memory_region, Msrs, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{RecvTimeoutError, Sender};
@@ -195,6 +196,8 @@ pub struct Vm {
     boot: BootState,
     /// A gdb connection to serve from the program's first instruction on (`kiln run --gdb`).
     gdb: Option<(std::net::TcpStream, StubReturns)>,
+    /// Where debuggers hand their connections while the program runs (`kiln debug`).
+    attach: Option<(DebugSocket, StubReturns)>,
 }
 
 /// What every vCPU thread needs. Guest RAM lives here, in an `Arc` that each vCPU thread holds with its vCPU, so the
@@ -495,7 +498,7 @@ impl Vm {
             host,
             synced_state,
         });
-        Ok(Vm { _kvm: kvm, _vm: vm, vcpus, shared, boot, gdb: None })
+        Ok(Vm { _kvm: kvm, _vm: vm, vcpus, shared, boot, gdb: None, attach: None })
     }
 
     /// Serves gdb on `conn` while the program runs (`kiln run --gdb`): the program stops at its first instruction
@@ -517,6 +520,14 @@ impl Vm {
         tracing::debug!(sites = stubs.len(), "gdb: syscall stubs mapped back to the program's code");
         self.gdb = Some((conn, stubs));
         Ok(())
+    }
+
+    /// Lets debuggers attach while the program runs (`kiln debug`): they hand their connections over `socket`
+    /// (`debug::attach`), and a `debugger` thread serves them, one at a time.
+    pub fn accept_debuggers(&mut self, socket: DebugSocket) {
+        let (ram, pml4) = (&self.shared.ram, self.shared.pml4);
+        let stubs = StubReturns::read(ram, pml4, self.boot.program.stubs.clone(), &self.boot.program.report);
+        self.attach = Some((socket, stubs));
     }
 
     pub fn rewrite_report(&self) -> &RewriteReport {
@@ -591,6 +602,10 @@ impl Vm {
             (Some((conn, stubs)), Some(session)) => {
                 let (shared, session, tx) = (self.shared.clone(), session.clone(), tx.clone());
                 let serving = std::thread::Builder::new().name("gdb".into()).spawn(move || {
+                    if let Err(e) = kiln_seccomp::confine(Kind::Debugger) {
+                        session.detach();
+                        return finish(&shared, &tx, Err(e.into()));
+                    }
                     let ended = gdb::serve(shared.clone(), session, conn, true, stubs);
                     match &ended {
                         Ok(gdb::Ended::Killed) => {
@@ -604,6 +619,17 @@ impl Vm {
             }
             _ => None,
         };
+        // The debugger thread stops when this function returns: the pipe's write end closes.
+        let mut _debugger_stop = None;
+        if let Some((socket, stubs)) = self.attach {
+            let (stop, stop_write) = pipe().map_err(VmError::Pipe)?;
+            _debugger_stop = Some(stop_write);
+            let (shared, tx) = (Arc::downgrade(&self.shared), tx.clone());
+            std::thread::Builder::new()
+                .name("debugger".into())
+                .spawn(move || serve_debuggers(&socket, &stop, &shared, &tx, &stubs))
+                .map_err(VmError::Thread)?;
+        }
         let HostSignals { mut wait, grace } = host_signals;
         let signals_tx = tx;
         std::thread::Builder::new()
@@ -664,6 +690,8 @@ impl Vm {
         // gdb hears how the program ended before this process does.
         if let Some(stub) = stub {
             let _ = stub.join();
+        } else if let Some(session) = self.shared.debug.get() {
+            session.wait_detached(DEBUGGER_HEARS_THE_END);
         }
         let stats = RunStats {
             host: self.shared.host.name(),
@@ -676,6 +704,49 @@ impl Vm {
         };
         tracing::debug!(took = ?started.elapsed(), exits = stats.vm_exits, faults = ?stats.shadow_faults, "VM ran");
         Ok((outcome, stats))
+    }
+}
+
+/// How long the end of a VM waits for an attached debugger to be told of it.
+const DEBUGGER_HEARS_THE_END: Duration = Duration::from_secs(5);
+
+/// The `debugger` thread (`kiln debug`): serves each debugger that hands its connection over `socket`, one at a
+/// time, until `stop` closes. The VM's state is only held (`shared`) while one is attached.
+fn serve_debuggers(
+    socket: &DebugSocket,
+    stop: &OwnedFd,
+    shared: &std::sync::Weak<Shared>,
+    outcomes: &Sender<Event>,
+    stubs: &StubReturns,
+) {
+    if let Err(e) = kiln_seccomp::confine(Kind::Debugger) {
+        if let Some(shared) = shared.upgrade() {
+            finish(&shared, outcomes, Err(e.into()));
+        }
+        return;
+    }
+    while let Some(request) = socket.next(stop.as_fd()) {
+        let Some(shared) = shared.upgrade().filter(|s| !s.done.load(Ordering::SeqCst)) else {
+            request.answer(Err("the program has ended".into()));
+            continue;
+        };
+        let mut fresh = false;
+        let session = shared.debug.get_or_init(|| {
+            fresh = true;
+            Arc::new(Session::new(shared.parkers.len(), None))
+        });
+        if !fresh && !session.reattach() {
+            request.answer(Err("a debugger is already attached".into()));
+            continue;
+        }
+        let conn = request.answer(Ok(()));
+        tracing::debug!("gdb attached");
+        match gdb::serve(shared.clone(), session.clone(), conn, false, stubs.clone()) {
+            Ok(gdb::Ended::Killed) => finish(&shared, outcomes, Ok(Outcome::Stopped("gdb killed the program".into()))),
+            // The program runs on: a debugger that broke the protocol only loses its session.
+            Err(e) => tracing::warn!("kiln debug: {e}; the program runs on"),
+            Ok(ended) => tracing::debug!(?ended, "gdb went away"),
+        }
     }
 }
 

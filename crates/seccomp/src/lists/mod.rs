@@ -2,6 +2,7 @@
 //! (`docs/security.md` says how) and kept to what the code paths need. Calls every thread makes (its own end, the
 //! futexes of Rust's locks, the kick signal's return) are in [`COMMON`].
 
+mod debugger;
 mod main_thread;
 mod net_rx;
 mod signals;
@@ -87,6 +88,7 @@ fn own(kind: Kind) -> &'static [i64] {
         Kind::HostSignals => signals::SYSCALLS,
         Kind::UserNet => usernet::SYSCALLS,
         Kind::Main => main_thread::SYSCALLS,
+        Kind::Debugger => debugger::SYSCALLS,
     }
 }
 
@@ -97,6 +99,7 @@ fn conditional(kind: Kind) -> Result<Vec<(i64, Vec<SeccompRule>)>, BackendError>
         Kind::Vcpu(_) => vcpu::conditional()?,
         Kind::UserNet => usernet::conditional()?,
         Kind::Main => main_thread::conditional()?,
+        Kind::Debugger => debugger::conditional()?,
         Kind::NetRx | Kind::HostSignals => Vec::new(),
     });
     Ok(rules)

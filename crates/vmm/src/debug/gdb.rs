@@ -453,7 +453,12 @@ pub(crate) fn serve(
         Ok(DisconnectReason::Kill) => Ended::Killed,
         Ok(DisconnectReason::Disconnect) => Ended::Detached,
         Err(e) if e.is_connection_error() => Ended::Detached,
-        Err(e) => return Err(GdbError::Protocol(e.to_string())),
+        Err(e) => {
+            // The program must not stay stopped, nor meet the breakpoints' `int3`s, once nobody serves them.
+            target.remove_breakpoints();
+            target.session.detach();
+            return Err(GdbError::Protocol(e.to_string()));
+        }
     };
     if ended == Ended::Detached {
         target.remove_breakpoints();

@@ -2,6 +2,7 @@
 //! through the guest's page tables (`memory`), and the gdb remote stub built on them (`gdb`). Crash reports and core
 //! dumps use the first two as well.
 
+pub mod attach;
 pub mod gdb;
 pub mod memory;
 pub mod session;

@@ -217,6 +217,32 @@ impl Session {
         self.lock().detached
     }
 
+    /// A new debugger takes over a session whose last one went away (`kiln debug` again); false if one is still
+    /// attached. The program runs on until the debugger stops it.
+    pub fn reattach(&self) -> bool {
+        let mut inner = self.lock();
+        if !inner.detached {
+            return false;
+        }
+        inner.detached = false;
+        inner.events.clear();
+        inner.first = None;
+        true
+    }
+
+    /// Waits until the debugger has gone (it has heard how the program ended), at most `timeout`.
+    pub fn wait_detached(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut inner = self.lock();
+        while !inner.detached {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            inner = self.changed.wait_timeout(inner, left).unwrap_or_else(PoisonError::into_inner).0;
+        }
+    }
+
     pub fn breakpoint_at(&self, addr: u64) -> bool {
         self.lock().breakpoints.contains_key(&addr)
     }
@@ -295,6 +321,20 @@ mod tests {
         s.patch(0x1001, &mut written);
         assert_eq!(written, [INT3, 0x22]);
         assert_eq!(s.remove_breakpoint(0x1001), Some(0x11));
+    }
+
+    #[test]
+    fn a_second_debugger_attaches_only_once_the_first_is_gone() {
+        let s = Session::new(1, None);
+        assert!(!s.reattach(), "the first debugger is still there");
+        s.report(StopEvent::Step { vcpu: 0 }, |_| {});
+        s.detach();
+        assert!(!s.stop_wanted(), "detached: the program runs");
+        s.wait_detached(Duration::from_secs(5));
+        assert!(s.reattach());
+        assert!(!s.detached());
+        assert!(!s.stop_wanted(), "it runs on until the new debugger stops it");
+        assert_eq!(s.next_event(Instant::now()), None, "nothing left over from the last session");
     }
 
     #[test]
