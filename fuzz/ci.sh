@@ -8,9 +8,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 export PATH="$HOME/.cargo/bin:$PATH"
 
 seconds=${FUZZ_SECONDS:-15}
-# sockets_frame finds smoltcp 0.12.0's "subtract sequence numbers with underflow" panic (smoltcp issue 1048, fixed
-# upstream after 0.12) within seconds; it runs again here once the stack's smoltcp is upgraded (docs/security.md).
-skip=" ${FUZZ_SKIP-sockets_frame} "
+skip=" ${FUZZ_SKIP-} "
 targets=${FUZZ_TARGETS:-$(cargo fuzz list)}
 
 # The lock file pins the fuzz-only packages; the crates under test bring their own dependencies, which change with

@@ -38,9 +38,15 @@ fn main() {
     let pvh = target_dir.join("x86_64-unknown-none/release/kiln-pvh");
     std::fs::copy(&pvh, out.join("kiln-pvh.elf")).expect("copy the PVH platform layer");
 
-    for path in
-        ["kernel/src", "kernel/pvh", "kernel/Cargo.toml", "kernel/Cargo.lock", "crates/abi/src", "crates/ext2/src"]
-    {
+    for path in [
+        "kernel/src",
+        "kernel/pvh",
+        "kernel/Cargo.toml",
+        "kernel/Cargo.lock",
+        "crates/abi/src",
+        "crates/ext2/src",
+        "crates/sockets/src",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
 }

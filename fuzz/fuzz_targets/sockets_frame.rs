@@ -4,7 +4,7 @@
 //! library OS does; then every socket gets its turn to send.
 #![no_main]
 
-use kiln_sockets::{frame_target, target, Sockets};
+use kiln_sockets::{frame_target, target, Route, Sockets};
 use libfuzzer_sys::fuzz_target;
 use smoltcp::iface::{Config, Interface};
 use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
@@ -94,7 +94,10 @@ fuzz_target!(|data: &[u8]| {
             continue;
         }
         sockets.file_pending();
-        let handle = sockets.route(&found, |a| a == IpAddress::v4(10, 0, 2, 255));
+        let handle = match sockets.route(&found, |a| a == IpAddress::v4(10, 0, 2, 255)) {
+            Route::Drop => continue,
+            route => route.handle(),
+        };
         wire.rx.push_back(packet.to_vec());
         iface.poll_ingress_single(now, &mut wire, sockets.set_mut(handle));
         if let Some(h) = handle {

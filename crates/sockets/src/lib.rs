@@ -66,6 +66,31 @@ pub enum Target {
     Other,
 }
 
+/// Where a packet goes: what [`Sockets::route`] found for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// To this socket alone.
+    Socket(Handle),
+    /// To no socket: smoltcp answers it as for a closed port.
+    Nobody,
+    /// Nowhere: the packet is dropped unread. A segment without ACK for a connection still in SYN-SENT, which is
+    /// either a SYN (a simultaneous open) or one smoltcp ignores in that state anyway: smoltcp (0.12 to 0.14 at
+    /// least) panics on a SYN reaching a connecting socket before that socket's own SYN went out ("attempt to subtract
+    /// sequence numbers with underflow", `tcp::Socket::last_scaled_window`), which anyone who guesses the port can
+    /// send. A simultaneous open still completes: the peer, having our SYN, answers it with a SYN-ACK.
+    Drop,
+}
+
+impl Route {
+    /// The socket for smoltcp to be handed the packet with, if any.
+    pub fn handle(self) -> Option<Handle> {
+        match self {
+            Route::Socket(h) => Some(h),
+            Route::Nobody | Route::Drop => None,
+        }
+    }
+}
+
 pub struct Sockets {
     slots: Vec<Option<Slot>>,
     named: Vec<u8>,
@@ -260,28 +285,36 @@ impl Sockets {
         self.timers.first().map(|&(due, _)| due)
     }
 
-    /// The socket a packet for `target` goes to; None: none, and smoltcp answers it as for a closed port.
-    pub fn route(&self, target: &Target, is_broadcast: impl Fn(IpAddress) -> bool) -> Option<Handle> {
-        match *target {
+    /// Where a packet for `target` goes (see [`Route`]).
+    pub fn route(&self, target: &Target, is_broadcast: impl Fn(IpAddress) -> bool) -> Route {
+        let found = match *target {
             Target::Tcp { local, remote, ack } => {
                 if let Some(&h) = self.connections.get(&(local, remote)) {
-                    return Some(h);
+                    if !ack && self.get::<tcp::Socket>(h).state() == tcp::State::SynSent {
+                        return Route::Drop;
+                    }
+                    return Route::Socket(h);
                 }
                 if ack {
-                    return None;
+                    return Route::Nobody;
                 }
                 // The most recently filed first: the one filed last is taken and leaves the end of the list.
-                self.listening.get(&local.port)?.iter().rev().copied().find(|&h| {
-                    let addr = self.get::<tcp::Socket>(h).listen_endpoint().addr;
-                    addr.is_none_or(|a| a == local.addr)
+                self.listening.get(&local.port).and_then(|list| {
+                    list.iter().rev().copied().find(|&h| {
+                        let addr = self.get::<tcp::Socket>(h).listen_endpoint().addr;
+                        addr.is_none_or(|a| a == local.addr)
+                    })
                 })
             }
-            Target::Udp(local) => self.datagrams.get(&local.port)?.iter().copied().find(|&h| {
-                let addr = self.get::<udp::Socket>(h).endpoint().addr;
-                addr.is_none_or(|a| a == local.addr || local.addr.is_multicast() || is_broadcast(local.addr))
+            Target::Udp(local) => self.datagrams.get(&local.port).and_then(|list| {
+                list.iter().copied().find(|&h| {
+                    let addr = self.get::<udp::Socket>(h).endpoint().addr;
+                    addr.is_none_or(|a| a == local.addr || local.addr.is_multicast() || is_broadcast(local.addr))
+                })
             }),
             Target::Other => None,
-        }
+        };
+        found.map_or(Route::Nobody, Route::Socket)
     }
 
     /// The set holding `handle`'s socket alone, or the empty set for None, for smoltcp to poll.

@@ -5,8 +5,10 @@ use super::*;
 use alloc::collections::VecDeque;
 use alloc::vec;
 use smoltcp::iface::{Config, PollResult};
+use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::wire::{HardwareAddress, IpCidr, IpListenEndpoint};
+use smoltcp::wire::{IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber};
 
 /// A loopback at the IP layer: what is sent is received next.
 #[derive(Default)]
@@ -105,7 +107,10 @@ impl Stack {
                 }
             }
             while let Some(packet) = self.wire.0.pop_front() {
-                let handle = self.sockets.route(&target(&packet), |_| false);
+                let handle = match self.sockets.route(&target(&packet), |_| false) {
+                    Route::Drop => continue,
+                    route => route.handle(),
+                };
                 self.unrouted += usize::from(handle.is_none());
                 let mut one = One(Some(packet), &mut self.wire.0);
                 self.iface.poll_ingress_single(NOW, &mut one, self.sockets.set_mut(handle));
@@ -194,7 +199,7 @@ fn a_syn_beyond_the_listening_sockets_is_refused_and_a_closed_connection_forgott
     assert_eq!(st.state(server), tcp::State::Closed);
     let local = IpEndpoint::new(IpAddress::v4(127, 0, 0, 1), 80);
     let remote = IpEndpoint::new(IpAddress::v4(127, 0, 0, 1), 40000);
-    assert_eq!(st.sockets.route(&Target::Tcp { local, remote, ack: true }, |_| false), None);
+    assert_eq!(st.sockets.route(&Target::Tcp { local, remote, ack: true }, |_| false), Route::Nobody);
     st.sockets.remove(server);
     st.sockets.remove(first);
     // Their slots are reused once no list names them any more.
@@ -241,4 +246,112 @@ fn target_reads_endpoints_and_flags() {
     assert_eq!(target(&p), Target::Other);
     assert_eq!(target(&p[..30]), Target::Other);
     assert_eq!(frame_target(&[0u8; 10]), Target::Other);
+}
+
+/// A segment from `peer`:80 to `local`, built as a peer's stack would.
+fn segment(
+    peer: IpAddress,
+    local: IpEndpoint,
+    seq: i32,
+    ack: Option<i32>,
+    control: TcpControl,
+    payload: &[u8],
+) -> Vec<u8> {
+    let tcp = TcpRepr {
+        src_port: 80,
+        dst_port: local.port,
+        control,
+        seq_number: TcpSeqNumber(seq),
+        ack_number: ack.map(TcpSeqNumber),
+        window_len: 1024,
+        window_scale: None,
+        max_seg_size: (control == TcpControl::Syn).then_some(1460),
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload,
+    };
+    let (IpAddress::Ipv4(src), IpAddress::Ipv4(dst)) = (peer, local.addr) else { unreachable!("IPv4 endpoints") };
+    let ip = Ipv4Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: IpProtocol::Tcp,
+        payload_len: tcp.buffer_len(),
+        hop_limit: 64,
+    };
+    let mut packet = vec![0u8; ip.buffer_len() + tcp.buffer_len()];
+    let caps = ChecksumCapabilities::default();
+    let mut ipv4 = Ipv4Packet::new_unchecked(&mut packet);
+    ip.emit(&mut ipv4, &caps);
+    tcp.emit(&mut TcpPacket::new_unchecked(ipv4.payload_mut()), &peer, &local.addr, &caps);
+    packet
+}
+
+/// The sequence number of a SYN the client sent.
+fn syn_number(syn: &[u8]) -> i32 {
+    let ip = Ipv4Packet::new_checked(syn).expect("an IPv4 packet");
+    let tcp = TcpPacket::new_checked(ip.payload()).expect("a TCP segment");
+    assert!(tcp.syn() && !tcp.ack(), "the client's first segment is a bare SYN");
+    tcp.seq_number().0
+}
+
+/// smoltcp (0.12.0, and 0.14.0 still) panics ("subtract sequence numbers with underflow", in `poll_at`) on a bare SYN
+/// reaching a connecting socket before the socket's own SYN has gone out, as a packet does when it is read before the
+/// stack's next turn to send: a server the program connects to, or anyone guessing the port, could stop the VM with
+/// it (docs/security.md). `route` drops a segment without ACK for a connecting socket, before or after its SYN went
+/// out, and the connection is made when the peer answers the client's SYN.
+#[test]
+fn a_peer_answering_a_connection_request_with_a_bare_syn_neither_panics_nor_stops_the_connection() {
+    let local = IpEndpoint::new(IpAddress::v4(10, 0, 2, 15), 40000);
+    let peer = IpAddress::v4(10, 0, 2, 2);
+    let cases = [0, 1, -1, i32::MIN, i32::MAX, 0x1234_5678].into_iter().flat_map(|s| [(s, true), (s, false)]);
+    for (seq, sent_first) in cases {
+        let case = alloc::format!("seq {seq:#x}, the client's SYN sent first: {sent_first}");
+        let mut wire = Wire::default();
+        let mut iface = Interface::new(Config::new(HardwareAddress::Ip), &mut wire, NOW);
+        iface.update_ip_addrs(|a| {
+            let _ = a.push(IpCidr::new(IpAddress::v4(10, 0, 2, 15), 24));
+        });
+        let mut sockets = Sockets::new(0x5eed);
+        let mut s = Stack::socket();
+        s.connect(iface.context(), (peer, 80), IpListenEndpoint { addr: Some(local.addr), port: local.port }).unwrap();
+        let client = sockets.add(s);
+        let turn = |sockets: &mut Sockets, iface: &mut Interface, wire: &mut Wire| {
+            for h in sockets.take_pending(NOW) {
+                iface.poll_egress(NOW, wire, sockets.set_mut(Some(h)));
+                sockets.polled(h, iface, NOW);
+            }
+        };
+        let deliver = |sockets: &mut Sockets, iface: &mut Interface, wire: &mut Wire, packet: Vec<u8>| {
+            let route = sockets.route(&target(&packet), |_| false);
+            if let Route::Socket(h) = route {
+                let mut one = One(Some(packet), &mut wire.0);
+                iface.poll_ingress_single(NOW, &mut one, sockets.set_mut(Some(h)));
+                sockets.polled(h, iface, NOW);
+                sockets.mark(h);
+            }
+            route
+        };
+        if sent_first {
+            turn(&mut sockets, &mut iface, &mut wire);
+        }
+        // The bare SYN is dropped, whether or not the client's SYN went out before it.
+        let syn = segment(peer, local, seq, None, TcpControl::Syn, &[]);
+        assert_eq!(deliver(&mut sockets, &mut iface, &mut wire, syn), Route::Drop, "{case}");
+        turn(&mut sockets, &mut iface, &mut wire);
+        assert_eq!(sockets.get::<tcp::Socket>(client).state(), tcp::State::SynSent, "{case}");
+        let ours = wire.0.pop_front().expect("the client sent its SYN");
+        assert_eq!(target(&ours), Target::Tcp { local: IpEndpoint::new(peer, 80), remote: local, ack: false });
+        assert!(wire.0.is_empty(), "{case}: nothing answered the dropped SYN");
+        let isn = syn_number(&ours);
+        // The peer answers the client's SYN; the connection is made and data goes through.
+        let syn_ack = segment(peer, local, seq, Some(isn.wrapping_add(1)), TcpControl::Syn, &[]);
+        assert_eq!(deliver(&mut sockets, &mut iface, &mut wire, syn_ack), Route::Socket(client), "{case}");
+        assert_eq!(sockets.get::<tcp::Socket>(client).state(), tcp::State::Established, "{case}");
+        let data = segment(peer, local, seq.wrapping_add(1), Some(isn.wrapping_add(1)), TcpControl::Psh, b"hi");
+        assert_eq!(deliver(&mut sockets, &mut iface, &mut wire, data), Route::Socket(client), "{case}");
+        let mut got = [0u8; 4];
+        assert_eq!(sockets.get_mut::<tcp::Socket>(client).recv_slice(&mut got), Ok(2), "{case}");
+        assert_eq!(&got[..2], b"hi");
+    }
 }

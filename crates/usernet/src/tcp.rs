@@ -5,7 +5,7 @@
 //! reset. Bytes move only while the other side has room (both smoltcp buffers are 64 KiB), FINs are relayed
 //! as shutdowns and resets as resets.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -97,7 +97,8 @@ pub(crate) struct TcpRelay {
     conns: HashMap<SocketHandle, Conn>,
     outbound: HashMap<FlowKey, SocketHandle>,
     pending: HashMap<FlowKey, Pending>,
-    inbound_ports: HashSet<u16>,
+    /// The connections made to the guest for `-p` forwards, by the gateway port they are made from.
+    inbound: HashMap<u16, SocketHandle>,
     next_port: u16,
 }
 
@@ -132,7 +133,7 @@ impl TcpRelay {
             conns: HashMap::new(),
             outbound: HashMap::new(),
             pending: HashMap::new(),
-            inbound_ports: HashSet::new(),
+            inbound: HashMap::new(),
             next_port: 49152,
         })
     }
@@ -151,6 +152,13 @@ impl TcpRelay {
         sockets: &mut SocketSet<'static>,
         device: &mut FrameDevice,
     ) {
+        if self.connecting_to_guest(src_port, dst, sockets) {
+            // smoltcp (0.14 still) panics on a SYN reaching a connecting socket before its own SYN went out ("attempt
+            // to subtract sequence numbers with underflow"), and the gateway ports are handed out in order: a guest
+            // could stop the relay with one. Dropped, as kiln-sockets drops it in the library OS: the forward's
+            // connection is still made when the guest answers the relay's SYN.
+            return Counters::bump(&self.shared.stats.dropped);
+        }
         let key = (src_port, dst);
         if let Some(&handle) = self.outbound.get(&key) {
             // The guest reusing a finished connection's ports starts a new connection.
@@ -174,6 +182,17 @@ impl TcpRelay {
             }
             Err(_) => device.inject(syn),
         }
+    }
+
+    /// Whether a guest SYN from `src_port` to `dst` is for a connection the relay is making to the guest (a `-p`
+    /// forward's) that is still in SYN-SENT.
+    fn connecting_to_guest(&self, src_port: u16, dst: SocketAddr, sockets: &SocketSet<'static>) -> bool {
+        if dst.ip() != self.net.gateway {
+            return false;
+        }
+        let Some(&handle) = self.inbound.get(&dst.port()) else { return false };
+        let socket = sockets.get::<tcp::Socket>(handle);
+        socket.state() == State::SynSent && socket.remote_endpoint().is_some_and(|r| r.port == src_port)
     }
 
     /// The host connect for `key` made progress: accept or refuse the guest's SYN.
@@ -238,7 +257,7 @@ impl TcpRelay {
                 close_with_reset(stream);
                 continue;
             };
-            self.inbound_ports.insert(port);
+            self.inbound.insert(port, handle);
             self.insert(handle, stream, source, Origin::Inbound(port));
             Counters::bump(&self.shared.stats.tcp_inbound);
         }
@@ -248,7 +267,7 @@ impl TcpRelay {
         for _ in 0..=(u16::MAX - 49152) {
             let p = self.next_port;
             self.next_port = if p == u16::MAX { 49152 } else { p + 1 };
-            if !self.inbound_ports.contains(&p) {
+            if !self.inbound.contains_key(&p) {
                 return Some(p);
             }
         }
@@ -335,7 +354,7 @@ impl TcpRelay {
                 self.outbound.remove(&key);
             }
             Origin::Inbound(port) => {
-                self.inbound_ports.remove(&port);
+                self.inbound.remove(&port);
             }
         }
     }

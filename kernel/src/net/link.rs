@@ -99,6 +99,13 @@ pub struct Single<'a> {
 }
 
 impl Single<'_> {
+    /// Drops the packet unread (its card buffer goes back to the card).
+    pub fn discard(mut self) {
+        if let Some(rx) = self.rx.take() {
+            phy::RxToken::consume(rx, |_| ());
+        }
+    }
+
     /// The IP packet.
     pub fn packet(&self) -> &[u8] {
         match &self.rx {

@@ -451,11 +451,17 @@ impl Stack {
         self.count_syn_room();
         for _ in 0..POLL_ROUNDS {
             // Packets first, then sending, as smoltcp's own `poll` does: a socket that sent before taking in the
-            // ACKs waiting for it could send past a window that had shrunk, which smoltcp 0.12's receiver panics on
+            // ACKs waiting for it could send past a window that had shrunk, which smoltcp's receiver panicked on
             // ("attempt to subtract sequence numbers with underflow"; the user-mode network did, in this order).
             for _ in 0..ROUND_PACKETS {
                 let Some(mut packet) = self.device.next_packet(now) else { break };
-                let handle = self.sockets.route(&sockets::target(packet.packet()), broadcast);
+                let handle = match self.sockets.route(&sockets::target(packet.packet()), broadcast) {
+                    sockets::Route::Drop => {
+                        packet.discard();
+                        continue;
+                    }
+                    route => route.handle(),
+                };
                 self.iface.poll_ingress_single(now, &mut packet, self.sockets.set_mut(handle));
                 if let Some(handle) = handle {
                     self.sockets.polled(handle, &mut self.iface, now);

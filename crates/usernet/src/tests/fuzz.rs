@@ -40,13 +40,18 @@ fn arp_request(target: Ipv4Addr) -> Vec<u8> {
 }
 
 fn tcp_syn(dst: SocketAddrV4) -> Vec<u8> {
+    tcp_syn_from(41000, dst, 1234)
+}
+
+/// A bare SYN from the guest's `src_port` to `dst`, with sequence number `seq`.
+fn tcp_syn_from(src_port: u16, dst: SocketAddrV4, seq: i32) -> Vec<u8> {
     let net = UserNetConfig::default();
     let caps = ChecksumCapabilities::default();
     let tcp = TcpRepr {
-        src_port: 41000,
+        src_port,
         dst_port: dst.port(),
         control: TcpControl::Syn,
-        seq_number: TcpSeqNumber(1234),
+        seq_number: TcpSeqNumber(seq),
         ack_number: None,
         window_len: 1024,
         window_scale: None,
@@ -185,4 +190,64 @@ fn ready_fd_stays_readable_while_frames_wait() {
     assert!(readable(2000));
     assert!(net.recv(&mut [0; 10]).is_none());
     assert!(!readable(0));
+}
+
+/// The relay connects to the guest for a `-p` forward from a gateway port it hands out in order (49152 first), so a
+/// guest knows which one comes next. It sends bare SYNs from the forward's guest port to that gateway port while a
+/// host client connects: smoltcp (0.14 still) panics on such a SYN reaching the relay's connecting socket before that
+/// socket's SYN went out, which stopped the relay's thread. Here the relay cannot send its SYN at first (it has not
+/// learnt the guest's MAC address), then can. The SYNs are dropped and counted, before and after; the relay's SYN
+/// reaches the guest, and the relay keeps working.
+#[test]
+fn bare_syns_to_the_gateway_port_of_a_forward_being_connected_are_dropped() {
+    let port = super::free_tcp_port();
+    let config = UserNetConfig { forwards: vec![super::fwd(&format!("127.0.0.1:{port}:80"))], ..Default::default() };
+    let gateway = config.gateway;
+    let net = UserNet::new(config).unwrap();
+    let mut buf = vec![0; 65550];
+    let client = std::thread::spawn(move || std::net::TcpStream::connect(super::localhost(port)).unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut seq = 0i32;
+    let mut syn = |net: &UserNet| {
+        seq = seq.wrapping_add(0x0101_0101);
+        net.send(&tcp_syn_from(80, SocketAddrV4::new(gateway, 49152), seq));
+        std::thread::sleep(Duration::from_micros(200));
+    };
+    // Before the relay can send its SYN: until it has accepted the host's connection, and 100 SYNs after.
+    while net.stats().tcp_inbound == 0 {
+        assert!(std::time::Instant::now() < deadline, "the relay never took the connection: {:?}", net.stats());
+        syn(&net);
+    }
+    for _ in 0..100 {
+        syn(&net);
+    }
+    let before = net.stats().dropped;
+    assert!(before >= 100, "the SYNs while the relay could not send were dropped: {:?}", net.stats());
+    // The guest makes itself known; the relay's SYN comes, and 100 more SYNs go to its socket still in SYN-SENT.
+    net.send(&arp_request(gateway));
+    let (mut relay_syn, mut after) = (false, 0);
+    while after < 100 {
+        assert!(std::time::Instant::now() < deadline, "no SYN from the relay: {:?}", net.stats());
+        syn(&net);
+        after += usize::from(relay_syn);
+        while let Some(n) = net.recv(&mut buf) {
+            let Ok(eth) = EthernetFrame::new_checked(&buf[..n]) else { continue };
+            let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) else { continue };
+            let Ok(tcp) = TcpPacket::new_checked(ip.payload()) else { continue };
+            relay_syn |= tcp.src_port() == 49152 && tcp.dst_port() == 80 && tcp.syn() && !tcp.ack();
+        }
+    }
+    let _stream = client.join().unwrap();
+    let stats = net.stats();
+    assert_eq!(stats.tcp_inbound, 1, "{stats:?}");
+    assert!(stats.dropped >= before + 100, "the SYNs after the relay's were dropped: {stats:?}");
+    // Still alive: an ARP question is answered.
+    while net.recv(&mut buf).is_some() {}
+    net.send(&arp_request(Ipv4Addr::new(10, 0, 2, 99)));
+    let is_arp = |f: &[u8]| EthernetFrame::new_checked(f).is_ok_and(|f| f.ethertype() == EthernetProtocol::Arp);
+    let reply = (0..400).find_map(|_| {
+        std::thread::sleep(Duration::from_millis(5));
+        net.recv(&mut buf).filter(|&n| is_arp(&buf[..n]))
+    });
+    assert!(reply.is_some(), "no ARP reply after the SYNs: {:?}", net.stats());
 }
