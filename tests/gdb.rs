@@ -178,6 +178,33 @@ fn gdb_single_steps_and_continues_past_a_breakpoint_it_keeps() {
 }
 
 #[test]
+fn gdb_watches_a_variable_with_a_software_watchpoint() {
+    if !kvm::available() || !gdb_available() {
+        return;
+    }
+    // Hardware watchpoints do not fire on kvm_pvm (docs/debugging.md): gdb single-steps and compares instead.
+    let s = debug(
+        &guests::c("debuggee"),
+        &[
+            "break compute",
+            "continue",
+            "set can-use-hw-watchpoints 0",
+            "watch shared_counter",
+            "continue",
+            "bt",
+            "delete",
+            "continue",
+        ],
+    );
+    let g = &s.gdb;
+    assert!(g.contains("Watchpoint 2: shared_counter"), "{s}");
+    assert!(g.contains("Old value = 0\nNew value = 42"), "the write was not caught\n{s}");
+    assert!(g.lines().any(|l| l.starts_with("#0  compute (depth=6) at ")), "stopped outside compute\n{s}");
+    assert!(g.contains("exited with code 03"), "{s}");
+    assert_eq!(s.kiln_stdout, "result 43 counter 42\n", "{s}");
+}
+
+#[test]
 fn a_gdb_address_that_cannot_be_bound_is_one_line_and_exit_125() {
     if !kvm::available() {
         return;
