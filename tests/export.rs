@@ -197,6 +197,50 @@ fn threads_that_compute_without_syscalls_are_interrupted_under_q35() {
     assert_eq!(killed.status, (142 * 2 + 1) % 256, "{}", killed.console);
 }
 
+/// QEMU's virtio-mmio devices as Kiln drives them (version 2), and microvm without ACPI, which then names each device
+/// on the command line (`virtio_mmio.device=`) as docs/deploy.md says.
+fn microvm_with_disk(disk: &Path) -> Vec<String> {
+    let drive = format!("file={},format=raw,if=none,id=v0", disk.display());
+    ["-global", "virtio-mmio.force-legacy=false", "-drive", &drive, "-device", "virtio-blk-device,drive=v0"]
+        .into_iter()
+        .chain(["-device", EXIT_DEVICE])
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn a_volume_on_virtio_blk_written_by_one_boot_is_read_by_the_next() {
+    if !qemu_available() {
+        return;
+    }
+    let home = harness::store::scratch("export-volumes", "round-trip");
+    harness::store::kiln_in(&home).args(["volume", "create", "data", "--size", "64M"]).run().assert_code(0);
+    let disk = home.join("volumes").join("data.ext2");
+    let guest = guests::c("volume");
+    let guest = guest.to_str().expect("UTF-8 path");
+    let devices = microvm_with_disk(&disk);
+    let devices: Vec<&str> = devices.iter().map(String::as_str).collect();
+
+    let image = export("volume-write", &["-v", "data:/data", guest, "write", "/data"]);
+    let write = boot(&image, "microvm,acpi=off", &devices);
+    assert!(write.console.ends_with("0 failures\n"), "{}", write.console);
+    assert_eq!(write.status, 1, "exit code 0 through isa-debug-exit\n{}", write.console);
+    let fsck = Command::new("e2fsck").arg("-fn").arg(&disk).output().expect("e2fsck (e2fsprogs)");
+    assert!(fsck.status.success(), "e2fsck -fn:\n{}", String::from_utf8_lossy(&fsck.stdout));
+
+    // The next boot, of another image, at another mount path; its command line's arguments after `--` come before
+    // the device words microvm appends, which are not the program's.
+    let image = export("volume-read", &["-v", "data:/mnt/vol", guest, "write", "/nothing"]);
+    let read = boot(&image, "microvm,acpi=off", &[&devices[..], &["-append", "-- read /mnt/vol"]].concat());
+    assert!(read.console.ends_with("0 failures\n"), "{}", read.console);
+    assert_eq!(read.status, 1, "{}", read.console);
+
+    // Without the disk, the console says what is missing.
+    let missing = boot(&image, "microvm,acpi=off", &["-device", EXIT_DEVICE]);
+    assert!(missing.console.contains("kiln: the image mounts a volume at /mnt/vol but the host gave no virtio-blk"));
+    assert_eq!(missing.status, 3, "{}", missing.console);
+}
+
 #[test]
 fn too_little_memory_is_said_on_the_console() {
     if !qemu_available() {

@@ -28,7 +28,8 @@ fn is_env(word: &[u8]) -> Option<&[u8]> {
 pub fn apply_command_line(boot: &mut BootInfo, cmdline: &[u8]) {
     let dashes = words(cmdline).position(|w| w == b"--");
     let env_words = words(cmdline).take(dashes.unwrap_or(usize::MAX)).filter(|w| is_env(w).is_some());
-    let new_args = dashes.map(|d| words(cmdline).skip(d + 1));
+    // QEMU's microvm appends its devices' words to the command line, after any `--`: they are not arguments.
+    let new_args = dashes.map(|d| words(cmdline).skip(d + 1).filter(|w| !w.starts_with(crate::virtio::DEVICE_WORD)));
     if env_words.clone().next().is_none() && new_args.is_none() {
         return;
     }

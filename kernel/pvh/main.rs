@@ -20,6 +20,7 @@ mod serial;
 mod start;
 mod timer;
 mod trap;
+mod virtio;
 
 use core::cell::UnsafeCell;
 use kiln_abi::pvh::Handoff;
@@ -99,6 +100,7 @@ extern "C" fn kiln_pvh_main(start_info_phys: u64) -> ! {
     cpu::init(&handoff);
     mmio::init(handoff.pml4_phys);
     apic::init(boot.tsc_hz);
+    virtio::discover(boot, start.cmdline());
     cpu::enter_library_os(&handoff)
 }
 

@@ -4,7 +4,7 @@
 use crate::size::parse_size;
 use anyhow::{Context, Result};
 use kiln_launch::network::{NetMode, NetworkFlags};
-use kiln_launch::{home, parse_env, parse_mapping, parse_workdir, Overrides};
+use kiln_launch::{home, parse_env, parse_mapping, parse_mount, parse_workdir, Overrides};
 use std::io::Write as _;
 use std::path::PathBuf;
 
@@ -38,6 +38,10 @@ pub struct ExportArgs {
     /// Put a host directory, recursively, into the guest's filesystem (repeatable)
     #[arg(long = "dir", value_name = "HOST:GUEST", value_parser = parse_mapping)]
     dirs: Vec<(PathBuf, String)>,
+    /// Mount a volume at /path (repeatable, up to 4): the host that boots the image attaches the disk, a virtio-blk
+    /// device per volume in this order (NAME's file, from `kiln volume inspect NAME`, or any disk with ext2 on it)
+    #[arg(long = "volume", short = 'v', value_name = "NAME:/path", value_parser = parse_mount)]
+    volumes: Vec<(String, String)>,
     /// An image (NAME[:TAG] or id) or a Linux x86-64 executable, then the program's arguments (for an image: instead
     /// of its args; the boot command line's words after `--` replace them again)
     #[arg(value_name = "IMAGE|PROGRAM [ARGS]", required = true, num_args = 1.., trailing_var_arg = true)]
@@ -55,7 +59,7 @@ pub fn export(args: ExportArgs) -> Result<u8> {
         workdir: args.workdir,
         files: args.files,
         dirs: args.dirs,
-        volumes: Vec::new(),
+        volumes: args.volumes,
         // An exported image has no network card yet.
         network: NetworkFlags { mode: NetMode::None, ..NetworkFlags::default() },
         trace_syscalls: false,

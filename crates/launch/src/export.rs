@@ -12,11 +12,11 @@ pub fn export_pvh(spec: &LaunchSpec, builtin_kernel: &'static [u8], platform: &[
     if spec.network != Network::None {
         return Err(LaunchError::Export(ExportError::Unsupported("a network card", "no network yet")));
     }
-    if !spec.volumes.is_empty() {
-        return Err(LaunchError::Export(ExportError::Unsupported("a volume", "no disks yet")));
-    }
+    // Only where each volume is mounted: the host that boots the image attaches the disks (the volume's file, or any
+    // disk holding an ext2 filesystem), in this order.
+    let mounts: Vec<String> = spec.volumes.iter().map(|(_, mount)| mount.clone()).collect();
     let Configured { kernel, program, config, .. } = configure(spec, builtin_kernel)?;
-    kiln_vmm::export::pvh(&kernel, &program, platform, config).map_err(|e| match e {
+    kiln_vmm::export::pvh(&kernel, &program, platform, config, &mounts).map_err(|e| match e {
         ExportError::Vm(e) => explain(e, spec),
         other => LaunchError::Export(other),
     })

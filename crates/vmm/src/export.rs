@@ -8,6 +8,7 @@ use crate::elf::{ElfError, ElfImage};
 use crate::loader;
 use crate::memory::{BootAllocator, GuestRam, HugePages, MemoryError};
 use crate::vm::{self, VmConfig, VmError};
+use kiln_abi::boot::{BootInfo, VolumeInfo, MAX_VOLUMES, MOUNT_PATH_MAX};
 use kiln_abi::layout::{DIRECT_MAP_BASE, HUGE_PAGE_SIZE, PAGE_SIZE};
 use kiln_abi::pvh::{Handoff, HANDOFF_MAGIC, LAYOUT_PHYS, PLATFORM_PHYS, XEN_ELFNOTE_PHYS32_ENTRY};
 
@@ -31,15 +32,19 @@ pub enum ExportError {
     Memory(#[from] MemoryError),
     #[error(transparent)]
     Boot(#[from] BootError),
+    #[error("the mount path {0} is longer than {MOUNT_PATH_MAX} bytes")]
+    MountTooLong(String),
 }
 
 /// The exported image's bytes: `kernel` (the library OS) and `program` booted as `config` says, by `platform` (the
-/// platform layer's ELF) on a PVH loader.
+/// platform layer's ELF) on a PVH loader, with volumes mounted at `volume_mounts` (absolute, normalised paths), whose
+/// virtio-blk devices the platform layer finds at boot, in the same order.
 pub fn pvh(
     kernel_elf: &[u8],
     program_elf: &[u8],
     platform_elf: &[u8],
     config: VmConfig,
+    volume_mounts: &[String],
 ) -> Result<Vec<u8>, ExportError> {
     if config.cpus != 1 {
         return Err(ExportError::Unsupported("--cpus above 1", "one vCPU"));
@@ -48,7 +53,13 @@ pub fn pvh(
         return Err(ExportError::Unsupported("a network card", "no network yet (use --net none)"));
     }
     if !config.volumes.is_empty() {
-        return Err(ExportError::Unsupported("a volume", "no disks yet"));
+        return Err(ExportError::Unsupported("an attached volume", "only mount paths (the host attaches the disks)"));
+    }
+    if volume_mounts.len() > MAX_VOLUMES {
+        return Err(VmError::TooManyVolumes.into());
+    }
+    if let Some(long) = volume_mounts.iter().find(|m| m.len() > MOUNT_PATH_MAX) {
+        return Err(ExportError::MountTooLong(long.clone()));
     }
     if config.trace_syscalls {
         return Err(ExportError::Unsupported("--trace-syscalls", "no host to trace to"));
@@ -112,6 +123,14 @@ pub fn pvh(
     };
     let state =
         boot::build_from(&mut ram, LAYOUT_PHYS, (&kernel, kernel_elf), (&program, program_elf, prepared), &params)?;
+    // The volumes' mount paths, without register windows: the platform layer fills those in with what it finds.
+    for (i, mount) in volume_mounts.iter().enumerate() {
+        let entry = state.boot_info_phys
+            + std::mem::offset_of!(BootInfo, volumes) as u64
+            + (i * std::mem::size_of::<VolumeInfo>()) as u64;
+        ram.write(entry + std::mem::offset_of!(VolumeInfo, mount_len) as u64, &(mount.len() as u32).to_le_bytes())?;
+        ram.write(entry + std::mem::offset_of!(VolumeInfo, mount) as u64, mount.as_bytes())?;
+    }
     let vcpu = &state.vcpus[0];
     let vdso = state.vdso_code.iter().fold(None, |span: Option<(u64, u64)>, f| match span {
         Some((s, e)) => Some((s.min(f.start), e.max(f.end))),

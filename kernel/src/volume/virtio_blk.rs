@@ -1,6 +1,7 @@
 //! The virtio-blk driver: one split virtqueue, no interrupts. Requests go out in batches, one notification (one VM
 //! exit) each; Kiln's VMM handles a batch, in ring order, before that exit returns, so the driver finds every request
-//! done in the used ring right after the notification and never waits. Data moves through a staging area in
+//! done in the used ring right after the notification and never waits. Other hosts' devices (an exported image's,
+//! `kernel/pvh`) may finish later: the driver polls the used ring until they have, for at most [`DEVICE_TIMEOUT_NS`]. Data moves through a staging area in
 //! physically contiguous memory from the frame allocator (the filesystem's cache blocks live on the heap): a copy
 //! costs far less than the exits that more, smaller requests would.
 
@@ -18,6 +19,8 @@ const REQUESTS: usize = QUEUE_SIZE as usize / 3;
 const STAGING: usize = 512 << 10;
 
 const F_FLUSH: u32 = 1 << 9;
+/// How long a batch may take on a device that finishes after the notification before it counts as failed.
+const DEVICE_TIMEOUT_NS: u64 = 30_000_000_000;
 
 const T_IN: u32 = 0;
 const T_OUT: u32 = 1;
@@ -137,9 +140,7 @@ impl VirtioBlk {
         fence(Ordering::SeqCst);
         self.regs.notify(0);
         self.notifications += 1;
-        // SAFETY: `used.idx`, which the device wrote before the notification's exit returned.
-        let used = unsafe { read_volatile((self.used + 2) as *const u16) };
-        fence(Ordering::Acquire);
+        let used = self.wait_used(requests.len());
         let done = used.wrapping_sub(self.next_used);
         self.next_used = used;
         if usize::from(done) != requests.len() {
@@ -152,6 +153,25 @@ impl VirtioBlk {
             }
         }
         Ok(())
+    }
+
+    /// `used.idx` once the device has returned `count` requests since the last batch, or what it is when the device
+    /// has not after [`DEVICE_TIMEOUT_NS`] (or returned more, which is wrong).
+    fn wait_used(&self, count: usize) -> u16 {
+        let mut started = None;
+        loop {
+            // SAFETY: `used.idx`, which the device writes (Kiln's VMM before the notification's exit returns).
+            let used = unsafe { read_volatile((self.used + 2) as *const u16) };
+            fence(Ordering::Acquire);
+            if usize::from(used.wrapping_sub(self.next_used)) >= count {
+                return used;
+            }
+            let now = crate::time::since_boot_ns();
+            if now.saturating_sub(*started.get_or_insert(now)) > DEVICE_TIMEOUT_NS {
+                return used;
+            }
+            core::hint::spin_loop();
+        }
     }
 
     fn check_range(&self, offset: u64, len: usize) -> Result<(), IoError> {

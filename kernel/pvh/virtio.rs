@@ -1,0 +1,113 @@
+//! virtio-mmio devices, named on the command line as Linux's `virtio_mmio.device=SIZE@ADDR[:IRQ]` (QEMU's microvm adds
+//! one such word per device; Firecracker too). Each window is mapped for the library OS's drivers, which are those it
+//! runs under Kiln's VMM (`kernel/src/volume/virtio_blk.rs`): the platform layer only finds the devices and names
+//! them in the boot info. Block devices go to the image's volumes in command-line order, each with its capacity.
+
+use crate::{mmio, power, serial};
+use kiln_abi::BootInfo;
+
+/// The command line's word for a device.
+pub const DEVICE_WORD: &[u8] = b"virtio_mmio.device=";
+const MAGIC: u32 = 0x7472_6976; // "virt"
+const REG_MAGIC: u64 = 0x000;
+const REG_VERSION: u64 = 0x004;
+const REG_DEVICE_ID: u64 = 0x008;
+/// virtio-blk's configuration: the capacity in 512-byte sectors.
+const REG_BLK_CAPACITY: u64 = 0x100;
+const DEVICE_BLOCK: u32 = 2;
+/// Smallest window that holds a block device's registers and its capacity.
+const MIN_WINDOW: u64 = 0x108;
+/// The windows' largest size taken from the command line (a window is one page, or part of one).
+const MAX_WINDOW: u64 = 0x1000;
+/// Most devices looked at.
+const MAX_DEVICES: usize = 32;
+
+/// A device's window: guest-physical address and size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub phys: u64,
+    pub size: u64,
+}
+
+/// `SIZE@ADDR[:IRQ]` with SIZE and ADDR in C notation (decimal, or hex with 0x) and SIZE possibly suffixed K or M.
+pub fn parse(spec: &[u8]) -> Option<Window> {
+    let at = spec.iter().position(|&b| b == b'@')?;
+    let (size, rest) = (&spec[..at], &spec[at + 1..]);
+    let addr = match rest.iter().position(|&b| b == b':') {
+        Some(colon) => &rest[..colon],
+        None => rest,
+    };
+    let (size, unit) = match size.last() {
+        Some(b'K' | b'k') => (&size[..size.len() - 1], 1 << 10),
+        Some(b'M' | b'm') => (&size[..size.len() - 1], 1 << 20),
+        _ => (size, 1),
+    };
+    let size = number(size)?.checked_mul(unit)?;
+    let phys = number(addr)?;
+    (size != 0 && phys.checked_add(size).is_some()).then_some(Window { phys, size })
+}
+
+fn number(digits: &[u8]) -> Option<u64> {
+    let (digits, radix) = match digits {
+        [b'0', b'x' | b'X', hex @ ..] => (hex, 16u32),
+        _ => (digits, 10),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    digits
+        .iter()
+        .try_fold(0u64, |n, &d| n.checked_mul(u64::from(radix))?.checked_add(u64::from(char::from(d).to_digit(radix)?)))
+}
+
+fn read(base: u64, reg: u64) -> u32 {
+    // SAFETY: `base` is a device window `mmio::map` mapped, at least MIN_WINDOW bytes (checked by the caller).
+    unsafe { core::ptr::read_volatile((base + reg) as *const u32) }
+}
+
+/// Finds the devices the command line names and gives them to the library OS; ends the VM, saying why, if a volume
+/// of the image has no device.
+pub fn discover(boot: &mut BootInfo, cmdline: &[u8]) {
+    let windows = cmdline
+        .split(|b| b.is_ascii_whitespace())
+        .filter_map(|w| w.strip_prefix(DEVICE_WORD))
+        .take(MAX_DEVICES)
+        .filter_map(|spec| match parse(spec) {
+            Some(w) if w.size >= MIN_WINDOW => Some(w),
+            _ => {
+                serial::write_str("kiln: ignoring a malformed virtio_mmio.device= word\n");
+                None
+            }
+        });
+    let mut volumes = boot.volumes.iter_mut().filter(|v| v.mount_len != 0);
+    for w in windows {
+        let base = match mmio::map(w.phys, w.size.min(MAX_WINDOW), true) {
+            Ok(base) => base,
+            Err(e) => mmio::fail("a virtio-mmio device", w.phys, e),
+        };
+        if read(base, REG_MAGIC) != MAGIC || read(base, REG_DEVICE_ID) == 0 {
+            continue;
+        }
+        if read(base, REG_VERSION) != 2 {
+            power::fail(
+                "a virtio-mmio device is of the legacy version 1, which Kiln does not drive \
+                 (QEMU: -global virtio-mmio.force-legacy=false)",
+            );
+        }
+        if read(base, REG_DEVICE_ID) == DEVICE_BLOCK {
+            let Some(volume) = volumes.next() else { continue };
+            let sectors = u64::from(read(base, REG_BLK_CAPACITY)) | u64::from(read(base, REG_BLK_CAPACITY + 4)) << 32;
+            volume.mmio_phys = w.phys;
+            volume.capacity = sectors.saturating_mul(512);
+        }
+    }
+    if let Some(missing) = volumes.next() {
+        serial::write_str("kiln: the image mounts a volume at ");
+        serial::write(&missing.mount[..(missing.mount_len as usize).min(missing.mount.len())]);
+        serial::write_str(
+            " but the host gave no virtio-blk device for it \
+             (QEMU: -drive file=FILE,format=raw,if=none,id=v0 -device virtio-blk-device,drive=v0)\n",
+        );
+        power::exit(1);
+    }
+}
