@@ -205,6 +205,32 @@ fn gdb_watches_a_variable_with_a_software_watchpoint() {
 }
 
 #[test]
+fn gdb_reads_and_writes_the_sse_and_x87_registers_of_a_thread_on_a_vcpu() {
+    if !kvm::available() || !gdb_available() {
+        return;
+    }
+    // The write goes to the vCPU when the thread resumes (stepi), and is read back from it at the next stop.
+    let s = debug(
+        &guests::c("debuggee"),
+        &[
+            "break compute",
+            "continue",
+            "info registers xmm0",
+            "print $fctrl",
+            "set var $xmm1.v4_int32 = {1, 2, 3, 4}",
+            "stepi",
+            "print $xmm1.v4_int32",
+            "continue",
+        ],
+    );
+    let g = &s.gdb;
+    assert!(g.contains("xmm0           {v8_bfloat16 = "), "info registers xmm0\n{s}");
+    assert!(g.contains("$1 = 895"), "the x87 control word (0x37f)\n{s}");
+    assert!(g.contains("$2 = {1, 2, 3, 4}"), "xmm1 did not keep what gdb wrote\n{s}");
+    assert!(g.contains("exited with code 03"), "{s}");
+}
+
+#[test]
 fn a_gdb_address_that_cannot_be_bound_is_one_line_and_exit_125() {
     if !kvm::available() {
         return;

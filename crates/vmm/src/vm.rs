@@ -823,7 +823,12 @@ fn run_vcpu(
         if let Some(session) = shared.debug.get().filter(|s| s.stop_wanted()) {
             let (regs, sregs, events) = exit_state::read(&vcpu, shared.synced_state).map_err(state_err)?;
             let in_program = preempt::in_program(&regs, &sregs, &events, &shared.kernel_span, &shared.vdso_code);
-            let resume = session.hold(id, VcpuView { regs, fs_base: sregs.fs.base, in_program });
+            // A thread in the library OS has no x87/SSE state of the program's in the vCPU (debug::fpu).
+            let fpu = match in_program {
+                true => Some(vcpu.get_fpu().map_err(kvm_err("read the x87/SSE registers"))?),
+                false => None,
+            };
+            let resume = session.hold(id, VcpuView { regs, fs_base: sregs.fs.base, in_program, fpu });
             let faults = (&mut debug_fault, &mut pending_fault);
             if let Some(outcome) = resumed((&mut vcpu, id), shared, block, resume, faults, &mut stepping)? {
                 return Ok(outcome);
@@ -1107,6 +1112,9 @@ fn resumed(
             }
             return Ok(Some(Outcome::Crashed(with_stack(shared, (vcpu, id), report))));
         }
+    }
+    if let Some(fpu) = &resume.fpu {
+        vcpu.set_fpu(fpu).map_err(kvm_err("set the x87/SSE registers"))?;
     }
     let mut regs = match resume.regs {
         Some(regs) => regs,

@@ -38,6 +38,7 @@ mod kvm_sizes {
     pub const SREGS: usize = 312;
     pub const VCPU_EVENTS: usize = 64;
     pub const MSRS: usize = 8;
+    pub const FPU: usize = 416;
 }
 
 /// The vCPU ioctls a vCPU thread makes while the VM runs (`_IO`/`_IOR`/`_IOW` numbers from kvm.h), by name.
@@ -51,6 +52,9 @@ pub const KVM_VCPU_IOCTLS: &[(&str, u64)] = &[
     ("KVM_SET_MSRS", iow(0x89, MSRS)),
     ("KVM_GET_VCPU_EVENTS", ior(0x9f, VCPU_EVENTS)),
     ("KVM_SET_VCPU_EVENTS", iow(0xa0, VCPU_EVENTS)),
+    // The x87/SSE registers gdb reads and writes (`kiln_vmm::debug::fpu`).
+    ("KVM_GET_FPU", ior(0x8c, FPU)),
+    ("KVM_SET_FPU", iow(0x8d, FPU)),
 ];
 
 pub(super) fn conditional() -> Result<Vec<(i64, Vec<SeccompRule>)>, BackendError> {

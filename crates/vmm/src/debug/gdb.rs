@@ -7,6 +7,7 @@
 //! Code bytes are shown as they are in memory: a `syscall` the VMM rewrote reads as the `jmp` to its stub (or `call
 //! *%rax`), which is what runs (docs/debugging.md).
 
+use super::fpu;
 use super::memory;
 use super::session::{Resume, Session, StopEvent, INT3};
 use super::stubs::StubReturns;
@@ -71,6 +72,7 @@ pub(crate) struct KilnTarget {
     locked: bool,
     /// Registers gdb changed for threads on vCPUs, applied when they resume.
     vcpu_regs: BTreeMap<usize, kvm_regs>,
+    vcpu_fpu: BTreeMap<usize, kvm_bindings::kvm_fpu>,
     stubs: StubReturns,
 }
 
@@ -84,6 +86,7 @@ impl KilnTarget {
             actions: BTreeMap::new(),
             locked: false,
             vcpu_regs: BTreeMap::new(),
+            vcpu_fpu: BTreeMap::new(),
             stubs,
         }
     }
@@ -131,6 +134,12 @@ impl KilnTarget {
                 MultiThreadStopReason::SignalWithThread { tid: self.tid_on(vcpu), signal: Signal(signal) }
             }
         }
+    }
+
+    /// The x87/SSE registers of a thread running the program's code on a vCPU (with gdb's changes).
+    fn fpu_of(&self, t: &GuestThread) -> Option<kvm_bindings::kvm_fpu> {
+        let RegsAt::Vcpu(v) = t.regs_at else { return None };
+        self.vcpu_fpu.get(&v).copied().or_else(|| self.views.get(v).copied().flatten()?.fpu)
     }
 
     /// Puts the program's bytes back under every breakpoint (gdb is leaving).
@@ -209,6 +218,9 @@ impl MultiThreadBase for KilnTarget {
             RegsAt::Frame(_) => None,
         };
         *regs = to_gdb(&live.unwrap_or(t.regs));
+        if let Some(state) = self.fpu_of(&t) {
+            fpu::to_gdb(&state, regs);
+        }
         Ok(())
     }
 
@@ -218,6 +230,12 @@ impl MultiThreadBase for KilnTarget {
         match t.regs_at {
             RegsAt::Vcpu(v) => {
                 self.vcpu_regs.insert(v, new);
+                if let Some(old) = self.fpu_of(&t) {
+                    let changed = fpu::from_gdb(regs, &old);
+                    if changed != old {
+                        self.vcpu_fpu.insert(v, changed);
+                    }
+                }
             }
             RegsAt::Frame(phys) => {
                 let ram = &self.shared.ram;
@@ -286,7 +304,7 @@ impl MultiThreadResume for KilnTarget {
             match t.regs_at {
                 RegsAt::Vcpu(v) if v < vcpus => {
                     let stay = self.locked && named.is_none();
-                    resume[v] = Resume { regs: None, step: action.step, deliver: action.signal, stay };
+                    resume[v] = Resume { regs: None, fpu: None, step: action.step, deliver: action.signal, stay };
                 }
                 // A thread outside the program's code resumes when the library OS returns to it; a step then is
                 // not supported yet: it continues (docs/debugging.md).
@@ -299,6 +317,7 @@ impl MultiThreadResume for KilnTarget {
             if let Some(regs) = self.vcpu_regs.remove(&v) {
                 r.regs = Some(regs);
             }
+            r.fpu = self.vcpu_fpu.remove(&v);
             if !threads.iter().any(|t| t.regs_at == RegsAt::Vcpu(v)) {
                 // No thread of the program on it: a fault there (none expected) goes on as gdb's default says.
                 r.deliver = true;

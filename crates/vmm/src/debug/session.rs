@@ -45,6 +45,8 @@ pub enum StopEvent {
 pub struct Resume {
     /// Registers the debugger changed.
     pub regs: Option<kvm_regs>,
+    /// x87/SSE registers the debugger changed.
+    pub fpu: Option<kvm_bindings::kvm_fpu>,
     /// Run one instruction, then stop.
     pub step: bool,
     /// Deliver the fault it stopped on (else the faulting instruction runs again, as with gdb's `signal 0`).

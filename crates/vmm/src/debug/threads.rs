@@ -77,6 +77,8 @@ pub struct VcpuView {
     /// Whether it stopped in the program's code (else in the library OS, and its thread's registers are in the
     /// thread's frame).
     pub in_program: bool,
+    /// Its x87/SSE registers, read where it stopped in the program's code.
+    pub fpu: Option<kvm_bindings::kvm_fpu>,
 }
 
 fn read_u64(ram: &GuestRam, phys: u64) -> Result<u64, ThreadsError> {
