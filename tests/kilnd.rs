@@ -28,8 +28,13 @@ impl Kilnd {
     }
 
     fn start_in(home: PathBuf) -> Kilnd {
+        Kilnd::start_with(home, &[])
+    }
+
+    fn start_with(home: PathBuf, args: &[&str]) -> Kilnd {
         let err = std::fs::File::create(home.with_extension("kilnd.err")).unwrap();
-        let child = kiln_in(&home).arg("daemon").into_command().stdout(Stdio::null()).stderr(err).spawn().unwrap();
+        let mut command = kiln_in(&home).arg("daemon").args(args).into_command();
+        let child = command.stdout(Stdio::null()).stderr(err).spawn().unwrap();
         let kilnd = Kilnd { child, home };
         let start = Instant::now();
         while kilnd.try_call("GET", "/version", "").is_none() {
@@ -525,4 +530,264 @@ fn a_health_check_sees_a_program_stop_answering() {
         ps.stdout_text()
     );
     kilnd.ok("POST", "/instances/flaky/kill", "", 204);
+}
+
+/// One HTTP/1.0 GET on a new connection to 127.0.0.1:`port`: the body of a 200, or what went wrong.
+fn get(port: u16) -> Result<String, String> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    stream.write_all(b"GET / HTTP/1.0\r\nHost: service\r\n\r\n").map_err(|e| format!("write: {e}"))?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).map_err(|e| format!("read: {e}"))?;
+    match answer.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.0 200 ") => Ok(body.to_string()),
+        _ => Err(format!("answer {answer:?}")),
+    }
+}
+
+/// A client that sends one request after another to `port`, each on a new connection, until stopped: what it saw.
+struct Hammer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(usize, Vec<String>, std::collections::BTreeMap<String, usize>)>,
+}
+
+impl Hammer {
+    fn start(port: u16) -> Hammer {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut sent, mut errors, mut bodies) = (0, Vec::new(), std::collections::BTreeMap::new());
+            while !stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                sent += 1;
+                match get(port) {
+                    Ok(body) => *bodies.entry(body).or_insert(0) += 1,
+                    Err(e) => errors.push(e),
+                }
+            }
+            (sent, errors, bodies)
+        });
+        Hammer { stop, thread }
+    }
+
+    /// Requests sent, the errors, and how many answers each body had.
+    fn finish(self) -> (usize, Vec<String>, std::collections::BTreeMap<String, usize>) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().unwrap()
+    }
+}
+
+impl Kilnd {
+    /// Waits up to 60 s for the service to be in `phase` with every replica of generation `generation` ready.
+    fn wait_service(&self, name: &str, phase: &str, generation: u64) -> serde_json::Value {
+        let start = Instant::now();
+        loop {
+            let status = self.ok("GET", &format!("/services/{name}"), "", 200);
+            let running = status["running"].as_array().unwrap();
+            if status["phase"] == phase
+                && status["current"]["generation"] == generation
+                && status["ready"] == status["replicas"]
+                && running.len() as u64 == status["replicas"].as_u64().unwrap()
+                && running.iter().all(|r| r["generation"] == generation && r["ready"] == true)
+            {
+                return status;
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "never {phase} at generation {generation}: {status}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A service of `flaky` replicas answering `body`, health-checked every 100 ms.
+fn service_body(name: &str, port: u16, replicas: u32, body: &str) -> serde_json::Value {
+    serde_json::json!({
+        "name": name, "image": guests::c("flaky"), "args": ["1000000000", body], "replicas": replicas,
+        "memory": "32M", "publish": [format!("127.0.0.1:{port}:80")],
+        "health": {"check": format!("http:{port}/"), "interval_ms": 100, "timeout_ms": 1000, "retries": 2},
+    })
+}
+
+/// Services: created with replicas behind one port, scaled up and down, listed, refused when wrong, brought back by
+/// a kilnd restart, and removed with their replicas.
+#[test]
+fn services_run_replicas_behind_one_port_and_scale() {
+    if !kvm::available() {
+        return;
+    }
+    let mut kilnd = Kilnd::start("service-scale");
+    let port = free_port();
+    let body = service_body("web", port, 3, "v1");
+    assert_eq!(kilnd.ok("POST", "/services", &body.to_string(), 201)["name"], "web");
+    kilnd.wait_service("web", "steady", 1);
+    for _ in 0..6 {
+        assert_eq!(get(port).as_deref(), Ok("v1\n"));
+    }
+    // Its replicas are instances, named after it.
+    let instances = kilnd.ok("GET", "/instances", "", 200);
+    let names: Vec<&str> = instances.as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap()).collect();
+    assert!(names.len() == 3 && names.iter().all(|n| n.starts_with("web.1.")), "{names:?}");
+    assert!(instances.as_array().unwrap().iter().all(|i| i["service"] == "web"));
+
+    // Refusals.
+    let taken = kilnd.refused("POST", "/services", &body.to_string(), 409);
+    assert!(taken.starts_with("service web exists"), "{taken}");
+    let in_use = service_body("other", port, 1, "x");
+    assert!(kilnd.refused("POST", "/services", &in_use.to_string(), 409).contains("cannot publish"));
+    let flaky = guests::c("flaky");
+    for (bad, expected) in [
+        ("{", "the body is not a service request: EOF"),
+        (r#"{"name":"x","image":"/x","replicsa":2}"#, "the body is not a service request: unknown field `replicsa`"),
+        (r#"{"name":"no good","image":"/x"}"#, "name: "),
+        (r#"{"name":"x","image":"/no/such/program"}"#, "/no/such/program: no such file"),
+        (&format!(r#"{{"name":"x","image":"{}","publish":["53:53/udp"]}}"#, flaky.display()), "publish[0]: "),
+        (&format!(r#"{{"name":"x","image":"{}","max_surge":0}}"#, flaky.display()), "max_surge: "),
+    ] {
+        let message = kilnd.refused("POST", "/services", bad, 400);
+        assert!(message.starts_with(expected), "{bad}: {message}");
+    }
+    assert_eq!(kilnd.refused("GET", "/services/nope", "", 404), "no such service: nope");
+    assert_eq!(kilnd.refused("DELETE", "/services/nope", "", 404), "no such service: nope");
+    assert_eq!(kilnd.refused("POST", "/services/nope/rollback", "", 404), "no such service: nope");
+    assert!(kilnd.refused("POST", "/services/web/update", r#"{"replicas":"many"}"#, 400).contains("invalid type"));
+    assert!(kilnd.refused("POST", "/services/web/rollback", "", 409).contains("no previous version"));
+
+    // Scaled up and down through kiln.
+    let kiln = || kiln_in(&kilnd.home);
+    kiln().args(["service", "update", "web", "--replicas", "5"]).run().assert_code(0);
+    kilnd.wait_service("web", "steady", 1);
+    kiln().args(["service", "update", "web", "--replicas", "2"]).run().assert_code(0);
+    let status = kilnd.wait_service("web", "steady", 1);
+    assert_eq!(status["running"].as_array().unwrap().len(), 2);
+    let start = Instant::now();
+    while kilnd.ok("GET", "/instances?all=1", "", 200).as_array().unwrap().len() != 2 {
+        assert!(start.elapsed() < Duration::from_secs(30), "retired replicas' records stay");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ls = kiln().args(["service", "ls"]).run();
+    ls.assert_code(0);
+    assert!(
+        ls.stdout_text().lines().any(|l| l.starts_with("web ") && l.contains(" 2/2 ") && l.contains("steady")),
+        "{}",
+        ls.stdout_text()
+    );
+    let ps = kiln().args(["service", "ps", "web"]).run();
+    ps.assert_code(0);
+    assert_eq!(
+        ps.stdout_text().lines().filter(|l| l.contains(" web.1.") && l.ends_with("ready")).count(),
+        2,
+        "{}",
+        ps.stdout_text()
+    );
+
+    // A kilnd restart brings the service back, with new replicas.
+    assert!(kilnd.stop().success());
+    assert!(get(port).is_err(), "the port closes with kilnd");
+    let kilnd = Kilnd::start_in(kilnd.home.clone());
+    kilnd.wait_service("web", "steady", 1);
+    assert_eq!(get(port).as_deref(), Ok("v1\n"));
+    assert_eq!(
+        kilnd.ok("GET", "/instances?all=1", "", 200).as_array().unwrap().len(),
+        2,
+        "the old replicas' records go"
+    );
+
+    // Removed: its port closed, its replicas gone.
+    kiln_in(&kilnd.home).args(["service", "rm", "web"]).run().assert_code(0).assert_stdout("web\n");
+    assert!(get(port).is_err());
+    assert_eq!(kilnd.ok("GET", "/instances?all=1", "", 200), serde_json::json!([]));
+    assert_eq!(kilnd.ok("GET", "/services", "", 200), serde_json::json!([]));
+    assert!(!kilnd.home.join("services").join("web.json").exists());
+}
+
+/// A rolling update replaces every replica, a new one healthy before an old one goes, while a client sends request
+/// after request through the service's port: none fails.
+#[test]
+fn a_rolling_update_refuses_no_request() {
+    if !kvm::available() {
+        return;
+    }
+    let kilnd = Kilnd::start("service-update");
+    let port = free_port();
+    kilnd.ok("POST", "/services", &service_body("web", port, 4, "v1").to_string(), 201);
+    kilnd.wait_service("web", "steady", 1);
+    let hammer = Hammer::start(port);
+    std::thread::sleep(Duration::from_millis(300));
+    let update = kiln_in(&kilnd.home)
+        .args(["service", "update", "web", "--max-surge", "2", "--max-unavailable", "0", "--", "1000000000", "v2"])
+        .run();
+    update.assert_code(0);
+    assert_eq!(update.stdout_text(), "web: updated to generation 2\n");
+    std::thread::sleep(Duration::from_millis(300));
+    let (sent, errors, bodies) = hammer.finish();
+    assert!(errors.is_empty(), "{} of {sent} requests failed: {:?}", errors.len(), &errors[..errors.len().min(5)]);
+    assert!(bodies.get("v1\n").is_some_and(|&n| n > 0) && bodies.get("v2\n").is_some_and(|&n| n > 0), "{bodies:?}");
+    assert_eq!(bodies.len(), 2, "{bodies:?}");
+    let status = kilnd.wait_service("web", "steady", 2);
+    assert_eq!(status["previous"]["generation"], 1);
+    assert_eq!(get(port).as_deref(), Ok("v2\n"));
+    // Replaced, not changed: no replica of generation 1 is left, their records included.
+    let instances = kilnd.ok("GET", "/instances?all=1", "", 200);
+    let names: Vec<&str> = instances.as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap()).collect();
+    assert!(names.len() == 4 && names.iter().all(|n| n.starts_with("web.2.")), "{names:?}");
+}
+
+/// An update whose replicas fail their health checks rolls back by itself, refusing no request meanwhile; and a
+/// good update is rolled back when asked.
+#[test]
+fn a_failing_update_rolls_back_by_itself_and_rollback_goes_back() {
+    if !kvm::available() {
+        return;
+    }
+    let kilnd = Kilnd::start("service-rollback");
+    let port = free_port();
+    kilnd.ok("POST", "/services", &service_body("web", port, 2, "v1").to_string(), 201);
+    kilnd.wait_service("web", "steady", 1);
+    let hammer = Hammer::start(port);
+    // Generation 2 never answers: its replicas turn unhealthy.
+    let update = kiln_in(&kilnd.home).args(["service", "update", "web", "--", "0", "v2"]).run();
+    update.assert_code(1);
+    let said = update.stderr_text();
+    assert!(said.starts_with("kiln: service web: generation 2 failed: replica web.2."), "{said}");
+    assert!(said.trim_end().ends_with("rolled back to generation 1"), "{said}");
+    let (sent, errors, bodies) = hammer.finish();
+    assert!(errors.is_empty(), "{} of {sent} requests failed: {:?}", errors.len(), &errors[..errors.len().min(5)]);
+    assert_eq!(bodies.keys().collect::<Vec<_>>(), ["v1\n"]);
+    let status = kilnd.wait_service("web", "rolled-back", 1);
+    assert_eq!(status["previous"]["generation"], 2);
+    assert_eq!(status["current"]["template"]["args"], serde_json::json!(["1000000000", "v1"]));
+
+    // A good update, then rolled back when asked.
+    let body = serde_json::json!({"args": ["1000000000", "v3"]}).to_string();
+    let accepted = kilnd.ok("POST", "/services/web/update", &body, 202);
+    assert_eq!((accepted["phase"].as_str(), accepted["current"]["generation"].as_u64()), (Some("updating"), Some(3)));
+    assert!(kilnd.refused("POST", "/services/web/update", r#"{"args":["1","v4"]}"#, 409).contains("is updating"));
+    kilnd.wait_service("web", "steady", 3);
+    assert_eq!(get(port).as_deref(), Ok("v3\n"));
+    let back = kiln_in(&kilnd.home).args(["service", "rollback", "web"]).run();
+    back.assert_code(0);
+    assert_eq!(back.stdout_text(), "web: rolled back to generation 1\n");
+    kilnd.wait_service("web", "steady", 1);
+    assert_eq!(get(port).as_deref(), Ok("v1\n"));
+}
+
+/// `--max-instances`: a create beyond the cap is refused with a message naming it, and one more fits once one goes.
+#[test]
+fn kilnd_refuses_instances_beyond_its_cap() {
+    if !kvm::available() {
+        return;
+    }
+    let kilnd = Kilnd::start_with(scratch("kilnd", "cap"), &["--max-instances", "2"]);
+    let waiter = guests::c("waiter");
+    let body = serde_json::json!({"image": waiter, "memory": "32M"}).to_string();
+    let first = kilnd.create(serde_json::from_str(&body).unwrap());
+    kilnd.create(serde_json::from_str(&body).unwrap());
+    let refused = kilnd.refused("POST", "/instances", &body, 409);
+    assert!(refused.starts_with("kilnd runs 2 instances, its cap (kiln daemon --max-instances 2)"), "{refused}");
+    kilnd.ok("POST", &format!("/instances/{first}/kill"), "", 204);
+    kilnd.create(serde_json::from_str(&body).unwrap());
+    let bad = kiln_in(&kilnd.home).args(["daemon", "--max-instances", "0"]).run();
+    bad.assert_code(2);
 }

@@ -26,7 +26,7 @@ pub fn answering() -> Option<Client> {
 }
 
 /// A host path as kilnd must get it: absolute (kilnd's working directory is not this one's).
-fn absolute(path: &Path) -> PathBuf {
+pub fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
@@ -53,7 +53,7 @@ pub fn run(client: &Client, args: &RunArgs, image: &str) -> Result<u8> {
 }
 
 /// Whether the store has an image named `what` (which `kiln_launch::resolve` prefers to a file of that name).
-fn is_image(what: &str) -> bool {
+pub fn is_image(what: &str) -> bool {
     kiln_launch::home::store().is_ok_and(|store| store.resolve(what).is_ok())
 }
 

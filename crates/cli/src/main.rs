@@ -35,6 +35,7 @@ mod net;
 mod output;
 mod registry;
 mod run;
+mod service;
 mod size;
 #[cfg(test)]
 mod syscall_docs;
@@ -57,6 +58,14 @@ static ALLOCATOR: allocator::KilnAllocator = allocator::KilnAllocator;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(clap::Args)]
+struct DaemonArgs {
+    /// At most this many instances at once (services' replicas included); more are refused
+    #[arg(long, value_name = "N", default_value_t = kilnd::DEFAULT_MAX_INSTANCES as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_instances: u64,
 }
 
 #[derive(Subcommand)]
@@ -101,7 +110,10 @@ enum Command {
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
     /// Run kilnd, the daemon that owns instances, in the foreground (for systemd: contrib/kilnd.service)
-    Daemon,
+    Daemon(DaemonArgs),
+    /// Manage services: replicas of one image behind published ports that kilnd balances, updated a batch at a time
+    #[command(subcommand)]
+    Service(service::ServiceCommand),
 }
 
 /// What `kiln` logs unless `KILN_LOG` says otherwise. virtio-queue logs an error for each bad thing a guest does to a
@@ -141,7 +153,10 @@ fn main() -> ExitCode {
         Command::Pull(args) => registry::pull(args),
         Command::Login(args) => registry::login(args),
         Command::Logout(args) => registry::logout(args),
-        Command::Daemon => kilnd::run().map(|()| 0).map_err(anyhow::Error::from),
+        Command::Daemon(args) => kilnd::run(kilnd::Config { max_instances: args.max_instances as usize })
+            .map(|()| 0)
+            .map_err(anyhow::Error::from),
+        Command::Service(command) => service::run(command),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -67,6 +67,9 @@ pub struct Instance {
     pub health_check: Option<HealthCheck>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<Health>,
+    /// The kilnd service it is a replica of: the service starts, drains and removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -209,6 +212,7 @@ impl Instance {
             stopped: false,
             health_check: None,
             health: None,
+            service: None,
         }
     }
 

@@ -3,6 +3,7 @@
 
 use crate::api::{CreateRequest, Created};
 use crate::error::ApiError;
+use crate::health::Verdicts;
 use crate::held::Held;
 use kiln_image::instance::{
     create_with_default_name, default_name_base, new_id, now, process_start, tail_start, Instance, InstanceError,
@@ -23,14 +24,61 @@ pub struct Daemon {
     /// This process, as records name it: pid and start time.
     process: (u32, u64),
     held: Mutex<HashMap<String, Arc<Held>>>,
+    /// Instances being made (counted against the cap with those held).
+    starting: Mutex<usize>,
+    /// At most this many instances at once (`--max-instances`): a create beyond it is refused.
+    max_instances: usize,
+    verdicts: Arc<Verdicts>,
+}
+
+/// A place among the capped instances, given back when the instance is held or failed to start.
+struct Slot<'a>(&'a Daemon);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut starting = self.0.starting.lock().unwrap_or_else(|e| e.into_inner());
+        *starting = starting.saturating_sub(1);
+    }
 }
 
 impl Daemon {
-    pub fn new(store: Store) -> Result<Daemon, ApiError> {
+    pub fn new(store: Store, max_instances: usize) -> Result<Daemon, ApiError> {
         let pid = std::process::id();
         let start =
             process_start(pid).ok_or_else(|| ApiError::Internal("cannot read kilnd's own start time".into()))?;
-        Ok(Daemon { store, process: (pid, start), held: Mutex::new(HashMap::new()) })
+        Ok(Daemon {
+            store,
+            process: (pid, start),
+            held: Mutex::new(HashMap::new()),
+            starting: Mutex::new(0),
+            max_instances,
+            verdicts: Arc::default(),
+        })
+    }
+
+    pub fn verdicts(&self) -> &Arc<Verdicts> {
+        &self.verdicts
+    }
+
+    /// Whether the instance runs on this kilnd now (held, and not asked to stop).
+    pub fn runs(&self, id: &str) -> bool {
+        self.held(id).is_some_and(|h| !h.stopped())
+    }
+
+    /// A place for one more instance, or the refusal that names the cap.
+    fn reserve(&self) -> Result<Slot<'_>, ApiError> {
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner()).len();
+        let mut starting = self.starting.lock().unwrap_or_else(|e| e.into_inner());
+        if held + *starting >= self.max_instances {
+            return Err(ApiError::Conflict(format!(
+                "kilnd runs {} instances, its cap (kiln daemon --max-instances {}): stop some, or start kilnd with a \
+                 higher cap",
+                held + *starting,
+                self.max_instances
+            )));
+        }
+        *starting += 1;
+        Ok(Slot(self))
     }
 
     pub fn store(&self) -> &Store {
@@ -101,18 +149,36 @@ impl Daemon {
         }
     }
 
+    /// The launch specification a create request asks for (its image resolved now: a tag moved later changes
+    /// nothing).
+    fn resolve(&self, request: &CreateRequest) -> Result<kiln_launch::LaunchSpec, ApiError> {
+        let overrides = request.overrides().map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let _reading = self.store.read_lock().map_err(|e| ApiError::Internal(chain(&e)))?;
+        kiln_launch::resolve(Some(&self.store), &request.image, &overrides).map_err(|e| ApiError::BadRequest(chain(&e)))
+    }
+
+    /// Whether a service's template would start (its fields and image), without starting it.
+    pub fn check_template(&self, request: &CreateRequest) -> Result<(), ApiError> {
+        self.resolve(request).map(drop)
+    }
+
     /// `POST /instances`.
     pub fn create(self: &Arc<Self>, request: CreateRequest) -> Result<Created, ApiError> {
-        let overrides = request.overrides().map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        self.create_instance(request, None)
+    }
+
+    /// Creates and starts an instance, a replica of `service` if one is named.
+    pub fn create_instance(
+        self: &Arc<Self>,
+        request: CreateRequest,
+        service: Option<&str>,
+    ) -> Result<Created, ApiError> {
         let restart = request.restart_policy().map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        let spec = {
-            let _reading = self.store.read_lock().map_err(|e| ApiError::Internal(chain(&e)))?;
-            kiln_launch::resolve(Some(&self.store), &request.image, &overrides)
-        }
-        .map_err(|e| ApiError::BadRequest(chain(&e)))?;
+        let spec = self.resolve(&request)?;
         if let Some(check) = &request.health {
             crate::health::published_for(check, &spec).map_err(|why| ApiError::BadRequest(format!("health: {why}")))?;
         }
+        let _slot = self.reserve()?;
         let instances = self.instances();
         let id = new_id();
         let ports: Vec<String> = spec.network.published().iter().map(ToString::to_string).collect();
@@ -124,6 +190,7 @@ impl Daemon {
                 auto_remove: request.auto_remove,
                 restart,
                 health_check: request.health.clone(),
+                service: service.map(str::to_string),
                 launch: Some(launch.clone()),
                 kilnd: true,
                 // kilnd's: a record whose kilnd is gone is seen as ended.

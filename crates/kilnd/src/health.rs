@@ -5,10 +5,12 @@
 use kiln_image::health::{Health, HealthCheck, Probe};
 use kiln_image::instance::Instances;
 use kiln_image::Store;
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Stops the checker when dropped (at the end of the VM's run).
@@ -16,14 +18,42 @@ pub struct Checker {
     _stop: Sender<()>,
 }
 
+/// The last verdict of every running instance's check, in memory, for the services' balancers and controllers
+/// (which must not read a record file per connection).
+#[derive(Default)]
+pub struct Verdicts(Mutex<HashMap<String, Health>>);
+
+impl Verdicts {
+    pub fn get(&self, id: &str) -> Option<Health> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).get(id).copied()
+    }
+
+    fn set(&self, id: &str, verdict: Health) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), verdict);
+    }
+
+    /// The run ended: no verdict until the next run's checker gives one.
+    pub fn forget(&self, id: &str) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+    }
+}
+
 /// Starts checking instance `id` of the store at `store_root`, through the host address `host_ip` (the published
 /// port's; unspecified means the loopback).
-pub fn start(store_root: PathBuf, id: String, check: HealthCheck, probe: Probe, host_ip: IpAddr) -> Checker {
+pub fn start(
+    store_root: PathBuf,
+    verdicts: Arc<Verdicts>,
+    id: String,
+    check: HealthCheck,
+    probe: Probe,
+    host_ip: IpAddr,
+) -> Checker {
     let (stop, stopped) = channel::<()>();
     let host_ip = match host_ip {
         ip if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         ip => ip,
     };
+    verdicts.set(&id, Health::Starting);
     let spawned = std::thread::Builder::new().name("health".into()).spawn(move || {
         let store = Store::new(store_root);
         let (interval, timeout) = (Duration::from_millis(check.interval_ms), Duration::from_millis(check.timeout_ms));
@@ -49,6 +79,7 @@ pub fn start(store_root: PathBuf, id: String, check: HealthCheck, probe: Probe, 
                 if stopped.try_recv() != Err(std::sync::mpsc::TryRecvError::Empty) {
                     return;
                 }
+                verdicts.set(&id, verdict);
                 let _ = Instances::new(&store).update(&id, |i| i.health = Some(verdict));
             }
         }

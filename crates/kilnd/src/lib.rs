@@ -12,6 +12,10 @@ mod health;
 mod held;
 mod runner;
 mod server;
+mod services;
+
+/// A service's API bodies (`POST /services`, ...), for kilnd's clients.
+pub use services::spec as service;
 
 use daemon::Daemon;
 use std::os::unix::fs::PermissionsExt;
@@ -50,8 +54,24 @@ pub fn default_socket() -> Result<PathBuf, kiln_launch::home::NoHome> {
     kiln_launch::home::kiln_home().map(|h| socket_path(&h)).ok_or(kiln_launch::home::NoHome("kilnd's socket"))
 }
 
+/// How many instances kilnd runs at most when not told (`--max-instances`): the aim for this 24 GiB host.
+pub const DEFAULT_MAX_INSTANCES: usize = 10_000;
+
+/// What kilnd is started with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// At most this many instances at once, replicas included; a create beyond it is refused (409).
+    pub max_instances: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config { max_instances: DEFAULT_MAX_INSTANCES }
+    }
+}
+
 /// Runs kilnd in the foreground until SIGTERM or SIGINT, then stops its instances and returns.
-pub fn run() -> Result<(), DaemonError> {
+pub fn run(config: Config) -> Result<(), DaemonError> {
     let home = kiln_launch::home::kiln_home().ok_or(kiln_launch::home::NoHome("kilnd's socket"))?;
     std::fs::create_dir_all(&home).map_err(|e| DaemonError::Home(home.clone(), e))?;
     // Blocked before any thread starts, so that every thread inherits it and they wait for `sigwait` below.
@@ -61,9 +81,14 @@ pub fn run() -> Result<(), DaemonError> {
     let _lock = lock(&home)?;
     let socket = socket_path(&home);
     let listener = listen(&socket)?;
-    let daemon = Arc::new(Daemon::new(kiln_launch::home::store()?).map_err(|e| DaemonError::Start(e.to_string()))?);
+    let daemon = Arc::new(
+        Daemon::new(kiln_launch::home::store()?, config.max_instances)
+            .map_err(|e| DaemonError::Start(e.to_string()))?,
+    );
     daemon.adopt_records().map_err(|e| DaemonError::Start(e.to_string()))?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(DaemonError::Runtime)?;
+    let services = Arc::new(services::Services::new(daemon.clone(), runtime.handle().clone()));
+    services.restore();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("kilnd-signals".into())
@@ -78,11 +103,12 @@ pub fn run() -> Result<(), DaemonError> {
     let sig = runtime.block_on(async {
         let listener =
             tokio::net::UnixListener::from_std(listener).map_err(|e| DaemonError::Listen(socket.clone(), e))?;
-        let _server = tokio::spawn(server::serve(listener, daemon.clone()));
+        let _server = tokio::spawn(server::serve(listener, daemon.clone(), services.clone()));
         Ok::<_, DaemonError>(stop_rx.await.unwrap_or(libc::SIGTERM))
     })?;
     tracing::info!("kilnd stops (signal {sig}): stopping its instances");
     let _ = std::fs::remove_file(&socket);
+    services.shutdown();
     drop(runtime);
     daemon.stop_all();
     Ok(())

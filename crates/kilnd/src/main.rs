@@ -11,11 +11,23 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    if std::env::args().len() > 1 {
-        eprintln!("kilnd takes no arguments: it serves the Kiln home of $KILN_HOME (docs/api.md)");
-        return ExitCode::from(2);
+    let mut config = kilnd::Config::default();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.as_slice() {
+        [] => {}
+        [flag, n] if flag == "--max-instances" => match n.parse::<usize>() {
+            Ok(n) if n > 0 => config.max_instances = n,
+            _ => {
+                eprintln!("kilnd: --max-instances {n:?} is not a positive number");
+                return ExitCode::from(2);
+            }
+        },
+        _ => {
+            eprintln!("kilnd takes only --max-instances N: it serves the Kiln home of $KILN_HOME (docs/api.md)");
+            return ExitCode::from(2);
+        }
     }
-    match kilnd::run() {
+    match kilnd::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kilnd: {}", kiln_launch::chain(&e));

@@ -120,6 +120,7 @@ fn run_vm(daemon: &Daemon, id: &str, prepared: Prepared, spec: &LaunchSpec, held
     let checker = health_checker(daemon, id, spec);
     let result = prepared.vm.run(console, host_signals);
     drop(checker);
+    daemon.verdicts().forget(id);
     held.detach();
     let (code, reason) = match result {
         Ok((Outcome::Killed(SIGKILL), _)) => {
@@ -141,7 +142,8 @@ fn run_vm(daemon: &Daemon, id: &str, prepared: Prepared, spec: &LaunchSpec, held
 fn health_checker(daemon: &Daemon, id: &str, spec: &LaunchSpec) -> Option<crate::health::Checker> {
     let check = Instances::new(daemon.store()).load(id).ok()?.health_check?;
     let (probe, host_ip) = crate::health::published_for(&check, spec).ok()?;
-    Some(crate::health::start(daemon.store().root().to_path_buf(), id.to_string(), check, probe, host_ip))
+    let (root, verdicts) = (daemon.store().root().to_path_buf(), daemon.verdicts().clone());
+    Some(crate::health::start(root, verdicts, id.to_string(), check, probe, host_ip))
 }
 
 /// A launch failure: the request's fault (400) unless the host failed (500).

@@ -5,6 +5,8 @@
 use crate::api::{CreateRequest, ErrorBody, Version, API_VERSION};
 use crate::daemon::Daemon;
 use crate::error::ApiError;
+use crate::services::spec::{ServiceRequest, ServiceUpdate};
+use crate::services::Services;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
@@ -23,7 +25,7 @@ enum Reply {
 }
 
 /// Serves connections from `listener` until the runtime is dropped.
-pub async fn serve(listener: tokio::net::UnixListener, daemon: Arc<Daemon>) {
+pub async fn serve(listener: tokio::net::UnixListener, daemon: Arc<Daemon>, services: Arc<Services>) {
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -33,9 +35,9 @@ pub async fn serve(listener: tokio::net::UnixListener, daemon: Arc<Daemon>) {
                 continue;
             }
         };
-        let daemon = daemon.clone();
+        let (daemon, services) = (daemon.clone(), services.clone());
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| handle(daemon.clone(), request));
+            let service = hyper::service::service_fn(move |request| handle(daemon.clone(), services.clone(), request));
             let io = hyper_util::rt::TokioIo::new(stream);
             if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
                 tracing::debug!("connection ended: {e}");
@@ -44,8 +46,15 @@ pub async fn serve(listener: tokio::net::UnixListener, daemon: Arc<Daemon>) {
     }
 }
 
-async fn handle(daemon: Arc<Daemon>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let reply = route(daemon, request).await;
+async fn handle(
+    daemon: Arc<Daemon>,
+    services: Arc<Services>,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let reply = match request.uri().path().starts_with("/services") {
+        true => service_route(services, request).await,
+        false => route(daemon, request).await,
+    };
     Ok(match reply {
         Ok(Reply::Json(status, value)) => json(status, &value),
         Ok(Reply::Bytes(bytes)) => response(StatusCode::OK, "text/plain; charset=utf-8", bytes),
@@ -125,6 +134,43 @@ async fn route(daemon: Arc<Daemon>, request: Request<Incoming>) -> Result<Reply,
         (&Method::DELETE, ["instances", id]) => {
             let (id, force) = (id.to_string(), query.flag("force")?);
             blocking(move || daemon.remove(&id, force)).await?;
+            Ok(Reply::NoContent)
+        }
+        _ => Err(ApiError::NotFound(format!("no route {method} {path} (docs/api.md lists them)"))),
+    }
+}
+
+/// The routes of services (`/services...`).
+async fn service_route(services: Arc<Services>, request: Request<Incoming>) -> Result<Reply, ApiError> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (&method, segments.as_slice()) {
+        (&Method::GET, ["services"]) => to_json(StatusCode::OK, &blocking(move || Ok(services.list())).await?),
+        (&Method::POST, ["services"]) => {
+            let body = read_body(request).await?;
+            let create: ServiceRequest = serde_json::from_slice(&body)
+                .map_err(|e| ApiError::BadRequest(format!("the body is not a service request: {e}")))?;
+            to_json(StatusCode::CREATED, &blocking(move || services.create(create)).await?)
+        }
+        (&Method::GET, ["services", name]) => {
+            let name = name.to_string();
+            to_json(StatusCode::OK, &blocking(move || services.status(&name)).await?)
+        }
+        (&Method::POST, ["services", name, "update"]) => {
+            let name = name.to_string();
+            let body = read_body(request).await?;
+            let update: ServiceUpdate = serde_json::from_slice(&body)
+                .map_err(|e| ApiError::BadRequest(format!("the body is not a service update: {e}")))?;
+            to_json(StatusCode::ACCEPTED, &blocking(move || services.update(&name, update)).await?)
+        }
+        (&Method::POST, ["services", name, "rollback"]) => {
+            let name = name.to_string();
+            to_json(StatusCode::ACCEPTED, &blocking(move || services.rollback(&name)).await?)
+        }
+        (&Method::DELETE, ["services", name]) => {
+            let name = name.to_string();
+            blocking(move || services.remove(&name)).await?;
             Ok(Reply::NoContent)
         }
         _ => Err(ApiError::NotFound(format!("no route {method} {path} (docs/api.md lists them)"))),

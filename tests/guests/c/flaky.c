@@ -1,6 +1,7 @@
-/* flaky: an HTTP server on port 80 that answers `200 ok` to its first N requests (argv[1], default 3), then closes
- * its listening socket and keeps running, answering nothing: a health check must then see it fail. Prints
- * "flaky: listening" first and "flaky: stopped answering" when it stops. */
+/* flaky: an HTTP server on port 80 that answers `200` with the body argv[2] (default "ok") and a newline to its
+ * first N requests (argv[1], default 3), then closes its listening socket and keeps running, answering nothing: a
+ * health check must then see it fail. Prints "flaky: listening" first and "flaky: stopped answering" when it
+ * stops. */
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,6 +11,11 @@
 
 int main(int argc, char **argv) {
   int answers = argc > 1 ? atoi(argv[1]) : 3;
+  const char *body = argc > 2 ? argv[2] : "ok";
+  char reply[512];
+  int length = snprintf(reply, sizeof reply, "HTTP/1.0 200 OK\r\nContent-Length: %zu\r\n\r\n%s\n", strlen(body) + 1,
+                        body);
+  if (length < 0 || length >= (int)sizeof reply) return 2;
   int listener = socket(AF_INET, SOCK_STREAM, 0);
   int one = 1;
   setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
@@ -25,8 +31,7 @@ int main(int argc, char **argv) {
     if (c < 0) continue;
     char request[1024];
     read(c, request, sizeof request);
-    const char *reply = "HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nok\n";
-    write(c, reply, strlen(reply));
+    write(c, reply, length);
     close(c);
   }
   close(listener);
