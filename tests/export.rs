@@ -241,6 +241,89 @@ fn a_volume_on_virtio_blk_written_by_one_boot_is_read_by_the_next() {
     assert_eq!(missing.status, 3, "{}", missing.console);
 }
 
+/// A QEMU that is killed when dropped (a server does not end by itself).
+struct Running(Option<std::process::Child>);
+
+impl Running {
+    fn child(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().expect("QEMU still runs")
+    }
+
+    /// Kills QEMU: its serial console, CR LF made LF.
+    fn stop(mut self) -> String {
+        let mut child = self.0.take().expect("QEMU still runs");
+        let _ = child.kill();
+        let out = child.wait_with_output().expect("qemu's output");
+        String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The response to `GET /` on 127.0.0.1:`port`, if one came.
+fn http_get(port: u16) -> Option<String> {
+    use std::io::Read as _;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    stream.write_all(b"GET / HTTP/1.0\r\nHost: kiln\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+#[test]
+fn an_http_server_is_reached_through_qemu_user_networking_hostfwd() {
+    if !qemu_available() {
+        return;
+    }
+    // flaky answers its first two requests, then stops answering (and runs on).
+    let image = export("http", &[guests::c("flaky").to_str().expect("UTF-8 path"), "2"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+    let netdev = format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:80");
+    let mut qemu = Command::new(QEMU);
+    qemu.args(["-M", "microvm,acpi=off", "-cpu", "max", "-m", "128M", "-display", "none", "-no-reboot", "-nodefaults"])
+        .args(["-serial", "stdio", "-global", "virtio-mmio.force-legacy=false", "-netdev", &netdev])
+        .args(["-device", "virtio-net-device,netdev=n0", "-append", "ip=10.0.2.15::10.0.2.2:255.255.255.0 -- 2"])
+        .arg("-kernel")
+        .arg(&image)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut running = Running(Some(qemu.spawn().expect("start qemu")));
+    let start = Instant::now();
+    // QEMU takes connections at once and closes them while nothing listens in the guest: ask until one answers.
+    let first = loop {
+        if let Some(response) = http_get(port).filter(|r| !r.is_empty()) {
+            break response;
+        }
+        assert!(start.elapsed() < QEMU_TIMEOUT, "no answer on port {port} within {QEMU_TIMEOUT:?}");
+        if let Some(status) = running.child().try_wait().expect("wait for qemu") {
+            panic!("QEMU ended ({status}) before the server answered");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(first.starts_with("HTTP/1.") && first.contains(" 200 "), "{first}");
+    let second = http_get(port).unwrap_or_default();
+    assert!(second.contains(" 200 "), "{second}");
+    // Then nothing answers: the server closed its socket, and says so right after.
+    let closed = Instant::now();
+    while http_get(port).is_some_and(|r| !r.is_empty()) {
+        assert!(closed.elapsed() < Duration::from_secs(30), "the server still answers after two requests");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let console = running.stop();
+    assert!(console.contains("flaky: listening\n"), "{console}");
+    assert!(console.contains("flaky: stopped answering\n"), "{console}");
+}
+
 #[test]
 fn too_little_memory_is_said_on_the_console() {
     if !qemu_available() {

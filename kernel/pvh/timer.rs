@@ -7,11 +7,13 @@
 
 use crate::io::rdtsc;
 use crate::trap::TrapFrame;
-use crate::{apic, boot_info, trap, Shared};
+use crate::{apic, boot_info, trap, virtio, Shared};
 use core::cell::UnsafeCell;
 use kiln_abi::hypercall::{TIME_SLICE_NS, WAIT_FOREVER};
 
 const NONE: u64 = u64::MAX;
+/// Longest wait with a network card: the time a frame that came meanwhile may wait to be seen.
+const NET_POLL_NS: u64 = 1_000_000;
 
 /// When the program is to be interrupted (the end of its thread's slice, a sleeper's or a timer's deadline).
 static PREEMPT_AT: Shared<u64> = Shared(UnsafeCell::new(NONE));
@@ -43,7 +45,13 @@ fn arm() {
 /// (0: none). The vCPU halts meanwhile; the timer's interrupt wakes it.
 pub fn wait(ns: u64, look_after: u64) {
     PREEMPT_AT.set(NONE);
-    WAKE_AT.set(if ns == WAIT_FOREVER { NONE } else { from_now(ns) });
+    let mut wake = if ns == WAIT_FOREVER { NONE } else { from_now(ns) };
+    // Frames that come meanwhile do not interrupt the vCPU yet: with a card, the library OS looks every NET_POLL_NS
+    // (a wait may always end early; it waits again if nothing came).
+    if virtio::send_queued() {
+        wake = wake.min(from_now(NET_POLL_NS));
+    }
+    WAKE_AT.set(wake);
     while !KICKED.get() && rdtsc() < WAKE_AT.get() {
         // Again each round: a one-shot count may end a little early, or a long wait in several steps.
         arm();

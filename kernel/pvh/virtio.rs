@@ -3,7 +3,9 @@
 //! runs under Kiln's VMM (`kernel/src/volume/virtio_blk.rs`): the platform layer only finds the devices and names
 //! them in the boot info. Block devices go to the image's volumes in command-line order, each with its capacity.
 
-use crate::{mmio, power, serial};
+use crate::{mmio, power, serial, Shared};
+use core::cell::UnsafeCell;
+use kiln_abi::boot::NetInfo;
 use kiln_abi::BootInfo;
 
 /// The command line's word for a device.
@@ -14,7 +16,20 @@ const REG_VERSION: u64 = 0x004;
 const REG_DEVICE_ID: u64 = 0x008;
 /// virtio-blk's configuration: the capacity in 512-byte sectors.
 const REG_BLK_CAPACITY: u64 = 0x100;
+const DEVICE_NET: u32 = 1;
 const DEVICE_BLOCK: u32 = 2;
+/// virtio-net's configuration: its MAC address.
+const REG_NET_MAC: u64 = 0x100;
+const REG_QUEUE_NOTIFY: u64 = 0x050;
+/// The network card's transmit queue.
+const NET_TX_QUEUE: u32 = 1;
+/// The command line's word for the card's addresses, as Linux's: `ip=ADDRESS:SERVER:GATEWAY:NETMASK[:...]`.
+pub const IP_WORD: &[u8] = b"ip=";
+/// The link's MTU: Ethernet's, which QEMU's user networking and a tap device carry.
+const MTU: u16 = 1500;
+
+/// The network card's register window (direct-map address), 0 for none.
+static NET_WINDOW: Shared<u64> = Shared(UnsafeCell::new(0));
 /// Smallest window that holds a block device's registers and its capacity.
 const MIN_WINDOW: u64 = 0x108;
 /// The windows' largest size taken from the command line (a window is one page, or part of one).
@@ -94,6 +109,13 @@ pub fn discover(boot: &mut BootInfo, cmdline: &[u8]) {
                  (QEMU: -global virtio-mmio.force-legacy=false)",
             );
         }
+        if read(base, REG_DEVICE_ID) == DEVICE_NET && boot.net.mmio_phys == 0 {
+            if let Some(net) = network(cmdline, base, w.phys) {
+                boot.net = net;
+                NET_WINDOW.set(base);
+            }
+            continue;
+        }
         if read(base, REG_DEVICE_ID) == DEVICE_BLOCK {
             let Some(volume) = volumes.next() else { continue };
             let sectors = u64::from(read(base, REG_BLK_CAPACITY)) | u64::from(read(base, REG_BLK_CAPACITY + 4)) << 32;
@@ -110,4 +132,57 @@ pub fn discover(boot: &mut BootInfo, cmdline: &[u8]) {
         );
         power::exit(1);
     }
+}
+
+/// The card at `phys` (mapped at `base`) with the command line's addresses; None, saying so, without them.
+fn network(cmdline: &[u8], base: u64, phys: u64) -> Option<NetInfo> {
+    let Some((ip, gateway, prefix_len)) =
+        cmdline.split(|b| b.is_ascii_whitespace()).find_map(|w| w.strip_prefix(IP_WORD)).and_then(parse_ip)
+    else {
+        serial::write_str(
+            "kiln: the network card is left out: the command line gives it no address \
+             (ip=ADDRESS::GATEWAY:NETMASK; DHCP is not supported yet)\n",
+        );
+        return None;
+    };
+    let mut mac = [0u8; 6];
+    for (i, b) in mac.iter_mut().enumerate() {
+        // SAFETY: the configuration's MAC lies inside the window (at least MIN_WINDOW bytes), mapped by `discover`.
+        *b = unsafe { core::ptr::read_volatile((base + REG_NET_MAC + i as u64) as *const u8) };
+    }
+    Some(NetInfo { mmio_phys: phys, mac, mtu: MTU, ipv4: ip, gateway, prefix_len, ..NetInfo::default() })
+}
+
+/// Linux's `ip=` value: the client address, the gateway (third field) and the netmask (fourth) as a prefix length.
+pub fn parse_ip(value: &[u8]) -> Option<([u8; 4], [u8; 4], u8)> {
+    let mut fields = value.split(|&b| b == b':');
+    let ip = ipv4(fields.next()?)?;
+    let _server = fields.next();
+    let gateway = fields.next().map_or(Some([0; 4]), |g| if g.is_empty() { Some([0; 4]) } else { ipv4(g) })?;
+    let mask = match fields.next() {
+        Some(m) if !m.is_empty() => u32::from_be_bytes(ipv4(m)?),
+        _ => 0xffff_ff00,
+    };
+    // A netmask is ones, then zeros.
+    (mask.leading_ones() + mask.trailing_zeros() == 32).then_some((ip, gateway, mask.leading_ones() as u8))
+}
+
+fn ipv4(text: &[u8]) -> Option<[u8; 4]> {
+    let mut out = [0u8; 4];
+    let mut parts = text.split(|&b| b == b'.');
+    for byte in &mut out {
+        *byte = u8::try_from(number(parts.next()?)?).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+/// Sends what the library OS queued on the network card (Kiln's VMM does so whenever a vCPU waits, and the library
+/// OS counts on it instead of notifying the card itself). Whether there is a card.
+pub fn send_queued() -> bool {
+    let base = NET_WINDOW.get();
+    if base != 0 {
+        // SAFETY: the card's window, mapped by `discover`; QueueNotify is a register of every virtio-mmio device.
+        unsafe { core::ptr::write_volatile((base + REG_QUEUE_NOTIFY) as *mut u32, NET_TX_QUEUE) };
+    }
+    base != 0
 }
