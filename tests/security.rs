@@ -1,6 +1,7 @@
 //! The VMM's defences (docs/security.md): every VMM thread under its seccomp allow-list, so that a forbidden call
 //! stops the VM with one line naming the thread and the call and a defined exit code; `--seccomp=off` for debugging;
-//! `--jail`, a real boot inside new namespaces, an empty root and an unprivileged uid, with a volume and a tap.
+//! `--jail`, a real boot inside new namespaces, an empty root and an unprivileged uid, with a volume and a tap, and
+//! detached (`-d --jail`).
 
 #[allow(dead_code)]
 mod harness;
@@ -210,4 +211,73 @@ fn a_jailed_vm_reaches_a_host_server_through_its_tap() {
         .assert_code(0)
         .assert_stdout("fetched 1000000 of 1000000 bytes, 0 wrong\n");
     server.join().unwrap();
+}
+
+/// The instance records `kiln ps -a -o json` shows for `home`.
+fn instances(home: &std::path::Path) -> Vec<serde_json::Value> {
+    let run = harness::store::kiln_in(home).args(["ps", "-a", "-o", "json"]).run();
+    match serde_json::from_slice(&run.stdout) {
+        Ok(serde_json::Value::Array(all)) => all,
+        _ => panic!("ps -o json printed no array\n{run}"),
+    }
+}
+
+/// Waits (60 s at most) for the record named `name` to satisfy `done`, and returns it.
+fn wait_for_record(home: &std::path::Path, name: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let all = instances(home);
+        let record = all.iter().find(|i| i["name"] == name).cloned();
+        match record {
+            Some(r) if done(&r) => return r,
+            _ if std::time::Instant::now() > deadline => panic!("instance {name} never got there: {all:?}"),
+            _ => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
+    }
+}
+
+/// `kiln run -d --jail`: the instance's process stays outside as the jail's parent (recorded with its pid, signalled
+/// by `kiln stop`), its VM runs in the jailed child, and the parent records how the program ended, since the child
+/// cannot reach the store from its empty root.
+#[test]
+fn a_detached_instance_runs_jailed_and_its_end_is_recorded() {
+    if !jail_possible() {
+        return;
+    }
+    let home = harness::store::scratch("security-homes", "jailed-detached");
+    let kiln_in = harness::store::kiln_in;
+    let waiter = guests::c("waiter");
+    let run = kiln_in(&home).args(["run", "-d", "--jail", "--net", "none", "--name", "w"]).arg(&waiter).arg("graceful");
+    run.run().assert_code(0);
+    let record = wait_for_record(&home, "w", |r| r["state"] == "running");
+    let parent = record["pid"].as_u64().expect("a pid") as u32;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !kiln_in(&home).args(["logs", "w"]).run().stdout_text().contains("waiter: ready\n") {
+        assert!(std::time::Instant::now() < deadline, "the waiter never said it was ready");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let children = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children")).unwrap();
+    let child: u32 = children.split_whitespace().next().expect("the jailed process").parse().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{child}/status")).unwrap();
+    let id = 2_000_000_000 + child;
+    assert!(status.contains(&format!("\nUid:\t{id}\t{id}\t{id}\t{id}\n")), "{status}");
+    assert!(status.contains(&format!("{child}\t1\n")), "not pid 1 of its own:\n{status}");
+    let root: Vec<_> = std::fs::read_dir(format!("/proc/{child}/root")).unwrap().collect();
+    assert!(root.is_empty(), "the jail's root is not empty: {root:?}");
+    // kiln stop's SIGTERM goes to the parent, which passes it on; the program ends as it likes, and the parent
+    // records that.
+    kiln_in(&home).args(["stop", "w"]).run().assert_code(0);
+    let record = wait_for_record(&home, "w", |r| r["state"] == "exited");
+    assert_eq!((record["exit_code"].as_i64(), record["reason"].as_str()), (Some(0), Some("exited")), "{record}");
+    let log = kiln_in(&home).args(["logs", "w"]).run().stdout_text();
+    assert!(log.ends_with("waiter: stopped by signal 15\n"), "{log}");
+    // A program that ends by itself: its code, recorded.
+    kiln_in(&home).args(["run", "-d", "--jail", "--name", "h"]).arg(guests::c("hello")).arg("7").run().assert_code(0);
+    let record = wait_for_record(&home, "h", |r| r["state"] == "exited");
+    assert_eq!(record["exit_code"].as_i64(), Some(7), "{record}");
+    assert!(!record["reason"].as_str().unwrap().contains("without saying why"), "{record}");
+    // kilnd's VMs are not jailed: what needs kilnd is refused with --jail.
+    let line =
+        kiln_in(&home).args(["run", "-d", "--jail", "--restart", "always"]).arg(&waiter).run().assert_kiln_error();
+    assert!(line.contains("need kilnd, which does not jail its VMs"), "{line}");
 }

@@ -27,6 +27,9 @@ const READY_FD: i32 = 3;
 pub struct ThisInstance {
     store: Store,
     id: String,
+    /// This process's pid, as the host sees it (a jailed VM runs in a child, pid 1 of its own namespace): the
+    /// process `kiln stop` signals and waits for, which records the end.
+    pid: u32,
     /// The pipe to the starter, until the VM has booted.
     ready: Option<std::fs::File>,
 }
@@ -36,7 +39,9 @@ pub struct ThisInstance {
 /// process opens any file, so that the descriptor it takes as the starter's pipe is the inherited one.
 pub fn instance_of_this_process(args: &RunArgs) -> Result<Option<ThisInstance>> {
     match std::env::var(INSTANCE_ENV) {
-        Ok(id) if args.detach => Ok(Some(ThisInstance { ready: take_ready_pipe(), store: home::store()?, id })),
+        Ok(id) if args.detach => {
+            Ok(Some(ThisInstance { ready: take_ready_pipe(), store: home::store()?, id, pid: std::process::id() }))
+        }
         _ => Ok(None),
     }
 }
@@ -73,9 +78,15 @@ impl ThisInstance {
         Instances::new(&self.store).dir(&self.id)
     }
 
+    /// A jail's parent: closes its copy of the starter's pipe, so that the starter hears of a child that ends before
+    /// its VM booted.
+    pub fn forget_ready_pipe(&mut self) {
+        self.ready = None;
+    }
+
     /// The VM has booted: record the pid, and let `kiln run -d` return.
     pub fn running(&mut self) -> Result<()> {
-        let pid = std::process::id();
+        let pid = self.pid;
         let start = process_start(pid).ok_or_else(|| anyhow!("cannot read this process's start time"))?;
         Instances::new(&self.store).update(&self.id, |i| {
             i.state = State::Running;

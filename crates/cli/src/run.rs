@@ -97,8 +97,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "on|off|log")]
     seccomp: Option<kiln_launch::Seccomp>,
     /// Run the VMM jailed (needs root): new PID, mount, IPC and UTS namespaces (and network, unless the user-mode
-    /// network needs the host's), an empty read-only root once the VM is built, an unprivileged uid, resource limits
-    #[arg(long, conflicts_with = "detach")]
+    /// network needs the host's), an empty read-only root once the VM is built, an unprivileged uid, resource limits;
+    /// with -d, the instance's process is jailed (kilnd, which runs VMs in its own process, is not used)
+    #[arg(long)]
     jail: bool,
     /// The uid (and gid) the jailed VMM runs as (default: 2000000000 + its host pid, one of its own)
     #[arg(long, value_name = "UID[:GID]", requires = "jail", value_parser = kiln_jail::parse_identity)]
@@ -163,9 +164,15 @@ pub fn run(mut args: RunArgs) -> Result<u8> {
     args.split_command();
     let mut instance = detach::instance_of_this_process(&args)?;
     // With kilnd answering, a detached instance runs there (it prints no trace or statistics: those keep a process).
-    let daemon = (args.detach && instance.is_none() && !args.trace_syscalls && !args.stats)
+    // A jailed one runs in an instance process of its own: kilnd runs its VMs in its own process (docs/security.md).
+    let daemon = (args.detach && instance.is_none() && !args.trace_syscalls && !args.stats && !args.jail)
         .then(crate::kilnd_client::answering)
         .flatten();
+    if args.jail && (args.restart.is_some() || args.health_check.is_some()) {
+        bail!(
+            "--jail with --restart or --health-check: those need kilnd, which does not jail its VMs (docs/security.md)"
+        );
+    }
     if daemon.is_none() && instance.is_none() && (args.restart.is_some() || args.health_check.is_some()) {
         bail!("--restart and --health-check need kilnd, and none answers: start it (kiln daemon)");
     }
@@ -196,13 +203,52 @@ pub fn run(mut args: RunArgs) -> Result<u8> {
     }
     let jail = match args.jail {
         // Forked here, before the VM exists: KVM ties a VM to the process that made it.
-        true => match kiln_jail::enter()? {
-            kiln_jail::Entered::Parent(code) => return Ok(code as u8),
-            kiln_jail::Entered::Child => Some(args.jail_uid),
-        },
+        true => {
+            // A jailed instance's record is kept by the parent, which can still reach the store once the child's root
+            // is empty: the child says through this pipe why its program ended.
+            let (reason_read, reason_write) = std::io::pipe().context("cannot make a pipe for the jail")?;
+            // Names the child's cgroup, for the parent to remove.
+            let cgroup_key = std::process::id();
+            match kiln_jail::enter()? {
+                kiln_jail::Entered::Parent(code) => {
+                    drop(reason_write);
+                    kiln_jail::cgroup::remove(cgroup_key);
+                    if let Some(instance) = &mut instance {
+                        instance.forget_ready_pipe();
+                        let mut reason = String::new();
+                        let _ = std::io::Read::read_to_string(&mut { reason_read }, &mut reason);
+                        if reason.is_empty() {
+                            reason = format!("the jailed VMM process ended with status {code} without saying why");
+                        }
+                        instance.exited(code as u8, &reason)?;
+                    }
+                    return Ok(code as u8);
+                }
+                kiln_jail::Entered::Child => {
+                    drop(reason_read);
+                    // Before the VM is built, so that all of its memory is counted in the cgroup.
+                    let limits = kiln_jail::cgroup::CgroupLimits::for_vm(spec.memory, spec.cpus);
+                    match kiln_jail::cgroup::join(cgroup_key, &limits).context("cannot put the jail in a cgroup")? {
+                        kiln_jail::cgroup::Cgroup::Joined(dir) => tracing::debug!("jail cgroup: {}", dir.display()),
+                        kiln_jail::cgroup::Cgroup::Unavailable(why) => {
+                            tracing::info!("--jail: no cgroup limits: {why}")
+                        }
+                    }
+                    Some(Jailed { identity: args.jail_uid, reason: reason_write })
+                }
+            }
+        }
         false => None,
     };
     launch(&spec, instance.as_mut(), args.gdb, jail)
+}
+
+/// This process is a jail's child, to be locked down once the VM is built.
+struct Jailed {
+    /// The uid and gid to take, or the default.
+    identity: Option<kiln_jail::Identity>,
+    /// Where to say why the program ended, for the parent to record (an instance's).
+    reason: std::io::PipeWriter,
 }
 
 /// `--seccomp`, or else `$KILN_SECCOMP` (how a test suite is run under another mode), or else on.
@@ -229,12 +275,12 @@ fn lock_down(spec: &LaunchSpec, identity: Option<kiln_jail::Identity>) -> Result
 
 /// Boots `spec` in a VM on this process, with the program's output on its stdout and stderr and the stop signals it
 /// gets forwarded, and returns the program's exit code: the one way `kiln` launches a VM.
-/// `jail`: this process is a jail's child, to be locked down with this identity (or the default) once the VM is built.
+/// `jail`: this process is a jail's child, to be locked down once the VM is built.
 fn launch(
     spec: &LaunchSpec,
     mut instance: Option<&mut ThisInstance>,
     gdb: Option<SocketAddr>,
-    jail: Option<Option<kiln_jail::Identity>>,
+    jail: Option<Jailed>,
 ) -> Result<u8> {
     // The process is the VM's own: the thread that runs it is confined too once the VM's threads are started.
     kiln_seccomp::set_confine_caller(true);
@@ -264,11 +310,14 @@ fn launch(
         kiln_seccomp::set_mode(kiln_seccomp::Mode::Off);
     }
     let mut signals = host_signals::install().context("cannot set up the forwarding of signals")?;
-    if let Some(identity) = jail {
-        lock_down(spec, identity)?;
-    }
+    // Recorded before the jail closes: the store is out of the jail's root.
     if let Some(instance) = &mut instance {
         instance.running()?;
+    }
+    let mut reason_pipe = None;
+    if let Some(Jailed { identity, reason }) = jail {
+        lock_down(spec, identity)?;
+        reason_pipe = Some(reason);
     }
     let grace = Duration::from_secs(spec.signals.grace_secs.into());
     let host_signals = HostSignals { wait: Box::new(move || signals.wait()), grace };
@@ -281,8 +330,11 @@ fn launch(
         errln!("kiln: {}", crate::chain(&e));
         (KILN_ERROR, format!("kiln failed: {}", crate::chain(&e)))
     });
-    if let Some(instance) = &instance {
-        instance.exited(code, &reason)?;
+    match (reason_pipe, &instance) {
+        // The parent records it (a closed pipe: the parent is gone, and the record with it).
+        (Some(mut pipe), _) => drop(std::io::Write::write_all(&mut pipe, reason.as_bytes())),
+        (None, Some(instance)) => instance.exited(code, &reason)?,
+        (None, None) => {}
     }
     Ok(code)
 }

@@ -5,6 +5,7 @@
 //! a new PID namespace: [`enter`] forks (the parent waits, forwarding the stop signals), [`lock_down`] closes the
 //! jail around the child once it is set up. What each layer stops is in `docs/security.md`.
 
+pub mod cgroup;
 mod limits;
 mod parent;
 mod root;
@@ -58,7 +59,9 @@ pub fn enter() -> Result<Entered, JailError> {
     if unsafe { libc::geteuid() } != 0 {
         return Err(JailError::NotRoot);
     }
-    let flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+    // The mount namespace is the child's alone (below): `pivot_root` moves the root of every process in the namespace,
+    // and the parent must keep the host's to record a detached instance's end.
+    let flags = libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
     // SAFETY: unshare takes flags only; the PID namespace applies to the children made after it.
     check("make the jail's namespaces (unshare)", unsafe { libc::unshare(flags) })?;
     let forwarded = parent::block_signals();
@@ -82,6 +85,8 @@ pub fn enter() -> Result<Entered, JailError> {
                 std::process::exit(137);
             }
             parent::unblock_signals(&forwarded);
+            // SAFETY: unshare takes flags only; this process has one thread.
+            check("make the jail's mount namespace", unsafe { libc::unshare(libc::CLONE_NEWNS) })?;
             // Mounts made from here on stay in this namespace.
             // SAFETY: null source, type and data are allowed with MS_PRIVATE; the target is a valid C string.
             check("make the jail's mounts private", unsafe {
