@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 /// How often the controller looks at its replicas.
 const TICK: Duration = Duration::from_millis(50);
+/// At most this many replicas are started per step, so that those started first are seen ready (and take
+/// connections) while a large count is still being started.
+const STARTS_PER_STEP: usize = 8;
 /// The longest a retired replica's connections may go on before it is stopped under them.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
@@ -203,7 +206,7 @@ impl Controller {
         // New ones come while the total stays within the surge.
         let total = self.replicas.len();
         let room = (want + policy.max_surge as usize).saturating_sub(total);
-        let mut to_start = want.saturating_sub(current).min(room);
+        let mut to_start = want.saturating_sub(current).min(room).min(STARTS_PER_STEP);
         if record.phase == Phase::Steady || record.phase == Phase::RolledBack {
             // Outside an update, a replacement waits out the back-off of failures in a row.
             if Instant::now() < self.hold_off {
