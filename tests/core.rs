@@ -1,10 +1,11 @@
-//! Core files (`kiln run --core FILE`): a crashing program's core opened by Debian's `gdb` in batch mode, which must
+//! Core files (`kiln run --core FILE`, and a detached instance's in its folder): a crashing program's core opened by Debian's `gdb` in batch mode, which must
 //! show the faulting frame, every thread and a variable's value, and for a dynamically linked program find its
 //! shared objects. Skipped, saying so, where gdb is not installed (`scripts/setup.sh` installs it).
 
 #[allow(dead_code)]
 mod harness;
 
+use harness::store::kiln_in;
 use harness::{guests, kiln, kvm};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -74,6 +75,37 @@ fn gdb_opens_the_core_of_a_crashed_program_with_its_threads_and_memory() {
     assert!(out.contains("qsort"), "the frames in libc are named\n{out}");
     assert!(out.contains("libc.so.6"), "{out}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_crashed_instance_leaves_its_core_in_its_folder_with_seccomp_on() {
+    if !kvm::available() || !gdb_available() {
+        return;
+    }
+    let home = scratch("instance").join("home");
+    let program = guests::c("corethreads");
+    kiln_in(&home).args(["run", "-d", "--name", "crashy"]).arg(&program).run().assert_code(0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let inspected = loop {
+        let out = kiln_in(&home).args(["inspect", "crashy"]).run().stdout_text();
+        if out.contains("\"exited\"") || std::time::Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let record: serde_json::Value = serde_json::from_str(&inspected).unwrap();
+    let record = &record[0];
+    assert_eq!(record["exit_code"], 139, "{inspected}");
+    let core = Path::new(record["core"].as_str().unwrap_or_else(|| panic!("no core in {inspected}"))).to_path_buf();
+    assert!(core.starts_with(&home) && core.ends_with("core"), "{}", core.display());
+    let log = kiln_in(&home).args(["logs", "crashy"]).run().stdout_text();
+    assert!(log.contains(&format!("kiln: core dumped to {}", core.display())), "{log}");
+    assert!(!log.contains("seccomp"), "the instance ran under its seccomp lists\n{log}");
+    let out = gdb(&program, &core, &["bt", "info threads"]);
+    assert!(out.contains("Program terminated with signal SIGSEGV"), "{out}");
+    assert!(out.contains(" in record_total ("), "the faulting frame\n{out}");
+    kiln_in(&home).args(["rm", "crashy"]).run().assert_code(0);
+    assert!(!core.exists(), "the core goes with the instance");
 }
 
 #[test]

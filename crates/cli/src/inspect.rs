@@ -33,6 +33,10 @@ pub fn inspect(args: InspectArgs) -> Result<u8> {
                 Ok(instance) => {
                     let mut value = serde_json::to_value(&instance)?;
                     value["log"] = instances.log_path(&instance.id).display().to_string().into();
+                    let core = instances.core_path(&instance.id);
+                    if core.is_file() {
+                        value["core"] = core.display().to_string().into();
+                    }
                     reports.push(value);
                     continue;
                 }

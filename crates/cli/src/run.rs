@@ -198,6 +198,13 @@ pub fn run(mut args: RunArgs) -> Result<u8> {
     if instance.is_none() {
         spec.seccomp = seccomp_flag(args.seccomp)?;
     }
+    // A detached instance's crash leaves a core file in its folder (`kiln inspect` names it): written into a file
+    // opened now, unnamed, and named after the crash, so that the crashed vCPU's thread only writes.
+    // Not in a jail: its empty root has no /proc to name the file through.
+    let unnamed_core = instance.as_ref().filter(|_| !args.jail).and_then(|instance| instance.unnamed_core());
+    if let (Some(instance), Some(_)) = (&instance, &unnamed_core) {
+        spec.core_file = Some(instance.core_path());
+    }
     if args.detach && instance.is_none() {
         return detach::start(&args, &spec);
     }
@@ -240,7 +247,7 @@ pub fn run(mut args: RunArgs) -> Result<u8> {
         }
         false => None,
     };
-    launch(&spec, instance.as_mut(), args.gdb, jail)
+    launch(&spec, instance.as_mut(), unnamed_core, args.gdb, jail)
 }
 
 /// This process is a jail's child, to be locked down once the VM is built.
@@ -279,6 +286,7 @@ fn lock_down(spec: &LaunchSpec, identity: Option<kiln_jail::Identity>) -> Result
 fn launch(
     spec: &LaunchSpec,
     mut instance: Option<&mut ThisInstance>,
+    unnamed_core: Option<std::fs::File>,
     gdb: Option<SocketAddr>,
     jail: Option<Jailed>,
 ) -> Result<u8> {
@@ -304,8 +312,14 @@ fn launch(
         }
         None => None,
     };
-    // A crash's core file is written from the crashed vCPU's thread, whose list has no file creation in it.
-    if spec.core_file.is_some() && kiln_seccomp::mode() != kiln_seccomp::Mode::Off {
+    if let Some(file) = &unnamed_core {
+        let file = file.try_clone().context("cannot share the instance's core file with the VM")?;
+        if !vm.core_into(file) {
+            bail!("the VM did not take the instance's core file (a bug in kiln)");
+        }
+    }
+    // Else a crash's core file is made by the crashed vCPU's thread, whose list has no file creation in it.
+    if spec.core_file.is_some() && unnamed_core.is_none() && kiln_seccomp::mode() != kiln_seccomp::Mode::Off {
         errln!("kiln: --core: the VMM's threads run without their seccomp allow-lists, to write the core file");
         kiln_seccomp::set_mode(kiln_seccomp::Mode::Off);
     }
@@ -322,6 +336,13 @@ fn launch(
     let grace = Duration::from_secs(spec.signals.grace_secs.into());
     let host_signals = HostSignals { wait: Box::new(move || signals.wait()), grace };
     let result = vm.run(Arc::new(StdioConsole), host_signals).context("running the VM failed");
+    if let (Ok((Outcome::Crashed(crash), _)), Some(instance), Some(file)) = (&result, &instance, &unnamed_core) {
+        if let Some(Ok(_)) = &crash.core_file {
+            if let Err(e) = instance.name_core(file) {
+                errln!("kiln: no core file: {}", crate::chain(&e));
+            }
+        }
+    }
     let (code, reason) = match result {
         Ok((outcome, stats)) => report(spec, outcome, &stats, object_sites),
         Err(e) => Err(e),

@@ -261,6 +261,11 @@ impl<'a> Instances<'a> {
         self.dir(id).join("log")
     }
 
+    /// Where the core file of a crash of a detached instance is.
+    pub fn core_path(&self, id: &str) -> PathBuf {
+        self.dir(id).join("core")
+    }
+
     fn record_path(&self, id: &str) -> PathBuf {
         self.dir(id).join("record.json")
     }

@@ -16,6 +16,8 @@ use std::path::PathBuf;
 #[derive(Clone, Debug, Default)]
 pub struct CoreSetup {
     pub path: PathBuf,
+    /// The file to write into, opened before the VM ran (see [`crate::Vm::core_into`]); else `path` is made.
+    pub opened: Option<std::sync::Arc<std::fs::File>>,
     /// The program's name and command line, for `NT_PRPSINFO`.
     pub name: String,
     pub args: String,
@@ -28,7 +30,8 @@ impl CoreSetup {
     /// For the program `elf` loaded at `base` from its guest path `exe_path`, run with `argv`.
     pub fn new(path: PathBuf, exe_path: &str, argv: &[String], elf: &ElfImage, base: u64, auxv: Vec<u8>) -> Self {
         let name = exe_path.rsplit('/').next().unwrap_or(exe_path).to_string();
-        CoreSetup { path, name, args: argv.join(" "), auxv, program_files: mapped(elf, base, exe_path) }
+        let program_files = mapped(elf, base, exe_path);
+        CoreSetup { path, opened: None, name, args: argv.join(" "), auxv, program_files }
     }
 }
 
@@ -70,11 +73,15 @@ pub fn write(
         name: setup.name.clone(),
         args: setup.args.clone(),
     };
-    core_file::write(&setup.path, &core, |at, page| {
+    let page = |at: u64, page: &mut [u8]| {
         let bytes = user_memory::read(ram, pml4, at, page.len());
         page[..bytes.len()].copy_from_slice(&bytes);
         !bytes.is_empty()
-    })
+    };
+    match &setup.opened {
+        Some(file) => core_file::write_opened(file, &setup.path, &core, page),
+        None => core_file::write(&setup.path, &core, page),
+    }
 }
 
 /// The runs of user pages, at most [`MAX_SEGMENTS`] and in all no more than four times guest RAM (the direct map

@@ -9,7 +9,6 @@ use object::elf;
 use object::write::elf::{FileHeader, ProgramHeader, Writer};
 use object::write::WritableBuffer;
 use object::Endianness;
-use std::io::Write;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
@@ -141,30 +140,13 @@ impl WritableBuffer for HeadBuffer {
 
 /// Writes `core` to `path`; `page` fills a buffer with the program's page at a virtual address (false: unreadable,
 /// left as zeros). Returns the file's length.
-pub fn write(path: &Path, core: &Core, mut page: impl FnMut(u64, &mut [u8]) -> bool) -> Result<u64, CoreError> {
+pub fn write(path: &Path, core: &Core, page: impl FnMut(u64, &mut [u8]) -> bool) -> Result<u64, CoreError> {
     let io = |source| CoreError::Io { path: path.display().to_string(), source };
-    let (head, offsets) = layout(core)?;
+    let laid_out = layout(core)?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let partial = path.with_file_name(format!(".{name}.{}.partial", std::process::id()));
     let file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&partial).map_err(io)?;
-    let written = (|| {
-        (&file).write_all(&head)?;
-        let mut bytes = vec![0u8; PAGE as usize];
-        let mut end = head.len() as u64;
-        for (segment, &offset) in core.segments.iter().zip(&offsets) {
-            for at in (segment.start..segment.end).step_by(PAGE as usize) {
-                bytes.fill(0);
-                let position = offset + (at - segment.start);
-                if page(at, &mut bytes) && bytes.iter().any(|&b| b != 0) {
-                    file.write_all_at(&bytes, position)?;
-                }
-            }
-            end = offset + (segment.end - segment.start);
-        }
-        file.set_len(end)?;
-        Ok(end)
-    })();
-    match written {
+    match write_into(&file, core, laid_out, page) {
         Ok(end) => {
             std::fs::rename(&partial, path).map_err(io)?;
             Ok(end)
@@ -174,6 +156,42 @@ pub fn write(path: &Path, core: &Core, mut page: impl FnMut(u64, &mut [u8]) -> b
             Err(io(e))
         }
     }
+}
+
+/// Writes `core` into `file`, opened before the VM ran (an instance's unnamed core file): only pwrite and
+/// ftruncate, calls a vCPU thread's seccomp list has. `shown` names it in errors.
+pub fn write_opened(
+    file: &std::fs::File,
+    shown: &Path,
+    core: &Core,
+    page: impl FnMut(u64, &mut [u8]) -> bool,
+) -> Result<u64, CoreError> {
+    let laid_out = layout(core)?;
+    write_into(file, core, laid_out, page).map_err(|source| CoreError::Io { path: shown.display().to_string(), source })
+}
+
+fn write_into(
+    file: &std::fs::File,
+    core: &Core,
+    (head, offsets): (Vec<u8>, Vec<u64>),
+    mut page: impl FnMut(u64, &mut [u8]) -> bool,
+) -> std::io::Result<u64> {
+    file.set_len(0)?;
+    file.write_all_at(&head, 0)?;
+    let mut bytes = vec![0u8; PAGE as usize];
+    let mut end = head.len() as u64;
+    for (segment, &offset) in core.segments.iter().zip(&offsets) {
+        for at in (segment.start..segment.end).step_by(PAGE as usize) {
+            bytes.fill(0);
+            let position = offset + (at - segment.start);
+            if page(at, &mut bytes) && bytes.iter().any(|&b| b != 0) {
+                file.write_all_at(&bytes, position)?;
+            }
+        }
+        end = offset + (segment.end - segment.start);
+    }
+    file.set_len(end)?;
+    Ok(end)
 }
 
 fn notes(core: &Core) -> Vec<u8> {

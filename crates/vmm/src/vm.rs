@@ -530,6 +530,20 @@ impl Vm {
         self.attach = Some((socket, stubs));
     }
 
+    /// A crash's core file goes into `file` (opened before the VM runs, e.g. an unnamed file in an instance's
+    /// folder) instead of being made at the path `VmConfig::core_file` gave, which still names it in the report: the
+    /// crashed vCPU's thread then only writes, within its seccomp list. False if no core file was asked for, or
+    /// the VM already runs.
+    pub fn core_into(&mut self, file: std::fs::File) -> bool {
+        match Arc::get_mut(&mut self.shared).and_then(|shared| shared.core.as_mut()) {
+            Some(setup) => {
+                setup.opened = Some(Arc::new(file));
+                true
+            }
+            None => false,
+        }
+    }
+
     pub fn rewrite_report(&self) -> &RewriteReport {
         &self.boot.program.report
     }

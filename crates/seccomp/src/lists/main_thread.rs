@@ -22,6 +22,8 @@ pub(super) const SYSCALLS: &[i64] = &[
     libc::SYS_readlink,
     libc::SYS_flock,
     libc::SYS_rename,
+    // Naming a detached instance's core file, written unnamed (O_TMPFILE) by the crashed vCPU's thread.
+    libc::SYS_linkat,
     libc::SYS_renameat,
     libc::SYS_renameat2,
     libc::SYS_unlink,

@@ -1,6 +1,6 @@
 //! A vCPU thread: KVM_RUN and the exits it handles. Hypercalls write the program's output (write, writev to the
 //! console), devices move frames (the tap's write, the user-mode network's eventfd) and volume blocks (pread, pwrite,
-//! fdatasync), time slices re-arm the thread's own timers (timer_settime), kicks go to other vCPUs (tgkill), idle vCPUs
+//! fdatasync) and a detached instance's core file (pwrite, ftruncate), time slices re-arm the thread's own timers (timer_settime), kicks go to other vCPUs (tgkill), idle vCPUs
 //! park on futexes. Its ioctls are KVM's vCPU calls only, checked by number.
 
 use seccompiler::{BackendError, SeccompRule};
@@ -12,6 +12,8 @@ pub(super) const SYSCALLS: &[i64] = &[
     libc::SYS_pwrite64,
     libc::SYS_fdatasync,
     libc::SYS_fsync,
+    // A detached instance's core file, opened before the VM ran, written by the crashed vCPU's thread (pwrite64).
+    libc::SYS_ftruncate,
     libc::SYS_timer_settime,
     libc::SYS_timer_delete,
     libc::SYS_tgkill,
