@@ -9,11 +9,14 @@ use core::cell::UnsafeCell;
 /// The timer's vector, and the spurious one (its low four bits set, as older APICs require).
 pub const TIMER_VECTOR: u8 = 0x20;
 pub const SPURIOUS_VECTOR: u8 = 0x2f;
+/// The network card's interrupt, routed through the IOAPIC (`ioapic.rs`).
+pub const DEVICE_VECTOR: u8 = 0x21;
 
 const APIC_BASE_MSR: u32 = 0x1b;
 const APIC_BASE_ENABLE: u64 = 1 << 11;
 const TSC_DEADLINE_MSR: u32 = 0x6e0;
 
+const REG_ID: u64 = 0x020;
 const REG_EOI: u64 = 0x0b0;
 const REG_SPURIOUS: u64 = 0x0f0;
 const REG_LVT_TIMER: u64 = 0x320;
@@ -130,4 +133,9 @@ pub fn disarm() {
 /// Ends the interrupt being handled (not for the spurious vector).
 pub fn eoi() {
     write(REG_EOI, 0);
+}
+
+/// This CPU's APIC ID, where the IOAPIC sends interrupts.
+pub fn id() -> u32 {
+    read(REG_ID) >> 24
 }

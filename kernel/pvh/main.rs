@@ -14,6 +14,7 @@ mod cpu;
 mod entry;
 mod hypercall;
 mod io;
+mod ioapic;
 mod mmio;
 mod power;
 mod serial;

@@ -41,18 +41,19 @@ fn arm() {
     }
 }
 
-/// `Wait`: nothing to run until `ns` from now (`WAIT_FOREVER`: until the end), then a look `look_after` ns later
-/// (0: none). The vCPU halts meanwhile; the timer's interrupt wakes it.
+/// `Wait`: nothing to run until `ns` from now (`WAIT_FOREVER`: until the end) or until frames come, then a look
+/// `look_after` ns later (0: none). The vCPU halts meanwhile; the timer's or the card's interrupt wakes it.
 pub fn wait(ns: u64, look_after: u64) {
     PREEMPT_AT.set(NONE);
     let mut wake = if ns == WAIT_FOREVER { NONE } else { from_now(ns) };
-    // Frames that come meanwhile do not interrupt the vCPU yet: with a card, the library OS looks every NET_POLL_NS
-    // (a wait may always end early; it waits again if nothing came).
-    if virtio::send_queued() {
+    virtio::send_queued();
+    // A card whose interrupt does not reach us: the library OS looks for frames every NET_POLL_NS (a wait may always
+    // end early; it waits again if nothing came).
+    if virtio::net_interrupts() == Some(false) {
         wake = wake.min(from_now(NET_POLL_NS));
     }
     WAKE_AT.set(wake);
-    while !KICKED.get() && rdtsc() < WAKE_AT.get() {
+    while !KICKED.get() && !virtio::take_net_interrupt() && rdtsc() < WAKE_AT.get() {
         // Again each round: a one-shot count may end a little early, or a long wait in several steps.
         arm();
         // SAFETY: `sti` takes effect after the next instruction, so an interrupt due now wakes the `hlt` instead of

@@ -149,6 +149,7 @@ pub fn last_fault() -> FaultRecord {
 extern "C" fn trap(frame: &mut TrapFrame) {
     match frame.vector {
         v if v == u64::from(apic::TIMER_VECTOR) => return timer::interrupt(frame),
+        v if v == u64::from(apic::DEVICE_VECTOR) => return crate::virtio::interrupt(),
         // Acknowledged by nothing, as the APIC wants.
         v if v == u64::from(apic::SPURIOUS_VECTOR) => return,
         // Every other source is masked (`apic.rs`); one that comes anyway is acknowledged and dropped.

@@ -3,7 +3,7 @@
 //! runs under Kiln's VMM (`kernel/src/volume/virtio_blk.rs`): the platform layer only finds the devices and names
 //! them in the boot info. Block devices go to the image's volumes in command-line order, each with its capacity.
 
-use crate::{mmio, power, serial, Shared};
+use crate::{apic, ioapic, mmio, power, serial, Shared};
 use core::cell::UnsafeCell;
 use kiln_abi::boot::NetInfo;
 use kiln_abi::BootInfo;
@@ -30,6 +30,12 @@ const MTU: u16 = 1500;
 
 /// The network card's register window (direct-map address), 0 for none.
 static NET_WINDOW: Shared<u64> = Shared(UnsafeCell::new(0));
+/// Whether the card's interrupt reaches this layer (else a wait looks for frames every few moments).
+static NET_INTERRUPTS: Shared<bool> = Shared(UnsafeCell::new(false));
+/// Whether the card interrupted since the last wait ended.
+static NET_INTERRUPTED: Shared<bool> = Shared(UnsafeCell::new(false));
+const REG_INTERRUPT_STATUS: u64 = 0x060;
+const REG_INTERRUPT_ACK: u64 = 0x064;
 /// Smallest window that holds a block device's registers and its capacity.
 const MIN_WINDOW: u64 = 0x108;
 /// The windows' largest size taken from the command line (a window is one page, or part of one).
@@ -37,20 +43,21 @@ const MAX_WINDOW: u64 = 0x1000;
 /// Most devices looked at.
 const MAX_DEVICES: usize = 32;
 
-/// A device's window: guest-physical address and size.
+/// A device's window: guest-physical address and size, and its interrupt line (a GSI), if named.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Window {
     pub phys: u64,
     pub size: u64,
+    pub irq: Option<u32>,
 }
 
 /// `SIZE@ADDR[:IRQ]` with SIZE and ADDR in C notation (decimal, or hex with 0x) and SIZE possibly suffixed K or M.
 pub fn parse(spec: &[u8]) -> Option<Window> {
     let at = spec.iter().position(|&b| b == b'@')?;
     let (size, rest) = (&spec[..at], &spec[at + 1..]);
-    let addr = match rest.iter().position(|&b| b == b':') {
-        Some(colon) => &rest[..colon],
-        None => rest,
+    let (addr, irq) = match rest.iter().position(|&b| b == b':') {
+        Some(colon) => (&rest[..colon], Some(u32::try_from(number(&rest[colon + 1..])?).ok()?)),
+        None => (rest, None),
     };
     let (size, unit) = match size.last() {
         Some(b'K' | b'k') => (&size[..size.len() - 1], 1 << 10),
@@ -59,7 +66,7 @@ pub fn parse(spec: &[u8]) -> Option<Window> {
     };
     let size = number(size)?.checked_mul(unit)?;
     let phys = number(addr)?;
-    (size != 0 && phys.checked_add(size).is_some()).then_some(Window { phys, size })
+    (size != 0 && phys.checked_add(size).is_some()).then_some(Window { phys, size, irq })
 }
 
 fn number(digits: &[u8]) -> Option<u64> {
@@ -113,6 +120,9 @@ pub fn discover(boot: &mut BootInfo, cmdline: &[u8]) {
             if let Some(net) = network(cmdline, base, w.phys) {
                 boot.net = net;
                 NET_WINDOW.set(base);
+                if let Some(irq) = w.irq {
+                    NET_INTERRUPTS.set(ioapic::route(irq, apic::DEVICE_VECTOR));
+                }
             }
             continue;
         }
@@ -177,12 +187,38 @@ fn ipv4(text: &[u8]) -> Option<[u8; 4]> {
 }
 
 /// Sends what the library OS queued on the network card (Kiln's VMM does so whenever a vCPU waits, and the library
-/// OS counts on it instead of notifying the card itself). Whether there is a card.
-pub fn send_queued() -> bool {
+/// OS counts on it instead of notifying the card itself).
+pub fn send_queued() {
     let base = NET_WINDOW.get();
     if base != 0 {
         // SAFETY: the card's window, mapped by `discover`; QueueNotify is a register of every virtio-mmio device.
         unsafe { core::ptr::write_volatile((base + REG_QUEUE_NOTIFY) as *mut u32, NET_TX_QUEUE) };
     }
-    base != 0
+}
+
+/// How a wait learns of frames: the card's interrupt, or (None) looking every so often; None too without a card.
+pub fn net_interrupts() -> Option<bool> {
+    (NET_WINDOW.get() != 0).then(|| NET_INTERRUPTS.get())
+}
+
+/// Takes the note that the card interrupted since it was last taken.
+pub fn take_net_interrupt() -> bool {
+    let interrupted = NET_INTERRUPTED.get();
+    NET_INTERRUPTED.set(false);
+    interrupted
+}
+
+/// The card's interrupt (its line is level-triggered): acknowledged at the card, so that the line drops, and noted
+/// for the wait in progress or the next one. The library OS finds the frames itself.
+pub fn interrupt() {
+    let base = NET_WINDOW.get();
+    if base != 0 {
+        // SAFETY: the card's window, mapped by `discover`; InterruptStatus and InterruptACK are virtio-mmio registers.
+        unsafe {
+            let status = core::ptr::read_volatile((base + REG_INTERRUPT_STATUS) as *const u32);
+            core::ptr::write_volatile((base + REG_INTERRUPT_ACK) as *mut u32, status);
+        }
+        NET_INTERRUPTED.set(true);
+    }
+    apic::eoi();
 }

@@ -199,8 +199,14 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    /// Whether a received frame waits in the used ring.
+    /// Whether a received frame waits in the used ring. Also asks the device to interrupt for the next frame
+    /// (EVENT_IDX's `used_event`), before looking: a frame that comes after the look interrupts then. Kiln's VMM
+    /// takes no interrupts from its card; an exported image's platform layer ends a wait with them (`kernel/pvh`).
     pub fn has_frames(&self) -> bool {
+        let used_event = self.queue.avail + 4 + 2 * u64::from(self.queue.size);
+        // SAFETY: `used_event` follows the available ring's entries, in this queue's block; the driver writes it.
+        unsafe { write_volatile(used_event as *mut u16, self.queue.next_used) };
+        fence(Ordering::SeqCst);
         self.queue.has_used()
     }
 
