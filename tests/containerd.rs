@@ -276,6 +276,25 @@ fn containerd_runs_containers_as_kiln_vms() {
     assert!(text(&exec.stderr).contains("exec is not supported: a Kiln VM runs one program"), "{}", text(&exec.stderr));
     let pids = containerd.ctr(&["task", "ps", "server"]);
     assert_eq!(pids.status.code(), Some(0), "{}", text(&pids.stderr));
+    // The VM process is jailed (the shim runs as root here): a uid of its own, no capabilities, an empty root.
+    let tasks = text(&containerd.ctr(&["task", "ls"]).stdout);
+    let pid: u32 = tasks
+        .lines()
+        .find_map(|l| l.strip_prefix("server").and_then(|rest| rest.split_whitespace().next()?.parse().ok()))
+        .unwrap_or_else(|| panic!("no pid for the server in {tasks}"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        if status.contains("\nSeccomp:\t2\n") || Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let id = 2_000_000_000 + pid;
+    assert!(status.contains(&format!("\nUid:\t{id}\t{id}\t{id}\t{id}\n")), "{status}");
+    assert!(status.contains("\nCapEff:\t0000000000000000\n"), "{status}");
+    let root: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/root")).unwrap().collect();
+    assert!(root.is_empty(), "the VM process's root is not empty: {root:?}");
     let metrics = containerd.ctr(&["task", "metrics", "server"]);
     let table = text(&metrics.stdout);
     assert_eq!(metrics.status.code(), Some(0), "{}", text(&metrics.stderr));

@@ -87,17 +87,7 @@ pub fn enter() -> Result<Entered, JailError> {
             parent::unblock_signals(&forwarded);
             // SAFETY: unshare takes flags only; this process has one thread.
             check("make the jail's mount namespace", unsafe { libc::unshare(libc::CLONE_NEWNS) })?;
-            // Mounts made from here on stay in this namespace.
-            // SAFETY: null source, type and data are allowed with MS_PRIVATE; the target is a valid C string.
-            check("make the jail's mounts private", unsafe {
-                libc::mount(
-                    std::ptr::null(),
-                    c"/".as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_REC | libc::MS_PRIVATE,
-                    std::ptr::null(),
-                )
-            })?;
+            private_mounts()?;
             Ok(Entered::Child)
         }
         child => {
@@ -109,6 +99,35 @@ pub fn enter() -> Result<Entered, JailError> {
     }
 }
 
+/// Mounts made from here on stay in the calling process's mount namespace.
+fn private_mounts() -> Result<(), JailError> {
+    // SAFETY: null source, type and data are allowed with MS_PRIVATE; the target is a valid C string.
+    check("make the jail's mounts private", unsafe {
+        libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        )
+    })
+}
+
+/// [`enter`] without the fork, for a process that must keep its pid (the containerd shim's VM process, which
+/// containerd knows by it): new mount, IPC and UTS namespaces, no new PID namespace. Call it before any thread is
+/// started; [`lock_down`] closes the jail as after [`enter`].
+pub fn enter_in_place() -> Result<(), JailError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(JailError::NotRoot);
+    }
+    // SAFETY: unshare takes flags only; the caller has one thread.
+    check("make the jail's namespaces (unshare)", unsafe {
+        libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS)
+    })?;
+    private_mounts()
+}
+
 /// What [`lock_down`] closes the jail with.
 #[derive(Clone, Copy, Debug)]
 pub struct Lockdown {
@@ -118,8 +137,9 @@ pub struct Lockdown {
     pub limits: Limits,
 }
 
-/// The identity a jailed process takes when the user names none: [`BASE_ID`] + its pid as the host sees it (it is
-/// pid 1 in its own namespace; the host's /proc, still mounted until [`lock_down`], names it by the host's number).
+/// The identity a jailed process takes when the user names none: [`BASE_ID`] + its pid as the host sees it (after
+/// [`enter`] it is pid 1 in its own namespace; the host's /proc, still mounted until [`lock_down`], names it by the
+/// host's number).
 pub fn default_identity() -> Result<Identity, JailError> {
     let link = std::fs::read_link("/proc/self").map_err(os("read /proc/self"))?;
     let pid: u32 =

@@ -49,6 +49,15 @@ pub fn main(spec_path: &str, netns: Option<&str>) -> i32 {
             return KILN_ERROR;
         }
     };
+    // Jailed by default where the shim runs as root (it does under containerd): namespaces now, before any thread
+    // exists; the rest once the VM is built.
+    let jailed = match jail_wanted() {
+        true => match kiln_jail::enter_in_place() {
+            Ok(()) => true,
+            Err(e) => return refuse(netns, &mut ready, format!("cannot make the VM process's jail: {e}")),
+        },
+        false => false,
+    };
     // The process is the VM's own: the thread that runs it is confined too once the VM's threads are started.
     kiln_seccomp::set_confine_caller(true);
     let prepared = read_spec(spec_path).and_then(|mut spec| {
@@ -80,6 +89,12 @@ pub fn main(spec_path: &str, netns: Option<&str>) -> i32 {
     for notice in notices {
         eprintln!("kiln: {notice}");
     }
+    if jailed {
+        if let Err(e) = lock_down(&spec) {
+            eprintln!("kiln: cannot close the VM process's jail: {e}");
+            return KILN_ERROR;
+        }
+    }
     let wait = move || wait_signals(&forwarded);
     let host_signals = HostSignals { wait: Box::new(wait), grace: Duration::from_secs(spec.signals.grace_secs.into()) };
     match vm.run(Arc::new(StdioConsole), host_signals) {
@@ -89,6 +104,32 @@ pub fn main(spec_path: &str, netns: Option<&str>) -> i32 {
             KILN_ERROR
         }
     }
+}
+
+/// Whether to jail the VM process: as root, unless `KILN_JAIL=off` (in the shim's environment) says not to.
+fn jail_wanted() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    root && std::env::var_os("KILN_JAIL").is_none_or(|v| v != "off")
+}
+
+/// Says why the VM cannot be made (gives the pod's network back, unless another container has it), for the shim.
+fn refuse(netns: Option<&Path>, ready: &mut File, message: String) -> i32 {
+    if let Some(netns) = netns {
+        podnet::tear_down(netns);
+    }
+    let _ = ready.write_all(message.as_bytes());
+    KILN_ERROR
+}
+
+/// Closes the jail around this process, whose VM is built (as `kiln run --jail` does, without the PID namespace:
+/// containerd knows the process by its pid): an empty root, a uid of its own, resource limits, and a network
+/// namespace of its own unless the user-mode network needs the host's.
+fn lock_down(spec: &LaunchSpec) -> Result<(), kiln_jail::JailError> {
+    let identity = kiln_jail::default_identity()?;
+    let new_network = !matches!(spec.network, kiln_launch::network::Network::User { .. });
+    let limits = kiln_jail::Limits::for_vm(spec.cpus)?;
+    kiln_jail::lock_down(&kiln_jail::Lockdown { identity, new_network, limits })
 }
 
 fn read_spec(path: &str) -> Result<LaunchSpec, String> {
