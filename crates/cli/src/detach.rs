@@ -5,7 +5,6 @@
 //! resolved `LaunchSpec`, and the instance process launches that, not its flags. The instance process keeps
 //! its record up to date: running with its pid when booted, exited with the code and reason at the end.
 
-use crate::run::RunArgs;
 use anyhow::{anyhow, bail, Context, Result};
 use kiln_image::instance::{
     create_with_default_name, default_name_base, new_id, now, process_start, Instance, Instances, State,
@@ -37,9 +36,9 @@ pub struct ThisInstance {
 /// The record this process runs, if it is an instance process (`kiln run -d` started it). An error, never `None`,
 /// when it is one but cannot reach its store: it must not start yet another instance process. Called before this
 /// process opens any file, so that the descriptor it takes as the starter's pipe is the inherited one.
-pub fn instance_of_this_process(args: &RunArgs) -> Result<Option<ThisInstance>> {
+pub fn instance_of_this_process(detach: bool) -> Result<Option<ThisInstance>> {
     match std::env::var(INSTANCE_ENV) {
-        Ok(id) if args.detach => {
+        Ok(id) if detach => {
             Ok(Some(ThisInstance { ready: take_ready_pipe(), store: home::store()?, id, pid: std::process::id() }))
         }
         _ => Ok(None),
@@ -76,6 +75,11 @@ impl ThisInstance {
     /// The instance's folder (its record, its log, the debugger's socket).
     pub fn dir(&self) -> std::path::PathBuf {
         Instances::new(&self.store).dir(&self.id)
+    }
+
+    /// Where the instance process takes `kiln snapshot`'s requests (`crate::control`).
+    pub fn control_path(&self) -> std::path::PathBuf {
+        control_path(&Instances::new(&self.store), &self.id)
     }
 
     /// A jail's parent: closes its copy of the starter's pipe, so that the starter hears of a child that ends before
@@ -153,8 +157,21 @@ impl ThisInstance {
     }
 }
 
+/// An instance's control socket, in its folder.
+pub fn control_path(instances: &Instances<'_>, id: &str) -> std::path::PathBuf {
+    instances.dir(id).join("control.sock")
+}
+
+/// How `kiln run -d` or `kiln restore -d` was asked to record the instance.
+pub struct Detach<'a> {
+    pub name: Option<&'a str>,
+    pub rm: bool,
+    /// What the user named to run (an image, a program, a snapshot file).
+    pub target: &'a str,
+}
+
 /// `kiln run -d`: records the instance with `spec`, starts its process, and prints its id once the VM has booted.
-pub fn start(args: &RunArgs, spec: &LaunchSpec) -> Result<u8> {
+pub fn start(args: &Detach<'_>, spec: &LaunchSpec) -> Result<u8> {
     let store = home::store()?;
     let instances = Instances::new(&store);
     let id = new_id();
@@ -165,11 +182,11 @@ pub fn start(args: &RunArgs, spec: &LaunchSpec) -> Result<u8> {
             image_id: spec.image_id().cloned(),
             auto_remove: args.rm,
             launch: Some(launch.clone()),
-            ..Instance::created(&id, name, &args.target, spec.argv.clone(), ports.clone())
+            ..Instance::created(&id, name, args.target, spec.argv.clone(), ports.clone())
         };
         instances.create(&record)
     };
-    match &args.name {
+    match args.name {
         Some(name) => create(name)?,
         None => create_with_default_name(&default_name_base(&spec.name), &id, create)?,
     }

@@ -21,6 +21,7 @@ mod allocator;
 #[cfg(test)]
 mod boot_layout_tests;
 mod container_build;
+mod control;
 mod crash_report;
 mod debug;
 mod detach;
@@ -37,6 +38,7 @@ mod registry;
 mod run;
 mod service;
 mod size;
+mod snapshot;
 #[cfg(test)]
 mod syscall_docs;
 mod volume;
@@ -98,6 +100,10 @@ enum Command {
     Kill(instances::KillArgs),
     /// Remove instances' records and logs
     Rm(instances::RmArgs),
+    /// Write a running instance to a file (memory, vCPUs, network card) and end it (--leave-running: not)
+    Snapshot(snapshot::SnapshotArgs),
+    /// Run an instance on from a snapshot file, in this process (-d: in the background)
+    Restore(snapshot::RestoreArgs),
     /// Push an image to an OCI registry
     Push(registry::PushArgs),
     /// Pull an image from an OCI registry
@@ -148,6 +154,8 @@ fn main() -> ExitCode {
         Command::Stop(args) => instances::stop(args),
         Command::Kill(args) => instances::kill(args),
         Command::Rm(args) => instances::rm(args),
+        Command::Snapshot(args) => snapshot::snapshot(args),
+        Command::Restore(args) => snapshot::restore(args),
         Command::Volume(command) => volume::run(command),
         Command::Push(args) => registry::push(args),
         Command::Pull(args) => registry::pull(args),

@@ -162,7 +162,7 @@ fn parse_restart(s: &str) -> Result<kiln_image::restart::RestartPolicy, String> 
 
 pub fn run(mut args: RunArgs) -> Result<u8> {
     args.split_command();
-    let mut instance = detach::instance_of_this_process(&args)?;
+    let mut instance = detach::instance_of_this_process(args.detach)?;
     // With kilnd answering, a detached instance runs there (it prints no trace or statistics: those keep a process).
     // A jailed one runs in an instance process of its own: kilnd runs its VMs in its own process (docs/security.md).
     let daemon = (args.detach && instance.is_none() && !args.trace_syscalls && !args.stats && !args.jail)
@@ -206,7 +206,8 @@ pub fn run(mut args: RunArgs) -> Result<u8> {
         spec.core_file = Some(instance.core_path());
     }
     if args.detach && instance.is_none() {
-        return detach::start(&args, &spec);
+        let how = detach::Detach { name: args.name.as_deref(), rm: args.rm, target: &args.target };
+        return detach::start(&how, &spec);
     }
     let jail = match args.jail {
         // Forked here, before the VM exists: KVM ties a VM to the process that made it.
@@ -251,7 +252,7 @@ pub fn run(mut args: RunArgs) -> Result<u8> {
 }
 
 /// This process is a jail's child, to be locked down once the VM is built.
-struct Jailed {
+pub(crate) struct Jailed {
     /// The uid and gid to take, or the default.
     identity: Option<kiln_jail::Identity>,
     /// Where to say why the program ended, for the parent to record (an instance's).
@@ -285,7 +286,7 @@ fn lock_down(spec: &LaunchSpec, identity: Option<kiln_jail::Identity>) -> Result
 /// `jail`: this process is a jail's child, to be locked down once the VM is built.
 fn launch(
     spec: &LaunchSpec,
-    mut instance: Option<&mut ThisInstance>,
+    instance: Option<&mut ThisInstance>,
     unnamed_core: Option<std::fs::File>,
     gdb: Option<SocketAddr>,
     jail: Option<Jailed>,
@@ -323,7 +324,24 @@ fn launch(
         errln!("kiln: --core: the VMM's threads run without their seccomp allow-lists, to write the core file");
         kiln_seccomp::set_mode(kiln_seccomp::Mode::Off);
     }
+    run_vm(spec, vm, object_sites, (instance, unnamed_core), jail)
+}
+
+/// Runs a VM made (booted or restored) for `spec` on this process to its end, as [`launch`] says; a detached
+/// instance's process also serves its control socket meanwhile (`kiln snapshot`).
+pub(crate) fn run_vm(
+    spec: &LaunchSpec,
+    vm: kiln_vmm::Vm,
+    object_sites: Option<SiteCounts>,
+    (mut instance, unnamed_core): (Option<&mut ThisInstance>, Option<std::fs::File>),
+    jail: Option<Jailed>,
+) -> Result<u8> {
     let mut signals = host_signals::install().context("cannot set up the forwarding of signals")?;
+    // Bound before the jail closes (its root is empty) and before `kiln run -d` returns.
+    let _control = match &instance {
+        Some(instance) => crate::control::serve(&instance.control_path(), vm.controller(), spec)?,
+        None => None,
+    };
     // Recorded before the jail closes: the store is out of the jail's root.
     if let Some(instance) = &mut instance {
         instance.running()?;
@@ -361,7 +379,7 @@ fn launch(
 }
 
 /// The exit code and, in words, why the program ended; prints the trace summary and statistics asked for.
-fn report(
+pub(crate) fn report(
     spec: &LaunchSpec,
     outcome: Outcome,
     stats: &RunStats,
@@ -413,6 +431,7 @@ fn report(
             )
         }
         Outcome::Stopped(why) => return Err(anyhow!("stopped the VM: {why}")),
+        Outcome::Snapshotted(_) => errln!("kiln: {reason}"),
     }
     Ok((code, reason))
 }

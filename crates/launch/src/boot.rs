@@ -38,6 +38,14 @@ pub fn prepare(spec: &LaunchSpec, builtin_kernel: &'static [u8]) -> Result<Prepa
     Ok(Prepared { vm, object_sites, notices })
 }
 
+/// Makes the VM `snapshot` holds, to run on where it was paused, with a new network card made for `spec`'s network
+/// (`spec` is the launch specification the snapshot keeps): published ports are bound again, so they work as before.
+pub fn restore(spec: &LaunchSpec, snapshot: kiln_vmm::snapshot::Opened) -> Result<Vm, LaunchError> {
+    kiln_seccomp::set_mode(spec.seccomp.mode());
+    let net = crate::card::card(&spec.network)?;
+    Vm::restore(snapshot, net).map_err(LaunchError::Vm)
+}
+
 /// What a launch and an export both make of a spec: the library OS and the program, and the VM's configuration
 /// without devices (no card, no volumes, no core file: the caller adds what it has).
 pub(crate) struct Configured {

@@ -38,6 +38,7 @@ pub fn ending(outcome: &Outcome) -> Ending {
             (signalled(*signal), format!("did not take {name} within {} s", grace.as_secs()))
         }
         Outcome::Stopped(why) => (KILN_ERROR, format!("kiln failed: stopped the VM: {why}")),
+        Outcome::Snapshotted(path) => (0, format!("snapshotted to {}", path.display())),
     };
     Ending { code, reason }
 }

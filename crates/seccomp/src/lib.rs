@@ -52,12 +52,14 @@ pub enum Kind {
     /// Serves gdb (`kiln run --gdb`, `kiln debug`): the GDB remote protocol on a connection another process or
     /// thread accepted, and descriptors received on the instance's debugger socket.
     Debugger,
+    /// A detached instance's control socket: takes `kiln snapshot`'s requests and hands them to the VM.
+    Control,
 }
 
 impl Kind {
     /// Every kind (vCPUs as one).
-    pub const ALL: [Kind; 6] =
-        [Kind::Vcpu(0), Kind::NetRx, Kind::HostSignals, Kind::UserNet, Kind::Main, Kind::Debugger];
+    pub const ALL: [Kind; 7] =
+        [Kind::Vcpu(0), Kind::NetRx, Kind::HostSignals, Kind::UserNet, Kind::Main, Kind::Debugger, Kind::Control];
 
     /// The thread's name as the log line gives it (vCPUs without their number).
     pub fn name(self) -> &'static str {
@@ -68,6 +70,7 @@ impl Kind {
             Kind::UserNet => "usernet",
             Kind::Main => "main",
             Kind::Debugger => "debugger",
+            Kind::Control => "control",
         }
     }
 
@@ -79,6 +82,7 @@ impl Kind {
             Kind::UserNet => 3,
             Kind::Main => 4,
             Kind::Debugger => 5,
+            Kind::Control => 6,
         }
     }
 }

@@ -183,5 +183,9 @@ fn exit_status(outcome: Outcome) -> i32 {
             eprintln!("kiln: stopped the VM: {why}");
             KILN_ERROR
         }
+        Outcome::Snapshotted(path) => {
+            eprintln!("kiln: snapshotted to {}", path.display());
+            0
+        }
     }
 }

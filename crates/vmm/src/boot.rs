@@ -82,7 +82,7 @@ pub const fn volume_mmio_phys(ram_size: u64, index: usize) -> u64 {
 }
 
 /// Where one vCPU starts: %rip, %rsp, and the two arguments in %rdi and %rsi.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub struct VcpuStart {
     pub rip: u64,
     pub rsp: u64,
@@ -95,7 +95,7 @@ pub struct VcpuStart {
 }
 
 /// Where the vCPUs start and what the VMM needs to know afterwards.
-#[derive(Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct BootState {
     pub pml4: u64,
     /// Guest-physical address of the [`BootInfo`].

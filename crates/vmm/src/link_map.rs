@@ -59,7 +59,7 @@ pub fn read(ram: &GuestRam, pml4: u64, dynamic: u64) -> Vec<LoadedObject> {
 }
 
 /// The root filesystem image in guest RAM: `len` bytes at guest-physical `phys`.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct RootfsInRam {
     pub phys: u64,
     pub len: u64,

@@ -111,7 +111,7 @@ pub fn load_kernel(
     })
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct LoadedProgram {
     /// Added to every address in the ELF (0 for `ET_EXEC`).
     pub base: u64,

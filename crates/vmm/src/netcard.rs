@@ -5,6 +5,7 @@
 //! when woken.
 
 use crate::virtio::net::{Backend, Net, NetStats, RX_QUEUE, TX_QUEUE};
+use crate::virtio::state::TransportState;
 use crate::virtio::MmioTransport;
 use kiln_abi::boot::NET_MMIO_SIZE;
 use std::ops::Range;
@@ -44,7 +45,7 @@ impl std::fmt::Debug for NetConfig {
 /// How long it waits for the guest to add receive buffers before trying again.
 const BUFFER_WAIT: Duration = Duration::from_millis(1);
 
-type Device = MmioTransport<Net<Box<dyn Backend>>>;
+pub(crate) type Device = MmioTransport<Net<Box<dyn Backend>>>;
 
 pub struct NetCard {
     window: Range<u64>,
@@ -102,6 +103,18 @@ impl NetCard {
             }
         }
         fault(&device)
+    }
+
+    /// The card's transport state, with the card held still until the guard is dropped: no frame is received into
+    /// guest RAM or sent from it meanwhile (for a snapshot).
+    pub(crate) fn hold_still(&self) -> (TransportState, MutexGuard<'_, Device>) {
+        let device = self.device();
+        (device.save(), device)
+    }
+
+    /// Puts a new card's transport where a snapshot's `state` says.
+    pub(crate) fn restore(&self, state: &TransportState) -> Result<(), String> {
+        self.device().restore(state)
     }
 
     pub fn stats(&self) -> NetStats {

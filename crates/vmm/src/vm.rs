@@ -29,6 +29,9 @@ use crate::rewrite::{RewriteReport, SiteCounts};
 use crate::rewrite_cache::RewriteCache;
 use crate::rootfs_image::Rootfs;
 use crate::shootdown::Shootdown;
+use crate::snapshot::pause::{Pause, Release};
+use crate::snapshot::vcpu_state::VcpuState;
+use crate::snapshot::{self, SnapshotError};
 use crate::stub_return;
 use crate::virtio::blk::{Blk, BlkStats};
 use crate::virtio::net::NetStats;
@@ -95,9 +98,11 @@ pub enum VmError {
     Gdb(#[from] gdb::GdbError),
     #[error(transparent)]
     Seccomp(#[from] kiln_seccomp::SeccompError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
 }
 
-fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+pub(crate) fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { what, source }
 }
 
@@ -167,6 +172,8 @@ pub enum Outcome {
     SignalUntaken { signal: u32, grace: std::time::Duration },
     /// The VMM stopped a guest that broke the hypercall contract, or the library OS reported a bug.
     Stopped(String),
+    /// A snapshot was written to this file and the VM ended there (`kiln snapshot`).
+    Snapshotted(PathBuf),
 }
 
 /// What a finished run reports besides its outcome.
@@ -198,6 +205,25 @@ pub struct Vm {
     gdb: Option<(std::net::TcpStream, StubReturns)>,
     /// Where debuggers hand their connections while the program runs (`kiln debug`).
     attach: Option<(DebugSocket, StubReturns)>,
+    /// What the thread running the VM waits for; made with the VM so that a [`Controller`] exists before it runs.
+    events: (Sender<Event>, std::sync::mpsc::Receiver<Event>),
+}
+
+/// Asks a running VM for things from another thread (`kiln snapshot` through a detached instance's control socket,
+/// or kilnd's API).
+#[derive(Clone)]
+pub struct Controller {
+    events: Sender<Event>,
+}
+
+impl Controller {
+    /// Pauses the VM, writes a snapshot of it as `request` says and lets it run on or end; waits for the outcome.
+    pub fn snapshot(&self, request: snapshot::Request) -> Result<snapshot::Written, SnapshotError> {
+        let (reply, answer) = std::sync::mpsc::channel();
+        let gone = || SnapshotError::NotQuiescent("the VM has ended".into());
+        self.events.send(Event::Snapshot(request, reply)).map_err(|_| gone())?;
+        answer.recv().map_err(|_| gone())?
+    }
 }
 
 /// What every vCPU thread needs. Guest RAM lives here, in an `Arc` that each vCPU thread holds with its vCPU, so the
@@ -236,6 +262,11 @@ pub(crate) struct Shared {
     host: HostKind,
     /// Whether KVM copies each vCPU's state into its `kvm_run` at every exit ([`exit_state`]).
     synced_state: bool,
+    /// Where vCPUs hold while a snapshot is taken.
+    pause: Pause,
+    tsc_hz: u64,
+    /// The snapshot file (and its RAM's offset) this VM was restored from: its RAM's untouched pages are there.
+    restored_from: Option<(std::fs::File, u64)>,
 }
 
 fn open_kvm() -> Result<Kvm, VmError> {
@@ -270,18 +301,18 @@ pub(crate) fn host_random<const N: usize>() -> Result<[u8; N], VmError> {
 }
 
 /// The KVM side of a VM, before anything is loaded into it.
-struct Machine {
-    kvm: Kvm,
-    vm: VmFd,
-    vcpus: Vec<VcpuFd>,
-    ram: GuestRam,
-    hwcap: u64,
+pub(crate) struct Machine {
+    pub(crate) kvm: Kvm,
+    pub(crate) vm: VmFd,
+    pub(crate) vcpus: Vec<VcpuFd>,
+    pub(crate) ram: GuestRam,
+    pub(crate) hwcap: u64,
     /// Whether the vCPUs are AMD's (SVM underneath, on hardware KVM).
-    amd: bool,
-    tsc_hz: u64,
-    boot_tsc: u64,
-    boot_realtime_ns: u64,
-    synced_state: bool,
+    pub(crate) amd: bool,
+    pub(crate) tsc_hz: u64,
+    pub(crate) boot_tsc: u64,
+    pub(crate) boot_realtime_ns: u64,
+    pub(crate) synced_state: bool,
 }
 
 /// Whether a VM with `memory` bytes of RAM gets huge pages (`kiln_abi::layout::HUGE_PAGES_FROM`). A huge page costs
@@ -297,7 +328,7 @@ pub fn huge_pages_for(memory: u64) -> crate::memory::HugePages {
     }
 }
 
-fn create_machine(memory: u64, cpus: u32) -> Result<Machine, VmError> {
+pub(crate) fn create_machine(memory: u64, cpus: u32) -> Result<Machine, VmError> {
     let kvm = open_kvm()?;
     let vm = kvm.create_vm().map_err(kvm_err("create a VM"))?;
     let ram = GuestRam::with_huge_pages(memory, huge_pages_for(memory))?;
@@ -464,14 +495,42 @@ impl Vm {
         }
         tracing::debug!(host = host.name(), ?prepared_at, ?machine_ready, ?built, total = ?started.elapsed(), "VM ready");
         tracing::debug!("{}", boot.program.report.counts());
+        let devices = Devices {
+            core: config.core_file.take().map(|path| {
+                let base = boot.program.base;
+                CoreSetup::new(path, &config.exe_path, &config.argv, &program, base, boot.auxv.clone())
+            }),
+            net: config.net.map(|n| NetCard::new(n.backend, n.mac, boot::net_mmio_phys(memory))),
+            disks: blks
+                .into_iter()
+                .enumerate()
+                .map(|(i, (name, _, blk))| (name, Disk::new(blk, boot::volume_mmio_phys(memory, i))))
+                .collect(),
+            trace_syscalls: config.trace_syscalls,
+        };
+        let kind = (host, synced_state, tsc_hz);
+        Ok(Vm::assemble((kvm, vm, vcpus), ram, boot, kind, devices, None))
+    }
+
+    /// The VM of `machine` (its KVM objects, its RAM laid out as `boot` says) with `devices`, on a host of `kind`
+    /// (host kind, whether exits sync the vCPUs' state, TSC rate); `restored_from` for a VM made from a snapshot.
+    pub(crate) fn assemble(
+        (kvm, vm, vcpus): (Kvm, VmFd, Vec<VcpuFd>),
+        ram: GuestRam,
+        boot: BootState,
+        (host, synced_state, tsc_hz): (HostKind, bool, u64),
+        devices: Devices,
+        restored_from: Option<(std::fs::File, u64)>,
+    ) -> Vm {
+        let cpus = vcpus.len();
         let mut syscall_sites = boot.program.report.in_place.clone();
         syscall_sites.sort_unstable();
         let shared = Arc::new(Shared {
             ram,
-            parkers: (0..config.cpus).map(|_| Parker::default()).collect(),
-            kicks: Kicker::new(config.cpus as usize),
-            tlb: Shootdown::new(config.cpus as usize),
-            preempt: Preemption::new(config.cpus as usize),
+            parkers: (0..cpus).map(|_| Parker::default()).collect(),
+            kicks: Kicker::new(cpus),
+            tlb: Shootdown::new(cpus),
+            preempt: Preemption::new(cpus),
             done: AtomicBool::new(false),
             exits: AtomicU64::new(0),
             pml4: boot.pml4,
@@ -484,21 +543,23 @@ impl Vm {
             syscall_sites,
             program_dynamic: boot.program.dynamic,
             rootfs: boot.rootfs,
-            core: config.core_file.take().map(|path| {
-                let base = boot.program.base;
-                CoreSetup::new(path, &config.exe_path, &config.argv, &program, base, boot.auxv.clone())
-            }),
-            net: config.net.map(|n| NetCard::new(n.backend, n.mac, boot::net_mmio_phys(memory))),
-            disks: blks
-                .into_iter()
-                .enumerate()
-                .map(|(i, (name, _, blk))| (name, Disk::new(blk, boot::volume_mmio_phys(memory, i))))
-                .collect(),
-            trace_syscalls: config.trace_syscalls,
+            core: devices.core,
+            net: devices.net,
+            disks: devices.disks,
+            trace_syscalls: devices.trace_syscalls,
             host,
             synced_state,
+            pause: Pause::new(cpus),
+            tsc_hz,
+            restored_from,
         });
-        Ok(Vm { _kvm: kvm, _vm: vm, vcpus, shared, boot, gdb: None, attach: None })
+        let events = std::sync::mpsc::channel();
+        Vm { _kvm: kvm, _vm: vm, vcpus, shared, boot, gdb: None, attach: None, events }
+    }
+
+    /// A handle to ask the VM for things while it runs.
+    pub fn controller(&self) -> Controller {
+        Controller { events: self.events.0.clone() }
     }
 
     /// Serves gdb on `conn` while the program runs (`kiln run --gdb`): the program stops at its first instruction
@@ -555,7 +616,7 @@ impl Vm {
     pub fn run(self, console: Arc<dyn Console>, host_signals: HostSignals) -> Result<(Outcome, RunStats), VmError> {
         let started = std::time::Instant::now();
         let fault_counters: Vec<_> = self.vcpus.iter().map(FaultCounter::open).collect();
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (tx, rx) = self.events;
         // The card's receive side first, so that no frame comes before anything would take it to the guest. A queue
         // the guest broke stops the VM from there too: the guest may never make the exit that would find it.
         let weak = Arc::downgrade(&self.shared);
@@ -606,6 +667,7 @@ impl Vm {
                         Ok(Outcome::Stopped(format!("vCPU {id}'s thread failed (a bug in Kiln: its message is above)")))
                     });
                     finish(&shared, &tx, result);
+                    shared.pause.gone(id);
                     if let Some(session) = shared.debug.get() {
                         session.gone(id);
                     }
@@ -669,6 +731,19 @@ impl Vm {
             };
             match event {
                 Ok(Event::Ended(outcome)) => break outcome?,
+                Ok(Event::Snapshot(request, reply)) => {
+                    let keep_running = request.keep_running;
+                    let path = request.path.clone();
+                    let written = take_snapshot(&self.shared, &self.boot, request);
+                    if written.is_ok() && !keep_running && !self.shared.done.swap(true, Ordering::SeqCst) {
+                        self.shared.pause.release(Release::End);
+                        stop_vcpus(&self.shared);
+                        let _ = reply.send(written);
+                        break Outcome::Snapshotted(path);
+                    }
+                    self.shared.pause.release(Release::Run);
+                    let _ = reply.send(written);
+                }
                 Ok(Event::Signals(signals)) if signals.contains(&SIGKILL) => {
                     // Only an in-process launcher (kilnd) reports it: no process sees its own SIGKILL.
                     if !self.shared.done.swap(true, Ordering::SeqCst) {
@@ -798,6 +873,66 @@ enum Event {
     Ended(Result<Outcome, VmError>),
     /// The host sent these signals to this process.
     Signals(Vec<u32>),
+    /// A [`Controller`] asks for a snapshot; the answer goes back on the sender.
+    Snapshot(snapshot::Request, Sender<Result<snapshot::Written, SnapshotError>>),
+}
+
+/// What a VM has besides its KVM objects and RAM.
+pub(crate) struct Devices {
+    pub(crate) core: Option<CoreSetup>,
+    pub(crate) net: Option<NetCard>,
+    pub(crate) disks: Vec<(String, Disk)>,
+    pub(crate) trace_syscalls: bool,
+}
+
+/// How long a snapshot waits for every vCPU to reach its quiescent point.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Brings every vCPU to its quiescent point and writes the snapshot `request` asks for; the vCPUs stay held (the
+/// caller releases them). The network card is held still meanwhile, so that no frame lands in guest RAM while it is
+/// written.
+fn take_snapshot(
+    shared: &Shared,
+    boot: &BootState,
+    request: snapshot::Request,
+) -> Result<snapshot::Written, SnapshotError> {
+    if !shared.disks.is_empty() {
+        return Err(SnapshotError::Unsupported("it has volumes, which snapshots do not keep yet".into()));
+    }
+    if shared.debug.get().is_some_and(|session| !session.detached()) {
+        return Err(SnapshotError::Unsupported("a debugger is attached".into()));
+    }
+    if shared.done.load(Ordering::SeqCst) || !shared.pause.request() {
+        return Err(SnapshotError::NotQuiescent("it is ending, or another snapshot is being taken".into()));
+    }
+    let nudge = || {
+        shared.parkers.iter().for_each(Parker::unpark);
+        (0..shared.parkers.len()).for_each(|id| shared.kicks.kick(id));
+    };
+    let Some(vcpus) = shared.pause.wait_all(PAUSE_TIMEOUT, nudge) else {
+        return Err(SnapshotError::NotQuiescent(format!(
+            "its vCPUs did not all stop within {} s (or the program ended)",
+            PAUSE_TIMEOUT.as_secs()
+        )));
+    };
+    let still = shared.net.as_ref().map(NetCard::hold_still);
+    let machine = snapshot::MachineState {
+        memory: shared.ram.size(),
+        host: shared.host,
+        tsc_hz: shared.tsc_hz,
+        guest_tsc: vcpus[0].tsc,
+        taken_unix_ns: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64),
+        trace_syscalls: shared.trace_syscalls,
+        boot: boot.clone(),
+        vcpus,
+        net: still.as_ref().map(|(state, _)| state.clone()),
+        launch: request.launch,
+    };
+    let source = shared.restored_from.as_ref().map(|(file, offset)| (file, *offset));
+    let touched = snapshot::touched(&shared.ram, source);
+    let written = snapshot::write(&request.path, &machine, &shared.ram, &touched);
+    drop(still);
+    written
 }
 
 /// A pipe (close-on-exec): (read end, write end).
@@ -830,9 +965,23 @@ fn run_vcpu(
     // single step this vCPU makes.
     let mut debug_fault: Option<CrashReport> = None;
     let mut stepping: Option<Step> = None;
+    // Whether the vCPU has left KVM_RUN once (before that, `kvm_run` holds no synced state).
+    let mut entered = false;
     loop {
         if shared.done.load(Ordering::SeqCst) {
             return Ok(Outcome::Stopped("another vCPU ended the VM".into()));
+        }
+        if shared.pause.wanted() {
+            let exited = match entered {
+                true => exit_state::read(&vcpu, shared.synced_state),
+                false => exit_state::read(&vcpu, false),
+            }
+            .map_err(state_err)?;
+            let state = VcpuState::capture(&vcpu, exited).map_err(state_err)?;
+            if shared.pause.hold(id, state) == Release::End {
+                return Ok(Outcome::Stopped("the VM ended after its snapshot".into()));
+            }
+            continue;
         }
         if let Some(session) = shared.debug.get().filter(|s| s.stop_wanted()) {
             let (regs, sregs, events) = exit_state::read(&vcpu, shared.synced_state).map_err(state_err)?;
@@ -852,6 +1001,7 @@ fn run_vcpu(
         let flush = || arch::flush_tlb(&vcpu, shared.host);
         shared.tlb.enter(&shared.kicks, id, flush).map_err(kvm_err("flush a vCPU's TLB"))?;
         let exit = vcpu.run();
+        entered = true;
         shared.kicks.left(id);
         shared.exits.fetch_add(1, Ordering::Relaxed);
         let exit = match exit {

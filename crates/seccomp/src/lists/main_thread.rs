@@ -2,7 +2,7 @@
 //! (kicking a running vCPU to take them),
 //! reads the vCPUs' KVM statistics (pread on their stats descriptors) and then reports, which is why its list is the
 //! broadest: a crash's backtrace reads the program again (from its host file or the store), and a detached
-//! instance's record is rewritten. It opens files but runs no guest exit; under `--jail` there are no files to open.
+//! instance's record is rewritten, and a snapshot is written from here. It opens files but runs no guest exit; under `--jail` there are no files to open.
 
 use seccompiler::{BackendError, SeccompRule};
 
@@ -39,6 +39,9 @@ pub(super) const SYSCALLS: &[i64] = &[
     libc::SYS_geteuid,
     // A host signal with no vCPU idle interrupts a running one (`preempt::request`): a kick.
     libc::SYS_tgkill,
+    // A snapshot (`kiln snapshot`): the guest's pages written to the file, found with mincore where /proc is not.
+    libc::SYS_pwrite64,
+    libc::SYS_mincore,
 ];
 
 pub(super) fn conditional() -> Result<Vec<(i64, Vec<SeccompRule>)>, BackendError> {

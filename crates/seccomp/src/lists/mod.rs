@@ -2,6 +2,7 @@
 //! (`docs/security.md` says how) and kept to what the code paths need. Calls every thread makes (its own end, the
 //! futexes of Rust's locks, the kick signal's return) are in [`COMMON`].
 
+mod control;
 mod debugger;
 mod main_thread;
 mod net_rx;
@@ -89,6 +90,7 @@ fn own(kind: Kind) -> &'static [i64] {
         Kind::UserNet => usernet::SYSCALLS,
         Kind::Main => main_thread::SYSCALLS,
         Kind::Debugger => debugger::SYSCALLS,
+        Kind::Control => control::SYSCALLS,
     }
 }
 
@@ -100,7 +102,7 @@ fn conditional(kind: Kind) -> Result<Vec<(i64, Vec<SeccompRule>)>, BackendError>
         Kind::UserNet => usernet::conditional()?,
         Kind::Main => main_thread::conditional()?,
         Kind::Debugger => debugger::conditional()?,
-        Kind::NetRx | Kind::HostSignals => Vec::new(),
+        Kind::NetRx | Kind::HostSignals | Kind::Control => Vec::new(),
     });
     Ok(rules)
 }

@@ -41,6 +41,8 @@ mod kvm_sizes {
     pub const VCPU_EVENTS: usize = 64;
     pub const MSRS: usize = 8;
     pub const FPU: usize = 416;
+    pub const XSAVE: usize = 4096;
+    pub const XCRS: usize = 392;
 }
 
 /// The vCPU ioctls a vCPU thread makes while the VM runs (`_IO`/`_IOR`/`_IOW` numbers from kvm.h), by name.
@@ -57,6 +59,9 @@ pub const KVM_VCPU_IOCTLS: &[(&str, u64)] = &[
     // The x87/SSE registers gdb reads and writes (`kiln_vmm::debug::fpu`).
     ("KVM_GET_FPU", ior(0x8c, FPU)),
     ("KVM_SET_FPU", iow(0x8d, FPU)),
+    // A snapshot: each vCPU reads its own extended state and XCR0 where it holds.
+    ("KVM_GET_XSAVE", ior(0xa4, XSAVE)),
+    ("KVM_GET_XCRS", ior(0xa6, XCRS)),
 ];
 
 pub(super) fn conditional() -> Result<Vec<(i64, Vec<SeccompRule>)>, BackendError> {

@@ -35,7 +35,7 @@ use kiln_abi::paging::{self, PTE_USER};
 use kvm_bindings::{kvm_regs, kvm_sregs, CpuId};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum HostKind {
     /// `kvm_pvm`: CPL 0 emulated, no way from CPL 3 to CPL 0.
     Paravirtual,

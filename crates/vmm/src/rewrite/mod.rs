@@ -57,7 +57,7 @@ pub struct RewriteOutput {
 }
 
 /// Addresses of the `syscall` instructions found, by how they were handled.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RewriteReport {
     /// Sites moved to a stub behind a `jmp rel32`: they do not use page 0.
     pub relocated: Vec<u64>,

@@ -5,6 +5,7 @@
 
 pub mod blk;
 pub mod net;
+pub mod state;
 pub mod tap;
 #[cfg(test)]
 pub(crate) mod testing;

@@ -1,0 +1,116 @@
+//! A detached instance's control socket (`control.sock` in its folder): `kiln snapshot` connects, sends one JSON
+//! request line and reads one JSON answer line. The instance process serves it on a thread of its own, confined to
+//! its own allow-list; the VM does the work on its own thread ([`kiln_vmm::Controller`]).
+
+use anyhow::{anyhow, Context, Result};
+use kiln_launch::LaunchSpec;
+use kiln_vmm::snapshot::{Request, Written};
+use kiln_vmm::Controller;
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Longest request line taken.
+const MAX_REQUEST: u64 = 8 << 10;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SnapshotRequest {
+    /// Absolute path of the file to write.
+    pub path: PathBuf,
+    /// Whether the instance runs on after the snapshot (else it ends).
+    pub keep_running: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Answer {
+    Written { memory_bytes: u64, file_len: u64 },
+    Failed(String),
+}
+
+/// The socket, removed when this is dropped (the instance process's end).
+pub struct ControlSocket {
+    path: PathBuf,
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// `path` as a name short enough for a Unix socket (108 bytes): through `/proc/self/fd` and its folder, opened
+/// here (the returned file must be kept while the name is used). A store deep in a file system has longer paths.
+fn short_name(path: &Path) -> std::io::Result<(std::fs::File, PathBuf)> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    };
+    let dir = std::fs::File::open(dir)?;
+    let short = Path::new("/proc/self/fd").join(dir.as_raw_fd().to_string()).join(name);
+    Ok((dir, short))
+}
+
+/// Listens at `path` and serves it on a thread until the process ends. A socket that cannot be made gives none
+/// (the instance runs, without snapshots), said on stderr, which is the instance's log.
+pub fn serve(path: &Path, controller: Controller, spec: &LaunchSpec) -> Result<Option<ControlSocket>> {
+    let _ = std::fs::remove_file(path);
+    let bound = short_name(path).and_then(|(_dir, short)| UnixListener::bind(short));
+    let listener = match bound {
+        Ok(listener) => listener,
+        Err(e) => {
+            errln!("kiln: cannot listen on {} ({e}): kiln snapshot cannot reach this instance", path.display());
+            return Ok(None);
+        }
+    };
+    let launch = serde_json::to_value(spec).context("cannot record the launch specification")?;
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            if let Err(e) = kiln_seccomp::confine(kiln_seccomp::Kind::Control) {
+                errln!("kiln: the control socket's thread: {e}");
+                return;
+            }
+            for conn in listener.incoming().flatten() {
+                answer(conn, &controller, &launch);
+            }
+        })
+        .context("cannot start the control socket's thread")?;
+    Ok(Some(ControlSocket { path: path.to_path_buf() }))
+}
+
+fn answer(conn: UnixStream, controller: &Controller, launch: &serde_json::Value) {
+    let mut line = String::new();
+    if BufReader::new((&conn).take(MAX_REQUEST)).read_line(&mut line).is_err() {
+        return;
+    }
+    let answer = match serde_json::from_str::<SnapshotRequest>(&line) {
+        Ok(SnapshotRequest { path, keep_running }) if path.is_absolute() => {
+            let request = Request { path, keep_running, launch: launch.clone() };
+            match controller.snapshot(request) {
+                Ok(Written { memory_bytes, file_len }) => Answer::Written { memory_bytes, file_len },
+                Err(e) => Answer::Failed(kiln_launch::chain(&e)),
+            }
+        }
+        Ok(_) => Answer::Failed("the snapshot's path must be absolute".into()),
+        Err(e) => Answer::Failed(format!("a request this instance does not understand ({e})")),
+    };
+    let mut text = serde_json::to_string(&answer).unwrap_or_default();
+    text.push('\n');
+    let _ = (&conn).write_all(text.as_bytes());
+}
+
+/// Sends `request` to the instance whose control socket is at `socket` and waits for its answer.
+pub fn snapshot(socket: &Path, request: &SnapshotRequest) -> Result<Answer> {
+    let conn = short_name(socket)
+        .and_then(|(_dir, short)| UnixStream::connect(short))
+        .with_context(|| format!("cannot reach the instance's control socket {}", socket.display()))?;
+    conn.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let mut text = serde_json::to_string(request)?;
+    text.push('\n');
+    (&conn).write_all(text.as_bytes()).context("cannot send the request to the instance")?;
+    let mut line = String::new();
+    BufReader::new((&conn).take(MAX_REQUEST)).read_line(&mut line).context("the instance did not answer")?;
+    serde_json::from_str(&line).map_err(|_| anyhow!("the instance answered {line:?}, which kiln does not understand"))
+}

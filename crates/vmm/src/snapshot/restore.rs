@@ -1,0 +1,118 @@
+//! Making a VM of a snapshot: the file is opened and checked whole before anything is made from it ([`Opened`]),
+//! then a new VM gets its RAM as a private mapping of the file (pages come in as the guest touches them; writes stay
+//! in this process), its vCPUs their states, its network card the queues it had. The launcher supplies the card's
+//! backend (a new one: see `docs/snapshots.md` for what survives).
+
+use super::file::{read_header, read_state, Header};
+use super::{io_err, MachineState, SnapshotError};
+use crate::boot::MIN_MEMORY;
+use crate::netcard::{NetCard, NetConfig};
+use crate::vm::{create_machine, Devices, Machine, MAX_VCPUS};
+use crate::{exit_state, Vm, VmError};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A snapshot file, checked, not yet made a VM.
+pub struct Opened {
+    file: File,
+    path: PathBuf,
+    header: Header,
+    machine: MachineState,
+}
+
+impl Opened {
+    /// Opens and checks the snapshot at `path`: header, state, and every address the VMM will use against the RAM
+    /// size. One error sentence for a file that is not a snapshot, is damaged, or was made by another version.
+    pub fn open(path: &Path) -> Result<Opened, SnapshotError> {
+        let file = File::open(path).map_err(io_err(path, "cannot open the snapshot"))?;
+        let header = read_header(&file, path)?;
+        let machine = read_state(&file, path, &header)?;
+        check(&machine).map_err(|why| SnapshotError::Damaged { path: path.display().to_string(), why })?;
+        Ok(Opened { file, path: path.to_path_buf(), header, machine })
+    }
+
+    /// The launcher's description of the instance, as the snapshot keeps it.
+    pub fn launch(&self) -> &serde_json::Value {
+        &self.machine.launch
+    }
+
+    /// Whether the VM had a network card (the restore then needs one).
+    pub fn has_net(&self) -> bool {
+        self.machine.net.is_some()
+    }
+
+    pub fn memory(&self) -> u64 {
+        self.machine.memory
+    }
+}
+
+fn check(m: &MachineState) -> Result<(), String> {
+    let cpus = m.vcpus.len();
+    if cpus == 0 || cpus > MAX_VCPUS as usize || cpus != m.boot.vcpus.len() {
+        return Err(format!("it has {cpus} vCPU states for {} vCPUs", m.boot.vcpus.len()));
+    }
+    if m.memory < MIN_MEMORY {
+        return Err(format!("its RAM ({} bytes) is smaller than any VM's", m.memory));
+    }
+    for (i, state) in m.vcpus.iter().enumerate() {
+        state.check().map_err(|why| format!("vCPU {i}'s state: {why}"))?;
+    }
+    let b = &m.boot;
+    let inside = |addr: u64| addr < m.memory;
+    let fixed = [b.pml4, b.threads_phys, b.host_signals_phys, b.stats_phys, b.rootfs.phys];
+    if !fixed.into_iter().chain(b.vcpus.iter().map(|v| v.hypercall_block_phys)).all(inside)
+        || b.rootfs.phys.checked_add(b.rootfs.len).is_none_or(|end| end > m.memory)
+    {
+        return Err("its boot layout lies outside its RAM".into());
+    }
+    Ok(())
+}
+
+impl Vm {
+    /// The VM `snapshot` holds, ready to run on from where it was paused; `net` is its network card's new backend
+    /// and addresses (it must have one if the snapshot's VM had one, and none otherwise).
+    pub fn restore(snapshot: Opened, net: Option<NetConfig>) -> Result<Vm, VmError> {
+        let Opened { file, path, header, machine } = snapshot;
+        let foreign = |why: String| SnapshotError::Foreign { path: path.display().to_string(), why };
+        if machine.net.is_some() != net.is_some() {
+            let had = if machine.net.is_some() { "had a network card" } else { "had no network card" };
+            return Err(foreign(format!("its VM {had}, and this launch differs")).into());
+        }
+        let cpus = machine.vcpus.len() as u32;
+        let Machine { kvm, vm, vcpus, ram, tsc_hz, synced_state, .. } = create_machine(machine.memory, cpus)?;
+        if tsc_hz != machine.tsc_hz {
+            let why =
+                format!("it was taken on a host whose TSC runs at {} Hz; this one's runs at {tsc_hz}", machine.tsc_hz);
+            return Err(foreign(why).into());
+        }
+        ram.map_file(0, &file, header.memory_offset, machine.memory)?;
+        let synced_state = synced_state && machine.host.syncs_exit_state();
+        let mut vcpus = vcpus;
+        if !synced_state {
+            vcpus.iter_mut().for_each(exit_state::unsync);
+        }
+        // The guest's clocks read the TSC: it goes on by the wall-clock time the snapshot spent on disk.
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        let away = u128::from(now.saturating_sub(machine.taken_unix_ns));
+        let tsc = machine.guest_tsc.saturating_add((away * u128::from(tsc_hz) / 1_000_000_000) as u64);
+        for (vcpu, state) in vcpus.iter().zip(&machine.vcpus) {
+            state.load(vcpu, tsc).map_err(|(what, source)| VmError::Kvm { what, source })?;
+        }
+        let card = match (net, &machine.net) {
+            (Some(n), Some(state)) => {
+                let card = NetCard::new(n.backend, n.mac, crate::boot::net_mmio_phys(machine.memory));
+                card.restore(state).map_err(|why| SnapshotError::Damaged {
+                    path: path.display().to_string(),
+                    why: format!("its network card's state: {why}"),
+                })?;
+                Some(card)
+            }
+            _ => None,
+        };
+        let devices = Devices { core: None, net: card, disks: Vec::new(), trace_syscalls: machine.trace_syscalls };
+        let kind = (machine.host, synced_state, tsc_hz);
+        tracing::debug!(path = %path.display(), cpus, memory = machine.memory, "restored");
+        Ok(Vm::assemble((kvm, vm, vcpus), ram, machine.boot, kind, devices, Some((file, header.memory_offset))))
+    }
+}
