@@ -11,6 +11,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 /// Longest request line taken.
@@ -30,13 +31,17 @@ pub enum Answer {
     Failed(String),
 }
 
-/// The socket, removed when this is dropped (the instance process's end).
+/// The socket, removed when this is dropped (the instance process's end). The drop waits for an answer being
+/// written: a snapshot that ends the VM ends this process right after, and the answer must reach `kiln snapshot`.
 pub struct ControlSocket {
     path: PathBuf,
+    /// Held by the control thread from a request to its answer.
+    busy: Arc<Mutex<()>>,
 }
 
 impl Drop for ControlSocket {
     fn drop(&mut self) {
+        let _answered = self.busy.lock().unwrap_or_else(PoisonError::into_inner);
         let _ = std::fs::remove_file(&self.path);
     }
 }
@@ -65,6 +70,8 @@ pub fn serve(path: &Path, controller: Controller, spec: &LaunchSpec) -> Result<O
         }
     };
     let launch = serde_json::to_value(spec).context("cannot record the launch specification")?;
+    let busy = Arc::new(Mutex::new(()));
+    let answering = busy.clone();
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
@@ -73,11 +80,12 @@ pub fn serve(path: &Path, controller: Controller, spec: &LaunchSpec) -> Result<O
                 return;
             }
             for conn in listener.incoming().flatten() {
+                let _busy = answering.lock().unwrap_or_else(PoisonError::into_inner);
                 answer(conn, &controller, &launch);
             }
         })
         .context("cannot start the control socket's thread")?;
-    Ok(Some(ControlSocket { path: path.to_path_buf() }))
+    Ok(Some(ControlSocket { path: path.to_path_buf(), busy }))
 }
 
 fn answer(conn: UnixStream, controller: &Controller, launch: &serde_json::Value) {
