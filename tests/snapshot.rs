@@ -1,6 +1,6 @@
 //! Snapshots: `kiln snapshot INSTANCE FILE` writes a detached instance to a file and ends it; `kiln restore FILE`
 //! runs it on from there in another process. An HTTP server answers curl on its published port after the restore, a
-//! counter goes on from the number after its last one, and files that are not whole snapshots are refused with one
+//! ticker goes on from the number after its last one, and files that are not whole snapshots are refused with one
 //! line. Every wait has a deadline.
 
 #[allow(dead_code)]
@@ -130,26 +130,26 @@ fn an_http_server_restored_in_another_process_answers_curl() {
 }
 
 #[test]
-fn a_restored_counter_counts_on() {
+fn a_restored_ticker_counts_on() {
     if !kvm::available() {
         return;
     }
-    let dir = scratch("snapshot", "counter");
+    let dir = scratch("snapshot", "ticker");
     let home = Home(dir.join("home"));
-    kiln_in(&home.0).args(["run", "-d", "--name", "c1"]).arg(guests::c("counter")).run().assert_code(0);
+    kiln_in(&home.0).args(["run", "-d", "--name", "c1"]).arg(guests::c("ticker")).run().assert_code(0);
     let before = log_until(&home.0, "c1", |log| ticks(log).len() >= 5);
-    assert!(ticks(&before).len() >= 5, "the counter did not count: {before:?}");
+    assert!(ticks(&before).len() >= 5, "the ticker did not count: {before:?}");
 
     let snap = dir.join("c.snap");
     kiln_in(&home.0).args(["snapshot", "c1"]).arg(&snap).run().assert_code(0);
     let before = ticks(&kiln_in(&home.0).args(["logs", "c1"]).run().stdout_text());
     let last = *before.last().unwrap();
-    assert_eq!(before, (1..=last).collect::<Vec<_>>(), "the counter skipped");
+    assert_eq!(before, (1..=last).collect::<Vec<_>>(), "the ticker skipped");
 
     kiln_in(&home.0).args(["restore", "-d", "--name", "c2"]).arg(&snap).run().assert_code(0);
     let after = log_until(&home.0, "c2", |log| ticks(log).len() >= 5);
     let after = ticks(&after);
-    assert!(after.len() >= 5, "the restored counter did not count: {after:?}");
+    assert!(after.len() >= 5, "the restored ticker did not count: {after:?}");
     assert_eq!(after[..5], [last + 1, last + 2, last + 3, last + 4, last + 5], "it did not go on from {last}");
 
     // The same file restored again: the same numbers come first.

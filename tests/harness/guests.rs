@@ -81,7 +81,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("files", "files.c", Link::Static),
     ("signals", "signals.c", Link::Static),
     ("waiter", "waiter.c", Link::Static),
-    ("counter", "counter.c", Link::Static),
+    ("ticker", "ticker.c", Link::Static),
     // The server bench/http.sh and bench/snapshot.sh measure, so that tests/snapshot.rs snapshots the same program.
     ("epollhttp", "../../../bench/epollhttp.c", Link::Static),
     ("flaky", "flaky.c", Link::Static),
