@@ -73,6 +73,7 @@ impl Vm {
     /// The VM `snapshot` holds, ready to run on from where it was paused; `net` is its network card's new backend
     /// and addresses (it must have one if the snapshot's VM had one, and none otherwise).
     pub fn restore(snapshot: Opened, net: Option<NetConfig>) -> Result<Vm, VmError> {
+        let started = std::time::Instant::now();
         let Opened { file, path, header, machine } = snapshot;
         let foreign = |why: String| SnapshotError::Foreign { path: path.display().to_string(), why };
         if machine.net.is_some() != net.is_some() {
@@ -86,6 +87,7 @@ impl Vm {
                 format!("it was taken on a host whose TSC runs at {} Hz; this one's runs at {tsc_hz}", machine.tsc_hz);
             return Err(foreign(why).into());
         }
+        let machine_ready = started.elapsed();
         ram.map_file(0, &file, header.memory_offset, machine.memory)?;
         let synced_state = synced_state && machine.host.syncs_exit_state();
         let mut vcpus = vcpus;
@@ -112,7 +114,7 @@ impl Vm {
         };
         let devices = Devices { core: None, net: card, disks: Vec::new(), trace_syscalls: machine.trace_syscalls };
         let kind = (machine.host, synced_state, tsc_hz);
-        tracing::debug!(path = %path.display(), cpus, memory = machine.memory, "restored");
+        tracing::debug!(path = %path.display(), cpus, ?machine_ready, total = ?started.elapsed(), "restored");
         Ok(Vm::assemble((kvm, vm, vcpus), ram, machine.boot, kind, devices, Some((file, header.memory_offset))))
     }
 }
