@@ -231,6 +231,21 @@ fn gdb_reads_and_writes_the_sse_and_x87_registers_of_a_thread_on_a_vcpu() {
 }
 
 #[test]
+fn gdb_names_the_frames_in_a_dynamic_programs_libc() {
+    if !kvm::available() || !gdb_available() {
+        return;
+    }
+    // A PIE linked against glibc: gdb places it and finds the loader's list of objects through the auxiliary vector.
+    let s = debug(&guests::c("qsortcrash"), &["break compare_orders", "continue", "bt", "info sharedlibrary", "kill"]);
+    let g = &s.gdb;
+    assert!(g.contains("Breakpoint 1, compare_orders ("), "{s}");
+    assert!(g.lines().any(|l| l.starts_with('#') && l.contains("qsort")), "bt does not name qsort in libc\n{s}");
+    assert!(g.lines().any(|l| l.starts_with('#') && l.contains(" in main ()")), "bt lacks main\n{s}");
+    assert!(g.lines().any(|l| l.contains("Yes") && l.ends_with("/libc.so.6")), "info sharedlibrary\n{s}");
+    assert!(s.kiln_stderr.contains("gdb killed the program"), "{s}");
+}
+
+#[test]
 fn a_gdb_address_that_cannot_be_bound_is_one_line_and_exit_125() {
     if !kvm::available() {
         return;

@@ -255,6 +255,8 @@ pub(crate) struct Shared {
     rootfs: RootfsInRam,
     /// What a crash's core file needs from boot, if one is wanted.
     core: Option<CoreSetup>,
+    /// The auxiliary vector the program started with (gdb's `qXfer:auxv:read`: where a PIE and its loader are).
+    pub(crate) auxv: Vec<u8>,
     net: Option<NetCard>,
     disks: Vec<(String, Disk)>,
     /// Whether the user asked for `--trace-syscalls` (else the guest's trace hypercalls are refused).
@@ -543,6 +545,7 @@ impl Vm {
             syscall_sites,
             program_dynamic: boot.program.dynamic,
             rootfs: boot.rootfs,
+            auxv: boot.auxv.clone(),
             core: devices.core,
             net: devices.net,
             disks: devices.disks,

@@ -17,6 +17,7 @@ use gdbstub::common::{Signal, Tid};
 use gdbstub::conn::ConnectionExt;
 use gdbstub::stub::run_blocking::{BlockingEventLoop, Event, WaitForStopReasonError};
 use gdbstub::stub::{DisconnectReason, GdbStub, MultiThreadStopReason};
+use gdbstub::target::ext::auxv::{Auxv, AuxvOps};
 use gdbstub::target::ext::base::multithread::{
     MultiThreadBase, MultiThreadResume, MultiThreadResumeOps, MultiThreadSchedulerLocking,
     MultiThreadSchedulerLockingOps, MultiThreadSingleStep, MultiThreadSingleStepOps,
@@ -207,6 +208,22 @@ impl Target for KilnTarget {
 
     fn support_breakpoints(&mut self) -> Option<BreakpointsOps<'_, Self>> {
         Some(self)
+    }
+
+    fn support_auxv(&mut self) -> Option<AuxvOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+/// The program's auxiliary vector, as Linux's gdbserver gives it: gdb finds a PIE's load address there (AT_ENTRY,
+/// AT_PHDR), its loader (AT_BASE), and through the program's `DT_DEBUG` the loader's list of shared objects.
+impl Auxv for KilnTarget {
+    fn get_auxv(&self, offset: u64, length: usize, buf: &mut [u8]) -> TargetResult<usize, Self> {
+        let auxv = &self.shared.auxv;
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(auxv.len());
+        let n = length.min(buf.len()).min(auxv.len() - start);
+        buf[..n].copy_from_slice(&auxv[start..start + n]);
+        Ok(n)
     }
 }
 
