@@ -2,10 +2,11 @@
 //! socket in a scratch folder) and `containerd-shim-kiln-v2` on its PATH, imports an OCI archive made here (the static
 //! C guests as the image's files) and runs it with `ctr run --runtime io.containerd.kiln.v2`: output through
 //! containerd's FIFOs, exit codes as the program's (compared with the same guest run natively), `ctr task kill`
-//! forwarding SIGTERM to a server that shuts down cleanly, its metrics, Exec refused, a program Kiln cannot boot refused at
-//! create; and a pod's network made as a container runtime makes it (a namespace, Debian's CNI `bridge` and
-//! `host-local` plugins run with CNI's environment and configuration), its Go HTTP server reached from the host at the
-//! pod's address. Skipped, with the reason, where root, containerd, the CNI plugins or KVM is missing.
+//! forwarding SIGTERM to a server that shuts down cleanly, its metrics, Exec refused, a program Kiln cannot boot
+//! refused at create, ctr's stdin read by the program, and a terminal (`ctr run -t`, ctr on a pty the test holds);
+//! and a pod's network made as a container runtime makes it (a namespace, Debian's CNI `bridge` and `host-local`
+//! plugins run with CNI's environment and configuration), its Go HTTP server reached from the host at the pod's
+//! address. Skipped, with the reason, where root, containerd, the CNI plugins or KVM is missing.
 
 #[allow(dead_code)]
 #[path = "harness/container.rs"]
@@ -176,6 +177,7 @@ fn guest_layer() -> Vec<u8> {
         ("bin/waiter", program(&guests::c("waiter"))),
         ("bin/files", program(&guests::c("files"))),
         ("bin/limits", program(&guests::c("limits"))),
+        ("bin/stdin", program(&guests::c("stdin"))),
         ("bin/script", Entry::File { mode: 0o755, data: b"#!/bin/sh\necho not a program\n".to_vec() }),
         ("tmp/", Entry::Dir),
     ])
@@ -306,6 +308,22 @@ fn containerd_runs_containers_as_kiln_vms() {
     assert_eq!(rest, ["waiter: stopped by signal 15"]);
     assert_eq!(status.code(), Some(0), "the server took SIGTERM and exited 0: {rest:?}");
 
+    // stdin (ctr run's own): what ctr reads reaches the program, which waits for it in poll(2), then its end.
+    let mut args = vec!["run", "--rm", "--runtime", RUNTIME, "--snapshotter", "native"];
+    args.extend([IMAGE, "stdin", "/bin/stdin"]);
+    let mut child = containerd.ctr_command(&args).stdin(Stdio::piped()).spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        input.write_all(b"one\n").unwrap();
+        // A pause: the program waits for more, then the next line and the end come.
+        std::thread::sleep(Duration::from_millis(300));
+        input.write_all(b"two\n").unwrap();
+    });
+    let run = wait_output(child, CTR_TIMEOUT);
+    writer.join().unwrap();
+    assert!(run.starts_with("Some(0)\nstdout: got: one\ngot: two\nstdin: end after 8 bytes\n"), "{run}");
+
     // Nothing is left: every task was deleted, and its shim ended.
     let tasks = containerd.ctr(&["task", "ls", "-q"]);
     assert_eq!(text(&tasks.stdout).trim(), "");
@@ -318,8 +336,9 @@ struct CniPod {
     netns: String,
     config: String,
     env: Vec<(&'static str, String)>,
-    /// The pod's address and the gateway (the bridge's address on the host).
+    /// The pod's addresses.
     ip: String,
+    ip6: std::net::Ipv6Addr,
 }
 
 const CNI_BIN: &str = "/usr/lib/cni";
@@ -342,7 +361,12 @@ impl CniPod {
             "type": "bridge",
             "bridge": format!("kpn{}", pid % 100_000),
             "isGateway": true,
-            "ipam": {"type": "host-local", "subnet": subnet, "dataDir": dir.join("cni-ipam")},
+            // Dual-stack, as Kubernetes' dual-stack clusters give pods an address of each family.
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": subnet}], [{"subnet": format!("fd77:{:x}::/64", pid % 65_000)}]],
+                "dataDir": dir.join("cni-ipam"),
+            },
         })
         .to_string();
         let env = vec![
@@ -351,12 +375,14 @@ impl CniPod {
             ("CNI_IFNAME", "eth0".to_string()),
             ("CNI_PATH", CNI_BIN.to_string()),
         ];
-        let mut pod = CniPod { netns, config, env, ip: String::new() };
+        let mut pod = CniPod { netns, config, env, ip: String::new(), ip6: std::net::Ipv6Addr::UNSPECIFIED };
         let out = pod.plugin("ADD");
         assert!(out.status.success(), "CNI ADD: {}{}", text(&out.stdout), text(&out.stderr));
         let result: serde_json::Value = serde_json::from_slice(&out.stdout).expect("CNI ADD prints its result");
         let cidr = result["ips"][0]["address"].as_str().expect("CNI gave an address").to_string();
         pod.ip = cidr.split('/').next().unwrap().to_string();
+        let cidr6 = result["ips"][1]["address"].as_str().expect("CNI gave an IPv6 address");
+        pod.ip6 = cidr6.split('/').next().unwrap().parse().expect("an IPv6 address");
         Some(pod)
     }
 
@@ -433,7 +459,11 @@ fn containerd_gives_a_pod_its_network() {
         return;
     }
     let Some(pod) = CniPod::add(&containerd.dir) else { return };
-    let server = layer(&[("bin/", Entry::Dir), ("bin/server", program(&guests::go()))]);
+    let server = layer(&[
+        ("bin/", Entry::Dir),
+        ("bin/server", program(&guests::go())),
+        ("bin/netpeer", program(&guests::c("netpeer"))),
+    ]);
     containerd.import(&[server], &["/bin/server", "serve", "8080"]);
 
     let with_ns = format!("network:/var/run/netns/{}", pod.netns);
@@ -471,6 +501,34 @@ fn containerd_gives_a_pod_its_network() {
     // The VM gave the namespace back: no tap, no redirection on eth0.
     let after = pod.describe();
     assert!(!after.contains("kiln-tap0:") && !after.contains("mirred"), "{after}");
+
+    // The next container of the pod takes it, and its IPv6 address too: an echo server on [::]:7070 answers the host
+    // at the pod's IPv6 address.
+    let mut args = vec!["run", "--rm", "--runtime", RUNTIME, "--snapshotter", "native", "--with-ns", &with_ns];
+    args.extend([IMAGE, "podecho", "/bin/netpeer", "serve", "7070", "1", "::"]);
+    let run = containerd.ctr_command(&args).spawn().unwrap();
+    let address = std::net::SocketAddr::from((pod.ip6, 7070));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let echoed = loop {
+        use std::io::{Read, Write};
+        let attempt = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2)).and_then(|mut c| {
+            c.set_read_timeout(Some(Duration::from_secs(5)))?;
+            c.write_all(b"over IPv6")?;
+            c.shutdown(std::net::Shutdown::Write)?;
+            let mut echo = String::new();
+            c.read_to_string(&mut echo)?;
+            Ok(echo)
+        });
+        match attempt {
+            Ok(echo) => break Ok(echo),
+            Err(e) if Instant::now() > deadline => break Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    };
+    let in_use = pod.describe();
+    let ran = wait_output(run, Duration::from_secs(20));
+    assert_eq!(echoed.as_deref().ok(), Some("over IPv6"), "{echoed:?}\nthe namespace:\n{in_use}\nctr run: {ran}");
+    assert!(ran.starts_with("Some(0)"), "the echo server ended after its connection: {ran}");
 }
 
 /// A child's exit and output, killed after `limit` (for a failure message, never a hang).
@@ -485,4 +543,85 @@ fn wait_output(mut child: Child, limit: Duration) -> String {
     }
     let out = child.wait_with_output().unwrap();
     format!("{:?}\nstdout: {}\nstderr: {}", out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+/// `ctr run -t` as a user at a terminal runs it: ctr's own streams are a pseudo-terminal whose master the test holds
+/// (ctr puts it in raw mode and passes its window size on); the program sees a terminal of that size, what is typed
+/// reaches it through its terminal's line discipline (echoed, CR made a newline), and it ends when told.
+#[test]
+fn containerd_gives_a_terminal() {
+    use std::io::{Read, Write};
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let Some(containerd) = Containerd::start("tty") else { return };
+    containerd.import(&[guest_layer()], &["/bin/hello"]);
+    let (mut master, mut slave) = (-1, -1);
+    let size = libc::winsize { ws_row: 30, ws_col: 100, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: openpty writes two descriptors; the window size is read.
+    let made = unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), &size) };
+    assert_eq!(made, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both are open descriptors that nothing else owns.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let mut command = containerd.ctr_command(&["run", "--rm", "-t", "--runtime", RUNTIME, "--snapshotter", "native"]);
+    command.args([IMAGE, "tty", "/bin/stdin", "tty"]);
+    command.stdin(slave.try_clone().unwrap()).stdout(slave.try_clone().unwrap()).stderr(slave);
+    // ctr wants its terminal to be its controlling one, as a shell gives it.
+    // SAFETY: setsid(2) and ioctl(2) are async-signal-safe; they run in the child between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            libc::setsid();
+            libc::ioctl(0, libc::TIOCSCTTY as _, 0);
+            Ok(())
+        });
+    }
+    let mut ctr = command.spawn().unwrap();
+    drop(command);
+    // Everything the master side shows, gathered by a thread (reads end once ctr's side closes).
+    let shown = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut reader = std::fs::File::from(master.try_clone().unwrap());
+    let gathered = shown.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = reader.read(&mut buf) {
+            gathered.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let until = |what: &str, limit: Duration| {
+        let deadline = Instant::now() + limit;
+        while !shown.lock().unwrap().contains(what) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        shown.lock().unwrap().contains(what)
+    };
+    let mut typing = std::fs::File::from(master.try_clone().unwrap());
+    let ready = until("tty: ready", CTR_TIMEOUT);
+    // ctr passes the window's size on once the task started: asked until the program sees it.
+    let mut sized = false;
+    for _ in 0..20 {
+        typing.write_all(b"size\r").unwrap();
+        if until("rows=30 cols=100", Duration::from_millis(500)) {
+            sized = true;
+            break;
+        }
+    }
+    typing.write_all(b"hi there\r").unwrap();
+    let echoed = until("got: hi there", Duration::from_secs(10));
+    typing.write_all(b"quit\r").unwrap();
+    let deadline = Instant::now() + CTR_TIMEOUT;
+    let status = loop {
+        if let Some(status) = ctr.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = ctr.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let shown = shown.lock().unwrap().clone();
+    assert!(ready, "the program never said it was ready: {shown:?}\n{}", containerd.log());
+    assert!(sized, "the program never saw the window's size: {shown:?}");
+    // The container's terminal ends each line with CR LF (ctr's own, the test's pty, adds a CR of its own).
+    assert!(shown.contains("tty: in=1 out=1 rows=30 cols=100\r"), "a terminal: {shown:?}");
+    assert!(echoed && shown.contains("hi there\r"), "typed text is echoed, then read as a line: {shown:?}");
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{shown:?}");
 }

@@ -11,6 +11,7 @@ const EPERM: i64 = 1;
 const EBADF: i64 = 9;
 const EFAULT: i64 = 14;
 const EINVAL: i64 = 22;
+const ENOTTY: i64 = 25;
 /// `kiln run`'s code for a deadlocked program (as `timeout` reports a command it had to stop).
 const DEADLOCK_EXIT: u8 = 124;
 
@@ -74,6 +75,10 @@ pub fn handle(nr: u32) {
         }
         Some(Hypercall::FaultUnhandled) => trap::report(&trap::last_fault(), false),
         Some(Hypercall::Discard) => discard(args[0], args[1]),
+        // The serial port is output only: the program's stdin is at its end (the state word says so first).
+        Some(Hypercall::ReadStdin) => 0,
+        // Nor is it a terminal.
+        Some(Hypercall::Terminal) => -ENOTTY,
         None => {
             serial::write_str("kiln: the library OS made an unknown hypercall ");
             serial::write_dec(u64::from(nr));

@@ -47,6 +47,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("bigout", "bigout.c", Link::Static),
     ("crash", "crash.c", Link::Static),
     ("limits", "limits.c", Link::Static),
+    ("stdin", "stdin.c", Link::Static),
     ("backtrace", "backtrace.c", Link::Static),
     ("debuggee", "debuggee.c", Link::Static),
     ("counter", "counter.c", Link::Static),

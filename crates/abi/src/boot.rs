@@ -10,6 +10,21 @@ pub const BOOT_VERSION: u32 = 10;
 pub const BOOT_FLAG_TRACE_SYSCALLS: u64 = 1 << 0;
 /// Index of the first word of the host-signal page that the library OS writes (see `BootInfo::host_signals_phys`).
 pub const HOST_SIGNAL_TAKEN: u64 = 64;
+/// Index of the host-signal page's word that says what the program's stdin holds, which the VMM writes (one of
+/// `STDIN_*`): a library OS reads a stdin of [`STDIN_NONE`] as end of file without asking the VMM.
+pub const HOST_STDIN_STATE: u64 = 128;
+/// Index of the word the VMM bumps each time input comes to an empty stdin or it ends (after the state changed): the
+/// library OS watches it to wake the threads that wait to read.
+pub const HOST_STDIN_CHANGES: u64 = 129;
+/// Index of the word the VMM sets to 1 when the program's standard streams are a terminal (a container's `-t`):
+/// the library OS then answers the terminal ioctls through [`crate::Hypercall::Terminal`], else with ENOTTY.
+pub const HOST_TERMINAL: u64 = 130;
+/// The VM has no stdin (`kiln run`'s): it reads as end of file.
+pub const STDIN_NONE: u64 = 0;
+/// Nothing has come yet: a read waits (or fails with EAGAIN, non-blocking) until the state changes.
+pub const STDIN_EMPTY: u64 = 1;
+/// Bytes are waiting, or stdin ended: a [`crate::Hypercall::ReadStdin`] takes them (0 at the end).
+pub const STDIN_READY: u64 = 2;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]

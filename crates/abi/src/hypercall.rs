@@ -69,6 +69,52 @@ pub enum Hypercall {
     /// library OS replaces it: with a third argument of 1 the deadline becomes the one given ([`WAIT_FOREVER`]: none)
     /// whatever it was. So a slice that ends while others still wait costs the one exit that interrupts it. ret: 0.
     Preempt = 11,
+    /// args: guest-physical address of an [`IoSegment`] array, segment count (at most [`MAX_IO_SEGMENTS`], and at
+    /// most [`MAX_WRITE_BYTES`] in all). Takes what has come on the program's stdin (see
+    /// [`crate::boot::HOST_STDIN_STATE`]) into those ranges. ret: bytes read; 0 at its end (or with no stdin);
+    /// -EAGAIN when nothing has come yet.
+    ReadStdin = 12,
+    /// args: a terminal ioctl's request (TCGETS, TCSETS, TCSETSW, TCSETSF or TIOCGWINSZ) and the guest-physical
+    /// address of its argument (a [`TERMINAL_ARG_BYTES`]-byte buffer that does not cross a page: the kernel's termios
+    /// or a winsize), for the program's terminal (see [`crate::boot::HOST_TERMINAL`]). ret: 0 or a negative errno
+    /// (-ENOTTY without a terminal, -EINVAL for another request).
+    Terminal = 13,
+}
+
+/// The buffer a [`Hypercall::Terminal`] names: room for the kernel's termios (36 bytes) or a winsize (8).
+pub const TERMINAL_ARG_BYTES: u64 = 64;
+/// Bytes of the kernel's `struct termios` (TCGETS, TCSETS*) and of `struct winsize` (TIOCGWINSZ), x86-64.
+pub const TERMIOS_BYTES: u64 = 36;
+pub const WINSIZE_BYTES: u64 = 8;
+/// The terminal ioctls' numbers (asm-generic/ioctls.h).
+pub const TCGETS: u64 = 0x5401;
+pub const TCSETS: u64 = 0x5402;
+pub const TCSETSW: u64 = 0x5403;
+pub const TCSETSF: u64 = 0x5404;
+pub const TIOCGWINSZ: u64 = 0x5413;
+/// Bytes the argument of terminal ioctl `request` has; None for a request the hypercall does not pass on.
+pub fn terminal_arg_bytes(request: u64) -> Option<u64> {
+    match request {
+        TCGETS | TCSETS | TCSETSW | TCSETSF => Some(TERMIOS_BYTES),
+        TIOCGWINSZ => Some(WINSIZE_BYTES),
+        _ => None,
+    }
+}
+
+/// Whether terminal ioctl `request` reads the terminal (the VMM writes its argument) rather than sets it.
+pub fn terminal_request_reads(request: u64) -> bool {
+    matches!(request, TCGETS | TIOCGWINSZ)
+}
+
+#[cfg(test)]
+mod terminal_tests {
+    #[test]
+    fn terminal_arguments_fit_the_buffer() {
+        for request in [super::TCGETS, super::TCSETS, super::TCSETSW, super::TCSETSF, super::TIOCGWINSZ] {
+            assert!(super::terminal_arg_bytes(request).is_some_and(|n| n <= super::TERMINAL_ARG_BYTES));
+        }
+        assert_eq!(super::terminal_arg_bytes(0x540f), None, "TIOCGPGRP is not passed on");
+    }
 }
 
 impl Hypercall {
@@ -85,6 +131,8 @@ impl Hypercall {
             9 => Self::FaultUnhandled,
             10 => Self::Discard,
             11 => Self::Preempt,
+            12 => Self::ReadStdin,
+            13 => Self::Terminal,
             _ => return None,
         })
     }

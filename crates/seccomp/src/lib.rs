@@ -54,12 +54,22 @@ pub enum Kind {
     Debugger,
     /// A detached instance's control socket: takes `kiln snapshot`'s requests and hands them to the VM.
     Control,
+    /// Reads the host's stream for the program's stdin (`kiln_vmm::stdin`).
+    Stdin,
 }
 
 impl Kind {
     /// Every kind (vCPUs as one).
-    pub const ALL: [Kind; 7] =
-        [Kind::Vcpu(0), Kind::NetRx, Kind::HostSignals, Kind::UserNet, Kind::Main, Kind::Debugger, Kind::Control];
+    pub const ALL: [Kind; 8] = [
+        Kind::Vcpu(0),
+        Kind::NetRx,
+        Kind::HostSignals,
+        Kind::UserNet,
+        Kind::Main,
+        Kind::Debugger,
+        Kind::Control,
+        Kind::Stdin,
+    ];
 
     /// The thread's name as the log line gives it (vCPUs without their number).
     pub fn name(self) -> &'static str {
@@ -71,6 +81,7 @@ impl Kind {
             Kind::Main => "main",
             Kind::Debugger => "debugger",
             Kind::Control => "control",
+            Kind::Stdin => "stdin",
         }
     }
 
@@ -83,6 +94,7 @@ impl Kind {
             Kind::Main => 4,
             Kind::Debugger => 5,
             Kind::Control => 6,
+            Kind::Stdin => 7,
         }
     }
 }

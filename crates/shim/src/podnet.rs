@@ -1,7 +1,8 @@
 //! Pod networking: the VM takes the pod's address. In the pod's network namespace (made by CNI), the VM process makes
 //! a tap device and has tc redirect every frame between the CNI interface (eth0) and the tap, both ways (an ingress
 //! qdisc on each, with a u32 match-all filter whose action is `mirred egress redirect`, as Kata Containers does);
-//! the guest gets eth0's address, prefix, default gateway and MAC (the pod network's bridge has learnt that MAC), and
+//! the guest gets eth0's address, prefix, default gateway and MAC (the pod network's bridge has learnt that MAC), its
+//! IPv6 address and default gateway too on a dual-stack pod network, and
 //! the card is then attached as `kiln run --net tap:NAME` attaches one. Done over rtnetlink from Rust, not with
 //! iproute2's `tc` and `ip`: no dependence on the node's binaries, and no process started per request at create.
 
@@ -17,7 +18,7 @@ use netlink_packet_route::tc::{
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use std::fs::File;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
@@ -66,6 +67,8 @@ struct PodLink {
     mtu: u32,
     ipv4: Ipv4Addr,
     prefix_len: u8,
+    /// Its first global IPv6 address, if CNI gave one (a dual-stack pod network).
+    ipv6: Option<(Ipv6Addr, u8)>,
 }
 
 /// Moves this process into the network namespace at `path` (before it has other threads, so that they all live
@@ -109,7 +112,16 @@ pub fn set_up() -> Result<Network, PodNetError> {
     for (from, to) in [(link.index, tap_index), (tap_index, link.index)] {
         redirect(&mut rtnl, from, to)?;
     }
-    let addresses = Addresses { ipv4, prefix_len, gateway, ipv6: None, gateway6: None, dns: None };
+    let (ipv6, gateway6) = match link.ipv6 {
+        Some((ip6, prefix6)) => {
+            let mut query = route_query();
+            query.header.address_family = AddressFamily::Inet6;
+            let routes6 = dump(&mut rtnl, RouteNetlinkMessage::GetRoute(query), "listing IPv6 routes")?;
+            (Some((ip6, prefix6)), Some(gateway6(&routes6, link.index, ip6, prefix6)))
+        }
+        None => (None, None),
+    };
+    let addresses = Addresses { ipv4, prefix_len, gateway, ipv6, gateway6, dns: None };
     Ok(Network::Tap { device: TAP.to_string(), addresses, mac: Some(link.mac) })
 }
 
@@ -187,6 +199,15 @@ fn pod_link(links: &[LinkMessage], addresses: &[RouteNetlinkMessage]) -> Result<
         _ => None,
     });
     let mtu = link.attributes.iter().find_map(|a| if let LinkAttribute::Mtu(m) = a { Some(*m) } else { None });
+    let ipv6 = addresses.iter().find_map(|m| match m {
+        RouteNetlinkMessage::NewAddress(a) if a.header.index == link.header.index => {
+            a.attributes.iter().find_map(|attr| match attr {
+                AddressAttribute::Address(IpAddr::V6(ip)) if is_global(ip) => Some((*ip, a.header.prefix_len)),
+                _ => None,
+            })
+        }
+        _ => None,
+    });
     Ok(PodLink {
         index: link.header.index,
         name: name_of(link).unwrap_or_default().to_string(),
@@ -194,7 +215,34 @@ fn pod_link(links: &[LinkMessage], addresses: &[RouteNetlinkMessage]) -> Result<
         mtu: mtu.unwrap_or(1500),
         ipv4: *ipv4,
         prefix_len: *prefix_len,
+        ipv6: ipv6.filter(|&(_, prefix)| (1..=126).contains(&prefix)),
     })
+}
+
+/// An IPv6 address the VM can take as its own: not link-local (the guest makes its own), loopback or multicast.
+fn is_global(ip: &Ipv6Addr) -> bool {
+    !ip.is_unicast_link_local() && !ip.is_loopback() && !ip.is_multicast() && !ip.is_unspecified()
+}
+
+/// The IPv6 gateway: the main table's default route through `index` (on the network, or link-local as routers
+/// advertise themselves), else the network's first address, as `kiln run --ip6` takes it.
+fn gateway6(routes: &[RouteNetlinkMessage], index: u32, ip: Ipv6Addr, prefix_len: u8) -> Ipv6Addr {
+    let network = |a: Ipv6Addr| u128::from(a) & (u128::MAX << (128 - u32::from(prefix_len)));
+    let usable =
+        |g: &Ipv6Addr| *g != ip && !g.is_multicast() && (g.is_unicast_link_local() || network(*g) == network(ip));
+    let routed = routes.iter().find_map(|m| {
+        let RouteNetlinkMessage::NewRoute(route) = m else { return None };
+        if route.header.table != RouteHeader::RT_TABLE_MAIN || route.header.destination_prefix_length != 0 {
+            return None;
+        }
+        let through = route.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
+        let gateway = route.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => Some(*ip),
+            _ => None,
+        });
+        gateway.filter(|g| through && usable(g))
+    });
+    routed.unwrap_or(Ipv6Addr::from(network(ip) + 1))
 }
 
 /// The gateway of the main table's IPv4 default route through `index`.
@@ -334,5 +382,32 @@ mod tests {
         assert_eq!(default_gateway(&routes, 3), Some(Ipv4Addr::new(10, 2, 0, 1)));
         assert_eq!(default_gateway(&routes[..1], 3), None);
         assert_eq!(network(Ipv4Addr::new(10, 2, 3, 4), 16), u32::from(Ipv4Addr::new(10, 2, 0, 0)));
+    }
+
+    #[test]
+    fn ipv6_is_the_links_global_address_and_its_default_route() {
+        let links = [link(3, "eth0", LinkLayerType::Ether)];
+        let addresses = [
+            address(3, "10.2.0.7", 16),
+            address(3, "fe80::1:2", 64),
+            address(3, "fd77::7", 64),
+            address(3, "fd99::9", 64),
+        ];
+        let chosen = pod_link(&links, &addresses).unwrap();
+        assert_eq!(chosen.ipv6, Some(("fd77::7".parse().unwrap(), 64)), "the first global one, not link-local");
+        assert_eq!(pod_link(&links, &addresses[..2]).unwrap().ipv6, None, "a link-local address only: IPv4 only");
+        let route = |oif: u32, gateway: &str| {
+            let mut r = RouteMessage::default();
+            r.header.table = RouteHeader::RT_TABLE_MAIN;
+            r.attributes =
+                vec![RouteAttribute::Oif(oif), RouteAttribute::Gateway(RouteAddress::Inet6(gateway.parse().unwrap()))];
+            RouteNetlinkMessage::NewRoute(r)
+        };
+        let ip = "fd77::7".parse().unwrap();
+        let expect = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+        assert_eq!(gateway6(&[route(2, "fd77::9"), route(3, "fd77::1")], 3, ip, 64), expect("fd77::1"));
+        assert_eq!(gateway6(&[route(3, "fe80::1")], 3, ip, 64), expect("fe80::1"), "a router's link-local address");
+        assert_eq!(gateway6(&[route(3, "fd55::1")], 3, ip, 64), expect("fd77::1"), "off the network: the first one");
+        assert_eq!(gateway6(&[], 3, ip, 64), expect("fd77::1"));
     }
 }

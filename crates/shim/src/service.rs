@@ -241,7 +241,13 @@ impl containerd_shim::Task for Service {
     }
 
     fn close_io(&self, _ctx: &TtrpcContext, _req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
-        // The program has no stdin (a Kiln guest reads none): there is nothing to close.
+        // The shim holds no writer of the stdin FIFO: the program's stdin ends when containerd's writer closes it.
+        Ok(api::Empty::new())
+    }
+
+    fn resize_pty(&self, _ctx: &TtrpcContext, req: api::ResizePtyRequest) -> TtrpcResult<api::Empty> {
+        refuse_exec_id(&req.exec_id)?;
+        self.task(&req.id)?.resize(req.width, req.height).map_err(|e| error(Code::FAILED_PRECONDITION, e))?;
         Ok(api::Empty::new())
     }
 

@@ -2,7 +2,8 @@
 //! running, stopped with a status) and the waiters on it.
 
 use crate::bundle::Config;
-use crate::vm::{GO_FD, READY, READY_FD};
+use crate::terminal;
+use crate::vm::{VmArgs, GO_FD, READY, READY_FD};
 use containerd_shim::monitor::{monitor_subscribe, wait_pid, Topic};
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use std::fs::{File, OpenOptions};
@@ -48,6 +49,8 @@ pub struct Task {
     pub memory: u64,
     /// Where the Start goes (the VM process's [`GO_FD`]); taken by Start.
     go: Mutex<Option<File>>,
+    /// The master side of the task's terminal, if it has one (`terminal.rs`).
+    terminal: Option<OwnedFd>,
     /// Whether the shim mounted the rootfs (and unmounts it at Delete).
     pub mounted: bool,
     pub rootfs: PathBuf,
@@ -63,6 +66,8 @@ pub enum TaskError {
     Write(PathBuf, #[source] std::io::Error),
     #[error("cannot open {0}")]
     Stdio(String, #[source] std::io::Error),
+    #[error("cannot make the task's terminal")]
+    Terminal(#[source] std::io::Error),
     #[error("cannot start the VM process")]
     Spawn(#[source] std::io::Error),
     #[error("{0}")]
@@ -82,7 +87,7 @@ impl Task {
         mounted: bool,
         on_exit: impl FnOnce(&Arc<Task>, u32) + Send + 'static,
     ) -> Result<Arc<Task>, TaskError> {
-        let task = |pid, sandbox, memory, go| Task {
+        let task = |pid, sandbox, memory, go, terminal| Task {
             id: id.to_string(),
             bundle: bundle.to_path_buf(),
             stdio: stdio.clone(),
@@ -90,13 +95,14 @@ impl Task {
             sandbox,
             memory,
             go: Mutex::new(go),
+            terminal,
             mounted,
             rootfs: config.rootfs(bundle),
             phase: Mutex::new(Phase::Created),
             changed: Condvar::new(),
         };
         if config.is_sandbox() {
-            return Ok(Arc::new(task(std::process::id(), true, 0, None)));
+            return Ok(Arc::new(task(std::process::id(), true, 0, None, None)));
         }
         let spec = config.launch_spec(bundle, id)?;
         let spec_path = bundle.join(SPEC_FILE);
@@ -109,16 +115,49 @@ impl Task {
         let (go_read, go_write) = pipe().map_err(TaskError::Spawn)?;
         let (ready_read, ready_write) = pipe().map_err(TaskError::Spawn)?;
         let stdout = open_stdio(&stdio.stdout)?;
-        // With a terminal (`ctr run -t`), containerd gives one stream: stderr goes with stdout.
-        let stderr = match (stdio.stderr.is_empty(), &stdout) {
-            (true, Some(out)) => Some(out.try_clone().map_err(|e| TaskError::Stdio(stdio.stdout.clone(), e))?),
-            _ => open_stdio(&stdio.stderr)?,
-        };
+        let stdin_fifo = (!stdio.stdin.is_empty()).then(|| stdio.stdin.strip_prefix("file://").unwrap_or(&stdio.stdin));
         let exe = std::env::current_exe().map_err(TaskError::Spawn)?;
         let mut command = Command::new(exe);
-        command.arg("vm").arg(&spec_path).args(config.network_namespace()).current_dir(bundle).stdin(Stdio::null());
-        command.stdout(stdout.map_or_else(Stdio::null, Stdio::from));
-        command.stderr(stderr.map_or_else(Stdio::null, Stdio::from));
+        let mut vm_args = VmArgs {
+            spec: spec_path.to_string_lossy().into_owned(),
+            netns: config.network_namespace().map(Path::to_path_buf),
+            stdin: false,
+            terminal: stdio.terminal,
+        };
+        // With a terminal (`ctr run -t`), the VM process's three streams are its slave side, and the shim relays
+        // containerd's FIFOs to and from the master; without, stdout and stderr are the FIFOs and stdin a pipe.
+        let (master, output) = match stdio.terminal {
+            true => {
+                let (master, slave) = terminal::open().map_err(TaskError::Terminal)?;
+                let copy = |fd: &OwnedFd| fd.try_clone().map(Stdio::from).map_err(TaskError::Terminal);
+                command.stdin(copy(&slave)?).stdout(copy(&slave)?).stderr(Stdio::from(slave));
+                if let Some(fifo) = stdin_fifo {
+                    let into = master.try_clone().map(File::from).map_err(TaskError::Terminal)?;
+                    terminal::relay_input(into, fifo.to_string()).map_err(TaskError::Terminal)?;
+                }
+                let output = stdout.map(|out| terminal::relay_output(&master, out)).transpose();
+                (Some(master), output.map_err(TaskError::Terminal)?)
+            }
+            false => {
+                // stdin through a pipe the shim fills from the FIFO: the (jailed) VM process sees no FIFO path.
+                match stdin_fifo {
+                    Some(fifo) => {
+                        let (read, write) = pipe().map_err(TaskError::Spawn)?;
+                        terminal::relay_input(File::from(write), fifo.to_string()).map_err(TaskError::Spawn)?;
+                        command.stdin(Stdio::from(read));
+                        vm_args.stdin = true;
+                    }
+                    None => {
+                        command.stdin(Stdio::null());
+                    }
+                }
+                let stderr = open_stdio(&stdio.stderr)?;
+                command.stdout(stdout.map_or_else(Stdio::null, Stdio::from));
+                command.stderr(stderr.map_or_else(Stdio::null, Stdio::from));
+                (None, None)
+            }
+        };
+        command.arg("vm").args(vm_args.to_args()).current_dir(bundle);
         let (go_fd, ready_fd) = (go_read.as_raw_fd(), ready_write.as_raw_fd());
         // SAFETY: only dup2(2), async-signal-safe, runs between fork and exec; it puts the two pipe ends where the
         // VM process looks for them (dup2 clears close-on-exec on the copies).
@@ -133,10 +172,12 @@ impl Task {
             });
         }
         let child = command.spawn().map_err(TaskError::Spawn)?;
+        // The terminal's slave side goes with the command: the output relay ends when the VM process's copies close.
+        drop(command);
         drop((go_read, ready_write));
         let pid = child.id();
         let _ = std::fs::write(bundle.join(PID_FILE), pid.to_string());
-        let task = Arc::new(task(pid, false, spec.memory, Some(File::from(go_write))));
+        let task = Arc::new(task(pid, false, spec.memory, Some(File::from(go_write)), master));
         let watched = task.clone();
         // The pod's network, once the VM process took it (a VM process that failed gave it back itself, and one
         // refused because another container has it must not take it from that one).
@@ -145,6 +186,10 @@ impl Task {
         let took = took_network.clone();
         std::thread::spawn(move || {
             let status = wait_pid(pid as i32, exits) as u32;
+            // The program's last output reaches containerd before its exit does.
+            if let Some(output) = output {
+                let _ = output.join();
+            }
             // Before the exit is told: a pod's next container may take the network at once.
             if let (Some(netns), true) = (netns, took.load(Ordering::SeqCst)) {
                 crate::podnet::tear_down(&netns);
@@ -208,6 +253,12 @@ impl Task {
             0 => Ok(()),
             _ => Err(format!("cannot signal the VM process {}: {}", self.pid, std::io::Error::last_os_error())),
         }
+    }
+
+    /// Sets the window size of the task's terminal (containerd's ResizePty).
+    pub fn resize(&self, width: u32, height: u32) -> Result<(), String> {
+        let master = self.terminal.as_ref().ok_or("the task has no terminal")?;
+        terminal::resize(master, width, height).map_err(|e| format!("cannot resize the task's terminal: {e}"))
     }
 
     pub fn phase(&self) -> Phase {

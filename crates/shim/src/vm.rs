@@ -1,18 +1,21 @@
-//! The VM process: `containerd-shim-kiln-v2 vm SPEC` (SPEC, a [`LaunchSpec`] as JSON, which the shim wrote from the
-//! bundle), one per container, whose pid containerd sees as the task's. It makes the VM with `kiln_launch::prepare`
-//! (the launch path `kiln run` takes), says on [`READY_FD`] whether that worked, waits on [`GO_FD`] for the task's
-//! Start, then runs the program with its output on its stdout and stderr (containerd's FIFOs) and exits with the
-//! program's status, as `kiln run` does. Given the pod's network namespace (`vm SPEC NETNS`), it enters it first
-//! and takes the pod's address (`podnet.rs`); the shim gives it back when the process ends. SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to it (`ctr task kill`) go to the
-//! program, as `kiln run` forwards them; SIGKILL ends the VM.
+//! The VM process: `containerd-shim-kiln-v2 vm SPEC [--netns PATH] [--stdin] [--terminal]` (SPEC, a
+//! [`LaunchSpec`] as JSON, which the shim wrote from the bundle), one per container, whose pid containerd sees as the
+//! task's. It makes the VM with `kiln_launch::prepare` (the launch path `kiln run` takes), says on [`READY_FD`]
+//! whether that worked, waits on [`GO_FD`] for the task's Start, then runs the program with its output on its stdout
+//! and stderr (containerd's FIFOs, or the task's terminal) and its stdin relayed from its own (a pipe the shim fills from
+//! containerd's FIFO, or the terminal), and exits with the program's status, as `kiln run` does. Given the pod's network namespace
+//! (`--netns`), it enters it first and takes the pod's address (`podnet.rs`); the shim gives it back when the process
+//! ends. SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to it (`ctr task kill`) go to the program, as `kiln run` forwards
+//! them; SIGKILL ends the VM.
 
+use crate::console::ShimConsole;
 use crate::podnet;
 use kiln_launch::{chain, LaunchSpec, Prepared};
-use kiln_vmm::{HostSignals, Outcome, StdioConsole};
+use kiln_vmm::{HostSignals, Outcome};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::FromRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,8 +31,63 @@ const DEADLOCK_EXIT: i32 = 124;
 /// The signals forwarded to the program, as `kiln run` forwards them.
 const FORWARDED: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
 
+/// The VM process's command line: `vm SPEC [--netns PATH] [--stdin] [--terminal]`.
+#[derive(Debug, Default, PartialEq)]
+pub struct VmArgs {
+    pub spec: String,
+    /// The pod's network namespace, whose address the VM takes.
+    pub netns: Option<PathBuf>,
+    /// The process's stdin (a pipe the shim fills from containerd's stdin FIFO) is the program's.
+    pub stdin: bool,
+    /// The process's standard streams are a terminal (`terminal.rs`): the program's too, its stdin included.
+    pub terminal: bool,
+}
+
+const USAGE: &str = "usage: vm SPEC [--netns PATH] [--stdin] [--terminal]";
+
+impl VmArgs {
+    pub fn parse(args: &[String]) -> Result<VmArgs, String> {
+        let (spec, mut rest) = args.split_first().ok_or(USAGE)?;
+        let mut parsed = VmArgs { spec: spec.clone(), ..VmArgs::default() };
+        while let [flag, more @ ..] = rest {
+            rest = more;
+            let slot = match flag.as_str() {
+                "--terminal" => {
+                    parsed.terminal = true;
+                    continue;
+                }
+                "--stdin" => {
+                    parsed.stdin = true;
+                    continue;
+                }
+                "--netns" => &mut parsed.netns,
+                other => return Err(format!("unknown flag {other}; {USAGE}")),
+            };
+            let [value, more @ ..] = rest else { return Err(format!("{flag} needs a value")) };
+            *slot = Some(value.into());
+            rest = more;
+        }
+        Ok(parsed)
+    }
+
+    /// The command line for `parse`.
+    pub fn to_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args = vec![self.spec.clone().into()];
+        if let Some(netns) = &self.netns {
+            args.extend(["--netns".into(), netns.clone().into_os_string()]);
+        }
+        for (flag, on) in [("--stdin", self.stdin), ("--terminal", self.terminal)] {
+            if on {
+                args.push(flag.into());
+            }
+        }
+        args
+    }
+}
+
 /// Runs the VM process; returns its exit status.
-pub fn main(spec_path: &str, netns: Option<&str>) -> i32 {
+pub fn main(args: &VmArgs) -> i32 {
+    let (spec_path, netns) = (args.spec.as_str(), args.netns.as_deref());
     // Blocked before any thread exists, so that every thread inherits it and the signals wait for `sigwait`.
     let forwarded = signal_set();
     // SAFETY: a valid, initialised signal set; the old mask is not wanted.
@@ -37,7 +95,6 @@ pub fn main(spec_path: &str, netns: Option<&str>) -> i32 {
     // SAFETY: the shim hands these two descriptors to this process (`task.rs`) and nothing else in it owns them.
     let (mut go, mut ready) = unsafe { (File::from_raw_fd(GO_FD), File::from_raw_fd(READY_FD)) };
     // Entered before any thread exists, so that the VM's threads (and its tap) live in the pod's namespace.
-    let netns = netns.map(Path::new);
     let pod = match netns.map(|path| podnet::enter(path).and_then(|()| podnet::set_up())).transpose() {
         Ok(pod) => pod,
         Err(e) => {
@@ -97,7 +154,11 @@ pub fn main(spec_path: &str, netns: Option<&str>) -> i32 {
     }
     let wait = move || wait_signals(&forwarded);
     let host_signals = HostSignals { wait: Box::new(wait), grace: Duration::from_secs(spec.signals.grace_secs.into()) };
-    match vm.run(Arc::new(StdioConsole), host_signals) {
+    let console = match args.terminal {
+        true => ShimConsole::terminal(),
+        false => ShimConsole::new(args.stdin),
+    };
+    match vm.run(Arc::new(console), host_signals) {
         Ok((outcome, _)) => exit_status(outcome),
         Err(e) => {
             eprintln!("kiln: running the VM failed: {}", chain(&e));
@@ -187,5 +248,27 @@ fn exit_status(outcome: Outcome) -> i32 {
             eprintln!("kiln: snapshotted to {}", path.display());
             0
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::VmArgs;
+
+    #[test]
+    fn the_command_line_goes_both_ways() {
+        let args = VmArgs {
+            spec: "/b/kiln-spec.json".into(),
+            netns: Some("/var/run/netns/pod".into()),
+            stdin: true,
+            terminal: true,
+        };
+        let line: Vec<String> = args.to_args().into_iter().map(|a| a.into_string().unwrap()).collect();
+        assert_eq!(VmArgs::parse(&line).unwrap(), args);
+        let bare = VmArgs::parse(&["spec.json".to_string()]).unwrap();
+        assert_eq!(bare, VmArgs { spec: "spec.json".into(), ..VmArgs::default() });
+        assert!(VmArgs::parse(&["s".into(), "--netns".into()]).unwrap_err().contains("--netns needs a value"));
+        assert!(VmArgs::parse(&["s".into(), "--tty".into()]).unwrap_err().contains("unknown flag --tty"));
+        assert!(VmArgs::parse(&[]).is_err());
     }
 }

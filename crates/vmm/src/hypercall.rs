@@ -3,6 +3,7 @@
 
 use crate::memory::GuestRam;
 use crate::park::Parker;
+use crate::stdin::StdinRelay;
 use crate::syscall_names::syscall_name;
 use crate::vm::Console;
 use kiln_abi::hypercall::{
@@ -39,6 +40,8 @@ pub enum Action {
 
 const EIO: i64 = 5;
 const EBADF: i64 = 9;
+const EAGAIN: i64 = 11;
+const ENOTTY: i64 = 25;
 const EFAULT: i64 = 14;
 const EINVAL: i64 = 22;
 const EPERM: i64 = 1;
@@ -55,7 +58,7 @@ pub fn handle(
     ram: &GuestRam,
     block: u64,
     nr: u32,
-    (console, tracing): (&dyn Console, bool),
+    (console, tracing, stdin): (&dyn Console, bool, Option<&StdinRelay>),
     cpu: usize,
     parkers: &[Parker],
 ) -> Action {
@@ -64,6 +67,8 @@ pub fn handle(
     };
     let ret = match Hypercall::from_u32(nr) {
         Some(Hypercall::Write) => write(ram, args[0], args[1], args[2], console),
+        Some(Hypercall::ReadStdin) => read_stdin(ram, args[0], args[1], stdin),
+        Some(Hypercall::Terminal) => terminal(ram, args[0], args[1], console),
         Some(Hypercall::Exit) => {
             return match args[1] {
                 0 => Action::Exit((args[0] & 0xff) as i32),
@@ -195,6 +200,58 @@ fn write(ram: &GuestRam, fd: u64, segments: u64, count: u64, console: &dyn Conso
     }
 }
 
+/// The program's read of its stdin into `count` guest ranges listed at `segments` (at most `MAX_IO_SEGMENTS`, and
+/// `MAX_WRITE_BYTES` in all, each inside RAM, all checked before a byte is taken): bytes read, 0 at the end (or with
+/// no stdin), -EAGAIN when nothing has come yet.
+fn read_stdin(ram: &GuestRam, segments: u64, count: u64, stdin: Option<&StdinRelay>) -> i64 {
+    if count > MAX_IO_SEGMENTS {
+        return -EINVAL;
+    }
+    let Some(raw) = read_u64s(ram, segments, count as usize * 2) else { return -EFAULT };
+    let mut total = 0u64;
+    for seg in raw.chunks_exact(2) {
+        total = match total.checked_add(seg[1]) {
+            Some(t) if t <= MAX_WRITE_BYTES => t,
+            _ => return -EINVAL,
+        };
+        if seg[0].checked_add(seg[1]).is_none_or(|end| end > ram.size()) {
+            return -EFAULT;
+        }
+    }
+    let Some(stdin) = stdin else { return 0 };
+    let Some(bytes) = stdin.take(ram, total as usize) else { return -EAGAIN };
+    let mut at = 0usize;
+    for seg in raw.chunks_exact(2) {
+        let piece = &bytes[at..bytes.len().min(at + seg[1] as usize)];
+        if piece.is_empty() {
+            break;
+        }
+        if ram.write(seg[0], piece).is_err() {
+            return -EFAULT;
+        }
+        at += piece.len();
+    }
+    bytes.len() as i64
+}
+
+/// The program's terminal ioctl `request` with its argument at `arg` (checked inside RAM before anything is done),
+/// made on the console's terminal: 0 or a negative errno.
+fn terminal(ram: &GuestRam, request: u64, arg: u64, console: &dyn Console) -> i64 {
+    let Some(len) = kiln_abi::hypercall::terminal_arg_bytes(request) else { return -EINVAL };
+    let Some(fd) = console.terminal_fd() else { return -ENOTTY };
+    let Ok(mut buf) = ram.read_vec(arg, len) else { return -EFAULT };
+    buf.resize(kiln_abi::hypercall::TERMINAL_ARG_BYTES as usize, 0);
+    // SAFETY: one of the terminal requests above, whose argument (at most `len` bytes, the kernel's termios or a
+    // winsize) fits the buffer, which lives across the call.
+    if unsafe { libc::ioctl(fd, request as _, buf.as_mut_ptr()) } != 0 {
+        return -i64::from(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO));
+    }
+    if kiln_abi::hypercall::terminal_request_reads(request) && ram.write(arg, &buf[..len as usize]).is_err() {
+        return -EFAULT;
+    }
+    0
+}
+
 /// Drops the host pages of `count` page-aligned guest ranges listed at `segments`; all are checked first.
 fn discard(ram: &GuestRam, segments: u64, count: u64) -> i64 {
     if count > MAX_IO_SEGMENTS {
@@ -249,7 +306,7 @@ mod tests {
     }
 
     fn handle(ram: &GuestRam, block: u64, nr: u32, console: &Captured) -> Action {
-        super::handle(ram, block, nr, (console, false), 0, &[Parker::default(), Parker::default()])
+        super::handle(ram, block, nr, (console, false, None), 0, &[Parker::default(), Parker::default()])
     }
 
     fn put_u64s(ram: &GuestRam, addr: u64, values: &[u64]) {
@@ -274,7 +331,7 @@ mod tests {
         assert_eq!(ret(&ram), -EPERM, "refused without --trace-syscalls");
         assert!(c.traced.lock().unwrap().is_empty());
         let parkers = [Parker::default()];
-        assert_eq!(super::handle(&ram, 0x1000, trace, (&c, true), 0, &parkers), Action::Resume);
+        assert_eq!(super::handle(&ram, 0x1000, trace, (&c, true, None), 0, &parkers), Action::Resume);
         assert_eq!(ret(&ram), 0);
         assert_eq!(*c.traced.lock().unwrap(), ["getpid(0x0, 0x0, 0x0, 0x0, 0x0, 0x0) = 7"]);
     }
@@ -290,6 +347,49 @@ mod tests {
         assert_eq!(handle(&ram, 0x1000, 1, &c), Action::Resume);
         assert_eq!(*c.out.lock().unwrap(), vec![(1, b"hello world".to_vec())]);
         assert_eq!(ret(&ram), 11);
+    }
+
+    #[test]
+    fn stdin_is_read_into_segments_and_bad_ones_take_nothing() {
+        let ram = GuestRam::new(4 << 20).unwrap();
+        let c = Captured::default();
+        let parkers = [Parker::default()];
+        let read = |relay: Option<&StdinRelay>| {
+            super::handle(&ram, 0x1000, Hypercall::ReadStdin as u32, (&c, false, relay), 0, &parkers);
+            ret(&ram)
+        };
+        put_u64s(&ram, 0x1000, &[0x2000, 2]);
+        put_u64s(&ram, 0x2000, &[0x3000, 3, 0x5000, 10]);
+        assert_eq!(read(None), 0, "no stdin: its end");
+        let relay = StdinRelay::new(&ram, 0x8000);
+        assert_eq!(read(Some(&relay)), -EAGAIN, "nothing has come");
+        relay.pump(&ram, &mut &b"hello world"[..], || {});
+        // A segment beyond RAM, and a total above the limit: refused, and nothing is taken.
+        put_u64s(&ram, 0x2000, &[1 << 30, 3, 0x5000, 10]);
+        assert_eq!(read(Some(&relay)), -EFAULT);
+        put_u64s(&ram, 0x2000, &[0x3000, MAX_WRITE_BYTES, 0x5000, 10]);
+        assert_eq!(read(Some(&relay)), -EINVAL);
+        put_u64s(&ram, 0x1000, &[0x2000, MAX_IO_SEGMENTS + 1]);
+        assert_eq!(read(Some(&relay)), -EINVAL);
+        put_u64s(&ram, 0x1000, &[0x2000, 2]);
+        put_u64s(&ram, 0x2000, &[0x3000, 3, 0x5000, 10]);
+        assert_eq!(read(Some(&relay)), 11);
+        assert_eq!(ram.read_vec(0x3000, 3).unwrap(), b"hel");
+        assert_eq!(ram.read_vec(0x5000, 8).unwrap(), b"lo world");
+        assert_eq!(read(Some(&relay)), 0, "then the end");
+    }
+
+    #[test]
+    fn terminal_requests_need_a_terminal_and_a_known_request() {
+        let ram = GuestRam::new(1 << 20).unwrap();
+        let c = Captured::default();
+        put_u64s(&ram, 0x1000, &[kiln_abi::hypercall::TIOCGWINSZ, 0x3000]);
+        assert_eq!(handle(&ram, 0x1000, Hypercall::Terminal as u32, &c), Action::Resume);
+        assert_eq!(ret(&ram), -ENOTTY, "the console is no terminal");
+        // TIOCSTI (pushing input into a terminal) is never passed on.
+        put_u64s(&ram, 0x1000, &[0x5412, 0x3000]);
+        assert_eq!(handle(&ram, 0x1000, Hypercall::Terminal as u32, &c), Action::Resume);
+        assert_eq!(ret(&ram), -EINVAL);
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub mod shootdown;
 pub mod signal;
 pub mod snapshot;
 pub mod stack;
+pub mod stdin;
 pub mod stub_return;
 pub mod syscall_names;
 pub mod user_memory;

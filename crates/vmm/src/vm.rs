@@ -32,6 +32,7 @@ use crate::shootdown::Shootdown;
 use crate::snapshot::pause::{Pause, Release};
 use crate::snapshot::vcpu_state::VcpuState;
 use crate::snapshot::{self, SnapshotError};
+use crate::stdin::StdinRelay;
 use crate::stub_return;
 use crate::virtio::blk::{Blk, BlkStats};
 use crate::virtio::net::NetStats;
@@ -112,6 +113,15 @@ pub trait Console: Send + Sync {
     fn write(&self, fd: u64, bytes: &[u8]) -> std::io::Result<()>;
     /// One line of `--trace-syscalls` output.
     fn trace(&self, line: &str);
+    /// The program's stdin, taken once when the VM runs; none (the default): it reads end of file.
+    fn take_stdin(&self) -> Option<crate::stdin::StdinSource> {
+        None
+    }
+    /// The terminal the program's standard streams are (a pty whose other side the launcher holds), for the terminal
+    /// ioctls it makes (termios, the window's size); none (the default): they fail with ENOTTY.
+    fn terminal_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
 }
 
 /// Most vCPUs one VM can have (the library OS's per-vCPU table).
@@ -259,6 +269,8 @@ pub(crate) struct Shared {
     pub(crate) auxv: Vec<u8>,
     net: Option<NetCard>,
     disks: Vec<(String, Disk)>,
+    /// The program's stdin, once the run has one (`crate::stdin`).
+    stdin: OnceLock<StdinRelay>,
     /// Whether the user asked for `--trace-syscalls` (else the guest's trace hypercalls are refused).
     trace_syscalls: bool,
     host: HostKind,
@@ -549,6 +561,7 @@ impl Vm {
             core: devices.core,
             net: devices.net,
             disks: devices.disks,
+            stdin: OnceLock::new(),
             trace_syscalls: devices.trace_syscalls,
             host,
             synced_state,
@@ -656,6 +669,26 @@ impl Vm {
                 })
                 .map_err(VmError::Thread)?;
         }
+        // Before the first vCPU runs, so that the program's first look finds the terminal and the stdin the launcher
+        // gives.
+        if console.terminal_fd().is_some() {
+            let word = self.boot.host_signals_phys + 8 * kiln_abi::boot::HOST_TERMINAL;
+            self.shared.ram.write_obj(word, 1u64)?;
+        }
+        if let Some(source) = console.take_stdin() {
+            let relay = StdinRelay::new(&self.shared.ram, self.boot.host_signals_phys);
+            let _ = self.shared.stdin.set(relay);
+            let (shared, stopped) = (self.shared.clone(), tx.clone());
+            std::thread::Builder::new()
+                .name("stdin".into())
+                .spawn(move || {
+                    if let Err(e) = kiln_seccomp::confine(Kind::Stdin) {
+                        return finish(&shared, &stopped, Err(e.into()));
+                    }
+                    relay_stdin(&shared, source);
+                })
+                .map_err(VmError::Thread)?;
+        }
         for (id, vcpu) in self.vcpus.into_iter().enumerate() {
             let (shared, console) = (self.shared.clone(), console.clone());
             let tx = tx.clone();
@@ -760,11 +793,7 @@ impl Vm {
                     }
                     // Idle vCPUs wake, and one of them passes the signals on; with none idle, a running one is
                     // interrupted to do it.
-                    let shared = &self.shared;
-                    shared.parkers.iter().for_each(Parker::unpark);
-                    if !shared.parkers.iter().any(Parker::is_parked) {
-                        shared.preempt.request(&shared.kicks, 0);
-                    }
+                    wake_for_host(&self.shared);
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     let Some(signal) = forwarder.overdue(&self.shared.ram, std::time::Instant::now()) else { continue };
@@ -839,6 +868,31 @@ fn serve_debuggers(
             Err(e) => tracing::warn!("kiln debug: {e}; the program runs on"),
             Ok(ended) => tracing::debug!(?ended, "gdb went away"),
         }
+    }
+}
+
+/// The stdin relay's thread: opens the launcher's stream and hands what comes to the program until it ends. Idle
+/// vCPUs wake to pass it on; with none idle, a running one is interrupted to (as for a host signal).
+fn relay_stdin(shared: &Shared, source: crate::stdin::StdinSource) {
+    let Some(relay) = shared.stdin.get() else { return };
+    let mut stream = match source() {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::warn!("cannot open the program's stdin: {e}");
+            relay.end(&shared.ram);
+            wake_for_host(shared);
+            return;
+        }
+    };
+    relay.pump(&shared.ram, &mut *stream, || wake_for_host(shared));
+}
+
+/// Something from the host is in the host-signal page: idle vCPUs wake to pass it on, and with none idle a running
+/// one is interrupted to.
+fn wake_for_host(shared: &Shared) {
+    shared.parkers.iter().for_each(Parker::unpark);
+    if !shared.parkers.iter().any(Parker::is_parked) {
+        shared.preempt.request(&shared.kicks, 0);
     }
 }
 
@@ -1040,8 +1094,14 @@ fn run_vcpu(
                         return Ok(Outcome::Stopped(why));
                     }
                 }
-                let mut action =
-                    hypercall::handle(&shared.ram, block, nr, (console, shared.trace_syscalls), id, &shared.parkers);
+                let mut action = hypercall::handle(
+                    &shared.ram,
+                    block,
+                    nr,
+                    (console, shared.trace_syscalls, shared.stdin.get()),
+                    id,
+                    &shared.parkers,
+                );
                 if action == Action::FlushTlb {
                     let own = || arch::flush_tlb(&vcpu, shared.host);
                     let kicks = &shared.kicks;

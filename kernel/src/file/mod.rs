@@ -8,6 +8,7 @@ pub mod eventfd;
 pub mod fifo;
 pub mod locks;
 pub mod pipe;
+pub mod stdin;
 pub mod wait;
 
 use crate::errno::Errno;
@@ -183,8 +184,9 @@ impl File {
     }
 
     /// The waitables whose changes can change this file's readiness: none for files that are always ready.
-    fn waitables(&self) -> [Option<&Arc<Waitable>>; 2] {
+    fn waitables(&self) -> [Option<&Waitable>; 2] {
         match &self.object {
+            Object::Stdin => [Some(&stdin::WAITABLE), None],
             Object::PipeReader(p) => [Some(&p.0.waitable), None],
             Object::PipeWriter(p) => [Some(&p.0.waitable), None],
             Object::EventFd(e) => [Some(&e.waitable), None],
@@ -218,7 +220,7 @@ impl File {
     /// The `poll` events this file has now, out of `wanted` (POLLHUP and POLLERR always count).
     pub fn ready(&self, wanted: u16) -> u16 {
         let has = match &self.object {
-            Object::Stdin => POLLIN,
+            Object::Stdin => stdin::events(),
             Object::Console(_) => POLLOUT,
             Object::Null | Object::Zero | Object::Random | Object::Regular { .. } => POLLIN | POLLOUT,
             Object::Directory { .. } => POLLIN,

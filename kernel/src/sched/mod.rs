@@ -820,7 +820,8 @@ fn idle_until_runnable() -> usize {
         let net = crate::net::next_deadline();
         let deadline = [blocked, crate::timers::next_expiry(), net].into_iter().flatten().min();
         // Packets from the network card can come at any time: no deadline then is no deadlock.
-        let net_wakes = crate::net::can_wake();
+        // And so can input on stdin.
+        let net_wakes = crate::net::can_wake() || crate::file::stdin::can_wake();
         if !runnable_elsewhere && !net_wakes && deadline.is_none_or(|d| d == u64::MAX) {
             hypercall::deadlock(s.live as u64, &waits(s));
         }

@@ -58,7 +58,8 @@ fn read_into(f: &File, buf: u64, len: u64) -> SysResult {
     }
     user::check(buf, len, true)?;
     match &f.object {
-        Object::Stdin | Object::Null => Ok(0),
+        Object::Stdin => file::stdin::read(IoVec { base: buf, len }, f.nonblocking()),
+        Object::Null => Ok(0),
         Object::Zero | Object::Random => {
             let mut chunk = vec![0u8; CHUNK];
             let mut done = 0;
@@ -509,7 +510,14 @@ pub fn ioctl(a: &Args) -> SysResult {
         {
             super::ifreq::ioctl(request, a[2])
         }
-        // No descriptor is a terminal (TCGETS, TIOCGWINSZ, ...).
+        // The standard streams are a terminal where the VMM's console is one (a container's `-t`).
+        request
+            if kiln_abi::hypercall::terminal_arg_bytes(request).is_some()
+                && matches!(f.object, Object::Stdin | Object::Console(_)) =>
+        {
+            console::terminal(request, a[2])
+        }
+        // No other descriptor is a terminal, nor is another terminal ioctl answered.
         _ => Err(Errno::ENOTTY),
     }
 }

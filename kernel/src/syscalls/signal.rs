@@ -558,6 +558,11 @@ pub fn init(boot: &kiln_abi::BootInfo) {
     HOST_PAGE.store(kiln_abi::layout::direct_map(boot.host_signals_phys), Ordering::Relaxed);
 }
 
+/// Word `index` of the host-signal page (the stdin's words are there too: `file::stdin`); none before `init`.
+pub fn host_page_word(index: u64) -> Option<&'static AtomicU64> {
+    (HOST_PAGE.load(Ordering::Relaxed) != 0 && index < 512).then(|| host_word(index))
+}
+
 fn host_word(index: u64) -> &'static AtomicU64 {
     let page = HOST_PAGE.load(Ordering::Relaxed);
     // SAFETY: the host-signal page is guest RAM the VMM set aside for this, mapped for the whole run; its words are
@@ -584,6 +589,8 @@ pub fn poll_host_signals() {
     if HOST_PAGE.load(Ordering::Relaxed) == 0 {
         return;
     }
+    // Input on stdin is news from the host too, in the same page.
+    crate::file::stdin::poll();
     let generation = host_word(0).load(Ordering::Acquire);
     let seen = HOST_SEEN_GENERATION.load(Ordering::Acquire);
     if generation == seen

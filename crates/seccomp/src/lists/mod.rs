@@ -7,6 +7,7 @@ mod debugger;
 mod main_thread;
 mod net_rx;
 mod signals;
+mod stdin;
 mod usernet;
 mod vcpu;
 
@@ -91,6 +92,7 @@ fn own(kind: Kind) -> &'static [i64] {
         Kind::Main => main_thread::SYSCALLS,
         Kind::Debugger => debugger::SYSCALLS,
         Kind::Control => control::SYSCALLS,
+        Kind::Stdin => stdin::SYSCALLS,
     }
 }
 
@@ -102,7 +104,7 @@ fn conditional(kind: Kind) -> Result<Vec<(i64, Vec<SeccompRule>)>, BackendError>
         Kind::UserNet => usernet::conditional()?,
         Kind::Main => main_thread::conditional()?,
         Kind::Debugger => debugger::conditional()?,
-        Kind::NetRx | Kind::HostSignals | Kind::Control => Vec::new(),
+        Kind::NetRx | Kind::HostSignals | Kind::Control | Kind::Stdin => Vec::new(),
     });
     Ok(rules)
 }

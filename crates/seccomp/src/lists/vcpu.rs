@@ -1,7 +1,8 @@
 //! A vCPU thread: KVM_RUN and the exits it handles. Hypercalls write the program's output (write, writev to the
 //! console), devices move frames (the tap's write, the user-mode network's eventfd) and volume blocks (pread, pwrite,
-//! fdatasync) and a detached instance's core file (pwrite, ftruncate), time slices re-arm the thread's own timers (timer_settime), kicks go to other vCPUs (tgkill), idle vCPUs
-//! park on futexes. Its ioctls are KVM's vCPU calls only, checked by number.
+//! fdatasync) and a detached instance's core file (pwrite, ftruncate), time slices re-arm the thread's own timers
+//! (timer_settime), kicks go to other vCPUs (tgkill), idle vCPUs park on futexes. Its ioctls are KVM's vCPU calls and
+//! the terminal's (a program's termios and window size, on a console that is a pty), checked by number.
 
 use seccompiler::{BackendError, SeccompRule};
 
@@ -64,6 +65,11 @@ pub const KVM_VCPU_IOCTLS: &[(&str, u64)] = &[
     ("KVM_GET_XCRS", ior(0xa6, XCRS)),
 ];
 
+/// The terminal ioctls the `Terminal` hypercall passes on to the console's pty (a container's `-t`), by name.
+pub const TERMINAL_IOCTLS: &[(&str, u64)] =
+    &[("TCGETS", 0x5401), ("TCSETS", 0x5402), ("TCSETSW", 0x5403), ("TCSETSF", 0x5404), ("TIOCGWINSZ", 0x5413)];
+
 pub(super) fn conditional() -> Result<Vec<(i64, Vec<SeccompRule>)>, BackendError> {
-    Ok(vec![super::ioctl_with(KVM_VCPU_IOCTLS.iter().map(|&(_, number)| number))?])
+    let ioctls = KVM_VCPU_IOCTLS.iter().chain(TERMINAL_IOCTLS).map(|&(_, number)| number);
+    Ok(vec![super::ioctl_with(ioctls)?])
 }
