@@ -188,7 +188,7 @@ impl Task {
             let status = wait_pid(pid as i32, exits) as u32;
             // The program's last output reaches containerd before its exit does.
             if let Some(output) = output {
-                let _ = output.join();
+                let _ = output.recv_timeout(terminal::OUTPUT_GRACE);
             }
             // Before the exit is told: a pod's next container may take the network at once.
             if let (Some(netns), true) = (netns, took.load(Ordering::SeqCst)) {

@@ -6,7 +6,8 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::thread::JoinHandle;
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
 
 /// The master and slave sides of a new pseudo-terminal, both close-on-exec (the slave reaches the VM process as its
 /// standard streams, which clears the flag on the copies).
@@ -53,12 +54,19 @@ pub fn relay_input(mut into: File, fifo: String) -> std::io::Result<()> {
     Ok(())
 }
 
+/// How long the exit of a task with a terminal waits for its last output to reach containerd's FIFO (which nobody
+/// may be reading: a detached `ctr run -d -t` whose FIFO is full).
+pub const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+
 /// Copies what the program writes to the terminal to containerd's stdout FIFO until the terminal's last slave
-/// closes (the VM process ended: reading the master fails with EIO then); join it before telling of the exit, so
-/// that the output is all there first.
-pub fn relay_output(master: &OwnedFd, mut to: File) -> std::io::Result<JoinHandle<()>> {
+/// closes (the VM process ended: reading the master fails with EIO then). The receiver hears (its sender goes) when
+/// the copy ends: wait for it, up to [`OUTPUT_GRACE`], before telling of the exit, so that the output is all there
+/// first.
+pub fn relay_output(master: &OwnedFd, mut to: File) -> std::io::Result<Receiver<()>> {
     let mut from = File::from(master.try_clone()?);
+    let (ended, done) = std::sync::mpsc::channel::<()>();
     std::thread::Builder::new().name("tty-out".into()).spawn(move || {
+        let _ended = ended;
         let mut buf = vec![0u8; 16 << 10];
         loop {
             match from.read(&mut buf) {
@@ -72,7 +80,8 @@ pub fn relay_output(master: &OwnedFd, mut to: File) -> std::io::Result<JoinHandl
                 Err(_) => return,
             }
         }
-    })
+    })?;
+    Ok(done)
 }
 
 #[cfg(test)]
@@ -103,7 +112,8 @@ mod tests {
         };
         let relay = relay_output(&master, write_end).unwrap();
         File::from(slave).write_all(b"hi\n").unwrap();
-        relay.join().unwrap();
+        let ended = relay.recv_timeout(Duration::from_secs(10));
+        assert_eq!(ended, Err(std::sync::mpsc::RecvTimeoutError::Disconnected), "the relay ended: its sender went");
         let mut out = String::new();
         let mut read_end = read_end;
         read_end.read_to_string(&mut out).unwrap();
