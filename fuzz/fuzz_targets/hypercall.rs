@@ -6,6 +6,7 @@ use kiln_fuzz::{Poke, Sink};
 use kiln_vmm::hypercall::{self, Action};
 use kiln_vmm::memory::GuestRam;
 use kiln_vmm::park::Parker;
+use kiln_vmm::stdin::StdinRelay;
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 
@@ -22,6 +23,8 @@ struct Input {
     /// The block's six arguments, written into RAM where it lies.
     args: [u64; 6],
     tracing: bool,
+    /// Whether the VM has a stdin relay (`ReadStdin` reads from it, or finds none).
+    stdin: bool,
     pokes: Vec<Poke>,
     /// Where to read the syscall counters from at the end.
     stats: u64,
@@ -37,11 +40,12 @@ fuzz_target!(|input: Input| {
     for (i, arg) in input.args.iter().enumerate() {
         let _ = ram.write(block.wrapping_add(i as u64 * 8), &arg.to_le_bytes());
     }
-    let nr = input.any_nr.unwrap_or(u32::from(input.nr % 13));
+    let nr = input.any_nr.unwrap_or(u32::from(input.nr % 14));
     // Two vCPUs' parkers; the calling vCPU is none of them, so that a Wait returns at once instead of sleeping
     // for the time the guest asked (the sleep is what it asked for, not a hang).
     let parkers = [Parker::default(), Parker::default()];
-    let action = hypercall::handle(&ram, block, nr, (&Sink, input.tracing), parkers.len(), &parkers);
+    let relay = input.stdin.then(|| StdinRelay::new(&ram, 0));
+    let action = hypercall::handle(&ram, block, nr, (&Sink, input.tracing, relay.as_ref()), parkers.len(), &parkers);
     if let Action::Stop(why) = &action {
         assert!(!why.is_empty());
     }

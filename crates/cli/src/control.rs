@@ -57,9 +57,17 @@ fn short_name(path: &Path) -> std::io::Result<(std::fs::File, PathBuf)> {
     Ok((dir, short))
 }
 
-/// Listens at `path` and serves it on a thread until the process ends. A socket that cannot be made gives none
-/// (the instance runs, without snapshots), said on stderr, which is the instance's log.
-pub fn serve(path: &Path, controller: Controller, spec: &LaunchSpec) -> Result<Option<ControlSocket>> {
+/// The control socket, bound but not yet served: bound before a jail closes (the instance's folder is outside its
+/// root), served after it (see [`ControlListener::serve`]).
+pub struct ControlListener {
+    path: PathBuf,
+    listener: UnixListener,
+    launch: serde_json::Value,
+}
+
+/// Listens at `path`. A socket that cannot be made gives none (the instance runs, without snapshots), said on
+/// stderr, which is the instance's log.
+pub fn listen(path: &Path, spec: &LaunchSpec) -> Result<Option<ControlListener>> {
     let _ = std::fs::remove_file(path);
     let bound = short_name(path).and_then(|(_dir, short)| UnixListener::bind(short));
     let listener = match bound {
@@ -70,22 +78,32 @@ pub fn serve(path: &Path, controller: Controller, spec: &LaunchSpec) -> Result<O
         }
     };
     let launch = serde_json::to_value(spec).context("cannot record the launch specification")?;
-    let busy = Arc::new(Mutex::new(()));
-    let answering = busy.clone();
-    std::thread::Builder::new()
-        .name("control".into())
-        .spawn(move || {
-            if let Err(e) = kiln_seccomp::confine(kiln_seccomp::Kind::Control) {
-                errln!("kiln: the control socket's thread: {e}");
-                return;
-            }
-            for conn in listener.incoming().flatten() {
-                let _busy = answering.lock().unwrap_or_else(PoisonError::into_inner);
-                answer(conn, &controller, &launch);
-            }
-        })
-        .context("cannot start the control socket's thread")?;
-    Ok(Some(ControlSocket { path: path.to_path_buf(), busy }))
+    Ok(Some(ControlListener { path: path.to_path_buf(), listener, launch }))
+}
+
+impl ControlListener {
+    /// Serves the socket on a thread until the process ends. The thread confines itself at once, so it must start
+    /// after a jail's change of uid: musl makes every thread of the process run the set*id calls, which no thread's
+    /// allow-list has (a control thread started before it died of SIGSYS, and the jailed instance with it).
+    pub fn serve(self, controller: Controller) -> Result<ControlSocket> {
+        let ControlListener { path, listener, launch } = self;
+        let busy = Arc::new(Mutex::new(()));
+        let answering = busy.clone();
+        std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || {
+                if let Err(e) = kiln_seccomp::confine(kiln_seccomp::Kind::Control) {
+                    errln!("kiln: the control socket's thread: {e}");
+                    return;
+                }
+                for conn in listener.incoming().flatten() {
+                    let _busy = answering.lock().unwrap_or_else(PoisonError::into_inner);
+                    answer(conn, &controller, &launch);
+                }
+            })
+            .context("cannot start the control socket's thread")?;
+        Ok(ControlSocket { path, busy })
+    }
 }
 
 fn answer(conn: UnixStream, controller: &Controller, launch: &serde_json::Value) {

@@ -338,8 +338,8 @@ pub(crate) fn run_vm(
 ) -> Result<u8> {
     let mut signals = host_signals::install().context("cannot set up the forwarding of signals")?;
     // Bound before the jail closes (its root is empty) and before `kiln run -d` returns.
-    let _control = match &instance {
-        Some(instance) => crate::control::serve(&instance.control_path(), vm.controller(), spec)?,
+    let control = match &instance {
+        Some(instance) => crate::control::listen(&instance.control_path(), spec)?,
         None => None,
     };
     // Recorded before the jail closes: the store is out of the jail's root.
@@ -351,6 +351,8 @@ pub(crate) fn run_vm(
         lock_down(spec, identity)?;
         reason_pipe = Some(reason);
     }
+    // Served once the jail has changed this process's uid (ControlListener::serve says why).
+    let _control = control.map(|control| control.serve(vm.controller())).transpose()?;
     let grace = Duration::from_secs(spec.signals.grace_secs.into());
     let host_signals = HostSignals { wait: Box::new(move || signals.wait()), grace };
     let result = vm.run(Arc::new(StdioConsole), host_signals).context("running the VM failed");
