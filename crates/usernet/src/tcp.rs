@@ -198,7 +198,17 @@ impl TcpRelay {
     /// The host connect for `key` made progress: accept or refuse the guest's SYN.
     pub fn on_connect_ready(&mut self, key: FlowKey, sockets: &mut SocketSet<'static>, device: &mut FrameDevice) {
         let Some(p) = self.pending.get(&key) else { return };
-        match connect_result(&p.stream) {
+        let result = connect_result(&p.stream);
+        if result.is_some() && self.connecting_to_guest(key.0, key.1, sockets) {
+            // The guest's SYN waited for this host connect while the relay began a `-p` forward's connection from
+            // the same gateway port: injected now, it would reach that socket in SYN-SENT (smoltcp's panic, see
+            // on_syn). Dropped instead.
+            if let Some(p) = self.pending.remove(&key) {
+                self.sources.forget(p.source);
+            }
+            return Counters::bump(&self.shared.stats.dropped);
+        }
+        match result {
             None => {}
             Some(false) => {
                 if let Some(p) = self.pending.remove(&key) {
