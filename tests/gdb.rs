@@ -220,6 +220,11 @@ fn gdb_reads_and_writes_the_sse_and_x87_registers_of_a_thread_on_a_vcpu() {
             "set var $xmm1.v4_int32 = {1, 2, 3, 4}",
             "stepi",
             "print $xmm1.v4_int32",
+            "print/x (int)$mxcsr & 0xffc0",
+            "set var $mxcsr = 0x1f00",
+            "stepi",
+            "print/x (int)$mxcsr & 0xffc0",
+            "set var $mxcsr = 0x1f80",
             "continue",
         ],
     );
@@ -227,6 +232,9 @@ fn gdb_reads_and_writes_the_sse_and_x87_registers_of_a_thread_on_a_vcpu() {
     assert!(g.contains("xmm0           {v8_bfloat16 = "), "info registers xmm0\n{s}");
     assert!(g.contains("$1 = 895"), "the x87 control word (0x37f)\n{s}");
     assert!(g.contains("$2 = {1, 2, 3, 4}"), "xmm1 did not keep what gdb wrote\n{s}");
+    // MXCSR as the program has it (every exception masked), not KVM_GET_FPU's 0 on kvm_pvm; a write takes.
+    assert!(g.contains("$3 = 0x1f80"), "MXCSR\n{s}");
+    assert!(g.contains("$4 = 0x1f00"), "MXCSR did not keep what gdb wrote\n{s}");
     assert!(g.contains("exited with code 03"), "{s}");
 }
 

@@ -59,8 +59,8 @@ fn the_kvm_ioctl_numbers_are_the_kernels() {
     assert_eq!(number("KVM_SET_SREGS"), 0x4138_ae84);
     assert_eq!(number("KVM_GET_VCPU_EVENTS"), 0x8040_ae9f);
     assert_eq!(number("KVM_SET_VCPU_EVENTS"), 0x4040_aea0);
-    assert_eq!(number("KVM_GET_FPU"), 0x81a0_ae8c);
-    assert_eq!(number("KVM_SET_FPU"), 0x41a0_ae8d);
+    assert_eq!(number("KVM_GET_XSAVE"), 0x9000_aea4);
+    assert_eq!(number("KVM_SET_XSAVE"), 0x5000_aea5);
 }
 
 #[test]

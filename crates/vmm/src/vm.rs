@@ -1045,7 +1045,9 @@ fn run_vcpu(
             let in_program = preempt::in_program(&regs, &sregs, &events, &shared.kernel_span, &shared.vdso_code);
             // A thread in the library OS has no x87/SSE state of the program's in the vCPU (debug::fpu).
             let fpu = match in_program {
-                true => Some(vcpu.get_fpu().map_err(kvm_err("read the x87/SSE registers"))?),
+                true => Some(crate::debug::fpu::from_xsave(
+                    &vcpu.get_xsave().map_err(kvm_err("read the x87/SSE registers"))?,
+                )),
                 false => None,
             };
             let resume = session.hold(id, VcpuView { regs, fs_base: sregs.fs.base, in_program, fpu });
@@ -1341,7 +1343,11 @@ fn resumed(
         }
     }
     if let Some(fpu) = &resume.fpu {
-        vcpu.set_fpu(fpu).map_err(kvm_err("set the x87/SSE registers"))?;
+        let mut xsave = vcpu.get_xsave().map_err(kvm_err("read the x87/SSE registers"))?;
+        crate::debug::fpu::into_xsave(fpu, &mut xsave);
+        // SAFETY: `xsave` is the whole `kvm_xsave` KVM_GET_XSAVE just wrote for this vCPU, with only its x87/SSE
+        // registers changed (MXCSR's reserved bits kept as they were: debug::fpu::from_gdb).
+        unsafe { vcpu.set_xsave(&xsave) }.map_err(kvm_err("set the x87/SSE registers"))?;
     }
     let mut regs = match resume.regs {
         Some(regs) => regs,

@@ -41,7 +41,6 @@ mod kvm_sizes {
     pub const SREGS: usize = 312;
     pub const VCPU_EVENTS: usize = 64;
     pub const MSRS: usize = 8;
-    pub const FPU: usize = 416;
     pub const XSAVE: usize = 4096;
     pub const XCRS: usize = 392;
 }
@@ -57,11 +56,10 @@ pub const KVM_VCPU_IOCTLS: &[(&str, u64)] = &[
     ("KVM_SET_MSRS", iow(0x89, MSRS)),
     ("KVM_GET_VCPU_EVENTS", ior(0x9f, VCPU_EVENTS)),
     ("KVM_SET_VCPU_EVENTS", iow(0xa0, VCPU_EVENTS)),
-    // The x87/SSE registers gdb reads and writes (`kiln_vmm::debug::fpu`).
-    ("KVM_GET_FPU", ior(0x8c, FPU)),
-    ("KVM_SET_FPU", iow(0x8d, FPU)),
-    // A snapshot: each vCPU reads its own extended state and XCR0 where it holds.
+    // A snapshot: each vCPU reads its own extended state and XCR0 where it holds. gdb reads and writes the x87/SSE
+    // registers in the same state (`kiln_vmm::debug::fpu`).
     ("KVM_GET_XSAVE", ior(0xa4, XSAVE)),
+    ("KVM_SET_XSAVE", iow(0xa5, XSAVE)),
     ("KVM_GET_XCRS", ior(0xa6, XCRS)),
 ];
 
