@@ -278,19 +278,18 @@ fn http_get(port: u16) -> Option<String> {
     Some(response)
 }
 
-#[test]
-fn an_http_server_is_reached_through_qemu_user_networking_hostfwd() {
-    if !qemu_available() {
-        return;
-    }
+/// Boots the flaky HTTP server (it answers two requests) exported, on `machine` with a user-networking card by
+/// `card` (a QEMU device taking netdev n0) and the command line `append`; checks that 127.0.0.1's forwarded port
+/// reaches it, twice, then no more.
+fn serve_http_through_hostfwd(test: &str, machine: &str, card: &str, append: &str) {
     // flaky answers its first two requests, then stops answering (and runs on).
-    let image = export("http", &[guests::c("flaky").to_str().expect("UTF-8 path"), "2"]);
+    let image = export(test, &[guests::c("flaky").to_str().expect("UTF-8 path"), "2"]);
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
     let netdev = format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:80");
     let mut qemu = Command::new(QEMU);
-    qemu.args(["-M", "microvm,acpi=off", "-cpu", "max", "-m", "128M", "-display", "none", "-no-reboot", "-nodefaults"])
+    qemu.args(["-M", machine, "-cpu", "max", "-m", "128M", "-display", "none", "-no-reboot", "-nodefaults"])
         .args(["-serial", "stdio", "-global", "virtio-mmio.force-legacy=false", "-netdev", &netdev])
-        .args(["-device", "virtio-net-device,netdev=n0", "-append", "ip=10.0.2.15::10.0.2.2:255.255.255.0 -- 2"])
+        .args(["-device", card, "-append", append])
         .arg("-kernel")
         .arg(&image)
         .stdin(Stdio::null())
@@ -322,6 +321,43 @@ fn an_http_server_is_reached_through_qemu_user_networking_hostfwd() {
     let console = running.stop();
     assert!(console.contains("flaky: listening\n"), "{console}");
     assert!(console.contains("flaky: stopped answering\n"), "{console}");
+}
+
+/// Without `ip=`, the card's address comes from DHCP: QEMU's user networking leases 10.0.2.15, which `hostfwd`
+/// forwards to.
+#[test]
+fn an_http_server_is_reached_through_qemu_user_networking_hostfwd_with_a_dhcp_lease() {
+    if !qemu_available() {
+        return;
+    }
+    serve_http_through_hostfwd("http", "microvm,acpi=off", "virtio-net-device,netdev=n0", "-- 2");
+}
+
+/// The card's addresses as the program sees them (netlink): DHCP's lease without `ip=`, else the `ip=` word's.
+#[test]
+fn the_card_has_the_dhcp_lease_or_the_ip_words_address() {
+    if !qemu_available() {
+        return;
+    }
+    let image = export("netlink", &[guests::c("netlink").to_str().expect("UTF-8 path"), "all"]);
+    for (append, address) in [("", "10.0.2.15/24"), ("ip=10.0.2.99::10.0.2.2:255.255.0.0", "10.0.2.99/16")] {
+        let args = [
+            "-global",
+            "virtio-mmio.force-legacy=false",
+            "-netdev",
+            "user,id=n0",
+            "-device",
+            "virtio-net-device,netdev=n0",
+            "-device",
+            EXIT_DEVICE,
+            "-append",
+            append,
+        ];
+        let boot = boot(&image, "microvm,acpi=off", &args);
+        let line = format!("eth0: inet {address} up");
+        assert!(boot.console.lines().any(|l| l == line), "missing {line:?} with -append {append:?}:\n{}", boot.console);
+        assert_eq!(boot.status, 1, "exit code 0\n{}", boot.console);
+    }
 }
 
 #[test]

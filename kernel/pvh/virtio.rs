@@ -144,16 +144,22 @@ pub fn discover(boot: &mut BootInfo, cmdline: &[u8]) {
     }
 }
 
-/// The card at `phys` (mapped at `base`) with the command line's addresses; None, saying so, without them.
+/// The card at `phys` (mapped at `base`) with the command line's addresses; without them its IPv4 address is
+/// 0.0.0.0, which the library OS asks of DHCP. A malformed `ip=` leaves the card out, saying so.
 fn network(cmdline: &[u8], base: u64, phys: u64) -> Option<NetInfo> {
-    let Some((ip, gateway, prefix_len)) =
-        cmdline.split(|b| b.is_ascii_whitespace()).find_map(|w| w.strip_prefix(IP_WORD)).and_then(parse_ip)
-    else {
-        serial::write_str(
-            "kiln: the network card is left out: the command line gives it no address \
-             (ip=ADDRESS::GATEWAY:NETMASK; DHCP is not supported yet)\n",
-        );
-        return None;
+    let word = cmdline.split(|b| b.is_ascii_whitespace()).find_map(|w| w.strip_prefix(IP_WORD));
+    let (ip, gateway, prefix_len) = match word {
+        None | Some(b"dhcp") => ([0; 4], [0; 4], 0),
+        Some(value) => match parse_ip(value) {
+            Some(addresses) => addresses,
+            None => {
+                serial::write_str(
+                    "kiln: the network card is left out: its ip= word is not ADDRESS::GATEWAY:NETMASK \
+                     (ip=dhcp, or none, for DHCP)\n",
+                );
+                return None;
+            }
+        },
     };
     let mut mac = [0u8; 6];
     for (i, b) in mac.iter_mut().enumerate() {

@@ -62,6 +62,7 @@ extern "C" fn kiln_main(boot: &'static BootInfo) -> ! {
     net::init(boot);
     syscalls::init(boot);
     syscall_site::init(boot);
+    net::start();
     BOOTED.store(true, Ordering::Release);
     // SAFETY: the VMM built the program's initial stack at `app_stack_pointer` and loaded it at `app_entry`.
     unsafe { entry::enter_program(boot.app_entry, boot.app_stack_pointer) }

@@ -91,8 +91,8 @@ pub struct BootInfo {
 }
 
 /// The network card, if the VM has one: a virtio-net device behind a virtio-mmio register window, and the addresses
-/// the library OS takes on it (no DHCP or router advertisements: the VMM decides, as it decides everything else about
-/// the VM).
+/// the library OS takes on it (no router advertisements: the VMM decides, as it decides everything else about the VM;
+/// only an exported image's IPv4 address may be left to DHCP).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NetInfo {
@@ -101,6 +101,8 @@ pub struct NetInfo {
     pub mac: [u8; 6],
     /// Largest IP packet the link carries.
     pub mtu: u16,
+    /// 0.0.0.0: the library OS asks DHCP for it, and for the prefix and gateway (an exported image booted without
+    /// Linux's `ip=`; Kiln's VMM always gives one).
     pub ipv4: [u8; 4],
     pub gateway: [u8; 4],
     pub prefix_len: u8,

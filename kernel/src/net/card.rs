@@ -1,7 +1,7 @@
 //! The network card's side of the link: IP packets framed in Ethernet to their next hop, whose hardware address is
 //! found with ARP (IPv4) or neighbour discovery (IPv6, RFC 4861), and the checksums the stack leaves out (see
-//! `Link::capabilities`). The VM's addresses are fixed by the VMM, so there is no DHCP, router discovery or duplicate
-//! address detection.
+//! `Link::capabilities`). The VM's addresses are fixed by the VMM (or, exported, leased by DHCP: `dhcp`), so there is
+//! no router discovery or duplicate address detection.
 
 use super::virtio::Transmitter;
 use alloc::collections::VecDeque;
@@ -191,7 +191,8 @@ impl Card {
         let sender_mac: [u8; 6] = packet[8..14].try_into().unwrap_or_default();
         let sender = Ipv4Address::new(packet[14], packet[15], packet[16], packet[17]);
         let target = Ipv4Address::new(packet[24], packet[25], packet[26], packet[27]);
-        let for_us = target == self.address.ip;
+        // Before DHCP gave the card an address, no question is about it.
+        let for_us = target == self.address.ip && !target.is_unspecified();
         if self.address.on_link(sender) {
             self.learn(IpAddress::Ipv4(sender), sender_mac, for_us);
         }

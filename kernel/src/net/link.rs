@@ -4,6 +4,7 @@
 //! its packets go, and a listener on 0.0.0.0 or :: hears both.
 
 use super::card::{Address, Card, ETHERNET_HEADER, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6};
+use super::dhcp::{Change, Dhcp};
 use super::virtio::{Receiver, Transmitter};
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec;
@@ -24,6 +25,8 @@ pub struct Link {
     /// (smoltcp would answer a SYN no socket takes with a reset).
     pub syn_room: BTreeMap<u16, usize>,
     held_syns: VecDeque<(Vec<u8>, Instant)>,
+    /// The DHCP client, for a card the host gave no address.
+    dhcp: Option<Dhcp>,
 }
 
 /// Most SYNs held for a full backlog, and for how long: less than a client's first retransmission (1 s), so that
@@ -45,13 +48,41 @@ impl Link {
             out: Egress { loopback: VecDeque::new(), card: None, now: Instant::ZERO },
             syn_room: BTreeMap::new(),
             held_syns: VecDeque::new(),
+            dhcp: None,
         }
     }
 
-    /// Puts the network card on the link.
-    pub fn attach(&mut self, rx: Receiver, tx: Transmitter, address: Address) {
+    /// Puts the network card on the link; with `dhcp`, it asks for its IPv4 address (`address` has none yet).
+    pub fn attach(&mut self, rx: Receiver, tx: Transmitter, address: Address, dhcp: bool, now: Instant) {
         self.card_rx = Some(rx);
         self.out.card = Some(Card::new(tx, address));
+        self.dhcp = dhcp.then(|| Dhcp::new(address.mac, now));
+    }
+
+    /// Runs the DHCP client, if the card has one, and takes the lease it got (or lost) on the card; returns the
+    /// change, for the stack's interface to take too.
+    pub fn poll_dhcp(&mut self, now: Instant) -> Option<Change> {
+        let (Some(dhcp), Some(card)) = (&mut self.dhcp, &mut self.out.card) else { return None };
+        let change = dhcp.poll(now, &mut card.tx)?;
+        match &change {
+            Change::Leased(lease) => {
+                card.address.ip = lease.address.address();
+                card.address.prefix_len = lease.address.prefix_len();
+                card.address.gateway = lease.router.unwrap_or(Ipv4Address::UNSPECIFIED);
+            }
+            Change::Lost => card.address.ip = Ipv4Address::UNSPECIFIED,
+        }
+        Some(change)
+    }
+
+    /// When the DHCP client next needs a poll, if the card has one.
+    pub fn dhcp_due(&mut self, now: Instant) -> Option<Instant> {
+        self.dhcp.as_mut()?.poll_at(now)
+    }
+
+    /// The card's addresses, if the VM has one.
+    pub fn card_address(&self) -> Option<Address> {
+        self.out.card.as_ref().map(|c| c.address)
     }
 
     /// Whether nothing waits for the stack's next poll inside the link: no packet on the loopback. (Held SYNs that
@@ -174,6 +205,7 @@ impl Device for Link {
             let packet = &frame[ETHERNET_HEADER..];
             let to_stack = match ethertype {
                 _ if !card.hears(dst) => false,
+                _ if self.dhcp.as_mut().is_some_and(|d| d.take(frame)) => false,
                 ETHERTYPE_IPV4 => true,
                 ETHERTYPE_IPV6 => card.address.ip6.is_some() && !card.take_ndisc(packet),
                 ETHERTYPE_ARP => {

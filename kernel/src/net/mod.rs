@@ -11,6 +11,7 @@
 
 pub mod addr;
 pub mod card;
+pub mod dhcp;
 pub mod groups;
 pub mod interfaces;
 pub mod kept;
@@ -77,7 +78,9 @@ impl PortClaim {
 pub struct Stack {
     pub iface: Interface,
     device: Link,
-    /// The card's addresses, if the VM has one that works.
+    /// Whether the VM has a network card that works.
+    has_card: bool,
+    /// The card's addresses, if it has them (the IPv4 one may wait for DHCP).
     external: Option<Ipv4Address>,
     external6: Option<Ipv6Address>,
     pub sockets: Sockets,
@@ -100,6 +103,8 @@ pub struct Stack {
     /// Waitables to tell once the stack's lock is released (telling wakes threads, under the scheduler's lock, which
     /// is taken before the stack's elsewhere).
     to_tell: Vec<Arc<Waitable>>,
+    /// A new `/etc/resolv.conf` from a DHCP lease, written once the stack's lock is released.
+    resolv_conf: Option<Vec<u8>>,
 }
 
 struct Tracked {
@@ -165,27 +170,30 @@ pub fn stack() -> SpinGuard<'static, Option<Stack>> {
     if guard.is_none() {
         let mut device = Link::new();
         let external = CARD.lock().take().map(|card| attach(&mut device, &card));
+        // Before a DHCP lease, the card has no IPv4 address.
+        let v4 = external.filter(|card| !card.ip.is_unspecified());
         let mut iface = Interface::new(Config::new(HardwareAddress::Ip), &mut device, now());
         iface.update_ip_addrs(|addrs| {
             let _ = addrs.push(IpCidr::new(IpAddress::v4(127, 0, 0, 1), 8));
             let _ = addrs.push(IpCidr::new(IpAddress::v6(0, 0, 0, 0, 0, 0, 0, 1), 128));
-            if let Some(card) = external {
+            if let Some(card) = v4 {
                 let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(card.ip), card.prefix_len));
-                if let Some(v6) = card.ip6 {
-                    let _ = addrs.push(IpCidr::new(IpAddress::Ipv6(v6.ip), v6.prefix_len));
-                }
+            }
+            if let Some(v6) = external.and_then(|card| card.ip6) {
+                let _ = addrs.push(IpCidr::new(IpAddress::Ipv6(v6.ip), v6.prefix_len));
             }
         });
-        if let Some(card) = external {
+        if let Some(card) = v4 {
             let _ = iface.routes_mut().add_default_ipv4_route(card.gateway);
-            if let Some(gateway) = card.ip6.and_then(|v6| v6.gateway) {
-                let _ = iface.routes_mut().add_default_ipv6_route(gateway);
-            }
+        }
+        if let Some(gateway) = external.and_then(|card| card.ip6).and_then(|v6| v6.gateway) {
+            let _ = iface.routes_mut().add_default_ipv6_route(gateway);
         }
         *guard = Some(Stack {
             iface,
             device,
-            external: external.map(|card| card.ip),
+            has_card: external.is_some(),
+            external: v4.map(|card| card.ip),
             external6: external.and_then(|card| card.ip6).map(|v6| v6.ip),
             sockets: Sockets::new(hash_seed()),
             ports: BTreeMap::new(),
@@ -197,6 +205,7 @@ pub fn stack() -> SpinGuard<'static, Option<Stack>> {
             room_waiters: Vec::new(),
             tracked: BTreeMap::new(),
             to_tell: Vec::new(),
+            resolv_conf: None,
         });
     }
     guard
@@ -209,12 +218,13 @@ fn hash_seed() -> u64 {
     u64::from_ne_bytes(seed)
 }
 
-/// Sets the network card up and puts it on the link with the addresses the VMM gave it. A card that does not start
-/// stops the VM with the reason (the VMM offered it, so this is a bug or a VM too small for its buffers).
+/// Sets the network card up and puts it on the link with the addresses the VMM gave it (an IPv4 address of 0.0.0.0
+/// is asked of DHCP). A card that does not start stops the VM with the reason (the VMM offered it, so this is a bug
+/// or a VM too small for its buffers).
 fn attach(device: &mut Link, card: &NetInfo) -> card::Address {
     let address = card_address(card);
     match virtio::setup(card.mmio_phys, address.mtu) {
-        Ok((rx, tx)) => device.attach(rx, tx, address),
+        Ok((rx, tx)) => device.attach(rx, tx, address, wants_dhcp(card), now()),
         Err(virtio::SetupError::OutOfMemory) => {
             crate::hypercall::panic_message("no memory left for the network card's buffers; give the VM more --memory")
         }
@@ -223,6 +233,32 @@ fn attach(device: &mut Link, card: &NetInfo) -> card::Address {
         }
     }
     address
+}
+
+/// Whether the card's IPv4 address is DHCP's to give (the platform layer of an exported image found no `ip=`).
+fn wants_dhcp(card: &NetInfo) -> bool {
+    card.ipv4 == [0; 4]
+}
+
+/// Most time the boot waits for a DHCP lease before the program starts (without an address, while the card keeps
+/// asking).
+const LEASE_WAIT_NS: u64 = 10_000_000_000;
+
+/// Before the program starts: a card whose address is DHCP's gets its lease first, as Linux's `ip=dhcp` waits for
+/// it, within [`LEASE_WAIT_NS`].
+pub fn start() {
+    if !CARD.lock().as_ref().is_some_and(wants_dhcp) {
+        return;
+    }
+    let deadline = time::since_boot_ns().saturating_add(LEASE_WAIT_NS);
+    loop {
+        poll();
+        let now = time::since_boot_ns();
+        if inspect(|s| s.external.is_some()) || now >= deadline {
+            return;
+        }
+        time::wait_until(next_deadline().unwrap_or(deadline).clamp(now + 1_000_000, deadline));
+    }
 }
 
 /// The addresses the VMM gave the card, as the library OS takes them.
@@ -249,7 +285,11 @@ pub fn with<R>(f: impl FnOnce(&mut Stack) -> R) -> R {
     let result = f(s);
     s.poll();
     let mut to_tell = core::mem::take(&mut s.to_tell);
+    let resolv_conf = s.resolv_conf.take();
     drop(guard);
+    if let Some(conf) = resolv_conf {
+        crate::vfs::replace_file("/etc/resolv.conf", &conf);
+    }
     // Once each (a listener's backlog sockets share its waitable).
     to_tell.sort_unstable_by_key(Arc::as_ptr);
     to_tell.dedup_by(|a, b| Arc::ptr_eq(a, b));
@@ -373,7 +413,7 @@ pub fn can_wake() -> bool {
     STACK
         .lock()
         .as_ref()
-        .is_some_and(|s| s.external.is_some() && s.tracked.keys().any(|&handle| reachable(s.sockets.socket(handle))))
+        .is_some_and(|s| s.has_card && s.tracked.keys().any(|&handle| reachable(s.sockets.socket(handle))))
 }
 
 /// Whether packets from the card can reach `socket`: it listens or is bound beyond the loopback, or talks to a peer
@@ -407,7 +447,8 @@ pub fn next_deadline() -> Option<u64> {
     if s.unfinished || s.device.has_frames() || s.sockets.has_pending() {
         return Some(time::since_boot_ns());
     }
-    let due = s.sockets.next_due()?;
+    let dhcp = s.device.dhcp_due(now());
+    let due = [s.sockets.next_due(), dhcp].into_iter().flatten().min()?;
     Some(u64::try_from(due.total_micros()).unwrap_or(0).saturating_mul(1000))
 }
 
@@ -419,6 +460,10 @@ impl Stack {
         // A second pass only to send the resets of closed connections that data came to (`reap`).
         for _ in 0..2 {
             self.rounds();
+            // After the rounds, which gave it the frames that were its.
+            if let Some(change) = self.device.poll_dhcp(now()) {
+                self.take_lease(change);
+            }
             if self.device.flush() {
                 let _ = KICK_OWED.compare_exchange(0, time::since_boot_ns().max(1), Ordering::SeqCst, Ordering::SeqCst);
             }
@@ -480,6 +525,31 @@ impl Stack {
                 break;
             }
         }
+    }
+
+    /// Takes the card's new DHCP lease (or its loss): its address, prefix and default route, and its DNS servers
+    /// for `/etc/resolv.conf`.
+    fn take_lease(&mut self, change: dhcp::Change) {
+        let old = self.external.take();
+        self.iface.update_ip_addrs(|addrs| addrs.retain(|cidr| old.is_none_or(|old| cidr.address() != old.into())));
+        self.iface.routes_mut().remove_default_ipv4_route();
+        if let dhcp::Change::Leased(lease) = change {
+            self.iface.update_ip_addrs(|addrs| {
+                let _ = addrs.push(IpCidr::Ipv4(lease.address));
+            });
+            if let Some(router) = lease.router {
+                let _ = self.iface.routes_mut().add_default_ipv4_route(router);
+            }
+            self.external = Some(lease.address.address());
+            if !lease.dns.is_empty() {
+                let mut conf = alloc::string::String::new();
+                for server in &lease.dns {
+                    let _ = core::fmt::Write::write_fmt(&mut conf, format_args!("nameserver {server}\n"));
+                }
+                self.resolv_conf = Some(conf.into_bytes());
+            }
+        }
+        *CARD_ADDRESS.lock() = self.device.card_address();
     }
 
     /// Queues the waitables of the sockets among `touched` that look different from the last look to be told.
@@ -595,7 +665,7 @@ impl Stack {
     fn count_syn_room(&mut self) {
         let room = &mut self.device.syn_room;
         room.clear();
-        if self.external.is_none() || self.listeners.is_empty() {
+        if !self.has_card || self.listeners.is_empty() {
             return;
         }
         for &port in self.listeners.keys() {

@@ -504,6 +504,16 @@ fn create_file(path: &str, contents: &[u8]) -> Result<(), Errno> {
     inode.write_at(0, contents, false).map(|_| ())
 }
 
+/// Makes the file at `path` hold `contents` (a configuration file the library OS keeps, such as `/etc/resolv.conf`
+/// from a DHCP lease), made again if it was removed; a directory there is left alone.
+pub fn replace_file(path: &str, contents: &[u8]) {
+    if let Ok(inode) = create(path, 0o644, false) {
+        if inode.truncate(0).is_ok() {
+            let _ = inode.write_at(0, contents, false);
+        }
+    }
+}
+
 /// `path` made absolute and canonical ([`normalise`]), its last name not followed unless a trailing slash asks for
 /// a directory. A trailing slash on something else is ENOTDIR (a missing last name with one is fine:
 /// `mkdir("new/")`).
