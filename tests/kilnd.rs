@@ -301,7 +301,7 @@ fn kilnd_stops_its_instances_when_it_stops() {
     if !kvm::available() {
         return;
     }
-    let mut kilnd = Kilnd::start("shutdown");
+    let mut kilnd = Kilnd::start_with(scratch("kilnd", "shutdown"), &["--stop-instances"]);
     let waiter = guests::c("waiter");
     let id = kilnd.create(serde_json::json!({"image": waiter, "args": ["graceful"]}));
     kilnd.wait_log(&id, "waiter: ready\n");
@@ -437,14 +437,14 @@ fn restart_policies_restart_a_crashing_program_with_backoff() {
     assert!(kilnd.refused("POST", "/instances", &bad, 400).contains("cannot go together"));
 }
 
-/// A kilnd restart ends its instances (they run in its process), and the next kilnd starts again those whose policy
-/// is `always`, and `unless-stopped` ones the user did not stop.
+/// A kilnd stopped with `--stop-instances` ends its instances (they run in its process), and the next kilnd starts
+/// again those whose policy is `always`, and `unless-stopped` ones the user did not stop.
 #[test]
 fn a_kilnd_restart_starts_its_always_instances_again() {
     if !kvm::available() {
         return;
     }
-    let mut kilnd = Kilnd::start("kilnd-restart");
+    let mut kilnd = Kilnd::start_with(scratch("kilnd", "kilnd-restart"), &["--stop-instances"]);
     let waiter = guests::c("waiter");
     let keep = kilnd.create(serde_json::json!({"image": waiter, "args": ["graceful"], "restart": "always"}));
     let unless = kilnd.create(serde_json::json!({"image": waiter, "args": ["graceful"], "restart": "unless-stopped"}));
@@ -475,6 +475,121 @@ fn a_kilnd_restart_starts_its_always_instances_again() {
         let record = kilnd.instance(id);
         assert_eq!((record["state"].as_str(), record["restarts"].as_u64()), (Some("exited"), Some(0)), "{record}");
     }
+}
+
+fn record_file(home: &Path, id: &str) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(home.join("instances").join(id).join("record.json")).unwrap()).unwrap()
+}
+
+/// The number in hitcount's answer (`hit N`).
+fn hits(answer: &str) -> u64 {
+    answer.trim().strip_prefix("hit ").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("answer {answer:?}"))
+}
+
+/// A kilnd stop keeps its instances (paused, written to their folder) and the next kilnd runs them on from there:
+/// the same VM, its state kept (the counter goes on), the same id, its uptime going on, no second boot; a second
+/// restart keeps the restored one too. An instance with a volume cannot be kept and is stopped.
+#[test]
+fn instances_keep_running_across_a_kilnd_restart() {
+    if !kvm::available() {
+        return;
+    }
+    let mut kilnd = Kilnd::start("keep");
+    let port = free_port();
+    let id = kilnd.create(serde_json::json!({
+        "image": guests::c("hitcount"), "memory": "32M", "publish": [format!("127.0.0.1:{port}:80")],
+    }));
+    kilnd.wait_log(&id, "hitcount: listening\n");
+    assert_eq!(get(port).as_deref(), Ok("hit 1\n"));
+    assert_eq!(get(port).as_deref(), Ok("hit 2\n"));
+    let before = kilnd.instance(&id);
+    let old_pid = kilnd.child.id();
+    assert!(kilnd.stop().success(), "{}", kilnd.stderr());
+
+    // Between the two: recorded running and kept, its state in its folder; kiln ps (no kilnd) shows it running.
+    let kept = record_file(&kilnd.home, &id);
+    assert_eq!((kept["state"].as_str(), kept["kept"].as_bool()), (Some("running"), Some(true)), "{kept}");
+    let snapshot = kilnd.home.join("instances").join(&id).join("kept.snap");
+    assert!(snapshot.exists());
+    let ps = kiln_in(&kilnd.home).args(["ps"]).run();
+    ps.assert_code(0);
+    assert!(ps.stdout_text().lines().any(|l| l.starts_with(&id) && l.contains("running for")), "{}", ps.stdout_text());
+    assert!(get(port).is_err(), "nothing answers while no kilnd runs");
+
+    let mut kilnd = Kilnd::start_in(kilnd.home.clone());
+    assert_ne!(kilnd.child.id(), old_pid);
+    assert_eq!(get(port).as_deref(), Ok("hit 3\n"), "the counter does not go on");
+    let after = kilnd.instance(&id);
+    assert_eq!(after["state"], "running", "{after}");
+    assert_eq!(after["pid"].as_u64(), Some(u64::from(kilnd.child.id())), "{after}");
+    assert_eq!((&after["started_ms"], &after["restarts"]), (&before["started_ms"], &before["restarts"]), "{after}");
+    assert!(after.get("kept").is_none(), "{after}");
+    assert!(!snapshot.exists(), "the snapshot stays after the restore");
+    let log = kilnd.call("GET", &format!("/instances/{id}/logs"), "").1;
+    assert_eq!(log.matches("hitcount: listening").count(), 1, "it booted again: {log:?}");
+    let ps = kiln_in(&kilnd.home).args(["ps"]).run();
+    assert!(ps.stdout_text().lines().any(|l| l.starts_with(&id) && l.contains("running for")), "{}", ps.stdout_text());
+
+    // Kept again (a restored VM's untouched pages are in the file it came from, which is gone from the folder).
+    let volume = kiln_in(&kilnd.home).args(["volume", "create", "data", "--size", "16M"]).run();
+    volume.assert_code(0);
+    let with_volume = kilnd.create(serde_json::json!({
+        "image": guests::c("waiter"), "args": ["graceful"], "volumes": ["data:/data"],
+    }));
+    kilnd.wait_log(&with_volume, "waiter: ready\n");
+    assert!(kilnd.stop().success());
+    let stderr = kilnd.stderr();
+    assert!(stderr.contains(&format!("instance {with_volume} cannot be kept, so it is stopped")), "{stderr}");
+    let stopped = record_file(&kilnd.home, &with_volume);
+    assert_eq!((stopped["state"].as_str(), stopped["exit_code"].as_i64()), (Some("exited"), Some(0)), "{stopped}");
+    let kilnd = Kilnd::start_in(kilnd.home.clone());
+    assert_eq!(get(port).as_deref(), Ok("hit 4\n"), "the second restart lost the count");
+    assert_eq!(kilnd.instance(&id)["started_ms"], before["started_ms"]);
+    assert_eq!(kilnd.instance(&with_volume)["state"], "exited");
+}
+
+/// A service's replicas are kept across a kilnd restart too: the same replicas (same ids, no second boot, their
+/// counts going on) behind the service's port, which the next kilnd serves again.
+#[test]
+fn a_services_replicas_keep_running_across_a_kilnd_restart() {
+    if !kvm::available() {
+        return;
+    }
+    let mut kilnd = Kilnd::start("keep-service");
+    let port = free_port();
+    let body = serde_json::json!({
+        "name": "count", "image": guests::c("hitcount"), "replicas": 2, "memory": "32M",
+        "publish": [format!("127.0.0.1:{port}:80")],
+        "health": {"check": format!("http:{port}/"), "interval_ms": 100, "timeout_ms": 1000, "retries": 2},
+    });
+    kilnd.ok("POST", "/services", &body.to_string(), 201);
+    let ids = |status: &serde_json::Value| -> Vec<String> {
+        let mut ids: Vec<String> =
+            status["running"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
+        ids.sort();
+        ids
+    };
+    let replicas = ids(&kilnd.wait_service("count", "steady", 1));
+    // Health checks count too: after 3 s at 10 probes a second, each replica is well past what a new one would say
+    // at its first answer.
+    std::thread::sleep(Duration::from_secs(3));
+    let before: Vec<u64> = (0..2).map(|_| hits(&get(port).unwrap())).collect();
+    assert!(before.iter().all(|&n| n > 20), "{before:?}");
+    assert!(kilnd.stop().success(), "{}", kilnd.stderr());
+    for id in &replicas {
+        assert_eq!(record_file(&kilnd.home, id)["kept"], true);
+    }
+
+    let kilnd = Kilnd::start_in(kilnd.home.clone());
+    assert_eq!(ids(&kilnd.wait_service("count", "steady", 1)), replicas, "other replicas run");
+    let after: Vec<u64> = (0..4).map(|_| hits(&get(port).unwrap())).collect();
+    let least = *before.iter().min().unwrap();
+    assert!(after.iter().all(|&n| n > least), "a replica counts from the start again: {before:?} then {after:?}");
+    for id in &replicas {
+        let log = kilnd.call("GET", &format!("/instances/{id}/logs"), "").1;
+        assert_eq!(log.matches("hitcount: listening").count(), 1, "{id} booted again: {log:?}");
+    }
+    assert_eq!(kilnd.ok("GET", "/instances?all=1", "", 200).as_array().unwrap().len(), 2);
 }
 
 /// Health checks from the host to a published port: healthy while the program answers, unhealthy once it stops.

@@ -86,6 +86,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     // The server bench/http.sh and bench/snapshot.sh measure, so that tests/snapshot.rs snapshots the same program.
     ("epollhttp", "../../../bench/epollhttp.c", Link::Static),
     ("flaky", "flaky.c", Link::Static),
+    ("hitcount", "hitcount.c", Link::Static),
     ("spinsignal", "spinsignal.c", Link::Static),
     ("churn", "churn.c", Link::Static),
     ("mprotect", "mprotect.c", Link::Static),

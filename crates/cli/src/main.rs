@@ -68,6 +68,10 @@ struct DaemonArgs {
     #[arg(long, value_name = "N", default_value_t = kilnd::DEFAULT_MAX_INSTANCES as u64,
           value_parser = clap::value_parser!(u64).range(1..))]
     max_instances: u64,
+    /// Stop the instances when kilnd stops (SIGTERM, then SIGKILL after 10 s), instead of keeping them for the next
+    /// kilnd, which runs them on from where they were
+    #[arg(long)]
+    stop_instances: bool,
 }
 
 #[derive(Subcommand)]
@@ -161,9 +165,12 @@ fn main() -> ExitCode {
         Command::Pull(args) => registry::pull(args),
         Command::Login(args) => registry::login(args),
         Command::Logout(args) => registry::logout(args),
-        Command::Daemon(args) => kilnd::run(kilnd::Config { max_instances: args.max_instances as usize })
-            .map(|()| 0)
-            .map_err(anyhow::Error::from),
+        Command::Daemon(args) => kilnd::run(kilnd::Config {
+            max_instances: args.max_instances as usize,
+            stop_instances: args.stop_instances,
+        })
+        .map(|()| 0)
+        .map_err(anyhow::Error::from),
         Command::Service(command) => service::run(command),
     };
     match result {

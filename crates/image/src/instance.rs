@@ -70,7 +70,14 @@ pub struct Instance {
     /// The kilnd service it is a replica of: the service starts, drains and removes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
+    /// kilnd stopped with this instance kept, not ended: its VM's state is in [`KEPT_SNAPSHOT`] in its folder, and
+    /// the next kilnd runs it on from there (same id, same start time). Meanwhile it counts as running.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kept: bool,
 }
+
+/// The file in an instance's folder that holds a kept instance's VM between two kilnds.
+pub const KEPT_SNAPSHOT: &str = "kept.snap";
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstanceError {
@@ -213,6 +220,7 @@ impl Instance {
             health_check: None,
             health: None,
             service: None,
+            kept: false,
         }
     }
 
@@ -227,7 +235,8 @@ impl Instance {
     /// Whether the record says running (or starting, with a process) but that process is gone.
     fn lost(&self) -> bool {
         match self.state {
-            State::Running | State::Restarting => !self.vmm_alive(),
+            State::Running => !self.kept && !self.vmm_alive(),
+            State::Restarting => !self.vmm_alive(),
             State::Created => self.pid.is_some() && !self.vmm_alive(),
             State::Exited => false,
         }

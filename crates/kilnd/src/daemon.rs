@@ -7,7 +7,7 @@ use crate::health::Verdicts;
 use crate::held::Held;
 use kiln_image::instance::{
     create_with_default_name, default_name_base, new_id, now, process_start, tail_start, Instance, InstanceError,
-    Instances, State,
+    Instances, State, KEPT_SNAPSHOT,
 };
 use kiln_image::restart::RestartPolicy;
 use kiln_image::Store;
@@ -18,6 +18,9 @@ use std::time::Duration;
 
 /// How long a SIGKILLed VM may take to end before kilnd says so.
 const KILL_WAIT: Duration = Duration::from_secs(10);
+/// Instances written (kept) or restored at once as kilnd stops and starts: each is mostly one thread's work (the
+/// pause, the write; the VM's making), and the host has few cores.
+const WORKERS: usize = 4;
 
 pub struct Daemon {
     store: Store,
@@ -97,15 +100,40 @@ impl Daemon {
         self.held.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
     }
 
-    /// At kilnd's start: instances an earlier kilnd ran died with it. Those whose policy is `always`, and
-    /// `unless-stopped` ones the user did not stop, start again (as Docker's daemon restarts its containers); the
-    /// others are recorded as ended.
+    /// At kilnd's start: the instances an earlier kilnd kept as it stopped (`keep_all`) run on from their snapshots,
+    /// a few at a time. Of those that died with it (a crash, `--stop-instances`, or one that could not be kept), those
+    /// whose policy is `always`, and `unless-stopped` ones the user did not stop, start again (as Docker's daemon
+    /// restarts its containers); the others are recorded as ended.
     pub fn adopt_records(self: &Arc<Self>) -> Result<(), ApiError> {
         let instances = self.instances();
-        for record in instances.records()? {
-            if !record.kilnd || record.pid == Some(self.process.0) {
-                continue;
+        let (kept, gone): (Vec<Instance>, Vec<Instance>) = instances
+            .records()?
+            .into_iter()
+            .filter(|r| r.kilnd && r.pid != Some(self.process.0))
+            .partition(|r| r.kept && r.state == State::Running);
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let failed = Mutex::new(Vec::new());
+        std::thread::scope(|scope| {
+            for _ in 0..WORKERS.min(kept.len()) {
+                scope.spawn(|| {
+                    while let Some(record) = kept.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+                        if let Err(why) = self.run_kept(record) {
+                            failed.lock().unwrap_or_else(|e| e.into_inner()).push((record.clone(), why));
+                        }
+                    }
+                });
             }
+        });
+        let failed = failed.into_inner().unwrap_or_else(|e| e.into_inner());
+        let mut fallen = Vec::new();
+        for (record, why) in failed {
+            tracing::warn!("instance {}: kept by the last kilnd, but {why}", record.name);
+            note(&instances.log_path(&record.id), &format!("kiln: kept by the last kilnd, but {why}"));
+            let _ = std::fs::remove_file(instances.dir(&record.id).join(KEPT_SNAPSHOT));
+            let _ = instances.update(&record.id, |i| i.kept = false);
+            fallen.push(Instance { kept: false, ..record });
+        }
+        for record in gone.into_iter().chain(fallen) {
             let wanted = match record.restart {
                 RestartPolicy::Always => true,
                 RestartPolicy::UnlessStopped => !record.stopped,
@@ -117,6 +145,17 @@ impl Daemon {
                 self.ended(&record.id, record.exit_code.unwrap_or(-1), "the kilnd that ran it ended".into());
             }
         }
+        Ok(())
+    }
+
+    /// Runs a kept instance on from its snapshot; why it could not be.
+    fn run_kept(self: &Arc<Self>, record: &Instance) -> Result<(), String> {
+        let path = self.instances().dir(&record.id).join(KEPT_SNAPSHOT);
+        let snapshot = kiln_vmm::snapshot::Opened::open(&path).map_err(|e| format!("its snapshot: {}", chain(&e)))?;
+        let spec = serde_json::from_value::<kiln_launch::LaunchSpec>(snapshot.launch().clone())
+            .map_err(|e| format!("its snapshot's launch specification: {e}"))?;
+        let held = crate::runner::start(self, &record.id, spec, Some(snapshot)).map_err(|e| e.to_string())?;
+        self.hold(&record.id, held);
         Ok(())
     }
 
@@ -135,7 +174,7 @@ impl Daemon {
         if updated.is_err() {
             return;
         }
-        match crate::runner::start(self, &record.id, spec) {
+        match crate::runner::start(self, &record.id, spec, None) {
             Ok(held) => self.hold(&record.id, held),
             Err(e) => self.ended(&record.id, -1, format!("cannot restart it with kilnd: {e}")),
         }
@@ -206,7 +245,7 @@ impl Daemon {
         }
         let name = instances.load(&id)?.name;
         // Held before it starts, so that a stop that comes as soon as it runs finds it.
-        match crate::runner::start(self, &id, spec) {
+        match crate::runner::start(self, &id, spec, None) {
             Ok(held) => {
                 self.hold(&id, held);
                 Ok(Created { id, name })
@@ -356,6 +395,39 @@ impl Daemon {
         Ok(())
     }
 
+    /// Keeps every instance this kilnd runs for the next kilnd (its shutdown, unless `--stop-instances`): each is
+    /// paused at its quiescent point and written to `kept.snap` in its folder, and its VM ends there; its record stays
+    /// running, marked `kept`. Those that cannot be kept (volumes, a debugger attached, waiting to restart) are left
+    /// for [`Daemon::stop_all`]. How many were kept.
+    pub fn keep_all(&self) -> usize {
+        let held: Vec<(String, Arc<Held>)> =
+            self.held.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let kept = std::sync::atomic::AtomicUsize::new(0);
+        let instances = self.instances();
+        std::thread::scope(|scope| {
+            for _ in 0..WORKERS.min(held.len()) {
+                scope.spawn(|| {
+                    while let Some((id, held)) = held.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+                        let started = std::time::Instant::now();
+                        match held.keep(&instances.dir(id).join(KEPT_SNAPSHOT)) {
+                            Ok(written) if held.wait_ended(KILL_WAIT) => {
+                                kept.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                let took = started.elapsed();
+                                tracing::debug!(id, ?took, bytes = written.memory_bytes, "kept");
+                            }
+                            Ok(_) => tracing::error!("instance {id}: written, but its VM did not end"),
+                            Err(why) => tracing::warn!("instance {id} cannot be kept, so it is stopped: {why}"),
+                        }
+                    }
+                });
+            }
+        });
+        let kept = kept.into_inner();
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).retain(|id, _| instances.load(id).is_ok_and(|i| !i.kept));
+        kept
+    }
+
     /// Stops every instance this kilnd runs (its shutdown), each with its own stop timeout, all at once.
     pub fn stop_all(&self) {
         let held: Vec<(String, Arc<Held>)> =
@@ -371,6 +443,14 @@ impl Daemon {
                 }
             }
         }
+    }
+}
+
+/// A line of kilnd's in the instance's log.
+fn note(log: &std::path::Path, line: &str) {
+    use std::io::Write;
+    if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+        let _ = writeln!(file, "{line}");
     }
 }
 

@@ -1,6 +1,10 @@
 //! An instance that runs on threads of this process: how kilnd reaches its VM (the signals it forwards, SIGKILL to
-//! end it), asks it to stay stopped (no restart), and learns that it ended for good.
+//! end it, a snapshot to keep it across kilnd's restart), asks it to stay stopped (no restart), and learns that it
+//! ended for good.
 
+use kiln_vmm::snapshot::{Request, Written};
+use kiln_vmm::Controller;
+use std::path::Path;
 use std::sync::mpsc::Sender;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -13,6 +17,10 @@ pub const SIGKILL: u32 = 9;
 struct Status {
     /// To the running VM's host-signal thread; `None` between runs (waiting to restart) and after the last.
     signals: Option<Sender<u32>>,
+    /// The running VM's controller (snapshots), and the launch specification its snapshot keeps.
+    controller: Option<(Controller, serde_json::Value)>,
+    /// Its VM is being (or was) written for the next kilnd: its run's end is not an end.
+    keeping: bool,
     /// The user (or kilnd's own stop) asked it to stop: no restart.
     stopped: bool,
     /// Its last run has returned, its ending is recorded, and no restart follows.
@@ -37,9 +45,44 @@ impl Held {
         self.status().signals = Some(signals);
     }
 
+    /// Snapshots of the running VM go to `controller`, keeping `launch` (its launch specification).
+    pub fn control(&self, controller: Controller, launch: serde_json::Value) {
+        self.status().controller = Some((controller, launch));
+    }
+
     /// The run has returned.
     pub fn detach(&self) {
-        self.status().signals = None;
+        let mut status = self.status();
+        status.signals = None;
+        status.controller = None;
+    }
+
+    /// Pauses the running VM at its quiescent point, writes it to `path` and ends it there, so that the next kilnd
+    /// runs it on ([`Held::keeping`] then says so to the run's thread). The reason it could not be, if not: no VM runs
+    /// (between restarts), it is being stopped, or the snapshot was refused (volumes, a debugger).
+    pub fn keep(&self, path: &Path) -> Result<Written, String> {
+        let (controller, launch) = {
+            let mut status = self.status();
+            if status.stopped {
+                return Err("it is being stopped".into());
+            }
+            let Some((controller, launch)) = status.controller.clone() else {
+                return Err("no VM of it runs (it waits to restart)".into());
+            };
+            status.keeping = true;
+            (controller, launch)
+        };
+        let request = Request { path: path.to_path_buf(), keep_running: false, launch };
+        let written = controller.snapshot(request).map_err(|e| kiln_launch::chain(&e));
+        if written.is_err() {
+            self.status().keeping = false;
+        }
+        written
+    }
+
+    /// Whether its VM was written for the next kilnd (its run ended there).
+    pub fn keeping(&self) -> bool {
+        self.status().keeping
     }
 
     /// Sends `signal` to the running VM; false if none runs.

@@ -62,15 +62,18 @@ pub const DEFAULT_MAX_INSTANCES: usize = 10_000;
 pub struct Config {
     /// At most this many instances at once, replicas included; a create beyond it is refused (409).
     pub max_instances: usize,
+    /// Its stop stops its instances (`--stop-instances`), instead of keeping them for the next kilnd.
+    pub stop_instances: bool,
 }
 
 impl Default for Config {
     fn default() -> Config {
-        Config { max_instances: DEFAULT_MAX_INSTANCES }
+        Config { max_instances: DEFAULT_MAX_INSTANCES, stop_instances: false }
     }
 }
 
-/// Runs kilnd in the foreground until SIGTERM or SIGINT, then stops its instances and returns.
+/// Runs kilnd in the foreground until SIGTERM or SIGINT, then keeps its instances for the next kilnd (or stops
+/// them, with [`Config::stop_instances`]) and returns.
 pub fn run(config: Config) -> Result<(), DaemonError> {
     let home = kiln_launch::home::kiln_home().ok_or(kiln_launch::home::NoHome("kilnd's socket"))?;
     std::fs::create_dir_all(&home).map_err(|e| DaemonError::Home(home.clone(), e))?;
@@ -106,10 +109,19 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         let _server = tokio::spawn(server::serve(listener, daemon.clone(), services.clone()));
         Ok::<_, DaemonError>(stop_rx.await.unwrap_or(libc::SIGTERM))
     })?;
-    tracing::info!("kilnd stops (signal {sig}): stopping its instances");
     let _ = std::fs::remove_file(&socket);
     services.shutdown();
     drop(runtime);
+    if config.stop_instances {
+        tracing::info!("kilnd stops (signal {sig}): stopping its instances");
+    } else {
+        let started = std::time::Instant::now();
+        let kept = daemon.keep_all();
+        tracing::info!(
+            "kilnd stops (signal {sig}): {kept} instances kept for the next kilnd in {:?}",
+            started.elapsed()
+        );
+    }
     daemon.stop_all();
     Ok(())
 }

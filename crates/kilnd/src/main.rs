@@ -13,18 +13,27 @@ fn main() -> ExitCode {
         .init();
     let mut config = kilnd::Config::default();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.as_slice() {
-        [] => {}
-        [flag, n] if flag == "--max-instances" => match n.parse::<usize>() {
-            Ok(n) if n > 0 => config.max_instances = n,
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match (arg.as_str(), args.clone().next()) {
+            ("--stop-instances", _) => config.stop_instances = true,
+            ("--max-instances", Some(n)) => {
+                args.next();
+                match n.parse::<usize>() {
+                    Ok(n) if n > 0 => config.max_instances = n,
+                    _ => {
+                        eprintln!("kilnd: --max-instances {n:?} is not a positive number");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
             _ => {
-                eprintln!("kilnd: --max-instances {n:?} is not a positive number");
+                eprintln!(
+                    "kilnd takes only --max-instances N and --stop-instances: it serves the Kiln home of $KILN_HOME \
+                     (docs/api.md)"
+                );
                 return ExitCode::from(2);
             }
-        },
-        _ => {
-            eprintln!("kilnd takes only --max-instances N: it serves the Kiln home of $KILN_HOME (docs/api.md)");
-            return ExitCode::from(2);
         }
     }
     match kilnd::run(config) {

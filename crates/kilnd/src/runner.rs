@@ -2,7 +2,7 @@
 //! with `Vm::run` (whose threads are the VMM's own, with whatever confinement the VMM gives them), its output in the
 //! instance's log, its end in its record; then, if its restart policy says so, after a back-off, the same spec
 //! again. The thread that starts it returns once the first VM is made, or with the error that kept it from being
-//! made.
+//! made. An instance the last kilnd kept (`Held::keep`) starts as the VM its snapshot holds, not as a new one.
 
 use crate::console::LogConsole;
 use crate::daemon::Daemon;
@@ -10,6 +10,7 @@ use crate::error::ApiError;
 use crate::held::{Held, SIGKILL};
 use kiln_image::instance::{now, Instances, State};
 use kiln_launch::{chain, LaunchError, LaunchSpec, Prepared};
+use kiln_vmm::snapshot::Opened;
 use kiln_vmm::{HostSignals, Outcome};
 use std::fs::File;
 use std::io::Write;
@@ -28,14 +29,15 @@ pub fn backoff(n: u32) -> Duration {
     FIRST_BACKOFF.saturating_mul(1u32 << n.min(16)).min(MAX_BACKOFF)
 }
 
-/// Starts the instance `id` (recorded) from `spec`: returns once its VM runs.
-pub fn start(daemon: &Arc<Daemon>, id: &str, spec: LaunchSpec) -> Result<Arc<Held>, ApiError> {
+/// Starts the instance `id` (recorded) from `spec`, or on from the snapshot `kept` (the last kilnd's): returns once
+/// its VM runs.
+pub fn start(daemon: &Arc<Daemon>, id: &str, spec: LaunchSpec, kept: Option<Opened>) -> Result<Arc<Held>, ApiError> {
     let held = Arc::new(Held::default());
     let (ready_tx, ready_rx) = channel();
     let (daemon2, id2, held2) = (daemon.clone(), id.to_string(), held.clone());
     std::thread::Builder::new()
         .name(format!("instance-{}", &id[..id.len().min(8)]))
-        .spawn(move || runs(&daemon2, &id2, &spec, &held2, move |r| drop(ready_tx.send(r))))
+        .spawn(move || runs(&daemon2, &id2, &spec, kept, &held2, move |r| drop(ready_tx.send(r))))
         .map_err(|e| ApiError::Internal(format!("cannot start a thread for the instance: {e}")))?;
     match ready_rx.recv() {
         Ok(Ok(())) => Ok(held),
@@ -45,7 +47,14 @@ pub fn start(daemon: &Arc<Daemon>, id: &str, spec: LaunchSpec) -> Result<Arc<Hel
 }
 
 /// Runs the instance until it ends for good; `ready` hears how the first VM's making went.
-fn runs(daemon: &Daemon, id: &str, spec: &LaunchSpec, held: &Held, ready: impl FnOnce(Result<(), ApiError>)) {
+fn runs(
+    daemon: &Daemon,
+    id: &str,
+    spec: &LaunchSpec,
+    mut kept: Option<Opened>,
+    held: &Held,
+    ready: impl FnOnce(Result<(), ApiError>),
+) {
     let instances = Instances::new(daemon.store());
     let log = match std::fs::OpenOptions::new().create(true).append(true).open(instances.log_path(id)) {
         Ok(log) => log,
@@ -54,7 +63,11 @@ fn runs(daemon: &Daemon, id: &str, spec: &LaunchSpec, held: &Held, ready: impl F
     let mut ready = Some(ready);
     let mut since_steady = 0;
     loop {
-        let prepared = match make(daemon, id, spec, &log) {
+        let made = match kept.take() {
+            Some(snapshot) => adopt(daemon, id, spec, snapshot),
+            None => make(daemon, id, spec, &log),
+        };
+        let prepared = match made {
             Ok(prepared) => prepared,
             Err(e) => match ready.take() {
                 Some(ready) => return ready(Err(e)),
@@ -70,7 +83,12 @@ fn runs(daemon: &Daemon, id: &str, spec: &LaunchSpec, held: &Held, ready: impl F
             ready(Ok(()));
         }
         let started = Instant::now();
-        let (code, reason) = run_vm(daemon, id, prepared, spec, held, &log);
+        let Ran::Ended(code, reason) = run_vm(daemon, id, prepared, spec, held, &log) else {
+            // Written for the next kilnd, which runs it on: its record stays running.
+            let (pid, pid_start) = daemon.process();
+            let _ = instances.update(id, |i| (i.kept, i.pid, i.pid_start) = (true, Some(pid), Some(pid_start)));
+            break;
+        };
         if started.elapsed() >= STEADY {
             since_steady = 0;
         }
@@ -102,14 +120,47 @@ fn make(daemon: &Daemon, id: &str, spec: &LaunchSpec, log: &File) -> Result<Prep
     Ok(prepared)
 }
 
+/// The VM of the snapshot the last kilnd kept, ready to run on; the record says it runs on this kilnd, with the
+/// start time it had (its uptime goes on). The snapshot file goes once its VM is made: the VM maps it privately, so
+/// its pages stay reachable, and a kilnd that crashed after this never runs an older state of the instance again.
+fn adopt(daemon: &Daemon, id: &str, spec: &LaunchSpec, snapshot: Opened) -> Result<Prepared, ApiError> {
+    let started = Instant::now();
+    let vm = kiln_launch::restore(spec, snapshot).map_err(|e| launch_error(&e))?;
+    let instances = Instances::new(daemon.store());
+    let _ = std::fs::remove_file(instances.dir(id).join(kiln_image::instance::KEPT_SNAPSHOT));
+    let (pid, pid_start) = daemon.process();
+    instances.update(id, |i| {
+        (i.state, i.kept) = (State::Running, false);
+        i.health = i.health_check.as_ref().map(|_| kiln_image::health::Health::Starting);
+        (i.pid, i.pid_start) = (Some(pid), Some(pid_start));
+    })?;
+    tracing::debug!(id, took = ?started.elapsed(), "kept instance restored");
+    Ok(Prepared { vm, object_sites: None, notices: Vec::new() })
+}
+
+/// How a run of the VM ended.
+enum Ran {
+    /// The exit code and why.
+    Ended(i32, String),
+    /// It was written for the next kilnd ([`Held::keep`]).
+    Kept,
+}
+
 /// Runs the VM to its end: the exit code and why, also written to the log unless the program just exited.
-fn run_vm(daemon: &Daemon, id: &str, prepared: Prepared, spec: &LaunchSpec, held: &Held, log: &File) -> (i32, String) {
+fn run_vm(daemon: &Daemon, id: &str, prepared: Prepared, spec: &LaunchSpec, held: &Held, log: &File) -> Ran {
     let console = match log.try_clone() {
         Ok(log) => Arc::new(LogConsole::new(log)),
-        Err(e) => return (i32::from(kiln_launch::KILN_ERROR), format!("kiln failed: cannot share the log: {e}")),
+        Err(e) => {
+            return Ran::Ended(i32::from(kiln_launch::KILN_ERROR), format!("kiln failed: cannot share the log: {e}"))
+        }
+    };
+    let launch = match serde_json::to_value(spec) {
+        Ok(launch) => launch,
+        Err(e) => return Ran::Ended(i32::from(kiln_launch::KILN_ERROR), format!("kiln failed: its launch: {e}")),
     };
     let (signals, signals_rx) = channel();
     held.attach(signals);
+    held.control(prepared.vm.controller(), launch);
     // A stop that came while the VM was being made: it has been asked to end already.
     if held.stopped() {
         held.kill(held.kill_reason().unwrap_or_else(|| "stopped before it ran".into()));
@@ -123,6 +174,7 @@ fn run_vm(daemon: &Daemon, id: &str, prepared: Prepared, spec: &LaunchSpec, held
     daemon.verdicts().forget(id);
     held.detach();
     let (code, reason) = match result {
+        Ok((Outcome::Snapshotted(_), _)) if held.keeping() => return Ran::Kept,
         Ok((Outcome::Killed(SIGKILL), _)) => {
             (128 + SIGKILL as i32, held.kill_reason().unwrap_or_else(|| "killed by SIGKILL".into()))
         }
@@ -135,7 +187,7 @@ fn run_vm(daemon: &Daemon, id: &str, prepared: Prepared, spec: &LaunchSpec, held
     if reason != "exited" {
         let _ = writeln!(&mut &*log, "kiln: {reason}");
     }
-    (code, reason)
+    Ran::Ended(code, reason)
 }
 
 /// The instance's health checker, if its record has a check (checked at its creation).

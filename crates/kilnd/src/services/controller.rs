@@ -71,14 +71,46 @@ struct Replica {
 }
 
 /// Runs the controller until [`Shared::end`]; returns the replicas it still has (the caller stops them or leaves
-/// them to kilnd's shutdown).
+/// them to kilnd's shutdown). It starts with the replicas of the service that run on this kilnd already (those the
+/// last kilnd kept), each given to the balancer on its recorded loopback ports.
 pub fn run(daemon: Arc<Daemon>, shared: Arc<Shared>) -> Vec<String> {
-    let mut control = Controller { daemon, shared, replicas: Vec::new(), failures: 0, hold_off: Instant::now() };
+    let replicas = adopt(&daemon, &shared);
+    let mut control = Controller { daemon, shared, replicas, failures: 0, hold_off: Instant::now() };
     while !control.shared.ending() {
         control.step();
         control.shared.pause();
     }
     control.replicas.into_iter().map(|r| r.id).collect()
+}
+
+/// The service's replicas that run on this kilnd, from their records: a replica is named `SERVICE.GENERATION.RANDOM`
+/// and publishes its loopback ports in the order of the service's ports.
+fn adopt(daemon: &Daemon, shared: &Shared) -> Vec<Replica> {
+    let service = shared.record().name.clone();
+    let records = kiln_image::instance::Instances::new(daemon.store()).records().unwrap_or_default();
+    let mut replicas = Vec::new();
+    for record in records.into_iter().filter(|r| r.service.as_deref() == Some(&service) && daemon.runs(&r.id)) {
+        let generation = record.name.split('.').rev().nth(1).and_then(|g| g.parse::<u64>().ok());
+        let ports: Vec<u16> = record
+            .ports
+            .iter()
+            .filter_map(|p| p.parse::<kiln_usernet::PortForward>().ok())
+            .map(|f| f.host_port)
+            .collect();
+        let Some(generation) = generation else { continue };
+        let backend = Arc::new(Backend::new(record.id.clone(), ports));
+        shared.pool.add(backend.clone());
+        tracing::info!("service {service}: replica {} runs on (kept by the last kilnd)", record.name);
+        replicas.push(Replica {
+            id: record.id,
+            name: record.name,
+            generation,
+            backend,
+            started: Instant::now(),
+            proven: true,
+        });
+    }
+    replicas
 }
 
 struct Controller {

@@ -54,8 +54,9 @@ impl Services {
         self.all().get(name).cloned().ok_or_else(|| ApiError::NotFound(format!("no such service: {name}")))
     }
 
-    /// At kilnd's start: every service in the Kiln home again, its replicas of the kilnd before removed (they ended
-    /// with it) and started anew.
+    /// At kilnd's start: every service in the Kiln home again. Its replicas the kilnd before kept run on already (its
+    /// controller takes them as they are); the records of those that ended with it are removed, and the controller
+    /// starts new ones in their place.
     pub fn restore(&self) {
         let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
         let mut names: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
