@@ -208,21 +208,28 @@ fn microvm_with_disk(disk: &Path) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn a_volume_on_virtio_blk_written_by_one_boot_is_read_by_the_next() {
-    if !qemu_available() {
-        return;
-    }
-    let home = harness::store::scratch("export-volumes", "round-trip");
+/// The same disk under q35, on a virtio-pci device.
+fn q35_with_disk(disk: &Path) -> Vec<String> {
+    let drive = format!("file={},format=raw,if=none,id=v0", disk.display());
+    ["-drive", &drive, "-device", "virtio-blk-pci,drive=v0", "-device", EXIT_DEVICE]
+        .into_iter()
+        .map(String::from)
+        .collect()
+}
+
+/// A volume is written by one boot of an exported image and read by the next, on `machine` with the disk as
+/// `devices` gives it; then a boot without the disk says what is missing.
+fn volume_round_trip(test: &str, machine: &str, devices: fn(&Path) -> Vec<String>) {
+    let home = harness::store::scratch("export-volumes", test);
     harness::store::kiln_in(&home).args(["volume", "create", "data", "--size", "64M"]).run().assert_code(0);
     let disk = home.join("volumes").join("data.ext2");
     let guest = guests::c("volume");
     let guest = guest.to_str().expect("UTF-8 path");
-    let devices = microvm_with_disk(&disk);
+    let devices = devices(&disk);
     let devices: Vec<&str> = devices.iter().map(String::as_str).collect();
 
-    let image = export("volume-write", &["-v", "data:/data", guest, "write", "/data"]);
-    let write = boot(&image, "microvm,acpi=off", &devices);
+    let image = export(&format!("{test}-write"), &["-v", "data:/data", guest, "write", "/data"]);
+    let write = boot(&image, machine, &devices);
     assert!(write.console.ends_with("0 failures\n"), "{}", write.console);
     assert_eq!(write.status, 1, "exit code 0 through isa-debug-exit\n{}", write.console);
     let fsck = Command::new("e2fsck").arg("-fn").arg(&disk).output().expect("e2fsck (e2fsprogs)");
@@ -230,15 +237,31 @@ fn a_volume_on_virtio_blk_written_by_one_boot_is_read_by_the_next() {
 
     // The next boot, of another image, at another mount path; its command line's arguments after `--` come before
     // the device words microvm appends, which are not the program's.
-    let image = export("volume-read", &["-v", "data:/mnt/vol", guest, "write", "/nothing"]);
-    let read = boot(&image, "microvm,acpi=off", &[&devices[..], &["-append", "-- read /mnt/vol"]].concat());
+    let image = export(&format!("{test}-read"), &["-v", "data:/mnt/vol", guest, "write", "/nothing"]);
+    let read = boot(&image, machine, &[&devices[..], &["-append", "-- read /mnt/vol"]].concat());
     assert!(read.console.ends_with("0 failures\n"), "{}", read.console);
     assert_eq!(read.status, 1, "{}", read.console);
 
     // Without the disk, the console says what is missing.
-    let missing = boot(&image, "microvm,acpi=off", &["-device", EXIT_DEVICE]);
+    let missing = boot(&image, machine, &["-device", EXIT_DEVICE]);
     assert!(missing.console.contains("kiln: the image mounts a volume at /mnt/vol but the host gave no virtio-blk"));
     assert_eq!(missing.status, 3, "{}", missing.console);
+}
+
+#[test]
+fn a_volume_on_virtio_blk_written_by_one_boot_is_read_by_the_next() {
+    if !qemu_available() {
+        return;
+    }
+    volume_round_trip("microvm", "microvm,acpi=off", microvm_with_disk);
+}
+
+#[test]
+fn a_volume_on_virtio_blk_pci_written_by_one_boot_is_read_by_the_next_under_q35() {
+    if !qemu_available() {
+        return;
+    }
+    volume_round_trip("q35", "q35", q35_with_disk);
 }
 
 /// A QEMU that is killed when dropped (a server does not end by itself).
@@ -333,6 +356,15 @@ fn an_http_server_is_reached_through_qemu_user_networking_hostfwd_with_a_dhcp_le
     serve_http_through_hostfwd("http", "microvm,acpi=off", "virtio-net-device,netdev=n0", "-- 2");
 }
 
+/// The same server under q35, its card a virtio-pci device (no option ROM: iPXE is not needed to boot a kernel).
+#[test]
+fn an_http_server_on_virtio_net_pci_is_reached_through_hostfwd_under_q35() {
+    if !qemu_available() {
+        return;
+    }
+    serve_http_through_hostfwd("http-pci", "q35", "virtio-net-pci,netdev=n0,romfile=", "-- 2");
+}
+
 /// The card's addresses as the program sees them (netlink): DHCP's lease without `ip=`, else the `ip=` word's.
 #[test]
 fn the_card_has_the_dhcp_lease_or_the_ip_words_address() {
@@ -381,4 +413,84 @@ fn unsupported_exports_are_refused_in_one_line() {
     assert_eq!(out.code, Some(125), "{}", out.stderr_text());
     assert!(out.stderr_text().contains("--memory"), "{}", out.stderr_text());
     assert!(!image.exists(), "nothing is written for a refused export");
+}
+
+/// Whether `binary` is on PATH; says the test is skipped otherwise.
+fn on_path(binary: &str) -> bool {
+    let found =
+        std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(binary).is_file()));
+    if !found {
+        let test = std::thread::current().name().unwrap_or("unnamed").to_string();
+        let _ = writeln!(std::io::stderr(), "{test}: skipped: {binary} is not on PATH (it is not packaged for Debian)");
+    }
+    found
+}
+
+/// Runs a hypervisor's `command` to its end (within [`QEMU_TIMEOUT`]): its stdout, the serial console, CR LF made LF.
+fn run_to_end(mut command: Command) -> String {
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = command.spawn().expect("start the hypervisor");
+    while child.try_wait().expect("wait for the hypervisor").is_none() {
+        if start.elapsed() > QEMU_TIMEOUT {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().expect("the hypervisor's output");
+    String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n")
+}
+
+/// The exported hello's lines, in order, then the exit code's line (no exit device on these hypervisors).
+#[track_caller]
+fn assert_hello_then_exit_line(console: &str, argv: &[&str]) {
+    let mut rest = console;
+    for line in hello_lines(argv, &[]).iter().map(|l| format!("{l}\n")).chain(["kiln: exit 5\n".to_string()]) {
+        let Some(at) = rest.find(&line) else { panic!("missing {line:?} (in order) on the console:\n{console}") };
+        rest = &rest[at + line.len()..];
+    }
+}
+
+/// Firecracker boots the PVH ELF from its JSON configuration, as docs/deploy.md gives it.
+#[test]
+fn hello_boots_under_firecracker() {
+    if !on_path("firecracker") || !harness::kvm::available() {
+        return;
+    }
+    let hello = guests::c("hello");
+    let path = hello.to_str().expect("UTF-8 path");
+    let image = export("firecracker", &[path, "5"]);
+    let config = serde_json::json!({
+        "boot-source": { "kernel_image_path": image, "boot_args": "console=ttyS0" },
+        "machine-config": { "vcpu_count": 1, "mem_size_mib": 128 },
+    });
+    let config_path = out_dir("firecracker").join("vm-config.json");
+    std::fs::write(&config_path, config.to_string()).expect("write the configuration");
+    let mut firecracker = Command::new("firecracker");
+    firecracker.args(["--no-api", "--config-file"]).arg(&config_path);
+    assert_hello_then_exit_line(&run_to_end(firecracker), &[path, "5"]);
+}
+
+/// Cloud Hypervisor boots the PVH ELF with `--kernel`, as docs/deploy.md gives it.
+#[test]
+fn hello_boots_under_cloud_hypervisor() {
+    if !on_path("cloud-hypervisor") || !harness::kvm::available() {
+        return;
+    }
+    let hello = guests::c("hello");
+    let path = hello.to_str().expect("UTF-8 path");
+    let image = export("cloud-hypervisor", &[path, "5"]);
+    let mut ch = Command::new("cloud-hypervisor");
+    ch.arg("--kernel").arg(&image).args([
+        "--cpus",
+        "boot=1",
+        "--memory",
+        "size=128M",
+        "--serial",
+        "tty",
+        "--console",
+        "off",
+    ]);
+    assert_hello_then_exit_line(&run_to_end(ch), &[path, "5"]);
 }

@@ -16,6 +16,7 @@ mod hypercall;
 mod io;
 mod ioapic;
 mod mmio;
+mod pci;
 mod power;
 mod serial;
 mod start;

@@ -7,8 +7,9 @@ use core::cell::UnsafeCell;
 use kiln_abi::layout::{direct_map, DIRECT_MAP_BASE, PAGE_SIZE};
 use kiln_abi::paging::{self, FrameSource, MapError, PhysMemory, PTE_USER, PTE_WRITABLE};
 
-/// Page tables for windows: each window below 4 GiB needs at most a PD and a PT, and windows share them.
-const POOL_PAGES: usize = 8;
+/// Page tables for windows: each window below 4 GiB needs at most a PD and a PT (a PDPT more above), and windows
+/// share them.
+const POOL_PAGES: usize = 16;
 /// Page-level cache disable and write-through: device registers are not memory.
 const PTE_UNCACHED: u64 = (1 << 4) | (1 << 3);
 /// Most pages one window may have.

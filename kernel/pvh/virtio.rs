@@ -1,11 +1,14 @@
-//! virtio-mmio devices, named on the command line as Linux's `virtio_mmio.device=SIZE@ADDR[:IRQ]` (QEMU's microvm adds
-//! one such word per device; Firecracker too). Each window is mapped for the library OS's drivers, which are those it
-//! runs under Kiln's VMM (`kernel/src/volume/virtio_blk.rs`): the platform layer only finds the devices and names
-//! them in the boot info. Block devices go to the image's volumes in command-line order, each with its capacity.
+//! virtio devices: virtio-mmio ones named on the command line as Linux's `virtio_mmio.device=SIZE@ADDR[:IRQ]`
+//! (QEMU's microvm adds one such word per device; Firecracker too), then virtio-pci ones on PCI bus 0 (`pci.rs`).
+//! Each window is mapped for the library OS's drivers, which are those it runs under Kiln's VMM
+//! (`kernel/src/volume/virtio_blk.rs`, over `kernel/src/virtio_transport.rs`): the platform layer only finds the
+//! devices and names them in the boot info. Block devices go to the image's volumes in that order, each with its
+//! capacity.
 
-use crate::{apic, ioapic, mmio, power, serial, Shared};
+use crate::{apic, ioapic, mmio, pci, power, serial, Shared};
 use core::cell::UnsafeCell;
-use kiln_abi::boot::NetInfo;
+use kiln_abi::boot::{NetInfo, VirtioPciWindows, TRANSPORT_PCI};
+use kiln_abi::layout::{direct_map, PAGE_SIZE};
 use kiln_abi::BootInfo;
 
 /// The command line's word for a device.
@@ -28,8 +31,21 @@ pub const IP_WORD: &[u8] = b"ip=";
 /// The link's MTU: Ethernet's, which QEMU's user networking and a tap device carry.
 const MTU: u16 = 1500;
 
-/// The network card's register window (direct-map address), 0 for none.
+/// The network card's register window (direct-map address), 0 for none or a virtio-pci card.
 static NET_WINDOW: Shared<u64> = Shared(UnsafeCell::new(0));
+/// The network card's transmit queue's doorbell (direct-map address), 0 for no card; a 32-bit register on
+/// virtio-mmio, a 16-bit one on virtio-pci.
+static NET_DOORBELL: Shared<u64> = Shared(UnsafeCell::new(0));
+static NET_DOORBELL_PCI: Shared<bool> = Shared(UnsafeCell::new(false));
+/// virtio-pci's common configuration: `queue_select` and `queue_notify_off`.
+const PCI_QUEUE_SELECT: u64 = 0x16;
+const PCI_QUEUE_NOTIFY_OFF: u64 = 0x1e;
+/// virtio-blk's configuration: the capacity in 512-byte sectors; virtio-net's: its MAC address (both at the start of
+/// a virtio-pci device's configuration structure).
+const PCI_BLK_CAPACITY: u64 = 0;
+const PCI_NET_MAC: u64 = 0;
+/// Most virtio-pci devices described (a network card and the volumes).
+const MAX_PCI_DEVICES: usize = 1 + kiln_abi::boot::MAX_VOLUMES;
 /// Whether the card's interrupt reaches this layer (else a wait looks for frames every few moments).
 static NET_INTERRUPTS: Shared<bool> = Shared(UnsafeCell::new(false));
 /// Whether the card interrupted since the last wait ended.
@@ -83,7 +99,8 @@ fn number(digits: &[u8]) -> Option<u64> {
 }
 
 fn read(base: u64, reg: u64) -> u32 {
-    // SAFETY: `base` is a device window `mmio::map` mapped, at least MIN_WINDOW bytes (checked by the caller).
+    // SAFETY: `base + reg` lies in a device window `mmio::map` mapped: a virtio-mmio one of at least MIN_WINDOW bytes
+    // (checked by the caller), or a virtio-pci device's configuration structure.
     unsafe { core::ptr::read_volatile((base + reg) as *const u32) }
 }
 
@@ -117,9 +134,10 @@ pub fn discover(boot: &mut BootInfo, cmdline: &[u8]) {
             );
         }
         if read(base, REG_DEVICE_ID) == DEVICE_NET && boot.net.mmio_phys == 0 {
-            if let Some(net) = network(cmdline, base, w.phys) {
+            if let Some(net) = network(cmdline, base + REG_NET_MAC, w.phys) {
                 boot.net = net;
                 NET_WINDOW.set(base);
+                NET_DOORBELL.set(base + REG_QUEUE_NOTIFY);
                 if let Some(irq) = w.irq {
                     NET_INTERRUPTS.set(ioapic::route(irq, apic::DEVICE_VECTOR));
                 }
@@ -133,20 +151,58 @@ pub fn discover(boot: &mut BootInfo, cmdline: &[u8]) {
             volume.capacity = sectors.saturating_mul(512);
         }
     }
+    // Descriptions of virtio-pci devices, for the library OS: a page taken from the start of its free memory.
+    let descriptions = boot.free_phys_start;
+    let mut described = 0;
+    pci::discover(|device| {
+        if described == MAX_PCI_DEVICES {
+            return;
+        }
+        let w = device.windows;
+        let at = descriptions + (described * core::mem::size_of::<VirtioPciWindows>()) as u64;
+        let device_cfg = direct_map(w.device);
+        if device.kind == DEVICE_NET && boot.net.mmio_phys == 0 {
+            if let Some(mut net) = network(cmdline, device_cfg + PCI_NET_MAC, at) {
+                net.transport = TRANSPORT_PCI;
+                boot.net = net;
+                NET_DOORBELL.set(pci_doorbell(&w, NET_TX_QUEUE as u16));
+                NET_DOORBELL_PCI.set(true);
+            } else {
+                return;
+            }
+        } else if device.kind == DEVICE_BLOCK {
+            let Some(volume) = volumes.next() else { return };
+            let sectors =
+                u64::from(read(device_cfg, PCI_BLK_CAPACITY)) | u64::from(read(device_cfg, PCI_BLK_CAPACITY + 4)) << 32;
+            volume.mmio_phys = at;
+            volume.transport = u32::from(TRANSPORT_PCI);
+            volume.capacity = sectors.saturating_mul(512);
+        } else {
+            return;
+        }
+        // SAFETY: `at` lies in the page at the start of the free memory, which the library OS is told below not to
+        // use, in the direct map.
+        unsafe { core::ptr::write_volatile(direct_map(at) as *mut VirtioPciWindows, w) };
+        described += 1;
+    });
+    if described != 0 {
+        boot.free_phys_start += PAGE_SIZE;
+    }
     if let Some(missing) = volumes.next() {
         serial::write_str("kiln: the image mounts a volume at ");
         serial::write(&missing.mount[..(missing.mount_len as usize).min(missing.mount.len())]);
         serial::write_str(
             " but the host gave no virtio-blk device for it \
-             (QEMU: -drive file=FILE,format=raw,if=none,id=v0 -device virtio-blk-device,drive=v0)\n",
+             (QEMU: -drive file=FILE,format=raw,if=none,id=v0 -device virtio-blk-device,drive=v0, or \
+             virtio-blk-pci under q35)\n",
         );
         power::exit(1);
     }
 }
 
-/// The card at `phys` (mapped at `base`) with the command line's addresses; without them its IPv4 address is
-/// 0.0.0.0, which the library OS asks of DHCP. A malformed `ip=` leaves the card out, saying so.
-fn network(cmdline: &[u8], base: u64, phys: u64) -> Option<NetInfo> {
+/// The card at `phys` (its MAC mapped at `mac_at`) with the command line's addresses; without them its IPv4 address
+/// is 0.0.0.0, which the library OS asks of DHCP. A malformed `ip=` leaves the card out, saying so.
+fn network(cmdline: &[u8], mac_at: u64, phys: u64) -> Option<NetInfo> {
     let word = cmdline.split(|b| b.is_ascii_whitespace()).find_map(|w| w.strip_prefix(IP_WORD));
     let (ip, gateway, prefix_len) = match word {
         None | Some(b"dhcp") => ([0; 4], [0; 4], 0),
@@ -163,8 +219,9 @@ fn network(cmdline: &[u8], base: u64, phys: u64) -> Option<NetInfo> {
     };
     let mut mac = [0u8; 6];
     for (i, b) in mac.iter_mut().enumerate() {
-        // SAFETY: the configuration's MAC lies inside the window (at least MIN_WINDOW bytes), mapped by `discover`.
-        *b = unsafe { core::ptr::read_volatile((base + REG_NET_MAC + i as u64) as *const u8) };
+        // SAFETY: the configuration's MAC lies inside the device's window (at least MIN_WINDOW bytes, or its
+        // configuration structure), mapped by `discover`.
+        *b = unsafe { core::ptr::read_volatile((mac_at + i as u64) as *const u8) };
     }
     Some(NetInfo { mmio_phys: phys, mac, mtu: MTU, ipv4: ip, gateway, prefix_len, ..NetInfo::default() })
 }
@@ -195,16 +252,35 @@ fn ipv4(text: &[u8]) -> Option<[u8; 4]> {
 /// Sends what the library OS queued on the network card (Kiln's VMM does so whenever a vCPU waits, and the library
 /// OS counts on it instead of notifying the card itself).
 pub fn send_queued() {
-    let base = NET_WINDOW.get();
-    if base != 0 {
-        // SAFETY: the card's window, mapped by `discover`; QueueNotify is a register of every virtio-mmio device.
-        unsafe { core::ptr::write_volatile((base + REG_QUEUE_NOTIFY) as *mut u32, NET_TX_QUEUE) };
+    let doorbell = NET_DOORBELL.get();
+    if doorbell == 0 {
+        return;
     }
+    // SAFETY: the card's transmit doorbell, in a window `discover` mapped: virtio-mmio's QueueNotify, or the
+    // virtio-pci notification area's register for the queue.
+    unsafe {
+        if NET_DOORBELL_PCI.get() {
+            core::ptr::write_volatile(doorbell as *mut u16, NET_TX_QUEUE as u16);
+        } else {
+            core::ptr::write_volatile(doorbell as *mut u32, NET_TX_QUEUE);
+        }
+    }
+}
+
+/// Queue `queue`'s doorbell on the virtio-pci device of windows `w` (direct-map address).
+fn pci_doorbell(w: &VirtioPciWindows, queue: u16) -> u64 {
+    let common = direct_map(w.common);
+    // SAFETY: the common configuration structure, mapped by `pci::discover`; selecting a queue changes nothing else.
+    let offset = unsafe {
+        core::ptr::write_volatile((common + PCI_QUEUE_SELECT) as *mut u16, queue);
+        core::ptr::read_volatile((common + PCI_QUEUE_NOTIFY_OFF) as *const u16)
+    };
+    direct_map(w.notify) + u64::from(offset) * u64::from(w.notify_multiplier)
 }
 
 /// How a wait learns of frames: the card's interrupt, or (None) looking every so often; None too without a card.
 pub fn net_interrupts() -> Option<bool> {
-    (NET_WINDOW.get() != 0).then(|| NET_INTERRUPTS.get())
+    (NET_DOORBELL.get() != 0).then(|| NET_INTERRUPTS.get())
 }
 
 /// Takes the note that the card interrupted since it was last taken.

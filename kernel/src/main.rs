@@ -26,7 +26,7 @@ mod timers;
 mod user;
 mod vdso;
 mod vfs;
-mod virtio_mmio;
+mod virtio_transport;
 mod volume;
 
 use core::sync::atomic::{AtomicBool, Ordering};

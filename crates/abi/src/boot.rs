@@ -96,7 +96,8 @@ pub struct BootInfo {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NetInfo {
-    /// Guest-physical address of the register window ([`NET_MMIO_SIZE`] bytes); 0 for no card.
+    /// Guest-physical address of the register window ([`NET_MMIO_SIZE`] bytes); 0 for no card. With
+    /// [`TRANSPORT_PCI`], the address of the device's [`VirtioPciWindows`] instead.
     pub mmio_phys: u64,
     pub mac: [u8; 6],
     /// Largest IP packet the link carries.
@@ -108,10 +109,33 @@ pub struct NetInfo {
     pub prefix_len: u8,
     /// Prefix length of `ipv6`; 0 when the card carries no IPv6.
     pub ipv6_prefix_len: u8,
-    pub _reserved: [u8; 6],
+    /// How the device is reached: [`TRANSPORT_MMIO`] (Kiln's VMM always) or [`TRANSPORT_PCI`].
+    pub transport: u8,
+    pub _reserved: [u8; 5],
     pub ipv6: [u8; 16],
     /// The IPv6 default router; all zero for none (only the prefix is then reachable).
     pub gateway6: [u8; 16],
+}
+
+/// A device behind a virtio-mmio register window.
+pub const TRANSPORT_MMIO: u8 = 0;
+/// A virtio-pci device (modern: its registers in memory BARs, found from its capabilities). Only an exported image's
+/// platform layer finds such devices (`kernel/pvh/pci.rs`); it describes each in a [`VirtioPciWindows`].
+pub const TRANSPORT_PCI: u8 = 1;
+
+/// Where a virtio-pci device's register structures are (guest-physical addresses, each mapped for the library OS's
+/// drivers at its direct-map address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VirtioPciWindows {
+    /// The common configuration (`virtio_pci_common_cfg`).
+    pub common: u64,
+    /// The notification area: queue `q`'s doorbell is at `notify + queue_notify_off(q) * notify_multiplier`.
+    pub notify: u64,
+    /// The device's own configuration (a MAC, a capacity).
+    pub device: u64,
+    pub notify_multiplier: u32,
+    pub _reserved: u32,
 }
 
 /// Size of the card's register window.
@@ -129,19 +153,21 @@ pub const BLK_MMIO_SIZE: u64 = 0x1000;
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct VolumeInfo {
-    /// Guest-physical address of the register window ([`BLK_MMIO_SIZE`] bytes); 0 for none.
+    /// Guest-physical address of the register window ([`BLK_MMIO_SIZE`] bytes); 0 for none. With
+    /// [`TRANSPORT_PCI`], the address of the device's [`VirtioPciWindows`] instead.
     pub mmio_phys: u64,
     /// Bytes on the device.
     pub capacity: u64,
     pub mount_len: u32,
-    pub _reserved: u32,
+    /// How the device is reached, as [`NetInfo::transport`].
+    pub transport: u32,
     /// An absolute, normalised path (not "/"), `mount_len` bytes of UTF-8.
     pub mount: [u8; MOUNT_PATH_MAX],
 }
 
 impl Default for VolumeInfo {
     fn default() -> Self {
-        VolumeInfo { mmio_phys: 0, capacity: 0, mount_len: 0, _reserved: 0, mount: [0; MOUNT_PATH_MAX] }
+        VolumeInfo { mmio_phys: 0, capacity: 0, mount_len: 0, transport: 0, mount: [0; MOUNT_PATH_MAX] }
     }
 }
 

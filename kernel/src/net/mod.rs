@@ -223,7 +223,7 @@ fn hash_seed() -> u64 {
 /// or a VM too small for its buffers).
 fn attach(device: &mut Link, card: &NetInfo) -> card::Address {
     let address = card_address(card);
-    match virtio::setup(card.mmio_phys, address.mtu) {
+    match virtio::setup(crate::virtio_transport::Transport::at(card.mmio_phys, card.transport.into()), address.mtu) {
         Ok((rx, tx)) => device.attach(rx, tx, address, wants_dhcp(card), now()),
         Err(virtio::SetupError::OutOfMemory) => {
             crate::hypercall::panic_message("no memory left for the network card's buffers; give the VM more --memory")

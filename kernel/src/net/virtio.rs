@@ -12,7 +12,7 @@
 //! their own at all: Kiln's VMM sends what is queued whenever a vCPU waits, so the stack defers the notification
 //! (see `net::KICK_OWED`).
 
-use crate::virtio_mmio::{Registers, DESC_F_WRITE};
+use crate::virtio_transport::{Transport, DESC_F_WRITE};
 use alloc::vec::Vec;
 use core::ptr::{read_volatile, write_volatile};
 use core::sync::atomic::{fence, Ordering};
@@ -167,13 +167,12 @@ fn queue_size(slot_size: usize) -> u16 {
     1 << fit.ilog2()
 }
 
-/// Sets the card at guest-physical `mmio_phys` up for frames of `mtu`-byte packets: its receive and transmit sides.
-pub fn setup(mmio_phys: u64, mtu: u16) -> Result<(Receiver, Transmitter), SetupError> {
+/// Sets the card (`regs`) up for frames of `mtu`-byte packets: its receive and transmit sides.
+pub fn setup(mut regs: Transport, mtu: u16) -> Result<(Receiver, Transmitter), SetupError> {
     let slot = slot_size(mtu);
     let size = queue_size(slot);
     let mut rx = Queue::new(RX, size, slot, true)?;
     let tx = Queue::new(TX, size, slot, false)?;
-    let regs = Registers::at(mmio_phys);
     if !regs.negotiate(F_EVENT_IDX) {
         return Err(SetupError::Features);
     }
@@ -194,7 +193,7 @@ pub fn setup(mmio_phys: u64, mtu: u16) -> Result<(Receiver, Transmitter), SetupE
 
 /// The receive queue.
 pub struct Receiver {
-    regs: Registers,
+    regs: Transport,
     queue: Queue,
 }
 
@@ -247,7 +246,7 @@ impl Receiver {
 
 /// The transmit queue.
 pub struct Transmitter {
-    regs: Registers,
+    regs: Transport,
     queue: Queue,
     /// Slots not in the device's hands.
     free: Vec<u16>,

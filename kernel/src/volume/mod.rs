@@ -76,7 +76,10 @@ pub fn init(boot: &BootInfo) {
         let Some(mount) = info.mount_path() else {
             crate::hypercall::panic_message("a volume's mount path is not UTF-8")
         };
-        let blk = match VirtioBlk::setup(info.mmio_phys, info.capacity) {
+        let blk = match VirtioBlk::setup(
+            crate::virtio_transport::Transport::at(info.mmio_phys, info.transport),
+            info.capacity,
+        ) {
             Ok(blk) => blk,
             Err(_) => crate::hypercall::panic_message("cannot set up a volume's virtio-blk device"),
         };

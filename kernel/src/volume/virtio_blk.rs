@@ -5,7 +5,7 @@
 //! physically contiguous memory from the frame allocator (the filesystem's cache blocks live on the heap): a copy
 //! costs far less than the exits that more, smaller requests would.
 
-use crate::virtio_mmio::{Registers, DESC_F_NEXT, DESC_F_WRITE};
+use crate::virtio_transport::{Transport, DESC_F_NEXT, DESC_F_WRITE};
 use alloc::vec::Vec;
 use core::ptr::{read_volatile, write_volatile};
 use core::sync::atomic::{fence, Ordering};
@@ -42,7 +42,7 @@ struct Request {
 }
 
 pub struct VirtioBlk {
-    regs: Registers,
+    regs: Transport,
     capacity: u64,
     /// Direct-map addresses: descriptor table, available ring, used ring, request headers (16 bytes each), status
     /// bytes (one each), staging area.
@@ -58,8 +58,8 @@ pub struct VirtioBlk {
 }
 
 impl VirtioBlk {
-    /// Sets up the device whose registers are at guest-physical `mmio_phys`, `capacity` bytes long.
-    pub fn setup(mmio_phys: u64, capacity: u64) -> Result<VirtioBlk, SetupError> {
+    /// Sets up the device (`regs`), `capacity` bytes long.
+    pub fn setup(regs: Transport, capacity: u64) -> Result<VirtioBlk, SetupError> {
         let n = u64::from(QUEUE_SIZE);
         let desc_bytes = page_align_up(16 * n);
         let avail_bytes = page_align_up(6 + 2 * n);
@@ -68,8 +68,8 @@ impl VirtioBlk {
         let total = desc_bytes + avail_bytes + used_bytes + header_bytes + STAGING as u64;
         let phys = crate::mm::memory().frames.alloc(total).ok_or(SetupError::OutOfMemory)?;
         let base = direct_map(phys);
-        let blk = VirtioBlk {
-            regs: Registers::at(mmio_phys),
+        let mut blk = VirtioBlk {
+            regs,
             capacity,
             desc: base,
             avail: base + desc_bytes,
