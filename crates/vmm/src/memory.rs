@@ -35,6 +35,12 @@ pub enum MemoryError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot read a file into guest memory at {addr:#x}")]
+    ReadFile {
+        addr: u64,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot make guest memory of the host mapping")]
     Region(#[source] vm_memory::mmap::MmapRegionError),
     #[error("cannot make guest memory of the host mapping")]
@@ -194,6 +200,31 @@ impl GuestRam {
         // SAFETY: advice on the mapping just made: where the file is not in the page cache yet, a fault reads it in
         // 2 MiB folios, which the host maps with 2 MiB entries (where the range is congruent to the file offset).
         unsafe { libc::madvise(host as *mut libc::c_void, size as usize, libc::MADV_HUGEPAGE) };
+        Ok(())
+    }
+
+    /// Copies `len` bytes of `file`, from `offset`, into guest RAM at `addr`: read straight into guest memory, which
+    /// stays this process's own (anonymous, in huge pages where the RAM has them).
+    pub fn read_file(&self, addr: u64, file: &std::fs::File, offset: u64, len: u64) -> Result<(), MemoryError> {
+        use std::io::{Seek, SeekFrom};
+        self.check(addr, len)?;
+        let read = |source| MemoryError::ReadFile { addr, source };
+        let count = usize::try_from(len).map_err(|_| MemoryError::OutOfRange { addr, len })?;
+        let mut file = file;
+        file.seek(SeekFrom::Start(offset)).map_err(read)?;
+        // One read may stop short (a signal, a huge range): it goes on from there, and only the file's end stops it.
+        let mut done = 0;
+        while done < count {
+            let at = GuestAddress(addr + done as u64);
+            let n = self.mem.read_volatile_from(at, &mut file, count - done).map_err(|e| match e {
+                vm_memory::GuestMemoryError::IOError(e) => read(e),
+                _ => MemoryError::OutOfRange { addr, len },
+            })?;
+            if n == 0 {
+                return Err(read(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            done += n;
+        }
         Ok(())
     }
 
@@ -372,6 +403,19 @@ mod tests {
         assert_eq!(&std::fs::read(&path).unwrap()[4096..], b"image", "the file is unchanged");
         assert!(ram.map_file(0xf000, &file, 4096, 0x2000).is_err(), "past the end of RAM");
         assert!(ram.map_file(0x2001, &file, 4096, 5).is_err(), "unaligned");
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_file_read_into_ram_lands_at_its_address_and_a_short_file_is_an_error() {
+        let path = std::env::temp_dir().join(format!("kiln-read-file-{}", std::process::id()));
+        std::fs::write(&path, [b"x".repeat(4096), b"image".to_vec()].concat()).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let ram = GuestRam::new(0x10000).unwrap();
+        ram.read_file(0x2003, &file, 4096, 5).unwrap();
+        assert_eq!(ram.read_vec(0x2002, 7).unwrap(), b"\0image\0");
+        assert!(matches!(ram.read_file(0x2000, &file, 4096, 6), Err(MemoryError::ReadFile { .. })), "past its end");
+        assert!(ram.read_file(0xfffe, &file, 0, 5).is_err(), "past the end of RAM");
         std::fs::remove_file(&path).unwrap();
     }
 }

@@ -1,14 +1,15 @@
 //! Snapshots: a running VM paused at a quiescent point (every vCPU out of KVM_RUN at the top of its loop, the network
 //! card's queues still) and written to one file: a versioned header, the machine's state (vCPUs, the boot layout the
 //! VMM keeps, devices, the launcher's own description) and guest RAM, only the pages the guest touched, at their
-//! guest-physical offset past a 2 MiB boundary, the rest a hole. A restore maps that part of the file privately as
-//! guest RAM, so it reads nothing up front: a page comes in from the page cache when the guest touches it.
+//! guest-physical offset past a 2 MiB boundary, the rest a hole. A restore copies those pages into the new VM's RAM
+//! (a large snapshot's are mapped privately instead, to come in as the guest touches them: see `fill.rs`).
 //!
 //! Kiln's guest is a library OS at CPL 3 with no interrupt controller: guest RAM and the vCPUs' registers are the
 //! whole guest, its TCP/IP stack and its sockets included. The VMM's side is the network card's queue positions
 //! (kept) and its backend (the launcher makes a new one: see `docs/snapshots.md`).
 
 mod file;
+mod fill;
 mod pages;
 pub(crate) mod pause;
 mod restore;
@@ -31,6 +32,12 @@ pub enum SnapshotError {
         what: &'static str,
         #[source]
         source: std::io::Error,
+    },
+    #[error("{path}: cannot load the snapshot's memory")]
+    Load {
+        path: String,
+        #[source]
+        source: crate::memory::MemoryError,
     },
     #[error("{path} is not a Kiln snapshot: {why}")]
     NotASnapshot { path: String, why: String },

@@ -73,7 +73,7 @@ fn mincore(host_base: u64, pages: usize) -> Vec<bool> {
 }
 
 /// The data extents of `file` in `[offset, offset+len)`, relative to `offset`.
-fn data_extents(file: &std::fs::File, offset: u64, len: u64) -> Vec<Range<u64>> {
+pub(super) fn data_extents(file: &std::fs::File, offset: u64, len: u64) -> Vec<Range<u64>> {
     let end = offset + len;
     let fd = file.as_raw_fd();
     let mut out = Vec::new();

@@ -1,5 +1,5 @@
 //! Making a VM of a snapshot: the file is opened and checked whole before anything is made from it ([`Opened`]),
-//! then a new VM gets its RAM as a private mapping of the file (pages come in as the guest touches them; writes stay
+//! then a new VM gets its RAM from the file (copied, or for a large snapshot a private mapping: `fill.rs`; writes stay
 //! in this process), its vCPUs their states, its network card the queues it had. The launcher supplies the card's
 //! backend (a new one: see `docs/snapshots.md` for what survives).
 
@@ -88,7 +88,7 @@ impl Vm {
             return Err(foreign(why).into());
         }
         let machine_ready = started.elapsed();
-        ram.map_file(0, &file, header.memory_offset, machine.memory)?;
+        let filled = super::fill::fill(&ram, &file, header.memory_offset, &path)?;
         let synced_state = synced_state && machine.host.syncs_exit_state();
         let mut vcpus = vcpus;
         if !synced_state {
@@ -114,7 +114,9 @@ impl Vm {
         };
         let devices = Devices { core: None, net: card, disks: Vec::new(), trace_syscalls: machine.trace_syscalls };
         let kind = (machine.host, synced_state, tsc_hz);
-        tracing::debug!(path = %path.display(), cpus, ?machine_ready, total = ?started.elapsed(), "restored");
-        Ok(Vm::assemble((kvm, vm, vcpus), ram, machine.boot, kind, devices, Some((file, header.memory_offset))))
+        tracing::debug!(path = %path.display(), cpus, ?machine_ready, ?filled, total = ?started.elapsed(), "restored");
+        // A later snapshot of this VM finds the pages it was given in its RAM, unless they are still the file's.
+        let source = (filled == super::fill::Filled::Mapped).then_some((file, header.memory_offset));
+        Ok(Vm::assemble((kvm, vm, vcpus), ram, machine.boot, kind, devices, source))
     }
 }
