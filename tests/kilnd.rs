@@ -592,6 +592,125 @@ fn a_services_replicas_keep_running_across_a_kilnd_restart() {
     assert_eq!(kilnd.ok("GET", "/instances?all=1", "", 200).as_array().unwrap().len(), 2);
 }
 
+/// `kiln snapshot` and `kiln restore -d` of kilnd's instances go through kilnd's API: a snapshot that leaves the
+/// instance running, one that ends it for good (no restart, its port free), a restore that runs on kilnd's threads
+/// from where it was; the routes' refusals.
+#[test]
+fn snapshots_and_restores_of_kilnd_instances_go_through_kilnd() {
+    if !kvm::available() {
+        return;
+    }
+    let kilnd = Kilnd::start("snapshot");
+    let kiln = || kiln_in(&kilnd.home);
+    let port = free_port();
+    let publish = format!("127.0.0.1:{port}:80");
+    let hitcount = guests::c("hitcount");
+    let run = kiln().args(["run", "-d", "--name", "web", "--restart", "always", "-p", &publish]).arg(&hitcount).run();
+    run.assert_code(0);
+    let id = run.stdout_text().trim().to_string();
+    kilnd.wait_log(&id, "hitcount: listening\n");
+    assert_eq!(get(port).as_deref(), Ok("hit 1\n"));
+
+    let dir = kilnd.home.with_extension("snaps");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (first, second) = (dir.join("first.snap"), dir.join("second.snap"));
+    let out = kiln().args(["snapshot", "--leave-running", "web"]).arg(&first).run();
+    out.assert_code(0);
+    assert!(out.stdout_text().contains("KiB of memory written"), "{out}");
+    assert_eq!(get(port).as_deref(), Ok("hit 2\n"), "the instance left running does not answer");
+    kiln().args(["snapshot", "web"]).arg(&second).run().assert_code(0);
+    let web = kilnd.instance(&id);
+    assert_eq!((web["state"].as_str(), web["exit_code"].as_i64()), (Some("exited"), Some(0)), "{web}");
+    assert_eq!(web["reason"].as_str(), Some(format!("snapshotted to {}", second.display()).as_str()), "{web}");
+    assert_eq!(web["restarts"], 0, "a snapshot that ends it is no reason to restart it: {web}");
+    assert!(get(port).is_err(), "the snapshotted instance still answers");
+
+    // Restored on kilnd's threads, from where each snapshot was.
+    let out = kiln().args(["restore", "-d", "--name", "web2"]).arg(&second).run();
+    out.assert_code(0);
+    let web2 = out.stdout_text().trim().to_string();
+    let record = kilnd.instance(&web2);
+    assert_eq!((record["kilnd"].as_bool(), record["state"].as_str()), (Some(true), Some("running")), "{record}");
+    assert_eq!(get(port).as_deref(), Ok("hit 3\n"));
+    kilnd.ok("POST", &format!("/instances/{web2}/kill"), "", 204);
+    let body = serde_json::json!({"path": first, "name": "web3"}).to_string();
+    let web3 = kilnd.ok("POST", "/instances/restore", &body, 201)["id"].as_str().unwrap().to_string();
+    assert_eq!(get(port).as_deref(), Ok("hit 2\n"), "the first snapshot's count goes on from its own");
+    assert_eq!(kilnd.instance(&web3)["name"], "web3");
+
+    // Refusals.
+    let snapshot = format!("/instances/{web3}/snapshot");
+    assert!(kilnd.refused("POST", &snapshot, r#"{"path":"rel.snap"}"#, 400).contains("is not absolute"));
+    assert!(kilnd
+        .refused("POST", &snapshot, r#"{"paht":"/x"}"#, 400)
+        .starts_with("the body is not a snapshot request"));
+    let body = serde_json::json!({"path": dir.join("x.snap")}).to_string();
+    assert_eq!(kilnd.refused("POST", "/instances/nope/snapshot", &body, 404), "no such instance: nope");
+    assert_eq!(kilnd.refused("POST", &format!("/instances/{id}/snapshot"), &body, 409), "instance web is not running");
+    let not_a_snapshot = serde_json::json!({"path": hitcount}).to_string();
+    let message = kilnd.refused("POST", "/instances/restore", &not_a_snapshot, 400);
+    assert!(message.contains("is not a Kiln snapshot"), "{message}");
+    let message = kilnd.refused("POST", "/instances/restore", r#"{"path":"first.snap"}"#, 400);
+    assert!(message.contains("is not absolute"), "{message}");
+    let body = serde_json::json!({"path": first, "name": "web3"}).to_string();
+    assert!(kilnd.refused("POST", "/instances/restore", &body, 409).contains("already used"));
+    kilnd.ok("DELETE", &format!("/instances/{web3}?force=true"), "", 204);
+}
+
+/// `kiln debug` attaches gdb to a kilnd instance (through the socket in its folder, as for `kiln run -d`), and a
+/// kilnd instance that crashes leaves its core file in its folder.
+#[test]
+fn kiln_debug_and_cores_work_for_kilnd_instances() {
+    if !kvm::available() {
+        return;
+    }
+    let kilnd = Kilnd::start("debug");
+    let kiln = || kiln_in(&kilnd.home);
+    let crashy = kiln().args(["run", "-d", "--name", "crashy"]).arg(guests::c("corethreads")).run();
+    crashy.assert_code(0);
+    let crashy = crashy.stdout_text().trim().to_string();
+    let record = kilnd.wait_exited(&crashy);
+    assert_eq!(record["exit_code"], 139, "{record}");
+    let core = kilnd.home.join("instances").join(&crashy).join("core");
+    let log = kilnd.call("GET", &format!("/instances/{crashy}/logs"), "").1;
+    assert!(log.contains(&format!("kiln: core dumped to {}", core.display())), "{log}");
+    let bytes = std::fs::read(&core).unwrap_or_else(|e| panic!("{}: {e}\n{log}", core.display()));
+    assert_eq!(&bytes[..4], b"\x7fELF", "not an ELF core");
+
+    if std::process::Command::new("gdb").arg("--version").output().is_err() {
+        eprintln!("skipped: kiln debug of a kilnd instance needs gdb, which is not installed");
+        return;
+    }
+    let counter = guests::c("counter");
+    let id = kiln().args(["run", "-d", "--name", "counter"]).arg(&counter).run().stdout_text().trim().to_string();
+    kilnd.wait_log(&id, "counter: started\n");
+    let mut child = kiln().args(["debug", "counter"]).into_command().stderr(Stdio::piped()).spawn().unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while std::io::BufRead::read_line(&mut stderr, &mut line).unwrap_or(0) > 0 && !line.contains("waiting for gdb on") {
+        line.clear();
+    }
+    let addr =
+        line.split("waiting for gdb on ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or_else(|| {
+            panic!("kiln debug never listened: {line:?}");
+        });
+    let gdb = std::process::Command::new("gdb")
+        .args(["-batch", "-nx", "-ex", "set pagination off", "-ex", &format!("target remote {addr}")])
+        .args(["-ex", "break tick", "-ex", "continue", "-ex", "bt", "-ex", "detach"])
+        .arg(&counter)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let g = String::from_utf8_lossy(&gdb.stdout).into_owned() + &String::from_utf8_lossy(&gdb.stderr);
+    assert_eq!(child.wait().unwrap().code(), Some(0), "{g}");
+    assert!(g.contains("Breakpoint 1, tick (n="), "no stop in tick\n{g}");
+    assert!(g.lines().any(|l| l.starts_with("#1 ") && l.contains(" in main () at ")), "bt lacks main\n{g}");
+    // Detached: it runs on under kilnd.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(kilnd.instance(&id)["state"], "running");
+    kilnd.ok("DELETE", &format!("/instances/{id}?force=true"), "", 204);
+}
+
 /// Health checks from the host to a published port: healthy while the program answers, unhealthy once it stops.
 #[test]
 fn a_health_check_sees_a_program_stop_answering() {

@@ -1,4 +1,5 @@
-//! `kiln debug INSTANCE`: gdb for a running instance of `kiln run -d`. This process listens for gdb and accepts its
+//! `kiln debug INSTANCE`: gdb for a running instance of `kiln run -d` or of kilnd (whose VMs have the same socket in
+//! their folder: kilnd is not in the way). This process listens for gdb and accepts its
 //! connection, then hands the connection to the instance's VMM over the socket in its folder (`kiln_vmm::debug::
 //! attach`), which stops the program and serves gdb until it detaches; the program then runs on. This process ends
 //! once the VMM has taken the connection.
@@ -24,9 +25,6 @@ pub fn debug(args: DebugArgs) -> Result<u8> {
     let instances = Instances::new(&store);
     let instance = instances.find(&args.instance)?;
     let name = &instance.name;
-    if instance.kilnd {
-        bail!("instance {name} runs in kilnd, which has no debugger yet; run it with kiln run -d while kilnd is stopped to debug it");
-    }
     if instance.state != State::Running || !instance.vmm_alive() {
         bail!("instance {name} is not running");
     }

@@ -97,35 +97,15 @@ impl ThisInstance {
     /// writes it with the calls its seccomp list has, and [`Self::name_core`] names it. None where the folder's
     /// file system cannot (the instance then has no core file).
     pub fn unnamed_core(&self) -> Option<std::fs::File> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let opened = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_TMPFILE)
-            .open(self.dir());
+        let opened = Instances::new(&self.store).unnamed_core(&self.id);
         opened.inspect_err(|e| tracing::warn!("no core file for this instance: {e}")).ok()
     }
 
     /// Gives the core file written into `file` its name, replacing an older one.
     pub fn name_core(&self, file: &std::fs::File) -> Result<()> {
-        let path = self.core_path();
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(e).with_context(|| format!("cannot replace {}", path.display()))
-            }
-            _ => {}
-        }
-        let from = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
-        let to = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
-        // SAFETY: two NUL-terminated paths that live across the call; linkat only reads them.
-        let linked = unsafe {
-            libc::linkat(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::AT_SYMLINK_FOLLOW)
-        };
-        if linked != 0 {
-            return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot name {}", path.display()));
-        }
-        Ok(())
+        Instances::new(&self.store)
+            .name_core(&self.id, file)
+            .with_context(|| format!("cannot name {}", self.core_path().display()))
     }
 
     /// The VM has booted: record the pid, and let `kiln run -d` return.

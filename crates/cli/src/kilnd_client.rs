@@ -9,7 +9,7 @@ use crate::run::RunArgs;
 use anyhow::{bail, Context, Result};
 use kiln_image::health::HealthCheck;
 use kiln_image::instance::{Instance, State};
-use kilnd::api::{CreateRequest, Created};
+use kilnd::api::{CreateRequest, Created, RestoreRequest, SnapshotRequest, SnapshotWritten};
 use kilnd::client::Client;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -152,4 +152,26 @@ pub fn rm(instance: &Instance, force: bool) -> Result<bool> {
         None if alive(instance) => Err(unreachable(instance)),
         None => Ok(false),
     }
+}
+
+/// `kiln snapshot` of a kilnd instance: what was written.
+pub fn snapshot(instance: &Instance, path: &Path, leave_running: bool) -> Result<SnapshotWritten> {
+    let Some(client) = answering() else {
+        return match alive(instance) || instance.kept {
+            true => Err(unreachable(instance)),
+            false => bail!("instance {} is not running", instance.name),
+        };
+    };
+    let request = SnapshotRequest { path: path.to_path_buf(), leave_running };
+    let body = serde_json::to_value(&request).context("cannot write the request")?;
+    Ok(client.request("POST", &format!("/instances/{}/snapshot", instance.id), Some(&body))?.json()?)
+}
+
+/// `kiln restore -d` through kilnd: a new instance of kilnd's, running on from `path`.
+pub fn restore(client: &Client, path: &Path, name: Option<String>, auto_remove: bool) -> Result<u8> {
+    let request = RestoreRequest { path: absolute(path), name, auto_remove };
+    let body = serde_json::to_value(&request).context("cannot write the request")?;
+    let created: Created = client.request("POST", "/instances/restore", Some(&body))?.json()?;
+    outln!("{}", created.id);
+    Ok(0)
 }

@@ -44,14 +44,22 @@ pub fn snapshot(args: SnapshotArgs) -> Result<u8> {
     let store = home::store()?;
     let instances = Instances::new(&store);
     let instance = instances.find(&args.instance)?;
+    let path = std::path::absolute(&args.file)
+        .with_context(|| format!("{}: cannot make the path absolute", args.file.display()))?;
+    // kilnd's instances are paused and written by kilnd (its API), which also ends them for good.
     if instance.kilnd {
-        bail!("instance {} runs in kilnd, whose instances cannot be snapshotted yet; run it with kiln run -d while no kilnd answers", instance.name);
+        let written = crate::kilnd_client::snapshot(&instance, &path, args.leave_running)?;
+        outln!(
+            "{}: {} KiB of memory written ({} MiB of RAM)",
+            path.display(),
+            written.memory_bytes >> 10,
+            written.file_len >> 20
+        );
+        return Ok(0);
     }
     if instance.state != State::Running || !instance.vmm_alive() {
         bail!("instance {} is not running", instance.name);
     }
-    let path = std::path::absolute(&args.file)
-        .with_context(|| format!("{}: cannot make the path absolute", args.file.display()))?;
     let socket = detach::control_path(&instances, &instance.id);
     let request = SnapshotRequest { path: path.clone(), keep_running: args.leave_running };
     match control::snapshot(&socket, &request)? {
@@ -79,6 +87,12 @@ pub fn snapshot(args: SnapshotArgs) -> Result<u8> {
 pub fn restore(args: RestoreArgs) -> Result<u8> {
     // Before any file is opened: the instance process takes its starter's pipe by number.
     let mut instance = detach::instance_of_this_process(args.detach)?;
+    // With kilnd answering, a detached restore runs on kilnd's threads, as kiln run -d does.
+    if args.detach && instance.is_none() {
+        if let Some(client) = crate::kilnd_client::answering() {
+            return crate::kilnd_client::restore(&client, &args.file, args.name.clone(), args.rm);
+        }
+    }
     let opened = kiln_vmm::snapshot::Opened::open(&args.file).map_err(|e| anyhow!(kiln_launch::chain(&e)))?;
     let spec: LaunchSpec = serde_json::from_value(opened.launch().clone()).map_err(|_| {
         anyhow!(

@@ -275,6 +275,35 @@ impl<'a> Instances<'a> {
         self.dir(id).join("core")
     }
 
+    /// An unnamed file in the instance's folder for a crash's core file (O_TMPFILE): the crashed vCPU's thread writes
+    /// it with the calls its seccomp list has, and [`Instances::name_core`] names it. An error where the folder's file
+    /// system cannot (the instance then has no core file).
+    pub fn unnamed_core(&self, id: &str) -> std::io::Result<std::fs::File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new().read(true).write(true).mode(0o600).custom_flags(libc::O_TMPFILE).open(self.dir(id))
+    }
+
+    /// Gives the core file written into `file` (from [`Instances::unnamed_core`]) its name, replacing an older one.
+    pub fn name_core(&self, id: &str, file: &std::fs::File) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let path = self.core_path(id);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let invalid = |_| std::io::Error::from(std::io::ErrorKind::InvalidInput);
+        let from = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())).map_err(invalid)?;
+        let to = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(invalid)?;
+        // SAFETY: two NUL-terminated paths that live across the call; linkat only reads them.
+        let linked = unsafe {
+            libc::linkat(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::AT_SYMLINK_FOLLOW)
+        };
+        match linked {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        }
+    }
+
     fn record_path(&self, id: &str) -> PathBuf {
         self.dir(id).join("record.json")
     }

@@ -10,6 +10,40 @@ use kiln_launch::{parse_env, parse_mapping, parse_mount, parse_workdir, Override
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+/// `POST /instances/{id}/snapshot`: the instance paused at a quiescent point and written to `path` (`kiln snapshot`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRequest {
+    /// The file to write (replaced if it exists), an absolute path on kilnd's host.
+    pub path: PathBuf,
+    /// Whether the instance runs on afterwards (else it ends once written, and is not restarted).
+    #[serde(default)]
+    pub leave_running: bool,
+}
+
+/// What a snapshot wrote.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotWritten {
+    /// Bytes of guest RAM written (the pages the guest touched, not all zero).
+    pub memory_bytes: u64,
+    /// The file's length (mostly holes).
+    pub file_len: u64,
+}
+
+/// `POST /instances/restore`: a new instance running on from a snapshot file (`kiln restore -d`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreRequest {
+    /// A file `kiln snapshot` (or this API) wrote, an absolute path on kilnd's host.
+    pub path: PathBuf,
+    /// The new instance's name (default: its program's name and a few letters of its id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Remove the record and log when it ends.
+    #[serde(default)]
+    pub auto_remove: bool,
+}
+
 /// `POST /instances`: create an instance and start it (`kiln run -d`). Only `image` is required; unknown fields are
 /// refused (a misspelt field must not be silently dropped).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

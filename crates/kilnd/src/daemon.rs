@@ -1,7 +1,7 @@
 //! kilnd's state: the store, and the instances that run on its threads. Each operation here is one route's work,
 //! blocking (the server runs it off its event loop), with the route's errors.
 
-use crate::api::{CreateRequest, Created};
+use crate::api::{CreateRequest, Created, RestoreRequest, SnapshotRequest, SnapshotWritten};
 use crate::error::ApiError;
 use crate::health::Verdicts;
 use crate::held::Held;
@@ -12,6 +12,7 @@ use kiln_image::instance::{
 use kiln_image::restart::RestartPolicy;
 use kiln_image::Store;
 use kiln_launch::chain;
+use kiln_vmm::snapshot::SnapshotError;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,6 +33,16 @@ pub struct Daemon {
     /// At most this many instances at once (`--max-instances`): a create beyond it is refused.
     max_instances: usize,
     verdicts: Arc<Verdicts>,
+}
+
+/// What a new instance's record says besides its launch specification.
+struct NewRecord<'a> {
+    image: &'a str,
+    name: Option<&'a str>,
+    auto_remove: bool,
+    restart: RestartPolicy,
+    health: Option<kiln_image::health::HealthCheck>,
+    service: Option<&'a str>,
 }
 
 /// A place among the capped instances, given back when the instance is held or failed to start.
@@ -218,32 +229,15 @@ impl Daemon {
             crate::health::published_for(check, &spec).map_err(|why| ApiError::BadRequest(format!("health: {why}")))?;
         }
         let _slot = self.reserve()?;
-        let instances = self.instances();
-        let id = new_id();
-        let ports: Vec<String> = spec.network.published().iter().map(ToString::to_string).collect();
-        let launch = serde_json::to_value(&spec).map_err(|e| ApiError::Internal(e.to_string()))?;
-        let (pid, pid_start) = self.process;
-        let create = |name: &str| {
-            let record = Instance {
-                image_id: spec.image_id().cloned(),
-                auto_remove: request.auto_remove,
-                restart,
-                health_check: request.health.clone(),
-                service: service.map(str::to_string),
-                launch: Some(launch.clone()),
-                kilnd: true,
-                // kilnd's: a record whose kilnd is gone is seen as ended.
-                pid: Some(pid),
-                pid_start: Some(pid_start),
-                ..Instance::created(&id, name, &request.image, spec.argv.clone(), ports.clone())
-            };
-            instances.create(&record)
+        let fields = NewRecord {
+            image: &request.image,
+            name: request.name.as_deref(),
+            auto_remove: request.auto_remove,
+            restart,
+            health: request.health.clone(),
+            service,
         };
-        match &request.name {
-            Some(name) => create(name)?,
-            None => create_with_default_name(&default_name_base(&spec.name), &id, create)?,
-        }
-        let name = instances.load(&id)?.name;
+        let (id, name) = self.record_new(&spec, &fields)?;
         // Held before it starts, so that a stop that comes as soon as it runs finds it.
         match crate::runner::start(self, &id, spec, None) {
             Ok(held) => {
@@ -251,7 +245,103 @@ impl Daemon {
                 Ok(Created { id, name })
             }
             Err(e) => {
-                let _ = instances.remove(&id);
+                let _ = self.instances().remove(&id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Records a new instance of `spec`: its id and name.
+    fn record_new(&self, spec: &kiln_launch::LaunchSpec, fields: &NewRecord<'_>) -> Result<(String, String), ApiError> {
+        let instances = self.instances();
+        let id = new_id();
+        let ports: Vec<String> = spec.network.published().iter().map(ToString::to_string).collect();
+        let launch = serde_json::to_value(spec).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let (pid, pid_start) = self.process;
+        let create = |name: &str| {
+            let record = Instance {
+                image_id: spec.image_id().cloned(),
+                auto_remove: fields.auto_remove,
+                restart: fields.restart,
+                health_check: fields.health.clone(),
+                service: fields.service.map(str::to_string),
+                launch: Some(launch.clone()),
+                kilnd: true,
+                // kilnd's: a record whose kilnd is gone is seen as ended.
+                pid: Some(pid),
+                pid_start: Some(pid_start),
+                ..Instance::created(&id, name, fields.image, spec.argv.clone(), ports.clone())
+            };
+            instances.create(&record)
+        };
+        match fields.name {
+            Some(name) => create(name)?,
+            None => create_with_default_name(&default_name_base(&spec.name), &id, create)?,
+        }
+        let name = instances.load(&id)?.name;
+        Ok((id, name))
+    }
+
+    /// `POST /instances/{id}/snapshot`: the instance paused and written to the request's file; it runs on, or ends
+    /// there for good (recorded `snapshotted to FILE`, stopped: no restart).
+    pub fn snapshot(&self, what: &str, request: &SnapshotRequest) -> Result<SnapshotWritten, ApiError> {
+        if !request.path.is_absolute() {
+            return Err(ApiError::BadRequest(format!(
+                "path: {} is not absolute (kilnd's working directory is not the client's)",
+                request.path.display()
+            )));
+        }
+        let (instance, held) = self.running(what)?;
+        let not_running = || ApiError::Conflict(format!("instance {} is not running", instance.name));
+        let held = held.ok_or_else(not_running)?;
+        let written = match held.snapshot(&request.path, request.leave_running).ok_or_else(not_running)? {
+            Ok(written) => written,
+            Err(e @ (SnapshotError::Unsupported(_) | SnapshotError::NotQuiescent(_))) => {
+                return Err(ApiError::Conflict(format!("instance {}: {}", instance.name, chain(&e))))
+            }
+            Err(e) => return Err(ApiError::Internal(format!("instance {}: {}", instance.name, chain(&e)))),
+        };
+        if !request.leave_running {
+            self.mark_stopped(&instance.id)?;
+            wait_killed(&held, &instance)?;
+        }
+        Ok(SnapshotWritten { memory_bytes: written.memory_bytes, file_len: written.file_len })
+    }
+
+    /// `POST /instances/restore`: a new instance, running on from a snapshot file.
+    pub fn restore(self: &Arc<Self>, request: &RestoreRequest) -> Result<Created, ApiError> {
+        let path = &request.path;
+        if !path.is_absolute() {
+            return Err(ApiError::BadRequest(format!(
+                "path: {} is not absolute (kilnd's working directory is not the client's)",
+                path.display()
+            )));
+        }
+        let snapshot = kiln_vmm::snapshot::Opened::open(path).map_err(|e| ApiError::BadRequest(chain(&e)))?;
+        let spec = serde_json::from_value::<kiln_launch::LaunchSpec>(snapshot.launch().clone()).map_err(|_| {
+            ApiError::BadRequest(format!(
+                "{}: the snapshot does not say how to launch its instance (not written by kiln snapshot)",
+                path.display()
+            ))
+        })?;
+        let _slot = self.reserve()?;
+        let image = path.display().to_string();
+        let fields = NewRecord {
+            image: &image,
+            name: request.name.as_deref(),
+            auto_remove: request.auto_remove,
+            restart: RestartPolicy::No,
+            health: None,
+            service: None,
+        };
+        let (id, name) = self.record_new(&spec, &fields)?;
+        match crate::runner::start(self, &id, spec, Some(snapshot)) {
+            Ok(held) => {
+                self.hold(&id, held);
+                Ok(Created { id, name })
+            }
+            Err(e) => {
+                let _ = self.instances().remove(&id);
                 Err(e)
             }
         }

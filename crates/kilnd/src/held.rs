@@ -2,7 +2,7 @@
 //! end it, a snapshot to keep it across kilnd's restart), asks it to stay stopped (no restart), and learns that it
 //! ended for good.
 
-use kiln_vmm::snapshot::{Request, Written};
+use kiln_vmm::snapshot::{Request, SnapshotError, Written};
 use kiln_vmm::Controller;
 use std::path::Path;
 use std::sync::mpsc::Sender;
@@ -78,6 +78,24 @@ impl Held {
             self.status().keeping = false;
         }
         written
+    }
+
+    /// A snapshot of the running VM to `path` (`kiln snapshot`): it runs on, or ends there for good (no restart).
+    /// None if no VM runs.
+    pub fn snapshot(&self, path: &Path, keep_running: bool) -> Option<Result<Written, SnapshotError>> {
+        let (controller, launch, was_stopped) = {
+            let mut status = self.status();
+            let (controller, launch) = status.controller.clone()?;
+            let was_stopped = status.stopped;
+            // Set before the VM can end with the snapshot, so that its thread sees no reason to restart it.
+            status.stopped |= !keep_running;
+            (controller, launch, was_stopped)
+        };
+        let written = controller.snapshot(Request { path: path.to_path_buf(), keep_running, launch });
+        if written.is_err() {
+            self.status().stopped = was_stopped;
+        }
+        Some(written)
     }
 
     /// Whether its VM was written for the next kilnd (its run ended there).

@@ -64,11 +64,11 @@ fn runs(
     let mut since_steady = 0;
     loop {
         let made = match kept.take() {
-            Some(snapshot) => adopt(daemon, id, spec, snapshot),
+            Some(snapshot) => adopt(daemon, id, spec, snapshot).map(|p| (p, None)),
             None => make(daemon, id, spec, &log),
         };
-        let prepared = match made {
-            Ok(prepared) => prepared,
+        let (prepared, core) = match made {
+            Ok(made) => made,
             Err(e) => match ready.take() {
                 Some(ready) => return ready(Err(e)),
                 None => {
@@ -83,7 +83,7 @@ fn runs(
             ready(Ok(()));
         }
         let started = Instant::now();
-        let Ran::Ended(code, reason) = run_vm(daemon, id, prepared, spec, held, &log) else {
+        let Ran::Ended(code, reason) = run_vm(daemon, id, (prepared, core), spec, held, &log) else {
             // Written for the next kilnd, which runs it on: its record stays running.
             let (pid, pid_start) = daemon.process();
             let _ = instances.update(id, |i| (i.kept, i.pid, i.pid_start) = (true, Some(pid), Some(pid_start)));
@@ -105,9 +105,18 @@ fn runs(
     held.set_ended();
 }
 
-/// Makes the VM and records the instance running.
-fn make(daemon: &Daemon, id: &str, spec: &LaunchSpec, log: &File) -> Result<Prepared, ApiError> {
-    let prepared = kiln_launch::prepare(spec, kiln_libos::KERNEL).map_err(|e| launch_error(&e))?;
+/// Makes the VM and records the instance running; with the unnamed file in its folder that a crash's core file is
+/// written into (as for `kiln run -d`'s instances: the crashed vCPU's thread only writes), if one can be made.
+fn make(daemon: &Daemon, id: &str, spec: &LaunchSpec, log: &File) -> Result<(Prepared, Option<File>), ApiError> {
+    let instances = Instances::new(daemon.store());
+    let core = instances.unnamed_core(id).inspect_err(|e| tracing::warn!("instance {id}: no core file: {e}")).ok();
+    let mut with_core = spec.clone();
+    with_core.core_file = core.as_ref().map(|_| instances.core_path(id));
+    let mut prepared = kiln_launch::prepare(&with_core, kiln_libos::KERNEL).map_err(|e| launch_error(&e))?;
+    let core = core.and_then(|file| {
+        let shared = file.try_clone().ok()?;
+        prepared.vm.core_into(shared).then_some(file)
+    });
     for notice in &prepared.notices {
         let _ = writeln!(&mut &*log, "kiln: {notice}");
     }
@@ -117,10 +126,10 @@ fn make(daemon: &Daemon, id: &str, spec: &LaunchSpec, log: &File) -> Result<Prep
         i.health = i.health_check.as_ref().map(|_| kiln_image::health::Health::Starting);
         (i.pid, i.pid_start, i.started_ms) = (Some(pid), Some(pid_start), Some(now()));
     })?;
-    Ok(prepared)
+    Ok((prepared, core))
 }
 
-/// The VM of the snapshot the last kilnd kept, ready to run on; the record says it runs on this kilnd, with the
+/// The VM of a snapshot (the one the last kilnd kept, or one `POST /instances/restore` names), ready to run on; the record says it runs on this kilnd, with the
 /// start time it had (its uptime goes on). The snapshot file goes once its VM is made: the VM maps it privately, so
 /// its pages stay reachable, and a kilnd that crashed after this never runs an older state of the instance again.
 fn adopt(daemon: &Daemon, id: &str, spec: &LaunchSpec, snapshot: Opened) -> Result<Prepared, ApiError> {
@@ -133,6 +142,8 @@ fn adopt(daemon: &Daemon, id: &str, spec: &LaunchSpec, snapshot: Opened) -> Resu
         (i.state, i.kept) = (State::Running, false);
         i.health = i.health_check.as_ref().map(|_| kiln_image::health::Health::Starting);
         (i.pid, i.pid_start) = (Some(pid), Some(pid_start));
+        // A kept instance's uptime goes on; a restored one (`POST /instances/restore`) starts now.
+        i.started_ms.get_or_insert_with(now);
     })?;
     tracing::debug!(id, took = ?started.elapsed(), "kept instance restored");
     Ok(Prepared { vm, object_sites: None, notices: Vec::new() })
@@ -147,7 +158,17 @@ enum Ran {
 }
 
 /// Runs the VM to its end: the exit code and why, also written to the log unless the program just exited.
-fn run_vm(daemon: &Daemon, id: &str, prepared: Prepared, spec: &LaunchSpec, held: &Held, log: &File) -> Ran {
+/// `kiln debug` reaches it through `debug.sock` in its folder, as it reaches `kiln run -d`'s instances; a crash's
+/// core file, written into `core`, is named `core` there.
+fn run_vm(
+    daemon: &Daemon,
+    id: &str,
+    (prepared, core): (Prepared, Option<File>),
+    spec: &LaunchSpec,
+    held: &Held,
+    log: &File,
+) -> Ran {
+    let mut vm = prepared.vm;
     let console = match log.try_clone() {
         Ok(log) => Arc::new(LogConsole::new(log)),
         Err(e) => {
@@ -160,7 +181,18 @@ fn run_vm(daemon: &Daemon, id: &str, prepared: Prepared, spec: &LaunchSpec, held
     };
     let (signals, signals_rx) = channel();
     held.attach(signals);
-    held.control(prepared.vm.controller(), launch);
+    held.control(vm.controller(), launch);
+    let instances = Instances::new(daemon.store());
+    let _debug_socket = match kiln_vmm::debug::attach::DebugSocket::bind(&instances.dir(id)) {
+        Ok((socket, file)) => {
+            vm.accept_debuggers(socket);
+            Some(file)
+        }
+        Err(e) => {
+            tracing::warn!("instance {id}: kiln debug cannot reach it: {}", chain(&e));
+            None
+        }
+    };
     // A stop that came while the VM was being made: it has been asked to end already.
     if held.stopped() {
         held.kill(held.kill_reason().unwrap_or_else(|| "stopped before it ran".into()));
@@ -169,7 +201,22 @@ fn run_vm(daemon: &Daemon, id: &str, prepared: Prepared, spec: &LaunchSpec, held
     let wait = move || signals_rx.recv().map(|s| vec![s]).unwrap_or_default();
     let host_signals = HostSignals { wait: Box::new(wait), grace: Duration::from_secs(spec.signals.grace_secs.into()) };
     let checker = health_checker(daemon, id, spec);
-    let result = prepared.vm.run(console, host_signals);
+    let result = vm.run(console, host_signals);
+    if let (Ok((Outcome::Crashed(crash), _)), Some(file)) = (&result, &core) {
+        match &crash.core_file {
+            Some(Ok((path, len))) => {
+                let line = match instances.name_core(id, file) {
+                    Ok(()) => format!("kiln: core dumped to {} ({} KiB)", path.display(), len.div_ceil(1024)),
+                    Err(e) => format!("kiln: no core file: cannot name it {}: {e}", path.display()),
+                };
+                let _ = writeln!(&mut &*log, "{line}");
+            }
+            Some(Err(e)) => {
+                let _ = writeln!(&mut &*log, "kiln: no core file: {e}");
+            }
+            None => {}
+        }
+    }
     drop(checker);
     daemon.verdicts().forget(id);
     held.detach();

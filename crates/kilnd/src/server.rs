@@ -2,7 +2,7 @@
 //! method and the path's segments. Each route's work blocks (files, the store's lock, a VM's start), so it runs on
 //! tokio's blocking pool, never on the event loop.
 
-use crate::api::{CreateRequest, ErrorBody, Version, API_VERSION};
+use crate::api::{CreateRequest, ErrorBody, RestoreRequest, SnapshotRequest, Version, API_VERSION};
 use crate::daemon::Daemon;
 use crate::error::ApiError;
 use crate::services::spec::{ServiceRequest, ServiceUpdate};
@@ -111,6 +111,19 @@ async fn route(daemon: Arc<Daemon>, request: Request<Incoming>) -> Result<Reply,
             let create: CreateRequest = serde_json::from_slice(&body)
                 .map_err(|e| ApiError::BadRequest(format!("the body is not a create request: {e}")))?;
             to_json(StatusCode::CREATED, &blocking(move || daemon.create(create)).await?)
+        }
+        (&Method::POST, ["instances", "restore"]) => {
+            let body = read_body(request).await?;
+            let restore: RestoreRequest = serde_json::from_slice(&body)
+                .map_err(|e| ApiError::BadRequest(format!("the body is not a restore request: {e}")))?;
+            to_json(StatusCode::CREATED, &blocking(move || daemon.restore(&restore)).await?)
+        }
+        (&Method::POST, ["instances", id, "snapshot"]) => {
+            let id = id.to_string();
+            let body = read_body(request).await?;
+            let snapshot: SnapshotRequest = serde_json::from_slice(&body)
+                .map_err(|e| ApiError::BadRequest(format!("the body is not a snapshot request: {e}")))?;
+            to_json(StatusCode::OK, &blocking(move || daemon.snapshot(&id, &snapshot)).await?)
         }
         (&Method::GET, ["instances", id]) => {
             let id = id.to_string();
