@@ -154,19 +154,19 @@ pub fn discover(boot: &mut BootInfo, cmdline: &[u8]) {
     // Descriptions of virtio-pci devices, for the library OS: a page taken from the start of its free memory.
     let descriptions = boot.free_phys_start;
     let mut described = 0;
-    pci::discover(|device| {
+    pci::discover(|mut device| {
         if described == MAX_PCI_DEVICES {
             return;
         }
-        let w = device.windows;
         let at = descriptions + (described * core::mem::size_of::<VirtioPciWindows>()) as u64;
-        let device_cfg = direct_map(w.device);
+        let device_cfg = direct_map(device.windows.device);
         if device.kind == DEVICE_NET && boot.net.mmio_phys == 0 {
             if let Some(mut net) = network(cmdline, device_cfg + PCI_NET_MAC, at) {
                 net.transport = TRANSPORT_PCI;
                 boot.net = net;
-                NET_DOORBELL.set(pci_doorbell(&w, NET_TX_QUEUE as u16));
+                NET_DOORBELL.set(pci_doorbell(&device.windows, NET_TX_QUEUE as u16));
                 NET_DOORBELL_PCI.set(true);
+                NET_INTERRUPTS.set(device.enable_msix(apic::DEVICE_VECTOR, apic::id()));
             } else {
                 return;
             }
@@ -182,7 +182,7 @@ pub fn discover(boot: &mut BootInfo, cmdline: &[u8]) {
         }
         // SAFETY: `at` lies in the page at the start of the free memory, which the library OS is told below not to
         // use, in the direct map.
-        unsafe { core::ptr::write_volatile(direct_map(at) as *mut VirtioPciWindows, w) };
+        unsafe { core::ptr::write_volatile(direct_map(at) as *mut VirtioPciWindows, device.windows) };
         described += 1;
     });
     if described != 0 {
@@ -290,8 +290,9 @@ pub fn take_net_interrupt() -> bool {
     interrupted
 }
 
-/// The card's interrupt (its line is level-triggered): acknowledged at the card, so that the line drops, and noted
-/// for the wait in progress or the next one. The library OS finds the frames itself.
+/// The card's interrupt, noted for the wait in progress or the next one (the library OS finds the frames itself).
+/// A virtio-mmio card's line is level-triggered: it is acknowledged at the card, so that the line drops; a virtio-pci
+/// card's MSI-X message needs nothing more.
 pub fn interrupt() {
     let base = NET_WINDOW.get();
     if base != 0 {
@@ -300,6 +301,8 @@ pub fn interrupt() {
             let status = core::ptr::read_volatile((base + REG_INTERRUPT_STATUS) as *const u32);
             core::ptr::write_volatile((base + REG_INTERRUPT_ACK) as *mut u32, status);
         }
+    }
+    if NET_DOORBELL.get() != 0 {
         NET_INTERRUPTED.set(true);
     }
     apic::eoi();

@@ -1,7 +1,8 @@
 //! How the library OS's two virtio drivers (the network card's and the volumes') reach their devices: the feature
 //! handshake, a queue's rings, the start and the doorbell, over virtio-mmio (version 2: Kiln's VMM, microvm,
 //! Firecracker) or modern virtio-pci (q35, Cloud Hypervisor; found by the platform layer of an exported image,
-//! `kernel/pvh/pci.rs`). Above this the drivers are the same. Both poll the used ring instead of taking interrupts.
+//! `kernel/pvh/pci.rs`). Above this the drivers are the same. Both poll the used ring; interrupts, where there are
+//! any, are the platform layer's (it only wakes a waiting vCPU with them).
 
 use core::ptr::{read_volatile, write_volatile};
 use kiln_abi::boot::{VirtioPciWindows, TRANSPORT_PCI};
@@ -34,8 +35,6 @@ const PCI_QUEUE_NOTIFY_OFF: u64 = 0x1e;
 const PCI_QUEUE_DESC: u64 = 0x20;
 const PCI_QUEUE_DRIVER: u64 = 0x28;
 const PCI_QUEUE_DEVICE: u64 = 0x30;
-/// No MSI-X vector for a queue: the drivers poll.
-const PCI_NO_VECTOR: u16 = 0xffff;
 /// Most queues a driver uses (the network card's two); their doorbells are found once, at `set_queue`.
 const MAX_QUEUES: usize = 2;
 
@@ -50,7 +49,7 @@ const F_VERSION_1_HIGH: u32 = 1;
 #[derive(Clone, Copy)]
 pub enum Transport {
     Mmio(u64),
-    Pci { common: u64, doorbells: [u64; MAX_QUEUES], notify: u64, multiplier: u32 },
+    Pci { common: u64, doorbells: [u64; MAX_QUEUES], notify: u64, multiplier: u32, vector: u16 },
 }
 
 fn write32(at: u64, value: u32) {
@@ -97,6 +96,7 @@ impl Transport {
             doorbells: [direct_map(w.notify); MAX_QUEUES],
             notify: direct_map(w.notify),
             multiplier: w.notify_multiplier,
+            vector: w.queue_vector as u16,
         }
     }
 
@@ -164,11 +164,12 @@ impl Transport {
                 }
                 write32(*base + REG_QUEUE_READY, 1);
             }
-            Transport::Pci { common, doorbells, notify, multiplier } => {
+            Transport::Pci { common, doorbells, notify, multiplier, vector } => {
                 let common = *common;
                 write16(common + PCI_QUEUE_SELECT, index);
                 write16(common + PCI_QUEUE_SIZE, size);
-                write16(common + PCI_QUEUE_MSIX_VECTOR, PCI_NO_VECTOR);
+                // The platform layer's MSI-X entry, where it takes the device's interrupts (0xffff: none).
+                write16(common + PCI_QUEUE_MSIX_VECTOR, *vector);
                 for (reg, phys) in [PCI_QUEUE_DESC, PCI_QUEUE_DRIVER, PCI_QUEUE_DEVICE].into_iter().zip(rings) {
                     write32(common + reg, phys as u32);
                     write32(common + reg + 4, (phys >> 32) as u32);

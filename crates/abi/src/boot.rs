@@ -135,7 +135,9 @@ pub struct VirtioPciWindows {
     /// The device's own configuration (a MAC, a capacity).
     pub device: u64,
     pub notify_multiplier: u32,
-    pub _reserved: u32,
+    /// The MSI-X table entry the driver gives its queues' interrupts (`queue_msix_vector`), or 0xffff for none
+    /// (the driver polls; only the network card's are taken).
+    pub queue_vector: u32,
 }
 
 /// Size of the card's register window.
