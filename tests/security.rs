@@ -153,6 +153,11 @@ fn a_jailed_vmm_runs_as_its_own_uid_in_an_empty_root_and_new_namespaces() {
         let its = std::fs::read_link(format!("/proc/{child}/ns/{ns}")).unwrap();
         assert_ne!(mine, its, "the jailed process shares the {ns} namespace");
     }
+    // With --net none, the empty network namespace such jails share, made by the first (kiln_jail::netns).
+    use std::os::unix::fs::MetadataExt;
+    let shared = std::fs::metadata("/run/kiln/netns/none").expect("the shared network namespace was not made");
+    let its = std::fs::read_link(format!("/proc/{child}/ns/net")).unwrap();
+    assert_eq!(its.to_str(), Some(format!("net:[{}]", shared.ino()).as_str()), "not in the shared network namespace");
     let limits = std::fs::read_to_string(format!("/proc/{child}/limits")).unwrap();
     assert!(limits.lines().any(|l| l.starts_with("Max processes") && l.contains(" 10 ")), "{limits}");
     // A stop signal to the parent reaches the program, which ends as it likes.

@@ -217,6 +217,13 @@ pub fn run(mut args: RunArgs) -> Result<u8> {
             let (reason_read, reason_write) = std::io::pipe().context("cannot make a pipe for the jail")?;
             // Names the child's cgroup, for the parent to remove.
             let cgroup_key = std::process::id();
+            // The empty network namespace such jails share, made by the first (kiln_jail::netns); where it cannot be,
+            // the jail makes one of its own.
+            if !matches!(spec.network, kiln_launch::network::Network::User { .. }) {
+                if let Err(e) = kiln_jail::netns::prepare_shared() {
+                    tracing::debug!("--jail: no shared network namespace: {e}");
+                }
+            }
             match kiln_jail::enter()? {
                 kiln_jail::Entered::Parent(code) => {
                     drop(reason_write);

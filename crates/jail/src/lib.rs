@@ -1,5 +1,5 @@
-//! `kiln run --jail`: the VMM's process in new PID, mount, IPC and UTS namespaces (and a new network namespace unless
-//! the user-mode network needs the host's), then, once the VM is built and every file it uses is open or mapped, an
+//! `kiln run --jail`: the VMM's process in new PID, mount, IPC and UTS namespaces (and an empty network namespace,
+//! shared by such jails: [`netns`], unless the user-mode network needs the host's), then, once the VM is built and every file it uses is open or mapped, an
 //! empty read-only root, an unprivileged uid and gid of its own, and resource limits. Two steps, because the VM must be
 //! made by the process that runs it (KVM ties a VM to its creator's memory) and that process must be a child to be in
 //! a new PID namespace: [`enter`] forks (the parent waits, forwarding the stop signals), [`lock_down`] closes the
@@ -7,6 +7,7 @@
 
 pub mod cgroup;
 mod limits;
+pub mod netns;
 mod parent;
 mod root;
 
@@ -157,9 +158,9 @@ fn identity_for(host_pid: u32) -> Identity {
 /// the root and the ids are the whole process's.
 pub fn lock_down(how: &Lockdown) -> Result<(), JailError> {
     if how.new_network {
-        // SAFETY: unshare takes flags only. Only this thread exists with no user-mode network (its relay is the one
-        // thread `prepare` starts), so the whole process moves.
-        check("make the jail's network namespace", unsafe { libc::unshare(libc::CLONE_NEWNET) })?;
+        // Only this thread exists with no user-mode network (its relay is the one thread `prepare` starts), so the
+        // whole process moves.
+        netns::enter_empty()?;
     }
     let mapped = limits::mapped_bytes()?;
     root::pivot_to_empty_root()?;
