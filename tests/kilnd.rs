@@ -499,7 +499,9 @@ fn instances_keep_running_across_a_kilnd_restart() {
     let id = kilnd.create(serde_json::json!({
         "image": guests::c("hitcount"), "memory": "32M", "publish": [format!("127.0.0.1:{port}:80")],
     }));
+    let other = kilnd.create(serde_json::json!({"image": guests::c("waiter"), "name": "other", "args": ["graceful"]}));
     kilnd.wait_log(&id, "hitcount: listening\n");
+    kilnd.wait_log(&other, "waiter: ready\n");
     assert_eq!(get(port).as_deref(), Ok("hit 1\n"));
     assert_eq!(get(port).as_deref(), Ok("hit 2\n"));
     let before = kilnd.instance(&id);
@@ -515,6 +517,12 @@ fn instances_keep_running_across_a_kilnd_restart() {
     ps.assert_code(0);
     assert!(ps.stdout_text().lines().any(|l| l.starts_with(&id) && l.contains("running for")), "{}", ps.stdout_text());
     assert!(get(port).is_err(), "nothing answers while no kilnd runs");
+    assert!(ps.stdout_text().contains("(kept: waiting for kilnd to start)"), "{}", ps.stdout_text());
+    // A second kept instance, stopped while no kilnd runs: its state goes, and the next kilnd does not run it on.
+    kiln_in(&kilnd.home).args(["stop", "other"]).run().assert_code(0);
+    let other_record = record_file(&kilnd.home, &other);
+    assert_eq!(other_record["state"], "exited", "{other_record}");
+    assert!(!kilnd.home.join("instances").join(&other).join("kept.snap").exists());
 
     let mut kilnd = Kilnd::start_in(kilnd.home.clone());
     assert_ne!(kilnd.child.id(), old_pid);
@@ -527,6 +535,8 @@ fn instances_keep_running_across_a_kilnd_restart() {
     assert!(!snapshot.exists(), "the snapshot stays after the restore");
     let log = kilnd.call("GET", &format!("/instances/{id}/logs"), "").1;
     assert_eq!(log.matches("hitcount: listening").count(), 1, "it booted again: {log:?}");
+    let other_record = kilnd.instance(&other);
+    assert_eq!((other_record["state"].as_str(), other_record["restarts"].as_u64()), (Some("exited"), Some(0)));
     let ps = kiln_in(&kilnd.home).args(["ps"]).run();
     assert!(ps.stdout_text().lines().any(|l| l.starts_with(&id) && l.contains("running for")), "{}", ps.stdout_text());
 

@@ -23,7 +23,10 @@ fn status(i: &Instance) -> String {
         State::Created => "created".into(),
         State::Restarting => format!("restarting ({})", i.restarts),
         State::Running => {
-            let running = format!("running for {}", duration(t.saturating_sub(i.started_ms.unwrap_or(t)) / 1000));
+            let mut running = format!("running for {}", duration(t.saturating_sub(i.started_ms.unwrap_or(t)) / 1000));
+            if i.kept {
+                running += " (kept: waiting for kilnd to start)";
+            }
             match i.health {
                 Some(health) => format!("{running} ({health})"),
                 None => running,

@@ -8,7 +8,7 @@
 use crate::run::RunArgs;
 use anyhow::{bail, Context, Result};
 use kiln_image::health::HealthCheck;
-use kiln_image::instance::{Instance, State};
+use kiln_image::instance::{now, Instance, Instances, State, KEPT_SNAPSHOT};
 use kilnd::api::{CreateRequest, Created, RestoreRequest, SnapshotRequest, SnapshotWritten};
 use kilnd::client::Client;
 use std::io::Write;
@@ -125,8 +125,32 @@ pub fn stop(instance: &Instance, secs: u64) -> Result<()> {
             Ok(())
         }
         None if alive(instance) => Err(unreachable(instance)),
+        None if kept(instance) => drop_kept(instance, 143, "stopped while kept for the next kilnd (its state dropped)"),
         None => Ok(()),
     }
+}
+
+/// Whether the instance waits in its folder for the next kilnd (kept as the last one stopped).
+fn kept(instance: &Instance) -> bool {
+    instance.kept && instance.state == State::Running
+}
+
+/// A kept instance stopped or killed while no kilnd runs: its kept state is removed and it is recorded ended (and
+/// stopped), so that the next kilnd does not run it on.
+fn drop_kept(instance: &Instance, code: i32, why: &str) -> Result<()> {
+    let store = kiln_launch::home::store()?;
+    let instances = Instances::new(&store);
+    match std::fs::remove_file(instances.dir(&instance.id).join(KEPT_SNAPSHOT)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("instance {}: cannot remove its kept state", instance.name))
+        }
+        _ => {}
+    }
+    instances.update(&instance.id, |i| {
+        (i.kept, i.stopped, i.state) = (false, true, State::Exited);
+        (i.exit_code, i.reason, i.finished_ms) = (Some(code), Some(why.to_string()), Some(now()));
+    })?;
+    Ok(())
 }
 
 /// `kiln kill` of a kilnd instance.
@@ -137,6 +161,7 @@ pub fn kill(instance: &Instance) -> Result<()> {
             Ok(())
         }
         None if alive(instance) => Err(unreachable(instance)),
+        None if kept(instance) => drop_kept(instance, 137, "killed while kept for the next kilnd (its state dropped)"),
         None => bail!("instance {} is not running", instance.name),
     }
 }
