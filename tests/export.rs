@@ -415,6 +415,30 @@ fn unsupported_exports_are_refused_in_one_line() {
     assert!(!image.exists(), "nothing is written for a refused export");
 }
 
+/// The DNS servers of the DHCP lease become the program's /etc/resolv.conf (QEMU's user networking names the one
+/// its `dns=` option gives).
+#[test]
+fn the_dhcp_leases_dns_server_is_in_resolv_conf() {
+    if !qemu_available() {
+        return;
+    }
+    let image = export("resolv", &[guests::c("tree").to_str().expect("UTF-8 path"), "/etc"]);
+    let args = [
+        "-global",
+        "virtio-mmio.force-legacy=false",
+        "-netdev",
+        "user,id=n0,dns=10.0.2.4",
+        "-device",
+        "virtio-net-device,netdev=n0",
+        "-device",
+        EXIT_DEVICE,
+    ];
+    let boot = boot(&image, "microvm,acpi=off", &args);
+    let line = boot.console.lines().find(|l| l.starts_with("f resolv.conf ")).unwrap_or_default();
+    assert!(line.contains("nameserver 10.0.2.4"), "/etc/resolv.conf is not the lease's:\n{}", boot.console);
+    assert_eq!(boot.status, 1, "exit code 0\n{}", boot.console);
+}
+
 /// Whether `binary` is on PATH; says the test is skipped otherwise.
 fn on_path(binary: &str) -> bool {
     let found =
