@@ -15,9 +15,11 @@
 #     in batch mode against `kiln run --gdb`);
 #   - apt, for the nested-KVM check (tests/nested-kvm/run.sh; it skips without them) and tests/export.rs (exported
 #     images booted under QEMU TCG, microvm and q35; skipped without it): qemu-system-x86,
-#     linux-image-amd64 (Debian's kernel, booted in QEMU to load kvm-amd), busybox-static (its init), cpio;
+#     linux-image-amd64 (Debian's kernel, booted in QEMU to load kvm-amd), busybox-static (its init), cpio; and for
+#     tests/export_uefi.rs (UEFI disk images booted by OVMF under QEMU TCG; skipped without them): ovmf, qemu-utils
+#     (qemu-img check reads the qcow2 images);
 #   - rustup and the toolchain pinned in rust-toolchain.toml, with its components and targets (x86_64-unknown-none for
-#     the library OS, x86_64-unknown-linux-musl for the Rust test programs).
+#     the library OS, x86_64-unknown-linux-musl for the Rust test programs, x86_64-unknown-uefi for the UEFI loader).
 #   - cargo-fuzz (crates.io, --locked): .ci/run builds and briefly runs the fuzz targets in fuzz/ (fuzz/ci.sh).
 # Safe to run again: a second run changes nothing and needs no network. It ends by saying whether /dev/kvm is usable.
 set -euo pipefail
@@ -57,11 +59,11 @@ fi
 
 # The nested-KVM check's packages: where they cannot be installed (linux-image-amd64 is Debian's), that check skips.
 nested_missing=()
-for pkg in qemu-system-x86 linux-image-amd64 busybox-static cpio; do
+for pkg in qemu-system-x86 linux-image-amd64 busybox-static cpio ovmf qemu-utils; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || nested_missing+=("$pkg")
 done
 if [ ${#nested_missing[@]} -gt 0 ]; then
-  say "installing ${nested_missing[*]} (for tests/nested-kvm/run.sh)"
+  say "installing ${nested_missing[*]} (for tests/nested-kvm/run.sh and the QEMU tests of exported images)"
   # Installing QEMU re-applies udev's rules, which can narrow who may open /dev/kvm and /dev/net/tun: keep their modes.
   modes=()
   for dev in /dev/kvm /dev/net/tun; do [ -e "$dev" ] && modes+=("$(stat -c %a "$dev") $dev"); done
@@ -77,7 +79,7 @@ if [ ${#nested_missing[@]} -gt 0 ]; then
     [ "$(stat -c %a "$dev")" = "$mode" ] || { say "putting $dev back to mode $mode"; as_root chmod "$mode" "$dev"; }
   done
 else
-  say "nested-KVM check packages present (qemu-system-x86, linux-image-amd64, busybox-static, cpio)"
+  say "QEMU test packages present (qemu-system-x86, linux-image-amd64, busybox-static, cpio, ovmf, qemu-utils)"
 fi
 
 # ---- Rust --------------------------------------------------------------------------------------------------------

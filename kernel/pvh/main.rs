@@ -46,6 +46,7 @@ static KILN_PVH_HANDOFF: Shared<Handoff> = Shared(UnsafeCell::new(Handoff {
     vdso_end: 0,
     lstar: 0,
     at_random_phys: 0,
+    layout_phys: 0,
 }));
 
 /// A static only the boot vCPU touches (the platform layer runs one vCPU, with interrupts off).

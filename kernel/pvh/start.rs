@@ -5,7 +5,7 @@
 use crate::io::{cpuid, rdtsc};
 use crate::{power, serial, Shared};
 use kiln_abi::layout::{direct_map, page_align_down, HUGE_PAGE_SIZE};
-use kiln_abi::pvh::{Handoff, MemmapEntry, StartInfo, LAYOUT_PHYS, MEMMAP_RAM, START_INFO_MAGIC};
+use kiln_abi::pvh::{Handoff, MemmapEntry, StartInfo, MEMMAP_RAM, START_INFO_MAGIC};
 use kiln_abi::BootInfo;
 
 /// What the boot page tables reach.
@@ -103,13 +103,13 @@ fn acpi_pm1a_control(rsdp: u64) -> Option<u16> {
     None
 }
 
-/// The end of the RAM range holding the boot layout's start, grown over ranges that touch it (`u64::MAX` when the
-/// loader gave no memory map: the image's own size is then trusted).
+/// The end of the RAM range holding the boot layout's start (where the export put it), grown over ranges that touch
+/// it (`u64::MAX` when the loader gave no memory map: the image's own size is then trusted).
 pub fn ram_reach(start: &Start) -> u64 {
     if start.memmap_len == 0 {
         return u64::MAX;
     }
-    let mut reach = LAYOUT_PHYS;
+    let mut reach = crate::handoff().layout_phys;
     let mut grown = true;
     let mut rounds = 0;
     while grown && rounds < MAX_MEMMAP {

@@ -14,6 +14,10 @@ pub const MEMMAP_RAM: u32 = 1;
 pub const PLATFORM_PHYS: u64 = 1 << 20;
 /// First guest-physical byte of the boot layout (`kiln_vmm::boot`); the platform layer fits below it.
 pub const LAYOUT_PHYS: u64 = 2 << 20;
+/// Where the platform layer of a UEFI disk image's payload is loaded (`kiln export --format raw|qcow2`), the boot
+/// layout 1 MiB above: past what OVMF keeps below 16 MiB for itself (its SEC and PEI work areas at 8 MiB, ACPI NVS
+/// when the machine has S3), which a UEFI loader may not overwrite.
+pub const UEFI_PLATFORM_PHYS: u64 = 16 << 20;
 
 /// `Handoff::magic`: "KILNPVH1".
 pub const HANDOFF_MAGIC: u64 = u64::from_le_bytes(*b"KILNPVH1");
@@ -72,6 +76,8 @@ pub struct Handoff {
     /// Guest-physical address of the 16 `AT_RANDOM` bytes on the program's initial stack (0 if not found): the
     /// export's bytes would be the same at every boot, so the platform layer mixes fresh ones in.
     pub at_random_phys: u64,
+    /// Guest-physical: the boot layout's first byte (the RAM the library OS gets grows from there).
+    pub layout_phys: u64,
 }
 
 impl Handoff {

@@ -5,10 +5,16 @@ use crate::boot::{configure, explain, Configured};
 use crate::error::LaunchError;
 use crate::network::Network;
 use crate::LaunchSpec;
-use kiln_vmm::export::ExportError;
+use kiln_vmm::export::{ExportError, Loader};
 
-/// The PVH ELF of `spec` (`kiln_vmm::export::pvh`), on `builtin_kernel` for a host program, started by `platform`.
-pub fn export_pvh(spec: &LaunchSpec, builtin_kernel: &'static [u8], platform: &[u8]) -> Result<Vec<u8>, LaunchError> {
+/// The PVH ELF of `spec` (`kiln_vmm::export::pvh`), on `builtin_kernel` for a host program, started by `platform`,
+/// laid out for `loader`.
+pub fn export_pvh(
+    spec: &LaunchSpec,
+    builtin_kernel: &'static [u8],
+    platform: &[u8],
+    loader: Loader,
+) -> Result<Vec<u8>, LaunchError> {
     if spec.network != Network::None {
         return Err(LaunchError::Export(ExportError::Unsupported("a network card", "no network yet")));
     }
@@ -16,7 +22,7 @@ pub fn export_pvh(spec: &LaunchSpec, builtin_kernel: &'static [u8], platform: &[
     // disk holding an ext2 filesystem), in this order.
     let mounts: Vec<String> = spec.volumes.iter().map(|(_, mount)| mount.clone()).collect();
     let Configured { kernel, program, config, .. } = configure(spec, builtin_kernel)?;
-    kiln_vmm::export::pvh(&kernel, &program, platform, config, &mounts).map_err(|e| match e {
+    kiln_vmm::export::pvh(&kernel, &program, platform, config, &mounts, loader).map_err(|e| match e {
         ExportError::Vm(e) => explain(e, spec),
         other => LaunchError::Export(other),
     })

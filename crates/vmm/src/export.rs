@@ -10,7 +10,7 @@ use crate::memory::{BootAllocator, GuestRam, HugePages, MemoryError};
 use crate::vm::{self, VmConfig, VmError};
 use kiln_abi::boot::{BootInfo, VolumeInfo, MAX_VOLUMES, MOUNT_PATH_MAX};
 use kiln_abi::layout::{DIRECT_MAP_BASE, HUGE_PAGE_SIZE, PAGE_SIZE};
-use kiln_abi::pvh::{Handoff, HANDOFF_MAGIC, LAYOUT_PHYS, PLATFORM_PHYS, XEN_ELFNOTE_PHYS32_ENTRY};
+use kiln_abi::pvh::{Handoff, HANDOFF_MAGIC, LAYOUT_PHYS, PLATFORM_PHYS, UEFI_PLATFORM_PHYS, XEN_ELFNOTE_PHYS32_ENTRY};
 
 /// `AT_HWCAP` of an exported program: CPUID.1:EDX as every x86-64 CPU has it (FPU, TSC, CX8, CMOV, MMX, FXSR, SSE,
 /// SSE2 and their kin), since the CPU it will boot on is not known; libc asks CPUID itself for the rest.
@@ -36,16 +36,39 @@ pub enum ExportError {
     MountTooLong(String),
 }
 
+/// Who boots an exported image, which decides where it lies in guest-physical memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loader {
+    /// A PVH loader (QEMU `-kernel`, Firecracker, Cloud Hypervisor): from 1 MiB, as Linux's PVH entry lies.
+    Pvh,
+    /// Kiln's UEFI loader (`kiln export --format raw|qcow2`): from 16 MiB, above the memory UEFI firmware keeps low.
+    Uefi,
+}
+
+impl Loader {
+    /// Where the platform layer goes; the boot layout starts 1 MiB above it.
+    fn platform_phys(self) -> u64 {
+        match self {
+            Self::Pvh => PLATFORM_PHYS,
+            Self::Uefi => UEFI_PLATFORM_PHYS,
+        }
+    }
+}
+
 /// The exported image's bytes: `kernel` (the library OS) and `program` booted as `config` says, by `platform` (the
-/// platform layer's ELF) on a PVH loader, with volumes mounted at `volume_mounts` (absolute, normalised paths), whose
-/// virtio-blk devices the platform layer finds at boot, in the same order.
+/// platform layer's ELF) on `loader`, with volumes mounted at `volume_mounts` (absolute, normalised paths), whose
+/// virtio-blk devices the platform layer finds at boot, in the same order. Under [`Loader::Uefi`] the image's memory
+/// is `config.memory` above where it starts (15 MiB higher than a PVH loader's), so the program gets as much.
 pub fn pvh(
     kernel_elf: &[u8],
     program_elf: &[u8],
     platform_elf: &[u8],
     config: VmConfig,
     volume_mounts: &[String],
+    loader: Loader,
 ) -> Result<Vec<u8>, ExportError> {
+    let platform_base = loader.platform_phys();
+    let layout_base = platform_base + (LAYOUT_PHYS - PLATFORM_PHYS);
     if config.cpus != 1 {
         return Err(ExportError::Unsupported("--cpus above 1", "one vCPU"));
     }
@@ -67,7 +90,7 @@ pub fn pvh(
     if config.memory < MIN_MEMORY + LAYOUT_PHYS {
         return Err(VmError::MemoryTooSmall { requested: config.memory, minimum: MIN_MEMORY + LAYOUT_PHYS }.into());
     }
-    let memory = config.memory.div_ceil(HUGE_PAGE_SIZE) * HUGE_PAGE_SIZE;
+    let memory = (config.memory + platform_base - PLATFORM_PHYS).div_ceil(HUGE_PAGE_SIZE) * HUGE_PAGE_SIZE;
     let (kernel, program, prepared) = vm::prepare(
         kernel_elf,
         program_elf,
@@ -82,7 +105,7 @@ pub fn pvh(
     let platform = ElfImage::parse(platform_elf).map_err(ExportError::PlatformElf)?;
     let mut ram = GuestRam::with_huge_pages(memory, HugePages::No)?;
 
-    let mut below = BootAllocator::new(PLATFORM_PHYS, LAYOUT_PHYS);
+    let mut below = BootAllocator::new(platform_base, layout_base);
     let placed = loader::load_kernel(&ram, &mut below, &platform, platform_elf).map_err(|e| match e {
         loader::LoaderError::Memory(_) => ExportError::PlatformTooBig { size: platform_size(&platform) },
         other => ExportError::Boot(other.into()),
@@ -122,7 +145,7 @@ pub fn pvh(
         nofile: config.nofile,
     };
     let state =
-        boot::build_from(&mut ram, LAYOUT_PHYS, (&kernel, kernel_elf), (&program, program_elf, prepared), &params)?;
+        boot::build_from(&mut ram, layout_base, (&kernel, kernel_elf), (&program, program_elf, prepared), &params)?;
     // The volumes' mount paths, without register windows: the platform layer fills those in with what it finds.
     for (i, mount) in volume_mounts.iter().enumerate() {
         let entry = state.boot_info_phys
@@ -152,13 +175,14 @@ pub fn pvh(
         vdso_end: vdso.map_or(0, |v| v.1),
         lstar: crate::arch::trap_page::LSTAR,
         at_random_phys: 0,
+        layout_phys: layout_base,
     };
-    let image = ram.read_vec(PLATFORM_PHYS, memory - PLATFORM_PHYS)?;
-    handoff.at_random_phys = find(&image, &at_random).map_or(0, |at| PLATFORM_PHYS + at as u64);
+    let image = ram.read_vec(platform_base, memory - platform_base)?;
+    handoff.at_random_phys = find(&image, &at_random).map_or(0, |at| platform_base + at as u64);
     let mut image = image;
-    let off = (handoff_phys - PLATFORM_PHYS) as usize;
+    let off = (handoff_phys - platform_base) as usize;
     image[off..off + std::mem::size_of::<Handoff>()].copy_from_slice(handoff_bytes(&handoff));
-    Ok(write_elf(PLATFORM_PHYS, &image, entry32 as u32))
+    Ok(write_elf(platform_base, &image, entry32 as u32))
 }
 
 fn platform_size(elf: &ElfImage) -> u64 {
