@@ -558,6 +558,32 @@ fn instances_keep_running_across_a_kilnd_restart() {
     assert_eq!(kilnd.instance(&with_volume)["state"], "exited");
 }
 
+/// A kept instance that cannot be run on (its published port taken meanwhile) is not lost silently: its log and
+/// record say why, and its restart policy decides as for an instance that died with kilnd.
+#[test]
+fn a_kept_instance_that_cannot_be_restored_says_why() {
+    if !kvm::available() {
+        return;
+    }
+    let mut kilnd = Kilnd::start("keep-fails");
+    let port = free_port();
+    let id = kilnd.create(serde_json::json!({
+        "image": guests::c("hitcount"), "memory": "32M", "publish": [format!("127.0.0.1:{port}:80")],
+    }));
+    kilnd.wait_log(&id, "hitcount: listening\n");
+    assert!(kilnd.stop().success());
+    assert_eq!(record_file(&kilnd.home, &id)["kept"], true);
+    let _taken = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let kilnd = Kilnd::start_in(kilnd.home.clone());
+    let record = kilnd.instance(&id);
+    assert_eq!(record["state"], "exited", "{record}");
+    let reason = record["reason"].as_str().unwrap();
+    assert!(reason.starts_with("kept by the last kilnd, but "), "{record}");
+    let log = kilnd.call("GET", &format!("/instances/{id}/logs"), "").1;
+    assert!(log.contains(&format!("kiln: {reason}")), "{log}");
+    assert!(!kilnd.home.join("instances").join(&id).join("kept.snap").exists());
+}
+
 /// A service's replicas are kept across a kilnd restart too: the same replicas (same ids, no second boot, their
 /// counts going on) behind the service's port, which the next kilnd serves again.
 #[test]

@@ -138,13 +138,14 @@ impl Daemon {
         let failed = failed.into_inner().unwrap_or_else(|e| e.into_inner());
         let mut fallen = Vec::new();
         for (record, why) in failed {
-            tracing::warn!("instance {}: kept by the last kilnd, but {why}", record.name);
-            note(&instances.log_path(&record.id), &format!("kiln: kept by the last kilnd, but {why}"));
+            let why = format!("kept by the last kilnd, but {why}");
+            tracing::warn!("instance {}: {why}", record.name);
+            note(&instances.log_path(&record.id), &format!("kiln: {why}"));
             let _ = std::fs::remove_file(instances.dir(&record.id).join(KEPT_SNAPSHOT));
             let _ = instances.update(&record.id, |i| i.kept = false);
-            fallen.push(Instance { kept: false, ..record });
+            fallen.push((Instance { kept: false, ..record }, Some(why)));
         }
-        for record in gone.into_iter().chain(fallen) {
+        for (record, why) in gone.into_iter().map(|r| (r, None)).chain(fallen) {
             let wanted = match record.restart {
                 RestartPolicy::Always => true,
                 RestartPolicy::UnlessStopped => !record.stopped,
@@ -153,7 +154,8 @@ impl Daemon {
             if wanted {
                 self.restart_recorded(&record);
             } else if record.state != State::Exited {
-                self.ended(&record.id, record.exit_code.unwrap_or(-1), "the kilnd that ran it ended".into());
+                let why = why.unwrap_or_else(|| "the kilnd that ran it ended".into());
+                self.ended(&record.id, record.exit_code.unwrap_or(-1), why);
             }
         }
         Ok(())
