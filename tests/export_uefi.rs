@@ -61,13 +61,19 @@ struct Boot {
     elapsed: Duration,
 }
 
-/// Boots `disk` (of `format`) with OVMF under QEMU TCG with `memory`, to its end, or until the console contains
-/// `until` (firmware that failed to boot something waits in its shell).
+/// Boots `disk` (of `format`, a virtio-blk device) with OVMF under QEMU TCG with `memory`, to its end, or until the
+/// console contains `until` (firmware that failed to boot something waits in its shell).
 fn boot(disk: &Path, format: &str, memory: &str, until: Option<&str>) -> Boot {
+    boot_with(disk, &format!("format={format},if=virtio"), memory, until, &[])
+}
+
+/// [`boot`] with the disk attached as `drive` says (QEMU's `-drive` options after `file=`) and `extra` arguments.
+fn boot_with(disk: &Path, drive: &str, memory: &str, until: Option<&str>, extra: &[&str]) -> Boot {
     let mut cmd = Command::new(QEMU);
     cmd.args(["-M", "q35", "-cpu", "max", "-m", memory, "-display", "none", "-no-reboot", "-nodefaults"])
         .args(["-serial", "stdio", "-bios", OVMF, "-device", EXIT_DEVICE, "-drive"])
-        .arg(format!("file={},format={format},if=virtio", disk.display()))
+        .arg(format!("file={},{drive}", disk.display()))
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -160,6 +166,20 @@ fn hello_as_a_qcow2_disk_passes_qemu_img_check_and_boots_with_its_command_line()
     let expected = hello_lines(&[path, "9", "x"], &["LANG=C", "KILN_GREETING=from-the-disk"]);
     assert!(booted.console.ends_with(&expected), "console:\n{}\nexpected it to end with:\n{expected}", booted.console);
     assert_eq!(booted.status, Some(9 * 2 + 1), "{}", booted.console);
+}
+
+#[test]
+fn the_network_card_gets_a_dhcp_lease_on_virtio_net_pci_with_the_disk_on_ahci() {
+    if !ovmf_available() {
+        return;
+    }
+    // The boot disk on q35's AHCI, so that only the card is a virtio device; OVMF drove the card before the image.
+    let netlink = guests::c("netlink");
+    let disk = export("network", "raw", &[netlink.to_str().expect("UTF-8 path"), "all"]);
+    let extra = ["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"];
+    let booted = boot_with(&disk, "format=raw,if=ide", "256M", None, &extra);
+    assert!(booted.console.contains("eth0: inet 10.0.2.15/24 up\n"), "{}", booted.console);
+    assert_eq!(booted.status, Some(1), "exit code 0 through isa-debug-exit\n{}", booted.console);
 }
 
 #[test]
