@@ -68,6 +68,8 @@ def elf_seeds():
     put("elf_loader", "no-sections", elf(sections=False))
     put("elf_loader", "huge-span", elf(text_mem=32 << 30))
     put("elf_loader", "dynamic", elf(interp=b"/lib/ld-musl-x86_64.so.1"))
+    put("uefi_payload", "pvh", pvh_elf())
+    put("uefi_payload", "exec", elf())
     cc = shutil.which("musl-gcc")
     if not cc:
         print("seeds: musl-gcc not found: no compiled ELF seeds", file=sys.stderr)
@@ -82,6 +84,22 @@ def elf_seeds():
             if subprocess.run([cc, *args, "-o", out, src], capture_output=True).returncode == 0:
                 with open(out, "rb") as f:
                     put("elf_loader", name, f.read())
+
+
+def pvh_elf():
+    """What `kiln export --format pvh` writes, in small: two PT_LOADs at 16 MiB and the PVH entry note."""
+    note = struct.pack("<III", 4, 4, 18) + b"Xen\0" + struct.pack("<I", 0x100_0040)
+    phnum = 3
+    data_at = 64 + phnum * 56 + 32
+    ehdr = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9) + struct.pack(
+        "<HHIQQQIHHHHHH", 2, 62, 1, 0x100_0040, 64, 0, 0, 64, 56, phnum, 64, 0, 0)
+    ph = b""
+    ph += struct.pack("<IIQQQQQQ", 1, 7, data_at, 0x100_0000, 0x100_0000, 16, 0x2000, 16)
+    ph += struct.pack("<IIQQQQQQ", 1, 7, data_at + 16, 0x100_2000, 0x100_2000, 16, 16, 16)
+    ph += struct.pack("<IIQQQQQQ", 4, 4, 64 + phnum * 56, 0, 0, len(note), len(note), 4)
+    body = ehdr + ph + note
+    body += bytes(data_at - len(body))
+    return body + b"\x90" * 16 + b"\xcc" * 16 + bytes(range(40)) * 3
 
 
 # --- root file system --------------------------------------------------------------------------------------------
