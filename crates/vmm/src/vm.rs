@@ -40,7 +40,7 @@ use kiln_abi::boot::{NetInfo, VolumeInfo, MAX_VOLUMES, MOUNT_PATH_MAX};
 use kiln_abi::hypercall::{FaultRecord, Hypercall, FAULT_RECORD_OFFSET, HYPERCALL_PORT, INTERRUPTED};
 use kiln_abi::layout::{direct_map, HUGE_PAGE_SIZE};
 use kiln_seccomp::Kind;
-use kvm_bindings::{kvm_userspace_memory_region, Msrs, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{kvm_userspace_memory_region, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -281,6 +281,8 @@ pub(crate) struct Shared {
     tsc_hz: u64,
     /// The snapshot file (and its RAM's offset) this VM was restored from: its RAM's untouched pages are there.
     restored_from: Option<(std::fs::File, u64)>,
+    /// The vCPUs' CPUID, for a snapshot to keep.
+    cpuid: Vec<snapshot::CpuidLeaf>,
 }
 
 fn open_kvm() -> Result<Kvm, VmError> {
@@ -327,6 +329,8 @@ pub(crate) struct Machine {
     pub(crate) boot_tsc: u64,
     pub(crate) boot_realtime_ns: u64,
     pub(crate) synced_state: bool,
+    /// The CPUID the vCPUs were given.
+    pub(crate) cpuid: CpuId,
 }
 
 /// Whether a VM with `memory` bytes of RAM gets huge pages (`kiln_abi::layout::HUGE_PAGES_FROM`). A huge page costs
@@ -342,7 +346,8 @@ pub fn huge_pages_for(memory: u64) -> crate::memory::HugePages {
     }
 }
 
-pub(crate) fn create_machine(memory: u64, cpus: u32) -> Result<Machine, VmError> {
+/// Makes the KVM VM, its RAM and `cpus` vCPUs, given `cpuid` (a restored VM's), else what KVM supports.
+pub(crate) fn create_machine(memory: u64, cpus: u32, cpuid: Option<CpuId>) -> Result<Machine, VmError> {
     let kvm = open_kvm()?;
     let vm = kvm.create_vm().map_err(kvm_err("create a VM"))?;
     let ram = GuestRam::with_huge_pages(memory, huge_pages_for(memory))?;
@@ -356,7 +361,11 @@ pub(crate) fn create_machine(memory: u64, cpus: u32) -> Result<Machine, VmError>
     // SAFETY: the region is `ram`'s own mapping, which lives as long as the VM (both end up as fields of `Vm`, and
     // the VM fd is closed before the memory is unmapped: fields drop in declaration order).
     unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("register guest memory"))?;
-    let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("report CPUID"))?;
+    // Asking KVM costs 0.8-1 ms under kvm_pvm (the host's CPUID instructions trap): a restore brings its own.
+    let cpuid = match cpuid {
+        Some(cpuid) => cpuid,
+        None => kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("report CPUID"))?,
+    };
     let mut vcpus = Vec::new();
     let synced_state = exit_state::supported(&kvm);
     for id in 0..cpus {
@@ -378,7 +387,7 @@ pub(crate) fn create_machine(memory: u64, cpus: u32) -> Result<Machine, VmError>
     vcpu.get_msrs(&mut tsc).map_err(kvm_err("read the guest TSC"))?;
     let boot_realtime_ns = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
     let boot_tsc = tsc.as_slice()[0].data;
-    Ok(Machine { kvm, vm, vcpus, ram, hwcap, amd, tsc_hz, boot_tsc, boot_realtime_ns, synced_state })
+    Ok(Machine { kvm, vm, vcpus, ram, hwcap, amd, tsc_hz, boot_tsc, boot_realtime_ns, synced_state, cpuid })
 }
 
 /// Parses both ELF images and prepares the program (the image's preparation or the cache's when there is one), once
@@ -449,8 +458,19 @@ impl Vm {
             return Err(VmError::Program(ElfError::Dynamic(interp.clone())));
         }
         let prepared_at = started.elapsed();
-        let Machine { kvm, vm, mut vcpus, mut ram, hwcap, amd, tsc_hz, boot_tsc, boot_realtime_ns, synced_state } =
-            create_machine(memory, config.cpus)?;
+        let Machine {
+            kvm,
+            vm,
+            mut vcpus,
+            mut ram,
+            hwcap,
+            amd,
+            tsc_hz,
+            boot_tsc,
+            boot_realtime_ns,
+            synced_state,
+            cpuid,
+        } = create_machine(memory, config.cpus, None)?;
         let machine_ready = started.elapsed();
 
         let params = BootParams {
@@ -523,7 +543,7 @@ impl Vm {
             trace_syscalls: config.trace_syscalls,
         };
         let kind = (host, synced_state, tsc_hz);
-        Ok(Vm::assemble((kvm, vm, vcpus), ram, boot, kind, devices, None))
+        Ok(Vm::assemble((kvm, vm, vcpus), ram, boot, kind, devices, (None, cpuid)))
     }
 
     /// The VM of `machine` (its KVM objects, its RAM laid out as `boot` says) with `devices`, on a host of `kind`
@@ -534,7 +554,7 @@ impl Vm {
         boot: BootState,
         (host, synced_state, tsc_hz): (HostKind, bool, u64),
         devices: Devices,
-        restored_from: Option<(std::fs::File, u64)>,
+        (restored_from, cpuid): (Option<(std::fs::File, u64)>, CpuId),
     ) -> Vm {
         let cpus = vcpus.len();
         let mut syscall_sites = boot.program.report.in_place.clone();
@@ -568,6 +588,7 @@ impl Vm {
             pause: Pause::new(cpus),
             tsc_hz,
             restored_from,
+            cpuid: snapshot::CpuidLeaf::all_of(&cpuid),
         });
         let events = std::sync::mpsc::channel();
         Vm { _kvm: kvm, _vm: vm, vcpus, shared, boot, gdb: None, attach: None, events }
@@ -984,6 +1005,7 @@ fn take_snapshot(
         vcpus,
         net: still.as_ref().map(|(state, _)| state.clone()),
         launch: request.launch,
+        cpuid: Some(shared.cpuid.clone()),
     };
     let source = shared.restored_from.as_ref().map(|(file, offset)| (file, *offset));
     let touched = snapshot::touched(&shared.ram, source);

@@ -225,6 +225,7 @@ mod tests {
             vcpus: Vec::new(),
             net: None,
             launch: serde_json::json!({"name": "web"}),
+            cpuid: None,
         }
     }
 

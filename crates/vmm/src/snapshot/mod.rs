@@ -75,6 +75,58 @@ pub struct MachineState {
     pub net: Option<TransportState>,
     /// The launcher's description of the instance (kiln keeps its launch specification), opaque to the VMM.
     pub launch: serde_json::Value,
+    /// The CPUID the vCPUs were given (absent from the files of a kiln before it was kept): a restore gives them the
+    /// same, so the guest's view of the CPU does not change, without asking KVM again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpuid: Option<Vec<CpuidLeaf>>,
+}
+
+/// One CPUID entry as KVM takes it (`kvm_cpuid_entry2`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuidLeaf {
+    pub function: u32,
+    pub index: u32,
+    pub flags: u32,
+    pub eax: u32,
+    pub ebx: u32,
+    pub ecx: u32,
+    pub edx: u32,
+}
+
+impl CpuidLeaf {
+    pub(crate) fn all_of(cpuid: &kvm_bindings::CpuId) -> Vec<CpuidLeaf> {
+        let leaf = |e: &kvm_bindings::kvm_cpuid_entry2| CpuidLeaf {
+            function: e.function,
+            index: e.index,
+            flags: e.flags,
+            eax: e.eax,
+            ebx: e.ebx,
+            ecx: e.ecx,
+            edx: e.edx,
+        };
+        cpuid.as_slice().iter().map(leaf).collect()
+    }
+
+    /// KVM's form of `leaves`, or `None` if there are more than KVM takes.
+    pub(crate) fn to_kvm(leaves: &[CpuidLeaf]) -> Option<kvm_bindings::CpuId> {
+        let entries: Vec<_> = leaves
+            .iter()
+            .map(|l| kvm_bindings::kvm_cpuid_entry2 {
+                function: l.function,
+                index: l.index,
+                flags: l.flags,
+                eax: l.eax,
+                ebx: l.ebx,
+                ecx: l.ecx,
+                edx: l.edx,
+                ..Default::default()
+            })
+            .collect();
+        if entries.len() > kvm_bindings::KVM_MAX_CPUID_ENTRIES {
+            return None;
+        }
+        kvm_bindings::CpuId::from_entries(&entries).ok()
+    }
 }
 
 /// What a snapshot wrote.
@@ -102,3 +154,16 @@ fn io_err<'a>(path: &'a std::path::Path, what: &'static str) -> impl FnOnce(std:
 
 pub(crate) use file::write;
 pub(crate) use pages::touched;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpuid_leaves_go_to_kvm_and_back_and_too_many_are_refused() {
+        let leaf = CpuidLeaf { function: 7, index: 1, flags: 1, eax: 2, ebx: 3, ecx: 4, edx: 5 };
+        let kvm = CpuidLeaf::to_kvm(&[leaf; 3]).unwrap();
+        assert_eq!(CpuidLeaf::all_of(&kvm), vec![leaf; 3]);
+        assert!(CpuidLeaf::to_kvm(&vec![leaf; kvm_bindings::KVM_MAX_CPUID_ENTRIES + 1]).is_none());
+    }
+}

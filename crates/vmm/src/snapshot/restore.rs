@@ -4,7 +4,7 @@
 //! backend (a new one: see `docs/snapshots.md` for what survives).
 
 use super::file::{read_header, read_state, Header};
-use super::{io_err, MachineState, SnapshotError};
+use super::{io_err, CpuidLeaf, MachineState, SnapshotError};
 use crate::boot::MIN_MEMORY;
 use crate::netcard::{NetCard, NetConfig};
 use crate::vm::{create_machine, Devices, Machine, MAX_VCPUS};
@@ -58,6 +58,9 @@ fn check(m: &MachineState) -> Result<(), String> {
     for (i, state) in m.vcpus.iter().enumerate() {
         state.check().map_err(|why| format!("vCPU {i}'s state: {why}"))?;
     }
+    if m.cpuid.as_ref().is_some_and(|leaves| leaves.is_empty() || CpuidLeaf::to_kvm(leaves).is_none()) {
+        return Err(format!("its CPUID has {} entries", m.cpuid.as_ref().map_or(0, Vec::len)));
+    }
     let b = &m.boot;
     let inside = |addr: u64| addr < m.memory;
     let fixed = [b.pml4, b.threads_phys, b.host_signals_phys, b.stats_phys, b.rootfs.phys];
@@ -81,7 +84,9 @@ impl Vm {
             return Err(foreign(format!("its VM {had}, and this launch differs")).into());
         }
         let cpus = machine.vcpus.len() as u32;
-        let Machine { kvm, vm, vcpus, ram, tsc_hz, synced_state, .. } = create_machine(machine.memory, cpus)?;
+        let given = machine.cpuid.as_deref().and_then(CpuidLeaf::to_kvm);
+        let Machine { kvm, vm, vcpus, ram, tsc_hz, synced_state, cpuid, .. } =
+            create_machine(machine.memory, cpus, given)?;
         if tsc_hz != machine.tsc_hz {
             let why =
                 format!("it was taken on a host whose TSC runs at {} Hz; this one's runs at {tsc_hz}", machine.tsc_hz);
@@ -117,6 +122,6 @@ impl Vm {
         tracing::debug!(path = %path.display(), cpus, ?machine_ready, ?filled, total = ?started.elapsed(), "restored");
         // A later snapshot of this VM finds the pages it was given in its RAM, unless they are still the file's.
         let source = (filled == super::fill::Filled::Mapped).then_some((file, header.memory_offset));
-        Ok(Vm::assemble((kvm, vm, vcpus), ram, machine.boot, kind, devices, source))
+        Ok(Vm::assemble((kvm, vm, vcpus), ram, machine.boot, kind, devices, (source, cpuid)))
     }
 }
