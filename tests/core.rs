@@ -48,7 +48,11 @@ fn gdb_opens_the_core_of_a_crashed_program_with_its_threads_and_memory() {
     let run = kiln().args(["run", "--core"]).arg(&core).arg(&program).run();
     run.assert_code(139).assert_stdout("corethreads: crashing\n");
     run.assert_stderr_contains(&format!("kiln: core dumped to {}", core.display()));
-    let out = gdb(&program, &core, &["bt", "info threads", "print total"]);
+    let out = gdb(
+        &program,
+        &core,
+        &["bt", "info threads", "print total", "print/x $xmm7.v2_int64[0]", "print/x (int)$mxcsr & 0xffc0"],
+    );
     let source = std::fs::read_to_string(guests::repo_root().join("tests/guests/c/corethreads.c")).unwrap();
     let line = 1 + source.lines().position(|l| l.contains("/* the crash */")).unwrap();
     assert!(out.contains("Program terminated with signal SIGSEGV"), "{out}");
@@ -61,6 +65,8 @@ fn gdb_opens_the_core_of_a_crashed_program_with_its_threads_and_memory() {
     let threads = out.lines().filter(row).count();
     assert_eq!(threads, 4, "the main thread and three waiting on the barrier\n{out}");
     assert!(out.contains("$1 = 4242"), "a local variable's value from the core's memory\n{out}");
+    assert!(out.contains("$2 = 0x1122334455667788"), "xmm7 from the crashed thread's FP note\n{out}");
+    assert!(out.contains("$3 = 0x1f80"), "MXCSR from the crashed thread's FP note\n{out}");
     // Sparse: the guest's untouched memory costs no disk.
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(&core).unwrap();

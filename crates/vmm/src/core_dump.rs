@@ -4,7 +4,7 @@
 //! maps files: guest RAM, at most once), the auxiliary vector, and the files mapped: the program and the shared
 //! objects its loader listed (`link_map`), by their guest paths. `core_file` writes it.
 
-use crate::core_file::{self, Core, CoreError, CoreSegment, CoreThread, MappedFile, MAX_SEGMENTS};
+use crate::core_file::{self, Core, CoreError, CoreSegment, CoreThread, MappedFile, XState, MAX_SEGMENTS};
 use crate::elf::ElfImage;
 use crate::link_map::LoadedObject;
 use crate::memory::GuestRam;
@@ -57,6 +57,7 @@ pub fn write(
     pml4: u64,
     signal: u32,
     threads: Vec<CoreThread>,
+    xstate: Option<XState>,
     objects: &[LoadedObject],
 ) -> Result<u64, CoreError> {
     let mut files = setup.program_files.clone();
@@ -70,6 +71,7 @@ pub fn write(
         segments: segments(ram, pml4),
         auxv: setup.auxv.clone(),
         files,
+        xstate,
         name: setup.name.clone(),
         args: setup.args.clone(),
     };

@@ -1,6 +1,7 @@
 //! ELF core files of a crashed program, as Linux writes them and gdb reads them (`gdb PROGRAM CORE`): `ET_CORE`, a
-//! `PT_NOTE` segment with an `NT_PRSTATUS` per thread (the crashed one first), `NT_PRPSINFO`, `NT_AUXV` and
-//! `NT_FILE` (the mapped objects, so that gdb finds shared objects by their paths), then a `PT_LOAD` per run of the
+//! `PT_NOTE` segment with an `NT_PRSTATUS` per thread (the crashed one first, followed by its `NT_PRFPREG` and
+//! `NT_X86_XSTATE`: the x87, SSE and AVX registers its vCPU held), `NT_PRPSINFO`, `NT_AUXV` and `NT_FILE` (the
+//! mapped objects, so that gdb finds shared objects by their paths), then a `PT_LOAD` per run of the
 //! program's pages. The headers are laid out with the `object` crate's ELF writer; the pages are written straight
 //! from guest memory at their offsets, all-zero pages skipped (holes in a sparse file), so a core costs the disk what
 //! the program touched. The file appears whole (written beside it, then renamed) or not at all.
@@ -18,6 +19,8 @@ pub const MAX_SEGMENTS: usize = 60_000;
 /// `elf_prstatus` on x86-64: signal info, pids, times, then `user_regs_struct` at 112, `pr_fpvalid`.
 const PRSTATUS_SIZE: usize = 336;
 const PRSTATUS_REGS: usize = 112;
+/// `pr_fpvalid`: whether `NT_PRFPREG` follows.
+const PRSTATUS_FPVALID: usize = 328;
 /// `elf_prpsinfo` on x86-64.
 const PRPSINFO_SIZE: usize = 136;
 const USER_CS: u64 = 0x33;
@@ -41,6 +44,43 @@ pub struct CoreThread {
     pub tid: u32,
     pub regs: kiln_abi::hypercall::FaultRegs,
     pub fs_base: u64,
+}
+
+/// The crashed thread's extended state: the standard-format XSAVE area its vCPU held (KVM_GET_XSAVE's region,
+/// x87 and SSE in its first 512 bytes) and XCR0, the components it holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct XState {
+    pub area: Vec<u8>,
+    pub xcr0: u64,
+}
+
+/// Where Linux keeps XCR0 in the `NT_X86_XSTATE` note (the `fxsave` image's software-reserved bytes), which gdb
+/// reads to know which registers the note holds.
+const XSTATE_XCR0: usize = 464;
+/// The `fxsave` image: `NT_PRFPREG`.
+const FXSAVE_SIZE: usize = 512;
+
+impl XState {
+    /// The note's bytes: the area up to the end of the last component XCR0 enables (the size Linux gives it), with
+    /// XCR0 in the software-reserved bytes. `component` gives a component's (offset, size) in the area (CPUID leaf
+    /// 0xD). None where the area is shorter than XCR0 says.
+    fn note(&self, component: impl Fn(u32) -> (usize, usize)) -> Option<Vec<u8>> {
+        let size = (2..64)
+            .filter(|i| self.xcr0 & (1 << i) != 0)
+            .map(|i| component(i))
+            .map(|(offset, size)| offset + size)
+            .fold(FXSAVE_SIZE + 64, usize::max);
+        let mut bytes = self.area.get(..size)?.to_vec();
+        bytes[XSTATE_XCR0..XSTATE_XCR0 + 8].copy_from_slice(&self.xcr0.to_le_bytes());
+        Some(bytes)
+    }
+}
+
+/// A component's offset and size in the standard-format XSAVE area, from this CPU's CPUID leaf 0xD (the guest's
+/// vCPU reports the host's).
+fn cpuid_component(component: u32) -> (usize, usize) {
+    let leaf = std::arch::x86_64::__cpuid_count(0xd, component);
+    (leaf.ebx as usize, leaf.eax as usize)
 }
 
 /// A run of the program's pages: `[start, end)`, page-aligned.
@@ -71,6 +111,8 @@ pub struct Core {
     /// The auxiliary vector's bytes, AT_NULL included.
     pub auxv: Vec<u8>,
     pub files: Vec<MappedFile>,
+    /// The crashed thread's x87/SSE/AVX registers, where they were read.
+    pub xstate: Option<XState>,
     /// The program's name (at most 15 bytes are kept) and its arguments (at most 79).
     pub name: String,
     pub args: String,
@@ -196,8 +238,19 @@ fn write_into(
 
 fn notes(core: &Core) -> Vec<u8> {
     let mut out = Vec::new();
-    for thread in &core.threads {
-        note(&mut out, elf::NT_PRSTATUS.0, &prstatus(core.signal, thread));
+    for (i, thread) in core.threads.iter().enumerate() {
+        // Only the crashed thread's registers are known: the others' were saved by the library OS, which keeps no
+        // x87/SSE state for a thread in a syscall.
+        let xstate = core.xstate.as_ref().filter(|x| i == 0 && x.area.len() >= FXSAVE_SIZE);
+        let mut status = prstatus(core.signal, thread);
+        status[PRSTATUS_FPVALID] = u8::from(xstate.is_some());
+        note(&mut out, elf::NT_PRSTATUS.0, &status);
+        if let Some(xstate) = xstate {
+            note(&mut out, elf::NT_PRFPREG.0, &xstate.area[..FXSAVE_SIZE]);
+            if let Some(area) = xstate.note(cpuid_component) {
+                note(&mut out, elf::NT_X86_XSTATE.0, &area);
+            }
+        }
     }
     note(&mut out, elf::NT_PRPSINFO.0, &prpsinfo(core));
     if !core.auxv.is_empty() {
@@ -312,6 +365,7 @@ mod tests {
             ],
             auxv: vec![0; 16],
             files: vec![MappedFile { start: 0x400000, end: 0x402000, offset: 0, path: "/app".into() }],
+            xstate: Some(XState { area: vec![0; 4096], xcr0: 0x7 }),
             name: "app".into(),
             args: "app --flag".into(),
         }
@@ -344,8 +398,30 @@ mod tests {
                 std::iter::from_fn(move || n.next().ok().flatten().map(|n| n.n_type(Endianness::Little).0))
             })
             .collect();
-        assert_eq!(notes, [1, 1, 3, 6, 0x4649_4c45], "two threads, prpsinfo, auxv, files");
+        assert_eq!(
+            notes,
+            [1, 2, 0x202, 1, 3, 6, 0x4649_4c45],
+            "two threads (the first's FP state), prpsinfo, auxv, files"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_xstate_note_ends_with_the_last_component_xcr0_enables_and_carries_xcr0() {
+        let mut area = vec![0u8; 4096];
+        area[576] = 0xaa; // the upper half of ymm0
+        let avx = XState { area: area.clone(), xcr0: 0b111 };
+        let component = |i| match i {
+            2 => (576, 256),
+            _ => (1024, 64),
+        };
+        let note = avx.note(component).unwrap();
+        assert_eq!(note.len(), 832);
+        assert_eq!((note[576], u64::from_le_bytes(note[464..472].try_into().unwrap())), (0xaa, 0b111));
+        let sse_only = XState { area: area.clone(), xcr0: 0b11 };
+        assert_eq!(sse_only.note(component).unwrap().len(), 576, "the legacy area and the XSAVE header");
+        let short = XState { area: vec![0; 600], xcr0: 0b111 };
+        assert!(short.note(component).is_none());
     }
 
     #[test]

@@ -5,7 +5,7 @@ use crate::arch;
 use crate::arch::{exception, trap_page, HostKind};
 use crate::boot::{self, BootError, BootParams, BootState, MIN_MEMORY};
 use crate::core_dump::{self, CoreSetup};
-use crate::core_file::CoreThread;
+use crate::core_file::{CoreThread, XState};
 use crate::crash_stack;
 use crate::debug::attach::DebugSocket;
 use crate::debug::session::{Resume, Session, StopEvent};
@@ -1504,10 +1504,20 @@ fn with_stack(shared: &Shared, (vcpu, id): (&VcpuFd, usize), mut report: CrashRe
         let fs_base = vcpu.get_sregs().map_or(0, |s| s.fs.base);
         let threads = core_threads(shared, id, CoreThread { tid: 1, regs: report.regs, fs_base });
         let signal = report.signal as u32;
-        let written = core_dump::write(setup, &shared.ram, shared.pml4, signal, threads, &report.objects);
+        let xstate = xstate(vcpu);
+        let written = core_dump::write(setup, &shared.ram, shared.pml4, signal, threads, xstate, &report.objects);
         report.core_file = Some(written.map(|len| (setup.path.clone(), len)).map_err(|e| e.to_string()));
     }
     Box::new(report)
+}
+
+/// The crashed thread's x87/SSE/AVX registers as its vCPU holds them (the library OS, built without SSE, leaves them
+/// as the program had them), for the core file; None where KVM does not give them.
+fn xstate(vcpu: &VcpuFd) -> Option<XState> {
+    let xsave = vcpu.get_xsave().ok()?;
+    let xcrs = vcpu.get_xcrs().ok()?;
+    let xcr0 = xcrs.xcrs[..(xcrs.nr_xcrs as usize).min(xcrs.xcrs.len())].iter().find(|x| x.xcr == 0)?.value;
+    Some(XState { area: xsave.region.iter().flat_map(|w| w.to_le_bytes()).collect(), xcr0 })
 }
 
 #[cfg(test)]

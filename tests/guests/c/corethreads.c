@@ -1,6 +1,6 @@
 /* corethreads: three threads wait on a barrier that never fills while the main thread crashes writing through a NULL
- * pointer in record_total: a core file of it must show four threads, the faulting frame and the local `total`
- * (4242). Built with -g. */
+ * pointer in record_total: a core file of it must show four threads, the faulting frame, the local `total` (4242)
+ * and xmm7 as the crashing thread left it. Built with -g. */
 #include <pthread.h>
 #include <stdio.h>
 #include <unistd.h>
@@ -15,6 +15,8 @@ static void *waiter(void *arg) {
 
 __attribute__((noinline)) static void record_total(int *slot, int parts) {
   volatile int total = parts * 1414; /* 4242 for 3 parts */
+  /* A value the core's FP note must carry: gdb reads it back as $xmm7. */
+  __asm__ volatile("movq %0, %%xmm7" : : "r"(0x1122334455667788ULL) : "xmm7");
   *slot = total;                     /* the crash */
 }
 
