@@ -1031,6 +1031,22 @@ fn signals_reach_threads_that_compute_without_syscalls() {
 }
 
 #[test]
+fn avx_registers_survive_time_slices_and_signal_handlers() {
+    if !kvm::available() {
+        return;
+    }
+    // The guest sees AVX enabled (CPUID's OSXSAVE, XCR0) where the host has it, and its ymm registers' upper halves
+    // are kept where the library OS switches away from a thread it interrupted and across signal handlers.
+    let binary = guests::c("avxstate");
+    let native = native_stdout(&binary);
+    if native.contains("no AVX") {
+        eprintln!("skipped: this CPU has no AVX");
+        return;
+    }
+    runs_as_natively_on_1_and_2_vcpus(&binary);
+}
+
+#[test]
 fn pthread_cancel_ends_a_spinning_thread_with_asynchronous_cancellation_as_natively() {
     if !kvm::available() {
         return;

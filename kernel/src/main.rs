@@ -12,6 +12,7 @@ mod entry;
 mod errno;
 mod fault;
 mod file;
+mod fpu;
 mod heap;
 mod hypercall;
 mod mm;
@@ -42,6 +43,7 @@ extern "C" fn kiln_main(boot: &'static BootInfo) -> ! {
         hypercall::panic_message("boot info has the wrong magic or version");
     }
     percpu::init(boot, 0);
+    fpu::init(boot);
     mm::init(boot);
     heap::init(boot.mem_size);
     time::init(boot);

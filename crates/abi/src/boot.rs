@@ -88,6 +88,11 @@ pub struct BootInfo {
     /// Last, so that a library OS of the previous layout reads what it knows and leaves this.
     pub nofile_soft: u64,
     pub nofile_hard: u64,
+    /// The XSAVE components the vCPUs have enabled (XCR0: x87, SSE, AVX, AVX-512) and the size of the standard-format
+    /// area that holds them: what the library OS saves of a thread it switches away from in its code, and puts in
+    /// signal frames. 0 for neither: the `fxsave` image (x87 and SSE) is then all there is.
+    pub xsave_features: u64,
+    pub xsave_size: u64,
 }
 
 /// The network card, if the VM has one: a virtio-net device behind a virtio-mmio register window, and the addresses

@@ -64,6 +64,7 @@ fn boot(code: &[u8]) -> (GuestRam, boot::BootState) {
         random_seed: [1; 32],
         at_random: [2; 16],
         hwcap: 0,
+        xsave: Default::default(),
         tsc_hz: 1_000_000_000,
         boot_tsc: 0,
         boot_realtime_ns: 0,

@@ -52,6 +52,8 @@ pub struct BootParams {
     pub random_seed: [u8; 32],
     pub at_random: [u8; 16],
     pub hwcap: u64,
+    /// The extended state the vCPUs have enabled (none for a platform layer that enables its own).
+    pub xsave: crate::arch::Xsave,
     pub tsc_hz: u64,
     pub boot_tsc: u64,
     pub boot_realtime_ns: u64,
@@ -349,6 +351,8 @@ pub fn build_from(
         syscall_stubs_end: loaded.stubs.end,
         nofile_soft: params.nofile.map_or(0, |(soft, _)| soft),
         nofile_hard: params.nofile.map_or(0, |(_, hard)| hard),
+        xsave_features: params.xsave.features,
+        xsave_size: params.xsave.size,
     };
     ram.write(boot_info_phys, boot_info_bytes(&info))?;
 

@@ -134,6 +134,7 @@ pub fn pvh(
         random_seed: vm::host_random()?,
         at_random,
         hwcap: BASELINE_HWCAP,
+        xsave: Default::default(),
         tsc_hz: 0,
         boot_tsc: 0,
         boot_realtime_ns: 0,

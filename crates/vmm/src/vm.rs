@@ -323,6 +323,7 @@ pub(crate) struct Machine {
     pub(crate) vcpus: Vec<VcpuFd>,
     pub(crate) ram: GuestRam,
     pub(crate) hwcap: u64,
+    pub(crate) xsave: arch::Xsave,
     /// Whether the vCPUs are AMD's (SVM underneath, on hardware KVM).
     pub(crate) amd: bool,
     pub(crate) tsc_hz: u64,
@@ -361,10 +362,15 @@ pub(crate) fn create_machine(memory: u64, cpus: u32, cpuid: Option<CpuId>) -> Re
     // SAFETY: the region is `ram`'s own mapping, which lives as long as the VM (both end up as fields of `Vm`, and
     // the VM fd is closed before the memory is unmapped: fields drop in declaration order).
     unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("register guest memory"))?;
-    // Asking KVM costs 0.8-1 ms under kvm_pvm (the host's CPUID instructions trap): a restore brings its own.
-    let cpuid = match cpuid {
-        Some(cpuid) => cpuid,
-        None => kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("report CPUID"))?,
+    // Asking KVM costs 0.8-1 ms under kvm_pvm (the host's CPUID instructions trap): a restore brings its own, with
+    // the extended state its vCPUs had (in their saved registers).
+    let (cpuid, xsave) = match cpuid {
+        Some(cpuid) => (cpuid, arch::Xsave::default()),
+        None => {
+            let mut cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("report CPUID"))?;
+            let xsave = arch::Xsave::configure(&mut cpuid);
+            (cpuid, xsave)
+        }
     };
     let mut vcpus = Vec::new();
     let synced_state = exit_state::supported(&kvm);
@@ -387,7 +393,7 @@ pub(crate) fn create_machine(memory: u64, cpus: u32, cpuid: Option<CpuId>) -> Re
     vcpu.get_msrs(&mut tsc).map_err(kvm_err("read the guest TSC"))?;
     let boot_realtime_ns = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
     let boot_tsc = tsc.as_slice()[0].data;
-    Ok(Machine { kvm, vm, vcpus, ram, hwcap, amd, tsc_hz, boot_tsc, boot_realtime_ns, synced_state, cpuid })
+    Ok(Machine { kvm, vm, vcpus, ram, hwcap, xsave, amd, tsc_hz, boot_tsc, boot_realtime_ns, synced_state, cpuid })
 }
 
 /// Parses both ELF images and prepares the program (the image's preparation or the cache's when there is one), once
@@ -464,6 +470,7 @@ impl Vm {
             mut vcpus,
             mut ram,
             hwcap,
+            xsave,
             amd,
             tsc_hz,
             boot_tsc,
@@ -483,6 +490,7 @@ impl Vm {
             random_seed: host_random()?,
             at_random: host_random()?,
             hwcap,
+            xsave,
             tsc_hz,
             boot_tsc,
             boot_realtime_ns,
@@ -522,8 +530,10 @@ impl Vm {
 
         for (vcpu, start) in vcpus.iter().zip(&boot.vcpus) {
             let sregs = vcpu.get_sregs().map_err(kvm_err("read special registers"))?;
-            let sregs = arch::sregs(host, sregs, boot.pml4, direct_map(boot.gdt_phys), direct_map(start.tss_phys));
-            vcpu.set_sregs(&sregs).map_err(kvm_err("set special registers"))?;
+            let tables = (direct_map(boot.gdt_phys), direct_map(start.tss_phys));
+            vcpu.set_sregs(&arch::sregs(host, sregs, boot.pml4, tables, xsave))
+                .map_err(kvm_err("set special registers"))?;
+            xsave.enable(vcpu).map_err(kvm_err("enable the extended state (XCR0)"))?;
             vcpu.set_msrs(&arch::msrs(trap_page::LSTAR)).map_err(kvm_err("set MSRs"))?;
             vcpu.set_regs(&arch::regs(start.rip, start.rsp, start.rdi, start.rsi)).map_err(kvm_err("set registers"))?;
         }

@@ -946,14 +946,12 @@ pub fn interrupted(renewed: bool) {
     }
     crate::syscalls::signal::poll_host_signals();
     crate::timers::fire_due();
-    // The thread was interrupted anywhere in its code, with live x87/SSE registers, which a switch does not keep
+    // The thread was interrupted anywhere in its code, with live x87/SSE/AVX registers, which a switch does not keep
     // (at a syscall, the C calling convention leaves none live): they stay on its kernel stack meanwhile.
-    let mut fpu = FpuState([0; 512]);
-    // SAFETY: 512 writable, 16-byte aligned bytes; fxsave only stores the x87/SSE state (the library OS uses none).
-    unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) fpu.0.as_mut_ptr(), options(nostack)) };
+    let mut fpu = crate::fpu::Area::new();
+    fpu.save();
     yield_now();
-    // SAFETY: the state saved above, on this thread's own stack.
-    unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) fpu.0.as_ptr(), options(nostack)) };
+    fpu.restore();
     let s = SCHEDULER.lock();
     let want = next_look(&s);
     if let Some(at) = want {
@@ -994,9 +992,6 @@ fn replace_unwanted_look(want: Option<u64>) {
     };
     hypercall::call(kiln_abi::Hypercall::Preempt, &[1 << me, after, 1]);
 }
-
-#[repr(C, align(16))]
-struct FpuState([u8; 512]);
 
 /// A timer now expires at `at`: with no vCPU idle to wait for it, the VMM interrupts this one then (its thread may
 /// compute without syscalls until then). `sooner` (than any timer did): an idle vCPU looks again at how long to wait

@@ -343,14 +343,21 @@ pub fn tgkill(a: &Args) -> SysResult {
 }
 
 // The x86-64 signal frame, as Linux lays it out: the handler's return address (the restorer), a `ucontext`, a
-// `siginfo`; the FPU state (512 bytes, `fxsave`) sits below it, pointed to from the `ucontext`.
+// `siginfo`; the FPU state sits below it, pointed to from the `ucontext`: the XSAVE area where the VMM enabled XSAVE
+// (its software-reserved bytes saying so, `FP_XSTATE_MAGIC1`, and `FP_XSTATE_MAGIC2` after it, with `UC_FP_XSTATE`
+// in the `ucontext`'s flags), else the 512 bytes of `fxsave`.
 const UC: u64 = 8;
 const UC_STACK: u64 = UC + 16;
 const UC_MCONTEXT: u64 = UC + 40;
 const UC_SIGMASK: u64 = UC_MCONTEXT + 256;
 const INFO: u64 = UC_SIGMASK + 8;
 const FRAME_SIZE: u64 = INFO + 128;
-const FPSTATE_SIZE: u64 = 512;
+/// `_fpx_sw_bytes` in the legacy region's software-reserved bytes: magic1, the extended size (the area and magic2),
+/// the components, the area's size.
+const SW_BYTES: u64 = 464;
+const FP_XSTATE_MAGIC1: u32 = 0x4650_5853;
+const FP_XSTATE_MAGIC2: u32 = 0x4650_5845;
+const UC_FP_XSTATE: u64 = 1;
 const RED_ZONE: u64 = 128;
 /// CF, PF, AF, ZF, SF, DF, OF.
 const RESTORED_FLAGS: u64 = 0xcd5;
@@ -460,7 +467,7 @@ fn enter_handler(
     } else {
         rsp.wrapping_sub(RED_ZONE)
     };
-    let fpstate = (top.wrapping_sub(FPSTATE_SIZE)) & !63;
+    let fpstate = (top.wrapping_sub(fpstate_size())) & !63;
     // At the handler's first instruction %rsp + 8 is 16-byte aligned, as after a call.
     let at = ((fpstate.wrapping_sub(FRAME_SIZE)) & !15).wrapping_sub(8);
     let stack = StackT { flags: if on_alt { SS_ONSTACK } else { alt.flags }, ..alt };
@@ -493,12 +500,24 @@ fn write_frame(
     blocked: u64,
     stack: StackT,
 ) -> Result<(), Errno> {
-    user::check(at, fpstate.wrapping_add(FPSTATE_SIZE).wrapping_sub(at), true)?;
-    // SAFETY: the 512 bytes at `fpstate` are the program's, writable (checked above) and 64-byte aligned; fxsave
-    // stores the x87/SSE state the program had at the syscall or fault (the library OS itself never touches it).
-    unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) fpstate, options(nostack)) };
+    user::check(at, fpstate.wrapping_add(fpstate_size()).wrapping_sub(at), true)?;
+    let xsave = crate::fpu::features() != 0;
+    if xsave {
+        user::write_bytes(fpstate + 512, &[0; 64])?;
+    }
+    // SAFETY: the bytes at `fpstate` are the program's, writable (checked above), 64-byte aligned and as many as the
+    // state takes, the XSAVE header zeroed; the state saved is the program's at the syscall or fault (the library OS
+    // itself never touches these registers).
+    unsafe { crate::fpu::save(fpstate as *mut u8) };
+    if xsave {
+        let size = crate::fpu::size() as u32;
+        user::write(fpstate + SW_BYTES, [FP_XSTATE_MAGIC1, size + 4])?;
+        user::write(fpstate + SW_BYTES + 8, crate::fpu::features())?;
+        user::write(fpstate + SW_BYTES + 16, [size, 0, 0, 0, 0, 0, 0, 0])?;
+        user::write(fpstate + u64::from(size), FP_XSTATE_MAGIC2)?;
+    }
     user::write(at, restorer)?;
-    user::write(at + UC, [0u64, 0])?;
+    user::write(at + UC, [if xsave { UC_FP_XSTATE } else { 0 }, 0])?;
     user::write(at + UC_STACK, stack)?;
     user::write(at + UC_MCONTEXT, gregs)?;
     user::write(at + UC_MCONTEXT + 23 * 8, fpstate)?;
@@ -517,6 +536,29 @@ fn write_frame(
     user::write_bytes(at + INFO, &info)
 }
 
+/// Bytes a signal frame's FPU state takes: the XSAVE area and magic2, or the `fxsave` image.
+fn fpstate_size() -> u64 {
+    match crate::fpu::features() {
+        0 => crate::fpu::FXSAVE_SIZE as u64,
+        _ => crate::fpu::size() as u64 + 4,
+    }
+}
+
+/// Restores the FPU state a signal frame holds at `fpstate` (the program may have edited it): an XSAVE area where
+/// its software-reserved bytes and magic2 say so, else the `fxsave` image; nothing if it cannot be read.
+fn restore_fpstate(fpstate: u64) {
+    let size = crate::fpu::size() as u64;
+    let sw: [u32; 2] = user::read(fpstate + SW_BYTES).unwrap_or_default();
+    let xsave = crate::fpu::features() != 0
+        && sw == [FP_XSTATE_MAGIC1, size as u32 + 4]
+        && user::read::<u32>(fpstate + SW_BYTES + 16) == Ok(size as u32)
+        && user::read::<u32>(fpstate + size) == Ok(FP_XSTATE_MAGIC2);
+    let len = if xsave { size as usize } else { crate::fpu::FXSAVE_SIZE };
+    if let Some(area) = crate::fpu::Area::from_program(len, xsave, |bytes| user::read_bytes(fpstate, bytes).is_ok()) {
+        area.restore_as(xsave);
+    }
+}
+
 /// rt_sigreturn: back to where the signal interrupted, with the registers (possibly changed by the handler), mask and
 /// FPU state the frame holds. The frame's `ucontext` is just above the restorer's return address.
 pub fn rt_sigreturn(frame: &mut SyscallFrame) -> i64 {
@@ -524,9 +566,8 @@ pub fn rt_sigreturn(frame: &mut SyscallFrame) -> i64 {
     let Ok(g) = user::read::<[u64; 23]>(uc + (UC_MCONTEXT - UC)) else { die(11, Some((frame, frame.nr))) };
     let fpstate: u64 = user::read(uc + (UC_MCONTEXT - UC) + 23 * 8).unwrap_or(0);
     let mask: u64 = user::read(uc + (UC_SIGMASK - UC)).unwrap_or(0);
-    if fpstate != 0 && fpstate.is_multiple_of(16) && user::check(fpstate, FPSTATE_SIZE, false).is_ok() {
-        // SAFETY: 512 readable, 16-byte aligned bytes of the program's: its own saved FPU state (possibly edited).
-        unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) fpstate, options(nostack)) };
+    if fpstate != 0 {
+        restore_fpstate(fpstate);
     }
     sched::set_blocked_signals(mask & !UNBLOCKABLE);
     let [r8, r9, r10, r11, r12, r13, r14, r15, rdi, rsi, rbp, rbx, rdx, rax, rcx, rsp, rip, eflags, ..] = g;

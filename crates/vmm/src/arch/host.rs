@@ -144,7 +144,7 @@ impl Probe {
     /// Measures the host kind on `vcpu`, which has not run yet. Leaves the vCPU's registers to the caller to set.
     pub fn run(&self, vcpu: &mut VcpuFd, amd: bool) -> Result<HostKind, ProbeError> {
         let sregs = vcpu.get_sregs().map_err(|e| ProbeError::Kvm("read special registers", e))?;
-        let sregs = super::sregs(HostKind::Paravirtual, sregs, self.pml4, 0, 0);
+        let sregs = super::sregs(HostKind::Paravirtual, sregs, self.pml4, (0, 0), super::Xsave::default());
         vcpu.set_sregs(&sregs).map_err(|e| ProbeError::Kvm("set special registers", e))?;
         let lstar = self.vaddr(PROBE_LSTAR_OFFSET);
         vcpu.set_msrs(&super::msrs(lstar)).map_err(|e| ProbeError::Kvm("set MSRs", e))?;

@@ -5,8 +5,10 @@ pub mod exception;
 pub mod gdt;
 pub mod host;
 pub mod trap_page;
+pub mod xsave;
 
 pub use host::HostKind;
+pub use xsave::Xsave;
 
 use kvm_bindings::{kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, Msrs};
 use kvm_ioctls::VcpuFd;
@@ -23,6 +25,7 @@ const CR4_PAE: u64 = 1 << 5;
 const CR4_OSFXSR: u64 = 1 << 9;
 const CR4_OSXMMEXCPT: u64 = 1 << 10;
 const CR4_FSGSBASE: u64 = 1 << 16;
+const CR4_OSXSAVE: u64 = 1 << 18;
 const EFER_SCE: u64 = 1 << 0;
 const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
@@ -50,12 +53,22 @@ fn segment(selector: u16, code: bool) -> kvm_segment {
     }
 }
 
-/// Special registers: long mode with our page tables and GDT, user segments loaded (CPL 3), this vCPU's TSS, and
-/// what `host` needs besides (the IDT, the TR type).
-pub fn sregs(host: HostKind, mut s: kvm_sregs, pml4: u64, gdt_vaddr: u64, tss_vaddr: u64) -> kvm_sregs {
+/// Special registers: long mode with our page tables and GDT, user segments loaded (CPL 3), this vCPU's TSS, XSAVE
+/// where the host has it (`xsave`: XCR0 is set apart, [`Xsave::enable`]), and what `host` needs besides (the IDT,
+/// the TR type).
+pub fn sregs(
+    host: HostKind,
+    mut s: kvm_sregs,
+    pml4: u64,
+    (gdt_vaddr, tss_vaddr): (u64, u64),
+    xsave: Xsave,
+) -> kvm_sregs {
     s.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
     s.cr3 = pml4;
     s.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT | CR4_FSGSBASE;
+    if xsave.features != 0 {
+        s.cr4 |= CR4_OSXSAVE;
+    }
     s.efer = EFER_LME | EFER_LMA | EFER_SCE;
     s.gdt.base = gdt_vaddr;
     s.gdt.limit = (gdt::ENTRIES * 8 - 1) as u16;
