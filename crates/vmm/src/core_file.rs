@@ -67,7 +67,7 @@ impl XState {
     fn note(&self, component: impl Fn(u32) -> (usize, usize)) -> Option<Vec<u8>> {
         let size = (2..64)
             .filter(|i| self.xcr0 & (1 << i) != 0)
-            .map(|i| component(i))
+            .map(&component)
             .map(|(offset, size)| offset + size)
             .fold(FXSAVE_SIZE + 64, usize::max);
         let mut bytes = self.area.get(..size)?.to_vec();
