@@ -344,33 +344,34 @@ struct CniPod {
 const CNI_BIN: &str = "/usr/lib/cni";
 
 impl CniPod {
-    /// None (the skip reported) where the plugins are missing.
-    fn add(dir: &Path) -> Option<CniPod> {
+    /// None (the skip reported) where the plugins are missing. `n` tells apart the pods of tests that run at once
+    /// (names, addresses and bridge).
+    fn add(dir: &Path, n: u32) -> Option<CniPod> {
         if !Path::new(CNI_BIN).join("bridge").exists() || !Path::new(CNI_BIN).join("host-local").exists() {
             kvm::skip("containernetworking-plugins is not installed (scripts/setup.sh installs Debian's)");
             return None;
         }
         let pid = std::process::id();
-        let netns = format!("podnet-{pid}");
+        let netns = format!("podnet{n}-{pid}");
         let made = Command::new("ip").args(["netns", "add", &netns]).output().expect("run ip");
         assert!(made.status.success(), "ip netns add: {}", text(&made.stderr));
-        let subnet = format!("10.77.{}.0/24", pid % 250);
+        let subnet = format!("10.{}.{}.0/24", 77 + n, pid % 250);
         let config = serde_json::json!({
             "cniVersion": "1.0.0",
-            "name": format!("podnet{pid}"),
+            "name": format!("podnet{n}-{pid}"),
             "type": "bridge",
-            "bridge": format!("kpn{}", pid % 100_000),
+            "bridge": format!("kpn{n}-{}", pid % 100_000),
             "isGateway": true,
             // Dual-stack, as Kubernetes' dual-stack clusters give pods an address of each family.
             "ipam": {
                 "type": "host-local",
-                "ranges": [[{"subnet": subnet}], [{"subnet": format!("fd77:{:x}::/64", pid % 65_000)}]],
+                "ranges": [[{"subnet": subnet}], [{"subnet": format!("fd{}:{:x}::/64", 77 + n, pid % 65_000)}]],
                 "dataDir": dir.join("cni-ipam"),
             },
         })
         .to_string();
         let env = vec![
-            ("CNI_CONTAINERID", format!("podnet{pid}")),
+            ("CNI_CONTAINERID", format!("podnet{n}-{pid}")),
             ("CNI_NETNS", format!("/var/run/netns/{netns}")),
             ("CNI_IFNAME", "eth0".to_string()),
             ("CNI_PATH", CNI_BIN.to_string()),
@@ -458,7 +459,7 @@ fn containerd_gives_a_pod_its_network() {
         kvm::skip("curl is not installed (scripts/setup.sh installs it)");
         return;
     }
-    let Some(pod) = CniPod::add(&containerd.dir) else { return };
+    let Some(pod) = CniPod::add(&containerd.dir, 0) else { return };
     let server = layer(&[
         ("bin/", Entry::Dir),
         ("bin/server", program(&guests::go())),
@@ -469,7 +470,7 @@ fn containerd_gives_a_pod_its_network() {
     let with_ns = format!("network:/var/run/netns/{}", pod.netns);
     // Go's runtime wants more than Kiln's default 64 MiB: the memory limit is the guest's memory.
     let mut args = vec!["run", "--rm", "--runtime", RUNTIME, "--snapshotter", "native", "--memory-limit", "268435456"];
-    args.extend(["--with-ns", &with_ns]);
+    args.extend(["--with-ns", &with_ns, "--annotation", "io.kiln.pod-network=tap"]);
     args.extend([IMAGE, "podweb", "/bin/server", "serve", "8080"]);
     let run = containerd.ctr_command(&args).spawn().unwrap();
     let url = format!("http://{}:8080/", pod.ip);
@@ -505,7 +506,17 @@ fn containerd_gives_a_pod_its_network() {
     // The next container of the pod takes it, and its IPv6 address too: an echo server on [::]:7070 answers the host
     // at the pod's IPv6 address.
     let mut args = vec!["run", "--rm", "--runtime", RUNTIME, "--snapshotter", "native", "--with-ns", &with_ns];
-    args.extend([IMAGE, "podecho", "/bin/netpeer", "serve", "7070", "1", "::"]);
+    args.extend([
+        "--annotation",
+        "io.kiln.pod-network=tap",
+        IMAGE,
+        "podecho",
+        "/bin/netpeer",
+        "serve",
+        "7070",
+        "1",
+        "::",
+    ]);
     let run = containerd.ctr_command(&args).spawn().unwrap();
     let address = std::net::SocketAddr::from((pod.ip6, 7070));
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -529,6 +540,101 @@ fn containerd_gives_a_pod_its_network() {
     let ran = wait_output(run, Duration::from_secs(20));
     assert_eq!(echoed.as_deref().ok(), Some("over IPv6"), "{echoed:?}\nthe namespace:\n{in_use}\nctr run: {ran}");
     assert!(ran.starts_with("Some(0)"), "the echo server ended after its connection: {ran}");
+}
+
+/// Sends `message` to `address`, half-closes and reads the echo back (an error for a refused or broken connection).
+fn echo_at(address: std::net::SocketAddr, message: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
+    c.set_read_timeout(Some(Duration::from_secs(5)))?;
+    c.write_all(message.as_bytes())?;
+    c.shutdown(std::net::Shutdown::Write)?;
+    let mut echo = String::new();
+    c.read_to_string(&mut echo)?;
+    Ok(echo)
+}
+
+/// A pod's containers share its network (the default, `io.kiln.pod-network=shared`): each VM on the user-mode network
+/// in the pod's namespace, its listening ports published there as it listens. An echo server and a Go HTTP server run
+/// side by side in one pod; the host reaches the echo server at the pod's addresses (IPv4 and IPv6), two client
+/// containers reach it on 127.0.0.1 and on the pod's address, and a connection made from inside the pod's namespace to
+/// its loopback (what `kubectl port-forward` does) reaches the HTTP server; a second listener on a port the pod has is
+/// refused with EADDRINUSE.
+#[test]
+fn containerd_runs_a_pods_containers_side_by_side() {
+    let Some(containerd) = Containerd::start("pod") else { return };
+    for tool in ["/usr/bin/curl", "/usr/bin/nsenter"] {
+        if !Path::new(tool).exists() {
+            kvm::skip(&format!("{tool} is not installed (scripts/setup.sh installs it)"));
+            return;
+        }
+    }
+    let Some(pod) = CniPod::add(&containerd.dir, 1) else { return };
+    let image = layer(&[
+        ("bin/", Entry::Dir),
+        ("bin/server", program(&guests::go())),
+        ("bin/netpeer", program(&guests::c("netpeer"))),
+    ]);
+    containerd.import(&[image], &["/bin/netpeer"]);
+    let with_ns = format!("network:/var/run/netns/{}", pod.netns);
+    let in_pod = |id: &str, memory: &str, command: &[&str]| {
+        let mut args = vec!["run", "--rm", "--runtime", RUNTIME, "--snapshotter", "native", "--memory-limit", memory];
+        args.extend(["--with-ns", with_ns.as_str(), IMAGE, id]);
+        args.extend(command);
+        args.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let spawn = |args: &[String]| containerd.ctr_command(&args.iter().map(String::as_str).collect::<Vec<_>>()).spawn();
+    let echo = spawn(&in_pod("podecho", "67108864", &["/bin/netpeer", "serve", "7070", "4"])).unwrap();
+    let web = spawn(&in_pod("podweb", "268435456", &["/bin/server", "serve", "8080"])).unwrap();
+
+    // The host at the pod's address: the echo server's port was published when it listened.
+    let address = std::net::SocketAddr::new(pod.ip.parse().unwrap(), 7070);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let from_host = loop {
+        match echo_at(address, "from the host") {
+            Ok(echo) => break Ok(echo),
+            Err(e) if Instant::now() > deadline => break Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    };
+    let from_host6 = echo_at(std::net::SocketAddr::from((pod.ip6, 7070)), "over IPv6");
+    // The pod's other containers, on its loopback and at its address.
+    // Run to their end; a hang is killed after 30 s and reported with what it printed.
+    let run = |args: Vec<String>| wait_output(spawn(&args).unwrap(), CTR_TIMEOUT);
+    let on_loopback = run(in_pod("podcli1", "67108864", &["/bin/netpeer", "fetch", "127.0.0.1", "7070", "100000"]));
+    let at_address = run(in_pod("podcli2", "67108864", &["/bin/netpeer", "fetch", &pod.ip, "7070", "100000"]));
+    // A port the pod has (the web server's) is taken for the pod's other containers too.
+    let taken = run(in_pod("podtaken", "67108864", &["/bin/netpeer", "serve", "8080", "1"]));
+    // kubectl port-forward: a connection from inside the pod's namespace to 127.0.0.1.
+    let netns_path = format!("--net=/var/run/netns/{}", pod.netns);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let forwarded = loop {
+        let out = Command::new("nsenter")
+            .args([netns_path.as_str(), "curl", "-sS", "--max-time", "2", "http://127.0.0.1:8080/"])
+            .output()
+            .expect("run nsenter");
+        if out.status.success() || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let web_from_host = fetch_until(&format!("http://{}:8080/", pod.ip), Instant::now() + Duration::from_secs(10));
+    let in_use = pod.describe();
+    let _ = containerd.ctr(&["task", "kill", "--signal", "SIGKILL", "podweb"]);
+    let echo_ran = wait_output(echo, Duration::from_secs(20));
+    let web_ran = wait_output(web, Duration::from_secs(20));
+    let context = format!("the namespace:\n{in_use}\necho server: {echo_ran}\nweb server: {web_ran}");
+
+    assert_eq!(from_host.as_deref().ok(), Some("from the host"), "{from_host:?}\n{context}");
+    assert_eq!(from_host6.as_deref().ok(), Some("over IPv6"), "{from_host6:?}\n{context}");
+    assert!(on_loopback.starts_with("Some(0)"), "on the loopback: {on_loopback}\n{context}");
+    assert!(at_address.starts_with("Some(0)"), "at the pod's address: {at_address}\n{context}");
+    assert!(taken.starts_with("Some(1)") && taken.contains("Address in use"), "{taken}");
+    let answer = (text(&forwarded.stdout), text(&forwarded.stderr));
+    assert_eq!(answer.0, "hello from kiln\n", "on the pod's loopback: {answer:?}\n{context}");
+    assert_eq!(web_from_host.as_deref(), Ok("hello from kiln\n"), "{context}");
+    assert!(echo_ran.starts_with("Some(0)"), "the echo server ended after its four connections: {echo_ran}");
+    assert!(!in_use.contains("kiln-tap0:") && !in_use.contains("mirred"), "no tap on the shared network: {in_use}");
 }
 
 /// A child's exit and output, killed after `limit` (for a failure message, never a hang).

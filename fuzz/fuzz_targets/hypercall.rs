@@ -40,12 +40,13 @@ fuzz_target!(|input: Input| {
     for (i, arg) in input.args.iter().enumerate() {
         let _ = ram.write(block.wrapping_add(i as u64 * 8), &arg.to_le_bytes());
     }
-    let nr = input.any_nr.unwrap_or(u32::from(input.nr % 14));
+    let nr = input.any_nr.unwrap_or(u32::from(input.nr % 15));
     // Two vCPUs' parkers; the calling vCPU is none of them, so that a Wait returns at once instead of sleeping
     // for the time the guest asked (the sleep is what it asked for, not a hang).
     let parkers = [Parker::default(), Parker::default()];
     let relay = input.stdin.then(|| StdinRelay::new(&ram, 0));
-    let action = hypercall::handle(&ram, block, nr, (&Sink, input.tracing, relay.as_ref()), parkers.len(), &parkers);
+    let action =
+        hypercall::handle(&ram, block, nr, (&Sink, input.tracing, relay.as_ref(), None), parkers.len(), &parkers);
     if let Action::Stop(why) = &action {
         assert!(!why.is_empty());
     }

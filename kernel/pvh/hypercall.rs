@@ -12,6 +12,7 @@ const EBADF: i64 = 9;
 const EFAULT: i64 = 14;
 const EINVAL: i64 = 22;
 const ENOTTY: i64 = 25;
+const ENOSYS: i64 = 38;
 /// `kiln run`'s code for a deadlocked program (as `timeout` reports a command it had to stop).
 const DEADLOCK_EXIT: u8 = 124;
 
@@ -79,6 +80,8 @@ pub fn handle(nr: u32) {
         Some(Hypercall::ReadStdin) => 0,
         // Nor is it a terminal.
         Some(Hypercall::Terminal) => -ENOTTY,
+        // No pod network behind an exported image: its boot info never says there is one.
+        Some(Hypercall::Listen) => -ENOSYS,
         None => {
             serial::write_str("kiln: the library OS made an unknown hypercall ");
             serial::write_dec(u64::from(nr));

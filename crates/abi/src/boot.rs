@@ -8,6 +8,11 @@ pub const BOOT_VERSION: u32 = 10;
 
 /// `BootInfo::flags`: send every syscall to the VMM for `--trace-syscalls`.
 pub const BOOT_FLAG_TRACE_SYSCALLS: u64 = 1 << 0;
+/// `BootInfo::flags`: the VM is a container of a pod whose containers share its network (the user-mode network in the
+/// pod's namespace): the library OS tells the VMM of the TCP ports it listens on ([`crate::Hypercall::Listen`]), and a
+/// TCP connection to the loopback or its own address on a port it does not listen on goes to the gateway, which the
+/// VMM carries to the pod's loopback, where the other containers' ports are.
+pub const BOOT_FLAG_POD_NETWORK: u64 = 1 << 1;
 /// Index of the first word of the host-signal page that the library OS writes (see `BootInfo::host_signals_phys`).
 pub const HOST_SIGNAL_TAKEN: u64 = 64;
 /// Index of the host-signal page's word that says what the program's stdin holds, which the VMM writes (one of

@@ -79,6 +79,12 @@ pub enum Hypercall {
     /// or a winsize), for the program's terminal (see [`crate::boot::HOST_TERMINAL`]). ret: 0 or a negative errno
     /// (-ENOTTY without a terminal, -EINVAL for another request).
     Terminal = 13,
+    /// args: a TCP port the program now listens on (on all addresses or the VM's own; not the loopback's). Sent only
+    /// where the boot info says [`crate::boot::BOOT_FLAG_POD_NETWORK`]: the VMM publishes the port in the pod's
+    /// network namespace, where the pod's other containers, the pod's address and `kubectl port-forward` reach it.
+    /// ret: 0 (also when the port is published already by this VM), -EADDRINUSE when another container of the pod
+    /// has it, another negative errno when the host refused it (-ENOSYS without a pod network).
+    Listen = 14,
 }
 
 /// The buffer a [`Hypercall::Terminal`] names: room for the kernel's termios (36 bytes) or a winsize (8).
@@ -133,6 +139,7 @@ impl Hypercall {
             11 => Self::Preempt,
             12 => Self::ReadStdin,
             13 => Self::Terminal,
+            14 => Self::Listen,
             _ => return None,
         })
     }

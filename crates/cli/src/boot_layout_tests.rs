@@ -61,6 +61,7 @@ fn boot(code: &[u8]) -> (GuestRam, boot::BootState) {
         workdir: String::new(),
         vcpus: 1,
         trace_syscalls: false,
+        pod_network: false,
         random_seed: [1; 32],
         at_random: [2; 16],
         hwcap: 0,

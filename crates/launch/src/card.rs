@@ -3,10 +3,10 @@
 
 use crate::error::LaunchError;
 use crate::network::{Addresses, Network};
-use kiln_usernet::{BoundNet, UserNet, UserNet6, UserNetConfig};
+use kiln_usernet::{BoundNet, Publisher, UserNet, UserNet6, UserNetConfig};
 use kiln_vmm::virtio::net::Backend;
 use kiln_vmm::virtio::tap::Tap;
-use kiln_vmm::NetConfig;
+use kiln_vmm::{NetConfig, Publish};
 
 /// The user-mode network as the card's backend. Without `-p` it starts with the guest's first frame: a program that
 /// never uses the network does not pay for its thread (a tenth of a `kiln run hello`).
@@ -107,20 +107,20 @@ const USER_MTU: u16 = 16000;
 
 /// The network card for the VM, or None for no network. Host ports for `-p` are bound here, before the VM boots.
 pub fn card(network: &Network) -> Result<Option<NetConfig>, LaunchError> {
-    let (addresses, publish) = match network {
+    let (addresses, publish, publish_listens) = match network {
         Network::None => return Ok(None),
-        Network::User { addresses, publish } => (addresses, publish.as_slice()),
-        Network::Tap { addresses, .. } => (addresses, &[][..]),
+        Network::User { addresses, publish, publish_listens } => (addresses, publish.as_slice(), *publish_listens),
+        Network::Tap { addresses, .. } => (addresses, &[][..], false),
     };
     let &Addresses { ipv4, prefix_len, gateway, ipv6, gateway6, dns } = addresses;
     let mac = match network {
         Network::Tap { mac: Some(mac), .. } => *mac,
         _ => random_mac()?,
     };
-    let (backend, mtu): (Box<dyn Backend>, u16) = match network {
+    let (backend, mtu, publisher): (Box<dyn Backend>, u16, Option<Publish>) = match network {
         Network::Tap { device, .. } => {
             let tap = Tap::attach(device).map_err(|e| LaunchError::Tap(device.clone(), e))?;
-            (Box::new(tap), Tap::mtu(device))
+            (Box::new(tap), Tap::mtu(device), None)
         }
         _ => {
             let ipv6 = match (ipv6, gateway6, addresses.forwarder6()) {
@@ -142,11 +142,27 @@ pub fn card(network: &Network) -> Result<Option<NetConfig>, LaunchError> {
             };
             // Started lazily, the relay would be a thread a vCPU thread makes, under the vCPU's filter for life; so
             // with seccomp it starts as the VM runs.
-            let lazily = publish.is_empty() && kiln_seccomp::mode() == kiln_seccomp::Mode::Off;
-            (Box::new(UserBackend::start(config, lazily)?), USER_MTU)
+            // Publishing asks the relay's thread, which must be there to answer from the first listen on.
+            let lazily = publish.is_empty() && !publish_listens && kiln_seccomp::mode() == kiln_seccomp::Mode::Off;
+            let backend = UserBackend::start(config, lazily)?;
+            let publisher = match (&backend, publish_listens) {
+                (UserBackend::Bound(bound), true) => Some(publisher(bound.publisher())),
+                _ => None,
+            };
+            (Box::new(backend), USER_MTU, publisher)
         }
     };
-    Ok(Some(NetConfig { backend, mac, ipv4, prefix_len, gateway, ipv6, gateway6, mtu }))
+    Ok(Some(NetConfig { backend, publish: publisher, mac, ipv4, prefix_len, gateway, ipv6, gateway6, mtu }))
+}
+
+/// The card's [`Publish`]: the user-mode network's publisher, its errors as errnos.
+fn publisher(publisher: Publisher) -> Publish {
+    Box::new(move |port| {
+        publisher.publish(port).map_err(|e| match e.kind() {
+            std::io::ErrorKind::TimedOut => libc::ETIMEDOUT,
+            _ => e.raw_os_error().unwrap_or(libc::EIO),
+        })
+    })
 }
 
 /// A random locally administered unicast MAC, so that VMs on one bridge never share one.

@@ -86,6 +86,10 @@ pub enum Network {
         addresses: Addresses,
         #[serde(with = "forwards")]
         publish: Vec<PortForward>,
+        /// The program's listening TCP ports are published, on the same port numbers, as it listens (a container
+        /// of a pod, whose VM process runs in the pod's network namespace: see docs/kubernetes.md).
+        #[serde(default)]
+        publish_listens: bool,
     },
     /// An existing tap device on the host.
     Tap {
@@ -306,7 +310,7 @@ pub fn resolve(flags: &NetworkFlags) -> Result<Network, NetworkError> {
                     return Err(NetworkError::Forwarder6Taken { ip, prefix_len, forwarder });
                 }
             }
-            Ok(Network::User { addresses, publish: publish.clone() })
+            Ok(Network::User { addresses, publish: publish.clone(), publish_listens: false })
         }
     }
 }

@@ -13,7 +13,21 @@ pub const MEMORY_ANNOTATION: &str = "io.kiln.memory";
 pub const CPUS_ANNOTATION: &str = "io.kiln.cpus";
 /// Seconds the program has to take SIGTERM before the VM is stopped (`kiln run --stop-timeout`).
 pub const STOP_TIMEOUT_ANNOTATION: &str = "io.kiln.stop-timeout";
-const KILN_ANNOTATIONS: [&str; 3] = [MEMORY_ANNOTATION, CPUS_ANNOTATION, STOP_TIMEOUT_ANNOTATION];
+/// How a container of a pod is on the pod's network: `shared` (the default: every container of the pod, on the
+/// user-mode network in the pod's namespace) or `tap` (the VM takes the pod's address, one container per pod).
+pub const POD_NETWORK_ANNOTATION: &str = "io.kiln.pod-network";
+const KILN_ANNOTATIONS: [&str; 4] =
+    [MEMORY_ANNOTATION, CPUS_ANNOTATION, STOP_TIMEOUT_ANNOTATION, POD_NETWORK_ANNOTATION];
+
+/// How a container given the pod's network namespace is on it (docs/kubernetes.md, "several containers").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodNetwork {
+    /// The user-mode network in the pod's namespace: the program's listening ports published there, the pod's
+    /// other containers reached on its loopback. Every container of the pod can have it.
+    Shared,
+    /// The VM takes the pod's address through a tap (`podnet.rs`): faster, and one container per pod.
+    Tap,
+}
 /// What CRI calls a pod's sandbox ("pause") container, which costs no VM.
 const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
 /// The pod a CRI container belongs to: the containers of one pod share one shim.
@@ -183,7 +197,11 @@ impl Config {
             workdir,
             memory,
             cpus,
-            network: Network::None,
+            network: match (self.network_namespace(), self.pod_network()?) {
+                (Some(_), PodNetwork::Shared) => pod_user_network(),
+                // The VM process takes the pod's address (`podnet.rs`) where it has a namespace to take it in.
+                _ => Network::None,
+            },
             volumes: Vec::new(),
             files: copies.files,
             dirs: copies.dirs,
@@ -194,6 +212,16 @@ impl Config {
             seccomp: Default::default(),
             nofile,
         })
+    }
+
+    /// `io.kiln.pod-network`: how the container is on its pod's network.
+    pub fn pod_network(&self) -> Result<PodNetwork, BundleError> {
+        let mode = self.annotation(POD_NETWORK_ANNOTATION, |v| match v {
+            "shared" => Ok(PodNetwork::Shared),
+            "tap" => Ok(PodNetwork::Tap),
+            _ => Err("must be shared or tap".into()),
+        })?;
+        Ok(mode.unwrap_or(PodNetwork::Shared))
     }
 
     fn annotation<T>(&self, key: &str, parse: impl Fn(&str) -> Result<T, String>) -> Result<Option<T>, BundleError> {
@@ -242,6 +270,17 @@ impl Config {
         let secs = self
             .annotation(STOP_TIMEOUT_ANNOTATION, |v| v.parse::<u32>().map_err(|_| "not a number of seconds".into()))?;
         Ok(secs.filter(|&s| s > 0).unwrap_or(DEFAULT_STOP_TIMEOUT))
+    }
+}
+
+/// The user-mode network's usual addresses, with the program's listening ports published as it listens (in the pod's
+/// namespace, where the VM process runs).
+fn pod_user_network() -> Network {
+    let flags = kiln_launch::network::NetworkFlags::default();
+    match kiln_launch::network::resolve(&flags) {
+        Ok(Network::User { addresses, publish, .. }) => Network::User { addresses, publish, publish_listens: true },
+        // The defaults always resolve to the user-mode network.
+        _ => Network::None,
     }
 }
 

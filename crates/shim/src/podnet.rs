@@ -125,6 +125,30 @@ pub fn set_up() -> Result<Network, PodNetError> {
     Ok(Network::Tap { device: TAP.to_string(), addresses, mac: Some(link.mac) })
 }
 
+/// A container on the pod's shared network (the user-mode network in the pod's namespace, which this process has
+/// entered): its programs may listen on any port, as a pod's containers may on Linux, whose runtimes open the
+/// unprivileged port range to the pod (`net.ipv4.ip_unprivileged_port_start`, a setting of the namespace; the VM
+/// process publishes the ports after its jail dropped root). Best effort: a port below the range then fails to
+/// listen with EACCES, which the program sees.
+/// The namespace's loopback is brought up too: the containers' ports are published on it, and CRI's `loopback` CNI
+/// plugin brings it up but `ctr run --with-ns` into a bare namespace does not.
+pub fn share() -> Result<Option<Network>, PodNetError> {
+    let _ = std::fs::write("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0");
+    let mut rtnl = Rtnl::new().map_err(|e| PodNetError::Netlink("netlink socket", e))?;
+    let links = dump_links(&mut rtnl)?;
+    if let Some(lo) = links.iter().find(|l| l.header.link_layer_type == LinkLayerType::Loopback) {
+        if !lo.header.flags.contains(LinkFlags::Up) {
+            let mut message = LinkMessage::default();
+            message.header.index = lo.header.index;
+            message.header.flags = LinkFlags::Up;
+            message.header.change_mask = LinkFlags::Up;
+            rtnl.request(RouteNetlinkMessage::SetLink(message), Kind::Change)
+                .map_err(|e| PodNetError::Netlink("bringing the loopback up", e))?;
+        }
+    }
+    Ok(None)
+}
+
 /// Gives the pod's namespace at `netns` back after its VM ended (however it ended: a SIGKILLed VM process cleans
 /// nothing): the CNI interface's traffic no longer redirected, the tap removed. Best effort, on a thread of its own
 /// (setns changes only the calling thread); the namespace may be gone already.

@@ -1,7 +1,7 @@
 //! One container's task: its VM process (`vm.rs`) or, for a pod's sandbox container, nothing; its phase (created,
 //! running, stopped with a status) and the waiters on it.
 
-use crate::bundle::Config;
+use crate::bundle::{Config, PodNetwork};
 use crate::terminal;
 use crate::vm::{VmArgs, GO_FD, READY, READY_FD};
 use containerd_shim::monitor::{monitor_subscribe, wait_pid, Topic};
@@ -123,6 +123,7 @@ impl Task {
             netns: config.network_namespace().map(Path::to_path_buf),
             stdin: false,
             terminal: stdio.terminal,
+            take_address: config.network_namespace().is_some() && config.pod_network()? == PodNetwork::Tap,
         };
         // With a terminal (`ctr run -t`), the VM process's three streams are its slave side, and the shim relays
         // containerd's FIFOs to and from the master; without, stdout and stderr are the FIFOs and stdin a pipe.
@@ -181,7 +182,7 @@ impl Task {
         let watched = task.clone();
         // The pod's network, once the VM process took it (a VM process that failed gave it back itself, and one
         // refused because another container has it must not take it from that one).
-        let netns = config.network_namespace().map(Path::to_path_buf);
+        let netns = config.network_namespace().map(Path::to_path_buf).filter(|_| vm_args.take_address);
         let took_network = Arc::new(AtomicBool::new(false));
         let took = took_network.clone();
         std::thread::spawn(move || {

@@ -1,4 +1,4 @@
-//! The VM process: `containerd-shim-kiln-v2 vm SPEC [--netns PATH] [--stdin] [--terminal]` (SPEC, a
+//! The VM process: `containerd-shim-kiln-v2 vm SPEC [--netns PATH [--take-address]] [--stdin] [--terminal]` (SPEC, a
 //! [`LaunchSpec`] as JSON, which the shim wrote from the bundle), one per container, whose pid containerd sees as the
 //! task's. It makes the VM with `kiln_launch::prepare` (the launch path `kiln run` takes), says on [`READY_FD`]
 //! whether that worked, waits on [`GO_FD`] for the task's Start, then runs the program with its output on its stdout
@@ -31,7 +31,7 @@ const DEADLOCK_EXIT: i32 = 124;
 /// The signals forwarded to the program, as `kiln run` forwards them.
 const FORWARDED: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
 
-/// The VM process's command line: `vm SPEC [--netns PATH] [--stdin] [--terminal]`.
+/// The VM process's command line: `vm SPEC [--netns PATH [--take-address]] [--stdin] [--terminal]`.
 #[derive(Debug, Default, PartialEq)]
 pub struct VmArgs {
     pub spec: String,
@@ -41,9 +41,12 @@ pub struct VmArgs {
     pub stdin: bool,
     /// The process's standard streams are a terminal (`terminal.rs`): the program's too, its stdin included.
     pub terminal: bool,
+    /// The VM takes the pod's address through a tap (`io.kiln.pod-network=tap`); else it is on the user-mode network
+    /// in the pod's namespace, shared with the pod's other containers.
+    pub take_address: bool,
 }
 
-const USAGE: &str = "usage: vm SPEC [--netns PATH] [--stdin] [--terminal]";
+const USAGE: &str = "usage: vm SPEC [--netns PATH [--take-address]] [--stdin] [--terminal]";
 
 impl VmArgs {
     pub fn parse(args: &[String]) -> Result<VmArgs, String> {
@@ -58,6 +61,10 @@ impl VmArgs {
                 }
                 "--stdin" => {
                     parsed.stdin = true;
+                    continue;
+                }
+                "--take-address" => {
+                    parsed.take_address = true;
                     continue;
                 }
                 "--netns" => &mut parsed.netns,
@@ -76,7 +83,9 @@ impl VmArgs {
         if let Some(netns) = &self.netns {
             args.extend(["--netns".into(), netns.clone().into_os_string()]);
         }
-        for (flag, on) in [("--stdin", self.stdin), ("--terminal", self.terminal)] {
+        for (flag, on) in
+            [("--stdin", self.stdin), ("--terminal", self.terminal), ("--take-address", self.take_address)]
+        {
             if on {
                 args.push(flag.into());
             }
@@ -95,11 +104,16 @@ pub fn main(args: &VmArgs) -> i32 {
     // SAFETY: the shim hands these two descriptors to this process (`task.rs`) and nothing else in it owns them.
     let (mut go, mut ready) = unsafe { (File::from_raw_fd(GO_FD), File::from_raw_fd(READY_FD)) };
     // Entered before any thread exists, so that the VM's threads (and its tap) live in the pod's namespace.
-    let pod = match netns.map(|path| podnet::enter(path).and_then(|()| podnet::set_up())).transpose() {
-        Ok(pod) => pod,
+    let take = |path: &Path| match args.take_address {
+        true => podnet::enter(path).and_then(|()| podnet::set_up()).map(Some),
+        false => podnet::enter(path).and_then(|()| podnet::share()),
+    };
+    let pod = match netns.map(take).transpose() {
+        Ok(pod) => pod.flatten(),
         Err(e) => {
             // Half made (unless another container has it): given back, as the shim does only for a ready VM.
-            if let (Some(netns), false) = (netns, matches!(e, podnet::PodNetError::Taken)) {
+            if let (Some(netns), false) = (netns.filter(|_| args.take_address), matches!(e, podnet::PodNetError::Taken))
+            {
                 podnet::tear_down(netns);
             }
             let _ = ready.write_all(chain(&e).as_bytes());
@@ -111,7 +125,10 @@ pub fn main(args: &VmArgs) -> i32 {
     let jailed = match jail_wanted() {
         true => match kiln_jail::enter_in_place() {
             Ok(()) => true,
-            Err(e) => return refuse(netns, &mut ready, format!("cannot make the VM process's jail: {e}")),
+            Err(e) => {
+                let taken = netns.filter(|_| args.take_address);
+                return refuse(taken, &mut ready, format!("cannot make the VM process's jail: {e}"));
+            }
         },
         false => false,
     };
@@ -127,7 +144,7 @@ pub fn main(args: &VmArgs) -> i32 {
     let (spec, Prepared { vm, notices, .. }) = match prepared {
         Ok(p) => p,
         Err(message) => {
-            if let Some(netns) = netns {
+            if let Some(netns) = netns.filter(|_| args.take_address) {
                 podnet::tear_down(netns);
             }
             let _ = ready.write_all(message.as_bytes());
@@ -262,6 +279,7 @@ mod tests {
             netns: Some("/var/run/netns/pod".into()),
             stdin: true,
             terminal: true,
+            take_address: true,
         };
         let line: Vec<String> = args.to_args().into_iter().map(|a| a.into_string().unwrap()).collect();
         assert_eq!(VmArgs::parse(&line).unwrap(), args);

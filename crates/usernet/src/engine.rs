@@ -181,6 +181,9 @@ impl Engine {
         let mut events = Events::with_capacity(EVENTS);
         while !self.shared.stop.load(Ordering::SeqCst) {
             let now = Instant::now();
+            for (port, answer) in self.shared.take_publish() {
+                let _ = answer.send(self.tcp.publish(port));
+            }
             for frame in self.shared.take_from_guest() {
                 self.on_guest_frame(frame, now);
             }

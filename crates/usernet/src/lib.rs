@@ -13,6 +13,7 @@ mod engine;
 mod forward;
 mod frame;
 mod poller;
+mod publish;
 mod queue;
 mod sources;
 mod tcp;
@@ -40,6 +41,7 @@ use std::thread::JoinHandle;
 
 pub use config::{UserNet6, UserNetConfig};
 pub use forward::{ForwardParseError, PortForward, Proto};
+pub use publish::Publisher;
 
 use queue::Shared;
 
@@ -107,6 +109,11 @@ pub struct BoundNet {
 }
 
 impl BoundNet {
+    /// Publishes the guest's ports as it listens on them (answered once the relay thread runs).
+    pub fn publisher(&self) -> Publisher {
+        Publisher::new(self.shared.clone())
+    }
+
     /// Starts the relay thread. It confines itself to its seccomp list at once (`kiln_seccomp`), so a launcher that
     /// changes the process's ids (`kiln run --jail`) does so before it starts: musl makes every thread change them.
     pub fn start(self) -> Result<UserNet, UserNetError> {
@@ -160,6 +167,11 @@ impl UserNet {
     /// queues one.
     pub fn ready_fd(&self) -> RawFd {
         self.shared.ready.as_raw_fd()
+    }
+
+    /// Publishes the guest's ports as it listens on them.
+    pub fn publisher(&self) -> Publisher {
+        Publisher::new(self.shared.clone())
     }
 
     pub fn stats(&self) -> UserNetStats {

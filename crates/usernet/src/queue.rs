@@ -58,6 +58,8 @@ pub(crate) struct Shared {
     pub pushed: AtomicBool,
     /// Called by the relay thread after a round that queued frames for the guest (see `UserNet::set_waker`).
     pub waker: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
+    /// Ports the guest listens on, to publish (see `UserNet::publisher`), each with where its answer goes.
+    pub publish: Mutex<Vec<(u16, std::sync::mpsc::Sender<io::Result<()>>)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -76,7 +78,19 @@ impl Shared {
             stats: Counters::default(),
             pushed: AtomicBool::new(false),
             waker: Mutex::new(None),
+            publish: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Asks the relay to publish `port`; the answer comes on `answer`.
+    pub fn push_publish(&self, port: u16, answer: std::sync::mpsc::Sender<io::Result<()>>) {
+        lock(&self.publish).push((port, answer));
+        self.kick.signal();
+    }
+
+    /// The publish requests waiting for the relay.
+    pub fn take_publish(&self) -> Vec<(u16, std::sync::mpsc::Sender<io::Result<()>>)> {
+        std::mem::take(&mut *lock(&self.publish))
     }
 
     pub fn kick(&self) {

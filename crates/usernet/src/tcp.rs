@@ -20,7 +20,7 @@ use smoltcp::wire::IpListenEndpoint;
 
 use crate::config::{host_target, UserNetConfig};
 use crate::device::FrameDevice;
-use crate::forward::PortForward;
+use crate::forward::{PortForward, Proto};
 use crate::poller::{close_with_reset, connect_nonblocking, connect_result};
 use crate::queue::{Counters, Shared};
 use crate::sources::Sources;
@@ -136,6 +136,22 @@ impl TcpRelay {
             inbound: HashMap::new(),
             next_port: 49152,
         })
+    }
+
+    /// Publishes the guest's TCP `port` on the host's port of that number (`publish.rs`), unless it is already.
+    pub fn publish(&mut self, port: u16) -> std::io::Result<()> {
+        let published = |f: &PortForward| f.proto == Proto::Tcp && f.host_port == port && f.guest_port == port;
+        if self.listeners.iter().any(|(f, _)| published(f)) {
+            return Ok(());
+        }
+        if self.listeners.len() >= crate::publish::MAX_PUBLISHED {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOBUFS));
+        }
+        let listener = crate::publish::bind(port)?;
+        let host_ip = listener.local_addr()?.ip();
+        self.sources.add(listener.as_raw_fd(), Interest::READABLE, TcpToken::Listener(self.listeners.len()))?;
+        self.listeners.push((PortForward { proto: Proto::Tcp, host_ip, host_port: port, guest_port: port }, listener));
+        Ok(())
     }
 
     /// What `token` (one of the TCP relay's) stands for.

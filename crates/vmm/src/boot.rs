@@ -11,8 +11,8 @@ use crate::rootfs_image::{MappedImage, Rootfs};
 use crate::stack::{self, ProgramInfo, StackError};
 use crate::vdso;
 use kiln_abi::boot::{
-    BootInfo, NetInfo, VolumeInfo, BLK_MMIO_SIZE, BOOT_FLAG_TRACE_SYSCALLS, BOOT_MAGIC, BOOT_VERSION, MAX_VOLUMES,
-    NET_MMIO_SIZE,
+    BootInfo, NetInfo, VolumeInfo, BLK_MMIO_SIZE, BOOT_FLAG_POD_NETWORK, BOOT_FLAG_TRACE_SYSCALLS, BOOT_MAGIC,
+    BOOT_VERSION, MAX_VOLUMES, NET_MMIO_SIZE,
 };
 use kiln_abi::layout::*;
 use kiln_abi::paging::{self, PTE_ACCESSED, PTE_USER, PTE_WRITABLE};
@@ -49,6 +49,8 @@ pub struct BootParams {
     pub workdir: String,
     pub vcpus: u32,
     pub trace_syscalls: bool,
+    /// The VM is a container of a pod (`BOOT_FLAG_POD_NETWORK`): its card publishes the ports the program listens on.
+    pub pod_network: bool,
     pub random_seed: [u8; 32],
     pub at_random: [u8; 16],
     pub hwcap: u64,
@@ -320,7 +322,8 @@ pub fn build_from(
         magic: BOOT_MAGIC,
         version: BOOT_VERSION,
         vcpu_count: params.vcpus,
-        flags: if params.trace_syscalls { BOOT_FLAG_TRACE_SYSCALLS } else { 0 },
+        flags: if params.trace_syscalls { BOOT_FLAG_TRACE_SYSCALLS } else { 0 }
+            | if params.pod_network { BOOT_FLAG_POD_NETWORK } else { 0 },
         mem_size: ram.size(),
         // Page tables for the break are allocated later by the library OS, from here on.
         free_phys_start: alloc.next_free(),

@@ -130,6 +130,7 @@ pub fn pvh(
         workdir: config.workdir,
         vcpus: 1,
         trace_syscalls: false,
+        pod_network: false,
         // Replaced at boot by the platform layer (fresh entropy, the CPU's TSC and the RTC).
         random_seed: vm::host_random()?,
         at_random,

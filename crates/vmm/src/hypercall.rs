@@ -2,6 +2,7 @@
 //! against guest RAM and against the limits in kiln-abi before the host acts on it.
 
 use crate::memory::GuestRam;
+use crate::netcard::NetCard;
 use crate::park::Parker;
 use crate::stdin::StdinRelay;
 use crate::syscall_names::syscall_name;
@@ -46,6 +47,7 @@ const EFAULT: i64 = 14;
 const EINVAL: i64 = 22;
 const EPERM: i64 = 1;
 const EPIPE: i64 = 32;
+const ENOSYS: i64 = 38;
 
 fn read_u64s(ram: &GuestRam, addr: u64, n: usize) -> Option<Vec<u64>> {
     let bytes = ram.read_vec(addr, (n * 8) as u64).ok()?;
@@ -58,7 +60,7 @@ pub fn handle(
     ram: &GuestRam,
     block: u64,
     nr: u32,
-    (console, tracing, stdin): (&dyn Console, bool, Option<&StdinRelay>),
+    (console, tracing, stdin, net): (&dyn Console, bool, Option<&StdinRelay>, Option<&NetCard>),
     cpu: usize,
     parkers: &[Parker],
 ) -> Action {
@@ -69,6 +71,11 @@ pub fn handle(
         Some(Hypercall::Write) => write(ram, args[0], args[1], args[2], console),
         Some(Hypercall::ReadStdin) => read_stdin(ram, args[0], args[1], stdin),
         Some(Hypercall::Terminal) => terminal(ram, args[0], args[1], console),
+        Some(Hypercall::Listen) => match (u16::try_from(args[0]), net) {
+            (Ok(port @ 1..), Some(card)) => card.publish(port),
+            (Ok(_), None) => -ENOSYS,
+            (Err(_) | Ok(0), _) => -EINVAL,
+        },
         Some(Hypercall::Exit) => {
             return match args[1] {
                 0 => Action::Exit((args[0] & 0xff) as i32),
@@ -306,7 +313,7 @@ mod tests {
     }
 
     fn handle(ram: &GuestRam, block: u64, nr: u32, console: &Captured) -> Action {
-        super::handle(ram, block, nr, (console, false, None), 0, &[Parker::default(), Parker::default()])
+        super::handle(ram, block, nr, (console, false, None, None), 0, &[Parker::default(), Parker::default()])
     }
 
     fn put_u64s(ram: &GuestRam, addr: u64, values: &[u64]) {
@@ -331,7 +338,7 @@ mod tests {
         assert_eq!(ret(&ram), -EPERM, "refused without --trace-syscalls");
         assert!(c.traced.lock().unwrap().is_empty());
         let parkers = [Parker::default()];
-        assert_eq!(super::handle(&ram, 0x1000, trace, (&c, true, None), 0, &parkers), Action::Resume);
+        assert_eq!(super::handle(&ram, 0x1000, trace, (&c, true, None, None), 0, &parkers), Action::Resume);
         assert_eq!(ret(&ram), 0);
         assert_eq!(*c.traced.lock().unwrap(), ["getpid(0x0, 0x0, 0x0, 0x0, 0x0, 0x0) = 7"]);
     }
@@ -355,7 +362,7 @@ mod tests {
         let c = Captured::default();
         let parkers = [Parker::default()];
         let read = |relay: Option<&StdinRelay>| {
-            super::handle(&ram, 0x1000, Hypercall::ReadStdin as u32, (&c, false, relay), 0, &parkers);
+            super::handle(&ram, 0x1000, Hypercall::ReadStdin as u32, (&c, false, relay, None), 0, &parkers);
             ret(&ram)
         };
         put_u64s(&ram, 0x1000, &[0x2000, 2]);

@@ -51,5 +51,5 @@ pub use console::StdioConsole;
 pub use disk::VolumeConfig;
 pub use fault::{CrashReport, Signal};
 pub use host_signals::HostSignals;
-pub use netcard::NetConfig;
+pub use netcard::{NetConfig, Publish};
 pub use vm::{Console, Controller, Outcome, RunStats, Vm, VmConfig, VmError};

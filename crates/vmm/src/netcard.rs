@@ -15,9 +15,16 @@ use std::time::Duration;
 use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
 
+/// Publishes a TCP port the guest listens on ([`kiln_abi::Hypercall::Listen`], a pod's container); the error is a
+/// Linux errno.
+pub type Publish = Box<dyn Fn(u16) -> Result<(), i32> + Send + Sync>;
+
 /// What the VMM attaches: a backend, and the addresses the guest takes on it.
 pub struct NetConfig {
     pub backend: Box<dyn Backend>,
+    /// The guest's listening ports are published as it listens (the boot info says so to the library OS): a
+    /// container of a pod, on the user-mode network in the pod's namespace.
+    pub publish: Option<Publish>,
     pub mac: [u8; 6],
     pub ipv4: std::net::Ipv4Addr,
     pub prefix_len: u8,
@@ -50,6 +57,8 @@ pub(crate) type Device = MmioTransport<Net<Box<dyn Backend>>>;
 pub struct NetCard {
     window: Range<u64>,
     device: Mutex<Device>,
+    /// Outside the device's lock: publishing waits for the backend's thread, which takes that lock to deliver.
+    publish: Option<Publish>,
 }
 
 impl NetCard {
@@ -57,6 +66,21 @@ impl NetCard {
         NetCard {
             window: mmio_phys..mmio_phys + NET_MMIO_SIZE,
             device: Mutex::new(MmioTransport::new(Net::new(mac, backend))),
+            publish: None,
+        }
+    }
+
+    /// The card, publishing the guest's listening ports with `publish`.
+    pub fn publishing(self, publish: Option<Publish>) -> NetCard {
+        NetCard { publish, ..self }
+    }
+
+    /// Publishes the guest's listening TCP `port`: 0, or a negative errno (-ENOSYS where the card does not publish).
+    pub fn publish(&self, port: u16) -> i64 {
+        const ENOSYS: i64 = 38;
+        match &self.publish {
+            Some(publish) => publish(port).map_or_else(|e| -i64::from(e), |()| 0),
+            None => -ENOSYS,
         }
     }
 

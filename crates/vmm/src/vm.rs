@@ -487,6 +487,7 @@ impl Vm {
             workdir: config.workdir.clone(),
             vcpus: config.cpus,
             trace_syscalls: config.trace_syscalls,
+            pod_network: config.net.as_ref().is_some_and(|n| n.publish.is_some()),
             random_seed: host_random()?,
             at_random: host_random()?,
             hwcap,
@@ -544,7 +545,7 @@ impl Vm {
                 let base = boot.program.base;
                 CoreSetup::new(path, &config.exe_path, &config.argv, &program, base, boot.auxv.clone())
             }),
-            net: config.net.map(|n| NetCard::new(n.backend, n.mac, boot::net_mmio_phys(memory))),
+            net: config.net.map(|n| NetCard::new(n.backend, n.mac, boot::net_mmio_phys(memory)).publishing(n.publish)),
             disks: blks
                 .into_iter()
                 .enumerate()
@@ -1132,7 +1133,7 @@ fn run_vcpu(
                     &shared.ram,
                     block,
                     nr,
-                    (console, shared.trace_syscalls, shared.stdin.get()),
+                    (console, shared.trace_syscalls, shared.stdin.get(), shared.net.as_ref()),
                     id,
                     &shared.parkers,
                 );

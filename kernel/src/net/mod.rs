@@ -18,6 +18,7 @@ pub mod kept;
 pub mod link;
 pub mod netlink;
 pub mod options;
+pub mod pod;
 pub mod socket;
 pub mod unix;
 pub mod virtio;
@@ -149,6 +150,7 @@ static CARD: SpinLock<Option<NetInfo>> = SpinLock::new(None);
 static CARD_ADDRESS: SpinLock<Option<card::Address>> = SpinLock::new(None);
 
 pub fn init(boot: &kiln_abi::BootInfo) {
+    pod::init(boot);
     if boot.net.mmio_phys != 0 {
         *CARD.lock() = Some(boot.net);
         *CARD_ADDRESS.lock() = Some(card_address(&boot.net));

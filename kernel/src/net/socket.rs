@@ -274,6 +274,10 @@ impl Socket {
             return Err(Errno::EOPNOTSUPP);
         }
         self.ensure_bound()?;
+        if matches!(self.state.lock().role, Role::Fresh) {
+            let (address, port) = self.state.lock().local;
+            super::pod::publish(address, port)?;
+        }
         // Linux's accept queue is full only beyond the backlog: it holds backlog + 1 (one for listen(fd, 0)).
         let want = (backlog.max(0) as usize).min(MAX_BACKLOG) + 1;
         with(|s| {

@@ -206,7 +206,10 @@ pub fn connect(a: &Args) -> SysResult {
     let (address, port) = addr::read(s.family, a[1], a[2])?;
     // Connecting to "any" address means this host, as on Linux.
     let address = address.unwrap_or(smoltcp::wire::IpAddress::v4(127, 0, 0, 1));
-    s.connect(IpEndpoint::new(address, port), patience(&f, true, 0)).map(|()| 0)
+    let remote = IpEndpoint::new(address, port);
+    // A pod's other containers are reached through the gateway (net/pod.rs); UDP stays the VM's own.
+    let remote = if s.protocol == Protocol::Tcp { crate::net::pod::destination(remote) } else { remote };
+    s.connect(remote, patience(&f, true, 0)).map(|()| 0)
 }
 
 pub fn getsockname(a: &Args) -> SysResult {

@@ -63,3 +63,22 @@ fn the_descriptor_limit_is_taken_and_checked() {
     assert!(err.contains("soft limit is above"), "{err}");
     assert!(nofile(&[limit("RLIMIT_NOFILE", 0, 0)]).is_err());
 }
+
+#[test]
+fn a_pods_containers_share_its_network_unless_one_asks_for_the_tap() {
+    let pod = serde_json::json!({"linux": {"namespaces": [{"type": "network", "path": "/var/run/netns/pod"}]}});
+    assert_eq!(config(pod.clone()).pod_network().unwrap(), PodNetwork::Shared);
+    match pod_user_network() {
+        Network::User { publish, publish_listens, addresses } => {
+            assert!(publish.is_empty() && publish_listens);
+            assert_eq!(addresses.ipv4, std::net::Ipv4Addr::new(10, 0, 2, 15));
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut tap = pod;
+    tap["annotations"] = serde_json::json!({"io.kiln.pod-network": "tap"});
+    assert_eq!(config(tap.clone()).pod_network().unwrap(), PodNetwork::Tap);
+    tap["annotations"] = serde_json::json!({"io.kiln.pod-network": "bridge"});
+    let err = config(tap).pod_network().unwrap_err().to_string();
+    assert!(err.contains("must be shared or tap"), "{err}");
+}

@@ -293,3 +293,29 @@ fn privileged_port_error_says_how_to_fix_it() {
     };
     assert!(e.to_string().starts_with("-p 80:80/tcp: binding 0.0.0.0:80 needs root or CAP_NET_BIND_SERVICE"));
 }
+
+#[test]
+fn a_published_port_reaches_the_guest_and_a_second_publisher_is_refused() {
+    let port = free_tcp_port();
+    let net = Arc::new(UserNet::new(UserNetConfig::default()).unwrap());
+    let publisher = net.publisher();
+    publisher.publish(port).unwrap();
+    publisher.publish(port).expect("publishing a port again is no error");
+    let other = UserNet::new(UserNetConfig::default()).unwrap();
+    let e = other.publisher().publish(port).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
+    let mut listening = None;
+    let mut echo = Echo::default();
+    let guest = Guest::spawn(net.clone(), LIMIT, move |g| {
+        let h = *listening.get_or_insert_with(|| {
+            let mut s = guest_socket();
+            s.listen(port).unwrap();
+            g.sockets.add(s)
+        });
+        echo.step(g.sockets.get_mut::<tcp::Socket>(h))
+    });
+    let data = pattern(64 << 10, 4);
+    assert!(echo_through(TcpStream::connect(localhost(port)).unwrap(), data.clone()) == data);
+    guest.join().unwrap();
+    assert_eq!(net.stats().tcp_inbound, 1);
+}

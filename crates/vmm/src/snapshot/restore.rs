@@ -108,7 +108,8 @@ impl Vm {
         }
         let card = match (net, &machine.net) {
             (Some(n), Some(state)) => {
-                let card = NetCard::new(n.backend, n.mac, crate::boot::net_mmio_phys(machine.memory));
+                let card =
+                    NetCard::new(n.backend, n.mac, crate::boot::net_mmio_phys(machine.memory)).publishing(n.publish);
                 card.restore(state).map_err(|why| SnapshotError::Damaged {
                     path: path.display().to_string(),
                     why: format!("its network card's state: {why}"),
