@@ -588,16 +588,17 @@ fn containerd_runs_a_pods_containers_side_by_side() {
     let web = spawn(&in_pod("podweb", "268435456", &["/bin/server", "serve", "8080"])).unwrap();
 
     // The host at the pod's address: the echo server's port was published when it listened.
-    let address = std::net::SocketAddr::new(pod.ip.parse().unwrap(), 7070);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let from_host = loop {
-        match echo_at(address, "from the host") {
+    let echo_until = |address: std::net::SocketAddr, message: &str, deadline: Instant| loop {
+        match echo_at(address, message) {
             Ok(echo) => break Ok(echo),
             Err(e) if Instant::now() > deadline => break Err(e),
             Err(_) => std::thread::sleep(Duration::from_millis(200)),
         }
     };
-    let from_host6 = echo_at(std::net::SocketAddr::from((pod.ip6, 7070)), "over IPv6");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let from_host = echo_until(std::net::SocketAddr::new(pod.ip.parse().unwrap(), 7070), "from the host", deadline);
+    // Retried too: the pod's IPv6 address may still be tentative (duplicate address detection) when IPv4 answers.
+    let from_host6 = echo_until(std::net::SocketAddr::from((pod.ip6, 7070)), "over IPv6", deadline);
     // The pod's other containers, on its loopback and at its address.
     // Run to their end; a hang is killed after 30 s and reported with what it printed.
     let run = |args: Vec<String>| wait_output(spawn(&args).unwrap(), CTR_TIMEOUT);
