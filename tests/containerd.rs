@@ -638,6 +638,121 @@ fn containerd_runs_a_pods_containers_side_by_side() {
     assert!(!in_use.contains("kiln-tap0:") && !in_use.contains("mirred"), "no tap on the shared network: {in_use}");
 }
 
+/// A pod's namespace as Calico's CNI plugin makes it, by hand: a veth whose pod side has a /32 address and no
+/// network, a link-scope route to a gateway (169.254.1.1) that the host side answers ARP for (proxy ARP), and, instead
+/// of a default route, one CNI route through that gateway to a network (TEST-NET-2, an address of which the host
+/// side has). Removed when dropped.
+struct CalicoPod {
+    netns: String,
+    host_veth: String,
+    ip: String,
+    /// The host's address on the routed network.
+    routed: String,
+}
+
+impl CalicoPod {
+    fn add() -> CalicoPod {
+        let pid = std::process::id();
+        let pod = CalicoPod {
+            netns: format!("podnet2-{pid}"),
+            host_veth: format!("kc{}", pid % 100_000),
+            ip: format!("10.93.{}.5", pid % 250),
+            routed: format!("198.51.100.{}", 1 + pid % 250),
+        };
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().expect("run ip");
+            assert!(out.status.success(), "ip {}: {}", args.join(" "), text(&out.stderr));
+        };
+        let (ns, veth) = (pod.netns.as_str(), pod.host_veth.as_str());
+        ip(&["netns", "add", ns]);
+        ip(&["link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns]);
+        ip(&["-n", ns, "addr", "add", &format!("{}/32", pod.ip), "dev", "eth0"]);
+        ip(&["-n", ns, "link", "set", "eth0", "up"]);
+        ip(&["-n", ns, "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"]);
+        ip(&["-n", ns, "route", "add", "198.51.100.0/24", "via", "169.254.1.1", "dev", "eth0"]);
+        ip(&["link", "set", veth, "up"]);
+        std::fs::write(format!("/proc/sys/net/ipv4/conf/{veth}/proxy_arp"), "1").unwrap();
+        ip(&["route", "add", &format!("{}/32", pod.ip), "dev", veth]);
+        ip(&["addr", "add", &format!("{}/32", pod.routed), "dev", veth]);
+        pod
+    }
+}
+
+impl Drop for CalicoPod {
+    fn drop(&mut self) {
+        for args in [["link", "del", &self.host_veth], ["netns", "del", &self.netns]] {
+            let _ = Command::new("ip").args(args).output();
+        }
+    }
+}
+
+/// The shared pod network takes whatever the pod's namespace routes: a /32 address with an on-link gateway, as
+/// Calico gives, and a CNI route through that gateway (no default route at all). A container reaches a host server
+/// on the routed network, and the host, from an address on that network, reaches a server container at the pod's
+/// address.
+#[test]
+fn containerd_pods_take_calico_style_addresses_and_cni_routes() {
+    let Some(containerd) = Containerd::start("calico") else { return };
+    if !Path::new("/usr/bin/curl").exists() {
+        kvm::skip("curl is not installed (scripts/setup.sh installs it)");
+        return;
+    }
+    let pod = CalicoPod::add();
+    let image = layer(&[
+        ("bin/", Entry::Dir),
+        ("bin/server", program(&guests::go())),
+        ("bin/netpeer", program(&guests::c("netpeer"))),
+    ]);
+    containerd.import(&[image], &["/bin/netpeer"]);
+    // An echo server of the host's on the routed network, for one connection.
+    let listener = std::net::TcpListener::bind((pod.routed.as_str(), 0)).unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    listener.set_nonblocking(true).unwrap();
+    let host_echo = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let deadline = Instant::now() + CTR_TIMEOUT;
+        let (mut c, peer) = loop {
+            match listener.accept() {
+                Ok(accepted) => break accepted,
+                Err(_) if Instant::now() > deadline => return None,
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        c.set_nonblocking(false).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut got = Vec::new();
+        let _ = c.read_to_end(&mut got);
+        let _ = c.write_all(&got);
+        Some(peer)
+    });
+    let with_ns = format!("network:/var/run/netns/{}", pod.netns);
+    let mut args = vec!["run", "--rm", "--runtime", RUNTIME, "--snapshotter", "native", "--with-ns", &with_ns];
+    args.extend([IMAGE, "calicocli", "/bin/netpeer", "fetch", &pod.routed, &port, "10000"]);
+    let fetched = wait_output(containerd.ctr_command(&args).spawn().unwrap(), CTR_TIMEOUT);
+
+    let mut args = vec!["run", "--rm", "--runtime", RUNTIME, "--snapshotter", "native", "--with-ns", &with_ns];
+    args.extend(["--memory-limit", "268435456", IMAGE, "calicoweb", "/bin/server", "serve", "8080"]);
+    let web = containerd.ctr_command(&args).spawn().unwrap();
+    let url = format!("http://{}:8080/", pod.ip);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let answered = loop {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "2", "--interface", &pod.routed, &url])
+            .output()
+            .expect("run curl");
+        if out.status.success() || Instant::now() > deadline {
+            break (out.status.code(), text(&out.stdout), text(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = containerd.ctr(&["task", "kill", "--signal", "SIGKILL", "calicoweb"]);
+    let web_ran = wait_output(web, Duration::from_secs(20));
+    assert!(fetched.starts_with("Some(0)"), "the container on the routed network: {fetched}");
+    let peer = host_echo.join().unwrap().map(|p| p.ip().to_string());
+    assert_eq!(peer, Some(pod.ip.clone()), "the container's connection came from the pod's address");
+    assert_eq!(answered.1, "hello from kiln\n", "{answered:?}\nweb server: {web_ran}");
+}
+
 /// A child's exit and output, killed after `limit` (for a failure message, never a hang).
 fn wait_output(mut child: Child, limit: Duration) -> String {
     let deadline = Instant::now() + limit;
