@@ -488,7 +488,7 @@ fn hits(answer: &str) -> u64 {
 
 /// A kilnd stop keeps its instances (paused, written to their folder) and the next kilnd runs them on from there:
 /// the same VM, its state kept (the counter goes on), the same id, its uptime going on, no second boot; a second
-/// restart keeps the restored one too. An instance with a volume cannot be kept and is stopped.
+/// restart keeps the restored one too, and one with a volume.
 #[test]
 fn instances_keep_running_across_a_kilnd_restart() {
     if !kvm::available() {
@@ -549,13 +549,27 @@ fn instances_keep_running_across_a_kilnd_restart() {
     kilnd.wait_log(&with_volume, "waiter: ready\n");
     assert!(kilnd.stop().success());
     let stderr = kilnd.stderr();
-    assert!(stderr.contains(&format!("instance {with_volume} cannot be kept, so it is stopped")), "{stderr}");
-    let stopped = record_file(&kilnd.home, &with_volume);
-    assert_eq!((stopped["state"].as_str(), stopped["exit_code"].as_i64()), (Some("exited"), Some(0)), "{stopped}");
+    assert!(!stderr.contains("cannot be kept"), "{stderr}");
+    let kept = record_file(&kilnd.home, &with_volume);
+    assert_eq!((kept["state"].as_str(), kept["kept"].as_bool()), (Some("running"), Some(true)), "{kept}");
     let kilnd = Kilnd::start_in(kilnd.home.clone());
     assert_eq!(get(port).as_deref(), Ok("hit 4\n"), "the second restart lost the count");
     assert_eq!(kilnd.instance(&id)["started_ms"], before["started_ms"]);
-    assert_eq!(kilnd.instance(&with_volume)["state"], "exited");
+    // The instance with a volume was kept too (its volume, not copied, was found as the snapshot left it): it runs
+    // on without a second boot and ends as asked.
+    assert_eq!(kilnd.instance(&with_volume)["state"], "running");
+    kilnd.ok("POST", &format!("/instances/{with_volume}/stop"), "", 204);
+    let log = kilnd.wait_log(&with_volume, "waiter: stopped by signal 15\n");
+    assert_eq!(log.matches("waiter: ready").count(), 1, "it booted again: {log:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let stopped = loop {
+        let record = kilnd.instance(&with_volume);
+        if record["state"] == "exited" || Instant::now() > deadline {
+            break record;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!((stopped["state"].as_str(), stopped["exit_code"].as_i64()), (Some("exited"), Some(0)), "{stopped}");
 }
 
 /// A kept instance that cannot be run on (its published port taken meanwhile) is not lost silently: its log and

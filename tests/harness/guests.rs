@@ -105,6 +105,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("timers", "timers.c", Link::Static),
     ("netpeer", "netpeer.c", Link::Static),
     ("volume", "volume.c", Link::Static),
+    ("volsnap", "volsnap.c", Link::Static),
     ("sockopts", "sockopts.c", Link::Static),
     ("sockstate", "sockstate.c", Link::Static),
     ("listenq", "listenq.c", Link::Static),

@@ -489,7 +489,7 @@ impl Daemon {
 
     /// Keeps every instance this kilnd runs for the next kilnd (its shutdown, unless `--stop-instances`): each is
     /// paused at its quiescent point and written to `kept.snap` in its folder, and its VM ends there; its record stays
-    /// running, marked `kept`. Those that cannot be kept (volumes, a debugger attached, waiting to restart) are left
+    /// running, marked `kept`. Those that cannot be kept (a debugger attached, waiting to restart) are left
     /// for [`Daemon::stop_all`]. How many were kept.
     pub fn keep_all(&self) -> usize {
         let held: Vec<(String, Arc<Held>)> =

@@ -59,7 +59,7 @@ impl Held {
 
     /// Pauses the running VM at its quiescent point, writes it to `path` and ends it there, so that the next kilnd
     /// runs it on ([`Held::keeping`] then says so to the run's thread). The reason it could not be, if not: no VM runs
-    /// (between restarts), it is being stopped, or the snapshot was refused (volumes, a debugger).
+    /// (between restarts), it is being stopped, or the snapshot was refused (a debugger attached).
     pub fn keep(&self, path: &Path) -> Result<Written, String> {
         let (controller, launch) = {
             let mut status = self.status();

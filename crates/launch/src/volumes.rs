@@ -78,6 +78,18 @@ pub fn attach_all(mounts: &[(String, String)]) -> Result<Attached, VolumeError> 
     Ok(attached)
 }
 
+/// Opens and locks each volume of a snapshot's launch for its restore, in mount order: not checked or repaired as
+/// for a boot (the guest's file system is mounted in the snapshot, so never clean, and a repair would change the file
+/// the restore needs unchanged: the VMM compares it with the snapshot's).
+pub fn reattach_all(mounts: &[(String, String)]) -> Result<Vec<kiln_vmm::VolumeConfig>, VolumeError> {
+    let mut volumes = Vec::with_capacity(mounts.len());
+    for (name, mount) in mounts {
+        let (_, file) = open_locked(name, true)?.ok_or_else(|| VolumeError::Attached(name.to_string()))?;
+        volumes.push(kiln_vmm::VolumeConfig { file, name: name.clone(), mount: mount.clone() });
+    }
+    Ok(volumes)
+}
+
 /// Opens volume `name`, for writing if `write` (an instance's); `ls`, `inspect` and `rm` only read it and lock it.
 pub fn open_existing(name: &str, write: bool) -> Result<(PathBuf, File), VolumeError> {
     let path = volume_path(name)?;

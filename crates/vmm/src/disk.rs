@@ -2,7 +2,10 @@
 //! program it and notify its queue; the requests are handled on the notifying vCPU's thread before it resumes, so
 //! the guest finds them done in the used ring without an interrupt.
 
+use crate::snapshot::volume::{FileIdentity, VolumeState};
+use crate::snapshot::SnapshotError;
 use crate::virtio::blk::{Blk, BlkStats};
+use crate::virtio::state::TransportState;
 use crate::virtio::MmioTransport;
 use kiln_abi::boot::BLK_MMIO_SIZE;
 use std::fs::File;
@@ -47,6 +50,28 @@ impl Disk {
         let mut device = self.device();
         device.write(addr - self.window.start, data, mem);
         device.device.fault().map_or(Ok(()), |why| Err(why.to_string()))
+    }
+
+    /// The device as a snapshot keeps it (every vCPU holds, so none is notifying it, and no request is in flight:
+    /// each is done within its notification): its queues, and its file's identity once what the guest wrote is on
+    /// the host's disk. A write after this moves the file's identity on ([`crate::snapshot::volume::Stamp`]).
+    pub(crate) fn snapshot(&self, name: &str) -> Result<VolumeState, SnapshotError> {
+        let mut device = self.device();
+        if let Some(why) = device.device.fault() {
+            return Err(SnapshotError::Unsupported(format!("volume {name}'s device stopped: {why}")));
+        }
+        let transport = device.save();
+        let (file, stamp) = device.device.file_and_stamp();
+        let failed = |what| move |source| SnapshotError::Volume { name: name.to_string(), what, source };
+        file.sync_data().map_err(failed("cannot write what the guest wrote to the host's disk"))?;
+        let identity = FileIdentity::of(file).map_err(failed("cannot read its file's status"))?;
+        stamp.set(&identity);
+        Ok(VolumeState { name: name.to_string(), file: identity, transport })
+    }
+
+    /// Puts a new device's transport where a snapshot's `state` says.
+    pub(crate) fn restore(&self, state: &TransportState) -> Result<(), String> {
+        self.device().restore(state)
     }
 
     pub fn stats(&self) -> BlkStats {

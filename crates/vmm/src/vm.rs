@@ -985,9 +985,6 @@ fn take_snapshot(
     boot: &BootState,
     request: snapshot::Request,
 ) -> Result<snapshot::Written, SnapshotError> {
-    if !shared.disks.is_empty() {
-        return Err(SnapshotError::Unsupported("it has volumes, which snapshots do not keep yet".into()));
-    }
     if shared.debug.get().is_some_and(|session| !session.detached()) {
         return Err(SnapshotError::Unsupported("a debugger is attached".into()));
     }
@@ -1005,6 +1002,7 @@ fn take_snapshot(
         )));
     };
     let still = shared.net.as_ref().map(NetCard::hold_still);
+    let volumes = shared.disks.iter().map(|(name, disk)| disk.snapshot(name)).collect::<Result<Vec<_>, _>>()?;
     let machine = snapshot::MachineState {
         memory: shared.ram.size(),
         host: shared.host,
@@ -1015,6 +1013,7 @@ fn take_snapshot(
         boot: boot.clone(),
         vcpus,
         net: still.as_ref().map(|(state, _)| state.clone()),
+        volumes,
         launch: request.launch,
         cpuid: Some(shared.cpuid.clone()),
     };

@@ -1,6 +1,6 @@
 //! A vCPU thread: KVM_RUN and the exits it handles. Hypercalls write the program's output (write, writev to the
 //! console), devices move frames (the tap's write, the user-mode network's eventfd) and volume blocks (pread, pwrite,
-//! fdatasync) and a detached instance's core file (pwrite, ftruncate), time slices re-arm the thread's own timers
+//! fdatasync; after a snapshot, fstat and futimens) and a detached instance's core file (pwrite, ftruncate), time slices re-arm the thread's own timers
 //! (timer_settime), kicks go to other vCPUs (tgkill), idle vCPUs park on futexes. Its ioctls are KVM's vCPU calls and
 //! the terminal's (a program's termios and window size, on a console that is a pty), checked by number.
 
@@ -15,6 +15,10 @@ pub(super) const SYSCALLS: &[i64] = &[
     libc::SYS_fsync,
     // A detached instance's core file, opened before the VM ran, written by the crashed vCPU's thread (pwrite64).
     libc::SYS_ftruncate,
+    // The first write to a volume after a snapshot that lets the VM run on: its file's modification time is read and,
+    // if the write left it where the snapshot saw it, moved on (`kiln_vmm::snapshot::volume::Stamp`).
+    libc::SYS_fstat,
+    libc::SYS_utimensat,
     libc::SYS_timer_settime,
     libc::SYS_timer_delete,
     libc::SYS_tgkill,

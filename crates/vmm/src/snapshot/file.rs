@@ -224,6 +224,7 @@ mod tests {
             boot,
             vcpus: Vec::new(),
             net: None,
+            volumes: Vec::new(),
             launch: serde_json::json!({"name": "web"}),
             cpuid: None,
         }

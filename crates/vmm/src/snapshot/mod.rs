@@ -6,7 +6,8 @@
 //!
 //! Kiln's guest is a library OS at CPL 3 with no interrupt controller: guest RAM and the vCPUs' registers are the
 //! whole guest, its TCP/IP stack and its sockets included. The VMM's side is the network card's queue positions
-//! (kept) and its backend (the launcher makes a new one: see `docs/snapshots.md`).
+//! (kept) and its backend (the launcher makes a new one: see `docs/snapshots.md`), and each volume's queue positions
+//! and its file's identity (the file is not copied: a restore needs it unchanged, `volume.rs`).
 
 mod file;
 mod fill;
@@ -14,9 +15,10 @@ mod pages;
 pub(crate) mod pause;
 mod restore;
 pub mod vcpu_state;
+pub mod volume;
 
 pub use file::{read_header, Header, FORMAT_VERSION, MAGIC};
-pub use restore::Opened;
+pub use restore::{Opened, Reattached};
 
 use crate::arch::HostKind;
 use crate::boot::BootState;
@@ -47,6 +49,18 @@ pub enum SnapshotError {
     Damaged { path: String, why: String },
     #[error("{path} cannot be restored here: {why}")]
     Foreign { path: String, why: String },
+    #[error(
+        "{path} cannot be restored: volume {name} {why}; a snapshot does not hold its volumes' contents, so a restore \
+         needs each volume as it was when the snapshot was taken"
+    )]
+    VolumeChanged { path: String, name: String, why: String },
+    #[error("volume {name}: {what}")]
+    Volume {
+        name: String,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot snapshot this VM: {0}")]
     Unsupported(String),
     #[error("cannot snapshot the VM: {0}")]
@@ -73,6 +87,9 @@ pub struct MachineState {
     pub boot: BootState,
     pub vcpus: Vec<VcpuState>,
     pub net: Option<TransportState>,
+    /// The volumes, in the order the VM has them (absent from the files of a kiln before they were kept).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<volume::VolumeState>,
     /// The launcher's description of the instance (kiln keeps its launch specification), opaque to the VMM.
     pub launch: serde_json::Value,
     /// The CPUID the vCPUs were given (absent from the files of a kiln before it was kept): a restore gives them the

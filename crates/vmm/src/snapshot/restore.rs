@@ -1,14 +1,19 @@
 //! Making a VM of a snapshot: the file is opened and checked whole before anything is made from it ([`Opened`]),
 //! then a new VM gets its RAM from the file (copied, or for a large snapshot a private mapping: `fill.rs`; writes stay
-//! in this process), its vCPUs their states, its network card the queues it had. The launcher supplies the card's
-//! backend (a new one: see `docs/snapshots.md` for what survives).
+//! in this process), its vCPUs their states, its network card and volumes the queues they had. The launcher supplies
+//! the card's backend (a new one: see `docs/snapshots.md` for what survives) and the volumes' files, which must be
+//! the ones the snapshot's VM had, unchanged (`volume.rs`).
 
 use super::file::{read_header, read_state, Header};
+use super::volume::FileIdentity;
 use super::{io_err, CpuidLeaf, MachineState, SnapshotError};
 use crate::boot::MIN_MEMORY;
+use crate::disk::{Disk, VolumeConfig};
 use crate::netcard::{NetCard, NetConfig};
+use crate::virtio::blk::Blk;
 use crate::vm::{create_machine, Devices, Machine, MAX_VCPUS};
 use crate::{exit_state, Vm, VmError};
+use kiln_abi::boot::MAX_VOLUMES;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -45,12 +50,30 @@ impl Opened {
     pub fn memory(&self) -> u64 {
         self.machine.memory
     }
+
+    /// The names of the VM's volumes, in its order (the restore needs each).
+    pub fn volumes(&self) -> Vec<&str> {
+        self.machine.volumes.iter().map(|v| v.name.as_str()).collect()
+    }
+}
+
+/// What a restore gives the VM anew: the host's ends of its devices, which a snapshot does not hold.
+#[derive(Default)]
+pub struct Reattached {
+    /// The network card's new backend and addresses: one if the snapshot's VM had a card, none otherwise.
+    pub net: Option<NetConfig>,
+    /// The snapshot's volumes by name, in its order ([`Opened::volumes`]): each the file its VM had, opened read-write
+    /// and locked by the caller, unchanged since the snapshot (checked here).
+    pub volumes: Vec<VolumeConfig>,
 }
 
 fn check(m: &MachineState) -> Result<(), String> {
     let cpus = m.vcpus.len();
     if cpus == 0 || cpus > MAX_VCPUS as usize || cpus != m.boot.vcpus.len() {
         return Err(format!("it has {cpus} vCPU states for {} vCPUs", m.boot.vcpus.len()));
+    }
+    if m.volumes.len() > MAX_VOLUMES {
+        return Err(format!("it has {} volumes; Kiln mounts at most {MAX_VOLUMES}", m.volumes.len()));
     }
     if m.memory < MIN_MEMORY {
         return Err(format!("its RAM ({} bytes) is smaller than any VM's", m.memory));
@@ -73,16 +96,17 @@ fn check(m: &MachineState) -> Result<(), String> {
 }
 
 impl Vm {
-    /// The VM `snapshot` holds, ready to run on from where it was paused; `net` is its network card's new backend
-    /// and addresses (it must have one if the snapshot's VM had one, and none otherwise).
-    pub fn restore(snapshot: Opened, net: Option<NetConfig>) -> Result<Vm, VmError> {
+    /// The VM `snapshot` holds, ready to run on from where it was paused, with the devices' host ends `reattached`.
+    pub fn restore(snapshot: Opened, reattached: Reattached) -> Result<Vm, VmError> {
         let started = std::time::Instant::now();
         let Opened { file, path, header, machine } = snapshot;
+        let Reattached { net, volumes } = reattached;
         let foreign = |why: String| SnapshotError::Foreign { path: path.display().to_string(), why };
         if machine.net.is_some() != net.is_some() {
             let had = if machine.net.is_some() { "had a network card" } else { "had no network card" };
             return Err(foreign(format!("its VM {had}, and this launch differs")).into());
         }
+        check_volumes(&path, &machine, &volumes)?;
         let cpus = machine.vcpus.len() as u32;
         let given = machine.cpuid.as_deref().and_then(CpuidLeaf::to_kvm);
         let Machine { kvm, vm, vcpus, ram, tsc_hz, synced_state, cpuid, .. } =
@@ -118,11 +142,43 @@ impl Vm {
             }
             _ => None,
         };
-        let devices = Devices { core: None, net: card, disks: Vec::new(), trace_syscalls: machine.trace_syscalls };
+        let mut disks = Vec::with_capacity(volumes.len());
+        for (i, (v, state)) in volumes.into_iter().zip(&machine.volumes).enumerate() {
+            let blk = Blk::new(v.file, &v.name).map_err(|source| VmError::Volume { name: v.name.clone(), source })?;
+            let disk = Disk::new(blk, crate::boot::volume_mmio_phys(machine.memory, i));
+            disk.restore(&state.transport).map_err(|why| SnapshotError::Damaged {
+                path: path.display().to_string(),
+                why: format!("volume {}'s device state: {why}", v.name),
+            })?;
+            disks.push((v.name, disk));
+        }
+        let devices = Devices { core: None, net: card, disks, trace_syscalls: machine.trace_syscalls };
         let kind = (machine.host, synced_state, tsc_hz);
         tracing::debug!(path = %path.display(), cpus, ?machine_ready, ?filled, total = ?started.elapsed(), "restored");
         // A later snapshot of this VM finds the pages it was given in its RAM, unless they are still the file's.
         let source = (filled == super::fill::Filled::Mapped).then_some((file, header.memory_offset));
         Ok(Vm::assemble((kvm, vm, vcpus), ram, machine.boot, kind, devices, (source, cpuid)))
     }
+}
+
+/// The launch's volumes must be the snapshot's, by name and in order, each its very file as it was then.
+fn check_volumes(path: &Path, machine: &MachineState, volumes: &[VolumeConfig]) -> Result<(), SnapshotError> {
+    let had: Vec<&str> = machine.volumes.iter().map(|v| v.name.as_str()).collect();
+    let given: Vec<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
+    if had != given {
+        let list = |names: &[&str]| if names.is_empty() { "none".to_string() } else { names.join(", ") };
+        let why = format!("its VM had volumes {}, and this launch attaches {}", list(&had), list(&given));
+        return Err(SnapshotError::Foreign { path: path.display().to_string(), why });
+    }
+    for (state, v) in machine.volumes.iter().zip(volumes) {
+        let now = FileIdentity::of(&v.file).map_err(|source| SnapshotError::Volume {
+            name: v.name.clone(),
+            what: "cannot read its file's status",
+            source,
+        })?;
+        if let Some(why) = state.file.change(&now) {
+            return Err(SnapshotError::VolumeChanged { path: path.display().to_string(), name: v.name.clone(), why });
+        }
+    }
+    Ok(())
 }

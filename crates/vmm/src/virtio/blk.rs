@@ -10,6 +10,7 @@
 //! disk.
 
 use super::{collect_chain, give_back, next_chain, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::snapshot::volume::Stamp;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use virtio_queue::{desc::split::Descriptor, Queue};
@@ -60,6 +61,8 @@ pub struct Blk {
     /// Why the device stopped: the guest broke its queue (an available index too far ahead, a head no request can
     /// be returned to), so nothing more it queues can be answered.
     fault: Option<String>,
+    /// The file as the last snapshot saw it, until the next write (`snapshot::volume`).
+    stamp: Stamp,
 }
 
 /// Why a request failed; its status byte.
@@ -77,11 +80,17 @@ impl Blk {
             descs: Vec::new(),
             stats: BlkStats::default(),
             fault: None,
+            stamp: Stamp::default(),
         })
     }
 
     pub fn capacity(&self) -> u64 {
         self.capacity_sectors * SECTOR
+    }
+
+    /// The volume's host file and what a snapshot leaves in the device (see [`Stamp`]).
+    pub(crate) fn file_and_stamp(&mut self) -> (&File, &mut Stamp) {
+        (&self.file, &mut self.stamp)
     }
 
     /// Handles every request the driver queued; whether any went back to it. A broken queue stops the device, with
@@ -166,6 +175,7 @@ impl Blk {
                 } else {
                     gather(&mut self.buffer, data, mem)?;
                     self.file.write_all_at(&self.buffer, offset).map_err(|_| Refused(S_IOERR))?;
+                    self.stamp.after_write(&self.file);
                     self.stats.writes += 1;
                     self.stats.bytes_written += len as u64;
                     Ok(0)
