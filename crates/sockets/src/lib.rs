@@ -73,11 +73,13 @@ pub enum Route {
     Socket(Handle),
     /// To no socket: smoltcp answers it as for a closed port.
     Nobody,
-    /// Nowhere: the packet is dropped unread. A segment without ACK for a connection still in SYN-SENT, which is
-    /// either a SYN (a simultaneous open) or one smoltcp ignores in that state anyway: smoltcp (0.12 to 0.14 at
-    /// least) panics on a SYN reaching a connecting socket before that socket's own SYN went out ("attempt to subtract
-    /// sequence numbers with underflow", `tcp::Socket::last_scaled_window`), which anyone who guesses the port can
-    /// send. A simultaneous open still completes: the peer, having our SYN, answers it with a SYN-ACK.
+    /// Nowhere: the packet is dropped unread. Two kinds of segment for a connection still in SYN-SENT are: one
+    /// without ACK, which is either a SYN (a simultaneous open) or one smoltcp ignores in that state anyway; and any
+    /// segment before the socket's own SYN went out, which can acknowledge nothing. smoltcp (0.12 to 0.14 at least)
+    /// panics on a SYN or SYN-ACK reaching a connecting socket before that socket's own SYN went out ("attempt to
+    /// subtract sequence numbers with underflow", `tcp::Socket::last_scaled_window`): a SYN from anyone who guesses
+    /// the port, a SYN-ACK from anyone who also guesses the initial sequence number. A simultaneous open still
+    /// completes: the peer, having our SYN, answers it with a SYN-ACK.
     Drop,
 }
 
@@ -290,7 +292,7 @@ impl Sockets {
         let found = match *target {
             Target::Tcp { local, remote, ack } => {
                 if let Some(&h) = self.connections.get(&(local, remote)) {
-                    if !ack && self.get::<tcp::Socket>(h).state() == tcp::State::SynSent {
+                    if self.get::<tcp::Socket>(h).state() == tcp::State::SynSent && (!ack || !self.syn_went_out(h)) {
                         return Route::Drop;
                     }
                     return Route::Socket(h);
@@ -315,6 +317,14 @@ impl Sockets {
             Target::Other => None,
         };
         found.map_or(Route::Nobody, Route::Socket)
+    }
+
+    /// Whether connecting socket `handle` has sent its SYN: it has had a turn since it connected (`polled` files
+    /// its timer), and smoltcp no longer wants one at once. Until the SYN goes out smoltcp asks for a turn now (its
+    /// `poll_at` is `Now`, which `Interface::poll_at` gives as the time 0); once it is out, the SYN's retransmission
+    /// time. A connected socket that has not been polled since has no timer filed (a closed socket has none).
+    fn syn_went_out(&self, handle: Handle) -> bool {
+        self.slot(handle).due.is_some_and(|due| due != Instant::from_millis(0))
     }
 
     /// The set holding `handle`'s socket alone, or the empty set for None, for smoltcp to poll.

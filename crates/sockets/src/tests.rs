@@ -355,3 +355,72 @@ fn a_peer_answering_a_connection_request_with_a_bare_syn_neither_panics_nor_stop
         assert_eq!(&got[..2], b"hi");
     }
 }
+
+/// A device whose queue toward the peer is full: smoltcp's turns send nothing.
+struct Full;
+
+impl Device for Full {
+    type RxToken<'a> = Rx;
+    type TxToken<'a> = Tx<'a>;
+    fn receive(&mut self, _: Instant) -> Option<(Rx, Tx<'_>)> {
+        None
+    }
+    fn transmit(&mut self, _: Instant) -> Option<Tx<'_>> {
+        None
+    }
+    fn capabilities(&self) -> DeviceCapabilities {
+        caps()
+    }
+}
+
+/// The same panic as above, reached with the ACK a SYN-ACK carries: a peer that knows the connecting socket's initial
+/// sequence number (here, a twin stack with the same seed makes the same) answers before the SYN went out — before
+/// the socket's first turn, or after a turn the device had no room for. `route` drops it; once the SYN is out, the
+/// same SYN-ACK makes the connection.
+#[test]
+fn a_syn_ack_before_the_connecting_socket_sent_its_syn_is_dropped() {
+    let local = IpEndpoint::new(IpAddress::v4(10, 0, 2, 15), 40000);
+    let peer = IpAddress::v4(10, 0, 2, 2);
+    let stack = |seed: u64| {
+        let mut wire = Wire::default();
+        let mut config = Config::new(HardwareAddress::Ip);
+        config.random_seed = seed;
+        let mut iface = Interface::new(config, &mut wire, NOW);
+        iface.update_ip_addrs(|a| {
+            let _ = a.push(IpCidr::new(IpAddress::v4(10, 0, 2, 15), 24));
+        });
+        let mut sockets = Sockets::new(0x5eed);
+        let mut s = Stack::socket();
+        s.connect(iface.context(), (peer, 80), IpListenEndpoint { addr: Some(local.addr), port: local.port }).unwrap();
+        let client = sockets.add(s);
+        (iface, wire, sockets, client)
+    };
+    for (seed, full_turn_first) in [(0, false), (0, true), (0xdead_beef, false), (0xdead_beef, true)] {
+        let case = alloc::format!("seed {seed:#x}, a turn with a full device first: {full_turn_first}");
+        // The twin shows the initial sequence number the socket will send.
+        let (mut iface, mut wire, mut sockets, _) = stack(seed);
+        for h in sockets.take_pending(NOW) {
+            iface.poll_egress(NOW, &mut wire, sockets.set_mut(Some(h)));
+        }
+        let isn = syn_number(&wire.0.pop_front().expect("the twin sent its SYN"));
+        let (mut iface, mut wire, mut sockets, client) = stack(seed);
+        if full_turn_first {
+            for h in sockets.take_pending(NOW) {
+                iface.poll_egress(NOW, &mut Full, sockets.set_mut(Some(h)));
+                sockets.polled(h, &mut iface, NOW);
+            }
+        }
+        let syn_ack = segment(peer, local, 7, Some(isn.wrapping_add(1)), TcpControl::Syn, &[]);
+        assert_eq!(sockets.route(&target(&syn_ack), |_| false), Route::Drop, "{case}");
+        for h in sockets.take_pending(NOW) {
+            iface.poll_egress(NOW, &mut wire, sockets.set_mut(Some(h)));
+            sockets.polled(h, &mut iface, NOW);
+        }
+        assert_eq!(syn_number(&wire.0.pop_front().expect("the SYN went out")), isn, "{case}");
+        assert_eq!(sockets.route(&target(&syn_ack), |_| false), Route::Socket(client), "{case}");
+        let mut one = One(Some(syn_ack), &mut wire.0);
+        iface.poll_ingress_single(NOW, &mut one, sockets.set_mut(Some(client)));
+        sockets.polled(client, &mut iface, NOW);
+        assert_eq!(sockets.get::<tcp::Socket>(client).state(), tcp::State::Established, "{case}");
+    }
+}

@@ -191,6 +191,7 @@ impl Engine {
             self.iface.poll(t, &mut self.device, &mut self.sockets);
             self.tcp.pump_all(&mut self.sockets);
             self.iface.poll(t, &mut self.device, &mut self.sockets);
+            self.tcp.requests_sent(self.device.take_requests_sent());
             let reap_due = self.tcp.reap(&mut self.sockets, now);
             self.shared.wake_if_pushed();
             if self.udp.next_expiry().is_some_and(|at| at <= now) {
@@ -270,6 +271,7 @@ impl Engine {
             GuestFrame::Drop => Then::Drop,
         };
         match then {
+            Then::Stack if self.tcp.awaits_its_request(&frame) => Counters::bump(&self.shared.stats.dropped),
             Then::Stack => self.device.inject(frame),
             Then::Reply(r) => {
                 if !self.shared.push_to_guest(r) {

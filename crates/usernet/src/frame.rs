@@ -141,6 +141,45 @@ fn classify_transport(ip: IpRepr, protocol: IpProtocol, payload: &[u8], dst_ok: 
     }
 }
 
+/// The addresses and TCP segment of an Ethernet frame carrying one (IPv4 or IPv6), read through the checked
+/// constructors; None for anything else.
+fn tcp_segment(frame: &[u8]) -> Option<(IpAddress, IpAddress, TcpPacket<&[u8]>)> {
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    let packet = &frame[ETH_HEADER..];
+    let (src, dst, payload) = match eth.ethertype() {
+        EthernetProtocol::Ipv4 => {
+            let ip = Ipv4Packet::new_checked(packet).ok()?;
+            if ip.next_header() != IpProtocol::Tcp || ip.frag_offset() != 0 {
+                return None;
+            }
+            let payload = packet.get(usize::from(ip.header_len())..usize::from(ip.total_len()))?;
+            (IpAddress::Ipv4(ip.src_addr()), IpAddress::Ipv4(ip.dst_addr()), payload)
+        }
+        EthernetProtocol::Ipv6 => {
+            let ip = Ipv6Packet::new_checked(packet).ok()?;
+            if ip.next_header() != IpProtocol::Tcp {
+                return None;
+            }
+            let payload = packet.get(IPV6_HEADER..ip.total_len())?;
+            (IpAddress::Ipv6(ip.src_addr()), IpAddress::Ipv6(ip.dst_addr()), payload)
+        }
+        _ => return None,
+    };
+    Some((src, dst, TcpPacket::new_checked(payload).ok()?))
+}
+
+/// The source endpoint of a connection request (a SYN without ACK) the stack sends, if `frame` is one.
+pub(crate) fn connection_request_source(frame: &[u8]) -> Option<(IpAddress, u16)> {
+    let (src, _, tcp) = tcp_segment(frame)?;
+    (tcp.syn() && !tcp.ack()).then(|| (src, tcp.src_port()))
+}
+
+/// The destination endpoint of a guest frame's TCP segment, if it carries one.
+pub(crate) fn tcp_destination(frame: &[u8]) -> Option<(IpAddress, u16)> {
+    let (_, dst, tcp) = tcp_segment(frame)?;
+    Some((dst, tcp.dst_port()))
+}
+
 fn arp_reply(guest_mac: EthernetAddress, guest_ip: Ipv4Addr, asked: Ipv4Addr) -> Vec<u8> {
     let repr = ArpRepr::EthernetIpv4 {
         operation: ArpOperation::Reply,

@@ -5,7 +5,7 @@
 //! reset. Bytes move only while the other side has room (both smoltcp buffers are 64 KiB), FINs are relayed
 //! as shutdowns and resets as resets.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -16,11 +16,12 @@ use std::time::{Duration, Instant};
 use mio::Interest;
 use smoltcp::iface::{Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp::{self, State};
-use smoltcp::wire::IpListenEndpoint;
+use smoltcp::wire::{IpAddress, IpListenEndpoint};
 
 use crate::config::{host_target, UserNetConfig};
 use crate::device::FrameDevice;
 use crate::forward::{PortForward, Proto};
+use crate::frame::tcp_destination;
 use crate::poller::{close_with_reset, connect_nonblocking, connect_result};
 use crate::queue::{Counters, Shared};
 use crate::sources::Sources;
@@ -99,6 +100,8 @@ pub(crate) struct TcpRelay {
     pending: HashMap<FlowKey, Pending>,
     /// The connections made to the guest for `-p` forwards, by the gateway port they are made from.
     inbound: HashMap<u16, SocketHandle>,
+    /// The gateway ports of those whose SYN smoltcp has not sent yet (see `awaits_its_request`).
+    unrequested: HashSet<u16>,
     next_port: u16,
 }
 
@@ -134,6 +137,7 @@ impl TcpRelay {
             outbound: HashMap::new(),
             pending: HashMap::new(),
             inbound: HashMap::new(),
+            unrequested: HashSet::new(),
             next_port: 49152,
         })
     }
@@ -211,6 +215,27 @@ impl TcpRelay {
         socket.state() == State::SynSent && socket.remote_endpoint().is_some_and(|r| r.port == src_port)
     }
 
+    /// Notes the connection requests (SYNs) the stack sent, from the device (`FrameDevice::take_requests_sent`).
+    pub fn requests_sent(&mut self, sent: Vec<(IpAddress, u16)>) {
+        for (addr, port) in sent {
+            if addr == IpAddress::from(self.net.gateway) {
+                self.unrequested.remove(&port);
+            }
+        }
+    }
+
+    /// Whether guest frame `frame` is a TCP segment for a connection the relay is making to the guest whose SYN has
+    /// not gone out yet. It can acknowledge nothing, and smoltcp (0.14 still) panics on a SYN-ACK reaching a socket
+    /// in SYN-SENT before its own SYN went out (as for a bare SYN, see `on_syn`): a guest that keeps its queue full,
+    /// so that the SYN waits, and predicts the initial sequence number could otherwise stop the relay.
+    pub fn awaits_its_request(&self, frame: &[u8]) -> bool {
+        if self.unrequested.is_empty() {
+            return false;
+        }
+        tcp_destination(frame)
+            .is_some_and(|(addr, port)| addr == IpAddress::from(self.net.gateway) && self.unrequested.contains(&port))
+    }
+
     /// The host connect for `key` made progress: accept or refuse the guest's SYN.
     pub fn on_connect_ready(&mut self, key: FlowKey, sockets: &mut SocketSet<'static>, device: &mut FrameDevice) {
         let Some(p) = self.pending.get(&key) else { return };
@@ -284,6 +309,7 @@ impl TcpRelay {
                 continue;
             };
             self.inbound.insert(port, handle);
+            self.unrequested.insert(port);
             self.insert(handle, stream, source, Origin::Inbound(port));
             Counters::bump(&self.shared.stats.tcp_inbound);
         }
@@ -381,6 +407,7 @@ impl TcpRelay {
             }
             Origin::Inbound(port) => {
                 self.inbound.remove(&port);
+                self.unrequested.remove(&port);
             }
         }
     }

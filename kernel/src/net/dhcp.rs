@@ -48,7 +48,9 @@ impl Dhcp {
     /// A client for the card with hardware address `mac`, which asks at its first poll.
     pub fn new(mac: [u8; 6], now: Instant) -> Dhcp {
         let mut frames = Frames { inbox: VecDeque::new(), outbox: Vec::new() };
-        let config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
+        let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
+        // The transaction IDs of the client's requests come from it.
+        config.random_seed = super::random_u64();
         let iface = Interface::new(config, &mut frames, now);
         let mut sockets = SocketSet::new(Vec::new());
         let client = sockets.add(dhcpv4::Socket::new());

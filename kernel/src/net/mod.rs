@@ -174,7 +174,11 @@ pub fn stack() -> SpinGuard<'static, Option<Stack>> {
         let external = CARD.lock().take().map(|card| attach(&mut device, &card));
         // Before a DHCP lease, the card has no IPv4 address.
         let v4 = external.filter(|card| !card.ip.is_unspecified());
-        let mut iface = Interface::new(Config::new(HardwareAddress::Ip), &mut device, now());
+        let mut config = Config::new(HardwareAddress::Ip);
+        // smoltcp draws TCP initial sequence numbers from this seed; its default, 0, gave every VM the same ones, which
+        // anyone could predict (RFC 6528) to inject into a connection or, before smoltcp's SYN went out, to stop it.
+        config.random_seed = random_u64();
+        let mut iface = Interface::new(config, &mut device, now());
         iface.update_ip_addrs(|addrs| {
             let _ = addrs.push(IpCidr::new(IpAddress::v4(127, 0, 0, 1), 8));
             let _ = addrs.push(IpCidr::new(IpAddress::v6(0, 0, 0, 0, 0, 0, 0, 1), 128));
@@ -197,7 +201,8 @@ pub fn stack() -> SpinGuard<'static, Option<Stack>> {
             has_card: external.is_some(),
             external: v4.map(|card| card.ip),
             external6: external.and_then(|card| card.ip6).map(|v6| v6.ip),
-            sockets: Sockets::new(hash_seed()),
+            // A secret key for the socket table's hashes.
+            sockets: Sockets::new(random_u64()),
             ports: BTreeMap::new(),
             next_ephemeral: EPHEMERAL_FIRST,
             closing: BTreeSet::new(),
@@ -213,8 +218,8 @@ pub fn stack() -> SpinGuard<'static, Option<Stack>> {
     guard
 }
 
-/// A secret key for the socket table's hashes, from the boot's randomness.
-fn hash_seed() -> u64 {
+/// 64 bits from the library OS's generator (seeded by the VMM with the host's randomness at each boot).
+pub(super) fn random_u64() -> u64 {
     let mut seed = [0u8; 8];
     crate::syscalls::random::fill(&mut seed);
     u64::from_ne_bytes(seed)

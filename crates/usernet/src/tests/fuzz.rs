@@ -45,6 +45,11 @@ fn tcp_syn(dst: SocketAddrV4) -> Vec<u8> {
 
 /// A bare SYN from the guest's `src_port` to `dst`, with sequence number `seq`.
 fn tcp_syn_from(src_port: u16, dst: SocketAddrV4, seq: i32) -> Vec<u8> {
+    tcp_syn_answering(src_port, dst, seq, None)
+}
+
+/// A guest SYN, or with `ack` a SYN-ACK.
+fn tcp_syn_answering(src_port: u16, dst: SocketAddrV4, seq: i32, ack: Option<i32>) -> Vec<u8> {
     let net = UserNetConfig::default();
     let caps = ChecksumCapabilities::default();
     let tcp = TcpRepr {
@@ -52,7 +57,7 @@ fn tcp_syn_from(src_port: u16, dst: SocketAddrV4, seq: i32) -> Vec<u8> {
         dst_port: dst.port(),
         control: TcpControl::Syn,
         seq_number: TcpSeqNumber(seq),
-        ack_number: None,
+        ack_number: ack.map(TcpSeqNumber),
         window_len: 1024,
         window_scale: None,
         max_seg_size: Some(1460),
@@ -250,4 +255,65 @@ fn bare_syns_to_the_gateway_port_of_a_forward_being_connected_are_dropped() {
         net.recv(&mut buf).filter(|&n| is_arp(&buf[..n]))
     });
     assert!(reply.is_some(), "no ARP reply after the SYNs: {:?}", net.stats());
+}
+
+/// The same panic through a SYN-ACK: a guest that predicts the relay's initial sequence number (smoltcp's generator
+/// is not a cryptographic one) answers the relay's connection before its SYN went out. Until it did, the guest's
+/// SYN-ACKs to that gateway port are dropped and counted, whatever they acknowledge; once it did, the SYN-ACK that
+/// acknowledges it makes the connection and the host client's bytes reach the guest.
+#[test]
+fn syn_acks_to_a_forward_being_connected_are_dropped_until_its_syn_went_out() {
+    let port = super::free_tcp_port();
+    let config = UserNetConfig { forwards: vec![super::fwd(&format!("127.0.0.1:{port}:80"))], ..Default::default() };
+    let gateway = SocketAddrV4::new(config.gateway, 49152);
+    let net = UserNet::new(config).unwrap();
+    let mut buf = vec![0; 65550];
+    let client = std::thread::spawn(move || {
+        let mut stream = std::net::TcpStream::connect(super::localhost(port)).unwrap();
+        std::io::Write::write_all(&mut stream, b"through").unwrap();
+        stream
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut guess = 0i32;
+    let mut syn_ack = |net: &UserNet| {
+        guess = guess.wrapping_add(0x0101_0101);
+        net.send(&tcp_syn_answering(80, gateway, 7, Some(guess)));
+        std::thread::sleep(Duration::from_micros(200));
+    };
+    // The relay cannot send its SYN yet: it has not learnt the guest's MAC address.
+    while net.stats().tcp_inbound == 0 {
+        assert!(std::time::Instant::now() < deadline, "the relay never took the connection: {:?}", net.stats());
+        syn_ack(&net);
+    }
+    for _ in 0..100 {
+        syn_ack(&net);
+    }
+    let before = net.stats().dropped;
+    assert!(before >= 100, "the SYN-ACKs while the relay could not send were dropped: {:?}", net.stats());
+    net.send(&arp_request(gateway.ip().to_owned()));
+    let segment = |buf: &[u8]| -> Option<(bool, bool, i32, Vec<u8>)> {
+        let eth = EthernetFrame::new_checked(buf).ok()?;
+        let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
+        let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+        (tcp.src_port() == 49152 && tcp.dst_port() == 80)
+            .then(|| (tcp.syn(), tcp.ack(), tcp.seq_number().0, tcp.payload().to_vec()))
+    };
+    let isn = loop {
+        assert!(std::time::Instant::now() < deadline, "no SYN from the relay: {:?}", net.stats());
+        std::thread::sleep(Duration::from_millis(1));
+        if let Some((true, false, seq, _)) = net.recv(&mut buf).and_then(|n| segment(&buf[..n])) {
+            break seq;
+        }
+    };
+    net.send(&tcp_syn_answering(80, gateway, 7, Some(isn.wrapping_add(1))));
+    let mut got = Vec::new();
+    while got != b"through" {
+        assert!(std::time::Instant::now() < deadline, "the client's bytes never came: {:?} {got:?}", net.stats());
+        std::thread::sleep(Duration::from_millis(1));
+        if let Some((false, true, _, payload)) = net.recv(&mut buf).and_then(|n| segment(&buf[..n])) {
+            got.extend(payload);
+        }
+    }
+    let _stream = client.join().unwrap();
+    assert_eq!(net.stats().dropped, before, "nothing dropped once the relay's SYN went out");
 }
