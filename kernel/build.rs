@@ -6,4 +6,10 @@ fn main() {
     for pattern in ["kiln_*", "KILN_*"] {
         println!("cargo:rustc-link-arg-bins=--export-dynamic-symbol={pattern}");
     }
+    // The platform layer of exported images runs at CPL 0 in the direct map, which maps it writable whatever its
+    // segments say, and nothing makes its relocated data read-only after: one segment for code and constants and one
+    // for data, not four with page-sized holes of zeroes between them in every exported image.
+    for arg in ["--no-rosegment", "-znorelro"] {
+        println!("cargo:rustc-link-arg-bin=kiln-pvh={arg}");
+    }
 }

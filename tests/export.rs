@@ -197,6 +197,68 @@ fn threads_that_compute_without_syscalls_are_interrupted_under_q35() {
     assert_eq!(killed.status, (142 * 2 + 1) % 256, "{}", killed.console);
 }
 
+/// What the parallel guest prints when its two threads ran on two vCPUs at once.
+fn parallel_lines() -> Vec<String> {
+    [
+        "vCPUs: 2",
+        "ok: two spinning threads hand a counter back and forth 2000 times within 10 s",
+        "ok: the two ran on different vCPUs at once",
+        "parallel: 0 failed",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+#[test]
+fn threads_run_on_two_vcpus_at_once_under_q35_and_microvm() {
+    if !qemu_available() {
+        return;
+    }
+    // Two threads hand a counter back and forth, each spinning until its turn: two vCPUs running at once do it within
+    // the guest's 10 s (one vCPU would need a time slice per hand-over, 20 s), and the threads see different vCPUs.
+    // The platform layer found the second vCPU in the MADT, started it with INIT/SIPI and told the library OS.
+    let guest = guests::c("parallel");
+    let image = export("parallel", &["--cpus", "2", guest.to_str().expect("UTF-8 path")]);
+    let expected = parallel_lines();
+    if harness::kvm::available() {
+        // The same output as Kiln's own VMM gives it.
+        let native = kiln().args(["run", "--cpus", "2"]).arg(&guest).run();
+        native.assert_code(0);
+        assert_eq!(native.stdout_text(), expected.join("\n") + "\n");
+    }
+    for machine in ["q35", "microvm"] {
+        let boot = boot(&image, machine, &["-smp", "2", "-device", EXIT_DEVICE]);
+        assert_console_ends_with(&boot, &expected);
+        assert!(!boot.console.contains("kiln:"), "{machine}:\n{}", boot.console);
+        assert_eq!(boot.status, 1, "{machine}: exit code 0 through isa-debug-exit\n{}", boot.console);
+    }
+}
+
+#[test]
+fn an_image_for_two_vcpus_runs_on_what_the_machine_and_command_line_give() {
+    if !qemu_available() {
+        return;
+    }
+    let guest = guests::c("parallel");
+    let image = export("parallel-count", &["--cpus", "2", guest.to_str().expect("UTF-8 path"), "count"]);
+    // The console's last two lines (the platform layer's, if any, and the program's count).
+    let vcpus = |machine: &str, extra: &[&str]| {
+        let boot = boot(&image, machine, &[&["-device", EXIT_DEVICE][..], extra].concat());
+        assert_eq!(boot.status, 1, "{machine} {extra:?}: exit code 0\n{}", boot.console);
+        let lines: Vec<&str> = boot.console.lines().collect();
+        lines[lines.len().saturating_sub(2)..].join("\n")
+    };
+    // One vCPU: the library OS is told one.
+    assert_eq!(vcpus("q35", &["-smp", "1"]).lines().last(), Some("vCPUs: 1"));
+    // More than the image was exported for: the two it has room for.
+    assert_eq!(vcpus("microvm", &["-smp", "4"]).lines().last(), Some("vCPUs: 2"));
+    // Linux's nr_cpus= lowers it.
+    assert_eq!(vcpus("q35", &["-smp", "2", "-append", "nr_cpus=1"]).lines().last(), Some("vCPUs: 1"));
+    // No ACPI tables to find the processors in: one vCPU, saying why.
+    let end = vcpus("microvm,acpi=off", &["-smp", "2"]);
+    assert!(end.ends_with("running on one vCPU\nvCPUs: 1"), "{end}");
+}
+
 /// QEMU's virtio-mmio devices as Kiln drives them (version 2), and microvm without ACPI, which then names each device
 /// on the command line (`virtio_mmio.device=`) as docs/deploy.md says.
 fn microvm_with_disk(disk: &Path) -> Vec<String> {

@@ -8,8 +8,22 @@ use kiln_abi::BootInfo;
 
 const MAX_WORDS: usize = 256;
 /// Words Linux consumes itself (`console=ttyS0 reboot=k panic=1 pci=off` is Firecracker's default command line).
-const LINUX_WORDS: [&[u8]; 11] =
-    [b"console", b"reboot", b"panic", b"pci", b"earlyprintk", b"root", b"init", b"acpi", b"noapic", b"tsc", b"ip"];
+/// `nr_cpus` and `maxcpus` the platform layer reads too (`smp.rs`).
+const LINUX_WORDS: [&[u8]; 13] = [
+    b"console",
+    b"reboot",
+    b"panic",
+    b"pci",
+    b"earlyprintk",
+    b"root",
+    b"init",
+    b"acpi",
+    b"noapic",
+    b"tsc",
+    b"ip",
+    b"nr_cpus",
+    b"maxcpus",
+];
 /// Room the rebuilt start may take below the export's stack pointer, at most.
 const MAX_GROWTH: u64 = 64 << 10;
 

@@ -1,5 +1,5 @@
 //! The PVH entry: the loader starts us in 32-bit protected mode with paging off, `%ebx` holding the start info's
-//! physical address and no stack. We build boot page tables that map the first GiB twice (where we run, and at the
+//! physical address and no stack. We build boot page tables that map the first 4 GiB twice (where we run, and at the
 //! direct map, where the platform layer is linked to run), enter long mode and call `kiln_pvh_main` on the platform's
 //! stack at its direct-map address. The code is position-independent: it finds itself with a `call`.
 
@@ -16,13 +16,19 @@ unsafe impl Sync for Stack {}
 
 pub static STACK: Stack = Stack(UnsafeCell::new([0; STACK_SIZE]));
 
-/// PML4, PDPT and PD of the boot page tables (the first GiB in 2 MiB pages).
+/// PML4, PDPT and four PDs of the boot page tables (the first 4 GiB, where firmware puts its tables, in 2 MiB pages).
+/// Other vCPUs enter long mode on them too (`smp.rs`).
 #[repr(C, align(4096))]
-struct BootTables(UnsafeCell<[u8; 3 * 4096]>);
-// SAFETY: written once by the 32-bit entry, before anything else runs.
+struct BootTables(UnsafeCell<[u8; 6 * 4096]>);
+// SAFETY: written once by the 32-bit entry, before anything else runs; then only read by the CPUs.
 unsafe impl Sync for BootTables {}
 
-static BOOT_TABLES: BootTables = BootTables(UnsafeCell::new([0; 3 * 4096]));
+static BOOT_TABLES: BootTables = BootTables(UnsafeCell::new([0; 6 * 4096]));
+
+/// The boot page tables' PML4, guest-physical.
+pub fn boot_tables_phys() -> u64 {
+    BOOT_TABLES.0.get() as u64 - kiln_abi::layout::DIRECT_MAP_BASE
+}
 
 global_asm!(
     ".pushsection .text.kiln_pvh_start32, \"ax\"",
@@ -37,24 +43,31 @@ global_asm!(
     "    call 2f",
     "2:  popl %ebp",
     "    leal ({stack} + {stack_size} - 2b)(%ebp), %esp",
-    // The boot page tables: PML4[0] and PML4[128] (the direct map) -> one PDPT -> one PD of 512 2 MiB pages.
+    // The boot page tables: PML4[0] and PML4[128] (the direct map) -> one PDPT -> four PDs of 512 2 MiB pages each.
     "    leal ({tables} - 2b)(%ebp), %edi",
-    "    movl $3 * 1024, %ecx",
+    "    movl $6 * 1024, %ecx",
     "    xorl %eax, %eax",
     "    rep stosl",
     "    leal ({tables} - 2b)(%ebp), %edi",
     "    leal 0x1003(%edi), %eax",
     "    movl %eax, (%edi)",
     "    movl %eax, 128 * 8(%edi)",
-    "    leal 0x2003(%edi), %eax",
-    "    movl %eax, 0x1000(%edi)",
+    "    xorl %ecx, %ecx",
+    "7:  leal 0x2003(%edi), %eax",
+    "    movl %ecx, %edx",
+    "    shll $12, %edx",
+    "    addl %edx, %eax",
+    "    movl %eax, 0x1000(%edi, %ecx, 8)",
+    "    incl %ecx",
+    "    cmpl $4, %ecx",
+    "    jb 7b",
     "    xorl %ecx, %ecx",
     "3:  movl %ecx, %eax",
     "    shll $21, %eax",
     "    orl $0x83, %eax",
     "    movl %eax, 0x2000(%edi, %ecx, 8)",
     "    incl %ecx",
-    "    cmpl $512, %ecx",
+    "    cmpl $2048, %ecx",
     "    jb 3b",
     // PAE, then EFER.LME, then paging: long mode.
     "    movl %cr4, %eax",

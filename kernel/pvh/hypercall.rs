@@ -1,9 +1,10 @@
 //! The library OS's hypercalls, answered in the guest: what Kiln's VMM does for each (`kiln_vmm::hypercall`), with
 //! the serial console for output, the APIC timer for waits and time slices (`timer.rs`), CR3 for TLB flushes and
 //! `power` for the end. Every address and length the library OS gives is checked against the RAM the image has, as
-//! the VMM checks them.
+//! the VMM checks them. Each vCPU makes its hypercalls through its own block, and vCPU indices are checked against
+//! the vCPUs started, as the VMM checks them against its vCPUs.
 
-use crate::{boot_info, handoff, power, serial, timer, trap};
+use crate::{cpus, power, serial, timer, trap};
 use kiln_abi::hypercall::{Hypercall, HypercallBlock, IoSegment, MAX_IO_SEGMENTS, MAX_PANIC_MESSAGE, MAX_WRITE_BYTES};
 use kiln_abi::layout::{direct_map, PAGE_SIZE};
 
@@ -16,14 +17,14 @@ const ENOSYS: i64 = 38;
 /// `kiln run`'s code for a deadlocked program (as `timeout` reports a command it had to stop).
 const DEADLOCK_EXIT: u8 = 124;
 
-fn block() -> *mut HypercallBlock {
-    direct_map(handoff().hypercall_block_phys) as *mut HypercallBlock
+fn block(cpu: usize) -> *mut HypercallBlock {
+    cpus::hypercall_block(cpu) as *mut HypercallBlock
 }
 
 /// `len` bytes of guest RAM at `phys`, if all of them are RAM.
 fn ram(phys: u64, len: u64) -> Option<&'static [u8]> {
     let end = phys.checked_add(len)?;
-    if end > boot_info().mem_size {
+    if end > crate::ram_end() {
         return None;
     }
     // SAFETY: inside RAM (checked), which the direct map covers; only read.
@@ -31,8 +32,11 @@ fn ram(phys: u64, len: u64) -> Option<&'static [u8]> {
 }
 
 pub fn handle(nr: u32) {
-    // SAFETY: vCPU 0's block, in the direct map; the library OS waits for the answer.
-    let args = unsafe { core::ptr::read_volatile(block()) }.args;
+    let me = cpus::current();
+    // SAFETY: this vCPU's block, in the direct map; the library OS waits for the answer.
+    let args = unsafe { core::ptr::read_volatile(block(me)) }.args;
+    // Any hypercall settles a preemption asked for: the library OS looks at its signals before it returns.
+    timer::settle(me);
     let ret = match Hypercall::from_u32(nr) {
         Some(Hypercall::Write) => write(args[0], args[1], args[2]),
         Some(Hypercall::Exit) => exit(args[0], args[1]),
@@ -57,21 +61,20 @@ pub fn handle(nr: u32) {
             timer::wait(args[0], args[1]);
             0
         }
-        // One vCPU: the only one the library OS can name.
-        Some(Hypercall::Kick) if args[0] == 0 => {
-            timer::kick();
+        Some(Hypercall::Kick) if args[0] < cpus::count() as u64 => {
+            timer::kick(args[0] as usize);
             0
         }
         Some(Hypercall::Kick) => power::fail("the library OS kicked a vCPU that does not exist"),
-        Some(Hypercall::Preempt) if args[0] & !1 == 0 => {
-            if args[0] == 1 {
-                timer::preempt(args[1], args[2] == 1);
+        Some(Hypercall::Preempt) if args[0] & !cpus::all() == 0 => {
+            for cpu in (0..cpus::count()).filter(|&c| args[0] & (1 << c) != 0) {
+                timer::preempt(cpu, args[1], args[2] == 1);
             }
             0
         }
         Some(Hypercall::Preempt) => power::fail("the library OS preempted vCPUs of which some do not exist"),
         Some(Hypercall::FlushTlb) => {
-            crate::io::flush_tlb();
+            timer::flush_all();
             0
         }
         Some(Hypercall::FaultUnhandled) => trap::report(&trap::last_fault(), false),
@@ -90,7 +93,7 @@ pub fn handle(nr: u32) {
         }
     };
     // SAFETY: as above.
-    unsafe { core::ptr::write_volatile(&raw mut (*block()).ret, ret) };
+    unsafe { core::ptr::write_volatile(&raw mut (*block(me)).ret, ret) };
 }
 
 fn segments(at: u64, count: u64) -> Option<&'static [IoSegment]> {
@@ -124,6 +127,8 @@ fn write(fd: u64, at: u64, count: u64) -> i64 {
             return -EFAULT;
         }
     }
+    // One write's bytes together on the console, as the VMM writes them, whichever vCPUs write at once.
+    let _line = serial::lock();
     for s in list {
         serial::write(ram(s.phys, s.len).unwrap_or(&[]));
     }

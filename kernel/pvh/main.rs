@@ -3,7 +3,8 @@
 //! then answers the library OS's hypercalls itself: their `out` to the hypercall port, closed in the TSS I/O bitmap,
 //! raises #GP into this layer at CPL 0, which writes to the 16550 serial console, ends the VM through QEMU's
 //! `isa-debug-exit`, ACPI or a reset, keeps time with the TSC, waits and ends time slices with the local APIC's timer
-//! (the one interrupt it takes), and hands the program's faults to the library OS as the VMM does. All knowledge of such hosts lives here; everything above the hypercalls is shared with Kiln's own VMM.
+//! (and interrupts between vCPUs), starts the other vCPUs (`smp.rs`), and hands the program's faults to the library
+//! OS as the VMM does. All knowledge of such hosts lives here; everything above the hypercalls is shared with Kiln's own VMM.
 #![no_std]
 #![no_main]
 
@@ -11,6 +12,7 @@ mod apic;
 mod args;
 mod clock;
 mod cpu;
+mod cpus;
 mod entry;
 mod hypercall;
 mod io;
@@ -19,12 +21,14 @@ mod mmio;
 mod pci;
 mod power;
 mod serial;
+mod smp;
 mod start;
 mod timer;
 mod trap;
 mod virtio;
 
 use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicU64, Ordering};
 use kiln_abi::pvh::Handoff;
 use kiln_abi::BootInfo;
 
@@ -47,12 +51,14 @@ static KILN_PVH_HANDOFF: Shared<Handoff> = Shared(UnsafeCell::new(Handoff {
     lstar: 0,
     at_random_phys: 0,
     layout_phys: 0,
+    secondary_entry: 0,
 }));
 
-/// A static only the boot vCPU touches (the platform layer runs one vCPU, with interrupts off).
+/// A static written only by the boot vCPU before the others start (and read by all after), or one that a single vCPU
+/// touches (an element of a per-vCPU array).
 pub struct Shared<T>(pub UnsafeCell<T>);
-// SAFETY: one vCPU, and the platform layer is never re-entered: it runs with interrupts off (but in a `Wait`'s `hlt`,
-// where the timer's interrupt touches none of these) and takes no exception of its own but the fatal ones.
+// SAFETY: as above, and the platform layer is never re-entered on a vCPU: it runs with interrupts off (but in a
+// `Wait`'s `hlt`, where the interrupts touch none of these) and takes no exception of its own but the fatal ones.
 unsafe impl<T> Sync for Shared<T> {}
 
 impl<T: Copy> Shared<T> {
@@ -71,17 +77,33 @@ pub fn handoff() -> Handoff {
     KILN_PVH_HANDOFF.get()
 }
 
-/// The boot info the export wrote, which the platform layer completes before the library OS reads it.
-pub fn boot_info() -> &'static mut BootInfo {
+/// The boot info the export wrote, which the boot vCPU completes before the library OS and the other vCPUs start.
+fn boot_info_mut() -> &'static mut BootInfo {
     let at = kiln_abi::layout::direct_map(handoff().boot_info_phys);
-    // SAFETY: the export put the boot info there, in RAM the direct map covers; nothing else holds a reference.
+    // SAFETY: the export put the boot info there, in RAM the direct map covers; only the boot vCPU runs, and it holds
+    // this one reference while it fills it.
     unsafe { &mut *(at as *mut BootInfo) }
+}
+
+/// The boot info, once complete.
+pub fn boot_info() -> &'static BootInfo {
+    let at = kiln_abi::layout::direct_map(handoff().boot_info_phys);
+    // SAFETY: as above; no vCPU writes it any more.
+    unsafe { &*(at as *const BootInfo) }
+}
+
+/// The end of the RAM the library OS has (the boot info's `mem_size`, fixed at boot).
+static RAM_END: AtomicU64 = AtomicU64::new(0);
+
+pub fn ram_end() -> u64 {
+    RAM_END.load(Ordering::Relaxed)
 }
 
 /// Called by the 32-bit entry (`entry.rs`) in long mode on the platform's stack, with the boot page tables.
 #[no_mangle]
 extern "C" fn kiln_pvh_main(start_info_phys: u64) -> ! {
     serial::init();
+    timer::init();
     let handoff = handoff();
     if !handoff.is_valid() {
         power::fail("this image's platform layer has no handoff (not made by `kiln export`?)");
@@ -89,10 +111,12 @@ extern "C" fn kiln_pvh_main(start_info_phys: u64) -> ! {
     let start = start::read(start_info_phys);
     start::require_ram(start, handoff.boot_info_phys + kiln_abi::layout::PAGE_SIZE, None);
     cpu::check_features();
-    let boot = boot_info();
+    let boot = boot_info_mut();
     if !boot.is_valid() {
         power::fail("the image's boot info has the wrong magic or version");
     }
+    // While the boot page tables map the firmware's tables.
+    smp::find_processors(boot, start);
     start::fit_memory(boot, start);
     clock::init(boot);
     start::refresh_randomness(boot, &handoff);
@@ -100,11 +124,15 @@ extern "C" fn kiln_pvh_main(start_info_phys: u64) -> ! {
     // From here on only the direct map and the program's mappings exist.
     start::zero_free_memory(boot);
     args::apply_command_line(boot, start.cmdline());
-    cpu::init(&handoff);
+    cpus::set_hypercall_blocks(boot.hypercall_block_phys);
+    cpu::init(&handoff, 0, entry::stack_top());
     mmio::init(handoff.pml4_phys);
     apic::init(boot.tsc_hz);
+    cpus::set_apic_id(0, apic::id());
     virtio::discover(boot, start.cmdline());
-    cpu::enter_library_os(&handoff)
+    RAM_END.store(boot.mem_size, Ordering::Relaxed);
+    smp::start_processors(boot);
+    cpu::enter_library_os(&handoff, 0)
 }
 
 #[panic_handler]

@@ -2,12 +2,39 @@
 //! Written by polling; a line feed goes out as CR LF, as a terminal wants it.
 
 use crate::io::{inb, outb};
+use core::sync::atomic::{AtomicBool, Ordering};
 
 const COM1: u16 = 0x3f8;
 const LINE_STATUS: u16 = COM1 + 5;
 const THR_EMPTY: u8 = 0x20;
 /// Polls of the line status before a byte is sent anyway: a missing UART must not hang the program.
 const MAX_POLLS: u32 = 100_000;
+/// Rounds a vCPU waits for another's write to end before it writes anyway: a vCPU that died holding the lock must not
+/// silence the others (a write of the VMM's largest takes well under a second even at 115200 baud emulated).
+const MAX_LOCK_SPINS: u64 = 1 << 30;
+
+static LOCKED: AtomicBool = AtomicBool::new(false);
+
+/// Held while one write's bytes go out, so that writes from several vCPUs do not interleave.
+pub struct Locked(bool);
+
+impl Drop for Locked {
+    fn drop(&mut self) {
+        if self.0 {
+            LOCKED.store(false, Ordering::Release);
+        }
+    }
+}
+
+pub fn lock() -> Locked {
+    for _ in 0..MAX_LOCK_SPINS {
+        if LOCKED.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+            return Locked(true);
+        }
+        core::hint::spin_loop();
+    }
+    Locked(false)
+}
 
 pub fn init() {
     outb(COM1 + 1, 0x00); // no interrupts

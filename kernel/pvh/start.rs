@@ -9,7 +9,7 @@ use kiln_abi::pvh::{Handoff, MemmapEntry, StartInfo, MEMMAP_RAM, START_INFO_MAGI
 use kiln_abi::BootInfo;
 
 /// What the boot page tables reach.
-const BOOT_MAPPED: u64 = 1 << 30;
+const BOOT_MAPPED: u64 = 4 << 30;
 const MAX_CMDLINE: usize = 4096;
 const MAX_MEMMAP: usize = 128;
 /// Memory the library OS needs beyond what the boot layout used, at the least.
@@ -20,11 +20,40 @@ pub struct Start {
     cmdline_len: usize,
     memmap: [MemmapEntry; MAX_MEMMAP],
     memmap_len: usize,
+    /// The ACPI RSDP the loader named (0: none).
+    rsdp: u64,
 }
 
 impl Start {
     pub fn cmdline(&self) -> &[u8] {
         &self.cmdline[..self.cmdline_len]
+    }
+
+    pub fn rsdp(&self) -> u64 {
+        self.rsdp
+    }
+
+    /// Whether the loader's memory map says [phys, phys + len) is RAM (true without a memory map: PC machines have
+    /// RAM below 640 KiB).
+    pub fn is_ram(&self, phys: u64, len: u64) -> bool {
+        let end = phys.saturating_add(len);
+        self.memmap_len == 0
+            || self.memmap[..self.memmap_len]
+                .iter()
+                .any(|e| e.kind == MEMMAP_RAM && e.addr <= phys && e.addr.saturating_add(e.size) >= end)
+    }
+}
+
+/// Firmware's tables, read through the boot page tables.
+pub struct Firmware;
+
+impl kiln_abi::acpi::FirmwareMemory for Firmware {
+    fn bytes(&self, phys: u64, len: u64) -> Option<&[u8]> {
+        if phys.checked_add(len)? > BOOT_MAPPED {
+            return None;
+        }
+        // SAFETY: mapped by the boot page tables (checked); firmware's tables are plain bytes, only read, at boot.
+        Some(unsafe { core::slice::from_raw_parts(direct_map(phys) as *const u8, len as usize) })
     }
 }
 
@@ -33,6 +62,7 @@ static START: Shared<Start> = Shared(core::cell::UnsafeCell::new(Start {
     cmdline_len: 0,
     memmap: [MemmapEntry { addr: 0, size: 0, kind: 0, reserved: 0 }; MAX_MEMMAP],
     memmap_len: 0,
+    rsdp: 0,
 }));
 
 /// `len` bytes at guest-physical `phys`, if the boot page tables map them.
@@ -74,6 +104,7 @@ pub fn read(phys: u64) -> &'static Start {
             }
         }
     }
+    start.rsdp = info.rsdp_paddr;
     if let Some(port) = acpi_pm1a_control(info.rsdp_paddr) {
         power::set_acpi_control_port(port);
     }

@@ -3,12 +3,12 @@
 //! library OS's `kiln_fault_entry` with a `FaultRecord` as Kiln's VMM sends them (the signal from the vector and the
 //! error code: this layer decodes no instructions, so a fault report names less than the VMM's).
 
+use crate::cpus::{self, MAX_CPUS};
 use crate::{apic, hypercall, power, serial, timer, Shared};
 use core::arch::naked_asm;
 use core::cell::UnsafeCell;
 use kiln_abi::hypercall::{FaultRecord, FaultRegs, FAULT_RECORD_OFFSET, HYPERCALL_PORT};
 use kiln_abi::hypercall::{INTERRUPTED, RENEWED};
-use kiln_abi::layout::direct_map;
 
 /// The exceptions, and the interrupts up to the APIC's spurious vector (`apic.rs`).
 const VECTORS: usize = apic::SPURIOUS_VECTOR as usize + 1;
@@ -89,14 +89,15 @@ extern "C" fn common() {
 
 #[repr(C, align(16))]
 struct Idt(UnsafeCell<[[u64; 2]; VECTORS]>);
-// SAFETY: written once at boot by the one vCPU, then only read by the CPU.
+// SAFETY: written once at boot by the boot vCPU, before the others start, then only read by the CPUs.
 unsafe impl Sync for Idt {}
 
 static IDT: Idt = Idt(UnsafeCell::new([[0; 2]; VECTORS]));
 
+/// Fills the IDT (on the boot vCPU) and loads it.
 pub fn load_idt() {
     let base = stubs as *const () as u64;
-    // SAFETY: only the boot vCPU writes the table, before loading it.
+    // SAFETY: only the boot vCPU writes the table, before loading it and before the other vCPUs start.
     let idt = unsafe { &mut *IDT.0.get() };
     for (v, gate) in idt.iter_mut().enumerate() {
         let at = base + (v * STUB_SIZE) as u64;
@@ -106,6 +107,11 @@ pub fn load_idt() {
         gate[0] = (at & 0xffff) | (0x08 << 16) | (attributes << 40) | ((at >> 16) & 0xffff) << 48;
         gate[1] = at >> 32;
     }
+    load_filled_idt();
+}
+
+/// Loads the IDT the boot vCPU filled (on the other vCPUs).
+pub fn load_filled_idt() {
     let mut pointer = [0u8; 10];
     pointer[..2].copy_from_slice(&((VECTORS * 16 - 1) as u16).to_le_bytes());
     pointer[2..].copy_from_slice(&(IDT.0.get() as u64).to_le_bytes());
@@ -113,42 +119,44 @@ pub fn load_idt() {
     unsafe { core::arch::asm!("lidt [{}]", in(reg) pointer.as_ptr(), options(nostack)) };
 }
 
-/// The last fault handed to the library OS: the crash report if it has no handler for it.
-static LAST_FAULT: Shared<FaultRecord> = Shared(UnsafeCell::new(FaultRecord {
-    signal: 0,
-    code: 0,
-    addr: 0,
-    trapno: 0,
-    error: 0,
-    regs: FaultRegs {
-        rax: 0,
-        rbx: 0,
-        rcx: 0,
-        rdx: 0,
-        rsi: 0,
-        rdi: 0,
-        rbp: 0,
-        rsp: 0,
-        r8: 0,
-        r9: 0,
-        r10: 0,
-        r11: 0,
-        r12: 0,
-        r13: 0,
-        r14: 0,
-        r15: 0,
-        rip: 0,
-        rflags: 0,
-    },
-}));
+/// Per vCPU, the last fault handed to the library OS: the crash report if it has no handler for it.
+static LAST_FAULT: [Shared<FaultRecord>; MAX_CPUS] = [const {
+    Shared(UnsafeCell::new(FaultRecord {
+        signal: 0,
+        code: 0,
+        addr: 0,
+        trapno: 0,
+        error: 0,
+        regs: FaultRegs {
+            rax: 0,
+            rbx: 0,
+            rcx: 0,
+            rdx: 0,
+            rsi: 0,
+            rdi: 0,
+            rbp: 0,
+            rsp: 0,
+            r8: 0,
+            r9: 0,
+            r10: 0,
+            r11: 0,
+            r12: 0,
+            r13: 0,
+            r14: 0,
+            r15: 0,
+            rip: 0,
+            rflags: 0,
+        },
+    }))
+}; MAX_CPUS];
 
 pub fn last_fault() -> FaultRecord {
-    LAST_FAULT.get()
+    LAST_FAULT[cpus::current()].get()
 }
 
 extern "C" fn trap(frame: &mut TrapFrame) {
     match frame.vector {
-        v if v == u64::from(apic::TIMER_VECTOR) => return timer::interrupt(frame),
+        v if v == u64::from(apic::TIMER_VECTOR) || v == u64::from(apic::KICK_VECTOR) => return timer::interrupt(frame),
         v if v == u64::from(apic::DEVICE_VECTOR) => return crate::virtio::interrupt(),
         // Acknowledged by nothing, as the APIC wants.
         v if v == u64::from(apic::SPURIOUS_VECTOR) => return,
@@ -172,7 +180,7 @@ extern "C" fn trap(frame: &mut TrapFrame) {
         return;
     }
     let record = record(frame);
-    LAST_FAULT.set(record);
+    LAST_FAULT[cpus::current()].set(record);
     let in_vdso = (handoff.vdso_start..handoff.vdso_end).contains(&frame.rip);
     if (in_kernel && !in_vdso) || handoff.fault_entry == 0 {
         report(&record, in_kernel && !in_vdso);
@@ -183,11 +191,10 @@ extern "C" fn trap(frame: &mut TrapFrame) {
 /// Writes `record` where the library OS reads it and resumes the vCPU at its fault entry on the program's stack, as
 /// the VMM does (interrupts on: the timer may interrupt the library OS, which then only moves its deadline).
 fn to_library_os(frame: &mut TrapFrame, record: &FaultRecord) {
-    let handoff = crate::handoff();
-    let at = direct_map(handoff.hypercall_block_phys) + FAULT_RECORD_OFFSET;
-    // SAFETY: the record's place is inside vCPU 0's hypercall block page, in the direct map.
+    let at = cpus::hypercall_block(cpus::current()) + FAULT_RECORD_OFFSET;
+    // SAFETY: the record's place is inside this vCPU's hypercall block page, in the direct map.
     unsafe { core::ptr::write_volatile(at as *mut FaultRecord, *record) };
-    frame.rip = handoff.fault_entry;
+    frame.rip = crate::handoff().fault_entry;
     frame.rflags = crate::cpu::USER_RFLAGS;
 }
 

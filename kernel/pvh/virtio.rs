@@ -7,6 +7,7 @@
 
 use crate::{apic, ioapic, mmio, pci, power, serial, Shared};
 use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicU64, Ordering};
 use kiln_abi::boot::{NetInfo, VirtioPciWindows, TRANSPORT_PCI};
 use kiln_abi::layout::{direct_map, PAGE_SIZE};
 use kiln_abi::BootInfo;
@@ -48,8 +49,9 @@ const PCI_NET_MAC: u64 = 0;
 const MAX_PCI_DEVICES: usize = 1 + kiln_abi::boot::MAX_VOLUMES;
 /// Whether the card's interrupt reaches this layer (else a wait looks for frames every few moments).
 static NET_INTERRUPTS: Shared<bool> = Shared(UnsafeCell::new(false));
-/// Whether the card interrupted since the last wait ended.
-static NET_INTERRUPTED: Shared<bool> = Shared(UnsafeCell::new(false));
+/// The vCPUs the card interrupted since their last wait ended (it interrupts the boot vCPU, which wakes the waiting
+/// others, as Kiln's VMM wakes them all when frames come).
+static NET_INTERRUPTED: AtomicU64 = AtomicU64::new(0);
 const REG_INTERRUPT_STATUS: u64 = 0x060;
 const REG_INTERRUPT_ACK: u64 = 0x064;
 /// Smallest window that holds a block device's registers and its capacity.
@@ -85,7 +87,7 @@ pub fn parse(spec: &[u8]) -> Option<Window> {
     (size != 0 && phys.checked_add(size).is_some()).then_some(Window { phys, size, irq })
 }
 
-fn number(digits: &[u8]) -> Option<u64> {
+pub fn number(digits: &[u8]) -> Option<u64> {
     let (digits, radix) = match digits {
         [b'0', b'x' | b'X', hex @ ..] => (hex, 16u32),
         _ => (digits, 10),
@@ -283,11 +285,9 @@ pub fn net_interrupts() -> Option<bool> {
     (NET_DOORBELL.get() != 0).then(|| NET_INTERRUPTS.get())
 }
 
-/// Takes the note that the card interrupted since it was last taken.
-pub fn take_net_interrupt() -> bool {
-    let interrupted = NET_INTERRUPTED.get();
-    NET_INTERRUPTED.set(false);
-    interrupted
+/// Takes vCPU `cpu`'s note that the card interrupted since it was last taken.
+pub fn take_net_interrupt(cpu: usize) -> bool {
+    NET_INTERRUPTED.fetch_and(!(1 << cpu), Ordering::SeqCst) & (1 << cpu) != 0
 }
 
 /// The card's interrupt, noted for the wait in progress or the next one (the library OS finds the frames itself).
@@ -302,8 +302,9 @@ pub fn interrupt() {
             core::ptr::write_volatile((base + REG_INTERRUPT_ACK) as *mut u32, status);
         }
     }
-    if NET_DOORBELL.get() != 0 {
-        NET_INTERRUPTED.set(true);
-    }
     apic::eoi();
+    if NET_DOORBELL.get() != 0 {
+        NET_INTERRUPTED.fetch_or(crate::cpus::all(), Ordering::SeqCst);
+        crate::timer::wake(crate::timer::waiting());
+    }
 }

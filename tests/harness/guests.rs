@@ -88,6 +88,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("flaky", "flaky.c", Link::Static),
     ("hitcount", "hitcount.c", Link::Static),
     ("spinsignal", "spinsignal.c", Link::Static),
+    ("parallel", "parallel.c", Link::Static),
     ("avxstate", "avxstate.c", Link::Static),
     ("churn", "churn.c", Link::Static),
     ("mprotect", "mprotect.c", Link::Static),

@@ -3,6 +3,7 @@
 //! depend on `std`.
 #![no_std]
 
+pub mod acpi;
 pub mod boot;
 pub mod frames;
 pub mod hypercall;

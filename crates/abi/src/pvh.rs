@@ -78,6 +78,9 @@ pub struct Handoff {
     pub at_random_phys: u64,
     /// Guest-physical: the boot layout's first byte (the RAM the library OS gets grows from there).
     pub layout_phys: u64,
+    /// Virtual: the library OS's `kiln_secondary_start`, where vCPUs 1.. enter it (`%rdi` = the boot info, `%rsi` =
+    /// their index, `%rsp` = the top of their kernel stack in the boot info's `kernel_stack_phys` array).
+    pub secondary_entry: u64,
 }
 
 impl Handoff {

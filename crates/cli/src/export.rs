@@ -40,6 +40,10 @@ pub struct ExportArgs {
     /// this much and a few MiB more for its firmware
     #[arg(long, short = 'm', value_parser = parse_size)]
     memory: Option<u64>,
+    /// vCPUs the image runs on at most (default 1, or the image's): it starts as many as the machine has, up to these
+    /// (the boot command line's `nr_cpus=N` lowers it)
+    #[arg(long, value_name = "N")]
+    cpus: Option<u32>,
     /// Set an environment variable in the program (repeatable; the boot command line's NAME=VALUE words add more)
     #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = parse_env)]
     env: Vec<String>,
@@ -74,7 +78,7 @@ pub fn export(args: ExportArgs) -> Result<u8> {
     let overrides = Overrides {
         args: words.collect(),
         memory: args.memory,
-        cpus: Some(1),
+        cpus: args.cpus,
         env: args.env,
         workdir: args.workdir,
         files: args.files,

@@ -69,8 +69,8 @@ pub fn pvh(
 ) -> Result<Vec<u8>, ExportError> {
     let platform_base = loader.platform_phys();
     let layout_base = platform_base + (LAYOUT_PHYS - PLATFORM_PHYS);
-    if config.cpus != 1 {
-        return Err(ExportError::Unsupported("--cpus above 1", "one vCPU"));
+    if config.cpus == 0 || config.cpus > vm::MAX_VCPUS {
+        return Err(VmError::Cpus(config.cpus).into());
     }
     if config.net.is_some() {
         return Err(ExportError::Unsupported("a network card", "no network yet (use --net none)"));
@@ -128,7 +128,8 @@ pub fn pvh(
         env: config.env,
         exe_path: config.exe_path,
         workdir: config.workdir,
-        vcpus: 1,
+        // The platform layer starts as many as the machine has, up to these, and tells the library OS how many.
+        vcpus: config.cpus,
         trace_syscalls: false,
         pod_network: false,
         // Replaced at boot by the platform layer (fresh entropy, the CPU's TSC and the RTC).
@@ -178,6 +179,7 @@ pub fn pvh(
         lstar: crate::arch::trap_page::LSTAR,
         at_random_phys: 0,
         layout_phys: layout_base,
+        secondary_entry: state.vcpus.get(1).map_or(0, |v| v.rip),
     };
     let image = ram.read_vec(platform_base, memory - platform_base)?;
     handoff.at_random_phys = find(&image, &at_random).map_or(0, |at| platform_base + at as u64);
