@@ -93,21 +93,6 @@ impl ThisInstance {
         Instances::new(&self.store).core_path(&self.id)
     }
 
-    /// An unnamed file in the instance's folder for a crash's core file (O_TMPFILE): the crashed vCPU's thread
-    /// writes it with the calls its seccomp list has, and [`Self::name_core`] names it. None where the folder's
-    /// file system cannot (the instance then has no core file).
-    pub fn unnamed_core(&self) -> Option<std::fs::File> {
-        let opened = Instances::new(&self.store).unnamed_core(&self.id);
-        opened.inspect_err(|e| tracing::warn!("no core file for this instance: {e}")).ok()
-    }
-
-    /// Gives the core file written into `file` its name, replacing an older one.
-    pub fn name_core(&self, file: &std::fs::File) -> Result<()> {
-        Instances::new(&self.store)
-            .name_core(&self.id, file)
-            .with_context(|| format!("cannot name {}", self.core_path().display()))
-    }
-
     /// The VM has booted: record the pid, and let `kiln run -d` return.
     pub fn running(&mut self) -> Result<()> {
         let pid = self.pid;

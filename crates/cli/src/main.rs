@@ -22,6 +22,7 @@ mod allocator;
 mod boot_layout_tests;
 mod container_build;
 mod control;
+mod core_out;
 mod crash_report;
 mod debug;
 mod detach;

@@ -1,6 +1,7 @@
 //! `kiln run`: boot one program (a static executable, or an image from `kiln build`), stream its output, exit with
 //! its exit code; with `-d`, as a detached instance (see `detach`).
 
+use crate::core_out::UnnamedCore;
 use crate::detach::{self, ThisInstance};
 use crate::host_signals;
 use crate::net;
@@ -148,7 +149,7 @@ impl RunArgs {
 }
 
 /// `--core FILE`: made absolute, in a directory that exists (said now, not after a crash).
-fn parse_core_file(s: &str) -> Result<PathBuf, String> {
+pub(crate) fn parse_core_file(s: &str) -> Result<PathBuf, String> {
     let path = std::path::absolute(s).map_err(|e| format!("'{s}': {e}"))?;
     match path.parent() {
         Some(dir) if dir.is_dir() && path.file_name().is_some() => Ok(path),
@@ -198,17 +199,12 @@ pub fn run(mut args: RunArgs) -> Result<u8> {
     if instance.is_none() {
         spec.seccomp = seccomp_flag(args.seccomp)?;
     }
-    // A detached instance's crash leaves a core file in its folder (`kiln inspect` names it): written into a file
-    // opened now, unnamed, and named after the crash, so that the crashed vCPU's thread only writes.
-    // Not in a jail: its empty root has no /proc to name the file through.
-    let unnamed_core = instance.as_ref().filter(|_| !args.jail).and_then(|instance| instance.unnamed_core());
-    if let (Some(instance), Some(_)) = (&instance, &unnamed_core) {
-        spec.core_file = Some(instance.core_path());
-    }
     if args.detach && instance.is_none() {
         let how = detach::Detach { name: args.name.as_deref(), rm: args.rm, target: &args.target };
         return detach::start(&how, &spec);
     }
+    // Opened before the jail's fork: its parent names a jailed VM's core, which the child wrote.
+    let unnamed_core = unnamed_core(&mut spec, instance.as_ref(), args.jail);
     let jail = match args.jail {
         // Forked here, before the VM exists: KVM ties a VM to the process that made it.
         true => {
@@ -228,6 +224,11 @@ pub fn run(mut args: RunArgs) -> Result<u8> {
                 kiln_jail::Entered::Parent(code) => {
                     drop(reason_write);
                     kiln_jail::cgroup::remove(cgroup_key);
+                    if let Some(core) = &unnamed_core {
+                        if let Err(e) = core.name_if_written() {
+                            errln!("kiln: no core file: {}", crate::chain(&e));
+                        }
+                    }
                     if let Some(instance) = &mut instance {
                         instance.forget_ready_pipe();
                         let mut reason = String::new();
@@ -256,6 +257,50 @@ pub fn run(mut args: RunArgs) -> Result<u8> {
         false => None,
     };
     launch(&spec, instance.as_mut(), unnamed_core, args.gdb, jail)
+}
+
+/// Where a crash's core file is written (`crate::core_out`): a detached instance's in its folder (`kiln inspect` names
+/// it), else `--core`'s (`spec.core_file`). Sets `spec.core_file` to the path the file is named. None for none, or
+/// where the folder's file system cannot make unnamed files: `--core` then has the VMM make the file itself (see
+/// [`give_core`]), which a jail cannot.
+pub(crate) fn unnamed_core(
+    spec: &mut LaunchSpec,
+    instance: Option<&ThisInstance>,
+    jailed: bool,
+) -> Option<UnnamedCore> {
+    if let Some(instance) = instance {
+        let core = UnnamedCore::open(&instance.core_path())
+            .inspect_err(|e| tracing::warn!("no core file for this instance: {e}"))
+            .ok();
+        spec.core_file = core.as_ref().map(|core| core.path().to_path_buf());
+        return core;
+    }
+    let path = spec.core_file.clone()?;
+    match UnnamedCore::open(&path) {
+        Ok(core) => Some(core),
+        Err(e) if jailed => {
+            errln!(
+                "kiln: --core {}: no core file from the jail: its folder cannot hold an unnamed file ({e})",
+                path.display()
+            );
+            spec.core_file = None;
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// Gives the VM the file its crash writes a core into; without one (see [`unnamed_core`]), a crash's core file is
+/// made by the crashed vCPU's thread, whose list has no file creation: the lists are then off.
+pub(crate) fn give_core(vm: &mut kiln_vmm::Vm, spec: &LaunchSpec, unnamed_core: Option<&UnnamedCore>) -> Result<()> {
+    if let Some(core) = unnamed_core {
+        return core.hand_to(vm);
+    }
+    if spec.core_file.is_some() && kiln_seccomp::mode() != kiln_seccomp::Mode::Off {
+        errln!("kiln: --core: the VMM's threads run without their seccomp allow-lists, to write the core file");
+        kiln_seccomp::set_mode(kiln_seccomp::Mode::Off);
+    }
+    Ok(())
 }
 
 /// This process is a jail's child, to be locked down once the VM is built.
@@ -294,7 +339,7 @@ fn lock_down(spec: &LaunchSpec, identity: Option<kiln_jail::Identity>) -> Result
 fn launch(
     spec: &LaunchSpec,
     instance: Option<&mut ThisInstance>,
-    unnamed_core: Option<std::fs::File>,
+    unnamed_core: Option<UnnamedCore>,
     gdb: Option<SocketAddr>,
     jail: Option<Jailed>,
 ) -> Result<u8> {
@@ -320,17 +365,7 @@ fn launch(
         }
         None => None,
     };
-    if let Some(file) = &unnamed_core {
-        let file = file.try_clone().context("cannot share the instance's core file with the VM")?;
-        if !vm.core_into(file) {
-            bail!("the VM did not take the instance's core file (a bug in kiln)");
-        }
-    }
-    // Else a crash's core file is made by the crashed vCPU's thread, whose list has no file creation in it.
-    if spec.core_file.is_some() && unnamed_core.is_none() && kiln_seccomp::mode() != kiln_seccomp::Mode::Off {
-        errln!("kiln: --core: the VMM's threads run without their seccomp allow-lists, to write the core file");
-        kiln_seccomp::set_mode(kiln_seccomp::Mode::Off);
-    }
+    give_core(&mut vm, spec, unnamed_core.as_ref())?;
     run_vm(spec, vm, object_sites, (instance, unnamed_core), jail)
 }
 
@@ -340,7 +375,7 @@ pub(crate) fn run_vm(
     spec: &LaunchSpec,
     vm: kiln_vmm::Vm,
     object_sites: Option<SiteCounts>,
-    (mut instance, unnamed_core): (Option<&mut ThisInstance>, Option<std::fs::File>),
+    (mut instance, unnamed_core): (Option<&mut ThisInstance>, Option<UnnamedCore>),
     jail: Option<Jailed>,
 ) -> Result<u8> {
     let mut signals = host_signals::install().context("cannot set up the forwarding of signals")?;
@@ -354,6 +389,7 @@ pub(crate) fn run_vm(
         instance.running()?;
     }
     let mut reason_pipe = None;
+    let jailed = jail.is_some();
     if let Some(Jailed { identity, reason }) = jail {
         lock_down(spec, identity)?;
         reason_pipe = Some(reason);
@@ -363,9 +399,10 @@ pub(crate) fn run_vm(
     let grace = Duration::from_secs(spec.signals.grace_secs.into());
     let host_signals = HostSignals { wait: Box::new(move || signals.wait()), grace };
     let result = vm.run(Arc::new(StdioConsole), host_signals).context("running the VM failed");
-    if let (Ok((Outcome::Crashed(crash), _)), Some(instance), Some(file)) = (&result, &instance, &unnamed_core) {
+    // A jail's root has no /proc to name the file through: its parent names it.
+    if let (Ok((Outcome::Crashed(crash), _)), Some(core), false) = (&result, &unnamed_core, jailed) {
         if let Some(Ok(_)) = &crash.core_file {
-            if let Err(e) = instance.name_core(file) {
+            if let Err(e) = core.name() {
                 errln!("kiln: no core file: {}", crate::chain(&e));
             }
         }

@@ -33,6 +33,9 @@ pub struct RestoreArgs {
     /// Remove the instance's record when it ends (with -d)
     #[arg(long, requires = "detach")]
     rm: bool,
+    /// On a crash, write an ELF core file here (`gdb PROGRAM FILE` opens it); with -d, the instance's folder has it
+    #[arg(long, value_name = "FILE", value_parser = crate::run::parse_core_file)]
+    core: Option<PathBuf>,
     /// A file `kiln snapshot` wrote
     file: PathBuf,
 }
@@ -94,18 +97,22 @@ pub fn restore(args: RestoreArgs) -> Result<u8> {
         }
     }
     let opened = kiln_vmm::snapshot::Opened::open(&args.file).map_err(|e| anyhow!(kiln_launch::chain(&e)))?;
-    let spec: LaunchSpec = serde_json::from_value(opened.launch().clone()).map_err(|_| {
+    let mut spec: LaunchSpec = serde_json::from_value(opened.launch().clone()).map_err(|_| {
         anyhow!(
             "{}: the snapshot does not say how to launch its instance (not written by kiln snapshot)",
             args.file.display()
         )
     })?;
+    // The snapshot's own is where the snapshotted instance's core would have gone.
+    spec.core_file = args.core.clone();
     if args.detach && instance.is_none() {
         let target = args.file.display().to_string();
         let how = detach::Detach { name: args.name.as_deref(), rm: args.rm, target: &target };
         return detach::start(&how, &spec);
     }
     kiln_seccomp::set_confine_caller(true);
-    let vm = kiln_launch::restore(&spec, opened)?;
-    crate::run::run_vm(&spec, vm, None, (instance.as_mut(), None), None)
+    let unnamed_core = crate::run::unnamed_core(&mut spec, instance.as_ref(), false);
+    let mut vm = kiln_launch::restore(&spec, opened)?;
+    crate::run::give_core(&mut vm, &spec, unnamed_core.as_ref())?;
+    crate::run::run_vm(&spec, vm, None, (instance.as_mut(), unnamed_core), None)
 }

@@ -174,6 +174,26 @@ pub fn default_name_base(name: &str) -> String {
     }
 }
 
+/// Gives the unnamed file `file` (O_TMPFILE) the name `path`, replacing an older file of that name: a `linkat`
+/// through `/proc/self/fd`, so this process needs `/proc` (not a jail's empty root).
+pub fn name_unnamed(file: &std::fs::File, path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let invalid = |_| std::io::Error::from(std::io::ErrorKind::InvalidInput);
+    let from = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())).map_err(invalid)?;
+    let to = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(invalid)?;
+    // SAFETY: two NUL-terminated paths that live across the call; linkat only reads them.
+    let linked =
+        unsafe { libc::linkat(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::AT_SYMLINK_FOLLOW) };
+    match linked {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
 /// Where the last `n` lines of `bytes` start.
 pub fn tail_start(bytes: &[u8], n: usize) -> usize {
     let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
@@ -285,23 +305,7 @@ impl<'a> Instances<'a> {
 
     /// Gives the core file written into `file` (from [`Instances::unnamed_core`]) its name, replacing an older one.
     pub fn name_core(&self, id: &str, file: &std::fs::File) -> std::io::Result<()> {
-        use std::os::fd::AsRawFd;
-        let path = self.core_path(id);
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-        let invalid = |_| std::io::Error::from(std::io::ErrorKind::InvalidInput);
-        let from = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())).map_err(invalid)?;
-        let to = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(invalid)?;
-        // SAFETY: two NUL-terminated paths that live across the call; linkat only reads them.
-        let linked = unsafe {
-            libc::linkat(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::AT_SYMLINK_FOLLOW)
-        };
-        match linked {
-            0 => Ok(()),
-            _ => Err(std::io::Error::last_os_error()),
-        }
+        name_unnamed(file, &self.core_path(id))
     }
 
     fn record_path(&self, id: &str) -> PathBuf {

@@ -64,7 +64,7 @@ fn runs(
     let mut since_steady = 0;
     loop {
         let made = match kept.take() {
-            Some(snapshot) => adopt(daemon, id, spec, snapshot).map(|p| (p, None)),
+            Some(snapshot) => adopt(daemon, id, spec, snapshot),
             None => make(daemon, id, spec, &log),
         };
         let (prepared, core) = match made {
@@ -132,10 +132,19 @@ fn make(daemon: &Daemon, id: &str, spec: &LaunchSpec, log: &File) -> Result<(Pre
 /// The VM of a snapshot (the one the last kilnd kept, or one `POST /instances/restore` names), ready to run on; the record says it runs on this kilnd, with the
 /// start time it had (its uptime goes on). The snapshot file goes once its VM is made: the VM maps it privately, so
 /// its pages stay reachable, and a kilnd that crashed after this never runs an older state of the instance again.
-fn adopt(daemon: &Daemon, id: &str, spec: &LaunchSpec, snapshot: Opened) -> Result<Prepared, ApiError> {
+fn adopt(daemon: &Daemon, id: &str, spec: &LaunchSpec, snapshot: Opened) -> Result<(Prepared, Option<File>), ApiError> {
     let started = Instant::now();
-    let vm = kiln_launch::restore(spec, snapshot).map_err(|e| launch_error(&e))?;
     let instances = Instances::new(daemon.store());
+    // A crash's core file goes into the instance's folder, as for a VM it boots (`make`), not where the snapshot's
+    // specification says (the snapshotted instance's, for `POST /instances/restore`).
+    let core = instances.unnamed_core(id).inspect_err(|e| tracing::warn!("instance {id}: no core file: {e}")).ok();
+    let mut with_core = spec.clone();
+    with_core.core_file = core.as_ref().map(|_| instances.core_path(id));
+    let mut vm = kiln_launch::restore(&with_core, snapshot).map_err(|e| launch_error(&e))?;
+    let core = core.and_then(|file| {
+        let shared = file.try_clone().ok()?;
+        vm.core_into(shared).then_some(file)
+    });
     let _ = std::fs::remove_file(instances.dir(id).join(kiln_image::instance::KEPT_SNAPSHOT));
     let (pid, pid_start) = daemon.process();
     instances.update(id, |i| {
@@ -146,7 +155,7 @@ fn adopt(daemon: &Daemon, id: &str, spec: &LaunchSpec, snapshot: Opened) -> Resu
         i.started_ms.get_or_insert_with(now);
     })?;
     tracing::debug!(id, took = ?started.elapsed(), "kept instance restored");
-    Ok(Prepared { vm, object_sites: None, notices: Vec::new() })
+    Ok((Prepared { vm, object_sites: None, notices: Vec::new() }, core))
 }
 
 /// How a run of the VM ended.

@@ -40,12 +40,14 @@ pub fn prepare(spec: &LaunchSpec, builtin_kernel: &'static [u8]) -> Result<Prepa
 
 /// Makes the VM `snapshot` holds, to run on where it was paused, with a new network card made for `spec`'s network
 /// (`spec` is the launch specification the snapshot keeps): published ports are bound again, so they work as before.
-/// Its volumes are opened and locked again, and must be as the snapshot left them.
+/// Its volumes are opened and locked again, and must be as the snapshot left them; a crash writes its core file where
+/// `spec.core_file` says (the launcher sets it for the restored instance: the snapshot's is the old one's).
 pub fn restore(spec: &LaunchSpec, snapshot: kiln_vmm::snapshot::Opened) -> Result<Vm, LaunchError> {
     kiln_seccomp::set_mode(spec.seccomp.mode());
     let volumes = volumes::reattach_all(&spec.volumes)?;
     let net = crate::card::card(&spec.network)?;
-    Vm::restore(snapshot, kiln_vmm::snapshot::Reattached { net, volumes }).map_err(LaunchError::Vm)
+    let core_file = spec.core_file.clone();
+    Vm::restore(snapshot, kiln_vmm::snapshot::Reattached { net, volumes, core_file }).map_err(LaunchError::Vm)
 }
 
 /// What a launch and an export both make of a spec: the library OS and the program, and the VM's configuration

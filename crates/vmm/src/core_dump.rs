@@ -10,28 +10,41 @@ use crate::link_map::LoadedObject;
 use crate::memory::GuestRam;
 use crate::user_memory;
 use kiln_abi::layout::{page_align_down, page_align_up};
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-/// What the VMM keeps from boot for a core file.
+/// What a core file says of the program, known at its boot: every VM keeps it, and a snapshot with it, so that a
+/// restored VM's crash has a core file as a booted one's does.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoreProgram {
+    /// The program's name and command line, for `NT_PRPSINFO`.
+    pub name: String,
+    pub args: String,
+    /// The program's own mappings of its file (by its guest path).
+    pub program_files: Vec<MappedFile>,
+}
+
+impl CoreProgram {
+    /// For the program `elf` loaded at `base` from its guest path `exe_path`, run with `argv`.
+    pub fn new(exe_path: &str, argv: &[String], elf: &ElfImage, base: u64) -> Self {
+        let name = exe_path.rsplit('/').next().unwrap_or(exe_path).to_string();
+        CoreProgram { name, args: argv.join(" "), program_files: mapped(elf, base, exe_path) }
+    }
+}
+
+/// What the VMM keeps for a crash's core file.
 #[derive(Clone, Debug, Default)]
 pub struct CoreSetup {
     pub path: PathBuf,
     /// The file to write into, opened before the VM ran (see [`crate::Vm::core_into`]); else `path` is made.
     pub opened: Option<std::sync::Arc<std::fs::File>>,
-    /// The program's name and command line, for `NT_PRPSINFO`.
-    pub name: String,
-    pub args: String,
+    pub program: CoreProgram,
     pub auxv: Vec<u8>,
-    /// The program's own mappings of its file (by its guest path).
-    pub program_files: Vec<MappedFile>,
 }
 
 impl CoreSetup {
-    /// For the program `elf` loaded at `base` from its guest path `exe_path`, run with `argv`.
-    pub fn new(path: PathBuf, exe_path: &str, argv: &[String], elf: &ElfImage, base: u64, auxv: Vec<u8>) -> Self {
-        let name = exe_path.rsplit('/').next().unwrap_or(exe_path).to_string();
-        let program_files = mapped(elf, base, exe_path);
-        CoreSetup { path, opened: None, name, args: argv.join(" "), auxv, program_files }
+    pub fn new(path: PathBuf, program: CoreProgram, auxv: Vec<u8>) -> Self {
+        CoreSetup { path, opened: None, program, auxv }
     }
 }
 
@@ -60,7 +73,7 @@ pub fn write(
     xstate: Option<XState>,
     objects: &[LoadedObject],
 ) -> Result<u64, CoreError> {
-    let mut files = setup.program_files.clone();
+    let mut files = setup.program.program_files.clone();
     for object in objects.iter().filter(|o| !o.path.is_empty()) {
         let Some(elf) = object.file.as_deref().and_then(|f| ElfImage::parse_any(f).ok()) else { continue };
         files.extend(mapped(&elf, object.bias, &object.path));
@@ -72,8 +85,8 @@ pub fn write(
         auxv: setup.auxv.clone(),
         files,
         xstate,
-        name: setup.name.clone(),
-        args: setup.args.clone(),
+        name: setup.program.name.clone(),
+        args: setup.program.args.clone(),
     };
     let page = |at: u64, page: &mut [u8]| {
         let bytes = user_memory::read(ram, pml4, at, page.len());

@@ -92,7 +92,7 @@ pub struct CoreSegment {
 }
 
 /// A mapping of a file (`NT_FILE`): `[start, end)` maps the file from byte `offset` on.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MappedFile {
     pub start: u64,
     pub end: u64,

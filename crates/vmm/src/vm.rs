@@ -4,7 +4,7 @@
 use crate::arch;
 use crate::arch::{exception, trap_page, HostKind};
 use crate::boot::{self, BootError, BootParams, BootState, MIN_MEMORY};
-use crate::core_dump::{self, CoreSetup};
+use crate::core_dump::{self, CoreProgram, CoreSetup};
 use crate::core_file::{CoreThread, XState};
 use crate::crash_stack;
 use crate::debug::attach::DebugSocket;
@@ -265,6 +265,8 @@ pub(crate) struct Shared {
     rootfs: RootfsInRam,
     /// What a crash's core file needs from boot, if one is wanted.
     core: Option<CoreSetup>,
+    /// What a core file says of the program, for a snapshot to keep.
+    core_program: CoreProgram,
     /// The auxiliary vector the program started with (gdb's `qXfer:auxv:read`: where a PIE and its loader are).
     pub(crate) auxv: Vec<u8>,
     net: Option<NetCard>,
@@ -540,11 +542,10 @@ impl Vm {
         }
         tracing::debug!(host = host.name(), ?prepared_at, ?machine_ready, ?built, total = ?started.elapsed(), "VM ready");
         tracing::debug!("{}", boot.program.report.counts());
+        let core_program = CoreProgram::new(&config.exe_path, &config.argv, &program, boot.program.base);
         let devices = Devices {
-            core: config.core_file.take().map(|path| {
-                let base = boot.program.base;
-                CoreSetup::new(path, &config.exe_path, &config.argv, &program, base, boot.auxv.clone())
-            }),
+            core: config.core_file.take().map(|path| CoreSetup::new(path, core_program.clone(), boot.auxv.clone())),
+            core_program,
             net: config.net.map(|n| NetCard::new(n.backend, n.mac, boot::net_mmio_phys(memory)).publishing(n.publish)),
             disks: blks
                 .into_iter()
@@ -590,6 +591,7 @@ impl Vm {
             rootfs: boot.rootfs,
             auxv: boot.auxv.clone(),
             core: devices.core,
+            core_program: devices.core_program,
             net: devices.net,
             disks: devices.disks,
             stdin: OnceLock::new(),
@@ -969,6 +971,8 @@ enum Event {
 /// What a VM has besides its KVM objects and RAM.
 pub(crate) struct Devices {
     pub(crate) core: Option<CoreSetup>,
+    /// What a core file says of the program (kept by snapshots, for a restored VM's core file).
+    pub(crate) core_program: CoreProgram,
     pub(crate) net: Option<NetCard>,
     pub(crate) disks: Vec<(String, Disk)>,
     pub(crate) trace_syscalls: bool,
@@ -1014,6 +1018,7 @@ fn take_snapshot(
         vcpus,
         net: still.as_ref().map(|(state, _)| state.clone()),
         volumes,
+        core_program: shared.core_program.clone(),
         launch: request.launch,
         cpuid: Some(shared.cpuid.clone()),
     };

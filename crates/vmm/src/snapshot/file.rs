@@ -225,6 +225,7 @@ mod tests {
             vcpus: Vec::new(),
             net: None,
             volumes: Vec::new(),
+            core_program: Default::default(),
             launch: serde_json::json!({"name": "web"}),
             cpuid: None,
         }

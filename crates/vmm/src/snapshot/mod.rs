@@ -90,6 +90,10 @@ pub struct MachineState {
     /// The volumes, in the order the VM has them (absent from the files of a kiln before they were kept).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<volume::VolumeState>,
+    /// What a crash's core file says of the program (absent from the files of a kiln before it was kept: a restored
+    /// VM's core file then names no program file mappings).
+    #[serde(default)]
+    pub core_program: crate::core_dump::CoreProgram,
     /// The launcher's description of the instance (kiln keeps its launch specification), opaque to the VMM.
     pub launch: serde_json::Value,
     /// The CPUID the vCPUs were given (absent from the files of a kiln before it was kept): a restore gives them the

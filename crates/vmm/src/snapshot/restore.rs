@@ -8,6 +8,7 @@ use super::file::{read_header, read_state, Header};
 use super::volume::FileIdentity;
 use super::{io_err, CpuidLeaf, MachineState, SnapshotError};
 use crate::boot::MIN_MEMORY;
+use crate::core_dump::CoreSetup;
 use crate::disk::{Disk, VolumeConfig};
 use crate::netcard::{NetCard, NetConfig};
 use crate::virtio::blk::Blk;
@@ -65,6 +66,8 @@ pub struct Reattached {
     /// The snapshot's volumes by name, in its order ([`Opened::volumes`]): each the file its VM had, opened read-write
     /// and locked by the caller, unchanged since the snapshot (checked here).
     pub volumes: Vec<VolumeConfig>,
+    /// Where a crash writes its core file, as [`crate::VmConfig::core_file`]; None for none.
+    pub core_file: Option<PathBuf>,
 }
 
 fn check(m: &MachineState) -> Result<(), String> {
@@ -100,7 +103,7 @@ impl Vm {
     pub fn restore(snapshot: Opened, reattached: Reattached) -> Result<Vm, VmError> {
         let started = std::time::Instant::now();
         let Opened { file, path, header, machine } = snapshot;
-        let Reattached { net, volumes } = reattached;
+        let Reattached { net, volumes, core_file } = reattached;
         let foreign = |why: String| SnapshotError::Foreign { path: path.display().to_string(), why };
         if machine.net.is_some() != net.is_some() {
             let had = if machine.net.is_some() { "had a network card" } else { "had no network card" };
@@ -152,7 +155,14 @@ impl Vm {
             })?;
             disks.push((v.name, disk));
         }
-        let devices = Devices { core: None, net: card, disks, trace_syscalls: machine.trace_syscalls };
+        let core_program = machine.core_program;
+        let devices = Devices {
+            core: core_file.map(|path| CoreSetup::new(path, core_program.clone(), machine.boot.auxv.clone())),
+            core_program,
+            net: card,
+            disks,
+            trace_syscalls: machine.trace_syscalls,
+        };
         let kind = (machine.host, synced_state, tsc_hz);
         tracing::debug!(path = %path.display(), cpus, ?machine_ready, ?filled, total = ?started.elapsed(), "restored");
         // A later snapshot of this VM finds the pages it was given in its RAM, unless they are still the file's.
