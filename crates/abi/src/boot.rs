@@ -98,6 +98,34 @@ pub struct BootInfo {
     /// signal frames. 0 for neither: the `fxsave` image (x87 and SSE) is then all there is.
     pub xsave_features: u64,
     pub xsave_size: u64,
+    /// The card's routes besides its default ones (a pod's CNI routes, `RouteInfo`), in the order given; unused
+    /// entries have family [`ROUTE_NONE`]. Last, as `nofile_soft` is.
+    pub routes: [RouteInfo; MAX_ROUTES],
+}
+
+// The VMM writes the boot info into one page.
+const _: () = assert!(core::mem::size_of::<BootInfo>() <= 4096);
+
+/// Most routes [`BootInfo::routes`] holds.
+pub const MAX_ROUTES: usize = 16;
+/// [`RouteInfo::family`]: an unused entry.
+pub const ROUTE_NONE: u8 = 0;
+/// [`RouteInfo::family`]: an IPv4 route (its addresses in the first 4 bytes).
+pub const ROUTE_IPV4: u8 = 4;
+/// [`RouteInfo::family`]: an IPv6 route.
+pub const ROUTE_IPV6: u8 = 6;
+
+/// A route through the network card: packets to `destination`/`prefix_len` go to `gateway`, or straight to their
+/// destination on the card's link when the gateway is all zero (a link-scope route, as Calico's CNI plugin makes to
+/// its gateway 169.254.1.1). The most specific route wins, the card's own network and its default route included.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RouteInfo {
+    pub family: u8,
+    pub prefix_len: u8,
+    pub _reserved: [u8; 6],
+    pub destination: [u8; 16],
+    pub gateway: [u8; 16],
 }
 
 /// The network card, if the VM has one: a virtio-net device behind a virtio-mmio register window, and the addresses
@@ -115,6 +143,7 @@ pub struct NetInfo {
     /// 0.0.0.0: the library OS asks DHCP for it, and for the prefix and gateway (an exported image booted without
     /// Linux's `ip=`; Kiln's VMM always gives one).
     pub ipv4: [u8; 4],
+    /// The IPv4 default router; all zero for none (only the network and [`BootInfo::routes`] are then reachable).
     pub gateway: [u8; 4],
     pub prefix_len: u8,
     /// Prefix length of `ipv6`; 0 when the card carries no IPv6.

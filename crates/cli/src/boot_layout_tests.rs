@@ -75,6 +75,7 @@ fn boot(code: &[u8]) -> (GuestRam, boot::BootState) {
         net: None,
         volumes: Vec::new(),
         nofile: None,
+        routes: Vec::new(),
     };
     let state = boot::build(&mut ram, (&kernel, KERNEL), (&program, &program_file, prepared), &params).unwrap();
     (ram, state)

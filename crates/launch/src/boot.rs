@@ -30,7 +30,8 @@ pub fn prepare(spec: &LaunchSpec, builtin_kernel: &'static [u8]) -> Result<Prepa
     }
     let Configured { kernel, program, mut config, object_sites } = configure(spec, builtin_kernel)?;
     config.net = crate::card::card(&spec.network)?;
-    let attached = volumes::attach_all(&spec.volumes)?;
+    let mut attached = volumes::attach_all(&spec.volumes)?;
+    volumes::attach_files(&mut attached, &spec.volume_files)?;
     config.volumes = attached.volumes;
     config.core_file = spec.core_file.clone();
     let vm = Vm::new(&kernel, &program, config).map_err(|e| explain(e, spec))?;

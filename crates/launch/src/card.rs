@@ -152,7 +152,11 @@ pub fn card(network: &Network) -> Result<Option<NetConfig>, LaunchError> {
             (Box::new(backend), USER_MTU, publisher)
         }
     };
-    Ok(Some(NetConfig { backend, publish: publisher, mac, ipv4, prefix_len, gateway, ipv6, gateway6, mtu }))
+    let routes = match network {
+        Network::Tap { routes, .. } => routes.iter().map(|r| r.boot_info()).collect(),
+        _ => Vec::new(),
+    };
+    Ok(Some(NetConfig { backend, publish: publisher, mac, ipv4, prefix_len, gateway, ipv6, gateway6, mtu, routes }))
 }
 
 /// The card's [`Publish`]: the user-mode network's publisher, its errors as errnos.

@@ -99,7 +99,42 @@ pub enum Network {
         /// pod network's bridge has learnt.
         #[serde(default)]
         mac: Option<[u8; 6]>,
+        /// Routes besides the default ones (a pod's CNI routes), at most `kiln_abi::boot::MAX_ROUTES`.
+        #[serde(default)]
+        routes: Vec<Route>,
     },
+}
+
+/// A route through the card: packets to `destination`/`prefix_len` go to `gateway`, or straight to their
+/// destination on the link without one (a link-scope route). Both addresses of one family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    pub destination: IpAddr,
+    pub prefix_len: u8,
+    #[serde(default)]
+    pub gateway: Option<IpAddr>,
+}
+
+impl Route {
+    /// The route as the boot info carries it.
+    pub fn boot_info(&self) -> kiln_abi::boot::RouteInfo {
+        use kiln_abi::boot::{RouteInfo, ROUTE_IPV4, ROUTE_IPV6};
+        let octets = |ip: IpAddr| -> [u8; 16] {
+            let mut bytes = [0u8; 16];
+            match ip {
+                IpAddr::V4(v4) => bytes[..4].copy_from_slice(&v4.octets()),
+                IpAddr::V6(v6) => bytes = v6.octets(),
+            }
+            bytes
+        };
+        RouteInfo {
+            family: if self.destination.is_ipv4() { ROUTE_IPV4 } else { ROUTE_IPV6 },
+            prefix_len: self.prefix_len,
+            _reserved: [0; 6],
+            destination: octets(self.destination),
+            gateway: self.gateway.map_or([0; 16], octets),
+        }
+    }
 }
 
 impl Network {
@@ -299,7 +334,7 @@ pub fn resolve(flags: &NetworkFlags) -> Result<Network, NetworkError> {
     let (ipv6, gateway6) = ipv6_plan(user, ip6.as_ref(), gateway6.as_ref())?;
     let addresses = Addresses { ipv4, prefix_len, gateway, ipv6, gateway6, dns };
     match mode {
-        NetMode::Tap(device) => Ok(Network::Tap { device: device.clone(), addresses, mac: None }),
+        NetMode::Tap(device) => Ok(Network::Tap { device: device.clone(), addresses, mac: None, routes: Vec::new() }),
         _ => {
             let forwarder = addresses.forwarder();
             if forwarder == ipv4 || forwarder == gateway {

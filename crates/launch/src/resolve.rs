@@ -149,6 +149,7 @@ fn apply(base: Base, flags: &Overrides) -> Result<LaunchSpec, ResolveError> {
         cpus: flags.cpus.or(base.cpus).unwrap_or(1),
         network,
         volumes,
+        volume_files: Vec::new(),
         files: flags.files.clone(),
         dirs: flags.dirs.clone(),
         trace_syscalls: flags.trace_syscalls,

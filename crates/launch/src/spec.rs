@@ -53,6 +53,10 @@ pub struct LaunchSpec {
     /// Volumes by name and where the guest mounts them, in mount order (checked: at most
     /// `kiln_abi::boot::MAX_VOLUMES`, no name twice, no mount path inside another).
     pub volumes: Vec<(String, String)>,
+    /// Volume files by host path and where the guest mounts them, after `volumes` (a container's writable mounts,
+    /// each an ext2 image the containerd shim made: docs/kubernetes.md).
+    #[serde(default)]
+    pub volume_files: Vec<(PathBuf, String)>,
     /// Host files (host path, guest path) put into the guest's root filesystem, after the image's files.
     pub files: Vec<(PathBuf, String)>,
     /// Host directories (host path, guest path) put, recursively, into the guest's root filesystem.

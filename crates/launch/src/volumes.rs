@@ -49,6 +49,8 @@ pub enum VolumeError {
     RunE2fsck(#[source] std::io::Error),
     #[error("volume {name} was not detached cleanly and e2fsck cannot repair it; run `e2fsck -f {path}`")]
     Unrepairable { name: String, path: PathBuf },
+    #[error("{0} volumes: a VM mounts at most {max}", max = kiln_abi::boot::MAX_VOLUMES)]
+    TooMany(usize),
 }
 
 /// A volume attached to a launch.
@@ -88,6 +90,31 @@ pub fn reattach_all(mounts: &[(String, String)]) -> Result<Vec<kiln_vmm::VolumeC
         volumes.push(kiln_vmm::VolumeConfig { file, name: name.clone(), mount: mount.clone() });
     }
     Ok(volumes)
+}
+
+/// Opens and locks each volume file of a launch (a container's writable mount, `LaunchSpec::volume_files`), after
+/// the `named` ones already attached, and checks that the library OS can mount it; named in messages by its path.
+pub fn attach_files(named: &mut Attached, files: &[(PathBuf, String)]) -> Result<(), VolumeError> {
+    let total = named.volumes.len() + files.len();
+    if total > kiln_abi::boot::MAX_VOLUMES {
+        return Err(VolumeError::TooMany(total));
+    }
+    for (path, mount) in files {
+        let name = path.display().to_string();
+        let file = match File::options().read(true).write(true).open(path) {
+            Ok(file) => file,
+            Err(source) => return Err(VolumeError::Open { name, path: path.clone(), source }),
+        };
+        if !lock_exclusive(&file).map_err(|source| VolumeError::Lock { name: name.clone(), source })? {
+            return Err(VolumeError::Attached(name));
+        }
+        let len = file.metadata().map_err(|source| VolumeError::Metadata { name: name.clone(), source })?.len();
+        if let Err(e) = kiln_ext2::Ext2::mount(HostFile(&file), len, 64, || 0) {
+            return Err(VolumeError::Unmountable { name, problem: e.to_string(), path: path.clone() });
+        }
+        named.volumes.push(kiln_vmm::VolumeConfig { file, name, mount: mount.clone() });
+    }
+    Ok(())
 }
 
 /// Opens volume `name`, for writing if `write` (an instance's); `ls`, `inspect` and `rm` only read it and lock it.

@@ -2,6 +2,7 @@
 //! [`LaunchSpec`]: the process's args, env and cwd; the memory limit as guest memory; the CPU quota as vCPUs;
 //! `io.kiln.*` annotations for what OCI has no field for. Only the fields Kiln uses are read.
 
+use crate::writable::{WritableMount, DEFAULT_VOLUME_SIZE, MAX_VOLUME_SIZE, MIN_VOLUME_SIZE, VOLUME_SIZE_ANNOTATION};
 use kiln_launch::{bundle, network::Network, LaunchSpec, Signals, Source, DEFAULT_MEMORY, DEFAULT_STOP_TIMEOUT};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -55,6 +56,8 @@ pub enum BundleError {
     Mount(#[from] crate::mounts::MountError),
     #[error("{0}: Kiln runs Linux x86-64 ELF programs (static, or dynamic with their loader in the image)")]
     NotAProgram(String, #[source] kiln_vmm::elf::ElfError),
+    #[error("writable mount at {0}: {1}")]
+    Writable(String, String),
 }
 
 /// The part of an OCI runtime `config.json` Kiln reads.
@@ -166,13 +169,19 @@ impl Config {
     /// The launch `bundle` describes, its program checked to be one Kiln boots.
     pub fn launch_spec(&self, bundle: &Path, id: &str) -> Result<LaunchSpec, BundleError> {
         let process = self.process.as_ref().ok_or(BundleError::NoProcess)?;
+        let writable = self.writable_mounts()?;
         for key in self.annotations.keys().filter(|k| k.starts_with("io.kiln.")) {
-            if !KILN_ANNOTATIONS.contains(&key.as_str()) {
+            let sized = key
+                .strip_prefix(VOLUME_SIZE_ANNOTATION)
+                .is_some_and(|at| self.writable_destinations().any(|dest| names_mount(at, &dest)));
+            if !KILN_ANNOTATIONS.contains(&key.as_str()) && !sized {
                 let known = KILN_ANNOTATIONS.join(", ");
                 return Err(BundleError::Annotation(
                     key.clone(),
                     self.annotations[key].clone(),
-                    format!("unknown (Kiln reads {known})"),
+                    format!(
+                        "unknown (Kiln reads {known}, and {VOLUME_SIZE_ANNOTATION}DEST for a writable mount at DEST)"
+                    ),
                 ));
             }
         }
@@ -203,6 +212,9 @@ impl Config {
                 _ => Network::None,
             },
             volumes: Vec::new(),
+            volume_files: (writable.iter().enumerate())
+                .map(|(index, mount)| (crate::writable::image_path(bundle, index), mount.guest.clone()))
+                .collect(),
             files: copies.files,
             dirs: copies.dirs,
             trace_syscalls: false,
@@ -212,6 +224,55 @@ impl Config {
             seccomp: Default::default(),
             nofile,
         })
+    }
+
+    /// The writable mounts of host directories, each to become a volume (`writable.rs`), with its size:
+    /// `io.kiln.volume-size.DEST`, else [`DEFAULT_VOLUME_SIZE`]. At most `MAX_VOLUMES`, none inside another.
+    pub fn writable_mounts(&self) -> Result<Vec<WritableMount>, BundleError> {
+        let copies = crate::mounts::copies(&self.mounts)?;
+        let mut mounts: Vec<WritableMount> = Vec::with_capacity(copies.writable.len());
+        for (host, guest) in copies.writable {
+            let problem = |what: String| BundleError::Writable(guest.clone(), what);
+            if mounts.len() == kiln_abi::boot::MAX_VOLUMES {
+                return Err(problem(format!(
+                    "a Kiln VM mounts at most {} writable directories (each is a volume)",
+                    kiln_abi::boot::MAX_VOLUMES
+                )));
+            }
+            if guest == "/" || guest.len() > kiln_abi::boot::MOUNT_PATH_MAX {
+                let max = kiln_abi::boot::MOUNT_PATH_MAX;
+                return Err(problem(format!("a volume is mounted below the root, at a path of at most {max} bytes")));
+            }
+            let nested = |a: &str, b: &str| a == b || a.starts_with(&format!("{b}/"));
+            if let Some(other) = mounts.iter().find(|m| nested(&m.guest, &guest) || nested(&guest, &m.guest)) {
+                return Err(problem(format!(
+                    "inside or around the writable mount at {} (volumes cannot nest)",
+                    other.guest
+                )));
+            }
+            let keys = self.annotations.keys().filter_map(|k| Some((k, k.strip_prefix(VOLUME_SIZE_ANNOTATION)?)));
+            let size = match keys.filter(|(_, at)| names_mount(at, &guest)).map(|(k, _)| k).next() {
+                Some(key) => {
+                    let value = &self.annotations[key];
+                    let in_range = |s: u64| (MIN_VOLUME_SIZE..=MAX_VOLUME_SIZE).contains(&s);
+                    match kiln_image::size::parse_size(value) {
+                        Ok(size) if in_range(size) => size.next_multiple_of(4096),
+                        _ => {
+                            let why = "must be a size from 4M to 1T".to_string();
+                            return Err(BundleError::Annotation(key.clone(), value.clone(), why));
+                        }
+                    }
+                }
+                None => DEFAULT_VOLUME_SIZE,
+            };
+            mounts.push(WritableMount { host, guest, size });
+        }
+        Ok(mounts)
+    }
+
+    /// Where the writable mounts are (for telling a volume-size annotation from a typo).
+    fn writable_destinations(&self) -> impl Iterator<Item = String> + '_ {
+        crate::mounts::copies(&self.mounts).map(|c| c.writable).unwrap_or_default().into_iter().map(|(_, guest)| guest)
     }
 
     /// `io.kiln.pod-network`: how the container is on its pod's network.
@@ -271,6 +332,12 @@ impl Config {
             .annotation(STOP_TIMEOUT_ANNOTATION, |v| v.parse::<u32>().map_err(|_| "not a number of seconds".into()))?;
         Ok(secs.filter(|&s| s > 0).unwrap_or(DEFAULT_STOP_TIMEOUT))
     }
+}
+
+/// Whether a volume-size annotation's DEST (`io.kiln.volume-size.DEST`) names the mount at `guest`: its path, or its
+/// path with the slashes as dots (`var.cache` for `/var/cache`), which a Kubernetes annotation key can hold.
+fn names_mount(at: &str, guest: &str) -> bool {
+    at == guest || at == guest.trim_start_matches('/').replace('/', ".")
 }
 
 /// The user-mode network's usual addresses, with the program's listening ports published as it listens (in the pod's

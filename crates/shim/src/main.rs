@@ -12,6 +12,7 @@ mod stats;
 mod task;
 mod terminal;
 mod vm;
+mod writable;
 
 /// The runtime's name in containerd's configuration.
 const RUNTIME_ID: &str = "io.containerd.kiln.v2";

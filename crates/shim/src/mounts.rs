@@ -1,7 +1,8 @@
 //! The bundle's `mounts` as a Kiln VM takes them: a bind-mounted host file (CRI's `/etc/resolv.conf`, `/etc/hosts`,
 //! `/etc/hostname`) is copied into the guest's root filesystem, as `kiln run --file` copies one; a read-only bind
-//! mount of a host directory is copied in as `--dir` copies one; the kernel filesystems (`/proc`, `/sys`, `/dev`, a
-//! tmpfs) are the library OS's own. Anything else is refused at create, with the reason.
+//! mount of a host directory is copied in as `--dir` copies one; a writable one becomes a volume of its own
+//! (`writable.rs`); the kernel filesystems (`/proc`, `/sys`, `/dev`, a tmpfs) are the library OS's own. Anything else
+//! is refused at create, with the reason.
 
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -28,23 +29,19 @@ const KERNEL_TREES: [&str; 3] = ["/proc", "/sys", "/dev"];
 pub enum MountError {
     #[error("mount at {0:?}: the destination is not an absolute path")]
     Destination(String),
-    #[error("mount of type {kind:?} at {destination}: Kiln takes bind mounts of host files and read-only ones of host directories only")]
+    #[error("mount of type {kind:?} at {destination}: Kiln takes bind mounts of host files and directories only")]
     Kind { kind: String, destination: String },
     #[error("bind mount of {host} at {destination}: {problem}")]
     Source { host: String, destination: String, problem: String },
-    #[error(
-        "bind mount of {host} at {destination} is writable: Kiln copies a host directory into the VM's filesystem \
-         at create, so the program's writes would never reach the host; mount it read-only, or keep such data in a \
-         Kiln volume"
-    )]
-    WritableDirectory { host: String, destination: String },
 }
 
-/// What the mounts add to the guest's root filesystem: host files and host directories, each with its guest path.
+/// What the mounts add to the guest's root filesystem: host files and host directories, each with its guest path;
+/// and the writable host directories, each a volume mounted at its guest path.
 #[derive(Debug, Default, PartialEq)]
 pub struct Copies {
     pub files: Vec<(PathBuf, String)>,
     pub dirs: Vec<(PathBuf, String)>,
+    pub writable: Vec<(PathBuf, String)>,
 }
 
 pub fn copies(mounts: &[Mount]) -> Result<Copies, MountError> {
@@ -76,10 +73,10 @@ pub fn copies(mounts: &[Mount]) -> Result<Copies, MountError> {
         if metadata.is_file() {
             copies.files.push((PathBuf::from(&mount.source), guest));
         } else if metadata.is_dir() {
-            if !mount.options.iter().any(|o| o == "ro") {
-                return Err(MountError::WritableDirectory { host: mount.source.clone(), destination: guest });
+            match mount.options.iter().any(|o| o == "ro") {
+                true => copies.dirs.push((PathBuf::from(&mount.source), guest)),
+                false => copies.writable.push((PathBuf::from(&mount.source), guest)),
             }
-            copies.dirs.push((PathBuf::from(&mount.source), guest));
         } else {
             return Err(source_problem("neither a file nor a directory (Kiln copies only those into the VM)".into()));
         }
@@ -118,9 +115,9 @@ mod tests {
         assert_eq!(found.files, [(PathBuf::from(&resolv), "/etc/resolv.conf".to_string())]);
         assert_eq!(found.dirs, [(PathBuf::from(&data), "/srv/data".to_string())]);
 
-        let writable = copies(&[mount("/srv/data", "bind", &data, &["rbind", "rw"])]).unwrap_err();
-        assert!(matches!(writable, MountError::WritableDirectory { .. }), "{writable}");
-        assert!(writable.to_string().contains("read-only"), "{writable}");
+        let writable = copies(&[mount("/srv/data", "bind", &data, &["rbind", "rw"])]).unwrap();
+        assert_eq!(writable.writable, [(PathBuf::from(&data), "/srv/data".to_string())]);
+        assert!(writable.dirs.is_empty());
         let nfs = copies(&[mount("/srv", "nfs", "server:/export", &[])]).unwrap_err();
         assert!(nfs.to_string().contains("type \"nfs\""), "{nfs}");
         let missing = copies(&[mount("/etc/hosts", "bind", "/nonexistent/kiln", &["rbind"])]).unwrap_err();

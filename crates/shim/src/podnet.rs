@@ -1,17 +1,18 @@
 //! Pod networking: the VM takes the pod's address. In the pod's network namespace (made by CNI), the VM process makes
 //! a tap device and has tc redirect every frame between the CNI interface (eth0) and the tap, both ways (an ingress
 //! qdisc on each, with a u32 match-all filter whose action is `mirred egress redirect`, as Kata Containers does);
-//! the guest gets eth0's address, prefix, default gateway and MAC (the pod network's bridge has learnt that MAC), its
-//! IPv6 address and default gateway too on a dual-stack pod network, and
-//! the card is then attached as `kiln run --net tap:NAME` attaches one. Done over rtnetlink from Rust, not with
+//! the guest gets eth0's address, prefix and MAC (the pod network's bridge has learnt that MAC), its IPv6 address too
+//! on a dual-stack pod network, and the namespace's routes through eth0: the default ones, and the others CNI made (a
+//! Calico pod's /32 address reaches its gateway 169.254.1.1 through a link-scope route), which the library OS routes
+//! by (`kiln_abi::boot::RouteInfo`); the card is then attached as `kiln run --net tap:NAME` attaches one. Done over rtnetlink from Rust, not with
 //! iproute2's `tc` and `ip`: no dependence on the node's binaries, and no process started per request at create.
 
 use crate::netlink::{Kind, Rtnl};
-use kiln_launch::network::{Addresses, Network};
+use kiln_launch::network::{Addresses, Network, Route};
 use kiln_vmm::virtio::tap::{Tap, TapError};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkLayerType, LinkMessage};
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType};
 use netlink_packet_route::tc::{
     TcAction, TcActionAttribute, TcActionMirrorOption, TcActionOption, TcActionType, TcAttribute, TcFilterU32Option,
     TcHandle, TcMessage, TcMirror, TcMirrorActionType, TcOption, TcU32Key, TcU32Selector, TcU32SelectorFlags,
@@ -45,10 +46,11 @@ pub enum PodNetError {
     )]
     NoInterface,
     #[error(
-        "the pod's address {ip}/{prefix_len} on {interface}: Kiln gives the VM a prefix of 1 to 30 with its gateway \
-         on it (a /31 or /32 with an on-link gateway is not supported)"
+        "the pod's network has {0} routes through its interface besides the default ones: Kiln gives the VM at most \
+         {max}",
+        max = kiln_abi::boot::MAX_ROUTES
     )]
-    Prefix { interface: String, ip: Ipv4Addr, prefix_len: u8 },
+    TooManyRoutes(usize),
     #[error(
         "the pod's network is taken: another container of this pod has it (one container per pod gets the pod's \
          address in Kiln)"
@@ -91,13 +93,32 @@ pub fn set_up() -> Result<Network, PodNetError> {
     let addresses = dump(&mut rtnl, RouteNetlinkMessage::GetAddress(AddressMessage::default()), "listing addresses")?;
     let link = pod_link(&links, &addresses)?;
     let (ipv4, prefix_len) = (link.ipv4, link.prefix_len);
-    if !(1..=30).contains(&prefix_len) {
-        return Err(PodNetError::Prefix { interface: link.name, ip: ipv4, prefix_len });
-    }
     let routes = dump(&mut rtnl, RouteNetlinkMessage::GetRoute(route_query()), "listing routes")?;
-    let gateway = default_gateway(&routes, link.index)
-        .filter(|g| network(*g, prefix_len) == network(ipv4, prefix_len) && *g != ipv4)
-        .unwrap_or_else(|| Ipv4Addr::from(network(ipv4, prefix_len) + 1));
+    let table = pod_routes(&routes, &link, IpAddr::V4(ipv4), prefix_len);
+    let gateway = match table.gateway {
+        Some(IpAddr::V4(g)) if g != ipv4 => g,
+        // No default route: the VM has none either (only its network and the routes reach anything).
+        _ => Ipv4Addr::UNSPECIFIED,
+    };
+    let mut more = table.routes;
+    let (ipv6, gateway6) = match link.ipv6 {
+        Some((ip6, prefix6)) => {
+            let mut query = route_query();
+            query.header.address_family = AddressFamily::Inet6;
+            let routes6 = dump(&mut rtnl, RouteNetlinkMessage::GetRoute(query), "listing IPv6 routes")?;
+            let table6 = pod_routes(&routes6, &link, IpAddr::V6(ip6), prefix6);
+            more.extend(table6.routes);
+            let gateway6 = match table6.gateway {
+                Some(IpAddr::V6(g)) if g != ip6 && !g.is_multicast() => Some(g),
+                _ => None,
+            };
+            (Some((ip6, prefix6)), gateway6)
+        }
+        None => (None, None),
+    };
+    if more.len() > kiln_abi::boot::MAX_ROUTES {
+        return Err(PodNetError::TooManyRoutes(more.len()));
+    }
 
     Tap::create_persistent(TAP).map_err(|e| match e {
         TapError::Busy { .. } => PodNetError::Taken,
@@ -112,17 +133,8 @@ pub fn set_up() -> Result<Network, PodNetError> {
     for (from, to) in [(link.index, tap_index), (tap_index, link.index)] {
         redirect(&mut rtnl, from, to)?;
     }
-    let (ipv6, gateway6) = match link.ipv6 {
-        Some((ip6, prefix6)) => {
-            let mut query = route_query();
-            query.header.address_family = AddressFamily::Inet6;
-            let routes6 = dump(&mut rtnl, RouteNetlinkMessage::GetRoute(query), "listing IPv6 routes")?;
-            (Some((ip6, prefix6)), Some(gateway6(&routes6, link.index, ip6, prefix6)))
-        }
-        None => (None, None),
-    };
     let addresses = Addresses { ipv4, prefix_len, gateway, ipv6, gateway6, dns: None };
-    Ok(Network::Tap { device: TAP.to_string(), addresses, mac: Some(link.mac) })
+    Ok(Network::Tap { device: TAP.to_string(), addresses, mac: Some(link.mac), routes: more })
 }
 
 /// A container on the pod's shared network (the user-mode network in the pod's namespace, which this process has
@@ -239,7 +251,7 @@ fn pod_link(links: &[LinkMessage], addresses: &[RouteNetlinkMessage]) -> Result<
         mtu: mtu.unwrap_or(1500),
         ipv4: *ipv4,
         prefix_len: *prefix_len,
-        ipv6: ipv6.filter(|&(_, prefix)| (1..=126).contains(&prefix)),
+        ipv6: ipv6.filter(|&(_, prefix)| (1..=128).contains(&prefix)),
     })
 }
 
@@ -248,46 +260,69 @@ fn is_global(ip: &Ipv6Addr) -> bool {
     !ip.is_unicast_link_local() && !ip.is_loopback() && !ip.is_multicast() && !ip.is_unspecified()
 }
 
-/// The IPv6 gateway: the main table's default route through `index` (on the network, or link-local as routers
-/// advertise themselves), else the network's first address, as `kiln run --ip6` takes it.
-fn gateway6(routes: &[RouteNetlinkMessage], index: u32, ip: Ipv6Addr, prefix_len: u8) -> Ipv6Addr {
-    let network = |a: Ipv6Addr| u128::from(a) & (u128::MAX << (128 - u32::from(prefix_len)));
-    let usable =
-        |g: &Ipv6Addr| *g != ip && !g.is_multicast() && (g.is_unicast_link_local() || network(*g) == network(ip));
-    let routed = routes.iter().find_map(|m| {
-        let RouteNetlinkMessage::NewRoute(route) = m else { return None };
-        if route.header.table != RouteHeader::RT_TABLE_MAIN || route.header.destination_prefix_length != 0 {
-            return None;
-        }
-        let through = route.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
-        let gateway = route.attributes.iter().find_map(|a| match a {
-            RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => Some(*ip),
-            _ => None,
-        });
-        gateway.filter(|g| through && usable(g))
-    });
-    routed.unwrap_or(Ipv6Addr::from(network(ip) + 1))
+/// The namespace's routes through the pod's interface, of one family, as the VM takes them.
+#[derive(Debug, Default, PartialEq)]
+struct PodRoutes {
+    /// The default route's gateway.
+    gateway: Option<IpAddr>,
+    /// The other routes (and a default route without a gateway, as a link-scope route to everything).
+    routes: Vec<Route>,
 }
 
-/// The gateway of the main table's IPv4 default route through `index`.
-fn default_gateway(routes: &[RouteNetlinkMessage], index: u32) -> Option<Ipv4Addr> {
-    routes.iter().find_map(|m| {
-        let RouteNetlinkMessage::NewRoute(route) = m else { return None };
-        let main = route.header.table == RouteHeader::RT_TABLE_MAIN;
-        if !main || route.header.destination_prefix_length != 0 {
-            return None;
+/// The main table's unicast routes through the pod's interface (`link`, whose address of this family is
+/// `own`/`prefix_len`): the default route's gateway, and every other route but the ones the kernel makes for the
+/// interface's own network (and IPv6's link-local one), which the VM has as its own.
+fn pod_routes(routes: &[RouteNetlinkMessage], link: &PodLink, own: IpAddr, prefix_len: u8) -> PodRoutes {
+    let mut taken = PodRoutes::default();
+    for message in routes {
+        let RouteNetlinkMessage::NewRoute(route) = message else { continue };
+        let header = &route.header;
+        if header.table != RouteHeader::RT_TABLE_MAIN || header.kind != RouteType::Unicast {
+            continue;
         }
-        let through = route.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
+        if !route.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(i) if *i == link.index)) {
+            continue;
+        }
+        let address = |a: &RouteAddress| match a {
+            RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+            RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+            _ => None,
+        };
         let gateway = route.attributes.iter().find_map(|a| match a {
-            RouteAttribute::Gateway(RouteAddress::Inet(ip)) => Some(*ip),
+            RouteAttribute::Gateway(g) => address(g),
             _ => None,
         });
-        gateway.filter(|_| through)
-    })
+        let destination = route.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Destination(d) => address(d),
+            _ => None,
+        });
+        let len = header.destination_prefix_length;
+        let destination = match (destination, len) {
+            (Some(d), _) if d.is_ipv4() == own.is_ipv4() => d,
+            (None, 0) if own.is_ipv4() => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            (None, 0) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            _ => continue,
+        };
+        if len == 0 && gateway.is_some() {
+            taken.gateway = taken.gateway.or(gateway);
+            continue;
+        }
+        let own_network = gateway.is_none() && len == prefix_len && prefix_of(destination, len) == prefix_of(own, len);
+        let link_local = matches!(destination, IpAddr::V6(d) if d.is_unicast_link_local() && len >= 10);
+        if own_network || link_local || gateway.is_some_and(|g| g.is_ipv4() != own.is_ipv4()) {
+            continue;
+        }
+        taken.routes.push(Route { destination, prefix_len: len, gateway });
+    }
+    taken
 }
 
-fn network(ip: Ipv4Addr, prefix_len: u8) -> u32 {
-    u32::from(ip) & (u32::MAX << (32 - u32::from(prefix_len)))
+/// The first `len` bits of `ip`, as a number.
+fn prefix_of(ip: IpAddr, len: u8) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(u32::from(v4) & u32::MAX.checked_shl(32 - u32::from(len.min(32))).unwrap_or(0)),
+        IpAddr::V6(v6) => u128::from(v6) & u128::MAX.checked_shl(128 - u32::from(len.min(128))).unwrap_or(0),
+    }
 }
 
 /// Brings the tap up with the CNI interface's MTU (the guest's MTU is read from the tap).
@@ -392,24 +427,69 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn the_gateway_is_the_default_routes_through_the_pod_link() {
-        let route = |dst_len: u8, oif: u32, gateway: &str| {
-            let mut r = RouteMessage::default();
-            r.header.table = RouteHeader::RT_TABLE_MAIN;
-            r.header.destination_prefix_length = dst_len;
-            r.attributes =
-                vec![RouteAttribute::Oif(oif), RouteAttribute::Gateway(RouteAddress::Inet(gateway.parse().unwrap()))];
-            RouteNetlinkMessage::NewRoute(r)
+    /// A main-table unicast route through `oif` to `destination` (none for a default route).
+    fn route(oif: u32, destination: Option<&str>, len: u8, gateway: Option<&str>) -> RouteNetlinkMessage {
+        let address = |s: &str| match s.parse::<IpAddr>().unwrap() {
+            IpAddr::V4(v4) => RouteAddress::Inet(v4),
+            IpAddr::V6(v6) => RouteAddress::Inet6(v6),
         };
-        let routes = [route(16, 3, "10.2.9.9"), route(0, 2, "10.1.0.1"), route(0, 3, "10.2.0.1")];
-        assert_eq!(default_gateway(&routes, 3), Some(Ipv4Addr::new(10, 2, 0, 1)));
-        assert_eq!(default_gateway(&routes[..1], 3), None);
-        assert_eq!(network(Ipv4Addr::new(10, 2, 3, 4), 16), u32::from(Ipv4Addr::new(10, 2, 0, 0)));
+        let mut r = RouteMessage::default();
+        r.header.table = RouteHeader::RT_TABLE_MAIN;
+        r.header.kind = RouteType::Unicast;
+        r.header.destination_prefix_length = len;
+        r.attributes.push(RouteAttribute::Oif(oif));
+        r.attributes.extend(destination.map(|d| RouteAttribute::Destination(address(d))));
+        r.attributes.extend(gateway.map(|g| RouteAttribute::Gateway(address(g))));
+        RouteNetlinkMessage::NewRoute(r)
+    }
+
+    fn to(destination: &str, prefix_len: u8, gateway: Option<&str>) -> Route {
+        Route { destination: destination.parse().unwrap(), prefix_len, gateway: gateway.map(|g| g.parse().unwrap()) }
     }
 
     #[test]
-    fn ipv6_is_the_links_global_address_and_its_default_route() {
+    fn the_vm_takes_the_default_route_and_the_other_routes_through_the_pod_link() {
+        let links = [link(2, "net1", LinkLayerType::Ether), link(3, "eth0", LinkLayerType::Ether)];
+        let pod = pod_link(&links, &[address(3, "10.2.0.7", 16)]).unwrap();
+        let own = IpAddr::V4(pod.ipv4);
+        let routes = [
+            route(3, Some("10.2.0.0"), 16, None),
+            route(2, None, 0, Some("10.1.0.1")),
+            route(3, None, 0, Some("10.2.0.1")),
+            route(3, Some("10.96.0.0"), 12, Some("10.2.0.254")),
+            route(2, Some("10.97.0.0"), 16, Some("10.1.0.254")),
+        ];
+        let taken = pod_routes(&routes, &pod, own, 16);
+        assert_eq!(taken.gateway, Some("10.2.0.1".parse().unwrap()), "the default route through eth0, not net1");
+        assert_eq!(taken.routes, [to("10.96.0.0", 12, Some("10.2.0.254"))], "not eth0's own network, not net1's");
+        assert_eq!(pod_routes(&routes[..1], &pod, own, 16), PodRoutes::default(), "no default route: none");
+    }
+
+    #[test]
+    fn a_calico_pod_has_a_32_a_link_route_to_its_gateway_and_routes_through_it() {
+        let links = [link(3, "eth0", LinkLayerType::Ether)];
+        let addresses = [address(3, "10.93.1.5", 32), address(3, "fd93::5", 128), address(3, "fe80::3", 64)];
+        let pod = pod_link(&links, &addresses).unwrap();
+        assert_eq!((pod.prefix_len, pod.ipv6), (32, Some(("fd93::5".parse().unwrap(), 128))));
+        let routes = [
+            route(3, Some("169.254.1.1"), 32, None),
+            route(3, Some("198.51.100.0"), 24, Some("169.254.1.1")),
+            route(3, None, 0, Some("169.254.1.1")),
+        ];
+        let taken = pod_routes(&routes, &pod, IpAddr::V4(pod.ipv4), 32);
+        assert_eq!(taken.gateway, Some("169.254.1.1".parse().unwrap()));
+        assert_eq!(taken.routes, [to("169.254.1.1", 32, None), to("198.51.100.0", 24, Some("169.254.1.1"))]);
+        // IPv6: the link-local network is the VM's own; a default route through a router's link-local address.
+        let routes6 = [route(3, Some("fe80::"), 64, None), route(3, None, 0, Some("fe80::1"))];
+        let taken6 = pod_routes(&routes6, &pod, IpAddr::V6("fd93::5".parse().unwrap()), 128);
+        assert_eq!(taken6, PodRoutes { gateway: Some("fe80::1".parse().unwrap()), routes: vec![] });
+        // A default route with no gateway sends everything straight to the link.
+        let on_link = pod_routes(&[route(3, None, 0, None)], &pod, IpAddr::V4(pod.ipv4), 32);
+        assert_eq!(on_link.routes, [to("0.0.0.0", 0, None)]);
+    }
+
+    #[test]
+    fn ipv6_is_the_links_global_address() {
         let links = [link(3, "eth0", LinkLayerType::Ether)];
         let addresses = [
             address(3, "10.2.0.7", 16),
@@ -420,18 +500,7 @@ mod tests {
         let chosen = pod_link(&links, &addresses).unwrap();
         assert_eq!(chosen.ipv6, Some(("fd77::7".parse().unwrap(), 64)), "the first global one, not link-local");
         assert_eq!(pod_link(&links, &addresses[..2]).unwrap().ipv6, None, "a link-local address only: IPv4 only");
-        let route = |oif: u32, gateway: &str| {
-            let mut r = RouteMessage::default();
-            r.header.table = RouteHeader::RT_TABLE_MAIN;
-            r.attributes =
-                vec![RouteAttribute::Oif(oif), RouteAttribute::Gateway(RouteAddress::Inet6(gateway.parse().unwrap()))];
-            RouteNetlinkMessage::NewRoute(r)
-        };
-        let ip = "fd77::7".parse().unwrap();
-        let expect = |s: &str| s.parse::<Ipv6Addr>().unwrap();
-        assert_eq!(gateway6(&[route(2, "fd77::9"), route(3, "fd77::1")], 3, ip, 64), expect("fd77::1"));
-        assert_eq!(gateway6(&[route(3, "fe80::1")], 3, ip, 64), expect("fe80::1"), "a router's link-local address");
-        assert_eq!(gateway6(&[route(3, "fd55::1")], 3, ip, 64), expect("fd77::1"), "off the network: the first one");
-        assert_eq!(gateway6(&[], 3, ip, 64), expect("fd77::1"));
+        assert_eq!(prefix_of("fd77::7".parse().unwrap(), 64), prefix_of("fd77::1".parse().unwrap(), 64));
+        assert_eq!(prefix_of("10.2.3.4".parse().unwrap(), 16), u128::from(u32::from(Ipv4Addr::new(10, 2, 0, 0))));
     }
 }

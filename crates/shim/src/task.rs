@@ -54,6 +54,8 @@ pub struct Task {
     /// Whether the shim mounted the rootfs (and unmounts it at Delete).
     pub mounted: bool,
     pub rootfs: PathBuf,
+    /// The volumes of its writable mounts (`writable.rs`), written back when its VM process ends.
+    volumes: Mutex<Vec<crate::writable::Volume>>,
     phase: Mutex<Phase>,
     changed: Condvar,
 }
@@ -74,6 +76,8 @@ pub enum TaskError {
     Prepare(String),
     #[error("{0}")]
     Shim(#[from] containerd_shim::Error),
+    #[error(transparent)]
+    Volume(#[from] crate::writable::VolumeError),
 }
 
 impl Task {
@@ -87,7 +91,7 @@ impl Task {
         mounted: bool,
         on_exit: impl FnOnce(&Arc<Task>, u32) + Send + 'static,
     ) -> Result<Arc<Task>, TaskError> {
-        let task = |pid, sandbox, memory, go, terminal| Task {
+        let task = |pid, sandbox, memory, go, terminal, volumes| Task {
             id: id.to_string(),
             bundle: bundle.to_path_buf(),
             stdio: stdio.clone(),
@@ -98,13 +102,16 @@ impl Task {
             terminal,
             mounted,
             rootfs: config.rootfs(bundle),
+            volumes: Mutex::new(volumes),
             phase: Mutex::new(Phase::Created),
             changed: Condvar::new(),
         };
         if config.is_sandbox() {
-            return Ok(Arc::new(task(std::process::id(), true, 0, None, None)));
+            return Ok(Arc::new(task(std::process::id(), true, 0, None, None, Vec::new())));
         }
         let spec = config.launch_spec(bundle, id)?;
+        // Made (and their host directories locked) before the VM process, which attaches them.
+        let volumes = crate::writable::make_all(&config.writable_mounts()?, bundle)?;
         let spec_path = bundle.join(SPEC_FILE);
         let json = serde_json::to_vec(&spec).map_err(|e| TaskError::Write(spec_path.clone(), e.into()))?;
         std::fs::write(&spec_path, json).map_err(|e| TaskError::Write(spec_path.clone(), e))?;
@@ -178,7 +185,7 @@ impl Task {
         drop((go_read, ready_write));
         let pid = child.id();
         let _ = std::fs::write(bundle.join(PID_FILE), pid.to_string());
-        let task = Arc::new(task(pid, false, spec.memory, Some(File::from(go_write)), master));
+        let task = Arc::new(task(pid, false, spec.memory, Some(File::from(go_write)), master, volumes));
         let watched = task.clone();
         // The pod's network, once the VM process took it (a VM process that failed gave it back itself, and one
         // refused because another container has it must not take it from that one).
@@ -195,6 +202,8 @@ impl Task {
             if let (Some(netns), true) = (netns, took.load(Ordering::SeqCst)) {
                 crate::podnet::tear_down(&netns);
             }
+            // Before the exit is told too: the pod's next container finds what this one wrote.
+            watched.write_back();
             watched.stopped(status);
             on_exit(&watched, status);
         });
@@ -211,6 +220,17 @@ impl Task {
         }
         took_network.store(true, Ordering::SeqCst);
         Ok(task)
+    }
+
+    /// Writes each writable mount's volume back into its host directory, which is then free for another container;
+    /// the volume's file goes. A volume that cannot be written back is reported in the shim's log (containerd's).
+    fn write_back(&self) {
+        let volumes = std::mem::take(&mut *self.volumes.lock().expect("volumes lock"));
+        for volume in volumes {
+            if let Err(e) = volume.write_back() {
+                log::error!("kiln: container {}: {}", self.id, kiln_launch::chain(&e));
+            }
+        }
     }
 
     /// The task's Start: the VM process runs the program.

@@ -11,8 +11,8 @@ use crate::rootfs_image::{MappedImage, Rootfs};
 use crate::stack::{self, ProgramInfo, StackError};
 use crate::vdso;
 use kiln_abi::boot::{
-    BootInfo, NetInfo, VolumeInfo, BLK_MMIO_SIZE, BOOT_FLAG_POD_NETWORK, BOOT_FLAG_TRACE_SYSCALLS, BOOT_MAGIC,
-    BOOT_VERSION, MAX_VOLUMES, NET_MMIO_SIZE,
+    BootInfo, NetInfo, RouteInfo, VolumeInfo, BLK_MMIO_SIZE, BOOT_FLAG_POD_NETWORK, BOOT_FLAG_TRACE_SYSCALLS,
+    BOOT_MAGIC, BOOT_VERSION, MAX_ROUTES, MAX_VOLUMES, NET_MMIO_SIZE,
 };
 use kiln_abi::layout::*;
 use kiln_abi::paging::{self, PTE_ACCESSED, PTE_USER, PTE_WRITABLE};
@@ -72,6 +72,17 @@ pub struct BootParams {
     pub volumes: Vec<VolumeInfo>,
     /// RLIMIT_NOFILE (soft, hard) to start the program with; none for the library OS's own.
     pub nofile: Option<(u64, u64)>,
+    /// The network card's routes besides its default ones (a pod's CNI routes); at most [`MAX_ROUTES`].
+    pub routes: Vec<RouteInfo>,
+}
+
+/// The boot info's route table: `routes` in order (the launch checked that they fit; any beyond are dropped).
+fn boot_routes(routes: &[RouteInfo]) -> [RouteInfo; MAX_ROUTES] {
+    let mut table = [RouteInfo::default(); MAX_ROUTES];
+    for (slot, route) in table.iter_mut().zip(routes) {
+        *slot = *route;
+    }
+    table
 }
 
 /// Where a VM with `ram_size` bytes of RAM has its network card's registers: just above RAM, where no memory slot
@@ -356,6 +367,7 @@ pub fn build_from(
         nofile_hard: params.nofile.map_or(0, |(_, hard)| hard),
         xsave_features: params.xsave.features,
         xsave_size: params.xsave.size,
+        routes: boot_routes(&params.routes),
     };
     ram.write(boot_info_phys, boot_info_bytes(&info))?;
 

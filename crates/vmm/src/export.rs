@@ -146,6 +146,7 @@ pub fn pvh(
         net: None,
         volumes: Vec::new(),
         nofile: config.nofile,
+        routes: Vec::new(),
     };
     let state =
         boot::build_from(&mut ram, layout_base, (&kernel, kernel_elf), (&program, program_elf, prepared), &params)?;

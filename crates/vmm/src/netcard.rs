@@ -34,6 +34,8 @@ pub struct NetConfig {
     pub gateway6: Option<std::net::Ipv6Addr>,
     /// Largest IP packet the backend takes (1500 for a tap; a user-mode network has no wire and takes 64 KiB).
     pub mtu: u16,
+    /// Routes besides the default ones (a pod's CNI routes), at most `kiln_abi::boot::MAX_ROUTES`.
+    pub routes: Vec<kiln_abi::boot::RouteInfo>,
 }
 
 impl std::fmt::Debug for NetConfig {
@@ -44,6 +46,9 @@ impl std::fmt::Debug for NetConfig {
         }
         if let Some(gateway) = self.gateway6 {
             write!(f, " via {gateway}")?;
+        }
+        if !self.routes.is_empty() {
+            write!(f, ", {} routes", self.routes.len())?;
         }
         write!(f, ", mtu {})", self.mtu)
     }

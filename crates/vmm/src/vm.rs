@@ -513,6 +513,7 @@ impl Vm {
                 ..NetInfo::default()
             }),
             volumes: blks.iter().map(|(_, mount, blk)| volume_info(mount, blk.capacity())).collect(),
+            routes: config.net.as_ref().map(|n| n.routes.clone()).unwrap_or_default(),
         };
         // The host-kind probe runs on vCPU 0 while the boot layout is built: its one VM exit costs the boot nothing.
         let probe = arch::host::Probe::write(&mut ram)?;

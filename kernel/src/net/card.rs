@@ -10,8 +10,9 @@ use alloc::vec::Vec;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::time::Instant;
 use smoltcp::wire::{
-    Icmpv4Packet, Icmpv6Message, Icmpv6Packet, Icmpv6Repr, IpAddress, IpProtocol, Ipv4Address, Ipv4Packet, Ipv6Address,
-    Ipv6Cidr, Ipv6Packet, Ipv6Repr, NdiscNeighborFlags, NdiscRepr, RawHardwareAddress, TcpPacket, UdpPacket,
+    Icmpv4Packet, Icmpv6Message, Icmpv6Packet, Icmpv6Repr, IpAddress, IpCidr, IpProtocol, Ipv4Address, Ipv4Packet,
+    Ipv6Address, Ipv6Cidr, Ipv6Packet, Ipv6Repr, NdiscNeighborFlags, NdiscRepr, RawHardwareAddress, TcpPacket,
+    UdpPacket,
 };
 
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
@@ -30,15 +31,42 @@ const ASK_RETRY_US: u64 = 500_000;
 const NDISC_HOP_LIMIT: u8 = 255;
 const ALL_NODES: Ipv6Address = Ipv6Address::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
 
+/// Most routes the card takes besides its default ones.
+pub const MAX_ROUTES: usize = kiln_abi::boot::MAX_ROUTES;
+
 /// The VM's place on the network card's link.
 #[derive(Clone, Copy)]
 pub struct Address {
     pub mac: [u8; 6],
     pub ip: Ipv4Address,
+    /// 1 to 32: a /31 or /32 has no broadcast address (RFC 3021), and a /32 reaches nothing on the link but through
+    /// its routes (Calico's pods: a link-scope route to the gateway, and the default route through it).
     pub prefix_len: u8,
+    /// The IPv4 default router; unspecified for none.
     pub gateway: Ipv4Address,
     pub ip6: Option<Ipv6Net>,
     pub mtu: u16,
+    /// Routes besides the default ones (a pod's CNI routes), in the order the VMM gave them.
+    pub routes: [Option<Route>; MAX_ROUTES],
+}
+
+/// A route through the card: packets to `destination`/`prefix_len` go to `gateway`, or straight to their
+/// destination on the link without one (a link-scope route). The most specific route wins.
+#[derive(Clone, Copy)]
+pub struct Route {
+    pub destination: IpCidr,
+    pub gateway: Option<IpAddress>,
+}
+
+/// The next hop the most specific of `candidates` (prefix length, hop) gives; the first of equally specific ones.
+fn most_specific(candidates: impl Iterator<Item = (u8, IpAddress)>) -> Option<IpAddress> {
+    let mut best: Option<(u8, IpAddress)> = None;
+    for (len, hop) in candidates {
+        if best.is_none_or(|(best_len, _)| len > best_len) {
+            best = Some((len, hop));
+        }
+    }
+    best.map(|(_, hop)| hop)
 }
 
 /// The VM's IPv6 address, its prefix and its default router (none: only the prefix, and link-local addresses,
@@ -58,7 +86,55 @@ impl Address {
 
     fn is_broadcast(&self, ip: Ipv4Address) -> bool {
         let host_bits = u32::MAX.checked_shr(u32::from(self.prefix_len)).unwrap_or(0);
-        ip.is_broadcast() || (self.on_link(ip) && u32::from(ip) & host_bits == host_bits)
+        ip.is_broadcast() || (self.prefix_len < 31 && self.on_link(ip) && u32::from(ip) & host_bits == host_bits)
+    }
+
+    /// The routes' next hops for `dst` (prefix length, hop), for [`most_specific`].
+    fn routed(&self, dst: IpAddress) -> impl Iterator<Item = (u8, IpAddress)> + '_ {
+        self.routes
+            .iter()
+            .flatten()
+            .filter(move |r| r.destination.contains_addr(&dst))
+            .map(move |r| (r.destination.prefix_len(), r.gateway.unwrap_or(dst)))
+    }
+
+    /// The next hop towards IPv4 `dst`: the most specific of the card's network (`dst` itself, on the link), its
+    /// routes and its default router; none where nothing leads there.
+    pub fn next_hop4(&self, dst: Ipv4Address) -> Option<Ipv4Address> {
+        if dst.is_broadcast() {
+            return Some(dst);
+        }
+        let default = (!self.gateway.is_unspecified()).then_some((0, IpAddress::Ipv4(self.gateway)));
+        let network = self.on_link(dst).then_some((self.prefix_len, IpAddress::Ipv4(dst)));
+        let hop = most_specific(default.into_iter().chain(network).chain(self.routed(IpAddress::Ipv4(dst))))?;
+        match hop {
+            IpAddress::Ipv4(hop) => Some(hop),
+            IpAddress::Ipv6(_) => None,
+        }
+    }
+
+    /// The next hop towards IPv6 `dst`: itself when on the link (the card's prefix, link-local, or multicast), else
+    /// the most specific of the routes and the default router; none without IPv6 or a way there.
+    pub fn next_hop6(&self, dst: Ipv6Address) -> Option<Ipv6Address> {
+        let net = self.ip6?;
+        if dst.is_unicast_link_local() || dst.is_multicast() {
+            return Some(dst);
+        }
+        let default = net.gateway.map(|g| (0, IpAddress::Ipv6(g)));
+        let on_link = Ipv6Cidr::new(net.ip, net.prefix_len).contains_addr(&dst);
+        let network = on_link.then_some((net.prefix_len, IpAddress::Ipv6(dst)));
+        match most_specific(default.into_iter().chain(network).chain(self.routed(IpAddress::Ipv6(dst))))? {
+            IpAddress::Ipv6(hop) => Some(hop),
+            IpAddress::Ipv4(_) => None,
+        }
+    }
+
+    /// Whether IPv4 `ip` is on the card's link: routing sends to it directly, or it is a router of the card's.
+    fn on_the_link(&self, ip: Ipv4Address) -> bool {
+        let router = IpAddress::Ipv4(ip);
+        self.next_hop4(ip) == Some(ip)
+            || (ip == self.gateway && !ip.is_unspecified())
+            || self.routes.iter().flatten().any(|r| r.gateway == Some(router))
     }
 
     /// Whether the VM has `ip` as an address on the card.
@@ -66,20 +142,6 @@ impl Address {
         match ip {
             IpAddress::Ipv4(v4) => v4 == self.ip,
             IpAddress::Ipv6(v6) => self.ip6.is_some_and(|net| net.ip == v6),
-        }
-    }
-}
-
-impl Ipv6Net {
-    /// The next hop towards `dst`: itself when on the link (its prefix, link-local, or multicast), else the router.
-    fn next_hop(&self, dst: Ipv6Address) -> Option<Ipv6Address> {
-        let on_link = Ipv6Cidr::new(self.ip, self.prefix_len).contains_addr(&dst)
-            || dst.is_unicast_link_local()
-            || dst.is_multicast();
-        if on_link {
-            Some(dst)
-        } else {
-            self.gateway
         }
     }
 }
@@ -107,19 +169,19 @@ impl Card {
     }
 
     /// Sends an IP packet to its next hop, or holds it until the hop's hardware address is known. Packets with no
-    /// way out (IPv6 on a card without it, or beyond the prefix without a router) are dropped.
+    /// way out (IPv6 on a card without it, or a destination no route leads to) are dropped.
     pub fn send_ip(&mut self, mut packet: Vec<u8>, now: Instant) {
         fill_checksums(&mut packet);
         let (hop, mac, ethertype) = match packet[0] >> 4 {
             4 => {
                 let dst = Ipv4Address::new(packet[16], packet[17], packet[18], packet[19]);
-                let hop = if self.address.on_link(dst) { dst } else { self.address.gateway };
+                let Some(hop) = self.address.next_hop4(dst) else { return };
                 let broadcast = self.address.is_broadcast(dst).then_some(BROADCAST);
                 (IpAddress::Ipv4(hop), broadcast, ETHERTYPE_IPV4)
             }
             _ => {
                 let Some(dst) = ipv6_at(&packet, 24) else { return };
-                let Some(hop) = self.address.ip6.and_then(|net| net.next_hop(dst)) else { return };
+                let Some(hop) = self.address.next_hop6(dst) else { return };
                 (IpAddress::Ipv6(hop), dst.is_multicast().then(|| multicast_mac(dst)), ETHERTYPE_IPV6)
             }
         };
@@ -193,7 +255,7 @@ impl Card {
         let target = Ipv4Address::new(packet[24], packet[25], packet[26], packet[27]);
         // Before DHCP gave the card an address, no question is about it.
         let for_us = target == self.address.ip && !target.is_unspecified();
-        if self.address.on_link(sender) {
+        if self.address.on_the_link(sender) {
             self.learn(IpAddress::Ipv4(sender), sender_mac, for_us);
         }
         if op == 1 && for_us {

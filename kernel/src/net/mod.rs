@@ -30,7 +30,7 @@ use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
-use kiln_abi::boot::NetInfo;
+use kiln_abi::boot::{NetInfo, RouteInfo, ROUTE_IPV4, ROUTE_IPV6};
 use kiln_sockets::{self as sockets, Handle, Sockets};
 use link::Link;
 use smoltcp::iface::{Config, Interface, PollResult};
@@ -153,7 +153,7 @@ pub fn init(boot: &kiln_abi::BootInfo) {
     pod::init(boot);
     if boot.net.mmio_phys != 0 {
         *CARD.lock() = Some(boot.net);
-        *CARD_ADDRESS.lock() = Some(card_address(&boot.net));
+        *CARD_ADDRESS.lock() = Some(card_address(&boot.net, &boot.routes));
     }
 }
 
@@ -171,7 +171,8 @@ pub fn stack() -> SpinGuard<'static, Option<Stack>> {
     let mut guard = STACK.lock();
     if guard.is_none() {
         let mut device = Link::new();
-        let external = CARD.lock().take().map(|card| attach(&mut device, &card));
+        let address = *CARD_ADDRESS.lock();
+        let external = CARD.lock().take().zip(address).map(|(card, address)| attach(&mut device, &card, address));
         // Before a DHCP lease, the card has no IPv4 address.
         let v4 = external.filter(|card| !card.ip.is_unspecified());
         let mut config = Config::new(HardwareAddress::Ip);
@@ -189,11 +190,14 @@ pub fn stack() -> SpinGuard<'static, Option<Stack>> {
                 let _ = addrs.push(IpCidr::new(IpAddress::Ipv6(v6.ip), v6.prefix_len));
             }
         });
+        // The card picks each packet's next hop (`card::Address::next_hop4`, its routes included) and drops what no
+        // route leads to; smoltcp only needs a route to send anything beyond the networks at all.
         if let Some(card) = v4 {
-            let _ = iface.routes_mut().add_default_ipv4_route(card.gateway);
+            let via = if card.gateway.is_unspecified() { card.ip } else { card.gateway };
+            let _ = iface.routes_mut().add_default_ipv4_route(via);
         }
-        if let Some(gateway) = external.and_then(|card| card.ip6).and_then(|v6| v6.gateway) {
-            let _ = iface.routes_mut().add_default_ipv6_route(gateway);
+        if let Some(v6) = external.and_then(|card| card.ip6) {
+            let _ = iface.routes_mut().add_default_ipv6_route(v6.gateway.unwrap_or(v6.ip));
         }
         *guard = Some(Stack {
             iface,
@@ -228,8 +232,7 @@ pub(super) fn random_u64() -> u64 {
 /// Sets the network card up and puts it on the link with the addresses the VMM gave it (an IPv4 address of 0.0.0.0
 /// is asked of DHCP). A card that does not start stops the VM with the reason (the VMM offered it, so this is a bug
 /// or a VM too small for its buffers).
-fn attach(device: &mut Link, card: &NetInfo) -> card::Address {
-    let address = card_address(card);
+fn attach(device: &mut Link, card: &NetInfo, address: card::Address) -> card::Address {
     match virtio::setup(crate::virtio_transport::Transport::at(card.mmio_phys, card.transport.into()), address.mtu) {
         Ok((rx, tx)) => device.attach(rx, tx, address, wants_dhcp(card), now()),
         Err(virtio::SetupError::OutOfMemory) => {
@@ -268,8 +271,28 @@ pub fn start() {
     }
 }
 
-/// The addresses the VMM gave the card, as the library OS takes them.
-fn card_address(card: &NetInfo) -> card::Address {
+/// The addresses and routes the VMM gave the card, as the library OS takes them (a route of no known family, or
+/// whose prefix is longer than its addresses, is left out).
+fn card_address(card: &NetInfo, routes: &[RouteInfo]) -> card::Address {
+    let mut table = [None; card::MAX_ROUTES];
+    let given = routes.iter().filter_map(|r| {
+        let (destination, gateway) = match (r.family, r.prefix_len) {
+            (ROUTE_IPV4, 0..=32) => {
+                let v4 = |b: &[u8; 16]| Ipv4Address::new(b[0], b[1], b[2], b[3]);
+                let gateway = Some(v4(&r.gateway)).filter(|g| !g.is_unspecified()).map(IpAddress::Ipv4);
+                (IpAddress::Ipv4(v4(&r.destination)), gateway)
+            }
+            (ROUTE_IPV6, 0..=128) => {
+                let gateway = Some(Ipv6Address::from(r.gateway)).filter(|g| !g.is_unspecified());
+                (IpAddress::Ipv6(Ipv6Address::from(r.destination)), gateway.map(IpAddress::Ipv6))
+            }
+            _ => return None,
+        };
+        Some(card::Route { destination: IpCidr::new(destination, r.prefix_len), gateway })
+    });
+    for (slot, route) in table.iter_mut().zip(given) {
+        *slot = Some(route);
+    }
     let ip6 = (card.ipv6_prefix_len != 0).then(|| card::Ipv6Net {
         ip: Ipv6Address::from(card.ipv6),
         prefix_len: card.ipv6_prefix_len.clamp(1, 128),
@@ -278,10 +301,11 @@ fn card_address(card: &NetInfo) -> card::Address {
     card::Address {
         mac: card.mac,
         ip: Ipv4Address::from(card.ipv4),
-        prefix_len: card.prefix_len.clamp(1, 30),
+        prefix_len: card.prefix_len.clamp(1, 32),
         gateway: Ipv4Address::from(card.gateway),
         ip6,
         mtu: card.mtu.clamp(576, 65520),
+        routes: table,
     }
 }
 
@@ -628,15 +652,23 @@ impl Stack {
     }
 
     /// The source address for packets to `remote`: a loopback address for the loopback, the card's otherwise;
-    /// ENETUNREACH where the VM has no way there.
+    /// ENETUNREACH where the VM has no way there (no address of its family, or no route).
     pub fn source_for(&self, remote: IpAddress) -> Result<IpAddress, crate::errno::Errno> {
         match remote {
             IpAddress::Ipv4(v4) if v4.is_loopback() => Ok(IpAddress::v4(127, 0, 0, 1)),
             IpAddress::Ipv4(v4) if Some(v4) == self.external => Ok(remote),
             IpAddress::Ipv6(v6) if v6.is_loopback() => Ok(IpAddress::Ipv6(Ipv6Address::LOCALHOST)),
             IpAddress::Ipv6(v6) if Some(v6) == self.external6 => Ok(remote),
-            IpAddress::Ipv4(_) => self.external.map(IpAddress::Ipv4).ok_or(crate::errno::Errno::ENETUNREACH),
-            IpAddress::Ipv6(_) => self.external6.map(IpAddress::Ipv6).ok_or(crate::errno::Errno::ENETUNREACH),
+            IpAddress::Ipv4(v4) => self
+                .external
+                .filter(|_| self.device.card_address().is_some_and(|card| card.next_hop4(v4).is_some()))
+                .map(IpAddress::Ipv4)
+                .ok_or(crate::errno::Errno::ENETUNREACH),
+            IpAddress::Ipv6(v6) => self
+                .external6
+                .filter(|_| self.device.card_address().is_some_and(|card| card.next_hop6(v6).is_some()))
+                .map(IpAddress::Ipv6)
+                .ok_or(crate::errno::Errno::ENETUNREACH),
         }
     }
 

@@ -82,3 +82,43 @@ fn a_pods_containers_share_its_network_unless_one_asks_for_the_tap() {
     let err = config(tap).pod_network().unwrap_err().to_string();
     assert!(err.contains("must be shared or tap"), "{err}");
 }
+
+#[test]
+fn writable_directories_become_volumes_sized_by_their_annotation() {
+    let root = std::env::temp_dir().join(format!("kiln-shim-writable-mounts-{}", std::process::id()));
+    for dir in ["cache", "data", "logs"] {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    let bind = |src: &str, dst: &str, mode: &str| serde_json::json!({"destination": dst, "type": "bind", "source": root.join(src), "options": ["rbind", mode]});
+    let mounts = serde_json::json!([
+        bind("cache", "/var/cache", "rw"),
+        bind("data", "/data", "rw"),
+        bind("logs", "/logs", "ro")
+    ]);
+    let annotations = serde_json::json!({"io.kiln.volume-size./data": "64M", "io.kiln.volume-size.var.cache": "8M"});
+    let found = config(serde_json::json!({"mounts": mounts, "annotations": annotations})).writable_mounts().unwrap();
+    let shown: Vec<_> = found.iter().map(|m| (m.guest.as_str(), m.size)).collect();
+    assert_eq!(shown, [("/var/cache", 8 << 20), ("/data", 64 << 20)], "the read-only one is copied, not a volume");
+    let default = config(serde_json::json!({"mounts": [bind("data", "/data", "rw")]})).writable_mounts().unwrap();
+    assert_eq!(default[0].size, DEFAULT_VOLUME_SIZE);
+
+    let tiny =
+        serde_json::json!({"mounts": [bind("data", "/data", "rw")], "annotations": {"io.kiln.volume-size.data": "1M"}});
+    let err = config(tiny).writable_mounts().unwrap_err().to_string();
+    assert!(err.contains("from 4M to 1T"), "{err}");
+    let nested = serde_json::json!({"mounts": [bind("data", "/data", "rw"), bind("cache", "/data/cache", "rw")]});
+    let err = config(nested).writable_mounts().unwrap_err().to_string();
+    assert!(err.contains("volumes cannot nest"), "{err}");
+    let five: Vec<_> = (0..5).map(|i| bind("data", &format!("/v{i}"), "rw")).collect();
+    let err = config(serde_json::json!({"mounts": five})).writable_mounts().unwrap_err().to_string();
+    assert!(err.contains("at most 4 writable directories"), "{err}");
+
+    // A size for a mount that is not there is a typo, refused as the other unknown annotations are.
+    std::fs::create_dir_all(root.join("rootfs")).unwrap();
+    let process = serde_json::json!({"args": ["/bin/none"], "cwd": "/"});
+    let typo = serde_json::json!({"process": process, "mounts": [bind("data", "/data", "rw")],
+        "annotations": {"io.kiln.volume-size./date": "64M"}});
+    let err = config(typo).launch_spec(&root, "c1").unwrap_err().to_string();
+    assert!(err.contains("io.kiln.volume-size./date") && err.contains("unknown"), "{err}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
