@@ -368,3 +368,39 @@ fn kiln_debug_attaches_gdb_to_a_running_instance_twice_and_the_program_runs_on()
     let out = kiln_in(&home).args(["debug", "counter"]).run();
     assert_eq!(out.assert_kiln_error(), "kiln: instance counter is not running");
 }
+
+#[test]
+fn gdb_reads_and_writes_the_avx_registers_of_a_thread_on_a_vcpu() {
+    if !kvm::available() || !gdb_available() {
+        return;
+    }
+    // ymm0 as the program loaded it, its upper half from the vCPU's XSAVE state (gdb's AVX feature in the target
+    // description); a write of its top quadword reaches the vCPU when the thread resumes.
+    let s = debug(
+        &guests::c("ymmload"),
+        &[
+            "break ymm_loaded",
+            "continue",
+            "info registers ymm0",
+            "print/x $ymm0.v4_int64",
+            "print/x $ymm0h",
+            "set var $ymm0.v4_int64[3] = 0x5555aaaa5555aaaa",
+            "continue",
+        ],
+    );
+    if s.kiln_stdout.contains("no AVX") {
+        eprintln!("skipped: this CPU has no AVX");
+        return;
+    }
+    let g = &s.gdb;
+    assert!(g.contains("ymm0           {v16_bfloat16 = "), "info registers ymm0\n{s}");
+    assert!(
+        g.contains("$1 = {0x1111111111111111, 0x2222222222222222, 0x3333333333333333, 0x4444444444444444}"),
+        "ymm0 as the program loaded it\n{s}"
+    );
+    assert!(g.contains("$2 = 0x44444444444444443333333333333333"), "ymm0's upper half\n{s}");
+    assert_eq!(
+        s.kiln_stdout, "ymmload: 1111111111111111 2222222222222222 3333333333333333 5555aaaa5555aaaa\n",
+        "ymm0 did not keep what gdb wrote\n{s}"
+    );
+}

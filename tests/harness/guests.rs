@@ -90,6 +90,7 @@ const C_GUESTS: &[(&str, &str, Link)] = &[
     ("spinsignal", "spinsignal.c", Link::Static),
     ("parallel", "parallel.c", Link::Static),
     ("avxstate", "avxstate.c", Link::Static),
+    ("ymmload", "ymmload.c", Link::Static),
     ("churn", "churn.c", Link::Static),
     ("mprotect", "mprotect.c", Link::Static),
     ("ownedmem", "ownedmem.c", Link::Static),

@@ -1082,13 +1082,14 @@ fn run_vcpu(
             let (regs, sregs, events) = exit_state::read(&vcpu, shared.synced_state).map_err(state_err)?;
             let in_program = preempt::in_program(&regs, &sregs, &events, &shared.kernel_span, &shared.vdso_code);
             // A thread in the library OS has no x87/SSE state of the program's in the vCPU (debug::fpu).
-            let fpu = match in_program {
-                true => Some(crate::debug::fpu::from_xsave(
-                    &vcpu.get_xsave().map_err(kvm_err("read the x87/SSE registers"))?,
-                )),
-                false => None,
+            let (fpu, ymmh) = match in_program {
+                true => {
+                    let xsave = vcpu.get_xsave().map_err(kvm_err("read the x87/SSE/AVX registers"))?;
+                    (Some(crate::debug::fpu::from_xsave(&xsave)), Some(crate::debug::avx::from_xsave(&xsave)))
+                }
+                false => (None, None),
             };
-            let resume = session.hold(id, VcpuView { regs, fs_base: sregs.fs.base, in_program, fpu });
+            let resume = session.hold(id, VcpuView { regs, fs_base: sregs.fs.base, in_program, fpu, ymmh });
             let faults = (&mut debug_fault, &mut pending_fault);
             if let Some(outcome) = resumed((&mut vcpu, id), shared, block, resume, faults, &mut stepping)? {
                 return Ok(outcome);
@@ -1380,12 +1381,18 @@ fn resumed(
             return Ok(Some(Outcome::Crashed(with_stack(shared, (vcpu, id), report))));
         }
     }
-    if let Some(fpu) = &resume.fpu {
-        let mut xsave = vcpu.get_xsave().map_err(kvm_err("read the x87/SSE registers"))?;
-        crate::debug::fpu::into_xsave(fpu, &mut xsave);
+    if resume.fpu.is_some() || resume.ymmh.is_some() {
+        let mut xsave = vcpu.get_xsave().map_err(kvm_err("read the x87/SSE/AVX registers"))?;
+        if let Some(fpu) = &resume.fpu {
+            crate::debug::fpu::into_xsave(fpu, &mut xsave);
+        }
+        if let Some(ymmh) = &resume.ymmh {
+            crate::debug::avx::into_xsave(ymmh, &mut xsave);
+        }
         // SAFETY: `xsave` is the whole `kvm_xsave` KVM_GET_XSAVE just wrote for this vCPU, with only its x87/SSE
-        // registers changed (MXCSR's reserved bits kept as they were: debug::fpu::from_gdb).
-        unsafe { vcpu.set_xsave(&xsave) }.map_err(kvm_err("set the x87/SSE registers"))?;
+        // registers (MXCSR's reserved bits kept as they were: debug::fpu::from_gdb) and AVX upper halves changed;
+        // gdb changes the latter only where the vCPU had them in use, so XCR0 enables the component.
+        unsafe { vcpu.set_xsave(&xsave) }.map_err(kvm_err("set the x87/SSE/AVX registers"))?;
     }
     let mut regs = match resume.regs {
         Some(regs) => regs,

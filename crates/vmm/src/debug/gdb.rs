@@ -7,6 +7,7 @@
 //! Code bytes are shown as they are in memory: a `syscall` the VMM rewrote reads as the `jmp` to its stub (or `call
 //! *%rax`), which is what runs (docs/debugging.md).
 
+use super::avx::{AvxRegs, X86_64Avx, YmmHigh};
 use super::fpu;
 use super::memory;
 use super::session::{Resume, Session, StopEvent, INT3};
@@ -27,7 +28,6 @@ use gdbstub::target::ext::breakpoints::{Breakpoints, BreakpointsOps, SwBreakpoin
 use gdbstub::target::ext::thread_extra_info::{ThreadExtraInfo, ThreadExtraInfoOps};
 use gdbstub::target::{Target, TargetError, TargetResult};
 use gdbstub_arch::x86::reg::X86_64CoreRegs;
-use gdbstub_arch::x86::X86_64_SSE;
 use kvm_bindings::kvm_regs;
 use std::collections::BTreeMap;
 use std::net::TcpStream;
@@ -74,6 +74,7 @@ pub(crate) struct KilnTarget {
     /// Registers gdb changed for threads on vCPUs, applied when they resume.
     vcpu_regs: BTreeMap<usize, kvm_regs>,
     vcpu_fpu: BTreeMap<usize, kvm_bindings::kvm_fpu>,
+    vcpu_ymmh: BTreeMap<usize, YmmHigh>,
     stubs: StubReturns,
 }
 
@@ -88,6 +89,7 @@ impl KilnTarget {
             locked: false,
             vcpu_regs: BTreeMap::new(),
             vcpu_fpu: BTreeMap::new(),
+            vcpu_ymmh: BTreeMap::new(),
             stubs,
         }
     }
@@ -141,6 +143,12 @@ impl KilnTarget {
     fn fpu_of(&self, t: &GuestThread) -> Option<kvm_bindings::kvm_fpu> {
         let RegsAt::Vcpu(v) = t.regs_at else { return None };
         self.vcpu_fpu.get(&v).copied().or_else(|| self.views.get(v).copied().flatten()?.fpu)
+    }
+
+    /// The upper halves of the AVX registers of a thread running the program's code on a vCPU (with gdb's changes).
+    fn ymmh_of(&self, t: &GuestThread) -> Option<YmmHigh> {
+        let RegsAt::Vcpu(v) = t.regs_at else { return None };
+        self.vcpu_ymmh.get(&v).copied().or_else(|| self.views.get(v).copied().flatten()?.ymmh)
     }
 
     /// Puts the program's bytes back under every breakpoint (gdb is leaving).
@@ -199,7 +207,7 @@ fn from_gdb(g: &X86_64CoreRegs, old: &kvm_regs) -> kvm_regs {
 type Error = String;
 
 impl Target for KilnTarget {
-    type Arch = X86_64_SSE;
+    type Arch = X86_64Avx;
     type Error = Error;
 
     fn base_ops(&mut self) -> BaseOps<'_, Self::Arch, Self::Error> {
@@ -228,21 +236,24 @@ impl Auxv for KilnTarget {
 }
 
 impl MultiThreadBase for KilnTarget {
-    fn read_registers(&mut self, regs: &mut X86_64CoreRegs, tid: Tid) -> TargetResult<(), Self> {
+    fn read_registers(&mut self, regs: &mut AvxRegs, tid: Tid) -> TargetResult<(), Self> {
         let t = self.thread(tid).ok_or(TargetError::NonFatal)?;
         let live = match t.regs_at {
             RegsAt::Vcpu(v) => self.vcpu_regs.get(&v).copied(),
             RegsAt::Frame(_) => None,
         };
-        *regs = to_gdb(&live.unwrap_or(t.regs));
+        regs.core = to_gdb(&live.unwrap_or(t.regs));
         if let Some(state) = self.fpu_of(&t) {
-            fpu::to_gdb(&state, regs);
+            fpu::to_gdb(&state, &mut regs.core);
         }
+        // Like the x87/SSE registers, none of the program's in the library OS (they read as zero).
+        regs.ymmh = self.ymmh_of(&t).unwrap_or_default();
         Ok(())
     }
 
-    fn write_registers(&mut self, regs: &X86_64CoreRegs, tid: Tid) -> TargetResult<(), Self> {
+    fn write_registers(&mut self, all: &AvxRegs, tid: Tid) -> TargetResult<(), Self> {
         let t = self.thread(tid).ok_or(TargetError::NonFatal)?;
+        let regs = &all.core;
         let new = from_gdb(regs, &t.regs);
         match t.regs_at {
             RegsAt::Vcpu(v) => {
@@ -251,6 +262,13 @@ impl MultiThreadBase for KilnTarget {
                     let changed = fpu::from_gdb(regs, &old);
                     if changed != old {
                         self.vcpu_fpu.insert(v, changed);
+                    }
+                }
+                // Only where the vCPU has them (its XCR0 enables AVX: the upper halves it read were in use, or
+                // the guest's CPU has AVX at all); gdb writes back what it read for the others.
+                if let Some(old) = self.ymmh_of(&t) {
+                    if all.ymmh != old {
+                        self.vcpu_ymmh.insert(v, all.ymmh);
                     }
                 }
             }
@@ -321,7 +339,8 @@ impl MultiThreadResume for KilnTarget {
             match t.regs_at {
                 RegsAt::Vcpu(v) if v < vcpus => {
                     let stay = self.locked && named.is_none();
-                    resume[v] = Resume { regs: None, fpu: None, step: action.step, deliver: action.signal, stay };
+                    let (step, deliver) = (action.step, action.signal);
+                    resume[v] = Resume { regs: None, fpu: None, ymmh: None, step, deliver, stay };
                 }
                 // A thread outside the program's code resumes when the library OS returns to it; a step then is
                 // not supported yet: it continues (docs/debugging.md).
@@ -335,6 +354,7 @@ impl MultiThreadResume for KilnTarget {
                 r.regs = Some(regs);
             }
             r.fpu = self.vcpu_fpu.remove(&v);
+            r.ymmh = self.vcpu_ymmh.remove(&v);
             if !threads.iter().any(|t| t.regs_at == RegsAt::Vcpu(v)) {
                 // No thread of the program on it: a fault there (none expected) goes on as gdb's default says.
                 r.deliver = true;

@@ -3,6 +3,7 @@
 //! dumps use the first two as well.
 
 pub mod attach;
+pub mod avx;
 pub mod fpu;
 pub mod gdb;
 pub mod memory;

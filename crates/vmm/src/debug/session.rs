@@ -47,6 +47,8 @@ pub struct Resume {
     pub regs: Option<kvm_regs>,
     /// x87/SSE registers the debugger changed.
     pub fpu: Option<kvm_bindings::kvm_fpu>,
+    /// Upper halves of AVX registers the debugger changed.
+    pub ymmh: Option<super::avx::YmmHigh>,
     /// Run one instruction, then stop.
     pub step: bool,
     /// Deliver the fault it stopped on (else the faulting instruction runs again, as with gdb's `signal 0`).

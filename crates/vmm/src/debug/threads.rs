@@ -79,6 +79,8 @@ pub struct VcpuView {
     pub in_program: bool,
     /// Its x87/SSE registers, read where it stopped in the program's code.
     pub fpu: Option<kvm_bindings::kvm_fpu>,
+    /// The upper halves of its AVX registers, read with them.
+    pub ymmh: Option<super::avx::YmmHigh>,
 }
 
 fn read_u64(ram: &GuestRam, phys: u64) -> Result<u64, ThreadsError> {
