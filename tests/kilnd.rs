@@ -1075,3 +1075,27 @@ fn kilnd_refuses_instances_beyond_its_cap() {
     let bad = kiln_in(&kilnd.home).args(["daemon", "--max-instances", "0"]).run();
     bad.assert_code(2);
 }
+
+/// A VM kilnd restored from a snapshot writes a core file on a crash into its instance's folder, as one it booted.
+#[test]
+fn a_restored_kilnd_instance_leaves_its_core_in_its_folder() {
+    if !kvm::available() {
+        return;
+    }
+    let kilnd = Kilnd::start("restored-core");
+    let id = kilnd.create(serde_json::json!({"image": guests::c("corethreads"), "args": ["wait"]}));
+    kilnd.wait_log(&id, "corethreads: waiting\n");
+    let snap = kilnd.home.join("c.snap");
+    kiln_in(&kilnd.home).args(["snapshot", &id]).arg(&snap).run().assert_code(0);
+    let body = serde_json::json!({"path": snap, "name": "restored"}).to_string();
+    let restored = kilnd.ok("POST", "/instances/restore", &body, 201)["id"].as_str().unwrap().to_string();
+    kilnd.ok("POST", &format!("/instances/{restored}/stop"), "", 204);
+    let record = kilnd.wait_exited(&restored);
+    assert_eq!(record["exit_code"], 139, "{record}");
+    let core = kilnd.home.join("instances").join(&restored).join("core");
+    let log = kilnd.wait_log(&restored, "kiln: core dumped to ");
+    assert!(log.contains(&format!("kiln: core dumped to {}", core.display())), "{log}");
+    let bytes = std::fs::read(&core).unwrap();
+    assert_eq!(&bytes[..4], b"\x7fELF", "{}", core.display());
+    assert_eq!(bytes[16], 4, "ET_CORE");
+}
