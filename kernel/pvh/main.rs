@@ -4,7 +4,8 @@
 //! raises #GP into this layer at CPL 0, which writes to the 16550 serial console, ends the VM through QEMU's
 //! `isa-debug-exit`, ACPI or a reset, keeps time with the TSC, waits and ends time slices with the local APIC's timer
 //! (and interrupts between vCPUs), starts the other vCPUs (`smp.rs`), and hands the program's faults to the library
-//! OS as the VMM does. All knowledge of such hosts lives here; everything above the hypercalls is shared with Kiln's own VMM.
+//! OS as the VMM does. All knowledge of such hosts lives here; everything above the hypercalls is shared with Kiln's
+//! own VMM.
 #![no_std]
 #![no_main]
 

@@ -267,7 +267,8 @@ fn start(boot: &mut BootInfo, ids: &[u32], page: u64) -> usize {
     put(IMAGE_CR3, &crate::handoff().pml4_phys.to_le_bytes());
 
     let mut running = 1;
-    for &id in ids {
+    // Never the boot vCPU itself (an INIT would reset it), should the MADT and CPUID disagree on its ID.
+    for &id in ids.iter().filter(|&&id| id != cpus::apic_id(0)) {
         put(STACK_TOP, &cpus::ap_stack_top(running).to_le_bytes());
         put(INDEX, &(running as u64).to_le_bytes());
         ARRIVAL.store(AWAITED, SeqCst);
