@@ -71,6 +71,49 @@ fn seccomp_off_warns_and_lets_the_call_through() {
     run.assert_stderr_contains("kiln: --seccomp=off: the VMM's threads run without their syscall allow-lists");
 }
 
+/// Ctrl-Z then `fg` (SIGSTOP, SIGCONT) on `kiln run`: every VMM thread waiting with a timeout (parked vCPUs, the
+/// host-signal forwarder's poll, the relay's epoll) is resumed by the kernel through `restart_syscall`, which the
+/// allow-lists did not have, so the VMM died of SIGSYS. The VM now counts on from where it stopped.
+#[test]
+fn a_stopped_and_continued_vm_runs_on() {
+    use std::io::{BufRead, BufReader};
+    if !kvm::available() {
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = kiln()
+        .args(["run", "--cpus", "2", "-p", &format!("127.0.0.1:{port}:80")])
+        .arg(guests::c("ticker"))
+        .into_command()
+        .spawn()
+        .expect("start kiln");
+    let pid = child.id() as i32;
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
+    let mut tick = || {
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("a tick");
+        line.trim().strip_prefix("tick ").and_then(|n| n.parse::<u64>().ok()).unwrap_or_else(|| panic!("{line:?}"))
+    };
+    tick();
+    for _ in 0..3 {
+        // SAFETY: kill(2) on the child's pid, which is alive (it has not been waited for).
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+        let before = tick();
+        // Ticks come every 20 ms: a few more show the VM runs on.
+        let after = (0..5).map(|_| tick()).last().unwrap();
+        assert_eq!(after, before + 5, "the ticks after a stop");
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr is piped"), &mut stderr).unwrap();
+    child.wait().unwrap();
+    assert!(!stderr.contains("seccomp"), "{stderr}");
+}
+
 #[test]
 fn a_bad_seccomp_mode_is_refused() {
     let run = kiln().args(["run", "--seccomp=maybe"]).arg(hello()).run();

@@ -22,9 +22,12 @@ pub use vcpu::KVM_VCPU_IOCTLS;
 /// handler (the vCPU kick), write (the SIGSYS line, `tracing` and panics to stderr), allocate (`mmap` is
 /// conditional: never executable memory; `brk` for musl's malloc, which the shim's binary uses: a crash report made
 /// on a vCPU thread allocates), seed a hash map (std's `HashMap::new` asks `getrandom` once per thread: the user-mode
-/// network's DNS forwarder died of it) and close what it owns (debug builds check a descriptor with F_GETFD before
-/// closing it).
+/// network's DNS forwarder died of it), close what it owns (debug builds check a descriptor with F_GETFD before
+/// closing it), and go on with a wait that a stop interrupted (`restart_syscall`: the kernel resumes a `futex`, `poll`
+/// or `nanosleep` with a timeout through it after SIGSTOP and SIGCONT, as Ctrl-Z then `fg` on `kiln run` sends; the
+/// VMM died of it).
 const COMMON: &[i64] = &[
+    libc::SYS_restart_syscall,
     libc::SYS_exit,
     libc::SYS_exit_group,
     libc::SYS_futex,
