@@ -4,6 +4,9 @@
 # interleaved so that each runtime sees the same load:
 #   - create+start: `ctr run -d` (the container's snapshot and record, then containerd starts the shim, Create,
 #     Start; it returns once the task runs) of the static C `waiter` (tests/guests/c), which then idles;
+#   - the same with a writable mount of an empty host directory (an emptyDir; Kiln makes the container a 1 GiB ext2
+#     volume for it at create); and the kill and delete that follow each (`ctr task kill -s SIGKILL`, then
+#     `ctr task delete` until it succeeds: Kiln writes the volume back when the VM process ends);
 #   - run to exit: `ctr run --rm` of the static C hello, output collected;
 #   - task start: `ctr task start -d` of a container made beforehand (containerd starts the shim, Create, Start),
 #     for Kiln and runc (crun cannot be named for `ctr container create`);
@@ -108,9 +111,24 @@ for round in $(seq "$rounds"); do
     # shellcheck disable=SC2046
     start=$(now_us); ctr_ run -d $(runtime_args "$who") "$image" "$id" /bin/waiter >/dev/null; end=$(now_us)
     echo "$who create+start_us $((end - start))" >>"$results"
+    start=$(now_us)
     ctr_ task kill -s SIGKILL "$id" >/dev/null
-    for _ in $(seq 100); do ctr_ task delete "$id" >/dev/null 2>&1 && break; sleep 0.05; done
+    for _ in $(seq 200); do ctr_ task delete "$id" >/dev/null 2>&1 && break; sleep 0.01; done
+    end=$(now_us)
+    echo "$who kill+delete_us $((end - start))" >>"$results"
     ctr_ container delete "$id" >/dev/null
+    mkdir -p "$work/empty/$id"
+    mount="type=bind,src=$work/empty/$id,dst=/data,options=rbind:rw"
+    # shellcheck disable=SC2046
+    start=$(now_us); ctr_ run -d $(runtime_args "$who") --mount "$mount" "$image" "$id-rw" /bin/waiter >/dev/null
+    end=$(now_us)
+    echo "$who create+start_with_an_emptyDir_us $((end - start))" >>"$results"
+    start=$(now_us)
+    ctr_ task kill -s SIGKILL "$id-rw" >/dev/null
+    for _ in $(seq 200); do ctr_ task delete "$id-rw" >/dev/null 2>&1 && break; sleep 0.01; done
+    end=$(now_us)
+    echo "$who kill+delete_with_an_emptyDir_us $((end - start))" >>"$results"
+    ctr_ container delete "$id-rw" >/dev/null
     # shellcheck disable=SC2046
     start=$(now_us); ctr_ run --rm $(runtime_args "$who") "$image" "$id-run" /bin/hello >/dev/null 2>&1; end=$(now_us)
     echo "$who run-to-exit_us $((end - start))" >>"$results"
