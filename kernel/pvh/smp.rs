@@ -38,9 +38,12 @@ const CODE64_SELECTOR: u16 = 0x18;
 /// Where the trampoline may go: a RAM page in conventional memory, below the EBDA.
 const TRAMPOLINE_PAGES: core::ops::Range<u64> = 0x8000..0x9f000;
 
-/// The waits of the start-up sequence (Intel SDM 8.4.4.1), and how long an AP has to arrive.
+/// The waits of the start-up sequence (Intel SDM 8.4.4.1), for processors of old; under a hypervisor (CPUID says so)
+/// none after INIT and a short one between the SIPIs, as Linux waits on modern processors (a hypervisor applies them in
+/// order): 10 ms per vCPU is a lot of a microVM's boot. And how long an AP has to arrive.
 const INIT_DELAY_NS: u64 = 10_000_000;
 const SIPI_DELAY_NS: u64 = 200_000;
+const VIRTUAL_SIPI_DELAY_NS: u64 = 10_000;
 const ARRIVAL_TIMEOUT_NS: u64 = 1_000_000_000;
 
 global_asm!(
@@ -266,6 +269,11 @@ fn start(boot: &mut BootInfo, ids: &[u32], page: u64) -> usize {
     put(ENTRY64, &entry64.to_le_bytes());
     put(IMAGE_CR3, &crate::handoff().pml4_phys.to_le_bytes());
 
+    let hypervisor = cpuid(1, 0)[2] & (1 << 31) != 0;
+    let (init_delay, sipi_delay) = match hypervisor {
+        true => (0, ticks(boot, VIRTUAL_SIPI_DELAY_NS)),
+        false => (ticks(boot, INIT_DELAY_NS), ticks(boot, SIPI_DELAY_NS)),
+    };
     let mut running = 1;
     // Never the boot vCPU itself (an INIT would reset it), should the MADT and CPUID disagree on its ID.
     for &id in ids.iter().filter(|&&id| id != cpus::apic_id(0)) {
@@ -275,7 +283,7 @@ fn start(boot: &mut BootInfo, ids: &[u32], page: u64) -> usize {
         fence(SeqCst);
         put(CLAIM, &0u16.to_le_bytes());
         fence(SeqCst);
-        apic::start_ap(id, page, ticks(boot, INIT_DELAY_NS), ticks(boot, SIPI_DELAY_NS));
+        apic::start_ap(id, page, init_delay, sipi_delay);
         let give_up = rdtsc().saturating_add(ticks(boot, ARRIVAL_TIMEOUT_NS));
         let arrived = loop {
             if ARRIVAL.load(SeqCst) == ARRIVED {
