@@ -30,8 +30,10 @@ use crate::sources::Sources;
 const TIME_WAIT: Duration = Duration::from_secs(1);
 /// A listener made for a guest SYN that never arrived (the guest's own stack dropped it) is given up after this.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Per-direction buffer of each relayed connection.
+/// Per-direction buffer of each relayed connection; the receive one a byte less, so that smoltcp does not scale its
+/// window (the library OS's `options::UNSCALED_WINDOW` says why: a scaled window's rounding deadlocked transfers).
 const TCP_BUFFER: usize = 64 * 1024;
+const TCP_RX_BUFFER: usize = 65_535;
 /// Connections (open or being connected) beyond which new guest SYNs are refused.
 const MAX_CONNS: usize = 16 * 1024;
 /// A connection whose peer in the guest stops answering for this long is aborted. smoltcp counts it from the last
@@ -107,7 +109,7 @@ pub(crate) struct TcpRelay {
 
 fn new_socket() -> tcp::Socket<'static> {
     let mut s =
-        tcp::Socket::new(tcp::SocketBuffer::new(vec![0; TCP_BUFFER]), tcp::SocketBuffer::new(vec![0; TCP_BUFFER]));
+        tcp::Socket::new(tcp::SocketBuffer::new(vec![0; TCP_RX_BUFFER]), tcp::SocketBuffer::new(vec![0; TCP_BUFFER]));
     // The host side already coalesces; smoltcp should forward what it is given without waiting.
     s.set_nagle_enabled(false);
     s.set_timeout(Some(GUEST_TIMEOUT));

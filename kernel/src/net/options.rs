@@ -10,6 +10,13 @@ use smoltcp::time::Duration;
 
 /// Bytes each direction of a TCP connection buffers unless SO_RCVBUF/SO_SNDBUF say otherwise.
 pub const DEFAULT_BUFFER: usize = 64 << 10;
+/// The largest receive buffer smoltcp advertises without window scaling. With a larger one it scales its window, and
+/// rounding the scaled window down after taking an odd number of bytes moves the window's right edge back (smoltcp
+/// 0.14): a peer that had filled the window loses its last byte, and if the window is then zero the connection
+/// deadlocks, since smoltcp neither retransmits while it probes a zero window (it probes past the lost byte) nor
+/// reads the ACKs of a segment beyond a zero window (docs/architecture.md, "TCP windows"). A 20 MiB echo through the
+/// user-mode network hung so about one run in three on a loaded host. SO_RCVBUF still reports what was asked.
+pub const UNSCALED_WINDOW: usize = 65_535;
 /// Linux's `net.core.rmem_max` and `wmem_max` defaults: the most SO_RCVBUF/SO_SNDBUF may ask for.
 const MAX_BUFFER: usize = 212_992;
 /// The least Linux reports for SO_RCVBUF and SO_SNDBUF (SOCK_MIN_RCVBUF, SOCK_MIN_SNDBUF on x86-64).
@@ -70,9 +77,13 @@ impl Options {
         self.reported[which as usize]
     }
 
-    /// The bytes a new smoltcp socket buffers that way.
+    /// The bytes a new smoltcp socket buffers that way; a receive buffer at most [`UNSCALED_WINDOW`].
     pub fn buffer(&self, which: Direction) -> usize {
-        self.reported[which as usize] / 2
+        let bytes = self.reported[which as usize] / 2;
+        match which {
+            Direction::Receive => bytes.min(UNSCALED_WINDOW),
+            Direction::Send => bytes,
+        }
     }
 
     pub fn set_keep_alive(&mut self, on: bool) {
