@@ -57,10 +57,15 @@ pub fn join(key: u32, limits: &CgroupLimits) -> Result<Cgroup, JailError> {
     join_under(&parent, key, limits)
 }
 
-/// Removes the cgroup [`join`] made with `key`, once the process in it has ended (nothing to do if there is none).
-pub fn remove(key: u32) {
-    if let Ok(Some(parent)) = own_cgroup() {
-        let _ = std::fs::remove_dir(parent.join(name(key)));
+/// Removes the cgroup [`join`] made with `key`, once the process in it has ended (nothing to do if there is none):
+/// whether none is left (false while a process is still in it).
+pub fn remove(key: u32) -> bool {
+    match own_cgroup() {
+        Ok(Some(parent)) => match std::fs::remove_dir(parent.join(name(key))) {
+            Ok(()) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        },
+        Ok(None) | Err(_) => true,
     }
 }
 

@@ -85,6 +85,8 @@ pub fn enter() -> Result<Entered, JailError> {
                 // The parent died before the line above.
                 std::process::exit(137);
             }
+            // Kept for lock_down, whose change of uid clears the parent-death signal.
+            let _ = PARENT_ALIVE.set(alive_read);
             parent::unblock_signals(&forwarded);
             // SAFETY: unshare takes flags only; this process has one thread.
             check("make the jail's mount namespace", unsafe { libc::unshare(libc::CLONE_NEWNS) })?;
@@ -165,8 +167,24 @@ pub fn lock_down(how: &Lockdown) -> Result<(), JailError> {
     let mapped = limits::mapped_bytes()?;
     root::pivot_to_empty_root()?;
     how.limits.apply(mapped)?;
-    drop_privileges(how.identity)
+    drop_privileges(how.identity)?;
+    // The change of uid cleared the parent-death signal [`enter`] set (prctl(2)): set again, or SIGKILL to the jail's
+    // parent (kilnd's `kill`, a killed `kiln run`) would leave the jailed VM running, orphaned.
+    if let Some(alive) = PARENT_ALIVE.get() {
+        // SAFETY: prctl with integer arguments.
+        check("tie the jailed process to its parent again", unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0)
+        })?;
+        if parent::closed(alive) {
+            // The parent died while the signal was unset.
+            std::process::exit(137);
+        }
+    }
+    Ok(())
 }
+
+/// In [`enter`]'s child: the read end of a pipe whose write end only its parent holds (closed when the parent ends).
+static PARENT_ALIVE: std::sync::OnceLock<std::os::fd::OwnedFd> = std::sync::OnceLock::new();
 
 fn drop_privileges(id: Identity) -> Result<(), JailError> {
     // musl applies these to every thread of the process, as POSIX asks.
