@@ -1099,3 +1099,214 @@ fn a_restored_kilnd_instance_leaves_its_core_in_its_folder() {
     assert_eq!(&bytes[..4], b"\x7fELF", "{}", core.display());
     assert_eq!(bytes[16], 4, "ET_CORE");
 }
+
+/// Whether kilnd can jail instances here (it must run as root), saying why not.
+fn jail_possible() -> bool {
+    if !kvm::available() {
+        return false;
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return kvm::skip("jailed instances need kilnd to run as root");
+    }
+    true
+}
+
+/// The children of `pid`, from each of its threads' lists (kilnd's instance processes are its threads' children).
+fn children(pid: u32) -> Vec<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.flatten().collect()).unwrap_or(Vec::new());
+    let lists = tasks.iter().filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok());
+    lists.flat_map(|l| l.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<u32>>()).collect()
+}
+
+/// kilnd's one jailed instance: its instance process (the jail's parent) and the jailed VMM process, its child.
+fn jailed_processes(kilnd: &Kilnd) -> (u32, u32) {
+    let start = Instant::now();
+    loop {
+        let parents = children(kilnd.child.id());
+        if let [parent] = parents[..] {
+            if let [child] = children(parent)[..] {
+                return (parent, child);
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "no one jailed process under kilnd: {parents:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits up to 10 s for `pid` to be gone (or a zombie, for init to reap).
+fn assert_gone(pid: u32) {
+    let start = Instant::now();
+    while let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        if stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')) {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "process {pid} is still there: {stat}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A jailed instance through kilnd (`"jail": true`): a process of its own, confined as `kiln run --jail` confines
+/// (its uid, no capabilities, seccomp, an empty root), its output in its log; stop, kill and rm end it and leave no
+/// process behind.
+#[test]
+fn a_jailed_kilnd_instance_is_confined_and_stops_kills_and_goes() {
+    if !jail_possible() {
+        return;
+    }
+    let kilnd = Kilnd::start("jailed");
+    let waiter = guests::c("waiter");
+    let waiter = waiter.to_str().unwrap();
+    let body = serde_json::json!({"image": waiter, "args": ["graceful"], "name": "caged", "net": "none", "jail": true});
+    let id = kilnd.create(body);
+    let record = kilnd.instance(&id);
+    assert_eq!((record["state"].as_str(), record["jailed"].as_bool()), (Some("running"), Some(true)), "{record}");
+    assert_eq!(record["pid"].as_u64(), Some(u64::from(kilnd.child.id())), "{record}");
+    kilnd.wait_log(&id, "waiter: ready\n");
+    let (parent, child) = jailed_processes(&kilnd);
+    // The VMM confines its main thread once every thread of the VM is started: soon after the program's first line.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        let status = std::fs::read_to_string(format!("/proc/{child}/status")).unwrap();
+        if status.contains("\nSeccomp:\t2\n") || Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let uid = 2_000_000_000 + child;
+    assert!(status.contains(&format!("\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n")), "{status}");
+    assert!(status.contains("\nCapEff:\t0000000000000000\n"), "{status}");
+    assert!(status.contains("\nSeccomp:\t2\n"), "{status}");
+    let root: Vec<_> = std::fs::read_dir(format!("/proc/{child}/root")).unwrap().collect();
+    assert!(root.is_empty(), "the jail's root is not empty: {root:?}");
+    let mine = std::fs::read_link("/proc/self/ns/pid").unwrap();
+    assert_ne!(mine, std::fs::read_link(format!("/proc/{child}/ns/pid")).unwrap(), "no PID namespace of its own");
+    // A snapshot is refused with the reason.
+    let snapshot = serde_json::json!({"path": kilnd.home.join("caged.snap")}).to_string();
+    assert!(kilnd.refused("POST", "/instances/caged/snapshot", &snapshot, 409).contains("is jailed"));
+
+    // stop: SIGTERM reaches the program through the jail, which ends as it likes.
+    kilnd.ok("POST", "/instances/caged/stop", "", 204);
+    let record = kilnd.instance(&id);
+    assert_eq!((record["state"].as_str(), record["exit_code"].as_i64()), (Some("exited"), Some(0)), "{record}");
+    assert_eq!(record["reason"], "exited", "{record}");
+    kilnd.wait_log(&id, "waiter: stopped by signal 15\n");
+    assert_gone(parent);
+    assert_gone(child);
+
+    // stop of a program that ignores SIGTERM: killed after the time given.
+    kilnd.create(serde_json::json!({"image": waiter, "args": ["stubborn"], "name": "stubborn", "jail": true}));
+    kilnd.wait_log("stubborn", "waiter: ready\n");
+    let (parent, child) = jailed_processes(&kilnd);
+    kilnd.ok("POST", "/instances/stubborn/stop?t=1", "", 204);
+    let record = kilnd.instance("stubborn");
+    assert_eq!(record["exit_code"], 137, "{record}");
+    assert_eq!(record["reason"], "killed by kiln stop: still running 1 s after SIGTERM");
+    assert_gone(parent);
+    assert_gone(child);
+
+    // kill ends a VM that computes without ever leaving the guest.
+    kilnd.create(serde_json::json!({"image": waiter, "args": ["spin"], "name": "spinner", "jail": true}));
+    kilnd.wait_log("spinner", "waiter: ready\n");
+    let (parent, child) = jailed_processes(&kilnd);
+    kilnd.ok("POST", "/instances/spinner/kill", "", 204);
+    let record = kilnd.instance("spinner");
+    assert_eq!(
+        (record["exit_code"].as_i64(), record["reason"].as_str()),
+        (Some(137), Some("killed by kiln kill (SIGKILL)")),
+        "{record}"
+    );
+    assert_gone(parent);
+    assert_gone(child);
+
+    // DELETE with force kills first; the record, the log and the processes go.
+    let doomed = kilnd.create(serde_json::json!({"image": waiter, "name": "doomed", "jail": true}));
+    let (parent, child) = jailed_processes(&kilnd);
+    kilnd.ok("DELETE", "/instances/doomed?force=true", "", 204);
+    kilnd.refused("GET", &format!("/instances/{doomed}"), "", 404);
+    assert!(!kilnd.home.join("instances").join(&doomed).exists());
+    assert_gone(parent);
+    assert_gone(child);
+    assert_eq!(children(kilnd.child.id()), Vec::<u32>::new(), "instance processes left under kilnd");
+}
+
+/// Under `kiln daemon --jail-instances`, every instance is jailed, and a jailed crashing program is restarted by its
+/// policy as one on kilnd's threads is.
+#[test]
+fn a_jailed_crashing_program_restarts_on_failure() {
+    if !jail_possible() {
+        return;
+    }
+    let kilnd = Kilnd::start_with(scratch("kilnd", "jailed-restart"), &["--jail-instances"]);
+    let crash = guests::c("crash");
+    let id = kilnd.create(serde_json::json!({"image": crash, "restart": "on-failure:2", "net": "none"}));
+    assert_eq!(kilnd.instance(&id)["jailed"], true);
+    let start = Instant::now();
+    let mut seen_restarting = false;
+    let record = loop {
+        let record = kilnd.instance(&id);
+        seen_restarting |= record["state"] == "restarting";
+        if record["state"] == "exited" {
+            break record;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "still not ended: {record}");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(seen_restarting, "never seen restarting");
+    assert_eq!((record["restarts"].as_u64(), record["exit_code"].as_i64()), (Some(2), Some(139)), "{record}");
+    assert!(record["reason"].as_str().unwrap().starts_with("crashed: SIGSEGV"), "{record}");
+    let (_, log) = kilnd.call("GET", &format!("/instances/{id}/logs"), "");
+    assert_eq!(log.matches("about to crash\n").count(), 3, "{log}");
+    assert_eq!(children(kilnd.child.id()), Vec::<u32>::new(), "instance processes left under kilnd");
+}
+
+/// `kiln run -d --jail --health-check` goes through kilnd (no longer refused): the check from the host sees the
+/// jailed program stop answering.
+#[test]
+fn a_jailed_instances_health_check_goes_unhealthy() {
+    if !jail_possible() {
+        return;
+    }
+    let kilnd = Kilnd::start("jailed-health");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let run = kiln_in(&kilnd.home)
+        .args(["run", "-d", "--jail", "--name", "flaky", "-p", &format!("127.0.0.1:{port}:80"), "--health-check"])
+        .arg(format!("http:{port}/"))
+        .args(["--health-interval", "100", "--health-timeout", "500", "--health-retries", "2"])
+        .arg(guests::c("flaky"))
+        .arg("4")
+        .run();
+    run.assert_code(0);
+    let id = run.stdout_text().trim().to_string();
+    assert_eq!(kilnd.instance(&id)["jailed"], true);
+    let wait_for = |verdict: &str| {
+        let start = Instant::now();
+        loop {
+            let record = kilnd.instance(&id);
+            if record["health"] == verdict {
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "never {verdict}: {record}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait_for("healthy");
+    wait_for("unhealthy");
+    let ps = kiln_in(&kilnd.home).arg("ps").run();
+    assert!(
+        ps.stdout_text().lines().any(|l| l.contains(" flaky ") && l.ends_with("(unhealthy)")),
+        "{}",
+        ps.stdout_text()
+    );
+    let (parent, child) = jailed_processes(&kilnd);
+    kiln_in(&kilnd.home).args(["kill", "flaky"]).run().assert_code(0);
+    assert_eq!(kilnd.instance(&id)["state"], "exited");
+    assert_gone(parent);
+    assert_gone(child);
+    // --jail-uid is kilnd's to choose: with --restart, refused in one line.
+    let refused = kiln_in(&kilnd.home)
+        .args(["run", "-d", "--jail", "--jail-uid", "4000123", "--restart", "always"])
+        .arg(guests::c("hello"))
+        .run();
+    assert!(refused.assert_kiln_error().contains("--jail-uid with --restart"), "{refused}");
+}

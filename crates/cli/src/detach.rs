@@ -17,10 +17,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
-/// Names the instance record to the process that runs it.
-const INSTANCE_ENV: &str = "KILN_INSTANCE";
-/// The descriptor the instance process tells its starter "booted" on.
-const READY_FD: i32 = 3;
+// The variable that names the instance record to the process that runs it, the descriptor it tells its starter
+// "booted" on: kilnd's jailed instances are such processes too (`kilnd::jailed`), with the same two.
+use kilnd::jailed::{ENDING_FD, INSTANCE_ENV, READY_FD, SUPERVISOR_ENV};
 
 /// The instance process's view of its record.
 pub struct ThisInstance {
@@ -31,6 +30,9 @@ pub struct ThisInstance {
     pid: u32,
     /// The pipe to the starter, until the VM has booted.
     ready: Option<std::fs::File>,
+    /// kilnd supervises this process (a jailed instance of its): it records the instance's states, and hears why the
+    /// program ended on this pipe.
+    supervisor: Option<std::fs::File>,
 }
 
 /// The record this process runs, if it is an instance process (`kiln run -d` started it). An error, never `None`,
@@ -39,19 +41,26 @@ pub struct ThisInstance {
 pub fn instance_of_this_process(detach: bool) -> Result<Option<ThisInstance>> {
     match std::env::var(INSTANCE_ENV) {
         Ok(id) if detach => {
-            Ok(Some(ThisInstance { ready: take_ready_pipe(), store: home::store()?, id, pid: std::process::id() }))
+            let ready = take_pipe(READY_FD);
+            let supervisor = match std::env::var_os(SUPERVISOR_ENV) {
+                Some(_) => Some(take_pipe(ENDING_FD).ok_or_else(|| {
+                    anyhow!("{SUPERVISOR_ENV} is set, but descriptor {ENDING_FD} is no pipe to tell the supervisor on")
+                })?),
+                None => None,
+            };
+            Ok(Some(ThisInstance { ready, supervisor, store: home::store()?, id, pid: std::process::id() }))
         }
         _ => Ok(None),
     }
 }
 
-/// [`READY_FD`], if it is open and a pipe. Anything else there (nothing, when a process was started otherwise than
+/// `fd` ([`READY_FD`], [`ENDING_FD`]), if it is open and a pipe. Anything else there (nothing, when a process was started otherwise than
 /// by `kiln run -d`) is left alone: writing to or closing a descriptor that some other part of this process comes to
 /// own would corrupt that file or abort the process (Rust's I/O safety check).
-fn take_ready_pipe() -> Option<std::fs::File> {
+fn take_pipe(fd: i32) -> Option<std::fs::File> {
     let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: fstat writes a `stat` into the buffer it is given; a closed descriptor only makes it fail.
-    if unsafe { libc::fstat(READY_FD, stat.as_mut_ptr()) } != 0 {
+    if unsafe { libc::fstat(fd, stat.as_mut_ptr()) } != 0 {
         return None;
     }
     // SAFETY: fstat succeeded, so it filled the buffer.
@@ -61,7 +70,7 @@ fn take_ready_pipe() -> Option<std::fs::File> {
     }
     // SAFETY: the descriptor is open and a pipe, inherited from the starter; nothing in this process owns it, since
     // this runs before the process opens anything (see instance_of_this_process), and from here the File does.
-    Some(unsafe { std::fs::File::from_raw_fd(READY_FD) })
+    Some(unsafe { std::fs::File::from_raw_fd(fd) })
 }
 
 impl ThisInstance {
@@ -93,14 +102,11 @@ impl ThisInstance {
         Instances::new(&self.store).core_path(&self.id)
     }
 
-    /// The VM has booted: record the pid, and let `kiln run -d` return.
+    /// The VM has booted: record the pid (unless kilnd records it), and let `kiln run -d` (or kilnd) go on.
     pub fn running(&mut self) -> Result<()> {
-        let pid = self.pid;
-        let start = process_start(pid).ok_or_else(|| anyhow!("cannot read this process's start time"))?;
-        Instances::new(&self.store).update(&self.id, |i| {
-            i.state = State::Running;
-            (i.pid, i.pid_start, i.started_ms) = (Some(pid), Some(start), Some(now()));
-        })?;
+        if self.supervisor.is_none() {
+            self.record_running()?;
+        }
         if let Some(mut ready) = self.ready.take() {
             // A starter that is gone (Ctrl-C) has closed its end: nothing to tell.
             let _ = ready.write_all(b"R");
@@ -108,8 +114,24 @@ impl ThisInstance {
         Ok(())
     }
 
-    /// The program has ended: record how, or remove the record for `--rm`.
+    fn record_running(&self) -> Result<()> {
+        let pid = self.pid;
+        let start = process_start(pid).ok_or_else(|| anyhow!("cannot read this process's start time"))?;
+        Instances::new(&self.store).update(&self.id, |i| {
+            i.state = State::Running;
+            (i.pid, i.pid_start, i.started_ms) = (Some(pid), Some(start), Some(now()));
+        })?;
+        Ok(())
+    }
+
+    /// The program has ended: record how, or remove the record for `--rm`; or tell kilnd why (it records the end,
+    /// and the code is this process's exit code).
     pub fn exited(&self, code: u8, reason: &str) -> Result<()> {
+        if let Some(supervisor) = &self.supervisor {
+            // A kilnd that is gone has closed its end, and SIGKILLed this process with it.
+            let _ = (&*supervisor).write_all(reason.as_bytes());
+            return Ok(());
+        }
         let instances = Instances::new(&self.store);
         let record = instances.update(&self.id, |i| {
             i.state = State::Exited;

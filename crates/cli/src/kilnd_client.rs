@@ -46,6 +46,7 @@ pub fn run(client: &Client, args: &RunArgs, image: &str) -> Result<u8> {
         timeout_ms: args.health_timeout,
         retries: args.health_retries,
     });
+    request.jail = args.jail;
     let body = serde_json::to_value(&request).context("cannot write the request")?;
     let created: Created = client.request("POST", "/instances", Some(&body))?.json()?;
     outln!("{}", created.id);

@@ -73,6 +73,10 @@ struct DaemonArgs {
     /// kilnd, which runs them on from where they were
     #[arg(long)]
     stop_instances: bool,
+    /// Jail every instance (as `kiln run -d --jail` does, needs root): each runs as a jailed process of its own,
+    /// supervised by kilnd, instead of on kilnd's threads; such instances are stopped, not kept, when kilnd stops
+    #[arg(long)]
+    jail_instances: bool,
 }
 
 #[derive(Subcommand)]
@@ -169,6 +173,7 @@ fn main() -> ExitCode {
         Command::Daemon(args) => kilnd::run(kilnd::Config {
             max_instances: args.max_instances as usize,
             stop_instances: args.stop_instances,
+            jail_instances: args.jail_instances,
         })
         .map(|()| 0)
         .map_err(anyhow::Error::from),

@@ -99,9 +99,9 @@ pub struct RunArgs {
     seccomp: Option<kiln_launch::Seccomp>,
     /// Run the VMM jailed (needs root): new PID, mount, IPC and UTS namespaces (and network, unless the user-mode
     /// network needs the host's), an empty read-only root once the VM is built, an unprivileged uid, resource limits;
-    /// with -d, the instance's process is jailed (kilnd, which runs VMs in its own process, is not used)
+    /// with -d, the instance's process is jailed (kilnd, when it answers, starts and supervises that process)
     #[arg(long)]
-    jail: bool,
+    pub jail: bool,
     /// The uid (and gid) the jailed VMM runs as (default: 2000000000 + its host pid, one of its own)
     #[arg(long, value_name = "UID[:GID]", requires = "jail", value_parser = kiln_jail::parse_identity)]
     jail_uid: Option<kiln_jail::Identity>,
@@ -164,14 +164,16 @@ fn parse_restart(s: &str) -> Result<kiln_image::restart::RestartPolicy, String> 
 pub fn run(mut args: RunArgs) -> Result<u8> {
     args.split_command();
     let mut instance = detach::instance_of_this_process(args.detach)?;
-    // With kilnd answering, a detached instance runs there (it prints no trace or statistics: those keep a process).
-    // A jailed one runs in an instance process of its own: kilnd runs its VMs in its own process (docs/security.md).
-    let daemon = (args.detach && instance.is_none() && !args.trace_syscalls && !args.stats && !args.jail)
+    // With kilnd answering, a detached instance runs there (it prints no trace or statistics: those keep a process);
+    // a jailed one as a jailed process kilnd supervises. kilnd gives each jailed instance a uid of its own: one with
+    // --jail-uid runs in an instance process of its own, without kilnd.
+    let daemon = (args.detach && instance.is_none() && !args.trace_syscalls && !args.stats && args.jail_uid.is_none())
         .then(crate::kilnd_client::answering)
         .flatten();
-    if args.jail && (args.restart.is_some() || args.health_check.is_some()) {
+    if args.jail_uid.is_some() && (args.restart.is_some() || args.health_check.is_some()) {
         bail!(
-            "--jail with --restart or --health-check: those need kilnd, which does not jail its VMs (docs/security.md)"
+            "--jail-uid with --restart or --health-check: those need kilnd, which gives each jailed instance a uid of \
+             its own (2000000000 + its pid) and takes no --jail-uid"
         );
     }
     if daemon.is_none() && instance.is_none() && (args.restart.is_some() || args.health_check.is_some()) {
@@ -223,7 +225,7 @@ pub fn run(mut args: RunArgs) -> Result<u8> {
             match kiln_jail::enter()? {
                 kiln_jail::Entered::Parent(code) => {
                     drop(reason_write);
-                    kiln_jail::cgroup::remove(cgroup_key);
+                    let _ = kiln_jail::cgroup::remove(cgroup_key);
                     if let Some(core) = &unnamed_core {
                         if let Err(e) = core.name_if_written() {
                             errln!("kiln: no core file: {}", crate::chain(&e));

@@ -74,6 +74,10 @@ pub struct Instance {
     /// the next kilnd runs it on from there (same id, same start time). Meanwhile it counts as running.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub kept: bool,
+    /// Run by kilnd as a jailed instance process of its own (`kiln run -d --jail`'s), which kilnd supervises, not on
+    /// kilnd's threads; `pid` is still kilnd's. Its restarts are jailed too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub jailed: bool,
 }
 
 /// The file in an instance's folder that holds a kept instance's VM between two kilnds.
@@ -241,6 +245,7 @@ impl Instance {
             health: None,
             service: None,
             kept: false,
+            jailed: false,
         }
     }
 

@@ -104,6 +104,10 @@ pub struct CreateRequest {
     /// "interval_ms": 30000, "timeout_ms": 5000, "retries": 3}`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthCheck>,
+    /// Run it jailed (`kiln run -d --jail`): a process of its own in new namespaces, an empty root, a uid of its own,
+    /// seccomp and limits, supervised by kilnd (kilnd must run as root). Always so under `kiln daemon --jail-instances`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub jail: bool,
 }
 
 /// A size as a number of bytes or as users write it.
@@ -272,6 +276,7 @@ impl CreateRequest {
             auto_remove,
             restart,
             health: None,
+            jail: false,
         }
     }
 }

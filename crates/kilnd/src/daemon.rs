@@ -33,6 +33,8 @@ pub struct Daemon {
     /// At most this many instances at once (`--max-instances`): a create beyond it is refused.
     max_instances: usize,
     verdicts: Arc<Verdicts>,
+    /// Every new instance is jailed (`--jail-instances`).
+    jail_all: bool,
 }
 
 /// What a new instance's record says besides its launch specification.
@@ -43,6 +45,7 @@ struct NewRecord<'a> {
     restart: RestartPolicy,
     health: Option<kiln_image::health::HealthCheck>,
     service: Option<&'a str>,
+    jailed: bool,
 }
 
 /// A place among the capped instances, given back when the instance is held or failed to start.
@@ -67,7 +70,26 @@ impl Daemon {
             starting: Mutex::new(0),
             max_instances,
             verdicts: Arc::default(),
+            jail_all: false,
         })
+    }
+
+    /// With `yes`, every instance it creates is jailed (`--jail-instances`).
+    pub fn jailing_all(self, yes: bool) -> Daemon {
+        Daemon { jail_all: yes, ..self }
+    }
+
+    /// Starts a recorded instance's runs: on this process's threads, or jailed (`crate::jailed`).
+    fn start_runs(
+        self: &Arc<Self>,
+        id: &str,
+        spec: kiln_launch::LaunchSpec,
+        jailed: bool,
+    ) -> Result<Arc<Held>, ApiError> {
+        match jailed {
+            true => crate::jailed::start(self, id, spec, crate::jailed::kiln_executable()?),
+            false => crate::runner::start(self, id, spec, None),
+        }
     }
 
     pub fn verdicts(&self) -> &Arc<Verdicts> {
@@ -187,7 +209,7 @@ impl Daemon {
         if updated.is_err() {
             return;
         }
-        match crate::runner::start(self, &record.id, spec, None) {
+        match self.start_runs(&record.id, spec, record.jailed) {
             Ok(held) => self.hold(&record.id, held),
             Err(e) => self.ended(&record.id, -1, format!("cannot restart it with kilnd: {e}")),
         }
@@ -226,6 +248,10 @@ impl Daemon {
         service: Option<&str>,
     ) -> Result<Created, ApiError> {
         let restart = request.restart_policy().map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let jailed = request.jail || self.jail_all;
+        if jailed {
+            crate::jailed::kiln_executable()?;
+        }
         let spec = self.resolve(&request)?;
         if let Some(check) = &request.health {
             crate::health::published_for(check, &spec).map_err(|why| ApiError::BadRequest(format!("health: {why}")))?;
@@ -238,10 +264,11 @@ impl Daemon {
             restart,
             health: request.health.clone(),
             service,
+            jailed,
         };
         let (id, name) = self.record_new(&spec, &fields)?;
         // Held before it starts, so that a stop that comes as soon as it runs finds it.
-        match crate::runner::start(self, &id, spec, None) {
+        match self.start_runs(&id, spec, jailed) {
             Ok(held) => {
                 self.hold(&id, held);
                 Ok(Created { id, name })
@@ -268,6 +295,7 @@ impl Daemon {
                 health_check: fields.health.clone(),
                 service: fields.service.map(str::to_string),
                 launch: Some(launch.clone()),
+                jailed: fields.jailed,
                 kilnd: true,
                 // kilnd's: a record whose kilnd is gone is seen as ended.
                 pid: Some(pid),
@@ -294,6 +322,12 @@ impl Daemon {
             )));
         }
         let (instance, held) = self.running(what)?;
+        if instance.jailed {
+            return Err(ApiError::Conflict(format!(
+                "instance {} is jailed: it runs in a process of its own, which kilnd does not snapshot",
+                instance.name
+            )));
+        }
         let not_running = || ApiError::Conflict(format!("instance {} is not running", instance.name));
         let held = held.ok_or_else(not_running)?;
         let written = match held.snapshot(&request.path, request.leave_running).ok_or_else(not_running)? {
@@ -335,6 +369,7 @@ impl Daemon {
             restart: RestartPolicy::No,
             health: None,
             service: None,
+            jailed: false,
         };
         let (id, name) = self.record_new(&spec, &fields)?;
         match crate::runner::start(self, &id, spec, Some(snapshot)) {

@@ -27,6 +27,8 @@ struct Status {
     ended: bool,
     /// Why kilnd killed it, recorded instead of "killed by SIGKILL".
     kill_reason: Option<String>,
+    /// It runs as a jailed process of its own (`crate::jailed`), which is not kept across kilnd's restart.
+    jailed: bool,
 }
 
 #[derive(Default)]
@@ -50,6 +52,11 @@ impl Held {
         self.status().controller = Some((controller, launch));
     }
 
+    /// It runs as jailed processes, not on kilnd's threads.
+    pub fn set_jailed(&self) {
+        self.status().jailed = true;
+    }
+
     /// The run has returned.
     pub fn detach(&self) {
         let mut status = self.status();
@@ -65,6 +72,9 @@ impl Held {
             let mut status = self.status();
             if status.stopped {
                 return Err("it is being stopped".into());
+            }
+            if status.jailed {
+                return Err("it is jailed, a process of its own, which kilnd does not snapshot".into());
             }
             let Some((controller, launch)) = status.controller.clone() else {
                 return Err("no VM of it runs (it waits to restart)".into());

@@ -10,6 +10,7 @@ mod daemon;
 mod error;
 mod health;
 mod held;
+pub mod jailed;
 mod runner;
 mod server;
 mod services;
@@ -64,11 +65,13 @@ pub struct Config {
     pub max_instances: usize,
     /// Its stop stops its instances (`--stop-instances`), instead of keeping them for the next kilnd.
     pub stop_instances: bool,
+    /// Every instance it creates is jailed (`--jail-instances`), as if its request said `"jail": true`.
+    pub jail_instances: bool,
 }
 
 impl Default for Config {
     fn default() -> Config {
-        Config { max_instances: DEFAULT_MAX_INSTANCES, stop_instances: false }
+        Config { max_instances: DEFAULT_MAX_INSTANCES, stop_instances: false, jail_instances: false }
     }
 }
 
@@ -81,11 +84,15 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     let stop_set = signal_set();
     // SAFETY: a valid, initialised signal set; the old mask is not wanted.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &stop_set, std::ptr::null_mut()) };
+    if config.jail_instances {
+        jailed::kiln_executable().map_err(|e| DaemonError::Start(format!("--jail-instances: {e}")))?;
+    }
     let _lock = lock(&home)?;
     let socket = socket_path(&home);
     let listener = listen(&socket)?;
     let daemon = Arc::new(
         Daemon::new(kiln_launch::home::store()?, config.max_instances)
+            .map(|daemon| daemon.jailing_all(config.jail_instances))
             .map_err(|e| DaemonError::Start(e.to_string()))?,
     );
     daemon.adopt_records().map_err(|e| DaemonError::Start(e.to_string()))?;

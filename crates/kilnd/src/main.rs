@@ -17,6 +17,7 @@ fn main() -> ExitCode {
     while let Some(arg) = args.next() {
         match (arg.as_str(), args.clone().next()) {
             ("--stop-instances", _) => config.stop_instances = true,
+            ("--jail-instances", _) => config.jail_instances = true,
             ("--max-instances", Some(n)) => {
                 args.next();
                 match n.parse::<usize>() {
@@ -29,7 +30,7 @@ fn main() -> ExitCode {
             }
             _ => {
                 eprintln!(
-                    "kilnd takes only --max-instances N and --stop-instances: it serves the Kiln home of $KILN_HOME \
+                    "kilnd takes only --max-instances N, --stop-instances and --jail-instances: it serves the Kiln home of $KILN_HOME \
                      (docs/api.md)"
                 );
                 return ExitCode::from(2);

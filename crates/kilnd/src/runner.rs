@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// A run at least this long starts the back-off afresh.
-const STEADY: Duration = Duration::from_secs(10);
+pub(crate) const STEADY: Duration = Duration::from_secs(10);
 
 /// The wait before restart number `n` (0-based since the last steady run).
 pub fn backoff(n: u32) -> Duration {
@@ -247,7 +247,7 @@ fn run_vm(
 }
 
 /// The instance's health checker, if its record has a check (checked at its creation).
-fn health_checker(daemon: &Daemon, id: &str, spec: &LaunchSpec) -> Option<crate::health::Checker> {
+pub(crate) fn health_checker(daemon: &Daemon, id: &str, spec: &LaunchSpec) -> Option<crate::health::Checker> {
     let check = Instances::new(daemon.store()).load(id).ok()?.health_check?;
     let (probe, host_ip) = crate::health::published_for(&check, spec).ok()?;
     let (root, verdicts) = (daemon.store().root().to_path_buf(), daemon.verdicts().clone());
