@@ -5,8 +5,9 @@
 //! forwarding SIGTERM to a server that shuts down cleanly, its metrics, Exec refused, a program Kiln cannot boot
 //! refused at create, ctr's stdin read by the program, and a terminal (`ctr run -t`, ctr on a pty the test holds);
 //! and a pod's network made as a container runtime makes it (a namespace, Debian's CNI `bridge` and `host-local`
-//! plugins run with CNI's environment and configuration), its Go HTTP server reached from the host at the pod's
-//! address. Skipped, with the reason, where root, containerd, the CNI plugins or KVM is missing.
+//! plugins run with CNI's environment and configuration, or `ptp` and `static` for an IPv6 /128), its Go HTTP server
+//! reached from the host at the pod's address. Skipped, with the reason, where root, containerd, the CNI plugins or
+//! KVM is missing.
 
 #[allow(dead_code)]
 #[path = "harness/container.rs"]
@@ -311,9 +312,9 @@ fn containerd_runs_containers_as_kiln_vms() {
     assert_eq!(text(&tasks.stdout).trim(), "");
 }
 
-/// A pod's network as CNI makes it: a namespace, and Debian's containernetworking-plugins `bridge` (with
-/// `host-local` addresses) run in it as a container runtime runs them. CNI DEL and the namespace's removal happen
-/// when dropped, whatever the test did.
+/// A pod's network as CNI makes it: a namespace, and one of Debian's containernetworking-plugins (`bridge` with
+/// `host-local` addresses, or `ptp` with `static` ones) run in it as a container runtime runs them. CNI DEL and the
+/// namespace's removal happen when dropped, whatever the test did.
 struct CniPod {
     netns: String,
     config: String,
@@ -326,61 +327,90 @@ struct CniPod {
 const CNI_BIN: &str = "/usr/lib/cni";
 
 impl CniPod {
-    /// None (the skip reported) where the plugins are missing. `n` tells apart the pods of tests that run at once
-    /// (names, addresses and bridge).
+    /// A dual-stack pod on a bridge: an IPv4 /24 and an IPv6 /64 from `host-local`. None (the skip reported) where
+    /// the plugins are missing. `n` tells apart the pods of tests that run at once (names, addresses and bridge).
     fn add(dir: &Path, n: u32) -> Option<CniPod> {
-        if !Path::new(CNI_BIN).join("bridge").exists() || !Path::new(CNI_BIN).join("host-local").exists() {
-            kvm::skip("containernetworking-plugins is not installed (scripts/setup.sh installs Debian's)");
-            return None;
+        let pid = std::process::id();
+        // Dual-stack, as Kubernetes' dual-stack clusters give pods an address of each family.
+        let ipam = serde_json::json!({
+            "type": "host-local",
+            "ranges": [
+                [{"subnet": format!("10.{}.{}.0/24", 77 + n, pid % 250)}],
+                [{"subnet": format!("fd{}:{:x}::/64", 77 + n, pid % 65_000)}],
+            ],
+            "dataDir": dir.join("cni-ipam"),
+        });
+        let bridge = serde_json::json!({"bridge": format!("kpn{n}-{}", pid % 100_000), "isGateway": true});
+        CniPod::add_with(n, "bridge", bridge, ipam)
+    }
+
+    /// A pod of `plugin` (its own settings in `settings`) with the addresses `ipam` gives, the first of each family
+    /// taken as the pod's.
+    fn add_with(n: u32, plugin: &str, settings: serde_json::Value, ipam: serde_json::Value) -> Option<CniPod> {
+        let ipam_plugin = ipam["type"].as_str().expect("an IPAM type").to_string();
+        for needed in [plugin, &ipam_plugin] {
+            if !Path::new(CNI_BIN).join(needed).exists() {
+                kvm::skip(&format!(
+                    "the CNI plugin {needed} is missing: containernetworking-plugins is not installed \
+                     (scripts/setup.sh installs Debian's)"
+                ));
+                return None;
+            }
         }
         let pid = std::process::id();
         let netns = format!("podnet{n}-{pid}");
         let made = Command::new("ip").args(["netns", "add", &netns]).output().expect("run ip");
         assert!(made.status.success(), "ip netns add: {}", text(&made.stderr));
-        let subnet = format!("10.{}.{}.0/24", 77 + n, pid % 250);
-        let config = serde_json::json!({
+        let mut config = serde_json::json!({
             "cniVersion": "1.0.0",
             "name": format!("podnet{n}-{pid}"),
-            "type": "bridge",
-            "bridge": format!("kpn{n}-{}", pid % 100_000),
-            "isGateway": true,
-            // Dual-stack, as Kubernetes' dual-stack clusters give pods an address of each family.
-            "ipam": {
-                "type": "host-local",
-                "ranges": [[{"subnet": subnet}], [{"subnet": format!("fd{}:{:x}::/64", 77 + n, pid % 65_000)}]],
-                "dataDir": dir.join("cni-ipam"),
-            },
-        })
-        .to_string();
+            "type": plugin,
+            "ipam": ipam,
+        });
+        for (key, value) in settings.as_object().expect("the plugin's settings are an object") {
+            config[key] = value.clone();
+        }
         let env = vec![
             ("CNI_CONTAINERID", format!("podnet{n}-{pid}")),
             ("CNI_NETNS", format!("/var/run/netns/{netns}")),
             ("CNI_IFNAME", "eth0".to_string()),
             ("CNI_PATH", CNI_BIN.to_string()),
         ];
+        let config = config.to_string();
         let mut pod = CniPod { netns, config, env, ip: String::new(), ip6: std::net::Ipv6Addr::UNSPECIFIED };
         let out = pod.plugin("ADD");
         assert!(out.status.success(), "CNI ADD: {}{}", text(&out.stdout), text(&out.stderr));
         let result: serde_json::Value = serde_json::from_slice(&out.stdout).expect("CNI ADD prints its result");
-        let cidr = result["ips"][0]["address"].as_str().expect("CNI gave an address").to_string();
-        pod.ip = cidr.split('/').next().unwrap().to_string();
-        let cidr6 = result["ips"][1]["address"].as_str().expect("CNI gave an IPv6 address");
-        pod.ip6 = cidr6.split('/').next().unwrap().parse().expect("an IPv6 address");
+        let ips = result["ips"].as_array().expect("CNI gave addresses");
+        let of_family = |v6: bool| {
+            ips.iter()
+                .filter_map(|ip| ip["address"].as_str()?.split('/').next())
+                .find(|address| address.contains(':') == v6)
+                .map(str::to_string)
+        };
+        pod.ip = of_family(false).expect("CNI gave an IPv4 address");
+        pod.ip6 = of_family(true).expect("CNI gave an IPv6 address").parse().expect("an IPv6 address");
         Some(pod)
     }
 
-    /// Runs the bridge plugin with `command`, as a runtime does: the settings in the environment, the network's
+    /// The pod's plugin as configured.
+    fn config(&self) -> serde_json::Value {
+        serde_json::from_str(&self.config).unwrap()
+    }
+
+    /// Runs the pod's plugin with `command`, as a runtime does: the settings in the environment, the network's
     /// configuration on stdin.
     fn plugin(&self, command: &str) -> Output {
         use std::io::Write;
-        let mut child = Command::new(Path::new(CNI_BIN).join("bridge"))
+        let plugin = self.config()["type"].as_str().unwrap().to_string();
+        let mut child = Command::new(Path::new(CNI_BIN).join(plugin))
             .env("CNI_COMMAND", command)
             .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("run the CNI bridge plugin");
+            .expect("run the CNI plugin");
         child.stdin.take().unwrap().write_all(self.config.as_bytes()).unwrap();
         child.wait_with_output().unwrap()
     }
@@ -412,9 +442,9 @@ impl Drop for CniPod {
             eprintln!("CNI DEL failed: {}{}", text(&out.stdout), text(&out.stderr));
         }
         let _ = Command::new("ip").args(["netns", "del", &self.netns]).output();
-        let bridge =
-            serde_json::from_str::<serde_json::Value>(&self.config).unwrap()["bridge"].as_str().unwrap().to_string();
-        let _ = Command::new("ip").args(["link", "del", &bridge]).output();
+        if let Some(bridge) = self.config()["bridge"].as_str() {
+            let _ = Command::new("ip").args(["link", "del", bridge]).output();
+        }
     }
 }
 
@@ -720,24 +750,7 @@ fn on_a_calico_style_pod(test: &str, n: u32, tap: bool) {
     // An echo server of the host's on the routed network, for one connection.
     let listener = std::net::TcpListener::bind((pod.routed.as_str(), 0)).unwrap();
     let port = listener.local_addr().unwrap().port().to_string();
-    listener.set_nonblocking(true).unwrap();
-    let host_echo = std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        let deadline = Instant::now() + CTR_TIMEOUT;
-        let (mut c, peer) = loop {
-            match listener.accept() {
-                Ok(accepted) => break accepted,
-                Err(_) if Instant::now() > deadline => return None,
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
-            }
-        };
-        c.set_nonblocking(false).unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut got = Vec::new();
-        let _ = c.read_to_end(&mut got);
-        let _ = c.write_all(&got);
-        Some(peer)
-    });
+    let host_echo = echo_once(listener);
     let with_ns = format!("network:/var/run/netns/{}", pod.netns);
     let in_pod = |id: &str, command: &[&str]| {
         let mut args = vec!["run", "--rm", "--runtime", RUNTIME, "--snapshotter", "native", "--with-ns", &with_ns];
@@ -780,6 +793,95 @@ fn on_a_calico_style_pod(test: &str, n: u32, tap: bool) {
         assert!(unreachable.contains("connect: Network unreachable"), "no route to TEST-NET-1: {unreachable}");
         assert!(in_use.contains("kiln-tap0") && in_use.contains("mirred"), "the VM took the pod's address: {in_use}");
     }
+}
+
+/// Echoes one connection `listener` accepts within [`CTR_TIMEOUT`] (until its peer half-closes); the peer's address,
+/// none if no connection came.
+fn echo_once(listener: std::net::TcpListener) -> std::thread::JoinHandle<Option<std::net::SocketAddr>> {
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let deadline = Instant::now() + CTR_TIMEOUT;
+        let (mut c, peer) = loop {
+            match listener.accept() {
+                Ok(accepted) => break accepted,
+                Err(_) if Instant::now() > deadline => return None,
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        c.set_nonblocking(false).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut got = Vec::new();
+        let _ = c.read_to_end(&mut got);
+        let _ = c.write_all(&got);
+        Some(peer)
+    })
+}
+
+/// A tap pod whose IPv6 address is a /128, as routed pod networks (Calico, Cilium) give one: CNI's `ptp` plugin with
+/// `static` addresses, an IPv4 /24 and an IPv6 /128 on a veth pair, the gateways' addresses on the host's end and a
+/// route to each gateway on the link (no IPv6 prefix is on the link: every IPv6 packet leaves through that route). The
+/// VM takes the /128 and the route: it reaches an echo server of the host's at the IPv6 gateway's address, from the
+/// pod's address, and the host reaches an echo server in the VM at the pod's IPv6 address.
+#[test]
+fn containerd_tap_pods_take_a_128_ipv6_address() {
+    let Some(containerd) = Containerd::start("tap128") else { return };
+    let (n, pid) = (4, std::process::id());
+    let (net4, net6) = (format!("10.{}.{}", 77 + n, pid % 250), format!("fd{}:{:x}:", 77 + n, pid % 65_000));
+    let ipam = serde_json::json!({
+        "type": "static",
+        "addresses": [
+            {"address": format!("{net4}.5/24"), "gateway": format!("{net4}.1")},
+            {"address": format!("{net6}:5/128"), "gateway": format!("{net6}:1")},
+        ],
+    });
+    let Some(pod) = CniPod::add_with(n, "ptp", serde_json::json!({"ipMasq": false}), ipam) else { return };
+    let made = pod.describe();
+    assert!(made.contains(&format!("inet6 {}/128 ", pod.ip6)), "CNI gave the pod a /128: {made}");
+    let image = layer(&[("bin/", Entry::Dir), ("bin/netpeer", program(&guests::c("netpeer")))]);
+    containerd.import(&[image], &["/bin/netpeer"]);
+    let with_ns = format!("network:/var/run/netns/{}", pod.netns);
+    let in_pod = |id: &str, command: &[&str]| {
+        let mut args = vec!["run", "--rm", "--runtime", RUNTIME, "--snapshotter", "native", "--with-ns", &with_ns];
+        args.extend(["--annotation", "io.kiln.pod-network=tap", IMAGE, id]);
+        args.extend(command);
+        containerd.ctr_command(&args).spawn().unwrap()
+    };
+
+    // Out of the VM: to a host server at the gateway's address (on all the host's addresses: the gateway's may still
+    // be tentative when the listener is made).
+    let listener = std::net::TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let host_echo = echo_once(listener);
+    let gateway6 = format!("{net6}:1");
+    let fetched = wait_output(in_pod("tap128cli", &["/bin/netpeer", "fetch", &gateway6, &port, "10000"]), CTR_TIMEOUT);
+    let peer = host_echo.join().unwrap().map(|p| p.ip());
+
+    // Into the VM: an echo server on [::]:7070, for two connections, at the pod's IPv6 address; the namespace is
+    // looked at between them, while the VM has it.
+    let server = in_pod("tap128echo", &["/bin/netpeer", "serve", "7070", "2", "::"]);
+    let at_pod = std::net::SocketAddr::from((pod.ip6, 7070));
+    let deadline = Instant::now() + CTR_TIMEOUT;
+    let echoed = loop {
+        match echo_at(at_pod, "to a /128") {
+            Ok(echo) => break Ok(echo),
+            Err(e) if Instant::now() > deadline => break Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    };
+    let in_use = pod.describe();
+    let again = echo_at(at_pod, "again");
+    if again.is_err() {
+        let _ = containerd.ctr(&["task", "kill", "--signal", "SIGKILL", "tap128echo"]);
+    }
+    let served = wait_output(server, Duration::from_secs(20));
+    let context = format!("the namespace:\n{in_use}\nctr run: {served}\ncontainerd:\n{}", containerd.log());
+    assert!(fetched.starts_with("Some(0)"), "the VM to the host's IPv6 gateway: {fetched}\n{made}");
+    assert_eq!(peer, Some(std::net::IpAddr::V6(pod.ip6)), "the VM's connection came from the pod's /128");
+    assert_eq!(echoed.as_deref().ok(), Some("to a /128"), "{echoed:?}\n{context}");
+    assert_eq!(again.as_deref().ok(), Some("again"), "{again:?}\n{context}");
+    assert!(in_use.contains("kiln-tap0") && in_use.contains("mirred"), "the VM took the pod's address: {in_use}");
+    assert!(served.starts_with("Some(0)"), "the echo server ended after its connections: {context}");
 }
 
 /// A writable mount of a host directory (an `emptyDir`) is a volume of the container's own: a container writes files
