@@ -11,8 +11,9 @@
 #   - task start: `ctr task start -d` of a container made beforehand (containerd starts the shim, Create, Start),
 #     for Kiln and runc (crun cannot be named for `ctr container create`);
 #   - floor: `ctr version`, what the ctr process and one round trip to containerd cost in each figure;
-#   - idle memory: PSS of the shim process and of the task's process (Kiln: the VM process, guest memory included)
-#     of an idle waiter, and how much of the VM process's is the guest's RAM (the touched part of its mapping).
+#   - idle memory: PSS and private memory of the shim process and of the task's process (Kiln: the VM process, guest
+#     memory included) of an idle waiter, the VM process's PSS split (guest RAM, the binary's pages, its relocated
+#     data, the VMM's heap and stacks), and each one's PSS once a second idle container runs beside it.
 # crun 1.8 refuses hosts with hybrid cgroups whenever cgroup v2 holds a controller, whatever its cgroup manager
 # ("cgroups in hybrid mode not supported, drop all controllers from cgroupv2"): it runs here through a wrapper
 # that hides the v2 mount in a mount namespace of its own, so that crun sees cgroups v1 only and uses them (as runc
@@ -145,46 +146,86 @@ for round in $(seq "$rounds"); do
   done
 done
 
-# pss_kib PID: the process's proportional set size.
-pss_kib() { awk '/^Pss:/ {print $2}' "/proc/$1/smaps_rollup"; }
-# guest_kib PID: PSS of the VM process's guest RAM: the run of adjacent mappings that spans the guest's memory (the
-# default 64 MiB; a root filesystem from the cache is mapped inside it, file-backed).
-guest_kib() {
-  /usr/bin/python3 - "/proc/$1/smaps" <<'PY'
-import re, sys
+# memory_rows WHO ROLE PID [private] [split]: ROLE's PSS; with `private`, its private memory too (measured beside a
+# first container, so that the binaries' pages count as shared: what the node spends for one more container); with
+# `split`, the VM process's PSS split: the guest's RAM (the run of adjacent mappings that spans the guest's memory,
+# the default 64 MiB; a root filesystem from the cache is mapped inside it, file-backed), the binary's file pages, its
+# writable data (relocated at start by the static PIE's own loader, so private to each process), and the rest of its
+# anonymous memory (the VMM's heap, thread stacks).
+memory_rows() {
+  /usr/bin/python3 - "$@" <<'PY' >>"$results"
+import os, re, sys
+who, role, pid = sys.argv[1:4]
+private_wanted, split = "private" in sys.argv[4:], "split" in sys.argv[4:]
 maps = []
-for line in open(sys.argv[1]):
-    m = re.match(r"([0-9a-f]+)-([0-9a-f]+) ", line)
+for line in open(f"/proc/{pid}/smaps"):
+    m = re.match(r"([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \S+\s*(.*)", line)
     if m:
-        maps.append([int(m.group(1), 16), int(m.group(2), 16), 0])
-    elif line.startswith("Pss:"):
-        maps[-1][2] = int(line.split()[1])
-want = 64 << 20
-for i in range(len(maps)):
-    end, pss = maps[i][0], 0
-    for start, stop, kib in maps[i:]:
-        if start != end:
+        maps.append({"start": int(m.group(1), 16), "end": int(m.group(2), 16), "perm": m.group(3),
+                     "name": m.group(4), "Pss": 0, "Private_Clean": 0, "Private_Dirty": 0})
+    else:
+        key, _, value = line.partition(":")
+        if key in maps[-1]:
+            maps[-1][key] = int(value.split()[0])
+pss = sum(m["Pss"] for m in maps)
+private = sum(m["Private_Clean"] + m["Private_Dirty"] for m in maps)
+print(f"{who} {role}_PSS_KiB {pss}")
+if private_wanted:
+    print(f"{who} {role}_private_KiB {private}")
+if split:
+    guest, want = set(), 64 << 20
+    for i in range(len(maps)):
+        end, run = maps[i]["start"], []
+        for m in maps[i:]:
+            if m["start"] != end:
+                break
+            end = m["end"]
+            run.append(id(m))
+            if end - maps[i]["start"] == want:
+                guest = set(run)
+                break
+        if guest:
             break
-        end, pss = stop, pss + kib
-        if end - maps[i][0] == want:
-            print(pss)
-            sys.exit()
-print(0)
+    exe = os.readlink(f"/proc/{pid}/exe")
+    parts = {"guest_RAM": 0, "binary_file_pages": 0, "binary_relocated_data": 0, "VMM_heap_and_stacks": 0}
+    for m in maps:
+        if id(m) in guest:
+            part = "guest_RAM"
+        elif m["name"] == exe:
+            part = "binary_relocated_data" if "w" in m["perm"] else "binary_file_pages"
+        else:
+            part = "VMM_heap_and_stacks"
+        parts[part] += m["Pss"]
+    for part, kib in parts.items():
+        print(f"{who} of_which_{part}_KiB {kib}")
 PY
 }
+# task_pid ID: the pid of task ID.
+task_pid() { ctr_ task ls | awk -v id="$1" '$1 == id {print $2}'; }
 memory() { # WHO
-  local id="$1-idle" pid shim
+  local id="$1-idle" pid shim pid2 shim2 split=""
+  [ "$1" = kiln ] && split=split
   # shellcheck disable=SC2046
   ctr_ run -d $(runtime_args "$1") "$image" "$id" /bin/waiter >/dev/null
   sleep 3
-  pid=$(ctr_ task ls | awk -v id="$id" '$1 == id {print $2}')
+  pid=$(task_pid "$id")
   shim=$(awk '{print $4}' "/proc/$pid/stat")
-  echo "$1 shim_PSS_KiB $(pss_kib "$shim")" >>"$results"
-  echo "$1 task_process_PSS_KiB $(pss_kib "$pid")" >>"$results"
-  [ "$1" = kiln ] && echo "$1 of_which_guest_RAM_KiB $(guest_kib "$pid")" >>"$results"
-  ctr_ task kill -s SIGKILL "$id" >/dev/null
-  for _ in $(seq 100); do ctr_ task delete "$id" >/dev/null 2>&1 && break; sleep 0.05; done
-  ctr_ container delete "$id" >/dev/null
+  memory_rows "$1" shim "$shim"
+  memory_rows "$1" task_process "$pid" $split
+  # A second idle container beside the first: its share of what they have in common (the binaries' pages), and what
+  # it alone holds.
+  # shellcheck disable=SC2046
+  ctr_ run -d $(runtime_args "$1") "$image" "$id-2" /bin/waiter >/dev/null
+  sleep 3
+  pid2=$(task_pid "$id-2")
+  shim2=$(awk '{print $4}' "/proc/$pid2/stat")
+  memory_rows "$1" shim_beside_another "$shim2" private
+  memory_rows "$1" task_process_beside_another "$pid2" private
+  for one in "$id" "$id-2"; do
+    ctr_ task kill -s SIGKILL "$one" >/dev/null
+    for _ in $(seq 100); do ctr_ task delete "$one" >/dev/null 2>&1 && break; sleep 0.05; done
+    ctr_ container delete "$one" >/dev/null
+  done
 }
 for who in kiln runc crun; do memory "$who"; done
 
@@ -200,13 +241,18 @@ for line in open(sys.argv[1]):
     if case not in cases:
         cases.append(case)
 who = ["kiln", "runc", "crun", "ctr"]
-print("| case (median) | " + " | ".join(who) + " | unit |")
+print("| case (median, min for times) | " + " | ".join(who) + " | unit |")
 print("|---" * (len(who) + 2) + "|")
 for case in cases:
     scale, unit = (1000, "ms") if case.endswith("_us") else (1024, "MiB")
     cells = []
     for w in who:
         values = runs.get((case, w))
-        cells.append("%.*f" % (1 if unit == "ms" else 2, statistics.median(values) / scale) if values else "")
+        if not values:
+            cells.append("")
+        elif unit == "ms":
+            cells.append("%.1f (%.1f)" % (statistics.median(values) / scale, min(values) / scale))
+        else:
+            cells.append("%.2f" % (statistics.median(values) / scale))
     print("| %s | %s | %s |" % (case.rsplit("_", 1)[0].replace("_", " "), " | ".join(cells), unit))
 PY
