@@ -32,8 +32,13 @@ impl Kilnd {
     }
 
     fn start_with(home: PathBuf, args: &[&str]) -> Kilnd {
+        Kilnd::start_logging(home, args, "info")
+    }
+
+    /// With `log` as its `KILN_LOG`.
+    fn start_logging(home: PathBuf, args: &[&str], log: &str) -> Kilnd {
         let err = std::fs::File::create(home.with_extension("kilnd.err")).unwrap();
-        let mut command = kiln_in(&home).arg("daemon").args(args).into_command();
+        let mut command = kiln_in(&home).arg("daemon").args(args).env("KILN_LOG", log).into_command();
         let child = command.stdout(Stdio::null()).stderr(err).spawn().unwrap();
         let kilnd = Kilnd { child, home };
         let start = Instant::now();
@@ -705,6 +710,69 @@ fn snapshots_and_restores_of_kilnd_instances_go_through_kilnd() {
     let body = serde_json::json!({"path": first, "name": "web3"}).to_string();
     assert!(kilnd.refused("POST", "/instances/restore", &body, 409).contains("already used"));
     kilnd.ok("DELETE", &format!("/instances/{web3}?force=true"), "", 204);
+}
+
+/// Waits up to 30 s until kilnd's log has `n` lines containing `text`.
+fn wait_lines(kilnd: &Kilnd, text: &str, n: usize) {
+    let start = Instant::now();
+    while kilnd.stderr().matches(text).count() < n {
+        assert!(start.elapsed() < Duration::from_secs(30), "not {n} times {text:?} in {}", kilnd.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// With `--ready-vms 2`, restores and creates through kilnd take VMs made ahead of time, which are made again after
+/// each is taken: a restored server answers from where it was, each time from a ready VM (three restores, more than
+/// the pool holds: it refilled), and two servers created at once, each on its own ready VM, count their own hits.
+/// With `--ready-vms 0`, none is made and the restore makes its own VM, and answers the same.
+#[test]
+fn restores_and_creates_take_vms_made_ahead_of_time() {
+    if !kvm::available() {
+        return;
+    }
+    const TAKEN: &str = "ready=true";
+    const MADE: &str = "a VM made ahead of time";
+    let kilnd = Kilnd::start_logging(scratch("kilnd", "ready-vms"), &["--ready-vms", "2"], "info,kilnd=debug");
+    let port = free_port();
+    let hitcount = guests::c("hitcount");
+    wait_lines(&kilnd, MADE, 2);
+    let id = kilnd.create(serde_json::json!({"image": hitcount, "publish": [format!("127.0.0.1:{port}:80")]}));
+    kilnd.wait_log(&id, "hitcount: listening\n");
+    assert_eq!(get(port).as_deref(), Ok("hit 1\n"));
+    let snap = kilnd.home.with_extension("ready.snap");
+    kilnd.ok("POST", &format!("/instances/{id}/snapshot"), &serde_json::json!({"path": snap}).to_string(), 200);
+    wait_lines(&kilnd, MADE, 3);
+    for round in 0..3 {
+        // The pool is full again before each restore (two made at the start, one after each take).
+        wait_lines(&kilnd, MADE, 3 + round);
+        let taken = kilnd.stderr().matches(TAKEN).count();
+        let body = serde_json::json!({"path": snap}).to_string();
+        let restored = kilnd.ok("POST", "/instances/restore", &body, 201)["id"].as_str().unwrap().to_string();
+        assert_eq!(get(port).as_deref(), Ok("hit 2\n"), "restore {round}");
+        assert_eq!(kilnd.stderr().matches(TAKEN).count(), taken + 1, "restore {round}: {}", kilnd.stderr());
+        kilnd.ok("DELETE", &format!("/instances/{restored}?force=true"), "", 204);
+    }
+    wait_lines(&kilnd, MADE, 6);
+    let ports = [free_port(), free_port()];
+    let ids: Vec<String> = ports
+        .iter()
+        .map(|p| kilnd.create(serde_json::json!({"image": hitcount, "publish": [format!("127.0.0.1:{p}:80")]})))
+        .collect();
+    for (id, port) in ids.iter().zip(ports) {
+        kilnd.wait_log(id, "hitcount: listening\n");
+        assert_eq!(get(port).as_deref(), Ok("hit 1\n"), "{id}");
+        assert_eq!(get(port).as_deref(), Ok("hit 2\n"), "{id}");
+    }
+    assert!(!kilnd.stderr().contains("ready=false"), "every VM came ready: {}", kilnd.stderr());
+    drop(kilnd);
+
+    let kilnd = Kilnd::start_logging(scratch("kilnd", "no-ready-vms"), &["--ready-vms", "0"], "info,kilnd=debug");
+    let body = serde_json::json!({"path": snap}).to_string();
+    let restored = kilnd.ok("POST", "/instances/restore", &body, 201)["id"].as_str().unwrap().to_string();
+    assert_eq!(get(port).as_deref(), Ok("hit 2\n"));
+    let log = kilnd.stderr();
+    assert!(log.contains("ready=false") && !log.contains(TAKEN) && !log.contains(MADE), "{log}");
+    kilnd.ok("DELETE", &format!("/instances/{restored}?force=true"), "", 204);
 }
 
 /// `kiln debug` attaches gdb to a kilnd instance (through the socket in its folder, as for `kiln run -d`), and a

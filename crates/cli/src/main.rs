@@ -77,6 +77,11 @@ struct DaemonArgs {
     /// supervised by kilnd, instead of on kilnd's threads; such instances are stopped, not kept, when kilnd stops
     #[arg(long)]
     jail_instances: bool,
+    /// VMs made ahead of time (KVM VM, RAM, vCPUs) of the shape last asked for, which creates and restores take
+    /// instead of making their own; 0 makes none
+    #[arg(long, value_name = "N", default_value_t = kilnd::DEFAULT_READY_VMS as u64,
+          value_parser = clap::value_parser!(u64).range(0..=kilnd::MAX_READY_VMS as u64))]
+    ready_vms: u64,
 }
 
 #[derive(Subcommand)]
@@ -174,6 +179,7 @@ fn main() -> ExitCode {
             max_instances: args.max_instances as usize,
             stop_instances: args.stop_instances,
             jail_instances: args.jail_instances,
+            ready_vms: args.ready_vms as usize,
         })
         .map(|()| 0)
         .map_err(anyhow::Error::from),

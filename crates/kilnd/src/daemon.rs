@@ -5,6 +5,7 @@ use crate::api::{CreateRequest, Created, RestoreRequest, SnapshotRequest, Snapsh
 use crate::error::ApiError;
 use crate::health::Verdicts;
 use crate::held::Held;
+use crate::pool::Pool;
 use kiln_image::instance::{
     create_with_default_name, default_name_base, new_id, now, process_start, tail_start, Instance, InstanceError,
     Instances, State, KEPT_SNAPSHOT,
@@ -12,6 +13,7 @@ use kiln_image::instance::{
 use kiln_image::restart::RestartPolicy;
 use kiln_image::Store;
 use kiln_launch::chain;
+use kiln_vmm::ready::{ReadyMachine, Shape};
 use kiln_vmm::snapshot::SnapshotError;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -35,6 +37,8 @@ pub struct Daemon {
     verdicts: Arc<Verdicts>,
     /// Every new instance is jailed (`--jail-instances`).
     jail_all: bool,
+    /// VMs made ahead of time (`--ready-vms`).
+    ready: Option<Arc<Pool<ReadyMachine>>>,
 }
 
 /// What a new instance's record says besides its launch specification.
@@ -71,6 +75,7 @@ impl Daemon {
             max_instances,
             verdicts: Arc::default(),
             jail_all: false,
+            ready: None,
         })
     }
 
@@ -90,6 +95,18 @@ impl Daemon {
             true => crate::jailed::start(self, id, spec, crate::jailed::kiln_executable()?),
             false => crate::runner::start(self, id, spec, None),
         }
+    }
+
+    /// Creates and restores take their VMs from `pool` when it has one of their shape.
+    pub fn with_ready(self, pool: Arc<Pool<ReadyMachine>>) -> Daemon {
+        Daemon { ready: Some(pool), ..self }
+    }
+
+    /// A VM of `shape` made ahead of time, if one is ready.
+    pub fn ready_machine(&self, shape: Shape) -> Option<ReadyMachine> {
+        let taken = self.ready.as_ref()?.take(shape);
+        tracing::debug!(?shape, ready = taken.is_some(), "VM made ahead of time");
+        taken
     }
 
     pub fn verdicts(&self) -> &Arc<Verdicts> {

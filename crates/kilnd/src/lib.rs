@@ -11,6 +11,7 @@ mod error;
 mod health;
 mod held;
 pub mod jailed;
+mod pool;
 mod runner;
 mod server;
 mod services;
@@ -58,6 +59,11 @@ pub fn default_socket() -> Result<PathBuf, kiln_launch::home::NoHome> {
 /// How many instances kilnd runs at most when not told (`--max-instances`): the aim for this 24 GiB host.
 pub const DEFAULT_MAX_INSTANCES: usize = 10_000;
 
+/// How many VMs kilnd makes ahead of time when not told (`--ready-vms`; `pool.rs`).
+pub const DEFAULT_READY_VMS: usize = 4;
+/// Most VMs made ahead of time (each holds kernel memory: `docs/architecture.md`).
+pub const MAX_READY_VMS: usize = 64;
+
 /// What kilnd is started with.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -67,11 +73,18 @@ pub struct Config {
     pub stop_instances: bool,
     /// Every instance it creates is jailed (`--jail-instances`), as if its request said `"jail": true`.
     pub jail_instances: bool,
+    /// VMs made ahead of time, of the shape last asked for, for creates and restores to take (0: none).
+    pub ready_vms: usize,
 }
 
 impl Default for Config {
     fn default() -> Config {
-        Config { max_instances: DEFAULT_MAX_INSTANCES, stop_instances: false, jail_instances: false }
+        Config {
+            max_instances: DEFAULT_MAX_INSTANCES,
+            stop_instances: false,
+            jail_instances: false,
+            ready_vms: DEFAULT_READY_VMS,
+        }
     }
 }
 
@@ -90,9 +103,12 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     let _lock = lock(&home)?;
     let socket = socket_path(&home);
     let listener = listen(&socket)?;
+    let first = kiln_vmm::ready::Shape::of(kiln_launch::DEFAULT_MEMORY, 1);
+    let ready = pool::Pool::start(config.ready_vms, first, kiln_vmm::ready::ReadyMachine::make)
+        .map_err(DaemonError::Runtime)?;
     let daemon = Arc::new(
         Daemon::new(kiln_launch::home::store()?, config.max_instances)
-            .map(|daemon| daemon.jailing_all(config.jail_instances))
+            .map(|daemon| daemon.jailing_all(config.jail_instances).with_ready(ready.clone()))
             .map_err(|e| DaemonError::Start(e.to_string()))?,
     );
     daemon.adopt_records().map_err(|e| DaemonError::Start(e.to_string()))?;
@@ -130,6 +146,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         );
     }
     daemon.stop_all();
+    ready.stop();
     Ok(())
 }
 

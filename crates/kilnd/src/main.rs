@@ -18,6 +18,16 @@ fn main() -> ExitCode {
         match (arg.as_str(), args.clone().next()) {
             ("--stop-instances", _) => config.stop_instances = true,
             ("--jail-instances", _) => config.jail_instances = true,
+            ("--ready-vms", Some(n)) => {
+                args.next();
+                match n.parse::<usize>() {
+                    Ok(n) if n <= kilnd::MAX_READY_VMS => config.ready_vms = n,
+                    _ => {
+                        eprintln!("kilnd: --ready-vms {n:?} is not a number from 0 to {}", kilnd::MAX_READY_VMS);
+                        return ExitCode::from(2);
+                    }
+                }
+            }
             ("--max-instances", Some(n)) => {
                 args.next();
                 match n.parse::<usize>() {
@@ -30,7 +40,8 @@ fn main() -> ExitCode {
             }
             _ => {
                 eprintln!(
-                    "kilnd takes only --max-instances N, --stop-instances and --jail-instances: it serves the Kiln home of $KILN_HOME \
+                    "kilnd takes only --max-instances N, --ready-vms N, --stop-instances and --jail-instances: it \
+                     serves the Kiln home of $KILN_HOME \
                      (docs/api.md)"
                 );
                 return ExitCode::from(2);

@@ -10,6 +10,7 @@ use crate::error::ApiError;
 use crate::held::{Held, SIGKILL};
 use kiln_image::instance::{now, Instances, State};
 use kiln_launch::{chain, LaunchError, LaunchSpec, Prepared};
+use kiln_vmm::ready::Shape;
 use kiln_vmm::snapshot::Opened;
 use kiln_vmm::{HostSignals, Outcome};
 use std::fs::File;
@@ -112,7 +113,8 @@ fn make(daemon: &Daemon, id: &str, spec: &LaunchSpec, log: &File) -> Result<(Pre
     let core = instances.unnamed_core(id).inspect_err(|e| tracing::warn!("instance {id}: no core file: {e}")).ok();
     let mut with_core = spec.clone();
     with_core.core_file = core.as_ref().map(|_| instances.core_path(id));
-    let mut prepared = kiln_launch::prepare(&with_core, kiln_libos::KERNEL).map_err(|e| launch_error(&e))?;
+    let ready = daemon.ready_machine(Shape::of(spec.memory, spec.cpus));
+    let mut prepared = kiln_launch::prepare_on(&with_core, kiln_libos::KERNEL, ready).map_err(|e| launch_error(&e))?;
     let core = core.and_then(|file| {
         let shared = file.try_clone().ok()?;
         prepared.vm.core_into(shared).then_some(file)
@@ -140,7 +142,8 @@ fn adopt(daemon: &Daemon, id: &str, spec: &LaunchSpec, snapshot: Opened) -> Resu
     let core = instances.unnamed_core(id).inspect_err(|e| tracing::warn!("instance {id}: no core file: {e}")).ok();
     let mut with_core = spec.clone();
     with_core.core_file = core.as_ref().map(|_| instances.core_path(id));
-    let mut vm = kiln_launch::restore(&with_core, snapshot).map_err(|e| launch_error(&e))?;
+    let ready = daemon.ready_machine(snapshot.shape());
+    let mut vm = kiln_launch::restore_on(&with_core, snapshot, ready).map_err(|e| launch_error(&e))?;
     let core = core.and_then(|file| {
         let shared = file.try_clone().ok()?;
         vm.core_into(shared).then_some(file)

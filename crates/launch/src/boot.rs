@@ -6,6 +6,7 @@ use crate::error::LaunchError;
 use crate::{guest_fs, volumes, LaunchSpec, Loaded};
 use kiln_vmm::boot::BootError;
 use kiln_vmm::loader::LoaderError;
+use kiln_vmm::ready::ReadyMachine;
 use kiln_vmm::rewrite::SiteCounts;
 use kiln_vmm::{Vm, VmConfig, VmError};
 use std::borrow::Cow;
@@ -21,6 +22,15 @@ pub struct Prepared {
 
 /// Makes the VM `spec` describes, on `builtin_kernel` for a host program: every launcher's one way to the VMM.
 pub fn prepare(spec: &LaunchSpec, builtin_kernel: &'static [u8]) -> Result<Prepared, LaunchError> {
+    prepare_on(spec, builtin_kernel, None)
+}
+
+/// [`prepare`], on `ready` if given: a machine made ahead of time (used if its shape is the spec's).
+pub fn prepare_on(
+    spec: &LaunchSpec,
+    builtin_kernel: &'static [u8],
+    ready: Option<ReadyMachine>,
+) -> Result<Prepared, LaunchError> {
     // Before anything starts a thread: the user-mode network's relay confines itself at its start.
     kiln_seccomp::set_mode(spec.seccomp.mode());
     let mut notices = Vec::new();
@@ -34,6 +44,7 @@ pub fn prepare(spec: &LaunchSpec, builtin_kernel: &'static [u8]) -> Result<Prepa
     volumes::attach_files(&mut attached, &spec.volume_files)?;
     config.volumes = attached.volumes;
     config.core_file = spec.core_file.clone();
+    config.ready = ready;
     let vm = Vm::new(&kernel, &program, config).map_err(|e| explain(e, spec))?;
     notices.extend(attached.notices);
     Ok(Prepared { vm, object_sites, notices })
@@ -44,11 +55,20 @@ pub fn prepare(spec: &LaunchSpec, builtin_kernel: &'static [u8]) -> Result<Prepa
 /// Its volumes are opened and locked again, and must be as the snapshot left them; a crash writes its core file where
 /// `spec.core_file` says (the launcher sets it for the restored instance: the snapshot's is the old one's).
 pub fn restore(spec: &LaunchSpec, snapshot: kiln_vmm::snapshot::Opened) -> Result<Vm, LaunchError> {
+    restore_on(spec, snapshot, None)
+}
+
+/// [`restore`], into `ready` if given: a machine made ahead of time (used if its shape is the snapshot's).
+pub fn restore_on(
+    spec: &LaunchSpec,
+    snapshot: kiln_vmm::snapshot::Opened,
+    ready: Option<ReadyMachine>,
+) -> Result<Vm, LaunchError> {
     kiln_seccomp::set_mode(spec.seccomp.mode());
     let volumes = volumes::reattach_all(&spec.volumes)?;
     let net = crate::card::card(&spec.network)?;
     let core_file = spec.core_file.clone();
-    Vm::restore(snapshot, kiln_vmm::snapshot::Reattached { net, volumes, core_file }).map_err(LaunchError::Vm)
+    Vm::restore(snapshot, kiln_vmm::snapshot::Reattached { net, volumes, core_file, ready }).map_err(LaunchError::Vm)
 }
 
 /// What a launch and an export both make of a spec: the library OS and the program, and the VM's configuration
@@ -85,6 +105,7 @@ pub(crate) fn configure(spec: &LaunchSpec, builtin_kernel: &'static [u8]) -> Res
         volumes: Vec::new(),
         core_file: None,
         nofile: spec.nofile,
+        ready: None,
     };
     Ok(Configured { kernel, program, config, object_sites })
 }

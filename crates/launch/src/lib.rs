@@ -24,7 +24,7 @@ mod resolve;
 mod spec;
 pub mod volumes;
 
-pub use boot::{prepare, restore, Prepared};
+pub use boot::{prepare, prepare_on, restore, restore_on, Prepared};
 pub use ending::{ending, Ending, DEADLOCK_EXIT, KILN_ERROR};
 pub use error::{chain, BundleError, ImageError, LaunchError, LoadError, ProgramError, ResolveError};
 pub use export::export_pvh;

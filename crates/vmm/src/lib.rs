@@ -29,6 +29,7 @@ pub mod memory;
 pub mod netcard;
 pub mod park;
 pub mod preempt;
+pub mod ready;
 pub mod rewrite;
 pub mod rewrite_cache;
 pub mod rootfs;

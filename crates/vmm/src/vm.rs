@@ -25,6 +25,7 @@ use crate::memory::{GuestRam, MemoryError};
 use crate::netcard::{NetCard, NetConfig};
 use crate::park::Parker;
 use crate::preempt::{self, Preemption};
+use crate::ready::{ReadyMachine, Shape};
 use crate::rewrite::{RewriteReport, SiteCounts};
 use crate::rewrite_cache::RewriteCache;
 use crate::rootfs_image::Rootfs;
@@ -40,7 +41,7 @@ use kiln_abi::boot::{NetInfo, VolumeInfo, MAX_VOLUMES, MOUNT_PATH_MAX};
 use kiln_abi::hypercall::{FaultRecord, Hypercall, FAULT_RECORD_OFFSET, HYPERCALL_PORT, INTERRUPTED};
 use kiln_abi::layout::{direct_map, HUGE_PAGE_SIZE};
 use kiln_seccomp::Kind;
-use kvm_bindings::{kvm_userspace_memory_region, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{CpuId, Msrs, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -162,6 +163,9 @@ pub struct VmConfig {
     pub core_file: Option<PathBuf>,
     /// RLIMIT_NOFILE (soft, hard) the program starts with; none for the library OS's own (its most).
     pub nofile: Option<(u64, u64)>,
+    /// A machine made ahead of time for this VM ([`ReadyMachine`]); used if its shape is this VM's, else dropped and
+    /// one made now.
+    pub ready: Option<ReadyMachine>,
 }
 
 /// How a run ended.
@@ -287,7 +291,7 @@ pub(crate) struct Shared {
     cpuid: Vec<snapshot::CpuidLeaf>,
 }
 
-fn open_kvm() -> Result<Kvm, VmError> {
+pub(crate) fn open_kvm() -> Result<Kvm, VmError> {
     Kvm::new().map_err(kvm_open_error)
 }
 
@@ -351,38 +355,40 @@ pub fn huge_pages_for(memory: u64) -> crate::memory::HugePages {
 
 /// Makes the KVM VM, its RAM and `cpus` vCPUs, given `cpuid` (a restored VM's), else what KVM supports.
 pub(crate) fn create_machine(memory: u64, cpus: u32, cpuid: Option<CpuId>) -> Result<Machine, VmError> {
-    let kvm = open_kvm()?;
-    let vm = kvm.create_vm().map_err(kvm_err("create a VM"))?;
-    let ram = GuestRam::with_huge_pages(memory, huge_pages_for(memory))?;
-    let region = kvm_userspace_memory_region {
-        slot: 0,
-        guest_phys_addr: 0,
-        memory_size: memory,
-        userspace_addr: ram.host_base(),
-        flags: 0,
-    };
-    // SAFETY: the region is `ram`'s own mapping, which lives as long as the VM (both end up as fields of `Vm`, and
-    // the VM fd is closed before the memory is unmapped: fields drop in declaration order).
-    unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("register guest memory"))?;
+    finish_machine(ReadyMachine::make(Shape { memory, cpus })?, cpuid)
+}
+
+/// The CPUID KVM supports on this host, asked once per process (the host's processor does not change under it): a
+/// process that makes many VMs (kilnd) pays the ioctl's 0.8-1 ms under kvm_pvm once.
+fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, VmError> {
+    static SUPPORTED: OnceLock<CpuId> = OnceLock::new();
+    if let Some(cpuid) = SUPPORTED.get() {
+        return Ok(cpuid.clone());
+    }
+    let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("report CPUID"))?;
+    Ok(SUPPORTED.get_or_init(|| cpuid).clone())
+}
+
+/// A machine of `ready` (made ahead of time, or just now): its vCPUs given `cpuid` (a restored VM's), else what KVM
+/// supports, and the host's clock read.
+pub(crate) fn finish_machine(ready: ReadyMachine, cpuid: Option<CpuId>) -> Result<Machine, VmError> {
+    let ReadyMachine { mut vcpus, vm, kvm, ram, .. } = ready;
     // Asking KVM costs 0.8-1 ms under kvm_pvm (the host's CPUID instructions trap): a restore brings its own, with
     // the extended state its vCPUs had (in their saved registers).
     let (cpuid, xsave) = match cpuid {
         Some(cpuid) => (cpuid, arch::Xsave::default()),
         None => {
-            let mut cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("report CPUID"))?;
+            let mut cpuid = supported_cpuid(&kvm)?;
             let xsave = arch::Xsave::configure(&mut cpuid);
             (cpuid, xsave)
         }
     };
-    let mut vcpus = Vec::new();
     let synced_state = exit_state::supported(&kvm);
-    for id in 0..cpus {
-        let mut vcpu = vm.create_vcpu(u64::from(id)).map_err(kvm_err("create a vCPU"))?;
+    for vcpu in &mut vcpus {
         vcpu.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
         if synced_state {
-            exit_state::sync(&mut vcpu);
+            exit_state::sync(vcpu);
         }
-        vcpus.push(vcpu);
     }
     let vcpu = &vcpus[0];
     let hwcap = cpuid.as_slice().iter().find(|e| e.function == 1 && e.index == 0).map_or(0, |e| u64::from(e.edx));
@@ -479,7 +485,10 @@ impl Vm {
             boot_realtime_ns,
             synced_state,
             cpuid,
-        } = create_machine(memory, config.cpus, None)?;
+        } = match config.ready.take() {
+            Some(ready) if ready.shape() == Shape::of(memory, config.cpus) => finish_machine(ready, None)?,
+            _ => create_machine(memory, config.cpus, None)?,
+        };
         let machine_ready = started.elapsed();
 
         let params = BootParams {

@@ -11,8 +11,9 @@ use crate::boot::MIN_MEMORY;
 use crate::core_dump::CoreSetup;
 use crate::disk::{Disk, VolumeConfig};
 use crate::netcard::{NetCard, NetConfig};
+use crate::ready::{ReadyMachine, Shape};
 use crate::virtio::blk::Blk;
-use crate::vm::{create_machine, Devices, Machine, MAX_VCPUS};
+use crate::vm::{create_machine, finish_machine, Devices, Machine, MAX_VCPUS};
 use crate::{exit_state, Vm, VmError};
 use kiln_abi::boot::MAX_VOLUMES;
 use std::fs::File;
@@ -52,6 +53,11 @@ impl Opened {
         self.machine.memory
     }
 
+    /// The shape of its VM, which a ready machine must have to be restored into.
+    pub fn shape(&self) -> Shape {
+        Shape { memory: self.machine.memory, cpus: self.machine.vcpus.len() as u32 }
+    }
+
     /// The names of the VM's volumes, in its order (the restore needs each).
     pub fn volumes(&self) -> Vec<&str> {
         self.machine.volumes.iter().map(|v| v.name.as_str()).collect()
@@ -68,6 +74,9 @@ pub struct Reattached {
     pub volumes: Vec<VolumeConfig>,
     /// Where a crash writes its core file, as [`crate::VmConfig::core_file`]; None for none.
     pub core_file: Option<PathBuf>,
+    /// A machine made ahead of time ([`crate::ready::ReadyMachine`]): used if its shape is the snapshot's VM's
+    /// ([`Opened::shape`]), else dropped and one made now.
+    pub ready: Option<ReadyMachine>,
 }
 
 fn check(m: &MachineState) -> Result<(), String> {
@@ -103,7 +112,7 @@ impl Vm {
     pub fn restore(snapshot: Opened, reattached: Reattached) -> Result<Vm, VmError> {
         let started = std::time::Instant::now();
         let Opened { file, path, header, machine } = snapshot;
-        let Reattached { net, volumes, core_file } = reattached;
+        let Reattached { net, volumes, core_file, ready } = reattached;
         let foreign = |why: String| SnapshotError::Foreign { path: path.display().to_string(), why };
         if machine.net.is_some() != net.is_some() {
             let had = if machine.net.is_some() { "had a network card" } else { "had no network card" };
@@ -112,8 +121,10 @@ impl Vm {
         check_volumes(&path, &machine, &volumes)?;
         let cpus = machine.vcpus.len() as u32;
         let given = machine.cpuid.as_deref().and_then(CpuidLeaf::to_kvm);
-        let Machine { kvm, vm, vcpus, ram, tsc_hz, synced_state, cpuid, .. } =
-            create_machine(machine.memory, cpus, given)?;
+        let Machine { kvm, vm, vcpus, ram, tsc_hz, synced_state, cpuid, .. } = match ready {
+            Some(ready) if ready.shape() == Shape { memory: machine.memory, cpus } => finish_machine(ready, given)?,
+            _ => create_machine(machine.memory, cpus, given)?,
+        };
         if tsc_hz != machine.tsc_hz {
             let why =
                 format!("it was taken on a host whose TSC runs at {} Hz; this one's runs at {tsc_hz}", machine.tsc_hz);
