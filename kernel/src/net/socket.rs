@@ -669,6 +669,17 @@ impl Socket {
         })
     }
 
+    /// A connection's bytes queued now and its SO_RCVLOWAT (the bytes a waiting read waits for); None for a socket of
+    /// another kind or not connected.
+    pub fn queued_and_low_water(&self) -> Option<(usize, usize)> {
+        inspect(|s| {
+            let mut st = self.state.lock();
+            refresh(&mut st, s, &self.waitable);
+            let Role::Connected(h) = st.role else { return None };
+            Some((s.sockets.get::<tcp::Socket>(h).recv_queue(), low_water(&st, s, h)))
+        })
+    }
+
     /// The `poll` events the socket has now.
     pub fn events(&self) -> u16 {
         inspect(|s| {

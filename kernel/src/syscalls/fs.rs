@@ -74,7 +74,8 @@ fn read_into(f: &File, buf: u64, len: u64) -> SysResult {
             Ok(len)
         }
         Object::PipeReader(pipe::Reader(p)) | Object::FifoBoth(pipe::Reader(p), _) => {
-            let mut chunk = vec![0u8; (len as usize).min(pipe::CAPACITY)];
+            let asked = (len as usize).min(pipe::CAPACITY);
+            let mut chunk = vec![0u8; super::read_buffer::stream_read_len(asked, p.available(), 1)];
             let n = p.read(&mut chunk, f.nonblocking())?;
             user::write_bytes(buf, &chunk[..n])?;
             Ok(n as u64)
@@ -132,7 +133,7 @@ fn write_file_at(
 /// Feeds the program's buffers to `sink` in chunks of up to [`CHUNK`] bytes, gathered across buffer boundaries (so a
 /// `writev` of a header and a body reaches a socket as one send, one TCP segment, as on Linux: sent apart, Nagle's
 /// algorithm would hold the body back until the peer's delayed ACK). Stops at a short write; returns the bytes taken.
-fn copy_in(
+pub(super) fn copy_in(
     buffers: &mut dyn Iterator<Item = Result<IoVec, Errno>>,
     mut sink: impl FnMut(&[u8]) -> Result<usize, Errno>,
 ) -> SysResult {

@@ -17,6 +17,7 @@ mod path;
 pub mod priority;
 mod process;
 pub mod random;
+mod read_buffer;
 pub mod sendfile;
 pub mod signal;
 mod statfs;

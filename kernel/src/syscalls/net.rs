@@ -263,18 +263,26 @@ fn patience(f: &File, send: bool, flags: u64) -> Patience {
 /// MSG_NOSIGNAL.
 fn send_on(f: &File, buffers: &[IoVec], to: Option<IpEndpoint>, flags: u64) -> SysResult {
     let s = socket(f);
-    let mut data = Vec::new();
-    for iov in buffers {
-        let at = data.len();
-        data.resize(at + iov.len as usize, 0);
-        user::read_bytes(iov.base, &mut data[at..])?;
-    }
-    match s.send(&data, to, patience(f, true, flags)) {
+    let patience = patience(f, true, flags);
+    let sent = if s.protocol == Protocol::Tcp && buffers.iter().any(|iov| iov.len > 0) {
+        // A stream goes in chunks, as `write` does: a program's `send` of 100 MiB (Python's `sendall`) is not
+        // copied into the library OS whole.
+        super::fs::copy_in(&mut buffers.iter().map(|&iov| Ok(iov)), |chunk| s.send(chunk, to, patience))
+    } else {
+        let mut data = Vec::new();
+        for iov in buffers {
+            let at = data.len();
+            data.resize(at + iov.len as usize, 0);
+            user::read_bytes(iov.base, &mut data[at..])?;
+        }
+        s.send(&data, to, patience).map(|n| n as u64)
+    };
+    match sent {
         Err(Errno::EPIPE) if flags & MSG_NOSIGNAL == 0 => {
             let _ = super::signal::send_to_self(super::signal::SIGPIPE);
             Err(Errno::EPIPE)
         }
-        result => result.map(|n| n as u64),
+        result => result,
     }
 }
 
@@ -283,8 +291,10 @@ fn send_on(f: &File, buffers: &[IoVec], to: Option<IpEndpoint>, flags: u64) -> S
 /// is returned, and TCP bytes are dropped instead of copied, as on Linux.
 fn recv_on(f: &File, buffers: &[IoVec], from: u64, from_len: u64, flags: u64) -> Result<(u64, bool), Errno> {
     let s = socket(f);
-    let want = buffers.iter().map(|b| b.len as usize).sum::<usize>().min(MAX_TRANSFER.max(TCP_BUFFER));
-    let mut data = vec![0u8; want];
+    let asked = buffers.iter().map(|b| b.len as usize).sum::<usize>().min(MAX_TRANSFER.max(TCP_BUFFER));
+    let len =
+        s.queued_and_low_water().map_or(asked, |(queued, low)| super::read_buffer::stream_read_len(asked, queued, low));
+    let mut data = vec![0u8; len];
     let got = s.recv(&mut data, flags & MSG_PEEK != 0, patience(f, false, flags))?;
     let n = got.n;
     if !(flags & MSG_TRUNC != 0 && s.protocol == Protocol::Tcp) {

@@ -286,7 +286,13 @@ fn read_control(at: u64, len: u64) -> Result<Vec<Arc<File>>, Errno> {
 
 /// Receives into `buffers`; returns the count to return, the `msg_flags`, and what came with it.
 fn recv(f: &File, endpoint: &Endpoint, buffers: &[IoVec], flags: u64) -> Result<(u64, unix::Received), Errno> {
-    let want = buffers.iter().map(|b| b.len as usize).sum::<usize>().min(DEFAULT_BUFFER * 2);
+    let asked = buffers.iter().map(|b| b.len as usize).sum::<usize>().min(DEFAULT_BUFFER * 2);
+    // MSG_WAITALL fills the whole of what was asked.
+    let want = if endpoint.kind == Kind::Stream && flags & MSG_WAITALL == 0 {
+        super::read_buffer::stream_read_len(asked, endpoint.available(), 1)
+    } else {
+        asked
+    };
     let mut data = vec![0u8; want];
     let peek = flags & MSG_PEEK != 0;
     let patience = patience(f, endpoint, false, flags);
