@@ -66,7 +66,19 @@ pub struct LoadedKernel {
     pub threads_phys: u64,
 }
 
-/// Loads the library OS at a free physical block and relocates it to run from the direct map.
+/// Writes `bytes` to the page-aligned guest block at `phys`, leaving out the pages that are all zero: the block is
+/// fresh RAM, which reads as zero already, and a page written with zeros would cost the host a page of its own for
+/// the VM's life (the library OS's zero-initialised data is 160 KiB, most of which an idle guest never touches).
+fn write_nonzero_pages(ram: &GuestRam, phys: u64, bytes: &[u8]) -> Result<(), MemoryError> {
+    for (i, page) in bytes.chunks(PAGE_SIZE as usize).enumerate() {
+        if page.iter().any(|&b| b != 0) {
+            ram.write(phys + i as u64 * PAGE_SIZE, page)?;
+        }
+    }
+    Ok(())
+}
+
+/// Loads the library OS at a free physical block of fresh (zero) RAM and relocates it to run from the direct map.
 pub fn load_kernel(
     ram: &GuestRam,
     alloc: &mut BootAllocator,
@@ -82,7 +94,7 @@ pub fn load_kernel(
             slot.copy_from_slice(&bias.wrapping_add(addend).to_le_bytes());
         }
     }
-    ram.write(phys, &bytes)?;
+    write_nonzero_pages(ram, phys, &bytes)?;
     let syscall_entry = elf.symbol("kiln_syscall_entry").unwrap_or(0);
     let stats_phys =
         elf.symbol("KILN_SYSCALL_STATS").and_then(|s| s.checked_sub(span_start)).map_or(0, |off| phys + off);
@@ -446,6 +458,21 @@ pub fn load_interpreter(
 pub(crate) mod tests {
     use super::*;
     use crate::elf::ElfError;
+
+    #[test]
+    fn zero_pages_of_the_library_os_are_left_as_fresh_ram_has_them() {
+        let ram = GuestRam::new(1 << 20).unwrap();
+        // Marks where nothing must be written: a zero page of the image leaves what the RAM held.
+        ram.write(0x2000, &[0xaa; PAGE_SIZE as usize]).unwrap();
+        let mut image = vec![0u8; 3 * PAGE_SIZE as usize + 100];
+        image[5] = 1;
+        image[3 * PAGE_SIZE as usize + 99] = 2;
+        write_nonzero_pages(&ram, 0x1000, &image).unwrap();
+        assert_eq!(ram.read_vec(0x1000, PAGE_SIZE).unwrap(), image[..PAGE_SIZE as usize]);
+        assert_eq!(ram.read_vec(0x2000, PAGE_SIZE).unwrap(), vec![0xaa; PAGE_SIZE as usize], "a zero page skipped");
+        assert_eq!(ram.read_vec(0x4000, 100).unwrap(), image[3 * PAGE_SIZE as usize..], "the last, short page");
+        assert!(write_nonzero_pages(&ram, (1 << 20) - PAGE_SIZE, &image).is_err(), "beyond the RAM");
+    }
 
     pub(crate) const TEXT: u64 = 0x40_0000;
     /// Where the tests say the library OS's syscall entry is.
