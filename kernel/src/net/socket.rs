@@ -26,7 +26,7 @@ pub const POLLRDHUP: u16 = 0x2000;
 pub const TCP_BUFFER: usize = DEFAULT_BUFFER;
 /// Datagrams and bytes a UDP socket buffers each way.
 const UDP_PACKETS: usize = 64;
-const UDP_BUFFER: usize = 64 << 10;
+pub const UDP_BUFFER: usize = 64 << 10;
 /// The largest backlog a listener takes; it then keeps one connection more waiting for `accept`, as Linux does.
 pub const MAX_BACKLOG: usize = 128;
 

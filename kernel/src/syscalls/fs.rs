@@ -204,7 +204,7 @@ fn write_from(f: &File, buffers: &mut dyn Iterator<Item = Result<IoVec, Errno>>)
         Object::PipeWriter(pipe::Writer(p)) | Object::FifoBoth(_, pipe::Writer(p)) => {
             copy_in(buffers, |chunk| p.write(chunk, f.nonblocking()))
         }
-        Object::Socket(_) => copy_in(buffers, |chunk| super::net::write(f, chunk)),
+        Object::Socket(_) => super::net::write_inet(f, buffers),
         // One message for datagram and seqpacket sockets, however many buffers; SIGPIPE is its own (a stream's only).
         Object::Unix(u) => return super::net::write_unix(f, &u.0, buffers),
         Object::Netlink(_) => super::net::write_netlink(f, buffers),
@@ -274,7 +274,7 @@ pub fn readv(a: &Args) -> SysResult {
         // One read over all the buffers: a read per buffer waited for more once the first was filled exactly.
         let buffers = iovecs(a[1], a[2])?.collect::<Result<alloc::vec::Vec<IoVec>, Errno>>()?;
         let total = buffers.iter().fold(0u64, |sum, b| sum.saturating_add(b.len)).min(pipe::CAPACITY as u64);
-        let mut chunk = vec![0u8; total as usize];
+        let mut chunk = vec![0u8; super::read_buffer::stream_read_len(total as usize, p.available(), 1)];
         let n = p.read(&mut chunk, f.nonblocking())?;
         let mut done = 0;
         for iov in &buffers {

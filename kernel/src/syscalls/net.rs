@@ -9,7 +9,7 @@ use crate::net::addr::{self, AF_INET, AF_INET6};
 use crate::net::kept;
 use crate::net::netlink::{Netlink, AF_NETLINK, NETLINK_ROUTE};
 use crate::net::options::{Direction, Keep};
-use crate::net::socket::{Patience, Socket, MAX_BACKLOG, TCP_BUFFER};
+use crate::net::socket::{Patience, Socket, MAX_BACKLOG, TCP_BUFFER, UDP_BUFFER};
 use crate::net::unix::Endpoint;
 use crate::net::Protocol;
 use crate::user;
@@ -269,13 +269,7 @@ fn send_on(f: &File, buffers: &[IoVec], to: Option<IpEndpoint>, flags: u64) -> S
         // copied into the library OS whole.
         super::fs::copy_in(&mut buffers.iter().map(|&iov| Ok(iov)), |chunk| s.send(chunk, to, patience))
     } else {
-        let mut data = Vec::new();
-        for iov in buffers {
-            let at = data.len();
-            data.resize(at + iov.len as usize, 0);
-            user::read_bytes(iov.base, &mut data[at..])?;
-        }
-        s.send(&data, to, patience).map(|n| n as u64)
+        s.send(&datagram(buffers)?, to, patience).map(|n| n as u64)
     };
     match sent {
         Err(Errno::EPIPE) if flags & MSG_NOSIGNAL == 0 => {
@@ -284,6 +278,22 @@ fn send_on(f: &File, buffers: &[IoVec], to: Option<IpEndpoint>, flags: u64) -> S
         }
         result => result,
     }
+}
+
+/// The bytes of `buffers` gathered into one datagram; EMSGSIZE, before anything is copied, beyond what a socket's
+/// buffer holds (a `sendmsg` claiming gigabytes is refused, not allocated).
+fn datagram(buffers: &[IoVec]) -> Result<Vec<u8>, Errno> {
+    let total = buffers.iter().try_fold(0u64, |sum, iov| sum.checked_add(iov.len)).ok_or(Errno::EINVAL)?;
+    if total > UDP_BUFFER as u64 {
+        return Err(Errno::EMSGSIZE);
+    }
+    let mut data = vec![0u8; total as usize];
+    let mut at = 0;
+    for iov in buffers {
+        user::read_bytes(iov.base, &mut data[at..at + iov.len as usize])?;
+        at += iov.len as usize;
+    }
+    Ok(data)
 }
 
 /// Receives into `buffers` from `f`; writes the sender (UDP) to `from`/`from_len`. Returns what the call returns
@@ -681,6 +691,17 @@ pub fn write_netlink(f: &File, buffers: &mut dyn Iterator<Item = Result<IoVec, E
     let Some(first) = buffers.first() else { return Ok(0) };
     // A request is one buffer in practice; more are gathered by sendmsg.
     netlink::sendto(n, &[0, first.base, first.len, 0, 0, 0])
+}
+
+/// `write` and `writev` on an inet socket: a stream's buffers in chunks, a datagram socket's as one datagram (in
+/// chunks, a 20,000-byte `write` left as two datagrams).
+pub fn write_inet(f: &File, buffers: &mut dyn Iterator<Item = Result<IoVec, Errno>>) -> SysResult {
+    let s = socket(f);
+    if s.protocol == Protocol::Tcp {
+        return super::fs::copy_in(buffers, |chunk| write(f, chunk));
+    }
+    let buffers = buffers.collect::<Result<Vec<IoVec>, Errno>>()?;
+    s.send(&datagram(&buffers)?, None, patience(f, true, 0)).map(|n| n as u64)
 }
 
 /// `write` of one chunk to a socket: how much was taken.
