@@ -8,7 +8,7 @@
 use crate::daemon::Daemon;
 use crate::error::ApiError;
 use crate::held::{Held, SIGKILL};
-use crate::runner::{backoff, health_checker, STEADY};
+use crate::runner::{health_checker, Restarts};
 use kiln_image::instance::{now, Instances, State};
 use kiln_launch::{LaunchSpec, KILN_ERROR};
 use std::fs::File;
@@ -91,7 +91,7 @@ fn runs(
         Err(e) => return ready(Err(ApiError::Internal(format!("cannot open the instance's log: {e}")))),
     };
     let mut ready = Some(ready);
-    let mut since_steady = 0;
+    let mut restarts = Restarts::default();
     loop {
         let process = match boot(daemon, id, kiln, &log, &log_path) {
             Ok(process) => process,
@@ -110,16 +110,7 @@ fn runs(
         }
         let started = Instant::now();
         let (code, reason) = supervise(daemon, id, spec, process, held, &log);
-        if started.elapsed() >= STEADY {
-            since_steady = 0;
-        }
-        if !daemon.after_run(id, code, &reason, held.stopped()) {
-            break;
-        }
-        let delay = backoff(since_steady);
-        since_steady += 1;
-        if !held.wait_restart(delay) {
-            daemon.ended(id, code, format!("stopped while waiting to restart; it had {reason}"));
+        if !restarts.again(daemon, id, held, started, code, &reason) {
             break;
         }
     }

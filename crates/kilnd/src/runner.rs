@@ -23,11 +23,45 @@ use std::time::{Duration, Instant};
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// A run at least this long starts the back-off afresh.
-pub(crate) const STEADY: Duration = Duration::from_secs(10);
+const STEADY: Duration = Duration::from_secs(10);
 
 /// The wait before restart number `n` (0-based since the last steady run).
 pub fn backoff(n: u32) -> Duration {
     FIRST_BACKOFF.saturating_mul(1u32 << n.min(16)).min(MAX_BACKOFF)
+}
+
+/// An instance's runs as its restart policy sees them: the back-off grows with the runs since the last steady one.
+#[derive(Default)]
+pub(crate) struct Restarts {
+    since_steady: u32,
+}
+
+impl Restarts {
+    /// After a run of instance `id` that began at `started` and ended with `code` for `reason`: whether to run it
+    /// again, once the back-off has passed; if not, its end is recorded (by the policy, or as stopped while waiting).
+    pub(crate) fn again(
+        &mut self,
+        daemon: &Daemon,
+        id: &str,
+        held: &Held,
+        started: Instant,
+        code: i32,
+        reason: &str,
+    ) -> bool {
+        if started.elapsed() >= STEADY {
+            self.since_steady = 0;
+        }
+        if !daemon.after_run(id, code, reason, held.stopped()) {
+            return false;
+        }
+        let delay = backoff(self.since_steady);
+        self.since_steady += 1;
+        if !held.wait_restart(delay) {
+            daemon.ended(id, code, format!("stopped while waiting to restart; it had {reason}"));
+            return false;
+        }
+        true
+    }
 }
 
 /// Starts the instance `id` (recorded) from `spec`, or on from the snapshot `kept` (the last kilnd's): returns once
@@ -62,7 +96,7 @@ fn runs(
         Err(e) => return ready(Err(ApiError::Internal(format!("cannot open the instance's log: {e}")))),
     };
     let mut ready = Some(ready);
-    let mut since_steady = 0;
+    let mut restarts = Restarts::default();
     loop {
         let made = match kept.take() {
             Some(snapshot) => adopt(daemon, id, spec, snapshot),
@@ -90,16 +124,7 @@ fn runs(
             let _ = instances.update(id, |i| (i.kept, i.pid, i.pid_start) = (true, Some(pid), Some(pid_start)));
             break;
         };
-        if started.elapsed() >= STEADY {
-            since_steady = 0;
-        }
-        if !daemon.after_run(id, code, &reason, held.stopped()) {
-            break;
-        }
-        let delay = backoff(since_steady);
-        since_steady += 1;
-        if !held.wait_restart(delay) {
-            daemon.ended(id, code, format!("stopped while waiting to restart; it had {reason}"));
+        if !restarts.again(daemon, id, held, started, code, &reason) {
             break;
         }
     }

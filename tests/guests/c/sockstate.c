@@ -313,14 +313,20 @@ static void shutdowns(void) {
 }
 
 /* Item 12: UDP datagrams read into smaller buffers. */
-static void datagrams(void) {
-  int u = socket(AF_INET, SOCK_DGRAM, 0);
+/* A UDP socket bound on the loopback (*u) and one connected to it (*s). */
+static void udp_pair(int *u, int *s) {
+  *u = socket(AF_INET, SOCK_DGRAM, 0);
   struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  if (bind(u, (struct sockaddr *)&a, sizeof a) < 0) die("bind udp");
+  if (bind(*u, (struct sockaddr *)&a, sizeof a) < 0) die("bind udp");
   socklen_t len = sizeof a;
-  getsockname(u, (struct sockaddr *)&a, &len);
-  int s = socket(AF_INET, SOCK_DGRAM, 0);
-  if (connect(s, (struct sockaddr *)&a, sizeof a) < 0) die("connect udp");
+  getsockname(*u, (struct sockaddr *)&a, &len);
+  *s = socket(AF_INET, SOCK_DGRAM, 0);
+  if (connect(*s, (struct sockaddr *)&a, sizeof a) < 0) die("connect udp");
+}
+
+static void datagrams(void) {
+  int u, s;
+  udp_pair(&u, &s);
   send(s, "0123456789", 10, 0);
   send(s, "abcdef", 6, 0);
   send(s, "xyz12345", 8, 0);
@@ -376,13 +382,8 @@ static void datagrams(void) {
 /* write and writev of one 20,000-byte datagram on the loopback: one datagram each, however the library OS copies
  * it in. (Beyond a network card's MTU: Kiln runs this section without one, as it does not fragment.) */
 static void big_datagrams(void) {
-  int u = socket(AF_INET, SOCK_DGRAM, 0);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  if (bind(u, (struct sockaddr *)&a, sizeof a) < 0) die("bind udp");
-  socklen_t len = sizeof a;
-  getsockname(u, (struct sockaddr *)&a, &len);
-  int s = socket(AF_INET, SOCK_DGRAM, 0);
-  if (connect(s, (struct sockaddr *)&a, sizeof a) < 0) die("connect udp");
+  int u, s;
+  udp_pair(&u, &s);
   static char big[65536];
   memset(big, 'd', 20000);
   printf("bigudp: write of 20000: %s\n", outcome(write(s, big, 20000)));
