@@ -754,12 +754,6 @@ fn udp_datagrams_are_truncated_to_the_buffer() {
     sockstate_matches_linux("udp");
 }
 
-/// MSG_WAITALL on a connection waits for the whole buffer, or returns what came by SO_RCVTIMEO, as Linux.
-#[test]
-fn a_waitall_read_of_a_connection_waits_for_the_whole_buffer() {
-    sockstate_matches_linux("waitall");
-}
-
 /// A `write` or `writev` of a 20,000-byte datagram sends one datagram, as Linux (the library OS copied writes in
 /// 16 KiB chunks and sent one datagram per chunk). On the loopback without a network card: the library OS does not
 /// fragment, so a datagram beyond a card's MTU does not leave.

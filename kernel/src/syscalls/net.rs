@@ -54,7 +54,6 @@ const MSG_PEEK: u64 = 0x2;
 const MSG_TRUNC: u64 = 0x20;
 const MSG_DONTWAIT: u64 = 0x40;
 const MSG_NOSIGNAL: u64 = 0x4000;
-const MSG_WAITALL: u64 = 0x100;
 const SHUT_RD: u64 = 0;
 const SHUT_WR: u64 = 1;
 const SHUT_RDWR: u64 = 2;
@@ -281,25 +280,6 @@ fn send_on(f: &File, buffers: &[IoVec], to: Option<IpEndpoint>, flags: u64) -> S
     }
 }
 
-/// Copies `bytes` into the program's `buffers`, from byte `at` of them on.
-fn scatter(buffers: &[IoVec], mut at: usize, mut bytes: &[u8]) -> Result<(), Errno> {
-    for iov in buffers {
-        if bytes.is_empty() {
-            break;
-        }
-        let len = iov.len as usize;
-        if at >= len {
-            at -= len;
-            continue;
-        }
-        let take = (len - at).min(bytes.len());
-        user::write_bytes(iov.base + at as u64, &bytes[..take])?;
-        bytes = &bytes[take..];
-        at = 0;
-    }
-    Ok(())
-}
-
 /// The bytes of `buffers` gathered into one datagram; EMSGSIZE, before anything is copied, beyond what a socket's
 /// buffer holds (a `sendmsg` claiming gigabytes is refused, not allocated).
 fn datagram(buffers: &[IoVec]) -> Result<Vec<u8>, Errno> {
@@ -321,30 +301,18 @@ fn datagram(buffers: &[IoVec]) -> Result<Vec<u8>, Errno> {
 /// is returned, and TCP bytes are dropped instead of copied, as on Linux.
 fn recv_on(f: &File, buffers: &[IoVec], from: u64, from_len: u64, flags: u64) -> Result<(u64, bool), Errno> {
     let s = socket(f);
-    let wanted = buffers.iter().map(|b| b.len as usize).sum::<usize>();
-    let asked = wanted.min(MAX_TRANSFER.max(TCP_BUFFER));
-    // MSG_WAITALL: a connection's read goes on until the buffers are full, the end, an error, a signal or the
-    // timeout (then it returns what it has), as Linux's.
-    let wait_all = s.protocol == Protocol::Tcp && flags & (MSG_WAITALL | MSG_PEEK | MSG_TRUNC) == MSG_WAITALL;
-    let len = match s.queued_and_low_water() {
-        Some((queued, low)) if !wait_all => super::read_buffer::stream_read_len(asked, queued, low),
-        _ => asked,
-    };
+    let asked = buffers.iter().map(|b| b.len as usize).sum::<usize>().min(MAX_TRANSFER.max(TCP_BUFFER));
+    let len =
+        s.queued_and_low_water().map_or(asked, |(queued, low)| super::read_buffer::stream_read_len(asked, queued, low));
     let mut data = vec![0u8; len];
-    let patience = patience(f, false, flags);
-    let got = s.recv(&mut data, flags & MSG_PEEK != 0, patience)?;
-    let mut n = got.n;
+    let got = s.recv(&mut data, flags & MSG_PEEK != 0, patience(f, false, flags))?;
+    let n = got.n;
     if !(flags & MSG_TRUNC != 0 && s.protocol == Protocol::Tcp) {
-        scatter(buffers, 0, &data[..n])?;
-    }
-    while wait_all && n > 0 && n < wanted {
-        let step = (wanted - n).min(data.len());
-        match s.recv(&mut data[..step], false, patience) {
-            Ok(more) if more.n > 0 => {
-                scatter(buffers, n, &data[..more.n])?;
-                n += more.n;
-            }
-            _ => break,
+        let mut done = 0;
+        for iov in buffers {
+            let take = (n - done).min(iov.len as usize);
+            user::write_bytes(iov.base, &data[done..done + take])?;
+            done += take;
         }
     }
     if let Some(sender) = got.from {

@@ -13,7 +13,6 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -314,38 +313,6 @@ static void shutdowns(void) {
 }
 
 /* Item 12: UDP datagrams read into smaller buffers. */
-/* MSG_WAITALL on a connection: the read waits for the whole buffer (the rest written 100 ms later by a thread), or
- * returns what came once SO_RCVTIMEO passes. */
-static void *write_later(void *fd) {
-  usleep(100 * 1000);
-  write_all(*(int *)fd, "def");
-  return NULL;
-}
-
-static void wait_all(void) {
-  int c, a;
-  pair(&c, &a);
-  char buf[16] = {0};
-  write_all(c, "abc");
-  pthread_t writer;
-  pthread_create(&writer, NULL, write_later, &c);
-  ssize_t n = recv(a, buf, 6, MSG_WAITALL);
-  printf("waitall: 6 of 3 now and 3 later: %s \"%.6s\"\n", outcome(n), buf);
-  pthread_join(writer, NULL);
-  struct timeval patience = {0, 200 * 1000};
-  setsockopt(a, SOL_SOCKET, SO_RCVTIMEO, &patience, sizeof patience);
-  write_all(c, "gh");
-  memset(buf, 0, sizeof buf);
-  n = recv(a, buf, 6, MSG_WAITALL);
-  printf("waitall: 6 of 2 within the timeout: %s \"%.2s\"\n", outcome(n), buf);
-  write_all(c, "ijklmnop");
-  memset(buf, 0, sizeof buf);
-  n = recv(a, buf, 4, MSG_WAITALL);
-  printf("waitall: 4 of 8: %s \"%.4s\", then %s\n", outcome(n), buf, recv_now(a, 16, 0));
-  close(c);
-  close(a);
-}
-
 /* A UDP socket bound on the loopback (*u) and one connected to it (*s). */
 static void udp_pair(int *u, int *s) {
   *u = socket(AF_INET, SOCK_DGRAM, 0);
@@ -749,7 +716,6 @@ int main(int argc, char **argv) {
   if (all || strcmp(only, "shutdown") == 0) shutdowns();
   if (all || strcmp(only, "udp") == 0) datagrams();
   if (strcmp(only, "bigudp") == 0) big_datagrams();
-  if (all || strcmp(only, "waitall") == 0) wait_all();
   if (all || strcmp(only, "options") == 0) {
     option_table("tcp4", AF_INET, SOCK_STREAM);
     option_table("tcp6", AF_INET6, SOCK_STREAM);
